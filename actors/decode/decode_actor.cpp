@@ -1,0 +1,429 @@
+// A decode worker: reserves KV blocks for each assigned request, receives the prompt's KV
+// from a prefill worker (or prefills locally: conditional disaggregation), verifies it,
+// and runs continuous batching — sequences join and leave between steps; each step's
+// tokens go to the router in one message.
+#include <algorithm>
+#include <deque>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <spdlog/spdlog.h>
+
+#include "actors/actors.hpp"
+#include "common/clock.hpp"
+#include "engine/block_hash.hpp"
+#include "engine/scheduler.hpp"
+
+namespace tokenmill {
+namespace {
+
+enum class seq_phase : uint8_t { waiting_blocks, waiting_kv, local_prefill, ready, running };
+
+struct sequence {
+  generate_request req;
+  caf::actor router;
+  caf::actor prefill;  ///< remote prefill worker, if any
+  seq_phase phase = seq_phase::waiting_blocks;
+  std::vector<block_id> blocks;  ///< reserved: prompt + max_tokens
+  std::vector<token_id> tokens;  ///< prompt, then generated tokens
+  uint32_t prompt_len = 0;
+  uint32_t generated = 0;
+  uint32_t prefill_done = 0;              ///< local prefill progress (tokens)
+  std::unordered_set<block_id> received;  ///< prompt blocks that arrived (remote prefill)
+  bool hashes_stored = false;
+};
+
+struct decode_state {
+  worker_info info;
+  decode_config cfg;
+  std::shared_ptr<engine> eng;
+  std::unique_ptr<block_pool> pool;
+  std::shared_ptr<kv_transport> transport;
+  caf::actor kv_store;
+  std::unordered_map<request_id, sequence> seqs;
+  std::deque<request_id> waiting_blocks;  ///< assignments waiting for free KV blocks
+  std::deque<request_id> local_queue;     ///< local prefills, in order
+  std::deque<request_id> ready;           ///< KV complete, waiting for a batch slot
+  std::vector<request_id> running;        ///< the running batch
+  bool stepping = false;
+  uint64_t completed = 0;
+  uint64_t tokens_out = 0;
+  static inline const char* name = "decode";
+};
+
+using decode_ptr = caf::stateful_actor<decode_state>*;
+
+void schedule_step(decode_ptr self) {
+  if (self->state.stepping) return;
+  self->state.stepping = true;
+  self->send(self, step_atom::value);
+}
+
+template <class C>
+void erase_id(C& c, request_id id) {
+  c.erase(std::remove(c.begin(), c.end(), id), c.end());
+}
+
+void reserve_waiting(decode_ptr self);
+
+/// Ends a sequence: frees its blocks, tells the kv-store and the router.
+void finish(decode_ptr self, request_id id, finish_reason reason, error_info err = {}) {
+  auto& st = self->state;
+  auto it = st.seqs.find(id);
+  if (it == st.seqs.end()) return;
+  auto& s = it->second;
+  if (s.phase == seq_phase::waiting_kv && s.prefill && reason != finish_reason::length)
+    self->send(s.prefill, cancel_request{id});
+  if (s.hashes_stored) {
+    auto hashes =
+        block_hashes(std::span(s.tokens).subspan(0, s.prompt_len), st.pool->layout().block_tokens);
+    if (st.kv_store) self->send(st.kv_store, kv_event{st.info.id, false, std::move(hashes)});
+  }
+  if (!s.blocks.empty() && !st.pool->release(s.blocks))
+    spdlog::error("decode {}: releasing blocks of request {} failed", st.info.name, id);
+  request_done d;
+  d.id = id;
+  d.reason = reason;
+  d.error = std::move(err);
+  d.prompt_tokens = s.prompt_len;
+  d.completion_tokens = s.generated;
+  d.tr.id = id;
+  for (const auto& h : s.req.tr.hops)
+    if (!on_ttft_path(h.where)) d.tr.hops.push_back(h);
+  d.tr.stamp(stage::finished);
+  self->send(s.router, std::move(d));
+  if (reason != finish_reason::cancelled && reason != finish_reason::error) ++st.completed;
+  erase_id(st.waiting_blocks, id);
+  erase_id(st.local_queue, id);
+  erase_id(st.ready, id);
+  erase_id(st.running, id);
+  st.seqs.erase(it);
+  reserve_waiting(self);
+}
+
+void fail(decode_ptr self, request_id id, errc code, std::string msg) {
+  spdlog::warn("decode {}: request {} failed: {}", self->state.info.name, id, msg);
+  finish(self, id, finish_reason::error, {code, std::move(msg)});
+}
+
+/// Why a sequence should stop after producing `tok`, if it should.
+finish_reason stop_reason(const decode_state& st, const sequence& s, token_id tok) {
+  const auto& o = s.req.options;
+  if (!o.ignore_eos && tok == st.eng->info().eos) return finish_reason::eos;
+  if (std::find(o.stop_ids.begin(), o.stop_ids.end(), tok) != o.stop_ids.end())
+    return finish_reason::stop;
+  if (s.generated >= o.max_tokens) return finish_reason::length;
+  return finish_reason::none;
+}
+
+/// The prompt's KV is in place and the first token is known: join the ready queue.
+void prompt_complete(decode_ptr self, sequence& s, token_id first) {
+  auto& st = self->state;
+  auto id = s.req.id;
+  if (!s.hashes_stored && st.kv_store) {
+    auto hashes =
+        block_hashes(std::span(s.tokens).subspan(0, s.prompt_len), st.pool->layout().block_tokens);
+    if (!hashes.empty()) {
+      self->send(st.kv_store, kv_event{st.info.id, true, std::move(hashes)});
+      s.hashes_stored = true;
+    }
+  }
+  s.tokens.push_back(first);
+  s.generated = 1;
+  if (auto r = stop_reason(st, s, first); r != finish_reason::none) {
+    finish(self, id, r);
+    return;
+  }
+  s.phase = seq_phase::ready;
+  st.ready.push_back(id);
+  schedule_step(self);
+}
+
+/// Reserves blocks for assignments in arrival order, while the pool allows.
+void reserve_waiting(decode_ptr self) {
+  auto& st = self->state;
+  while (!st.waiting_blocks.empty()) {
+    auto id = st.waiting_blocks.front();
+    auto& s = st.seqs.at(id);
+    auto need =
+        blocks_to_reserve(s.prompt_len, s.req.options.max_tokens, st.pool->layout().block_tokens);
+    auto blocks = st.pool->allocate(need);
+    if (!blocks) return;
+    st.waiting_blocks.pop_front();
+    s.blocks = std::move(*blocks);
+    s.req.tr.stamp(stage::decode_reserved);
+    if (s.prefill) {
+      s.phase = seq_phase::waiting_kv;
+      prefill_job job;
+      job.id = id;
+      job.prompt = s.req.prompt;
+      job.sampling = s.req.options.sampling;
+      job.dst = st.info.pool;
+      auto prompt_blocks = st.pool->layout().blocks_for(s.prompt_len);
+      job.dst_blocks.assign(s.blocks.begin(), s.blocks.begin() + prompt_blocks);
+      job.decode = self;
+      job.router = s.router;
+      job.tr = s.req.tr;
+      self->send(s.prefill, std::move(job));
+    } else {
+      s.phase = seq_phase::local_prefill;
+      s.req.tr.stamp(stage::prefill_queued);
+      st.local_queue.push_back(id);
+      schedule_step(self);
+    }
+  }
+}
+
+/// One chunk of local prefill (piggy-backed before a decode step). Returns true if it ran.
+bool run_local_prefill(decode_ptr self) {
+  auto& st = self->state;
+  if (st.local_queue.empty()) return false;
+  std::deque<prefill_progress> progress;
+  for (auto id : st.local_queue) {
+    auto& s = st.seqs.at(id);
+    progress.push_back({id, s.prompt_len, s.prefill_done});
+  }
+  auto plan = plan_prefill_batch(progress, st.cfg.local_prefill_budget, st.cfg.max_batch);
+  if (plan.empty()) return false;
+  std::vector<prefill_chunk> batch;
+  for (const auto& c : plan) {
+    auto& s = st.seqs.at(c.key);
+    if (c.begin == 0) s.req.tr.stamp(stage::prefill_started);
+    batch.push_back({std::span(s.tokens).subspan(0, s.prompt_len), c.begin, c.end, s.blocks,
+                     s.req.options.sampling});
+  }
+  std::vector<token_id> next;
+  try {
+    next = st.eng->prefill(*st.pool, batch);
+  } catch (const std::exception& e) {
+    for (const auto& c : plan)
+      fail(self, c.key, errc::internal, e.what());
+    return true;
+  }
+  for (size_t i = 0; i < plan.size(); ++i) {
+    auto id = plan[i].key;
+    auto& s = st.seqs.at(id);
+    s.prefill_done = plan[i].end;
+    if (s.prefill_done < s.prompt_len) continue;
+    s.req.tr.stamp(stage::prefill_done);
+    erase_id(st.local_queue, id);
+    first_token ft{id, next[i], s.req.tr};
+    self->send(s.router, std::move(ft));
+    prompt_complete(self, s, next[i]);
+  }
+  return true;
+}
+
+void step(decode_ptr self) {
+  auto& st = self->state;
+  st.stepping = false;
+  // Continuous batching: sequences whose KV is complete join between steps.
+  auto n = decode_admissions(static_cast<uint32_t>(st.running.size()),
+                             static_cast<uint32_t>(st.ready.size()), st.cfg.max_batch);
+  for (uint32_t i = 0; i < n; ++i) {
+    auto id = st.ready.front();
+    st.ready.pop_front();
+    auto& s = st.seqs.at(id);
+    s.phase = seq_phase::running;
+    s.req.tr.stamp(stage::decode_admitted);
+    st.running.push_back(id);
+  }
+  bool piggyback = run_local_prefill(self);
+  if (!st.running.empty()) {
+    std::vector<decode_seq> batch;
+    batch.reserve(st.running.size());
+    for (auto id : st.running) {
+      auto& s = st.seqs.at(id);
+      batch.push_back({s.tokens, s.blocks, s.req.options.sampling});
+    }
+    auto t0 = now_ns();
+    std::vector<token_id> next;
+    try {
+      next = st.eng->decode(*st.pool, batch);
+    } catch (const std::exception& e) {
+      auto ids = st.running;
+      for (auto id : ids)
+        fail(self, id, errc::internal, e.what());
+      next.clear();
+    }
+    auto step_ns = now_ns() - t0;
+    // One token_batch per router per step.
+    std::unordered_map<caf::actor, token_batch> out;
+    std::vector<std::pair<request_id, finish_reason>> ended;
+    auto ids = st.running;
+    for (size_t i = 0; i < next.size(); ++i) {
+      auto& s = st.seqs.at(ids[i]);
+      s.tokens.push_back(next[i]);
+      auto& b = out[s.router];
+      b.tokens.push_back({ids[i], s.generated, next[i]});
+      ++s.generated;
+      ++st.tokens_out;
+      if (auto r = stop_reason(st, s, next[i]); r != finish_reason::none)
+        ended.emplace_back(ids[i], r);
+    }
+    for (auto& [router, b] : out) {
+      b.batch_size = static_cast<uint32_t>(ids.size());
+      b.step_ns = step_ns;
+      b.piggyback_prefill = piggyback;
+      self->send(router, std::move(b));
+    }
+    for (auto [id, r] : ended)
+      finish(self, id, r);
+  }
+  if (!st.running.empty() || !st.ready.empty() || !st.local_queue.empty()) schedule_step(self);
+}
+
+caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg,
+                            std::shared_ptr<engine> eng, std::shared_ptr<kv_transport> transport,
+                            caf::actor sup, caf::actor kv_store) {
+  auto& st = self->state;
+  st.cfg = cfg;
+  st.eng = std::move(eng);
+  st.pool = std::make_unique<block_pool>(st.eng->info().layout, cfg.num_blocks);
+  st.transport = std::move(transport);
+  st.kv_store = std::move(kv_store);
+  info.pool = st.transport->register_pool(info.id, st.pool->memory(), st.pool->block_bytes());
+  st.info = info;
+  self->request(sup, std::chrono::seconds(5), register_worker{info, self})
+      .then([](bool) {},
+            [](caf::error& e) {
+              spdlog::error("decode: registration failed: {}", caf::to_string(e));
+            });
+  return {
+      [self](decode_assignment& a) {
+        auto& st = self->state;
+        auto id = a.req.id;
+        if (st.seqs.count(id) != 0) {
+          request_done d;
+          d.id = id;
+          d.reason = finish_reason::error;
+          d.error = {errc::invalid_request,
+                     fmt::format("request {} is already on this worker", id)};
+          self->send(a.router, std::move(d));
+          return;
+        }
+        auto prompt_len = static_cast<uint32_t>(a.req.prompt.size());
+        auto need =
+            blocks_to_reserve(prompt_len, a.req.options.max_tokens, st.pool->layout().block_tokens);
+        sequence s;
+        s.router = a.router;
+        s.prefill = a.prefill;
+        s.prompt_len = prompt_len;
+        s.tokens = a.req.prompt;
+        s.tokens.reserve(size_t{prompt_len} + a.req.options.max_tokens);
+        s.req = std::move(a.req);
+        st.seqs.emplace(id, std::move(s));
+        if (need > st.pool->total()) {
+          fail(self, id, errc::out_of_blocks,
+               fmt::format("request needs {} KV blocks (prompt {} + max_tokens {} tokens); the "
+                           "decode pool has {}",
+                           need, prompt_len, st.seqs.at(id).req.options.max_tokens,
+                           st.pool->total()));
+          return;
+        }
+        st.waiting_blocks.push_back(id);
+        reserve_waiting(self);
+      },
+      [self](kv_transfer& t) {
+        auto& st = self->state;
+        auto it = st.seqs.find(t.id);
+        if (it == st.seqs.end() || it->second.phase != seq_phase::waiting_kv) return;
+        auto& s = it->second;
+        auto prompt_blocks = st.pool->layout().blocks_for(s.prompt_len);
+        for (auto b : t.payload.dst_blocks) {
+          auto pos = std::find(s.blocks.begin(), s.blocks.begin() + prompt_blocks, b);
+          if (pos == s.blocks.begin() + prompt_blocks) {
+            fail(
+                self, t.id, errc::kv_corrupt,
+                fmt::format("KV transfer names block {}, which is not reserved for the prompt", b));
+            return;
+          }
+        }
+        if (t.checksums.size() != t.payload.dst_blocks.size()) {
+          fail(self, t.id, errc::kv_corrupt,
+               fmt::format("KV transfer carries {} checksums for {} blocks", t.checksums.size(),
+                           t.payload.dst_blocks.size()));
+          return;
+        }
+        if (auto err =
+                st.transport->deliver(t.payload, st.pool->memory(), st.pool->block_bytes())) {
+          fail(self, t.id, err.code, err.message);
+          return;
+        }
+        for (size_t i = 0; i < t.payload.dst_blocks.size(); ++i) {
+          auto b = t.payload.dst_blocks[i];
+          auto sum = block_checksum(*st.pool, b);
+          if (sum != t.checksums[i]) {
+            fail(self, t.id, errc::kv_corrupt,
+                 fmt::format("KV block {} failed its checksum after transfer ({:016x} != {:016x})",
+                             b, sum, t.checksums[i]));
+            return;
+          }
+          s.received.insert(b);
+        }
+      },
+      [self](kv_ready& r) {
+        auto& st = self->state;
+        auto it = st.seqs.find(r.id);
+        if (it == st.seqs.end() || it->second.phase != seq_phase::waiting_kv) return;
+        auto& s = it->second;
+        s.req.tr = std::move(r.tr);
+        s.req.tr.stamp(stage::kv_ready);
+        auto prompt_blocks = st.pool->layout().blocks_for(s.prompt_len);
+        if (s.received.size() != prompt_blocks || r.blocks != prompt_blocks) {
+          fail(self, r.id, errc::kv_corrupt,
+               fmt::format("prefill reported {} blocks; {} of {} prompt blocks arrived", r.blocks,
+                           s.received.size(), prompt_blocks));
+          return;
+        }
+        // Content check: a block that is intact but misplaced fails here.
+        if (auto err = st.eng->check_kv(*st.pool, s.tokens, s.blocks, 0, s.prompt_len);
+            !err.empty()) {
+          fail(self, r.id, errc::kv_corrupt, err);
+          return;
+        }
+        prompt_complete(self, s, r.first_token);
+      },
+      [self](const prefill_failed& f) {
+        auto it = self->state.seqs.find(f.id);
+        if (it == self->state.seqs.end()) return;
+        it->second.prefill = caf::actor{};  // nothing to cancel there
+        fail(self, f.id, f.error.code, "prefill failed: " + f.error.message);
+      },
+      [self](step_atom) { step(self); },
+      [self](const cancel_request& c) { finish(self, c.id, finish_reason::cancelled); },
+      [self](status_atom) {
+        auto& st = self->state;
+        worker_status ws;
+        ws.id = st.info.id;
+        ws.kind = role::decode;
+        ws.name = st.info.name;
+        ws.node = st.info.node;
+        ws.queued = static_cast<uint32_t>(st.waiting_blocks.size() + st.local_queue.size() +
+                                          st.ready.size());
+        ws.running = static_cast<uint32_t>(st.running.size());
+        ws.kv_used = st.pool->used();
+        ws.kv_total = st.pool->total();
+        ws.completed = st.completed;
+        ws.tokens_out = st.tokens_out;
+        size_t waiting_kv = 0;
+        for (const auto& [id, s] : st.seqs)
+          waiting_kv += s.phase == seq_phase::waiting_kv;
+        ws.detail = fmt::format("engine {}, transport {}, {} awaiting KV", st.eng->info().name,
+                                st.transport->name(), waiting_kv);
+        return ws;
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_decode(caf::actor_system& sys, worker_info info, decode_config cfg,
+                        std::unique_ptr<engine> eng, std::shared_ptr<kv_transport> transport,
+                        caf::actor supervisor, caf::actor kv_store) {
+  return sys.spawn<caf::detached>(decode_worker, std::move(info), cfg,
+                                  std::shared_ptr<engine>(std::move(eng)), std::move(transport),
+                                  std::move(supervisor), std::move(kv_store));
+}
+
+}  // namespace tokenmill

@@ -1,0 +1,260 @@
+// A prefill worker: batches prompts under a token budget, computes them chunk by chunk on
+// its engine (detached actor: its own thread), and writes each chunk's finished KV blocks
+// into the decode worker's reserved blocks as soon as the chunk is done.
+#include <algorithm>
+#include <deque>
+#include <unordered_map>
+
+#include <spdlog/spdlog.h>
+
+#include "actors/actors.hpp"
+#include "engine/scheduler.hpp"
+
+namespace tokenmill {
+namespace {
+
+struct job_state {
+  prefill_job job;
+  std::vector<block_id> blocks;  ///< local blocks holding the computed KV
+  uint32_t done = 0;             ///< prompt tokens computed
+  uint32_t blocks_sent = 0;      ///< leading blocks handed to the transport
+  uint32_t writes_pending = 0;   ///< transport writes not completed yet
+  bool computed = false;         ///< every chunk computed
+  token_id first = 0;            ///< token sampled after the prompt
+};
+
+struct prefill_state {
+  worker_info info;
+  prefill_config cfg;
+  std::shared_ptr<engine> eng;
+  std::unique_ptr<block_pool> pool;
+  std::shared_ptr<kv_transport> transport;
+  std::unordered_map<request_id, job_state> jobs;
+  std::deque<request_id> queue;    ///< jobs with blocks, in arrival order
+  std::deque<request_id> waiting;  ///< jobs waiting for local blocks
+  bool stepping = false;
+  uint64_t completed = 0;
+  uint64_t tokens_computed = 0;
+  static inline const char* name = "prefill";
+};
+
+using prefill_ptr = caf::stateful_actor<prefill_state>*;
+
+void schedule_step(prefill_ptr self) {
+  if (self->state.stepping) return;
+  self->state.stepping = true;
+  self->send(self, step_atom::value);
+}
+
+/// Frees a job's local blocks and forgets it.
+void drop_job(prefill_ptr self, request_id id) {
+  auto& st = self->state;
+  auto it = st.jobs.find(id);
+  if (it == st.jobs.end()) return;
+  if (!st.pool->release(it->second.blocks))
+    spdlog::error("prefill {}: releasing blocks of request {} failed", st.info.name, id);
+  st.jobs.erase(it);
+  st.queue.erase(std::remove(st.queue.begin(), st.queue.end(), id), st.queue.end());
+  st.waiting.erase(std::remove(st.waiting.begin(), st.waiting.end(), id), st.waiting.end());
+}
+
+void fail_job(prefill_ptr self, request_id id, error_info err) {
+  auto& st = self->state;
+  auto it = st.jobs.find(id);
+  if (it == st.jobs.end()) return;
+  spdlog::warn("prefill {}: request {} failed: {}", st.info.name, id, err.message);
+  self->send(it->second.job.decode, prefill_failed{id, std::move(err)});
+  drop_job(self, id);
+}
+
+/// Moves waiting jobs into the queue while local blocks allow.
+void admit_waiting(prefill_ptr self) {
+  auto& st = self->state;
+  while (!st.waiting.empty()) {
+    auto id = st.waiting.front();
+    auto& js = st.jobs.at(id);
+    auto need = st.pool->layout().blocks_for(static_cast<uint32_t>(js.job.prompt.size()));
+    auto blocks = st.pool->allocate(need);
+    if (!blocks) break;
+    js.blocks = std::move(*blocks);
+    st.waiting.pop_front();
+    st.queue.push_back(id);
+  }
+}
+
+/// Hands the job's newly completed blocks to the transport.
+void push_blocks(prefill_ptr self, request_id id, job_state& js) {
+  auto& st = self->state;
+  auto bt = st.pool->layout().block_tokens;
+  auto total = static_cast<uint32_t>(js.job.prompt.size());
+  uint32_t complete = js.done == total ? st.pool->layout().blocks_for(total) : js.done / bt;
+  if (complete <= js.blocks_sent) return;
+  std::vector<block_id> src(js.blocks.begin() + js.blocks_sent, js.blocks.begin() + complete);
+  std::vector<block_id> dst(js.job.dst_blocks.begin() + js.blocks_sent,
+                            js.job.dst_blocks.begin() + complete);
+  std::vector<uint64_t> sums;
+  sums.reserve(src.size());
+  for (auto b : src)
+    sums.push_back(block_checksum(*st.pool, b));
+  js.blocks_sent = complete;
+  ++js.writes_pending;
+  caf::actor me = caf::actor_cast<caf::actor>(self);
+  st.transport->write(st.pool->memory(), st.pool->block_bytes(), src, js.job.dst, dst,
+                      [me, id, sums = std::move(sums)](error_info err, kv_payload payload) mutable {
+                        kv_write_done d;
+                        d.id = id;
+                        d.error = std::move(err);
+                        d.transfer = kv_transfer{id, std::move(payload), std::move(sums)};
+                        caf::anon_send(me, std::move(d));
+                      });
+}
+
+caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config cfg,
+                             std::shared_ptr<engine> eng, std::shared_ptr<kv_transport> transport,
+                             caf::actor sup) {
+  auto& st = self->state;
+  st.cfg = cfg;
+  st.eng = std::move(eng);
+  st.pool = std::make_unique<block_pool>(st.eng->info().layout, cfg.num_blocks);
+  st.transport = std::move(transport);
+  info.pool = st.transport->register_pool(info.id, st.pool->memory(), st.pool->block_bytes());
+  st.info = info;
+  self->request(sup, std::chrono::seconds(5), register_worker{info, self})
+      .then([](bool) {},
+            [](caf::error& e) {
+              spdlog::error("prefill: registration failed: {}", caf::to_string(e));
+            });
+  return {
+      [self](prefill_job& job) {
+        auto& st = self->state;
+        auto id = job.id;
+        job.tr.stamp(stage::prefill_queued);
+        auto need = st.pool->layout().blocks_for(static_cast<uint32_t>(job.prompt.size()));
+        if (st.jobs.count(id) != 0) {
+          self->send(job.decode,
+                     prefill_failed{id, {errc::invalid_request, "duplicate prefill job"}});
+          return;
+        }
+        if (job.prompt.empty() || job.dst_blocks.size() != need ||
+            job.dst.block_bytes != st.pool->block_bytes()) {
+          self->send(
+              job.decode,
+              prefill_failed{id,
+                             {errc::invalid_request,
+                              fmt::format("prefill job for {} tokens names {} destination "
+                                          "blocks of {} B (expected {} of {} B)",
+                                          job.prompt.size(), job.dst_blocks.size(),
+                                          job.dst.block_bytes, need, st.pool->block_bytes())}});
+          return;
+        }
+        if (need > st.pool->total()) {
+          self->send(job.decode, prefill_failed{id,
+                                                {errc::out_of_blocks,
+                                                 fmt::format("prompt needs {} KV blocks; the "
+                                                             "prefill pool has {}",
+                                                             need, st.pool->total())}});
+          return;
+        }
+        auto& js = st.jobs[id];
+        js.job = std::move(job);
+        st.waiting.push_back(id);
+        admit_waiting(self);
+        schedule_step(self);
+      },
+      [self](step_atom) {
+        auto& st = self->state;
+        st.stepping = false;
+        admit_waiting(self);
+        std::deque<prefill_progress> progress;
+        for (auto id : st.queue) {
+          auto& js = st.jobs.at(id);
+          if (!js.computed)
+            progress.push_back({id, static_cast<uint32_t>(js.job.prompt.size()), js.done});
+        }
+        auto plan = plan_prefill_batch(progress, st.cfg.token_budget, st.cfg.max_seqs);
+        if (plan.empty()) return;
+        std::vector<prefill_chunk> batch;
+        for (const auto& c : plan) {
+          auto& js = st.jobs.at(c.key);
+          if (c.begin == 0) js.job.tr.stamp(stage::prefill_started);
+          batch.push_back({js.job.prompt, c.begin, c.end, js.blocks, js.job.sampling});
+        }
+        std::vector<token_id> next;
+        try {
+          next = st.eng->prefill(*st.pool, batch);
+        } catch (const std::exception& e) {
+          for (const auto& c : plan)
+            fail_job(self, c.key, {errc::internal, e.what()});
+          schedule_step(self);
+          return;
+        }
+        for (size_t i = 0; i < plan.size(); ++i) {
+          auto id = plan[i].key;
+          auto& js = st.jobs.at(id);
+          js.done = plan[i].end;
+          st.tokens_computed += plan[i].end - plan[i].begin;
+          if (js.done == js.job.prompt.size()) {
+            js.computed = true;
+            js.job.tr.stamp(stage::prefill_done);
+            js.first = next[i];
+          }
+          push_blocks(self, id, js);
+        }
+        if (!st.queue.empty() || !st.waiting.empty()) schedule_step(self);
+      },
+      [self](kv_write_done& d) {
+        auto& st = self->state;
+        auto it = st.jobs.find(d.id);
+        if (it == st.jobs.end()) return;  // cancelled meanwhile
+        auto& js = it->second;
+        --js.writes_pending;
+        if (d.error) {
+          fail_job(self, d.id, std::move(d.error));
+          return;
+        }
+        self->send(js.job.decode, std::move(d.transfer));
+        if (js.computed && js.writes_pending == 0) {
+          js.job.tr.stamp(stage::kv_pushed);
+          self->send(js.job.router, first_token{d.id, js.first, js.job.tr});
+          self->send(js.job.decode,
+                     kv_ready{d.id, js.first, static_cast<uint32_t>(js.blocks_sent), js.job.tr});
+          ++st.completed;
+          drop_job(self, d.id);
+          admit_waiting(self);
+          if (!st.queue.empty()) schedule_step(self);
+        }
+      },
+      [self](const cancel_request& c) { drop_job(self, c.id); },
+      [self](status_atom) {
+        auto& st = self->state;
+        worker_status ws;
+        ws.id = st.info.id;
+        ws.kind = role::prefill;
+        ws.name = st.info.name;
+        ws.node = st.info.node;
+        ws.queued = static_cast<uint32_t>(st.waiting.size());
+        ws.running = static_cast<uint32_t>(st.queue.size());
+        ws.kv_used = st.pool->used();
+        ws.kv_total = st.pool->total();
+        ws.completed = st.completed;
+        ws.tokens_out = st.tokens_computed;
+        ws.detail =
+            fmt::format("engine {}, transport {}", st.eng->info().name, st.transport->name());
+        return ws;
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_prefill(caf::actor_system& sys, worker_info info, prefill_config cfg,
+                         std::unique_ptr<engine> eng, std::shared_ptr<kv_transport> transport,
+                         caf::actor supervisor) {
+  // Spawn arguments are copied, so the engine travels as a shared_ptr; the worker is its
+  // only owner afterwards.
+  return sys.spawn<caf::detached>(prefill_worker, std::move(info), cfg,
+                                  std::shared_ptr<engine>(std::move(eng)), std::move(transport),
+                                  std::move(supervisor));
+}
+
+}  // namespace tokenmill

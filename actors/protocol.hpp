@@ -1,0 +1,350 @@
+#pragma once
+/// Every message exchanged by tokenmill's actors (STYLE.md §1). Actors are untyped CAF
+/// actors; each message is a distinct struct (or an atom for a bare query), so a handler's
+/// signature names exactly what it accepts. Request-scoped messages carry a `trace`.
+///
+/// Flow of one request (DESIGN.md §2):
+///   frontend --generate_request--> router --decode_assignment--> decode
+///   decode --prefill_job--> prefill (remote) | its own engine (local prefill)
+///   prefill --kv_transfer*--> decode, then --kv_ready--> decode and --first_token--> router
+///   decode --token_batch (one per step)--> router --token_chunk--> frontend
+///   decode --request_done--> router --request_summary--> frontend
+///   frontend --cancel_request--> router --> decode --> prefill
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <caf/all.hpp>
+
+#include "common/api_types.hpp"
+#include "common/errors.hpp"
+#include "common/ids.hpp"
+#include "common/trace.hpp"
+#include "engine/engine.hpp"
+#include "transport/kv_transport.hpp"
+
+namespace tokenmill {
+
+// ---------------------------------------------------------------- atoms (bare queries)
+
+/// Ask an actor for its `worker_status` (or the supervisor for `cluster_status`).
+using status_atom = caf::atom_constant<caf::atom("status")>;
+/// Ask the supervisor whether the cluster can serve (reply: bool).
+using ready_atom = caf::atom_constant<caf::atom("ready")>;
+/// A worker's self-sent tick: run one engine step.
+using step_atom = caf::atom_constant<caf::atom("step")>;
+
+// ---------------------------------------------------------------- request payloads
+
+/// frontend -> router: a new request. Tokens and the summary go back to `client`.
+struct generate_request {
+  request_id id = 0;
+  std::vector<token_id> prompt;
+  request_options options;
+  trace tr;
+  caf::actor client;
+};
+
+/// router -> decode: serve this request; prefill it on `prefill`, or locally when
+/// `prefill` is invalid. Tokens and completion go to `router`.
+struct decode_assignment {
+  generate_request req;
+  caf::actor prefill;
+  caf::actor router;
+};
+
+/// decode -> prefill: compute the prompt and write its KV into `dst_blocks` of the pool
+/// `dst`; then send kv_ready to `decode` and first_token to `router`.
+struct prefill_job {
+  request_id id = 0;
+  std::vector<token_id> prompt;
+  sampling_params sampling;
+  pool_descriptor dst;
+  std::vector<block_id> dst_blocks;
+  caf::actor decode;
+  caf::actor router;
+  trace tr;
+};
+
+/// prefill -> decode: blocks of a prompt's KV (written as each chunk completes). With a
+/// one-sided transport `payload.bytes` is empty and the data is already in place.
+/// `checksums[i]` is the xxh3 of block `payload.dst_blocks[i]` as the sender wrote it.
+struct kv_transfer {
+  request_id id = 0;
+  kv_payload payload;
+  std::vector<uint64_t> checksums;
+};
+
+/// prefill -> decode: every block of the prompt has been sent (and flushed); the sequence
+/// may join the decode batch. `blocks` is how many blocks were transferred in total.
+struct kv_ready {
+  request_id id = 0;
+  token_id first_token = 0;
+  uint32_t blocks = 0;
+  trace tr;
+};
+
+/// prefill -> decode: the job failed; the decode worker frees the reservation and fails
+/// the request.
+struct prefill_failed {
+  request_id id = 0;
+  error_info error;
+};
+
+/// transport -> prefill (its own mailbox): a kv write finished; forward the control
+/// message to the decode worker. Completions may come from a transport thread, so they
+/// re-enter the worker as a message.
+struct kv_write_done {
+  request_id id = 0;
+  error_info error;
+  kv_transfer transfer;
+};
+
+/// prefill (or decode after local prefill) -> router: the first generated token.
+struct first_token {
+  request_id id = 0;
+  token_id token = 0;
+  trace tr;
+};
+
+/// One generated token of one request; `index` counts from 0 (the first token).
+struct token_event {
+  request_id id = 0;
+  uint32_t index = 0;
+  token_id token = 0;
+};
+
+/// decode -> router: the tokens of one decode step (one message per step and router).
+struct token_batch {
+  std::vector<token_event> tokens;
+  uint32_t batch_size = 0;         ///< sequences in the step
+  int64_t step_ns = 0;             ///< engine time of the step
+  bool piggyback_prefill = false;  ///< a local prefill ran in this iteration
+};
+
+/// decode -> router: the request ended (finished, cancelled or failed); its blocks are
+/// free. `tr` holds the decode side's stamps.
+struct request_done {
+  request_id id = 0;
+  finish_reason reason = finish_reason::none;
+  error_info error;
+  uint32_t prompt_tokens = 0;
+  uint32_t completion_tokens = 0;
+  trace tr;
+};
+
+/// frontend -> router -> decode -> prefill: stop working on a request and free its blocks.
+struct cancel_request {
+  request_id id = 0;
+};
+
+/// router -> frontend: tokens of one request, in order, starting at `first_index`.
+struct token_chunk {
+  request_id id = 0;
+  uint32_t first_index = 0;
+  std::vector<token_id> tokens;
+};
+
+/// router -> frontend: the last message of a request.
+struct request_summary {
+  request_id id = 0;
+  finish_reason reason = finish_reason::none;
+  error_info error;
+  uint32_t prompt_tokens = 0;
+  uint32_t completion_tokens = 0;
+  trace tr;                ///< every stamp of the request (TTFT path and decode)
+  double itl_mean_ms = 0;  ///< inter-token latency measured at the router
+  double itl_p50_ms = 0;
+  double itl_p99_ms = 0;
+};
+
+// ---------------------------------------------------------------- KV index
+
+/// worker -> kv_store: the worker now holds (stored) or no longer holds (removed) the
+/// blocks with these chain hashes.
+struct kv_event {
+  worker_id worker = 0;
+  bool stored = true;
+  std::vector<uint64_t> hashes;
+};
+
+/// router -> kv_store (request): how many leading blocks of this chain each worker holds.
+struct overlap_query {
+  std::vector<uint64_t> hashes;
+};
+
+/// One worker's prefix overlap.
+struct worker_overlap {
+  worker_id worker = 0;
+  uint32_t blocks = 0;
+};
+
+/// kv_store -> router (reply to overlap_query).
+struct overlap_reply {
+  std::vector<worker_overlap> workers;
+};
+
+// ---------------------------------------------------------------- membership & status
+
+/// Static description of a worker, sent when it registers.
+struct worker_info {
+  worker_id id = 0;
+  role kind = role::decode;
+  std::string name;
+  std::string node;
+  pool_descriptor pool;  ///< empty for actors without a KV pool
+};
+
+/// actor -> supervisor (request, reply: bool): I exist; monitor me.
+struct register_worker {
+  worker_info info;
+  caf::actor handle;
+};
+
+/// A cluster member as the supervisor sees it.
+struct member {
+  worker_info info;
+  caf::actor handle;
+  bool up = true;
+};
+
+/// supervisor -> router: the full membership, sent on every change.
+struct membership {
+  std::vector<member> members;
+};
+
+// ---------------------------------------------------------------- inspectors (CAF 0.17)
+
+template <class F>
+typename F::result_type inspect(F& f, sampling_params& x) {
+  return f(caf::meta::type_name("sampling_params"), x.temperature, x.top_p, x.seed);
+}
+template <class F>
+typename F::result_type inspect(F& f, hop& x) {
+  return f(caf::meta::type_name("hop"), x.where, x.node, x.t_ns);
+}
+template <class F>
+typename F::result_type inspect(F& f, trace& x) {
+  return f(caf::meta::type_name("trace"), x.id, x.hops);
+}
+template <class F>
+typename F::result_type inspect(F& f, error_info& x) {
+  return f(caf::meta::type_name("error_info"), x.code, x.message);
+}
+template <class F>
+typename F::result_type inspect(F& f, pool_descriptor& x) {
+  return f(caf::meta::type_name("pool_descriptor"), x.owner, x.block_bytes, x.num_blocks,
+           x.remote_key, x.worker_address);
+}
+template <class F>
+typename F::result_type inspect(F& f, kv_payload& x) {
+  return f(caf::meta::type_name("kv_payload"), x.dst_blocks, x.bytes);
+}
+template <class F>
+typename F::result_type inspect(F& f, request_options& x) {
+  return f(caf::meta::type_name("request_options"), x.max_tokens, x.stop_ids, x.sampling,
+           x.ignore_eos);
+}
+template <class F>
+typename F::result_type inspect(F& f, generate_request& x) {
+  return f(caf::meta::type_name("generate_request"), x.id, x.prompt, x.options, x.tr, x.client);
+}
+template <class F>
+typename F::result_type inspect(F& f, decode_assignment& x) {
+  return f(caf::meta::type_name("decode_assignment"), x.req, x.prefill, x.router);
+}
+template <class F>
+typename F::result_type inspect(F& f, prefill_job& x) {
+  return f(caf::meta::type_name("prefill_job"), x.id, x.prompt, x.sampling, x.dst, x.dst_blocks,
+           x.decode, x.router, x.tr);
+}
+template <class F>
+typename F::result_type inspect(F& f, kv_transfer& x) {
+  return f(caf::meta::type_name("kv_transfer"), x.id, x.payload, x.checksums);
+}
+template <class F>
+typename F::result_type inspect(F& f, kv_write_done& x) {
+  return f(caf::meta::type_name("kv_write_done"), x.id, x.error, x.transfer);
+}
+template <class F>
+typename F::result_type inspect(F& f, kv_ready& x) {
+  return f(caf::meta::type_name("kv_ready"), x.id, x.first_token, x.blocks, x.tr);
+}
+template <class F>
+typename F::result_type inspect(F& f, prefill_failed& x) {
+  return f(caf::meta::type_name("prefill_failed"), x.id, x.error);
+}
+template <class F>
+typename F::result_type inspect(F& f, first_token& x) {
+  return f(caf::meta::type_name("first_token"), x.id, x.token, x.tr);
+}
+template <class F>
+typename F::result_type inspect(F& f, token_event& x) {
+  return f(caf::meta::type_name("token_event"), x.id, x.index, x.token);
+}
+template <class F>
+typename F::result_type inspect(F& f, token_batch& x) {
+  return f(caf::meta::type_name("token_batch"), x.tokens, x.batch_size, x.step_ns,
+           x.piggyback_prefill);
+}
+template <class F>
+typename F::result_type inspect(F& f, request_done& x) {
+  return f(caf::meta::type_name("request_done"), x.id, x.reason, x.error, x.prompt_tokens,
+           x.completion_tokens, x.tr);
+}
+template <class F>
+typename F::result_type inspect(F& f, cancel_request& x) {
+  return f(caf::meta::type_name("cancel_request"), x.id);
+}
+template <class F>
+typename F::result_type inspect(F& f, token_chunk& x) {
+  return f(caf::meta::type_name("token_chunk"), x.id, x.first_index, x.tokens);
+}
+template <class F>
+typename F::result_type inspect(F& f, request_summary& x) {
+  return f(caf::meta::type_name("request_summary"), x.id, x.reason, x.error, x.prompt_tokens,
+           x.completion_tokens, x.tr, x.itl_mean_ms, x.itl_p50_ms, x.itl_p99_ms);
+}
+template <class F>
+typename F::result_type inspect(F& f, kv_event& x) {
+  return f(caf::meta::type_name("kv_event"), x.worker, x.stored, x.hashes);
+}
+template <class F>
+typename F::result_type inspect(F& f, overlap_query& x) {
+  return f(caf::meta::type_name("overlap_query"), x.hashes);
+}
+template <class F>
+typename F::result_type inspect(F& f, worker_overlap& x) {
+  return f(caf::meta::type_name("worker_overlap"), x.worker, x.blocks);
+}
+template <class F>
+typename F::result_type inspect(F& f, overlap_reply& x) {
+  return f(caf::meta::type_name("overlap_reply"), x.workers);
+}
+template <class F>
+typename F::result_type inspect(F& f, worker_info& x) {
+  return f(caf::meta::type_name("worker_info"), x.id, x.kind, x.name, x.node, x.pool);
+}
+template <class F>
+typename F::result_type inspect(F& f, register_worker& x) {
+  return f(caf::meta::type_name("register_worker"), x.info, x.handle);
+}
+template <class F>
+typename F::result_type inspect(F& f, member& x) {
+  return f(caf::meta::type_name("member"), x.info, x.handle, x.up);
+}
+template <class F>
+typename F::result_type inspect(F& f, membership& x) {
+  return f(caf::meta::type_name("membership"), x.members);
+}
+template <class F>
+typename F::result_type inspect(F& f, worker_status& x) {
+  return f(caf::meta::type_name("worker_status"), x.id, x.kind, x.name, x.node, x.up, x.queued,
+           x.running, x.kv_used, x.kv_total, x.completed, x.tokens_out, x.detail);
+}
+template <class F>
+typename F::result_type inspect(F& f, cluster_status& x) {
+  return f(caf::meta::type_name("cluster_status"), x.cluster, x.ready, x.workers);
+}
+
+}  // namespace tokenmill

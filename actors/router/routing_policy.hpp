@@ -1,0 +1,54 @@
+#pragma once
+/// The router's decisions, free of CAF (STYLE.md §2): admission, choice of decode and
+/// prefill worker, and conditional disaggregation.
+#include <cstdint>
+#include <optional>
+#include <span>
+
+#include "common/ids.hpp"
+
+namespace tokenmill {
+
+/// Bounds that keep the router from queueing without limit (DESIGN.md §9).
+struct admission_limits {
+  uint32_t max_inflight = 1024;                 ///< requests admitted and not finished
+  uint64_t max_queued_prompt_tokens = 1 << 22;  ///< prompt tokens not yet prefilled
+};
+
+enum class admission { accept, overloaded };
+
+/// Admit a request with `prompt_tokens` given the router's current load.
+admission admit(uint32_t inflight, uint64_t queued_prompt_tokens, uint32_t prompt_tokens,
+                const admission_limits& limits);
+
+/// A decode worker as the router sees it.
+struct decode_candidate {
+  worker_id id = 0;
+  uint32_t active = 0;          ///< requests assigned and not finished
+  uint32_t overlap_blocks = 0;  ///< prefix blocks of this request it already holds
+};
+
+/// Index of the decode worker to use: fewest active requests; ties go to the larger
+/// prefix overlap, then the lower id. Nothing when there are no candidates.
+std::optional<size_t> pick_decode(std::span<const decode_candidate> candidates);
+
+/// A prefill worker as the router sees it.
+struct prefill_candidate {
+  worker_id id = 0;
+  uint64_t queued_tokens = 0;   ///< prompt tokens assigned and not yet prefilled
+  uint32_t overlap_blocks = 0;  ///< prefix blocks of this request it already holds
+};
+
+/// Index of the prefill worker to use: the lowest cost, where cost is the work queued in
+/// front of the request plus the part of this prompt it would have to compute
+/// (prompt minus cached overlap). Ties go to the lower id.
+std::optional<size_t> pick_prefill(std::span<const prefill_candidate> candidates,
+                                   uint32_t prompt_tokens, uint32_t block_tokens);
+
+/// Conditional disaggregation: prefill on the decode worker itself when the uncached part
+/// of the prompt is shorter than `threshold` tokens (0 disables local prefill), or when
+/// there is no prefill worker at all.
+bool prefill_locally(uint32_t prompt_tokens, uint32_t cached_tokens, uint32_t threshold,
+                     bool any_prefill_worker);
+
+}  // namespace tokenmill

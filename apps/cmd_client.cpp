@@ -1,0 +1,227 @@
+// `tokenmill generate` and `tokenmill status`: the command-line client.
+#include <charconv>
+#include <cstdio>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "apps/commands.hpp"
+#include "common/stats.hpp"
+#include "frontend/client.hpp"
+
+namespace tokenmill::app {
+namespace {
+
+struct generate_opts {
+  std::string connect = "127.0.0.1:7700";
+  int64_t max_tokens = 16;
+  bool json = false;
+  bool token_ids = false;
+  bool quiet = false;
+  float temperature = 0;
+  float top_p = 1;
+  uint64_t seed = 0;
+  std::vector<int64_t> stop_ids;
+  bool ignore_eos = false;
+  bool no_bos = false;
+  double timeout_s = 600;
+  std::string prompt;
+};
+
+/// Parses space-separated token ids; an error names the bad word and its position.
+result<std::vector<int64_t>> parse_ids(const std::string& s) {
+  std::vector<int64_t> out;
+  std::istringstream in(s);
+  std::string word;
+  while (in >> word) {
+    int64_t v = 0;
+    auto [p, ec] = std::from_chars(word.data(), word.data() + word.size(), v);
+    if (ec != std::errc() || p != word.data() + word.size())
+      return error_info{errc::invalid_request,
+                        fmt::format("--token-ids: '{}' (word {}) is not an integer token id", word,
+                                    out.size() + 1)};
+    out.push_back(v);
+  }
+  return out;
+}
+
+result<std::unique_ptr<client>> connect_to(const std::string& endpoint, double timeout_s) {
+  auto ep = parse_endpoint(endpoint);
+  if (!ep) return ep.error();
+  return client::connect(ep->first, ep->second, timeout_s);
+}
+
+int fail(const char* cmd, const error_info& e) {
+  std::fprintf(stderr, "tokenmill %s: %s: %s\n", cmd, std::string(to_string(e.code)).c_str(),
+               e.message.c_str());
+  return 1;
+}
+
+}  // namespace
+
+command add_generate(CLI::App& app) {
+  auto o = std::make_shared<generate_opts>();
+  app.add_option("--connect", o->connect, "Gateway address HOST:PORT")->capture_default_str();
+  app.add_option("--max-tokens", o->max_tokens, "Tokens to generate (> 0)")->capture_default_str();
+  app.add_flag("--json", o->json,
+               "End the output with one JSON line: tokens, ttft_ms, itl_ms_p50, "
+               "itl_ms_p99, stages, …");
+  app.add_flag("--token-ids", o->token_ids,
+               "PROMPT is space-separated token ids, and ids are printed instead of text");
+  app.add_flag("--quiet", o->quiet, "Print only the completion");
+  app.add_option("--temperature", o->temperature, "0 = greedy")->capture_default_str();
+  app.add_option("--top-p", o->top_p)->capture_default_str();
+  app.add_option("--seed", o->seed, "Sampling seed (reproducible with temperature > 0)");
+  app.add_option("--stop-id", o->stop_ids, "Stop after generating this token id (repeatable)");
+  app.add_flag("--ignore-eos", o->ignore_eos, "Keep generating past the model's EOS");
+  app.add_flag("--no-bos", o->no_bos, "Do not prepend BOS to a text prompt");
+  app.add_option("--timeout", o->timeout_s, "Seconds before giving up on the request")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("PROMPT", o->prompt, "The prompt (text, or ids with --token-ids)")->required();
+  return [o]() -> int {
+    generate_params p;
+    if (o->token_ids) {
+      auto ids = parse_ids(o->prompt);
+      if (!ids) return fail("generate", ids.error());
+      p.has_text = false;
+      p.token_ids = std::move(*ids);
+    } else {
+      p.text = o->prompt;
+    }
+    p.max_tokens = o->max_tokens;
+    p.stop_ids = o->stop_ids;
+    p.sampling = {o->temperature, o->top_p, o->seed};
+    p.ignore_eos = o->ignore_eos;
+    p.add_bos = !o->no_bos;
+    auto c = connect_to(o->connect, std::min(o->timeout_s, 10.0));
+    if (!c) return fail("generate", c.error());
+    bool first = true;
+    auto r = (*c)->generate(
+        p,
+        [&](const client_chunk& ch) {
+          if (o->token_ids) {
+            for (auto id : ch.ids) {
+              std::printf(first ? "%d" : " %d", id);
+              first = false;
+            }
+          } else {
+            std::fwrite(ch.text.data(), 1, ch.text.size(), stdout);
+          }
+          std::fflush(stdout);
+        },
+        o->timeout_s);
+    if (!r) {
+      if (!first || !o->token_ids) std::fflush(stdout);
+      return fail("generate", r.error());
+    }
+    std::printf("\n");
+    auto itl = summarize(r->itl_ms);
+    double stage_sum = 0;
+    for (const auto& s : r->stages)
+      stage_sum += s.ms;
+    if (!o->quiet && !o->json) {
+      std::printf(
+          "--\n%u tokens, finish: %s, ttft %.2f ms, itl p50 %.2f ms p99 %.2f ms, e2e %.2f ms\n",
+          static_cast<unsigned>(r->tokens.size()), std::string(to_string(r->server.reason)).c_str(),
+          r->ttft_ms, itl.p50, itl.p99, (r->done_ns - r->sent_ns) / 1e6);
+      std::printf("ttft breakdown:");
+      for (const auto& s : r->stages)
+        std::printf(" %s %.3f ms |", s.name.c_str(), s.ms);
+      std::printf(" sum %.3f ms\n", stage_sum);
+    }
+    if (o->json) {
+      nlohmann::ordered_json j;
+      j["request_id"] = r->server.id;
+      j["tokens"] = r->tokens.size();
+      j["token_ids"] = r->tokens;
+      j["text"] = r->text;
+      j["finish_reason"] = std::string(to_string(r->server.reason));
+      j["prompt_tokens"] = r->server.prompt_tokens;
+      j["ttft_ms"] = r->ttft_ms;
+      j["itl_ms_mean"] = itl.mean;
+      j["itl_ms_p50"] = itl.p50;
+      j["itl_ms_p99"] = itl.p99;
+      j["e2e_ms"] = (r->done_ns - r->sent_ns) / 1e6;
+      nlohmann::ordered_json stages = nlohmann::ordered_json::object();
+      for (const auto& s : r->stages)
+        stages[s.name] = s.ms;
+      j["stages"] = stages;
+      j["stages_sum_ms"] = stage_sum;
+      nlohmann::ordered_json server;
+      server["ttft_ms"] = r->server.ttft_ms;
+      server["itl_ms_mean"] = r->server.itl_mean_ms;
+      server["itl_ms_p50"] = r->server.itl_p50_ms;
+      server["itl_ms_p99"] = r->server.itl_p99_ms;
+      nlohmann::ordered_json sst = nlohmann::ordered_json::object();
+      for (const auto& s : r->server.stages)
+        sst[s.name] = s.ms;
+      server["stages"] = sst;
+      j["server"] = server;
+      std::printf("%s\n", j.dump().c_str());
+    }
+    return 0;
+  };
+}
+
+command add_status(CLI::App& app) {
+  struct opts {
+    std::string connect = "127.0.0.1:7700";
+    bool json = false;
+    double timeout_s = 10;
+  };
+  auto o = std::make_shared<opts>();
+  app.add_option("--connect", o->connect, "Gateway address HOST:PORT")->capture_default_str();
+  app.add_flag("--json", o->json, "Print one JSON object");
+  app.add_option("--timeout", o->timeout_s)->check(CLI::PositiveNumber)->capture_default_str();
+  return [o]() -> int {
+    auto c = connect_to(o->connect, o->timeout_s);
+    if (!c) return fail("status", c.error());
+    auto st = (*c)->status(o->timeout_s);
+    if (!st) return fail("status", st.error());
+    if (o->json) {
+      nlohmann::ordered_json j;
+      j["cluster"] = st->cluster;
+      j["ready"] = st->ready;
+      j["model"] = {{"name", (*c)->model().name},
+                    {"vocab_size", (*c)->model().vocab_size},
+                    {"max_context", (*c)->model().max_context},
+                    {"block_tokens", (*c)->model().block_tokens}};
+      auto ws = nlohmann::ordered_json::array();
+      for (const auto& w : st->workers)
+        ws.push_back({{"id", w.id},
+                      {"role", std::string(to_string(w.kind))},
+                      {"name", w.name},
+                      {"node", w.node},
+                      {"up", w.up},
+                      {"queued", w.queued},
+                      {"running", w.running},
+                      {"kv_used", w.kv_used},
+                      {"kv_total", w.kv_total},
+                      {"completed", w.completed},
+                      {"tokens_out", w.tokens_out},
+                      {"detail", w.detail}});
+      j["workers"] = ws;
+      std::printf("%s\n", j.dump().c_str());
+      return 0;
+    }
+    std::printf("cluster %s: %s; model %s (vocab %u, context %u, %u tokens/block)\n",
+                st->cluster.c_str(), st->ready ? "ready" : "NOT ready", (*c)->model().name.c_str(),
+                (*c)->model().vocab_size, (*c)->model().max_context, (*c)->model().block_tokens);
+    std::printf("%-4s %-10s %-10s %-8s %-5s %7s %7s %13s %9s %10s  %s\n", "id", "role", "name",
+                "node", "state", "queued", "running", "kv used/total", "completed", "tokens",
+                "detail");
+    for (const auto& w : st->workers) {
+      std::string kv = w.kv_total ? fmt::format("{}/{}", w.kv_used, w.kv_total) : "-";
+      std::printf("%-4u %-10s %-10s %-8s %-5s %7u %7u %13s %9llu %10llu  %s\n", w.id,
+                  std::string(to_string(w.kind)).c_str(), w.name.c_str(), w.node.c_str(),
+                  w.up ? "up" : "down", w.queued, w.running, kv.c_str(),
+                  static_cast<unsigned long long>(w.completed),
+                  static_cast<unsigned long long>(w.tokens_out), w.detail.c_str());
+    }
+    return 0;
+  };
+}
+
+}  // namespace tokenmill::app

@@ -1,0 +1,145 @@
+// `tokenmill serve`: a whole cluster in one process.
+#include <signal.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include <spdlog/spdlog.h>
+
+#include "apps/commands.hpp"
+#include "cluster/embedded_cluster.hpp"
+
+namespace tokenmill::app {
+
+struct serve_opts {
+  double prefill_us_per_token = 200;
+  double prefill_base_us = 0;
+  double decode_step_ms = 10;
+  double decode_per_seq_us = 0;
+  double decode_per_ctx_ns = 0;
+};
+
+command add_serve(CLI::App& app) {
+  auto cfg = std::make_shared<embedded_config>();
+  auto o = std::make_shared<serve_opts>();
+  app.add_option("--engine", cfg->engine.kind, "Model engine")
+      ->check(CLI::IsMember({"sim"}))
+      ->capture_default_str();
+  app.add_option("--host", cfg->rpc.host, "Address the RPC frontend binds")->capture_default_str();
+  app.add_option("--rpc-port", cfg->rpc.port,
+                 "RPC port (0 = any free port; the ready line says which)")
+      ->capture_default_str();
+  app.add_option("--cluster-name", cfg->cluster_name)->capture_default_str();
+  app.add_option("--prefill-workers", cfg->prefill_workers,
+                 "Prefill workers (0 = prefill on the decode workers)")
+      ->capture_default_str();
+  app.add_option("--decode-workers", cfg->decode_workers)
+      ->check(CLI::Range(1u, 64u))
+      ->capture_default_str();
+  // Sim timing model.
+  auto& sim = cfg->engine.sim;
+  auto* g = app.add_option_group("sim engine", "Timing model of the sim engine");
+  g->add_option("--sim-prefill-us-per-token", o->prefill_us_per_token,
+                "Prefill cost per prompt token (µs)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  g->add_option("--sim-prefill-base-us", o->prefill_base_us, "Prefill cost per engine call (µs)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  g->add_option("--sim-decode-step-ms", o->decode_step_ms, "Decode step base cost (ms)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  g->add_option("--sim-decode-per-seq-us", o->decode_per_seq_us,
+                "Decode cost per sequence in the step (µs)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  g->add_option("--sim-decode-per-ctx-ns", o->decode_per_ctx_ns,
+                "Decode cost per context token (ns)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  g->add_option("--sim-slowdown", sim.slowdown, "Multiplies every modelled time")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  g->add_option("--vocab", sim.vocab_size, "Vocabulary size")
+      ->check(CLI::Range(260u, 1u << 24))
+      ->capture_default_str();
+  g->add_option("--max-context", sim.max_context, "Context length (tokens)")
+      ->check(CLI::Range(2u, 1u << 20))
+      ->capture_default_str();
+  // KV layout and pools.
+  auto* k = app.add_option_group("kv cache", "KV block layout and pool sizes");
+  k->add_option("--block-tokens", sim.layout.block_tokens)
+      ->check(CLI::Range(1u, 1024u))
+      ->capture_default_str();
+  k->add_option("--kv-layers", sim.layout.layers)
+      ->check(CLI::Range(1u, 256u))
+      ->capture_default_str();
+  k->add_option("--kv-heads", sim.layout.kv_heads)
+      ->check(CLI::Range(1u, 256u))
+      ->capture_default_str();
+  k->add_option("--head-dim", sim.layout.head_dim)
+      ->check(CLI::Range(1u, 1024u))
+      ->capture_default_str();
+  k->add_option("--decode-kv-blocks", cfg->decode.num_blocks, "Blocks per decode worker")
+      ->check(CLI::Range(1u, 1u << 24))
+      ->capture_default_str();
+  k->add_option("--prefill-kv-blocks", cfg->prefill.num_blocks, "Blocks per prefill worker")
+      ->check(CLI::Range(1u, 1u << 24))
+      ->capture_default_str();
+  // Scheduling.
+  auto* s = app.add_option_group("scheduling", "Batching, admission and disaggregation");
+  s->add_option("--max-batch", cfg->decode.max_batch, "Sequences per decode step")
+      ->check(CLI::Range(1u, 4096u))
+      ->capture_default_str();
+  s->add_option("--prefill-chunk", cfg->prefill.token_budget,
+                "Prompt tokens per prefill engine call")
+      ->check(CLI::Range(1u, 1u << 20))
+      ->capture_default_str();
+  s->add_option(
+       "--local-prefill-threshold", cfg->router.local_prefill_threshold,
+       "Prefill on the decode worker when the uncached prompt is shorter than this (0 = never)")
+      ->capture_default_str();
+  s->add_option("--max-inflight", cfg->router.limits.max_inflight,
+                "Requests in flight before new ones are rejected as overloaded")
+      ->check(CLI::Range(1u, 1u << 20))
+      ->capture_default_str();
+  s->add_option("--stream-window", cfg->rpc.stream_window_bytes,
+                "Token stream window per client connection (bytes)")
+      ->check(CLI::Range(4096, 1 << 24))
+      ->capture_default_str();
+
+  return [cfg, o]() -> int {
+    auto& sim = cfg->engine.sim;
+    sim.prefill_ns_per_token = static_cast<uint64_t>(o->prefill_us_per_token * 1e3);
+    sim.prefill_base_ns = static_cast<uint64_t>(o->prefill_base_us * 1e3);
+    sim.decode_base_ns = static_cast<uint64_t>(o->decode_step_ms * 1e6);
+    sim.decode_per_seq_ns = static_cast<uint64_t>(o->decode_per_seq_us * 1e3);
+    sim.decode_per_ctx_token_ns = static_cast<uint64_t>(o->decode_per_ctx_ns);
+    cfg->decode.local_prefill_budget = cfg->prefill.token_budget;
+    // Block the stop signals in every thread (they inherit the mask) and wait for them
+    // here, so shutdown runs on this thread in order.
+    sigset_t stop_set;
+    sigemptyset(&stop_set);
+    sigaddset(&stop_set, SIGINT);
+    sigaddset(&stop_set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_set, nullptr);
+    auto cluster = embedded_cluster::start(*cfg);
+    if (!cluster) {
+      std::fprintf(stderr, "tokenmill serve: %s\n", cluster.error().message.c_str());
+      return 1;
+    }
+    std::printf("tokenmill ready: rpc=%s:%u engine=%s prefill_workers=%u decode_workers=%u\n",
+                cfg->rpc.host.c_str(), (*cluster)->rpc_port(), cfg->engine.kind.c_str(),
+                cfg->prefill_workers, cfg->decode_workers);
+    std::fflush(stdout);
+    int sig = 0;
+    sigwait(&stop_set, &sig);
+    std::printf("tokenmill: %s received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    std::fflush(stdout);
+    (*cluster)->stop();
+    cluster->reset();
+    return 0;
+  };
+}
+
+}  // namespace tokenmill::app

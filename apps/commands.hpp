@@ -1,0 +1,17 @@
+#pragma once
+/// Subcommands of the `tokenmill` executable. Each `add_*` registers its options on the
+/// app and returns the function to run when it was chosen (exit code).
+#include <functional>
+
+#include <CLI/CLI.hpp>
+
+namespace tokenmill::app {
+
+using command = std::function<int()>;
+
+command add_serve(CLI::App& app);
+command add_generate(CLI::App& app);
+command add_status(CLI::App& app);
+command add_bench(CLI::App& app);
+
+}  // namespace tokenmill::app

@@ -1,0 +1,41 @@
+// tokenmill: disaggregated LLM serving. `tokenmill --help` lists the subcommands.
+#include <iostream>
+#include <map>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "apps/commands.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "tokenmill: LLM serving with prefill and decode disaggregated across actors and nodes"};
+  app.require_subcommand(1);
+  std::string log_level = "warn";
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  std::map<CLI::App*, tokenmill::app::command> commands;
+  auto add = [&](const char* name, const char* help, auto adder) {
+    auto* sub = app.add_subcommand(name, help);
+    commands[sub] = adder(*sub);
+  };
+  add("serve",
+      "Run a whole cluster in one process (router, prefill, decode, kv-store, supervisor, "
+      "Cap'n Proto frontend)",
+      tokenmill::app::add_serve);
+  add("generate", "Send one request and stream its tokens, then its timing summary",
+      tokenmill::app::add_generate);
+  add("status", "Show the cluster's members and their state", tokenmill::app::add_status);
+  add("bench", "Load generator: concurrent streams against a running cluster",
+      tokenmill::app::add_bench);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  spdlog::set_default_logger(spdlog::stderr_color_mt("tokenmill"));
+  spdlog::set_level(spdlog::level::from_str(log_level));
+  for (auto& [sub, run] : commands)
+    if (sub->parsed()) return run();
+  return 2;
+}

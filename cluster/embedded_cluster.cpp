@@ -1,0 +1,124 @@
+#include "cluster/embedded_cluster.hpp"
+
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <caf/all.hpp>
+
+#include "actors/type_ids.hpp"
+#include "common/clock.hpp"
+
+namespace tokenmill {
+
+struct embedded_cluster::impl {
+  caf::actor_system_config caf_cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  std::vector<caf::actor> actors;  ///< everything we spawned, for shutdown
+  std::unique_ptr<rpc_server> rpc;
+  bool stopped = false;
+};
+
+embedded_cluster::embedded_cluster(std::unique_ptr<impl> i) : impl_(std::move(i)) {}
+
+embedded_cluster::~embedded_cluster() {
+  stop();
+}
+
+caf::actor_system& embedded_cluster::system() {
+  return *impl_->sys;
+}
+
+result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_config cfg) {
+  if (cfg.decode_workers == 0)
+    return error_info{errc::invalid_request, "a cluster needs at least one decode worker"};
+  std::string err;
+  auto tok = make_tokenizer(cfg.engine, err);
+  if (!tok) return error_info{errc::invalid_request, err};
+  // One engine per worker; the first also tells us the model.
+  std::vector<std::unique_ptr<engine>> engines;
+  for (uint32_t i = 0; i < cfg.prefill_workers + cfg.decode_workers; ++i) {
+    auto e = make_engine(cfg.engine, err);
+    if (!e) return error_info{errc::invalid_request, err};
+    engines.push_back(std::move(e));
+  }
+  model_info model = engines.front()->info();
+  cfg.router.block_tokens = model.layout.block_tokens;
+
+  auto im = std::make_unique<impl>();
+  register_types(im->caf_cfg);
+  im->caf_cfg.set("scheduler.max-threads", static_cast<size_t>(cfg.scheduler_threads));
+  im->caf_cfg.set("logger.console", caf::atom("none"));
+  im->sys = std::make_unique<caf::actor_system>(im->caf_cfg);
+  auto& sys = *im->sys;
+
+  auto transport = std::make_shared<inline_transport>();
+  worker_id next_id = 0;
+  auto info = [&](role r, std::string name) {
+    worker_info w;
+    w.id = next_id++;
+    w.kind = r;
+    w.name = std::move(name);
+    w.node = "local";
+    return w;
+  };
+  auto sup = spawn_supervisor(sys, cfg.cluster_name);
+  im->actors.push_back(sup);
+  auto kv = spawn_kv_store(sys, info(role::kv_store, "kv_store"), sup);
+  im->actors.push_back(kv);
+  auto router = spawn_router(sys, info(role::router, "router"), cfg.router, sup);
+  im->actors.push_back(router);
+  size_t e = 0;
+  for (uint32_t i = 0; i < cfg.prefill_workers; ++i)
+    im->actors.push_back(spawn_prefill(sys, info(role::prefill, fmt::format("prefill{}", i)),
+                                       cfg.prefill, std::move(engines[e++]), transport, sup));
+  for (uint32_t i = 0; i < cfg.decode_workers; ++i)
+    im->actors.push_back(spawn_decode(sys, info(role::decode, fmt::format("decode{}", i)),
+                                      cfg.decode, std::move(engines[e++]), transport, sup, kv));
+
+  // Ready = the supervisor has a router and a decode worker, and every worker we spawned
+  // registered.
+  {
+    caf::scoped_actor self{sys};
+    auto deadline = now_ns() + static_cast<int64_t>(cfg.ready_timeout_s * 1e9);
+    auto expected = im->actors.size() - 1;  // all but the supervisor itself
+    bool ready = false;
+    while (!ready && now_ns() < deadline) {
+      self->request(sup, std::chrono::seconds(1), status_atom::value)
+          .receive(
+              [&](const cluster_status& st) { ready = st.ready && st.workers.size() == expected; },
+              [&](caf::error&) {});
+      if (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (!ready) {
+      for (auto& a : im->actors)
+        caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+      return error_info{errc::timeout, fmt::format("cluster did not become ready within {} s",
+                                                   cfg.ready_timeout_s)};
+    }
+  }
+
+  im->rpc = std::make_unique<rpc_server>(
+      sys, router, sup, std::shared_ptr<const tokenizer>(std::move(tok)), model, cfg.rpc);
+  auto port = im->rpc->start();
+  if (!port) {
+    for (auto& a : im->actors)
+      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    return port.error();
+  }
+  std::unique_ptr<embedded_cluster> c(new embedded_cluster(std::move(im)));
+  c->port_ = *port;
+  return c;
+}
+
+void embedded_cluster::stop() {
+  auto& im = *impl_;
+  if (im.stopped) return;
+  im.stopped = true;
+  if (im.rpc) im.rpc->stop();
+  for (auto& a : im.actors)
+    caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+  im.actors.clear();
+}
+
+}  // namespace tokenmill

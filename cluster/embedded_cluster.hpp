@@ -1,0 +1,50 @@
+#pragma once
+/// The composition root of `tokenmill serve` (STYLE.md §3): builds the actor system, the
+/// engines and the transport, spawns every actor of a whole cluster inside one process
+/// (router, prefill workers, decode workers, kv-store, supervisor) and the RPC frontend.
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <caf/fwd.hpp>
+
+#include "actors/actors.hpp"
+#include "common/result.hpp"
+#include "engine/engine_factory.hpp"
+#include "frontend/rpc_server.hpp"
+
+namespace tokenmill {
+
+struct embedded_config {
+  std::string cluster_name = "tokenmill";
+  engine_spec engine;
+  router_config router;
+  prefill_config prefill;
+  decode_config decode;
+  uint32_t prefill_workers = 1;  ///< 0 = every prompt is prefilled on the decode worker
+  uint32_t decode_workers = 1;
+  rpc_server_config rpc;
+  uint32_t scheduler_threads = 2;  ///< CAF cooperative threads (workers run detached)
+  double ready_timeout_s = 10;
+};
+
+class embedded_cluster {
+ public:
+  /// Starts everything and waits until the supervisor reports the cluster ready and the
+  /// RPC port is bound. Errors say which part failed.
+  static result<std::unique_ptr<embedded_cluster>> start(embedded_config cfg);
+  ~embedded_cluster();
+
+  uint16_t rpc_port() const { return port_; }
+  caf::actor_system& system();
+  /// Stops the frontend (cancelling requests in flight), then every actor.
+  void stop();
+
+ private:
+  struct impl;
+  explicit embedded_cluster(std::unique_ptr<impl> i);
+  std::unique_ptr<impl> impl_;
+  uint16_t port_ = 0;
+};
+
+}  // namespace tokenmill

@@ -1,0 +1,94 @@
+#pragma once
+/// Plain data shared by the actors, the RPC codec and the client library. No CAF here:
+/// actors/protocol.hpp adds the inspectors.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/errors.hpp"
+#include "common/ids.hpp"
+#include "common/trace.hpp"
+
+namespace tokenmill {
+
+/// Sampling options, passed through to the engine.
+struct sampling_params {
+  float temperature = 0;  ///< 0 = greedy
+  float top_p = 1;        ///< nucleus mass in (0, 1]
+  uint64_t seed = 0;      ///< makes sampling with temperature > 0 reproducible
+};
+
+/// What the client asked for, validated by the frontend.
+struct request_options {
+  uint32_t max_tokens = 16;        ///< > 0
+  std::vector<token_id> stop_ids;  ///< generation stops after producing one of these
+  sampling_params sampling;        ///< passed through to the engine
+  bool ignore_eos = false;         ///< keep generating past the model's EOS
+};
+
+/// One actor's live state, as `tokenmill status` shows it.
+struct worker_status {
+  worker_id id = 0;
+  role kind = role::decode;
+  std::string name;
+  std::string node;
+  bool up = true;
+  uint32_t queued = 0;      ///< requests waiting (router: requests in flight)
+  uint32_t running = 0;     ///< sequences in the running batch / jobs being computed
+  uint32_t kv_used = 0;     ///< blocks
+  uint32_t kv_total = 0;    ///< blocks
+  uint64_t completed = 0;   ///< requests finished since start
+  uint64_t tokens_out = 0;  ///< tokens generated (decode) or prompt tokens computed (prefill)
+  std::string detail;       ///< one line of free text (engine, transport, errors)
+};
+
+/// Every member's status, as the supervisor sees the cluster.
+struct cluster_status {
+  std::string cluster;
+  bool ready = false;
+  std::vector<worker_status> workers;
+};
+
+/// A generate call as the client sent it, before validation. Numbers are wide so that
+/// out-of-range values can be reported exactly.
+struct generate_params {
+  bool has_text = true;
+  std::string text;                ///< when has_text
+  std::vector<int64_t> token_ids;  ///< when !has_text
+  int64_t max_tokens = 16;
+  std::vector<int64_t> stop_ids;
+  sampling_params sampling;
+  bool ignore_eos = false;
+  bool add_bos = true;
+  int64_t client_sent_ns = 0;
+};
+
+/// One named interval of a TTFT breakdown, in milliseconds.
+struct stage_ms {
+  std::string name;
+  double ms = 0;
+};
+
+/// The end of a generate call, as the client sees it.
+struct generation_summary {
+  request_id id = 0;
+  finish_reason reason = finish_reason::none;
+  errc error_code = errc::ok;
+  std::string error;
+  uint32_t prompt_tokens = 0;
+  uint32_t completion_tokens = 0;
+  double ttft_ms = 0;  ///< server side: arrived -> first token written to the client
+  double itl_mean_ms = 0, itl_p50_ms = 0, itl_p99_ms = 0;  ///< measured at the router
+  std::vector<stage_ms> stages;                            ///< server-side TTFT breakdown
+  std::vector<hop> hops;                                   ///< every stamp of the request
+};
+
+/// What a client needs to know about the served model.
+struct model_summary {
+  std::string name;
+  uint32_t vocab_size = 0;
+  uint32_t max_context = 0;
+  uint32_t block_tokens = 0;
+};
+
+}  // namespace tokenmill

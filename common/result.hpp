@@ -1,0 +1,29 @@
+#pragma once
+/// A value or an error_info (C++20 has no std::expected). Used at library boundaries.
+#include <utility>
+#include <variant>
+
+#include "common/errors.hpp"
+
+namespace tokenmill {
+
+template <class T>
+class result {
+ public:
+  result(T value) : v_(std::move(value)) {}
+  result(error_info err) : v_(std::move(err)) {}
+  bool ok() const { return std::holds_alternative<T>(v_); }
+  explicit operator bool() const { return ok(); }
+  T& value() { return std::get<T>(v_); }
+  const T& value() const { return std::get<T>(v_); }
+  T& operator*() { return value(); }
+  const T& operator*() const { return value(); }
+  T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
+  const error_info& error() const { return std::get<error_info>(v_); }
+
+ private:
+  std::variant<T, error_info> v_;
+};
+
+}  // namespace tokenmill

@@ -1,0 +1,65 @@
+#pragma once
+/// The model engine interface (DESIGN.md §5). One interface, several backends, all driven
+/// by the same workers: an engine computes prompt chunks and decode steps over sequences
+/// whose KV lives in a caller-owned block pool. Calls block for the duration of the
+/// compute, so workers call them from their own threads, never from CAF's scheduler.
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/api_types.hpp"
+#include "common/ids.hpp"
+#include "engine/block_pool.hpp"
+#include "engine/kv_layout.hpp"
+
+namespace tokenmill {
+
+/// What a worker must know about the model it serves.
+struct model_info {
+  std::string name;
+  uint32_t vocab_size = 0;
+  uint32_t max_context = 0;  ///< tokens (prompt + generated)
+  token_id bos = 1;
+  token_id eos = 2;
+  kv_layout layout;
+};
+
+/// One prompt chunk: compute positions [begin, end) of `tokens`, reading the KV of earlier
+/// positions and writing the chunk's KV into `blocks` (the sequence's block table).
+struct prefill_chunk {
+  std::span<const token_id> tokens;  ///< the whole prompt
+  uint32_t begin = 0;
+  uint32_t end = 0;
+  std::span<const block_id> blocks;
+  sampling_params sampling;
+};
+
+/// One decode step of one sequence: `tokens` is the context including the newest token,
+/// whose KV is not written yet; the step writes it at position tokens.size()-1 and
+/// samples the next token.
+struct decode_seq {
+  std::span<const token_id> tokens;
+  std::span<const block_id> blocks;
+  sampling_params sampling;
+};
+
+class engine {
+ public:
+  virtual ~engine() = default;
+  virtual const model_info& info() const = 0;
+  /// Computes a batch of prompt chunks. Returns, per chunk, the token sampled after the
+  /// chunk's last position (meaningful when the chunk ends the prompt).
+  virtual std::vector<token_id> prefill(block_pool& pool, std::span<const prefill_chunk> batch) = 0;
+  /// Runs one decode step over a batch; returns the next token of each sequence.
+  virtual std::vector<token_id> decode(block_pool& pool, std::span<const decode_seq> batch) = 0;
+  /// Checks that positions [begin, end) of `tokens` have the KV contents this engine
+  /// would have written into `blocks`. Returns an empty string when they do (or when the
+  /// engine cannot know, as a real model cannot), else what is wrong.
+  virtual std::string check_kv(const block_pool& pool, std::span<const token_id> tokens,
+                               std::span<const block_id> blocks, uint32_t begin,
+                               uint32_t end) const = 0;
+};
+
+}  // namespace tokenmill

@@ -1,0 +1,34 @@
+#include "engine/kv_layout.hpp"
+
+#include <fmt/format.h>
+
+namespace tokenmill {
+
+size_t kv_layout::block_bytes() const {
+  return size_t{layers} * 2 * kv_heads * block_tokens * head_dim * dtype_bytes;
+}
+
+size_t kv_layout::offset(uint32_t layer, uint32_t kv, uint32_t head, uint32_t slot) const {
+  size_t idx = ((size_t{layer} * 2 + kv) * kv_heads + head) * block_tokens + slot;
+  return idx * head_dim * dtype_bytes;
+}
+
+uint32_t kv_layout::blocks_for(uint32_t tokens) const {
+  // 64-bit sum: tokens + block_tokens - 1 wraps for prompts near 2^32; a zero block size
+  // (an invalid layout) must not divide by zero.
+  if (block_tokens == 0) return 0;
+  return static_cast<uint32_t>((uint64_t{tokens} + block_tokens - 1) / block_tokens);
+}
+
+std::string kv_layout::validate() const {
+  if (layers == 0 || kv_heads == 0 || head_dim == 0 || block_tokens == 0)
+    return fmt::format(
+        "kv layout has a zero dimension (layers={}, kv_heads={}, head_dim={}, "
+        "block_tokens={})",
+        layers, kv_heads, head_dim, block_tokens);
+  if (dtype_bytes != 2 && dtype_bytes != 4)
+    return fmt::format("kv dtype must be 2 or 4 bytes, got {}", dtype_bytes);
+  return {};
+}
+
+}  // namespace tokenmill

@@ -1,0 +1,167 @@
+#include "engine/sim_engine.hpp"
+
+#include <sys/prctl.h>
+#include <xxhash.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "common/clock.hpp"
+
+namespace tokenmill {
+namespace {
+
+uint64_t splitmix(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+/// Seed of the contents of one (position, token, layer, K|V, head) vector.
+uint64_t vector_seed(uint64_t seed, uint32_t pos, token_id tok, uint32_t layer, uint32_t kv,
+                     uint32_t head) {
+  uint64_t words[4] = {seed, (uint64_t{pos} << 32) | static_cast<uint32_t>(tok),
+                       (uint64_t{layer} << 32) | kv, head};
+  return XXH3_64bits(words, sizeof(words));
+}
+
+void fill_vector(std::byte* dst, size_t bytes, uint64_t state) {
+  for (size_t i = 0; i < bytes; i += 8) {
+    uint64_t v = splitmix(state);
+    std::memcpy(dst + i, &v, std::min<size_t>(8, bytes - i));
+  }
+}
+
+/// Sleeps until `deadline` (steady clock ns). Timer slack is lowered once per thread so
+/// that a 10 ms step does not overshoot by the default 50 µs.
+void sleep_until_ns(int64_t deadline) {
+  thread_local bool slack_set = false;
+  if (!slack_set) {
+    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+    slack_set = true;
+  }
+  auto tp = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline));
+  std::this_thread::sleep_until(tp);
+}
+
+}  // namespace
+
+sim_engine::sim_engine(sim_config cfg) : cfg_(cfg) {
+  if (auto err = cfg_.layout.validate(); !err.empty()) throw std::invalid_argument(err);
+  if (cfg_.vocab_size <= static_cast<uint32_t>(first_word_id))
+    throw std::invalid_argument(
+        fmt::format("sim vocab_size must exceed {}, got {}", first_word_id, cfg_.vocab_size));
+  // Written so that NaN fails too; NaN or inf would make the cost casts undefined.
+  if (!(cfg_.slowdown > 0 && std::isfinite(cfg_.slowdown)))
+    throw std::invalid_argument("sim slowdown must be positive and finite");
+  info_.name = "sim";
+  info_.vocab_size = cfg_.vocab_size;
+  info_.max_context = cfg_.max_context;
+  info_.layout = cfg_.layout;
+}
+
+uint64_t sim_engine::prefill_cost_ns(uint64_t tokens) const {
+  return static_cast<uint64_t>(
+      static_cast<double>(cfg_.prefill_base_ns + cfg_.prefill_ns_per_token * tokens) *
+      cfg_.slowdown);
+}
+
+uint64_t sim_engine::decode_cost_ns(uint64_t seqs, uint64_t ctx_tokens) const {
+  return static_cast<uint64_t>(static_cast<double>(cfg_.decode_base_ns +
+                                                   cfg_.decode_per_seq_ns * seqs +
+                                                   cfg_.decode_per_ctx_token_ns * ctx_tokens) *
+                               cfg_.slowdown);
+}
+
+token_id sim_engine::next_token(std::span<const token_id> context, const sampling_params& s) const {
+  size_t window = std::min<size_t>(context.size(), 8);
+  uint64_t seed = cfg_.seed ^ (uint64_t{context.size()} * 0x100000001b3ULL);
+  if (s.temperature > 0) seed ^= XXH3_64bits(&s.seed, sizeof(s.seed));
+  uint64_t h = XXH3_64bits_withSeed(context.data() + (context.size() - window),
+                                    window * sizeof(token_id), seed);
+  uint32_t span = cfg_.vocab_size - static_cast<uint32_t>(first_word_id);
+  return first_word_id + static_cast<token_id>(h % span);
+}
+
+void sim_engine::write_position(block_pool& pool, std::span<const block_id> blocks, uint32_t pos,
+                                token_id tok) const {
+  const auto& L = cfg_.layout;
+  uint32_t bi = pos / L.block_tokens;
+  if (bi >= blocks.size())
+    throw std::out_of_range(
+        fmt::format("position {} is past the block table ({} blocks)", pos, blocks.size()));
+  std::byte* base = pool.block(blocks[bi]);
+  uint32_t slot = pos % L.block_tokens;
+  size_t vec = size_t{L.head_dim} * L.dtype_bytes;
+  for (uint32_t l = 0; l < L.layers; ++l)
+    for (uint32_t kv = 0; kv < 2; ++kv)
+      for (uint32_t h = 0; h < L.kv_heads; ++h)
+        fill_vector(base + L.offset(l, kv, h, slot), vec,
+                    vector_seed(cfg_.seed, pos, tok, l, kv, h));
+}
+
+std::vector<token_id> sim_engine::prefill(block_pool& pool, std::span<const prefill_chunk> batch) {
+  int64_t start = now_ns();
+  uint64_t tokens = 0;
+  std::vector<token_id> out;
+  out.reserve(batch.size());
+  for (const auto& c : batch) {
+    tokens += c.end - c.begin;
+    for (uint32_t p = c.begin; p < c.end; ++p)
+      write_position(pool, c.blocks, p, c.tokens[p]);
+    out.push_back(next_token(c.tokens.subspan(0, c.end), c.sampling));
+  }
+  sleep_until_ns(start + static_cast<int64_t>(prefill_cost_ns(tokens)));
+  return out;
+}
+
+std::vector<token_id> sim_engine::decode(block_pool& pool, std::span<const decode_seq> batch) {
+  int64_t start = now_ns();
+  uint64_t ctx = 0;
+  std::vector<token_id> out;
+  out.reserve(batch.size());
+  for (const auto& s : batch) {
+    auto pos = static_cast<uint32_t>(s.tokens.size() - 1);
+    ctx += s.tokens.size();
+    write_position(pool, s.blocks, pos, s.tokens[pos]);
+    out.push_back(next_token(s.tokens, s.sampling));
+  }
+  sleep_until_ns(start + static_cast<int64_t>(decode_cost_ns(batch.size(), ctx)));
+  return out;
+}
+
+std::string sim_engine::check_kv(const block_pool& pool, std::span<const token_id> tokens,
+                                 std::span<const block_id> blocks, uint32_t begin,
+                                 uint32_t end) const {
+  const auto& L = cfg_.layout;
+  size_t vec = size_t{L.head_dim} * L.dtype_bytes;
+  std::vector<std::byte> expect(vec);
+  if (end > tokens.size())
+    return fmt::format("positions up to {} checked but only {} tokens given", end, tokens.size());
+  for (uint32_t pos = begin; pos < end; ++pos) {
+    uint32_t bi = pos / L.block_tokens;
+    if (bi >= blocks.size())
+      return fmt::format("position {} is past the block table ({} blocks)", pos, blocks.size());
+    const std::byte* base = pool.block(blocks[bi]);
+    uint32_t slot = pos % L.block_tokens;
+    for (uint32_t l = 0; l < L.layers; ++l)
+      for (uint32_t kv = 0; kv < 2; ++kv)
+        for (uint32_t h = 0; h < L.kv_heads; ++h) {
+          fill_vector(expect.data(), vec, vector_seed(cfg_.seed, pos, tokens[pos], l, kv, h));
+          if (std::memcmp(expect.data(), base + L.offset(l, kv, h, slot), vec) != 0)
+            return fmt::format(
+                "KV block {} (table index {}) holds wrong contents for position {} (layer {}, "
+                "{}, head {})",
+                blocks[bi], bi, pos, l, kv == 0 ? "K" : "V", h);
+        }
+  }
+  return {};
+}
+
+}  // namespace tokenmill

@@ -1,0 +1,166 @@
+#include "frontend/client.hpp"
+
+#include <charconv>
+
+#include <capnp/ez-rpc.h>
+#include <fmt/format.h>
+#include <kj/async-io.h>
+#include <kj/async.h>
+#include <kj/timer.h>
+
+#include "common/clock.hpp"
+#include "schema/codec.hpp"
+
+namespace tokenmill {
+namespace {
+
+class sink_impl final : public rpc::TokenSink::Server {
+ public:
+  explicit sink_impl(std::function<void(const client_chunk&)> cb) : cb_(std::move(cb)) {}
+  std::vector<client_chunk> chunks;
+
+ protected:
+  kj::Promise<void> write(WriteContext ctx) override {
+    auto c = codec::decode(ctx.getParams().getChunk());
+    client_chunk cc{c.first_index, std::move(c.ids), std::move(c.text), now_ns()};
+    if (cb_) cb_(cc);
+    chunks.push_back(std::move(cc));
+    return kj::READY_NOW;
+  }
+
+ private:
+  std::function<void(const client_chunk&)> cb_;
+};
+
+kj::Duration to_duration(double s) {
+  return static_cast<int64_t>(s * 1e3) * kj::MILLISECONDS;
+}
+
+}  // namespace
+
+result<std::pair<std::string, uint16_t>> parse_endpoint(const std::string& s) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == s.size())
+    return error_info{errc::invalid_request,
+                      fmt::format("'{}' is not HOST:PORT (for example 127.0.0.1:7700)", s)};
+  unsigned port = 0;
+  auto ps = std::string_view(s).substr(colon + 1);
+  auto [p, ec] = std::from_chars(ps.data(), ps.data() + ps.size(), port);
+  if (ec != std::errc() || p != ps.data() + ps.size() || port == 0 || port > 65535)
+    return error_info{errc::invalid_request,
+                      fmt::format("'{}' in '{}' is not a port number (1-65535)", ps, s)};
+  return std::make_pair(s.substr(0, colon), static_cast<uint16_t>(port));
+}
+
+struct client::impl {
+  std::string where;
+  capnp::EzRpcClient rpc;
+  rpc::Gateway::Client gw;
+  impl(const std::string& host, uint16_t port)
+      : where(fmt::format("{}:{}", host, port)), rpc(host, port), gw(rpc.getMain<rpc::Gateway>()) {}
+
+  template <class T>
+  kj::Promise<T> bounded(kj::Promise<T> p, double timeout_s) {
+    return rpc.getIoProvider().getTimer().timeoutAfter(to_duration(timeout_s), kj::mv(p));
+  }
+  error_info translate(const kj::Exception& e, const char* what) {
+    auto type = e.getType();
+    errc code = type == kj::Exception::Type::DISCONNECTED ? errc::worker_failed
+                : type == kj::Exception::Type::OVERLOADED ? errc::timeout
+                                                          : errc::internal;
+    return {code, fmt::format("{} {}: {}", what, where, e.getDescription().cStr())};
+  }
+};
+
+client::client(std::unique_ptr<impl> i) : impl_(std::move(i)) {}
+client::~client() = default;
+
+result<std::unique_ptr<client>> client::connect(const std::string& host, uint16_t port,
+                                                double timeout_s) {
+  std::unique_ptr<impl> i;
+  try {
+    i = std::make_unique<impl>(host, port);
+    auto req = i->gw.modelRequest();
+    auto resp = i->bounded(req.send(), timeout_s).wait(i->rpc.getWaitScope());
+    auto m = codec::decode(resp.getInfo());
+    std::unique_ptr<client> c(new client(std::move(i)));
+    c->model_ = std::move(m);
+    return c;
+  } catch (const kj::Exception& e) {
+    return error_info{errc::worker_failed, fmt::format("cannot reach tokenmill at {}:{}: {}", host,
+                                                       port, e.getDescription().cStr())};
+  }
+}
+
+result<client_result> client::generate(generate_params p,
+                                       const std::function<void(const client_chunk&)>& on_chunk,
+                                       double timeout_s) {
+  auto& i = *impl_;
+  client_result out;
+  try {
+    auto sink_own = kj::heap<sink_impl>(on_chunk);
+    auto& sink = *sink_own;
+    rpc::TokenSink::Client sink_cap = kj::mv(sink_own);
+    auto req = i.gw.generateRequest();
+    out.sent_ns = now_ns();
+    p.client_sent_ns = out.sent_ns;
+    codec::encode(p, req.initRequest());
+    req.setSink(sink_cap);
+    auto resp = i.bounded(req.send(), timeout_s).wait(i.rpc.getWaitScope());
+    out.done_ns = now_ns();
+    out.server = codec::decode(resp.getSummary());
+    int64_t prev = 0;
+    for (const auto& c : sink.chunks) {
+      for (size_t k = 0; k < c.ids.size(); ++k) {
+        if (!out.tokens.empty() || k > 0)
+          out.itl_ms.push_back(k == 0 ? (c.recv_ns - prev) / 1e6 : 0.0);
+        out.tokens.push_back(c.ids[k]);
+      }
+      if (!c.ids.empty()) prev = c.recv_ns;
+      out.text += c.text;
+    }
+    if (!sink.chunks.empty()) out.first_token_ns = sink.chunks.front().recv_ns;
+  } catch (const kj::Exception& e) {
+    return i.translate(e, "generate at");
+  }
+  if (out.server.error_code != errc::ok) return error_info{out.server.error_code, out.server.error};
+  // The full TTFT breakdown: the server's stamps plus the client's own, on one clock
+  // (same host; across hosts the supervisor's clock offsets apply).
+  trace tr;
+  for (const auto& h : out.server.hops)
+    tr.hops.push_back(h);
+  tr.stamp_at(stage::client_sent, out.sent_ns);
+  if (out.first_token_ns != 0) {
+    tr.stamp_at(stage::first_token_client, out.first_token_ns);
+    out.ttft_ms = (out.first_token_ns - out.sent_ns) / 1e6;
+  }
+  for (const auto& iv : ttft_breakdown(tr))
+    out.stages.push_back({std::string(iv.name()), iv.duration_ns / 1e6});
+  return out;
+}
+
+result<std::vector<token_id>> client::tokenize(const std::string& text, bool add_bos) {
+  auto& i = *impl_;
+  try {
+    auto req = i.gw.tokenizeRequest();
+    req.setText(text);
+    req.setAddBos(add_bos);
+    auto resp = i.bounded(req.send(), 30).wait(i.rpc.getWaitScope());
+    return codec::decode_ids(resp.getTokenIds());
+  } catch (const kj::Exception& e) {
+    return i.translate(e, "tokenize at");
+  }
+}
+
+result<cluster_status> client::status(double timeout_s) {
+  auto& i = *impl_;
+  try {
+    auto req = i.gw.statusRequest();
+    auto resp = i.bounded(req.send(), timeout_s).wait(i.rpc.getWaitScope());
+    return codec::decode(resp.getStatus());
+  } catch (const kj::Exception& e) {
+    return i.translate(e, "status at");
+  }
+}
+
+}  // namespace tokenmill

@@ -1,0 +1,64 @@
+#pragma once
+/// The C++ client library for tokenmill's Cap'n Proto API. Synchronous: each call runs
+/// the client's own event loop until it completes. Not thread-safe; use one client per
+/// thread. No CAF here.
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/api_types.hpp"
+#include "common/result.hpp"
+
+namespace tokenmill {
+
+/// Parses "HOST:PORT" (PORT 1..65535).
+result<std::pair<std::string, uint16_t>> parse_endpoint(const std::string& s);
+
+/// A chunk of streamed tokens, as received.
+struct client_chunk {
+  uint32_t first_index = 0;
+  std::vector<token_id> ids;
+  std::string text;
+  int64_t recv_ns = 0;  ///< client steady clock
+};
+
+/// A finished generate call, measured at the client.
+struct client_result {
+  generation_summary server;     ///< as the server reported it
+  std::vector<token_id> tokens;  ///< the completion's token ids
+  std::string text;              ///< the completion's text
+  int64_t sent_ns = 0;           ///< client clock: call sent
+  int64_t first_token_ns = 0;    ///< client clock: first chunk received (0 if none)
+  int64_t done_ns = 0;           ///< client clock: call returned
+  double ttft_ms = 0;            ///< first_token_ns - sent_ns
+  std::vector<stage_ms> stages;  ///< full breakdown, client_to_frontend .. frontend_to_client
+  std::vector<double> itl_ms;    ///< gap before each token after the first (0 inside a chunk)
+};
+
+class client {
+ public:
+  /// Connects and checks that a tokenmill gateway answers within `timeout_s`.
+  static result<std::unique_ptr<client>> connect(const std::string& host, uint16_t port,
+                                                 double timeout_s = 10);
+  ~client();
+
+  /// Streams a completion; `on_chunk` runs for each chunk as it arrives. A request the
+  /// server refused or failed is an error (with the server's code and message).
+  result<client_result> generate(generate_params p,
+                                 const std::function<void(const client_chunk&)>& on_chunk,
+                                 double timeout_s = 600);
+  result<std::vector<token_id>> tokenize(const std::string& text, bool add_bos = true);
+  result<cluster_status> status(double timeout_s = 10);
+  /// The model the gateway serves (fetched at connect time).
+  const model_summary& model() const { return model_; }
+
+ private:
+  struct impl;
+  explicit client(std::unique_ptr<impl> i);
+  std::unique_ptr<impl> impl_;
+  model_summary model_;
+};
+
+}  // namespace tokenmill

@@ -1,0 +1,443 @@
+#include "frontend/rpc_server.hpp"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <deque>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <variant>
+
+#include <capnp/rpc-twoparty.h>
+#include <capnp/rpc.h>
+#include <kj/async-io.h>
+#include <kj/async-unix.h>
+#include <kj/debug.h>
+#include <spdlog/spdlog.h>
+
+#include <caf/all.hpp>
+
+#include "actors/protocol.hpp"
+#include "common/clock.hpp"
+#include "frontend/validate.hpp"
+#include "schema/codec.hpp"
+
+namespace tokenmill {
+namespace {
+
+struct status_result {
+  uint64_t call = 0;
+  bool ok = false;
+  cluster_status status;
+  std::string error;
+};
+struct stop_event {};
+using inbox_item = std::variant<token_chunk, request_summary, status_result, stop_event>;
+
+/// Hands items from CAF threads to the kj thread: a locked queue plus an eventfd the kj
+/// loop waits on.
+class inbox {
+ public:
+  inbox() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+    if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+  }
+  ~inbox() { ::close(fd_); }
+  void push(inbox_item item) {
+    {
+      std::lock_guard<std::mutex> lock(mtx_);
+      q_.push_back(std::move(item));
+    }
+    uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(fd_, &one, sizeof(one));
+  }
+  std::deque<inbox_item> drain() {
+    std::lock_guard<std::mutex> lock(mtx_);
+    return std::exchange(q_, {});
+  }
+  int fd() const { return fd_; }
+
+ private:
+  int fd_;
+  std::mutex mtx_;
+  std::deque<inbox_item> q_;
+};
+
+/// CAF side of the bridge: everything addressed to the frontend lands in the inbox.
+caf::behavior bridge_actor(caf::event_based_actor* self, std::shared_ptr<inbox> in,
+                           caf::actor supervisor) {
+  return {
+      [in](token_chunk& c) { in->push(std::move(c)); },
+      [in](request_summary& s) { in->push(std::move(s)); },
+      [self, in, supervisor](status_atom, uint64_t call) {
+        self->request(supervisor, std::chrono::seconds(3), status_atom::value)
+            .then(
+                [in, call](cluster_status& st) {
+                  in->push(status_result{call, true, std::move(st), {}});
+                },
+                [in, call](caf::error& e) {
+                  in->push(status_result{
+                      call, false, {}, "supervisor did not answer: " + caf::to_string(e)});
+                });
+      },
+  };
+}
+
+}  // namespace
+
+/// One request being streamed to its client.
+struct stream_state {
+  rpc::TokenSink::Client sink;
+  kj::Own<kj::PromiseFulfiller<void>> done;
+  std::vector<token_id> pending;  ///< tokens not yet written to the sink
+  uint32_t written = 0;           ///< tokens written so far
+  bool sending = false;
+  utf8_stream detok;
+  std::optional<request_summary> summary;
+  int64_t first_sent_ns = 0;
+  bool cancel_sent = false;
+  explicit stream_state(rpc::TokenSink::Client s) : sink(kj::mv(s)) {}
+};
+
+struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
+  caf::actor_system& sys;
+  caf::actor router;
+  caf::actor supervisor;
+  std::shared_ptr<const tokenizer> tok;
+  model_info model;
+  rpc_server_config cfg;
+  std::shared_ptr<inbox> in = std::make_shared<inbox>();
+  caf::actor bridge;
+  std::thread thread;
+  std::atomic<uint64_t> next_id{0};
+  // kj-thread state
+  std::unordered_map<request_id, std::unique_ptr<stream_state>> streams;
+  std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<std::shared_ptr<cluster_status>>>>
+      status_calls;
+  uint64_t next_call = 0;
+  kj::TaskSet* tasks = nullptr;
+
+  impl(caf::actor_system& s, caf::actor r, caf::actor sup, std::shared_ptr<const tokenizer> t,
+       model_info m, rpc_server_config c)
+      : sys(s),
+        router(std::move(r)),
+        supervisor(std::move(sup)),
+        tok(std::move(t)),
+        model(std::move(m)),
+        cfg(std::move(c)) {}
+
+  void taskFailed(kj::Exception&& e) override {
+    spdlog::debug("rpc: connection task ended: {}", e.getDescription().cStr());
+  }
+
+  // ------------------------------------------------------------ streaming (kj thread)
+  void pump(request_id id) {
+    auto it = streams.find(id);
+    if (it == streams.end()) return;
+    auto& s = *it->second;
+    if (s.sending) return;
+    if (s.pending.empty()) {
+      if (s.summary) s.done->fulfill();
+      return;
+    }
+    codec::chunk c;
+    c.first_index = s.written;
+    c.ids = std::exchange(s.pending, {});
+    for (auto t : c.ids)
+      c.text += s.detok.push(tok->piece(t));
+    if (s.summary) c.text += s.detok.finish();
+    c.sent_ns = now_ns();
+    if (s.written == 0) s.first_sent_ns = c.sent_ns;
+    s.written += static_cast<uint32_t>(c.ids.size());
+    s.sending = true;
+    auto req = s.sink.writeRequest();
+    codec::encode(c, req.initChunk());
+    tasks->add(req.send().then(
+        [this, id]() {
+          if (auto it = streams.find(id); it != streams.end()) {
+            it->second->sending = false;
+            pump(id);
+          }
+        },
+        [this, id](kj::Exception&& e) {
+          // The client is gone or its sink failed: stop the request everywhere.
+          if (auto it = streams.find(id); it != streams.end()) {
+            cancel(id, *it->second);
+            it->second->done->reject(kj::mv(e));
+          }
+        }));
+  }
+
+  void cancel(request_id id, stream_state& s) {
+    if (s.cancel_sent || s.summary) return;
+    s.cancel_sent = true;
+    caf::anon_send(router, cancel_request{id});
+  }
+
+  void on_chunk(token_chunk& c) {
+    auto it = streams.find(c.id);
+    if (it == streams.end()) return;  // cancelled meanwhile
+    auto& s = *it->second;
+    s.pending.insert(s.pending.end(), c.tokens.begin(), c.tokens.end());
+    pump(c.id);
+  }
+
+  void on_summary(request_summary& sum) {
+    auto it = streams.find(sum.id);
+    if (it == streams.end()) return;
+    it->second->summary = std::move(sum);
+    pump(it->second->summary->id);
+  }
+
+  void on_status(status_result& r) {
+    auto it = status_calls.find(r.call);
+    if (it == status_calls.end()) return;
+    if (r.ok)
+      it->second->fulfill(std::make_shared<cluster_status>(std::move(r.status)));
+    else
+      it->second->reject(KJ_EXCEPTION(FAILED, r.error));
+    status_calls.erase(it);
+  }
+
+  generation_summary to_summary(const stream_state& s) {
+    const auto& r = *s.summary;
+    generation_summary g;
+    g.id = r.id;
+    g.reason = r.reason;
+    g.error_code = r.error.code;
+    g.error = r.error.message;
+    g.prompt_tokens = r.prompt_tokens;
+    g.completion_tokens = r.completion_tokens;
+    g.itl_mean_ms = r.itl_mean_ms;
+    g.itl_p50_ms = r.itl_p50_ms;
+    g.itl_p99_ms = r.itl_p99_ms;
+    trace tr = r.tr;
+    if (s.first_sent_ns != 0) tr.stamp_at(stage::first_token_sent, s.first_sent_ns, cfg.node);
+    auto b = ttft_breakdown(tr);
+    for (const auto& i : b)
+      g.stages.push_back({std::string(i.name()), i.duration_ns / 1e6});
+    if (s.first_sent_ns != 0) g.ttft_ms = total_ns(b) / 1e6;
+    std::stable_sort(tr.hops.begin(), tr.hops.end(),
+                     [](const hop& a, const hop& b) { return a.t_ns < b.t_ns; });
+    g.hops = tr.hops;
+    return g;
+  }
+
+  void run(std::promise<result<uint16_t>>& started);
+};
+
+namespace {
+
+class gateway_impl final : public rpc::Gateway::Server {
+ public:
+  explicit gateway_impl(rpc_server::impl& s) : s_(s) {}
+
+ protected:
+  kj::Promise<void> generate(GenerateContext ctx) override {
+    auto params = ctx.getParams();
+    auto gp = codec::decode(params.getRequest());
+    auto v = validate(gp, *s_.tok, s_.model);
+    if (!v) {
+      generation_summary g;
+      g.reason = finish_reason::error;
+      g.error_code = v.error().code;
+      g.error = v.error().message;
+      codec::encode(g, ctx.getResults().initSummary());
+      return kj::READY_NOW;
+    }
+    request_id id = (uint64_t{s_.cfg.node} << 48) | ++s_.next_id;
+    auto st = std::make_unique<stream_state>(params.getSink());
+    auto paf = kj::newPromiseAndFulfiller<void>();
+    st->done = kj::mv(paf.fulfiller);
+    s_.streams.emplace(id, std::move(st));
+    generate_request req;
+    req.id = id;
+    req.prompt = std::move(v->prompt);
+    req.options = std::move(v->options);
+    req.tr.id = id;
+    req.tr.stamp(stage::arrived, s_.cfg.node);
+    req.client = s_.bridge;
+    caf::anon_send(s_.router, std::move(req));
+    auto& srv = s_;
+    return paf.promise
+        .then([&srv, id, ctx]() mutable {
+          auto it = srv.streams.find(id);
+          KJ_REQUIRE(it != srv.streams.end(), "request state vanished");
+          codec::encode(srv.to_summary(*it->second), ctx.getResults().initSummary());
+          srv.streams.erase(it);
+        })
+        .attach(kj::defer([&srv, id]() {
+          // Runs when the call ends; if the request is still known, the client dropped
+          // the call or the connection before completion: cancel it.
+          if (auto it = srv.streams.find(id); it != srv.streams.end()) {
+            srv.cancel(id, *it->second);
+            srv.streams.erase(it);
+          }
+        }));
+  }
+
+  kj::Promise<void> tokenize(TokenizeContext ctx) override {
+    auto p = ctx.getParams();
+    auto ids =
+        s_.tok->encode(std::string_view(p.getText().cStr(), p.getText().size()), p.getAddBos());
+    codec::encode_ids(ids, ctx.getResults().initTokenIds(static_cast<unsigned>(ids.size())));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> status(StatusContext ctx) override {
+    auto call = ++s_.next_call;
+    auto paf = kj::newPromiseAndFulfiller<std::shared_ptr<cluster_status>>();
+    s_.status_calls.emplace(call, kj::mv(paf.fulfiller));
+    caf::anon_send(s_.bridge, status_atom::value, call);
+    return paf.promise.then([ctx](std::shared_ptr<cluster_status> st) mutable {
+      codec::encode(*st, ctx.getResults().initStatus());
+    });
+  }
+
+  kj::Promise<void> model(ModelContext ctx) override {
+    model_summary m{s_.model.name, s_.model.vocab_size, s_.model.max_context,
+                    s_.model.layout.block_tokens};
+    codec::encode(m, ctx.getResults().initInfo());
+    return kj::READY_NOW;
+  }
+
+ private:
+  rpc_server::impl& s_;
+};
+
+/// One client connection: its own vat network (so we control the message size limit).
+struct connection {
+  kj::Own<kj::AsyncIoStream> stream;
+  capnp::TwoPartyVatNetwork network;
+  capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
+  connection(kj::Own<kj::AsyncIoStream>&& s, capnp::Capability::Client bootstrap,
+             capnp::ReaderOptions opts)
+      : stream(kj::mv(s)),
+        network(*stream, capnp::rpc::twoparty::Side::SERVER, opts),
+        rpc(capnp::makeRpcServer(network, kj::mv(bootstrap))) {}
+};
+
+}  // namespace
+
+void rpc_server::impl::run(std::promise<result<uint16_t>>& started) {
+  // Declaration order matters: everything registered with the event port (listener,
+  // connections, the inbox fd) must be destroyed before `io`.
+  auto io = kj::setupAsyncIo();
+  auto& ws = io.waitScope;
+  kj::Own<kj::ConnectionReceiver> listener;
+  try {
+    auto addr = io.provider->getNetwork().parseAddress(cfg.host, cfg.port).wait(ws);
+    listener = addr->listen();
+  } catch (const kj::Exception& e) {
+    started.set_value(error_info{
+        errc::invalid_request,
+        fmt::format("cannot listen on {}:{}: {}", cfg.host, cfg.port, e.getDescription().cStr())});
+    return;
+  }
+  kj::TaskSet task_set(*this);
+  tasks = &task_set;
+  capnp::Capability::Client bootstrap = kj::heap<gateway_impl>(*this);
+  capnp::ReaderOptions opts;
+  opts.traversalLimitInWords = cfg.max_message_bytes / 8;
+  started.set_value(static_cast<uint16_t>(listener->getPort()));
+
+  int window = cfg.stream_window_bytes;
+  std::function<kj::Promise<void>()> accept_loop = [&]() -> kj::Promise<void> {
+    return listener->accept().then(
+        [&](kj::Own<kj::AsyncIoStream>&& sock) {
+          int one = 1;
+          sock->setsockopt(IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+          if (window > 0) sock->setsockopt(SOL_SOCKET, SO_SNDBUF, &window, sizeof(window));
+          auto conn = kj::heap<connection>(kj::mv(sock), bootstrap, opts);
+          auto done = conn->network.onDisconnect();
+          task_set.add(done.attach(kj::mv(conn)));
+          return accept_loop();
+        },
+        [&](kj::Exception&& e) {
+          spdlog::warn("rpc: accept failed: {}", e.getDescription().cStr());
+          return io.provider->getTimer().afterDelay(10 * kj::MILLISECONDS).then([&] {
+            return accept_loop();
+          });
+        });
+  };
+  auto accepting = accept_loop().eagerlyEvaluate(nullptr);
+
+  auto wake = io.lowLevelProvider->wrapInputFd(in->fd());
+  auto stop = kj::newPromiseAndFulfiller<void>();
+  bool stopping = false;
+  uint64_t buf = 0;
+  std::function<kj::Promise<void>()> read_loop = [&]() -> kj::Promise<void> {
+    return wake->read(&buf, sizeof(buf)).then([&]() -> kj::Promise<void> {
+      for (auto& item : in->drain()) {
+        std::visit(
+            [&](auto& x) {
+              using T = std::decay_t<decltype(x)>;
+              if constexpr (std::is_same_v<T, token_chunk>)
+                on_chunk(x);
+              else if constexpr (std::is_same_v<T, request_summary>)
+                on_summary(x);
+              else if constexpr (std::is_same_v<T, status_result>)
+                on_status(x);
+              else
+                stopping = true;
+            },
+            item);
+      }
+      if (stopping) {
+        stop.fulfiller->fulfill();
+        return kj::READY_NOW;
+      }
+      return read_loop();
+    });
+  };
+  auto reading = read_loop().eagerlyEvaluate(nullptr);
+  stop.promise.wait(ws);
+  // Cancel whatever is still in flight, so no KV blocks stay reserved for a client that
+  // will never be answered.
+  for (auto& [id, s] : streams)
+    cancel(id, *s);
+  for (auto& [call, f] : status_calls)
+    f->reject(KJ_EXCEPTION(DISCONNECTED, "server stopping"));
+  status_calls.clear();
+  tasks = nullptr;
+}
+
+rpc_server::rpc_server(caf::actor_system& sys, caf::actor router, caf::actor supervisor,
+                       std::shared_ptr<const tokenizer> tok, model_info model,
+                       rpc_server_config cfg)
+    : impl_(std::make_unique<impl>(sys, std::move(router), std::move(supervisor), std::move(tok),
+                                   std::move(model), std::move(cfg))) {}
+
+rpc_server::~rpc_server() {
+  stop();
+}
+
+result<uint16_t> rpc_server::start() {
+  auto& s = *impl_;
+  if (s.thread.joinable()) return error_info{errc::internal, "rpc server already started"};
+  s.bridge = s.sys.spawn(bridge_actor, s.in, s.supervisor);
+  std::promise<result<uint16_t>> started;
+  auto fut = started.get_future();
+  s.thread = std::thread([&s, &started] { s.run(started); });
+  auto r = fut.get();
+  if (!r) {
+    s.thread.join();
+    caf::anon_send_exit(s.bridge, caf::exit_reason::user_shutdown);
+  }
+  return r;
+}
+
+void rpc_server::stop() {
+  auto& s = *impl_;
+  if (!s.thread.joinable()) return;
+  s.in->push(stop_event{});
+  s.thread.join();
+  caf::anon_send_exit(s.bridge, caf::exit_reason::user_shutdown);
+}
+
+}  // namespace tokenmill

@@ -1,0 +1,44 @@
+#pragma once
+/// The Cap'n Proto RPC frontend (DESIGN.md §6). It runs its own kj event loop on one
+/// thread; a bridge actor carries router replies into that loop through an eventfd inbox.
+/// The frontend validates and tokenizes; it holds no routing logic.
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <caf/fwd.hpp>
+
+#include "common/result.hpp"
+#include "engine/engine.hpp"
+#include "engine/tokenizer.hpp"
+
+namespace tokenmill {
+
+struct rpc_server_config {
+  std::string host = "127.0.0.1";
+  uint16_t port = 7700;                  ///< 0 = any free port (start() says which)
+  int stream_window_bytes = 16 * 1024;   ///< SO_SNDBUF of client sockets = token stream window
+  uint64_t max_message_bytes = 8 << 20;  ///< larger incoming messages drop the connection
+  uint32_t node = 0;                     ///< node index stamped into traces
+};
+
+class rpc_server {
+ public:
+  rpc_server(caf::actor_system& sys, caf::actor router, caf::actor supervisor,
+             std::shared_ptr<const tokenizer> tok, model_info model, rpc_server_config cfg);
+  ~rpc_server();
+  rpc_server(const rpc_server&) = delete;
+  rpc_server& operator=(const rpc_server&) = delete;
+
+  /// Binds, starts serving on its own thread and returns the bound port.
+  result<uint16_t> start();
+  /// Cancels requests in flight, closes every connection and joins the thread.
+  void stop();
+
+  struct impl;  ///< the kj-thread state (public so that its helpers in the .cpp can name it)
+
+ private:
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace tokenmill

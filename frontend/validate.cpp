@@ -1,0 +1,61 @@
+#include "frontend/validate.hpp"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+namespace tokenmill {
+namespace {
+error_info bad(std::string msg) {
+  return {errc::invalid_request, std::move(msg)};
+}
+}  // namespace
+
+result<validated_request> validate(const generate_params& p, const tokenizer& tok,
+                                   const model_info& model) {
+  validated_request v;
+  const int64_t vocab = model.vocab_size;
+  if (p.max_tokens <= 0)
+    return bad(fmt::format("max_tokens must be greater than 0, got {}", p.max_tokens));
+  if (p.has_text) {
+    if (p.text.empty()) return bad("prompt is empty");
+    v.prompt = tok.encode(p.text, p.add_bos);
+  } else {
+    if (p.token_ids.empty()) return bad("prompt is empty (no token ids)");
+    v.prompt.reserve(p.token_ids.size());
+    for (size_t i = 0; i < p.token_ids.size(); ++i) {
+      auto id = p.token_ids[i];
+      if (id < 0 || id >= vocab)
+        return bad(fmt::format(
+            "prompt token id {} at position {} is outside the vocabulary [0, {})", id, i, vocab));
+      v.prompt.push_back(static_cast<token_id>(id));
+    }
+  }
+  for (size_t i = 0; i < p.stop_ids.size(); ++i) {
+    auto id = p.stop_ids[i];
+    if (id < 0 || id >= vocab)
+      return bad(fmt::format(
+          "stop token id {} (stop_token_ids[{}]) is outside the vocabulary [0, {})", id, i, vocab));
+    v.options.stop_ids.push_back(static_cast<token_id>(id));
+  }
+  const auto& s = p.sampling;
+  if (!std::isfinite(s.temperature) || s.temperature < 0)
+    return bad(fmt::format("temperature must be a finite number >= 0, got {}", s.temperature));
+  if (!std::isfinite(s.top_p) || s.top_p <= 0 || s.top_p > 1)
+    return bad(fmt::format("top_p must be in (0, 1], got {}", s.top_p));
+  const int64_t ctx = model.max_context;
+  const auto n = static_cast<int64_t>(v.prompt.size());
+  if (n >= ctx)
+    return bad(fmt::format("prompt has {} tokens; the model's context is {} tokens", n, ctx));
+  if (n + p.max_tokens > ctx)
+    return bad(
+        fmt::format("prompt ({} tokens) + max_tokens ({}) exceeds the model's context of {} "
+                    "tokens; lower max_tokens to at most {}",
+                    n, p.max_tokens, ctx, ctx - n));
+  v.options.max_tokens = static_cast<uint32_t>(p.max_tokens);
+  v.options.sampling = s;
+  v.options.ignore_eos = p.ignore_eos;
+  return v;
+}
+
+}  // namespace tokenmill

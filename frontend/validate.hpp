@@ -1,0 +1,22 @@
+#pragma once
+/// Validation of client requests at the frontend, free of CAF and Cap'n Proto so that
+/// every rule is unit-tested. A request that fails changes nothing anywhere.
+#include "common/api_types.hpp"
+#include "common/result.hpp"
+#include "engine/engine.hpp"
+#include "engine/tokenizer.hpp"
+
+namespace tokenmill {
+
+/// A request that passed validation: prompt tokenized, numbers in range.
+struct validated_request {
+  std::vector<token_id> prompt;
+  request_options options;
+};
+
+/// Checks `p` against the model and tokenizes text prompts. Errors are invalid_request
+/// with a message that names the field and what was expected.
+result<validated_request> validate(const generate_params& p, const tokenizer& tok,
+                                   const model_info& model);
+
+}  // namespace tokenmill

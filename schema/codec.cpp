@@ -1,0 +1,187 @@
+#include "schema/codec.hpp"
+
+namespace tokenmill::codec {
+namespace {
+std::string str(capnp::Text::Reader t) {
+  return std::string(t.cStr(), t.size());
+}
+}  // namespace
+
+generate_params decode(rpc::GenerateRequest::Reader r) {
+  generate_params p;
+  auto prompt = r.getPrompt();
+  if (prompt.isText()) {
+    p.has_text = true;
+    p.text = str(prompt.getText());
+  } else {
+    p.has_text = false;
+    for (auto id : prompt.getTokenIds())
+      p.token_ids.push_back(id);
+  }
+  p.max_tokens = r.getMaxTokens();
+  for (auto id : r.getStopTokenIds())
+    p.stop_ids.push_back(id);
+  auto s = r.getSampling();
+  p.sampling.temperature = s.getTemperature();
+  p.sampling.top_p = s.getTopP();
+  p.sampling.seed = s.getSeed();
+  p.ignore_eos = r.getIgnoreEos();
+  p.add_bos = r.getAddBos();
+  p.client_sent_ns = r.getClientSentNs();
+  return p;
+}
+
+void encode(const generate_params& p, rpc::GenerateRequest::Builder b) {
+  if (p.has_text) {
+    b.getPrompt().setText(p.text);
+  } else {
+    auto ids = b.getPrompt().initTokenIds(static_cast<unsigned>(p.token_ids.size()));
+    for (unsigned i = 0; i < p.token_ids.size(); ++i)
+      ids.set(i, p.token_ids[i]);
+  }
+  b.setMaxTokens(p.max_tokens);
+  auto stops = b.initStopTokenIds(static_cast<unsigned>(p.stop_ids.size()));
+  for (unsigned i = 0; i < p.stop_ids.size(); ++i)
+    stops.set(i, p.stop_ids[i]);
+  auto s = b.initSampling();
+  s.setTemperature(p.sampling.temperature);
+  s.setTopP(p.sampling.top_p);
+  s.setSeed(p.sampling.seed);
+  b.setIgnoreEos(p.ignore_eos);
+  b.setAddBos(p.add_bos);
+  b.setClientSentNs(p.client_sent_ns);
+}
+
+generation_summary decode(rpc::Summary::Reader r) {
+  generation_summary s;
+  s.id = r.getRequestId();
+  s.reason = finish_reason_from_string(str(r.getFinishReason())).value_or(finish_reason::none);
+  auto code = str(r.getErrorCode());
+  s.error_code = code.empty() ? errc::ok : errc_from_string(code);
+  s.error = str(r.getError());
+  s.prompt_tokens = r.getPromptTokens();
+  s.completion_tokens = r.getCompletionTokens();
+  s.ttft_ms = r.getTtftMs();
+  s.itl_mean_ms = r.getItlMeanMs();
+  s.itl_p50_ms = r.getItlP50Ms();
+  s.itl_p99_ms = r.getItlP99Ms();
+  for (auto st : r.getStages())
+    s.stages.push_back({str(st.getName()), st.getMs()});
+  for (auto h : r.getHops()) {
+    auto st = stage_from_string(str(h.getStage()));
+    if (!st) continue;  // a stage this client does not know yet (newer server)
+    s.hops.push_back(hop{*st, h.getNode(), h.getTNs()});
+  }
+  return s;
+}
+
+void encode(const generation_summary& s, rpc::Summary::Builder b) {
+  b.setRequestId(s.id);
+  b.setFinishReason(std::string(to_string(s.reason)));
+  b.setErrorCode(s.error_code == errc::ok ? "" : std::string(to_string(s.error_code)));
+  b.setError(s.error);
+  b.setPromptTokens(s.prompt_tokens);
+  b.setCompletionTokens(s.completion_tokens);
+  b.setTtftMs(s.ttft_ms);
+  b.setItlMeanMs(s.itl_mean_ms);
+  b.setItlP50Ms(s.itl_p50_ms);
+  b.setItlP99Ms(s.itl_p99_ms);
+  auto stages = b.initStages(static_cast<unsigned>(s.stages.size()));
+  for (unsigned i = 0; i < s.stages.size(); ++i) {
+    stages[i].setName(s.stages[i].name);
+    stages[i].setMs(s.stages[i].ms);
+  }
+  auto hops = b.initHops(static_cast<unsigned>(s.hops.size()));
+  for (unsigned i = 0; i < s.hops.size(); ++i) {
+    hops[i].setStage(std::string(to_string(s.hops[i].where)));
+    hops[i].setNode(s.hops[i].node);
+    hops[i].setTNs(s.hops[i].t_ns);
+  }
+}
+
+cluster_status decode(rpc::ClusterStatus::Reader r) {
+  cluster_status s;
+  s.cluster = str(r.getCluster());
+  s.ready = r.getReady();
+  for (auto w : r.getWorkers()) {
+    worker_status ws;
+    ws.id = w.getId();
+    ws.kind = role_from_string(str(w.getRole())).value_or(role::frontend);
+    ws.name = str(w.getName());
+    ws.node = str(w.getNode());
+    ws.up = w.getUp();
+    ws.queued = w.getQueued();
+    ws.running = w.getRunning();
+    ws.kv_used = w.getKvUsed();
+    ws.kv_total = w.getKvTotal();
+    ws.completed = w.getCompleted();
+    ws.tokens_out = w.getTokensOut();
+    ws.detail = str(w.getDetail());
+    s.workers.push_back(std::move(ws));
+  }
+  return s;
+}
+
+void encode(const cluster_status& s, rpc::ClusterStatus::Builder b) {
+  b.setCluster(s.cluster);
+  b.setReady(s.ready);
+  auto ws = b.initWorkers(static_cast<unsigned>(s.workers.size()));
+  for (unsigned i = 0; i < s.workers.size(); ++i) {
+    const auto& w = s.workers[i];
+    auto o = ws[i];
+    o.setId(w.id);
+    o.setRole(std::string(to_string(w.kind)));
+    o.setName(w.name);
+    o.setNode(w.node);
+    o.setUp(w.up);
+    o.setQueued(w.queued);
+    o.setRunning(w.running);
+    o.setKvUsed(w.kv_used);
+    o.setKvTotal(w.kv_total);
+    o.setCompleted(w.completed);
+    o.setTokensOut(w.tokens_out);
+    o.setDetail(w.detail);
+  }
+}
+
+model_summary decode(rpc::ModelInfo::Reader r) {
+  return model_summary{str(r.getName()), r.getVocabSize(), r.getMaxContext(), r.getBlockTokens()};
+}
+
+void encode(const model_summary& m, rpc::ModelInfo::Builder b) {
+  b.setName(m.name);
+  b.setVocabSize(m.vocab_size);
+  b.setMaxContext(m.max_context);
+  b.setBlockTokens(m.block_tokens);
+}
+
+chunk decode(rpc::TokenChunk::Reader r) {
+  chunk c;
+  c.first_index = r.getFirstIndex();
+  c.ids = decode_ids(r.getTokenIds());
+  c.text = str(r.getText());
+  c.sent_ns = r.getSentNs();
+  return c;
+}
+
+void encode(const chunk& c, rpc::TokenChunk::Builder b) {
+  b.setFirstIndex(c.first_index);
+  encode_ids(c.ids, b.initTokenIds(static_cast<unsigned>(c.ids.size())));
+  b.setText(c.text);
+  b.setSentNs(c.sent_ns);
+}
+
+std::vector<token_id> decode_ids(capnp::List<int32_t>::Reader r) {
+  std::vector<token_id> out;
+  out.reserve(r.size());
+  for (auto id : r)
+    out.push_back(id);
+  return out;
+}
+
+void encode_ids(std::span<const token_id> ids, capnp::List<int32_t>::Builder b) {
+  for (unsigned i = 0; i < ids.size(); ++i)
+    b.set(i, ids[i]);
+}
+
+}  // namespace tokenmill::codec

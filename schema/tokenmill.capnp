@@ -1,0 +1,102 @@
+@0x98083740c32e278c;
+# tokenmill's client API (DESIGN.md §6). Evolution rules: this file id is fixed, ordinals
+# are never reused or renumbered, new fields are appended, nothing is "required"
+# (validation happens where the data is used: the frontend).
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("tokenmill::rpc");
+
+struct Sampling {
+  temperature @0 :Float32 = 0;   # 0 = greedy
+  topP @1 :Float32 = 1;          # in (0, 1]
+  seed @2 :UInt64 = 0;
+}
+
+struct GenerateRequest {
+  prompt :union {
+    text @0 :Text;               # tokenized by the server
+    tokenIds @1 :List(Int64);    # wide, so that out-of-range ids can be reported exactly
+  }
+  maxTokens @2 :Int64 = 16;      # must be > 0
+  stopTokenIds @3 :List(Int64);  # generation ends after any of these
+  sampling @4 :Sampling;
+  ignoreEos @5 :Bool = false;
+  addBos @6 :Bool = true;        # for text prompts
+  clientSentNs @7 :Int64 = 0;    # client's steady clock when it sent the call (timeline)
+}
+
+struct TokenChunk {
+  firstIndex @0 :UInt32;         # index of tokenIds[0] in the completion
+  tokenIds @1 :List(Int32);
+  text @2 :Text;                 # complete UTF-8 only; an unfinished character waits
+  sentNs @3 :Int64;              # server steady clock when the chunk was written
+}
+
+interface TokenSink {
+  # Implemented by the client. Flow-controlled: the server keeps a bounded number of
+  # chunks in flight.
+  write @0 (chunk :TokenChunk) -> stream;
+}
+
+struct Hop {
+  stage @0 :Text;                # snake_case stage name (common/trace.hpp)
+  node @1 :UInt32;
+  tNs @2 :Int64;                 # that node's steady clock
+}
+
+struct StageTime {
+  name @0 :Text;                 # interval name, e.g. prefill_compute
+  ms @1 :Float64;
+}
+
+struct Summary {
+  requestId @0 :UInt64;
+  finishReason @1 :Text;         # length | stop | eos | cancelled | error
+  errorCode @2 :Text;            # empty on success; else an errc name (overloaded, …)
+  error @3 :Text;                # what was wrong, for people
+  promptTokens @4 :UInt32;
+  completionTokens @5 :UInt32;
+  ttftMs @6 :Float64;            # server side: arrived -> first token written
+  itlMeanMs @7 :Float64;         # measured at the router
+  itlP50Ms @8 :Float64;
+  itlP99Ms @9 :Float64;
+  stages @10 :List(StageTime);   # server-side TTFT breakdown; sums to ttftMs
+  hops @11 :List(Hop);           # every stamp, for clients that add their own
+}
+
+struct WorkerStatus {
+  id @0 :UInt32;
+  role @1 :Text;
+  name @2 :Text;
+  node @3 :Text;
+  up @4 :Bool;
+  queued @5 :UInt32;
+  running @6 :UInt32;
+  kvUsed @7 :UInt32;
+  kvTotal @8 :UInt32;
+  completed @9 :UInt64;
+  tokensOut @10 :UInt64;
+  detail @11 :Text;
+}
+
+struct ClusterStatus {
+  cluster @0 :Text;
+  ready @1 :Bool;
+  workers @2 :List(WorkerStatus);
+}
+
+struct ModelInfo {
+  name @0 :Text;
+  vocabSize @1 :UInt32;
+  maxContext @2 :UInt32;
+  blockTokens @3 :UInt32;
+}
+
+interface Gateway {
+  generate @0 (request :GenerateRequest, sink :TokenSink) -> (summary :Summary);
+  # Streams the completion into `sink`; returns once every chunk was delivered. Dropping
+  # the call (or the connection) cancels the request and frees its KV blocks.
+  tokenize @1 (text :Text, addBos :Bool = true) -> (tokenIds :List(Int32));
+  status @2 () -> (status :ClusterStatus);
+  model @3 () -> (info :ModelInfo);
+}

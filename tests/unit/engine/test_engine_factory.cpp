@@ -1,0 +1,95 @@
+#include <catch2/catch.hpp>
+
+#include <string>
+#include <vector>
+
+#include "engine/engine_factory.hpp"
+
+using namespace tokenmill;
+
+namespace {
+engine_spec sim_spec() {
+  engine_spec spec;
+  spec.sim.prefill_ns_per_token = 0;
+  spec.sim.decode_base_ns = 0;
+  spec.sim.vocab_size = 600;
+  spec.sim.layout.head_dim = 4;
+  spec.sim.layout.block_tokens = 4;
+  return spec;
+}
+}  // namespace
+
+TEST_CASE("the default spec asks for the sim engine", "[engine_factory]") {
+  engine_spec spec;
+  CHECK(spec.kind == "sim");
+}
+
+TEST_CASE("make_engine builds a working sim engine", "[engine_factory]") {
+  auto spec = sim_spec();
+  std::string error;
+  auto e = make_engine(spec, error);
+  REQUIRE(e);
+  CHECK(error.empty());
+  CHECK(e->info().name == "sim");
+  CHECK(e->info().vocab_size == 600);
+  CHECK(dynamic_cast<sim_engine*>(e.get()) != nullptr);
+
+  block_pool pool(e->info().layout, 4);
+  std::vector<token_id> prompt{300, 301, 302, 303, 304};
+  std::vector<block_id> table{0, 1};
+  prefill_chunk c{prompt, 0, 5, table, {}};
+  auto out = e->prefill(pool, std::span<const prefill_chunk>(&c, 1));
+  REQUIRE(out.size() == 1);
+  CHECK(out[0] >= sim_engine::first_word_id);
+  CHECK(out[0] < 600);
+  CHECK(e->check_kv(pool, prompt, table, 0, 5).empty());
+
+  // Each call makes a new, independent instance.
+  auto e2 = make_engine(spec, error);
+  REQUIRE(e2);
+  CHECK(e2.get() != e.get());
+}
+
+TEST_CASE("make_tokenizer matches the sim vocabulary", "[engine_factory]") {
+  auto spec = sim_spec();
+  std::string error;
+  auto tok = make_tokenizer(spec, error);
+  REQUIRE(tok);
+  CHECK(error.empty());
+  CHECK(tok->vocab_size() == 600);
+  CHECK(tok->encode("A", true) == std::vector<token_id>{1, 'A' + 3});
+  CHECK(tok->piece('A' + 3) == "A");
+}
+
+TEST_CASE("an unknown engine kind gives an error naming it", "[engine_factory]") {
+  auto spec = sim_spec();
+  spec.kind =
+      GENERATE(std::string("cuda"), std::string("tensorrt"), std::string(""), std::string("SIM"));
+  std::string error;
+  auto e = make_engine(spec, error);
+  CHECK_FALSE(e);
+  CHECK_THAT(error, Catch::Contains("unknown engine '" + spec.kind + "'"));
+  CHECK_THAT(error, Catch::Contains("sim"));  // says what is available
+
+  std::string terr;
+  auto tok = make_tokenizer(spec, terr);
+  CHECK_FALSE(tok);
+  CHECK_THAT(terr, Catch::Contains("'" + spec.kind + "'"));
+}
+
+TEST_CASE("an invalid sim config is an error, not an exception", "[engine_factory]") {
+  auto spec = sim_spec();
+  spec.sim.vocab_size = 10;
+  std::string error;
+  std::unique_ptr<engine> e;
+  REQUIRE_NOTHROW(e = make_engine(spec, error));
+  CHECK_FALSE(e);
+  CHECK_THAT(error, Catch::Contains("sim engine") && Catch::Contains("vocab_size"));
+
+  spec = sim_spec();
+  spec.sim.layout.layers = 0;
+  error.clear();
+  REQUIRE_NOTHROW(e = make_engine(spec, error));
+  CHECK_FALSE(e);
+  CHECK_THAT(error, Catch::Contains("layers=0"));
+}
