@@ -31,7 +31,7 @@ namespace tokenmill {
 using status_atom = caf::atom_constant<caf::atom("status")>;
 /// Ask the supervisor whether the cluster can serve (reply: bool).
 using ready_atom = caf::atom_constant<caf::atom("ready")>;
-/// A worker's self-sent tick: run one engine step.
+/// A worker's self-sent tick: plan and launch one engine step.
 using step_atom = caf::atom_constant<caf::atom("step")>;
 
 // ---------------------------------------------------------------- request payloads
@@ -98,6 +98,17 @@ struct kv_write_done {
   request_id id = 0;
   error_info error;
   kv_transfer transfer;
+};
+
+/// engine thread -> its worker: an engine call finished. `prefill_next[i]` is the token
+/// after chunk i of the step's prefill batch, `decode_next[i]` the next token of sequence
+/// i of its decode batch (empty when the call failed; then `error` says why).
+struct engine_step_done {
+  std::vector<token_id> prefill_next;
+  std::vector<token_id> decode_next;
+  int64_t prefill_ns = 0;  ///< engine time of the prefill part
+  int64_t decode_ns = 0;   ///< engine time of the decode part
+  std::string error;
 };
 
 /// prefill (or decode after local prefill) -> router: the first generated token.
@@ -265,6 +276,11 @@ typename F::result_type inspect(F& f, kv_transfer& x) {
 template <class F>
 typename F::result_type inspect(F& f, kv_write_done& x) {
   return f(caf::meta::type_name("kv_write_done"), x.id, x.error, x.transfer);
+}
+template <class F>
+typename F::result_type inspect(F& f, engine_step_done& x) {
+  return f(caf::meta::type_name("engine_step_done"), x.prefill_next, x.decode_next, x.prefill_ns,
+           x.decode_ns, x.error);
 }
 template <class F>
 typename F::result_type inspect(F& f, kv_ready& x) {

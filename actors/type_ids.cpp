@@ -11,6 +11,7 @@ void register_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<prefill_job>("tokenmill::prefill_job");
   cfg.add_message_type<kv_transfer>("tokenmill::kv_transfer");
   cfg.add_message_type<kv_write_done>("tokenmill::kv_write_done");
+  cfg.add_message_type<engine_step_done>("tokenmill::engine_step_done");
   cfg.add_message_type<kv_ready>("tokenmill::kv_ready");
   cfg.add_message_type<prefill_failed>("tokenmill::prefill_failed");
   cfg.add_message_type<first_token>("tokenmill::first_token");

@@ -1,7 +1,8 @@
 // A decode worker: reserves KV blocks for each assigned request, receives the prompt's KV
 // from a prefill worker (or prefills locally: conditional disaggregation), verifies it,
 // and runs continuous batching — sequences join and leave between steps; each step's
-// tokens go to the router in one message.
+// tokens go to the router in one message. Engine calls run on the worker's engine thread;
+// the actor stays responsive (reservations, KV arrivals, cancels, status) during a step.
 #include <algorithm>
 #include <deque>
 #include <unordered_map>
@@ -10,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/actors.hpp"
+#include "actors/engine_thread.hpp"
 #include "common/clock.hpp"
 #include "engine/block_hash.hpp"
 #include "engine/scheduler.hpp"
@@ -31,6 +33,16 @@ struct sequence {
   uint32_t prefill_done = 0;              ///< local prefill progress (tokens)
   std::unordered_set<block_id> received;  ///< prompt blocks that arrived (remote prefill)
   bool hashes_stored = false;
+  /// Set when the sequence must end while the engine is using its blocks; applied when
+  /// the step returns.
+  std::optional<std::pair<finish_reason, error_info>> pending_end;
+};
+
+/// What the engine is computing right now.
+struct step_in_flight {
+  bool active = false;
+  std::vector<planned_chunk> prefill;  ///< local prefill chunks
+  std::vector<request_id> decode;      ///< the decode batch, in order
 };
 
 struct decode_state {
@@ -45,7 +57,8 @@ struct decode_state {
   std::deque<request_id> local_queue;     ///< local prefills, in order
   std::deque<request_id> ready;           ///< KV complete, waiting for a batch slot
   std::vector<request_id> running;        ///< the running batch
-  bool stepping = false;
+  step_in_flight step;
+  std::unique_ptr<engine_thread> runner;  ///< declared after eng/pool: joins before they go
   uint64_t completed = 0;
   uint64_t tokens_out = 0;
   static inline const char* name = "decode";
@@ -53,10 +66,11 @@ struct decode_state {
 
 using decode_ptr = caf::stateful_actor<decode_state>*;
 
-void schedule_step(decode_ptr self) {
-  if (self->state.stepping) return;
-  self->state.stepping = true;
-  self->send(self, step_atom::value);
+bool on_engine(const decode_state& st, request_id id) {
+  if (!st.step.active) return false;
+  for (const auto& c : st.step.prefill)
+    if (c.key == id) return true;
+  return std::find(st.step.decode.begin(), st.step.decode.end(), id) != st.step.decode.end();
 }
 
 template <class C>
@@ -72,6 +86,11 @@ void finish(decode_ptr self, request_id id, finish_reason reason, error_info err
   auto it = st.seqs.find(id);
   if (it == st.seqs.end()) return;
   auto& s = it->second;
+  if (on_engine(st, id)) {
+    // Its blocks are in the engine's hands: end it when the step returns.
+    if (!s.pending_end) s.pending_end.emplace(reason, std::move(err));
+    return;
+  }
   if (s.phase == seq_phase::waiting_kv && s.prefill && reason != finish_reason::length)
     self->send(s.prefill, cancel_request{id});
   if (s.hashes_stored) {
@@ -136,7 +155,6 @@ void prompt_complete(decode_ptr self, sequence& s, token_id first) {
   }
   s.phase = seq_phase::ready;
   st.ready.push_back(id);
-  schedule_step(self);
 }
 
 /// Reserves blocks for assignments in arrival order, while the pool allows.
@@ -169,54 +187,15 @@ void reserve_waiting(decode_ptr self) {
       s.phase = seq_phase::local_prefill;
       s.req.tr.stamp(stage::prefill_queued);
       st.local_queue.push_back(id);
-      schedule_step(self);
     }
   }
 }
 
-/// One chunk of local prefill (piggy-backed before a decode step). Returns true if it ran.
-bool run_local_prefill(decode_ptr self) {
+/// Plans the next iteration — local prefill chunks (piggy-backed) and one decode step over
+/// the running batch — and hands it to the engine thread.
+void launch(decode_ptr self) {
   auto& st = self->state;
-  if (st.local_queue.empty()) return false;
-  std::deque<prefill_progress> progress;
-  for (auto id : st.local_queue) {
-    auto& s = st.seqs.at(id);
-    progress.push_back({id, s.prompt_len, s.prefill_done});
-  }
-  auto plan = plan_prefill_batch(progress, st.cfg.local_prefill_budget, st.cfg.max_batch);
-  if (plan.empty()) return false;
-  std::vector<prefill_chunk> batch;
-  for (const auto& c : plan) {
-    auto& s = st.seqs.at(c.key);
-    if (c.begin == 0) s.req.tr.stamp(stage::prefill_started);
-    batch.push_back({std::span(s.tokens).subspan(0, s.prompt_len), c.begin, c.end, s.blocks,
-                     s.req.options.sampling});
-  }
-  std::vector<token_id> next;
-  try {
-    next = st.eng->prefill(*st.pool, batch);
-  } catch (const std::exception& e) {
-    for (const auto& c : plan)
-      fail(self, c.key, errc::internal, e.what());
-    return true;
-  }
-  for (size_t i = 0; i < plan.size(); ++i) {
-    auto id = plan[i].key;
-    auto& s = st.seqs.at(id);
-    s.prefill_done = plan[i].end;
-    if (s.prefill_done < s.prompt_len) continue;
-    s.req.tr.stamp(stage::prefill_done);
-    erase_id(st.local_queue, id);
-    first_token ft{id, next[i], s.req.tr};
-    self->send(s.router, std::move(ft));
-    prompt_complete(self, s, next[i]);
-  }
-  return true;
-}
-
-void step(decode_ptr self) {
-  auto& st = self->state;
-  st.stepping = false;
+  if (st.step.active) return;
   // Continuous batching: sequences whose KV is complete join between steps.
   auto n = decode_admissions(static_cast<uint32_t>(st.running.size()),
                              static_cast<uint32_t>(st.ready.size()), st.cfg.max_batch);
@@ -228,49 +207,107 @@ void step(decode_ptr self) {
     s.req.tr.stamp(stage::decode_admitted);
     st.running.push_back(id);
   }
-  bool piggyback = run_local_prefill(self);
-  if (!st.running.empty()) {
-    std::vector<decode_seq> batch;
-    batch.reserve(st.running.size());
-    for (auto id : st.running) {
-      auto& s = st.seqs.at(id);
-      batch.push_back({s.tokens, s.blocks, s.req.options.sampling});
-    }
-    auto t0 = now_ns();
-    std::vector<token_id> next;
-    try {
-      next = st.eng->decode(*st.pool, batch);
-    } catch (const std::exception& e) {
-      auto ids = st.running;
-      for (auto id : ids)
-        fail(self, id, errc::internal, e.what());
-      next.clear();
-    }
-    auto step_ns = now_ns() - t0;
-    // One token_batch per router per step.
-    std::unordered_map<caf::actor, token_batch> out;
-    std::vector<std::pair<request_id, finish_reason>> ended;
-    auto ids = st.running;
-    for (size_t i = 0; i < next.size(); ++i) {
-      auto& s = st.seqs.at(ids[i]);
-      s.tokens.push_back(next[i]);
-      auto& b = out[s.router];
-      b.tokens.push_back({ids[i], s.generated, next[i]});
-      ++s.generated;
-      ++st.tokens_out;
-      if (auto r = stop_reason(st, s, next[i]); r != finish_reason::none)
-        ended.emplace_back(ids[i], r);
-    }
-    for (auto& [router, b] : out) {
-      b.batch_size = static_cast<uint32_t>(ids.size());
-      b.step_ns = step_ns;
-      b.piggyback_prefill = piggyback;
-      self->send(router, std::move(b));
-    }
-    for (auto [id, r] : ended)
-      finish(self, id, r);
+  std::deque<prefill_progress> progress;
+  for (auto id : st.local_queue) {
+    auto& s = st.seqs.at(id);
+    progress.push_back({id, s.prompt_len, s.prefill_done});
   }
-  if (!st.running.empty() || !st.ready.empty() || !st.local_queue.empty()) schedule_step(self);
+  auto plan = plan_prefill_batch(progress, st.cfg.local_prefill_budget, st.cfg.max_batch);
+  if (plan.empty() && st.running.empty()) return;
+  // Spans point into sequences, which are neither erased nor grown while on the engine.
+  std::vector<prefill_chunk> chunks;
+  for (const auto& c : plan) {
+    auto& s = st.seqs.at(c.key);
+    if (c.begin == 0) s.req.tr.stamp(stage::prefill_started);
+    chunks.push_back({std::span(s.tokens).subspan(0, s.prompt_len), c.begin, c.end, s.blocks,
+                      s.req.options.sampling});
+  }
+  std::vector<decode_seq> batch;
+  batch.reserve(st.running.size());
+  for (auto id : st.running) {
+    auto& s = st.seqs.at(id);
+    batch.push_back({s.tokens, s.blocks, s.req.options.sampling});
+  }
+  st.step = step_in_flight{true, std::move(plan), st.running};
+  auto me = caf::actor_cast<caf::actor>(self);
+  st.runner->submit([eng = st.eng.get(), pool = st.pool.get(), chunks = std::move(chunks),
+                     batch = std::move(batch), me] {
+    engine_step_done d;
+    try {
+      auto t0 = now_ns();
+      if (!chunks.empty()) d.prefill_next = eng->prefill(*pool, chunks);
+      auto t1 = now_ns();
+      if (!batch.empty()) d.decode_next = eng->decode(*pool, batch);
+      d.prefill_ns = t1 - t0;
+      d.decode_ns = now_ns() - t1;
+    } catch (const std::exception& e) {
+      d.prefill_next.clear();
+      d.decode_next.clear();
+      d.error = e.what();
+    }
+    caf::anon_send(me, std::move(d));
+  });
+}
+
+void step_done(decode_ptr self, engine_step_done& d) {
+  auto& st = self->state;
+  auto done = std::exchange(st.step, step_in_flight{});
+  std::vector<request_id> ended_early;  // sequences that ended while on the engine
+  auto check_pending = [&](request_id id) {
+    auto& s = st.seqs.at(id);
+    if (!s.pending_end) return false;
+    ended_early.push_back(id);
+    return true;
+  };
+  // Local prefill results.
+  for (size_t i = 0; i < done.prefill.size(); ++i) {
+    auto id = done.prefill[i].key;
+    if (check_pending(id)) continue;
+    if (!d.error.empty()) {
+      fail(self, id, errc::internal, "decode engine (local prefill): " + d.error);
+      continue;
+    }
+    auto& s = st.seqs.at(id);
+    s.prefill_done = done.prefill[i].end;
+    if (s.prefill_done < s.prompt_len) continue;
+    s.req.tr.stamp(stage::prefill_done);
+    erase_id(st.local_queue, id);
+    self->send(s.router, first_token{id, d.prefill_next[i], s.req.tr});
+    prompt_complete(self, s, d.prefill_next[i]);
+  }
+  // Decode results: one token_batch per router.
+  std::unordered_map<caf::actor, token_batch> out;
+  std::vector<std::pair<request_id, finish_reason>> ended;
+  for (size_t i = 0; i < done.decode.size(); ++i) {
+    auto id = done.decode[i];
+    if (check_pending(id)) continue;
+    if (!d.error.empty()) {
+      fail(self, id, errc::internal, "decode engine: " + d.error);
+      continue;
+    }
+    auto& s = st.seqs.at(id);
+    auto tok = d.decode_next[i];
+    s.tokens.push_back(tok);
+    out[s.router].tokens.push_back({id, s.generated, tok});
+    ++s.generated;
+    ++st.tokens_out;
+    if (auto r = stop_reason(st, s, tok); r != finish_reason::none) ended.emplace_back(id, r);
+  }
+  for (auto& [router, b] : out) {
+    b.batch_size = static_cast<uint32_t>(done.decode.size());
+    b.step_ns = d.decode_ns;
+    b.piggyback_prefill = !done.prefill.empty();
+    self->send(router, std::move(b));
+  }
+  for (auto [id, r] : ended)
+    finish(self, id, r);
+  for (auto id : ended_early) {
+    auto& s = st.seqs.at(id);
+    auto [reason, err] = std::move(*s.pending_end);
+    s.pending_end.reset();
+    finish(self, id, reason, std::move(err));
+  }
+  launch(self);
 }
 
 caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg,
@@ -282,6 +319,7 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
   st.pool = std::make_unique<block_pool>(st.eng->info().layout, cfg.num_blocks);
   st.transport = std::move(transport);
   st.kv_store = std::move(kv_store);
+  st.runner = std::make_unique<engine_thread>();
   info.pool = st.transport->register_pool(info.id, st.pool->memory(), st.pool->block_bytes());
   st.info = info;
   self->request(sup, std::chrono::seconds(5), register_worker{info, self})
@@ -323,6 +361,7 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         }
         st.waiting_blocks.push_back(id);
         reserve_waiting(self);
+        launch(self);
       },
       [self](kv_transfer& t) {
         auto& st = self->state;
@@ -343,11 +382,13 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
           fail(self, t.id, errc::kv_corrupt,
                fmt::format("KV transfer carries {} checksums for {} blocks", t.checksums.size(),
                            t.payload.dst_blocks.size()));
+          launch(self);
           return;
         }
         if (auto err =
                 st.transport->deliver(t.payload, st.pool->memory(), st.pool->block_bytes())) {
           fail(self, t.id, err.code, err.message);
+          launch(self);
           return;
         }
         for (size_t i = 0; i < t.payload.dst_blocks.size(); ++i) {
@@ -357,6 +398,7 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
             fail(self, t.id, errc::kv_corrupt,
                  fmt::format("KV block {} failed its checksum after transfer ({:016x} != {:016x})",
                              b, sum, t.checksums[i]));
+            launch(self);
             return;
           }
           s.received.insert(b);
@@ -380,18 +422,25 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         if (auto err = st.eng->check_kv(*st.pool, s.tokens, s.blocks, 0, s.prompt_len);
             !err.empty()) {
           fail(self, r.id, errc::kv_corrupt, err);
+          launch(self);
           return;
         }
         prompt_complete(self, s, r.first_token);
+        launch(self);
       },
       [self](const prefill_failed& f) {
         auto it = self->state.seqs.find(f.id);
         if (it == self->state.seqs.end()) return;
         it->second.prefill = caf::actor{};  // nothing to cancel there
         fail(self, f.id, f.error.code, "prefill failed: " + f.error.message);
+        launch(self);
       },
-      [self](step_atom) { step(self); },
-      [self](const cancel_request& c) { finish(self, c.id, finish_reason::cancelled); },
+      [self](step_atom) { launch(self); },
+      [self](engine_step_done& d) { step_done(self, d); },
+      [self](const cancel_request& c) {
+        finish(self, c.id, finish_reason::cancelled);
+        launch(self);
+      },
       [self](status_atom) {
         auto& st = self->state;
         worker_status ws;
@@ -421,9 +470,8 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
 caf::actor spawn_decode(caf::actor_system& sys, worker_info info, decode_config cfg,
                         std::unique_ptr<engine> eng, std::shared_ptr<kv_transport> transport,
                         caf::actor supervisor, caf::actor kv_store) {
-  return sys.spawn<caf::detached>(decode_worker, std::move(info), cfg,
-                                  std::shared_ptr<engine>(std::move(eng)), std::move(transport),
-                                  std::move(supervisor), std::move(kv_store));
+  return sys.spawn(decode_worker, std::move(info), cfg, std::shared_ptr<engine>(std::move(eng)),
+                   std::move(transport), std::move(supervisor), std::move(kv_store));
 }
 
 }  // namespace tokenmill

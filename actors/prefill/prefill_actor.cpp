@@ -1,6 +1,7 @@
 // A prefill worker: batches prompts under a token budget, computes them chunk by chunk on
-// its engine (detached actor: its own thread), and writes each chunk's finished KV blocks
-// into the decode worker's reserved blocks as soon as the chunk is done.
+// its engine thread, and writes each chunk's finished KV blocks into the decode worker's
+// reserved blocks as soon as the chunk is done. The actor itself never blocks: jobs,
+// cancels, KV completions and status are handled while the engine computes.
 #include <algorithm>
 #include <deque>
 #include <unordered_map>
@@ -8,6 +9,8 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/actors.hpp"
+#include "actors/engine_thread.hpp"
+#include "common/clock.hpp"
 #include "engine/scheduler.hpp"
 
 namespace tokenmill {
@@ -21,6 +24,7 @@ struct job_state {
   uint32_t writes_pending = 0;   ///< transport writes not completed yet
   bool computed = false;         ///< every chunk computed
   token_id first = 0;            ///< token sampled after the prompt
+  bool dropped = false;          ///< cancelled or failed while on the engine: drop after
 };
 
 struct prefill_state {
@@ -30,9 +34,10 @@ struct prefill_state {
   std::unique_ptr<block_pool> pool;
   std::shared_ptr<kv_transport> transport;
   std::unordered_map<request_id, job_state> jobs;
-  std::deque<request_id> queue;    ///< jobs with blocks, in arrival order
-  std::deque<request_id> waiting;  ///< jobs waiting for local blocks
-  bool stepping = false;
+  std::deque<request_id> queue;           ///< jobs with blocks, in arrival order
+  std::deque<request_id> waiting;         ///< jobs waiting for local blocks
+  std::vector<planned_chunk> on_engine;   ///< the batch the engine is computing
+  std::unique_ptr<engine_thread> runner;  ///< declared after eng/pool: joins before they go
   uint64_t completed = 0;
   uint64_t tokens_computed = 0;
   static inline const char* name = "prefill";
@@ -40,10 +45,12 @@ struct prefill_state {
 
 using prefill_ptr = caf::stateful_actor<prefill_state>*;
 
-void schedule_step(prefill_ptr self) {
-  if (self->state.stepping) return;
-  self->state.stepping = true;
-  self->send(self, step_atom::value);
+void launch(prefill_ptr self);
+
+bool on_engine(const prefill_state& st, request_id id) {
+  for (const auto& c : st.on_engine)
+    if (c.key == id) return true;
+  return false;
 }
 
 /// Frees a job's local blocks and forgets it.
@@ -51,6 +58,11 @@ void drop_job(prefill_ptr self, request_id id) {
   auto& st = self->state;
   auto it = st.jobs.find(id);
   if (it == st.jobs.end()) return;
+  if (on_engine(st, id)) {
+    // The engine is writing into this job's blocks right now; free them when it is done.
+    it->second.dropped = true;
+    return;
+  }
   if (!st.pool->release(it->second.blocks))
     spdlog::error("prefill {}: releasing blocks of request {} failed", st.info.name, id);
   st.jobs.erase(it);
@@ -61,7 +73,7 @@ void drop_job(prefill_ptr self, request_id id) {
 void fail_job(prefill_ptr self, request_id id, error_info err) {
   auto& st = self->state;
   auto it = st.jobs.find(id);
-  if (it == st.jobs.end()) return;
+  if (it == st.jobs.end() || it->second.dropped) return;
   spdlog::warn("prefill {}: request {} failed: {}", st.info.name, id, err.message);
   self->send(it->second.job.decode, prefill_failed{id, std::move(err)});
   drop_job(self, id);
@@ -109,6 +121,70 @@ void push_blocks(prefill_ptr self, request_id id, job_state& js) {
                       });
 }
 
+/// Plans the next chunked-prefill batch and hands it to the engine thread.
+void launch(prefill_ptr self) {
+  auto& st = self->state;
+  if (!st.on_engine.empty()) return;
+  admit_waiting(self);
+  std::deque<prefill_progress> progress;
+  for (auto id : st.queue) {
+    auto& js = st.jobs.at(id);
+    if (!js.computed && !js.dropped)
+      progress.push_back({id, static_cast<uint32_t>(js.job.prompt.size()), js.done});
+  }
+  auto plan = plan_prefill_batch(progress, st.cfg.token_budget, st.cfg.max_seqs);
+  if (plan.empty()) return;
+  std::vector<prefill_chunk> batch;
+  for (const auto& c : plan) {
+    auto& js = st.jobs.at(c.key);
+    if (c.begin == 0) js.job.tr.stamp(stage::prefill_started);
+    // Spans point into state that stays put until the step is done (jobs on the engine
+    // are never erased meanwhile).
+    batch.push_back({js.job.prompt, c.begin, c.end, js.blocks, js.job.sampling});
+  }
+  st.on_engine = std::move(plan);
+  auto me = caf::actor_cast<caf::actor>(self);
+  st.runner->submit([eng = st.eng.get(), pool = st.pool.get(), batch = std::move(batch), me] {
+    engine_step_done d;
+    auto t0 = now_ns();
+    try {
+      d.prefill_next = eng->prefill(*pool, batch);
+    } catch (const std::exception& e) {
+      d.error = e.what();
+    }
+    d.prefill_ns = now_ns() - t0;
+    caf::anon_send(me, std::move(d));
+  });
+}
+
+void step_done(prefill_ptr self, engine_step_done& d) {
+  auto& st = self->state;
+  auto plan = std::exchange(st.on_engine, {});
+  for (size_t i = 0; i < plan.size(); ++i) {
+    auto id = plan[i].key;
+    auto it = st.jobs.find(id);
+    if (it == st.jobs.end()) continue;
+    auto& js = it->second;
+    if (js.dropped) {
+      drop_job(self, id);
+      continue;
+    }
+    if (!d.error.empty()) {
+      fail_job(self, id, {errc::internal, "prefill engine: " + d.error});
+      continue;
+    }
+    js.done = plan[i].end;
+    st.tokens_computed += plan[i].end - plan[i].begin;
+    if (js.done == js.job.prompt.size()) {
+      js.computed = true;
+      js.job.tr.stamp(stage::prefill_done);
+      js.first = d.prefill_next[i];
+    }
+    push_blocks(self, id, js);
+  }
+  launch(self);
+}
+
 caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config cfg,
                              std::shared_ptr<engine> eng, std::shared_ptr<kv_transport> transport,
                              caf::actor sup) {
@@ -117,6 +193,7 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
   st.eng = std::move(eng);
   st.pool = std::make_unique<block_pool>(st.eng->info().layout, cfg.num_blocks);
   st.transport = std::move(transport);
+  st.runner = std::make_unique<engine_thread>();
   info.pool = st.transport->register_pool(info.id, st.pool->memory(), st.pool->block_bytes());
   st.info = info;
   self->request(sup, std::chrono::seconds(5), register_worker{info, self})
@@ -158,54 +235,14 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
         auto& js = st.jobs[id];
         js.job = std::move(job);
         st.waiting.push_back(id);
-        admit_waiting(self);
-        schedule_step(self);
+        launch(self);
       },
-      [self](step_atom) {
-        auto& st = self->state;
-        st.stepping = false;
-        admit_waiting(self);
-        std::deque<prefill_progress> progress;
-        for (auto id : st.queue) {
-          auto& js = st.jobs.at(id);
-          if (!js.computed)
-            progress.push_back({id, static_cast<uint32_t>(js.job.prompt.size()), js.done});
-        }
-        auto plan = plan_prefill_batch(progress, st.cfg.token_budget, st.cfg.max_seqs);
-        if (plan.empty()) return;
-        std::vector<prefill_chunk> batch;
-        for (const auto& c : plan) {
-          auto& js = st.jobs.at(c.key);
-          if (c.begin == 0) js.job.tr.stamp(stage::prefill_started);
-          batch.push_back({js.job.prompt, c.begin, c.end, js.blocks, js.job.sampling});
-        }
-        std::vector<token_id> next;
-        try {
-          next = st.eng->prefill(*st.pool, batch);
-        } catch (const std::exception& e) {
-          for (const auto& c : plan)
-            fail_job(self, c.key, {errc::internal, e.what()});
-          schedule_step(self);
-          return;
-        }
-        for (size_t i = 0; i < plan.size(); ++i) {
-          auto id = plan[i].key;
-          auto& js = st.jobs.at(id);
-          js.done = plan[i].end;
-          st.tokens_computed += plan[i].end - plan[i].begin;
-          if (js.done == js.job.prompt.size()) {
-            js.computed = true;
-            js.job.tr.stamp(stage::prefill_done);
-            js.first = next[i];
-          }
-          push_blocks(self, id, js);
-        }
-        if (!st.queue.empty() || !st.waiting.empty()) schedule_step(self);
-      },
+      [self](step_atom) { launch(self); },
+      [self](engine_step_done& done) { step_done(self, done); },
       [self](kv_write_done& d) {
         auto& st = self->state;
         auto it = st.jobs.find(d.id);
-        if (it == st.jobs.end()) return;  // cancelled meanwhile
+        if (it == st.jobs.end() || it->second.dropped) return;  // cancelled meanwhile
         auto& js = it->second;
         --js.writes_pending;
         if (d.error) {
@@ -220,8 +257,7 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
                      kv_ready{d.id, js.first, static_cast<uint32_t>(js.blocks_sent), js.job.tr});
           ++st.completed;
           drop_job(self, d.id);
-          admit_waiting(self);
-          if (!st.queue.empty()) schedule_step(self);
+          launch(self);
         }
       },
       [self](const cancel_request& c) { drop_job(self, c.id); },
@@ -252,9 +288,8 @@ caf::actor spawn_prefill(caf::actor_system& sys, worker_info info, prefill_confi
                          caf::actor supervisor) {
   // Spawn arguments are copied, so the engine travels as a shared_ptr; the worker is its
   // only owner afterwards.
-  return sys.spawn<caf::detached>(prefill_worker, std::move(info), cfg,
-                                  std::shared_ptr<engine>(std::move(eng)), std::move(transport),
-                                  std::move(supervisor));
+  return sys.spawn(prefill_worker, std::move(info), cfg, std::shared_ptr<engine>(std::move(eng)),
+                   std::move(transport), std::move(supervisor));
 }
 
 }  // namespace tokenmill
