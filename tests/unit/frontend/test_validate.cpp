@@ -1,0 +1,102 @@
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <limits>
+
+#include "engine/tokenizer.hpp"
+#include "frontend/validate.hpp"
+
+using namespace tokenmill;
+
+namespace {
+model_info small_model() {
+  model_info m;
+  m.name = "test";
+  m.vocab_size = 1000;
+  m.max_context = 64;
+  return m;
+}
+generate_params ids(std::vector<int64_t> v, int64_t max_tokens = 4) {
+  generate_params p;
+  p.has_text = false;
+  p.token_ids = std::move(v);
+  p.max_tokens = max_tokens;
+  return p;
+}
+bool mentions(const error_info& e, const std::string& what) {
+  return e.message.find(what) != std::string::npos;
+}
+}  // namespace
+
+TEST_CASE("valid requests pass and are converted", "[validate]") {
+  byte_word_tokenizer tok(1000);
+  auto m = small_model();
+  SECTION("text prompt is tokenized with BOS") {
+    generate_params p;
+    p.text = "hi";
+    p.max_tokens = 3;
+    auto v = validate(p, tok, m);
+    REQUIRE(v.ok());
+    CHECK(v->prompt == std::vector<token_id>{1, 'h' + 3, 'i' + 3});
+    CHECK(v->options.max_tokens == 3);
+  }
+  SECTION("text prompt without BOS") {
+    generate_params p;
+    p.text = "hi";
+    p.add_bos = false;
+    auto v = validate(p, tok, m);
+    REQUIRE(v.ok());
+    CHECK(v->prompt.size() == 2);
+  }
+  SECTION("token ids, stop ids and sampling pass through") {
+    auto p = ids({0, 5, 999});
+    p.stop_ids = {7, 8};
+    p.sampling = {0.7f, 0.9f, 42};
+    p.ignore_eos = true;
+    auto v = validate(p, tok, m);
+    REQUIRE(v.ok());
+    CHECK(v->prompt == std::vector<token_id>{0, 5, 999});
+    CHECK(v->options.stop_ids == std::vector<token_id>{7, 8});
+    CHECK(v->options.sampling.seed == 42);
+    CHECK(v->options.ignore_eos);
+  }
+  SECTION("prompt + max_tokens exactly at the context is allowed") {
+    auto v = validate(ids(std::vector<int64_t>(60, 5), 4), tok, m);
+    CHECK(v.ok());
+  }
+}
+
+TEST_CASE("invalid requests are rejected with a message naming the field", "[validate]") {
+  byte_word_tokenizer tok(1000);
+  auto m = small_model();
+  auto reject = [&](const generate_params& p, const std::string& what) {
+    auto v = validate(p, tok, m);
+    REQUIRE_FALSE(v.ok());
+    CHECK(v.error().code == errc::invalid_request);
+    INFO(v.error().message);
+    CHECK(mentions(v.error(), what));
+  };
+  generate_params empty_text;
+  empty_text.text = "";
+  reject(empty_text, "prompt is empty");
+  reject(ids({}), "prompt is empty");
+  reject(ids({1, 2}, 0), "max_tokens");
+  reject(ids({1, 2}, -5), "max_tokens");
+  reject(ids({1, -1}), "position 1");
+  reject(ids({1, 1000}), "outside the vocabulary");
+  reject(ids(std::vector<int64_t>(64, 5), 1), "context is 64");
+  reject(ids(std::vector<int64_t>(61, 5), 4), "exceeds the model's context");
+  auto stops = ids({1});
+  stops.stop_ids = {3, 5000};
+  reject(stops, "stop token id 5000");
+  auto temp = ids({1});
+  temp.sampling.temperature = -1;
+  reject(temp, "temperature");
+  temp.sampling.temperature = std::numeric_limits<float>::quiet_NaN();
+  reject(temp, "temperature");
+  auto top = ids({1});
+  top.sampling.top_p = 0;
+  reject(top, "top_p");
+  top.sampling.top_p = 1.5f;
+  reject(top, "top_p");
+}

@@ -1,0 +1,145 @@
+#include <catch2/catch.hpp>
+
+#include <capnp/message.h>
+
+#include "frontend/client.hpp"
+#include "schema/codec.hpp"
+
+using namespace tokenmill;
+
+TEST_CASE("generate request round-trips through the codec", "[codec]") {
+  for (bool text : {true, false}) {
+    generate_params p;
+    p.has_text = text;
+    p.text = "héllo";
+    p.token_ids = {-3, 0, 1LL << 40};
+    p.max_tokens = -7;  // the codec carries bad values so validation can report them exactly
+    p.stop_ids = {2, 99};
+    p.sampling = {0.5f, 0.25f, 1234567890123ULL};
+    p.ignore_eos = true;
+    p.add_bos = false;
+    p.client_sent_ns = 42;
+    capnp::MallocMessageBuilder msg;
+    auto b = msg.initRoot<rpc::GenerateRequest>();
+    codec::encode(p, b);
+    auto q = codec::decode(b.asReader());
+    CHECK(q.has_text == text);
+    if (text)
+      CHECK(q.text == p.text);
+    else
+      CHECK(q.token_ids == p.token_ids);
+    CHECK(q.max_tokens == -7);
+    CHECK(q.stop_ids == p.stop_ids);
+    CHECK(q.sampling.temperature == 0.5f);
+    CHECK(q.sampling.top_p == 0.25f);
+    CHECK(q.sampling.seed == p.sampling.seed);
+    CHECK(q.ignore_eos);
+    CHECK_FALSE(q.add_bos);
+    CHECK(q.client_sent_ns == 42);
+  }
+}
+
+TEST_CASE("schema defaults are the documented ones", "[codec]") {
+  capnp::MallocMessageBuilder msg;
+  auto b = msg.initRoot<rpc::GenerateRequest>();
+  auto p = codec::decode(b.asReader());
+  CHECK(p.max_tokens == 16);
+  CHECK(p.add_bos);
+  CHECK(p.sampling.top_p == 1.0f);
+  CHECK(p.sampling.temperature == 0.0f);
+}
+
+TEST_CASE("summary round-trips, unknown stage names are skipped", "[codec]") {
+  generation_summary s;
+  s.id = 77;
+  s.reason = finish_reason::stop;
+  s.error_code = errc::overloaded;
+  s.error = "busy";
+  s.prompt_tokens = 5;
+  s.completion_tokens = 9;
+  s.ttft_ms = 1.5;
+  s.itl_mean_ms = 2;
+  s.itl_p50_ms = 3;
+  s.itl_p99_ms = 4;
+  s.stages = {{"routing", 0.25}, {"prefill_compute", 1.25}};
+  s.hops = {hop{stage::arrived, 0, 100}, hop{stage::prefill_done, 2, 300}};
+  capnp::MallocMessageBuilder msg;
+  auto b = msg.initRoot<rpc::Summary>();
+  codec::encode(s, b);
+  auto hops = b.getHops();
+  auto r = codec::decode(b.asReader());
+  CHECK(r.id == 77);
+  CHECK(r.reason == finish_reason::stop);
+  CHECK(r.error_code == errc::overloaded);
+  CHECK(r.error == "busy");
+  CHECK(r.completion_tokens == 9);
+  CHECK(r.itl_p99_ms == 4);
+  REQUIRE(r.stages.size() == 2);
+  CHECK(r.stages[1].name == "prefill_compute");
+  REQUIRE(r.hops.size() == 2);
+  CHECK(r.hops[1].where == stage::prefill_done);
+  CHECK(r.hops[1].node == 2);
+  // A newer server's stage this client does not know is dropped, not misread.
+  hops[0].setStage("some_future_stage");
+  auto r2 = codec::decode(b.asReader());
+  REQUIRE(r2.hops.size() == 1);
+  CHECK(r2.hops[0].where == stage::prefill_done);
+  // A successful summary has an empty error code.
+  s.error_code = errc::ok;
+  codec::encode(s, b);
+  CHECK(codec::decode(b.asReader()).error_code == errc::ok);
+}
+
+TEST_CASE("cluster status and chunks round-trip", "[codec]") {
+  cluster_status cs;
+  cs.cluster = "c";
+  cs.ready = true;
+  worker_status w;
+  w.id = 3;
+  w.kind = role::prefill;
+  w.name = "p0";
+  w.node = "n";
+  w.up = false;
+  w.queued = 1;
+  w.running = 2;
+  w.kv_used = 3;
+  w.kv_total = 4;
+  w.completed = 5;
+  w.tokens_out = 6;
+  w.detail = "d";
+  cs.workers = {w};
+  capnp::MallocMessageBuilder msg;
+  auto b = msg.initRoot<rpc::ClusterStatus>();
+  codec::encode(cs, b);
+  auto r = codec::decode(b.asReader());
+  REQUIRE(r.workers.size() == 1);
+  CHECK(r.ready);
+  CHECK(r.workers[0].kind == role::prefill);
+  CHECK_FALSE(r.workers[0].up);
+  CHECK(r.workers[0].kv_total == 4);
+  CHECK(r.workers[0].detail == "d");
+
+  codec::chunk c{4, {10, 11}, "ab", 99};
+  capnp::MallocMessageBuilder m2;
+  auto cb = m2.initRoot<rpc::TokenChunk>();
+  codec::encode(c, cb);
+  auto rc = codec::decode(cb.asReader());
+  CHECK(rc.first_index == 4);
+  CHECK(rc.ids == std::vector<token_id>{10, 11});
+  CHECK(rc.text == "ab");
+  CHECK(rc.sent_ns == 99);
+}
+
+TEST_CASE("endpoints parse or say what is wrong", "[client]") {
+  auto ok = parse_endpoint("127.0.0.1:7700");
+  REQUIRE(ok.ok());
+  CHECK(ok->first == "127.0.0.1");
+  CHECK(ok->second == 7700);
+  CHECK(parse_endpoint("localhost:1")->second == 1);
+  for (const char* bad :
+       {"", "7700", "host:", ":7700", "host:0", "host:65536", "host:77x", "host:-1"}) {
+    auto r = parse_endpoint(bad);
+    INFO(bad);
+    CHECK_FALSE(r.ok());
+  }
+}
