@@ -1,5 +1,7 @@
 #include "cluster/embedded_cluster.hpp"
 
+#include <unistd.h>
+
 #include <thread>
 #include <vector>
 
@@ -43,6 +45,26 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
     engines.push_back(std::move(e));
   }
   model_info model = engines.front()->info();
+  // KV pools are allocated up front; refuse sizes this machine cannot hold instead of
+  // failing inside an actor.
+  {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    double phys =
+        pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0;
+    double block = static_cast<double>(model.layout.block_bytes());
+    double need = block * (double(cfg.prefill.num_blocks) * cfg.prefill_workers +
+                           double(cfg.decode.num_blocks) * cfg.decode_workers);
+    if (phys > 0 && need > 0.8 * phys)
+      return error_info{
+          errc::invalid_request,
+          fmt::format("KV pools need {:.1f} GiB ({} B per block; {} prefill x {} "
+                      "blocks, {} decode x {} blocks) but this machine has {:.1f} GiB "
+                      "of memory: lower --decode-kv-blocks/--prefill-kv-blocks or the "
+                      "KV layout",
+                      need / (1 << 30), model.layout.block_bytes(), cfg.prefill_workers,
+                      cfg.prefill.num_blocks, cfg.decode_workers, cfg.decode.num_blocks,
+                      phys / (1 << 30))};
+  }
   cfg.router.block_tokens = model.layout.block_tokens;
 
   auto im = std::make_unique<impl>();
