@@ -22,6 +22,8 @@ std::string_view to_string(errc e) {
       return "out_of_blocks";
     case errc::timeout:
       return "timeout";
+    case errc::unavailable:
+      return "unavailable";
     case errc::internal:
       return "internal";
   }

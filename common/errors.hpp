@@ -17,6 +17,7 @@ enum class errc : uint8_t {
   kv_corrupt,       ///< received KV blocks failed their checksum or content check
   out_of_blocks,    ///< a KV pool cannot hold the request even when idle
   timeout,          ///< a bounded wait expired
+  unavailable,      ///< the server cannot be reached or the connection was lost
   internal,         ///< a bug: an invariant did not hold
 };
 

@@ -18,9 +18,17 @@ class sink_impl final : public rpc::TokenSink::Server {
  public:
   explicit sink_impl(std::function<void(const client_chunk&)> cb) : cb_(std::move(cb)) {}
   std::vector<client_chunk> chunks;
+  /// After the call ends the server may still hold this sink: ignore late writes, so the
+  /// caller's callback never runs after generate() returned.
+  void close() {
+    closed_ = true;
+    cb_ = nullptr;
+  }
 
  protected:
   kj::Promise<void> write(WriteContext ctx) override {
+    if (closed_)
+      return KJ_EXCEPTION(DISCONNECTED, "the generate call this sink belongs to has ended");
     auto c = codec::decode(ctx.getParams().getChunk());
     client_chunk cc{c.first_index, std::move(c.ids), std::move(c.text), now_ns()};
     if (cb_) cb_(cc);
@@ -30,6 +38,7 @@ class sink_impl final : public rpc::TokenSink::Server {
 
  private:
   std::function<void(const client_chunk&)> cb_;
+  bool closed_ = false;
 };
 
 kj::Duration to_duration(double s) {
@@ -65,7 +74,7 @@ struct client::impl {
   }
   error_info translate(const kj::Exception& e, const char* what) {
     auto type = e.getType();
-    errc code = type == kj::Exception::Type::DISCONNECTED ? errc::worker_failed
+    errc code = type == kj::Exception::Type::DISCONNECTED ? errc::unavailable
                 : type == kj::Exception::Type::OVERLOADED ? errc::timeout
                                                           : errc::internal;
     return {code, fmt::format("{} {}: {}", what, where, e.getDescription().cStr())};
@@ -87,8 +96,8 @@ result<std::unique_ptr<client>> client::connect(const std::string& host, uint16_
     c->model_ = std::move(m);
     return c;
   } catch (const kj::Exception& e) {
-    return error_info{errc::worker_failed, fmt::format("cannot reach tokenmill at {}:{}: {}", host,
-                                                       port, e.getDescription().cStr())};
+    return error_info{errc::unavailable, fmt::format("cannot reach tokenmill at {}:{}: {}", host,
+                                                     port, e.getDescription().cStr())};
   }
 }
 
@@ -100,6 +109,7 @@ result<client_result> client::generate(generate_params p,
   try {
     auto sink_own = kj::heap<sink_impl>(on_chunk);
     auto& sink = *sink_own;
+    KJ_DEFER(sink.close());
     rpc::TokenSink::Client sink_cap = kj::mv(sink_own);
     auto req = i.gw.generateRequest();
     out.sent_ns = now_ns();
@@ -121,6 +131,12 @@ result<client_result> client::generate(generate_params p,
     }
     if (!sink.chunks.empty()) out.first_token_ns = sink.chunks.front().recv_ns;
   } catch (const kj::Exception& e) {
+    // The abandoned call's cancellation (a Finish message) is only queued; turn the event
+    // loop once so the server hears it now, not at this client's next call.
+    try {
+      i.rpc.getWaitScope().poll();
+    } catch (const kj::Exception&) {
+    }
     return i.translate(e, "generate at");
   }
   if (out.server.error_code != errc::ok) return error_info{out.server.error_code, out.server.error};

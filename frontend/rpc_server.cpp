@@ -239,6 +239,10 @@ class gateway_impl final : public rpc::Gateway::Server {
 
  protected:
   kj::Promise<void> generate(GenerateContext ctx) override {
+    // Cap'n Proto 0.9 keeps running a call whose caller cancelled or disconnected unless
+    // the call allows cancellation; then dropping the call destroys our promise, and the
+    // defer below cancels the request and frees its KV blocks.
+    ctx.allowCancellation();
     auto params = ctx.getParams();
     auto gp = codec::decode(params.getRequest());
     auto v = validate(gp, *s_.tok, s_.model);
@@ -290,6 +294,7 @@ class gateway_impl final : public rpc::Gateway::Server {
   }
 
   kj::Promise<void> status(StatusContext ctx) override {
+    ctx.allowCancellation();
     auto call = ++s_.next_call;
     auto paf = kj::newPromiseAndFulfiller<std::shared_ptr<cluster_status>>();
     s_.status_calls.emplace(call, kj::mv(paf.fulfiller));

@@ -47,7 +47,7 @@ result<validated_request> validate(const generate_params& p, const tokenizer& to
   const auto n = static_cast<int64_t>(v.prompt.size());
   if (n >= ctx)
     return bad(fmt::format("prompt has {} tokens; the model's context is {} tokens", n, ctx));
-  if (n + p.max_tokens > ctx)
+  if (p.max_tokens > ctx - n)  // (not n + max_tokens > ctx: that overflows for huge max_tokens)
     return bad(
         fmt::format("prompt ({} tokens) + max_tokens ({}) exceeds the model's context of {} "
                     "tokens; lower max_tokens to at most {}",
