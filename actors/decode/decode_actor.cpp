@@ -91,8 +91,7 @@ void finish(decode_ptr self, request_id id, finish_reason reason, error_info err
     if (!s.pending_end) s.pending_end.emplace(reason, std::move(err));
     return;
   }
-  if (s.phase == seq_phase::waiting_kv && s.prefill && reason != finish_reason::length)
-    self->send(s.prefill, cancel_request{id});
+  if (s.phase == seq_phase::waiting_kv && s.prefill) self->send(s.prefill, cancel_request{id});
   if (s.hashes_stored) {
     auto hashes =
         block_hashes(std::span(s.tokens).subspan(0, s.prompt_len), st.pool->layout().block_tokens);
@@ -147,6 +146,7 @@ void prompt_complete(decode_ptr self, sequence& s, token_id first) {
       s.hashes_stored = true;
     }
   }
+  s.phase = seq_phase::ready;  // KV complete: nothing left to cancel at a prefill worker
   s.tokens.push_back(first);
   s.generated = 1;
   if (auto r = stop_reason(st, s, first); r != finish_reason::none) {
@@ -249,6 +249,12 @@ void launch(decode_ptr self) {
   });
 }
 
+/// Re-plans when a handler that may have changed the queues returns, on every path.
+struct launch_on_exit {
+  decode_ptr self;
+  ~launch_on_exit() { launch(self); }
+};
+
 void step_done(decode_ptr self, engine_step_done& d) {
   auto& st = self->state;
   auto done = std::exchange(st.step, step_in_flight{});
@@ -329,14 +335,19 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
             });
   return {
       [self](decode_assignment& a) {
+        launch_on_exit relaunch{self};
         auto& st = self->state;
         auto id = a.req.id;
         if (st.seqs.count(id) != 0) {
+          // A repeated delivery of an assignment we already serve: the live request goes on.
+          spdlog::warn("decode {}: ignoring a repeated assignment of request {}", st.info.name, id);
+          return;
+        }
+        if (a.req.prompt.empty()) {
           request_done d;
           d.id = id;
           d.reason = finish_reason::error;
-          d.error = {errc::invalid_request,
-                     fmt::format("request {} is already on this worker", id)};
+          d.error = {errc::invalid_request, "the prompt is empty"};
           self->send(a.router, std::move(d));
           return;
         }
@@ -361,9 +372,9 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         }
         st.waiting_blocks.push_back(id);
         reserve_waiting(self);
-        launch(self);
       },
       [self](kv_transfer& t) {
+        launch_on_exit relaunch{self};
         auto& st = self->state;
         auto it = st.seqs.find(t.id);
         if (it == st.seqs.end() || it->second.phase != seq_phase::waiting_kv) return;
@@ -382,13 +393,11 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
           fail(self, t.id, errc::kv_corrupt,
                fmt::format("KV transfer carries {} checksums for {} blocks", t.checksums.size(),
                            t.payload.dst_blocks.size()));
-          launch(self);
           return;
         }
         if (auto err =
                 st.transport->deliver(t.payload, st.pool->memory(), st.pool->block_bytes())) {
           fail(self, t.id, err.code, err.message);
-          launch(self);
           return;
         }
         for (size_t i = 0; i < t.payload.dst_blocks.size(); ++i) {
@@ -398,13 +407,13 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
             fail(self, t.id, errc::kv_corrupt,
                  fmt::format("KV block {} failed its checksum after transfer ({:016x} != {:016x})",
                              b, sum, t.checksums[i]));
-            launch(self);
             return;
           }
           s.received.insert(b);
         }
       },
       [self](kv_ready& r) {
+        launch_on_exit relaunch{self};
         auto& st = self->state;
         auto it = st.seqs.find(r.id);
         if (it == st.seqs.end() || it->second.phase != seq_phase::waiting_kv) return;
@@ -422,24 +431,22 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         if (auto err = st.eng->check_kv(*st.pool, s.tokens, s.blocks, 0, s.prompt_len);
             !err.empty()) {
           fail(self, r.id, errc::kv_corrupt, err);
-          launch(self);
           return;
         }
         prompt_complete(self, s, r.first_token);
-        launch(self);
       },
       [self](const prefill_failed& f) {
+        launch_on_exit relaunch{self};
         auto it = self->state.seqs.find(f.id);
         if (it == self->state.seqs.end()) return;
         it->second.prefill = caf::actor{};  // nothing to cancel there
         fail(self, f.id, f.error.code, "prefill failed: " + f.error.message);
-        launch(self);
       },
       [self](step_atom) { launch(self); },
       [self](engine_step_done& d) { step_done(self, d); },
       [self](const cancel_request& c) {
+        launch_on_exit relaunch{self};
         finish(self, c.id, finish_reason::cancelled);
-        launch(self);
       },
       [self](status_atom) {
         auto& st = self->state;

@@ -47,6 +47,12 @@ using prefill_ptr = caf::stateful_actor<prefill_state>*;
 
 void launch(prefill_ptr self);
 
+/// Re-plans when a handler that may have changed the queues returns, on every path.
+struct launch_on_exit {
+  prefill_ptr self;
+  ~launch_on_exit() { launch(self); }
+};
+
 bool on_engine(const prefill_state& st, request_id id) {
   for (const auto& c : st.on_engine)
     if (c.key == id) return true;
@@ -203,13 +209,14 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
             });
   return {
       [self](prefill_job& job) {
+        launch_on_exit relaunch{self};
         auto& st = self->state;
         auto id = job.id;
         job.tr.stamp(stage::prefill_queued);
         auto need = st.pool->layout().blocks_for(static_cast<uint32_t>(job.prompt.size()));
         if (st.jobs.count(id) != 0) {
-          self->send(job.decode,
-                     prefill_failed{id, {errc::invalid_request, "duplicate prefill job"}});
+          // A repeated delivery of a job we already have: the live job goes on.
+          spdlog::warn("prefill {}: ignoring a repeated job for request {}", st.info.name, id);
           return;
         }
         if (job.prompt.empty() || job.dst_blocks.size() != need ||
@@ -235,11 +242,11 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
         auto& js = st.jobs[id];
         js.job = std::move(job);
         st.waiting.push_back(id);
-        launch(self);
       },
       [self](step_atom) { launch(self); },
       [self](engine_step_done& done) { step_done(self, done); },
       [self](kv_write_done& d) {
+        launch_on_exit relaunch{self};
         auto& st = self->state;
         auto it = st.jobs.find(d.id);
         if (it == st.jobs.end() || it->second.dropped) return;  // cancelled meanwhile
@@ -257,10 +264,12 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
                      kv_ready{d.id, js.first, static_cast<uint32_t>(js.blocks_sent), js.job.tr});
           ++st.completed;
           drop_job(self, d.id);
-          launch(self);
         }
       },
-      [self](const cancel_request& c) { drop_job(self, c.id); },
+      [self](const cancel_request& c) {
+        drop_job(self, c.id);
+        launch(self);
+      },
       [self](status_atom) {
         auto& st = self->state;
         worker_status ws;

@@ -159,6 +159,14 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         auto& st = self->state;
         req.tr.stamp(stage::router_received);
         auto prompt_tokens = static_cast<uint32_t>(req.prompt.size());
+        if (req.prompt.empty() || req.options.max_tokens == 0) {
+          request_summary s;
+          s.id = req.id;
+          s.reason = finish_reason::error;
+          s.error = {errc::invalid_request, "empty prompt or max_tokens 0"};
+          self->send(req.client, std::move(s));
+          return;
+        }
         if (st.requests.count(req.id) != 0) {
           request_summary s;
           s.id = req.id;
@@ -197,7 +205,7 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           st.queued_prompt_tokens -= std::min<uint64_t>(st.queued_prompt_tokens, rs.prompt_tokens);
           rs.prefill.reset();
         }
-        rs.pending.emplace(0, ft.token);
+        if (rs.next_index == 0) rs.pending.emplace(0, ft.token);  // else: delivered twice
         release_tokens(self, ft.id, rs);
       },
       [self](const token_batch& b) {
@@ -205,6 +213,9 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         for (const auto& t : b.tokens) {
           auto it = st.requests.find(t.id);
           if (it == st.requests.end()) continue;
+          // A token delivered twice (index already released) is dropped: re-queueing it
+          // would block every later token behind it.
+          if (t.index < it->second.next_index) continue;
           it->second.pending.emplace(t.index, t.token);
           release_tokens(self, t.id, it->second);
         }

@@ -1,0 +1,244 @@
+// `tokenmill serve` + `tokenmill generate` end to end: tokens, timing breakdown,
+// determinism across deployment shapes, stop tokens.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <sstream>
+
+#include "harness.hpp"
+
+using namespace tokenmill::testing;
+using nlohmann::json;
+
+namespace {
+
+/// Runs generate with --json and returns the summary line; REQUIREs success.
+json generate_json(const server& srv, std::vector<std::string> args) {
+  args.insert(args.begin(), "--json");
+  auto r = srv.generate(args);
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE_FALSE(r.timed_out);
+  REQUIRE(r.exit_code == 0);
+  auto j = last_json_line(r.out);
+  REQUIRE(j.is_object());
+  return j;
+}
+
+std::vector<int64_t> ids_of(const json& j) {
+  return j.at("token_ids").get<std::vector<int64_t>>();
+}
+
+double sum_of(const json& stages) {
+  double s = 0;
+  for (const auto& [name, ms] : stages.items())
+    s += ms.get<double>();
+  return s;
+}
+
+bool has_stage(const json& stages, const std::string& name) {
+  return stages.contains(name);
+}
+
+}  // namespace
+
+TEST_CASE("generate streams max_tokens tokens and a TTFT breakdown that adds up", "[integration]") {
+  server srv;
+  auto j = generate_json(srv, {"--max-tokens", "12", "hello world"});
+  INFO(j.dump());
+  CHECK(j["tokens"] == 12);
+  CHECK(j["token_ids"].size() == 12);
+  CHECK(j["finish_reason"] == "length");
+  CHECK(j["prompt_tokens"].get<int>() > 0);
+
+  const double ttft = j["ttft_ms"].get<double>();
+  CHECK(ttft > 0);
+  CHECK(j["itl_ms_p50"].get<double>() >= 0);
+  CHECK(j["itl_ms_p99"].get<double>() >= j["itl_ms_p50"].get<double>());
+  const auto& stages = j["stages"];
+  REQUIRE(stages.is_object());
+  for (const auto& [name, ms] : stages.items()) {
+    INFO(name);
+    CHECK(ms.get<double>() >= 0);
+  }
+  CHECK(std::abs(sum_of(stages) - ttft) <= 0.01 * ttft);
+  CHECK(std::abs(j["stages_sum_ms"].get<double>() - ttft) <= 0.01 * ttft);
+  CHECK(has_stage(stages, "prefill_compute"));
+  CHECK(has_stage(stages, "kv_transfer"));
+
+  const auto& srv_j = j["server"];
+  const double srv_ttft = srv_j["ttft_ms"].get<double>();
+  CHECK(srv_ttft > 0);
+  CHECK(srv_ttft <= ttft);
+  CHECK(std::abs(sum_of(srv_j["stages"]) - srv_ttft) <= 0.01 * srv_ttft);
+  CHECK(has_stage(srv_j["stages"], "prefill_compute"));
+  CHECK(has_stage(srv_j["stages"], "kv_transfer"));
+}
+
+TEST_CASE("generate prints the streamed completion before its summary", "[integration]") {
+  server srv;
+  SECTION("text") {
+    auto r = srv.generate({"--max-tokens", "6", "--json", "once upon a time"});
+    REQUIRE(r.exit_code == 0);
+    auto j = last_json_line(r.out);
+    REQUIRE(j.is_object());
+    CHECK(r.out.substr(0, r.out.find('\n')) == j["text"].get<std::string>());
+  }
+  SECTION("token ids") {
+    auto r = srv.generate({"--max-tokens", "6", "--json", "--token-ids", "5 6 7 8"});
+    REQUIRE(r.exit_code == 0);
+    auto j = last_json_line(r.out);
+    REQUIRE(j.is_object());
+    std::istringstream streamed(r.out.substr(0, r.out.find('\n')));
+    std::vector<int64_t> ids;
+    for (int64_t id; streamed >> id;)
+      ids.push_back(id);
+    CHECK(ids == ids_of(j));
+    CHECK(ids.size() == 6);
+  }
+}
+
+TEST_CASE("the same prompt gives the same tokens whichever worker prefills it", "[integration]") {
+  // Disaggregated (prefill worker + KV transfer), decode-local prefill, and conditional
+  // disaggregation must agree token for token; a KV block that arrived corrupted would
+  // fail the request with kv_corrupt instead.
+  server disagg{{"--prefill-chunk", "64"}};
+  server local{{"--prefill-workers", "0"}, {"--prefill-chunk", "64"}};
+  server conditional{{"--local-prefill-threshold", "1000"}};
+
+  SECTION("short text prompt") {
+    const std::vector<std::string> args{"--max-tokens", "16", "the quick brown fox"};
+    auto a = generate_json(disagg, args);
+    auto b = generate_json(disagg, args);
+    auto c = generate_json(local, args);
+    auto d = generate_json(conditional, args);
+    CHECK(a["tokens"] == 16);
+    CHECK(ids_of(a) == ids_of(b));
+    CHECK(ids_of(a) == ids_of(c));
+    CHECK(ids_of(a) == ids_of(d));
+    INFO("disaggregated: " << a["stages"].dump() << "\nconditional: " << d["stages"].dump());
+    CHECK(has_stage(a["stages"], "kv_transfer"));
+    CHECK_FALSE(has_stage(d["stages"], "kv_transfer"));
+    CHECK_FALSE(has_stage(d["server"]["stages"], "kv_transfer"));
+    CHECK_FALSE(has_stage(c["stages"], "kv_transfer"));
+    CHECK(has_stage(c["stages"], "prefill_compute"));
+    CHECK(has_stage(d["stages"], "prefill_compute"));
+  }
+  SECTION("long prompt, prefilled in chunks") {
+    const std::vector<std::string> args{"--max-tokens", "8", "--token-ids", id_prompt(1000, 300)};
+    auto a = generate_json(disagg, args);
+    auto b = generate_json(disagg, args);  // may reuse cached prefix blocks
+    auto c = generate_json(local, args);
+    auto d = generate_json(conditional, args);
+    CHECK(a["prompt_tokens"] == 300);
+    CHECK(a["tokens"] == 8);
+    CHECK(ids_of(a) == ids_of(b));
+    CHECK(ids_of(a) == ids_of(c));
+    CHECK(ids_of(a) == ids_of(d));
+    CHECK(has_stage(a["stages"], "kv_transfer"));
+    CHECK_FALSE(has_stage(d["stages"], "kv_transfer"));  // 300 < threshold 1000
+    // A prompt sharing the first 256 tokens but ending differently: the cached prefix must
+    // not leak the old suffix into the new completion.
+    auto e = generate_json(disagg, {"--max-tokens", "8", "--token-ids",
+                                    id_prompt(1000, 256) + " " + id_prompt(5000, 44)});
+    auto f = generate_json(local, {"--max-tokens", "8", "--token-ids",
+                                   id_prompt(1000, 256) + " " + id_prompt(5000, 44)});
+    CHECK(ids_of(e) == ids_of(f));
+    CHECK(ids_of(e) != ids_of(a));
+  }
+  SECTION("block-aligned prompts") {
+    // 16, 32 and 48 tokens fill whole 16-token blocks; 33 spills one token over.
+    for (int n : {16, 32, 48, 33}) {
+      INFO(n << " prompt tokens");
+      const std::vector<std::string> args{"--max-tokens", "4", "--token-ids", id_prompt(100, n)};
+      auto a = generate_json(disagg, args);
+      auto b = generate_json(disagg, args);
+      auto c = generate_json(local, args);
+      auto d = generate_json(conditional, args);
+      CHECK(ids_of(a) == ids_of(b));
+      CHECK(ids_of(a) == ids_of(c));
+      CHECK(ids_of(a) == ids_of(d));
+    }
+  }
+  SECTION("seeded sampling") {
+    const std::vector<std::string> args{"--max-tokens", "8", "--temperature", "0.8",
+                                        "--seed",       "7", "sampled prompt"};
+    auto a = generate_json(disagg, args);
+    auto b = generate_json(disagg, args);
+    auto c = generate_json(local, args);
+    auto d = generate_json(conditional, args);
+    CHECK(ids_of(a) == ids_of(b));
+    CHECK(ids_of(a) == ids_of(c));
+    CHECK(ids_of(a) == ids_of(d));
+  }
+  for (auto* s : {&disagg, &local, &conditional}) {
+    auto st = s->status();
+    CHECK(workers_idle(st));
+  }
+}
+
+TEST_CASE("a stop id ends generation right after that token", "[integration]") {
+  server srv;
+  auto first = generate_json(srv, {"--max-tokens", "10", "a prompt to stop in"});
+  auto ids = ids_of(first);
+  REQUIRE(ids.size() == 10);
+  const auto stop = ids[3];
+  // The stop id may occur earlier in the completion; generation stops at its first occurrence.
+  size_t expected = 4;
+  for (size_t i = 0; i < 4; ++i)
+    if (ids[i] == stop) {
+      expected = i + 1;
+      break;
+    }
+  auto second = generate_json(
+      srv, {"--max-tokens", "10", "--stop-id", std::to_string(stop), "a prompt to stop in"});
+  CHECK(second["finish_reason"] == "stop");
+  CHECK(second["tokens"] == expected);
+  auto got = ids_of(second);
+  CHECK(std::vector<int64_t>(ids.begin(), ids.begin() + static_cast<long>(expected)) == got);
+}
+
+TEST_CASE("status lists every role up and --help works on every command", "[integration]") {
+  server srv;
+  auto st = srv.status();
+  REQUIRE(st.is_object());
+  INFO(st.dump());
+  CHECK(st["ready"] == true);
+  for (const char* role : {"router", "prefill", "decode", "kv_store"}) {
+    auto w = worker(st, role);
+    INFO(role);
+    REQUIRE(w.is_object());
+    CHECK(w["up"] == true);
+  }
+  CHECK(worker(st, "decode")["kv_total"].get<int64_t>() > 0);
+  CHECK(worker(st, "prefill")["kv_total"].get<int64_t>() > 0);
+
+  auto text = run_tokenmill({"status", "--connect", srv.endpoint()});
+  CHECK(text.exit_code == 0);
+  CHECK(text.out.find("decode") != std::string::npos);
+
+  for (std::vector<std::string> args : std::vector<std::vector<std::string>>{{"--help"},
+                                                                             {"serve", "--help"},
+                                                                             {"generate", "--help"},
+                                                                             {"status", "--help"},
+                                                                             {"bench", "--help"}}) {
+    auto r = run_tokenmill(args);
+    INFO(args.front() << " " << (args.size() > 1 ? args[1] : "") << "\n" << r.err);
+    CHECK(r.exit_code == 0);
+    CHECK(r.out.find("Usage") != std::string::npos);
+  }
+}
+
+TEST_CASE("bench runs a short load against a server", "[integration]") {
+  server srv;
+  auto r = run_tokenmill({"bench", "--connect", srv.endpoint(), "--requests", "6", "--concurrency",
+                          "3", "--input-len", "16", "--output-len", "4", "--json"});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.exit_code == 0);
+  auto j = last_json_line(r.out);
+  REQUIRE(j.is_object());
+  CHECK(j["requests"] == 6);
+  CHECK(j["failed"] == 0);
+  auto st = srv.status();
+  CHECK(workers_idle(st));
+  CHECK(worker(st, "decode")["completed"] == 6);
+}

@@ -1,0 +1,198 @@
+// Supervisor tests: the scoped actor `self` registers members and asks questions; a
+// second scoped actor plays a registered router (it receives membership broadcasts);
+// small spawned stubs play workers that answer status queries.
+#include "tests/unit/actors/actor_test_util.hpp"
+
+using namespace tokenmill;
+using namespace tokenmill::test;
+
+namespace {
+
+/// A worker that answers status queries with `ws` and ignores membership.
+caf::behavior status_stub(caf::event_based_actor*, worker_status ws) {
+  return {
+      [ws](status_atom) { return ws; },
+      [](const membership&) {},
+  };
+}
+
+worker_status status_of(const worker_info& info, uint32_t queued) {
+  worker_status ws;
+  ws.id = info.id;
+  ws.kind = info.kind;
+  ws.name = info.name;
+  ws.node = info.node;
+  ws.queued = queued;
+  ws.detail = "stub";
+  return ws;
+}
+
+struct supervisor_harness {
+  test_system ts;
+  caf::scoped_actor self{ts.sys};
+  caf::scoped_actor router{ts.sys};  ///< a registered router: hears membership changes
+  actor_reaper reaper;
+  caf::actor sup = reaper.add(spawn_supervisor(ts.sys, "test-cluster"));
+  worker_info router_info = make_info(1, role::router, "router-0");
+
+  bool register_member(const worker_info& info, const caf::actor& handle) {
+    std::optional<bool> got;
+    std::string problem;
+    self->request(sup, receive_timeout, register_worker{info, handle})
+        .receive([&](bool ok) { got = ok; }, [&](caf::error& e) { problem = caf::to_string(e); });
+    if (!got) FAIL("register_worker failed: " << problem);
+    return *got;
+  }
+
+  bool ready() {
+    std::optional<bool> got;
+    std::string problem;
+    self->request(sup, receive_timeout, ready_atom::value)
+        .receive([&](bool ok) { got = ok; }, [&](caf::error& e) { problem = caf::to_string(e); });
+    if (!got) FAIL("ready query failed: " << problem);
+    return *got;
+  }
+
+  caf::actor spawn_stub(const worker_info& info, uint32_t queued = 0) {
+    return reaper.add(ts.sys.spawn(status_stub, status_of(info, queued)));
+  }
+
+  /// Registers the router scoped actor and consumes the membership it is sent.
+  void register_router() {
+    REQUIRE(register_member(router_info, handle_of(router)));
+    auto m = expect<membership>(router, "membership after the router joined");
+    REQUIRE(m.members.size() == 1);
+    CHECK(m.members[0].info.id == router_info.id);
+    CHECK(m.members[0].up);
+  }
+
+  /// The router scoped actor answers one status query from the supervisor.
+  void router_answers_status() {
+    bool answered = false;
+    std::string problem;
+    router->receive(
+        [&](status_atom) {
+          answered = true;
+          return status_of(router_info, 7);
+        },
+        caf::others >> [&](caf::message_view& x) -> caf::result<caf::message> {
+          problem = "unexpected message " + describe(x);
+          return caf::sec::unexpected_message;
+        },
+        caf::after(receive_timeout) >> [&] { problem = "timed out"; });
+    if (!answered) FAIL("router waiting for the supervisor's status query: " << problem);
+  }
+
+  /// Cluster status; the router scoped actor, when registered and up, answers its part.
+  cluster_status status(bool router_member) {
+    auto pending = self->request(sup, receive_timeout, status_atom::value);
+    if (router_member) router_answers_status();
+    std::optional<cluster_status> got;
+    std::string problem;
+    pending.receive([&](cluster_status& cs) { got = std::move(cs); },
+                    [&](caf::error& e) { problem = caf::to_string(e); });
+    if (!got) FAIL("status query failed: " << problem);
+    return std::move(*got);
+  }
+};
+
+const member* find_member(const membership& m, worker_id id) {
+  for (const auto& x : m.members)
+    if (x.info.id == id) return &x;
+  return nullptr;
+}
+
+}  // namespace
+
+TEST_CASE("supervisor: ready once a router and a decode worker are up", "[supervisor_actor]") {
+  supervisor_harness h;
+  CHECK_FALSE(h.ready());
+  h.register_router();
+  CHECK_FALSE(h.ready());
+  auto decode_info = make_info(11, role::decode, "decode-0");
+  auto decode = h.spawn_stub(decode_info);
+  CHECK(h.register_member(decode_info, decode));
+  auto m = expect<membership>(h.router, "membership after the decode worker joined");
+  CHECK(m.members.size() == 2);
+  REQUIRE(find_member(m, 11));
+  CHECK(find_member(m, 11)->handle == decode);
+  CHECK(h.ready());
+
+  // A second worker with a live member's id is refused, and nobody hears of it.
+  CHECK_FALSE(
+      h.register_member(make_info(11, role::decode, "impostor"), h.spawn_stub(decode_info)));
+  auto cs = h.status(true);
+  CHECK(cs.cluster == "test-cluster");
+  CHECK(cs.ready);
+  REQUIRE(cs.workers.size() == 2);
+  CHECK(cs.workers[0].id == 1);  // sorted by id
+  CHECK(cs.workers[0].queued == 7);
+  CHECK(cs.workers[1].id == 11);
+  CHECK(cs.workers[1].name == "decode-0");
+  CHECK(cs.workers[1].detail == "stub");
+  expect_no_message(h.router, "after the status query");
+}
+
+TEST_CASE("supervisor: a member that exits is reported down and the router hears it",
+          "[supervisor_actor]") {
+  supervisor_harness h;
+  h.register_router();
+  auto decode_info = make_info(11, role::decode, "decode-0");
+  auto decode = h.spawn_stub(decode_info);
+  REQUIRE(h.register_member(decode_info, decode));
+  expect<membership>(h.router, "membership after the decode worker joined");
+  REQUIRE(h.ready());
+
+  caf::anon_send_exit(decode, caf::exit_reason::kill);
+  auto m = expect<membership>(h.router, "membership after the decode worker exited");
+  REQUIRE(find_member(m, 11));
+  CHECK_FALSE(find_member(m, 11)->up);
+  REQUIRE(find_member(m, 1));
+  CHECK(find_member(m, 1)->up);
+  CHECK_FALSE(h.ready());
+  auto cs = h.status(true);
+  CHECK_FALSE(cs.ready);
+  REQUIRE(cs.workers.size() == 2);
+  CHECK(cs.workers[1].id == 11);
+  CHECK_FALSE(cs.workers[1].up);
+  CHECK(cs.workers[1].detail == "down");
+
+  // The worker restarts under the same id.
+  auto again = h.spawn_stub(decode_info);
+  CHECK(h.register_member(decode_info, again));
+  m = expect<membership>(h.router, "membership after the restart");
+  REQUIRE(find_member(m, 11));
+  CHECK(find_member(m, 11)->up);
+  CHECK(find_member(m, 11)->handle == again);
+  CHECK(h.ready());
+}
+
+TEST_CASE("supervisor: membership goes to routers and the kv-store only", "[supervisor_actor]") {
+  supervisor_harness h;
+  caf::scoped_actor kv{h.ts.sys};
+  caf::scoped_actor prefill{h.ts.sys};
+  REQUIRE(h.register_member(make_info(5, role::kv_store, "kv"), handle_of(kv)));
+  CHECK(expect<membership>(kv, "membership at the kv-store").members.size() == 1);
+  REQUIRE(h.register_member(make_info(20, role::prefill, "prefill-0"), handle_of(prefill)));
+  CHECK(expect<membership>(kv, "membership at the kv-store").members.size() == 2);
+  h.ready();  // round trip: every broadcast has been sent
+  expect_no_message(prefill, "a prefill worker gets no membership");
+}
+
+TEST_CASE("supervisor: a member that does not answer is reported, not waited for",
+          "[supervisor_actor]") {
+  // Takes the supervisor's status timeout (1 s) once.
+  supervisor_harness h;
+  caf::scoped_actor mute{h.ts.sys};  // never reads its mailbox
+  auto decode_info = make_info(11, role::decode, "decode-0");
+  REQUIRE(h.register_member(decode_info, h.spawn_stub(decode_info, 3)));
+  REQUIRE(h.register_member(make_info(12, role::prefill, "prefill-mute"), handle_of(mute)));
+  auto cs = h.status(false);
+  REQUIRE(cs.workers.size() == 2);
+  CHECK(cs.workers[0].id == 11);
+  CHECK(cs.workers[0].queued == 3);
+  CHECK(cs.workers[1].id == 12);
+  CHECK(cs.workers[1].name == "prefill-mute");
+  CHECK(cs.workers[1].up);
+  CHECK_THAT(cs.workers[1].detail, Catch::StartsWith("not answering"));
+}
