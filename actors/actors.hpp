@@ -13,8 +13,19 @@
 
 namespace tokenmill {
 
-/// The supervisor: membership (register, monitor, mark down), readiness, cluster status.
-caf::actor spawn_supervisor(caf::actor_system& sys, std::string cluster_name);
+struct supervisor_config {
+  std::string cluster = "tokenmill";
+  uint64_t manifest_hash = 0;   ///< joining nodes must announce the same hash
+  std::string model;            ///< joining nodes must serve the same model
+  size_t expected_workers = 0;  ///< ready only once this many actors registered (0: any)
+  uint32_t node_index = 0;      ///< the supervisor's own node (its clock is the reference)
+  uint32_t sync_pings = 16;     ///< ping-pongs per clock estimate (minimum RTT wins)
+  caf::timespan sync_interval = std::chrono::seconds(5);  ///< clock estimate refresh
+};
+
+/// The supervisor: membership (register, monitor, mark down), node joins, clock offsets,
+/// readiness, cluster status.
+caf::actor spawn_supervisor(caf::actor_system& sys, supervisor_config cfg);
 
 /// The kv-store: global index of which worker holds which block hashes.
 caf::actor spawn_kv_store(caf::actor_system& sys, worker_info info, caf::actor supervisor);

@@ -203,7 +203,8 @@ struct worker_info {
   role kind = role::decode;
   std::string name;
   std::string node;
-  pool_descriptor pool;  ///< empty for actors without a KV pool
+  uint32_t node_index = 0;  ///< index of the node in the manifest; stamped into traces
+  pool_descriptor pool;     ///< empty for actors without a KV pool
 };
 
 /// actor -> supervisor (request, reply: bool): I exist; monitor me.
@@ -222,6 +223,27 @@ struct member {
 /// supervisor -> router: the full membership, sent on every change.
 struct membership {
   std::vector<member> members;
+};
+
+/// Ask a node agent for the supervisor handle it knows (reply: caf::actor, maybe invalid).
+using supervisor_atom = caf::atom_constant<caf::atom("sup")>;
+/// Clock probe: (ping_atom, t0) to a node agent; reply (t0, t_node) on its steady clock.
+using ping_atom = caf::atom_constant<caf::atom("ping")>;
+
+/// node -> supervisor (request, reply: std::string, empty = accepted): a node of the
+/// manifest joins. Nodes that serve another model or another manifest are refused.
+struct join_node {
+  std::string name;
+  uint32_t index = 0;
+  uint64_t manifest_hash = 0;
+  std::string model;
+  caf::actor agent;  ///< the node's published agent (answers ping_atom)
+};
+
+/// supervisor -> routers: each node's clock offset (ns to add to that node's stamps to put
+/// them on the supervisor's clock), indexed by node index.
+struct clock_update {
+  std::vector<int64_t> offsets;
 };
 
 // ---------------------------------------------------------------- inspectors (CAF 0.17)
@@ -338,8 +360,16 @@ typename F::result_type inspect(F& f, overlap_reply& x) {
   return f(caf::meta::type_name("overlap_reply"), x.workers);
 }
 template <class F>
+typename F::result_type inspect(F& f, join_node& x) {
+  return f(caf::meta::type_name("join_node"), x.name, x.index, x.manifest_hash, x.model, x.agent);
+}
+template <class F>
+typename F::result_type inspect(F& f, clock_update& x) {
+  return f(caf::meta::type_name("clock_update"), x.offsets);
+}
+template <class F>
 typename F::result_type inspect(F& f, worker_info& x) {
-  return f(caf::meta::type_name("worker_info"), x.id, x.kind, x.name, x.node, x.pool);
+  return f(caf::meta::type_name("worker_info"), x.id, x.kind, x.name, x.node, x.node_index, x.pool);
 }
 template <class F>
 typename F::result_type inspect(F& f, register_worker& x) {

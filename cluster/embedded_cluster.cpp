@@ -84,7 +84,11 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
     w.node = "local";
     return w;
   };
-  auto sup = spawn_supervisor(sys, cfg.cluster_name);
+  supervisor_config sc;
+  sc.cluster = cfg.cluster_name;
+  sc.model = model.name;
+  sc.expected_workers = 2 + cfg.prefill_workers + cfg.decode_workers;
+  auto sup = spawn_supervisor(sys, sc);
   im->actors.push_back(sup);
   auto kv = spawn_kv_store(sys, info(role::kv_store, "kv_store"), sup);
   im->actors.push_back(kv);

@@ -108,7 +108,7 @@ void finish(decode_ptr self, request_id id, finish_reason reason, error_info err
   d.tr.id = id;
   for (const auto& h : s.req.tr.hops)
     if (!on_ttft_path(h.where)) d.tr.hops.push_back(h);
-  d.tr.stamp(stage::finished);
+  d.tr.stamp(stage::finished, st.info.node_index);
   self->send(s.router, std::move(d));
   if (reason != finish_reason::cancelled && reason != finish_reason::error) ++st.completed;
   erase_id(st.waiting_blocks, id);
@@ -169,7 +169,7 @@ void reserve_waiting(decode_ptr self) {
     if (!blocks) return;
     st.waiting_blocks.pop_front();
     s.blocks = std::move(*blocks);
-    s.req.tr.stamp(stage::decode_reserved);
+    s.req.tr.stamp(stage::decode_reserved, st.info.node_index);
     if (s.prefill) {
       s.phase = seq_phase::waiting_kv;
       prefill_job job;
@@ -185,7 +185,7 @@ void reserve_waiting(decode_ptr self) {
       self->send(s.prefill, std::move(job));
     } else {
       s.phase = seq_phase::local_prefill;
-      s.req.tr.stamp(stage::prefill_queued);
+      s.req.tr.stamp(stage::prefill_queued, st.info.node_index);
       st.local_queue.push_back(id);
     }
   }
@@ -204,7 +204,7 @@ void launch(decode_ptr self) {
     st.ready.pop_front();
     auto& s = st.seqs.at(id);
     s.phase = seq_phase::running;
-    s.req.tr.stamp(stage::decode_admitted);
+    s.req.tr.stamp(stage::decode_admitted, st.info.node_index);
     st.running.push_back(id);
   }
   std::deque<prefill_progress> progress;
@@ -218,7 +218,7 @@ void launch(decode_ptr self) {
   std::vector<prefill_chunk> chunks;
   for (const auto& c : plan) {
     auto& s = st.seqs.at(c.key);
-    if (c.begin == 0) s.req.tr.stamp(stage::prefill_started);
+    if (c.begin == 0) s.req.tr.stamp(stage::prefill_started, st.info.node_index);
     chunks.push_back({std::span(s.tokens).subspan(0, s.prompt_len), c.begin, c.end, s.blocks,
                       s.req.options.sampling});
   }
@@ -276,7 +276,7 @@ void step_done(decode_ptr self, engine_step_done& d) {
     auto& s = st.seqs.at(id);
     s.prefill_done = done.prefill[i].end;
     if (s.prefill_done < s.prompt_len) continue;
-    s.req.tr.stamp(stage::prefill_done);
+    s.req.tr.stamp(stage::prefill_done, st.info.node_index);
     erase_id(st.local_queue, id);
     self->send(s.router, first_token{id, d.prefill_next[i], s.req.tr});
     prompt_complete(self, s, d.prefill_next[i]);
@@ -419,7 +419,7 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         if (it == st.seqs.end() || it->second.phase != seq_phase::waiting_kv) return;
         auto& s = it->second;
         s.req.tr = std::move(r.tr);
-        s.req.tr.stamp(stage::kv_ready);
+        s.req.tr.stamp(stage::kv_ready, st.info.node_index);
         auto prompt_blocks = st.pool->layout().blocks_for(s.prompt_len);
         if (s.received.size() != prompt_blocks || r.blocks != prompt_blocks) {
           fail(self, r.id, errc::kv_corrupt,
@@ -443,6 +443,12 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         fail(self, f.id, f.error.code, "prefill failed: " + f.error.message);
       },
       [self](step_atom) { launch(self); },
+      [self](const membership& m) {
+        // The kv-store may live on another node and join after us: take it from here.
+        for (const auto& mem : m.members)
+          if (mem.info.kind == role::kv_store)
+            self->state.kv_store = mem.up ? mem.handle : caf::actor{};
+      },
       [self](engine_step_done& d) { step_done(self, d); },
       [self](const cancel_request& c) {
         launch_on_exit relaunch{self};

@@ -143,7 +143,7 @@ void launch(prefill_ptr self) {
   std::vector<prefill_chunk> batch;
   for (const auto& c : plan) {
     auto& js = st.jobs.at(c.key);
-    if (c.begin == 0) js.job.tr.stamp(stage::prefill_started);
+    if (c.begin == 0) js.job.tr.stamp(stage::prefill_started, st.info.node_index);
     // Spans point into state that stays put until the step is done (jobs on the engine
     // are never erased meanwhile).
     batch.push_back({js.job.prompt, c.begin, c.end, js.blocks, js.job.sampling});
@@ -183,7 +183,7 @@ void step_done(prefill_ptr self, engine_step_done& d) {
     st.tokens_computed += plan[i].end - plan[i].begin;
     if (js.done == js.job.prompt.size()) {
       js.computed = true;
-      js.job.tr.stamp(stage::prefill_done);
+      js.job.tr.stamp(stage::prefill_done, st.info.node_index);
       js.first = d.prefill_next[i];
     }
     push_blocks(self, id, js);
@@ -212,7 +212,7 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
         launch_on_exit relaunch{self};
         auto& st = self->state;
         auto id = job.id;
-        job.tr.stamp(stage::prefill_queued);
+        job.tr.stamp(stage::prefill_queued, st.info.node_index);
         auto need = st.pool->layout().blocks_for(static_cast<uint32_t>(job.prompt.size()));
         if (st.jobs.count(id) != 0) {
           // A repeated delivery of a job we already have: the live job goes on.
@@ -244,6 +244,7 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
         st.waiting.push_back(id);
       },
       [self](step_atom) { launch(self); },
+      [](const membership&) {},  // nothing here depends on other members yet
       [self](engine_step_done& done) { step_done(self, done); },
       [self](kv_write_done& d) {
         launch_on_exit relaunch{self};
@@ -258,7 +259,7 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
         }
         self->send(js.job.decode, std::move(d.transfer));
         if (js.computed && js.writes_pending == 0) {
-          js.job.tr.stamp(stage::kv_pushed);
+          js.job.tr.stamp(stage::kv_pushed, st.info.node_index);
           self->send(js.job.router, first_token{d.id, js.first, js.job.tr});
           self->send(js.job.decode,
                      kv_ready{d.id, js.first, static_cast<uint32_t>(js.blocks_sent), js.job.tr});

@@ -42,24 +42,35 @@ struct router_state {
   uint64_t completed = 0;
   uint64_t tokens_out = 0;
   uint64_t rejected = 0;
+  std::vector<int64_t> offsets;  ///< clock offset per node index (supervisor's estimate)
   static inline const char* name = "router";
 };
 
 using router_ptr = caf::stateful_actor<router_state>*;
 
-request_summary make_summary(const request_state& rs, request_id id) {
+/// Puts every hop on the router's clock (the frontend beside it stamps on the same one):
+/// a hop from node n moves by offset[n] - offset[router's node].
+trace on_local_clock(const trace& tr, const std::vector<int64_t>& offsets, uint32_t self_node) {
+  auto off = [&](uint32_t n) { return n < offsets.size() ? offsets[n] : int64_t{0}; };
+  trace out = tr;
+  for (auto& h : out.hops)
+    h.t_ns += off(h.node) - off(self_node);
+  return out;
+}
+
+request_summary make_summary(const router_state& st, const request_state& rs, request_id id) {
   request_summary s;
   s.id = id;
   s.prompt_tokens = rs.prompt_tokens;
   s.completion_tokens = rs.next_index;
-  s.tr = rs.tr;
+  s.tr = on_local_clock(rs.tr, st.offsets, st.info.node_index);
   std::vector<double> gaps;
   for (size_t i = 1; i < rs.release_ns.size(); ++i)
     gaps.push_back(static_cast<double>(rs.release_ns[i] - rs.release_ns[i - 1]) / 1e6);
-  auto st = summarize(gaps);
-  s.itl_mean_ms = st.mean;
-  s.itl_p50_ms = st.p50;
-  s.itl_p99_ms = st.p99;
+  auto itl = summarize(gaps);
+  s.itl_mean_ms = itl.mean;
+  s.itl_p50_ms = itl.p50;
+  s.itl_p99_ms = itl.p99;
   return s;
 }
 
@@ -68,7 +79,7 @@ void fail_request(router_ptr self, request_id id, errc code, std::string message
   auto& st = self->state;
   auto it = st.requests.find(id);
   if (it == st.requests.end()) return;
-  auto s = make_summary(it->second, id);
+  auto s = make_summary(st, it->second, id);
   s.reason = code == errc::cancelled ? finish_reason::cancelled : finish_reason::error;
   s.error = error_info{code, std::move(message)};
   self->send(it->second.client, std::move(s));
@@ -140,7 +151,7 @@ void route(router_ptr self, generate_request req) {
   rs.decode_handle = dw.handle;
   rs.prefill = pid;
   rs.prompt_tokens = prompt_tokens;
-  req.tr.stamp(stage::routed);
+  req.tr.stamp(stage::routed, st.info.node_index);
   rs.tr.id = id;
   st.requests.emplace(id, std::move(rs));
   self->send(dw.handle, decode_assignment{std::move(req), prefill, self});
@@ -157,7 +168,7 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
   return {
       [self](generate_request& req) {
         auto& st = self->state;
-        req.tr.stamp(stage::router_received);
+        req.tr.stamp(stage::router_received, st.info.node_index);
         auto prompt_tokens = static_cast<uint32_t>(req.prompt.size());
         if (req.prompt.empty() || req.options.max_tokens == 0) {
           request_summary s;
@@ -196,7 +207,7 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         auto it = st.requests.find(ft.id);
         if (it == st.requests.end()) return;
         auto& rs = it->second;
-        ft.tr.stamp(stage::first_token_router);
+        ft.tr.stamp(stage::first_token_router, st.info.node_index);
         rs.tr.merge(ft.tr);
         if (rs.prefill) {
           if (auto p = st.prefills.find(*rs.prefill); p != st.prefills.end())
@@ -229,7 +240,7 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         if (rs.next_index < d.completion_tokens)
           spdlog::error("router: request {} finished with {} of {} tokens released", d.id,
                         rs.next_index, d.completion_tokens);
-        auto s = make_summary(rs, d.id);
+        auto s = make_summary(st, rs, d.id);
         s.reason = d.reason;
         s.error = d.error;
         s.prompt_tokens = d.prompt_tokens;
@@ -287,6 +298,7 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           fail_request(self, id, errc::worker_failed, msg);
         }
       },
+      [self](const clock_update& u) { self->state.offsets = u.offsets; },
       [self](status_atom) {
         auto& st = self->state;
         worker_status ws;

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/actors.hpp"
+#include "common/clock.hpp"
 
 namespace tokenmill {
 namespace {
@@ -13,9 +14,22 @@ namespace {
 /// not answering (it is still up as far as monitors know).
 constexpr auto status_timeout = std::chrono::milliseconds(1000);
 
+/// A joined node and its clock estimate.
+struct node_entry {
+  std::string name;
+  caf::actor agent;
+  bool up = true;
+  int64_t offset_ns = 0;     ///< add to the node's stamps to land on the supervisor's clock
+  int64_t best_rtt_ns = -1;  ///< RTT of the sample the offset comes from (-1: none yet)
+};
+
+/// Self-sent: refresh every node's clock estimate.
+using sync_atom = caf::atom_constant<caf::atom("sync")>;
+
 struct supervisor_state {
-  std::string cluster;
+  supervisor_config cfg;
   std::map<worker_id, member> members;
+  std::map<uint32_t, node_entry> nodes;
   static inline const char* name = "supervisor";
 };
 
@@ -28,23 +42,72 @@ membership snapshot(const supervisor_state& st) {
 
 bool is_ready(const supervisor_state& st) {
   bool router = false, decode = false;
+  size_t up = 0;
   for (const auto& [id, m] : st.members) {
     if (!m.up) continue;
+    ++up;
     router |= m.info.kind == role::router;
     decode |= m.info.kind == role::decode;
   }
-  return router && decode;
+  return router && decode && up >= st.cfg.expected_workers;
 }
 
-caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, std::string cluster) {
-  self->state.cluster = std::move(cluster);
+clock_update offsets_of(const supervisor_state& st) {
+  clock_update u;
+  for (const auto& [idx, n] : st.nodes) {
+    if (u.offsets.size() <= idx) u.offsets.resize(idx + 1, 0);
+    u.offsets[idx] = n.offset_ns;
+  }
+  return u;
+}
+
+/// One NTP-style probe: the sample with the smallest round trip bounds the offset error
+/// by half that round trip.
+void probe(caf::stateful_actor<supervisor_state>* self, uint32_t idx, uint32_t left,
+           int64_t best_rtt, int64_t best_offset) {
+  auto it = self->state.nodes.find(idx);
+  if (it == self->state.nodes.end() || !it->second.up) return;
+  if (left == 0) {
+    if (best_rtt < 0) return;
+    it->second.offset_ns = best_offset;
+    it->second.best_rtt_ns = best_rtt;
+    auto u = offsets_of(self->state);
+    for (const auto& [id, m] : self->state.members)
+      if (m.up && m.info.kind == role::router) self->send(m.handle, u);
+    return;
+  }
+  int64_t t0 = now_ns();
+  self->request(it->second.agent, std::chrono::seconds(1), ping_atom::value, t0)
+      .then(
+          [self, idx, left, best_rtt, best_offset](int64_t sent, int64_t t_node) {
+            int64_t t1 = now_ns();
+            int64_t rtt = t1 - sent;
+            int64_t offset = sent + rtt / 2 - t_node;
+            bool better = best_rtt < 0 || rtt < best_rtt;
+            probe(self, idx, left - 1, better ? rtt : best_rtt, better ? offset : best_offset);
+          },
+          [self, idx, left, best_rtt, best_offset](caf::error&) {
+            probe(self, idx, left - 1, best_rtt, best_offset);
+          });
+}
+
+caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor_config cfg) {
+  self->state.cfg = std::move(cfg);
+  // Every member hears about every change: routers route by it, decode workers find the
+  // kv-store through it, the kv-store forgets what departed workers held.
   auto broadcast = [self] {
     auto m = snapshot(self->state);
     for (const auto& [id, mem] : self->state.members)
-      if (mem.up && (mem.info.kind == role::router || mem.info.kind == role::kv_store))
-        self->send(mem.handle, m);
+      if (mem.up) self->send(mem.handle, m);
   };
+  self->delayed_send(self, self->state.cfg.sync_interval, sync_atom::value);
   self->set_down_handler([self, broadcast](caf::down_msg& dm) {
+    for (auto& [idx, n] : self->state.nodes) {
+      if (n.up && n.agent.address() == dm.source) {
+        n.up = false;
+        spdlog::warn("supervisor: node '{}' is down ({})", n.name, caf::to_string(dm.reason));
+      }
+    }
     for (auto& [id, m] : self->state.members) {
       if (m.up && m.handle.address() == dm.source) {
         m.up = false;
@@ -66,14 +129,39 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, std::strin
         st.members[r.info.id] = member{r.info, r.handle, true};
         spdlog::debug("supervisor: {} '{}' joined", to_string(r.info.kind), r.info.name);
         broadcast();
+        if (r.info.kind == role::router) self->send(r.handle, offsets_of(st));
         return true;
+      },
+      [self](const join_node& j) -> std::string {
+        auto& st = self->state;
+        if (st.cfg.manifest_hash != 0 && j.manifest_hash != st.cfg.manifest_hash)
+          return fmt::format(
+              "node '{}' runs manifest {:016x} but the cluster runs {:016x}: start "
+              "every node from the same manifest",
+              j.name, j.manifest_hash, st.cfg.manifest_hash);
+        if (!st.cfg.model.empty() && j.model != st.cfg.model)
+          return fmt::format("node '{}' serves model '{}' but the cluster serves '{}'", j.name,
+                             j.model, st.cfg.model);
+        if (auto it = st.nodes.find(j.index); it != st.nodes.end() && it->second.up)
+          return fmt::format("node '{}' (index {}) has already joined", j.name, j.index);
+        self->monitor(j.agent);
+        st.nodes[j.index] = node_entry{j.name, j.agent, true, 0, -1};
+        spdlog::debug("supervisor: node '{}' joined", j.name);
+        if (j.index != st.cfg.node_index) probe(self, j.index, st.cfg.sync_pings, -1, 0);
+        return {};
+      },
+      [self](sync_atom) {
+        auto& st = self->state;
+        for (const auto& [idx, n] : st.nodes)
+          if (n.up && idx != st.cfg.node_index) probe(self, idx, st.cfg.sync_pings, -1, 0);
+        self->delayed_send(self, st.cfg.sync_interval, sync_atom::value);
       },
       [self](ready_atom) { return is_ready(self->state); },
       [self](status_atom) -> caf::result<cluster_status> {
         auto& st = self->state;
         auto rp = self->make_response_promise();
         auto result = std::make_shared<cluster_status>();
-        result->cluster = st.cluster;
+        result->cluster = st.cfg.cluster;
         result->ready = is_ready(st);
         auto pending = std::make_shared<size_t>(0);
         std::vector<const member*> live;
@@ -129,8 +217,8 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, std::strin
 
 }  // namespace
 
-caf::actor spawn_supervisor(caf::actor_system& sys, std::string cluster_name) {
-  return sys.spawn(supervisor, std::move(cluster_name));
+caf::actor spawn_supervisor(caf::actor_system& sys, supervisor_config cfg) {
+  return sys.spawn(supervisor, std::move(cfg));
 }
 
 }  // namespace tokenmill

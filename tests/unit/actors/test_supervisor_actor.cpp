@@ -3,10 +3,18 @@
 // small spawned stubs play workers that answer status queries.
 #include "tests/unit/actors/actor_test_util.hpp"
 
+#include "common/clock.hpp"
+
 using namespace tokenmill;
 using namespace tokenmill::test;
 
 namespace {
+
+supervisor_config test_supervisor_config() {
+  supervisor_config c;
+  c.cluster = "test-cluster";
+  return c;
+}
 
 /// A worker that answers status queries with `ws` and ignores membership.
 caf::behavior status_stub(caf::event_based_actor*, worker_status ws) {
@@ -32,7 +40,7 @@ struct supervisor_harness {
   caf::scoped_actor self{ts.sys};
   caf::scoped_actor router{ts.sys};  ///< a registered router: hears membership changes
   actor_reaper reaper;
-  caf::actor sup = reaper.add(spawn_supervisor(ts.sys, "test-cluster"));
+  caf::actor sup = reaper.add(spawn_supervisor(ts.sys, test_supervisor_config()));
   worker_info router_info = make_info(1, role::router, "router-0");
 
   bool register_member(const worker_info& info, const caf::actor& handle) {
@@ -64,6 +72,8 @@ struct supervisor_harness {
     REQUIRE(m.members.size() == 1);
     CHECK(m.members[0].info.id == router_info.id);
     CHECK(m.members[0].up);
+    // A router also gets the current clock offsets when it registers (none yet).
+    CHECK(expect<clock_update>(router, "clock offsets after the router joined").offsets.empty());
   }
 
   /// The router scoped actor answers one status query from the supervisor.
@@ -167,7 +177,7 @@ TEST_CASE("supervisor: a member that exits is reported down and the router hears
   CHECK(h.ready());
 }
 
-TEST_CASE("supervisor: membership goes to routers and the kv-store only", "[supervisor_actor]") {
+TEST_CASE("supervisor: membership goes to every member", "[supervisor_actor]") {
   supervisor_harness h;
   caf::scoped_actor kv{h.ts.sys};
   caf::scoped_actor prefill{h.ts.sys};
@@ -175,8 +185,67 @@ TEST_CASE("supervisor: membership goes to routers and the kv-store only", "[supe
   CHECK(expect<membership>(kv, "membership at the kv-store").members.size() == 1);
   REQUIRE(h.register_member(make_info(20, role::prefill, "prefill-0"), handle_of(prefill)));
   CHECK(expect<membership>(kv, "membership at the kv-store").members.size() == 2);
-  h.ready();  // round trip: every broadcast has been sent
-  expect_no_message(prefill, "a prefill worker gets no membership");
+  // Workers learn where the kv-store is from membership (it may join after them).
+  auto m = expect<membership>(prefill, "membership at the prefill worker");
+  REQUIRE(find_member(m, 5));
+  CHECK(find_member(m, 5)->handle == handle_of(kv));
+}
+
+TEST_CASE("supervisor: nodes join with the cluster's manifest and model, clocks are estimated",
+          "[supervisor_actor]") {
+  test_system ts;
+  actor_reaper reaper;
+  supervisor_config cfg;
+  cfg.cluster = "c";
+  cfg.manifest_hash = 0xabc;
+  cfg.model = "sim";
+  cfg.sync_pings = 4;
+  caf::actor sup = reaper.add(spawn_supervisor(ts.sys, cfg));
+  caf::scoped_actor self{ts.sys};
+  caf::scoped_actor agent{ts.sys};
+  caf::scoped_actor router{ts.sys};
+  auto join = [&](join_node j) {
+    std::string answer = "no reply";
+    self->request(sup, std::chrono::seconds(5), j)
+        .receive([&](const std::string& r) { answer = r; },
+                 [&](caf::error& e) { answer = caf::to_string(e); });
+    return answer;
+  };
+  auto r = join(join_node{"n1", 1, 0xdef, "sim", handle_of(agent)});
+  CHECK_THAT(r, Catch::Contains("manifest"));
+  r = join(join_node{"n1", 1, 0xabc, "other-model", handle_of(agent)});
+  CHECK_THAT(r, Catch::Contains("model"));
+  worker_info ri;
+  ri.id = 1;
+  ri.kind = role::router;
+  ri.name = "router";
+  bool ok = false;
+  self->request(sup, std::chrono::seconds(5), register_worker{ri, handle_of(router)})
+      .receive([&](bool b) { ok = b; }, [&](caf::error&) {});
+  REQUIRE(ok);
+  expect<membership>(router, "membership");
+  expect<clock_update>(router, "initial offsets");
+  CHECK(join(join_node{"n1", 1, 0xabc, "sim", handle_of(agent)}).empty());
+  // The agent's clock runs 5 ms ahead: the estimate must say "subtract about 5 ms".
+  constexpr int64_t ahead = 5'000'000;
+  for (int i = 0; i < 4; ++i) {
+    bool pinged = false;
+    agent->receive(
+        [&](ping_atom, int64_t t0) {
+          pinged = true;
+          return std::make_tuple(t0, now_ns() + ahead);
+        },
+        caf::after(std::chrono::seconds(5)) >> [] {});
+    REQUIRE(pinged);
+  }
+  auto u = expect<clock_update>(router, "offsets after the probe");
+  REQUIRE(u.offsets.size() == 2);
+  CHECK(u.offsets[0] == 0);
+  // Error bound: half the best round trip, which on one host is far below 1 ms.
+  CHECK(u.offsets[1] < -ahead + 1'000'000);
+  CHECK(u.offsets[1] > -ahead - 1'000'000);
+  // The same node cannot join twice while it is up.
+  CHECK_THAT(join(join_node{"n1", 1, 0xabc, "sim", handle_of(agent)}), Catch::Contains("already"));
 }
 
 TEST_CASE("supervisor: a member that does not answer is reported, not waited for",

@@ -1,0 +1,169 @@
+#pragma once
+/// The host manifest (DESIGN.md §8): which nodes make up a cluster, where each listens,
+/// which actors each runs and with what options. Parsing applies every default, so that
+/// the rest of the runtime reads resolved values only, and reports every problem of a
+/// file at once, one line each: `FILE:LINE:COLUMN: FIELD.PATH: what is wrong; expected
+/// what`. CAF-free: the conversions to the actors' config types are declared here against
+/// forward declarations; include "actors/actors.hpp" to call them.
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "common/ids.hpp"
+#include "common/result.hpp"
+#include "engine/engine_factory.hpp"
+
+namespace tokenmill {
+
+struct router_config;   // actors/actors.hpp
+struct prefill_config;  // actors/actors.hpp
+struct decode_config;   // actors/actors.hpp
+
+/// Options every engine-running worker has.
+struct worker_options {
+  std::string engine;     ///< "sim", "cpu" or "cuda"; defaults.engine when not given
+  uint32_t threads = 1;   ///< compute threads the engine may use
+  uint32_t device = 0;    ///< accelerator ordinal (cuda engine)
+  double slowdown = 1.0;  ///< multiplies the sim engine's modelled times (× model.sim.slowdown)
+};
+
+/// A prefill worker's options (`prefill: {...}`); defaults match prefill_config's.
+struct prefill_options : worker_options {
+  uint32_t kv_blocks = 1024;  ///< KV pool size, blocks
+  uint32_t chunk = 512;       ///< prompt tokens per engine call
+  uint32_t max_seqs = 16;     ///< prompts per engine call
+};
+
+/// A decode worker's options (`decode: {...}`); defaults match decode_config's.
+struct decode_options : worker_options {
+  uint32_t kv_blocks = 4096;            ///< KV pool size, blocks
+  uint32_t max_batch = 64;              ///< sequences per decode step
+  uint32_t local_prefill_budget = 512;  ///< prompt tokens per local prefill chunk
+};
+
+/// One actor a node runs. Router, supervisor and kv_store take no options.
+struct manifest_actor {
+  role kind = role::router;
+  /// "<node>.<role><k>", k counting this role on its node from 0 (e.g. "p0.prefill0");
+  /// unique in the cluster because node names are.
+  std::string name;
+  /// prefill_options for role::prefill, decode_options for role::decode, else monostate.
+  std::variant<std::monostate, prefill_options, decode_options> options;
+
+  const prefill_options* prefill() const { return std::get_if<prefill_options>(&options); }
+  const decode_options* decode() const { return std::get_if<decode_options>(&options); }
+  /// The engine options of a prefill or decode worker; nullptr for other roles.
+  const worker_options* worker() const;
+};
+
+/// One node: one `tokenmill node` process.
+struct manifest_node {
+  std::string name;     ///< unique, [A-Za-z0-9_-]+
+  std::string address;  ///< IP address or host name the node listens on
+  std::string ssh;      ///< "user@host" to launch over ssh; empty = launch locally
+  uint16_t port = 0;    ///< CAF control port; 7800 + the node's index when not given
+  /// The address is loopback or "localhost" (derived; the launcher may start it directly).
+  bool local = false;
+  std::vector<manifest_actor> actors;
+
+  /// How many of the node's actors have role `r`.
+  size_t count(role r) const;
+};
+
+/// The model every engine serves: a file, or the sim engine's timing model.
+struct manifest_model {
+  /// The model file resolved against the manifest's directory; empty for a sim model.
+  std::string path;
+  /// The path as written (lexically normalised). The hash covers this, not `path`, so
+  /// that copies of one manifest in different directories agree.
+  std::string declared_path;
+  bool sim = false;  ///< `model: {sim: ...}`; then sim_cfg holds it, else sim_cfg is unused
+  /// The sim timing model, with the layout from `kv_layout` and defaults.block_tokens.
+  sim_config sim_cfg;
+};
+
+struct manifest_defaults {
+  std::string engine = "sim";           ///< "sim", "cpu" or "cuda"; "cpu" when the model is a file
+  uint32_t block_tokens = 16;           ///< tokens per KV block
+  std::string kv_transport = "inline";  ///< "inline" or "ucx"
+};
+
+/// Where clients connect: the RPC and HTTP servers beside the router.
+struct manifest_frontend {
+  std::string node;  ///< the node that runs the router
+  std::string host;  ///< bind address; the node's address when not given
+  uint16_t rpc_port = 7700;
+  uint16_t http_port = 8000;
+};
+
+struct manifest_router {
+  uint32_t local_prefill_threshold = 0;         ///< tokens; 0 = always prefill remotely
+  uint32_t max_inflight = 1024;                 ///< requests admitted and not finished
+  uint64_t max_queued_prompt_tokens = 1 << 22;  ///< prompt tokens not yet prefilled
+};
+
+struct manifest_failure {
+  uint32_t heartbeat_ms = 200;            ///< period of node heartbeats, ms
+  uint32_t connection_timeout_ms = 1000;  ///< a silent peer is down after this, ms
+};
+
+/// A parsed, validated manifest with every default applied.
+struct manifest {
+  std::string path;  ///< the file it was read from (not covered by the hash)
+  std::string cluster;
+  manifest_model model;
+  manifest_defaults defaults;
+  manifest_frontend frontend;
+  manifest_router router;
+  manifest_failure failure;
+  std::vector<manifest_node> nodes;
+
+  /// The node named `name`, or nullptr.
+  const manifest_node* find_node(std::string_view name) const;
+};
+
+struct manifest_options {
+  /// Fail when a control, RPC or HTTP port of a local node (loopback or "localhost")
+  /// cannot be bound right now. `manifest check` wants it; a node about to bind its own
+  /// port, and tests, turn it off.
+  bool check_ports = true;
+};
+
+/// Reads and validates `file`; relative model paths resolve against its directory. A
+/// missing file, a directory, an empty file and every invalid field are errors
+/// (errc::invalid_request) whose message has one line per problem.
+result<manifest> load_manifest(const std::string& file, const manifest_options& opts = {});
+
+/// Validates manifest text. `file_name_for_errors` prefixes every error line;
+/// `base_dir` is where relative model paths resolve.
+result<manifest> parse_manifest(const std::string& yaml_text,
+                                const std::string& file_name_for_errors,
+                                const std::string& base_dir, const manifest_options& opts = {});
+
+/// The canonical serialisation of the resolved content, one `key=value` line each: equal
+/// for manifests that mean the same (key order, spelled-out defaults, flow or block
+/// style), different when anything that matters changes. Excludes `path`.
+std::string canonical_form(const manifest& m);
+
+/// XXH3-64 of canonical_form(): nodes refuse peers whose manifest hash differs.
+uint64_t manifest_hash(const manifest& m);
+
+/// Human-readable resolved cluster for `tokenmill manifest check`: the model, defaults,
+/// frontend endpoint, router and failure settings, and every node with address, port,
+/// ssh and actors with their options.
+std::string describe(const manifest& m);
+
+/// The router's configuration from the manifest.
+router_config to_router_config(const manifest& m);
+/// A prefill worker's configuration.
+prefill_config to_prefill_config(const prefill_options& o);
+/// A decode worker's configuration.
+decode_config to_decode_config(const decode_options& o);
+/// The engine a worker runs: its engine kind, and the model's sim timing (with
+/// defaults.block_tokens and the worker's slowdown) for the sim engine.
+/// TODO(model): engine_spec has no model path yet; cpu/cuda will need m.model.path.
+engine_spec to_engine_spec(const manifest& m, const worker_options& o);
+
+}  // namespace tokenmill

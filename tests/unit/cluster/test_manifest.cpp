@@ -1,0 +1,708 @@
+// The host manifest parser (cluster/manifest.hpp): resolution with defaults, the DESIGN.md
+// §8 example, a corpus of malformed files each with its expected position and phrase,
+// hashing and describe().
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "actors/actors.hpp"
+#include "cluster/manifest.hpp"
+#include "engine/engine_factory.hpp"
+
+using namespace tokenmill;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string corpus = TOKENMILL_MANIFEST_CORPUS;
+
+std::string corpus_file(const std::string& name) {
+  return corpus + "/" + name;
+}
+
+/// A directory under the system temp dir, removed with everything in it at scope exit.
+class temp_dir {
+ public:
+  temp_dir() {
+    static std::atomic<int> counter{0};
+    path_ = fs::temp_directory_path() /
+            ("tokenmill_manifest_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    fs::create_directories(path_);
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+  /// Writes `text` to `name` (creating parent directories) and returns its path.
+  std::string write(const std::string& name, const std::string& text) const {
+    auto p = path_ / name;
+    fs::create_directories(p.parent_path());
+    std::ofstream(p) << text;
+    return p.string();
+  }
+
+ private:
+  fs::path path_;
+};
+
+/// The lines of an error message.
+std::vector<std::string> lines_of(const std::string& s) {
+  std::vector<std::string> out;
+  std::istringstream in(s);
+  for (std::string l; std::getline(in, l);)
+    out.push_back(l);
+  return out;
+}
+
+/// Every error line has the shape FILE:LINE:COLUMN: FIELD.PATH: what; expected what.
+bool well_formed(const std::string& line) {
+  static const std::regex shape(R"(^.+:[0-9]+:[0-9]+: [^ :]+: .+; expected .+$)");
+  return std::regex_match(line, shape);
+}
+
+result<manifest> parse(const std::string& text, manifest_options opts = {false}) {
+  return parse_manifest(text, "test.yaml", ".", opts);
+}
+
+manifest ok(const result<manifest>& r) {
+  INFO((r.ok() ? std::string("ok") : r.error().message));
+  REQUIRE(r.ok());
+  return r.value();
+}
+
+const char* const minimal = R"(
+cluster: demo
+model: {sim: {}}
+frontend: {node: head}
+nodes:
+  - name: head
+    address: 127.0.0.1
+    actors: [router, supervisor, kv_store]
+  - name: p0
+    address: 10.0.0.2
+    actors: [prefill]
+  - name: d0
+    address: gpu-3.example.org
+    actors: [decode]
+)";
+
+/// An owned socket for the port tests.
+struct test_socket {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ~test_socket() { ::close(fd); }
+  /// Binds 127.0.0.1 on an ephemeral port and returns it.
+  uint16_t bind_any() {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+    socklen_t len = sizeof(a);
+    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    return ntohs(a.sin_port);
+  }
+};
+
+/// A port that was free a moment ago.
+uint16_t free_port() {
+  return test_socket{}.bind_any();
+}
+
+}  // namespace
+
+TEST_CASE("manifest: a minimal manifest resolves with every default", "[manifest]") {
+  auto r = parse(minimal);
+  auto m = ok(r);
+  CHECK(m.path == "test.yaml");
+  CHECK(m.cluster == "demo");
+  CHECK(m.model.sim);
+  CHECK(m.model.path.empty());
+  sim_config def;
+  CHECK(m.model.sim_cfg.decode_base_ns == def.decode_base_ns);
+  CHECK(m.model.sim_cfg.prefill_ns_per_token == def.prefill_ns_per_token);
+  CHECK(m.model.sim_cfg.vocab_size == def.vocab_size);
+  CHECK(m.model.sim_cfg.seed == def.seed);
+  CHECK(m.model.sim_cfg.layout.block_tokens == 16);
+  CHECK(m.defaults.engine == "sim");
+  CHECK(m.defaults.block_tokens == 16);
+  CHECK(m.defaults.kv_transport == "inline");
+  CHECK(m.frontend.node == "head");
+  CHECK(m.frontend.host == "127.0.0.1");  // the frontend node's address
+  CHECK(m.frontend.rpc_port == 7700);
+  CHECK(m.frontend.http_port == 8000);
+  CHECK(m.router.local_prefill_threshold == 0);
+  CHECK(m.router.max_inflight == 1024);
+  CHECK(m.failure.heartbeat_ms == 200);
+  CHECK(m.failure.connection_timeout_ms == 1000);
+
+  REQUIRE(m.nodes.size() == 3);
+  CHECK(m.nodes[0].port == 7800);  // 7800 + index
+  CHECK(m.nodes[1].port == 7801);
+  CHECK(m.nodes[2].port == 7802);
+  CHECK(m.nodes[0].local);
+  CHECK_FALSE(m.nodes[1].local);
+  CHECK_FALSE(m.nodes[2].local);
+  CHECK(m.nodes[2].address == "gpu-3.example.org");
+  CHECK(m.nodes[0].ssh.empty());
+  REQUIRE(m.nodes[0].actors.size() == 3);
+  CHECK(m.nodes[0].actors[0].kind == role::router);
+  CHECK(m.nodes[0].actors[1].kind == role::supervisor);
+  CHECK(m.nodes[0].actors[2].kind == role::kv_store);
+  CHECK(m.nodes[0].actors[0].name == "head.router0");
+  CHECK(m.nodes[0].actors[0].worker() == nullptr);
+  CHECK(m.find_node("p0") == &m.nodes[1]);
+  CHECK(m.find_node("nope") == nullptr);
+
+  auto* p = m.nodes[1].actors.at(0).prefill();
+  REQUIRE(p);
+  CHECK(m.nodes[1].actors[0].name == "p0.prefill0");
+  CHECK(p->engine == "sim");  // defaults.engine
+  CHECK(p->threads == 1);
+  CHECK(p->device == 0);
+  CHECK(p->kv_blocks == prefill_config{}.num_blocks);
+  CHECK(p->chunk == prefill_config{}.token_budget);
+  CHECK(p->max_seqs == prefill_config{}.max_seqs);
+  CHECK(p->slowdown == 1.0);
+  auto* d = m.nodes[2].actors.at(0).decode();
+  REQUIRE(d);
+  CHECK(d->engine == "sim");
+  CHECK(d->kv_blocks == decode_config{}.num_blocks);
+  CHECK(d->max_batch == decode_config{}.max_batch);
+  CHECK(d->local_prefill_budget == decode_config{}.local_prefill_budget);
+}
+
+TEST_CASE("manifest: every field spelled out comes through resolved", "[manifest]") {
+  auto r = parse(R"(
+cluster: full.cluster-1
+model:
+  sim: {vocab: 5000, max_context: 2048, prefill_us_per_token: 150, prefill_base_us: 30,
+        decode_step_ms: 12.5, decode_per_seq_us: 40, decode_per_ctx_ns: 7, slowdown: 2.0,
+        seed: 99}
+defaults: {engine: sim, block_tokens: 32, kv_transport: ucx}
+kv_layout: {layers: 4, kv_heads: 8, head_dim: 128, dtype_bytes: 4}
+frontend: {node: head, host: 0.0.0.0, rpc_port: 9700, http_port: 9000}
+router: {local_prefill_threshold: 64, max_inflight: 10, max_queued_prompt_tokens: 5000}
+failure: {heartbeat_ms: 50, connection_timeout_ms: 400}
+nodes:
+  - name: head
+    address: localhost
+    port: 9800
+    actors: [router, {supervisor: {}}, {kv_store: }]
+  - name: w_1
+    address: 192.168.1.20
+    ssh: alice@192.168.1.20
+    actors:
+      - prefill: {engine: sim, threads: 4, device: 1, kv_blocks: 100, chunk: 256, max_seqs: 3, slowdown: 0.5}
+      - prefill
+      - decode: {threads: 2, device: 2, kv_blocks: 300, max_batch: 8, local_prefill_budget: 128, slowdown: 3}
+)");
+  auto m = ok(r);
+  auto& c = m.model.sim_cfg;
+  CHECK(c.vocab_size == 5000);
+  CHECK(c.max_context == 2048);
+  CHECK(c.prefill_ns_per_token == 150'000);
+  CHECK(c.prefill_base_ns == 30'000);
+  CHECK(c.decode_base_ns == 12'500'000);
+  CHECK(c.decode_per_seq_ns == 40'000);
+  CHECK(c.decode_per_ctx_token_ns == 7);
+  CHECK(c.slowdown == 2.0);
+  CHECK(c.seed == 99);
+  CHECK(c.layout.layers == 4);
+  CHECK(c.layout.kv_heads == 8);
+  CHECK(c.layout.head_dim == 128);
+  CHECK(c.layout.dtype_bytes == 4);
+  CHECK(c.layout.block_tokens == 32);
+  CHECK(m.defaults.kv_transport == "ucx");
+  CHECK(m.frontend.host == "0.0.0.0");
+  CHECK(m.frontend.rpc_port == 9700);
+  CHECK(m.frontend.http_port == 9000);
+  CHECK(m.router.local_prefill_threshold == 64);
+  CHECK(m.router.max_inflight == 10);
+  CHECK(m.router.max_queued_prompt_tokens == 5000);
+  CHECK(m.failure.heartbeat_ms == 50);
+  CHECK(m.failure.connection_timeout_ms == 400);
+  REQUIRE(m.nodes.size() == 2);
+  CHECK(m.nodes[0].port == 9800);
+  CHECK(m.nodes[0].local);
+  CHECK(m.nodes[1].port == 7801);
+  CHECK(m.nodes[1].ssh == "alice@192.168.1.20");
+  REQUIRE(m.nodes[1].actors.size() == 3);
+  CHECK(m.nodes[1].actors[0].name == "w_1.prefill0");
+  CHECK(m.nodes[1].actors[1].name == "w_1.prefill1");
+  CHECK(m.nodes[1].actors[2].name == "w_1.decode0");
+  CHECK(m.nodes[1].count(role::prefill) == 2);
+  auto* p = m.nodes[1].actors[0].prefill();
+  REQUIRE(p);
+  CHECK(p->threads == 4);
+  CHECK(p->device == 1);
+  CHECK(p->kv_blocks == 100);
+  CHECK(p->chunk == 256);
+  CHECK(p->max_seqs == 3);
+  CHECK(p->slowdown == 0.5);
+  auto* d = m.nodes[1].actors[2].decode();
+  REQUIRE(d);
+  CHECK(d->threads == 2);
+  CHECK(d->device == 2);
+  CHECK(d->kv_blocks == 300);
+  CHECK(d->max_batch == 8);
+  CHECK(d->local_prefill_budget == 128);
+  CHECK(d->slowdown == 3);
+
+  SECTION("the conversions give the runtime's config types") {
+    auto rc = to_router_config(m);
+    CHECK(rc.local_prefill_threshold == 64);
+    CHECK(rc.limits.max_inflight == 10);
+    CHECK(rc.limits.max_queued_prompt_tokens == 5000);
+    CHECK(rc.block_tokens == 32);
+    auto pc = to_prefill_config(*p);
+    CHECK(pc.num_blocks == 100);
+    CHECK(pc.token_budget == 256);
+    CHECK(pc.max_seqs == 3);
+    auto dc = to_decode_config(*d);
+    CHECK(dc.num_blocks == 300);
+    CHECK(dc.max_batch == 8);
+    CHECK(dc.local_prefill_budget == 128);
+    auto spec = to_engine_spec(m, *p);
+    CHECK(spec.kind == "sim");
+    CHECK(spec.sim.decode_base_ns == 12'500'000);
+    CHECK(spec.sim.slowdown == 1.0);  // model 2.0 x worker 0.5
+    CHECK(spec.sim.layout.block_tokens == 32);
+    CHECK(spec.sim.layout.layers == 4);
+    std::string err;
+    auto eng = make_engine(spec, err);
+    INFO(err);
+    REQUIRE(eng);
+    CHECK(eng->info().vocab_size == 5000);
+  }
+}
+
+TEST_CASE("manifest: the DESIGN.md section 8 example parses", "[manifest]") {
+  const std::string design = R"(cluster: demo
+model: {path: models/tiny.gguf}
+defaults: {engine: cpu, block_tokens: 16}
+frontend: {node: head, rpc_port: 7700, http_port: 8000}
+nodes:
+  - name: head
+    address: 127.0.0.1          # or a host name; ssh: user@host for remote launch
+    actors: [router, supervisor, kv_store]
+  - name: p0
+    address: 127.0.0.1
+    actors: [{prefill: {engine: cpu, threads: 1}}]
+  - name: d0
+    address: 127.0.0.1
+    actors: [{decode: {engine: cpu, threads: 1, max_batch: 32}}]
+)";
+  SECTION("with a model file beside it, resolved against the manifest's directory") {
+    temp_dir dir;
+    auto model = dir.write("models/tiny.gguf", "GGUF");
+    auto file = dir.write("demo.yaml", design);
+    auto r = load_manifest(file, {false});
+    auto m = ok(r);
+    CHECK(m.path == file);
+    CHECK_FALSE(m.model.sim);
+    CHECK(m.model.path == model);
+    CHECK(m.model.declared_path == "models/tiny.gguf");
+    CHECK(m.defaults.engine == "cpu");
+    CHECK(m.nodes.at(1).actors.at(0).prefill()->engine == "cpu");
+    CHECK(m.nodes.at(2).actors.at(0).decode()->max_batch == 32);
+    CHECK(to_engine_spec(m, *m.nodes[2].actors[0].worker()).kind == "cpu");
+  }
+  SECTION("parse_manifest resolves against base_dir") {
+    temp_dir dir;
+    auto model = dir.write("models/tiny.gguf", "GGUF");
+    auto r = parse_manifest(design, "inline.yaml", dir.path().string(), {false});
+    CHECK(ok(r).model.path == model);
+  }
+  SECTION("without the model file it names the resolved path") {
+    temp_dir dir;
+    auto file = dir.write("demo.yaml", design);
+    auto r = load_manifest(file, {false});
+    REQUIRE_FALSE(r.ok());
+    CHECK_THAT(r.error().message,
+               Catch::Contains(file + ":2:15: model.path: the model file '" +
+                               (dir.path() / "models/tiny.gguf").string() + "' does not exist"));
+  }
+  SECTION("with a sim model instead") {
+    std::string text = design;
+    text.replace(text.find("{path: models/tiny.gguf}"), 24, "{sim: {decode_step_ms: 10}}");
+    for (size_t at; (at = text.find("cpu")) != std::string::npos;)
+      text.replace(at, 3, "sim");
+    auto m = ok(parse(text));
+    CHECK(m.model.sim);
+    CHECK(m.nodes.size() == 3);
+  }
+}
+
+TEST_CASE("manifest: examples/local-3node.yaml parses", "[manifest]") {
+  auto file = corpus + "/../../../../examples/local-3node.yaml";
+  auto r = load_manifest(file, {false});
+  auto m = ok(r);
+  CHECK(m.cluster == "local-3node");
+  CHECK(m.model.sim);
+  CHECK(m.model.sim_cfg.decode_base_ns == 10'000'000);
+  CHECK(m.model.sim_cfg.prefill_ns_per_token == 200'000);
+  CHECK(m.frontend.node == "head");
+  CHECK(m.frontend.rpc_port == 7700);
+  REQUIRE(m.nodes.size() == 3);
+  CHECK(m.nodes[0].name == "head");
+  CHECK(m.nodes[0].count(role::router) == 1);
+  CHECK(m.nodes[0].count(role::supervisor) == 1);
+  CHECK(m.nodes[0].count(role::kv_store) == 1);
+  CHECK(m.nodes[1].count(role::prefill) == 1);
+  CHECK(m.nodes[2].count(role::decode) == 1);
+  for (auto& n : m.nodes)
+    CHECK(n.address == "127.0.0.1");
+}
+
+namespace {
+
+struct corpus_case {
+  const char* file;
+  int line;            ///< where the error must point (1-based)
+  const char* phrase;  ///< must appear on that error line
+};
+
+// Generated with the corpus; each file's first line says what is wrong with it.
+const corpus_case corpus_cases[] = {
+    {"syntax_error.yaml", 9, "syntax error"},
+    {"top_level_list.yaml", 2, "the top level is a list"},
+    {"empty.yaml", 1, "the manifest is empty"},
+    {"two_documents.yaml", 16, "2 YAML documents"},
+    {"duplicate_key.yaml", 5, "duplicate key (first given on line 2)"},
+    {"unknown_top_key.yaml", 5,
+     "unknown key 'routr' (did you mean 'router'?); expected one of cluster, model"},
+    {"unknown_node_key.yaml", 11,
+     "nodes[1].prt: unknown key 'prt' (did you mean 'port'?); expected one of name, address, ssh, "
+     "port, actors"},
+    {"unknown_option_key.yaml", 14,
+     "nodes[1].actors[0].prefill.batch: unknown key 'batch'; expected one of engine, threads, "
+     "device, kv_blocks, chunk, max_seqs, slowdown"},
+    {"unknown_sim_key.yaml", 5, "model.sim.decode_ms: unknown key 'decode_ms'"},
+    {"missing_cluster.yaml", 2, "cluster: missing required field; expected a cluster name"},
+    {"missing_nodes.yaml", 2, "nodes: missing required field"},
+    {"missing_address.yaml", 6,
+     "nodes[0].address: missing required field; expected an IP address or a host name"},
+    {"nodes_not_list.yaml", 6, "nodes: got a map; expected a non-empty list of nodes"},
+    {"port_string.yaml", 11, "nodes[1].port: got 'abc'; expected a port number from 1 to 65535"},
+    {"port_quoted.yaml", 11, "nodes[1].port: got the string \"7801\"; expected a port number"},
+    {"port_range.yaml", 6,
+     "frontend.http_port: got 70000, out of range; expected a port number from 1 to 65535"},
+    {"port_zero.yaml", 8, "nodes[0].port: got 0, out of range"},
+    {"negative_threads.yaml", 15,
+     "nodes[2].actors[0].decode.threads: got -2, a negative number; expected a whole number from 1 "
+     "to 4096"},
+    {"zero_kv_blocks.yaml", 12,
+     "nodes[1].actors[0].prefill.kv_blocks: got 0, out of range; expected a whole number >= 1"},
+    {"fractional_chunk.yaml", 12, "chunk: got 1.5, not a whole number"},
+    {"bad_slowdown.yaml", 5, "model.sim.slowdown: got 0, out of range; expected a number > 0"},
+    {"bad_vocab.yaml", 4, "model.sim.vocab: got 100, out of range; expected a whole number >= 260"},
+    {"bad_cluster_name.yaml", 2, "cluster: 'my cluster' has characters outside [A-Za-z0-9_.-]"},
+    {"bad_node_name.yaml", 12, "nodes[2].name: 'd/0' has characters outside [A-Za-z0-9_-]"},
+    {"address_with_port.yaml", 7,
+     "nodes[0].address: '127.0.0.1:7801' includes a port; expected an IP address or a host name "
+     "alone; give the port as port: 7801"},
+    {"bad_address.yaml", 7,
+     "nodes[0].address: '10.0.0.300' is not a valid IP address or host name"},
+    {"duplicate_node_names.yaml", 12,
+     "nodes[2].name: duplicate node name 'p0' (also nodes[1], line 9)"},
+    {"duplicate_endpoint.yaml", 15,
+     "nodes[2].port: localhost:7900 is already the control port of node 'p0' (nodes[1].port, line "
+     "11)"},
+    {"frontend_port_clash.yaml", 4,
+     "frontend.rpc_port: 127.0.0.1:7800 is already the control port of node 'head'"},
+    {"no_actors.yaml", 11, "nodes[1].actors: the node runs no actors"},
+    {"unknown_role.yaml", 11,
+     "nodes[0].actors[2]: unknown actor role 'kvstore' (did you mean 'kv_store'?); expected one of "
+     "router, supervisor, kv_store, prefill, decode"},
+    {"actor_two_keys.yaml", 12, "nodes[1].actors[0]: a map with 2 keys; expected a list of actors"},
+    {"router_options.yaml", 9,
+     "nodes[0].actors[0].router: router takes no options, got a map; expected the bare role name "
+     "'router'"},
+    {"no_router.yaml", 5, "nodes: no node runs a router; expected exactly one router"},
+    {"two_routers.yaml", 12,
+     "nodes[1].actors[0]: a second router (the first is nodes[0].actors[0], line 8); expected "
+     "exactly one router"},
+    {"no_supervisor.yaml", 5, "nodes: no node runs a supervisor; expected exactly one supervisor"},
+    {"two_supervisors.yaml", 16,
+     "nodes[2].actors[1]: a second supervisor (the first is nodes[0].actors[1], line 8)"},
+    {"two_kv_stores.yaml", 13,
+     "nodes[1].actors[1]: a second kv_store (the first is nodes[0].actors[2], line 8); expected at "
+     "most one kv_store"},
+    {"no_decode.yaml", 5, "nodes: no node runs a decode worker"},
+    {"no_prefill_path.yaml", 12,
+     "nodes[1].actors[0]: the cluster has no prefill worker and router.local_prefill_threshold is "
+     "0, so no prompt could be prefilled; expected a prefill worker"},
+    {"frontend_unknown_node.yaml", 4,
+     "frontend.node: no node is named 'haed'; expected one of the nodes: head, p0, d0"},
+    {"frontend_no_router.yaml", 5,
+     "frontend.node: node 'p0' runs no router; expected the node that runs the router ('head')"},
+    {"missing_frontend.yaml", 2, "frontend: missing required field"},
+    {"model_both.yaml", 5,
+     "model: both path and sim are given; expected exactly one of path (a model file) or sim"},
+    {"model_neither.yaml", 3, "model: neither path nor sim is given"},
+    {"model_missing_file.yaml", 4, "model.path: the model file '"},
+    {"model_is_directory.yaml", 3, "is a directory"},
+    {"bad_engine.yaml", 5, "defaults.engine: unknown value 'tpu'; expected one of sim, cpu, cuda"},
+    {"bad_worker_engine.yaml", 16,
+     "nodes[2].actors[0].decode.engine: unknown value 'gpu'; expected one of sim, cpu, cuda"},
+    {"bad_kv_transport.yaml", 6,
+     "defaults.kv_transport: unknown value 'rdma'; expected one of inline, ucx"},
+    {"cpu_engine_sim_model.yaml", 12,
+     "nodes[1].actors[0].prefill.engine: engine 'cpu' needs a model file, but the model is sim"},
+    {"kv_layout_with_path.yaml", 4,
+     "kv_layout: given for a model file, which defines its own layout"},
+    {"bad_dtype.yaml", 5, "kv_layout.dtype_bytes: got 3"},
+    {"timeout_not_above_heartbeat.yaml", 7,
+     "failure.connection_timeout_ms: 500 ms is not longer than failure.heartbeat_ms (500 ms)"},
+    {"section_not_map.yaml", 5,
+     "router: got '5'; expected a map with keys local_prefill_threshold"},
+};
+
+}  // namespace
+
+TEST_CASE("manifest: every malformed file in the corpus is refused at the right place",
+          "[manifest]") {
+  STATIC_REQUIRE(std::size(corpus_cases) >= 20);
+  for (auto& c : corpus_cases) {
+    auto file = corpus_file(c.file);
+    auto r = load_manifest(file, {false});
+    INFO(c.file);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == errc::invalid_request);
+    auto& msg = r.error().message;
+    INFO(msg);
+    auto prefix = file + ":" + std::to_string(c.line) + ":";
+    bool found = false;
+    for (auto& l : lines_of(msg)) {
+      CHECK(well_formed(l));
+      if (l.rfind(prefix, 0) == 0 && l.find(c.phrase) != std::string::npos) found = true;
+    }
+    CHECK(found);
+  }
+}
+
+TEST_CASE("manifest: the corpus table covers every corpus file", "[manifest]") {
+  std::set<std::string> listed{"multi_error.yaml"};
+  for (auto& c : corpus_cases)
+    listed.insert(c.file);
+  for (auto& e : fs::directory_iterator(corpus)) {
+    if (e.path().extension() != ".yaml") continue;
+    INFO(e.path());
+    CHECK(listed.count(e.path().filename().string()) == 1);
+  }
+}
+
+TEST_CASE("manifest: a missing model file names the resolved path", "[manifest]") {
+  auto r = load_manifest(corpus_file("model_missing_file.yaml"), {false});
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(r.error().message, Catch::Contains(corpus + "/models/missing.gguf' does not exist"));
+}
+
+TEST_CASE("manifest: every problem in a file is reported, in file order", "[manifest]") {
+  auto file = corpus_file("multi_error.yaml");
+  auto r = load_manifest(file, {false});
+  REQUIRE_FALSE(r.ok());
+  auto lines = lines_of(r.error().message);
+  INFO(r.error().message);
+  const std::vector<std::pair<std::string, std::string>> expected = {
+      {":3:22: ", "model.sim.vocab: got 'ten'"},
+      {":4:20: ", "defaults.engine: unknown value 'tpu'"},
+      {":5:34: ", "frontend.rpc_port: got -1, a negative number"},
+      {":9:5: ", "nodes[0].colour: unknown key 'colour'"},
+      {":13:35: ", "nodes[1].actors[0].decode.max_batch: got 0, out of range"},
+  };
+  REQUIRE(lines.size() == expected.size());
+  for (size_t i = 0; i < lines.size(); ++i) {
+    CHECK(well_formed(lines[i]));
+    CHECK_THAT(lines[i], Catch::StartsWith(file + expected[i].first + expected[i].second));
+  }
+}
+
+TEST_CASE("manifest: files that are not manifests", "[manifest]") {
+  SECTION("a file that does not exist") {
+    auto r = load_manifest("/nonexistent/tokenmill/cluster.yaml");
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == errc::invalid_request);
+    CHECK(r.error().message ==
+          "/nonexistent/tokenmill/cluster.yaml: no such file; expected a YAML host manifest file");
+  }
+  SECTION("a directory") {
+    auto r = load_manifest(corpus);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().message == corpus +
+                                   ": is a directory, not a file; expected a YAML host "
+                                   "manifest file");
+  }
+  SECTION("empty text") {
+    auto r = parse("");
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().message ==
+          "test.yaml:1:1: (document): the manifest is empty; expected a map with keys cluster, "
+          "model, frontend, nodes (and optionally defaults, kv_layout, router, failure)");
+  }
+  SECTION("a scalar") {
+    auto r = parse("just words");
+    REQUIRE_FALSE(r.ok());
+    CHECK_THAT(r.error().message, Catch::StartsWith("test.yaml:1:1: (document): the top level is "
+                                                    "'just words'; expected a map"));
+  }
+  SECTION("an unreadable model file") {
+    if (::geteuid() == 0) {
+      WARN("skipped: running as root, which can read any file");
+      return;
+    }
+    temp_dir dir;
+    auto model = dir.write("m.gguf", "GGUF");
+    fs::permissions(model, fs::perms::none);
+    std::string text = minimal;
+    text.replace(text.find("{sim: {}}"), 9, "{path: m.gguf}\ndefaults: {engine: sim}");
+    auto r = parse_manifest(text, "t.yaml", dir.path().string(), {false});
+    REQUIRE_FALSE(r.ok());
+    CHECK_THAT(r.error().message, Catch::Contains("cannot be read"));
+  }
+}
+
+TEST_CASE("manifest: ports in use on local nodes are refused", "[manifest]") {
+  auto text = [](uint16_t control, uint16_t rpc, uint16_t http) {
+    return "cluster: demo\n"
+           "model: {sim: {}}\n"
+           "frontend: {node: head, rpc_port: " +
+           std::to_string(rpc) + ", http_port: " + std::to_string(http) +
+           "}\n"
+           "nodes:\n"
+           "  - name: head\n"
+           "    address: 127.0.0.1\n"
+           "    port: " +
+           std::to_string(control) +
+           "\n"
+           "    actors: [router, supervisor, prefill, decode]\n";
+  };
+  test_socket busy;
+  auto port = busy.bind_any();
+  REQUIRE(::listen(busy.fd, 1) == 0);
+  auto rpc = free_port();
+  auto http = free_port();
+  while (http == rpc)
+    http = free_port();
+
+  auto r = parse(text(port, rpc, http), {true});
+  REQUIRE_FALSE(r.ok());
+  INFO(r.error().message);
+  CHECK_THAT(r.error().message,
+             Catch::StartsWith("test.yaml:7:11: nodes[0].port: 127.0.0.1:" + std::to_string(port) +
+                               " (the control port of node 'head') cannot be bound now: "));
+  CHECK(lines_of(r.error().message).size() == 1);
+  // The same manifest passes without the check, and with every port free.
+  CHECK(parse(text(port, rpc, http), {false}).ok());
+  auto control = free_port();
+  auto free_result = parse(text(control, rpc, http), {true});
+  INFO((free_result.ok() ? std::string() : free_result.error().message));
+  CHECK(free_result.ok());
+}
+
+TEST_CASE("manifest: the hash follows meaning, not spelling", "[manifest]") {
+  auto base = ok(parse(minimal));
+  auto h = manifest_hash(base);
+
+  SECTION("equal for reordered keys, spelled-out defaults and block style") {
+    auto same = ok(parse(R"(
+nodes:
+  - actors: [router, supervisor, kv_store]
+    address: 127.0.0.1
+    name: head
+    port: 7800
+  - {name: p0, address: 10.0.0.2, actors: [{prefill: {engine: sim, threads: 1, chunk: 512}}]}
+  - name: d0
+    actors:
+      - decode:
+          max_batch: 64
+          kv_blocks: 4096
+    address: gpu-3.example.org
+failure: {connection_timeout_ms: 1000, heartbeat_ms: 200}
+router: {max_inflight: 1024, local_prefill_threshold: 0}
+frontend: {http_port: 8000, host: 127.0.0.1, node: head, rpc_port: 7700}
+defaults: {kv_transport: inline, block_tokens: 16, engine: sim}
+kv_layout: {layers: 2, kv_heads: 2, head_dim: 64, dtype_bytes: 2}
+model:
+  sim: {decode_step_ms: 10, prefill_us_per_token: 200, slowdown: 1.0}
+cluster: demo
+)"));
+    CHECK(canonical_form(same) == canonical_form(base));
+    CHECK(manifest_hash(same) == h);
+    // Where the file lives is not part of the content.
+    CHECK(manifest_hash(ok(parse_manifest(minimal, "elsewhere.yaml", "/tmp", {false}))) == h);
+  }
+  SECTION("different when anything changes") {
+    const std::vector<std::pair<std::string, std::string>> edits = {
+        {"cluster: demo", "cluster: demo2"},
+        {"model: {sim: {}}", "model: {sim: {decode_step_ms: 11}}"},
+        {"model: {sim: {}}", "model: {sim: {seed: 5}}"},
+        {"model: {sim: {}}", "model: {sim: {}}\nkv_layout: {layers: 3}"},
+        {"model: {sim: {}}", "model: {sim: {}}\ndefaults: {block_tokens: 32}"},
+        {"model: {sim: {}}", "model: {sim: {}}\ndefaults: {kv_transport: ucx}"},
+        {"model: {sim: {}}", "model: {sim: {}}\nrouter: {max_inflight: 7}"},
+        {"model: {sim: {}}", "model: {sim: {}}\nfailure: {heartbeat_ms: 100}"},
+        {"frontend: {node: head}", "frontend: {node: head, http_port: 8001}"},
+        {"address: 10.0.0.2", "address: 10.0.0.3"},
+        {"address: 10.0.0.2", "address: 10.0.0.2\n    port: 7900"},
+        {"address: 10.0.0.2", "address: 10.0.0.2\n    ssh: bob@10.0.0.2"},
+        {"actors: [prefill]", "actors: [{prefill: {threads: 2}}]"},
+        {"actors: [prefill]", "actors: [{prefill: {slowdown: 1.5}}]"},
+        {"actors: [prefill]", "actors: [prefill, prefill]"},
+        {"actors: [decode]", "actors: [{decode: {max_batch: 63}}]"},
+        {"name: d0", "name: d1"},
+    };
+    std::set<uint64_t> seen{h};
+    for (auto& [from, to] : edits) {
+      std::string text = minimal;
+      auto at = text.find(from);
+      REQUIRE(at != std::string::npos);
+      text.replace(at, from.size(), to);
+      INFO(to);
+      auto changed = manifest_hash(ok(parse(text)));
+      CHECK(changed != h);
+      CHECK(seen.insert(changed).second);
+    }
+  }
+}
+
+TEST_CASE("manifest: describe() shows the resolved cluster", "[manifest]") {
+  auto r = parse(R"(
+cluster: demo
+model: {sim: {decode_step_ms: 10}}
+frontend: {node: head}
+nodes:
+  - name: head
+    address: 127.0.0.1
+    actors: [router, supervisor, kv_store]
+  - name: p0
+    address: 10.0.0.2
+    ssh: carol@10.0.0.2
+    port: 7901
+    actors: [{prefill: {threads: 3, chunk: 128}}]
+  - name: d0
+    address: gpu-3.example.org
+    actors: [{decode: {max_batch: 32}}]
+)");
+  auto text = describe(ok(r));
+  INFO(text);
+  for (auto s : {"cluster demo", "model: sim", "10 ms/step", "frontend: node head",
+                 "rpc 127.0.0.1:7700", "http 127.0.0.1:8000", "head  127.0.0.1:7800  local",
+                 "p0  10.0.0.2:7901  ssh carol@10.0.0.2", "d0  gpu-3.example.org:7802",
+                 "router (head.router0)", "supervisor (head.supervisor0)",
+                 "kv_store (head.kv_store0)", "prefill (p0.prefill0): engine sim, threads 3",
+                 "chunk 128", "decode (d0.decode0): engine sim", "max_batch 32", "kv_blocks 4096"})
+    CHECK_THAT(text, Catch::Contains(s));
+}
