@@ -13,5 +13,8 @@ command add_serve(CLI::App& app);
 command add_generate(CLI::App& app);
 command add_status(CLI::App& app);
 command add_bench(CLI::App& app);
+command add_node(CLI::App& app);
+command add_manifest(CLI::App& app);
+command add_launch(CLI::App& app);
 
 }  // namespace tokenmill::app

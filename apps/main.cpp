@@ -28,6 +28,11 @@ int main(int argc, char** argv) {
   add("status", "Show the cluster's members and their state", tokenmill::app::add_status);
   add("bench", "Load generator: concurrent streams against a running cluster",
       tokenmill::app::add_bench);
+  add("node", "Run one node of a host manifest (joins the supervisor, runs the node's actors)",
+      tokenmill::app::add_node);
+  add("launch", "Start every node of a host manifest, wait until the cluster is ready, serve",
+      tokenmill::app::add_launch);
+  add("manifest", "Host manifest tools (check)", tokenmill::app::add_manifest);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

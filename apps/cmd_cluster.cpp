@@ -1,0 +1,364 @@
+// `tokenmill node`, `tokenmill manifest check` and `tokenmill launch`: clusters from a host
+// manifest (DESIGN.md §8).
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "apps/commands.hpp"
+#include "cluster/node.hpp"
+#include "common/clock.hpp"
+#include "frontend/client.hpp"
+
+extern char** environ;
+
+namespace tokenmill::app {
+namespace {
+
+sigset_t stop_signals() {
+  sigset_t s;
+  sigemptyset(&s);
+  sigaddset(&s, SIGINT);
+  sigaddset(&s, SIGTERM);
+  return s;
+}
+
+/// The last `lines` lines of a file.
+std::string tail_of(const std::string& path, size_t lines) {
+  std::ifstream in(path);
+  std::vector<std::string> all;
+  for (std::string l; std::getline(in, l);)
+    all.push_back(l);
+  std::string out;
+  for (size_t i = all.size() > lines ? all.size() - lines : 0; i < all.size(); ++i)
+    out += "    | " + all[i] + "\n";
+  return out;
+}
+
+bool file_contains(const std::string& path, const std::string& needle) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str().find(needle) != std::string::npos;
+}
+
+/// A node process started by launch.
+struct child {
+  std::string node;
+  std::string log;
+  pid_t pid = -1;
+  bool joined = false;
+  bool exited = false;
+  int status = 0;
+};
+
+std::string describe_exit(int status) {
+  if (WIFEXITED(status)) return fmt::format("exited with code {}", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return fmt::format("was killed by signal {}", WTERMSIG(status));
+  return "stopped";
+}
+
+/// Starts argv with stdout+stderr appended to `log` and stdin from `stdin_file` (or
+/// /dev/null). Returns the pid or -1.
+pid_t spawn_logged(const std::vector<std::string>& argv, const std::string& log,
+                   const std::string& stdin_file) {
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, stdin_file.empty() ? "/dev/null" : stdin_file.c_str(),
+                                   O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none;
+  sigemptyset(&none);
+  posix_spawnattr_setsigmask(&attr, &none);  // children must not inherit our blocked signals
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+  std::vector<char*> args;
+  for (const auto& a : argv)
+    args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  int rc = posix_spawnp(&pid, args[0], &fa, &attr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  return rc == 0 ? pid : -1;
+}
+
+/// Sends SIGTERM to every running child, waits up to `grace_s`, then SIGKILLs the rest.
+void stop_children(std::vector<child>& kids, double grace_s) {
+  for (auto& k : kids)
+    if (!k.exited && k.pid > 0) kill(k.pid, SIGTERM);
+  auto deadline = now_ns() + static_cast<int64_t>(grace_s * 1e9);
+  for (;;) {
+    bool running = false;
+    for (auto& k : kids) {
+      if (k.exited || k.pid <= 0) continue;
+      if (waitpid(k.pid, &k.status, WNOHANG) == k.pid)
+        k.exited = true;
+      else
+        running = true;
+    }
+    if (!running) return;
+    if (now_ns() > deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  for (auto& k : kids)
+    if (!k.exited && k.pid > 0) {
+      std::fprintf(stderr, "launch: node %s did not stop within %.0f s; killing it\n",
+                   k.node.c_str(), grace_s);
+      kill(k.pid, SIGKILL);
+      waitpid(k.pid, &k.status, 0);
+      k.exited = true;
+    }
+}
+
+std::string self_exe() {
+  std::error_code ec;
+  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? "tokenmill" : p.string();
+}
+
+}  // namespace
+
+command add_node(CLI::App& app) {
+  struct opts {
+    std::string manifest;
+    std::string name;
+    double join_timeout_s = 30;
+  };
+  auto o = std::make_shared<opts>();
+  app.add_option("--manifest", o->manifest, "Host manifest (YAML)")->required();
+  app.add_option("--name", o->name, "This node's name in the manifest")->required();
+  app.add_option("--join-timeout", o->join_timeout_s,
+                 "Seconds to keep trying to reach the supervisor's node")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  return [o]() -> int {
+    // The node binds its own ports below; checking them here would trip over ourselves.
+    auto m = load_manifest(o->manifest, manifest_options{false});
+    if (!m) {
+      std::fprintf(stderr, "tokenmill node: invalid manifest:\n%s\n", m.error().message.c_str());
+      return 2;
+    }
+    auto sigs = stop_signals();
+    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+    auto node = cluster_node::start(*m, o->name, node_options{o->join_timeout_s});
+    if (!node) {
+      std::fprintf(stderr, "tokenmill node %s: %s\n", o->name.c_str(),
+                   node.error().message.c_str());
+      return 1;
+    }
+    std::printf("tokenmill node ready: %s\n", (*node)->summary().c_str());
+    std::fflush(stdout);
+    int code = 0;
+    for (;;) {
+      timespec tick{0, 100'000'000};
+      int sig = sigtimedwait(&sigs, nullptr, &tick);
+      if (sig == SIGINT || sig == SIGTERM) {
+        std::printf("tokenmill node %s: %s received, shutting down\n", o->name.c_str(),
+                    sig == SIGINT ? "SIGINT" : "SIGTERM");
+        break;
+      }
+      if ((*node)->supervisor_lost()) {
+        std::printf("tokenmill node %s: the supervisor is gone, shutting down\n", o->name.c_str());
+        code = 1;
+        break;
+      }
+    }
+    std::fflush(stdout);
+    (*node)->stop();
+    node->reset();
+    return code;
+  };
+}
+
+command add_manifest(CLI::App& app) {
+  auto* check = app.add_subcommand("check", "Validate a manifest and print the resolved cluster");
+  app.require_subcommand(1);
+  auto file = std::make_shared<std::string>();
+  auto ports = std::make_shared<bool>(true);
+  check->add_option("FILE", *file, "Host manifest (YAML)")->required();
+  check->add_flag("!--no-port-check", *ports, "Do not check that local ports are free");
+  return [file, ports]() -> int {
+    auto m = load_manifest(*file, manifest_options{*ports});
+    if (!m) {
+      std::fprintf(stderr, "%s\n", m.error().message.c_str());
+      return 1;
+    }
+    std::printf("%s", describe(*m).c_str());
+    std::printf("manifest hash %016llx\n", static_cast<unsigned long long>(manifest_hash(*m)));
+    return 0;
+  };
+}
+
+command add_launch(CLI::App& app) {
+  struct opts {
+    std::string manifest;
+    std::string log_dir;
+    double ready_timeout_s = 60;
+  };
+  auto o = std::make_shared<opts>();
+  app.add_option("MANIFEST", o->manifest, "Host manifest (YAML)")->required();
+  app.add_option("--log-dir", o->log_dir, "Where node logs go (default: a new temporary folder)");
+  app.add_option("--ready-timeout", o->ready_timeout_s, "Seconds until every node must be ready")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  return [o]() -> int {
+    auto m = load_manifest(o->manifest);
+    if (!m) {
+      std::fprintf(stderr, "tokenmill launch: invalid manifest:\n%s\n", m.error().message.c_str());
+      return 2;
+    }
+    std::string manifest_abs = std::filesystem::absolute(o->manifest).string();
+    if (o->log_dir.empty()) {
+      char tmpl[] = "/tmp/tokenmill-launch-XXXXXX";
+      if (!mkdtemp(tmpl)) {
+        std::perror("launch: mkdtemp");
+        return 1;
+      }
+      o->log_dir = tmpl;
+    }
+    std::filesystem::create_directories(o->log_dir);
+    auto sigs = stop_signals();
+    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+    auto t0 = now_ns();
+    std::vector<child> kids;
+    // The supervisor's node first: the others connect to it (and retry until it is up).
+    std::vector<const manifest_node*> order;
+    for (const auto& n : m->nodes)
+      if (n.count(role::supervisor)) order.push_back(&n);
+    for (const auto& n : m->nodes)
+      if (!n.count(role::supervisor)) order.push_back(&n);
+    std::string exe = self_exe();
+    for (const auto* n : order) {
+      child k;
+      k.node = n->name;
+      k.log = fmt::format("{}/{}.log", o->log_dir, n->name);
+      std::vector<std::string> argv;
+      std::string stdin_file;
+      if (!n->ssh.empty()) {
+        // Remote: the manifest travels on stdin, tokenmill must be on the remote PATH.
+        std::string remote = fmt::format("/tmp/tokenmill-{}.yaml", m->cluster);
+        argv = {"ssh", "-o", "BatchMode=yes", n->ssh,
+                fmt::format("cat > {0} && exec tokenmill node --manifest {0} --name {1}", remote,
+                            n->name)};
+        stdin_file = manifest_abs;
+      } else {
+        argv = {exe, "node", "--manifest", manifest_abs, "--name", n->name};
+      }
+      k.pid = spawn_logged(argv, k.log, stdin_file);
+      if (k.pid < 0) {
+        std::fprintf(stderr, "launch: cannot start node %s (%s)\n", n->name.c_str(),
+                     argv[0].c_str());
+        stop_children(kids, 5);
+        return 1;
+      }
+      std::printf("launch: node %-10s starting (pid %d%s), log %s\n", n->name.c_str(), k.pid,
+                  n->ssh.empty() ? "" : (", via ssh " + n->ssh).c_str(), k.log.c_str());
+      kids.push_back(std::move(k));
+    }
+    std::fflush(stdout);
+    auto deadline = t0 + static_cast<int64_t>(o->ready_timeout_s * 1e9);
+    auto fail_start = [&](const std::string& why) {
+      std::fprintf(stderr, "launch: %s\n", why.c_str());
+      stop_children(kids, 5);
+      return 1;
+    };
+    // Phase 1: every node process reports ready (it joined the supervisor).
+    size_t joined = 0;
+    while (joined < kids.size()) {
+      for (auto& k : kids) {
+        if (k.joined) continue;
+        if (waitpid(k.pid, &k.status, WNOHANG) == k.pid) {
+          k.exited = true;
+          return fail_start(fmt::format("node {} {} before it was ready; last lines of {}:\n{}",
+                                        k.node, describe_exit(k.status), k.log,
+                                        tail_of(k.log, 20)));
+        }
+        if (file_contains(k.log, "tokenmill node ready")) {
+          k.joined = true;
+          ++joined;
+          std::printf("launch: node %-10s joined (%zu/%zu) after %.2f s\n", k.node.c_str(), joined,
+                      kids.size(), (now_ns() - t0) / 1e9);
+          std::fflush(stdout);
+        }
+      }
+      timespec tick{0, 20'000'000};
+      if (int sig = sigtimedwait(&sigs, nullptr, &tick); sig == SIGINT || sig == SIGTERM)
+        return fail_start("interrupted while starting; stopping every node");
+      if (now_ns() > deadline) {
+        std::string pending;
+        for (auto& k : kids)
+          if (!k.joined)
+            pending += fmt::format("\n  {} (log {}):\n{}", k.node, k.log, tail_of(k.log, 10));
+        return fail_start(
+            fmt::format("not every node was ready within {} s:{}", o->ready_timeout_s, pending));
+      }
+    }
+    // Phase 2: the cluster reports ready (every actor registered) through the frontend.
+    std::string host = m->frontend.host;
+    if (host == "0.0.0.0") host = "127.0.0.1";
+    bool ready = false;
+    std::string last;
+    while (!ready && now_ns() < deadline) {
+      auto c = client::connect(host, m->frontend.rpc_port, 2);
+      if (c) {
+        auto st = (*c)->status(2);
+        if (st && st->ready) ready = true;
+        if (!st) last = st.error().message;
+      } else {
+        last = c.error().message;
+      }
+      if (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (!ready) return fail_start("the cluster did not report ready: " + last);
+    std::printf("tokenmill cluster %s ready after %.2f s: rpc=%s:%u nodes=%zu logs=%s\n",
+                m->cluster.c_str(), (now_ns() - t0) / 1e9, host.c_str(), m->frontend.rpc_port,
+                kids.size(), o->log_dir.c_str());
+    std::fflush(stdout);
+    // Serve until told to stop; report nodes that die (the cluster serves on without them).
+    for (;;) {
+      timespec tick{0, 100'000'000};
+      int sig = sigtimedwait(&sigs, nullptr, &tick);
+      if (sig == SIGINT || sig == SIGTERM) {
+        std::printf("launch: %s received, stopping %zu nodes\n",
+                    sig == SIGINT ? "SIGINT" : "SIGTERM", kids.size());
+        std::fflush(stdout);
+        break;
+      }
+      size_t alive = 0;
+      for (auto& k : kids) {
+        if (k.exited) continue;
+        if (waitpid(k.pid, &k.status, WNOHANG) == k.pid) {
+          k.exited = true;
+          std::printf("launch: node %s %s; last lines of %s:\n%s", k.node.c_str(),
+                      describe_exit(k.status).c_str(), k.log.c_str(), tail_of(k.log, 5).c_str());
+          std::fflush(stdout);
+        } else {
+          ++alive;
+        }
+      }
+      if (alive == 0) {
+        std::printf("launch: every node has exited\n");
+        return 1;
+      }
+    }
+    stop_children(kids, 10);
+    std::printf("launch: stopped\n");
+    return 0;
+  };
+}
+
+}  // namespace tokenmill::app

@@ -1,0 +1,250 @@
+#include "cluster/node.hpp"
+
+#include <atomic>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+
+#include "actors/actors.hpp"
+#include "actors/type_ids.hpp"
+#include "common/clock.hpp"
+#include "engine/engine_factory.hpp"
+#include "frontend/rpc_server.hpp"
+
+namespace tokenmill {
+namespace {
+
+struct agent_state {
+  caf::actor supervisor;
+  static inline const char* name = "node_agent";
+};
+
+/// The node's one published actor: answers clock probes and hands out the supervisor.
+caf::behavior node_agent(caf::stateful_actor<agent_state>* self) {
+  return {
+      [](ping_atom, int64_t t0) { return caf::make_message(t0, now_ns()); },
+      [self](supervisor_atom) { return self->state.supervisor; },
+      [self](supervisor_atom, caf::actor sup) { self->state.supervisor = std::move(sup); },
+  };
+}
+
+/// Watches the supervisor; flips a flag when it goes down.
+caf::behavior supervisor_watch(caf::event_based_actor* self, caf::actor sup,
+                               std::shared_ptr<std::atomic<bool>> lost) {
+  self->monitor(sup);
+  self->set_down_handler([self, lost](caf::down_msg& dm) {
+    spdlog::error("node: lost the supervisor ({})", caf::to_string(dm.reason));
+    *lost = true;
+    self->quit();
+  });
+  return {[](int) {}};
+}
+
+}  // namespace
+
+struct cluster_node::impl {
+  caf::actor_system_config caf_cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  std::vector<caf::actor> actors;
+  std::unique_ptr<rpc_server> rpc;
+  std::shared_ptr<std::atomic<bool>> lost = std::make_shared<std::atomic<bool>>(false);
+  std::string summary;
+  bool stopped = false;
+};
+
+cluster_node::cluster_node(std::unique_ptr<impl> i) : impl_(std::move(i)) {}
+cluster_node::~cluster_node() {
+  stop();
+}
+const std::string& cluster_node::summary() const {
+  return impl_->summary;
+}
+bool cluster_node::supervisor_lost() const {
+  return impl_->lost->load();
+}
+
+result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
+                                                          const std::string& name,
+                                                          node_options opts) {
+  const manifest_node* self_node = m.find_node(name);
+  if (!self_node)
+    return error_info{errc::invalid_request,
+                      fmt::format("{}: no node named '{}' in the manifest", m.path, name)};
+  uint32_t idx = static_cast<uint32_t>(self_node - m.nodes.data());
+  const manifest_node* sup_node = nullptr;
+  size_t expected_workers = 0;
+  for (const auto& n : m.nodes) {
+    if (n.count(role::supervisor) > 0) sup_node = &n;
+    for (const auto& a : n.actors)
+      expected_workers += a.kind != role::supervisor;
+  }
+  if (!sup_node) return error_info{errc::invalid_request, "the manifest has no supervisor"};
+
+  auto im = std::make_unique<impl>();
+  register_types(im->caf_cfg);
+  im->caf_cfg.load<caf::io::middleman>();
+  im->caf_cfg.set("scheduler.max-threads", size_t{2});
+  im->caf_cfg.set("logger.console", caf::atom("none"));
+  // Heartbeats are off by default in CAF 0.17: without them a hung or cut-off peer is
+  // never detected (NOTES.md).
+  im->caf_cfg.set("middleman.heartbeat-interval",
+                  caf::timespan{std::chrono::milliseconds(m.failure.heartbeat_ms)});
+  im->caf_cfg.set("middleman.connection-timeout",
+                  caf::timespan{std::chrono::milliseconds(m.failure.connection_timeout_ms)});
+  // Let nodes talk directly (KV blocks from prefill to decode) instead of through the
+  // node that introduced them.
+  im->caf_cfg.set("middleman.enable-automatic-connections", true);
+  im->sys = std::make_unique<caf::actor_system>(im->caf_cfg);
+  auto& sys = *im->sys;
+  auto fail = [&](error_info e) -> result<std::unique_ptr<cluster_node>> {
+    for (auto& a : im->actors)
+      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    return e;
+  };
+
+  auto agent = sys.spawn(node_agent);
+  im->actors.push_back(agent);
+  auto published =
+      sys.middleman().publish(agent, self_node->port, self_node->address.c_str(), true);
+  if (!published)
+    return fail({errc::invalid_request,
+                 fmt::format("node '{}' cannot listen on {}:{}: {}", name, self_node->address,
+                             self_node->port, sys.render(published.error()))});
+
+  // The model: one engine per worker; the first tells every node the same model name.
+  std::string err;
+  worker_options defaults;
+  defaults.engine = m.defaults.engine;
+  auto spec0 = to_engine_spec(m, defaults);
+  auto probe_engine = make_engine(spec0, err);
+  if (!probe_engine) return fail({errc::invalid_request, err});
+  model_info model = probe_engine->info();
+  probe_engine.reset();
+
+  caf::scoped_actor self{sys};
+  caf::actor sup;
+  if (sup_node == self_node) {
+    supervisor_config sc;
+    sc.cluster = m.cluster;
+    sc.manifest_hash = manifest_hash(m);
+    sc.model = model.name;
+    sc.expected_workers = expected_workers;
+    sc.node_index = idx;
+    sup = spawn_supervisor(sys, sc);
+    im->actors.push_back(sup);
+    self->send(agent, supervisor_atom::value, sup);
+  } else {
+    // The supervisor's node may start later: keep trying until the join timeout.
+    auto deadline = now_ns() + static_cast<int64_t>(opts.join_timeout_s * 1e9);
+    std::string last_error;
+    while (!sup && now_ns() < deadline) {
+      auto remote = sys.middleman().remote_actor(sup_node->address, sup_node->port);
+      if (!remote) {
+        last_error = sys.render(remote.error());
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        continue;
+      }
+      self->request(*remote, std::chrono::seconds(5), supervisor_atom::value)
+          .receive([&](caf::actor s) { sup = std::move(s); },
+                   [&](caf::error& e) { last_error = sys.render(e); });
+      if (!sup) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    if (!sup)
+      return fail({errc::timeout,
+                   fmt::format("node '{}' could not reach the supervisor on node '{}' at {}:{} "
+                               "within {} s: {}",
+                               name, sup_node->name, sup_node->address, sup_node->port,
+                               opts.join_timeout_s, last_error)});
+  }
+  std::string refused = "no answer from the supervisor";
+  self->request(sup, std::chrono::seconds(10),
+                join_node{name, idx, manifest_hash(m), model.name, agent})
+      .receive([&](const std::string& r) { refused = r; },
+               [&](caf::error& e) { refused = "join failed: " + sys.render(e); });
+  if (!refused.empty()) return fail({errc::invalid_request, refused});
+  im->actors.push_back(sys.spawn(supervisor_watch, sup, im->lost));
+
+  // The actors of this node.
+  auto transport = std::make_shared<inline_transport>();
+  worker_id next = idx * 256;
+  caf::actor router, kv;
+  std::vector<std::string> names;
+  auto info = [&](const manifest_actor& a) {
+    worker_info w;
+    w.id = next++;
+    w.kind = a.kind;
+    w.name = a.name;
+    w.node = name;
+    w.node_index = idx;
+    return w;
+  };
+  for (const auto& a : self_node->actors) {
+    if (a.kind == role::kv_store) {
+      kv = spawn_kv_store(sys, info(a), sup);
+      im->actors.push_back(kv);
+    }
+  }
+  for (const auto& a : self_node->actors) {
+    names.push_back(a.name);
+    switch (a.kind) {
+      case role::supervisor:
+      case role::kv_store:
+      case role::frontend:
+        break;
+      case role::router: {
+        auto rc = to_router_config(m);
+        rc.block_tokens = model.layout.block_tokens;
+        router = spawn_router(sys, info(a), rc, sup);
+        im->actors.push_back(router);
+        break;
+      }
+      case role::prefill: {
+        auto eng = make_engine(to_engine_spec(m, *a.worker()), err);
+        if (!eng) return fail({errc::invalid_request, a.name + ": " + err});
+        im->actors.push_back(spawn_prefill(sys, info(a), to_prefill_config(*a.prefill()),
+                                           std::move(eng), transport, sup));
+        break;
+      }
+      case role::decode: {
+        auto eng = make_engine(to_engine_spec(m, *a.worker()), err);
+        if (!eng) return fail({errc::invalid_request, a.name + ": " + err});
+        im->actors.push_back(spawn_decode(sys, info(a), to_decode_config(*a.decode()),
+                                          std::move(eng), transport, sup, kv));
+        break;
+      }
+    }
+  }
+  std::string endpoints = fmt::format("control={}:{}", self_node->address, self_node->port);
+  if (m.frontend.node == name) {
+    if (!router) return fail({errc::invalid_request, "the frontend's node runs no router"});
+    auto tok = make_tokenizer(spec0, err);
+    if (!tok) return fail({errc::invalid_request, err});
+    rpc_server_config rc;
+    rc.host = m.frontend.host;
+    rc.port = m.frontend.rpc_port;
+    rc.node = idx;
+    im->rpc = std::make_unique<rpc_server>(
+        sys, router, sup, std::shared_ptr<const tokenizer>(std::move(tok)), model, rc);
+    auto port = im->rpc->start();
+    if (!port) return fail(port.error());
+    endpoints += fmt::format(" rpc={}:{}", rc.host, *port);
+  }
+  im->summary =
+      fmt::format("node {} ({}) actors=[{}] {}", name, m.cluster, fmt::join(names, ","), endpoints);
+  return std::unique_ptr<cluster_node>(new cluster_node(std::move(im)));
+}
+
+void cluster_node::stop() {
+  auto& im = *impl_;
+  if (im.stopped) return;
+  im.stopped = true;
+  if (im.rpc) im.rpc->stop();
+  for (auto& a : im.actors)
+    caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+  im.actors.clear();
+}
+
+}  // namespace tokenmill
