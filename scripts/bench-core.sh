@@ -5,7 +5,9 @@
 #   - client-side ITL p50/p99 divided by the configured step (runtime overhead; 1.00 = none)
 #   - TTFT minus the modelled prefill time (the runtime's own share of TTFT)
 # Results (one JSON per concurrency plus a summary) go to $OUT_DIR (default bench-results/core).
-#   ./scripts/bench-core.sh [CONCURRENCY...]      default: 1 4 16
+#   ./scripts/bench-core.sh [--three-nodes] [CONCURRENCY...]      default: 1 4 16
+# --three-nodes runs the same cluster as three processes (head: router, supervisor,
+# kv-store; prefill node; decode node) started by `tokenmill launch` on loopback.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,7 +15,14 @@ bin="$repo/build/apps/tokenmill"
 [[ -x "$bin" ]] || TOKENMILL_SKIP_SETUP=1 "$repo/scripts/build.sh"
 out="${OUT_DIR:-$repo/bench-results/core}"
 mkdir -p "$out"
-levels=("$@")
+three=0
+levels=()
+for a in "$@"; do
+  case "$a" in
+    --three-nodes) three=1 ;;
+    *) levels+=("$a") ;;
+  esac
+done
 [[ ${#levels[@]} -gt 0 ]] || levels=(1 4 16)
 step_ms=10
 prefill_us=200
@@ -21,14 +30,34 @@ input_len=128
 output_len=64
 
 log="$(mktemp -t tokenmill-bench.XXXXXX)"
-"$bin" serve --engine sim --rpc-port 0 --sim-decode-step-ms "$step_ms" \
-  --sim-prefill-us-per-token "$prefill_us" --prefill-workers 1 --decode-workers 1 >"$log" 2>&1 &
+work="$(mktemp -d -t tokenmill-bench.XXXXXX)"
+if [[ "$three" == 1 ]]; then
+  read -r p0 p1 p2 p3 p4 < <(python3 -c 'import socket
+s=[socket.socket() for _ in range(5)]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(*[x.getsockname()[1] for x in s])')
+  cat >"$work/cluster.yaml" <<YAML
+cluster: bench-3node
+model:
+  sim: {decode_step_ms: $step_ms, prefill_us_per_token: $prefill_us}
+frontend: {node: head, rpc_port: $p0, http_port: $p1}
+nodes:
+  - {name: head, address: 127.0.0.1, port: $p2, actors: [router, supervisor, kv_store]}
+  - {name: p0, address: 127.0.0.1, port: $p3, actors: [prefill]}
+  - {name: d0, address: 127.0.0.1, port: $p4, actors: [decode]}
+YAML
+  "$bin" launch "$work/cluster.yaml" --log-dir "$work/logs" >"$log" 2>&1 &
+else
+  "$bin" serve --engine sim --rpc-port 0 --sim-decode-step-ms "$step_ms" \
+    --sim-prefill-us-per-token "$prefill_us" --prefill-workers 1 --decode-workers 1 >"$log" 2>&1 &
+fi
 pid=$!
-trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 1 300); do grep -q ready "$log" && break; sleep 0.1; done
-endpoint="$(sed -n 's/.*rpc=\([^ ]*\).*/\1/p' "$log" | head -1)"
+trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$log" "$work"' EXIT
+for _ in $(seq 1 300); do grep -q "ready" "$log" && grep -q "rpc=" "$log" && break; sleep 0.1; done
+endpoint="$(sed -n 's/.*ready.*rpc=\([^ ]*\).*/\1/p' "$log" | head -1)"
 [[ -n "$endpoint" ]] || { echo "bench-core: server did not start" >&2; cat "$log" >&2; exit 1; }
 
+echo "mode: $([[ $three == 1 ]] && echo 'three processes (tokenmill launch)' || echo 'one process (tokenmill serve)')"
 echo "machine: $(nproc) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-12s %12s %12s %14s %14s %12s\n' concurrency itl_p50/step itl_p99/step ttft_p50_ms runtime_ms tokens/s
 for c in "${levels[@]}"; do
