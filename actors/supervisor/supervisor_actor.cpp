@@ -10,9 +10,11 @@
 namespace tokenmill {
 namespace {
 
-/// How long a member may take to answer a status query before it is reported as
-/// not answering (it is still up as far as monitors know).
-constexpr auto status_timeout = std::chrono::milliseconds(1000);
+/// How long a member may take to answer a status query before it is reported as not
+/// answering. Workers answer between engine steps' bookkeeping, never behind compute, so
+/// this is short; it stays below typical connection timeouts so that `status` answers
+/// before a hung node is even declared down.
+constexpr auto status_timeout = std::chrono::milliseconds(500);
 
 /// A joined node and its clock estimate.
 struct node_entry {
@@ -199,13 +201,16 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
                     result->workers.push_back(ws);
                     finish();
                   },
-                  [result, finish, info](caf::error& err) mutable {
+                  [self, result, finish, info](caf::error& err) mutable {
                     worker_status ws;
                     ws.id = info.id;
                     ws.kind = info.kind;
                     ws.name = info.name;
                     ws.node = info.node;
-                    ws.detail = "not answering: " + caf::to_string(err);
+                    // It may have been declared down while we waited: say so, not "up".
+                    auto it = self->state.members.find(info.id);
+                    ws.up = it != self->state.members.end() && it->second.up;
+                    ws.detail = ws.up ? "not answering: " + caf::to_string(err) : "down";
                     result->workers.push_back(ws);
                     finish();
                   });

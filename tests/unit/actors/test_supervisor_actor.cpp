@@ -250,7 +250,7 @@ TEST_CASE("supervisor: nodes join with the cluster's manifest and model, clocks 
 
 TEST_CASE("supervisor: a member that does not answer is reported, not waited for",
           "[supervisor_actor]") {
-  // Takes the supervisor's status timeout (1 s) once.
+  // Takes the supervisor's status timeout (500 ms) once.
   supervisor_harness h;
   caf::scoped_actor mute{h.ts.sys};  // never reads its mailbox
   auto decode_info = make_info(11, role::decode, "decode-0");
