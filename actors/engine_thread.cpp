@@ -25,6 +25,13 @@ void engine_thread::submit(std::function<void()> job) {
 void engine_thread::run() {
   for (;;) {
     std::function<void()> job;
+    // The next step usually follows within tens of µs of the last one's result: poll
+    // briefly before sleeping, so a step does not also pay a futex wake-up.
+    for (auto until = std::chrono::steady_clock::now() + spin_;
+         std::chrono::steady_clock::now() < until;) {
+      std::lock_guard<std::mutex> lock(mtx_);
+      if (stop_ || !jobs_.empty()) break;
+    }
     {
       std::unique_lock<std::mutex> lock(mtx_);
       cv_.wait(lock, [this] { return stop_ || !jobs_.empty(); });

@@ -3,6 +3,7 @@
 /// queue. A worker actor submits a step and gets the result back as a message, so its
 /// mailbox keeps flowing (admissions, KV arrivals, cancels, status) while the engine
 /// computes.
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -28,6 +29,7 @@ class engine_thread {
   std::condition_variable cv_;
   std::deque<std::function<void()>> jobs_;
   bool stop_ = false;
+  std::chrono::microseconds spin_{200};  ///< how long to poll for the next job before sleeping
   std::thread thread_;
 };
 

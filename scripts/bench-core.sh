@@ -11,7 +11,7 @@
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bin="$repo/build/apps/tokenmill"
+bin="${TOKENMILL_BIN:-$repo/build/apps/tokenmill}"
 [[ -x "$bin" ]] || TOKENMILL_SKIP_SETUP=1 "$repo/scripts/build.sh"
 out="${OUT_DIR:-$repo/bench-results/core}"
 mkdir -p "$out"
