@@ -19,6 +19,7 @@ struct supervisor_config {
   std::string model;            ///< joining nodes must serve the same model
   size_t expected_workers = 0;  ///< ready only once this many actors registered (0: any)
   uint32_t node_index = 0;      ///< the supervisor's own node (its clock is the reference)
+  std::string host_id;          ///< host_clock_id() of the supervisor's host
   uint32_t sync_pings = 16;     ///< ping-pongs per clock estimate (minimum RTT wins)
   caf::timespan sync_interval = std::chrono::seconds(5);  ///< clock estimate refresh
 };

@@ -237,7 +237,8 @@ struct join_node {
   uint32_t index = 0;
   uint64_t manifest_hash = 0;
   std::string model;
-  caf::actor agent;  ///< the node's published agent (answers ping_atom)
+  caf::actor agent;     ///< the node's published agent (answers ping_atom)
+  std::string host_id;  ///< host_clock_id(): equal ids share one monotonic clock
 };
 
 /// supervisor -> routers: each node's clock offset (ns to add to that node's stamps to put
@@ -361,7 +362,8 @@ typename F::result_type inspect(F& f, overlap_reply& x) {
 }
 template <class F>
 typename F::result_type inspect(F& f, join_node& x) {
-  return f(caf::meta::type_name("join_node"), x.name, x.index, x.manifest_hash, x.model, x.agent);
+  return f(caf::meta::type_name("join_node"), x.name, x.index, x.manifest_hash, x.model, x.agent,
+           x.host_id);
 }
 template <class F>
 typename F::result_type inspect(F& f, clock_update& x) {
@@ -389,8 +391,13 @@ typename F::result_type inspect(F& f, worker_status& x) {
            x.running, x.kv_used, x.kv_total, x.completed, x.tokens_out, x.detail);
 }
 template <class F>
+typename F::result_type inspect(F& f, node_status& x) {
+  return f(caf::meta::type_name("node_status"), x.name, x.index, x.up, x.clock_offset_ns,
+           x.clock_rtt_ns);
+}
+template <class F>
 typename F::result_type inspect(F& f, cluster_status& x) {
-  return f(caf::meta::type_name("cluster_status"), x.cluster, x.ready, x.workers);
+  return f(caf::meta::type_name("cluster_status"), x.cluster, x.ready, x.workers, x.nodes);
 }
 
 }  // namespace tokenmill

@@ -203,18 +203,33 @@ command add_status(CLI::App& app) {
                       {"tokens_out", w.tokens_out},
                       {"detail", w.detail}});
       j["workers"] = ws;
+      auto ns = nlohmann::ordered_json::array();
+      for (const auto& n : st->nodes)
+        ns.push_back({{"name", n.name},
+                      {"index", n.index},
+                      {"up", n.up},
+                      {"clock_offset_ms", n.clock_offset_ns / 1e6},
+                      {"clock_rtt_ms", n.clock_rtt_ns < 0 ? -1.0 : n.clock_rtt_ns / 1e6}});
+      j["nodes"] = ns;
       std::printf("%s\n", j.dump().c_str());
       return 0;
     }
     std::printf("cluster %s: %s; model %s (vocab %u, context %u, %u tokens/block)\n",
                 st->cluster.c_str(), st->ready ? "ready" : "NOT ready", (*c)->model().name.c_str(),
                 (*c)->model().vocab_size, (*c)->model().max_context, (*c)->model().block_tokens);
-    std::printf("%-4s %-10s %-10s %-8s %-5s %7s %7s %13s %9s %10s  %s\n", "id", "role", "name",
+    if (!st->nodes.empty()) {
+      std::printf("%-12s %5s %-5s %16s %14s\n", "node", "index", "state", "clock offset ms",
+                  "probe rtt ms");
+      for (const auto& n : st->nodes)
+        std::printf("%-12s %5u %-5s %16.3f %14.3f\n", n.name.c_str(), n.index, n.up ? "up" : "down",
+                    n.clock_offset_ns / 1e6, n.clock_rtt_ns < 0 ? -1.0 : n.clock_rtt_ns / 1e6);
+    }
+    std::printf("%-4s %-10s %-16s %-8s %-5s %7s %7s %13s %9s %10s  %s\n", "id", "role", "name",
                 "node", "state", "queued", "running", "kv used/total", "completed", "tokens",
                 "detail");
     for (const auto& w : st->workers) {
       std::string kv = w.kv_total ? fmt::format("{}/{}", w.kv_used, w.kv_total) : "-";
-      std::printf("%-4u %-10s %-10s %-8s %-5s %7u %7u %13s %9llu %10llu  %s\n", w.id,
+      std::printf("%-4u %-10s %-16s %-8s %-5s %7u %7u %13s %9llu %10llu  %s\n", w.id,
                   std::string(to_string(w.kind)).c_str(), w.name.c_str(), w.node.c_str(),
                   w.up ? "up" : "down", w.queued, w.running, kv.c_str(),
                   static_cast<unsigned long long>(w.completed),

@@ -133,6 +133,7 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
     sc.model = model.name;
     sc.expected_workers = expected_workers;
     sc.node_index = idx;
+    sc.host_id = host_clock_id();
     sup = spawn_supervisor(sys, sc);
     im->actors.push_back(sup);
     self->send(agent, supervisor_atom::value, sup);
@@ -161,7 +162,7 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   }
   std::string refused = "no answer from the supervisor";
   self->request(sup, std::chrono::seconds(10),
-                join_node{name, idx, manifest_hash(m), model.name, agent})
+                join_node{name, idx, manifest_hash(m), model.name, agent, host_clock_id()})
       .receive([&](const std::string& r) { refused = r; },
                [&](caf::error& e) { refused = "join failed: " + sys.render(e); });
   if (!refused.empty()) return fail({errc::invalid_request, refused});

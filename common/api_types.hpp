@@ -42,11 +42,21 @@ struct worker_status {
   std::string detail;       ///< one line of free text (engine, transport, errors)
 };
 
+/// A node of a multi-node cluster, as the supervisor sees it.
+struct node_status {
+  std::string name;
+  uint32_t index = 0;  ///< position in the manifest
+  bool up = true;
+  int64_t clock_offset_ns = 0;  ///< add to the node's stamps to land on the supervisor's clock
+  int64_t clock_rtt_ns = -1;    ///< round trip of the best clock probe (-1: none yet)
+};
+
 /// Every member's status, as the supervisor sees the cluster.
 struct cluster_status {
   std::string cluster;
   bool ready = false;
   std::vector<worker_status> workers;
+  std::vector<node_status> nodes;  ///< empty for a single-process cluster
 };
 
 /// A generate call as the client sent it, before validation. Numbers are wide so that

@@ -119,6 +119,9 @@ cluster_status decode(rpc::ClusterStatus::Reader r) {
     ws.detail = str(w.getDetail());
     s.workers.push_back(std::move(ws));
   }
+  for (auto n : r.getNodes())
+    s.nodes.push_back(
+        {str(n.getName()), n.getIndex(), n.getUp(), n.getClockOffsetNs(), n.getClockRttNs()});
   return s;
 }
 
@@ -141,6 +144,14 @@ void encode(const cluster_status& s, rpc::ClusterStatus::Builder b) {
     o.setCompleted(w.completed);
     o.setTokensOut(w.tokens_out);
     o.setDetail(w.detail);
+  }
+  auto ns = b.initNodes(static_cast<unsigned>(s.nodes.size()));
+  for (unsigned i = 0; i < s.nodes.size(); ++i) {
+    ns[i].setName(s.nodes[i].name);
+    ns[i].setIndex(s.nodes[i].index);
+    ns[i].setUp(s.nodes[i].up);
+    ns[i].setClockOffsetNs(s.nodes[i].clock_offset_ns);
+    ns[i].setClockRttNs(s.nodes[i].clock_rtt_ns);
   }
 }
 

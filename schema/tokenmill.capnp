@@ -79,10 +79,19 @@ struct WorkerStatus {
   detail @11 :Text;
 }
 
+struct NodeStatus {
+  name @0 :Text;
+  index @1 :UInt32;              # position in the manifest
+  up @2 :Bool;
+  clockOffsetNs @3 :Int64;       # add to the node's stamps to land on the supervisor's clock
+  clockRttNs @4 :Int64;          # round trip of the best clock probe (-1: none yet)
+}
+
 struct ClusterStatus {
   cluster @0 :Text;
   ready @1 :Bool;
   workers @2 :List(WorkerStatus);
+  nodes @3 :List(NodeStatus);    # empty for a single-process cluster
 }
 
 struct ModelInfo {

@@ -23,6 +23,7 @@ struct node_entry {
   bool up = true;
   int64_t offset_ns = 0;     ///< add to the node's stamps to land on the supervisor's clock
   int64_t best_rtt_ns = -1;  ///< RTT of the sample the offset comes from (-1: none yet)
+  bool same_clock = false;   ///< same host as the supervisor: offset exactly 0, no probing
 };
 
 /// Self-sent: refresh every node's clock estimate.
@@ -147,15 +148,17 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
         if (auto it = st.nodes.find(j.index); it != st.nodes.end() && it->second.up)
           return fmt::format("node '{}' (index {}) has already joined", j.name, j.index);
         self->monitor(j.agent);
-        st.nodes[j.index] = node_entry{j.name, j.agent, true, 0, -1};
+        bool same =
+            j.index == st.cfg.node_index || (!j.host_id.empty() && j.host_id == st.cfg.host_id);
+        st.nodes[j.index] = node_entry{j.name, j.agent, true, 0, same ? 0 : -1, same};
         spdlog::debug("supervisor: node '{}' joined", j.name);
-        if (j.index != st.cfg.node_index) probe(self, j.index, st.cfg.sync_pings, -1, 0);
+        if (!same) probe(self, j.index, st.cfg.sync_pings, -1, 0);
         return {};
       },
       [self](sync_atom) {
         auto& st = self->state;
         for (const auto& [idx, n] : st.nodes)
-          if (n.up && idx != st.cfg.node_index) probe(self, idx, st.cfg.sync_pings, -1, 0);
+          if (n.up && !n.same_clock) probe(self, idx, st.cfg.sync_pings, -1, 0);
         self->delayed_send(self, st.cfg.sync_interval, sync_atom::value);
       },
       [self](ready_atom) { return is_ready(self->state); },
@@ -165,6 +168,8 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
         auto result = std::make_shared<cluster_status>();
         result->cluster = st.cfg.cluster;
         result->ready = is_ready(st);
+        for (const auto& [idx, n] : st.nodes)
+          result->nodes.push_back({n.name, idx, n.up, n.offset_ns, n.best_rtt_ns});
         auto pending = std::make_shared<size_t>(0);
         std::vector<const member*> live;
         for (const auto& [id, m] : st.members) {

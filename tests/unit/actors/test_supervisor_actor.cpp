@@ -211,9 +211,9 @@ TEST_CASE("supervisor: nodes join with the cluster's manifest and model, clocks 
                  [&](caf::error& e) { answer = caf::to_string(e); });
     return answer;
   };
-  auto r = join(join_node{"n1", 1, 0xdef, "sim", handle_of(agent)});
+  auto r = join(join_node{"n1", 1, 0xdef, "sim", handle_of(agent), "other-host"});
   CHECK_THAT(r, Catch::Contains("manifest"));
-  r = join(join_node{"n1", 1, 0xabc, "other-model", handle_of(agent)});
+  r = join(join_node{"n1", 1, 0xabc, "other-model", handle_of(agent), "other-host"});
   CHECK_THAT(r, Catch::Contains("model"));
   worker_info ri;
   ri.id = 1;
@@ -225,7 +225,7 @@ TEST_CASE("supervisor: nodes join with the cluster's manifest and model, clocks 
   REQUIRE(ok);
   expect<membership>(router, "membership");
   expect<clock_update>(router, "initial offsets");
-  CHECK(join(join_node{"n1", 1, 0xabc, "sim", handle_of(agent)}).empty());
+  CHECK(join(join_node{"n1", 1, 0xabc, "sim", handle_of(agent), "other-host"}).empty());
   // The agent's clock runs 5 ms ahead: the estimate must say "subtract about 5 ms".
   constexpr int64_t ahead = 5'000'000;
   for (int i = 0; i < 4; ++i) {
@@ -245,7 +245,8 @@ TEST_CASE("supervisor: nodes join with the cluster's manifest and model, clocks 
   CHECK(u.offsets[1] < -ahead + 1'000'000);
   CHECK(u.offsets[1] > -ahead - 1'000'000);
   // The same node cannot join twice while it is up.
-  CHECK_THAT(join(join_node{"n1", 1, 0xabc, "sim", handle_of(agent)}), Catch::Contains("already"));
+  CHECK_THAT(join(join_node{"n1", 1, 0xabc, "sim", handle_of(agent), "other-host"}),
+             Catch::Contains("already"));
 }
 
 TEST_CASE("supervisor: a member that does not answer is reported, not waited for",

@@ -108,6 +108,7 @@ TEST_CASE("cluster status and chunks round-trip", "[codec]") {
   w.tokens_out = 6;
   w.detail = "d";
   cs.workers = {w};
+  cs.nodes = {node_status{"head", 0, true, 0, 0}, node_status{"far", 2, false, -1234567, 89000}};
   capnp::MallocMessageBuilder msg;
   auto b = msg.initRoot<rpc::ClusterStatus>();
   codec::encode(cs, b);
@@ -118,6 +119,12 @@ TEST_CASE("cluster status and chunks round-trip", "[codec]") {
   CHECK_FALSE(r.workers[0].up);
   CHECK(r.workers[0].kv_total == 4);
   CHECK(r.workers[0].detail == "d");
+  REQUIRE(r.nodes.size() == 2);
+  CHECK(r.nodes[1].name == "far");
+  CHECK(r.nodes[1].index == 2);
+  CHECK_FALSE(r.nodes[1].up);
+  CHECK(r.nodes[1].clock_offset_ns == -1234567);
+  CHECK(r.nodes[1].clock_rtt_ns == 89000);
 
   codec::chunk c{4, {10, 11}, "ab", 99};
   capnp::MallocMessageBuilder m2;
