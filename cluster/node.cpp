@@ -23,11 +23,11 @@ struct agent_state {
 };
 
 /// The node's one published actor: answers clock probes and hands out the supervisor.
-caf::behavior node_agent(caf::stateful_actor<agent_state>* self) {
+caf::behavior node_agent(caf::stateful_actor<agent_state>* self, caf::actor sup) {
+  self->state.supervisor = std::move(sup);
   return {
       [](ping_atom, int64_t t0) { return caf::make_message(t0, now_ns()); },
       [self](supervisor_atom) { return self->state.supervisor; },
-      [self](supervisor_atom, caf::actor sup) { self->state.supervisor = std::move(sup); },
   };
 }
 
@@ -105,16 +105,9 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
     return e;
   };
 
-  auto agent = sys.spawn(node_agent);
-  im->actors.push_back(agent);
-  auto published =
-      sys.middleman().publish(agent, self_node->port, self_node->address.c_str(), true);
-  if (!published)
-    return fail({errc::invalid_request,
-                 fmt::format("node '{}' cannot listen on {}:{}: {}", name, self_node->address,
-                             self_node->port, sys.render(published.error()))});
-
-  // The model: one engine per worker; the first tells every node the same model name.
+  // On the supervisor's node the supervisor exists before the agent is published, so a
+  // joining node can never be handed an unset supervisor.
+  caf::actor sup;
   std::string err;
   worker_options defaults;
   defaults.engine = m.defaults.engine;
@@ -123,9 +116,6 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   if (!probe_engine) return fail({errc::invalid_request, err});
   model_info model = probe_engine->info();
   probe_engine.reset();
-
-  caf::scoped_actor self{sys};
-  caf::actor sup;
   if (sup_node == self_node) {
     supervisor_config sc;
     sc.cluster = m.cluster;
@@ -136,12 +126,24 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
     sc.host_id = host_clock_id();
     sup = spawn_supervisor(sys, sc);
     im->actors.push_back(sup);
-    self->send(agent, supervisor_atom::value, sup);
-  } else {
-    // The supervisor's node may start later: keep trying until the join timeout.
+  }
+  auto agent = sys.spawn(node_agent, sup);
+  im->actors.push_back(agent);
+  auto published =
+      sys.middleman().publish(agent, self_node->port, self_node->address.c_str(), true);
+  if (!published)
+    return fail({errc::invalid_request,
+                 fmt::format("node '{}' cannot listen on {}:{}: {}", name, self_node->address,
+                             self_node->port, sys.render(published.error()))});
+
+  caf::scoped_actor self{sys};
+  if (sup_node !=
+      self_node) {  // The supervisor's node may start later: keep trying until the join timeout.
     auto deadline = now_ns() + static_cast<int64_t>(opts.join_timeout_s * 1e9);
     std::string last_error;
     while (!sup && now_ns() < deadline) {
+      if (opts.cancelled && opts.cancelled())
+        return fail({errc::cancelled, fmt::format("node '{}' stopped while joining", name)});
       auto remote = sys.middleman().remote_actor(sup_node->address, sup_node->port);
       if (!remote) {
         last_error = sys.render(remote.error());

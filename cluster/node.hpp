@@ -5,6 +5,7 @@
 /// runs another manifest or model — and spawns the actors the manifest assigns to it, plus
 /// the RPC frontend when the frontend lives here.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -15,6 +16,8 @@ namespace tokenmill {
 
 struct node_options {
   double join_timeout_s = 30;  ///< how long to keep trying to reach the supervisor's node
+  /// Polled while waiting for the supervisor's node: true gives up at once (a stop signal).
+  std::function<bool()> cancelled;
 };
 
 class cluster_node {
