@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The tokenmill demo, from a fresh Debian 12 machine: installs the dependencies, builds,
-# starts a whole cluster in one process (sim engine), sends a request through the Cap'n
-# Proto client showing the streamed tokens and where the time to first token went, then
-# keeps serving until Ctrl-C.
+# launches the three-node cluster of examples/local-3node.yaml (head: router, supervisor,
+# kv-store; a prefill node; a decode node; sim engine; all on 127.0.0.1, RPC port 7700,
+# control ports 7800-7802), sends requests through the Cap'n Proto client showing the
+# streamed tokens and where the time to first token went, then serves until Ctrl-C.
 #   ./scripts/demo.sh          serve until Ctrl-C
-#   ./scripts/demo.sh --once   exit after the demo request
-#   TOKENMILL_DEMO_PORT=7700   RPC port
+#   ./scripts/demo.sh --once   exit after the demo requests
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,7 +13,7 @@ once=0
 for arg in "$@"; do
   case "$arg" in
     --once) once=1 ;;
-    -h|--help) sed -n '2,9p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,8p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "demo: unknown argument '$arg' (expected --once)" >&2; exit 2 ;;
   esac
 done
@@ -21,12 +21,12 @@ done
 "$repo/scripts/build.sh"
 
 bin="$repo/build/apps/tokenmill"
-port="${TOKENMILL_DEMO_PORT:-7700}"
+port=7700
+manifest="$repo/examples/local-3node.yaml"
 log="$(mktemp -t tokenmill-demo.XXXXXX)"
 echo
-echo "demo: starting 'tokenmill serve' on 127.0.0.1:$port (sim engine: 20 ms decode step, 200 us/token prefill)"
-"$bin" serve --engine sim --rpc-port "$port" --sim-decode-step-ms 20 \
-  --sim-prefill-us-per-token 200 >"$log" 2>&1 &
+echo "demo: tokenmill launch examples/local-3node.yaml (3 node processes, sim engine: 10 ms decode step, 200 us/token prefill)"
+"$bin" launch "$manifest" >"$log" 2>&1 &
 pid=$!
 cleanup() {
   if kill -0 "$pid" 2>/dev/null; then
@@ -39,26 +39,26 @@ trap cleanup EXIT
 trap 'echo; echo "demo: stopping"; exit 0' INT TERM
 
 for _ in $(seq 1 300); do
-  grep -q "ready" "$log" && break
+  grep -q "cluster .* ready" "$log" && break
   if ! kill -0 "$pid" 2>/dev/null; then
-    echo "demo: the server exited before it was ready:" >&2
+    echo "demo: the cluster exited before it was ready:" >&2
     cat "$log" >&2
     exit 1
   fi
   sleep 0.1
 done
-grep -q "ready" "$log" || { echo "demo: server not ready after 30 s" >&2; cat "$log" >&2; exit 1; }
+grep -q "cluster .* ready" "$log" || { echo "demo: cluster not ready after 30 s" >&2; cat "$log" >&2; exit 1; }
 cat "$log"
 
 echo
-echo "demo: cluster members (tokenmill status)"
+echo "demo: cluster nodes and actors (tokenmill status)"
 "$bin" status --connect "127.0.0.1:$port"
 echo
 echo "demo: tokenmill generate --max-tokens 24 'The quick brown fox'"
-echo "      (prompt prefilled on the prefill worker, KV blocks handed to the decode worker)"
+echo "      (prompt prefilled on node p0, its KV blocks written to node d0, tokens streamed via head)"
 "$bin" generate --connect "127.0.0.1:$port" --max-tokens 24 "The quick brown fox"
 echo
-echo "demo: the same prompt prefilled on a long prompt path: 600 prompt tokens, chunked"
+echo "demo: a long prompt (589 tokens, prefilled in chunks of 512)"
 "$bin" generate --connect "127.0.0.1:$port" --max-tokens 8 \
   "$(printf 'All work and no play makes a dull model. %.0s' $(seq 1 14))"
 
