@@ -3,6 +3,7 @@
 /// configuration and dependencies and passes them in; no actor looks anything up.
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <caf/all.hpp>
 
@@ -23,6 +24,14 @@ struct supervisor_config {
   uint32_t sync_pings = 16;     ///< ping-pongs per clock estimate (minimum RTT wins)
   caf::timespan sync_interval = std::chrono::seconds(5);  ///< clock estimate refresh
 };
+
+/// Asks every actor in `actors` to exit (user_shutdown) and forgets them. Composition roots
+/// use it on shutdown and when a start fails half-way.
+inline void shutdown_actors(std::vector<caf::actor>& actors) {
+  for (auto& a : actors)
+    caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+  actors.clear();
+}
 
 /// The supervisor: membership (register, monitor, mark down), node joins, clock offsets,
 /// readiness, cluster status.

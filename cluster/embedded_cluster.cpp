@@ -117,8 +117,7 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
       if (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     if (!ready) {
-      for (auto& a : im->actors)
-        caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+      shutdown_actors(im->actors);
       return error_info{errc::timeout, fmt::format("cluster did not become ready within {} s",
                                                    cfg.ready_timeout_s)};
     }
@@ -128,8 +127,7 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
       sys, router, sup, std::shared_ptr<const tokenizer>(std::move(tok)), model, cfg.rpc);
   auto port = im->rpc->start();
   if (!port) {
-    for (auto& a : im->actors)
-      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    shutdown_actors(im->actors);
     return port.error();
   }
   std::unique_ptr<embedded_cluster> c(new embedded_cluster(std::move(im)));
@@ -142,9 +140,7 @@ void embedded_cluster::stop() {
   if (im.stopped) return;
   im.stopped = true;
   if (im.rpc) im.rpc->stop();
-  for (auto& a : im.actors)
-    caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
-  im.actors.clear();
+  shutdown_actors(im.actors);
 }
 
 }  // namespace tokenmill

@@ -100,8 +100,7 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   im->sys = std::make_unique<caf::actor_system>(im->caf_cfg);
   auto& sys = *im->sys;
   auto fail = [&](error_info e) -> result<std::unique_ptr<cluster_node>> {
-    for (auto& a : im->actors)
-      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    shutdown_actors(im->actors);
     return e;
   };
 
@@ -245,9 +244,7 @@ void cluster_node::stop() {
   if (im.stopped) return;
   im.stopped = true;
   if (im.rpc) im.rpc->stop();
-  for (auto& a : im.actors)
-    caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
-  im.actors.clear();
+  shutdown_actors(im.actors);
 }
 
 }  // namespace tokenmill
