@@ -33,6 +33,12 @@ int main(int argc, char** argv) {
   add("launch", "Start every node of a host manifest, wait until the cluster is ready, serve",
       tokenmill::app::add_launch);
   add("manifest", "Host manifest tools (check)", tokenmill::app::add_manifest);
+  add("make-model",
+      "Write a deterministic random-weight model (GGUF or Hugging Face) from a preset",
+      tokenmill::app::add_make_model);
+  add("bench-engine",
+      "Measure the CPU engine on a model: prefill and decode throughput, memory bandwidth",
+      tokenmill::app::add_bench_engine);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

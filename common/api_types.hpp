@@ -15,6 +15,8 @@ namespace tokenmill {
 struct sampling_params {
   float temperature = 0;  ///< 0 = greedy
   float top_p = 1;        ///< nucleus mass in (0, 1]
+  uint32_t top_k = 0;     ///< keep the k most likely tokens; 0 = all
+  float min_p = 0;        ///< drop tokens below min_p x the top probability; 0 = off
   uint64_t seed = 0;      ///< makes sampling with temperature > 0 reproducible
 };
 
@@ -67,6 +69,7 @@ struct generate_params {
   std::vector<int64_t> token_ids;  ///< when !has_text
   int64_t max_tokens = 16;
   std::vector<int64_t> stop_ids;
+  std::vector<std::string> stop_strings;  ///< text that ends generation (not returned)
   sampling_params sampling;
   bool ignore_eos = false;
   bool add_bos = true;

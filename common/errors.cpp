@@ -24,6 +24,8 @@ std::string_view to_string(errc e) {
       return "timeout";
     case errc::unavailable:
       return "unavailable";
+    case errc::invalid_model:
+      return "invalid_model";
     case errc::internal:
       return "internal";
   }

@@ -18,6 +18,7 @@ enum class errc : uint8_t {
   out_of_blocks,    ///< a KV pool cannot hold the request even when idle
   timeout,          ///< a bounded wait expired
   unavailable,      ///< the server cannot be reached or the connection was lost
+  invalid_model,    ///< a model file is malformed, truncated or unsupported
   internal,         ///< a bug: an invariant did not hold
 };
 

@@ -30,37 +30,63 @@ std::string byte_word_tokenizer::piece(token_id id) const {
 }
 
 namespace {
-/// Length of the UTF-8 sequence a lead byte starts; 0 for a continuation or invalid byte.
-int utf8_len(unsigned char c) {
+constexpr std::string_view replacement = "\xEF\xBF\xBD";  // U+FFFD
+
+/// Length of the well-formed UTF-8 character at the start of `s` (RFC 3629: no overlongs,
+/// no surrogates, nothing above U+10FFFF); 0 when `s` is a proper prefix of one; -1 when
+/// the first byte cannot start one.
+int utf8_char_len(std::string_view s) {
+  auto b = [&](size_t i) { return static_cast<unsigned char>(s[i]); };
+  unsigned char c = b(0);
   if (c < 0x80) return 1;
-  if ((c >> 5) == 0x6) return 2;
-  if ((c >> 4) == 0xE) return 3;
-  if ((c >> 3) == 0x1E) return 4;
-  return 0;
+  int len = 0;
+  unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+  if (c >= 0xC2 && c <= 0xDF) {
+    len = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    len = 3;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    len = 4;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+  } else {
+    return -1;
+  }
+  for (int i = 1; i < len; ++i) {
+    if (static_cast<size_t>(i) >= s.size()) return 0;
+    unsigned char x = b(i);
+    if (i == 1 ? (x < lo || x > hi) : (x & 0xC0) != 0x80) return -1;
+  }
+  return len;
 }
 }  // namespace
 
 std::string utf8_stream::push(std::string_view bytes) {
   pending_.append(bytes);
-  // Find the start of the last (possibly incomplete) character.
-  size_t n = pending_.size();
-  size_t cut = n;
-  for (size_t back = 1; back <= 4 && back <= n; ++back) {
-    auto c = static_cast<unsigned char>(pending_[n - back]);
-    if ((c & 0xC0) == 0x80) continue;  // continuation byte: keep looking back
-    int len = utf8_len(c);
-    if (len > static_cast<int>(back)) cut = n - back;  // lead byte whose sequence is unfinished
-    break;
+  std::string out;
+  size_t i = 0;
+  while (i < pending_.size()) {
+    int len = utf8_char_len(std::string_view(pending_).substr(i));
+    if (len == 0) break;  // an unfinished character: wait for its other bytes
+    if (len < 0) {
+      // A byte that cannot be (or continue) a character: never emitted as is.
+      out += replacement;
+      ++i;
+      continue;
+    }
+    out.append(pending_, i, static_cast<size_t>(len));
+    i += static_cast<size_t>(len);
   }
-  std::string out = pending_.substr(0, cut);
-  pending_.erase(0, cut);
+  pending_.erase(0, i);
   return out;
 }
 
 std::string utf8_stream::finish() {
   if (pending_.empty()) return {};
   pending_.clear();
-  return "\xEF\xBF\xBD";
+  return std::string(replacement);
 }
 
 }  // namespace tokenmill

@@ -8,7 +8,7 @@ packages=(
   build-essential cmake ninja-build pkg-config ccache git
   libcaf-dev libssl-dev libucx-dev ucx-utils libcapnp-dev capnproto
   libboost-dev catch2 libyaml-cpp-dev nlohmann-json3-dev libfmt-dev
-  libspdlog-dev libxxhash-dev libcli11-dev clang-format python3 procps
+  libspdlog-dev libxxhash-dev libcli11-dev libpcre2-dev clang-format python3 procps
 )
 
 missing=()

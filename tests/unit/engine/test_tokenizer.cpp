@@ -164,23 +164,44 @@ TEST_CASE("utf8_stream finish replaces a dangling tail with U+FFFD once", "[toke
   CHECK(fresh.finish() == "");
 }
 
-TEST_CASE("utf8_stream does not hold back invalid bytes forever", "[tokenizer]") {
-  SECTION("stray continuation bytes pass through") {
+TEST_CASE("utf8_stream never emits malformed UTF-8 and never holds it back", "[tokenizer]") {
+  const std::string r = "\xEF\xBF\xBD";  // U+FFFD
+  SECTION("stray continuation bytes become U+FFFD each") {
     utf8_stream s;
-    CHECK(s.push("a\x80\x80") == "a\x80\x80");
+    CHECK(s.push("a\x80\x80") == "a" + r + r);
     CHECK(s.finish() == "");
   }
-  SECTION("an invalid lead byte passes through") {
+  SECTION("an invalid lead byte becomes U+FFFD") {
     utf8_stream s;
-    CHECK(s.push("\xFF") == "\xFF");
+    CHECK(s.push("\xFF") == r);
+    CHECK(s.push("\xC0\xAF") == r + r);  // an overlong '/' is not a character
     CHECK(s.finish() == "");
   }
-  SECTION("an interrupted sequence is released when ASCII follows") {
+  SECTION("an interrupted sequence is replaced when ASCII follows") {
     utf8_stream s;
     CHECK(s.push("\xE2\x82") == "");
-    CHECK(s.push("a") ==
-          "\xE2\x82"
-          "a");
+    CHECK(s.push("a") == r + r + "a");
     CHECK(s.finish() == "");
+  }
+  SECTION("surrogates and code points above U+10FFFF are rejected") {
+    utf8_stream s;
+    CHECK(s.push("\xED\xA0\x80") == r + r + r);
+    CHECK(s.push("\xF4\x90\x80\x80") == r + r + r + r);
+  }
+  SECTION("random bytes always stream out as valid UTF-8") {
+    uint64_t x = 88172645463325252ULL;
+    for (int round = 0; round < 200; ++round) {
+      utf8_stream s;
+      std::string out;
+      for (int i = 0; i < 50; ++i) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out += s.push(std::string(1 + x % 3, static_cast<char>(x >> 24)));
+      }
+      out += s.finish();
+      utf8_stream check;  // valid UTF-8 passes through a second stream unchanged
+      CHECK(check.push(out) == out);
+    }
   }
 }

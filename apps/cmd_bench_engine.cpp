@@ -1,0 +1,410 @@
+// `tokenmill bench-engine`: the CPU engine alone, no cluster. Measures prefill and decode
+// throughput on a model file and puts the decode step's weight traffic next to the
+// machine's memory bandwidth measured by the same program, with the same threads.
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include <sched.h>
+#include <sys/resource.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "apps/commands.hpp"
+#include "common/clock.hpp"
+#include "engine/cpu_engine.hpp"
+#include "engine/model.hpp"
+
+namespace tokenmill::app {
+namespace {
+
+struct bench_engine_opts {
+  std::string model;
+  uint32_t threads = 0;
+  std::string kv_dtype = "f16";
+  bool json = false;
+  uint32_t repeat = 3;         ///< timed runs of each prefill
+  uint32_t decode_steps = 16;  ///< timed decode steps per batch size
+  uint32_t context = 128;      ///< tokens of context before decoding
+  uint64_t bw_mib = 1024;      ///< buffer of the bandwidth measurement (MiB)
+};
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/// 1-minute load average, or -1 when unknown.
+double loadavg_1min() {
+  std::ifstream in("/proc/loadavg");
+  double l = -1;
+  in >> l;
+  return in ? l : -1;
+}
+
+std::string cpu_model_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) {
+      auto p = line.find(':');
+      return p == std::string::npos ? line : line.substr(p + 2);
+    }
+  return "unknown";
+}
+
+/// CPUs this process may run on (what `nproc` prints).
+uint32_t usable_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return std::thread::hardware_concurrency();
+  return static_cast<uint32_t>(CPU_COUNT(&set));
+}
+
+/// CPU seconds this process has used (all threads, user + system).
+double process_cpu_s() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+/// Share of `threads` cores this process got between two points: CPU seconds / (wall
+/// seconds x threads). Well below 1 means other processes took the cores.
+struct cpu_share_meter {
+  uint32_t threads;
+  int64_t wall0 = now_ns();
+  double cpu0 = process_cpu_s();
+  double share() const {
+    double wall = (now_ns() - wall0) / 1e9;
+    return wall > 0 ? (process_cpu_s() - cpu0) / (wall * threads) : 0;
+  }
+};
+
+/// Sum of n words read with 128-bit vector adds, four independent accumulators (the scalar
+/// loop -O2 makes of the plain version caps well below one core's memory bandwidth).
+uint64_t sum_words(const uint64_t* p, size_t n) {
+  using u64x2 = uint64_t __attribute__((vector_size(16)));
+  u64x2 a0{}, a1{}, a2{}, a3{};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    u64x2 x0, x1, x2, x3;
+    std::memcpy(&x0, p + i, 16);
+    std::memcpy(&x1, p + i + 2, 16);
+    std::memcpy(&x2, p + i + 4, 16);
+    std::memcpy(&x3, p + i + 6, 16);
+    a0 += x0;
+    a1 += x1;
+    a2 += x2;
+    a3 += x3;
+  }
+  u64x2 s = a0 + a1 + a2 + a3;
+  uint64_t r = s[0] + s[1];
+  for (; i < n; ++i)
+    r += p[i];
+  return r;
+}
+
+struct bandwidth {
+  double bytes_per_s = 0;  ///< best pass
+  double cpu_share = 0;    ///< over all passes
+};
+
+/// Streaming-read bandwidth of `buf` split over `threads` threads; the best of `runs`
+/// passes (the machine may be shared: the best pass is the least disturbed).
+bandwidth read_bandwidth(const std::vector<uint64_t>& buf, uint32_t threads, int runs) {
+  std::atomic<uint64_t> sink{0};
+  bandwidth bw;
+  cpu_share_meter meter{threads};
+  for (int r = 0; r < runs; ++r) {
+    size_t per = buf.size() / threads;
+    int64_t t0 = now_ns();
+    std::vector<std::thread> pool;
+    for (uint32_t t = 0; t < threads; ++t) {
+      size_t begin = t * per, end = t + 1 == threads ? buf.size() : (t + 1) * per;
+      pool.emplace_back([&, begin, end] { sink += sum_words(buf.data() + begin, end - begin); });
+    }
+    for (auto& t : pool)
+      t.join();
+    double secs = (now_ns() - t0) / 1e9;
+    bw.bytes_per_s =
+        std::max(bw.bytes_per_s, static_cast<double>(buf.size() * sizeof(uint64_t)) / secs);
+  }
+  bw.cpu_share = meter.share();
+  if (sink.load() == 42) std::fprintf(stderr, " ");  // keeps the sums alive
+  return bw;
+}
+
+uint64_t view_bytes(const tensor_view& v) {
+  return v.present() ? v.rows * row_bytes(v.type, v.cols) : 0;
+}
+
+/// Weight bytes one decode step reads: every linear weight plus the output head.
+uint64_t step_weight_bytes(const loaded_model& m) {
+  uint64_t n = view_bytes(m.weights.output);
+  for (const auto& l : m.weights.layers)
+    n += view_bytes(l.wq) + view_bytes(l.wk) + view_bytes(l.wv) + view_bytes(l.wo) +
+         view_bytes(l.w_gate) + view_bytes(l.w_up) + view_bytes(l.w_down);
+  return n;
+}
+
+uint64_t parameter_count(const loaded_model& m) {
+  auto n = [](const tensor_view& v) { return v.present() ? v.rows * v.cols : 0; };
+  const auto& w = m.weights;
+  uint64_t p = n(w.tok_embd) + n(w.out_norm) + (m.config.tied_output ? 0 : n(w.output));
+  for (const auto& l : w.layers)
+    for (const auto* v : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.bq, &l.bk, &l.bv,
+                          &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down})
+      p += n(*v);
+  return p;
+}
+
+/// Deterministic prompt ids in [3, vocab) (past the usual special tokens).
+std::vector<token_id> prompt_ids(uint32_t n, uint32_t vocab, uint64_t salt) {
+  std::vector<token_id> t(n);
+  for (uint32_t i = 0; i < n; ++i)
+    t[i] = static_cast<token_id>(3 + ((i + 1) * 2654435761ull + salt * 40503ull) % (vocab - 3));
+  return t;
+}
+
+}  // namespace
+
+command add_bench_engine(CLI::App& app) {
+  auto o = std::make_shared<bench_engine_opts>();
+  app.add_option("--model", o->model, "GGUF file or Hugging Face directory")->required();
+  app.add_option("--threads", o->threads, "Compute threads (0: all hardware threads)")
+      ->capture_default_str();
+  app.add_option("--kv-dtype", o->kv_dtype, "KV cache element type")
+      ->check(CLI::IsMember({"f16", "f32"}))
+      ->capture_default_str();
+  app.add_flag("--json", o->json, "Print one JSON object");
+  app.add_option("--repeat", o->repeat, "Timed runs of each prefill (median reported)")
+      ->check(CLI::Range(1u, 1000u))
+      ->capture_default_str();
+  app.add_option("--decode-steps", o->decode_steps,
+                 "Timed decode steps per batch size (median step reported)")
+      ->check(CLI::Range(1u, 100000u))
+      ->capture_default_str();
+  app.add_option("--context", o->context, "Context tokens of each sequence before decoding")
+      ->check(CLI::Range(1u, 1u << 20))
+      ->capture_default_str();
+  app.add_option("--bw-mib", o->bw_mib, "Buffer of the memory bandwidth measurement (MiB)")
+      ->check(CLI::Range(uint64_t{16}, uint64_t{1} << 20))
+      ->capture_default_str();
+  return [o]() -> int {
+    double load_before = loadavg_1min();
+    auto loaded = load_model(o->model);
+    if (!loaded) {
+      std::fprintf(stderr, "tokenmill bench-engine: %s\n", loaded.error().message.c_str());
+      return 1;
+    }
+    auto model = *loaded;
+    const auto& c = model->config;
+    cpu_engine_config cfg;
+    cfg.threads = o->threads == 0 ? std::thread::hardware_concurrency() : o->threads;
+    cfg.kv_dtype_bytes = o->kv_dtype == "f32" ? 4 : 2;
+    std::unique_ptr<cpu_engine> eng;
+    try {
+      eng = std::make_unique<cpu_engine>(model, cfg);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "tokenmill bench-engine: %s\n", e.what());
+      return 1;
+    }
+    const uint32_t threads = cfg.threads;
+    const std::vector<uint32_t> prefill_lens{128, 512};
+    const std::vector<uint32_t> batches{1, 8, 32};
+    const uint32_t warm_steps = 2;
+    if (c.max_context < o->decode_steps + warm_steps + 2) {
+      std::fprintf(stderr, "tokenmill bench-engine: --decode-steps exceeds the context (%u)\n",
+                   c.max_context);
+      return 1;
+    }
+    const uint32_t ctx = std::min(o->context, c.max_context - o->decode_steps - warm_steps - 1);
+    kv_layout layout = cpu_kv_layout(c, cfg);
+    uint32_t per_seq = layout.blocks_for(ctx + warm_steps + o->decode_steps + 1);
+    uint32_t blocks =
+        layout.blocks_for(*std::max_element(prefill_lens.begin(), prefill_lens.end())) +
+        per_seq * *std::max_element(batches.begin(), batches.end());
+    block_pool pool(layout, blocks);
+    if (!o->json)
+      std::fprintf(stderr, "model %s: %u layers, dim %u, vocab %u; %u threads, KV %s, %u blocks\n",
+                   c.name.c_str(), c.layers, c.dim, c.vocab, threads, o->kv_dtype.c_str(), blocks);
+
+    nlohmann::ordered_json j;
+    dtype wtype = model->weights.layers.empty() ? dtype::f32 : model->weights.layers[0].wq.type;
+    uint64_t step_bytes = step_weight_bytes(*model);
+    j["model"] = {{"path", o->model},
+                  {"name", c.name},
+                  {"format", model->format},
+                  {"arch", c.arch},
+                  {"params", parameter_count(*model)},
+                  {"dtype", std::string(dtype_name(wtype))},
+                  {"dim", c.dim},
+                  {"layers", c.layers},
+                  {"heads", c.heads},
+                  {"kv_heads", c.kv_heads},
+                  {"ffn", c.ffn},
+                  {"vocab", c.vocab},
+                  {"step_weight_bytes", step_bytes}};
+    j["threads"] = threads;
+    j["kv_dtype"] = o->kv_dtype;
+
+    // Prefill: one chunk per prompt, the whole prompt at once.
+    nlohmann::ordered_json prefill = nlohmann::ordered_json::array();
+    for (uint32_t len : prefill_lens) {
+      if (len > c.max_context) continue;
+      auto toks = prompt_ids(len, c.vocab, len);
+      auto bt = pool.allocate(layout.blocks_for(len));
+      if (!bt) return 1;
+      prefill_chunk chunk;
+      chunk.tokens = toks;
+      chunk.begin = 0;
+      chunk.end = len;
+      chunk.blocks = *bt;
+      std::vector<double> secs;
+      eng->prefill(pool, std::span<const prefill_chunk>(&chunk, 1));  // warm-up
+      cpu_share_meter meter{threads};
+      for (uint32_t r = 0; r < o->repeat; ++r) {
+        int64_t t0 = now_ns();
+        eng->prefill(pool, std::span<const prefill_chunk>(&chunk, 1));
+        secs.push_back((now_ns() - t0) / 1e9);
+      }
+      double share = meter.share();
+      pool.release(*bt);
+      double med = median(secs);
+      prefill.push_back({{"prompt_tokens", len},
+                         {"median_s", med},
+                         {"tokens_per_s", len / med},
+                         {"runs", o->repeat},
+                         {"cpu_share", share}});
+      if (!o->json) std::fprintf(stderr, "prefill %u: %.3f s\n", len, med);
+    }
+    j["prefill"] = prefill;
+
+    // Decode: every sequence of the batch has the same `ctx`-token context (prefilled once,
+    // its KV copied into each sequence's own blocks, so the cache traffic is real).
+    nlohmann::ordered_json decode = nlohmann::ordered_json::array();
+    for (uint32_t b : batches) {
+      std::vector<std::vector<block_id>> tables;
+      for (uint32_t s = 0; s < b; ++s) {
+        auto bt = pool.allocate(per_seq);
+        if (!bt) {
+          std::fprintf(stderr, "tokenmill bench-engine: KV pool too small\n");
+          return 1;
+        }
+        tables.push_back(std::move(*bt));
+      }
+      auto ctx_toks = prompt_ids(ctx, c.vocab, 7);
+      prefill_chunk chunk;
+      chunk.tokens = ctx_toks;
+      chunk.begin = 0;
+      chunk.end = ctx;
+      chunk.blocks = tables[0];
+      token_id first = eng->prefill(pool, std::span<const prefill_chunk>(&chunk, 1))[0];
+      for (uint32_t s = 1; s < b; ++s)
+        for (uint32_t k = 0; k < layout.blocks_for(ctx); ++k)
+          std::memcpy(pool.block(tables[s][k]), pool.block(tables[0][k]), pool.block_bytes());
+      std::vector<std::vector<token_id>> seqs(b, ctx_toks);
+      for (auto& s : seqs)
+        s.push_back(first);
+      std::vector<double> steps;
+      std::optional<cpu_share_meter> meter;
+      for (uint32_t step = 0; step < warm_steps + o->decode_steps; ++step) {
+        if (step == warm_steps) meter.emplace(cpu_share_meter{threads});
+        std::vector<decode_seq> batch(b);
+        for (uint32_t s = 0; s < b; ++s) {
+          batch[s].tokens = seqs[s];
+          batch[s].blocks = tables[s];
+        }
+        int64_t t0 = now_ns();
+        auto next = eng->decode(pool, batch);
+        double dt = (now_ns() - t0) / 1e9;
+        if (step >= warm_steps) steps.push_back(dt);
+        for (uint32_t s = 0; s < b; ++s)
+          seqs[s].push_back(next[s]);
+      }
+      double share = meter->share();
+      for (const auto& t : tables)
+        pool.release(t);
+      double med = median(steps);
+      decode.push_back({{"batch", b},
+                        {"context_tokens", ctx},
+                        {"median_step_s", med},
+                        {"tokens_per_s", b / med},
+                        {"weight_bytes_per_s", step_bytes / med},
+                        {"steps", o->decode_steps},
+                        {"cpu_share", share}});
+      if (!o->json) std::fprintf(stderr, "decode batch %u: %.2f ms/step\n", b, med * 1e3);
+    }
+    j["decode"] = decode;
+
+    // Memory bandwidth: a buffer far beyond the last-level cache, touched first so that
+    // page faults are not timed.
+    std::vector<uint64_t> buf(o->bw_mib * 1024 * 1024 / sizeof(uint64_t));
+    for (size_t i = 0; i < buf.size(); ++i)
+      buf[i] = i;
+    auto multi = read_bandwidth(buf, threads, 5);
+    auto single = read_bandwidth(buf, 1, 3);
+    buf = {};
+    double bw_multi = multi.bytes_per_s, bw_single = single.bytes_per_s;
+    j["memory_bandwidth"] = {{"buffer_bytes", o->bw_mib * 1024 * 1024},
+                             {"threads", threads},
+                             {"bytes_per_s", bw_multi},
+                             {"cpu_share", multi.cpu_share},
+                             {"single_thread_bytes_per_s", bw_single},
+                             {"single_thread_cpu_share", single.cpu_share}};
+    double load_after = loadavg_1min();
+    j["machine"] = {{"cpu", cpu_model_name()},
+                    {"hardware_threads", std::thread::hardware_concurrency()},
+                    {"nproc", usable_cpus()},
+                    {"loadavg_1min_before", load_before},
+                    {"loadavg_1min_after", load_after}};
+
+    if (o->json) {
+      std::printf("%s\n", j.dump().c_str());
+      return 0;
+    }
+    std::printf("model   %s (%s, %s): %.1fM parameters, %s weights, %.1f MB read per decode step\n",
+                c.name.c_str(), model->format.c_str(), c.arch.c_str(),
+                parameter_count(*model) / 1e6, std::string(dtype_name(wtype)).c_str(),
+                step_bytes / 1e6);
+    std::printf("machine %s, %u hardware threads (nproc %u), load %.2f before / %.2f after\n",
+                cpu_model_name().c_str(), std::thread::hardware_concurrency(), usable_cpus(),
+                load_before, load_after);
+    std::printf("engine  %u threads, KV %s\n\n", threads, o->kv_dtype.c_str());
+    std::printf("%-22s %12s %12s %14s %10s\n", "phase", "median", "tokens/s", "weights GB/s",
+                "cpu share");
+    for (const auto& p : prefill)
+      std::printf("%-22s %9.1f ms %12.1f %14s %9.0f%%\n",
+                  fmt::format("prefill {} tokens", p["prompt_tokens"].get<uint32_t>()).c_str(),
+                  p["median_s"].get<double>() * 1e3, p["tokens_per_s"].get<double>(), "-",
+                  100 * p["cpu_share"].get<double>());
+    for (const auto& d : decode)
+      std::printf("%-22s %9.2f ms %12.1f %14.2f %9.0f%%\n",
+                  fmt::format("decode batch {}", d["batch"].get<uint32_t>()).c_str(),
+                  d["median_step_s"].get<double>() * 1e3, d["tokens_per_s"].get<double>(),
+                  d["weight_bytes_per_s"].get<double>() / 1e9, 100 * d["cpu_share"].get<double>());
+    std::printf(
+        "\nmemory read bandwidth (%llu MiB buffer): %.2f GB/s with %u threads (cpu share "
+        "%.0f%%), %.2f GB/s single-threaded (%.0f%%)\n",
+        static_cast<unsigned long long>(o->bw_mib), bw_multi / 1e9, threads, 100 * multi.cpu_share,
+        bw_single / 1e9, 100 * single.cpu_share);
+    std::printf(
+        "decode batch 1 reads weights at %.0f%% of the measured bandwidth\n"
+        "(cpu share: CPU time / (wall time x threads); below 100%% the machine was busy)\n",
+        100 * decode[0]["weight_bytes_per_s"].get<double>() / bw_multi);
+    return 0;
+  };
+}
+
+}  // namespace tokenmill::app

@@ -1,0 +1,97 @@
+#pragma once
+/// CPU kernels of the Llama forward pass: weight-format conversion, linear layers over
+/// f32/f16/bf16/q8_0 weights with f32 activations, RMSNorm, RoPE, SwiGLU and softmax.
+/// Every vectorized kernel (AVX2+FMA+F16C, chosen at run time) has a portable scalar
+/// twin (`*_scalar`) that the tests compare it against and that runs where AVX2 is absent.
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "engine/model.hpp"
+#include "engine/tensor.hpp"
+
+namespace tokenmill::cpu {
+
+/// Whether the AVX2+FMA+F16C paths run on this machine (decided once, at first use).
+bool simd_available();
+
+// ---- scalar conversions -----------------------------------------------------------------
+
+/// IEEE half -> float (exact, including subnormals, inf and NaN).
+float f16_to_f32(uint16_t h);
+/// float -> IEEE half, round to nearest even (as F16C's vcvtps2ph with RNE).
+uint16_t f32_to_f16(float f);
+/// bfloat16 -> float (exact).
+float bf16_to_f32(uint16_t h);
+/// float -> bfloat16, round to nearest even.
+uint16_t f32_to_bf16(float f);
+
+/// n halves -> floats.
+void f16_to_f32_row(const uint16_t* src, float* dst, size_t n);
+/// n floats -> halves (round to nearest even).
+void f32_to_f16_row(const float* src, uint16_t* dst, size_t n);
+void f16_to_f32_row_scalar(const uint16_t* src, float* dst, size_t n);
+void f32_to_f16_row_scalar(const float* src, uint16_t* dst, size_t n);
+
+/// One row of `cols` elements of weight type `t` -> floats. q8_0 needs cols % 32 == 0.
+void dequantize_row(dtype t, const std::byte* row, float* dst, size_t cols);
+void dequantize_row_scalar(dtype t, const std::byte* row, float* dst, size_t cols);
+/// floats -> one q8_0 row (GGML's rule: d = max|x| / 127, q = round(x / d)); for tests and
+/// model writers. cols % 32 == 0; `dst` holds row_bytes(q8_0, cols) bytes.
+void quantize_row_q8_0(const float* src, std::byte* dst, size_t cols);
+
+// ---- vector kernels ---------------------------------------------------------------------
+
+/// sum_i a[i] * b[i].
+float dot_f32(const float* a, const float* b, size_t n);
+/// sum_i a[i] * f16(b[i]).
+float dot_f32_f16(const float* a, const uint16_t* b, size_t n);
+/// y[i] += alpha * x[i].
+void axpy_f32(float alpha, const float* x, float* y, size_t n);
+/// y[i] += alpha * f16(x[i]).
+void axpy_f16(float alpha, const uint16_t* x, float* y, size_t n);
+/// dot of f32 `x` with one weight row of type `t` (`cols` elements).
+float dot_row(dtype t, const std::byte* row, const float* x, size_t cols);
+float dot_row_scalar(dtype t, const std::byte* row, const float* x, size_t cols);
+
+/// y = x / sqrt(mean(x^2) + eps) * w over n elements (y may alias x).
+void rms_norm(const float* x, const float* w, float* y, size_t n, float eps);
+/// gate[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)).
+void silu_mul(float* gate, const float* up, size_t n);
+/// In-place softmax over n >= 1 values (max-subtracted, so large logits do not overflow).
+void softmax(float* x, size_t n);
+
+// ---- linear layers ----------------------------------------------------------------------
+
+/// A batch size the kernel tests cover on both sides of (a former GEMM switch-over point;
+/// see kernels.cpp for the measurements behind the single SIMD path).
+inline constexpr size_t gemm_min_rows = 64;
+
+/// y[i][j] = sum_k x[i][k] * w[j][k] for i < n and j in [row_begin, row_end): the output
+/// features [row_begin, row_end) of a linear layer, so threads can split a layer by rows.
+/// x is [n][w.cols] dense; y has row stride `y_stride` floats. `scratch` holds converted
+/// weight tiles; it grows on first use and is reused (one per thread).
+void linear(const tensor_view& w, const float* x, size_t n, float* y, size_t y_stride,
+            size_t row_begin, size_t row_end, std::vector<float>& scratch);
+/// The scalar reference of linear() (one dot_row_scalar per output).
+void linear_scalar(const tensor_view& w, const float* x, size_t n, float* y, size_t y_stride,
+                   size_t row_begin, size_t row_end);
+
+// ---- RoPE -------------------------------------------------------------------------------
+
+/// Per-pair inverse frequencies [head_dim / 2] of RoPE: theta^(-2i / head_dim), divided by
+/// `divisors[i]` when given (GGUF `rope_freqs`, which already encodes Llama 3 scaling),
+/// else adjusted by `scaling`: linear divides every frequency by `factor` (positions /
+/// factor); llama3 keeps high frequencies, divides low ones by `factor` and blends the
+/// band between (Hugging Face's `_compute_llama3_parameters`).
+std::vector<float> rope_inv_freqs(uint32_t head_dim, float theta, const rope_scaling& scaling,
+                                  const float* divisors);
+/// cos and sin [head_dim / 2] of `position` * inv_freq[i].
+void rope_angles(uint32_t position, const float* inv_freq, size_t pairs, float* cos_out,
+                 float* sin_out);
+/// Rotates one head vector [head_dim] in place: pairs (2i, 2i+1) for `adjacent`, (i,
+/// i + head_dim/2) for `halves`, by the angles of rope_angles().
+void rope_apply(float* v, uint32_t head_dim, const float* cos_v, const float* sin_v,
+                rope_style style);
+
+}  // namespace tokenmill::cpu

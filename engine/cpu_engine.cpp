@@ -1,0 +1,432 @@
+#include "engine/cpu_engine.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include "engine/cpu/kernels.hpp"
+#include "engine/cpu/thread_pool.hpp"
+#include "engine/sampler.hpp"
+
+namespace tokenmill {
+namespace {
+
+/// One token of the batch: what to embed, where it sits, which block table holds its KV.
+struct batch_row {
+  token_id token = 0;
+  uint32_t pos = 0;  ///< position in its sequence; attention covers [0, pos]
+  uint32_t seq = 0;  ///< index into the batch's block tables
+};
+
+/// Whole tensor -> f32 (norms, biases, rope divisors: small, converted once).
+std::vector<float> to_f32(const tensor_view& t) {
+  std::vector<float> out(t.rows * t.cols);
+  for (uint64_t r = 0; r < t.rows; ++r)
+    cpu::dequantize_row(t.type, t.row(r), out.data() + r * t.cols, t.cols);
+  return out;
+}
+
+void expect_shape(const tensor_view& t, const char* what, uint64_t rows, uint64_t cols) {
+  if (!t.present())
+    throw std::invalid_argument(fmt::format("cpu engine: tensor {} is missing", what));
+  if (t.rows != rows || t.cols != cols)
+    throw std::invalid_argument(
+        fmt::format("cpu engine: tensor {} ('{}') is [{}, {}], expected [{}, {}]", what, t.name,
+                    t.rows, t.cols, rows, cols));
+  if (t.type == dtype::q8_0 && cols % 32 != 0)
+    throw std::invalid_argument(
+        fmt::format("cpu engine: q8_0 tensor {} has {} columns, not a multiple of 32", what, cols));
+}
+
+}  // namespace
+
+kv_layout cpu_kv_layout(const llama_config& model, const cpu_engine_config& cfg) {
+  return kv_layout{model.layers, model.kv_heads, model.head_dim, cfg.block_tokens,
+                   cfg.kv_dtype_bytes};
+}
+
+struct cpu_engine::impl {
+  /// f32 copies of one layer's vectors.
+  struct layer_vectors {
+    std::vector<float> attn_norm, ffn_norm, bq, bk, bv;
+  };
+
+  impl(const loaded_model& model, const cpu_engine_config& cfg)
+      : m(model), c(model.config), layout(cpu_kv_layout(model.config, cfg)), pool(cfg.threads) {
+    const auto& w = m.weights;
+    for (const auto& lw : w.layers) {
+      layer_vectors v;
+      v.attn_norm = to_f32(lw.attn_norm);
+      v.ffn_norm = to_f32(lw.ffn_norm);
+      if (c.qkv_bias) {
+        v.bq = to_f32(lw.bq);
+        v.bk = to_f32(lw.bk);
+        v.bv = to_f32(lw.bv);
+      }
+      layers.push_back(std::move(v));
+    }
+    out_norm = to_f32(w.out_norm);
+    std::vector<float> divisors;
+    if (w.rope_freqs.present()) divisors = to_f32(w.rope_freqs);
+    inv_freq = cpu::rope_inv_freqs(c.head_dim, c.rope_theta, c.scaling,
+                                   divisors.empty() ? nullptr : divisors.data());
+    tile_scratch.resize(pool.size());
+    scores.resize(pool.size());
+  }
+
+  const loaded_model& m;
+  const llama_config& c;
+  kv_layout layout;
+  cpu::thread_pool pool;
+  std::vector<layer_vectors> layers;
+  std::vector<float> out_norm;
+  std::vector<float> inv_freq;  ///< [head_dim / 2]
+
+  // Scratch, grown to the largest batch seen and reused (no allocation per token).
+  std::vector<float> x, xn, q, k, v, att, gate, up, rope_cs, out_x, logits;
+  std::vector<std::vector<float>> tile_scratch;  ///< per thread: converted weight tiles
+  std::vector<std::vector<float>> scores;        ///< per thread: attention scores [context]
+  std::vector<batch_row> rows;
+  std::vector<std::span<const block_id>> tables;
+  std::vector<uint32_t> out_rows;
+
+  static void grow(std::vector<float>& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+  }
+
+  void check_pool(const block_pool& p) const {
+    const kv_layout& l = p.layout();
+    if (l.layers != layout.layers || l.kv_heads != layout.kv_heads ||
+        l.head_dim != layout.head_dim || l.block_tokens != layout.block_tokens ||
+        l.dtype_bytes != layout.dtype_bytes)
+      throw std::invalid_argument(fmt::format(
+          "cpu engine: block pool layout (layers={}, kv_heads={}, head_dim={}, block_tokens={}, "
+          "dtype_bytes={}) does not match the engine's ({}, {}, {}, {}, {})",
+          l.layers, l.kv_heads, l.head_dim, l.block_tokens, l.dtype_bytes, layout.layers,
+          layout.kv_heads, layout.head_dim, layout.block_tokens, layout.dtype_bytes));
+  }
+
+  /// Throws unless `tokens[begin, end)` are valid ids and `blocks` covers positions [0, end)
+  /// with ids inside the pool.
+  void check_seq(const block_pool& p, std::span<const token_id> tokens, uint32_t begin,
+                 uint32_t end, std::span<const block_id> blocks, const char* what,
+                 size_t index) const {
+    for (uint32_t i = begin; i < end; ++i)
+      if (tokens[i] < 0 || static_cast<uint32_t>(tokens[i]) >= c.vocab)
+        throw std::invalid_argument(
+            fmt::format("cpu engine: {} {}: token id {} at position {} is outside "
+                        "the vocabulary [0, {})",
+                        what, index, tokens[i], i, c.vocab));
+    uint32_t need = layout.blocks_for(end);
+    if (blocks.size() < need)
+      throw std::invalid_argument(
+          fmt::format("cpu engine: {} {}: position {} needs {} blocks of {} tokens, "
+                      "the block table has {}",
+                      what, index, end - 1, need, layout.block_tokens, blocks.size()));
+    for (uint32_t b = 0; b < need; ++b)
+      if (blocks[b] >= p.total())
+        throw std::invalid_argument(
+            fmt::format("cpu engine: {} {}: block id {} is outside the pool ({} blocks)", what,
+                        index, blocks[b], p.total()));
+  }
+
+  /// y[n][w.rows] = x[n][w.cols] . w^T for several weights sharing x, split by output rows
+  /// over the pool in one parallel_for.
+  struct linear_job {
+    const tensor_view* w;
+    float* y;
+  };
+  void linears(std::initializer_list<linear_job> jobs, const float* xin, size_t n) {
+    size_t total = 0;
+    for (const auto& j : jobs)
+      total += j.w->rows;
+    // ~4 chunks per thread for balance on a shared machine; multiples of 16 rows keep the
+    // 4-row GEMV and the sgemm tiles whole.
+    size_t grain = (total + 4 * pool.size() - 1) / (4 * pool.size());
+    grain = std::max<size_t>(16, (grain + 15) / 16 * 16);
+    pool.parallel_for(total, grain, [&](size_t b, size_t e, uint32_t t) {
+      size_t base = 0;
+      for (const auto& j : jobs) {
+        size_t rows = j.w->rows;
+        size_t lo = std::max(b, base), hi = std::min(e, base + rows);
+        if (lo < hi) cpu::linear(*j.w, xin, n, j.y, rows, lo - base, hi - base, tile_scratch[t]);
+        base += rows;
+      }
+    });
+  }
+
+  std::byte* kv_ptr(block_pool& p, const batch_row& r, uint32_t layer, uint32_t kv,
+                    uint32_t head) const {
+    const auto& blocks = tables[r.seq];
+    return p.block(blocks[r.pos / layout.block_tokens]) +
+           layout.offset(layer, kv, head, r.pos % layout.block_tokens);
+  }
+
+  /// Runs `rows` through the model (their KV written into `pool`) and leaves the logits of
+  /// `out_rows` in `logits` [out_rows][vocab].
+  void forward(block_pool& p) {
+    const size_t n = rows.size();
+    const size_t dim = c.dim, hd = c.head_dim, qdim = size_t{c.heads} * hd,
+                 kvdim = size_t{c.kv_heads} * hd, pairs = hd / 2;
+    uint32_t max_ctx = 0;
+    for (const auto& r : rows)
+      max_ctx = std::max(max_ctx, r.pos + 1);
+    grow(x, n * dim);
+    grow(xn, n * dim);
+    grow(q, n * qdim);
+    grow(k, n * kvdim);
+    grow(v, n * kvdim);
+    grow(att, n * qdim);
+    grow(gate, n * c.ffn);
+    grow(up, n * c.ffn);
+    grow(rope_cs, n * hd);
+    grow(out_x, out_rows.size() * dim);
+    grow(logits, out_rows.size() * c.vocab);
+    for (auto& s : scores)
+      grow(s, max_ctx);
+
+    const auto& w = m.weights;
+    pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
+      for (size_t r = b; r < e; ++r) {
+        cpu::dequantize_row(w.tok_embd.type, w.tok_embd.row(static_cast<uint64_t>(rows[r].token)),
+                            x.data() + r * dim, dim);
+        cpu::rope_angles(rows[r].pos, inv_freq.data(), pairs, rope_cs.data() + r * hd,
+                         rope_cs.data() + r * hd + pairs);
+      }
+    });
+
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    const uint32_t group = c.heads / c.kv_heads;
+    const uint32_t bt = layout.block_tokens;
+    const bool f16_kv = layout.dtype_bytes == 2;
+    for (uint32_t l = 0; l < c.layers; ++l) {
+      const auto& lw = w.layers[l];
+      const auto& lv = layers[l];
+      for (size_t r = 0; r < n; ++r)
+        cpu::rms_norm(x.data() + r * dim, lv.attn_norm.data(), xn.data() + r * dim, dim, c.rms_eps);
+      linears({{&lw.wq, q.data()}, {&lw.wk, k.data()}, {&lw.wv, v.data()}}, xn.data(), n);
+
+      // Biases, RoPE, and the new K/V into the cache.
+      pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
+        for (size_t r = b; r < e; ++r) {
+          float* qr = q.data() + r * qdim;
+          float* kr = k.data() + r * kvdim;
+          float* vr = v.data() + r * kvdim;
+          if (c.qkv_bias) {
+            for (size_t i = 0; i < qdim; ++i)
+              qr[i] += lv.bq[i];
+            for (size_t i = 0; i < kvdim; ++i)
+              kr[i] += lv.bk[i];
+            for (size_t i = 0; i < kvdim; ++i)
+              vr[i] += lv.bv[i];
+          }
+          const float* cs = rope_cs.data() + r * hd;
+          for (uint32_t h = 0; h < c.heads; ++h)
+            cpu::rope_apply(qr + h * hd, c.head_dim, cs, cs + pairs, c.rope);
+          for (uint32_t h = 0; h < c.kv_heads; ++h) {
+            cpu::rope_apply(kr + h * hd, c.head_dim, cs, cs + pairs, c.rope);
+            for (uint32_t kv = 0; kv < 2; ++kv) {
+              std::byte* dst = kv_ptr(p, rows[r], l, kv, h);
+              const float* src = (kv == 0 ? kr : vr) + h * hd;
+              if (f16_kv)
+                cpu::f32_to_f16_row(src, reinterpret_cast<uint16_t*>(dst), hd);
+              else
+                std::memcpy(dst, src, hd * 4);
+            }
+          }
+        }
+      });
+
+      // Causal attention over the paged cache, one task per (row, query head).
+      pool.parallel_for(n * c.heads, 0, [&](size_t b, size_t e, uint32_t t) {
+        float* sc = scores[t].data();
+        for (size_t task = b; task < e; ++task) {
+          const batch_row& r = rows[task / c.heads];
+          const uint32_t h = static_cast<uint32_t>(task % c.heads);
+          const uint32_t kvh = h / group;
+          const float* qv = q.data() + (task / c.heads) * qdim + h * hd;
+          const auto& blocks = tables[r.seq];
+          const uint32_t ctx = r.pos + 1;
+          for (uint32_t p0 = 0; p0 < ctx; p0 += bt) {
+            const std::byte* kb = p.block(blocks[p0 / bt]) + layout.offset(l, 0, kvh, 0);
+            const uint32_t cnt = std::min(bt, ctx - p0);
+            for (uint32_t s = 0; s < cnt; ++s)
+              sc[p0 + s] =
+                  scale *
+                  (f16_kv ? cpu::dot_f32_f16(qv, reinterpret_cast<const uint16_t*>(kb) + s * hd, hd)
+                          : cpu::dot_f32(qv, reinterpret_cast<const float*>(kb) + s * hd, hd));
+          }
+          cpu::softmax(sc, ctx);
+          float* out = att.data() + (task / c.heads) * qdim + h * hd;
+          std::fill(out, out + hd, 0.0f);
+          for (uint32_t p0 = 0; p0 < ctx; p0 += bt) {
+            const std::byte* vb = p.block(blocks[p0 / bt]) + layout.offset(l, 1, kvh, 0);
+            const uint32_t cnt = std::min(bt, ctx - p0);
+            for (uint32_t s = 0; s < cnt; ++s) {
+              if (f16_kv)
+                cpu::axpy_f16(sc[p0 + s], reinterpret_cast<const uint16_t*>(vb) + s * hd, out, hd);
+              else
+                cpu::axpy_f32(sc[p0 + s], reinterpret_cast<const float*>(vb) + s * hd, out, hd);
+            }
+          }
+        }
+      });
+
+      // Output projection into xn (free now), then the residual.
+      linears({{&lw.wo, xn.data()}}, att.data(), n);
+      for (size_t i = 0; i < n * dim; ++i)
+        x[i] += xn[i];
+
+      for (size_t r = 0; r < n; ++r)
+        cpu::rms_norm(x.data() + r * dim, lv.ffn_norm.data(), xn.data() + r * dim, dim, c.rms_eps);
+      linears({{&lw.w_gate, gate.data()}, {&lw.w_up, up.data()}}, xn.data(), n);
+      pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
+        cpu::silu_mul(gate.data() + b * c.ffn, up.data() + b * c.ffn, (e - b) * c.ffn);
+      });
+      linears({{&lw.w_down, xn.data()}}, gate.data(), n);
+      for (size_t i = 0; i < n * dim; ++i)
+        x[i] += xn[i];
+    }
+
+    for (size_t o = 0; o < out_rows.size(); ++o)
+      cpu::rms_norm(x.data() + out_rows[o] * dim, out_norm.data(), out_x.data() + o * dim, dim,
+                    c.rms_eps);
+    linears({{&w.output, logits.data()}}, out_x.data(), out_rows.size());
+  }
+
+  void add_prefill(const block_pool& p, std::span<const prefill_chunk> batch) {
+    check_pool(p);
+    rows.clear();
+    tables.clear();
+    out_rows.clear();
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const auto& ch = batch[i];
+      if (ch.begin >= ch.end || ch.end > ch.tokens.size())
+        throw std::invalid_argument(
+            fmt::format("cpu engine: prefill chunk {}: range [{}, {}) is empty or "
+                        "beyond the prompt ({} tokens)",
+                        i, ch.begin, ch.end, ch.tokens.size()));
+      check_seq(p, ch.tokens, ch.begin, ch.end, ch.blocks, "prefill chunk", i);
+      tables.push_back(ch.blocks);
+      for (uint32_t pos = ch.begin; pos < ch.end; ++pos)
+        rows.push_back({ch.tokens[pos], pos, static_cast<uint32_t>(i)});
+      out_rows.push_back(static_cast<uint32_t>(rows.size() - 1));
+    }
+  }
+
+  void add_decode(const block_pool& p, std::span<const decode_seq> batch) {
+    check_pool(p);
+    rows.clear();
+    tables.clear();
+    out_rows.clear();
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const auto& s = batch[i];
+      if (s.tokens.empty())
+        throw std::invalid_argument(fmt::format("cpu engine: decode sequence {} has no tokens", i));
+      const auto pos = static_cast<uint32_t>(s.tokens.size() - 1);
+      check_seq(p, s.tokens, pos, pos + 1, s.blocks, "decode sequence", i);
+      tables.push_back(s.blocks);
+      rows.push_back({s.tokens[pos], pos, static_cast<uint32_t>(i)});
+      out_rows.push_back(static_cast<uint32_t>(i));
+    }
+  }
+
+  std::span<const float> logits_row(size_t o) const {
+    return {logits.data() + o * c.vocab, c.vocab};
+  }
+};
+
+cpu_engine::cpu_engine(std::shared_ptr<const loaded_model> model, cpu_engine_config cfg)
+    : model_(std::move(model)), cfg_(cfg) {
+  if (!model_) throw std::invalid_argument("cpu engine: no model");
+  const llama_config& c = model_->config;
+  if (auto err = c.validate(); !err.empty()) throw std::invalid_argument("cpu engine: " + err);
+  if (c.heads == 0 || c.kv_heads == 0 || c.heads % c.kv_heads != 0 || c.head_dim % 2 != 0)
+    throw std::invalid_argument(
+        fmt::format("cpu engine: heads {} / kv_heads {} / head_dim {} unsupported", c.heads,
+                    c.kv_heads, c.head_dim));
+  if (cfg_.kv_dtype_bytes != 2 && cfg_.kv_dtype_bytes != 4)
+    throw std::invalid_argument(fmt::format(
+        "cpu engine: kv_dtype_bytes must be 2 (f16) or 4 (f32), got {}", cfg_.kv_dtype_bytes));
+  if (cfg_.block_tokens == 0) throw std::invalid_argument("cpu engine: block_tokens must be > 0");
+  const auto& w = model_->weights;
+  if (w.layers.size() != c.layers)
+    throw std::invalid_argument(
+        fmt::format("cpu engine: {} layer weight sets for {} layers", w.layers.size(), c.layers));
+  const uint64_t qdim = uint64_t{c.heads} * c.head_dim, kvdim = uint64_t{c.kv_heads} * c.head_dim;
+  expect_shape(w.tok_embd, "tok_embd", c.vocab, c.dim);
+  expect_shape(w.out_norm, "out_norm", 1, c.dim);
+  expect_shape(w.output, "output", c.vocab, c.dim);
+  if (w.rope_freqs.present() && w.rope_freqs.rows * w.rope_freqs.cols != c.head_dim / 2)
+    throw std::invalid_argument(fmt::format("cpu engine: rope_freqs has {} values, expected {}",
+                                            w.rope_freqs.rows * w.rope_freqs.cols, c.head_dim / 2));
+  for (const auto& lw : w.layers) {
+    expect_shape(lw.attn_norm, "attn_norm", 1, c.dim);
+    expect_shape(lw.ffn_norm, "ffn_norm", 1, c.dim);
+    expect_shape(lw.wq, "wq", qdim, c.dim);
+    expect_shape(lw.wk, "wk", kvdim, c.dim);
+    expect_shape(lw.wv, "wv", kvdim, c.dim);
+    expect_shape(lw.wo, "wo", c.dim, qdim);
+    expect_shape(lw.w_gate, "w_gate", c.ffn, c.dim);
+    expect_shape(lw.w_up, "w_up", c.ffn, c.dim);
+    expect_shape(lw.w_down, "w_down", c.dim, c.ffn);
+    if (c.qkv_bias) {
+      expect_shape(lw.bq, "bq", 1, qdim);
+      expect_shape(lw.bk, "bk", 1, kvdim);
+      expect_shape(lw.bv, "bv", 1, kvdim);
+    }
+  }
+  info_.name = c.name;
+  info_.vocab_size = c.vocab;
+  info_.max_context = c.max_context;
+  info_.bos = c.bos;
+  info_.eos = c.eos;
+  info_.layout = cpu_kv_layout(c, cfg_);
+  impl_ = std::make_unique<impl>(*model_, cfg_);
+}
+
+cpu_engine::~cpu_engine() = default;
+
+std::vector<token_id> cpu_engine::prefill(block_pool& pool, std::span<const prefill_chunk> batch) {
+  if (batch.empty()) return {};
+  impl_->add_prefill(pool, batch);
+  impl_->forward(pool);
+  std::vector<token_id> out;
+  out.reserve(batch.size());
+  for (size_t i = 0; i < batch.size(); ++i)
+    out.push_back(sample_token(impl_->logits_row(i), batch[i].sampling, batch[i].end));
+  return out;
+}
+
+std::vector<token_id> cpu_engine::decode(block_pool& pool, std::span<const decode_seq> batch) {
+  if (batch.empty()) return {};
+  impl_->add_decode(pool, batch);
+  impl_->forward(pool);
+  std::vector<token_id> out;
+  out.reserve(batch.size());
+  for (size_t i = 0; i < batch.size(); ++i)
+    out.push_back(sample_token(impl_->logits_row(i), batch[i].sampling, batch[i].tokens.size()));
+  return out;
+}
+
+std::vector<float> cpu_engine::prefill_logits(block_pool& pool, const prefill_chunk& chunk) {
+  impl_->add_prefill(pool, {&chunk, 1});
+  impl_->out_rows.clear();
+  for (uint32_t r = 0; r < impl_->rows.size(); ++r)
+    impl_->out_rows.push_back(r);
+  impl_->forward(pool);
+  return {impl_->logits.begin(),
+          impl_->logits.begin() + size_t{chunk.end - chunk.begin} * info_.vocab_size};
+}
+
+std::vector<float> cpu_engine::decode_logits(block_pool& pool, std::span<const decode_seq> batch) {
+  if (batch.empty()) return {};
+  impl_->add_decode(pool, batch);
+  impl_->forward(pool);
+  return {impl_->logits.begin(), impl_->logits.begin() + batch.size() * info_.vocab_size};
+}
+
+}  // namespace tokenmill

@@ -1,0 +1,675 @@
+// Deterministic random-weight models: presets, the byte-level BPE vocabulary, weight
+// generation in Hugging Face convention and the two writers (GGUF file, HF directory).
+#include "engine/make_model.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "engine/cpu/kernels.hpp"
+#include "engine/gguf.hpp"
+#include "engine/safetensors.hpp"
+
+namespace tokenmill {
+namespace {
+
+namespace fs = std::filesystem;
+
+llama_config base_config(std::string name, uint32_t dim, uint32_t layers, uint32_t heads,
+                         uint32_t kv_heads, uint32_t ffn, uint32_t vocab, uint32_t max_context) {
+  llama_config c;
+  c.arch = "llama";
+  c.name = std::move(name);
+  c.dim = dim;
+  c.layers = layers;
+  c.heads = heads;
+  c.kv_heads = kv_heads;
+  c.head_dim = dim / heads;
+  c.ffn = ffn;
+  c.vocab = vocab;
+  c.max_context = max_context;
+  c.rope_theta = 10000;
+  c.rope = rope_style::halves;
+  c.rms_eps = 1e-5f;
+  c.bos = 1;
+  c.eos = 2;
+  c.add_bos = true;
+  return c;
+}
+
+std::vector<model_preset> build_presets() {
+  std::vector<model_preset> p;
+  p.push_back({"tiny", "fast tests: dim 64, 2 layers, GQA 4/2",
+               base_config("tokenmill-tiny", 64, 2, 4, 2, 192, 512, 2048)});
+  {
+    auto c = base_config("tokenmill-llama3-tiny", 64, 2, 4, 2, 192, 512, 4096);
+    c.rope_theta = 500000;
+    c.scaling.type = rope_scaling::kind::llama3;
+    c.scaling.factor = 4;
+    c.scaling.low_freq_factor = 1;
+    c.scaling.high_freq_factor = 4;
+    c.scaling.original_max_context = 1024;
+    p.push_back({"llama3-tiny", "tiny with Llama 3.x RoPE frequency scaling", c});
+  }
+  {
+    auto c = base_config("tokenmill-qwen2-tiny", 64, 2, 4, 2, 192, 512, 2048);
+    c.arch = "qwen2";
+    c.qkv_bias = true;
+    c.rope_theta = 1000000;
+    c.rms_eps = 1e-6f;
+    p.push_back({"qwen2-tiny", "tiny with Qwen2's Q/K/V biases and half-split RoPE", c});
+  }
+  p.push_back({"small", "dim 256, 4 layers, GQA 8/4",
+               base_config("tokenmill-small", 256, 4, 8, 4, 768, 4096, 2048)});
+  p.push_back({"125m", "benchmark preset: dim 768, 12 layers, GQA 12/4, vocab 32000",
+               base_config("tokenmill-125m", 768, 12, 12, 4, 2048, 32000, 2048)});
+  p.push_back({"350m", "dim 1024, 24 layers, GQA 16/8, vocab 32000",
+               base_config("tokenmill-350m", 1024, 24, 16, 8, 2816, 32000, 2048)});
+  p.push_back({"1b", "TinyLlama-1.1B shape: dim 2048, 22 layers, GQA 32/4, vocab 32000",
+               base_config("tokenmill-1b", 2048, 22, 32, 4, 5632, 32000, 2048)});
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------
+// Deterministic numbers.
+
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+uint64_t fnv1a(std::string_view s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (char c : s) {
+    h ^= static_cast<uint8_t>(c);
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+/// `count` values uniform in [center - half_width, center + half_width), a function of the
+/// seed and the tensor's (Hugging Face) name only, so the order of generation is free.
+std::vector<float> uniform_values(uint64_t seed, std::string_view name, size_t count, float center,
+                                  float half_width) {
+  uint64_t state = seed ^ fnv1a(name);
+  splitmix64(state);
+  std::vector<float> v(count);
+  for (auto& x : v) {
+    // 24 random bits -> [0, 1).
+    float u = static_cast<float>(splitmix64(state) >> 40) * (1.0f / 16777216.0f);
+    x = center + half_width * (2 * u - 1);
+  }
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------
+// Element conversion (the CPU kernels' round-to-nearest-even conversions).
+
+std::vector<std::byte> encode(const std::vector<float>& v, dtype t) {
+  std::vector<std::byte> out(v.size() * (t == dtype::f32 ? 4 : 2));
+  if (t == dtype::f32) {
+    std::memcpy(out.data(), v.data(), out.size());
+  } else {
+    std::vector<uint16_t> h(v.size());
+    if (t == dtype::f16) {
+      cpu::f32_to_f16_row(v.data(), h.data(), v.size());
+    } else {
+      for (size_t i = 0; i < v.size(); ++i)
+        h[i] = cpu::f32_to_bf16(v[i]);
+    }
+    std::memcpy(out.data(), h.data(), out.size());  // little-endian host
+  }
+  return out;
+}
+
+/// Hugging Face rotates dimension i with i + d/2 inside each head; GGUF `llama` rotates
+/// (2i, 2i+1). llama.cpp's converter therefore reorders the rows of Q and K (and their
+/// biases) per head: new row 2i + j comes from old row j * d/2 + i (j = 0, 1).
+std::vector<float> permute_for_adjacent(const std::vector<float>& w, uint32_t heads,
+                                        uint32_t head_dim, size_t cols) {
+  std::vector<float> out(w.size());
+  uint32_t half = head_dim / 2;
+  for (uint32_t h = 0; h < heads; ++h)
+    for (uint32_t i = 0; i < half; ++i)
+      for (uint32_t j = 0; j < 2; ++j) {
+        size_t dst = size_t{h} * head_dim + 2 * i + j;
+        size_t src = size_t{h} * head_dim + j * half + i;
+        std::memcpy(out.data() + dst * cols, w.data() + src * cols, cols * sizeof(float));
+      }
+  return out;
+}
+
+/// llama.cpp's `rope_freqs.weight` for Llama 3.x scaling: per frequency, the divisor of
+/// theta^(-2i/d) that Hugging Face's "llama3" rope_type applies.
+std::vector<float> llama3_rope_divisors(const llama_config& c) {
+  const auto& s = c.scaling;
+  const double pi = 3.14159265358979323846;
+  double low_wavelen = s.original_max_context / s.low_freq_factor;
+  double high_wavelen = s.original_max_context / s.high_freq_factor;
+  std::vector<float> out;
+  for (uint32_t i = 0; i < c.head_dim / 2; ++i) {
+    double freq = std::pow(static_cast<double>(c.rope_theta), -2.0 * i / c.head_dim);
+    double wavelen = 2 * pi / freq;
+    double div = 1;
+    if (wavelen > low_wavelen) {
+      div = s.factor;
+    } else if (wavelen >= high_wavelen) {
+      double smooth = (s.original_max_context / wavelen - s.low_freq_factor) /
+                      (s.high_freq_factor - s.low_freq_factor);
+      div = 1 / ((1 - smooth) / s.factor + smooth);
+    }
+    out.push_back(static_cast<float>(div));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// The vocabulary.
+
+/// Common English words, most frequent first; make_model_vocab turns them into tokens.
+constexpr const char* common_words[] = {
+    "the",      "of",         "and",         "to",         "in",        "a",         "is",
+    "that",     "for",        "it",          "as",         "was",       "with",      "be",
+    "by",       "on",         "not",         "he",         "I",         "this",      "are",
+    "or",       "his",        "from",        "at",         "which",     "but",       "have",
+    "an",       "had",        "they",        "you",        "were",      "their",     "one",
+    "all",      "we",         "can",         "her",        "has",       "there",     "been",
+    "if",       "more",       "when",        "will",       "would",     "who",       "so",
+    "no",       "she",        "other",       "its",        "may",       "these",     "what",
+    "them",     "than",       "some",        "him",        "time",      "into",      "only",
+    "do",       "could",      "new",         "about",      "two",       "then",      "any",
+    "first",    "my",         "also",        "should",     "like",      "our",       "out",
+    "up",       "over",       "now",         "such",       "made",      "way",       "many",
+    "most",     "after",      "even",        "where",      "very",      "did",       "your",
+    "just",     "those",      "people",      "how",        "because",   "through",   "each",
+    "much",     "before",     "same",        "well",       "world",     "must",      "good",
+    "years",    "make",       "work",        "long",       "between",   "life",      "both",
+    "under",    "never",      "day",         "own",        "us",        "while",     "know",
+    "here",     "last",       "might",       "great",      "old",       "year",      "off",
+    "come",     "since",      "against",     "go",         "came",      "right",     "used",
+    "take",     "three",      "state",       "place",      "small",     "again",     "found",
+    "still",    "house",      "part",        "back",       "few",       "general",   "high",
+    "system",   "every",      "water",       "another",    "being",     "without",   "school",
+    "down",     "think",      "little",      "need",       "number",    "why",       "things",
+    "help",     "world",      "point",       "home",       "hand",      "end",       "said",
+    "see",      "use",        "her",         "get",        "look",      "want",      "give",
+    "going",    "name",       "city",        "country",    "family",    "group",     "story",
+    "thing",    "question",   "problem",     "power",      "money",     "night",     "area",
+    "book",     "word",       "business",    "government", "company",   "child",     "children",
+    "man",      "men",        "woman",       "women",      "head",      "side",      "case",
+    "week",     "month",      "fact",        "lot",        "eye",       "job",       "team",
+    "idea",     "body",       "information", "face",       "others",    "level",     "office",
+    "door",     "health",     "person",      "art",        "war",       "history",   "party",
+    "result",   "change",     "morning",     "reason",     "research",  "girl",      "guy",
+    "moment",   "air",        "teacher",     "force",      "education", "foot",      "boy",
+    "age",      "policy",     "music",       "market",     "sense",     "nation",    "plan",
+    "college",  "interest",   "death",       "experience", "effect",    "class",     "control",
+    "care",     "field",      "development", "role",       "effort",    "rate",      "heart",
+    "drug",     "show",       "light",       "voice",      "wife",      "process",   "law",
+    "friend",   "data",       "model",       "language",   "text",      "token",     "computer",
+    "science",  "open",       "read",        "write",      "call",      "ask",       "run",
+    "move",     "live",       "believe",     "bring",      "happen",    "begin",     "keep",
+    "hold",     "turn",       "start",       "seem",       "feel",      "try",       "leave",
+    "put",      "mean",       "let",         "tell",       "become",    "show",      "hear",
+    "play",     "pay",        "meet",        "include",    "continue",  "set",       "learn",
+    "lead",     "understand", "watch",       "follow",     "stop",      "create",    "speak",
+    "allow",    "add",        "spend",       "grow",       "offer",     "remember",  "love",
+    "consider", "appear",     "buy",         "wait",       "serve",     "die",       "send",
+    "expect",   "build",      "stay",        "fall",       "cut",       "reach",     "kill",
+    "remain",   "good",       "important",   "large",      "big",       "different", "real",
+    "best",     "better",     "sure",        "free",       "whole",     "young",     "early",
+    "able",     "human",      "local",       "late",       "hard",      "major",     "social",
+    "public",   "national",   "political",   "economic",   "white",     "black",     "red",
+    "green",    "blue",       "simple",      "quick",      "brown",     "fox",       "jumps",
+    "lazy",     "dog",        "cat",         "sun",        "moon",      "tree",      "river",
+    "sea",      "city",       "road",        "car",        "food",      "bread",     "milk",
+    "coffee",   "tea",        "table",       "chair",      "window",    "garden",    "king",
+    "queen",    "once",       "upon",        "always",     "often",     "sometimes", "today",
+    "tomorrow", "yesterday",  "hello",       "yes",        "please",    "thank",     "thanks",
+    "sorry",    "number",     "zero",        "four",       "five",      "six",       "seven",
+    "eight",    "nine",       "ten",         "hundred",    "thousand",  "million",   "Monday",
+    "Sunday",   "January",    "English",     "American",   "The",       "In",        "It",
+    "This",     "He",         "She",         "We",         "They",      "A",         "And",
+    "But",      "If",         "What",        "When",       "There"};
+
+/// GPT-2's byte-to-symbol table: printable Latin-1 bytes stand for themselves, the others
+/// (control bytes, space, ...) map to code points from U+0100 up, in byte order.
+std::vector<std::string> gpt2_byte_symbols() {
+  std::vector<std::string> sym(256);
+  auto printable = [](int b) {
+    return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+  };
+  auto utf8 = [](uint32_t cp) {
+    std::string s;
+    if (cp < 0x80) {
+      s += static_cast<char>(cp);
+    } else {
+      s += static_cast<char>(0xC0 | (cp >> 6));
+      s += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+    return s;
+  };
+  uint32_t next = 256;
+  for (int b = 0; b < 256; ++b)
+    sym[b] = utf8(printable(b) ? static_cast<uint32_t>(b) : next++);
+  return sym;
+}
+
+/// Builds the merge list while keeping a naive BPE encoder consistent with it.
+class vocab_builder {
+ public:
+  explicit vocab_builder(uint32_t target) : target_(target) {}
+
+  void add_token(std::string piece, token_kind kind) {
+    index_.emplace(piece, static_cast<token_id>(tokens_.size()));
+    tokens_.push_back(std::move(piece));
+    kinds_.push_back(kind);
+  }
+  bool full() const { return tokens_.size() >= target_; }
+  bool has(const std::string& piece) const { return index_.count(piece) != 0; }
+
+  /// Adds the merge "a b" (lowest priority so far) and the token a+b.
+  void add_merge(const std::string& a, const std::string& b) {
+    ranks_.emplace(a + " " + b, static_cast<uint32_t>(merges_.size()));
+    merges_.push_back(a + " " + b);
+    add_token(a + b, token_kind::normal);
+  }
+
+  /// Byte-level BPE of one pre-token given as symbols: apply the best-ranked merge until
+  /// none applies.
+  std::vector<std::string> bpe(std::vector<std::string> parts) const {
+    for (;;) {
+      size_t best = parts.size();
+      uint32_t best_rank = UINT32_MAX;
+      for (size_t i = 0; i + 1 < parts.size(); ++i) {
+        auto it = ranks_.find(parts[i] + " " + parts[i + 1]);
+        if (it != ranks_.end() && it->second < best_rank) {
+          best_rank = it->second;
+          best = i;
+        }
+      }
+      if (best == parts.size()) return parts;
+      parts[best] += parts[best + 1];
+      parts.erase(parts.begin() + static_cast<std::ptrdiff_t>(best) + 1);
+    }
+  }
+
+  /// Adds merges until `symbols` encodes as one token. A new merge ranks below every
+  /// existing one, so words added earlier keep encoding as one token.
+  void add_word(const std::vector<std::string>& symbols) {
+    for (;;) {
+      if (full()) return;
+      auto parts = bpe(symbols);
+      if (parts.size() <= 1) return;
+      add_merge(parts[0], parts[1]);
+    }
+  }
+
+  vocab_spec finish() && {
+    vocab_spec s;
+    s.model = vocab_spec::model_kind::bpe;
+    s.tokens = std::move(tokens_);
+    s.kinds = std::move(kinds_);
+    s.merges = std::move(merges_);
+    return s;
+  }
+
+  const std::vector<std::string>& tokens() const { return tokens_; }
+
+ private:
+  uint32_t target_;
+  std::vector<std::string> tokens_;
+  std::vector<token_kind> kinds_;
+  std::vector<std::string> merges_;
+  std::unordered_map<std::string, token_id> index_;
+  std::unordered_map<std::string, uint32_t> ranks_;
+};
+
+/// Whether `piece` is ASCII letters, optionally after the "Ġ" (space) symbol.
+bool letter_piece(const std::string& piece, bool allow_space) {
+  std::string_view p = piece;
+  if (allow_space && p.starts_with("\xC4\xA0")) p.remove_prefix(2);
+  if (p.empty()) return false;
+  return std::all_of(p.begin(), p.end(),
+                     [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); });
+}
+
+// ---------------------------------------------------------------------------------------
+// Writers.
+
+std::string hf_dtype_name(dtype t) {
+  switch (t) {
+    case dtype::f32:
+      return "float32";
+    case dtype::f16:
+      return "float16";
+    case dtype::bf16:
+      return "bfloat16";
+    default:
+      return "unknown";
+  }
+}
+
+/// One tensor of the model, in Hugging Face convention.
+struct gen_tensor {
+  std::string hf_name;
+  std::string gguf_name;
+  uint64_t rows = 0;  ///< 1 for vectors
+  uint64_t cols = 0;
+  bool is_matrix = true;       ///< stored as opts.type; vectors (norms, biases) stay f32
+  uint32_t permute_heads = 0;  ///< GGUF llama: Q/K rows reordered over this many heads
+};
+
+std::vector<gen_tensor> tensor_list(const llama_config& c) {
+  std::vector<gen_tensor> t;
+  uint64_t q_rows = uint64_t{c.heads} * c.head_dim;
+  uint64_t kv_rows = uint64_t{c.kv_heads} * c.head_dim;
+  t.push_back({"model.embed_tokens.weight", "token_embd.weight", c.vocab, c.dim, true, 0});
+  for (uint32_t l = 0; l < c.layers; ++l) {
+    auto hf = fmt::format("model.layers.{}.", l);
+    auto gg = fmt::format("blk.{}.", l);
+    t.push_back({hf + "input_layernorm.weight", gg + "attn_norm.weight", 1, c.dim, false, 0});
+    t.push_back(
+        {hf + "self_attn.q_proj.weight", gg + "attn_q.weight", q_rows, c.dim, true, c.heads});
+    t.push_back(
+        {hf + "self_attn.k_proj.weight", gg + "attn_k.weight", kv_rows, c.dim, true, c.kv_heads});
+    t.push_back({hf + "self_attn.v_proj.weight", gg + "attn_v.weight", kv_rows, c.dim, true, 0});
+    if (c.qkv_bias) {
+      t.push_back({hf + "self_attn.q_proj.bias", gg + "attn_q.bias", 1, q_rows, false, c.heads});
+      t.push_back(
+          {hf + "self_attn.k_proj.bias", gg + "attn_k.bias", 1, kv_rows, false, c.kv_heads});
+      t.push_back({hf + "self_attn.v_proj.bias", gg + "attn_v.bias", 1, kv_rows, false, 0});
+    }
+    t.push_back(
+        {hf + "self_attn.o_proj.weight", gg + "attn_output.weight", c.dim, q_rows, true, 0});
+    t.push_back(
+        {hf + "post_attention_layernorm.weight", gg + "ffn_norm.weight", 1, c.dim, false, 0});
+    t.push_back({hf + "mlp.gate_proj.weight", gg + "ffn_gate.weight", c.ffn, c.dim, true, 0});
+    t.push_back({hf + "mlp.up_proj.weight", gg + "ffn_up.weight", c.ffn, c.dim, true, 0});
+    t.push_back({hf + "mlp.down_proj.weight", gg + "ffn_down.weight", c.dim, c.ffn, true, 0});
+  }
+  t.push_back({"model.norm.weight", "output_norm.weight", 1, c.dim, false, 0});
+  t.push_back({"lm_head.weight", "output.weight", c.vocab, c.dim, true, 0});
+  return t;
+}
+
+/// The values of one tensor (HF convention): matrices uniform in +-1/sqrt(fan_in) like
+/// PyTorch's nn.Linear default (the embedding wider, +-0.5), norms 1 +- 0.1, biases +-0.1.
+std::vector<float> generate(const gen_tensor& t, uint64_t seed) {
+  size_t n = static_cast<size_t>(t.rows * t.cols);
+  bool is_norm = t.hf_name.find("norm") != std::string::npos;
+  if (is_norm) return uniform_values(seed, t.hf_name, n, 1.0f, 0.1f);
+  if (!t.is_matrix) return uniform_values(seed, t.hf_name, n, 0.0f, 0.1f);
+  if (t.hf_name == "model.embed_tokens.weight")
+    return uniform_values(seed, t.hf_name, n, 0.0f, 0.5f);
+  return uniform_values(seed, t.hf_name, n, 0.0f, 1.0f / std::sqrt(static_cast<float>(t.cols)));
+}
+
+std::string write_text(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) return fmt::format("cannot create {}", path.string());
+  out << text;
+  out.close();
+  if (!out) return fmt::format("cannot write {}", path.string());
+  return {};
+}
+
+std::string write_gguf(const make_model_options& opts, const llama_config& c,
+                       const vocab_spec& vocab) {
+  gguf_writer w;
+  const std::string& a = c.arch;
+  w.set_string("general.architecture", a);
+  w.set_string("general.name", c.name);
+  w.set_u32("general.file_type", opts.type == dtype::f32 ? 0u : opts.type == dtype::f16 ? 1u : 32u);
+  w.set_u32(a + ".vocab_size", c.vocab);
+  w.set_u32(a + ".context_length", c.max_context);
+  w.set_u32(a + ".embedding_length", c.dim);
+  w.set_u32(a + ".block_count", c.layers);
+  w.set_u32(a + ".feed_forward_length", c.ffn);
+  w.set_u32(a + ".attention.head_count", c.heads);
+  w.set_u32(a + ".attention.head_count_kv", c.kv_heads);
+  w.set_u32(a + ".attention.key_length", c.head_dim);
+  w.set_u32(a + ".attention.value_length", c.head_dim);
+  w.set_u32(a + ".rope.dimension_count", c.head_dim);
+  w.set_f32(a + ".rope.freq_base", c.rope_theta);
+  w.set_f32(a + ".attention.layer_norm_rms_epsilon", c.rms_eps);
+
+  w.set_string("tokenizer.ggml.model", "gpt2");
+  w.set_string("tokenizer.ggml.pre", vocab.pre);
+  w.set_strings("tokenizer.ggml.tokens", vocab.tokens);
+  std::vector<int32_t> types;
+  for (auto k : vocab.kinds)
+    types.push_back(static_cast<int32_t>(k));
+  w.set_i32s("tokenizer.ggml.token_type", std::move(types));
+  w.set_strings("tokenizer.ggml.merges", vocab.merges);
+  w.set_u32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(vocab.bos));
+  w.set_u32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(vocab.eos));
+  w.set_u32("tokenizer.ggml.unknown_token_id", static_cast<uint32_t>(vocab.unk));
+  w.set_bool("tokenizer.ggml.add_bos_token", vocab.add_bos);
+  w.set_bool("tokenizer.ggml.add_eos_token", false);
+
+  // GGUF `llama` rotates adjacent pairs; qwen2 (NEOX) keeps Hugging Face's halves.
+  bool permute = c.arch != "qwen2";
+  for (const auto& t : tensor_list(c)) {
+    auto values = generate(t, opts.seed);
+    if (permute && t.permute_heads != 0)
+      values = permute_for_adjacent(values, t.permute_heads, c.head_dim,
+                                    static_cast<size_t>(t.is_matrix ? t.cols : 1));
+    dtype type = t.is_matrix ? opts.type : dtype::f32;
+    std::vector<uint64_t> shape = t.rows == 1 && !t.is_matrix
+                                      ? std::vector<uint64_t>{t.cols}
+                                      : std::vector<uint64_t>{t.cols, t.rows};
+    w.add_tensor(t.gguf_name, type, std::move(shape), encode(values, type));
+  }
+  if (c.scaling.type == rope_scaling::kind::llama3) {
+    auto div = llama3_rope_divisors(c);
+    std::vector<uint64_t> shape{div.size()};
+    w.add_tensor("rope_freqs.weight", dtype::f32, std::move(shape), encode(div, dtype::f32));
+  }
+  return w.write(opts.output);
+}
+
+nlohmann::ordered_json hf_config(const make_model_options& opts, const llama_config& c) {
+  bool qwen = c.arch == "qwen2";
+  nlohmann::ordered_json j;
+  j["_name_or_path"] = c.name;
+  j["architectures"] = {qwen ? "Qwen2ForCausalLM" : "LlamaForCausalLM"};
+  j["model_type"] = qwen ? "qwen2" : "llama";
+  j["hidden_size"] = c.dim;
+  j["intermediate_size"] = c.ffn;
+  j["num_hidden_layers"] = c.layers;
+  j["num_attention_heads"] = c.heads;
+  j["num_key_value_heads"] = c.kv_heads;
+  j["head_dim"] = c.head_dim;
+  j["hidden_act"] = "silu";
+  j["max_position_embeddings"] = c.max_context;
+  j["rms_norm_eps"] = c.rms_eps;
+  j["rope_theta"] = c.rope_theta;
+  if (c.scaling.type == rope_scaling::kind::llama3) {
+    j["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", c.scaling.factor},
+                         {"low_freq_factor", c.scaling.low_freq_factor},
+                         {"high_freq_factor", c.scaling.high_freq_factor},
+                         {"original_max_position_embeddings", c.scaling.original_max_context}};
+  } else {
+    j["rope_scaling"] = nullptr;
+  }
+  if (!qwen) j["attention_bias"] = c.qkv_bias;
+  if (qwen) j["use_sliding_window"] = false;
+  j["vocab_size"] = c.vocab;
+  j["bos_token_id"] = c.bos;
+  j["eos_token_id"] = c.eos;
+  j["tie_word_embeddings"] = false;
+  j["torch_dtype"] = hf_dtype_name(opts.type);
+  j["transformers_version"] = "4.44.0";
+  return j;
+}
+
+std::string write_hf(const make_model_options& opts, const llama_config& c,
+                     const vocab_spec& vocab) {
+  fs::path dir = opts.output;
+  std::error_code ec;
+  if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
+    return fmt::format("{} exists and is not a directory", dir.string());
+  fs::create_directories(dir, ec);
+  if (ec) return fmt::format("cannot create directory {}: {}", dir.string(), ec.message());
+
+  if (auto err = write_text(dir / "config.json", hf_config(opts, c).dump(2) + "\n"); !err.empty())
+    return err;
+  nlohmann::ordered_json gen;
+  gen["bos_token_id"] = c.bos;
+  gen["eos_token_id"] = c.eos;
+  if (auto err = write_text(dir / "generation_config.json", gen.dump(2) + "\n"); !err.empty())
+    return err;
+  nlohmann::ordered_json tc;
+  tc["add_bos_token"] = vocab.add_bos;
+  tc["add_eos_token"] = false;
+  tc["bos_token"] = vocab.tokens[static_cast<size_t>(vocab.bos)];
+  tc["eos_token"] = vocab.tokens[static_cast<size_t>(vocab.eos)];
+  tc["unk_token"] = vocab.tokens[static_cast<size_t>(vocab.unk)];
+  tc["model_max_length"] = c.max_context;
+  tc["tokenizer_class"] = "PreTrainedTokenizerFast";
+  tc["clean_up_tokenization_spaces"] = false;
+  if (auto err = write_text(dir / "tokenizer_config.json", tc.dump(2) + "\n"); !err.empty())
+    return err;
+  if (auto err = write_tokenizer_json(vocab, (dir / "tokenizer.json").string()); !err.empty())
+    return err;
+
+  safetensors_writer w;
+  w.set_metadata("format", "pt");
+  for (const auto& t : tensor_list(c)) {
+    dtype type = t.is_matrix ? opts.type : dtype::f32;
+    std::vector<uint64_t> shape =
+        t.is_matrix ? std::vector<uint64_t>{t.rows, t.cols} : std::vector<uint64_t>{t.cols};
+    w.add_tensor(t.hf_name, type, std::move(shape), encode(generate(t, opts.seed), type));
+  }
+  return w.write((dir / "model.safetensors").string());
+}
+
+}  // namespace
+
+const std::vector<model_preset>& model_presets() {
+  static const std::vector<model_preset> presets = build_presets();
+  return presets;
+}
+
+const model_preset* find_model_preset(std::string_view name) {
+  for (const auto& p : model_presets())
+    if (p.name == name) return &p;
+  return nullptr;
+}
+
+uint64_t model_parameter_count(const llama_config& c) {
+  uint64_t n = 0;
+  for (const auto& t : tensor_list(c))
+    n += t.rows * t.cols;
+  return n;
+}
+
+uint64_t model_weight_bytes(const llama_config& c, dtype t) {
+  uint64_t n = 0;
+  for (const auto& g : tensor_list(c))
+    n += g.rows * row_bytes(g.is_matrix ? t : dtype::f32, g.cols);
+  if (c.scaling.type == rope_scaling::kind::llama3) n += uint64_t{c.head_dim} / 2 * 4;
+  return n;
+}
+
+uint64_t model_step_weight_bytes(const llama_config& c, dtype t) {
+  uint64_t n = 0;
+  for (const auto& g : tensor_list(c))
+    if (g.is_matrix && g.hf_name != "model.embed_tokens.weight") n += g.rows * row_bytes(t, g.cols);
+  return n;
+}
+
+vocab_spec make_model_vocab(uint32_t vocab_size) {
+  vocab_builder b(vocab_size);
+  b.add_token("<unk>", token_kind::unknown);
+  b.add_token("<s>", token_kind::control);
+  b.add_token("</s>", token_kind::control);
+  auto sym = gpt2_byte_symbols();
+  for (const auto& s : sym)
+    b.add_token(s, token_kind::normal);
+
+  auto symbols_of = [&](std::string_view text) {
+    std::vector<std::string> out;
+    for (char ch : text)
+      out.push_back(sym[static_cast<uint8_t>(ch)]);
+    return out;
+  };
+  // Words: " word" first (running text), then "word" (line starts).
+  std::set<std::string> seen;
+  for (const char* word : common_words) {
+    if (!seen.insert(word).second) continue;
+    b.add_word(symbols_of(std::string(" ") + word));
+    b.add_word(symbols_of(word));
+  }
+
+  // Filler: deterministic merges of letter pieces (a word-like piece followed by a
+  // letters-only piece), so the extra tokens are reachable by ordinary text.
+  std::vector<std::string> heads, tails;
+  for (const auto& t : b.tokens()) {
+    if (letter_piece(t, true)) heads.push_back(t);
+    if (letter_piece(t, false)) tails.push_back(t);
+  }
+  uint64_t state = 0x746f6b656e6d696cull;  // fixed: the vocabulary does not depend on the seed
+  uint64_t attempts = 0;
+  while (!b.full() && attempts < uint64_t{vocab_size} * 1000) {
+    ++attempts;
+    const auto& a = heads[splitmix64(state) % heads.size()];
+    const auto& c = tails[splitmix64(state) % tails.size()];
+    if (a.size() + c.size() > 14 || b.has(a + c)) continue;
+    std::string left = a, right = c;  // copies: add_merge may grow the vectors
+    b.add_merge(left, right);
+    heads.push_back(left + right);
+    if (letter_piece(left, false)) tails.push_back(left + right);
+  }
+  auto spec = std::move(b).finish();
+  spec.pre = "gpt2";
+  spec.unk = 0;
+  spec.bos = 1;
+  spec.eos = 2;
+  spec.add_bos = true;
+  spec.add_space_prefix = false;
+  return spec;
+}
+
+std::string make_model(const make_model_options& opts) {
+  const model_preset* preset = find_model_preset(opts.preset);
+  if (preset == nullptr) {
+    std::string known;
+    for (const auto& p : model_presets())
+      known += (known.empty() ? "" : ", ") + p.name;
+    return fmt::format("unknown preset '{}' (known: {})", opts.preset, known);
+  }
+  if (opts.type != dtype::f32 && opts.type != dtype::f16 && opts.type != dtype::bf16)
+    return fmt::format("dtype '{}' is not supported by make-model (f32, f16 or bf16)",
+                       dtype_name(opts.type));
+  if (opts.format != "gguf" && opts.format != "hf")
+    return fmt::format("unknown format '{}' (gguf or hf)", opts.format);
+  if (opts.output.empty()) return "no output path given";
+  const llama_config& c = preset->config;
+  if (auto err = c.validate(); !err.empty())
+    return fmt::format("preset '{}' is inconsistent: {}", preset->name, err);
+
+  auto vocab = make_model_vocab(c.vocab);
+  if (opts.format == "gguf") {
+    std::error_code ec;
+    auto parent = fs::path(opts.output).parent_path();
+    if (!parent.empty()) fs::create_directories(parent, ec);
+    return write_gguf(opts, c, vocab);  // the writer's errors name the file
+  }
+  return write_hf(opts, c, vocab);
+}
+
+}  // namespace tokenmill

@@ -1,0 +1,307 @@
+// The CPU forward pass on small random in-memory models: chunked prefill, token-by-token
+// decode and batched decode agree; an f16 KV cache stays close to f32; bad input throws.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "engine/cpu/kernels.hpp"
+#include "engine/cpu_engine.hpp"
+
+using namespace tokenmill;
+
+namespace {
+
+struct model_options {
+  dtype type = dtype::f32;
+  rope_style rope = rope_style::adjacent;
+  bool qkv_bias = false;
+  rope_scaling scaling;
+};
+
+/// A random Llama-shaped model: dim 64, 2 layers, 4 heads over 2 KV heads (GQA), head_dim
+/// 16, ffn 96, vocab 300. Weights live in the model's own storage.
+std::shared_ptr<const loaded_model> make_random_model(const model_options& o, uint32_t seed = 1) {
+  auto m = std::make_shared<loaded_model>();
+  llama_config& c = m->config;
+  c.name = "random";
+  c.dim = 64;
+  c.layers = 2;
+  c.heads = 4;
+  c.kv_heads = 2;
+  c.head_dim = 16;
+  c.ffn = 96;
+  c.vocab = 300;
+  c.max_context = 512;
+  c.rope = o.rope;
+  c.scaling = o.scaling;
+  c.qkv_bias = o.qkv_bias;
+  m->tok = std::make_shared<byte_word_tokenizer>(c.vocab);
+  std::mt19937 rng(seed);
+  auto tensor = [&](const char* name, dtype t, uint64_t rows, uint64_t cols, float center,
+                    float spread) {
+    std::uniform_real_distribution<float> d(center - spread, center + spread);
+    auto bytes = std::make_shared<std::vector<std::byte>>(rows * row_bytes(t, cols));
+    std::vector<float> f(cols);
+    for (uint64_t r = 0; r < rows; ++r) {
+      for (auto& x : f)
+        x = d(rng);
+      std::byte* dst = bytes->data() + r * row_bytes(t, cols);
+      for (uint64_t k = 0; k < cols; ++k) {
+        if (t == dtype::f32) std::memcpy(dst + 4 * k, &f[k], 4);
+        if (t == dtype::f16 || t == dtype::bf16) {
+          uint16_t h = t == dtype::f16 ? cpu::f32_to_f16(f[k]) : cpu::f32_to_bf16(f[k]);
+          std::memcpy(dst + 2 * k, &h, 2);
+        }
+      }
+      if (t == dtype::q8_0) cpu::quantize_row_q8_0(f.data(), dst, cols);
+    }
+    m->storage.push_back(bytes);
+    return tensor_view{name, t, rows, cols, bytes->data()};
+  };
+  const float lin = 1.0f / std::sqrt(64.0f) * 1.7f;  // keeps activations O(1)
+  auto& w = m->weights;
+  w.tok_embd = tensor("tok_embd", o.type, c.vocab, c.dim, 0, 1);
+  for (uint32_t l = 0; l < c.layers; ++l) {
+    layer_weights lw;
+    lw.attn_norm = tensor("attn_norm", dtype::f32, 1, c.dim, 1, 0.2f);
+    lw.wq = tensor("wq", o.type, 64, c.dim, 0, 3 * lin);
+    lw.wk = tensor("wk", o.type, 32, c.dim, 0, 3 * lin);
+    lw.wv = tensor("wv", o.type, 32, c.dim, 0, lin);
+    lw.wo = tensor("wo", o.type, c.dim, 64, 0, lin);
+    if (o.qkv_bias) {
+      lw.bq = tensor("bq", dtype::f32, 1, 64, 0, 0.5f);
+      lw.bk = tensor("bk", dtype::f32, 1, 32, 0, 0.5f);
+      lw.bv = tensor("bv", dtype::f32, 1, 32, 0, 0.5f);
+    }
+    lw.ffn_norm = tensor("ffn_norm", dtype::f32, 1, c.dim, 1, 0.2f);
+    lw.w_gate = tensor("w_gate", o.type, c.ffn, c.dim, 0, lin);
+    lw.w_up = tensor("w_up", o.type, c.ffn, c.dim, 0, lin);
+    lw.w_down = tensor("w_down", o.type, c.dim, c.ffn, 0, lin);
+    w.layers.push_back(lw);
+  }
+  w.out_norm = tensor("out_norm", dtype::f32, 1, c.dim, 1, 0.2f);
+  w.output = tensor("output", o.type, c.vocab, c.dim, 0, 2 * lin);
+  return m;
+}
+
+std::vector<token_id> random_tokens(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<token_id> d(0, 299);
+  std::vector<token_id> t(n);
+  for (auto& x : t)
+    x = d(rng);
+  return t;
+}
+
+float max_abs_diff(std::span<const float> a, std::span<const float> b) {
+  REQUIRE(a.size() == b.size());
+  float m = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+/// Logits of every position of `tokens`, computed by prefill of the first token and then
+/// one decode step per token.
+std::vector<float> decode_all(cpu_engine& e, block_pool& pool, std::span<const token_id> tokens,
+                              std::span<const block_id> blocks) {
+  auto out = e.prefill_logits(pool, prefill_chunk{tokens, 0, 1, blocks, {}});
+  for (size_t i = 2; i <= tokens.size(); ++i) {
+    decode_seq s{tokens.first(i), blocks, {}};
+    auto row = e.decode_logits(pool, {&s, 1});
+    out.insert(out.end(), row.begin(), row.end());
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("cpu engine: one-chunk prefill == chunked prefill == token-by-token decode", "[cpu]") {
+  struct variant {
+    const char* name;
+    model_options opt;
+  };
+  const variant variants[] = {
+      {"f32", {dtype::f32, rope_style::adjacent, false, {}}},
+      {"f16 halves qkv-bias", {dtype::f16, rope_style::halves, true, {}}},
+      {"bf16 llama3",
+       {dtype::bf16, rope_style::adjacent, false, {rope_scaling::kind::llama3, 8, 1, 4, 16}}},
+      {"q8_0 linear",
+       {dtype::q8_0, rope_style::halves, false, {rope_scaling::kind::linear, 2, 1, 4, 8192}}},
+  };
+  for (const auto& v : variants) {
+    for (uint32_t kv_bytes : {4u, 2u}) {
+      INFO(v.name << " kv_bytes=" << kv_bytes);
+      cpu_engine e(make_random_model(v.opt),
+                   {.threads = 3, .kv_dtype_bytes = kv_bytes, .block_tokens = 16});
+      const auto n = 40u;
+      auto tokens = random_tokens(n, 5);
+      const std::vector<block_id> blocks = {5, 2, 7};  // not in order: exercises the table
+      const uint32_t V = e.info().vocab_size;
+
+      block_pool p1(e.info().layout, 8);
+      auto whole = e.prefill_logits(p1, prefill_chunk{tokens, 0, n, blocks, {}});
+      REQUIRE(whole.size() == size_t{n} * V);
+
+      block_pool p2(e.info().layout, 8);
+      std::vector<float> chunked;
+      for (auto [b, en] : {std::pair{0u, 13u}, {13u, 29u}, {29u, n}}) {
+        auto part = e.prefill_logits(p2, prefill_chunk{tokens, b, en, blocks, {}});
+        chunked.insert(chunked.end(), part.begin(), part.end());
+      }
+      CHECK(max_abs_diff(whole, chunked) < 1e-4f);
+
+      block_pool p3(e.info().layout, 8);
+      auto stepped = decode_all(e, p3, tokens, blocks);
+      // With an f16 cache, GEMM (prefill) and GEMV (decode) sum in different orders, and a
+      // 1e-7 difference can flip an f16 rounding of K/V (one ulp = 5e-4 relative).
+      CHECK(max_abs_diff(whole, stepped) < (kv_bytes == 4 ? 1e-4f : 3e-3f));
+
+      // The cache contents agree too (chunked vs whole prefill).
+      for (block_id b : blocks) {
+        const float* a = reinterpret_cast<const float*>(p1.block(b));
+        const float* c = reinterpret_cast<const float*>(p2.block(b));
+        size_t nf = p1.block_bytes() / 4;
+        float d = 0;
+        for (size_t i = 0; i < nf; ++i)
+          d = std::max(d, std::fabs(a[i] - c[i]));
+        if (kv_bytes == 4) CHECK(d < 1e-4f);
+      }
+
+      // prefill() samples greedily from the last row of each chunk; several chunks of
+      // different sequences (and two chunks of one sequence) in one batch.
+      block_pool p4(e.info().layout, 16);
+      auto t2 = random_tokens(21, 9);
+      const std::vector<block_id> b2 = {0, 1}, b3 = {3, 4, 6};
+      std::vector<prefill_chunk> batch = {
+          {tokens, 0, 20, b3, {}}, {t2, 0, 21, b2, {}}, {tokens, 20, n, b3, {}}};
+      auto next = e.prefill(p4, batch);
+      REQUIRE(next.size() == 3);
+      auto argmax = [&](std::span<const float> row) {
+        return token_id(std::max_element(row.begin(), row.end()) - row.begin());
+      };
+      CHECK(next[0] == argmax(std::span(whole).subspan(19 * V, V)));
+      CHECK(next[2] == argmax(std::span(whole).subspan((n - 1) * V, V)));
+      block_pool p5(e.info().layout, 4);
+      auto alone = e.prefill_logits(p5, prefill_chunk{t2, 0, 21, b2, {}});
+      CHECK(next[1] == argmax(std::span(alone).subspan(20 * V, V)));
+    }
+  }
+}
+
+TEST_CASE("cpu engine: batched decode equals each sequence alone", "[cpu]") {
+  cpu_engine e(make_random_model({dtype::f16, rope_style::adjacent, true, {}}),
+               {.threads = 2, .kv_dtype_bytes = 2, .block_tokens = 8});
+  const uint32_t V = e.info().vocab_size;
+  block_pool pool(e.info().layout, 64);
+  const std::vector<size_t> lengths = {1, 9, 30, 17};
+  std::vector<std::vector<token_id>> toks;
+  std::vector<std::vector<block_id>> tables;
+  for (size_t s = 0; s < lengths.size(); ++s) {
+    toks.push_back(random_tokens(lengths[s] + 1, 100 + uint32_t(s)));
+    tables.push_back(*pool.allocate(pool.layout().blocks_for(uint32_t(lengths[s] + 1))));
+    e.prefill(pool, std::vector<prefill_chunk>{{toks[s], 0, uint32_t(lengths[s]), tables[s], {}}});
+  }
+  std::vector<decode_seq> batch;
+  for (size_t s = 0; s < lengths.size(); ++s)
+    batch.push_back({toks[s], tables[s], {}});
+  auto together = e.decode_logits(pool, batch);
+  REQUIRE(together.size() == lengths.size() * V);
+  auto ids = e.decode(pool, batch);
+  for (size_t s = 0; s < lengths.size(); ++s) {
+    auto alone = e.decode_logits(pool, {&batch[s], 1});
+    CHECK(max_abs_diff(alone, std::span(together).subspan(s * V, V)) < 1e-5f);
+    auto row = std::span(together).subspan(s * V, V);
+    CHECK(ids[s] == token_id(std::max_element(row.begin(), row.end()) - row.begin()));
+  }
+}
+
+TEST_CASE("cpu engine: an f16 KV cache stays close to f32, thread count does not matter", "[cpu]") {
+  auto model = make_random_model({dtype::f32, rope_style::halves, false, {}}, 3);
+  cpu_engine e32(model, {.threads = 1, .kv_dtype_bytes = 4, .block_tokens = 16});
+  cpu_engine e16(model, {.threads = 2, .kv_dtype_bytes = 2, .block_tokens = 16});
+  cpu_engine e32t(model, {.threads = 4, .kv_dtype_bytes = 4, .block_tokens = 16});
+  auto tokens = random_tokens(50, 8);
+  const std::vector<block_id> blocks = {0, 1, 2, 3};
+  block_pool p32(e32.info().layout, 4), p16(e16.info().layout, 4), p32t(e32.info().layout, 4);
+  auto a = e32.prefill_logits(p32, {tokens, 0, 50, blocks, {}});
+  auto b = e16.prefill_logits(p16, {tokens, 0, 50, blocks, {}});
+  auto c = e32t.prefill_logits(p32t, {tokens, 0, 50, blocks, {}});
+  float d16 = max_abs_diff(a, b);
+  float max_logit = 0;
+  for (float x : a)
+    max_logit = std::max(max_logit, std::fabs(x));
+  INFO("f16 vs f32 KV: max abs diff " << d16 << ", max |logit| " << max_logit);
+  CHECK(d16 < 5e-3f * std::max(1.0f, max_logit));
+  CHECK(d16 > 0.0f);  // the f16 path really ran
+  CHECK(max_abs_diff(a, c) < 1e-5f);
+}
+
+TEST_CASE("cpu engine: bad input throws and writes nothing", "[cpu]") {
+  cpu_engine e(make_random_model({}), {.threads = 2, .kv_dtype_bytes = 4, .block_tokens = 16});
+  block_pool pool(e.info().layout, 4);
+  std::vector<token_id> ok = {1, 2, 3};
+  std::vector<token_id> big = {1, 300, 3};
+  std::vector<token_id> neg = {1, -1, 3};
+  std::vector<block_id> b1 = {0};
+  std::vector<block_id> out_of_pool = {4};
+  std::vector<block_id> none;
+  std::vector<token_id> long_seq(17, 5);
+  auto before = std::vector<std::byte>(pool.memory().begin(), pool.memory().end());
+  auto pf = [&](std::span<const token_id> t, uint32_t b, uint32_t en,
+                std::span<const block_id> bl) {
+    std::vector<prefill_chunk> c = {{ok, 0, 3, b1, {}}, {t, b, en, bl, {}}};
+    return e.prefill(pool, c);
+  };
+  CHECK_THROWS_AS(pf(big, 0, 3, b1), std::invalid_argument);
+  CHECK_THROWS_AS(pf(neg, 0, 3, b1), std::invalid_argument);
+  CHECK_THROWS_AS(pf(ok, 0, 3, out_of_pool), std::invalid_argument);
+  CHECK_THROWS_AS(pf(ok, 0, 3, none), std::invalid_argument);
+  CHECK_THROWS_AS(pf(long_seq, 0, 17, b1), std::invalid_argument);  // position 16 needs block 2
+  CHECK_THROWS_AS(pf(ok, 2, 2, b1), std::invalid_argument);         // empty chunk
+  CHECK_THROWS_AS(pf(ok, 0, 4, b1), std::invalid_argument);         // beyond the prompt
+  std::vector<token_id> empty;
+  decode_seq d_empty{empty, b1, {}}, d_long{long_seq, b1, {}}, d_ok{ok, b1, {}};
+  CHECK_THROWS_AS(e.decode(pool, {&d_empty, 1}), std::invalid_argument);
+  CHECK_THROWS_AS(e.decode(pool, {&d_long, 1}), std::invalid_argument);
+  std::vector<decode_seq> mixed = {d_ok, d_long};
+  CHECK_THROWS_AS(e.decode(pool, mixed), std::invalid_argument);
+  CHECK(std::memcmp(before.data(), pool.memory().data(), before.size()) == 0);
+  // The newest token (the one whose KV gets written) out of range.
+  std::vector<token_id> last_big = {1, 2, 300};
+  decode_seq d_last{last_big, b1, {}};
+  CHECK_THROWS_AS(e.decode(pool, {&d_last, 1}), std::invalid_argument);
+
+  // A pool built for another layout.
+  kv_layout other = e.info().layout;
+  other.dtype_bytes = 2;
+  block_pool wrong(other, 4);
+  CHECK_THROWS_AS(e.decode(wrong, {&d_ok, 1}), std::invalid_argument);
+
+  // Configurations the engine cannot serve.
+  CHECK_THROWS_AS(cpu_engine(make_random_model({}), {.threads = 1, .kv_dtype_bytes = 3}),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(cpu_engine(nullptr, {}), std::invalid_argument);
+  auto broken = std::make_shared<loaded_model>(*make_random_model({}));
+  broken->weights.layers[1].wk.rows = 31;
+  CHECK_THROWS_AS(cpu_engine(broken, {}), std::invalid_argument);
+
+  // Still works after the errors.
+  CHECK(e.decode(pool, {&d_ok, 1}).size() == 1);
+}
+
+TEST_CASE("cpu_kv_layout", "[cpu]") {
+  llama_config c;
+  c.layers = 3;
+  c.kv_heads = 2;
+  c.head_dim = 64;
+  auto l = cpu_kv_layout(c, {.threads = 0, .kv_dtype_bytes = 4, .block_tokens = 32});
+  CHECK(l.layers == 3);
+  CHECK(l.kv_heads == 2);
+  CHECK(l.head_dim == 64);
+  CHECK(l.block_tokens == 32);
+  CHECK(l.dtype_bytes == 4);
+}
