@@ -53,14 +53,16 @@ struct decode_assignment {
   caf::actor router;
 };
 
-/// decode -> prefill: compute the prompt and write its KV into `dst_blocks` of the pool
-/// `dst`; then send kv_ready to `decode` and first_token to `router`.
+/// decode -> prefill: compute the prompt and write the KV of its blocks from `skip_blocks`
+/// on into `dst_blocks` of the pool `dst` (the decode worker has the first `skip_blocks`
+/// in its prefix cache); then send kv_ready to `decode` and first_token to `router`.
 struct prefill_job {
   request_id id = 0;
   std::vector<token_id> prompt;
   sampling_params sampling;
   pool_descriptor dst;
-  std::vector<block_id> dst_blocks;
+  uint32_t skip_blocks = 0;
+  std::vector<block_id> dst_blocks;  ///< one per prompt block from skip_blocks on
   caf::actor decode;
   caf::actor router;
   trace tr;
@@ -251,7 +253,8 @@ struct clock_update {
 
 template <class F>
 typename F::result_type inspect(F& f, sampling_params& x) {
-  return f(caf::meta::type_name("sampling_params"), x.temperature, x.top_p, x.seed);
+  return f(caf::meta::type_name("sampling_params"), x.temperature, x.top_p, x.top_k, x.min_p,
+           x.seed);
 }
 template <class F>
 typename F::result_type inspect(F& f, hop& x) {
@@ -289,8 +292,8 @@ typename F::result_type inspect(F& f, decode_assignment& x) {
 }
 template <class F>
 typename F::result_type inspect(F& f, prefill_job& x) {
-  return f(caf::meta::type_name("prefill_job"), x.id, x.prompt, x.sampling, x.dst, x.dst_blocks,
-           x.decode, x.router, x.tr);
+  return f(caf::meta::type_name("prefill_job"), x.id, x.prompt, x.sampling, x.dst, x.skip_blocks,
+           x.dst_blocks, x.decode, x.router, x.tr);
 }
 template <class F>
 typename F::result_type inspect(F& f, kv_transfer& x) {

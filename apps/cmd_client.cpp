@@ -21,8 +21,11 @@ struct generate_opts {
   bool quiet = false;
   float temperature = 0;
   float top_p = 1;
+  uint32_t top_k = 0;
+  float min_p = 0;
   uint64_t seed = 0;
   std::vector<int64_t> stop_ids;
+  std::vector<std::string> stops;
   bool ignore_eos = false;
   bool no_bos = false;
   double timeout_s = 600;
@@ -71,9 +74,15 @@ command add_generate(CLI::App& app) {
                "PROMPT is space-separated token ids, and ids are printed instead of text");
   app.add_flag("--quiet", o->quiet, "Print only the completion");
   app.add_option("--temperature", o->temperature, "0 = greedy")->capture_default_str();
-  app.add_option("--top-p", o->top_p)->capture_default_str();
+  app.add_option("--top-p", o->top_p, "Nucleus sampling mass in (0, 1]")->capture_default_str();
+  app.add_option("--top-k", o->top_k, "Sample among the k most likely tokens (0 = all)")
+      ->capture_default_str();
+  app.add_option("--min-p", o->min_p, "Drop tokens below min_p x the top probability")
+      ->capture_default_str();
   app.add_option("--seed", o->seed, "Sampling seed (reproducible with temperature > 0)");
   app.add_option("--stop-id", o->stop_ids, "Stop after generating this token id (repeatable)");
+  app.add_option("--stop", o->stops,
+                 "Stop when the text contains this string, which is not printed (repeatable)");
   app.add_flag("--ignore-eos", o->ignore_eos, "Keep generating past the model's EOS");
   app.add_flag("--no-bos", o->no_bos, "Do not prepend BOS to a text prompt");
   app.add_option("--timeout", o->timeout_s, "Seconds before giving up on the request")
@@ -92,7 +101,12 @@ command add_generate(CLI::App& app) {
     }
     p.max_tokens = o->max_tokens;
     p.stop_ids = o->stop_ids;
-    p.sampling = {o->temperature, o->top_p, o->seed};
+    p.stop_strings = o->stops;
+    p.sampling.temperature = o->temperature;
+    p.sampling.top_p = o->top_p;
+    p.sampling.top_k = o->top_k;
+    p.sampling.min_p = o->min_p;
+    p.sampling.seed = o->seed;
     p.ignore_eos = o->ignore_eos;
     p.add_bos = !o->no_bos;
     auto c = connect_to(o->connect, std::min(o->timeout_s, 10.0));
@@ -159,7 +173,7 @@ command add_generate(CLI::App& app) {
         sst[s.name] = s.ms;
       server["stages"] = sst;
       j["server"] = server;
-      std::printf("%s\n", j.dump().c_str());
+      std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     }
     return 0;
   };
@@ -211,7 +225,7 @@ command add_status(CLI::App& app) {
                       {"clock_offset_ms", n.clock_offset_ns / 1e6},
                       {"clock_rtt_ms", n.clock_rtt_ns < 0 ? -1.0 : n.clock_rtt_ns / 1e6}});
       j["nodes"] = ns;
-      std::printf("%s\n", j.dump().c_str());
+      std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
       return 0;
     }
     std::printf("cluster %s: %s; model %s (vocab %u, context %u, %u tokens/block)\n",

@@ -12,6 +12,7 @@
 namespace tokenmill::app {
 
 struct serve_opts {
+  std::string kv_dtype = "f16";
   double prefill_us_per_token = 200;
   double prefill_base_us = 0;
   double decode_step_ms = 10;
@@ -22,8 +23,19 @@ struct serve_opts {
 command add_serve(CLI::App& app) {
   auto cfg = std::make_shared<embedded_config>();
   auto o = std::make_shared<serve_opts>();
-  app.add_option("--engine", cfg->engine.kind, "Model engine")
-      ->check(CLI::IsMember({"sim"}))
+  auto* engine_opt =
+      app.add_option("--engine", cfg->engine.kind, "Model engine (cpu when --model is given)")
+          ->check(CLI::IsMember({"sim", "cpu"}))
+          ->capture_default_str();
+  auto* model_opt = app.add_option("--model", cfg->engine.model_path,
+                                   "Model to serve: a GGUF file or a Hugging Face directory "
+                                   "(tokenmill make-model writes one)");
+  auto* c = app.add_option_group("cpu engine", "The CPU engine (with --model)");
+  c->add_option("--threads", cfg->engine.cpu.threads,
+                "Compute threads per worker (0 = this machine's cores / workers)")
+      ->capture_default_str();
+  c->add_option("--kv-dtype", o->kv_dtype, "KV cache element type")
+      ->check(CLI::IsMember({"f16", "f32"}))
       ->capture_default_str();
   app.add_option("--host", cfg->rpc.host, "Address the RPC frontend binds")->capture_default_str();
   app.add_option("--rpc-port", cfg->rpc.port,
@@ -108,7 +120,23 @@ command add_serve(CLI::App& app) {
       ->check(CLI::Range(4096, 1 << 24))
       ->capture_default_str();
 
-  return [cfg, o]() -> int {
+  return [cfg, o, model_opt, engine_opt]() -> int {
+    if (model_opt->count() > 0 && cfg->engine.kind == "sim") {
+      // --model implies the cpu engine unless --engine says sim explicitly.
+      if (engine_opt->count() > 0) {
+        std::fprintf(stderr,
+                     "tokenmill serve: --model needs --engine cpu (the sim engine has "
+                     "no model file)\n");
+        return 2;
+      }
+      cfg->engine.kind = "cpu";
+    }
+    if (cfg->engine.kind == "cpu" && cfg->engine.model_path.empty()) {
+      std::fprintf(stderr, "tokenmill serve: --engine cpu needs --model PATH\n");
+      return 2;
+    }
+    cfg->engine.cpu.kv_dtype_bytes = o->kv_dtype == "f32" ? 4 : 2;
+    cfg->engine.cpu.block_tokens = cfg->engine.sim.layout.block_tokens;
     auto& sim = cfg->engine.sim;
     sim.prefill_ns_per_token = static_cast<uint64_t>(o->prefill_us_per_token * 1e3);
     sim.prefill_base_ns = static_cast<uint64_t>(o->prefill_base_us * 1e3);
@@ -128,9 +156,10 @@ command add_serve(CLI::App& app) {
       std::fprintf(stderr, "tokenmill serve: %s\n", cluster.error().message.c_str());
       return 1;
     }
-    std::printf("tokenmill ready: rpc=%s:%u engine=%s prefill_workers=%u decode_workers=%u\n",
-                cfg->rpc.host.c_str(), (*cluster)->rpc_port(), cfg->engine.kind.c_str(),
-                cfg->prefill_workers, cfg->decode_workers);
+    std::printf(
+        "tokenmill ready: rpc=%s:%u engine=%s model=%s prefill_workers=%u decode_workers=%u\n",
+        cfg->rpc.host.c_str(), (*cluster)->rpc_port(), cfg->engine.kind.c_str(),
+        (*cluster)->model().name.c_str(), cfg->prefill_workers, cfg->decode_workers);
     std::fflush(stdout);
     int sig = 0;
     sigwait(&stop_set, &sig);

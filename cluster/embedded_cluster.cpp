@@ -35,6 +35,13 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
   if (cfg.decode_workers == 0)
     return error_info{errc::invalid_request, "a cluster needs at least one decode worker"};
   std::string err;
+  // The model is loaded (mapped) once and shared by every worker's engine.
+  if (auto e = load_engine_model(cfg.engine)) return e;
+  if (cfg.engine.kind == "cpu" && cfg.engine.cpu.threads == 0) {
+    // The workers compute concurrently: split the cores between them.
+    auto workers = cfg.prefill_workers + cfg.decode_workers;
+    cfg.engine.cpu.threads = std::max(1u, std::thread::hardware_concurrency() / workers);
+  }
   auto tok = make_tokenizer(cfg.engine, err);
   if (!tok) return error_info{errc::invalid_request, err};
   // One engine per worker; the first also tells us the model.
@@ -123,8 +130,7 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
     }
   }
 
-  im->rpc = std::make_unique<rpc_server>(
-      sys, router, sup, std::shared_ptr<const tokenizer>(std::move(tok)), model, cfg.rpc);
+  im->rpc = std::make_unique<rpc_server>(sys, router, sup, std::move(tok), model, cfg.rpc);
   auto port = im->rpc->start();
   if (!port) {
     shutdown_actors(im->actors);
@@ -132,6 +138,7 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
   }
   std::unique_ptr<embedded_cluster> c(new embedded_cluster(std::move(im)));
   c->port_ = *port;
+  c->model_ = model;
   return c;
 }
 

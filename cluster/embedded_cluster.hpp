@@ -36,6 +36,8 @@ class embedded_cluster {
   ~embedded_cluster();
 
   uint16_t rpc_port() const { return port_; }
+  /// The model every worker serves.
+  const model_info& model() const { return model_; }
   caf::actor_system& system();
   /// Stops the frontend (cancelling requests in flight), then every actor.
   void stop();
@@ -45,6 +47,7 @@ class embedded_cluster {
   explicit embedded_cluster(std::unique_ptr<impl> i);
   std::unique_ptr<impl> impl_;
   uint16_t port_ = 0;
+  model_info model_;
 };
 
 }  // namespace tokenmill

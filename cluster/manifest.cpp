@@ -605,9 +605,15 @@ class parser {
     if (!fs::exists(st)) {
       p_.add(e.at(), "model.path", fmt::format("the model file '{}' does not exist", m_.model.path),
              expected);
+    } else if (fs::is_directory(st) && !fs::exists(resolved / "config.json", ec)) {
+      p_.add(e.at(), "model.path",
+             fmt::format("'{}' is a directory without config.json (a Hugging Face model "
+                         "directory holds config.json, *.safetensors and tokenizer.json)",
+                         m_.model.path),
+             expected);
     } else if (fs::is_directory(st)) {
-      p_.add(e.at(), "model.path", fmt::format("'{}' is a directory", m_.model.path), expected);
-    } else if (std::ifstream f(resolved, std::ios::binary); !f) {
+      // A Hugging Face directory: the loader checks its files when the node starts.
+    } else if (std::ifstream f(resolved, std::ios::binary); !f) {  // a GGUF file
       p_.add(e.at(), "model.path",
              fmt::format("the model file '{}' cannot be read ({})", m_.model.path,
                          std::strerror(errno)),
@@ -1322,6 +1328,9 @@ engine_spec to_engine_spec(const manifest& m, const worker_options& o) {
   if (m.model.sim) s.sim = m.model.sim_cfg;
   s.sim.layout.block_tokens = m.defaults.block_tokens;
   s.sim.slowdown *= o.slowdown;
+  s.model_path = m.model.path;
+  s.cpu.threads = o.threads;
+  s.cpu.block_tokens = m.defaults.block_tokens;
   return s;
 }
 

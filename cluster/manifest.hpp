@@ -163,7 +163,7 @@ prefill_config to_prefill_config(const prefill_options& o);
 decode_config to_decode_config(const decode_options& o);
 /// The engine a worker runs: its engine kind, and the model's sim timing (with
 /// defaults.block_tokens and the worker's slowdown) for the sim engine.
-/// TODO(model): engine_spec has no model path yet; cpu/cuda will need m.model.path.
+/// For a model file, the spec names the path; the node loads it once (load_engine_model).
 engine_spec to_engine_spec(const manifest& m, const worker_options& o);
 
 }  // namespace tokenmill

@@ -111,6 +111,13 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   worker_options defaults;
   defaults.engine = m.defaults.engine;
   auto spec0 = to_engine_spec(m, defaults);
+  // The model is loaded (mapped) once; every worker's engine shares it.
+  if (auto e = load_engine_model(spec0)) return fail(e);
+  auto spec_for = [&](const worker_options& o) {
+    auto s = to_engine_spec(m, o);
+    if (s.model_path == spec0.model_path) s.model = spec0.model;
+    return s;
+  };
   auto probe_engine = make_engine(spec0, err);
   if (!probe_engine) return fail({errc::invalid_request, err});
   model_info model = probe_engine->info();
@@ -204,14 +211,14 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
         break;
       }
       case role::prefill: {
-        auto eng = make_engine(to_engine_spec(m, *a.worker()), err);
+        auto eng = make_engine(spec_for(*a.worker()), err);
         if (!eng) return fail({errc::invalid_request, a.name + ": " + err});
         im->actors.push_back(spawn_prefill(sys, info(a), to_prefill_config(*a.prefill()),
                                            std::move(eng), transport, sup));
         break;
       }
       case role::decode: {
-        auto eng = make_engine(to_engine_spec(m, *a.worker()), err);
+        auto eng = make_engine(spec_for(*a.worker()), err);
         if (!eng) return fail({errc::invalid_request, a.name + ": " + err});
         im->actors.push_back(spawn_decode(sys, info(a), to_decode_config(*a.decode()),
                                           std::move(eng), transport, sup, kv));
@@ -228,8 +235,7 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
     rc.host = m.frontend.host;
     rc.port = m.frontend.rpc_port;
     rc.node = idx;
-    im->rpc = std::make_unique<rpc_server>(
-        sys, router, sup, std::shared_ptr<const tokenizer>(std::move(tok)), model, rc);
+    im->rpc = std::make_unique<rpc_server>(sys, router, sup, std::move(tok), model, rc);
     auto port = im->rpc->start();
     if (!port) return fail(port.error());
     endpoints += fmt::format(" rpc={}:{}", rc.host, *port);

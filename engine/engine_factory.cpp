@@ -4,25 +4,45 @@
 
 namespace tokenmill {
 
-std::unique_ptr<engine> make_engine(const engine_spec& spec, std::string& error) {
-  if (spec.kind != "sim") {
-    error = "unknown engine '" + spec.kind + "' (available: sim)";
-    return nullptr;
-  }
-  try {
-    return std::make_unique<sim_engine>(spec.sim);
-  } catch (const std::exception& e) {
-    error = std::string("sim engine: ") + e.what();
-    return nullptr;
-  }
+error_info load_engine_model(engine_spec& spec) {
+  if (spec.kind != "cpu" || spec.model) return {};
+  if (spec.model_path.empty())
+    return {errc::invalid_model, "the cpu engine needs a model file (--model PATH)"};
+  auto m = load_model(spec.model_path);
+  if (!m) return m.error();
+  spec.model = std::move(*m);
+  return {};
 }
 
-std::unique_ptr<tokenizer> make_tokenizer(const engine_spec& spec, std::string& error) {
-  if (spec.kind != "sim") {
-    error = "unknown engine '" + spec.kind + "' (available: sim)";
+std::unique_ptr<engine> make_engine(engine_spec spec, std::string& error) {
+  try {
+    if (spec.kind == "sim") return std::make_unique<sim_engine>(spec.sim);
+    if (spec.kind == "cpu") {
+      if (auto err = load_engine_model(spec)) {
+        error = err.message;
+        return nullptr;
+      }
+      return std::make_unique<cpu_engine>(spec.model, spec.cpu);
+    }
+  } catch (const std::exception& e) {
+    error = spec.kind + " engine: " + e.what();
     return nullptr;
   }
-  return std::make_unique<byte_word_tokenizer>(spec.sim.vocab_size);
+  error = "unknown engine '" + spec.kind + "' (available: sim, cpu)";
+  return nullptr;
+}
+
+std::shared_ptr<const tokenizer> make_tokenizer(engine_spec spec, std::string& error) {
+  if (spec.kind == "sim") return std::make_shared<byte_word_tokenizer>(spec.sim.vocab_size);
+  if (spec.kind == "cpu") {
+    if (auto err = load_engine_model(spec)) {
+      error = err.message;
+      return nullptr;
+    }
+    return spec.model->tok;
+  }
+  error = "unknown engine '" + spec.kind + "' (available: sim, cpu)";
+  return nullptr;
 }
 
 }  // namespace tokenmill

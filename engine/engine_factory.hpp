@@ -3,7 +3,10 @@
 #include <memory>
 #include <string>
 
+#include "common/errors.hpp"
+#include "engine/cpu_engine.hpp"
 #include "engine/engine.hpp"
+#include "engine/model.hpp"
 #include "engine/sim_engine.hpp"
 #include "engine/tokenizer.hpp"
 
@@ -11,13 +14,21 @@ namespace tokenmill {
 
 /// What the composition root asks for.
 struct engine_spec {
-  std::string kind = "sim";  ///< "sim" (cpu and cuda arrive with the model engines)
-  sim_config sim;
+  std::string kind = "sim";  ///< "sim" or "cpu"
+  sim_config sim;            ///< sim: the timing model
+  std::string model_path;    ///< cpu: a GGUF file or a Hugging Face directory
+  cpu_engine_config cpu;     ///< cpu: threads, KV dtype, block tokens
+  /// cpu: the loaded model, shared by every engine of a process (see load_engine_model).
+  std::shared_ptr<const loaded_model> model;
 };
 
+/// Loads `spec.model_path` into `spec.model` when the engine needs a model and it is not
+/// loaded yet; errors (errc::invalid_model) name the file and what is wrong with it.
+error_info load_engine_model(engine_spec& spec);
+
 /// A new engine instance (each worker owns one), or nullptr with `error` set.
-std::unique_ptr<engine> make_engine(const engine_spec& spec, std::string& error);
+std::unique_ptr<engine> make_engine(engine_spec spec, std::string& error);
 /// The tokenizer of the model the spec describes, or nullptr with `error` set.
-std::unique_ptr<tokenizer> make_tokenizer(const engine_spec& spec, std::string& error);
+std::shared_ptr<const tokenizer> make_tokenizer(engine_spec spec, std::string& error);
 
 }  // namespace tokenmill

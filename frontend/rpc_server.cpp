@@ -25,6 +25,7 @@
 
 #include "actors/protocol.hpp"
 #include "common/clock.hpp"
+#include "frontend/stop_strings.hpp"
 #include "frontend/validate.hpp"
 #include "schema/codec.hpp"
 
@@ -98,10 +99,14 @@ struct stream_state {
   uint32_t written = 0;           ///< tokens written so far
   bool sending = false;
   utf8_stream detok;
+  stop_matcher stops;
+  bool stopped = false;  ///< a stop string appeared: the request was cancelled upstream
+  bool flushed = false;  ///< the held-back text tail was sent after the summary arrived
   std::optional<request_summary> summary;
   int64_t first_sent_ns = 0;
   bool cancel_sent = false;
-  explicit stream_state(rpc::TokenSink::Client s) : sink(kj::mv(s)) {}
+  stream_state(rpc::TokenSink::Client s, std::vector<std::string> stop_strings)
+      : sink(kj::mv(s)), stops(std::move(stop_strings)) {}
 };
 
 struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
@@ -141,16 +146,28 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
     if (it == streams.end()) return;
     auto& s = *it->second;
     if (s.sending) return;
-    if (s.pending.empty()) {
+    codec::chunk c;
+    c.first_index = s.written;
+    for (auto t : std::exchange(s.pending, {})) {
+      c.ids.push_back(t);
+      c.text += s.stops.push(s.detok.push(tok->piece(t)));
+      if (s.stops.matched()) {
+        // The text reached a stop string: this token ends the completion.
+        s.stopped = true;
+        cancel(id, s);
+        break;
+      }
+    }
+    if (s.summary && !s.stopped && !s.flushed) {
+      // The end: text held back (an unfinished character, a possible stop string) goes out.
+      c.text += s.stops.push(s.detok.finish());
+      c.text += s.stops.finish();
+      s.flushed = true;
+    }
+    if (c.ids.empty() && c.text.empty()) {
       if (s.summary) s.done->fulfill();
       return;
     }
-    codec::chunk c;
-    c.first_index = s.written;
-    c.ids = std::exchange(s.pending, {});
-    for (auto t : c.ids)
-      c.text += s.detok.push(tok->piece(t));
-    if (s.summary) c.text += s.detok.finish();
     c.sent_ns = now_ns();
     if (s.written == 0) s.first_sent_ns = c.sent_ns;
     s.written += static_cast<uint32_t>(c.ids.size());
@@ -183,6 +200,7 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
     auto it = streams.find(c.id);
     if (it == streams.end()) return;  // cancelled meanwhile
     auto& s = *it->second;
+    if (s.stopped) return;  // tokens after a stop string are dropped
     s.pending.insert(s.pending.end(), c.tokens.begin(), c.tokens.end());
     pump(c.id);
   }
@@ -213,6 +231,13 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
     g.error = r.error.message;
     g.prompt_tokens = r.prompt_tokens;
     g.completion_tokens = r.completion_tokens;
+    if (s.stopped) {
+      // Cancelled here because of a stop string: for the client that is a normal stop.
+      g.reason = finish_reason::stop;
+      g.error_code = errc::ok;
+      g.error.clear();
+      g.completion_tokens = s.written;
+    }
     g.itl_mean_ms = r.itl_mean_ms;
     g.itl_p50_ms = r.itl_p50_ms;
     g.itl_p99_ms = r.itl_p99_ms;
@@ -255,7 +280,7 @@ class gateway_impl final : public rpc::Gateway::Server {
       return kj::READY_NOW;
     }
     request_id id = (uint64_t{s_.cfg.node} << 48) | ++s_.next_id;
-    auto st = std::make_unique<stream_state>(params.getSink());
+    auto st = std::make_unique<stream_state>(params.getSink(), std::move(v->stop_strings));
     auto paf = kj::newPromiseAndFulfiller<void>();
     st->done = kj::mv(paf.fulfiller);
     s_.streams.emplace(id, std::move(st));

@@ -43,6 +43,19 @@ result<validated_request> validate(const generate_params& p, const tokenizer& to
     return bad(fmt::format("temperature must be a finite number >= 0, got {}", s.temperature));
   if (!std::isfinite(s.top_p) || s.top_p <= 0 || s.top_p > 1)
     return bad(fmt::format("top_p must be in (0, 1], got {}", s.top_p));
+  if (!std::isfinite(s.min_p) || s.min_p < 0 || s.min_p > 1)
+    return bad(fmt::format("min_p must be in [0, 1], got {}", s.min_p));
+  if (p.stop_strings.size() > max_stop_strings)
+    return bad(fmt::format("at most {} stop strings are allowed, got {}", max_stop_strings,
+                           p.stop_strings.size()));
+  for (size_t i = 0; i < p.stop_strings.size(); ++i) {
+    const auto& t = p.stop_strings[i];
+    if (t.empty()) return bad(fmt::format("stop string {} is empty", i));
+    if (t.size() > max_stop_string_bytes)
+      return bad(fmt::format("stop string {} has {} bytes; at most {} are allowed", i, t.size(),
+                             max_stop_string_bytes));
+  }
+  v.stop_strings = p.stop_strings;
   const int64_t ctx = model.max_context;
   const auto n = static_cast<int64_t>(v.prompt.size());
   if (n >= ctx)

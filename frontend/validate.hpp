@@ -12,7 +12,12 @@ namespace tokenmill {
 struct validated_request {
   std::vector<token_id> prompt;
   request_options options;
+  std::vector<std::string> stop_strings;  ///< checked by the frontend on the streamed text
 };
+
+/// Limits on stop strings (OpenAI allows 4; we allow more, but bounded).
+constexpr size_t max_stop_strings = 16;
+constexpr size_t max_stop_string_bytes = 256;
 
 /// Checks `p` against the model and tokenizes text prompts. Errors are invalid_request
 /// with a message that names the field and what was expected.

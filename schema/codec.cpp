@@ -25,6 +25,10 @@ generate_params decode(rpc::GenerateRequest::Reader r) {
   p.sampling.temperature = s.getTemperature();
   p.sampling.top_p = s.getTopP();
   p.sampling.seed = s.getSeed();
+  p.sampling.top_k = s.getTopK();
+  p.sampling.min_p = s.getMinP();
+  for (auto t : r.getStopStrings())
+    p.stop_strings.emplace_back(t.cStr(), t.size());
   p.ignore_eos = r.getIgnoreEos();
   p.add_bos = r.getAddBos();
   p.client_sent_ns = r.getClientSentNs();
@@ -47,6 +51,11 @@ void encode(const generate_params& p, rpc::GenerateRequest::Builder b) {
   s.setTemperature(p.sampling.temperature);
   s.setTopP(p.sampling.top_p);
   s.setSeed(p.sampling.seed);
+  s.setTopK(p.sampling.top_k);
+  s.setMinP(p.sampling.min_p);
+  auto strs = b.initStopStrings(static_cast<unsigned>(p.stop_strings.size()));
+  for (unsigned i = 0; i < p.stop_strings.size(); ++i)
+    strs.set(i, p.stop_strings[i]);
   b.setIgnoreEos(p.ignore_eos);
   b.setAddBos(p.add_bos);
   b.setClientSentNs(p.client_sent_ns);

@@ -10,6 +10,8 @@ struct Sampling {
   temperature @0 :Float32 = 0;   # 0 = greedy
   topP @1 :Float32 = 1;          # in (0, 1]
   seed @2 :UInt64 = 0;
+  topK @3 :UInt32 = 0;           # 0 = all tokens
+  minP @4 :Float32 = 0;          # in [0, 1]; 0 = off
 }
 
 struct GenerateRequest {
@@ -23,6 +25,7 @@ struct GenerateRequest {
   ignoreEos @5 :Bool = false;
   addBos @6 :Bool = true;        # for text prompts
   clientSentNs @7 :Int64 = 0;    # client's steady clock when it sent the call (timeline)
+  stopStrings @8 :List(Text);    # generation ends when the text contains one (excluded)
 }
 
 struct TokenChunk {

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The tokenmill demo, from a fresh Debian 12 machine: installs the dependencies, builds,
-# launches the three-node cluster of examples/local-3node.yaml (head: router, supervisor,
-# kv-store; a prefill node; a decode node; sim engine; all on 127.0.0.1, RPC port 7700,
-# control ports 7800-7802), sends requests through the Cap'n Proto client showing the
-# streamed tokens and where the time to first token went, then serves until Ctrl-C.
+# writes a random-weight Llama-shaped model with `tokenmill make-model` (nothing is
+# downloaded), launches the three-node cluster of examples/local-3node-model.yaml (head:
+# router, supervisor, kv-store; a prefill node; a decode node; CPU engine; all on
+# 127.0.0.1, RPC port 7700, control ports 7800-7802), sends requests through the Cap'n
+# Proto client showing the streamed tokens and where the time to first token went, then
+# serves until Ctrl-C.
 #   ./scripts/demo.sh          serve until Ctrl-C
 #   ./scripts/demo.sh --once   exit after the demo requests
 set -euo pipefail
@@ -13,7 +15,7 @@ once=0
 for arg in "$@"; do
   case "$arg" in
     --once) once=1 ;;
-    -h|--help) sed -n '2,8p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "demo: unknown argument '$arg' (expected --once)" >&2; exit 2 ;;
   esac
 done
@@ -22,10 +24,17 @@ done
 
 bin="$repo/build/apps/tokenmill"
 port=7700
-manifest="$repo/examples/local-3node.yaml"
+manifest="$repo/examples/local-3node-model.yaml"
+model="$repo/build/models/demo-small.gguf"
+if [[ ! -f "$model" ]]; then
+  echo
+  echo "demo: tokenmill make-model --preset small --dtype f16 -o build/models/demo-small.gguf"
+  mkdir -p "$(dirname "$model")"
+  "$bin" make-model --preset small --dtype f16 -o "$model"
+fi
 log="$(mktemp -t tokenmill-demo.XXXXXX)"
 echo
-echo "demo: tokenmill launch examples/local-3node.yaml (3 node processes, sim engine: 10 ms decode step, 200 us/token prefill)"
+echo "demo: tokenmill launch examples/local-3node-model.yaml (3 node processes, CPU engine, model $(basename "$model"))"
 "$bin" launch "$manifest" >"$log" 2>&1 &
 pid=$!
 cleanup() {
@@ -54,13 +63,22 @@ echo
 echo "demo: cluster nodes and actors (tokenmill status)"
 "$bin" status --connect "127.0.0.1:$port"
 echo
-echo "demo: tokenmill generate --max-tokens 24 'The quick brown fox'"
-echo "      (prompt prefilled on node p0, its KV blocks written to node d0, tokens streamed via head)"
+echo "demo: tokenmill generate --max-tokens 24 'The quick brown fox'   (greedy; the weights are random,"
+echo "      so the words are too: prompt prefilled on node p0, its KV blocks written to node d0, tokens streamed via head)"
 "$bin" generate --connect "127.0.0.1:$port" --max-tokens 24 "The quick brown fox"
 echo
-echo "demo: a long prompt (589 tokens, prefilled in chunks of 512)"
-"$bin" generate --connect "127.0.0.1:$port" --max-tokens 8 \
-  "$(printf 'All work and no play makes a dull model. %.0s' $(seq 1 14))"
+echo "demo: the same prompt sampled (--temperature 0.8 --top-k 40 --seed 7): reproducible wherever it runs"
+"$bin" generate --connect "127.0.0.1:$port" --max-tokens 24 --temperature 0.8 --top-k 40 --seed 7 \
+  "The quick brown fox"
+echo
+long="$(printf 'All work and no play makes a dull model. %.0s' $(seq 1 40))"
+echo "demo: a long prompt (prefilled in chunks of 512 tokens), then the same prompt again:"
+echo "      the second time its full KV blocks come from the prefix caches (watch prefill_compute)"
+"$bin" generate --connect "127.0.0.1:$port" --max-tokens 8 "$long"
+echo
+"$bin" generate --connect "127.0.0.1:$port" --max-tokens 8 "$long"
+echo
+"$bin" status --connect "127.0.0.1:$port"
 
 if [[ "$once" == 1 ]]; then
   echo

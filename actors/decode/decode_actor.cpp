@@ -3,6 +3,9 @@
 // and runs continuous batching — sequences join and leave between steps; each step's
 // tokens go to the router in one message. Engine calls run on the worker's engine thread;
 // the actor stays responsive (reservations, KV arrivals, cancels, status) during a step.
+// Its KV pool is a prefix cache (engine/kv_cache): full blocks are committed under their
+// chain hash once written, a request reuses the cached blocks of its prompt's prefix (no
+// prefill, no transfer for them), and unreferenced blocks are evicted least recently used.
 #include <algorithm>
 #include <deque>
 #include <unordered_map>
@@ -14,6 +17,7 @@
 #include "actors/engine_thread.hpp"
 #include "common/clock.hpp"
 #include "engine/block_hash.hpp"
+#include "engine/kv_cache.hpp"
 #include "engine/scheduler.hpp"
 
 namespace tokenmill {
@@ -26,13 +30,15 @@ struct sequence {
   caf::actor router;
   caf::actor prefill;  ///< remote prefill worker, if any
   seq_phase phase = seq_phase::waiting_blocks;
-  std::vector<block_id> blocks;  ///< reserved: prompt + max_tokens
+  std::vector<block_id> blocks;  ///< reserved: prompt + max_tokens (cached prefix first)
   std::vector<token_id> tokens;  ///< prompt, then generated tokens
+  std::vector<uint64_t> chain;   ///< chain hashes of the full blocks known so far
   uint32_t prompt_len = 0;
   uint32_t generated = 0;
   uint32_t prefill_done = 0;              ///< local prefill progress (tokens)
+  uint32_t reused = 0;                    ///< leading blocks taken from the prefix cache
+  uint32_t committed = 0;                 ///< leading blocks committed to the prefix cache
   std::unordered_set<block_id> received;  ///< prompt blocks that arrived (remote prefill)
-  bool hashes_stored = false;
   /// Set when the sequence must end while the engine is using its blocks; applied when
   /// the step returns.
   std::optional<std::pair<finish_reason, error_info>> pending_end;
@@ -50,6 +56,7 @@ struct decode_state {
   decode_config cfg;
   std::shared_ptr<engine> eng;
   std::unique_ptr<block_pool> pool;
+  std::unique_ptr<kv_cache> cache;  ///< over `pool`
   std::shared_ptr<kv_transport> transport;
   caf::actor kv_store;
   std::unordered_map<request_id, sequence> seqs;
@@ -92,12 +99,7 @@ void finish(decode_ptr self, request_id id, finish_reason reason, error_info err
     return;
   }
   if (s.phase == seq_phase::waiting_kv && s.prefill) self->send(s.prefill, cancel_request{id});
-  if (s.hashes_stored) {
-    auto hashes =
-        block_hashes(std::span(s.tokens).subspan(0, s.prompt_len), st.pool->layout().block_tokens);
-    if (st.kv_store) self->send(st.kv_store, kv_event{st.info.id, false, std::move(hashes)});
-  }
-  if (!s.blocks.empty() && !st.pool->release(s.blocks))
+  if (!s.blocks.empty() && !st.cache->release(s.blocks))
     spdlog::error("decode {}: releasing blocks of request {} failed", st.info.name, id);
   request_done d;
   d.id = id;
@@ -119,6 +121,30 @@ void finish(decode_ptr self, request_id id, finish_reason reason, error_info err
   reserve_waiting(self);
 }
 
+/// Tells the kv-store what entered and left this worker's prefix cache.
+void publish_cache_events(decode_ptr self) {
+  auto& st = self->state;
+  auto ev = st.cache->take_events();
+  if (!st.kv_store) return;
+  if (!ev.removed.empty()) self->send(st.kv_store, kv_event{st.info.id, false, ev.removed});
+  if (!ev.stored.empty()) self->send(st.kv_store, kv_event{st.info.id, true, ev.stored});
+}
+
+/// Commits the sequence's full blocks whose KV is written (the first `written` tokens) to
+/// the prefix cache, extending its hash chain as blocks fill.
+void commit_written(decode_state& st, sequence& s, size_t written) {
+  auto bt = st.pool->layout().block_tokens;
+  auto full = static_cast<uint32_t>(written / bt);
+  while (s.chain.size() < full) {
+    auto k = s.chain.size();
+    auto next = block_hashes(std::span(s.tokens).subspan(k * bt, bt), bt,
+                             s.chain.empty() ? 0 : s.chain.back());
+    s.chain.push_back(next.front());
+  }
+  for (; s.committed < full && s.committed < s.blocks.size(); ++s.committed)
+    st.cache->commit(s.blocks[s.committed], s.chain[s.committed]);
+}
+
 void fail(decode_ptr self, request_id id, errc code, std::string msg) {
   spdlog::warn("decode {}: request {} failed: {}", self->state.info.name, id, msg);
   finish(self, id, finish_reason::error, {code, std::move(msg)});
@@ -138,14 +164,8 @@ finish_reason stop_reason(const decode_state& st, const sequence& s, token_id to
 void prompt_complete(decode_ptr self, sequence& s, token_id first) {
   auto& st = self->state;
   auto id = s.req.id;
-  if (!s.hashes_stored && st.kv_store) {
-    auto hashes =
-        block_hashes(std::span(s.tokens).subspan(0, s.prompt_len), st.pool->layout().block_tokens);
-    if (!hashes.empty()) {
-      self->send(st.kv_store, kv_event{st.info.id, true, std::move(hashes)});
-      s.hashes_stored = true;
-    }
-  }
+  commit_written(st, s, s.prompt_len);
+  publish_cache_events(self);
   s.phase = seq_phase::ready;  // KV complete: nothing left to cancel at a prefill worker
   s.tokens.push_back(first);
   s.generated = 1;
@@ -163,12 +183,22 @@ void reserve_waiting(decode_ptr self) {
   while (!st.waiting_blocks.empty()) {
     auto id = st.waiting_blocks.front();
     auto& s = st.seqs.at(id);
-    auto need =
-        blocks_to_reserve(s.prompt_len, s.req.options.max_tokens, st.pool->layout().block_tokens);
-    auto blocks = st.pool->allocate(need);
-    if (!blocks) return;
+    auto bt = st.pool->layout().block_tokens;
+    auto need = blocks_to_reserve(s.prompt_len, s.req.options.max_tokens, bt);
+    // Reuse the cached prefix; the prompt's last token is always computed (its logits give
+    // the first token), so at most (prompt_len - 1) / bt blocks come from the cache.
+    auto prefix = st.cache->acquire_prefix(s.chain, (s.prompt_len - 1) / bt);
+    auto fresh = st.cache->allocate(need - static_cast<uint32_t>(prefix.size()));
+    if (!fresh) {
+      st.cache->release(prefix);
+      return;
+    }
     st.waiting_blocks.pop_front();
-    s.blocks = std::move(*blocks);
+    s.reused = s.committed = static_cast<uint32_t>(prefix.size());
+    s.prefill_done = s.reused * bt;
+    s.blocks = std::move(prefix);
+    s.blocks.insert(s.blocks.end(), fresh->begin(), fresh->end());
+    publish_cache_events(self);  // the allocation may have evicted cached blocks
     s.req.tr.stamp(stage::decode_reserved, st.info.node_index);
     if (s.prefill) {
       s.phase = seq_phase::waiting_kv;
@@ -178,7 +208,8 @@ void reserve_waiting(decode_ptr self) {
       job.sampling = s.req.options.sampling;
       job.dst = st.info.pool;
       auto prompt_blocks = st.pool->layout().blocks_for(s.prompt_len);
-      job.dst_blocks.assign(s.blocks.begin(), s.blocks.begin() + prompt_blocks);
+      job.skip_blocks = s.reused;
+      job.dst_blocks.assign(s.blocks.begin() + s.reused, s.blocks.begin() + prompt_blocks);
       job.decode = self;
       job.router = s.router;
       job.tr = s.req.tr;
@@ -218,7 +249,9 @@ void launch(decode_ptr self) {
   std::vector<prefill_chunk> chunks;
   for (const auto& c : plan) {
     auto& s = st.seqs.at(c.key);
-    if (c.begin == 0) s.req.tr.stamp(stage::prefill_started, st.info.node_index);
+    // The first chunk starts after the cached prefix.
+    if (c.begin == s.reused * st.pool->layout().block_tokens)
+      s.req.tr.stamp(stage::prefill_started, st.info.node_index);
     chunks.push_back({std::span(s.tokens).subspan(0, s.prompt_len), c.begin, c.end, s.blocks,
                       s.req.options.sampling});
   }
@@ -293,6 +326,7 @@ void step_done(decode_ptr self, engine_step_done& d) {
     }
     auto& s = st.seqs.at(id);
     auto tok = d.decode_next[i];
+    commit_written(st, s, s.tokens.size());  // the step wrote the KV of the newest token
     s.tokens.push_back(tok);
     out[s.router].tokens.push_back({id, s.generated, tok});
     ++s.generated;
@@ -305,6 +339,7 @@ void step_done(decode_ptr self, engine_step_done& d) {
     b.piggyback_prefill = !done.prefill.empty();
     self->send(router, std::move(b));
   }
+  publish_cache_events(self);
   for (auto [id, r] : ended)
     finish(self, id, r);
   for (auto id : ended_early) {
@@ -323,6 +358,7 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
   st.cfg = cfg;
   st.eng = std::move(eng);
   st.pool = std::make_unique<block_pool>(st.eng->info().layout, cfg.num_blocks);
+  st.cache = std::make_unique<kv_cache>(*st.pool);
   st.transport = std::move(transport);
   st.kv_store = std::move(kv_store);
   st.runner = std::make_unique<engine_thread>();
@@ -360,6 +396,7 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         s.prompt_len = prompt_len;
         s.tokens = a.req.prompt;
         s.tokens.reserve(size_t{prompt_len} + a.req.options.max_tokens);
+        s.chain = block_hashes(s.tokens, st.pool->layout().block_tokens);
         s.req = std::move(a.req);
         st.seqs.emplace(id, std::move(s));
         if (need > st.pool->total()) {
@@ -381,7 +418,9 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         auto& s = it->second;
         auto prompt_blocks = st.pool->layout().blocks_for(s.prompt_len);
         for (auto b : t.payload.dst_blocks) {
-          auto pos = std::find(s.blocks.begin(), s.blocks.begin() + prompt_blocks, b);
+          // Only the blocks reserved for the transfer may be written: never a cached one.
+          auto first = s.blocks.begin() + s.reused;
+          auto pos = std::find(first, s.blocks.begin() + prompt_blocks, b);
           if (pos == s.blocks.begin() + prompt_blocks) {
             fail(
                 self, t.id, errc::kv_corrupt,
@@ -421,10 +460,11 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         s.req.tr = std::move(r.tr);
         s.req.tr.stamp(stage::kv_ready, st.info.node_index);
         auto prompt_blocks = st.pool->layout().blocks_for(s.prompt_len);
-        if (s.received.size() != prompt_blocks || r.blocks != prompt_blocks) {
+        auto expected = prompt_blocks - s.reused;
+        if (s.received.size() != expected || r.blocks != expected) {
           fail(self, r.id, errc::kv_corrupt,
                fmt::format("prefill reported {} blocks; {} of {} prompt blocks arrived", r.blocks,
-                           s.received.size(), prompt_blocks));
+                           s.received.size(), expected));
           return;
         }
         // Content check: a block that is intact but misplaced fails here.
@@ -464,15 +504,17 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         ws.queued = static_cast<uint32_t>(st.waiting_blocks.size() + st.local_queue.size() +
                                           st.ready.size());
         ws.running = static_cast<uint32_t>(st.running.size());
-        ws.kv_used = st.pool->used();
+        ws.kv_used = st.cache->referenced();
         ws.kv_total = st.pool->total();
         ws.completed = st.completed;
         ws.tokens_out = st.tokens_out;
         size_t waiting_kv = 0;
         for (const auto& [id, s] : st.seqs)
           waiting_kv += s.phase == seq_phase::waiting_kv;
-        ws.detail = fmt::format("engine {}, transport {}, {} awaiting KV", st.eng->info().name,
-                                st.transport->name(), waiting_kv);
+        ws.detail = fmt::format(
+            "engine {}, transport {}, {} awaiting KV, prefix cache {} blocks ({} reused)",
+            st.eng->info().name, st.transport->name(), waiting_kv, st.cache->cached(),
+            st.cache->hits());
         return ws;
       },
   };

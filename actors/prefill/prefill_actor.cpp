@@ -2,6 +2,8 @@
 // its engine thread, and writes each chunk's finished KV blocks into the decode worker's
 // reserved blocks as soon as the chunk is done. The actor itself never blocks: jobs,
 // cancels, KV completions and status are handled while the engine computes.
+// Its KV pool is a prefix cache (engine/kv_cache): a prompt whose leading full blocks were
+// computed before skips their prefill; blocks the decode worker already holds are not sent.
 #include <algorithm>
 #include <deque>
 #include <unordered_map>
@@ -11,6 +13,8 @@
 #include "actors/actors.hpp"
 #include "actors/engine_thread.hpp"
 #include "common/clock.hpp"
+#include "engine/block_hash.hpp"
+#include "engine/kv_cache.hpp"
 #include "engine/scheduler.hpp"
 
 namespace tokenmill {
@@ -18,9 +22,11 @@ namespace {
 
 struct job_state {
   prefill_job job;
-  std::vector<block_id> blocks;  ///< local blocks holding the computed KV
-  uint32_t done = 0;             ///< prompt tokens computed
-  uint32_t blocks_sent = 0;      ///< leading blocks handed to the transport
+  std::vector<block_id> blocks;  ///< local blocks holding the computed KV (cached prefix first)
+  std::vector<uint64_t> chain;   ///< chain hashes of the prompt's full blocks
+  uint32_t reused = 0;           ///< leading blocks taken from the prefix cache
+  uint32_t done = 0;             ///< prompt tokens computed (or reused)
+  uint32_t blocks_sent = 0;      ///< leading blocks sent, or skipped (the decode side has them)
   uint32_t writes_pending = 0;   ///< transport writes not completed yet
   bool computed = false;         ///< every chunk computed
   token_id first = 0;            ///< token sampled after the prompt
@@ -32,7 +38,9 @@ struct prefill_state {
   prefill_config cfg;
   std::shared_ptr<engine> eng;
   std::unique_ptr<block_pool> pool;
+  std::unique_ptr<kv_cache> cache;  ///< over `pool`
   std::shared_ptr<kv_transport> transport;
+  caf::actor kv_store;  ///< learnt from the membership
   std::unordered_map<request_id, job_state> jobs;
   std::deque<request_id> queue;           ///< jobs with blocks, in arrival order
   std::deque<request_id> waiting;         ///< jobs waiting for local blocks
@@ -69,7 +77,7 @@ void drop_job(prefill_ptr self, request_id id) {
     it->second.dropped = true;
     return;
   }
-  if (!st.pool->release(it->second.blocks))
+  if (!st.cache->release(it->second.blocks))
     spdlog::error("prefill {}: releasing blocks of request {} failed", st.info.name, id);
   st.jobs.erase(it);
   st.queue.erase(std::remove(st.queue.begin(), st.queue.end(), id), st.queue.end());
@@ -85,19 +93,40 @@ void fail_job(prefill_ptr self, request_id id, error_info err) {
   drop_job(self, id);
 }
 
+/// Tells the kv-store what entered and left this worker's prefix cache.
+void publish_cache_events(prefill_ptr self) {
+  auto& st = self->state;
+  auto ev = st.cache->take_events();
+  if (!st.kv_store) return;
+  if (!ev.removed.empty()) self->send(st.kv_store, kv_event{st.info.id, false, ev.removed});
+  if (!ev.stored.empty()) self->send(st.kv_store, kv_event{st.info.id, true, ev.stored});
+}
+
 /// Moves waiting jobs into the queue while local blocks allow.
 void admit_waiting(prefill_ptr self) {
   auto& st = self->state;
+  auto bt = st.pool->layout().block_tokens;
   while (!st.waiting.empty()) {
     auto id = st.waiting.front();
     auto& js = st.jobs.at(id);
-    auto need = st.pool->layout().blocks_for(static_cast<uint32_t>(js.job.prompt.size()));
-    auto blocks = st.pool->allocate(need);
-    if (!blocks) break;
-    js.blocks = std::move(*blocks);
+    auto len = static_cast<uint32_t>(js.job.prompt.size());
+    auto need = st.pool->layout().blocks_for(len);
+    // The prompt's last token is always computed: its logits give the first token.
+    auto prefix = st.cache->acquire_prefix(js.chain, (len - 1) / bt);
+    auto fresh = st.cache->allocate(need - static_cast<uint32_t>(prefix.size()));
+    if (!fresh) {
+      st.cache->release(prefix);
+      break;
+    }
+    js.reused = static_cast<uint32_t>(prefix.size());
+    js.done = js.reused * bt;
+    js.blocks = std::move(prefix);
+    js.blocks.insert(js.blocks.end(), fresh->begin(), fresh->end());
+    js.blocks_sent = js.job.skip_blocks;
     st.waiting.pop_front();
     st.queue.push_back(id);
   }
+  publish_cache_events(self);
 }
 
 /// Hands the job's newly completed blocks to the transport.
@@ -108,8 +137,9 @@ void push_blocks(prefill_ptr self, request_id id, job_state& js) {
   uint32_t complete = js.done == total ? st.pool->layout().blocks_for(total) : js.done / bt;
   if (complete <= js.blocks_sent) return;
   std::vector<block_id> src(js.blocks.begin() + js.blocks_sent, js.blocks.begin() + complete);
-  std::vector<block_id> dst(js.job.dst_blocks.begin() + js.blocks_sent,
-                            js.job.dst_blocks.begin() + complete);
+  auto skip = js.job.skip_blocks;
+  std::vector<block_id> dst(js.job.dst_blocks.begin() + (js.blocks_sent - skip),
+                            js.job.dst_blocks.begin() + (complete - skip));
   std::vector<uint64_t> sums;
   sums.reserve(src.size());
   for (auto b : src)
@@ -143,7 +173,9 @@ void launch(prefill_ptr self) {
   std::vector<prefill_chunk> batch;
   for (const auto& c : plan) {
     auto& js = st.jobs.at(c.key);
-    if (c.begin == 0) js.job.tr.stamp(stage::prefill_started, st.info.node_index);
+    // The first chunk starts after the cached prefix.
+    if (c.begin == js.reused * st.pool->layout().block_tokens)
+      js.job.tr.stamp(stage::prefill_started, st.info.node_index);
     // Spans point into state that stays put until the step is done (jobs on the engine
     // are never erased meanwhile).
     batch.push_back({js.job.prompt, c.begin, c.end, js.blocks, js.job.sampling});
@@ -185,6 +217,10 @@ void step_done(prefill_ptr self, engine_step_done& d) {
       js.computed = true;
       js.job.tr.stamp(stage::prefill_done, st.info.node_index);
       js.first = d.prefill_next[i];
+      // The prompt's full blocks are written: later prompts with this prefix reuse them.
+      for (size_t b = js.reused; b < js.chain.size(); ++b)
+        st.cache->commit(js.blocks[b], js.chain[b]);
+      publish_cache_events(self);
     }
     push_blocks(self, id, js);
   }
@@ -198,6 +234,7 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
   st.cfg = cfg;
   st.eng = std::move(eng);
   st.pool = std::make_unique<block_pool>(st.eng->info().layout, cfg.num_blocks);
+  st.cache = std::make_unique<kv_cache>(*st.pool);
   st.transport = std::move(transport);
   st.runner = std::make_unique<engine_thread>();
   info.pool = st.transport->register_pool(info.id, st.pool->memory(), st.pool->block_bytes());
@@ -213,22 +250,27 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
         auto& st = self->state;
         auto id = job.id;
         job.tr.stamp(stage::prefill_queued, st.info.node_index);
-        auto need = st.pool->layout().blocks_for(static_cast<uint32_t>(job.prompt.size()));
+        auto bt = st.pool->layout().block_tokens;
+        auto len = static_cast<uint32_t>(job.prompt.size());
+        auto need = st.pool->layout().blocks_for(len);
         if (st.jobs.count(id) != 0) {
           // A repeated delivery of a job we already have: the live job goes on.
           spdlog::warn("prefill {}: ignoring a repeated job for request {}", st.info.name, id);
           return;
         }
-        if (job.prompt.empty() || job.dst_blocks.size() != need ||
+        // The decode side may skip cached leading blocks, never the last prompt token's.
+        bool skip_ok = len > 0 && job.skip_blocks <= (len - 1) / bt;
+        if (job.prompt.empty() || !skip_ok || job.dst_blocks.size() != need - job.skip_blocks ||
             job.dst.block_bytes != st.pool->block_bytes()) {
-          self->send(
-              job.decode,
-              prefill_failed{id,
-                             {errc::invalid_request,
-                              fmt::format("prefill job for {} tokens names {} destination "
-                                          "blocks of {} B (expected {} of {} B)",
-                                          job.prompt.size(), job.dst_blocks.size(),
-                                          job.dst.block_bytes, need, st.pool->block_bytes())}});
+          self->send(job.decode,
+                     prefill_failed{
+                         id,
+                         {errc::invalid_request,
+                          fmt::format("prefill job for {} tokens skips {} and names {} "
+                                      "destination blocks of {} B (expected {} of {} B)",
+                                      job.prompt.size(), job.skip_blocks, job.dst_blocks.size(),
+                                      job.dst.block_bytes, skip_ok ? need - job.skip_blocks : need,
+                                      st.pool->block_bytes())}});
           return;
         }
         if (need > st.pool->total()) {
@@ -240,11 +282,17 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
           return;
         }
         auto& js = st.jobs[id];
+        js.chain = block_hashes(job.prompt, bt);
         js.job = std::move(job);
         st.waiting.push_back(id);
       },
       [self](step_atom) { launch(self); },
-      [](const membership&) {},  // nothing here depends on other members yet
+      [self](const membership& m) {
+        // The kv-store (for prefix cache events) may live on another node and join later.
+        for (const auto& mem : m.members)
+          if (mem.info.kind == role::kv_store)
+            self->state.kv_store = mem.up ? mem.handle : caf::actor{};
+      },
       [self](engine_step_done& done) { step_done(self, done); },
       [self](kv_write_done& d) {
         launch_on_exit relaunch{self};
@@ -262,7 +310,7 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
           js.job.tr.stamp(stage::kv_pushed, st.info.node_index);
           self->send(js.job.router, first_token{d.id, js.first, js.job.tr});
           self->send(js.job.decode,
-                     kv_ready{d.id, js.first, static_cast<uint32_t>(js.blocks_sent), js.job.tr});
+                     kv_ready{d.id, js.first, js.blocks_sent - js.job.skip_blocks, js.job.tr});
           ++st.completed;
           drop_job(self, d.id);
         }
@@ -280,12 +328,13 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
         ws.node = st.info.node;
         ws.queued = static_cast<uint32_t>(st.waiting.size());
         ws.running = static_cast<uint32_t>(st.queue.size());
-        ws.kv_used = st.pool->used();
+        ws.kv_used = st.cache->referenced();
         ws.kv_total = st.pool->total();
         ws.completed = st.completed;
         ws.tokens_out = st.tokens_computed;
-        ws.detail =
-            fmt::format("engine {}, transport {}", st.eng->info().name, st.transport->name());
+        ws.detail = fmt::format("engine {}, transport {}, prefix cache {} blocks ({} reused)",
+                                st.eng->info().name, st.transport->name(), st.cache->cached(),
+                                st.cache->hits());
         return ws;
       },
   };

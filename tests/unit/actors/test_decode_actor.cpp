@@ -88,8 +88,10 @@ struct decode_harness {
     auto job = expect<prefill_job>(self, "prefill_job");
     CHECK(job.id == req.id);
     CHECK(job.prompt == req.prompt);
-    CHECK(job.dst_blocks.size() ==
+    // Blocks the decode worker holds in its prefix cache are skipped, never the last one.
+    CHECK(job.skip_blocks + job.dst_blocks.size() ==
           scfg.layout.blocks_for(static_cast<uint32_t>(req.prompt.size())));
+    CHECK(job.dst_blocks.size() >= 1);
     CHECK(job.dst.block_bytes == scfg.layout.block_bytes());
     CHECK(job.dst.num_blocks == decode_pool.num_blocks);
     CHECK(job.dst.owner == decode_wid);
@@ -103,7 +105,7 @@ struct decode_harness {
   /// Computes the job's prompt into the test's pool; returns the local blocks and the
   /// first token.
   std::pair<std::vector<block_id>, token_id> compute(const prefill_job& job) {
-    auto blocks = pool.allocate(static_cast<uint32_t>(job.dst_blocks.size()));
+    auto blocks = pool.allocate(job.skip_blocks + static_cast<uint32_t>(job.dst_blocks.size()));
     REQUIRE(blocks);
     prefill_chunk c;
     c.tokens = job.prompt;
@@ -135,10 +137,12 @@ struct decode_harness {
     return t;
   }
 
-  /// Plays a well-behaved prefill worker for `job`: computes it, sends its KV in two
-  /// transfers (the last block separately) and kv_ready. Returns the first token.
+  /// Plays a well-behaved prefill worker for `job`: computes it, sends the KV of the blocks
+  /// it does not skip in two transfers (the last block separately) and kv_ready. Returns
+  /// the first token.
   token_id serve_prefill(const prefill_job& job) {
-    auto [src, first] = compute(job);
+    auto [all, first] = compute(job);
+    std::vector<block_id> src(all.begin() + job.skip_blocks, all.end());
     auto n = src.size();
     auto split = n > 1 ? n - 1 : n;
     std::span<const block_id> s(src), d(job.dst_blocks);
@@ -155,13 +159,16 @@ struct decode_harness {
     for (;;) {
       std::variant<std::monostate, token_batch, request_done> got;
       std::string problem;
+      bool cache_event = false;  // prefix cache events have their own tests
       self->receive([&](token_batch& b) { got = std::move(b); },
                     [&](request_done& d) { got = std::move(d); },
+                    [&](kv_event&) { cache_event = true; },
                     caf::others >> [&](caf::message_view& x) -> caf::result<caf::message> {
                       problem = "unexpected message " + describe(x);
                       return caf::sec::unexpected_message;
                     },
                     caf::after(receive_timeout) >> [&] { problem = "timed out"; });
+      if (cache_event) continue;
       if (auto* b = std::get_if<token_batch>(&got)) {
         REQUIRE(b->tokens.size() == 1);
         CHECK(b->batch_size == 1);
@@ -433,28 +440,101 @@ TEST_CASE("decode: assignments wait for free blocks, in arrival order", "[decode
   CHECK(h.status_and_quiet("after both").kv_used == 0);
 }
 
-TEST_CASE("decode: the kv-store hears the prompt's blocks stored, then removed", "[decode_actor]") {
-  decode_harness h{small_decode(), true};
-  auto req = h.request(30, 10, 3);  // two full prompt blocks
+TEST_CASE("decode: the kv-store hears blocks enter the prefix cache, and leave on eviction",
+          "[decode_actor]") {
+  decode_harness h{small_decode(6), true};  // 6 blocks of 4 tokens
+  auto req = h.request(30, 10, 3);          // two full prompt blocks
   h.assign(req, true);
   auto job = h.expect_job(req);
+  CHECK(job.skip_blocks == 0);
   h.serve_prefill(job);
   auto stored = expect<kv_event>(h.self, "kv_event stored");
   CHECK(stored.worker == decode_wid);
   CHECK(stored.stored);
   CHECK(stored.hashes == block_hashes(req.prompt, h.scfg.layout.block_tokens));
   CHECK(stored.hashes.size() == 2);
-  for (uint32_t i = 1; i < 3; ++i) {
-    auto b = expect<token_batch>(h.self, "token_batch");
-    REQUIRE(b.tokens.size() == 1);
-    CHECK(b.tokens[0].index == i);
-  }
-  auto removed = expect<kv_event>(h.self, "kv_event removed");
-  CHECK_FALSE(removed.stored);
-  CHECK(removed.hashes == stored.hashes);
+  // Step 1 writes position 10, step 2 position 11: the third block (prompt tail and two
+  // generated tokens) is full after step 2 and enters the cache too.
+  auto b1 = expect<token_batch>(h.self, "token_batch 1");
+  CHECK(b1.tokens.at(0).index == 1);
+  auto b2 = expect<token_batch>(h.self, "token_batch 2");
+  CHECK(b2.tokens.at(0).index == 2);
+  auto third = expect<kv_event>(h.self, "kv_event stored (generated block)");
+  CHECK(third.stored);
+  REQUIRE(third.hashes.size() == 1);
   auto done = expect<request_done>(h.self, "request_done");
   CHECK(done.reason == finish_reason::length);
-  CHECK(h.status_and_quiet("after request_done").kv_used == 0);
+  auto ws = h.status_and_quiet("after request_done");
+  CHECK(ws.kv_used == 0);  // nothing referenced; the three blocks stay cached
+  CHECK_THAT(ws.detail, Catch::Contains("prefix cache 3 blocks"));
+
+  // A request with another prompt that needs all 6 blocks evicts the cached ones.
+  auto big = h.request(31, 8, 16, 900);
+  h.assign(big, true);
+  auto removed = expect<kv_event>(h.self, "kv_event removed");
+  CHECK_FALSE(removed.stored);
+  CHECK(removed.hashes.size() == 3);
+  auto big_job = h.expect_job(big);
+  CHECK(big_job.skip_blocks == 0);
+}
+
+TEST_CASE("decode: a request sharing a cached prefix skips those blocks' prefill",
+          "[decode_actor]") {
+  decode_harness h{small_decode(), true};
+  auto a = h.request(40, 13, 2);  // three full prompt blocks and one token
+  h.assign(a, true);
+  auto job_a = h.expect_job(a);
+  CHECK(job_a.skip_blocks == 0);
+  h.serve_prefill(job_a);
+  request_done done;
+  (void)expect<kv_event>(h.self, "kv_event stored");
+  auto rest = h.collect(a.id, 1, done);
+  CHECK(done.reason == finish_reason::length);
+
+  // Same 12 leading tokens, another tail: the three full blocks come from the cache.
+  auto b = h.request(41, 14, 4);
+  b.prompt[12] = 777;
+  b.prompt[13] = 778;
+  h.assign(b, true);
+  auto job_b = h.expect_job(b);
+  CHECK(job_b.skip_blocks == 3);
+  CHECK(job_b.dst_blocks.size() == 1);
+  auto expected = sim_continuation(h.eng, b.prompt, 4);
+  auto first = h.serve_prefill(job_b);
+  auto tokens = h.collect(b.id, 1, done);
+  tokens.insert(tokens.begin(), first);
+  CHECK(tokens == expected);  // the reused KV is right: the sim engine checks every block
+  CHECK(done.reason == finish_reason::length);
+
+  // An identical prompt whose length is a whole number of blocks still computes its last
+  // block (the first token comes from the last position's logits).
+  auto c = h.request(42, 12, 2);
+  h.assign(c, true);
+  auto job_c = h.expect_job(c);
+  CHECK(job_c.skip_blocks == 2);
+  h.serve_prefill(job_c);
+  (void)h.collect(c.id, 1, done);
+  CHECK(done.reason == finish_reason::length);
+  CHECK_THAT(h.status_and_quiet("after three").detail, Catch::Contains("reused"));
+}
+
+TEST_CASE("decode: local prefill starts after the cached prefix", "[decode_actor]") {
+  decode_harness h{small_decode()};
+  auto a = h.request(50, 9, 2);
+  h.assign(a, false);
+  request_done done;
+  auto first_a = expect<first_token>(h.self, "first_token a");
+  (void)first_a;
+  (void)h.collect(a.id, 1, done);
+  auto b = h.request(51, 9, 3);
+  b.prompt[8] = 4242;
+  h.assign(b, false);
+  auto expected = sim_continuation(h.eng, b.prompt, 3);
+  auto ft = expect<first_token>(h.self, "first_token b");
+  auto tokens = h.collect(b.id, 1, done);
+  tokens.insert(tokens.begin(), ft.token);
+  CHECK(tokens == expected);
+  CHECK_THAT(h.status_and_quiet("after both").detail, Catch::Contains("(2 reused)"));
 }
 
 TEST_CASE("decode: cancel while the engine computes the sequence's step", "[decode_actor]") {

@@ -51,7 +51,9 @@ TEST_CASE("valid requests pass and are converted", "[validate]") {
   SECTION("token ids, stop ids and sampling pass through") {
     auto p = ids({0, 5, 999});
     p.stop_ids = {7, 8};
-    p.sampling = {0.7f, 0.9f, 42};
+    p.sampling.temperature = 0.7f;
+    p.sampling.top_p = 0.9f;
+    p.sampling.seed = 42;
     p.ignore_eos = true;
     auto v = validate(p, tok, m);
     REQUIRE(v.ok());
@@ -99,4 +101,16 @@ TEST_CASE("invalid requests are rejected with a message naming the field", "[val
   reject(top, "top_p");
   top.sampling.top_p = 1.5f;
   reject(top, "top_p");
+  auto minp = ids({1});
+  minp.sampling.min_p = -0.1f;
+  reject(minp, "min_p");
+  minp.sampling.min_p = std::numeric_limits<float>::infinity();
+  reject(minp, "min_p");
+  auto ss = ids({1});
+  ss.stop_strings = {"ok", ""};
+  reject(ss, "stop string 1 is empty");
+  ss.stop_strings = {std::string(max_stop_string_bytes + 1, 'x')};
+  reject(ss, "stop string 0 has");
+  ss.stop_strings.assign(max_stop_strings + 1, "x");
+  reject(ss, "at most 16 stop strings");
 }

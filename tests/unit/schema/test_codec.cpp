@@ -15,7 +15,12 @@ TEST_CASE("generate request round-trips through the codec", "[codec]") {
     p.token_ids = {-3, 0, 1LL << 40};
     p.max_tokens = -7;  // the codec carries bad values so validation can report them exactly
     p.stop_ids = {2, 99};
-    p.sampling = {0.5f, 0.25f, 1234567890123ULL};
+    p.sampling.temperature = 0.5f;
+    p.sampling.top_p = 0.25f;
+    p.sampling.top_k = 40;
+    p.sampling.min_p = 0.05f;
+    p.sampling.seed = 1234567890123ULL;
+    p.stop_strings = {"\n\n", "END"};
     p.ignore_eos = true;
     p.add_bos = false;
     p.client_sent_ns = 42;
@@ -33,6 +38,9 @@ TEST_CASE("generate request round-trips through the codec", "[codec]") {
     CHECK(q.sampling.temperature == 0.5f);
     CHECK(q.sampling.top_p == 0.25f);
     CHECK(q.sampling.seed == p.sampling.seed);
+    CHECK(q.sampling.top_k == 40);
+    CHECK(q.sampling.min_p == 0.05f);
+    CHECK(q.stop_strings == p.stop_strings);
     CHECK(q.ignore_eos);
     CHECK_FALSE(q.add_bos);
     CHECK(q.client_sent_ns == 42);
@@ -47,6 +55,9 @@ TEST_CASE("schema defaults are the documented ones", "[codec]") {
   CHECK(p.add_bos);
   CHECK(p.sampling.top_p == 1.0f);
   CHECK(p.sampling.temperature == 0.0f);
+  CHECK(p.sampling.top_k == 0);
+  CHECK(p.sampling.min_p == 0.0f);
+  CHECK(p.stop_strings.empty());
 }
 
 TEST_CASE("summary round-trips, unknown stage names are skipped", "[codec]") {

@@ -1,0 +1,179 @@
+// A real model end to end: `tokenmill make-model` writes it, `tokenmill serve --model`
+// serves it on the CPU engine, aggregated and disaggregated, from GGUF and from a Hugging
+// Face directory; prefix reuse, stop strings and bad model files.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include "harness.hpp"
+
+using namespace tokenmill::testing;
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+/// The test models, written once per test process into a temporary folder.
+struct models {
+  fs::path dir;
+  std::string gguf;  ///< tiny preset, f32, GGUF
+  std::string hf;    ///< the same weights as a Hugging Face directory
+  models() {
+    dir = fs::temp_directory_path() / ("tokenmill-models-" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    gguf = (dir / "tiny.gguf").string();
+    hf = (dir / "tiny-hf").string();
+    for (auto [format, out] : {std::pair{"gguf", gguf}, std::pair{"hf", hf}}) {
+      auto r = run_tokenmill(
+          {"make-model", "--preset", "tiny", "--dtype", "f32", "--format", format, "-o", out});
+      if (r.exit_code != 0) throw std::runtime_error("make-model failed: " + r.err);
+    }
+  }
+  ~models() {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+};
+
+const models& test_models() {
+  static models m;
+  return m;
+}
+
+server::options cpu_server(const std::string& model, int prefill_workers) {
+  return {{"--engine", "cpu"},
+          {"--model", model},
+          {"--threads", "1"},
+          {"--prefill-workers", std::to_string(prefill_workers)},
+          // Disaggregated means every prompt goes to the prefill worker.
+          {"--local-prefill-threshold", prefill_workers > 0 ? "0" : "1000000"}};
+}
+
+json generate_json(const server& srv, std::vector<std::string> args) {
+  args.insert(args.begin(), "--json");
+  auto r = srv.generate(args);
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE_FALSE(r.timed_out);
+  REQUIRE(r.exit_code == 0);
+  auto j = last_json_line(r.out);
+  REQUIRE(j.is_object());
+  return j;
+}
+
+std::vector<int64_t> ids_of(const json& j) {
+  return j.at("token_ids").get<std::vector<int64_t>>();
+}
+
+}  // namespace
+
+TEST_CASE("a real model's tokens are the same aggregated, disaggregated and from HF files",
+          "[integration][model]") {
+  const auto& m = test_models();
+  server aggregated(cpu_server(m.gguf, 0));
+  server disaggregated(cpu_server(m.gguf, 1));
+  server from_hf(cpu_server(m.hf, 1));
+  // 40 prompt tokens: two full blocks and a partial one cross the transfer.
+  const auto prompt = id_prompt(1, 40);
+  for (auto sampling : {std::vector<std::string>{"--temperature", "0"},
+                        std::vector<std::string>{"--temperature", "0.9", "--seed", "7"}}) {
+    std::vector<std::string> args{"--max-tokens", "24", "--ignore-eos", "--token-ids", prompt};
+    args.insert(args.end(), sampling.begin(), sampling.end());
+    auto a = generate_json(aggregated, args);
+    auto d = generate_json(disaggregated, args);
+    auto h = generate_json(from_hf, args);
+    INFO(a.dump() << "\n" << d.dump());
+    CHECK(ids_of(a).size() == 24);
+    CHECK(ids_of(a) == ids_of(d));
+    CHECK(ids_of(a) == ids_of(h));
+    CHECK(d["stages"].contains("kv_transfer"));  // it really went through the prefill worker
+  }
+  // Text prompts use the model's own tokenizer (the same vocabulary in both formats).
+  std::vector<std::string> text{"--max-tokens", "8", "--ignore-eos", "the quick brown fox"};
+  auto ta = generate_json(aggregated, text);
+  auto th = generate_json(from_hf, text);
+  CHECK(ta["prompt_tokens"] == th["prompt_tokens"]);
+  CHECK(ids_of(ta) == ids_of(th));
+  CHECK(ta["text"] == th["text"]);
+}
+
+TEST_CASE("a repeated prompt reuses cached KV blocks and gives the same tokens",
+          "[integration][model]") {
+  const auto& m = test_models();
+  for (int prefill_workers : {0, 1}) {
+    server srv(cpu_server(m.gguf, prefill_workers));
+    std::vector<std::string> args{"--max-tokens", "6", "--ignore-eos", "--token-ids",
+                                  id_prompt(100, 50)};
+    auto first = generate_json(srv, args);
+    auto second = generate_json(srv, args);
+    CHECK(ids_of(first) == ids_of(second));
+    auto st = srv.status();
+    REQUIRE(st.is_object());
+    auto role = prefill_workers > 0 ? "prefill" : "decode";
+    auto w = worker(st, role);
+    INFO(st.dump());
+    // 50 tokens = 3 full blocks of 16; the second request reuses all three.
+    CHECK_THAT(w["detail"].get<std::string>(), Catch::Contains("(3 reused)"));
+    CHECK(eventually([&] { return workers_idle(srv.status()); }, milliseconds(5000)));
+  }
+}
+
+TEST_CASE("a stop string ends the completion before it", "[integration][model]") {
+  const auto& m = test_models();
+  server srv(cpu_server(m.gguf, 0));
+  std::vector<std::string> args{"--max-tokens", "32", "--ignore-eos", "once upon a time"};
+  auto full = generate_json(srv, args);
+  auto text = full["text"].get<std::string>();
+  INFO(text);
+  // Pick a stop string from the middle of the completion, on ASCII letters.
+  size_t at = std::string::npos;
+  for (size_t i = text.size() / 3; i + 3 < text.size(); ++i)
+    if (std::isalpha(static_cast<unsigned char>(text[i])) &&
+        std::isalpha(static_cast<unsigned char>(text[i + 1]))) {
+      at = i;
+      break;
+    }
+  if (at == std::string::npos) {
+    WARN("the completion has no two ASCII letters in a row: " << text);
+    return;
+  }
+  auto stop = text.substr(at, 2);
+  auto first = text.find(stop);
+  args.insert(args.end(), {"--stop", stop});
+  auto cut = generate_json(srv, args);
+  CHECK(cut["finish_reason"] == "stop");
+  CHECK(cut["text"] == text.substr(0, first));
+  CHECK(cut["tokens"].get<size_t>() < full["tokens"].get<size_t>());
+  CHECK(eventually([&] { return workers_idle(srv.status()); }, milliseconds(5000)));
+}
+
+TEST_CASE("serve refuses a missing, truncated or foreign model file with a clear error",
+          "[integration][model]") {
+  const auto& m = test_models();
+  auto serve_fails = [](const std::string& model, const std::string& expected) {
+    auto r = run_tokenmill({"serve", "--model", model, "--rpc-port", "0"}, milliseconds(20000));
+    INFO("stdout: " << r.out << "\nstderr: " << r.err);
+    CHECK_FALSE(r.timed_out);
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.err, Catch::Contains(expected));
+  };
+  serve_fails((m.dir / "nope.gguf").string(), "nope.gguf");
+  // Truncated: the first half of a real model file.
+  auto cut = (m.dir / "truncated.gguf").string();
+  {
+    std::ifstream in(m.gguf, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    std::ofstream(cut, std::ios::binary).write(bytes.data(), bytes.size() / 2);
+  }
+  serve_fails(cut, "truncated.gguf");
+  // Not a model at all.
+  auto junk = (m.dir / "junk.gguf").string();
+  std::ofstream(junk) << "this is not a model\n";
+  serve_fails(junk, "junk.gguf");
+  // An HF directory without its tokenizer.
+  auto broken = m.dir / "broken-hf";
+  fs::create_directories(broken);
+  fs::copy_file(fs::path(m.hf) / "config.json", broken / "config.json");
+  fs::copy_file(fs::path(m.hf) / "model.safetensors", broken / "model.safetensors");
+  serve_fails(broken.string(), "tokenizer.json");
+}
