@@ -66,6 +66,11 @@ void softmax(float* x, size_t n);
 /// A batch size the kernel tests cover on both sides of (a former GEMM switch-over point;
 /// see kernels.cpp for the measurements behind the single SIMD path).
 inline constexpr size_t gemm_min_rows = 64;
+/// Rows of the batch from which linear() converts weight rows to f32 once per block of
+/// batch rows and runs register tiles over them, instead of converting on the fly. Single
+/// thread, f16 2048x768: 55-69 GFLOP/s against 35-39 for the on-the-fly kernel at n >= 64;
+/// below that the gain was small and end-to-end decode at batch 32 measured no better.
+inline constexpr size_t gemm_packed_min_rows = 64;
 
 /// y[i][j] = sum_k x[i][k] * w[j][k] for i < n and j in [row_begin, row_end): the output
 /// features [row_begin, row_end) of a linear layer, so threads can split a layer by rows.

@@ -143,8 +143,9 @@ TEST_CASE("dequantize_row and dot_row match the scalar references for every dtyp
 TEST_CASE("linear matches the scalar reference for every dtype, batch size and row range",
           "[cpu]") {
   for (dtype t : {dtype::f32, dtype::f16, dtype::bf16, dtype::q8_0}) {
-    for (size_t n : {size_t{1}, size_t{2}, size_t{3}, size_t{19}, gemm_min_rows - 1, gemm_min_rows,
-                     gemm_min_rows + 3}) {
+    for (size_t n :
+         {size_t{1}, size_t{2}, size_t{3}, gemm_packed_min_rows - 1, gemm_packed_min_rows,
+          size_t{19}, gemm_min_rows - 1, gemm_min_rows, gemm_min_rows + 3}) {
       size_t cols = t == dtype::q8_0 ? 96 : 45, rows = 37;
       INFO(dtype_name(t) << " n=" << n);
       auto w = make_weight(t, rows, cols, 21);
@@ -163,6 +164,22 @@ TEST_CASE("linear matches the scalar reference for every dtype, batch size and r
           REQUIRE(y[i * ys + j] == -7.0f);  // untouched
       }
     }
+  }
+}
+
+TEST_CASE("linear over wide rows splits the batch into several cache blocks", "[cpu]") {
+  // 4100 columns: a few batch rows per cache block, a column tail, and 9 output rows (a
+  // remainder after the 4-row tiles).
+  for (dtype t : {dtype::f32, dtype::f16, dtype::bf16}) {
+    const size_t cols = 4100, rows = 9, n = gemm_packed_min_rows + 5;
+    INFO(dtype_name(t));
+    auto w = make_weight(t, rows, cols, 31);
+    auto x = random_floats(n * cols, 32);
+    std::vector<float> y(n * rows), ref(n * rows), scratch;
+    linear(w.view, x.data(), n, y.data(), rows, 0, rows, scratch);
+    linear_scalar(w.view, x.data(), n, ref.data(), rows, 0, rows);
+    for (size_t i = 0; i < y.size(); ++i)
+      REQUIRE(y[i] == Approx(ref[i]).margin(1e-4));
   }
 }
 
