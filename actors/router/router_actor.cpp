@@ -1,5 +1,8 @@
 // The router: admits requests, picks workers, streams tokens back in order and builds
-// each request's timeline. Decisions live in routing_policy.cpp.
+// each request's timeline. Decisions live in routing_policy.cpp. When there is a choice to
+// make (several workers of a role, or local prefill allowed), it first asks the kv-store
+// which workers hold the prompt's leading blocks, so that a prompt goes where its prefix
+// is cached (KV-aware routing); the wait is part of the `routing` stage.
 #include <map>
 #include <unordered_map>
 
@@ -38,6 +41,11 @@ struct router_state {
   std::map<worker_id, worker_load> prefills;
   caf::actor kv_store;
   std::unordered_map<request_id, request_state> requests;
+  /// Requests waiting for the kv-store's overlap answer; true once cancelled meanwhile.
+  std::unordered_map<request_id, bool> awaiting_overlap;
+  uint64_t overlap_queries = 0;
+  uint64_t overlap_failures = 0;  ///< queries that failed or timed out (routed without)
+  uint64_t routed_to_cache = 0;   ///< requests sent to a worker holding part of the prefix
   uint64_t queued_prompt_tokens = 0;
   uint64_t completed = 0;
   uint64_t tokens_out = 0;
@@ -113,13 +121,20 @@ void release_tokens(router_ptr self, request_id id, request_state& rs) {
   }
 }
 
-void route(router_ptr self, generate_request req) {
+/// Blocks of the prompt's prefix that worker `w` holds, per the kv-store's answer.
+uint32_t overlap_of(const std::vector<worker_overlap>& overlap, worker_id w) {
+  for (const auto& o : overlap)
+    if (o.worker == w) return o.blocks;
+  return 0;
+}
+
+void route(router_ptr self, generate_request req, const std::vector<worker_overlap>& overlap) {
   auto& st = self->state;
   auto id = req.id;
   auto prompt_tokens = static_cast<uint32_t>(req.prompt.size());
   std::vector<decode_candidate> dc;
   for (const auto& [wid, w] : st.decodes)
-    dc.push_back({wid, w.active, 0});
+    dc.push_back({wid, w.active, overlap_of(overlap, wid)});
   auto d = pick_decode(dc);
   if (!d) {
     request_summary s;
@@ -129,20 +144,24 @@ void route(router_ptr self, generate_request req) {
     self->send(req.client, std::move(s));
     return;
   }
+  const uint32_t cached = std::min(prompt_tokens, dc[*d].overlap_blocks * st.cfg.block_tokens);
   bool local =
-      prefill_locally(prompt_tokens, 0, st.cfg.local_prefill_threshold, !st.prefills.empty());
+      prefill_locally(prompt_tokens, cached, st.cfg.local_prefill_threshold, !st.prefills.empty());
+  bool to_cache = local && dc[*d].overlap_blocks > 0;
   std::optional<worker_id> pid;
   caf::actor prefill;
   if (!local) {
     std::vector<prefill_candidate> pc;
     for (const auto& [wid, w] : st.prefills)
-      pc.push_back({wid, w.queued_tokens, 0});
+      pc.push_back({wid, w.queued_tokens, overlap_of(overlap, wid)});
     auto p = pick_prefill(pc, prompt_tokens, st.cfg.block_tokens);
+    to_cache = pc[*p].overlap_blocks > 0 || dc[*d].overlap_blocks > 0;
     pid = pc[*p].id;
     prefill = st.prefills[*pid].handle;
     st.prefills[*pid].queued_tokens += prompt_tokens;
     st.queued_prompt_tokens += prompt_tokens;
   }
+  if (to_cache) ++st.routed_to_cache;
   auto& dw = st.decodes[dc[*d].id];
   ++dw.active;
   request_state rs;
@@ -155,6 +174,49 @@ void route(router_ptr self, generate_request req) {
   rs.tr.id = id;
   st.requests.emplace(id, std::move(rs));
   self->send(dw.handle, decode_assignment{std::move(req), prefill, self});
+}
+
+/// Whether the kv-store's overlap can change where `req` goes: some choice exists and the
+/// prompt has a full block.
+bool overlap_matters(const router_state& st, const generate_request& req) {
+  if (!st.kv_store || req.prompt.size() < st.cfg.block_tokens) return false;
+  return st.decodes.size() > 1 || st.prefills.size() > 1 ||
+         (st.cfg.local_prefill_threshold > 0 && !st.prefills.empty());
+}
+
+/// Asks the kv-store for the prompt's overlap, then routes (without it, after a failure or
+/// after 20 ms: the cache is an optimisation, never a reason to stall a request).
+void route_with_overlap(router_ptr self, generate_request req) {
+  auto& st = self->state;
+  auto id = req.id;
+  ++st.overlap_queries;
+  st.awaiting_overlap.emplace(id, false);
+  overlap_query q{block_hashes(req.prompt, st.cfg.block_tokens)};
+  auto shared = std::make_shared<generate_request>(std::move(req));
+  auto resume = [self, shared](std::vector<worker_overlap> overlap) {
+    auto& st = self->state;
+    auto it = st.awaiting_overlap.find(shared->id);
+    if (it == st.awaiting_overlap.end()) return;
+    bool cancelled = it->second;
+    st.awaiting_overlap.erase(it);
+    if (cancelled) {
+      request_summary s;
+      s.id = shared->id;
+      s.reason = finish_reason::cancelled;
+      s.error = {errc::cancelled, "cancelled before it was routed"};
+      self->send(shared->client, std::move(s));
+      return;
+    }
+    route(self, std::move(*shared), overlap);
+  };
+  self->request(st.kv_store, std::chrono::milliseconds(20), std::move(q))
+      .then([resume](overlap_reply& r) { resume(std::move(r.workers)); },
+            [self, resume, id](caf::error& e) {
+              ++self->state.overlap_failures;
+              spdlog::debug("router: overlap query for request {} failed: {}", id,
+                            caf::to_string(e));
+              resume({});
+            });
 }
 
 caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::actor sup) {
@@ -178,7 +240,7 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           self->send(req.client, std::move(s));
           return;
         }
-        if (st.requests.count(req.id) != 0) {
+        if (st.requests.count(req.id) != 0 || st.awaiting_overlap.count(req.id) != 0) {
           request_summary s;
           s.id = req.id;
           s.reason = finish_reason::error;
@@ -187,8 +249,9 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           self->send(req.client, std::move(s));
           return;
         }
-        if (admit(static_cast<uint32_t>(st.requests.size()), st.queued_prompt_tokens, prompt_tokens,
-                  st.cfg.limits) == admission::overloaded) {
+        auto inflight = static_cast<uint32_t>(st.requests.size() + st.awaiting_overlap.size());
+        if (admit(inflight, st.queued_prompt_tokens, prompt_tokens, st.cfg.limits) ==
+            admission::overloaded) {
           ++st.rejected;
           request_summary s;
           s.id = req.id;
@@ -200,7 +263,10 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           self->send(req.client, std::move(s));
           return;
         }
-        route(self, std::move(req));
+        if (overlap_matters(st, req))
+          route_with_overlap(self, std::move(req));
+        else
+          route(self, std::move(req), {});
       },
       [self](first_token& ft) {
         auto& st = self->state;
@@ -258,6 +324,10 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
       },
       [self](const cancel_request& c) {
         auto& st = self->state;
+        if (auto w = st.awaiting_overlap.find(c.id); w != st.awaiting_overlap.end()) {
+          w->second = true;  // answered when the overlap query returns
+          return;
+        }
         auto it = st.requests.find(c.id);
         if (it == st.requests.end()) return;
         // The decode worker owns the request's blocks: it frees them, cancels the prefill
@@ -306,11 +376,14 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         ws.kind = role::router;
         ws.name = st.info.name;
         ws.node = st.info.node;
-        ws.queued = static_cast<uint32_t>(st.requests.size());
+        ws.queued = static_cast<uint32_t>(st.requests.size() + st.awaiting_overlap.size());
         ws.completed = st.completed;
         ws.tokens_out = st.tokens_out;
-        ws.detail = fmt::format("{} decode, {} prefill workers; {} rejected (overloaded)",
-                                st.decodes.size(), st.prefills.size(), st.rejected);
+        ws.detail = fmt::format(
+            "{} decode, {} prefill workers; {} rejected (overloaded); {} routed to a cached "
+            "prefix ({} overlap queries, {} failed)",
+            st.decodes.size(), st.prefills.size(), st.rejected, st.routed_to_cache,
+            st.overlap_queries, st.overlap_failures);
         return ws;
       },
   };

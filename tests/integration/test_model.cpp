@@ -177,3 +177,21 @@ TEST_CASE("serve refuses a missing, truncated or foreign model file with a clear
   fs::copy_file(fs::path(m.hf) / "model.safetensors", broken / "model.safetensors");
   serve_fails(broken.string(), "tokenizer.json");
 }
+
+TEST_CASE("with two decode workers a repeated prompt is routed to the one holding its prefix",
+          "[integration][model]") {
+  const auto& m = test_models();
+  auto opts = cpu_server(m.gguf, 0);
+  opts["--decode-workers"] = "2";
+  server srv(opts);
+  std::vector<std::string> args{"--max-tokens", "4", "--ignore-eos", "--token-ids",
+                                id_prompt(200, 40)};
+  auto first = generate_json(srv, args);
+  auto second = generate_json(srv, args);
+  CHECK(ids_of(first) == ids_of(second));
+  auto st = srv.status();
+  REQUIRE(st.is_object());
+  INFO(st.dump());
+  CHECK_THAT(worker(st, "router")["detail"].get<std::string>(),
+             Catch::Contains("1 routed to a cached prefix"));
+}

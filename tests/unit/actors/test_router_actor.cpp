@@ -1,6 +1,7 @@
 // Router tests: the scoped actor plays supervisor, decode worker, prefill worker and
 // client. It sends the membership itself, so the router's view of the cluster is exactly
 // what each test says.
+#include "engine/block_hash.hpp"
 #include "tests/unit/actors/actor_test_util.hpp"
 
 using namespace tokenmill;
@@ -314,4 +315,102 @@ TEST_CASE("router: tokens delivered twice are released once and do not stall the
   h.send_done(1, finish_reason::length, 3);
   auto s = expect<request_summary>(h.self, "request_summary");
   CHECK(s.completion_tokens == 3);
+}
+
+namespace {
+constexpr worker_id decode2_wid = 11;
+constexpr worker_id kv_wid = 30;
+
+/// Membership with two decode workers, a prefill worker and a kv-store, all played by the
+/// scoped actor.
+void send_kv_membership(router_harness& h) {
+  membership m;
+  m.members.push_back(h.as_member(router_wid, role::router));
+  m.members.push_back(h.as_member(decode_wid, role::decode));
+  m.members.push_back(h.as_member(decode2_wid, role::decode));
+  m.members.push_back(h.as_member(prefill_wid, role::prefill));
+  m.members.push_back(h.as_member(kv_wid, role::kv_store));
+  h.self->send(h.router, m);
+}
+
+/// Receives the router's overlap query for `prompt` and answers `reply`.
+void answer_overlap(router_harness& h, const std::vector<token_id>& prompt,
+                    std::vector<worker_overlap> reply) {
+  bool asked = false;
+  h.self->receive(
+      [&](const overlap_query& q) -> overlap_reply {
+        asked = true;
+        CHECK(q.hashes == block_hashes(prompt, 4));
+        return overlap_reply{std::move(reply)};
+      },
+      caf::after(receive_timeout) >> [] {});
+  REQUIRE(asked);
+}
+}  // namespace
+
+TEST_CASE("router: with a choice to make it asks the kv-store and follows the cached prefix",
+          "[router_actor]") {
+  router_config cfg;
+  cfg.local_prefill_threshold = 8;
+  router_harness h{cfg};
+  send_kv_membership(h);
+  // 10 tokens = 2 full blocks of 4. Decode worker 11 holds both: 2 uncached tokens are
+  // below the threshold, so it prefills locally on the worker that has the prefix.
+  auto req = h.request(1, 10);
+  h.self->send(h.router, req);
+  answer_overlap(h, req.prompt, {{decode2_wid, 2}});
+  auto a = expect<decode_assignment>(h.self, "decode_assignment");
+  CHECK(a.req.id == 1);
+  CHECK_FALSE(a.prefill);
+  // Without overlap the 10 uncached tokens go to the prefill worker.
+  auto req2 = h.request(2, 10);
+  req2.prompt[0] = 999;
+  h.self->send(h.router, req2);
+  answer_overlap(h, req2.prompt, {});
+  auto b = expect<decode_assignment>(h.self, "decode_assignment");
+  CHECK(b.prefill == handle_of(h.self));
+  auto ws = h.status_and_quiet("after two requests");
+  CHECK_THAT(ws.detail,
+             Catch::Contains("1 routed to a cached prefix (2 overlap queries, 0 failed)"));
+}
+
+TEST_CASE("router: a failed overlap query still routes the request", "[router_actor]") {
+  router_harness h;
+  send_kv_membership(h);
+  auto req = h.request(1, 10);
+  h.self->send(h.router, req);
+  // The kv-store answers with an error: the request is routed without overlap.
+  h.self->receive([&](const overlap_query&) -> caf::result<overlap_reply> {
+    return caf::make_error(caf::sec::runtime_error);
+  });
+  auto a = expect<decode_assignment>(h.self, "decode_assignment");
+  CHECK(a.req.id == 1);
+  CHECK(a.prefill == handle_of(h.self));
+  CHECK_THAT(h.status_and_quiet("after the request").detail, Catch::Contains("1 failed"));
+}
+
+TEST_CASE("router: a request cancelled while its overlap query is out ends cancelled",
+          "[router_actor]") {
+  router_harness h;
+  send_kv_membership(h);
+  auto req = h.request(1, 10);
+  h.self->send(h.router, req);
+  h.self->send(h.router, cancel_request{1});
+  answer_overlap(h, req.prompt, {{decode_wid, 2}});
+  auto s = expect<request_summary>(h.self, "request_summary");
+  CHECK(s.id == 1);
+  CHECK(s.reason == finish_reason::cancelled);
+  CHECK(h.status_and_quiet("after the cancel").queued == 0);
+}
+
+TEST_CASE("router: with nothing to choose it does not ask the kv-store", "[router_actor]") {
+  router_harness h;
+  membership m;
+  m.members.push_back(h.as_member(router_wid, role::router));
+  m.members.push_back(h.as_member(decode_wid, role::decode));
+  m.members.push_back(h.as_member(prefill_wid, role::prefill));
+  m.members.push_back(h.as_member(kv_wid, role::kv_store));
+  h.self->send(h.router, m);
+  h.submit(h.request(1, 40));  // expect<decode_assignment> fails on any other message first
+  CHECK_THAT(h.status_and_quiet("after the request").detail, Catch::Contains("0 overlap queries"));
 }
