@@ -13,6 +13,7 @@
 #include "common/clock.hpp"
 #include "engine/engine_factory.hpp"
 #include "frontend/rpc_server.hpp"
+#include "transport/ucx_transport.hpp"
 
 namespace tokenmill {
 namespace {
@@ -176,8 +177,17 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   if (!refused.empty()) return fail({errc::invalid_request, refused});
   im->actors.push_back(sys.spawn(supervisor_watch, sup, im->lost));
 
-  // The actors of this node.
-  auto transport = std::make_shared<inline_transport>();
+  // The actors of this node. One KV transport per node process, shared by its workers:
+  // with UCX, every pool is registered with the node's UCP worker and its remote key
+  // travels in the worker's pool descriptor.
+  std::shared_ptr<kv_transport> transport;
+  if (m.defaults.kv_transport == "ucx") {
+    auto t = ucx_transport::create();
+    if (!t) return fail(t.error());
+    transport = std::move(*t);
+  } else {
+    transport = std::make_shared<inline_transport>();
+  }
   worker_id next = idx * 256;
   caf::actor router, kv;
   std::vector<std::string> names;

@@ -147,6 +147,7 @@ struct cluster_spec {
   std::string p0_address = "127.0.0.1";
   /// The frontend's bind address; empty = the head node's address.
   std::string frontend_host;
+  std::string kv_transport = "inline";  ///< "inline" or "ucx"
 };
 
 /// Distinct free ports: one per node, plus the frontend's RPC and HTTP ports.
@@ -204,7 +205,7 @@ std::string manifest_yaml(const cluster_spec& spec, const port_plan& ports) {
   y << "cluster: " << spec.name << "\n"
     << "model:\n"
     << "  sim: {decode_step_ms: " << spec.decode_step_ms << ", prefill_us_per_token: 20}\n"
-    << "defaults: {engine: sim, block_tokens: 16, kv_transport: inline}\n"
+    << "defaults: {engine: sim, block_tokens: 16, kv_transport: " << spec.kv_transport << "}\n"
     << "failure: {heartbeat_ms: 100, connection_timeout_ms: 500}\n"
     << "frontend: {node: head, "
     << (spec.frontend_host.empty() ? "" : "host: " + spec.frontend_host + ", ")
@@ -802,4 +803,42 @@ TEST_CASE("every launch succeeds and every node stops on its own", "[integration
     CHECK(r.exit_code == 0);
     stop_cleanly(c);
   }
+}
+
+TEST_CASE("KV blocks cross between node processes over UCX (shared memory and tcp)",
+          "[integration][multinode][ucx]") {
+  for (const char* tls : {"", "tcp"}) {
+    // The node processes inherit the environment: UCX_TLS=tcp forces the tcp transport
+    // (its RMA is emulated, so the decode node's progress thread must serve it).
+    if (*tls)
+      ::setenv("UCX_TLS", tls, 1);
+    else
+      ::unsetenv("UCX_TLS");
+    INFO("UCX_TLS=" << (*tls ? tls : "(default)"));
+    cluster_spec spec;
+    spec.kv_transport = "ucx";
+    cluster c(spec);
+    c.launch();
+    // 40 prompt tokens: three blocks. The decode node checks every block's checksum and
+    // (sim engine) its contents, so a block that did not arrive fails the request.
+    const int n = 12;
+    const auto prompt = id_prompt(100, 40);
+    auto r = c.generate({"--json", "--token-ids", "--max-tokens", std::to_string(n), prompt});
+    INFO("stdout: " << r.out << "\nstderr: " << r.err << "\nlogs: " << c.logs_text());
+    REQUIRE(r.exit_code == 0);
+    auto j = last_json_line(r.out);
+    REQUIRE(j.is_object());
+    CHECK(j["tokens"] == n);
+    CHECK(j["stages"].contains("kv_transfer"));
+    auto st = c.status();
+    CHECK_THAT(worker(st, "decode")["detail"].get<std::string>(), Catch::Contains("transport ucx"));
+    CHECK(eventually([&] { return workers_idle(c.status()); }, milliseconds(5000)));
+    // The same ids as one process with the inline transport.
+    server single{{"--sim-decode-step-ms", "2"}, {"--sim-prefill-us-per-token", "20"}};
+    auto s = single.generate({"--json", "--token-ids", "--max-tokens", std::to_string(n), prompt});
+    REQUIRE(s.exit_code == 0);
+    CHECK(last_json_line(s.out)["token_ids"] == j["token_ids"]);
+    stop_cleanly(c);
+  }
+  ::unsetenv("UCX_TLS");
 }

@@ -1,0 +1,290 @@
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <future>
+#include <memory>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "transport/ucx_transport.hpp"
+
+using namespace tokenmill;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr size_t kBlock = 4096;
+constexpr int kNoTransportExit = 77;  ///< the tcp child could not start UCX
+
+/// A pool-like buffer of `blocks` blocks, block b filled with bytes (seed + b) ^ offset.
+std::vector<std::byte> make_buffer(size_t blocks, uint8_t seed) {
+  std::vector<std::byte> buf(blocks * kBlock);
+  for (size_t b = 0; b < blocks; ++b)
+    for (size_t i = 0; i < kBlock; ++i)
+      buf[b * kBlock + i] = static_cast<std::byte>(static_cast<uint8_t>(seed + b) ^ i);
+  return buf;
+}
+
+bool block_equals(const std::vector<std::byte>& a, block_id ab, const std::vector<std::byte>& b,
+                  block_id bb) {
+  return std::memcmp(a.data() + size_t{ab} * kBlock, b.data() + size_t{bb} * kBlock, kBlock) == 0;
+}
+
+/// A transport, or nullptr after a WARN when UCX cannot start here (the test then skips).
+std::shared_ptr<ucx_transport> make_transport(ucx_config cfg = {}) {
+  auto t = ucx_transport::create(cfg);
+  if (!t) {
+    WARN("skipping: UCX cannot create a context here: " << t.error().message);
+    return nullptr;
+  }
+  return *t;
+}
+
+/// The result of one write, waited for with a bound.
+struct waited {
+  int calls = 0;
+  error_info err;
+  kv_payload payload;
+};
+
+/// Writes and waits up to `limit` for the completion; counts calls.
+waited write_and_wait(kv_transport& t, std::span<const std::byte> local,
+                      std::span<const block_id> src, const pool_descriptor& peer,
+                      std::span<const block_id> dst, std::chrono::milliseconds limit = 3000ms) {
+  auto calls = std::make_shared<std::atomic<int>>(0);
+  auto promise = std::make_shared<std::promise<std::pair<error_info, kv_payload>>>();
+  auto future = promise->get_future();
+  t.write(local, kBlock, src, peer, dst, [calls, promise](error_info e, kv_payload p) {
+    if (calls->fetch_add(1) == 0) promise->set_value({std::move(e), std::move(p)});
+  });
+  waited w;
+  if (future.wait_for(limit) != std::future_status::ready) {
+    w.err = {errc::timeout, "test: completion never ran"};
+    return w;
+  }
+  auto [e, p] = future.get();
+  std::this_thread::sleep_for(20ms);  // a second call would show up here
+  w.calls = calls->load();
+  w.err = std::move(e);
+  w.payload = std::move(p);
+  return w;
+}
+
+/// Two transports in this process: coalesced write, deliver, then concurrent writes.
+/// Returns false when UCX is unavailable (after a WARN).
+bool copy_body() {
+  auto a = make_transport();
+  auto b = make_transport();
+  if (!a || !b) return false;
+  auto mem_a = make_buffer(64, 1);
+  auto mem_b = make_buffer(64, 100);
+  const auto orig_b = mem_b;
+  auto da = a->register_pool(1, mem_a, kBlock);
+  auto db = b->register_pool(2, mem_b, kBlock);
+  REQUIRE(da.num_blocks == 64);
+  REQUIRE(db.num_blocks == 64);
+  CHECK(db.remote_key.size() > 8);
+  CHECK(!db.worker_address.empty());
+
+  std::vector<block_id> src{0, 1, 2, 5};
+  std::vector<block_id> dst{7, 8, 9, 3};
+  auto w = write_and_wait(*a, mem_a, src, db, dst);
+  INFO(w.err.message);
+  REQUIRE(!w.err);
+  CHECK(w.calls == 1);
+  CHECK(w.payload.dst_blocks == dst);
+  CHECK(w.payload.bytes.empty());
+  for (size_t i = 0; i < src.size(); ++i)
+    CHECK(block_equals(mem_b, dst[i], mem_a, src[i]));
+  for (block_id blk = 0; blk < 64; ++blk)
+    if (blk != 3 && (blk < 7 || blk > 9)) CHECK(block_equals(mem_b, blk, orig_b, blk));
+  CHECK(!b->deliver(w.payload, mem_b, kBlock));
+
+  // 64 writes in flight from two threads: thread t copies A's block i to B's block i for
+  // i in its half (blocks 10..63 of B after the first write).
+  std::atomic<int> completed{0};
+  std::atomic<int> failed{0};
+  std::promise<void> all_done;
+  auto all_future = all_done.get_future();
+  constexpr int kWrites = 64;
+  auto submit = [&](int first, int count) {
+    for (int i = first; i < first + count; ++i) {
+      std::vector<block_id> s{static_cast<block_id>(i)};
+      std::vector<block_id> d{static_cast<block_id>(i)};
+      a->write(mem_a, kBlock, s, db, d, [&](error_info e, kv_payload) {
+        if (e) failed.fetch_add(1);
+        if (completed.fetch_add(1) + 1 == kWrites) all_done.set_value();
+      });
+    }
+  };
+  std::thread t1(submit, 0, kWrites / 2);
+  std::thread t2(submit, kWrites / 2, kWrites / 2);
+  t1.join();
+  t2.join();
+  REQUIRE(all_future.wait_for(5s) == std::future_status::ready);
+  CHECK(failed.load() == 0);
+  for (block_id blk = 0; blk < 64; ++blk)
+    CHECK(block_equals(mem_b, blk, mem_a, blk));
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("ucx transport copies blocks between two workers", "[transport][ucx]") {
+  copy_body();
+}
+
+TEST_CASE("ucx transport copies blocks in busy-poll mode", "[transport][ucx]") {
+  auto a = make_transport({.busy_poll = true});
+  auto b = make_transport({.busy_poll = true});
+  if (!a || !b) return;
+  auto mem_a = make_buffer(8, 1);
+  auto mem_b = make_buffer(8, 100);
+  auto db = b->register_pool(2, mem_b, kBlock);
+  a->register_pool(1, mem_a, kBlock);
+  std::vector<block_id> src{3, 4};
+  std::vector<block_id> dst{0, 1};
+  auto w = write_and_wait(*a, mem_a, src, db, dst);
+  INFO(w.err.message);
+  REQUIRE(!w.err);
+  CHECK(block_equals(mem_b, 0, mem_a, 3));
+  CHECK(block_equals(mem_b, 1, mem_a, 4));
+}
+
+/// Run by the tcp test below in a child process with UCX_TLS=tcp (hidden otherwise).
+TEST_CASE("ucx transport tcp child body", "[.][ucx_tcp_child]") {
+  if (!copy_body()) std::_Exit(kNoTransportExit);
+}
+
+TEST_CASE("ucx transport copies blocks over tcp", "[transport][ucx]") {
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::setenv("UCX_TLS", "tcp", 1);
+    char exe[] = "/proc/self/exe";
+    char filter[] = "[ucx_tcp_child]";
+    char* argv[] = {exe, filter, nullptr};
+    ::execv(exe, argv);
+    std::_Exit(127);
+  }
+  int status = 0;
+  auto deadline = std::chrono::steady_clock::now() + 15s;
+  pid_t r = 0;
+  while ((r = ::waitpid(pid, &status, WNOHANG)) == 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(10ms);
+  if (r == 0) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    FAIL("the tcp child did not finish within 15 s");
+  }
+  REQUIRE(WIFEXITED(status));
+  if (WEXITSTATUS(status) == kNoTransportExit) {
+    WARN("skipping: UCX with UCX_TLS=tcp cannot create a context here");
+    return;
+  }
+  CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("ucx transport rejects bad input", "[transport][ucx]") {
+  auto a = make_transport();
+  auto b = make_transport();
+  if (!a || !b) return;
+  auto mem_a = make_buffer(8, 1);
+  auto mem_b = make_buffer(8, 100);
+  const auto orig_b = mem_b;
+  a->register_pool(1, mem_a, kBlock);
+  auto db = b->register_pool(2, mem_b, kBlock);
+  REQUIRE(db.num_blocks == 8);
+
+  auto expect_invalid = [&](std::span<const std::byte> local, size_t block_bytes,
+                            std::vector<block_id> src, const pool_descriptor& peer,
+                            std::vector<block_id> dst) {
+    int calls = 0;
+    error_info err;
+    a->write(local, block_bytes, src, peer, dst, [&](error_info e, kv_payload) {
+      ++calls;
+      err = std::move(e);
+    });
+    CHECK(calls == 1);  // invalid input completes on the caller's thread
+    CHECK(err.code == errc::invalid_request);
+  };
+  expect_invalid(mem_a, kBlock, {0, 1}, db, {0});  // mismatched sizes
+  expect_invalid(mem_a, kBlock, {8}, db, {0});     // source out of range
+  expect_invalid(mem_a, kBlock, {0}, db, {8});     // destination out of range
+  auto short_key = db;
+  short_key.remote_key.resize(8);
+  expect_invalid(mem_a, kBlock, {0}, short_key, {0});
+  expect_invalid(mem_a, kBlock / 2, {0}, db, {0});  // wrong block size
+  auto unregistered = make_buffer(8, 7);
+  expect_invalid(unregistered, kBlock, {0}, db, {0});
+  std::this_thread::sleep_for(50ms);
+  CHECK(mem_b == orig_b);
+
+  CHECK(b->deliver(kv_payload{{0, 1}, {}}, mem_b, kBlock).code == errc::ok);
+  CHECK(b->deliver(kv_payload{{0}, std::vector<uint8_t>(kBlock)}, mem_b, kBlock).code ==
+        errc::kv_corrupt);
+  CHECK(b->deliver(kv_payload{{8}, {}}, mem_b, kBlock).code == errc::kv_corrupt);
+  CHECK(mem_b == orig_b);
+
+  std::vector<std::byte> empty;
+  CHECK(a->register_pool(3, empty, kBlock).num_blocks == 0);
+  std::vector<std::byte> ragged(kBlock + 1);
+  CHECK(a->register_pool(3, ragged, kBlock).num_blocks == 0);
+}
+
+TEST_CASE("ucx transport fails writes to a peer that is gone", "[transport][ucx]") {
+  auto a = make_transport({.op_timeout = 500ms});
+  auto b = make_transport();
+  if (!a || !b) return;
+  auto mem_a = make_buffer(8, 1);
+  auto mem_b = make_buffer(8, 100);  // outlives b: a stray write must not hit freed memory
+  a->register_pool(1, mem_a, kBlock);
+  auto db = b->register_pool(2, mem_b, kBlock);
+  b.reset();
+  std::vector<block_id> src{0};
+  std::vector<block_id> dst{0};
+  auto start = std::chrono::steady_clock::now();
+  auto w = write_and_wait(*a, mem_a, src, db, dst, 2000ms);
+  auto took = std::chrono::steady_clock::now() - start;
+  INFO(w.err.message);
+  CHECK(w.err.code != errc::ok);
+  CHECK(w.calls == 1);
+  CHECK(took < 1500ms);
+}
+
+TEST_CASE("ucx transport fails pending writes when destroyed", "[transport][ucx]") {
+  auto a = make_transport();
+  auto b = make_transport();
+  if (!a || !b) return;
+  auto mem_a = make_buffer(8, 1);
+  auto mem_b = make_buffer(8, 100);
+  a->register_pool(1, mem_a, kBlock);
+  auto db = b->register_pool(2, mem_b, kBlock);
+  constexpr int kWrites = 32;
+  std::vector<int> calls(kWrites, 0);
+  std::vector<errc> codes(kWrites, errc::ok);
+  for (int i = 0; i < kWrites; ++i) {
+    std::vector<block_id> s{static_cast<block_id>(i % 8)};
+    a->write(mem_a, kBlock, s, db, s, [&calls, &codes, i](error_info e, kv_payload) {
+      ++calls[static_cast<size_t>(i)];
+      codes[static_cast<size_t>(i)] = e.code;
+    });
+  }
+  a.reset();  // joins the progress thread: every completion has run by now
+  int failed = 0;
+  for (int i = 0; i < kWrites; ++i) {
+    CHECK(calls[static_cast<size_t>(i)] == 1);
+    auto c = codes[static_cast<size_t>(i)];
+    CHECK((c == errc::ok || c == errc::unavailable));
+    failed += c == errc::unavailable ? 1 : 0;
+  }
+  INFO(failed << " of " << kWrites << " writes were still pending at destruction");
+  CHECK(failed >= 0);
+}

@@ -1,0 +1,62 @@
+#pragma once
+/// One-sided KV transport over UCX (UCP RMA). The bytes go straight from a local pool into
+/// the peer's registered pool with `ucp_put_nbx`; the payload that follows carries only the
+/// block ids. One progress thread owns the UCP worker (STYLE.md §6); no UCX handle leaves
+/// this class.
+#include <chrono>
+#include <memory>
+#include <span>
+#include <string_view>
+
+#include "common/result.hpp"
+#include "transport/kv_transport.hpp"
+
+namespace tokenmill {
+
+/// Tuning for a ucx_transport.
+struct ucx_config {
+  bool busy_poll = false;  ///< spin on ucp_worker_progress instead of wake-up mode
+  std::chrono::milliseconds op_timeout{
+      5000};  ///< a write not completed by then fails (peer hung/unreachable)
+};
+
+/// A UCP context with one worker and the thread that progresses it. Peers are addressed by
+/// the worker address and packed rkey inside their pool_descriptor.
+class ucx_transport final : public kv_transport {
+ public:
+  /// A UCP context (UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP) with one worker and its progress
+  /// thread. Errors are values (errc::unavailable when UCX cannot start here).
+  static result<std::shared_ptr<ucx_transport>> create(ucx_config cfg = {});
+  /// Stops the thread; fails pending writes with errc::unavailable; releases everything.
+  ~ucx_transport() override;
+  ucx_transport(const ucx_transport&) = delete;
+  ucx_transport& operator=(const ucx_transport&) = delete;
+
+  /// "ucx".
+  std::string_view name() const override { return "ucx"; }
+  /// Maps `memory` for RMA (kept for the transport's lifetime) and describes it: remote_key
+  /// is the 8-byte little-endian base address followed by the packed rkey, worker_address
+  /// the UCP worker address. Empty or misaligned memory gives num_blocks 0. Blocks the
+  /// caller until the progress thread has done the registration.
+  pool_descriptor register_pool(worker_id owner, std::span<std::byte> memory,
+                                size_t block_bytes) override;
+  /// Puts blocks `src` of `local` (inside a registered pool) into blocks `dst` of `peer`,
+  /// coalescing runs of consecutive ids, and flushes. `done` runs exactly once: on the
+  /// caller's thread for invalid input (errc::invalid_request), otherwise on the progress
+  /// thread after the flush, on an endpoint error (errc::unavailable), after op_timeout
+  /// (errc::timeout) or at destruction (errc::unavailable).
+  void write(std::span<const std::byte> local, size_t block_bytes, std::span<const block_id> src,
+             const pool_descriptor& peer, std::span<const block_id> dst, completion done) override;
+  /// One-sided: the bytes are already in place. Checks that the payload carries no bytes
+  /// and that every block id fits `local`; writes nothing.
+  error_info deliver(const kv_payload& payload, std::span<std::byte> local,
+                     size_t block_bytes) override;
+
+  struct impl;  ///< UCX state, owned by the progress thread (ucx_transport.cpp)
+
+ private:
+  explicit ucx_transport(std::unique_ptr<impl> impl);
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace tokenmill
