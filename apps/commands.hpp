@@ -20,5 +20,7 @@ command add_launch(CLI::App& app);
 command add_make_model(CLI::App& app);
 /// `tokenmill bench-engine`: prefill/decode throughput of the CPU engine on a model.
 command add_bench_engine(CLI::App& app);
+/// `tokenmill bench-transfer`: UCX KV transport bandwidth/latency between two local processes.
+command add_bench_transfer(CLI::App& app);
 
 }  // namespace tokenmill::app

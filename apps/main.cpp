@@ -39,6 +39,10 @@ int main(int argc, char** argv) {
   add("bench-engine",
       "Measure the CPU engine on a model: prefill and decode throughput, memory bandwidth",
       tokenmill::app::add_bench_engine);
+  add("bench-transfer",
+      "Measure the UCX KV transport between two local processes (shm or tcp) against memcpy "
+      "or ucx_perftest",
+      tokenmill::app::add_bench_transfer);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
