@@ -50,6 +50,7 @@ struct bench_transfer_opts {
   double seconds = 1.0;
   std::vector<std::string> sizes;  ///< e.g. 16K, 1M, 65536
   bool json = false;
+  bool no_peer_errors = false;  ///< endpoints without UCP_ERR_HANDLING_MODE_PEER
 };
 
 double median(std::vector<double> v) {
@@ -208,11 +209,15 @@ enum : char { req_hash = 'H', req_quit = 'Q' };
 result<std::shared_ptr<ucx_transport>> create_transport(bool shm, std::string& tls) {
   const char* env = std::getenv("UCX_TLS");
   tls = env ? env : "default";
-  auto t = ucx_transport::create();
+  ucx_config cfg;
+  // TOKENMILL_BENCH_NO_PEER_ERRORS (set by --no-peer-errors before the fork) lets UCX use
+  // its shared-memory transports, which cannot report a dead peer.
+  cfg.peer_error_handling = std::getenv("TOKENMILL_BENCH_NO_PEER_ERRORS") == nullptr;
+  auto t = ucx_transport::create(cfg);
   if (!t && shm && env) {
     unsetenv("UCX_TLS");
     tls = "default";
-    t = ucx_transport::create();
+    t = ucx_transport::create(cfg);
   }
   return t;
 }
@@ -614,7 +619,10 @@ command add_bench_transfer(CLI::App& app) {
                  "Block sizes, e.g. 16K,64K,1M (default 16K,64K,256K,1M,4M,16M)")
       ->delimiter(',');
   app.add_flag("--json", o->json, "Print one JSON object");
+  app.add_flag("--no-peer-errors", o->no_peer_errors,
+               "Endpoints without peer failure reporting (lets UCX use shared memory/CMA)");
   return [o]() -> int {
+    if (o->no_peer_errors) setenv("TOKENMILL_BENCH_NO_PEER_ERRORS", "1", 1);
     const bool shm = o->transport == "shm";
     std::vector<uint64_t> sizes;
     if (o->sizes.empty()) sizes = {16 * kib, 64 * kib, 256 * kib, 1 * mib, 4 * mib, 16 * mib};

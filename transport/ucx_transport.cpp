@@ -350,12 +350,14 @@ struct ucx_transport::impl {
     state->address = address;
     state->ep = ep_ptr{nullptr, ep_closer{this, false}};
     ucp_ep_params_t p{};
-    p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                   UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
     p.address = reinterpret_cast<const ucp_address_t*>(state->address.data());
-    p.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-    p.err_handler.cb = &on_ep_error;
-    p.err_handler.arg = state.get();
+    p.err_mode = cfg_.peer_error_handling ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
+    if (cfg_.peer_error_handling) {
+      p.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
+      p.err_handler.cb = &on_ep_error;
+      p.err_handler.arg = state.get();
+    }
     ucp_ep_h ep = nullptr;
     ucs_status_t st = ucp_ep_create(worker_.get(), &p, &ep);
     if (st != UCS_OK) {

@@ -16,6 +16,11 @@ namespace tokenmill {
 /// Tuning for a ucx_transport.
 struct ucx_config {
   bool busy_poll = false;  ///< spin on ucp_worker_progress instead of wake-up mode
+  /// Endpoints report a dead or unreachable peer (UCP_ERR_HANDLING_MODE_PEER). UCX 1.13's
+  /// shared-memory and CMA transports cannot, so with this on, same-host transfers take
+  /// tcp-class lanes; off, they may use shared memory but a dead peer is only noticed
+  /// through op_timeout (and the cluster's own failure detection).
+  bool peer_error_handling = true;
   std::chrono::milliseconds op_timeout{
       5000};  ///< a write not completed by then fails (peer hung/unreachable)
 };
