@@ -296,10 +296,11 @@ for n in "${nodes[@]}"; do
   say "  $ns: eth0 ${node_addr[$n]}/24 <-> tm-br v-$n (br0), lo up"
 done
 
-say "starting the nodes: ip netns exec NS $TM_BIN node --manifest $manifest --name N"
+# UCX would use shared memory between the namespaces (one machine): force tcp over the veth.
+say "starting the nodes: ip netns exec NS env UCX_TLS=tcp UCX_NET_DEVICES=eth0 $TM_BIN node --manifest $manifest --name N"
 for n in "${nodes[@]}"; do
   ns=${node_ns[$n]}
-  ip netns exec "$ns" "$TM_BIN" node --manifest "$manifest" --name "$n" \
+  ip netns exec "$ns" env UCX_TLS=tcp UCX_NET_DEVICES=eth0 "$TM_BIN" node --manifest "$manifest" --name "$n" \
     >"$log_dir/$n.log" 2>&1 9>&- &
   node_pid[$n]=$!
   say "  node $n in $ns (pid ${node_pid[$n]}), log $log_dir/$n.log"
