@@ -48,6 +48,10 @@ class kv_transport {
   /// ids and sizes; on error nothing is written.
   virtual error_info deliver(const kv_payload& payload, std::span<std::byte> local,
                              size_t block_bytes) = 0;
+  /// Prepares the path to `peer` ahead of the first write (a connection-based transport
+  /// connects now), so that the first transfer does not pay for it. Asynchronous; failures
+  /// show up in later writes. Nothing to do for transports without connections.
+  virtual void connect(const pool_descriptor& peer) { (void)peer; }
 };
 
 /// Block bytes travel inside actor messages: the transport for single-process clusters

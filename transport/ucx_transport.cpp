@@ -436,6 +436,26 @@ struct ucx_transport::impl {
     flush_reqs_.emplace(req, id);
   }
 
+  /// Creates the endpoint to `address` and flushes it (wire-up complete before the first
+  /// write); the flush is tracked like a write whose completion nobody waits for.
+  void start_connect(const std::vector<uint8_t>& address) {
+    auto ep = endpoint_for(address);
+    if (!ep) return;  // endpoint_for logged why; the first write will report it
+    endpoint_state& state = **ep;
+    uint64_t id = next_op_++;
+    ops_.emplace(
+        id,
+        pending_op{&state, [](error_info, kv_payload) {}, {}, clock_type::now() + cfg_.op_timeout});
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    p.cb.send = &on_flush;
+    p.user_data = this;
+    ucs_status_ptr_t req = ucp_ep_flush_nbx(state.ep.get(), &p);
+    if (req == nullptr) return finish(id, {});
+    if (UCS_PTR_IS_ERR(req)) return finish(id, ucs_error(UCS_PTR_STATUS(req), "ucp_ep_flush_nbx"));
+    flush_reqs_.emplace(req, id);
+  }
+
   pool_descriptor do_register(worker_id owner, std::span<std::byte> memory, size_t block_bytes) {
     pool_descriptor d;
     d.owner = owner;
@@ -555,6 +575,14 @@ pool_descriptor ucx_transport::register_pool(worker_id owner, std::span<std::byt
     promise->set_value(im->do_register(owner, memory, block_bytes));
   });
   return future.get();
+}
+
+void ucx_transport::connect(const pool_descriptor& peer) {
+  if (peer.worker_address.empty()) return;
+  impl* im = impl_.get();
+  impl_->submit([im, address = peer.worker_address](bool cancelled) {
+    if (!cancelled) im->start_connect(address);
+  });
 }
 
 void ucx_transport::write(std::span<const std::byte> local, size_t block_bytes,

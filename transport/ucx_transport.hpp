@@ -56,6 +56,11 @@ class ucx_transport final : public kv_transport {
   /// and that every block id fits `local`; writes nothing.
   error_info deliver(const kv_payload& payload, std::span<std::byte> local,
                      size_t block_bytes) override;
+  /// Creates the endpoint to `peer` and flushes it, so UCX's wire-up handshake is over
+  /// before the first transfer. Besides the latency, this keeps connections from being
+  /// half-open when a peer dies mid-transfer: UCX 1.13.1 (Debian, assertions on) aborts the
+  /// surviving process when a peer fails during wire-up.
+  void connect(const pool_descriptor& peer) override;
 
   struct impl;  ///< UCX state, owned by the progress thread (ucx_transport.cpp)
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <deque>
 #include <unordered_map>
+#include <unordered_set>
 
 #include <spdlog/spdlog.h>
 
@@ -40,7 +41,8 @@ struct prefill_state {
   std::unique_ptr<block_pool> pool;
   std::unique_ptr<kv_cache> cache;  ///< over `pool`
   std::shared_ptr<kv_transport> transport;
-  caf::actor kv_store;  ///< learnt from the membership
+  caf::actor kv_store;                      ///< learnt from the membership
+  std::unordered_set<worker_id> connected;  ///< decode workers whose pools we connected to
   std::unordered_map<request_id, job_state> jobs;
   std::deque<request_id> queue;           ///< jobs with blocks, in arrival order
   std::deque<request_id> waiting;         ///< jobs waiting for local blocks
@@ -288,10 +290,17 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
       },
       [self](step_atom) { launch(self); },
       [self](const membership& m) {
-        // The kv-store (for prefix cache events) may live on another node and join later.
-        for (const auto& mem : m.members)
-          if (mem.info.kind == role::kv_store)
-            self->state.kv_store = mem.up ? mem.handle : caf::actor{};
+        auto& st = self->state;
+        for (const auto& mem : m.members) {
+          // The kv-store (for prefix cache events) may live on another node and join later.
+          if (mem.info.kind == role::kv_store) st.kv_store = mem.up ? mem.handle : caf::actor{};
+          // Connect to every decode worker's pool now rather than at the first transfer.
+          if (mem.info.kind != role::decode) continue;
+          if (!mem.up)
+            st.connected.erase(mem.info.id);  // a restarted worker has a new address
+          else if (st.connected.insert(mem.info.id).second)
+            st.transport->connect(mem.info.pool);
+        }
       },
       [self](engine_step_done& done) { step_done(self, done); },
       [self](kv_write_done& d) {

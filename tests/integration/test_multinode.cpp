@@ -25,6 +25,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "harness.hpp"
@@ -841,4 +842,46 @@ TEST_CASE("KV blocks cross between node processes over UCX (shared memory and tc
     stop_cleanly(c);
   }
   ::unsetenv("UCX_TLS");
+}
+
+// Hidden (run it with the tag [ucx-peer-death]): with Debian's UCX 1.13.1, built with
+// assertions, the surviving decode node sometimes aborts when its peer dies, in
+// ucp_request_send_state_ff "Assertion ... got REP message" while UCX purges a wire-up
+// message. Upstream removed that assertion (openucx/ucx#8175); until the UCX we build with
+// has the fix, a peer's death can take the decode node down (about 1 run in 6 under load,
+// fewer since prefill workers connect at membership time), so kv_transport: ucx stays
+// opt-in and this test documents the gap instead of gating CI.
+TEST_CASE("a prefill node killed while KV moves over UCX leaves no decode block reserved",
+          "[.][integration][multinode][ucx][ucx-peer-death]") {
+  cluster_spec spec;
+  spec.kv_transport = "ucx";
+  cluster c(spec);
+  c.launch();
+  pid_t p0 = c.pid_of("p0");
+  // Four 1500-token prompts: 94 blocks each, prefilled in 512-token chunks whose blocks are
+  // put into d0's pool as each chunk completes.
+  std::vector<std::unique_ptr<process>> gens;
+  for (int i = 0; i < 4; ++i)
+    gens.push_back(std::make_unique<process>(
+        c.generate_argv({"--token-ids", "--max-tokens", "4", id_prompt(100 + 7 * i, 1500)})));
+  std::this_thread::sleep_for(milliseconds(40));
+  REQUIRE(::kill(p0, SIGKILL) == 0);
+  for (auto& g : gens) {
+    auto rc = g->wait(milliseconds(15000));
+    INFO("client stderr: " << g->err());
+    CHECK(rc.has_value());  // every client ends: with its tokens, or with an error
+  }
+  json st;
+  CHECK(becomes_down(c, "prefill", "p0", st));
+  // Every block d0 reserved for the dead prefill's transfers is free again.
+  CHECK(eventually(
+      [&] {
+        auto w = worker_on(c.status(), "decode", "d0");
+        return w.is_object() && w.value("kv_used", -1) == 0 && w.value("running", -1) == 0 &&
+               w.value("queued", -1) == 0;
+      },
+      milliseconds(10000)));
+  INFO("status: " << c.status().dump() << "\nnode logs:\n" << c.logs_text());
+  CHECK(worker_on(c.status(), "decode", "d0")["up"] == true);
+  stop_cleanly(c);
 }
