@@ -2,8 +2,10 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "apps/commands.hpp"
@@ -18,6 +20,7 @@ struct serve_opts {
   double decode_step_ms = 10;
   double decode_per_seq_us = 0;
   double decode_per_ctx_ns = 0;
+  bool no_http = false;
 };
 
 command add_serve(CLI::App& app) {
@@ -40,6 +43,22 @@ command add_serve(CLI::App& app) {
   app.add_option("--host", cfg->rpc.host, "Address the RPC frontend binds")->capture_default_str();
   app.add_option("--rpc-port", cfg->rpc.port,
                  "RPC port (0 = any free port; the ready line says which)")
+      ->capture_default_str();
+  auto* h = app.add_option_group("http", "The OpenAI-compatible HTTP API");
+  h->add_option("--http-port", cfg->http.port,
+                "HTTP port (0 = any free port; the ready line says which)")
+      ->capture_default_str();
+  h->add_flag("--no-http", o->no_http, "Serve only the Cap'n Proto RPC API");
+  h->add_option("--api-key", cfg->http.api_key,
+                "Require 'Authorization: Bearer KEY' on /v1/* (default: $TOKENMILL_API_KEY)");
+  h->add_option("--chat-template", cfg->chat_template,
+                "Chat prompt format: auto (from the model's template, else chatml), chatml, "
+                "llama3 or mistral")
+      ->check(CLI::IsMember({"auto", "chatml", "llama3", "mistral"}))
+      ->capture_default_str();
+  h->add_option("--max-body-bytes", cfg->http.max_body_bytes,
+                "Larger HTTP request bodies are refused with 413")
+      ->check(CLI::Range(uint64_t{1024}, uint64_t{1} << 30))
       ->capture_default_str();
   app.add_option("--cluster-name", cfg->cluster_name)->capture_default_str();
   app.add_option("--prefill-workers", cfg->prefill_workers,
@@ -144,6 +163,10 @@ command add_serve(CLI::App& app) {
     sim.decode_per_seq_ns = static_cast<uint64_t>(o->decode_per_seq_us * 1e3);
     sim.decode_per_ctx_token_ns = static_cast<uint64_t>(o->decode_per_ctx_ns);
     cfg->decode.local_prefill_budget = cfg->prefill.token_budget;
+    cfg->http.host = cfg->rpc.host;
+    cfg->http_enabled = !o->no_http;
+    if (cfg->http.api_key.empty())
+      if (const char* key = std::getenv("TOKENMILL_API_KEY")) cfg->http.api_key = key;
     // Block the stop signals in every thread (they inherit the mask) and wait for them
     // here, so shutdown runs on this thread in order.
     sigset_t stop_set;
@@ -156,9 +179,12 @@ command add_serve(CLI::App& app) {
       std::fprintf(stderr, "tokenmill serve: %s\n", cluster.error().message.c_str());
       return 1;
     }
+    std::string http = o->no_http ? std::string("off")
+                                  : fmt::format("{}:{}", cfg->http.host, (*cluster)->http_port());
     std::printf(
-        "tokenmill ready: rpc=%s:%u engine=%s model=%s prefill_workers=%u decode_workers=%u\n",
-        cfg->rpc.host.c_str(), (*cluster)->rpc_port(), cfg->engine.kind.c_str(),
+        "tokenmill ready: rpc=%s:%u http=%s engine=%s model=%s prefill_workers=%u "
+        "decode_workers=%u\n",
+        cfg->rpc.host.c_str(), (*cluster)->rpc_port(), http.c_str(), cfg->engine.kind.c_str(),
         (*cluster)->model().name.c_str(), cfg->prefill_workers, cfg->decode_workers);
     std::fflush(stdout);
     int sig = 0;

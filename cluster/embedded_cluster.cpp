@@ -18,6 +18,7 @@ struct embedded_cluster::impl {
   std::unique_ptr<caf::actor_system> sys;
   std::vector<caf::actor> actors;  ///< everything we spawned, for shutdown
   std::unique_ptr<rpc_server> rpc;
+  std::unique_ptr<http_server> http;
   bool stopped = false;
 };
 
@@ -130,14 +131,33 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
     }
   }
 
-  im->rpc = std::make_unique<rpc_server>(sys, router, sup, std::move(tok), model, cfg.rpc);
+  auto fm = std::make_shared<frontend_metrics>(std::make_shared<metrics::registry>(), "local");
+  im->rpc = std::make_unique<rpc_server>(sys, router, sup, tok, model, cfg.rpc, fm);
   auto port = im->rpc->start();
   if (!port) {
     shutdown_actors(im->actors);
     return port.error();
   }
+  uint16_t http_port = 0;
+  if (cfg.http_enabled) {
+    auto fmt_ = choose_chat_format(cfg.chat_template,
+                                   cfg.engine.model ? cfg.engine.model->chat_template : "");
+    auto hp = fmt_ ? result<uint16_t>(uint16_t{0}) : result<uint16_t>(fmt_.error());
+    if (fmt_) {
+      cfg.http.chat_format = *fmt_;
+      im->http = std::make_unique<http_server>(sys, router, sup, tok, model, cfg.http, fm);
+      hp = im->http->start();
+    }
+    if (!hp) {
+      im->rpc->stop();
+      shutdown_actors(im->actors);
+      return hp.error();
+    }
+    http_port = *hp;
+  }
   std::unique_ptr<embedded_cluster> c(new embedded_cluster(std::move(im)));
   c->port_ = *port;
+  c->http_port_ = http_port;
   c->model_ = model;
   return c;
 }
@@ -146,6 +166,7 @@ void embedded_cluster::stop() {
   auto& im = *impl_;
   if (im.stopped) return;
   im.stopped = true;
+  if (im.http) im.http->stop();
   if (im.rpc) im.rpc->stop();
   shutdown_actors(im.actors);
 }

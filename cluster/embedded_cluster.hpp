@@ -11,6 +11,7 @@
 #include "actors/actors.hpp"
 #include "common/result.hpp"
 #include "engine/engine_factory.hpp"
+#include "frontend/http_server.hpp"
 #include "frontend/rpc_server.hpp"
 
 namespace tokenmill {
@@ -24,7 +25,10 @@ struct embedded_config {
   uint32_t prefill_workers = 1;  ///< 0 = every prompt is prefilled on the decode worker
   uint32_t decode_workers = 1;
   rpc_server_config rpc;
-  uint32_t scheduler_threads = 2;  ///< CAF cooperative threads (workers run detached)
+  http_server_config http;
+  bool http_enabled = true;            ///< serve the OpenAI HTTP API beside the RPC one
+  std::string chat_template = "auto";  ///< see choose_chat_format
+  uint32_t scheduler_threads = 2;      ///< CAF cooperative threads (workers run detached)
   double ready_timeout_s = 10;
 };
 
@@ -36,6 +40,8 @@ class embedded_cluster {
   ~embedded_cluster();
 
   uint16_t rpc_port() const { return port_; }
+  /// The HTTP port (0 when the HTTP API is off).
+  uint16_t http_port() const { return http_port_; }
   /// The model every worker serves.
   const model_info& model() const { return model_; }
   caf::actor_system& system();
@@ -47,6 +53,7 @@ class embedded_cluster {
   explicit embedded_cluster(std::unique_ptr<impl> i);
   std::unique_ptr<impl> impl_;
   uint16_t port_ = 0;
+  uint16_t http_port_ = 0;
   model_info model_;
 };
 

@@ -12,6 +12,7 @@
 #include "actors/type_ids.hpp"
 #include "common/clock.hpp"
 #include "engine/engine_factory.hpp"
+#include "frontend/http_server.hpp"
 #include "frontend/rpc_server.hpp"
 #include "transport/ucx_transport.hpp"
 
@@ -51,6 +52,7 @@ struct cluster_node::impl {
   std::unique_ptr<caf::actor_system> sys;
   std::vector<caf::actor> actors;
   std::unique_ptr<rpc_server> rpc;
+  std::unique_ptr<http_server> http;
   std::shared_ptr<std::atomic<bool>> lost = std::make_shared<std::atomic<bool>>(false);
   std::string summary;
   bool stopped = false;
@@ -245,10 +247,23 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
     rc.host = m.frontend.host;
     rc.port = m.frontend.rpc_port;
     rc.node = idx;
-    im->rpc = std::make_unique<rpc_server>(sys, router, sup, std::move(tok), model, rc);
+    auto fm = std::make_shared<frontend_metrics>(std::make_shared<metrics::registry>(), name);
+    im->rpc = std::make_unique<rpc_server>(sys, router, sup, tok, model, rc, fm);
     auto port = im->rpc->start();
     if (!port) return fail(port.error());
     endpoints += fmt::format(" rpc={}:{}", rc.host, *port);
+    http_server_config hc;
+    hc.host = m.frontend.host;
+    hc.port = m.frontend.http_port;
+    hc.node = idx;
+    if (const char* key = std::getenv("TOKENMILL_API_KEY")) hc.api_key = key;
+    auto chat = choose_chat_format("auto", spec0.model ? spec0.model->chat_template : "");
+    if (!chat) return fail(chat.error());
+    hc.chat_format = *chat;
+    im->http = std::make_unique<http_server>(sys, router, sup, tok, model, hc, fm);
+    auto hport = im->http->start();
+    if (!hport) return fail(hport.error());
+    endpoints += fmt::format(" http={}:{}", hc.host, *hport);
   }
   im->summary =
       fmt::format("node {} ({}) actors=[{}] {}", name, m.cluster, fmt::join(names, ","), endpoints);
@@ -259,6 +274,7 @@ void cluster_node::stop() {
   auto& im = *impl_;
   if (im.stopped) return;
   im.stopped = true;
+  if (im.http) im.http->stop();
   if (im.rpc) im.rpc->stop();
   shutdown_actors(im.actors);
 }

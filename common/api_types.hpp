@@ -68,6 +68,9 @@ struct generate_params {
   std::string text;                ///< when has_text
   std::vector<int64_t> token_ids;  ///< when !has_text
   int64_t max_tokens = 16;
+  /// Ignore max_tokens and generate up to the end of the context (OpenAI chat without
+  /// max_tokens).
+  bool max_tokens_to_context = false;
   std::vector<int64_t> stop_ids;
   std::vector<std::string> stop_strings;  ///< text that ends generation (not returned)
   sampling_params sampling;

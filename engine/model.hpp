@@ -85,6 +85,7 @@ struct loaded_model {
   llama_config config;
   model_weights weights;
   std::shared_ptr<const tokenizer> tok;
+  std::string chat_template;  ///< the model's Jinja chat template; empty when none
   /// Keeps file mappings (and any converted tensors) alive as long as the views are used.
   std::vector<std::shared_ptr<const void>> storage;
 };

@@ -304,6 +304,7 @@ vocab_spec gguf_vocab(const gguf_file& f) {
   spec.add_bos = unwrap(f.get_bool("tokenizer.ggml.add_bos_token", spm));
   spec.add_space_prefix = unwrap(f.get_bool("tokenizer.ggml.add_space_prefix", spm));
   spec.pre = normalise_pre(unwrap(f.get_string("tokenizer.ggml.pre", std::string("gpt2"))));
+  spec.chat_template = unwrap(f.get_string("tokenizer.chat_template", std::string()));
   return spec;
 }
 
@@ -392,6 +393,7 @@ void load_gguf(const std::string& path, loaded_model& m) {
   bind_weights(b, names, m);
   m.weights.rope_freqs = b.vector_f32("rope_freqs.weight", c.head_dim / 2, true);
 
+  m.chat_template = spec.chat_template;
   m.tok = unwrap(make_text_tokenizer(spec));
 }
 
@@ -618,6 +620,7 @@ void load_hf(const std::string& dir, loaded_model& m) {
   };
   bind_weights(b, names, m);
 
+  m.chat_template = spec.chat_template;
   m.tok = unwrap(make_text_tokenizer(spec));
 }
 

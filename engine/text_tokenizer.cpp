@@ -952,6 +952,19 @@ result<vocab_spec> read_tokenizer_json_impl(const std::string& path) {
       if (*slot < 0)
         return invalid(cpath + ": key '" + key + "': '" + text + "' is not in the vocabulary");
     }
+    if (const json* ct = member(c, "chat_template")) {
+      // A string, or a list of {"name", "template"} where "default" is the chat one.
+      if (ct->is_string()) {
+        spec.chat_template = ct->get<std::string>();
+      } else if (ct->is_array()) {
+        for (const auto& e : *ct)
+          if (e.is_object() && e.value("name", "") == "default" && e.contains("template") &&
+              e["template"].is_string())
+            spec.chat_template = e["template"].get<std::string>();
+      } else if (!ct->is_null()) {
+        return invalid(cpath + ": key 'chat_template': expected a string or a list of templates");
+      }
+    }
     if (const json* ab = member(c, "add_bos_token")) {
       if (!ab->is_boolean()) return invalid(cpath + ": key 'add_bos_token': expected a boolean");
       spec.add_bos = ab->get<bool>();

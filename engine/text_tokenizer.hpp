@@ -39,6 +39,10 @@ struct vocab_spec {
   token_id unk = -1;
   bool add_bos = true;
   bool add_space_prefix = true;  ///< spm: prepend "▁" to the text (SentencePiece default)
+  /// The model's Jinja chat template as stored (GGUF tokenizer.chat_template,
+  /// tokenizer_config.json chat_template); empty when the model has none. Not rendered
+  /// here: the HTTP frontend recognises the common formats from it.
+  std::string chat_template;
 };
 
 /// A tokenizer over `spec`, immutable and safe to share between threads. Control,

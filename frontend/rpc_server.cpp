@@ -25,7 +25,7 @@
 
 #include "actors/protocol.hpp"
 #include "common/clock.hpp"
-#include "frontend/stop_strings.hpp"
+#include "frontend/completion_text.hpp"
 #include "frontend/validate.hpp"
 #include "schema/codec.hpp"
 
@@ -98,15 +98,16 @@ struct stream_state {
   std::vector<token_id> pending;  ///< tokens not yet written to the sink
   uint32_t written = 0;           ///< tokens written so far
   bool sending = false;
-  utf8_stream detok;
-  stop_matcher stops;
-  bool stopped = false;  ///< a stop string appeared: the request was cancelled upstream
+  completion_text text;
   bool flushed = false;  ///< the held-back text tail was sent after the summary arrived
   std::optional<request_summary> summary;
   int64_t first_sent_ns = 0;
+  int64_t arrived_ns = 0;
+  int64_t last_token_ns = 0;
   bool cancel_sent = false;
-  stream_state(rpc::TokenSink::Client s, std::vector<std::string> stop_strings)
-      : sink(kj::mv(s)), stops(std::move(stop_strings)) {}
+  stream_state(rpc::TokenSink::Client s, std::shared_ptr<const tokenizer> tok,
+               std::vector<std::string> stop_strings)
+      : sink(kj::mv(s)), text(std::move(tok), std::move(stop_strings)) {}
 };
 
 struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
@@ -116,6 +117,7 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
   std::shared_ptr<const tokenizer> tok;
   model_info model;
   rpc_server_config cfg;
+  std::shared_ptr<frontend_metrics> metrics;
   std::shared_ptr<inbox> in = std::make_shared<inbox>();
   caf::actor bridge;
   std::thread thread;
@@ -128,13 +130,14 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
   kj::TaskSet* tasks = nullptr;
 
   impl(caf::actor_system& s, caf::actor r, caf::actor sup, std::shared_ptr<const tokenizer> t,
-       model_info m, rpc_server_config c)
+       model_info m, rpc_server_config c, std::shared_ptr<frontend_metrics> mx)
       : sys(s),
         router(std::move(r)),
         supervisor(std::move(sup)),
         tok(std::move(t)),
         model(std::move(m)),
-        cfg(std::move(c)) {}
+        cfg(std::move(c)),
+        metrics(std::move(mx)) {}
 
   void taskFailed(kj::Exception&& e) override {
     spdlog::debug("rpc: connection task ended: {}", e.getDescription().cStr());
@@ -150,18 +153,16 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
     c.first_index = s.written;
     for (auto t : std::exchange(s.pending, {})) {
       c.ids.push_back(t);
-      c.text += s.stops.push(s.detok.push(tok->piece(t)));
-      if (s.stops.matched()) {
+      c.text += s.text.push(t);
+      if (s.text.stopped()) {
         // The text reached a stop string: this token ends the completion.
-        s.stopped = true;
         cancel(id, s);
         break;
       }
     }
-    if (s.summary && !s.stopped && !s.flushed) {
+    if (s.summary && !s.text.stopped() && !s.flushed) {
       // The end: text held back (an unfinished character, a possible stop string) goes out.
-      c.text += s.stops.push(s.detok.finish());
-      c.text += s.stops.finish();
+      c.text += s.text.finish();
       s.flushed = true;
     }
     if (c.ids.empty() && c.text.empty()) {
@@ -200,7 +201,14 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
     auto it = streams.find(c.id);
     if (it == streams.end()) return;  // cancelled meanwhile
     auto& s = *it->second;
-    if (s.stopped) return;  // tokens after a stop string are dropped
+    if (s.text.stopped()) return;  // tokens after a stop string are dropped
+    if (metrics) {
+      auto t = now_ns();
+      for (size_t i = 0; i < c.tokens.size(); ++i) {
+        if (s.last_token_ns != 0) metrics->token_gap((t - s.last_token_ns) / 1e9);
+        s.last_token_ns = t;
+      }
+    }
     s.pending.insert(s.pending.end(), c.tokens.begin(), c.tokens.end());
     pump(c.id);
   }
@@ -223,34 +231,8 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
   }
 
   generation_summary to_summary(const stream_state& s) {
-    const auto& r = *s.summary;
-    generation_summary g;
-    g.id = r.id;
-    g.reason = r.reason;
-    g.error_code = r.error.code;
-    g.error = r.error.message;
-    g.prompt_tokens = r.prompt_tokens;
-    g.completion_tokens = r.completion_tokens;
-    if (s.stopped) {
-      // Cancelled here because of a stop string: for the client that is a normal stop.
-      g.reason = finish_reason::stop;
-      g.error_code = errc::ok;
-      g.error.clear();
-      g.completion_tokens = s.written;
-    }
-    g.itl_mean_ms = r.itl_mean_ms;
-    g.itl_p50_ms = r.itl_p50_ms;
-    g.itl_p99_ms = r.itl_p99_ms;
-    trace tr = r.tr;
-    if (s.first_sent_ns != 0) tr.stamp_at(stage::first_token_sent, s.first_sent_ns, cfg.node);
-    auto b = ttft_breakdown(tr);
-    for (const auto& i : b)
-      g.stages.push_back({std::string(i.name()), i.duration_ns / 1e6});
-    if (s.first_sent_ns != 0) g.ttft_ms = total_ns(b) / 1e6;
-    std::stable_sort(tr.hops.begin(), tr.hops.end(),
-                     [](const hop& a, const hop& b) { return a.t_ns < b.t_ns; });
-    g.hops = tr.hops;
-    return g;
+    return make_generation_summary(*s.summary, s.text.stopped(), s.written, s.first_sent_ns,
+                                   cfg.node);
   }
 
   void run(std::promise<result<uint16_t>>& started);
@@ -272,6 +254,7 @@ class gateway_impl final : public rpc::Gateway::Server {
     auto gp = codec::decode(params.getRequest());
     auto v = validate(gp, *s_.tok, s_.model);
     if (!v) {
+      if (s_.metrics) s_.metrics->refused("rpc", v.error().code);
       generation_summary g;
       g.reason = finish_reason::error;
       g.error_code = v.error().code;
@@ -280,10 +263,12 @@ class gateway_impl final : public rpc::Gateway::Server {
       return kj::READY_NOW;
     }
     request_id id = (uint64_t{s_.cfg.node} << 48) | ++s_.next_id;
-    auto st = std::make_unique<stream_state>(params.getSink(), std::move(v->stop_strings));
+    auto st = std::make_unique<stream_state>(params.getSink(), s_.tok, std::move(v->stop_strings));
     auto paf = kj::newPromiseAndFulfiller<void>();
     st->done = kj::mv(paf.fulfiller);
+    st->arrived_ns = now_ns();
     s_.streams.emplace(id, std::move(st));
+    if (s_.metrics) s_.metrics->started("rpc");
     generate_request req;
     req.id = id;
     req.prompt = std::move(v->prompt);
@@ -297,7 +282,10 @@ class gateway_impl final : public rpc::Gateway::Server {
         .then([&srv, id, ctx]() mutable {
           auto it = srv.streams.find(id);
           KJ_REQUIRE(it != srv.streams.end(), "request state vanished");
-          codec::encode(srv.to_summary(*it->second), ctx.getResults().initSummary());
+          auto g = srv.to_summary(*it->second);
+          codec::encode(g, ctx.getResults().initSummary());
+          if (srv.metrics)
+            srv.metrics->finished("rpc", g, (now_ns() - it->second->arrived_ns) / 1e9);
           srv.streams.erase(it);
         })
         .attach(kj::defer([&srv, id]() {
@@ -305,6 +293,12 @@ class gateway_impl final : public rpc::Gateway::Server {
           // the call or the connection before completion: cancel it.
           if (auto it = srv.streams.find(id); it != srv.streams.end()) {
             srv.cancel(id, *it->second);
+            if (srv.metrics) {
+              generation_summary g;
+              g.id = id;
+              g.reason = finish_reason::cancelled;
+              srv.metrics->finished("rpc", g, (now_ns() - it->second->arrived_ns) / 1e9);
+            }
             srv.streams.erase(it);
           }
         }));
@@ -439,9 +433,9 @@ void rpc_server::impl::run(std::promise<result<uint16_t>>& started) {
 
 rpc_server::rpc_server(caf::actor_system& sys, caf::actor router, caf::actor supervisor,
                        std::shared_ptr<const tokenizer> tok, model_info model,
-                       rpc_server_config cfg)
+                       rpc_server_config cfg, std::shared_ptr<frontend_metrics> metrics)
     : impl_(std::make_unique<impl>(sys, std::move(router), std::move(supervisor), std::move(tok),
-                                   std::move(model), std::move(cfg))) {}
+                                   std::move(model), std::move(cfg), std::move(metrics))) {}
 
 rpc_server::~rpc_server() {
   stop();

@@ -11,6 +11,7 @@
 #include "common/result.hpp"
 #include "engine/engine.hpp"
 #include "engine/tokenizer.hpp"
+#include "frontend/frontend_metrics.hpp"
 
 namespace tokenmill {
 
@@ -24,8 +25,10 @@ struct rpc_server_config {
 
 class rpc_server {
  public:
+  /// `metrics` (may be null) records every request, as the HTTP server's does.
   rpc_server(caf::actor_system& sys, caf::actor router, caf::actor supervisor,
-             std::shared_ptr<const tokenizer> tok, model_info model, rpc_server_config cfg);
+             std::shared_ptr<const tokenizer> tok, model_info model, rpc_server_config cfg,
+             std::shared_ptr<frontend_metrics> metrics = nullptr);
   ~rpc_server();
   rpc_server(const rpc_server&) = delete;
   rpc_server& operator=(const rpc_server&) = delete;

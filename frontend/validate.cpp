@@ -15,7 +15,7 @@ result<validated_request> validate(const generate_params& p, const tokenizer& to
                                    const model_info& model) {
   validated_request v;
   const int64_t vocab = model.vocab_size;
-  if (p.max_tokens <= 0)
+  if (!p.max_tokens_to_context && p.max_tokens <= 0)
     return bad(fmt::format("max_tokens must be greater than 0, got {}", p.max_tokens));
   if (p.has_text) {
     if (p.text.empty()) return bad("prompt is empty");
@@ -60,12 +60,17 @@ result<validated_request> validate(const generate_params& p, const tokenizer& to
   const auto n = static_cast<int64_t>(v.prompt.size());
   if (n >= ctx)
     return bad(fmt::format("prompt has {} tokens; the model's context is {} tokens", n, ctx));
-  if (p.max_tokens > ctx - n)  // (not n + max_tokens > ctx: that overflows for huge max_tokens)
+  if (p.max_tokens_to_context) {
+    v.options.max_tokens = static_cast<uint32_t>(ctx - n);
+  } else if (p.max_tokens >
+             ctx - n) {  // (not n + max_tokens > ctx: that overflows for huge max_tokens)
     return bad(
         fmt::format("prompt ({} tokens) + max_tokens ({}) exceeds the model's context of {} "
                     "tokens; lower max_tokens to at most {}",
                     n, p.max_tokens, ctx, ctx - n));
-  v.options.max_tokens = static_cast<uint32_t>(p.max_tokens);
+  } else {
+    v.options.max_tokens = static_cast<uint32_t>(p.max_tokens);
+  }
   v.options.sampling = s;
   v.options.ignore_eos = p.ignore_eos;
   return v;

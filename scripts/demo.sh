@@ -79,6 +79,14 @@ echo
 "$bin" generate --connect "127.0.0.1:$port" --max-tokens 8 "$long"
 echo
 "$bin" status --connect "127.0.0.1:$port"
+if command -v curl >/dev/null 2>&1; then
+  echo
+  echo "demo: the OpenAI-compatible HTTP API (curl, a streamed chat completion on port 8000):"
+  curl -sS -N --max-time 60 http://127.0.0.1:8000/v1/chat/completions \
+    -H 'Content-Type: application/json' \
+    -d '{"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, "stream": true}' |
+    cut -c1-160
+fi
 
 if [[ "$once" == 1 ]]; then
   echo
@@ -89,5 +97,7 @@ echo
 echo "demo: serving on 127.0.0.1:$port until Ctrl-C. Try in another terminal:"
 echo "  $bin generate --connect 127.0.0.1:$port --max-tokens 32 --json 'hello'"
 echo "  $bin status --connect 127.0.0.1:$port"
-echo "  $bin bench --connect 127.0.0.1:$port --concurrency 8 --requests 64"
+echo "  $bin bench --connect 127.0.0.1:$port --rate 2 --requests 32 --input-len 256 --output-len 32"
+echo "  curl localhost:8000/v1/completions -H 'Content-Type: application/json' -d '{\"prompt\": \"Hi\", \"max_tokens\": 8}'"
+echo "  curl localhost:8000/metrics"
 wait "$pid"

@@ -58,6 +58,7 @@ uint16_t unused_port() {
 server::server(const options& overrides) {
   options opts{{"--engine", "sim"},
                {"--rpc-port", "0"},
+               {"--http-port", "0"},
                {"--sim-decode-step-ms", "1"},
                {"--sim-prefill-us-per-token", "10"}};
   for (const auto& [k, v] : overrides)
@@ -79,6 +80,9 @@ server::server(const options& overrides) {
   if (at == std::string::npos) throw std::runtime_error("no rpc= in ready line: " + *line);
   port_ = static_cast<uint16_t>(std::stoul(line->substr(at + key.size())));
   if (port_ == 0) throw std::runtime_error("ready line names port 0: " + *line);
+  const std::string hkey = "http=127.0.0.1:";
+  if (auto h = line->find(hkey); h != std::string::npos)
+    http_port_ = static_cast<uint16_t>(std::stoul(line->substr(h + hkey.size())));
 }
 
 server::~server() {

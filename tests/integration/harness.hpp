@@ -48,6 +48,8 @@ class server {
   ~server();
 
   uint16_t port() const { return port_; }
+  /// The OpenAI HTTP API's port (0 when the server runs with --no-http).
+  uint16_t http_port() const { return http_port_; }
   /// "127.0.0.1:PORT"
   std::string endpoint() const;
   process& proc() { return *proc_; }
@@ -67,6 +69,7 @@ class server {
  private:
   std::unique_ptr<process> proc_;
   uint16_t port_ = 0;
+  uint16_t http_port_ = 0;
 };
 
 /// True when no worker in `status` holds a KV block and no prefill or decode worker runs

@@ -443,6 +443,33 @@ TEST_CASE("loader: GGUF token ids stored as u32 0xFFFFFFFF mean none", "[loader]
   CHECK((*r)->config.bos == 1);
 }
 
+TEST_CASE("loader: GGUF chat template", "[loader]") {
+  temp_path p("chat.gguf");
+  gguf_model_options o;
+  SECTION("absent: empty") {
+    REQUIRE(write_gguf_model(p.path, o).empty());
+    auto r = load_model(p.path);
+    REQUIRE(r.ok());
+    CHECK((*r)->chat_template.empty());
+  }
+  SECTION("a string: kept as stored") {
+    o.tweak = [](gguf_writer& w) {
+      w.set_string("tokenizer.chat_template", "{{ '<|start_header_id|>' }}");
+    };
+    REQUIRE(write_gguf_model(p.path, o).empty());
+    auto r = load_model(p.path);
+    REQUIRE(r.ok());
+    CHECK((*r)->chat_template == "{{ '<|start_header_id|>' }}");
+  }
+  SECTION("another type: refused, naming the key") {
+    o.tweak = [](gguf_writer& w) { w.set_u32("tokenizer.chat_template", 3); };
+    REQUIRE(write_gguf_model(p.path, o).empty());
+    auto r = load_model(p.path);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().message.find("tokenizer.chat_template") != std::string::npos);
+  }
+}
+
 TEST_CASE("loader: the model outlives the files' names", "[loader]") {
   std::shared_ptr<const loaded_model> m;
   {

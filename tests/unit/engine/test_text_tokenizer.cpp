@@ -498,6 +498,23 @@ TEST_CASE("read_tokenizer_json reads merges as pairs and tokenizer_config object
   CHECK(spec->add_bos);
   CHECK(spec->kinds[257] == token_kind::control);
   CHECK(spec->pre == "gpt2");
+  CHECK(spec->chat_template.empty());
+
+  // chat_template: a string, or a list of named templates where "default" is the chat one.
+  dir.write("tokenizer_config.json", R"({"chat_template": "{{ '<|im_start|>' }}"})");
+  auto with = read_tokenizer_json(path);
+  REQUIRE(with.ok());
+  CHECK(with->chat_template == "{{ '<|im_start|>' }}");
+  dir.write("tokenizer_config.json",
+            R"({"chat_template": [{"name": "tool_use", "template": "T"},
+                                  {"name": "default", "template": "D"}]})");
+  auto listed = read_tokenizer_json(path);
+  REQUIRE(listed.ok());
+  CHECK(listed->chat_template == "D");
+  dir.write("tokenizer_config.json", R"({"chat_template": 5})");
+  auto bad = read_tokenizer_json(path);
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.error().message.find("chat_template") != std::string::npos);
   CHECK(make(*spec)->encode("ab</s>", true) == ids{257, 256, 258});
 }
 

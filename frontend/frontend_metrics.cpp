@@ -1,0 +1,66 @@
+#include "frontend/frontend_metrics.hpp"
+
+namespace tokenmill {
+namespace {
+std::string_view outcome(const generation_summary& g) {
+  if (g.error_code != errc::ok) return to_string(g.error_code);
+  return to_string(g.reason);
+}
+}  // namespace
+
+frontend_metrics::frontend_metrics(std::shared_ptr<metrics::registry> reg, std::string node)
+    : reg_(std::move(reg)), node_(std::move(node)) {
+  itl_ = &reg_->get_histogram("tokenmill_inter_token_latency_seconds",
+                              "Gap between consecutive tokens of a request at the frontend",
+                              metrics::latency_buckets_seconds(), {{"node", node_}});
+}
+
+void frontend_metrics::started(std::string_view api) {
+  reg_->get_gauge("tokenmill_requests_in_flight", "Requests accepted and not finished",
+                  {{"node", node_}, {"api", std::string(api)}})
+      .add(1);
+}
+
+void frontend_metrics::finished(std::string_view api, const generation_summary& g, double e2e_s) {
+  const std::string a(api);
+  reg_->get_gauge("tokenmill_requests_in_flight", "Requests accepted and not finished",
+                  {{"node", node_}, {"api", a}})
+      .add(-1);
+  reg_->get_counter("tokenmill_requests_total", "Requests by API and outcome",
+                    {{"node", node_}, {"api", a}, {"outcome", std::string(outcome(g))}})
+      .inc();
+  reg_->get_counter("tokenmill_prompt_tokens_total", "Prompt tokens of finished requests",
+                    {{"node", node_}})
+      .inc(g.prompt_tokens);
+  reg_->get_counter("tokenmill_generation_tokens_total", "Tokens generated and sent to clients",
+                    {{"node", node_}})
+      .inc(g.completion_tokens);
+  reg_->get_histogram("tokenmill_request_duration_seconds",
+                      "End-to-end request time at the frontend (arrival to last byte)",
+                      metrics::latency_buckets_seconds(), {{"node", node_}})
+      .observe(e2e_s);
+  if (g.ttft_ms > 0) {
+    reg_->get_histogram("tokenmill_time_to_first_token_seconds",
+                        "Server-side time to first token (arrival to first token sent)",
+                        metrics::latency_buckets_seconds(), {{"node", node_}})
+        .observe(g.ttft_ms / 1e3);
+    for (const auto& s : g.stages)
+      reg_->get_histogram("tokenmill_ttft_stage_seconds",
+                          "Time to first token split by stage (the stages add up to TTFT)",
+                          metrics::latency_buckets_seconds(), {{"node", node_}, {"stage", s.name}})
+          .observe(s.ms / 1e3);
+  }
+}
+
+void frontend_metrics::refused(std::string_view api, errc code) {
+  reg_->get_counter(
+          "tokenmill_requests_total", "Requests by API and outcome",
+          {{"node", node_}, {"api", std::string(api)}, {"outcome", std::string(to_string(code))}})
+      .inc();
+}
+
+void frontend_metrics::token_gap(double seconds) {
+  itl_->observe(seconds);
+}
+
+}  // namespace tokenmill

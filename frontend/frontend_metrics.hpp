@@ -1,0 +1,36 @@
+#pragma once
+/// The frontend's Prometheus metrics, shared by the RPC and HTTP servers of a node:
+/// requests by API and outcome, tokens in and out, TTFT, per-stage TTFT, ITL and
+/// end-to-end latency histograms, requests in flight. Thread-safe (the registry is).
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "common/api_types.hpp"
+#include "common/metrics.hpp"
+
+namespace tokenmill {
+
+class frontend_metrics {
+ public:
+  frontend_metrics(std::shared_ptr<metrics::registry> reg, std::string node);
+
+  /// A request was accepted (validated and sent to the router) through `api`.
+  void started(std::string_view api);
+  /// A request ended: outcome, usage, TTFT and its stages, end-to-end time.
+  void finished(std::string_view api, const generation_summary& g, double e2e_s);
+  /// A request was refused before reaching the router (`code`: invalid_request, ...).
+  void refused(std::string_view api, errc code);
+  /// One gap between consecutive tokens as the frontend received them.
+  void token_gap(double seconds);
+
+  metrics::registry& registry() { return *reg_; }
+  const std::string& node() const { return node_; }
+
+ private:
+  std::shared_ptr<metrics::registry> reg_;
+  std::string node_;
+  metrics::histogram* itl_;
+};
+
+}  // namespace tokenmill

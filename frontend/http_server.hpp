@@ -1,0 +1,61 @@
+#pragma once
+/// The OpenAI-compatible HTTP frontend (DESIGN.md §6), Boost.Beast on one Asio thread:
+/// POST /v1/completions and /v1/chat/completions (SSE streaming or one JSON body),
+/// GET /v1/models, /health, /ready, /metrics, and POST /tokenize. Like the RPC server it
+/// validates and tokenizes, sends the request to the router, and turns the router's
+/// token chunks into text; a bridge actor posts them onto the Asio thread. The protocol
+/// rules (bodies, errors, SSE) live in openai.hpp.
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <caf/fwd.hpp>
+
+#include "common/result.hpp"
+#include "engine/engine.hpp"
+#include "engine/tokenizer.hpp"
+#include "frontend/frontend_metrics.hpp"
+#include "frontend/openai.hpp"
+
+namespace tokenmill {
+
+struct http_server_config {
+  std::string host = "127.0.0.1";
+  uint16_t port = 8000;                  ///< 0 = any free port (start() says which)
+  uint32_t node = 0;                     ///< node index stamped into traces
+  uint64_t max_body_bytes = 4 << 20;     ///< larger request bodies get 413
+  uint32_t max_header_bytes = 16 << 10;  ///< larger request headers get 431
+  std::string api_key;                   ///< non-empty: /v1/* and /tokenize need "Bearer KEY"
+  openai::chat_format chat_format = openai::chat_format::chatml;
+  double idle_timeout_s = 60;   ///< a keep-alive connection idle this long is closed
+  double write_timeout_s = 30;  ///< a client that reads nothing this long is dropped
+};
+
+/// The chat format for `option` ("auto", "chatml", "llama3", "mistral"): "auto" recognises
+/// the model's Jinja template and falls back to chatml (as llama.cpp does).
+result<openai::chat_format> choose_chat_format(std::string_view option,
+                                               std::string_view model_template);
+
+class http_server {
+ public:
+  /// `metrics` is the node's (shared with the RPC server); /metrics exposes its registry
+  /// plus every worker's gauges from the supervisor's status.
+  http_server(caf::actor_system& sys, caf::actor router, caf::actor supervisor,
+              std::shared_ptr<const tokenizer> tok, model_info model, http_server_config cfg,
+              std::shared_ptr<frontend_metrics> metrics);
+  ~http_server();
+  http_server(const http_server&) = delete;
+  http_server& operator=(const http_server&) = delete;
+
+  /// Binds, starts serving on its own thread and returns the bound port.
+  result<uint16_t> start();
+  /// Cancels requests in flight, closes every connection and joins the thread.
+  void stop();
+
+  struct core;  ///< state shared by the Asio thread and the bridge actor
+
+ private:
+  std::shared_ptr<core> core_;
+};
+
+}  // namespace tokenmill

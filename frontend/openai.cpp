@@ -1,0 +1,600 @@
+#include "frontend/openai.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+namespace tokenmill::openai {
+namespace {
+
+using json = nlohmann::json;
+using ojson = nlohmann::ordered_json;
+
+/// Thrown inside this file only: parse_request catches it and returns it as a value
+/// (STYLE.md §7), which keeps the many field checks below one line each.
+[[noreturn]] void fail(std::string param, std::string message, int status = 400,
+                       std::string code = {}) {
+  throw api_error{status, "invalid_request_error", std::move(message), std::move(param),
+                  std::move(code)};
+}
+
+/// Bodies carry detokenized text, which may end in the middle of a UTF-8 sequence:
+/// replace invalid bytes with U+FFFD rather than throw.
+template <class J>
+std::string dump(const J& j) {
+  return j.dump(-1, ' ', false, J::error_handler_t::replace);
+}
+
+/// `obj[key]`, or nullptr when the key is absent or null (OpenAI treats null as "default").
+const json* field(const json& obj, const char* key) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+std::string got(const json& v) {
+  if (v.is_number_float()) return fmt::format("{}", v.get<double>());
+  return v.type_name();
+}
+
+double get_number(const json& v, const std::string& name) {
+  if (!v.is_number()) fail(name, fmt::format("'{}' must be a number, got {}", name, v.type_name()));
+  return v.get<double>();
+}
+
+/// A finite number that also fits a float (sampling parameters are floats).
+float get_float(const json& v, const std::string& name) {
+  const double d = get_number(v, name);
+  const auto f = static_cast<float>(d);
+  if (!std::isfinite(d) || !std::isfinite(f))
+    fail(name, fmt::format("'{}' must be a finite number, got {}", name, d));
+  return f;
+}
+
+int64_t get_int(const json& v, const std::string& name) {
+  if (v.is_number_unsigned()) {
+    const auto u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+      fail(name, fmt::format("'{}' is too large: {}", name, u));
+    return static_cast<int64_t>(u);
+  }
+  if (v.is_number_integer()) return v.get<int64_t>();
+  if (v.is_number_float()) {
+    // 16.0 is an integer (some clients serialise every number as a double).
+    const double d = v.get<double>();
+    if (std::isfinite(d) && std::trunc(d) == d && std::fabs(d) < 9.2e18)
+      return static_cast<int64_t>(d);
+  }
+  fail(name, fmt::format("'{}' must be an integer, got {}", name, got(v)));
+}
+
+bool get_bool(const json& v, const std::string& name) {
+  if (!v.is_boolean())
+    fail(name, fmt::format("'{}' must be a boolean, got {}", name, v.type_name()));
+  return v.get<bool>();
+}
+
+const std::string& get_string(const json& v, const std::string& name) {
+  if (!v.is_string()) fail(name, fmt::format("'{}' must be a string, got {}", name, v.type_name()));
+  return v.get_ref<const std::string&>();
+}
+
+const char* kind_name(endpoint kind) {
+  return kind == endpoint::completions ? "text_completion" : "chat.completion";
+}
+
+/// The completion prompt: a string, an array of one string, or an array of token ids.
+void parse_prompt(const json& body, generate_params& p) {
+  const json* prompt = field(body, "prompt");
+  if (!prompt) fail("prompt", "'prompt' is required");
+  if (prompt->is_string()) {
+    p.has_text = true;
+    p.text = prompt->get<std::string>();
+    if (p.text.empty()) fail("prompt", "'prompt' is empty");
+    return;
+  }
+  if (!prompt->is_array())
+    fail("prompt", fmt::format("'prompt' must be a string or an array of token ids, got {}",
+                               prompt->type_name()));
+  if (prompt->empty()) fail("prompt", "'prompt' is empty");
+  const json& first = prompt->front();
+  if (first.is_string() || first.is_array()) {
+    if (prompt->size() != 1 || first.is_array())
+      fail("prompt", "batched prompts are not supported; send one prompt per request");
+    p.has_text = true;
+    p.text = first.get<std::string>();
+    if (p.text.empty()) fail("prompt", "'prompt[0]' is empty");
+    return;
+  }
+  p.has_text = false;
+  p.token_ids.reserve(prompt->size());
+  for (size_t i = 0; i < prompt->size(); ++i) {
+    const json& id = (*prompt)[i];
+    if (id.is_array() || id.is_string())
+      fail("prompt", "batched prompts are not supported; send one prompt per request");
+    const auto name = fmt::format("prompt[{}]", i);
+    if (!id.is_number())
+      fail(name, fmt::format("'{}' must be an integer token id, got {}", name, id.type_name()));
+    p.token_ids.push_back(get_int(id, name));
+  }
+}
+
+/// A message's content: a string or an array of {"type":"text","text"} parts, joined.
+std::string parse_content(const json& msg, const std::string& name, const std::string& role) {
+  const json* content = field(msg, "content");
+  if (!content) {
+    // An assistant turn that only called tools has null content.
+    if (role == "assistant") return {};
+    fail(name, fmt::format("'{}' is required", name));
+  }
+  if (content->is_string()) return content->get<std::string>();
+  if (!content->is_array())
+    fail(name, fmt::format("'{}' must be a string or an array of content parts, got {}", name,
+                           content->type_name()));
+  std::string text;
+  for (size_t j = 0; j < content->size(); ++j) {
+    const json& part = (*content)[j];
+    const auto part_name = fmt::format("{}[{}]", name, j);
+    if (!part.is_object())
+      fail(part_name, fmt::format("'{}' must be an object, got {}", part_name, part.type_name()));
+    const auto type_name = part_name + ".type";
+    const json* type = field(part, "type");
+    if (!type) fail(type_name, fmt::format("'{}' is required", type_name));
+    const auto& type_str = get_string(*type, type_name);
+    if (type_str != "text")
+      fail(type_name, fmt::format("'{}' is '{}'; only 'text' content parts are supported",
+                                  type_name, type_str));
+    const auto text_name = part_name + ".text";
+    const json* t = field(part, "text");
+    if (!t) fail(text_name, fmt::format("'{}' is required", text_name));
+    text += get_string(*t, text_name);
+  }
+  return text;
+}
+
+std::vector<chat_message> parse_messages(const json& body) {
+  const json* messages = field(body, "messages");
+  if (!messages) fail("messages", "'messages' is required");
+  if (!messages->is_array())
+    fail("messages", fmt::format("'messages' must be an array, got {}", messages->type_name()));
+  if (messages->empty()) fail("messages", "'messages' must not be empty");
+  std::vector<chat_message> out;
+  out.reserve(messages->size());
+  for (size_t i = 0; i < messages->size(); ++i) {
+    const json& m = (*messages)[i];
+    const auto name = fmt::format("messages[{}]", i);
+    if (!m.is_object())
+      fail(name, fmt::format("'{}' must be an object, got {}", name, m.type_name()));
+    const auto role_name = name + ".role";
+    const json* role = field(m, "role");
+    if (!role) fail(role_name, fmt::format("'{}' is required", role_name));
+    const auto& r = get_string(*role, role_name);
+    if (r != "system" && r != "developer" && r != "user" && r != "assistant" && r != "tool")
+      fail(role_name,
+           fmt::format("'{}' must be one of system, developer, user, assistant, tool; got '{}'",
+                       role_name, r));
+    out.push_back({r, parse_content(m, name + ".content", r)});
+  }
+  return out;
+}
+
+/// max_tokens (chat: max_completion_tokens wins); nullopt when neither is given.
+std::optional<int64_t> parse_max_tokens(const json& body, endpoint kind) {
+  std::optional<int64_t> n;
+  const char* keys[] = {"max_tokens", "max_completion_tokens"};
+  const size_t nkeys = kind == endpoint::chat_completions ? 2 : 1;
+  for (size_t k = 0; k < nkeys; ++k) {
+    const json* v = field(body, keys[k]);
+    if (!v) continue;
+    const int64_t value = get_int(*v, keys[k]);
+    if (value < 1) fail(keys[k], fmt::format("'{}' must be at least 1, got {}", keys[k], value));
+    n = value;  // later keys win
+  }
+  return n;
+}
+
+void parse_sampling(const json& body, sampling_params& s) {
+  if (const json* v = field(body, "temperature")) {
+    s.temperature = get_float(*v, "temperature");
+    if (s.temperature < 0)
+      fail("temperature", fmt::format("'temperature' must be >= 0, got {}", s.temperature));
+  }
+  if (const json* v = field(body, "top_p")) {
+    s.top_p = get_float(*v, "top_p");
+    if (s.top_p <= 0 || s.top_p > 1)
+      fail("top_p", fmt::format("'top_p' must be in (0, 1], got {}", s.top_p));
+  }
+  if (const json* v = field(body, "top_k")) {
+    const int64_t k = get_int(*v, "top_k");
+    if (k < -1) fail("top_k", fmt::format("'top_k' must be -1 (off) or >= 0, got {}", k));
+    // -1 is vLLM's "off", as is 0 here; values above the vocabulary keep every token.
+    s.top_k = k <= 0 ? 0 : static_cast<uint32_t>(std::min<int64_t>(k, UINT32_MAX));
+  }
+  if (const json* v = field(body, "min_p")) {
+    s.min_p = get_float(*v, "min_p");
+    if (s.min_p < 0 || s.min_p > 1)
+      fail("min_p", fmt::format("'min_p' must be in [0, 1], got {}", s.min_p));
+  }
+  if (const json* v = field(body, "seed")) {
+    if (v->is_number_unsigned())
+      s.seed = v->get<uint64_t>();
+    else
+      s.seed = static_cast<uint64_t>(get_int(*v, "seed"));  // negative seeds wrap
+  }
+}
+
+void parse_stops(const json& body, generate_params& p) {
+  if (const json* v = field(body, "stop")) {
+    if (v->is_string()) {
+      p.stop_strings.push_back(v->get<std::string>());
+    } else if (v->is_array()) {
+      for (size_t i = 0; i < v->size(); ++i)
+        p.stop_strings.push_back(get_string((*v)[i], fmt::format("stop[{}]", i)));
+    } else {
+      fail("stop",
+           fmt::format("'stop' must be a string or an array of strings, got {}", v->type_name()));
+    }
+  }
+  if (const json* v = field(body, "stop_token_ids")) {
+    if (!v->is_array())
+      fail("stop_token_ids",
+           fmt::format("'stop_token_ids' must be an array of integers, got {}", v->type_name()));
+    for (size_t i = 0; i < v->size(); ++i)
+      p.stop_ids.push_back(get_int((*v)[i], fmt::format("stop_token_ids[{}]", i)));
+  }
+}
+
+/// Options tokenmill does not implement, accepted only at their neutral value.
+void reject_unsupported(const json& body, endpoint kind) {
+  if (const json* v = field(body, "n")) {
+    if (get_int(*v, "n") != 1) fail("n", "only n=1 is supported");
+  }
+  if (const json* v = field(body, "logprobs")) {
+    const bool on = kind == endpoint::chat_completions ? get_bool(*v, "logprobs")
+                                                       : get_int(*v, "logprobs") != 0;
+    if (on) fail("logprobs", "logprobs are not supported");
+  }
+  if (const json* v = field(body, "top_logprobs")) {
+    if (get_int(*v, "top_logprobs") != 0) fail("top_logprobs", "logprobs are not supported");
+  }
+  for (const char* key : {"presence_penalty", "frequency_penalty"}) {
+    if (const json* v = field(body, key)) {
+      const double x = get_number(*v, key);
+      if (x != 0) fail(key, fmt::format("'{}' is not supported (only 0), got {}", key, x));
+    }
+  }
+  if (kind == endpoint::completions) {
+    if (const json* v = field(body, "echo")) {
+      if (get_bool(*v, "echo")) fail("echo", "'echo' is not supported (only false)");
+    }
+    if (const json* v = field(body, "best_of")) {
+      const int64_t b = get_int(*v, "best_of");
+      if (b != 1) fail("best_of", fmt::format("'best_of' is not supported (only 1), got {}", b));
+    }
+  }
+}
+
+parsed_request parse(endpoint kind, std::string_view text, const request_context& ctx) {
+  json body;
+  try {
+    body = json::parse(text);
+  } catch (const json::parse_error& e) {
+    fail("", fmt::format("request body is not valid JSON: {}", e.what()));
+  }
+  if (!body.is_object())
+    fail("", fmt::format("request body must be a JSON object, got {}", body.type_name()));
+
+  parsed_request r;
+  r.kind = kind;
+  if (const json* v = field(body, "model")) {
+    r.model = get_string(*v, "model");
+    if (!ctx.served_model.empty() && r.model != ctx.served_model)
+      fail("model",
+           fmt::format("The model '{}' does not exist; this server serves '{}'", r.model,
+                       ctx.served_model),
+           404, "model_not_found");
+  }
+  reject_unsupported(body, kind);
+
+  auto& p = r.params;
+  if (kind == endpoint::completions) {
+    parse_prompt(body, p);
+    p.add_bos = true;
+  } else {
+    p.has_text = true;
+    p.text = render_chat(ctx.format, parse_messages(body));
+    p.add_bos = ctx.format != chat_format::chatml;  // ChatML models (Qwen) have no BOS
+  }
+  if (auto n = parse_max_tokens(body, kind)) {
+    p.max_tokens = *n;
+  } else if (kind == endpoint::chat_completions) {
+    p.max_tokens_to_context = true;
+  }
+  parse_sampling(body, p.sampling);
+  parse_stops(body, p);
+  if (const json* v = field(body, "ignore_eos")) p.ignore_eos = get_bool(*v, "ignore_eos");
+
+  if (const json* v = field(body, "stream")) r.stream = get_bool(*v, "stream");
+  if (const json* v = field(body, "stream_options")) {
+    if (!v->is_object())
+      fail("stream_options",
+           fmt::format("'stream_options' must be an object, got {}", v->type_name()));
+    if (!r.stream) fail("stream_options", "'stream_options' is only allowed when 'stream' is true");
+    if (const json* u = field(*v, "include_usage"))
+      r.include_usage = get_bool(*u, "stream_options.include_usage");
+  }
+  return r;
+}
+
+ojson usage_object(const generation_summary& s) {
+  ojson u;
+  u["prompt_tokens"] = s.prompt_tokens;
+  u["completion_tokens"] = s.completion_tokens;
+  u["total_tokens"] = static_cast<uint64_t>(s.prompt_tokens) + s.completion_tokens;
+  return u;
+}
+
+ojson timing_object(const generation_summary& s) {
+  ojson t;
+  t["request_id"] = s.id;
+  t["ttft_ms"] = s.ttft_ms;
+  t["itl_mean_ms"] = s.itl_mean_ms;
+  t["itl_p50_ms"] = s.itl_p50_ms;
+  t["itl_p99_ms"] = s.itl_p99_ms;
+  ojson stages = ojson::object();
+  for (const auto& st : s.stages)
+    stages[st.name] = st.ms;
+  t["stages"] = std::move(stages);
+  return t;
+}
+
+/// id, object, created, model: the head of every body.
+ojson head(const response_meta& m, const char* object) {
+  ojson j;
+  j["id"] = m.id;
+  j["object"] = object;
+  j["created"] = m.created;
+  j["model"] = m.model;
+  return j;
+}
+
+ojson finish_value(std::string_view finish) {
+  return finish.empty() ? ojson(nullptr) : ojson(std::string(finish));
+}
+
+const char* chunk_object(endpoint kind) {
+  return kind == endpoint::completions ? "text_completion" : "chat.completion.chunk";
+}
+
+std::string_view template_role(std::string_view role) {
+  return role == "developer" ? std::string_view("system") : role;
+}
+
+}  // namespace
+
+std::string error_body(const api_error& e) {
+  ojson err;
+  err["message"] = e.message;
+  err["type"] = e.type;
+  err["param"] = e.param.empty() ? ojson(nullptr) : ojson(e.param);
+  err["code"] = e.code.empty() ? ojson(nullptr) : ojson(e.code);
+  ojson j;
+  j["error"] = std::move(err);
+  return dump(j);
+}
+
+api_error from_errc(errc code, std::string message) {
+  api_error e;
+  e.message = std::move(message);
+  switch (code) {
+    case errc::invalid_request:
+      e.status = 400;
+      e.type = "invalid_request_error";
+      if (e.message.find("context") != std::string::npos) e.code = "context_length_exceeded";
+      return e;
+    case errc::overloaded:
+      e.status = 429;
+      e.type = "rate_limit_error";
+      break;
+    case errc::no_workers:
+    case errc::unavailable:
+      e.status = 503;
+      e.type = "server_error";
+      break;
+    case errc::timeout:
+      e.status = 504;
+      e.type = "server_error";
+      break;
+    case errc::cancelled:
+      e.status = 499;  // nginx's "client closed request"
+      e.type = "invalid_request_error";
+      break;
+    default:
+      e.status = 500;
+      e.type = "server_error";
+      break;
+  }
+  e.code = std::string(to_string(code));  // tells clients which tokenmill error it was
+  return e;
+}
+
+std::string_view to_string(chat_format f) {
+  switch (f) {
+    case chat_format::chatml:
+      return "chatml";
+    case chat_format::llama3:
+      return "llama3";
+    case chat_format::mistral:
+      return "mistral";
+  }
+  return "unknown";
+}
+
+std::optional<chat_format> chat_format_from_name(std::string_view name) {
+  if (name == "chatml") return chat_format::chatml;
+  if (name == "llama3") return chat_format::llama3;
+  if (name == "mistral") return chat_format::mistral;
+  return std::nullopt;
+}
+
+std::optional<chat_format> detect_chat_format(std::string_view t) {
+  if (t.find("<|start_header_id|>") != std::string_view::npos) return chat_format::llama3;
+  if (t.find("<|im_start|>") != std::string_view::npos) return chat_format::chatml;
+  if (t.find("[INST]") != std::string_view::npos) return chat_format::mistral;
+  return std::nullopt;
+}
+
+// A trailing assistant message is rendered as a finished turn and a new assistant turn is
+// opened after it (no "continue the last message" mode).
+std::string render_chat(chat_format f, const std::vector<chat_message>& msgs) {
+  std::string out;
+  switch (f) {
+    case chat_format::chatml:
+      for (const auto& m : msgs)
+        out += fmt::format("<|im_start|>{}\n{}<|im_end|>\n", template_role(m.role), m.content);
+      out += "<|im_start|>assistant\n";
+      break;
+    case chat_format::llama3:
+      for (const auto& m : msgs)
+        out += fmt::format("<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
+                           template_role(m.role), m.content);
+      out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+      break;
+    case chat_format::mistral: {
+      // Mistral v1: no system role; system text goes in front of the next user turn.
+      // Tool results are rendered as user turns. The generation prompt is the [/INST].
+      std::string pending_system;
+      for (const auto& m : msgs) {
+        const auto role = template_role(m.role);
+        if (role == "system") {
+          if (!pending_system.empty()) pending_system += "\n\n";
+          pending_system += m.content;
+        } else if (role == "assistant") {
+          out += m.content;
+          out += "</s>";
+        } else {
+          std::string user =
+              pending_system.empty() ? m.content : pending_system + "\n\n" + m.content;
+          pending_system.clear();
+          out += fmt::format("[INST] {} [/INST]", user);
+        }
+      }
+      if (!pending_system.empty()) out += fmt::format("[INST] {} [/INST]", pending_system);
+      break;
+    }
+  }
+  return out;
+}
+
+std::variant<parsed_request, api_error> parse_request(endpoint kind, std::string_view body,
+                                                      const request_context& ctx) {
+  try {
+    return parse(kind, body, ctx);
+  } catch (api_error& e) {
+    return std::move(e);
+  } catch (const std::exception& e) {
+    // nlohmann type errors that slipped past the checks above: still the client's fault.
+    return api_error{400, "invalid_request_error",
+                     fmt::format("invalid request body: {}", e.what()), "", ""};
+  }
+}
+
+std::string_view finish_reason_name(finish_reason r) {
+  switch (r) {
+    case finish_reason::length:
+      return "length";
+    case finish_reason::stop:
+    case finish_reason::eos:
+      return "stop";
+    default:
+      return "";
+  }
+}
+
+std::string timing_json(const generation_summary& s) {
+  return dump(timing_object(s));
+}
+
+std::string completion_body(const response_meta& m, std::string_view text,
+                            const generation_summary& s) {
+  ojson j = head(m, kind_name(m.kind));
+  ojson choice;
+  choice["index"] = 0;
+  if (m.kind == endpoint::completions) {
+    choice["text"] = std::string(text);
+  } else {
+    ojson msg;
+    msg["role"] = "assistant";
+    msg["content"] = std::string(text);
+    choice["message"] = std::move(msg);
+  }
+  choice["logprobs"] = nullptr;
+  choice["finish_reason"] = finish_value(finish_reason_name(s.reason));
+  j["choices"] = ojson::array({std::move(choice)});
+  j["usage"] = usage_object(s);
+  j["tokenmill"] = timing_object(s);
+  return dump(j);
+}
+
+std::string stream_chunk(const response_meta& m, std::string_view text, bool first,
+                         std::string_view finish, bool usage_null) {
+  ojson j = head(m, chunk_object(m.kind));
+  ojson choice;
+  choice["index"] = 0;
+  if (m.kind == endpoint::completions) {
+    choice["text"] = std::string(text);
+  } else {
+    ojson delta;
+    if (first) delta["role"] = "assistant";
+    delta["content"] = std::string(text);
+    choice["delta"] = std::move(delta);
+  }
+  choice["logprobs"] = nullptr;
+  choice["finish_reason"] = finish_value(finish);
+  j["choices"] = ojson::array({std::move(choice)});
+  if (usage_null) j["usage"] = nullptr;
+  return dump(j);
+}
+
+std::string usage_chunk(const response_meta& m, const generation_summary& s) {
+  ojson j = head(m, chunk_object(m.kind));
+  j["choices"] = ojson::array();
+  j["usage"] = usage_object(s);
+  j["tokenmill"] = timing_object(s);
+  return dump(j);
+}
+
+std::string sse_event(std::string_view json_text) {
+  std::string out;
+  out.reserve(json_text.size() + 8);
+  size_t pos = 0;
+  while (true) {
+    const size_t nl = json_text.find('\n', pos);
+    out += "data: ";
+    out += json_text.substr(pos, nl == std::string_view::npos ? nl : nl - pos);
+    out += '\n';
+    if (nl == std::string_view::npos) break;
+    pos = nl + 1;
+  }
+  out += '\n';
+  return out;
+}
+
+std::string models_body(std::string_view model, int64_t created, uint32_t max_context) {
+  ojson entry;
+  entry["id"] = std::string(model);
+  entry["object"] = "model";
+  entry["created"] = created;
+  entry["owned_by"] = "tokenmill";
+  entry["max_model_len"] = max_context;
+  ojson j;
+  j["object"] = "list";
+  j["data"] = ojson::array({std::move(entry)});
+  return dump(j);
+}
+
+}  // namespace tokenmill::openai

@@ -1,0 +1,139 @@
+#pragma once
+/// The OpenAI-compatible HTTP API's protocol layer, free of sockets, CAF and Cap'n Proto
+/// (STYLE.md §2), so that every rule is unit-tested: request bodies to generate_params,
+/// chat templates, response and stream-chunk bodies, SSE framing, and the OpenAI error
+/// JSON with its HTTP status. The HTTP server (http_server.cpp) only moves bytes.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "common/api_types.hpp"
+#include "common/errors.hpp"
+
+namespace tokenmill::openai {
+
+enum class endpoint : uint8_t { completions, chat_completions };
+
+/// An error as the OpenAI API reports it: an HTTP status and
+/// `{"error": {"message", "type", "param", "code"}}`.
+struct api_error {
+  int status = 400;
+  /// "invalid_request_error" (400, 404, 405, 413), "authentication_error" (401),
+  /// "rate_limit_error" (429), "server_error" (500, 503)
+  std::string type = "invalid_request_error";
+  std::string message;
+  std::string param;  ///< the offending field ("messages[1].content"); empty: none
+  std::string code;   ///< "model_not_found", "context_length_exceeded", ...; empty: none
+};
+
+/// The error body: `{"error":{"message":...,"type":...,"param":...|null,"code":...|null}}`.
+std::string error_body(const api_error& e);
+
+/// Maps a tokenmill error to its HTTP form: invalid_request 400 (code
+/// "context_length_exceeded" when the message is about the context), overloaded 429,
+/// no_workers / unavailable 503, timeout 504, cancelled 499, everything else 500
+/// ("server_error").
+api_error from_errc(errc code, std::string message);
+
+/// One chat message. `content` may be a string or an array of {"type":"text","text"}
+/// parts (joined); other part types are rejected.
+struct chat_message {
+  std::string role;  ///< "system", "user", "assistant" (also "developer" = system, "tool")
+  std::string content;
+};
+
+/// Chat prompt formats tokenmill renders itself (no Jinja).
+enum class chat_format : uint8_t {
+  chatml,   ///< <|im_start|>role\ncontent<|im_end|>\n ... <|im_start|>assistant\n (Qwen, SmolLM)
+  llama3,   ///< <|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|> ...
+  mistral,  ///< [INST] user [/INST] assistant</s>[INST] ... (system prepended to 1st user turn)
+};
+std::string_view to_string(chat_format f);
+/// "chatml", "llama3" or "mistral".
+std::optional<chat_format> chat_format_from_name(std::string_view name);
+/// The format a model's Jinja chat template implements, recognised by its markers
+/// ("<|start_header_id|>" llama3, "<|im_start|>" chatml, "[INST]" mistral); nullopt for an
+/// empty or unrecognised template (the server then uses chatml, as llama.cpp does).
+std::optional<chat_format> detect_chat_format(std::string_view jinja_template);
+/// The prompt text for `msgs`, ending with an opened assistant turn. The BOS token is not
+/// written (the tokenizer adds it).
+std::string render_chat(chat_format f, const std::vector<chat_message>& msgs);
+
+/// What the server needs to parse a request.
+struct request_context {
+  std::string served_model;  ///< the only accepted `model` (absent `model` is fine)
+  chat_format format = chat_format::chatml;
+};
+
+/// A parsed request, ready for validate().
+struct parsed_request {
+  endpoint kind = endpoint::completions;
+  generate_params params;  ///< prompt (text or ids), max_tokens, sampling, stop strings
+  bool stream = false;
+  bool include_usage = false;  ///< stream_options.include_usage
+  std::string model;           ///< as sent (empty when absent)
+};
+
+/// Parses a request body. Accepted fields:
+/// - both: model, max_tokens (chat: also max_completion_tokens; absent: completions 16,
+///   chat the rest of the context, via params.max_tokens_to_context), temperature, top_p,
+///   seed, stop (string or array of strings), n (only 1), stream,
+///   stream_options.include_usage, user (ignored), presence_penalty / frequency_penalty
+///   (only 0), logprobs (only false/null), and tokenmill/vLLM extensions top_k, min_p,
+///   ignore_eos, stop_token_ids;
+/// - completions: prompt as a string, an array of one string, or an array of token ids;
+///   echo (only false);
+/// - chat: messages (non-empty array of {role, content}).
+/// Unknown fields are ignored, as OpenAI does. A wrong type, a value out of range or an
+/// unsupported option is a 400 naming the field; another model than the served one is 404
+/// "model_not_found". Range checks that need the tokenizer (context length) are left to
+/// validate().
+std::variant<parsed_request, api_error> parse_request(endpoint kind, std::string_view body,
+                                                      const request_context& ctx);
+
+/// Fixed parts of every response body of one request.
+struct response_meta {
+  endpoint kind = endpoint::completions;
+  std::string id;       ///< "cmpl-..." or "chatcmpl-..."
+  int64_t created = 0;  ///< unix seconds
+  std::string model;
+};
+
+/// "stop" (stop string, stop id or EOS), "length", or null-worthy reasons: returns "" for
+/// none/cancelled/error.
+std::string_view finish_reason_name(finish_reason r);
+
+/// The `tokenmill` extension object: request_id, ttft_ms, itl_{mean,p50,p99}_ms and
+/// "stages": {name: ms, ...} in causal order (the same breakdown as the RPC summary).
+std::string timing_json(const generation_summary& s);
+
+/// A whole non-streaming response: `text_completion` with choices[0].text, or
+/// `chat.completion` with choices[0].message {role: assistant, content}; finish_reason,
+/// usage {prompt_tokens, completion_tokens, total_tokens}, and "tokenmill": timing_json.
+std::string completion_body(const response_meta& m, std::string_view text,
+                            const generation_summary& s);
+
+/// One streamed chunk body (not yet SSE-framed): `text_completion` with choices[0].text, or
+/// `chat.completion.chunk` with choices[0].delta ({"role":"assistant","content":""} when
+/// `first`, else {"content": text}); finish_reason is null when `finish` is empty. With
+/// `usage_null` the chunk carries "usage": null (OpenAI does this when include_usage is on).
+std::string stream_chunk(const response_meta& m, std::string_view text, bool first,
+                         std::string_view finish, bool usage_null);
+
+/// The final usage chunk of a stream with include_usage: empty choices, usage, and the
+/// tokenmill timing extension.
+std::string usage_chunk(const response_meta& m, const generation_summary& s);
+
+/// `data: <json>\n\n` (json must be one line, as nlohmann's dump() is).
+std::string sse_event(std::string_view json);
+/// The stream's end marker.
+inline constexpr std::string_view sse_done = "data: [DONE]\n\n";
+
+/// `GET /v1/models`: {"object":"list","data":[{"id","object":"model","created","owned_by":
+/// "tokenmill","max_model_len"}]}.
+std::string models_body(std::string_view model, int64_t created, uint32_t max_context);
+
+}  // namespace tokenmill::openai

@@ -1,0 +1,614 @@
+#include <catch2/catch.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include "frontend/openai.hpp"
+
+using namespace tokenmill;
+using namespace tokenmill::openai;
+using nlohmann::json;
+
+namespace {
+request_context ctx(chat_format f = chat_format::chatml) {
+  return {"tiny-model", f};
+}
+parsed_request ok(endpoint kind, const std::string& body, const request_context& c = ctx()) {
+  auto r = parse_request(kind, body, c);
+  if (auto* e = std::get_if<api_error>(&r)) FAIL("unexpected error: " << e->message);
+  return std::get<parsed_request>(r);
+}
+api_error err(endpoint kind, const std::string& body) {
+  auto r = parse_request(kind, body, ctx());
+  REQUIRE(std::holds_alternative<api_error>(r));
+  return std::get<api_error>(r);
+}
+bool contains(const std::string& s, const std::string& what) {
+  return s.find(what) != std::string::npos;
+}
+constexpr auto cmpl = endpoint::completions;
+constexpr auto chat = endpoint::chat_completions;
+}  // namespace
+
+TEST_CASE("completions: every accepted field is mapped", "[openai]") {
+  auto r = ok(cmpl, R"({
+    "model": "tiny-model", "prompt": "Hello", "max_tokens": 7, "temperature": 0.5,
+    "top_p": 0.9, "top_k": 40, "min_p": 0.05, "seed": 1234, "stop": ["\n\n", "END"],
+    "stop_token_ids": [2, 3], "ignore_eos": true, "n": 1, "stream": true,
+    "stream_options": {"include_usage": true}, "user": "someone", "presence_penalty": 0,
+    "frequency_penalty": 0.0, "logprobs": null, "echo": false, "best_of": 1,
+    "unknown_field": {"is": "ignored"}
+  })");
+  CHECK(r.kind == cmpl);
+  CHECK(r.model == "tiny-model");
+  CHECK(r.stream);
+  CHECK(r.include_usage);
+  const auto& p = r.params;
+  CHECK(p.has_text);
+  CHECK(p.text == "Hello");
+  CHECK(p.add_bos);
+  CHECK(p.max_tokens == 7);
+  CHECK_FALSE(p.max_tokens_to_context);
+  CHECK(p.sampling.temperature == Approx(0.5));
+  CHECK(p.sampling.top_p == Approx(0.9));
+  CHECK(p.sampling.top_k == 40);
+  CHECK(p.sampling.min_p == Approx(0.05));
+  CHECK(p.sampling.seed == 1234);
+  CHECK(p.stop_strings == std::vector<std::string>{"\n\n", "END"});
+  CHECK(p.stop_ids == std::vector<int64_t>{2, 3});
+  CHECK(p.ignore_eos);
+}
+
+TEST_CASE("completions: defaults and prompt forms", "[openai]") {
+  SECTION("minimal body") {
+    auto r = ok(cmpl, R"({"prompt": "x"})");
+    CHECK(r.model.empty());
+    CHECK_FALSE(r.stream);
+    CHECK_FALSE(r.include_usage);
+    CHECK(r.params.max_tokens == 16);
+    CHECK_FALSE(r.params.max_tokens_to_context);
+    CHECK(r.params.sampling.temperature == 0);
+    CHECK(r.params.sampling.top_p == 1);
+    CHECK(r.params.stop_strings.empty());
+    CHECK_FALSE(r.params.ignore_eos);
+  }
+  SECTION("nulls mean default") {
+    auto r = ok(cmpl, R"({"prompt": "x", "model": null, "max_tokens": null, "stop": null,
+                          "temperature": null, "stream": null, "stream_options": null,
+                          "n": null, "seed": null})");
+    CHECK(r.params.max_tokens == 16);
+    CHECK_FALSE(r.stream);
+  }
+  SECTION("array of one string") {
+    auto r = ok(cmpl, R"({"prompt": ["only one"]})");
+    CHECK(r.params.has_text);
+    CHECK(r.params.text == "only one");
+  }
+  SECTION("token ids") {
+    auto r = ok(cmpl, R"({"prompt": [1, 15, 999]})");
+    CHECK_FALSE(r.params.has_text);
+    CHECK(r.params.token_ids == std::vector<int64_t>{1, 15, 999});
+    CHECK(r.params.add_bos);
+  }
+  SECTION("negative ids are left to validate(), which names the position") {
+    auto r = ok(cmpl, R"({"prompt": [1, -4]})");
+    CHECK(r.params.token_ids == std::vector<int64_t>{1, -4});
+  }
+  SECTION("stop as one string") {
+    CHECK(ok(cmpl, R"({"prompt": "x", "stop": "###"})").params.stop_strings ==
+          std::vector<std::string>{"###"});
+  }
+  SECTION("top_k -1 is off") {
+    CHECK(ok(cmpl, R"({"prompt": "x", "top_k": -1})").params.sampling.top_k == 0);
+  }
+  SECTION("negative seeds wrap to uint64") {
+    CHECK(ok(cmpl, R"({"prompt": "x", "seed": -1})").params.sampling.seed == UINT64_MAX);
+    CHECK(ok(cmpl, R"({"prompt": "x", "seed": 18446744073709551615})").params.sampling.seed ==
+          UINT64_MAX);
+  }
+  SECTION("integral doubles are integers") {
+    CHECK(ok(cmpl, R"({"prompt": "x", "max_tokens": 8.0})").params.max_tokens == 8);
+  }
+  SECTION("temperature above 2 is accepted") {
+    CHECK(ok(cmpl, R"({"prompt": "x", "temperature": 3.5})").params.sampling.temperature ==
+          Approx(3.5));
+  }
+  SECTION("logprobs 0 is off") {
+    ok(cmpl, R"({"prompt": "x", "logprobs": 0})");
+  }
+  SECTION("stream_options without include_usage") {
+    auto r = ok(cmpl, R"({"prompt": "x", "stream": true, "stream_options": {}})");
+    CHECK(r.stream);
+    CHECK_FALSE(r.include_usage);
+  }
+  SECTION("max_completion_tokens is a chat field; completions ignore it") {
+    auto r = ok(cmpl, R"({"prompt": "x", "max_completion_tokens": 3})");
+    CHECK(r.params.max_tokens == 16);
+  }
+}
+
+TEST_CASE("chat: messages are rendered and options mapped", "[openai]") {
+  SECTION("chatml: no BOS, context-filling max_tokens by default") {
+    auto r = ok(chat, R"({"model": "tiny-model", "messages": [{"role": "user", "content": "Hi"}],
+                          "logprobs": false, "temperature": 0.7})");
+    CHECK(r.kind == chat);
+    CHECK(r.params.has_text);
+    CHECK(r.params.text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    CHECK_FALSE(r.params.add_bos);
+    CHECK(r.params.max_tokens_to_context);
+    CHECK(r.params.sampling.temperature == Approx(0.7));
+  }
+  SECTION("llama3 and mistral add BOS") {
+    const std::string body = R"({"messages": [{"role": "user", "content": "Hi"}]})";
+    CHECK(ok(chat, body, ctx(chat_format::llama3)).params.add_bos);
+    CHECK(ok(chat, body, ctx(chat_format::mistral)).params.add_bos);
+  }
+  SECTION("max_tokens") {
+    auto r = ok(chat, R"({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5})");
+    CHECK(r.params.max_tokens == 5);
+    CHECK_FALSE(r.params.max_tokens_to_context);
+  }
+  SECTION("max_completion_tokens wins over max_tokens") {
+    auto r = ok(chat, R"({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5,
+                          "max_completion_tokens": 9})");
+    CHECK(r.params.max_tokens == 9);
+    CHECK_FALSE(r.params.max_tokens_to_context);
+  }
+  SECTION("content parts are joined without a separator") {
+    auto r = ok(chat, R"({"messages": [{"role": "user", "content": [
+                            {"type": "text", "text": "Hello, "}, {"type": "text", "text": "world"}]}]})");
+    CHECK(r.params.text == "<|im_start|>user\nHello, world<|im_end|>\n<|im_start|>assistant\n");
+  }
+  SECTION("developer renders as system; tool and null assistant content are accepted") {
+    auto r = ok(chat, R"({"messages": [{"role": "developer", "content": "Be brief."},
+                                       {"role": "user", "content": "Q"},
+                                       {"role": "assistant", "content": null},
+                                       {"role": "tool", "content": "42"}]})");
+    CHECK(r.params.text ==
+          "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n"
+          "<|im_start|>assistant\n<|im_end|>\n<|im_start|>tool\n42<|im_end|>\n"
+          "<|im_start|>assistant\n");
+  }
+  SECTION("tokenmill extensions") {
+    auto r = ok(chat, R"({"messages": [{"role": "user", "content": "Hi"}], "top_k": 5,
+                          "min_p": 0.1, "ignore_eos": true, "stop_token_ids": [7],
+                          "stream": true, "stream_options": {"include_usage": false}})");
+    CHECK(r.params.sampling.top_k == 5);
+    CHECK(r.params.sampling.min_p == Approx(0.1));
+    CHECK(r.params.ignore_eos);
+    CHECK(r.params.stop_ids == std::vector<int64_t>{7});
+    CHECK(r.stream);
+    CHECK_FALSE(r.include_usage);
+  }
+}
+
+TEST_CASE("bad requests are rejected naming the field", "[openai]") {
+  struct bad_case {
+    endpoint kind;
+    std::string body;
+    int status;
+    std::string param;
+    std::string message;  // a substring of the message
+  };
+  const std::string msg = R"("messages": [{"role": "user", "content": "Hi"}])";
+  const std::vector<bad_case> cases = {
+      // the body itself
+      {cmpl, "", 400, "", "request body is not valid JSON"},
+      {cmpl, "{\"prompt\": ", 400, "", "request body is not valid JSON"},
+      {cmpl, "not json", 400, "", "request body is not valid JSON"},
+      {cmpl, R"(["prompt"])", 400, "", "must be a JSON object, got array"},
+      {chat, "42", 400, "", "must be a JSON object, got number"},
+      {cmpl, "null", 400, "", "must be a JSON object"},
+      // model
+      {cmpl, R"({"prompt": "x", "model": "gpt-4"})", 404, "model",
+       "The model 'gpt-4' does not exist; this server serves 'tiny-model'"},
+      {chat, "{" + msg + R"(, "model": "other"})", 404, "model", "does not exist"},
+      {cmpl, R"({"prompt": "x", "model": 3})", 400, "model",
+       "'model' must be a string, got number"},
+      // prompt
+      {cmpl, R"({})", 400, "prompt", "'prompt' is required"},
+      {cmpl, R"({"prompt": ""})", 400, "prompt", "'prompt' is empty"},
+      {cmpl, R"({"prompt": []})", 400, "prompt", "'prompt' is empty"},
+      {cmpl, R"({"prompt": [""]})", 400, "prompt", "is empty"},
+      {cmpl, R"({"prompt": 5})", 400, "prompt", "'prompt' must be a string or an array"},
+      {cmpl, R"({"prompt": {"text": "x"}})", 400, "prompt", "got object"},
+      {cmpl, R"({"prompt": ["a", "b"]})", 400, "prompt", "batched prompts are not supported"},
+      {cmpl, R"({"prompt": [[1, 2], [3]]})", 400, "prompt", "batched prompts are not supported"},
+      {cmpl, R"({"prompt": [[1, 2]]})", 400, "prompt", "batched prompts are not supported"},
+      {cmpl, R"({"prompt": [1, "a"]})", 400, "prompt", "batched prompts are not supported"},
+      {cmpl, R"({"prompt": [1, 2.5]})", 400, "prompt[1]", "'prompt[1]' must be an integer"},
+      {cmpl, R"({"prompt": [1, true]})", 400, "prompt[1]", "integer token id, got boolean"},
+      // max_tokens
+      {cmpl, R"({"prompt": "x", "max_tokens": 0})", 400, "max_tokens",
+       "'max_tokens' must be at least 1, got 0"},
+      {cmpl, R"({"prompt": "x", "max_tokens": -3})", 400, "max_tokens", "got -3"},
+      {cmpl, R"({"prompt": "x", "max_tokens": "8"})", 400, "max_tokens",
+       "'max_tokens' must be an integer, got string"},
+      {cmpl, R"({"prompt": "x", "max_tokens": 1.5})", 400, "max_tokens",
+       "must be an integer, got 1.5"},
+      {cmpl, R"({"prompt": "x", "max_tokens": 18446744073709551615})", 400, "max_tokens",
+       "too large"},
+      {chat, "{" + msg + R"(, "max_completion_tokens": 0})", 400, "max_completion_tokens",
+       "at least 1"},
+      {chat, "{" + msg + R"(, "max_tokens": 0, "max_completion_tokens": 4})", 400, "max_tokens",
+       "at least 1"},
+      // sampling
+      {cmpl, R"({"prompt": "x", "temperature": "hot"})", 400, "temperature",
+       "'temperature' must be a number, got string"},
+      {cmpl, R"({"prompt": "x", "temperature": -0.1})", 400, "temperature",
+       "'temperature' must be >= 0"},
+      {cmpl, R"({"prompt": "x", "temperature": 1e300})", 400, "temperature",
+       "must be a finite number"},
+      {cmpl, R"({"prompt": "x", "top_p": 0})", 400, "top_p", "'top_p' must be in (0, 1]"},
+      {cmpl, R"({"prompt": "x", "top_p": 1.01})", 400, "top_p", "'top_p' must be in (0, 1]"},
+      {cmpl, R"({"prompt": "x", "top_p": [1]})", 400, "top_p", "must be a number, got array"},
+      {cmpl, R"({"prompt": "x", "top_k": -2})", 400, "top_k", "'top_k' must be -1 (off) or >= 0"},
+      {cmpl, R"({"prompt": "x", "top_k": 0.5})", 400, "top_k", "must be an integer"},
+      {cmpl, R"({"prompt": "x", "min_p": 1.5})", 400, "min_p", "'min_p' must be in [0, 1]"},
+      {cmpl, R"({"prompt": "x", "min_p": -0.5})", 400, "min_p", "'min_p' must be in [0, 1]"},
+      {cmpl, R"({"prompt": "x", "seed": "42"})", 400, "seed",
+       "'seed' must be an integer, got string"},
+      {cmpl, R"({"prompt": "x", "seed": 0.5})", 400, "seed", "must be an integer"},
+      // stops and extensions
+      {cmpl, R"({"prompt": "x", "stop": 5})", 400, "stop",
+       "'stop' must be a string or an array of strings"},
+      {cmpl, R"({"prompt": "x", "stop": ["a", 1]})", 400, "stop[1]",
+       "'stop[1]' must be a string, got number"},
+      {cmpl, R"({"prompt": "x", "stop_token_ids": 5})", 400, "stop_token_ids",
+       "must be an array of integers"},
+      {cmpl, R"({"prompt": "x", "stop_token_ids": [1, "2"]})", 400, "stop_token_ids[1]",
+       "'stop_token_ids[1]' must be an integer"},
+      {cmpl, R"({"prompt": "x", "ignore_eos": 1})", 400, "ignore_eos",
+       "'ignore_eos' must be a boolean, got number"},
+      // unsupported options
+      {cmpl, R"({"prompt": "x", "n": 2})", 400, "n", "only n=1 is supported"},
+      {chat, "{" + msg + R"(, "n": 3})", 400, "n", "only n=1 is supported"},
+      {cmpl, R"({"prompt": "x", "n": "1"})", 400, "n", "'n' must be an integer"},
+      {cmpl, R"({"prompt": "x", "logprobs": 5})", 400, "logprobs", "logprobs are not supported"},
+      {cmpl, R"({"prompt": "x", "logprobs": true})", 400, "logprobs",
+       "'logprobs' must be an integer"},
+      {chat, "{" + msg + R"(, "logprobs": true})", 400, "logprobs", "logprobs are not supported"},
+      {chat, "{" + msg + R"(, "logprobs": 1})", 400, "logprobs", "'logprobs' must be a boolean"},
+      {chat, "{" + msg + R"(, "top_logprobs": 2})", 400, "top_logprobs",
+       "logprobs are not supported"},
+      {cmpl, R"({"prompt": "x", "presence_penalty": 0.5})", 400, "presence_penalty",
+       "'presence_penalty' is not supported (only 0)"},
+      {chat, "{" + msg + R"(, "frequency_penalty": -1})", 400, "frequency_penalty",
+       "'frequency_penalty' is not supported"},
+      {cmpl, R"({"prompt": "x", "frequency_penalty": "0"})", 400, "frequency_penalty",
+       "must be a number, got string"},
+      {cmpl, R"({"prompt": "x", "echo": true})", 400, "echo", "'echo' is not supported"},
+      {cmpl, R"({"prompt": "x", "echo": "no"})", 400, "echo", "'echo' must be a boolean"},
+      {cmpl, R"({"prompt": "x", "best_of": 2})", 400, "best_of",
+       "'best_of' is not supported (only 1)"},
+      // streaming
+      {cmpl, R"({"prompt": "x", "stream": "yes"})", 400, "stream",
+       "'stream' must be a boolean, got string"},
+      {cmpl, R"({"prompt": "x", "stream_options": {"include_usage": true}})", 400, "stream_options",
+       "only allowed when 'stream' is true"},
+      {cmpl, R"({"prompt": "x", "stream": false, "stream_options": {}})", 400, "stream_options",
+       "only allowed when 'stream' is true"},
+      {cmpl, R"({"prompt": "x", "stream": true, "stream_options": true})", 400, "stream_options",
+       "'stream_options' must be an object"},
+      {cmpl, R"({"prompt": "x", "stream": true, "stream_options": {"include_usage": "y"}})", 400,
+       "stream_options.include_usage", "must be a boolean"},
+      // messages
+      {chat, R"({})", 400, "messages", "'messages' is required"},
+      {chat, R"({"messages": []})", 400, "messages", "'messages' must not be empty"},
+      {chat, R"({"messages": "hi"})", 400, "messages", "'messages' must be an array, got string"},
+      {chat, R"({"messages": ["hi"]})", 400, "messages[0]",
+       "'messages[0]' must be an object, got string"},
+      {chat, R"({"messages": [{"content": "hi"}]})", 400, "messages[0].role",
+       "'messages[0].role' is required"},
+      {chat, R"({"messages": [{"role": 1, "content": "hi"}]})", 400, "messages[0].role",
+       "must be a string, got number"},
+      {chat,
+       R"({"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "hi"}]})",
+       400, "messages[1].role",
+       "'messages[1].role' must be one of system, developer, user, assistant, tool; got 'robot'"},
+      {chat, R"({"messages": [{"role": "user"}]})", 400, "messages[0].content",
+       "'messages[0].content' is required"},
+      {chat, R"({"messages": [{"role": "user", "content": 7}]})", 400, "messages[0].content",
+       "must be a string or an array of content parts, got number"},
+      {chat, R"({"messages": [{"role": "user", "content": ["x"]}]})", 400, "messages[0].content[0]",
+       "must be an object, got string"},
+      {chat, R"({"messages": [{"role": "user", "content": [{"text": "x"}]}]})", 400,
+       "messages[0].content[0].type", "is required"},
+      {chat,
+       R"({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "http://x"}}]}]})",
+       400, "messages[0].content[1].type",
+       "'messages[0].content[1].type' is 'image_url'; only 'text' content parts are supported"},
+      {chat, R"({"messages": [{"role": "user", "content": [{"type": "text"}]}]})", 400,
+       "messages[0].content[0].text", "is required"},
+      {chat, R"({"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]})", 400,
+       "messages[0].content[0].text", "must be a string, got number"},
+  };
+  for (const auto& c : cases) {
+    INFO("body: " << c.body);
+    const auto e = err(c.kind, c.body);
+    INFO("message: " << e.message);
+    CHECK(e.status == c.status);
+    CHECK(e.param == c.param);
+    CHECK(contains(e.message, c.message));
+    CHECK(e.type == "invalid_request_error");
+    CHECK(e.code == (c.status == 404 ? "model_not_found" : ""));
+  }
+}
+
+TEST_CASE("an empty served model accepts any model name", "[openai]") {
+  auto r = parse_request(cmpl, R"({"prompt": "x", "model": "whatever"})", {"", {}});
+  CHECK(std::holds_alternative<parsed_request>(r));
+}
+
+TEST_CASE("chat rendering: system + user + assistant + user in every format", "[openai]") {
+  const std::vector<chat_message> conv = {
+      {"system", "You are terse."},
+      {"user", "Hi"},
+      {"assistant", "Hello."},
+      {"user", "2+2?"},
+  };
+  CHECK(render_chat(chat_format::chatml, conv) ==
+        "<|im_start|>system\nYou are terse.<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello.<|im_end|>\n"
+        "<|im_start|>user\n2+2?<|im_end|>\n"
+        "<|im_start|>assistant\n");
+  CHECK(render_chat(chat_format::llama3, conv) ==
+        "<|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  CHECK(render_chat(chat_format::mistral, conv) ==
+        "[INST] You are terse.\n\nHi [/INST]Hello.</s>[INST] 2+2? [/INST]");
+}
+
+TEST_CASE("chat rendering edge cases", "[openai]") {
+  SECTION("developer is system") {
+    CHECK(render_chat(chat_format::llama3, {{"developer", "D"}}) ==
+          "<|start_header_id|>system<|end_header_id|>\n\nD<|eot_id|>"
+          "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    CHECK(render_chat(chat_format::mistral, {{"developer", "D"}, {"user", "U"}}) ==
+          "[INST] D\n\nU [/INST]");
+  }
+  SECTION("mistral: several system messages join; system alone still opens a turn") {
+    CHECK(render_chat(chat_format::mistral, {{"system", "A"}, {"system", "B"}, {"user", "U"}}) ==
+          "[INST] A\n\nB\n\nU [/INST]");
+    CHECK(render_chat(chat_format::mistral, {{"system", "S"}}) == "[INST] S [/INST]");
+  }
+  SECTION("trailing assistant message: a new assistant turn is still opened") {
+    CHECK(render_chat(chat_format::chatml, {{"user", "U"}, {"assistant", "A"}}) ==
+          "<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n"
+          "<|im_start|>assistant\n");
+  }
+}
+
+TEST_CASE("chat format names and detection", "[openai]") {
+  for (auto f : {chat_format::chatml, chat_format::llama3, chat_format::mistral})
+    CHECK(chat_format_from_name(to_string(f)) == f);
+  CHECK_FALSE(chat_format_from_name("jinja").has_value());
+  CHECK_FALSE(chat_format_from_name("").has_value());
+
+  // Meta-Llama-3-8B-Instruct's tokenizer_config.json chat_template.
+  const std::string llama3 =
+      "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+      "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ "
+      "message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = "
+      "bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt "
+      "%}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+  // Qwen2-Instruct's.
+  const std::string qwen2 =
+      "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ "
+      "'<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif "
+      "%}{{'<|im_start|>' "
+      "+ message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if "
+      "add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+  // Mistral-7B-Instruct-v0.1's.
+  const std::string mistral =
+      "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != "
+      "(loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
+      "user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}{{ "
+      "'[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ "
+      "message['content'] + eos_token + ' ' }}{% else %}{{ raise_exception('Only user and "
+      "assistant roles are supported!') }}{% endif %}{% endfor %}";
+  // Gemma's: a format tokenmill does not render.
+  const std::string gemma =
+      "{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + role + '\n' + "
+      "message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt "
+      "%}{{'<start_of_turn>model\n'}}{% endif %}";
+  CHECK(detect_chat_format(llama3) == chat_format::llama3);
+  CHECK(detect_chat_format(qwen2) == chat_format::chatml);
+  CHECK(detect_chat_format(mistral) == chat_format::mistral);
+  CHECK_FALSE(detect_chat_format(gemma).has_value());
+  CHECK_FALSE(detect_chat_format("").has_value());
+}
+
+TEST_CASE("error bodies and errc mapping", "[openai]") {
+  SECTION("error_body with and without param/code") {
+    auto j = json::parse(
+        error_body({404, "invalid_request_error", "no such model", "model", "model_not_found"}));
+    CHECK(j["error"]["message"] == "no such model");
+    CHECK(j["error"]["type"] == "invalid_request_error");
+    CHECK(j["error"]["param"] == "model");
+    CHECK(j["error"]["code"] == "model_not_found");
+    auto k = json::parse(error_body({500, "server_error", "boom", "", ""}));
+    CHECK(k["error"]["param"].is_null());
+    CHECK(k["error"]["code"].is_null());
+    CHECK(k.size() == 1);
+    CHECK(k["error"].size() == 4);
+  }
+  SECTION("every errc") {
+    struct row {
+      errc code;
+      int status;
+      std::string type;
+    };
+    const std::vector<row> rows = {
+        {errc::ok, 500, "server_error"},
+        {errc::invalid_request, 400, "invalid_request_error"},
+        {errc::overloaded, 429, "rate_limit_error"},
+        {errc::no_workers, 503, "server_error"},
+        {errc::worker_failed, 500, "server_error"},
+        {errc::cancelled, 499, "invalid_request_error"},
+        {errc::kv_corrupt, 500, "server_error"},
+        {errc::out_of_blocks, 500, "server_error"},
+        {errc::timeout, 504, "server_error"},
+        {errc::unavailable, 503, "server_error"},
+        {errc::invalid_model, 500, "server_error"},
+        {errc::internal, 500, "server_error"},
+    };
+    for (const auto& r : rows) {
+      INFO(to_string(r.code));
+      auto e = from_errc(r.code, "what happened");
+      CHECK(e.status == r.status);
+      CHECK(e.type == r.type);
+      CHECK(e.message == "what happened");
+      CHECK(e.param.empty());
+      if (r.code == errc::invalid_request)
+        CHECK(e.code.empty());
+      else
+        CHECK(e.code == to_string(r.code));
+    }
+  }
+  SECTION("context errors get context_length_exceeded") {
+    auto e =
+        from_errc(errc::invalid_request, "prompt has 70 tokens; the model's context is 64 tokens");
+    CHECK(e.status == 400);
+    CHECK(e.code == "context_length_exceeded");
+  }
+}
+
+TEST_CASE("finish reasons", "[openai]") {
+  CHECK(finish_reason_name(finish_reason::length) == "length");
+  CHECK(finish_reason_name(finish_reason::stop) == "stop");
+  CHECK(finish_reason_name(finish_reason::eos) == "stop");
+  CHECK(finish_reason_name(finish_reason::none).empty());
+  CHECK(finish_reason_name(finish_reason::cancelled).empty());
+  CHECK(finish_reason_name(finish_reason::error).empty());
+}
+
+namespace {
+generation_summary summary() {
+  generation_summary s;
+  s.id = 77;
+  s.reason = finish_reason::eos;
+  s.prompt_tokens = 5;
+  s.completion_tokens = 3;
+  s.ttft_ms = 12.5;
+  s.itl_mean_ms = 2;
+  s.itl_p50_ms = 1.5;
+  s.itl_p99_ms = 4;
+  s.stages = {{"queue", 1}, {"prefill", 10}, {"first_token", 1.5}};
+  return s;
+}
+void check_timing(const json& t) {
+  CHECK(t["request_id"] == 77);
+  CHECK(t["ttft_ms"] == 12.5);
+  CHECK(t["itl_mean_ms"] == 2.0);
+  CHECK(t["itl_p50_ms"] == 1.5);
+  CHECK(t["itl_p99_ms"] == 4.0);
+  CHECK(t["stages"]["prefill"] == 10.0);
+}
+}  // namespace
+
+TEST_CASE("timing_json keeps the stage order", "[openai]") {
+  const auto text = timing_json(summary());
+  check_timing(json::parse(text));
+  CHECK(contains(text, R"("stages":{"queue":1.0,"prefill":10.0,"first_token":1.5})"));
+  CHECK(text.rfind(R"({"request_id":77,"ttft_ms":12.5,)", 0) == 0);
+}
+
+TEST_CASE("response bodies parse back with the right fields", "[openai]") {
+  response_meta cm{endpoint::completions, "cmpl-1", 1700000000, "tiny-model"};
+  response_meta hm{endpoint::chat_completions, "chatcmpl-1", 1700000001, "tiny-model"};
+  SECTION("text completion") {
+    auto j = json::parse(completion_body(cm, "Paris", summary()));
+    CHECK(j["id"] == "cmpl-1");
+    CHECK(j["object"] == "text_completion");
+    CHECK(j["created"] == 1700000000);
+    CHECK(j["model"] == "tiny-model");
+    REQUIRE(j["choices"].size() == 1);
+    CHECK(j["choices"][0]["index"] == 0);
+    CHECK(j["choices"][0]["text"] == "Paris");
+    CHECK(j["choices"][0]["logprobs"].is_null());
+    CHECK(j["choices"][0]["finish_reason"] == "stop");
+    CHECK(j["usage"] == json{{"prompt_tokens", 5}, {"completion_tokens", 3}, {"total_tokens", 8}});
+    check_timing(j["tokenmill"]);
+  }
+  SECTION("chat completion; unknown finish is null") {
+    auto s = summary();
+    s.reason = finish_reason::cancelled;
+    auto j = json::parse(completion_body(hm, "Hi \"there\"\n", s));
+    CHECK(j["object"] == "chat.completion");
+    CHECK(j["id"] == "chatcmpl-1");
+    CHECK(j["choices"][0]["message"] == json{{"role", "assistant"}, {"content", "Hi \"there\"\n"}});
+    CHECK(j["choices"][0]["finish_reason"].is_null());
+    CHECK(j["usage"]["total_tokens"] == 8);
+  }
+  SECTION("invalid UTF-8 in text is replaced, not thrown") {
+    auto j = json::parse(completion_body(cm, "ok\xE2\x82", summary()));
+    CHECK(j["choices"][0]["text"] == "ok\xEF\xBF\xBD");
+  }
+  SECTION("completion stream chunks") {
+    auto j = json::parse(stream_chunk(cm, "Par", true, "", false));
+    CHECK(j["object"] == "text_completion");
+    CHECK(j["choices"][0]["text"] == "Par");
+    CHECK(j["choices"][0]["finish_reason"].is_null());
+    CHECK_FALSE(j.contains("usage"));
+    auto last = json::parse(stream_chunk(cm, "", false, "length", true));
+    CHECK(last["choices"][0]["finish_reason"] == "length");
+    CHECK(last.contains("usage"));
+    CHECK(last["usage"].is_null());
+  }
+  SECTION("chat stream chunks") {
+    auto first = json::parse(stream_chunk(hm, "", true, "", true));
+    CHECK(first["object"] == "chat.completion.chunk");
+    CHECK(first["id"] == "chatcmpl-1");
+    CHECK(first["choices"][0]["index"] == 0);
+    CHECK(first["choices"][0]["delta"] == json{{"role", "assistant"}, {"content", ""}});
+    CHECK(first["usage"].is_null());
+    auto mid = json::parse(stream_chunk(hm, "lo", false, "", false));
+    CHECK(mid["choices"][0]["delta"] == json{{"content", "lo"}});
+    CHECK(mid["choices"][0]["finish_reason"].is_null());
+    auto end = json::parse(stream_chunk(hm, "", false, "stop", false));
+    CHECK(end["choices"][0]["finish_reason"] == "stop");
+  }
+  SECTION("usage chunk") {
+    auto j = json::parse(usage_chunk(hm, summary()));
+    CHECK(j["object"] == "chat.completion.chunk");
+    CHECK(j["choices"].is_array());
+    CHECK(j["choices"].empty());
+    CHECK(j["usage"]["prompt_tokens"] == 5);
+    CHECK(j["usage"]["completion_tokens"] == 3);
+    CHECK(j["usage"]["total_tokens"] == 8);
+    check_timing(j["tokenmill"]);
+    CHECK(json::parse(usage_chunk(cm, summary()))["object"] == "text_completion");
+  }
+  SECTION("models") {
+    auto j = json::parse(models_body("tiny-model", 1700000000, 4096));
+    CHECK(j["object"] == "list");
+    REQUIRE(j["data"].size() == 1);
+    CHECK(j["data"][0] == json{{"id", "tiny-model"},
+                               {"object", "model"},
+                               {"created", 1700000000},
+                               {"owned_by", "tokenmill"},
+                               {"max_model_len", 4096}});
+  }
+  SECTION("bodies are one line with id first") {
+    const auto body = completion_body(cm, "a\nb", summary());
+    CHECK(body.find('\n') == std::string::npos);
+    CHECK(body.rfind(R"({"id":"cmpl-1","object":"text_completion","created":1700000000,)", 0) == 0);
+  }
+}
+
+TEST_CASE("SSE framing", "[openai]") {
+  CHECK(sse_event(R"({"a":1})") == "data: {\"a\":1}\n\n");
+  CHECK(sse_event("") == "data: \n\n");
+  CHECK(sse_event("{\n\"a\": 1\n}") == "data: {\ndata: \"a\": 1\ndata: }\n\n");
+  CHECK(sse_event("x\n") == "data: x\ndata: \n\n");
+  CHECK(sse_done == "data: [DONE]\n\n");
+  // A chunk whose text has a newline stays one data line (JSON escapes it).
+  response_meta m{endpoint::completions, "cmpl-2", 1, "m"};
+  const auto ev = sse_event(stream_chunk(m, "line1\nline2", false, "", false));
+  CHECK(ev.rfind("data: {", 0) == 0);
+  CHECK(ev.find('\n') == ev.size() - 2);
+}
