@@ -1,8 +1,20 @@
-// `tokenmill bench`: closed-loop load generator. C client threads each run requests back
-// to back until N requests are done; figures are measured at the client.
+// `tokenmill bench`: a load generator in the manner of vLLM's benchmark_serving and
+// SGLang's bench_serving. Requests come from a workload (frontend/workload.hpp), go out
+// either closed-loop (--concurrency C: C streams back to back) or open-loop (--rate R:
+// Poisson or gamma arrivals released by a dispatcher to a pool of worker threads), over
+// Cap'n Proto RPC or the OpenAI-compatible HTTP API, and every figure is measured at the
+// client. The clients are synchronous and one per thread, so each worker thread owns its
+// own connection.
+#include <unistd.h>
+
+#include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <condition_variable>
 #include <cstdio>
-#include <map>
+#include <deque>
+#include <fstream>
+#include <limits>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -14,155 +26,824 @@
 #include "common/clock.hpp"
 #include "common/stats.hpp"
 #include "frontend/client.hpp"
+#include "frontend/http_client.hpp"
+#include "frontend/workload.hpp"
 
 namespace tokenmill::app {
 namespace {
 
+namespace wl = tokenmill::workload;
+using ojson = nlohmann::ordered_json;
+
 struct bench_opts {
   std::string connect = "127.0.0.1:7700";
-  uint32_t concurrency = 4;
+  std::string backend = "rpc";
+  std::string rate;  ///< "R" or "inf"; empty: concurrency mode
+  uint32_t concurrency = 0;
+  uint32_t max_concurrency = 256;
+  double burstiness = 1;
   uint32_t requests = 32;
   uint32_t warmup = 0;
   uint32_t input_len = 128;
   uint32_t output_len = 64;
+  double range_ratio = 0;
+  std::string workload = "random";
+  uint32_t prefixes = 4;
+  uint32_t users = 8;
+  uint32_t prefix_len = 512;
+  std::string dataset;
+  double slo_ttft_ms = 0, slo_tpot_ms = 0, slo_itl_ms = 0;
+  bool ignore_eos = true;
+  uint32_t vocab_size = 0;  ///< 0: the model's
   uint64_t seed = 1;
+  double timeout_s = 600;
   bool json = false;
+  std::string output;
+  bool no_progress = false;
   double step_ms = 0;               ///< configured decode step, for the overhead ratio
   double prefill_us_per_token = 0;  ///< configured prefill cost, for the runtime share
 };
 
-nlohmann::ordered_json pct(const summary_stats& s) {
-  return {{"p50", s.p50}, {"p90", s.p90}, {"p99", s.p99}, {"mean", s.mean}};
+/// What the bench learns about the served model before it builds the workload.
+struct served_model {
+  std::string name;
+  uint32_t vocab_size = 0;   ///< 0: unknown
+  uint32_t max_context = 0;  ///< 0: unknown
+};
+
+// ---- connections ---------------------------------------------------------------------
+
+/// One worker's connection to the server; runs one request at a time.
+class connection {
+ public:
+  virtual ~connection() = default;
+  /// Runs `r` to completion; failures are results with ok = false.
+  virtual wl::request_result run(const wl::bench_request& r) = 0;
+  /// True after an error that left the connection unusable (reconnect before the next).
+  virtual bool broken() const = 0;
+};
+
+std::string describe(const error_info& e) {
+  return fmt::format("{}: {}", to_string(e.code), e.message);
 }
+
+class rpc_connection final : public connection {
+ public:
+  rpc_connection(std::unique_ptr<client> c, bool ignore_eos, double timeout_s)
+      : c_(std::move(c)), ignore_eos_(ignore_eos), timeout_s_(timeout_s) {}
+
+  wl::request_result run(const wl::bench_request& r) override {
+    generate_params p;
+    p.has_text = r.has_text;
+    if (r.has_text)
+      p.text = r.prompt_text;
+    else
+      p.token_ids.assign(r.prompt_ids.begin(), r.prompt_ids.end());
+    p.max_tokens = r.max_tokens;
+    p.ignore_eos = ignore_eos_;
+    wl::request_result out;
+    auto res = c_->generate(p, nullptr, timeout_s_);
+    if (!res) {
+      out.error = describe(res.error());
+      broken_ = res.error().code == errc::unavailable || res.error().code == errc::timeout;
+      return out;
+    }
+    out.ok = true;
+    out.ttft_ms = res->ttft_ms;
+    out.itl_ms = std::move(res->itl_ms);
+    out.e2e_ms = static_cast<double>(res->done_ns - res->sent_ns) / 1e6;
+    out.output_tokens = static_cast<uint32_t>(res->tokens.size());
+    out.prompt_tokens = res->server.prompt_tokens ? res->server.prompt_tokens : r.prompt_len;
+    out.stages = std::move(res->stages);
+    return out;
+  }
+  bool broken() const override { return broken_; }
+
+ private:
+  std::unique_ptr<client> c_;
+  bool ignore_eos_;
+  double timeout_s_;
+  bool broken_ = false;
+};
+
+/// `j[key]` when it is a non-negative integer that fits 32 bits, else 0.
+template <class Json>
+uint32_t uint_field(const Json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_number_unsigned()) return 0;
+  auto v = it->template get<uint64_t>();
+  return v > UINT32_MAX ? 0 : static_cast<uint32_t>(v);
+}
+
+/// The message of an OpenAI error body, or the body itself.
+std::string http_error_text(const http_response& r) {
+  auto j = nlohmann::json::parse(r.body, nullptr, false);
+  if (j.is_object() && j.contains("error") && j["error"].is_object() &&
+      j["error"].contains("message") && j["error"]["message"].is_string())
+    return fmt::format("HTTP {}: {}", r.status, j["error"]["message"].get<std::string>());
+  return fmt::format("HTTP {}: {}", r.status, r.body.substr(0, 300));
+}
+
+class http_connection final : public connection {
+ public:
+  http_connection(std::unique_ptr<http_client> c, bool ignore_eos, double timeout_s)
+      : c_(std::move(c)), ignore_eos_(ignore_eos), timeout_s_(timeout_s) {}
+
+  wl::request_result run(const wl::bench_request& r) override {
+    ojson body;
+    if (r.has_text)
+      body["prompt"] = r.prompt_text;
+    else
+      body["prompt"] = r.prompt_ids;
+    body["max_tokens"] = r.max_tokens;
+    body["stream"] = true;
+    body["stream_options"] = {{"include_usage", true}};
+    body["ignore_eos"] = ignore_eos_;
+    body["temperature"] = 0;
+
+    wl::request_result out;
+    int64_t first_choice_ns = 0, first_text_ns = 0, last_text_ns = 0;
+    uint32_t text_events = 0;
+    bool done = false, usage_seen = false;
+    double server_ttft_ms = -1;
+    std::string stream_error;
+    std::vector<stage_ms> stages;
+    auto on_event = [&](std::string_view data, int64_t t) {
+      if (data == "[DONE]") {
+        done = true;
+        return;
+      }
+      auto j = ojson::parse(data, nullptr, false);
+      if (!j.is_object()) {
+        if (stream_error.empty())
+          stream_error = fmt::format("an event is not a JSON object: {}", data.substr(0, 200));
+        return;
+      }
+      if (auto e = j.find("error"); e != j.end() && stream_error.empty()) {
+        stream_error = e->is_object() && e->contains("message") && (*e)["message"].is_string()
+                           ? (*e)["message"].get<std::string>()
+                           : e->dump();
+      }
+      if (auto c = j.find("choices"); c != j.end() && c->is_array() && !c->empty()) {
+        if (!first_choice_ns) first_choice_ns = t;
+        const auto& ch = (*c)[0];
+        std::string text;
+        if (auto tx = ch.find("text"); tx != ch.end() && tx->is_string())
+          text = tx->get<std::string>();
+        if (!text.empty()) {
+          if (first_text_ns)
+            out.itl_ms.push_back(static_cast<double>(t - last_text_ns) / 1e6);
+          else
+            first_text_ns = t;
+          last_text_ns = t;
+          ++text_events;
+        }
+      }
+      if (auto u = j.find("usage"); u != j.end() && u->is_object()) {
+        usage_seen = true;
+        out.output_tokens = uint_field(*u, "completion_tokens");
+        out.prompt_tokens = uint_field(*u, "prompt_tokens");
+      }
+      if (auto tm = j.find("tokenmill"); tm != j.end() && tm->is_object()) {
+        if (auto s = tm->find("ttft_ms"); s != tm->end() && s->is_number())
+          server_ttft_ms = s->get<double>();
+        if (auto s = tm->find("stages"); s != tm->end() && s->is_object())
+          for (const auto& [name, ms] : s->items())
+            if (ms.is_number()) stages.push_back({name, ms.get<double>()});
+      }
+    };
+    int64_t sent = now_ns();
+    auto res = c_->post_sse("/v1/completions", body.dump(), on_event, timeout_s_);
+    int64_t end = now_ns();
+    if (!res) {
+      out.error = describe(res.error());
+      broken_ = true;
+      return out;
+    }
+    if (res->status != 200) {
+      out.error = http_error_text(*res);
+      return out;
+    }
+    if (!stream_error.empty()) {
+      out.error = "error event: " + stream_error;
+      return out;
+    }
+    if (!done) {
+      out.error = "the event stream ended before [DONE]";
+      broken_ = true;
+      return out;
+    }
+    int64_t first = first_text_ns ? first_text_ns : first_choice_ns;
+    if (!first) {
+      out.error = "the event stream carried no completion";
+      return out;
+    }
+    out.ok = true;
+    out.ttft_ms = static_cast<double>(first - sent) / 1e6;
+    out.e2e_ms = static_cast<double>(end - sent) / 1e6;
+    if (!usage_seen) out.output_tokens = text_events;
+    if (!out.prompt_tokens) out.prompt_tokens = r.prompt_len;
+    if (!stages.empty()) {
+      // The server's stages cover its own TTFT; the rest of the client's is both legs.
+      if (server_ttft_ms >= 0) stages.push_back({"client_legs", out.ttft_ms - server_ttft_ms});
+      out.stages = std::move(stages);
+    }
+    return out;
+  }
+  bool broken() const override { return broken_; }
+
+ private:
+  std::unique_ptr<http_client> c_;
+  bool ignore_eos_;
+  double timeout_s_;
+  bool broken_ = false;
+};
+
+using connection_factory = std::function<result<std::unique_ptr<connection>>()>;
+
+// ---- the worker pool -----------------------------------------------------------------
+
+/// One request to run: where its result goes and when it was due (0: now).
+struct job {
+  const wl::bench_request* req = nullptr;
+  wl::request_result* out = nullptr;
+  int64_t due_ns = 0;
+};
+
+/// Worker threads, each with its own connection, taking jobs from one queue. Grows on
+/// demand up to `cap` threads; a job that finds no waiting worker is "late".
+class worker_pool {
+ public:
+  worker_pool(connection_factory make, size_t cap) : make_(std::move(make)), cap_(cap) {}
+  ~worker_pool() { stop(); }
+
+  /// Starts `n` more workers (up to the cap) and waits until each has tried to connect.
+  void spawn_and_connect(size_t n) {
+    std::unique_lock lock(m_);
+    size_t target = std::min(cap_, threads_.size() + n);
+    while (threads_.size() < target)
+      spawn_locked();
+    ready_cv_.wait(lock, [&] { return connected_ >= threads_.size(); });
+  }
+
+  /// Queues `j`. With `grow`, a job that finds no idle worker starts another (up to the
+  /// cap), and the pool keeps one spare worker connected ahead of demand. Returns true
+  /// when the job had to wait for a worker.
+  bool submit(job j, bool grow) {
+    std::lock_guard lock(m_);
+    bool late = waiting_ <= queue_.size();
+    queue_.push_back(j);
+    ++submitted_;
+    // Workers still connecting count as capacity on the way, so a burst that arrives
+    // while one connects does not start a thread per request.
+    size_t on_the_way = waiting_ + (threads_.size() - connected_);
+    if (grow && threads_.size() < cap_ && on_the_way <= queue_.size()) spawn_locked();
+    work_cv_.notify_one();
+    return late;
+  }
+
+  /// Waits until every submitted job finished.
+  void drain() {
+    std::unique_lock lock(m_);
+    done_cv_.wait(lock, [&] { return finished_ == submitted_; });
+  }
+
+  size_t finished() {
+    std::lock_guard lock(m_);
+    return finished_;
+  }
+  size_t size() {
+    std::lock_guard lock(m_);
+    return threads_.size();
+  }
+
+  void stop() {
+    {
+      std::lock_guard lock(m_);
+      stopping_ = true;
+    }
+    work_cv_.notify_all();
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+  }
+
+ private:
+  void spawn_locked() {
+    threads_.emplace_back([this] { work(); });
+  }
+
+  void work() {
+    auto conn = make_();
+    std::unique_lock lock(m_);
+    ++connected_;  // and waiting from here on, in the same critical section
+    ready_cv_.notify_all();
+    for (;;) {
+      ++waiting_;
+      work_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      --waiting_;
+      if (queue_.empty()) return;  // stopping
+      job j = queue_.front();
+      queue_.pop_front();
+      lock.unlock();
+      if (!conn) conn = make_();
+      int64_t start = now_ns();
+      if (conn) {
+        *j.out = (*conn)->run(*j.req);
+        if ((*conn)->broken()) conn = error_info{errc::unavailable, "connection lost"};
+      } else {
+        j.out->error = describe(conn.error());
+      }
+      if (j.due_ns) j.out->dispatch_delay_ms = static_cast<double>(start - j.due_ns) / 1e6;
+      lock.lock();
+      ++finished_;
+      done_cv_.notify_all();
+    }
+  }
+
+  connection_factory make_;
+  size_t cap_;
+  std::mutex m_;
+  std::condition_variable work_cv_, done_cv_, ready_cv_;
+  std::deque<job> queue_;
+  std::vector<std::thread> threads_;
+  size_t waiting_ = 0;  ///< workers blocked on an empty queue
+  size_t connected_ = 0;
+  size_t submitted_ = 0, finished_ = 0;
+  bool stopping_ = false;
+};
+
+// ---- progress ------------------------------------------------------------------------
+
+/// A one-line progress bar on stderr, redrawn every 200 ms while a phase runs.
+class progress {
+ public:
+  progress(bool on, worker_pool& pool, size_t base, size_t total, std::string label)
+      : on_(on), pool_(pool), base_(base), total_(total), label_(std::move(label)) {
+    if (!on_) return;
+    start_ = now_ns();
+    thread_ = std::thread([this] {
+      std::unique_lock lock(m_);
+      while (!cv_.wait_for(lock, std::chrono::milliseconds(200), [&] { return done_; }))
+        draw();
+    });
+  }
+  ~progress() {
+    if (!on_) return;
+    {
+      std::lock_guard lock(m_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    draw();
+    std::fputc('\n', stderr);
+  }
+
+ private:
+  void draw() {
+    size_t done = std::min(total_, pool_.finished() - std::min(base_, pool_.finished()));
+    double secs = static_cast<double>(now_ns() - start_) / 1e9;
+    constexpr int width = 30;
+    int filled = total_ ? static_cast<int>(width * done / total_) : width;
+    std::fprintf(stderr, "\r%s [%s%s] %zu/%zu  %.1f s  %.1f req/s ", label_.c_str(),
+                 std::string(static_cast<size_t>(filled), '=').c_str(),
+                 std::string(static_cast<size_t>(width - filled), ' ').c_str(), done, total_, secs,
+                 secs > 0 ? static_cast<double>(done) / secs : 0.0);
+    std::fflush(stderr);
+  }
+
+  bool on_;
+  worker_pool& pool_;
+  size_t base_, total_;
+  std::string label_;
+  int64_t start_ = 0;
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+// ---- helpers -------------------------------------------------------------------------
+
+int fail(const std::string& msg) {
+  std::fprintf(stderr, "tokenmill bench: %s\n", msg.c_str());
+  return 1;
+}
+
+/// "inf" / "infinity" or a positive finite number.
+std::optional<double> parse_rate(const std::string& s) {
+  if (s == "inf" || s == "infinity" || s == "Inf") return std::numeric_limits<double>::infinity();
+  try {
+    size_t used = 0;
+    double v = std::stod(s, &used);
+    if (used != s.size() || !(v > 0) || !std::isfinite(v)) return std::nullopt;
+    return v;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+/// The model's name, vocabulary and context over HTTP: GET /v1/models.
+served_model http_model_info(http_client& c) {
+  served_model m;
+  auto r = c.request("GET", "/v1/models", {}, {}, {}, 10);
+  if (!r || r->status != 200) return m;
+  auto j = nlohmann::json::parse(r->body, nullptr, false);
+  if (!j.is_object() || !j.contains("data") || !j["data"].is_array() || j["data"].empty()) return m;
+  const auto& d = j["data"][0];
+  if (!d.is_object()) return m;
+  if (auto id = d.find("id"); id != d.end() && id->is_string()) m.name = id->get<std::string>();
+  m.max_context = uint_field(d, "max_model_len");
+  m.vocab_size = uint_field(d, "vocab_size");
+  return m;
+}
+
+/// POST /tokenize {"prompt": text} -> {"tokens": [...]}.
+result<std::vector<token_id>> http_tokenize(http_client& c, const std::string& text) {
+  auto r = c.request("POST", "/tokenize", nlohmann::json{{"prompt", text}}.dump());
+  if (!r) return r.error();
+  if (r->status != 200)
+    return error_info{errc::invalid_request, "/tokenize: " + http_error_text(*r)};
+  auto j = nlohmann::json::parse(r->body, nullptr, false);
+  if (!j.is_object() || !j.contains("tokens") || !j["tokens"].is_array())
+    return error_info{errc::internal, "/tokenize answered without a \"tokens\" array"};
+  std::vector<token_id> out;
+  for (const auto& t : j["tokens"]) {
+    if (!t.is_number_integer())
+      return error_info{errc::internal, "/tokenize answered a token that is not an integer"};
+    out.push_back(t.get<token_id>());
+  }
+  return out;
+}
+
+std::string fmt_ms(double v) {
+  return fmt::format("{:.2f}", v);
+}
+
+void print_table(const ojson& j) {
+  auto num = [&](const char* k) {
+    return j.contains(k) && j[k].is_number() ? j[k].get<double>() : 0.0;
+  };
+  std::string rate = j["rate"].is_null()     ? "-"
+                     : j["rate"].is_string() ? "inf"
+                                             : fmt::format("{:g}", j["rate"].get<double>());
+  fmt::print("============ tokenmill bench ============\n");
+  fmt::print(
+      "{:<34}{}\n", "Backend / workload:",
+      fmt::format("{} / {}", j["backend"].get<std::string>(), j["workload"].get<std::string>()));
+  if (j["mode"] == "concurrency")
+    fmt::print("{:<34}{}\n", "Concurrency (closed loop):", j["concurrency"].get<uint32_t>());
+  else
+    fmt::print("{:<34}{} req/s (burstiness {:g}, max concurrency {})\n", "Request rate:", rate,
+               j["burstiness"].get<double>(), j["max_concurrency"].get<uint32_t>());
+  fmt::print("{:<34}{}\n", "Successful requests:", j["completed"].get<size_t>());
+  fmt::print("{:<34}{}\n", "Failed requests:", j["failed"].get<size_t>());
+  fmt::print("{:<34}{:.3f}\n", "Duration (s):", num("duration_s"));
+  fmt::print("{:<34}{}\n", "Prompt tokens:", j["prompt_tokens"].get<uint64_t>());
+  fmt::print("{:<34}{}\n", "Output tokens:", j["output_tokens"].get<uint64_t>());
+  fmt::print("{:<34}{:.2f}\n", "Request throughput (req/s):", num("requests_per_s"));
+  fmt::print("{:<34}{:.2f}\n", "Output throughput (tok/s):", num("output_tokens_per_s"));
+  fmt::print("{:<34}{:.2f}\n", "Total throughput (tok/s):", num("total_tokens_per_s"));
+  const auto& g = j["goodput"];
+  bool any_slo = false;
+  for (const auto& [k, v] : g["slo"].items())
+    any_slo = any_slo || !v.is_null();
+  if (any_slo)
+    fmt::print("{:<34}{:.2f} ({:.1f}% of requests within {})\n",
+               "Goodput (req/s):", g["requests_per_s"].get<double>(),
+               100 * g["fraction"].get<double>(), g["slo"].dump());
+  if (j["mode"] == "rate")
+    fmt::print("{:<34}{}\n", "Late dispatches:", j["late_dispatches"].get<size_t>());
+  fmt::print("{:<12}{:>12}{:>12}{:>12}{:>12}\n", "ms", "mean", "p50", "p90", "p99");
+  for (const char* k : {"ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"}) {
+    const auto& s = j[k];
+    std::string name(k);
+    name = name.substr(0, name.size() - 3);
+    for (auto& c : name)
+      c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    fmt::print("{:<12}{:>12}{:>12}{:>12}{:>12}\n", name, fmt_ms(s["mean"].get<double>()),
+               fmt_ms(s["p50"].get<double>()), fmt_ms(s["p90"].get<double>()),
+               fmt_ms(s["p99"].get<double>()));
+  }
+  if (!j["ttft_stages_mean_ms"].empty()) {
+    fmt::print("Mean TTFT breakdown (ms):\n");
+    for (const auto& [name, ms] : j["ttft_stages_mean_ms"].items())
+      fmt::print("  {:<24}{:>10.3f}\n", name, ms.get<double>());
+  }
+  if (j.contains("itl_over_step"))
+    fmt::print("{:<34}p50 {:.4f}  p99 {:.4f}\n",
+               "ITL / configured step:", j["itl_over_step"]["p50"].get<double>(),
+               j["itl_over_step"]["p99"].get<double>());
+  if (j.contains("ttft_runtime_share_ms"))
+    fmt::print("{:<34}p50 {:.3f}  mean {:.3f}\n",
+               "TTFT minus modelled prefill (ms):", j["ttft_runtime_share_ms"]["p50"].get<double>(),
+               j["ttft_runtime_share_ms"]["mean"].get<double>());
+  if (j.contains("first_error"))
+    fmt::print("{:<34}{}\n", "First error:", j["first_error"].get<std::string>());
+  fmt::print("=========================================\n");
+}
+
+constexpr const char* bench_footer =
+    R"(Modes: --concurrency C keeps C requests in flight (closed loop); --rate R releases
+requests at Poisson arrival times (gamma with --burstiness) to worker threads, at most
+--max-concurrency in flight; a request that finds no free worker is counted in
+late_dispatches. --rate inf sends everything at once.
+Workloads: random (synthetic token ids, --input-len/--output-len, --range-ratio),
+shared-prefix (--prefixes N system prompts of --prefix-len tokens, each request one of
+them plus a fresh --input-len suffix; without an explicit --requests, N x --users requests),
+sharegpt (--dataset FILE; --output-len, when given, replaces the answers' lengths).
+Output: a table, or with --json one JSON object on stdout (--output FILE writes it too).
+Exit status: 0 when at least one measured request completed (failed ones are counted in
+"failed", with "first_error", and a warning goes to stderr); 1 when every measured request
+failed, the server could not be reached, or the command line or dataset is wrong.)";
 
 }  // namespace
 
 command add_bench(CLI::App& app) {
   auto o = std::make_shared<bench_opts>();
-  app.add_option("--connect", o->connect, "Gateway address HOST:PORT")->capture_default_str();
-  app.add_option("--concurrency", o->concurrency, "Concurrent streams")
-      ->check(CLI::Range(1u, 1024u))
+  app.footer(bench_footer);
+  app.add_option("--connect", o->connect,
+                 "Server address HOST:PORT (RPC port, or HTTP port with --backend http)")
       ->capture_default_str();
-  app.add_option("--requests", o->requests, "Measured requests")
-      ->check(CLI::Range(1u, 1u << 24))
+  app.add_option("--backend", o->backend, "rpc (Cap'n Proto) or http (POST /v1/completions)")
+      ->check(CLI::IsMember({"rpc", "http"}))
       ->capture_default_str();
-  app.add_option("--warmup", o->warmup, "Requests run before measuring")->capture_default_str();
-  app.add_option("--input-len", o->input_len, "Prompt tokens")
+  auto* rate = app.add_option("--rate", o->rate, "Open loop: mean arrival rate in req/s, or inf");
+  auto* conc = app.add_option("--concurrency", o->concurrency, "Closed loop: concurrent streams")
+                   ->check(CLI::Range(1u, 4096u));
+  app.add_option("--max-concurrency", o->max_concurrency,
+                 "Rate mode: at most this many requests in flight (worker threads)")
+      ->check(CLI::Range(1u, 4096u))
+      ->capture_default_str();
+  app.add_option("--burstiness", o->burstiness,
+                 "Rate mode: gamma shape of the arrival gaps (1 = Poisson, < 1 burstier)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  auto* requests = app.add_option("--requests", o->requests, "Measured requests")
+                       ->check(CLI::Range(1u, 1u << 24))
+                       ->capture_default_str();
+  app.add_option("--warmup", o->warmup, "Requests run (and not measured) before measuring")
+      ->capture_default_str();
+  app.add_option("--input-len", o->input_len, "Prompt tokens (random, shared-prefix suffix)")
       ->check(CLI::Range(1u, 1u << 20))
       ->capture_default_str();
-  app.add_option("--output-len", o->output_len, "max_tokens")
+  auto* output_len = app.add_option("--output-len", o->output_len, "max_tokens")
+                         ->check(CLI::Range(1u, 1u << 20))
+                         ->capture_default_str();
+  app.add_option("--range-ratio", o->range_ratio,
+                 "Lengths uniform in [L(1-r), L(1+r)] instead of exactly L")
+      ->check(CLI::Range(0.0, 0.999999))
+      ->capture_default_str();
+  app.add_option("--workload", o->workload, "random, shared-prefix or sharegpt")
+      ->check(CLI::IsMember({"random", "shared-prefix", "sharegpt"}))
+      ->capture_default_str();
+  app.add_option("--prefixes", o->prefixes, "shared-prefix: distinct system prompts")
       ->check(CLI::Range(1u, 1u << 20))
       ->capture_default_str();
-  app.add_option("--seed", o->seed, "Prompt generator seed")->capture_default_str();
-  app.add_flag("--json", o->json, "Print one JSON object");
+  app.add_option("--users", o->users, "shared-prefix: requests per system prompt")
+      ->check(CLI::Range(1u, 1u << 20))
+      ->capture_default_str();
+  app.add_option("--prefix-len", o->prefix_len, "shared-prefix: system prompt tokens")
+      ->check(CLI::Range(1u, 1u << 20))
+      ->capture_default_str();
+  app.add_option("--dataset", o->dataset, "sharegpt: the ShareGPT JSON file");
+  auto* slo_ttft = app.add_option("--slo-ttft-ms", o->slo_ttft_ms, "Goodput: TTFT objective (ms)")
+                       ->check(CLI::PositiveNumber);
+  auto* slo_tpot =
+      app.add_option("--slo-tpot-ms", o->slo_tpot_ms, "Goodput: per-request TPOT objective (ms)")
+          ->check(CLI::PositiveNumber);
+  auto* slo_itl = app.add_option("--slo-itl-ms", o->slo_itl_ms,
+                                 "Goodput: objective for the p99 of each request's ITLs (ms)")
+                      ->check(CLI::PositiveNumber);
+  app.add_flag("--ignore-eos,!--no-ignore-eos", o->ignore_eos,
+               "Generate max_tokens tokens even past EOS (default on)");
+  app.add_option("--vocab-size", o->vocab_size,
+                 "Random token ids below this (default: the model's; 512 over HTTP when the "
+                 "server does not say)");
+  auto* seed = app.add_option(
+      "--seed", o->seed,
+      "Workload and arrival seed (default: a fresh one per run, reported as \"seed\", so that "
+      "runs against one server do not hit each other's cached prefixes)");
+  app.add_option("--timeout", o->timeout_s, "Per-request timeout (s)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_flag("--json", o->json, "Print one JSON object instead of the table");
+  app.add_option("--output", o->output, "Also write the JSON report to FILE");
+  app.add_flag("--no-progress", o->no_progress, "No progress bar (it only shows on a terminal)");
   app.add_option("--step-ms", o->step_ms,
                  "Configured decode step (ms): report ITL divided by it (runtime overhead)");
   app.add_option("--prefill-us-per-token", o->prefill_us_per_token,
                  "Configured prefill cost (µs/token): report TTFT minus the modelled prefill");
-  return [o]() -> int {
+
+  return [=]() -> int {
+    // ---- the command line
+    bool rate_mode = rate->count() > 0;
+    if (rate_mode && conc->count() > 0)
+      return fail("give either --rate R (open loop) or --concurrency C (closed loop), not both");
+    if (!rate_mode && conc->count() == 0)
+      return fail("give --rate R (open loop, req/s or inf) or --concurrency C (closed loop)");
+    double rate_v = 0;
+    if (rate_mode) {
+      auto r = parse_rate(o->rate);
+      if (!r) return fail(fmt::format("--rate '{}' is not a positive number or inf", o->rate));
+      rate_v = *r;
+    }
+    if (o->workload == "sharegpt" && o->dataset.empty())
+      return fail("--workload sharegpt needs --dataset FILE (a ShareGPT JSON file)");
+    if (o->workload != "sharegpt" && !o->dataset.empty())
+      return fail("--dataset is for --workload sharegpt");
     auto ep = parse_endpoint(o->connect);
-    if (!ep) {
-      std::fprintf(stderr, "tokenmill bench: %s\n", ep.error().message.c_str());
-      return 1;
+    if (!ep) return fail(ep.error().message);
+    // A dataset is read (and its errors reported) before anything connects.
+    std::vector<wl::sharegpt_entry> dataset;
+    if (o->workload == "sharegpt") {
+      auto d = wl::read_sharegpt(o->dataset);
+      if (!d) return fail(d.error().message);
+      dataset = std::move(*d);
     }
-    std::atomic<uint32_t> next{0};
-    std::atomic<uint32_t> failures{0};
-    std::mutex mtx;
-    std::vector<double> ttft, itl, e2e, tpot;
-    std::map<std::string, double> stage_sum;
-    std::vector<std::string> stage_order;
-    uint64_t tokens = 0;
-    std::string first_error;
-    uint32_t total = o->warmup + o->requests;
-    int64_t t_start = 0;
-    std::atomic<int64_t> t_measure{0};
-    auto worker = [&](uint32_t tid) {
-      auto c = client::connect(ep->first, ep->second, 10);
-      if (!c) {
-        std::lock_guard<std::mutex> lock(mtx);
-        if (first_error.empty()) first_error = c.error().message;
-        failures += 1;
-        return;
+    if (seed->count() == 0)
+      o->seed = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
+    const bool http = o->backend == "http";
+    const double timeout_s = o->timeout_s;
+    const bool ignore_eos = o->ignore_eos;
+    const std::string host = ep->first;
+    const uint16_t port = ep->second;
+
+    connection_factory make = [=]() -> result<std::unique_ptr<connection>> {
+      if (http) {
+        auto c = http_client::connect(host, port, 10);
+        if (!c) return c.error();
+        return std::unique_ptr<connection>(
+            std::make_unique<http_connection>(std::move(*c), ignore_eos, timeout_s));
       }
-      uint32_t vocab = (*c)->model().vocab_size;
-      for (;;) {
-        uint32_t i = next.fetch_add(1);
-        if (i >= total) return;
-        if (i == o->warmup) t_measure = now_ns();
-        std::mt19937_64 rng(o->seed * 1000003 + i);
-        generate_params p;
-        p.has_text = false;
-        for (uint32_t k = 0; k < o->input_len; ++k)
-          p.token_ids.push_back(259 + static_cast<int64_t>(rng() % (vocab - 259)));
-        p.max_tokens = o->output_len;
-        auto r = (*c)->generate(p, nullptr, 600);
-        std::lock_guard<std::mutex> lock(mtx);
-        if (!r) {
-          ++failures;
-          if (first_error.empty()) first_error = r.error().message;
-          continue;
-        }
-        if (i < o->warmup) continue;
-        ttft.push_back(r->ttft_ms);
-        itl.insert(itl.end(), r->itl_ms.begin(), r->itl_ms.end());
-        double e = (r->done_ns - r->sent_ns) / 1e6;
-        e2e.push_back(e);
-        if (r->tokens.size() > 1)
-          tpot.push_back((e - r->ttft_ms) / static_cast<double>(r->tokens.size() - 1));
-        tokens += r->tokens.size();
-        for (const auto& s : r->stages) {
-          if (!stage_sum.count(s.name)) stage_order.push_back(s.name);
-          stage_sum[s.name] += s.ms;
-        }
-      }
+      auto c = client::connect(host, port, 10);
+      if (!c) return c.error();
+      return std::unique_ptr<connection>(
+          std::make_unique<rpc_connection>(std::move(*c), ignore_eos, timeout_s));
     };
-    t_start = now_ns();
-    t_measure = t_start;
-    std::vector<std::thread> threads;
-    for (uint32_t t = 0; t < o->concurrency; ++t)
-      threads.emplace_back(worker, t);
-    for (auto& t : threads)
-      t.join();
-    double secs = (now_ns() - t_measure.load()) / 1e9;
-    auto n = ttft.size();
-    if (n == 0) {
-      std::fprintf(stderr, "tokenmill bench: no request succeeded (%u failed): %s\n",
-                   failures.load(), first_error.c_str());
-      return 1;
+
+    // ---- the model, and the workload (a probe connection, closed before measuring)
+    served_model model;
+    std::vector<wl::bench_request> measured, warm;
+    {
+      std::unique_ptr<client> rpc_probe;
+      std::unique_ptr<http_client> http_probe;
+      if (http) {
+        auto c = http_client::connect(host, port, 10);
+        if (!c) return fail(describe(c.error()));
+        http_probe = std::move(*c);
+        model = http_model_info(*http_probe);
+      } else {
+        auto c = client::connect(host, port, 10);
+        if (!c) return fail(describe(c.error()));
+        rpc_probe = std::move(*c);
+        const auto& m = rpc_probe->model();
+        model = {m.name, m.vocab_size, m.max_context};
+      }
+      uint32_t vocab = o->vocab_size ? o->vocab_size : model.vocab_size ? model.vocab_size : 512;
+      wl::vocab_range v;
+      if (vocab <= static_cast<uint32_t>(v.lo)) v.lo = 0;
+      v.hi = static_cast<token_id>(vocab);
+      wl::length_range in{o->input_len, o->range_ratio}, out{o->output_len, o->range_ratio};
+      const uint64_t warm_seed = o->seed ^ 0x9e3779b97f4a7c15ull;
+      if (o->workload == "random") {
+        measured = wl::random_workload({o->requests, in, out, v, o->seed});
+        warm = wl::random_workload({o->warmup, in, out, v, warm_seed});
+      } else if (o->workload == "shared-prefix") {
+        size_t n = requests->count() ? o->requests : size_t{o->prefixes} * o->users;
+        measured = wl::shared_prefix_workload(
+            {n, o->prefixes, o->users, o->prefix_len, in, out, v, o->seed});
+        warm = wl::shared_prefix_workload(
+            {o->warmup, o->prefixes, o->users, o->prefix_len, in, out, v, warm_seed});
+      } else {
+        wl::tokenize_fn tok = [&](const std::string& text) -> result<std::vector<token_id>> {
+          if (http_probe) return http_tokenize(*http_probe, text);
+          return rpc_probe->tokenize(text);
+        };
+        wl::sharegpt_spec s;
+        s.path = o->dataset;
+        s.requests = size_t{o->requests} + o->warmup;
+        s.max_len = model.max_context;
+        s.fixed_output_len = output_len->count() ? o->output_len : 0;
+        s.seed = o->seed;
+        auto all = wl::select_sharegpt(dataset, s, tok);
+        if (!all) return fail(describe(all.error()));
+        size_t n = std::min<size_t>(o->requests, all->size());
+        measured.assign(all->begin(), all->begin() + static_cast<ptrdiff_t>(n));
+        warm.assign(all->begin() + static_cast<ptrdiff_t>(n), all->end());
+        for (size_t k = 0; warm.size() < o->warmup; ++k)  // too few entries: reuse
+          warm.push_back(measured[k % measured.size()]);
+      }
     }
-    auto st_ttft = summarize(ttft), st_itl = summarize(itl), st_e2e = summarize(e2e),
-         st_tpot = summarize(tpot);
-    nlohmann::ordered_json j;
-    j["concurrency"] = o->concurrency;
-    j["requests"] = n;
-    j["failed"] = failures.load();
+
+    // ---- run
+    const size_t n = measured.size();
+    const size_t cap = rate_mode ? o->max_concurrency : o->concurrency;
+    const bool show = !o->no_progress && ::isatty(STDERR_FILENO);
+    std::vector<wl::request_result> warm_results(warm.size()), results(n);
+    worker_pool pool(make, cap);
+    size_t initial = cap;
+    if (rate_mode && !std::isinf(rate_v))
+      initial = std::clamp<size_t>(static_cast<size_t>(std::ceil(rate_v * 0.25)) + 1, 2, cap);
+    initial = std::min({initial, std::max<size_t>(n, warm.size()), cap});
+    pool.spawn_and_connect(initial);
+
+    if (!warm.empty()) {
+      progress bar(show, pool, 0, warm.size(), "warm-up");
+      for (size_t i = 0; i < warm.size(); ++i)
+        pool.submit({&warm[i], &warm_results[i], 0}, false);
+      pool.drain();
+    }
+    size_t late = 0;
+    std::vector<double> schedule;
+    if (rate_mode) schedule = wl::arrival_schedule(n, rate_v, o->burstiness, o->seed);
+    int64_t t0 = now_ns();
+    {
+      progress bar(show, pool, warm.size(), n, "bench");
+      for (size_t i = 0; i < n; ++i) {
+        int64_t due = 0;
+        if (rate_mode) {
+          due = t0 + static_cast<int64_t>(schedule[i] * 1e9);
+          int64_t wait = due - now_ns();
+          if (wait > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(wait));
+        }
+        if (pool.submit({&measured[i], &results[i], due}, rate_mode) && rate_mode) ++late;
+      }
+      pool.drain();
+    }
+    double secs = static_cast<double>(now_ns() - t0) / 1e9;
+    size_t workers_used = pool.size();
+    pool.stop();
+
+    // ---- report
+    wl::slo_spec slo;
+    if (slo_ttft->count()) slo.ttft_ms = o->slo_ttft_ms;
+    if (slo_tpot->count()) slo.tpot_ms = o->slo_tpot_ms;
+    if (slo_itl->count()) slo.itl_ms = o->slo_itl_ms;
+    auto rep = wl::make_report(results, secs, slo);
+    ojson j;
+    j["backend"] = o->backend;
+    j["workload"] = o->workload;
+    j["mode"] = rate_mode ? "rate" : "concurrency";
+    j["rate"] = !rate_mode ? ojson(nullptr) : std::isinf(rate_v) ? ojson("inf") : ojson(rate_v);
+    j["burstiness"] = o->burstiness;
+    j["concurrency"] = rate_mode ? ojson(nullptr) : ojson(o->concurrency);
+    j["max_concurrency"] = cap;
+    j["workers"] = workers_used;
+    j["warmup"] = warm.size();
     j["input_len"] = o->input_len;
     j["output_len"] = o->output_len;
-    j["duration_s"] = secs;
-    j["ttft_ms"] = pct(st_ttft);
-    j["itl_ms"] = pct(st_itl);
-    j["tpot_ms"] = pct(st_tpot);
-    j["e2e_ms"] = pct(st_e2e);
-    j["requests_per_s"] = n / secs;
-    j["output_tokens_per_s"] = tokens / secs;
-    nlohmann::ordered_json stages = nlohmann::ordered_json::object();
-    for (const auto& name : stage_order)
-      stages[name] = stage_sum[name] / static_cast<double>(n);
-    j["ttft_stages_mean_ms"] = stages;
-    if (o->step_ms > 0)
-      j["itl_over_step"] = {{"p50", st_itl.p50 / o->step_ms}, {"p99", st_itl.p99 / o->step_ms}};
-    if (o->prefill_us_per_token > 0) {
-      double modelled = o->input_len * o->prefill_us_per_token / 1e3;
+    j["range_ratio"] = o->range_ratio;
+    j["seed"] = o->seed;
+    if (o->workload == "shared-prefix")
+      j["shared_prefix"] = {
+          {"prefixes", o->prefixes}, {"users", o->users}, {"prefix_len", o->prefix_len}};
+    if (o->workload == "sharegpt") j["dataset"] = o->dataset;
+    j["model"] = {
+        {"name", model.name}, {"vocab_size", model.vocab_size}, {"max_context", model.max_context}};
+    for (auto& [k, v] : rep.items())
+      j[k] = v;
+    j["late_dispatches"] = late;
+    if (rate_mode) {
+      std::vector<double> delays;
+      for (const auto& r : results)
+        delays.push_back(r.dispatch_delay_ms);
+      auto d = summarize(delays);
+      j["dispatch_delay_ms"] = {{"p50", d.p50}, {"p99", d.p99}, {"max", d.max}};
+    }
+    size_t completed = rep["completed"].get<size_t>();
+    if (o->step_ms > 0) {
+      const auto& itl = j["itl_ms"];
+      j["itl_over_step"] = {{"p50", itl["p50"].get<double>() / o->step_ms},
+                            {"p99", itl["p99"].get<double>() / o->step_ms}};
+    }
+    if (o->prefill_us_per_token > 0 && completed > 0) {
+      double mean_prompt = static_cast<double>(rep["prompt_tokens"].get<uint64_t>()) /
+                           static_cast<double>(completed);
+      double modelled = mean_prompt * o->prefill_us_per_token / 1e3;
       j["prefill_modelled_ms"] = modelled;
-      j["ttft_runtime_share_ms"] = {{"p50", st_ttft.p50 - modelled},
-                                    {"mean", st_ttft.mean - modelled}};
+      j["ttft_runtime_share_ms"] = {{"p50", j["ttft_ms"]["p50"].get<double>() - modelled},
+                                    {"mean", j["ttft_ms"]["mean"].get<double>() - modelled}};
     }
-    if (o->json) {
+
+    if (!o->output.empty()) {
+      std::ofstream f(o->output);
+      f << j.dump(2) << "\n";
+      if (!f) return fail(fmt::format("cannot write {}", o->output));
+    }
+    if (o->json)
       std::printf("%s\n", j.dump().c_str());
-    } else {
-      std::printf("%s\n", j.dump(2).c_str());
-    }
-    return failures.load() == 0 ? 0 : 1;
+    else
+      print_table(j);
+    std::fflush(stdout);
+    size_t failed = rep["failed"].get<size_t>();
+    if (completed == 0)
+      return fail(fmt::format("every request failed ({}); the first error: {}", failed,
+                              rep.value("first_error", std::string("?"))));
+    if (failed > 0)
+      std::fprintf(stderr, "tokenmill bench: warning: %zu of %zu requests failed; the first: %s\n",
+                   failed, n, rep.value("first_error", std::string("?")).c_str());
+    return 0;
   };
 }
 

@@ -1,0 +1,299 @@
+#include "frontend/workload.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <numeric>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "common/stats.hpp"
+
+namespace tokenmill::workload {
+namespace {
+
+/// A generator for item `i` of a stream named by `salt`, so that each request depends
+/// only on (seed, salt, i) and not on how many draws earlier requests made.
+std::mt19937_64 rng_for(uint64_t seed, uint64_t salt, uint64_t i) {
+  std::seed_seq seq{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
+                    static_cast<uint32_t>(salt), static_cast<uint32_t>(i),
+                    static_cast<uint32_t>(i >> 32)};
+  return std::mt19937_64(seq);
+}
+
+void append_random_ids(std::vector<token_id>& out, uint32_t n, const vocab_range& v,
+                       std::mt19937_64& rng) {
+  std::uniform_int_distribution<token_id> d(v.lo, std::max(v.lo, v.hi - 1));
+  for (uint32_t k = 0; k < n; ++k)
+    out.push_back(d(rng));
+}
+
+error_info bad_file(const std::string& what, const std::string& msg) {
+  return {errc::invalid_request, fmt::format("{}: {}", what, msg)};
+}
+
+bool is_human(const std::string& from) {
+  return from == "human" || from == "user";
+}
+bool is_model(const std::string& from) {
+  return from == "gpt" || from == "chatgpt" || from == "assistant" || from == "bard";
+}
+
+}  // namespace
+
+std::vector<double> arrival_schedule(size_t n, double rate, double burstiness, uint64_t seed) {
+  std::vector<double> t(n, 0.0);
+  if (std::isinf(rate) || n == 0) return t;
+  // Gamma(shape k, scale 1/(rate k)) has mean 1/rate; k = 1 is the exponential.
+  std::mt19937_64 rng(seed);
+  std::gamma_distribution<double> gap(burstiness, 1.0 / (rate * burstiness));
+  double at = 0;
+  for (size_t i = 0; i < n; ++i) {
+    t[i] = at;
+    at += gap(rng);
+  }
+  return t;
+}
+
+uint32_t length_range::lo() const {
+  double r = std::clamp(range_ratio, 0.0, 1.0);
+  return std::max<uint32_t>(1, static_cast<uint32_t>(std::floor(len * (1 - r))));
+}
+
+uint32_t length_range::hi() const {
+  double r = std::clamp(range_ratio, 0.0, 1.0);
+  return std::max(lo(), static_cast<uint32_t>(std::floor(len * (1 + r))));
+}
+
+uint32_t sample_length(const length_range& r, std::mt19937_64& rng) {
+  uint32_t lo = r.lo(), hi = r.hi();
+  if (lo == hi) return lo;
+  return std::uniform_int_distribution<uint32_t>(lo, hi)(rng);
+}
+
+std::vector<bench_request> random_workload(const random_spec& s) {
+  std::vector<bench_request> out;
+  out.reserve(s.requests);
+  for (size_t i = 0; i < s.requests; ++i) {
+    auto rng = rng_for(s.seed, 1, i);
+    bench_request r;
+    uint32_t in = sample_length(s.input, rng);
+    r.max_tokens = r.expected_output_len = sample_length(s.output, rng);
+    append_random_ids(r.prompt_ids, in, s.vocab, rng);
+    r.prompt_len = in;
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::vector<bench_request> shared_prefix_workload(const shared_prefix_spec& s) {
+  uint32_t groups = std::max<uint32_t>(1, s.prefixes);
+  std::vector<std::vector<token_id>> prefixes(groups);
+  for (uint32_t g = 0; g < groups; ++g) {
+    auto rng = rng_for(s.seed, 2, g);
+    append_random_ids(prefixes[g], s.prefix_len, s.vocab, rng);
+  }
+  size_t n = s.requests ? s.requests : static_cast<size_t>(groups) * s.users;
+  std::vector<bench_request> out;
+  out.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    auto rng = rng_for(s.seed, 3, i);
+    bench_request r;
+    r.group = static_cast<uint32_t>(i % groups);
+    r.prompt_ids = prefixes[r.group];
+    uint32_t in = sample_length(s.input, rng);
+    r.max_tokens = r.expected_output_len = sample_length(s.output, rng);
+    append_random_ids(r.prompt_ids, in, s.vocab, rng);
+    r.prompt_len = static_cast<uint32_t>(r.prompt_ids.size());
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+result<std::vector<sharegpt_entry>> parse_sharegpt(const std::string& text,
+                                                   const std::string& what) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded())
+    return bad_file(what, "not valid JSON (a ShareGPT file is a JSON array of conversations)");
+  if (!j.is_array())
+    return bad_file(what, fmt::format("the top level is a JSON {}, not an array of conversations",
+                                      j.type_name()));
+  std::vector<sharegpt_entry> out;
+  for (size_t i = 0; i < j.size(); ++i) {
+    const auto& e = j[i];
+    if (!e.is_object())
+      return bad_file(what, fmt::format("entry {} is a JSON {}, not an object", i, e.type_name()));
+    auto c = e.find("conversations");
+    if (c == e.end() || !c->is_array())
+      return bad_file(what, fmt::format("entry {} has no \"conversations\" array", i));
+    std::vector<std::pair<std::string, std::string>> turns;
+    for (size_t t = 0; t < c->size(); ++t) {
+      const auto& turn = (*c)[t];
+      auto from = turn.is_object() ? turn.find("from") : turn.end();
+      auto value = turn.is_object() ? turn.find("value") : turn.end();
+      if (!turn.is_object() || from == turn.end() || !from->is_string() || value == turn.end() ||
+          !value->is_string())
+        return bad_file(what, fmt::format("entry {}, turn {}: expected an object with string "
+                                          "\"from\" and \"value\"",
+                                          i, t));
+      turns.emplace_back(from->get<std::string>(), value->get<std::string>());
+    }
+    if (turns.size() < 2) continue;
+    for (size_t t = 0; t + 1 < turns.size(); ++t) {
+      if (!is_human(turns[t].first)) continue;
+      if (is_model(turns[t + 1].first))
+        out.push_back({i, std::move(turns[t].second), std::move(turns[t + 1].second)});
+      break;
+    }
+  }
+  return out;
+}
+
+result<std::vector<sharegpt_entry>> read_sharegpt(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return error_info{errc::invalid_request, fmt::format("{}: cannot read the file", path)};
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  if (in.bad()) return error_info{errc::invalid_request, fmt::format("{}: read error", path)};
+  return parse_sharegpt(buf.str(), path);
+}
+
+result<std::vector<bench_request>> sharegpt_workload(const sharegpt_spec& s,
+                                                     const tokenize_fn& tokenize) {
+  auto entries = read_sharegpt(s.path);
+  if (!entries) return entries.error();
+  return select_sharegpt(*entries, s, tokenize);
+}
+
+result<std::vector<bench_request>> select_sharegpt(const std::vector<sharegpt_entry>& entries,
+                                                   const sharegpt_spec& s,
+                                                   const tokenize_fn& tokenize) {
+  std::vector<size_t> order(entries.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::mt19937_64 rng(s.seed);
+  std::shuffle(order.begin(), order.end(), rng);
+  std::vector<bench_request> out;
+  for (size_t k : order) {
+    if (out.size() >= s.requests) break;
+    const auto& e = entries[k];
+    auto prompt = tokenize(e.prompt);
+    if (!prompt)
+      return error_info{prompt.error().code, fmt::format("{}: entry {}: tokenize: {}", s.path,
+                                                         e.index, prompt.error().message)};
+    auto answer = tokenize(e.answer);
+    if (!answer)
+      return error_info{answer.error().code, fmt::format("{}: entry {}: tokenize: {}", s.path,
+                                                         e.index, answer.error().message)};
+    auto prompt_len = static_cast<uint32_t>(prompt->size());
+    auto answer_len = static_cast<uint32_t>(answer->size());
+    uint32_t output_len = s.fixed_output_len ? s.fixed_output_len : answer_len;
+    if (prompt_len < 4 || (s.fixed_output_len == 0 && answer_len < 4)) continue;
+    if (s.max_len && uint64_t{prompt_len} + output_len > s.max_len) continue;
+    bench_request r;
+    r.has_text = true;
+    r.prompt_text = e.prompt;
+    r.prompt_len = prompt_len;
+    r.max_tokens = output_len;
+    r.expected_output_len = output_len;
+    out.push_back(std::move(r));
+  }
+  if (out.empty())
+    return error_info{
+        errc::invalid_request,
+        fmt::format("{}: none of its {} conversations is usable (a human turn followed by a "
+                    "model turn, each of 4+ tokens{})",
+                    s.path, entries.size(),
+                    s.max_len ? fmt::format(", {} tokens at most together", s.max_len) : "")};
+  return out;
+}
+
+std::optional<double> request_tpot_ms(const request_result& r) {
+  if (r.output_tokens < 2) return std::nullopt;
+  return (r.e2e_ms - r.ttft_ms) / static_cast<double>(r.output_tokens - 1);
+}
+
+bool meets_slo(const request_result& r, const slo_spec& slo) {
+  if (!r.ok) return false;
+  if (slo.ttft_ms && r.ttft_ms > *slo.ttft_ms) return false;
+  if (slo.tpot_ms) {
+    auto tpot = request_tpot_ms(r);
+    if (tpot && *tpot > *slo.tpot_ms) return false;
+  }
+  if (slo.itl_ms && !r.itl_ms.empty()) {
+    auto s = summarize(r.itl_ms);
+    if (s.p99 > *slo.itl_ms) return false;
+  }
+  return true;
+}
+
+nlohmann::ordered_json percentiles_json(const std::vector<double>& samples) {
+  auto s = summarize(samples);
+  return {{"p50", s.p50}, {"p90", s.p90}, {"p99", s.p99}, {"mean", s.mean}};
+}
+
+nlohmann::ordered_json make_report(const std::vector<request_result>& results, double duration_s,
+                                   const slo_spec& slo) {
+  std::vector<double> ttft, itl, tpot, e2e;
+  std::vector<std::string> stage_order;
+  std::map<std::string, double> stage_sum;
+  uint64_t prompt_tokens = 0, output_tokens = 0;
+  size_t completed = 0, good = 0;
+  std::string first_error;
+  for (const auto& r : results) {
+    if (!r.ok) {
+      if (first_error.empty()) first_error = r.error;
+      continue;
+    }
+    ++completed;
+    if (meets_slo(r, slo)) ++good;
+    ttft.push_back(r.ttft_ms);
+    itl.insert(itl.end(), r.itl_ms.begin(), r.itl_ms.end());
+    e2e.push_back(r.e2e_ms);
+    if (auto t = request_tpot_ms(r)) tpot.push_back(*t);
+    prompt_tokens += r.prompt_tokens;
+    output_tokens += r.output_tokens;
+    for (const auto& s : r.stages) {
+      auto [it, fresh] = stage_sum.try_emplace(s.name, 0.0);
+      if (fresh) stage_order.push_back(s.name);
+      it->second += s.ms;
+    }
+  }
+  double secs = duration_s > 0 ? duration_s : std::numeric_limits<double>::min();
+  auto per_s = [&](double v) { return duration_s > 0 ? v / secs : 0.0; };
+  auto opt = [](const std::optional<double>& v) -> nlohmann::ordered_json {
+    return v ? nlohmann::ordered_json(*v) : nlohmann::ordered_json(nullptr);
+  };
+  nlohmann::ordered_json j;
+  j["requests"] = results.size();
+  j["completed"] = completed;
+  j["failed"] = results.size() - completed;
+  if (!first_error.empty()) j["first_error"] = first_error;
+  j["duration_s"] = duration_s;
+  j["prompt_tokens"] = prompt_tokens;
+  j["output_tokens"] = output_tokens;
+  j["ttft_ms"] = percentiles_json(ttft);
+  j["itl_ms"] = percentiles_json(itl);
+  j["tpot_ms"] = percentiles_json(tpot);
+  j["e2e_ms"] = percentiles_json(e2e);
+  j["requests_per_s"] = per_s(static_cast<double>(completed));
+  j["output_tokens_per_s"] = per_s(static_cast<double>(output_tokens));
+  j["total_tokens_per_s"] = per_s(static_cast<double>(prompt_tokens + output_tokens));
+  j["goodput"] = {
+      {"requests_per_s", per_s(static_cast<double>(good))},
+      {"fraction",
+       results.empty() ? 0.0 : static_cast<double>(good) / static_cast<double>(results.size())},
+      {"slo",
+       {{"ttft_ms", opt(slo.ttft_ms)},
+        {"tpot_ms", opt(slo.tpot_ms)},
+        {"itl_ms", opt(slo.itl_ms)}}}};
+  nlohmann::ordered_json stages = nlohmann::ordered_json::object();
+  for (const auto& name : stage_order)
+    stages[name] = stage_sum[name] / static_cast<double>(completed);
+  j["ttft_stages_mean_ms"] = std::move(stages);
+  return j;
+}
+
+}  // namespace tokenmill::workload
