@@ -2,7 +2,19 @@
 # Installs tokenmill's build and test dependencies on Debian 12 (bookworm).
 # Idempotent: when every package is already installed it does nothing, not even
 # `apt-get update`. Runs as root; otherwise uses sudo when it exists.
+#   scripts/setup.sh           the build and test dependencies
+#   scripts/setup.sh --bench   also what the benchmark plots need (python3-matplotlib,
+#                              python3-yaml; scripts/bench-multinode.sh, scripts/bench_plot.py)
 set -euo pipefail
+
+bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench) bench=1 ;;
+    -h | --help) sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup: unknown argument '$arg' (expected --bench)" >&2; exit 2 ;;
+  esac
+done
 
 packages=(
   build-essential cmake ninja-build pkg-config ccache git
@@ -10,6 +22,9 @@ packages=(
   libboost-dev catch2 libyaml-cpp-dev nlohmann-json3-dev libfmt-dev
   libspdlog-dev libxxhash-dev libcli11-dev libpcre2-dev clang-format python3 procps
 )
+if [[ "$bench" == 1 ]]; then
+  packages+=(python3-matplotlib python3-yaml)
+fi
 
 missing=()
 for pkg in "${packages[@]}"; do
