@@ -261,6 +261,19 @@ void reject_unsupported(const json& body, endpoint kind) {
   if (const json* v = field(body, "top_logprobs")) {
     if (get_int(*v, "top_logprobs") != 0) fail("top_logprobs", "logprobs are not supported");
   }
+  // Tool calling and structured output change what the model must produce; ignoring them
+  // would hand the client plain text it did not ask for.
+  if (const json* v = field(body, "tools")) {
+    if (!v->is_array() || !v->empty()) fail("tools", "tool calling ('tools') is not supported");
+  }
+  if (const json* v = field(body, "tool_choice")) {
+    if (!(v->is_string() && v->get<std::string>() == "none"))
+      fail("tool_choice", "tool calling ('tool_choice') is not supported (only \"none\")");
+  }
+  if (const json* v = field(body, "response_format")) {
+    if (!(v->is_object() && v->value("type", "") == "text"))
+      fail("response_format", "'response_format' is not supported (only {\"type\": \"text\"})");
+  }
   for (const char* key : {"presence_penalty", "frequency_penalty"}) {
     if (const json* v = field(body, key)) {
       const double x = get_number(*v, key);

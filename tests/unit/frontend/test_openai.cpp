@@ -127,6 +127,11 @@ TEST_CASE("completions: defaults and prompt forms", "[openai]") {
 }
 
 TEST_CASE("chat: messages are rendered and options mapped", "[openai]") {
+  SECTION("neutral tool and format options are accepted") {
+    auto r = ok(chat, R"({"messages": [{"role": "user", "content": "Hi"}], "tools": [],
+                          "tool_choice": "none", "response_format": {"type": "text"}})");
+    CHECK(r.params.has_text);
+  }
   SECTION("chatml: no BOS, context-filling max_tokens by default") {
     auto r = ok(chat, R"({"model": "tiny-model", "messages": [{"role": "user", "content": "Hi"}],
                           "logprobs": false, "temperature": 0.7})");
@@ -261,6 +266,12 @@ TEST_CASE("bad requests are rejected naming the field", "[openai]") {
        "'ignore_eos' must be a boolean, got number"},
       // unsupported options
       {cmpl, R"({"prompt": "x", "n": 2})", 400, "n", "only n=1 is supported"},
+      {chat, "{" + msg + R"(, "tools": [{"type": "function", "function": {"name": "f"}}]})", 400,
+       "tools", "tool calling ('tools') is not supported"},
+      {chat, "{" + msg + R"(, "tool_choice": "auto"})", 400, "tool_choice",
+       "tool calling ('tool_choice') is not supported"},
+      {chat, "{" + msg + R"(, "response_format": {"type": "json_object"}})", 400, "response_format",
+       "'response_format' is not supported"},
       {chat, "{" + msg + R"(, "n": 3})", 400, "n", "only n=1 is supported"},
       {cmpl, R"({"prompt": "x", "n": "1"})", 400, "n", "'n' must be an integer"},
       {cmpl, R"({"prompt": "x", "logprobs": 5})", 400, "logprobs", "logprobs are not supported"},
