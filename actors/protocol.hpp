@@ -133,6 +133,10 @@ struct token_batch {
   uint32_t batch_size = 0;         ///< sequences in the step
   int64_t step_ns = 0;             ///< engine time of the step
   bool piggyback_prefill = false;  ///< a local prefill ran in this iteration
+  uint32_t node = 0;               ///< the decode worker's node (its clock for the times)
+  int64_t step_start_ns = 0;       ///< the iteration started (prefill part included)
+  int64_t step_end_ns = 0;         ///< the iteration ended
+  uint32_t prefill_tokens = 0;     ///< prompt tokens prefilled in the iteration
 };
 
 /// decode -> router: the request ended (finished, cancelled or failed); its blocks are
@@ -169,6 +173,10 @@ struct request_summary {
   double itl_mean_ms = 0;  ///< inter-token latency measured at the router
   double itl_p50_ms = 0;
   double itl_p99_ms = 0;
+  std::string prefill_worker;        ///< name; empty when prefilled on the decode worker
+  std::string decode_worker;         ///< name
+  std::vector<uint32_t> itl_spikes;  ///< by itl_cause
+  std::vector<step_record> steps;    ///< per released token (capped), router clock
 };
 
 // ---------------------------------------------------------------- KV index
@@ -327,7 +335,12 @@ typename F::result_type inspect(F& f, token_event& x) {
 template <class F>
 typename F::result_type inspect(F& f, token_batch& x) {
   return f(caf::meta::type_name("token_batch"), x.tokens, x.batch_size, x.step_ns,
-           x.piggyback_prefill);
+           x.piggyback_prefill, x.node, x.step_start_ns, x.step_end_ns, x.prefill_tokens);
+}
+template <class F>
+typename F::result_type inspect(F& f, step_record& x) {
+  return f(caf::meta::type_name("step_record"), x.index, x.released_ns, x.step_start_ns,
+           x.step_end_ns, x.batch, x.prefill_tokens, x.cause);
 }
 template <class F>
 typename F::result_type inspect(F& f, request_done& x) {
@@ -345,7 +358,8 @@ typename F::result_type inspect(F& f, token_chunk& x) {
 template <class F>
 typename F::result_type inspect(F& f, request_summary& x) {
   return f(caf::meta::type_name("request_summary"), x.id, x.reason, x.error, x.prompt_tokens,
-           x.completion_tokens, x.tr, x.itl_mean_ms, x.itl_p50_ms, x.itl_p99_ms);
+           x.completion_tokens, x.tr, x.itl_mean_ms, x.itl_p50_ms, x.itl_p99_ms, x.prefill_worker,
+           x.decode_worker, x.itl_spikes, x.steps);
 }
 template <class F>
 typename F::result_type inspect(F& f, kv_event& x) {
@@ -391,7 +405,8 @@ typename F::result_type inspect(F& f, membership& x) {
 template <class F>
 typename F::result_type inspect(F& f, worker_status& x) {
   return f(caf::meta::type_name("worker_status"), x.id, x.kind, x.name, x.node, x.up, x.queued,
-           x.running, x.kv_used, x.kv_total, x.completed, x.tokens_out, x.detail);
+           x.running, x.kv_used, x.kv_total, x.completed, x.tokens_out, x.detail, x.kv_bytes,
+           x.prefix_hit_blocks, x.prefix_lookup_blocks);
 }
 template <class F>
 typename F::result_type inspect(F& f, node_status& x) {

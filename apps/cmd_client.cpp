@@ -144,6 +144,15 @@ command add_generate(CLI::App& app) {
       for (const auto& s : r->stages)
         std::printf(" %s %.3f ms |", s.name.c_str(), s.ms);
       std::printf(" sum %.3f ms\n", stage_sum);
+      const auto& sv = r->server;
+      std::string spikes;
+      for (size_t c = 1; c < sv.itl_spikes.size(); ++c)
+        if (sv.itl_spikes[c] > 0)
+          spikes += fmt::format("{}{} {}", spikes.empty() ? "" : ", ", sv.itl_spikes[c],
+                                to_string(static_cast<itl_cause>(c)));
+      std::printf("served by: prefill %s, decode %s; itl spikes: %s\n",
+                  sv.prefill_worker.empty() ? "(on the decode worker)" : sv.prefill_worker.c_str(),
+                  sv.decode_worker.c_str(), spikes.empty() ? "none" : spikes.c_str());
     }
     if (o->json) {
       nlohmann::ordered_json j;
@@ -172,6 +181,24 @@ command add_generate(CLI::App& app) {
       for (const auto& s : r->server.stages)
         sst[s.name] = s.ms;
       server["stages"] = sst;
+      server["prefill_worker"] = r->server.prefill_worker;
+      server["decode_worker"] = r->server.decode_worker;
+      nlohmann::ordered_json spk = nlohmann::ordered_json::object();
+      for (size_t c = 1; c < r->server.itl_spikes.size(); ++c)
+        spk[std::string(to_string(static_cast<itl_cause>(c)))] = r->server.itl_spikes[c];
+      server["itl_spikes"] = spk;
+      // The decode step behind each token: [index, gap before it (ms), step (ms), batch,
+      // prefill tokens in the iteration, cause of the gap].
+      auto steps = nlohmann::ordered_json::array();
+      const auto& recs = r->server.steps;
+      for (size_t i = 0; i < recs.size(); ++i) {
+        const auto& rec = recs[i];
+        double gap = i == 0 ? 0 : (rec.released_ns - recs[i - 1].released_ns) / 1e6;
+        double step = rec.step_start_ns == 0 ? 0 : (rec.step_end_ns - rec.step_start_ns) / 1e6;
+        steps.push_back({rec.index, gap, step, rec.batch, rec.prefill_tokens,
+                         std::string(to_string(rec.cause))});
+      }
+      server["steps"] = steps;
       j["server"] = server;
       std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     }

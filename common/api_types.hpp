@@ -3,6 +3,7 @@
 /// actors/protocol.hpp adds the inspectors.
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/errors.hpp"
@@ -41,7 +42,10 @@ struct worker_status {
   uint32_t kv_total = 0;    ///< blocks
   uint64_t completed = 0;   ///< requests finished since start
   uint64_t tokens_out = 0;  ///< tokens generated (decode) or prompt tokens computed (prefill)
-  std::string detail;       ///< one line of free text (engine, transport, errors)
+  uint64_t kv_bytes = 0;    ///< KV bytes sent (prefill) or received (decode) since start
+  uint64_t prefix_hit_blocks = 0;     ///< prompt blocks found in the prefix cache
+  uint64_t prefix_lookup_blocks = 0;  ///< prompt blocks looked up in the prefix cache
+  std::string detail;                 ///< one line of free text (engine, transport, errors)
 };
 
 /// A node of a multi-node cluster, as the supervisor sees it.
@@ -85,6 +89,48 @@ struct stage_ms {
   double ms = 0;
 };
 
+/// Why a gap between two tokens of a request was long (an ITL spike), as the router
+/// attributes it from the decode step that produced the later token.
+enum class itl_cause : uint8_t {
+  none,           ///< not a spike
+  prefill,        ///< a local prefill ran in the same iteration (piggy-backed)
+  batch_growth,   ///< the step's batch was larger than the previous step's
+  transfer_wait,  ///< the decode worker sat between steps (receiving KV, admitting)
+  network,        ///< the step was on time; the token was late reaching the router
+  other,          ///< a spike none of the above explains (a slow step)
+  count_          ///< number of causes; not a cause
+};
+constexpr std::string_view to_string(itl_cause c) {
+  switch (c) {
+    case itl_cause::none:
+      return "none";
+    case itl_cause::prefill:
+      return "prefill";
+    case itl_cause::batch_growth:
+      return "batch_growth";
+    case itl_cause::transfer_wait:
+      return "transfer_wait";
+    case itl_cause::network:
+      return "network";
+    case itl_cause::other:
+      return "other";
+    case itl_cause::count_:
+      break;
+  }
+  return "unknown";
+}
+
+/// The decode step that produced one token of a request, on the router's clock.
+struct step_record {
+  uint32_t index = 0;                 ///< token index in the completion (0 = first token)
+  int64_t released_ns = 0;            ///< the router released the token to the frontend
+  int64_t step_start_ns = 0;          ///< the decode step started (0 for the first token)
+  int64_t step_end_ns = 0;            ///< the decode step ended
+  uint32_t batch = 0;                 ///< sequences in the step
+  uint32_t prefill_tokens = 0;        ///< prompt tokens prefilled in the same iteration
+  itl_cause cause = itl_cause::none;  ///< of the gap before this token
+};
+
 /// The end of a generate call, as the client sees it.
 struct generation_summary {
   request_id id = 0;
@@ -97,6 +143,11 @@ struct generation_summary {
   double itl_mean_ms = 0, itl_p50_ms = 0, itl_p99_ms = 0;  ///< measured at the router
   std::vector<stage_ms> stages;                            ///< server-side TTFT breakdown
   std::vector<hop> hops;                                   ///< every stamp of the request
+  std::string prefill_worker;  ///< name of the worker that prefilled (empty: decode's own)
+  std::string decode_worker;   ///< name of the worker that decoded
+  /// ITL spikes by cause, indexed by itl_cause (size itl_cause::count_, or empty).
+  std::vector<uint32_t> itl_spikes;
+  std::vector<step_record> steps;  ///< per token after the first (may be capped)
 };
 
 /// What a client needs to know about the served model.

@@ -15,6 +15,7 @@ uint32_t kv_cache::cached_prefix(std::span<const uint64_t> chain) const {
 std::vector<block_id> kv_cache::acquire_prefix(std::span<const uint64_t> chain,
                                                uint32_t max_blocks) {
   std::vector<block_id> out;
+  lookup_blocks_ += std::min<uint64_t>(chain.size(), max_blocks);
   for (size_t i = 0; i < chain.size() && out.size() < max_blocks; ++i) {
     auto it = by_hash_.find(chain[i]);
     if (it == by_hash_.end()) break;

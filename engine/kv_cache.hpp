@@ -58,6 +58,8 @@ class kv_cache {
   uint32_t refs(block_id b) const { return b < refs_.size() ? refs_[b] : 0; }
   /// Blocks handed out by acquire_prefix (prefill skipped for each), since creation.
   uint64_t hits() const { return hit_blocks_; }
+  /// Blocks asked for by acquire_prefix (the hit rate's denominator), since creation.
+  uint64_t lookups() const { return lookup_blocks_; }
   block_pool& pool() { return pool_; }
   const block_pool& pool() const { return pool_; }
 
@@ -76,6 +78,7 @@ class kv_cache {
   std::list<block_id> lru_;                         ///< unreferenced cached blocks, oldest first
   uint32_t referenced_ = 0;
   uint64_t hit_blocks_ = 0;
+  uint64_t lookup_blocks_ = 0;
   events events_;
 };
 

@@ -41,6 +41,10 @@ generation_summary make_generation_summary(const request_summary& r, bool stoppe
   g.itl_mean_ms = r.itl_mean_ms;
   g.itl_p50_ms = r.itl_p50_ms;
   g.itl_p99_ms = r.itl_p99_ms;
+  g.prefill_worker = r.prefill_worker;
+  g.decode_worker = r.decode_worker;
+  g.itl_spikes = r.itl_spikes;
+  g.steps = r.steps;
   trace tr = r.tr;
   if (first_sent_ns != 0) tr.stamp_at(stage::first_token_sent, first_sent_ns, node);
   auto b = ttft_breakdown(tr);

@@ -362,6 +362,15 @@ ojson timing_object(const generation_summary& s) {
   for (const auto& st : s.stages)
     stages[st.name] = st.ms;
   t["stages"] = std::move(stages);
+  if (!s.decode_worker.empty()) {
+    t["prefill_worker"] = s.prefill_worker;
+    t["decode_worker"] = s.decode_worker;
+  }
+  ojson spikes = ojson::object();
+  for (size_t c = 1; c < s.itl_spikes.size(); ++c)
+    if (s.itl_spikes[c] > 0)
+      spikes[std::string(to_string(static_cast<itl_cause>(c)))] = s.itl_spikes[c];
+  t["itl_spikes"] = std::move(spikes);
   return t;
 }
 

@@ -1,5 +1,8 @@
 #include "schema/codec.hpp"
 
+#include <optional>
+#include <string_view>
+
 namespace tokenmill::codec {
 namespace {
 std::string str(capnp::Text::Reader t) {
@@ -61,6 +64,14 @@ void encode(const generate_params& p, rpc::GenerateRequest::Builder b) {
   b.setClientSentNs(p.client_sent_ns);
 }
 
+namespace {
+std::optional<itl_cause> itl_cause_from_string(std::string_view name) {
+  for (size_t c = 0; c < static_cast<size_t>(itl_cause::count_); ++c)
+    if (to_string(static_cast<itl_cause>(c)) == name) return static_cast<itl_cause>(c);
+  return std::nullopt;
+}
+}  // namespace
+
 generation_summary decode(rpc::Summary::Reader r) {
   generation_summary s;
   s.id = r.getRequestId();
@@ -80,6 +91,25 @@ generation_summary decode(rpc::Summary::Reader r) {
     auto st = stage_from_string(str(h.getStage()));
     if (!st) continue;  // a stage this client does not know yet (newer server)
     s.hops.push_back(hop{*st, h.getNode(), h.getTNs()});
+  }
+  s.prefill_worker = str(r.getPrefillWorker());
+  s.decode_worker = str(r.getDecodeWorker());
+  if (r.hasItlSpikes()) {
+    s.itl_spikes.assign(static_cast<size_t>(itl_cause::count_), 0);
+    for (auto sp : r.getItlSpikes())
+      if (auto c = itl_cause_from_string(str(sp.getCause())); c && *c != itl_cause::none)
+        s.itl_spikes[static_cast<size_t>(*c)] += sp.getCount();
+  }
+  for (auto st : r.getSteps()) {
+    step_record rec;
+    rec.index = st.getIndex();
+    rec.released_ns = st.getReleasedNs();
+    rec.step_start_ns = st.getStepStartNs();
+    rec.step_end_ns = st.getStepEndNs();
+    rec.batch = st.getBatch();
+    rec.prefill_tokens = st.getPrefillTokens();
+    rec.cause = itl_cause_from_string(str(st.getCause())).value_or(itl_cause::other);
+    s.steps.push_back(rec);
   }
   return s;
 }
@@ -106,6 +136,29 @@ void encode(const generation_summary& s, rpc::Summary::Builder b) {
     hops[i].setNode(s.hops[i].node);
     hops[i].setTNs(s.hops[i].t_ns);
   }
+  b.setPrefillWorker(s.prefill_worker);
+  b.setDecodeWorker(s.decode_worker);
+  unsigned nonzero = 0;
+  for (size_t c = 1; c < s.itl_spikes.size(); ++c)
+    nonzero += s.itl_spikes[c] > 0;
+  auto spikes = b.initItlSpikes(nonzero);
+  for (size_t c = 1, k = 0; c < s.itl_spikes.size(); ++c) {
+    if (s.itl_spikes[c] == 0) continue;
+    spikes[static_cast<unsigned>(k)].setCause(std::string(to_string(static_cast<itl_cause>(c))));
+    spikes[static_cast<unsigned>(k)].setCount(s.itl_spikes[c]);
+    ++k;
+  }
+  auto steps = b.initSteps(static_cast<unsigned>(s.steps.size()));
+  for (unsigned i = 0; i < s.steps.size(); ++i) {
+    const auto& rec = s.steps[i];
+    steps[i].setIndex(rec.index);
+    steps[i].setReleasedNs(rec.released_ns);
+    steps[i].setStepStartNs(rec.step_start_ns);
+    steps[i].setStepEndNs(rec.step_end_ns);
+    steps[i].setBatch(rec.batch);
+    steps[i].setPrefillTokens(rec.prefill_tokens);
+    steps[i].setCause(std::string(to_string(rec.cause)));
+  }
 }
 
 cluster_status decode(rpc::ClusterStatus::Reader r) {
@@ -125,6 +178,9 @@ cluster_status decode(rpc::ClusterStatus::Reader r) {
     ws.kv_total = w.getKvTotal();
     ws.completed = w.getCompleted();
     ws.tokens_out = w.getTokensOut();
+    ws.kv_bytes = w.getKvBytes();
+    ws.prefix_hit_blocks = w.getPrefixHitBlocks();
+    ws.prefix_lookup_blocks = w.getPrefixLookupBlocks();
     ws.detail = str(w.getDetail());
     s.workers.push_back(std::move(ws));
   }
@@ -152,6 +208,9 @@ void encode(const cluster_status& s, rpc::ClusterStatus::Builder b) {
     o.setKvTotal(w.kv_total);
     o.setCompleted(w.completed);
     o.setTokensOut(w.tokens_out);
+    o.setKvBytes(w.kv_bytes);
+    o.setPrefixHitBlocks(w.prefix_hit_blocks);
+    o.setPrefixLookupBlocks(w.prefix_lookup_blocks);
     o.setDetail(w.detail);
   }
   auto ns = b.initNodes(static_cast<unsigned>(s.nodes.size()));

@@ -65,6 +65,25 @@ struct Summary {
   itlP99Ms @9 :Float64;
   stages @10 :List(StageTime);   # server-side TTFT breakdown; sums to ttftMs
   hops @11 :List(Hop);           # every stamp, for clients that add their own
+  prefillWorker @12 :Text;       # the worker that prefilled (empty: the decode worker)
+  decodeWorker @13 :Text;
+  itlSpikes @14 :List(ItlSpike); # inter-token gaps that were spikes, by cause
+  steps @15 :List(DecodeStep);   # the decode step behind each token (router clock)
+}
+
+struct ItlSpike {
+  cause @0 :Text;                # prefill | batch_growth | transfer_wait | network | other
+  count @1 :UInt32;
+}
+
+struct DecodeStep {
+  index @0 :UInt32;              # token index in the completion
+  releasedNs @1 :Int64;          # the router released the token
+  stepStartNs @2 :Int64;         # 0 for the first token (prefill made it)
+  stepEndNs @3 :Int64;
+  batch @4 :UInt32;              # sequences in the step
+  prefillTokens @5 :UInt32;      # prompt tokens prefilled in the same iteration
+  cause @6 :Text;                # of the gap before this token: none | prefill | ...
 }
 
 struct WorkerStatus {
@@ -80,6 +99,9 @@ struct WorkerStatus {
   completed @9 :UInt64;
   tokensOut @10 :UInt64;
   detail @11 :Text;
+  kvBytes @12 :UInt64;            # KV bytes sent (prefill) or received (decode)
+  prefixHitBlocks @13 :UInt64;    # prompt blocks found in the prefix cache
+  prefixLookupBlocks @14 :UInt64; # prompt blocks looked up there
 }
 
 struct NodeStatus {

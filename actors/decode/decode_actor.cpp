@@ -49,6 +49,7 @@ struct step_in_flight {
   bool active = false;
   std::vector<planned_chunk> prefill;  ///< local prefill chunks
   std::vector<request_id> decode;      ///< the decode batch, in order
+  int64_t started_ns = 0;              ///< when the iteration was handed to the engine
 };
 
 struct decode_state {
@@ -68,6 +69,7 @@ struct decode_state {
   std::unique_ptr<engine_thread> runner;  ///< declared after eng/pool: joins before they go
   uint64_t completed = 0;
   uint64_t tokens_out = 0;
+  uint64_t kv_bytes_received = 0;  ///< prompt KV that arrived from prefill workers
   static inline const char* name = "decode";
 };
 
@@ -261,7 +263,7 @@ void launch(decode_ptr self) {
     auto& s = st.seqs.at(id);
     batch.push_back({s.tokens, s.blocks, s.req.options.sampling});
   }
-  st.step = step_in_flight{true, std::move(plan), st.running};
+  st.step = step_in_flight{true, std::move(plan), st.running, now_ns()};
   auto me = caf::actor_cast<caf::actor>(self);
   st.runner->submit([eng = st.eng.get(), pool = st.pool.get(), chunks = std::move(chunks),
                      batch = std::move(batch), me] {
@@ -333,10 +335,18 @@ void step_done(decode_ptr self, engine_step_done& d) {
     ++st.tokens_out;
     if (auto r = stop_reason(st, s, tok); r != finish_reason::none) ended.emplace_back(id, r);
   }
+  const int64_t ended_ns = now_ns();
+  uint32_t prefill_tokens = 0;
+  for (const auto& c : done.prefill)
+    prefill_tokens += c.end - c.begin;
   for (auto& [router, b] : out) {
     b.batch_size = static_cast<uint32_t>(done.decode.size());
     b.step_ns = d.decode_ns;
     b.piggyback_prefill = !done.prefill.empty();
+    b.node = st.info.node_index;
+    b.step_start_ns = done.started_ns;
+    b.step_end_ns = ended_ns;
+    b.prefill_tokens = prefill_tokens;
     self->send(router, std::move(b));
   }
   publish_cache_events(self);
@@ -473,6 +483,7 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
           fail(self, r.id, errc::kv_corrupt, err);
           return;
         }
+        st.kv_bytes_received += uint64_t{expected} * st.pool->block_bytes();
         prompt_complete(self, s, r.first_token);
       },
       [self](const prefill_failed& f) {
@@ -508,6 +519,9 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         ws.kv_total = st.pool->total();
         ws.completed = st.completed;
         ws.tokens_out = st.tokens_out;
+        ws.kv_bytes = st.kv_bytes_received;
+        ws.prefix_hit_blocks = st.cache->hits();
+        ws.prefix_lookup_blocks = st.cache->lookups();
         size_t waiting_kv = 0;
         for (const auto& [id, s] : st.seqs)
           waiting_kv += s.phase == seq_phase::waiting_kv;

@@ -50,6 +50,7 @@ struct prefill_state {
   std::unique_ptr<engine_thread> runner;  ///< declared after eng/pool: joins before they go
   uint64_t completed = 0;
   uint64_t tokens_computed = 0;
+  uint64_t kv_bytes_sent = 0;  ///< KV handed to the transport for decode workers
   static inline const char* name = "prefill";
 };
 
@@ -148,6 +149,7 @@ void push_blocks(prefill_ptr self, request_id id, job_state& js) {
     sums.push_back(block_checksum(*st.pool, b));
   js.blocks_sent = complete;
   ++js.writes_pending;
+  st.kv_bytes_sent += uint64_t{src.size()} * st.pool->block_bytes();
   caf::actor me = caf::actor_cast<caf::actor>(self);
   st.transport->write(st.pool->memory(), st.pool->block_bytes(), src, js.job.dst, dst,
                       [me, id, sums = std::move(sums)](error_info err, kv_payload payload) mutable {
@@ -341,6 +343,9 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
         ws.kv_total = st.pool->total();
         ws.completed = st.completed;
         ws.tokens_out = st.tokens_computed;
+        ws.kv_bytes = st.kv_bytes_sent;
+        ws.prefix_hit_blocks = st.cache->hits();
+        ws.prefix_lookup_blocks = st.cache->lookups();
         ws.detail = fmt::format("engine {}, transport {}, prefix cache {} blocks ({} reused)",
                                 st.eng->info().name, st.transport->name(), st.cache->cached(),
                                 st.cache->hits());

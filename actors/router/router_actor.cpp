@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/actors.hpp"
+#include "actors/router/itl_attribution.hpp"
 #include "common/clock.hpp"
 #include "common/stats.hpp"
 #include "engine/block_hash.hpp"
@@ -20,7 +21,17 @@ struct worker_load {
   caf::actor handle;
   uint32_t active = 0;         ///< decode: requests assigned and not done
   uint64_t queued_tokens = 0;  ///< prefill: prompt tokens assigned and not prefilled
+  std::string name;
 };
+
+/// The decode step behind a token that waits for its turn, on the router's clock.
+struct pending_step {
+  int64_t start_ns = 0, end_ns = 0;
+  uint32_t batch = 0, prefill_tokens = 0;
+};
+
+/// Steps kept per request for the summary (the spike counts cover every token).
+constexpr size_t max_recorded_steps = 4096;
 
 struct request_state {
   caf::actor client;
@@ -28,9 +39,12 @@ struct request_state {
   caf::actor decode_handle;
   std::optional<worker_id> prefill;  ///< set while a remote prefill is outstanding
   uint32_t prompt_tokens = 0;
-  uint32_t next_index = 0;               ///< next token index to release to the client
-  std::map<uint32_t, token_id> pending;  ///< tokens that arrived ahead of their turn
-  std::vector<int64_t> release_ns;       ///< when each token was released (for ITL)
+  uint32_t next_index = 0;                 ///< next token index to release to the client
+  std::map<uint32_t, token_id> pending;    ///< tokens that arrived ahead of their turn
+  std::vector<int64_t> release_ns;         ///< when each token was released (for ITL)
+  std::map<uint32_t, pending_step> steps;  ///< step behind each pending token
+  itl_attribution itl;
+  std::string prefill_name, decode_name;
   trace tr;
 };
 
@@ -79,6 +93,12 @@ request_summary make_summary(const router_state& st, const request_state& rs, re
   s.itl_mean_ms = itl.mean;
   s.itl_p50_ms = itl.p50;
   s.itl_p99_ms = itl.p99;
+  s.prefill_worker = rs.prefill_name;
+  s.decode_worker = rs.decode_name;
+  s.itl_spikes = rs.itl.spikes();
+  const auto& steps = rs.itl.steps();
+  s.steps.assign(steps.begin(), steps.begin() + static_cast<std::ptrdiff_t>(
+                                                    std::min(steps.size(), max_recorded_steps)));
   return s;
 }
 
@@ -113,6 +133,12 @@ void release_tokens(router_ptr self, request_id id, request_state& rs) {
        it = rs.pending.erase(it)) {
     chunk.tokens.push_back(it->second);
     rs.release_ns.push_back(now);
+    pending_step ps;
+    if (auto sit = rs.steps.find(it->first); sit != rs.steps.end()) {
+      ps = sit->second;
+      rs.steps.erase(sit);
+    }
+    rs.itl.add(it->first, now, ps.start_ns, ps.end_ns, ps.batch, ps.prefill_tokens);
     ++rs.next_index;
   }
   if (!chunk.tokens.empty()) {
@@ -168,6 +194,8 @@ void route(router_ptr self, generate_request req, const std::vector<worker_overl
   rs.client = req.client;
   rs.decode = dc[*d].id;
   rs.decode_handle = dw.handle;
+  rs.decode_name = dw.name;
+  if (pid) rs.prefill_name = st.prefills[*pid].name;
   rs.prefill = pid;
   rs.prompt_tokens = prompt_tokens;
   req.tr.stamp(stage::routed, st.info.node_index);
@@ -294,6 +322,11 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           // would block every later token behind it.
           if (t.index < it->second.next_index) continue;
           it->second.pending.emplace(t.index, t.token);
+          // The step's times, moved from the decode node's clock onto the router's.
+          auto off = [&](uint32_t n) { return n < st.offsets.size() ? st.offsets[n] : int64_t{0}; };
+          const int64_t shift = off(b.node) - off(st.info.node_index);
+          it->second.steps[t.index] = {b.step_start_ns + shift, b.step_end_ns + shift, b.batch_size,
+                                       b.prefill_tokens};
           release_tokens(self, t.id, it->second);
         }
       },
@@ -343,10 +376,12 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
             auto& w = decodes[mem.info.id];
             w = st.decodes.count(mem.info.id) ? st.decodes[mem.info.id] : worker_load{};
             w.handle = mem.handle;
+            w.name = mem.info.name;
           } else if (mem.info.kind == role::prefill) {
             auto& w = prefills[mem.info.id];
             w = st.prefills.count(mem.info.id) ? st.prefills[mem.info.id] : worker_load{};
             w.handle = mem.handle;
+            w.name = mem.info.name;
           } else if (mem.info.kind == role::kv_store) {
             st.kv_store = mem.handle;
           }

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <sstream>
+#include <thread>
 
 #include "harness.hpp"
 
@@ -241,4 +242,37 @@ TEST_CASE("bench runs a short load against a server", "[integration]") {
   auto st = srv.status();
   CHECK(workers_idle(st));
   CHECK(worker(st, "decode")["completed"] == 6);
+}
+
+TEST_CASE("ITL spikes are attributed to the piggy-backed prefill that caused them",
+          "[integration][itl]") {
+  // Prompts are prefilled on the decode worker between its steps: a 512-token prompt
+  // arriving mid-stream stalls the running sequence for about 100 ms.
+  server srv{{"--prefill-workers", "0"},
+             {"--sim-decode-step-ms", "10"},
+             {"--sim-prefill-us-per-token", "200"}};
+  process stream(srv.generate_argv(
+      {"--json", "--max-tokens", "40", "--ignore-eos", "--token-ids", id_prompt(300, 16)}));
+  REQUIRE(stream.wait_for_output(1, milliseconds(5000)));  // it is decoding
+  std::this_thread::sleep_for(milliseconds(100));
+  auto big = srv.generate({"--max-tokens", "2", "--token-ids", id_prompt(400, 512)});
+  REQUIRE(big.exit_code == 0);
+  REQUIRE(stream.wait(milliseconds(20000)) == 0);
+  auto j = last_json_line(stream.out());
+  INFO(stream.out());
+  REQUIRE(j.is_object());
+  const auto& sv = j["server"];
+  CHECK(sv["decode_worker"] == "decode0");
+  CHECK(sv["prefill_worker"] == "");
+  CHECK(sv["itl_spikes"]["prefill"].get<int>() >= 1);
+  // One step record per token; the spike's step carried the prompt's tokens.
+  REQUIRE(sv["steps"].size() == 40);
+  bool found = false;
+  for (const auto& s : sv["steps"])
+    if (s[5] == "prefill") {
+      found = true;
+      CHECK(s[4].get<int>() > 0);        // prefill tokens in that iteration
+      CHECK(s[1].get<double>() > 50.0);  // the gap before the token
+    }
+  CHECK(found);
 }

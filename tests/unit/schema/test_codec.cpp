@@ -101,6 +101,40 @@ TEST_CASE("summary round-trips, unknown stage names are skipped", "[codec]") {
   CHECK(codec::decode(b.asReader()).error_code == errc::ok);
 }
 
+TEST_CASE("summary workers, ITL spikes and decode steps round-trip", "[codec]") {
+  generation_summary s;
+  s.prefill_worker = "p0.prefill0";
+  s.decode_worker = "d0.decode0";
+  s.itl_spikes.assign(static_cast<size_t>(itl_cause::count_), 0);
+  s.itl_spikes[static_cast<size_t>(itl_cause::prefill)] = 3;
+  s.itl_spikes[static_cast<size_t>(itl_cause::network)] = 1;
+  s.steps = {step_record{0, 100, 0, 0, 0, 0, itl_cause::none},
+             step_record{1, 200, 150, 190, 8, 512, itl_cause::prefill}};
+  capnp::MallocMessageBuilder msg;
+  auto b = msg.initRoot<rpc::Summary>();
+  codec::encode(s, b);
+  CHECK(b.getItlSpikes().size() == 2);  // only causes that happened travel
+  auto r = codec::decode(b.asReader());
+  CHECK(r.prefill_worker == "p0.prefill0");
+  CHECK(r.decode_worker == "d0.decode0");
+  CHECK(r.itl_spikes == s.itl_spikes);
+  REQUIRE(r.steps.size() == 2);
+  CHECK(r.steps[1].index == 1);
+  CHECK(r.steps[1].released_ns == 200);
+  CHECK(r.steps[1].step_start_ns == 150);
+  CHECK(r.steps[1].step_end_ns == 190);
+  CHECK(r.steps[1].batch == 8);
+  CHECK(r.steps[1].prefill_tokens == 512);
+  CHECK(r.steps[1].cause == itl_cause::prefill);
+  CHECK(r.steps[0].cause == itl_cause::none);
+  // An older server sends none of it: empty, not zero-filled.
+  capnp::MallocMessageBuilder old;
+  auto ob = old.initRoot<rpc::Summary>();
+  auto o = codec::decode(ob.asReader());
+  CHECK(o.itl_spikes.empty());
+  CHECK(o.steps.empty());
+}
+
 TEST_CASE("cluster status and chunks round-trip", "[codec]") {
   cluster_status cs;
   cs.cluster = "c";
