@@ -97,7 +97,8 @@ enum class itl_cause : uint8_t {
   batch_growth,   ///< the step's batch was larger than the previous step's
   transfer_wait,  ///< the decode worker sat between steps (receiving KV, admitting)
   network,        ///< the step was on time; the token was late reaching the router
-  other,          ///< a spike none of the above explains (a slow step)
+  slow_step,      ///< the iteration itself took long (engine, CPU contention)
+  other,          ///< no step information to explain it
   count_          ///< number of causes; not a cause
 };
 constexpr std::string_view to_string(itl_cause c) {
@@ -112,6 +113,8 @@ constexpr std::string_view to_string(itl_cause c) {
       return "transfer_wait";
     case itl_cause::network:
       return "network";
+    case itl_cause::slow_step:
+      return "slow_step";
     case itl_cause::other:
       return "other";
     case itl_cause::count_:

@@ -119,6 +119,12 @@ void counter::inc(double v) {
   atomic_add(value_, v);
 }
 
+void counter::advance_to(double total) {
+  double cur = value_.load(std::memory_order_relaxed);
+  while (total > cur && !value_.compare_exchange_weak(cur, total, std::memory_order_relaxed)) {
+  }
+}
+
 void gauge::add(double v) {
   atomic_add(value_, v);
 }

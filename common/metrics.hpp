@@ -31,6 +31,9 @@ class counter {
 
   /// Adds `v`; negative or NaN increments are ignored (a counter never goes down).
   void inc(double v = 1);
+  /// Raises the count to `total` when it is larger (a count kept elsewhere, such as a
+  /// worker's status, mirrored here); smaller totals are ignored.
+  void advance_to(double total);
   double value() const { return value_.load(std::memory_order_relaxed); }
 
  private:

@@ -72,7 +72,7 @@ struct Summary {
 }
 
 struct ItlSpike {
-  cause @0 :Text;                # prefill | batch_growth | transfer_wait | network | other
+  cause @0 :Text;                # prefill | batch_growth | transfer_wait | network | slow_step | other
   count @1 :UInt32;
 }
 

@@ -45,7 +45,7 @@ itl_cause itl_attribution::classify(const step_record& prev, const step_record& 
   const int64_t delivery = cur.released_ns - cur.step_end_ns;
   const int64_t prev_delivery = prev.released_ns - prev.step_end_ns;
   if (delivery - prev_delivery > half) return itl_cause::network;
-  return itl_cause::other;
+  return itl_cause::slow_step;
 }
 
 }  // namespace tokenmill

@@ -45,6 +45,10 @@ TEST_CASE("counters and gauges", "[metrics]") {
   c.inc(-10);  // ignored
   c.inc(std::numeric_limits<double>::quiet_NaN());
   CHECK(c.value() == 3.5);
+  c.advance_to(10);  // a total kept elsewhere
+  CHECK(c.value() == 10);
+  c.advance_to(7);  // never backwards
+  CHECK(c.value() == 10);
   auto& g = r.get_gauge("g", "a gauge");
   g.set(10);
   g.add(-4);

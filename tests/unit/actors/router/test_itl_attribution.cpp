@@ -54,7 +54,7 @@ TEST_CASE("spikes are attributed to what the decode step did", "[itl]") {
     CHECK(s.step(10, 4, 0, 0, 30'000) == itl_cause::network);
   }
   SECTION("a slow step without another explanation") {
-    CHECK(s.step(40) == itl_cause::other);
+    CHECK(s.step(40) == itl_cause::slow_step);
   }
   SECTION("a small excess is no spike") {
     CHECK(s.step(11) == itl_cause::none);
