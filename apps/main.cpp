@@ -43,6 +43,12 @@ int main(int argc, char** argv) {
       "Measure the UCX KV transport between two local processes (shm or tcp) against memcpy "
       "or ucx_perftest",
       tokenmill::app::add_bench_transfer);
+  add("trace",
+      "Write the frontend's recent requests as a Chrome/Perfetto trace (open in "
+      "ui.perfetto.dev)",
+      tokenmill::app::add_trace);
+  add("top", "Live view of every worker: queue, KV, share of TTFT, ITL, and the bottleneck",
+      tokenmill::app::add_top);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -50,6 +50,15 @@ void frontend_metrics::finished(std::string_view api, const generation_summary& 
                           metrics::latency_buckets_seconds(), {{"node", node_}, {"stage", s.name}})
           .observe(s.ms / 1e3);
   }
+  for (size_t i = 1; i < g.itl_spikes.size() && i < kItlCauses; ++i)
+    if (g.itl_spikes[i] != 0)
+      reg_->get_counter("tokenmill_itl_spikes_total",
+                        "Inter-token latency spikes by the cause the router attributed",
+                        {{"node", node_},
+                         {"worker", g.decode_worker},
+                         {"cause", std::string(to_string(static_cast<itl_cause>(i)))}})
+          .inc(g.itl_spikes[i]);
+  log_->record(api, g, e2e_s);
 }
 
 void frontend_metrics::refused(std::string_view api, errc code) {

@@ -8,6 +8,7 @@
 
 #include "common/api_types.hpp"
 #include "common/metrics.hpp"
+#include "frontend/request_log.hpp"
 
 namespace tokenmill {
 
@@ -17,7 +18,8 @@ class frontend_metrics {
 
   /// A request was accepted (validated and sent to the router) through `api`.
   void started(std::string_view api);
-  /// A request ended: outcome, usage, TTFT and its stages, end-to-end time.
+  /// A request ended: outcome, usage, TTFT and its stages, ITL spikes by cause,
+  /// end-to-end time; the request goes into log().
   void finished(std::string_view api, const generation_summary& g, double e2e_s);
   /// A request was refused before reaching the router (`code`: invalid_request, ...).
   void refused(std::string_view api, errc code);
@@ -26,11 +28,15 @@ class frontend_metrics {
 
   metrics::registry& registry() { return *reg_; }
   const std::string& node() const { return node_; }
+  /// The node's recently finished requests (both APIs), for /debug/*.
+  request_log& log() { return *log_; }
+  const std::shared_ptr<request_log>& log_ptr() const { return log_; }
 
  private:
   std::shared_ptr<metrics::registry> reg_;
   std::string node_;
   metrics::histogram* itl_;
+  std::shared_ptr<request_log> log_ = std::make_shared<request_log>();
 };
 
 }  // namespace tokenmill

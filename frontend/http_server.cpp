@@ -30,6 +30,7 @@
 #include "actors/protocol.hpp"
 #include "common/clock.hpp"
 #include "frontend/completion_text.hpp"
+#include "frontend/request_log.hpp"
 #include "frontend/validate.hpp"
 
 namespace tokenmill {
@@ -111,6 +112,7 @@ struct http_server::core {
         metrics(std::move(mx)) {
     ctx.served_model = model.name;
     ctx.format = cfg.chat_format;
+    metrics->log().set_block_layout(model.layout.block_tokens, model.layout.block_bytes());
   }
 
   // ------------------------------------------------------------ from the bridge actor
@@ -235,6 +237,41 @@ std::string_view target_path(beast::string_view target) {
   return t.substr(0, t.find('?'));
 }
 
+/// The value of query parameter `name` in `target` (no percent-decoding: the /debug
+/// parameters are numbers), if present.
+std::optional<std::string> query_param(beast::string_view target, std::string_view name) {
+  std::string_view t(target.data(), target.size());
+  auto q = t.find('?');
+  if (q == std::string_view::npos) return std::nullopt;
+  t.remove_prefix(q + 1);
+  while (!t.empty()) {
+    auto amp = t.find('&');
+    auto part = t.substr(0, amp);
+    auto eq = part.find('=');
+    if (part.substr(0, eq) == name)
+      return std::string(eq == std::string_view::npos ? std::string_view() : part.substr(eq + 1));
+    if (amp == std::string_view::npos) break;
+    t.remove_prefix(amp + 1);
+  }
+  return std::nullopt;
+}
+
+/// A positive number from query parameter `name`: `fallback` when absent, nullopt when
+/// malformed or out of (0, max].
+std::optional<double> query_number(beast::string_view target, std::string_view name,
+                                   double fallback, double max) {
+  auto v = query_param(target, name);
+  if (!v) return fallback;
+  try {
+    size_t used = 0;
+    double d = std::stod(*v, &used);
+    if (used != v->size() || !(d > 0) || d > max) return std::nullopt;
+    return d;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
 }  // namespace
 
 awaitable<bool> http_server::core::reply(beast::tcp_stream& stream, const request_t& req,
@@ -349,8 +386,26 @@ http_server::core::plan(const request_t& req, std::string_view path) {
   };
   if (path == "/v1/completions" || path == "/v1/chat/completions")
     return method == http::verb::post ? std::nullopt : std::optional<answer>(wrong_method("POST"));
-  if (path == "/ready" || path == "/metrics")
-    return method == http::verb::get ? std::nullopt : std::optional<answer>(wrong_method("GET"));
+  if (path == "/ready" || path == "/metrics" || path == "/debug/snapshot") {
+    if (method != http::verb::get) return wrong_method("GET");
+    if (path == "/debug/snapshot" && !query_number(req.target(), "window", 30, 86400))
+      return openai::api_error{400, "invalid_request_error",
+                               "'window' must be a number of seconds in (0, 86400]", "window", ""};
+    return std::nullopt;
+  }
+  if (path == "/debug/requests") {
+    // The newest finished requests, oldest first, with their whole timing record.
+    if (method != http::verb::get) return wrong_method("GET");
+    auto limit = query_number(req.target(), "limit", 100, 1e9);
+    if (!limit)
+      return openai::api_error{400, "invalid_request_error", "'limit' must be a positive integer",
+                               "limit", ""};
+    nlohmann::ordered_json out;
+    out["requests"] = nlohmann::ordered_json::array();
+    for (const auto& r : metrics->log().recent(static_cast<size_t>(*limit)))
+      out["requests"].push_back(to_json(r));
+    return json_reply(out.dump());
+  }
   if (path == "/v1/models") {
     if (method != http::verb::get) return wrong_method("GET");
     return json_reply(openai::models_body(model.name, unix_time_s(), model.max_context));
@@ -443,6 +498,20 @@ awaitable<bool> http_server::core::route(beast::tcp_stream& stream, request_t& r
     auto status = ready ? http::status::ok : http::status::service_unavailable;
     co_return co_await reply(stream, req, status, std::move(body));
   }
+  if (path == "/debug/snapshot") {
+    // Per-worker aggregates of the requests of the last window, the live status, and the
+    // worker that is the bottleneck.
+    double window = query_number(req.target(), "window", 30, 86400).value_or(30);
+    auto snap = metrics->log().snapshot(window, st ? &*st : nullptr);
+    if (!st) snap.status_error = err;
+    auto b = find_bottleneck(snap);
+    auto out = to_json(snap);
+    out["bottleneck"] = b.found ? b.line : std::string();
+    out["bottleneck_worker"] = b.worker;
+    out["bottleneck_note"] = b.found ? std::string() : b.line;
+    std::string body = out.dump();
+    co_return co_await reply(stream, req, http::status::ok, std::move(body));
+  }
   // /metrics: the registry, with every worker's gauges refreshed from the status.
   if (st) {
     auto& r = metrics->registry();
@@ -461,6 +530,21 @@ awaitable<bool> http_server::core::route(beast::tcp_stream& stream, request_t& r
         r.get_gauge("tokenmill_kv_blocks_used", "KV-cache blocks in use", l).set(w.kv_used);
         r.get_gauge("tokenmill_kv_blocks_total", "KV-cache blocks in the worker's pool", l)
             .set(w.kv_total);
+      }
+      if (w.kind == role::prefill || w.kind == role::decode) {
+        r.get_counter("tokenmill_worker_tokens_total",
+                      "Prompt tokens computed (prefill) or tokens generated (decode)", l)
+            .advance_to(static_cast<double>(w.tokens_out));
+        r.get_counter("tokenmill_worker_requests_total", "Requests the worker finished", l)
+            .advance_to(static_cast<double>(w.completed));
+        r.get_counter("tokenmill_kv_bytes_total",
+                      "KV bytes sent (prefill) or received (decode) between workers", l)
+            .advance_to(static_cast<double>(w.kv_bytes));
+        r.get_gauge("tokenmill_prefix_cache_hit_rate",
+                    "Prompt blocks found in the worker's prefix cache / blocks looked up", l)
+            .set(w.prefix_lookup_blocks == 0 ? 0
+                                             : static_cast<double>(w.prefix_hit_blocks) /
+                                                   static_cast<double>(w.prefix_lookup_blocks));
       }
     }
   }

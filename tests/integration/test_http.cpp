@@ -164,6 +164,14 @@ TEST_CASE("http: health, readiness, models, metrics and unknown endpoints", "[in
   CHECK(metrics.body.find("tokenmill_ttft_stage_seconds_bucket") != std::string::npos);
   CHECK(metrics.body.find("tokenmill_kv_blocks_total{") != std::string::npos);
   CHECK(metrics.body.find("tokenmill_worker_up{") != std::string::npos);
+  CHECK(metrics.body.find("tokenmill_prefix_cache_hit_rate{") != std::string::npos);
+  // The prompt's KV moved from the prefill worker to the decode worker.
+  CHECK(metrics.body.find(
+            "tokenmill_kv_bytes_total{node=\"local\",role=\"prefill\",worker=\"prefill0\"} 0\n") ==
+        std::string::npos);
+  CHECK(metrics.body.find(
+            "tokenmill_kv_bytes_total{node=\"local\",role=\"prefill\",worker=\"prefill0\"} ") !=
+        std::string::npos);
 }
 
 TEST_CASE("http: completions whole and streamed give the RPC API's text", "[integration][http]") {

@@ -1,0 +1,173 @@
+// `tokenmill top`: a live terminal view of the cluster from the frontend's
+// GET /debug/snapshot: every worker's queue, batch, KV use, share of the recent TTFT, ITL
+// and transfer rate, and the worker that is the bottleneck.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "apps/commands.hpp"
+#include "frontend/client.hpp"
+#include "frontend/http_client.hpp"
+
+namespace tokenmill::app {
+namespace {
+
+using nlohmann::json;
+
+struct top_opts {
+  std::string connect = "127.0.0.1:8000";
+  bool once = false;
+  double interval_s = 1;
+  double window_s = 30;
+  double timeout_s = 5;
+};
+
+double num(const json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_number() ? it->get<double>() : 0.0;
+}
+std::string str(const json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+std::string spikes_text(const json& j) {
+  auto it = j.find("itl_spikes");
+  if (it == j.end() || !it->is_object() || it->empty()) return "-";
+  std::string out;
+  for (const auto& [k, v] : it->items())
+    out += fmt::format("{}{}:{}", out.empty() ? "" : ",", k, v.get<uint64_t>());
+  return out;
+}
+
+/// The snapshot as text, ending with the "bottleneck:" line.
+std::string render(const json& s, const std::string& endpoint) {
+  std::string out;
+  out += fmt::format("tokenmill top  {}  cluster {}  {}  window {:g} s\n", endpoint,
+                     str(s, "cluster").empty() ? "?" : str(s, "cluster"),
+                     s.value("ready", false) ? "ready" : "NOT READY", num(s, "window_s"));
+  if (!str(s, "status_error").empty()) out += fmt::format("status: {}\n", str(s, "status_error"));
+  out += fmt::format(
+      "requests {:g} (failed {:g})  mean TTFT {:.1f} ms  ITL p50 {:.1f} ms  p99 {:.1f} ms  "
+      "spikes {}\n",
+      num(s, "requests"), num(s, "failed"), num(s, "mean_ttft_ms"), num(s, "itl_p50_ms"),
+      num(s, "itl_p99_ms"), spikes_text(s));
+  if (s.contains("stages") && s["stages"].is_array() && !s["stages"].empty()) {
+    std::string st = "TTFT stages (ms):";
+    for (const auto& e : s["stages"])
+      st += fmt::format(" {} {:.1f}", str(e, "name"), num(e, "ms"));
+    out += st + "\n";
+  }
+  out += "\n";
+  out += fmt::format("{:<9} {:<18} {:<8} {:<4} {:>5} {:>5} {:>17} {:>6} {:>7} {:>15} {:>8}  {}\n",
+                     "ROLE", "WORKER", "NODE", "UP", "QUEUE", "RUN", "KV USED/TOTAL", "REQS",
+                     "TTFT%", "ITL p50/p99 ms", "GB/s", "SPIKES");
+  if (s.contains("workers") && s["workers"].is_array())
+    for (const auto& w : s["workers"]) {
+      const std::string role = str(w, "role");
+      const double used = num(w, "kv_used"), total = num(w, "kv_total");
+      std::string kv =
+          total > 0 ? fmt::format("{:g}/{:g} ({:.0f}%)", used, total, 100.0 * used / total) : "-";
+      std::string itl =
+          role == "decode" && num(w, "requests") > 0
+              ? fmt::format("{:.1f}/{:.1f}", num(w, "itl_p50_ms"), num(w, "itl_p99_ms"))
+              : "-";
+      std::string gbps =
+          num(w, "transfer_gbps") > 0 ? fmt::format("{:.2f}", num(w, "transfer_gbps")) : "-";
+      std::string share =
+          num(w, "requests") > 0 ? fmt::format("{:.0f}%", 100.0 * num(w, "ttft_share")) : "-";
+      out += fmt::format(
+          "{:<9} {:<18} {:<8} {:<4} {:>5g} {:>5g} {:>17} {:>6g} {:>7} {:>15} {:>8}  {}\n", role,
+          str(w, "name"), str(w, "node"), w.value("up", true) ? "up" : "DOWN", num(w, "queued"),
+          num(w, "running"), kv, num(w, "requests"), share, itl, gbps,
+          role == "decode" ? spikes_text(w) : "-");
+    }
+  out += "\n";
+  const std::string b = str(s, "bottleneck");
+  if (!b.empty())
+    out += "bottleneck: " + b + "\n";
+  else {
+    std::string note = str(s, "bottleneck_note");
+    if (note.rfind("none", 0) == 0) note = note.substr(4);
+    while (!note.empty() && note.front() == ' ')
+      note.erase(0, 1);
+    out += "bottleneck: none " + (note.empty() ? std::string("(nothing stands out)") : note) + "\n";
+  }
+  return out;
+}
+
+int fail(const std::string& msg) {
+  std::fprintf(stderr, "tokenmill top: %s\n", msg.c_str());
+  return 1;
+}
+
+}  // namespace
+
+command add_top(CLI::App& app) {
+  auto o = std::make_shared<top_opts>();
+  app.add_option("--connect", o->connect, "The frontend's HTTP address HOST:PORT")
+      ->capture_default_str();
+  app.add_flag("--once", o->once, "Print one snapshot and exit");
+  app.add_option("--interval", o->interval_s, "Seconds between refreshes")
+      ->capture_default_str()
+      ->check(CLI::Range(0.05, 3600.0));
+  app.add_option("--window", o->window_s, "Aggregate the requests of the last S seconds")
+      ->capture_default_str()
+      ->check(CLI::Range(0.1, 86400.0));
+  app.add_option("--timeout", o->timeout_s, "Seconds to wait for the server")
+      ->capture_default_str();
+  return [o]() -> int {
+    auto ep = parse_endpoint(o->connect);
+    if (!ep) return fail(ep.error().message);
+    const bool tty = ::isatty(STDOUT_FILENO) != 0;
+    const std::string target = fmt::format("/debug/snapshot?window={:g}", o->window_s);
+    std::unique_ptr<http_client> c;
+    for (;;) {
+      std::string text, error;
+      if (!c) {
+        auto r = http_client::connect(ep->first, ep->second, o->timeout_s);
+        if (r)
+          c = std::move(*r);
+        else
+          error = fmt::format("cannot connect to {}: {}", o->connect, r.error().message);
+      }
+      if (c) {
+        auto r = c->request("GET", target, {}, "", {}, o->timeout_s);
+        if (!r) {
+          error = fmt::format("GET {}: {}", target, r.error().message);
+          c.reset();
+        } else if (r->status != 200) {
+          error = fmt::format("GET {}: HTTP {}: {}", target, r->status, r->body.substr(0, 300));
+        } else {
+          auto j = json::parse(r->body, nullptr, false);
+          if (!j.is_object())
+            error = fmt::format("GET {}: the answer is not a JSON object", target);
+          else
+            text = render(j, o->connect);
+        }
+      }
+      if (o->once) {
+        if (!error.empty()) return fail(error);
+        std::fputs(text.c_str(), stdout);
+        std::fflush(stdout);
+        return 0;
+      }
+      if (tty) std::fputs("\x1b[H\x1b[2J", stdout);
+      if (!error.empty())
+        std::printf("tokenmill top: %s (retrying every %g s)\n", error.c_str(), o->interval_s);
+      else
+        std::fputs(text.c_str(), stdout);
+      if (!tty) std::fputs("\n", stdout);
+      std::fflush(stdout);
+      std::this_thread::sleep_for(std::chrono::duration<double>(o->interval_s));
+    }
+  };
+}
+
+}  // namespace tokenmill::app

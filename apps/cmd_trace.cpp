@@ -1,0 +1,80 @@
+// `tokenmill trace`: the frontend's recent requests (GET /debug/requests) as a
+// Chrome/Perfetto trace file.
+#include <cstdio>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "apps/commands.hpp"
+#include "frontend/client.hpp"
+#include "frontend/http_client.hpp"
+#include "frontend/request_log.hpp"
+#include "frontend/trace_export.hpp"
+
+namespace tokenmill::app {
+namespace {
+
+struct trace_opts {
+  std::string connect = "127.0.0.1:8000";
+  std::string out;
+  uint32_t limit = 1000;
+  double timeout_s = 10;
+};
+
+int fail(const std::string& msg) {
+  std::fprintf(stderr, "tokenmill trace: %s\n", msg.c_str());
+  return 1;
+}
+
+}  // namespace
+
+command add_trace(CLI::App& app) {
+  auto o = std::make_shared<trace_opts>();
+  app.add_option("--connect", o->connect, "The frontend's HTTP address HOST:PORT")
+      ->capture_default_str();
+  app.add_option("--out", o->out, "The trace file to write (JSON)")->required();
+  app.add_option("--limit", o->limit, "The newest N finished requests")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1000000u));
+  app.add_option("--timeout", o->timeout_s, "Seconds to wait for the server")
+      ->capture_default_str();
+  return [o]() -> int {
+    auto ep = parse_endpoint(o->connect);
+    if (!ep) return fail(ep.error().message);
+    auto c = http_client::connect(ep->first, ep->second, o->timeout_s);
+    if (!c) return fail(fmt::format("cannot connect to {}: {}", o->connect, c.error().message));
+    const std::string target = fmt::format("/debug/requests?limit={}", o->limit);
+    auto r = (*c)->request("GET", target, {}, "", {}, o->timeout_s);
+    if (!r) return fail(fmt::format("GET {} from {}: {}", target, o->connect, r.error().message));
+    if (r->status != 200)
+      return fail(fmt::format("GET {} from {}: HTTP {}: {}", target, o->connect, r->status,
+                              r->body.substr(0, 300)));
+    auto j = nlohmann::json::parse(r->body, nullptr, false);
+    if (!j.is_object() || !j.contains("requests") || !j["requests"].is_array())
+      return fail(fmt::format("{} answered {} with something other than {{\"requests\": [...]}}",
+                              o->connect, target));
+    std::vector<request_record> reqs;
+    for (const auto& e : j["requests"]) {
+      auto rec = record_from_json(e);
+      if (!rec) return fail(fmt::format("{}: a request that is not a JSON object", target));
+      reqs.push_back(std::move(*rec));
+    }
+    trace_export_stats stats;
+    auto trace = chrome_trace(reqs, &stats);
+    {
+      std::ofstream out(o->out, std::ios::binary | std::ios::trunc);
+      if (!out) return fail(fmt::format("cannot write {}", o->out));
+      out << trace.dump() << "\n";
+      out.close();
+      if (!out) return fail(fmt::format("cannot write {}", o->out));
+    }
+    std::printf(
+        "tokenmill trace: wrote %zu requests, %zu events to %s; open it in "
+        "https://ui.perfetto.dev or chrome://tracing\n",
+        stats.requests, stats.events, o->out.c_str());
+    return 0;
+  };
+}
+
+}  // namespace tokenmill::app

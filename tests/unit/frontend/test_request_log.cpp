@@ -1,0 +1,313 @@
+// The frontend's request log: JSON round trip, the bounded ring, the per-worker snapshot
+// and the bottleneck policy, on hand-made summaries.
+#include <catch2/catch.hpp>
+
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "frontend/request_log.hpp"
+
+using namespace tokenmill;
+
+namespace {
+
+constexpr int64_t kNow = 1'000'000'000'000;  // the snapshot's "now" (ns)
+
+/// A successful request with the given TTFT stages (ms), spread evenly over the stages'
+/// causal stamps.
+generation_summary make_summary(request_id id, std::string prefill, std::string decode,
+                                std::vector<std::pair<std::string, double>> stages,
+                                uint32_t prompt_tokens = 512) {
+  generation_summary g;
+  g.id = id;
+  g.reason = finish_reason::length;
+  g.prompt_tokens = prompt_tokens;
+  g.completion_tokens = 32;
+  g.prefill_worker = std::move(prefill);
+  g.decode_worker = std::move(decode);
+  double ttft = 0;
+  for (auto& [n, ms] : stages) {
+    g.stages.push_back({n, ms});
+    ttft += ms;
+  }
+  g.ttft_ms = ttft;
+  g.itl_mean_ms = 10;
+  g.itl_p50_ms = 10;
+  g.itl_p99_ms = 11;
+  return g;
+}
+
+request_record rec(generation_summary g, int64_t end_ns = kNow - 1'000'000'000) {
+  request_record r;
+  r.summary = std::move(g);
+  r.api = "http";
+  r.end_ns = end_ns;
+  r.arrival_ns = end_ns - 100'000'000;
+  return r;
+}
+
+worker_status ws(std::string name, role kind, std::string node, uint32_t queued = 0) {
+  worker_status w;
+  w.name = std::move(name);
+  w.kind = kind;
+  w.node = std::move(node);
+  w.queued = queued;
+  w.kv_total = 1000;
+  return w;
+}
+
+std::vector<std::pair<std::string, double>> stages(double pq, double pc, double kt,
+                                                   double rest = 1) {
+  return {{"frontend_to_router", 0.1 * rest},
+          {"routing", 0.1 * rest},
+          {"decode_reserve", 0.3 * rest},
+          {"to_prefill", 0.1 * rest},
+          {"prefill_queue", pq},
+          {"prefill_compute", pc},
+          {"kv_transfer", kt},
+          {"to_router", 0.3 * rest},
+          {"router_to_frontend", 0.1 * rest}};
+}
+
+cluster_status two_prefill_cluster(uint32_t p1_queue = 0) {
+  cluster_status st;
+  st.cluster = "obs";
+  st.ready = true;
+  st.workers = {ws("head.router0", role::router, "head"), ws("p0.prefill0", role::prefill, "p0"),
+                ws("p1.prefill0", role::prefill, "p1", p1_queue),
+                ws("d0.decode0", role::decode, "d0")};
+  return st;
+}
+
+}  // namespace
+
+TEST_CASE("a generation summary survives the JSON round trip", "[request_log]") {
+  auto g = make_summary(7, "p0.prefill0", "d0.decode0", stages(1, 2, 3));
+  g.error = "boom";
+  g.error_code = errc::overloaded;
+  g.reason = finish_reason::error;
+  g.hops = {{stage::arrived, 0, 100}, {stage::routed, 0, 200}, {stage::prefill_done, 1, 300}};
+  g.itl_spikes.assign(kItlCauses, 0);
+  g.itl_spikes[static_cast<size_t>(itl_cause::prefill)] = 3;
+  g.steps = {{1, 1000, 900, 950, 4, 128, itl_cause::prefill}, {2, 2000, 1900, 1950, 5, 0, {}}};
+  auto j = to_json(g);
+  CHECK(j["id"] == 7);
+  CHECK(j["reason"] == "error");
+  CHECK(j["error_code"] == "overloaded");
+  CHECK(j["stages"][4]["name"] == "prefill_queue");
+  CHECK(j["hops"][2]["stage"] == "prefill_done");
+  CHECK(j["hops"][2]["node"] == 1);
+  CHECK(j["itl_spikes"]["prefill"] == 3);
+  CHECK(j["steps"][0]["cause"] == "prefill");
+  CHECK(j["steps"][0]["step_start_ns"] == 900);
+
+  auto back = summary_from_json(nlohmann::json::parse(j.dump()));
+  REQUIRE(back);
+  CHECK(back->id == 7);
+  CHECK(back->error_code == errc::overloaded);
+  CHECK(back->reason == finish_reason::error);
+  CHECK(back->error == "boom");
+  CHECK(back->stages.size() == g.stages.size());
+  CHECK(back->stages[5].name == "prefill_compute");
+  CHECK(back->stages[5].ms == 2);
+  REQUIRE(back->hops.size() == 3);
+  CHECK(back->hops[2].where == stage::prefill_done);
+  CHECK(back->hops[2].node == 1);
+  CHECK(back->prefill_worker == "p0.prefill0");
+  REQUIRE(back->itl_spikes.size() == kItlCauses);
+  CHECK(back->itl_spikes[static_cast<size_t>(itl_cause::prefill)] == 3);
+  REQUIRE(back->steps.size() == 2);
+  CHECK(back->steps[0].cause == itl_cause::prefill);
+  CHECK(back->steps[0].prefill_tokens == 128);
+  CHECK(back->steps[1].batch == 5);
+
+  CHECK_FALSE(summary_from_json(nlohmann::json::array()));
+  auto r = record_from_json(nlohmann::json::parse(to_json(rec(g)).dump()));
+  REQUIRE(r);
+  CHECK(r->api == "http");
+  CHECK(r->end_ns == kNow - 1'000'000'000);
+}
+
+TEST_CASE("the request log keeps the newest requests, oldest first", "[request_log]") {
+  request_log log(4);
+  for (request_id i = 1; i <= 6; ++i)
+    log.record("rpc", make_summary(i, "", "decode0", stages(1, 1, 0)), 0.5);
+  CHECK(log.size() == 4);
+  auto all = log.recent(100);
+  REQUIRE(all.size() == 4);
+  CHECK(all.front().summary.id == 3);
+  CHECK(all.back().summary.id == 6);
+  CHECK(all.back().api == "rpc");
+  CHECK(all.back().end_ns - all.back().arrival_ns == 500'000'000);
+  auto two = log.recent(2);
+  REQUIRE(two.size() == 2);
+  CHECK(two[0].summary.id == 5);
+
+  SECTION("from many threads at once") {
+    request_log shared(2048);
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 4; ++t)
+      ts.emplace_back([&] {
+        for (int i = 0; i < 500; ++i)
+          shared.record("http", make_summary(1, "", "d", stages(1, 1, 0)), 0.1);
+      });
+    for (auto& t : ts)
+      t.join();
+    CHECK(shared.size() == 2000);
+  }
+}
+
+TEST_CASE("the snapshot aggregates the window per worker", "[request_log]") {
+  std::vector<request_record> rs;
+  rs.push_back(rec(make_summary(1, "p0.prefill0", "d0.decode0", stages(2, 10, 4), 1024)));
+  rs.push_back(rec(make_summary(2, "p0.prefill0", "d0.decode0", stages(4, 10, 4), 1024)));
+  // Outside the window, and a failure: neither counts in the means.
+  rs.push_back(rec(make_summary(3, "p0.prefill0", "d0.decode0", stages(100, 100, 100)),
+                   kNow - 60'000'000'000));
+  auto bad = make_summary(4, "p0.prefill0", "d0.decode0", stages(100, 100, 100));
+  bad.error_code = errc::unavailable;
+  rs.push_back(rec(bad));
+  auto st = two_prefill_cluster();
+  // 16 tokens x 1 MiB blocks: 64 blocks per request over 4 ms each.
+  auto s = make_snapshot(rs, 30, &st, kNow, 16, 1 << 20);
+  CHECK(s.requests == 2);
+  CHECK(s.failed == 1);
+  CHECK(s.cluster == "obs");
+  CHECK(s.mean_ttft_ms == Approx((17 + 19) / 2.0));
+  REQUIRE(s.stages.size() == 9);
+  CHECK(s.stages[4].name == "prefill_queue");
+  CHECK(s.stages[4].ms == Approx(3));
+  const worker_snapshot* p0 = nullptr;
+  const worker_snapshot* d0 = nullptr;
+  const worker_snapshot* p1 = nullptr;
+  for (const auto& w : s.workers) {
+    if (w.name == "p0.prefill0") p0 = &w;
+    if (w.name == "p1.prefill0") p1 = &w;
+    if (w.name == "d0.decode0") d0 = &w;
+  }
+  REQUIRE(p0);
+  REQUIRE(p1);
+  REQUIRE(d0);
+  CHECK(p0->requests == 2);
+  CHECK(p0->prefill_queue_ms == Approx(3));
+  CHECK(p0->prefill_compute_ms == Approx(10));
+  CHECK(p0->kv_transfer_ms == Approx(4));
+  CHECK(p0->stage_ms == Approx(17));
+  CHECK(p0->compute_ms_per_1k_tokens == Approx(10.0 / 1.024));
+  CHECK(p0->transfer_gbps == Approx(64.0 * (1 << 20) / 4e-3 / 1e9));
+  CHECK(p0->ttft_share == Approx(17.0 / 18));
+  CHECK(p1->requests == 0);
+  CHECK(p1->in_status);
+  CHECK(d0->decode_reserve_ms == Approx(0.3));
+  CHECK(d0->to_router_ms == Approx(0.3));
+  CHECK(d0->itl_p50_ms == Approx(10));
+  CHECK(d0->ttft_share == Approx(0.6 / 18));
+  auto j = to_json(s);
+  CHECK(j["workers"].size() == 4);
+  CHECK(j["requests"] == 2);
+  CHECK(j["workers"][1]["role"] == "prefill");
+}
+
+TEST_CASE("ITL percentiles come from the decode steps when there are some", "[request_log]") {
+  auto g = make_summary(1, "", "decode0", stages(1, 5, 0));
+  int64_t t = 1'000'000;
+  for (uint32_t i = 0; i < 101; ++i) {
+    t += i == 50 ? 50'000'000 : 10'000'000;
+    g.steps.push_back(
+        {i, t, t - 9'000'000, t - 1'000'000, 4, 0, i == 50 ? itl_cause::prefill : itl_cause::none});
+  }
+  auto s = make_snapshot({rec(g)}, 30, nullptr, kNow);
+  REQUIRE(s.workers.size() == 1);
+  CHECK(s.workers[0].name == "decode0");
+  CHECK(s.workers[0].itl_p50_ms == Approx(10));
+  CHECK(s.workers[0].itl_p99_ms > 10);
+  CHECK(s.itl_p50_ms == Approx(10));
+  // No prefill worker: the decode worker prefilled, so the prefill stages are its own.
+  CHECK(s.workers[0].prefill_compute_ms == Approx(5));
+  CHECK(s.workers[0].ttft_share == Approx((1 + 5 + 0.6) / s.mean_ttft_ms));
+}
+
+TEST_CASE("the bottleneck: the slow one of two prefill workers", "[request_log]") {
+  std::vector<request_record> rs;
+  for (request_id i = 0; i < 20; ++i) {
+    bool slow = i % 2 == 1;
+    rs.push_back(rec(make_summary(i, slow ? "p1.prefill0" : "p0.prefill0", "d0.decode0",
+                                  stages(slow ? 6 : 1, slow ? 41.2 : 10.3, 1))));
+  }
+  auto st = two_prefill_cluster();
+  auto s = make_snapshot(rs, 30, &st, kNow);
+  auto b = find_bottleneck(s);
+  INFO(b.line);
+  CHECK(b.found);
+  CHECK(b.worker == "p1.prefill0");
+  CHECK(b.line.rfind("p1.prefill0: prefill_compute 41.2 ms/request vs 10.3 on p0.prefill0", 0) ==
+        0);
+  CHECK(b.line.find("of mean TTFT") != std::string::npos);
+}
+
+TEST_CASE("the bottleneck: the deepest queue among prefill workers", "[request_log]") {
+  std::vector<request_record> rs;
+  for (request_id i = 0; i < 10; ++i)
+    rs.push_back(rec(
+        make_summary(i, i % 2 ? "p1.prefill0" : "p0.prefill0", "d0.decode0", stages(1, 10, 1))));
+  auto st = two_prefill_cluster(12);
+  auto b = find_bottleneck(make_snapshot(rs, 30, &st, kNow));
+  INFO(b.line);
+  CHECK(b.worker == "p1.prefill0");
+  CHECK(b.line.find("queue 12") != std::string::npos);
+}
+
+TEST_CASE("the bottleneck: ITL spikes from piggy-backed prefill", "[request_log]") {
+  std::vector<request_record> rs;
+  for (request_id i = 0; i < 10; ++i) {
+    auto g = make_summary(i, "p0.prefill0", "d0.decode0", stages(1, 10, 1));
+    g.itl_p50_ms = 10;
+    g.itl_p99_ms = 60;
+    g.itl_spikes.assign(kItlCauses, 0);
+    g.itl_spikes[static_cast<size_t>(itl_cause::prefill)] = 3;
+    g.itl_spikes[static_cast<size_t>(itl_cause::batch_growth)] = 1;
+    rs.push_back(rec(g));
+  }
+  cluster_status st;
+  st.workers = {ws("p0.prefill0", role::prefill, "p0"), ws("d0.decode0", role::decode, "d0")};
+  auto s = make_snapshot(rs, 30, &st, kNow);
+  CHECK(s.spikes[static_cast<size_t>(itl_cause::prefill)] == 30);
+  auto b = find_bottleneck(s);
+  INFO(b.line);
+  CHECK(b.found);
+  CHECK(b.worker == "d0.decode0");
+  CHECK(b.line.rfind("d0.decode0:", 0) == 0);
+  CHECK(b.line.find("prefill") != std::string::npos);
+  CHECK(b.line.find("40 spikes") != std::string::npos);
+}
+
+TEST_CASE("the bottleneck: an idle cluster has none", "[request_log]") {
+  auto st = two_prefill_cluster();
+  auto b = find_bottleneck(make_snapshot({}, 30, &st, kNow));
+  CHECK_FALSE(b.found);
+  CHECK(b.worker.empty());
+  CHECK(b.line.rfind("none", 0) == 0);
+  // Old requests only: still idle.
+  auto old =
+      rec(make_summary(1, "p0.prefill0", "d0.decode0", stages(1, 10, 1)), kNow - 100'000'000'000);
+  CHECK_FALSE(find_bottleneck(make_snapshot({old}, 30, &st, kNow)).found);
+  // Nothing finished but a queue builds up: that worker.
+  auto stuck = two_prefill_cluster(5);
+  auto b2 = find_bottleneck(make_snapshot({}, 30, &stuck, kNow));
+  CHECK(b2.found);
+  CHECK(b2.worker == "p1.prefill0");
+}
+
+TEST_CASE("the bottleneck: balanced workers, the dominant stage", "[request_log]") {
+  std::vector<request_record> rs;
+  for (request_id i = 0; i < 10; ++i)
+    rs.push_back(rec(
+        make_summary(i, i % 2 ? "p1.prefill0" : "p0.prefill0", "d0.decode0", stages(1, 30, 2))));
+  auto st = two_prefill_cluster();
+  auto b = find_bottleneck(make_snapshot(rs, 30, &st, kNow));
+  INFO(b.line);
+  CHECK(b.found);
+  CHECK(b.worker.find("prefill") != std::string::npos);
+  CHECK(b.line.find("prefill_compute 30.0 ms/request") != std::string::npos);
+}
