@@ -61,7 +61,7 @@ constexpr std::string_view frontend_keys[] = {"node", "host", "rpc_port", "http_
 constexpr std::string_view router_keys[] = {"local_prefill_threshold", "max_inflight",
                                             "max_queued_prompt_tokens"};
 constexpr std::string_view failure_keys[] = {"heartbeat_ms", "connection_timeout_ms"};
-constexpr std::string_view node_keys[] = {"name", "address", "ssh", "port", "actors"};
+constexpr std::string_view node_keys[] = {"name", "address", "ssh", "port", "http_port", "actors"};
 constexpr std::string_view prefill_keys[] = {"engine", "threads",  "device",  "kv_blocks",
                                              "chunk",  "max_seqs", "slowdown"};
 constexpr std::string_view decode_keys[] = {
@@ -501,6 +501,8 @@ struct node_site {
   position at;
   position name_at;
   position port_at;
+  position http_at;
+  bool http_given = false;
   std::string path;
   bool address_ok = false;
   bool port_ok = false;
@@ -547,6 +549,7 @@ class parser {
       r.missing("frontend", "a map with node (the node that runs the router)");
     if (nodes_ok_) check_roles();
     engines_vs_model();
+    http_ports();
     endpoints();
   }
 
@@ -696,7 +699,7 @@ class parser {
 
   void node(const YAML::Node& n, size_t index) {
     auto path = fmt::format("nodes[{}]", index);
-    node_site site{pos_of(n), pos_of(n), pos_of(n), path, false, false, {}};
+    node_site site{pos_of(n), pos_of(n), pos_of(n), pos_of(n), false, path, false, false, {}};
     map_reader r(p_, n, pos_of(n), path, node_keys);
     if (!r.valid()) {
       nodes_ok_ = false;
@@ -754,6 +757,13 @@ class parser {
       if (auto v = read_uint(p_, *x, r.field("port"), 1, 65535, std::string(port_text))) {
         out.port = static_cast<uint16_t>(*v);
         site.port_ok = true;
+      }
+    }
+    if (auto* x = r.find("http_port")) {
+      site.http_at = x->at();
+      if (auto v = read_uint(p_, *x, r.field("http_port"), 1, 65535, std::string(port_text))) {
+        out.http_port = static_cast<uint16_t>(*v);
+        site.http_given = true;
       }
     }
     if (auto* x = r.find("actors")) {
@@ -1005,6 +1015,19 @@ class parser {
     std::string what;
   };
 
+  /// Each node's metrics port: the frontend's HTTP port on the frontend's node, else as given
+  /// or frontend.http_port + 1 + index.
+  void http_ports() {
+    for (size_t i = 0; i < m_.nodes.size() && i < sites_.size(); ++i) {
+      auto& n = m_.nodes[i];
+      if (n.name == m_.frontend.node)
+        n.http_port = m_.frontend.http_port;
+      else if (!sites_[i].http_given)
+        n.http_port =
+            static_cast<uint16_t>(std::min<size_t>(size_t{m_.frontend.http_port} + 1 + i, 65535));
+    }
+  }
+
   /// Distinct address:port for every listener, and (optionally) free local ports.
   void endpoints() {
     std::vector<endpoint> eps;
@@ -1014,6 +1037,9 @@ class parser {
       if (!s.address_ok || !s.port_ok) continue;
       eps.push_back({n.address, n.port, s.port_at, s.path + ".port",
                      fmt::format("the control port of node '{}'", n.name)});
+      if (n.name != m_.frontend.node && n.http_port != 0)
+        eps.push_back({n.address, n.http_port, s.http_given ? s.http_at : s.at,
+                       s.path + ".http_port", fmt::format("the HTTP port of node '{}'", n.name)});
     }
     if (frontend_ok_) {
       auto& f = m_.frontend;
@@ -1212,6 +1238,7 @@ std::string canonical_form(const manifest& m) {
     str(k("address"), n.address);
     str(k("ssh"), n.ssh);
     num(k("port"), n.port);
+    num(k("http_port"), n.http_port);
     num(k("actors"), n.actors.size());
     for (size_t j = 0; j < n.actors.size(); ++j) {
       auto& a = n.actors[j];
@@ -1277,7 +1304,7 @@ std::string describe(const manifest& m) {
     auto launch = !n.ssh.empty() ? "ssh " + n.ssh
                   : n.local      ? std::string("local")
                                  : std::string("remote, no ssh (started by hand)");
-    line(fmt::format("  {}  {}:{}  {}", n.name, n.address, n.port, launch));
+    line(fmt::format("  {}  {}:{} (http {})  {}", n.name, n.address, n.port, n.http_port, launch));
     for (auto& a : n.actors) {
       std::string opts;
       if (auto* p = a.prefill())

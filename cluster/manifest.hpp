@@ -64,6 +64,10 @@ struct manifest_node {
   std::string address;  ///< IP address or host name the node listens on
   std::string ssh;      ///< "user@host" to launch over ssh; empty = launch locally
   uint16_t port = 0;    ///< CAF control port; 7800 + the node's index when not given
+  /// HTTP port serving /metrics and /health. The frontend's node serves them on
+  /// frontend.http_port (with the OpenAI API); another node on this port, by default
+  /// frontend.http_port + 1 + the node's index.
+  uint16_t http_port = 0;
   /// The address is loopback or "localhost" (derived; the launcher may start it directly).
   bool local = false;
   std::vector<manifest_actor> actors;

@@ -13,6 +13,7 @@
 #include "common/clock.hpp"
 #include "engine/engine_factory.hpp"
 #include "frontend/http_server.hpp"
+#include "frontend/metrics_server.hpp"
 #include "frontend/rpc_server.hpp"
 #include "transport/ucx_transport.hpp"
 
@@ -53,6 +54,8 @@ struct cluster_node::impl {
   std::vector<caf::actor> actors;
   std::unique_ptr<rpc_server> rpc;
   std::unique_ptr<http_server> http;
+  std::unique_ptr<metrics_server> metrics;
+  std::vector<caf::actor> workers;  ///< actors that answer status_atom with a worker_status
   std::shared_ptr<std::atomic<bool>> lost = std::make_shared<std::atomic<bool>>(false);
   std::string summary;
   bool stopped = false;
@@ -206,6 +209,7 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
     if (a.kind == role::kv_store) {
       kv = spawn_kv_store(sys, info(a), sup);
       im->actors.push_back(kv);
+      im->workers.push_back(kv);
     }
   }
   for (const auto& a : self_node->actors) {
@@ -220,6 +224,7 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
         rc.block_tokens = model.layout.block_tokens;
         router = spawn_router(sys, info(a), rc, sup);
         im->actors.push_back(router);
+        im->workers.push_back(router);
         break;
       }
       case role::prefill: {
@@ -227,6 +232,7 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
         if (!eng) return fail({errc::invalid_request, a.name + ": " + err});
         im->actors.push_back(spawn_prefill(sys, info(a), to_prefill_config(*a.prefill()),
                                            std::move(eng), transport, sup));
+        im->workers.push_back(im->actors.back());
         break;
       }
       case role::decode: {
@@ -234,6 +240,7 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
         if (!eng) return fail({errc::invalid_request, a.name + ": " + err});
         im->actors.push_back(spawn_decode(sys, info(a), to_decode_config(*a.decode()),
                                           std::move(eng), transport, sup, kv));
+        im->workers.push_back(im->actors.back());
         break;
       }
     }
@@ -264,6 +271,25 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
     auto hport = im->http->start();
     if (!hport) return fail(hport.error());
     endpoints += fmt::format(" http={}:{}", hc.host, *hport);
+  } else if (self_node->http_port != 0) {
+    // Every other node serves its own workers' metrics.
+    auto reg = std::make_shared<metrics::registry>();
+    auto* sysp = &sys;
+    auto workers = im->workers;
+    im->metrics = std::make_unique<metrics_server>(
+        self_node->address, self_node->http_port, [reg, sysp, workers]() {
+          std::vector<worker_status> st;
+          caf::scoped_actor self{*sysp};
+          for (const auto& w : workers)
+            self->request(w, std::chrono::seconds(1), status_atom::value)
+                .receive([&](worker_status& ws) { st.push_back(std::move(ws)); },
+                         [](caf::error&) {});
+          export_worker_metrics(*reg, st);
+          return reg->expose();
+        });
+    auto mport = im->metrics->start();
+    if (!mport) return fail(mport.error());
+    endpoints += fmt::format(" http={}:{}", self_node->address, *mport);
   }
   im->summary =
       fmt::format("node {} ({}) actors=[{}] {}", name, m.cluster, fmt::join(names, ","), endpoints);
@@ -274,6 +300,7 @@ void cluster_node::stop() {
   auto& im = *impl_;
   if (im.stopped) return;
   im.stopped = true;
+  if (im.metrics) im.metrics->stop();
   if (im.http) im.http->stop();
   if (im.rpc) im.rpc->stop();
   shutdown_actors(im.actors);

@@ -72,4 +72,39 @@ void frontend_metrics::token_gap(double seconds) {
   itl_->observe(seconds);
 }
 
+void export_worker_metrics(metrics::registry& r, const std::vector<worker_status>& workers) {
+  for (const auto& w : workers) {
+    metrics::label_set l{
+        {"node", w.node}, {"worker", w.name}, {"role", std::string(to_string(w.kind))}};
+    r.get_gauge("tokenmill_worker_up", "1 when the worker is up, 0 when it is down", l)
+        .set(w.up ? 1 : 0);
+    r.get_gauge("tokenmill_worker_queue_depth",
+                "Requests waiting at the worker (router: requests in flight)", l)
+        .set(w.queued);
+    r.get_gauge("tokenmill_worker_running",
+                "Sequences in the running batch (decode) or prompts computing (prefill)", l)
+        .set(w.running);
+    if (w.kv_total > 0) {
+      r.get_gauge("tokenmill_kv_blocks_used", "KV-cache blocks in use", l).set(w.kv_used);
+      r.get_gauge("tokenmill_kv_blocks_total", "KV-cache blocks in the worker's pool", l)
+          .set(w.kv_total);
+    }
+    if (w.kind == role::prefill || w.kind == role::decode) {
+      r.get_counter("tokenmill_worker_tokens_total",
+                    "Prompt tokens computed (prefill) or tokens generated (decode)", l)
+          .advance_to(static_cast<double>(w.tokens_out));
+      r.get_counter("tokenmill_worker_requests_total", "Requests the worker finished", l)
+          .advance_to(static_cast<double>(w.completed));
+      r.get_counter("tokenmill_kv_bytes_total",
+                    "KV bytes sent (prefill) or received (decode) between workers", l)
+          .advance_to(static_cast<double>(w.kv_bytes));
+      r.get_gauge("tokenmill_prefix_cache_hit_rate",
+                  "Prompt blocks found in the worker's prefix cache / blocks looked up", l)
+          .set(w.prefix_lookup_blocks == 0 ? 0
+                                           : static_cast<double>(w.prefix_hit_blocks) /
+                                                 static_cast<double>(w.prefix_lookup_blocks));
+    }
+  }
+}
+
 }  // namespace tokenmill

@@ -12,6 +12,11 @@
 
 namespace tokenmill {
 
+/// Sets every worker's series in `r` from its status: up, queue depth, running batch, KV
+/// blocks used/total, and (prefill, decode) tokens, requests, KV bytes moved and prefix
+/// hit rate, labelled by node, worker and role.
+void export_worker_metrics(metrics::registry& r, const std::vector<worker_status>& workers);
+
 class frontend_metrics {
  public:
   frontend_metrics(std::shared_ptr<metrics::registry> reg, std::string node);

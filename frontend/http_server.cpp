@@ -512,41 +512,13 @@ awaitable<bool> http_server::core::route(beast::tcp_stream& stream, request_t& r
     std::string body = out.dump();
     co_return co_await reply(stream, req, http::status::ok, std::move(body));
   }
-  // /metrics: the registry, with every worker's gauges refreshed from the status.
+  // /metrics: the registry, with this node's workers refreshed from the status (every
+  // other node serves its own workers' series on its own port).
   if (st) {
-    auto& r = metrics->registry();
-    for (const auto& w : st->workers) {
-      metrics::label_set l{
-          {"node", w.node}, {"worker", w.name}, {"role", std::string(to_string(w.kind))}};
-      r.get_gauge("tokenmill_worker_up", "1 when the worker is up, 0 when it is down", l)
-          .set(w.up ? 1 : 0);
-      r.get_gauge("tokenmill_worker_queue_depth",
-                  "Requests waiting at the worker (router: requests in flight)", l)
-          .set(w.queued);
-      r.get_gauge("tokenmill_worker_running",
-                  "Sequences in the running batch (decode) or prompts computing (prefill)", l)
-          .set(w.running);
-      if (w.kv_total > 0) {
-        r.get_gauge("tokenmill_kv_blocks_used", "KV-cache blocks in use", l).set(w.kv_used);
-        r.get_gauge("tokenmill_kv_blocks_total", "KV-cache blocks in the worker's pool", l)
-            .set(w.kv_total);
-      }
-      if (w.kind == role::prefill || w.kind == role::decode) {
-        r.get_counter("tokenmill_worker_tokens_total",
-                      "Prompt tokens computed (prefill) or tokens generated (decode)", l)
-            .advance_to(static_cast<double>(w.tokens_out));
-        r.get_counter("tokenmill_worker_requests_total", "Requests the worker finished", l)
-            .advance_to(static_cast<double>(w.completed));
-        r.get_counter("tokenmill_kv_bytes_total",
-                      "KV bytes sent (prefill) or received (decode) between workers", l)
-            .advance_to(static_cast<double>(w.kv_bytes));
-        r.get_gauge("tokenmill_prefix_cache_hit_rate",
-                    "Prompt blocks found in the worker's prefix cache / blocks looked up", l)
-            .set(w.prefix_lookup_blocks == 0 ? 0
-                                             : static_cast<double>(w.prefix_hit_blocks) /
-                                                   static_cast<double>(w.prefix_lookup_blocks));
-      }
-    }
+    std::vector<worker_status> local;
+    for (const auto& w : st->workers)
+      if (w.node == metrics->node()) local.push_back(w);
+    export_worker_metrics(metrics->registry(), local);
   }
   std::string text = metrics->registry().expose();
   co_return co_await reply(stream, req, http::status::ok, std::move(text),

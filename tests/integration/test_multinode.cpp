@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "frontend/http_client.hpp"
 #include "harness.hpp"
 
 using namespace tokenmill::testing;
@@ -156,6 +157,7 @@ struct port_plan {
   uint16_t rpc = 0;
   uint16_t http = 0;
   std::map<std::string, uint16_t> node;
+  std::map<std::string, uint16_t> node_http;  ///< /metrics of the nodes but the head
 };
 
 /// A free port on 127.0.0.1 below the kernel's ephemeral range. unused_port() hands out
@@ -196,8 +198,10 @@ port_plan plan_ports(const cluster_spec& spec) {
   port_plan plan;
   plan.rpc = free_listen_port(taken);
   plan.http = free_listen_port(taken);
-  for (const auto& n : names)
+  for (const auto& n : names) {
     plan.node[n] = free_listen_port(taken);
+    if (n != "head") plan.node_http[n] = free_listen_port(taken);
+  }
   return plan;
 }
 
@@ -219,11 +223,13 @@ std::string manifest_yaml(const cluster_spec& spec, const port_plan& ports) {
     << "  - name: p0\n"
     << "    address: " << spec.p0_address << "\n"
     << "    port: " << ports.node.at("p0") << "\n"
+    << "    http_port: " << ports.node_http.at("p0") << "\n"
     << "    actors: [{prefill: {engine: sim, threads: 1}}]\n";
   for (const auto& d : spec.decode_nodes)
     y << "  - name: " << d << "\n"
       << "    address: 127.0.0.1\n"
       << "    port: " << ports.node.at(d) << "\n"
+      << "    http_port: " << ports.node_http.at(d) << "\n"
       << "    actors: [{decode: {engine: sim, threads: 1, max_batch: 32}}]\n";
   return y.str();
 }
@@ -497,6 +503,34 @@ TEST_CASE("a launched three-node cluster serves like tokenmill serve", "[integra
     auto sj = last_json_line(s.out);
     REQUIRE(sj.is_object());
     CHECK(sj["token_ids"] == j["token_ids"]);
+  }
+
+  SECTION("every node serves its own workers' metrics") {
+    auto r = c.generate({"--max-tokens", "4", "--token-ids", kPrompt});
+    REQUIRE(r.exit_code == 0);
+    auto scrape = [](uint16_t port) {
+      auto h = tokenmill::http_client::connect("127.0.0.1", port, 5);
+      REQUIRE(h.ok());
+      auto res = (*h)->request("GET", "/metrics", {}, "", {}, 10);
+      REQUIRE(res.ok());
+      CHECK(res->status == 200);
+      return res->body;
+    };
+    auto d0 = scrape(c.ports().node_http.at("d0"));
+    INFO(d0);
+    CHECK(d0.find("tokenmill_worker_tokens_total{node=\"d0\",role=\"decode\",worker=\"d0."
+                  "decode0\"} ") != std::string::npos);
+    CHECK(d0.find("tokenmill_kv_blocks_total{node=\"d0\"") != std::string::npos);
+    CHECK(d0.find("node=\"p0\"") == std::string::npos);  // only its own workers
+    auto p0 = scrape(c.ports().node_http.at("p0"));
+    CHECK(
+        p0.find("tokenmill_kv_bytes_total{node=\"p0\",role=\"prefill\",worker=\"p0.prefill0\"} ") !=
+        std::string::npos);
+    // The frontend's node serves the request histograms and its own workers.
+    auto head = scrape(c.ports().http);
+    CHECK(head.find("tokenmill_time_to_first_token_seconds_count{node=\"head\"} 1") !=
+          std::string::npos);
+    CHECK(head.find("worker=\"d0.decode0\"") == std::string::npos);
   }
 
   stop_cleanly(c);

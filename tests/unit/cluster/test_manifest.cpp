@@ -385,7 +385,7 @@ const corpus_case corpus_cases[] = {
      "unknown key 'routr' (did you mean 'router'?); expected one of cluster, model"},
     {"unknown_node_key.yaml", 11,
      "nodes[1].prt: unknown key 'prt' (did you mean 'port'?); expected one of name, address, ssh, "
-     "port, actors"},
+     "port, http_port, actors"},
     {"unknown_option_key.yaml", 14,
      "nodes[1].actors[0].prefill.batch: unknown key 'batch'; expected one of engine, threads, "
      "device, kv_blocks, chunk, max_seqs, slowdown"},
@@ -698,11 +698,51 @@ nodes:
 )");
   auto text = describe(ok(r));
   INFO(text);
-  for (auto s : {"cluster demo", "model: sim", "10 ms/step", "frontend: node head",
-                 "rpc 127.0.0.1:7700", "http 127.0.0.1:8000", "head  127.0.0.1:7800  local",
-                 "p0  10.0.0.2:7901  ssh carol@10.0.0.2", "d0  gpu-3.example.org:7802",
-                 "router (head.router0)", "supervisor (head.supervisor0)",
-                 "kv_store (head.kv_store0)", "prefill (p0.prefill0): engine sim, threads 3",
-                 "chunk 128", "decode (d0.decode0): engine sim", "max_batch 32", "kv_blocks 4096"})
+  for (auto s :
+       {"cluster demo", "model: sim", "10 ms/step", "frontend: node head", "rpc 127.0.0.1:7700",
+        "http 127.0.0.1:8000", "head  127.0.0.1:7800 (http 8000)  local",
+        "p0  10.0.0.2:7901 (http 8002)  ssh carol@10.0.0.2",
+        "d0  gpu-3.example.org:7802 (http 8003)", "router (head.router0)",
+        "supervisor (head.supervisor0)", "kv_store (head.kv_store0)",
+        "prefill (p0.prefill0): engine sim, threads 3", "chunk 128",
+        "decode (d0.decode0): engine sim", "max_batch 32", "kv_blocks 4096"})
     CHECK_THAT(text, Catch::Contains(s));
+}
+
+TEST_CASE("manifest: every node has an HTTP port for /metrics", "[manifest]") {
+  const std::string text = R"(
+cluster: demo
+model: {sim: {decode_step_ms: 10}}
+frontend: {node: head, http_port: 9000}
+nodes:
+  - name: head
+    address: 127.0.0.1
+    actors: [router, supervisor, kv_store]
+  - name: p0
+    address: 127.0.0.1
+    actors: [prefill]
+  - name: d0
+    address: 127.0.0.1
+    http_port: 9500
+    actors: [decode]
+)";
+  auto m = ok(parse(text));
+  CHECK(m.nodes[0].http_port == 9000);  // the frontend's node: its API port
+  CHECK(m.nodes[1].http_port == 9002);  // frontend.http_port + 1 + index
+  CHECK(m.nodes[2].http_port == 9500);  // as given
+
+  // A node's HTTP port taken by another listener on the same address is refused.
+  std::string clash = text;
+  clash.replace(clash.find("http_port: 9500"), 15, "http_port: 7801");
+  auto r = parse(clash);
+  REQUIRE_FALSE(r.ok());
+  INFO(r.error().message);
+  CHECK(r.error().message.find("nodes[2].http_port") != std::string::npos);
+  CHECK(r.error().message.find("the control port of node 'p0'") != std::string::npos);
+
+  std::string bad = text;
+  bad.replace(bad.find("http_port: 9500"), 15, "http_port: 0");
+  auto b = parse(bad);
+  REQUIRE_FALSE(b.ok());
+  CHECK(b.error().message.find("http_port") != std::string::npos);
 }

@@ -299,9 +299,12 @@ TEST_CASE("http_client: post_sse streams the events of a chunked response", "[ht
     CHECK(r->body.empty());
     CHECK(events == std::vector<std::string>{"{\"n\":1}", "{\"n\":2}", "[DONE]"});
     REQUIRE(times.size() == 3);
-    // Each event is stamped when its last byte arrived: the second with [DONE].
+    // Each event is stamped when its last byte arrived: the second (completed by the chunk
+    // that also carries [DONE]) at least the server's two 30 ms pauses after the first.
+    // The two last stamps are not compared for equality: a loaded machine may hand the
+    // last chunk over in two reads.
     CHECK(times[1] - times[0] >= 50'000'000);
-    CHECK(times[2] == times[1]);
+    CHECK(times[2] >= times[1]);
   }
   CHECK(srv.connections() == 1);
   CHECK(srv.last_request().find("Accept: text/event-stream") != std::string::npos);
