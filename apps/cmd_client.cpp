@@ -1,6 +1,7 @@
 // `tokenmill generate` and `tokenmill status`: the command-line client.
 #include <charconv>
 #include <cstdio>
+#include <fstream>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -9,6 +10,7 @@
 #include "apps/commands.hpp"
 #include "common/stats.hpp"
 #include "frontend/client.hpp"
+#include "frontend/trace_export.hpp"
 
 namespace tokenmill::app {
 namespace {
@@ -29,6 +31,7 @@ struct generate_opts {
   bool ignore_eos = false;
   bool no_bos = false;
   double timeout_s = 600;
+  std::string trace_out;
   std::string prompt;
 };
 
@@ -88,8 +91,19 @@ command add_generate(CLI::App& app) {
   app.add_option("--timeout", o->timeout_s, "Seconds before giving up on the request")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  app.add_option("--trace", o->trace_out,
+                 "Write this request's timeline as a Chrome/Perfetto trace file "
+                 "(ui.perfetto.dev)");
   app.add_option("PROMPT", o->prompt, "The prompt (text, or ids with --token-ids)")->required();
   return [o]() -> int {
+    // The trace file is opened first, so that a bad path costs no request.
+    std::ofstream trace_file;
+    if (!o->trace_out.empty()) {
+      trace_file.open(o->trace_out, std::ios::binary | std::ios::trunc);
+      if (!trace_file)
+        return fail("generate", {errc::invalid_request,
+                                 "cannot open '" + o->trace_out + "' to write the trace"});
+    }
     generate_params p;
     if (o->token_ids) {
       auto ids = parse_ids(o->prompt);
@@ -131,6 +145,13 @@ command add_generate(CLI::App& app) {
       return fail("generate", r.error());
     }
     std::printf("\n");
+    if (trace_file.is_open()) {
+      trace_file << chrome_trace(std::vector<generation_summary>{r->server}).dump() << "\n";
+      trace_file.flush();
+      if (!trace_file)
+        return fail("generate",
+                    {errc::invalid_request, "cannot write the trace to '" + o->trace_out + "'"});
+    }
     auto itl = summarize(r->itl_ms);
     double stage_sum = 0;
     for (const auto& s : r->stages)

@@ -86,7 +86,7 @@ void export_worker_metrics(metrics::registry& r, const std::vector<worker_status
         .set(w.running);
     if (w.kv_total > 0) {
       r.get_gauge("tokenmill_kv_blocks_used", "KV-cache blocks in use", l).set(w.kv_used);
-      r.get_gauge("tokenmill_kv_blocks_total", "KV-cache blocks in the worker's pool", l)
+      r.get_gauge("tokenmill_kv_blocks_capacity", "KV-cache blocks in the worker's pool", l)
           .set(w.kv_total);
     }
     if (w.kind == role::prefill || w.kind == role::decode) {

@@ -162,7 +162,7 @@ TEST_CASE("http: health, readiness, models, metrics and unknown endpoints", "[in
   CHECK(metrics.body.find("tokenmill_time_to_first_token_seconds_count{node=\"local\"} 1") !=
         std::string::npos);
   CHECK(metrics.body.find("tokenmill_ttft_stage_seconds_bucket") != std::string::npos);
-  CHECK(metrics.body.find("tokenmill_kv_blocks_total{") != std::string::npos);
+  CHECK(metrics.body.find("tokenmill_kv_blocks_capacity{") != std::string::npos);
   CHECK(metrics.body.find("tokenmill_worker_up{") != std::string::npos);
   CHECK(metrics.body.find("tokenmill_prefix_cache_hit_rate{") != std::string::npos);
   // The prompt's KV moved from the prefill worker to the decode worker.

@@ -520,7 +520,7 @@ TEST_CASE("a launched three-node cluster serves like tokenmill serve", "[integra
     INFO(d0);
     CHECK(d0.find("tokenmill_worker_tokens_total{node=\"d0\",role=\"decode\",worker=\"d0."
                   "decode0\"} ") != std::string::npos);
-    CHECK(d0.find("tokenmill_kv_blocks_total{node=\"d0\"") != std::string::npos);
+    CHECK(d0.find("tokenmill_kv_blocks_capacity{node=\"d0\"") != std::string::npos);
     CHECK(d0.find("node=\"p0\"") == std::string::npos);  // only its own workers
     auto p0 = scrape(c.ports().node_http.at("p0"));
     CHECK(

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -145,8 +146,41 @@ TEST_CASE("trace writes a Perfetto file with every TTFT stage of a request", "[o
   }
   for (const auto& st : first["stages"])
     CHECK(stages.count(st["name"].get<std::string>()) == 1);
-  // Steps are there once the router records them (one per token after the first).
-  if (!first["steps"].empty()) CHECK(steps >= 1);
+  // The router records the step behind every token; 8 tokens, the first from prefill.
+  CHECK(first["steps"].size() == 8);
+  CHECK(steps == 7);
+  CHECK(first["decode_worker"] == "decode0");
+  CHECK(first["prefill_worker"] == "prefill0");
+
+  SECTION("generate --trace writes its own request") {
+    const std::string own = dir.path() + "/own.json";
+    auto g = s.generate({"--max-tokens", "4", "--trace", own, "hello"});
+    INFO(g.err);
+    REQUIRE(g.exit_code == 0);
+    auto t = json::parse(read_text(own), nullptr, false);
+    REQUIRE(t.is_object());
+    std::set<std::string> names;
+    for (const auto& e : t["traceEvents"])
+      if (e["ph"] == "X") names.insert(e["name"].get<std::string>());
+    for (const char* st : {"frontend_to_router", "routing", "prefill_compute", "kv_transfer",
+                           "router_to_frontend", "decode step"})
+      CHECK(names.count(st) == 1);
+    auto bad = s.generate({"--max-tokens", "4", "--trace", "/nonexistent/dir/t.json", "hello"});
+    CHECK(bad.exit_code != 0);
+    CHECK_THAT(bad.err, Catch::Contains("/nonexistent/dir/t.json"));
+  }
+  SECTION("the live /metrics passes promtool") {
+    if (std::system("promtool --version >/dev/null 2>&1") != 0) {
+      WARN("skipped: promtool is not installed (Debian package prometheus)");
+      return;
+    }
+    const std::string file = dir.path() + "/metrics.txt";
+    auto cmd = "curl -sS --max-time 10 http://" + http + "/metrics > " + file +
+               " && promtool check metrics < " + file + " > " + file + ".out 2>&1";
+    int rc = std::system(cmd.c_str());
+    INFO(read_text(file + ".out"));
+    CHECK(rc == 0);
+  }
 
   SECTION("bad input: unreachable server, unwritable file") {
     auto gone = run_tokenmill({"trace", "--connect", "127.0.0.1:" + std::to_string(unused_port()),
