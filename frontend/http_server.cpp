@@ -404,7 +404,7 @@ http_server::core::plan(const request_t& req, std::string_view path) {
     out["requests"] = nlohmann::ordered_json::array();
     for (const auto& r : metrics->log().recent(static_cast<size_t>(*limit)))
       out["requests"].push_back(to_json(r));
-    return json_reply(out.dump());
+    return json_reply(out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   }
   if (path == "/v1/models") {
     if (method != http::verb::get) return wrong_method("GET");
@@ -494,7 +494,7 @@ awaitable<bool> http_server::core::route(beast::tcp_stream& stream, request_t& r
     } else {
       out["error"] = err;
     }
-    std::string body = out.dump();
+    std::string body = out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     auto status = ready ? http::status::ok : http::status::service_unavailable;
     co_return co_await reply(stream, req, status, std::move(body));
   }
@@ -509,7 +509,7 @@ awaitable<bool> http_server::core::route(beast::tcp_stream& stream, request_t& r
     out["bottleneck"] = b.found ? b.line : std::string();
     out["bottleneck_worker"] = b.worker;
     out["bottleneck_note"] = b.found ? std::string() : b.line;
-    std::string body = out.dump();
+    std::string body = out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     co_return co_await reply(stream, req, http::status::ok, std::move(body));
   }
   // /metrics: the registry, with this node's workers refreshed from the status (every

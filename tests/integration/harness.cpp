@@ -6,8 +6,10 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <fstream>
 #include <stdexcept>
 #include <thread>
+#include <tuple>
 
 namespace tokenmill::testing {
 
@@ -53,6 +55,31 @@ uint16_t unused_port() {
   }
   ::close(fd);
   return ntohs(a.sin_port);
+}
+
+namespace {
+/// (steal, total) jiffies of all CPUs from /proc/stat's first line.
+std::pair<uint64_t, uint64_t> cpu_jiffies() {
+  std::ifstream in("/proc/stat");
+  std::string cpu;
+  in >> cpu;
+  uint64_t v = 0, total = 0, steal = 0;
+  for (int i = 0; i < 8 && in >> v; ++i) {  // user nice system idle iowait irq softirq steal
+    total += v;
+    if (i == 7) steal = v;
+  }
+  return {steal, total};
+}
+}  // namespace
+
+steal_meter::steal_meter() {
+  std::tie(steal_, total_) = cpu_jiffies();
+}
+
+double steal_meter::steal() const {
+  auto [s, t] = cpu_jiffies();
+  if (t <= total_) return 0;
+  return static_cast<double>(s - steal_) / static_cast<double>(t - total_);
 }
 
 server::server(const options& overrides) {

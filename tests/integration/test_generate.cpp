@@ -252,7 +252,7 @@ TEST_CASE("ITL spikes are attributed to the piggy-backed prefill that caused the
              {"--sim-decode-step-ms", "10"},
              {"--sim-prefill-us-per-token", "200"}};
   process stream(srv.generate_argv(
-      {"--json", "--max-tokens", "40", "--ignore-eos", "--token-ids", id_prompt(300, 16)}));
+      {"--json", "--max-tokens", "200", "--ignore-eos", "--token-ids", id_prompt(300, 16)}));
   REQUIRE(stream.wait_for_output(1, milliseconds(5000)));  // it is decoding
   std::this_thread::sleep_for(milliseconds(100));
   auto big = srv.generate({"--max-tokens", "2", "--token-ids", id_prompt(400, 512)});
@@ -266,7 +266,7 @@ TEST_CASE("ITL spikes are attributed to the piggy-backed prefill that caused the
   CHECK(sv["prefill_worker"] == "");
   CHECK(sv["itl_spikes"]["prefill"].get<int>() >= 1);
   // One step record per token; the spike's step carried the prompt's tokens.
-  REQUIRE(sv["steps"].size() == 40);
+  REQUIRE(sv["steps"].size() == 200);
   bool found = false;
   for (const auto& s : sv["steps"])
     if (s[5] == "prefill") {
