@@ -7,6 +7,7 @@
 
 #include <csignal>
 #include <fstream>
+#include <random>
 #include <stdexcept>
 #include <thread>
 #include <tuple>
@@ -71,6 +72,34 @@ std::pair<uint64_t, uint64_t> cpu_jiffies() {
   return {steal, total};
 }
 }  // namespace
+
+uint16_t free_listen_port(std::set<uint16_t>& taken) {
+  int lo = 32768, hi = 60999;
+  std::ifstream range("/proc/sys/net/ipv4/ip_local_port_range");
+  range >> lo >> hi;
+  // [first, last]: under the ephemeral range when there is room, else above it.
+  int first = 20000, last = lo - 1;
+  if (last - first < 1000) first = hi + 1, last = 65535;
+  static std::mt19937 rng(std::random_device{}());
+  std::uniform_int_distribution<int> pick(first, last);
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    auto port = static_cast<uint16_t>(pick(rng));
+    if (taken.count(port)) continue;
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) continue;
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port);
+    bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    ::close(fd);
+    if (free) {
+      taken.insert(port);
+      return port;
+    }
+  }
+  throw std::runtime_error("no free port found");
+}
 
 steal_meter::steal_meter() {
   std::tie(steal_, total_) = cpu_jiffies();

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,12 @@ class steal_meter {
  private:
   uint64_t steal_ = 0, total_ = 0;
 };
+
+/// A free port on 127.0.0.1 below the kernel's ephemeral range (above it when there is
+/// no room), not in `taken`, which gets it. unused_port() hands out ephemeral ports, and
+/// under load one of them was sometimes taken, between the test choosing it and a node
+/// binding it, as the source port of some connection.
+uint16_t free_listen_port(std::set<uint16_t>& taken);
 
 /// A TCP port on 127.0.0.1 that nothing listens on (bound and released just now).
 uint16_t unused_port();
