@@ -535,7 +535,8 @@ int fail(const std::string& msg) {
 /// reaps it. An error message, or empty; `unreachable` when the first connection failed.
 std::string run_transfers(const bench_transfer_opts& o, const std::vector<uint64_t>& sizes,
                           uint64_t pool_bytes, uint64_t largest, const std::string& tls_env,
-                          std::vector<size_result>& results, std::string& tls, bool& unreachable) {
+                          std::vector<size_result>& results, std::string& tls, bool& unreachable,
+                          kv_transport_stats& sender) {
   const bool shm = o.transport == "shm";
   // UCX_TLS before any UCX context, in both processes; fork before any UCX object.
   if (tls_env.empty())
@@ -596,6 +597,7 @@ std::string run_transfers(const bench_transfer_opts& o, const std::vector<uint64
                      r.verified ? "" : " (content MISMATCH)");
       results.push_back(r);
     }
+    sender = (*t)->stats();
   }  // the sender's transport goes before the receiver
   child.stop(true);
   return {};
@@ -640,21 +642,23 @@ command add_bench_transfer(CLI::App& app) {
     std::vector<size_result> results;
     std::string tls;
     bool unreachable = false;
+    kv_transport_stats sender;  ///< the sending transport's counters over the whole run
     std::string err;
     if (shm) {
       // sm,cma alone may not connect (the transport asks for peer-failure handling, which
       // sysv/posix/cma lack): then UCX's default selection.
       auto level = spdlog::get_level();
       spdlog::set_level(spdlog::level::err);
-      err = run_transfers(*o, sizes, pool_bytes, largest, "sm,cma", results, tls, unreachable);
+      err = run_transfers(*o, sizes, pool_bytes, largest, "sm,cma", results, tls, unreachable,
+                          sender);
       spdlog::set_level(level);
       if (!err.empty() && unreachable) {
         results.clear();
-        err = run_transfers(*o, sizes, pool_bytes, largest, "", results, tls, unreachable);
+        err = run_transfers(*o, sizes, pool_bytes, largest, "", results, tls, unreachable, sender);
         tls += " (sm,cma could not connect)";
       }
     } else {
-      err = run_transfers(*o, sizes, pool_bytes, largest, "tcp", results, tls, unreachable);
+      err = run_transfers(*o, sizes, pool_bytes, largest, "tcp", results, tls, unreachable, sender);
     }
     if (!err.empty()) return fail(err);
 
@@ -710,6 +714,11 @@ command add_bench_transfer(CLI::App& app) {
       arr.push_back(e);
     }
     j["sizes"] = arr;
+    j["sender"] = {{"writes_completed", sender.writes_completed},
+                   {"writes_failed", sender.writes_failed},
+                   {"bytes_written", sender.bytes_written},
+                   {"stalls", sender.stalls},
+                   {"timeouts", sender.timeouts}};
     if (o->json) {
       std::printf("%s\n", j.dump().c_str());
       return 0;
@@ -732,6 +741,11 @@ command add_bench_transfer(CLI::App& app) {
       if (!r.baseline_gbps)
         std::printf("%s: no baseline: %s\n", size_name(r.block_bytes).c_str(),
                     r.baseline_error.c_str());
+    std::printf("\nsender: %llu writes completed, %llu failed, %llu stalls, %llu timeouts\n",
+                static_cast<unsigned long long>(sender.writes_completed),
+                static_cast<unsigned long long>(sender.writes_failed),
+                static_cast<unsigned long long>(sender.stalls),
+                static_cast<unsigned long long>(sender.timeouts));
     if (shm)
       std::printf("\nmemcpy: one thread, rotating over two %s buffers (GB/s = 1e9 B/s)\n",
                   size_name(pool_bytes).c_str());

@@ -145,7 +145,11 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
     auto hp = fmt_ ? result<uint16_t>(uint16_t{0}) : result<uint16_t>(fmt_.error());
     if (fmt_) {
       cfg.http.chat_format = *fmt_;
-      im->http = std::make_unique<http_server>(sys, router, sup, tok, model, cfg.http, fm);
+      auto hc = cfg.http;
+      hc.collect_node_metrics = [transport](metrics::registry& r) {
+        export_transport_metrics(r, "local", transport->name(), transport->stats());
+      };
+      im->http = std::make_unique<http_server>(sys, router, sup, tok, model, hc, fm);
       hp = im->http->start();
     }
     if (!hp) {

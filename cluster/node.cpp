@@ -267,6 +267,9 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
     auto chat = choose_chat_format("auto", spec0.model ? spec0.model->chat_template : "");
     if (!chat) return fail(chat.error());
     hc.chat_format = *chat;
+    hc.collect_node_metrics = [transport, name](metrics::registry& r) {
+      export_transport_metrics(r, name, transport->name(), transport->stats());
+    };
     im->http = std::make_unique<http_server>(sys, router, sup, tok, model, hc, fm);
     auto hport = im->http->start();
     if (!hport) return fail(hport.error());
@@ -277,7 +280,7 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
     auto* sysp = &sys;
     auto workers = im->workers;
     im->metrics = std::make_unique<metrics_server>(
-        self_node->address, self_node->http_port, [reg, sysp, workers]() {
+        self_node->address, self_node->http_port, [reg, sysp, workers, transport, name]() {
           std::vector<worker_status> st;
           caf::scoped_actor self{*sysp};
           for (const auto& w : workers)
@@ -285,6 +288,7 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
                 .receive([&](worker_status& ws) { st.push_back(std::move(ws)); },
                          [](caf::error&) {});
           export_worker_metrics(*reg, st);
+          export_transport_metrics(*reg, name, transport->name(), transport->stats());
           return reg->expose();
         });
     auto mport = im->metrics->start();

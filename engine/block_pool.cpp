@@ -8,23 +8,22 @@
 #include <functional>
 #include <new>
 #include <stdexcept>
+#include <string>
 
 namespace tokenmill {
 
-void block_pool::aligned_free::operator()(std::byte* p) const {
-  std::free(p);
-}
-
-block_pool::block_pool(const kv_layout& layout, uint32_t num_blocks)
+block_pool::block_pool(const kv_layout& layout, uint32_t num_blocks,
+                       std::unique_ptr<pool_memory> memory)
     : layout_(layout), block_bytes_(layout.block_bytes()), total_(num_blocks) {
   if (auto err = layout.validate(); !err.empty()) throw std::invalid_argument(err);
   if (num_blocks == 0) throw std::invalid_argument("a KV pool needs at least one block");
   size_t bytes = block_bytes_ * num_blocks;
-  size_t rounded = (bytes + 4095) / 4096 * 4096;
-  auto* p = static_cast<std::byte*>(std::aligned_alloc(4096, rounded));
-  if (p == nullptr) throw std::bad_alloc();
-  std::memset(p, 0, rounded);
-  memory_.reset(p);
+  storage_ = memory ? std::move(memory) : make_host_memory(bytes);
+  if (storage_->bytes().size() < bytes)
+    throw std::invalid_argument("KV pool memory holds " + std::to_string(storage_->bytes().size()) +
+                                " bytes, " + std::to_string(num_blocks) + " blocks need " +
+                                std::to_string(bytes));
+  base_ = storage_->bytes().data();
   in_use_.assign(num_blocks, 0);
   free_list_.reserve(num_blocks);
   // Ascending order is already a valid min-heap.
@@ -64,7 +63,11 @@ bool block_pool::release(std::span<const block_id> blocks) {
 }
 
 uint64_t block_checksum(const block_pool& pool, block_id b) {
-  return XXH3_64bits(pool.block(b), pool.block_bytes());
+  if (pool.host_memory()) return XXH3_64bits(pool.block(b), pool.block_bytes());
+  thread_local std::vector<std::byte> staged;
+  staged.resize(pool.block_bytes());
+  pool.storage().copy_out(size_t{b} * pool.block_bytes(), staged.data(), staged.size());
+  return XXH3_64bits(staged.data(), staged.size());
 }
 
 }  // namespace tokenmill

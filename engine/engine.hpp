@@ -11,6 +11,7 @@
 
 #include "common/api_types.hpp"
 #include "common/ids.hpp"
+#include "common/pool_memory.hpp"
 #include "engine/block_pool.hpp"
 #include "engine/kv_layout.hpp"
 
@@ -52,6 +53,11 @@ class engine {
   /// Computes a batch of prompt chunks. Returns, per chunk, the token sampled after the
   /// chunk's last position (meaningful when the chunk ends the prompt).
   virtual std::vector<token_id> prefill(block_pool& pool, std::span<const prefill_chunk> batch) = 0;
+  /// Memory for a KV pool of `bytes` bytes, where this engine computes: zeroed host memory
+  /// by default, device memory for the CUDA engine.
+  virtual std::unique_ptr<pool_memory> allocate_kv_memory(size_t bytes) const {
+    return make_host_memory(bytes);
+  }
   /// Runs one decode step over a batch; returns the next token of each sequence.
   virtual std::vector<token_id> decode(block_pool& pool, std::span<const decode_seq> batch) = 0;
   /// Checks that positions [begin, end) of `tokens` have the KV contents this engine
@@ -61,5 +67,12 @@ class engine {
                                std::span<const block_id> blocks, uint32_t begin,
                                uint32_t end) const = 0;
 };
+
+/// A pool of `num_blocks` blocks in the engine's layout and memory.
+inline std::unique_ptr<block_pool> make_pool(const engine& e, uint32_t num_blocks) {
+  return std::make_unique<block_pool>(
+      e.info().layout, num_blocks,
+      e.allocate_kv_memory(size_t{num_blocks} * e.info().layout.block_bytes()));
+}
 
 }  // namespace tokenmill

@@ -107,4 +107,36 @@ void export_worker_metrics(metrics::registry& r, const std::vector<worker_status
   }
 }
 
+void export_transport_metrics(metrics::registry& r, const std::string& node,
+                              std::string_view transport, const kv_transport_stats& s) {
+  metrics::label_set l{{"node", node}, {"transport", std::string(transport)}};
+  auto with = [&](const char* k, const char* v) {
+    auto x = l;
+    x.emplace_back(k, v);
+    return x;
+  };
+  r.get_counter("tokenmill_kv_transfer_bytes_total",
+                "KV bytes this node's transport wrote to peers (completed writes)", l)
+      .advance_to(static_cast<double>(s.bytes_written));
+  r.get_counter("tokenmill_kv_transfers_total", "KV writes by outcome", with("outcome", "ok"))
+      .advance_to(static_cast<double>(s.writes_completed));
+  r.get_counter("tokenmill_kv_transfers_total", "KV writes by outcome", with("outcome", "failed"))
+      .advance_to(static_cast<double>(s.writes_failed));
+  r.get_counter("tokenmill_kv_transfer_timeouts_total",
+                "KV writes failed because they did not complete within the op timeout", l)
+      .advance_to(static_cast<double>(s.timeouts));
+  r.get_counter("tokenmill_kv_transfer_stalls_total",
+                "KV writes that made no progress for the stall timeout while the peer was "
+                "still connected",
+                l)
+      .advance_to(static_cast<double>(s.stalls));
+  r.get_gauge("tokenmill_kv_transfers_in_flight", "KV writes started and not yet completed", l)
+      .set(s.writes_in_flight);
+  r.get_gauge("tokenmill_kv_transfers_queued",
+              "KV writes waiting for room in the transport's window of bytes in flight", l)
+      .set(s.writes_queued);
+  r.get_gauge("tokenmill_kv_transfer_bytes_in_flight", "Bytes of the KV writes in flight", l)
+      .set(static_cast<double>(s.bytes_in_flight));
+}
+
 }  // namespace tokenmill

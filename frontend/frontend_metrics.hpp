@@ -9,6 +9,7 @@
 #include "common/api_types.hpp"
 #include "common/metrics.hpp"
 #include "frontend/request_log.hpp"
+#include "transport/kv_transport.hpp"
 
 namespace tokenmill {
 
@@ -16,6 +17,12 @@ namespace tokenmill {
 /// blocks used/total, and (prefill, decode) tokens, requests, KV bytes moved and prefix
 /// hit rate, labelled by node, worker and role.
 void export_worker_metrics(metrics::registry& r, const std::vector<worker_status>& workers);
+
+/// Sets the node's KV transport series from its stats, labelled by node and transport:
+/// bytes and transfers completed or failed, timeouts, stalls (no progress while the peer
+/// is connected), and the transfers in flight and queued behind the window.
+void export_transport_metrics(metrics::registry& r, const std::string& node,
+                              std::string_view transport, const kv_transport_stats& s);
 
 class frontend_metrics {
  public:

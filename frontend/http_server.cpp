@@ -520,6 +520,7 @@ awaitable<bool> http_server::core::route(beast::tcp_stream& stream, request_t& r
       if (w.node == metrics->node()) local.push_back(w);
     export_worker_metrics(metrics->registry(), local);
   }
+  if (cfg.collect_node_metrics) cfg.collect_node_metrics(metrics->registry());
   std::string text = metrics->registry().expose();
   co_return co_await reply(stream, req, http::status::ok, std::move(text),
                            "text/plain; version=0.0.4; charset=utf-8");

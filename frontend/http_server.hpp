@@ -6,6 +6,7 @@
 /// token chunks into text; a bridge actor posts them onto the Asio thread. The protocol
 /// rules (bodies, errors, SSE) live in openai.hpp.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -29,6 +30,9 @@ struct http_server_config {
   openai::chat_format chat_format = openai::chat_format::chatml;
   double idle_timeout_s = 60;   ///< a keep-alive connection idle this long is closed
   double write_timeout_s = 30;  ///< a client that reads nothing this long is dropped
+  /// Node-level series that are not the workers' (the KV transport's), refreshed into the
+  /// registry per /metrics scrape; may be empty.
+  std::function<void(metrics::registry&)> collect_node_metrics;
 };
 
 /// The chat format for `option` ("auto", "chatml", "llama3", "mistral"): "auto" recognises

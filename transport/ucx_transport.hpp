@@ -21,12 +21,28 @@ struct ucx_config {
   /// tcp-class lanes; off, they may use shared memory but a dead peer is only noticed
   /// through op_timeout (and the cluster's own failure detection).
   bool peer_error_handling = true;
-  std::chrono::milliseconds op_timeout{
-      5000};  ///< a write not completed by then fails (peer hung/unreachable)
+  /// A write not completed this long after write() was called fails with errc::timeout (peer
+  /// hung or unreachable). Counted from the call, so time spent queued behind the window
+  /// counts too: the caller is told within this bound either way.
+  std::chrono::milliseconds op_timeout{5000};
+  /// A started write whose puts and flush see no completion for this long, while its endpoint
+  /// is still connected, is reported once (a warning and stats().stalls): the peer is alive
+  /// as far as UCX knows but not answering. The write goes on until op_timeout.
+  std::chrono::milliseconds stall_timeout{1000};
+  /// Bytes of writes in flight at once (started: staged, put or being flushed), across all
+  /// peers. Writes beyond it wait in FIFO order and start as earlier ones complete; a single
+  /// write larger than the window starts alone.
+  uint64_t max_inflight_bytes = uint64_t{256} << 20;
 };
 
 /// A UCP context with one worker and the thread that progresses it. Peers are addressed by
 /// the worker address and packed rkey inside their pool_descriptor.
+///
+/// Device (CUDA) pools are registered directly when this UCX supports CUDA memory. Otherwise
+/// (Debian's UCX) the transport stages them through a host mirror of the pool: peers put into
+/// the mirror and deliver() copies the delivered blocks to the device; a write copies its
+/// blocks device -> mirror on the transport's staging thread, piece by piece, each piece put
+/// as soon as it is copied.
 class ucx_transport final : public kv_transport {
  public:
   /// A UCP context (UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP) with one worker and its progress
@@ -37,25 +53,37 @@ class ucx_transport final : public kv_transport {
   ucx_transport(const ucx_transport&) = delete;
   ucx_transport& operator=(const ucx_transport&) = delete;
 
+  using kv_transport::deliver;
+  using kv_transport::register_pool;
+  using kv_transport::write;
   /// "ucx".
   std::string_view name() const override { return "ucx"; }
+  /// Whether this UCX registers CUDA memory itself (UCS_MEMORY_TYPE_CUDA among the
+  /// context's memory types); when not, device pools are staged through host memory.
+  bool cuda_memory_supported() const;
   /// Maps `memory` for RMA (kept for the transport's lifetime) and describes it: remote_key
   /// is the 8-byte little-endian base address followed by the packed rkey, worker_address
-  /// the UCP worker address. Empty or misaligned memory gives num_blocks 0. Blocks the
-  /// caller until the progress thread has done the registration.
-  pool_descriptor register_pool(worker_id owner, std::span<std::byte> memory,
-                                size_t block_bytes) override;
+  /// the UCP worker address. A device pool this UCX cannot map gets a host staging mirror
+  /// (memory.make_host_staging), which is what is mapped and what peers put into. Empty or
+  /// misaligned memory gives num_blocks 0. Blocks the caller until the progress thread has
+  /// done the registration.
+  pool_descriptor register_pool(worker_id owner, pool_memory& memory, size_t block_bytes) override;
   /// Puts blocks `src` of `local` (inside a registered pool) into blocks `dst` of `peer`,
-  /// coalescing runs of consecutive ids, and flushes. `done` runs exactly once: on the
-  /// caller's thread for invalid input (errc::invalid_request), otherwise on the progress
-  /// thread after the flush, on an endpoint error (errc::unavailable), after op_timeout
-  /// (errc::timeout) or at destruction (errc::unavailable).
-  void write(std::span<const std::byte> local, size_t block_bytes, std::span<const block_id> src,
+  /// coalescing runs of consecutive ids, and flushes; writes started together on one
+  /// endpoint share one flush. `local` must stay alive until `done`. A staged pool's blocks
+  /// are copied to its mirror first (only the blocks written). `done` runs exactly once: on
+  /// the caller's thread for invalid input (errc::invalid_request), otherwise on the
+  /// progress thread after the flush, on an endpoint error (errc::unavailable), after
+  /// op_timeout (errc::timeout) or at destruction (errc::unavailable).
+  void write(const pool_memory& local, size_t block_bytes, std::span<const block_id> src,
              const pool_descriptor& peer, std::span<const block_id> dst, completion done) override;
-  /// One-sided: the bytes are already in place. Checks that the payload carries no bytes
-  /// and that every block id fits `local`; writes nothing.
-  error_info deliver(const kv_payload& payload, std::span<std::byte> local,
-                     size_t block_bytes) override;
+  /// One-sided: the bytes are already in place (host or directly mapped memory), or in a
+  /// staged pool's mirror, from which the payload's blocks are copied to the device before
+  /// this returns. Checks that the payload carries no bytes and that every block id fits
+  /// `local`; on error nothing is written.
+  error_info deliver(const kv_payload& payload, pool_memory& local, size_t block_bytes) override;
+  /// Counters and gauges; callable from any thread.
+  kv_transport_stats stats() const override;
   /// Creates the endpoint to `peer` and flushes it, so UCX's wire-up handshake is over
   /// before the first transfer. Besides the latency, this keeps connections from being
   /// half-open when a peer dies mid-transfer: UCX 1.13.1 (Debian, assertions on) aborts the

@@ -367,12 +367,12 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
   auto& st = self->state;
   st.cfg = cfg;
   st.eng = std::move(eng);
-  st.pool = std::make_unique<block_pool>(st.eng->info().layout, cfg.num_blocks);
+  st.pool = make_pool(*st.eng, cfg.num_blocks);
   st.cache = std::make_unique<kv_cache>(*st.pool);
   st.transport = std::move(transport);
   st.kv_store = std::move(kv_store);
   st.runner = std::make_unique<engine_thread>();
-  info.pool = st.transport->register_pool(info.id, st.pool->memory(), st.pool->block_bytes());
+  info.pool = st.transport->register_pool(info.id, st.pool->storage(), st.pool->block_bytes());
   st.info = info;
   self->request(sup, std::chrono::seconds(5), register_worker{info, self})
       .then([](bool) {},
@@ -445,7 +445,7 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
           return;
         }
         if (auto err =
-                st.transport->deliver(t.payload, st.pool->memory(), st.pool->block_bytes())) {
+                st.transport->deliver(t.payload, st.pool->storage(), st.pool->block_bytes())) {
           fail(self, t.id, err.code, err.message);
           return;
         }

@@ -151,7 +151,7 @@ void push_blocks(prefill_ptr self, request_id id, job_state& js) {
   ++js.writes_pending;
   st.kv_bytes_sent += uint64_t{src.size()} * st.pool->block_bytes();
   caf::actor me = caf::actor_cast<caf::actor>(self);
-  st.transport->write(st.pool->memory(), st.pool->block_bytes(), src, js.job.dst, dst,
+  st.transport->write(st.pool->storage(), st.pool->block_bytes(), src, js.job.dst, dst,
                       [me, id, sums = std::move(sums)](error_info err, kv_payload payload) mutable {
                         kv_write_done d;
                         d.id = id;
@@ -237,11 +237,11 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
   auto& st = self->state;
   st.cfg = cfg;
   st.eng = std::move(eng);
-  st.pool = std::make_unique<block_pool>(st.eng->info().layout, cfg.num_blocks);
+  st.pool = make_pool(*st.eng, cfg.num_blocks);
   st.cache = std::make_unique<kv_cache>(*st.pool);
   st.transport = std::move(transport);
   st.runner = std::make_unique<engine_thread>();
-  info.pool = st.transport->register_pool(info.id, st.pool->memory(), st.pool->block_bytes());
+  info.pool = st.transport->register_pool(info.id, st.pool->storage(), st.pool->block_bytes());
   st.info = info;
   self->request(sup, std::chrono::seconds(5), register_worker{info, self})
       .then([](bool) {},

@@ -165,6 +165,11 @@ TEST_CASE("http: health, readiness, models, metrics and unknown endpoints", "[in
   CHECK(metrics.body.find("tokenmill_kv_blocks_capacity{") != std::string::npos);
   CHECK(metrics.body.find("tokenmill_worker_up{") != std::string::npos);
   CHECK(metrics.body.find("tokenmill_prefix_cache_hit_rate{") != std::string::npos);
+  // The node's KV transport: the one prompt's write, none failed, none in flight.
+  CHECK(metrics.body.find("tokenmill_kv_transfers_total{node=\"local\",outcome=\"ok\","
+                          "transport=\"inline\"} 1\n") != std::string::npos);
+  CHECK(metrics.body.find("tokenmill_kv_transfers_in_flight{node=\"local\",transport=\"inline\"} "
+                          "0\n") != std::string::npos);
   // The prompt's KV moved from the prefill worker to the decode worker.
   CHECK(metrics.body.find(
             "tokenmill_kv_bytes_total{node=\"local\",role=\"prefill\",worker=\"prefill0\"} 0\n") ==

@@ -495,6 +495,11 @@ TEST_CASE("a launched three-node cluster serves like tokenmill serve", "[integra
     CHECK(
         p0.find("tokenmill_kv_bytes_total{node=\"p0\",role=\"prefill\",worker=\"p0.prefill0\"} ") !=
         std::string::npos);
+    // p0's transport wrote the prompt's blocks and counts no stall.
+    CHECK(p0.find("tokenmill_kv_transfer_stalls_total{node=\"p0\",transport=") !=
+          std::string::npos);
+    CHECK(p0.find("tokenmill_kv_transfers_total{node=\"p0\",outcome=\"failed\",transport=") !=
+          std::string::npos);
     // The frontend's node serves the request histograms and its own workers.
     auto head = scrape(c.ports().http);
     CHECK(head.find("tokenmill_time_to_first_token_seconds_count{node=\"head\"} 1") !=

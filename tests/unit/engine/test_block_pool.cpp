@@ -226,3 +226,64 @@ TEST_CASE("block_checksum covers every byte of exactly one block", "[block_pool]
     CHECK(block_checksum(pool, 0) == c0);
   }
 }
+
+namespace {
+/// Memory that claims to be a device's: its address range must never be touched directly
+/// (block_checksum and transports go through copy_out/copy_in), which the counters show.
+class fake_device_memory final : public pool_memory {
+ public:
+  explicit fake_device_memory(size_t n) : data(n) {}
+  memory_kind kind() const override { return memory_kind::cuda; }
+  std::span<std::byte> bytes() override { return data; }
+  std::span<const std::byte> bytes() const override { return data; }
+  int device() const override { return 3; }
+  void copy_out(size_t offset, std::byte* dst, size_t n) const override {
+    ++copies_out;
+    std::memcpy(dst, data.data() + offset, n);
+  }
+  void copy_in(size_t offset, const std::byte* src, size_t n) override {
+    std::memcpy(data.data() + offset, src, n);
+  }
+  std::vector<std::byte> data;
+  mutable int copies_out = 0;
+};
+}  // namespace
+
+TEST_CASE("a pool can live in memory the engine supplies", "[block_pool]") {
+  auto l = small_layout();
+  auto mem = std::make_unique<fake_device_memory>(4 * l.block_bytes());
+  auto* raw = mem.get();
+  raw->data[2 * l.block_bytes() + 5] = std::byte{7};
+  block_pool p(l, 4, std::move(mem));
+  CHECK_FALSE(p.host_memory());
+  CHECK(p.storage().kind() == memory_kind::cuda);
+  CHECK(p.memory().data() == raw->data.data());
+
+  // The checksum of a device block goes through a copy and equals the host one.
+  block_pool host(l, 4);
+  host.block(2)[5] = std::byte{7};
+  CHECK(block_checksum(p, 2) == block_checksum(host, 2));
+  CHECK(raw->copies_out == 1);
+
+  // Too little memory for the blocks is refused.
+  CHECK_THROWS_WITH(block_pool(l, 4, std::make_unique<fake_device_memory>(3 * l.block_bytes())),
+                    Catch::Contains("blocks need"));
+}
+
+TEST_CASE("host pool memory is aligned, zeroed and copies in and out", "[block_pool]") {
+  auto m = make_host_memory(5000);
+  CHECK(m->kind() == memory_kind::host);
+  CHECK(m->device() == -1);
+  REQUIRE(m->bytes().size() == 5000);
+  CHECK(reinterpret_cast<uintptr_t>(m->bytes().data()) % 4096 == 0);
+  CHECK(std::all_of(m->bytes().begin(), m->bytes().end(),
+                    [](std::byte b) { return b == std::byte{0}; }));
+  std::vector<std::byte> in(100, std::byte{9}), out(100);
+  m->copy_in(4900, in.data(), in.size());
+  m->copy_out(4900, out.data(), out.size());
+  CHECK(out == in);
+  auto staging = m->make_host_staging(64);
+  CHECK(staging->kind() == memory_kind::host);
+  CHECK(staging->bytes().size() == 64);
+  CHECK(memory_kind_name(memory_kind::cuda) == "cuda");
+}
