@@ -28,7 +28,7 @@ command add_serve(CLI::App& app) {
   auto o = std::make_shared<serve_opts>();
   auto* engine_opt =
       app.add_option("--engine", cfg->engine.kind, "Model engine (cpu when --model is given)")
-          ->check(CLI::IsMember({"sim", "cpu"}))
+          ->check(CLI::IsMember({"sim", "cpu", "cuda"}))
           ->capture_default_str();
   auto* model_opt = app.add_option("--model", cfg->engine.model_path,
                                    "Model to serve: a GGUF file or a Hugging Face directory "
@@ -40,6 +40,17 @@ command add_serve(CLI::App& app) {
   c->add_option("--kv-dtype", o->kv_dtype, "KV cache element type")
       ->check(CLI::IsMember({"f16", "f32"}))
       ->capture_default_str();
+  auto* gpu_opts =
+      app.add_option_group("cuda engine", "The CUDA engine (--engine cuda --model PATH)");
+  gpu_opts->add_option("--device", cfg->engine.cuda.device, "CUDA device ordinal")
+      ->capture_default_str();
+  gpu_opts
+      ->add_option("--dtype", cfg->engine.cuda.dtype,
+                   "Weights and GEMM inputs: bf16, f16, or f32 (parity with the cpu engine)")
+      ->check(CLI::IsMember({"bf16", "f16", "f32"}))
+      ->capture_default_str();
+  gpu_opts->add_flag("!--no-cuda-graphs", cfg->engine.cuda.graphs,
+                     "Launch decode steps kernel by kernel instead of from captured CUDA graphs");
   app.add_option("--host", cfg->rpc.host, "Address the RPC frontend binds")->capture_default_str();
   app.add_option("--rpc-port", cfg->rpc.port,
                  "RPC port (0 = any free port; the ready line says which)")
@@ -150,12 +161,15 @@ command add_serve(CLI::App& app) {
       }
       cfg->engine.kind = "cpu";
     }
-    if (cfg->engine.kind == "cpu" && cfg->engine.model_path.empty()) {
-      std::fprintf(stderr, "tokenmill serve: --engine cpu needs --model PATH\n");
+    if (cfg->engine.kind != "sim" && cfg->engine.model_path.empty()) {
+      std::fprintf(stderr, "tokenmill serve: --engine %s needs --model PATH\n",
+                   cfg->engine.kind.c_str());
       return 2;
     }
     cfg->engine.cpu.kv_dtype_bytes = o->kv_dtype == "f32" ? 4 : 2;
     cfg->engine.cpu.block_tokens = cfg->engine.sim.layout.block_tokens;
+    cfg->engine.cuda.kv_dtype_bytes = cfg->engine.cpu.kv_dtype_bytes;
+    cfg->engine.cuda.block_tokens = cfg->engine.sim.layout.block_tokens;
     auto& sim = cfg->engine.sim;
     sim.prefill_ns_per_token = static_cast<uint64_t>(o->prefill_us_per_token * 1e3);
     sim.prefill_base_ns = static_cast<uint64_t>(o->prefill_base_us * 1e3);

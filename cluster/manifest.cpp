@@ -1358,6 +1358,8 @@ engine_spec to_engine_spec(const manifest& m, const worker_options& o) {
   s.model_path = m.model.path;
   s.cpu.threads = o.threads;
   s.cpu.block_tokens = m.defaults.block_tokens;
+  s.cuda.device = static_cast<int>(o.device);
+  s.cuda.block_tokens = m.defaults.block_tokens;
   return s;
 }
 

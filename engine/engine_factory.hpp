@@ -9,16 +9,18 @@
 #include "engine/model.hpp"
 #include "engine/sim_engine.hpp"
 #include "engine/tokenizer.hpp"
+#include "gpu/cuda_backend.hpp"
 
 namespace tokenmill {
 
 /// What the composition root asks for.
 struct engine_spec {
-  std::string kind = "sim";  ///< "sim" or "cpu"
+  std::string kind = "sim";  ///< "sim", "cpu" or "cuda"
   sim_config sim;            ///< sim: the timing model
-  std::string model_path;    ///< cpu: a GGUF file or a Hugging Face directory
+  std::string model_path;    ///< cpu, cuda: a GGUF file or a Hugging Face directory
   cpu_engine_config cpu;     ///< cpu: threads, KV dtype, block tokens
-  /// cpu: the loaded model, shared by every engine of a process (see load_engine_model).
+  cuda_engine_config cuda;   ///< cuda: device, dtype, KV dtype, block tokens, graphs
+  /// cpu, cuda: the loaded model, shared by every engine of a process (load_engine_model).
   std::shared_ptr<const loaded_model> model;
 };
 

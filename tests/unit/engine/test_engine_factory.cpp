@@ -64,7 +64,7 @@ TEST_CASE("make_tokenizer matches the sim vocabulary", "[engine_factory]") {
 TEST_CASE("an unknown engine kind gives an error naming it", "[engine_factory]") {
   auto spec = sim_spec();
   spec.kind =
-      GENERATE(std::string("cuda"), std::string("tensorrt"), std::string(""), std::string("SIM"));
+      GENERATE(std::string("CUDA"), std::string("tensorrt"), std::string(""), std::string("SIM"));
   std::string error;
   auto e = make_engine(spec, error);
   CHECK_FALSE(e);
@@ -92,4 +92,30 @@ TEST_CASE("an invalid sim config is an error, not an exception", "[engine_factor
   REQUIRE_NOTHROW(e = make_engine(spec, error));
   CHECK_FALSE(e);
   CHECK_THAT(error, Catch::Contains("layers=0"));
+}
+
+TEST_CASE("the cuda engine needs a model and says why it cannot start", "[engine_factory]") {
+  engine_spec spec;
+  spec.kind = "cuda";
+  std::string error;
+  CHECK_FALSE(make_engine(spec, error));
+  CHECK_THAT(error, Catch::Contains("cuda engine needs a model file"));
+  std::string terr;
+  CHECK_FALSE(make_tokenizer(spec, terr));
+  CHECK_THAT(terr, Catch::Contains("--model"));
+
+  spec.model_path = "/nonexistent/model.gguf";
+  error.clear();
+  CHECK_FALSE(make_engine(spec, error));
+  CHECK_THAT(error, Catch::Contains("/nonexistent/model.gguf"));
+
+  // With a model, a build or machine without CUDA gives the reason instead of an engine.
+  std::string why;
+  if (cuda_device_count(why) == 0) {
+    CHECK_FALSE(why.empty());
+    if (!cuda_backend_built()) {
+      CHECK_THROWS_WITH(make_cuda_engine(nullptr, cuda_engine_config{}),
+                        Catch::Contains("no CUDA backend"));
+    }
+  }
 }
