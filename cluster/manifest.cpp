@@ -43,8 +43,8 @@ namespace {
 namespace fs = std::filesystem;
 using keys = std::span<const std::string_view>;
 
-constexpr std::string_view top_keys[] = {"cluster",  "model",  "defaults", "kv_layout",
-                                         "frontend", "router", "failure",  "nodes"};
+constexpr std::string_view top_keys[] = {"cluster", "model",   "defaults", "kv_layout", "frontend",
+                                         "router",  "failure", "ucx",      "nodes"};
 constexpr std::string_view model_keys[] = {"path", "sim"};
 constexpr std::string_view sim_keys[] = {"vocab",
                                          "max_context",
@@ -61,6 +61,7 @@ constexpr std::string_view frontend_keys[] = {"node", "host", "rpc_port", "http_
 constexpr std::string_view router_keys[] = {"local_prefill_threshold", "max_inflight",
                                             "max_queued_prompt_tokens"};
 constexpr std::string_view failure_keys[] = {"heartbeat_ms", "connection_timeout_ms"};
+constexpr std::string_view ucx_keys[] = {"op_timeout_ms", "stall_timeout_ms", "window_mib"};
 constexpr std::string_view node_keys[] = {"name", "address", "ssh", "port", "http_port", "actors"};
 constexpr std::string_view prefill_keys[] = {"engine", "threads",  "device",  "kv_blocks",
                                              "chunk",  "max_seqs", "slowdown"};
@@ -537,6 +538,7 @@ class parser {
     m_.model.sim_cfg.layout.block_tokens = m_.defaults.block_tokens;
     if (auto* e = r.find("router")) router(*e);
     if (auto* e = r.find("failure")) failure(*e);
+    if (auto* e = r.find("ucx")) ucx(*e);
     if (auto* e = r.find("nodes")) {
       nodes(*e);
     } else {
@@ -681,6 +683,22 @@ class parser {
                          "would time out between two heartbeats",
                          f.connection_timeout_ms, f.heartbeat_ms),
              "a timeout longer than the heartbeat period (a few heartbeats)");
+    }
+  }
+
+  void ucx(const entry& e) {
+    map_reader r(p_, e.value, e.at(), "ucx", ucx_keys);
+    auto& u = m_.ucx;
+    opt_uint(p_, r, "op_timeout_ms", u.op_timeout_ms, 10, 3'600'000);
+    opt_uint(p_, r, "stall_timeout_ms", u.stall_timeout_ms, 10, 3'600'000);
+    opt_uint(p_, r, "window_mib", u.window_mib, 1, 1 << 20);
+    if (u.stall_timeout_ms >= u.op_timeout_ms) {
+      auto* t = r.find("stall_timeout_ms");
+      p_.add(t ? t->at() : r.at(), "ucx.stall_timeout_ms",
+             fmt::format("{} ms is not shorter than ucx.op_timeout_ms ({} ms), so a stalled "
+                         "write would fail before it is reported",
+                         u.stall_timeout_ms, u.op_timeout_ms),
+             "a stall timeout shorter than the op timeout");
     }
   }
 
@@ -1143,7 +1161,7 @@ result<manifest> parse_manifest(const std::string& yaml_text,
   }
   constexpr std::string_view top_text =
       "a map with keys cluster, model, frontend, nodes (and optionally defaults, kv_layout, "
-      "router, failure)";
+      "router, failure, ucx)";
   if (docs.empty() || (docs.size() == 1 && docs[0].IsNull())) {
     p.add({}, "(document)", "the manifest is empty", top_text);
     return p.to_error();
@@ -1230,6 +1248,9 @@ std::string canonical_form(const manifest& m) {
   num("router.max_queued_prompt_tokens", m.router.max_queued_prompt_tokens);
   num("failure.heartbeat_ms", m.failure.heartbeat_ms);
   num("failure.connection_timeout_ms", m.failure.connection_timeout_ms);
+  num("ucx.op_timeout_ms", m.ucx.op_timeout_ms);
+  num("ucx.stall_timeout_ms", m.ucx.stall_timeout_ms);
+  num("ucx.window_mib", m.ucx.window_mib);
   num("nodes", m.nodes.size());
   for (size_t i = 0; i < m.nodes.size(); ++i) {
     auto& n = m.nodes[i];
@@ -1299,6 +1320,9 @@ std::string describe(const manifest& m) {
       m.router.local_prefill_threshold, m.router.max_inflight, m.router.max_queued_prompt_tokens));
   line(fmt::format("failure: heartbeat {} ms, connection timeout {} ms", m.failure.heartbeat_ms,
                    m.failure.connection_timeout_ms));
+  if (m.defaults.kv_transport == "ucx")
+    line(fmt::format("ucx: op timeout {} ms, stall timeout {} ms, window {} MiB",
+                     m.ucx.op_timeout_ms, m.ucx.stall_timeout_ms, m.ucx.window_mib));
   line(fmt::format("nodes ({}):", m.nodes.size()));
   for (auto& n : m.nodes) {
     auto launch = !n.ssh.empty() ? "ssh " + n.ssh

@@ -113,6 +113,13 @@ struct manifest_failure {
   uint32_t connection_timeout_ms = 1000;  ///< a silent peer is down after this, ms
 };
 
+/// The UCX KV transport's limits (used with defaults.kv_transport: ucx).
+struct manifest_ucx {
+  uint32_t op_timeout_ms = 5000;     ///< a KV write not done by then fails (peer hung/unreachable)
+  uint32_t stall_timeout_ms = 1000;  ///< a write without progress this long is reported stalled
+  uint32_t window_mib = 256;         ///< KV write bytes in flight per node; more wait in turn
+};
+
 /// A parsed, validated manifest with every default applied.
 struct manifest {
   std::string path;  ///< the file it was read from (not covered by the hash)
@@ -122,6 +129,7 @@ struct manifest {
   manifest_frontend frontend;
   manifest_router router;
   manifest_failure failure;
+  manifest_ucx ucx;
   std::vector<manifest_node> nodes;
 
   /// The node named `name`, or nullptr.

@@ -187,7 +187,11 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   // travels in the worker's pool descriptor.
   std::shared_ptr<kv_transport> transport;
   if (m.defaults.kv_transport == "ucx") {
-    auto t = ucx_transport::create();
+    ucx_config uc;
+    uc.op_timeout = std::chrono::milliseconds(m.ucx.op_timeout_ms);
+    uc.stall_timeout = std::chrono::milliseconds(m.ucx.stall_timeout_ms);
+    uc.max_inflight_bytes = uint64_t{m.ucx.window_mib} << 20;
+    auto t = ucx_transport::create(uc);
     if (!t) return fail(t.error());
     transport = std::move(*t);
   } else {

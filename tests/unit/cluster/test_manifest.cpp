@@ -195,6 +195,7 @@ kv_layout: {layers: 4, kv_heads: 8, head_dim: 128, dtype_bytes: 4}
 frontend: {node: head, host: 0.0.0.0, rpc_port: 9700, http_port: 9000}
 router: {local_prefill_threshold: 64, max_inflight: 10, max_queued_prompt_tokens: 5000}
 failure: {heartbeat_ms: 50, connection_timeout_ms: 400}
+ucx: {op_timeout_ms: 2500, stall_timeout_ms: 300, window_mib: 64}
 nodes:
   - name: head
     address: localhost
@@ -233,6 +234,9 @@ nodes:
   CHECK(m.router.max_queued_prompt_tokens == 5000);
   CHECK(m.failure.heartbeat_ms == 50);
   CHECK(m.failure.connection_timeout_ms == 400);
+  CHECK(m.ucx.op_timeout_ms == 2500);
+  CHECK(m.ucx.stall_timeout_ms == 300);
+  CHECK(m.ucx.window_mib == 64);
   REQUIRE(m.nodes.size() == 2);
   CHECK(m.nodes[0].port == 9800);
   CHECK(m.nodes[0].local);
@@ -464,6 +468,9 @@ const corpus_case corpus_cases[] = {
     {"kv_layout_with_path.yaml", 4,
      "kv_layout: given for a model file, which defines its own layout"},
     {"bad_dtype.yaml", 5, "kv_layout.dtype_bytes: got 3"},
+    {"ucx_stall_not_below_timeout.yaml", 5,
+     "ucx.stall_timeout_ms: 5000 ms is not shorter than ucx.op_timeout_ms (5000 ms)"},
+    {"ucx_bad_window.yaml", 5, "ucx.window_mib"},
     {"timeout_not_above_heartbeat.yaml", 7,
      "failure.connection_timeout_ms: 500 ms is not longer than failure.heartbeat_ms (500 ms)"},
     {"section_not_map.yaml", 5,
@@ -550,7 +557,7 @@ TEST_CASE("manifest: files that are not manifests", "[manifest]") {
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().message ==
           "test.yaml:1:1: (document): the manifest is empty; expected a map with keys cluster, "
-          "model, frontend, nodes (and optionally defaults, kv_layout, router, failure)");
+          "model, frontend, nodes (and optionally defaults, kv_layout, router, failure, ucx)");
   }
   SECTION("a scalar") {
     auto r = parse("just words");
