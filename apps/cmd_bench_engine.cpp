@@ -1,6 +1,7 @@
-// `tokenmill bench-engine`: the CPU engine alone, no cluster. Measures prefill and decode
-// throughput on a model file and puts the decode step's weight traffic next to the
-// machine's memory bandwidth measured by the same program, with the same threads.
+// `tokenmill bench-engine`: one engine alone, no cluster. Measures prefill and decode
+// throughput on a model file and puts the decode step's weight traffic next to the memory
+// bandwidth measured by the same program: the host's with the same threads (cpu engine),
+// or the device's copy bandwidth and cuBLAS GEMM throughput (cuda engine).
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -21,13 +22,20 @@
 #include "apps/commands.hpp"
 #include "common/clock.hpp"
 #include "engine/cpu_engine.hpp"
+#include "engine/engine_factory.hpp"
 #include "engine/model.hpp"
 
 namespace tokenmill::app {
 namespace {
 
 struct bench_engine_opts {
+  std::string engine = "cpu";
   std::string model;
+  int device = 0;
+  std::string dtype = "bf16";
+  bool no_graphs = false;
+  std::vector<uint32_t> prefill_lens;  ///< default: 128 512 (cpu), 512 2048 (cuda)
+  std::vector<uint32_t> batches;       ///< default: 1 8 32 (cpu), 1 16 64 (cuda)
   uint32_t threads = 0;
   std::string kv_dtype = "f16";
   bool json = false;
@@ -149,13 +157,26 @@ uint64_t view_bytes(const tensor_view& v) {
   return v.present() ? v.rows * row_bytes(v.type, v.cols) : 0;
 }
 
-/// Weight bytes one decode step reads: every linear weight plus the output head.
-uint64_t step_weight_bytes(const loaded_model& m) {
-  uint64_t n = view_bytes(m.weights.output);
+/// Weight bytes one decode step reads: every linear weight plus the output head, as stored
+/// (elem_bytes 0) or converted to elements of `elem_bytes` (the cuda engine's dtype).
+uint64_t step_weight_bytes(const loaded_model& m, uint32_t elem_bytes = 0) {
+  auto bytes = [&](const tensor_view& v) {
+    return elem_bytes == 0 ? view_bytes(v) : (v.present() ? v.rows * v.cols * elem_bytes : 0);
+  };
+  uint64_t n = bytes(m.weights.output);
   for (const auto& l : m.weights.layers)
-    n += view_bytes(l.wq) + view_bytes(l.wk) + view_bytes(l.wv) + view_bytes(l.wo) +
-         view_bytes(l.w_gate) + view_bytes(l.w_up) + view_bytes(l.w_down);
+    n += bytes(l.wq) + bytes(l.wk) + bytes(l.wv) + bytes(l.wo) + bytes(l.w_gate) + bytes(l.w_up) +
+         bytes(l.w_down);
   return n;
+}
+
+/// Multiply-adds per token of every linear layer and the output head.
+uint64_t linear_params(const loaded_model& m) {
+  auto n = [](const tensor_view& v) { return v.present() ? v.rows * v.cols : 0; };
+  uint64_t p = n(m.weights.output);
+  for (const auto& l : m.weights.layers)
+    p += n(l.wq) + n(l.wk) + n(l.wv) + n(l.wo) + n(l.w_gate) + n(l.w_up) + n(l.w_down);
+  return p;
 }
 
 uint64_t parameter_count(const loaded_model& m) {
@@ -182,6 +203,19 @@ std::vector<token_id> prompt_ids(uint32_t n, uint32_t vocab, uint64_t salt) {
 command add_bench_engine(CLI::App& app) {
   auto o = std::make_shared<bench_engine_opts>();
   app.add_option("--model", o->model, "GGUF file or Hugging Face directory")->required();
+  app.add_option("--engine", o->engine, "Engine to measure")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  app.add_option("--device", o->device, "CUDA device ordinal (cuda)")->capture_default_str();
+  app.add_option("--dtype", o->dtype, "Weights and GEMM inputs (cuda)")
+      ->check(CLI::IsMember({"bf16", "f16", "f32"}))
+      ->capture_default_str();
+  app.add_flag("--no-cuda-graphs", o->no_graphs, "Decode without CUDA graphs (cuda)");
+  app.add_option("--prefill-lens", o->prefill_lens,
+                 "Prompt lengths to prefill (default 128 512; cuda: 512 2048)")
+      ->check(CLI::Range(1u, 1u << 20));
+  app.add_option("--batches", o->batches, "Decode batch sizes (default 1 8 32; cuda: 1 16 64)")
+      ->check(CLI::Range(1u, 4096u));
   app.add_option("--threads", o->threads, "Compute threads (0: all hardware threads)")
       ->capture_default_str();
   app.add_option("--kv-dtype", o->kv_dtype, "KV cache element type")
@@ -210,19 +244,29 @@ command add_bench_engine(CLI::App& app) {
     }
     auto model = *loaded;
     const auto& c = model->config;
-    cpu_engine_config cfg;
-    cfg.threads = o->threads == 0 ? std::thread::hardware_concurrency() : o->threads;
-    cfg.kv_dtype_bytes = o->kv_dtype == "f32" ? 4 : 2;
-    std::unique_ptr<cpu_engine> eng;
-    try {
-      eng = std::make_unique<cpu_engine>(model, cfg);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "tokenmill bench-engine: %s\n", e.what());
+    const bool cuda = o->engine == "cuda";
+    engine_spec spec;
+    spec.kind = o->engine;
+    spec.model = model;
+    spec.cpu.threads = o->threads == 0 ? std::thread::hardware_concurrency() : o->threads;
+    spec.cpu.kv_dtype_bytes = o->kv_dtype == "f32" ? 4 : 2;
+    spec.cuda.device = o->device;
+    spec.cuda.dtype = o->dtype;
+    spec.cuda.kv_dtype_bytes = spec.cpu.kv_dtype_bytes;
+    spec.cuda.graphs = !o->no_graphs;
+    std::string err;
+    std::unique_ptr<engine> eng = make_engine(spec, err);
+    if (!eng) {
+      std::fprintf(stderr, "tokenmill bench-engine: %s\n", err.c_str());
       return 1;
     }
-    const uint32_t threads = cfg.threads;
-    const std::vector<uint32_t> prefill_lens{128, 512};
-    const std::vector<uint32_t> batches{1, 8, 32};
+    const uint32_t threads = cuda ? 1 : spec.cpu.threads;
+    const std::vector<uint32_t> prefill_lens = !o->prefill_lens.empty() ? o->prefill_lens
+                                               : cuda ? std::vector<uint32_t>{512, 2048}
+                                                      : std::vector<uint32_t>{128, 512};
+    const std::vector<uint32_t> batches = !o->batches.empty() ? o->batches
+                                          : cuda              ? std::vector<uint32_t>{1, 16, 64}
+                                                              : std::vector<uint32_t>{1, 8, 32};
     const uint32_t warm_steps = 2;
     if (c.max_context < o->decode_steps + warm_steps + 2) {
       std::fprintf(stderr, "tokenmill bench-engine: --decode-steps exceeds the context (%u)\n",
@@ -230,25 +274,36 @@ command add_bench_engine(CLI::App& app) {
       return 1;
     }
     const uint32_t ctx = std::min(o->context, c.max_context - o->decode_steps - warm_steps - 1);
-    kv_layout layout = cpu_kv_layout(c, cfg);
+    kv_layout layout = eng->info().layout;
     uint32_t per_seq = layout.blocks_for(ctx + warm_steps + o->decode_steps + 1);
     uint32_t blocks =
         layout.blocks_for(*std::max_element(prefill_lens.begin(), prefill_lens.end())) +
         per_seq * *std::max_element(batches.begin(), batches.end());
-    block_pool pool(layout, blocks);
+    std::unique_ptr<block_pool> pool_owner;
+    try {
+      pool_owner = make_pool(*eng, blocks);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "tokenmill bench-engine: a pool of %u blocks: %s\n", blocks, e.what());
+      return 1;
+    }
+    block_pool& pool = *pool_owner;
     if (!o->json)
-      std::fprintf(stderr, "model %s: %u layers, dim %u, vocab %u; %u threads, KV %s, %u blocks\n",
-                   c.name.c_str(), c.layers, c.dim, c.vocab, threads, o->kv_dtype.c_str(), blocks);
+      std::fprintf(
+          stderr,
+          "model %s: %u layers, dim %u, vocab %u; %s engine, %u threads, KV %s, %u blocks\n",
+          c.name.c_str(), c.layers, c.dim, c.vocab, o->engine.c_str(), threads, o->kv_dtype.c_str(),
+          blocks);
 
     nlohmann::ordered_json j;
     dtype wtype = model->weights.layers.empty() ? dtype::f32 : model->weights.layers[0].wq.type;
-    uint64_t step_bytes = step_weight_bytes(*model);
+    const uint32_t cuda_elem = o->dtype == "f32" ? 4 : 2;
+    uint64_t step_bytes = step_weight_bytes(*model, cuda ? cuda_elem : 0);
     j["model"] = {{"path", o->model},
                   {"name", c.name},
                   {"format", model->format},
                   {"arch", c.arch},
                   {"params", parameter_count(*model)},
-                  {"dtype", std::string(dtype_name(wtype))},
+                  {"dtype", cuda ? o->dtype : std::string(dtype_name(wtype))},
                   {"dim", c.dim},
                   {"layers", c.layers},
                   {"heads", c.heads},
@@ -256,8 +311,10 @@ command add_bench_engine(CLI::App& app) {
                   {"ffn", c.ffn},
                   {"vocab", c.vocab},
                   {"step_weight_bytes", step_bytes}};
+    j["engine"] = o->engine;
     j["threads"] = threads;
     j["kv_dtype"] = o->kv_dtype;
+    if (cuda) j["cuda_graphs"] = !o->no_graphs;
 
     // Prefill: one chunk per prompt, the whole prompt at once.
     nlohmann::ordered_json prefill = nlohmann::ordered_json::array();
@@ -311,9 +368,14 @@ command add_bench_engine(CLI::App& app) {
       chunk.end = ctx;
       chunk.blocks = tables[0];
       token_id first = eng->prefill(pool, std::span<const prefill_chunk>(&chunk, 1))[0];
+      std::vector<std::byte> staged(pool.block_bytes());
       for (uint32_t s = 1; s < b; ++s)
-        for (uint32_t k = 0; k < layout.blocks_for(ctx); ++k)
-          std::memcpy(pool.block(tables[s][k]), pool.block(tables[0][k]), pool.block_bytes());
+        for (uint32_t k = 0; k < layout.blocks_for(ctx); ++k) {
+          pool.storage().copy_out(size_t{tables[0][k]} * pool.block_bytes(), staged.data(),
+                                  staged.size());
+          pool.storage().copy_in(size_t{tables[s][k]} * pool.block_bytes(), staged.data(),
+                                 staged.size());
+        }
       std::vector<std::vector<token_id>> seqs(b, ctx_toks);
       for (auto& s : seqs)
         s.push_back(first);
@@ -337,16 +399,73 @@ command add_bench_engine(CLI::App& app) {
       for (const auto& t : tables)
         pool.release(t);
       double med = median(steps);
+      // KV read by the step: every context position of every sequence, K and V, all layers.
+      uint64_t kv_bytes = uint64_t{b} * (ctx + warm_steps + o->decode_steps / 2) * layout.layers *
+                          2 * layout.kv_heads * layout.head_dim * layout.dtype_bytes;
       decode.push_back({{"batch", b},
                         {"context_tokens", ctx},
                         {"median_step_s", med},
                         {"tokens_per_s", b / med},
                         {"weight_bytes_per_s", step_bytes / med},
+                        {"step_bytes", step_bytes + kv_bytes},
                         {"steps", o->decode_steps},
                         {"cpu_share", share}});
       if (!o->json) std::fprintf(stderr, "decode batch %u: %.2f ms/step\n", b, med * 1e3);
     }
     j["decode"] = decode;
+
+    if (cuda) {
+      // The device's roofline: bytes a decode step must read / measured copy bandwidth, and
+      // the prefill's linear-layer FLOPs / cuBLAS GEMM throughput at the prefill's shape.
+      cuda_device_probe dev;
+      double gemm = 0;
+      try {
+        dev = probe_cuda_device(o->device, size_t{o->bw_mib} * 1024 * 1024);
+        uint32_t m = prefill_lens.back();
+        gemm = cuda_gemm_flops_per_s(o->device, o->dtype, m, 2 * c.ffn, c.dim);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "tokenmill bench-engine: device probe: %s\n", e.what());
+        return 1;
+      }
+      for (auto& d : decode) {
+        double roofline_s = d["step_bytes"].get<double>() / dev.copy_bytes_per_s;
+        d["roofline_step_s"] = roofline_s;
+        d["roofline_fraction"] = roofline_s / d["median_step_s"].get<double>();
+      }
+      double flops_per_token = 2.0 * static_cast<double>(linear_params(*model));
+      for (auto& p : prefill) {
+        double bound = gemm / flops_per_token;
+        p["gemm_bound_tokens_per_s"] = bound;
+        p["gemm_fraction"] = p["tokens_per_s"].get<double>() / bound;
+      }
+      j["prefill"] = prefill;
+      j["decode"] = decode;
+      j["device"] = {{"name", dev.name},
+                     {"memory_gb", dev.memory_gb},
+                     {"copy_bytes_per_s", dev.copy_bytes_per_s},
+                     {"gemm_flops_per_s", gemm},
+                     {"gemm_shape", {prefill_lens.back(), 2 * c.ffn, c.dim}}};
+      if (o->json) {
+        std::printf("%s\n", j.dump().c_str());
+        return 0;
+      }
+      std::printf("model   %s: %.1fM parameters, %s on %s, %.1f MB of weights per decode step\n",
+                  c.name.c_str(), parameter_count(*model) / 1e6, o->dtype.c_str(), dev.name.c_str(),
+                  step_bytes / 1e6);
+      std::printf(
+          "device  copy bandwidth %.0f GB/s (read + write), cuBLAS %s GEMM %.1f TFLOP/s\n\n",
+          dev.copy_bytes_per_s / 1e9, o->dtype.c_str(), gemm / 1e12);
+      for (const auto& p : prefill)
+        std::printf("prefill %5u tokens: %8.2f ms, %9.0f tokens/s (%.0f%% of the GEMM bound)\n",
+                    p["prompt_tokens"].get<uint32_t>(), p["median_s"].get<double>() * 1e3,
+                    p["tokens_per_s"].get<double>(), 100 * p["gemm_fraction"].get<double>());
+      for (const auto& d : decode)
+        std::printf("decode batch %3u: %7.3f ms/step, %9.0f tokens/s, roofline %.3f ms (%.0f%%)\n",
+                    d["batch"].get<uint32_t>(), d["median_step_s"].get<double>() * 1e3,
+                    d["tokens_per_s"].get<double>(), d["roofline_step_s"].get<double>() * 1e3,
+                    100 * d["roofline_fraction"].get<double>());
+      return 0;
+    }
 
     // Memory bandwidth: a buffer far beyond the last-level cache, touched first so that
     // page faults are not timed.

@@ -76,6 +76,23 @@ std::vector<model_preset> build_presets() {
                base_config("tokenmill-350m", 1024, 24, 16, 8, 2816, 32000, 2048)});
   p.push_back({"1b", "TinyLlama-1.1B shape: dim 2048, 22 layers, GQA 32/4, vocab 32000",
                base_config("tokenmill-1b", 2048, 22, 32, 4, 5632, 32000, 2048)});
+  {
+    // The GPU benchmark's model: Llama-3.2-1B's shapes and RoPE (the real one ties its output
+    // head to the embedding; here it is separate, which changes the file, not the bytes a
+    // decode step reads). Context capped at 8192 so benchmark pools stay small.
+    auto c = base_config("tokenmill-llama3.2-1b", 2048, 16, 32, 8, 8192, 128256, 8192);
+    c.rope_theta = 500000;
+    c.scaling.type = rope_scaling::kind::llama3;
+    c.scaling.factor = 32;
+    c.scaling.low_freq_factor = 1;
+    c.scaling.high_freq_factor = 4;
+    c.scaling.original_max_context = 8192;
+    c.rms_eps = 1e-5f;
+    p.push_back({"llama3.2-1b",
+                 "Llama-3.2-1B shape: dim 2048, 16 layers, GQA 32/8, "
+                 "FFN 8192, vocab 128256 (GPU benchmarks)",
+                 c});
+  }
   return p;
 }
 

@@ -115,13 +115,18 @@ TEST_CASE("every preset validates, names are unique, smallest first", "[make-mod
     CHECK(model_weight_bytes(p.config, dtype::f32) > model_weight_bytes(p.config, dtype::f16));
   }
   CHECK(find_model_preset("nope") == nullptr);
-  // The benchmark preset is ~125M parameters, the largest ~1.1B.
+  // The benchmark preset is ~125M parameters; 1b is TinyLlama's ~1.1B; the GPU benchmark's
+  // Llama-3.2-1B shape has 1.24B plus a separate 263M output head.
   uint64_t n125 = model_parameter_count(find_model_preset("125m")->config);
   CHECK(n125 > 110'000'000);
   CHECK(n125 < 140'000'000);
   uint64_t n1b = model_parameter_count(find_model_preset("1b")->config);
   CHECK(n1b > 900'000'000);
   CHECK(n1b < 1'300'000'000);
+  const auto& l32 = find_model_preset("llama3.2-1b")->config;
+  CHECK(model_parameter_count(l32) == 1'498'482'688);
+  CHECK(l32.head_dim == 64);
+  CHECK(l32.scaling.type == rope_scaling::kind::llama3);
 }
 
 TEST_CASE("the same seed gives identical files, another seed different ones", "[make-model]") {
