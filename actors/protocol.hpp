@@ -279,7 +279,7 @@ typename F::result_type inspect(F& f, error_info& x) {
 template <class F>
 typename F::result_type inspect(F& f, pool_descriptor& x) {
   return f(caf::meta::type_name("pool_descriptor"), x.owner, x.block_bytes, x.num_blocks,
-           x.remote_key, x.worker_address);
+           x.remote_key, x.worker_address, x.host);
 }
 template <class F>
 typename F::result_type inspect(F& f, kv_payload& x) {

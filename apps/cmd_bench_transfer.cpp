@@ -191,9 +191,10 @@ bool recv_bytes(int fd, std::vector<uint8_t>& b) {
 /// Child → parent hello: status byte ('D' descriptor follows, 'E' error text follows).
 bool send_descriptor(int fd, const pool_descriptor& d, const std::string& tls) {
   std::vector<uint8_t> t(tls.begin(), tls.end());
+  std::vector<uint8_t> host(d.host.begin(), d.host.end());
   return send_pod(fd, 'D') && send_pod(fd, d.owner) && send_pod(fd, d.block_bytes) &&
          send_pod(fd, d.num_blocks) && send_bytes(fd, d.remote_key) &&
-         send_bytes(fd, d.worker_address) && send_bytes(fd, t);
+         send_bytes(fd, d.worker_address) && send_bytes(fd, host) && send_bytes(fd, t);
 }
 
 void send_error(int fd, const std::string& msg) {
@@ -565,11 +566,12 @@ std::string run_transfers(const bench_transfer_opts& o, const std::vector<uint64
     return std::string("receiver: " + std::string(m.begin(), m.end()));
   }
   pool_descriptor peer;
-  std::vector<uint8_t> child_tls;
+  std::vector<uint8_t> child_tls, host;
   if (tag != 'D' || !recv_pod(fd, peer.owner) || !recv_pod(fd, peer.block_bytes) ||
       !recv_pod(fd, peer.num_blocks) || !recv_bytes(fd, peer.remote_key) ||
-      !recv_bytes(fd, peer.worker_address) || !recv_bytes(fd, child_tls))
+      !recv_bytes(fd, peer.worker_address) || !recv_bytes(fd, host) || !recv_bytes(fd, child_tls))
     return std::string("the receiver process died while sending its pool descriptor");
+  peer.host.assign(host.begin(), host.end());
 
   {
     mapped src(pool_bytes);

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -24,6 +25,9 @@ struct pool_descriptor {
   uint32_t num_blocks = 0;
   std::vector<uint8_t> remote_key;      ///< transport-specific (packed rkey); empty for inline
   std::vector<uint8_t> worker_address;  ///< transport-specific; empty for inline
+  /// The host the pool lives on (its kernel's boot id): a transport may take a faster,
+  /// host-local path to a pool on its own host. Empty when unknown.
+  std::string host;
 };
 
 /// What a completed write hands to the control message for the destination.

@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <fstream>
 #include <functional>
 #include <future>
 #include <map>
@@ -28,6 +29,17 @@
 namespace tokenmill {
 
 namespace {
+
+/// This host's identity for pool descriptors: the running kernel's boot id (the same for
+/// every process and network namespace of the host), else the host name.
+std::string host_identity() {
+  std::ifstream in("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  if (std::getline(in, id) && !id.empty()) return id;
+  char name[256] = {};
+  if (::gethostname(name, sizeof(name) - 1) == 0) return name;
+  return {};
+}
 
 using clock_type = std::chrono::steady_clock;
 
@@ -165,6 +177,7 @@ struct ucx_transport::impl {
     std::map<std::vector<uint8_t>, rkey_ptr> rkeys;  ///< by descriptor remote_key bytes
     ep_ptr ep;
     bool failed = false;
+    bool peer_errors = true;  ///< created with UCP_ERR_HANDLING_MODE_PEER
     /// Writes whose puts are all issued, waiting for the flush at the end of this iteration.
     std::vector<uint64_t> flush_ready;
   };
@@ -192,6 +205,7 @@ struct ucx_transport::impl {
     bool internal = false;  ///< connect()'s flush: no caller, not in stats or the window
     worker_id peer = 0;
     std::vector<uint8_t> address;
+    bool same_host = false;  ///< the peer's pool is on this host: no peer error handling
     std::vector<uint8_t> remote_key;
     const std::byte* put_base = nullptr;  ///< what puts read: the pool in place, or its mirror
     const pool_memory* staged = nullptr;  ///< set: copy device -> mirror (put_base) first
@@ -217,6 +231,7 @@ struct ucx_transport::impl {
 
   ucx_config cfg_;
   bool cuda_supported_ = false;
+  std::string host_;  ///< this host's identity (pool_descriptor::host)
   context_ptr context_;
   worker_ptr worker_;
   std::vector<uint8_t> worker_address_;
@@ -636,18 +651,23 @@ struct ucx_transport::impl {
     }
   }
 
-  result<endpoint_state*> endpoint_for(const std::vector<uint8_t>& address) {
+  result<endpoint_state*> endpoint_for(const std::vector<uint8_t>& address, bool same_host) {
     auto it = eps_.find(address);
     if (it != eps_.end()) return it->second.get();
     auto state = std::make_unique<endpoint_state>();
     state->owner = this;
     state->address = address;
-    state->ep = ep_ptr{nullptr, ep_closer{this, false}};
+    const bool peer_errors =
+        cfg_.peer_error_handling && !(same_host && cfg_.same_host_shared_memory);
+    state->peer_errors = peer_errors;
+    // Without peer error handling a dead peer never fails what is outstanding: only a forced
+    // close cancels it (and a graceful close to a dead peer would never finish).
+    state->ep = ep_ptr{nullptr, ep_closer{this, !peer_errors}};
     ucp_ep_params_t p{};
     p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
     p.address = reinterpret_cast<const ucp_address_t*>(state->address.data());
-    p.err_mode = cfg_.peer_error_handling ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
-    if (cfg_.peer_error_handling) {
+    p.err_mode = peer_errors ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
+    if (peer_errors) {
       p.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
       p.err_handler.cb = &on_ep_error;
       p.err_handler.arg = state.get();
@@ -715,7 +735,7 @@ struct ucx_transport::impl {
       writes_in_flight_.fetch_add(1, std::memory_order_relaxed);
       bytes_in_flight_.fetch_add(op.bytes, std::memory_order_relaxed);
     }
-    auto ep = endpoint_for(op.address);
+    auto ep = endpoint_for(op.address, op.same_host);
     if (!ep) return finish(id, ep.error());
     if (!op.internal) {
       auto rkey = rkey_for(**ep, op.remote_key);
@@ -811,11 +831,12 @@ struct ucx_transport::impl {
 
   /// Creates the endpoint to `address` and flushes it (wire-up complete before the first
   /// write); the flush is tracked like a write whose completion nobody waits for.
-  void start_connect(const std::vector<uint8_t>& address) {
+  void start_connect(const std::vector<uint8_t>& address, bool same_host) {
     auto op = std::make_unique<write_op>();
     op->id = next_op_++;
     op->internal = true;
     op->address = address;
+    op->same_host = same_host;
     op->done = [](error_info, kv_payload) {};
     op->deadline = clock_type::now() + cfg_.op_timeout;
     start(std::move(op));
@@ -857,6 +878,7 @@ struct ucx_transport::impl {
       d.remote_key[i] = static_cast<uint8_t>(base >> (8 * i));
     std::memcpy(d.remote_key.data() + 8, buf, len);
     d.worker_address = worker_address_;
+    d.host = host_;
     d.num_blocks = static_cast<uint32_t>(memory.size() / block_bytes);
     mems_.push_back(std::move(mem));
     {
@@ -874,6 +896,7 @@ ucx_transport::~ucx_transport() = default;
 result<std::shared_ptr<ucx_transport>> ucx_transport::create(ucx_config cfg) {
   auto im = std::make_unique<impl>();
   im->cfg_ = cfg;
+  im->host_ = host_identity();
   ucp_config_t* raw_config = nullptr;
   ucs_status_t st = ucp_config_read(nullptr, nullptr, &raw_config);  // honours UCX_* env
   if (st != UCS_OK) return ucs_error(st, "ucp_config_read");
@@ -994,8 +1017,9 @@ pool_descriptor ucx_transport::register_pool(worker_id owner, pool_memory& pool,
 void ucx_transport::connect(const pool_descriptor& peer) {
   if (peer.worker_address.empty()) return;
   impl* im = impl_.get();
-  impl_->submit([im, address = peer.worker_address](bool cancelled) {
-    if (!cancelled) im->start_connect(address);
+  const bool same_host = !peer.host.empty() && peer.host == impl_->host_;
+  impl_->submit([im, address = peer.worker_address, same_host](bool cancelled) {
+    if (!cancelled) im->start_connect(address, same_host);
   });
 }
 
@@ -1031,6 +1055,7 @@ void ucx_transport::write(const pool_memory& pool, size_t block_bytes,
   auto op = std::make_unique<impl::write_op>();
   op->peer = peer.owner;
   op->address = peer.worker_address;
+  op->same_host = !peer.host.empty() && peer.host == impl_->host_;
   op->remote_key = peer.remote_key;
   op->block_bytes = block_bytes;
   op->dst.assign(dst.begin(), dst.end());

@@ -21,6 +21,12 @@ struct ucx_config {
   /// tcp-class lanes; off, they may use shared memory but a dead peer is only noticed
   /// through op_timeout (and the cluster's own failure detection).
   bool peer_error_handling = true;
+  /// Endpoints to pools on this same host (pool_descriptor::host) are created without peer
+  /// error handling, so that UCX may use shared memory and CMA between the processes (5x
+  /// tcp's bandwidth here). A same-host peer that dies is then noticed through op_timeout
+  /// and the cluster's heartbeats rather than by UCX; at shutdown such endpoints are
+  /// force-closed, which cancels what is still outstanding on them.
+  bool same_host_shared_memory = true;
   /// A write not completed this long after write() was called fails with errc::timeout (peer
   /// hung or unreachable). Counted from the call, so time spent queued behind the window
   /// counts too: the caller is told within this bound either way.
