@@ -50,7 +50,7 @@ struct bench_transfer_opts {
   double seconds = 1.0;
   std::vector<std::string> sizes;  ///< e.g. 16K, 1M, 65536
   bool json = false;
-  bool no_peer_errors = false;  ///< endpoints without UCP_ERR_HANDLING_MODE_PEER
+  bool peer_errors = false;  ///< endpoints with UCP_ERR_HANDLING_MODE_PEER, even on one host
 };
 
 double median(std::vector<double> v) {
@@ -211,9 +211,12 @@ result<std::shared_ptr<ucx_transport>> create_transport(bool shm, std::string& t
   const char* env = std::getenv("UCX_TLS");
   tls = env ? env : "default";
   ucx_config cfg;
-  // TOKENMILL_BENCH_NO_PEER_ERRORS (set by --no-peer-errors before the fork) lets UCX use
-  // its shared-memory transports, which cannot report a dead peer.
-  cfg.peer_error_handling = std::getenv("TOKENMILL_BENCH_NO_PEER_ERRORS") == nullptr;
+  // TOKENMILL_BENCH_PEER_ERRORS (set by --peer-errors before the fork): endpoints report a
+  // dead peer, which keeps UCX 1.13 off its shared-memory transports.
+  if (std::getenv("TOKENMILL_BENCH_PEER_ERRORS") != nullptr) {
+    cfg.peer_error_handling = true;
+    cfg.same_host_shared_memory = false;
+  }
   auto t = ucx_transport::create(cfg);
   if (!t && shm && env) {
     unsetenv("UCX_TLS");
@@ -623,10 +626,11 @@ command add_bench_transfer(CLI::App& app) {
                  "Block sizes, e.g. 16K,64K,1M (default 16K,64K,256K,1M,4M,16M)")
       ->delimiter(',');
   app.add_flag("--json", o->json, "Print one JSON object");
-  app.add_flag("--no-peer-errors", o->no_peer_errors,
-               "Endpoints without peer failure reporting (lets UCX use shared memory/CMA)");
+  app.add_flag("--peer-errors", o->peer_errors,
+               "Endpoints with peer failure reporting, as between hosts with it turned on "
+               "(UCX 1.13 then uses no shared memory/CMA)");
   return [o]() -> int {
-    if (o->no_peer_errors) setenv("TOKENMILL_BENCH_NO_PEER_ERRORS", "1", 1);
+    if (o->peer_errors) setenv("TOKENMILL_BENCH_PEER_ERRORS", "1", 1);
     const bool shm = o->transport == "shm";
     std::vector<uint64_t> sizes;
     if (o->sizes.empty()) sizes = {16 * kib, 64 * kib, 256 * kib, 1 * mib, 4 * mib, 16 * mib};

@@ -89,9 +89,9 @@ struct manifest_model {
 };
 
 struct manifest_defaults {
-  std::string engine = "sim";           ///< "sim", "cpu" or "cuda"; "cpu" when the model is a file
-  uint32_t block_tokens = 16;           ///< tokens per KV block
-  std::string kv_transport = "inline";  ///< "inline" or "ucx"
+  std::string engine = "sim";        ///< "sim", "cpu" or "cuda"; "cpu" when the model is a file
+  uint32_t block_tokens = 16;        ///< tokens per KV block
+  std::string kv_transport = "ucx";  ///< "ucx" (between node processes) or "inline"
 };
 
 /// Where clients connect: the RPC and HTTP servers beside the router.

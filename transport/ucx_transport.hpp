@@ -16,16 +16,18 @@ namespace tokenmill {
 /// Tuning for a ucx_transport.
 struct ucx_config {
   bool busy_poll = false;  ///< spin on ucp_worker_progress instead of wake-up mode
-  /// Endpoints report a dead or unreachable peer (UCP_ERR_HANDLING_MODE_PEER). UCX 1.13's
-  /// shared-memory and CMA transports cannot, so with this on, same-host transfers take
-  /// tcp-class lanes; off, they may use shared memory but a dead peer is only noticed
-  /// through op_timeout (and the cluster's own failure detection).
-  bool peer_error_handling = true;
-  /// Endpoints to pools on this same host (pool_descriptor::host) are created without peer
-  /// error handling, so that UCX may use shared memory and CMA between the processes (5x
-  /// tcp's bandwidth here). A same-host peer that dies is then noticed through op_timeout
-  /// and the cluster's heartbeats rather than by UCX; at shutdown such endpoints are
-  /// force-closed, which cancels what is still outstanding on them.
+  /// Endpoints report a dead or unreachable peer (UCP_ERR_HANDLING_MODE_PEER). Off by
+  /// default: a dead peer is then noticed through op_timeout and the cluster's heartbeats,
+  /// which is the configuration the tests run (loopback, network namespaces over veth, a
+  /// peer killed mid-transfer). On, UCX fails a dead peer's writes itself, but Debian's UCX
+  /// 1.13.1 (built with assertions) can abort the surviving process in that path
+  /// ("ucp_request.c:684 ... got REP message", removed upstream in openucx/ucx#8175), and
+  /// UCX 1.13's shared-memory and CMA transports cannot be used with it.
+  bool peer_error_handling = false;
+  /// With peer_error_handling on: endpoints to pools on this same host
+  /// (pool_descriptor::host) are still created without it, so that UCX may use shared
+  /// memory and CMA between the processes (5x tcp's bandwidth here). Endpoints without peer
+  /// error handling are force-closed at shutdown, which cancels what is outstanding on them.
   bool same_host_shared_memory = true;
   /// A write not completed this long after write() was called fails with errc::timeout (peer
   /// hung or unreachable). Counted from the call, so time spent queued behind the window

@@ -137,7 +137,7 @@ TEST_CASE("manifest: a minimal manifest resolves with every default", "[manifest
   CHECK(m.model.sim_cfg.layout.block_tokens == 16);
   CHECK(m.defaults.engine == "sim");
   CHECK(m.defaults.block_tokens == 16);
-  CHECK(m.defaults.kv_transport == "inline");
+  CHECK(m.defaults.kv_transport == "ucx");
   CHECK(m.frontend.node == "head");
   CHECK(m.frontend.host == "127.0.0.1");  // the frontend node's address
   CHECK(m.frontend.rpc_port == 7700);
@@ -640,7 +640,7 @@ nodes:
 failure: {connection_timeout_ms: 1000, heartbeat_ms: 200}
 router: {max_inflight: 1024, local_prefill_threshold: 0}
 frontend: {http_port: 8000, host: 127.0.0.1, node: head, rpc_port: 7700}
-defaults: {kv_transport: inline, block_tokens: 16, engine: sim}
+defaults: {kv_transport: ucx, block_tokens: 16, engine: sim}
 kv_layout: {layers: 2, kv_heads: 2, head_dim: 64, dtype_bytes: 2}
 model:
   sim: {decode_step_ms: 10, prefill_us_per_token: 200, slowdown: 1.0}
@@ -658,7 +658,7 @@ cluster: demo
         {"model: {sim: {}}", "model: {sim: {seed: 5}}"},
         {"model: {sim: {}}", "model: {sim: {}}\nkv_layout: {layers: 3}"},
         {"model: {sim: {}}", "model: {sim: {}}\ndefaults: {block_tokens: 32}"},
-        {"model: {sim: {}}", "model: {sim: {}}\ndefaults: {kv_transport: ucx}"},
+        {"model: {sim: {}}", "model: {sim: {}}\ndefaults: {kv_transport: inline}"},
         {"model: {sim: {}}", "model: {sim: {}}\nrouter: {max_inflight: 7}"},
         {"model: {sim: {}}", "model: {sim: {}}\nfailure: {heartbeat_ms: 100}"},
         {"frontend: {node: head}", "frontend: {node: head, http_port: 8001}"},

@@ -257,9 +257,10 @@ TEST_CASE("ucx transport rejects bad input", "[transport][ucx]") {
 }
 
 TEST_CASE("ucx transport fails writes to a peer that is gone", "[transport][ucx]") {
-  // Peer error handling on (as between hosts): UCX itself reports the gone peer. Same-host
-  // endpoints (the default here) have none and rely on op_timeout, tested below.
-  auto a = make_transport({.same_host_shared_memory = false, .op_timeout = 500ms});
+  // Peer error handling on, for this peer too: UCX itself reports the gone peer. Without it
+  // (the default) a gone peer is noticed by op_timeout, tested with the stall test.
+  auto a = make_transport(
+      {.peer_error_handling = true, .same_host_shared_memory = false, .op_timeout = 500ms});
   auto b = make_transport();
   if (!a || !b) return;
   auto mem_a = make_buffer(8, 1);
@@ -312,7 +313,8 @@ TEST_CASE("ucx transport fails writes after a connected peer goes, and reconnect
           "[transport][ucx]") {
   // Each round: connect to a fresh peer, let it go, fail a write on the failed endpoint (which
   // the transport then closes and frees), and start over with a new peer.
-  auto a = make_transport({.same_host_shared_memory = false, .op_timeout = 1000ms});
+  auto a = make_transport(
+      {.peer_error_handling = true, .same_host_shared_memory = false, .op_timeout = 1000ms});
   if (!a) return;
   auto mem_a = make_buffer(8, 1);
   a->register_pool(1, mem_a, kBlock);
