@@ -51,6 +51,7 @@ struct bench_transfer_opts {
   std::vector<std::string> sizes;  ///< e.g. 16K, 1M, 65536
   bool json = false;
   bool peer_errors = false;  ///< endpoints with UCP_ERR_HANDLING_MODE_PEER, even on one host
+  bool busy_poll = false;    ///< both sides spin on their UCP worker, as ucx_perftest does
 };
 
 double median(std::vector<double> v) {
@@ -213,6 +214,9 @@ result<std::shared_ptr<ucx_transport>> create_transport(bool shm, std::string& t
   ucx_config cfg;
   // TOKENMILL_BENCH_PEER_ERRORS (set by --peer-errors before the fork): endpoints report a
   // dead peer, which keeps UCX 1.13 off its shared-memory transports.
+  // TOKENMILL_BENCH_BUSY_POLL (set by --busy-poll before the fork): both progress threads
+  // spin instead of sleeping on the worker's event fd.
+  cfg.busy_poll = std::getenv("TOKENMILL_BENCH_BUSY_POLL") != nullptr;
   if (std::getenv("TOKENMILL_BENCH_PEER_ERRORS") != nullptr) {
     cfg.peer_error_handling = true;
     cfg.same_host_shared_memory = false;
@@ -626,11 +630,15 @@ command add_bench_transfer(CLI::App& app) {
                  "Block sizes, e.g. 16K,64K,1M (default 16K,64K,256K,1M,4M,16M)")
       ->delimiter(',');
   app.add_flag("--json", o->json, "Print one JSON object");
+  app.add_flag("--busy-poll", o->busy_poll,
+               "Both processes spin on their UCP worker (as ucx_perftest does) instead of the "
+               "runtime's wake-up mode");
   app.add_flag("--peer-errors", o->peer_errors,
                "Endpoints with peer failure reporting, as between hosts with it turned on "
                "(UCX 1.13 then uses no shared memory/CMA)");
   return [o]() -> int {
     if (o->peer_errors) setenv("TOKENMILL_BENCH_PEER_ERRORS", "1", 1);
+    if (o->busy_poll) setenv("TOKENMILL_BENCH_BUSY_POLL", "1", 1);
     const bool shm = o->transport == "shm";
     std::vector<uint64_t> sizes;
     if (o->sizes.empty()) sizes = {16 * kib, 64 * kib, 256 * kib, 1 * mib, 4 * mib, 16 * mib};
@@ -694,6 +702,8 @@ command add_bench_transfer(CLI::App& app) {
     j["transport"] = o->transport;
     j["ucx_tls"] = tls;
     j["window"] = o->window;
+    j["busy_poll"] = o->busy_poll;
+    j["peer_errors"] = o->peer_errors;
     j["seconds"] = o->seconds;
     j["pool_bytes"] = pool_bytes;
     j["machine"] = {{"nproc", usable_cpus()},
