@@ -1,6 +1,7 @@
 #pragma once
 /// Spawn functions of every actor. The composition root (cluster/) builds their
 /// configuration and dependencies and passes them in; no actor looks anything up.
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -65,6 +66,11 @@ struct decode_config {
   uint32_t num_blocks = 4096;           ///< KV pool size
   uint32_t max_batch = 64;              ///< sequences per decode step
   uint32_t local_prefill_budget = 512;  ///< prompt tokens per local prefill chunk
+  /// With a one-sided transport, the blocks of a sequence that ends while its KV is being
+  /// written are held until the prefill worker reports its writes drained (kv_drained), or
+  /// this long at most: longer than the transport's op timeout, after which no write of it
+  /// can still be in flight.
+  std::chrono::milliseconds kv_drain_timeout{6000};
 };
 
 /// A decode worker (detached). Prefills locally when the router assigns no prefill worker.

@@ -93,6 +93,18 @@ struct prefill_failed {
   error_info error;
 };
 
+/// prefill -> decode: the job of `id` was cancelled or failed and none of its transport
+/// writes is in flight any more: nothing else will land in the blocks the decode worker
+/// reserved for it (with a one-sided transport it holds them until then).
+struct kv_drained {
+  request_id id = 0;
+};
+
+/// decode -> itself: stop waiting for kv_drained of `id` (its prefill worker may be gone).
+struct drain_expired {
+  request_id id = 0;
+};
+
 /// transport -> prefill (its own mailbox): a kv write finished; forward the control
 /// message to the decode worker. Completions may come from a transport thread, so they
 /// re-enter the worker as a message.
@@ -319,6 +331,14 @@ typename F::result_type inspect(F& f, engine_step_done& x) {
 template <class F>
 typename F::result_type inspect(F& f, kv_ready& x) {
   return f(caf::meta::type_name("kv_ready"), x.id, x.first_token, x.blocks, x.tr);
+}
+template <class F>
+typename F::result_type inspect(F& f, kv_drained& x) {
+  return f(caf::meta::type_name("kv_drained"), x.id);
+}
+template <class F>
+typename F::result_type inspect(F& f, drain_expired& x) {
+  return f(caf::meta::type_name("drain_expired"), x.id);
 }
 template <class F>
 typename F::result_type inspect(F& f, prefill_failed& x) {

@@ -14,6 +14,8 @@ void register_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<engine_step_done>("tokenmill::engine_step_done");
   cfg.add_message_type<kv_ready>("tokenmill::kv_ready");
   cfg.add_message_type<prefill_failed>("tokenmill::prefill_failed");
+  cfg.add_message_type<kv_drained>("tokenmill::kv_drained");
+  cfg.add_message_type<drain_expired>("tokenmill::drain_expired");
   cfg.add_message_type<first_token>("tokenmill::first_token");
   cfg.add_message_type<token_batch>("tokenmill::token_batch");
   cfg.add_message_type<request_done>("tokenmill::request_done");

@@ -242,8 +242,10 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
       case role::decode: {
         auto eng = make_engine(spec_for(*a.worker()), err);
         if (!eng) return fail({errc::invalid_request, a.name + ": " + err});
-        im->actors.push_back(spawn_decode(sys, info(a), to_decode_config(*a.decode()),
-                                          std::move(eng), transport, sup, kv));
+        auto dc = to_decode_config(*a.decode());
+        // Longer than any write of a prefill worker can live (ucx.op_timeout_ms).
+        dc.kv_drain_timeout = std::chrono::milliseconds(m.ucx.op_timeout_ms + 1000);
+        im->actors.push_back(spawn_decode(sys, info(a), dc, std::move(eng), transport, sup, kv));
         im->workers.push_back(im->actors.back());
         break;
       }

@@ -91,6 +91,10 @@ class kv_transport {
   /// connects now), so that the first transfer does not pay for it. Asynchronous; failures
   /// show up in later writes. Nothing to do for transports without connections.
   virtual void connect(const pool_descriptor& peer) { (void)peer; }
+  /// Whether writes put bytes straight into the peer's memory (UCX): a write still in
+  /// flight can then land after the receiver gave up on it, so the receiver must not reuse
+  /// its blocks until the writer says it is done. Inline payloads only land when delivered.
+  virtual bool one_sided() const { return false; }
 };
 
 /// Block bytes travel inside actor messages: the transport for single-process clusters

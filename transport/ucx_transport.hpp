@@ -66,6 +66,7 @@ class ucx_transport final : public kv_transport {
   using kv_transport::write;
   /// "ucx".
   std::string_view name() const override { return "ucx"; }
+  bool one_sided() const override { return true; }
   /// Whether this UCX registers CUDA memory itself (UCS_MEMORY_TYPE_CUDA among the
   /// context's memory types); when not, device pools are staged through host memory.
   bool cuda_memory_supported() const;

@@ -70,6 +70,10 @@ struct decode_state {
   uint64_t completed = 0;
   uint64_t tokens_out = 0;
   uint64_t kv_bytes_received = 0;  ///< prompt KV that arrived from prefill workers
+  /// Blocks of sequences that ended while a one-sided transport was writing their KV: a put
+  /// still in flight may land in them, so they are held until the prefill worker reports its
+  /// writes drained (kv_drained), or until cfg.kv_drain_timeout.
+  std::unordered_map<request_id, std::vector<block_id>> draining;
   static inline const char* name = "decode";
 };
 
@@ -101,8 +105,14 @@ void finish(decode_ptr self, request_id id, finish_reason reason, error_info err
     return;
   }
   if (s.phase == seq_phase::waiting_kv && s.prefill) self->send(s.prefill, cancel_request{id});
-  if (!s.blocks.empty() && !st.cache->release(s.blocks))
-    spdlog::error("decode {}: releasing blocks of request {} failed", st.info.name, id);
+  if (!s.blocks.empty()) {
+    if (s.phase == seq_phase::waiting_kv && st.transport->one_sided()) {
+      st.draining.emplace(id, std::move(s.blocks));
+      self->delayed_send(self, st.cfg.kv_drain_timeout, drain_expired{id});
+    } else if (!st.cache->release(s.blocks)) {
+      spdlog::error("decode {}: releasing blocks of request {} failed", st.info.name, id);
+    }
+  }
   request_done d;
   d.id = id;
   d.reason = reason;
@@ -120,6 +130,22 @@ void finish(decode_ptr self, request_id id, finish_reason reason, error_info err
   erase_id(st.ready, id);
   erase_id(st.running, id);
   st.seqs.erase(it);
+  reserve_waiting(self);
+}
+
+/// Frees the held blocks of an ended sequence once no write can land in them any more.
+void release_drained(decode_ptr self, request_id id, bool expired) {
+  auto& st = self->state;
+  auto it = st.draining.find(id);
+  if (it == st.draining.end()) return;
+  if (expired)
+    spdlog::warn(
+        "decode {}: no word from the prefill worker on request {}'s writes after {} ms; "
+        "freeing its {} blocks",
+        st.info.name, id, st.cfg.kv_drain_timeout.count(), it->second.size());
+  if (!st.cache->release(it->second))
+    spdlog::error("decode {}: releasing blocks of request {} failed", st.info.name, id);
+  st.draining.erase(it);
   reserve_waiting(self);
 }
 
@@ -465,7 +491,11 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         launch_on_exit relaunch{self};
         auto& st = self->state;
         auto it = st.seqs.find(r.id);
-        if (it == st.seqs.end() || it->second.phase != seq_phase::waiting_kv) return;
+        if (it == st.seqs.end() || it->second.phase != seq_phase::waiting_kv) {
+          // Every write of the job is done: held blocks of an ended sequence are free again.
+          release_drained(self, r.id, false);
+          return;
+        }
         auto& s = it->second;
         s.req.tr = std::move(r.tr);
         s.req.tr.stamp(stage::kv_ready, st.info.node_index);
@@ -492,6 +522,14 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         if (it == self->state.seqs.end()) return;
         it->second.prefill = caf::actor{};  // nothing to cancel there
         fail(self, f.id, f.error.code, "prefill failed: " + f.error.message);
+      },
+      [self](const kv_drained& d) {
+        launch_on_exit relaunch{self};
+        release_drained(self, d.id, false);
+      },
+      [self](const drain_expired& d) {
+        launch_on_exit relaunch{self};
+        release_drained(self, d.id, true);
       },
       [self](step_atom) { launch(self); },
       [self](const membership& m) {
@@ -529,6 +567,9 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
             "engine {}, transport {}, {} awaiting KV, prefix cache {} blocks ({} reused)",
             st.eng->info().name, st.transport->name(), waiting_kv, st.cache->cached(),
             st.cache->hits());
+        if (!st.draining.empty())
+          ws.detail += fmt::format(", {} ended requests' blocks held until their writes drain",
+                                   st.draining.size());
         return ws;
       },
   };

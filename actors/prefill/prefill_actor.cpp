@@ -31,7 +31,8 @@ struct job_state {
   uint32_t writes_pending = 0;   ///< transport writes not completed yet
   bool computed = false;         ///< every chunk computed
   token_id first = 0;            ///< token sampled after the prompt
-  bool dropped = false;          ///< cancelled or failed while on the engine: drop after
+  bool dropped = false;          ///< cancelled or failed while on the engine or writing: drop after
+  bool notify_drained = false;  ///< cancelled or failed: kv_drained to the decode worker at the end
 };
 
 struct prefill_state {
@@ -75,11 +76,14 @@ void drop_job(prefill_ptr self, request_id id) {
   auto& st = self->state;
   auto it = st.jobs.find(id);
   if (it == st.jobs.end()) return;
-  if (on_engine(st, id)) {
-    // The engine is writing into this job's blocks right now; free them when it is done.
-    it->second.dropped = true;
+  auto& js = it->second;
+  if (on_engine(st, id) || js.writes_pending > 0) {
+    // The engine is writing into this job's blocks, or the transport is reading them (and
+    // may still put into the decode worker's): free them when that is over.
+    js.dropped = true;
     return;
   }
+  if (js.notify_drained) self->send(js.job.decode, kv_drained{id});
   if (!st.cache->release(it->second.blocks))
     spdlog::error("prefill {}: releasing blocks of request {} failed", st.info.name, id);
   st.jobs.erase(it);
@@ -93,6 +97,7 @@ void fail_job(prefill_ptr self, request_id id, error_info err) {
   if (it == st.jobs.end() || it->second.dropped) return;
   spdlog::warn("prefill {}: request {} failed: {}", st.info.name, id, err.message);
   self->send(it->second.job.decode, prefill_failed{id, std::move(err)});
+  it->second.notify_drained = true;
   drop_job(self, id);
 }
 
@@ -275,6 +280,7 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
                                       job.prompt.size(), job.skip_blocks, job.dst_blocks.size(),
                                       job.dst.block_bytes, skip_ok ? need - job.skip_blocks : need,
                                       st.pool->block_bytes())}});
+          self->send(job.decode, kv_drained{id});  // nothing was written
           return;
         }
         if (need > st.pool->total()) {
@@ -283,6 +289,7 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
                                                  fmt::format("prompt needs {} KV blocks; the "
                                                              "prefill pool has {}",
                                                              need, st.pool->total())}});
+          self->send(job.decode, kv_drained{id});  // nothing was written
           return;
         }
         auto& js = st.jobs[id];
@@ -309,9 +316,13 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
         launch_on_exit relaunch{self};
         auto& st = self->state;
         auto it = st.jobs.find(d.id);
-        if (it == st.jobs.end() || it->second.dropped) return;  // cancelled meanwhile
+        if (it == st.jobs.end()) return;
         auto& js = it->second;
         --js.writes_pending;
+        if (js.dropped) {  // cancelled or failed meanwhile: free it once nothing is in flight
+          drop_job(self, d.id);
+          return;
+        }
         if (d.error) {
           fail_job(self, d.id, std::move(d.error));
           return;
@@ -327,6 +338,8 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
         }
       },
       [self](const cancel_request& c) {
+        if (auto it = self->state.jobs.find(c.id); it != self->state.jobs.end())
+          it->second.notify_drained = true;
         drop_job(self, c.id);
         launch(self);
       },

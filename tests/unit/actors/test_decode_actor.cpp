@@ -5,6 +5,7 @@
 #include <cstring>
 #include <map>
 #include <optional>
+#include <thread>
 #include <variant>
 
 #include "engine/block_hash.hpp"
@@ -41,7 +42,8 @@ struct decode_harness {
   pool_descriptor decode_pool;
 
   explicit decode_harness(decode_config dc = small_decode(), bool self_is_kv_store = false,
-                          std::optional<gated_engine::gated_call> gated = std::nullopt) {
+                          std::optional<gated_engine::gated_call> gated = std::nullopt,
+                          std::shared_ptr<kv_transport> transport = nullptr) {
     std::unique_ptr<engine> e;
     if (gated) {
       gate = std::make_shared<engine_gate>();
@@ -49,10 +51,10 @@ struct decode_harness {
     } else {
       e = std::make_unique<sim_engine>(scfg);
     }
-    decode =
-        reaper.add(spawn_decode(ts.sys, make_info(decode_wid, role::decode, "decode-0"), dc,
-                                std::move(e), std::make_shared<inline_transport>(), handle_of(self),
-                                self_is_kv_store ? handle_of(self) : caf::actor{}));
+    decode = reaper.add(
+        spawn_decode(ts.sys, make_info(decode_wid, role::decode, "decode-0"), dc, std::move(e),
+                     transport ? transport : std::make_shared<inline_transport>(), handle_of(self),
+                     self_is_kv_store ? handle_of(self) : caf::actor{}));
     auto reg = answer_registration(self);
     REQUIRE(reg.info.id == decode_wid);
     REQUIRE(reg.info.kind == role::decode);
@@ -659,4 +661,60 @@ TEST_CASE("decode: after a KV failure frees blocks, the waiting assignment start
   CHECK(rest == sim_continuation(h.eng, b.prompt, 4));
   CHECK(done.reason == finish_reason::length);
   CHECK(h.status_and_quiet("after B").kv_used == 0);
+}
+
+namespace {
+/// The inline transport, claiming to be one-sided (as UCX is): the decode worker must then
+/// hold the blocks of a sequence that ends while its KV is being written.
+class one_sided_inline final : public kv_transport {
+ public:
+  std::string_view name() const override { return "one-sided"; }
+  bool one_sided() const override { return true; }
+  kv_transport_stats stats() const override { return inner.stats(); }
+  pool_descriptor register_pool(worker_id owner, pool_memory& memory, size_t block_bytes) override {
+    return inner.register_pool(owner, memory, block_bytes);
+  }
+  void write(const pool_memory& local, size_t block_bytes, std::span<const block_id> src,
+             const pool_descriptor& peer, std::span<const block_id> dst, completion done) override {
+    inner.write(local, block_bytes, src, peer, dst, std::move(done));
+  }
+  error_info deliver(const kv_payload& payload, pool_memory& local, size_t block_bytes) override {
+    return inner.deliver(payload, local, block_bytes);
+  }
+  inline_transport inner;
+};
+}  // namespace
+
+TEST_CASE("decode: with a one-sided transport, a cancelled request's blocks wait for the drain",
+          "[decode_actor]") {
+  auto dc = small_decode();
+  const bool expire = GENERATE(false, true);
+  dc.kv_drain_timeout = expire ? std::chrono::milliseconds(50) : std::chrono::milliseconds(60000);
+  decode_harness h(dc, false, std::nullopt, std::make_shared<one_sided_inline>());
+  auto req = h.request(7, 10, 8);
+  h.assign(req, true);
+  auto job = h.expect_job(req);
+  const uint32_t reserved = blocks_to_reserve(10, 8, 4);
+  CHECK(query_status(h.self, h.decode).kv_used == reserved);
+  h.self->send(h.decode, cancel_request{req.id});
+  CHECK(expect<cancel_request>(h.self, "cancel_request to the prefill worker").id == req.id);
+  CHECK(expect<request_done>(h.self, "request_done").reason == finish_reason::cancelled);
+  if (!expire) {
+    // A put may still be on its way: the blocks stay reserved until the prefill says so.
+    auto ws = query_status(h.self, h.decode);
+    CHECK(ws.kv_used == reserved);
+    CHECK_THAT(ws.detail, Catch::Contains("held until their writes drain"));
+    h.self->send(h.decode, kv_drained{req.id});
+  }
+  // Either the prefill's word or the timeout frees them.
+  bool freed = false;
+  for (int i = 0; i < 200 && !freed; ++i) {
+    freed = query_status(h.self, h.decode).kv_used == 0;
+    if (!freed) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  CHECK(freed);
+  h.self->send(h.decode, kv_drained{req.id});  // a late or repeated word is harmless
+  auto ws = h.status_and_quiet("after the drain");
+  CHECK(ws.kv_used == 0);
+  CHECK(ws.detail.find("held") == std::string::npos);
 }

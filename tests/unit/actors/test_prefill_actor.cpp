@@ -1,6 +1,9 @@
 // Prefill worker tests: the scoped actor plays supervisor, decode worker and router. The
 // destination is a pool the test owns, registered with the inline transport, so the
 // test delivers every kv_transfer itself and checks checksums and contents.
+#include <functional>
+#include <mutex>
+#include <thread>
 #include <variant>
 
 #include "tests/unit/actors/actor_test_util.hpp"
@@ -41,16 +44,17 @@ struct prefill_harness {
   std::shared_ptr<engine_gate> gate;
   caf::actor prefill;
 
-  explicit prefill_harness(prefill_config pc = small_prefill(), bool gated = false) {
+  explicit prefill_harness(prefill_config pc = small_prefill(), bool gated = false,
+                           std::shared_ptr<kv_transport> transport = nullptr) {
     if (gated) gate = std::make_shared<engine_gate>();
     std::unique_ptr<engine> e;
     if (gated)
       e = std::make_unique<gated_engine>(scfg, gate, gated_engine::gated_call::prefill);
     else
       e = std::make_unique<sim_engine>(scfg);
-    prefill = reaper.add(spawn_prefill(ts.sys, make_info(prefill_wid, role::prefill, "prefill-0"),
-                                       pc, std::move(e), std::make_shared<inline_transport>(),
-                                       handle_of(self)));
+    prefill = reaper.add(spawn_prefill(
+        ts.sys, make_info(prefill_wid, role::prefill, "prefill-0"), pc, std::move(e),
+        transport ? transport : std::make_shared<inline_transport>(), handle_of(self)));
     auto reg = answer_registration(self);
     REQUIRE(reg.info.id == prefill_wid);
     REQUIRE(reg.info.kind == role::prefill);
@@ -193,6 +197,7 @@ TEST_CASE("prefill: malformed jobs fail with invalid_request", "[prefill_actor]"
   auto f = expect<prefill_failed>(h.self, "prefill_failed");
   CHECK(f.id == 2);
   CHECK(f.error.code == errc::invalid_request);
+  CHECK(expect<kv_drained>(h.self, "kv_drained").id == 2);  // nothing was written
   auto ws = h.status_and_quiet("after a malformed job");
   CHECK(ws.kv_used == 0);
   CHECK(ws.tokens_out == 0);
@@ -204,6 +209,7 @@ TEST_CASE("prefill: a prompt larger than the pool fails with out_of_blocks", "[p
   auto f = expect<prefill_failed>(h.self, "prefill_failed");
   CHECK(f.id == 3);
   CHECK(f.error.code == errc::out_of_blocks);
+  CHECK(expect<kv_drained>(h.self, "kv_drained").id == 3);
   CHECK(h.status_and_quiet("after out_of_blocks").kv_used == 0);
 }
 
@@ -216,6 +222,8 @@ TEST_CASE("prefill: cancelling a queued job frees its blocks and it is never com
   h.wait_until_engine_busy();  // A is on the engine; B queues behind it
   h.self->send(h.prefill, b);
   h.self->send(h.prefill, cancel_request{b.id});
+  // B had no write in flight: the decode side may reuse its blocks at once.
+  CHECK(expect<kv_drained>(h.self, "kv_drained for the cancelled B").id == b.id);
   h.open_gate();
   auto out = h.collect(a.id);
   h.check_job(a, out);
@@ -236,7 +244,10 @@ TEST_CASE("prefill: a job waiting for blocks runs when they free, or goes when c
   h.wait_until_engine_busy();
   h.self->send(h.prefill, b);
   bool cancel_b = GENERATE(false, true);
-  if (cancel_b) h.self->send(h.prefill, cancel_request{b.id});
+  if (cancel_b) {
+    h.self->send(h.prefill, cancel_request{b.id});
+    CHECK(expect<kv_drained>(h.self, "kv_drained for the cancelled B").id == b.id);
+  }
   auto ws = query_status(h.self, h.prefill);
   CHECK(ws.kv_used == 4);
   CHECK(ws.queued == (cancel_b ? 0u : 1u));
@@ -268,6 +279,7 @@ TEST_CASE("prefill: destination blocks outside the peer's pool fail the job", "[
   auto f = expect<prefill_failed>(h.self, "prefill_failed");
   CHECK(f.id == 40);
   CHECK(f.error.code != errc::ok);
+  CHECK(expect<kv_drained>(h.self, "kv_drained").id == 40);
   auto ws = h.status_and_quiet("after the failed write");
   CHECK(ws.kv_used == 0);
   CHECK(ws.completed == 0);
@@ -291,6 +303,7 @@ TEST_CASE("prefill: a failed write frees blocks for the job waiting behind it", 
   auto f = expect<prefill_failed>(h.self, "prefill_failed for A");
   CHECK(f.id == a.id);
   CHECK(f.error.code != errc::ok);
+  CHECK(expect<kv_drained>(h.self, "kv_drained for A").id == a.id);
   // The failure was handled before this status query: B must have left the wait queue.
   auto ws = query_status(h.self, h.prefill);
   CHECK(ws.queued == 0);
@@ -299,4 +312,68 @@ TEST_CASE("prefill: a failed write frees blocks for the job waiting behind it", 
   ws = h.status_and_quiet("after B");
   CHECK(ws.kv_used == 0);
   CHECK(ws.completed == 1);
+}
+
+namespace {
+/// A one-sided transport whose writes complete only when the test says so: what UCX looks
+/// like while a put is on its way. Bytes go through the inline transport underneath.
+class held_transport final : public kv_transport {
+ public:
+  std::string_view name() const override { return "held"; }
+  bool one_sided() const override { return true; }
+  kv_transport_stats stats() const override { return {}; }
+  pool_descriptor register_pool(worker_id owner, pool_memory& memory, size_t block_bytes) override {
+    return inner.register_pool(owner, memory, block_bytes);
+  }
+  void write(const pool_memory& local, size_t block_bytes, std::span<const block_id> src,
+             const pool_descriptor& peer, std::span<const block_id> dst, completion done) override {
+    inner.write(local, block_bytes, src, peer, dst, [this, done](error_info e, kv_payload p) {
+      std::lock_guard lock{mutex};
+      held.push_back([done, e, p]() mutable { done(std::move(e), std::move(p)); });
+    });
+  }
+  error_info deliver(const kv_payload& payload, pool_memory& local, size_t block_bytes) override {
+    return inner.deliver(payload, local, block_bytes);
+  }
+  size_t pending() {
+    std::lock_guard lock{mutex};
+    return held.size();
+  }
+  void complete_all() {
+    std::vector<std::function<void()>> now;
+    {
+      std::lock_guard lock{mutex};
+      now.swap(held);
+    }
+    for (auto& f : now)
+      f();
+  }
+
+  inline_transport inner;
+  std::mutex mutex;
+  std::vector<std::function<void()>> held;
+};
+}  // namespace
+
+TEST_CASE("prefill: a cancelled job keeps its blocks until its writes complete",
+          "[prefill_actor]") {
+  // With a one-sided transport a write reads the job's blocks, and puts into the decode
+  // worker's, until it completes: neither side may reuse them before.
+  auto tp = std::make_shared<held_transport>();
+  prefill_harness h{small_prefill(), false, tp};
+  auto a = h.job(52, 8, {0, 1});
+  h.self->send(h.prefill, a);
+  // The whole prompt is computed and its write handed to the transport, which holds it.
+  for (int i = 0; i < 500 && tp->pending() == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  REQUIRE(tp->pending() > 0);
+  h.self->send(h.prefill, cancel_request{a.id});
+  auto ws = query_status(h.self, h.prefill);
+  CHECK(ws.kv_used == 2);  // held: the write still reads them
+  expect_no_message(h.self, "no kv_drained while a write is in flight");
+  tp->complete_all();
+  CHECK(expect<kv_drained>(h.self, "kv_drained once the write completed").id == a.id);
+  ws = h.status_and_quiet("after the drain");
+  CHECK(ws.kv_used == 0);
+  CHECK(ws.completed == 0);
 }
