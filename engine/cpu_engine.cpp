@@ -29,18 +29,6 @@ std::vector<float> to_f32(const tensor_view& t) {
   return out;
 }
 
-void expect_shape(const tensor_view& t, const char* what, uint64_t rows, uint64_t cols) {
-  if (!t.present())
-    throw std::invalid_argument(fmt::format("cpu engine: tensor {} is missing", what));
-  if (t.rows != rows || t.cols != cols)
-    throw std::invalid_argument(
-        fmt::format("cpu engine: tensor {} ('{}') is [{}, {}], expected [{}, {}]", what, t.name,
-                    t.rows, t.cols, rows, cols));
-  if (t.type == dtype::q8_0 && cols % 32 != 0)
-    throw std::invalid_argument(
-        fmt::format("cpu engine: q8_0 tensor {} has {} columns, not a multiple of 32", what, cols));
-}
-
 }  // namespace
 
 kv_layout cpu_kv_layout(const llama_config& model, const cpu_engine_config& cfg) {
@@ -352,33 +340,8 @@ cpu_engine::cpu_engine(std::shared_ptr<const loaded_model> model, cpu_engine_con
     throw std::invalid_argument(fmt::format(
         "cpu engine: kv_dtype_bytes must be 2 (f16) or 4 (f32), got {}", cfg_.kv_dtype_bytes));
   if (cfg_.block_tokens == 0) throw std::invalid_argument("cpu engine: block_tokens must be > 0");
-  const auto& w = model_->weights;
-  if (w.layers.size() != c.layers)
-    throw std::invalid_argument(
-        fmt::format("cpu engine: {} layer weight sets for {} layers", w.layers.size(), c.layers));
-  const uint64_t qdim = uint64_t{c.heads} * c.head_dim, kvdim = uint64_t{c.kv_heads} * c.head_dim;
-  expect_shape(w.tok_embd, "tok_embd", c.vocab, c.dim);
-  expect_shape(w.out_norm, "out_norm", 1, c.dim);
-  expect_shape(w.output, "output", c.vocab, c.dim);
-  if (w.rope_freqs.present() && w.rope_freqs.rows * w.rope_freqs.cols != c.head_dim / 2)
-    throw std::invalid_argument(fmt::format("cpu engine: rope_freqs has {} values, expected {}",
-                                            w.rope_freqs.rows * w.rope_freqs.cols, c.head_dim / 2));
-  for (const auto& lw : w.layers) {
-    expect_shape(lw.attn_norm, "attn_norm", 1, c.dim);
-    expect_shape(lw.ffn_norm, "ffn_norm", 1, c.dim);
-    expect_shape(lw.wq, "wq", qdim, c.dim);
-    expect_shape(lw.wk, "wk", kvdim, c.dim);
-    expect_shape(lw.wv, "wv", kvdim, c.dim);
-    expect_shape(lw.wo, "wo", c.dim, qdim);
-    expect_shape(lw.w_gate, "w_gate", c.ffn, c.dim);
-    expect_shape(lw.w_up, "w_up", c.ffn, c.dim);
-    expect_shape(lw.w_down, "w_down", c.dim, c.ffn);
-    if (c.qkv_bias) {
-      expect_shape(lw.bq, "bq", 1, qdim);
-      expect_shape(lw.bk, "bk", 1, kvdim);
-      expect_shape(lw.bv, "bv", 1, kvdim);
-    }
-  }
+  if (auto err = check_weights(*model_); !err.empty())
+    throw std::invalid_argument("cpu engine: " + err);
   info_.name = c.name;
   info_.vocab_size = c.vocab;
   info_.max_context = c.max_context;

@@ -90,6 +90,13 @@ struct loaded_model {
   std::vector<std::shared_ptr<const void>> storage;
 };
 
+/// Empty when `m`'s weights have the shapes its config implies — every tensor the forward
+/// pass reads present ([out][in] for linear layers, biases when qkv_bias), q8_0 rows whole
+/// blocks of 32, rope_freqs of head_dim / 2 values — else what is wrong ("tensor wq
+/// ('blk.0.attn_q.weight') is [64, 63], expected [64, 64]"). Every engine checks this before
+/// it uses a model it did not load itself.
+std::string check_weights(const loaded_model& m);
+
 /// Loads a GGUF v3 file or a Hugging Face directory (config.json, *.safetensors,
 /// tokenizer.json). Errors (errc::invalid_model) name the file and the tensor or key at
 /// fault: "model.gguf: tensor 'blk.3.attn_q.weight': shape [256, 255], expected [256, 256]".

@@ -9,6 +9,7 @@
 #include <optional>
 #include <sstream>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "engine/gguf.hpp"
@@ -625,6 +626,45 @@ void load_hf(const std::string& dir, loaded_model& m) {
 }
 
 }  // namespace
+
+std::string check_weights(const loaded_model& m) {
+  const llama_config& c = m.config;
+  const auto& w = m.weights;
+  if (w.layers.size() != c.layers)
+    return fmt::format("{} layer weight sets for {} layers", w.layers.size(), c.layers);
+  auto shape = [](const tensor_view& t, const char* what, uint64_t rows,
+                  uint64_t cols) -> std::string {
+    if (!t.present()) return fmt::format("tensor {} is missing", what);
+    if (t.rows != rows || t.cols != cols)
+      return fmt::format("tensor {} ('{}') is [{}, {}], expected [{}, {}]", what, t.name, t.rows,
+                         t.cols, rows, cols);
+    if (t.type == dtype::q8_0 && cols % 32 != 0)
+      return fmt::format("q8_0 tensor {} has {} columns, not a multiple of 32", what, cols);
+    return {};
+  };
+  const uint64_t qdim = uint64_t{c.heads} * c.head_dim, kvdim = uint64_t{c.kv_heads} * c.head_dim;
+  for (auto err :
+       {shape(w.tok_embd, "tok_embd", c.vocab, c.dim), shape(w.out_norm, "out_norm", 1, c.dim),
+        shape(w.output, "output", c.vocab, c.dim)})
+    if (!err.empty()) return err;
+  if (w.rope_freqs.present() && w.rope_freqs.rows * w.rope_freqs.cols != c.head_dim / 2)
+    return fmt::format("rope_freqs has {} values, expected {}",
+                       w.rope_freqs.rows * w.rope_freqs.cols, c.head_dim / 2);
+  for (const auto& lw : w.layers) {
+    for (auto err :
+         {shape(lw.attn_norm, "attn_norm", 1, c.dim), shape(lw.ffn_norm, "ffn_norm", 1, c.dim),
+          shape(lw.wq, "wq", qdim, c.dim), shape(lw.wk, "wk", kvdim, c.dim),
+          shape(lw.wv, "wv", kvdim, c.dim), shape(lw.wo, "wo", c.dim, qdim),
+          shape(lw.w_gate, "w_gate", c.ffn, c.dim), shape(lw.w_up, "w_up", c.ffn, c.dim),
+          shape(lw.w_down, "w_down", c.dim, c.ffn)})
+      if (!err.empty()) return err;
+    if (c.qkv_bias)
+      for (auto err : {shape(lw.bq, "bq", 1, qdim), shape(lw.bk, "bk", 1, kvdim),
+                       shape(lw.bv, "bv", 1, kvdim)})
+        if (!err.empty()) return err;
+  }
+  return {};
+}
 
 result<std::shared_ptr<const loaded_model>> load_model(const std::string& path) {
   try {

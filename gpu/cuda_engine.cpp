@@ -48,18 +48,6 @@ bool parse_dtype(const std::string& s, elem& out) {
   return true;
 }
 
-void expect_shape(const tensor_view& t, const char* what, uint64_t rows, uint64_t cols) {
-  if (!t.present())
-    throw std::invalid_argument(fmt::format("cuda engine: tensor {} is missing", what));
-  if (t.rows != rows || t.cols != cols)
-    throw std::invalid_argument(
-        fmt::format("cuda engine: tensor {} ('{}') is [{}, {}], expected [{}, {}]", what, t.name,
-                    t.rows, t.cols, rows, cols));
-  if (t.type == dtype::q8_0 && cols % 32 != 0)
-    throw std::invalid_argument(fmt::format(
-        "cuda engine: q8_0 tensor {} has {} columns, not a multiple of 32", what, cols));
-}
-
 /// Appends the rows of `w` converted to `t` (via f32: q8_0 is dequantized) to `out`.
 void append_rows(const tensor_view& w, elem t, std::vector<std::byte>& out) {
   const size_t cols = w.cols, eb = gpu::elem_bytes(t);
@@ -692,33 +680,9 @@ cuda_engine::cuda_engine(std::shared_ptr<const loaded_model> model, cuda_engine_
                                             max_decode_rows, cfg_.max_batch));
   if (cfg_.device < 0)
     throw std::invalid_argument(fmt::format("cuda engine: device {} is negative", cfg_.device));
-  const auto& w = model_->weights;
-  if (w.layers.size() != c.layers)
-    throw std::invalid_argument(
-        fmt::format("cuda engine: {} layer weight sets for {} layers", w.layers.size(), c.layers));
+  if (auto err = check_weights(*model_); !err.empty())
+    throw std::invalid_argument("cuda engine: " + err);
   const uint64_t qdim = uint64_t{c.heads} * c.head_dim, kvdim = uint64_t{c.kv_heads} * c.head_dim;
-  expect_shape(w.tok_embd, "tok_embd", c.vocab, c.dim);
-  expect_shape(w.out_norm, "out_norm", 1, c.dim);
-  expect_shape(w.output, "output", c.vocab, c.dim);
-  if (w.rope_freqs.present() && w.rope_freqs.rows * w.rope_freqs.cols != c.head_dim / 2)
-    throw std::invalid_argument(fmt::format("cuda engine: rope_freqs has {} values, expected {}",
-                                            w.rope_freqs.rows * w.rope_freqs.cols, c.head_dim / 2));
-  for (const auto& lw : w.layers) {
-    expect_shape(lw.attn_norm, "attn_norm", 1, c.dim);
-    expect_shape(lw.ffn_norm, "ffn_norm", 1, c.dim);
-    expect_shape(lw.wq, "wq", qdim, c.dim);
-    expect_shape(lw.wk, "wk", kvdim, c.dim);
-    expect_shape(lw.wv, "wv", kvdim, c.dim);
-    expect_shape(lw.wo, "wo", c.dim, qdim);
-    expect_shape(lw.w_gate, "w_gate", c.ffn, c.dim);
-    expect_shape(lw.w_up, "w_up", c.ffn, c.dim);
-    expect_shape(lw.w_down, "w_down", c.dim, c.ffn);
-    if (c.qkv_bias) {
-      expect_shape(lw.bq, "bq", 1, qdim);
-      expect_shape(lw.bk, "bk", 1, kvdim);
-      expect_shape(lw.bv, "bv", 1, kvdim);
-    }
-  }
   if (qdim + 2 * kvdim > max_int32 || 2 * uint64_t{c.ffn} > max_int32)
     throw std::invalid_argument("cuda engine: projection widths beyond 2^31");
 
