@@ -1,5 +1,7 @@
 #include "engine/block_pool.hpp"
 
+#include <fmt/format.h>
+
 #include <xxhash.h>
 
 #include <algorithm>
@@ -9,6 +11,8 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+
+#include "engine/engine.hpp"
 
 namespace tokenmill {
 
@@ -68,6 +72,23 @@ uint64_t block_checksum(const block_pool& pool, block_id b) {
   staged.resize(pool.block_bytes());
   pool.storage().copy_out(size_t{b} * pool.block_bytes(), staged.data(), staged.size());
   return XXH3_64bits(staged.data(), staged.size());
+}
+
+std::string check_sequence(const block_pool& pool, const kv_layout& layout, uint32_t vocab,
+                           std::span<const token_id> tokens, uint32_t begin, uint32_t end,
+                           std::span<const block_id> blocks) {
+  for (uint32_t i = begin; i < end; ++i)
+    if (tokens[i] < 0 || static_cast<uint32_t>(tokens[i]) >= vocab)
+      return fmt::format("token id {} at position {} is outside the vocabulary [0, {})", tokens[i],
+                         i, vocab);
+  uint32_t need = layout.blocks_for(end);
+  if (blocks.size() < need)
+    return fmt::format("position {} needs {} blocks of {} tokens, the block table has {}", end - 1,
+                       need, layout.block_tokens, blocks.size());
+  for (uint32_t b = 0; b < need; ++b)
+    if (blocks[b] >= pool.total())
+      return fmt::format("block id {} is outside the pool ({} blocks)", blocks[b], pool.total());
+  return {};
 }
 
 }  // namespace tokenmill

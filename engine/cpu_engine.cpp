@@ -102,23 +102,8 @@ struct cpu_engine::impl {
   void check_seq(const block_pool& p, std::span<const token_id> tokens, uint32_t begin,
                  uint32_t end, std::span<const block_id> blocks, const char* what,
                  size_t index) const {
-    for (uint32_t i = begin; i < end; ++i)
-      if (tokens[i] < 0 || static_cast<uint32_t>(tokens[i]) >= c.vocab)
-        throw std::invalid_argument(
-            fmt::format("cpu engine: {} {}: token id {} at position {} is outside "
-                        "the vocabulary [0, {})",
-                        what, index, tokens[i], i, c.vocab));
-    uint32_t need = layout.blocks_for(end);
-    if (blocks.size() < need)
-      throw std::invalid_argument(
-          fmt::format("cpu engine: {} {}: position {} needs {} blocks of {} tokens, "
-                      "the block table has {}",
-                      what, index, end - 1, need, layout.block_tokens, blocks.size()));
-    for (uint32_t b = 0; b < need; ++b)
-      if (blocks[b] >= p.total())
-        throw std::invalid_argument(
-            fmt::format("cpu engine: {} {}: block id {} is outside the pool ({} blocks)", what,
-                        index, blocks[b], p.total()));
+    if (auto err = check_sequence(p, layout, c.vocab, tokens, begin, end, blocks); !err.empty())
+      throw std::invalid_argument(fmt::format("cpu engine: {} {}: {}", what, index, err));
   }
 
   /// y[n][w.rows] = x[n][w.cols] . w^T for several weights sharing x, split by output rows

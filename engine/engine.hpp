@@ -68,6 +68,14 @@ class engine {
                                uint32_t end) const = 0;
 };
 
+/// Empty when `tokens[begin, end)` are ids below `vocab` and `blocks` covers positions
+/// [0, end) in `layout` with ids inside `pool`, else what is wrong ("token id 9999 at
+/// position 3 is outside the vocabulary [0, 512)"). Engines check every sequence of a batch
+/// with it before they touch the pool.
+std::string check_sequence(const block_pool& pool, const kv_layout& layout, uint32_t vocab,
+                           std::span<const token_id> tokens, uint32_t begin, uint32_t end,
+                           std::span<const block_id> blocks);
+
 /// A pool of `num_blocks` blocks in the engine's layout and memory.
 inline std::unique_ptr<block_pool> make_pool(const engine& e, uint32_t num_blocks) {
   return std::make_unique<block_pool>(

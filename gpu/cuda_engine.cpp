@@ -290,23 +290,8 @@ struct cuda_engine::impl {
     if (end > max_int32)
       throw std::invalid_argument(fmt::format("cuda engine: {} {}: position {} is beyond {}", what,
                                               index, end - 1, max_int32 - 1));
-    for (uint32_t i = begin; i < end; ++i)
-      if (tokens[i] < 0 || static_cast<uint32_t>(tokens[i]) >= c.vocab)
-        throw std::invalid_argument(
-            fmt::format("cuda engine: {} {}: token id {} at position {} is outside "
-                        "the vocabulary [0, {})",
-                        what, index, tokens[i], i, c.vocab));
-    uint32_t need = layout.blocks_for(end);
-    if (blocks.size() < need)
-      throw std::invalid_argument(
-          fmt::format("cuda engine: {} {}: position {} needs {} blocks of {} tokens, "
-                      "the block table has {}",
-                      what, index, end - 1, need, layout.block_tokens, blocks.size()));
-    for (uint32_t b = 0; b < need; ++b)
-      if (blocks[b] >= p.total())
-        throw std::invalid_argument(
-            fmt::format("cuda engine: {} {}: block id {} is outside the pool ({} blocks)", what,
-                        index, blocks[b], p.total()));
+    if (auto err = check_sequence(p, layout, c.vocab, tokens, begin, end, blocks); !err.empty())
+      throw std::invalid_argument(fmt::format("cuda engine: {} {}: {}", what, index, err));
   }
 
   void clear_batch() {
