@@ -185,9 +185,13 @@ TEST_CASE("top names the slowed prefill worker of a cluster under load", "[obser
   temp_dir dir;
   std::set<uint16_t> taken;
   const uint16_t rpc = free_listen_port(taken), http = free_listen_port(taken);
-  std::map<std::string, uint16_t> port;
-  for (const char* n : {"head", "p0", "p1", "d0"})
+  // Every listener gets a port found free: the default http ports of the other nodes
+  // (frontend.http_port + 1 + index) could fall on one of the others and fail the launch.
+  std::map<std::string, uint16_t> port, node_http;
+  for (const char* n : {"head", "p0", "p1", "d0"}) {
     port[n] = free_listen_port(taken);
+    node_http[n] = free_listen_port(taken);
+  }
   std::ostringstream y;
   y << "cluster: obs\n"
     << "model:\n"
@@ -199,10 +203,12 @@ TEST_CASE("top names the slowed prefill worker of a cluster under load", "[obser
     << "  - {name: head, address: 127.0.0.1, port: " << port["head"]
     << ", actors: [router, supervisor, kv_store]}\n"
     << "  - {name: p0, address: 127.0.0.1, port: " << port["p0"]
-    << ", actors: [{prefill: {engine: sim, threads: 1}}]}\n"
+    << ", http_port: " << node_http["p0"] << ", actors: [{prefill: {engine: sim, threads: 1}}]}\n"
     << "  - {name: p1, address: 127.0.0.1, port: " << port["p1"]
+    << ", http_port: " << node_http["p1"]
     << ", actors: [{prefill: {engine: sim, threads: 1, slowdown: 4}}]}\n"
     << "  - {name: d0, address: 127.0.0.1, port: " << port["d0"]
+    << ", http_port: " << node_http["d0"]
     << ", actors: [{decode: {engine: sim, threads: 1, max_batch: 32}}]}\n";
   const std::string manifest = dir.path() + "/cluster.yaml";
   {
