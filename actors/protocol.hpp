@@ -263,6 +263,12 @@ struct join_node {
   std::string host_id;  ///< host_clock_id(): equal ids share one monotonic clock
 };
 
+/// supervisor -> node agents, on every node join or loss: the indices of the nodes that
+/// are up. Each agent opens direct connections to the up nodes of a lower index.
+struct node_peers {
+  std::vector<uint32_t> up;
+};
+
 /// supervisor -> routers: each node's clock offset (ns to add to that node's stamps to put
 /// them on the supervisor's clock), indexed by node index.
 struct clock_update {
@@ -401,6 +407,10 @@ template <class F>
 typename F::result_type inspect(F& f, join_node& x) {
   return f(caf::meta::type_name("join_node"), x.name, x.index, x.manifest_hash, x.model, x.agent,
            x.host_id);
+}
+template <class F>
+typename F::result_type inspect(F& f, node_peers& x) {
+  return f(caf::meta::type_name("node_peers"), x.up);
 }
 template <class F>
 typename F::result_type inspect(F& f, clock_update& x) {

@@ -27,6 +27,7 @@ void register_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<overlap_reply>("tokenmill::overlap_reply");
   cfg.add_message_type<register_worker>("tokenmill::register_worker");
   cfg.add_message_type<join_node>("tokenmill::join_node");
+  cfg.add_message_type<node_peers>("tokenmill::node_peers");
   cfg.add_message_type<clock_update>("tokenmill::clock_update");
   cfg.add_message_type<membership>("tokenmill::membership");
   cfg.add_message_type<worker_status>("tokenmill::worker_status");

@@ -1,6 +1,7 @@
 #include "cluster/node.hpp"
 
 #include <atomic>
+#include <set>
 #include <thread>
 
 #include <fmt/format.h>
@@ -10,6 +11,7 @@
 
 #include "actors/actors.hpp"
 #include "actors/type_ids.hpp"
+#include "cluster/control_gate.hpp"
 #include "common/clock.hpp"
 #include "engine/engine_factory.hpp"
 #include "frontend/http_server.hpp"
@@ -22,15 +24,46 @@ namespace {
 
 struct agent_state {
   caf::actor supervisor;
+  uint32_t index = 0;                                     ///< this node's index in the manifest
+  std::vector<std::pair<std::string, uint16_t>> control;  ///< every node's control port
+  std::set<uint32_t> linked;  ///< nodes this one opened a direct connection to
   static inline const char* name = "node_agent";
 };
 
-/// The node's one published actor: answers clock probes and hands out the supervisor.
-caf::behavior node_agent(caf::stateful_actor<agent_state>* self, caf::actor sup) {
+/// The node's one published actor: answers clock probes, hands out the supervisor and
+/// opens the direct connections between nodes. CAF's automatic connections are off (they
+/// listen on an extra port on every interface, which no gate guards), so each node
+/// connects to every up node of a lower index itself, through that node's control port.
+caf::behavior node_agent(caf::stateful_actor<agent_state>* self, caf::actor sup, uint32_t index,
+                         std::vector<std::pair<std::string, uint16_t>> control) {
   self->state.supervisor = std::move(sup);
+  self->state.index = index;
+  self->state.control = std::move(control);
   return {
       [](ping_atom, int64_t t0) { return caf::make_message(t0, now_ns()); },
       [self](supervisor_atom) { return self->state.supervisor; },
+      [self](const node_peers& p) {
+        auto& st = self->state;
+        std::set<uint32_t> up(p.up.begin(), p.up.end());
+        // A node that went down may come back as a new process: connect again then.
+        std::erase_if(st.linked, [&](uint32_t i) { return !up.count(i); });
+        for (auto i : up) {
+          if (i >= st.index || i >= st.control.size() || st.linked.count(i)) continue;
+          st.linked.insert(i);
+          const auto& [host, port] = st.control[i];
+          self->request(self->system().middleman().actor_handle(), std::chrono::seconds(10),
+                        caf::connect_atom::value, host, port)
+              .then([](const caf::node_id&, const caf::strong_actor_ptr&,
+                       const std::set<std::string>&) {},
+                    [self, i, host = host, port = port](caf::error& e) {
+                      // Messages still reach that node through the supervisor's node; the
+                      // next membership change tries again.
+                      self->state.linked.erase(i);
+                      spdlog::warn("node: no direct connection to {}:{}: {}", host, port,
+                                   self->system().render(e));
+                    });
+        }
+      },
   };
 }
 
@@ -55,6 +88,7 @@ struct cluster_node::impl {
   std::unique_ptr<rpc_server> rpc;
   std::unique_ptr<http_server> http;
   std::unique_ptr<metrics_server> metrics;
+  std::unique_ptr<control_gate> gate;
   std::vector<caf::actor> workers;  ///< actors that answer status_atom with a worker_status
   std::shared_ptr<std::atomic<bool>> lost = std::make_shared<std::atomic<bool>>(false);
   std::string summary;
@@ -100,9 +134,9 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
                   caf::timespan{std::chrono::milliseconds(m.failure.heartbeat_ms)});
   im->caf_cfg.set("middleman.connection-timeout",
                   caf::timespan{std::chrono::milliseconds(m.failure.connection_timeout_ms)});
-  // Let nodes talk directly (KV blocks from prefill to decode) instead of through the
-  // node that introduced them.
-  im->caf_cfg.set("middleman.enable-automatic-connections", true);
+  // Nodes connect to each other directly through their control ports (node_agent); CAF's
+  // automatic connections would open an unguarded port on every interface.
+  im->caf_cfg.set("middleman.enable-automatic-connections", false);
   im->sys = std::make_unique<caf::actor_system>(im->caf_cfg);
   auto& sys = *im->sys;
   auto fail = [&](error_info e) -> result<std::unique_ptr<cluster_node>> {
@@ -139,14 +173,26 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
     sup = spawn_supervisor(sys, sc);
     im->actors.push_back(sup);
   }
-  auto agent = sys.spawn(node_agent, sup);
+  std::vector<std::pair<std::string, uint16_t>> control;
+  for (const auto& n : m.nodes)
+    control.emplace_back(n.address, n.port);
+  auto agent = sys.spawn(node_agent, sup, idx, std::move(control));
   im->actors.push_back(agent);
-  auto published =
-      sys.middleman().publish(agent, self_node->port, self_node->address.c_str(), true);
+  // The middleman listens on loopback only; peers reach it through the gate, which passes
+  // only well-formed BASP (cluster/control_gate.hpp).
+  auto published = sys.middleman().publish(agent, 0, "127.0.0.1", true);
   if (!published)
+    return fail({errc::unavailable, fmt::format("node '{}' cannot publish its agent: {}", name,
+                                                sys.render(published.error()))});
+  control_gate_config gc;
+  gc.host = self_node->address;
+  gc.port = self_node->port;
+  gc.upstream_port = *published;
+  im->gate = std::make_unique<control_gate>(gc);
+  if (auto gp = im->gate->start(); !gp)
     return fail({errc::invalid_request,
                  fmt::format("node '{}' cannot listen on {}:{}: {}", name, self_node->address,
-                             self_node->port, sys.render(published.error()))});
+                             self_node->port, gp.error().message)});
 
   caf::scoped_actor self{sys};
   if (sup_node !=
@@ -314,6 +360,7 @@ void cluster_node::stop() {
   if (im.http) im.http->stop();
   if (im.rpc) im.rpc->stop();
   shutdown_actors(im.actors);
+  if (im.gate) im.gate->stop();
 }
 
 }  // namespace tokenmill

@@ -43,16 +43,28 @@ membership snapshot(const supervisor_state& st) {
   return m;
 }
 
+/// Ready means "can serve": every expected actor has registered once (the cluster came
+/// up as the manifest says), and a router and a decode worker are up now. A lost prefill
+/// worker, kv-store or spare decode worker does not take a serving cluster out of a load
+/// balancer's rotation (the router prefills on a decode worker when no prefill worker is
+/// left).
 bool is_ready(const supervisor_state& st) {
   bool router = false, decode = false;
-  size_t up = 0;
   for (const auto& [id, m] : st.members) {
     if (!m.up) continue;
-    ++up;
     router |= m.info.kind == role::router;
     decode |= m.info.kind == role::decode;
   }
-  return router && decode && up >= st.cfg.expected_workers;
+  return router && decode && st.members.size() >= st.cfg.expected_workers;
+}
+
+/// Tells every up node which nodes are up (node_peers), so that they connect directly.
+void announce_nodes(caf::stateful_actor<supervisor_state>* self) {
+  node_peers p;
+  for (const auto& [idx, n] : self->state.nodes)
+    if (n.up) p.up.push_back(idx);
+  for (const auto& [idx, n] : self->state.nodes)
+    if (n.up) self->send(n.agent, p);
 }
 
 clock_update offsets_of(const supervisor_state& st) {
@@ -105,12 +117,15 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
   };
   self->delayed_send(self, self->state.cfg.sync_interval, sync_atom::value);
   self->set_down_handler([self, broadcast](caf::down_msg& dm) {
+    bool node_lost = false;
     for (auto& [idx, n] : self->state.nodes) {
       if (n.up && n.agent.address() == dm.source) {
         n.up = false;
+        node_lost = true;
         spdlog::warn("supervisor: node '{}' is down ({})", n.name, caf::to_string(dm.reason));
       }
     }
+    if (node_lost) announce_nodes(self);
     for (auto& [id, m] : self->state.members) {
       if (m.up && m.handle.address() == dm.source) {
         m.up = false;
@@ -152,6 +167,7 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
             j.index == st.cfg.node_index || (!j.host_id.empty() && j.host_id == st.cfg.host_id);
         st.nodes[j.index] = node_entry{j.name, j.agent, true, 0, same ? 0 : -1, same};
         spdlog::debug("supervisor: node '{}' joined", j.name);
+        announce_nodes(self);
         if (!same) probe(self, j.index, st.cfg.sync_pings, -1, 0);
         return {};
       },

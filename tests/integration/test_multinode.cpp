@@ -612,6 +612,16 @@ TEST_CASE("with a spare decode node, requests succeed after one decode node dies
   auto before = worker_on(st, "decode", spare);
   REQUIRE(before.is_object());
   CHECK(before["up"] == true);
+  // Regression: the cluster still serves, so it is ready (status said NOT ready and /ready
+  // answered 503, which takes a serving cluster out of a load balancer's rotation).
+  CHECK(st["ready"] == true);
+  {
+    auto h = tokenmill::http_client::connect("127.0.0.1", c.ports().http, 5);
+    REQUIRE(h.ok());
+    auto res = (*h)->request("GET", "/ready", {}, "", {}, 10);
+    REQUIRE(res.ok());
+    CHECK(res->status == 200);
+  }
 
   // New requests go to the spare, one after another.
   std::optional<json> first_ids;
@@ -890,5 +900,100 @@ TEST_CASE("a prefill node killed while KV moves over UCX leaves no decode block 
       milliseconds(10000)));
   INFO("status: " << c.status().dump() << "\nnode logs:\n" << c.logs_text());
   CHECK(worker_on(c.status(), "decode", "d0")["up"] == true);
+  stop_cleanly(c);
+}
+
+namespace {
+
+/// The TCP ports `pid` listens on, from its socket inodes and /proc/net/tcp{,6}.
+std::set<uint16_t> listening_ports(pid_t pid) {
+  std::set<std::string> inodes;
+  std::string fd_dir = "/proc/" + std::to_string(pid) + "/fd";
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(fd_dir, ec)) {
+    auto target = std::filesystem::read_symlink(e.path(), ec).string();
+    if (target.rfind("socket:[", 0) == 0) inodes.insert(target.substr(8, target.size() - 9));
+  }
+  std::set<uint16_t> ports;
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::istringstream in(read_file(table));
+    std::string line;
+    std::getline(in, line);  // header
+    while (std::getline(in, line)) {
+      // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+      std::istringstream f(line);
+      std::string sl, local, remote, state, txrx, trwhen, retr, uid, timeout, inode;
+      f >> sl >> local >> remote >> state >> txrx >> trwhen >> retr >> uid >> timeout >> inode;
+      if (state != "0A" || !inodes.count(inode)) continue;  // 0A: LISTEN
+      ports.insert(
+          static_cast<uint16_t>(std::stoul(local.substr(local.rfind(':') + 1), nullptr, 16)));
+    }
+  }
+  return ports;
+}
+
+/// Opens `connections` connections to 127.0.0.1:port, each sending 1 B to 64 KiB of
+/// random bytes, then closes them.
+void throw_garbage(uint16_t port, int connections, std::mt19937& rng) {
+  for (int k = 0; k < connections; ++k) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
+      timeval tv{1, 0};
+      ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+      std::vector<uint8_t> junk(1 + rng() % (64 << 10));
+      for (auto& b : junk)
+        b = static_cast<uint8_t>(rng());
+      (void)!::send(fd, junk.data(), junk.size(), MSG_NOSIGNAL);
+    }
+    ::close(fd);
+  }
+}
+
+}  // namespace
+
+// Regression: twenty connections of random bytes to the head node's control port made
+// every other node lose the supervisor and exit (CAF sized its buffers to the garbage's
+// length field); the same to a worker's port made that worker exit.
+TEST_CASE("random bytes on every listening port of a cluster cost only their connections",
+          "[integration][multinode][garbage]") {
+  cluster_spec spec;
+  spec.decode_nodes = {"d0", "d1"};
+  spec.kv_transport = "ucx";
+  cluster c(spec);
+  c.launch();
+  std::map<std::string, pid_t> pids;
+  for (const char* n : {"head", "p0", "d0", "d1"})
+    pids[n] = c.pid_of(n);
+  std::mt19937 rng(1234);
+  std::set<uint16_t> hit;
+  for (const auto& [name, pid] : pids) {
+    auto ports = listening_ports(pid);
+    INFO("node " << name);
+    CHECK(ports.count(c.ports().node.at(name)) == 1);  // the control port is among them
+    for (auto port : ports) {
+      throw_garbage(port, 20, rng);
+      hit.insert(port);
+    }
+  }
+  INFO("ports hit: " << hit.size() << "\nlaunch stdout: " << c.launcher().out() << "\nnode logs:\n"
+                     << c.logs_text());
+  CHECK(hit.size() >= 4 + 1 + 3);  // 4 control ports, the HTTP port, 3 metrics ports at least
+  // Every node is still there, every worker up, and the cluster serves.
+  std::this_thread::sleep_for(milliseconds(1500));  // > the failure detector's 500 ms
+  for (const auto& [name, pid] : pids)
+    CHECK(::kill(pid, 0) == 0);
+  auto st = c.status();
+  REQUIRE(st.is_object());
+  CHECK(st["ready"] == true);
+  for (const auto& w : st["workers"])
+    CHECK(w.value("up", false));
+  auto r = c.generate({"--json", "--token-ids", "--max-tokens", "8", id_prompt(100, 40)});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(last_json_line(r.out)["tokens"] == 8);
   stop_cleanly(c);
 }

@@ -70,7 +70,10 @@ void remove_leftovers() {
 /// Runs scripts/netns-3host.sh ARGS with TOKENMILL_BIN set to the binary under test. On
 /// a timeout it is sent SIGTERM first, so that its trap still deletes the namespaces.
 run_result run_netns_script(const std::vector<std::string>& args, milliseconds timeout) {
+  // Status polls every 100 ms (the script's default is 20): each poll is a new process, and
+  // dozens of them starting at once on two cores delayed every reply by seconds.
   std::vector<std::string> argv = {"/usr/bin/env", "TOKENMILL_BIN=" + tokenmill_bin(),
+                                   "TM_POLL_MS=100",
                                    std::string(TOKENMILL_SOURCE_DIR) + "/scripts/netns-3host.sh"};
   argv.insert(argv.end(), args.begin(), args.end());
   process p(argv);

@@ -36,11 +36,13 @@ worker_status status_of(const worker_info& info, uint32_t queued) {
 }
 
 struct supervisor_harness {
+  explicit supervisor_harness(supervisor_config c = test_supervisor_config()) : cfg(std::move(c)) {}
+  supervisor_config cfg;
   test_system ts;
   caf::scoped_actor self{ts.sys};
   caf::scoped_actor router{ts.sys};  ///< a registered router: hears membership changes
   actor_reaper reaper;
-  caf::actor sup = reaper.add(spawn_supervisor(ts.sys, test_supervisor_config()));
+  caf::actor sup = reaper.add(spawn_supervisor(ts.sys, cfg));
   worker_info router_info = make_info(1, role::router, "router-0");
 
   bool register_member(const worker_info& info, const caf::actor& handle) {
@@ -175,6 +177,42 @@ TEST_CASE("supervisor: a member that exits is reported down and the router hears
   CHECK(find_member(m, 11)->up);
   CHECK(find_member(m, 11)->handle == again);
   CHECK(h.ready());
+}
+
+TEST_CASE("supervisor: ready means can serve: a spare decode or a prefill worker may be down",
+          "[supervisor_actor]") {
+  // Regression: readiness counted every expected actor as up, so losing the spare decode
+  // worker made /ready answer 503 while the cluster still served.
+  auto cfg = test_supervisor_config();
+  cfg.expected_workers = 4;
+  supervisor_harness h(cfg);
+  h.register_router();
+  auto d0_info = make_info(11, role::decode, "decode-0");
+  auto d1_info = make_info(12, role::decode, "decode-1");
+  auto p0_info = make_info(21, role::prefill, "prefill-0");
+  auto d0 = h.spawn_stub(d0_info);
+  auto d1 = h.spawn_stub(d1_info);
+  auto p0 = h.spawn_stub(p0_info);
+  REQUIRE(h.register_member(d0_info, d0));
+  REQUIRE(h.register_member(d1_info, d1));
+  CHECK_FALSE(h.ready());  // the manifest's prefill worker has not come up yet
+  REQUIRE(h.register_member(p0_info, p0));
+  CHECK(h.ready());
+
+  caf::anon_send_exit(p0, caf::exit_reason::kill);
+  expect<membership>(h.router, "membership after d0 joined");
+  expect<membership>(h.router, "membership after d1 joined");
+  expect<membership>(h.router, "membership after p0 joined");
+  expect<membership>(h.router, "membership after p0 exited");
+  CHECK(h.ready());  // decode workers prefill locally
+  caf::anon_send_exit(d0, caf::exit_reason::kill);
+  expect<membership>(h.router, "membership after d0 exited");
+  CHECK(h.ready());
+  caf::anon_send_exit(d1, caf::exit_reason::kill);
+  auto m = expect<membership>(h.router, "membership after d1 exited");
+  REQUIRE(find_member(m, 12));
+  CHECK_FALSE(find_member(m, 12)->up);
+  CHECK_FALSE(h.ready());  // no decode worker: nothing can be served
 }
 
 TEST_CASE("supervisor: membership goes to every member", "[supervisor_actor]") {
