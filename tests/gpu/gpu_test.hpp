@@ -7,6 +7,7 @@
 #include <string>
 
 #include "gpu/cuda_backend.hpp"
+#include "tests/skip.hpp"
 
 namespace tokenmill::gpu_test {
 
@@ -14,7 +15,7 @@ namespace tokenmill::gpu_test {
 inline bool have_device() {
   std::string why;
   if (cuda_device_count(why) > 0) return true;
-  WARN("skipped: no CUDA device (" << why << ")");
+  ::tokenmill::testing::announce_skip("no CUDA device (" + why + ")");
   return false;
 }
 

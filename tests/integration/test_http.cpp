@@ -17,6 +17,7 @@
 
 #include "frontend/http_client.hpp"
 #include "harness.hpp"
+#include "tests/skip.hpp"
 
 using namespace tokenmill;
 using namespace tokenmill::testing;
@@ -391,8 +392,7 @@ TEST_CASE("http: API key, overload and a vanished client", "[integration][http]"
 
 TEST_CASE("http: curl streams a completion", "[integration][http]") {
   if (std::system("curl --version >/dev/null 2>&1") != 0) {
-    WARN("skipped: curl is not installed");
-    return;
+    TM_SKIP("curl is not installed");
   }
   server srv;
   auto out = std::filesystem::temp_directory_path() /
@@ -419,8 +419,7 @@ TEST_CASE("http: the official openai npm client", "[integration][http][npm]") {
       std::string(TOKENMILL_SOURCE_DIR) + "/tests/integration/openai_client.mjs";
   if (std::system("node --version >/dev/null 2>&1") != 0 ||
       std::system("npm --version >/dev/null 2>&1") != 0) {
-    WARN("skipped: node or npm is not installed");
-    return;
+    TM_SKIP("node or npm is not installed");
   }
   if (!std::filesystem::exists(dir / "node_modules/openai/package.json")) {
     std::filesystem::create_directories(dir);
@@ -428,9 +427,8 @@ TEST_CASE("http: the official openai npm client", "[integration][http][npm]") {
                "' && timeout 180 npm install --no-audit --no-fund --silent openai@4 "
                ">npm-install.log 2>&1";
     if (std::system(cmd.c_str()) != 0) {
-      WARN("skipped: `npm install openai@4` failed (no registry access?); see " +
-           (dir / "npm-install.log").string());
-      return;
+      TM_SKIP("`npm install openai@4` failed (no registry access?); see "
+              << (dir / "npm-install.log").string());
     }
   }
   server srv;

@@ -13,6 +13,7 @@
 
 #include "harness.hpp"
 #include "process.hpp"
+#include "tests/skip.hpp"
 
 using namespace tokenmill::testing;
 
@@ -108,10 +109,7 @@ std::string cut_field(const std::string& out, const std::string& key) {
 
 TEST_CASE("netns: three nodes in three network namespaces serve a generate",
           "[integration][netns]") {
-  if (auto why = netns_unavailable(); !why.empty()) {
-    WARN("skipped: " << why);
-    return;
-  }
+  if (auto why = netns_unavailable(); !why.empty()) TM_SKIP(why);
   auto r = run_netns_script({"--once"}, milliseconds(60000));
   INFO("stdout:\n" << r.out << "\nstderr:\n" << r.err);
   CHECK_FALSE(r.timed_out);
@@ -126,10 +124,7 @@ TEST_CASE("netns: three nodes in three network namespaces serve a generate",
 
 TEST_CASE("netns: cutting the decode node's link fails the streaming client within 5 s",
           "[integration][netns]") {
-  if (auto why = netns_unavailable(); !why.empty()) {
-    WARN("skipped: " << why);
-    return;
-  }
+  if (auto why = netns_unavailable(); !why.empty()) TM_SKIP(why);
   auto r = run_netns_script({"--cut", "--once"}, milliseconds(90000));
   INFO("stdout:\n" << r.out << "\nstderr:\n" << r.err);
   CHECK_FALSE(r.timed_out);

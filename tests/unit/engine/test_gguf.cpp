@@ -11,6 +11,7 @@
 #include "engine/gguf.hpp"
 #include "golden.hpp"
 #include "test_files.hpp"
+#include "tests/skip.hpp"
 
 namespace fs = std::filesystem;
 using namespace tokenmill;
@@ -412,10 +413,8 @@ TEST_CASE("gguf missing and unreadable files", "[gguf]") {
 
 TEST_CASE("gguf reads the golden tiny.gguf", "[gguf]") {
   std::string dir = tokenmill::test::golden_dir();
-  if (dir.empty()) {
-    WARN("golden data absent (set TOKENMILL_GOLDEN_DIR): skipping");
-    return;
-  }
+  if (dir.empty())
+    TM_SKIP("golden data absent (set TOKENMILL_GOLDEN_DIR or provide ../shared/golden)");
   auto r = gguf_file::open(dir + "/tiny.gguf");
   REQUIRE(r.ok());
   CHECK(*r->get_string("general.architecture") == "llama");

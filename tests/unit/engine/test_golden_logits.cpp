@@ -13,6 +13,7 @@
 
 #include "engine/cpu_engine.hpp"
 #include "engine/model.hpp"
+#include "tests/skip.hpp"
 #include "tests/unit/engine/golden.hpp"
 
 using namespace tokenmill;
@@ -158,10 +159,7 @@ float run_case(const golden& g, const std::string& name, uint32_t kv_bytes, floa
 
 TEST_CASE("golden: tiny.gguf logits and greedy ids match llama.cpp (f32 KV)", "[golden]") {
   const golden* g = load_golden();
-  if (!g) {
-    WARN("golden data not found (set TOKENMILL_GOLDEN_DIR or provide ../shared/golden): skipped");
-    return;
-  }
+  if (!g) TM_SKIP("golden data not found (set TOKENMILL_GOLDEN_DIR or provide ../shared/golden)");
   for (const char* name : {"seeded", "ids_1_32"}) {
     float err = run_case(*g, name, 4, 1e-4f);
     WARN(name << " f32 KV: max abs logit error " << err);
@@ -170,10 +168,7 @@ TEST_CASE("golden: tiny.gguf logits and greedy ids match llama.cpp (f32 KV)", "[
 
 TEST_CASE("golden: tiny.gguf with an f16 KV cache stays within 1e-3", "[golden]") {
   const golden* g = load_golden();
-  if (!g) {
-    WARN("golden data not found (set TOKENMILL_GOLDEN_DIR or provide ../shared/golden): skipped");
-    return;
-  }
+  if (!g) TM_SKIP("golden data not found (set TOKENMILL_GOLDEN_DIR or provide ../shared/golden)");
   // llama.cpp's own f16 cache moves logits by up to 6e-4 (README); allow 1e-3.
   for (const char* name : {"seeded", "ids_1_32"}) {
     float err = run_case(*g, name, 2, 1e-3f);

@@ -10,6 +10,7 @@
 
 #include "engine/model.hpp"
 #include "engine/text_tokenizer.hpp"
+#include "tests/skip.hpp"
 #include "tests/unit/engine/golden.hpp"
 
 using namespace tokenmill;
@@ -174,10 +175,8 @@ void check_cases(const tokenizer& tok, const std::vector<golden_case>& cases) {
 
 TEST_CASE("the tiny.gguf tokenizer matches llama.cpp on every golden case", "[golden]") {
   const std::string dir = test::golden_dir();
-  if (dir.empty()) {
-    WARN("golden data absent: set TOKENMILL_GOLDEN_DIR or provide ../shared/golden");
-    return;
-  }
+  if (dir.empty())
+    TM_SKIP("golden data absent (set TOKENMILL_GOLDEN_DIR or provide ../shared/golden)");
   const auto cases = load_cases(dir);
   REQUIRE(cases.size() >= 10);
 
