@@ -309,7 +309,7 @@ def chaos(a):
           f"{ref_summary['completed']}/{ref_summary['sent']} completed")
     hdr = (f"{'fault':<13}{'node':<6}{'at s':>6}{'inflt':>6}{'onnode':>7}{'win':>5}{'done':>5}"
            f"{'migr':>5}{'fail':>5}{'lost':>5}{'recov ms':>9}{'TTFTp99':>9}{'ITLp99':>8}"
-           f"  restart / errors")
+           f"  errors; how the node came back")
     print(hdr)
     print("-" * len(hdr))
     for d in per_fault:
@@ -321,18 +321,17 @@ def chaos(a):
               f"{d['in_flight_on_node']:>7}{d['window_requests']:>5}{d['completed']:>5}"
               f"{fmt(d['migrated']):>5}{d['failed']:>5}{d['lost']:>5}{fmt(d['recover_ms']):>9}"
               f"{fmt(w['ttft_p99_ms']):>9}{fmt(w['itl_p99_ms']):>8}"
-              f"  {d.get('restart') or '-'}; {','.join(d['errors']) or 'no errors'}")
+              f"  {','.join(d['errors']) or 'no errors'}; {d.get('restart') or '-'}")
     print("-" * len(hdr))
     print(f"{'totals':<19}{'':>6}{'':>6}{'':>7}{totals['sent']:>5}{totals['completed']:>5}"
           f"{fmt(totals['migrated']):>5}{totals['failed']:>5}{totals['lost']:>5}")
-    print("columns: at s = injected, s after the run's first request; inflt = requests in flight"
-          " then; onnode = of those, known (summary or error) to be decoding on the faulted node"
-          " or waiting for their prefill on it;"
-          " win = requests decided (ended; a hang: its last token) between this fault and the"
-          " next, and done/migr/fail/lost of those; recov ms = fault -> first token after it"
-          " to an in-flight request of the faulted node (migrated ones when counted); TTFT/ITL"
-          f" p99 over requests sent / gaps ending in the {WINDOW_US / 1e6:g} s after the fault"
-          " (capped at the next fault)")
+    print("at s: injected, s after the run's first request. inflt: requests in flight then;"
+          " onnode: of those, known (summary\nor error) to be decoding on the faulted node or"
+          " waiting for their prefill on it. win: requests decided (ended; a hang: its\nlast"
+          " token) between this fault and the next; done/migr/fail/lost of those. recov ms:"
+          " fault -> first token after it to an\nin-flight request of the faulted node (with"
+          " migration counts: of a migrated request). TTFT/ITL p99: requests sent / gaps\n"
+          f"ending in the {WINDOW_US / 1e6:g} s after the fault (at most until the next).")
     print(f"totals: sent {totals['sent']}, completed {totals['completed']}, migrated "
           f"{fmt(totals['migrated'])}, failed {totals['failed']} (before any fault: "
           f"{before_fails}), lost {totals['lost']} (hung {totals['hung']}), differing "
@@ -356,7 +355,8 @@ def chaos(a):
         "faults": per_fault,
         "config": {k: meta.get(k) for k in ("rate", "requests", "input_len", "output_len",
                                             "temperature", "seed", "seed_base", "timeout_s",
-                                            "quick", "manifest", "commit")},
+                                            "quick", "manifest", "launcher_restart",
+                                            "script_relaunch", "commit")},
         "out": meta.get("out"),
     })
     print(json.dumps(out, separators=(",", ":")))
