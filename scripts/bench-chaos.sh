@@ -11,9 +11,11 @@
 #        kill-decode   SIGKILL of decode node d0's process
 #        kill-prefill  SIGKILL of prefill node p0's process
 #        stop-decode   SIGSTOP of decode node d1 for 3 s, then SIGCONT
-#        link-cut      reported as skipped: the loopback cluster shares one network
-#                      namespace, so no one node's link can be cut (scripts/bench-failure.sh
-#                      --only cut measures a cut in the netns 3-host cluster, as root)
+#        link-cut      reported as skipped, with the reason: not root, no `ip`, or (as root)
+#                      not implemented: the node would need a network namespace of its own,
+#                      which `tokenmill launch` cannot start, and this loopback cluster shares
+#                      one (scripts/bench-failure.sh --only cut measures a cut in the netns
+#                      3-host cluster)
 #      The generated manifest asks for `restart: {max: 5, backoff_ms: 200}` when
 #      `tokenmill manifest check` accepts that key (node restart by `launch`; not yet on
 #      this branch). After each kill the script waits up to 3 s for the launcher to bring
@@ -83,7 +85,7 @@ while (($#)); do
     --rate) rate=${2:?--rate needs a number}; shift ;;
     --no-relaunch) relaunch=0 ;;
     --migration-cost) mode=migration ;;
-    -h | --help) sed -n '2,71p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,73p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-chaos: unknown argument '$1' (--help lists them)" >&2; exit 2 ;;
   esac
   shift
@@ -515,7 +517,7 @@ if (($(id -u) != 0)); then
 elif ! command -v ip >/dev/null; then
   why="no 'ip' command: a link cut needs network namespaces"
 else
-  why="the loopback cluster shares one network namespace, so no one node's link can be cut; scripts/bench-failure.sh --only cut measures a cut in the netns 3-host cluster"
+  why="not implemented: a cut needs the node in a network namespace of its own, which 'tokenmill launch' cannot start (all nodes here share the loopback); scripts/bench-failure.sh --only cut measures a cut in the netns 3-host cluster"
 fi
 say "link-cut: skipped ($why)"
 faults+=("$(fault_json link-cut "$d_kill" "" "" "" "" "$why")")
