@@ -429,7 +429,11 @@ fi
 say "$requests requests ($input_len + $output_len tokens, seed $seed, seeds $seed_base.., temperature $temperature); results in $out"
 say "reference run (undisturbed)"
 launch_cluster ref
-if ((quick)); then load_ref=(--concurrency 16); else load_ref=(--rate "$rate" --max-concurrency 256); fi
+if ((quick)); then
+  load_ref=(--concurrency 16) ref_load="closed loop, 16 streams"
+else
+  load_ref=(--rate "$rate" --max-concurrency 256) ref_load="the same rate"
+fi
 "$TM_BIN" bench "${bench_common[@]}" --requests "$requests" --input-len "$input_len" \
   --output-len "$output_len" "${load_ref[@]}" --record "$out/ref.jsonl" \
   >"$out/ref-bench.json" 2>"$out/ref-bench.err" || die "the reference run failed: $(tail -2 "$out/ref-bench.err")"
@@ -544,7 +548,7 @@ cat >"$out/meta.json" <<EOF
 {"cpu": $(json_str "$cpu_model"), "cpus": $(nproc), "steal_pct": $steal, "busy_pct": $busy,
  "rate": $rate, "requests": $requests, "input_len": $input_len, "output_len": $output_len,
  "temperature": $temperature, "seed": $seed, "seed_base": $seed_base, "timeout_s": $timeout_s,
- "quick": $( ((quick)) && echo true || echo false), "manifest": $(json_str "${manifest_in:-generated}"),
+ "quick": $( ((quick)) && echo true || echo false), "reference_load": $(json_str "$ref_load"), "manifest": $(json_str "${manifest_in:-generated}"),
  "launcher_restart": $(json_str "$launcher_restart"), "script_relaunch": $( ((relaunch)) && echo true || echo false),
  "commit": "$commit", "out": $(json_str "$out")}
 EOF

@@ -198,10 +198,10 @@ def chaos(a):
             return tt[-1][2] if tt else r["sent_unix_us"]
         return r["end_unix_us"]
 
-    def window_stats(lo, hi):
-        ttft = [(r["first_token_unix_us"] - r["sent_unix_us"]) / 1e3 for r in recs
+    def window_stats(lo, hi, among=recs):
+        ttft = [(r["first_token_unix_us"] - r["sent_unix_us"]) / 1e3 for r in among
                 if lo <= r["sent_unix_us"] < hi and r.get("first_token_unix_us")]
-        itl = [g for r in recs for (t, g) in itl_gaps(r) if lo <= t < hi]
+        itl = [g for r in among for (t, g) in itl_gaps(r) if lo <= t < hi]
         return {"ttft_p99_ms": pct(ttft, 99), "itl_p99_ms": pct(itl, 99),
                 "ttft_n": len(ttft), "itl_n": len(itl)}
 
@@ -209,7 +209,7 @@ def chaos(a):
     before = window_stats(t0, first_fault if first_fault else end_us + 1)
     ref_recs = [ref[i] for i in sorted(ref)]
     ref_t0 = min((r["sent_unix_us"] for r in ref_recs), default=0)
-    ref_stats = window_stats(ref_t0, 1 << 62) if ref_recs else {}
+    ref_stats = window_stats(ref_t0, 1 << 62, ref_recs) if ref_recs else {}
 
     # Each request belongs to the window of the last fault at or before its fate.
     starts = sorted(f["at_us"] for f in injected)
@@ -303,7 +303,8 @@ def chaos(a):
           f"CPU {meta.get('cpu')} x{meta.get('cpus')}, steal {fmt(meta.get('steal_pct'))}%, "
           f"busy {fmt(meta.get('busy_pct'))}%")
     print(f"before the first fault: TTFT p99 {fmt(before['ttft_p99_ms'])} ms, "
-          f"ITL p99 {fmt(before['itl_p99_ms'])} ms; reference run (no faults): "
+          f"ITL p99 {fmt(before['itl_p99_ms'])} ms; reference run (no faults, "
+          f"{meta.get('reference_load', '?')}): "
           f"TTFT p99 {fmt(ref_stats.get('ttft_p99_ms'))} ms, "
           f"ITL p99 {fmt(ref_stats.get('itl_p99_ms'))} ms, "
           f"{ref_summary['completed']}/{ref_summary['sent']} completed")
@@ -355,7 +356,8 @@ def chaos(a):
         "faults": per_fault,
         "config": {k: meta.get(k) for k in ("rate", "requests", "input_len", "output_len",
                                             "temperature", "seed", "seed_base", "timeout_s",
-                                            "quick", "manifest", "launcher_restart",
+                                            "quick", "reference_load", "manifest",
+                                            "launcher_restart",
                                             "script_relaunch", "commit")},
         "out": meta.get("out"),
     })
