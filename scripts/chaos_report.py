@@ -414,7 +414,7 @@ def migration(a):
     }
     print(f"migration cost: {out['prompt_len']}-token prompt, decode node {a.node} killed after "
           f"{out['tokens_before_kill']} delivered tokens (of {out['max_tokens']})")
-    print(f"  outcome        {out['outcome']}{': ' + out['error'] if out['error'] else ''}")
+    print(f"  outcome        {out['error'] or out['outcome']}")
     print(f"  migrations     {fmt(out['migrations'])} (null: the records carry no count)")
     print(f"  tokens         {out['tokens_delivered']} delivered, reference {out['reference_tokens']}"
           f"; differing {out['differing']}, duplicated {out['duplicated']}, missing "
