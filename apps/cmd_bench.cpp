@@ -15,6 +15,7 @@
 #include <deque>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -56,6 +57,9 @@ struct bench_opts {
   bool ignore_eos = true;
   uint32_t vocab_size = 0;  ///< 0: the model's
   uint64_t seed = 1;
+  float temperature = 0;   ///< sampling temperature of every request (0 = greedy)
+  uint64_t seed_base = 0;  ///< with --seed-base: request i samples with seed seed_base + i
+  std::string record;      ///< --record FILE: one JSON line per measured request
   double timeout_s = 600;
   bool json = false;
   std::string output;
@@ -71,14 +75,30 @@ struct served_model {
   uint32_t max_context = 0;  ///< 0: unknown
 };
 
+// ---- per-request records ------------------------------------------------------------
+
+/// What the client saw of one request, for --record and the token-index check: every token
+/// with its index as delivered, and the times on the client's steady clock (ns).
+struct request_record {
+  std::vector<wl::delivered_token> tokens;  ///< in arrival order
+  std::vector<int64_t> recv_ns;             ///< arrival of each of `tokens`
+  int64_t sent_ns = 0;
+  int64_t end_ns = 0;
+  std::string outcome;  ///< finish reason (length, stop, eos) or error code (worker_failed, ...)
+  uint32_t completion_tokens = 0;  ///< as the server counted them (0 when it failed)
+  std::string prefill_worker, decode_worker;
+};
+
 // ---- connections ---------------------------------------------------------------------
 
 /// One worker's connection to the server; runs one request at a time.
 class connection {
  public:
   virtual ~connection() = default;
-  /// Runs `r` to completion; failures are results with ok = false.
-  virtual wl::request_result run(const wl::bench_request& r) = 0;
+  /// Runs `r` with sampling `s` to completion; failures are results with ok = false. When
+  /// `rec` is set, fills it (only connections that see token ids support that).
+  virtual wl::request_result run(const wl::bench_request& r, const sampling_params& s,
+                                 request_record* rec) = 0;
   /// True after an error that left the connection unusable (reconnect before the next).
   virtual bool broken() const = 0;
 };
@@ -92,8 +112,10 @@ class rpc_connection final : public connection {
   rpc_connection(std::unique_ptr<client> c, bool ignore_eos, double timeout_s)
       : c_(std::move(c)), ignore_eos_(ignore_eos), timeout_s_(timeout_s) {}
 
-  wl::request_result run(const wl::bench_request& r) override {
+  wl::request_result run(const wl::bench_request& r, const sampling_params& s,
+                         request_record* rec) override {
     generate_params p;
+    p.sampling = s;
     p.has_text = r.has_text;
     if (r.has_text)
       p.text = r.prompt_text;
@@ -102,11 +124,29 @@ class rpc_connection final : public connection {
     p.max_tokens = r.max_tokens;
     p.ignore_eos = ignore_eos_;
     wl::request_result out;
-    auto res = c_->generate(p, nullptr, timeout_s_);
+    std::function<void(const client_chunk&)> on_chunk;
+    if (rec)
+      on_chunk = [rec](const client_chunk& c) {
+        for (size_t k = 0; k < c.ids.size(); ++k) {
+          rec->tokens.push_back({c.first_index + static_cast<uint32_t>(k), c.ids[k]});
+          rec->recv_ns.push_back(c.recv_ns);
+        }
+      };
+    if (rec) rec->sent_ns = now_ns();
+    auto res = c_->generate(p, on_chunk, timeout_s_);
+    if (rec) rec->end_ns = now_ns();
     if (!res) {
       out.error = describe(res.error());
+      if (rec) rec->outcome = std::string(to_string(res.error().code));
       broken_ = res.error().code == errc::unavailable || res.error().code == errc::timeout;
       return out;
+    }
+    if (rec) {
+      rec->sent_ns = res->sent_ns;
+      rec->outcome = std::string(to_string(res->server.reason));
+      rec->completion_tokens = res->server.completion_tokens;
+      rec->prefill_worker = res->server.prefill_worker;
+      rec->decode_worker = res->server.decode_worker;
     }
     out.ok = true;
     out.ttft_ms = res->ttft_ms;
@@ -149,7 +189,8 @@ class http_connection final : public connection {
   http_connection(std::unique_ptr<http_client> c, bool ignore_eos, double timeout_s)
       : c_(std::move(c)), ignore_eos_(ignore_eos), timeout_s_(timeout_s) {}
 
-  wl::request_result run(const wl::bench_request& r) override {
+  wl::request_result run(const wl::bench_request& r, const sampling_params& s,
+                         request_record*) override {
     ojson body;
     if (r.has_text)
       body["prompt"] = r.prompt_text;
@@ -159,7 +200,8 @@ class http_connection final : public connection {
     body["stream"] = true;
     body["stream_options"] = {{"include_usage", true}};
     body["ignore_eos"] = ignore_eos_;
-    body["temperature"] = 0;
+    body["temperature"] = s.temperature;
+    if (s.seed != 0) body["seed"] = s.seed;
 
     wl::request_result out;
     int64_t first_choice_ns = 0, first_text_ns = 0, last_text_ns = 0;
@@ -263,11 +305,14 @@ using connection_factory = std::function<result<std::unique_ptr<connection>>()>;
 
 // ---- the worker pool -----------------------------------------------------------------
 
-/// One request to run: where its result goes and when it was due (0: now).
+/// One request to run: how it samples, where its result (and record) go and when it was
+/// due (0: now).
 struct job {
   const wl::bench_request* req = nullptr;
   wl::request_result* out = nullptr;
   int64_t due_ns = 0;
+  sampling_params sampling;
+  request_record* rec = nullptr;
 };
 
 /// Worker threads, each with its own connection, taking jobs from one queue. Grows on
@@ -348,10 +393,14 @@ class worker_pool {
       if (!conn) conn = make_();
       int64_t start = now_ns();
       if (conn) {
-        *j.out = (*conn)->run(*j.req);
+        *j.out = (*conn)->run(*j.req, j.sampling, j.rec);
         if ((*conn)->broken()) conn = error_info{errc::unavailable, "connection lost"};
       } else {
         j.out->error = describe(conn.error());
+        if (j.rec) {
+          j.rec->outcome = std::string(to_string(conn.error().code));
+          j.rec->sent_ns = j.rec->end_ns = now_ns();
+        }
       }
       if (j.due_ns) j.out->dispatch_delay_ms = static_cast<double>(start - j.due_ns) / 1e6;
       lock.lock();
@@ -476,6 +525,67 @@ result<std::vector<token_id>> http_tokenize(http_client& c, const std::string& t
   return out;
 }
 
+/// `v` as the decimal it was typed as (0.8, not the float's 0.800000011920929).
+double as_decimal(float v) {
+  return std::round(static_cast<double>(v) * 1e6) / 1e6;
+}
+
+/// FNV-1a 64 of a prompt (its token ids' bytes, or its text), to tell prompts apart in records.
+uint64_t prompt_hash(const wl::bench_request& r) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&](const void* p, size_t len) {
+    const auto* b = static_cast<const unsigned char*>(p);
+    for (size_t k = 0; k < len; ++k)
+      h = (h ^ b[k]) * 0x100000001b3ull;
+  };
+  if (r.has_text)
+    mix(r.prompt_text.data(), r.prompt_text.size());
+  else
+    mix(r.prompt_ids.data(), r.prompt_ids.size() * sizeof(token_id));
+  return h;
+}
+
+/// The --record lines: one JSON object per measured request (see the footer).
+template <class SamplingOf>
+void write_records(std::ostream& out, const std::vector<wl::bench_request>& measured,
+                   const std::vector<wl::request_result>& results,
+                   const std::vector<request_record>& records,
+                   const std::vector<wl::delivery_check>& checks, const SamplingOf& sampling_of) {
+  // The steady clock mapped once onto the Unix epoch, in µs.
+  const int64_t epoch_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count() -
+                           now_ns();
+  auto unix_us = [&](int64_t t) { return (t + epoch_ns) / 1000; };
+  for (size_t i = 0; i < records.size(); ++i) {
+    const auto& r = records[i];
+    const auto& q = measured[i];
+    auto sp = sampling_of(i);
+    ojson j;
+    j["i"] = i;
+    j["prompt_len"] = q.prompt_len;
+    j["prompt_hash"] = fmt::format("{:016x}", prompt_hash(q));
+    j["max_tokens"] = q.max_tokens;
+    j["seed"] = sp.seed;
+    j["temperature"] = as_decimal(sp.temperature);
+    j["sent_unix_us"] = unix_us(r.sent_ns);
+    j["first_token_unix_us"] = r.recv_ns.empty() ? ojson(nullptr) : ojson(unix_us(r.recv_ns[0]));
+    j["end_unix_us"] = unix_us(r.end_ns);
+    j["outcome"] = r.outcome;
+    j["error"] = results[i].ok ? ojson(nullptr) : ojson(results[i].error);
+    j["completion_tokens"] = r.completion_tokens;
+    j["prefill_worker"] = r.prefill_worker;
+    j["decode_worker"] = r.decode_worker;
+    j["duplicated"] = checks[i].duplicated;
+    j["missing"] = checks[i].missing;
+    auto toks = ojson::array();
+    for (size_t k = 0; k < r.tokens.size(); ++k)
+      toks.push_back({r.tokens[k].index, r.tokens[k].id, (r.recv_ns[k] - r.sent_ns) / 1000});
+    j["tokens"] = std::move(toks);
+    out << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  }
+}
+
 std::string fmt_ms(double v) {
   return fmt::format("{:.2f}", v);
 }
@@ -538,6 +648,10 @@ void print_table(const ojson& j) {
     fmt::print("{:<34}p50 {:.3f}  mean {:.3f}\n",
                "TTFT minus modelled prefill (ms):", j["ttft_runtime_share_ms"]["p50"].get<double>(),
                j["ttft_runtime_share_ms"]["mean"].get<double>());
+  if (j["duplicated"].is_number())
+    fmt::print("{:<34}{} / {}\n",
+               "Token index duplicated / missing:", j["duplicated"].get<size_t>(),
+               j["missing"].get<size_t>());
   if (j.contains("first_error"))
     fmt::print("{:<34}{}\n", "First error:", j["first_error"].get<std::string>());
   fmt::print("=========================================\n");
@@ -552,7 +666,19 @@ Workloads: random (synthetic token ids, --input-len/--output-len, --range-ratio)
 shared-prefix (--prefixes N system prompts of --prefix-len tokens, each request one of
 them plus a fresh --input-len suffix; without an explicit --requests, N x --users requests),
 sharegpt (--dataset FILE; --output-len, when given, replaces the answers' lengths).
+Sampling: --temperature T (default 0, greedy); --seed-base N gives request i the sampling
+seed N + i (warm-up request k: N + requests + k), so a rerun of the same workload (same
+--seed) with the same seeds must produce the same tokens, also when T > 0.
 Output: a table, or with --json one JSON object on stdout (--output FILE writes it too).
+Over rpc every token's index is checked: "duplicated" counts requests that received an
+index twice, "missing" requests with an index that never arrived (below the completion's
+length, or for a failed request below the highest index it received).
+--record FILE (rpc only) writes one JSON line per measured request: i, prompt_len,
+prompt_hash (FNV-1a 64 of the prompt ids or text, hex), max_tokens, seed, temperature,
+sent_unix_us, first_token_unix_us (null: none), end_unix_us, outcome (length, stop, eos,
+or the error code: worker_failed, timeout, ...), error, completion_tokens, prefill_worker,
+decode_worker, duplicated, missing, and tokens: [[index, id, us after sent], ...] in
+arrival order. Times are the client's clock mapped once onto the Unix epoch.
 Exit status: 0 when at least one measured request completed (failed ones are counted in
 "failed", with "first_error", and a warning goes to stderr); 1 when every measured request
 failed, the server could not be reached, or the command line or dataset is wrong.)";
@@ -624,6 +750,14 @@ command add_bench(CLI::App& app) {
       "--seed", o->seed,
       "Workload and arrival seed (default: a fresh one per run, reported as \"seed\", so that "
       "runs against one server do not hit each other's cached prefixes)");
+  app.add_option("--temperature", o->temperature, "Sampling temperature of every request")
+      ->check(CLI::Range(0.0, 100.0))
+      ->capture_default_str();
+  auto* seed_base = app.add_option(
+      "--seed-base", o->seed_base,
+      "Request i samples with seed N + i (reproducible tokens with --temperature > 0)");
+  app.add_option("--record", o->record,
+                 "Write one JSON line per measured request to FILE (rpc backend)");
   app.add_option("--timeout", o->timeout_s, "Per-request timeout (s)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -664,6 +798,15 @@ command add_bench(CLI::App& app) {
     if (seed->count() == 0)
       o->seed = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
     const bool http = o->backend == "http";
+    if (http && !o->record.empty())
+      return fail("--record needs --backend rpc: the HTTP stream carries text, not token ids");
+    const bool seeded = seed_base->count() > 0;
+    // Opened before anything runs, so that a bad path fails fast.
+    std::ofstream record_file;
+    if (!o->record.empty()) {
+      record_file.open(o->record);
+      if (!record_file) return fail(fmt::format("cannot write {}", o->record));
+    }
     const double timeout_s = o->timeout_s;
     const bool ignore_eos = o->ignore_eos;
     const std::string host = ep->first;
@@ -741,6 +884,14 @@ command add_bench(CLI::App& app) {
     const size_t cap = rate_mode ? o->max_concurrency : o->concurrency;
     const bool show = !o->no_progress && ::isatty(STDERR_FILENO);
     std::vector<wl::request_result> warm_results(warm.size()), results(n);
+    // Over rpc every measured request keeps its tokens' indices (the delivery check).
+    std::vector<request_record> records(http ? 0 : n);
+    auto sampling_of = [&](size_t k) {
+      sampling_params sp;
+      sp.temperature = o->temperature;
+      if (seeded) sp.seed = o->seed_base + k;
+      return sp;
+    };
     worker_pool pool(make, cap);
     size_t initial = cap;
     if (rate_mode && !std::isinf(rate_v))
@@ -751,7 +902,7 @@ command add_bench(CLI::App& app) {
     if (!warm.empty()) {
       progress bar(show, pool, 0, warm.size(), "warm-up");
       for (size_t i = 0; i < warm.size(); ++i)
-        pool.submit({&warm[i], &warm_results[i], 0}, false);
+        pool.submit({&warm[i], &warm_results[i], 0, sampling_of(n + i), nullptr}, false);
       pool.drain();
     }
     size_t late = 0;
@@ -767,7 +918,10 @@ command add_bench(CLI::App& app) {
           int64_t wait = due - now_ns();
           if (wait > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(wait));
         }
-        if (pool.submit({&measured[i], &results[i], due}, rate_mode) && rate_mode) ++late;
+        request_record* rec = records.empty() ? nullptr : &records[i];
+        if (pool.submit({&measured[i], &results[i], due, sampling_of(i), rec}, rate_mode) &&
+            rate_mode)
+          ++late;
       }
       pool.drain();
     }
@@ -795,6 +949,8 @@ command add_bench(CLI::App& app) {
     j["output_len"] = o->output_len;
     j["range_ratio"] = o->range_ratio;
     j["seed"] = o->seed;
+    j["temperature"] = as_decimal(o->temperature);
+    j["seed_base"] = seeded ? ojson(o->seed_base) : ojson(nullptr);
     if (o->workload == "shared-prefix")
       j["shared_prefix"] = {
           {"prefixes", o->prefixes}, {"users", o->users}, {"prefix_len", o->prefix_len}};
@@ -804,6 +960,30 @@ command add_bench(CLI::App& app) {
     for (auto& [k, v] : rep.items())
       j[k] = v;
     j["late_dispatches"] = late;
+    std::vector<wl::delivery_check> checks(records.size());
+    if (!records.empty()) {
+      size_t dup = 0, miss = 0, conflict = 0;
+      uint64_t dup_tokens = 0, miss_tokens = 0;
+      std::map<std::string, size_t> outcomes;
+      for (size_t i = 0; i < records.size(); ++i) {
+        checks[i] = wl::check_delivery(records[i].tokens, records[i].completion_tokens);
+        dup += checks[i].duplicated > 0;
+        miss += checks[i].missing > 0;
+        conflict += checks[i].conflicting > 0;
+        dup_tokens += checks[i].duplicated;
+        miss_tokens += checks[i].missing;
+        ++outcomes[records[i].outcome.empty() ? "none" : records[i].outcome];
+      }
+      j["duplicated"] = dup;
+      j["missing"] = miss;
+      j["conflicting"] = conflict;
+      j["duplicated_tokens"] = dup_tokens;
+      j["missing_tokens"] = miss_tokens;
+      j["outcomes"] = outcomes;
+    } else {
+      j["duplicated"] = nullptr;  // the HTTP stream carries no token indices
+      j["missing"] = nullptr;
+    }
     if (rate_mode) {
       std::vector<double> delays;
       for (const auto& r : results)
@@ -826,6 +1006,12 @@ command add_bench(CLI::App& app) {
                                     {"mean", j["ttft_ms"]["mean"].get<double>() - modelled}};
     }
 
+    if (record_file.is_open()) {
+      write_records(record_file, measured, results, records, checks, sampling_of);
+      record_file.flush();
+      if (!record_file) return fail(fmt::format("cannot write {}", o->record));
+      record_file.close();
+    }
     if (!o->output.empty()) {
       std::ofstream f(o->output);
       f << j.dump(2) << "\n";

@@ -229,6 +229,22 @@ bool meets_slo(const request_result& r, const slo_spec& slo) {
   return true;
 }
 
+delivery_check check_delivery(const std::vector<delivered_token>& delivered, uint32_t end) {
+  delivery_check c;
+  std::map<uint32_t, token_id> first;  // the id first delivered at each index
+  for (const auto& t : delivered) {
+    auto [it, fresh] = first.emplace(t.index, t.id);
+    if (fresh) continue;
+    ++c.duplicated;
+    if (it->second != t.id) ++c.conflicting;
+  }
+  // Every delivered index is below span, so the gaps are span minus the distinct indices.
+  uint64_t span = end;
+  if (!first.empty()) span = std::max<uint64_t>(span, uint64_t{first.rbegin()->first} + 1);
+  c.missing = static_cast<uint32_t>(std::min<uint64_t>(span - first.size(), UINT32_MAX));
+  return c;
+}
+
 nlohmann::ordered_json percentiles_json(const std::vector<double>& samples) {
   auto s = summarize(samples);
   return {{"p50", s.p50}, {"p90", s.p90}, {"p99", s.p99}, {"mean", s.mean}};

@@ -184,6 +184,25 @@ bool meets_slo(const request_result& r, const slo_spec& slo);
 nlohmann::ordered_json make_report(const std::vector<request_result>& results, double duration_s,
                                    const slo_spec& slo);
 
+/// One streamed token as the client received it: its index in the completion and its id.
+struct delivered_token {
+  uint32_t index = 0;
+  token_id id = 0;
+};
+
+/// What a request's stream did with token indices. Every index must arrive exactly once,
+/// in particular across a migration (the stream resumes at the next index) or a retry.
+struct delivery_check {
+  uint32_t duplicated = 0;   ///< deliveries of an index that had already arrived
+  uint32_t conflicting = 0;  ///< of those, deliveries whose token id differs from the first
+  uint32_t missing = 0;      ///< indices in [0, end) that never arrived
+};
+
+/// Checks `delivered` (in arrival order). `end` is one past the last index the request
+/// should have delivered: its completion_tokens when it completed; for a failed request
+/// pass 0, and only gaps below the highest index that did arrive count as missing.
+delivery_check check_delivery(const std::vector<delivered_token>& delivered, uint32_t end);
+
 /// {p50, p90, p99, mean} of `samples` (all 0 when empty).
 nlohmann::ordered_json percentiles_json(const std::vector<double>& samples);
 
