@@ -430,3 +430,27 @@ TEST_CASE("the report's percentiles, throughput and stage means", "[workload]") 
     CHECK(e["goodput"]["fraction"] == 0.0);
   }
 }
+
+TEST_CASE("check_delivery counts indices delivered twice, conflicting or missing", "[workload]") {
+  SECTION("every index once, in order") {
+    auto c = check_delivery({{0, 5}, {1, 6}, {2, 7}}, 3);
+    CHECK(c.duplicated == 0);
+    CHECK(c.conflicting == 0);
+    CHECK(c.missing == 0);
+  }
+  SECTION("out of order is fine; a repeat is counted, a different id also as conflicting") {
+    auto c = check_delivery({{1, 6}, {0, 5}, {1, 6}, {2, 7}, {2, 9}}, 3);
+    CHECK(c.duplicated == 2);
+    CHECK(c.conflicting == 1);
+    CHECK(c.missing == 0);
+  }
+  SECTION("a completed request missing indices below its end") {
+    auto c = check_delivery({{0, 5}, {3, 8}}, 5);
+    CHECK(c.missing == 3);  // 1, 2 and 4
+  }
+  SECTION("a failed request: only gaps below the highest arrived index count") {
+    auto c = check_delivery({{0, 5}, {2, 7}}, 0);
+    CHECK(c.missing == 1);
+    CHECK(check_delivery({}, 0).missing == 0);
+  }
+}
