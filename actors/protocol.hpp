@@ -441,7 +441,7 @@ typename F::result_type inspect(F& f, worker_status& x) {
 template <class F>
 typename F::result_type inspect(F& f, node_status& x) {
   return f(caf::meta::type_name("node_status"), x.name, x.index, x.up, x.clock_offset_ns,
-           x.clock_rtt_ns);
+           x.clock_rtt_ns, x.restarts);
 }
 template <class F>
 typename F::result_type inspect(F& f, cluster_status& x) {

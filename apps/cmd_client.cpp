@@ -271,7 +271,8 @@ command add_status(CLI::App& app) {
                       {"index", n.index},
                       {"up", n.up},
                       {"clock_offset_ms", n.clock_offset_ns / 1e6},
-                      {"clock_rtt_ms", n.clock_rtt_ns < 0 ? -1.0 : n.clock_rtt_ns / 1e6}});
+                      {"clock_rtt_ms", n.clock_rtt_ns < 0 ? -1.0 : n.clock_rtt_ns / 1e6},
+                      {"restarts", n.restarts}});
       j["nodes"] = ns;
       std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
       return 0;
@@ -280,11 +281,12 @@ command add_status(CLI::App& app) {
                 st->cluster.c_str(), st->ready ? "ready" : "NOT ready", (*c)->model().name.c_str(),
                 (*c)->model().vocab_size, (*c)->model().max_context, (*c)->model().block_tokens);
     if (!st->nodes.empty()) {
-      std::printf("%-12s %5s %-5s %16s %14s\n", "node", "index", "state", "clock offset ms",
-                  "probe rtt ms");
+      std::printf("%-12s %5s %-5s %8s %16s %14s\n", "node", "index", "state", "restarts",
+                  "clock offset ms", "probe rtt ms");
       for (const auto& n : st->nodes)
-        std::printf("%-12s %5u %-5s %16.3f %14.3f\n", n.name.c_str(), n.index, n.up ? "up" : "down",
-                    n.clock_offset_ns / 1e6, n.clock_rtt_ns < 0 ? -1.0 : n.clock_rtt_ns / 1e6);
+        std::printf("%-12s %5u %-5s %8u %16.3f %14.3f\n", n.name.c_str(), n.index,
+                    n.up ? "up" : "down", n.restarts, n.clock_offset_ns / 1e6,
+                    n.clock_rtt_ns < 0 ? -1.0 : n.clock_rtt_ns / 1e6);
     }
     std::printf("%-4s %-10s %-16s %-8s %-5s %7s %7s %13s %9s %10s  %s\n", "id", "role", "name",
                 "node", "state", "queued", "running", "kv used/total", "completed", "tokens",

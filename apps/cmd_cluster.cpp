@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -18,6 +19,7 @@
 
 #include "apps/commands.hpp"
 #include "cluster/node.hpp"
+#include "cluster/restart_policy.hpp"
 #include "common/clock.hpp"
 #include "frontend/client.hpp"
 
@@ -53,15 +55,29 @@ bool file_contains(const std::string& path, const std::string& needle) {
   return ss.str().find(needle) != std::string::npos;
 }
 
-/// A node process started by launch.
+/// A node process started by launch, and its restarts.
 struct child {
   std::string node;
-  std::string log;
+  std::string log;  ///< the current process's log
   pid_t pid = -1;
   bool joined = false;
   bool exited = false;
   int status = 0;
+  // What a restart needs: the same command, the same stdin.
+  std::vector<std::string> argv;
+  std::string stdin_file;
+  bool supervisor = false;  ///< runs the supervisor: cannot be restarted alone
+  /// Every process of the node, the current one last (launcher's steady clock, ms).
+  std::vector<node_life> lives;
+  int64_t restart_at_ms = -1;  ///< a restart is due then (-1: none pending)
+  uint32_t streak = 0;         ///< the pending or last restart's number in its streak
+  uint32_t restarts = 0;       ///< processes started after the first
+  bool rejoining = false;      ///< restarted, not yet ready
 };
+
+int64_t now_ms() {
+  return now_ns() / 1'000'000;
+}
 
 std::string describe_exit(int status) {
   if (WIFEXITED(status)) return fmt::format("exited with code {}", WEXITSTATUS(status));
@@ -123,6 +139,95 @@ void stop_children(std::vector<child>& kids, double grace_s) {
       waitpid(k.pid, &k.status, 0);
       k.exited = true;
     }
+}
+
+/// One look at every node of a ready cluster: reaps the dead, restarts those whose backoff
+/// has passed, reports the restarted that are ready again. Returns launch's exit code when
+/// the cluster is over (no node left, or the supervisor's node died; every node stopped).
+///
+/// Only deaths that look like failures are restarted: a signal or a non-zero exit code. A
+/// node that exits 0 was stopped on purpose (SIGTERM/SIGINT to it) and stays down. The
+/// supervisor's node is never restarted: every other node leaves when it loses the
+/// supervisor (cluster_node::supervisor_lost), so restarting it alone would bring back an
+/// empty cluster; launch stops every node and exits 1 instead.
+std::optional<int> serve_tick(std::vector<child>& kids, const restart_config& policy,
+                              const std::string& log_dir) {
+  size_t alive = 0;
+  for (auto& k : kids) {
+    if (!k.exited && waitpid(k.pid, &k.status, WNOHANG) == k.pid) {
+      k.exited = true;
+      k.rejoining = false;
+      k.lives.back().died_ms = now_ms();
+      std::printf("launch: node %s %s; last lines of %s:\n%s", k.node.c_str(),
+                  describe_exit(k.status).c_str(), k.log.c_str(), tail_of(k.log, 5).c_str());
+      if (k.supervisor) {
+        std::printf(
+            "launch: node %s ran the supervisor, without which no node stays (a restart of it "
+            "alone would bring back an empty cluster); stopping every node\n",
+            k.node.c_str());
+        std::fflush(stdout);
+        stop_children(kids, 10);
+        std::printf("launch: the cluster is down\n");
+        return 1;
+      }
+      if (WIFEXITED(k.status) && WEXITSTATUS(k.status) == 0) {
+        std::printf("launch: node %s stopped cleanly (someone stopped it); not restarting it\n",
+                    k.node.c_str());
+      } else {
+        auto d = decide_restart(k.lives, policy, now_ms());
+        k.streak = d.streak;
+        if (d.what != restart_decision::action::give_up) {
+          k.restart_at_ms = d.at_ms;
+          std::printf("launch: node %s restarts in %lld ms (restart %u of %u)\n", k.node.c_str(),
+                      static_cast<long long>(d.delay_ms), d.streak, policy.max);
+        } else if (policy.max == 0) {
+          std::printf("launch: node %s stays down: restarts are off (restart: {max: 0})\n",
+                      k.node.c_str());
+        } else {
+          std::printf("launch: node %s died %u times in a row; giving up on it (restart.max %u)\n",
+                      k.node.c_str(), d.streak, policy.max);
+        }
+      }
+      std::fflush(stdout);
+    }
+    if (k.exited && k.restart_at_ms >= 0 && now_ms() >= k.restart_at_ms) {
+      k.restart_at_ms = -1;
+      ++k.restarts;
+      k.log = fmt::format("{}/{}.restart{}.log", log_dir, k.node, k.restarts);
+      k.pid = spawn_logged(k.argv, k.log, k.stdin_file);
+      k.lives.push_back({now_ms(), 0});
+      if (k.pid < 0) {
+        // As if it died at once: the policy decides about the next try.
+        std::printf("launch: cannot restart node %s (%s)\n", k.node.c_str(), k.argv[0].c_str());
+        k.lives.back().died_ms = now_ms();
+        auto d = decide_restart(k.lives, policy, now_ms());
+        k.streak = d.streak;
+        if (d.what != restart_decision::action::give_up)
+          k.restart_at_ms = d.at_ms;
+        else
+          std::printf("launch: giving up on node %s\n", k.node.c_str());
+      } else {
+        k.exited = false;
+        k.rejoining = true;
+        std::printf("launch: node %s restarting (pid %d, restart %u of %u), log %s\n",
+                    k.node.c_str(), k.pid, k.streak, policy.max, k.log.c_str());
+      }
+      std::fflush(stdout);
+    }
+    if (k.rejoining && file_contains(k.log, "tokenmill node ready")) {
+      k.rejoining = false;
+      std::printf("launch: node %s rejoined %.2f s after it died (restart %u of %u)\n",
+                  k.node.c_str(), (now_ms() - k.lives[k.lives.size() - 2].died_ms) / 1e3, k.streak,
+                  policy.max);
+      std::fflush(stdout);
+    }
+    if (!k.exited || k.restart_at_ms >= 0) ++alive;
+  }
+  if (alive == 0) {
+    std::printf("launch: every node has exited\n");
+    return 1;
+  }
+  return std::nullopt;
 }
 
 std::string self_exe() {
@@ -275,6 +380,10 @@ command add_launch(CLI::App& app) {
       } else {
         argv = {exe, "node", "--manifest", manifest_abs, "--name", n->name};
       }
+      k.argv = argv;
+      k.stdin_file = stdin_file;
+      k.supervisor = n->count(role::supervisor) > 0;
+      k.lives.push_back({now_ms(), 0});
       k.pid = spawn_logged(argv, k.log, stdin_file);
       if (k.pid < 0) {
         std::fprintf(stderr, "launch: cannot start node %s (%s)\n", n->name.c_str(),
@@ -345,9 +454,10 @@ command add_launch(CLI::App& app) {
                 m->cluster.c_str(), (now_ns() - t0) / 1e9, host.c_str(), m->frontend.rpc_port,
                 kids.size(), o->log_dir.c_str());
     std::fflush(stdout);
-    // Serve until told to stop; report nodes that die (the cluster serves on without them).
+    // Serve until told to stop. A node that dies from now on is restarted as the manifest's
+    // restart policy says (the cluster serves on without it meanwhile); see serve_tick.
     for (;;) {
-      timespec tick{0, 100'000'000};
+      timespec tick{0, 20'000'000};
       int sig = sigtimedwait(&sigs, nullptr, &tick);
       if (sig == SIGINT || sig == SIGTERM) {
         std::printf("launch: %s received, stopping %zu nodes\n",
@@ -355,22 +465,7 @@ command add_launch(CLI::App& app) {
         std::fflush(stdout);
         break;
       }
-      size_t alive = 0;
-      for (auto& k : kids) {
-        if (k.exited) continue;
-        if (waitpid(k.pid, &k.status, WNOHANG) == k.pid) {
-          k.exited = true;
-          std::printf("launch: node %s %s; last lines of %s:\n%s", k.node.c_str(),
-                      describe_exit(k.status).c_str(), k.log.c_str(), tail_of(k.log, 5).c_str());
-          std::fflush(stdout);
-        } else {
-          ++alive;
-        }
-      }
-      if (alive == 0) {
-        std::printf("launch: every node has exited\n");
-        return 1;
-      }
+      if (auto code = serve_tick(kids, m->restart, o->log_dir)) return *code;
     }
     stop_children(kids, 10);
     std::printf("launch: stopped\n");

@@ -44,7 +44,7 @@ namespace fs = std::filesystem;
 using keys = std::span<const std::string_view>;
 
 constexpr std::string_view top_keys[] = {"cluster", "model",   "defaults", "kv_layout", "frontend",
-                                         "router",  "failure", "ucx",      "nodes"};
+                                         "router",  "failure", "ucx",      "restart",   "nodes"};
 constexpr std::string_view model_keys[] = {"path", "sim"};
 constexpr std::string_view sim_keys[] = {"vocab",
                                          "max_context",
@@ -62,6 +62,7 @@ constexpr std::string_view router_keys[] = {"local_prefill_threshold", "max_infl
                                             "max_queued_prompt_tokens"};
 constexpr std::string_view failure_keys[] = {"heartbeat_ms", "connection_timeout_ms"};
 constexpr std::string_view ucx_keys[] = {"op_timeout_ms", "stall_timeout_ms", "window_mib"};
+constexpr std::string_view restart_keys[] = {"max", "backoff_ms"};
 constexpr std::string_view node_keys[] = {"name", "address", "ssh", "port", "http_port", "actors"};
 constexpr std::string_view prefill_keys[] = {"engine", "threads",  "device",  "kv_blocks",
                                              "chunk",  "max_seqs", "slowdown"};
@@ -539,6 +540,7 @@ class parser {
     if (auto* e = r.find("router")) router(*e);
     if (auto* e = r.find("failure")) failure(*e);
     if (auto* e = r.find("ucx")) ucx(*e);
+    if (auto* e = r.find("restart")) restart(*e);
     if (auto* e = r.find("nodes")) {
       nodes(*e);
     } else {
@@ -700,6 +702,15 @@ class parser {
                          u.stall_timeout_ms, u.op_timeout_ms),
              "a stall timeout shorter than the op timeout");
     }
+  }
+
+  /// `restart: {max, backoff_ms}`. The first wait may be at most the cap the policy's
+  /// doubling stops at (30 s).
+  void restart(const entry& e) {
+    map_reader r(p_, e.value, e.at(), "restart", restart_keys);
+    auto& x = m_.restart;
+    opt_uint(p_, r, "max", x.max, 0, 1000, "a whole number from 0 (never restart) to 1000");
+    opt_uint(p_, r, "backoff_ms", x.backoff_ms, 1, restart_backoff_cap_ms);
   }
 
   void nodes(const entry& e) {
@@ -1161,7 +1172,7 @@ result<manifest> parse_manifest(const std::string& yaml_text,
   }
   constexpr std::string_view top_text =
       "a map with keys cluster, model, frontend, nodes (and optionally defaults, kv_layout, "
-      "router, failure, ucx)";
+      "router, failure, ucx, restart)";
   if (docs.empty() || (docs.size() == 1 && docs[0].IsNull())) {
     p.add({}, "(document)", "the manifest is empty", top_text);
     return p.to_error();
@@ -1323,6 +1334,12 @@ std::string describe(const manifest& m) {
   if (m.defaults.kv_transport == "ucx")
     line(fmt::format("ucx: op timeout {} ms, stall timeout {} ms, window {} MiB",
                      m.ucx.op_timeout_ms, m.ucx.stall_timeout_ms, m.ucx.window_mib));
+  if (m.restart.max == 0)
+    line("restart: off (a node that dies stays down)");
+  else
+    line(fmt::format("restart: up to {} in a row, the first after {} ms, doubling (at most {} s)",
+                     m.restart.max, m.restart.backoff_ms,
+                     std::max<int64_t>(restart_backoff_cap_ms, m.restart.backoff_ms) / 1000));
   line(fmt::format("nodes ({}):", m.nodes.size()));
   for (auto& n : m.nodes) {
     auto launch = !n.ssh.empty() ? "ssh " + n.ssh

@@ -11,6 +11,7 @@
 #include <variant>
 #include <vector>
 
+#include "cluster/restart_policy.hpp"
 #include "common/ids.hpp"
 #include "common/result.hpp"
 #include "engine/engine_factory.hpp"
@@ -130,6 +131,9 @@ struct manifest {
   manifest_router router;
   manifest_failure failure;
   manifest_ucx ucx;
+  /// How `tokenmill launch` restarts a node that dies after the cluster is ready. Only the
+  /// launcher reads it, so it is not part of the hash (see canonical_form).
+  restart_config restart;
   std::vector<manifest_node> nodes;
 
   /// The node named `name`, or nullptr.
@@ -156,7 +160,9 @@ result<manifest> parse_manifest(const std::string& yaml_text,
 
 /// The canonical serialisation of the resolved content, one `key=value` line each: equal
 /// for manifests that mean the same (key order, spelled-out defaults, flow or block
-/// style), different when anything that matters changes. Excludes `path`.
+/// style), different when anything that matters changes. Excludes `path`, and `restart`:
+/// no node acts on it (only the launcher does), so nodes need not agree on it, and a
+/// restarted node is not refused because its launcher's policy was edited meanwhile.
 std::string canonical_form(const manifest& m);
 
 /// XXH3-64 of canonical_form(): nodes refuse peers whose manifest hash differs.

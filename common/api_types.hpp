@@ -55,6 +55,9 @@ struct node_status {
   bool up = true;
   int64_t clock_offset_ns = 0;  ///< add to the node's stamps to land on the supervisor's clock
   int64_t clock_rtt_ns = -1;    ///< round trip of the best clock probe (-1: none yet)
+  /// Joins after the node's first: each is a new process of the node (the launcher
+  /// restarted it after it died).
+  uint32_t restarts = 0;
 };
 
 /// Every member's status, as the supervisor sees the cluster.

@@ -185,8 +185,8 @@ cluster_status decode(rpc::ClusterStatus::Reader r) {
     s.workers.push_back(std::move(ws));
   }
   for (auto n : r.getNodes())
-    s.nodes.push_back(
-        {str(n.getName()), n.getIndex(), n.getUp(), n.getClockOffsetNs(), n.getClockRttNs()});
+    s.nodes.push_back({str(n.getName()), n.getIndex(), n.getUp(), n.getClockOffsetNs(),
+                       n.getClockRttNs(), n.getRestarts()});
   return s;
 }
 
@@ -220,6 +220,7 @@ void encode(const cluster_status& s, rpc::ClusterStatus::Builder b) {
     ns[i].setUp(s.nodes[i].up);
     ns[i].setClockOffsetNs(s.nodes[i].clock_offset_ns);
     ns[i].setClockRttNs(s.nodes[i].clock_rtt_ns);
+    ns[i].setRestarts(s.nodes[i].restarts);
   }
 }
 

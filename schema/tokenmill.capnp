@@ -110,6 +110,7 @@ struct NodeStatus {
   up @2 :Bool;
   clockOffsetNs @3 :Int64;       # add to the node's stamps to land on the supervisor's clock
   clockRttNs @4 :Int64;          # round trip of the best clock probe (-1: none yet)
+  restarts @5 :UInt32;           # joins after the node's first (new processes of the node)
 }
 
 struct ClusterStatus {

@@ -24,6 +24,7 @@ struct node_entry {
   int64_t offset_ns = 0;     ///< add to the node's stamps to land on the supervisor's clock
   int64_t best_rtt_ns = -1;  ///< RTT of the sample the offset comes from (-1: none yet)
   bool same_clock = false;   ///< same host as the supervisor: offset exactly 0, no probing
+  uint32_t restarts = 0;     ///< joins after the first (the launcher restarted the node)
 };
 
 /// Self-sent: refresh every node's clock estimate.
@@ -165,8 +166,15 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
         self->monitor(j.agent);
         bool same =
             j.index == st.cfg.node_index || (!j.host_id.empty() && j.host_id == st.cfg.host_id);
-        st.nodes[j.index] = node_entry{j.name, j.agent, true, 0, same ? 0 : -1, same};
-        spdlog::debug("supervisor: node '{}' joined", j.name);
+        // A node whose earlier process is down joins again: a restart. Its workers
+        // register again under their old ids, and membership makes them routable.
+        auto old = st.nodes.find(j.index);
+        uint32_t restarts = old == st.nodes.end() ? 0 : old->second.restarts + 1;
+        st.nodes[j.index] = node_entry{j.name, j.agent, true, 0, same ? 0 : -1, same, restarts};
+        if (restarts > 0)
+          spdlog::info("supervisor: node '{}' joined again (restart {})", j.name, restarts);
+        else
+          spdlog::debug("supervisor: node '{}' joined", j.name);
         announce_nodes(self);
         if (!same) probe(self, j.index, st.cfg.sync_pings, -1, 0);
         return {};
@@ -185,7 +193,7 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
         result->cluster = st.cfg.cluster;
         result->ready = is_ready(st);
         for (const auto& [idx, n] : st.nodes)
-          result->nodes.push_back({n.name, idx, n.up, n.offset_ns, n.best_rtt_ns});
+          result->nodes.push_back({n.name, idx, n.up, n.offset_ns, n.best_rtt_ns, n.restarts});
         auto pending = std::make_shared<size_t>(0);
         std::vector<const member*> live;
         for (const auto& [id, m] : st.members) {

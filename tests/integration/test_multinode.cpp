@@ -150,6 +150,9 @@ struct cluster_spec {
   /// The frontend's bind address; empty = the head node's address.
   std::string frontend_host;
   std::string kv_transport = "inline";  ///< "inline" or "ucx"
+  /// The manifest's restart policy. Off here, so that the tests of a node's death see the
+  /// node stay down; the restart tests turn it on.
+  std::string restart = "{max: 0}";
 };
 
 /// Distinct free ports: one per node, plus the frontend's RPC and HTTP ports.
@@ -181,6 +184,7 @@ std::string manifest_yaml(const cluster_spec& spec, const port_plan& ports) {
     << "  sim: {decode_step_ms: " << spec.decode_step_ms << ", prefill_us_per_token: 20}\n"
     << "defaults: {engine: sim, block_tokens: 16, kv_transport: " << spec.kv_transport << "}\n"
     << "failure: {heartbeat_ms: 100, connection_timeout_ms: 500}\n"
+    << "restart: " << spec.restart << "\n"
     << "frontend: {node: head, "
     << (spec.frontend_host.empty() ? "" : "host: " + spec.frontend_host + ", ")
     << "rpc_port: " << ports.rpc << ", http_port: " << ports.http << "}\n"
@@ -996,4 +1000,164 @@ TEST_CASE("random bytes on every listening port of a cluster cost only their con
   REQUIRE(r.exit_code == 0);
   CHECK(last_json_line(r.out)["tokens"] == 8);
   stop_cleanly(c);
+}
+
+// ------------------------------------------------------------------ restarts (issue 14)
+
+namespace {
+
+/// The entry of node `name` in `status["nodes"]` (null when there is none).
+json node_entry(const json& status, const std::string& name) {
+  if (!status.is_object() || !status.contains("nodes")) return nullptr;
+  for (const auto& n : status["nodes"])
+    if (n.value("name", "") == name) return n;
+  return nullptr;
+}
+
+/// The pid in launch's last "node NAME restarting (pid N, ...)" line, or -1.
+pid_t restarted_pid(const std::string& launch_out, const std::string& name) {
+  pid_t pid = -1;
+  std::istringstream in(launch_out);
+  const std::string head = "launch: node " + name + " restarting (pid ";
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(head, 0) == 0) pid = static_cast<pid_t>(std::stol(line.substr(head.size())));
+  return pid;
+}
+
+/// Waits until status shows node `name` up after `restarts` restarts, its decode worker up
+/// and the cluster ready.
+bool back_up(const cluster& c, const std::string& name, int restarts, json& st) {
+  return eventually(
+      [&] {
+        st = c.status();
+        auto n = node_entry(st, name);
+        auto w = worker_on(st, "decode", name);
+        return n.is_object() && n.value("up", false) && n.value("restarts", -1) == restarts &&
+               w.is_object() && w.value("up", false) && st.value("ready", false);
+      },
+      milliseconds(10000));
+}
+
+}  // namespace
+
+TEST_CASE("a SIGKILLed decode node is restarted, rejoins and serves again",
+          "[integration][multinode][restart]") {
+  cluster_spec spec;
+  spec.restart = "{max: 2, backoff_ms: 50}";
+  cluster c(spec);
+  c.launch();
+  pid_t d0 = c.pid_of("d0");
+  REQUIRE(::kill(d0, SIGKILL) == 0);
+  auto& l = c.launcher();
+  auto restarts =
+      l.wait_for_line("launch: node d0 restarts in 50 ms (restart 1 of 2)", milliseconds(5000));
+  auto rejoined = l.wait_for_line("launch: node d0 rejoined", kReadyTimeout);
+  INFO("launch stdout: " << l.out() << "\nstderr: " << l.err() << "\nnode logs:\n"
+                         << c.logs_text());
+  CHECK(l.out().find("node d0 was killed by signal 9") != std::string::npos);
+  REQUIRE(restarts);
+  REQUIRE(rejoined);
+  pid_t again = restarted_pid(l.out(), "d0");
+  CHECK(again > 0);
+  CHECK(again != d0);
+  CHECK(cmdline_has(again, "--name d0"));
+
+  // The supervisor counts the second join of d0 as a restart; nothing else restarted.
+  json st;
+  CHECK(back_up(c, "d0", 1, st));
+  INFO("status: " << st.dump());
+  CHECK(node_entry(st, "head")["restarts"] == 0);
+  CHECK(node_entry(st, "p0")["restarts"] == 0);
+  auto text = run_tokenmill({"status", "--connect", c.endpoint()}, milliseconds(15000));
+  INFO("status text: " << text.out);
+  CHECK(has_line(text.out, {"restarts", "clock offset ms"}));
+  bool d0_row = false;
+  std::istringstream rows(text.out);
+  for (std::string row; std::getline(rows, row);) {
+    std::istringstream words(row);
+    std::string name, index, state, count;
+    words >> name >> index >> state >> count;
+    if (name == "d0") d0_row = state == "up" && count == "1";
+  }
+  CHECK(d0_row);
+
+  // The router routes to the new process: prefill on p0, decode on the restarted d0.
+  auto r = c.generate({"--json", "--token-ids", "--max-tokens", "8", kPrompt});
+  INFO("generate stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.exit_code == 0);
+  auto j = last_json_line(r.out);
+  REQUIRE(j.is_object());
+  CHECK(j["tokens"] == 8);
+  CHECK(j["stages"].contains("kv_transfer"));
+  CHECK(worker_on(c.status(), "decode", "d0")["completed"] == 1);
+  CHECK(node_pids(c.manifest()).size() == 3);
+  stop_cleanly(c);
+}
+
+TEST_CASE("with restart: {max: 0} a SIGKILLed node stays down and launch says so",
+          "[integration][multinode][restart]") {
+  cluster_spec spec;
+  spec.restart = "{max: 0}";
+  cluster c(spec);
+  c.launch();
+  REQUIRE(::kill(c.pid_of("d0"), SIGKILL) == 0);
+  auto& l = c.launcher();
+  auto line = l.wait_for_line("launch: node d0 stays down: restarts are off", milliseconds(5000));
+  INFO("launch stdout: " << l.out() << "\nstderr: " << l.err());
+  REQUIRE(line);
+  json st;
+  CHECK(becomes_down(c, "decode", "d0", st));
+  INFO("status: " << st.dump());
+  auto n = node_entry(st, "d0");
+  REQUIRE(n.is_object());
+  CHECK(n["up"] == false);
+  CHECK(n["restarts"] == 0);
+  CHECK(l.out().find("restarting") == std::string::npos);
+  CHECK(node_pids(c.manifest()).size() == 2);
+  CHECK(l.running());
+  stop_cleanly(c);
+}
+
+TEST_CASE("launch gives up on a node that dies more than restart.max times in a row",
+          "[integration][multinode][restart]") {
+  cluster_spec spec;
+  spec.restart = "{max: 1, backoff_ms: 50}";
+  cluster c(spec);
+  c.launch();
+  REQUIRE(::kill(c.pid_of("d0"), SIGKILL) == 0);
+  auto& l = c.launcher();
+  auto rejoined = l.wait_for_line("launch: node d0 rejoined", kReadyTimeout);
+  INFO("launch stdout: " << l.out() << "\nstderr: " << l.err());
+  REQUIRE(rejoined);
+  pid_t again = restarted_pid(l.out(), "d0");
+  REQUIRE(again > 0);
+  REQUIRE(cmdline_has(again, "--name d0"));
+  REQUIRE(::kill(again, SIGKILL) == 0);
+  auto gave_up =
+      l.wait_for_line("launch: node d0 died 2 times in a row; giving up on it", milliseconds(5000));
+  CHECK(gave_up);
+  json st;
+  CHECK(becomes_down(c, "decode", "d0", st));
+  INFO("status: " << st.dump());
+  CHECK(node_entry(st, "d0")["restarts"] == 1);
+  CHECK(l.running());  // the rest of the cluster serves on
+  stop_cleanly(c);
+}
+
+TEST_CASE("when the supervisor's node dies, launch stops the cluster instead of restarting",
+          "[integration][multinode][restart]") {
+  cluster_spec spec;
+  spec.restart = "{max: 5, backoff_ms: 50}";
+  cluster c(spec);
+  c.launch();
+  REQUIRE(::kill(c.pid_of("head"), SIGKILL) == 0);
+  auto& l = c.launcher();
+  auto code = l.wait(milliseconds(20000));
+  INFO("launch stdout: " << l.out() << "\nstderr: " << l.err());
+  REQUIRE(code);
+  CHECK(*code == 1);
+  CHECK(l.out().find("launch: node head ran the supervisor") != std::string::npos);
+  CHECK(l.out().find("launch: the cluster is down") != std::string::npos);
+  CHECK(l.out().find("restarting") == std::string::npos);
+  CHECK(no_nodes_left(c.manifest()));
 }

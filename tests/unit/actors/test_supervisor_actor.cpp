@@ -3,6 +3,8 @@
 // small spawned stubs play workers that answer status queries.
 #include "tests/unit/actors/actor_test_util.hpp"
 
+#include <thread>
+
 #include "common/clock.hpp"
 
 using namespace tokenmill;
@@ -285,6 +287,62 @@ TEST_CASE("supervisor: nodes join with the cluster's manifest and model, clocks 
   // The same node cannot join twice while it is up.
   CHECK_THAT(join(join_node{"n1", 1, 0xabc, "sim", handle_of(agent), "other-host"}),
              Catch::Contains("already"));
+}
+
+TEST_CASE("supervisor: a node that joins again after its process died counts a restart",
+          "[supervisor_actor]") {
+  test_system ts;
+  actor_reaper reaper;
+  supervisor_config cfg;
+  cfg.cluster = "c";
+  cfg.host_id = "this-host";  // the nodes share the supervisor's clock: no probing
+  caf::actor sup = reaper.add(spawn_supervisor(ts.sys, cfg));
+  caf::scoped_actor self{ts.sys};
+  auto spawn_agent = [&] {
+    return reaper.add(ts.sys.spawn([]() -> caf::behavior {
+      return {[](ping_atom, int64_t t0) { return caf::make_message(t0, now_ns()); }};
+    }));
+  };
+  auto join = [&](const caf::actor& agent) {
+    std::string answer = "no reply";
+    self->request(sup, receive_timeout, join_node{"d0", 2, 0, "", agent, "this-host"})
+        .receive([&](const std::string& r) { answer = r; },
+                 [&](caf::error& e) { answer = caf::to_string(e); });
+    return answer;
+  };
+  auto node = [&]() -> node_status {
+    std::optional<cluster_status> got;
+    self->request(sup, receive_timeout, status_atom::value)
+        .receive([&](cluster_status& cs) { got = std::move(cs); }, [&](caf::error&) {});
+    REQUIRE(got);
+    REQUIRE(got->nodes.size() == 1);
+    return got->nodes[0];
+  };
+  auto first = spawn_agent();
+  REQUIRE(join(first).empty());
+  CHECK(node().up);
+  CHECK(node().restarts == 0);
+  // A second process of the node while the first is up is refused, and counts nothing.
+  CHECK_THAT(join(spawn_agent()), Catch::Contains("already"));
+  CHECK(node().restarts == 0);
+
+  for (uint32_t k = 1; k <= 2; ++k) {
+    caf::anon_send_exit(first, caf::exit_reason::kill);
+    bool down = false;
+    for (int i = 0; i < 200 && !down; ++i) {
+      down = !node().up;
+      if (!down) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    REQUIRE(down);
+    CHECK(node().restarts == k - 1);  // a death alone is no restart
+    first = spawn_agent();
+    REQUIRE(join(first).empty());
+    auto n = node();
+    CHECK(n.up);
+    CHECK(n.name == "d0");
+    CHECK(n.index == 2);
+    CHECK(n.restarts == k);
+  }
 }
 
 TEST_CASE("supervisor: a member that does not answer is reported, not waited for",

@@ -146,6 +146,8 @@ TEST_CASE("manifest: a minimal manifest resolves with every default", "[manifest
   CHECK(m.router.max_inflight == 1024);
   CHECK(m.failure.heartbeat_ms == 200);
   CHECK(m.failure.connection_timeout_ms == 1000);
+  CHECK(m.restart.max == 5);  // restart is on by default, bounded
+  CHECK(m.restart.backoff_ms == 500);
 
   REQUIRE(m.nodes.size() == 3);
   CHECK(m.nodes[0].port == 7800);  // 7800 + index
@@ -196,6 +198,7 @@ frontend: {node: head, host: 0.0.0.0, rpc_port: 9700, http_port: 9000}
 router: {local_prefill_threshold: 64, max_inflight: 10, max_queued_prompt_tokens: 5000}
 failure: {heartbeat_ms: 50, connection_timeout_ms: 400}
 ucx: {op_timeout_ms: 2500, stall_timeout_ms: 300, window_mib: 64}
+restart: {max: 2, backoff_ms: 50}
 nodes:
   - name: head
     address: localhost
@@ -237,6 +240,8 @@ nodes:
   CHECK(m.ucx.op_timeout_ms == 2500);
   CHECK(m.ucx.stall_timeout_ms == 300);
   CHECK(m.ucx.window_mib == 64);
+  CHECK(m.restart.max == 2);
+  CHECK(m.restart.backoff_ms == 50);
   REQUIRE(m.nodes.size() == 2);
   CHECK(m.nodes[0].port == 9800);
   CHECK(m.nodes[0].local);
@@ -475,6 +480,15 @@ const corpus_case corpus_cases[] = {
      "failure.connection_timeout_ms: 500 ms is not longer than failure.heartbeat_ms (500 ms)"},
     {"section_not_map.yaml", 5,
      "router: got '5'; expected a map with keys local_prefill_threshold"},
+    {"restart_unknown_key.yaml", 5,
+     "restart.backof_ms: unknown key 'backof_ms' (did you mean 'backoff_ms'?); expected one of "
+     "max, backoff_ms"},
+    {"restart_zero_backoff.yaml", 5,
+     "restart.backoff_ms: got 0, out of range; expected a whole number from 1 to 30000"},
+    {"restart_negative_max.yaml", 5,
+     "restart.max: got -1, a negative number; expected a whole number from 0 (never restart) to "
+     "1000"},
+    {"restart_not_map.yaml", 5, "restart: got 'true'; expected a map with keys max, backoff_ms"},
 };
 
 }  // namespace
@@ -557,7 +571,8 @@ TEST_CASE("manifest: files that are not manifests", "[manifest]") {
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().message ==
           "test.yaml:1:1: (document): the manifest is empty; expected a map with keys cluster, "
-          "model, frontend, nodes (and optionally defaults, kv_layout, router, failure, ucx)");
+          "model, frontend, nodes (and optionally defaults, kv_layout, router, failure, ucx, "
+          "restart)");
   }
   SECTION("a scalar") {
     auto r = parse("just words");
@@ -651,6 +666,15 @@ cluster: demo
     // Where the file lives is not part of the content.
     CHECK(manifest_hash(ok(parse_manifest(minimal, "elsewhere.yaml", "/tmp", {false}))) == h);
   }
+  SECTION("equal whatever the restart policy: only the launcher reads it") {
+    for (const char* r : {"restart: {max: 0}", "restart: {max: 9, backoff_ms: 20}"}) {
+      INFO(r);
+      auto other = ok(parse(std::string(minimal) + r + "\n"));
+      CHECK((other.restart.max != base.restart.max ||
+             other.restart.backoff_ms != base.restart.backoff_ms));
+      CHECK(manifest_hash(other) == h);
+    }
+  }
   SECTION("different when anything changes") {
     const std::vector<std::pair<std::string, std::string>> edits = {
         {"cluster: demo", "cluster: demo2"},
@@ -712,8 +736,11 @@ nodes:
         "d0  gpu-3.example.org:7802 (http 8003)", "router (head.router0)",
         "supervisor (head.supervisor0)", "kv_store (head.kv_store0)",
         "prefill (p0.prefill0): engine sim, threads 3", "chunk 128",
-        "decode (d0.decode0): engine sim", "max_batch 32", "kv_blocks 4096"})
+        "decode (d0.decode0): engine sim", "max_batch 32", "kv_blocks 4096",
+        "restart: up to 5 in a row, the first after 500 ms, doubling (at most 30 s)"})
     CHECK_THAT(text, Catch::Contains(s));
+  auto off = describe(ok(parse(std::string(minimal) + "restart: {max: 0}\n")));
+  CHECK_THAT(off, Catch::Contains("restart: off"));
 }
 
 TEST_CASE("manifest: every node has an HTTP port for /metrics", "[manifest]") {

@@ -153,7 +153,7 @@ TEST_CASE("cluster status and chunks round-trip", "[codec]") {
   w.tokens_out = 6;
   w.detail = "d";
   cs.workers = {w};
-  cs.nodes = {node_status{"head", 0, true, 0, 0}, node_status{"far", 2, false, -1234567, 89000}};
+  cs.nodes = {node_status{"head", 0, true, 0, 0}, node_status{"far", 2, false, -1234567, 89000, 3}};
   capnp::MallocMessageBuilder msg;
   auto b = msg.initRoot<rpc::ClusterStatus>();
   codec::encode(cs, b);
@@ -170,6 +170,8 @@ TEST_CASE("cluster status and chunks round-trip", "[codec]") {
   CHECK_FALSE(r.nodes[1].up);
   CHECK(r.nodes[1].clock_offset_ns == -1234567);
   CHECK(r.nodes[1].clock_rtt_ns == 89000);
+  CHECK(r.nodes[0].restarts == 0);
+  CHECK(r.nodes[1].restarts == 3);
 
   codec::chunk c{4, {10, 11}, "ab", 99};
   capnp::MallocMessageBuilder m2;
