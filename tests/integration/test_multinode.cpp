@@ -626,6 +626,8 @@ TEST_CASE(
   REQUIRE(j.is_object());
   CHECK(j["tokens"] == 1500);
   CHECK(j["token_ids"] == ref_j["token_ids"]);
+  CHECK(j["server"]["migrations"] == 1);
+  CHECK(j["server"]["migration_reasons"] == json::array({"worker_lost"}));
   CHECK(j["server"]["decode_worker"].get<std::string>().rfind(spare, 0) == 0);
 
   json st;
