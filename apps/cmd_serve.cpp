@@ -145,6 +145,10 @@ command add_serve(CLI::App& app) {
                 "Requests in flight before new ones are rejected as overloaded")
       ->check(CLI::Range(1u, 1u << 20))
       ->capture_default_str();
+  s->add_option("--migration-limit", cfg->router.migration_limit,
+                "Moves per request when its worker fails or stalls (0 = fail the request)")
+      ->check(CLI::Range(0u, 100u))
+      ->capture_default_str();
   s->add_option("--stream-window", cfg->rpc.stream_window_bytes,
                 "Token stream window per client connection (bytes)")
       ->check(CLI::Range(4096, 1 << 24))

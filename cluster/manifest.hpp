@@ -106,6 +106,7 @@ struct manifest_router {
   uint32_t local_prefill_threshold = 0;         ///< tokens; 0 = always prefill remotely
   uint32_t max_inflight = 1024;                 ///< requests admitted and not finished
   uint64_t max_queued_prompt_tokens = 1 << 22;  ///< prompt tokens not yet prefilled
+  uint32_t migration_limit = 3;  ///< moves per request when its worker fails (0: off)
 };
 
 struct manifest_failure {
