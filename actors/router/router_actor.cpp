@@ -515,10 +515,11 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         request_id cid = 0;
         auto* rs = find_attempt(st, d.id, &cid);
         if (!rs) return;
-        rs->tr.merge(d.tr);
         if (d.reason == finish_reason::error && !rs->cancelling) {
           if (auto why = migration_for_error(d.error.code)) {
-            // The worker has already let go of the attempt.
+            // The worker has already let go of the attempt. Its decode-side stamps stay
+            // out of the trace: `finished` and the rest describe the attempt that serves
+            // the request to its end.
             auto worker = rs->decode_name;
             migrate(self, cid, *why, worker,
                     fmt::format("{} on worker {}: {}", to_string(d.error.code), worker,
@@ -526,6 +527,7 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
             return;
           }
         }
+        rs->tr.merge(d.tr);
         if (rs->next_index < rs->offset + d.completion_tokens)
           spdlog::error("router: request {} finished with {} of {} tokens released", cid,
                         rs->next_index, rs->offset + d.completion_tokens);

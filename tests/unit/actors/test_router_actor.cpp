@@ -1,6 +1,8 @@
 // Router tests: the scoped actor plays supervisor, decode worker, prefill worker and
 // client. It sends the membership itself, so the router's view of the cluster is exactly
 // what each test says.
+#include <algorithm>
+
 #include "engine/block_hash.hpp"
 #include "tests/unit/actors/actor_test_util.hpp"
 
@@ -669,6 +671,8 @@ TEST_CASE(
   d.id = 1;
   d.reason = finish_reason::error;
   d.error = {errc::kv_corrupt, "KV block 3 failed its checksum after transfer"};
+  d.tr.id = 1;
+  d.tr.stamp(stage::finished);
   h.self->send(h.router, d);
   auto b = expect<decode_assignment>(h.self, "the request again");
   CHECK(b.req.prompt == req.prompt);
@@ -678,6 +682,9 @@ TEST_CASE(
   CHECK(s.error.code == errc::ok);
   CHECK(s.decode_worker == "decode-11");  // not the worker that failed
   CHECK(s.migration_reasons == std::vector<std::string>{"transfer_failed"});
+  // Only the attempt that served the request to its end has a `finished` stamp.
+  CHECK(std::count_if(s.tr.hops.begin(), s.tr.hops.end(),
+                      [](const hop& x) { return x.where == stage::finished; }) == 1);
 
   // out_of_blocks would fail anywhere: the error reaches the client as it is.
   auto c = h.submit(h.request(2));
