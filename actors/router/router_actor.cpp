@@ -317,7 +317,7 @@ void dispatch(router_ptr self, request_id cid, generate_request req,
 
 /// The current attempt of request `cid` is gone for `why` (the caller has cancelled it on
 /// a decode worker that may still hold it): continue on another worker, or end the
-/// request with a clear error (migration_policy decides). `detail` says what failed.
+/// request with a clear error (plan_migration decides). `detail` says what failed.
 void migrate(router_ptr self, request_id cid, migration_reason why, const std::string& worker,
              const std::string& detail) {
   auto& st = self->state;
