@@ -146,6 +146,8 @@ TEST_CASE("manifest: a minimal manifest resolves with every default", "[manifest
   CHECK(m.router.max_inflight == 1024);
   CHECK(m.router.migration_limit == 3);  // migration is on by default
   CHECK(to_router_config(m).migration_limit == 3);
+  CHECK(to_router_config(m).request_timeout == std::chrono::seconds(600));
+  CHECK(to_router_config(m).stall_timeout == std::chrono::seconds(120));
   CHECK(m.failure.heartbeat_ms == 200);
   CHECK(m.failure.connection_timeout_ms == 1000);
 
@@ -196,7 +198,7 @@ defaults: {engine: sim, block_tokens: 32, kv_transport: ucx}
 kv_layout: {layers: 4, kv_heads: 8, head_dim: 128, dtype_bytes: 4}
 frontend: {node: head, host: 0.0.0.0, rpc_port: 9700, http_port: 9000}
 router: {local_prefill_threshold: 64, max_inflight: 10, max_queued_prompt_tokens: 5000,
-         migration_limit: 5}
+         migration_limit: 5, request_timeout_s: 30, stall_timeout_s: 0}
 failure: {heartbeat_ms: 50, connection_timeout_ms: 400}
 ucx: {op_timeout_ms: 2500, stall_timeout_ms: 300, window_mib: 64}
 nodes:
@@ -236,6 +238,8 @@ nodes:
   CHECK(m.router.max_inflight == 10);
   CHECK(m.router.max_queued_prompt_tokens == 5000);
   CHECK(m.router.migration_limit == 5);
+  CHECK(m.router.request_timeout_s == 30);
+  CHECK(m.router.stall_timeout_s == 0);
   CHECK(m.failure.heartbeat_ms == 50);
   CHECK(m.failure.connection_timeout_ms == 400);
   CHECK(m.ucx.op_timeout_ms == 2500);
@@ -274,6 +278,8 @@ nodes:
     CHECK(rc.limits.max_inflight == 10);
     CHECK(rc.limits.max_queued_prompt_tokens == 5000);
     CHECK(rc.migration_limit == 5);
+    CHECK(rc.request_timeout == std::chrono::seconds(30));
+    CHECK(rc.stall_timeout.count() == 0);
     CHECK(rc.block_tokens == 32);
     auto pc = to_prefill_config(*p);
     CHECK(pc.num_blocks == 100);
@@ -668,6 +674,7 @@ cluster: demo
         {"model: {sim: {}}", "model: {sim: {}}\ndefaults: {kv_transport: inline}"},
         {"model: {sim: {}}", "model: {sim: {}}\nrouter: {max_inflight: 7}"},
         {"model: {sim: {}}", "model: {sim: {}}\nrouter: {migration_limit: 0}"},
+        {"model: {sim: {}}", "model: {sim: {}}\nrouter: {stall_timeout_s: 60}"},
         {"model: {sim: {}}", "model: {sim: {}}\nfailure: {heartbeat_ms: 100}"},
         {"frontend: {node: head}", "frontend: {node: head, http_port: 8001}"},
         {"address: 10.0.0.2", "address: 10.0.0.3"},
