@@ -3,12 +3,14 @@
 /// configuration and dependencies and passes them in; no actor looks anything up.
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <caf/all.hpp>
 
 #include "actors/protocol.hpp"
+#include "actors/router/migration.hpp"
 #include "actors/router/routing_policy.hpp"
 #include "engine/engine.hpp"
 #include "transport/kv_transport.hpp"
@@ -45,6 +47,22 @@ struct router_config {
   admission_limits limits;
   uint32_t local_prefill_threshold = 0;  ///< tokens; 0 = always prefill remotely when possible
   uint32_t block_tokens = 16;
+  /// Moves per request when its worker is lost, fails or stalls (0: fail it instead).
+  uint32_t migration_limit = default_migration_limit;
+  /// Server-side bound of every request, from admission (0: none). It ends with
+  /// errc::timeout and names where the request was stuck.
+  caf::timespan request_timeout = std::chrono::seconds(600);
+  /// An attempt that produced nothing (no first token, no token) for this long moves to
+  /// another worker as `stalled` (0: off). Queueing at a loaded worker and the prefill of
+  /// the longest prompt count against it, so it must stay well above both: 120 s covers
+  /// an 8k-token prefill on a slow CPU with a queue in front of it.
+  caf::timespan stall_timeout = std::chrono::seconds(120);
+  /// Period of the router's self-sent watchdog tick (0: no periodic tick; tests send
+  /// tick_atom themselves).
+  caf::timespan tick_interval = std::chrono::seconds(1);
+  /// The model's end-of-sequence id, when known: a request whose last delivered token is
+  /// EOS is complete rather than migrated.
+  std::optional<token_id> eos;
 };
 
 /// The router: admission, worker choice, token streaming, timelines.

@@ -33,6 +33,8 @@ using status_atom = caf::atom_constant<caf::atom("status")>;
 using ready_atom = caf::atom_constant<caf::atom("ready")>;
 /// A worker's self-sent tick: plan and launch one engine step.
 using step_atom = caf::atom_constant<caf::atom("step")>;
+/// The router's self-sent watchdog tick: request timeouts and stalled attempts.
+using tick_atom = caf::atom_constant<caf::atom("tick")>;
 
 // ---------------------------------------------------------------- request payloads
 
@@ -189,6 +191,9 @@ struct request_summary {
   std::string decode_worker;         ///< name
   std::vector<uint32_t> itl_spikes;  ///< by itl_cause
   std::vector<step_record> steps;    ///< per released token (capped), router clock
+  uint32_t migrations = 0;           ///< times the request moved to another worker
+  /// Why, one per move (migration_reason names: worker_lost, stalled, …).
+  std::vector<std::string> migration_reasons;
 };
 
 // ---------------------------------------------------------------- KV index
@@ -385,7 +390,7 @@ template <class F>
 typename F::result_type inspect(F& f, request_summary& x) {
   return f(caf::meta::type_name("request_summary"), x.id, x.reason, x.error, x.prompt_tokens,
            x.completion_tokens, x.tr, x.itl_mean_ms, x.itl_p50_ms, x.itl_p99_ms, x.prefill_worker,
-           x.decode_worker, x.itl_spikes, x.steps);
+           x.decode_worker, x.itl_spikes, x.steps, x.migrations, x.migration_reasons);
 }
 template <class F>
 typename F::result_type inspect(F& f, kv_event& x) {

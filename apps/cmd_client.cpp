@@ -208,6 +208,8 @@ command add_generate(CLI::App& app) {
       for (size_t c = 1; c < r->server.itl_spikes.size(); ++c)
         spk[std::string(to_string(static_cast<itl_cause>(c)))] = r->server.itl_spikes[c];
       server["itl_spikes"] = spk;
+      server["migrations"] = r->server.migrations;
+      server["migration_reasons"] = r->server.migration_reasons;
       // The decode step behind each token: [index, gap before it (ms), step (ms), batch,
       // prefill tokens in the iteration, cause of the gap].
       auto steps = nlohmann::ordered_json::array();

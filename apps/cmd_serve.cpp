@@ -21,6 +21,8 @@ struct serve_opts {
   double decode_per_seq_us = 0;
   double decode_per_ctx_ns = 0;
   bool no_http = false;
+  double request_timeout_s = 600;  ///< router_config::request_timeout
+  double stall_timeout_s = 120;    ///< router_config::stall_timeout
 };
 
 command add_serve(CLI::App& app) {
@@ -145,6 +147,18 @@ command add_serve(CLI::App& app) {
                 "Requests in flight before new ones are rejected as overloaded")
       ->check(CLI::Range(1u, 1u << 20))
       ->capture_default_str();
+  s->add_option("--migration-limit", cfg->router.migration_limit,
+                "Moves per request when its worker fails or stalls (0 = fail the request)")
+      ->check(CLI::Range(0u, 100u))
+      ->capture_default_str();
+  s->add_option("--request-timeout", o->request_timeout_s,
+                "Seconds a request may take in all before it fails as timeout (0 = no bound)")
+      ->check(CLI::Range(0.0, 1e6))
+      ->capture_default_str();
+  s->add_option("--stall-timeout", o->stall_timeout_s,
+                "Seconds without a token from a worker before the request moves (0 = off)")
+      ->check(CLI::Range(0.0, 1e6))
+      ->capture_default_str();
   s->add_option("--stream-window", cfg->rpc.stream_window_bytes,
                 "Token stream window per client connection (bytes)")
       ->check(CLI::Range(4096, 1 << 24))
@@ -166,6 +180,11 @@ command add_serve(CLI::App& app) {
                    cfg->engine.kind.c_str());
       return 2;
     }
+    auto span = [](double s) {
+      return std::chrono::duration_cast<caf::timespan>(std::chrono::duration<double>(s));
+    };
+    cfg->router.request_timeout = span(o->request_timeout_s);
+    cfg->router.stall_timeout = span(o->stall_timeout_s);
     cfg->engine.cpu.kv_dtype_bytes = o->kv_dtype == "f32" ? 4 : 2;
     cfg->engine.cpu.block_tokens = cfg->engine.sim.layout.block_tokens;
     cfg->engine.cuda.kv_dtype_bytes = cfg->engine.cpu.kv_dtype_bytes;

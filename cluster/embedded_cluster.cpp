@@ -74,6 +74,7 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
                       phys / (1 << 30))};
   }
   cfg.router.block_tokens = model.layout.block_tokens;
+  cfg.router.eos = model.eos;
 
   auto im = std::make_unique<impl>();
   register_types(im->caf_cfg);

@@ -37,6 +37,11 @@ static_assert(decode_options{}.local_prefill_budget == decode_config{}.local_pre
 static_assert(manifest_router{}.max_inflight == admission_limits{}.max_inflight);
 static_assert(manifest_router{}.max_queued_prompt_tokens ==
               admission_limits{}.max_queued_prompt_tokens);
+static_assert(manifest_router{}.migration_limit == default_migration_limit);
+static_assert(std::chrono::seconds(manifest_router{}.request_timeout_s) ==
+              router_config{}.request_timeout);
+static_assert(std::chrono::seconds(manifest_router{}.stall_timeout_s) ==
+              router_config{}.stall_timeout);
 
 namespace {
 
@@ -58,8 +63,9 @@ constexpr std::string_view sim_keys[] = {"vocab",
 constexpr std::string_view defaults_keys[] = {"engine", "block_tokens", "kv_transport"};
 constexpr std::string_view layout_keys[] = {"layers", "kv_heads", "head_dim", "dtype_bytes"};
 constexpr std::string_view frontend_keys[] = {"node", "host", "rpc_port", "http_port"};
-constexpr std::string_view router_keys[] = {"local_prefill_threshold", "max_inflight",
-                                            "max_queued_prompt_tokens"};
+constexpr std::string_view router_keys[] = {"local_prefill_threshold",  "max_inflight",
+                                            "max_queued_prompt_tokens", "migration_limit",
+                                            "request_timeout_s",        "stall_timeout_s"};
 constexpr std::string_view failure_keys[] = {"heartbeat_ms", "connection_timeout_ms"};
 constexpr std::string_view ucx_keys[] = {"op_timeout_ms", "stall_timeout_ms", "window_mib"};
 constexpr std::string_view restart_keys[] = {"max", "backoff_ms"};
@@ -671,6 +677,9 @@ class parser {
     opt_uint(p_, r, "local_prefill_threshold", x.local_prefill_threshold, 0, u32_max);
     opt_uint(p_, r, "max_inflight", x.max_inflight, 1, u32_max);
     opt_uint(p_, r, "max_queued_prompt_tokens", x.max_queued_prompt_tokens, 1, u64_max);
+    opt_uint(p_, r, "migration_limit", x.migration_limit, 0, 100);
+    opt_uint(p_, r, "request_timeout_s", x.request_timeout_s, 0, u32_max);
+    opt_uint(p_, r, "stall_timeout_s", x.stall_timeout_s, 0, u32_max);
   }
 
   void failure(const entry& e) {
@@ -1257,6 +1266,9 @@ std::string canonical_form(const manifest& m) {
   num("router.local_prefill_threshold", m.router.local_prefill_threshold);
   num("router.max_inflight", m.router.max_inflight);
   num("router.max_queued_prompt_tokens", m.router.max_queued_prompt_tokens);
+  num("router.migration_limit", m.router.migration_limit);
+  num("router.request_timeout_s", m.router.request_timeout_s);
+  num("router.stall_timeout_s", m.router.stall_timeout_s);
   num("failure.heartbeat_ms", m.failure.heartbeat_ms);
   num("failure.connection_timeout_ms", m.failure.connection_timeout_ms);
   num("ucx.op_timeout_ms", m.ucx.op_timeout_ms);
@@ -1327,8 +1339,10 @@ std::string describe(const manifest& m) {
                    m.frontend.rpc_port, m.frontend.host, m.frontend.http_port));
   line(fmt::format(
       "router: local_prefill_threshold {} tokens, max_inflight {}, "
-      "max_queued_prompt_tokens {}",
-      m.router.local_prefill_threshold, m.router.max_inflight, m.router.max_queued_prompt_tokens));
+      "max_queued_prompt_tokens {}, migration_limit {}, request_timeout {} s, "
+      "stall_timeout {} s",
+      m.router.local_prefill_threshold, m.router.max_inflight, m.router.max_queued_prompt_tokens,
+      m.router.migration_limit, m.router.request_timeout_s, m.router.stall_timeout_s));
   line(fmt::format("failure: heartbeat {} ms, connection timeout {} ms", m.failure.heartbeat_ms,
                    m.failure.connection_timeout_ms));
   if (m.defaults.kv_transport == "ucx")
@@ -1370,6 +1384,9 @@ router_config to_router_config(const manifest& m) {
   c.limits.max_inflight = m.router.max_inflight;
   c.limits.max_queued_prompt_tokens = m.router.max_queued_prompt_tokens;
   c.local_prefill_threshold = m.router.local_prefill_threshold;
+  c.migration_limit = m.router.migration_limit;
+  c.request_timeout = std::chrono::seconds(m.router.request_timeout_s);
+  c.stall_timeout = std::chrono::seconds(m.router.stall_timeout_s);
   c.block_tokens = m.defaults.block_tokens;
   return c;
 }

@@ -107,6 +107,9 @@ struct manifest_router {
   uint32_t local_prefill_threshold = 0;         ///< tokens; 0 = always prefill remotely
   uint32_t max_inflight = 1024;                 ///< requests admitted and not finished
   uint64_t max_queued_prompt_tokens = 1 << 22;  ///< prompt tokens not yet prefilled
+  uint32_t migration_limit = 3;      ///< moves per request when its worker fails (0: off)
+  uint32_t request_timeout_s = 600;  ///< server-side bound of a request, s (0: none)
+  uint32_t stall_timeout_s = 120;    ///< no token from a worker this long: move, s (0: off)
 };
 
 struct manifest_failure {

@@ -272,6 +272,7 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
       case role::router: {
         auto rc = to_router_config(m);
         rc.block_tokens = model.layout.block_tokens;
+        rc.eos = model.eos;
         router = spawn_router(sys, info(a), rc, sup);
         im->actors.push_back(router);
         im->workers.push_back(router);

@@ -154,6 +154,9 @@ struct generation_summary {
   /// ITL spikes by cause, indexed by itl_cause (size itl_cause::count_, or empty).
   std::vector<uint32_t> itl_spikes;
   std::vector<step_record> steps;  ///< per token after the first (may be capped)
+  uint32_t migrations = 0;         ///< times the request moved to another worker
+  /// Why, one per move (names of migration_reason: worker_lost, prefill_lost, …).
+  std::vector<std::string> migration_reasons;
 };
 
 /// What a client needs to know about the served model.

@@ -38,6 +38,8 @@ std::string_view to_string(stage s) {
       return "decode_admitted";
     case stage::finished:
       return "finished";
+    case stage::migrated:
+      return "migrated";
     case stage::count_:
       break;
   }
@@ -82,6 +84,8 @@ std::string_view interval_name(stage s) {
       return "decode_admission";
     case stage::finished:
       return "decode";
+    case stage::migrated:
+      return "migration";
     case stage::count_:
       break;
   }

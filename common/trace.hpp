@@ -15,7 +15,10 @@
 namespace tokenmill {
 
 /// Where a request was when a stamp was taken. The enumerators up to `first_token_client`
-/// are the TTFT path, in causal order; the rest describe decoding.
+/// are the TTFT path, in causal order; the rest describe decoding. A request that moves
+/// before its first token keeps its stamps up to router_received and is routed again, so
+/// the time lost on the failed attempt falls in the `routing` interval (router_received ->
+/// routed); `migrated` marks each move.
 enum class stage : uint8_t {
   client_sent,         ///< client library sent the generate call (client clock)
   arrived,             ///< frontend received and validated the call
@@ -32,6 +35,7 @@ enum class stage : uint8_t {
   kv_ready,            ///< decode worker received and verified all prompt blocks
   decode_admitted,     ///< decode worker added the sequence to its running batch
   finished,            ///< decode worker finished the sequence
+  migrated,            ///< router moved the request to another worker (one per move)
   count_               ///< number of stages; not a stage
 };
 

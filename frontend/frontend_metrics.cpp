@@ -58,6 +58,21 @@ void frontend_metrics::finished(std::string_view api, const generation_summary& 
                          {"worker", g.decode_worker},
                          {"cause", std::string(to_string(static_cast<itl_cause>(i)))}})
           .inc(g.itl_spikes[i]);
+  // Migrations are counted here, from the summary the router sends (the router's own
+  // counters reach only `tokenmill status`): every request passes this point once.
+  for (const auto& r : g.migration_reasons)
+    reg_->get_counter("tokenmill_request_migrations_total",
+                      "Moves of a request to another worker, by why it moved",
+                      {{"node", node_}, {"reason", r}})
+        .inc();
+  // The router ends a request with worker_failed exactly when a worker failure lost it:
+  // the migration limit was reached or no worker was left to move it to.
+  if (g.error_code == errc::worker_failed)
+    reg_->get_counter("tokenmill_requests_lost_total",
+                      "Requests failed by a worker failure after migration was exhausted or "
+                      "impossible",
+                      {{"node", node_}})
+        .inc();
   log_->record(api, g, e2e_s);
 }
 

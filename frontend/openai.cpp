@@ -371,6 +371,11 @@ ojson timing_object(const generation_summary& s) {
     if (s.itl_spikes[c] > 0)
       spikes[std::string(to_string(static_cast<itl_cause>(c)))] = s.itl_spikes[c];
   t["itl_spikes"] = std::move(spikes);
+  t["migrations"] = s.migrations;
+  ojson reasons = ojson::array();
+  for (const auto& r : s.migration_reasons)
+    reasons.push_back(r);
+  t["migration_reasons"] = std::move(reasons);
   return t;
 }
 

@@ -56,6 +56,8 @@ ojson to_json(const generation_summary& g) {
                                {"batch", s.batch},
                                {"prefill_tokens", s.prefill_tokens},
                                {"cause", std::string(to_string(s.cause))}});
+  j["migrations"] = g.migrations;
+  j["migration_reasons"] = g.migration_reasons;
   return j;
 }
 
@@ -111,6 +113,10 @@ std::optional<generation_summary> summary_from_json(const json& j) {
     }
   get_str(j, "prefill_worker", g.prefill_worker);
   get_str(j, "decode_worker", g.decode_worker);
+  get_num(j, "migrations", g.migrations);
+  if (auto it = j.find("migration_reasons"); it != j.end() && it->is_array())
+    for (const auto& e : *it)
+      if (e.is_string()) g.migration_reasons.push_back(e.get<std::string>());
   if (auto it = j.find("itl_spikes"); it != j.end() && it->is_object())
     for (const auto& [k, v] : it->items()) {
       auto c = itl_cause_from_string(k);

@@ -38,7 +38,7 @@ std::optional<itl_cause> itl_cause_from_string(std::string_view name);
 /// Every field of `g`: id, reason, error_code, error, tokens, ttft_ms, itl stats, stages
 /// (ordered [{name, ms}]), hops [{stage, node, t_ns}], prefill_worker, decode_worker,
 /// itl_spikes {cause: n} (non-zero causes), steps [{index, released_ns, step_start_ns,
-/// step_end_ns, batch, prefill_tokens, cause}].
+/// step_end_ns, batch, prefill_tokens, cause}], migrations, migration_reasons [reason].
 nlohmann::ordered_json to_json(const generation_summary& g);
 /// The inverse of to_json (unknown or missing fields keep their defaults); nullopt when
 /// `j` is not an object.

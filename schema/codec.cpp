@@ -111,6 +111,9 @@ generation_summary decode(rpc::Summary::Reader r) {
     rec.cause = itl_cause_from_string(str(st.getCause())).value_or(itl_cause::other);
     s.steps.push_back(rec);
   }
+  s.migrations = r.getMigrations();
+  for (auto m : r.getMigrationReasons())
+    s.migration_reasons.push_back(str(m));
   return s;
 }
 
@@ -159,6 +162,10 @@ void encode(const generation_summary& s, rpc::Summary::Builder b) {
     steps[i].setPrefillTokens(rec.prefill_tokens);
     steps[i].setCause(std::string(to_string(rec.cause)));
   }
+  b.setMigrations(s.migrations);
+  auto reasons = b.initMigrationReasons(static_cast<unsigned>(s.migration_reasons.size()));
+  for (unsigned i = 0; i < s.migration_reasons.size(); ++i)
+    reasons.set(i, s.migration_reasons[i]);
 }
 
 cluster_status decode(rpc::ClusterStatus::Reader r) {

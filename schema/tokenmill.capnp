@@ -69,6 +69,8 @@ struct Summary {
   decodeWorker @13 :Text;
   itlSpikes @14 :List(ItlSpike); # inter-token gaps that were spikes, by cause
   steps @15 :List(DecodeStep);   # the decode step behind each token (router clock)
+  migrations @16 :UInt32;        # times the request moved to another worker
+  migrationReasons @17 :List(Text); # why, one per move: worker_lost | prefill_lost | ...
 }
 
 struct ItlSpike {

@@ -3,9 +3,16 @@
 // make (several workers of a role, or local prefill allowed), it first asks the kv-store
 // which workers hold the prompt's leading blocks, so that a prompt goes where its prefix
 // is cached (KV-aware routing); the wait is part of the `routing` stage.
+//
+// Migration (decisions in migration.cpp): when a request's decode worker leaves, its
+// remote prefill worker leaves before the first token, its worker reports a worker or
+// transfer failure, or its attempt stalls, the request is routed again as prompt +
+// delivered tokens under a fresh attempt id; the new attempt's tokens reach the client at
+// offset + index. A periodic tick enforces the request timeout and detects stalls.
 #include <map>
 #include <unordered_map>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "actors/actors.hpp"
@@ -34,18 +41,29 @@ struct pending_step {
 constexpr size_t max_recorded_steps = 4096;
 
 struct request_state {
-  caf::actor client;
+  /// The request as admitted: original prompt and options, the client, and the trace up
+  /// to router_received. Every attempt is built from it.
+  generate_request req;
+  request_id attempt = 0;  ///< the id the workers know the current attempt by
+  request_phase phase = request_phase::routing;
   worker_id decode = 0;
-  caf::actor decode_handle;
-  std::optional<worker_id> prefill;  ///< set while a remote prefill is outstanding
-  uint32_t prompt_tokens = 0;
+  caf::actor decode_handle;                ///< invalid while routing
+  std::optional<worker_id> prefill;        ///< set while a remote prefill is outstanding
+  uint32_t queued_prompt = 0;              ///< prompt tokens of the attempt in the prefill queues
+  uint32_t offset = 0;                     ///< client index of the current attempt's index 0
   uint32_t next_index = 0;                 ///< next token index to release to the client
+  std::vector<token_id> delivered;         ///< tokens released to the client (resent on a move)
   std::map<uint32_t, token_id> pending;    ///< tokens that arrived ahead of their turn
   std::vector<int64_t> release_ns;         ///< when each token was released (for ITL)
   std::map<uint32_t, pending_step> steps;  ///< step behind each pending token
   itl_attribution itl;
   std::string prefill_name, decode_name;
   trace tr;
+  int64_t admitted_ns = 0;  ///< router clock
+  int64_t progress_ns = 0;  ///< the current attempt was routed or last produced a token
+  bool cancelling = false;  ///< the client cancelled; the decode worker's answer ends it
+  uint32_t migrations = 0;
+  std::vector<std::string> migration_reasons;
 };
 
 struct router_state {
@@ -54,9 +72,14 @@ struct router_state {
   std::map<worker_id, worker_load> decodes;
   std::map<worker_id, worker_load> prefills;
   caf::actor kv_store;
+  /// Every admitted request, by the client's id, from admission (routing included) to its
+  /// summary.
   std::unordered_map<request_id, request_state> requests;
-  /// Requests waiting for the kv-store's overlap answer; true once cancelled meanwhile.
-  std::unordered_map<request_id, bool> awaiting_overlap;
+  /// The attempt each worker-facing id belongs to (attempt id -> client id). The first
+  /// attempt uses the client's id; later ones a minted id (mint_attempt_id), so messages
+  /// of a dead or cancelled attempt find nothing here and are dropped.
+  std::unordered_map<request_id, request_id> attempts;
+  uint64_t attempt_counter = 0;
   uint64_t overlap_queries = 0;
   uint64_t overlap_failures = 0;  ///< queries that failed or timed out (routed without)
   uint64_t routed_to_cache = 0;   ///< requests sent to a worker holding part of the prefix
@@ -64,6 +87,9 @@ struct router_state {
   uint64_t completed = 0;
   uint64_t tokens_out = 0;
   uint64_t rejected = 0;
+  uint64_t migrated = 0;         ///< moves of requests to another worker
+  uint64_t lost = 0;             ///< requests failed because a worker failed and no move was left
+  uint64_t timed_out = 0;        ///< requests ended by the request timeout
   std::vector<int64_t> offsets;  ///< clock offset per node index (supervisor's estimate)
   static inline const char* name = "router";
 };
@@ -83,7 +109,7 @@ trace on_local_clock(const trace& tr, const std::vector<int64_t>& offsets, uint3
 request_summary make_summary(const router_state& st, const request_state& rs, request_id id) {
   request_summary s;
   s.id = id;
-  s.prompt_tokens = rs.prompt_tokens;
+  s.prompt_tokens = static_cast<uint32_t>(rs.req.prompt.size());
   s.completion_tokens = rs.next_index;
   s.tr = on_local_clock(rs.tr, st.offsets, st.info.node_index);
   std::vector<double> gaps;
@@ -99,10 +125,47 @@ request_summary make_summary(const router_state& st, const request_state& rs, re
   const auto& steps = rs.itl.steps();
   s.steps.assign(steps.begin(), steps.begin() + static_cast<std::ptrdiff_t>(
                                                     std::min(steps.size(), max_recorded_steps)));
+  s.migrations = rs.migrations;
+  s.migration_reasons = rs.migration_reasons;
   return s;
 }
 
-/// Sends a summary for a request that never reached a worker (or lost it) and forgets it.
+/// The one place that takes an attempt's prompt out of the prefill queues: when its first
+/// token arrives, when it ends, and when it moves.
+void release_prefill_queue(router_state& st, request_state& rs) {
+  if (!rs.prefill) return;
+  if (auto p = st.prefills.find(*rs.prefill); p != st.prefills.end())
+    p->second.queued_tokens -= std::min<uint64_t>(p->second.queued_tokens, rs.queued_prompt);
+  st.queued_prompt_tokens -= std::min<uint64_t>(st.queued_prompt_tokens, rs.queued_prompt);
+  rs.prefill.reset();
+  rs.queued_prompt = 0;
+}
+
+/// Forgets the current attempt: its worker loads and its id. Late messages of the attempt
+/// find nothing afterwards.
+void detach_attempt(router_state& st, request_state& rs) {
+  release_prefill_queue(st, rs);
+  if (rs.decode_handle) {
+    if (auto d = st.decodes.find(rs.decode); d != st.decodes.end() && d->second.active > 0)
+      --d->second.active;
+    rs.decode_handle = caf::actor{};
+  }
+  if (rs.attempt != 0) st.attempts.erase(rs.attempt);
+  rs.attempt = 0;
+  rs.phase = request_phase::routing;
+}
+
+/// Sends the last message of a request and forgets it everywhere.
+void end_request(router_ptr self, request_id id, request_summary s) {
+  auto& st = self->state;
+  auto it = st.requests.find(id);
+  if (it == st.requests.end()) return;
+  detach_attempt(st, it->second);
+  self->send(it->second.req.client, std::move(s));
+  st.requests.erase(it);
+}
+
+/// Ends a request with an error (or cancelled) summary.
 void fail_request(router_ptr self, request_id id, errc code, std::string message) {
   auto& st = self->state;
   auto it = st.requests.find(id);
@@ -110,17 +173,7 @@ void fail_request(router_ptr self, request_id id, errc code, std::string message
   auto s = make_summary(st, it->second, id);
   s.reason = code == errc::cancelled ? finish_reason::cancelled : finish_reason::error;
   s.error = error_info{code, std::move(message)};
-  self->send(it->second.client, std::move(s));
-  if (auto d = st.decodes.find(it->second.decode); d != st.decodes.end() && d->second.active > 0)
-    --d->second.active;
-  if (it->second.prefill) {
-    if (auto p = st.prefills.find(*it->second.prefill); p != st.prefills.end())
-      p->second.queued_tokens -=
-          std::min<uint64_t>(p->second.queued_tokens, it->second.prompt_tokens);
-    st.queued_prompt_tokens -=
-        std::min<uint64_t>(st.queued_prompt_tokens, it->second.prompt_tokens);
-  }
-  st.requests.erase(it);
+  end_request(self, id, std::move(s));
 }
 
 /// Releases every token that is next in line, as one chunk.
@@ -132,6 +185,7 @@ void release_tokens(router_ptr self, request_id id, request_state& rs) {
   for (auto it = rs.pending.begin(); it != rs.pending.end() && it->first == rs.next_index;
        it = rs.pending.erase(it)) {
     chunk.tokens.push_back(it->second);
+    rs.delivered.push_back(it->second);
     rs.release_ns.push_back(now);
     pending_step ps;
     if (auto sit = rs.steps.find(it->first); sit != rs.steps.end()) {
@@ -143,7 +197,7 @@ void release_tokens(router_ptr self, request_id id, request_state& rs) {
   }
   if (!chunk.tokens.empty()) {
     self->state.tokens_out += chunk.tokens.size();
-    self->send(rs.client, std::move(chunk));
+    self->send(rs.req.client, std::move(chunk));
   }
 }
 
@@ -154,53 +208,65 @@ uint32_t overlap_of(const std::vector<worker_overlap>& overlap, worker_id w) {
   return 0;
 }
 
-void route(router_ptr self, generate_request req, const std::vector<worker_overlap>& overlap) {
+/// Routes attempt `req` of request `cid` (in `requests`, phase routing): picks the decode
+/// worker (not `avoid` when another is up) and, for a remote prefill, the prefill worker.
+void route(router_ptr self, request_id cid, generate_request req,
+           const std::vector<worker_overlap>& overlap, std::optional<worker_id> avoid) {
   auto& st = self->state;
-  auto id = req.id;
+  auto rit = st.requests.find(cid);
+  if (rit == st.requests.end()) return;
+  auto& rs = rit->second;
   auto prompt_tokens = static_cast<uint32_t>(req.prompt.size());
   std::vector<decode_candidate> dc;
   for (const auto& [wid, w] : st.decodes)
-    dc.push_back({wid, w.active, overlap_of(overlap, wid)});
+    if (!avoid || wid != *avoid || st.decodes.size() == 1)
+      dc.push_back({wid, w.active, overlap_of(overlap, wid)});
   auto d = pick_decode(dc);
   if (!d) {
-    request_summary s;
-    s.id = id;
-    s.reason = finish_reason::error;
-    s.error = {errc::no_workers, "no decode worker is up"};
-    self->send(req.client, std::move(s));
+    if (rs.migrations == 0) {
+      fail_request(self, cid, errc::no_workers, "no decode worker is up");
+    } else {
+      ++st.lost;
+      fail_request(self, cid, errc::worker_failed,
+                   fmt::format("request lost: it moved {} time{} ({}) and no decode worker is "
+                               "left to continue on",
+                               rs.migrations, rs.migrations == 1 ? "" : "s",
+                               fmt::join(rs.migration_reasons, ", ")));
+    }
     return;
   }
   const uint32_t cached = std::min(prompt_tokens, dc[*d].overlap_blocks * st.cfg.block_tokens);
   bool local =
       prefill_locally(prompt_tokens, cached, st.cfg.local_prefill_threshold, !st.prefills.empty());
   bool to_cache = local && dc[*d].overlap_blocks > 0;
-  std::optional<worker_id> pid;
   caf::actor prefill;
+  rs.prefill_name.clear();
   if (!local) {
     std::vector<prefill_candidate> pc;
     for (const auto& [wid, w] : st.prefills)
       pc.push_back({wid, w.queued_tokens, overlap_of(overlap, wid)});
     auto p = pick_prefill(pc, prompt_tokens, st.cfg.block_tokens);
     to_cache = pc[*p].overlap_blocks > 0 || dc[*d].overlap_blocks > 0;
-    pid = pc[*p].id;
-    prefill = st.prefills[*pid].handle;
-    st.prefills[*pid].queued_tokens += prompt_tokens;
+    auto pid = pc[*p].id;
+    auto& pw = st.prefills[pid];
+    prefill = pw.handle;
+    pw.queued_tokens += prompt_tokens;
     st.queued_prompt_tokens += prompt_tokens;
+    rs.prefill = pid;
+    rs.queued_prompt = prompt_tokens;
+    rs.prefill_name = pw.name;
   }
   if (to_cache) ++st.routed_to_cache;
   auto& dw = st.decodes[dc[*d].id];
   ++dw.active;
-  request_state rs;
-  rs.client = req.client;
   rs.decode = dc[*d].id;
   rs.decode_handle = dw.handle;
   rs.decode_name = dw.name;
-  if (pid) rs.prefill_name = st.prefills[*pid].name;
-  rs.prefill = pid;
-  rs.prompt_tokens = prompt_tokens;
+  rs.attempt = req.id;
+  rs.phase = local ? request_phase::first_token : request_phase::prefill;
+  rs.progress_ns = now_ns();
+  st.attempts[req.id] = cid;
   req.tr.stamp(stage::routed, st.info.node_index);
-  rs.tr.id = id;
-  st.requests.emplace(id, std::move(rs));
   self->send(dw.handle, decode_assignment{std::move(req), prefill, self});
 }
 
@@ -213,38 +279,143 @@ bool overlap_matters(const router_state& st, const generate_request& req) {
 }
 
 /// Asks the kv-store for the prompt's overlap, then routes (without it, after a failure or
-/// after 20 ms: the cache is an optimisation, never a reason to stall a request).
-void route_with_overlap(router_ptr self, generate_request req) {
+/// after 20 ms: the cache is an optimisation, never a reason to stall a request). A
+/// request that ended or moved on meanwhile (cancel, timeout) is left alone.
+void route_with_overlap(router_ptr self, request_id cid, generate_request req,
+                        std::optional<worker_id> avoid) {
   auto& st = self->state;
-  auto id = req.id;
   ++st.overlap_queries;
-  st.awaiting_overlap.emplace(id, false);
   overlap_query q{block_hashes(req.prompt, st.cfg.block_tokens)};
   auto shared = std::make_shared<generate_request>(std::move(req));
-  auto resume = [self, shared](std::vector<worker_overlap> overlap) {
+  auto gen = st.requests.at(cid).migrations;
+  auto resume = [self, shared, cid, gen, avoid](std::vector<worker_overlap> overlap) {
     auto& st = self->state;
-    auto it = st.awaiting_overlap.find(shared->id);
-    if (it == st.awaiting_overlap.end()) return;
-    bool cancelled = it->second;
-    st.awaiting_overlap.erase(it);
-    if (cancelled) {
-      request_summary s;
-      s.id = shared->id;
-      s.reason = finish_reason::cancelled;
-      s.error = {errc::cancelled, "cancelled before it was routed"};
-      self->send(shared->client, std::move(s));
+    auto it = st.requests.find(cid);
+    if (it == st.requests.end() || it->second.phase != request_phase::routing ||
+        it->second.migrations != gen)
       return;
-    }
-    route(self, std::move(*shared), overlap);
+    route(self, cid, std::move(*shared), overlap, avoid);
   };
   self->request(st.kv_store, std::chrono::milliseconds(20), std::move(q))
       .then([resume](overlap_reply& r) { resume(std::move(r.workers)); },
-            [self, resume, id](caf::error& e) {
+            [self, resume, cid](caf::error& e) {
               ++self->state.overlap_failures;
-              spdlog::debug("router: overlap query for request {} failed: {}", id,
+              spdlog::debug("router: overlap query for request {} failed: {}", cid,
                             caf::to_string(e));
               resume({});
             });
+}
+
+/// Routes attempt `req` of request `cid`, asking the kv-store first when that can matter.
+void dispatch(router_ptr self, request_id cid, generate_request req,
+              std::optional<worker_id> avoid = std::nullopt) {
+  if (overlap_matters(self->state, req))
+    route_with_overlap(self, cid, std::move(req), avoid);
+  else
+    route(self, cid, std::move(req), {}, avoid);
+}
+
+/// The current attempt of request `cid` is gone for `why` (the caller has cancelled it on
+/// a decode worker that may still hold it): continue on another worker, or end the
+/// request with a clear error (plan_migration decides). `detail` says what failed.
+void migrate(router_ptr self, request_id cid, migration_reason why, const std::string& worker,
+             const std::string& detail) {
+  auto& st = self->state;
+  auto it = st.requests.find(cid);
+  if (it == st.requests.end()) return;
+  auto& rs = it->second;
+  const auto previous = rs.decode;
+  detach_attempt(st, rs);
+  if (rs.cancelling) {
+    fail_request(self, cid, errc::cancelled, "cancelled (its worker was lost meanwhile)");
+    return;
+  }
+  auto d = plan_migration(rs.req.prompt, rs.req.options, rs.delivered, rs.migrations,
+                          st.cfg.migration_limit, why, worker, st.cfg.eos);
+  switch (d.what) {
+    case migration_decision::kind::complete: {
+      auto s = make_summary(st, rs, cid);
+      s.reason = d.reason;
+      end_request(self, cid, std::move(s));
+      return;
+    }
+    case migration_decision::kind::lost:
+      spdlog::warn("router: request {} lost: {}: {}", cid, d.error, detail);
+      ++st.lost;
+      fail_request(self, cid, errc::worker_failed, d.error + ": " + detail);
+      return;
+    case migration_decision::kind::resubmit:
+      break;
+  }
+  if (st.decodes.empty()) {
+    spdlog::warn("router: request {} lost: no decode worker is left: {}", cid, detail);
+    ++st.lost;
+    fail_request(self, cid, errc::worker_failed,
+                 fmt::format("{}; no decode worker is left to continue on", detail));
+    return;
+  }
+  spdlog::warn("router: request {} moves ({}, {} tokens delivered): {}", cid, to_string(why),
+               rs.next_index, detail);
+  ++rs.migrations;
+  ++st.migrated;
+  rs.migration_reasons.emplace_back(to_string(why));
+  rs.tr.stamp(stage::migrated, st.info.node_index);
+  rs.pending.clear();  // the new attempt produces them again
+  rs.steps.clear();
+  rs.offset = d.plan.offset;
+  generate_request next = rs.req;
+  next.id = mint_attempt_id(st.info.id, ++st.attempt_counter);
+  next.prompt = std::move(d.plan.prompt);
+  next.options.max_tokens = d.plan.max_tokens;
+  const bool avoid_previous = why == migration_reason::stalled ||
+                              why == migration_reason::worker_failed ||
+                              why == migration_reason::transfer_failed;
+  dispatch(self, cid, std::move(next),
+           avoid_previous ? std::optional<worker_id>{previous} : std::nullopt);
+}
+
+/// The request of a worker-facing attempt id, if it is still the current attempt.
+request_state* find_attempt(router_state& st, request_id attempt, request_id* cid = nullptr) {
+  auto a = st.attempts.find(attempt);
+  if (a == st.attempts.end()) return nullptr;
+  auto it = st.requests.find(a->second);
+  if (it == st.requests.end()) return nullptr;
+  if (cid) *cid = a->second;
+  return &it->second;
+}
+
+/// The watchdog (one self-sent tick for all requests): ends requests past their timeout
+/// and moves attempts that stopped making progress.
+void watchdog(router_ptr self) {
+  auto& st = self->state;
+  const watchdog_limits limits{st.cfg.request_timeout.count(), st.cfg.stall_timeout.count()};
+  const auto now = now_ns();
+  std::vector<std::pair<request_id, watchdog_verdict>> hits;
+  for (const auto& [id, rs] : st.requests) {
+    auto v = check_request(now, rs.admitted_ns, rs.progress_ns, rs.phase, limits);
+    if (v != watchdog_verdict::ok) hits.emplace_back(id, v);
+  }
+  for (auto [id, v] : hits) {
+    auto it = st.requests.find(id);
+    if (it == st.requests.end()) continue;
+    auto& rs = it->second;
+    // The worker may be alive but slow: cancel there, so that it frees the blocks.
+    if (rs.decode_handle) self->send(rs.decode_handle, cancel_request{rs.attempt});
+    const auto& worker = rs.phase == request_phase::prefill ? rs.prefill_name : rs.decode_name;
+    if (v == watchdog_verdict::timed_out) {
+      auto msg = timeout_message(rs.phase, worker, now - rs.admitted_ns, rs.next_index);
+      spdlog::warn("router: request {}: {}", id, msg);
+      ++st.timed_out;
+      fail_request(self, id, errc::timeout, std::move(msg));
+    } else {
+      auto name = worker;
+      migrate(
+          self, id, migration_reason::stalled, name,
+          fmt::format(
+              "no progress on worker {} for {} ms", name,
+              std::chrono::duration_cast<std::chrono::milliseconds>(st.cfg.stall_timeout).count()));
+    }
+  }
 }
 
 caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::actor sup) {
@@ -255,117 +426,131 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
             [](caf::error& e) {
               spdlog::error("router: registration failed: {}", caf::to_string(e));
             });
+  if (cfg.tick_interval.count() > 0) self->delayed_send(self, cfg.tick_interval, tick_atom::value);
   return {
       [self](generate_request& req) {
         auto& st = self->state;
         req.tr.stamp(stage::router_received, st.info.node_index);
         auto prompt_tokens = static_cast<uint32_t>(req.prompt.size());
-        if (req.prompt.empty() || req.options.max_tokens == 0) {
+        auto refuse = [&](errc code, std::string msg) {
           request_summary s;
           s.id = req.id;
           s.reason = finish_reason::error;
-          s.error = {errc::invalid_request, "empty prompt or max_tokens 0"};
+          s.error = {code, std::move(msg)};
           self->send(req.client, std::move(s));
-          return;
-        }
-        if (st.requests.count(req.id) != 0 || st.awaiting_overlap.count(req.id) != 0) {
-          request_summary s;
-          s.id = req.id;
-          s.reason = finish_reason::error;
-          s.error = {errc::invalid_request,
-                     fmt::format("request id {} is already in flight", req.id)};
-          self->send(req.client, std::move(s));
-          return;
-        }
-        auto inflight = static_cast<uint32_t>(st.requests.size() + st.awaiting_overlap.size());
+        };
+        if (req.prompt.empty() || req.options.max_tokens == 0)
+          return refuse(errc::invalid_request, "empty prompt or max_tokens 0");
+        if (is_attempt_id(req.id))
+          return refuse(errc::invalid_request,
+                        fmt::format("request id {:#x} has the top bit set, which the router "
+                                    "reserves for migrated attempts",
+                                    req.id));
+        if (st.requests.count(req.id) != 0)
+          return refuse(errc::invalid_request,
+                        fmt::format("request id {} is already in flight", req.id));
+        auto inflight = static_cast<uint32_t>(st.requests.size());
         if (admit(inflight, st.queued_prompt_tokens, prompt_tokens, st.cfg.limits) ==
             admission::overloaded) {
           ++st.rejected;
-          request_summary s;
-          s.id = req.id;
-          s.reason = finish_reason::error;
-          s.error = {errc::overloaded,
-                     fmt::format("router is at capacity ({} requests in flight, {} prompt tokens "
-                                 "queued); retry later",
-                                 st.requests.size(), st.queued_prompt_tokens)};
-          self->send(req.client, std::move(s));
-          return;
+          return refuse(errc::overloaded,
+                        fmt::format("router is at capacity ({} requests in flight, {} prompt "
+                                    "tokens queued); retry later",
+                                    st.requests.size(), st.queued_prompt_tokens));
         }
-        if (overlap_matters(st, req))
-          route_with_overlap(self, std::move(req));
-        else
-          route(self, std::move(req), {});
+        auto id = req.id;
+        request_state rs;
+        rs.req = req;
+        rs.tr.id = id;
+        rs.admitted_ns = rs.progress_ns = now_ns();
+        st.requests.emplace(id, std::move(rs));
+        dispatch(self, id, std::move(req));
       },
       [self](first_token& ft) {
         auto& st = self->state;
-        auto it = st.requests.find(ft.id);
-        if (it == st.requests.end()) return;
-        auto& rs = it->second;
-        ft.tr.stamp(stage::first_token_router, st.info.node_index);
-        rs.tr.merge(ft.tr);
-        if (rs.prefill) {
-          if (auto p = st.prefills.find(*rs.prefill); p != st.prefills.end())
-            p->second.queued_tokens -=
-                std::min<uint64_t>(p->second.queued_tokens, rs.prompt_tokens);
-          st.queued_prompt_tokens -= std::min<uint64_t>(st.queued_prompt_tokens, rs.prompt_tokens);
-          rs.prefill.reset();
+        request_id cid = 0;
+        auto* rs = find_attempt(st, ft.id, &cid);
+        if (!rs) return;
+        rs->progress_ns = now_ns();
+        if (rs->offset == 0) {
+          ft.tr.stamp(stage::first_token_router, st.info.node_index);
+          rs->tr.merge(ft.tr);
+        } else {
+          // The client has had its first token since the first attempt: this attempt's
+          // TTFT-path stamps would only blur the request's TTFT breakdown.
+          for (const auto& h : ft.tr.hops)
+            if (!on_ttft_path(h.where)) rs->tr.hops.push_back(h);
         }
-        if (rs.next_index == 0) rs.pending.emplace(0, ft.token);  // else: delivered twice
-        release_tokens(self, ft.id, rs);
+        release_prefill_queue(st, *rs);
+        rs->phase = request_phase::decoding;
+        // Delivered twice (or already released): dropped.
+        if (auto i = client_index(rs->offset, 0, rs->next_index)) rs->pending.emplace(*i, ft.token);
+        release_tokens(self, cid, *rs);
       },
       [self](const token_batch& b) {
         auto& st = self->state;
         for (const auto& t : b.tokens) {
-          auto it = st.requests.find(t.id);
-          if (it == st.requests.end()) continue;
+          request_id cid = 0;
+          auto* rs = find_attempt(st, t.id, &cid);
+          if (!rs) continue;  // an ended request, or an attempt it moved away from
+          rs->progress_ns = now_ns();
+          // Decode tokens mean the prompt's KV arrived: the prefill part is over.
+          release_prefill_queue(st, *rs);
+          rs->phase = request_phase::decoding;
           // A token delivered twice (index already released) is dropped: re-queueing it
           // would block every later token behind it.
-          if (t.index < it->second.next_index) continue;
-          it->second.pending.emplace(t.index, t.token);
+          auto i = client_index(rs->offset, t.index, rs->next_index);
+          if (!i) continue;
+          rs->pending.emplace(*i, t.token);
           // The step's times, moved from the decode node's clock onto the router's.
           auto off = [&](uint32_t n) { return n < st.offsets.size() ? st.offsets[n] : int64_t{0}; };
           const int64_t shift = off(b.node) - off(st.info.node_index);
-          it->second.steps[t.index] = {b.step_start_ns + shift, b.step_end_ns + shift, b.batch_size,
-                                       b.prefill_tokens};
-          release_tokens(self, t.id, it->second);
+          rs->steps[*i] = {b.step_start_ns + shift, b.step_end_ns + shift, b.batch_size,
+                           b.prefill_tokens};
+          release_tokens(self, cid, *rs);
         }
       },
       [self](request_done& d) {
         auto& st = self->state;
-        auto it = st.requests.find(d.id);
-        if (it == st.requests.end()) return;
-        auto& rs = it->second;
-        rs.tr.merge(d.tr);
-        if (rs.next_index < d.completion_tokens)
-          spdlog::error("router: request {} finished with {} of {} tokens released", d.id,
-                        rs.next_index, d.completion_tokens);
-        auto s = make_summary(st, rs, d.id);
+        request_id cid = 0;
+        auto* rs = find_attempt(st, d.id, &cid);
+        if (!rs) return;
+        if (d.reason == finish_reason::error && !rs->cancelling) {
+          if (auto why = migration_for_error(d.error.code)) {
+            // The worker has already let go of the attempt. Its decode-side stamps stay
+            // out of the trace: `finished` and the rest describe the attempt that serves
+            // the request to its end.
+            auto worker = rs->decode_name;
+            migrate(self, cid, *why, worker,
+                    fmt::format("{} on worker {}: {}", to_string(d.error.code), worker,
+                                d.error.message));
+            return;
+          }
+        }
+        rs->tr.merge(d.tr);
+        if (rs->next_index < rs->offset + d.completion_tokens)
+          spdlog::error("router: request {} finished with {} of {} tokens released", cid,
+                        rs->next_index, rs->offset + d.completion_tokens);
+        auto s = make_summary(st, *rs, cid);
         s.reason = d.reason;
         s.error = d.error;
-        s.prompt_tokens = d.prompt_tokens;
-        self->send(rs.client, std::move(s));
+        if (rs->migrations == 0) s.prompt_tokens = d.prompt_tokens;
         ++st.completed;
-        if (auto w = st.decodes.find(rs.decode); w != st.decodes.end() && w->second.active > 0)
-          --w->second.active;
-        if (rs.prefill) {
-          if (auto p = st.prefills.find(*rs.prefill); p != st.prefills.end())
-            p->second.queued_tokens -=
-                std::min<uint64_t>(p->second.queued_tokens, rs.prompt_tokens);
-          st.queued_prompt_tokens -= std::min<uint64_t>(st.queued_prompt_tokens, rs.prompt_tokens);
-        }
-        st.requests.erase(it);
+        end_request(self, cid, std::move(s));
       },
       [self](const cancel_request& c) {
         auto& st = self->state;
-        if (auto w = st.awaiting_overlap.find(c.id); w != st.awaiting_overlap.end()) {
-          w->second = true;  // answered when the overlap query returns
-          return;
-        }
         auto it = st.requests.find(c.id);
         if (it == st.requests.end()) return;
+        auto& rs = it->second;
+        if (rs.phase == request_phase::routing) {
+          fail_request(self, c.id, errc::cancelled, "cancelled before it was routed");
+          return;
+        }
         // The decode worker owns the request's blocks: it frees them, cancels the prefill
         // job and answers with request_done(cancelled), which ends the request here.
-        self->send(it->second.decode_handle, c);
+        rs.cancelling = true;
+        self->send(rs.decode_handle, cancel_request{rs.attempt});
       },
       [self](const membership& m) {
         auto& st = self->state;
@@ -388,22 +573,36 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         }
         st.decodes = std::move(decodes);
         st.prefills = std::move(prefills);
-        // Requests on a worker that left end now, with an error their client can act on.
-        std::vector<std::pair<request_id, std::string>> lost;
+        // Requests on a worker that left move to another one (or end with a clear error).
+        struct loss {
+          request_id id;
+          migration_reason why;
+          std::string worker;
+        };
+        std::vector<loss> lost;
         for (auto& [id, rs] : st.requests) {
+          if (rs.phase == request_phase::routing) continue;
           if (!st.decodes.count(rs.decode)) {
-            lost.emplace_back(id, fmt::format("decode worker {} failed", rs.decode));
+            lost.push_back({id, migration_reason::worker_lost, rs.decode_name});
           } else if (rs.prefill && !st.prefills.count(*rs.prefill)) {
-            lost.emplace_back(id, fmt::format("prefill worker {} failed", *rs.prefill));
-            self->send(rs.decode_handle, cancel_request{id});
+            // The decode worker holds blocks reserved for the KV that will not come.
+            self->send(rs.decode_handle, cancel_request{rs.attempt});
+            lost.push_back({id, migration_reason::prefill_lost, rs.prefill_name});
           }
         }
-        for (auto& [id, msg] : lost) {
-          spdlog::warn("router: request {}: {}", id, msg);
-          fail_request(self, id, errc::worker_failed, msg);
-        }
+        for (auto& l : lost)
+          migrate(self, l.id, l.why, l.worker,
+                  fmt::format("{} worker {} left the cluster",
+                              l.why == migration_reason::prefill_lost ? "prefill" : "decode",
+                              l.worker));
       },
       [self](const clock_update& u) { self->state.offsets = u.offsets; },
+      [self](tick_atom) {
+        watchdog(self);
+        const auto& cfg = self->state.cfg;
+        if (cfg.tick_interval.count() > 0)
+          self->delayed_send(self, cfg.tick_interval, tick_atom::value);
+      },
       [self](status_atom) {
         auto& st = self->state;
         worker_status ws;
@@ -411,14 +610,16 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         ws.kind = role::router;
         ws.name = st.info.name;
         ws.node = st.info.node;
-        ws.queued = static_cast<uint32_t>(st.requests.size() + st.awaiting_overlap.size());
+        ws.queued = static_cast<uint32_t>(st.requests.size());
         ws.completed = st.completed;
         ws.tokens_out = st.tokens_out;
         ws.detail = fmt::format(
             "{} decode, {} prefill workers; {} rejected (overloaded); {} routed to a cached "
-            "prefix ({} overlap queries, {} failed)",
+            "prefix ({} overlap queries, {} failed); {} migrated, {} lost, {} timed out; {} "
+            "attempts tracked",
             st.decodes.size(), st.prefills.size(), st.rejected, st.routed_to_cache,
-            st.overlap_queries, st.overlap_failures);
+            st.overlap_queries, st.overlap_failures, st.migrated, st.lost, st.timed_out,
+            st.attempts.size());
         return ws;
       },
   };

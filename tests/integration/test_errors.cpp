@@ -86,6 +86,21 @@ TEST_CASE("a request larger than the whole decode pool fails as out_of_blocks", 
   check_still_serving(srv);
 }
 
+TEST_CASE("a request past the server-side timeout ends naming where it was stuck",
+          "[integration][migration]") {
+  // 500 tokens at 20 ms a step take 10 s; the router's bound is 1 s (checked every second).
+  server srv{{"--request-timeout", "1"}, {"--sim-decode-step-ms", "20"}};
+  auto r = srv.generate({"--max-tokens", "500", "hi"}, milliseconds(15000));
+  INFO("stderr: " << r.err);
+  CHECK_FALSE(r.timed_out);
+  CHECK(r.exit_code != 0);
+  CHECK(r.err.find("timeout") != std::string::npos);
+  CHECK(r.err.find("in decode on worker") != std::string::npos);
+  check_still_serving(srv);
+  // The decode worker was told to stop: nothing stays reserved.
+  CHECK(eventually([&] { return workers_idle(srv.status()); }, milliseconds(5000)));
+}
+
 // BUG (frontend/validate.cpp): `n + p.max_tokens > ctx` is computed in int64_t, so a
 // max_tokens near INT64_MAX overflows (UB; in practice wraps negative) and passes the
 // context check; it is then truncated to uint32_t 4294967295 and reaches the decode

@@ -1,6 +1,8 @@
 // Router tests: the scoped actor plays supervisor, decode worker, prefill worker and
 // client. It sends the membership itself, so the router's view of the cluster is exactly
 // what each test says.
+#include <algorithm>
+
 #include "engine/block_hash.hpp"
 #include "tests/unit/actors/actor_test_util.hpp"
 
@@ -223,8 +225,10 @@ TEST_CASE("router: no decode worker means no_workers", "[router_actor]") {
   CHECK(h.status_and_quiet("after no_workers").queued == 0);
 }
 
-TEST_CASE("router: a decode worker that fails ends its requests with worker_failed",
-          "[router_actor]") {
+TEST_CASE(
+    "router: a decode worker lost with no other one left ends its requests with "
+    "worker_failed",
+    "[router_actor]") {
   router_harness h;
   h.send_membership();
   auto a = h.submit(h.request(1));
@@ -233,6 +237,9 @@ TEST_CASE("router: a decode worker that fails ends its requests with worker_fail
   h.send_membership(false);
   auto s = h.expect_error(1, errc::worker_failed);
   CHECK(s.completion_tokens == 1);
+  CHECK_THAT(s.error.message, Catch::Contains("decode worker decode-10 left the cluster") &&
+                                  Catch::Contains("no decode worker is left"));
+  CHECK(s.migrations == 0);  // it did not move anywhere
   // A late message from the dead worker changes nothing.
   h.send_done(1, finish_reason::length, 4);
   auto ws = h.status_and_quiet("after worker_failed (no cancel to a dead worker)");
@@ -241,22 +248,38 @@ TEST_CASE("router: a decode worker that fails ends its requests with worker_fail
   h.expect_error(2, errc::no_workers);
 }
 
-TEST_CASE("router: a prefill worker that fails cancels the request on the decode worker",
-          "[router_actor]") {
+TEST_CASE(
+    "router: a prefill worker lost before the first token: cancelled on the decode "
+    "worker, prefilled there instead",
+    "[router_actor]") {
   router_harness h;
   h.send_membership();
-  auto a = h.submit(h.request(1));
+  auto req = h.request(1);
+  auto a = h.submit(req);
   REQUIRE(a.prefill);
-  h.send_membership(true, true, false);  // the prefill worker is down
+  h.send_membership(true, true, false);  // the prefill worker is down, none is left
   auto c = expect<cancel_request>(h.self, "cancel_request to the decode worker");
-  CHECK(c.id == 1);
-  h.expect_error(1, errc::worker_failed);
-  // The decode worker's answer to the cancel arrives after the request ended: ignored.
-  h.send_done(1, finish_reason::cancelled, 0);
-  CHECK(h.status_and_quiet("after the late request_done").queued == 0);
-  // Next requests prefill on the decode worker.
-  auto b = h.submit(h.request(2));
+  CHECK(c.id == 1);  // the old attempt: its reserved blocks are freed
+  auto b = expect<decode_assignment>(h.self, "the request again, prefilled locally");
   CHECK_FALSE(b.prefill);
+  CHECK(is_attempt_id(b.req.id));
+  CHECK(b.req.prompt == req.prompt);
+  CHECK(b.req.options.max_tokens == req.options.max_tokens);
+  // The decode worker's answer to the cancel arrives after the move: ignored.
+  h.send_done(1, finish_reason::cancelled, 0);
+  h.self->send(h.router, first_token{b.req.id, 700, b.req.tr});
+  h.expect_chunk(1, 0, {700});
+  h.send_done(b.req.id, finish_reason::length, 1);
+  auto s = expect<request_summary>(h.self, "request_summary");
+  CHECK(s.id == 1);
+  CHECK(s.error.code == errc::ok);
+  CHECK(s.migrations == 1);
+  CHECK(s.migration_reasons == std::vector<std::string>{"prefill_lost"});
+  CHECK(s.prefill_worker.empty());
+  CHECK(h.status_and_quiet("after the summary").queued == 0);
+  // Next requests prefill on the decode worker.
+  auto d = h.submit(h.request(2));
+  CHECK_FALSE(d.prefill);
 }
 
 TEST_CASE("router: a client cancel goes to the decode worker, whose answer ends it",
@@ -413,4 +436,353 @@ TEST_CASE("router: with nothing to choose it does not ask the kv-store", "[route
   h.self->send(h.router, m);
   h.submit(h.request(1, 40));  // expect<decode_assignment> fails on any other message first
   CHECK_THAT(h.status_and_quiet("after the request").detail, Catch::Contains("0 overlap queries"));
+}
+
+// ---------------------------------------------------------------- migration
+//
+// The scoped actor plays every worker, so which worker an assignment went to shows in the
+// summary's worker names; each attempt is told apart by its id.
+
+namespace {
+constexpr worker_id decode3_wid = 12;
+constexpr worker_id prefill2_wid = 21;
+
+/// Membership with the given decode and prefill workers up (all played by the scoped actor).
+void send_workers(router_harness& h, std::vector<worker_id> decodes,
+                  std::vector<worker_id> prefills = {}) {
+  membership m;
+  m.members.push_back(h.as_member(router_wid, role::router));
+  for (auto d : decodes)
+    m.members.push_back(h.as_member(d, role::decode));
+  for (auto p : prefills)
+    m.members.push_back(h.as_member(p, role::prefill));
+  h.self->send(h.router, m);
+}
+
+/// Receives token chunks of request `id` until its summary; every index must come exactly
+/// once, in order (0..n-1), and the tokens equal `want`.
+request_summary expect_stream(router_harness& h, request_id id, uint32_t first_index,
+                              std::vector<token_id> want) {
+  std::vector<token_id> got;
+  uint32_t next = first_index;
+  for (;;) {
+    std::optional<request_summary> s;
+    std::string problem;
+    h.self->receive(
+        [&](token_chunk& c) {
+          CHECK(c.id == id);
+          CHECK(c.first_index == next);  // no index twice, none skipped
+          next += static_cast<uint32_t>(c.tokens.size());
+          got.insert(got.end(), c.tokens.begin(), c.tokens.end());
+        },
+        [&](request_summary& x) { s = std::move(x); },
+        caf::others >> [&](caf::message_view& x) -> caf::result<caf::message> {
+          problem = "unexpected message " + describe(x);
+          return caf::sec::unexpected_message;
+        },
+        caf::after(receive_timeout) >> [&] { problem = "timed out"; });
+    if (!problem.empty()) FAIL("waiting for the stream of request " << id << ": " << problem);
+    if (s) {
+      CHECK(got == want);
+      CHECK(s->id == id);
+      return std::move(*s);
+    }
+  }
+}
+
+/// The router has forgotten every request and attempt, and sent nothing more.
+void expect_clean(router_harness& h, const char* context) {
+  auto ws = h.status_and_quiet(context);
+  CHECK(ws.queued == 0);
+  CHECK_THAT(ws.detail, Catch::Contains("0 attempts tracked"));
+}
+}  // namespace
+
+TEST_CASE(
+    "router: a decode worker lost before its first token: the request moves and "
+    "completes",
+    "[router_actor][migration]") {
+  router_harness h;
+  send_workers(h, {decode_wid, decode2_wid});
+  auto req = h.request(1);
+  auto a = h.submit(req);  // to decode-10 (tie: lower id), prefilled there
+  CHECK_FALSE(a.prefill);
+  send_workers(h, {decode2_wid});  // decode-10 is gone
+  auto b = expect<decode_assignment>(h.self, "the request on decode-11");
+  CHECK(is_attempt_id(b.req.id));
+  CHECK(b.req.prompt == req.prompt);  // nothing was delivered: the original request
+  CHECK(b.req.options.max_tokens == 4);
+  CHECK(b.req.tr.time_of(stage::router_received));
+  h.self->send(h.router, first_token{b.req.id, 600, b.req.tr});
+  h.send_tokens(b.req.id, {{1, 601}, {2, 602}});
+  h.send_tokens(b.req.id, {{3, 603}});
+  h.send_done(b.req.id, finish_reason::length, 4);
+  auto s = expect_stream(h, 1, 0, {600, 601, 602, 603});
+  CHECK(s.reason == finish_reason::length);
+  CHECK(s.error.code == errc::ok);
+  CHECK(s.completion_tokens == 4);
+  CHECK(s.prompt_tokens == 10);  // the client's prompt
+  CHECK(s.migrations == 1);
+  CHECK(s.migration_reasons == std::vector<std::string>{"worker_lost"});
+  CHECK(s.decode_worker == "decode-11");
+  CHECK(s.tr.time_of(stage::migrated));
+  // The lost time is in the routing interval: routed is the surviving attempt's.
+  CHECK(*s.tr.time_of(stage::routed) >= *s.tr.time_of(stage::migrated));
+  expect_clean(h, "after the summary");
+  CHECK_THAT(h.status_and_quiet("status").detail, Catch::Contains("1 migrated, 0 lost"));
+}
+
+TEST_CASE(
+    "router: a decode worker lost mid-stream: the new attempt resends prompt + "
+    "delivered tokens and continues at the next index",
+    "[router_actor][migration]") {
+  router_harness h;
+  send_workers(h, {decode_wid, decode2_wid});
+  auto req = h.request(1, 10, 5);
+  auto a = h.submit(req);
+  h.self->send(h.router, first_token{1, 700, a.req.tr});
+  h.send_tokens(1, {{1, 701}});
+  h.send_tokens(1, {{3, 703}});  // ahead of its turn: not delivered, produced again later
+  h.expect_chunk(1, 0, {700});
+  h.expect_chunk(1, 1, {701});
+  send_workers(h, {decode2_wid});
+  auto b = expect<decode_assignment>(h.self, "the request on decode-11");
+  auto want_prompt = req.prompt;
+  want_prompt.push_back(700);
+  want_prompt.push_back(701);
+  CHECK(b.req.prompt == want_prompt);
+  CHECK(b.req.options.max_tokens == 3);  // max_tokens counts across the move
+  // A late token and request_done of the dead attempt: dropped.
+  h.send_tokens(1, {{2, 999}});
+  h.send_done(1, finish_reason::length, 5);
+  // The new attempt: its index 0 is the client's index 2; one batch is delivered twice.
+  h.self->send(h.router, first_token{b.req.id, 702, b.req.tr});
+  h.send_tokens(b.req.id, {{1, 703}});
+  h.send_tokens(b.req.id, {{1, 703}});  // delivered twice
+  h.send_tokens(b.req.id, {{2, 704}});
+  h.send_done(b.req.id, finish_reason::length, 3);
+  auto s = expect_stream(h, 1, 2, {702, 703, 704});
+  CHECK(s.reason == finish_reason::length);
+  CHECK(s.completion_tokens == 5);
+  CHECK(s.prompt_tokens == 10);
+  CHECK(s.migrations == 1);
+  expect_clean(h, "after the summary");
+}
+
+TEST_CASE(
+    "router: a prefill worker lost during the KV transfer: cancelled on the decode "
+    "worker and prefilled on another prefill worker",
+    "[router_actor][migration]") {
+  router_harness h;
+  send_workers(h, {decode_wid}, {prefill_wid, prefill2_wid});
+  auto req = h.request(1);
+  auto a = h.submit(req);  // prefill-20 (tie: lower id)
+  REQUIRE(a.prefill);
+  send_workers(h, {decode_wid}, {prefill2_wid});  // prefill-20 dies mid-transfer
+  auto c = expect<cancel_request>(h.self, "cancel of the old attempt on the decode worker");
+  CHECK(c.id == 1);
+  auto b = expect<decode_assignment>(h.self, "the request again");
+  CHECK(b.prefill == handle_of(h.self));  // prefill-21
+  CHECK(b.req.prompt == req.prompt);
+  // The decode worker's answer to the cancel, and a first token the dead prefill worker
+  // sent before it died: both of the old attempt, both dropped.
+  h.send_done(1, finish_reason::cancelled, 0);
+  h.self->send(h.router, first_token{1, 111, a.req.tr});
+  h.self->send(h.router, first_token{b.req.id, 800, b.req.tr});
+  h.send_tokens(b.req.id, {{1, 801}});
+  h.send_done(b.req.id, finish_reason::length, 2);
+  auto s = expect_stream(h, 1, 0, {800, 801});
+  CHECK(s.error.code == errc::ok);
+  CHECK(s.prefill_worker == "prefill-21");
+  CHECK(s.migration_reasons == std::vector<std::string>{"prefill_lost"});
+  expect_clean(h, "after the summary");
+}
+
+TEST_CASE("router: a request moves twice in a row", "[router_actor][migration]") {
+  router_harness h;
+  send_workers(h, {decode_wid, decode2_wid, decode3_wid});
+  auto req = h.request(1, 10, 4);
+  auto a = h.submit(req);
+  h.self->send(h.router, first_token{1, 10, a.req.tr});
+  h.expect_chunk(1, 0, {10});
+  send_workers(h, {decode2_wid, decode3_wid});
+  auto b = expect<decode_assignment>(h.self, "second attempt");
+  h.self->send(h.router, first_token{b.req.id, 11, b.req.tr});
+  h.expect_chunk(1, 1, {11});
+  send_workers(h, {decode3_wid});
+  auto c = expect<decode_assignment>(h.self, "third attempt");
+  CHECK(c.req.id != b.req.id);
+  auto want_prompt = req.prompt;
+  want_prompt.insert(want_prompt.end(), {10, 11});
+  CHECK(c.req.prompt == want_prompt);
+  CHECK(c.req.options.max_tokens == 2);
+  h.send_tokens(b.req.id, {{1, 998}});  // the second attempt's late token: dropped
+  h.self->send(h.router, first_token{c.req.id, 12, c.req.tr});
+  h.send_tokens(c.req.id, {{1, 13}});
+  h.send_done(c.req.id, finish_reason::length, 2);
+  auto s = expect_stream(h, 1, 2, {12, 13});
+  CHECK(s.completion_tokens == 4);
+  CHECK(s.migrations == 2);
+  CHECK(s.migration_reasons == std::vector<std::string>{"worker_lost", "worker_lost"});
+  CHECK(s.decode_worker == "decode-12");
+  expect_clean(h, "after the summary");
+}
+
+TEST_CASE("router: beyond the migration limit a request ends with a clear error",
+          "[router_actor][migration]") {
+  router_config cfg;
+  cfg.migration_limit = 1;
+  router_harness h{cfg};
+  send_workers(h, {decode_wid, decode2_wid, decode3_wid});
+  h.submit(h.request(1));
+  send_workers(h, {decode2_wid, decode3_wid});
+  expect<decode_assignment>(h.self, "the one move allowed");
+  send_workers(h, {decode3_wid});
+  auto s = h.expect_error(1, errc::worker_failed);
+  CHECK_THAT(s.error.message, Catch::Contains("decode-11") && Catch::Contains("worker_lost") &&
+                                  Catch::Contains("migration limit is 1"));
+  CHECK(s.migrations == 1);
+  expect_clean(h, "after the error");
+  CHECK_THAT(h.status_and_quiet("status").detail, Catch::Contains("1 migrated, 1 lost"));
+}
+
+TEST_CASE("router: with migration off a lost worker fails its requests",
+          "[router_actor][migration]") {
+  router_config cfg;
+  cfg.migration_limit = 0;
+  router_harness h{cfg};
+  send_workers(h, {decode_wid, decode2_wid});
+  h.submit(h.request(1));
+  send_workers(h, {decode2_wid});
+  auto s = h.expect_error(1, errc::worker_failed);
+  CHECK_THAT(s.error.message, Catch::Contains("migration is off"));
+  expect_clean(h, "after the error");
+}
+
+TEST_CASE(
+    "router: a transfer failure reported by the decode worker moves the request to "
+    "another decode worker, a request error does not move",
+    "[router_actor][migration]") {
+  router_harness h;
+  send_workers(h, {decode_wid, decode2_wid}, {prefill_wid});
+  auto req = h.request(1);
+  h.submit(req);  // decode-10, prefill-20
+  request_done d;
+  d.id = 1;
+  d.reason = finish_reason::error;
+  d.error = {errc::kv_corrupt, "KV block 3 failed its checksum after transfer"};
+  d.tr.id = 1;
+  d.tr.stamp(stage::finished);
+  h.self->send(h.router, d);
+  auto b = expect<decode_assignment>(h.self, "the request again");
+  CHECK(b.req.prompt == req.prompt);
+  h.self->send(h.router, first_token{b.req.id, 5, b.req.tr});
+  h.send_done(b.req.id, finish_reason::length, 1);
+  auto s = expect_stream(h, 1, 0, {5});
+  CHECK(s.error.code == errc::ok);
+  CHECK(s.decode_worker == "decode-11");  // not the worker that failed
+  CHECK(s.migration_reasons == std::vector<std::string>{"transfer_failed"});
+  // Only the attempt that served the request to its end has a `finished` stamp.
+  CHECK(std::count_if(s.tr.hops.begin(), s.tr.hops.end(),
+                      [](const hop& x) { return x.where == stage::finished; }) == 1);
+
+  // out_of_blocks would fail anywhere: the error reaches the client as it is.
+  auto c = h.submit(h.request(2));
+  request_done e;
+  e.id = c.req.id;
+  e.reason = finish_reason::error;
+  e.error = {errc::out_of_blocks, "request needs 99 KV blocks"};
+  h.self->send(h.router, e);
+  auto s2 = h.expect_error(2, errc::out_of_blocks);
+  CHECK(s2.migrations == 0);
+  expect_clean(h, "after both");
+}
+
+TEST_CASE("router: a stalled attempt is cancelled and moves to another worker",
+          "[router_actor][migration]") {
+  router_config cfg;
+  cfg.tick_interval = caf::timespan{0};  // the test sends the tick itself
+  cfg.stall_timeout = caf::timespan{1};  // any attempt without progress has stalled
+  cfg.request_timeout = caf::timespan{0};
+  router_harness h{cfg};
+  send_workers(h, {decode_wid, decode2_wid});
+  auto req = h.request(1);
+  h.submit(req);
+  h.self->send(h.router, tick_atom::value);
+  auto c = expect<cancel_request>(h.self, "cancel on the stalled worker");
+  CHECK(c.id == 1);
+  auto b = expect<decode_assignment>(h.self, "the request on the other worker");
+  h.send_done(1, finish_reason::cancelled, 0);  // the stalled worker's answer: dropped
+  h.self->send(h.router, first_token{b.req.id, 42, b.req.tr});
+  h.send_done(b.req.id, finish_reason::length, 1);
+  auto s = expect_stream(h, 1, 0, {42});
+  CHECK(s.decode_worker == "decode-11");
+  CHECK(s.migration_reasons == std::vector<std::string>{"stalled"});
+  expect_clean(h, "after the summary");
+}
+
+TEST_CASE("router: the request timeout ends a request with where it was stuck",
+          "[router_actor][migration]") {
+  router_config cfg;
+  cfg.tick_interval = caf::timespan{0};
+  cfg.stall_timeout = caf::timespan{0};
+  cfg.request_timeout = caf::timespan{1};
+  router_harness h{cfg};
+  SECTION("in prefill") {
+    send_workers(h, {decode_wid}, {prefill_wid});
+    h.submit(h.request(1));
+    h.self->send(h.router, tick_atom::value);
+    CHECK(expect<cancel_request>(h.self, "cancel on the decode worker").id == 1);
+    auto s = h.expect_error(1, errc::timeout);
+    CHECK_THAT(s.error.message, Catch::Contains("in prefill on worker prefill-20"));
+  }
+  SECTION("decoding") {
+    send_workers(h, {decode_wid});
+    auto a = h.submit(h.request(1));
+    h.self->send(h.router, first_token{1, 7, a.req.tr});
+    h.expect_chunk(1, 0, {7});
+    h.self->send(h.router, tick_atom::value);
+    CHECK(expect<cancel_request>(h.self, "cancel on the decode worker").id == 1);
+    auto s = h.expect_error(1, errc::timeout);
+    CHECK_THAT(s.error.message,
+               Catch::Contains("in decode on worker decode-10") && Catch::Contains("1 tokens"));
+    CHECK(s.completion_tokens == 1);
+  }
+  SECTION("awaiting routing") {
+    membership m;
+    m.members.push_back(h.as_member(router_wid, role::router));
+    m.members.push_back(h.as_member(decode_wid, role::decode));
+    m.members.push_back(h.as_member(decode2_wid, role::decode));
+    m.members.push_back(h.as_member(kv_wid, role::kv_store));
+    h.self->send(h.router, m);
+    auto req = h.request(1, 10);
+    h.self->send(h.router, req);
+    h.self->send(h.router, tick_atom::value);  // handled before the overlap answer
+    answer_overlap(h, req.prompt, {});
+    auto s = h.expect_error(1, errc::timeout);
+    CHECK_THAT(s.error.message, Catch::Contains("awaiting routing"));
+  }
+  h.send_done(1, finish_reason::cancelled, 0);  // a late answer: dropped
+  expect_clean(h, "after the timeout");
+}
+
+TEST_CASE("router: a client cancel while the request moves ends it cancelled",
+          "[router_actor][migration]") {
+  router_harness h;
+  send_workers(h, {decode_wid, decode2_wid});
+  h.submit(h.request(1));
+  h.self->send(h.router, cancel_request{1});
+  CHECK(expect<cancel_request>(h.self, "cancel to the decode worker").id == 1);
+  send_workers(h, {decode2_wid});  // the worker dies before it answers
+  auto s = expect<request_summary>(h.self, "request_summary");
+  CHECK(s.reason == finish_reason::cancelled);
+  expect_clean(h, "after the cancel");
+}
+
+TEST_CASE("router: request ids with the top bit set are refused", "[router_actor][migration]") {
+  router_harness h;
+  send_workers(h, {decode_wid});
+  h.self->send(h.router, h.request(mint_attempt_id(1, 1)));
+  h.expect_error(mint_attempt_id(1, 1), errc::invalid_request);
+  expect_clean(h, "after the refusal");
 }

@@ -144,6 +144,10 @@ TEST_CASE("manifest: a minimal manifest resolves with every default", "[manifest
   CHECK(m.frontend.http_port == 8000);
   CHECK(m.router.local_prefill_threshold == 0);
   CHECK(m.router.max_inflight == 1024);
+  CHECK(m.router.migration_limit == 3);  // migration is on by default
+  CHECK(to_router_config(m).migration_limit == 3);
+  CHECK(to_router_config(m).request_timeout == std::chrono::seconds(600));
+  CHECK(to_router_config(m).stall_timeout == std::chrono::seconds(120));
   CHECK(m.failure.heartbeat_ms == 200);
   CHECK(m.failure.connection_timeout_ms == 1000);
   CHECK(m.restart.max == 5);  // restart is on by default, bounded
@@ -195,7 +199,8 @@ model:
 defaults: {engine: sim, block_tokens: 32, kv_transport: ucx}
 kv_layout: {layers: 4, kv_heads: 8, head_dim: 128, dtype_bytes: 4}
 frontend: {node: head, host: 0.0.0.0, rpc_port: 9700, http_port: 9000}
-router: {local_prefill_threshold: 64, max_inflight: 10, max_queued_prompt_tokens: 5000}
+router: {local_prefill_threshold: 64, max_inflight: 10, max_queued_prompt_tokens: 5000,
+         migration_limit: 5, request_timeout_s: 30, stall_timeout_s: 0}
 failure: {heartbeat_ms: 50, connection_timeout_ms: 400}
 ucx: {op_timeout_ms: 2500, stall_timeout_ms: 300, window_mib: 64}
 restart: {max: 2, backoff_ms: 50}
@@ -235,6 +240,9 @@ nodes:
   CHECK(m.router.local_prefill_threshold == 64);
   CHECK(m.router.max_inflight == 10);
   CHECK(m.router.max_queued_prompt_tokens == 5000);
+  CHECK(m.router.migration_limit == 5);
+  CHECK(m.router.request_timeout_s == 30);
+  CHECK(m.router.stall_timeout_s == 0);
   CHECK(m.failure.heartbeat_ms == 50);
   CHECK(m.failure.connection_timeout_ms == 400);
   CHECK(m.ucx.op_timeout_ms == 2500);
@@ -274,6 +282,9 @@ nodes:
     CHECK(rc.local_prefill_threshold == 64);
     CHECK(rc.limits.max_inflight == 10);
     CHECK(rc.limits.max_queued_prompt_tokens == 5000);
+    CHECK(rc.migration_limit == 5);
+    CHECK(rc.request_timeout == std::chrono::seconds(30));
+    CHECK(rc.stall_timeout.count() == 0);
     CHECK(rc.block_tokens == 32);
     auto pc = to_prefill_config(*p);
     CHECK(pc.num_blocks == 100);
@@ -436,6 +447,8 @@ const corpus_case corpus_cases[] = {
      "nodes[0].actors[2]: unknown actor role 'kvstore' (did you mean 'kv_store'?); expected one of "
      "router, supervisor, kv_store, prefill, decode"},
     {"actor_two_keys.yaml", 12, "nodes[1].actors[0]: a map with 2 keys; expected a list of actors"},
+    {"bad_migration_limit.yaml", 4,
+     "router.migration_limit: got 1000, out of range; expected a whole number from 0 to 100"},
     {"router_options.yaml", 9,
      "nodes[0].actors[0].router: router takes no options, got a map; expected the bare role name "
      "'router'"},
@@ -684,6 +697,8 @@ cluster: demo
         {"model: {sim: {}}", "model: {sim: {}}\ndefaults: {block_tokens: 32}"},
         {"model: {sim: {}}", "model: {sim: {}}\ndefaults: {kv_transport: inline}"},
         {"model: {sim: {}}", "model: {sim: {}}\nrouter: {max_inflight: 7}"},
+        {"model: {sim: {}}", "model: {sim: {}}\nrouter: {migration_limit: 0}"},
+        {"model: {sim: {}}", "model: {sim: {}}\nrouter: {stall_timeout_s: 60}"},
         {"model: {sim: {}}", "model: {sim: {}}\nfailure: {heartbeat_ms: 100}"},
         {"frontend: {node: head}", "frontend: {node: head, http_port: 8001}"},
         {"address: 10.0.0.2", "address: 10.0.0.3"},

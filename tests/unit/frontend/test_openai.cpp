@@ -528,6 +528,18 @@ TEST_CASE("timing_json keeps the stage order", "[openai]") {
   CHECK(text.rfind(R"({"request_id":77,"ttft_ms":12.5,)", 0) == 0);
 }
 
+TEST_CASE("the tokenmill object says how often and why a request moved", "[openai]") {
+  auto s = summary();
+  auto t = json::parse(timing_json(s));
+  CHECK(t["migrations"] == 0);
+  CHECK(t["migration_reasons"] == json::array());
+  s.migrations = 2;
+  s.migration_reasons = {"worker_lost", "stalled"};
+  t = json::parse(timing_json(s));
+  CHECK(t["migrations"] == 2);
+  CHECK(t["migration_reasons"] == json::array({"worker_lost", "stalled"}));
+}
+
 TEST_CASE("response bodies parse back with the right fields", "[openai]") {
   response_meta cm{endpoint::completions, "cmpl-1", 1700000000, "tiny-model"};
   response_meta hm{endpoint::chat_completions, "chatcmpl-1", 1700000001, "tiny-model"};

@@ -6,6 +6,7 @@
 #include <thread>
 #include <vector>
 
+#include "frontend/frontend_metrics.hpp"
 #include "frontend/request_log.hpp"
 
 using namespace tokenmill;
@@ -91,6 +92,8 @@ TEST_CASE("a generation summary survives the JSON round trip", "[request_log]") 
   g.itl_spikes.assign(kItlCauses, 0);
   g.itl_spikes[static_cast<size_t>(itl_cause::prefill)] = 3;
   g.steps = {{1, 1000, 900, 950, 4, 128, itl_cause::prefill}, {2, 2000, 1900, 1950, 5, 0, {}}};
+  g.migrations = 1;
+  g.migration_reasons = {"worker_lost"};
   auto j = to_json(g);
   CHECK(j["id"] == 7);
   CHECK(j["reason"] == "error");
@@ -121,6 +124,8 @@ TEST_CASE("a generation summary survives the JSON round trip", "[request_log]") 
   CHECK(back->steps[0].cause == itl_cause::prefill);
   CHECK(back->steps[0].prefill_tokens == 128);
   CHECK(back->steps[1].batch == 5);
+  CHECK(back->migrations == 1);
+  CHECK(back->migration_reasons == std::vector<std::string>{"worker_lost"});
 
   CHECK_FALSE(summary_from_json(nlohmann::json::array()));
   auto r = record_from_json(nlohmann::json::parse(to_json(rec(g)).dump()));
@@ -310,4 +315,32 @@ TEST_CASE("the bottleneck: balanced workers, the dominant stage", "[request_log]
   CHECK(b.found);
   CHECK(b.worker.find("prefill") != std::string::npos);
   CHECK(b.line.find("prefill_compute 30.0 ms/request") != std::string::npos);
+}
+
+TEST_CASE("frontend metrics count migrations by reason and requests lost to worker failures",
+          "[request_log][metrics]") {
+  auto reg = std::make_shared<metrics::registry>();
+  frontend_metrics fm(reg, "n0");
+  generation_summary moved;
+  moved.reason = finish_reason::length;
+  moved.migrations = 2;
+  moved.migration_reasons = {"worker_lost", "stalled"};
+  fm.started("rpc");
+  fm.finished("rpc", moved, 0.1);
+  generation_summary lost;
+  lost.reason = finish_reason::error;
+  lost.error_code = errc::worker_failed;
+  lost.migrations = 1;
+  lost.migration_reasons = {"worker_lost"};
+  fm.started("rpc");
+  fm.finished("rpc", lost, 0.1);
+  auto text = reg->expose();
+  CHECK_THAT(text, Catch::Contains(
+                       "tokenmill_request_migrations_total{node=\"n0\",reason=\"worker_lost\"} 2"));
+  CHECK_THAT(text, Catch::Contains(
+                       "tokenmill_request_migrations_total{node=\"n0\",reason=\"stalled\"} 1"));
+  CHECK_THAT(text, Catch::Contains("tokenmill_requests_lost_total{node=\"n0\"} 1"));
+  // The moved request that completed is not a failure.
+  CHECK_THAT(text, Catch::Contains(
+                       "tokenmill_requests_total{api=\"rpc\",node=\"n0\",outcome=\"length\"} 1"));
 }

@@ -135,6 +135,22 @@ TEST_CASE("summary workers, ITL spikes and decode steps round-trip", "[codec]") 
   CHECK(o.steps.empty());
 }
 
+TEST_CASE("summary migrations round-trip, an older server's read as none", "[codec]") {
+  generation_summary s;
+  s.migrations = 2;
+  s.migration_reasons = {"worker_lost", "stalled"};
+  capnp::MallocMessageBuilder msg;
+  auto b = msg.initRoot<rpc::Summary>();
+  codec::encode(s, b);
+  auto r = codec::decode(b.asReader());
+  CHECK(r.migrations == 2);
+  CHECK(r.migration_reasons == s.migration_reasons);
+  capnp::MallocMessageBuilder old;
+  auto o = codec::decode(old.initRoot<rpc::Summary>().asReader());
+  CHECK(o.migrations == 0);
+  CHECK(o.migration_reasons.empty());
+}
+
 TEST_CASE("cluster status and chunks round-trip", "[codec]") {
   cluster_status cs;
   cs.cluster = "c";
