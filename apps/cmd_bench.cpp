@@ -87,6 +87,8 @@ struct request_record {
   std::string outcome;  ///< finish reason (length, stop, eos) or error code (worker_failed, ...)
   uint32_t completion_tokens = 0;  ///< as the server counted them (0 when it failed)
   std::string prefill_worker, decode_worker;
+  uint32_t migrations = 0;  ///< times the router moved it to another worker
+  std::vector<std::string> migration_reasons;
 };
 
 // ---- connections ---------------------------------------------------------------------
@@ -147,6 +149,8 @@ class rpc_connection final : public connection {
       rec->completion_tokens = res->server.completion_tokens;
       rec->prefill_worker = res->server.prefill_worker;
       rec->decode_worker = res->server.decode_worker;
+      rec->migrations = res->server.migrations;
+      rec->migration_reasons = res->server.migration_reasons;
     }
     out.ok = true;
     out.ttft_ms = res->ttft_ms;
@@ -576,6 +580,8 @@ void write_records(std::ostream& out, const std::vector<wl::bench_request>& meas
     j["completion_tokens"] = r.completion_tokens;
     j["prefill_worker"] = r.prefill_worker;
     j["decode_worker"] = r.decode_worker;
+    j["migrations"] = r.migrations;
+    j["migration_reasons"] = r.migration_reasons;
     j["duplicated"] = checks[i].duplicated;
     j["missing"] = checks[i].missing;
     auto toks = ojson::array();
@@ -677,7 +683,8 @@ length, or for a failed request below the highest index it received).
 prompt_hash (FNV-1a 64 of the prompt ids or text, hex), max_tokens, seed, temperature,
 sent_unix_us, first_token_unix_us (null: none), end_unix_us, outcome (length, stop, eos,
 or the error code: worker_failed, timeout, ...), error, completion_tokens, prefill_worker,
-decode_worker, duplicated, missing, and tokens: [[index, id, us after sent], ...] in
+decode_worker, migrations and migration_reasons (how often and why the router moved it to
+another worker; 0 for a request that failed), duplicated, missing, and tokens: [[index, id, us after sent], ...] in
 arrival order. Times are the client's clock mapped once onto the Unix epoch.
 Exit status: 0 when at least one measured request completed (failed ones are counted in
 "failed", with "first_error", and a warning goes to stderr); 1 when every measured request

@@ -17,8 +17,7 @@
 #                      one (scripts/bench-failure.sh --only cut measures a cut in the netns
 #                      3-host cluster)
 #      The generated manifest asks for `restart: {max: 5, backoff_ms: 200}` when
-#      `tokenmill manifest check` accepts that key (node restart by `launch`; not yet on
-#      this branch). After each kill the script waits up to 3 s for the launcher to bring
+#      `tokenmill manifest check` accepts that key (node restart by `launch`). After each kill the script waits up to 3 s for the launcher to bring
 #      the node back, and otherwise starts it again itself
 #      with `tokenmill node` (--no-relaunch: leaves it dead), so the next fault finds spare
 #      capacity. Node pids come from `pgrep -f 'node --manifest <this run's manifest> --name N'`.
@@ -35,7 +34,7 @@
 #               with worker_failed, no_workers, unavailable, timeout, kv_corrupt or internal.
 #               invalid_request, overloaded, cancelled, out_of_blocks are failed, not lost.
 #   migrated    requests whose record has migrations > 0; null while the router reports no
-#               migration count (today: a killed node's requests fail instead)
+#               migration count (a tokenmill without migration)
 #   differing   requests with a token at some index different from the reference run's
 #               (same prompt, same seed: sampling is deterministic per seed and position),
 #               or that completed with another length
