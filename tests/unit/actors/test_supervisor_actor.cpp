@@ -300,7 +300,10 @@ TEST_CASE("supervisor: a node that joins again after its process died counts a r
   caf::scoped_actor self{ts.sys};
   auto spawn_agent = [&] {
     return reaper.add(ts.sys.spawn([]() -> caf::behavior {
-      return {[](ping_atom, int64_t t0) { return caf::make_message(t0, now_ns()); }};
+      return {
+          [](ping_atom, int64_t t0) { return caf::make_message(t0, now_ns()); },
+          [](const node_peers&) {},  // which nodes are up (node agents connect to them)
+      };
     }));
   };
   auto join = [&](const caf::actor& agent) {
@@ -361,4 +364,35 @@ TEST_CASE("supervisor: a member that does not answer is reported, not waited for
   CHECK(cs.workers[1].name == "prefill-mute");
   CHECK(cs.workers[1].up);
   CHECK_THAT(cs.workers[1].detail, Catch::StartsWith("not answering"));
+}
+
+TEST_CASE("supervisor: node agents hear which nodes are up, on every join and loss",
+          "[supervisor_actor]") {
+  test_system ts;
+  actor_reaper reaper;
+  supervisor_config cfg;
+  cfg.cluster = "c";
+  cfg.host_id = "this-host";  // no clock probing
+  caf::actor sup = reaper.add(spawn_supervisor(ts.sys, cfg));
+  caf::scoped_actor self{ts.sys};
+  caf::scoped_actor a0{ts.sys};
+  auto a1 = reaper.add(ts.sys.spawn([]() -> caf::behavior {
+    return {[](const node_peers&) {},
+            [](ping_atom, int64_t t0) { return caf::make_message(t0, now_ns()); }};
+  }));
+  auto join = [&](uint32_t index, const caf::actor& agent) {
+    std::string answer = "no reply";
+    self->request(sup, receive_timeout,
+                  join_node{"n" + std::to_string(index), index, 0, "", agent, "this-host"})
+        .receive([&](const std::string& r) { answer = r; },
+                 [&](caf::error& e) { answer = caf::to_string(e); });
+    return answer;
+  };
+  REQUIRE(join(0, handle_of(a0)).empty());
+  CHECK(expect<node_peers>(a0, "peers after its own join").up == std::vector<uint32_t>{0});
+  REQUIRE(join(1, a1).empty());
+  CHECK(expect<node_peers>(a0, "peers after n1 joined").up == std::vector<uint32_t>{0, 1});
+  caf::anon_send_exit(a1, caf::exit_reason::kill);
+  // A node that went down is announced gone, so a restarted one is connected to again.
+  CHECK(expect<node_peers>(a0, "peers after n1 died").up == std::vector<uint32_t>{0});
 }
