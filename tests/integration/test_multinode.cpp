@@ -145,6 +145,7 @@ struct cluster_spec {
   std::string name = "mn";
   std::vector<std::string> decode_nodes{"d0"};
   double decode_step_ms = 2;
+  double prefill_us_per_token = 20;
   /// p0's address. 192.0.2.1 (TEST-NET-1, never local) makes p0 unable to listen.
   std::string p0_address = "127.0.0.1";
   /// The frontend's bind address; empty = the head node's address.
@@ -181,7 +182,8 @@ std::string manifest_yaml(const cluster_spec& spec, const port_plan& ports) {
   std::ostringstream y;
   y << "cluster: " << spec.name << "\n"
     << "model:\n"
-    << "  sim: {decode_step_ms: " << spec.decode_step_ms << ", prefill_us_per_token: 20}\n"
+    << "  sim: {decode_step_ms: " << spec.decode_step_ms
+    << ", prefill_us_per_token: " << spec.prefill_us_per_token << "}\n"
     << "defaults: {engine: sim, block_tokens: 16, kv_transport: " << spec.kv_transport << "}\n"
     << "failure: {heartbeat_ms: 100, connection_timeout_ms: 500}\n"
     << "restart: " << spec.restart << "\n"
@@ -656,6 +658,55 @@ TEST_CASE(
   REQUIRE(r.exit_code == 0);
   CHECK(last_json_line(r.out)["tokens"] == 16);
 
+  stop_cleanly(c);
+}
+
+TEST_CASE(
+    "a request whose prefill node is SIGKILLed mid-prefill is prefilled again and gives the "
+    "tokens of an undisturbed run",
+    "[integration][multinode][migration]") {
+  // 1000 prompt tokens at 2 ms each: p0 prefills for 2 s, long enough to be killed at it.
+  cluster_spec spec;
+  spec.prefill_us_per_token = 2000;
+  cluster c(spec);
+  c.launch();
+  const auto prompt = id_prompt(100, 1000);
+  const std::vector<std::string> args{"--json",        "--token-ids", "--max-tokens", "32",
+                                      "--temperature", "0.8",         "--seed",       "11",
+                                      prompt};
+  // The reference from one undisturbed process (the sim engine's tokens do not depend on
+  // its timings); the cluster's own prefix cache would otherwise skip the prefill.
+  server single{{"--sim-decode-step-ms", "2"}, {"--sim-prefill-us-per-token", "20"}};
+  auto ref = single.generate(args);
+  REQUIRE(ref.exit_code == 0);
+  auto ref_j = last_json_line(ref.out);
+  REQUIRE(ref_j.is_object());
+
+  process gen(c.generate_argv(args));
+  REQUIRE(eventually(
+      [&] {
+        auto w = worker_on(c.status(), "prefill", "p0");
+        return w.is_object() && (w.value("running", 0) > 0 || w.value("queued", 0) > 0);
+      },
+      milliseconds(5000)));
+  REQUIRE(::kill(c.pid_of("p0"), SIGKILL) == 0);
+  auto code = gen.wait(milliseconds(30000));
+  INFO("client stdout: " << gen.out() << "\nstderr: " << gen.err());
+  REQUIRE(code);
+  CHECK(*code == 0);
+  auto j = last_json_line(gen.out());
+  REQUIRE(j.is_object());
+  CHECK(j["token_ids"] == ref_j["token_ids"]);
+  CHECK(j["server"]["migrations"] == 1);
+  CHECK(j["server"]["migration_reasons"] == json::array({"prefill_lost"}));
+  CHECK(j["server"]["prefill_worker"] == "");  // prefilled on the decode worker
+  // Nothing stays reserved on the decode worker for the dead prefill's job.
+  CHECK(eventually(
+      [&] {
+        auto w = worker_on(c.status(), "decode", "d0");
+        return w.is_object() && w.value("kv_used", -1) == 0 && w.value("running", -1) == 0;
+      },
+      milliseconds(10000)));
   stop_cleanly(c);
 }
 
