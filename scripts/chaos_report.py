@@ -415,7 +415,8 @@ def migration(a):
     print(f"migration cost: {out['prompt_len']}-token prompt, decode node {a.node} killed after "
           f"{out['tokens_before_kill']} delivered tokens (of {out['max_tokens']})")
     print(f"  outcome        {out['error'] or out['outcome']}")
-    print(f"  migrations     {fmt(out['migrations'])} (null: the records carry no count)")
+    note = " (the records carry no count)" if out["migrations"] is None else ""
+    print(f"  migrations     {fmt(out['migrations'])}{note}")
     print(f"  tokens         {out['tokens_delivered']} delivered, reference {out['reference_tokens']}"
           f"; differing {out['differing']}, duplicated {out['duplicated']}, missing "
           f"{out['missing']}")
