@@ -1,6 +1,7 @@
 #pragma once
-/// Where the golden reference data (../shared/golden) is: $TOKENMILL_GOLDEN_DIR, else the
-/// shared folder beside the checkout. Tests skip with a message when it is absent.
+/// Where the golden reference data is: $TOKENMILL_GOLDEN_DIR, else tests/data/golden in
+/// the source tree (tiny.gguf with llama.cpp's logits and tokenizations, see its README).
+/// Tests skip with a message when it is absent.
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -13,7 +14,7 @@ inline std::string golden_dir() {
   if (const char* env = std::getenv("TOKENMILL_GOLDEN_DIR"); env && *env)
     p = env;
   else
-    p = std::filesystem::path(TOKENMILL_SOURCE_DIR) / ".." / "shared" / "golden";
+    p = std::filesystem::path(TOKENMILL_SOURCE_DIR) / "tests" / "data" / "golden";
   std::error_code ec;
   if (!std::filesystem::is_regular_file(p / "tiny.gguf", ec)) return {};
   return p.lexically_normal().string();

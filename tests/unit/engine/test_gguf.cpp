@@ -414,7 +414,7 @@ TEST_CASE("gguf missing and unreadable files", "[gguf]") {
 TEST_CASE("gguf reads the golden tiny.gguf", "[gguf]") {
   std::string dir = tokenmill::test::golden_dir();
   if (dir.empty())
-    TM_SKIP("golden data absent (set TOKENMILL_GOLDEN_DIR or provide ../shared/golden)");
+    TM_SKIP("golden data absent (tests/data/golden missing; set TOKENMILL_GOLDEN_DIR)");
   auto r = gguf_file::open(dir + "/tiny.gguf");
   REQUIRE(r.ok());
   CHECK(*r->get_string("general.architecture") == "llama");

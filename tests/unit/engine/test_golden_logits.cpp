@@ -1,4 +1,4 @@
-// The CPU forward pass against llama.cpp's logits for tiny.gguf (/work/shared/golden):
+// The CPU forward pass against llama.cpp's logits for tiny.gguf (tests/data/golden):
 // every prompt position and 32 greedy steps, with f32 and f16 KV caches.
 #include <catch2/catch.hpp>
 
@@ -159,7 +159,7 @@ float run_case(const golden& g, const std::string& name, uint32_t kv_bytes, floa
 
 TEST_CASE("golden: tiny.gguf logits and greedy ids match llama.cpp (f32 KV)", "[golden]") {
   const golden* g = load_golden();
-  if (!g) TM_SKIP("golden data not found (set TOKENMILL_GOLDEN_DIR or provide ../shared/golden)");
+  if (!g) TM_SKIP("golden data not found (tests/data/golden missing; set TOKENMILL_GOLDEN_DIR)");
   for (const char* name : {"seeded", "ids_1_32"}) {
     float err = run_case(*g, name, 4, 1e-4f);
     WARN(name << " f32 KV: max abs logit error " << err);
@@ -168,7 +168,7 @@ TEST_CASE("golden: tiny.gguf logits and greedy ids match llama.cpp (f32 KV)", "[
 
 TEST_CASE("golden: tiny.gguf with an f16 KV cache stays within 1e-3", "[golden]") {
   const golden* g = load_golden();
-  if (!g) TM_SKIP("golden data not found (set TOKENMILL_GOLDEN_DIR or provide ../shared/golden)");
+  if (!g) TM_SKIP("golden data not found (tests/data/golden missing; set TOKENMILL_GOLDEN_DIR)");
   // llama.cpp's own f16 cache moves logits by up to 6e-4 (README); allow 1e-3.
   for (const char* name : {"seeded", "ids_1_32"}) {
     float err = run_case(*g, name, 2, 1e-3f);

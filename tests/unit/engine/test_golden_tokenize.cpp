@@ -176,7 +176,7 @@ void check_cases(const tokenizer& tok, const std::vector<golden_case>& cases) {
 TEST_CASE("the tiny.gguf tokenizer matches llama.cpp on every golden case", "[golden]") {
   const std::string dir = test::golden_dir();
   if (dir.empty())
-    TM_SKIP("golden data absent (set TOKENMILL_GOLDEN_DIR or provide ../shared/golden)");
+    TM_SKIP("golden data absent (tests/data/golden missing; set TOKENMILL_GOLDEN_DIR)");
   const auto cases = load_cases(dir);
   REQUIRE(cases.size() >= 10);
 

@@ -754,7 +754,7 @@ TEST_CASE("loader: bad Hugging Face directories are errors naming the file and k
 TEST_CASE("loader reads the golden tiny.gguf", "[loader]") {
   std::string dir = tokenmill::test::golden_dir();
   if (dir.empty())
-    TM_SKIP("golden data absent (set TOKENMILL_GOLDEN_DIR or provide ../shared/golden)");
+    TM_SKIP("golden data absent (tests/data/golden missing; set TOKENMILL_GOLDEN_DIR)");
   auto r = load_model(dir + "/tiny.gguf");
   REQUIRE(r.ok());
   const llama_config& c = (*r)->config;
