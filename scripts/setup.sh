@@ -5,6 +5,10 @@
 #   scripts/setup.sh           the build and test dependencies
 #   scripts/setup.sh --bench   also what the benchmark plots need (python3-matplotlib,
 #                              python3-yaml; scripts/bench-multinode.sh, scripts/bench_plot.py)
+# Besides the packages: node and npm (the openai client test) from Debian unless some
+# node is already on PATH, and promtool (the metrics format check) taken out of Debian's
+# prometheus package into $TOKENMILL_TOOLS_DIR (default ~/.cache/tokenmill/tools), which
+# scripts/test.sh puts on PATH; installing that package would start a Prometheus server.
 set -euo pipefail
 
 bench=0
@@ -26,6 +30,31 @@ packages=(
 if [[ "$bench" == 1 ]]; then
   packages+=(python3-matplotlib python3-yaml)
 fi
+# Debian's npm conflicts with a nodejs that bundles npm (NodeSource's): ask for the packages
+# only when the commands are missing.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  packages+=(nodejs npm)
+fi
+
+tools="${TOKENMILL_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenmill/tools}"
+# promtool, one binary out of Debian's prometheus package (apt-get download: no root, no
+# server started). A failure only warns: the two promtool checks then report as skipped.
+install_promtool() {
+  if command -v promtool >/dev/null 2>&1 || [[ -x "$tools/promtool" ]]; then
+    return 0
+  fi
+  local tmp
+  tmp="$(mktemp -d)"
+  if (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1) &&
+    dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool &&
+    mkdir -p "$tools" && install -m 755 "$tmp/usr/bin/promtool" "$tools/promtool"; then
+    echo "setup: promtool installed in $tools"
+  else
+    echo "setup: warning: could not take promtool out of Debian's prometheus package;" \
+      "the promtool checks will report as skipped" >&2
+  fi
+  rm -rf "$tmp"
+}
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -36,7 +65,8 @@ for pkg in "${packages[@]}"; do
 done
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-  echo "setup: all ${#packages[@]} packages are installed; nothing to do"
+  echo "setup: all ${#packages[@]} packages are installed"
+  install_promtool
   exit 0
 fi
 
@@ -58,4 +88,5 @@ echo "setup: apt-get update"
 echo "setup: apt-get install ${packages[*]}"
 "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive \
   apt-get install -y --no-install-recommends "${packages[@]}"
+install_promtool
 echo "setup: done"

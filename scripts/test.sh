@@ -9,6 +9,9 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 "$repo/scripts/build.sh"
 
+# promtool as scripts/setup.sh installs it (out of Debian's prometheus package).
+export PATH="$PATH:${TOKENMILL_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenmill/tools}"
+
 jobs="${TOKENMILL_TEST_JOBS:-2}"
 echo "test: ctest --test-dir $repo/build --output-on-failure --no-tests=error -j$jobs --timeout 300 $*"
 status=0
