@@ -58,21 +58,6 @@ uint16_t unused_port() {
   return ntohs(a.sin_port);
 }
 
-namespace {
-/// (steal, total) jiffies of all CPUs from /proc/stat's first line.
-std::pair<uint64_t, uint64_t> cpu_jiffies() {
-  std::ifstream in("/proc/stat");
-  std::string cpu;
-  in >> cpu;
-  uint64_t v = 0, total = 0, steal = 0;
-  for (int i = 0; i < 8 && in >> v; ++i) {  // user nice system idle iowait irq softirq steal
-    total += v;
-    if (i == 7) steal = v;
-  }
-  return {steal, total};
-}
-}  // namespace
-
 uint16_t free_listen_port(std::set<uint16_t>& taken) {
   int lo = 32768, hi = 60999;
   std::ifstream range("/proc/sys/net/ipv4/ip_local_port_range");
@@ -99,16 +84,6 @@ uint16_t free_listen_port(std::set<uint16_t>& taken) {
     }
   }
   throw std::runtime_error("no free port found");
-}
-
-steal_meter::steal_meter() {
-  std::tie(steal_, total_) = cpu_jiffies();
-}
-
-double steal_meter::steal() const {
-  auto [s, t] = cpu_jiffies();
-  if (t <= total_) return 0;
-  return static_cast<double>(s - steal_) / static_cast<double>(t - total_);
 }
 
 server::server(const options& overrides) {

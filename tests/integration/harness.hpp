@@ -33,19 +33,6 @@ nlohmann::json last_json_line(const std::string& out);
 bool eventually(const std::function<bool()>& pred, milliseconds timeout,
                 milliseconds interval = milliseconds(50));
 
-/// The share of CPU time the hypervisor stole ("steal" in /proc/stat) between the
-/// moment it is made and steal(). Timing checks are meaningless on a VM whose CPUs are
-/// being taken away, so tests that time anything skip their tight bounds above a limit.
-class steal_meter {
- public:
-  steal_meter();
-  /// Stolen / total CPU time since construction, in [0, 1]; 0 when /proc/stat is absent.
-  double steal() const;
-
- private:
-  uint64_t steal_ = 0, total_ = 0;
-};
-
 /// A free port on 127.0.0.1 below the kernel's ephemeral range (above it when there is
 /// no room), not in `taken`, which gets it. unused_port() hands out ephemeral ports, and
 /// under load one of them was sometimes taken, between the test choosing it and a node

@@ -75,6 +75,42 @@ TEST_CASE("generate streams max_tokens tokens and a TTFT breakdown that adds up"
   CHECK(has_stage(srv_j["stages"], "kv_transfer"));
 }
 
+// The stages summing to the TTFT is true by construction (the client telescopes its
+// timestamps), so it documents the breakdown rather than checks it. This test checks the
+// stages against times measured independently of the breakdown: the sim engine never
+// finishes a prefill or a decode step before its modelled cost (it sleeps until then), and
+// the client's own clock brackets the server's view.
+TEST_CASE("the TTFT stages agree with the engine's modelled cost and the client's clock",
+          "[integration]") {
+  constexpr double us_per_token = 1000, step_ms = 5;
+  server srv{{"--sim-prefill-us-per-token", "1000"},
+             {"--sim-prefill-base-us", "0"},
+             {"--sim-decode-step-ms", "5"}};
+  std::string prompt;
+  for (int i = 0; i < 40; ++i)
+    prompt += "word ";
+  auto j = generate_json(srv, {"--max-tokens", "8", prompt});
+  INFO(j.dump());
+  const double prompt_tokens = j["prompt_tokens"].get<double>();
+  REQUIRE(prompt_tokens >= 40);
+  const auto& stages = j["stages"];
+  for (const auto& [name, ms] : stages.items()) {
+    INFO(name);
+    CHECK(ms.get<double>() >= 0);
+  }
+  // The engine spent at least the modelled time; the stage that reports it saw that much.
+  const double modelled_ms = prompt_tokens * us_per_token / 1e3;
+  REQUIRE(stages.contains("prefill_compute"));
+  CHECK(stages["prefill_compute"].get<double>() >= 0.99 * modelled_ms);
+  // The client's TTFT (its clock: sent → first token) holds the server's, which holds the
+  // prefill; each decode step costs at least its modelled time.
+  const double ttft = j["ttft_ms"].get<double>();
+  const double srv_ttft = j["server"]["ttft_ms"].get<double>();
+  CHECK(srv_ttft <= ttft);
+  CHECK(stages["prefill_compute"].get<double>() <= srv_ttft);
+  CHECK(j["itl_ms_p50"].get<double>() >= 0.99 * step_ms);
+}
+
 TEST_CASE("generate prints the streamed completion before its summary", "[integration]") {
   server srv;
   SECTION("text") {
