@@ -164,15 +164,14 @@ TEST_CASE("an abandoned client call frees its KV blocks", "[integration]") {
   check_serving(srv);
 }
 
-// BUG (frontend/rpc_server.cpp, Gateway::generate): the server never calls
+// Regression (frontend/rpc_server.cpp, Gateway::generate): the server did not call
 // ctx.allowCancellation(), and with Cap'n Proto 0.9 a call that does not allow it runs on
 // after the caller cancels it or disconnects; the kj::defer that sends cancel_request only
-// runs when the call completes. A request is therefore cancelled only when a TokenSink
-// write fails, i.e. once the client's connection is gone and a token is ready. A client
-// that gives up on a call but stays connected leaves the request generating (holding its
-// KV blocks) to the end, and a request whose client vanished while it was queued or
-// prefilling holds its blocks, queue place and --max-inflight slot until its first token.
-// Remove [!mayfail] once fixed.
+// ran when the call completed. A request was therefore cancelled only when a TokenSink
+// write failed, i.e. once the client's connection was gone and a token was ready: a client
+// that gave up on a call but stayed connected left the request generating (holding its KV
+// blocks) to the end, and a request whose client vanished while it was queued or
+// prefilling held its blocks, queue place and --max-inflight slot until its first token.
 TEST_CASE("a timed-out call is cancelled on the server while the client stays connected",
           "[integration]") {
   server srv{{"--sim-decode-step-ms", "5"}};

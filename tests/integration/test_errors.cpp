@@ -101,11 +101,10 @@ TEST_CASE("a request past the server-side timeout ends naming where it was stuck
   CHECK(eventually([&] { return workers_idle(srv.status()); }, milliseconds(5000)));
 }
 
-// BUG (frontend/validate.cpp): `n + p.max_tokens > ctx` is computed in int64_t, so a
-// max_tokens near INT64_MAX overflows (UB; in practice wraps negative) and passes the
-// context check; it is then truncated to uint32_t 4294967295 and reaches the decode
-// worker, which fails it as out_of_blocks. It should be invalid_request naming the
-// context. Remove [!mayfail] once fixed.
+// Regression (frontend/validate.cpp): `n + p.max_tokens > ctx` was computed in int64_t, so
+// a max_tokens near INT64_MAX overflowed (UB; in practice it wrapped negative) and passed
+// the context check; truncated to uint32_t 4294967295 it reached the decode worker, which
+// failed it as out_of_blocks. It must be invalid_request naming the context.
 TEST_CASE("a max_tokens near INT64_MAX is rejected against the context", "[integration]") {
   server srv{{"--max-context", "64"}};
   auto r = srv.generate({"--max-tokens", "9223372036854775807", "hi"});

@@ -69,8 +69,8 @@ TEST_CASE("a client killed during prefill gets its KV blocks freed", "[integrati
   INFO("during prefill: " << mid.dump());
   gen.kill();
 
-  // Today the cancel only lands when the first token is written (see the [!mayfail]
-  // test below), i.e. after the remaining prefill; the bound covers that.
+  // The bound also covers a cancel that lands only when the first token is written, after
+  // the remaining prefill (how it was before the regression below and in test_client.cpp).
   json last;
   bool idle = eventually(
       [&] {
@@ -115,11 +115,11 @@ TEST_CASE("requests queue for KV blocks and all complete", "[integration]") {
   CHECK(workers_idle(srv.status()));
 }
 
-// BUG (decode worker / router cancellation): a request whose client disconnects while it
-// waits in the decode worker's queue for KV blocks is not dropped from that queue. It
-// stays counted as queued (decode) and in flight (router, so it still takes a
-// --max-inflight slot) until the running request frees its blocks; then it is reserved
-// and even prefilled before being discarded. Remove [!mayfail] once fixed.
+// Regression (decode worker / router cancellation): a request whose client disconnected
+// while it waited in the decode worker's queue for KV blocks was not dropped from that
+// queue. It stayed counted as queued (decode) and in flight (router, so it still took a
+// --max-inflight slot) until the running request freed its blocks; then it was reserved
+// and even prefilled before being discarded.
 TEST_CASE("a client killed while queued for KV blocks leaves the queue", "[integration]") {
   // 8 blocks of 16 tokens hold one request of 3 + 100 tokens; at 100 ms a step the first
   // holds them for about 10 s, far longer than the bounded wait below.
