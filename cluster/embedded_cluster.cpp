@@ -9,9 +9,57 @@
 #include <caf/all.hpp>
 
 #include "actors/type_ids.hpp"
+#include "cluster/detail/node_wiring.hpp"
 #include "common/clock.hpp"
 
 namespace tokenmill {
+namespace {
+
+/// The single-process cluster as a manifest of one node, "local", running the supervisor,
+/// the kv-store, the router and the workers (named as `tokenmill serve` always named them:
+/// router, prefill0, decode0, ...). Only the node's actors and their options are read;
+/// the engines, transport and frontend come from `cfg`.
+manifest one_node_manifest(const embedded_config& cfg) {
+  manifest m;
+  m.cluster = cfg.cluster_name;
+  m.defaults.engine = cfg.engine.kind;
+  m.defaults.kv_transport = "inline";
+  manifest_node n;
+  n.name = "local";
+  n.address = "127.0.0.1";
+  n.local = true;
+  auto add = [&](role r, std::string name, auto options) {
+    manifest_actor a;
+    a.kind = r;
+    a.name = std::move(name);
+    a.options = std::move(options);
+    n.actors.push_back(std::move(a));
+  };
+  add(role::supervisor, "supervisor", std::monostate{});
+  add(role::kv_store, "kv_store", std::monostate{});
+  add(role::router, "router", std::monostate{});
+  // `count` workers of role `r` with options `o`, named <role><i>.
+  auto workers = [&](role r, uint32_t count, auto o) {
+    o.engine = cfg.engine.kind;
+    for (uint32_t i = 0; i < count; ++i)
+      add(r, fmt::format("{}{}", to_string(r), i), o);
+  };
+  prefill_options p;
+  p.kv_blocks = cfg.prefill.num_blocks;
+  p.chunk = cfg.prefill.token_budget;
+  p.max_seqs = cfg.prefill.max_seqs;
+  workers(role::prefill, cfg.prefill_workers, p);
+  decode_options d;
+  d.kv_blocks = cfg.decode.num_blocks;
+  d.max_batch = cfg.decode.max_batch;
+  d.local_prefill_budget = cfg.decode.local_prefill_budget;
+  workers(role::decode, cfg.decode_workers, d);
+  m.frontend.node = n.name;
+  m.nodes.push_back(std::move(n));
+  return m;
+}
+
+}  // namespace
 
 struct embedded_cluster::impl {
   caf::actor_system_config caf_cfg;
@@ -83,33 +131,26 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
   im->sys = std::make_unique<caf::actor_system>(im->caf_cfg);
   auto& sys = *im->sys;
 
-  auto transport = std::make_shared<inline_transport>();
-  worker_id next_id = 0;
-  auto info = [&](role r, std::string name) {
-    worker_info w;
-    w.id = next_id++;
-    w.kind = r;
-    w.name = std::move(name);
-    w.node = "local";
-    return w;
-  };
-  supervisor_config sc;
-  sc.cluster = cfg.cluster_name;
-  sc.model = model.name;
-  sc.expected_workers = 2 + cfg.prefill_workers + cfg.decode_workers;
-  auto sup = spawn_supervisor(sys, sc);
+  // The one wiring path of a node (cluster/detail/node_wiring.hpp), with what differs
+  // here as its inputs: the inline transport, the engines made above, the CLI's router.
+  auto m = one_node_manifest(cfg);
+  auto sup = detail::spawn_node_supervisor(sys, m, 0, model.name);
   im->actors.push_back(sup);
-  auto kv = spawn_kv_store(sys, info(role::kv_store, "kv_store"), sup);
-  im->actors.push_back(kv);
-  auto router = spawn_router(sys, info(role::router, "router"), cfg.router, sup);
-  im->actors.push_back(router);
+  auto transport = std::make_shared<inline_transport>();
+  detail::node_services services;
+  services.transport = transport;
   size_t e = 0;
-  for (uint32_t i = 0; i < cfg.prefill_workers; ++i)
-    im->actors.push_back(spawn_prefill(sys, info(role::prefill, fmt::format("prefill{}", i)),
-                                       cfg.prefill, std::move(engines[e++]), transport, sup));
-  for (uint32_t i = 0; i < cfg.decode_workers; ++i)
-    im->actors.push_back(spawn_decode(sys, info(role::decode, fmt::format("decode{}", i)),
-                                      cfg.decode, std::move(engines[e++]), transport, sup, kv));
+  services.engine_for = [&](const manifest_actor&) -> result<std::unique_ptr<engine>> {
+    return std::move(engines.at(e++));
+  };
+  services.router = cfg.router;
+  services.kv_drain_timeout = cfg.decode.kv_drain_timeout;
+  auto spawned = detail::spawn_node_actors(sys, m, 0, sup, services, im->actors);
+  if (!spawned) {
+    shutdown_actors(im->actors);
+    return spawned.error();
+  }
+  auto router = spawned->router;
 
   // Ready = the supervisor has a router and a decode worker, and every worker we spawned
   // registered.
@@ -132,37 +173,22 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
     }
   }
 
-  auto fm = std::make_shared<frontend_metrics>(std::make_shared<metrics::registry>(), "local");
-  im->rpc = std::make_unique<rpc_server>(sys, router, sup, tok, model, cfg.rpc, fm);
-  auto port = im->rpc->start();
-  if (!port) {
+  detail::frontend_plan fp;
+  fp.node_name = "local";
+  fp.rpc = cfg.rpc;
+  if (cfg.http_enabled) fp.http = cfg.http;
+  fp.chat_template = cfg.chat_template;
+  fp.model_chat_template = cfg.engine.model ? cfg.engine.model->chat_template : "";
+  auto fe = detail::start_frontend(sys, router, sup, tok, model, std::move(fp), transport);
+  if (!fe) {
     shutdown_actors(im->actors);
-    return port.error();
+    return fe.error();
   }
-  uint16_t http_port = 0;
-  if (cfg.http_enabled) {
-    auto fmt_ = choose_chat_format(cfg.chat_template,
-                                   cfg.engine.model ? cfg.engine.model->chat_template : "");
-    auto hp = fmt_ ? result<uint16_t>(uint16_t{0}) : result<uint16_t>(fmt_.error());
-    if (fmt_) {
-      cfg.http.chat_format = *fmt_;
-      auto hc = cfg.http;
-      hc.collect_node_metrics = [transport](metrics::registry& r) {
-        export_transport_metrics(r, "local", transport->name(), transport->stats());
-      };
-      im->http = std::make_unique<http_server>(sys, router, sup, tok, model, hc, fm);
-      hp = im->http->start();
-    }
-    if (!hp) {
-      im->rpc->stop();
-      shutdown_actors(im->actors);
-      return hp.error();
-    }
-    http_port = *hp;
-  }
+  im->rpc = std::move(fe->rpc);
+  im->http = std::move(fe->http);
   std::unique_ptr<embedded_cluster> c(new embedded_cluster(std::move(im)));
-  c->port_ = *port;
-  c->http_port_ = http_port;
+  c->port_ = fe->rpc_port;
+  c->http_port_ = fe->http_port;
   c->model_ = model;
   return c;
 }

@@ -1,7 +1,10 @@
 #pragma once
 /// The composition root of `tokenmill serve` (STYLE.md §3): builds the actor system, the
-/// engines and the transport, spawns every actor of a whole cluster inside one process
-/// (router, prefill workers, decode workers, kv-store, supervisor) and the RPC frontend.
+/// engines and the inline transport, and runs a whole cluster inside one process as a
+/// manifest of one node (router, prefill workers, decode workers, kv-store, supervisor)
+/// through the same wiring as a node of a multi-node cluster (cluster/detail/node_wiring),
+/// with the RPC and HTTP frontend. Unlike a node it publishes no control port: no other
+/// node joins it.
 #include <cstdint>
 #include <memory>
 #include <string>

@@ -12,6 +12,7 @@
 #include "actors/actors.hpp"
 #include "actors/type_ids.hpp"
 #include "cluster/control_gate.hpp"
+#include "cluster/detail/node_wiring.hpp"
 #include "common/clock.hpp"
 #include "engine/engine_factory.hpp"
 #include "frontend/http_server.hpp"
@@ -115,12 +116,8 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
                       fmt::format("{}: no node named '{}' in the manifest", m.path, name)};
   uint32_t idx = static_cast<uint32_t>(self_node - m.nodes.data());
   const manifest_node* sup_node = nullptr;
-  size_t expected_workers = 0;
-  for (const auto& n : m.nodes) {
+  for (const auto& n : m.nodes)
     if (n.count(role::supervisor) > 0) sup_node = &n;
-    for (const auto& a : n.actors)
-      expected_workers += a.kind != role::supervisor;
-  }
   if (!sup_node) return error_info{errc::invalid_request, "the manifest has no supervisor"};
 
   auto im = std::make_unique<impl>();
@@ -163,14 +160,7 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   model_info model = probe_engine->info();
   probe_engine.reset();
   if (sup_node == self_node) {
-    supervisor_config sc;
-    sc.cluster = m.cluster;
-    sc.manifest_hash = manifest_hash(m);
-    sc.model = model.name;
-    sc.expected_workers = expected_workers;
-    sc.node_index = idx;
-    sc.host_id = host_clock_id();
-    sup = spawn_supervisor(sys, sc);
+    sup = detail::spawn_node_supervisor(sys, m, idx, model.name);
     im->actors.push_back(sup);
   }
   std::vector<std::pair<std::string, uint16_t>> control;
@@ -243,90 +233,46 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   } else {
     transport = std::make_shared<inline_transport>();
   }
-  worker_id next = idx * 256;
-  caf::actor router, kv;
-  std::vector<std::string> names;
-  auto info = [&](const manifest_actor& a) {
-    worker_info w;
-    w.id = next++;
-    w.kind = a.kind;
-    w.name = a.name;
-    w.node = name;
-    w.node_index = idx;
-    return w;
+  detail::node_services services;
+  services.transport = transport;
+  services.engine_for = [&](const manifest_actor& a) -> result<std::unique_ptr<engine>> {
+    auto eng = make_engine(spec_for(*a.worker()), err);
+    if (!eng) return error_info{errc::invalid_request, a.name + ": " + err};
+    return eng;
   };
-  for (const auto& a : self_node->actors) {
-    if (a.kind == role::kv_store) {
-      kv = spawn_kv_store(sys, info(a), sup);
-      im->actors.push_back(kv);
-      im->workers.push_back(kv);
-    }
-  }
-  for (const auto& a : self_node->actors) {
-    names.push_back(a.name);
-    switch (a.kind) {
-      case role::supervisor:
-      case role::kv_store:
-      case role::frontend:
-        break;
-      case role::router: {
-        auto rc = to_router_config(m);
-        rc.block_tokens = model.layout.block_tokens;
-        rc.eos = model.eos;
-        router = spawn_router(sys, info(a), rc, sup);
-        im->actors.push_back(router);
-        im->workers.push_back(router);
-        break;
-      }
-      case role::prefill: {
-        auto eng = make_engine(spec_for(*a.worker()), err);
-        if (!eng) return fail({errc::invalid_request, a.name + ": " + err});
-        im->actors.push_back(spawn_prefill(sys, info(a), to_prefill_config(*a.prefill()),
-                                           std::move(eng), transport, sup));
-        im->workers.push_back(im->actors.back());
-        break;
-      }
-      case role::decode: {
-        auto eng = make_engine(spec_for(*a.worker()), err);
-        if (!eng) return fail({errc::invalid_request, a.name + ": " + err});
-        auto dc = to_decode_config(*a.decode());
-        // Longer than any write of a prefill worker can live (ucx.op_timeout_ms).
-        dc.kv_drain_timeout = std::chrono::milliseconds(m.ucx.op_timeout_ms + 1000);
-        im->actors.push_back(spawn_decode(sys, info(a), dc, std::move(eng), transport, sup, kv));
-        im->workers.push_back(im->actors.back());
-        break;
-      }
-    }
-  }
+  services.router = to_router_config(m);
+  services.router.block_tokens = model.layout.block_tokens;
+  services.router.eos = model.eos;
+  // Longer than any write of a prefill worker can live (ucx.op_timeout_ms).
+  services.kv_drain_timeout = std::chrono::milliseconds(m.ucx.op_timeout_ms + 1000);
+  auto spawned = detail::spawn_node_actors(sys, m, idx, sup, services, im->actors);
+  if (!spawned) return fail(spawned.error());
+  im->workers = spawned->workers;
+  caf::actor router = spawned->router;
+  const auto& names = spawned->names;
   std::string endpoints = fmt::format("control={}:{}", self_node->address, self_node->port);
   if (m.frontend.node == name) {
     if (!router) return fail({errc::invalid_request, "the frontend's node runs no router"});
     auto tok = make_tokenizer(spec0, err);
     if (!tok) return fail({errc::invalid_request, err});
-    rpc_server_config rc;
-    rc.host = m.frontend.host;
-    rc.port = m.frontend.rpc_port;
-    rc.node = idx;
-    auto fm = std::make_shared<frontend_metrics>(std::make_shared<metrics::registry>(), name);
-    im->rpc = std::make_unique<rpc_server>(sys, router, sup, tok, model, rc, fm);
-    auto port = im->rpc->start();
-    if (!port) return fail(port.error());
-    endpoints += fmt::format(" rpc={}:{}", rc.host, *port);
+    detail::frontend_plan fp;
+    fp.node_name = name;
+    fp.rpc.host = m.frontend.host;
+    fp.rpc.port = m.frontend.rpc_port;
+    fp.rpc.node = idx;
     http_server_config hc;
     hc.host = m.frontend.host;
     hc.port = m.frontend.http_port;
     hc.node = idx;
     if (const char* key = std::getenv("TOKENMILL_API_KEY")) hc.api_key = key;
-    auto chat = choose_chat_format("auto", spec0.model ? spec0.model->chat_template : "");
-    if (!chat) return fail(chat.error());
-    hc.chat_format = *chat;
-    hc.collect_node_metrics = [transport, name](metrics::registry& r) {
-      export_transport_metrics(r, name, transport->name(), transport->stats());
-    };
-    im->http = std::make_unique<http_server>(sys, router, sup, tok, model, hc, fm);
-    auto hport = im->http->start();
-    if (!hport) return fail(hport.error());
-    endpoints += fmt::format(" http={}:{}", hc.host, *hport);
+    fp.http = hc;
+    fp.model_chat_template = spec0.model ? spec0.model->chat_template : "";
+    auto fe = detail::start_frontend(sys, router, sup, tok, model, std::move(fp), transport);
+    if (!fe) return fail(fe.error());
+    im->rpc = std::move(fe->rpc);
+    im->http = std::move(fe->http);
+    endpoints += fmt::format(" rpc={}:{} http={}:{}", m.frontend.host, fe->rpc_port,
+                             m.frontend.host, fe->http_port);
   } else if (self_node->http_port != 0) {
     // Every other node serves its own workers' metrics.
     auto reg = std::make_shared<metrics::registry>();

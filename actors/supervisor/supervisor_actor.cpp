@@ -1,10 +1,13 @@
 // The supervisor: registration, monitoring, readiness and cluster status.
 #include <map>
 #include <memory>
+#include <optional>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 
 #include "actors/actors.hpp"
+#include "actors/supervisor/supervisor_policy.hpp"
 #include "common/clock.hpp"
 
 namespace tokenmill {
@@ -21,10 +24,9 @@ struct node_entry {
   std::string name;
   caf::actor agent;
   bool up = true;
-  int64_t offset_ns = 0;     ///< add to the node's stamps to land on the supervisor's clock
-  int64_t best_rtt_ns = -1;  ///< RTT of the sample the offset comes from (-1: none yet)
-  bool same_clock = false;   ///< same host as the supervisor: offset exactly 0, no probing
-  uint32_t restarts = 0;     ///< joins after the first (the launcher restarted the node)
+  clock_estimate clock;     ///< same_clock: offset 0 from a zero round trip
+  bool same_clock = false;  ///< same host as the supervisor: offset exactly 0, no probing
+  uint32_t restarts = 0;    ///< joins after the first (the launcher restarted the node)
 };
 
 /// Self-sent: refresh every node's clock estimate.
@@ -44,19 +46,13 @@ membership snapshot(const supervisor_state& st) {
   return m;
 }
 
-/// Ready means "can serve": every expected actor has registered once (the cluster came
-/// up as the manifest says), and a router and a decode worker are up now. A lost prefill
-/// worker, kv-store or spare decode worker does not take a serving cluster out of a load
-/// balancer's rotation (the router prefills on a decode worker when no prefill worker is
-/// left).
+/// See cluster_ready (supervisor_policy.hpp).
 bool is_ready(const supervisor_state& st) {
-  bool router = false, decode = false;
-  for (const auto& [id, m] : st.members) {
-    if (!m.up) continue;
-    router |= m.info.kind == role::router;
-    decode |= m.info.kind == role::decode;
-  }
-  return router && decode && st.members.size() >= st.cfg.expected_workers;
+  std::vector<member_state> members;
+  members.reserve(st.members.size());
+  for (const auto& [id, m] : st.members)
+    members.push_back({m.info.kind, m.up});
+  return cluster_ready(members, st.cfg.expected_workers);
 }
 
 /// Tells every up node which nodes are up (node_peers), so that they connect directly.
@@ -72,21 +68,20 @@ clock_update offsets_of(const supervisor_state& st) {
   clock_update u;
   for (const auto& [idx, n] : st.nodes) {
     if (u.offsets.size() <= idx) u.offsets.resize(idx + 1, 0);
-    u.offsets[idx] = n.offset_ns;
+    u.offsets[idx] = n.clock.offset_ns;
   }
   return u;
 }
 
-/// One NTP-style probe: the sample with the smallest round trip bounds the offset error
-/// by half that round trip.
+/// `left` more NTP-style probes of node `idx`, then its estimate is the best of them
+/// (fold_clock_sample) and the routers hear the new offsets.
 void probe(caf::stateful_actor<supervisor_state>* self, uint32_t idx, uint32_t left,
-           int64_t best_rtt, int64_t best_offset) {
+           clock_estimate best) {
   auto it = self->state.nodes.find(idx);
   if (it == self->state.nodes.end() || !it->second.up) return;
   if (left == 0) {
-    if (best_rtt < 0) return;
-    it->second.offset_ns = best_offset;
-    it->second.best_rtt_ns = best_rtt;
+    if (!best.has_sample()) return;
+    it->second.clock = best;
     auto u = offsets_of(self->state);
     for (const auto& [id, m] : self->state.members)
       if (m.up && m.info.kind == role::router) self->send(m.handle, u);
@@ -95,16 +90,10 @@ void probe(caf::stateful_actor<supervisor_state>* self, uint32_t idx, uint32_t l
   int64_t t0 = now_ns();
   self->request(it->second.agent, std::chrono::seconds(1), ping_atom::value, t0)
       .then(
-          [self, idx, left, best_rtt, best_offset](int64_t sent, int64_t t_node) {
-            int64_t t1 = now_ns();
-            int64_t rtt = t1 - sent;
-            int64_t offset = sent + rtt / 2 - t_node;
-            bool better = best_rtt < 0 || rtt < best_rtt;
-            probe(self, idx, left - 1, better ? rtt : best_rtt, better ? offset : best_offset);
+          [self, idx, left, best](int64_t sent, int64_t t_node) {
+            probe(self, idx, left - 1, fold_clock_sample(best, {sent, t_node, now_ns()}));
           },
-          [self, idx, left, best_rtt, best_offset](caf::error&) {
-            probe(self, idx, left - 1, best_rtt, best_offset);
-          });
+          [self, idx, left, best](caf::error&) { probe(self, idx, left - 1, best); });
 }
 
 caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor_config cfg) {
@@ -153,36 +142,31 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
       },
       [self](const join_node& j) -> std::string {
         auto& st = self->state;
-        if (st.cfg.manifest_hash != 0 && j.manifest_hash != st.cfg.manifest_hash)
-          return fmt::format(
-              "node '{}' runs manifest {:016x} but the cluster runs {:016x}: start "
-              "every node from the same manifest",
-              j.name, j.manifest_hash, st.cfg.manifest_hash);
-        if (!st.cfg.model.empty() && j.model != st.cfg.model)
-          return fmt::format("node '{}' serves model '{}' but the cluster serves '{}'", j.name,
-                             j.model, st.cfg.model);
-        if (auto it = st.nodes.find(j.index); it != st.nodes.end() && it->second.up)
-          return fmt::format("node '{}' (index {}) has already joined", j.name, j.index);
+        std::optional<earlier_join> earlier;
+        if (auto it = st.nodes.find(j.index); it != st.nodes.end())
+          earlier = earlier_join{it->second.up, it->second.restarts};
+        auto v = judge_join(
+            join_terms{st.cfg.manifest_hash, st.cfg.model, st.cfg.node_index, st.cfg.host_id},
+            join_claim{j.name, j.index, j.manifest_hash, j.model, j.host_id}, earlier);
+        if (!v.accepted()) return v.refusal;
         self->monitor(j.agent);
-        bool same =
-            j.index == st.cfg.node_index || (!j.host_id.empty() && j.host_id == st.cfg.host_id);
-        // A node whose earlier process is down joins again: a restart. Its workers
-        // register again under their old ids, and membership makes them routable.
-        auto old = st.nodes.find(j.index);
-        uint32_t restarts = old == st.nodes.end() ? 0 : old->second.restarts + 1;
-        st.nodes[j.index] = node_entry{j.name, j.agent, true, 0, same ? 0 : -1, same, restarts};
-        if (restarts > 0)
-          spdlog::info("supervisor: node '{}' joined again (restart {})", j.name, restarts);
+        // A restarted node's workers register again under their old ids, and membership
+        // makes them routable.
+        st.nodes[j.index] = node_entry{
+            j.name,       j.agent,   true, v.same_clock ? clock_estimate{0, 0} : clock_estimate{},
+            v.same_clock, v.restarts};
+        if (v.restarts > 0)
+          spdlog::info("supervisor: node '{}' joined again (restart {})", j.name, v.restarts);
         else
           spdlog::debug("supervisor: node '{}' joined", j.name);
         announce_nodes(self);
-        if (!same) probe(self, j.index, st.cfg.sync_pings, -1, 0);
+        if (!v.same_clock) probe(self, j.index, st.cfg.sync_pings, {});
         return {};
       },
       [self](sync_atom) {
         auto& st = self->state;
         for (const auto& [idx, n] : st.nodes)
-          if (n.up && !n.same_clock) probe(self, idx, st.cfg.sync_pings, -1, 0);
+          if (n.up && !n.same_clock) probe(self, idx, st.cfg.sync_pings, {});
         self->delayed_send(self, st.cfg.sync_interval, sync_atom::value);
       },
       [self](ready_atom) { return is_ready(self->state); },
@@ -193,7 +177,8 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
         result->cluster = st.cfg.cluster;
         result->ready = is_ready(st);
         for (const auto& [idx, n] : st.nodes)
-          result->nodes.push_back({n.name, idx, n.up, n.offset_ns, n.best_rtt_ns, n.restarts});
+          result->nodes.push_back(
+              {n.name, idx, n.up, n.clock.offset_ns, n.clock.rtt_ns, n.restarts});
         auto pending = std::make_shared<size_t>(0);
         std::vector<const member*> live;
         for (const auto& [id, m] : st.members) {

@@ -1,0 +1,104 @@
+#include "cluster/detail/node_wiring.hpp"
+
+#include <caf/all.hpp>
+
+#include "common/clock.hpp"
+
+namespace tokenmill::detail {
+
+caf::actor spawn_node_supervisor(caf::actor_system& sys, const manifest& m, uint32_t index,
+                                 const std::string& model_name) {
+  if (m.nodes.at(index).count(role::supervisor) == 0) return {};
+  supervisor_config sc;
+  sc.cluster = m.cluster;
+  sc.manifest_hash = manifest_hash(m);
+  sc.model = model_name;
+  for (const auto& n : m.nodes)
+    for (const auto& a : n.actors)
+      sc.expected_workers += a.kind != role::supervisor;
+  sc.node_index = index;
+  sc.host_id = host_clock_id();
+  return spawn_supervisor(sys, sc);
+}
+
+result<node_actors> spawn_node_actors(caf::actor_system& sys, const manifest& m, uint32_t index,
+                                      const caf::actor& supervisor, node_services& services,
+                                      std::vector<caf::actor>& spawned) {
+  const auto& node = m.nodes.at(index);
+  node_actors out;
+  worker_id next = index * 256;
+  auto info = [&](const manifest_actor& a) {
+    worker_info w;
+    w.id = next++;
+    w.kind = a.kind;
+    w.name = a.name;
+    w.node = node.name;
+    w.node_index = index;
+    return w;
+  };
+  auto keep = [&](caf::actor a) {
+    spawned.push_back(a);
+    out.workers.push_back(a);
+    return a;
+  };
+  for (const auto& a : node.actors)
+    if (a.kind == role::kv_store) out.kv_store = keep(spawn_kv_store(sys, info(a), supervisor));
+  for (const auto& a : node.actors) {
+    out.names.push_back(a.name);
+    switch (a.kind) {
+      case role::supervisor:
+      case role::kv_store:
+      case role::frontend:
+        break;
+      case role::router:
+        out.router = keep(spawn_router(sys, info(a), services.router, supervisor));
+        break;
+      case role::prefill: {
+        auto eng = services.engine_for(a);
+        if (!eng) return eng.error();
+        keep(spawn_prefill(sys, info(a), to_prefill_config(*a.prefill()), std::move(*eng),
+                           services.transport, supervisor));
+        break;
+      }
+      case role::decode: {
+        auto eng = services.engine_for(a);
+        if (!eng) return eng.error();
+        auto dc = to_decode_config(*a.decode());
+        dc.kv_drain_timeout = services.kv_drain_timeout;
+        keep(spawn_decode(sys, info(a), dc, std::move(*eng), services.transport, supervisor,
+                          out.kv_store));
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+result<frontend_servers> start_frontend(caf::actor_system& sys, const caf::actor& router,
+                                        const caf::actor& supervisor,
+                                        std::shared_ptr<const tokenizer> tok,
+                                        const model_info& model, frontend_plan plan,
+                                        std::shared_ptr<kv_transport> transport) {
+  frontend_servers out;
+  auto fm =
+      std::make_shared<frontend_metrics>(std::make_shared<metrics::registry>(), plan.node_name);
+  out.rpc = std::make_unique<rpc_server>(sys, router, supervisor, tok, model, plan.rpc, fm);
+  auto port = out.rpc->start();
+  if (!port) return port.error();
+  out.rpc_port = *port;
+  if (!plan.http) return out;
+  auto chat = choose_chat_format(plan.chat_template, plan.model_chat_template);
+  if (!chat) return chat.error();
+  auto& hc = *plan.http;
+  hc.chat_format = *chat;
+  hc.collect_node_metrics = [transport, name = plan.node_name](metrics::registry& r) {
+    export_transport_metrics(r, name, transport->name(), transport->stats());
+  };
+  out.http = std::make_unique<http_server>(sys, router, supervisor, tok, model, hc, fm);
+  auto hport = out.http->start();
+  if (!hport) return hport.error();
+  out.http_port = *hport;
+  return out;
+}
+
+}  // namespace tokenmill::detail

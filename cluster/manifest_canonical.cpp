@@ -1,0 +1,96 @@
+// The canonical form of a manifest and its hash: what nodes compare to refuse a peer that
+// runs another manifest.
+#include <fmt/format.h>
+#include <xxhash.h>
+
+#include "cluster/manifest.hpp"
+
+namespace tokenmill {
+
+std::string canonical_form(const manifest& m) {
+  std::string out;
+  // Strings are length-prefixed so that no value can forge a line.
+  auto str = [&](std::string_view key, std::string_view v) {
+    out += fmt::format("{}={}:{}\n", key, v.size(), v);
+  };
+  auto num = [&](std::string_view key, auto v) { out += fmt::format("{}={}\n", key, v); };
+  str("cluster", m.cluster);
+  num("model.sim", m.model.sim);
+  if (m.model.sim) {
+    auto& c = m.model.sim_cfg;
+    num("model.sim.prefill_ns_per_token", c.prefill_ns_per_token);
+    num("model.sim.prefill_base_ns", c.prefill_base_ns);
+    num("model.sim.decode_base_ns", c.decode_base_ns);
+    num("model.sim.decode_per_seq_ns", c.decode_per_seq_ns);
+    num("model.sim.decode_per_ctx_token_ns", c.decode_per_ctx_token_ns);
+    num("model.sim.slowdown", c.slowdown);
+    num("model.sim.vocab_size", c.vocab_size);
+    num("model.sim.max_context", c.max_context);
+    num("model.sim.seed", c.seed);
+    num("model.sim.layout.layers", c.layout.layers);
+    num("model.sim.layout.kv_heads", c.layout.kv_heads);
+    num("model.sim.layout.head_dim", c.layout.head_dim);
+    num("model.sim.layout.dtype_bytes", c.layout.dtype_bytes);
+  } else {
+    str("model.path", m.model.declared_path);
+  }
+  str("defaults.engine", m.defaults.engine);
+  num("defaults.block_tokens", m.defaults.block_tokens);
+  str("defaults.kv_transport", m.defaults.kv_transport);
+  str("frontend.node", m.frontend.node);
+  str("frontend.host", m.frontend.host);
+  num("frontend.rpc_port", m.frontend.rpc_port);
+  num("frontend.http_port", m.frontend.http_port);
+  num("router.local_prefill_threshold", m.router.local_prefill_threshold);
+  num("router.max_inflight", m.router.max_inflight);
+  num("router.max_queued_prompt_tokens", m.router.max_queued_prompt_tokens);
+  num("router.migration_limit", m.router.migration_limit);
+  num("router.request_timeout_s", m.router.request_timeout_s);
+  num("router.stall_timeout_s", m.router.stall_timeout_s);
+  num("failure.heartbeat_ms", m.failure.heartbeat_ms);
+  num("failure.connection_timeout_ms", m.failure.connection_timeout_ms);
+  num("ucx.op_timeout_ms", m.ucx.op_timeout_ms);
+  num("ucx.stall_timeout_ms", m.ucx.stall_timeout_ms);
+  num("ucx.window_mib", m.ucx.window_mib);
+  num("nodes", m.nodes.size());
+  for (size_t i = 0; i < m.nodes.size(); ++i) {
+    auto& n = m.nodes[i];
+    auto k = [&](std::string_view f) { return fmt::format("nodes[{}].{}", i, f); };
+    str(k("name"), n.name);
+    str(k("address"), n.address);
+    str(k("ssh"), n.ssh);
+    num(k("port"), n.port);
+    num(k("http_port"), n.http_port);
+    num(k("actors"), n.actors.size());
+    for (size_t j = 0; j < n.actors.size(); ++j) {
+      auto& a = n.actors[j];
+      auto ak = [&](std::string_view f) { return fmt::format("nodes[{}].actors[{}].{}", i, j, f); };
+      str(ak("role"), to_string(a.kind));
+      str(ak("name"), a.name);
+      if (auto* w = a.worker()) {
+        str(ak("engine"), w->engine);
+        num(ak("threads"), w->threads);
+        num(ak("device"), w->device);
+        num(ak("slowdown"), w->slowdown);
+      }
+      if (auto* p = a.prefill()) {
+        num(ak("kv_blocks"), p->kv_blocks);
+        num(ak("chunk"), p->chunk);
+        num(ak("max_seqs"), p->max_seqs);
+      }
+      if (auto* d = a.decode()) {
+        num(ak("kv_blocks"), d->kv_blocks);
+        num(ak("max_batch"), d->max_batch);
+        num(ak("local_prefill_budget"), d->local_prefill_budget);
+      }
+    }
+  }
+  return out;
+}
+
+uint64_t manifest_hash(const manifest& m) {
+  auto c = canonical_form(m);
+  return XXH3_64bits(c.data(), c.size());
+}
+
+}  // namespace tokenmill

@@ -1,0 +1,64 @@
+// The type-id block: every message of actors/protocol.hpp is registered under the wire name
+// nodes have always used ("tokenmill::<type>"), so nodes built before and after the block
+// still understand each other.
+#include <catch2/catch.hpp>
+
+#include <string>
+#include <typeindex>
+
+#include "actors/type_ids.hpp"
+
+using namespace tokenmill;
+
+namespace {
+
+template <class T>
+std::string registered_name(const caf::actor_system_config& cfg) {
+  auto it = cfg.type_names_by_rtti.find(std::type_index(typeid(T)));
+  return it == cfg.type_names_by_rtti.end() ? std::string("(not registered)") : it->second;
+}
+
+}  // namespace
+
+TEST_CASE("type ids: every message keeps its wire name", "[type_ids]") {
+  caf::actor_system_config cfg;
+  register_types(cfg);
+  CHECK(registered_name<error_info>(cfg) == "tokenmill::error_info");
+  CHECK(registered_name<generate_request>(cfg) == "tokenmill::generate_request");
+  CHECK(registered_name<decode_assignment>(cfg) == "tokenmill::decode_assignment");
+  CHECK(registered_name<prefill_job>(cfg) == "tokenmill::prefill_job");
+  CHECK(registered_name<kv_transfer>(cfg) == "tokenmill::kv_transfer");
+  CHECK(registered_name<kv_write_done>(cfg) == "tokenmill::kv_write_done");
+  CHECK(registered_name<engine_step_done>(cfg) == "tokenmill::engine_step_done");
+  CHECK(registered_name<kv_ready>(cfg) == "tokenmill::kv_ready");
+  CHECK(registered_name<prefill_failed>(cfg) == "tokenmill::prefill_failed");
+  CHECK(registered_name<kv_drained>(cfg) == "tokenmill::kv_drained");
+  CHECK(registered_name<drain_expired>(cfg) == "tokenmill::drain_expired");
+  CHECK(registered_name<first_token>(cfg) == "tokenmill::first_token");
+  CHECK(registered_name<token_batch>(cfg) == "tokenmill::token_batch");
+  CHECK(registered_name<request_done>(cfg) == "tokenmill::request_done");
+  CHECK(registered_name<cancel_request>(cfg) == "tokenmill::cancel_request");
+  CHECK(registered_name<token_chunk>(cfg) == "tokenmill::token_chunk");
+  CHECK(registered_name<request_summary>(cfg) == "tokenmill::request_summary");
+  CHECK(registered_name<kv_event>(cfg) == "tokenmill::kv_event");
+  CHECK(registered_name<overlap_query>(cfg) == "tokenmill::overlap_query");
+  CHECK(registered_name<overlap_reply>(cfg) == "tokenmill::overlap_reply");
+  CHECK(registered_name<register_worker>(cfg) == "tokenmill::register_worker");
+  CHECK(registered_name<join_node>(cfg) == "tokenmill::join_node");
+  CHECK(registered_name<node_peers>(cfg) == "tokenmill::node_peers");
+  CHECK(registered_name<clock_update>(cfg) == "tokenmill::clock_update");
+  CHECK(registered_name<membership>(cfg) == "tokenmill::membership");
+  CHECK(registered_name<worker_status>(cfg) == "tokenmill::worker_status");
+  CHECK(registered_name<cluster_status>(cfg) == "tokenmill::cluster_status");
+  // As add_message_type always did, vectors of a message are registered too.
+  CHECK(registered_name<std::vector<token_chunk>>(cfg) == "std::vector<tokenmill::token_chunk>");
+}
+
+TEST_CASE("type ids: the block holds exactly the registered messages", "[type_ids]") {
+  using block = caf::id_block::tokenmill;
+  CHECK(block::begin == caf::first_custom_type_id);
+  CHECK(block::end - block::begin == 27);
+  CHECK(caf::type_id<token_batch>::value >= block::begin);
+  CHECK(caf::type_id<token_batch>::value < block::end);
+  CHECK(std::string(caf::type_name<cluster_status>::value) == "tokenmill::cluster_status");
+}
