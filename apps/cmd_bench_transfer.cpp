@@ -35,6 +35,7 @@
 
 #include "apps/commands.hpp"
 #include "common/clock.hpp"
+#include "common/stats.hpp"
 #include "transport/ucx_transport.hpp"
 
 namespace tokenmill::app {
@@ -53,13 +54,6 @@ struct bench_transfer_opts {
   bool peer_errors = false;  ///< endpoints with UCP_ERR_HANDLING_MODE_PEER, even on one host
   bool busy_poll = false;    ///< both sides spin on their UCP worker, as ucx_perftest does
 };
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 double loadavg_1min() {
   std::ifstream in("/proc/loadavg");
