@@ -31,6 +31,7 @@
 #include "common/clock.hpp"
 #include "frontend/completion_text.hpp"
 #include "frontend/request_log.hpp"
+#include "frontend/router_bridge.hpp"
 #include "frontend/validate.hpp"
 
 namespace tokenmill {
@@ -135,11 +136,13 @@ struct http_server::core {
     it->second->summary = std::move(s);
     it->second->wake.cancel();
   }
-  void on_status(uint64_t call, std::optional<cluster_status> st, std::string error) {
+  void on_status(uint64_t call, result<cluster_status>& st) {
     auto it = status_calls.find(call);
     if (it == status_calls.end()) return;
-    it->second->status = std::move(st);
-    it->second->error = std::move(error);
+    if (st)
+      it->second->status = std::move(*st);
+    else
+      it->second->error = st.error().message;
     it->second->done = true;
     it->second->wake.cancel();
   }
@@ -186,34 +189,6 @@ struct http_server::core {
 };
 
 namespace {
-
-caf::behavior http_bridge(caf::event_based_actor* self, http_server::core* c,
-                          std::shared_ptr<http_server::core> keep, caf::actor supervisor) {
-  // `keep` holds the core (and its io_context) alive as long as this actor may post to it;
-  // the posted handlers use the raw pointer so that none of them owns the core.
-  return {
-      [c, keep](token_chunk& ch) {
-        asio::post(c->io, [c, ch = std::move(ch)]() mutable { c->on_chunk(ch); });
-      },
-      [c, keep](request_summary& s) {
-        asio::post(c->io, [c, s = std::move(s)]() mutable { c->on_summary(s); });
-      },
-      [self, c, keep, supervisor](status_atom, uint64_t call) {
-        self->request(supervisor, std::chrono::seconds(3), status_atom::value)
-            .then(
-                [c, keep, call](cluster_status& st) {
-                  asio::post(c->io, [c, call, st = std::move(st)]() mutable {
-                    c->on_status(call, std::move(st), {});
-                  });
-                },
-                [c, keep, call](caf::error& e) {
-                  asio::post(c->io, [c, call, msg = caf::to_string(e)]() mutable {
-                    c->on_status(call, std::nullopt, "supervisor did not answer: " + msg);
-                  });
-                });
-      },
-  };
-}
 
 /// Waits until the client closes its end (or sends more bytes); a close marks the request
 /// disconnected and wakes its coroutine.
@@ -719,7 +694,19 @@ result<uint16_t> http_server::start() {
                                                          c.cfg.host, c.cfg.port, e.what())};
   }
   auto port = c.acceptor->local_endpoint().port();
-  c.bridge = c.sys.spawn(http_bridge, core_.get(), core_, c.supervisor);
+  // The callbacks hold the core (and its io_context) alive as long as the bridge may post
+  // to it; the posted handlers use the raw pointer so that none of them owns the core.
+  c.bridge = spawn_router_bridge(
+      c.sys, c.supervisor,
+      {[c = core_.get(), keep = core_](token_chunk&& ch) {
+         asio::post(c->io, [c, ch = std::move(ch)]() mutable { c->on_chunk(ch); });
+       },
+       [c = core_.get(), keep = core_](request_summary&& s) {
+         asio::post(c->io, [c, s = std::move(s)]() mutable { c->on_summary(s); });
+       },
+       [c = core_.get(), keep = core_](uint64_t call, result<cluster_status> st) {
+         asio::post(c->io, [c, call, st = std::move(st)]() mutable { c->on_status(call, st); });
+       }});
   asio::co_spawn(c.io, c.accept_loop(), asio::detached);
   c.thread = std::thread([&c] { c.io.run(); });
   return port;
