@@ -19,7 +19,7 @@ namespace tokenmill::workload {
 /// with its index as delivered, and the times on the client's steady clock (ns).
 struct client_record {
   std::vector<delivered_token> tokens;  ///< in arrival order
-  std::vector<int64_t> recv_ns;             ///< arrival of each of `tokens`
+  std::vector<int64_t> recv_ns;         ///< arrival of each of `tokens`
   int64_t sent_ns = 0;
   int64_t end_ns = 0;
   std::string outcome;  ///< finish reason (length, stop, eos) or error code (worker_failed, ...)
