@@ -23,10 +23,12 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "apps/bench_report.hpp"
 #include "apps/commands.hpp"
 #include "common/clock.hpp"
 #include "common/stats.hpp"
 #include "frontend/client.hpp"
+#include "frontend/connection_pool.hpp"
 #include "frontend/http_client.hpp"
 #include "frontend/workload.hpp"
 
@@ -75,362 +77,12 @@ struct served_model {
   uint32_t max_context = 0;  ///< 0: unknown
 };
 
-// ---- per-request records ------------------------------------------------------------
-
-/// What the client saw of one request, for --record and the token-index check: every token
-/// with its index as delivered, and the times on the client's steady clock (ns).
-struct request_record {
-  std::vector<wl::delivered_token> tokens;  ///< in arrival order
-  std::vector<int64_t> recv_ns;             ///< arrival of each of `tokens`
-  int64_t sent_ns = 0;
-  int64_t end_ns = 0;
-  std::string outcome;  ///< finish reason (length, stop, eos) or error code (worker_failed, ...)
-  uint32_t completion_tokens = 0;  ///< as the server counted them (0 when it failed)
-  std::string prefill_worker, decode_worker;
-  uint32_t migrations = 0;  ///< times the router moved it to another worker
-  std::vector<std::string> migration_reasons;
-};
-
-// ---- connections ---------------------------------------------------------------------
-
-/// One worker's connection to the server; runs one request at a time.
-class connection {
- public:
-  virtual ~connection() = default;
-  /// Runs `r` with sampling `s` to completion; failures are results with ok = false. When
-  /// `rec` is set, fills it (only connections that see token ids support that).
-  virtual wl::request_result run(const wl::bench_request& r, const sampling_params& s,
-                                 request_record* rec) = 0;
-  /// True after an error that left the connection unusable (reconnect before the next).
-  virtual bool broken() const = 0;
-};
-
-std::string describe(const error_info& e) {
-  return fmt::format("{}: {}", to_string(e.code), e.message);
-}
-
-class rpc_connection final : public connection {
- public:
-  rpc_connection(std::unique_ptr<client> c, bool ignore_eos, double timeout_s)
-      : c_(std::move(c)), ignore_eos_(ignore_eos), timeout_s_(timeout_s) {}
-
-  wl::request_result run(const wl::bench_request& r, const sampling_params& s,
-                         request_record* rec) override {
-    generate_params p;
-    p.sampling = s;
-    p.has_text = r.has_text;
-    if (r.has_text)
-      p.text = r.prompt_text;
-    else
-      p.token_ids.assign(r.prompt_ids.begin(), r.prompt_ids.end());
-    p.max_tokens = r.max_tokens;
-    p.ignore_eos = ignore_eos_;
-    wl::request_result out;
-    std::function<void(const client_chunk&)> on_chunk;
-    if (rec)
-      on_chunk = [rec](const client_chunk& c) {
-        for (size_t k = 0; k < c.ids.size(); ++k) {
-          rec->tokens.push_back({c.first_index + static_cast<uint32_t>(k), c.ids[k]});
-          rec->recv_ns.push_back(c.recv_ns);
-        }
-      };
-    if (rec) rec->sent_ns = now_ns();
-    auto res = c_->generate(p, on_chunk, timeout_s_);
-    if (rec) rec->end_ns = now_ns();
-    if (!res) {
-      out.error = describe(res.error());
-      if (rec) rec->outcome = std::string(to_string(res.error().code));
-      broken_ = res.error().code == errc::unavailable || res.error().code == errc::timeout;
-      return out;
-    }
-    if (rec) {
-      rec->sent_ns = res->sent_ns;
-      rec->outcome = std::string(to_string(res->server.reason));
-      rec->completion_tokens = res->server.completion_tokens;
-      rec->prefill_worker = res->server.prefill_worker;
-      rec->decode_worker = res->server.decode_worker;
-      rec->migrations = res->server.migrations;
-      rec->migration_reasons = res->server.migration_reasons;
-    }
-    out.ok = true;
-    out.ttft_ms = res->ttft_ms;
-    out.itl_ms = std::move(res->itl_ms);
-    out.e2e_ms = static_cast<double>(res->done_ns - res->sent_ns) / 1e6;
-    out.output_tokens = static_cast<uint32_t>(res->tokens.size());
-    out.prompt_tokens = res->server.prompt_tokens ? res->server.prompt_tokens : r.prompt_len;
-    out.stages = std::move(res->stages);
-    return out;
-  }
-  bool broken() const override { return broken_; }
-
- private:
-  std::unique_ptr<client> c_;
-  bool ignore_eos_;
-  double timeout_s_;
-  bool broken_ = false;
-};
-
-/// `j[key]` when it is a non-negative integer that fits 32 bits, else 0.
-template <class Json>
-uint32_t uint_field(const Json& j, const char* key) {
-  auto it = j.find(key);
-  if (it == j.end() || !it->is_number_unsigned()) return 0;
-  auto v = it->template get<uint64_t>();
-  return v > UINT32_MAX ? 0 : static_cast<uint32_t>(v);
-}
-
-/// The message of an OpenAI error body, or the body itself.
-std::string http_error_text(const http_response& r) {
-  auto j = nlohmann::json::parse(r.body, nullptr, false);
-  if (j.is_object() && j.contains("error") && j["error"].is_object() &&
-      j["error"].contains("message") && j["error"]["message"].is_string())
-    return fmt::format("HTTP {}: {}", r.status, j["error"]["message"].get<std::string>());
-  return fmt::format("HTTP {}: {}", r.status, r.body.substr(0, 300));
-}
-
-class http_connection final : public connection {
- public:
-  http_connection(std::unique_ptr<http_client> c, bool ignore_eos, double timeout_s)
-      : c_(std::move(c)), ignore_eos_(ignore_eos), timeout_s_(timeout_s) {}
-
-  wl::request_result run(const wl::bench_request& r, const sampling_params& s,
-                         request_record*) override {
-    ojson body;
-    if (r.has_text)
-      body["prompt"] = r.prompt_text;
-    else
-      body["prompt"] = r.prompt_ids;
-    body["max_tokens"] = r.max_tokens;
-    body["stream"] = true;
-    body["stream_options"] = {{"include_usage", true}};
-    body["ignore_eos"] = ignore_eos_;
-    body["temperature"] = s.temperature;
-    if (s.seed != 0) body["seed"] = s.seed;
-
-    wl::request_result out;
-    int64_t first_choice_ns = 0, first_text_ns = 0, last_text_ns = 0;
-    uint32_t text_events = 0;
-    bool done = false, usage_seen = false;
-    double server_ttft_ms = -1;
-    std::string stream_error;
-    std::vector<stage_ms> stages;
-    auto on_event = [&](std::string_view data, int64_t t) {
-      if (data == "[DONE]") {
-        done = true;
-        return;
-      }
-      auto j = ojson::parse(data, nullptr, false);
-      if (!j.is_object()) {
-        if (stream_error.empty())
-          stream_error = fmt::format("an event is not a JSON object: {}", data.substr(0, 200));
-        return;
-      }
-      if (auto e = j.find("error"); e != j.end() && stream_error.empty()) {
-        stream_error = e->is_object() && e->contains("message") && (*e)["message"].is_string()
-                           ? (*e)["message"].get<std::string>()
-                           : e->dump();
-      }
-      if (auto c = j.find("choices"); c != j.end() && c->is_array() && !c->empty()) {
-        if (!first_choice_ns) first_choice_ns = t;
-        const auto& ch = (*c)[0];
-        std::string text;
-        if (auto tx = ch.find("text"); tx != ch.end() && tx->is_string())
-          text = tx->get<std::string>();
-        if (!text.empty()) {
-          if (first_text_ns)
-            out.itl_ms.push_back(static_cast<double>(t - last_text_ns) / 1e6);
-          else
-            first_text_ns = t;
-          last_text_ns = t;
-          ++text_events;
-        }
-      }
-      if (auto u = j.find("usage"); u != j.end() && u->is_object()) {
-        usage_seen = true;
-        out.output_tokens = uint_field(*u, "completion_tokens");
-        out.prompt_tokens = uint_field(*u, "prompt_tokens");
-      }
-      if (auto tm = j.find("tokenmill"); tm != j.end() && tm->is_object()) {
-        if (auto s = tm->find("ttft_ms"); s != tm->end() && s->is_number())
-          server_ttft_ms = s->get<double>();
-        if (auto s = tm->find("stages"); s != tm->end() && s->is_object())
-          for (const auto& [name, ms] : s->items())
-            if (ms.is_number()) stages.push_back({name, ms.get<double>()});
-      }
-    };
-    int64_t sent = now_ns();
-    auto res = c_->post_sse("/v1/completions", body.dump(), on_event, timeout_s_);
-    int64_t end = now_ns();
-    if (!res) {
-      out.error = describe(res.error());
-      broken_ = true;
-      return out;
-    }
-    if (res->status != 200) {
-      out.error = http_error_text(*res);
-      return out;
-    }
-    if (!stream_error.empty()) {
-      out.error = "error event: " + stream_error;
-      return out;
-    }
-    if (!done) {
-      out.error = "the event stream ended before [DONE]";
-      broken_ = true;
-      return out;
-    }
-    int64_t first = first_text_ns ? first_text_ns : first_choice_ns;
-    if (!first) {
-      out.error = "the event stream carried no completion";
-      return out;
-    }
-    out.ok = true;
-    out.ttft_ms = static_cast<double>(first - sent) / 1e6;
-    out.e2e_ms = static_cast<double>(end - sent) / 1e6;
-    if (!usage_seen) out.output_tokens = text_events;
-    if (!out.prompt_tokens) out.prompt_tokens = r.prompt_len;
-    if (!stages.empty()) {
-      // The server's stages cover its own TTFT; the rest of the client's is both legs.
-      if (server_ttft_ms >= 0) stages.push_back({"client_legs", out.ttft_ms - server_ttft_ms});
-      out.stages = std::move(stages);
-    }
-    return out;
-  }
-  bool broken() const override { return broken_; }
-
- private:
-  std::unique_ptr<http_client> c_;
-  bool ignore_eos_;
-  double timeout_s_;
-  bool broken_ = false;
-};
-
-using connection_factory = std::function<result<std::unique_ptr<connection>>()>;
-
-// ---- the worker pool -----------------------------------------------------------------
-
-/// One request to run: how it samples, where its result (and record) go and when it was
-/// due (0: now).
-struct job {
-  const wl::bench_request* req = nullptr;
-  wl::request_result* out = nullptr;
-  int64_t due_ns = 0;
-  sampling_params sampling;
-  request_record* rec = nullptr;
-};
-
-/// Worker threads, each with its own connection, taking jobs from one queue. Grows on
-/// demand up to `cap` threads; a job that finds no waiting worker is "late".
-class worker_pool {
- public:
-  worker_pool(connection_factory make, size_t cap) : make_(std::move(make)), cap_(cap) {}
-  ~worker_pool() { stop(); }
-
-  /// Starts `n` more workers (up to the cap) and waits until each has tried to connect.
-  void spawn_and_connect(size_t n) {
-    std::unique_lock lock(m_);
-    size_t target = std::min(cap_, threads_.size() + n);
-    while (threads_.size() < target)
-      spawn_locked();
-    ready_cv_.wait(lock, [&] { return connected_ >= threads_.size(); });
-  }
-
-  /// Queues `j`. With `grow`, a job that finds no idle worker starts another (up to the
-  /// cap), and the pool keeps one spare worker connected ahead of demand. Returns true
-  /// when the job had to wait for a worker.
-  bool submit(job j, bool grow) {
-    std::lock_guard lock(m_);
-    bool late = waiting_ <= queue_.size();
-    queue_.push_back(j);
-    ++submitted_;
-    // Workers still connecting count as capacity on the way, so a burst that arrives
-    // while one connects does not start a thread per request.
-    size_t on_the_way = waiting_ + (threads_.size() - connected_);
-    if (grow && threads_.size() < cap_ && on_the_way <= queue_.size()) spawn_locked();
-    work_cv_.notify_one();
-    return late;
-  }
-
-  /// Waits until every submitted job finished.
-  void drain() {
-    std::unique_lock lock(m_);
-    done_cv_.wait(lock, [&] { return finished_ == submitted_; });
-  }
-
-  size_t finished() {
-    std::lock_guard lock(m_);
-    return finished_;
-  }
-  size_t size() {
-    std::lock_guard lock(m_);
-    return threads_.size();
-  }
-
-  void stop() {
-    {
-      std::lock_guard lock(m_);
-      stopping_ = true;
-    }
-    work_cv_.notify_all();
-    for (auto& t : threads_)
-      if (t.joinable()) t.join();
-  }
-
- private:
-  void spawn_locked() {
-    threads_.emplace_back([this] { work(); });
-  }
-
-  void work() {
-    auto conn = make_();
-    std::unique_lock lock(m_);
-    ++connected_;  // and waiting from here on, in the same critical section
-    ready_cv_.notify_all();
-    for (;;) {
-      ++waiting_;
-      work_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      --waiting_;
-      if (queue_.empty()) return;  // stopping
-      job j = queue_.front();
-      queue_.pop_front();
-      lock.unlock();
-      if (!conn) conn = make_();
-      int64_t start = now_ns();
-      if (conn) {
-        *j.out = (*conn)->run(*j.req, j.sampling, j.rec);
-        if ((*conn)->broken()) conn = error_info{errc::unavailable, "connection lost"};
-      } else {
-        j.out->error = describe(conn.error());
-        if (j.rec) {
-          j.rec->outcome = std::string(to_string(conn.error().code));
-          j.rec->sent_ns = j.rec->end_ns = now_ns();
-        }
-      }
-      if (j.due_ns) j.out->dispatch_delay_ms = static_cast<double>(start - j.due_ns) / 1e6;
-      lock.lock();
-      ++finished_;
-      done_cv_.notify_all();
-    }
-  }
-
-  connection_factory make_;
-  size_t cap_;
-  std::mutex m_;
-  std::condition_variable work_cv_, done_cv_, ready_cv_;
-  std::deque<job> queue_;
-  std::vector<std::thread> threads_;
-  size_t waiting_ = 0;  ///< workers blocked on an empty queue
-  size_t connected_ = 0;
-  size_t submitted_ = 0, finished_ = 0;
-  bool stopping_ = false;
-};
-
 // ---- progress ------------------------------------------------------------------------
 
 /// A one-line progress bar on stderr, redrawn every 200 ms while a phase runs.
 class progress {
  public:
-  progress(bool on, worker_pool& pool, size_t base, size_t total, std::string label)
+  progress(bool on, wl::connection_pool& pool, size_t base, size_t total, std::string label)
       : on_(on), pool_(pool), base_(base), total_(total), label_(std::move(label)) {
     if (!on_) return;
     start_ = now_ns();
@@ -466,7 +118,7 @@ class progress {
   }
 
   bool on_;
-  worker_pool& pool_;
+  wl::connection_pool& pool_;
   size_t base_, total_;
   std::string label_;
   int64_t start_ = 0;
@@ -506,8 +158,8 @@ served_model http_model_info(http_client& c) {
   const auto& d = j["data"][0];
   if (!d.is_object()) return m;
   if (auto id = d.find("id"); id != d.end() && id->is_string()) m.name = id->get<std::string>();
-  m.max_context = uint_field(d, "max_model_len");
-  m.vocab_size = uint_field(d, "vocab_size");
+  m.max_context = wl::uint_field(d, "max_model_len");
+  m.vocab_size = wl::uint_field(d, "vocab_size");
   return m;
 }
 
@@ -516,7 +168,7 @@ result<std::vector<token_id>> http_tokenize(http_client& c, const std::string& t
   auto r = c.request("POST", "/tokenize", nlohmann::json{{"prompt", text}}.dump());
   if (!r) return r.error();
   if (r->status != 200)
-    return error_info{errc::invalid_request, "/tokenize: " + http_error_text(*r)};
+    return error_info{errc::invalid_request, "/tokenize: " + wl::http_error_text(*r)};
   auto j = nlohmann::json::parse(r->body, nullptr, false);
   if (!j.is_object() || !j.contains("tokens") || !j["tokens"].is_array())
     return error_info{errc::internal, "/tokenize answered without a \"tokens\" array"};
@@ -527,140 +179,6 @@ result<std::vector<token_id>> http_tokenize(http_client& c, const std::string& t
     out.push_back(t.get<token_id>());
   }
   return out;
-}
-
-/// `v` as the decimal it was typed as (0.8, not the float's 0.800000011920929).
-double as_decimal(float v) {
-  return std::round(static_cast<double>(v) * 1e6) / 1e6;
-}
-
-/// FNV-1a 64 of a prompt (its token ids' bytes, or its text), to tell prompts apart in records.
-uint64_t prompt_hash(const wl::bench_request& r) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  auto mix = [&](const void* p, size_t len) {
-    const auto* b = static_cast<const unsigned char*>(p);
-    for (size_t k = 0; k < len; ++k)
-      h = (h ^ b[k]) * 0x100000001b3ull;
-  };
-  if (r.has_text)
-    mix(r.prompt_text.data(), r.prompt_text.size());
-  else
-    mix(r.prompt_ids.data(), r.prompt_ids.size() * sizeof(token_id));
-  return h;
-}
-
-/// The --record lines: one JSON object per measured request (see the footer).
-template <class SamplingOf>
-void write_records(std::ostream& out, const std::vector<wl::bench_request>& measured,
-                   const std::vector<wl::request_result>& results,
-                   const std::vector<request_record>& records,
-                   const std::vector<wl::delivery_check>& checks, const SamplingOf& sampling_of) {
-  // The steady clock mapped once onto the Unix epoch, in µs.
-  const int64_t epoch_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                               std::chrono::system_clock::now().time_since_epoch())
-                               .count() -
-                           now_ns();
-  auto unix_us = [&](int64_t t) { return (t + epoch_ns) / 1000; };
-  for (size_t i = 0; i < records.size(); ++i) {
-    const auto& r = records[i];
-    const auto& q = measured[i];
-    auto sp = sampling_of(i);
-    ojson j;
-    j["i"] = i;
-    j["prompt_len"] = q.prompt_len;
-    j["prompt_hash"] = fmt::format("{:016x}", prompt_hash(q));
-    j["max_tokens"] = q.max_tokens;
-    j["seed"] = sp.seed;
-    j["temperature"] = as_decimal(sp.temperature);
-    j["sent_unix_us"] = unix_us(r.sent_ns);
-    j["first_token_unix_us"] = r.recv_ns.empty() ? ojson(nullptr) : ojson(unix_us(r.recv_ns[0]));
-    j["end_unix_us"] = unix_us(r.end_ns);
-    j["outcome"] = r.outcome;
-    j["error"] = results[i].ok ? ojson(nullptr) : ojson(results[i].error);
-    j["completion_tokens"] = r.completion_tokens;
-    j["prefill_worker"] = r.prefill_worker;
-    j["decode_worker"] = r.decode_worker;
-    j["migrations"] = r.migrations;
-    j["migration_reasons"] = r.migration_reasons;
-    j["duplicated"] = checks[i].duplicated;
-    j["missing"] = checks[i].missing;
-    auto toks = ojson::array();
-    for (size_t k = 0; k < r.tokens.size(); ++k)
-      toks.push_back({r.tokens[k].index, r.tokens[k].id, (r.recv_ns[k] - r.sent_ns) / 1000});
-    j["tokens"] = std::move(toks);
-    out << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-  }
-}
-
-std::string fmt_ms(double v) {
-  return fmt::format("{:.2f}", v);
-}
-
-void print_table(const ojson& j) {
-  auto num = [&](const char* k) {
-    return j.contains(k) && j[k].is_number() ? j[k].get<double>() : 0.0;
-  };
-  std::string rate = j["rate"].is_null()     ? "-"
-                     : j["rate"].is_string() ? "inf"
-                                             : fmt::format("{:g}", j["rate"].get<double>());
-  fmt::print("============ tokenmill bench ============\n");
-  fmt::print(
-      "{:<34}{}\n", "Backend / workload:",
-      fmt::format("{} / {}", j["backend"].get<std::string>(), j["workload"].get<std::string>()));
-  if (j["mode"] == "concurrency")
-    fmt::print("{:<34}{}\n", "Concurrency (closed loop):", j["concurrency"].get<uint32_t>());
-  else
-    fmt::print("{:<34}{} req/s (burstiness {:g}, max concurrency {})\n", "Request rate:", rate,
-               j["burstiness"].get<double>(), j["max_concurrency"].get<uint32_t>());
-  fmt::print("{:<34}{}\n", "Successful requests:", j["completed"].get<size_t>());
-  fmt::print("{:<34}{}\n", "Failed requests:", j["failed"].get<size_t>());
-  fmt::print("{:<34}{:.3f}\n", "Duration (s):", num("duration_s"));
-  fmt::print("{:<34}{}\n", "Prompt tokens:", j["prompt_tokens"].get<uint64_t>());
-  fmt::print("{:<34}{}\n", "Output tokens:", j["output_tokens"].get<uint64_t>());
-  fmt::print("{:<34}{:.2f}\n", "Request throughput (req/s):", num("requests_per_s"));
-  fmt::print("{:<34}{:.2f}\n", "Output throughput (tok/s):", num("output_tokens_per_s"));
-  fmt::print("{:<34}{:.2f}\n", "Total throughput (tok/s):", num("total_tokens_per_s"));
-  const auto& g = j["goodput"];
-  bool any_slo = false;
-  for (const auto& [k, v] : g["slo"].items())
-    any_slo = any_slo || !v.is_null();
-  if (any_slo)
-    fmt::print("{:<34}{:.2f} ({:.1f}% of requests within {})\n",
-               "Goodput (req/s):", g["requests_per_s"].get<double>(),
-               100 * g["fraction"].get<double>(), g["slo"].dump());
-  if (j["mode"] == "rate")
-    fmt::print("{:<34}{}\n", "Late dispatches:", j["late_dispatches"].get<size_t>());
-  fmt::print("{:<12}{:>12}{:>12}{:>12}{:>12}\n", "ms", "mean", "p50", "p90", "p99");
-  for (const char* k : {"ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"}) {
-    const auto& s = j[k];
-    std::string name(k);
-    name = name.substr(0, name.size() - 3);
-    for (auto& c : name)
-      c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    fmt::print("{:<12}{:>12}{:>12}{:>12}{:>12}\n", name, fmt_ms(s["mean"].get<double>()),
-               fmt_ms(s["p50"].get<double>()), fmt_ms(s["p90"].get<double>()),
-               fmt_ms(s["p99"].get<double>()));
-  }
-  if (!j["ttft_stages_mean_ms"].empty()) {
-    fmt::print("Mean TTFT breakdown (ms):\n");
-    for (const auto& [name, ms] : j["ttft_stages_mean_ms"].items())
-      fmt::print("  {:<24}{:>10.3f}\n", name, ms.get<double>());
-  }
-  if (j.contains("itl_over_step"))
-    fmt::print("{:<34}p50 {:.4f}  p99 {:.4f}\n",
-               "ITL / configured step:", j["itl_over_step"]["p50"].get<double>(),
-               j["itl_over_step"]["p99"].get<double>());
-  if (j.contains("ttft_runtime_share_ms"))
-    fmt::print("{:<34}p50 {:.3f}  mean {:.3f}\n",
-               "TTFT minus modelled prefill (ms):", j["ttft_runtime_share_ms"]["p50"].get<double>(),
-               j["ttft_runtime_share_ms"]["mean"].get<double>());
-  if (j["duplicated"].is_number())
-    fmt::print("{:<34}{} / {}\n",
-               "Token index duplicated / missing:", j["duplicated"].get<size_t>(),
-               j["missing"].get<size_t>());
-  if (j.contains("first_error"))
-    fmt::print("{:<34}{}\n", "First error:", j["first_error"].get<std::string>());
-  fmt::print("=========================================\n");
 }
 
 constexpr const char* bench_footer =
@@ -814,23 +332,11 @@ command add_bench(CLI::App& app) {
       record_file.open(o->record);
       if (!record_file) return fail(fmt::format("cannot write {}", o->record));
     }
-    const double timeout_s = o->timeout_s;
-    const bool ignore_eos = o->ignore_eos;
     const std::string host = ep->first;
     const uint16_t port = ep->second;
 
-    connection_factory make = [=]() -> result<std::unique_ptr<connection>> {
-      if (http) {
-        auto c = http_client::connect(host, port, 10);
-        if (!c) return c.error();
-        return std::unique_ptr<connection>(
-            std::make_unique<http_connection>(std::move(*c), ignore_eos, timeout_s));
-      }
-      auto c = client::connect(host, port, 10);
-      if (!c) return c.error();
-      return std::unique_ptr<connection>(
-          std::make_unique<rpc_connection>(std::move(*c), ignore_eos, timeout_s));
-    };
+    wl::connection_factory make =
+        wl::connection_factory_for(http, ep->first, ep->second, o->ignore_eos, o->timeout_s);
 
     // ---- the model, and the workload (a probe connection, closed before measuring)
     served_model model;
@@ -840,12 +346,12 @@ command add_bench(CLI::App& app) {
       std::unique_ptr<http_client> http_probe;
       if (http) {
         auto c = http_client::connect(host, port, 10);
-        if (!c) return fail(describe(c.error()));
+        if (!c) return fail(wl::describe(c.error()));
         http_probe = std::move(*c);
         model = http_model_info(*http_probe);
       } else {
         auto c = client::connect(host, port, 10);
-        if (!c) return fail(describe(c.error()));
+        if (!c) return fail(wl::describe(c.error()));
         rpc_probe = std::move(*c);
         const auto& m = rpc_probe->model();
         model = {m.name, m.vocab_size, m.max_context};
@@ -877,7 +383,7 @@ command add_bench(CLI::App& app) {
         s.fixed_output_len = output_len->count() ? o->output_len : 0;
         s.seed = o->seed;
         auto all = wl::select_sharegpt(dataset, s, tok);
-        if (!all) return fail(describe(all.error()));
+        if (!all) return fail(wl::describe(all.error()));
         size_t n = std::min<size_t>(o->requests, all->size());
         measured.assign(all->begin(), all->begin() + static_cast<ptrdiff_t>(n));
         warm.assign(all->begin() + static_cast<ptrdiff_t>(n), all->end());
@@ -892,14 +398,14 @@ command add_bench(CLI::App& app) {
     const bool show = !o->no_progress && ::isatty(STDERR_FILENO);
     std::vector<wl::request_result> warm_results(warm.size()), results(n);
     // Over rpc every measured request keeps its tokens' indices (the delivery check).
-    std::vector<request_record> records(http ? 0 : n);
+    std::vector<wl::client_record> records(http ? 0 : n);
     auto sampling_of = [&](size_t k) {
       sampling_params sp;
       sp.temperature = o->temperature;
       if (seeded) sp.seed = o->seed_base + k;
       return sp;
     };
-    worker_pool pool(make, cap);
+    wl::connection_pool pool(make, cap);
     size_t initial = cap;
     if (rate_mode && !std::isinf(rate_v))
       initial = std::clamp<size_t>(static_cast<size_t>(std::ceil(rate_v * 0.25)) + 1, 2, cap);
@@ -925,7 +431,7 @@ command add_bench(CLI::App& app) {
           int64_t wait = due - now_ns();
           if (wait > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(wait));
         }
-        request_record* rec = records.empty() ? nullptr : &records[i];
+        wl::client_record* rec = records.empty() ? nullptr : &records[i];
         if (pool.submit({&measured[i], &results[i], due, sampling_of(i), rec}, rate_mode) &&
             rate_mode)
           ++late;

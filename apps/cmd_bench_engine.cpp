@@ -21,6 +21,7 @@
 
 #include "apps/commands.hpp"
 #include "common/clock.hpp"
+#include "common/stats.hpp"
 #include "engine/cpu_engine.hpp"
 #include "engine/engine_factory.hpp"
 #include "engine/model.hpp"
@@ -44,13 +45,6 @@ struct bench_engine_opts {
   uint32_t context = 128;      ///< tokens of context before decoding
   uint64_t bw_mib = 1024;      ///< buffer of the bandwidth measurement (MiB)
 };
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 /// 1-minute load average, or -1 when unknown.
 double loadavg_1min() {

@@ -16,6 +16,20 @@ double percentile_sorted(const std::vector<double>& sorted, double q) {
   return sorted[lo] + (sorted[hi] - sorted[lo]) * frac;
 }
 
+double percentile(std::vector<double> samples, double q) {
+  std::sort(samples.begin(), samples.end());
+  return percentile_sorted(samples, q);
+}
+
+double median(std::vector<double> samples) {
+  if (samples.empty()) return 0;
+  std::sort(samples.begin(), samples.end());
+  const size_t n = samples.size();
+  // (a + b) / 2 rather than percentile_sorted's a + (b - a) / 2: the same value, and
+  // the form the benchmarks reported before they shared this function.
+  return n % 2 ? samples[n / 2] : (samples[n / 2 - 1] + samples[n / 2]) / 2;
+}
+
 summary_stats summarize(std::vector<double> samples) {
   summary_stats s;
   s.count = samples.size();

@@ -26,6 +26,7 @@
 #include "actors/protocol.hpp"
 #include "common/clock.hpp"
 #include "frontend/completion_text.hpp"
+#include "frontend/router_bridge.hpp"
 #include "frontend/validate.hpp"
 #include "schema/codec.hpp"
 
@@ -34,9 +35,7 @@ namespace {
 
 struct status_result {
   uint64_t call = 0;
-  bool ok = false;
-  cluster_status status;
-  std::string error;
+  result<cluster_status> status;
 };
 struct stop_event {};
 using inbox_item = std::variant<token_chunk, request_summary, status_result, stop_event>;
@@ -68,26 +67,6 @@ class inbox {
   std::mutex mtx_;
   std::deque<inbox_item> q_;
 };
-
-/// CAF side of the bridge: everything addressed to the frontend lands in the inbox.
-caf::behavior bridge_actor(caf::event_based_actor* self, std::shared_ptr<inbox> in,
-                           caf::actor supervisor) {
-  return {
-      [in](token_chunk& c) { in->push(std::move(c)); },
-      [in](request_summary& s) { in->push(std::move(s)); },
-      [self, in, supervisor](status_atom, uint64_t call) {
-        self->request(supervisor, std::chrono::seconds(3), status_atom::value)
-            .then(
-                [in, call](cluster_status& st) {
-                  in->push(status_result{call, true, std::move(st), {}});
-                },
-                [in, call](caf::error& e) {
-                  in->push(status_result{
-                      call, false, {}, "supervisor did not answer: " + caf::to_string(e)});
-                });
-      },
-  };
-}
 
 }  // namespace
 
@@ -223,10 +202,10 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
   void on_status(status_result& r) {
     auto it = status_calls.find(r.call);
     if (it == status_calls.end()) return;
-    if (r.ok)
-      it->second->fulfill(std::make_shared<cluster_status>(std::move(r.status)));
+    if (r.status)
+      it->second->fulfill(std::make_shared<cluster_status>(std::move(*r.status)));
     else
-      it->second->reject(KJ_EXCEPTION(FAILED, r.error));
+      it->second->reject(KJ_EXCEPTION(FAILED, r.status.error().message));
     status_calls.erase(it);
   }
 
@@ -444,7 +423,12 @@ rpc_server::~rpc_server() {
 result<uint16_t> rpc_server::start() {
   auto& s = *impl_;
   if (s.thread.joinable()) return error_info{errc::internal, "rpc server already started"};
-  s.bridge = s.sys.spawn(bridge_actor, s.in, s.supervisor);
+  s.bridge = spawn_router_bridge(s.sys, s.supervisor,
+                                 {[in = s.in](token_chunk&& c) { in->push(std::move(c)); },
+                                  [in = s.in](request_summary&& sum) { in->push(std::move(sum)); },
+                                  [in = s.in](uint64_t call, result<cluster_status> st) {
+                                    in->push(status_result{call, std::move(st)});
+                                  }});
   std::promise<result<uint16_t>> started;
   auto fut = started.get_future();
   s.thread = std::thread([&s, &started] { s.run(started); });

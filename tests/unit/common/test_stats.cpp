@@ -119,3 +119,27 @@ TEST_CASE("summarize keeps min <= p50 <= p90 <= p99 <= max", "[stats]") {
   CHECK(s.p90 == Approx(899.1));
   CHECK(s.p99 == Approx(989.01));
 }
+
+TEST_CASE("percentile of unsorted samples equals percentile_sorted of them sorted", "[stats]") {
+  std::vector<double> samples{50, 10, 40, 20, 30};
+  CHECK(percentile(samples, 0.0) == Approx(10));
+  CHECK(percentile(samples, 0.125) == Approx(15));
+  CHECK(percentile(samples, 0.9) == Approx(46));
+  CHECK(percentile(samples, 1.0) == Approx(50));
+  CHECK(percentile(samples, 2.0) == Approx(50));  // clamped, as percentile_sorted
+  CHECK(percentile({}, 0.5) == 0);
+  // The caller's vector is copied, not sorted in place.
+  CHECK(samples == std::vector<double>{50, 10, 40, 20, 30});
+}
+
+TEST_CASE("median is the middle sample, or the mean of the two middle ones", "[stats]") {
+  CHECK(median({}) == 0);
+  CHECK(median({7}) == 7);
+  CHECK(median({3, 1, 2}) == 2);
+  CHECK(median({4, 1, 3, 2}) == 2.5);
+  CHECK(median({-1, 100, -1}) == -1);
+  CHECK(median({0.1, 0.2}) == (0.1 + 0.2) / 2);  // exactly the mean of the two
+  std::vector<double> samples{9, 1, 5, 3, 7, 2, 8, 4, 6, 10};
+  CHECK(median(samples) == Approx(percentile(samples, 0.5)));
+  CHECK(median(samples) == Approx(summarize(samples).p50));
+}

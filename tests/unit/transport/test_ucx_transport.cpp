@@ -448,13 +448,15 @@ bool recv_vec(int fd, std::vector<uint8_t>& v) {
 int run_receiver(int fd, size_t blocks) {
   int rc = 0;
   {
+    // Declared before the transport so that it is destroyed after it: puts of a write the
+    // sender gave up on may still land while the transport shuts down.
+    auto mem = make_buffer(blocks, 100);
     auto t = ucx_transport::create();
     if (!t) {
       char e = 'E';
       send_all(fd, &e, 1);
       return kNoTransportExit;
     }
-    auto mem = make_buffer(blocks, 100);
     auto d = (*t)->register_pool(2, mem, kBlock);
     char tag = 'D';
     if (!send_all(fd, &tag, 1) || !send_all(fd, &d.owner, sizeof(d.owner)) ||

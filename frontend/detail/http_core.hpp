@@ -1,0 +1,176 @@
+#pragma once
+/// The HTTP server's state shared by the Asio thread and the bridge actor: one
+/// http_server::core per server. Internal to http_server.cpp (connections, routing,
+/// lifecycle) and http_generate.cpp (generation and SSE streaming); nothing else includes it.
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include <caf/all.hpp>
+
+#include "actors/protocol.hpp"
+#include "common/clock.hpp"
+#include "frontend/completion_text.hpp"
+#include "frontend/http_server.hpp"
+
+namespace tokenmill {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using asio::awaitable;
+using asio::use_awaitable;
+
+namespace http_detail {
+
+/// One generate request between the router and its HTTP connection (Asio thread only).
+struct gen_state {
+  request_id id = 0;
+  std::vector<token_id> pending;  ///< tokens received, not yet turned into text
+  std::optional<request_summary> summary;
+  completion_text text;
+  asio::steady_timer wake;  ///< cancelled whenever something arrives for the request
+  bool disconnected = false;
+  bool cancel_sent = false;
+  int64_t first_sent_ns = 0;
+  int64_t last_token_ns = 0;
+  gen_state(asio::io_context& io, std::shared_ptr<const tokenizer> tok,
+            std::vector<std::string> stops)
+      : text(std::move(tok), std::move(stops)), wake(io, asio::steady_timer::time_point::max()) {}
+};
+
+/// A status query waiting for the supervisor's answer (Asio thread only).
+struct status_wait {
+  std::optional<cluster_status> status;
+  std::string error;
+  bool done = false;
+  asio::steady_timer wake;
+  explicit status_wait(asio::io_context& io) : wake(io, asio::steady_timer::time_point::max()) {}
+};
+
+using request_t = http::request<http::string_body>;
+
+}  // namespace http_detail
+
+struct http_server::core {
+  using request_t = http_detail::request_t;
+
+  // Declared first, destroyed last: everything below that holds Asio objects (timers in
+  // gen_state, the acceptor) goes before it.
+  asio::io_context io{1};
+  caf::actor_system& sys;
+  caf::actor router;
+  caf::actor supervisor;
+  std::shared_ptr<const tokenizer> tok;
+  model_info model;
+  http_server_config cfg;
+  std::shared_ptr<frontend_metrics> metrics;
+  openai::request_context ctx;
+  caf::actor bridge;
+  std::optional<tcp::acceptor> acceptor;
+  std::thread thread;
+  std::unordered_map<request_id, std::shared_ptr<http_detail::gen_state>> gens;
+  std::unordered_map<uint64_t, std::shared_ptr<http_detail::status_wait>> status_calls;
+  std::vector<std::weak_ptr<beast::tcp_stream>> streams;  ///< for closing them at stop
+  uint64_t next_id = 0;
+  uint64_t next_call = 0;
+  bool stopping = false;
+
+  core(caf::actor_system& s, caf::actor r, caf::actor sup, std::shared_ptr<const tokenizer> t,
+       model_info m, http_server_config c, std::shared_ptr<frontend_metrics> mx)
+      : sys(s),
+        router(std::move(r)),
+        supervisor(std::move(sup)),
+        tok(std::move(t)),
+        model(std::move(m)),
+        cfg(std::move(c)),
+        metrics(std::move(mx)) {
+    ctx.served_model = model.name;
+    ctx.format = cfg.chat_format;
+    metrics->log().set_block_layout(model.layout.block_tokens, model.layout.block_bytes());
+  }
+
+  // ------------------------------------------------------------ from the bridge actor
+  void on_chunk(token_chunk& c) {
+    auto it = gens.find(c.id);
+    if (it == gens.end()) return;  // cancelled meanwhile
+    auto& g = *it->second;
+    if (g.text.stopped()) return;  // tokens after a stop string are dropped
+    auto t = now_ns();
+    for (size_t i = 0; i < c.tokens.size(); ++i) {
+      if (g.last_token_ns != 0) metrics->token_gap((t - g.last_token_ns) / 1e9);
+      g.last_token_ns = t;
+    }
+    g.pending.insert(g.pending.end(), c.tokens.begin(), c.tokens.end());
+    g.wake.cancel();
+  }
+  void on_summary(request_summary& s) {
+    auto it = gens.find(s.id);
+    if (it == gens.end()) return;
+    it->second->summary = std::move(s);
+    it->second->wake.cancel();
+  }
+  void on_status(uint64_t call, result<cluster_status>& st) {
+    auto it = status_calls.find(call);
+    if (it == status_calls.end()) return;
+    if (st)
+      it->second->status = std::move(*st);
+    else
+      it->second->error = st.error().message;
+    it->second->done = true;
+    it->second->wake.cancel();
+  }
+
+  void cancel(http_detail::gen_state& g) {
+    if (g.cancel_sent || g.summary) return;
+    g.cancel_sent = true;
+    caf::anon_send(router, cancel_request{g.id});
+  }
+
+  awaitable<std::optional<cluster_status>> query_status(std::string& error) {
+    auto call = ++next_call;
+    auto w = std::make_shared<http_detail::status_wait>(io);
+    status_calls.emplace(call, w);
+    caf::anon_send(bridge, status_atom::value, call);
+    while (!w->done && !stopping) {
+      beast::error_code ec;
+      co_await w->wake.async_wait(asio::redirect_error(use_awaitable, ec));
+    }
+    status_calls.erase(call);
+    error = w->done ? w->error : "server stopping";
+    co_return std::move(w->status);
+  }
+
+  awaitable<void> accept_loop();
+  awaitable<void> session(std::shared_ptr<beast::tcp_stream> stream);
+  awaitable<bool> route(beast::tcp_stream& stream, request_t& req);
+  awaitable<bool> generate(beast::tcp_stream& stream, request_t& req, openai::endpoint kind);
+  awaitable<bool> reply(beast::tcp_stream& stream, const request_t& req, http::status status,
+                        std::string body, std::string_view content_type = "application/json",
+                        bool close = false);
+  // GCC 12 destroys some temporaries of a co_await full-expression twice (GCC bugs
+  // 100611, 101367), so every awaited call below takes named values, moved in.
+  awaitable<bool> reply_error(beast::tcp_stream& stream, const request_t& req, openai::api_error e,
+                              bool close = false) {
+    std::string body = openai::error_body(e);
+    auto status = static_cast<http::status>(e.status);
+    return reply(stream, req, status, std::move(body), "application/json", close);
+  }
+};
+
+}  // namespace tokenmill
