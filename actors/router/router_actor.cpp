@@ -16,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/actors.hpp"
+#include "actors/detail/worker_common.hpp"
 #include "actors/router/itl_attribution.hpp"
 #include "common/clock.hpp"
 #include "common/stats.hpp"
@@ -421,11 +422,7 @@ void watchdog(router_ptr self) {
 caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::actor sup) {
   self->state.info = info;
   self->state.cfg = cfg;
-  self->request(sup, std::chrono::seconds(5), register_worker{info, self})
-      .then([](bool) {},
-            [](caf::error& e) {
-              spdlog::error("router: registration failed: {}", caf::to_string(e));
-            });
+  register_with_supervisor(self, sup, info, "router");
   if (cfg.tick_interval.count() > 0) self->delayed_send(self, cfg.tick_interval, tick_atom::value);
   return {
       [self](generate_request& req) {
