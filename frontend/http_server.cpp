@@ -29,6 +29,7 @@
 
 #include "actors/protocol.hpp"
 #include "common/clock.hpp"
+#include "frontend/bottleneck.hpp"
 #include "frontend/completion_text.hpp"
 #include "frontend/request_log.hpp"
 #include "frontend/validate.hpp"
