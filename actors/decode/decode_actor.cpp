@@ -446,8 +446,7 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
           return;
         }
         // Content check: a block that is intact but misplaced fails here.
-        if (auto err = st.w.eng->check_kv(*st.w.pool, s.tokens, s.blocks, 0, s.prompt_len);
-            !err.empty()) {
+        if (auto err = st.w.check_kv(s.tokens, s.blocks, 0, s.prompt_len); !err.empty()) {
           fail(self, r.id, errc::kv_corrupt, err);
           return;
         }

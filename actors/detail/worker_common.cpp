@@ -77,6 +77,11 @@ worker_status kv_worker::status(role kind, std::string_view extra) const {
   return ws;
 }
 
+std::string kv_worker::check_kv(std::span<const token_id> tokens, std::span<const block_id> blocks,
+                                uint32_t begin, uint32_t end) const {
+  return eng->check_kv(*pool, tokens, blocks, begin, end);
+}
+
 void kv_worker::submit_step(caf::actor me, std::vector<prefill_chunk> chunks,
                             std::vector<decode_seq> batch) {
   runner->submit([eng = eng.get(), pool = pool.get(), chunks = std::move(chunks),

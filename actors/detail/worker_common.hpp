@@ -69,9 +69,15 @@ struct kv_worker {
   /// set), then the prefix cache.
   worker_status status(role kind, std::string_view extra = {}) const;
 
+  /// The engine's check that positions [begin, end) of `tokens` hold the KV it would have
+  /// written into `blocks`: empty when they do (or when it cannot know), else what is
+  /// wrong. Runs on the caller's thread, between steps.
+  std::string check_kv(std::span<const token_id> tokens, std::span<const block_id> blocks,
+                       uint32_t begin, uint32_t end) const;
+
   /// Runs one iteration on the engine thread — `chunks` prefilled, then `batch` decoded —
-  /// and sends the result (or the engine's error) to `me` as engine_step_done. The one
-  /// place where a worker calls the engine's compute.
+  /// and sends the result (or the engine's error) to `me` as engine_step_done. With
+  /// check_kv, the only place where a worker calls the engine.
   void submit_step(caf::actor me, std::vector<prefill_chunk> chunks, std::vector<decode_seq> batch);
 };
 

@@ -1,7 +1,9 @@
 // The router: admits requests, picks workers, streams tokens back in order and builds
-// each request's timeline. Decisions live in routing_policy.cpp. When there is a choice to
-// make (several workers of a role, or local prefill allowed), it first asks the kv-store
-// which workers hold the prompt's leading blocks, so that a prompt goes where its prefix
+// each request's timeline. Decisions live in routing_policy.cpp (admission, worker choice,
+// whether to ask the kv-store), token_order.cpp (client order across attempts),
+// prefill_backlog.cpp (prompt tokens queued at prefill workers) and clock_shift.cpp. When there is
+// a choice to make (several workers of a role, or local prefill allowed), it first asks the
+// kv-store which workers hold the prompt's leading blocks, so that a prompt goes where its prefix
 // is cached (KV-aware routing); the wait is part of the `routing` stage.
 //
 // Migration (decisions in migration.cpp): when a request's decode worker leaves, its
