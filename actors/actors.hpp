@@ -60,6 +60,9 @@ struct router_config {
   /// Period of the router's self-sent watchdog tick (0: no periodic tick; tests send
   /// tick_atom themselves).
   caf::timespan tick_interval = std::chrono::seconds(1);
+  /// How long routing waits for the kv-store's prefix overlap before it routes without
+  /// it: the cache is an optimisation, never a reason to stall a request.
+  caf::timespan overlap_timeout = std::chrono::milliseconds(20);
   /// The model's end-of-sequence id, when known: a request whose last delivered token is
   /// EOS is complete rather than migrated.
   std::optional<token_id> eos;

@@ -18,6 +18,7 @@
 #include <boost/asio/post.hpp>
 #include <nlohmann/json.hpp>
 
+#include "frontend/bottleneck.hpp"
 #include "frontend/detail/http_core.hpp"
 #include "frontend/http_routes.hpp"
 #include "frontend/request_log.hpp"

@@ -2,8 +2,8 @@
 /// The frontend's record of recently finished requests (DESIGN.md §7), and what it tells
 /// about the cluster: a bounded, thread-safe ring of generation summaries (both APIs record
 /// into it through frontend_metrics::finished), their JSON form for /debug/requests, a
-/// per-worker aggregate over a recent window for /debug/snapshot and `tokenmill top`, and
-/// the policy that names the worker that is the bottleneck. No CAF here.
+/// per-worker aggregate over a recent window for /debug/snapshot and `tokenmill top`
+/// (frontend/bottleneck.hpp names the worker that limits it). No CAF here.
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -89,25 +89,6 @@ struct cluster_snapshot {
   spike_counts spikes{};
   std::vector<worker_snapshot> workers;  ///< status order, then workers only in summaries
 };
-
-/// What find_bottleneck concluded.
-struct bottleneck {
-  bool found = false;
-  std::string worker;  ///< when found
-  /// found: "<worker>: <why, with numbers>"; else why nothing is ("none (...)" detail).
-  std::string line;
-};
-
-/// Names the worker that limits the cluster, with evidence:
-///  1. among several workers of a role, one whose per-request stage time is >= 1.5x the
-///     median of its peers (and the gap matters: >= 10% of the mean TTFT), or whose queue
-///     is deep (>= 4) and >= 2x its peers';
-///  2. otherwise ITL spikes (>= 3 on a decode worker and its p99 >= 2x p50): the decode
-///     worker with the most, and the dominant cause;
-///  3. otherwise the stage that dominates the mean TTFT, on the worker of that role with
-///     the largest share.
-/// Nothing when no request finished in the window and every queue is empty.
-bottleneck find_bottleneck(const cluster_snapshot& s);
 
 /// The snapshot as /debug/snapshot returns it (without the bottleneck fields).
 nlohmann::ordered_json to_json(const cluster_snapshot& s);

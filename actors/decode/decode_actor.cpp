@@ -14,7 +14,9 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/actors.hpp"
-#include "actors/engine_thread.hpp"
+#include "actors/decode/decode_policy.hpp"
+#include "actors/detail/worker_common.hpp"
+#include "actors/prefix_reuse.hpp"
 #include "common/clock.hpp"
 #include "engine/block_hash.hpp"
 #include "engine/kv_cache.hpp"
@@ -53,20 +55,13 @@ struct step_in_flight {
 };
 
 struct decode_state {
-  worker_info info;
   decode_config cfg;
-  std::shared_ptr<engine> eng;
-  std::unique_ptr<block_pool> pool;
-  std::unique_ptr<kv_cache> cache;  ///< over `pool`
-  std::shared_ptr<kv_transport> transport;
-  caf::actor kv_store;
   std::unordered_map<request_id, sequence> seqs;
   std::deque<request_id> waiting_blocks;  ///< assignments waiting for free KV blocks
   std::deque<request_id> local_queue;     ///< local prefills, in order
   std::deque<request_id> ready;           ///< KV complete, waiting for a batch slot
   std::vector<request_id> running;        ///< the running batch
   step_in_flight step;
-  std::unique_ptr<engine_thread> runner;  ///< declared after eng/pool: joins before they go
   uint64_t completed = 0;
   uint64_t tokens_out = 0;
   uint64_t kv_bytes_received = 0;  ///< prompt KV that arrived from prefill workers
@@ -74,6 +69,9 @@ struct decode_state {
   /// still in flight may land in them, so they are held until the prefill worker reports its
   /// writes drained (kv_drained), or until cfg.kv_drain_timeout.
   std::unordered_map<request_id, std::vector<block_id>> draining;
+  /// Pool, cache, engine and its thread. Last: the engine thread joins before the
+  /// sequences its step points into go.
+  kv_worker w;
   static inline const char* name = "decode";
 };
 
@@ -106,11 +104,11 @@ void finish(decode_ptr self, request_id id, finish_reason reason, error_info err
   }
   if (s.phase == seq_phase::waiting_kv && s.prefill) self->send(s.prefill, cancel_request{id});
   if (!s.blocks.empty()) {
-    if (s.phase == seq_phase::waiting_kv && st.transport->one_sided()) {
+    if (hold_until_drained(s.phase == seq_phase::waiting_kv, st.w.transport->one_sided())) {
       st.draining.emplace(id, std::move(s.blocks));
       self->delayed_send(self, st.cfg.kv_drain_timeout, drain_expired{id});
-    } else if (!st.cache->release(s.blocks)) {
-      spdlog::error("decode {}: releasing blocks of request {} failed", st.info.name, id);
+    } else if (!st.w.cache->release(s.blocks)) {
+      spdlog::error("decode {}: releasing blocks of request {} failed", st.w.info.name, id);
     }
   }
   request_done d;
@@ -122,7 +120,7 @@ void finish(decode_ptr self, request_id id, finish_reason reason, error_info err
   d.tr.id = id;
   for (const auto& h : s.req.tr.hops)
     if (!on_ttft_path(h.where)) d.tr.hops.push_back(h);
-  d.tr.stamp(stage::finished, st.info.node_index);
+  d.tr.stamp(stage::finished, st.w.info.node_index);
   self->send(s.router, std::move(d));
   if (reason != finish_reason::cancelled && reason != finish_reason::error) ++st.completed;
   erase_id(st.waiting_blocks, id);
@@ -142,26 +140,17 @@ void release_drained(decode_ptr self, request_id id, bool expired) {
     spdlog::warn(
         "decode {}: no word from the prefill worker on request {}'s writes after {} ms; "
         "freeing its {} blocks",
-        st.info.name, id, st.cfg.kv_drain_timeout.count(), it->second.size());
-  if (!st.cache->release(it->second))
-    spdlog::error("decode {}: releasing blocks of request {} failed", st.info.name, id);
+        st.w.info.name, id, st.cfg.kv_drain_timeout.count(), it->second.size());
+  if (!st.w.cache->release(it->second))
+    spdlog::error("decode {}: releasing blocks of request {} failed", st.w.info.name, id);
   st.draining.erase(it);
   reserve_waiting(self);
-}
-
-/// Tells the kv-store what entered and left this worker's prefix cache.
-void publish_cache_events(decode_ptr self) {
-  auto& st = self->state;
-  auto ev = st.cache->take_events();
-  if (!st.kv_store) return;
-  if (!ev.removed.empty()) self->send(st.kv_store, kv_event{st.info.id, false, ev.removed});
-  if (!ev.stored.empty()) self->send(st.kv_store, kv_event{st.info.id, true, ev.stored});
 }
 
 /// Commits the sequence's full blocks whose KV is written (the first `written` tokens) to
 /// the prefix cache, extending its hash chain as blocks fill.
 void commit_written(decode_state& st, sequence& s, size_t written) {
-  auto bt = st.pool->layout().block_tokens;
+  auto bt = st.w.pool->layout().block_tokens;
   auto full = static_cast<uint32_t>(written / bt);
   while (s.chain.size() < full) {
     auto k = s.chain.size();
@@ -170,22 +159,23 @@ void commit_written(decode_state& st, sequence& s, size_t written) {
     s.chain.push_back(next.front());
   }
   for (; s.committed < full && s.committed < s.blocks.size(); ++s.committed)
-    st.cache->commit(s.blocks[s.committed], s.chain[s.committed]);
+    st.w.cache->commit(s.blocks[s.committed], s.chain[s.committed]);
 }
 
 void fail(decode_ptr self, request_id id, errc code, std::string msg) {
-  spdlog::warn("decode {}: request {} failed: {}", self->state.info.name, id, msg);
+  spdlog::warn("decode {}: request {} failed: {}", self->state.w.info.name, id, msg);
   finish(self, id, finish_reason::error, {code, std::move(msg)});
 }
 
-/// Why a sequence should stop after producing `tok`, if it should.
+/// Why a sequence should stop after producing `tok`, if it should (decode_policy decides).
 finish_reason stop_reason(const decode_state& st, const sequence& s, token_id tok) {
-  const auto& o = s.req.options;
-  if (!o.ignore_eos && tok == st.eng->info().eos) return finish_reason::eos;
-  if (std::find(o.stop_ids.begin(), o.stop_ids.end(), tok) != o.stop_ids.end())
-    return finish_reason::stop;
-  if (s.generated >= o.max_tokens) return finish_reason::length;
-  return finish_reason::none;
+  return stop_reason(s.req.options, s.generated, tok, st.w.eng->info().eos);
+}
+
+/// The blocks of the prompt a remote prefill writes: those after the reused prefix.
+std::span<const block_id> transfer_blocks(const decode_state& st, const sequence& s) {
+  auto prompt_blocks = st.w.pool->layout().blocks_for(s.prompt_len);
+  return std::span(s.blocks).subspan(s.reused, prompt_blocks - s.reused);
 }
 
 /// The prompt's KV is in place and the first token is known: join the ready queue.
@@ -193,7 +183,7 @@ void prompt_complete(decode_ptr self, sequence& s, token_id first) {
   auto& st = self->state;
   auto id = s.req.id;
   commit_written(st, s, s.prompt_len);
-  publish_cache_events(self);
+  st.w.publish_cache_events(self);
   s.phase = seq_phase::ready;  // KV complete: nothing left to cancel at a prefill worker
   s.tokens.push_back(first);
   s.generated = 1;
@@ -211,40 +201,34 @@ void reserve_waiting(decode_ptr self) {
   while (!st.waiting_blocks.empty()) {
     auto id = st.waiting_blocks.front();
     auto& s = st.seqs.at(id);
-    auto bt = st.pool->layout().block_tokens;
+    auto bt = st.w.pool->layout().block_tokens;
     auto need = blocks_to_reserve(s.prompt_len, s.req.options.max_tokens, bt);
-    // Reuse the cached prefix; the prompt's last token is always computed (its logits give
-    // the first token), so at most (prompt_len - 1) / bt blocks come from the cache.
-    auto prefix = st.cache->acquire_prefix(s.chain, (s.prompt_len - 1) / bt);
-    auto fresh = st.cache->allocate(need - static_cast<uint32_t>(prefix.size()));
-    if (!fresh) {
-      st.cache->release(prefix);
-      return;
-    }
+    // The cached prefix is reused (prefix_reuse.hpp says how much of it may be).
+    auto r = st.w.reserve(s.chain, s.prompt_len, need);
+    if (!r) return;
     st.waiting_blocks.pop_front();
-    s.reused = s.committed = static_cast<uint32_t>(prefix.size());
-    s.prefill_done = s.reused * bt;
-    s.blocks = std::move(prefix);
-    s.blocks.insert(s.blocks.end(), fresh->begin(), fresh->end());
-    publish_cache_events(self);  // the allocation may have evicted cached blocks
-    s.req.tr.stamp(stage::decode_reserved, st.info.node_index);
+    s.reused = s.committed = r->reused;
+    s.prefill_done = first_computed_token(s.reused, bt);
+    s.blocks = std::move(r->blocks);
+    st.w.publish_cache_events(self);  // the allocation may have evicted cached blocks
+    s.req.tr.stamp(stage::decode_reserved, st.w.info.node_index);
     if (s.prefill) {
       s.phase = seq_phase::waiting_kv;
       prefill_job job;
       job.id = id;
       job.prompt = s.req.prompt;
       job.sampling = s.req.options.sampling;
-      job.dst = st.info.pool;
-      auto prompt_blocks = st.pool->layout().blocks_for(s.prompt_len);
+      job.dst = st.w.info.pool;
       job.skip_blocks = s.reused;
-      job.dst_blocks.assign(s.blocks.begin() + s.reused, s.blocks.begin() + prompt_blocks);
+      auto dst = transfer_blocks(st, s);
+      job.dst_blocks.assign(dst.begin(), dst.end());
       job.decode = self;
       job.router = s.router;
       job.tr = s.req.tr;
       self->send(s.prefill, std::move(job));
     } else {
       s.phase = seq_phase::local_prefill;
-      s.req.tr.stamp(stage::prefill_queued, st.info.node_index);
+      s.req.tr.stamp(stage::prefill_queued, st.w.info.node_index);
       st.local_queue.push_back(id);
     }
   }
@@ -263,7 +247,7 @@ void launch(decode_ptr self) {
     st.ready.pop_front();
     auto& s = st.seqs.at(id);
     s.phase = seq_phase::running;
-    s.req.tr.stamp(stage::decode_admitted, st.info.node_index);
+    s.req.tr.stamp(stage::decode_admitted, st.w.info.node_index);
     st.running.push_back(id);
   }
   std::deque<prefill_progress> progress;
@@ -278,8 +262,8 @@ void launch(decode_ptr self) {
   for (const auto& c : plan) {
     auto& s = st.seqs.at(c.key);
     // The first chunk starts after the cached prefix.
-    if (c.begin == s.reused * st.pool->layout().block_tokens)
-      s.req.tr.stamp(stage::prefill_started, st.info.node_index);
+    if (c.begin == first_computed_token(s.reused, st.w.pool->layout().block_tokens))
+      s.req.tr.stamp(stage::prefill_started, st.w.info.node_index);
     chunks.push_back({std::span(s.tokens).subspan(0, s.prompt_len), c.begin, c.end, s.blocks,
                       s.req.options.sampling});
   }
@@ -290,24 +274,7 @@ void launch(decode_ptr self) {
     batch.push_back({s.tokens, s.blocks, s.req.options.sampling});
   }
   st.step = step_in_flight{true, std::move(plan), st.running, now_ns()};
-  auto me = caf::actor_cast<caf::actor>(self);
-  st.runner->submit([eng = st.eng.get(), pool = st.pool.get(), chunks = std::move(chunks),
-                     batch = std::move(batch), me] {
-    engine_step_done d;
-    try {
-      auto t0 = now_ns();
-      if (!chunks.empty()) d.prefill_next = eng->prefill(*pool, chunks);
-      auto t1 = now_ns();
-      if (!batch.empty()) d.decode_next = eng->decode(*pool, batch);
-      d.prefill_ns = t1 - t0;
-      d.decode_ns = now_ns() - t1;
-    } catch (const std::exception& e) {
-      d.prefill_next.clear();
-      d.decode_next.clear();
-      d.error = e.what();
-    }
-    caf::anon_send(me, std::move(d));
-  });
+  st.w.submit_step(caf::actor_cast<caf::actor>(self), std::move(chunks), std::move(batch));
 }
 
 /// Re-plans when a handler that may have changed the queues returns, on every path.
@@ -337,7 +304,7 @@ void step_done(decode_ptr self, engine_step_done& d) {
     auto& s = st.seqs.at(id);
     s.prefill_done = done.prefill[i].end;
     if (s.prefill_done < s.prompt_len) continue;
-    s.req.tr.stamp(stage::prefill_done, st.info.node_index);
+    s.req.tr.stamp(stage::prefill_done, st.w.info.node_index);
     erase_id(st.local_queue, id);
     self->send(s.router, first_token{id, d.prefill_next[i], s.req.tr});
     prompt_complete(self, s, d.prefill_next[i]);
@@ -369,13 +336,13 @@ void step_done(decode_ptr self, engine_step_done& d) {
     b.batch_size = static_cast<uint32_t>(done.decode.size());
     b.step_ns = d.decode_ns;
     b.piggyback_prefill = !done.prefill.empty();
-    b.node = st.info.node_index;
+    b.node = st.w.info.node_index;
     b.step_start_ns = done.started_ns;
     b.step_end_ns = ended_ns;
     b.prefill_tokens = prefill_tokens;
     self->send(router, std::move(b));
   }
-  publish_cache_events(self);
+  st.w.publish_cache_events(self);
   for (auto [id, r] : ended)
     finish(self, id, r);
   for (auto id : ended_early) {
@@ -392,19 +359,9 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
                             caf::actor sup, caf::actor kv_store) {
   auto& st = self->state;
   st.cfg = cfg;
-  st.eng = std::move(eng);
-  st.pool = make_pool(*st.eng, cfg.num_blocks);
-  st.cache = std::make_unique<kv_cache>(*st.pool);
-  st.transport = std::move(transport);
-  st.kv_store = std::move(kv_store);
-  st.runner = std::make_unique<engine_thread>();
-  info.pool = st.transport->register_pool(info.id, st.pool->storage(), st.pool->block_bytes());
-  st.info = info;
-  self->request(sup, std::chrono::seconds(5), register_worker{info, self})
-      .then([](bool) {},
-            [](caf::error& e) {
-              spdlog::error("decode: registration failed: {}", caf::to_string(e));
-            });
+  st.w.kv_store = std::move(kv_store);
+  st.w.start(self, std::move(info), cfg.num_blocks, std::move(eng), std::move(transport), sup,
+             "decode");
   return {
       [self](decode_assignment& a) {
         launch_on_exit relaunch{self};
@@ -412,7 +369,8 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         auto id = a.req.id;
         if (st.seqs.count(id) != 0) {
           // A repeated delivery of an assignment we already serve: the live request goes on.
-          spdlog::warn("decode {}: ignoring a repeated assignment of request {}", st.info.name, id);
+          spdlog::warn("decode {}: ignoring a repeated assignment of request {}", st.w.info.name,
+                       id);
           return;
         }
         if (a.req.prompt.empty()) {
@@ -424,23 +382,21 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
           return;
         }
         auto prompt_len = static_cast<uint32_t>(a.req.prompt.size());
-        auto need =
-            blocks_to_reserve(prompt_len, a.req.options.max_tokens, st.pool->layout().block_tokens);
+        auto need = blocks_to_reserve(prompt_len, a.req.options.max_tokens,
+                                      st.w.pool->layout().block_tokens);
         sequence s;
         s.router = a.router;
         s.prefill = a.prefill;
         s.prompt_len = prompt_len;
         s.tokens = a.req.prompt;
         s.tokens.reserve(size_t{prompt_len} + a.req.options.max_tokens);
-        s.chain = block_hashes(s.tokens, st.pool->layout().block_tokens);
+        s.chain = block_hashes(s.tokens, st.w.pool->layout().block_tokens);
         s.req = std::move(a.req);
+        auto too_big =
+            check_capacity(need, prompt_len, s.req.options.max_tokens, st.w.pool->total());
         st.seqs.emplace(id, std::move(s));
-        if (need > st.pool->total()) {
-          fail(self, id, errc::out_of_blocks,
-               fmt::format("request needs {} KV blocks (prompt {} + max_tokens {} tokens); the "
-                           "decode pool has {}",
-                           need, prompt_len, st.seqs.at(id).req.options.max_tokens,
-                           st.pool->total()));
+        if (too_big) {
+          fail(self, id, too_big->code, std::move(too_big->message));
           return;
         }
         st.waiting_blocks.push_back(id);
@@ -452,36 +408,21 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         auto it = st.seqs.find(t.id);
         if (it == st.seqs.end() || it->second.phase != seq_phase::waiting_kv) return;
         auto& s = it->second;
-        auto prompt_blocks = st.pool->layout().blocks_for(s.prompt_len);
-        for (auto b : t.payload.dst_blocks) {
-          // Only the blocks reserved for the transfer may be written: never a cached one.
-          auto first = s.blocks.begin() + s.reused;
-          auto pos = std::find(first, s.blocks.begin() + prompt_blocks, b);
-          if (pos == s.blocks.begin() + prompt_blocks) {
-            fail(
-                self, t.id, errc::kv_corrupt,
-                fmt::format("KV transfer names block {}, which is not reserved for the prompt", b));
-            return;
-          }
-        }
-        if (t.checksums.size() != t.payload.dst_blocks.size()) {
-          fail(self, t.id, errc::kv_corrupt,
-               fmt::format("KV transfer carries {} checksums for {} blocks", t.checksums.size(),
-                           t.payload.dst_blocks.size()));
+        // Only the blocks reserved for the transfer may be written: never a cached one.
+        if (auto err = check_kv_transfer(transfer_blocks(st, s), t.payload.dst_blocks,
+                                         t.checksums.size())) {
+          fail(self, t.id, err->code, std::move(err->message));
           return;
         }
-        if (auto err =
-                st.transport->deliver(t.payload, st.pool->storage(), st.pool->block_bytes())) {
+        if (auto err = st.w.transport->deliver(t.payload, st.w.pool->storage(),
+                                               st.w.pool->block_bytes())) {
           fail(self, t.id, err.code, err.message);
           return;
         }
         for (size_t i = 0; i < t.payload.dst_blocks.size(); ++i) {
           auto b = t.payload.dst_blocks[i];
-          auto sum = block_checksum(*st.pool, b);
-          if (sum != t.checksums[i]) {
-            fail(self, t.id, errc::kv_corrupt,
-                 fmt::format("KV block {} failed its checksum after transfer ({:016x} != {:016x})",
-                             b, sum, t.checksums[i]));
+          if (auto err = check_block_checksum(b, block_checksum(*st.w.pool, b), t.checksums[i])) {
+            fail(self, t.id, err->code, std::move(err->message));
             return;
           }
           s.received.insert(b);
@@ -498,22 +439,18 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         }
         auto& s = it->second;
         s.req.tr = std::move(r.tr);
-        s.req.tr.stamp(stage::kv_ready, st.info.node_index);
-        auto prompt_blocks = st.pool->layout().blocks_for(s.prompt_len);
-        auto expected = prompt_blocks - s.reused;
-        if (s.received.size() != expected || r.blocks != expected) {
-          fail(self, r.id, errc::kv_corrupt,
-               fmt::format("prefill reported {} blocks; {} of {} prompt blocks arrived", r.blocks,
-                           s.received.size(), expected));
+        s.req.tr.stamp(stage::kv_ready, st.w.info.node_index);
+        auto expected = static_cast<uint32_t>(transfer_blocks(st, s).size());
+        if (auto err = check_kv_ready(s.received.size(), r.blocks, expected)) {
+          fail(self, r.id, err->code, std::move(err->message));
           return;
         }
         // Content check: a block that is intact but misplaced fails here.
-        if (auto err = st.eng->check_kv(*st.pool, s.tokens, s.blocks, 0, s.prompt_len);
-            !err.empty()) {
+        if (auto err = st.w.check_kv(s.tokens, s.blocks, 0, s.prompt_len); !err.empty()) {
           fail(self, r.id, errc::kv_corrupt, err);
           return;
         }
-        st.kv_bytes_received += uint64_t{expected} * st.pool->block_bytes();
+        st.kv_bytes_received += uint64_t{expected} * st.w.pool->block_bytes();
         prompt_complete(self, s, r.first_token);
       },
       [self](const prefill_failed& f) {
@@ -532,12 +469,7 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         release_drained(self, d.id, true);
       },
       [self](step_atom) { launch(self); },
-      [self](const membership& m) {
-        // The kv-store may live on another node and join after us: take it from here.
-        for (const auto& mem : m.members)
-          if (mem.info.kind == role::kv_store)
-            self->state.kv_store = mem.up ? mem.handle : caf::actor{};
-      },
+      [self](const membership& m) { self->state.w.learn_kv_store(m); },
       [self](engine_step_done& d) { step_done(self, d); },
       [self](const cancel_request& c) {
         launch_on_exit relaunch{self};
@@ -545,28 +477,16 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
       },
       [self](status_atom) {
         auto& st = self->state;
-        worker_status ws;
-        ws.id = st.info.id;
-        ws.kind = role::decode;
-        ws.name = st.info.name;
-        ws.node = st.info.node;
-        ws.queued = static_cast<uint32_t>(st.waiting_blocks.size() + st.local_queue.size() +
-                                          st.ready.size());
-        ws.running = static_cast<uint32_t>(st.running.size());
-        ws.kv_used = st.cache->referenced();
-        ws.kv_total = st.pool->total();
-        ws.completed = st.completed;
-        ws.tokens_out = st.tokens_out;
-        ws.kv_bytes = st.kv_bytes_received;
-        ws.prefix_hit_blocks = st.cache->hits();
-        ws.prefix_lookup_blocks = st.cache->lookups();
         size_t waiting_kv = 0;
         for (const auto& [id, s] : st.seqs)
           waiting_kv += s.phase == seq_phase::waiting_kv;
-        ws.detail = fmt::format(
-            "engine {}, transport {}, {} awaiting KV, prefix cache {} blocks ({} reused)",
-            st.eng->info().name, st.transport->name(), waiting_kv, st.cache->cached(),
-            st.cache->hits());
+        auto ws = st.w.status(role::decode, fmt::format("{} awaiting KV, ", waiting_kv));
+        ws.queued = static_cast<uint32_t>(st.waiting_blocks.size() + st.local_queue.size() +
+                                          st.ready.size());
+        ws.running = static_cast<uint32_t>(st.running.size());
+        ws.completed = st.completed;
+        ws.tokens_out = st.tokens_out;
+        ws.kv_bytes = st.kv_bytes_received;
         if (!st.draining.empty())
           ws.detail += fmt::format(", {} ended requests' blocks held until their writes drain",
                                    st.draining.size());

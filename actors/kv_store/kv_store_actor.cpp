@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/actors.hpp"
+#include "actors/detail/worker_common.hpp"
 #include "actors/kv_store/kv_index.hpp"
 
 namespace tokenmill {
@@ -18,11 +19,7 @@ struct kv_store_state {
 caf::behavior kv_store(caf::stateful_actor<kv_store_state>* self, worker_info info,
                        caf::actor sup) {
   self->state.info = info;
-  self->request(sup, std::chrono::seconds(5), register_worker{info, self})
-      .then([](bool) {},
-            [](caf::error& e) {
-              spdlog::error("kv_store: registration failed: {}", caf::to_string(e));
-            });
+  register_with_supervisor(self, sup, info, "kv_store");
   return {
       [self](const kv_event& e) {
         ++self->state.events;

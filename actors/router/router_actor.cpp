@@ -1,7 +1,9 @@
 // The router: admits requests, picks workers, streams tokens back in order and builds
-// each request's timeline. Decisions live in routing_policy.cpp. When there is a choice to
-// make (several workers of a role, or local prefill allowed), it first asks the kv-store
-// which workers hold the prompt's leading blocks, so that a prompt goes where its prefix
+// each request's timeline. Decisions live in routing_policy.cpp (admission, worker choice,
+// whether to ask the kv-store), token_order.cpp (client order across attempts),
+// prefill_backlog.cpp (prompt tokens queued at prefill workers) and clock_shift.cpp. When there is
+// a choice to make (several workers of a role, or local prefill allowed), it first asks the
+// kv-store which workers hold the prompt's leading blocks, so that a prompt goes where its prefix
 // is cached (KV-aware routing); the wait is part of the `routing` stage.
 //
 // Migration (decisions in migration.cpp): when a request's decode worker leaves, its
@@ -16,7 +18,11 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/actors.hpp"
+#include "actors/detail/worker_common.hpp"
+#include "actors/router/clock_shift.hpp"
 #include "actors/router/itl_attribution.hpp"
+#include "actors/router/prefill_backlog.hpp"
+#include "actors/router/token_order.hpp"
 #include "common/clock.hpp"
 #include "common/stats.hpp"
 #include "engine/block_hash.hpp"
@@ -26,15 +32,8 @@ namespace {
 
 struct worker_load {
   caf::actor handle;
-  uint32_t active = 0;         ///< decode: requests assigned and not done
-  uint64_t queued_tokens = 0;  ///< prefill: prompt tokens assigned and not prefilled
+  uint32_t active = 0;  ///< decode: requests assigned and not done
   std::string name;
-};
-
-/// The decode step behind a token that waits for its turn, on the router's clock.
-struct pending_step {
-  int64_t start_ns = 0, end_ns = 0;
-  uint32_t batch = 0, prefill_tokens = 0;
 };
 
 /// Steps kept per request for the summary (the spike counts cover every token).
@@ -47,15 +46,9 @@ struct request_state {
   request_id attempt = 0;  ///< the id the workers know the current attempt by
   request_phase phase = request_phase::routing;
   worker_id decode = 0;
-  caf::actor decode_handle;                ///< invalid while routing
-  std::optional<worker_id> prefill;        ///< set while a remote prefill is outstanding
-  uint32_t queued_prompt = 0;              ///< prompt tokens of the attempt in the prefill queues
-  uint32_t offset = 0;                     ///< client index of the current attempt's index 0
-  uint32_t next_index = 0;                 ///< next token index to release to the client
-  std::vector<token_id> delivered;         ///< tokens released to the client (resent on a move)
-  std::map<uint32_t, token_id> pending;    ///< tokens that arrived ahead of their turn
-  std::vector<int64_t> release_ns;         ///< when each token was released (for ITL)
-  std::map<uint32_t, pending_step> steps;  ///< step behind each pending token
+  caf::actor decode_handle;         ///< invalid while routing
+  token_order order;                ///< the client's view of the tokens, across attempts
+  std::vector<int64_t> release_ns;  ///< when each token was released (for ITL)
   itl_attribution itl;
   std::string prefill_name, decode_name;
   trace tr;
@@ -83,7 +76,8 @@ struct router_state {
   uint64_t overlap_queries = 0;
   uint64_t overlap_failures = 0;  ///< queries that failed or timed out (routed without)
   uint64_t routed_to_cache = 0;   ///< requests sent to a worker holding part of the prefix
-  uint64_t queued_prompt_tokens = 0;
+  /// Prompt tokens at prefill workers, by request (client id) and worker.
+  prefill_backlog backlog;
   uint64_t completed = 0;
   uint64_t tokens_out = 0;
   uint64_t rejected = 0;
@@ -96,21 +90,12 @@ struct router_state {
 
 using router_ptr = caf::stateful_actor<router_state>*;
 
-/// Puts every hop on the router's clock (the frontend beside it stamps on the same one):
-/// a hop from node n moves by offset[n] - offset[router's node].
-trace on_local_clock(const trace& tr, const std::vector<int64_t>& offsets, uint32_t self_node) {
-  auto off = [&](uint32_t n) { return n < offsets.size() ? offsets[n] : int64_t{0}; };
-  trace out = tr;
-  for (auto& h : out.hops)
-    h.t_ns += off(h.node) - off(self_node);
-  return out;
-}
-
 request_summary make_summary(const router_state& st, const request_state& rs, request_id id) {
   request_summary s;
   s.id = id;
   s.prompt_tokens = static_cast<uint32_t>(rs.req.prompt.size());
-  s.completion_tokens = rs.next_index;
+  s.completion_tokens = rs.order.next_index();
+  // Every hop on the router's clock (the frontend beside it stamps on the same one).
   s.tr = on_local_clock(rs.tr, st.offsets, st.info.node_index);
   std::vector<double> gaps;
   for (size_t i = 1; i < rs.release_ns.size(); ++i)
@@ -130,21 +115,10 @@ request_summary make_summary(const router_state& st, const request_state& rs, re
   return s;
 }
 
-/// The one place that takes an attempt's prompt out of the prefill queues: when its first
-/// token arrives, when it ends, and when it moves.
-void release_prefill_queue(router_state& st, request_state& rs) {
-  if (!rs.prefill) return;
-  if (auto p = st.prefills.find(*rs.prefill); p != st.prefills.end())
-    p->second.queued_tokens -= std::min<uint64_t>(p->second.queued_tokens, rs.queued_prompt);
-  st.queued_prompt_tokens -= std::min<uint64_t>(st.queued_prompt_tokens, rs.queued_prompt);
-  rs.prefill.reset();
-  rs.queued_prompt = 0;
-}
-
 /// Forgets the current attempt: its worker loads and its id. Late messages of the attempt
 /// find nothing afterwards.
 void detach_attempt(router_state& st, request_state& rs) {
-  release_prefill_queue(st, rs);
+  st.backlog.release(rs.req.id);
   if (rs.decode_handle) {
     if (auto d = st.decodes.find(rs.decode); d != st.decodes.end() && d->second.active > 0)
       --d->second.active;
@@ -180,20 +154,12 @@ void fail_request(router_ptr self, request_id id, errc code, std::string message
 void release_tokens(router_ptr self, request_id id, request_state& rs) {
   token_chunk chunk;
   chunk.id = id;
-  chunk.first_index = rs.next_index;
+  chunk.first_index = rs.order.next_index();
   auto now = now_ns();
-  for (auto it = rs.pending.begin(); it != rs.pending.end() && it->first == rs.next_index;
-       it = rs.pending.erase(it)) {
-    chunk.tokens.push_back(it->second);
-    rs.delivered.push_back(it->second);
+  for (const auto& r : rs.order.take_ready()) {
+    chunk.tokens.push_back(r.token);
     rs.release_ns.push_back(now);
-    pending_step ps;
-    if (auto sit = rs.steps.find(it->first); sit != rs.steps.end()) {
-      ps = sit->second;
-      rs.steps.erase(sit);
-    }
-    rs.itl.add(it->first, now, ps.start_ns, ps.end_ns, ps.batch, ps.prefill_tokens);
-    ++rs.next_index;
+    rs.itl.add(r.index, now, r.step.start_ns, r.step.end_ns, r.step.batch, r.step.prefill_tokens);
   }
   if (!chunk.tokens.empty()) {
     self->state.tokens_out += chunk.tokens.size();
@@ -244,16 +210,13 @@ void route(router_ptr self, request_id cid, generate_request req,
   if (!local) {
     std::vector<prefill_candidate> pc;
     for (const auto& [wid, w] : st.prefills)
-      pc.push_back({wid, w.queued_tokens, overlap_of(overlap, wid)});
+      pc.push_back({wid, st.backlog.queued(wid), overlap_of(overlap, wid)});
     auto p = pick_prefill(pc, prompt_tokens, st.cfg.block_tokens);
     to_cache = pc[*p].overlap_blocks > 0 || dc[*d].overlap_blocks > 0;
     auto pid = pc[*p].id;
     auto& pw = st.prefills[pid];
     prefill = pw.handle;
-    pw.queued_tokens += prompt_tokens;
-    st.queued_prompt_tokens += prompt_tokens;
-    rs.prefill = pid;
-    rs.queued_prompt = prompt_tokens;
+    st.backlog.add(cid, pid, prompt_tokens);
     rs.prefill_name = pw.name;
   }
   if (to_cache) ++st.routed_to_cache;
@@ -270,16 +233,8 @@ void route(router_ptr self, request_id cid, generate_request req,
   self->send(dw.handle, decode_assignment{std::move(req), prefill, self});
 }
 
-/// Whether the kv-store's overlap can change where `req` goes: some choice exists and the
-/// prompt has a full block.
-bool overlap_matters(const router_state& st, const generate_request& req) {
-  if (!st.kv_store || req.prompt.size() < st.cfg.block_tokens) return false;
-  return st.decodes.size() > 1 || st.prefills.size() > 1 ||
-         (st.cfg.local_prefill_threshold > 0 && !st.prefills.empty());
-}
-
 /// Asks the kv-store for the prompt's overlap, then routes (without it, after a failure or
-/// after 20 ms: the cache is an optimisation, never a reason to stall a request). A
+/// after cfg.overlap_timeout: the cache is an optimisation, never a reason to stall a request). A
 /// request that ended or moved on meanwhile (cancel, timeout) is left alone.
 void route_with_overlap(router_ptr self, request_id cid, generate_request req,
                         std::optional<worker_id> avoid) {
@@ -296,7 +251,7 @@ void route_with_overlap(router_ptr self, request_id cid, generate_request req,
       return;
     route(self, cid, std::move(*shared), overlap, avoid);
   };
-  self->request(st.kv_store, std::chrono::milliseconds(20), std::move(q))
+  self->request(st.kv_store, st.cfg.overlap_timeout, std::move(q))
       .then([resume](overlap_reply& r) { resume(std::move(r.workers)); },
             [self, resume, cid](caf::error& e) {
               ++self->state.overlap_failures;
@@ -309,7 +264,10 @@ void route_with_overlap(router_ptr self, request_id cid, generate_request req,
 /// Routes attempt `req` of request `cid`, asking the kv-store first when that can matter.
 void dispatch(router_ptr self, request_id cid, generate_request req,
               std::optional<worker_id> avoid = std::nullopt) {
-  if (overlap_matters(self->state, req))
+  const auto& st = self->state;
+  if (overlap_matters(static_cast<bool>(st.kv_store), static_cast<uint32_t>(req.prompt.size()),
+                      st.cfg.block_tokens, st.decodes.size(), st.prefills.size(),
+                      st.cfg.local_prefill_threshold))
     route_with_overlap(self, cid, std::move(req), avoid);
   else
     route(self, cid, std::move(req), {}, avoid);
@@ -330,7 +288,7 @@ void migrate(router_ptr self, request_id cid, migration_reason why, const std::s
     fail_request(self, cid, errc::cancelled, "cancelled (its worker was lost meanwhile)");
     return;
   }
-  auto d = plan_migration(rs.req.prompt, rs.req.options, rs.delivered, rs.migrations,
+  auto d = plan_migration(rs.req.prompt, rs.req.options, rs.order.delivered(), rs.migrations,
                           st.cfg.migration_limit, why, worker, st.cfg.eos);
   switch (d.what) {
     case migration_decision::kind::complete: {
@@ -355,14 +313,12 @@ void migrate(router_ptr self, request_id cid, migration_reason why, const std::s
     return;
   }
   spdlog::warn("router: request {} moves ({}, {} tokens delivered): {}", cid, to_string(why),
-               rs.next_index, detail);
+               rs.order.next_index(), detail);
   ++rs.migrations;
   ++st.migrated;
   rs.migration_reasons.emplace_back(to_string(why));
   rs.tr.stamp(stage::migrated, st.info.node_index);
-  rs.pending.clear();  // the new attempt produces them again
-  rs.steps.clear();
-  rs.offset = d.plan.offset;
+  rs.order.restart(d.plan.offset);  // waiting tokens: the new attempt produces them again
   generate_request next = rs.req;
   next.id = mint_attempt_id(st.info.id, ++st.attempt_counter);
   next.prompt = std::move(d.plan.prompt);
@@ -403,7 +359,7 @@ void watchdog(router_ptr self) {
     if (rs.decode_handle) self->send(rs.decode_handle, cancel_request{rs.attempt});
     const auto& worker = rs.phase == request_phase::prefill ? rs.prefill_name : rs.decode_name;
     if (v == watchdog_verdict::timed_out) {
-      auto msg = timeout_message(rs.phase, worker, now - rs.admitted_ns, rs.next_index);
+      auto msg = timeout_message(rs.phase, worker, now - rs.admitted_ns, rs.order.next_index());
       spdlog::warn("router: request {}: {}", id, msg);
       ++st.timed_out;
       fail_request(self, id, errc::timeout, std::move(msg));
@@ -421,11 +377,7 @@ void watchdog(router_ptr self) {
 caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::actor sup) {
   self->state.info = info;
   self->state.cfg = cfg;
-  self->request(sup, std::chrono::seconds(5), register_worker{info, self})
-      .then([](bool) {},
-            [](caf::error& e) {
-              spdlog::error("router: registration failed: {}", caf::to_string(e));
-            });
+  register_with_supervisor(self, sup, info, "router");
   if (cfg.tick_interval.count() > 0) self->delayed_send(self, cfg.tick_interval, tick_atom::value);
   return {
       [self](generate_request& req) {
@@ -450,13 +402,13 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           return refuse(errc::invalid_request,
                         fmt::format("request id {} is already in flight", req.id));
         auto inflight = static_cast<uint32_t>(st.requests.size());
-        if (admit(inflight, st.queued_prompt_tokens, prompt_tokens, st.cfg.limits) ==
+        if (admit(inflight, st.backlog.total(), prompt_tokens, st.cfg.limits) ==
             admission::overloaded) {
           ++st.rejected;
           return refuse(errc::overloaded,
                         fmt::format("router is at capacity ({} requests in flight, {} prompt "
                                     "tokens queued); retry later",
-                                    st.requests.size(), st.queued_prompt_tokens));
+                                    st.requests.size(), st.backlog.total()));
         }
         auto id = req.id;
         request_state rs;
@@ -472,7 +424,7 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         auto* rs = find_attempt(st, ft.id, &cid);
         if (!rs) return;
         rs->progress_ns = now_ns();
-        if (rs->offset == 0) {
+        if (rs->order.offset() == 0) {
           ft.tr.stamp(stage::first_token_router, st.info.node_index);
           rs->tr.merge(ft.tr);
         } else {
@@ -481,10 +433,9 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           for (const auto& h : ft.tr.hops)
             if (!on_ttft_path(h.where)) rs->tr.hops.push_back(h);
         }
-        release_prefill_queue(st, *rs);
+        st.backlog.release(cid);
         rs->phase = request_phase::decoding;
-        // Delivered twice (or already released): dropped.
-        if (auto i = client_index(rs->offset, 0, rs->next_index)) rs->pending.emplace(*i, ft.token);
+        rs->order.accept(0, ft.token);  // delivered twice (or already released): dropped
         release_tokens(self, cid, *rs);
       },
       [self](const token_batch& b) {
@@ -495,18 +446,16 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           if (!rs) continue;  // an ended request, or an attempt it moved away from
           rs->progress_ns = now_ns();
           // Decode tokens mean the prompt's KV arrived: the prefill part is over.
-          release_prefill_queue(st, *rs);
+          st.backlog.release(cid);
           rs->phase = request_phase::decoding;
+          // The step's times, moved from the decode node's clock onto the router's.
+          const int64_t shift = clock_shift(st.offsets, b.node, st.info.node_index);
           // A token delivered twice (index already released) is dropped: re-queueing it
           // would block every later token behind it.
-          auto i = client_index(rs->offset, t.index, rs->next_index);
-          if (!i) continue;
-          rs->pending.emplace(*i, t.token);
-          // The step's times, moved from the decode node's clock onto the router's.
-          auto off = [&](uint32_t n) { return n < st.offsets.size() ? st.offsets[n] : int64_t{0}; };
-          const int64_t shift = off(b.node) - off(st.info.node_index);
-          rs->steps[*i] = {b.step_start_ns + shift, b.step_end_ns + shift, b.batch_size,
-                           b.prefill_tokens};
+          if (!rs->order.accept(t.index, t.token,
+                                pending_step{b.step_start_ns + shift, b.step_end_ns + shift,
+                                             b.batch_size, b.prefill_tokens}))
+            continue;
           release_tokens(self, cid, *rs);
         }
       },
@@ -528,9 +477,9 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           }
         }
         rs->tr.merge(d.tr);
-        if (rs->next_index < rs->offset + d.completion_tokens)
+        if (rs->order.next_index() < rs->order.offset() + d.completion_tokens)
           spdlog::error("router: request {} finished with {} of {} tokens released", cid,
-                        rs->next_index, rs->offset + d.completion_tokens);
+                        rs->order.next_index(), rs->order.offset() + d.completion_tokens);
         auto s = make_summary(st, *rs, cid);
         s.reason = d.reason;
         s.error = d.error;
@@ -571,6 +520,8 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
             st.kv_store = mem.handle;
           }
         }
+        for (const auto& [wid, w] : st.prefills)
+          if (!prefills.count(wid)) st.backlog.forget_worker(wid);
         st.decodes = std::move(decodes);
         st.prefills = std::move(prefills);
         // Requests on a worker that left move to another one (or end with a clear error).
@@ -584,7 +535,7 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           if (rs.phase == request_phase::routing) continue;
           if (!st.decodes.count(rs.decode)) {
             lost.push_back({id, migration_reason::worker_lost, rs.decode_name});
-          } else if (rs.prefill && !st.prefills.count(*rs.prefill)) {
+          } else if (auto p = st.backlog.worker_of(id); p && !st.prefills.count(*p)) {
             // The decode worker holds blocks reserved for the KV that will not come.
             self->send(rs.decode_handle, cancel_request{rs.attempt});
             lost.push_back({id, migration_reason::prefill_lost, rs.prefill_name});

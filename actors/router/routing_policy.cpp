@@ -59,4 +59,12 @@ bool prefill_locally(uint32_t prompt_tokens, uint32_t cached_tokens, uint32_t th
   return uncached < threshold;
 }
 
+bool overlap_matters(bool kv_store_known, uint32_t prompt_tokens, uint32_t block_tokens,
+                     size_t decode_workers, size_t prefill_workers,
+                     uint32_t local_prefill_threshold) {
+  if (!kv_store_known || prompt_tokens < block_tokens) return false;
+  return decode_workers > 1 || prefill_workers > 1 ||
+         (local_prefill_threshold > 0 && prefill_workers > 0);
+}
+
 }  // namespace tokenmill

@@ -1,6 +1,7 @@
 #pragma once
 /// The router's decisions, free of CAF (STYLE.md §2): admission, choice of decode and
 /// prefill worker, and conditional disaggregation.
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -50,5 +51,13 @@ std::optional<size_t> pick_prefill(std::span<const prefill_candidate> candidates
 /// there is no prefill worker at all.
 bool prefill_locally(uint32_t prompt_tokens, uint32_t cached_tokens, uint32_t threshold,
                      bool any_prefill_worker);
+
+/// Whether the kv-store's prefix overlap can change where a request goes, so that asking
+/// it is worth the wait: a kv-store is known, the prompt has a full block, and there is a
+/// choice to make (several decode or prefill workers, or local prefill allowed beside
+/// prefill workers).
+bool overlap_matters(bool kv_store_known, uint32_t prompt_tokens, uint32_t block_tokens,
+                     size_t decode_workers, size_t prefill_workers,
+                     uint32_t local_prefill_threshold);
 
 }  // namespace tokenmill

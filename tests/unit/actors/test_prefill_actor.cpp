@@ -1,6 +1,7 @@
 // Prefill worker tests: the scoped actor plays supervisor, decode worker and router. The
 // destination is a pool the test owns, registered with the inline transport, so the
 // test delivers every kv_transfer itself and checks checksums and contents.
+#include <condition_variable>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -328,8 +329,11 @@ class held_transport final : public kv_transport {
   void write(const pool_memory& local, size_t block_bytes, std::span<const block_id> src,
              const pool_descriptor& peer, std::span<const block_id> dst, completion done) override {
     inner.write(local, block_bytes, src, peer, dst, [this, done](error_info e, kv_payload p) {
-      std::lock_guard lock{mutex};
-      held.push_back([done, e, p]() mutable { done(std::move(e), std::move(p)); });
+      {
+        std::lock_guard lock{mutex};
+        held.push_back([done, e, p]() mutable { done(std::move(e), std::move(p)); });
+      }
+      held_cv.notify_all();
     });
   }
   error_info deliver(const kv_payload& payload, pool_memory& local, size_t block_bytes) override {
@@ -338,6 +342,12 @@ class held_transport final : public kv_transport {
   size_t pending() {
     std::lock_guard lock{mutex};
     return held.size();
+  }
+  /// Waits (at most `receive_timeout`) until the worker has handed a write over: the
+  /// transport is called on the worker's thread, after no message the test could await.
+  bool wait_until_held() {
+    std::unique_lock lock{mutex};
+    return held_cv.wait_for(lock, receive_timeout, [this] { return !held.empty(); });
   }
   void complete_all() {
     std::vector<std::function<void()>> now;
@@ -351,6 +361,7 @@ class held_transport final : public kv_transport {
 
   inline_transport inner;
   std::mutex mutex;
+  std::condition_variable held_cv;
   std::vector<std::function<void()>> held;
 };
 }  // namespace
@@ -364,8 +375,7 @@ TEST_CASE("prefill: a cancelled job keeps its blocks until its writes complete",
   auto a = h.job(52, 8, {0, 1});
   h.self->send(h.prefill, a);
   // The whole prompt is computed and its write handed to the transport, which holds it.
-  for (int i = 0; i < 500 && tp->pending() == 0; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  REQUIRE(tp->wait_until_held());
   REQUIRE(tp->pending() > 0);
   h.self->send(h.prefill, cancel_request{a.id});
   auto ws = query_status(h.self, h.prefill);

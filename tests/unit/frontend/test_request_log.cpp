@@ -1,5 +1,5 @@
-// The frontend's request log: JSON round trip, the bounded ring, the per-worker snapshot
-// and the bottleneck policy, on hand-made summaries.
+// The frontend's request log: JSON round trip, the bounded ring and the per-worker
+// snapshot, on hand-made summaries (request_log_fixtures.hpp).
 #include <catch2/catch.hpp>
 
 #include <string>
@@ -8,80 +8,10 @@
 
 #include "frontend/frontend_metrics.hpp"
 #include "frontend/request_log.hpp"
+#include "request_log_fixtures.hpp"
 
 using namespace tokenmill;
-
-namespace {
-
-constexpr int64_t kNow = 1'000'000'000'000;  // the snapshot's "now" (ns)
-
-/// A successful request with the given TTFT stages (ms), spread evenly over the stages'
-/// causal stamps.
-generation_summary make_summary(request_id id, std::string prefill, std::string decode,
-                                std::vector<std::pair<std::string, double>> stages,
-                                uint32_t prompt_tokens = 512) {
-  generation_summary g;
-  g.id = id;
-  g.reason = finish_reason::length;
-  g.prompt_tokens = prompt_tokens;
-  g.completion_tokens = 32;
-  g.prefill_worker = std::move(prefill);
-  g.decode_worker = std::move(decode);
-  double ttft = 0;
-  for (auto& [n, ms] : stages) {
-    g.stages.push_back({n, ms});
-    ttft += ms;
-  }
-  g.ttft_ms = ttft;
-  g.itl_mean_ms = 10;
-  g.itl_p50_ms = 10;
-  g.itl_p99_ms = 11;
-  return g;
-}
-
-request_record rec(generation_summary g, int64_t end_ns = kNow - 1'000'000'000) {
-  request_record r;
-  r.summary = std::move(g);
-  r.api = "http";
-  r.end_ns = end_ns;
-  r.arrival_ns = end_ns - 100'000'000;
-  return r;
-}
-
-worker_status ws(std::string name, role kind, std::string node, uint32_t queued = 0) {
-  worker_status w;
-  w.name = std::move(name);
-  w.kind = kind;
-  w.node = std::move(node);
-  w.queued = queued;
-  w.kv_total = 1000;
-  return w;
-}
-
-std::vector<std::pair<std::string, double>> stages(double pq, double pc, double kt,
-                                                   double rest = 1) {
-  return {{"frontend_to_router", 0.1 * rest},
-          {"routing", 0.1 * rest},
-          {"decode_reserve", 0.3 * rest},
-          {"to_prefill", 0.1 * rest},
-          {"prefill_queue", pq},
-          {"prefill_compute", pc},
-          {"kv_transfer", kt},
-          {"to_router", 0.3 * rest},
-          {"router_to_frontend", 0.1 * rest}};
-}
-
-cluster_status two_prefill_cluster(uint32_t p1_queue = 0) {
-  cluster_status st;
-  st.cluster = "obs";
-  st.ready = true;
-  st.workers = {ws("head.router0", role::router, "head"), ws("p0.prefill0", role::prefill, "p0"),
-                ws("p1.prefill0", role::prefill, "p1", p1_queue),
-                ws("d0.decode0", role::decode, "d0")};
-  return st;
-}
-
-}  // namespace
+using namespace tokenmill::test;
 
 TEST_CASE("a generation summary survives the JSON round trip", "[request_log]") {
   auto g = make_summary(7, "p0.prefill0", "d0.decode0", stages(1, 2, 3));
@@ -231,90 +161,6 @@ TEST_CASE("ITL percentiles come from the decode steps when there are some", "[re
   // No prefill worker: the decode worker prefilled, so the prefill stages are its own.
   CHECK(s.workers[0].prefill_compute_ms == Approx(5));
   CHECK(s.workers[0].ttft_share == Approx((1 + 5 + 0.6) / s.mean_ttft_ms));
-}
-
-TEST_CASE("the bottleneck: the slow one of two prefill workers", "[request_log]") {
-  std::vector<request_record> rs;
-  for (request_id i = 0; i < 20; ++i) {
-    bool slow = i % 2 == 1;
-    rs.push_back(rec(make_summary(i, slow ? "p1.prefill0" : "p0.prefill0", "d0.decode0",
-                                  stages(slow ? 6 : 1, slow ? 41.2 : 10.3, 1))));
-  }
-  auto st = two_prefill_cluster();
-  auto s = make_snapshot(rs, 30, &st, kNow);
-  auto b = find_bottleneck(s);
-  INFO(b.line);
-  CHECK(b.found);
-  CHECK(b.worker == "p1.prefill0");
-  CHECK(b.line.rfind("p1.prefill0: prefill_compute 41.2 ms/request vs 10.3 on p0.prefill0", 0) ==
-        0);
-  CHECK(b.line.find("of mean TTFT") != std::string::npos);
-}
-
-TEST_CASE("the bottleneck: the deepest queue among prefill workers", "[request_log]") {
-  std::vector<request_record> rs;
-  for (request_id i = 0; i < 10; ++i)
-    rs.push_back(rec(
-        make_summary(i, i % 2 ? "p1.prefill0" : "p0.prefill0", "d0.decode0", stages(1, 10, 1))));
-  auto st = two_prefill_cluster(12);
-  auto b = find_bottleneck(make_snapshot(rs, 30, &st, kNow));
-  INFO(b.line);
-  CHECK(b.worker == "p1.prefill0");
-  CHECK(b.line.find("queue 12") != std::string::npos);
-}
-
-TEST_CASE("the bottleneck: ITL spikes from piggy-backed prefill", "[request_log]") {
-  std::vector<request_record> rs;
-  for (request_id i = 0; i < 10; ++i) {
-    auto g = make_summary(i, "p0.prefill0", "d0.decode0", stages(1, 10, 1));
-    g.itl_p50_ms = 10;
-    g.itl_p99_ms = 60;
-    g.itl_spikes.assign(kItlCauses, 0);
-    g.itl_spikes[static_cast<size_t>(itl_cause::prefill)] = 3;
-    g.itl_spikes[static_cast<size_t>(itl_cause::batch_growth)] = 1;
-    rs.push_back(rec(g));
-  }
-  cluster_status st;
-  st.workers = {ws("p0.prefill0", role::prefill, "p0"), ws("d0.decode0", role::decode, "d0")};
-  auto s = make_snapshot(rs, 30, &st, kNow);
-  CHECK(s.spikes[static_cast<size_t>(itl_cause::prefill)] == 30);
-  auto b = find_bottleneck(s);
-  INFO(b.line);
-  CHECK(b.found);
-  CHECK(b.worker == "d0.decode0");
-  CHECK(b.line.rfind("d0.decode0:", 0) == 0);
-  CHECK(b.line.find("prefill") != std::string::npos);
-  CHECK(b.line.find("40 spikes") != std::string::npos);
-}
-
-TEST_CASE("the bottleneck: an idle cluster has none", "[request_log]") {
-  auto st = two_prefill_cluster();
-  auto b = find_bottleneck(make_snapshot({}, 30, &st, kNow));
-  CHECK_FALSE(b.found);
-  CHECK(b.worker.empty());
-  CHECK(b.line.rfind("none", 0) == 0);
-  // Old requests only: still idle.
-  auto old =
-      rec(make_summary(1, "p0.prefill0", "d0.decode0", stages(1, 10, 1)), kNow - 100'000'000'000);
-  CHECK_FALSE(find_bottleneck(make_snapshot({old}, 30, &st, kNow)).found);
-  // Nothing finished but a queue builds up: that worker.
-  auto stuck = two_prefill_cluster(5);
-  auto b2 = find_bottleneck(make_snapshot({}, 30, &stuck, kNow));
-  CHECK(b2.found);
-  CHECK(b2.worker == "p1.prefill0");
-}
-
-TEST_CASE("the bottleneck: balanced workers, the dominant stage", "[request_log]") {
-  std::vector<request_record> rs;
-  for (request_id i = 0; i < 10; ++i)
-    rs.push_back(rec(
-        make_summary(i, i % 2 ? "p1.prefill0" : "p0.prefill0", "d0.decode0", stages(1, 30, 2))));
-  auto st = two_prefill_cluster();
-  auto b = find_bottleneck(make_snapshot(rs, 30, &st, kNow));
-  INFO(b.line);
-  CHECK(b.found);
-  CHECK(b.worker.find("prefill") != std::string::npos);
-  CHECK(b.line.find("prefill_compute 30.0 ms/request") != std::string::npos);
 }
 
 TEST_CASE("frontend metrics count migrations by reason and requests lost to worker failures",

@@ -122,3 +122,16 @@ TEST_CASE("prefill_locally: conditional disaggregation", "[routing_policy]") {
   CHECK(prefill_locally(100000, 0, 128, false));
   CHECK(prefill_locally(0, 0, 0, false));
 }
+
+TEST_CASE("the kv-store is asked only when its answer can change the route", "[routing_policy]") {
+  // kv-store known, prompt >= one block, and a choice: several decode or prefill workers.
+  CHECK(overlap_matters(true, 16, 16, 2, 0, 0));
+  CHECK(overlap_matters(true, 16, 16, 1, 2, 0));
+  // One decode, one prefill worker: only local prefill (threshold > 0) makes a choice.
+  CHECK_FALSE(overlap_matters(true, 64, 16, 1, 1, 0));
+  CHECK(overlap_matters(true, 64, 16, 1, 1, 128));
+  CHECK_FALSE(overlap_matters(true, 64, 16, 1, 0, 128));
+  // No kv-store, or no full block to look up.
+  CHECK_FALSE(overlap_matters(false, 64, 16, 4, 4, 128));
+  CHECK_FALSE(overlap_matters(true, 15, 16, 4, 4, 128));
+}

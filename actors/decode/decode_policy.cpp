@@ -1,0 +1,61 @@
+#include "actors/decode/decode_policy.hpp"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+namespace tokenmill {
+
+finish_reason stop_reason(const request_options& opts, uint32_t generated, token_id tok,
+                          token_id eos) {
+  if (!opts.ignore_eos && tok == eos) return finish_reason::eos;
+  if (std::find(opts.stop_ids.begin(), opts.stop_ids.end(), tok) != opts.stop_ids.end())
+    return finish_reason::stop;
+  if (generated >= opts.max_tokens) return finish_reason::length;
+  return finish_reason::none;
+}
+
+std::optional<error_info> check_capacity(uint32_t need_blocks, uint32_t prompt_tokens,
+                                         uint32_t max_tokens, uint32_t pool_blocks) {
+  if (need_blocks <= pool_blocks) return std::nullopt;
+  return error_info{errc::out_of_blocks,
+                    fmt::format("request needs {} KV blocks (prompt {} + max_tokens {} tokens); "
+                                "the decode pool has {}",
+                                need_blocks, prompt_tokens, max_tokens, pool_blocks)};
+}
+
+std::optional<error_info> check_kv_transfer(std::span<const block_id> transfer_blocks,
+                                            std::span<const block_id> dst_blocks,
+                                            size_t checksums) {
+  for (auto b : dst_blocks)
+    if (std::find(transfer_blocks.begin(), transfer_blocks.end(), b) == transfer_blocks.end())
+      return error_info{
+          errc::kv_corrupt,
+          fmt::format("KV transfer names block {}, which is not reserved for the prompt", b)};
+  if (checksums != dst_blocks.size())
+    return error_info{errc::kv_corrupt,
+                      fmt::format("KV transfer carries {} checksums for {} blocks", checksums,
+                                  dst_blocks.size())};
+  return std::nullopt;
+}
+
+std::optional<error_info> check_block_checksum(block_id block, uint64_t actual, uint64_t expected) {
+  if (actual == expected) return std::nullopt;
+  return error_info{errc::kv_corrupt,
+                    fmt::format("KV block {} failed its checksum after transfer ({:016x} != "
+                                "{:016x})",
+                                block, actual, expected)};
+}
+
+std::optional<error_info> check_kv_ready(size_t received, uint32_t reported, uint32_t expected) {
+  if (received == expected && reported == expected) return std::nullopt;
+  return error_info{errc::kv_corrupt,
+                    fmt::format("prefill reported {} blocks; {} of {} prompt blocks arrived",
+                                reported, received, expected)};
+}
+
+bool hold_until_drained(bool waiting_for_kv, bool one_sided_transport) {
+  return waiting_for_kv && one_sided_transport;
+}
+
+}  // namespace tokenmill

@@ -1,0 +1,48 @@
+#pragma once
+/// The decode worker's decisions, free of CAF (STYLE.md §2): when a sequence stops, whether
+/// an assignment fits the pool, whether arriving KV is what was reserved for it, and when
+/// the blocks of an ended sequence must be held back. decode_actor.cpp wires them.
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+
+#include "common/api_types.hpp"
+#include "common/errors.hpp"
+#include "common/ids.hpp"
+
+namespace tokenmill {
+
+/// Why a sequence stops right after producing `tok`, its `generated`-th token (counting
+/// `tok`), or finish_reason::none: the model's `eos` (unless the request ignores it), one
+/// of the request's stop ids, or max_tokens reached, in that order.
+finish_reason stop_reason(const request_options& opts, uint32_t generated, token_id tok,
+                          token_id eos);
+
+/// Whether an assignment can ever be served: it needs `need_blocks` (prompt + max_tokens,
+/// in blocks) and the pool has `pool_blocks` in all. errc::out_of_blocks when it cannot,
+/// naming the prompt and max_tokens (tokens).
+std::optional<error_info> check_capacity(uint32_t need_blocks, uint32_t prompt_tokens,
+                                         uint32_t max_tokens, uint32_t pool_blocks);
+
+/// Checks an arriving kv_transfer before it is delivered: every block it writes must be
+/// one of `transfer_blocks` (those reserved for the transfer: the prompt's blocks after the
+/// reused prefix, never a cached one), with one checksum per block (`checksums`).
+/// errc::kv_corrupt says what is wrong.
+std::optional<error_info> check_kv_transfer(std::span<const block_id> transfer_blocks,
+                                            std::span<const block_id> dst_blocks, size_t checksums);
+
+/// Checks one delivered block: its checksum `actual` must equal the sender's `expected`.
+std::optional<error_info> check_block_checksum(block_id block, uint64_t actual, uint64_t expected);
+
+/// Checks kv_ready: the prefill worker reports `reported` blocks written and `received`
+/// distinct blocks arrived; both must be `expected` (the prompt's blocks after the reused
+/// prefix). errc::kv_corrupt otherwise.
+std::optional<error_info> check_kv_ready(size_t received, uint32_t reported, uint32_t expected);
+
+/// Whether the blocks of a sequence that ends now must be held rather than freed: it was
+/// still waiting for its prompt's KV (`waiting_for_kv`) and the transport writes one-sided,
+/// so a put may still land in them until the prefill worker reports its writes drained.
+bool hold_until_drained(bool waiting_for_kv, bool one_sided_transport);
+
+}  // namespace tokenmill

@@ -1,0 +1,106 @@
+#include "actors/detail/worker_common.hpp"
+
+#include <chrono>
+#include <exception>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "actors/prefix_reuse.hpp"
+#include "common/clock.hpp"
+
+namespace tokenmill {
+
+void register_with_supervisor(caf::event_based_actor* self, const caf::actor& sup,
+                              const worker_info& info, std::string_view what) {
+  self->request(sup, std::chrono::seconds(5), register_worker{info, self})
+      .then([](bool) {},
+            [what = std::string(what)](caf::error& e) {
+              spdlog::error("{}: registration failed: {}", what, caf::to_string(e));
+            });
+}
+
+void kv_worker::start(caf::event_based_actor* self, worker_info worker, uint32_t num_blocks,
+                      std::shared_ptr<engine> engine, std::shared_ptr<kv_transport> kv,
+                      const caf::actor& sup, std::string_view what) {
+  eng = std::move(engine);
+  pool = make_pool(*eng, num_blocks);
+  cache = std::make_unique<kv_cache>(*pool);
+  transport = std::move(kv);
+  runner = std::make_unique<engine_thread>();
+  worker.pool = transport->register_pool(worker.id, pool->storage(), pool->block_bytes());
+  info = std::move(worker);
+  register_with_supervisor(self, sup, info, what);
+}
+
+std::optional<prefix_reservation> kv_worker::reserve(std::span<const uint64_t> chain,
+                                                     uint32_t prompt_tokens, uint32_t need) {
+  auto bt = pool->layout().block_tokens;
+  auto prefix = cache->acquire_prefix(chain, reusable_prefix_blocks(prompt_tokens, bt));
+  auto fresh = cache->allocate(need - static_cast<uint32_t>(prefix.size()));
+  if (!fresh) {
+    cache->release(prefix);
+    return std::nullopt;
+  }
+  prefix_reservation r;
+  r.reused = static_cast<uint32_t>(prefix.size());
+  r.blocks = std::move(prefix);
+  r.blocks.insert(r.blocks.end(), fresh->begin(), fresh->end());
+  return r;
+}
+
+void kv_worker::publish_cache_events(caf::event_based_actor* self) {
+  auto ev = cache->take_events();
+  if (!kv_store) return;
+  if (!ev.removed.empty()) self->send(kv_store, kv_event{info.id, false, ev.removed});
+  if (!ev.stored.empty()) self->send(kv_store, kv_event{info.id, true, ev.stored});
+}
+
+void kv_worker::learn_kv_store(const membership& m) {
+  for (const auto& mem : m.members)
+    if (mem.info.kind == role::kv_store) kv_store = mem.up ? mem.handle : caf::actor{};
+}
+
+worker_status kv_worker::status(role kind, std::string_view extra) const {
+  worker_status ws;
+  ws.id = info.id;
+  ws.kind = kind;
+  ws.name = info.name;
+  ws.node = info.node;
+  ws.kv_used = cache->referenced();
+  ws.kv_total = pool->total();
+  ws.prefix_hit_blocks = cache->hits();
+  ws.prefix_lookup_blocks = cache->lookups();
+  ws.detail =
+      fmt::format("engine {}, transport {}, {}prefix cache {} blocks ({} reused)", eng->info().name,
+                  transport->name(), extra, cache->cached(), cache->hits());
+  return ws;
+}
+
+std::string kv_worker::check_kv(std::span<const token_id> tokens, std::span<const block_id> blocks,
+                                uint32_t begin, uint32_t end) const {
+  return eng->check_kv(*pool, tokens, blocks, begin, end);
+}
+
+void kv_worker::submit_step(caf::actor me, std::vector<prefill_chunk> chunks,
+                            std::vector<decode_seq> batch) {
+  runner->submit([eng = eng.get(), pool = pool.get(), chunks = std::move(chunks),
+                  batch = std::move(batch), me = std::move(me)] {
+    engine_step_done d;
+    try {
+      auto t0 = now_ns();
+      if (!chunks.empty()) d.prefill_next = eng->prefill(*pool, chunks);
+      auto t1 = now_ns();
+      if (!batch.empty()) d.decode_next = eng->decode(*pool, batch);
+      d.prefill_ns = t1 - t0;
+      d.decode_ns = now_ns() - t1;
+    } catch (const std::exception& e) {
+      d.prefill_next.clear();
+      d.decode_next.clear();
+      d.error = e.what();
+    }
+    caf::anon_send(me, std::move(d));
+  });
+}
+
+}  // namespace tokenmill

@@ -1,0 +1,84 @@
+#pragma once
+/// What the prefill and the decode worker share: the KV pool with its prefix cache, the
+/// engine thread and the one closure that calls the engine, cache events to the kv-store,
+/// the common part of the status, and registration with the supervisor (which every actor
+/// does). This file wires; the decisions are in the policy files beside each actor.
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <caf/all.hpp>
+
+#include "actors/engine_thread.hpp"
+#include "actors/protocol.hpp"
+#include "engine/engine.hpp"
+#include "engine/kv_cache.hpp"
+#include "transport/kv_transport.hpp"
+
+namespace tokenmill {
+
+/// Registers `self`, described by `info`, with the supervisor (which monitors it from then
+/// on). A failure is logged once, naming `what` (the actor's role, e.g. "decode").
+void register_with_supervisor(caf::event_based_actor* self, const caf::actor& sup,
+                              const worker_info& info, std::string_view what);
+
+/// Blocks reserved for one prompt: the cached prefix first, then fresh blocks.
+struct prefix_reservation {
+  std::vector<block_id> blocks;
+  uint32_t reused = 0;  ///< leading blocks taken from the prefix cache
+};
+
+/// The parts a KV-holding worker is built from. A worker's state keeps one as its *last*
+/// member: the engine thread joins first, before the pool and before any state its queued
+/// steps point into (prefill chunks and decode sequences are spans into the state).
+struct kv_worker {
+  worker_info info;  ///< with the pool descriptor start() registered
+  std::shared_ptr<engine> eng;
+  std::unique_ptr<block_pool> pool;
+  std::unique_ptr<kv_cache> cache;  ///< over `pool`
+  std::shared_ptr<kv_transport> transport;
+  caf::actor kv_store;                    ///< given at spawn or learnt from the membership
+  std::unique_ptr<engine_thread> runner;  ///< declared after eng/pool: joins before they go
+
+  /// Builds a pool of `num_blocks` blocks with its prefix cache and the engine thread,
+  /// registers the pool with the transport and the worker with the supervisor (as `what`).
+  void start(caf::event_based_actor* self, worker_info worker, uint32_t num_blocks,
+             std::shared_ptr<engine> engine, std::shared_ptr<kv_transport> kv,
+             const caf::actor& sup, std::string_view what);
+
+  /// Reserves `need` blocks for a `prompt_tokens`-token prompt whose full blocks hash to
+  /// `chain`: the cached prefix first (at most reusable_prefix_blocks), fresh blocks after.
+  /// Nothing, and nothing held, when the pool cannot supply the fresh blocks now.
+  std::optional<prefix_reservation> reserve(std::span<const uint64_t> chain, uint32_t prompt_tokens,
+                                            uint32_t need);
+
+  /// Tells the kv-store (when known) what entered and left the prefix cache since the
+  /// last call.
+  void publish_cache_events(caf::event_based_actor* self);
+
+  /// Takes the kv-store's handle from a membership: it may live on another node and join
+  /// after this worker, or leave.
+  void learn_kv_store(const membership& m);
+
+  /// The status fields every KV-holding worker reports (id, kind, name, node, KV and prefix
+  /// cache use); `detail` names engine and transport, then `extra` (ending in ", " when
+  /// set), then the prefix cache.
+  worker_status status(role kind, std::string_view extra = {}) const;
+
+  /// The engine's check that positions [begin, end) of `tokens` hold the KV it would have
+  /// written into `blocks`: empty when they do (or when it cannot know), else what is
+  /// wrong. Runs on the caller's thread, between steps.
+  std::string check_kv(std::span<const token_id> tokens, std::span<const block_id> blocks,
+                       uint32_t begin, uint32_t end) const;
+
+  /// Runs one iteration on the engine thread — `chunks` prefilled, then `batch` decoded —
+  /// and sends the result (or the engine's error) to `me` as engine_step_done. With
+  /// check_kv, the only place where a worker calls the engine.
+  void submit_step(caf::actor me, std::vector<prefill_chunk> chunks, std::vector<decode_seq> batch);
+};
+
+}  // namespace tokenmill
