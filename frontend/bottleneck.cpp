@@ -30,11 +30,6 @@ std::pair<std::string, double> dominant_part(const worker_snapshot& w) {
                            [](const auto& a, const auto& b) { return a.second < b.second; });
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return percentile_sorted(v, 0.5);
-}
-
 /// ITL spikes of every cause (index 0, none, is not a spike).
 uint64_t total(const spike_counts& c) {
   uint64_t n = 0;

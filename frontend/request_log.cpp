@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "common/clock.hpp"
+#include "common/stats.hpp"
 
 namespace tokenmill {
 
@@ -167,15 +168,6 @@ std::optional<request_record> record_from_json(const json& j) {
 // ------------------------------------------------------------------ snapshot
 
 namespace {
-
-double percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  double rank = p * double(v.size() - 1);
-  auto lo = static_cast<size_t>(std::floor(rank));
-  auto hi = std::min(lo + 1, v.size() - 1);
-  return v[lo] + (v[hi] - v[lo]) * (rank - double(lo));
-}
 
 double stage_of(const generation_summary& g, std::string_view name) {
   double ms = 0;
