@@ -350,10 +350,10 @@ TEST_CASE("decode: a stop id ends the request with finish_reason stop", "[decode
 
 TEST_CASE("decode: a first token that is a stop id ends the request before any step",
           "[decode_actor]") {
-  // BUG (actors/decode/decode_actor.cpp, finish()): the request ends inside the kv_ready
-  // handler while its phase is still waiting_kv, so finish() sends cancel_request to the
-  // prefill worker, which has already finished the job (only reason `length` is
-  // exempted, not `stop` or `eos`). Harmless today, but a stray protocol message.
+  // Regression (actors/decode/decode_actor.cpp, finish()): the request ended inside the
+  // kv_ready handler while its phase was still waiting_kv, so finish() sent cancel_request
+  // to the prefill worker, which had already finished the job (only reason `length` was
+  // exempted, not `stop` or `eos`): harmless, but a stray protocol message.
   decode_harness h;
   auto req = h.request(6, 9, 10);
   auto expected = sim_continuation(h.eng, req.prompt, 1);
@@ -625,12 +625,12 @@ TEST_CASE("decode: a sequence joins a running batch and both follow the sim", "[
 
 TEST_CASE("decode: after a KV failure frees blocks, the waiting assignment starts",
           "[decode_actor]") {
-  // BUG (actors/decode/decode_actor.cpp): two failure paths call fail() without launch():
-  // the kv_transfer handler when a transfer names a block not reserved for the prompt,
-  // and the kv_ready handler when fewer blocks arrived than the prompt has. fail() frees
-  // the blocks and reserve_waiting() reserves the next assignment; a local prefill is
-  // queued but nothing launches the engine, so it waits until some unrelated message
-  // arrives (here: forever). Every other failure path calls launch(self).
+  // Regression (actors/decode/decode_actor.cpp): two failure paths called fail() without
+  // launch(): the kv_transfer handler when a transfer named a block not reserved for the
+  // prompt, and the kv_ready handler when fewer blocks arrived than the prompt has. fail()
+  // freed the blocks and reserve_waiting() reserved the next assignment; a local prefill
+  // was queued but nothing launched the engine, so it waited until some unrelated message
+  // arrived (here: forever).
   decode_harness h{small_decode(8)};
   auto a = h.request(60, 12, 12);  // 6 of 8 blocks
   auto b = h.request(61, 12, 4, 400);
@@ -652,7 +652,7 @@ TEST_CASE("decode: after a KV failure frees blocks, the waiting assignment start
   CHECK(done.id == a.id);
   CHECK(done.error.code == errc::kv_corrupt);
   // With a zero-cost engine the first token follows within milliseconds; 1 s (not 5)
-  // bounds how long this test takes while the bug is there.
+  // bounds how long this test takes should the regression return.
   auto ft = expect<first_token>(h.self, "first_token of the waiting local assignment",
                                 std::chrono::seconds(1));
   CHECK(ft.id == b.id);

@@ -287,13 +287,13 @@ TEST_CASE("prefill: destination blocks outside the peer's pool fail the job", "[
 }
 
 TEST_CASE("prefill: a failed write frees blocks for the job waiting behind it", "[prefill_actor]") {
-  // BUG (actors/prefill/prefill_actor.cpp): fail_job() -> drop_job() frees the job's
-  // blocks but nothing calls launch(), so a job waiting for blocks stays waiting until an
-  // unrelated message arrives. Here A's write fails (a destination block outside the
-  // peer's pool) after A was computed; B waits for A's blocks and is never admitted.
-  // The cancel_request handler has the same gap (drop_job without launch); with the
-  // inline transport it only delays B until the engine's current step returns, but with
-  // a one-sided transport (writes pending, engine idle) B would wait indefinitely.
+  // Regression (actors/prefill/prefill_actor.cpp): fail_job() -> drop_job() freed the
+  // job's blocks but nothing called launch(), so a job waiting for blocks stayed waiting
+  // until an unrelated message arrived. Here A's write fails (a destination block outside
+  // the peer's pool) after A was computed; B waits for A's blocks and must be admitted.
+  // The cancel_request handler had the same gap (drop_job without launch); with the
+  // inline transport it only delayed B until the engine's current step returned, but with
+  // a one-sided transport (writes pending, engine idle) B would have waited indefinitely.
   prefill_harness h{small_prefill(4), true};
   auto a = h.job(50, 16, {0, 1, 2, 99});  // the test's pool has 16 blocks: 99 fails
   auto b = h.job(51, 8, {8, 9});

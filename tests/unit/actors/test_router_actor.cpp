@@ -312,11 +312,11 @@ TEST_CASE("router: request_done delivered twice yields one summary", "[router_ac
 
 TEST_CASE("router: tokens delivered twice are released once and do not stall the stream",
           "[router_actor]") {
-  // BUG (actors/router/router_actor.cpp, first_token / token_batch handlers and
-  // release_tokens): a token whose index was already released is put back into
-  // `pending`; release_tokens() starts at pending.begin() and stops at the first index
-  // that is not next_index, so the stale entry blocks every later token: the stream
-  // stalls and the summary reports fewer tokens than the decode worker produced.
+  // Regression (the router's first_token / token_batch handlers and release_tokens, now
+  // router/token_order): a token whose index was already released was put back into
+  // `pending`; the release started at pending.begin() and stopped at the first index that
+  // was not next_index, so the stale entry blocked every later token: the stream stalled
+  // and the summary reported fewer tokens than the decode worker produced.
   router_harness h;
   h.send_membership();
   auto a = h.submit(h.request(1));

@@ -298,15 +298,13 @@ TEST_CASE("ucx transport fails pending writes when destroyed", "[transport][ucx]
     });
   }
   a.reset();  // joins the progress thread: every completion has run by now
-  int failed = 0;
+  // Each write completes exactly once: ok if it finished in time, unavailable if it was
+  // still pending when the transport went (how many is up to the machine's timing).
   for (int i = 0; i < kWrites; ++i) {
     CHECK(calls[static_cast<size_t>(i)] == 1);
     auto c = codes[static_cast<size_t>(i)];
     CHECK((c == errc::ok || c == errc::unavailable));
-    failed += c == errc::unavailable ? 1 : 0;
   }
-  INFO(failed << " of " << kWrites << " writes were still pending at destruction");
-  CHECK(failed >= 0);
 }
 
 TEST_CASE("ucx transport fails writes after a connected peer goes, and reconnects",
