@@ -26,4 +26,20 @@ class result {
   std::variant<T, error_info> v_;
 };
 
+/// Success without a value, or an error_info: for operations that only can fail (writers,
+/// checks). Default-constructed (or `{}`) it is success.
+template <>
+class result<void> {
+ public:
+  result() = default;
+  result(error_info err) : err_(std::move(err)) {}
+  bool ok() const { return !err_; }
+  explicit operator bool() const { return ok(); }
+  /// The error; only meaningful when !ok().
+  const error_info& error() const { return err_; }
+
+ private:
+  error_info err_;  ///< errc::ok on success
+};
+
 }  // namespace tokenmill

@@ -1,4 +1,5 @@
 /// load_model: GGUF files and Hugging Face directories into a validated loaded_model.
+/// Over 600 lines: the GGUF and HF loaders share one weight binder; a split would only export it.
 #include <algorithm>
 #include <cmath>
 #include <cstring>

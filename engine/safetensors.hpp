@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "common/result.hpp"
-#include "engine/gguf.hpp"  // mapped_file
+#include "engine/mapped_file.hpp"
 #include "engine/tensor.hpp"
 
 namespace tokenmill {

@@ -12,16 +12,10 @@
 #include <fmt/format.h>
 
 #include "common/clock.hpp"
+#include "engine/detail/splitmix.hpp"
 
 namespace tokenmill {
 namespace {
-
-uint64_t splitmix(uint64_t& state) {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
 
 /// Seed of the contents of one (position, token, layer, K|V, head) vector.
 uint64_t vector_seed(uint64_t seed, uint32_t pos, token_id tok, uint32_t layer, uint32_t kv,
@@ -33,7 +27,7 @@ uint64_t vector_seed(uint64_t seed, uint32_t pos, token_id tok, uint32_t layer, 
 
 void fill_vector(std::byte* dst, size_t bytes, uint64_t state) {
   for (size_t i = 0; i < bytes; i += 8) {
-    uint64_t v = splitmix(state);
+    uint64_t v = detail::splitmix64(state);
     std::memcpy(dst + i, &v, std::min<size_t>(8, bytes - i));
   }
 }
