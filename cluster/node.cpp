@@ -147,21 +147,20 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   // On the supervisor's node the supervisor exists before the agent is published, so a
   // joining node can never be handed an unset supervisor.
   caf::actor sup;
-  std::string err;
   worker_options defaults;
   defaults.engine = m.defaults.engine;
   auto spec0 = to_engine_spec(m, defaults);
   // The model is loaded (mapped) once; every worker's engine shares it.
-  if (auto e = load_engine_model(spec0)) return fail(e);
+  if (auto r = load_engine_model(spec0); !r) return fail(r.error());
   auto spec_for = [&](const worker_options& o) {
     auto s = to_engine_spec(m, o);
     if (s.model_path == spec0.model_path) s.model = spec0.model;
     return s;
   };
-  auto probe_engine = make_engine(spec0, err);
-  if (!probe_engine) return fail({errc::invalid_request, err});
-  model_info model = probe_engine->info();
-  probe_engine.reset();
+  auto probe_engine = make_engine(spec0);
+  if (!probe_engine) return fail({errc::invalid_request, probe_engine.error().message});
+  model_info model = (*probe_engine)->info();
+  probe_engine->reset();
   if (sup_node == self_node) {
     supervisor_config sc;
     sc.cluster = m.cluster;
@@ -279,20 +278,20 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
         break;
       }
       case role::prefill: {
-        auto eng = make_engine(spec_for(*a.worker()), err);
-        if (!eng) return fail({errc::invalid_request, a.name + ": " + err});
+        auto eng = make_engine(spec_for(*a.worker()));
+        if (!eng) return fail({errc::invalid_request, a.name + ": " + eng.error().message});
         im->actors.push_back(spawn_prefill(sys, info(a), to_prefill_config(*a.prefill()),
-                                           std::move(eng), transport, sup));
+                                           std::move(*eng), transport, sup));
         im->workers.push_back(im->actors.back());
         break;
       }
       case role::decode: {
-        auto eng = make_engine(spec_for(*a.worker()), err);
-        if (!eng) return fail({errc::invalid_request, a.name + ": " + err});
+        auto eng = make_engine(spec_for(*a.worker()));
+        if (!eng) return fail({errc::invalid_request, a.name + ": " + eng.error().message});
         auto dc = to_decode_config(*a.decode());
         // Longer than any write of a prefill worker can live (ucx.op_timeout_ms).
         dc.kv_drain_timeout = std::chrono::milliseconds(m.ucx.op_timeout_ms + 1000);
-        im->actors.push_back(spawn_decode(sys, info(a), dc, std::move(eng), transport, sup, kv));
+        im->actors.push_back(spawn_decode(sys, info(a), dc, std::move(*eng), transport, sup, kv));
         im->workers.push_back(im->actors.back());
         break;
       }
@@ -301,8 +300,9 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   std::string endpoints = fmt::format("control={}:{}", self_node->address, self_node->port);
   if (m.frontend.node == name) {
     if (!router) return fail({errc::invalid_request, "the frontend's node runs no router"});
-    auto tok = make_tokenizer(spec0, err);
-    if (!tok) return fail({errc::invalid_request, err});
+    auto made_tok = make_tokenizer(spec0);
+    if (!made_tok) return fail({errc::invalid_request, made_tok.error().message});
+    auto tok = *made_tok;
     rpc_server_config rc;
     rc.host = m.frontend.host;
     rc.port = m.frontend.rpc_port;

@@ -1,5 +1,6 @@
 #pragma once
 /// A value or an error_info (C++20 has no std::expected). Used at library boundaries.
+#include <exception>
 #include <utility>
 #include <variant>
 
@@ -41,5 +42,19 @@ class result<void> {
  private:
   error_info err_;  ///< errc::ok on success
 };
+
+/// Calls `f` (which returns a result) and turns an exception it lets out into an error_info
+/// with `code` and the exception's message. For the one place where a library boundary
+/// converts what its implementation throws (std::bad_alloc, a CUDA error) into a value.
+template <class F>
+auto catch_into_result(errc code, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    return error_info{code, e.what()};
+  } catch (...) {
+    return error_info{code, "unknown exception"};
+  }
+}
 
 }  // namespace tokenmill

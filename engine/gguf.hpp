@@ -163,9 +163,10 @@ class gguf_writer {
   /// row_bytes(type, ne0) * ne1 * ... bytes (checked by write()).
   void add_tensor(std::string name, dtype type, std::vector<uint64_t> shape,
                   std::vector<std::byte> data);
-  /// Returns an error message, "" on success. Writes metadata in insertion order, tensors
-  /// aligned to 32.
-  std::string write(const std::string& path) const;
+  /// Writes metadata in insertion order, tensors aligned to 32. Errors: errc::invalid_model
+  /// naming the tensor that cannot be written (nothing is written then), errc::invalid_request
+  /// naming `path` when it cannot be written.
+  result<void> write(const std::string& path) const;
 
  private:
   struct tensor {

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "engine/gguf.hpp"
@@ -112,25 +113,29 @@ void gguf_writer::add_tensor(std::string name, dtype type, std::vector<uint64_t>
   tensors_.push_back(tensor{std::move(name), type, std::move(shape), std::move(data)});
 }
 
-std::string gguf_writer::write(const std::string& path) const {
+result<void> gguf_writer::write(const std::string& path) const {
   constexpr uint64_t align = 32;
+  auto bad = [](std::string what) { return error_info{errc::invalid_model, std::move(what)}; };
+  auto io = [&](const char* what) {
+    return error_info{errc::invalid_request, path + ": " + what + ": " + std::strerror(errno)};
+  };
   try {
     // Validate and lay out the tensors first, so nothing is written for a bad model.
     std::vector<uint64_t> offsets;
     uint64_t off = 0;
     for (const auto& t : tensors_) {
       if (t.shape.empty() || t.shape.size() > 4)
-        return "tensor '" + t.name + "': " + std::to_string(t.shape.size()) +
-               " dimensions (1 to 4 are allowed)";
+        return bad("tensor '" + t.name + "': " + std::to_string(t.shape.size()) +
+                   " dimensions (1 to 4 are allowed)");
       if (t.type == dtype::q8_0 && t.shape[0] % 32 != 0)
-        return "tensor '" + t.name + "': Q8_0 rows must be a multiple of 32";
+        return bad("tensor '" + t.name + "': Q8_0 rows must be a multiple of 32");
       uint64_t rows = 1;
       for (size_t d = 1; d < t.shape.size(); ++d)
         rows *= t.shape[d];
       uint64_t want = rows * row_bytes(t.type, t.shape[0]);
       if (t.data.size() != want)
-        return "tensor '" + t.name + "': " + std::to_string(t.data.size()) +
-               " bytes of data, expected " + std::to_string(want);
+        return bad("tensor '" + t.name + "': " + std::to_string(t.data.size()) +
+                   " bytes of data, expected " + std::to_string(want));
       offsets.push_back(off);
       off += (want + align - 1) / align * align;
     }
@@ -156,7 +161,7 @@ std::string gguf_writer::write(const std::string& path) const {
     head.resize((head.size() + align - 1) / align * align, std::byte{0});
 
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    if (!out) return path + ": cannot open for writing: " + std::strerror(errno);
+    if (!out) return io("cannot open for writing");
     out.write(reinterpret_cast<const char*>(head.data()),
               static_cast<std::streamsize>(head.size()));
     static const char zeros[align] = {};
@@ -167,10 +172,10 @@ std::string gguf_writer::write(const std::string& path) const {
       out.write(zeros, static_cast<std::streamsize>(pad));
     }
     out.flush();
-    if (!out) return path + ": write failed: " + std::strerror(errno);
+    if (!out) return io("write failed");
     return {};
   } catch (const std::exception& e) {
-    return path + ": " + e.what();
+    return error_info{errc::internal, path + ": " + e.what()};
   }
 }
 

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <utility>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -253,17 +255,22 @@ std::vector<float> generate(const gen_tensor& t, uint64_t seed) {
   return uniform_values(seed, t.hf_name, n, 0.0f, 1.0f / std::sqrt(static_cast<float>(t.cols)));
 }
 
-std::string write_text(const fs::path& path, const std::string& text) {
+/// errc::invalid_request: the output path the caller asked for cannot be written.
+error_info cannot(std::string what) {
+  return {errc::invalid_request, std::move(what)};
+}
+
+result<void> write_text(const fs::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) return fmt::format("cannot create {}", path.string());
+  if (!out) return cannot(fmt::format("cannot create {}", path.string()));
   out << text;
   out.close();
-  if (!out) return fmt::format("cannot write {}", path.string());
+  if (!out) return cannot(fmt::format("cannot write {}", path.string()));
   return {};
 }
 
-std::string write_gguf(const make_model_options& opts, const llama_config& c,
-                       const vocab_spec& vocab) {
+result<void> write_gguf(const make_model_options& opts, const llama_config& c,
+                        const vocab_spec& vocab) {
   gguf_writer w;
   const std::string& a = c.arch;
   w.set_string("general.architecture", a);
@@ -353,22 +360,20 @@ nlohmann::ordered_json hf_config(const make_model_options& opts, const llama_con
   return j;
 }
 
-std::string write_hf(const make_model_options& opts, const llama_config& c,
-                     const vocab_spec& vocab) {
+result<void> write_hf(const make_model_options& opts, const llama_config& c,
+                      const vocab_spec& vocab) {
   fs::path dir = opts.output;
   std::error_code ec;
   if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
-    return fmt::format("{} exists and is not a directory", dir.string());
+    return cannot(fmt::format("{} exists and is not a directory", dir.string()));
   fs::create_directories(dir, ec);
-  if (ec) return fmt::format("cannot create directory {}: {}", dir.string(), ec.message());
+  if (ec) return cannot(fmt::format("cannot create directory {}: {}", dir.string(), ec.message()));
 
-  if (auto err = write_text(dir / "config.json", hf_config(opts, c).dump(2) + "\n"); !err.empty())
-    return err;
+  if (auto r = write_text(dir / "config.json", hf_config(opts, c).dump(2) + "\n"); !r) return r;
   nlohmann::ordered_json gen;
   gen["bos_token_id"] = c.bos;
   gen["eos_token_id"] = c.eos;
-  if (auto err = write_text(dir / "generation_config.json", gen.dump(2) + "\n"); !err.empty())
-    return err;
+  if (auto r = write_text(dir / "generation_config.json", gen.dump(2) + "\n"); !r) return r;
   nlohmann::ordered_json tc;
   tc["add_bos_token"] = vocab.add_bos;
   tc["add_eos_token"] = false;
@@ -378,10 +383,8 @@ std::string write_hf(const make_model_options& opts, const llama_config& c,
   tc["model_max_length"] = c.max_context;
   tc["tokenizer_class"] = "PreTrainedTokenizerFast";
   tc["clean_up_tokenization_spaces"] = false;
-  if (auto err = write_text(dir / "tokenizer_config.json", tc.dump(2) + "\n"); !err.empty())
-    return err;
-  if (auto err = write_tokenizer_json(vocab, (dir / "tokenizer.json").string()); !err.empty())
-    return err;
+  if (auto r = write_text(dir / "tokenizer_config.json", tc.dump(2) + "\n"); !r) return r;
+  if (auto r = write_tokenizer_json(vocab, (dir / "tokenizer.json").string()); !r) return r;
 
   safetensors_writer w;
   w.set_metadata("format", "pt");
@@ -429,23 +432,25 @@ uint64_t model_step_weight_bytes(const llama_config& c, dtype t) {
   return n;
 }
 
-std::string make_model(const make_model_options& opts) {
+result<void> make_model(const make_model_options& opts) {
+  auto bad = [](std::string what) { return error_info{errc::invalid_request, std::move(what)}; };
   const model_preset* preset = find_model_preset(opts.preset);
   if (preset == nullptr) {
     std::string known;
     for (const auto& p : model_presets())
       known += (known.empty() ? "" : ", ") + p.name;
-    return fmt::format("unknown preset '{}' (known: {})", opts.preset, known);
+    return bad(fmt::format("unknown preset '{}' (known: {})", opts.preset, known));
   }
   if (opts.type != dtype::f32 && opts.type != dtype::f16 && opts.type != dtype::bf16)
-    return fmt::format("dtype '{}' is not supported by make-model (f32, f16 or bf16)",
-                       dtype_name(opts.type));
+    return bad(fmt::format("dtype '{}' is not supported by make-model (f32, f16 or bf16)",
+                           dtype_name(opts.type)));
   if (opts.format != "gguf" && opts.format != "hf")
-    return fmt::format("unknown format '{}' (gguf or hf)", opts.format);
-  if (opts.output.empty()) return "no output path given";
+    return bad(fmt::format("unknown format '{}' (gguf or hf)", opts.format));
+  if (opts.output.empty()) return bad("no output path given");
   const llama_config& c = preset->config;
-  if (auto err = c.validate(); !err.empty())
-    return fmt::format("preset '{}' is inconsistent: {}", preset->name, err);
+  if (auto r = c.validate(); !r)
+    return error_info{errc::internal, fmt::format("preset '{}' is inconsistent: {}", preset->name,
+                                                  r.error().message)};
 
   auto vocab = make_model_vocab(c.vocab);
   if (opts.format == "gguf") {

@@ -400,11 +400,11 @@ result<vocab_spec> read_tokenizer_json(const std::string& path) {
   }
 }
 
-std::string write_tokenizer_json(const vocab_spec& spec, const std::string& path) {
+result<void> write_tokenizer_json(const vocab_spec& spec, const std::string& path) {
   try {
     if (spec.model != vocab_spec::model_kind::bpe)
-      return path + ": only byte-level BPE vocabularies can be written as tokenizer.json";
-    if (auto t = make_text_tokenizer(spec); !t) return path + ": " + t.error().message;
+      return invalid(path + ": only byte-level BPE vocabularies can be written as tokenizer.json");
+    if (auto t = make_text_tokenizer(spec); !t) return invalid(path + ": " + t.error().message);
     const std::string pre = canonical_pre(spec.pre);
     using ojson = nlohmann::ordered_json;
     const size_t n = spec.tokens.size();
@@ -423,8 +423,8 @@ std::string write_tokenizer_json(const vocab_spec& spec, const std::string& path
       token_kind k = kind(i);
       if (k == token_kind::unused && t.empty()) continue;  // a hole in the id range
       if (!written.insert(t).second)
-        return path + ": token " + std::to_string(i) + " '" + t +
-               "' appears twice; tokenizer.json cannot hold that";
+        return invalid(path + ": token " + std::to_string(i) + " '" + t +
+                       "' appears twice; tokenizer.json cannot hold that");
       vocab_entries.emplace_back(t, ojson(i));
       if (k == token_kind::control || k == token_kind::user_defined || k == token_kind::unknown) {
         bool special = k != token_kind::user_defined;
@@ -506,18 +506,21 @@ std::string write_tokenizer_json(const vocab_spec& spec, const std::string& path
                     {"tokenizer_class", "PreTrainedTokenizerFast"}};
     if (spec.unk >= 0) config["unk_token"] = spec.tokens[spec.unk];
 
-    auto write = [](const std::filesystem::path& p, const ojson& j) -> std::string {
+    auto write = [](const std::filesystem::path& p, const ojson& j) -> result<void> {
+      auto io = [&](const char* what) {
+        return error_info{errc::invalid_request, p.string() + ": " + what};
+      };
       std::ofstream out(p, std::ios::binary | std::ios::trunc);
-      if (!out) return p.string() + ": cannot open for writing";
+      if (!out) return io("cannot open for writing");
       out << j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << '\n';
       out.close();
-      if (!out) return p.string() + ": write failed";
+      if (!out) return io("write failed");
       return {};
     };
-    if (auto e = write(path, root); !e.empty()) return e;
+    if (auto r = write(path, root); !r) return r;
     return write(std::filesystem::path(path).parent_path() / "tokenizer_config.json", config);
   } catch (const std::exception& e) {
-    return path + ": " + e.what();
+    return error_info{errc::internal, path + ": " + e.what()};
   }
 }
 

@@ -294,17 +294,19 @@ void launch(decode_ptr self) {
   st.runner->submit([eng = st.eng.get(), pool = st.pool.get(), chunks = std::move(chunks),
                      batch = std::move(batch), me] {
     engine_step_done d;
-    try {
-      auto t0 = now_ns();
-      if (!chunks.empty()) d.prefill_next = eng->prefill(*pool, chunks);
-      auto t1 = now_ns();
-      if (!batch.empty()) d.decode_next = eng->decode(*pool, batch);
+    auto t0 = now_ns();
+    result<std::vector<token_id>> prefilled = std::vector<token_id>{};
+    if (!chunks.empty()) prefilled = eng->prefill(*pool, chunks);
+    auto t1 = now_ns();
+    result<std::vector<token_id>> decoded = std::vector<token_id>{};
+    if (prefilled && !batch.empty()) decoded = eng->decode(*pool, batch);
+    if (!prefilled || !decoded) {
+      d.error = (!prefilled ? prefilled : decoded).error().message;
+    } else {
+      d.prefill_next = std::move(*prefilled);
+      d.decode_next = std::move(*decoded);
       d.prefill_ns = t1 - t0;
       d.decode_ns = now_ns() - t1;
-    } catch (const std::exception& e) {
-      d.prefill_next.clear();
-      d.decode_next.clear();
-      d.error = e.what();
     }
     caf::anon_send(me, std::move(d));
   });
@@ -508,9 +510,8 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
           return;
         }
         // Content check: a block that is intact but misplaced fails here.
-        if (auto err = st.eng->check_kv(*st.pool, s.tokens, s.blocks, 0, s.prompt_len);
-            !err.empty()) {
-          fail(self, r.id, errc::kv_corrupt, err);
+        if (auto kv = st.eng->check_kv(*st.pool, s.tokens, s.blocks, 0, s.prompt_len); !kv) {
+          fail(self, r.id, errc::kv_corrupt, kv.error().message);
           return;
         }
         st.kv_bytes_received += uint64_t{expected} * st.pool->block_bytes();

@@ -194,11 +194,10 @@ void launch(prefill_ptr self) {
   st.runner->submit([eng = st.eng.get(), pool = st.pool.get(), batch = std::move(batch), me] {
     engine_step_done d;
     auto t0 = now_ns();
-    try {
-      d.prefill_next = eng->prefill(*pool, batch);
-    } catch (const std::exception& e) {
-      d.error = e.what();
-    }
+    if (auto next = eng->prefill(*pool, batch))
+      d.prefill_next = std::move(*next);
+    else
+      d.error = next.error().message;
     d.prefill_ns = now_ns() - t0;
     caf::anon_send(me, std::move(d));
   });

@@ -88,12 +88,8 @@ class spm_tokenizer final : public tokenizer {
     return out;
   }
 
-  std::string piece(token_id id) const override {
-    if (id < 0 || static_cast<size_t>(id) >= core_.pieces.size()) return {};
-    return core_.pieces[id];
-  }
-
-  uint32_t vocab_size() const override { return static_cast<uint32_t>(core_.tokens.size()); }
+  std::string piece(token_id id) const override { return core_.piece(id); }
+  uint32_t vocab_size() const override { return core_.size(); }
 
  private:
   struct symbol {

@@ -92,6 +92,15 @@ struct vocab_core {
   /// Splits `text` around literal special tokens, longest tokens first (as llama.cpp does).
   std::vector<fragment> split(std::string_view text) const;
 
+  /// The raw bytes of token `id` ("" for an id out of range): tokenizer::piece.
+  std::string piece(token_id id) const {
+    if (id < 0 || static_cast<size_t>(id) >= pieces.size()) return {};
+    return pieces[static_cast<size_t>(id)];
+  }
+
+  /// Ids in the vocabulary: tokenizer::vocab_size.
+  uint32_t size() const { return static_cast<uint32_t>(tokens.size()); }
+
   /// The id of token text `s`, -1 if it is none.
   token_id lookup(std::string_view s) const {
     auto it = ids.find(s);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "engine/text_tokenizer.hpp"
+#include "test_result.hpp"
 
 using namespace tokenmill;
 namespace fs = std::filesystem;
@@ -440,7 +441,7 @@ TEST_CASE("write_tokenizer_json and read_tokenizer_json round-trip", "[tokenizer
     spec.eos = id_of(spec, "<|user|>");
     spec.add_bos = true;
     std::string path = (dir.path / "tokenizer.json").string();
-    REQUIRE(write_tokenizer_json(spec, path) == "");
+    REQUIRE(write_tokenizer_json(spec, path));
     REQUIRE(fs::exists(dir.path / "tokenizer_config.json"));
     auto back = read_tokenizer_json(path);
     INFO((back ? std::string() : back.error().message));
@@ -639,12 +640,16 @@ TEST_CASE("bad tokenizer.json files are rejected naming the file and key", "[tok
 TEST_CASE("write_tokenizer_json refuses what it cannot write", "[tokenizer]") {
   temp_dir dir;
   std::string path = (dir.path / "tokenizer.json").string();
-  CHECK_THAT(write_tokenizer_json(spm_spec({{"a", -1}}), path), Catch::Contains("byte-level"));
+  CHECK_THAT(test::error_text(write_tokenizer_json(spm_spec({{"a", -1}}), path)),
+             Catch::Contains("byte-level"));
   auto bad = bpe_spec({"a b"});
   bad.merges.push_back("b a");
-  CHECK_THAT(write_tokenizer_json(bad, path), Catch::Contains("merge 1"));
-  CHECK_THAT(write_tokenizer_json(bpe_spec({}), (dir.path / "no" / "such" / "t.json").string()),
+  CHECK_THAT(test::error_text(write_tokenizer_json(bad, path)), Catch::Contains("merge 1"));
+  CHECK(write_tokenizer_json(bad, path).error().code == errc::invalid_model);
+  auto nowhere = (dir.path / "no" / "such" / "t.json").string();
+  CHECK_THAT(test::error_text(write_tokenizer_json(bpe_spec({}), nowhere)),
              Catch::Contains("cannot open"));
+  CHECK(write_tokenizer_json(bpe_spec({}), nowhere).error().code == errc::invalid_request);
 }
 
 // ---------------------------------------------------------------------------------------
