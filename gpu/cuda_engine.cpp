@@ -1,3 +1,4 @@
+// Over 600 lines: one impl holds the device state that validation, forward pass and graphs share.
 // The CUDA engine: the CPU engine's forward pass (engine/cpu_engine.cpp) on one GPU, and
 // the backend's public entry points (gpu/cuda_backend.hpp).
 #include "gpu/cuda_engine.hpp"

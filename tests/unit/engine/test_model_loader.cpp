@@ -1,3 +1,4 @@
+// Over 600 lines: the GGUF and Hugging Face loading cases share the model writers defined here.
 #include <catch2/catch.hpp>
 
 #include <unistd.h>

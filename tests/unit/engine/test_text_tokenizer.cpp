@@ -1,3 +1,4 @@
+// Over 600 lines: the spm, bpe and tokenizer.json cases share the vocabulary builders above them.
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
