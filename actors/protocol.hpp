@@ -124,7 +124,10 @@ struct engine_step_done {
   std::vector<token_id> decode_next;
   int64_t prefill_ns = 0;  ///< engine time of the prefill part
   int64_t decode_ns = 0;   ///< engine time of the decode part
-  std::string error;
+  /// The engine's failure as it reported it (invalid_request for a batch it refused before
+  /// touching the pool, internal for a failure while computing); every sequence of the
+  /// step fails with it.
+  error_info error;
 };
 
 /// prefill (or decode after local prefill) -> router: the first generated token.

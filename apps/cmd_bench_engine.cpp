@@ -231,11 +231,12 @@ command add_bench_engine(CLI::App& app) {
       ->capture_default_str();
   return [o]() -> int {
     double load_before = loadavg_1min();
-    auto loaded = load_model(o->model);
-    if (!loaded) {
-      std::fprintf(stderr, "tokenmill bench-engine: %s\n", loaded.error().message.c_str());
+    auto failed = [](const error_info& e) {
+      std::fprintf(stderr, "tokenmill bench-engine: %s\n", e.message.c_str());
       return 1;
-    }
+    };
+    auto loaded = load_model(o->model);
+    if (!loaded) return failed(loaded.error());
     auto model = *loaded;
     const auto& c = model->config;
     const bool cuda = o->engine == "cuda";
@@ -248,12 +249,9 @@ command add_bench_engine(CLI::App& app) {
     spec.cuda.dtype = o->dtype;
     spec.cuda.kv_dtype_bytes = spec.cpu.kv_dtype_bytes;
     spec.cuda.graphs = !o->no_graphs;
-    std::string err;
-    std::unique_ptr<engine> eng = make_engine(spec, err);
-    if (!eng) {
-      std::fprintf(stderr, "tokenmill bench-engine: %s\n", err.c_str());
-      return 1;
-    }
+    auto made = make_engine(spec);
+    if (!made) return failed(made.error());
+    std::unique_ptr<engine> eng = std::move(*made);
     const uint32_t threads = cuda ? 1 : spec.cpu.threads;
     const std::vector<uint32_t> prefill_lens = !o->prefill_lens.empty() ? o->prefill_lens
                                                : cuda ? std::vector<uint32_t>{512, 2048}
@@ -323,12 +321,14 @@ command add_bench_engine(CLI::App& app) {
       chunk.end = len;
       chunk.blocks = *bt;
       std::vector<double> secs;
-      eng->prefill(pool, std::span<const prefill_chunk>(&chunk, 1));  // warm-up
+      if (auto r = eng->prefill(pool, std::span<const prefill_chunk>(&chunk, 1)); !r)  // warm-up
+        return failed(r.error());
       cpu_share_meter meter{threads};
       for (uint32_t r = 0; r < o->repeat; ++r) {
         int64_t t0 = now_ns();
-        eng->prefill(pool, std::span<const prefill_chunk>(&chunk, 1));
+        auto done = eng->prefill(pool, std::span<const prefill_chunk>(&chunk, 1));
         secs.push_back((now_ns() - t0) / 1e9);
+        if (!done) return failed(done.error());
       }
       double share = meter.share();
       pool.release(*bt);
@@ -361,7 +361,9 @@ command add_bench_engine(CLI::App& app) {
       chunk.begin = 0;
       chunk.end = ctx;
       chunk.blocks = tables[0];
-      token_id first = eng->prefill(pool, std::span<const prefill_chunk>(&chunk, 1))[0];
+      auto prefilled = eng->prefill(pool, std::span<const prefill_chunk>(&chunk, 1));
+      if (!prefilled) return failed(prefilled.error());
+      token_id first = (*prefilled)[0];
       std::vector<std::byte> staged(pool.block_bytes());
       for (uint32_t s = 1; s < b; ++s)
         for (uint32_t k = 0; k < layout.blocks_for(ctx); ++k) {
@@ -385,9 +387,10 @@ command add_bench_engine(CLI::App& app) {
         int64_t t0 = now_ns();
         auto next = eng->decode(pool, batch);
         double dt = (now_ns() - t0) / 1e9;
+        if (!next) return failed(next.error());
         if (step >= warm_steps) steps.push_back(dt);
         for (uint32_t s = 0; s < b; ++s)
-          seqs[s].push_back(next[s]);
+          seqs[s].push_back((*next)[s]);
       }
       double share = meter->share();
       for (const auto& t : tables)

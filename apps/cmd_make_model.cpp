@@ -91,8 +91,8 @@ command add_make_model(CLI::App& app) {
     opts.seed = o->seed;
     opts.output = o->output;
     auto t0 = now_ns();
-    if (auto err = make_model(opts); !err.empty()) {
-      std::fprintf(stderr, "tokenmill make-model: %s\n", err.c_str());
+    if (auto made = make_model(opts); !made) {
+      std::fprintf(stderr, "tokenmill make-model: %s\n", made.error().message.c_str());
       return 1;
     }
     double secs = (now_ns() - t0) / 1e9;

@@ -83,22 +83,22 @@ caf::actor_system& embedded_cluster::system() {
 result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_config cfg) {
   if (cfg.decode_workers == 0)
     return error_info{errc::invalid_request, "a cluster needs at least one decode worker"};
-  std::string err;
   // The model is loaded (mapped) once and shared by every worker's engine.
-  if (auto e = load_engine_model(cfg.engine)) return e;
+  if (auto r = load_engine_model(cfg.engine); !r) return r.error();
   if (cfg.engine.kind == "cpu" && cfg.engine.cpu.threads == 0) {
     // The workers compute concurrently: split the cores between them.
     auto workers = cfg.prefill_workers + cfg.decode_workers;
     cfg.engine.cpu.threads = std::max(1u, std::thread::hardware_concurrency() / workers);
   }
-  auto tok = make_tokenizer(cfg.engine, err);
-  if (!tok) return error_info{errc::invalid_request, err};
+  auto made_tok = make_tokenizer(cfg.engine);
+  if (!made_tok) return error_info{errc::invalid_request, made_tok.error().message};
+  auto tok = *made_tok;
   // One engine per worker; the first also tells us the model.
   std::vector<std::unique_ptr<engine>> engines;
   for (uint32_t i = 0; i < cfg.prefill_workers + cfg.decode_workers; ++i) {
-    auto e = make_engine(cfg.engine, err);
-    if (!e) return error_info{errc::invalid_request, err};
-    engines.push_back(std::move(e));
+    auto e = make_engine(cfg.engine);
+    if (!e) return error_info{errc::invalid_request, e.error().message};
+    engines.push_back(std::move(*e));
   }
   model_info model = engines.front()->info();
   // KV pools are allocated up front; refuse sizes this machine cannot hold instead of

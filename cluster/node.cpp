@@ -144,21 +144,20 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   // On the supervisor's node the supervisor exists before the agent is published, so a
   // joining node can never be handed an unset supervisor.
   caf::actor sup;
-  std::string err;
   worker_options defaults;
   defaults.engine = m.defaults.engine;
   auto spec0 = to_engine_spec(m, defaults);
   // The model is loaded (mapped) once; every worker's engine shares it.
-  if (auto e = load_engine_model(spec0)) return fail(e);
+  if (auto r = load_engine_model(spec0); !r) return fail(r.error());
   auto spec_for = [&](const worker_options& o) {
     auto s = to_engine_spec(m, o);
     if (s.model_path == spec0.model_path) s.model = spec0.model;
     return s;
   };
-  auto probe_engine = make_engine(spec0, err);
-  if (!probe_engine) return fail({errc::invalid_request, err});
-  model_info model = probe_engine->info();
-  probe_engine.reset();
+  auto probe_engine = make_engine(spec0);
+  if (!probe_engine) return fail({errc::invalid_request, probe_engine.error().message});
+  model_info model = (*probe_engine)->info();
+  probe_engine->reset();
   if (sup_node == self_node) {
     sup = detail::spawn_node_supervisor(sys, m, idx, model.name);
     im->actors.push_back(sup);
@@ -236,9 +235,9 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   detail::node_services services;
   services.transport = transport;
   services.engine_for = [&](const manifest_actor& a) -> result<std::unique_ptr<engine>> {
-    auto eng = make_engine(spec_for(*a.worker()), err);
-    if (!eng) return error_info{errc::invalid_request, a.name + ": " + err};
-    return eng;
+    auto eng = make_engine(spec_for(*a.worker()));
+    if (!eng) return error_info{errc::invalid_request, a.name + ": " + eng.error().message};
+    return std::move(*eng);
   };
   services.router = to_router_config(m);
   services.router.block_tokens = model.layout.block_tokens;
@@ -253,8 +252,9 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   std::string endpoints = fmt::format("control={}:{}", self_node->address, self_node->port);
   if (m.frontend.node == name) {
     if (!router) return fail({errc::invalid_request, "the frontend's node runs no router"});
-    auto tok = make_tokenizer(spec0, err);
-    if (!tok) return fail({errc::invalid_request, err});
+    auto made_tok = make_tokenizer(spec0);
+    if (!made_tok) return fail({errc::invalid_request, made_tok.error().message});
+    auto tok = *made_tok;
     detail::frontend_plan fp;
     fp.node_name = name;
     fp.rpc.host = m.frontend.host;

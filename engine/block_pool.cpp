@@ -19,7 +19,7 @@ namespace tokenmill {
 block_pool::block_pool(const kv_layout& layout, uint32_t num_blocks,
                        std::unique_ptr<pool_memory> memory)
     : layout_(layout), block_bytes_(layout.block_bytes()), total_(num_blocks) {
-  if (auto err = layout.validate(); !err.empty()) throw std::invalid_argument(err);
+  if (auto r = layout.validate(); !r) throw std::invalid_argument(r.error().message);
   if (num_blocks == 0) throw std::invalid_argument("a KV pool needs at least one block");
   size_t bytes = block_bytes_ * num_blocks;
   storage_ = memory ? std::move(memory) : make_host_memory(bytes);
@@ -74,20 +74,22 @@ uint64_t block_checksum(const block_pool& pool, block_id b) {
   return XXH3_64bits(staged.data(), staged.size());
 }
 
-std::string check_sequence(const block_pool& pool, const kv_layout& layout, uint32_t vocab,
-                           std::span<const token_id> tokens, uint32_t begin, uint32_t end,
-                           std::span<const block_id> blocks) {
+result<void> check_sequence(const block_pool& pool, const kv_layout& layout, uint32_t vocab,
+                            std::span<const token_id> tokens, uint32_t begin, uint32_t end,
+                            std::span<const block_id> blocks) {
+  auto bad = [](std::string what) { return error_info{errc::invalid_request, std::move(what)}; };
   for (uint32_t i = begin; i < end; ++i)
     if (tokens[i] < 0 || static_cast<uint32_t>(tokens[i]) >= vocab)
-      return fmt::format("token id {} at position {} is outside the vocabulary [0, {})", tokens[i],
-                         i, vocab);
+      return bad(fmt::format("token id {} at position {} is outside the vocabulary [0, {})",
+                             tokens[i], i, vocab));
   uint32_t need = layout.blocks_for(end);
   if (blocks.size() < need)
-    return fmt::format("position {} needs {} blocks of {} tokens, the block table has {}", end - 1,
-                       need, layout.block_tokens, blocks.size());
+    return bad(fmt::format("position {} needs {} blocks of {} tokens, the block table has {}",
+                           end - 1, need, layout.block_tokens, blocks.size()));
   for (uint32_t b = 0; b < need; ++b)
     if (blocks[b] >= pool.total())
-      return fmt::format("block id {} is outside the pool ({} blocks)", blocks[b], pool.total());
+      return bad(
+          fmt::format("block id {} is outside the pool ({} blocks)", blocks[b], pool.total()));
   return {};
 }
 

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <string>
+#include <utility>
 
 #include "engine/cpu/kernels.hpp"
 #include "engine/cpu/thread_pool.hpp"
@@ -20,6 +22,10 @@ struct batch_row {
   uint32_t pos = 0;  ///< position in its sequence; attention covers [0, pos]
   uint32_t seq = 0;  ///< index into the batch's block tables
 };
+
+error_info bad_request(std::string what) {
+  return {errc::invalid_request, std::move(what)};
+}
 
 /// Whole tensor -> f32 (norms, biases, rope divisors: small, converted once).
 std::vector<float> to_f32(const tensor_view& t) {
@@ -85,25 +91,27 @@ struct cpu_engine::impl {
     if (v.size() < n) v.resize(n);
   }
 
-  void check_pool(const block_pool& p) const {
+  result<void> check_pool(const block_pool& p) const {
     const kv_layout& l = p.layout();
     if (l.layers != layout.layers || l.kv_heads != layout.kv_heads ||
         l.head_dim != layout.head_dim || l.block_tokens != layout.block_tokens ||
         l.dtype_bytes != layout.dtype_bytes)
-      throw std::invalid_argument(fmt::format(
+      return bad_request(fmt::format(
           "cpu engine: block pool layout (layers={}, kv_heads={}, head_dim={}, block_tokens={}, "
           "dtype_bytes={}) does not match the engine's ({}, {}, {}, {}, {})",
           l.layers, l.kv_heads, l.head_dim, l.block_tokens, l.dtype_bytes, layout.layers,
           layout.kv_heads, layout.head_dim, layout.block_tokens, layout.dtype_bytes));
+    return {};
   }
 
-  /// Throws unless `tokens[begin, end)` are valid ids and `blocks` covers positions [0, end)
-  /// with ids inside the pool.
-  void check_seq(const block_pool& p, std::span<const token_id> tokens, uint32_t begin,
-                 uint32_t end, std::span<const block_id> blocks, const char* what,
-                 size_t index) const {
-    if (auto err = check_sequence(p, layout, c.vocab, tokens, begin, end, blocks); !err.empty())
-      throw std::invalid_argument(fmt::format("cpu engine: {} {}: {}", what, index, err));
+  /// Success when `tokens[begin, end)` are valid ids and `blocks` covers positions [0, end)
+  /// with ids inside the pool; else the error names the sequence.
+  result<void> check_seq(const block_pool& p, std::span<const token_id> tokens, uint32_t begin,
+                         uint32_t end, std::span<const block_id> blocks, const char* what,
+                         size_t index) const {
+    if (auto r = check_sequence(p, layout, c.vocab, tokens, begin, end, blocks); !r)
+      return bad_request(fmt::format("cpu engine: {} {}: {}", what, index, r.error().message));
+    return {};
   }
 
   /// y[n][w.rows] = x[n][w.cols] . w^T for several weights sharing x, split by output rows
@@ -270,41 +278,47 @@ struct cpu_engine::impl {
     linears({{&w.output, logits.data()}}, out_x.data(), out_rows.size());
   }
 
-  void add_prefill(const block_pool& p, std::span<const prefill_chunk> batch) {
-    check_pool(p);
+  /// Validates the chunks and collects their rows; an invalid batch is refused whole.
+  result<void> add_prefill(const block_pool& p, std::span<const prefill_chunk> batch) {
+    if (auto r = check_pool(p); !r) return r;
     rows.clear();
     tables.clear();
     out_rows.clear();
     for (size_t i = 0; i < batch.size(); ++i) {
       const auto& ch = batch[i];
       if (ch.begin >= ch.end || ch.end > ch.tokens.size())
-        throw std::invalid_argument(
+        return bad_request(
             fmt::format("cpu engine: prefill chunk {}: range [{}, {}) is empty or "
                         "beyond the prompt ({} tokens)",
                         i, ch.begin, ch.end, ch.tokens.size()));
-      check_seq(p, ch.tokens, ch.begin, ch.end, ch.blocks, "prefill chunk", i);
+      if (auto r = check_seq(p, ch.tokens, ch.begin, ch.end, ch.blocks, "prefill chunk", i); !r)
+        return r;
       tables.push_back(ch.blocks);
       for (uint32_t pos = ch.begin; pos < ch.end; ++pos)
         rows.push_back({ch.tokens[pos], pos, static_cast<uint32_t>(i)});
       out_rows.push_back(static_cast<uint32_t>(rows.size() - 1));
     }
+    return {};
   }
 
-  void add_decode(const block_pool& p, std::span<const decode_seq> batch) {
-    check_pool(p);
+  /// Validates the sequences and collects their newest rows; an invalid batch is refused.
+  result<void> add_decode(const block_pool& p, std::span<const decode_seq> batch) {
+    if (auto r = check_pool(p); !r) return r;
     rows.clear();
     tables.clear();
     out_rows.clear();
     for (size_t i = 0; i < batch.size(); ++i) {
       const auto& s = batch[i];
       if (s.tokens.empty())
-        throw std::invalid_argument(fmt::format("cpu engine: decode sequence {} has no tokens", i));
+        return bad_request(fmt::format("cpu engine: decode sequence {} has no tokens", i));
       const auto pos = static_cast<uint32_t>(s.tokens.size() - 1);
-      check_seq(p, s.tokens, pos, pos + 1, s.blocks, "decode sequence", i);
+      if (auto r = check_seq(p, s.tokens, pos, pos + 1, s.blocks, "decode sequence", i); !r)
+        return r;
       tables.push_back(s.blocks);
       rows.push_back({s.tokens[pos], pos, static_cast<uint32_t>(i)});
       out_rows.push_back(static_cast<uint32_t>(i));
     }
+    return {};
   }
 
   std::span<const float> logits_row(size_t o) const {
@@ -316,7 +330,7 @@ cpu_engine::cpu_engine(std::shared_ptr<const loaded_model> model, cpu_engine_con
     : model_(std::move(model)), cfg_(cfg) {
   if (!model_) throw std::invalid_argument("cpu engine: no model");
   const llama_config& c = model_->config;
-  if (auto err = c.validate(); !err.empty()) throw std::invalid_argument("cpu engine: " + err);
+  if (auto r = c.validate(); !r) throw std::invalid_argument("cpu engine: " + r.error().message);
   if (c.heads == 0 || c.kv_heads == 0 || c.heads % c.kv_heads != 0 || c.head_dim % 2 != 0)
     throw std::invalid_argument(
         fmt::format("cpu engine: heads {} / kv_heads {} / head_dim {} unsupported", c.heads,
@@ -325,8 +339,8 @@ cpu_engine::cpu_engine(std::shared_ptr<const loaded_model> model, cpu_engine_con
     throw std::invalid_argument(fmt::format(
         "cpu engine: kv_dtype_bytes must be 2 (f16) or 4 (f32), got {}", cfg_.kv_dtype_bytes));
   if (cfg_.block_tokens == 0) throw std::invalid_argument("cpu engine: block_tokens must be > 0");
-  if (auto err = check_weights(*model_); !err.empty())
-    throw std::invalid_argument("cpu engine: " + err);
+  if (auto r = check_weights(*model_); !r)
+    throw std::invalid_argument("cpu engine: " + r.error().message);
   info_.name = c.name;
   info_.vocab_size = c.vocab;
   info_.max_context = c.max_context;
@@ -338,43 +352,60 @@ cpu_engine::cpu_engine(std::shared_ptr<const loaded_model> model, cpu_engine_con
 
 cpu_engine::~cpu_engine() = default;
 
-std::vector<token_id> cpu_engine::prefill(block_pool& pool, std::span<const prefill_chunk> batch) {
-  if (batch.empty()) return {};
-  impl_->add_prefill(pool, batch);
-  impl_->forward(pool);
-  std::vector<token_id> out;
-  out.reserve(batch.size());
-  for (size_t i = 0; i < batch.size(); ++i)
-    out.push_back(sample_token(impl_->logits_row(i), batch[i].sampling, batch[i].end));
-  return out;
+// Each entry point validates first (errc::invalid_request, the pool untouched), then
+// computes; what the computation throws (std::bad_alloc) becomes errc::internal here.
+
+result<std::vector<token_id>> cpu_engine::prefill(block_pool& pool,
+                                                  std::span<const prefill_chunk> batch) {
+  return catch_into_result(errc::internal, [&]() -> result<std::vector<token_id>> {
+    if (batch.empty()) return std::vector<token_id>{};
+    if (auto r = impl_->add_prefill(pool, batch); !r) return r.error();
+    impl_->forward(pool);
+    std::vector<token_id> out;
+    out.reserve(batch.size());
+    for (size_t i = 0; i < batch.size(); ++i)
+      out.push_back(sample_token(impl_->logits_row(i), batch[i].sampling, batch[i].end));
+    return out;
+  });
 }
 
-std::vector<token_id> cpu_engine::decode(block_pool& pool, std::span<const decode_seq> batch) {
-  if (batch.empty()) return {};
-  impl_->add_decode(pool, batch);
-  impl_->forward(pool);
-  std::vector<token_id> out;
-  out.reserve(batch.size());
-  for (size_t i = 0; i < batch.size(); ++i)
-    out.push_back(sample_token(impl_->logits_row(i), batch[i].sampling, batch[i].tokens.size()));
-  return out;
+result<std::vector<token_id>> cpu_engine::decode(block_pool& pool,
+                                                 std::span<const decode_seq> batch) {
+  return catch_into_result(errc::internal, [&]() -> result<std::vector<token_id>> {
+    if (batch.empty()) return std::vector<token_id>{};
+    if (auto r = impl_->add_decode(pool, batch); !r) return r.error();
+    impl_->forward(pool);
+    std::vector<token_id> out;
+    out.reserve(batch.size());
+    for (size_t i = 0; i < batch.size(); ++i)
+      out.push_back(sample_token(impl_->logits_row(i), batch[i].sampling, batch[i].tokens.size()));
+    return out;
+  });
 }
 
-std::vector<float> cpu_engine::prefill_logits(block_pool& pool, const prefill_chunk& chunk) {
-  impl_->add_prefill(pool, {&chunk, 1});
-  impl_->out_rows.clear();
-  for (uint32_t r = 0; r < impl_->rows.size(); ++r)
-    impl_->out_rows.push_back(r);
-  impl_->forward(pool);
-  return {impl_->logits.begin(),
-          impl_->logits.begin() + size_t{chunk.end - chunk.begin} * info_.vocab_size};
+result<std::vector<float>> cpu_engine::prefill_logits(block_pool& pool,
+                                                      const prefill_chunk& chunk) {
+  return catch_into_result(errc::internal, [&]() -> result<std::vector<float>> {
+    if (auto r = impl_->add_prefill(pool, {&chunk, 1}); !r) return r.error();
+    impl_->out_rows.clear();
+    for (uint32_t r = 0; r < impl_->rows.size(); ++r)
+      impl_->out_rows.push_back(r);
+    impl_->forward(pool);
+    return std::vector<float>(
+        impl_->logits.begin(),
+        impl_->logits.begin() + size_t{chunk.end - chunk.begin} * info_.vocab_size);
+  });
 }
 
-std::vector<float> cpu_engine::decode_logits(block_pool& pool, std::span<const decode_seq> batch) {
-  if (batch.empty()) return {};
-  impl_->add_decode(pool, batch);
-  impl_->forward(pool);
-  return {impl_->logits.begin(), impl_->logits.begin() + batch.size() * info_.vocab_size};
+result<std::vector<float>> cpu_engine::decode_logits(block_pool& pool,
+                                                     std::span<const decode_seq> batch) {
+  return catch_into_result(errc::internal, [&]() -> result<std::vector<float>> {
+    if (batch.empty()) return std::vector<float>{};
+    if (auto r = impl_->add_decode(pool, batch); !r) return r.error();
+    impl_->forward(pool);
+    return std::vector<float>(impl_->logits.begin(),
+                              impl_->logits.begin() + batch.size() * info_.vocab_size);
+  });
 }
 
 }  // namespace tokenmill

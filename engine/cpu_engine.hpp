@@ -23,24 +23,28 @@ kv_layout cpu_kv_layout(const llama_config& model, const cpu_engine_config& cfg)
 
 class cpu_engine final : public engine {
  public:
-  /// Throws std::invalid_argument when the config cannot serve the model.
+  /// Throws std::invalid_argument when the config cannot serve the model: construction is
+  /// inside engine/, and make_engine (engine_factory.hpp) turns that into a value.
   cpu_engine(std::shared_ptr<const loaded_model> model, cpu_engine_config cfg);
   ~cpu_engine() override;
 
   const model_info& info() const override { return info_; }
-  std::vector<token_id> prefill(block_pool& pool, std::span<const prefill_chunk> batch) override;
-  std::vector<token_id> decode(block_pool& pool, std::span<const decode_seq> batch) override;
-  /// A real model cannot predict its KV contents: always "".
-  std::string check_kv(const block_pool&, std::span<const token_id>, std::span<const block_id>,
-                       uint32_t, uint32_t) const override {
+  result<std::vector<token_id>> prefill(block_pool& pool,
+                                        std::span<const prefill_chunk> batch) override;
+  result<std::vector<token_id>> decode(block_pool& pool,
+                                       std::span<const decode_seq> batch) override;
+  /// A real model cannot predict its KV contents: always success.
+  result<void> check_kv(const block_pool&, std::span<const token_id>, std::span<const block_id>,
+                        uint32_t, uint32_t) const override {
     return {};
   }
 
   /// Computes one prompt chunk like prefill() and returns the logits of every position in
   /// [begin, end), row-major [end - begin][vocab]. For correctness tests and benchmarks.
-  std::vector<float> prefill_logits(block_pool& pool, const prefill_chunk& chunk);
+  /// Errors as prefill()'s.
+  result<std::vector<float>> prefill_logits(block_pool& pool, const prefill_chunk& chunk);
   /// One decode step like decode(), returning logits [batch][vocab] instead of tokens.
-  std::vector<float> decode_logits(block_pool& pool, std::span<const decode_seq> batch);
+  result<std::vector<float>> decode_logits(block_pool& pool, std::span<const decode_seq> batch);
 
   const cpu_engine_config& config() const { return cfg_; }
 

@@ -3,6 +3,11 @@
 /// by the same workers: an engine computes prompt chunks and decode steps over sequences
 /// whose KV lives in a caller-owned block pool. Calls block for the duration of the
 /// compute, so workers call them from their own threads, never from CAF's scheduler.
+///
+/// Errors are values (STYLE.md §7): no exception leaves an engine call. A batch the engine
+/// cannot take (a token outside the vocabulary, a block table too short, a pool of another
+/// layout) is errc::invalid_request and nothing in the pool is touched; a failure while
+/// computing (out of memory, a device error) is errc::internal.
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -12,6 +17,7 @@
 #include "common/api_types.hpp"
 #include "common/ids.hpp"
 #include "common/pool_memory.hpp"
+#include "common/result.hpp"
 #include "engine/block_pool.hpp"
 #include "engine/kv_layout.hpp"
 
@@ -52,29 +58,31 @@ class engine {
   virtual const model_info& info() const = 0;
   /// Computes a batch of prompt chunks. Returns, per chunk, the token sampled after the
   /// chunk's last position (meaningful when the chunk ends the prompt).
-  virtual std::vector<token_id> prefill(block_pool& pool, std::span<const prefill_chunk> batch) = 0;
+  virtual result<std::vector<token_id>> prefill(block_pool& pool,
+                                                std::span<const prefill_chunk> batch) = 0;
   /// Memory for a KV pool of `bytes` bytes, where this engine computes: zeroed host memory
   /// by default, device memory for the CUDA engine.
   virtual std::unique_ptr<pool_memory> allocate_kv_memory(size_t bytes) const {
     return make_host_memory(bytes);
   }
   /// Runs one decode step over a batch; returns the next token of each sequence.
-  virtual std::vector<token_id> decode(block_pool& pool, std::span<const decode_seq> batch) = 0;
+  virtual result<std::vector<token_id>> decode(block_pool& pool,
+                                               std::span<const decode_seq> batch) = 0;
   /// Checks that positions [begin, end) of `tokens` have the KV contents this engine
-  /// would have written into `blocks`. Returns an empty string when they do (or when the
-  /// engine cannot know, as a real model cannot), else what is wrong.
-  virtual std::string check_kv(const block_pool& pool, std::span<const token_id> tokens,
-                               std::span<const block_id> blocks, uint32_t begin,
-                               uint32_t end) const = 0;
+  /// would have written into `blocks`. Success when they do (or when the engine cannot
+  /// know, as a real model cannot), else errc::kv_corrupt saying what is wrong.
+  virtual result<void> check_kv(const block_pool& pool, std::span<const token_id> tokens,
+                                std::span<const block_id> blocks, uint32_t begin,
+                                uint32_t end) const = 0;
 };
 
-/// Empty when `tokens[begin, end)` are ids below `vocab` and `blocks` covers positions
-/// [0, end) in `layout` with ids inside `pool`, else what is wrong ("token id 9999 at
-/// position 3 is outside the vocabulary [0, 512)"). Engines check every sequence of a batch
-/// with it before they touch the pool.
-std::string check_sequence(const block_pool& pool, const kv_layout& layout, uint32_t vocab,
-                           std::span<const token_id> tokens, uint32_t begin, uint32_t end,
-                           std::span<const block_id> blocks);
+/// Success when `tokens[begin, end)` are ids below `vocab` and `blocks` covers positions
+/// [0, end) in `layout` with ids inside `pool`, else errc::invalid_request saying what is
+/// wrong ("token id 9999 at position 3 is outside the vocabulary [0, 512)"). Engines check
+/// every sequence of a batch with it before they touch the pool.
+result<void> check_sequence(const block_pool& pool, const kv_layout& layout, uint32_t vocab,
+                            std::span<const token_id> tokens, uint32_t begin, uint32_t end,
+                            std::span<const block_id> blocks);
 
 /// A pool of `num_blocks` blocks in the engine's layout and memory.
 inline std::unique_ptr<block_pool> make_pool(const engine& e, uint32_t num_blocks) {

@@ -3,7 +3,7 @@
 #include <memory>
 #include <string>
 
-#include "common/errors.hpp"
+#include "common/result.hpp"
 #include "engine/cpu_engine.hpp"
 #include "engine/engine.hpp"
 #include "engine/model.hpp"
@@ -26,11 +26,14 @@ struct engine_spec {
 
 /// Loads `spec.model_path` into `spec.model` when the engine needs a model and it is not
 /// loaded yet; errors (errc::invalid_model) name the file and what is wrong with it.
-error_info load_engine_model(engine_spec& spec);
+result<void> load_engine_model(engine_spec& spec);
 
-/// A new engine instance (each worker owns one), or nullptr with `error` set.
-std::unique_ptr<engine> make_engine(engine_spec spec, std::string& error);
-/// The tokenizer of the model the spec describes, or nullptr with `error` set.
-std::shared_ptr<const tokenizer> make_tokenizer(engine_spec spec, std::string& error);
+/// A new engine instance (each worker owns one). Errors: errc::invalid_request for an
+/// unknown kind or a config the engine cannot serve ("<kind> engine: ..."; engine
+/// constructors throw, and this is where that becomes a value), errc::invalid_model from
+/// loading the model.
+result<std::unique_ptr<engine>> make_engine(engine_spec spec);
+/// The tokenizer of the model the spec describes; errors as make_engine's.
+result<std::shared_ptr<const tokenizer>> make_tokenizer(engine_spec spec);
 
 }  // namespace tokenmill

@@ -1,6 +1,7 @@
 #pragma once
 /// GGUF (llama.cpp's model file format, versions 2 and 3): a memory-mapped reader that
-/// validates every length, count and offset against the file size, and a writer.
+/// validates every length, count and offset against the file size (gguf.cpp), and a
+/// writer (gguf_writer.cpp).
 ///
 /// Layout (little-endian): "GGUF", u32 version, u64 tensor count, u64 metadata count,
 /// metadata (string key, u32 value type, value), tensor infos (string name, u32 n_dims,
@@ -18,31 +19,10 @@
 #include <vector>
 
 #include "common/result.hpp"
+#include "engine/mapped_file.hpp"
 #include "engine/tensor.hpp"
 
 namespace tokenmill {
-
-/// A read-only memory mapping of a whole file, unmapped when the last owner lets go.
-/// Shared by the GGUF and safetensors readers; loaded models keep it in `storage`.
-class mapped_file {
- public:
-  /// Maps `path`. Errors (errc::invalid_model) name the file and the system error.
-  static result<std::shared_ptr<const mapped_file>> open(const std::string& path);
-
-  mapped_file(const mapped_file&) = delete;
-  mapped_file& operator=(const mapped_file&) = delete;
-  ~mapped_file();
-
-  /// First byte of the file (nullptr for an empty file).
-  const std::byte* data() const { return data_; }
-  /// Bytes in the file.
-  size_t size() const { return size_; }
-
- private:
-  mapped_file(const std::byte* data, size_t size) : data_(data), size_(size) {}
-  const std::byte* data_ = nullptr;
-  size_t size_ = 0;
-};
 
 /// GGUF metadata value types (the u32 stored before each value).
 enum class gguf_type : uint32_t {
@@ -183,9 +163,10 @@ class gguf_writer {
   /// row_bytes(type, ne0) * ne1 * ... bytes (checked by write()).
   void add_tensor(std::string name, dtype type, std::vector<uint64_t> shape,
                   std::vector<std::byte> data);
-  /// Returns an error message, "" on success. Writes metadata in insertion order, tensors
-  /// aligned to 32.
-  std::string write(const std::string& path) const;
+  /// Writes metadata in insertion order, tensors aligned to 32. Errors: errc::invalid_model
+  /// naming the tensor that cannot be written (nothing is written then), errc::invalid_request
+  /// naming `path` when it cannot be written.
+  result<void> write(const std::string& path) const;
 
  private:
   struct tensor {

@@ -20,14 +20,15 @@ uint32_t kv_layout::blocks_for(uint32_t tokens) const {
   return static_cast<uint32_t>((uint64_t{tokens} + block_tokens - 1) / block_tokens);
 }
 
-std::string kv_layout::validate() const {
+result<void> kv_layout::validate() const {
   if (layers == 0 || kv_heads == 0 || head_dim == 0 || block_tokens == 0)
-    return fmt::format(
-        "kv layout has a zero dimension (layers={}, kv_heads={}, head_dim={}, "
-        "block_tokens={})",
-        layers, kv_heads, head_dim, block_tokens);
+    return error_info{errc::invalid_request,
+                      fmt::format("kv layout has a zero dimension (layers={}, kv_heads={}, "
+                                  "head_dim={}, block_tokens={})",
+                                  layers, kv_heads, head_dim, block_tokens)};
   if (dtype_bytes != 2 && dtype_bytes != 4)
-    return fmt::format("kv dtype must be 2 or 4 bytes, got {}", dtype_bytes);
+    return error_info{errc::invalid_request,
+                      fmt::format("kv dtype must be 2 or 4 bytes, got {}", dtype_bytes)};
   return {};
 }
 

@@ -4,7 +4,8 @@
 /// so that one block is one contiguous region and one transfer operation.
 #include <cstddef>
 #include <cstdint>
-#include <string>
+
+#include "common/result.hpp"
 
 namespace tokenmill {
 
@@ -21,8 +22,9 @@ struct kv_layout {
   size_t offset(uint32_t layer, uint32_t kv, uint32_t head, uint32_t slot) const;
   /// Blocks needed to hold `tokens` tokens.
   uint32_t blocks_for(uint32_t tokens) const;
-  /// Empty when valid, else what is wrong.
-  std::string validate() const;
+  /// Success when every dimension is positive and dtype_bytes is 2 or 4, else
+  /// errc::invalid_request saying what is wrong.
+  result<void> validate() const;
 };
 
 }  // namespace tokenmill

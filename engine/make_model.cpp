@@ -1,5 +1,5 @@
-// Deterministic random-weight models: presets, the byte-level BPE vocabulary, weight
-// generation in Hugging Face convention and the two writers (GGUF file, HF directory).
+// Deterministic random-weight models: presets, weight generation in Hugging Face convention
+// and the two writers (GGUF file, HF directory). The vocabulary is in make_model_vocab.cpp.
 #include "engine/make_model.hpp"
 
 #include <algorithm>
@@ -7,15 +7,14 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <map>
-#include <set>
-#include <unordered_map>
-#include <unordered_set>
+#include <string>
+#include <utility>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "engine/cpu/kernels.hpp"
+#include "engine/detail/splitmix.hpp"
 #include "engine/gguf.hpp"
 #include "engine/safetensors.hpp"
 
@@ -23,6 +22,7 @@ namespace tokenmill {
 namespace {
 
 namespace fs = std::filesystem;
+using detail::splitmix64;
 
 llama_config base_config(std::string name, uint32_t dim, uint32_t layers, uint32_t heads,
                          uint32_t kv_heads, uint32_t ffn, uint32_t vocab, uint32_t max_context) {
@@ -98,13 +98,6 @@ std::vector<model_preset> build_presets() {
 
 // ---------------------------------------------------------------------------------------
 // Deterministic numbers.
-
-uint64_t splitmix64(uint64_t& state) {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 
 uint64_t fnv1a(std::string_view s) {
   uint64_t h = 0xcbf29ce484222325ull;
@@ -192,177 +185,6 @@ std::vector<float> llama3_rope_divisors(const llama_config& c) {
 }
 
 // ---------------------------------------------------------------------------------------
-// The vocabulary.
-
-/// Common English words, most frequent first; make_model_vocab turns them into tokens.
-constexpr const char* common_words[] = {
-    "the",      "of",         "and",         "to",         "in",        "a",         "is",
-    "that",     "for",        "it",          "as",         "was",       "with",      "be",
-    "by",       "on",         "not",         "he",         "I",         "this",      "are",
-    "or",       "his",        "from",        "at",         "which",     "but",       "have",
-    "an",       "had",        "they",        "you",        "were",      "their",     "one",
-    "all",      "we",         "can",         "her",        "has",       "there",     "been",
-    "if",       "more",       "when",        "will",       "would",     "who",       "so",
-    "no",       "she",        "other",       "its",        "may",       "these",     "what",
-    "them",     "than",       "some",        "him",        "time",      "into",      "only",
-    "do",       "could",      "new",         "about",      "two",       "then",      "any",
-    "first",    "my",         "also",        "should",     "like",      "our",       "out",
-    "up",       "over",       "now",         "such",       "made",      "way",       "many",
-    "most",     "after",      "even",        "where",      "very",      "did",       "your",
-    "just",     "those",      "people",      "how",        "because",   "through",   "each",
-    "much",     "before",     "same",        "well",       "world",     "must",      "good",
-    "years",    "make",       "work",        "long",       "between",   "life",      "both",
-    "under",    "never",      "day",         "own",        "us",        "while",     "know",
-    "here",     "last",       "might",       "great",      "old",       "year",      "off",
-    "come",     "since",      "against",     "go",         "came",      "right",     "used",
-    "take",     "three",      "state",       "place",      "small",     "again",     "found",
-    "still",    "house",      "part",        "back",       "few",       "general",   "high",
-    "system",   "every",      "water",       "another",    "being",     "without",   "school",
-    "down",     "think",      "little",      "need",       "number",    "why",       "things",
-    "help",     "world",      "point",       "home",       "hand",      "end",       "said",
-    "see",      "use",        "her",         "get",        "look",      "want",      "give",
-    "going",    "name",       "city",        "country",    "family",    "group",     "story",
-    "thing",    "question",   "problem",     "power",      "money",     "night",     "area",
-    "book",     "word",       "business",    "government", "company",   "child",     "children",
-    "man",      "men",        "woman",       "women",      "head",      "side",      "case",
-    "week",     "month",      "fact",        "lot",        "eye",       "job",       "team",
-    "idea",     "body",       "information", "face",       "others",    "level",     "office",
-    "door",     "health",     "person",      "art",        "war",       "history",   "party",
-    "result",   "change",     "morning",     "reason",     "research",  "girl",      "guy",
-    "moment",   "air",        "teacher",     "force",      "education", "foot",      "boy",
-    "age",      "policy",     "music",       "market",     "sense",     "nation",    "plan",
-    "college",  "interest",   "death",       "experience", "effect",    "class",     "control",
-    "care",     "field",      "development", "role",       "effort",    "rate",      "heart",
-    "drug",     "show",       "light",       "voice",      "wife",      "process",   "law",
-    "friend",   "data",       "model",       "language",   "text",      "token",     "computer",
-    "science",  "open",       "read",        "write",      "call",      "ask",       "run",
-    "move",     "live",       "believe",     "bring",      "happen",    "begin",     "keep",
-    "hold",     "turn",       "start",       "seem",       "feel",      "try",       "leave",
-    "put",      "mean",       "let",         "tell",       "become",    "show",      "hear",
-    "play",     "pay",        "meet",        "include",    "continue",  "set",       "learn",
-    "lead",     "understand", "watch",       "follow",     "stop",      "create",    "speak",
-    "allow",    "add",        "spend",       "grow",       "offer",     "remember",  "love",
-    "consider", "appear",     "buy",         "wait",       "serve",     "die",       "send",
-    "expect",   "build",      "stay",        "fall",       "cut",       "reach",     "kill",
-    "remain",   "good",       "important",   "large",      "big",       "different", "real",
-    "best",     "better",     "sure",        "free",       "whole",     "young",     "early",
-    "able",     "human",      "local",       "late",       "hard",      "major",     "social",
-    "public",   "national",   "political",   "economic",   "white",     "black",     "red",
-    "green",    "blue",       "simple",      "quick",      "brown",     "fox",       "jumps",
-    "lazy",     "dog",        "cat",         "sun",        "moon",      "tree",      "river",
-    "sea",      "city",       "road",        "car",        "food",      "bread",     "milk",
-    "coffee",   "tea",        "table",       "chair",      "window",    "garden",    "king",
-    "queen",    "once",       "upon",        "always",     "often",     "sometimes", "today",
-    "tomorrow", "yesterday",  "hello",       "yes",        "please",    "thank",     "thanks",
-    "sorry",    "number",     "zero",        "four",       "five",      "six",       "seven",
-    "eight",    "nine",       "ten",         "hundred",    "thousand",  "million",   "Monday",
-    "Sunday",   "January",    "English",     "American",   "The",       "In",        "It",
-    "This",     "He",         "She",         "We",         "They",      "A",         "And",
-    "But",      "If",         "What",        "When",       "There"};
-
-/// GPT-2's byte-to-symbol table: printable Latin-1 bytes stand for themselves, the others
-/// (control bytes, space, ...) map to code points from U+0100 up, in byte order.
-std::vector<std::string> gpt2_byte_symbols() {
-  std::vector<std::string> sym(256);
-  auto printable = [](int b) {
-    return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-  };
-  auto utf8 = [](uint32_t cp) {
-    std::string s;
-    if (cp < 0x80) {
-      s += static_cast<char>(cp);
-    } else {
-      s += static_cast<char>(0xC0 | (cp >> 6));
-      s += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-    return s;
-  };
-  uint32_t next = 256;
-  for (int b = 0; b < 256; ++b)
-    sym[b] = utf8(printable(b) ? static_cast<uint32_t>(b) : next++);
-  return sym;
-}
-
-/// Builds the merge list while keeping a naive BPE encoder consistent with it.
-class vocab_builder {
- public:
-  explicit vocab_builder(uint32_t target) : target_(target) {}
-
-  void add_token(std::string piece, token_kind kind) {
-    index_.emplace(piece, static_cast<token_id>(tokens_.size()));
-    tokens_.push_back(std::move(piece));
-    kinds_.push_back(kind);
-  }
-  bool full() const { return tokens_.size() >= target_; }
-  bool has(const std::string& piece) const { return index_.count(piece) != 0; }
-
-  /// Adds the merge "a b" (lowest priority so far) and the token a+b.
-  void add_merge(const std::string& a, const std::string& b) {
-    ranks_.emplace(a + " " + b, static_cast<uint32_t>(merges_.size()));
-    merges_.push_back(a + " " + b);
-    add_token(a + b, token_kind::normal);
-  }
-
-  /// Byte-level BPE of one pre-token given as symbols: apply the best-ranked merge until
-  /// none applies.
-  std::vector<std::string> bpe(std::vector<std::string> parts) const {
-    for (;;) {
-      size_t best = parts.size();
-      uint32_t best_rank = UINT32_MAX;
-      for (size_t i = 0; i + 1 < parts.size(); ++i) {
-        auto it = ranks_.find(parts[i] + " " + parts[i + 1]);
-        if (it != ranks_.end() && it->second < best_rank) {
-          best_rank = it->second;
-          best = i;
-        }
-      }
-      if (best == parts.size()) return parts;
-      parts[best] += parts[best + 1];
-      parts.erase(parts.begin() + static_cast<std::ptrdiff_t>(best) + 1);
-    }
-  }
-
-  /// Adds merges until `symbols` encodes as one token. A new merge ranks below every
-  /// existing one, so words added earlier keep encoding as one token.
-  void add_word(const std::vector<std::string>& symbols) {
-    for (;;) {
-      if (full()) return;
-      auto parts = bpe(symbols);
-      if (parts.size() <= 1) return;
-      add_merge(parts[0], parts[1]);
-    }
-  }
-
-  vocab_spec finish() && {
-    vocab_spec s;
-    s.model = vocab_spec::model_kind::bpe;
-    s.tokens = std::move(tokens_);
-    s.kinds = std::move(kinds_);
-    s.merges = std::move(merges_);
-    return s;
-  }
-
-  const std::vector<std::string>& tokens() const { return tokens_; }
-
- private:
-  uint32_t target_;
-  std::vector<std::string> tokens_;
-  std::vector<token_kind> kinds_;
-  std::vector<std::string> merges_;
-  std::unordered_map<std::string, token_id> index_;
-  std::unordered_map<std::string, uint32_t> ranks_;
-};
-
-/// Whether `piece` is ASCII letters, optionally after the "Ġ" (space) symbol.
-bool letter_piece(const std::string& piece, bool allow_space) {
-  std::string_view p = piece;
-  if (allow_space && p.starts_with("\xC4\xA0")) p.remove_prefix(2);
-  if (p.empty()) return false;
-  return std::all_of(p.begin(), p.end(),
-                     [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); });
-}
-
-// ---------------------------------------------------------------------------------------
 // Writers.
 
 std::string hf_dtype_name(dtype t) {
@@ -433,17 +255,22 @@ std::vector<float> generate(const gen_tensor& t, uint64_t seed) {
   return uniform_values(seed, t.hf_name, n, 0.0f, 1.0f / std::sqrt(static_cast<float>(t.cols)));
 }
 
-std::string write_text(const fs::path& path, const std::string& text) {
+/// errc::invalid_request: the output path the caller asked for cannot be written.
+error_info cannot(std::string what) {
+  return {errc::invalid_request, std::move(what)};
+}
+
+result<void> write_text(const fs::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) return fmt::format("cannot create {}", path.string());
+  if (!out) return cannot(fmt::format("cannot create {}", path.string()));
   out << text;
   out.close();
-  if (!out) return fmt::format("cannot write {}", path.string());
+  if (!out) return cannot(fmt::format("cannot write {}", path.string()));
   return {};
 }
 
-std::string write_gguf(const make_model_options& opts, const llama_config& c,
-                       const vocab_spec& vocab) {
+result<void> write_gguf(const make_model_options& opts, const llama_config& c,
+                        const vocab_spec& vocab) {
   gguf_writer w;
   const std::string& a = c.arch;
   w.set_string("general.architecture", a);
@@ -533,22 +360,20 @@ nlohmann::ordered_json hf_config(const make_model_options& opts, const llama_con
   return j;
 }
 
-std::string write_hf(const make_model_options& opts, const llama_config& c,
-                     const vocab_spec& vocab) {
+result<void> write_hf(const make_model_options& opts, const llama_config& c,
+                      const vocab_spec& vocab) {
   fs::path dir = opts.output;
   std::error_code ec;
   if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
-    return fmt::format("{} exists and is not a directory", dir.string());
+    return cannot(fmt::format("{} exists and is not a directory", dir.string()));
   fs::create_directories(dir, ec);
-  if (ec) return fmt::format("cannot create directory {}: {}", dir.string(), ec.message());
+  if (ec) return cannot(fmt::format("cannot create directory {}: {}", dir.string(), ec.message()));
 
-  if (auto err = write_text(dir / "config.json", hf_config(opts, c).dump(2) + "\n"); !err.empty())
-    return err;
+  if (auto r = write_text(dir / "config.json", hf_config(opts, c).dump(2) + "\n"); !r) return r;
   nlohmann::ordered_json gen;
   gen["bos_token_id"] = c.bos;
   gen["eos_token_id"] = c.eos;
-  if (auto err = write_text(dir / "generation_config.json", gen.dump(2) + "\n"); !err.empty())
-    return err;
+  if (auto r = write_text(dir / "generation_config.json", gen.dump(2) + "\n"); !r) return r;
   nlohmann::ordered_json tc;
   tc["add_bos_token"] = vocab.add_bos;
   tc["add_eos_token"] = false;
@@ -558,10 +383,8 @@ std::string write_hf(const make_model_options& opts, const llama_config& c,
   tc["model_max_length"] = c.max_context;
   tc["tokenizer_class"] = "PreTrainedTokenizerFast";
   tc["clean_up_tokenization_spaces"] = false;
-  if (auto err = write_text(dir / "tokenizer_config.json", tc.dump(2) + "\n"); !err.empty())
-    return err;
-  if (auto err = write_tokenizer_json(vocab, (dir / "tokenizer.json").string()); !err.empty())
-    return err;
+  if (auto r = write_text(dir / "tokenizer_config.json", tc.dump(2) + "\n"); !r) return r;
+  if (auto r = write_tokenizer_json(vocab, (dir / "tokenizer.json").string()); !r) return r;
 
   safetensors_writer w;
   w.set_metadata("format", "pt");
@@ -609,75 +432,25 @@ uint64_t model_step_weight_bytes(const llama_config& c, dtype t) {
   return n;
 }
 
-vocab_spec make_model_vocab(uint32_t vocab_size) {
-  vocab_builder b(vocab_size);
-  b.add_token("<unk>", token_kind::unknown);
-  b.add_token("<s>", token_kind::control);
-  b.add_token("</s>", token_kind::control);
-  auto sym = gpt2_byte_symbols();
-  for (const auto& s : sym)
-    b.add_token(s, token_kind::normal);
-
-  auto symbols_of = [&](std::string_view text) {
-    std::vector<std::string> out;
-    for (char ch : text)
-      out.push_back(sym[static_cast<uint8_t>(ch)]);
-    return out;
-  };
-  // Words: " word" first (running text), then "word" (line starts).
-  std::set<std::string> seen;
-  for (const char* word : common_words) {
-    if (!seen.insert(word).second) continue;
-    b.add_word(symbols_of(std::string(" ") + word));
-    b.add_word(symbols_of(word));
-  }
-
-  // Filler: deterministic merges of letter pieces (a word-like piece followed by a
-  // letters-only piece), so the extra tokens are reachable by ordinary text.
-  std::vector<std::string> heads, tails;
-  for (const auto& t : b.tokens()) {
-    if (letter_piece(t, true)) heads.push_back(t);
-    if (letter_piece(t, false)) tails.push_back(t);
-  }
-  uint64_t state = 0x746f6b656e6d696cull;  // fixed: the vocabulary does not depend on the seed
-  uint64_t attempts = 0;
-  while (!b.full() && attempts < uint64_t{vocab_size} * 1000) {
-    ++attempts;
-    const auto& a = heads[splitmix64(state) % heads.size()];
-    const auto& c = tails[splitmix64(state) % tails.size()];
-    if (a.size() + c.size() > 14 || b.has(a + c)) continue;
-    std::string left = a, right = c;  // copies: add_merge may grow the vectors
-    b.add_merge(left, right);
-    heads.push_back(left + right);
-    if (letter_piece(left, false)) tails.push_back(left + right);
-  }
-  auto spec = std::move(b).finish();
-  spec.pre = "gpt2";
-  spec.unk = 0;
-  spec.bos = 1;
-  spec.eos = 2;
-  spec.add_bos = true;
-  spec.add_space_prefix = false;
-  return spec;
-}
-
-std::string make_model(const make_model_options& opts) {
+result<void> make_model(const make_model_options& opts) {
+  auto bad = [](std::string what) { return error_info{errc::invalid_request, std::move(what)}; };
   const model_preset* preset = find_model_preset(opts.preset);
   if (preset == nullptr) {
     std::string known;
     for (const auto& p : model_presets())
       known += (known.empty() ? "" : ", ") + p.name;
-    return fmt::format("unknown preset '{}' (known: {})", opts.preset, known);
+    return bad(fmt::format("unknown preset '{}' (known: {})", opts.preset, known));
   }
   if (opts.type != dtype::f32 && opts.type != dtype::f16 && opts.type != dtype::bf16)
-    return fmt::format("dtype '{}' is not supported by make-model (f32, f16 or bf16)",
-                       dtype_name(opts.type));
+    return bad(fmt::format("dtype '{}' is not supported by make-model (f32, f16 or bf16)",
+                           dtype_name(opts.type)));
   if (opts.format != "gguf" && opts.format != "hf")
-    return fmt::format("unknown format '{}' (gguf or hf)", opts.format);
-  if (opts.output.empty()) return "no output path given";
+    return bad(fmt::format("unknown format '{}' (gguf or hf)", opts.format));
+  if (opts.output.empty()) return bad("no output path given");
   const llama_config& c = preset->config;
-  if (auto err = c.validate(); !err.empty())
-    return fmt::format("preset '{}' is inconsistent: {}", preset->name, err);
+  if (auto r = c.validate(); !r)
+    return error_info{errc::internal, fmt::format("preset '{}' is inconsistent: {}", preset->name,
+                                                  r.error().message)};
 
   auto vocab = make_model_vocab(c.vocab);
   if (opts.format == "gguf") {

@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/result.hpp"
 #include "engine/model.hpp"
 #include "engine/tensor.hpp"
 #include "engine/text_tokenizer.hpp"
@@ -56,7 +57,9 @@ struct make_model_options {
   std::string output;  ///< file (gguf) or directory (hf)
 };
 
-/// Writes the model. Returns an error message, empty on success.
-std::string make_model(const make_model_options& opts);
+/// Writes the model. Errors: errc::invalid_request for options it cannot follow (unknown
+/// preset, dtype or format, an output path that cannot be written), errc::invalid_model
+/// from the writers for content they refuse.
+result<void> make_model(const make_model_options& opts);
 
 }  // namespace tokenmill

@@ -52,8 +52,8 @@ struct llama_config {
   token_id eos = 2;
   bool add_bos = true;  ///< whether prompts start with BOS by default
 
-  /// Empty when the numbers are consistent, else what is wrong.
-  std::string validate() const;
+  /// Success when the numbers are consistent, else errc::invalid_model saying what is wrong.
+  result<void> validate() const;
 };
 
 /// Weights of one transformer block. Linear weights are [out][in]; biases and norms are
@@ -90,12 +90,12 @@ struct loaded_model {
   std::vector<std::shared_ptr<const void>> storage;
 };
 
-/// Empty when `m`'s weights have the shapes its config implies — every tensor the forward
+/// Success when `m`'s weights have the shapes its config implies — every tensor the forward
 /// pass reads present ([out][in] for linear layers, biases when qkv_bias), q8_0 rows whole
 /// blocks of 32, rope_freqs of head_dim / 2 values — else what is wrong ("tensor wq
-/// ('blk.0.attn_q.weight') is [64, 63], expected [64, 64]"). Every engine checks this before
-/// it uses a model it did not load itself.
-std::string check_weights(const loaded_model& m);
+/// ('blk.0.attn_q.weight') is [64, 63], expected [64, 64]", errc::invalid_model). Every
+/// engine checks this before it uses a model it did not load itself.
+result<void> check_weights(const loaded_model& m);
 
 /// Loads a GGUF v3 file or a Hugging Face directory (config.json, *.safetensors,
 /// tokenizer.json). Errors (errc::invalid_model) name the file and the tensor or key at

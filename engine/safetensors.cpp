@@ -180,21 +180,26 @@ void safetensors_writer::set_metadata(std::string key, std::string value) {
   metadata_[std::move(key)] = std::move(value);
 }
 
-std::string safetensors_writer::write(const std::string& path) const {
+result<void> safetensors_writer::write(const std::string& path) const {
+  auto bad = [](std::string what) { return error_info{errc::invalid_model, std::move(what)}; };
+  auto io = [&](const char* what) {
+    return error_info{errc::invalid_request, path + ": " + what + ": " + std::strerror(errno)};
+  };
   try {
     json header = json::object();
     uint64_t off = 0;
     for (const auto& t : tensors_) {
-      if (t.type == dtype::q8_0) return "tensor '" + t.name + "': q8_0 is not a safetensors dtype";
-      if (t.name == "__metadata__") return "tensor name '__metadata__' is reserved";
-      if (header.contains(t.name)) return "tensor '" + t.name + "' added twice";
+      if (t.type == dtype::q8_0)
+        return bad("tensor '" + t.name + "': q8_0 is not a safetensors dtype");
+      if (t.name == "__metadata__") return bad("tensor name '__metadata__' is reserved");
+      if (header.contains(t.name)) return bad("tensor '" + t.name + "' added twice");
       uint64_t elements = 1;
       for (uint64_t d : t.shape)
         elements *= d;
       uint64_t want = elements * elem_bytes(t.type);
       if (t.data.size() != want)
-        return "tensor '" + t.name + "': " + std::to_string(t.data.size()) +
-               " bytes of data, expected " + std::to_string(want);
+        return bad("tensor '" + t.name + "': " + std::to_string(t.data.size()) +
+                   " bytes of data, expected " + std::to_string(want));
       header[t.name] = {{"dtype", std::string(name_of_dtype(t.type))},
                         {"shape", t.shape},
                         {"data_offsets", {off, off + want}}};
@@ -205,7 +210,7 @@ std::string safetensors_writer::write(const std::string& path) const {
     text.resize((text.size() + 7) / 8 * 8, ' ');
 
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    if (!out) return path + ": cannot open for writing: " + std::strerror(errno);
+    if (!out) return io("cannot open for writing");
     uint64_t n = text.size();
     out.write(reinterpret_cast<const char*>(&n), 8);
     out.write(text.data(), static_cast<std::streamsize>(text.size()));
@@ -213,10 +218,10 @@ std::string safetensors_writer::write(const std::string& path) const {
       out.write(reinterpret_cast<const char*>(t.data.data()),
                 static_cast<std::streamsize>(t.data.size()));
     out.flush();
-    if (!out) return path + ": write failed: " + std::strerror(errno);
+    if (!out) return io("write failed");
     return {};
   } catch (const std::exception& e) {
-    return path + ": " + e.what();
+    return error_info{errc::internal, path + ": " + e.what()};
   }
 }
 

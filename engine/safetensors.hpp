@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "common/result.hpp"
-#include "engine/gguf.hpp"  // mapped_file
+#include "engine/mapped_file.hpp"
 #include "engine/tensor.hpp"
 
 namespace tokenmill {
@@ -69,8 +69,9 @@ class safetensors_writer {
                   std::vector<std::byte> data);
   /// An entry of "__metadata__".
   void set_metadata(std::string key, std::string value);
-  /// Returns an error message, "" on success.
-  std::string write(const std::string& path) const;
+  /// Errors: errc::invalid_model naming the tensor that cannot be written (nothing is
+  /// written then), errc::invalid_request naming `path` when it cannot be written.
+  result<void> write(const std::string& path) const;
 
  private:
   struct tensor {

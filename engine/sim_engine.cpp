@@ -3,25 +3,22 @@
 #include <sys/prctl.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 #include <thread>
+#include <utility>
 
 #include <fmt/format.h>
 
 #include "common/clock.hpp"
+#include "engine/detail/splitmix.hpp"
 
 namespace tokenmill {
 namespace {
-
-uint64_t splitmix(uint64_t& state) {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
 
 /// Seed of the contents of one (position, token, layer, K|V, head) vector.
 uint64_t vector_seed(uint64_t seed, uint32_t pos, token_id tok, uint32_t layer, uint32_t kv,
@@ -33,7 +30,7 @@ uint64_t vector_seed(uint64_t seed, uint32_t pos, token_id tok, uint32_t layer, 
 
 void fill_vector(std::byte* dst, size_t bytes, uint64_t state) {
   for (size_t i = 0; i < bytes; i += 8) {
-    uint64_t v = splitmix(state);
+    uint64_t v = detail::splitmix64(state);
     std::memcpy(dst + i, &v, std::min<size_t>(8, bytes - i));
   }
 }
@@ -60,7 +57,7 @@ void sleep_until_ns(int64_t deadline) {
 }  // namespace
 
 sim_engine::sim_engine(sim_config cfg) : cfg_(cfg) {
-  if (auto err = cfg_.layout.validate(); !err.empty()) throw std::invalid_argument(err);
+  if (auto r = cfg_.layout.validate(); !r) throw std::invalid_argument(r.error().message);
   if (cfg_.vocab_size <= static_cast<uint32_t>(first_word_id))
     throw std::invalid_argument(
         fmt::format("sim vocab_size must exceed {}, got {}", first_word_id, cfg_.vocab_size));
@@ -96,13 +93,25 @@ token_id sim_engine::next_token(std::span<const token_id> context, const samplin
   return first_word_id + static_cast<token_id>(h % span);
 }
 
+namespace {
+
+/// Success when `blocks` holds the block of every position in [begin, end), else
+/// errc::invalid_request naming the first position past the table.
+result<void> check_table(const kv_layout& L, std::span<const block_id> blocks, uint32_t begin,
+                         uint32_t end) {
+  if (end <= begin || L.blocks_for(end) <= blocks.size()) return {};
+  uint32_t pos = std::max<uint32_t>(begin, static_cast<uint32_t>(blocks.size()) * L.block_tokens);
+  return error_info{
+      errc::invalid_request,
+      fmt::format("position {} is past the block table ({} blocks)", pos, blocks.size())};
+}
+
+}  // namespace
+
 void sim_engine::write_position(block_pool& pool, std::span<const block_id> blocks, uint32_t pos,
                                 token_id tok) const {
   const auto& L = cfg_.layout;
   uint32_t bi = pos / L.block_tokens;
-  if (bi >= blocks.size())
-    throw std::out_of_range(
-        fmt::format("position {} is past the block table ({} blocks)", pos, blocks.size()));
   std::byte* base = pool.block(blocks[bi]);
   uint32_t slot = pos % L.block_tokens;
   size_t vec = size_t{L.head_dim} * L.dtype_bytes;
@@ -113,48 +122,67 @@ void sim_engine::write_position(block_pool& pool, std::span<const block_id> bloc
                     vector_seed(cfg_.seed, pos, tok, l, kv, h));
 }
 
-std::vector<token_id> sim_engine::prefill(block_pool& pool, std::span<const prefill_chunk> batch) {
-  int64_t start = now_ns();
-  uint64_t tokens = 0;
-  std::vector<token_id> out;
-  out.reserve(batch.size());
-  for (const auto& c : batch) {
-    tokens += c.end - c.begin;
-    for (uint32_t p = c.begin; p < c.end; ++p)
-      write_position(pool, c.blocks, p, c.tokens[p]);
-    out.push_back(next_token(c.tokens.subspan(0, c.end), c.sampling));
-  }
-  sleep_until_ns(start + static_cast<int64_t>(prefill_cost_ns(tokens)));
-  return out;
+result<std::vector<token_id>> sim_engine::prefill(block_pool& pool,
+                                                  std::span<const prefill_chunk> batch) {
+  // Nothing here throws but an allocation; no exception leaves the engine.
+  return catch_into_result(errc::internal, [&]() -> result<std::vector<token_id>> {
+    for (const auto& c : batch)
+      if (auto r = check_table(cfg_.layout, c.blocks, c.begin, c.end); !r) return r.error();
+    int64_t start = now_ns();
+    uint64_t tokens = 0;
+    std::vector<token_id> out;
+    out.reserve(batch.size());
+    for (const auto& c : batch) {
+      tokens += c.end - c.begin;
+      for (uint32_t p = c.begin; p < c.end; ++p)
+        write_position(pool, c.blocks, p, c.tokens[p]);
+      out.push_back(next_token(c.tokens.subspan(0, c.end), c.sampling));
+    }
+    sleep_until_ns(start + static_cast<int64_t>(prefill_cost_ns(tokens)));
+    return out;
+  });
 }
 
-std::vector<token_id> sim_engine::decode(block_pool& pool, std::span<const decode_seq> batch) {
-  int64_t start = now_ns();
-  uint64_t ctx = 0;
-  std::vector<token_id> out;
-  out.reserve(batch.size());
-  for (const auto& s : batch) {
-    auto pos = static_cast<uint32_t>(s.tokens.size() - 1);
-    ctx += s.tokens.size();
-    write_position(pool, s.blocks, pos, s.tokens[pos]);
-    out.push_back(next_token(s.tokens, s.sampling));
-  }
-  sleep_until_ns(start + static_cast<int64_t>(decode_cost_ns(batch.size(), ctx)));
-  return out;
+result<std::vector<token_id>> sim_engine::decode(block_pool& pool,
+                                                 std::span<const decode_seq> batch) {
+  // Nothing here throws but an allocation; no exception leaves the engine.
+  return catch_into_result(errc::internal, [&]() -> result<std::vector<token_id>> {
+    for (const auto& s : batch) {
+      if (s.tokens.empty())
+        return error_info{errc::invalid_request, "sim engine: a decode sequence has no tokens"};
+      auto pos = static_cast<uint32_t>(s.tokens.size() - 1);
+      if (auto r = check_table(cfg_.layout, s.blocks, pos, pos + 1); !r) return r.error();
+    }
+    int64_t start = now_ns();
+    uint64_t ctx = 0;
+    std::vector<token_id> out;
+    out.reserve(batch.size());
+    for (const auto& s : batch) {
+      auto pos = static_cast<uint32_t>(s.tokens.size() - 1);
+      ctx += s.tokens.size();
+      write_position(pool, s.blocks, pos, s.tokens[pos]);
+      out.push_back(next_token(s.tokens, s.sampling));
+    }
+    sleep_until_ns(start + static_cast<int64_t>(decode_cost_ns(batch.size(), ctx)));
+    return out;
+  });
 }
 
-std::string sim_engine::check_kv(const block_pool& pool, std::span<const token_id> tokens,
-                                 std::span<const block_id> blocks, uint32_t begin,
-                                 uint32_t end) const {
+result<void> sim_engine::check_kv(const block_pool& pool, std::span<const token_id> tokens,
+                                  std::span<const block_id> blocks, uint32_t begin,
+                                  uint32_t end) const {
   const auto& L = cfg_.layout;
   size_t vec = size_t{L.head_dim} * L.dtype_bytes;
   std::vector<std::byte> expect(vec);
+  auto corrupt = [](std::string what) { return error_info{errc::kv_corrupt, std::move(what)}; };
   if (end > tokens.size())
-    return fmt::format("positions up to {} checked but only {} tokens given", end, tokens.size());
+    return corrupt(
+        fmt::format("positions up to {} checked but only {} tokens given", end, tokens.size()));
   for (uint32_t pos = begin; pos < end; ++pos) {
     uint32_t bi = pos / L.block_tokens;
     if (bi >= blocks.size())
-      return fmt::format("position {} is past the block table ({} blocks)", pos, blocks.size());
+      return corrupt(
+          fmt::format("position {} is past the block table ({} blocks)", pos, blocks.size()));
     const std::byte* base = pool.block(blocks[bi]);
     uint32_t slot = pos % L.block_tokens;
     for (uint32_t l = 0; l < L.layers; ++l)
@@ -162,10 +190,10 @@ std::string sim_engine::check_kv(const block_pool& pool, std::span<const token_i
         for (uint32_t h = 0; h < L.kv_heads; ++h) {
           fill_vector(expect.data(), vec, vector_seed(cfg_.seed, pos, tokens[pos], l, kv, h));
           if (std::memcmp(expect.data(), base + L.offset(l, kv, h, slot), vec) != 0)
-            return fmt::format(
+            return corrupt(fmt::format(
                 "KV block {} (table index {}) holds wrong contents for position {} (layer {}, "
                 "{}, head {})",
-                blocks[bi], bi, pos, l, kv == 0 ? "K" : "V", h);
+                blocks[bi], bi, pos, l, kv == 0 ? "K" : "V", h));
         }
   }
   return {};

@@ -26,11 +26,16 @@ class sim_engine final : public engine {
  public:
   explicit sim_engine(sim_config cfg);
   const model_info& info() const override { return info_; }
-  std::vector<token_id> prefill(block_pool& pool, std::span<const prefill_chunk> batch) override;
-  std::vector<token_id> decode(block_pool& pool, std::span<const decode_seq> batch) override;
-  std::string check_kv(const block_pool& pool, std::span<const token_id> tokens,
-                       std::span<const block_id> blocks, uint32_t begin,
-                       uint32_t end) const override;
+  /// Writes the batch's KV and sleeps the modelled time. A block table that does not
+  /// cover a position is errc::invalid_request, found before anything is written.
+  result<std::vector<token_id>> prefill(block_pool& pool,
+                                        std::span<const prefill_chunk> batch) override;
+  result<std::vector<token_id>> decode(block_pool& pool,
+                                       std::span<const decode_seq> batch) override;
+  /// Recomputes the contents prefill/decode write; a mismatch is errc::kv_corrupt.
+  result<void> check_kv(const block_pool& pool, std::span<const token_id> tokens,
+                        std::span<const block_id> blocks, uint32_t begin,
+                        uint32_t end) const override;
 
   /// Modelled duration of a prefill call over `tokens` prompt tokens (ns).
   uint64_t prefill_cost_ns(uint64_t tokens) const;

@@ -95,7 +95,8 @@ result<vocab_spec> read_tokenizer_json(const std::string& path);
 /// plus tokenizer_config.json (bos_token, eos_token, add_bos_token) in the same folder.
 /// Control/unknown tokens become special added tokens, user-defined ones non-special;
 /// unused tokens with empty text are left out. The spec is validated first
-/// (make_text_tokenizer). Returns an error message, empty on success.
-std::string write_tokenizer_json(const vocab_spec& spec, const std::string& path);
+/// (make_text_tokenizer). Errors: errc::invalid_model naming the token or merge that
+/// cannot be written, errc::invalid_request naming the file that cannot be written.
+result<void> write_tokenizer_json(const vocab_spec& spec, const std::string& path);
 
 }  // namespace tokenmill

@@ -1,3 +1,4 @@
+// Over 600 lines: one impl holds the device state that validation, forward pass and graphs share.
 // The CUDA engine: the CPU engine's forward pass (engine/cpu_engine.cpp) on one GPU, and
 // the backend's public entry points (gpu/cuda_backend.hpp).
 #include "gpu/cuda_engine.hpp"
@@ -10,6 +11,8 @@
 #include <limits>
 #include <optional>
 #include <stdexcept>
+#include <string>
+#include <utility>
 
 #include "engine/cpu/kernels.hpp"
 #include "engine/cpu_engine.hpp"
@@ -35,6 +38,11 @@ using gpu::pinned_buffer;
 constexpr uint32_t max_decode_rows = 65535;
 /// Block ids, positions and token ids travel to the device as int32.
 constexpr uint64_t max_int32 = std::numeric_limits<int32_t>::max();
+
+/// A batch the engine cannot take: the caller's request, not the engine, is at fault.
+error_info bad_request(std::string what) {
+  return {errc::invalid_request, std::move(what)};
+}
 
 bool parse_dtype(const std::string& s, elem& out) {
   if (s == "f32")
@@ -263,35 +271,37 @@ struct cuda_engine::impl {
 
   // ---- validation (nothing is touched before it passes) ------------------------------
 
-  void check_pool(const block_pool& p) const {
+  result<void> check_pool(const block_pool& p) const {
     const kv_layout& l = p.layout();
     if (l.layers != layout.layers || l.kv_heads != layout.kv_heads ||
         l.head_dim != layout.head_dim || l.block_tokens != layout.block_tokens ||
         l.dtype_bytes != layout.dtype_bytes)
-      throw std::invalid_argument(fmt::format(
+      return bad_request(fmt::format(
           "cuda engine: block pool layout (layers={}, kv_heads={}, head_dim={}, "
           "block_tokens={}, dtype_bytes={}) does not match the engine's ({}, {}, {}, {}, {})",
           l.layers, l.kv_heads, l.head_dim, l.block_tokens, l.dtype_bytes, layout.layers,
           layout.kv_heads, layout.head_dim, layout.block_tokens, layout.dtype_bytes));
     const pool_memory& mem = p.storage();
     if (mem.kind() != memory_kind::cuda || mem.device() != cfg.device)
-      throw std::invalid_argument(fmt::format(
+      return bad_request(fmt::format(
           "cuda engine: the block pool is in {} memory (device {}), not in memory of CUDA "
           "device {} (make it with the engine's allocate_kv_memory)",
           memory_kind_name(mem.kind()), mem.device(), cfg.device));
     if (p.total() > max_int32)
-      throw std::invalid_argument(
+      return bad_request(
           fmt::format("cuda engine: block pool of {} blocks; at most {}", p.total(), max_int32));
+    return {};
   }
 
-  void check_seq(const block_pool& p, std::span<const token_id> tokens, uint32_t begin,
-                 uint32_t end, std::span<const block_id> blocks, const char* what,
-                 size_t index) const {
+  result<void> check_seq(const block_pool& p, std::span<const token_id> tokens, uint32_t begin,
+                         uint32_t end, std::span<const block_id> blocks, const char* what,
+                         size_t index) const {
     if (end > max_int32)
-      throw std::invalid_argument(fmt::format("cuda engine: {} {}: position {} is beyond {}", what,
-                                              index, end - 1, max_int32 - 1));
-    if (auto err = check_sequence(p, layout, c.vocab, tokens, begin, end, blocks); !err.empty())
-      throw std::invalid_argument(fmt::format("cuda engine: {} {}: {}", what, index, err));
+      return bad_request(fmt::format("cuda engine: {} {}: position {} is beyond {}", what, index,
+                                     end - 1, max_int32 - 1));
+    if (auto r = check_sequence(p, layout, c.vocab, tokens, begin, end, blocks); !r)
+      return bad_request(fmt::format("cuda engine: {} {}: {}", what, index, r.error().message));
+    return {};
   }
 
   void clear_batch() {
@@ -306,16 +316,18 @@ struct cuda_engine::impl {
   }
 
   /// Validates and collects prefill chunks; `every_row`: all rows are outputs (logits).
-  void collect_prefill(const block_pool& p, std::span<const prefill_chunk> chunks, bool every_row) {
-    check_pool(p);
+  result<void> collect_prefill(const block_pool& p, std::span<const prefill_chunk> chunks,
+                               bool every_row) {
+    if (auto r = check_pool(p); !r) return r;
     for (size_t i = 0; i < chunks.size(); ++i) {
       const auto& ch = chunks[i];
       if (ch.begin >= ch.end || ch.end > ch.tokens.size())
-        throw std::invalid_argument(
+        return bad_request(
             fmt::format("cuda engine: prefill chunk {}: range [{}, {}) is empty or "
                         "beyond the prompt ({} tokens)",
                         i, ch.begin, ch.end, ch.tokens.size()));
-      check_seq(p, ch.tokens, ch.begin, ch.end, ch.blocks, "prefill chunk", i);
+      if (auto r = check_seq(p, ch.tokens, ch.begin, ch.end, ch.blocks, "prefill chunk", i); !r)
+        return r;
     }
     clear_batch();
     for (size_t i = 0; i < chunks.size(); ++i) {
@@ -333,21 +345,22 @@ struct cuda_engine::impl {
       batch.max_context = std::max(batch.max_context, ch.end);
       batch.max_blocks = std::max(batch.max_blocks, layout.blocks_for(ch.end));
     }
+    return {};
   }
 
-  void collect_decode(const block_pool& p, std::span<const decode_seq> seqs) {
-    check_pool(p);
+  /// Validates and collects the newest row of each sequence.
+  result<void> collect_decode(const block_pool& p, std::span<const decode_seq> seqs) {
+    if (auto r = check_pool(p); !r) return r;
     for (size_t i = 0; i < seqs.size(); ++i) {
       const auto& s = seqs[i];
       if (s.tokens.empty())
-        throw std::invalid_argument(
-            fmt::format("cuda engine: decode sequence {} has no tokens", i));
+        return bad_request(fmt::format("cuda engine: decode sequence {} has no tokens", i));
       if (s.tokens.size() > max_int32)
-        throw std::invalid_argument(
-            fmt::format("cuda engine: decode sequence {}: {} tokens, at most {}", i,
-                        s.tokens.size(), max_int32));
+        return bad_request(fmt::format("cuda engine: decode sequence {}: {} tokens, at most {}", i,
+                                       s.tokens.size(), max_int32));
       const auto pos = static_cast<uint32_t>(s.tokens.size() - 1);
-      check_seq(p, s.tokens, pos, pos + 1, s.blocks, "decode sequence", i);
+      if (auto r = check_seq(p, s.tokens, pos, pos + 1, s.blocks, "decode sequence", i); !r)
+        return r;
     }
     clear_batch();
     for (size_t i = 0; i < seqs.size(); ++i) {
@@ -361,6 +374,7 @@ struct cuda_engine::impl {
       batch.max_context = std::max(batch.max_context, pos + 1);
       batch.max_blocks = std::max(batch.max_blocks, layout.blocks_for(pos + 1));
     }
+    return {};
   }
 
   // ---- the forward pass -------------------------------------------------------------
@@ -645,7 +659,7 @@ cuda_engine::cuda_engine(std::shared_ptr<const loaded_model> model, cuda_engine_
   // Everything the host can check, before any CUDA call.
   if (!model_) throw std::invalid_argument("cuda engine: no model");
   const llama_config& c = model_->config;
-  if (auto err = c.validate(); !err.empty()) throw std::invalid_argument("cuda engine: " + err);
+  if (auto r = c.validate(); !r) throw std::invalid_argument("cuda engine: " + r.error().message);
   if (c.heads == 0 || c.kv_heads == 0 || c.heads % c.kv_heads != 0 || c.head_dim % 2 != 0 ||
       c.head_dim > gpu::attention_max_head_dim || c.heads > 65535)
     throw std::invalid_argument(fmt::format(
@@ -665,8 +679,8 @@ cuda_engine::cuda_engine(std::shared_ptr<const loaded_model> model, cuda_engine_
                                             max_decode_rows, cfg_.max_batch));
   if (cfg_.device < 0)
     throw std::invalid_argument(fmt::format("cuda engine: device {} is negative", cfg_.device));
-  if (auto err = check_weights(*model_); !err.empty())
-    throw std::invalid_argument("cuda engine: " + err);
+  if (auto r = check_weights(*model_); !r)
+    throw std::invalid_argument("cuda engine: " + r.error().message);
   const uint64_t qdim = uint64_t{c.heads} * c.head_dim, kvdim = uint64_t{c.kv_heads} * c.head_dim;
   if (qdim + 2 * kvdim > max_int32 || 2 * uint64_t{c.ffn} > max_int32)
     throw std::invalid_argument("cuda engine: projection widths beyond 2^31");
@@ -693,33 +707,49 @@ std::unique_ptr<pool_memory> cuda_engine::allocate_kv_memory(size_t bytes) const
   return std::make_unique<gpu::cuda_pool_memory>(cfg_.device, bytes, info_.layout.block_bytes());
 }
 
-std::vector<token_id> cuda_engine::prefill(block_pool& pool, std::span<const prefill_chunk> batch) {
-  if (batch.empty()) return {};
-  impl_->activate();
-  impl_->collect_prefill(pool, batch, false);
-  return impl_->sample(impl_->run_direct(pool));
+// Each entry point validates first (errc::invalid_request, nothing on the device touched),
+// then computes; a cuda_error (or std::bad_alloc) from the computation becomes
+// errc::internal here, with the file:line cuda_error carries.
+
+result<std::vector<token_id>> cuda_engine::prefill(block_pool& pool,
+                                                   std::span<const prefill_chunk> batch) {
+  return catch_into_result(errc::internal, [&]() -> result<std::vector<token_id>> {
+    if (batch.empty()) return std::vector<token_id>{};
+    impl_->activate();
+    if (auto r = impl_->collect_prefill(pool, batch, false); !r) return r.error();
+    return impl_->sample(impl_->run_direct(pool));
+  });
 }
 
-std::vector<token_id> cuda_engine::decode(block_pool& pool, std::span<const decode_seq> batch) {
-  if (batch.empty()) return {};
-  impl_->activate();
-  impl_->collect_decode(pool, batch);
-  return impl_->sample(impl_->run_decode(pool));
+result<std::vector<token_id>> cuda_engine::decode(block_pool& pool,
+                                                  std::span<const decode_seq> batch) {
+  return catch_into_result(errc::internal, [&]() -> result<std::vector<token_id>> {
+    if (batch.empty()) return std::vector<token_id>{};
+    impl_->activate();
+    if (auto r = impl_->collect_decode(pool, batch); !r) return r.error();
+    return impl_->sample(impl_->run_decode(pool));
+  });
 }
 
-std::vector<float> cuda_engine::prefill_logits(block_pool& pool, const prefill_chunk& chunk) {
-  impl_->activate();
-  impl_->collect_prefill(pool, {&chunk, 1}, true);
-  const auto& a = impl_->run_direct(pool);
-  return impl_->logits(a, impl_->batch.out_rows.size());
+result<std::vector<float>> cuda_engine::prefill_logits(block_pool& pool,
+                                                       const prefill_chunk& chunk) {
+  return catch_into_result(errc::internal, [&]() -> result<std::vector<float>> {
+    impl_->activate();
+    if (auto r = impl_->collect_prefill(pool, {&chunk, 1}, true); !r) return r.error();
+    const auto& a = impl_->run_direct(pool);
+    return impl_->logits(a, impl_->batch.out_rows.size());
+  });
 }
 
-std::vector<float> cuda_engine::decode_logits(block_pool& pool, std::span<const decode_seq> batch) {
-  if (batch.empty()) return {};
-  impl_->activate();
-  impl_->collect_decode(pool, batch);
-  const auto& a = impl_->run_decode(pool);
-  return impl_->logits(a, batch.size());
+result<std::vector<float>> cuda_engine::decode_logits(block_pool& pool,
+                                                      std::span<const decode_seq> batch) {
+  return catch_into_result(errc::internal, [&]() -> result<std::vector<float>> {
+    if (batch.empty()) return std::vector<float>{};
+    impl_->activate();
+    if (auto r = impl_->collect_decode(pool, batch); !r) return r.error();
+    const auto& a = impl_->run_decode(pool);
+    return impl_->logits(a, batch.size());
+  });
 }
 
 // ---- the backend's entry points (gpu/cuda_backend.hpp) --------------------------------------

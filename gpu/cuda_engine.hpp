@@ -32,21 +32,25 @@ class cuda_engine final : public engine {
   cuda_engine& operator=(const cuda_engine&) = delete;
 
   const model_info& info() const override { return info_; }
-  std::vector<token_id> prefill(block_pool& pool, std::span<const prefill_chunk> batch) override;
-  std::vector<token_id> decode(block_pool& pool, std::span<const decode_seq> batch) override;
+  /// A CUDA failure while computing (cuda_error) is errc::internal with its file:line.
+  result<std::vector<token_id>> prefill(block_pool& pool,
+                                        std::span<const prefill_chunk> batch) override;
+  result<std::vector<token_id>> decode(block_pool& pool,
+                                       std::span<const decode_seq> batch) override;
   /// Zeroed device memory on cfg.device (plus one private spare block for graph padding).
   std::unique_ptr<pool_memory> allocate_kv_memory(size_t bytes) const override;
-  /// A real model cannot predict its KV contents: always "".
-  std::string check_kv(const block_pool&, std::span<const token_id>, std::span<const block_id>,
-                       uint32_t, uint32_t) const override {
+  /// A real model cannot predict its KV contents: always success.
+  result<void> check_kv(const block_pool&, std::span<const token_id>, std::span<const block_id>,
+                        uint32_t, uint32_t) const override {
     return {};
   }
 
   /// Computes one prompt chunk like prefill() and returns the logits of every position in
   /// [begin, end), row-major [end - begin][vocab]. For correctness tests and benchmarks.
-  std::vector<float> prefill_logits(block_pool& pool, const prefill_chunk& chunk);
+  /// Errors as prefill()'s.
+  result<std::vector<float>> prefill_logits(block_pool& pool, const prefill_chunk& chunk);
   /// One decode step like decode() (graphs included), returning logits [batch][vocab].
-  std::vector<float> decode_logits(block_pool& pool, std::span<const decode_seq> batch);
+  result<std::vector<float>> decode_logits(block_pool& pool, std::span<const decode_seq> batch);
 
   const cuda_engine_config& config() const { return cfg_; }
 

@@ -297,8 +297,8 @@ void step_done(decode_ptr self, engine_step_done& d) {
   for (size_t i = 0; i < done.prefill.size(); ++i) {
     auto id = done.prefill[i].key;
     if (check_pending(id)) continue;
-    if (!d.error.empty()) {
-      fail(self, id, errc::internal, "decode engine (local prefill): " + d.error);
+    if (d.error) {
+      fail(self, id, d.error.code, "decode engine (local prefill): " + d.error.message);
       continue;
     }
     auto& s = st.seqs.at(id);
@@ -315,8 +315,8 @@ void step_done(decode_ptr self, engine_step_done& d) {
   for (size_t i = 0; i < done.decode.size(); ++i) {
     auto id = done.decode[i];
     if (check_pending(id)) continue;
-    if (!d.error.empty()) {
-      fail(self, id, errc::internal, "decode engine: " + d.error);
+    if (d.error) {
+      fail(self, id, d.error.code, "decode engine: " + d.error.message);
       continue;
     }
     auto& s = st.seqs.at(id);
@@ -446,8 +446,8 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
           return;
         }
         // Content check: a block that is intact but misplaced fails here.
-        if (auto err = st.w.check_kv(s.tokens, s.blocks, 0, s.prompt_len); !err.empty()) {
-          fail(self, r.id, errc::kv_corrupt, err);
+        if (auto kv = st.w.check_kv(s.tokens, s.blocks, 0, s.prompt_len); !kv) {
+          fail(self, r.id, errc::kv_corrupt, kv.error().message);
           return;
         }
         st.kv_bytes_received += uint64_t{expected} * st.w.pool->block_bytes();

@@ -77,8 +77,8 @@ worker_status kv_worker::status(role kind, std::string_view extra) const {
   return ws;
 }
 
-std::string kv_worker::check_kv(std::span<const token_id> tokens, std::span<const block_id> blocks,
-                                uint32_t begin, uint32_t end) const {
+result<void> kv_worker::check_kv(std::span<const token_id> tokens, std::span<const block_id> blocks,
+                                 uint32_t begin, uint32_t end) const {
   return eng->check_kv(*pool, tokens, blocks, begin, end);
 }
 
@@ -87,17 +87,19 @@ void kv_worker::submit_step(caf::actor me, std::vector<prefill_chunk> chunks,
   runner->submit([eng = eng.get(), pool = pool.get(), chunks = std::move(chunks),
                   batch = std::move(batch), me = std::move(me)] {
     engine_step_done d;
-    try {
-      auto t0 = now_ns();
-      if (!chunks.empty()) d.prefill_next = eng->prefill(*pool, chunks);
-      auto t1 = now_ns();
-      if (!batch.empty()) d.decode_next = eng->decode(*pool, batch);
+    auto t0 = now_ns();
+    result<std::vector<token_id>> prefilled = std::vector<token_id>{};
+    if (!chunks.empty()) prefilled = eng->prefill(*pool, chunks);
+    auto t1 = now_ns();
+    result<std::vector<token_id>> decoded = std::vector<token_id>{};
+    if (prefilled && !batch.empty()) decoded = eng->decode(*pool, batch);
+    if (!prefilled || !decoded) {
+      d.error = (!prefilled ? prefilled : decoded).error();
+    } else {
+      d.prefill_next = std::move(*prefilled);
+      d.decode_next = std::move(*decoded);
       d.prefill_ns = t1 - t0;
       d.decode_ns = now_ns() - t1;
-    } catch (const std::exception& e) {
-      d.prefill_next.clear();
-      d.decode_next.clear();
-      d.error = e.what();
     }
     caf::anon_send(me, std::move(d));
   });

@@ -15,6 +15,7 @@
 
 #include "actors/engine_thread.hpp"
 #include "actors/protocol.hpp"
+#include "common/result.hpp"
 #include "engine/engine.hpp"
 #include "engine/kv_cache.hpp"
 #include "transport/kv_transport.hpp"
@@ -70,10 +71,10 @@ struct kv_worker {
   worker_status status(role kind, std::string_view extra = {}) const;
 
   /// The engine's check that positions [begin, end) of `tokens` hold the KV it would have
-  /// written into `blocks`: empty when they do (or when it cannot know), else what is
-  /// wrong. Runs on the caller's thread, between steps.
-  std::string check_kv(std::span<const token_id> tokens, std::span<const block_id> blocks,
-                       uint32_t begin, uint32_t end) const;
+  /// written into `blocks`: ok when they do (or when it cannot know), else kv_corrupt with
+  /// what is wrong. Runs on the caller's thread, between steps.
+  result<void> check_kv(std::span<const token_id> tokens, std::span<const block_id> blocks,
+                        uint32_t begin, uint32_t end) const;
 
   /// Runs one iteration on the engine thread — `chunks` prefilled, then `batch` decoded —
   /// and sends the result (or the engine's error) to `me` as engine_step_done. With

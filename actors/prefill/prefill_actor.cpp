@@ -189,8 +189,8 @@ void step_done(prefill_ptr self, engine_step_done& d) {
       drop_job(self, id);
       continue;
     }
-    if (!d.error.empty()) {
-      fail_job(self, id, {errc::internal, "prefill engine: " + d.error});
+    if (d.error) {
+      fail_job(self, id, {d.error.code, "prefill engine: " + d.error.message});
       continue;
     }
     js.done = plan[i].end;

@@ -21,6 +21,7 @@
 #include "gpu/cuda_engine.hpp"
 #include "tests/gpu/gpu_test.hpp"
 #include "tests/unit/engine/golden.hpp"
+#include "tests/unit/engine/test_result.hpp"
 
 using namespace tokenmill;
 namespace fs = std::filesystem;
@@ -94,8 +95,8 @@ std::shared_ptr<const loaded_model> preset_model(const std::string& preset, dtyp
   o.seed = seed;
   o.output = (model_dir() / fmt::format("{}-{}-{}.gguf", preset, dtype_name(type), seed)).string();
   if (!fs::exists(o.output)) {
-    auto err = make_model(o);
-    if (!err.empty()) FAIL("make_model " << preset << ": " << err);
+    if (auto made = make_model(o); !made)
+      FAIL("make_model " << preset << ": " << made.error().message);
   }
   auto m = load_model(o.output);
   if (!m) FAIL("load_model " << o.output << ": " << m.error().message);
@@ -180,8 +181,8 @@ void compare_logits(cpu_engine& ce, cuda_engine& ge, const std::vector<token_id>
   for (uint32_t end : chunk_ends) {
     INFO("prefill chunk [" << begin << ", " << end << ")");
     prefill_chunk ch{tokens, begin, end, blocks, {}};
-    auto c = ce.prefill_logits(*cpool, ch);
-    check(ge.prefill_logits(*gpool, ch), c);
+    auto c = test::value_or_fail(ce.prefill_logits(*cpool, ch));
+    check(test::value_or_fail(ge.prefill_logits(*gpool, ch)), c);
     last.assign(c.end() - ce.info().vocab_size, c.end());
     begin = end;
   }
@@ -190,8 +191,8 @@ void compare_logits(cpu_engine& ce, cuda_engine& ge, const std::vector<token_id>
     INFO("decode step " << s);
     tokens.push_back(argmax(last));
     decode_seq seq{tokens, blocks, {}};
-    auto c = ce.decode_logits(*cpool, {&seq, 1});
-    check(ge.decode_logits(*gpool, {&seq, 1}), c);
+    auto c = test::value_or_fail(ce.decode_logits(*cpool, {&seq, 1}));
+    check(test::value_or_fail(ge.decode_logits(*gpool, {&seq, 1})), c);
     last = std::move(c);
   }
 }
@@ -202,11 +203,11 @@ std::vector<token_id> generate(engine& e, block_pool& pool, std::vector<token_id
                                sampling_params sp = {}) {
   std::vector<token_id> out;
   prefill_chunk ch{tokens, 0, static_cast<uint32_t>(tokens.size()), blocks, sp};
-  out.push_back(e.prefill(pool, {&ch, 1}).at(0));
+  out.push_back(test::value_or_fail(e.prefill(pool, {&ch, 1})).at(0));
   while (out.size() < n) {
     tokens.push_back(out.back());
     decode_seq s{tokens, blocks, sp};
-    out.push_back(e.decode(pool, {&s, 1}).at(0));
+    out.push_back(test::value_or_fail(e.decode(pool, {&s, 1})).at(0));
   }
   return out;
 }
@@ -425,10 +426,10 @@ TEST_CASE("cuda engine: ragged chunked prefill and batched decode, graphs on and
     auto pool = make_pool(e, 16);
     std::vector<token_id> out;
     std::vector<prefill_chunk> first{{a, 0, 16, a_blocks, {}}, {b, 0, 20, b_blocks, {}}};
-    auto r1 = e.prefill(*pool, first);
+    auto r1 = test::value_or_fail(e.prefill(*pool, first));
     REQUIRE(r1.size() == 2);
     prefill_chunk second{a, 16, 37, a_blocks, {}};
-    auto r2 = e.prefill(*pool, {&second, 1});
+    auto r2 = test::value_or_fail(e.prefill(*pool, {&second, 1}));
     REQUIRE(r2.size() == 1);
     std::vector<token_id> ta = a, tb = b;
     ta.push_back(r2[0]);
@@ -436,7 +437,7 @@ TEST_CASE("cuda engine: ragged chunked prefill and batched decode, graphs on and
     out = {r2[0], r1[1]};
     for (int step = 0; step < 8; ++step) {
       std::vector<decode_seq> batch{{ta, a_blocks, {}}, {tb, b_blocks, {}}};
-      auto next = e.decode(*pool, batch);
+      auto next = test::value_or_fail(e.decode(*pool, batch));
       REQUIRE(next.size() == 2);
       ta.push_back(next[0]);
       tb.push_back(next[1]);
@@ -467,7 +468,7 @@ TEST_CASE("cuda engine: a decode batch of 3 pads to bucket 4 without touching ot
   auto cpool = make_pool(ce, 16);
   for (size_t i = 0; i < seqs.size(); ++i) {
     prefill_chunk ch{seqs[i], 0, static_cast<uint32_t>(seqs[i].size() - 1), tables[i], {}};
-    (void)ce.prefill(*cpool, {&ch, 1});
+    REQUIRE(ce.prefill(*cpool, {&ch, 1}));
   }
   // The CPU's steps: logits and KV after each, the next tokens its argmax.
   std::vector<std::vector<float>> want;
@@ -479,7 +480,7 @@ TEST_CASE("cuda engine: a decode batch of 3 pads to bucket 4 without touching ot
       std::vector<decode_seq> batch;
       for (size_t i = 0; i < ctx.size(); ++i)
         batch.push_back({ctx[i], tables[i], {}});
-      want.push_back(ce.decode_logits(*cpool, batch));
+      want.push_back(test::value_or_fail(ce.decode_logits(*cpool, batch)));
       for (size_t i = 0; i < ctx.size(); ++i)
         ctx[i].push_back(argmax({want.back().data() + i * vocab, vocab}));
     }
@@ -496,14 +497,14 @@ TEST_CASE("cuda engine: a decode batch of 3 pads to bucket 4 without touching ot
     auto gpool = make_pool(ge, 16);
     for (size_t i = 0; i < seqs.size(); ++i) {
       prefill_chunk ch{seqs[i], 0, static_cast<uint32_t>(seqs[i].size() - 1), tables[i], {}};
-      (void)ge.prefill(*gpool, {&ch, 1});
+      REQUIRE(ge.prefill(*gpool, {&ch, 1}));
     }
     for (size_t step = 0; step < contexts.size(); ++step) {
       INFO("step " << step);
       std::vector<decode_seq> batch;
       for (size_t i = 0; i < seqs.size(); ++i)
         batch.push_back({contexts[step][i], tables[i], {}});
-      auto got = ge.decode_logits(*gpool, batch);
+      auto got = test::value_or_fail(ge.decode_logits(*gpool, batch));
       CHECK(nmse(got, want[step]) < nmse_f32);
     }
     // Padding rows wrote into the engine's spare block only; the KV the rows wrote is the
@@ -534,7 +535,7 @@ TEST_CASE("cuda engine: decode graphs are captured again for another pool", "[gp
   CHECK(generate(ge, *third, prompt, blocks, 12) == want);
 }
 
-TEST_CASE("cuda engine: bad input throws before anything is written", "[gpu]") {
+TEST_CASE("cuda engine: bad input is refused before anything is written", "[gpu]") {
   TM_REQUIRE_GPU_OR_SKIP();
   auto m = preset_model("tiny");
   cuda_engine ge(m, gpu_config("f32", 4));
@@ -544,29 +545,32 @@ TEST_CASE("cuda engine: bad input throws before anything is written", "[gpu]") {
 
   block_pool host(ge.info().layout, 4);  // host memory: not the engine's
   prefill_chunk ok{tokens, 0, 20, blocks, {}};
-  CHECK_THROWS_WITH(ge.prefill(host, {&ok, 1}), Catch::Contains("cuda engine:"));
-  CHECK_THROWS_AS(ge.prefill(host, {&ok, 1}), std::invalid_argument);
+  // A refused call: errc::invalid_request, its message saying what is wrong.
+  auto refused = [](const auto& r, const char* what) {
+    test::check_refused(r, errc::invalid_request, "cuda engine: ", what);
+  };
+  refused(ge.prefill(host, {&ok, 1}), "not in memory of CUDA device");
 
   auto bad_tokens = tokens;
   bad_tokens[7] = static_cast<token_id>(m->config.vocab);
   // The first chunk is fine: nothing of it may be computed either.
   std::vector<prefill_chunk> batch{ok, {bad_tokens, 0, 20, blocks, {}}};
-  CHECK_THROWS_AS(ge.prefill(*pool, batch), std::invalid_argument);
+  refused(ge.prefill(*pool, batch), "prefill chunk 1: token id");
   const std::vector<block_id> short_table{0};
   prefill_chunk too_short{tokens, 0, 20, short_table, {}};
-  CHECK_THROWS_AS(ge.prefill(*pool, {&too_short, 1}), std::invalid_argument);
+  refused(ge.prefill(*pool, {&too_short, 1}), "the block table has 1");
   const std::vector<block_id> outside{0, 4};
   decode_seq out_of_pool{tokens, outside, {}};
-  CHECK_THROWS_AS(ge.decode(*pool, {&out_of_pool, 1}), std::invalid_argument);
+  refused(ge.decode(*pool, {&out_of_pool, 1}), "block id 4 is outside the pool");
   decode_seq empty{{}, blocks, {}};
-  CHECK_THROWS_AS(ge.decode(*pool, {&empty, 1}), std::invalid_argument);
+  refused(ge.decode(*pool, {&empty, 1}), "has no tokens");
   prefill_chunk backwards{tokens, 5, 5, blocks, {}};
-  CHECK_THROWS_AS(ge.prefill_logits(*pool, backwards), std::invalid_argument);
+  refused(ge.prefill_logits(*pool, backwards), "is empty");
 
   for (block_id b = 0; b < 4; ++b) {
     auto v = block_floats(*pool, b);
     CHECK(std::all_of(v.begin(), v.end(), [](float x) { return x == 0.0f; }));
   }
   // And the engine still works.
-  CHECK(ge.prefill(*pool, {&ok, 1}).size() == 1);
+  CHECK(test::value_or_fail(ge.prefill(*pool, {&ok, 1})).size() == 1);
 }

@@ -186,17 +186,19 @@ class gated_engine final : public engine {
   gated_engine(sim_config cfg, std::shared_ptr<engine_gate> gate, gated_call which)
       : sim_(cfg), gate_(std::move(gate)), which_(which) {}
   const model_info& info() const override { return sim_.info(); }
-  std::vector<token_id> prefill(block_pool& pool, std::span<const prefill_chunk> batch) override {
+  result<std::vector<token_id>> prefill(block_pool& pool,
+                                        std::span<const prefill_chunk> batch) override {
     if (which_ == gated_call::prefill) pass_gate();
     return sim_.prefill(pool, batch);
   }
-  std::vector<token_id> decode(block_pool& pool, std::span<const decode_seq> batch) override {
+  result<std::vector<token_id>> decode(block_pool& pool,
+                                       std::span<const decode_seq> batch) override {
     if (which_ == gated_call::decode) pass_gate();
     return sim_.decode(pool, batch);
   }
-  std::string check_kv(const block_pool& pool, std::span<const token_id> tokens,
-                       std::span<const block_id> blocks, uint32_t begin,
-                       uint32_t end) const override {
+  result<void> check_kv(const block_pool& pool, std::span<const token_id> tokens,
+                        std::span<const block_id> blocks, uint32_t begin,
+                        uint32_t end) const override {
     return sim_.check_kv(pool, tokens, blocks, begin, end);
   }
 

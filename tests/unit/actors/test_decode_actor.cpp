@@ -116,8 +116,9 @@ struct decode_harness {
     c.blocks = *blocks;
     c.sampling = job.sampling;
     auto next = eng.prefill(pool, std::span<const prefill_chunk>(&c, 1));
-    REQUIRE(next.size() == 1);
-    return {std::move(*blocks), next[0]};
+    REQUIRE(next);
+    REQUIRE(next->size() == 1);
+    return {std::move(*blocks), (*next)[0]};
   }
 
   /// An inline transfer of local blocks `src` into the job's destination blocks `dst`,

@@ -300,11 +300,10 @@ nodes:
     CHECK(spec.sim.slowdown == 1.0);  // model 2.0 x worker 0.5
     CHECK(spec.sim.layout.block_tokens == 32);
     CHECK(spec.sim.layout.layers == 4);
-    std::string err;
-    auto eng = make_engine(spec, err);
-    INFO(err);
+    auto eng = make_engine(spec);
+    INFO((eng ? "" : eng.error().message));
     REQUIRE(eng);
-    CHECK(eng->info().vocab_size == 5000);
+    CHECK((*eng)->info().vocab_size == 5000);
   }
 }
 

@@ -1,5 +1,6 @@
 // The CPU forward pass on small random in-memory models: chunked prefill, token-by-token
-// decode and batched decode agree; an f16 KV cache stays close to f32; bad input throws.
+// decode and batched decode agree; an f16 KV cache stays close to f32; bad input is an
+// errc::invalid_request value.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -9,6 +10,7 @@
 
 #include "engine/cpu/kernels.hpp"
 #include "engine/cpu_engine.hpp"
+#include "test_result.hpp"
 
 using namespace tokenmill;
 
@@ -108,10 +110,10 @@ float max_abs_diff(std::span<const float> a, std::span<const float> b) {
 /// one decode step per token.
 std::vector<float> decode_all(cpu_engine& e, block_pool& pool, std::span<const token_id> tokens,
                               std::span<const block_id> blocks) {
-  auto out = e.prefill_logits(pool, prefill_chunk{tokens, 0, 1, blocks, {}});
+  auto out = test::value_or_fail(e.prefill_logits(pool, prefill_chunk{tokens, 0, 1, blocks, {}}));
   for (size_t i = 2; i <= tokens.size(); ++i) {
     decode_seq s{tokens.first(i), blocks, {}};
-    auto row = e.decode_logits(pool, {&s, 1});
+    auto row = test::value_or_fail(e.decode_logits(pool, {&s, 1}));
     out.insert(out.end(), row.begin(), row.end());
   }
   return out;
@@ -143,13 +145,15 @@ TEST_CASE("cpu engine: one-chunk prefill == chunked prefill == token-by-token de
       const uint32_t V = e.info().vocab_size;
 
       block_pool p1(e.info().layout, 8);
-      auto whole = e.prefill_logits(p1, prefill_chunk{tokens, 0, n, blocks, {}});
+      auto whole =
+          test::value_or_fail(e.prefill_logits(p1, prefill_chunk{tokens, 0, n, blocks, {}}));
       REQUIRE(whole.size() == size_t{n} * V);
 
       block_pool p2(e.info().layout, 8);
       std::vector<float> chunked;
       for (auto [b, en] : {std::pair{0u, 13u}, {13u, 29u}, {29u, n}}) {
-        auto part = e.prefill_logits(p2, prefill_chunk{tokens, b, en, blocks, {}});
+        auto part =
+            test::value_or_fail(e.prefill_logits(p2, prefill_chunk{tokens, b, en, blocks, {}}));
         chunked.insert(chunked.end(), part.begin(), part.end());
       }
       CHECK(max_abs_diff(whole, chunked) < 1e-4f);
@@ -178,7 +182,7 @@ TEST_CASE("cpu engine: one-chunk prefill == chunked prefill == token-by-token de
       const std::vector<block_id> b2 = {0, 1}, b3 = {3, 4, 6};
       std::vector<prefill_chunk> batch = {
           {tokens, 0, 20, b3, {}}, {t2, 0, 21, b2, {}}, {tokens, 20, n, b3, {}}};
-      auto next = e.prefill(p4, batch);
+      auto next = test::value_or_fail(e.prefill(p4, batch));
       REQUIRE(next.size() == 3);
       auto argmax = [&](std::span<const float> row) {
         return token_id(std::max_element(row.begin(), row.end()) - row.begin());
@@ -186,7 +190,7 @@ TEST_CASE("cpu engine: one-chunk prefill == chunked prefill == token-by-token de
       CHECK(next[0] == argmax(std::span(whole).subspan(19 * V, V)));
       CHECK(next[2] == argmax(std::span(whole).subspan((n - 1) * V, V)));
       block_pool p5(e.info().layout, 4);
-      auto alone = e.prefill_logits(p5, prefill_chunk{t2, 0, 21, b2, {}});
+      auto alone = test::value_or_fail(e.prefill_logits(p5, prefill_chunk{t2, 0, 21, b2, {}}));
       CHECK(next[1] == argmax(std::span(alone).subspan(20 * V, V)));
     }
   }
@@ -203,16 +207,17 @@ TEST_CASE("cpu engine: batched decode equals each sequence alone", "[cpu]") {
   for (size_t s = 0; s < lengths.size(); ++s) {
     toks.push_back(random_tokens(lengths[s] + 1, 100 + uint32_t(s)));
     tables.push_back(*pool.allocate(pool.layout().blocks_for(uint32_t(lengths[s] + 1))));
-    e.prefill(pool, std::vector<prefill_chunk>{{toks[s], 0, uint32_t(lengths[s]), tables[s], {}}});
+    REQUIRE(e.prefill(
+        pool, std::vector<prefill_chunk>{{toks[s], 0, uint32_t(lengths[s]), tables[s], {}}}));
   }
   std::vector<decode_seq> batch;
   for (size_t s = 0; s < lengths.size(); ++s)
     batch.push_back({toks[s], tables[s], {}});
-  auto together = e.decode_logits(pool, batch);
+  auto together = test::value_or_fail(e.decode_logits(pool, batch));
   REQUIRE(together.size() == lengths.size() * V);
-  auto ids = e.decode(pool, batch);
+  auto ids = test::value_or_fail(e.decode(pool, batch));
   for (size_t s = 0; s < lengths.size(); ++s) {
-    auto alone = e.decode_logits(pool, {&batch[s], 1});
+    auto alone = test::value_or_fail(e.decode_logits(pool, {&batch[s], 1}));
     CHECK(max_abs_diff(alone, std::span(together).subspan(s * V, V)) < 1e-5f);
     auto row = std::span(together).subspan(s * V, V);
     CHECK(ids[s] == token_id(std::max_element(row.begin(), row.end()) - row.begin()));
@@ -227,9 +232,9 @@ TEST_CASE("cpu engine: an f16 KV cache stays close to f32, thread count does not
   auto tokens = random_tokens(50, 8);
   const std::vector<block_id> blocks = {0, 1, 2, 3};
   block_pool p32(e32.info().layout, 4), p16(e16.info().layout, 4), p32t(e32.info().layout, 4);
-  auto a = e32.prefill_logits(p32, {tokens, 0, 50, blocks, {}});
-  auto b = e16.prefill_logits(p16, {tokens, 0, 50, blocks, {}});
-  auto c = e32t.prefill_logits(p32t, {tokens, 0, 50, blocks, {}});
+  auto a = test::value_or_fail(e32.prefill_logits(p32, {tokens, 0, 50, blocks, {}}));
+  auto b = test::value_or_fail(e16.prefill_logits(p16, {tokens, 0, 50, blocks, {}}));
+  auto c = test::value_or_fail(e32t.prefill_logits(p32t, {tokens, 0, 50, blocks, {}}));
   float d16 = max_abs_diff(a, b);
   float max_logit = 0;
   for (float x : a)
@@ -240,7 +245,7 @@ TEST_CASE("cpu engine: an f16 KV cache stays close to f32, thread count does not
   CHECK(max_abs_diff(a, c) < 1e-5f);
 }
 
-TEST_CASE("cpu engine: bad input throws and writes nothing", "[cpu]") {
+TEST_CASE("cpu engine: bad input is refused as a value and writes nothing", "[cpu]") {
   cpu_engine e(make_random_model({}), {.threads = 2, .kv_dtype_bytes = 4, .block_tokens = 16});
   block_pool pool(e.info().layout, 4);
   std::vector<token_id> ok = {1, 2, 3};
@@ -256,30 +261,36 @@ TEST_CASE("cpu engine: bad input throws and writes nothing", "[cpu]") {
     std::vector<prefill_chunk> c = {{ok, 0, 3, b1, {}}, {t, b, en, bl, {}}};
     return e.prefill(pool, c);
   };
-  CHECK_THROWS_AS(pf(big, 0, 3, b1), std::invalid_argument);
-  CHECK_THROWS_AS(pf(neg, 0, 3, b1), std::invalid_argument);
-  CHECK_THROWS_AS(pf(ok, 0, 3, out_of_pool), std::invalid_argument);
-  CHECK_THROWS_AS(pf(ok, 0, 3, none), std::invalid_argument);
-  CHECK_THROWS_AS(pf(long_seq, 0, 17, b1), std::invalid_argument);  // position 16 needs block 2
-  CHECK_THROWS_AS(pf(ok, 2, 2, b1), std::invalid_argument);         // empty chunk
-  CHECK_THROWS_AS(pf(ok, 0, 4, b1), std::invalid_argument);         // beyond the prompt
+  // A refused call: errc::invalid_request, its message naming the sequence and the fault.
+  auto refused = [](const auto& r, const char* what) {
+    test::check_refused(r, errc::invalid_request, "cpu engine: ", what);
+  };
+  refused(pf(big, 0, 3, b1), "prefill chunk 1: token id 300 at position 1 is outside");
+  refused(pf(neg, 0, 3, b1), "token id -1");
+  refused(pf(ok, 0, 3, out_of_pool), "block id 4 is outside the pool");
+  refused(pf(ok, 0, 3, none), "the block table has 0");
+  refused(pf(long_seq, 0, 17, b1), "position 16 needs 2 blocks");
+  refused(pf(ok, 2, 2, b1), "range [2, 2) is empty");
+  refused(pf(ok, 0, 4, b1), "beyond the prompt");
   std::vector<token_id> empty;
   decode_seq d_empty{empty, b1, {}}, d_long{long_seq, b1, {}}, d_ok{ok, b1, {}};
-  CHECK_THROWS_AS(e.decode(pool, {&d_empty, 1}), std::invalid_argument);
-  CHECK_THROWS_AS(e.decode(pool, {&d_long, 1}), std::invalid_argument);
+  refused(e.decode(pool, {&d_empty, 1}), "decode sequence 0 has no tokens");
+  refused(e.decode(pool, {&d_long, 1}), "decode sequence 0: position 16");
   std::vector<decode_seq> mixed = {d_ok, d_long};
-  CHECK_THROWS_AS(e.decode(pool, mixed), std::invalid_argument);
+  refused(e.decode(pool, mixed), "decode sequence 1");
   CHECK(std::memcmp(before.data(), pool.memory().data(), before.size()) == 0);
   // The newest token (the one whose KV gets written) out of range.
   std::vector<token_id> last_big = {1, 2, 300};
   decode_seq d_last{last_big, b1, {}};
-  CHECK_THROWS_AS(e.decode(pool, {&d_last, 1}), std::invalid_argument);
+  refused(e.decode(pool, {&d_last, 1}), "token id 300 at position 2");
 
   // A pool built for another layout.
   kv_layout other = e.info().layout;
   other.dtype_bytes = 2;
   block_pool wrong(other, 4);
-  CHECK_THROWS_AS(e.decode(wrong, {&d_ok, 1}), std::invalid_argument);
+  refused(e.decode(wrong, {&d_ok, 1}), "block pool layout");
+  refused(e.decode_logits(wrong, {&d_ok, 1}), "block pool layout");
+  refused(e.prefill_logits(pool, {ok, 0, 3, none, {}}), "the block table has 0");
 
   // Configurations the engine cannot serve.
   CHECK_THROWS_AS(cpu_engine(make_random_model({}), {.threads = 1, .kv_dtype_bytes = 3}),
@@ -290,7 +301,7 @@ TEST_CASE("cpu engine: bad input throws and writes nothing", "[cpu]") {
   CHECK_THROWS_AS(cpu_engine(broken, {}), std::invalid_argument);
 
   // Still works after the errors.
-  CHECK(e.decode(pool, {&d_ok, 1}).size() == 1);
+  CHECK(test::value_or_fail(e.decode(pool, {&d_ok, 1})).size() == 1);
 }
 
 TEST_CASE("cpu_kv_layout", "[cpu]") {

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "engine/engine_factory.hpp"
+#include "test_result.hpp"
 
 using namespace tokenmill;
 
@@ -26,10 +27,8 @@ TEST_CASE("the default spec asks for the sim engine", "[engine_factory]") {
 
 TEST_CASE("make_engine builds a working sim engine", "[engine_factory]") {
   auto spec = sim_spec();
-  std::string error;
-  auto e = make_engine(spec, error);
+  auto e = test::value_or_fail(make_engine(spec));
   REQUIRE(e);
-  CHECK(error.empty());
   CHECK(e->info().name == "sim");
   CHECK(e->info().vocab_size == 600);
   CHECK(dynamic_cast<sim_engine*>(e.get()) != nullptr);
@@ -38,24 +37,22 @@ TEST_CASE("make_engine builds a working sim engine", "[engine_factory]") {
   std::vector<token_id> prompt{300, 301, 302, 303, 304};
   std::vector<block_id> table{0, 1};
   prefill_chunk c{prompt, 0, 5, table, {}};
-  auto out = e->prefill(pool, std::span<const prefill_chunk>(&c, 1));
+  auto out = test::value_or_fail(e->prefill(pool, std::span<const prefill_chunk>(&c, 1)));
   REQUIRE(out.size() == 1);
   CHECK(out[0] >= sim_engine::first_word_id);
   CHECK(out[0] < 600);
-  CHECK(e->check_kv(pool, prompt, table, 0, 5).empty());
+  CHECK(e->check_kv(pool, prompt, table, 0, 5).ok());
 
   // Each call makes a new, independent instance.
-  auto e2 = make_engine(spec, error);
+  auto e2 = test::value_or_fail(make_engine(spec));
   REQUIRE(e2);
   CHECK(e2.get() != e.get());
 }
 
 TEST_CASE("make_tokenizer matches the sim vocabulary", "[engine_factory]") {
   auto spec = sim_spec();
-  std::string error;
-  auto tok = make_tokenizer(spec, error);
+  auto tok = test::value_or_fail(make_tokenizer(spec));
   REQUIRE(tok);
-  CHECK(error.empty());
   CHECK(tok->vocab_size() == 600);
   CHECK(tok->encode("A", true) == std::vector<token_id>{1, 'A' + 3});
   CHECK(tok->piece('A' + 3) == "A");
@@ -65,49 +62,43 @@ TEST_CASE("an unknown engine kind gives an error naming it", "[engine_factory]")
   auto spec = sim_spec();
   spec.kind =
       GENERATE(std::string("CUDA"), std::string("tensorrt"), std::string(""), std::string("SIM"));
-  std::string error;
-  auto e = make_engine(spec, error);
-  CHECK_FALSE(e);
-  CHECK_THAT(error, Catch::Contains("unknown engine '" + spec.kind + "'"));
-  CHECK_THAT(error, Catch::Contains("sim"));  // says what is available
+  auto e = make_engine(spec);
+  REQUIRE_FALSE(e);
+  CHECK(e.error().code == errc::invalid_request);
+  CHECK_THAT(e.error().message, Catch::Contains("unknown engine '" + spec.kind + "'"));
+  CHECK_THAT(e.error().message, Catch::Contains("sim"));  // says what is available
 
-  std::string terr;
-  auto tok = make_tokenizer(spec, terr);
-  CHECK_FALSE(tok);
-  CHECK_THAT(terr, Catch::Contains("'" + spec.kind + "'"));
+  auto tok = make_tokenizer(spec);
+  REQUIRE_FALSE(tok);
+  CHECK(tok.error().code == errc::invalid_request);
+  CHECK_THAT(tok.error().message, Catch::Contains("'" + spec.kind + "'"));
 }
 
 TEST_CASE("an invalid sim config is an error, not an exception", "[engine_factory]") {
   auto spec = sim_spec();
   spec.sim.vocab_size = 10;
   std::string error;
-  std::unique_ptr<engine> e;
-  REQUIRE_NOTHROW(e = make_engine(spec, error));
-  CHECK_FALSE(e);
+  REQUIRE_NOTHROW(error = test::error_text(make_engine(spec)));
   CHECK_THAT(error, Catch::Contains("sim engine") && Catch::Contains("vocab_size"));
+  CHECK(make_engine(spec).error().code == errc::invalid_request);
 
   spec = sim_spec();
   spec.sim.layout.layers = 0;
-  error.clear();
-  REQUIRE_NOTHROW(e = make_engine(spec, error));
-  CHECK_FALSE(e);
+  REQUIRE_NOTHROW(error = test::error_text(make_engine(spec)));
   CHECK_THAT(error, Catch::Contains("layers=0"));
 }
 
 TEST_CASE("the cuda engine needs a model and says why it cannot start", "[engine_factory]") {
   engine_spec spec;
   spec.kind = "cuda";
-  std::string error;
-  CHECK_FALSE(make_engine(spec, error));
-  CHECK_THAT(error, Catch::Contains("cuda engine needs a model file"));
-  std::string terr;
-  CHECK_FALSE(make_tokenizer(spec, terr));
-  CHECK_THAT(terr, Catch::Contains("--model"));
+  auto e = make_engine(spec);
+  REQUIRE_FALSE(e);
+  CHECK(e.error().code == errc::invalid_model);
+  CHECK_THAT(e.error().message, Catch::Contains("cuda engine needs a model file"));
+  CHECK_THAT(test::error_text(make_tokenizer(spec)), Catch::Contains("--model"));
 
   spec.model_path = "/nonexistent/model.gguf";
-  error.clear();
-  CHECK_FALSE(make_engine(spec, error));
-  CHECK_THAT(error, Catch::Contains("/nonexistent/model.gguf"));
+  CHECK_THAT(test::error_text(make_engine(spec)), Catch::Contains("/nonexistent/model.gguf"));
 
   // With a model, a build or machine without CUDA gives the reason instead of an engine.
   std::string why;

@@ -11,6 +11,7 @@
 #include "engine/gguf.hpp"
 #include "golden.hpp"
 #include "test_files.hpp"
+#include "test_result.hpp"
 #include "tests/skip.hpp"
 
 namespace fs = std::filesystem;
@@ -103,7 +104,7 @@ gguf_writer sample_writer() {
 
 TEST_CASE("gguf writer and reader round trip", "[gguf]") {
   temp_path p("roundtrip.gguf");
-  REQUIRE(sample_writer().write(p.path).empty());
+  REQUIRE(sample_writer().write(p.path));
   auto r = gguf_file::open(p.path);
   REQUIRE(r.ok());
   const gguf_file& f = *r;
@@ -157,7 +158,7 @@ TEST_CASE("gguf setting a key again replaces it in place", "[gguf]") {
   w.set_u32("first", 1);
   w.set_u32("second", 2);
   w.set_string("first", "now a string");
-  REQUIRE(w.write(p.path).empty());
+  REQUIRE(w.write(p.path));
   auto r = gguf_file::open(p.path);
   REQUIRE(r.ok());
   REQUIRE(r->metadata().size() == 2);
@@ -169,11 +170,12 @@ TEST_CASE("gguf writer rejects data of the wrong size", "[gguf]") {
   temp_path p("badsize.gguf");
   gguf_writer w;
   w.add_tensor("t", dtype::f32, {4, 2}, std::vector<std::byte>(31));
-  std::string err = w.write(p.path);
+  std::string err = test::error_text(w.write(p.path));
   CHECK_THAT(err, Catch::Contains("'t'"));
+  CHECK(w.write(p.path).error().code == errc::invalid_model);
   gguf_writer q;
   q.add_tensor("q", dtype::q8_0, {48}, std::vector<std::byte>(34));
-  CHECK_THAT(q.write(p.path), Catch::Contains("'q'"));
+  CHECK_THAT(test::error_text(q.write(p.path)), Catch::Contains("'q'"));
 }
 
 TEST_CASE("gguf reads every metadata value type", "[gguf]") {
@@ -273,7 +275,7 @@ TEST_CASE("gguf honours general.alignment", "[gguf]") {
 TEST_CASE("gguf every truncation is an error, never a crash", "[gguf]") {
   temp_path src("trunc_src.gguf");
   temp_path p("trunc.gguf");
-  REQUIRE(sample_writer().write(src.path).empty());
+  REQUIRE(sample_writer().write(src.path));
   std::vector<std::byte> full = read_all(src.path);
   REQUIRE(full.size() > 100);
   write_all(p.path, full, full.size());
@@ -430,7 +432,7 @@ TEST_CASE("gguf reads the golden tiny.gguf", "[gguf]") {
 TEST_CASE("gguf random corruption of the header never crashes", "[gguf]") {
   temp_path src("fuzz_src.gguf");
   temp_path p("fuzz.gguf");
-  REQUIRE(sample_writer().write(src.path).empty());
+  REQUIRE(sample_writer().write(src.path));
   const std::vector<std::byte> full = read_all(src.path);
   const size_t header = gguf_file::open(src.path)->data_offset();
   uint64_t state = 12345;

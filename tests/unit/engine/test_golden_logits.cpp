@@ -15,6 +15,7 @@
 #include "engine/model.hpp"
 #include "tests/skip.hpp"
 #include "tests/unit/engine/golden.hpp"
+#include "tests/unit/engine/test_result.hpp"
 
 using namespace tokenmill;
 
@@ -96,7 +97,8 @@ float run_case(const golden& g, const std::string& name, uint32_t kv_bytes, floa
   auto blocks = *pool.allocate(e.info().layout.blocks_for(n + uint32_t(greedy.size())));
 
   float err = 0;
-  auto logits = e.prefill_logits(pool, prefill_chunk{prompt, 0, n, blocks, {}});
+  auto logits =
+      test::value_or_fail(e.prefill_logits(pool, prefill_chunk{prompt, 0, n, blocks, {}}));
   REQUIRE(logits.size() == size_t{n} * V);
   if (ref.contains("prompt_logits_b64")) {
     auto bytes = base64_decode(ref["prompt_logits_b64"].get<std::string>());
@@ -123,7 +125,7 @@ float run_case(const golden& g, const std::string& name, uint32_t kv_bytes, floa
     if (step > 0) {
       ctx.push_back(greedy[step - 1]);
       decode_seq s{ctx, blocks, {}};
-      row = e.decode_logits(pool, {&s, 1});
+      row = test::value_or_fail(e.decode_logits(pool, {&s, 1}));
     }
     err = std::max(err, top10_err(row, ref["greedy_step_top10"][step]));
     ours.push_back(argmax(row));
@@ -142,10 +144,10 @@ float run_case(const golden& g, const std::string& name, uint32_t kv_bytes, floa
   block_pool pool2(e.info().layout, 8);
   std::vector<prefill_chunk> chunks = {{prompt, 0, n, blocks, {}}};
   std::vector<token_id> gen = prompt;
-  gen.push_back(e.prefill(pool2, chunks)[0]);
+  gen.push_back(test::value_or_fail(e.prefill(pool2, chunks))[0]);
   while (gen.size() < prompt.size() + greedy.size()) {
     decode_seq s{gen, blocks, {}};
-    gen.push_back(e.decode(pool2, {&s, 1})[0]);
+    gen.push_back(test::value_or_fail(e.decode(pool2, {&s, 1}))[0]);
   }
   std::vector<token_id> tail(gen.begin() + long(prompt.size()), gen.end());
   if (kv_bytes == 4)

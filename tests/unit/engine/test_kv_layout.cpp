@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "engine/kv_layout.hpp"
+#include "test_result.hpp"
 
 using namespace tokenmill;
 
@@ -24,7 +25,7 @@ kv_layout make_layout(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, uin
 
 TEST_CASE("default kv layout is valid and sized as documented", "[kv_layout]") {
   kv_layout l;
-  CHECK(l.validate().empty());
+  CHECK(l.validate().ok());
   // 2 layers * (K,V) * 2 heads * 16 tokens * 64 dims * 2 bytes
   CHECK(l.block_bytes() == 2u * 2 * 2 * 16 * 64 * 2);
 }
@@ -94,22 +95,25 @@ TEST_CASE("blocks_for does not overflow near the 32-bit limit", "[kv_layout]") {
 
 TEST_CASE("blocks_for with a zero block size does not crash", "[kv_layout]") {
   auto l = make_layout(1, 1, 1, 0, 2);
-  CHECK_FALSE(l.validate().empty());
+  CHECK_FALSE(l.validate().ok());
   CHECK(l.blocks_for(10) == 0);
 }
 
 TEST_CASE("validate names what is wrong", "[kv_layout]") {
-  CHECK(make_layout(1, 1, 1, 1, 2).validate().empty());
-  CHECK(make_layout(1, 1, 1, 1, 4).validate().empty());
+  CHECK(make_layout(1, 1, 1, 1, 2).validate().ok());
+  CHECK(make_layout(1, 1, 1, 1, 4).validate().ok());
 
-  auto zero_layers = make_layout(0, 2, 64, 16, 2).validate();
+  auto zero_layers = test::error_text(make_layout(0, 2, 64, 16, 2).validate());
   CHECK_THAT(zero_layers, Catch::Contains("zero") && Catch::Contains("layers=0"));
-  CHECK_THAT(make_layout(2, 0, 64, 16, 2).validate(), Catch::Contains("kv_heads=0"));
-  CHECK_THAT(make_layout(2, 2, 0, 16, 2).validate(), Catch::Contains("head_dim=0"));
-  CHECK_THAT(make_layout(2, 2, 64, 0, 2).validate(), Catch::Contains("block_tokens=0"));
+  CHECK_THAT(test::error_text(make_layout(2, 0, 64, 16, 2).validate()),
+             Catch::Contains("kv_heads=0"));
+  CHECK_THAT(test::error_text(make_layout(2, 2, 0, 16, 2).validate()),
+             Catch::Contains("head_dim=0"));
+  CHECK_THAT(test::error_text(make_layout(2, 2, 64, 0, 2).validate()),
+             Catch::Contains("block_tokens=0"));
 
   for (uint32_t bad : {0u, 1u, 3u, 8u}) {
-    auto err = make_layout(2, 2, 64, 16, bad).validate();
+    auto err = test::error_text(make_layout(2, 2, 64, 16, bad).validate());
     CHECK_THAT(err, Catch::Contains("dtype"));
     CHECK_THAT(err, Catch::Contains(std::to_string(bad)));
   }

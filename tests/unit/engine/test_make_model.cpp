@@ -19,6 +19,7 @@
 #include "engine/make_model.hpp"
 #include "engine/model.hpp"
 #include "engine/text_tokenizer.hpp"
+#include "test_result.hpp"
 
 namespace fs = std::filesystem;
 using namespace tokenmill;
@@ -57,7 +58,7 @@ std::string write_model(const std::string& preset, const std::string& format, dt
   o.type = type;
   o.seed = seed;
   o.output = out;
-  return make_model(o);
+  return test::error_text(make_model(o));
 }
 
 std::shared_ptr<const loaded_model> load(const std::string& path) {
@@ -82,7 +83,7 @@ std::vector<float> logits_of(std::shared_ptr<const loaded_model> m,
   chunk.begin = 0;
   chunk.end = static_cast<uint32_t>(ids.size());
   chunk.blocks = blocks;
-  return eng.prefill_logits(pool, chunk);
+  return test::value_or_fail(eng.prefill_logits(pool, chunk));
 }
 
 float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
@@ -106,7 +107,7 @@ TEST_CASE("every preset validates, names are unique, smallest first", "[make-mod
   uint64_t prev = 0;
   for (const auto& p : presets) {
     INFO(p.name);
-    CHECK(p.config.validate().empty());
+    CHECK(p.config.validate().ok());
     CHECK(names.insert(p.name).second);
     CHECK(find_model_preset(p.name) == &p);
     uint64_t n = model_parameter_count(p.config);

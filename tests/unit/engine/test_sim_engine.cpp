@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/sim_engine.hpp"
+#include "test_result.hpp"
 
 using namespace tokenmill;
 
@@ -49,7 +50,7 @@ token_id prefill_all(sim_engine& e, block_pool& pool, std::span<const token_id> 
   c.end = static_cast<uint32_t>(tokens.size());
   c.blocks = blocks;
   c.sampling = s;
-  auto out = e.prefill(pool, std::span<const prefill_chunk>(&c, 1));
+  auto out = test::value_or_fail(e.prefill(pool, std::span<const prefill_chunk>(&c, 1)));
   REQUIRE(out.size() == 1);
   return out[0];
 }
@@ -130,18 +131,18 @@ TEST_CASE("prefill writes KV that check_kv accepts", "[sim_engine]") {
   CHECK(first >= sim_engine::first_word_id);
   CHECK(first < 1000);
   CHECK(first == e.next_token(prompt, {}));
-  CHECK(e.check_kv(pool, prompt, *blocks, 0, 10).empty());
-  CHECK(e.check_kv(pool, prompt, *blocks, 3, 7).empty());
-  CHECK(e.check_kv(pool, prompt, *blocks, 5, 5).empty());  // empty range
+  CHECK(e.check_kv(pool, prompt, *blocks, 0, 10).ok());
+  CHECK(e.check_kv(pool, prompt, *blocks, 3, 7).ok());
+  CHECK(e.check_kv(pool, prompt, *blocks, 5, 5).ok());  // empty range
 
   // A position never written (slot 10 of block 2) does not check out.
   std::vector<token_id> longer = prompt;
   longer.push_back(400);
-  CHECK_FALSE(e.check_kv(pool, longer, *blocks, 0, 11).empty());
+  CHECK_FALSE(e.check_kv(pool, longer, *blocks, 0, 11).ok());
   // Nor do other tokens at the same positions.
   auto other = prompt;
   other[6] += 1;
-  auto err = e.check_kv(pool, other, *blocks, 0, 10);
+  auto err = test::error_text(e.check_kv(pool, other, *blocks, 0, 10));
   CHECK_THAT(err, Catch::Contains("position 6"));
 }
 
@@ -151,7 +152,7 @@ TEST_CASE("the block table decides where KV lands", "[sim_engine]") {
   auto prompt = prompt_of(8);
   std::vector<block_id> table{9, 2};  // non-contiguous, descending
   prefill_all(e, pool, prompt, table);
-  CHECK(e.check_kv(pool, prompt, table, 0, 8).empty());
+  CHECK(e.check_kv(pool, prompt, table, 0, 8).ok());
   // Blocks outside the table were not touched.
   for (block_id b : {0u, 1u, 3u, 8u, 10u}) {
     auto bytes = std::span<const std::byte>(pool.block(b), pool.block_bytes());
@@ -173,13 +174,13 @@ TEST_CASE("chunked prefill gives the same KV and token as one chunk", "[sim_engi
   std::vector<token_id> outs;
   for (auto [b, en] : {std::pair<uint32_t, uint32_t>{0, 3}, {3, 9}, {9, 13}}) {
     prefill_chunk c{prompt, b, en, *chunked, {}};
-    auto o = e.prefill(pool, std::span<const prefill_chunk>(&c, 1));
+    auto o = test::value_or_fail(e.prefill(pool, std::span<const prefill_chunk>(&c, 1)));
     REQUIRE(o.size() == 1);
     outs.push_back(o[0]);
-    CHECK(e.check_kv(pool, prompt, *chunked, 0, en).empty());
+    CHECK(e.check_kv(pool, prompt, *chunked, 0, en).ok());
   }
   CHECK(outs.back() == t_whole);
-  CHECK(e.check_kv(pool, prompt, *chunked, 0, 13).empty());
+  CHECK(e.check_kv(pool, prompt, *chunked, 0, 13).ok());
   for (size_t i = 0; i < 4; ++i)
     CHECK(std::memcmp(pool.block((*whole)[i]), pool.block((*chunked)[i]), pool.block_bytes()) == 0);
   // Intermediate chunks sample after their own last position.
@@ -196,13 +197,13 @@ TEST_CASE("a batch of chunks from several prompts", "[sim_engine]") {
   REQUIRE(b1);
   REQUIRE(b2);
   std::vector<prefill_chunk> batch{{p1, 0, 6, *b1, {}}, {p2, 0, 9, *b2, {}}};
-  auto out = e.prefill(pool, batch);
+  auto out = test::value_or_fail(e.prefill(pool, batch));
   REQUIRE(out.size() == 2);
   CHECK(out[0] == e.next_token(p1, {}));
   CHECK(out[1] == e.next_token(p2, {}));
-  CHECK(e.check_kv(pool, p1, *b1, 0, 6).empty());
-  CHECK(e.check_kv(pool, p2, *b2, 0, 9).empty());
-  CHECK(e.prefill(pool, std::span<const prefill_chunk>{}).empty());
+  CHECK(e.check_kv(pool, p1, *b1, 0, 6).ok());
+  CHECK(e.check_kv(pool, p2, *b2, 0, 9).ok());
+  CHECK(test::value_or_fail(e.prefill(pool, std::span<const prefill_chunk>{})).empty());
 }
 
 TEST_CASE("a corrupted byte is reported with its block", "[sim_engine]") {
@@ -211,16 +212,17 @@ TEST_CASE("a corrupted byte is reported with its block", "[sim_engine]") {
   auto prompt = prompt_of(12);
   std::vector<block_id> table{5, 6, 7};
   prefill_all(e, pool, prompt, table);
-  REQUIRE(e.check_kv(pool, prompt, table, 0, 12).empty());
+  REQUIRE(e.check_kv(pool, prompt, table, 0, 12).ok());
 
   size_t byte = GENERATE(0, 17, 63);  // somewhere inside the block
   REQUIRE(byte < pool.block_bytes());
   pool.block(6)[byte] ^= std::byte{0x01};
-  auto err = e.check_kv(pool, prompt, table, 0, 12);
+  auto err = test::error_text(e.check_kv(pool, prompt, table, 0, 12));
   CHECK_THAT(err, Catch::Contains("block 6") && Catch::Contains("table index 1"));
+  CHECK(e.check_kv(pool, prompt, table, 0, 12).error().code == errc::kv_corrupt);
   // Ranges that do not touch the corrupted block still check out.
-  CHECK(e.check_kv(pool, prompt, table, 0, 4).empty());
-  CHECK(e.check_kv(pool, prompt, table, 8, 12).empty());
+  CHECK(e.check_kv(pool, prompt, table, 0, 4).ok());
+  CHECK(e.check_kv(pool, prompt, table, 8, 12).ok());
 }
 
 TEST_CASE("swapping two blocks in the block table fails check_kv", "[sim_engine]") {
@@ -230,16 +232,16 @@ TEST_CASE("swapping two blocks in the block table fails check_kv", "[sim_engine]
   std::vector<block_id> table{3, 4, 5};
   prefill_all(e, pool, prompt, table);
   std::vector<block_id> swapped{3, 5, 4};
-  auto err = e.check_kv(pool, prompt, swapped, 0, 12);
+  auto err = test::error_text(e.check_kv(pool, prompt, swapped, 0, 12));
   CHECK_FALSE(err.empty());
   CHECK_THAT(err, Catch::Contains("block 5"));
   // Even with identical tokens in each block, positions make the contents differ.
   std::vector<token_id> same(8, 400);
   std::vector<block_id> t2{10, 11};
   prefill_all(e, pool, same, t2);
-  REQUIRE(e.check_kv(pool, same, t2, 0, 8).empty());
+  REQUIRE(e.check_kv(pool, same, t2, 0, 8).ok());
   std::vector<block_id> t2s{11, 10};
-  CHECK_FALSE(e.check_kv(pool, same, t2s, 0, 8).empty());
+  CHECK_FALSE(e.check_kv(pool, same, t2s, 0, 8).ok());
 }
 
 TEST_CASE("check_kv reports positions past the block table or the tokens", "[sim_engine]") {
@@ -249,20 +251,32 @@ TEST_CASE("check_kv reports positions past the block table or the tokens", "[sim
   std::vector<block_id> table{0, 1};
   prefill_all(e, pool, prompt, table);
   std::vector<block_id> short_table{0};
-  CHECK_THAT(e.check_kv(pool, prompt, short_table, 0, 8), Catch::Contains("past the block table"));
-  CHECK_FALSE(e.check_kv(pool, prompt, table, 0, 9).empty());
+  CHECK_THAT(test::error_text(e.check_kv(pool, prompt, short_table, 0, 8)),
+             Catch::Contains("past the block table"));
+  CHECK_FALSE(e.check_kv(pool, prompt, table, 0, 9).ok());
   std::vector<token_id> few(prompt.begin(), prompt.begin() + 5);
-  CHECK_FALSE(e.check_kv(pool, few, table, 0, 8).empty());
-  CHECK(e.check_kv(pool, few, table, 0, 5).empty());
+  CHECK_FALSE(e.check_kv(pool, few, table, 0, 8).ok());
+  CHECK(e.check_kv(pool, few, table, 0, 5).ok());
 }
 
-TEST_CASE("prefill past the block table throws", "[sim_engine]") {
+TEST_CASE("prefill past the block table is refused before anything is written", "[sim_engine]") {
   sim_engine e(fast_config());
   block_pool pool(e.info().layout, 16);
   auto prompt = prompt_of(9);
   std::vector<block_id> table{0, 1};  // room for 8
   prefill_chunk c{prompt, 0, 9, table, {}};
-  CHECK_THROWS_AS(e.prefill(pool, std::span<const prefill_chunk>(&c, 1)), std::out_of_range);
+  auto out = e.prefill(pool, std::span<const prefill_chunk>(&c, 1));
+  REQUIRE_FALSE(out);
+  CHECK(out.error().code == errc::invalid_request);
+  CHECK_THAT(out.error().message, Catch::Contains("position 8 is past the block table"));
+  CHECK(std::all_of(pool.block(0), pool.block(0) + pool.block_bytes(),
+                    [](std::byte b) { return b == std::byte{0}; }));
+
+  decode_seq d{prompt, table, {}};
+  auto next = e.decode(pool, std::span<const decode_seq>(&d, 1));
+  REQUIRE_FALSE(next);
+  CHECK(next.error().code == errc::invalid_request);
+  CHECK_THAT(next.error().message, Catch::Contains("position 8 is past the block table"));
 }
 
 TEST_CASE("decode writes position n-1 and check_kv accepts it", "[sim_engine]") {
@@ -272,18 +286,18 @@ TEST_CASE("decode writes position n-1 and check_kv accepts it", "[sim_engine]") 
   auto blocks = pool.allocate(3);
   REQUIRE(blocks);
   ctx.push_back(prefill_all(e, pool, ctx, *blocks));  // 8 tokens, KV for 7
-  REQUIRE(e.check_kv(pool, ctx, *blocks, 0, 7).empty());
-  CHECK_FALSE(e.check_kv(pool, ctx, *blocks, 7, 8).empty());
+  REQUIRE(e.check_kv(pool, ctx, *blocks, 0, 7).ok());
+  CHECK_FALSE(e.check_kv(pool, ctx, *blocks, 7, 8).ok());
 
   for (int step = 0; step < 4; ++step) {
     decode_seq s{ctx, *blocks, {}};
-    auto out = e.decode(pool, std::span<const decode_seq>(&s, 1));
+    auto out = test::value_or_fail(e.decode(pool, std::span<const decode_seq>(&s, 1)));
     REQUIRE(out.size() == 1);
     CHECK(out[0] == e.next_token(ctx, {}));
     CHECK(out[0] >= sim_engine::first_word_id);
     CHECK(out[0] < 1000);
     auto n = static_cast<uint32_t>(ctx.size());
-    CHECK(e.check_kv(pool, ctx, *blocks, 0, n).empty());
+    CHECK(e.check_kv(pool, ctx, *blocks, 0, n).ok());
     ctx.push_back(out[0]);
   }
   CHECK(ctx.size() == 12);
@@ -302,14 +316,14 @@ TEST_CASE("decode batches several sequences", "[sim_engine]") {
   auto b = prompt_of(3, 700);
   std::vector<block_id> ta{0, 1}, tb{2};
   std::vector<decode_seq> batch{{a, ta, {}}, {b, tb, {}}};
-  auto out = e.decode(pool, batch);
+  auto out = test::value_or_fail(e.decode(pool, batch));
   REQUIRE(out.size() == 2);
   CHECK(out[0] == e.next_token(a, {}));
   CHECK(out[1] == e.next_token(b, {}));
-  CHECK(e.check_kv(pool, a, ta, 4, 5).empty());
-  CHECK(e.check_kv(pool, b, tb, 2, 3).empty());
-  CHECK_FALSE(e.check_kv(pool, a, ta, 0, 4).empty());  // only n-1 was written
-  CHECK(e.decode(pool, std::span<const decode_seq>{}).empty());
+  CHECK(e.check_kv(pool, a, ta, 4, 5).ok());
+  CHECK(e.check_kv(pool, b, tb, 2, 3).ok());
+  CHECK_FALSE(e.check_kv(pool, a, ta, 0, 4).ok());  // only n-1 was written
+  CHECK(test::value_or_fail(e.decode(pool, std::span<const decode_seq>{})).empty());
 }
 
 TEST_CASE("next_token is deterministic and stays in the word range", "[sim_engine]") {

@@ -71,10 +71,9 @@ TEST_CASE("node wiring: every node's actors register under the manifest's ids an
   services.transport = std::make_shared<inline_transport>();
   services.engine_for = [&](const manifest_actor& a) -> result<std::unique_ptr<engine>> {
     engines_for.push_back(a.name);
-    std::string err;
-    auto e = make_engine(to_engine_spec(*m, *a.worker()), err);
-    if (!e) return error_info{errc::invalid_request, err};
-    return e;
+    auto e = make_engine(to_engine_spec(*m, *a.worker()));
+    if (!e) return error_info{errc::invalid_request, e.error().message};
+    return std::move(*e);
   };
   services.router = to_router_config(*m);
 

@@ -1,0 +1,55 @@
+#include "engine/mapped_file.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <new>
+
+namespace tokenmill {
+
+result<std::shared_ptr<const mapped_file>> mapped_file::open(const std::string& path) {
+  auto fail = [&](std::string_view what, int err) {
+    return error_info{errc::invalid_model,
+                      path + ": " + std::string(what) + ": " + std::strerror(err)};
+  };
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail("cannot open", errno);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    return fail("cannot stat", err);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return error_info{errc::invalid_model, path + ": not a regular file"};
+  }
+  size_t size = static_cast<size_t>(st.st_size);
+  const std::byte* data = nullptr;
+  if (size > 0) {
+    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      int err = errno;
+      ::close(fd);
+      return fail("cannot map", err);
+    }
+    data = static_cast<const std::byte*>(p);
+  }
+  ::close(fd);  // the mapping stays valid without the descriptor
+  try {
+    return std::shared_ptr<const mapped_file>(new mapped_file(data, size));
+  } catch (const std::bad_alloc&) {
+    if (data) ::munmap(const_cast<std::byte*>(data), size);
+    return error_info{errc::invalid_model, path + ": out of memory"};
+  }
+}
+
+mapped_file::~mapped_file() {
+  if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
+}
+
+}  // namespace tokenmill
