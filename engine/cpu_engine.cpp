@@ -11,6 +11,7 @@
 
 #include "engine/cpu/kernels.hpp"
 #include "engine/cpu/thread_pool.hpp"
+#include "engine/detail/layout_match.hpp"
 #include "engine/sampler.hpp"
 
 namespace tokenmill {
@@ -92,16 +93,7 @@ struct cpu_engine::impl {
   }
 
   result<void> check_pool(const block_pool& p) const {
-    const kv_layout& l = p.layout();
-    if (l.layers != layout.layers || l.kv_heads != layout.kv_heads ||
-        l.head_dim != layout.head_dim || l.block_tokens != layout.block_tokens ||
-        l.dtype_bytes != layout.dtype_bytes)
-      return bad_request(fmt::format(
-          "cpu engine: block pool layout (layers={}, kv_heads={}, head_dim={}, block_tokens={}, "
-          "dtype_bytes={}) does not match the engine's ({}, {}, {}, {}, {})",
-          l.layers, l.kv_heads, l.head_dim, l.block_tokens, l.dtype_bytes, layout.layers,
-          layout.kv_heads, layout.head_dim, layout.block_tokens, layout.dtype_bytes));
-    return {};
+    return detail::check_layout_match(p.layout(), layout, "cpu engine");
   }
 
   /// Success when `tokens[begin, end)` are valid ids and `blocks` covers positions [0, end)

@@ -1,5 +1,7 @@
 #include "engine/kv_layout.hpp"
 
+#include "engine/detail/layout_match.hpp"
+
 #include <fmt/format.h>
 
 namespace tokenmill {
@@ -32,4 +34,20 @@ result<void> kv_layout::validate() const {
   return {};
 }
 
+namespace detail {
+
+result<void> check_layout_match(const kv_layout& l, const kv_layout& e, std::string_view who) {
+  if (l.layers != e.layers || l.kv_heads != e.kv_heads || l.head_dim != e.head_dim ||
+      l.block_tokens != e.block_tokens || l.dtype_bytes != e.dtype_bytes)
+    return error_info{
+        errc::invalid_request,
+        fmt::format("{}: block pool layout (layers={}, kv_heads={}, head_dim={}, "
+                    "block_tokens={}, dtype_bytes={}) does not match the "
+                    "engine's ({}, {}, {}, {}, {})",
+                    who, l.layers, l.kv_heads, l.head_dim, l.block_tokens, l.dtype_bytes, e.layers,
+                    e.kv_heads, e.head_dim, e.block_tokens, e.dtype_bytes)};
+  return {};
+}
+
+}  // namespace detail
 }  // namespace tokenmill

@@ -16,6 +16,7 @@
 
 #include "engine/cpu/kernels.hpp"
 #include "engine/cpu_engine.hpp"
+#include "engine/detail/layout_match.hpp"
 #include "engine/sampler.hpp"
 #include "gpu/activation.cuh"
 #include "gpu/attention.cuh"
@@ -272,15 +273,7 @@ struct cuda_engine::impl {
   // ---- validation (nothing is touched before it passes) ------------------------------
 
   result<void> check_pool(const block_pool& p) const {
-    const kv_layout& l = p.layout();
-    if (l.layers != layout.layers || l.kv_heads != layout.kv_heads ||
-        l.head_dim != layout.head_dim || l.block_tokens != layout.block_tokens ||
-        l.dtype_bytes != layout.dtype_bytes)
-      return bad_request(fmt::format(
-          "cuda engine: block pool layout (layers={}, kv_heads={}, head_dim={}, "
-          "block_tokens={}, dtype_bytes={}) does not match the engine's ({}, {}, {}, {}, {})",
-          l.layers, l.kv_heads, l.head_dim, l.block_tokens, l.dtype_bytes, layout.layers,
-          layout.kv_heads, layout.head_dim, layout.block_tokens, layout.dtype_bytes));
+    if (auto r = detail::check_layout_match(p.layout(), layout, "cuda engine"); !r) return r;
     const pool_memory& mem = p.storage();
     if (mem.kind() != memory_kind::cuda || mem.device() != cfg.device)
       return bad_request(fmt::format(

@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "engine/detail/layout_match.hpp"
 #include "engine/kv_layout.hpp"
 #include "test_result.hpp"
 
@@ -116,5 +117,21 @@ TEST_CASE("validate names what is wrong", "[kv_layout]") {
     auto err = test::error_text(make_layout(2, 2, 64, 16, bad).validate());
     CHECK_THAT(err, Catch::Contains("dtype"));
     CHECK_THAT(err, Catch::Contains(std::to_string(bad)));
+  }
+}
+
+TEST_CASE("a pool made for another layout is refused, naming the engine and both layouts",
+          "[kv_layout]") {
+  const kv_layout e = make_layout(2, 4, 8, 16, 2);
+  CHECK(detail::check_layout_match(e, e, "cpu engine"));
+  const std::vector<kv_layout> others{make_layout(3, 4, 8, 16, 2), make_layout(2, 2, 8, 16, 2),
+                                      make_layout(2, 4, 16, 16, 2), make_layout(2, 4, 8, 32, 2),
+                                      make_layout(2, 4, 8, 16, 4)};
+  for (const auto& p : others) {
+    auto r = detail::check_layout_match(p, e, "cpu engine");
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == errc::invalid_request);
+    CHECK_THAT(r.error().message, Catch::StartsWith("cpu engine: block pool layout"));
+    CHECK_THAT(r.error().message, Catch::Contains("does not match the engine's (2, 4, 8, 16, 2)"));
   }
 }
