@@ -331,6 +331,8 @@ TEST_CASE("supervisor: a node that joins again after its process died counts a r
 
   for (uint32_t k = 1; k <= 2; ++k) {
     caf::anon_send_exit(first, caf::exit_reason::kill);
+    // A bounded poll, not message order: the supervisor learns of the death from CAF's
+    // down message, which no message of this test can be ordered after.
     bool down = false;
     for (int i = 0; i < 200 && !down; ++i) {
       down = !node().up;
