@@ -266,8 +266,10 @@ std::string registry::expose() const {
     out += ' ';
     out += type_name(static_cast<int>(f->type));
     out += '\n';
-    auto sample = [&](std::string_view suffix, const label_set& labels, const std::string* le,
-                      const std::string& value) {
+    // `name` is a structured binding: captured by an init-capture, since clang before 16
+    // cannot capture bindings (the fuzz build uses clang 14).
+    auto sample = [&, &name = name](std::string_view suffix, const label_set& labels,
+                                    const std::string* le, const std::string& value) {
       out += name;
       out += suffix;
       append_labels(out, labels, le);
