@@ -5,9 +5,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
+#include <string>
 
 #include <fmt/format.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include "actors/actors.hpp"
@@ -43,6 +46,41 @@ namespace fs = std::filesystem;
 using detail::pos_of;
 using detail::problems;
 using detail::shown;
+
+/// Where each document of a YAML stream starts, nothing more: lets parse_manifest see a
+/// stream yaml-cpp cannot get past before handing the text to YAML::LoadAll.
+class document_starts final : public YAML::EventHandler {
+ public:
+  std::vector<YAML::Mark> marks;
+  void OnDocumentStart(const YAML::Mark& m) override { marks.push_back(m); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+/// yaml-cpp 0.7 never gets past a ',' where a document should start (",", "---\n, x"):
+/// each HandleNextDocument yields an empty document at the same mark without consuming
+/// it, so YAML::LoadAll loops, allocating, until memory runs out (found by fuzz_manifest).
+/// Returns that mark, or nullopt when every document moves the parser on. May throw
+/// YAML::Exception, as LoadAll does.
+std::optional<YAML::Mark> stuck_document(const std::string& yaml_text) {
+  std::istringstream in(yaml_text);
+  YAML::Parser parser(in);
+  document_starts starts;
+  while (parser.HandleNextDocument(starts)) {
+    const auto& m = starts.marks;
+    if (m.size() >= 2 && m[m.size() - 1].pos == m[m.size() - 2].pos) return m.back();
+  }
+  return std::nullopt;
+}
 
 error_info file_error(const std::string& file, std::string_view what) {
   return error_info{errc::invalid_request,
@@ -85,6 +123,11 @@ result<manifest> parse_manifest(const std::string& yaml_text,
   problems p(file_name_for_errors);
   std::vector<YAML::Node> docs;
   try {
+    if (auto at = stuck_document(yaml_text)) {
+      p.add(pos_of(*at), "(yaml)", "syntax error: a ',' outside a flow collection",
+            "well-formed YAML");
+      return p.to_error();
+    }
     docs = YAML::LoadAll(yaml_text);
   } catch (const YAML::ParserException& e) {
     p.add(pos_of(e.mark), "(yaml)", fmt::format("syntax error: {}", e.msg), "well-formed YAML");

@@ -592,6 +592,16 @@ TEST_CASE("manifest: files that are not manifests", "[manifest]") {
     CHECK_THAT(r.error().message, Catch::StartsWith("test.yaml:1:1: (document): the top level is "
                                                     "'just words'; expected a map"));
   }
+  SECTION("a ',' where a document starts (yaml-cpp 0.7's LoadAll never returned)") {
+    // Found by fuzz_manifest: tests/fuzz/corpus/fuzz_manifest/regression-stray-comma.
+    for (const char* text : {",", ",\x10\"", " , x", "---\n,", "a: 1\n...\n,"}) {
+      auto r = parse(text);
+      REQUIRE_FALSE(r.ok());
+      CHECK_THAT(r.error().message,
+                 Catch::Contains("(yaml): syntax error: a ',' outside a flow collection"));
+      CHECK(well_formed(r.error().message));
+    }
+  }
   SECTION("an unreadable model file") {
     if (::geteuid() == 0) {
       WARN("skipped: running as root, which can read any file");
