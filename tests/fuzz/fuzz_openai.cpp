@@ -1,0 +1,51 @@
+/// libFuzzer target: the OpenAI request parsing (frontend/openai.hpp) and the HTTP routing
+/// rules (frontend/http_routes.hpp). The first byte picks the endpoint and the method; the
+/// rest, up to the first newline, is the request target, and after it the body. Every
+/// input must give a parsed request or an api_error, and a plan, never a crash.
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+#include <variant>
+
+#include "engine/engine.hpp"
+#include "engine/tokenizer.hpp"
+#include "frontend/http_routes.hpp"
+#include "frontend/openai.hpp"
+#include "frontend/request_log.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace tokenmill;
+  if (size == 0) return 0;
+  const uint8_t sel = data[0];
+  std::string_view in(reinterpret_cast<const char*>(data + 1), size - 1);
+  auto nl = in.find('\n');
+  std::string_view target = nl == std::string_view::npos ? in : in.substr(0, nl);
+  std::string_view body = nl == std::string_view::npos ? std::string_view{} : in.substr(nl + 1);
+
+  // Request bodies: the whole input after the selector, as both endpoints see it.
+  openai::request_context rc{
+      .served_model = "tiny",
+      .format = (sel & 1) ? openai::chat_format::llama3 : openai::chat_format::chatml};
+  auto kind = (sel & 2) ? openai::endpoint::chat_completions : openai::endpoint::completions;
+  auto parsed = openai::parse_request(kind, in, rc);
+  if (auto* e = std::get_if<openai::api_error>(&parsed)) (void)openai::error_body(*e);
+
+  // Routing: target parsing, query parameters, the API key and the ready-made answers.
+  (void)target_path(target);
+  (void)query_param(target, "n");
+  (void)query_number(target, "seconds", 1.0, 3600.0);
+  (void)check_api_key(target_path(target), body, "secret");
+  static const model_info model = [] {
+    model_info m;
+    m.name = "tiny";
+    m.vocab_size = 1000;
+    m.max_context = 64;
+    return m;
+  }();
+  static const byte_word_tokenizer tok{1000};
+  static const request_log log{8};
+  static constexpr std::string_view methods[] = {"GET", "POST", "PUT", "DELETE"};
+  (void)plan_http_request(methods[(sel >> 2) & 3], target, body,
+                          http_route_context{model, tok, log});
+  return 0;
+}
