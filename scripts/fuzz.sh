@@ -3,6 +3,8 @@
 # for SECONDS (default 10) over a copy of its seed corpus, so runs never write into the tree.
 #   scripts/fuzz.sh [SECONDS]
 #   TOKENMILL_FUZZ_TARGETS   targets to run (default: all six, e.g. "fuzz_manifest fuzz_basp")
+#   TOKENMILL_FUZZ_SEED      libFuzzer's random seed (default: a new one each run); a fixed
+#                            seed makes a run repeat the same inputs (scripts/test.sh uses 1)
 # Prints `fuzz: TARGET execs=N findings=K` per target and `N passed, M failed`. A crash,
 # leak, timeout (5 s per input) or out-of-memory (2 GiB) fails its target; the inputs that
 # did are kept in build-fuzz/findings/TARGET/. Exits non-zero when any target failed.
@@ -28,10 +30,11 @@ failed=0
 for t in $targets; do
   mkdir -p "$work/$t/corpus" "$work/$t/artifacts"
   cp -r "$repo/tests/fuzz/corpus/$t/." "$work/$t/corpus/"
-  dict=()
-  [[ -f "$repo/tests/fuzz/$t.dict" ]] && dict=("-dict=$repo/tests/fuzz/$t.dict")
+  opts=()
+  [[ -f "$repo/tests/fuzz/$t.dict" ]] && opts=("-dict=$repo/tests/fuzz/$t.dict")
+  [[ -n "${TOKENMILL_FUZZ_SEED:-}" ]] && opts+=("-seed=$TOKENMILL_FUZZ_SEED")
   status=0
-  "$build/tests/fuzz/$t" "$work/$t/corpus" "${dict[@]}" -max_total_time="$seconds" -timeout=5 \
+  "$build/tests/fuzz/$t" "$work/$t/corpus" "${opts[@]}" -max_total_time="$seconds" -timeout=5 \
     -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$work/$t/artifacts/" \
     >"$work/$t/log" 2>&1 || status=$?
   execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/$t/log" | tail -1)"

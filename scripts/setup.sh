@@ -25,7 +25,7 @@ packages=(
   libcaf-dev libssl-dev libucx-dev ucx-utils libcapnp-dev capnproto
   libboost-dev catch2 libyaml-cpp-dev nlohmann-json3-dev libfmt-dev
   libspdlog-dev libxxhash-dev libcli11-dev libpcre2-dev clang-format python3 procps
-  curl iproute2
+  curl iproute2 clang libclang-rt-14-dev
 )
 if [[ "$bench" == 1 ]]; then
   packages+=(python3-matplotlib python3-yaml)
