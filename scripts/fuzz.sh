@@ -2,7 +2,7 @@
 # Builds the libFuzzer targets (tests/fuzz, clang, ASan + UBSan) in build-fuzz/ and runs each
 # for SECONDS (default 10) over a copy of its seed corpus, so runs never write into the tree.
 #   scripts/fuzz.sh [SECONDS]
-#   TOKENMILL_FUZZ_TARGETS   targets to run (default: all six, e.g. "fuzz_manifest fuzz_basp")
+#   TOKENMILL_FUZZ_TARGETS   targets to run (default: all seven, e.g. "fuzz_manifest fuzz_basp")
 #   TOKENMILL_FUZZ_SEED      libFuzzer's random seed (default: a new one each run); a fixed
 #                            seed makes a run repeat the same inputs (scripts/test.sh uses 1)
 # Prints `fuzz: TARGET execs=N findings=K` per target and `N passed, M failed`. A crash,
@@ -13,7 +13,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 seconds="${1:-10}"
 build="$repo/build-fuzz"
-targets="${TOKENMILL_FUZZ_TARGETS:-fuzz_manifest fuzz_gguf fuzz_tokenizer fuzz_openai fuzz_codec fuzz_basp}"
+targets="${TOKENMILL_FUZZ_TARGETS:-fuzz_manifest fuzz_gguf fuzz_tokenizer fuzz_tokenizer_json fuzz_openai fuzz_codec fuzz_basp}"
 
 if [[ ! -f "$build/build.ninja" ]]; then
   CC="${CC:-clang}" CXX="${CXX:-clang++}" cmake -S "$repo" -B "$build" -G Ninja \

@@ -1,39 +1,15 @@
 /// libFuzzer target: GGUF reading (engine/gguf.hpp) on arbitrary bytes. gguf_file::open
-/// takes a path, so each input is written to one memfd per process and opened through
-/// /proc/self/fd. Accepted files must also answer the typed getters without crashing.
-#include <sys/mman.h>
-#include <unistd.h>
-
+/// takes a path, so each input goes through a memfd (memfd_input.hpp). Accepted files must also
+/// answer the typed getters without crashing.
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 
 #include "engine/gguf.hpp"
-
-namespace {
-
-int memfd() {
-  static int fd = [] {
-    int f = ::memfd_create("fuzz_gguf", 0);
-    if (f < 0) std::abort();
-    return f;
-  }();
-  return fd;
-}
-
-}  // namespace
+#include "tests/fuzz/memfd_input.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace tokenmill;
-  int fd = memfd();
-  if (::ftruncate(fd, 0) != 0 || ::lseek(fd, 0, SEEK_SET) != 0) std::abort();
-  for (size_t done = 0; done < size;) {
-    auto n = ::write(fd, data + done, size - done);
-    if (n <= 0) std::abort();
-    done += static_cast<size_t>(n);
-  }
-  static const std::string path = "/proc/self/fd/" + std::to_string(fd);
+  const std::string& path = fuzz::as_file(data, size);
   auto f = gguf_file::open(path);
   if (!f) return 0;
   const auto& g = f.value();
