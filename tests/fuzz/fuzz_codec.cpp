@@ -28,9 +28,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   opts.traversalLimitInWords = (1u << 20) / sizeof(capnp::word);  // 1 MiB per message
   try {
     kj::ArrayPtr<const capnp::word> flat(words.data(), words.size());
-    if (sel & 0x80) {
-      // With a segment table, as on the wire.
-      capnp::FlatArrayMessageReader msg(flat, opts);
+    auto decode_root = [sel](capnp::MessageReader& msg) {
       switch (sel % 5) {
         case 0:
           (void)codec::decode(msg.getRoot<rpc::GenerateRequest>());
@@ -48,27 +46,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           (void)codec::decode(msg.getRoot<rpc::TokenChunk>());
           break;
       }
+    };
+    if (sel & 0x80) {
+      // With a segment table, as on the wire.
+      capnp::FlatArrayMessageReader msg(flat, opts);
+      decode_root(msg);
     } else {
       // One bare segment (no table), so the fuzzer reaches the pointers directly.
       kj::ArrayPtr<const capnp::word> segs[] = {flat};
       capnp::SegmentArrayMessageReader msg(kj::arrayPtr(segs, 1), opts);
-      switch (sel % 5) {
-        case 0:
-          (void)codec::decode(msg.getRoot<rpc::GenerateRequest>());
-          break;
-        case 1:
-          (void)codec::decode(msg.getRoot<rpc::Summary>());
-          break;
-        case 2:
-          (void)codec::decode(msg.getRoot<rpc::ClusterStatus>());
-          break;
-        case 3:
-          (void)codec::decode(msg.getRoot<rpc::ModelInfo>());
-          break;
-        default:
-          (void)codec::decode(msg.getRoot<rpc::TokenChunk>());
-          break;
-      }
+      decode_root(msg);
     }
   } catch (const kj::Exception&) {
     // A malformed message: the RPC layer's error path.

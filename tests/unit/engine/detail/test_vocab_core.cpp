@@ -43,9 +43,8 @@ TEST_CASE("vocab_core: init refuses malformed vocabularies with invalid_model", 
 
 TEST_CASE("vocab_core: lookup, pieces and specials", "[tokenizer]") {
   vocab_core c;
-  auto s = spec_of({"<s>", "a", "<|end|>", "<|e"},
-                   {token_kind::control, token_kind::normal, token_kind::control,
-                    token_kind::user_defined});
+  auto s = spec_of({"<s>", "a", "<|end|>", "<|e"}, {token_kind::control, token_kind::normal,
+                                                    token_kind::control, token_kind::user_defined});
   s.unk = -1;
   REQUIRE(c.init(s));
   CHECK(c.size() == 4);
