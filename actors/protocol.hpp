@@ -248,6 +248,8 @@ struct member {
   worker_info info;
   caf::actor handle;
   bool up = true;
+  /// Told to change role or to drain (change_role): routers send it no new work.
+  bool draining = false;
 };
 
 /// supervisor -> router: the full membership, sent on every change.
@@ -281,6 +283,46 @@ struct node_peers {
 /// them on the supervisor's clock), indexed by node index.
 struct clock_update {
   std::vector<int64_t> offsets;
+};
+
+// ---------------------------------------------------------------- role changes & draining
+
+/// supervisor -> prefill or decode worker: stop taking new work, finish or hand off (live
+/// migration of decode sequences with their KV) what it holds, then serve as `to` with the
+/// same engine and KV pool under the same worker id. With `drain_only` the worker empties
+/// and stays out of routing under its current role (`to` is ignored): maintenance,
+/// `tokenmill drain`. The supervisor marks the member `draining` before it sends this.
+struct change_role {
+  role to = role::decode;
+  bool drain_only = false;
+  std::string reason;  ///< for logs and the trace: the planner's evidence, or "drain"
+};
+
+/// worker -> supervisor: the role change (or drain) of `worker` is complete, or failed
+/// (`error` set; the worker then keeps its old role). After a role change the worker has
+/// registered under its new role (register_worker, same id) before it sends this.
+struct role_changed {
+  worker_id worker = 0;
+  role from = role::decode;
+  role to = role::decode;
+  bool drain_only = false;
+  int64_t drain_ns = 0;   ///< from change_role until it held nothing
+  int64_t total_ns = 0;   ///< from change_role until it served under `to`
+  uint32_t migrated = 0;  ///< decode sequences handed off live to another worker
+  uint32_t finished = 0;  ///< sequences or jobs it finished before switching
+  error_info error;
+};
+
+/// client (through a frontend) -> supervisor (request, reply: drain_report): empty every
+/// prefill and decode worker of node `node` without failing a request.
+struct drain_request {
+  std::string node;
+};
+
+/// supervisor -> client: one role_changed per drained worker, or why the drain failed.
+struct drain_report {
+  std::vector<role_changed> workers;
+  error_info error;
 };
 
 // ---------------------------------------------------------------- inspectors (CAF 0.17)
@@ -434,7 +476,7 @@ typename F::result_type inspect(F& f, register_worker& x) {
 }
 template <class F>
 typename F::result_type inspect(F& f, member& x) {
-  return f(caf::meta::type_name("member"), x.info, x.handle, x.up);
+  return f(caf::meta::type_name("member"), x.info, x.handle, x.up, x.draining);
 }
 template <class F>
 typename F::result_type inspect(F& f, membership& x) {
@@ -454,6 +496,24 @@ typename F::result_type inspect(F& f, node_status& x) {
 template <class F>
 typename F::result_type inspect(F& f, cluster_status& x) {
   return f(caf::meta::type_name("cluster_status"), x.cluster, x.ready, x.workers, x.nodes);
+}
+
+template <class F>
+typename F::result_type inspect(F& f, change_role& x) {
+  return f(caf::meta::type_name("change_role"), x.to, x.drain_only, x.reason);
+}
+template <class F>
+typename F::result_type inspect(F& f, role_changed& x) {
+  return f(caf::meta::type_name("role_changed"), x.worker, x.from, x.to, x.drain_only, x.drain_ns,
+           x.total_ns, x.migrated, x.finished, x.error);
+}
+template <class F>
+typename F::result_type inspect(F& f, drain_request& x) {
+  return f(caf::meta::type_name("drain_request"), x.node);
+}
+template <class F>
+typename F::result_type inspect(F& f, drain_report& x) {
+  return f(caf::meta::type_name("drain_report"), x.workers, x.error);
 }
 
 }  // namespace tokenmill

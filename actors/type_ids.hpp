@@ -38,6 +38,10 @@ CAF_ADD_TYPE_ID(tokenmill, (tokenmill::clock_update))
 CAF_ADD_TYPE_ID(tokenmill, (tokenmill::membership))
 CAF_ADD_TYPE_ID(tokenmill, (tokenmill::worker_status))
 CAF_ADD_TYPE_ID(tokenmill, (tokenmill::cluster_status))
+CAF_ADD_TYPE_ID(tokenmill, (tokenmill::change_role))
+CAF_ADD_TYPE_ID(tokenmill, (tokenmill::role_changed))
+CAF_ADD_TYPE_ID(tokenmill, (tokenmill::drain_request))
+CAF_ADD_TYPE_ID(tokenmill, (tokenmill::drain_report))
 CAF_END_TYPE_ID_BLOCK(tokenmill)
 
 namespace tokenmill {
