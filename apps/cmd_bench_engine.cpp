@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/commands.hpp"
+#include "apps/engine_timing.hpp"
 #include "common/clock.hpp"
 #include "common/stats.hpp"
 #include "engine/cpu_engine.hpp"
@@ -44,53 +45,6 @@ struct bench_engine_opts {
   uint32_t decode_steps = 16;  ///< timed decode steps per batch size
   uint32_t context = 128;      ///< tokens of context before decoding
   uint64_t bw_mib = 1024;      ///< buffer of the bandwidth measurement (MiB)
-};
-
-/// 1-minute load average, or -1 when unknown.
-double loadavg_1min() {
-  std::ifstream in("/proc/loadavg");
-  double l = -1;
-  in >> l;
-  return in ? l : -1;
-}
-
-std::string cpu_model_name() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) {
-      auto p = line.find(':');
-      return p == std::string::npos ? line : line.substr(p + 2);
-    }
-  return "unknown";
-}
-
-/// CPUs this process may run on (what `nproc` prints).
-uint32_t usable_cpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) return std::thread::hardware_concurrency();
-  return static_cast<uint32_t>(CPU_COUNT(&set));
-}
-
-/// CPU seconds this process has used (all threads, user + system).
-double process_cpu_s() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
-         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
-}
-
-/// Share of `threads` cores this process got between two points: CPU seconds / (wall
-/// seconds x threads). Well below 1 means other processes took the cores.
-struct cpu_share_meter {
-  uint32_t threads;
-  int64_t wall0 = now_ns();
-  double cpu0 = process_cpu_s();
-  double share() const {
-    double wall = (now_ns() - wall0) / 1e9;
-    return wall > 0 ? (process_cpu_s() - cpu0) / (wall * threads) : 0;
-  }
 };
 
 /// Sum of n words read with 128-bit vector adds, four independent accumulators (the scalar
@@ -147,23 +101,6 @@ bandwidth read_bandwidth(const std::vector<uint64_t>& buf, uint32_t threads, int
   return bw;
 }
 
-uint64_t view_bytes(const tensor_view& v) {
-  return v.present() ? v.rows * row_bytes(v.type, v.cols) : 0;
-}
-
-/// Weight bytes one decode step reads: every linear weight plus the output head, as stored
-/// (elem_bytes 0) or converted to elements of `elem_bytes` (the cuda engine's dtype).
-uint64_t step_weight_bytes(const loaded_model& m, uint32_t elem_bytes = 0) {
-  auto bytes = [&](const tensor_view& v) {
-    return elem_bytes == 0 ? view_bytes(v) : (v.present() ? v.rows * v.cols * elem_bytes : 0);
-  };
-  uint64_t n = bytes(m.weights.output);
-  for (const auto& l : m.weights.layers)
-    n += bytes(l.wq) + bytes(l.wk) + bytes(l.wv) + bytes(l.wo) + bytes(l.w_gate) + bytes(l.w_up) +
-         bytes(l.w_down);
-  return n;
-}
-
 /// Multiply-adds per token of every linear layer and the output head.
 uint64_t linear_params(const loaded_model& m) {
   auto n = [](const tensor_view& v) { return v.present() ? v.rows * v.cols : 0; };
@@ -182,14 +119,6 @@ uint64_t parameter_count(const loaded_model& m) {
                           &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down})
       p += n(*v);
   return p;
-}
-
-/// Deterministic prompt ids in [3, vocab) (past the usual special tokens).
-std::vector<token_id> prompt_ids(uint32_t n, uint32_t vocab, uint64_t salt) {
-  std::vector<token_id> t(n);
-  for (uint32_t i = 0; i < n; ++i)
-    t[i] = static_cast<token_id>(3 + ((i + 1) * 2654435761ull + salt * 40503ull) % (vocab - 3));
-  return t;
 }
 
 }  // namespace
@@ -267,7 +196,7 @@ command add_bench_engine(CLI::App& app) {
     }
     const uint32_t ctx = std::min(o->context, c.max_context - o->decode_steps - warm_steps - 1);
     kv_layout layout = eng->info().layout;
-    uint32_t per_seq = layout.blocks_for(ctx + warm_steps + o->decode_steps + 1);
+    uint32_t per_seq = decode_blocks_per_seq(layout, ctx, o->decode_steps, warm_steps);
     uint32_t blocks =
         layout.blocks_for(*std::max_element(prefill_lens.begin(), prefill_lens.end())) +
         per_seq * *std::max_element(batches.begin(), batches.end());
@@ -312,33 +241,14 @@ command add_bench_engine(CLI::App& app) {
     nlohmann::ordered_json prefill = nlohmann::ordered_json::array();
     for (uint32_t len : prefill_lens) {
       if (len > c.max_context) continue;
-      auto toks = prompt_ids(len, c.vocab, len);
-      auto bt = pool.allocate(layout.blocks_for(len));
-      if (!bt) return 1;
-      prefill_chunk chunk;
-      chunk.tokens = toks;
-      chunk.begin = 0;
-      chunk.end = len;
-      chunk.blocks = *bt;
-      std::vector<double> secs;
-      if (auto r = eng->prefill(pool, std::span<const prefill_chunk>(&chunk, 1)); !r)  // warm-up
-        return failed(r.error());
-      cpu_share_meter meter{threads};
-      for (uint32_t r = 0; r < o->repeat; ++r) {
-        int64_t t0 = now_ns();
-        auto done = eng->prefill(pool, std::span<const prefill_chunk>(&chunk, 1));
-        secs.push_back((now_ns() - t0) / 1e9);
-        if (!done) return failed(done.error());
-      }
-      double share = meter.share();
-      pool.release(*bt);
-      double med = median(secs);
+      auto t = time_prefill(*eng, pool, len, len, o->repeat, threads);
+      if (!t) return failed(t.error());
       prefill.push_back({{"prompt_tokens", len},
-                         {"median_s", med},
-                         {"tokens_per_s", len / med},
+                         {"median_s", t->median_s},
+                         {"tokens_per_s", len / t->median_s},
                          {"runs", o->repeat},
-                         {"cpu_share", share}});
-      if (!o->json) std::fprintf(stderr, "prefill %u: %.3f s\n", len, med);
+                         {"cpu_share", t->cpu_share}});
+      if (!o->json) std::fprintf(stderr, "prefill %u: %.3f s\n", len, t->median_s);
     }
     j["prefill"] = prefill;
 
@@ -346,56 +256,9 @@ command add_bench_engine(CLI::App& app) {
     // its KV copied into each sequence's own blocks, so the cache traffic is real).
     nlohmann::ordered_json decode = nlohmann::ordered_json::array();
     for (uint32_t b : batches) {
-      std::vector<std::vector<block_id>> tables;
-      for (uint32_t s = 0; s < b; ++s) {
-        auto bt = pool.allocate(per_seq);
-        if (!bt) {
-          std::fprintf(stderr, "tokenmill bench-engine: KV pool too small\n");
-          return 1;
-        }
-        tables.push_back(std::move(*bt));
-      }
-      auto ctx_toks = prompt_ids(ctx, c.vocab, 7);
-      prefill_chunk chunk;
-      chunk.tokens = ctx_toks;
-      chunk.begin = 0;
-      chunk.end = ctx;
-      chunk.blocks = tables[0];
-      auto prefilled = eng->prefill(pool, std::span<const prefill_chunk>(&chunk, 1));
-      if (!prefilled) return failed(prefilled.error());
-      token_id first = (*prefilled)[0];
-      std::vector<std::byte> staged(pool.block_bytes());
-      for (uint32_t s = 1; s < b; ++s)
-        for (uint32_t k = 0; k < layout.blocks_for(ctx); ++k) {
-          pool.storage().copy_out(size_t{tables[0][k]} * pool.block_bytes(), staged.data(),
-                                  staged.size());
-          pool.storage().copy_in(size_t{tables[s][k]} * pool.block_bytes(), staged.data(),
-                                 staged.size());
-        }
-      std::vector<std::vector<token_id>> seqs(b, ctx_toks);
-      for (auto& s : seqs)
-        s.push_back(first);
-      std::vector<double> steps;
-      std::optional<cpu_share_meter> meter;
-      for (uint32_t step = 0; step < warm_steps + o->decode_steps; ++step) {
-        if (step == warm_steps) meter.emplace(cpu_share_meter{threads});
-        std::vector<decode_seq> batch(b);
-        for (uint32_t s = 0; s < b; ++s) {
-          batch[s].tokens = seqs[s];
-          batch[s].blocks = tables[s];
-        }
-        int64_t t0 = now_ns();
-        auto next = eng->decode(pool, batch);
-        double dt = (now_ns() - t0) / 1e9;
-        if (!next) return failed(next.error());
-        if (step >= warm_steps) steps.push_back(dt);
-        for (uint32_t s = 0; s < b; ++s)
-          seqs[s].push_back((*next)[s]);
-      }
-      double share = meter->share();
-      for (const auto& t : tables)
-        pool.release(t);
-      double med = median(steps);
+      auto t = time_decode(*eng, pool, b, ctx, o->decode_steps, warm_steps, threads);
+      if (!t) return failed(t.error());
+      double med = t->median_s, share = t->cpu_share;
       // KV read by the step: every context position of every sequence, K and V, all layers.
       uint64_t kv_bytes = uint64_t{b} * (ctx + warm_steps + o->decode_steps / 2) * layout.layers *
                           2 * layout.kv_heads * layout.head_dim * layout.dtype_bytes;

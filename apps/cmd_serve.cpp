@@ -9,17 +9,13 @@
 #include <spdlog/spdlog.h>
 
 #include "apps/commands.hpp"
+#include "apps/engine_options.hpp"
 #include "cluster/embedded_cluster.hpp"
 
 namespace tokenmill::app {
 
 struct serve_opts {
-  std::string kv_dtype = "f16";
-  double prefill_us_per_token = 200;
-  double prefill_base_us = 0;
-  double decode_step_ms = 10;
-  double decode_per_seq_us = 0;
-  double decode_per_ctx_ns = 0;
+  engine_options engine;
   bool no_http = false;
   double request_timeout_s = 600;  ///< router_config::request_timeout
   double stall_timeout_s = 120;    ///< router_config::stall_timeout
@@ -28,31 +24,8 @@ struct serve_opts {
 command add_serve(CLI::App& app) {
   auto cfg = std::make_shared<embedded_config>();
   auto o = std::make_shared<serve_opts>();
-  auto* engine_opt =
-      app.add_option("--engine", cfg->engine.kind, "Model engine (cpu when --model is given)")
-          ->check(CLI::IsMember({"sim", "cpu", "cuda"}))
-          ->capture_default_str();
-  auto* model_opt = app.add_option("--model", cfg->engine.model_path,
-                                   "Model to serve: a GGUF file or a Hugging Face directory "
-                                   "(tokenmill make-model writes one)");
-  auto* c = app.add_option_group("cpu engine", "The CPU engine (with --model)");
-  c->add_option("--threads", cfg->engine.cpu.threads,
-                "Compute threads per worker (0 = this machine's cores / workers)")
-      ->capture_default_str();
-  c->add_option("--kv-dtype", o->kv_dtype, "KV cache element type")
-      ->check(CLI::IsMember({"f16", "f32"}))
-      ->capture_default_str();
-  auto* gpu_opts =
-      app.add_option_group("cuda engine", "The CUDA engine (--engine cuda --model PATH)");
-  gpu_opts->add_option("--device", cfg->engine.cuda.device, "CUDA device ordinal")
-      ->capture_default_str();
-  gpu_opts
-      ->add_option("--dtype", cfg->engine.cuda.dtype,
-                   "Weights and GEMM inputs: bf16, f16, or f32 (parity with the cpu engine)")
-      ->check(CLI::IsMember({"bf16", "f16", "f32"}))
-      ->capture_default_str();
-  gpu_opts->add_flag("!--no-cuda-graphs", cfg->engine.cuda.graphs,
-                     "Launch decode steps kernel by kernel instead of from captured CUDA graphs");
+  add_engine_options(app, cfg->engine, o->engine,
+                     "Compute threads per worker (0 = this machine's cores / workers)");
   app.add_option("--host", cfg->rpc.host, "Address the RPC frontend binds")->capture_default_str();
   app.add_option("--rpc-port", cfg->rpc.port,
                  "RPC port (0 = any free port; the ready line says which)")
@@ -80,50 +53,7 @@ command add_serve(CLI::App& app) {
   app.add_option("--decode-workers", cfg->decode_workers)
       ->check(CLI::Range(1u, 64u))
       ->capture_default_str();
-  // Sim timing model.
-  auto& sim = cfg->engine.sim;
-  auto* g = app.add_option_group("sim engine", "Timing model of the sim engine");
-  g->add_option("--sim-prefill-us-per-token", o->prefill_us_per_token,
-                "Prefill cost per prompt token (µs)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  g->add_option("--sim-prefill-base-us", o->prefill_base_us, "Prefill cost per engine call (µs)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  g->add_option("--sim-decode-step-ms", o->decode_step_ms, "Decode step base cost (ms)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  g->add_option("--sim-decode-per-seq-us", o->decode_per_seq_us,
-                "Decode cost per sequence in the step (µs)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  g->add_option("--sim-decode-per-ctx-ns", o->decode_per_ctx_ns,
-                "Decode cost per context token (ns)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  g->add_option("--sim-slowdown", sim.slowdown, "Multiplies every modelled time")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  g->add_option("--vocab", sim.vocab_size, "Vocabulary size")
-      ->check(CLI::Range(260u, 1u << 24))
-      ->capture_default_str();
-  g->add_option("--max-context", sim.max_context, "Context length (tokens)")
-      ->check(CLI::Range(2u, 1u << 20))
-      ->capture_default_str();
-  // KV layout and pools.
-  auto* k = app.add_option_group("kv cache", "KV block layout and pool sizes");
-  k->add_option("--block-tokens", sim.layout.block_tokens)
-      ->check(CLI::Range(1u, 1024u))
-      ->capture_default_str();
-  k->add_option("--kv-layers", sim.layout.layers)
-      ->check(CLI::Range(1u, 256u))
-      ->capture_default_str();
-  k->add_option("--kv-heads", sim.layout.kv_heads)
-      ->check(CLI::Range(1u, 256u))
-      ->capture_default_str();
-  k->add_option("--head-dim", sim.layout.head_dim)
-      ->check(CLI::Range(1u, 1024u))
-      ->capture_default_str();
+  auto* k = o->engine.kv_group;
   k->add_option("--decode-kv-blocks", cfg->decode.num_blocks, "Blocks per decode worker")
       ->check(CLI::Range(1u, 1u << 24))
       ->capture_default_str();
@@ -164,20 +94,9 @@ command add_serve(CLI::App& app) {
       ->check(CLI::Range(4096, 1 << 24))
       ->capture_default_str();
 
-  return [cfg, o, model_opt, engine_opt]() -> int {
-    if (model_opt->count() > 0 && cfg->engine.kind == "sim") {
-      // --model implies the cpu engine unless --engine says sim explicitly.
-      if (engine_opt->count() > 0) {
-        std::fprintf(stderr,
-                     "tokenmill serve: --model needs --engine cpu (the sim engine has "
-                     "no model file)\n");
-        return 2;
-      }
-      cfg->engine.kind = "cpu";
-    }
-    if (cfg->engine.kind != "sim" && cfg->engine.model_path.empty()) {
-      std::fprintf(stderr, "tokenmill serve: --engine %s needs --model PATH\n",
-                   cfg->engine.kind.c_str());
+  return [cfg, o]() -> int {
+    if (auto r = resolve_engine_spec(cfg->engine, o->engine); !r) {
+      std::fprintf(stderr, "tokenmill serve: %s\n", r.error().message.c_str());
       return 2;
     }
     auto span = [](double s) {
@@ -185,16 +104,6 @@ command add_serve(CLI::App& app) {
     };
     cfg->router.request_timeout = span(o->request_timeout_s);
     cfg->router.stall_timeout = span(o->stall_timeout_s);
-    cfg->engine.cpu.kv_dtype_bytes = o->kv_dtype == "f32" ? 4 : 2;
-    cfg->engine.cpu.block_tokens = cfg->engine.sim.layout.block_tokens;
-    cfg->engine.cuda.kv_dtype_bytes = cfg->engine.cpu.kv_dtype_bytes;
-    cfg->engine.cuda.block_tokens = cfg->engine.sim.layout.block_tokens;
-    auto& sim = cfg->engine.sim;
-    sim.prefill_ns_per_token = static_cast<uint64_t>(o->prefill_us_per_token * 1e3);
-    sim.prefill_base_ns = static_cast<uint64_t>(o->prefill_base_us * 1e3);
-    sim.decode_base_ns = static_cast<uint64_t>(o->decode_step_ms * 1e6);
-    sim.decode_per_seq_ns = static_cast<uint64_t>(o->decode_per_seq_us * 1e3);
-    sim.decode_per_ctx_token_ns = static_cast<uint64_t>(o->decode_per_ctx_ns);
     cfg->decode.local_prefill_budget = cfg->prefill.token_budget;
     cfg->http.host = cfg->rpc.host;
     cfg->http_enabled = !o->no_http;

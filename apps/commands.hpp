@@ -26,5 +26,10 @@ command add_bench_transfer(CLI::App& app);
 command add_trace(CLI::App& app);
 /// `tokenmill top`: a live view of every worker and the bottleneck.
 command add_top(CLI::App& app);
+/// `tokenmill profile`: an engine's prefill and decode costs as a planner needs them (JSON).
+command add_profile(CLI::App& app);
+/// `tokenmill plan`: workers, chunk, batch and local-prefill threshold from a profile and
+/// SLOs, written as a host manifest.
+command add_plan(CLI::App& app);
 
 }  // namespace tokenmill::app

@@ -49,6 +49,14 @@ int main(int argc, char** argv) {
       tokenmill::app::add_trace);
   add("top", "Live view of every worker: queue, KV, share of TTFT, ITL, and the bottleneck",
       tokenmill::app::add_top);
+  add("profile",
+      "Measure an engine for the planner: prefill per chunk and prompt length, decode per "
+      "batch and context, the prefill saturation point (JSON)",
+      tokenmill::app::add_profile);
+  add("plan",
+      "From a profile, SLOs and a workload: how many prefill and decode workers with what "
+      "chunk and batch, written as a host manifest (or why no count can do it)",
+      tokenmill::app::add_plan);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

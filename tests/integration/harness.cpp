@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <stdexcept>
@@ -163,6 +164,17 @@ nlohmann::json worker(const nlohmann::json& status, const std::string& role) {
   for (const auto& w : status["workers"])
     if (w.value("role", "") == role) return w;
   return nullptr;
+}
+
+temp_dir::temp_dir(const std::string& prefix) {
+  std::string tmpl = "/tmp/" + prefix + "-XXXXXX";
+  if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp " + tmpl + " failed");
+  path_ = tmpl;
+}
+
+temp_dir::~temp_dir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
 }
 
 std::string id_prompt(int first, int n) {

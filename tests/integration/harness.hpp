@@ -86,6 +86,22 @@ bool workers_idle(const nlohmann::json& status);
 /// The first worker of `role` in `status` (null when there is none).
 nlohmann::json worker(const nlohmann::json& status, const std::string& role);
 
+/// A new folder under /tmp ("/tmp/PREFIX-XXXXXX"), removed with everything in it when
+/// the test ends, passed or failed.
+class temp_dir {
+ public:
+  explicit temp_dir(const std::string& prefix = "tokenmill-test");
+  ~temp_dir();
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+  const std::string& path() const { return path_; }
+  /// path() + "/" + name
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
 /// Space-separated "first first+1 ... first+n-1", for --token-ids prompts.
 std::string id_prompt(int first, int n);
 

@@ -121,25 +121,6 @@ bool cmdline_has(pid_t pid, const std::string& needle) {
 
 // ------------------------------------------------------------------ manifests
 
-class temp_dir {
- public:
-  temp_dir() {
-    char tmpl[] = "/tmp/tokenmill-multinode-XXXXXX";
-    if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  temp_dir(const temp_dir&) = delete;
-  temp_dir& operator=(const temp_dir&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
 /// What varies between the tests' manifests; everything else is fixed and fast.
 struct cluster_spec {
   std::string name = "mn";
@@ -345,7 +326,7 @@ class cluster {
     }
   }
 
-  temp_dir dir_;
+  temp_dir dir_{"tokenmill-multinode"};
   cluster_spec spec_;
   port_plan ports_;
   std::string manifest_;

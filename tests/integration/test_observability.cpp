@@ -34,23 +34,6 @@ std::string read_text(const std::string& path) {
   return ss.str();
 }
 
-class temp_dir {
- public:
-  temp_dir() {
-    char tmpl[] = "/tmp/tokenmill-obs-XXXXXX";
-    if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
 /// GET `target` from 127.0.0.1:`port`, parsed (null on any failure).
 json get_json(uint16_t port, const std::string& target) {
   auto c = tokenmill::http_client::connect("127.0.0.1", port, 5);
@@ -88,7 +71,7 @@ TEST_CASE("the live /metrics passes promtool", "[observability]") {
   server s;
   REQUIRE(s.http_port() != 0);
   REQUIRE(s.generate({"--max-tokens", "4", "hello"}).exit_code == 0);
-  temp_dir dir;
+  temp_dir dir("tokenmill-obs");
   const std::string file = dir.path() + "/metrics.txt";
   auto cmd = "curl -sS --max-time 10 http://127.0.0.1:" + std::to_string(s.http_port()) +
              "/metrics > " + file + " && promtool check metrics < " + file + " > " + file +
@@ -115,7 +98,7 @@ TEST_CASE("trace writes a Perfetto file with every TTFT stage of a request", "[o
   CHECK(first["api"] == "rpc");
   REQUIRE(first["stages"].size() >= 5);
 
-  temp_dir dir;
+  temp_dir dir("tokenmill-obs");
   const std::string out = dir.path() + "/trace.json";
   auto r = run_tokenmill({"trace", "--connect", http, "--out", out});
   INFO("stdout: " << r.out << "\nstderr: " << r.err);
@@ -187,7 +170,7 @@ TEST_CASE("trace writes a Perfetto file with every TTFT stage of a request", "[o
 }
 
 TEST_CASE("top names the slowed prefill worker of a cluster under load", "[observability]") {
-  temp_dir dir;
+  temp_dir dir("tokenmill-obs");
   std::set<uint16_t> taken;
   const uint16_t rpc = free_listen_port(taken), http = free_listen_port(taken);
   // Every listener gets a port found free: the default http ports of the other nodes
