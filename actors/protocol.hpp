@@ -416,8 +416,10 @@ struct migrate_result {
   bool moved = false;
   uint64_t bytes = 0;  ///< KV bytes written to the target
   uint32_t blocks = 0;
-  int64_t elapsed_ns = 0;  ///< from migrate_request to the target's confirmation
-  error_info error;        ///< why not, when not moved
+  /// From the start of the move (after the engine step the sequence was in, if any) to
+  /// the target's confirmation or the failure.
+  int64_t elapsed_ns = 0;
+  error_info error;  ///< why not, when not moved
 };
 
 /// decode B (or A taking a failed move back) -> router: attempt `id` is now served by
