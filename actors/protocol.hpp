@@ -10,6 +10,8 @@
 ///   decode --token_batch (one per step)--> router --token_chunk--> frontend
 ///   decode --request_done--> router --request_summary--> frontend
 ///   frontend --cancel_request--> router --> decode --> prefill
+///   live migration: decode A --migrate_offer, migrate_commit--> decode B --attempt_moved-->
+///   router (see "live migration" below)
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -338,7 +340,9 @@ struct drain_report {
 /// attempt so that the router re-submits it) and sends B migrate_abort.
 
 /// anyone (tests, drain) -> decode worker A: move the running sequence of attempt `id` to
-/// the decode worker `target` with its KV. With `keep_on_failure` false A ends the attempt
+/// the decode worker `target` with its KV; with no `target`, to the decode worker A picks
+/// from its membership (up, not draining, not A; the one it moved fewest sequences to:
+/// pick_migration_target). With `keep_on_failure` false A ends the attempt
 /// (errc::unavailable: the router re-submits it) when the move fails, rather than decoding
 /// it on (a draining worker). The outcome is reported to `reply_to` (if set) as
 /// migrate_result.

@@ -102,6 +102,9 @@ struct decode_state {
   std::unordered_map<request_id, move_out> moves_out;  ///< moves under way, by attempt id
   uint64_t migrated_out = 0, migrated_in = 0, migrations_failed = 0;
   uint64_t migrated_bytes_out = 0, migrated_bytes_in = 0;
+  std::vector<migration_candidate> peers;            ///< decode workers of the membership
+  std::vector<caf::actor> peer_handles;              ///< peers[i]'s handle
+  std::unordered_map<worker_id, uint32_t> moved_to;  ///< moves started towards each peer
   /// Pool, cache, engine and its thread. Last: the engine thread joins before the
   /// sequences its step points into go.
   kv_worker w;
@@ -593,8 +596,18 @@ void start_move_out(decode_ptr self, migrate_request m) {
   auto refuse = [&](error_info err) {
     if (m.reply_to) self->send(m.reply_to, migrate_result{id, false, 0, 0, 0, std::move(err)});
   };
-  if (!m.target)
-    return refuse({errc::invalid_request, fmt::format("no target to move request {} to", id)});
+  if (!m.target) {  // the caller leaves the choice to us (drain)
+    auto cands = st.peers;
+    for (auto& c : cands)
+      c.load = st.moved_to[c.id];
+    auto pick = pick_migration_target(cands, st.w.info.id);
+    if (!pick)
+      return refuse(
+          {errc::no_workers,
+           fmt::format("no other decode worker (up, not draining) to move request {} to", id)});
+    m.target = st.peer_handles[*pick];
+    ++st.moved_to[cands[*pick].id];
+  }
   auto it = st.seqs.find(id);
   const bool known = it != st.seqs.end();
   const bool decoding =
@@ -642,6 +655,17 @@ void start_move_out(decode_ptr self, migrate_request m) {
                 {errc::unavailable, "the target did not answer the offer: " + caf::to_string(e)},
                 true);
           });
+}
+
+/// The decode workers of the membership, for moves without a given target.
+void learn_decode_peers(decode_state& st, const membership& m) {
+  st.peers.clear();
+  st.peer_handles.clear();
+  for (const auto& mem : m.members) {
+    if (mem.info.kind != role::decode || !mem.handle) continue;
+    st.peers.push_back({mem.info.id, mem.up, mem.draining, 0});
+    st.peer_handles.push_back(mem.handle);
+  }
 }
 
 /// Step 2 at B: reserve blocks for an offered sequence (or refuse it).
@@ -863,7 +887,10 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         release_drained(self, d.id, true);
       },
       [self](step_atom) { launch(self); },
-      [self](const membership& m) { self->state.w.learn_kv_store(m); },
+      [self](const membership& m) {
+        self->state.w.learn_kv_store(m);
+        learn_decode_peers(self->state, m);  // live migration: targets for drain
+      },
       [self](engine_step_done& d) { step_done(self, d); },
       [self](const cancel_request& c) {
         launch_on_exit relaunch{self};

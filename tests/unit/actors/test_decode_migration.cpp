@@ -513,3 +513,53 @@ TEST_CASE("live migration: sequences that are not decoding, or unknown, do not m
   (void)expect<request_done>(h.self, "request_done");
   h.expect_all_free("after the refused requests");
 }
+
+TEST_CASE("live migration: without a target the worker picks one from its membership",
+          "[decode_actor][live_migration]") {
+  migration_harness h;
+  auto& a = h.add_worker();
+  auto& b = h.add_worker();
+  auto& c = h.add_worker();
+  auto members = [&](bool with_c) {
+    membership m;
+    for (auto* w : {&a, &b, &c})
+      if (w != &c || with_c)
+        m.members.push_back({make_info(w->id, role::decode, w->name), w->handle});
+    m.members[1].draining = true;  // B is being drained too
+    return m;
+  };
+  h.self->send(a.handle, members(true));
+  auto req = h.request(8, 10, 16);
+  auto expected = sim_continuation(h.eng, req.prompt, 16);
+  h.assign(a, req);
+  stream s;
+  a.credits->grant(2);
+  h.until_token(s, 2);
+  h.self->send(a.handle, migrate_request{req.id, caf::actor{}, false, handle_of(h.self)});
+  a.credits->grant(1);
+  c.credits->grant(plenty);
+  h.until_results(s, 1);
+  CHECK(s.results[0].moved);
+  h.until_done(s);
+  REQUIRE(s.moves.size() == 1);
+  CHECK(s.moves[0].worker == c.id);  // not A itself, not the draining B
+  CHECK(h.ordered(s, 16) == expected);
+  CHECK(s.duplicates == 0);
+  CHECK(s.done_by == c.id);
+
+  // With no other decode worker to take it, the request says so and the sequence stays.
+  h.self->send(a.handle, members(false));
+  auto req2 = h.request(9, 10, 16);
+  stream s2;
+  h.assign(a, req2);
+  h.until_token(s2, 0);
+  h.self->send(a.handle, migrate_request{req2.id, caf::actor{}, false, handle_of(h.self)});
+  a.credits->grant(plenty);
+  h.until_results(s2, 1);
+  CHECK_FALSE(s2.results[0].moved);
+  CHECK(s2.results[0].error.code == errc::no_workers);
+  h.until_done(s2);
+  CHECK(s2.done->reason == finish_reason::length);
+  CHECK(h.ordered(s2, 16) == sim_continuation(h.eng, req2.prompt, 16));
+  h.expect_all_free("after the moves without a target");
+}
