@@ -355,7 +355,7 @@ TEST_CASE("live migration: a sequence moved twice, there and back",
   h.expect_all_free("after A -> B -> A");
 }
 
-TEST_CASE("live migration: a target without capacity refuses; the source decodes on",
+TEST_CASE("live migration: a target without capacity refuses and the source decodes on",
           "[decode_actor][live_migration]") {
   migration_harness h;
   auto& a = h.add_worker();
