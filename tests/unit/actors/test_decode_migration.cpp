@@ -563,3 +563,27 @@ TEST_CASE("live migration: without a target the worker picks one from its member
   CHECK(h.ordered(s2, 16) == sim_continuation(h.eng, req2.prompt, 16));
   h.expect_all_free("after the moves without a target");
 }
+
+TEST_CASE("live migration: a cancel before the move starts ends the request where it is",
+          "[decode_actor][live_migration]") {
+  migration_harness h;
+  auto& a = h.add_worker();
+  auto& b = h.add_worker();
+  auto req = h.request(10, 10, 16);
+  h.assign(a, req);
+  stream s;
+  a.credits->grant(2);
+  h.until_token(s, 2);
+  // Both wait behind the step in flight: the cancel ends the sequence, so it never moves.
+  h.self->send(a.handle, migrate_request{req.id, b.handle, true, handle_of(h.self)});
+  h.self->send(a.handle, cancel_request{req.id});
+  a.credits->grant(plenty);
+  h.until_results(s, 1);
+  CHECK_FALSE(s.results[0].moved);
+  CHECK_THAT(s.results[0].error.message, Catch::Contains("before it could move"));
+  h.until_done(s);
+  CHECK(s.done->reason == finish_reason::cancelled);
+  CHECK(s.done_by == a.id);
+  CHECK(s.moves.empty());
+  h.expect_all_free("after the cancel");
+}
