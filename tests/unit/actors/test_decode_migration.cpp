@@ -587,3 +587,62 @@ TEST_CASE("live migration: a cancel before the move starts ends the request wher
   CHECK(s.moves.empty());
   h.expect_all_free("after the cancel");
 }
+
+TEST_CASE(
+    "live migration: through a real router the client sees one stream and the summary "
+    "names the new worker",
+    "[decode_actor][live_migration][router_actor]") {
+  migration_harness h;
+  auto& a = h.add_worker();
+  auto& b = h.add_worker();
+  router_config rc;
+  rc.block_tokens = h.scfg.layout.block_tokens;
+  auto router = h.reaper.add(
+      spawn_router(h.ts.sys, make_info(1, role::router, "router-0"), rc, handle_of(h.self)));
+  (void)answer_registration(h.self);
+  membership m;
+  m.members.push_back({make_info(1, role::router, "router-0"), router});
+  m.members.push_back({make_info(a.id, role::decode, a.name), a.handle});
+  m.members.push_back({make_info(b.id, role::decode, b.name), b.handle});
+  h.self->send(router, m);
+  auto req = h.request(77, 10, 24);
+  auto expected = sim_continuation(h.eng, req.prompt, 24);
+  h.self->send(router, req);  // both idle: the router picks A (the lower id)
+
+  std::vector<token_id> got;
+  std::optional<request_summary> summary;
+  std::optional<migrate_result> result;
+  auto receive = [&] {
+    std::string problem;
+    h.self->receive(
+        [&](token_chunk& c) {
+          CHECK(c.id == req.id);
+          CHECK(c.first_index == got.size());  // in order, no gap, no duplicate
+          got.insert(got.end(), c.tokens.begin(), c.tokens.end());
+        },
+        [&](migrate_result& r) { result = std::move(r); },
+        [&](request_summary& s) { summary = std::move(s); },
+        caf::others >> [&](caf::message_view& x) -> caf::result<caf::message> {
+          problem = "unexpected message " + describe(x);
+          return caf::sec::unexpected_message;
+        },
+        caf::after(receive_timeout) >> [&] { problem = "timed out"; });
+    if (!problem.empty()) FAIL("through the router: " << problem);
+  };
+  a.credits->grant(3);
+  while (got.size() < 4)
+    receive();
+  h.self->send(a.handle, migrate_request{req.id, b.handle, true, handle_of(h.self)});
+  a.credits->grant(1);
+  b.credits->grant(plenty);
+  while (!summary || !result)  // A's result and B's end race: both come
+    receive();
+  CHECK(result->moved);
+  CHECK(got == expected);
+  CHECK(summary->reason == finish_reason::length);
+  CHECK(summary->completion_tokens == 24);
+  CHECK(summary->decode_worker == b.name);
+  CHECK(summary->migrations == 1);
+  CHECK(summary->migration_reasons == std::vector<std::string>{"live_migration"});
+  h.expect_all_free("after the request moved through the router");
+}
