@@ -92,6 +92,10 @@ struct decode_config {
   /// this long at most: longer than the transport's op timeout, after which no write of it
   /// can still be in flight.
   std::chrono::milliseconds kv_drain_timeout{6000};
+  /// Live migration: how long the source waits for each answer of the target (offer,
+  /// commit) before it takes the sequence back; the target drops a reservation no commit
+  /// followed within twice this.
+  std::chrono::milliseconds migration_timeout{5000};
 };
 
 /// A decode worker (detached). Prefills locally when the router assigns no prefill worker.

@@ -10,6 +10,8 @@
 ///   decode --token_batch (one per step)--> router --token_chunk--> frontend
 ///   decode --request_done--> router --request_summary--> frontend
 ///   frontend --cancel_request--> router --> decode --> prefill
+///   live migration: decode A --migrate_offer, migrate_commit--> decode B --attempt_moved-->
+///   router (see "live migration" below)
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -325,6 +327,115 @@ struct drain_report {
   error_info error;
 };
 
+// ---------------------------------------------------------------- live migration
+
+/// Live migration of a running decode sequence with its KV (actors/decode/decode_actor.cpp,
+/// section "live migration"; decisions in actors/decode/migration_policy.hpp). Order:
+///   trigger --migrate_request--> A (source decode worker)
+///   A --migrate_offer (request)--> B; B reserves blocks, replies migrate_accept or an error
+///   A writes the KV blocks into B's pool over the transport (flushed before it goes on)
+///   A --migrate_commit (request)--> B; B verifies, admits the sequence, sends
+///   attempt_moved to the router, replies migrate_committed; A frees its blocks
+/// On a refusal, an error, a timeout or B going down A keeps the sequence (or ends the
+/// attempt so that the router re-submits it) and sends B migrate_abort.
+
+/// anyone (tests, drain) -> decode worker A: move the running sequence of attempt `id` to
+/// the decode worker `target` with its KV; with no `target`, to the decode worker A picks
+/// from its membership (up, not draining, not A; the one it moved fewest sequences to:
+/// pick_migration_target). With `keep_on_failure` false A ends the attempt
+/// (errc::unavailable: the router re-submits it) when the move fails, rather than decoding
+/// it on (a draining worker). The outcome is reported to `reply_to` (if set) as
+/// migrate_result.
+struct migrate_request {
+  request_id id = 0;
+  caf::actor target;
+  bool keep_on_failure = true;
+  caf::actor reply_to;
+};
+
+/// decode A -> decode B (request; reply migrate_accept or an error): take over a sequence.
+/// `tokens` is the prompt then every generated token; the KV of the first `kv_tokens`
+/// positions is in A's blocks (the newest token's KV is computed by B's first step).
+struct migrate_offer {
+  generate_request req;  ///< as A was assigned it (id = the attempt id)
+  caf::actor router;
+  std::vector<token_id> tokens;
+  uint32_t prompt_len = 0;
+  uint32_t generated = 0;
+  uint32_t kv_tokens = 0;
+  uint32_t epoch = 0;  ///< moves of this attempt so far, this one included (attempt_moved)
+  worker_id source = 0;
+  uint64_t block_bytes = 0;  ///< A's block size: the pools must match
+};
+
+/// decode B -> decode A (reply to migrate_offer): write the KV blocks from `skip_blocks` on
+/// into `dst_blocks` of `dst` (B holds the first `skip_blocks` in its prefix cache); or,
+/// with `error` set, B refuses (no capacity, a mismatched pool, …) and holds nothing.
+struct migrate_accept {
+  request_id id = 0;
+  pool_descriptor dst;
+  uint32_t skip_blocks = 0;
+  std::vector<block_id> dst_blocks;
+  error_info error;
+};
+
+/// transport -> decode A (its own mailbox): the migration's KV write finished.
+struct migrate_write_done {
+  request_id id = 0;
+  uint32_t epoch = 0;
+  error_info error;
+  kv_transfer transfer;
+};
+
+/// decode A -> decode B (request; reply migrate_committed): every block is written (and
+/// flushed); verify it and continue the sequence at token index `generated`.
+struct migrate_commit {
+  request_id id = 0;
+  kv_transfer transfer;
+};
+
+/// decode B -> decode A (reply to migrate_commit): B serves the sequence now (and told the
+/// router so); or, with `error` set, the KV failed B's checks and B holds nothing.
+struct migrate_committed {
+  request_id id = 0;
+  error_info error;
+};
+
+/// decode A -> decode B: forget the reservation (or the sequence) of move `epoch`, which A
+/// gave up on (A keeps the sequence or ends the attempt itself).
+struct migrate_abort {
+  request_id id = 0;
+  uint32_t epoch = 0;
+};
+
+/// decode -> itself: a reservation of an incoming move that was never committed expires.
+struct migrate_expired {
+  request_id id = 0;
+  uint32_t epoch = 0;
+};
+
+/// decode A -> migrate_request's reply_to: how a move ended.
+struct migrate_result {
+  request_id id = 0;
+  bool moved = false;
+  uint64_t bytes = 0;  ///< KV bytes written to the target
+  uint32_t blocks = 0;
+  /// From the start of the move (after the engine step the sequence was in, if any) to
+  /// the target's confirmation or the failure.
+  int64_t elapsed_ns = 0;
+  error_info error;  ///< why not, when not moved
+};
+
+/// decode B (or A taking a failed move back) -> router: attempt `id` is now served by
+/// `handle` (worker `worker`, named `name`). Move `epoch` n supersedes moves below n.
+struct attempt_moved {
+  request_id id = 0;
+  uint32_t epoch = 0;
+  worker_id worker = 0;
+  std::string name;
+  caf::actor handle;
+};
+
 // ---------------------------------------------------------------- inspectors (CAF 0.17)
 
 template <class F>
@@ -514,6 +625,50 @@ typename F::result_type inspect(F& f, drain_request& x) {
 template <class F>
 typename F::result_type inspect(F& f, drain_report& x) {
   return f(caf::meta::type_name("drain_report"), x.workers, x.error);
+}
+
+template <class F>
+typename F::result_type inspect(F& f, migrate_request& x) {
+  return f(caf::meta::type_name("migrate_request"), x.id, x.target, x.keep_on_failure, x.reply_to);
+}
+template <class F>
+typename F::result_type inspect(F& f, migrate_offer& x) {
+  return f(caf::meta::type_name("migrate_offer"), x.req, x.router, x.tokens, x.prompt_len,
+           x.generated, x.kv_tokens, x.epoch, x.source, x.block_bytes);
+}
+template <class F>
+typename F::result_type inspect(F& f, migrate_accept& x) {
+  return f(caf::meta::type_name("migrate_accept"), x.id, x.dst, x.skip_blocks, x.dst_blocks,
+           x.error);
+}
+template <class F>
+typename F::result_type inspect(F& f, migrate_write_done& x) {
+  return f(caf::meta::type_name("migrate_write_done"), x.id, x.epoch, x.error, x.transfer);
+}
+template <class F>
+typename F::result_type inspect(F& f, migrate_commit& x) {
+  return f(caf::meta::type_name("migrate_commit"), x.id, x.transfer);
+}
+template <class F>
+typename F::result_type inspect(F& f, migrate_committed& x) {
+  return f(caf::meta::type_name("migrate_committed"), x.id, x.error);
+}
+template <class F>
+typename F::result_type inspect(F& f, migrate_abort& x) {
+  return f(caf::meta::type_name("migrate_abort"), x.id, x.epoch);
+}
+template <class F>
+typename F::result_type inspect(F& f, migrate_expired& x) {
+  return f(caf::meta::type_name("migrate_expired"), x.id, x.epoch);
+}
+template <class F>
+typename F::result_type inspect(F& f, migrate_result& x) {
+  return f(caf::meta::type_name("migrate_result"), x.id, x.moved, x.bytes, x.blocks, x.elapsed_ns,
+           x.error);
+}
+template <class F>
+typename F::result_type inspect(F& f, attempt_moved& x) {
+  return f(caf::meta::type_name("attempt_moved"), x.id, x.epoch, x.worker, x.name, x.handle);
 }
 
 }  // namespace tokenmill

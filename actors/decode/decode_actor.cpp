@@ -6,6 +6,8 @@
 // Its KV pool is a prefix cache (engine/kv_cache): full blocks are committed under their
 // chain hash once written, a request reuses the cached blocks of its prompt's prefix (no
 // prefill, no transfer for them), and unreferenced blocks are evicted least recently used.
+// A decoding sequence can move live, with its KV, to another decode worker (section "live
+// migration" at the end of this file).
 #include <algorithm>
 #include <deque>
 #include <unordered_map>
@@ -15,6 +17,7 @@
 
 #include "actors/actors.hpp"
 #include "actors/decode/decode_policy.hpp"
+#include "actors/decode/migration_policy.hpp"
 #include "actors/detail/worker_common.hpp"
 #include "actors/prefix_reuse.hpp"
 #include "common/clock.hpp"
@@ -25,7 +28,15 @@
 namespace tokenmill {
 namespace {
 
-enum class seq_phase : uint8_t { waiting_blocks, waiting_kv, local_prefill, ready, running };
+enum class seq_phase : uint8_t {
+  waiting_blocks,
+  waiting_kv,
+  local_prefill,
+  ready,
+  running,
+  migrating_out,  ///< live migration: its KV is on its way to another worker (not stepped)
+  migrating_in,   ///< live migration: blocks reserved for a sequence on its way here
+};
 
 struct sequence {
   generate_request req;
@@ -44,6 +55,24 @@ struct sequence {
   /// Set when the sequence must end while the engine is using its blocks; applied when
   /// the step returns.
   std::optional<std::pair<finish_reason, error_info>> pending_end;
+  // Live migration (section "live migration").
+  uint32_t move_epoch = 0;  ///< moves of this attempt so far (attempt_moved's epoch)
+  /// A move asked for while the sequence was in the engine's step: starts when it returns.
+  std::optional<migrate_request> move_pending;
+  /// Another worker serves it now (a move whose confirmation got lost): it ends without a
+  /// word to the router.
+  bool silent = false;
+};
+
+/// Live migration: a move of one of this worker's sequences to another decode worker.
+struct move_out {
+  migrate_request req;  ///< target, what to do on failure, whom to tell
+  uint32_t epoch = 0;
+  int64_t started_ns = 0;
+  bool cancelled = false;   ///< the router cancelled it meanwhile
+  bool committing = false;  ///< migrate_commit sent: the target may have told the router
+  uint64_t bytes = 0;       ///< KV bytes written to the target
+  uint32_t blocks = 0;
 };
 
 /// What the engine is computing right now.
@@ -69,6 +98,13 @@ struct decode_state {
   /// still in flight may land in them, so they are held until the prefill worker reports its
   /// writes drained (kv_drained), or until cfg.kv_drain_timeout.
   std::unordered_map<request_id, std::vector<block_id>> draining;
+  // Live migration.
+  std::unordered_map<request_id, move_out> moves_out;  ///< moves under way, by attempt id
+  uint64_t migrated_out = 0, migrated_in = 0, migrations_failed = 0;
+  uint64_t migrated_bytes_out = 0, migrated_bytes_in = 0;
+  std::vector<migration_candidate> peers;            ///< decode workers of the membership
+  std::vector<caf::actor> peer_handles;              ///< peers[i]'s handle
+  std::unordered_map<worker_id, uint32_t> moved_to;  ///< moves started towards each peer
   /// Pool, cache, engine and its thread. Last: the engine thread joins before the
   /// sequences its step points into go.
   kv_worker w;
@@ -90,6 +126,7 @@ void erase_id(C& c, request_id id) {
 }
 
 void reserve_waiting(decode_ptr self);
+void start_move_out(decode_ptr self, migrate_request m);
 
 /// Ends a sequence: frees its blocks, tells the kv-store and the router.
 void finish(decode_ptr self, request_id id, finish_reason reason, error_info err = {}) {
@@ -97,6 +134,13 @@ void finish(decode_ptr self, request_id id, finish_reason reason, error_info err
   auto it = st.seqs.find(id);
   if (it == st.seqs.end()) return;
   auto& s = it->second;
+  if (s.phase == seq_phase::migrating_out) {
+    // Live migration: the move ends it (a cancel there, or here if the move fails).
+    if (auto m = st.moves_out.find(id);
+        m != st.moves_out.end() && reason == finish_reason::cancelled)
+      m->second.cancelled = true;
+    return;
+  }
   if (on_engine(st, id)) {
     // Its blocks are in the engine's hands: end it when the step returns.
     if (!s.pending_end) s.pending_end.emplace(reason, std::move(err));
@@ -111,18 +155,33 @@ void finish(decode_ptr self, request_id id, finish_reason reason, error_info err
       spdlog::error("decode {}: releasing blocks of request {} failed", st.w.info.name, id);
     }
   }
-  request_done d;
-  d.id = id;
-  d.reason = reason;
-  d.error = std::move(err);
-  d.prompt_tokens = s.prompt_len;
-  d.completion_tokens = s.generated;
-  d.tr.id = id;
-  for (const auto& h : s.req.tr.hops)
-    if (!on_ttft_path(h.where)) d.tr.hops.push_back(h);
-  d.tr.stamp(stage::finished, st.w.info.node_index);
-  self->send(s.router, std::move(d));
-  if (reason != finish_reason::cancelled && reason != finish_reason::error) ++st.completed;
+  if (s.move_pending && s.move_pending->reply_to)
+    self->send(s.move_pending->reply_to,
+               migrate_result{
+                   id,
+                   false,
+                   0,
+                   0,
+                   0,
+                   {errc::invalid_request, fmt::format("request {} ended ({}) before it could move",
+                                                       id, to_string(reason))}});
+  // A reservation for an incoming move, or a sequence another worker serves now, ends
+  // without a word to the router: the request goes on elsewhere.
+  const bool ours = s.phase != seq_phase::migrating_in && !s.silent;
+  if (ours) {
+    request_done d;
+    d.id = id;
+    d.reason = reason;
+    d.error = std::move(err);
+    d.prompt_tokens = s.prompt_len;
+    d.completion_tokens = s.generated;
+    d.tr.id = id;
+    for (const auto& h : s.req.tr.hops)
+      if (!on_ttft_path(h.where)) d.tr.hops.push_back(h);
+    d.tr.stamp(stage::finished, st.w.info.node_index);
+    self->send(s.router, std::move(d));
+  }
+  if (ours && reason != finish_reason::cancelled && reason != finish_reason::error) ++st.completed;
   erase_id(st.waiting_blocks, id);
   erase_id(st.local_queue, id);
   erase_id(st.ready, id);
@@ -351,8 +410,367 @@ void step_done(decode_ptr self, engine_step_done& d) {
     s.pending_end.reset();
     finish(self, id, reason, std::move(err));
   }
+  // Live migration: moves asked for while these sequences were in the step start now.
+  for (auto id : done.decode)
+    if (auto it = st.seqs.find(id); it != st.seqs.end() && it->second.move_pending) {
+      auto m = std::move(*it->second.move_pending);
+      it->second.move_pending.reset();
+      start_move_out(self, std::move(m));
+    }
   launch(self);
 }
+
+// ================================================================ live migration
+// A decoding sequence moves to another decode worker with its KV: no recompute, and the
+// stream goes on at the next token index, so the router sees no gap and no duplicate
+// (seeded sampling depends only on (seed, position), greedy on the context). Decisions in
+// migration_policy.hpp. A is the source, B the target:
+//   1. migrate_request{id, target} reaches A. A sequence in the engine's step moves when
+//      the step returns; one not decoding yet (waiting for blocks, for its prompt's KV, or
+//      in local prefill) does not move. A takes it out of the batch (phase migrating_out).
+//   2. A --migrate_offer (request, cfg.migration_timeout)--> B: the request, every token,
+//      the KV length (all positions but the newest). B checks it, reserves prompt +
+//      max_tokens blocks, the full KV blocks it holds in its prefix cache first, and
+//      answers migrate_accept (its pool, the blocks to skip, the blocks to write) or a
+//      refusal (no capacity, mismatched pool). B drops a reservation that no commit
+//      follows within 2 x cfg.migration_timeout.
+//   3. A writes the KV blocks into B's pool over the KV transport with their xxh3
+//      checksums; the write's completion (flushed for a one-sided transport) re-enters A.
+//   4. A --migrate_commit (request)--> B: B checks the blocks, delivers an inline payload,
+//      verifies every checksum and the engine's content check, commits the full blocks to
+//      its prefix cache, admits the sequence to its batch, sends the router attempt_moved
+//      (epoch = moves so far) and answers migrate_committed.
+//   5. A frees its blocks (the full ones stay in its prefix cache) and forgets the
+//      sequence; a cancel that reached A meanwhile is forwarded to B.
+// Failure (a refusal, a failed write, a failed check at B, no answer in time, B down): A
+// sends B migrate_abort (B frees whatever it holds of the move, silently) and keeps the
+// sequence: it decodes on, or, when the request said so (keep_on_failure false: a
+// draining worker), ends the attempt with errc::unavailable so that the router re-submits
+// it (recompute migration, reason transfer_failed); a cancel that arrived meanwhile ends
+// it cancelled. If the commit had been sent, B may have told the router already: A points
+// the router back at itself with the next epoch (attempt_moved), which wins over B's.
+// Every path reports migrate_result to the request's reply_to.
+
+/// The move of `id` if it is still move `epoch` (late answers of a finished move find
+/// nothing).
+move_out* current_move(decode_state& st, request_id id, uint32_t epoch) {
+  auto it = st.moves_out.find(id);
+  return it == st.moves_out.end() || it->second.epoch != epoch ? nullptr : &it->second;
+}
+
+void report_move(decode_ptr self, const move_out& m, request_id id, bool moved, error_info err) {
+  if (!m.req.reply_to) return;
+  self->send(m.req.reply_to, migrate_result{id, moved, moved ? m.bytes : 0, moved ? m.blocks : 0,
+                                            now_ns() - m.started_ns, std::move(err)});
+}
+
+/// The move of `id` failed for `err`: the sequence stays here (after_failed_move decides
+/// what becomes of it); with `abort_target` B is told to drop what it holds of the move.
+void move_failed(decode_ptr self, request_id id, error_info err, bool abort_target) {
+  auto& st = self->state;
+  auto it = st.moves_out.find(id);
+  if (it == st.moves_out.end()) return;
+  auto m = std::move(it->second);
+  st.moves_out.erase(it);
+  ++st.migrations_failed;
+  if (abort_target) self->send(m.req.target, migrate_abort{id, m.epoch});
+  auto& s = st.seqs.at(id);
+  spdlog::warn("decode {}: live migration of request {} failed: {}", st.w.info.name, id,
+               err.message);
+  if (m.committing) {
+    // B may have told the router it serves the attempt: this epoch supersedes that.
+    s.move_epoch = m.epoch + 1;
+    self->send(s.router, attempt_moved{id, s.move_epoch, st.w.info.id, st.w.info.name,
+                                       caf::actor_cast<caf::actor>(self)});
+  }
+  report_move(self, m, id, false, err);
+  s.phase = seq_phase::ready;  // its blocks are ours again: the usual paths from here
+  switch (after_failed_move(m.cancelled, m.req.keep_on_failure, true)) {
+    case migration_fallback::continue_here:
+      st.ready.push_front(id);
+      break;
+    case migration_fallback::cancel:
+      finish(self, id, finish_reason::cancelled);
+      break;
+    case migration_fallback::end_attempt:
+      fail(self, id, errc::unavailable,
+           fmt::format("live migration failed ({}) and worker {} does not keep the sequence: "
+                       "the router continues it elsewhere",
+                       err.message, st.w.info.name));
+      break;
+  }
+}
+
+void on_committed(decode_ptr self, request_id id, uint32_t epoch, migrate_committed& c) {
+  auto& st = self->state;
+  auto* mo = current_move(st, id, epoch);
+  if (!mo) return;
+  if (c.error) {  // B dropped what it held
+    move_failed(self, id, std::move(c.error), false);
+    return;
+  }
+  auto m = std::move(*mo);
+  st.moves_out.erase(id);
+  auto it = st.seqs.find(id);
+  if (m.cancelled) self->send(m.req.target, cancel_request{id});
+  if (!st.w.cache->release(it->second.blocks))
+    spdlog::error("decode {}: releasing blocks of request {} failed", st.w.info.name, id);
+  ++st.migrated_out;
+  st.migrated_bytes_out += m.bytes;
+  spdlog::info("decode {}: request {} moved live at token {} ({} KV blocks, {} bytes, {:.3f} ms)",
+               st.w.info.name, id, it->second.generated, m.blocks, m.bytes,
+               static_cast<double>(now_ns() - m.started_ns) / 1e6);
+  report_move(self, m, id, true, {});
+  st.seqs.erase(it);
+  reserve_waiting(self);
+}
+
+/// Step 4: every block is at B; ask B to take the sequence over.
+void send_commit(decode_ptr self, request_id id, uint32_t epoch, kv_transfer t) {
+  auto& st = self->state;
+  auto* mo = current_move(st, id, epoch);
+  mo->committing = true;
+  self->request(mo->req.target, st.cfg.migration_timeout, migrate_commit{id, std::move(t)})
+      .then(
+          [self, id, epoch](migrate_committed& c) {
+            launch_on_exit relaunch{self};
+            on_committed(self, id, epoch, c);
+          },
+          [self, id, epoch](caf::error& e) {
+            launch_on_exit relaunch{self};
+            if (!current_move(self->state, id, epoch)) return;
+            move_failed(
+                self, id,
+                {errc::unavailable, "the target did not confirm the commit: " + caf::to_string(e)},
+                true);
+          });
+}
+
+/// Step 3: B reserved blocks; write the KV into them.
+void on_accept(decode_ptr self, request_id id, uint32_t epoch, migrate_accept& a) {
+  auto& st = self->state;
+  auto* mo = current_move(st, id, epoch);
+  if (!mo) return;
+  if (a.error) {  // a refusal: B holds nothing
+    move_failed(self, id, std::move(a.error), false);
+    return;
+  }
+  auto& s = st.seqs.at(id);
+  const auto bt = st.w.pool->layout().block_tokens;
+  const auto kv_blocks = migration_kv_blocks(static_cast<uint32_t>(s.tokens.size() - 1), bt);
+  if (auto err =
+          check_migrate_accept(kv_blocks, a.skip_blocks, a.dst_blocks.size(),
+                               st.w.pool->block_bytes(), a.dst.block_bytes, a.dst.num_blocks)) {
+    move_failed(self, id, std::move(*err), true);
+    return;
+  }
+  if (mo->cancelled) {
+    move_failed(self, id, {errc::cancelled, "cancelled while moving"}, true);
+    return;
+  }
+  std::vector<block_id> src(s.blocks.begin() + a.skip_blocks, s.blocks.begin() + kv_blocks);
+  std::vector<uint64_t> sums;
+  sums.reserve(src.size());
+  for (auto b : src)
+    sums.push_back(block_checksum(*st.w.pool, b));
+  mo->blocks = static_cast<uint32_t>(src.size());
+  mo->bytes = uint64_t{src.size()} * st.w.pool->block_bytes();
+  if (src.empty()) {  // B holds every KV block in its prefix cache already
+    send_commit(self, id, epoch, kv_transfer{id, {}, {}});
+    return;
+  }
+  caf::actor me = caf::actor_cast<caf::actor>(self);
+  st.w.transport->write(
+      st.w.pool->storage(), st.w.pool->block_bytes(), src, a.dst, a.dst_blocks,
+      [me, id, epoch, sums = std::move(sums)](error_info err, kv_payload payload) mutable {
+        caf::anon_send(me,
+                       migrate_write_done{id, epoch, std::move(err),
+                                          kv_transfer{id, std::move(payload), std::move(sums)}});
+      });
+}
+
+/// Step 1 and 2: take the sequence out of the batch and offer it to the target.
+void start_move_out(decode_ptr self, migrate_request m) {
+  auto& st = self->state;
+  const auto id = m.id;
+  auto refuse = [&](error_info err) {
+    if (m.reply_to) self->send(m.reply_to, migrate_result{id, false, 0, 0, 0, std::move(err)});
+  };
+  if (!m.target) {  // the caller leaves the choice to us (drain)
+    auto cands = st.peers;
+    for (auto& c : cands)
+      c.load = st.moved_to[c.id];
+    auto pick = pick_migration_target(cands, st.w.info.id);
+    if (!pick)
+      return refuse(
+          {errc::no_workers,
+           fmt::format("no other decode worker (up, not draining) to move request {} to", id)});
+    m.target = st.peer_handles[*pick];
+    ++st.moved_to[cands[*pick].id];
+  }
+  auto it = st.seqs.find(id);
+  const bool known = it != st.seqs.end();
+  const bool decoding =
+      known && (it->second.phase == seq_phase::ready || it->second.phase == seq_phase::running);
+  const bool moving =
+      known && (it->second.phase == seq_phase::migrating_out || it->second.move_pending);
+  if (auto err = check_can_migrate(id, known, decoding, moving,
+                                   m.target == caf::actor_cast<caf::actor>(self)))
+    return refuse(std::move(*err));
+  auto& s = it->second;
+  if (on_engine(st, id)) {  // never while the engine uses its blocks: after the step
+    s.move_pending = std::move(m);
+    return;
+  }
+  erase_id(st.ready, id);
+  erase_id(st.running, id);
+  s.phase = seq_phase::migrating_out;
+  const auto epoch = ++s.move_epoch;
+  auto& mo = st.moves_out[id];
+  mo = move_out{};
+  mo.req = m;
+  mo.epoch = epoch;
+  mo.started_ns = now_ns();
+  migrate_offer o;
+  o.req = s.req;
+  o.router = s.router;
+  o.tokens = s.tokens;
+  o.prompt_len = s.prompt_len;
+  o.generated = s.generated;
+  o.kv_tokens = static_cast<uint32_t>(s.tokens.size() - 1);
+  o.epoch = epoch;
+  o.source = st.w.info.id;
+  o.block_bytes = st.w.pool->block_bytes();
+  self->request(m.target, st.cfg.migration_timeout, std::move(o))
+      .then(
+          [self, id, epoch](migrate_accept& a) {
+            launch_on_exit relaunch{self};
+            on_accept(self, id, epoch, a);
+          },
+          [self, id, epoch](caf::error& e) {
+            launch_on_exit relaunch{self};
+            if (!current_move(self->state, id, epoch)) return;
+            move_failed(
+                self, id,
+                {errc::unavailable, "the target did not answer the offer: " + caf::to_string(e)},
+                true);
+          });
+}
+
+/// The decode workers of the membership, for moves without a given target.
+void learn_decode_peers(decode_state& st, const membership& m) {
+  st.peers.clear();
+  st.peer_handles.clear();
+  for (const auto& mem : m.members) {
+    if (mem.info.kind != role::decode || !mem.handle) continue;
+    st.peers.push_back({mem.info.id, mem.up, mem.draining, 0});
+    st.peer_handles.push_back(mem.handle);
+  }
+}
+
+/// Step 2 at B: reserve blocks for an offered sequence (or refuse it).
+migrate_accept accept_move_in(decode_ptr self, migrate_offer& o) {
+  auto& st = self->state;
+  const auto id = o.req.id;
+  migrate_accept a;
+  a.id = id;
+  const auto bt = st.w.pool->layout().block_tokens;
+  migrate_offer_shape shape;
+  shape.prompt_len = o.prompt_len;
+  shape.generated = o.generated;
+  shape.tokens = static_cast<uint32_t>(o.tokens.size());
+  shape.kv_tokens = o.kv_tokens;
+  shape.max_tokens = o.req.options.max_tokens;
+  shape.src_block_bytes = o.block_bytes;
+  shape.dst_block_bytes = st.w.pool->block_bytes();
+  shape.need_blocks = blocks_to_reserve(o.prompt_len, o.req.options.max_tokens, bt);
+  shape.pool_blocks = st.w.pool->total();
+  shape.known = st.seqs.count(id) != 0;
+  if (auto err = check_migrate_offer(shape)) {
+    a.error = std::move(*err);
+    return a;
+  }
+  auto chain = block_hashes(std::span(o.tokens).first(o.kv_tokens), bt);
+  // reserve() reuses the full blocks before the one holding position `prompt_tokens - 1`:
+  // with kv_tokens + 1 that is every full KV block (migration_reusable_blocks).
+  auto r = st.w.reserve(chain, o.kv_tokens + 1, shape.need_blocks);
+  if (!r) {
+    a.error = {errc::out_of_blocks,
+               fmt::format("no capacity on decode worker {}: the sequence needs {} KV blocks, "
+                           "{} are available",
+                           st.w.info.name, shape.need_blocks, st.w.cache->available())};
+    return a;
+  }
+  const auto kv_blocks = migration_kv_blocks(o.kv_tokens, bt);
+  sequence s;
+  s.req = std::move(o.req);
+  s.router = std::move(o.router);
+  s.phase = seq_phase::migrating_in;
+  s.prompt_len = o.prompt_len;
+  s.generated = o.generated;
+  s.prefill_done = o.prompt_len;
+  s.tokens = std::move(o.tokens);
+  s.tokens.reserve(size_t{s.prompt_len} + s.req.options.max_tokens);
+  s.chain = std::move(chain);
+  s.blocks = std::move(r->blocks);
+  s.reused = s.committed = r->reused;
+  s.move_epoch = o.epoch;
+  a.dst = st.w.info.pool;
+  a.skip_blocks = s.reused;
+  a.dst_blocks.assign(s.blocks.begin() + s.reused, s.blocks.begin() + kv_blocks);
+  st.seqs.emplace(id, std::move(s));
+  st.w.publish_cache_events(self);  // the allocation may have evicted cached blocks
+  self->delayed_send(self, 2 * st.cfg.migration_timeout, migrate_expired{id, o.epoch});
+  return a;
+}
+
+/// Step 4 at B: check the KV that arrived and take the sequence over.
+migrate_committed commit_move_in(decode_ptr self, migrate_commit& c) {
+  auto& st = self->state;
+  auto it = st.seqs.find(c.id);
+  if (it == st.seqs.end() || it->second.phase != seq_phase::migrating_in)
+    return {c.id,
+            {errc::invalid_request,
+             fmt::format("no move of request {} is pending on decode worker {} (aborted or "
+                         "expired)",
+                         c.id, st.w.info.name)}};
+  auto& s = it->second;
+  const auto kv_tokens = static_cast<uint32_t>(s.tokens.size() - 1);
+  const auto kv_blocks = migration_kv_blocks(kv_tokens, st.w.pool->layout().block_tokens);
+  auto expected = std::span(s.blocks).subspan(s.reused, kv_blocks - s.reused);
+  auto reject = [&](error_info err) {
+    spdlog::warn("decode {}: refusing the KV of request {}'s move: {}", st.w.info.name, c.id,
+                 err.message);
+    finish(self, c.id, finish_reason::cancelled);  // migrating_in: silently
+    return migrate_committed{c.id, std::move(err)};
+  };
+  const auto& t = c.transfer;
+  if (auto err = check_migrate_commit(expected, t.payload.dst_blocks, t.checksums.size()))
+    return reject(std::move(*err));
+  if (!t.payload.dst_blocks.empty())
+    if (auto err =
+            st.w.transport->deliver(t.payload, st.w.pool->storage(), st.w.pool->block_bytes()))
+      return reject(std::move(err));
+  for (size_t i = 0; i < t.payload.dst_blocks.size(); ++i) {
+    auto b = t.payload.dst_blocks[i];
+    if (auto err = check_block_checksum(b, block_checksum(*st.w.pool, b), t.checksums[i]))
+      return reject(std::move(*err));
+  }
+  if (auto kv = st.w.check_kv(s.tokens, s.blocks, 0, kv_tokens); !kv)
+    return reject({errc::kv_corrupt, kv.error().message});
+  commit_written(st, s, kv_tokens);
+  st.w.publish_cache_events(self);
+  s.phase = seq_phase::ready;
+  st.ready.push_back(c.id);
+  ++st.migrated_in;
+  st.migrated_bytes_in += uint64_t{expected.size()} * st.w.pool->block_bytes();
+  // Before any token of it leaves this worker.
+  self->send(s.router, attempt_moved{c.id, s.move_epoch, st.w.info.id, st.w.info.name,
+                                     caf::actor_cast<caf::actor>(self)});
+  return {c.id, {}};
+}
+
+// ================================================================ behaviour
 
 caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg,
                             std::shared_ptr<engine> eng, std::shared_ptr<kv_transport> transport,
@@ -469,11 +887,61 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         release_drained(self, d.id, true);
       },
       [self](step_atom) { launch(self); },
-      [self](const membership& m) { self->state.w.learn_kv_store(m); },
+      [self](const membership& m) {
+        self->state.w.learn_kv_store(m);
+        learn_decode_peers(self->state, m);  // live migration: targets for drain
+      },
       [self](engine_step_done& d) { step_done(self, d); },
       [self](const cancel_request& c) {
         launch_on_exit relaunch{self};
         finish(self, c.id, finish_reason::cancelled);
+      },
+      // Live migration (section "live migration").
+      [self](migrate_request& m) {
+        launch_on_exit relaunch{self};
+        start_move_out(self, std::move(m));
+      },
+      [self](migrate_offer& o) -> migrate_accept {
+        launch_on_exit relaunch{self};
+        return accept_move_in(self, o);
+      },
+      [self](migrate_write_done& d) {
+        launch_on_exit relaunch{self};
+        if (!current_move(self->state, d.id, d.epoch)) return;
+        if (d.error) {
+          move_failed(self, d.id,
+                      {d.error.code, "KV write to the target failed: " + d.error.message}, true);
+          return;
+        }
+        if (self->state.moves_out.at(d.id).cancelled) {
+          move_failed(self, d.id, {errc::cancelled, "cancelled while moving"}, true);
+          return;
+        }
+        send_commit(self, d.id, d.epoch, std::move(d.transfer));
+      },
+      [self](migrate_commit& c) -> migrate_committed {
+        launch_on_exit relaunch{self};
+        return commit_move_in(self, c);
+      },
+      [self](const migrate_abort& a) {
+        launch_on_exit relaunch{self};
+        auto it = self->state.seqs.find(a.id);
+        if (it == self->state.seqs.end() || it->second.move_epoch != a.epoch) return;
+        if (it->second.phase == seq_phase::migrating_out) return;  // moving on: not that move
+        it->second.silent = true;                                  // the source keeps (or ends) it
+        finish(self, a.id, finish_reason::cancelled);
+      },
+      [self](const migrate_expired& e) {
+        launch_on_exit relaunch{self};
+        auto it = self->state.seqs.find(e.id);
+        if (it == self->state.seqs.end() || it->second.phase != seq_phase::migrating_in ||
+            it->second.move_epoch != e.epoch)
+          return;
+        spdlog::warn(
+            "decode {}: the move of request {} was not committed in time; freeing its "
+            "{} reserved blocks",
+            self->state.w.info.name, e.id, it->second.blocks.size());
+        finish(self, e.id, finish_reason::cancelled);
       },
       [self](status_atom) {
         auto& st = self->state;
@@ -487,6 +955,12 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         ws.completed = st.completed;
         ws.tokens_out = st.tokens_out;
         ws.kv_bytes = st.kv_bytes_received;
+        if (st.migrated_out + st.migrated_in + st.migrations_failed + st.moves_out.size() > 0)
+          ws.detail += fmt::format(
+              ", live migration: {} out ({} bytes), {} in ({} bytes), {} "
+              "failed, {} moving",
+              st.migrated_out, st.migrated_bytes_out, st.migrated_in, st.migrated_bytes_in,
+              st.migrations_failed, st.moves_out.size());
         if (!st.draining.empty())
           ws.detail += fmt::format(", {} ended requests' blocks held until their writes drain",
                                    st.draining.size());

@@ -18,6 +18,8 @@ std::string_view to_string(migration_reason r) {
       return "worker_failed";
     case migration_reason::stalled:
       return "stalled";
+    case migration_reason::live_migration:
+      return "live_migration";
     case migration_reason::count_:
       break;
   }

@@ -29,6 +29,7 @@ enum class migration_reason : uint8_t {
   transfer_failed,  ///< the prompt's KV transfer failed, timed out or arrived corrupt
   worker_failed,    ///< the decode (or prefill) engine failed while serving it
   stalled,          ///< its worker produced nothing for the router's stall timeout
+  live_migration,   ///< moved live with its KV to another decode worker (drain, rebalance)
   count_            ///< number of reasons; not a reason
 };
 

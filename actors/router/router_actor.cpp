@@ -11,6 +11,8 @@
 // transfer failure, or its attempt stalls, the request is routed again as prompt +
 // delivered tokens under a fresh attempt id; the new attempt's tokens reach the client at
 // offset + index. A periodic tick enforces the request timeout and detects stalls.
+// A live migration (decode workers move a sequence with its KV, same attempt id) needs
+// no re-submission: attempt_moved only points the request at its new decode worker.
 #include <map>
 #include <unordered_map>
 
@@ -57,6 +59,8 @@ struct request_state {
   bool cancelling = false;  ///< the client cancelled; the decode worker's answer ends it
   uint32_t migrations = 0;
   std::vector<std::string> migration_reasons;
+  uint32_t live_moves = 0;  ///< of `migrations`, moves with the KV (no recompute, no limit)
+  uint32_t move_epoch = 0;  ///< the current attempt's latest attempt_moved epoch
 };
 
 struct router_state {
@@ -126,6 +130,7 @@ void detach_attempt(router_state& st, request_state& rs) {
   }
   if (rs.attempt != 0) st.attempts.erase(rs.attempt);
   rs.attempt = 0;
+  rs.move_epoch = 0;
   rs.phase = request_phase::routing;
 }
 
@@ -288,8 +293,9 @@ void migrate(router_ptr self, request_id cid, migration_reason why, const std::s
     fail_request(self, cid, errc::cancelled, "cancelled (its worker was lost meanwhile)");
     return;
   }
-  auto d = plan_migration(rs.req.prompt, rs.req.options, rs.order.delivered(), rs.migrations,
-                          st.cfg.migration_limit, why, worker, st.cfg.eos);
+  auto d = plan_migration(rs.req.prompt, rs.req.options, rs.order.delivered(),
+                          rs.migrations - rs.live_moves, st.cfg.migration_limit, why, worker,
+                          st.cfg.eos);
   switch (d.what) {
     case migration_decision::kind::complete: {
       auto s = make_summary(st, rs, cid);
@@ -486,6 +492,31 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         if (rs->migrations == 0) s.prompt_tokens = d.prompt_tokens;
         ++st.completed;
         end_request(self, cid, std::move(s));
+      },
+      [self](const attempt_moved& m) {
+        // A live migration: the attempt goes on, with its id and token indices, on another
+        // decode worker; cancels, the watchdog, loads and the summary follow it there. A
+        // later epoch wins (the source takes a move back with the next one).
+        auto& st = self->state;
+        request_id cid = 0;
+        auto* rs = find_attempt(st, m.id, &cid);
+        if (!rs || m.epoch <= rs->move_epoch) return;
+        rs->move_epoch = m.epoch;
+        rs->progress_ns = now_ns();
+        if (rs->decode_handle == m.handle) return;
+        if (auto d = st.decodes.find(rs->decode); d != st.decodes.end() && d->second.active > 0)
+          --d->second.active;
+        if (auto d = st.decodes.find(m.worker); d != st.decodes.end()) ++d->second.active;
+        rs->decode = m.worker;
+        rs->decode_handle = m.handle;
+        rs->decode_name = m.name;
+        ++rs->migrations;
+        ++rs->live_moves;
+        ++st.migrated;
+        rs->migration_reasons.emplace_back(to_string(migration_reason::live_migration));
+        rs->tr.stamp(stage::migrated, st.info.node_index);
+        // A cancel sent to the old worker may have missed the sequence there.
+        if (rs->cancelling) self->send(m.handle, cancel_request{m.id});
       },
       [self](const cancel_request& c) {
         auto& st = self->state;

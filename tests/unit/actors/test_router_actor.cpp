@@ -786,3 +786,110 @@ TEST_CASE("router: request ids with the top bit set are refused", "[router_actor
   h.expect_error(mint_attempt_id(1, 1), errc::invalid_request);
   expect_clean(h, "after the refusal");
 }
+
+TEST_CASE("router: attempt_moved points cancels and the summary at the new decode worker",
+          "[router_actor][live_migration]") {
+  router_harness h;
+  caf::scoped_actor other{h.ts.sys};  // decode worker 11, where the sequence moves
+  membership m;
+  m.members.push_back(h.as_member(router_wid, role::router));
+  m.members.push_back(h.as_member(decode_wid, role::decode));
+  auto b = h.as_member(decode_wid + 1, role::decode);
+  b.handle = handle_of(other);
+  m.members.push_back(b);
+  h.self->send(h.router, m);
+  auto req = h.request(1, 10, 8);
+  auto a = h.submit(req);  // both idle: the lower id, the scoped actor
+  CHECK(a.prefill == caf::actor{});
+  h.self->send(h.router, first_token{req.id, 500, a.req.tr});
+  h.expect_chunk(req.id, 0, {500});
+  h.send_tokens(req.id, {{1, 501}});
+  h.expect_chunk(req.id, 1, {501});
+  // Worker 11 took the sequence over with its KV: same attempt id, the next index.
+  h.self->send(h.router, attempt_moved{a.req.id, 1, decode_wid + 1, b.info.name, handle_of(other)});
+  h.send_tokens(req.id, {{2, 502}});
+  h.expect_chunk(req.id, 2, {502});
+  // A stale move (an older epoch) changes nothing.
+  h.self->send(h.router, attempt_moved{a.req.id, 1, decode_wid, "decode-10", handle_of(h.self)});
+  h.self->send(h.router, cancel_request{req.id});
+  auto c = expect<cancel_request>(other, "cancel_request at the new decode worker");
+  CHECK(c.id == a.req.id);
+  h.send_done(a.req.id, finish_reason::cancelled, 3);
+  auto s = expect<request_summary>(h.self, "request_summary");
+  CHECK(s.reason == finish_reason::cancelled);
+  CHECK(s.completion_tokens == 3);
+  CHECK(s.decode_worker == b.info.name);
+  CHECK(s.migrations == 1);
+  CHECK(s.migration_reasons == std::vector<std::string>{"live_migration"});
+  CHECK(s.tr.time_of(stage::migrated));
+  auto ws = h.status_and_quiet("after the moved request");
+  CHECK_THAT(ws.detail, Catch::Contains("1 migrated"));
+  expect_no_message(other, "the new decode worker got nothing else");
+}
+
+TEST_CASE("router: a cancel that went to the old worker is repeated at the new one",
+          "[router_actor][live_migration]") {
+  router_harness h;
+  caf::scoped_actor other{h.ts.sys};
+  membership m;
+  m.members.push_back(h.as_member(router_wid, role::router));
+  m.members.push_back(h.as_member(decode_wid, role::decode));
+  auto b = h.as_member(decode_wid + 1, role::decode);
+  b.handle = handle_of(other);
+  m.members.push_back(b);
+  h.self->send(h.router, m);
+  auto req = h.request(2, 10, 8);
+  auto a = h.submit(req);
+  h.self->send(h.router, first_token{req.id, 500, a.req.tr});
+  h.expect_chunk(req.id, 0, {500});
+  h.self->send(h.router, cancel_request{req.id});
+  auto first = expect<cancel_request>(h.self, "cancel_request at the old decode worker");
+  CHECK(first.id == a.req.id);
+  // The sequence had left already: the old worker no longer knows it.
+  h.self->send(h.router, attempt_moved{a.req.id, 1, decode_wid + 1, b.info.name, handle_of(other)});
+  auto again = expect<cancel_request>(other, "cancel_request repeated at the new worker");
+  CHECK(again.id == a.req.id);
+  h.send_done(a.req.id, finish_reason::cancelled, 1);
+  auto s = expect<request_summary>(h.self, "request_summary");
+  CHECK(s.reason == finish_reason::cancelled);
+  CHECK(s.decode_worker == b.info.name);
+}
+
+TEST_CASE("router: live moves do not use up the recompute migration limit",
+          "[router_actor][live_migration]") {
+  router_config cfg;
+  cfg.migration_limit = 1;
+  router_harness h{cfg};
+  caf::scoped_actor other{h.ts.sys};
+  membership m;
+  m.members.push_back(h.as_member(router_wid, role::router));
+  m.members.push_back(h.as_member(decode_wid, role::decode));
+  auto b = h.as_member(decode_wid + 1, role::decode);
+  b.handle = handle_of(other);
+  m.members.push_back(b);
+  h.self->send(h.router, m);
+  auto req = h.request(3, 10, 8);
+  auto a = h.submit(req);
+  h.self->send(h.router, first_token{req.id, 500, a.req.tr});
+  h.expect_chunk(req.id, 0, {500});
+  h.self->send(h.router, attempt_moved{a.req.id, 1, decode_wid + 1, b.info.name, handle_of(other)});
+  h.self->send(h.router, attempt_moved{a.req.id, 2, decode_wid, "decode-10", handle_of(h.self)});
+  // The engine fails on the worker it is on now: one recompute move is still allowed.
+  request_done d;
+  d.id = a.req.id;
+  d.reason = finish_reason::error;
+  d.error = {errc::internal, "engine failed"};
+  h.self->send(h.router, d);
+  auto next = expect<decode_assignment>(other, "the re-submitted attempt on the other worker");
+  CHECK(next.req.prompt.size() == 11);  // prompt + the delivered token
+  h.self->send(h.router, cancel_request{req.id});
+  (void)expect<cancel_request>(other, "cancel_request");
+  request_done c;
+  c.id = next.req.id;
+  c.reason = finish_reason::cancelled;
+  h.self->send(h.router, c);
+  auto s = expect<request_summary>(h.self, "request_summary");
+  CHECK(s.migrations == 3);
+  CHECK(s.migration_reasons ==
+        std::vector<std::string>{"live_migration", "live_migration", "worker_failed"});
+}

@@ -50,6 +50,14 @@ TEST_CASE("type ids: every message keeps its wire name", "[type_ids]") {
   CHECK(registered_name<membership>(cfg) == "tokenmill::membership");
   CHECK(registered_name<worker_status>(cfg) == "tokenmill::worker_status");
   CHECK(registered_name<cluster_status>(cfg) == "tokenmill::cluster_status");
+  CHECK(registered_name<migrate_request>(cfg) == "tokenmill::migrate_request");
+  CHECK(registered_name<migrate_offer>(cfg) == "tokenmill::migrate_offer");
+  CHECK(registered_name<migrate_accept>(cfg) == "tokenmill::migrate_accept");
+  CHECK(registered_name<migrate_commit>(cfg) == "tokenmill::migrate_commit");
+  CHECK(registered_name<migrate_committed>(cfg) == "tokenmill::migrate_committed");
+  CHECK(registered_name<migrate_abort>(cfg) == "tokenmill::migrate_abort");
+  CHECK(registered_name<migrate_result>(cfg) == "tokenmill::migrate_result");
+  CHECK(registered_name<attempt_moved>(cfg) == "tokenmill::attempt_moved");
   // As add_message_type always did, vectors of a message are registered too.
   CHECK(registered_name<std::vector<token_chunk>>(cfg) == "std::vector<tokenmill::token_chunk>");
 }
@@ -57,7 +65,7 @@ TEST_CASE("type ids: every message keeps its wire name", "[type_ids]") {
 TEST_CASE("type ids: the block holds exactly the registered messages", "[type_ids]") {
   using block = caf::id_block::tokenmill;
   CHECK(block::begin == caf::first_custom_type_id);
-  CHECK(block::end - block::begin == 27);
+  CHECK(block::end - block::begin == 41);
   CHECK(caf::type_id<token_batch>::value >= block::begin);
   CHECK(caf::type_id<token_batch>::value < block::end);
   CHECK(std::string(caf::type_name<cluster_status>::value) == "tokenmill::cluster_status");

@@ -104,6 +104,7 @@ TEST_CASE("migration: only worker and transfer failures migrate", "[migration]")
 TEST_CASE("migration: reason names are stable and round-trip", "[migration]") {
   CHECK(to_string(migration_reason::worker_lost) == "worker_lost");
   CHECK(to_string(migration_reason::stalled) == "stalled");
+  CHECK(to_string(migration_reason::live_migration) == "live_migration");
   CHECK(to_string(migration_reason::count_) == "unknown");
   for (int i = 0; i < static_cast<int>(migration_reason::count_); ++i) {
     auto r = static_cast<migration_reason>(i);
