@@ -15,6 +15,7 @@
 
 #include "actors/actors.hpp"
 #include "actors/decode/decode_policy.hpp"
+#include "actors/detail/role_flip.hpp"
 #include "actors/detail/worker_common.hpp"
 #include "actors/prefix_reuse.hpp"
 #include "common/clock.hpp"
@@ -69,6 +70,8 @@ struct decode_state {
   /// still in flight may land in them, so they are held until the prefill worker reports its
   /// writes drained (kv_drained), or until cfg.kv_drain_timeout.
   std::unordered_map<request_id, std::vector<block_id>> draining;
+  /// Role change or drain (change_role): supervisor, address, the other role's settings.
+  flip_context flip;
   /// Pool, cache, engine and its thread. Last: the engine thread joins before the
   /// sequences its step points into go.
   kv_worker w;
@@ -90,6 +93,8 @@ void erase_id(C& c, request_id id) {
 }
 
 void reserve_waiting(decode_ptr self);
+void drain_progress(decode_ptr self);
+void hand_back_assignment(decode_ptr self, const decode_assignment& a);
 
 /// Ends a sequence: frees its blocks, tells the kv-store and the router.
 void finish(decode_ptr self, request_id id, finish_reason reason, error_info err = {}) {
@@ -122,7 +127,10 @@ void finish(decode_ptr self, request_id id, finish_reason reason, error_info err
     if (!on_ttft_path(h.where)) d.tr.hops.push_back(h);
   d.tr.stamp(stage::finished, st.w.info.node_index);
   self->send(s.router, std::move(d));
-  if (reason != finish_reason::cancelled && reason != finish_reason::error) ++st.completed;
+  if (reason != finish_reason::cancelled && reason != finish_reason::error) {
+    ++st.completed;
+    if (st.flip.draining()) ++st.flip.finished;
+  }
   erase_id(st.waiting_blocks, id);
   erase_id(st.local_queue, id);
   erase_id(st.ready, id);
@@ -256,7 +264,12 @@ void launch(decode_ptr self) {
     progress.push_back({id, s.prompt_len, s.prefill_done});
   }
   auto plan = plan_prefill_batch(progress, st.cfg.local_prefill_budget, st.cfg.max_batch);
-  if (plan.empty() && st.running.empty()) return;
+  if (plan.empty() && st.running.empty()) {
+    // Idle: a pending role change may complete (launch is the last thing a handler does,
+    // so the state's kv_worker may be handed over).
+    if (st.flip.draining()) drain_progress(self);
+    return;
+  }
   // Spans point into sequences, which are neither erased nor grown while on the engine.
   std::vector<prefill_chunk> chunks;
   for (const auto& c : plan) {
@@ -354,19 +367,16 @@ void step_done(decode_ptr self, engine_step_done& d) {
   launch(self);
 }
 
-caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg,
-                            std::shared_ptr<engine> eng, std::shared_ptr<kv_transport> transport,
-                            caf::actor sup, caf::actor kv_store) {
-  auto& st = self->state;
-  st.cfg = cfg;
-  st.w.kv_store = std::move(kv_store);
-  st.w.start(self, std::move(info), cfg.num_blocks, std::move(eng), std::move(transport), sup,
-             "decode");
+caf::behavior decode_behavior(decode_ptr self) {
   return {
       [self](decode_assignment& a) {
         launch_on_exit relaunch{self};
         auto& st = self->state;
         auto id = a.req.id;
+        if (st.flip.draining()) {
+          hand_back_assignment(self, a);
+          return;
+        }
         if (st.seqs.count(id) != 0) {
           // A repeated delivery of an assignment we already serve: the live request goes on.
           spdlog::warn("decode {}: ignoring a repeated assignment of request {}", st.w.info.name,
@@ -469,7 +479,10 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         release_drained(self, d.id, true);
       },
       [self](step_atom) { launch(self); },
-      [self](const membership& m) { self->state.w.learn_kv_store(m); },
+      [self](const membership& m) {
+        self->state.flip.last_membership = m;
+        self->state.w.learn_kv_store(m);
+      },
       [self](engine_step_done& d) { step_done(self, d); },
       [self](const cancel_request& c) {
         launch_on_exit relaunch{self};
@@ -490,18 +503,130 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         if (!st.draining.empty())
           ws.detail += fmt::format(", {} ended requests' blocks held until their writes drain",
                                    st.draining.size());
+        if (st.flip.pending)
+          ws.detail += fmt::format(", draining ({}{}): {} finished, {} handed back since",
+                                   flip_summary(st.flip), st.flip.reported ? ", drained" : "",
+                                   st.flip.finished, st.flip.handed_back);
         return ws;
       },
+      // ---- role change and drain (actors/detail/role_flip.hpp; drain_progress below)
+      [self](const change_role& c) {
+        launch_on_exit relaunch{self};  // completes the change at once when idle
+        auto& st = self->state;
+        begin_role_change(st.flip, st.w.info, c, now_ns());
+        drain_progress(self);
+      },
+      [self](prefill_job& j) {
+        // Sent to this worker's address while it served as prefill (a late message):
+        // nothing was written, so the decode worker may free the blocks and the router
+        // routes the request again.
+        auto& st = self->state;
+        self->send(j.decode, prefill_failed{j.id, no_longer_serving(st.w.info, role::prefill)});
+        self->send(j.decode, kv_drained{j.id});
+      },
   };
+}
+
+// ---------------------------------------------------------------- role change and drain
+// change_role: no new assignment is taken (each goes back to the router), every held
+// sequence gets decode_policy's on_drain decision, and once the worker holds nothing
+// (no sequence, no step, no held blocks) role_flip.cpp completes the change.
+
+/// Whether live migration of a decode sequence (with its KV) to another decode worker is
+/// wired in. TODO(merge): true once the live-migration path lands, with its call below.
+constexpr bool live_migration_available = false;
+
+/// An assignment that arrives while the worker drains goes back to its router, which
+/// routes it again: nothing was reserved or computed for it here.
+void hand_back_assignment(decode_ptr self, const decode_assignment& a) {
+  auto& st = self->state;
+  request_done d;
+  d.id = a.req.id;
+  d.reason = finish_reason::error;
+  d.error = {errc::unavailable,
+             fmt::format("decode worker '{}' is draining ({}); the request is routed again",
+                         st.w.info.name, flip_summary(st.flip))};
+  d.prompt_tokens = static_cast<uint32_t>(a.req.prompt.size());
+  self->send(a.router, std::move(d));
+  ++st.flip.handed_back;
+}
+
+held_sequence held_stage(const sequence& s) {
+  switch (s.phase) {
+    case seq_phase::waiting_blocks:
+      return held_sequence::unreserved;
+    case seq_phase::waiting_kv:
+    case seq_phase::local_prefill:
+      return held_sequence::prefilling;
+    case seq_phase::ready:
+    case seq_phase::running:
+      return held_sequence::decoding;
+  }
+  return held_sequence::decoding;
+}
+
+/// Applies on_drain to every held sequence, then completes the role change when nothing
+/// is held any more. Called on change_role and whenever the worker goes idle.
+void drain_progress(decode_ptr self) {
+  auto& st = self->state;
+  std::vector<request_id> back;
+  for (const auto& [id, s] : st.seqs) {
+    switch (on_drain(held_stage(s), live_migration_available)) {
+      case drain_action::hand_back:
+        back.push_back(id);
+        break;
+      case drain_action::migrate:  // TODO(merge): start the live migration of `id` here
+      case drain_action::finish_in_place:
+        break;
+    }
+  }
+  for (auto id : back) {
+    finish(self, id, finish_reason::error,
+           {errc::unavailable, fmt::format("decode worker '{}' is draining ({}); the request "
+                                           "is routed again",
+                                           st.w.info.name, flip_summary(st.flip))});
+    ++st.flip.handed_back;
+  }
+  if (!st.seqs.empty() || !st.draining.empty() || st.step.active) return;
+  complete_role_change(self, st.flip, st.w, role::decode);
+}
+
+caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg,
+                            prefill_config as_prefill, std::shared_ptr<engine> eng,
+                            std::shared_ptr<kv_transport> transport, caf::actor sup,
+                            caf::actor kv_store) {
+  auto& st = self->state;
+  st.cfg = cfg;
+  st.flip.supervisor = sup;
+  st.flip.face = caf::actor_cast<caf::actor>(self);
+  st.flip.prefill = as_prefill;
+  st.flip.decode = cfg;
+  st.w.kv_store = std::move(kv_store);
+  st.w.start(self, std::move(info), cfg.num_blocks, std::move(eng), std::move(transport), sup,
+             "decode");
+  return decode_behavior(self);
+}
+
+/// A decode worker built from a prefill worker's engine and pool (a role change).
+caf::behavior decode_successor(decode_ptr self, std::shared_ptr<role_handover> h) {
+  auto& st = self->state;
+  adopt_handover(self, *h, st.flip, st.w, "decode");
+  st.cfg = st.flip.decode;
+  return decode_behavior(self);
 }
 
 }  // namespace
 
 caf::actor spawn_decode(caf::actor_system& sys, worker_info info, decode_config cfg,
                         std::unique_ptr<engine> eng, std::shared_ptr<kv_transport> transport,
-                        caf::actor supervisor, caf::actor kv_store) {
-  return sys.spawn(decode_worker, std::move(info), cfg, std::shared_ptr<engine>(std::move(eng)),
-                   std::move(transport), std::move(supervisor), std::move(kv_store));
+                        caf::actor supervisor, caf::actor kv_store, prefill_config as_prefill) {
+  return sys.spawn(decode_worker, std::move(info), cfg, as_prefill,
+                   std::shared_ptr<engine>(std::move(eng)), std::move(transport),
+                   std::move(supervisor), std::move(kv_store));
+}
+
+caf::actor spawn_decode_successor(caf::actor_system& sys, std::shared_ptr<role_handover> h) {
+  return sys.spawn(decode_successor, std::move(h));
 }
 
 }  // namespace tokenmill
