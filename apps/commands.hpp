@@ -26,5 +26,7 @@ command add_bench_transfer(CLI::App& app);
 command add_trace(CLI::App& app);
 /// `tokenmill top`: a live view of every worker and the bottleneck.
 command add_top(CLI::App& app);
+/// `tokenmill drain`: empties a node's workers without failing a request.
+command add_drain(CLI::App& app);
 
 }  // namespace tokenmill::app

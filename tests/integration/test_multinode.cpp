@@ -1224,3 +1224,23 @@ TEST_CASE("when the supervisor's node dies, launch stops the cluster instead of 
   CHECK(l.out().find("restarting") == std::string::npos);
   CHECK(no_nodes_left(c.manifest()));
 }
+
+TEST_CASE("tokenmill drain refuses a node the cluster does not have", "[integration][drain]") {
+  cluster c;
+  c.launch();
+  auto bad = run_tokenmill({"drain", "--connect", c.endpoint(), "nope"}, milliseconds(15000));
+  INFO("stdout: " << bad.out << "\nstderr: " << bad.err);
+  CHECK(bad.exit_code == 1);
+  CHECK(bad.err.find("tokenmill drain: invalid_request: no node named 'nope' in cluster mn") !=
+        std::string::npos);
+  CHECK(bad.err.find("d0, head, p0") != std::string::npos);  // the nodes it has
+  // A node without prefill or decode workers has nothing to drain (and nothing changes).
+  auto head = run_tokenmill({"drain", "--connect", c.endpoint(), "head"}, milliseconds(15000));
+  INFO("stdout: " << head.out << "\nstderr: " << head.err);
+  CHECK(head.exit_code == 0);
+  CHECK(head.out.find("node head runs no prefill or decode worker: nothing to drain") !=
+        std::string::npos);
+  auto r = c.generate({"--json", "--token-ids", "--max-tokens", "8", kPrompt});
+  CHECK(r.exit_code == 0);
+  stop_cleanly(c);
+}
