@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include <spdlog/spdlog.h>
 #include <caf/all.hpp>
 #include <nlohmann/json.hpp>
 
@@ -126,6 +127,8 @@ worker_info info_of(role r) {
 
 int main(int argc, char** argv) {
   auto o = parse(argc, argv);
+  spdlog::set_level(
+      spdlog::level::warn);  // the workers log each flip at info: keep the output clean
   bench_config cfg;
   caf::actor_system sys{cfg};
   caf::scoped_actor self{sys};
