@@ -78,11 +78,6 @@ struct prefill_config {
   uint32_t max_seqs = 16;       ///< prompts per engine call
 };
 
-/// A prefill worker (detached: engine compute runs on its own thread).
-caf::actor spawn_prefill(caf::actor_system& sys, worker_info info, prefill_config cfg,
-                         std::unique_ptr<engine> eng, std::shared_ptr<kv_transport> transport,
-                         caf::actor supervisor);
-
 struct decode_config {
   uint32_t num_blocks = 4096;           ///< KV pool size
   uint32_t max_batch = 64;              ///< sequences per decode step
@@ -98,9 +93,17 @@ struct decode_config {
   std::chrono::milliseconds migration_timeout{5000};
 };
 
+/// A prefill worker (detached: engine compute runs on its own thread). On change_role it
+/// finishes its jobs and serves as a decode worker with `as_decode` (its pool stays).
+caf::actor spawn_prefill(caf::actor_system& sys, worker_info info, prefill_config cfg,
+                         std::unique_ptr<engine> eng, std::shared_ptr<kv_transport> transport,
+                         caf::actor supervisor, decode_config as_decode = {});
+
 /// A decode worker (detached). Prefills locally when the router assigns no prefill worker.
+/// On change_role it empties and serves as a prefill worker with `as_prefill` (its pool
+/// stays).
 caf::actor spawn_decode(caf::actor_system& sys, worker_info info, decode_config cfg,
                         std::unique_ptr<engine> eng, std::shared_ptr<kv_transport> transport,
-                        caf::actor supervisor, caf::actor kv_store);
+                        caf::actor supervisor, caf::actor kv_store, prefill_config as_prefill = {});
 
 }  // namespace tokenmill

@@ -31,5 +31,7 @@ command add_profile(CLI::App& app);
 /// `tokenmill plan`: workers, chunk, batch and local-prefill threshold from a profile and
 /// SLOs, written as a host manifest.
 command add_plan(CLI::App& app);
+/// `tokenmill drain`: empties a node's workers without failing a request.
+command add_drain(CLI::App& app);
 
 }  // namespace tokenmill::app

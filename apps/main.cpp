@@ -47,6 +47,9 @@ int main(int argc, char** argv) {
       "Write the frontend's recent requests as a Chrome/Perfetto trace (open in "
       "ui.perfetto.dev)",
       tokenmill::app::add_trace);
+  add("drain",
+      "Empty a node's prefill and decode workers for maintenance without failing a request",
+      tokenmill::app::add_drain);
   add("top", "Live view of every worker: queue, KV, share of TTFT, ITL, and the bottleneck",
       tokenmill::app::add_top);
   add("profile",

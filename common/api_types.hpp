@@ -68,6 +68,26 @@ struct cluster_status {
   std::vector<node_status> nodes;  ///< empty for a single-process cluster
 };
 
+/// One worker's drain (or role change), as `tokenmill drain` reports it.
+struct worker_drain {
+  worker_id id = 0;
+  role from = role::decode;
+  role to = role::decode;  ///< equal to `from` for a drain
+  bool drain_only = false;
+  int64_t drain_ns = 0;   ///< from the order until it held nothing
+  int64_t total_ns = 0;   ///< from the order until it reported
+  uint32_t migrated = 0;  ///< decode sequences moved live to another worker
+  uint32_t finished = 0;  ///< sequences or jobs it finished meanwhile
+  error_info error;
+};
+
+/// The answer to a drain of node `node`: one entry per drained worker, or why it failed.
+struct drain_summary {
+  std::string node;
+  std::vector<worker_drain> workers;
+  error_info error;
+};
+
 /// A generate call as the client sent it, before validation. Numbers are wide so that
 /// out-of-range values can be reported exactly.
 struct generate_params {

@@ -1,5 +1,6 @@
 #include "frontend/client.hpp"
 
+#include <algorithm>
 #include <charconv>
 
 #include <capnp/ez-rpc.h>
@@ -176,6 +177,20 @@ result<cluster_status> client::status(double timeout_s) {
     return codec::decode(resp.getStatus());
   } catch (const kj::Exception& e) {
     return i.translate(e, "status at");
+  }
+}
+
+result<drain_summary> client::drain(const std::string& node, double timeout_s) {
+  auto& i = *impl_;
+  try {
+    auto req = i.gw.drainRequest();
+    req.setNode(node);
+    req.setTimeoutMs(static_cast<uint32_t>(std::min(timeout_s * 1000, 4e9)));
+    // The server answers when its own bound (timeout_s) expires: allow for the round trip.
+    auto resp = i.bounded(req.send(), timeout_s + 10).wait(i.rpc.getWaitScope());
+    return codec::decode(resp.getReport());
+  } catch (const kj::Exception& e) {
+    return i.translate(e, "drain at");
   }
 }
 

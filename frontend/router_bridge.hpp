@@ -27,11 +27,15 @@ struct router_bridge_callbacks {
   /// The answer to status query `call`: the supervisor's status, or errc::unavailable when
   /// it did not answer within 3 s.
   std::function<void(uint64_t call, result<cluster_status>)> on_status;
+  /// The answer to drain call `call` (drain_request to the supervisor): its report, or one
+  /// whose error says why there is none (timeout, no answer). Unset: drains are refused.
+  std::function<void(uint64_t call, drain_summary)> on_drain = {};
 };
 
 /// Spawns the bridge. Sending it `(status_atom, call)` asks the supervisor for the cluster
-/// status and answers through `on_status` with the same `call`. The caller ends it with an
-/// exit message when its loop stops.
+/// status and answers through `on_status` with the same `call`; `(drain_request, call,
+/// timeout_ms)` asks it to drain a node and answers through `on_drain`. The caller ends it
+/// with an exit message when its loop stops.
 caf::actor spawn_router_bridge(caf::actor_system& sys, caf::actor supervisor,
                                router_bridge_callbacks callbacks);
 

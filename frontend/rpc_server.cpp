@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <future>
@@ -37,8 +38,13 @@ struct status_result {
   uint64_t call = 0;
   result<cluster_status> status;
 };
+struct drain_result {
+  uint64_t call = 0;
+  drain_summary report;
+};
 struct stop_event {};
-using inbox_item = std::variant<token_chunk, request_summary, status_result, stop_event>;
+using inbox_item =
+    std::variant<token_chunk, request_summary, status_result, drain_result, stop_event>;
 
 /// Hands items from CAF threads to the kj thread: a locked queue plus an eventfd the kj
 /// loop waits on.
@@ -105,6 +111,8 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
   std::unordered_map<request_id, std::unique_ptr<stream_state>> streams;
   std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<std::shared_ptr<cluster_status>>>>
       status_calls;
+  std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<std::shared_ptr<drain_summary>>>>
+      drain_calls;
   uint64_t next_call = 0;
   kj::TaskSet* tasks = nullptr;
 
@@ -209,6 +217,13 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
     status_calls.erase(it);
   }
 
+  void on_drain(drain_result& r) {
+    auto it = drain_calls.find(r.call);
+    if (it == drain_calls.end()) return;
+    it->second->fulfill(std::make_shared<drain_summary>(std::move(r.report)));
+    drain_calls.erase(it);
+  }
+
   generation_summary to_summary(const stream_state& s) {
     return make_generation_summary(*s.summary, s.text.stopped(), s.written, s.first_sent_ns,
                                    cfg.node);
@@ -302,6 +317,19 @@ class gateway_impl final : public rpc::Gateway::Server {
     });
   }
 
+  kj::Promise<void> drain(DrainContext ctx) override {
+    ctx.allowCancellation();
+    auto p = ctx.getParams();
+    auto call = ++s_.next_call;
+    auto paf = kj::newPromiseAndFulfiller<std::shared_ptr<drain_summary>>();
+    s_.drain_calls.emplace(call, kj::mv(paf.fulfiller));
+    caf::anon_send(s_.bridge, drain_request{std::string(p.getNode().cStr(), p.getNode().size())},
+                   call, std::max<uint32_t>(p.getTimeoutMs(), 1));
+    return paf.promise.then([ctx](std::shared_ptr<drain_summary> r) mutable {
+      codec::encode(*r, ctx.getResults().initReport());
+    });
+  }
+
   kj::Promise<void> model(ModelContext ctx) override {
     model_summary m{s_.model.name, s_.model.vocab_size, s_.model.max_context,
                     s_.model.layout.block_tokens};
@@ -386,6 +414,8 @@ void rpc_server::impl::run(std::promise<result<uint16_t>>& started) {
                 on_summary(x);
               else if constexpr (std::is_same_v<T, status_result>)
                 on_status(x);
+              else if constexpr (std::is_same_v<T, drain_result>)
+                on_drain(x);
               else
                 stopping = true;
             },
@@ -407,6 +437,9 @@ void rpc_server::impl::run(std::promise<result<uint16_t>>& started) {
   for (auto& [call, f] : status_calls)
     f->reject(KJ_EXCEPTION(DISCONNECTED, "server stopping"));
   status_calls.clear();
+  for (auto& [call, f] : drain_calls)
+    f->reject(KJ_EXCEPTION(DISCONNECTED, "server stopping"));
+  drain_calls.clear();
   tasks = nullptr;
 }
 
@@ -428,6 +461,9 @@ result<uint16_t> rpc_server::start() {
                                   [in = s.in](request_summary&& sum) { in->push(std::move(sum)); },
                                   [in = s.in](uint64_t call, result<cluster_status> st) {
                                     in->push(status_result{call, std::move(st)});
+                                  },
+                                  [in = s.in](uint64_t call, drain_summary r) {
+                                    in->push(drain_result{call, std::move(r)});
                                   }});
   std::promise<result<uint16_t>> started;
   auto fut = started.get_future();

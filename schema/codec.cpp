@@ -168,6 +168,58 @@ void encode(const generation_summary& s, rpc::Summary::Builder b) {
     reasons.set(i, s.migration_reasons[i]);
 }
 
+namespace {
+error_info error_of(capnp::Text::Reader code, capnp::Text::Reader message) {
+  auto c = std::string(code.cStr(), code.size());
+  if (c.empty()) return {};
+  return {errc_from_string(c), std::string(message.cStr(), message.size())};
+}
+std::string code_of(const error_info& e) {
+  return e.code == errc::ok ? std::string() : std::string(to_string(e.code));
+}
+}  // namespace
+
+drain_summary decode(rpc::DrainReport::Reader r) {
+  drain_summary s;
+  s.node = str(r.getNode());
+  for (auto w : r.getWorkers()) {
+    worker_drain d;
+    d.id = w.getId();
+    d.from = role_from_string(str(w.getFrom())).value_or(role::frontend);
+    d.to = role_from_string(str(w.getTo())).value_or(role::frontend);
+    d.drain_only = w.getDrainOnly();
+    d.drain_ns = w.getDrainNs();
+    d.total_ns = w.getTotalNs();
+    d.migrated = w.getMigrated();
+    d.finished = w.getFinished();
+    d.error = error_of(w.getErrorCode(), w.getError());
+    s.workers.push_back(std::move(d));
+  }
+  s.error = error_of(r.getErrorCode(), r.getError());
+  return s;
+}
+
+void encode(const drain_summary& s, rpc::DrainReport::Builder b) {
+  b.setNode(s.node);
+  auto ws = b.initWorkers(static_cast<unsigned>(s.workers.size()));
+  for (unsigned i = 0; i < s.workers.size(); ++i) {
+    const auto& w = s.workers[i];
+    auto o = ws[i];
+    o.setId(w.id);
+    o.setFrom(std::string(to_string(w.from)));
+    o.setTo(std::string(to_string(w.to)));
+    o.setDrainOnly(w.drain_only);
+    o.setDrainNs(w.drain_ns);
+    o.setTotalNs(w.total_ns);
+    o.setMigrated(w.migrated);
+    o.setFinished(w.finished);
+    o.setErrorCode(code_of(w.error));
+    o.setError(w.error.message);
+  }
+  b.setErrorCode(code_of(s.error));
+  b.setError(s.error.message);
+}
+
 cluster_status decode(rpc::ClusterStatus::Reader r) {
   cluster_status s;
   s.cluster = str(r.getCluster());

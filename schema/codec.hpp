@@ -20,6 +20,9 @@ void encode(const generation_summary& s, rpc::Summary::Builder b);
 cluster_status decode(rpc::ClusterStatus::Reader r);
 void encode(const cluster_status& s, rpc::ClusterStatus::Builder b);
 
+drain_summary decode(rpc::DrainReport::Reader r);
+void encode(const drain_summary& s, rpc::DrainReport::Builder b);
+
 model_summary decode(rpc::ModelInfo::Reader r);
 void encode(const model_summary& m, rpc::ModelInfo::Builder b);
 

@@ -129,6 +129,26 @@ struct ModelInfo {
   blockTokens @3 :UInt32;
 }
 
+struct DrainedWorker {
+  id @0 :UInt32;
+  from @1 :Text;                 # role before (prefill | decode)
+  to @2 :Text;                   # role after; equal to `from` for a drain
+  drainOnly @3 :Bool;
+  drainNs @4 :Int64;             # from the order until it held nothing
+  totalNs @5 :Int64;             # from the order until it reported
+  migrated @6 :UInt32;           # decode sequences moved live to another worker
+  finished @7 :UInt32;           # sequences or jobs it finished meanwhile
+  errorCode @8 :Text;            # empty on success; else an errc name
+  error @9 :Text;
+}
+
+struct DrainReport {
+  node @0 :Text;
+  workers @1 :List(DrainedWorker);
+  errorCode @2 :Text;            # empty on success; else an errc name (invalid_request, …)
+  error @3 :Text;
+}
+
 interface Gateway {
   generate @0 (request :GenerateRequest, sink :TokenSink) -> (summary :Summary);
   # Streams the completion into `sink`; returns once every chunk was delivered. Dropping
@@ -136,4 +156,7 @@ interface Gateway {
   tokenize @1 (text :Text, addBos :Bool = true) -> (tokenIds :List(Int32));
   status @2 () -> (status :ClusterStatus);
   model @3 () -> (info :ModelInfo);
+  drain @4 (node :Text, timeoutMs :UInt32 = 600000) -> (report :DrainReport);
+  # Empties every prefill and decode worker of `node` (they finish what they hold and take
+  # nothing new) without failing a request; returns when they are empty or the drain failed.
 }

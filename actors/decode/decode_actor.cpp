@@ -18,6 +18,7 @@
 #include "actors/actors.hpp"
 #include "actors/decode/decode_policy.hpp"
 #include "actors/decode/migration_policy.hpp"
+#include "actors/detail/role_flip.hpp"
 #include "actors/detail/worker_common.hpp"
 #include "actors/prefix_reuse.hpp"
 #include "common/clock.hpp"
@@ -62,6 +63,9 @@ struct sequence {
   /// Another worker serves it now (a move whose confirmation got lost): it ends without a
   /// word to the router.
   bool silent = false;
+  /// A drain (change_role) already tried to move it live: a failed move is not retried;
+  /// it finishes here.
+  bool drain_move_tried = false;
 };
 
 /// Live migration: a move of one of this worker's sequences to another decode worker.
@@ -105,6 +109,8 @@ struct decode_state {
   std::vector<migration_candidate> peers;            ///< decode workers of the membership
   std::vector<caf::actor> peer_handles;              ///< peers[i]'s handle
   std::unordered_map<worker_id, uint32_t> moved_to;  ///< moves started towards each peer
+  /// Role change or drain (change_role): supervisor, address, the other role's settings.
+  flip_context flip;
   /// Pool, cache, engine and its thread. Last: the engine thread joins before the
   /// sequences its step points into go.
   kv_worker w;
@@ -127,6 +133,8 @@ void erase_id(C& c, request_id id) {
 
 void reserve_waiting(decode_ptr self);
 void start_move_out(decode_ptr self, migrate_request m);
+void drain_progress(decode_ptr self);
+void hand_back_assignment(decode_ptr self, const decode_assignment& a);
 
 /// Ends a sequence: frees its blocks, tells the kv-store and the router.
 void finish(decode_ptr self, request_id id, finish_reason reason, error_info err = {}) {
@@ -181,7 +189,10 @@ void finish(decode_ptr self, request_id id, finish_reason reason, error_info err
     d.tr.stamp(stage::finished, st.w.info.node_index);
     self->send(s.router, std::move(d));
   }
-  if (ours && reason != finish_reason::cancelled && reason != finish_reason::error) ++st.completed;
+  if (ours && reason != finish_reason::cancelled && reason != finish_reason::error) {
+    ++st.completed;
+    if (st.flip.draining()) ++st.flip.finished;
+  }
   erase_id(st.waiting_blocks, id);
   erase_id(st.local_queue, id);
   erase_id(st.ready, id);
@@ -315,7 +326,12 @@ void launch(decode_ptr self) {
     progress.push_back({id, s.prompt_len, s.prefill_done});
   }
   auto plan = plan_prefill_batch(progress, st.cfg.local_prefill_budget, st.cfg.max_batch);
-  if (plan.empty() && st.running.empty()) return;
+  if (plan.empty() && st.running.empty()) {
+    // Idle: a pending role change may complete (launch is the last thing a handler does,
+    // so the state's kv_worker may be handed over).
+    if (st.flip.draining()) drain_progress(self);
+    return;
+  }
   // Spans point into sequences, which are neither erased nor grown while on the engine.
   std::vector<prefill_chunk> chunks;
   for (const auto& c : plan) {
@@ -480,8 +496,9 @@ void move_failed(decode_ptr self, request_id id, error_info err, bool abort_targ
   if (m.committing) {
     // B may have told the router it serves the attempt: this epoch supersedes that.
     s.move_epoch = m.epoch + 1;
-    self->send(s.router, attempt_moved{id, s.move_epoch, st.w.info.id, st.w.info.name,
-                                       caf::actor_cast<caf::actor>(self)});
+    self->send(s.router,
+               attempt_moved{id, s.move_epoch, st.w.info.id, st.w.info.name,
+                             st.flip.face ? st.flip.face : caf::actor_cast<caf::actor>(self)});
   }
   report_move(self, m, id, false, err);
   s.phase = seq_phase::ready;  // its blocks are ours again: the usual paths from here
@@ -516,6 +533,7 @@ void on_committed(decode_ptr self, request_id id, uint32_t epoch, migrate_commit
   if (!st.w.cache->release(it->second.blocks))
     spdlog::error("decode {}: releasing blocks of request {} failed", st.w.info.name, id);
   ++st.migrated_out;
+  if (st.flip.draining()) ++st.flip.migrated;
   st.migrated_bytes_out += m.bytes;
   spdlog::info("decode {}: request {} moved live at token {} ({} KV blocks, {} bytes, {:.3f} ms)",
                st.w.info.name, id, it->second.generated, m.blocks, m.bytes,
@@ -686,6 +704,11 @@ migrate_accept accept_move_in(decode_ptr self, migrate_offer& o) {
   shape.need_blocks = blocks_to_reserve(o.prompt_len, o.req.options.max_tokens, bt);
   shape.pool_blocks = st.w.pool->total();
   shape.known = st.seqs.count(id) != 0;
+  if (st.flip.draining()) {  // it is emptying itself: take nothing new
+    a.error = {errc::unavailable, fmt::format("decode worker {} is draining ({})", st.w.info.name,
+                                              flip_summary(st.flip))};
+    return a;
+  }
   if (auto err = check_migrate_offer(shape)) {
     a.error = std::move(*err);
     return a;
@@ -765,26 +788,24 @@ migrate_committed commit_move_in(decode_ptr self, migrate_commit& c) {
   ++st.migrated_in;
   st.migrated_bytes_in += uint64_t{expected.size()} * st.w.pool->block_bytes();
   // Before any token of it leaves this worker.
-  self->send(s.router, attempt_moved{c.id, s.move_epoch, st.w.info.id, st.w.info.name,
-                                     caf::actor_cast<caf::actor>(self)});
+  // The worker's lasting address (its face across role changes), for cancels.
+  auto me = st.flip.face ? st.flip.face : caf::actor_cast<caf::actor>(self);
+  self->send(s.router, attempt_moved{c.id, s.move_epoch, st.w.info.id, st.w.info.name, me});
   return {c.id, {}};
 }
 
 // ================================================================ behaviour
 
-caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg,
-                            std::shared_ptr<engine> eng, std::shared_ptr<kv_transport> transport,
-                            caf::actor sup, caf::actor kv_store) {
-  auto& st = self->state;
-  st.cfg = cfg;
-  st.w.kv_store = std::move(kv_store);
-  st.w.start(self, std::move(info), cfg.num_blocks, std::move(eng), std::move(transport), sup,
-             "decode");
+caf::behavior decode_behavior(decode_ptr self) {
   return {
       [self](decode_assignment& a) {
         launch_on_exit relaunch{self};
         auto& st = self->state;
         auto id = a.req.id;
+        if (st.flip.draining()) {
+          hand_back_assignment(self, a);
+          return;
+        }
         if (st.seqs.count(id) != 0) {
           // A repeated delivery of an assignment we already serve: the live request goes on.
           spdlog::warn("decode {}: ignoring a repeated assignment of request {}", st.w.info.name,
@@ -888,6 +909,7 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
       },
       [self](step_atom) { launch(self); },
       [self](const membership& m) {
+        self->state.flip.last_membership = m;
         self->state.w.learn_kv_store(m);
         learn_decode_peers(self->state, m);  // live migration: targets for drain
       },
@@ -964,18 +986,141 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
         if (!st.draining.empty())
           ws.detail += fmt::format(", {} ended requests' blocks held until their writes drain",
                                    st.draining.size());
+        if (st.flip.pending)
+          ws.detail += fmt::format(", draining ({}{}): {} finished, {} handed back since",
+                                   flip_summary(st.flip), st.flip.reported ? ", drained" : "",
+                                   st.flip.finished, st.flip.handed_back);
         return ws;
       },
+      // ---- role change and drain (actors/detail/role_flip.hpp; drain_progress below)
+      [self](const change_role& c) {
+        launch_on_exit relaunch{self};  // completes the change at once when idle
+        auto& st = self->state;
+        begin_role_change(st.flip, st.w.info, c, now_ns());
+        drain_progress(self);
+      },
+      [self](prefill_job& j) {
+        // Sent to this worker's address while it served as prefill (a late message):
+        // nothing was written, so the decode worker may free the blocks and the router
+        // routes the request again.
+        auto& st = self->state;
+        self->send(j.decode, prefill_failed{j.id, no_longer_serving(st.w.info, role::prefill)});
+        self->send(j.decode, kv_drained{j.id});
+      },
   };
+}
+
+// ---------------------------------------------------------------- role change and drain
+// change_role: no new assignment is taken (each goes back to the router), every held
+// sequence gets decode_policy's on_drain decision, and once the worker holds nothing
+// (no sequence, no step, no held blocks) role_flip.cpp completes the change.
+
+/// Decode sequences of a draining worker move live (with their KV) to another decode
+/// worker (section "live migration"); one whose move fails finishes here.
+constexpr bool live_migration_available = true;
+
+/// An assignment that arrives while the worker drains goes back to its router, which
+/// routes it again: nothing was reserved or computed for it here.
+void hand_back_assignment(decode_ptr self, const decode_assignment& a) {
+  auto& st = self->state;
+  request_done d;
+  d.id = a.req.id;
+  d.reason = finish_reason::error;
+  d.error = {errc::unavailable,
+             fmt::format("decode worker '{}' is draining ({}); the request is routed again",
+                         st.w.info.name, flip_summary(st.flip))};
+  d.prompt_tokens = static_cast<uint32_t>(a.req.prompt.size());
+  self->send(a.router, std::move(d));
+  ++st.flip.handed_back;
+}
+
+held_sequence held_stage(const sequence& s) {
+  switch (s.phase) {
+    case seq_phase::waiting_blocks:
+      return held_sequence::unreserved;
+    case seq_phase::waiting_kv:
+    case seq_phase::local_prefill:
+      return held_sequence::prefilling;
+    case seq_phase::migrating_in:  // a move here accepted before the drain: let it land
+      return held_sequence::prefilling;
+    case seq_phase::ready:
+    case seq_phase::running:
+    case seq_phase::migrating_out:
+      return held_sequence::decoding;
+  }
+  return held_sequence::decoding;
+}
+
+/// Applies on_drain to every held sequence, then completes the role change when nothing
+/// is held any more. Called on change_role and whenever the worker goes idle.
+void drain_progress(decode_ptr self) {
+  auto& st = self->state;
+  std::vector<request_id> back, move;
+  for (auto& [id, s] : st.seqs) {
+    switch (on_drain(held_stage(s), live_migration_available)) {
+      case drain_action::hand_back:
+        back.push_back(id);
+        break;
+      case drain_action::migrate:
+        if (s.phase != seq_phase::migrating_out && !s.move_pending && !s.drain_move_tried) {
+          s.drain_move_tried = true;
+          move.push_back(id);
+        }
+        break;
+      case drain_action::finish_in_place:
+        break;
+    }
+  }
+  // To a decode worker of the membership (the least moved-to); kept here if the move fails.
+  for (auto id : move)
+    start_move_out(self, migrate_request{id, caf::actor{}, true, caf::actor{}});
+  for (auto id : back) {
+    finish(self, id, finish_reason::error,
+           {errc::unavailable, fmt::format("decode worker '{}' is draining ({}); the request "
+                                           "is routed again",
+                                           st.w.info.name, flip_summary(st.flip))});
+    ++st.flip.handed_back;
+  }
+  if (!st.seqs.empty() || !st.draining.empty() || st.step.active) return;
+  complete_role_change(self, st.flip, st.w, role::decode);
+}
+
+caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg,
+                            prefill_config as_prefill, std::shared_ptr<engine> eng,
+                            std::shared_ptr<kv_transport> transport, caf::actor sup,
+                            caf::actor kv_store) {
+  auto& st = self->state;
+  st.cfg = cfg;
+  st.flip.supervisor = sup;
+  st.flip.face = caf::actor_cast<caf::actor>(self);
+  st.flip.prefill = as_prefill;
+  st.flip.decode = cfg;
+  st.w.kv_store = std::move(kv_store);
+  st.w.start(self, std::move(info), cfg.num_blocks, std::move(eng), std::move(transport), sup,
+             "decode");
+  return decode_behavior(self);
+}
+
+/// A decode worker built from a prefill worker's engine and pool (a role change).
+caf::behavior decode_successor(decode_ptr self, std::shared_ptr<role_handover> h) {
+  auto& st = self->state;
+  adopt_handover(self, *h, st.flip, st.w, "decode");
+  st.cfg = st.flip.decode;
+  return decode_behavior(self);
 }
 
 }  // namespace
 
 caf::actor spawn_decode(caf::actor_system& sys, worker_info info, decode_config cfg,
                         std::unique_ptr<engine> eng, std::shared_ptr<kv_transport> transport,
-                        caf::actor supervisor, caf::actor kv_store) {
-  return sys.spawn(decode_worker, std::move(info), cfg, std::shared_ptr<engine>(std::move(eng)),
-                   std::move(transport), std::move(supervisor), std::move(kv_store));
+                        caf::actor supervisor, caf::actor kv_store, prefill_config as_prefill) {
+  return sys.spawn(decode_worker, std::move(info), cfg, as_prefill,
+                   std::shared_ptr<engine>(std::move(eng)), std::move(transport),
+                   std::move(supervisor), std::move(kv_store));
+}
+
+caf::actor spawn_decode_successor(caf::actor_system& sys, std::shared_ptr<role_handover> h) {
+  return sys.spawn(decode_successor, std::move(h));
 }
 
 }  // namespace tokenmill

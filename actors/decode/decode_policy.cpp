@@ -58,4 +58,16 @@ bool hold_until_drained(bool waiting_for_kv, bool one_sided_transport) {
   return waiting_for_kv && one_sided_transport;
 }
 
+drain_action on_drain(held_sequence s, bool live_migration) {
+  switch (s) {
+    case held_sequence::unreserved:
+      return drain_action::hand_back;
+    case held_sequence::prefilling:
+      return drain_action::finish_in_place;
+    case held_sequence::decoding:
+      return live_migration ? drain_action::migrate : drain_action::finish_in_place;
+  }
+  return drain_action::finish_in_place;
+}
+
 }  // namespace tokenmill

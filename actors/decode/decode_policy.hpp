@@ -45,4 +45,25 @@ std::optional<error_info> check_kv_ready(size_t received, uint32_t reported, uin
 /// so a put may still land in them until the prefill worker reports its writes drained.
 bool hold_until_drained(bool waiting_for_kv, bool one_sided_transport);
 
+/// Where a sequence a decode worker holds stands, as a drain sees it.
+enum class held_sequence : uint8_t {
+  unreserved,  ///< assigned, waiting for KV blocks: nothing computed or reserved yet
+  prefilling,  ///< its prompt's KV is being computed (remote prefill or local)
+  decoding,    ///< its KV is complete: waiting for a batch slot or in the running batch
+};
+
+/// What a draining decode worker (change_role) does with one sequence it holds.
+enum class drain_action : uint8_t {
+  finish_in_place,  ///< keep serving it here until it ends
+  migrate,          ///< move it live, with its KV, to another decode worker
+  hand_back,        ///< give it back to the router, which routes it again
+};
+
+/// The drain decision for one held sequence. A sequence with nothing computed goes back
+/// to the router (re-routing it costs nothing); one being prefilled completes its prefill
+/// here (its KV is arriving or being computed); one decoding moves live when
+/// `live_migration` is available (no recompute, the stream goes on) and finishes in place
+/// otherwise. Asked again when a sequence moves on (a prefill completes).
+drain_action on_drain(held_sequence s, bool live_migration);
+
 }  // namespace tokenmill

@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/actors.hpp"
+#include "actors/detail/role_flip.hpp"
 #include "actors/detail/worker_common.hpp"
 #include "actors/prefill/prefill_policy.hpp"
 #include "actors/prefix_reuse.hpp"
@@ -47,6 +48,8 @@ struct prefill_state {
   uint64_t completed = 0;
   uint64_t tokens_computed = 0;
   uint64_t kv_bytes_sent = 0;  ///< KV handed to the transport for decode workers
+  /// Role change or drain (change_role): supervisor, address, the other role's settings.
+  flip_context flip;
   /// Pool, cache, engine and its thread (kv_store learnt from the membership). Last: the
   /// engine thread joins before the jobs its step points into go.
   kv_worker w;
@@ -162,7 +165,13 @@ void launch(prefill_ptr self) {
       progress.push_back({id, static_cast<uint32_t>(js.job.prompt.size()), js.done});
   }
   auto plan = plan_prefill_batch(progress, st.cfg.token_budget, st.cfg.max_seqs);
-  if (plan.empty()) return;
+  if (plan.empty()) {
+    // Nothing to compute. When it also holds nothing, a pending role change completes
+    // (the state's kv_worker may be gone afterwards: launch is the last thing a handler does).
+    if (st.flip.draining() && st.jobs.empty())
+      complete_role_change(self, st.flip, st.w, role::prefill);
+    return;
+  }
   std::vector<prefill_chunk> batch;
   for (const auto& c : plan) {
     auto& js = st.jobs.at(c.key);
@@ -209,13 +218,7 @@ void step_done(prefill_ptr self, engine_step_done& d) {
   launch(self);
 }
 
-caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config cfg,
-                             std::shared_ptr<engine> eng, std::shared_ptr<kv_transport> transport,
-                             caf::actor sup) {
-  auto& st = self->state;
-  st.cfg = cfg;
-  st.w.start(self, std::move(info), cfg.num_blocks, std::move(eng), std::move(transport), sup,
-             "prefill");
+caf::behavior prefill_behavior(prefill_ptr self) {
   return {
       [self](prefill_job& job) {
         launch_on_exit relaunch{self};
@@ -251,6 +254,7 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
       [self](step_atom) { launch(self); },
       [self](const membership& m) {
         auto& st = self->state;
+        st.flip.last_membership = m;
         st.w.learn_kv_store(m);  // for prefix cache events
         for (const auto& mem : m.members) {
           // Connect to every decode worker's pool now rather than at the first transfer.
@@ -284,6 +288,7 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
           self->send(js.job.decode,
                      kv_ready{d.id, js.first, js.blocks_sent - js.job.skip_blocks, js.job.tr});
           ++st.completed;
+          if (st.flip.draining()) ++st.flip.finished;
           drop_job(self, d.id);
         }
       },
@@ -301,20 +306,66 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
         ws.completed = st.completed;
         ws.tokens_out = st.tokens_computed;
         ws.kv_bytes = st.kv_bytes_sent;
+        if (st.flip.pending)
+          ws.detail += fmt::format(", draining ({}{}): {} finished since", flip_summary(st.flip),
+                                   st.flip.reported ? ", drained" : "", st.flip.finished);
         return ws;
       },
+      // ---- role change and drain (actors/detail/role_flip.hpp)
+      [self](const change_role& c) {
+        launch_on_exit relaunch{self};  // completes the change at once when idle
+        auto& st = self->state;
+        begin_role_change(st.flip, st.w.info, c, now_ns());
+      },
+      [self](decode_assignment& a) {
+        // Sent to this worker's address while it served as decode (a late message): the
+        // router routes the request again.
+        auto& st = self->state;
+        request_done d;
+        d.id = a.req.id;
+        d.reason = finish_reason::error;
+        d.error = no_longer_serving(st.w.info, role::decode);
+        self->send(a.router, std::move(d));
+      },
   };
+}
+
+caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config cfg,
+                             decode_config as_decode, std::shared_ptr<engine> eng,
+                             std::shared_ptr<kv_transport> transport, caf::actor sup) {
+  auto& st = self->state;
+  st.cfg = cfg;
+  st.flip.supervisor = sup;
+  st.flip.face = caf::actor_cast<caf::actor>(self);
+  st.flip.prefill = cfg;
+  st.flip.decode = as_decode;
+  st.w.start(self, std::move(info), cfg.num_blocks, std::move(eng), std::move(transport), sup,
+             "prefill");
+  return prefill_behavior(self);
+}
+
+/// A prefill worker built from a decode worker's engine and pool (a role change).
+caf::behavior prefill_successor(prefill_ptr self, std::shared_ptr<role_handover> h) {
+  auto& st = self->state;
+  adopt_handover(self, *h, st.flip, st.w, "prefill");
+  st.cfg = st.flip.prefill;
+  return prefill_behavior(self);
 }
 
 }  // namespace
 
 caf::actor spawn_prefill(caf::actor_system& sys, worker_info info, prefill_config cfg,
                          std::unique_ptr<engine> eng, std::shared_ptr<kv_transport> transport,
-                         caf::actor supervisor) {
+                         caf::actor supervisor, decode_config as_decode) {
   // Spawn arguments are copied, so the engine travels as a shared_ptr; the worker is its
   // only owner afterwards.
-  return sys.spawn(prefill_worker, std::move(info), cfg, std::shared_ptr<engine>(std::move(eng)),
-                   std::move(transport), std::move(supervisor));
+  return sys.spawn(prefill_worker, std::move(info), cfg, as_decode,
+                   std::shared_ptr<engine>(std::move(eng)), std::move(transport),
+                   std::move(supervisor));
+}
+
+caf::actor spawn_prefill_successor(caf::actor_system& sys, std::shared_ptr<role_handover> h) {
+  return sys.spawn(prefill_successor, std::move(h));
 }
 
 }  // namespace tokenmill

@@ -36,7 +36,17 @@ struct worker_load {
   caf::actor handle;
   uint32_t active = 0;  ///< decode: requests assigned and not done
   std::string name;
+  /// Changing role or draining (member.draining): its requests go on, new ones go elsewhere.
+  bool draining = false;
 };
+
+/// Workers of `ws` that take new requests.
+size_t taking_work(const std::map<worker_id, worker_load>& ws) {
+  size_t n = 0;
+  for (const auto& [id, w] : ws)
+    n += !w.draining;
+  return n;
+}
 
 /// Steps kept per request for the summary (the spike counts cover every token).
 constexpr size_t max_recorded_steps = 4096;
@@ -190,12 +200,16 @@ void route(router_ptr self, request_id cid, generate_request req,
   auto prompt_tokens = static_cast<uint32_t>(req.prompt.size());
   std::vector<decode_candidate> dc;
   for (const auto& [wid, w] : st.decodes)
-    if (!avoid || wid != *avoid || st.decodes.size() == 1)
-      dc.push_back({wid, w.active, overlap_of(overlap, wid)});
+    if (!avoid || wid != *avoid || taking_work(st.decodes) == 1)
+      dc.push_back({wid, w.active, overlap_of(overlap, wid), w.draining});
   auto d = pick_decode(dc);
   if (!d) {
     if (rs.migrations == 0) {
-      fail_request(self, cid, errc::no_workers, "no decode worker is up");
+      fail_request(self, cid, errc::no_workers,
+                   st.decodes.empty() ? std::string("no decode worker is up")
+                                      : fmt::format("no decode worker takes new requests ({} "
+                                                    "draining or changing role)",
+                                                    st.decodes.size()));
     } else {
       ++st.lost;
       fail_request(self, cid, errc::worker_failed,
@@ -207,15 +221,15 @@ void route(router_ptr self, request_id cid, generate_request req,
     return;
   }
   const uint32_t cached = std::min(prompt_tokens, dc[*d].overlap_blocks * st.cfg.block_tokens);
-  bool local =
-      prefill_locally(prompt_tokens, cached, st.cfg.local_prefill_threshold, !st.prefills.empty());
+  bool local = prefill_locally(prompt_tokens, cached, st.cfg.local_prefill_threshold,
+                               taking_work(st.prefills) > 0);
   bool to_cache = local && dc[*d].overlap_blocks > 0;
   caf::actor prefill;
   rs.prefill_name.clear();
   if (!local) {
     std::vector<prefill_candidate> pc;
     for (const auto& [wid, w] : st.prefills)
-      pc.push_back({wid, st.backlog.queued(wid), overlap_of(overlap, wid)});
+      pc.push_back({wid, st.backlog.queued(wid), overlap_of(overlap, wid), w.draining});
     auto p = pick_prefill(pc, prompt_tokens, st.cfg.block_tokens);
     to_cache = pc[*p].overlap_blocks > 0 || dc[*d].overlap_blocks > 0;
     auto pid = pc[*p].id;
@@ -271,7 +285,7 @@ void dispatch(router_ptr self, request_id cid, generate_request req,
               std::optional<worker_id> avoid = std::nullopt) {
   const auto& st = self->state;
   if (overlap_matters(static_cast<bool>(st.kv_store), static_cast<uint32_t>(req.prompt.size()),
-                      st.cfg.block_tokens, st.decodes.size(), st.prefills.size(),
+                      st.cfg.block_tokens, taking_work(st.decodes), taking_work(st.prefills),
                       st.cfg.local_prefill_threshold))
     route_with_overlap(self, cid, std::move(req), avoid);
   else
@@ -542,11 +556,13 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
             w = st.decodes.count(mem.info.id) ? st.decodes[mem.info.id] : worker_load{};
             w.handle = mem.handle;
             w.name = mem.info.name;
+            w.draining = mem.draining;
           } else if (mem.info.kind == role::prefill) {
             auto& w = prefills[mem.info.id];
             w = st.prefills.count(mem.info.id) ? st.prefills[mem.info.id] : worker_load{};
             w.handle = mem.handle;
             w.name = mem.info.name;
+            w.draining = mem.draining;
           } else if (mem.info.kind == role::kv_store) {
             st.kv_store = mem.handle;
           }
@@ -555,7 +571,8 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           if (!prefills.count(wid)) st.backlog.forget_worker(wid);
         st.decodes = std::move(decodes);
         st.prefills = std::move(prefills);
-        // Requests on a worker that left move to another one (or end with a clear error).
+        // Requests on a worker that left (or changed role) move to another one, or end with
+        // a clear error. A draining worker has not left: its requests go on there.
         struct loss {
           request_id id;
           migration_reason why;
@@ -596,12 +613,15 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         ws.completed = st.completed;
         ws.tokens_out = st.tokens_out;
         ws.detail = fmt::format(
-            "{} decode, {} prefill workers; {} rejected (overloaded); {} routed to a cached "
+            "{} decode, {} prefill workers ({} draining); {} rejected (overloaded); {} routed to a "
+            "cached "
             "prefix ({} overlap queries, {} failed); {} migrated, {} lost, {} timed out; {} "
             "attempts tracked",
-            st.decodes.size(), st.prefills.size(), st.rejected, st.routed_to_cache,
-            st.overlap_queries, st.overlap_failures, st.migrated, st.lost, st.timed_out,
-            st.attempts.size());
+            st.decodes.size(), st.prefills.size(),
+            st.decodes.size() + st.prefills.size() - taking_work(st.decodes) -
+                taking_work(st.prefills),
+            st.rejected, st.routed_to_cache, st.overlap_queries, st.overlap_failures, st.migrated,
+            st.lost, st.timed_out, st.attempts.size());
         return ws;
       },
   };

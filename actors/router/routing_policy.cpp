@@ -18,6 +18,7 @@ admission admit(uint32_t inflight, uint64_t queued_prompt_tokens, uint32_t promp
 std::optional<size_t> pick_decode(std::span<const decode_candidate> candidates) {
   std::optional<size_t> best;
   for (size_t i = 0; i < candidates.size(); ++i) {
+    if (candidates[i].draining) continue;
     if (!best) {
       best = i;
       continue;
@@ -41,6 +42,7 @@ std::optional<size_t> pick_prefill(std::span<const prefill_candidate> candidates
   uint64_t best_cost = 0;
   for (size_t i = 0; i < candidates.size(); ++i) {
     const auto& c = candidates[i];
+    if (c.draining) continue;
     uint64_t cached = std::min<uint64_t>(uint64_t{c.overlap_blocks} * block_tokens, prompt_tokens);
     uint64_t cost = c.queued_tokens + (prompt_tokens - cached);
     if (!best || cost < best_cost || (cost == best_cost && c.id < candidates[*best].id)) {

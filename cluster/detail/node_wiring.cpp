@@ -43,6 +43,15 @@ result<node_actors> spawn_node_actors(caf::actor_system& sys, const manifest& m,
   };
   for (const auto& a : node.actors)
     if (a.kind == role::kv_store) out.kv_store = keep(spawn_kv_store(sys, info(a), supervisor));
+  // What a worker serves with after a role change (change_role): the settings of the
+  // node's first worker of that role, else the defaults. The KV pool stays as it was built.
+  prefill_config as_prefill;
+  decode_config as_decode;
+  for (auto it = node.actors.rbegin(); it != node.actors.rend(); ++it) {
+    if (it->prefill()) as_prefill = to_prefill_config(*it->prefill());
+    if (it->decode()) as_decode = to_decode_config(*it->decode());
+  }
+  as_decode.kv_drain_timeout = services.kv_drain_timeout;
   for (const auto& a : node.actors) {
     out.names.push_back(a.name);
     switch (a.kind) {
@@ -57,7 +66,7 @@ result<node_actors> spawn_node_actors(caf::actor_system& sys, const manifest& m,
         auto eng = services.engine_for(a);
         if (!eng) return eng.error();
         keep(spawn_prefill(sys, info(a), to_prefill_config(*a.prefill()), std::move(*eng),
-                           services.transport, supervisor));
+                           services.transport, supervisor, as_decode));
         break;
       }
       case role::decode: {
@@ -66,7 +75,7 @@ result<node_actors> spawn_node_actors(caf::actor_system& sys, const manifest& m,
         auto dc = to_decode_config(*a.decode());
         dc.kv_drain_timeout = services.kv_drain_timeout;
         keep(spawn_decode(sys, info(a), dc, std::move(*eng), services.transport, supervisor,
-                          out.kv_store));
+                          out.kv_store, as_prefill));
         break;
       }
     }

@@ -1205,3 +1205,91 @@ TEST_CASE("when the supervisor's node dies, launch stops the cluster instead of 
   CHECK(l.out().find("restarting") == std::string::npos);
   CHECK(no_nodes_left(c.manifest()));
 }
+
+TEST_CASE("tokenmill drain refuses a node the cluster does not have", "[integration][drain]") {
+  cluster c;
+  c.launch();
+  auto bad = run_tokenmill({"drain", "--connect", c.endpoint(), "nope"}, milliseconds(15000));
+  INFO("stdout: " << bad.out << "\nstderr: " << bad.err);
+  CHECK(bad.exit_code == 1);
+  CHECK(bad.err.find("tokenmill drain: invalid_request: no node named 'nope' in cluster mn") !=
+        std::string::npos);
+  CHECK(bad.err.find("d0, head, p0") != std::string::npos);  // the nodes it has
+  // A node without prefill or decode workers has nothing to drain (and nothing changes).
+  auto head = run_tokenmill({"drain", "--connect", c.endpoint(), "head"}, milliseconds(15000));
+  INFO("stdout: " << head.out << "\nstderr: " << head.err);
+  CHECK(head.exit_code == 0);
+  CHECK(head.out.find("node head runs no prefill or decode worker: nothing to drain") !=
+        std::string::npos);
+  auto r = c.generate({"--json", "--token-ids", "--max-tokens", "8", kPrompt});
+  CHECK(r.exit_code == 0);
+  stop_cleanly(c);
+}
+
+// Needs the supervisor's side of issue 15 (drain_request: mark the node's workers
+// draining, broadcast, change_role{drain_only} to each, answer drain_report from their
+// role_changed): without it the drain fails with "unavailable".
+TEST_CASE("tokenmill drain empties a decode node while a stream runs, failing no request",
+          "[integration][drain]") {
+  cluster_spec spec;
+  spec.decode_nodes = {"d0", "d1"};
+  cluster c(spec);
+  c.launch();
+  // A stream that runs ~3 s (1500 tokens at 2 ms per step): still running when the drain
+  // starts, so its decode worker finishes it in place.
+  const int n = 1500;
+  process gen(
+      c.generate_argv({"--json", "--token-ids", "--max-tokens", std::to_string(n), kPrompt}));
+  std::string busy;
+  REQUIRE(eventually(
+      [&] {
+        auto st = c.status();
+        for (const char* node : {"d0", "d1"}) {
+          auto w = worker_on(st, "decode", node);
+          if (w.is_object() && w.value("running", 0) > 0) busy = node;
+        }
+        return !busy.empty();
+      },
+      milliseconds(10000)));
+  const std::string idle = busy == "d0" ? "d1" : "d0";
+
+  auto d = run_tokenmill({"drain", "--connect", c.endpoint(), busy, "--json"}, milliseconds(60000));
+  INFO("drain stdout: " << d.out << "\nstderr: " << d.err << "\nnode logs:\n" << c.logs_text());
+  REQUIRE(d.exit_code == 0);
+  auto rep = last_json_line(d.out);
+  REQUIRE(rep.is_object());
+  CHECK(rep["node"] == busy);
+  REQUIRE(rep["workers"].size() == 1);
+  CHECK(rep["workers"][0]["role"] == "decode");
+  CHECK(rep["workers"][0]["error"] == "");
+  CHECK(rep["workers"][0]["finished"].get<int>() + rep["workers"][0]["migrated"].get<int>() == 1);
+
+  // The stream completed, every token delivered once.
+  auto code = gen.wait(milliseconds(20000));
+  INFO("generate stdout: " << gen.out() << "\nstderr: " << gen.err());
+  REQUIRE(code);
+  CHECK(*code == 0);
+  auto j = last_json_line(gen.out());
+  REQUIRE(j.is_object());
+  CHECK(j["tokens"] == n);
+  CHECK(j["finish_reason"] == "length");
+  CHECK(j["token_ids"].size() == static_cast<size_t>(n));
+
+  // The drained worker is up, empty and shown draining; new requests go to the other node.
+  auto st = c.status();
+  INFO("status: " << st.dump());
+  auto w = worker_on(st, "decode", busy);
+  CHECK(w["up"] == true);
+  CHECK(w["running"] == 0);
+  CHECK(w["kv_used"] == 0);
+  CHECK(w["detail"].get<std::string>().find("draining") != std::string::npos);
+  for (int i = 0; i < 3; ++i) {
+    auto r = c.generate({"--json", "--token-ids", "--max-tokens", "8", kPrompt});
+    INFO("generate stderr: " << r.err);
+    REQUIRE(r.exit_code == 0);
+    auto s = last_json_line(r.out);
+    CHECK(s["server"]["decode_worker"].get<std::string>() ==
+          worker_on(st, "decode", idle)["name"].get<std::string>());
+  }
+  stop_cleanly(c);
+}

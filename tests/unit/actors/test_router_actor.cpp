@@ -892,4 +892,39 @@ TEST_CASE("router: live moves do not use up the recompute migration limit",
   CHECK(s.migrations == 3);
   CHECK(s.migration_reasons ==
         std::vector<std::string>{"live_migration", "live_migration", "worker_failed"});
+TEST_CASE("router: draining members get no new work, their requests go on", "[router_actor]") {
+  router_harness h;
+  h.send_membership();
+  auto first = h.request(1);
+  auto a = h.submit(first);
+  CHECK(a.prefill == handle_of(h.self));  // remote prefill while the prefill worker takes work
+
+  // The prefill worker drains: a new request is prefilled on its decode worker instead.
+  membership m;
+  m.members.push_back(h.as_member(router_wid, role::router));
+  m.members.push_back(h.as_member(decode_wid, role::decode));
+  m.members.push_back(h.as_member(prefill_wid, role::prefill));
+  m.members.back().draining = true;
+  h.self->send(h.router, m);
+  auto local = h.submit(h.request(2));
+  CHECK_FALSE(local.prefill);
+
+  // Now the decode worker drains too: nothing is moved or cancelled (request 1 streams on)…
+  m.members[1].draining = true;
+  h.self->send(h.router, m);
+  h.self->send(h.router, first_token{first.id, 500, a.req.tr});
+  h.expect_chunk(first.id, 0, {500});
+  h.send_tokens(first.id, {{1, 501}});
+  h.expect_chunk(first.id, 1, {501});
+  h.send_done(first.id, finish_reason::length, 2);
+  auto s = expect<request_summary>(h.self, "request_summary");
+  CHECK(s.reason == finish_reason::length);
+  CHECK(s.migrations == 0);
+  // …and a new request finds no decode worker that takes work.
+  h.self->send(h.router, h.request(3));
+  auto e = h.expect_error(3, errc::no_workers);
+  CHECK(e.error.message.find("no decode worker takes new requests (1 draining") !=
+        std::string::npos);
+  auto ws = h.status_and_quiet("after the drain");
+  CHECK(ws.detail.find("1 decode, 1 prefill workers (2 draining)") != std::string::npos);
 }

@@ -58,6 +58,10 @@ TEST_CASE("type ids: every message keeps its wire name", "[type_ids]") {
   CHECK(registered_name<migrate_abort>(cfg) == "tokenmill::migrate_abort");
   CHECK(registered_name<migrate_result>(cfg) == "tokenmill::migrate_result");
   CHECK(registered_name<attempt_moved>(cfg) == "tokenmill::attempt_moved");
+  CHECK(registered_name<change_role>(cfg) == "tokenmill::change_role");
+  CHECK(registered_name<role_changed>(cfg) == "tokenmill::role_changed");
+  CHECK(registered_name<drain_request>(cfg) == "tokenmill::drain_request");
+  CHECK(registered_name<drain_report>(cfg) == "tokenmill::drain_report");
   // As add_message_type always did, vectors of a message are registered too.
   CHECK(registered_name<std::vector<token_chunk>>(cfg) == "std::vector<tokenmill::token_chunk>");
 }

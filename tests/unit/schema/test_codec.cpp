@@ -200,6 +200,56 @@ TEST_CASE("cluster status and chunks round-trip", "[codec]") {
   CHECK(rc.sent_ns == 99);
 }
 
+TEST_CASE("a drain report round-trips", "[codec]") {
+  drain_summary s;
+  s.node = "n1";
+  worker_drain a;
+  a.id = 7;
+  a.from = role::decode;
+  a.to = role::decode;
+  a.drain_only = true;
+  a.drain_ns = 1234;
+  a.total_ns = 5678;
+  a.migrated = 2;
+  a.finished = 3;
+  worker_drain b;
+  b.id = 8;
+  b.from = role::prefill;
+  b.to = role::decode;
+  b.error = {errc::timeout, "still held 1 job"};
+  s.workers = {a, b};
+  capnp::MallocMessageBuilder msg;
+  auto builder = msg.initRoot<rpc::DrainReport>();
+  codec::encode(s, builder);
+  auto r = codec::decode(builder.asReader());
+  CHECK(r.node == "n1");
+  CHECK_FALSE(r.error);
+  REQUIRE(r.workers.size() == 2);
+  CHECK(r.workers[0].id == 7);
+  CHECK(r.workers[0].from == role::decode);
+  CHECK(r.workers[0].drain_only);
+  CHECK(r.workers[0].drain_ns == 1234);
+  CHECK(r.workers[0].total_ns == 5678);
+  CHECK(r.workers[0].migrated == 2);
+  CHECK(r.workers[0].finished == 3);
+  CHECK_FALSE(r.workers[0].error);
+  CHECK(r.workers[1].from == role::prefill);
+  CHECK(r.workers[1].to == role::decode);
+  CHECK(r.workers[1].error.code == errc::timeout);
+  CHECK(r.workers[1].error.message == "still held 1 job");
+
+  drain_summary bad;
+  bad.node = "nope";
+  bad.error = {errc::invalid_request, "no node named 'nope'"};
+  capnp::MallocMessageBuilder m2;
+  auto b2 = m2.initRoot<rpc::DrainReport>();
+  codec::encode(bad, b2);
+  auto rb = codec::decode(b2.asReader());
+  CHECK(rb.error.code == errc::invalid_request);
+  CHECK(rb.error.message == "no node named 'nope'");
+  CHECK(rb.workers.empty());
+}
+
 TEST_CASE("endpoints parse or say what is wrong", "[client]") {
   auto ok = parse_endpoint("127.0.0.1:7700");
   REQUIRE(ok.ok());

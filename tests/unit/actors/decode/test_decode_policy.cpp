@@ -97,3 +97,15 @@ TEST_CASE("blocks are held only while a one-sided write may still land", "[decod
   CHECK_FALSE(hold_until_drained(false, true));  // KV complete (or never asked for)
   CHECK_FALSE(hold_until_drained(false, false));
 }
+
+TEST_CASE("on_drain: what a draining decode worker does with each sequence", "[decode_policy]") {
+  for (bool live : {false, true}) {
+    // Nothing computed yet: back to the router, whatever else is available.
+    CHECK(on_drain(held_sequence::unreserved, live) == drain_action::hand_back);
+    // Its KV is arriving or being computed: the prefill completes here first.
+    CHECK(on_drain(held_sequence::prefilling, live) == drain_action::finish_in_place);
+  }
+  // Decoding: moves live when it can, else finishes where it is (never recomputed).
+  CHECK(on_drain(held_sequence::decoding, true) == drain_action::migrate);
+  CHECK(on_drain(held_sequence::decoding, false) == drain_action::finish_in_place);
+}

@@ -135,3 +135,25 @@ TEST_CASE("the kv-store is asked only when its answer can change the route", "[r
   CHECK_FALSE(overlap_matters(false, 64, 16, 4, 4, 128));
   CHECK_FALSE(overlap_matters(true, 15, 16, 4, 4, 128));
 }
+
+TEST_CASE("pick_decode skips draining workers", "[routing_policy]") {
+  // The idlest worker, with the largest overlap, is draining: the next best one gets it.
+  std::vector<decode_candidate> c{{1, 0, 9, true}, {2, 3, 0, false}, {3, 2, 0, false}};
+  CHECK(pick_decode(c) == 2u);
+  // Draining at the front of the list does not become the default choice.
+  std::vector<decode_candidate> front{{1, 0, 0, true}, {2, 7, 0, false}};
+  CHECK(pick_decode(front) == 1u);
+  // Every worker draining: nothing to pick (the router says no decode worker is up).
+  std::vector<decode_candidate> all{{1, 0, 0, true}, {2, 0, 0, true}};
+  CHECK_FALSE(pick_decode(all).has_value());
+}
+
+TEST_CASE("pick_prefill skips draining workers", "[routing_policy]") {
+  // Worker 1 is the cheapest (empty queue, full overlap) but draining.
+  std::vector<prefill_candidate> c{{1, 0, 10, true}, {2, 400, 0, false}, {3, 300, 0, false}};
+  CHECK(pick_prefill(c, 160, 16) == 2u);
+  std::vector<prefill_candidate> front{{1, 0, 0, true}, {2, 900, 0, false}};
+  CHECK(pick_prefill(front, 160, 16) == 1u);
+  std::vector<prefill_candidate> all{{1, 0, 0, true}};
+  CHECK_FALSE(pick_prefill(all, 160, 16).has_value());
+}
