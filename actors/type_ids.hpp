@@ -42,6 +42,7 @@ CAF_ADD_TYPE_ID(tokenmill, (tokenmill::change_role))
 CAF_ADD_TYPE_ID(tokenmill, (tokenmill::role_changed))
 CAF_ADD_TYPE_ID(tokenmill, (tokenmill::drain_request))
 CAF_ADD_TYPE_ID(tokenmill, (tokenmill::drain_report))
+CAF_ADD_TYPE_ID(tokenmill, (tokenmill::latency_samples))
 CAF_END_TYPE_ID_BLOCK(tokenmill)
 
 namespace tokenmill {

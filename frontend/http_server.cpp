@@ -177,6 +177,7 @@ awaitable<bool> http_server::core::route(beast::tcp_stream& stream, request_t& r
     out["bottleneck"] = b.found ? b.line : std::string();
     out["bottleneck_worker"] = b.worker;
     out["bottleneck_note"] = b.found ? std::string() : b.line;
+    if (st) out["planner"] = planner_to_json(st->planner);
     std::string body = out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     co_return co_await reply(stream, req, http::status::ok, std::move(body));
   }
@@ -187,6 +188,7 @@ awaitable<bool> http_server::core::route(beast::tcp_stream& stream, request_t& r
     for (const auto& w : st->workers)
       if (w.node == metrics->node()) local.push_back(w);
     export_worker_metrics(metrics->registry(), local);
+    export_planner_metrics(metrics->registry(), st->planner);
   }
   if (cfg.collect_node_metrics) cfg.collect_node_metrics(metrics->registry());
   std::string text = metrics->registry().expose();
