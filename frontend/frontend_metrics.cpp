@@ -122,22 +122,28 @@ void export_worker_metrics(metrics::registry& r, const std::vector<worker_status
   }
 }
 
-void export_planner_metrics(metrics::registry& r, const planner_status& p) {
+void export_planner_metrics(metrics::registry& r, const std::string& node,
+                            const planner_status& p) {
   if (!p.enabled && p.decisions == 0 && p.drains == 0 && p.changes_failed == 0 &&
       p.flips_to_decode == 0 && p.flips_to_prefill == 0)
     return;
   const char* flips_help = "Workers that changed role in place, by old and new role";
-  r.get_counter("tokenmill_role_flips_total", flips_help, {{"from", "prefill"}, {"to", "decode"}})
+  r.get_counter("tokenmill_role_flips_total", flips_help,
+                {{"node", node}, {"from", "prefill"}, {"to", "decode"}})
       .advance_to(static_cast<double>(p.flips_to_decode));
-  r.get_counter("tokenmill_role_flips_total", flips_help, {{"from", "decode"}, {"to", "prefill"}})
+  r.get_counter("tokenmill_role_flips_total", flips_help,
+                {{"node", node}, {"from", "decode"}, {"to", "prefill"}})
       .advance_to(static_cast<double>(p.flips_to_prefill));
   r.get_counter("tokenmill_planner_decisions_total",
-                "Decisions of the planner in the supervisor (flip or keep), one per interval", {})
+                "Decisions of the planner in the supervisor (flip or keep), one per interval",
+                {{"node", node}})
       .advance_to(static_cast<double>(p.decisions));
   r.get_counter("tokenmill_role_change_failures_total",
-                "Role changes and drains that failed or were not answered in time", {})
+                "Role changes and drains that failed or were not answered in time",
+                {{"node", node}})
       .advance_to(static_cast<double>(p.changes_failed));
-  r.get_counter("tokenmill_drained_workers_total", "Workers drained (tokenmill drain)", {})
+  r.get_counter("tokenmill_drained_workers_total", "Workers drained (tokenmill drain)",
+                {{"node", node}})
       .advance_to(static_cast<double>(p.drains));
 }
 

@@ -412,7 +412,8 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
         auto& st = self->state;
         if (auto it = st.members.find(r.info.id); it != st.members.end() && it->second.up) {
           auto ch = st.changes.find(r.info.id);
-          if (ch == st.changes.end()) {
+          // Once per role change: a second registration of the id is a duplicate again.
+          if (ch == st.changes.end() || ch->second.registered) {
             spdlog::error("supervisor: refusing duplicate worker id {} ('{}')", r.info.id,
                           r.info.name);
             return false;
@@ -565,6 +566,8 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
         auto result = std::make_shared<cluster_status>();
         result->cluster = st.cfg.cluster;
         result->ready = is_ready(st);
+        // The planner's part is taken when the answer goes out: a planner tick whose
+        // queries went to the same workers first has decided by then.
         result->planner = st.planner;
         for (const auto& [idx, n] : st.nodes)
           result->nodes.push_back(
@@ -592,8 +595,9 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
         *pending = live.size();
         for (const auto* m : live) {
           auto info = m->info;
-          auto finish = [result, pending, rp]() mutable {
+          auto finish = [self, result, pending, rp]() mutable {
             if (--*pending == 0) {
+              result->planner = self->state.planner;
               std::sort(result->workers.begin(), result->workers.end(),
                         [](const auto& a, const auto& b) { return a.id < b.id; });
               rp.deliver(*result);
