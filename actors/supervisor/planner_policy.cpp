@@ -80,7 +80,8 @@ planner_decision decide_flip(const planner_config& cfg, const planner_signals& s
       "{:.2f} (ITL p{} {} vs {} ms)",
       ev.prefill_workers, ev.prefill_pressure, cfg.percentile, ms_or_none(s.ttft_ms), cfg.ttft_ms,
       ev.decode_workers, ev.decode_pressure, cfg.percentile, ms_or_none(s.itl_ms), cfg.itl_ms);
-  auto keep = [&](std::string why, bool reset_streak) {
+  auto keep = [&](std::string rule, std::string why, bool reset_streak) {
+    d.rule = std::move(rule);
     if (reset_streak) {
       memory.streak = 0;
       memory.streak_to.reset();
@@ -91,7 +92,7 @@ planner_decision decide_flip(const planner_config& cfg, const planner_signals& s
     return d;
   };
 
-  if (s.change_in_flight) return keep("a role change is in flight", false);
+  if (s.change_in_flight) return keep("in_flight", "a role change is in flight", false);
 
   // The bottleneck and the donor.
   role to = ev.prefill_pressure >= ev.decode_pressure ? role::prefill : role::decode;
@@ -103,19 +104,23 @@ planner_decision decide_flip(const planner_config& cfg, const planner_signals& s
 
   if (hot < cfg.high)
     return keep(
+        "calm",
         fmt::format("no role is at its limit (highest pressure {:.2f} < {:.2f})", hot, cfg.high),
         true);
   if (hot < cfg.band * cold)
-    return keep(fmt::format("{} pressure {:.2f} is not {:.2f}x {}'s {:.2f}", to_string(to), hot,
+    return keep("within_band",
+                fmt::format("{} pressure {:.2f} is not {:.2f}x {}'s {:.2f}", to_string(to), hot,
                             cfg.band, to_string(from), cold),
                 true);
   if (donors <= min_donors || donors <= 1)
-    return keep(fmt::format("{} is the bottleneck but {} has {} available workers (minimum {})",
+    return keep("min_count",
+                fmt::format("{} is the bottleneck but {} has {} available workers (minimum {})",
                             to_string(to), to_string(from), donors, std::max(min_donors, 1u)),
                 true);
   double cold_after = cold * donors / (donors - 1);
   if (cold_after >= cfg.high)
-    return keep(fmt::format("{} is the bottleneck but {} would reach pressure {:.2f} with one "
+    return keep("donor_limit",
+                fmt::format("{} is the bottleneck but {} would reach pressure {:.2f} with one "
                             "worker less",
                             to_string(to), to_string(from), cold_after),
                 true);
@@ -129,11 +134,13 @@ planner_decision decide_flip(const planner_config& cfg, const planner_signals& s
   }
   ev.streak = memory.streak;
   if (memory.streak < cfg.intervals)
-    return keep(fmt::format("{} is the bottleneck for {} of {} intervals", to_string(to),
+    return keep("streak",
+                fmt::format("{} is the bottleneck for {} of {} intervals", to_string(to),
                             memory.streak, cfg.intervals),
                 false);
   if (memory.last_flip_ms && s.now_ms - *memory.last_flip_ms < cfg.cooldown_ms)
-    return keep(fmt::format("{} is the bottleneck but the last flip was {} ms ago (cooldown {} ms)",
+    return keep("cooldown",
+                fmt::format("{} is the bottleneck but the last flip was {} ms ago (cooldown {} ms)",
                             to_string(to), s.now_ms - *memory.last_flip_ms, cfg.cooldown_ms),
                 false);
 
@@ -146,6 +153,7 @@ planner_decision decide_flip(const planner_config& cfg, const planner_signals& s
       pick = &w;
   }
   d.flip = true;
+  d.rule = "flip";
   d.worker = pick->id;
   d.from = from;
   d.to = to;

@@ -87,6 +87,9 @@ struct planner_decision {
   role from = role::decode;
   role to = role::decode;
   std::string why;  ///< one line: the evidence in words
+  /// The rule that decided, one word: flip, in_flight, calm (no role at its limit),
+  /// within_band, min_count, donor_limit, streak (building), cooldown.
+  std::string rule;
   planner_evidence evidence;
 };
 

@@ -74,6 +74,7 @@ struct supervisor_state {
   planner_memory memory;
   planner_status planner;  ///< counters and recent events, for status and metrics
   bool gathering = false;  ///< a planner tick's queries are out
+  std::string last_rule;   ///< the rule of the planner's previous decision (for the log)
   static inline const char* name = "supervisor";
 };
 
@@ -240,12 +241,13 @@ void plan(supervisor_ptr self, planner_signals sig, std::vector<double> ttft,
                                      [](const auto& c) { return !c.second.drain_only; });
   auto d = decide_flip(cfg, sig, st.memory);
   ++st.planner.decisions;
-  // Every decision is logged; a keep that says what the previous one said only at debug
-  // level, so that a steady cluster does not fill the log.
-  if (d.flip || d.why != st.planner.last_decision)
+  // Every decision is logged with its evidence; a keep for the same rule as the previous
+  // decision only at debug level, so that a steady cluster does not fill the log.
+  if (d.flip || d.rule != st.last_rule)
     spdlog::info("planner: {}", d.why);
   else
     spdlog::debug("planner: {}", d.why);
+  st.last_rule = d.rule;
   st.planner.last_decision = d.why;
   if (!d.flip) return;
   auto it = st.members.find(d.worker);

@@ -590,7 +590,7 @@ TEST_CASE("manifest: files that are not manifests", "[manifest]") {
     CHECK(r.error().message ==
           "test.yaml:1:1: (document): the manifest is empty; expected a map with keys cluster, "
           "model, frontend, nodes (and optionally defaults, kv_layout, router, failure, ucx, "
-          "restart)");
+          "restart, planner)");
   }
   SECTION("a scalar") {
     auto r = parse("just words");

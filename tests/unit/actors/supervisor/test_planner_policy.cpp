@@ -134,6 +134,7 @@ TEST_CASE("planner: steady load keeps the split", "[planner_policy]") {
     auto d = decide_flip(c, steady(i * 1000), mem);
     REQUIRE_FALSE(d.flip);
     CHECK_THAT(d.why, Catch::StartsWith("keep: no role is at its limit"));
+    CHECK(d.rule == "calm");
     CHECK(d.evidence.prefill_workers == 2);
     CHECK(d.evidence.decode_workers == 2);
   }
@@ -150,6 +151,7 @@ TEST_CASE("planner: a phase change flips toward the bottleneck after the streak"
   CHECK_FALSE(d.flip);
   CHECK(d.evidence.streak == 1);
   CHECK_THAT(d.why, Catch::Contains("1 of 3 intervals"));
+  CHECK(d.rule == "streak");
   d = decide_flip(c, decode_heavy(6000), mem);
   CHECK_FALSE(d.flip);
   CHECK(d.evidence.streak == 2);
@@ -161,6 +163,7 @@ TEST_CASE("planner: a phase change flips toward the bottleneck after the streak"
   CHECK(d.evidence.decode_pressure > 1.0);
   CHECK(d.evidence.itl_ms == Approx(55));
   CHECK_THAT(d.why, Catch::Contains("prefill -> decode"));
+  CHECK(d.rule == "flip");
   CHECK_THAT(d.why, Catch::Contains("ITL p90 55.0 ms vs 30 ms"));
 }
 
@@ -200,6 +203,7 @@ TEST_CASE("planner: the cooldown holds after a flip", "[planner_policy]") {
     auto d = decide_flip(c, decode_heavy(t, w), mem);
     REQUIRE_FALSE(d.flip);
     CHECK_THAT(d.why, Catch::Contains("cooldown 10000 ms"));
+    CHECK(d.rule == "cooldown");
   }
   // After the cooldown the next flip may come.
   CHECK(decide_flip(c, decode_heavy(10000, w), mem).flip);
@@ -214,6 +218,7 @@ TEST_CASE("planner: nothing is decided while a role change is in flight", "[plan
   auto d = decide_flip(c, s, mem);
   CHECK_FALSE(d.flip);
   CHECK_THAT(d.why, Catch::Contains("in flight"));
+  CHECK(d.rule == "in_flight");
 }
 
 TEST_CASE("planner: minimum counts hold", "[planner_policy]") {
@@ -226,6 +231,7 @@ TEST_CASE("planner: minimum counts hold", "[planner_policy]") {
   auto d = decide_flip(c, decode_heavy(0, w), mem);
   CHECK_FALSE(d.flip);
   CHECK_THAT(d.why, Catch::Contains("prefill has 1 available workers (minimum 1)"));
+  CHECK(d.rule == "min_count");
   // A configured minimum of 2 keeps two of three.
   c.min_prefill = 2;
   w = {{1, role::prefill}, {2, role::prefill}, {11, role::decode}};
@@ -268,6 +274,7 @@ TEST_CASE("planner: a flip that would make the donor the bottleneck is not made"
   auto d = decide_flip(c, s, mem);
   CHECK_FALSE(d.flip);
   CHECK_THAT(d.why, Catch::Contains("would reach pressure 1.50"));
+  CHECK(d.rule == "donor_limit");
 }
 
 TEST_CASE("planner: both roles hot within the band keeps the split", "[planner_policy]") {
@@ -279,6 +286,7 @@ TEST_CASE("planner: both roles hot within the band keeps the split", "[planner_p
   auto d = decide_flip(c, s, mem);
   CHECK_FALSE(d.flip);
   CHECK_THAT(d.why, Catch::Contains("is not 1.50x"));
+  CHECK(d.rule == "within_band");
 }
 
 TEST_CASE("planner: noisy alternating signals do not oscillate", "[planner_policy]") {
