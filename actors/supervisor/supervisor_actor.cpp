@@ -373,6 +373,27 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
     self->delayed_send(self, std::chrono::milliseconds(p->interval_ms), plan_atom::value);
   }
   auto broadcast = [self] { tokenmill::broadcast(self); };
+  // A worker that cannot take change_role (an older build) answers it with an error, which
+  // CAF delivers as a message: without this handler it would take the supervisor down.
+  // It ends that worker's change at once instead of at the bound.
+  self->set_error_handler([self](caf::error& err) {
+    auto& st = self->state;
+    auto sender = self->current_sender();
+    for (auto& [id, ch] : st.changes) {
+      if (ch.old_handle.address() != sender) continue;
+      role_changed rc;
+      rc.from = ch.from;
+      rc.to = ch.to;
+      rc.drain_only = ch.drain_only;
+      rc.error = {errc::worker_failed,
+                  fmt::format("answered change_role with {}", caf::to_string(err))};
+      finish_change(self, id, std::move(rc));
+      tokenmill::broadcast(self);
+      return;
+    }
+    spdlog::warn("supervisor: an actor sent an error it was not asked for: {}",
+                 caf::to_string(err));
+  });
   self->set_down_handler([self, broadcast](caf::down_msg& dm) {
     bool node_lost = false;
     for (auto& [idx, n] : self->state.nodes) {

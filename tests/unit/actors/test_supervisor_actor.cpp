@@ -705,3 +705,28 @@ TEST_CASE("supervisor: drain_request drains every prefill and decode worker of t
   CHECK(find_member(m, 31)->up);
   CHECK_FALSE(find_member(m, 31)->draining);
 }
+
+TEST_CASE("supervisor: a worker that cannot take change_role ends its change at once",
+          "[supervisor_actor]") {
+  // Regression: the worker's "unexpected message" error came back to the supervisor as a
+  // message, and the supervisor's default error handler took it (and the cluster) down.
+  auto cfg = test_supervisor_config();
+  cfg.change_timeout = std::chrono::seconds(60);  // far beyond the test: no waiting for it
+  role_change_harness h(cfg);
+  h.add_observer();
+  auto info = on_node(make_info(31, role::decode, "d-old"), "n1");
+  REQUIRE(h.register_member(info, h.reaper.add(h.ts.sys.spawn(status_stub, status_of(info, 0)))));
+  expect<membership>(h.seen, "membership after the worker joined");
+  std::optional<drain_report> report;
+  auto pending = h.self->request(h.sup, receive_timeout, drain_request{"n1"});
+  CHECK(find_member(expect<membership>(h.seen, "draining"), 31)->draining);
+  pending.receive([&](drain_report& r) { report = std::move(r); }, [](caf::error&) {});
+  REQUIRE(report);
+  REQUIRE(report->workers.size() == 1);
+  CHECK(report->workers[0].error.code == errc::worker_failed);
+  CHECK_THAT(report->workers[0].error.message, Catch::Contains("answered change_role"));
+  auto m = expect<membership>(h.seen, "membership after the failed change");
+  CHECK_FALSE(find_member(m, 31)->draining);
+  // The supervisor is still there.
+  CHECK(h.status().planner.changes_failed == 1);
+}
