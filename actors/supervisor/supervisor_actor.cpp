@@ -628,8 +628,20 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
           };
           self->request(m->handle, status_timeout, status_atom::value)
               .then(
-                  [result, finish](const worker_status& ws) mutable {
-                    result->workers.push_back(ws);
+                  [self, result, finish](worker_status ws) mutable {
+                    // Out of routing: say so, and why, before the worker's own detail.
+                    auto& st = self->state;
+                    if (auto m = st.members.find(ws.id);
+                        m != st.members.end() && m->second.draining) {
+                      auto ch = st.changes.find(ws.id);
+                      ws.detail = fmt::format("draining ({}); {}",
+                                              ch == st.changes.end() ? std::string("drained")
+                                              : ch->second.drain_only
+                                                  ? std::string("drain")
+                                                  : fmt::format("to {}", to_string(ch->second.to)),
+                                              ws.detail);
+                    }
+                    result->workers.push_back(std::move(ws));
                     finish();
                   },
                   [self, result, finish, info](caf::error& err) mutable {

@@ -520,6 +520,7 @@ TEST_CASE("supervisor: a planner flip drains, re-registers under the new role an
   CHECK(find_member(m, 21)->draining);
   CHECK(find_member(m, 21)->info.kind == role::prefill);
   CHECK_FALSE(find_member(m, 22)->draining);
+  CHECK_THAT(find_worker(h.status(), 21)->detail, Catch::StartsWith("draining (to decode); "));
   auto c = expect<change_role>(h.changes, "change_role at the idle prefill worker");
   CHECK(c.to == role::decode);
   CHECK_FALSE(c.drain_only);
@@ -686,6 +687,12 @@ TEST_CASE("supervisor: drain_request drains every prefill and decode worker of t
   pending.receive([&](drain_report& r) { report = std::move(r); }, [](caf::error&) {});
   REQUIRE(report);
   CHECK_FALSE(report->error);
+  {
+    auto st = h.status();  // drained workers say so in their detail
+    REQUIRE(find_worker(st, 31));
+    CHECK_THAT(find_worker(st, 31)->detail, Catch::StartsWith("draining (drained); "));
+    CHECK_THAT(find_worker(st, 32)->detail, !Catch::Contains("draining"));
+  }
   REQUIRE(report->workers.size() == 2);
   CHECK(report->workers[0].worker == 21);
   CHECK(report->workers[1].worker == 31);
