@@ -12,6 +12,7 @@
 #include "actors/protocol.hpp"
 #include "actors/router/migration.hpp"
 #include "actors/router/routing_policy.hpp"
+#include "actors/supervisor/planner_policy.hpp"
 #include "engine/engine.hpp"
 #include "transport/kv_transport.hpp"
 
@@ -26,6 +27,14 @@ struct supervisor_config {
   std::string host_id;          ///< host_clock_id() of the supervisor's host
   uint32_t sync_pings = 16;     ///< ping-pongs per clock estimate (minimum RTT wins)
   caf::timespan sync_interval = std::chrono::seconds(5);  ///< clock estimate refresh
+  /// The planner (manifest `planner:`): none = roles never change on their own.
+  std::optional<planner_config> planner;
+  /// A worker told to change role or drain that has not answered (role_changed) within
+  /// this is taken back into routing under its old role, and the change reported failed.
+  /// Draining a decode worker may wait for its longest sequence, so it is generous.
+  caf::timespan change_timeout = std::chrono::seconds(120);
+  /// Bound of the status and latency queries of one planner tick.
+  caf::timespan planner_query_timeout = std::chrono::milliseconds(500);
 };
 
 /// Asks every actor in `actors` to exit (user_shutdown) and forgets them. Composition roots
@@ -37,7 +46,7 @@ inline void shutdown_actors(std::vector<caf::actor>& actors) {
 }
 
 /// The supervisor: membership (register, monitor, mark down), node joins, clock offsets,
-/// readiness, cluster status.
+/// readiness, cluster status, role changes and drains, and the planner (with cfg.planner).
 caf::actor spawn_supervisor(caf::actor_system& sys, supervisor_config cfg);
 
 /// The kv-store: global index of which worker holds which block hashes.

@@ -436,6 +436,22 @@ struct attempt_moved {
   caf::actor handle;
 };
 
+/// The supervisor's self-sent planner tick (every planner.interval_ms): gather the workers'
+/// status and the routers' latency samples, then decide. Tests send it to step the planner.
+using plan_atom = caf::atom_constant<caf::atom("plan")>;
+
+/// supervisor -> router (request, reply: latency_samples): the planner's measure of the
+/// service level. The router answers with what it measured since the previous query and
+/// forgets it (one supervisor asks).
+using latency_atom = caf::atom_constant<caf::atom("latency")>;
+
+/// router -> supervisor: TTFT (admission to the first token released) of the requests that
+/// ended, and the gaps between their released tokens, since the previous query; capped.
+struct latency_samples {
+  std::vector<double> ttft_ms;
+  std::vector<double> itl_ms;
+};
+
 // ---------------------------------------------------------------- inspectors (CAF 0.17)
 
 template <class F>
@@ -605,8 +621,19 @@ typename F::result_type inspect(F& f, node_status& x) {
            x.clock_rtt_ns, x.restarts);
 }
 template <class F>
+typename F::result_type inspect(F& f, planner_event& x) {
+  return f(caf::meta::type_name("planner_event"), x.t_ns, x.kind, x.worker, x.from, x.to, x.took_ns,
+           x.why);
+}
+template <class F>
+typename F::result_type inspect(F& f, planner_status& x) {
+  return f(caf::meta::type_name("planner_status"), x.enabled, x.decisions, x.flips_to_prefill,
+           x.flips_to_decode, x.changes_failed, x.drains, x.last_decision, x.events);
+}
+template <class F>
 typename F::result_type inspect(F& f, cluster_status& x) {
-  return f(caf::meta::type_name("cluster_status"), x.cluster, x.ready, x.workers, x.nodes);
+  return f(caf::meta::type_name("cluster_status"), x.cluster, x.ready, x.workers, x.nodes,
+           x.planner);
 }
 
 template <class F>
@@ -625,6 +652,10 @@ typename F::result_type inspect(F& f, drain_request& x) {
 template <class F>
 typename F::result_type inspect(F& f, drain_report& x) {
   return f(caf::meta::type_name("drain_report"), x.workers, x.error);
+}
+template <class F>
+typename F::result_type inspect(F& f, latency_samples& x) {
+  return f(caf::meta::type_name("latency_samples"), x.ttft_ms, x.itl_ms);
 }
 
 template <class F>

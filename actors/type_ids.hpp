@@ -52,6 +52,7 @@ CAF_ADD_TYPE_ID(tokenmill, (tokenmill::migrate_abort))
 CAF_ADD_TYPE_ID(tokenmill, (tokenmill::migrate_expired))
 CAF_ADD_TYPE_ID(tokenmill, (tokenmill::migrate_result))
 CAF_ADD_TYPE_ID(tokenmill, (tokenmill::attempt_moved))
+CAF_ADD_TYPE_ID(tokenmill, (tokenmill::latency_samples))
 CAF_END_TYPE_ID_BLOCK(tokenmill)
 
 namespace tokenmill {

@@ -10,6 +10,7 @@
 #include "apps/commands.hpp"
 #include "common/stats.hpp"
 #include "frontend/client.hpp"
+#include "frontend/frontend_metrics.hpp"
 #include "frontend/trace_export.hpp"
 
 namespace tokenmill::app {
@@ -276,6 +277,7 @@ command add_status(CLI::App& app) {
                       {"clock_rtt_ms", n.clock_rtt_ns < 0 ? -1.0 : n.clock_rtt_ns / 1e6},
                       {"restarts", n.restarts}});
       j["nodes"] = ns;
+      j["planner"] = planner_to_json(st->planner);
       std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
       return 0;
     }
@@ -300,6 +302,24 @@ command add_status(CLI::App& app) {
                   w.up ? "up" : "down", w.queued, w.running, kv.c_str(),
                   static_cast<unsigned long long>(w.completed),
                   static_cast<unsigned long long>(w.tokens_out), w.detail.c_str());
+    }
+    const auto& p = st->planner;
+    if (p.enabled || !p.events.empty()) {
+      std::printf(
+          "planner: %s; %llu decisions, %llu flips prefill->decode, %llu decode->prefill, "
+          "%llu drained, %llu failed\n",
+          p.enabled ? "on" : "off", static_cast<unsigned long long>(p.decisions),
+          static_cast<unsigned long long>(p.flips_to_decode),
+          static_cast<unsigned long long>(p.flips_to_prefill),
+          static_cast<unsigned long long>(p.drains),
+          static_cast<unsigned long long>(p.changes_failed));
+      if (!p.last_decision.empty()) std::printf("  last: %s\n", p.last_decision.c_str());
+      for (const auto& e : p.events)
+        std::printf(
+            "  %-7s %-16s %s -> %s%s  %s\n", e.kind.c_str(), e.worker.c_str(),
+            std::string(to_string(e.from)).c_str(), std::string(to_string(e.to)).c_str(),
+            e.kind == "changed" ? fmt::format(" in {:.1f} ms", e.took_ns / 1e6).c_str() : "",
+            e.why.c_str());
     }
     return 0;
   };

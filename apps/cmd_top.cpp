@@ -89,6 +89,28 @@ std::string render(const json& s, const std::string& endpoint) {
           role == "decode" ? spikes_text(w) : "-");
     }
   out += "\n";
+  if (s.contains("planner") && s["planner"].is_object()) {
+    const auto& p = s["planner"];
+    if (p.value("enabled", false) || (p.contains("events") && !p["events"].empty())) {
+      out += fmt::format(
+          "planner {}: {:g} decisions, flips prefill->decode {:g}, "
+          "decode->prefill {:g}, drained {:g}, failed {:g}\n",
+          p.value("enabled", false) ? "on" : "off", num(p, "decisions"), num(p, "flips_to_decode"),
+          num(p, "flips_to_prefill"), num(p, "drains"), num(p, "changes_failed"));
+      if (!str(p, "last_decision").empty())
+        out += fmt::format("  last: {}\n", str(p, "last_decision"));
+      // The last few role changes (the status keeps more).
+      if (p.contains("events") && p["events"].is_array()) {
+        const auto& evs = p["events"];
+        size_t from = evs.size() > 4 ? evs.size() - 4 : 0;
+        for (size_t i = from; i < evs.size(); ++i)
+          out += fmt::format("  {:<7} {:<18} {} -> {}  {}\n", str(evs[i], "kind"),
+                             str(evs[i], "worker"), str(evs[i], "from"), str(evs[i], "to"),
+                             str(evs[i], "why"));
+      }
+      out += "\n";
+    }
+  }
   const std::string b = str(s, "bottleneck");
   if (!b.empty())
     out += "bottleneck: " + b + "\n";

@@ -60,8 +60,26 @@ command add_trace(CLI::App& app) {
       if (!rec) return fail(fmt::format("{}: a request that is not a JSON object", target));
       reqs.push_back(std::move(*rec));
     }
+    // The planner's role changes, when the status has any (a failure here only loses them).
+    std::vector<planner_event> planner;
+    if (auto s = (*c)->request("GET", "/debug/snapshot?window=1", {}, "", {}, o->timeout_s);
+        s && s->status == 200) {
+      auto sj = nlohmann::json::parse(s->body, nullptr, false);
+      if (sj.is_object() && sj.contains("planner") && sj["planner"].contains("events"))
+        for (const auto& e : sj["planner"]["events"]) {
+          planner_event ev;
+          ev.t_ns = e.value("t_ns", int64_t{0});
+          ev.kind = e.value("kind", std::string());
+          ev.worker = e.value("worker", std::string());
+          ev.from = role_from_string(e.value("from", std::string())).value_or(role::decode);
+          ev.to = role_from_string(e.value("to", std::string())).value_or(role::decode);
+          ev.took_ns = static_cast<int64_t>(e.value("took_ms", 0.0) * 1e6);
+          ev.why = e.value("why", std::string());
+          planner.push_back(std::move(ev));
+        }
+    }
     trace_export_stats stats;
-    auto trace = chrome_trace(reqs, &stats);
+    auto trace = chrome_trace(reqs, planner, &stats);
     {
       std::ofstream out(o->out, std::ios::binary | std::ios::trunc);
       if (!out) return fail(fmt::format("cannot write {}", o->out));

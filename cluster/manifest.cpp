@@ -138,7 +138,7 @@ result<manifest> parse_manifest(const std::string& yaml_text,
   }
   constexpr std::string_view top_text =
       "a map with keys cluster, model, frontend, nodes (and optionally defaults, kv_layout, "
-      "router, failure, ucx, restart)";
+      "router, failure, ucx, restart, planner)";
   if (docs.empty() || (docs.size() == 1 && docs[0].IsNull())) {
     p.add({}, "(document)", "the manifest is empty", top_text);
     return p.to_error();
@@ -217,6 +217,20 @@ std::string describe(const manifest& m) {
     line(fmt::format("restart: up to {} in a row, the first after {} ms, doubling (at most {} s)",
                      m.restart.max, m.restart.backoff_ms,
                      std::max<int64_t>(restart_backoff_cap_ms, m.restart.backoff_ms) / 1000));
+  if (!m.planner) {
+    line("planner: off (roles stay as the nodes say)");
+  } else {
+    auto& p = *m.planner;
+    auto slo = [](uint32_t ms) { return ms == 0 ? std::string("none") : fmt::format("{} ms", ms); };
+    line(fmt::format(
+        "planner: TTFT p{} {}, ITL p{} {}; every {} ms, flip after {} intervals past {:g} and "
+        "{:g}x the other role, cooldown {} ms, at least {} prefill and {} decode; "
+        "{} prefill jobs or {} decode sequences per worker saturate it; a role change is "
+        "abandoned after {} ms",
+        p.percentile, slo(p.ttft_ms), p.percentile, slo(p.itl_ms), p.interval_ms, p.intervals,
+        p.high, p.band, p.cooldown_ms, p.min_prefill, p.min_decode, p.prefill_jobs_per_worker,
+        p.decode_max_batch, p.change_timeout_ms));
+  }
   line(fmt::format("nodes ({}):", m.nodes.size()));
   for (auto& n : m.nodes) {
     auto launch = !n.ssh.empty() ? "ssh " + n.ssh

@@ -6,11 +6,13 @@
 /// what`. CAF-free: the conversions to the actors' config types are declared here against
 /// forward declarations; include "actors/actors.hpp" to call them.
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
 #include <vector>
 
+#include "actors/supervisor/planner_policy.hpp"
 #include "cluster/restart_policy.hpp"
 #include "common/ids.hpp"
 #include "common/result.hpp"
@@ -134,6 +136,11 @@ struct manifest {
   manifest_router router;
   manifest_failure failure;
   manifest_ucx ucx;
+  /// `planner:` turns the planner in the supervisor on: it flips workers between prefill
+  /// and decode to meet the TTFT/ITL objectives (actors/supervisor/planner_policy.hpp).
+  /// Absent: roles stay as the nodes say. decode_max_batch is taken from the first decode
+  /// worker's max_batch.
+  std::optional<planner_config> planner;
   /// How `tokenmill launch` restarts a node that dies after the cluster is ready. Only the
   /// launcher reads it, so it is not part of the hash (see canonical_form).
   restart_config restart;

@@ -52,6 +52,23 @@ std::string canonical_form(const manifest& m) {
   num("ucx.op_timeout_ms", m.ucx.op_timeout_ms);
   num("ucx.stall_timeout_ms", m.ucx.stall_timeout_ms);
   num("ucx.window_mib", m.ucx.window_mib);
+  // Absent when off, so that manifests without a planner keep their hash.
+  if (m.planner) {
+    auto& p = *m.planner;
+    num("planner.ttft_ms", p.ttft_ms);
+    num("planner.itl_ms", p.itl_ms);
+    num("planner.percentile", p.percentile);
+    num("planner.interval_ms", p.interval_ms);
+    num("planner.min_prefill", p.min_prefill);
+    num("planner.min_decode", p.min_decode);
+    num("planner.cooldown_ms", p.cooldown_ms);
+    num("planner.intervals", p.intervals);
+    num("planner.high", p.high);
+    num("planner.band", p.band);
+    num("planner.prefill_jobs_per_worker", p.prefill_jobs_per_worker);
+    num("planner.decode_max_batch", p.decode_max_batch);
+    num("planner.change_timeout_ms", p.change_timeout_ms);
+  }
   num("nodes", m.nodes.size());
   for (size_t i = 0; i < m.nodes.size(); ++i) {
     auto& n = m.nodes[i];

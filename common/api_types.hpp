@@ -60,12 +60,38 @@ struct node_status {
   uint32_t restarts = 0;
 };
 
+/// One thing the planner or a role change did, for `tokenmill status` and the trace.
+struct planner_event {
+  int64_t t_ns = 0;  ///< when, on the supervisor's steady clock
+  /// "flip" (the planner decided one), "drain" (a drain asked), "changed" (a worker
+  /// finished its role change or drain), "failed" (it answered with an error or not in time)
+  std::string kind;
+  std::string worker;  ///< the worker's name
+  role from = role::decode;
+  role to = role::decode;
+  int64_t took_ns = 0;  ///< "changed": from change_role to serving under `to`
+  std::string why;      ///< the evidence, or the error
+};
+
+/// The planner and the role changes the supervisor carried out.
+struct planner_status {
+  bool enabled = false;               ///< the manifest has a planner section
+  uint64_t decisions = 0;             ///< planner decisions made (flip or keep)
+  uint64_t flips_to_prefill = 0;      ///< role changes completed decode -> prefill
+  uint64_t flips_to_decode = 0;       ///< role changes completed prefill -> decode
+  uint64_t changes_failed = 0;        ///< role changes or drains that failed or timed out
+  uint64_t drains = 0;                ///< workers drained (drain_only changes completed)
+  std::string last_decision;          ///< the planner's last decision, in words
+  std::vector<planner_event> events;  ///< the most recent, oldest first
+};
+
 /// Every member's status, as the supervisor sees the cluster.
 struct cluster_status {
   std::string cluster;
   bool ready = false;
   std::vector<worker_status> workers;
   std::vector<node_status> nodes;  ///< empty for a single-process cluster
+  planner_status planner;
 };
 
 /// One worker's drain (or role change), as `tokenmill drain` reports it.

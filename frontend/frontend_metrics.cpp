@@ -122,6 +122,53 @@ void export_worker_metrics(metrics::registry& r, const std::vector<worker_status
   }
 }
 
+void export_planner_metrics(metrics::registry& r, const std::string& node,
+                            const planner_status& p) {
+  if (!p.enabled && p.decisions == 0 && p.drains == 0 && p.changes_failed == 0 &&
+      p.flips_to_decode == 0 && p.flips_to_prefill == 0)
+    return;
+  const char* flips_help = "Workers that changed role in place, by old and new role";
+  r.get_counter("tokenmill_role_flips_total", flips_help,
+                {{"node", node}, {"from", "prefill"}, {"to", "decode"}})
+      .advance_to(static_cast<double>(p.flips_to_decode));
+  r.get_counter("tokenmill_role_flips_total", flips_help,
+                {{"node", node}, {"from", "decode"}, {"to", "prefill"}})
+      .advance_to(static_cast<double>(p.flips_to_prefill));
+  r.get_counter("tokenmill_planner_decisions_total",
+                "Decisions of the planner in the supervisor (flip or keep), one per interval",
+                {{"node", node}})
+      .advance_to(static_cast<double>(p.decisions));
+  r.get_counter("tokenmill_role_change_failures_total",
+                "Role changes and drains that failed or were not answered in time",
+                {{"node", node}})
+      .advance_to(static_cast<double>(p.changes_failed));
+  r.get_counter("tokenmill_drained_workers_total", "Workers drained (tokenmill drain)",
+                {{"node", node}})
+      .advance_to(static_cast<double>(p.drains));
+}
+
+nlohmann::ordered_json planner_to_json(const planner_status& p) {
+  nlohmann::ordered_json j;
+  j["enabled"] = p.enabled;
+  j["decisions"] = p.decisions;
+  j["flips_to_prefill"] = p.flips_to_prefill;
+  j["flips_to_decode"] = p.flips_to_decode;
+  j["changes_failed"] = p.changes_failed;
+  j["drains"] = p.drains;
+  j["last_decision"] = p.last_decision;
+  auto evs = nlohmann::ordered_json::array();
+  for (const auto& e : p.events)
+    evs.push_back({{"t_ns", e.t_ns},
+                   {"kind", e.kind},
+                   {"worker", e.worker},
+                   {"from", std::string(to_string(e.from))},
+                   {"to", std::string(to_string(e.to))},
+                   {"took_ms", e.took_ns / 1e6},
+                   {"why", e.why}});
+  j["events"] = std::move(evs);
+  return j;
+}
+
 void export_transport_metrics(metrics::registry& r, const std::string& node,
                               std::string_view transport, const kv_transport_stats& s) {
   metrics::label_set l{{"node", node}, {"transport", std::string(transport)}};

@@ -18,6 +18,15 @@ namespace tokenmill {
 /// hit rate, labelled by node, worker and role.
 void export_worker_metrics(metrics::registry& r, const std::vector<worker_status>& workers);
 
+/// Sets the planner's series from the supervisor's counts (once a planner or a drain ran),
+/// labelled by the exporting `node`: tokenmill_role_flips_total{from,to},
+/// tokenmill_planner_decisions_total, tokenmill_role_change_failures_total and
+/// tokenmill_drained_workers_total.
+void export_planner_metrics(metrics::registry& r, const std::string& node, const planner_status& p);
+
+/// The planner's status as JSON (for /debug/snapshot and `tokenmill status --json`).
+nlohmann::ordered_json planner_to_json(const planner_status& p);
+
 /// Sets the node's KV transport series from its stats, labelled by node and transport:
 /// bytes and transfers completed or failed, timeouts, stalls (no progress while the peer
 /// is connected), and the transfers in flight and queued behind the window.

@@ -177,6 +177,16 @@ awaitable<bool> http_server::core::route(beast::tcp_stream& stream, request_t& r
     out["bottleneck"] = b.found ? b.line : std::string();
     out["bottleneck_worker"] = b.worker;
     out["bottleneck_note"] = b.found ? std::string() : b.line;
+    if (st) {
+      // The planner's events on this node's clock (the requests' clock): the supervisor
+      // stamps on its own, `clock_offset_ns` ahead of this node's.
+      auto planner = st->planner;
+      for (const auto& n : st->nodes)
+        if (n.name == metrics->node())
+          for (auto& e : planner.events)
+            e.t_ns -= n.clock_offset_ns;
+      out["planner"] = planner_to_json(planner);
+    }
     std::string body = out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     co_return co_await reply(stream, req, http::status::ok, std::move(body));
   }
@@ -187,6 +197,7 @@ awaitable<bool> http_server::core::route(beast::tcp_stream& stream, request_t& r
     for (const auto& w : st->workers)
       if (w.node == metrics->node()) local.push_back(w);
     export_worker_metrics(metrics->registry(), local);
+    export_planner_metrics(metrics->registry(), metrics->node(), st->planner);
   }
   if (cfg.collect_node_metrics) cfg.collect_node_metrics(metrics->registry());
   std::string text = metrics->registry().expose();

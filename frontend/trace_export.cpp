@@ -155,18 +155,46 @@ void add_request(const generation_summary& g, int64_t end_ns, std::vector<event>
 }
 
 int track_rank(const std::string& t) {
+  if (t == "planner") return 0;
   if (t == "requests") return 0;
   if (t == "frontend") return 1;
   if (t == "router") return 2;
   return 3;
 }
 
+/// The planner's decisions and role changes on a "planner" track of node 0 (where the
+/// supervisor runs beside the router): a decided flip or drain is an instant, a finished or
+/// failed change a span from change_role to its end.
+void add_planner(const std::vector<planner_event>& planner, std::vector<event>& out) {
+  for (const auto& p : planner) {
+    event e;
+    e.track = "planner";
+    e.cat = "planner";
+    e.t1 = p.t_ns;
+    const auto fromto = fmt::format("{} -> {}", to_string(p.from), to_string(p.to));
+    if (p.kind == "changed" || p.kind == "failed") {
+      e.ph = 'X';
+      e.t0 = p.t_ns - std::max<int64_t>(p.took_ns, 0);
+      e.name =
+          fmt::format("{} {} {}", p.kind == "failed" ? "failed" : "role change", p.worker, fromto);
+    } else {
+      e.ph = 'i';
+      e.t0 = p.t_ns;
+      e.name = fmt::format("{} {} {}", p.kind, p.worker, fromto);
+    }
+    e.args =
+        ojson{{"kind", p.kind}, {"worker", p.worker}, {"why", p.why}, {"took_ms", p.took_ns / 1e6}};
+    out.push_back(std::move(e));
+  }
+}
+
 ojson build(const std::vector<std::pair<const generation_summary*, int64_t>>& reqs,
-            trace_export_stats* stats) {
+            trace_export_stats* stats, const std::vector<planner_event>* planner = nullptr) {
   std::vector<event> events;
   std::map<std::tuple<uint32_t, std::string, int64_t, int64_t>, size_t> steps;
   for (const auto& [g, end] : reqs)
     add_request(*g, end, events, steps);
+  if (planner) add_planner(*planner, events);
   int64_t origin = std::numeric_limits<int64_t>::max();
   for (const auto& e : events)
     origin = std::min(origin, e.t0);
@@ -264,10 +292,15 @@ ojson build(const std::vector<std::pair<const generation_summary*, int64_t>>& re
 }  // namespace
 
 ojson chrome_trace(const std::vector<request_record>& requests, trace_export_stats* stats) {
+  return chrome_trace(requests, {}, stats);
+}
+
+ojson chrome_trace(const std::vector<request_record>& requests,
+                   const std::vector<planner_event>& planner, trace_export_stats* stats) {
   std::vector<std::pair<const generation_summary*, int64_t>> v;
   for (const auto& r : requests)
     v.emplace_back(&r.summary, r.end_ns);
-  return build(v, stats);
+  return build(v, stats, &planner);
 }
 
 ojson chrome_trace(const std::vector<generation_summary>& requests, trace_export_stats* stats) {

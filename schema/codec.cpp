@@ -246,6 +246,28 @@ cluster_status decode(rpc::ClusterStatus::Reader r) {
   for (auto n : r.getNodes())
     s.nodes.push_back({str(n.getName()), n.getIndex(), n.getUp(), n.getClockOffsetNs(),
                        n.getClockRttNs(), n.getRestarts()});
+  if (r.hasPlanner()) {
+    auto p = r.getPlanner();
+    auto& o = s.planner;
+    o.enabled = p.getEnabled();
+    o.decisions = p.getDecisions();
+    o.flips_to_prefill = p.getFlipsToPrefill();
+    o.flips_to_decode = p.getFlipsToDecode();
+    o.changes_failed = p.getChangesFailed();
+    o.drains = p.getDrains();
+    o.last_decision = str(p.getLastDecision());
+    for (auto e : p.getEvents()) {
+      planner_event ev;
+      ev.t_ns = e.getTNs();
+      ev.kind = str(e.getKind());
+      ev.worker = str(e.getWorker());
+      ev.from = role_from_string(str(e.getFrom())).value_or(role::decode);
+      ev.to = role_from_string(str(e.getTo())).value_or(role::decode);
+      ev.took_ns = e.getTookNs();
+      ev.why = str(e.getWhy());
+      o.events.push_back(std::move(ev));
+    }
+  }
   return s;
 }
 
@@ -280,6 +302,25 @@ void encode(const cluster_status& s, rpc::ClusterStatus::Builder b) {
     ns[i].setClockOffsetNs(s.nodes[i].clock_offset_ns);
     ns[i].setClockRttNs(s.nodes[i].clock_rtt_ns);
     ns[i].setRestarts(s.nodes[i].restarts);
+  }
+  auto p = b.initPlanner();
+  p.setEnabled(s.planner.enabled);
+  p.setDecisions(s.planner.decisions);
+  p.setFlipsToPrefill(s.planner.flips_to_prefill);
+  p.setFlipsToDecode(s.planner.flips_to_decode);
+  p.setChangesFailed(s.planner.changes_failed);
+  p.setDrains(s.planner.drains);
+  p.setLastDecision(s.planner.last_decision);
+  auto evs = p.initEvents(static_cast<unsigned>(s.planner.events.size()));
+  for (unsigned i = 0; i < s.planner.events.size(); ++i) {
+    const auto& e = s.planner.events[i];
+    evs[i].setTNs(e.t_ns);
+    evs[i].setKind(e.kind);
+    evs[i].setWorker(e.worker);
+    evs[i].setFrom(std::string(to_string(e.from)));
+    evs[i].setTo(std::string(to_string(e.to)));
+    evs[i].setTookNs(e.took_ns);
+    evs[i].setWhy(e.why);
   }
 }
 

@@ -115,11 +115,33 @@ struct NodeStatus {
   restarts @5 :UInt32;           # joins after the node's first (new processes of the node)
 }
 
+struct PlannerEvent {
+  tNs @0 :Int64;                 # supervisor's steady clock
+  kind @1 :Text;                 # flip, drain, changed, failed
+  worker @2 :Text;
+  from @3 :Text;                 # role names
+  to @4 :Text;
+  tookNs @5 :Int64;
+  why @6 :Text;
+}
+
+struct PlannerStatus {
+  enabled @0 :Bool;
+  decisions @1 :UInt64;
+  flipsToPrefill @2 :UInt64;
+  flipsToDecode @3 :UInt64;
+  changesFailed @4 :UInt64;
+  drains @5 :UInt64;
+  lastDecision @6 :Text;
+  events @7 :List(PlannerEvent); # most recent, oldest first
+}
+
 struct ClusterStatus {
   cluster @0 :Text;
   ready @1 :Bool;
   workers @2 :List(WorkerStatus);
   nodes @3 :List(NodeStatus);    # empty for a single-process cluster
+  planner @4 :PlannerStatus;     # the planner and role changes (enabled false: no planner)
 }
 
 struct ModelInfo {

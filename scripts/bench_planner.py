@@ -164,9 +164,9 @@ def poll_status(binary, endpoint, path, stop):
             if r.returncode == 0:
                 try:
                     s = json.loads(r.stdout)
-                    ws = [{"name": w.get("name"), "kind": w.get("kind"),
-                           "draining": "draining" in (w.get("detail") or "")}
-                          for w in s.get("workers", []) if w.get("kind") in ("prefill", "decode")]
+                    ws = [{"name": w.get("name"), "kind": w.get("role"),
+                           "draining": (w.get("detail") or "").startswith("draining")}
+                          for w in s.get("workers", []) if w.get("role") in ("prefill", "decode")]
                     f.write(json.dumps({"t": t, "workers": ws, "planner": s.get("planner")}) + "\n")
                     f.flush()
                 except ValueError:
@@ -299,23 +299,26 @@ def summarize_config(args, name, n_prefill, planned, out, starts):
         end = starts[i + 1] if i + 1 < len(starts) else float("inf")
         changes = [t for t, _, _ in timeline if starts[i] <= t < end]
         react.append(round(changes[-1] - starts[i], 2) if changes else None)
-    flips, flip_s = [], []
+    flips = []
     mpath = os.path.join(out, "metrics.txt")
     if os.path.exists(mpath):
-        for line in open(mpath):
-            if line.startswith("tokenmill_role_flips_total"):
-                flips.append(line.strip())
-            m = re.match(r"tokenmill_role_flip_seconds_(sum|count)\S* (\S+)", line)
-            if m:
-                flip_s.append((m.group(1), float(m.group(2))))
-    sums = dict(flip_s)
+        flips = [l.strip() for l in open(mpath) if l.startswith("tokenmill_role_flips_total")]
+    # Completed role changes with their time (change_role until serving under the new
+    # role), from the supervisor's planner events in the last status.
+    changes = {}
+    if os.path.exists(spath):
+        for line in open(spath):
+            for e in (json.loads(line).get("planner") or {}).get("events", []):
+                if e.get("kind") == "changed":
+                    changes[(e["t_ns"], e["worker"])] = e["took_ms"]
+    took = sorted(changes.values())
     return {"config": name, "prefill": n_prefill, "decode": args.workers - n_prefill,
             "planner": planned, "phases": phases, "total": tot,
             "goodput_rps": tot["good"] / (args.phase_s * len(args.phase_list)),
             "split_timeline": [{"t": t - starts[0] if starts else t, "prefill": p, "decode": d}
                                for t, p, d in timeline],
-            "reaction_s": react, "flip_metrics": flips,
-            "mean_flip_s": (sums["sum"] / sums["count"]) if sums.get("count") else None}
+            "reaction_s": react, "flip_metrics": flips, "flips": len(took),
+            "flip_ms": {"median": took[len(took) // 2], "max": took[-1]} if took else None}
 
 
 def write_report(args, results, out, meta):
@@ -345,7 +348,7 @@ def write_report(args, results, out, meta):
         lines.append(f"Planner / best static split ({best_static['config']}): **{ratio:.2f}x**.")
     if planner:
         lines.append(f"Planner split after each shift settled in: {planner['reaction_s']} s; "
-                     f"mean flip time: {planner['mean_flip_s']} s; flips: {planner['flip_metrics']}.")
+                     f"{planner['flips']} flips, time per flip (ms): {planner['flip_ms']}.")
     open(os.path.join(out, "README.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -15,6 +15,7 @@
 // no re-submission: attempt_moved only points the request at its new decode worker.
 #include <map>
 #include <unordered_map>
+#include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -99,6 +100,9 @@ struct router_state {
   uint64_t lost = 0;             ///< requests failed because a worker failed and no move was left
   uint64_t timed_out = 0;        ///< requests ended by the request timeout
   std::vector<int64_t> offsets;  ///< clock offset per node index (supervisor's estimate)
+  /// TTFT and token gaps of the requests that ended since the supervisor's last
+  /// latency query (the planner's service-level signal).
+  latency_samples recent_latency;
   static inline const char* name = "router";
 };
 
@@ -144,11 +148,23 @@ void detach_attempt(router_state& st, request_state& rs) {
   rs.phase = request_phase::routing;
 }
 
+/// Keeps a request's TTFT and token gaps for the next latency query, up to a cap, so that
+/// a cluster without a planner (nobody asks) holds a bounded amount.
+void record_latency(latency_samples& l, const request_state& rs) {
+  constexpr size_t cap = 1 << 16;
+  if (rs.release_ns.empty()) return;
+  if (l.ttft_ms.size() < cap)
+    l.ttft_ms.push_back(static_cast<double>(rs.release_ns.front() - rs.admitted_ns) / 1e6);
+  for (size_t i = 1; i < rs.release_ns.size() && l.itl_ms.size() < cap; ++i)
+    l.itl_ms.push_back(static_cast<double>(rs.release_ns[i] - rs.release_ns[i - 1]) / 1e6);
+}
+
 /// Sends the last message of a request and forgets it everywhere.
 void end_request(router_ptr self, request_id id, request_summary s) {
   auto& st = self->state;
   auto it = st.requests.find(id);
   if (it == st.requests.end()) return;
+  record_latency(st.recent_latency, it->second);
   detach_attempt(st, it->second);
   self->send(it->second.req.client, std::move(s));
   st.requests.erase(it);
@@ -602,6 +618,7 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         if (cfg.tick_interval.count() > 0)
           self->delayed_send(self, cfg.tick_interval, tick_atom::value);
       },
+      [self](latency_atom) { return std::exchange(self->state.recent_latency, {}); },
       [self](status_atom) {
         auto& st = self->state;
         worker_status ws;

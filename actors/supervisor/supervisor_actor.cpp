@@ -1,9 +1,13 @@
-// The supervisor: registration, monitoring, readiness and cluster status.
+// The supervisor: registration, monitoring, readiness, cluster status, role changes and
+// drains, and the planner's periodic decision (planner_policy.hpp decides; this carries out).
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <vector>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "actors/actors.hpp"
@@ -31,13 +35,50 @@ struct node_entry {
 
 /// Self-sent: refresh every node's clock estimate.
 using sync_atom = caf::atom_constant<caf::atom("sync")>;
+/// Self-sent with a worker id and change number: the bound of that role change.
+using change_expired_atom = caf::atom_constant<caf::atom("chg_expd")>;
+
+/// Planner events kept for `status` (oldest dropped first).
+constexpr size_t max_planner_events = 32;
+
+/// A change_role sent and not yet answered.
+struct pending_change {
+  uint64_t seq = 0;  ///< matches the change_expired_atom of this change
+  role from = role::decode;
+  role to = role::decode;
+  bool drain_only = false;
+  bool planned = false;           ///< the planner decided it (cooldown restarts when it ends)
+  std::optional<uint64_t> drain;  ///< the drain_request it belongs to
+  caf::actor old_handle;          ///< the handle change_role went to
+  bool registered = false;        ///< the worker registered again (under `to`)
+  bool old_down = false;          ///< old_handle exited before the worker registered again
+  int64_t started_ns = 0;
+};
+
+/// A drain_request waiting for its workers.
+struct drain_op {
+  caf::typed_response_promise<drain_report> rp;
+  std::string node;
+  std::set<worker_id> waiting;
+  drain_report report;
+};
 
 struct supervisor_state {
   supervisor_config cfg;
   std::map<worker_id, member> members;
   std::map<uint32_t, node_entry> nodes;
+  std::map<worker_id, pending_change> changes;
+  uint64_t change_seq = 0;
+  std::map<uint64_t, drain_op> drains;
+  uint64_t drain_seq = 0;
+  planner_memory memory;
+  planner_status planner;  ///< counters and recent events, for status and metrics
+  bool gathering = false;  ///< a planner tick's queries are out
+  std::string last_rule;   ///< the rule of the planner's previous decision (for the log)
   static inline const char* name = "supervisor";
 };
+
+using supervisor_ptr = caf::stateful_actor<supervisor_state>*;
 
 membership snapshot(const supervisor_state& st) {
   membership m;
@@ -53,6 +94,234 @@ bool is_ready(const supervisor_state& st) {
   for (const auto& [id, m] : st.members)
     members.push_back({m.info.kind, m.up});
   return cluster_ready(members, st.cfg.expected_workers);
+}
+
+/// Every member hears about every change: routers route by it, decode workers find the
+/// kv-store through it, the kv-store forgets what departed workers held.
+void broadcast(supervisor_ptr self) {
+  auto m = snapshot(self->state);
+  for (const auto& [id, mem] : self->state.members)
+    if (mem.up) self->send(mem.handle, m);
+}
+
+void record(supervisor_state& st, planner_event ev) {
+  ev.t_ns = now_ns();
+  auto& evs = st.planner.events;
+  evs.push_back(std::move(ev));
+  if (evs.size() > max_planner_events)
+    evs.erase(evs.begin(),
+              evs.begin() + static_cast<std::ptrdiff_t>(evs.size() - max_planner_events));
+}
+
+/// Marks `id` draining and sends it change_role (the caller broadcasts the membership, so
+/// that routers stop sending it work, once for all the workers it changes). The answer is
+/// bounded by cfg.change_timeout (change_expired_atom).
+void start_change(supervisor_ptr self, worker_id id, role to, bool drain_only, std::string reason,
+                  bool planned, std::optional<uint64_t> drain) {
+  auto& st = self->state;
+  auto& m = st.members.at(id);
+  m.draining = true;
+  pending_change ch;
+  ch.seq = ++st.change_seq;
+  ch.from = m.info.kind;
+  ch.to = drain_only ? m.info.kind : to;
+  ch.drain_only = drain_only;
+  ch.planned = planned;
+  ch.drain = drain;
+  ch.old_handle = m.handle;
+  ch.started_ns = now_ns();
+  spdlog::info(
+      "supervisor: {} '{}' {} ({})", to_string(m.info.kind), m.info.name,
+      drain_only ? std::string("drains") : fmt::format("changes role to {}", to_string(ch.to)),
+      reason);
+  self->send(m.handle, change_role{ch.to, drain_only, std::move(reason)});
+  self->delayed_send(self, st.cfg.change_timeout, change_expired_atom::value, id, ch.seq);
+  st.changes[id] = std::move(ch);
+}
+
+/// A role change ended: `rc` is the worker's answer, or one the supervisor made up for a
+/// worker that failed to answer. Updates the member, the counters and any drain it
+/// belongs to; the caller broadcasts.
+void finish_change(supervisor_ptr self, worker_id id, role_changed rc) {
+  auto& st = self->state;
+  auto it = st.changes.find(id);
+  if (it == st.changes.end()) return;
+  auto ch = std::move(it->second);
+  st.changes.erase(it);
+  auto mit = st.members.find(id);
+  std::string name = mit != st.members.end() ? mit->second.info.name : std::to_string(id);
+  rc.worker = id;
+  planner_event ev;
+  ev.worker = name;
+  ev.from = ch.from;
+  ev.to = ch.to;
+  ev.took_ns = rc.total_ns > 0 ? rc.total_ns : now_ns() - ch.started_ns;
+  if (rc.error) {
+    // The worker keeps (or is taken back under) the role it registered last.
+    if (mit != st.members.end()) mit->second.draining = false;
+    ++st.planner.changes_failed;
+    ev.kind = "failed";
+    ev.why = rc.error.message;
+    spdlog::warn("supervisor: {} of '{}' failed: {} ({}); it serves as {} again",
+                 ch.drain_only ? "drain" : "role change", name, rc.error.message,
+                 to_string(rc.error.code),
+                 mit != st.members.end() ? to_string(mit->second.info.kind) : "nothing");
+  } else if (ch.drain_only) {
+    // Drained: stays out of routing until it registers again (a restart of its node) or
+    // a change_role to its own role brings it back.
+    ++st.planner.drains;
+    ev.kind = "changed";
+    ev.why = fmt::format("drained: {} finished, {} migrated", rc.finished, rc.migrated);
+    spdlog::info("supervisor: '{}' drained in {:.1f} ms ({} finished, {} migrated)", name,
+                 ev.took_ns / 1e6, rc.finished, rc.migrated);
+  } else {
+    if (mit != st.members.end()) {
+      auto& m = mit->second;
+      if (!ch.registered && m.info.kind != ch.to) {
+        // The contract is register-then-role_changed; a worker that changed in place
+        // without registering is still the same handle: take its word for the role.
+        spdlog::warn("supervisor: '{}' reported its role change without registering again", name);
+        m.info.kind = ch.to;
+      }
+      m.draining = false;
+    }
+    if (ch.from == role::decode && ch.to == role::prefill) ++st.planner.flips_to_prefill;
+    if (ch.from == role::prefill && ch.to == role::decode) ++st.planner.flips_to_decode;
+    if (ch.planned) st.memory.last_flip_ms = now_ns() / 1'000'000;
+    ev.kind = "changed";
+    ev.why = fmt::format("drain {:.1f} ms, {} finished, {} migrated", rc.drain_ns / 1e6,
+                         rc.finished, rc.migrated);
+    spdlog::info("supervisor: '{}' serves as {} now ({} -> {} in {:.1f} ms; {})", name,
+                 to_string(ch.to), to_string(ch.from), to_string(ch.to), ev.took_ns / 1e6, ev.why);
+  }
+  record(st, std::move(ev));
+  if (!ch.drain) return;
+  auto d = st.drains.find(*ch.drain);
+  if (d == st.drains.end()) return;
+  auto& op = d->second;
+  op.report.workers.push_back(rc);
+  op.waiting.erase(id);
+  if (!op.waiting.empty()) return;
+  std::vector<std::string> failed;
+  for (const auto& w : op.report.workers)
+    if (w.error) {
+      auto m = st.members.find(w.worker);
+      failed.push_back(fmt::format(
+          "'{}': {}", m != st.members.end() ? m->second.info.name : std::to_string(w.worker),
+          w.error.message));
+    }
+  if (!failed.empty())
+    op.report.error = {errc::timeout, fmt::format("node '{}': {} of {} workers did not drain: {}",
+                                                  op.node, failed.size(), op.report.workers.size(),
+                                                  fmt::join(failed, "; "))};
+  op.rp.deliver(std::move(op.report));
+  st.drains.erase(d);
+}
+
+/// Runs one planner decision on gathered signals and carries out a flip.
+void plan(supervisor_ptr self, planner_signals sig, std::vector<double> ttft,
+          std::vector<double> itl) {
+  auto& st = self->state;
+  const auto& cfg = *st.cfg.planner;
+  // The membership now, not as it was when the queries went out.
+  for (auto& w : sig.workers) {
+    auto it = st.members.find(w.id);
+    if (it == st.members.end()) {
+      w.up = false;
+      continue;
+    }
+    w.kind = it->second.info.kind;
+    w.up = w.up && it->second.up;
+    w.draining = it->second.draining;
+  }
+  sig.ttft_ms = percentile_of(std::move(ttft), cfg.percentile);
+  sig.itl_ms = percentile_of(std::move(itl), cfg.percentile);
+  sig.now_ms = now_ns() / 1'000'000;
+  sig.change_in_flight = std::any_of(st.changes.begin(), st.changes.end(),
+                                     [](const auto& c) { return !c.second.drain_only; });
+  auto d = decide_flip(cfg, sig, st.memory);
+  ++st.planner.decisions;
+  // Every decision is logged with its evidence; a keep for the same rule as the previous
+  // decision only at debug level, so that a steady cluster does not fill the log.
+  if (d.flip || d.rule != st.last_rule)
+    spdlog::info("planner: {}", d.why);
+  else
+    spdlog::debug("planner: {}", d.why);
+  st.last_rule = d.rule;
+  st.planner.last_decision = d.why;
+  if (!d.flip) return;
+  auto it = st.members.find(d.worker);
+  if (it == st.members.end() || !it->second.up) return;
+  planner_event ev;
+  ev.kind = "flip";
+  ev.worker = it->second.info.name;
+  ev.from = d.from;
+  ev.to = d.to;
+  ev.why = d.why;
+  record(st, std::move(ev));
+  start_change(self, d.worker, d.to, false, d.why, true, std::nullopt);
+  broadcast(self);
+}
+
+/// One planner tick: asks every up prefill and decode worker for its status and every
+/// router for its latency samples, then decides (plan). Workers that do not answer in
+/// time count as unavailable; a router that does not answer contributes no samples.
+void gather(supervisor_ptr self) {
+  auto& st = self->state;
+  struct acc {
+    planner_signals sig;
+    std::vector<double> ttft, itl;
+    size_t pending = 0;
+  };
+  auto a = std::make_shared<acc>();
+  std::vector<std::pair<worker_id, caf::actor>> workers, routers;
+  for (const auto& [id, m] : st.members) {
+    if (!m.up) continue;
+    if (m.info.kind == role::prefill || m.info.kind == role::decode)
+      workers.emplace_back(id, m.handle);
+    else if (m.info.kind == role::router)
+      routers.emplace_back(id, m.handle);
+  }
+  a->pending = workers.size() + routers.size();
+  if (a->pending == 0) return;
+  st.gathering = true;
+  auto done = [self, a] {
+    if (--a->pending > 0) return;
+    self->state.gathering = false;
+    plan(self, std::move(a->sig), std::move(a->ttft), std::move(a->itl));
+  };
+  auto timeout = st.cfg.planner_query_timeout;
+  for (const auto& [id, h] : workers) {
+    self->request(h, timeout, status_atom::value)
+        .then(
+            [a, done, id = id](const worker_status& ws) {
+              planner_worker w;
+              w.id = id;
+              w.queued = ws.queued;
+              w.running = ws.running;
+              w.kv_used = ws.kv_used;
+              w.kv_total = ws.kv_total;
+              a->sig.workers.push_back(w);
+              done();
+            },
+            [a, done, id = id](caf::error&) {
+              planner_worker w;
+              w.id = id;
+              w.up = false;
+              a->sig.workers.push_back(w);
+              done();
+            });
+  }
+  for (const auto& [id, h] : routers) {
+    self->request(h, timeout, latency_atom::value)
+        .then(
+            [a, done](const latency_samples& l) {
+              a->ttft.insert(a->ttft.end(), l.ttft_ms.begin(), l.ttft_ms.end());
+              a->itl.insert(a->itl.end(), l.itl_ms.begin(), l.itl_ms.end());
+              done();
+            },
+            [done](caf::error&) { done(); });
+  }
 }
 
 /// Tells every up node which nodes are up (node_peers), so that they connect directly.
@@ -98,14 +367,33 @@ void probe(caf::stateful_actor<supervisor_state>* self, uint32_t idx, uint32_t l
 
 caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor_config cfg) {
   self->state.cfg = std::move(cfg);
-  // Every member hears about every change: routers route by it, decode workers find the
-  // kv-store through it, the kv-store forgets what departed workers held.
-  auto broadcast = [self] {
-    auto m = snapshot(self->state);
-    for (const auto& [id, mem] : self->state.members)
-      if (mem.up) self->send(mem.handle, m);
-  };
   self->delayed_send(self, self->state.cfg.sync_interval, sync_atom::value);
+  if (auto& p = self->state.cfg.planner) {
+    self->state.planner.enabled = true;
+    self->delayed_send(self, std::chrono::milliseconds(p->interval_ms), plan_atom::value);
+  }
+  auto broadcast = [self] { tokenmill::broadcast(self); };
+  // A worker that cannot take change_role (an older build) answers it with an error, which
+  // CAF delivers as a message: without this handler it would take the supervisor down.
+  // It ends that worker's change at once instead of at the bound.
+  self->set_error_handler([self](caf::error& err) {
+    auto& st = self->state;
+    auto sender = self->current_sender();
+    for (auto& [id, ch] : st.changes) {
+      if (ch.old_handle.address() != sender) continue;
+      role_changed rc;
+      rc.from = ch.from;
+      rc.to = ch.to;
+      rc.drain_only = ch.drain_only;
+      rc.error = {errc::worker_failed,
+                  fmt::format("answered change_role with {}", caf::to_string(err))};
+      finish_change(self, id, std::move(rc));
+      tokenmill::broadcast(self);
+      return;
+    }
+    spdlog::warn("supervisor: an actor sent an error it was not asked for: {}",
+                 caf::to_string(err));
+  });
   self->set_down_handler([self, broadcast](caf::down_msg& dm) {
     bool node_lost = false;
     for (auto& [idx, n] : self->state.nodes) {
@@ -117,10 +405,27 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
     }
     if (node_lost) announce_nodes(self);
     for (auto& [id, m] : self->state.members) {
-      if (m.up && m.handle.address() == dm.source) {
-        m.up = false;
-        spdlog::warn("supervisor: {} '{}' is down ({})", to_string(m.info.kind), m.info.name,
-                     caf::to_string(dm.reason));
+      if (!m.up || m.handle.address() != dm.source) continue;
+      auto ch = self->state.changes.find(id);
+      if (ch != self->state.changes.end() && !ch->second.drain_only && !ch->second.registered) {
+        // Changing role: the worker may replace this actor with one serving the new role,
+        // which registers under the same id. Not a loss unless that does not happen
+        // within the change's bound.
+        ch->second.old_down = true;
+        spdlog::info("supervisor: the old actor of '{}' exited during its role change ({})",
+                     m.info.name, caf::to_string(dm.reason));
+        continue;
+      }
+      m.up = false;
+      spdlog::warn("supervisor: {} '{}' is down ({})", to_string(m.info.kind), m.info.name,
+                   caf::to_string(dm.reason));
+      if (ch != self->state.changes.end()) {
+        role_changed rc;
+        rc.error = {errc::worker_failed,
+                    fmt::format("went down during its {} ({})",
+                                ch->second.drain_only ? "drain" : "role change",
+                                caf::to_string(dm.reason))};
+        finish_change(self, id, std::move(rc));
       }
     }
     broadcast();
@@ -129,9 +434,29 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
       [self, broadcast](const register_worker& r) -> bool {
         auto& st = self->state;
         if (auto it = st.members.find(r.info.id); it != st.members.end() && it->second.up) {
-          spdlog::error("supervisor: refusing duplicate worker id {} ('{}')", r.info.id,
-                        r.info.name);
-          return false;
+          auto ch = st.changes.find(r.info.id);
+          // Once per role change: a second registration of the id is a duplicate again.
+          if (ch == st.changes.end() || ch->second.registered) {
+            spdlog::error("supervisor: refusing duplicate worker id {} ('{}')", r.info.id,
+                          r.info.name);
+            return false;
+          }
+          // A worker told to change role registers again under its new role, from the
+          // same actor or from one that replaces it: the member takes the new kind and
+          // handle, and the old handle's exit is no longer its loss.
+          auto& m = it->second;
+          if (m.handle != r.handle) {
+            self->demonitor(m.handle);
+            self->monitor(r.handle);
+          }
+          spdlog::info("supervisor: '{}' registered again as {} (was {})", r.info.name,
+                       to_string(r.info.kind), to_string(m.info.kind));
+          m.info = r.info;
+          m.handle = r.handle;
+          m.draining = ch->second.drain_only;  // a drained worker stays out of routing
+          ch->second.registered = true;
+          broadcast();
+          return true;
         }
         self->monitor(r.handle);
         st.members[r.info.id] = member{r.info, r.handle, true};
@@ -170,12 +495,103 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
         self->delayed_send(self, st.cfg.sync_interval, sync_atom::value);
       },
       [self](ready_atom) { return is_ready(self->state); },
+      [self, broadcast](const role_changed& rc) {
+        auto& st = self->state;
+        auto ch = st.changes.find(rc.worker);
+        if (ch == st.changes.end()) {
+          spdlog::debug("supervisor: role_changed of worker {} that is not changing (late?)",
+                        rc.worker);
+          return;
+        }
+        finish_change(self, rc.worker, rc);
+        broadcast();
+      },
+      [self, broadcast](change_expired_atom, worker_id id, uint64_t seq) {
+        auto& st = self->state;
+        auto ch = st.changes.find(id);
+        if (ch == st.changes.end() || ch->second.seq != seq) return;
+        auto m = st.members.find(id);
+        if (ch->second.old_down && !ch->second.registered && m != st.members.end()) {
+          // Its actor exited and nothing replaced it: that was a loss after all.
+          m->second.up = false;
+          spdlog::warn("supervisor: {} '{}' is down (exited during its role change)",
+                       to_string(m->second.info.kind), m->second.info.name);
+        }
+        role_changed rc;
+        rc.from = ch->second.from;
+        rc.to = ch->second.to;
+        rc.drain_only = ch->second.drain_only;
+        rc.error = {
+            errc::timeout,
+            fmt::format("no role_changed within {} ms",
+                        std::chrono::duration_cast<std::chrono::milliseconds>(st.cfg.change_timeout)
+                            .count())};
+        finish_change(self, id, std::move(rc));
+        broadcast();
+      },
+      [self, broadcast](const drain_request& req) -> caf::result<drain_report> {
+        auto& st = self->state;
+        bool known = std::any_of(st.nodes.begin(), st.nodes.end(),
+                                 [&](const auto& n) { return n.second.name == req.node; });
+        std::vector<worker_id> ids;
+        for (const auto& [id, m] : st.members) {
+          known |= m.info.node == req.node;
+          if (m.up && m.info.node == req.node &&
+              (m.info.kind == role::prefill || m.info.kind == role::decode))
+            ids.push_back(id);
+        }
+        drain_report refused;
+        if (!known) {
+          refused.error = {
+              errc::invalid_request,
+              fmt::format("unknown node '{}': no member of the cluster runs on it", req.node)};
+          return refused;
+        }
+        if (ids.empty()) {
+          refused.error = {errc::no_workers,
+                           fmt::format("node '{}' has no prefill or decode worker up", req.node)};
+          return refused;
+        }
+        for (auto id : ids)
+          if (st.changes.count(id)) {
+            refused.error = {errc::overloaded,
+                             fmt::format("'{}' on node '{}' is changing role already; drain "
+                                         "again when it is done",
+                                         st.members.at(id).info.name, req.node)};
+            return refused;
+          }
+        auto key = ++st.drain_seq;
+        auto& op = st.drains[key];
+        op.rp = self->make_response_promise<drain_report>();
+        op.node = req.node;
+        op.waiting.insert(ids.begin(), ids.end());
+        for (auto id : ids) {
+          planner_event ev;
+          ev.kind = "drain";
+          ev.worker = st.members.at(id).info.name;
+          ev.from = ev.to = st.members.at(id).info.kind;
+          ev.why = fmt::format("drain node '{}'", req.node);
+          record(st, std::move(ev));
+          start_change(self, id, st.members.at(id).info.kind, true, "drain", false, key);
+        }
+        broadcast();
+        return op.rp;
+      },
+      [self](plan_atom) {
+        auto& st = self->state;
+        self->delayed_send(self, std::chrono::milliseconds(st.cfg.planner->interval_ms),
+                           plan_atom::value);
+        if (!st.gathering) gather(self);
+      },
       [self](status_atom) -> caf::result<cluster_status> {
         auto& st = self->state;
         auto rp = self->make_response_promise();
         auto result = std::make_shared<cluster_status>();
         result->cluster = st.cfg.cluster;
         result->ready = is_ready(st);
+        // The planner's part is taken when the answer goes out: a planner tick whose
+        // queries went to the same workers first has decided by then.
+        result->planner = st.planner;
         for (const auto& [idx, n] : st.nodes)
           result->nodes.push_back(
               {n.name, idx, n.up, n.clock.offset_ns, n.clock.rtt_ns, n.restarts});
@@ -202,8 +618,9 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
         *pending = live.size();
         for (const auto* m : live) {
           auto info = m->info;
-          auto finish = [result, pending, rp]() mutable {
+          auto finish = [self, result, pending, rp]() mutable {
             if (--*pending == 0) {
+              result->planner = self->state.planner;
               std::sort(result->workers.begin(), result->workers.end(),
                         [](const auto& a, const auto& b) { return a.id < b.id; });
               rp.deliver(*result);
@@ -211,8 +628,20 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
           };
           self->request(m->handle, status_timeout, status_atom::value)
               .then(
-                  [result, finish](const worker_status& ws) mutable {
-                    result->workers.push_back(ws);
+                  [self, result, finish](worker_status ws) mutable {
+                    // Out of routing: say so, and why, before the worker's own detail.
+                    auto& st = self->state;
+                    if (auto m = st.members.find(ws.id);
+                        m != st.members.end() && m->second.draining) {
+                      auto ch = st.changes.find(ws.id);
+                      ws.detail = fmt::format("draining ({}); {}",
+                                              ch == st.changes.end() ? std::string("drained")
+                                              : ch->second.drain_only
+                                                  ? std::string("drain")
+                                                  : fmt::format("to {}", to_string(ch->second.to)),
+                                              ws.detail);
+                    }
+                    result->workers.push_back(std::move(ws));
                     finish();
                   },
                   [self, result, finish, info](caf::error& err) mutable {

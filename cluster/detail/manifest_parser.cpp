@@ -18,8 +18,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr std::string_view top_keys[] = {"cluster", "model",   "defaults", "kv_layout", "frontend",
-                                         "router",  "failure", "ucx",      "restart",   "nodes"};
+constexpr std::string_view top_keys[] = {"cluster",  "model",   "defaults", "kv_layout",
+                                         "frontend", "router",  "failure",  "ucx",
+                                         "restart",  "planner", "nodes"};
 constexpr std::string_view model_keys[] = {"path", "sim"};
 constexpr std::string_view sim_keys[] = {"vocab",
                                          "max_context",
@@ -39,6 +40,18 @@ constexpr std::string_view router_keys[] = {"local_prefill_threshold",  "max_inf
 constexpr std::string_view failure_keys[] = {"heartbeat_ms", "connection_timeout_ms"};
 constexpr std::string_view ucx_keys[] = {"op_timeout_ms", "stall_timeout_ms", "window_mib"};
 constexpr std::string_view restart_keys[] = {"max", "backoff_ms"};
+constexpr std::string_view planner_keys[] = {"ttft_ms",
+                                             "itl_ms",
+                                             "percentile",
+                                             "interval_ms",
+                                             "min_prefill",
+                                             "min_decode",
+                                             "cooldown_ms",
+                                             "intervals",
+                                             "high",
+                                             "band",
+                                             "prefill_jobs_per_worker",
+                                             "change_timeout_ms"};
 constexpr std::string_view node_keys[] = {"name", "address", "ssh", "port", "http_port", "actors"};
 constexpr std::string_view prefill_keys[] = {"engine", "threads",  "device",  "kv_blocks",
                                              "chunk",  "max_seqs", "slowdown"};
@@ -109,6 +122,7 @@ class parser {
     if (auto* e = r.find("failure")) failure(*e);
     if (auto* e = r.find("ucx")) ucx(*e);
     if (auto* e = r.find("restart")) restart(*e);
+    if (auto* e = r.find("planner")) planner(*e);
     if (auto* e = r.find("nodes")) {
       nodes(*e);
     } else {
@@ -120,6 +134,7 @@ class parser {
     else
       r.missing("frontend", "a map with node (the node that runs the router)");
     if (nodes_ok_) check_roles();
+    if (m_.planner) planner_batch();
     engines_vs_model();
     http_ports();
     endpoints();
@@ -282,6 +297,40 @@ class parser {
     auto& x = m_.restart;
     opt_uint(p_, r, "max", x.max, 0, 1000, "a whole number from 0 (never restart) to 1000");
     opt_uint(p_, r, "backoff_ms", x.backoff_ms, 1, restart_backoff_cap_ms);
+  }
+
+  /// `planner: {ttft_ms, itl_ms, ...}`: at least one objective; every other key has a
+  /// default (planner_config).
+  void planner(const entry& e) {
+    map_reader r(p_, e.value, e.at(), "planner", planner_keys);
+    if (!r.valid()) return;
+    planner_config c;
+    opt_uint(p_, r, "ttft_ms", c.ttft_ms, 1, 3'600'000);
+    opt_uint(p_, r, "itl_ms", c.itl_ms, 1, 3'600'000);
+    opt_uint(p_, r, "percentile", c.percentile, 1, 100);
+    opt_uint(p_, r, "interval_ms", c.interval_ms, 10, 3'600'000);
+    opt_uint(p_, r, "min_prefill", c.min_prefill, 0, 1024);
+    opt_uint(p_, r, "min_decode", c.min_decode, 1, 1024);
+    opt_uint(p_, r, "cooldown_ms", c.cooldown_ms, 0, 86'400'000);
+    opt_uint(p_, r, "intervals", c.intervals, 1, 1000);
+    opt_number(p_, r, "high", c.high, 0, true);
+    opt_number(p_, r, "band", c.band, 1, false);
+    opt_uint(p_, r, "prefill_jobs_per_worker", c.prefill_jobs_per_worker, 1, 65536);
+    opt_uint(p_, r, "change_timeout_ms", c.change_timeout_ms, 100, 3'600'000);
+    if (!r.find("ttft_ms") && !r.find("itl_ms"))
+      p_.add(r.at(), "planner", "neither ttft_ms nor itl_ms is given",
+             "at least one objective: ttft_ms (TTFT at the percentile, ms) or itl_ms");
+    m_.planner = c;
+  }
+
+  /// The planner sizes decode batches by the decode workers' max_batch (the first one's).
+  void planner_batch() {
+    for (const auto& n : m_.nodes)
+      for (const auto& a : n.actors)
+        if (auto* d = a.decode()) {
+          m_.planner->decode_max_batch = d->max_batch;
+          return;
+        }
   }
 
   void nodes(const entry& e) {

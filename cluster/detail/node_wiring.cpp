@@ -18,6 +18,8 @@ caf::actor spawn_node_supervisor(caf::actor_system& sys, const manifest& m, uint
       sc.expected_workers += a.kind != role::supervisor;
   sc.node_index = index;
   sc.host_id = host_clock_id();
+  sc.planner = m.planner;
+  if (m.planner) sc.change_timeout = std::chrono::milliseconds(m.planner->change_timeout_ms);
   return spawn_supervisor(sys, sc);
 }
 

@@ -62,6 +62,7 @@ TEST_CASE("type ids: every message keeps its wire name", "[type_ids]") {
   CHECK(registered_name<role_changed>(cfg) == "tokenmill::role_changed");
   CHECK(registered_name<drain_request>(cfg) == "tokenmill::drain_request");
   CHECK(registered_name<drain_report>(cfg) == "tokenmill::drain_report");
+  CHECK(registered_name<latency_samples>(cfg) == "tokenmill::latency_samples");
   // As add_message_type always did, vectors of a message are registered too.
   CHECK(registered_name<std::vector<token_chunk>>(cfg) == "std::vector<tokenmill::token_chunk>");
 }
@@ -69,7 +70,7 @@ TEST_CASE("type ids: every message keeps its wire name", "[type_ids]") {
 TEST_CASE("type ids: the block holds exactly the registered messages", "[type_ids]") {
   using block = caf::id_block::tokenmill;
   CHECK(block::begin == caf::first_custom_type_id);
-  CHECK(block::end - block::begin == 41);
+  CHECK(block::end - block::begin == 42);
   CHECK(caf::type_id<token_batch>::value >= block::begin);
   CHECK(caf::type_id<token_batch>::value < block::end);
   CHECK(std::string(caf::type_name<cluster_status>::value) == "tokenmill::cluster_status");

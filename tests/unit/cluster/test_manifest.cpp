@@ -501,6 +501,12 @@ const corpus_case corpus_cases[] = {
      "restart.max: got -1, a negative number; expected a whole number from 0 (never restart) to "
      "1000"},
     {"restart_not_map.yaml", 5, "restart: got 'true'; expected a map with keys max, backoff_ms"},
+    {"planner_no_objective.yaml", 5,
+     "planner: neither ttft_ms nor itl_ms is given; expected at least one objective"},
+    {"planner_unknown_key.yaml", 5, "planner.cooldown: unknown key 'cooldown'"},
+    {"planner_bad_band.yaml", 7, "planner.band: got 0.5, out of range; expected a number >= 1"},
+    {"planner_zero_min_decode.yaml", 5,
+     "planner.min_decode: got 0, out of range; expected a whole number from 1 to 1024"},
 };
 
 }  // namespace
@@ -584,7 +590,7 @@ TEST_CASE("manifest: files that are not manifests", "[manifest]") {
     CHECK(r.error().message ==
           "test.yaml:1:1: (document): the manifest is empty; expected a map with keys cluster, "
           "model, frontend, nodes (and optionally defaults, kv_layout, router, failure, ucx, "
-          "restart)");
+          "restart, planner)");
   }
   SECTION("a scalar") {
     auto r = parse("just words");
@@ -718,6 +724,8 @@ cluster: demo
         {"actors: [prefill]", "actors: [prefill, prefill]"},
         {"actors: [decode]", "actors: [{decode: {max_batch: 63}}]"},
         {"name: d0", "name: d1"},
+        {"model: {sim: {}}", "model: {sim: {}}\nplanner: {ttft_ms: 300}"},
+        {"model: {sim: {}}", "model: {sim: {}}\nplanner: {ttft_ms: 300, cooldown_ms: 1}"},
     };
     std::set<uint64_t> seen{h};
     for (auto& [from, to] : edits) {
@@ -731,6 +739,60 @@ cluster: demo
       CHECK(seen.insert(changed).second);
     }
   }
+}
+
+TEST_CASE("manifest: the planner section", "[manifest]") {
+  auto off = ok(parse(minimal));
+  CHECK_FALSE(off.planner);
+  CHECK_THAT(describe(off), Catch::Contains("planner: off"));
+
+  auto on = ok(parse(std::string(minimal) + R"(planner:
+  ttft_ms: 300
+  itl_ms: 30
+  percentile: 95
+  interval_ms: 500
+  min_prefill: 0
+  min_decode: 2
+  cooldown_ms: 4000
+  intervals: 2
+  high: 0.9
+  band: 2
+  prefill_jobs_per_worker: 8
+  change_timeout_ms: 9000
+)"));
+  REQUIRE(on.planner);
+  const auto& p = *on.planner;
+  CHECK(p.ttft_ms == 300);
+  CHECK(p.itl_ms == 30);
+  CHECK(p.percentile == 95);
+  CHECK(p.interval_ms == 500);
+  CHECK(p.min_prefill == 0);
+  CHECK(p.min_decode == 2);
+  CHECK(p.cooldown_ms == 4000);
+  CHECK(p.intervals == 2);
+  CHECK(p.high == Approx(0.9));
+  CHECK(p.band == Approx(2));
+  CHECK(p.prefill_jobs_per_worker == 8);
+  CHECK(p.change_timeout_ms == 9000);
+  CHECK(p.decode_max_batch == 64);  // the decode worker's default max_batch
+  CHECK(validate(p).empty());
+  auto text = describe(on);
+  INFO(text);
+  CHECK_THAT(text, Catch::Contains("planner: TTFT p95 300 ms, ITL p95 30 ms; every 500 ms"));
+  CHECK_THAT(text, Catch::Contains("cooldown 4000 ms"));
+  CHECK_THAT(canonical_form(on), Catch::Contains("planner.ttft_ms=300\n"));
+  CHECK_THAT(canonical_form(off), !Catch::Contains("planner"));
+
+  // Defaults, and the decode batch taken from the manifest's decode worker.
+  auto dflt = ok(parse(std::string(minimal) + "planner: {itl_ms: 25}\n"));
+  REQUIRE(dflt.planner);
+  CHECK(dflt.planner->ttft_ms == 0);
+  CHECK(dflt.planner->interval_ms == 2000);
+  CHECK(dflt.planner->cooldown_ms == 10000);
+  std::string text32 = minimal;
+  text32.replace(text32.find("actors: [decode]"), 16, "actors: [{decode: {max_batch: 32}}]");
+  CHECK(ok(parse(text32 + "planner: {itl_ms: 25}\n")).planner->decode_max_batch == 32);
+  CHECK_THAT(describe(dflt), Catch::Contains("TTFT p90 none, ITL p90 25 ms"));
 }
 
 TEST_CASE("manifest: describe() shows the resolved cluster", "[manifest]") {

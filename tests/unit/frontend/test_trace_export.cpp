@@ -160,3 +160,30 @@ TEST_CASE("an empty trace is still a valid trace", "[trace_export]") {
   CHECK(j["traceEvents"].empty());
   CHECK(stats.events == 0);
 }
+
+TEST_CASE("the planner's role changes are on a planner track", "[trace_export]") {
+  request_record r;
+  r.summary = request(1, 1'000'000'000, 2);
+  std::vector<planner_event> planner = {
+      {1'005'000'000, "flip", "p0.prefill0", role::prefill, role::decode, 0, "decode hot"},
+      {1'015'000'000, "changed", "p0.prefill0", role::prefill, role::decode, 10'000'000, "ok"}};
+  auto j = json::parse(chrome_trace({r}, planner).dump());
+  const json* flip = nullptr;
+  const json* change = nullptr;
+  std::map<int, std::string> threads;
+  for (const auto& e : j["traceEvents"]) {
+    if (e["name"] == "flip p0.prefill0 prefill -> decode") flip = &e;
+    if (e["name"] == "role change p0.prefill0 prefill -> decode") change = &e;
+    if (e["name"] == "thread_name" && e["pid"] == 1) threads[e["tid"]] = e["args"]["name"];
+  }
+  REQUIRE(flip);
+  REQUIRE(change);
+  CHECK((*flip)["ph"] == "i");
+  CHECK((*flip)["args"]["why"] == "decode hot");
+  CHECK((*change)["ph"] == "X");
+  // The change spans from change_role (the flip) to its end: 10 ms, starting at the flip.
+  CHECK((*change)["dur"].get<double>() == Approx(10'000));
+  CHECK((*change)["ts"].get<double>() == Approx((*flip)["ts"].get<double>()));
+  CHECK((*change)["pid"] == 1);  // node 0
+  CHECK(threads[(*change)["tid"].get<int>()] == "planner");
+}

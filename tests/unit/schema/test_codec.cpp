@@ -170,6 +170,14 @@ TEST_CASE("cluster status and chunks round-trip", "[codec]") {
   w.detail = "d";
   cs.workers = {w};
   cs.nodes = {node_status{"head", 0, true, 0, 0}, node_status{"far", 2, false, -1234567, 89000, 3}};
+  cs.planner.enabled = true;
+  cs.planner.decisions = 7;
+  cs.planner.flips_to_prefill = 1;
+  cs.planner.flips_to_decode = 2;
+  cs.planner.changes_failed = 3;
+  cs.planner.drains = 4;
+  cs.planner.last_decision = "keep: x";
+  cs.planner.events = {planner_event{11, "changed", "p0", role::prefill, role::decode, 99, "y"}};
   capnp::MallocMessageBuilder msg;
   auto b = msg.initRoot<rpc::ClusterStatus>();
   codec::encode(cs, b);
@@ -188,6 +196,21 @@ TEST_CASE("cluster status and chunks round-trip", "[codec]") {
   CHECK(r.nodes[1].clock_rtt_ns == 89000);
   CHECK(r.nodes[0].restarts == 0);
   CHECK(r.nodes[1].restarts == 3);
+  CHECK(r.planner.enabled);
+  CHECK(r.planner.decisions == 7);
+  CHECK(r.planner.flips_to_prefill == 1);
+  CHECK(r.planner.flips_to_decode == 2);
+  CHECK(r.planner.changes_failed == 3);
+  CHECK(r.planner.drains == 4);
+  CHECK(r.planner.last_decision == "keep: x");
+  REQUIRE(r.planner.events.size() == 1);
+  CHECK(r.planner.events[0].t_ns == 11);
+  CHECK(r.planner.events[0].kind == "changed");
+  CHECK(r.planner.events[0].worker == "p0");
+  CHECK(r.planner.events[0].from == role::prefill);
+  CHECK(r.planner.events[0].to == role::decode);
+  CHECK(r.planner.events[0].took_ns == 99);
+  CHECK(r.planner.events[0].why == "y");
 
   codec::chunk c{4, {10, 11}, "ab", 99};
   capnp::MallocMessageBuilder m2;

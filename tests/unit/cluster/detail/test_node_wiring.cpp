@@ -115,6 +115,23 @@ TEST_CASE("node wiring: every node's actors register under the manifest's ids an
   shutdown_actors(spawned);
 }
 
+TEST_CASE("node wiring: a manifest's planner section turns the supervisor's planner on",
+          "[node_wiring]") {
+  manifest_options no_probe;
+  no_probe.check_ports = false;
+  wiring_config cfg;
+  caf::actor_system sys{cfg};
+  for (bool planned : {false, true}) {
+    std::string text = two_nodes;
+    if (planned) text += "planner: {itl_ms: 30, interval_ms: 3600000}\n";
+    auto m = parse_manifest(text, "two_nodes.yaml", ".", no_probe);
+    REQUIRE(m);
+    std::vector<caf::actor> spawned{detail::spawn_node_supervisor(sys, *m, 0, "sim")};
+    CHECK(status_of(sys, spawned[0]).planner.enabled == planned);
+    shutdown_actors(spawned);
+  }
+}
+
 TEST_CASE("node wiring: an engine that cannot be made fails the node, naming it", "[node_wiring]") {
   manifest_options no_probe;
   no_probe.check_ports = false;
