@@ -331,7 +331,7 @@ TM_AVX2 void dequantize_avx2(dtype t, const std::byte* row, float* dst, size_t c
       }
       return;
     default:
-      return dequantize_block_row(t, row, dst, cols);
+      return dequantize_int_row(best_quant_isa(), t, row, dst, cols);
   }
 }
 

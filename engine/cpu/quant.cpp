@@ -676,6 +676,23 @@ std::string_view quant_isa_name(quant_isa isa) {
 namespace {
 
 template <class F>
+void dequant_rows(quant_isa isa, const u8* row, size_t nblocks, float* dst) {
+#if defined(__x86_64__)
+  if (isa == quant_isa::avx512_vnni) return simd_vnni::dequant_blocks<F>(row, nblocks, dst);
+  if (isa == quant_isa::avx2) return simd_avx2::dequant_blocks<F>(row, nblocks, dst);
+#endif
+  (void)isa;
+  chunks<F::C> ch;
+  for (size_t bi = 0; bi < nblocks; ++bi) {
+    F::unpack(row + bi * F::bytes, ch);
+    for (int c = 0; c < F::C; ++c)
+      for (int l = 0; l < 32; ++l)
+        dst[(bi * F::C + c) * 32 + l] =
+            std::fma(ch.a[c][l / 16], static_cast<float>(ch.u[c][l]), ch.b[c][l / 16]);
+  }
+}
+
+template <class F>
 void dot_rows(quant_isa isa, const u8* row, size_t nblocks, const act_block* x, size_t xs, size_t n,
               float* out) {
 #if defined(__x86_64__)
@@ -686,6 +703,29 @@ void dot_rows(quant_isa isa, const u8* row, size_t nblocks, const act_block* x, 
 }
 
 }  // namespace
+
+void dequantize_int_row(quant_isa isa, dtype t, const std::byte* row, float* dst, size_t cols) {
+  const auto* p = reinterpret_cast<const u8*>(row);
+  const size_t nb = cols / block_elems(t);
+  switch (t) {
+    case dtype::q4_0:
+      return dequant_rows<f_q4_0>(isa, p, nb, dst);
+    case dtype::q4_1:
+      return dequant_rows<f_q4_1>(isa, p, nb, dst);
+    case dtype::q5_0:
+      return dequant_rows<f_q5_0>(isa, p, nb, dst);
+    case dtype::q5_1:
+      return dequant_rows<f_q5_1>(isa, p, nb, dst);
+    case dtype::q4_k:
+      return dequant_rows<f_q4_k>(isa, p, nb, dst);
+    case dtype::q5_k:
+      return dequant_rows<f_q5_k>(isa, p, nb, dst);
+    case dtype::q6_k:
+      return dequant_rows<f_q6_k>(isa, p, nb, dst);
+    default:
+      return dequantize_block_row(t, row, dst, cols);
+  }
+}
 
 void dot_int_rows(quant_isa isa, dtype t, const std::byte* row, size_t cols, const act_block* x,
                   size_t x_stride, size_t n, float* out) {

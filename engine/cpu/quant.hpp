@@ -65,6 +65,11 @@ enum class quant_isa : uint8_t { scalar, avx2, avx512_vnni };
 quant_isa best_quant_isa();
 std::string_view quant_isa_name(quant_isa isa);
 
+/// dequantize_block_row() for the int-dot formats through the same unpacking as the dot
+/// products (a * u + b per value, fused: the reference's values exactly, up to the sign of
+/// zeros), on `isa`: what prefill uses to unpack weight tiles.
+void dequantize_int_row(quant_isa isa, dtype t, const std::byte* row, float* dst, size_t cols);
+
 /// out[i] = dot of one weight row of `t` (`cols` values) with activation row i, for i < n;
 /// activation row i starts at x + i * x_stride (in blocks). `isa` must be available
 /// (best_quant_isa() or below); scalar is the portable twin the tests compare against.

@@ -298,6 +298,18 @@ TEST_CASE("integer dot products: SIMD == scalar twin, both near the float refere
                   1e-5f * (1 + std::fabs(twin[i * rows + j])));
         }
     }
+    // The SIMD unpacking prefill uses gives exactly the reference's values.
+    std::vector<float> deq_ref(cols);
+    dequantize_block_row(t, wq.data(), deq_ref.data(), cols);
+    for (quant_isa isa : isas) {
+      std::vector<float> deq(cols, -1.0f);
+      dequantize_int_row(isa, t, wq.data(), deq.data(), cols);
+      INFO(quant_isa_name(isa));
+      size_t differ = 0;  // == (not memcmp): a zero may come out as -0 on one side
+      for (size_t k = 0; k < cols; ++k)
+        differ += deq[k] != deq_ref[k];
+      CHECK(differ == 0);
+    }
     // Prefill batches unpack weights to f32 tiles: the float reference, up to summation order.
     const size_t n = gemm_packed_min_rows + 3;
     auto x = gaussian(n * cols, 99, 1.0f);
