@@ -463,8 +463,8 @@ struct f_q5_1 {
   }
 };
 
-inline void k45_scales(const u8* blk, chunks<8>& ch) {
-  const float d = half_at(blk), dmin = half_at(blk + 2);
+/// q4_k/q5_k sub-block scales and mins, given the super-block's d and dmin.
+inline void k45_scales(const u8* blk, float d, float dmin, chunks<8>& ch) {
   for (int s = 0; s < 8; ++s) {
     int sc, m;
     k_scale_min(blk + 4, s, sc, m);
@@ -474,7 +474,9 @@ inline void k45_scales(const u8* blk, chunks<8>& ch) {
 
 struct f_q4_k {
   static constexpr int C = 8, bytes = 144;
-  static void scales(const u8* blk, chunks<C>& ch) { k45_scales(blk, ch); }
+  static void scales(const u8* blk, chunks<C>& ch) {
+    k45_scales(blk, half_at(blk), half_at(blk + 2), ch);
+  }
   static void unpack(const u8* blk, chunks<C>& ch) {
     scales(blk, ch);
     const u8* qs = blk + 16;
@@ -488,7 +490,9 @@ struct f_q4_k {
 
 struct f_q5_k {
   static constexpr int C = 8, bytes = 176;
-  static void scales(const u8* blk, chunks<C>& ch) { k45_scales(blk, ch); }
+  static void scales(const u8* blk, chunks<C>& ch) {
+    k45_scales(blk, half_at(blk), half_at(blk + 2), ch);
+  }
   static void unpack(const u8* blk, chunks<C>& ch) {
     scales(blk, ch);
     const u8* qh = blk + 16;
@@ -502,17 +506,19 @@ struct f_q5_k {
   }
 };
 
+/// q6_k group scales, given the super-block's d.
+inline void q6_scales(const u8* blk, float d, chunks<8>& ch) {
+  const auto* sc = reinterpret_cast<const int8_t*>(blk + 192);
+  for (int c = 0; c < 8; ++c)
+    for (int h = 0; h < 2; ++h) {
+      ch.a[c][h] = d * static_cast<float>(sc[2 * c + h]);
+      ch.b[c][h] = -32 * ch.a[c][h];
+    }
+}
+
 struct f_q6_k {
   static constexpr int C = 8, bytes = 210;
-  static void scales(const u8* blk, chunks<C>& ch) {
-    const float d = half_at(blk + 208);
-    const auto* sc = reinterpret_cast<const int8_t*>(blk + 192);
-    for (int c = 0; c < 8; ++c)
-      for (int h = 0; h < 2; ++h) {
-        ch.a[c][h] = d * static_cast<float>(sc[2 * c + h]);
-        ch.b[c][h] = -32 * ch.a[c][h];
-      }
-  }
+  static void scales(const u8* blk, chunks<C>& ch) { q6_scales(blk, half_at(blk + 208), ch); }
   static void unpack(const u8* blk, chunks<C>& ch) {
     scales(blk, ch);
     for (int h = 0; h < 2; ++h) {
