@@ -625,11 +625,10 @@ float dot_row_scalar(dtype t, const std::byte* row, const float* x, size_t cols)
 
 float dot_row(dtype t, const std::byte* row, const float* x, size_t cols) {
   if (is_int_dot_dtype(t)) {
-    thread_local std::vector<act_block> xq;
-    if (xq.size() < cols / 32) xq.resize(cols / 32);
-    quantize_activations(x, xq.data(), cols);
+    thread_local quantized_acts xq;
+    quantize_acts(t, x, 1, cols, xq);
     float y;
-    dot_int_rows(best_quant_isa(), t, row, cols, xq.data(), cols / 32, 1, &y);
+    dot_acts(best_quant_isa(), t, row, cols, xq, 1, &y);
     return y;
   }
 #if TM_X86
@@ -676,16 +675,14 @@ void linear_scalar(const tensor_view& w, const float* x, size_t n, float* y, siz
 
 void linear_int(quant_isa isa, const tensor_view& w, const float* x, size_t n, float* y,
                 size_t y_stride, size_t row_begin, size_t row_end) {
-  const size_t cols = w.cols, xs = cols / 32;
-  thread_local std::vector<act_block> xq;
+  const size_t cols = w.cols;
+  thread_local quantized_acts xq;
   thread_local std::vector<float> out;
-  if (xq.size() < n * xs) xq.resize(n * xs);
   if (out.size() < n) out.resize(n);
-  for (size_t i = 0; i < n; ++i)
-    quantize_activations(x + i * cols, xq.data() + i * xs, cols);
+  quantize_acts(w.type, x, n, cols, xq);
   const size_t rb = row_bytes(w.type, cols);
   for (size_t j = row_begin; j < row_end; ++j) {
-    dot_int_rows(isa, w.type, w.data + j * rb, cols, xq.data(), xs, n, out.data());
+    dot_acts(isa, w.type, w.data + j * rb, cols, xq, n, out.data());
     for (size_t i = 0; i < n; ++i)
       y[i * y_stride + j] = out[i];
   }

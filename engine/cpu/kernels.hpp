@@ -53,7 +53,7 @@ void axpy_f32(float alpha, const float* x, float* y, size_t n);
 /// y[i] += alpha * f16(x[i]).
 void axpy_f16(float alpha, const uint16_t* x, float* y, size_t n);
 /// dot of f32 `x` with one weight row of type `t` (`cols` elements). For the int-dot block
-/// formats (is_int_dot_dtype) `x` is quantized to 8 bits per 32 values first, as linear()
+/// formats (is_int_dot_dtype) `x` is quantized to 8 bits first (quantize_acts), as linear()
 /// does for decode; dot_row_scalar is then the float reference on dequantized weights.
 float dot_row(dtype t, const std::byte* row, const float* x, size_t cols);
 float dot_row_scalar(dtype t, const std::byte* row, const float* x, size_t cols);
@@ -82,10 +82,11 @@ inline constexpr size_t gemm_packed_min_rows = 64;
 /// weight tiles; it grows on first use and is reused (one per thread).
 void linear(const tensor_view& w, const float* x, size_t n, float* y, size_t y_stride,
             size_t row_begin, size_t row_end, std::vector<float>& scratch);
-/// linear() over an int-dot block format the decode way: each x row quantized to 8 bits per
-/// 32 values, integer dot products on `isa` (quant_isa::scalar is the portable twin).
-/// linear() runs this for batches below gemm_packed_min_rows (and for every batch where
-/// AVX2 is absent); larger batches (prefill) unpack weight rows to f32 tiles instead.
+/// linear() over an int-dot block format the decode way: each x row quantized to 8 bits
+/// (quantize_acts: per 32 values, per 256 for the K formats), integer dot products on `isa`
+/// (quant_isa::scalar is the portable twin). linear() runs this for batches below
+/// gemm_packed_min_rows (and for every batch where AVX2 is absent); larger batches (prefill) unpack
+/// weight rows to f32 tiles instead.
 void linear_int(quant_isa isa, const tensor_view& w, const float* x, size_t n, float* y,
                 size_t y_stride, size_t row_begin, size_t row_end);
 /// The scalar reference of linear() (one dot_row_scalar per output).

@@ -561,6 +561,73 @@ void dot_rows_scalar(const u8* row, size_t nblocks, const act_block* x, size_t x
   }
 }
 
+// K formats on super-block activations: per super-block the integer sums
+// isum = sum_g sc[g] * sum(u * q over group g of 16) and off = sum_g w[g] * bsums[g], then
+// dx * (d * isum - f * off): q4_k/q5_k w[g] = m of g's sub-block, f = dmin; q6_k
+// w[g] = 32 * sc[g], f = d (its values are d * sc * (u - 32)).
+struct kparams {
+  int16_t sc[16];  ///< integer scale per group of 16 values
+  int16_t w[16];   ///< offset weight per group (multiplies the activations' bsums)
+  float d, f;
+};
+
+inline void kparams_45(const u8* blk, float d, float dmin, kparams& kp) {
+  for (int s = 0; s < 8; ++s) {
+    int sc, m;
+    k_scale_min(blk + 4, s, sc, m);
+    kp.sc[2 * s] = kp.sc[2 * s + 1] = static_cast<int16_t>(sc);
+    kp.w[2 * s] = kp.w[2 * s + 1] = static_cast<int16_t>(m);
+  }
+  kp.d = d;
+  kp.f = dmin;
+}
+
+inline void kparams_6(const u8* blk, float d, kparams& kp) {
+  const auto* sc = reinterpret_cast<const int8_t*>(blk + 192);
+  for (int g = 0; g < 16; ++g) {
+    kp.sc[g] = sc[g];
+    kp.w[g] = static_cast<int16_t>(32 * sc[g]);
+  }
+  kp.d = d;
+  kp.f = d;
+}
+
+inline void kparams_of(f_q4_k, const u8* b, kparams& kp) {
+  kparams_45(b, half_at(b), half_at(b + 2), kp);
+}
+inline void kparams_of(f_q5_k, const u8* b, kparams& kp) {
+  kparams_45(b, half_at(b), half_at(b + 2), kp);
+}
+inline void kparams_of(f_q6_k, const u8* b, kparams& kp) {
+  kparams_6(b, half_at(b + 208), kp);
+}
+
+template <class F>
+void dot_rows_k_scalar(const u8* row, size_t nblocks, const act_block_k* x, size_t xs, size_t n,
+                       float* out) {
+  for (size_t i = 0; i < n; ++i)
+    out[i] = 0;
+  chunks<8> ch;
+  kparams kp;
+  for (size_t bi = 0; bi < nblocks; ++bi) {
+    const u8* blk = row + bi * F::bytes;
+    F::unpack(blk, ch);
+    kparams_of(F{}, blk, kp);
+    for (size_t i = 0; i < n; ++i) {
+      const act_block_k& xb = x[i * xs + bi];
+      int32_t isum = 0, off = 0;
+      for (int g = 0; g < 16; ++g) {
+        int32_t p = 0;
+        for (int l = 0; l < 16; ++l)
+          p += int32_t{ch.u[g / 2][16 * (g % 2) + l]} * xb.q[16 * g + l];
+        isum += kp.sc[g] * p;
+        off += kp.w[g] * xb.bsums[g];
+      }
+      out[i] += xb.d * (kp.d * static_cast<float>(isum) - kp.f * static_cast<float>(off));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tokenmill::cpu
 
@@ -733,6 +800,83 @@ void dequantize_int_row(quant_isa isa, dtype t, const std::byte* row, float* dst
   }
 }
 
+bool is_k_dtype(dtype t) {
+  return t == dtype::q4_k || t == dtype::q5_k || t == dtype::q6_k;
+}
+
+void quantize_activations_k(const float* x, act_block_k* out, size_t cols) {
+  for (size_t b = 0; b < cols / 256; ++b) {
+    const float* xb = x + 256 * b;
+    act_block_k& o = out[b];
+    float amax = 0;
+    for (int j = 0; j < 256; ++j)
+      amax = std::max(amax, std::fabs(xb[j]));
+    o.d = amax / 127;
+    const float id = amax > 0 ? 127 / amax : 0.0f;
+    for (int g = 0; g < 16; ++g) {
+      int s = 0;
+      for (int j = 16 * g; j < 16 * g + 16; ++j) {
+        int q = static_cast<int>(std::nearbyint(xb[j] * id));
+        o.q[j] = static_cast<int8_t>(std::clamp(q, -127, 127));
+        s += o.q[j];
+      }
+      o.bsums[g] = static_cast<int16_t>(s);
+    }
+  }
+}
+
+void quantize_acts(dtype t, const float* x, size_t n, size_t cols, quantized_acts& out) {
+  if (is_k_dtype(t)) {
+    out.stride = cols / 256;
+    if (out.b256.size() < n * out.stride) out.b256.resize(n * out.stride);
+    for (size_t i = 0; i < n; ++i)
+      quantize_activations_k(x + i * cols, out.b256.data() + i * out.stride, cols);
+  } else {
+    out.stride = cols / 32;
+    if (out.b32.size() < n * out.stride) out.b32.resize(n * out.stride);
+    for (size_t i = 0; i < n; ++i)
+      quantize_activations(x + i * cols, out.b32.data() + i * out.stride, cols);
+  }
+}
+
+void dot_acts(quant_isa isa, dtype t, const std::byte* row, size_t cols, const quantized_acts& x,
+              size_t n, float* out) {
+  if (is_k_dtype(t)) return dot_int_rows_k(isa, t, row, cols, x.b256.data(), x.stride, n, out);
+  dot_int_rows(isa, t, row, cols, x.b32.data(), x.stride, n, out);
+}
+
+namespace {
+
+template <class F>
+void dot_rows_k(quant_isa isa, const u8* row, size_t nblocks, const act_block_k* x, size_t xs,
+                size_t n, float* out) {
+#if defined(__x86_64__)
+  if (isa == quant_isa::avx512_vnni) return simd_vnni::dot_rows_k<F>(row, nblocks, x, xs, n, out);
+  if (isa == quant_isa::avx2) return simd_avx2::dot_rows_k<F>(row, nblocks, x, xs, n, out);
+#endif
+  dot_rows_k_scalar<F>(row, nblocks, x, xs, n, out);
+}
+
+}  // namespace
+
+void dot_int_rows_k(quant_isa isa, dtype t, const std::byte* row, size_t cols, const act_block_k* x,
+                    size_t x_stride, size_t n, float* out) {
+  const auto* p = reinterpret_cast<const u8*>(row);
+  const size_t nb = cols / 256;
+  switch (t) {
+    case dtype::q4_k:
+      return dot_rows_k<f_q4_k>(isa, p, nb, x, x_stride, n, out);
+    case dtype::q5_k:
+      return dot_rows_k<f_q5_k>(isa, p, nb, x, x_stride, n, out);
+    case dtype::q6_k:
+      return dot_rows_k<f_q6_k>(isa, p, nb, x, x_stride, n, out);
+    default:
+      for (size_t i = 0; i < n; ++i)
+        out[i] = 0;
+      return;
+  }
+}
+
 void dot_int_rows(quant_isa isa, dtype t, const std::byte* row, size_t cols, const act_block* x,
                   size_t x_stride, size_t n, float* out) {
   const auto* p = reinterpret_cast<const u8*>(row);
@@ -746,12 +890,6 @@ void dot_int_rows(quant_isa isa, dtype t, const std::byte* row, size_t cols, con
       return dot_rows<f_q5_0>(isa, p, nb, x, x_stride, n, out);
     case dtype::q5_1:
       return dot_rows<f_q5_1>(isa, p, nb, x, x_stride, n, out);
-    case dtype::q4_k:
-      return dot_rows<f_q4_k>(isa, p, nb, x, x_stride, n, out);
-    case dtype::q5_k:
-      return dot_rows<f_q5_k>(isa, p, nb, x, x_stride, n, out);
-    case dtype::q6_k:
-      return dot_rows<f_q6_k>(isa, p, nb, x, x_stride, n, out);
     default:
       for (size_t i = 0; i < n; ++i)
         out[i] = 0;

@@ -24,6 +24,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
+#include <vector>
 
 #include "engine/tensor.hpp"
 
@@ -46,6 +47,9 @@ void dequantize_block_row(dtype t, const std::byte* row, float* dst, size_t cols
 /// value is within half a step (d*sc) of its original (no scale search).
 void quantize_row(dtype t, const float* src, std::byte* dst, size_t cols);
 
+/// The instruction sets the integer dot products can run with.
+enum class quant_isa : uint8_t { scalar, avx2, avx512_vnni };
+
 /// 32 activations quantized to 8 bits: x ~ d * q, d = max|x| / 127, q rounded to nearest
 /// even; sum[h] = sum of q over values [16h, 16h + 16) (for the formats' offsets and mins).
 struct act_block {
@@ -58,8 +62,34 @@ static_assert(sizeof(act_block) == 40);
 /// x[cols] (cols % 32 == 0) -> cols / 32 blocks.
 void quantize_activations(const float* x, act_block* out, size_t cols);
 
-/// The instruction sets the integer dot products can run with.
-enum class quant_isa : uint8_t { scalar, avx2, avx512_vnni };
+/// 256 activations quantized to 8 bits for the K formats (one scale per super-block, so a
+/// super-block's integer sums can be scaled by the weights' integer sub-block scales and
+/// added up before any float work): x ~ d * q, d = max|x| / 127; bsums[g] = sum of q over
+/// values [16g, 16g + 16).
+struct act_block_k {
+  float d;
+  int16_t bsums[16];
+  int8_t q[256];
+};
+
+/// x[cols] (cols % 256 == 0) -> cols / 256 blocks.
+void quantize_activations_k(const float* x, act_block_k* out, size_t cols);
+
+/// Whether `t` is a K format (q4_k, q5_k, q6_k: 256-value super-blocks, act_block_k).
+bool is_k_dtype(dtype t);
+
+/// n activation rows of `cols` values quantized for weights of type `t` (act_block for the
+/// 32-value formats, act_block_k for the K formats).
+struct quantized_acts {
+  std::vector<act_block> b32;
+  std::vector<act_block_k> b256;
+  size_t stride = 0;  ///< blocks per row
+};
+void quantize_acts(dtype t, const float* x, size_t n, size_t cols, quantized_acts& out);
+/// out[i] = dot of one weight row of `t` with activation row i of `x`, i < n.
+void dot_acts(quant_isa isa, dtype t, const std::byte* row, size_t cols, const quantized_acts& x,
+              size_t n, float* out);
+
 /// The best one this CPU has (decided once): avx512_vnni needs AVX-512 F/BW/VL/VNNI,
 /// avx2 AVX2+FMA+F16C.
 quant_isa best_quant_isa();
@@ -70,10 +100,14 @@ std::string_view quant_isa_name(quant_isa isa);
 /// zeros), on `isa`: what prefill uses to unpack weight tiles.
 void dequantize_int_row(quant_isa isa, dtype t, const std::byte* row, float* dst, size_t cols);
 
+/// The 32-value formats (q4_0, q4_1, q5_0, q5_1):
 /// out[i] = dot of one weight row of `t` (`cols` values) with activation row i, for i < n;
 /// activation row i starts at x + i * x_stride (in blocks). `isa` must be available
 /// (best_quant_isa() or below); scalar is the portable twin the tests compare against.
 void dot_int_rows(quant_isa isa, dtype t, const std::byte* row, size_t cols, const act_block* x,
                   size_t x_stride, size_t n, float* out);
+/// The K formats (q4_k, q5_k, q6_k), the same with super-block activations.
+void dot_int_rows_k(quant_isa isa, dtype t, const std::byte* row, size_t cols, const act_block_k* x,
+                    size_t x_stride, size_t n, float* out);
 
 }  // namespace tokenmill::cpu

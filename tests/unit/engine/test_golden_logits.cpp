@@ -188,8 +188,8 @@ TEST_CASE("golden: tiny.gguf with an f16 KV cache stays within 1e-3", "[golden]"
 // row and full last prompt row, and the same of a float64 forward pass on the dequantized
 // weights ("reference"). llama.cpp quantizes activations to 8 bits per block before its
 // integer dot products and lands up to 2.4e-2 from the reference; the cpu engine does the
-// same for prompts and decode steps (batches below 64 rows), with 32-value activation
-// blocks for every format (llama.cpp: 256-value blocks for the K formats).
+// same for prompts and decode steps (batches below 64 rows): 32-value activation blocks for
+// Q4_0 and 256-value super-block activations for the K formats, as llama.cpp does.
 
 namespace {
 
@@ -303,7 +303,10 @@ quant_errors run_quant_case(const quant_golden& g, const std::string& name, floa
 TEST_CASE("golden: llama.cpp's Q4_0 and Q4_K_M copies of tiny.gguf", "[golden]") {
   // Tolerances (absolute, logits of magnitude up to ~1.6): llama.cpp itself is up to 2.0e-2
   // (Q4_0) and 2.5e-2 (Q4_K_M) from the reference; we allow 3.5e-2 from llama.cpp and
-  // 2.5e-2 from the reference. Ids may differ only at llama.cpp top-1/top-2 gaps < 2e-2.
+  // 2.5e-2 from the reference (measured: 1.1-1.7e-2 and 1.2-1.7e-2). Ids may differ only at
+  // llama.cpp top-1/top-2 gaps < 2e-2. The f32-tile path (prefill of 64 rows), which computes
+  // in float on the dequantized weights, must land within 1e-5 of the reference (measured
+  // 5e-7).
   for (const char* stem : {"tiny-q4_0", "tiny-q4_k_m"}) {
     const quant_golden* g = load_quant_golden(stem);
     if (!g) TM_SKIP("quantized golden data not found (tests/data/golden/" << stem << ".gguf)");
