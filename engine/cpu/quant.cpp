@@ -1,5 +1,7 @@
 // GGML block formats: reference dequantization, quantization, and the integer dot products
 // (scalar twin, AVX2, AVX-512 VNNI) of the decode path. See quant.hpp for the layouts.
+// Over 600 lines: each format's reference, quantizer and unpacking stay side by side, and
+// the SIMD kernels (quant_simd.inc) share its unpacking structs.
 #include "engine/cpu/quant.hpp"
 
 #include <algorithm>
