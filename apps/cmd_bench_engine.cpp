@@ -23,6 +23,7 @@
 #include "apps/engine_timing.hpp"
 #include "common/clock.hpp"
 #include "common/stats.hpp"
+#include "engine/cpu/quant.hpp"
 #include "engine/cpu_engine.hpp"
 #include "engine/engine_factory.hpp"
 #include "engine/model.hpp"
@@ -160,6 +161,7 @@ command add_bench_engine(CLI::App& app) {
       ->capture_default_str();
   return [o]() -> int {
     double load_before = loadavg_1min();
+    const auto steal_before = cpu_steal_jiffies();
     auto failed = [](const error_info& e) {
       std::fprintf(stderr, "tokenmill bench-engine: %s\n", e.message.c_str());
       return 1;
@@ -343,11 +345,20 @@ command add_bench_engine(CLI::App& app) {
                              {"single_thread_bytes_per_s", bw_single},
                              {"single_thread_cpu_share", single.cpu_share}};
     double load_after = loadavg_1min();
+    const auto steal_after = cpu_steal_jiffies();
+    const uint64_t total_jiffies = steal_after.second - steal_before.second;
+    const double steal_share =
+        total_jiffies > 0
+            ? static_cast<double>(steal_after.first - steal_before.first) / total_jiffies
+            : -1;
     j["machine"] = {{"cpu", cpu_model_name()},
                     {"hardware_threads", std::thread::hardware_concurrency()},
                     {"nproc", usable_cpus()},
                     {"loadavg_1min_before", load_before},
-                    {"loadavg_1min_after", load_after}};
+                    {"loadavg_1min_after", load_after},
+                    {"cpu_steal_share", steal_share}};
+    const bool quant = !cuda && cpu::is_int_dot_dtype(wtype);
+    if (quant) j["quant_kernels"] = std::string(cpu::quant_isa_name(cpu::best_quant_isa()));
 
     if (o->json) {
       std::printf("%s\n", j.dump().c_str());
@@ -360,7 +371,11 @@ command add_bench_engine(CLI::App& app) {
     std::printf("machine %s, %u hardware threads (nproc %u), load %.2f before / %.2f after\n",
                 cpu_model_name().c_str(), std::thread::hardware_concurrency(), usable_cpus(),
                 load_before, load_after);
-    std::printf("engine  %u threads, KV %s\n\n", threads, o->kv_dtype.c_str());
+    const std::string kernels = quant ? fmt::format(", {} integer dot products (decode)",
+                                                    cpu::quant_isa_name(cpu::best_quant_isa()))
+                                      : "";
+    std::printf("engine  %u threads, KV %s%s; CPU steal during the run %.1f%%\n\n", threads,
+                o->kv_dtype.c_str(), kernels.c_str(), 100 * steal_share);
     std::printf("%-22s %12s %12s %14s %10s\n", "phase", "median", "tokens/s", "weights GB/s",
                 "cpu share");
     for (const auto& p : prefill)

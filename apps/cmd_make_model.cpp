@@ -66,8 +66,13 @@ command add_make_model(CLI::App& app) {
   auto o = std::make_shared<make_model_cli>();
   app.add_flag("--list", o->list, "List the presets (shape, parameters, bytes per dtype)");
   app.add_option("--preset", o->preset, "Model shape (see --list)")->capture_default_str();
-  app.add_option("--dtype", o->type, "Weight dtype of the matrices (norms and biases stay f32)")
-      ->check(CLI::IsMember({"f32", "f16", "bf16"}))
+  std::vector<std::string> dtypes;
+  for (dtype t : all_dtypes)
+    dtypes.emplace_back(dtype_name(t));
+  app.add_option("--dtype", o->type,
+                 "Weight dtype of the matrices (norms and biases stay f32); the block formats "
+                 "q4_0 ... q6_k quantize the random weights (gguf only)")
+      ->check(CLI::IsMember(dtypes))
       ->capture_default_str();
   app.add_option("--format", o->format, "gguf: one file; hf: a Hugging Face directory")
       ->check(CLI::IsMember({"gguf", "hf"}))
@@ -86,7 +91,7 @@ command add_make_model(CLI::App& app) {
     }
     make_model_options opts;
     opts.preset = o->preset;
-    opts.type = o->type == "f32" ? dtype::f32 : o->type == "bf16" ? dtype::bf16 : dtype::f16;
+    parse_dtype(o->type, opts.type);  // checked by CLI::IsMember above
     opts.format = o->format;
     opts.seed = o->seed;
     opts.output = o->output;

@@ -20,6 +20,21 @@ double loadavg_1min() {
   return in ? l : -1;
 }
 
+std::pair<uint64_t, uint64_t> cpu_steal_jiffies() {
+  std::ifstream in("/proc/stat");
+  std::string tag;
+  in >> tag;
+  if (tag != "cpu") return {0, 0};
+  uint64_t v[8] = {};
+  for (auto& x : v)
+    in >> x;
+  if (!in) return {0, 0};
+  uint64_t total = 0;
+  for (uint64_t x : v)
+    total += x;
+  return {v[7], total};
+}
+
 std::string cpu_model_name() {
   std::ifstream in("/proc/cpuinfo");
   std::string line;

@@ -3,6 +3,7 @@
 /// profile` both measure (a prompt's prefill in chunks, a decode step over a batch), and
 /// the facts about the machine both report beside it.
 #include <cstdint>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,10 @@ namespace tokenmill::app {
 double loadavg_1min();
 /// The CPU's model name from /proc/cpuinfo ("unknown" when it has none).
 std::string cpu_model_name();
+/// The machine's CPU time so far from /proc/stat's "cpu" line, in jiffies: {steal, total}
+/// (total = user + nice + system + idle + iowait + irq + softirq + steal); {0, 0} when
+/// unreadable. Steal is time the hypervisor gave this VM's CPUs to someone else.
+std::pair<uint64_t, uint64_t> cpu_steal_jiffies();
 /// CPUs this process may run on (what `nproc` prints).
 uint32_t usable_cpus();
 /// Bytes of memory available to new allocations (MemAvailable), 0 when unknown.

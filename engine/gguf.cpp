@@ -1,5 +1,6 @@
 #include "engine/gguf.hpp"
 
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -95,13 +96,35 @@ std::optional<dtype> dtype_of_ggml(uint32_t t) {
       return dtype::f32;
     case 1:
       return dtype::f16;
+    case 2:
+      return dtype::q4_0;
+    case 3:
+      return dtype::q4_1;
+    case 6:
+      return dtype::q5_0;
+    case 7:
+      return dtype::q5_1;
     case 8:
       return dtype::q8_0;
+    case 12:
+      return dtype::q4_k;
+    case 13:
+      return dtype::q5_k;
+    case 14:
+      return dtype::q6_k;
     case 30:
       return dtype::bf16;
     default:
       return std::nullopt;
   }
+}
+
+/// "Q4_K" for "q4_k": GGML's spelling, for messages about file contents.
+std::string upper(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return out;
 }
 
 /// Thrown inside the parser only; open() turns it into an error value.
@@ -161,6 +184,20 @@ uint32_t ggml_type_of(dtype t) {
       return 8;
     case dtype::bf16:
       return 30;
+    case dtype::q4_0:
+      return 2;
+    case dtype::q4_1:
+      return 3;
+    case dtype::q5_0:
+      return 6;
+    case dtype::q5_1:
+      return 7;
+    case dtype::q4_k:
+      return 12;
+    case dtype::q5_k:
+      return 13;
+    case dtype::q6_k:
+      return 14;
   }
   return 0;
 }
@@ -372,11 +409,13 @@ class gguf_parser {
     auto dt = dtype_of_ggml(ti.ggml_type);
     if (!dt)
       fail(tn + ": unsupported tensor type " + std::to_string(ti.ggml_type) +
-           " (supported: 0 F32, 1 F16, 8 Q8_0, 30 BF16)");
+           " (supported: 0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 6 Q5_0, 7 Q5_1, 8 Q8_0, 12 Q4_K, 13 Q5_K, "
+           "14 Q6_K, 30 BF16)");
     ti.type = *dt;
     ti.offset = read_u64("data offset of " + tn);
-    if (ti.type == dtype::q8_0 && ti.ne[0] % 32 != 0)
-      fail(tn + ": Q8_0 row of " + std::to_string(ti.ne[0]) + " elements is not a multiple of 32");
+    if (ti.ne[0] % block_elems(ti.type) != 0)
+      fail(tn + ": " + upper(dtype_name(ti.type)) + " row of " + std::to_string(ti.ne[0]) +
+           " elements is not a multiple of its block size " + std::to_string(block_elems(ti.type)));
     uint64_t cols = ti.ne[0];
     uint64_t rows = cols == 0 ? 0 : elements / cols;
     uint64_t rb = row_bytes(ti.type, cols);

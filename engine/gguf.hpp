@@ -74,7 +74,8 @@ struct gguf_value {
 struct gguf_tensor_info {
   std::string name;
   std::vector<uint64_t> ne;  ///< dimensions, innermost (columns) first; 1 to 4 of them
-  uint32_t ggml_type = 0;    ///< as stored: 0 f32, 1 f16, 8 q8_0, 30 bf16
+  uint32_t ggml_type = 0;  ///< as stored: 0 f32, 1 f16, 2 q4_0, 3 q4_1, 6 q5_0, 7 q5_1, 8 q8_0, 12
+                           ///< q4_k, 13 q5_k, 14 q6_k, 30 bf16
   dtype type = dtype::f32;
   uint64_t offset = 0;  ///< bytes from the start of the data section
   uint64_t bytes = 0;   ///< size of the data
@@ -181,7 +182,7 @@ class gguf_writer {
   std::vector<tensor> tensors_;
 };
 
-/// GGML type number of `t` (0 f32, 1 f16, 8 q8_0, 30 bf16).
+/// GGML type number of `t` (see gguf_tensor_info::ggml_type).
 uint32_t ggml_type_of(dtype t);
 
 }  // namespace tokenmill

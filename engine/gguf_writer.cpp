@@ -127,8 +127,9 @@ result<void> gguf_writer::write(const std::string& path) const {
       if (t.shape.empty() || t.shape.size() > 4)
         return bad("tensor '" + t.name + "': " + std::to_string(t.shape.size()) +
                    " dimensions (1 to 4 are allowed)");
-      if (t.type == dtype::q8_0 && t.shape[0] % 32 != 0)
-        return bad("tensor '" + t.name + "': Q8_0 rows must be a multiple of 32");
+      if (t.shape[0] % block_elems(t.type) != 0)
+        return bad("tensor '" + t.name + "': " + std::string(dtype_name(t.type)) +
+                   " rows must be a multiple of " + std::to_string(block_elems(t.type)));
       uint64_t rows = 1;
       for (size_t d = 1; d < t.shape.size(); ++d)
         rows *= t.shape[d];

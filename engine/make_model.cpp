@@ -126,6 +126,16 @@ std::vector<float> uniform_values(uint64_t seed, std::string_view name, size_t c
 // ---------------------------------------------------------------------------------------
 // Element conversion (the CPU kernels' round-to-nearest-even conversions).
 
+/// Rows of `cols` values -> `t`, row by row (the block formats quantize each row with the
+/// format's rounding rule, cpu::quantize_row).
+std::vector<std::byte> encode_rows(const std::vector<float>& v, dtype t, size_t cols) {
+  const size_t rows = v.size() / cols, rb = row_bytes(t, cols);
+  std::vector<std::byte> out(rows * rb);
+  for (size_t r = 0; r < rows; ++r)
+    cpu::quantize_row(t, v.data() + r * cols, out.data() + r * rb, cols);
+  return out;
+}
+
 std::vector<std::byte> encode(const std::vector<float>& v, dtype t) {
   std::vector<std::byte> out(v.size() * (t == dtype::f32 ? 4 : 2));
   if (t == dtype::f32) {
@@ -269,13 +279,42 @@ result<void> write_text(const fs::path& path, const std::string& text) {
   return {};
 }
 
+/// llama.cpp's `general.file_type` (LLAMA_FTYPE_*) for a file whose matrices are all `t`.
+uint32_t gguf_file_type(dtype t) {
+  switch (t) {
+    case dtype::f32:
+      return 0;
+    case dtype::f16:
+      return 1;
+    case dtype::q4_0:
+      return 2;
+    case dtype::q4_1:
+      return 3;
+    case dtype::q8_0:
+      return 7;
+    case dtype::q5_0:
+      return 8;
+    case dtype::q5_1:
+      return 9;
+    case dtype::q4_k:
+      return 14;  // Q4_K_S: every matrix Q4_K
+    case dtype::q5_k:
+      return 16;  // Q5_K_S
+    case dtype::q6_k:
+      return 18;
+    case dtype::bf16:
+      return 32;
+  }
+  return 0;
+}
+
 result<void> write_gguf(const make_model_options& opts, const llama_config& c,
                         const vocab_spec& vocab) {
   gguf_writer w;
   const std::string& a = c.arch;
   w.set_string("general.architecture", a);
   w.set_string("general.name", c.name);
-  w.set_u32("general.file_type", opts.type == dtype::f32 ? 0u : opts.type == dtype::f16 ? 1u : 32u);
+  w.set_u32("general.file_type", gguf_file_type(opts.type));
   w.set_u32(a + ".vocab_size", c.vocab);
   w.set_u32(a + ".context_length", c.max_context);
   w.set_u32(a + ".embedding_length", c.dim);
@@ -314,7 +353,9 @@ result<void> write_gguf(const make_model_options& opts, const llama_config& c,
     std::vector<uint64_t> shape = t.rows == 1 && !t.is_matrix
                                       ? std::vector<uint64_t>{t.cols}
                                       : std::vector<uint64_t>{t.cols, t.rows};
-    w.add_tensor(t.gguf_name, type, std::move(shape), encode(values, type));
+    w.add_tensor(t.gguf_name, type, std::move(shape),
+                 is_block_dtype(type) ? encode_rows(values, type, static_cast<size_t>(t.cols))
+                                      : encode(values, type));
   }
   if (c.scaling.type == rope_scaling::kind::llama3) {
     auto div = llama3_rope_divisors(c);
@@ -441,16 +482,22 @@ result<void> make_model(const make_model_options& opts) {
       known += (known.empty() ? "" : ", ") + p.name;
     return bad(fmt::format("unknown preset '{}' (known: {})", opts.preset, known));
   }
-  if (opts.type != dtype::f32 && opts.type != dtype::f16 && opts.type != dtype::bf16)
-    return bad(fmt::format("dtype '{}' is not supported by make-model (f32, f16 or bf16)",
-                           dtype_name(opts.type)));
   if (opts.format != "gguf" && opts.format != "hf")
     return bad(fmt::format("unknown format '{}' (gguf or hf)", opts.format));
+  if (opts.format == "hf" && is_block_dtype(opts.type))
+    return bad(fmt::format("dtype '{}' has no safetensors form: --format hf takes f32, f16 or bf16",
+                           dtype_name(opts.type)));
   if (opts.output.empty()) return bad("no output path given");
   const llama_config& c = preset->config;
   if (auto r = c.validate(); !r)
     return error_info{errc::internal, fmt::format("preset '{}' is inconsistent: {}", preset->name,
                                                   r.error().message)};
+  for (const auto& t : tensor_list(c))
+    if (t.is_matrix && t.cols % block_elems(opts.type) != 0)
+      return bad(fmt::format(
+          "dtype '{}' needs rows that are whole blocks of {} values; preset '{}' has {} with "
+          "{} columns",
+          dtype_name(opts.type), block_elems(opts.type), preset->name, t.gguf_name, t.cols));
 
   auto vocab = make_model_vocab(c.vocab);
   if (opts.format == "gguf") {

@@ -51,7 +51,7 @@ vocab_spec make_model_vocab(uint32_t vocab_size);
 
 struct make_model_options {
   std::string preset = "tiny";
-  dtype type = dtype::f16;      ///< f32, f16 or bf16 (norms stay f32)
+  dtype type = dtype::f16;      ///< any dtype for gguf, f32/f16/bf16 for hf (norms stay f32)
   std::string format = "gguf";  ///< "gguf" (one file) or "hf" (a directory)
   uint64_t seed = 1;
   std::string output;  ///< file (gguf) or directory (hf)

@@ -91,8 +91,9 @@ struct loaded_model {
 };
 
 /// Success when `m`'s weights have the shapes its config implies — every tensor the forward
-/// pass reads present ([out][in] for linear layers, biases when qkv_bias), q8_0 rows whole
-/// blocks of 32, rope_freqs of head_dim / 2 values — else what is wrong ("tensor wq
+/// pass reads present ([out][in] for linear layers, biases when qkv_bias), block-format rows
+/// whole blocks (32 or 256 values), rope_freqs of head_dim / 2 values — else what is wrong ("tensor
+/// wq
 /// ('blk.0.attn_q.weight') is [64, 63], expected [64, 64]", errc::invalid_model). Every
 /// engine checks this before it uses a model it did not load itself.
 result<void> check_weights(const loaded_model& m);

@@ -172,8 +172,9 @@ class weight_binder {
     }
     found_tensor& t = *ft;
     check_shape(t, name, {n});
-    if (t.type == dtype::q8_0)
-      fail(t.file, "tensor '" + name + "': type q8_0, expected f32, f16 or bf16");
+    if (is_block_dtype(t.type))
+      fail(t.file, "tensor '" + name + "': type " + std::string(dtype_name(t.type)) +
+                       ", expected f32, f16 or bf16");
     tensor_view v{name, dtype::f32, 1, n, t.data};
     if (t.type == dtype::f32 && reinterpret_cast<uintptr_t>(t.data) % 4 == 0) return v;
     auto copy = std::make_shared<std::vector<float>>(n);
@@ -641,8 +642,9 @@ result<void> check_weights(const loaded_model& m) {
     if (t.rows != rows || t.cols != cols)
       return fmt::format("tensor {} ('{}') is [{}, {}], expected [{}, {}]", what, t.name, t.rows,
                          t.cols, rows, cols);
-    if (t.type == dtype::q8_0 && cols % 32 != 0)
-      return fmt::format("q8_0 tensor {} has {} columns, not a multiple of 32", what, cols);
+    if (cols % block_elems(t.type) != 0)
+      return fmt::format("{} tensor {} ('{}') has {} columns, not a multiple of its block size {}",
+                         dtype_name(t.type), what, t.name, cols, block_elems(t.type));
     return {};
   };
   const uint64_t qdim = uint64_t{c.heads} * c.head_dim, kvdim = uint64_t{c.kv_heads} * c.head_dim;

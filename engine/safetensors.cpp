@@ -31,7 +31,7 @@ std::string_view name_of_dtype(dtype t) {
       return "F16";
     case dtype::bf16:
       return "BF16";
-    case dtype::q8_0:
+    default:  // block formats have no safetensors dtype
       break;
   }
   return "";
@@ -189,8 +189,9 @@ result<void> safetensors_writer::write(const std::string& path) const {
     json header = json::object();
     uint64_t off = 0;
     for (const auto& t : tensors_) {
-      if (t.type == dtype::q8_0)
-        return bad("tensor '" + t.name + "': q8_0 is not a safetensors dtype");
+      if (is_block_dtype(t.type))
+        return bad("tensor '" + t.name + "': " + std::string(dtype_name(t.type)) +
+                   " is not a safetensors dtype");
       if (t.name == "__metadata__") return bad("tensor name '__metadata__' is reserved");
       if (header.contains(t.name)) return bad("tensor '" + t.name + "' added twice");
       uint64_t elements = 1;

@@ -8,13 +8,31 @@
 
 namespace tokenmill {
 
-/// Element types of weight tensors. `q8_0` is GGML's block format: blocks of 32 values,
-/// each an f16 scale followed by 32 int8 quants (34 bytes).
-enum class dtype : uint8_t { f32, f16, bf16, q8_0 };
+/// Element types of weight tensors. The q* types are GGML's block formats (the GGUF
+/// specification's layouts; engine/cpu/quant.hpp spells each one out): a row is a sequence
+/// of blocks of block_elems() values stored in block_bytes() bytes each.
+///   q8_0: 32 values: f16 scale, 32 int8 (34 bytes)
+///   q4_0, q4_1, q5_0, q5_1: 32 values in 18, 20, 22, 24 bytes
+///   q4_k, q5_k, q6_k: 256-value super-blocks in 144, 176, 210 bytes
+enum class dtype : uint8_t { f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k };
 
-/// "f32", "f16", "bf16", "q8_0".
+/// Every dtype, in enum order (for tests and option parsing).
+inline constexpr dtype all_dtypes[] = {dtype::f32,  dtype::f16,  dtype::bf16, dtype::q8_0,
+                                       dtype::q4_0, dtype::q4_1, dtype::q5_0, dtype::q5_1,
+                                       dtype::q4_k, dtype::q5_k, dtype::q6_k};
+
+/// "f32", "f16", "bf16", "q8_0", "q4_0", ..., "q6_k".
 std::string_view dtype_name(dtype t);
-/// Bytes of one row of `cols` elements (for q8_0, `cols` must be a multiple of 32).
+/// The dtype named `name` (as dtype_name() spells it, case-insensitive), if any.
+bool parse_dtype(std::string_view name, dtype& out);
+/// Whether `t` is a block format (q8_0 and the q4/q5/q6 types).
+bool is_block_dtype(dtype t);
+/// Values per block (1 for f32/f16/bf16, 32 or 256 for block formats).
+size_t block_elems(dtype t);
+/// Bytes per block (the element size for f32/f16/bf16).
+size_t block_bytes(dtype t);
+/// Bytes of one row of `cols` elements (for block formats, `cols` must be a multiple of
+/// block_elems()).
 size_t row_bytes(dtype t, uint64_t cols);
 
 /// A row-major matrix [rows][cols] (a vector has rows = 1). For weights of linear layers,

@@ -1,6 +1,8 @@
 // Over 600 lines: each kernel's AVX2 path stays beside its scalar reference and dispatch.
 #include "engine/cpu/kernels.hpp"
 
+#include "engine/cpu/quant.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -54,7 +56,8 @@ float load_f32(const std::byte* p) {
   return v;
 }
 
-/// Scalar value k of a row of element type t (not q8_0).
+/// Scalar value k of a row of element type t (f32, f16, bf16 or q8_0; the other block
+/// formats go through dequantize_block_row).
 float scalar_at(dtype t, const std::byte* row, size_t k) {
   switch (t) {
     case dtype::f32:
@@ -68,6 +71,8 @@ float scalar_at(dtype t, const std::byte* row, size_t k) {
       return f16_to_f32(load_u16(blk)) *
              static_cast<float>(static_cast<int8_t>(blk[2 + k % q8_block]));
     }
+    default:
+      break;
   }
   return 0;
 }
@@ -152,8 +157,9 @@ TM_AVX2 float dot_row_avx2(dtype t, const std::byte* row, const float* x, size_t
       return dot_elem_avx2(bf16_tag{}, row, x, cols);
     case dtype::q8_0:
       return dot_q8_avx2(row, x, cols);
+    default:  // the int-dot formats: dot_row() handles them before
+      return 0;
   }
-  return 0;
 }
 
 /// GEMV over 4 weight rows x 2 batch rows at a time: each converted weight vector feeds 2
@@ -278,6 +284,8 @@ TM_AVX2 void gemv_avx2(const tensor_view& w, const float* x, size_t n, float* y,
       return gemv_elem_avx2(bf16_tag{}, w, x, n, y, ys, r0, r1);
     case dtype::q8_0:
       return gemv_q8_avx2(w, x, n, y, ys, r0, r1);
+    default:  // the int-dot formats: linear() handles them before
+      return;
   }
 }
 
@@ -322,6 +330,8 @@ TM_AVX2 void dequantize_avx2(dtype t, const std::byte* row, float* dst, size_t c
           _mm256_storeu_ps(dst + b * q8_block + 8 * s, _mm256_mul_ps(d, load_q8(blk + 2 + 8 * s)));
       }
       return;
+    default:
+      return dequantize_int_row(best_quant_isa(), t, row, dst, cols);
   }
 }
 
@@ -531,6 +541,7 @@ void f32_to_f16_row(const float* src, uint16_t* dst, size_t n) {
 }
 
 void dequantize_row_scalar(dtype t, const std::byte* row, float* dst, size_t cols) {
+  if (is_int_dot_dtype(t)) return dequantize_block_row(t, row, dst, cols);
   for (size_t k = 0; k < cols; ++k)
     dst[k] = scalar_at(t, row, k);
 }
@@ -597,6 +608,15 @@ void axpy_f16(float alpha, const uint16_t* x, float* y, size_t n) {
 }
 
 float dot_row_scalar(dtype t, const std::byte* row, const float* x, size_t cols) {
+  if (is_int_dot_dtype(t)) {  // the float reference: dequantized weights, float activations
+    thread_local std::vector<float> w;
+    if (w.size() < cols) w.resize(cols);
+    dequantize_block_row(t, row, w.data(), cols);
+    double s = 0;
+    for (size_t k = 0; k < cols; ++k)
+      s += double{w[k]} * x[k];
+    return static_cast<float>(s);
+  }
   float s = 0;
   for (size_t k = 0; k < cols; ++k)
     s += scalar_at(t, row, k) * x[k];
@@ -604,6 +624,13 @@ float dot_row_scalar(dtype t, const std::byte* row, const float* x, size_t cols)
 }
 
 float dot_row(dtype t, const std::byte* row, const float* x, size_t cols) {
+  if (is_int_dot_dtype(t)) {
+    thread_local quantized_acts xq;
+    quantize_acts(t, x, 1, cols, xq);
+    float y;
+    dot_acts(best_quant_isa(), t, row, cols, xq, 1, &y);
+    return y;
+  }
 #if TM_X86
   if (simd_available()) return dot_row_avx2(t, row, x, cols);
 #endif
@@ -646,9 +673,26 @@ void linear_scalar(const tensor_view& w, const float* x, size_t n, float* y, siz
       y[i * y_stride + j] = dot_row_scalar(w.type, w.data + j * rb, x + i * w.cols, w.cols);
 }
 
+void linear_int(quant_isa isa, const tensor_view& w, const float* x, size_t n, float* y,
+                size_t y_stride, size_t row_begin, size_t row_end) {
+  const size_t cols = w.cols;
+  thread_local quantized_acts xq;
+  thread_local std::vector<float> out;
+  if (out.size() < n) out.resize(n);
+  quantize_acts(w.type, x, n, cols, xq);
+  const size_t rb = row_bytes(w.type, cols);
+  for (size_t j = row_begin; j < row_end; ++j) {
+    dot_acts(isa, w.type, w.data + j * rb, cols, xq, n, out.data());
+    for (size_t i = 0; i < n; ++i)
+      y[i * y_stride + j] = out[i];
+  }
+}
+
 void linear(const tensor_view& w, const float* x, size_t n, float* y, size_t y_stride,
             size_t row_begin, size_t row_end, std::vector<float>& /*scratch*/) {
   if (row_begin >= row_end || n == 0) return;
+  if (is_int_dot_dtype(w.type) && (n < gemm_packed_min_rows || !simd_available()))
+    return linear_int(best_quant_isa(), w, x, n, y, y_stride, row_begin, row_end);
 #if TM_X86
   if (simd_available()) {
     if (n >= gemm_packed_min_rows)

@@ -1,12 +1,14 @@
 #pragma once
 /// CPU kernels of the Llama forward pass: weight-format conversion, linear layers over
-/// f32/f16/bf16/q8_0 weights with f32 activations, RMSNorm, RoPE, SwiGLU and softmax.
+/// f32/f16/bf16/q8_0 weights with f32 activations and over the 4-6 bit block formats with
+/// 8-bit activations (engine/cpu/quant.hpp), RMSNorm, RoPE, SwiGLU and softmax.
 /// Every vectorized kernel (AVX2+FMA+F16C, chosen at run time) has a portable scalar
 /// twin (`*_scalar`) that the tests compare it against and that runs where AVX2 is absent.
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "engine/cpu/quant.hpp"
 #include "engine/model.hpp"
 #include "engine/tensor.hpp"
 
@@ -33,7 +35,7 @@ void f32_to_f16_row(const float* src, uint16_t* dst, size_t n);
 void f16_to_f32_row_scalar(const uint16_t* src, float* dst, size_t n);
 void f32_to_f16_row_scalar(const float* src, uint16_t* dst, size_t n);
 
-/// One row of `cols` elements of weight type `t` -> floats. q8_0 needs cols % 32 == 0.
+/// One row of `cols` elements of weight type `t` -> floats. Block formats need whole blocks.
 void dequantize_row(dtype t, const std::byte* row, float* dst, size_t cols);
 void dequantize_row_scalar(dtype t, const std::byte* row, float* dst, size_t cols);
 /// floats -> one q8_0 row (GGML's rule: d = max|x| / 127, q = round(x / d)); for tests and
@@ -50,7 +52,9 @@ float dot_f32_f16(const float* a, const uint16_t* b, size_t n);
 void axpy_f32(float alpha, const float* x, float* y, size_t n);
 /// y[i] += alpha * f16(x[i]).
 void axpy_f16(float alpha, const uint16_t* x, float* y, size_t n);
-/// dot of f32 `x` with one weight row of type `t` (`cols` elements).
+/// dot of f32 `x` with one weight row of type `t` (`cols` elements). For the int-dot block
+/// formats (is_int_dot_dtype) `x` is quantized to 8 bits first (quantize_acts), as linear()
+/// does for decode; dot_row_scalar is then the float reference on dequantized weights.
 float dot_row(dtype t, const std::byte* row, const float* x, size_t cols);
 float dot_row_scalar(dtype t, const std::byte* row, const float* x, size_t cols);
 
@@ -78,6 +82,13 @@ inline constexpr size_t gemm_packed_min_rows = 64;
 /// weight tiles; it grows on first use and is reused (one per thread).
 void linear(const tensor_view& w, const float* x, size_t n, float* y, size_t y_stride,
             size_t row_begin, size_t row_end, std::vector<float>& scratch);
+/// linear() over an int-dot block format the decode way: each x row quantized to 8 bits
+/// (quantize_acts: per 32 values, per 256 for the K formats), integer dot products on `isa`
+/// (quant_isa::scalar is the portable twin). linear() runs this for batches below
+/// gemm_packed_min_rows (and for every batch where AVX2 is absent); larger batches (prefill) unpack
+/// weight rows to f32 tiles instead.
+void linear_int(quant_isa isa, const tensor_view& w, const float* x, size_t n, float* y,
+                size_t y_stride, size_t row_begin, size_t row_end);
 /// The scalar reference of linear() (one dot_row_scalar per output).
 void linear_scalar(const tensor_view& w, const float* x, size_t n, float* y, size_t y_stride,
                    size_t row_begin, size_t row_end);

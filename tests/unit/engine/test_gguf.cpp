@@ -354,8 +354,8 @@ TEST_CASE("gguf corrupt headers are errors that say what is wrong", "[gguf]") {
   }
   SECTION("unsupported tensor type") {
     raw_gguf g;
-    g.header(3, 1, 0).tensor("blk.0.attn_q.weight", {32, 2}, 2, 0).pad().zeros(64);
-    CHECK_THAT(message(g), Catch::Contains("'blk.0.attn_q.weight'") && Catch::Contains("type 2"));
+    g.header(3, 1, 0).tensor("blk.0.attn_q.weight", {256, 2}, 10, 0).pad().zeros(256);
+    CHECK_THAT(message(g), Catch::Contains("'blk.0.attn_q.weight'") && Catch::Contains("type 10"));
   }
   SECTION("bad dimension count") {
     raw_gguf g0, g5;
@@ -373,6 +373,20 @@ TEST_CASE("gguf corrupt headers are errors that say what is wrong", "[gguf]") {
     raw_gguf g;
     g.header(3, 1, 0).tensor("q", {40, 1}, 8, 0).pad().zeros(64);
     CHECK_THAT(message(g), Catch::Contains("'q'"));
+  }
+  SECTION("quantized rows that are not whole blocks") {
+    raw_gguf k, q;
+    k.header(3, 1, 0).tensor("blk.0.ffn_down.weight", {300, 2}, 12, 0).pad().zeros(1024);
+    CHECK_THAT(message(k), Catch::Contains("'blk.0.ffn_down.weight'") && Catch::Contains("Q4_K") &&
+                               Catch::Contains("256"));
+    q.header(3, 1, 0).tensor("q5", {40, 1}, 6, 0).pad().zeros(64);
+    CHECK_THAT(message(q), Catch::Contains("'q5'") && Catch::Contains("Q5_0"));
+  }
+  SECTION("truncated super-blocks") {
+    // Q6_K [512, 2]: 4 super-blocks of 210 bytes; the file holds 3 and a half.
+    raw_gguf g;
+    g.header(3, 1, 0).tensor("output.weight", {512, 2}, 14, 0).pad().zeros(735);
+    CHECK_THAT(message(g), Catch::Contains("'output.weight'") && Catch::Contains("840 bytes"));
   }
   SECTION("tensor data past the end") {
     raw_gguf g;

@@ -1,0 +1,350 @@
+// GGML block formats: reference dequantization on hand-built blocks, quantize/dequantize
+// round trips, and the integer dot-product kernels (SIMD against the scalar twin, and
+// against the float reference on dequantized weights).
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "engine/cpu/kernels.hpp"
+#include "engine/cpu/quant.hpp"
+
+using namespace tokenmill;
+using namespace tokenmill::cpu;
+
+namespace {
+
+constexpr dtype int_types[] = {dtype::q4_0, dtype::q4_1, dtype::q5_0, dtype::q5_1,
+                               dtype::q4_k, dtype::q5_k, dtype::q6_k};
+
+void put_f16(std::vector<uint8_t>& b, size_t at, float v) {
+  uint16_t h = f32_to_f16(v);
+  std::memcpy(b.data() + at, &h, 2);
+}
+
+std::vector<float> dequant(dtype t, const std::vector<uint8_t>& b) {
+  std::vector<float> y(block_elems(t));
+  dequantize_block_row(t, reinterpret_cast<const std::byte*>(b.data()), y.data(), y.size());
+  return y;
+}
+
+std::vector<float> random_floats(size_t n, uint32_t seed, float lo, float hi) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v)
+    x = d(rng);
+  return v;
+}
+
+std::vector<float> gaussian(size_t n, uint32_t seed, float sigma) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0, sigma);
+  std::vector<float> v(n);
+  for (auto& x : v)
+    x = d(rng);
+  return v;
+}
+
+std::vector<std::byte> quantize(dtype t, const std::vector<float>& x, size_t cols) {
+  const size_t rows = x.size() / cols;
+  std::vector<std::byte> q(rows * row_bytes(t, cols));
+  for (size_t r = 0; r < rows; ++r)
+    quantize_row(t, x.data() + r * cols, q.data() + r * row_bytes(t, cols), cols);
+  return q;
+}
+
+double nmse(const std::vector<float>& got, const std::vector<float>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    num += (double{got[i]} - want[i]) * (double{got[i]} - want[i]);
+    den += double{want[i]} * want[i];
+  }
+  return den > 0 ? num / den : num;
+}
+
+}  // namespace
+
+TEST_CASE("block formats: sizes and names", "[quant]") {
+  CHECK(row_bytes(dtype::q4_0, 64) == 36);
+  CHECK(row_bytes(dtype::q4_1, 64) == 40);
+  CHECK(row_bytes(dtype::q5_0, 64) == 44);
+  CHECK(row_bytes(dtype::q5_1, 64) == 48);
+  CHECK(row_bytes(dtype::q4_k, 512) == 288);
+  CHECK(row_bytes(dtype::q5_k, 512) == 352);
+  CHECK(row_bytes(dtype::q6_k, 512) == 420);
+  for (dtype t : all_dtypes) {
+    dtype back = dtype::f32;
+    CHECK(parse_dtype(dtype_name(t), back));
+    CHECK(back == t);
+  }
+  dtype d;
+  CHECK(parse_dtype("Q4_K", d));
+  CHECK(d == dtype::q4_k);
+  CHECK_FALSE(parse_dtype("q3_k", d));
+}
+
+TEST_CASE("reference dequantization of hand-built blocks", "[quant]") {
+  SECTION("q4_0: d * (u - 8), low nibbles first") {
+    std::vector<uint8_t> b(18, 0x88);
+    put_f16(b, 0, 0.5f);
+    b[2] = 0x3A;
+    auto y = dequant(dtype::q4_0, b);
+    CHECK(y[0] == 1.0f);
+    CHECK(y[16] == -2.5f);
+    CHECK(y[1] == 0.0f);
+  }
+  SECTION("q4_1: d * u + m") {
+    std::vector<uint8_t> b(20, 0);
+    put_f16(b, 0, 0.25f);
+    put_f16(b, 2, -1.0f);
+    b[4 + 1] = 0xF0;
+    auto y = dequant(dtype::q4_1, b);
+    CHECK(y[1] == -1.0f);
+    CHECK(y[17] == 2.75f);
+    CHECK(y[0] == -1.0f);
+  }
+  SECTION("q5_0: fifth bit j of qh, d * (u - 16)") {
+    std::vector<uint8_t> b(22, 0);
+    put_f16(b, 0, 1.0f);
+    uint32_t qh = (1u << 0) | (1u << 17);
+    std::memcpy(b.data() + 2, &qh, 4);
+    b[6] = 0x21;
+    auto y = dequant(dtype::q5_0, b);
+    CHECK(y[0] == 1.0f);
+    CHECK(y[16] == -14.0f);
+    CHECK(y[1] == -16.0f);
+    CHECK(y[17] == 0.0f);
+  }
+  SECTION("q5_1: d * u + m") {
+    std::vector<uint8_t> b(24, 0);
+    put_f16(b, 0, 2.0f);
+    put_f16(b, 2, 0.5f);
+    uint32_t qh = 1u << 31;
+    std::memcpy(b.data() + 4, &qh, 4);
+    b[8 + 15] = 0xF7;
+    auto y = dequant(dtype::q5_1, b);
+    CHECK(y[15] == 14.5f);
+    CHECK(y[31] == 62.5f);
+    CHECK(y[0] == 0.5f);
+  }
+  // Sub-block 0: scale 3, min 2; sub-block 5: scale 37, min 19 (6-bit values split over
+  // the packed scales: low bits in scales[9], high bits in the top of scales[1], scales[5]).
+  auto k_header = [](std::vector<uint8_t>& b) {
+    put_f16(b, 0, 1.0f);
+    put_f16(b, 2, 0.5f);
+    b[4 + 0] = 3;
+    b[4 + 4] = 2;
+    b[4 + 1] = 2 << 6;
+    b[4 + 5] = 1 << 6;
+    b[4 + 9] = 5 | (3 << 4);
+  };
+  SECTION("q4_k: d*sc*u - dmin*m with 6-bit packed scales") {
+    std::vector<uint8_t> b(144, 0);
+    k_header(b);
+    b[16 + 0] = 0x7A;       // sub-block 0 value 0 = 10; sub-block 1 value 0 = 7
+    b[16 + 64 + 4] = 0xC0;  // sub-block 5 (high nibbles of qs[64..95]) value 4 = 12
+    auto y = dequant(dtype::q4_k, b);
+    CHECK(y[0] == 29.0f);            // 3 * 10 - 0.5 * 2
+    CHECK(y[1] == -1.0f);            // 3 * 0 - 1
+    CHECK(y[32] == 0.0f);            // sub-block 1: scale 0, min 0
+    CHECK(y[32 * 5 + 4] == 434.5f);  // 37 * 12 - 0.5 * 19
+    CHECK(y[32 * 4 + 4] == 0.0f);    // sub-block 4: scale 0, min 0
+    CHECK(y[32 * 5 + 5] == -9.5f);
+  }
+  SECTION("q5_k: fifth bit s of qh[l] for sub-block s") {
+    std::vector<uint8_t> b(176, 0);
+    k_header(b);
+    b[16 + 3] = 0x21;       // qh[3]: bits 0 and 5
+    b[48 + 3] = 0x21;       // sub-block 0 value 3 low bits 1; sub-block 1 value 3 = 2
+    b[48 + 64 + 3] = 0x40;  // sub-block 5 value 3 low bits 4
+    auto y = dequant(dtype::q5_k, b);
+    CHECK(y[3] == 50.0f);  // 3 * 17 - 1
+    CHECK(y[32 + 3] == 0.0f);
+    CHECK(y[32 * 5 + 3] == 730.5f);  // 37 * 20 - 9.5
+    CHECK(y[32 * 5 + 2] == -9.5f);
+  }
+  SECTION("q6_k: d * scales[e / 16] * (u - 32), 4 + 2 bit quants") {
+    std::vector<uint8_t> b(210, 0);
+    put_f16(b, 208, 0.5f);
+    b[192 + 0] = 2;
+    b[192 + 9] = static_cast<uint8_t>(-3);
+    b[0] = 0x05;
+    b[128] = 0x02;  // value 0: u = 5 | 2 << 4 = 37
+    b[86] = 0x0F;   // value 150 (half 1, l 22): ql[64 + 22] low nibble
+    b[182] = 0x03;  // and qh[32 + 22] bits 0-1
+    auto y = dequant(dtype::q6_k, b);
+    CHECK(y[0] == 5.0f);      // 0.5 * 2 * 5
+    CHECK(y[1] == -32.0f);    // 0.5 * 2 * -32
+    CHECK(y[150] == -46.5f);  // 0.5 * -3 * 31
+    CHECK(y[64] == 0.0f);     // scales[4] == 0
+  }
+}
+
+TEST_CASE("quantize -> dequantize stays within the format's step", "[quant]") {
+  const size_t cols = 1024;
+  std::vector<std::vector<float>> inputs = {random_floats(4 * cols, 1, -1, 1),
+                                            gaussian(4 * cols, 2, 0.02f),
+                                            random_floats(cols, 3, -3, -1),   // all negative
+                                            random_floats(cols, 4, 0.5f, 2),  // all positive
+                                            std::vector<float>(cols, 0.0f)};
+  for (dtype t : int_types) {
+    for (size_t in = 0; in < inputs.size(); ++in) {
+      const auto& x = inputs[in];
+      INFO(dtype_name(t) << " input " << in);
+      auto q = quantize(t, x, cols);
+      std::vector<float> y(x.size());
+      for (size_t r = 0; r < x.size() / cols; ++r)
+        dequantize_row_scalar(t, q.data() + r * row_bytes(t, cols), y.data() + r * cols, cols);
+      // The bound: one quantization step of the value's group, from the group's range
+      // (32-value groups for q4/q5, 16 for q6_k). Round to nearest gives half a step; the
+      // formats that clamp (q4_0/q5_0 at the far end) and the rounded-up K scales stay
+      // within one.
+      const size_t g = t == dtype::q6_k ? 16 : 32;
+      const int levels = t == dtype::q4_0 || t == dtype::q4_1 || t == dtype::q4_k ? 15 : 31;
+      size_t bad = 0;
+      double worst = 0;
+      for (size_t s = 0; s < x.size(); s += g) {
+        float lo = 0, hi = 0, amax = 0;
+        for (size_t k = s; k < s + g; ++k) {
+          lo = std::min(lo, x[k]);
+          hi = std::max(hi, x[k]);
+          amax = std::max(amax, std::fabs(x[k]));
+        }
+        float range = t == dtype::q6_k ? 2 * amax : hi - lo;
+        if (t == dtype::q4_1 || t == dtype::q5_1) {  // min-max without forcing 0 in
+          lo = *std::min_element(x.begin() + long(s), x.begin() + long(s + g));
+          hi = *std::max_element(x.begin() + long(s), x.begin() + long(s + g));
+          range = hi - lo;
+        }
+        if (t == dtype::q4_0 || t == dtype::q5_0) range = 2 * amax;
+        const float step = range / static_cast<float>(levels);
+        for (size_t k = s; k < s + g; ++k) {
+          const double e = std::fabs(double{y[k]} - x[k]);
+          worst = std::max(worst, e / (step + 1e-30));
+          if (e > 1.01 * step + 1e-12) ++bad;
+        }
+      }
+      INFO("worst error / step " << worst);
+      CHECK(bad == 0);
+      if (in < 2) {
+        const double n = nmse(y, x);
+        INFO("nmse " << n);
+        // Uniform rounding error is step^2 / 12: ~1/(3 * 15^2) for 4-bit, ~1/(3 * 31^2)
+        // for 5 and 6 bits on uniform data (more where scales are rounded up).
+        CHECK(n < (levels == 15 ? 8e-3 : 2e-3));
+      }
+    }
+  }
+}
+
+TEST_CASE("activation quantization: 8 bits per 32 values with half sums", "[quant]") {
+  auto x = random_floats(64, 7, -2, 2);
+  x[5] = 3.0f;
+  std::vector<act_block> a(2);
+  quantize_activations(x.data(), a.data(), 64);
+  CHECK(a[0].d == 3.0f / 127);
+  CHECK(a[0].q[5] == 127);
+  for (int b = 0; b < 2; ++b)
+    for (int h = 0; h < 2; ++h) {
+      int s = 0;
+      for (int j = 16 * h; j < 16 * h + 16; ++j) {
+        s += a[b].q[j];
+        CHECK(std::fabs(a[b].d * a[b].q[j] - x[32 * b + j]) <= a[b].d / 2 * 1.0001f);
+      }
+      CHECK(a[b].sum[h] == s);
+    }
+}
+
+TEST_CASE("super-block activation quantization for the K formats", "[quant]") {
+  auto x = random_floats(512, 8, -1, 1);
+  x[300] = -4.0f;
+  std::vector<act_block_k> a(2);
+  quantize_activations_k(x.data(), a.data(), 512);
+  float amax0 = 0;
+  for (int j = 0; j < 256; ++j)
+    amax0 = std::max(amax0, std::fabs(x[j]));
+  CHECK(a[0].d == amax0 / 127);
+  CHECK(a[1].d == 4.0f / 127);
+  CHECK(a[1].q[300 - 256] == -127);
+  for (int b = 0; b < 2; ++b)
+    for (int g = 0; g < 16; ++g) {
+      int s = 0;
+      for (int j = 16 * g; j < 16 * g + 16; ++j) {
+        s += a[b].q[j];
+        CHECK(std::fabs(a[b].d * a[b].q[j] - x[256 * b + j]) <= a[b].d / 2 * 1.0001f);
+      }
+      CHECK(a[b].bsums[g] == s);
+    }
+}
+
+TEST_CASE("integer dot products: SIMD == scalar twin, both near the float reference", "[quant]") {
+  const size_t cols = 768, rows = 9;
+  std::vector<quant_isa> isas = {quant_isa::scalar};
+  if (best_quant_isa() >= quant_isa::avx2) isas.push_back(quant_isa::avx2);
+  if (best_quant_isa() >= quant_isa::avx512_vnni) isas.push_back(quant_isa::avx512_vnni);
+  WARN("quant isa on this machine: " << quant_isa_name(best_quant_isa()));
+  for (dtype t : int_types) {
+    auto wf = gaussian(rows * cols, 11, 0.05f);
+    auto wq = quantize(t, wf, cols);
+    tensor_view w{"w", t, rows, cols, wq.data()};
+    for (size_t n : {size_t{1}, size_t{3}, size_t{4}, size_t{7}, size_t{8}}) {
+      auto x = gaussian(n * cols, 12 + static_cast<uint32_t>(n), 1.0f);
+      std::vector<float> ref(n * rows), twin(n * rows);
+      linear_scalar(w, x.data(), n, ref.data(), rows, 0, rows);
+      linear_int(quant_isa::scalar, w, x.data(), n, twin.data(), rows, 0, rows);
+      const double e = nmse(twin, ref);
+      INFO(dtype_name(t) << " n=" << n << " nmse(int, float) " << e);
+      // 8-bit activations: relative error ~ 1/(127 sqrt 3) per value, far less on sums;
+      // the K formats share one activation scale per 256 values (measured ~1.1e-4 against
+      // ~5e-5 with one per 32).
+      CHECK(e < (is_k_dtype(t) ? 3e-4 : 1e-4));
+      for (quant_isa isa : isas) {
+        std::vector<float> got(n * rows);
+        linear_int(isa, w, x.data(), n, got.data(), rows, 0, rows);
+        INFO(quant_isa_name(isa));
+        for (size_t i = 0; i < got.size(); ++i)
+          CHECK(std::fabs(got[i] - twin[i]) <= 1e-5f * (1 + std::fabs(twin[i])));
+      }
+      // linear() takes the int path for decode batches; a row range covers a subset.
+      std::vector<float> lin(n * rows, -7.0f);
+      std::vector<float> scratch;
+      linear(w, x.data(), n, lin.data(), rows, 2, 7, scratch);
+      for (size_t i = 0; i < n; ++i)
+        for (size_t j = 0; j < rows; ++j) {
+          if (j < 2 || j >= 7)
+            CHECK(lin[i * rows + j] == -7.0f);
+          else
+            CHECK(std::fabs(lin[i * rows + j] - twin[i * rows + j]) <=
+                  1e-5f * (1 + std::fabs(twin[i * rows + j])));
+        }
+    }
+    // The SIMD unpacking prefill uses gives exactly the reference's values.
+    std::vector<float> deq_ref(cols);
+    dequantize_block_row(t, wq.data(), deq_ref.data(), cols);
+    for (quant_isa isa : isas) {
+      std::vector<float> deq(cols, -1.0f);
+      dequantize_int_row(isa, t, wq.data(), deq.data(), cols);
+      INFO(quant_isa_name(isa));
+      size_t differ = 0;  // == (not memcmp): a zero may come out as -0 on one side
+      for (size_t k = 0; k < cols; ++k)
+        differ += deq[k] != deq_ref[k];
+      CHECK(differ == 0);
+    }
+    // Prefill batches unpack weights to f32 tiles: the float reference, up to summation order.
+    const size_t n = gemm_packed_min_rows + 3;
+    auto x = gaussian(n * cols, 99, 1.0f);
+    std::vector<float> ref(n * rows), got(n * rows);
+    std::vector<float> scratch;
+    linear_scalar(w, x.data(), n, ref.data(), rows, 0, rows);
+    linear(w, x.data(), n, got.data(), rows, 0, rows, scratch);
+    INFO(dtype_name(t) << " prefill nmse " << nmse(got, ref));
+    CHECK(nmse(got, ref) < 1e-10);
+    // dot_row quantizes its activations as decode does.
+    CHECK(std::fabs(dot_row(t, wq.data(), x.data(), cols) - ref[0]) <
+          1e-2f * (1 + std::fabs(ref[0])));
+  }
+}
