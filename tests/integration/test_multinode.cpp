@@ -135,6 +135,8 @@ struct cluster_spec {
   /// The manifest's restart policy. Off here, so that the tests of a node's death see the
   /// node stay down; the restart tests turn it on.
   std::string restart = "{max: 0}";
+  uint32_t prefill_workers = 1;  ///< prefill actors on p0
+  std::string planner;           ///< the manifest's `planner:` section (empty: none)
 };
 
 /// Distinct free ports: one per node, plus the frontend's RPC and HTTP ports.
@@ -168,6 +170,7 @@ std::string manifest_yaml(const cluster_spec& spec, const port_plan& ports) {
     << "defaults: {engine: sim, block_tokens: 16, kv_transport: " << spec.kv_transport << "}\n"
     << "failure: {heartbeat_ms: 100, connection_timeout_ms: 500}\n"
     << "restart: " << spec.restart << "\n"
+    << (spec.planner.empty() ? "" : "planner: " + spec.planner + "\n")
     << "frontend: {node: head, "
     << (spec.frontend_host.empty() ? "" : "host: " + spec.frontend_host + ", ")
     << "rpc_port: " << ports.rpc << ", http_port: " << ports.http << "}\n"
@@ -180,7 +183,10 @@ std::string manifest_yaml(const cluster_spec& spec, const port_plan& ports) {
     << "    address: " << spec.p0_address << "\n"
     << "    port: " << ports.node.at("p0") << "\n"
     << "    http_port: " << ports.node_http.at("p0") << "\n"
-    << "    actors: [{prefill: {engine: sim, threads: 1}}]\n";
+    << "    actors: [";
+  for (uint32_t i = 0; i < spec.prefill_workers; ++i)
+    y << (i ? ", " : "") << "{prefill: {engine: sim, threads: 1}}";
+  y << "]\n";
   for (const auto& d : spec.decode_nodes)
     y << "  - name: " << d << "\n"
       << "    address: 127.0.0.1\n"
@@ -1236,7 +1242,7 @@ TEST_CASE("tokenmill drain empties a decode node while a stream runs, failing no
   cluster c(spec);
   c.launch();
   // A stream that runs ~3 s (1500 tokens at 2 ms per step): still running when the drain
-  // starts, so its decode worker finishes it in place.
+  // starts, so its decode worker moves it live (with its KV) to the other decode node.
   const int n = 1500;
   process gen(
       c.generate_argv({"--json", "--token-ids", "--max-tokens", std::to_string(n), kPrompt}));
@@ -1262,7 +1268,8 @@ TEST_CASE("tokenmill drain empties a decode node while a stream runs, failing no
   REQUIRE(rep["workers"].size() == 1);
   CHECK(rep["workers"][0]["role"] == "decode");
   CHECK(rep["workers"][0]["error"] == "");
-  CHECK(rep["workers"][0]["finished"].get<int>() + rep["workers"][0]["migrated"].get<int>() == 1);
+  CHECK(rep["workers"][0]["migrated"] == 1);
+  CHECK(rep["workers"][0]["finished"] == 0);
 
   // The stream completed, every token delivered once.
   auto code = gen.wait(milliseconds(20000));
@@ -1274,6 +1281,15 @@ TEST_CASE("tokenmill drain empties a decode node while a stream runs, failing no
   CHECK(j["tokens"] == n);
   CHECK(j["finish_reason"] == "length");
   CHECK(j["token_ids"].size() == static_cast<size_t>(n));
+  // It went on at the other node without recompute, and its tokens are those of an
+  // undisturbed run of the same prompt.
+  CHECK(j["server"]["decode_worker"].get<std::string>() ==
+        worker_on(c.status(), "decode", idle)["name"].get<std::string>());
+  CHECK(j["server"]["migration_reasons"] == json::array({"live_migration"}));
+  auto again = c.generate({"--json", "--token-ids", "--max-tokens", std::to_string(n), kPrompt},
+                          milliseconds(30000));
+  REQUIRE(again.exit_code == 0);
+  CHECK(last_json_line(again.out)["token_ids"] == j["token_ids"]);
 
   // The drained worker is up, empty and shown draining; new requests go to the other node.
   auto st = c.status();
@@ -1291,5 +1307,55 @@ TEST_CASE("tokenmill drain empties a decode node while a stream runs, failing no
     CHECK(s["server"]["decode_worker"].get<std::string>() ==
           worker_on(st, "decode", idle)["name"].get<std::string>());
   }
+  stop_cleanly(c);
+}
+
+TEST_CASE("the planner flips a prefill worker to decode under decode-heavy load, failing no request",
+          "[integration][planner]") {
+  cluster_spec spec;
+  spec.prefill_workers = 2;
+  // Only an ITL objective, below one decode step (2 ms): decode is the bottleneck from the
+  // first interval on; two intervals in a row, then one flip (the cooldown holds the rest).
+  spec.planner = "{itl_ms: 1, interval_ms: 200, intervals: 2, cooldown_ms: 600000}";
+  cluster c(spec);
+  c.launch();
+  const int requests = 150;
+  process bench({tokenmill_bin(), "bench", "--connect", c.endpoint(), "--concurrency", "6",
+                 "--requests", std::to_string(requests), "--input-len", "32", "--output-len",
+                 "48", "--json", "--no-progress"});
+  json st;
+  bool flipped = eventually(
+      [&] {
+        st = c.status();
+        return st.is_object() && st.contains("planner") &&
+               st["planner"].value("flips_to_decode", 0) >= 1;
+      },
+      milliseconds(30000));
+  INFO("status: " << st.dump() << "\nnode logs:\n" << c.logs_text());
+  REQUIRE(flipped);
+  auto code = bench.wait(milliseconds(120000));
+  INFO("bench stdout: " << bench.out() << "\nstderr: " << bench.err());
+  REQUIRE(code);
+  CHECK(*code == 0);
+  auto rep = last_json_line(bench.out());
+  REQUIRE(rep.is_object());
+  CHECK(rep["completed"] == requests);
+  CHECK(rep["failed"] == 0);
+  CHECK(rep["duplicated"] == 0);
+  CHECK(rep["missing"] == 0);
+  // p0 now holds a decode worker beside its remaining prefill worker, both serving; the
+  // flip is an event with its time, and it was the only one (cooldown).
+  st = c.status();
+  REQUIRE(st.is_object());
+  CHECK(worker_on(st, "decode", "p0").is_object());
+  CHECK(worker_on(st, "prefill", "p0").is_object());
+  CHECK(st["planner"]["flips_to_decode"] == 1);
+  CHECK(st["planner"]["flips_to_prefill"] == 0);
+  bool changed = false;
+  for (const auto& e : st["planner"]["events"])
+    changed = changed || (e["kind"] == "changed" && e["to"] == "decode");
+  CHECK(changed);
+  auto r = c.generate({"--json", "--token-ids", "--max-tokens", "8", kPrompt});
+  CHECK(r.exit_code == 0);
   stop_cleanly(c);
 }

@@ -892,6 +892,8 @@ TEST_CASE("router: live moves do not use up the recompute migration limit",
   CHECK(s.migrations == 3);
   CHECK(s.migration_reasons ==
         std::vector<std::string>{"live_migration", "live_migration", "worker_failed"});
+}
+
 TEST_CASE("router: draining members get no new work, their requests go on", "[router_actor]") {
   router_harness h;
   h.send_membership();
