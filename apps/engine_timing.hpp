@@ -3,8 +3,8 @@
 /// profile` both measure (a prompt's prefill in chunks, a decode step over a batch), and
 /// the facts about the machine both report beside it.
 #include <cstdint>
-#include <utility>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/clock.hpp"

@@ -170,8 +170,7 @@ std::string manifest_yaml(const cluster_spec& spec, const port_plan& ports) {
     << "defaults: {engine: sim, block_tokens: 16, kv_transport: " << spec.kv_transport << "}\n"
     << "failure: {heartbeat_ms: 100, connection_timeout_ms: 500}\n"
     << "restart: " << spec.restart << "\n"
-    << (spec.planner.empty() ? "" : "planner: " + spec.planner + "\n")
-    << "frontend: {node: head, "
+    << (spec.planner.empty() ? "" : "planner: " + spec.planner + "\n") << "frontend: {node: head, "
     << (spec.frontend_host.empty() ? "" : "host: " + spec.frontend_host + ", ")
     << "rpc_port: " << ports.rpc << ", http_port: " << ports.http << "}\n"
     << "nodes:\n"
@@ -1310,8 +1309,9 @@ TEST_CASE("tokenmill drain empties a decode node while a stream runs, failing no
   stop_cleanly(c);
 }
 
-TEST_CASE("the planner flips a prefill worker to decode under decode-heavy load, failing no request",
-          "[integration][planner]") {
+TEST_CASE(
+    "the planner flips a prefill worker to decode under decode-heavy load, failing no request",
+    "[integration][planner]") {
   cluster_spec spec;
   spec.prefill_workers = 2;
   // Only an ITL objective, below one decode step (2 ms): decode is the bottleneck from the
@@ -1321,8 +1321,8 @@ TEST_CASE("the planner flips a prefill worker to decode under decode-heavy load,
   c.launch();
   const int requests = 150;
   process bench({tokenmill_bin(), "bench", "--connect", c.endpoint(), "--concurrency", "6",
-                 "--requests", std::to_string(requests), "--input-len", "32", "--output-len",
-                 "48", "--json", "--no-progress"});
+                 "--requests", std::to_string(requests), "--input-len", "32", "--output-len", "48",
+                 "--json", "--no-progress"});
   json st;
   bool flipped = eventually(
       [&] {
