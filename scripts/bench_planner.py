@@ -25,6 +25,8 @@ Options (defaults in brackets):
   --configs LIST          run only these (e.g. "static-1,planner")
   --out DIR               results folder [bench-results/planner-YYYYmmdd-HHMMSS]
   --no-plots              skip the PNGs (they need python3-matplotlib)
+  --resume                with --out DIR of an earlier run: keep the configurations it
+                          completed, run the rest
   TOKENMILL_BIN           the tokenmill binary [build/apps/tokenmill]
 
 Results: DIR/<config>/manifest.yaml, launch logs, phase<i>.json and .jsonl (tokenmill bench
@@ -250,8 +252,19 @@ def run_config(args, name, n_prefill, planner, out):
         stop.set()
         poller.join()
         cluster.stop()
-    return summarize_config(args, name, n_prefill, planner is not None, out,
-                            [s for s, _ in benches])
+    starts = [s for s, _ in benches]
+    json.dump(starts, open(os.path.join(out, "starts.json"), "w"))
+    return summarize_config(args, name, n_prefill, planner is not None, out, starts)
+
+
+def finished_config(args, name, n_prefill, planned, out):
+    """--resume: the summary of a configuration a previous run of DIR completed, or None."""
+    if not os.path.exists(os.path.join(out, f"phase{len(args.phase_list) - 1}.json")):
+        return None
+    sp = os.path.join(out, "starts.json")
+    starts = json.load(open(sp)) if os.path.exists(sp) else []
+    say(f"{name}: already measured in {out} (--resume)")
+    return summarize_config(args, name, n_prefill, planned, out, starts)
 
 
 def summarize_config(args, name, n_prefill, planned, out, starts):
@@ -410,6 +423,7 @@ def main():
     ap.add_argument("--configs", default="")
     ap.add_argument("--out", default="")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--resume", action="store_true")
     ap.add_argument("--plots-only", default="")
     args = ap.parse_args()
     if args.help:
@@ -433,8 +447,8 @@ def main():
     if any(k < 1 or k >= args.workers for k in splits):
         die(f"--splits: each prefill count must be in 1..{args.workers - 1}")
     start = args.start_prefill or args.workers // 2
-    planner = {"ttft_ms": args.slo_ttft_ms, "itl_ms": args.slo_itl_ms, "min_prefill": 1,
-               "min_decode": 1}
+    planner = {"ttft_ms": round(args.slo_ttft_ms), "itl_ms": round(args.slo_itl_ms),
+               "min_prefill": 1, "min_decode": 1}
     planner.update(kv_list(args.planner, "--planner"))
     args.bin = os.environ.get("TOKENMILL_BIN", os.path.join(REPO, "build/apps/tokenmill"))
     if not os.access(args.bin, os.X_OK):
@@ -442,6 +456,8 @@ def main():
     out = args.out or os.path.join(REPO, "bench-results",
                                    "planner-" + time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(out, exist_ok=True)
+    if args.resume and not args.out:
+        die("--resume needs --out DIR (the earlier run's folder)")
     configs = [(f"static-{k}", k, None) for k in splits] + [("planner", start, planner)]
     if args.configs:
         want = set(args.configs.replace(",", " ").split())
@@ -449,7 +465,11 @@ def main():
         if not configs:
             die(f"--configs: none of '{args.configs}' is a configuration")
     c0, t0 = cpu_stat(), time.time()
-    results = [run_config(args, name, k, pl, os.path.join(out, name)) for name, k, pl in configs]
+    results = []
+    for name, k, pl in configs:
+        d = os.path.join(out, name)
+        r = finished_config(args, name, k, pl is not None, d) if args.resume else None
+        results.append(r or run_config(args, name, k, pl, d))
     c1 = cpu_stat()
     dt = max(1, c1[0] - c0[0])
     meta = {"command": " ".join(["scripts/bench-planner.sh"] + sys.argv[1:]),
