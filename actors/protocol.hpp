@@ -445,8 +445,9 @@ using plan_atom = caf::atom_constant<caf::atom("plan")>;
 /// forgets it (one supervisor asks).
 using latency_atom = caf::atom_constant<caf::atom("latency")>;
 
-/// router -> supervisor: TTFT (admission to the first token released) of the requests that
-/// ended, and the gaps between their released tokens, since the previous query; capped.
+/// router -> supervisor: the TTFTs (admission to the first token released) and the gaps
+/// between consecutive released tokens of every request, recorded as the tokens were
+/// released since the previous query (running requests included); capped.
 struct latency_samples {
   std::vector<double> ttft_ms;
   std::vector<double> itl_ms;

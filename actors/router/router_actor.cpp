@@ -148,15 +148,19 @@ void detach_attempt(router_state& st, request_state& rs) {
   rs.phase = request_phase::routing;
 }
 
-/// Keeps a request's TTFT and token gaps for the next latency query, up to a cap, so that
-/// a cluster without a planner (nobody asks) holds a bounded amount.
-void record_latency(latency_samples& l, const request_state& rs) {
+/// Keeps, for the next latency query, the TTFT of a request's first released token or the
+/// gap since its previous one, as the token is released: the planner sees a phase's
+/// latencies while its requests run, not when they end (a long generation ends many
+/// planner intervals after its first tokens). Capped, so that a cluster without a planner
+/// (nobody asks) holds a bounded amount.
+void note_release(latency_samples& l, const request_state& rs, int64_t now) {
   constexpr size_t cap = 1 << 16;
-  if (rs.release_ns.empty()) return;
-  if (l.ttft_ms.size() < cap)
-    l.ttft_ms.push_back(static_cast<double>(rs.release_ns.front() - rs.admitted_ns) / 1e6);
-  for (size_t i = 1; i < rs.release_ns.size() && l.itl_ms.size() < cap; ++i)
-    l.itl_ms.push_back(static_cast<double>(rs.release_ns[i] - rs.release_ns[i - 1]) / 1e6);
+  if (rs.release_ns.empty()) {
+    if (l.ttft_ms.size() < cap)
+      l.ttft_ms.push_back(static_cast<double>(now - rs.admitted_ns) / 1e6);
+  } else if (l.itl_ms.size() < cap) {
+    l.itl_ms.push_back(static_cast<double>(now - rs.release_ns.back()) / 1e6);
+  }
 }
 
 /// Sends the last message of a request and forgets it everywhere.
@@ -164,7 +168,6 @@ void end_request(router_ptr self, request_id id, request_summary s) {
   auto& st = self->state;
   auto it = st.requests.find(id);
   if (it == st.requests.end()) return;
-  record_latency(st.recent_latency, it->second);
   detach_attempt(st, it->second);
   self->send(it->second.req.client, std::move(s));
   st.requests.erase(it);
@@ -189,6 +192,7 @@ void release_tokens(router_ptr self, request_id id, request_state& rs) {
   auto now = now_ns();
   for (const auto& r : rs.order.take_ready()) {
     chunk.tokens.push_back(r.token);
+    note_release(self->state.recent_latency, rs, now);
     rs.release_ns.push_back(now);
     rs.itl.add(r.index, now, r.step.start_ns, r.step.end_ns, r.step.batch, r.step.prefill_tokens);
   }

@@ -930,3 +930,43 @@ TEST_CASE("router: draining members get no new work, their requests go on", "[ro
   auto ws = h.status_and_quiet("after the drain");
   CHECK(ws.detail.find("1 decode, 1 prefill workers (2 draining)") != std::string::npos);
 }
+
+TEST_CASE("router: latency samples are kept as tokens are released, for the planner",
+          "[router_actor][planner]") {
+  router_harness h;
+  h.send_membership();
+  auto req = h.request(1, 10, 8);
+  auto a = h.submit(req);
+  auto ask = [&] {
+    latency_samples l;
+    h.self->request(h.router, caf::infinite, latency_atom::value)
+        .receive([&](latency_samples& x) { l = std::move(x); },
+                 [&](caf::error& e) { FAIL("latency query: " << caf::to_string(e)); });
+    return l;
+  };
+  CHECK(ask().ttft_ms.empty());  // nothing released yet
+  h.self->send(h.router, first_token{req.id, 500, a.req.tr});
+  h.expect_chunk(req.id, 0, {500});
+  h.send_tokens(req.id, {{1, 501}});
+  h.expect_chunk(req.id, 1, {501});
+  h.send_tokens(req.id, {{2, 502}});
+  h.expect_chunk(req.id, 2, {502});
+  // The request is still running: its TTFT and both gaps are there already.
+  auto l = ask();
+  CHECK(l.ttft_ms.size() == 1);
+  CHECK(l.itl_ms.size() == 2);
+  for (double x : l.ttft_ms)
+    CHECK(x >= 0);
+  // Handed over once: the next query sees only what came since.
+  h.send_tokens(req.id, {{3, 503}});
+  h.expect_chunk(req.id, 3, {503});
+  l = ask();
+  CHECK(l.ttft_ms.empty());
+  CHECK(l.itl_ms.size() == 1);
+  // The request's end adds nothing more.
+  h.send_done(req.id, finish_reason::length, 4);
+  (void)expect<request_summary>(h.self, "request_summary");
+  l = ask();
+  CHECK(l.ttft_ms.empty());
+  CHECK(l.itl_ms.empty());
+}
