@@ -222,6 +222,19 @@ inline std::vector<token_id> prompt_of(size_t n, token_id start = 300) {
   return v;
 }
 
+/// A request of a `prompt_len`-token prompt (prompt_of from `start`) for `max_tokens`
+/// tokens, whose tokens and summary go to `client`.
+inline generate_request make_request(request_id id, size_t prompt_len, uint32_t max_tokens,
+                                     caf::actor client, token_id start = 300) {
+  generate_request r;
+  r.id = id;
+  r.prompt = prompt_of(prompt_len, start);
+  r.options.max_tokens = max_tokens;
+  r.tr.id = id;
+  r.client = std::move(client);
+  return r;
+}
+
 /// The `n` tokens the sim generates after `prompt` (greedy): the first token, then each
 /// next_token over the prompt and everything generated so far.
 inline std::vector<token_id> sim_continuation(const sim_engine& eng, std::vector<token_id> context,

@@ -70,13 +70,7 @@ struct decode_harness {
 
   generate_request request(request_id id, size_t prompt_len, uint32_t max_tokens,
                            token_id prompt_start = 300) {
-    generate_request r;
-    r.id = id;
-    r.prompt = prompt_of(prompt_len, prompt_start);
-    r.options.max_tokens = max_tokens;
-    r.tr.id = id;
-    r.client = handle_of(self);
-    return r;
+    return make_request(id, prompt_len, max_tokens, handle_of(self), prompt_start);
   }
 
   /// Assigns `req`, with the scoped actor as prefill worker (remote) or none (local).

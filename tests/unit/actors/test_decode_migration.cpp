@@ -126,13 +126,7 @@ struct migration_harness {
   }
 
   generate_request request(request_id id, size_t prompt_len, uint32_t max_tokens) {
-    generate_request r;
-    r.id = id;
-    r.prompt = prompt_of(prompt_len);
-    r.options.max_tokens = max_tokens;
-    r.tr.id = id;
-    r.client = handle_of(self);
-    return r;
+    return make_request(id, prompt_len, max_tokens, handle_of(self));
   }
 
   /// Assigns `req` to `w` with local prefill (the scoped actor is its router).

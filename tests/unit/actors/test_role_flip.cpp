@@ -140,13 +140,7 @@ struct flip_harness {
 
   generate_request request(request_id id, size_t prompt_len, uint32_t max_tokens,
                            token_id start = 300) {
-    generate_request r;
-    r.id = id;
-    r.prompt = prompt_of(prompt_len, start);
-    r.options.max_tokens = max_tokens;
-    r.tr.id = id;
-    r.client = handle_of(self);
-    return r;
+    return make_request(id, prompt_len, max_tokens, handle_of(self), start);
   }
 
   /// Assigns `req` to the worker (as decode), prefilled locally.

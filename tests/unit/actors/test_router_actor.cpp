@@ -46,13 +46,7 @@ struct router_harness {
   }
 
   generate_request request(request_id id, size_t prompt_len = 10, uint32_t max_tokens = 4) {
-    generate_request r;
-    r.id = id;
-    r.prompt = prompt_of(prompt_len);
-    r.options.max_tokens = max_tokens;
-    r.tr.id = id;
-    r.client = handle_of(self);
-    return r;
+    return make_request(id, prompt_len, max_tokens, handle_of(self));
   }
 
   /// Sends `req` and receives the decode assignment it turns into.
