@@ -374,11 +374,18 @@ double profile_decode_seconds(const engine_profile& p, double batch, double cont
   for (const auto& x : p.decode)
     by_ctx[x.context_tokens][x.batch] = x.step_seconds;
   std::vector<std::pair<double, double>> at_ctx;
+  // A bigger batch or a longer context never makes a step cheaper: noise in the measured
+  // points (a disturbed profile) is flattened to the running maximum, so that neither the
+  // interpolation nor the extrapolation beyond the last point can slope downwards.
   for (const auto& [ctx, m] : by_ctx) {
     std::vector<std::pair<double, double>> pts(m.begin(), m.end());
+    for (size_t i = 1; i < pts.size(); ++i)
+      pts[i].second = std::max(pts[i].second, pts[i - 1].second);
     double s = pts.size() == 1 ? pts[0].second : piecewise(pts, batch);
     at_ctx.emplace_back(ctx, std::max(s, 0.0));
   }
+  for (size_t i = 1; i < at_ctx.size(); ++i)
+    at_ctx[i].second = std::max(at_ctx[i].second, at_ctx[i - 1].second);
   double s = at_ctx.size() == 1 ? at_ctx[0].second : piecewise(at_ctx, context);
   if (s > 0) return s;
   // Extrapolation toward short contexts fell to zero: the cheapest measured step instead.

@@ -4,27 +4,29 @@
 /// limit, and the router's local-prefill threshold. CAF-free; pure functions.
 ///
 /// The model (its assumptions are printed by `tokenmill plan` too):
-/// - Requests arrive as a Poisson stream of `rate` per second, every one with
-///   `input_tokens` prompt and `output_tokens` output tokens, no prefix-cache hits; the
-///   router spreads them evenly over the workers of a role.
-/// - A prefill worker serves one prompt at a time in chunks of `chunk` tokens: a
-///   deterministic service time S = profiled prefill time of the prompt at that chunk. Each
-///   worker is an M/D/1 queue at rate/P. Its waiting time is approximated by the
-///   heavy-traffic exponential tail: P(W > t) = rho * exp(-t / m), m = S / (2 (1 - rho)), so
-///   the waiting time at percentile q is m * ln(rho / (1 - q)) when rho > 1 - q, else 0.
-///   TTFT at q = that wait + S (the prefill worker samples the first token). KV transfer,
+/// - Requests arrive as a Poisson stream of `rate` per second, no prefix-cache hits; the
+///   router spreads them evenly over the workers of a role. Their lengths are the
+///   workload's samples, drawn with equal probability (a single sample: fixed lengths).
+/// - A prefill worker serves one prompt at a time in chunks of `chunk` tokens: service time
+///   S_i = profiled prefill time of sample i's prompt at that chunk. Each worker is an M/G/1
+///   queue at rate/P, utilisation rho = (rate/P) E[S]. Its waiting time is approximated by
+///   the heavy-traffic exponential tail P(W > t) = rho * exp(-t / m) with
+///   m = E[S^2] / (2 E[S] (1 - rho)), whose mean rho * m is the Pollaczek-Khinchine mean
+///   wait (fixed lengths: the M/D/1 case, m = S / (2 (1 - rho))). TTFT at q is the q-quantile
+///   of W + S over the samples (the prefill worker samples the first token). KV transfer,
 ///   routing and network time are not modelled.
-/// - A decode worker holds every sequence for output_tokens - 1 steps. Its mean batch n
-///   solves Little's law n = (rate / D) * (output_tokens - 1) * step(n) at the mean context
-///   input + output / 2; the batch at percentile q is n + z_q sqrt(n) (Poisson occupancy,
-///   normal approximation), and ITL at q is the profiled step time at that batch.
-///   max_batch is the largest profiled batch whose step meets the ITL SLO, bounded by the KV
-///   blocks a worker has for sequences of input + output tokens.
+/// - A decode worker holds a sequence for output - 1 steps. Its mean batch n solves
+///   Little's law n = (rate / D) * E[output - 1] * step(n) at the mean context a step
+///   sees (each sample's input + output / 2, weighted by its steps); the batch at
+///   percentile q is n + z_q sqrt(n) (Poisson occupancy, normal approximation), and ITL at
+///   q is the profiled step time at that batch. max_batch is the largest profiled batch
+///   whose step meets the ITL SLO, bounded by the KV blocks a worker has for sequences of
+///   the step-weighted mean length (the longest sample must fit on its own).
 /// - Local prefill: a prompt prefilled on a decode worker delays one decode step by its
 ///   prefill time, so the threshold is the longest prompt whose one-call prefill fits in the
-///   ITL SLO beside the step at the percentile batch. When the workload's prompts are below
-///   it and prefilling locally takes fewer workers in all, the plan has no prefill workers
-///   and counts the prefill time as decode-worker load.
+///   ITL SLO beside the step at the percentile batch. When every prompt of the workload is
+///   below it and prefilling locally takes fewer workers in all, the plan has no prefill
+///   workers and counts the prefill time as decode-worker load.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -40,11 +42,31 @@ struct plan_slo {
   double percentile = 0.9;  ///< in (0, 1)
 };
 
+/// One request's lengths.
+struct length_sample {
+  uint32_t input = 0;
+  uint32_t output = 0;
+};
+
 struct plan_workload {
   double rate = 0;  ///< requests per second
+  /// Fixed lengths, used when `samples` is empty.
   uint32_t input_tokens = 0;
   uint32_t output_tokens = 0;
+  /// A length distribution (e.g. drawn from a ShareGPT file), each sample equally likely.
+  std::vector<length_sample> samples;
 };
+
+/// The workload's samples: `samples`, or the one fixed-length sample.
+std::vector<length_sample> workload_samples(const plan_workload& w);
+
+/// Summary of a length distribution.
+struct length_stats {
+  double mean_input = 0, mean_output = 0;
+  uint32_t min_input = 0, max_input = 0;
+  uint32_t p50_input = 0, p90_input = 0, p50_output = 0, p90_output = 0, max_output = 0;
+};
+length_stats summarize(const std::vector<length_sample>& samples);
 
 struct plan_request {
   plan_slo slo;
@@ -132,5 +154,11 @@ double normal_quantile(double q);
 
 /// M/D/1 waiting time at percentile `q` under the exponential-tail approximation above.
 double md1_wait(double service_s, double utilization, double q);
+
+/// The q-quantile of W + S_i + extra_s, where S_i is one of `service_s` (equally likely) and
+/// W the M/G/1 wait with P(W > t) = rho * exp(-t / m), m = E[S^2] / (2 E[S] (1 - rho)).
+/// +infinity when rho >= 1; with one service time and extra 0 it is md1_wait + S.
+double mg1_response_quantile(const std::vector<double>& service_s, double utilization, double q,
+                             double extra_s = 0);
 
 }  // namespace tokenmill

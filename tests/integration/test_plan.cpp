@@ -201,3 +201,72 @@ TEST_CASE("plan and profile refuse bad input naming it", "[plan]") {
   CHECK_THAT(bad_profile({"profile", "--engine", "sim", "--batches", "0"}),
              Catch::Contains("--batches"));
 }
+
+TEST_CASE("plan takes length distributions and ShareGPT files", "[plan]") {
+  temp_dir dir("tokenmill-plan");
+  const auto profile = dir.file("p.json");
+  REQUIRE(run_tokenmill(tiny_profile_args(profile), milliseconds(60000)).exit_code == 0);
+
+  // Uniform lengths around the fixed ones: the M/G/1 model, the spread reported.
+  auto ranged = plan_args(profile, dir.file("ranged.yaml"));
+  ranged.insert(ranged.end() - 2, {"--range-ratio", "0.5", "--samples", "200"});
+  auto r = run_tokenmill(ranged);
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.out, Catch::Contains("M/G/1") && Catch::Contains("200 samples (range ratio 0.5)"));
+  auto rj = last_json_line(r.out);
+  CHECK(rj["workload"]["samples"] == 200);
+  CHECK(rj["workload"]["max_input"].get<int>() > 1024);
+  CHECK(rj["workload"]["max_input"].get<int>() <= 1536);
+
+  // A ShareGPT file: the prompts and answers tokenized by the profile's (sim) tokenizer.
+  std::string entries = "[";
+  for (int i = 0; i < 30; ++i) {
+    if (i) entries += ",";
+    entries += "{\"conversations\": [{\"from\": \"human\", \"value\": \"" +
+               std::string(50 + 20 * i, 'q') + "\"}, {\"from\": \"gpt\", \"value\": \"" +
+               std::string(20 + 5 * i, 'a') + "\"}]}";
+  }
+  entries += ", {\"conversations\": [{\"from\": \"human\", \"value\": \"alone\"}]}]";
+  write(dir.file("share.json"), entries);
+  auto shared = words(
+      "plan --profile P --ttft-ms 400 --itl-ms 20 --rate 5 --dataset D --hosts 1 "
+      "--workers-per-host 16 --json -o O");
+  shared[2] = profile;
+  shared[10] = dir.file("share.json");
+  shared.back() = dir.file("share.yaml");
+  auto s = run_tokenmill(shared);
+  INFO(s.out << s.err);
+  REQUIRE(s.exit_code == 0);
+  CHECK_THAT(s.out, Catch::Contains("30 samples of"));
+  auto sj = last_json_line(s.out);
+  CHECK(sj["workload"]["samples"] == 30);
+  CHECK(sj["feasible"] == true);
+  REQUIRE(
+      run_tokenmill({"manifest", "check", "--no-port-check", dir.file("share.yaml")}).exit_code ==
+      0);
+
+  // Bad datasets and mixed options are refused, naming them, and nothing is written.
+  const auto out = dir.file("never.yaml");
+  auto refused = [&](std::vector<std::string> args) {
+    args.back() = out;
+    auto x = run_tokenmill(args);
+    INFO(x.out << x.err);
+    CHECK(x.exit_code != 0);
+    CHECK_FALSE(std::filesystem::exists(out));
+    return x.err;
+  };
+  write(dir.file("broken.json"), "[{\"conversations\": ");
+  auto broken = shared;
+  broken[10] = dir.file("broken.json");
+  CHECK_THAT(refused(broken), Catch::Contains("broken.json"));
+  auto missing = shared;
+  missing[10] = dir.file("absent.json");
+  CHECK_THAT(refused(missing), Catch::Contains("absent.json"));
+  auto both = shared;
+  both.insert(both.end() - 2, {"--input-len", "64"});
+  CHECK_THAT(refused(both), Catch::Contains("--dataset") || Catch::Contains("--input-len"));
+  auto bad_ratio = ranged;
+  bad_ratio[bad_ratio.size() - 5] = "1.5";
+  CHECK_THAT(refused(bad_ratio), Catch::Contains("--range-ratio"));
+}

@@ -129,4 +129,16 @@ TEST_CASE("profile: prefill and decode times between and beyond the measured poi
   CHECK(profile_decode_seconds(p, 1, 100) > 0);
   CHECK(profile_chunks(p).front() == 64);
   CHECK(profile_max_batch(p) == 128);
+  // A disturbed profile (batch 1 measured slower than batch 8, the longer context faster)
+  // never makes a bigger batch or a longer context cheaper, inside or beyond the points.
+  engine_profile noisy = p;
+  noisy.decode = {{1, 128, 0.006}, {8, 128, 0.004}, {1, 512, 0.005}, {8, 512, 0.0045}};
+  double last = 0;
+  for (double b : {1.0, 2.0, 4.0, 8.0, 16.0}) {
+    double s = profile_decode_seconds(noisy, b, 1024);
+    CHECK(s >= last);
+    CHECK(s >= 0.006);
+    last = s;
+  }
+  CHECK(profile_decode_seconds(noisy, 4, 2048) >= profile_decode_seconds(noisy, 4, 256));
 }

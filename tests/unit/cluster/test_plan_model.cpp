@@ -215,6 +215,84 @@ TEST_CASE("plan: the queueing formulas", "[plan]") {
   CHECK(std::isinf(md1_wait(0.1, 1, 0.9)));
 }
 
+TEST_CASE("plan: the M/G/1 response quantile", "[plan]") {
+  // One service time: the M/D/1 wait plus the service.
+  for (double rho : {0.0, 0.05, 0.5, 0.9})
+    CHECK(mg1_response_quantile({0.1}, rho, 0.9) ==
+          Approx(md1_wait(0.1, rho, 0.9) + 0.1).epsilon(1e-6));
+  // Idle: the quantile of the service times alone (9 of 10 at 10 ms, one at 1 s).
+  std::vector<double> mixed(9, 0.01);
+  mixed.push_back(1.0);
+  CHECK(mg1_response_quantile(mixed, 0, 0.5) == Approx(0.01).epsilon(1e-6));
+  CHECK(mg1_response_quantile(mixed, 0, 0.95) == Approx(1.0).epsilon(1e-6));
+  // The same mean with a spread waits longer than fixed service (E[S^2] grows).
+  const double mean = (9 * 0.01 + 1.0) / 10;
+  CHECK(mg1_response_quantile(mixed, 0.7, 0.5) > mg1_response_quantile({mean}, 0.7, 0.5));
+  CHECK(mg1_response_quantile({0.1}, 0.5, 0.9, 0.02) ==
+        Approx(md1_wait(0.1, 0.5, 0.9) + 0.12).epsilon(1e-6));
+  CHECK(std::isinf(mg1_response_quantile(mixed, 1, 0.9)));
+  CHECK(mg1_response_quantile(mixed, 0.5, 0.99) > mg1_response_quantile(mixed, 0.5, 0.9));
+}
+
+TEST_CASE("plan: length distributions", "[plan]") {
+  auto r = base_request();
+  r.load.rate = 20;
+  auto fixed = plan_for(r);
+  REQUIRE(fixed.feasible);
+
+  SECTION("one sample equals fixed lengths") {
+    r.load.samples = {{1024, 128}};
+    auto same = plan_for(r);
+    REQUIRE(same.feasible);
+    CHECK(same.prefill.workers == fixed.prefill.workers);
+    CHECK(same.prefill.ttft_p_s == Approx(fixed.prefill.ttft_p_s));
+    CHECK(same.decode.itl_p_s == Approx(fixed.decode.itl_p_s));
+    CHECK(same.decode.context == Approx(fixed.decode.context));
+  }
+  SECTION("a spread of prompts with the same mean has a longer TTFT tail") {
+    // Half at 256, half at 1792 tokens: the mean prompt is 1024 again.
+    for (int i = 0; i < 50; ++i) {
+      r.load.samples.push_back({256, 128});
+      r.load.samples.push_back({1792, 128});
+    }
+    auto spread = plan_for(r);
+    INFO(spread.refusal);
+    REQUIRE(spread.feasible);
+    CHECK(spread.prefill.ttft_p_s > fixed.prefill.ttft_p_s);
+    CHECK(spread.decode.context == Approx(fixed.decode.context));
+    // The threshold stays below every prompt of the workload, so none is prefilled locally.
+    CHECK(spread.local_prefill_threshold <= 256);
+  }
+  SECTION("a decode step sees contexts weighted by how long sequences stay") {
+    // A long prompt answered in one token never decodes; the short one decodes 255 steps.
+    r.load.samples = {{4000, 1}, {64, 256}};
+    auto plan = plan_for(r);
+    INFO(plan.refusal);
+    REQUIRE(plan.feasible);
+    CHECK(plan.decode.context == Approx(64 + 128));
+  }
+  SECTION("a sample longer than the context is refused by its index") {
+    r.load.samples = {{1024, 128}, {8000, 500}};
+    auto c = check_plan_request(r, analytic_profile());
+    REQUIRE_FALSE(c);
+    CHECK_THAT(c.error().message, Catch::Contains("workload sample 1"));
+    r.load.samples = {{0, 128}};
+    CHECK_FALSE(check_plan_request(r, analytic_profile()));
+  }
+  SECTION("prompts go local only when all of them are below the threshold") {
+    r.load.rate = 5;
+    r.load.samples = {{128, 256}, {96, 256}};
+    auto local = plan_for(r);
+    REQUIRE(local.feasible);
+    CHECK(local.local);
+    r.load.samples.push_back({2048, 256});
+    auto mixed = plan_for(r);
+    REQUIRE(mixed.feasible);
+    CHECK_FALSE(mixed.local);
+    CHECK(mixed.local_prefill_threshold <= 96);
+  }
+}
+
 TEST_CASE("plan: the written manifest is one the parser accepts", "[plan]") {
   auto p = analytic_profile();
   auto r = base_request();
