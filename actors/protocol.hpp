@@ -319,6 +319,8 @@ struct role_changed {
 /// prefill and decode worker of node `node` without failing a request.
 struct drain_request {
   std::string node;
+  /// Instead of draining: the node's drained workers take work again (an "undrain").
+  bool resume = false;
 };
 
 /// supervisor -> client: one role_changed per drained worker, or why the drain failed.
@@ -648,7 +650,7 @@ typename F::result_type inspect(F& f, role_changed& x) {
 }
 template <class F>
 typename F::result_type inspect(F& f, drain_request& x) {
-  return f(caf::meta::type_name("drain_request"), x.node);
+  return f(caf::meta::type_name("drain_request"), x.node, x.resume);
 }
 template <class F>
 typename F::result_type inspect(F& f, drain_report& x) {

@@ -2,6 +2,8 @@
 // failing a request. The node's gateway passes the order to the supervisor, which marks
 // the workers draining (routers send them nothing new) and tells each to drain; every
 // worker finishes or hands off what it holds and reports. Prints what each one did.
+// `--resume` ends the maintenance: the node's drained workers register again under their
+// role and take work.
 #include <algorithm>
 #include <cstdio>
 #include <map>
@@ -30,6 +32,7 @@ command add_drain(CLI::App& app) {
     std::string node;
     double timeout_s = 600;
     bool json = false;
+    bool resume = false;
   };
   auto o = std::make_shared<opts>();
   app.add_option("--connect", o->connect, "Gateway address HOST:PORT")->capture_default_str();
@@ -38,6 +41,8 @@ command add_drain(CLI::App& app) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_flag("--json", o->json, "Print one JSON object");
+  app.add_flag("--resume", o->resume,
+               "Bring the node's drained workers back into service instead of draining");
   return [o]() -> int {
     auto ep = parse_endpoint(o->connect);
     if (!ep) return fail(ep.error());
@@ -61,10 +66,11 @@ command add_drain(CLI::App& app) {
           {errc::invalid_request, fmt::format("no node named '{}' in cluster {} (nodes: {})",
                                               o->node, st->cluster, fmt::join(nodes, ", "))});
     if (workers_there == 0) {
-      std::printf("node %s runs no prefill or decode worker: nothing to drain\n", o->node.c_str());
+      std::printf("node %s runs no prefill or decode worker: nothing to %s\n", o->node.c_str(),
+                  o->resume ? "resume" : "drain");
       return 0;
     }
-    auto r = (*c)->drain(o->node, o->timeout_s);
+    auto r = (*c)->drain(o->node, o->timeout_s, o->resume);
     if (!r) return fail(r.error());
     if (r->error) return fail(r->error);
     int64_t longest = 0;
@@ -79,6 +85,7 @@ command add_drain(CLI::App& app) {
     if (o->json) {
       nlohmann::ordered_json j;
       j["node"] = r->node;
+      j["action"] = o->resume ? "resume" : "drain";
       j["seconds"] = longest / 1e9;
       j["finished"] = finished;
       j["migrated"] = migrated;
@@ -94,6 +101,12 @@ command add_drain(CLI::App& app) {
                       {"error", w.error ? w.error.message : ""}});
       j["workers"] = ws;
       std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    } else if (o->resume) {
+      std::printf("node %s resumed: %zu worker%s back in service in %.3f s\n", r->node.c_str(),
+                  r->workers.size(), r->workers.size() == 1 ? "" : "s", longest / 1e9);
+      for (const auto& w : r->workers)
+        std::printf("%-4u %-16s %-8s %s\n", w.id, names.count(w.id) ? names[w.id].c_str() : "?",
+                    std::string(to_string(w.to)).c_str(), w.error ? w.error.message.c_str() : "");
     } else {
       std::printf(
           "node %s drained: %zu worker%s in %.3f s; %u sequences or jobs finished, %u "

@@ -63,7 +63,8 @@ struct node_status {
 /// One thing the planner or a role change did, for `tokenmill status` and the trace.
 struct planner_event {
   int64_t t_ns = 0;  ///< when, on the supervisor's steady clock
-  /// "flip" (the planner decided one), "drain" (a drain asked), "changed" (a worker
+  /// "flip" (the planner decided one), "drain" (a drain asked), "resume" (a drained worker
+  /// asked back into service), "changed" (a worker
   /// finished its role change or drain), "failed" (it answered with an error or not in time)
   std::string kind;
   std::string worker;  ///< the worker's name

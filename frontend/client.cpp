@@ -180,11 +180,12 @@ result<cluster_status> client::status(double timeout_s) {
   }
 }
 
-result<drain_summary> client::drain(const std::string& node, double timeout_s) {
+result<drain_summary> client::drain(const std::string& node, double timeout_s, bool resume) {
   auto& i = *impl_;
   try {
     auto req = i.gw.drainRequest();
     req.setNode(node);
+    req.setResume(resume);
     req.setTimeoutMs(static_cast<uint32_t>(std::min(timeout_s * 1000, 4e9)));
     // The server answers when its own bound (timeout_s) expires: allow for the round trip.
     auto resp = i.bounded(req.send(), timeout_s + 10).wait(i.rpc.getWaitScope());

@@ -52,8 +52,9 @@ class client {
   result<std::vector<token_id>> tokenize(const std::string& text, bool add_bos = true);
   result<cluster_status> status(double timeout_s = 10);
   /// Drains node `node` (tokenmill drain): waits up to `timeout_s` for the supervisor's
-  /// report. The report's own error (an unknown node, …) is in the summary.
-  result<drain_summary> drain(const std::string& node, double timeout_s = 600);
+  /// report. The report's own error (an unknown node, …) is in the summary. With `resume`
+  /// the node's drained workers go back into service instead.
+  result<drain_summary> drain(const std::string& node, double timeout_s = 600, bool resume = false);
   /// The model the gateway serves (fetched at connect time).
   const model_summary& model() const { return model_; }
 

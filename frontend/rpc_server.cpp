@@ -323,8 +323,10 @@ class gateway_impl final : public rpc::Gateway::Server {
     auto call = ++s_.next_call;
     auto paf = kj::newPromiseAndFulfiller<std::shared_ptr<drain_summary>>();
     s_.drain_calls.emplace(call, kj::mv(paf.fulfiller));
-    caf::anon_send(s_.bridge, drain_request{std::string(p.getNode().cStr(), p.getNode().size())},
-                   call, std::max<uint32_t>(p.getTimeoutMs(), 1));
+    caf::anon_send(
+        s_.bridge,
+        drain_request{std::string(p.getNode().cStr(), p.getNode().size()), p.getResume()}, call,
+        std::max<uint32_t>(p.getTimeoutMs(), 1));
     return paf.promise.then([ctx](std::shared_ptr<drain_summary> r) mutable {
       codec::encode(*r, ctx.getResults().initReport());
     });

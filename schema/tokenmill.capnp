@@ -117,7 +117,7 @@ struct NodeStatus {
 
 struct PlannerEvent {
   tNs @0 :Int64;                 # supervisor's steady clock
-  kind @1 :Text;                 # flip, drain, changed, failed
+  kind @1 :Text;                 # flip, drain, resume, changed, failed
   worker @2 :Text;
   from @3 :Text;                 # role names
   to @4 :Text;
@@ -178,7 +178,8 @@ interface Gateway {
   tokenize @1 (text :Text, addBos :Bool = true) -> (tokenIds :List(Int32));
   status @2 () -> (status :ClusterStatus);
   model @3 () -> (info :ModelInfo);
-  drain @4 (node :Text, timeoutMs :UInt32 = 600000) -> (report :DrainReport);
+  drain @4 (node :Text, timeoutMs :UInt32 = 600000, resume :Bool = false) -> (report :DrainReport);
   # Empties every prefill and decode worker of `node` (they finish what they hold and take
   # nothing new) without failing a request; returns when they are empty or the drain failed.
+  # With `resume`, the node's drained workers go back into service under their role.
 }

@@ -536,8 +536,10 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
         std::vector<worker_id> ids;
         for (const auto& [id, m] : st.members) {
           known |= m.info.node == req.node;
+          // A resume takes the drained workers only (draining, no change under way).
           if (m.up && m.info.node == req.node &&
-              (m.info.kind == role::prefill || m.info.kind == role::decode))
+              (m.info.kind == role::prefill || m.info.kind == role::decode) &&
+              (!req.resume || (m.draining && !st.changes.count(id))))
             ids.push_back(id);
         }
         drain_report refused;
@@ -548,8 +550,10 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
           return refused;
         }
         if (ids.empty()) {
-          refused.error = {errc::no_workers,
-                           fmt::format("node '{}' has no prefill or decode worker up", req.node)};
+          refused.error = {
+              errc::no_workers,
+              req.resume ? fmt::format("node '{}' has no drained worker to resume", req.node)
+                         : fmt::format("node '{}' has no prefill or decode worker up", req.node)};
           return refused;
         }
         for (auto id : ids)
@@ -565,14 +569,17 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
         op.rp = self->make_response_promise<drain_report>();
         op.node = req.node;
         op.waiting.insert(ids.begin(), ids.end());
+        const std::string what = req.resume ? "resume" : "drain";
         for (auto id : ids) {
           planner_event ev;
-          ev.kind = "drain";
+          ev.kind = what;
           ev.worker = st.members.at(id).info.name;
           ev.from = ev.to = st.members.at(id).info.kind;
-          ev.why = fmt::format("drain node '{}'", req.node);
+          ev.why = fmt::format("{} node '{}'", what, req.node);
           record(st, std::move(ev));
-          start_change(self, id, st.members.at(id).info.kind, true, "drain", false, key);
+          // A resume is a change to the worker's own role: it registers again, which
+          // takes it back into routing.
+          start_change(self, id, st.members.at(id).info.kind, !req.resume, what, false, key);
         }
         broadcast();
         return op.rp;

@@ -1306,6 +1306,29 @@ TEST_CASE("tokenmill drain empties a decode node while a stream runs, failing no
     CHECK(s["server"]["decode_worker"].get<std::string>() ==
           worker_on(st, "decode", idle)["name"].get<std::string>());
   }
+
+  // Maintenance over: --resume takes the drained worker back into routing.
+  auto back = run_tokenmill({"drain", "--connect", c.endpoint(), busy, "--resume", "--json"},
+                            milliseconds(30000));
+  INFO("resume stdout: " << back.out << "\nstderr: " << back.err);
+  REQUIRE(back.exit_code == 0);
+  auto br = last_json_line(back.out);
+  CHECK(br["action"] == "resume");
+  REQUIRE(br["workers"].size() == 1);
+  CHECK(br["workers"][0]["error"] == "");
+  REQUIRE(eventually(
+      [&] {
+        auto w2 = worker_on(c.status(), "decode", busy);
+        return w2.is_object() && w2["up"] == true &&
+               w2["detail"].get<std::string>().find("draining") == std::string::npos;
+      },
+      milliseconds(10000)));
+  // Nothing is drained any more: a second resume says so.
+  auto again2 = run_tokenmill({"drain", "--connect", c.endpoint(), busy, "--resume"});
+  CHECK(again2.exit_code != 0);
+  CHECK_THAT(again2.err, Catch::Contains("no drained worker to resume"));
+  auto after = c.generate({"--json", "--token-ids", "--max-tokens", "8", kPrompt});
+  CHECK(after.exit_code == 0);
   stop_cleanly(c);
 }
 

@@ -701,6 +701,58 @@ TEST_CASE("supervisor: drain_request drains every prefill and decode worker of t
   CHECK(cs.planner.drains == 2);
   CHECK(cs.planner.flips_to_decode + cs.planner.flips_to_prefill == 0);
 
+  // Resume: n2 has nothing drained (refused); n1's drained workers are asked back under
+  // their own role and leave `draining` when they answer.
+  std::optional<drain_report> resumed;
+  h.self->request(h.sup, receive_timeout, drain_request{"n2", true})
+      .receive([&](drain_report& r) { resumed = std::move(r); }, [](caf::error&) {});
+  REQUIRE(resumed);
+  CHECK(resumed->error.code == errc::no_workers);
+  CHECK_THAT(resumed->error.message, Catch::Contains("no drained worker to resume"));
+  resumed.reset();
+  auto resuming = h.self->request(h.sup, receive_timeout, drain_request{"n1", true});
+  expect<membership>(h.seen, "membership as the resume starts");
+  for (int i = 0; i < 2; ++i) {
+    auto c = expect<change_role>(h.changes, "resume at one of n1's workers");
+    CHECK_FALSE(c.drain_only);
+    CHECK(c.reason == "resume");
+  }
+  for (worker_id id : {21u, 31u}) {
+    role_changed rc;
+    rc.worker = id;
+    rc.from = rc.to = id == 21 ? role::prefill : role::decode;
+    h.self->send(h.sup, rc);
+    m = expect<membership>(h.seen, "membership after one worker resumed");
+    CHECK_FALSE(find_member(m, id)->draining);
+    CHECK(find_member(m, id)->info.kind == rc.to);
+  }
+  resuming.receive([&](drain_report& r) { resumed = std::move(r); }, [](caf::error&) {});
+  REQUIRE(resumed);
+  CHECK_FALSE(resumed->error);
+  CHECK(resumed->workers.size() == 2);
+  cs = h.status();
+  CHECK(cs.planner.drains == 2);  // a resume is not a drain
+  CHECK(cs.planner.flips_to_decode + cs.planner.flips_to_prefill == 0);
+  CHECK_THAT(find_worker(cs, 31)->detail, !Catch::Contains("draining"));
+
+  // Drained again, so that the restart below finds it drained.
+  pending = h.self->request(h.sup, receive_timeout, drain_request{"n1"});
+  expect<membership>(h.seen, "membership as the second drain starts");
+  for (int i = 0; i < 2; ++i)
+    expect<change_role>(h.changes, "second drain");
+  for (worker_id id : {21u, 31u}) {
+    role_changed rc;
+    rc.worker = id;
+    rc.from = rc.to = id == 21 ? role::prefill : role::decode;
+    rc.drain_only = true;
+    h.self->send(h.sup, rc);
+    expect<membership>(h.seen, "membership after the second drain of one worker");
+  }
+  report.reset();
+  pending.receive([&](drain_report& r) { report = std::move(r); }, [](caf::error&) {});
+  REQUIRE(report);
+  CHECK_FALSE(report->error);
+
   // A drained worker comes back when its node restarts: its new process registers the id
   // after the old one went down.
   caf::anon_send_exit(d31, caf::exit_reason::kill);
