@@ -147,15 +147,6 @@ TEST_CASE("slurm: a job serves a 3-node cluster as three srun steps and is cance
   auto summary = last_json_line(gen.out);
   CHECK(summary.is_object());
 
-  auto cancel = run({"/bin/sh", "-c", env + "scancel " + job}, milliseconds(30000));
-  CHECK(cancel.exit_code == 0);
-  bool gone = eventually(
-      [&] {
-        auto q = run({"/bin/sh", "-c", env + "squeue -h -j " + job}, milliseconds(10000));
-        return q.exit_code == 0 && q.out.find(job) == std::string::npos;
-      },
-      milliseconds(60000), milliseconds(250));
-  CHECK(gone);
   // Nothing of the cluster is left: no node process (each runs with its manifest copy
   // /tmp/tokenmill-CLUSTER-NODE-JOB.yaml on its command line), no port still listening.
   // The nodes' own "SIGTERM received" lines are not checked: srun, stopped by the same
@@ -167,11 +158,25 @@ TEST_CASE("slurm: a job serves a 3-node cluster as three srun steps and is cance
       std::replace(cmd.begin(), cmd.end(), '\0', ' ');
       if (cmd.find("/tmp/tokenmill-slurm-it-") != std::string::npos &&
           cmd.find("-" + job + ".yaml") != std::string::npos &&
-          cmd.find(" node ") != std::string::npos)
+          cmd.rfind(TOKENMILL_BIN " node ", 0) == 0)
         found += e.path().filename().string() + ": " + cmd + "\n";
     }
     return found;
   };
+  // The probe sees the three running nodes, so its empty answer below means something.
+  auto running = leftovers();
+  INFO("node processes:\n" << running);
+  CHECK(std::count(running.begin(), running.end(), '\n') == 3);
+
+  auto cancel = run({"/bin/sh", "-c", env + "scancel " + job}, milliseconds(30000));
+  CHECK(cancel.exit_code == 0);
+  bool gone = eventually(
+      [&] {
+        auto q = run({"/bin/sh", "-c", env + "squeue -h -j " + job}, milliseconds(10000));
+        return q.exit_code == 0 && q.out.find(job) == std::string::npos;
+      },
+      milliseconds(60000), milliseconds(250));
+  CHECK(gone);
   CHECK(eventually([&] { return leftovers().empty(); }, milliseconds(15000)));
   INFO("still running:\n" << leftovers());
   CHECK(leftovers().empty());
