@@ -21,6 +21,7 @@
 #include <fmt/format.h>
 
 #include "apps/commands.hpp"
+#include "apps/signals.hpp"
 #include "cluster/node.hpp"
 #include "cluster/restart_policy.hpp"
 #include "cluster/slurm.hpp"
@@ -31,14 +32,6 @@ extern char** environ;
 
 namespace tokenmill::app {
 namespace {
-
-sigset_t stop_signals() {
-  sigset_t s;
-  sigemptyset(&s);
-  sigaddset(&s, SIGINT);
-  sigaddset(&s, SIGTERM);
-  return s;
-}
 
 /// The last `lines` lines of a file.
 std::string tail_of(const std::string& path, size_t lines) {
@@ -290,8 +283,7 @@ command add_node(CLI::App& app) {
       std::fprintf(stderr, "tokenmill node: invalid manifest:\n%s\n", m.error().message.c_str());
       return 2;
     }
-    auto sigs = stop_signals();
-    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+    auto sigs = block_stop_signals();
     node_options nopts;
     nopts.join_timeout_s = o->join_timeout_s;
     // A stop signal while we are still looking for the supervisor ends the wait at once.
@@ -450,8 +442,7 @@ command add_launch(CLI::App& app) {
       return 2;
     }
     std::string manifest_abs = std::filesystem::absolute(o->manifest).string();
-    auto sigs = stop_signals();
-    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+    auto sigs = block_stop_signals();
     auto t0 = now_ns();
     std::vector<child> kids;
     // The supervisor's node first: the others connect to it (and retry until it is up).

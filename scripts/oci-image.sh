@@ -8,9 +8,10 @@
 #     BINARY   default build/apps/tokenmill
 #     OUT_DIR  default build/oci: OUT_DIR/layout/ and OUT_DIR/tokenmill-oci.tar
 #     TAG      default tokenmill:<version from BINARY --version>
-# Left out: the CUDA driver, runtime and cuBLAS (a GPU node's container runtime injects the
-# driver; a cuda image needs the CUDA libraries added). Reproducible: fixed mtimes, owners
-# and file order, so the same inputs give the same digests.
+# A binary built with CUDA brings its CUDA runtime and cuBLAS (about 600 MB); the driver
+# (libcuda, libnvidia-*) is left out: a GPU node's container runtime (the NVIDIA container
+# toolkit) mounts the host's. Reproducible: fixed mtimes, owners and file order, so the
+# same inputs give the same digests.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="${1:-$repo/build/apps/tokenmill}"
@@ -27,8 +28,12 @@ tag="${3:-tokenmill:$version}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 root="$work/rootfs"
-mkdir -p "$root/usr/bin" "$root/etc/tokenmill" "$root/tmp" "$root/models"
+mkdir -p "$root/usr/bin" "$root/usr/lib" "$root/usr/lib64" "$root/etc/tokenmill" "$root/tmp" \
+  "$root/models" "$root/proc" "$root/sys" "$root/dev"
 chmod 1777 "$root/tmp"
+# Merged /usr as in Debian 12: libraries found under /lib land in /usr/lib.
+ln -s usr/lib "$root/lib"
+ln -s usr/lib64 "$root/lib64"
 cp "$bin" "$root/usr/bin/tokenmill"
 strip --strip-unneeded "$root/usr/bin/tokenmill" 2>/dev/null || true
 ln -s usr/bin "$root/bin"
@@ -55,8 +60,8 @@ done
 if [[ -d "$multiarch/ucx" ]]; then  # UCX finds its modules by these names
   for so in "$root$multiarch"/ucx/*.so.0; do ln -sf "$(basename "$so")" "${so%.0}"; done
 fi
-# CUDA libraries are left out on purpose (see the header).
-find "$root" -name 'libcuda*' -o -name 'libcublas*' -o -name 'libnvidia*' | xargs -r rm -f
+# The driver comes from the host (see the header).
+find "$root" \( -name 'libcuda.so*' -o -name 'libnvidia*' \) -print0 | xargs -0 -r rm -f
 
 cat >"$root/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/usr/bin/tokenmill
@@ -71,7 +76,7 @@ rm -rf "$layout"
 mkdir -p "$layout/blobs/sha256"
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$root" -cf "$work/layer.tar" .
 diff_id="$(sha256sum "$work/layer.tar" | cut -d' ' -f1)"
-gzip -n -6 -c "$work/layer.tar" >"$work/layer.tar.gz"
+gzip -n -1 -c "$work/layer.tar" >"$work/layer.tar.gz"
 layer="$(sha256sum "$work/layer.tar.gz" | cut -d' ' -f1)"
 mv "$work/layer.tar.gz" "$layout/blobs/sha256/$layer"
 
