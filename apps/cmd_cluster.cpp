@@ -7,8 +7,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -18,8 +21,10 @@
 #include <fmt/format.h>
 
 #include "apps/commands.hpp"
+#include "apps/signals.hpp"
 #include "cluster/node.hpp"
 #include "cluster/restart_policy.hpp"
+#include "cluster/slurm.hpp"
 #include "common/clock.hpp"
 #include "frontend/client.hpp"
 
@@ -27,14 +32,6 @@ extern char** environ;
 
 namespace tokenmill::app {
 namespace {
-
-sigset_t stop_signals() {
-  sigset_t s;
-  sigemptyset(&s);
-  sigaddset(&s, SIGINT);
-  sigaddset(&s, SIGTERM);
-  return s;
-}
 
 /// The last `lines` lines of a file.
 std::string tail_of(const std::string& path, size_t lines) {
@@ -236,6 +233,34 @@ std::string self_exe() {
   return ec ? "tokenmill" : p.string();
 }
 
+/// The manifest a Slurm template makes of an allocation (cluster/slurm.hpp).
+result<slurm_manifest> slurm_manifest_for(const std::string& tmpl, const std::string& nodelist,
+                                          const std::string& tasks) {
+  if (nodelist.empty())
+    return error_info{errc::invalid_request,
+                      "no hosts: SLURM_JOB_NODELIST is not set (run inside a Slurm allocation: "
+                      "sbatch, salloc) and --nodelist was not given"};
+  auto alloc = slurm_allocation_from(nodelist, tasks);
+  if (!alloc) return alloc.error();
+  std::ifstream in(tmpl);
+  if (!in)
+    return error_info{errc::invalid_request,
+                      fmt::format("{}: cannot read the template: {}", tmpl, std::strerror(errno))};
+  std::stringstream text;
+  text << in.rdbuf();
+  return manifest_from_slurm(text.str(), tmpl, *alloc);
+}
+
+result<void> write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out)
+    return error_info{errc::invalid_request,
+                      fmt::format("cannot write {}: {}", path, std::strerror(errno))};
+  return {};
+}
+
 }  // namespace
 
 command add_node(CLI::App& app) {
@@ -258,8 +283,7 @@ command add_node(CLI::App& app) {
       std::fprintf(stderr, "tokenmill node: invalid manifest:\n%s\n", m.error().message.c_str());
       return 2;
     }
-    auto sigs = stop_signals();
-    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+    auto sigs = block_stop_signals();
     node_options nopts;
     nopts.join_timeout_s = o->join_timeout_s;
     // A stop signal while we are still looking for the supervisor ends the wait at once.
@@ -308,19 +332,55 @@ command add_node(CLI::App& app) {
 
 command add_manifest(CLI::App& app) {
   auto* check = app.add_subcommand("check", "Validate a manifest and print the resolved cluster");
+  auto* slurm = app.add_subcommand(
+      "from-slurm",
+      "Inside a Slurm allocation: the host manifest a template makes of its hosts and tasks");
   app.require_subcommand(1);
   auto file = std::make_shared<std::string>();
   auto ports = std::make_shared<bool>(true);
   check->add_option("FILE", *file, "Host manifest (YAML)")->required();
   check->add_flag("!--no-port-check", *ports, "Do not check that local ports are free");
-  return [file, ports]() -> int {
-    auto m = load_manifest(*file, manifest_options{*ports});
-    if (!m) {
-      std::fprintf(stderr, "%s\n", m.error().message.c_str());
+  struct slurm_opts {
+    std::string tmpl;
+    std::string out;
+    std::string nodelist;
+    std::string tasks;
+  };
+  auto so = std::make_shared<slurm_opts>();
+  if (const char* v = std::getenv("SLURM_JOB_NODELIST")) so->nodelist = v;
+  if (const char* v = std::getenv("SLURM_TASKS_PER_NODE")) so->tasks = v;
+  slurm->add_option("TEMPLATE", so->tmpl, "Slurm template: a manifest with a slurm section")
+      ->required();
+  slurm->add_option("-o,--output", so->out, "Write the manifest here (default: stdout)");
+  slurm->add_option("--nodelist", so->nodelist,
+                    "Hosts in hostlist syntax (default: $SLURM_JOB_NODELIST)");
+  slurm->add_option("--tasks-per-node", so->tasks,
+                    "Tasks per host, e.g. 2(x3),1 (default: $SLURM_TASKS_PER_NODE, else 1 each)");
+  return [check, file, ports, so]() -> int {
+    if (check->parsed()) {
+      auto m = load_manifest(*file, manifest_options{*ports});
+      if (!m) {
+        std::fprintf(stderr, "%s\n", m.error().message.c_str());
+        return 1;
+      }
+      std::printf("%s", describe(*m).c_str());
+      std::printf("manifest hash %016llx\n", static_cast<unsigned long long>(manifest_hash(*m)));
+      return 0;
+    }
+    auto made = slurm_manifest_for(so->tmpl, so->nodelist, so->tasks);
+    if (!made) {
+      std::fprintf(stderr, "tokenmill manifest from-slurm: %s\n", made.error().message.c_str());
+      return 2;
+    }
+    if (so->out.empty()) {
+      std::printf("%s", made->text.c_str());
+      return 0;
+    }
+    if (auto w = write_file(so->out, made->text); !w) {
+      std::fprintf(stderr, "tokenmill manifest from-slurm: %s\n", w.error().message.c_str());
       return 1;
     }
-    std::printf("%s", describe(*m).c_str());
-    std::printf("manifest hash %016llx\n", static_cast<unsigned long long>(manifest_hash(*m)));
+    std::printf("from-slurm: %zu nodes written to %s\n", made->nodes.size(), so->out.c_str());
     return 0;
   };
 }
@@ -328,22 +388,25 @@ command add_manifest(CLI::App& app) {
 command add_launch(CLI::App& app) {
   struct opts {
     std::string manifest;
+    std::string slurm;
     std::string log_dir;
     double ready_timeout_s = 60;
   };
   auto o = std::make_shared<opts>();
-  app.add_option("MANIFEST", o->manifest, "Host manifest (YAML)")->required();
+  auto* manifest_opt = app.add_option("MANIFEST", o->manifest, "Host manifest (YAML)");
+  app.add_option("--slurm", o->slurm,
+                 "Inside a Slurm job: make the manifest from this template and the job's hosts "
+                 "and tasks (see `manifest from-slurm`), start every node with srun")
+      ->excludes(manifest_opt);
   app.add_option("--log-dir", o->log_dir, "Where node logs go (default: a new temporary folder)");
   app.add_option("--ready-timeout", o->ready_timeout_s, "Seconds until every node must be ready")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   return [o]() -> int {
-    auto m = load_manifest(o->manifest);
-    if (!m) {
-      std::fprintf(stderr, "tokenmill launch: invalid manifest:\n%s\n", m.error().message.c_str());
+    if (o->manifest.empty() == o->slurm.empty()) {
+      std::fprintf(stderr, "tokenmill launch: give a MANIFEST or --slurm TEMPLATE\n");
       return 2;
     }
-    std::string manifest_abs = std::filesystem::absolute(o->manifest).string();
     if (o->log_dir.empty()) {
       char tmpl[] = "/tmp/tokenmill-launch-XXXXXX";
       if (!mkdtemp(tmpl)) {
@@ -353,8 +416,33 @@ command add_launch(CLI::App& app) {
       o->log_dir = tmpl;
     }
     std::filesystem::create_directories(o->log_dir);
-    auto sigs = stop_signals();
-    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+    bool slurm = !o->slurm.empty();
+    if (slurm) {
+      // The manifest this allocation makes, written beside the logs; every node gets it on
+      // its stdin through srun, so the hosts need not share a file system.
+      const char* nodelist = std::getenv("SLURM_JOB_NODELIST");
+      const char* tasks = std::getenv("SLURM_TASKS_PER_NODE");
+      auto made = slurm_manifest_for(o->slurm, nodelist ? nodelist : "", tasks ? tasks : "");
+      if (!made) {
+        std::fprintf(stderr, "tokenmill launch: %s\n", made.error().message.c_str());
+        return 2;
+      }
+      o->manifest = o->log_dir + "/manifest.yaml";
+      if (auto w = write_file(o->manifest, made->text); !w) {
+        std::fprintf(stderr, "tokenmill launch: %s\n", w.error().message.c_str());
+        return 1;
+      }
+      std::printf("launch: %zu nodes from Slurm job %s (%s), manifest %s\n", made->nodes.size(),
+                  std::getenv("SLURM_JOB_ID") ? std::getenv("SLURM_JOB_ID") : "?", nodelist,
+                  o->manifest.c_str());
+    }
+    auto m = load_manifest(o->manifest);
+    if (!m) {
+      std::fprintf(stderr, "tokenmill launch: invalid manifest:\n%s\n", m.error().message.c_str());
+      return 2;
+    }
+    std::string manifest_abs = std::filesystem::absolute(o->manifest).string();
+    auto sigs = block_stop_signals();
     auto t0 = now_ns();
     std::vector<child> kids;
     // The supervisor's node first: the others connect to it (and retry until it is up).
@@ -370,7 +458,26 @@ command add_launch(CLI::App& app) {
       k.log = fmt::format("{}/{}.log", o->log_dir, n->name);
       std::vector<std::string> argv;
       std::string stdin_file;
-      if (!n->ssh.empty()) {
+      if (slurm) {
+        // One job step per node, on its host; --overlap lets the steps share the job's CPUs
+        // and memory (they run side by side for the whole job). srun forwards SIGTERM to the
+        // node, and Slurm ends every step when the job ends or is cancelled.
+        std::string remote =
+            fmt::format("/tmp/tokenmill-{}-{}-{}.yaml", m->cluster, n->name,
+                        std::getenv("SLURM_JOB_ID") ? std::getenv("SLURM_JOB_ID") : "0");
+        argv = {"srun",
+                "--nodes=1",
+                "--ntasks=1",
+                "--overlap",
+                "--kill-on-bad-exit=0",
+                "--job-name=tokenmill-" + n->name,
+                "--nodelist=" + n->address,
+                "/bin/sh",
+                "-c",
+                fmt::format("cat > '{0}' && exec '{1}' node --manifest '{0}' --name '{2}'", remote,
+                            exe, n->name)};
+        stdin_file = manifest_abs;
+      } else if (!n->ssh.empty()) {
         // Remote: the manifest travels on stdin, tokenmill must be on the remote PATH.
         std::string remote = fmt::format("/tmp/tokenmill-{}.yaml", m->cluster);
         argv = {"ssh", "-o", "BatchMode=yes", n->ssh,
@@ -391,8 +498,11 @@ command add_launch(CLI::App& app) {
         stop_children(kids, 5);
         return 1;
       }
+      std::string via = slurm            ? ", via srun on " + n->address
+                        : n->ssh.empty() ? std::string()
+                                         : ", via ssh " + n->ssh;
       std::printf("launch: node %-10s starting (pid %d%s), log %s\n", n->name.c_str(), k.pid,
-                  n->ssh.empty() ? "" : (", via ssh " + n->ssh).c_str(), k.log.c_str());
+                  via.c_str(), k.log.c_str());
       kids.push_back(std::move(k));
     }
     std::fflush(stdout);

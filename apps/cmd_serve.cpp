@@ -10,6 +10,7 @@
 
 #include "apps/commands.hpp"
 #include "apps/engine_options.hpp"
+#include "apps/signals.hpp"
 #include "cluster/embedded_cluster.hpp"
 
 namespace tokenmill::app {
@@ -111,11 +112,7 @@ command add_serve(CLI::App& app) {
       if (const char* key = std::getenv("TOKENMILL_API_KEY")) cfg->http.api_key = key;
     // Block the stop signals in every thread (they inherit the mask) and wait for them
     // here, so shutdown runs on this thread in order.
-    sigset_t stop_set;
-    sigemptyset(&stop_set);
-    sigaddset(&stop_set, SIGINT);
-    sigaddset(&stop_set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop_set, nullptr);
+    sigset_t stop_set = block_stop_signals();
     auto cluster = embedded_cluster::start(*cfg);
     if (!cluster) {
       std::fprintf(stderr, "tokenmill serve: %s\n", cluster.error().message.c_str());

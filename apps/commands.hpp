@@ -16,6 +16,8 @@ command add_bench(CLI::App& app);
 command add_node(CLI::App& app);
 command add_manifest(CLI::App& app);
 command add_launch(CLI::App& app);
+/// `tokenmill k8s render`: a host manifest as Kubernetes objects (YAML files).
+command add_k8s(CLI::App& app);
 /// `tokenmill make-model`: writes a deterministic random-weight model from a preset.
 command add_make_model(CLI::App& app);
 /// `tokenmill bench-engine`: prefill/decode throughput of the CPU engine on a model.

@@ -6,11 +6,16 @@
 #include <spdlog/spdlog.h>
 
 #include "apps/commands.hpp"
+#include "apps/version.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{
       "tokenmill: LLM serving with prefill and decode disaggregated across actors and nodes"};
   app.require_subcommand(1);
+  app.set_version_flag("--version",
+                       std::string("tokenmill ") + tokenmill::app::version() + " (commit " +
+                           tokenmill::app::git_commit() + ")",
+                       "Print the version and the git commit it was built from, and exit");
   std::string log_level = "warn";
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
@@ -33,6 +38,8 @@ int main(int argc, char** argv) {
   add("launch", "Start every node of a host manifest, wait until the cluster is ready, serve",
       tokenmill::app::add_launch);
   add("manifest", "Host manifest tools (check)", tokenmill::app::add_manifest);
+  add("k8s", "Kubernetes: render a host manifest as ConfigMap, StatefulSets and Services (render)",
+      tokenmill::app::add_k8s);
   add("make-model",
       "Write a deterministic random-weight model (GGUF or Hugging Face) from a preset",
       tokenmill::app::add_make_model);

@@ -230,7 +230,12 @@ result<uint16_t> http_server::start() {
   auto& c = *core_;
   if (c.thread.joinable()) return error_info{errc::internal, "http server already started"};
   try {
-    tcp::endpoint ep(asio::ip::make_address(c.cfg.host), c.cfg.port);
+    // A host name (a manifest node's address may be one) binds the address it resolves to.
+    tcp::resolver resolver(c.io);
+    tcp::endpoint ep = *resolver
+                            .resolve(c.cfg.host, std::to_string(c.cfg.port),
+                                     tcp::resolver::passive | tcp::resolver::numeric_service)
+                            .begin();
     c.acceptor.emplace(c.io);
     c.acceptor->open(ep.protocol());
     c.acceptor->set_option(asio::socket_base::reuse_address(true));

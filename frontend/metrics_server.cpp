@@ -112,7 +112,12 @@ metrics_server::~metrics_server() {
 result<uint16_t> metrics_server::start() {
   auto& s = *impl_;
   try {
-    tcp::endpoint ep(asio::ip::make_address(s.host), s.port);
+    // A host name (a manifest node's address may be one) binds the address it resolves to.
+    tcp::resolver resolver(s.io);
+    tcp::endpoint ep = *resolver
+                            .resolve(s.host, std::to_string(s.port),
+                                     tcp::resolver::passive | tcp::resolver::numeric_service)
+                            .begin();
     s.acceptor.emplace(s.io);
     s.acceptor->open(ep.protocol());
     s.acceptor->set_option(asio::socket_base::reuse_address(true));

@@ -5,6 +5,8 @@
 #   scripts/setup.sh           the build and test dependencies
 #   scripts/setup.sh --bench   also what the benchmark plots need (python3-matplotlib,
 #                              python3-yaml; scripts/bench-multinode.sh, scripts/bench_plot.py)
+# munge, slurmctld, slurmd and slurm-client are for the Slurm integration test, which
+# starts its own daemons in a temporary folder (tests/integration/slurm-local.sh).
 # Besides the packages: node and npm (the openai client test) from Debian unless some
 # node is already on PATH, and promtool (the metrics format check) taken out of Debian's
 # prometheus package into $TOKENMILL_TOOLS_DIR (default ~/.cache/tokenmill/tools), which
@@ -26,6 +28,7 @@ packages=(
   libboost-dev catch2 libyaml-cpp-dev nlohmann-json3-dev libfmt-dev
   libspdlog-dev libxxhash-dev libcli11-dev libpcre2-dev clang-format python3 procps
   curl iproute2 clang libclang-rt-14-dev
+  munge slurmctld slurmd slurm-client
 )
 if [[ "$bench" == 1 ]]; then
   packages+=(python3-matplotlib python3-yaml)
