@@ -1,0 +1,298 @@
+// Causal attention over paged K/V, tiled over blocks (see attention.hpp). Two passes per
+// tile, as the reference: all scores, softmax, then the weighted sum of V, so the result is
+// the reference's up to float summation order.
+#include "engine/cpu/attention.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "engine/cpu/detail/exp_avx2.hpp"
+#include "engine/cpu/kernels.hpp"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define TM_ATT_X86 1
+#define TM_ATT_AVX2 __attribute__((target("avx2,fma,f16c")))
+#else
+#define TM_ATT_X86 0
+#endif
+
+namespace tokenmill::cpu {
+namespace {
+
+/// Key `s` of a block as f32 (head_dim values).
+void key_row(const kv_head_blocks& kv, const std::byte* blk, uint32_t s, float* dst) {
+  const size_t hd = kv.head_dim;
+  if (kv.dtype_bytes == 2)
+    f16_to_f32_row(reinterpret_cast<const uint16_t*>(blk) + s * hd, dst, hd);
+  else
+    std::memcpy(dst, reinterpret_cast<const float*>(blk) + s * hd, hd * 4);
+}
+
+float elem(const kv_head_blocks& kv, const std::byte* blk, size_t i) {
+  if (kv.dtype_bytes == 2) {
+    uint16_t h;
+    std::memcpy(&h, blk + 2 * i, 2);
+    return f16_to_f32(h);
+  }
+  float f;
+  std::memcpy(&f, blk + 4 * i, 4);
+  return f;
+}
+
+#if TM_ATT_X86
+
+TM_ATT_AVX2 inline __m256 load_kv8(const kv_head_blocks& kv, const std::byte* blk, size_t i) {
+  if (kv.dtype_bytes == 2)
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2 * i)));
+  return _mm256_loadu_ps(reinterpret_cast<const float*>(blk) + i);
+}
+
+/// rows r[0..7] (8 keys x 8 dims) -> r[d] = the 8 keys' dimension d.
+TM_ATT_AVX2 inline void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/// K block [cnt][hd] -> kt [hd][ld] f32, keys [cnt, ld) zero (ld % 8 == 0).
+TM_ATT_AVX2 void transpose_block(const kv_head_blocks& kv, const std::byte* blk, uint32_t cnt,
+                                 float* kt, size_t ld) {
+  const size_t hd = kv.head_dim;
+  const size_t d8 = hd / 8 * 8;
+  uint32_t s0 = 0;
+  for (; s0 + 8 <= cnt; s0 += 8) {
+    for (size_t d0 = 0; d0 < d8; d0 += 8) {
+      __m256 r[8];
+      for (int s = 0; s < 8; ++s)
+        r[s] = load_kv8(kv, blk, (s0 + s) * hd + d0);
+      transpose8(r);
+      for (int d = 0; d < 8; ++d)
+        _mm256_storeu_ps(kt + (d0 + d) * ld + s0, r[d]);
+    }
+    for (size_t d = d8; d < hd; ++d)
+      for (uint32_t s = s0; s < s0 + 8; ++s)
+        kt[d * ld + s] = elem(kv, blk, s * hd + d);
+  }
+  for (size_t d = 0; d < hd; ++d) {
+    for (uint32_t s = s0; s < cnt; ++s)
+      kt[d * ld + s] = elem(kv, blk, s * hd + d);
+    for (size_t s = cnt; s < ld; ++s)
+      kt[d * ld + s] = 0;
+  }
+}
+
+/// Scores of up to 4 queries against 8 keys: out[i][0..8) = scale * q_i . kt[:, 0..8).
+/// Even and odd dimensions go to separate accumulators (8 independent FMA chains).
+template <int NQ>
+TM_ATT_AVX2 void scores_4x8(const float* const* q, const float* kt, size_t ld, size_t hd,
+                            float scale, float* const* out) {
+  __m256 a[NQ], b[NQ];
+  for (int i = 0; i < NQ; ++i)
+    a[i] = b[i] = _mm256_setzero_ps();
+  size_t d = 0;
+  for (; d + 2 <= hd; d += 2) {
+    const __m256 k0 = _mm256_loadu_ps(kt + d * ld), k1 = _mm256_loadu_ps(kt + (d + 1) * ld);
+    for (int i = 0; i < NQ; ++i) {
+      a[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[i] + d), k0, a[i]);
+      b[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[i] + d + 1), k1, b[i]);
+    }
+  }
+  if (d < hd) {
+    const __m256 k0 = _mm256_loadu_ps(kt + d * ld);
+    for (int i = 0; i < NQ; ++i)
+      a[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[i] + d), k0, a[i]);
+  }
+  const __m256 sv = _mm256_set1_ps(scale);
+  for (int i = 0; i < NQ; ++i)
+    _mm256_storeu_ps(out[i], _mm256_mul_ps(sv, _mm256_add_ps(a[i], b[i])));
+}
+
+/// out[0, hd) += sum_{s < cnt} p[s] * v[s][0, hd), v rows of hd f32.
+TM_ATT_AVX2 void weighted_sum(const float* p, const float* v, uint32_t cnt, size_t hd, float* out) {
+  size_t d = 0;
+  for (; d + 32 <= hd; d += 32) {
+    __m256 a0 = _mm256_loadu_ps(out + d), a1 = _mm256_loadu_ps(out + d + 8),
+           a2 = _mm256_loadu_ps(out + d + 16), a3 = _mm256_loadu_ps(out + d + 24);
+    for (uint32_t s = 0; s < cnt; ++s) {
+      const __m256 pv = _mm256_broadcast_ss(p + s);
+      const float* vr = v + s * hd + d;
+      a0 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr), a0);
+      a1 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr + 8), a1);
+      a2 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr + 16), a2);
+      a3 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr + 24), a3);
+    }
+    _mm256_storeu_ps(out + d, a0);
+    _mm256_storeu_ps(out + d + 8, a1);
+    _mm256_storeu_ps(out + d + 16, a2);
+    _mm256_storeu_ps(out + d + 24, a3);
+  }
+  for (; d + 8 <= hd; d += 8) {
+    __m256 a0 = _mm256_loadu_ps(out + d);
+    for (uint32_t s = 0; s < cnt; ++s)
+      a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + s), _mm256_loadu_ps(v + s * hd + d), a0);
+    _mm256_storeu_ps(out + d, a0);
+  }
+  for (; d < hd; ++d) {
+    float a = out[d];
+    for (uint32_t s = 0; s < cnt; ++s)
+      a += p[s] * v[s * hd + d];
+    out[d] = a;
+  }
+}
+
+TM_ATT_AVX2 void softmax_avx2(float* x, size_t n) {
+  float mx = *std::max_element(x, x + n);
+  const __m256 m = _mm256_set1_ps(mx);
+  __m256 acc = _mm256_setzero_ps();
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    const __m256 e = detail::exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + k), m));
+    _mm256_storeu_ps(x + k, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  alignas(32) float part[8];
+  _mm256_store_ps(part, acc);
+  double sum = 0;
+  for (float p : part)
+    sum += p;
+  for (; k < n; ++k) {
+    x[k] = std::exp(x[k] - mx);
+    sum += x[k];
+  }
+  const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
+  k = 0;
+  for (; k + 8 <= n; k += 8)
+    _mm256_storeu_ps(x + k, _mm256_mul_ps(inv, _mm256_loadu_ps(x + k)));
+  const float invs = static_cast<float>(1.0 / sum);
+  for (; k < n; ++k)
+    x[k] *= invs;
+}
+
+TM_ATT_AVX2 void attend_avx2(const kv_head_blocks& kv, std::span<const attn_query> qs, float scale,
+                             attn_scratch& s) {
+  const size_t hd = kv.head_dim, bt = kv.block_tokens, nq = qs.size();
+  const size_t ld = (bt + 7) / 8 * 8;  // keys per transposed block row
+  uint32_t max_ctx = 0;
+  for (const auto& q : qs)
+    max_ctx = std::max(max_ctx, q.ctx);
+  const size_t nblocks = (max_ctx + bt - 1) / bt;
+  // Score rows: block b's keys at [b * bt, b * bt + ld): the vector stores may run ld - bt
+  // past a block into the next one (rewritten when its turn comes) or into the slack.
+  const size_t stride = nblocks * bt + ld;
+  if (s.scores.size() < nq * stride) s.scores.resize(nq * stride);
+  if (s.kt.size() < hd * ld) s.kt.resize(hd * ld);
+  if (kv.dtype_bytes == 2 && s.vf.size() < bt * hd) s.vf.resize(bt * hd);
+  float* scores = s.scores.data();
+
+  // Pass 1: scores, block by block, for every query that sees the block.
+  const float* qp[4];
+  float* op[4];
+  for (size_t b = 0; b < nblocks; ++b) {
+    const uint32_t p0 = static_cast<uint32_t>(b * bt);
+    const uint32_t cnt = static_cast<uint32_t>(std::min<size_t>(bt, max_ctx - p0));
+    transpose_block(kv, kv.k[b], cnt, s.kt.data(), ld);
+    for (size_t c = 0; c < ld; c += 8) {
+      int m = 0;
+      for (size_t i = 0; i < nq; ++i) {
+        if (qs[i].ctx <= p0 + c) continue;
+        qp[m] = qs[i].q;
+        op[m] = scores + i * stride + p0 + c;
+        if (++m == 4) {
+          scores_4x8<4>(qp, s.kt.data() + c, ld, hd, scale, op);
+          m = 0;
+        }
+      }
+      switch (m) {
+        case 3:
+          scores_4x8<3>(qp, s.kt.data() + c, ld, hd, scale, op);
+          break;
+        case 2:
+          scores_4x8<2>(qp, s.kt.data() + c, ld, hd, scale, op);
+          break;
+        case 1:
+          scores_4x8<1>(qp, s.kt.data() + c, ld, hd, scale, op);
+          break;
+        default:
+          break;
+      }
+    }
+  }
+  for (size_t i = 0; i < nq; ++i) {
+    softmax_avx2(scores + i * stride, qs[i].ctx);
+    std::fill(qs[i].out, qs[i].out + hd, 0.0f);
+  }
+
+  // Pass 2: the weighted sum of V, block by block.
+  for (size_t b = 0; b < nblocks; ++b) {
+    const uint32_t p0 = static_cast<uint32_t>(b * bt);
+    const uint32_t cnt = static_cast<uint32_t>(std::min<size_t>(bt, max_ctx - p0));
+    const float* v = reinterpret_cast<const float*>(kv.v[b]);
+    if (kv.dtype_bytes == 2) {
+      f16_to_f32_row(reinterpret_cast<const uint16_t*>(kv.v[b]), s.vf.data(), cnt * hd);
+      v = s.vf.data();
+    }
+    for (size_t i = 0; i < nq; ++i) {
+      if (qs[i].ctx <= p0) continue;
+      const uint32_t c = std::min(cnt, qs[i].ctx - p0);
+      weighted_sum(scores + i * stride + p0, v, c, hd, qs[i].out);
+    }
+  }
+}
+
+#endif  // TM_ATT_X86
+
+}  // namespace
+
+void attend_scalar(const kv_head_blocks& kv, std::span<const attn_query> qs, float scale) {
+  const size_t hd = kv.head_dim, bt = kv.block_tokens;
+  std::vector<float> sc, row(hd);
+  for (const auto& q : qs) {
+    sc.assign(q.ctx, 0.0f);
+    for (uint32_t p = 0; p < q.ctx; ++p) {
+      key_row(kv, kv.k[p / bt], static_cast<uint32_t>(p % bt), row.data());
+      float d = 0;
+      for (size_t i = 0; i < hd; ++i)
+        d += q.q[i] * row[i];
+      sc[p] = scale * d;
+    }
+    softmax(sc.data(), q.ctx);
+    std::fill(q.out, q.out + hd, 0.0f);
+    for (uint32_t p = 0; p < q.ctx; ++p)
+      for (size_t i = 0; i < hd; ++i)
+        q.out[i] += sc[p] * elem(kv, kv.v[p / bt], (p % bt) * hd + i);
+  }
+}
+
+void attend(const kv_head_blocks& kv, std::span<const attn_query> qs, float scale,
+            attn_scratch& scratch) {
+  if (qs.empty()) return;
+#if TM_ATT_X86
+  if (simd_available()) return attend_avx2(kv, qs, scale, scratch);
+#endif
+  (void)scratch;
+  attend_scalar(kv, qs, scale);
+}
+
+void softmax_fast(float* x, size_t n) {
+#if TM_ATT_X86
+  if (simd_available()) return softmax_avx2(x, n);
+#endif
+  softmax(x, n);
+}
+
+}  // namespace tokenmill::cpu
