@@ -22,15 +22,21 @@ struct f32_t {};
 struct f16_t {};
 struct bf16_t {};
 
+/// 16 weights from column k as f32; lanes outside `m` are zero (a full mask is a plain
+/// load: the compiler drops the constant mask).
 TM_AVX512 inline __m512 load16(f32_t, const std::byte* row, size_t k, __mmask16 m) {
+  if (m == 0xffff) return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + k);
   return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(row) + k);
 }
+TM_AVX512 inline __m256i load16_u16(const std::byte* row, size_t k, __mmask16 m) {
+  if (m == 0xffff) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * k));
+  return _mm256_maskz_loadu_epi16(m, row + 2 * k);
+}
 TM_AVX512 inline __m512 load16(f16_t, const std::byte* row, size_t k, __mmask16 m) {
-  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, row + 2 * k));
+  return _mm512_cvtph_ps(load16_u16(row, k, m));
 }
 TM_AVX512 inline __m512 load16(bf16_t, const std::byte* row, size_t k, __mmask16 m) {
-  return _mm512_castsi512_ps(
-      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, row + 2 * k)), 16));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(load16_u16(row, k, m)), 16));
 }
 
 /// Sum of the 16 lanes (GCC 12's _mm512_reduce_add_ps trips -Wuninitialized in its header).
@@ -67,6 +73,7 @@ TM_AVX512 void gemv_t(T tag, const tensor_view& w, const float* x, size_t n, flo
              a3 = _mm512_setzero_ps(), b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps(),
              b2 = _mm512_setzero_ps(), b3 = _mm512_setzero_ps();
       for (size_t k = 0; k < cols; k += 16) {
+        // Full steps are plain loads (the branch is taken the same way until the tail).
         const __mmask16 m = lanes(k, cols);
         const __m512 v0 = load16(tag, w0, k, m), v1 = load16(tag, w1, k, m),
                      v2 = load16(tag, w2, k, m), v3 = load16(tag, w3, k, m);
@@ -94,9 +101,25 @@ TM_AVX512 void gemv_t(T tag, const tensor_view& w, const float* x, size_t n, flo
     }
     for (; i < n; ++i) {
       const float* xa = x + i * cols;
+      // One batch row (decode at batch 1): unmasked 32-column steps with two accumulators
+      // per weight row, then the masked tail.
       __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
-             a3 = _mm512_setzero_ps();
-      for (size_t k = 0; k < cols; k += 16) {
+             a3 = _mm512_setzero_ps(), c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps(),
+             c2 = _mm512_setzero_ps(), c3 = _mm512_setzero_ps();
+      const __mmask16 all = 0xffff;
+      size_t k = 0;
+      for (; k + 32 <= cols; k += 32) {
+        const __m512 xv = _mm512_loadu_ps(xa + k), xw = _mm512_loadu_ps(xa + k + 16);
+        a0 = _mm512_fmadd_ps(load16(tag, w0, k, all), xv, a0);
+        a1 = _mm512_fmadd_ps(load16(tag, w1, k, all), xv, a1);
+        a2 = _mm512_fmadd_ps(load16(tag, w2, k, all), xv, a2);
+        a3 = _mm512_fmadd_ps(load16(tag, w3, k, all), xv, a3);
+        c0 = _mm512_fmadd_ps(load16(tag, w0, k + 16, all), xw, c0);
+        c1 = _mm512_fmadd_ps(load16(tag, w1, k + 16, all), xw, c1);
+        c2 = _mm512_fmadd_ps(load16(tag, w2, k + 16, all), xw, c2);
+        c3 = _mm512_fmadd_ps(load16(tag, w3, k + 16, all), xw, c3);
+      }
+      for (; k < cols; k += 16) {
         const __mmask16 m = lanes(k, cols);
         const __m512 xv = _mm512_maskz_loadu_ps(m, xa + k);
         a0 = _mm512_fmadd_ps(load16(tag, w0, k, m), xv, a0);
@@ -105,10 +128,10 @@ TM_AVX512 void gemv_t(T tag, const tensor_view& w, const float* x, size_t n, flo
         a3 = _mm512_fmadd_ps(load16(tag, w3, k, m), xv, a3);
       }
       float* ya = y + i * ys + j;
-      ya[0] = hsum16(a0);
-      ya[1] = hsum16(a1);
-      ya[2] = hsum16(a2);
-      ya[3] = hsum16(a3);
+      ya[0] = hsum16(_mm512_add_ps(a0, c0));
+      ya[1] = hsum16(_mm512_add_ps(a1, c1));
+      ya[2] = hsum16(_mm512_add_ps(a2, c2));
+      ya[3] = hsum16(_mm512_add_ps(a3, c3));
     }
   }
   for (; j < r1; ++j) {
@@ -125,6 +148,27 @@ TM_AVX512 void gemv_t(T tag, const tensor_view& w, const float* x, size_t n, flo
   }
 }
 
+/// One 16-column step of tile(): full steps use plain loads (m constant 0xffff after
+/// inlining), the tail masked ones.
+template <int NW, int NX>
+TM_AVX512 __attribute__((always_inline)) inline void tile_step(const float* p, const float* xr,
+                                                               size_t cols, size_t k, __mmask16 m,
+                                                               __m512 (&acc)[NX][NW]) {
+  __m512 wv[NW];
+#pragma GCC unroll 8
+  for (int r = 0; r < NW; ++r)
+    wv[r] = m == 0xffff ? _mm512_loadu_ps(p + r * cols + k)
+                        : _mm512_maskz_loadu_ps(m, p + r * cols + k);
+#pragma GCC unroll 8
+  for (int b = 0; b < NX; ++b) {
+    const __m512 xv = m == 0xffff ? _mm512_loadu_ps(xr + b * cols + k)
+                                  : _mm512_maskz_loadu_ps(m, xr + b * cols + k);
+#pragma GCC unroll 8
+    for (int r = 0; r < NW; ++r)
+      acc[b][r] = _mm512_fmadd_ps(wv[r], xv, acc[b][r]);
+  }
+}
+
 /// NW packed weight rows (p, p + cols, ...) x NX batch rows (xr, xr + cols, ...) ->
 /// y[b * ys + r]. The fully unrolled loops keep the NW * NX accumulators in registers.
 template <int NW, int NX>
@@ -135,20 +179,10 @@ TM_AVX512 void tile(const float* p, const float* xr, size_t cols, float* y, size
 #pragma GCC unroll 8
     for (int r = 0; r < NW; ++r)
       acc[b][r] = _mm512_setzero_ps();
-  for (size_t k = 0; k < cols; k += 16) {
-    const __mmask16 m = lanes(k, cols);
-    __m512 wv[NW];
-#pragma GCC unroll 8
-    for (int r = 0; r < NW; ++r)
-      wv[r] = _mm512_maskz_loadu_ps(m, p + r * cols + k);
-#pragma GCC unroll 8
-    for (int b = 0; b < NX; ++b) {
-      const __m512 xv = _mm512_maskz_loadu_ps(m, xr + b * cols + k);
-#pragma GCC unroll 8
-      for (int r = 0; r < NW; ++r)
-        acc[b][r] = _mm512_fmadd_ps(wv[r], xv, acc[b][r]);
-    }
-  }
+  size_t k = 0;
+  for (; k + 16 <= cols; k += 16)
+    tile_step<NW, NX>(p, xr, cols, k, 0xffff, acc);
+  if (k < cols) tile_step<NW, NX>(p, xr, cols, k, lanes(k, cols), acc);
 #pragma GCC unroll 8
   for (int b = 0; b < NX; ++b)
 #pragma GCC unroll 8
