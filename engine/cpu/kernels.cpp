@@ -235,9 +235,21 @@ TM_AVX2 void gemv_elem_avx2(Tag tag, const tensor_view& w, const float* x, size_
       }
     }
   }
-  for (; j < r1; ++j)
-    for (size_t i = 0; i < n; ++i)
-      y[i * ys + j] = dot_elem_avx2(tag, w.data + j * rb, x + i * cols, cols);
+  // Rows past the last 4-row tile: one accumulator, summed in the tiles' order, so that a
+  // row's result does not depend on how a layer's rows were split between threads.
+  for (; j < r1; ++j) {
+    const std::byte* wr = w.data + j * rb;
+    for (size_t i = 0; i < n; ++i) {
+      const float* xi = x + i * cols;
+      __m256 a0 = _mm256_setzero_ps();
+      for (size_t k = 0; k < vec_end; k += 8)
+        a0 = _mm256_fmadd_ps(load8(tag, wr, k), _mm256_loadu_ps(xi + k), a0);
+      float s = hsum(a0);
+      for (size_t k = vec_end; k < cols; ++k)
+        s += scalar_at(w.type, wr, k) * xi[k];
+      y[i * ys + j] = s;
+    }
+  }
 }
 
 TM_AVX2 void gemv_q8_avx2(const tensor_view& w, const float* x, size_t n, float* y, size_t ys,

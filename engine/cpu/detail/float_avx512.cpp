@@ -54,6 +54,27 @@ inline __mmask16 lanes(size_t k, size_t cols) {
   return k + 16 <= cols ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (cols - k)) - 1);
 }
 
+/// One 16-column step of 4 weight rows x 2 batch rows (plain loads when m is the constant
+/// full mask after inlining).
+template <class T>
+TM_AVX512 __attribute__((always_inline)) inline void pair_step(
+    T tag, const std::byte* w0, const std::byte* w1, const std::byte* w2, const std::byte* w3,
+    const float* xa, const float* xb, size_t k, __mmask16 m, __m512& a0, __m512& a1, __m512& a2,
+    __m512& a3, __m512& b0, __m512& b1, __m512& b2, __m512& b3) {
+  const __m512 v0 = load16(tag, w0, k, m), v1 = load16(tag, w1, k, m), v2 = load16(tag, w2, k, m),
+               v3 = load16(tag, w3, k, m);
+  __m512 xv = m == 0xffff ? _mm512_loadu_ps(xa + k) : _mm512_maskz_loadu_ps(m, xa + k);
+  a0 = _mm512_fmadd_ps(v0, xv, a0);
+  a1 = _mm512_fmadd_ps(v1, xv, a1);
+  a2 = _mm512_fmadd_ps(v2, xv, a2);
+  a3 = _mm512_fmadd_ps(v3, xv, a3);
+  xv = m == 0xffff ? _mm512_loadu_ps(xb + k) : _mm512_maskz_loadu_ps(m, xb + k);
+  b0 = _mm512_fmadd_ps(v0, xv, b0);
+  b1 = _mm512_fmadd_ps(v1, xv, b1);
+  b2 = _mm512_fmadd_ps(v2, xv, b2);
+  b3 = _mm512_fmadd_ps(v3, xv, b3);
+}
+
 template <class T>
 TM_AVX512 void gemv_t(T tag, const tensor_view& w, const float* x, size_t n, float* y, size_t ys,
                       size_t r0, size_t r1) {
@@ -72,22 +93,11 @@ TM_AVX512 void gemv_t(T tag, const tensor_view& w, const float* x, size_t n, flo
       __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
              a3 = _mm512_setzero_ps(), b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps(),
              b2 = _mm512_setzero_ps(), b3 = _mm512_setzero_ps();
-      for (size_t k = 0; k < cols; k += 16) {
-        // Full steps are plain loads (the branch is taken the same way until the tail).
-        const __mmask16 m = lanes(k, cols);
-        const __m512 v0 = load16(tag, w0, k, m), v1 = load16(tag, w1, k, m),
-                     v2 = load16(tag, w2, k, m), v3 = load16(tag, w3, k, m);
-        __m512 xv = _mm512_maskz_loadu_ps(m, xa + k);
-        a0 = _mm512_fmadd_ps(v0, xv, a0);
-        a1 = _mm512_fmadd_ps(v1, xv, a1);
-        a2 = _mm512_fmadd_ps(v2, xv, a2);
-        a3 = _mm512_fmadd_ps(v3, xv, a3);
-        xv = _mm512_maskz_loadu_ps(m, xb + k);
-        b0 = _mm512_fmadd_ps(v0, xv, b0);
-        b1 = _mm512_fmadd_ps(v1, xv, b1);
-        b2 = _mm512_fmadd_ps(v2, xv, b2);
-        b3 = _mm512_fmadd_ps(v3, xv, b3);
-      }
+      size_t k = 0;
+      for (; k + 16 <= cols; k += 16)
+        pair_step(tag, w0, w1, w2, w3, xa, xb, k, 0xffff, a0, a1, a2, a3, b0, b1, b2, b3);
+      if (k < cols)
+        pair_step(tag, w0, w1, w2, w3, xa, xb, k, lanes(k, cols), a0, a1, a2, a3, b0, b1, b2, b3);
       float* ya = y + i * ys + j;
       float* yb = ya + ys;
       ya[0] = hsum16(a0);
@@ -101,25 +111,21 @@ TM_AVX512 void gemv_t(T tag, const tensor_view& w, const float* x, size_t n, flo
     }
     for (; i < n; ++i) {
       const float* xa = x + i * cols;
-      // One batch row (decode at batch 1): unmasked 32-column steps with two accumulators
-      // per weight row, then the masked tail.
+      // One batch row (decode at batch 1): plain loads for full steps, then the masked
+      // tail. One accumulator per weight row, summed in the same order as the two-row
+      // tiles, so a row's result does not depend on the batch it came in.
       __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
-             a3 = _mm512_setzero_ps(), c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps(),
-             c2 = _mm512_setzero_ps(), c3 = _mm512_setzero_ps();
+             a3 = _mm512_setzero_ps();
       const __mmask16 all = 0xffff;
       size_t k = 0;
-      for (; k + 32 <= cols; k += 32) {
-        const __m512 xv = _mm512_loadu_ps(xa + k), xw = _mm512_loadu_ps(xa + k + 16);
+      for (; k + 16 <= cols; k += 16) {
+        const __m512 xv = _mm512_loadu_ps(xa + k);
         a0 = _mm512_fmadd_ps(load16(tag, w0, k, all), xv, a0);
         a1 = _mm512_fmadd_ps(load16(tag, w1, k, all), xv, a1);
         a2 = _mm512_fmadd_ps(load16(tag, w2, k, all), xv, a2);
         a3 = _mm512_fmadd_ps(load16(tag, w3, k, all), xv, a3);
-        c0 = _mm512_fmadd_ps(load16(tag, w0, k + 16, all), xw, c0);
-        c1 = _mm512_fmadd_ps(load16(tag, w1, k + 16, all), xw, c1);
-        c2 = _mm512_fmadd_ps(load16(tag, w2, k + 16, all), xw, c2);
-        c3 = _mm512_fmadd_ps(load16(tag, w3, k + 16, all), xw, c3);
       }
-      for (; k < cols; k += 16) {
+      if (k < cols) {
         const __mmask16 m = lanes(k, cols);
         const __m512 xv = _mm512_maskz_loadu_ps(m, xa + k);
         a0 = _mm512_fmadd_ps(load16(tag, w0, k, m), xv, a0);
@@ -128,10 +134,10 @@ TM_AVX512 void gemv_t(T tag, const tensor_view& w, const float* x, size_t n, flo
         a3 = _mm512_fmadd_ps(load16(tag, w3, k, m), xv, a3);
       }
       float* ya = y + i * ys + j;
-      ya[0] = hsum16(_mm512_add_ps(a0, c0));
-      ya[1] = hsum16(_mm512_add_ps(a1, c1));
-      ya[2] = hsum16(_mm512_add_ps(a2, c2));
-      ya[3] = hsum16(_mm512_add_ps(a3, c3));
+      ya[0] = hsum16(a0);
+      ya[1] = hsum16(a1);
+      ya[2] = hsum16(a2);
+      ya[3] = hsum16(a3);
     }
   }
   for (; j < r1; ++j) {
