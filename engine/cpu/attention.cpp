@@ -102,11 +102,13 @@ template <int NQ>
 TM_ATT_AVX2 void scores_4x8(const float* const* q, const float* kt, size_t ld, size_t hd,
                             float scale, float* const* out) {
   __m256 a[NQ], b[NQ];
+#pragma GCC unroll 4
   for (int i = 0; i < NQ; ++i)
     a[i] = b[i] = _mm256_setzero_ps();
   size_t d = 0;
   for (; d + 2 <= hd; d += 2) {
     const __m256 k0 = _mm256_loadu_ps(kt + d * ld), k1 = _mm256_loadu_ps(kt + (d + 1) * ld);
+#pragma GCC unroll 4
     for (int i = 0; i < NQ; ++i) {
       a[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[i] + d), k0, a[i]);
       b[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[i] + d + 1), k1, b[i]);
@@ -114,17 +116,20 @@ TM_ATT_AVX2 void scores_4x8(const float* const* q, const float* kt, size_t ld, s
   }
   if (d < hd) {
     const __m256 k0 = _mm256_loadu_ps(kt + d * ld);
+#pragma GCC unroll 4
     for (int i = 0; i < NQ; ++i)
       a[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[i] + d), k0, a[i]);
   }
   const __m256 sv = _mm256_set1_ps(scale);
+#pragma GCC unroll 4
   for (int i = 0; i < NQ; ++i)
     _mm256_storeu_ps(out[i], _mm256_mul_ps(sv, _mm256_add_ps(a[i], b[i])));
 }
 
-/// out[0, hd) += sum_{s < cnt} p[s] * v[s][0, hd), v rows of hd f32.
-TM_ATT_AVX2 void weighted_sum(const float* p, const float* v, uint32_t cnt, size_t hd, float* out) {
-  size_t d = 0;
+/// out[d0, hd) += sum_{s < cnt} p[s] * v[s][d0, hd), v rows of hd f32.
+TM_ATT_AVX2 void weighted_sum_tail(const float* p, const float* v, uint32_t cnt, size_t hd,
+                                   size_t d0, float* out) {
+  size_t d = d0;
   for (; d + 32 <= hd; d += 32) {
     __m256 a0 = _mm256_loadu_ps(out + d), a1 = _mm256_loadu_ps(out + d + 8),
            a2 = _mm256_loadu_ps(out + d + 16), a3 = _mm256_loadu_ps(out + d + 24);
@@ -155,11 +160,65 @@ TM_ATT_AVX2 void weighted_sum(const float* p, const float* v, uint32_t cnt, size
   }
 }
 
+/// out[0, hd) += sum_{s < cnt} p[s] * v[s][0, hd).
+TM_ATT_AVX2 inline void weighted_sum(const float* p, const float* v, uint32_t cnt, size_t hd,
+                                     float* out) {
+  weighted_sum_tail(p, v, cnt, hd, 0, out);
+}
+
+/// weighted_sum() for 4 queries at once over their first `cnt` keys: 16 dimensions x 4
+/// queries per register tile, so each V load feeds 4 FMAs. p[i] are the queries'
+/// probabilities for this block's keys, out[i] their outputs.
+TM_ATT_AVX2 void weighted_sum4(const float* const* p, const float* v, uint32_t cnt, size_t hd,
+                               float* const* out) {
+  size_t d = 0;
+  for (; d + 16 <= hd; d += 16) {
+    __m256 a0 = _mm256_loadu_ps(out[0] + d), a1 = _mm256_loadu_ps(out[0] + d + 8);
+    __m256 b0 = _mm256_loadu_ps(out[1] + d), b1 = _mm256_loadu_ps(out[1] + d + 8);
+    __m256 c0 = _mm256_loadu_ps(out[2] + d), c1 = _mm256_loadu_ps(out[2] + d + 8);
+    __m256 e0 = _mm256_loadu_ps(out[3] + d), e1 = _mm256_loadu_ps(out[3] + d + 8);
+    for (uint32_t s = 0; s < cnt; ++s) {
+      const __m256 v0 = _mm256_loadu_ps(v + s * hd + d), v1 = _mm256_loadu_ps(v + s * hd + d + 8);
+      __m256 pv = _mm256_broadcast_ss(p[0] + s);
+      a0 = _mm256_fmadd_ps(pv, v0, a0);
+      a1 = _mm256_fmadd_ps(pv, v1, a1);
+      pv = _mm256_broadcast_ss(p[1] + s);
+      b0 = _mm256_fmadd_ps(pv, v0, b0);
+      b1 = _mm256_fmadd_ps(pv, v1, b1);
+      pv = _mm256_broadcast_ss(p[2] + s);
+      c0 = _mm256_fmadd_ps(pv, v0, c0);
+      c1 = _mm256_fmadd_ps(pv, v1, c1);
+      pv = _mm256_broadcast_ss(p[3] + s);
+      e0 = _mm256_fmadd_ps(pv, v0, e0);
+      e1 = _mm256_fmadd_ps(pv, v1, e1);
+    }
+    _mm256_storeu_ps(out[0] + d, a0);
+    _mm256_storeu_ps(out[0] + d + 8, a1);
+    _mm256_storeu_ps(out[1] + d, b0);
+    _mm256_storeu_ps(out[1] + d + 8, b1);
+    _mm256_storeu_ps(out[2] + d, c0);
+    _mm256_storeu_ps(out[2] + d + 8, c1);
+    _mm256_storeu_ps(out[3] + d, e0);
+    _mm256_storeu_ps(out[3] + d + 8, e1);
+  }
+  if (d < hd)
+    for (int i = 0; i < 4; ++i)
+      weighted_sum_tail(p[i], v, cnt, hd, d, out[i]);
+}
+
 TM_ATT_AVX2 void softmax_avx2(float* x, size_t n) {
-  float mx = *std::max_element(x, x + n);
+  size_t k = 0;
+  __m256 mv = _mm256_set1_ps(-__builtin_inff());
+  for (; k + 8 <= n; k += 8)
+    mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + k));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, mv);
+  float mx = *std::max_element(lanes, lanes + 8);
+  for (; k < n; ++k)
+    mx = std::max(mx, x[k]);
   const __m256 m = _mm256_set1_ps(mx);
   __m256 acc = _mm256_setzero_ps();
-  size_t k = 0;
+  k = 0;
   for (; k + 8 <= n; k += 8) {
     const __m256 e = detail::exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + k), m));
     _mm256_storeu_ps(x + k, e);
@@ -246,7 +305,30 @@ TM_ATT_AVX2 void attend_avx2(const kv_head_blocks& kv, std::span<const attn_quer
       f16_to_f32_row(reinterpret_cast<const uint16_t*>(kv.v[b]), s.vf.data(), cnt * hd);
       v = s.vf.data();
     }
-    for (size_t i = 0; i < nq; ++i) {
+    // Queries in fours over the keys all four see, then each one's remaining keys.
+    size_t i = 0;
+    for (; i + 4 <= nq; i += 4) {
+      uint32_t common = cnt;
+      for (size_t t = i; t < i + 4; ++t)
+        common = std::min(common, qs[t].ctx > p0 ? qs[t].ctx - p0 : 0u);
+      if (common > 0) {
+        const float* pp[4];
+        float* oo[4];
+        for (int t = 0; t < 4; ++t) {
+          pp[t] = scores + (i + t) * stride + p0;
+          oo[t] = qs[i + t].out;
+        }
+        weighted_sum4(pp, v, common, hd, oo);
+      }
+      for (size_t t = i; t < i + 4; ++t) {
+        if (qs[t].ctx <= p0) continue;
+        const uint32_t c = std::min(cnt, qs[t].ctx - p0);
+        if (c > common)
+          weighted_sum(scores + t * stride + p0 + common, v + size_t{common} * hd, c - common, hd,
+                       qs[t].out);
+      }
+    }
+    for (; i < nq; ++i) {
       if (qs[i].ctx <= p0) continue;
       const uint32_t c = std::min(cnt, qs[i].ctx - p0);
       weighted_sum(scores + i * stride + p0, v, c, hd, qs[i].out);
