@@ -138,14 +138,20 @@ int main(int argc, char** argv) {
     std::vector<cpu::attn_query> qs;
     for (uint32_t i = 0; i < tile_rows * 3; ++i)
       qs.push_back({q.data() + i * hd, o.data() + i * hd, ctx - tile_rows + 1 + i / 3});
-    const double secs = median_s(9, [&] { cpu::attend(kv, qs, 0.125f, scratch); });
     const double flop = 2.0 * 2.0 * double(qs.size()) * ctx * hd;  // q.K and p.V
+    if (!json) std::printf("attention, %2zu queries x %u keys (f16 KV):", qs.size(), ctx);
+    nlohmann::json gflops = nlohmann::json::object();
+    for (auto isa : isas) {
+      const double secs = median_s(9, [&] { cpu::attend_on(isa, kv, qs, 0.125f, scratch); });
+      gflops[std::string(cpu::float_isa_name(isa))] = flop / secs / 1e9;
+      if (!json)
+        std::printf(" %s %6.1f GFLOP/s", std::string(cpu::float_isa_name(isa)).c_str(),
+                    flop / secs / 1e9);
+    }
     if (json)
-      out.push_back(
-          {{"attention_queries", qs.size()}, {"context", ctx}, {"gflops", flop / secs / 1e9}});
+      out.push_back({{"attention_queries", qs.size()}, {"context", ctx}, {"gflops", gflops}});
     else
-      std::printf("attention, %2zu queries x %u keys (f16 KV): %6.1f GFLOP/s\n", qs.size(), ctx,
-                  flop / secs / 1e9);
+      std::printf("\n");
   }
   if (json) std::printf("%s\n", out.dump().c_str());
   return 0;

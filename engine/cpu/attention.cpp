@@ -12,8 +12,12 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+// GCC 12's AVX-512 intrinsics seed results with `__Y = __Y` and warn wherever inlined.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #define TM_ATT_X86 1
 #define TM_ATT_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TM_ATT_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
 #else
 #define TM_ATT_X86 0
 #endif
@@ -242,10 +246,56 @@ TM_ATT_AVX2 void softmax_avx2(float* x, size_t n) {
     x[k] *= invs;
 }
 
-TM_ATT_AVX2 void attend_avx2(const kv_head_blocks& kv, std::span<const attn_query> qs, float scale,
-                             attn_scratch& s) {
+/// Scores of up to 4 queries against 16 keys with AVX-512: scores_4x8 on one 16-lane
+/// vector per transposed K row (half the loads and FMAs per score).
+template <int NQ>
+TM_ATT_AVX512 void scores_4x16(const float* const* q, const float* kt, size_t ld, size_t hd,
+                               float scale, float* const* out) {
+  __m512 a[NQ], b[NQ];
+#pragma GCC unroll 4
+  for (int i = 0; i < NQ; ++i)
+    a[i] = b[i] = _mm512_setzero_ps();
+  size_t d = 0;
+  for (; d + 2 <= hd; d += 2) {
+    const __m512 k0 = _mm512_loadu_ps(kt + d * ld), k1 = _mm512_loadu_ps(kt + (d + 1) * ld);
+#pragma GCC unroll 4
+    for (int i = 0; i < NQ; ++i) {
+      a[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][d]), k0, a[i]);
+      b[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][d + 1]), k1, b[i]);
+    }
+  }
+  if (d < hd) {
+    const __m512 k0 = _mm512_loadu_ps(kt + d * ld);
+#pragma GCC unroll 4
+    for (int i = 0; i < NQ; ++i)
+      a[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][d]), k0, a[i]);
+  }
+  const __m512 sv = _mm512_set1_ps(scale);
+#pragma GCC unroll 4
+  for (int i = 0; i < NQ; ++i)
+    _mm512_storeu_ps(out[i], _mm512_mul_ps(sv, _mm512_add_ps(a[i], b[i])));
+}
+
+/// Up to 4 queries' scores against W keys (8: AVX2, 16: AVX-512).
+template <int W, int NQ>
+TM_ATT_AVX2 __attribute__((always_inline)) inline void scores_w(const float* const* q,
+                                                                const float* kt, size_t ld,
+                                                                size_t hd, float scale,
+                                                                float* const* out) {
+  if constexpr (W == 16)
+    scores_4x16<NQ>(q, kt, ld, hd, scale, out);
+  else
+    scores_4x8<NQ>(q, kt, ld, hd, scale, out);
+}
+
+/// attend() with score tiles of W keys; inlined into attend_avx2 (W 8) and attend_avx512
+/// (W 16), which carry the targets.
+template <int W>
+TM_ATT_AVX2 __attribute__((always_inline)) inline void attend_body(const kv_head_blocks& kv,
+                                                                   std::span<const attn_query> qs,
+                                                                   float scale, attn_scratch& s) {
   const size_t hd = kv.head_dim, bt = kv.block_tokens, nq = qs.size();
-  const size_t ld = (bt + 7) / 8 * 8;  // keys per transposed block row
+  const size_t ld = (bt + W - 1) / W * W;  // keys per transposed block row
   uint32_t max_ctx = 0;
   for (const auto& q : qs)
     max_ctx = std::max(max_ctx, q.ctx);
@@ -265,26 +315,26 @@ TM_ATT_AVX2 void attend_avx2(const kv_head_blocks& kv, std::span<const attn_quer
     const uint32_t p0 = static_cast<uint32_t>(b * bt);
     const uint32_t cnt = static_cast<uint32_t>(std::min<size_t>(bt, max_ctx - p0));
     transpose_block(kv, kv.k[b], cnt, s.kt.data(), ld);
-    for (size_t c = 0; c < ld; c += 8) {
+    for (size_t c = 0; c < ld; c += W) {
       int m = 0;
       for (size_t i = 0; i < nq; ++i) {
         if (qs[i].ctx <= p0 + c) continue;
         qp[m] = qs[i].q;
         op[m] = scores + i * stride + p0 + c;
         if (++m == 4) {
-          scores_4x8<4>(qp, s.kt.data() + c, ld, hd, scale, op);
+          scores_w<W, 4>(qp, s.kt.data() + c, ld, hd, scale, op);
           m = 0;
         }
       }
       switch (m) {
         case 3:
-          scores_4x8<3>(qp, s.kt.data() + c, ld, hd, scale, op);
+          scores_w<W, 3>(qp, s.kt.data() + c, ld, hd, scale, op);
           break;
         case 2:
-          scores_4x8<2>(qp, s.kt.data() + c, ld, hd, scale, op);
+          scores_w<W, 2>(qp, s.kt.data() + c, ld, hd, scale, op);
           break;
         case 1:
-          scores_4x8<1>(qp, s.kt.data() + c, ld, hd, scale, op);
+          scores_w<W, 1>(qp, s.kt.data() + c, ld, hd, scale, op);
           break;
         default:
           break;
@@ -336,6 +386,16 @@ TM_ATT_AVX2 void attend_avx2(const kv_head_blocks& kv, std::span<const attn_quer
   }
 }
 
+TM_ATT_AVX2 void attend_avx2(const kv_head_blocks& kv, std::span<const attn_query> qs, float scale,
+                             attn_scratch& s) {
+  attend_body<8>(kv, qs, scale, s);
+}
+
+TM_ATT_AVX512 void attend_avx512(const kv_head_blocks& kv, std::span<const attn_query> qs,
+                                 float scale, attn_scratch& s) {
+  attend_body<16>(kv, qs, scale, s);
+}
+
 #endif  // TM_ATT_X86
 
 }  // namespace
@@ -360,14 +420,21 @@ void attend_scalar(const kv_head_blocks& kv, std::span<const attn_query> qs, flo
   }
 }
 
-void attend(const kv_head_blocks& kv, std::span<const attn_query> qs, float scale,
-            attn_scratch& scratch) {
+void attend_on(float_isa isa, const kv_head_blocks& kv, std::span<const attn_query> qs, float scale,
+               attn_scratch& scratch) {
   if (qs.empty()) return;
 #if TM_ATT_X86
-  if (simd_available()) return attend_avx2(kv, qs, scale, scratch);
+  if (isa == float_isa::avx512) return attend_avx512(kv, qs, scale, scratch);
+  if (isa == float_isa::avx2) return attend_avx2(kv, qs, scale, scratch);
 #endif
+  (void)isa;
   (void)scratch;
   attend_scalar(kv, qs, scale);
+}
+
+void attend(const kv_head_blocks& kv, std::span<const attn_query> qs, float scale,
+            attn_scratch& scratch) {
+  attend_on(best_float_isa(), kv, qs, scale, scratch);
 }
 
 void softmax_fast(float* x, size_t n) {

@@ -9,6 +9,8 @@
 #include <span>
 #include <vector>
 
+#include "engine/cpu/kernels.hpp"
+
 namespace tokenmill::cpu {
 
 /// One KV head of one layer of one sequence: K and V of positions [b * block_tokens,
@@ -36,10 +38,16 @@ struct attn_scratch {
   std::vector<float> vf;      ///< one V block as f32 (f16 caches)
 };
 
-/// Every query of `qs` against `kv` (AVX2+FMA where available, else attend_scalar). Each
-/// block is read once for all queries; queries whose context ends before a block skip it.
+/// Every query of `qs` against `kv` on best_float_isa(): scores in register tiles of 4
+/// queries x 16 keys (AVX-512) or 8 keys (AVX2), softmax, V sums in tiles of 4 queries;
+/// attend_scalar where AVX2 is absent. Each block is read once for all queries; queries
+/// whose context ends before a block skip it. A query's result does not depend on the
+/// other queries of the tile.
 void attend(const kv_head_blocks& kv, std::span<const attn_query> qs, float scale,
             attn_scratch& scratch);
+/// attend() on `isa`, which must be available (best_float_isa() or below).
+void attend_on(float_isa isa, const kv_head_blocks& kv, std::span<const attn_query> qs, float scale,
+               attn_scratch& scratch);
 
 /// The reference: one query at a time, scores by plain dot products, softmax(), then the
 /// weighted sum of V in position order.

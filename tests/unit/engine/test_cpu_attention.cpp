@@ -95,17 +95,24 @@ TEST_CASE("attend matches attend_scalar: block sizes, head dims, contexts, KV dt
         qr.push_back({qf.data() + i * sh.hd, ref.data() + i * sh.hd, ctxs[i]});
       }
       const float scale = 1.0f / std::sqrt(static_cast<float>(sh.hd));
-      attn_scratch scratch;
-      attend(kv.view, qs, scale, scratch);
       attend_scalar(kv.view, qr, scale);
-      for (size_t i = 0; i < out.size(); ++i)
-        REQUIRE(out[i] == Approx(ref[i]).margin(2e-6));
-      // The scratch is reused by the next call (a smaller tile): same answer.
-      std::vector<attn_query> one = {qs.back()};
-      std::fill(out.end() - sh.hd, out.end(), 0.0f);
-      attend(kv.view, one, scale, scratch);
-      for (size_t i = (nq - 1) * sh.hd; i < out.size(); ++i)
-        REQUIRE(out[i] == Approx(ref[i]).margin(2e-6));
+      for (float_isa isa : {float_isa::avx2, float_isa::avx512}) {
+        if (isa > best_float_isa()) continue;
+        INFO("isa " << float_isa_name(isa));
+        attn_scratch scratch;
+        attend_on(isa, kv.view, qs, scale, scratch);
+        for (size_t i = 0; i < out.size(); ++i)
+          REQUIRE(out[i] == Approx(ref[i]).margin(2e-6));
+        // Each query alone (a decode step; the scratch reused, smaller): bit for bit what
+        // it got inside the tile.
+        for (size_t i = 0; i < nq; ++i) {
+          std::vector<float> alone(sh.hd);
+          attn_query one[1] = {{qs[i].q, alone.data(), qs[i].ctx}};
+          attend_on(isa, kv.view, one, scale, scratch);
+          for (size_t d = 0; d < sh.hd; ++d)
+            REQUIRE(alone[d] == out[i * sh.hd + d]);
+        }
+      }
     }
   }
 }
