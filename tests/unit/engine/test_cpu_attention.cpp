@@ -68,7 +68,9 @@ paged_kv make_kv(uint32_t tokens, uint32_t bt, uint32_t hd, uint32_t bytes, uint
 
 }  // namespace
 
-TEST_CASE("attend matches attend_scalar: block sizes, head dims, contexts, KV dtypes", "[cpu]") {
+TEST_CASE(
+    "cpu attention: attend matches attend_scalar: block sizes, head dims, contexts, KV dtypes",
+    "[cpu]") {
   struct shape {
     uint32_t bt, hd, tokens;
   };
@@ -117,7 +119,7 @@ TEST_CASE("attend matches attend_scalar: block sizes, head dims, contexts, KV dt
   }
 }
 
-TEST_CASE("attend with a single key returns that key's V", "[cpu]") {
+TEST_CASE("cpu attention: attend with a single key returns that key's V", "[cpu]") {
   auto kv = make_kv(1, 16, 8, 4, 3);
   std::vector<float> q(8, 1.0f), out(8);
   attn_query qs[1] = {{q.data(), out.data(), 1}};
@@ -128,7 +130,8 @@ TEST_CASE("attend with a single key returns that key's V", "[cpu]") {
     CHECK(out[d] == v[d]);
 }
 
-TEST_CASE("softmax_fast matches softmax over the range attention scores take", "[cpu]") {
+TEST_CASE("cpu attention: softmax_fast matches softmax over the range attention scores take",
+          "[cpu]") {
   for (size_t n : {size_t{1}, size_t{7}, size_t{8}, size_t{37}, size_t{2048}}) {
     auto x = random_floats(n, uint32_t(n), 60.0f);
     if (n > 2) x[1] = x[0] - 200;  // far below the max: exp underflows to (nearly) 0

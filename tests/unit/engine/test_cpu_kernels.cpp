@@ -250,7 +250,9 @@ TEST_CASE("vector kernels: dot, axpy, rms_norm, silu_mul, softmax", "[cpu]") {
   CHECK(s[2] == Approx(0).margin(1e-30));
 }
 
-TEST_CASE("silu_mul matches silu_mul_scalar from deep negative to large positive gates", "[cpu]") {
+TEST_CASE(
+    "cpu kernels: silu_mul matches silu_mul_scalar from deep negative to large positive gates",
+    "[cpu]") {
   auto g = random_floats(1003, 41, 100.0f), u = random_floats(1003, 42, 3.0f);
   g[0] = -1e30f;  // exp(-g) overflows: silu is -0
   g[1] = 1e30f;
