@@ -148,8 +148,9 @@ TEST_CASE("dequantize_row and dot_row match the scalar references for every dtyp
   }
 }
 
-TEST_CASE("linear matches the scalar reference for every dtype, batch size and row range",
-          "[cpu]") {
+TEST_CASE(
+    "cpu kernels: linear matches the scalar reference for every dtype, batch size and row range",
+    "[cpu]") {
   for (float_isa isa : available_isas())
     for (dtype t : {dtype::f32, dtype::f16, dtype::bf16, dtype::q8_0}) {
       for (size_t n :
@@ -194,7 +195,8 @@ TEST_CASE("linear matches the scalar reference for every dtype, batch size and r
     }
 }
 
-TEST_CASE("linear over wide rows splits the batch into several cache blocks", "[cpu]") {
+TEST_CASE("cpu kernels: linear over wide rows splits the batch into several cache blocks",
+          "[cpu]") {
   // 4100 columns: a few batch rows per cache block, a column tail, and 9 output rows (a
   // remainder after the 4-row tiles).
   for (float_isa isa : available_isas())
