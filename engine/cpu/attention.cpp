@@ -288,6 +288,76 @@ TM_ATT_AVX2 __attribute__((always_inline)) inline void scores_w(const float* con
     scores_4x8<NQ>(q, kt, ld, hd, scale, out);
 }
 
+/// weighted_sum() for NQ queries with AVX-512: 32 dimensions x NQ queries per register
+/// tile, then 16, then the AVX2 tail.
+template <int NQ>
+TM_ATT_AVX512 void weighted_sum_avx512(const float* const* p, const float* v, uint32_t cnt,
+                                       size_t hd, float* const* out) {
+  size_t d = 0;
+  for (; d + 32 <= hd; d += 32) {
+    __m512 a[NQ][2];
+#pragma GCC unroll 4
+    for (int i = 0; i < NQ; ++i) {
+      a[i][0] = _mm512_loadu_ps(out[i] + d);
+      a[i][1] = _mm512_loadu_ps(out[i] + d + 16);
+    }
+    for (uint32_t s = 0; s < cnt; ++s) {
+      const __m512 v0 = _mm512_loadu_ps(v + s * hd + d), v1 = _mm512_loadu_ps(v + s * hd + d + 16);
+#pragma GCC unroll 4
+      for (int i = 0; i < NQ; ++i) {
+        const __m512 pv = _mm512_set1_ps(p[i][s]);
+        a[i][0] = _mm512_fmadd_ps(pv, v0, a[i][0]);
+        a[i][1] = _mm512_fmadd_ps(pv, v1, a[i][1]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < NQ; ++i) {
+      _mm512_storeu_ps(out[i] + d, a[i][0]);
+      _mm512_storeu_ps(out[i] + d + 16, a[i][1]);
+    }
+  }
+  for (; d + 16 <= hd; d += 16) {
+    __m512 a[NQ];
+#pragma GCC unroll 4
+    for (int i = 0; i < NQ; ++i)
+      a[i] = _mm512_loadu_ps(out[i] + d);
+    for (uint32_t s = 0; s < cnt; ++s) {
+      const __m512 v0 = _mm512_loadu_ps(v + s * hd + d);
+#pragma GCC unroll 4
+      for (int i = 0; i < NQ; ++i)
+        a[i] = _mm512_fmadd_ps(_mm512_set1_ps(p[i][s]), v0, a[i]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < NQ; ++i)
+      _mm512_storeu_ps(out[i] + d, a[i]);
+  }
+  if (d < hd)
+    for (int i = 0; i < NQ; ++i)
+      weighted_sum_tail(p[i], v, cnt, hd, d, out[i]);
+}
+
+/// g (1-4) queries' weighted sums over their first cnt keys.
+template <int W>
+TM_ATT_AVX2 __attribute__((always_inline)) inline void weighted_sum_group(
+    size_t g, const float* const* p, const float* v, uint32_t cnt, size_t hd, float* const* out) {
+  if constexpr (W == 16) {
+    switch (g) {
+      case 4:
+        return weighted_sum_avx512<4>(p, v, cnt, hd, out);
+      case 3:
+        return weighted_sum_avx512<3>(p, v, cnt, hd, out);
+      case 2:
+        return weighted_sum_avx512<2>(p, v, cnt, hd, out);
+      default:
+        return weighted_sum_avx512<1>(p, v, cnt, hd, out);
+    }
+  } else {
+    if (g == 4) return weighted_sum4(p, v, cnt, hd, out);
+    for (size_t i = 0; i < g; ++i)
+      weighted_sum(p[i], v, cnt, hd, out[i]);
+  }
+}
+
 /// attend() with score tiles of W keys; inlined into attend_avx2 (W 8) and attend_avx512
 /// (W 16), which carry the targets.
 template <int W>
@@ -355,33 +425,29 @@ TM_ATT_AVX2 __attribute__((always_inline)) inline void attend_body(const kv_head
       f16_to_f32_row(reinterpret_cast<const uint16_t*>(kv.v[b]), s.vf.data(), cnt * hd);
       v = s.vf.data();
     }
-    // Queries in fours over the keys all four see, then each one's remaining keys.
-    size_t i = 0;
-    for (; i + 4 <= nq; i += 4) {
+    // Queries in groups of up to four over the keys all of them see, then each one's
+    // remaining keys (every output element is summed in key order either way).
+    for (size_t i = 0; i < nq; i += 4) {
+      const size_t g = std::min<size_t>(4, nq - i);
       uint32_t common = cnt;
-      for (size_t t = i; t < i + 4; ++t)
+      for (size_t t = i; t < i + g; ++t)
         common = std::min(common, qs[t].ctx > p0 ? qs[t].ctx - p0 : 0u);
       if (common > 0) {
         const float* pp[4];
         float* oo[4];
-        for (int t = 0; t < 4; ++t) {
+        for (size_t t = 0; t < g; ++t) {
           pp[t] = scores + (i + t) * stride + p0;
           oo[t] = qs[i + t].out;
         }
-        weighted_sum4(pp, v, common, hd, oo);
+        weighted_sum_group<W>(g, pp, v, common, hd, oo);
       }
-      for (size_t t = i; t < i + 4; ++t) {
+      for (size_t t = i; t < i + g; ++t) {
         if (qs[t].ctx <= p0) continue;
         const uint32_t c = std::min(cnt, qs[t].ctx - p0);
         if (c > common)
           weighted_sum(scores + t * stride + p0 + common, v + size_t{common} * hd, c - common, hd,
                        qs[t].out);
       }
-    }
-    for (; i < nq; ++i) {
-      if (qs[i].ctx <= p0) continue;
-      const uint32_t c = std::min(cnt, qs[i].ctx - p0);
-      weighted_sum(scores + i * stride + p0, v, c, hd, qs[i].out);
     }
   }
 }
