@@ -155,7 +155,7 @@ command add_bench_engine(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--context,--contexts", o->contexts,
                  "Context tokens of each sequence before decoding; every batch size runs at "
-                 "each (default 128 2048)")
+                 "each (default 128 2048; cuda: 128)")
       ->check(CLI::Range(1u, 1u << 20));
   app.add_option("--bw-mib", o->bw_mib, "Buffer of the memory bandwidth measurement (MiB)")
       ->check(CLI::Range(uint64_t{16}, uint64_t{1} << 20))
@@ -198,8 +198,9 @@ command add_bench_engine(CLI::App& app) {
       return 1;
     }
     // Each context is capped so that the decode steps still fit in the model's context.
-    std::vector<uint32_t> contexts =
-        o->contexts.empty() ? std::vector<uint32_t>{128, 2048} : o->contexts;
+    std::vector<uint32_t> contexts = !o->contexts.empty() ? o->contexts
+                                     : cuda               ? std::vector<uint32_t>{128}
+                                                          : std::vector<uint32_t>{128, 2048};
     for (auto& ctx : contexts)
       ctx = std::min(ctx, c.max_context - o->decode_steps - warm_steps - 1);
     contexts.erase(std::unique(contexts.begin(), contexts.end()), contexts.end());
