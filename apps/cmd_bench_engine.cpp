@@ -37,15 +37,15 @@ struct bench_engine_opts {
   int device = 0;
   std::string dtype = "bf16";
   bool no_graphs = false;
-  std::vector<uint32_t> prefill_lens;  ///< default: 128 512 (cpu), 512 2048 (cuda)
+  std::vector<uint32_t> prefill_lens;  ///< default: 128 512 2048 (cpu), 512 2048 (cuda)
   std::vector<uint32_t> batches;       ///< default: 1 8 32 (cpu), 1 16 64 (cuda)
   uint32_t threads = 0;
   std::string kv_dtype = "f16";
   bool json = false;
-  uint32_t repeat = 3;         ///< timed runs of each prefill
-  uint32_t decode_steps = 16;  ///< timed decode steps per batch size
-  uint32_t context = 128;      ///< tokens of context before decoding
-  uint64_t bw_mib = 1024;      ///< buffer of the bandwidth measurement (MiB)
+  uint32_t repeat = 3;             ///< timed runs of each prefill
+  uint32_t decode_steps = 16;      ///< timed decode steps per batch size
+  std::vector<uint32_t> contexts;  ///< context tokens before decoding; default 128 2048
+  uint64_t bw_mib = 1024;          ///< buffer of the bandwidth measurement (MiB)
 };
 
 /// Sum of n words read with 128-bit vector adds, four independent accumulators (the scalar
@@ -136,7 +136,7 @@ command add_bench_engine(CLI::App& app) {
       ->capture_default_str();
   app.add_flag("--no-cuda-graphs", o->no_graphs, "Decode without CUDA graphs (cuda)");
   app.add_option("--prefill-lens", o->prefill_lens,
-                 "Prompt lengths to prefill (default 128 512; cuda: 512 2048)")
+                 "Prompt lengths to prefill (default 128 512 2048; cuda: 512 2048)")
       ->check(CLI::Range(1u, 1u << 20));
   app.add_option("--batches", o->batches, "Decode batch sizes (default 1 8 32; cuda: 1 16 64)")
       ->check(CLI::Range(1u, 4096u));
@@ -153,9 +153,10 @@ command add_bench_engine(CLI::App& app) {
                  "Timed decode steps per batch size (median step reported)")
       ->check(CLI::Range(1u, 100000u))
       ->capture_default_str();
-  app.add_option("--context", o->context, "Context tokens of each sequence before decoding")
-      ->check(CLI::Range(1u, 1u << 20))
-      ->capture_default_str();
+  app.add_option("--context,--contexts", o->contexts,
+                 "Context tokens of each sequence before decoding; every batch size runs at "
+                 "each (default 128 2048; cuda: 128)")
+      ->check(CLI::Range(1u, 1u << 20));
   app.add_option("--bw-mib", o->bw_mib, "Buffer of the memory bandwidth measurement (MiB)")
       ->check(CLI::Range(uint64_t{16}, uint64_t{1} << 20))
       ->capture_default_str();
@@ -186,7 +187,7 @@ command add_bench_engine(CLI::App& app) {
     const uint32_t threads = cuda ? 1 : spec.cpu.threads;
     const std::vector<uint32_t> prefill_lens = !o->prefill_lens.empty() ? o->prefill_lens
                                                : cuda ? std::vector<uint32_t>{512, 2048}
-                                                      : std::vector<uint32_t>{128, 512};
+                                                      : std::vector<uint32_t>{128, 512, 2048};
     const std::vector<uint32_t> batches = !o->batches.empty() ? o->batches
                                           : cuda              ? std::vector<uint32_t>{1, 16, 64}
                                                               : std::vector<uint32_t>{1, 8, 32};
@@ -196,9 +197,16 @@ command add_bench_engine(CLI::App& app) {
                    c.max_context);
       return 1;
     }
-    const uint32_t ctx = std::min(o->context, c.max_context - o->decode_steps - warm_steps - 1);
+    // Each context is capped so that the decode steps still fit in the model's context.
+    std::vector<uint32_t> contexts = !o->contexts.empty() ? o->contexts
+                                     : cuda               ? std::vector<uint32_t>{128}
+                                                          : std::vector<uint32_t>{128, 2048};
+    for (auto& ctx : contexts)
+      ctx = std::min(ctx, c.max_context - o->decode_steps - warm_steps - 1);
+    contexts.erase(std::unique(contexts.begin(), contexts.end()), contexts.end());
+    const uint32_t max_ctx = *std::max_element(contexts.begin(), contexts.end());
     kv_layout layout = eng->info().layout;
-    uint32_t per_seq = decode_blocks_per_seq(layout, ctx, o->decode_steps, warm_steps);
+    uint32_t per_seq = decode_blocks_per_seq(layout, max_ctx, o->decode_steps, warm_steps);
     uint32_t blocks =
         layout.blocks_for(*std::max_element(prefill_lens.begin(), prefill_lens.end())) +
         per_seq * *std::max_element(batches.begin(), batches.end());
@@ -257,23 +265,25 @@ command add_bench_engine(CLI::App& app) {
     // Decode: every sequence of the batch has the same `ctx`-token context (prefilled once,
     // its KV copied into each sequence's own blocks, so the cache traffic is real).
     nlohmann::ordered_json decode = nlohmann::ordered_json::array();
-    for (uint32_t b : batches) {
-      auto t = time_decode(*eng, pool, b, ctx, o->decode_steps, warm_steps, threads);
-      if (!t) return failed(t.error());
-      double med = t->median_s, share = t->cpu_share;
-      // KV read by the step: every context position of every sequence, K and V, all layers.
-      uint64_t kv_bytes = uint64_t{b} * (ctx + warm_steps + o->decode_steps / 2) * layout.layers *
-                          2 * layout.kv_heads * layout.head_dim * layout.dtype_bytes;
-      decode.push_back({{"batch", b},
-                        {"context_tokens", ctx},
-                        {"median_step_s", med},
-                        {"tokens_per_s", b / med},
-                        {"weight_bytes_per_s", step_bytes / med},
-                        {"step_bytes", step_bytes + kv_bytes},
-                        {"steps", o->decode_steps},
-                        {"cpu_share", share}});
-      if (!o->json) std::fprintf(stderr, "decode batch %u: %.2f ms/step\n", b, med * 1e3);
-    }
+    for (uint32_t ctx : contexts)
+      for (uint32_t b : batches) {
+        auto t = time_decode(*eng, pool, b, ctx, o->decode_steps, warm_steps, threads);
+        if (!t) return failed(t.error());
+        double med = t->median_s, share = t->cpu_share;
+        // KV read by the step: every context position of every sequence, K and V, all layers.
+        uint64_t kv_bytes = uint64_t{b} * (ctx + warm_steps + o->decode_steps / 2) * layout.layers *
+                            2 * layout.kv_heads * layout.head_dim * layout.dtype_bytes;
+        decode.push_back({{"batch", b},
+                          {"context_tokens", ctx},
+                          {"median_step_s", med},
+                          {"tokens_per_s", b / med},
+                          {"weight_bytes_per_s", step_bytes / med},
+                          {"step_bytes", step_bytes + kv_bytes},
+                          {"steps", o->decode_steps},
+                          {"cpu_share", share}});
+        if (!o->json)
+          std::fprintf(stderr, "decode batch %u, context %u: %.2f ms/step\n", b, ctx, med * 1e3);
+      }
     j["decode"] = decode;
 
     if (cuda) {
@@ -344,6 +354,10 @@ command add_bench_engine(CLI::App& app) {
                              {"cpu_share", multi.cpu_share},
                              {"single_thread_bytes_per_s", bw_single},
                              {"single_thread_cpu_share", single.cpu_share}};
+    // The roofline of a decode step: its weight bytes at the measured read bandwidth.
+    for (auto& d : decode)
+      d["weight_bandwidth_fraction"] = d["weight_bytes_per_s"].get<double>() / bw_multi;
+    j["decode"] = decode;
     double load_after = loadavg_1min();
     const auto steal_after = cpu_steal_jiffies();
     const uint64_t total_jiffies = steal_after.second - steal_before.second;
@@ -376,16 +390,18 @@ command add_bench_engine(CLI::App& app) {
                                       : "";
     std::printf("engine  %u threads, KV %s%s; CPU steal during the run %.1f%%\n\n", threads,
                 o->kv_dtype.c_str(), kernels.c_str(), 100 * steal_share);
-    std::printf("%-22s %12s %12s %14s %10s\n", "phase", "median", "tokens/s", "weights GB/s",
+    std::printf("%-28s %12s %12s %14s %10s\n", "phase", "median", "tokens/s", "weights GB/s",
                 "cpu share");
     for (const auto& p : prefill)
-      std::printf("%-22s %9.1f ms %12.1f %14s %9.0f%%\n",
+      std::printf("%-28s %9.1f ms %12.1f %14s %9.0f%%\n",
                   fmt::format("prefill {} tokens", p["prompt_tokens"].get<uint32_t>()).c_str(),
                   p["median_s"].get<double>() * 1e3, p["tokens_per_s"].get<double>(), "-",
                   100 * p["cpu_share"].get<double>());
     for (const auto& d : decode)
-      std::printf("%-22s %9.2f ms %12.1f %14.2f %9.0f%%\n",
-                  fmt::format("decode batch {}", d["batch"].get<uint32_t>()).c_str(),
+      std::printf("%-28s %9.2f ms %12.1f %14.2f %9.0f%%\n",
+                  fmt::format("decode batch {} context {}", d["batch"].get<uint32_t>(),
+                              d["context_tokens"].get<uint32_t>())
+                      .c_str(),
                   d["median_step_s"].get<double>() * 1e3, d["tokens_per_s"].get<double>(),
                   d["weight_bytes_per_s"].get<double>() / 1e9, 100 * d["cpu_share"].get<double>());
     std::printf(
@@ -393,10 +409,14 @@ command add_bench_engine(CLI::App& app) {
         "%.0f%%), %.2f GB/s single-threaded (%.0f%%)\n",
         static_cast<unsigned long long>(o->bw_mib), bw_multi / 1e9, threads, 100 * multi.cpu_share,
         bw_single / 1e9, 100 * single.cpu_share);
+    for (const auto& d : decode)
+      if (d["batch"].get<uint32_t>() == 1)
+        std::printf(
+            "decode batch 1, context %u: weights read at %.0f%% of the measured bandwidth\n",
+            d["context_tokens"].get<uint32_t>(),
+            100 * d["weight_bandwidth_fraction"].get<double>());
     std::printf(
-        "decode batch 1 reads weights at %.0f%% of the measured bandwidth\n"
-        "(cpu share: CPU time / (wall time x threads); below 100%% the machine was busy)\n",
-        100 * decode[0]["weight_bytes_per_s"].get<double>() / bw_multi);
+        "(cpu share: CPU time / (wall time x threads); below 100%% the machine was busy)\n");
     return 0;
   };
 }

@@ -1,13 +1,15 @@
-// Linear-layer kernel benchmark (STYLE.md §14): GFLOP/s of cpu::linear on one thread for
-// each weight dtype and batch size, as the engine calls it, next to the same product done
-// in row chunks small enough for the on-the-fly GEMV path (what linear() did before the
-// packed path existed). Prints a table, or JSON with --json.
+// CPU kernel benchmark (STYLE.md §14): GFLOP/s of the linear layer on one thread for each
+// weight dtype and batch size on every instruction set this CPU has (cpu::linear_on: avx2,
+// avx512), and the tiled attention (cpu::attend) at a 2048-token f16 context. Times are the
+// thread's CPU time (CLOCK_THREAD_CPUTIME_ID), so other processes on a shared machine slow
+// the figures only through the caches, not through the time they take the core.
+// Prints a table, or JSON with --json.
 //   build/bench/tokenmill_bench_kernels [--rows R] [--cols C] [--json]
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/stats.hpp"
+#include "engine/cpu/attention.hpp"
 #include "engine/cpu/kernels.hpp"
 #include "engine/tensor.hpp"
 
@@ -22,14 +25,20 @@ using namespace tokenmill;
 
 namespace {
 
-/// Median seconds of `reps` runs of fn.
+double thread_cpu_s() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+/// Median CPU seconds of `reps` runs of fn.
 template <class F>
 double median_s(int reps, F&& fn) {
   std::vector<double> t;
   for (int i = 0; i < reps; ++i) {
-    auto t0 = std::chrono::steady_clock::now();
+    const double t0 = thread_cpu_s();
     fn();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    t.push_back(thread_cpu_s() - t0);
   }
   return median(std::move(t));
 }
@@ -54,10 +63,17 @@ int main(int argc, char** argv) {
   }
   cols = std::max<size_t>(32, cols / 32 * 32);  // q8_0 needs whole blocks
   nlohmann::json out = nlohmann::json::array();
-  if (!json)
-    std::printf("weight %zux%zu, one thread; GFLOP/s of y = x W^T\n%-6s %6s %10s %16s\n", rows,
-                cols, "dtype", "batch", "linear", "on-the-fly GEMV");
-  const size_t chunk = cpu::gemm_packed_min_rows - 1;
+  std::vector<cpu::float_isa> isas;
+  for (auto isa : {cpu::float_isa::avx2, cpu::float_isa::avx512})
+    if (isa <= cpu::best_float_isa()) isas.push_back(isa);
+  if (!json) {
+    std::printf("weight %zux%zu, one thread (CPU time); GFLOP/s of y = x W^T\n%-6s %6s", rows, cols,
+                "dtype", "batch");
+    for (auto isa : isas)
+      std::printf(" %10s", std::string(cpu::float_isa_name(isa)).c_str());
+    std::printf("   (linear() runs %s)\n",
+                std::string(cpu::float_isa_name(cpu::best_float_isa())).c_str());
+  }
   for (dtype t : {dtype::f32, dtype::f16, dtype::bf16, dtype::q8_0}) {
     std::vector<float> wf(rows * cols);
     for (size_t i = 0; i < wf.size(); ++i)
@@ -83,24 +99,59 @@ int main(int argc, char** argv) {
       std::vector<float> x(n * cols, 0.1f), y(n * rows), scratch;
       const double flop = 2.0 * double(n) * double(rows) * double(cols);
       const int reps = n >= 128 ? 5 : 9;
-      double t_linear =
-          median_s(reps, [&] { cpu::linear(w, x.data(), n, y.data(), rows, 0, rows, scratch); });
-      double t_gemv = median_s(reps, [&] {
-        for (size_t i = 0; i < n; i += chunk)
-          cpu::linear(w, x.data() + i * cols, std::min(chunk, n - i), y.data() + i * rows, rows, 0,
-                      rows, scratch);
-      });
+      nlohmann::json gflops = nlohmann::json::object();
+      if (!json) std::printf("%-6s %6zu", std::string(dtype_name(t)).c_str(), n);
+      for (auto isa : isas) {
+        const double secs =
+            median_s(reps, [&] { cpu::linear_on(isa, w, x.data(), n, y.data(), rows, 0, rows); });
+        gflops[std::string(cpu::float_isa_name(isa))] = flop / secs / 1e9;
+        if (!json) std::printf(" %10.1f", flop / secs / 1e9);
+      }
       if (json)
         out.push_back({{"dtype", std::string(dtype_name(t))},
                        {"batch", n},
                        {"rows", rows},
                        {"cols", cols},
-                       {"linear_gflops", flop / t_linear / 1e9},
-                       {"gemv_gflops", flop / t_gemv / 1e9}});
+                       {"gflops", gflops}});
       else
-        std::printf("%-6s %6zu %10.1f %16.1f\n", std::string(dtype_name(t)).c_str(), n,
-                    flop / t_linear / 1e9, flop / t_gemv / 1e9);
+        std::printf("\n");
     }
+  }
+
+  // Attention: one KV head of a 2048-token f16 context (head_dim 64, 16-token blocks), a
+  // prefill tile (10 rows x a GQA group of 3 heads) and a decode step (1 row x 3 heads).
+  const uint32_t bt = 16, hd = 64, ctx = 2048, nb = ctx / bt;
+  std::vector<uint16_t> kh(size_t{nb} * bt * hd), vh(kh.size());
+  for (size_t i = 0; i < kh.size(); ++i) {
+    kh[i] = cpu::f32_to_f16(static_cast<float>((i * 2654435761u) % 1000) / 500.0f - 1);
+    vh[i] = cpu::f32_to_f16(static_cast<float>((i * 40503u) % 1000) / 500.0f - 1);
+  }
+  std::vector<const std::byte*> kp(nb), vp(nb);
+  for (uint32_t b = 0; b < nb; ++b) {
+    kp[b] = reinterpret_cast<const std::byte*>(kh.data() + size_t{b} * bt * hd);
+    vp[b] = reinterpret_cast<const std::byte*>(vh.data() + size_t{b} * bt * hd);
+  }
+  const cpu::kv_head_blocks kv{kp, vp, bt, hd, 2};
+  std::vector<float> q(30 * hd, 0.05f), o(30 * hd);
+  cpu::attn_scratch scratch;
+  for (uint32_t tile_rows : {10u, 1u}) {
+    std::vector<cpu::attn_query> qs;
+    for (uint32_t i = 0; i < tile_rows * 3; ++i)
+      qs.push_back({q.data() + i * hd, o.data() + i * hd, ctx - tile_rows + 1 + i / 3});
+    const double flop = 2.0 * 2.0 * double(qs.size()) * ctx * hd;  // q.K and p.V
+    if (!json) std::printf("attention, %2zu queries x %u keys (f16 KV):", qs.size(), ctx);
+    nlohmann::json gflops = nlohmann::json::object();
+    for (auto isa : isas) {
+      const double secs = median_s(9, [&] { cpu::attend_on(isa, kv, qs, 0.125f, scratch); });
+      gflops[std::string(cpu::float_isa_name(isa))] = flop / secs / 1e9;
+      if (!json)
+        std::printf(" %s %6.1f GFLOP/s", std::string(cpu::float_isa_name(isa)).c_str(),
+                    flop / secs / 1e9);
+    }
+    if (json)
+      out.push_back({{"attention_queries", qs.size()}, {"context", ctx}, {"gflops", gflops}});
+    else
+      std::printf("\n");
   }
   if (json) std::printf("%s\n", out.dump().c_str());
   return 0;

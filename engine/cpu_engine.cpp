@@ -9,6 +9,7 @@
 #include <string>
 #include <utility>
 
+#include "engine/cpu/attention.hpp"
 #include "engine/cpu/kernels.hpp"
 #include "engine/cpu/thread_pool.hpp"
 #include "engine/detail/layout_match.hpp"
@@ -69,7 +70,7 @@ struct cpu_engine::impl {
     inv_freq = cpu::rope_inv_freqs(c.head_dim, c.rope_theta, c.scaling,
                                    divisors.empty() ? nullptr : divisors.data());
     tile_scratch.resize(pool.size());
-    scores.resize(pool.size());
+    attn.resize(pool.size());
   }
 
   const loaded_model& m;
@@ -83,7 +84,18 @@ struct cpu_engine::impl {
   // Scratch, grown to the largest batch seen and reused (no allocation per token).
   std::vector<float> x, xn, q, k, v, att, gate, up, rope_cs, out_x, logits;
   std::vector<std::vector<float>> tile_scratch;  ///< per thread: converted weight tiles
-  std::vector<std::vector<float>> scores;        ///< per thread: attention scores [context]
+  /// Per thread: one attention task's block pointers, query list and working memory.
+  struct attn_thread {
+    std::vector<const std::byte*> k, v;
+    std::vector<cpu::attn_query> queries;
+    cpu::attn_scratch scratch;
+  };
+  std::vector<attn_thread> attn;
+  /// Rows [begin, end) of the batch: consecutive positions of one sequence.
+  struct row_tile {
+    uint32_t begin, end;
+  };
+  std::vector<row_tile> tiles;
   std::vector<batch_row> rows;
   std::vector<std::span<const block_id>> tables;
   std::vector<uint32_t> out_rows;
@@ -138,15 +150,28 @@ struct cpu_engine::impl {
            layout.offset(layer, kv, head, r.pos % layout.block_tokens);
   }
 
+  /// Splits the batch into attention tiles: runs of consecutive positions of one sequence,
+  /// cut so that a tile holds at most ~32 query vectors (its scores stay in L2).
+  void make_tiles() {
+    const uint32_t group = c.heads / c.kv_heads;
+    const uint32_t per_tile = std::max<uint32_t>(1, 32 / group);
+    tiles.clear();
+    for (uint32_t r = 0; r < rows.size();) {
+      uint32_t e = r + 1;
+      while (e < rows.size() && e - r < per_tile && rows[e].seq == rows[r].seq &&
+             rows[e].pos == rows[e - 1].pos + 1)
+        ++e;
+      tiles.push_back({r, e});
+      r = e;
+    }
+  }
+
   /// Runs `rows` through the model (their KV written into `pool`) and leaves the logits of
   /// `out_rows` in `logits` [out_rows][vocab].
   void forward(block_pool& p) {
     const size_t n = rows.size();
     const size_t dim = c.dim, hd = c.head_dim, qdim = size_t{c.heads} * hd,
                  kvdim = size_t{c.kv_heads} * hd, pairs = hd / 2;
-    uint32_t max_ctx = 0;
-    for (const auto& r : rows)
-      max_ctx = std::max(max_ctx, r.pos + 1);
     grow(x, n * dim);
     grow(xn, n * dim);
     grow(q, n * qdim);
@@ -158,8 +183,7 @@ struct cpu_engine::impl {
     grow(rope_cs, n * hd);
     grow(out_x, out_rows.size() * dim);
     grow(logits, out_rows.size() * c.vocab);
-    for (auto& s : scores)
-      grow(s, max_ctx);
+    make_tiles();
 
     const auto& w = m.weights;
     pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
@@ -213,38 +237,31 @@ struct cpu_engine::impl {
         }
       });
 
-      // Causal attention over the paged cache, one task per (row, query head).
-      pool.parallel_for(n * c.heads, 0, [&](size_t b, size_t e, uint32_t t) {
-        float* sc = scores[t].data();
+      // Causal attention over the paged cache, one task per (tile of consecutive rows of one
+      // sequence, KV head): the tile's query heads of the KV head's group share each K/V
+      // block read (cpu::attend).
+      pool.parallel_for(tiles.size() * c.kv_heads, 1, [&](size_t b, size_t e, uint32_t t) {
+        auto& ts = attn[t];
         for (size_t task = b; task < e; ++task) {
-          const batch_row& r = rows[task / c.heads];
-          const uint32_t h = static_cast<uint32_t>(task % c.heads);
-          const uint32_t kvh = h / group;
-          const float* qv = q.data() + (task / c.heads) * qdim + h * hd;
-          const auto& blocks = tables[r.seq];
-          const uint32_t ctx = r.pos + 1;
-          for (uint32_t p0 = 0; p0 < ctx; p0 += bt) {
-            const std::byte* kb = p.block(blocks[p0 / bt]) + layout.offset(l, 0, kvh, 0);
-            const uint32_t cnt = std::min(bt, ctx - p0);
-            for (uint32_t s = 0; s < cnt; ++s)
-              sc[p0 + s] =
-                  scale *
-                  (f16_kv ? cpu::dot_f32_f16(qv, reinterpret_cast<const uint16_t*>(kb) + s * hd, hd)
-                          : cpu::dot_f32(qv, reinterpret_cast<const float*>(kb) + s * hd, hd));
+          const row_tile& tile = tiles[task / c.kv_heads];
+          const uint32_t kvh = static_cast<uint32_t>(task % c.kv_heads);
+          const auto& blocks = tables[rows[tile.begin].seq];
+          const uint32_t ctx = rows[tile.end - 1].pos + 1;
+          const uint32_t nb = (ctx + bt - 1) / bt;
+          ts.k.resize(nb);
+          ts.v.resize(nb);
+          for (uint32_t i = 0; i < nb; ++i) {
+            std::byte* blk = p.block(blocks[i]);
+            ts.k[i] = blk + layout.offset(l, 0, kvh, 0);
+            ts.v[i] = blk + layout.offset(l, 1, kvh, 0);
           }
-          cpu::softmax(sc, ctx);
-          float* out = att.data() + (task / c.heads) * qdim + h * hd;
-          std::fill(out, out + hd, 0.0f);
-          for (uint32_t p0 = 0; p0 < ctx; p0 += bt) {
-            const std::byte* vb = p.block(blocks[p0 / bt]) + layout.offset(l, 1, kvh, 0);
-            const uint32_t cnt = std::min(bt, ctx - p0);
-            for (uint32_t s = 0; s < cnt; ++s) {
-              if (f16_kv)
-                cpu::axpy_f16(sc[p0 + s], reinterpret_cast<const uint16_t*>(vb) + s * hd, out, hd);
-              else
-                cpu::axpy_f32(sc[p0 + s], reinterpret_cast<const float*>(vb) + s * hd, out, hd);
-            }
-          }
+          ts.queries.clear();
+          for (uint32_t r = tile.begin; r < tile.end; ++r)
+            for (uint32_t h = kvh * group; h < (kvh + 1) * group; ++h)
+              ts.queries.push_back({q.data() + size_t{r} * qdim + h * hd,
+                                    att.data() + size_t{r} * qdim + h * hd, rows[r].pos + 1});
+          cpu::attend({ts.k, ts.v, bt, c.head_dim, layout.dtype_bytes}, ts.queries, scale,
+                      ts.scratch);
         }
       });
 

@@ -1,6 +1,8 @@
 // Over 600 lines: each kernel's AVX2 path stays beside its scalar reference and dispatch.
 #include "engine/cpu/kernels.hpp"
 
+#include "engine/cpu/detail/float_avx512.hpp"
+
 #include "engine/cpu/quant.hpp"
 
 #include <algorithm>
@@ -10,6 +12,8 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+
+#include "engine/cpu/detail/exp_avx2.hpp"
 #define TM_X86 1
 #define TM_AVX2 __attribute__((target("avx2,fma,f16c")))
 #else
@@ -36,7 +40,8 @@
 // From gemm_packed_min_rows batch rows (prefill chunks) gemm_packed_avx2 converts weights
 // once per block of batch rows and runs 4x3 register tiles: 55-69 GFLOP/s on one thread
 // against 35-39 for the on-the-fly kernel (f16 2048x768; the bench is in the issue note).
-// TODO(perf): AVX-512 tiles, and a faster tail for batch rows that do not fill a tile.
+// Where the CPU has AVX-512 (F/BW/VL), detail/float_avx512.cpp runs both instead: 16-lane
+// tiles of 4 weight rows x 6 batch rows for prefill, 4 x 2 for decode, masked column tails.
 
 namespace tokenmill::cpu {
 namespace {
@@ -230,9 +235,21 @@ TM_AVX2 void gemv_elem_avx2(Tag tag, const tensor_view& w, const float* x, size_
       }
     }
   }
-  for (; j < r1; ++j)
-    for (size_t i = 0; i < n; ++i)
-      y[i * ys + j] = dot_elem_avx2(tag, w.data + j * rb, x + i * cols, cols);
+  // Rows past the last 4-row tile: one accumulator, summed in the tiles' order, so that a
+  // row's result does not depend on how a layer's rows were split between threads.
+  for (; j < r1; ++j) {
+    const std::byte* wr = w.data + j * rb;
+    for (size_t i = 0; i < n; ++i) {
+      const float* xi = x + i * cols;
+      __m256 a0 = _mm256_setzero_ps();
+      for (size_t k = 0; k < vec_end; k += 8)
+        a0 = _mm256_fmadd_ps(load8(tag, wr, k), _mm256_loadu_ps(xi + k), a0);
+      float s = hsum(a0);
+      for (size_t k = vec_end; k < cols; ++k)
+        s += scalar_at(w.type, wr, k) * xi[k];
+      y[i * ys + j] = s;
+    }
+  }
 }
 
 TM_AVX2 void gemv_q8_avx2(const tensor_view& w, const float* x, size_t n, float* y, size_t ys,
@@ -361,6 +378,19 @@ TM_AVX2 void axpy_f16_avx2(float alpha, const uint16_t* x, float* y, size_t n) {
                                      _mm256_loadu_ps(y + k)));
   for (; k < n; ++k)
     y[k] += alpha * f16_to_f32(x[k]);
+}
+
+TM_AVX2 void silu_mul_avx2(float* gate, const float* up, size_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + k);
+    const __m256 e = detail::exp8_avx2(_mm256_sub_ps(zero, g));
+    _mm256_storeu_ps(
+        gate + k, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + k)));
+  }
+  for (; k < n; ++k)
+    gate[k] = gate[k] / (1.0f + std::exp(-gate[k])) * up[k];
 }
 
 /// Batches of `gemm_packed_min_rows` or more rows (prefill chunks): weights
@@ -646,9 +676,16 @@ void rms_norm(const float* x, const float* w, float* y, size_t n, float eps) {
     y[k] = x[k] * scale * w[k];
 }
 
-void silu_mul(float* gate, const float* up, size_t n) {
+void silu_mul_scalar(float* gate, const float* up, size_t n) {
   for (size_t k = 0; k < n; ++k)
     gate[k] = gate[k] / (1.0f + std::exp(-gate[k])) * up[k];
+}
+
+void silu_mul(float* gate, const float* up, size_t n) {
+#if TM_X86
+  if (simd_available()) return silu_mul_avx2(gate, up, n);
+#endif
+  silu_mul_scalar(gate, up, n);
 }
 
 void softmax(float* x, size_t n) {
@@ -688,19 +725,50 @@ void linear_int(quant_isa isa, const tensor_view& w, const float* x, size_t n, f
   }
 }
 
-void linear(const tensor_view& w, const float* x, size_t n, float* y, size_t y_stride,
-            size_t row_begin, size_t row_end, std::vector<float>& /*scratch*/) {
+float_isa best_float_isa() {
+  static const float_isa isa = detail::avx512_float_available() ? float_isa::avx512
+                               : simd_available()               ? float_isa::avx2
+                                                                : float_isa::scalar;
+  return isa;
+}
+
+std::string_view float_isa_name(float_isa isa) {
+  switch (isa) {
+    case float_isa::scalar:
+      return "scalar";
+    case float_isa::avx2:
+      return "avx2";
+    case float_isa::avx512:
+      return "avx512";
+  }
+  return "unknown";
+}
+
+void linear_on(float_isa isa, const tensor_view& w, const float* x, size_t n, float* y,
+               size_t y_stride, size_t row_begin, size_t row_end) {
   if (row_begin >= row_end || n == 0) return;
-  if (is_int_dot_dtype(w.type) && (n < gemm_packed_min_rows || !simd_available()))
+  if (is_int_dot_dtype(w.type) && (n < gemm_packed_min_rows || isa == float_isa::scalar))
     return linear_int(best_quant_isa(), w, x, n, y, y_stride, row_begin, row_end);
 #if TM_X86
-  if (simd_available()) {
+  const bool elem = w.type == dtype::f32 || w.type == dtype::f16 || w.type == dtype::bf16;
+  if (isa == float_isa::avx512) {
+    if (n >= gemm_packed_min_rows)
+      return detail::gemm_packed_avx512(w, x, n, y, y_stride, row_begin, row_end);
+    if (elem) return detail::gemv_elem_avx512(w, x, n, y, y_stride, row_begin, row_end);
+    isa = float_isa::avx2;  // q8_0 decode: the AVX2 kernel
+  }
+  if (isa == float_isa::avx2) {
     if (n >= gemm_packed_min_rows)
       return gemm_packed_avx2(w, x, n, y, y_stride, row_begin, row_end);
     return gemv_avx2(w, x, n, y, y_stride, row_begin, row_end);
   }
 #endif
   linear_scalar(w, x, n, y, y_stride, row_begin, row_end);
+}
+
+void linear(const tensor_view& w, const float* x, size_t n, float* y, size_t y_stride,
+            size_t row_begin, size_t row_end, std::vector<float>& /*scratch*/) {
+  linear_on(best_float_isa(), w, x, n, y, y_stride, row_begin, row_end);
 }
 
 // ---- RoPE ---------------------------------------------------------------------------------

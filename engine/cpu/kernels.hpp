@@ -2,10 +2,12 @@
 /// CPU kernels of the Llama forward pass: weight-format conversion, linear layers over
 /// f32/f16/bf16/q8_0 weights with f32 activations and over the 4-6 bit block formats with
 /// 8-bit activations (engine/cpu/quant.hpp), RMSNorm, RoPE, SwiGLU and softmax.
-/// Every vectorized kernel (AVX2+FMA+F16C, chosen at run time) has a portable scalar
-/// twin (`*_scalar`) that the tests compare it against and that runs where AVX2 is absent.
+/// Every vectorized kernel (AVX2+FMA+F16C, and AVX-512 for the float linear layers, chosen
+/// at run time) has a portable scalar twin (`*_scalar`) that the tests compare it against
+/// and that runs where AVX2 is absent.
 #include <cstddef>
 #include <cstdint>
+#include <string_view>
 #include <vector>
 
 #include "engine/cpu/quant.hpp"
@@ -62,6 +64,8 @@ float dot_row_scalar(dtype t, const std::byte* row, const float* x, size_t cols)
 void rms_norm(const float* x, const float* w, float* y, size_t n, float eps);
 /// gate[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)).
 void silu_mul(float* gate, const float* up, size_t n);
+/// silu_mul with std::exp (silu_mul uses a vectorized exp within 2 ulp of it).
+void silu_mul_scalar(float* gate, const float* up, size_t n);
 /// In-place softmax over n >= 1 values (max-subtracted, so large logits do not overflow).
 void softmax(float* x, size_t n);
 
@@ -89,6 +93,16 @@ void linear(const tensor_view& w, const float* x, size_t n, float* y, size_t y_s
 /// weight rows to f32 tiles instead.
 void linear_int(quant_isa isa, const tensor_view& w, const float* x, size_t n, float* y,
                 size_t y_stride, size_t row_begin, size_t row_end);
+/// The instruction sets of the float kernels: avx2 is AVX2+FMA+F16C; avx512 adds
+/// AVX-512 F/BW/VL (16-lane tiles, masked tails; q8_0 decode stays on the AVX2 kernel).
+enum class float_isa : uint8_t { scalar, avx2, avx512 };
+/// The best one this CPU has (decided once).
+float_isa best_float_isa();
+std::string_view float_isa_name(float_isa isa);
+/// linear() on `isa`, which must be available (best_float_isa() or below): what the tests
+/// use to compare every path with linear_scalar on one machine.
+void linear_on(float_isa isa, const tensor_view& w, const float* x, size_t n, float* y,
+               size_t y_stride, size_t row_begin, size_t row_end);
 /// The scalar reference of linear() (one dot_row_scalar per output).
 void linear_scalar(const tensor_view& w, const float* x, size_t n, float* y, size_t y_stride,
                    size_t row_begin, size_t row_end);

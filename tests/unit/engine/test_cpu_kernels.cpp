@@ -49,6 +49,14 @@ weight make_weight(dtype t, size_t rows, size_t cols, uint32_t seed) {
   return w;
 }
 
+/// The float kernel paths this CPU can run (each is compared with the scalar reference).
+std::vector<float_isa> available_isas() {
+  std::vector<float_isa> out = {float_isa::scalar};
+  if (best_float_isa() >= float_isa::avx2) out.push_back(float_isa::avx2);
+  if (best_float_isa() >= float_isa::avx512) out.push_back(float_isa::avx512);
+  return out;
+}
+
 float bits_to_f32(uint32_t b) {
   float f;
   std::memcpy(&f, &b, 4);
@@ -140,47 +148,69 @@ TEST_CASE("dequantize_row and dot_row match the scalar references for every dtyp
   }
 }
 
-TEST_CASE("linear matches the scalar reference for every dtype, batch size and row range",
-          "[cpu]") {
-  for (dtype t : {dtype::f32, dtype::f16, dtype::bf16, dtype::q8_0}) {
-    for (size_t n :
-         {size_t{1}, size_t{2}, size_t{3}, gemm_packed_min_rows - 1, gemm_packed_min_rows,
-          size_t{19}, gemm_min_rows - 1, gemm_min_rows, gemm_min_rows + 3}) {
-      size_t cols = t == dtype::q8_0 ? 96 : 45, rows = 37;
-      INFO(dtype_name(t) << " n=" << n);
-      auto w = make_weight(t, rows, cols, 21);
-      auto x = random_floats(n * cols, 22);
-      const size_t ys = rows + 3;  // a row stride wider than the output
-      std::vector<float> y(n * ys, -7.0f), ref(n * ys, -7.0f), scratch;
-      // Split the rows the way the engine does: ranges that are not multiples of 4.
-      linear(w.view, x.data(), n, y.data(), ys, 0, 5, scratch);
-      linear(w.view, x.data(), n, y.data(), ys, 5, 30, scratch);
-      linear(w.view, x.data(), n, y.data(), ys, 30, rows, scratch);
-      linear_scalar(w.view, x.data(), n, ref.data(), ys, 0, rows);
-      for (size_t i = 0; i < n; ++i) {
-        for (size_t j = 0; j < rows; ++j)
-          REQUIRE(y[i * ys + j] == Approx(ref[i * ys + j]).margin(1e-5));
-        for (size_t j = rows; j < ys; ++j)
-          REQUIRE(y[i * ys + j] == -7.0f);  // untouched
+TEST_CASE(
+    "cpu kernels: linear matches the scalar reference for every dtype, batch size and row range",
+    "[cpu]") {
+  for (float_isa isa : available_isas())
+    for (dtype t : {dtype::f32, dtype::f16, dtype::bf16, dtype::q8_0}) {
+      for (size_t n :
+           {size_t{1}, size_t{2}, size_t{3}, gemm_packed_min_rows - 1, gemm_packed_min_rows,
+            size_t{19}, gemm_min_rows - 1, gemm_min_rows, gemm_min_rows + 3}) {
+        size_t cols = t == dtype::q8_0 ? 96 : 45, rows = 37;
+        INFO(dtype_name(t) << " n=" << n << " isa " << float_isa_name(isa));
+        auto w = make_weight(t, rows, cols, 21);
+        auto x = random_floats(n * cols, 22);
+        const size_t ys = rows + 3;  // a row stride wider than the output
+        std::vector<float> y(n * ys, -7.0f), ref(n * ys, -7.0f), scratch;
+        // Split the rows the way the engine does: ranges that are not multiples of 4.
+        linear_on(isa, w.view, x.data(), n, y.data(), ys, 0, 5);
+        linear_on(isa, w.view, x.data(), n, y.data(), ys, 5, 30);
+        linear_on(isa, w.view, x.data(), n, y.data(), ys, 30, rows);
+        if (isa == best_float_isa()) {  // linear() is the best path
+          std::vector<float> z(n * ys, -7.0f);
+          linear(w.view, x.data(), n, z.data(), ys, 0, rows, scratch);
+          for (size_t i = 0; i < n; ++i)
+            for (size_t j = 0; j < rows; ++j)
+              REQUIRE(z[i * ys + j] == y[i * ys + j]);
+        }
+        // Below the GEMM switch-over a row's result does not depend on the batch it came in
+        // or on how the rows were split (batched decode gives each sequence what it gets
+        // alone, whatever the thread count), bit for bit.
+        if (n < gemm_packed_min_rows && isa != float_isa::scalar && !is_int_dot_dtype(t)) {
+          std::vector<float> one(ys);
+          for (size_t i = 0; i < n; ++i) {
+            linear_on(isa, w.view, x.data() + i * cols, 1, one.data(), ys, 0, rows);
+            for (size_t j = 0; j < rows; ++j)
+              REQUIRE(one[j] == y[i * ys + j]);
+          }
+        }
+        linear_scalar(w.view, x.data(), n, ref.data(), ys, 0, rows);
+        for (size_t i = 0; i < n; ++i) {
+          for (size_t j = 0; j < rows; ++j)
+            REQUIRE(y[i * ys + j] == Approx(ref[i * ys + j]).margin(1e-5));
+          for (size_t j = rows; j < ys; ++j)
+            REQUIRE(y[i * ys + j] == -7.0f);  // untouched
+        }
       }
     }
-  }
 }
 
-TEST_CASE("linear over wide rows splits the batch into several cache blocks", "[cpu]") {
+TEST_CASE("cpu kernels: linear over wide rows splits the batch into several cache blocks",
+          "[cpu]") {
   // 4100 columns: a few batch rows per cache block, a column tail, and 9 output rows (a
   // remainder after the 4-row tiles).
-  for (dtype t : {dtype::f32, dtype::f16, dtype::bf16}) {
-    const size_t cols = 4100, rows = 9, n = gemm_packed_min_rows + 5;
-    INFO(dtype_name(t));
-    auto w = make_weight(t, rows, cols, 31);
-    auto x = random_floats(n * cols, 32);
-    std::vector<float> y(n * rows), ref(n * rows), scratch;
-    linear(w.view, x.data(), n, y.data(), rows, 0, rows, scratch);
-    linear_scalar(w.view, x.data(), n, ref.data(), rows, 0, rows);
-    for (size_t i = 0; i < y.size(); ++i)
-      REQUIRE(y[i] == Approx(ref[i]).margin(1e-4));
-  }
+  for (float_isa isa : available_isas())
+    for (dtype t : {dtype::f32, dtype::f16, dtype::bf16}) {
+      const size_t cols = 4100, rows = 9, n = gemm_packed_min_rows + 5;
+      INFO(dtype_name(t) << " isa " << float_isa_name(isa));
+      auto w = make_weight(t, rows, cols, 31);
+      auto x = random_floats(n * cols, 32);
+      std::vector<float> y(n * rows), ref(n * rows);
+      linear_on(isa, w.view, x.data(), n, y.data(), rows, 0, rows);
+      linear_scalar(w.view, x.data(), n, ref.data(), rows, 0, rows);
+      for (size_t i = 0; i < y.size(); ++i)
+        REQUIRE(y[i] == Approx(ref[i]).margin(1e-4));
+    }
 }
 
 TEST_CASE("vector kernels: dot, axpy, rms_norm, silu_mul, softmax", "[cpu]") {
@@ -220,6 +250,22 @@ TEST_CASE("vector kernels: dot, axpy, rms_norm, silu_mul, softmax", "[cpu]") {
   CHECK(s[0] == Approx(1 / (1 + std::exp(1.0))));
   CHECK(s[1] == Approx(std::exp(1.0) / (1 + std::exp(1.0))));
   CHECK(s[2] == Approx(0).margin(1e-30));
+}
+
+TEST_CASE(
+    "cpu kernels: silu_mul matches silu_mul_scalar from deep negative to large positive gates",
+    "[cpu]") {
+  auto g = random_floats(1003, 41, 100.0f), u = random_floats(1003, 42, 3.0f);
+  g[0] = -1e30f;  // exp(-g) overflows: silu is -0
+  g[1] = 1e30f;
+  g[2] = 0;
+  auto a = g, b = g;
+  silu_mul(a.data(), u.data(), a.size());
+  silu_mul_scalar(b.data(), u.data(), b.size());
+  for (size_t k = 0; k < a.size(); ++k) {
+    INFO("gate " << g[k]);
+    REQUIRE(a[k] == Approx(b[k]).epsilon(1e-6).margin(1e-30));
+  }
 }
 
 TEST_CASE("RoPE rotates adjacent pairs or halves", "[cpu]") {
