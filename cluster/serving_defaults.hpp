@@ -1,0 +1,98 @@
+#pragma once
+/// How one machine is shared out when the user does not say (issue 21 items 4 and 5): the
+/// topology of `tokenmill serve` from the core count, and the KV pools from a memory budget
+/// (`--kv-memory`, manifest `defaults.kv_memory`) with a default that fits the machine.
+/// CAF-free decisions, tested as plain functions; embedded_cluster and node apply them.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "common/result.hpp"
+
+namespace tokenmill {
+
+/// Parses a memory size: a positive number (fractions allowed) with an optional unit.
+/// `B` or none: bytes; `K`, `M`, `G`, `T` and `KiB`, `MiB`, `GiB`, `TiB`: powers of 1024;
+/// `KB`, `MB`, `GB`, `TB`: powers of 1000. Units are case-insensitive ("2g", "512MiB",
+/// "1.5GB"). Errors (errc::invalid_request) quote the text and say what is expected; the
+/// caller prefixes where it came from.
+result<uint64_t> parse_memory_size(std::string_view text);
+
+/// What parse_memory_size accepts, for "expected ..." in messages.
+inline constexpr std::string_view memory_size_expected =
+    "a positive number with an optional unit: B, K/KiB, M/MiB, G/GiB, T/TiB (powers of 1024) "
+    "or KB/MB/GB/TB (powers of 1000), e.g. 512M or 2GiB";
+
+/// "1.50 GiB", "192.0 MiB", "512 B": a size for messages.
+std::string format_memory_size(uint64_t bytes);
+
+/// Below this many cores `serve` runs no prefill worker: the one decode worker prefills
+/// between its decode steps with every core, so a lone stream decodes on the whole machine
+/// and the compute goes to whichever phase has work. From here up a prefill worker of its
+/// own keeps long prompts from stalling the decode steps, and each worker still gets
+/// enough cores (>= 4) for a memory-bound decode.
+inline constexpr uint32_t disaggregate_min_cores = 8;
+
+/// `serve`'s workers and compute threads per worker.
+struct serve_topology {
+  uint32_t prefill_workers = 0;
+  uint32_t decode_workers = 1;
+  uint32_t threads = 1;  ///< compute threads per worker
+};
+
+/// The topology for a machine of `cores` hardware threads (0 = unknown: taken as 1): what
+/// the user gave is kept, the rest chosen. Prefill workers: for an engine that computes on
+/// these cores (`host_compute`: the cpu engine) 1 from disaggregate_min_cores up, else 0;
+/// for the others (sim, cuda), which do not share the cores, 1. Threads: the cores split
+/// evenly between the workers, at least 1.
+serve_topology choose_topology(uint32_t cores, bool host_compute,
+                               std::optional<uint32_t> prefill_workers,
+                               std::optional<uint32_t> decode_workers,
+                               std::optional<uint32_t> threads);
+
+/// What the KV pools of one process must serve, in the engine's KV layout.
+struct kv_demand {
+  uint64_t block_bytes = 0;    ///< one block (all layers, K and V), bytes
+  uint32_t block_tokens = 16;  ///< tokens per block
+  uint32_t max_context = 0;    ///< tokens of one sequence at most
+  uint32_t prefill_workers = 0;
+  uint32_t decode_workers = 0;
+  uint32_t prefill_max_seqs = 16;  ///< prompts a prefill worker computes at once
+  uint32_t decode_max_batch = 64;  ///< sequences a decode worker steps at once
+  /// Pool sizes the user fixed per role (blocks per worker); the budget covers the rest.
+  std::optional<uint32_t> prefill_blocks, decode_blocks;
+};
+
+/// Blocks per worker and where the numbers came from.
+struct kv_pool_plan {
+  uint32_t prefill_blocks = 0;  ///< per prefill worker
+  uint32_t decode_blocks = 0;   ///< per decode worker
+  uint64_t budget_bytes = 0;    ///< the budget split (given, or the default)
+  bool default_budget = false;  ///< no budget was given
+  /// One line for the log: the budget, blocks per worker, tokens they hold.
+  std::string summary;
+};
+
+/// The KV memory used when no budget is given: what the workers can use at once (every
+/// decode worker a full batch of full-context sequences, every prefill worker its
+/// max_seqs full-context prompts), capped at a quarter of the memory the weights leave
+/// (`physical_bytes` - `weight_bytes`), and never below one full-context sequence per
+/// worker. Pages are touched as blocks are first used, so this is an upper bound of the
+/// resident KV, not what a fresh server holds.
+uint64_t default_kv_memory(const kv_demand& d, uint64_t physical_bytes, uint64_t weight_bytes);
+
+/// Splits `budget` bytes (nullopt: default_kv_memory) into per-worker pools: workers whose
+/// role has fixed blocks keep them, the rest share what remains in proportion to what they
+/// can use at once (decode: max_batch sequences, prefill: max_seqs prompts). Errors
+/// (errc::invalid_request) when the layout is empty, when the pools would take more than 80%
+/// of `physical_bytes` (when known, non-zero), or when a given budget leaves a worker less
+/// than one full-context sequence; the message names the budget, the block size and what
+/// is needed.
+result<kv_pool_plan> plan_kv_pools(const kv_demand& d, std::optional<uint64_t> budget,
+                                   uint64_t physical_bytes, uint64_t weight_bytes);
+
+/// This machine's physical memory (bytes; 0 when it cannot be read).
+uint64_t physical_memory_bytes();
+
+}  // namespace tokenmill
