@@ -24,7 +24,7 @@ struct serve_opts {
   std::string kv_memory;
   uint32_t prefill_kv_blocks = 0, decode_kv_blocks = 0;
   CLI::Option *prefill_workers_opt = nullptr, *prefill_blocks_opt = nullptr,
-              *decode_blocks_opt = nullptr, *kv_memory_opt = nullptr;
+              *decode_blocks_opt = nullptr, *kv_memory_opt = nullptr, *prefill_chunk_opt = nullptr;
 };
 
 command add_serve(CLI::App& app) {
@@ -80,10 +80,10 @@ command add_serve(CLI::App& app) {
   s->add_option("--max-batch", cfg->decode.max_batch, "Sequences per decode step")
       ->check(CLI::Range(1u, 4096u))
       ->capture_default_str();
-  s->add_option("--prefill-chunk", cfg->prefill.token_budget,
-                "Prompt tokens per prefill engine call")
-      ->check(CLI::Range(1u, 1u << 20))
-      ->capture_default_str();
+  o->prefill_chunk_opt = s->add_option("--prefill-chunk", cfg->prefill.token_budget,
+                                       "Prompt tokens per prefill engine call (default 512; 128 "
+                                       "on a decode worker that prefills between its steps)")
+                             ->check(CLI::Range(1u, 1u << 20));
   s->add_option(
        "--local-prefill-threshold", cfg->router.local_prefill_threshold,
        "Prefill on the decode worker when the uncached prompt is shorter than this (0 = never)")
@@ -115,6 +115,7 @@ command add_serve(CLI::App& app) {
       return 2;
     }
     if (o->prefill_workers_opt->count() > 0) cfg->prefill_workers = o->prefill_workers;
+    cfg->prefill_chunk_given = o->prefill_chunk_opt->count() > 0;
     if (o->decode_blocks_opt->count() > 0) cfg->decode_kv_blocks = o->decode_kv_blocks;
     if (o->prefill_blocks_opt->count() > 0) cfg->prefill_kv_blocks = o->prefill_kv_blocks;
     if (o->kv_memory_opt->count() > 0) {

@@ -102,9 +102,11 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
   const bool host_compute = cfg.engine.kind == "cpu";
   std::optional<uint32_t> threads;
   if (cfg.engine.cpu.threads > 0) threads = cfg.engine.cpu.threads;
-  serve_topology topo = choose_topology(std::thread::hardware_concurrency(), host_compute,
-                                        cfg.prefill_workers, cfg.decode_workers, threads);
+  serve_topology topo =
+      choose_topology(std::thread::hardware_concurrency(), host_compute, cfg.prefill_workers,
+                      cfg.decode_workers, threads, cfg.prefill_chunk_given);
   cfg.prefill_workers = topo.prefill_workers;
+  if (topo.local_prefill_chunk > 0) cfg.decode.local_prefill_budget = topo.local_prefill_chunk;
   if (host_compute) cfg.engine.cpu.threads = topo.threads;
   auto made_tok = make_tokenizer(cfg.engine);
   if (!made_tok) return error_info{errc::invalid_request, made_tok.error().message};

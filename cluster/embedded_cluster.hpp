@@ -33,6 +33,9 @@ struct embedded_config {
   uint32_t decode_workers = 1;
   /// KV budget of all pools together, bytes; unset: default_kv_memory (serving_defaults.hpp).
   std::optional<uint64_t> kv_memory;
+  /// The user set the prefill chunk (prefill.token_budget); else a decode worker that
+  /// prefills between its steps may get a smaller one (choose_topology).
+  bool prefill_chunk_given = false;
   /// Pool sizes fixed per worker of a role (blocks), instead of a share of the budget.
   std::optional<uint32_t> prefill_kv_blocks, decode_kv_blocks;
   rpc_server_config rpc;

@@ -83,7 +83,7 @@ std::string format_memory_size(uint64_t bytes) {
 serve_topology choose_topology(uint32_t cores, bool host_compute,
                                std::optional<uint32_t> prefill_workers,
                                std::optional<uint32_t> decode_workers,
-                               std::optional<uint32_t> threads) {
+                               std::optional<uint32_t> threads, bool chunk_given) {
   cores = std::max(1u, cores);
   serve_topology t;
   t.decode_workers = decode_workers.value_or(1);
@@ -91,6 +91,8 @@ serve_topology choose_topology(uint32_t cores, bool host_compute,
       prefill_workers.value_or(!host_compute || cores >= disaggregate_min_cores ? 1 : 0);
   const uint32_t workers = std::max(1u, t.prefill_workers + t.decode_workers);
   t.threads = threads && *threads > 0 ? *threads : std::max(1u, cores / workers);
+  if (host_compute && t.prefill_workers == 0 && !chunk_given)
+    t.local_prefill_chunk = aggregated_prefill_chunk;
   return t;
 }
 

@@ -34,22 +34,33 @@ std::string format_memory_size(uint64_t bytes);
 /// enough cores (>= 4) for a memory-bound decode.
 inline constexpr uint32_t disaggregate_min_cores = 8;
 
+/// Prompt tokens per engine call when a decode worker prefills between its decode steps
+/// and the user set no chunk: every running stream waits for the chunk, so it bounds the
+/// token gap a new prompt causes (~160 ms at the 125m preset's ~800 prefill tok/s on 2
+/// cores, against ~320 ms for a 256-token prompt in one call; llama-server batches such a
+/// prompt whole with the other slots' tokens). Prefill per token is no slower at 128 than
+/// at 512 there (issue 21's figures: 758-798 vs 584-609 tok/s).
+inline constexpr uint32_t aggregated_prefill_chunk = 128;
+
 /// `serve`'s workers and compute threads per worker.
 struct serve_topology {
   uint32_t prefill_workers = 0;
   uint32_t decode_workers = 1;
-  uint32_t threads = 1;  ///< compute threads per worker
+  uint32_t threads = 1;              ///< compute threads per worker
+  uint32_t local_prefill_chunk = 0;  ///< decode workers' prefill chunk; 0: the configured one
 };
 
 /// The topology for a machine of `cores` hardware threads (0 = unknown: taken as 1): what
 /// the user gave is kept, the rest chosen. Prefill workers: for an engine that computes on
 /// these cores (`host_compute`: the cpu engine) 1 from disaggregate_min_cores up, else 0;
 /// for the others (sim, cuda), which do not share the cores, 1. Threads: the cores split
-/// evenly between the workers, at least 1.
+/// evenly between the workers, at least 1. Local prefill chunk: aggregated_prefill_chunk
+/// when the chosen topology has no prefill worker on a host-compute engine and the user
+/// gave no chunk (`chunk_given`), else 0.
 serve_topology choose_topology(uint32_t cores, bool host_compute,
                                std::optional<uint32_t> prefill_workers,
                                std::optional<uint32_t> decode_workers,
-                               std::optional<uint32_t> threads);
+                               std::optional<uint32_t> threads, bool chunk_given = false);
 
 /// What the KV pools of one process must serve, in the engine's KV layout.
 struct kv_demand {

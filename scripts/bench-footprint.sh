@@ -38,11 +38,11 @@ trap cleanup EXIT
 
 cpu_stat() { awk '/^cpu /{s=0; for (i=2;i<=NF;i++) s+=$i; print $9, s}' /proc/stat; }
 steal_pct() {  # "steal0 total0" "steal1 total1"
-  echo "$1 $2" | awk '{d=$4-$2; printf "%.1f", d>0 ? 100*($3-$1)/d : 0}'
+  echo "$1 $2" | awk '{d = $4 - $2; printf "%.1f", (d > 0 ? 100 * ($3 - $1) / d : 0)}'
 }
 rss_mb() { awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$pid/status"; }
 
-start() {  # BIN
+start() {  # BIN; sets pid and ready (seconds from exec to the ready line)
   : >"$log"
   local t0 t1
   t0=$(date +%s.%N)
@@ -53,7 +53,7 @@ start() {  # BIN
     sleep 0.01
   done
   t1=$(date +%s.%N)
-  echo "$t1 - $t0" | bc
+  ready=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
 }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""; }
 
@@ -65,14 +65,15 @@ load() {  # BIN CONCURRENCY REQUESTS WARMUP -> bench JSON
 }
 
 for bin in "${bins[@]}"; do
-  ready=$(start "$bin")
+  start "$bin"
   topo=$(grep -o 'prefill_workers=[0-9]* decode_workers=[0-9]*\( threads=[0-9]*\)\?' "$log" | head -1)
   sleep 1
   rss_idle=$(rss_mb)
   s0=$(cpu_stat); c0=$(awk '{print $14+$15}' "/proc/$pid/stat"); w0=$(date +%s.%N)
   sleep "$idle"
   c1=$(awk '{print $14+$15}' "/proc/$pid/stat"); w1=$(date +%s.%N); s1=$(cpu_stat)
-  idle_pct=$(echo "scale=3; 100 * ($c1 - $c0) / $tick / ($w1 - $w0)" | bc)
+  idle_pct=$(awk -v c0="$c0" -v c1="$c1" -v t="$tick" -v w0="$w0" -v w1="$w1" \
+    'BEGIN {printf "%.3f", 100 * (c1 - c0) / t / (w1 - w0)}')
   steal_idle=$(steal_pct "$s0" "$s1")
   for conc in 1 4; do
     if [[ $conc == 1 ]]; then n=$((quick ? 3 : 6)); w=1; else n=$((quick ? 8 : 16)); w=4; fi

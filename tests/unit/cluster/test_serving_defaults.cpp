@@ -96,6 +96,13 @@ TEST_CASE("the topology follows the core count for the cpu engine", "[serving]")
     CHECK(choose_topology(2, false, {}, {}, {}).prefill_workers == 1);
     CHECK(choose_topology(2, false, 0u, {}, {}).prefill_workers == 0);
   }
+  SECTION("a decode worker that prefills between its steps gets small chunks") {
+    CHECK(choose_topology(2, true, {}, {}, {}).local_prefill_chunk == aggregated_prefill_chunk);
+    CHECK(choose_topology(2, true, 0u, {}, {}).local_prefill_chunk == aggregated_prefill_chunk);
+    CHECK(choose_topology(2, true, {}, {}, {}, true).local_prefill_chunk == 0);  // user's chunk
+    CHECK(choose_topology(16, true, {}, {}, {}).local_prefill_chunk == 0);       // disaggregated
+    CHECK(choose_topology(2, false, 0u, {}, {}).local_prefill_chunk == 0);       // sim, cuda
+  }
 }
 
 TEST_CASE("the default KV memory is what the workers can use, capped by the machine", "[serving]") {
