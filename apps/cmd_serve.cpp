@@ -55,8 +55,8 @@ command add_serve(CLI::App& app) {
   app.add_option("--cluster-name", cfg->cluster_name)->capture_default_str();
   o->prefill_workers_opt =
       app.add_option("--prefill-workers", o->prefill_workers,
-                     "Prefill workers (0 = prefill on the decode workers; default: 1 with the "
-                     "sim and cuda engines, with the cpu engine 1 from 8 cores up, else 0)");
+                     "Prefill workers (0 = prefill on the decode workers, in 128-token chunks "
+                     "unless --prefill-chunk is given; default 1)");
   app.add_option("--decode-workers", cfg->decode_workers)
       ->check(CLI::Range(1u, 64u))
       ->capture_default_str();
@@ -82,7 +82,7 @@ command add_serve(CLI::App& app) {
       ->capture_default_str();
   o->prefill_chunk_opt = s->add_option("--prefill-chunk", cfg->prefill.token_budget,
                                        "Prompt tokens per prefill engine call (default 512; 128 "
-                                       "on a decode worker that prefills between its steps)")
+                                       "with --prefill-workers 0)")
                              ->check(CLI::Range(1u, 1u << 20));
   s->add_option(
        "--local-prefill-threshold", cfg->router.local_prefill_threshold,

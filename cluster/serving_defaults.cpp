@@ -87,8 +87,7 @@ serve_topology choose_topology(uint32_t cores, bool host_compute,
   cores = std::max(1u, cores);
   serve_topology t;
   t.decode_workers = decode_workers.value_or(1);
-  t.prefill_workers =
-      prefill_workers.value_or(!host_compute || cores >= disaggregate_min_cores ? 1 : 0);
+  t.prefill_workers = prefill_workers.value_or(1);
   const uint32_t workers = std::max(1u, t.prefill_workers + t.decode_workers);
   t.threads = threads && *threads > 0 ? *threads : std::max(1u, cores / workers);
   if (host_compute && t.prefill_workers == 0 && !chunk_given)

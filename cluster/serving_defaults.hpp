@@ -1,7 +1,7 @@
 #pragma once
 /// How one machine is shared out when the user does not say (issue 21 items 4 and 5): the
-/// topology of `tokenmill serve` from the core count, and the KV pools from a memory budget
-/// (`--kv-memory`, manifest `defaults.kv_memory`) with a default that fits the machine.
+/// workers of `tokenmill serve` and their share of the cores, and the KV pools from a memory
+/// budget (`--kv-memory`, manifest `defaults.kv_memory`) with a default that fits the machine.
 /// CAF-free decisions, tested as plain functions; embedded_cluster and node apply them.
 #include <cstdint>
 #include <optional>
@@ -27,13 +27,6 @@ inline constexpr std::string_view memory_size_expected =
 /// "1.50 GiB", "192.0 MiB", "512 B": a size for messages.
 std::string format_memory_size(uint64_t bytes);
 
-/// Below this many cores `serve` runs no prefill worker: the one decode worker prefills
-/// between its decode steps with every core, so a lone stream decodes on the whole machine
-/// and the compute goes to whichever phase has work. From here up a prefill worker of its
-/// own keeps long prompts from stalling the decode steps, and each worker still gets
-/// enough cores (>= 4) for a memory-bound decode.
-inline constexpr uint32_t disaggregate_min_cores = 8;
-
 /// Prompt tokens per engine call when a decode worker prefills between its decode steps
 /// and the user set no chunk: every running stream waits for the chunk, so it bounds the
 /// token gap a new prompt causes (~160 ms at the 125m preset's ~800 prefill tok/s on 2
@@ -51,12 +44,13 @@ struct serve_topology {
 };
 
 /// The topology for a machine of `cores` hardware threads (0 = unknown: taken as 1): what
-/// the user gave is kept, the rest chosen. Prefill workers: for an engine that computes on
-/// these cores (`host_compute`: the cpu engine) 1 from disaggregate_min_cores up, else 0;
-/// for the others (sim, cuda), which do not share the cores, 1. Threads: the cores split
-/// evenly between the workers, at least 1. Local prefill chunk: aggregated_prefill_chunk
-/// when the chosen topology has no prefill worker on a host-compute engine and the user
-/// gave no chunk (`chunk_given`), else 0.
+/// the user gave is kept, the rest chosen. Prefill workers: 1. (Running none below some
+/// core count, so that a lone stream decodes on every core, was tried for issue 21: on the
+/// shared 2-core VM it lost at concurrency 4 in output tok/s and p99 ITL and was not
+/// measurably better at 1; it needs a measurement on an idle machine first.) Threads: the
+/// cores split evenly between the workers, at least 1. Local prefill chunk:
+/// aggregated_prefill_chunk when there is no prefill worker, the engine computes on these
+/// cores (`host_compute`: the cpu engine) and the user gave no chunk (`chunk_given`), else 0.
 serve_topology choose_topology(uint32_t cores, bool host_compute,
                                std::optional<uint32_t> prefill_workers,
                                std::optional<uint32_t> decode_workers,

@@ -62,27 +62,21 @@ TEST_CASE("memory sizes format for messages", "[serving]") {
   CHECK(format_memory_size(3 * GiB / 2) == "1.50 GiB");
 }
 
-TEST_CASE("the topology follows the core count for the cpu engine", "[serving]") {
-  SECTION("below disaggregate_min_cores one decode worker gets every core") {
-    for (uint32_t cores : {0u, 1u, 2u, 4u, disaggregate_min_cores - 1}) {
-      INFO(cores);
-      auto t = choose_topology(cores, true, {}, {}, {});
-      CHECK(t.prefill_workers == 0);
+TEST_CASE("the topology splits the cores between the workers", "[serving]") {
+  SECTION("by default one prefill and one decode worker, half the cores each") {
+    for (bool host : {true, false}) {
+      auto t = choose_topology(2, host, {}, {}, {});
+      CHECK(t.prefill_workers == 1);
       CHECK(t.decode_workers == 1);
-      CHECK(t.threads == std::max(1u, cores));
+      CHECK(t.threads == 1);
     }
-  }
-  SECTION("from disaggregate_min_cores up a prefill worker gets half") {
-    auto t = choose_topology(disaggregate_min_cores, true, {}, {}, {});
-    CHECK(t.prefill_workers == 1);
-    CHECK(t.decode_workers == 1);
-    CHECK(t.threads == disaggregate_min_cores / 2);
     CHECK(choose_topology(64, true, {}, {}, {}).threads == 32);
+    CHECK(choose_topology(0, true, {}, {}, {}).threads == 1);  // unknown core count
   }
   SECTION("what the user gives is kept and the cores split across it") {
-    auto t = choose_topology(2, true, 1u, {}, {});
-    CHECK(t.prefill_workers == 1);
-    CHECK(t.threads == 1);
+    auto t = choose_topology(2, true, 0u, {}, {});
+    CHECK(t.prefill_workers == 0);
+    CHECK(t.threads == 2);
     t = choose_topology(16, true, 0u, 2u, {});
     CHECK(t.prefill_workers == 0);
     CHECK(t.decode_workers == 2);
@@ -92,15 +86,10 @@ TEST_CASE("the topology follows the core count for the cpu engine", "[serving]")
     t = choose_topology(2, true, 3u, 3u, {});
     CHECK(t.threads == 1);  // more workers than cores: one each, never 0
   }
-  SECTION("engines that do not compute on these cores keep a prefill worker") {
-    CHECK(choose_topology(2, false, {}, {}, {}).prefill_workers == 1);
-    CHECK(choose_topology(2, false, 0u, {}, {}).prefill_workers == 0);
-  }
   SECTION("a decode worker that prefills between its steps gets small chunks") {
-    CHECK(choose_topology(2, true, {}, {}, {}).local_prefill_chunk == aggregated_prefill_chunk);
     CHECK(choose_topology(2, true, 0u, {}, {}).local_prefill_chunk == aggregated_prefill_chunk);
-    CHECK(choose_topology(2, true, {}, {}, {}, true).local_prefill_chunk == 0);  // user's chunk
-    CHECK(choose_topology(16, true, {}, {}, {}).local_prefill_chunk == 0);       // disaggregated
+    CHECK(choose_topology(2, true, 0u, {}, {}, true).local_prefill_chunk == 0);  // user's chunk
+    CHECK(choose_topology(2, true, {}, {}, {}).local_prefill_chunk == 0);        // a prefill worker
     CHECK(choose_topology(2, false, 0u, {}, {}).local_prefill_chunk == 0);       // sim, cuda
   }
 }
