@@ -12,6 +12,7 @@
 #include "apps/engine_options.hpp"
 #include "apps/signals.hpp"
 #include "cluster/embedded_cluster.hpp"
+#include "cluster/serving_defaults.hpp"
 
 namespace tokenmill::app {
 
@@ -20,6 +21,11 @@ struct serve_opts {
   bool no_http = false;
   double request_timeout_s = 600;  ///< router_config::request_timeout
   double stall_timeout_s = 120;    ///< router_config::stall_timeout
+  uint32_t prefill_workers = 0;
+  std::string kv_memory;
+  uint32_t prefill_kv_blocks = 0, decode_kv_blocks = 0;
+  CLI::Option *prefill_workers_opt = nullptr, *prefill_blocks_opt = nullptr,
+              *decode_blocks_opt = nullptr, *kv_memory_opt = nullptr, *prefill_chunk_opt = nullptr;
 };
 
 command add_serve(CLI::App& app) {
@@ -48,28 +54,37 @@ command add_serve(CLI::App& app) {
       ->check(CLI::Range(uint64_t{1024}, uint64_t{1} << 30))
       ->capture_default_str();
   app.add_option("--cluster-name", cfg->cluster_name)->capture_default_str();
-  app.add_option("--prefill-workers", cfg->prefill_workers,
-                 "Prefill workers (0 = prefill on the decode workers)")
-      ->capture_default_str();
+  o->prefill_workers_opt =
+      app.add_option("--prefill-workers", o->prefill_workers,
+                     "Prefill workers (0 = prefill on the decode workers, in 128-token chunks "
+                     "unless --prefill-chunk is given; default 1)");
   app.add_option("--decode-workers", cfg->decode_workers)
       ->check(CLI::Range(1u, 64u))
       ->capture_default_str();
   auto* k = o->engine.kv_group;
-  k->add_option("--decode-kv-blocks", cfg->decode.num_blocks, "Blocks per decode worker")
-      ->check(CLI::Range(1u, 1u << 24))
-      ->capture_default_str();
-  k->add_option("--prefill-kv-blocks", cfg->prefill.num_blocks, "Blocks per prefill worker")
-      ->check(CLI::Range(1u, 1u << 24))
-      ->capture_default_str();
+  o->kv_memory_opt = k->add_option(
+      "--kv-memory", o->kv_memory,
+      "KV cache memory of all workers together, e.g. 512M or 2GiB (default: what the workers "
+      "can use at once, at most a quarter of the memory the weights leave); pages are touched "
+      "as blocks are first used");
+  o->decode_blocks_opt =
+      k->add_option("--decode-kv-blocks", o->decode_kv_blocks,
+                    "Blocks per decode worker (instead of a share of --kv-memory)")
+          ->check(CLI::Range(1u, 1u << 24));
+  o->prefill_blocks_opt =
+      k->add_option("--prefill-kv-blocks", o->prefill_kv_blocks,
+                    "Blocks per prefill worker (instead of a share of --kv-memory)")
+          ->check(CLI::Range(1u, 1u << 24));
+  o->kv_memory_opt->excludes(o->decode_blocks_opt)->excludes(o->prefill_blocks_opt);
   // Scheduling.
   auto* s = app.add_option_group("scheduling", "Batching, admission and disaggregation");
   s->add_option("--max-batch", cfg->decode.max_batch, "Sequences per decode step")
       ->check(CLI::Range(1u, 4096u))
       ->capture_default_str();
-  s->add_option("--prefill-chunk", cfg->prefill.token_budget,
-                "Prompt tokens per prefill engine call")
-      ->check(CLI::Range(1u, 1u << 20))
-      ->capture_default_str();
+  o->prefill_chunk_opt = s->add_option("--prefill-chunk", cfg->prefill.token_budget,
+                                       "Prompt tokens per prefill engine call (default 512; 128 "
+                                       "with --prefill-workers 0)")
+                             ->check(CLI::Range(1u, 1u << 20));
   s->add_option(
        "--local-prefill-threshold", cfg->router.local_prefill_threshold,
        "Prefill on the decode worker when the uncached prompt is shorter than this (0 = never)")
@@ -100,6 +115,18 @@ command add_serve(CLI::App& app) {
       std::fprintf(stderr, "tokenmill serve: %s\n", r.error().message.c_str());
       return 2;
     }
+    if (o->prefill_workers_opt->count() > 0) cfg->prefill_workers = o->prefill_workers;
+    cfg->prefill_chunk_given = o->prefill_chunk_opt->count() > 0;
+    if (o->decode_blocks_opt->count() > 0) cfg->decode_kv_blocks = o->decode_kv_blocks;
+    if (o->prefill_blocks_opt->count() > 0) cfg->prefill_kv_blocks = o->prefill_kv_blocks;
+    if (o->kv_memory_opt->count() > 0) {
+      auto bytes = parse_memory_size(o->kv_memory);
+      if (!bytes) {
+        std::fprintf(stderr, "tokenmill serve: --kv-memory: %s\n", bytes.error().message.c_str());
+        return 2;
+      }
+      cfg->kv_memory = *bytes;
+    }
     auto span = [](double s) {
       return std::chrono::duration_cast<caf::timespan>(std::chrono::duration<double>(s));
     };
@@ -120,11 +147,13 @@ command add_serve(CLI::App& app) {
     }
     std::string http = o->no_http ? std::string("off")
                                   : fmt::format("{}:{}", cfg->http.host, (*cluster)->http_port());
+    const auto& topo = (*cluster)->topology();
+    std::printf("tokenmill serve: %s\n", (*cluster)->kv_pools().summary.c_str());
     std::printf(
         "tokenmill ready: rpc=%s:%u http=%s engine=%s model=%s prefill_workers=%u "
-        "decode_workers=%u\n",
+        "decode_workers=%u threads=%u\n",
         cfg->rpc.host.c_str(), (*cluster)->rpc_port(), http.c_str(), cfg->engine.kind.c_str(),
-        (*cluster)->model().name.c_str(), cfg->prefill_workers, cfg->decode_workers);
+        (*cluster)->model().name.c_str(), topo.prefill_workers, topo.decode_workers, topo.threads);
     std::fflush(stdout);
     int sig = 0;
     sigwait(&stop_set, &sig);

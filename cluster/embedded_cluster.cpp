@@ -1,7 +1,7 @@
 #include "cluster/embedded_cluster.hpp"
 
-#include <unistd.h>
-
+#include <algorithm>
+#include <filesystem>
 #include <thread>
 #include <vector>
 
@@ -19,7 +19,7 @@ namespace {
 /// the kv-store, the router and the workers (named as `tokenmill serve` always named them:
 /// router, prefill0, decode0, ...). Only the node's actors and their options are read;
 /// the engines, transport and frontend come from `cfg`.
-manifest one_node_manifest(const embedded_config& cfg) {
+manifest one_node_manifest(const embedded_config& cfg, const serve_topology& topo) {
   manifest m;
   m.cluster = cfg.cluster_name;
   m.defaults.engine = cfg.engine.kind;
@@ -48,15 +48,28 @@ manifest one_node_manifest(const embedded_config& cfg) {
   p.kv_blocks = cfg.prefill.num_blocks;
   p.chunk = cfg.prefill.token_budget;
   p.max_seqs = cfg.prefill.max_seqs;
-  workers(role::prefill, cfg.prefill_workers, p);
+  workers(role::prefill, topo.prefill_workers, p);
   decode_options d;
   d.kv_blocks = cfg.decode.num_blocks;
   d.max_batch = cfg.decode.max_batch;
   d.local_prefill_budget = cfg.decode.local_prefill_budget;
-  workers(role::decode, cfg.decode_workers, d);
+  workers(role::decode, topo.decode_workers, d);
   m.frontend.node = n.name;
   m.nodes.push_back(std::move(n));
   return m;
+}
+
+/// Bytes of the model's weights on disk: the file, or a Hugging Face directory's files;
+/// 0 when unknown.
+uint64_t model_file_bytes(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (path.empty()) return 0;
+  if (fs::is_regular_file(path, ec)) return fs::file_size(path, ec);
+  uint64_t total = 0;
+  for (const auto& e : fs::directory_iterator(path, ec))
+    if (e.is_regular_file(ec)) total += e.file_size(ec);
+  return total;
 }
 
 }  // namespace
@@ -85,55 +98,58 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
     return error_info{errc::invalid_request, "a cluster needs at least one decode worker"};
   // The model is loaded (mapped) once and shared by every worker's engine.
   if (auto r = load_engine_model(cfg.engine); !r) return r.error();
-  if (cfg.engine.kind == "cpu" && cfg.engine.cpu.threads == 0) {
-    // The workers compute concurrently: split the cores between them.
-    auto workers = cfg.prefill_workers + cfg.decode_workers;
-    cfg.engine.cpu.threads = std::max(1u, std::thread::hardware_concurrency() / workers);
-  }
+  // Workers and threads: what the user gave, the rest from the core count.
+  const bool host_compute = cfg.engine.kind == "cpu";
+  std::optional<uint32_t> threads;
+  if (cfg.engine.cpu.threads > 0) threads = cfg.engine.cpu.threads;
+  serve_topology topo =
+      choose_topology(std::thread::hardware_concurrency(), host_compute, cfg.prefill_workers,
+                      cfg.decode_workers, threads, cfg.prefill_chunk_given);
+  cfg.prefill_workers = topo.prefill_workers;
+  if (topo.local_prefill_chunk > 0) cfg.decode.local_prefill_budget = topo.local_prefill_chunk;
+  if (host_compute) cfg.engine.cpu.threads = topo.threads;
   auto made_tok = make_tokenizer(cfg.engine);
   if (!made_tok) return error_info{errc::invalid_request, made_tok.error().message};
   auto tok = *made_tok;
   // One engine per worker; the first also tells us the model.
   std::vector<std::unique_ptr<engine>> engines;
-  for (uint32_t i = 0; i < cfg.prefill_workers + cfg.decode_workers; ++i) {
+  for (uint32_t i = 0; i < topo.prefill_workers + topo.decode_workers; ++i) {
     auto e = make_engine(cfg.engine);
     if (!e) return error_info{errc::invalid_request, e.error().message};
     engines.push_back(std::move(*e));
   }
   model_info model = engines.front()->info();
-  // KV pools are allocated up front; refuse sizes this machine cannot hold instead of
-  // failing inside an actor.
-  {
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-    double phys =
-        pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0;
-    double block = static_cast<double>(model.layout.block_bytes());
-    double need = block * (double(cfg.prefill.num_blocks) * cfg.prefill_workers +
-                           double(cfg.decode.num_blocks) * cfg.decode_workers);
-    if (phys > 0 && need > 0.8 * phys)
-      return error_info{
-          errc::invalid_request,
-          fmt::format("KV pools need {:.1f} GiB ({} B per block; {} prefill x {} "
-                      "blocks, {} decode x {} blocks) but this machine has {:.1f} GiB "
-                      "of memory: lower --decode-kv-blocks/--prefill-kv-blocks or the "
-                      "KV layout",
-                      need / (1 << 30), model.layout.block_bytes(), cfg.prefill_workers,
-                      cfg.prefill.num_blocks, cfg.decode_workers, cfg.decode.num_blocks,
-                      phys / (1 << 30))};
-  }
+  // KV pools from the memory budget. Their pages are touched as blocks are first used, so
+  // the budget bounds the resident KV; pools this machine cannot hold are refused here
+  // instead of failing inside an actor.
+  kv_demand demand;
+  demand.block_bytes = model.layout.block_bytes();
+  demand.block_tokens = model.layout.block_tokens;
+  demand.max_context = model.max_context;
+  demand.prefill_workers = topo.prefill_workers;
+  demand.decode_workers = topo.decode_workers;
+  demand.prefill_max_seqs = cfg.prefill.max_seqs;
+  demand.decode_max_batch = cfg.decode.max_batch;
+  demand.prefill_blocks = cfg.prefill_kv_blocks;
+  demand.decode_blocks = cfg.decode_kv_blocks;
+  auto pools = plan_kv_pools(demand, cfg.kv_memory, physical_memory_bytes(),
+                             model_file_bytes(cfg.engine.model_path));
+  if (!pools) return pools.error();
+  cfg.prefill.num_blocks = std::max(1u, pools->prefill_blocks);
+  cfg.decode.num_blocks = pools->decode_blocks;
   cfg.router.block_tokens = model.layout.block_tokens;
   cfg.router.eos = model.eos;
 
   auto im = std::make_unique<impl>();
   register_types(im->caf_cfg);
-  im->caf_cfg.set("scheduler.max-threads", static_cast<size_t>(cfg.scheduler_threads));
+  detail::configure_scheduler(im->caf_cfg, cfg.scheduler_threads);
   im->caf_cfg.set("logger.console", caf::atom("none"));
   im->sys = std::make_unique<caf::actor_system>(im->caf_cfg);
   auto& sys = *im->sys;
 
   // The one wiring path of a node (cluster/detail/node_wiring.hpp), with what differs
   // here as its inputs: the inline transport, the engines made above, the CLI's router.
-  auto m = one_node_manifest(cfg);
+  auto m = one_node_manifest(cfg, topo);
   auto sup = detail::spawn_node_supervisor(sys, m, 0, model.name);
   im->actors.push_back(sup);
   auto transport = std::make_shared<inline_transport>();
@@ -190,6 +206,8 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
   c->port_ = fe->rpc_port;
   c->http_port_ = fe->http_port;
   c->model_ = model;
+  c->topology_ = topo;
+  c->kv_pools_ = *pools;
   return c;
 }
 

@@ -7,11 +7,13 @@
 /// node joins it.
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <caf/fwd.hpp>
 
 #include "actors/actors.hpp"
+#include "cluster/serving_defaults.hpp"
 #include "common/result.hpp"
 #include "engine/engine_factory.hpp"
 #include "frontend/http_server.hpp"
@@ -25,8 +27,17 @@ struct embedded_config {
   router_config router;
   prefill_config prefill;
   decode_config decode;
-  uint32_t prefill_workers = 1;  ///< 0 = every prompt is prefilled on the decode worker
+  /// 0 = every prompt is prefilled on the decode worker; unset: choose_topology decides
+  /// from the core count (cpu engine; 1 for the others).
+  std::optional<uint32_t> prefill_workers;
   uint32_t decode_workers = 1;
+  /// KV budget of all pools together, bytes; unset: default_kv_memory (serving_defaults.hpp).
+  std::optional<uint64_t> kv_memory;
+  /// The user set the prefill chunk (prefill.token_budget); else a decode worker that
+  /// prefills between its steps may get a smaller one (choose_topology).
+  bool prefill_chunk_given = false;
+  /// Pool sizes fixed per worker of a role (blocks), instead of a share of the budget.
+  std::optional<uint32_t> prefill_kv_blocks, decode_kv_blocks;
   rpc_server_config rpc;
   http_server_config http;
   bool http_enabled = true;            ///< serve the OpenAI HTTP API beside the RPC one
@@ -47,6 +58,10 @@ class embedded_cluster {
   uint16_t http_port() const { return http_port_; }
   /// The model every worker serves.
   const model_info& model() const { return model_; }
+  /// The workers and compute threads it runs (chosen or given).
+  const serve_topology& topology() const { return topology_; }
+  /// How the KV pools were sized.
+  const kv_pool_plan& kv_pools() const { return kv_pools_; }
   caf::actor_system& system();
   /// Stops the frontend (cancelling requests in flight), then every actor.
   void stop();
@@ -58,6 +73,8 @@ class embedded_cluster {
   uint16_t port_ = 0;
   uint16_t http_port_ = 0;
   model_info model_;
+  serve_topology topology_;
+  kv_pool_plan kv_pools_;
 };
 
 }  // namespace tokenmill

@@ -16,6 +16,7 @@
 #include "actors/actors.hpp"
 #include "cluster/detail/manifest_parser.hpp"
 #include "cluster/detail/yaml_reader.hpp"
+#include "cluster/serving_defaults.hpp"
 
 namespace tokenmill {
 
@@ -196,8 +197,10 @@ std::string describe(const manifest& m) {
   } else {
     line(fmt::format("model: {} (written as {})", m.model.path, m.model.declared_path));
   }
-  line(fmt::format("defaults: engine {}, block_tokens {}, kv_transport {}", m.defaults.engine,
-                   m.defaults.block_tokens, m.defaults.kv_transport));
+  line(fmt::format("defaults: engine {}, block_tokens {}, kv_transport {}{}", m.defaults.engine,
+                   m.defaults.block_tokens, m.defaults.kv_transport,
+                   m.defaults.kv_memory ? ", kv_memory " + format_memory_size(*m.defaults.kv_memory)
+                                        : std::string()));
   line(fmt::format("frontend: node {}, rpc {}:{}, http {}:{}", m.frontend.node, m.frontend.host,
                    m.frontend.rpc_port, m.frontend.host, m.frontend.http_port));
   line(fmt::format(

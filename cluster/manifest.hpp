@@ -34,15 +34,17 @@ struct worker_options {
 
 /// A prefill worker's options (`prefill: {...}`); defaults match prefill_config's.
 struct prefill_options : worker_options {
-  uint32_t kv_blocks = 1024;  ///< KV pool size, blocks
-  uint32_t chunk = 512;       ///< prompt tokens per engine call
-  uint32_t max_seqs = 16;     ///< prompts per engine call
+  uint32_t kv_blocks = 1024;     ///< KV pool size, blocks
+  bool kv_blocks_given = false;  ///< kv_blocks was written (else defaults.kv_memory may size it)
+  uint32_t chunk = 512;          ///< prompt tokens per engine call
+  uint32_t max_seqs = 16;        ///< prompts per engine call
 };
 
 /// A decode worker's options (`decode: {...}`); defaults match decode_config's.
 struct decode_options : worker_options {
-  uint32_t kv_blocks = 4096;            ///< KV pool size, blocks
-  uint32_t max_batch = 64;              ///< sequences per decode step
+  uint32_t kv_blocks = 4096;     ///< KV pool size, blocks
+  bool kv_blocks_given = false;  ///< kv_blocks was written (else defaults.kv_memory may size it)
+  uint32_t max_batch = 64;       ///< sequences per decode step
   uint32_t local_prefill_budget = 512;  ///< prompt tokens per local prefill chunk
 };
 
@@ -95,6 +97,9 @@ struct manifest_defaults {
   std::string engine = "sim";        ///< "sim", "cpu" or "cuda"; "cpu" when the model is a file
   uint32_t block_tokens = 16;        ///< tokens per KV block
   std::string kv_transport = "ucx";  ///< "ucx" (between node processes) or "inline"
+  /// Each node's KV budget, bytes: the node's workers without kv_blocks share it
+  /// (plan_kv_pools, cluster/serving_defaults.hpp). Unset: every pool is its kv_blocks.
+  std::optional<uint64_t> kv_memory;
 };
 
 /// Where clients connect: the RPC and HTTP servers beside the router.

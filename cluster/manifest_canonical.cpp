@@ -37,6 +37,7 @@ std::string canonical_form(const manifest& m) {
   str("defaults.engine", m.defaults.engine);
   num("defaults.block_tokens", m.defaults.block_tokens);
   str("defaults.kv_transport", m.defaults.kv_transport);
+  if (m.defaults.kv_memory) num("defaults.kv_memory", *m.defaults.kv_memory);
   str("frontend.node", m.frontend.node);
   str("frontend.host", m.frontend.host);
   num("frontend.rpc_port", m.frontend.rpc_port);

@@ -13,6 +13,7 @@
 #include "actors/type_ids.hpp"
 #include "cluster/control_gate.hpp"
 #include "cluster/detail/node_wiring.hpp"
+#include "cluster/serving_defaults.hpp"
 #include "common/clock.hpp"
 #include "engine/engine_factory.hpp"
 #include "frontend/http_server.hpp"
@@ -22,6 +23,49 @@
 
 namespace tokenmill {
 namespace {
+
+/// Pool sizes for the workers of `node` that give no kv_blocks, from defaults.kv_memory:
+/// what the workers with kv_blocks take comes off the budget first.
+result<kv_pool_plan> node_kv_pools(const manifest& m, const manifest_node& node,
+                                   const model_info& model) {
+  kv_demand d;
+  d.block_bytes = model.layout.block_bytes();
+  d.block_tokens = model.layout.block_tokens;
+  d.max_context = model.max_context;
+  uint64_t fixed = 0;
+  bool seen_p = false, seen_d = false;
+  for (const auto& a : node.actors) {
+    if (const auto* p = a.prefill()) {
+      if (p->kv_blocks_given) {
+        fixed += uint64_t{p->kv_blocks} * d.block_bytes;
+      } else {
+        ++d.prefill_workers;
+        if (!seen_p) d.prefill_max_seqs = p->max_seqs;
+        seen_p = true;
+      }
+    } else if (const auto* dec = a.decode()) {
+      if (dec->kv_blocks_given) {
+        fixed += uint64_t{dec->kv_blocks} * d.block_bytes;
+      } else {
+        ++d.decode_workers;
+        if (!seen_d) d.decode_max_batch = dec->max_batch;
+        seen_d = true;
+      }
+    }
+  }
+  const uint64_t budget = *m.defaults.kv_memory;
+  if (fixed > budget)
+    return error_info{
+        errc::invalid_request,
+        fmt::format("{}: defaults.kv_memory {} is less than the {} that node '{}' "
+                    "workers with kv_blocks take",
+                    m.path, format_memory_size(budget), format_memory_size(fixed), node.name)};
+  auto plan = plan_kv_pools(d, budget - fixed, physical_memory_bytes(), 0);
+  if (!plan)
+    return error_info{errc::invalid_request, fmt::format("{}: defaults.kv_memory: node '{}': {}",
+                                                         m.path, node.name, plan.error().message)};
+  return plan;
+}
 
 struct agent_state {
   caf::actor supervisor;
@@ -123,7 +167,7 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   auto im = std::make_unique<impl>();
   register_types(im->caf_cfg);
   im->caf_cfg.load<caf::io::middleman>();
-  im->caf_cfg.set("scheduler.max-threads", size_t{2});
+  detail::configure_scheduler(im->caf_cfg, 2);
   im->caf_cfg.set("logger.console", caf::atom("none"));
   // Heartbeats are off by default in CAF 0.17: without them a hung or cut-off peer is
   // never detected (NOTES.md).
@@ -239,6 +283,13 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
     if (!eng) return error_info{errc::invalid_request, a.name + ": " + eng.error().message};
     return std::move(*eng);
   };
+  if (m.defaults.kv_memory) {
+    auto pools = node_kv_pools(m, *self_node, model);
+    if (!pools) return fail(pools.error());
+    services.prefill_blocks = pools->prefill_blocks;
+    services.decode_blocks = pools->decode_blocks;
+    spdlog::info("node '{}': {}", name, pools->summary);
+  }
   services.router = to_router_config(m);
   services.router.block_tokens = model.layout.block_tokens;
   services.router.eos = model.eos;

@@ -1,5 +1,7 @@
 #include "common/pool_memory.hpp"
 
+#include <sys/mman.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -26,14 +28,19 @@ namespace {
 
 class host_memory final : public pool_memory {
  public:
+  /// An anonymous private mapping: zero-filled by the kernel and backed page by page as
+  /// the pool's blocks are first written, so a large pool costs no start-up time and no
+  /// resident memory until it is used. MAP_NORESERVE: the budget, not the commit limit,
+  /// bounds it.
   explicit host_memory(size_t bytes) : size_(bytes) {
-    size_t rounded = (bytes + 4095) / 4096 * 4096;
-    if (rounded == 0) rounded = 4096;
-    data_ = static_cast<std::byte*>(std::aligned_alloc(4096, rounded));
-    if (data_ == nullptr) throw std::bad_alloc();
-    std::memset(data_, 0, rounded);
+    mapped_ = (bytes + 4095) / 4096 * 4096;
+    if (mapped_ == 0) mapped_ = 4096;
+    void* p = ::mmap(nullptr, mapped_, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    data_ = static_cast<std::byte*>(p);
   }
-  ~host_memory() override { std::free(data_); }
+  ~host_memory() override { ::munmap(data_, mapped_); }
   host_memory(const host_memory&) = delete;
   host_memory& operator=(const host_memory&) = delete;
 
@@ -50,6 +57,7 @@ class host_memory final : public pool_memory {
  private:
   std::byte* data_ = nullptr;
   size_t size_;
+  size_t mapped_ = 0;  ///< bytes mapped: size_ rounded up to whole pages
 };
 
 }  // namespace

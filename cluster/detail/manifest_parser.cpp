@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "cluster/detail/address.hpp"
+#include "cluster/serving_defaults.hpp"
 
 namespace tokenmill::detail {
 namespace {
@@ -31,7 +32,8 @@ constexpr std::string_view sim_keys[] = {"vocab",
                                          "decode_per_ctx_ns",
                                          "slowdown",
                                          "seed"};
-constexpr std::string_view defaults_keys[] = {"engine", "block_tokens", "kv_transport"};
+constexpr std::string_view defaults_keys[] = {"engine", "block_tokens", "kv_transport",
+                                              "kv_memory"};
 constexpr std::string_view layout_keys[] = {"layers", "kv_heads", "head_dim", "dtype_bytes"};
 constexpr std::string_view frontend_keys[] = {"node", "host", "rpc_port", "http_port"};
 constexpr std::string_view router_keys[] = {"local_prefill_threshold",  "max_inflight",
@@ -226,6 +228,14 @@ class parser {
     opt_uint(p_, r, "block_tokens", d.block_tokens, 1, 65536);
     if (auto* x = r.find("kv_transport"))
       if (auto s = read_choice(p_, *x, "defaults.kv_transport", transports)) d.kv_transport = *s;
+    if (auto* x = r.find("kv_memory")) {
+      if (auto s = read_string(p_, *x, "defaults.kv_memory", memory_size_expected)) {
+        if (auto bytes = parse_memory_size(*s))
+          d.kv_memory = *bytes;
+        else
+          p_.add(x->at(), "defaults.kv_memory", fmt::format("got '{}'", *s), memory_size_expected);
+      }
+    }
   }
 
   void layout(const entry& e) {
@@ -487,6 +497,7 @@ class parser {
         map_reader m(p_, options, options_at, opath, prefill_keys);
         worker(m, o, as);
         opt_uint(p_, m, "kv_blocks", o.kv_blocks, 1, u32_max);
+        o.kv_blocks_given = m.find("kv_blocks") != nullptr;
         opt_uint(p_, m, "chunk", o.chunk, 1, u32_max);
         opt_uint(p_, m, "max_seqs", o.max_seqs, 1, u32_max);
         out.options = o;
@@ -496,6 +507,7 @@ class parser {
         map_reader m(p_, options, options_at, opath, decode_keys);
         worker(m, o, as);
         opt_uint(p_, m, "kv_blocks", o.kv_blocks, 1, u32_max);
+        o.kv_blocks_given = m.find("kv_blocks") != nullptr;
         opt_uint(p_, m, "max_batch", o.max_batch, 1, u32_max);
         opt_uint(p_, m, "local_prefill_budget", o.local_prefill_budget, 1, u32_max);
         out.options = o;

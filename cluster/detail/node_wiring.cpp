@@ -6,6 +6,12 @@
 
 namespace tokenmill::detail {
 
+void configure_scheduler(caf::actor_system_config& cfg, size_t threads) {
+  cfg.set("scheduler.max-threads", threads);
+  cfg.set("work-stealing.moderate-poll-attempts", size_t{10});
+  cfg.set("work-stealing.relaxed-sleep-duration", caf::timespan{std::chrono::seconds(1)});
+}
+
 caf::actor spawn_node_supervisor(caf::actor_system& sys, const manifest& m, uint32_t index,
                                  const std::string& model_name) {
   if (m.nodes.at(index).count(role::supervisor) == 0) return {};
@@ -67,8 +73,11 @@ result<node_actors> spawn_node_actors(caf::actor_system& sys, const manifest& m,
       case role::prefill: {
         auto eng = services.engine_for(a);
         if (!eng) return eng.error();
-        keep(spawn_prefill(sys, info(a), to_prefill_config(*a.prefill()), std::move(*eng),
-                           services.transport, supervisor, as_decode));
+        auto pc = to_prefill_config(*a.prefill());
+        if (!a.prefill()->kv_blocks_given && services.prefill_blocks)
+          pc.num_blocks = *services.prefill_blocks;
+        keep(spawn_prefill(sys, info(a), pc, std::move(*eng), services.transport, supervisor,
+                           as_decode));
         break;
       }
       case role::decode: {
@@ -76,6 +85,8 @@ result<node_actors> spawn_node_actors(caf::actor_system& sys, const manifest& m,
         if (!eng) return eng.error();
         auto dc = to_decode_config(*a.decode());
         dc.kv_drain_timeout = services.kv_drain_timeout;
+        if (!a.decode()->kv_blocks_given && services.decode_blocks)
+          dc.num_blocks = *services.decode_blocks;
         keep(spawn_decode(sys, info(a), dc, std::move(*eng), services.transport, supervisor,
                           out.kv_store, as_prefill));
         break;

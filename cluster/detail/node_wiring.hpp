@@ -22,6 +22,16 @@
 
 namespace tokenmill::detail {
 
+/// CAF's cooperative scheduler for a node process: `threads` workers that sleep while
+/// there is nothing to do. CAF 0.17's work stealing has each worker poll for ~25 ms after
+/// every job (500 sleeps of 50 us) and then wake every 10 ms to try stealing: with the
+/// router's 1 s tick that was about 1% of a core per worker at idle, the whole idle CPU of
+/// `serve`, and on a 2-core machine the polling competes with the engine threads. A
+/// message from outside the scheduler (engine threads, frontends, the network) wakes a
+/// sleeping worker at once anyway, so workers poll briefly (10 sleeps) and retry stealing
+/// once a second.
+void configure_scheduler(caf::actor_system_config& cfg, size_t threads);
+
 /// Spawns the supervisor when node `index` of `m` runs it (else returns an invalid
 /// handle): it expects every other actor of the manifest to register, and joining nodes
 /// to run `m` and serve `model_name`.
@@ -39,6 +49,9 @@ struct node_services {
   /// How long a decode worker holds the blocks of a sequence whose KV may still be being
   /// written (decode_config::kv_drain_timeout), ms.
   std::chrono::milliseconds kv_drain_timeout{6000};
+  /// Pool sizes (blocks) from the node's KV budget (defaults.kv_memory) for its workers whose
+  /// manifest entry gives no kv_blocks; unset: their kv_blocks default.
+  std::optional<uint32_t> prefill_blocks, decode_blocks;
 };
 
 /// The actors spawn_node_actors spawned, supervisor not included.

@@ -143,3 +143,28 @@ TEST_CASE("bad command lines fail with a message naming the problem", "[integrat
   CHECK(st.err.find("tokenmill status: ") != std::string::npos);
   check_still_serving(srv);
 }
+
+TEST_CASE("serve sizes KV pools from --kv-memory and refuses budgets it cannot use",
+          "[integration]") {
+  auto serve_fails = [](std::vector<std::string> extra, const std::string& expect) {
+    std::vector<std::string> args{"serve", "--engine", "sim", "--rpc-port", "0", "--no-http"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto r = run_tokenmill(args, std::chrono::milliseconds(20000));
+    INFO("stdout: " << r.out << "\nstderr: " << r.err);
+    CHECK_FALSE(r.timed_out);
+    CHECK(r.exit_code != 0);
+    CHECK(r.err.find(expect) != std::string::npos);
+  };
+  serve_fails({"--kv-memory", "12X"}, "--kv-memory: '12X' is not a memory size");
+  serve_fails({"--kv-memory", "-1G"}, "e.g. 512M or 2GiB");
+  // The sim layout: 16 KiB blocks, 4096-token context = 256 blocks per sequence.
+  serve_fails({"--kv-memory", "1M"}, "less than one full-context sequence");
+  serve_fails({"--kv-memory", "1G", "--decode-kv-blocks", "8"}, "excludes");
+  // 64 MiB = 4096 blocks, split 64:16 between the decode and the prefill worker.
+  server srv{{"--kv-memory", "64M"}};
+  auto st = srv.status();
+  INFO(st.dump());
+  CHECK(worker(st, "decode")["kv_total"] == 3276);
+  CHECK(worker(st, "prefill")["kv_total"] == 819);
+  check_still_serving(srv);
+}

@@ -480,6 +480,8 @@ const corpus_case corpus_cases[] = {
      "nodes[2].actors[0].decode.engine: unknown value 'gpu'; expected one of sim, cpu, cuda"},
     {"bad_kv_transport.yaml", 6,
      "defaults.kv_transport: unknown value 'rdma'; expected one of inline, ucx"},
+    {"bad_kv_memory.yaml", 6,
+     "defaults.kv_memory: got '12X'; expected a positive number with an optional unit"},
     {"cpu_engine_sim_model.yaml", 12,
      "nodes[1].actors[0].prefill.engine: engine 'cpu' needs a model file, but the model is sim"},
     {"kv_layout_with_path.yaml", 4,
@@ -865,4 +867,42 @@ nodes:
   auto b = parse(bad);
   REQUIRE_FALSE(b.ok());
   CHECK(b.error().message.find("http_port") != std::string::npos);
+}
+
+TEST_CASE("manifest: defaults.kv_memory is a node's KV budget", "[manifest]") {
+  auto with = [](const std::string& defaults, const std::string& decode) {
+    return R"(
+cluster: demo
+model: {sim: {}}
+frontend: {node: head}
+defaults: )" +
+           defaults + R"(
+nodes:
+  - name: head
+    address: 127.0.0.1
+    actors: [router, supervisor, kv_store, prefill, )" +
+           decode + R"(]
+)";
+  };
+  auto m = ok(parse(with("{kv_memory: 1.5GiB}", "{decode: {kv_blocks: 100}}")));
+  REQUIRE(m.defaults.kv_memory);
+  CHECK(*m.defaults.kv_memory == 3 * (uint64_t{1} << 29));
+  const auto& actors = m.nodes[0].actors;
+  CHECK_FALSE(actors[3].prefill()->kv_blocks_given);
+  CHECK(actors[4].decode()->kv_blocks_given);
+  CHECK(actors[4].decode()->kv_blocks == 100);
+  CHECK_THAT(describe(m), Catch::Contains("kv_memory 1.50 GiB"));
+  // Bytes as a plain number; absent: no budget, and the hash of a manifest without it is
+  // unchanged by the new key.
+  CHECK(*ok(parse(with("{kv_memory: 1048576}", "decode"))).defaults.kv_memory == 1048576);
+  auto without = ok(parse(with("{engine: sim}", "decode")));
+  CHECK_FALSE(without.defaults.kv_memory);
+  CHECK(manifest_hash(without) != manifest_hash(ok(parse(with("{kv_memory: 1G}", "decode")))));
+  for (const char* bad : {"0", "lots", "-1G", "[1, 2]"}) {
+    INFO(bad);
+    auto r = parse(with(std::string("{kv_memory: ") + bad + "}", "decode"));
+    REQUIRE_FALSE(r.ok());
+    CHECK_THAT(r.error().message, Catch::Contains("defaults.kv_memory"));
+    CHECK_THAT(r.error().message, Catch::Contains("e.g. 512M or 2GiB"));
+  }
 }

@@ -1,5 +1,8 @@
 #include <catch2/catch.hpp>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -65,6 +68,38 @@ TEST_CASE("pool memory is 4096-byte aligned and blocks are contiguous", "[block_
   // Every byte of every block is writable (the rounding up to a page must not shrink it).
   std::memset(pool.memory().data(), 0xAB, pool.memory().size());
   CHECK(static_cast<uint8_t>(pool.block(6)[127]) == 0xAB);
+}
+
+TEST_CASE("a host pool's pages become resident only as blocks are written", "[block_pool]") {
+  // 256 blocks of 128 KiB: 32 MiB that a fresh pool must not touch (issue 21: pools are sized
+  // from a budget and must not cost resident memory or start-up time until used).
+  kv_layout l;
+  l.layers = 8;
+  l.kv_heads = 2;
+  l.head_dim = 128;
+  l.block_tokens = 16;
+  l.dtype_bytes = 2;
+  REQUIRE(l.block_bytes() == 128 * 1024);
+  block_pool pool(l, 256);
+  const long page = ::sysconf(_SC_PAGE_SIZE);
+  REQUIRE(page > 0);
+  auto resident = [&](size_t offset, size_t bytes) {
+    std::vector<unsigned char> v((bytes + page - 1) / page);
+    REQUIRE(::mincore(pool.memory().data() + offset, bytes, v.data()) == 0);
+    return static_cast<size_t>(
+        std::count_if(v.begin(), v.end(), [](unsigned char c) { return c & 1; }));
+  };
+  CHECK(resident(0, pool.memory().size()) == 0);
+  auto blocks = pool.allocate(2);
+  REQUIRE(blocks);
+  std::memset(pool.block((*blocks)[1]), 0x5A, pool.block_bytes());
+  const size_t block_pages = pool.block_bytes() / static_cast<size_t>(page);
+  CHECK(resident(size_t{(*blocks)[1]} * pool.block_bytes(), pool.block_bytes()) == block_pages);
+  // Exactly the block's pages; with transparent huge pages set to "always" the kernel may
+  // back it with one 2 MiB page, still far from the whole pool.
+  const size_t total = resident(0, pool.memory().size());
+  CHECK(total >= block_pages);
+  CHECK(total <= std::max(block_pages, size_t{2 << 20} / static_cast<size_t>(page)));
 }
 
 TEST_CASE("invalid pools are rejected", "[block_pool]") {
