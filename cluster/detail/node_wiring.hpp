@@ -29,7 +29,7 @@ namespace tokenmill::detail {
 /// `serve`, and on a 2-core machine the polling competes with the engine threads. A
 /// message from outside the scheduler (engine threads, frontends, the network) wakes a
 /// sleeping worker at once anyway, so workers poll briefly (10 sleeps) and retry stealing
-/// once a second.
+/// every 50 ms.
 void configure_scheduler(caf::actor_system_config& cfg, size_t threads);
 
 /// Spawns the supervisor when node `index` of `m` runs it (else returns an invalid
