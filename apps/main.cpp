@@ -33,6 +33,8 @@ int main(int argc, char** argv) {
   add("launch", "Start every node of a host manifest, wait until the cluster is ready, serve",
       tokenmill::app::add_launch);
   add("manifest", "Host manifest tools (check)", tokenmill::app::add_manifest);
+  add("certs", "Cluster certificates for mutual TLS between nodes, and the cluster secret (init)",
+      tokenmill::app::add_certs);
   add("make-model",
       "Write a deterministic random-weight model (GGUF or Hugging Face) from a preset",
       tokenmill::app::add_make_model);
