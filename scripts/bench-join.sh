@@ -27,41 +27,41 @@ work=$(mktemp -d /tmp/tokenmill-bench-join.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 "$bin" certs init "$work/certs" --nodes head,p0,d0 >/dev/null || exit 1
 
-# A free port above 20000 for each listener (checked with bash's /dev/tcp: nothing answers).
+# Free ports above 20000 (checked with bash's /dev/tcp: nothing answers), one per listener.
 port=$((20000 + RANDOM % 20000))
-free_port() {
-  while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
-  echo $port
+next_port() {
   port=$((port + 1))
+  while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
 }
 
-manifest() { # NAME SECURITY
-  local f=$work/$1.yaml
+manifest() { # NAME SECURITY: writes $work/NAME.yaml
+  local f=$work/$1.yaml p=() i
+  for ((i = 0; i < 7; i++)); do
+    next_port
+    p+=("$port")
+  done
   {
     echo "cluster: join-$1"
     echo "model: {sim: {decode_step_ms: 2, prefill_us_per_token: 20}}"
     echo "defaults: {engine: sim, block_tokens: 16, kv_transport: inline}"
-    echo "frontend: {node: head, rpc_port: $(free_port), http_port: $(free_port)}"
+    echo "frontend: {node: head, rpc_port: ${p[0]}, http_port: ${p[1]}}"
     [[ -n $2 ]] && echo "security: $2"
     echo "nodes:"
-    echo "  - {name: head, address: 127.0.0.1, port: $(free_port), actors: [router, supervisor, kv_store]}"
-    echo "  - {name: p0, address: 127.0.0.1, port: $(free_port), http_port: $(free_port), actors: [prefill]}"
-    echo "  - {name: d0, address: 127.0.0.1, port: $(free_port), http_port: $(free_port), actors: [decode]}"
+    echo "  - {name: head, address: 127.0.0.1, port: ${p[2]}, actors: [router, supervisor, kv_store]}"
+    echo "  - {name: p0, address: 127.0.0.1, port: ${p[3]}, http_port: ${p[4]}, actors: [prefill]}"
+    echo "  - {name: d0, address: 127.0.0.1, port: ${p[5]}, http_port: ${p[6]}, actors: [decode]}"
   } >"$f"
-  echo "$f"
 }
 
 variants=(plain secret tls)
-declare -A file=(
-  [plain]=$(manifest plain "")
-  [secret]=$(manifest secret "{secret_file: certs/secret}")
-  [tls]=$(manifest tls "{tls: {ca: certs/ca.crt, cert: 'certs/{node}.crt', key: 'certs/{node}.key'}, secret_file: certs/secret}")
-)
+manifest plain ""
+manifest secret "{secret_file: certs/secret}"
+manifest tls "{tls: {ca: certs/ca.crt, cert: 'certs/{node}.crt', key: 'certs/{node}.key'}, secret_file: certs/secret}"
 declare -A times=()
 
 one_run() { # VARIANT -> prints the ready seconds or "fail"
   local out=$work/launch.out
-  "$bin" launch "${file[$1]}" --log-dir "$work/logs-$1" >"$out" 2>&1 &
+  "$bin" launch "$work/$1.yaml" --log-dir "$work/logs-$1" >"$out" 2>&1 &
   local pid=$! s="" i
   for ((i = 0; i < 300; i++)); do
     s=$(sed -n 's/.* ready after \([0-9.]*\) s.*/\1/p' "$out")
