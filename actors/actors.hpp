@@ -35,6 +35,13 @@ struct supervisor_config {
   caf::timespan change_timeout = std::chrono::seconds(120);
   /// Bound of the status and latency queries of one planner tick.
   caf::timespan planner_query_timeout = std::chrono::milliseconds(500);
+  /// The cluster secret (manifest security.secret_file): a node joins only with a proof of
+  /// it (join_policy.hpp). Empty: no proof asked.
+  std::vector<uint8_t> secret;
+  /// Workers register only from a node that joined and is up, and only from that node's
+  /// process, so that pool descriptors (remote keys) reach joined members only. Manifest
+  /// clusters set it; the embedded cluster has no joins.
+  bool members_from_joined_nodes = false;
 };
 
 /// Asks every actor in `actors` to exit (user_shutdown) and forgets them. Composition roots

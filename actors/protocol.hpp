@@ -264,15 +264,25 @@ using supervisor_atom = caf::atom_constant<caf::atom("sup")>;
 /// Clock probe: (ping_atom, t0) to a node agent; reply (t0, t_node) on its steady clock.
 using ping_atom = caf::atom_constant<caf::atom("ping")>;
 
+/// node -> supervisor (request, reply: std::string, a fresh challenge in hex): the first
+/// step of a join when the cluster has a secret (actors/supervisor/join_policy.hpp). Each
+/// challenge is good for one join_node within a short window.
+using join_challenge_atom = caf::atom_constant<caf::atom("joinchal")>;
+
 /// node -> supervisor (request, reply: std::string, empty = accepted): a node of the
-/// manifest joins. Nodes that serve another model or another manifest are refused.
+/// manifest joins. Nodes that serve another model or another manifest are refused, and,
+/// when the cluster has a secret, nodes whose proof of it does not check out.
 struct join_node {
   std::string name;
   uint32_t index = 0;
   uint64_t manifest_hash = 0;
   std::string model;
-  caf::actor agent;     ///< the node's published agent (answers ping_atom)
-  std::string host_id;  ///< host_clock_id(): equal ids share one monotonic clock
+  caf::actor agent;       ///< the node's published agent (answers ping_atom)
+  std::string host_id;    ///< host_clock_id(): equal ids share one monotonic clock
+  std::string challenge;  ///< from join_challenge_atom, hex; empty without a secret
+  /// HMAC-SHA256 under the cluster secret over the challenge and the fields above (hex;
+  /// join_proof()); empty without a secret. The secret itself never travels.
+  std::string proof;
 };
 
 /// supervisor -> node agents, on every node join or loss: the indices of the nodes that
@@ -586,7 +596,7 @@ typename F::result_type inspect(F& f, overlap_reply& x) {
 template <class F>
 typename F::result_type inspect(F& f, join_node& x) {
   return f(caf::meta::type_name("join_node"), x.name, x.index, x.manifest_hash, x.model, x.agent,
-           x.host_id);
+           x.host_id, x.challenge, x.proof);
 }
 template <class F>
 typename F::result_type inspect(F& f, node_peers& x) {

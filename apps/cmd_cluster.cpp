@@ -24,6 +24,7 @@
 #include "apps/signals.hpp"
 #include "cluster/node.hpp"
 #include "cluster/restart_policy.hpp"
+#include "cluster/security.hpp"
 #include "cluster/slurm.hpp"
 #include "common/clock.hpp"
 #include "frontend/client.hpp"
@@ -225,6 +226,50 @@ std::optional<int> serve_tick(std::vector<child>& kids, const restart_config& po
     return 1;
   }
   return std::nullopt;
+}
+
+/// A tar archive (in `log_dir`, mode 0600) of the manifest and the security files node
+/// `name` needs, at their paths relative to the manifest's folder, for an ssh node. A file
+/// outside that folder is not sent (it must exist at its path on the host); launch says so.
+result<std::string> ssh_bundle(const manifest& m, const std::string& manifest_abs,
+                               const std::string& name, const std::string& log_dir) {
+  namespace fs = std::filesystem;
+  auto dir = fs::path(manifest_abs).parent_path();
+  std::vector<std::string> files{fs::path(manifest_abs).filename().string()};
+  std::vector<std::string> wanted;
+  if (m.security.tls)
+    wanted = {m.security.tls->ca, m.security.tls->cert_for(name), m.security.tls->key_for(name)};
+  if (!m.security.secret_file.empty()) wanted.push_back(m.security.secret_file);
+  for (const auto& f : wanted) {
+    auto rel = fs::absolute(f).lexically_normal().lexically_relative(dir);
+    if (rel.empty() || rel.is_absolute() || *rel.begin() == "..") {
+      std::printf(
+          "launch: node %s (ssh): %s is outside the manifest's folder and is not sent; "
+          "it must exist on that host\n",
+          name.c_str(), f.c_str());
+      continue;
+    }
+    std::error_code ec;
+    if (!fs::exists(f, ec))
+      return error_info{errc::invalid_request, fmt::format("the security file {} is missing", f)};
+    files.push_back(rel.string());
+  }
+  auto bundle = fmt::format("{}/{}.ssh-bundle.tar", log_dir, name);
+  int fd = ::open(bundle.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (fd < 0)
+    return error_info{errc::unavailable,
+                      fmt::format("cannot create {}: {}", bundle, std::strerror(errno))};
+  ::fchmod(fd, 0600);
+  ::close(fd);
+  std::vector<std::string> argv{"tar", "-c", "-f", bundle, "-C", dir.string(), "--"};
+  argv.insert(argv.end(), files.begin(), files.end());
+  auto log = bundle + ".log";
+  pid_t pid = spawn_logged(argv, log, "");
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    return error_info{errc::unavailable,
+                      fmt::format("tar could not pack the node's files (see {})", log)};
+  return bundle;
 }
 
 std::string self_exe() {
@@ -441,6 +486,22 @@ command add_launch(CLI::App& app) {
       std::fprintf(stderr, "tokenmill launch: invalid manifest:\n%s\n", m.error().message.c_str());
       return 2;
     }
+    if (m->security.tls && m->security.tls->generated) {
+      // tls: auto: the cluster's CA and a certificate per node, created once, beside the
+      // manifest; later launches keep them.
+      std::vector<std::string> names;
+      for (const auto& n : m->nodes)
+        names.push_back(n.name);
+      auto made = create_cluster_certs(m->security.certs_dir, names);
+      if (!made) {
+        std::fprintf(stderr, "tokenmill launch: security.tls auto: %s\n",
+                     made.error().message.c_str());
+        return 2;
+      }
+      if (!made->created.empty())
+        std::printf("launch: created %zu certificate, key and secret files in %s\n",
+                    made->created.size(), m->security.certs_dir.c_str());
+    }
     std::string manifest_abs = std::filesystem::absolute(o->manifest).string();
     auto sigs = block_stop_signals();
     auto t0 = now_ns();
@@ -477,6 +538,21 @@ command add_launch(CLI::App& app) {
                 fmt::format("cat > '{0}' && exec '{1}' node --manifest '{0}' --name '{2}'", remote,
                             exe, n->name)};
         stdin_file = manifest_abs;
+      } else if (!n->ssh.empty() && (m->security.tls || !m->security.secret_file.empty())) {
+        // Remote with TLS files or a secret: the manifest and this node's files travel on
+        // stdin as a tar archive, unpacked into a fresh private folder on the host.
+        auto bundle = ssh_bundle(*m, manifest_abs, n->name, o->log_dir);
+        if (!bundle) {
+          std::fprintf(stderr, "launch: node %s: %s\n", n->name.c_str(),
+                       bundle.error().message.c_str());
+          stop_children(kids, 5);
+          return 1;
+        }
+        argv = {"ssh", "-o", "BatchMode=yes", n->ssh,
+                fmt::format("umask 077 && d=$(mktemp -d /tmp/tokenmill-{0}-XXXXXX) && tar -x -C "
+                            "\"$d\" && exec tokenmill node --manifest \"$d/{1}\" --name {0}",
+                            n->name, std::filesystem::path(manifest_abs).filename().string())};
+        stdin_file = *bundle;
       } else if (!n->ssh.empty()) {
         // Remote: the manifest travels on stdin, tokenmill must be on the remote PATH.
         std::string remote = fmt::format("/tmp/tokenmill-{}.yaml", m->cluster);

@@ -35,5 +35,7 @@ command add_profile(CLI::App& app);
 command add_plan(CLI::App& app);
 /// `tokenmill drain`: empties a node's workers without failing a request.
 command add_drain(CLI::App& app);
+/// `tokenmill certs init`: a cluster CA, node certificates and a cluster secret.
+command add_certs(CLI::App& app);
 
 }  // namespace tokenmill::app

@@ -40,6 +40,8 @@ int main(int argc, char** argv) {
   add("manifest", "Host manifest tools (check)", tokenmill::app::add_manifest);
   add("k8s", "Kubernetes: render a host manifest as ConfigMap, StatefulSets and Services (render)",
       tokenmill::app::add_k8s);
+  add("certs", "Cluster certificates for mutual TLS between nodes, and the cluster secret (init)",
+      tokenmill::app::add_certs);
   add("make-model",
       "Write a deterministic random-weight model (GGUF or Hugging Face) from a preset",
       tokenmill::app::add_make_model);

@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 
@@ -18,9 +19,38 @@ namespace tokenmill {
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 
+namespace {
+
+/// Why a TLS handshake failed, in words an operator can act on.
+std::string tls_refusal(const boost::system::error_code& e, const std::string& verify_error) {
+  if (!verify_error.empty()) return verify_error;
+  auto what = e.message();
+  auto has = [&](const char* s) { return what.find(s) != std::string::npos; };
+  if (has("peer did not return a certificate"))
+    return "the peer presented no certificate (a node without security.tls?)";
+  if (has("alert unknown ca") || has("alert bad certificate") || has("alert certificate unknown"))
+    return "the peer does not accept this node's certificate: it trusts another CA (a node of "
+           "another cluster?) (" +
+           what + ")";
+  if (has("no shared cipher"))
+    return "no shared cipher: the peer offered no certificate-based TLS (a node without "
+           "security.tls, in CAF's anonymous TLS mode?)";
+  if (has("wrong version number") || has("http request") || has("unknown protocol") ||
+      has("packet length too long") || has("record layer failure"))
+    return "not a TLS handshake (a node without TLS, or not a tokenmill node): " + what;
+  if (e == asio::error::eof || e == asio::error::connection_reset)
+    return "the peer closed the connection during the TLS handshake (it may have refused "
+           "this node's certificate)";
+  return "TLS handshake failed: " + what;
+}
+
+}  // namespace
+
 struct control_gate::impl : std::enable_shared_from_this<control_gate::impl> {
   control_gate_config cfg;
   asio::io_context io{1};
+  /// The server side of mutual TLS (cfg.tls), or an unused context when the gate is plain.
+  asio::ssl::context tls_ctx{asio::ssl::context::tls_server};
   std::optional<tcp::acceptor> acceptor;
   std::thread thread;
   mutable std::mutex stats_mu;
@@ -37,23 +67,28 @@ struct control_gate::impl : std::enable_shared_from_this<control_gate::impl> {
   /// One relayed connection: peer <-> middleman.
   struct session : std::enable_shared_from_this<session> {
     std::shared_ptr<impl> gate;
-    tcp::socket peer, upstream;
+    /// The peer's connection; the TLS layer is used only when the gate runs TLS.
+    asio::ssl::stream<tcp::socket> peer;
+    tcp::socket upstream;
     asio::steady_timer deadline;
     basp_inbound_check check;
     std::string who;
+    std::string verify_error;  ///< why the peer's certificate was not accepted
     std::array<uint8_t, 64 << 10> from_peer{}, from_upstream{};
     std::vector<uint8_t> to_upstream;
+    bool tls = false;
     bool counted_unauthenticated = true;
     bool closed = false;
 
     session(std::shared_ptr<impl> g, tcp::socket s)
         : gate(std::move(g)),
-          peer(std::move(s)),
+          peer(std::move(s), gate->tls_ctx),
           upstream(gate->io),
           deadline(gate->io),
-          check(gate->cfg.limits) {
+          check(gate->cfg.limits),
+          tls(gate->cfg.tls.has_value()) {
       boost::system::error_code ec;
-      auto ep = peer.remote_endpoint(ec);
+      auto ep = peer.next_layer().remote_endpoint(ec);
       who = ec ? "?" : fmt::format("{}:{}", ep.address().to_string(), ep.port());
     }
 
@@ -70,19 +105,68 @@ struct control_gate::impl : std::enable_shared_from_this<control_gate::impl> {
       }
       boost::system::error_code ec;
       deadline.cancel();
-      peer.close(ec);
+      peer.next_layer().close(ec);
       upstream.close(ec);
+    }
+
+    template <class Buffer, class Handler>
+    void read_some_from_peer(const Buffer& b, Handler&& h) {
+      if (tls)
+        peer.async_read_some(b, std::forward<Handler>(h));
+      else
+        peer.next_layer().async_read_some(b, std::forward<Handler>(h));
+    }
+    template <class Buffer, class Handler>
+    void write_to_peer(const Buffer& b, Handler&& h) {
+      if (tls)
+        asio::async_write(peer, b, std::forward<Handler>(h));
+      else
+        asio::async_write(peer.next_layer(), b, std::forward<Handler>(h));
     }
 
     void start() {
       auto self = shared_from_this();
       boost::system::error_code ec;
-      peer.set_option(tcp::no_delay(true), ec);
+      peer.next_layer().set_option(tcp::no_delay(true), ec);
       deadline.expires_after(gate->cfg.handshake_timeout);
       deadline.async_wait([self](boost::system::error_code e) {
         if (!e && !self->check.handshaken())
-          self->close("no BASP handshake in time", &control_gate_stats::timed_out);
+          self->close(self->tls ? "no TLS and BASP handshake in time" : "no BASP handshake in time",
+                      &control_gate_stats::timed_out);
       });
+      if (!tls) return connect_upstream();
+      // Record why OpenSSL rejects the peer's certificate, for the log line.
+      auto* raw = this;
+      peer.set_verify_callback([raw](bool ok, asio::ssl::verify_context& vc) {
+        if (!ok && raw->verify_error.empty()) {
+          auto* c = vc.native_handle();
+          char subject[256] = "?";
+          if (X509* cert = X509_STORE_CTX_get_current_cert(c))
+            X509_NAME_oneline(X509_get_subject_name(cert), subject, sizeof(subject));
+          raw->verify_error = fmt::format(
+              "the peer's certificate ({}) is not accepted: {} (not signed by this "
+              "cluster's CA?)",
+              subject, X509_verify_cert_error_string(X509_STORE_CTX_get_error(c)));
+        }
+        return ok;
+      });
+      peer.async_handshake(asio::ssl::stream_base::server, [self](boost::system::error_code e) {
+        if (self->closed) return;
+        if (e)
+          return self->close("refused: " + tls_refusal(e, self->verify_error),
+                             &control_gate_stats::tls_refused);
+        if (X509* cert = SSL_get_peer_certificate(self->peer.native_handle())) {
+          char subject[256] = "?";
+          X509_NAME_oneline(X509_get_subject_name(cert), subject, sizeof(subject));
+          X509_free(cert);
+          spdlog::debug("control port: TLS peer {} is {}", self->who, subject);
+        }
+        self->connect_upstream();
+      });
+    }
+
+    void connect_upstream() {
+      auto self = shared_from_this();
       upstream.async_connect(
           tcp::endpoint(asio::ip::make_address("127.0.0.1"), gate->cfg.upstream_port),
           [self](boost::system::error_code e) {
@@ -97,7 +181,7 @@ struct control_gate::impl : std::enable_shared_from_this<control_gate::impl> {
     /// Peer -> middleman: checked, whole frames only; the next read waits for the write.
     void read_peer() {
       auto self = shared_from_this();
-      peer.async_read_some(asio::buffer(from_peer), [self](boost::system::error_code e, size_t n) {
+      read_some_from_peer(asio::buffer(from_peer), [self](boost::system::error_code e, size_t n) {
         if (e || self->closed) return self->close("");
         self->to_upstream.clear();
         auto why = self->check.feed(std::span<const uint8_t>(self->from_peer.data(), n),
@@ -120,15 +204,16 @@ struct control_gate::impl : std::enable_shared_from_this<control_gate::impl> {
     /// Middleman -> peer: passed through.
     void read_upstream() {
       auto self = shared_from_this();
-      upstream.async_read_some(
-          asio::buffer(from_upstream), [self](boost::system::error_code e, size_t n) {
-            if (e || self->closed) return self->close("");
-            asio::async_write(self->peer, asio::buffer(self->from_upstream.data(), n),
-                              [self](boost::system::error_code we, size_t) {
-                                if (we || self->closed) return self->close("");
-                                self->read_upstream();
-                              });
-          });
+      upstream.async_read_some(asio::buffer(from_upstream),
+                               [self](boost::system::error_code e, size_t n) {
+                                 if (e || self->closed) return self->close("");
+                                 self->write_to_peer(asio::buffer(self->from_upstream.data(), n),
+                                                     [self](boost::system::error_code we, size_t) {
+                                                       if (we || self->closed)
+                                                         return self->close("");
+                                                       self->read_upstream();
+                                                     });
+                               });
     }
   };
 
@@ -166,6 +251,24 @@ control_gate::~control_gate() {
 result<uint16_t> control_gate::start() {
   auto& im = *impl_;
   boost::system::error_code ec;
+  if (im.cfg.tls) {
+    // Checked first (cluster/security.hpp) so that a bad file is named; then loaded.
+    if (auto ok = check_tls_files(*im.cfg.tls); !ok) return ok.error();
+    auto& c = im.tls_ctx;
+    c.set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                  asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                  asio::ssl::context::no_tlsv1_1);
+    c.use_certificate_chain_file(im.cfg.tls->cert, ec);
+    if (!ec) c.use_private_key_file(im.cfg.tls->key, asio::ssl::context::pem, ec);
+    if (!ec) c.load_verify_file(im.cfg.tls->ca, ec);
+    if (!ec) c.set_verify_mode(asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert, ec);
+    if (ec)
+      return error_info{
+          errc::invalid_request,
+          fmt::format("control port: cannot load the TLS files (cert {}, key {}, "
+                      "ca {}): {}",
+                      im.cfg.tls->cert, im.cfg.tls->key, im.cfg.tls->ca, ec.message())};
+  }
   tcp::resolver resolver(im.io);
   auto found = resolver.resolve(im.cfg.host, std::to_string(im.cfg.port),
                                 tcp::resolver::passive | tcp::resolver::numeric_service, ec);

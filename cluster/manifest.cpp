@@ -112,6 +112,22 @@ size_t manifest_node::count(role r) const {
                                            [r](const manifest_actor& a) { return a.kind == r; }));
 }
 
+namespace {
+std::string with_node(std::string path, std::string_view node) {
+  constexpr std::string_view mark = "{node}";
+  for (auto at = path.find(mark); at != std::string::npos; at = path.find(mark, at + node.size()))
+    path.replace(at, mark.size(), node);
+  return path;
+}
+}  // namespace
+
+std::string manifest_tls::cert_for(std::string_view node) const {
+  return with_node(cert, node);
+}
+std::string manifest_tls::key_for(std::string_view node) const {
+  return with_node(key, node);
+}
+
 const manifest_node* manifest::find_node(std::string_view name) const {
   for (auto& n : nodes)
     if (n.name == name) return &n;
@@ -139,7 +155,7 @@ result<manifest> parse_manifest(const std::string& yaml_text,
   }
   constexpr std::string_view top_text =
       "a map with keys cluster, model, frontend, nodes (and optionally defaults, kv_layout, "
-      "router, failure, ucx, restart, planner)";
+      "router, failure, ucx, restart, planner, security)";
   if (docs.empty() || (docs.size() == 1 && docs[0].IsNull())) {
     p.add({}, "(document)", "the manifest is empty", top_text);
     return p.to_error();
@@ -209,6 +225,15 @@ std::string describe(const manifest& m) {
       "stall_timeout {} s",
       m.router.local_prefill_threshold, m.router.max_inflight, m.router.max_queued_prompt_tokens,
       m.router.migration_limit, m.router.request_timeout_s, m.router.stall_timeout_s));
+  {
+    auto& sec = m.security;
+    std::string tls = !sec.tls ? std::string(sec.insecure ? "off (insecure: true)" : "off")
+                      : sec.tls->generated ? fmt::format("auto (certificates in {})", sec.certs_dir)
+                                           : fmt::format("ca {}, cert {}, key {}", sec.tls->ca,
+                                                         sec.tls->cert, sec.tls->key);
+    line(fmt::format("security: tls {}, cluster secret {}", tls,
+                     sec.secret_file.empty() ? std::string("none") : sec.secret_file));
+  }
   line(fmt::format("failure: heartbeat {} ms, connection timeout {} ms", m.failure.heartbeat_ms,
                    m.failure.connection_timeout_ms));
   if (m.defaults.kv_transport == "ucx")

@@ -131,6 +131,36 @@ struct manifest_ucx {
   uint32_t window_mib = 256;         ///< KV write bytes in flight per node; more wait in turn
 };
 
+/// Mutual TLS between nodes (`security: {tls: ...}`): every node presents its certificate,
+/// signed by the cluster's CA, and accepts only peers whose certificate chains to that CA.
+/// Paths are resolved against the manifest's directory; "{node}" in `cert` and `key`
+/// stands for the node's name (one manifest, a certificate per node).
+struct manifest_tls {
+  std::string ca;    ///< the cluster CA's certificate (PEM)
+  std::string cert;  ///< the node's certificate (PEM), may contain {node}
+  std::string key;   ///< the node's private key (PEM), may contain {node}
+  /// `tls: auto`: the layout `tokenmill certs init` writes in certs/ beside the manifest
+  /// (ca.crt, NODE.crt, NODE.key); `tokenmill launch` creates what is missing.
+  bool generated = false;
+
+  /// `cert` with {node} replaced by `node`.
+  std::string cert_for(std::string_view node) const;
+  /// `key` with {node} replaced by `node`.
+  std::string key_for(std::string_view node) const;
+};
+
+/// `security:`: how nodes authenticate each other. Without TLS, a cluster whose nodes do
+/// not all listen on loopback is refused unless `insecure: true` says so in so many words.
+struct manifest_security {
+  std::optional<manifest_tls> tls;  ///< absent: plain TCP between nodes
+  /// The cluster secret's file (resolved); a node joins only by proving it knows the
+  /// secret (HMAC over a challenge of the supervisor). Empty: no secret.
+  std::string secret_file;
+  bool insecure = false;  ///< `insecure: true`: plaintext between hosts, on purpose
+  /// The certificates directory of `tls: auto` (resolved), where launch creates them.
+  std::string certs_dir;
+};
+
 /// A parsed, validated manifest with every default applied.
 struct manifest {
   std::string path;  ///< the file it was read from (not covered by the hash)
@@ -149,6 +179,9 @@ struct manifest {
   /// How `tokenmill launch` restarts a node that dies after the cluster is ready. Only the
   /// launcher reads it, so it is not part of the hash (see canonical_form).
   restart_config restart;
+  /// Node authentication. The hash covers whether TLS, a secret and insecure are on, not
+  /// the paths (each host may keep its files elsewhere).
+  manifest_security security;
   std::vector<manifest_node> nodes;
 
   /// The node named `name`, or nullptr.

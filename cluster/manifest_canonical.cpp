@@ -70,6 +70,11 @@ std::string canonical_form(const manifest& m) {
     num("planner.decode_max_batch", p.decode_max_batch);
     num("planner.change_timeout_ms", p.change_timeout_ms);
   }
+  // Absent when off, so that manifests without a security section keep their hash. Paths
+  // are left out: each host may keep its certificates and secret elsewhere.
+  if (m.security.tls) str("security.tls", "on");
+  if (!m.security.secret_file.empty()) str("security.secret", "on");
+  if (m.security.insecure) str("security.insecure", "true");
   num("nodes", m.nodes.size());
   for (size_t i = 0; i < m.nodes.size(); ++i) {
     auto& n = m.nodes[i];

@@ -8,12 +8,15 @@
 #include <spdlog/spdlog.h>
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
+#include <caf/openssl/all.hpp>
 
 #include "actors/actors.hpp"
+#include "actors/supervisor/join_policy.hpp"
 #include "actors/type_ids.hpp"
 #include "cluster/control_gate.hpp"
 #include "cluster/detail/node_wiring.hpp"
 #include "cluster/serving_defaults.hpp"
+#include "cluster/security.hpp"
 #include "common/clock.hpp"
 #include "engine/engine_factory.hpp"
 #include "frontend/http_server.hpp"
@@ -80,10 +83,14 @@ struct agent_state {
 /// listen on an extra port on every interface, which no gate guards), so each node
 /// connects to every up node of a lower index itself, through that node's control port.
 caf::behavior node_agent(caf::stateful_actor<agent_state>* self, caf::actor sup, uint32_t index,
-                         std::vector<std::pair<std::string, uint16_t>> control) {
+                         std::vector<std::pair<std::string, uint16_t>> control,
+                         uint32_t sup_index) {
   self->state.supervisor = std::move(sup);
   self->state.index = index;
   self->state.control = std::move(control);
+  // The join already connected this node to the supervisor's: a second connection there
+  // would be redundant, and over TLS CAF 0.17 kills the first one (NOTES.md).
+  if (sup_index != index) self->state.linked.insert(sup_index);
   return {
       [](ping_atom, int64_t t0) { return caf::make_message(t0, now_ns()); },
       [self](supervisor_atom) { return self->state.supervisor; },
@@ -96,8 +103,12 @@ caf::behavior node_agent(caf::stateful_actor<agent_state>* self, caf::actor sup,
           if (i >= st.index || i >= st.control.size() || st.linked.count(i)) continue;
           st.linked.insert(i);
           const auto& [host, port] = st.control[i];
-          self->request(self->system().middleman().actor_handle(), std::chrono::seconds(10),
-                        caf::connect_atom::value, host, port)
+          // With TLS, CAF's OpenSSL module makes the connection (mutual TLS to the peer's
+          // control gate); both managers share one BASP broker.
+          auto& sys = self->system();
+          auto mm = sys.has_openssl_manager() ? sys.openssl_manager().actor_handle()
+                                              : sys.middleman().actor_handle();
+          self->request(mm, std::chrono::seconds(10), caf::connect_atom::value, host, port)
               .then([](const caf::node_id&, const caf::strong_actor_ptr&,
                        const std::set<std::string>&) {},
                     [self, i, host = host, port = port](caf::error& e) {
@@ -164,9 +175,41 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
     if (n.count(role::supervisor) > 0) sup_node = &n;
   if (!sup_node) return error_info{errc::invalid_request, "the manifest has no supervisor"};
 
+  // Authentication material first: a bad file is an error naming it, before anything runs.
+  std::optional<tls_files> tls;
+  if (m.security.tls) {
+    tls = tls_files{m.security.tls->ca, m.security.tls->cert_for(name),
+                    m.security.tls->key_for(name)};
+    if (auto ok = check_tls_files(*tls); !ok)
+      return error_info{
+          errc::invalid_request,
+          fmt::format("node '{}': security.tls: {}{}", name, ok.error().message,
+                      m.security.tls->generated
+                          ? fmt::format(" (tls: auto: tokenmill launch creates the certificates "
+                                        "in {}, or run tokenmill certs init {} --nodes ...)",
+                                        m.security.certs_dir, m.security.certs_dir)
+                          : std::string())};
+  }
+  std::vector<uint8_t> secret;
+  if (!m.security.secret_file.empty()) {
+    auto s = read_secret_file(m.security.secret_file);
+    if (!s)
+      return error_info{errc::invalid_request,
+                        fmt::format("node '{}': {}", name, s.error().message)};
+    secret = std::move(*s);
+  }
+
   auto im = std::make_unique<impl>();
   register_types(im->caf_cfg);
   im->caf_cfg.load<caf::io::middleman>();
+  if (tls) {
+    // Outbound links: CAF's OpenSSL module in certificate mode (TLS with mutual
+    // authentication, NOTES.md). Inbound links end at the control gate, with the same files.
+    im->caf_cfg.load<caf::openssl::manager>();
+    im->caf_cfg.openssl_certificate = tls->cert;
+    im->caf_cfg.openssl_key = tls->key;
+    im->caf_cfg.openssl_cafile = tls->ca;
+  }
   detail::configure_scheduler(im->caf_cfg, 2);
   im->caf_cfg.set("logger.console", caf::atom("none"));
   // Heartbeats are off by default in CAF 0.17: without them a hung or cut-off peer is
@@ -203,13 +246,14 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   model_info model = (*probe_engine)->info();
   probe_engine->reset();
   if (sup_node == self_node) {
-    sup = detail::spawn_node_supervisor(sys, m, idx, model.name);
+    sup = detail::spawn_node_supervisor(sys, m, idx, model.name, secret, true);
     im->actors.push_back(sup);
   }
   std::vector<std::pair<std::string, uint16_t>> control;
   for (const auto& n : m.nodes)
     control.emplace_back(n.address, n.port);
-  auto agent = sys.spawn(node_agent, sup, idx, std::move(control));
+  auto agent = sys.spawn(node_agent, sup, idx, std::move(control),
+                         static_cast<uint32_t>(sup_node - m.nodes.data()));
   im->actors.push_back(agent);
   // The middleman listens on loopback only; peers reach it through the gate, which passes
   // only well-formed BASP (cluster/control_gate.hpp).
@@ -221,6 +265,7 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   gc.host = self_node->address;
   gc.port = self_node->port;
   gc.upstream_port = *published;
+  gc.tls = tls;
   im->gate = std::make_unique<control_gate>(gc);
   if (auto gp = im->gate->start(); !gp)
     return fail({errc::invalid_request,
@@ -235,7 +280,8 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
     while (!sup && now_ns() < deadline) {
       if (opts.cancelled && opts.cancelled())
         return fail({errc::cancelled, fmt::format("node '{}' stopped while joining", name)});
-      auto remote = sys.middleman().remote_actor(sup_node->address, sup_node->port);
+      auto remote = tls ? caf::openssl::remote_actor(sys, sup_node->address, sup_node->port)
+                        : sys.middleman().remote_actor(sup_node->address, sup_node->port);
       if (!remote) {
         last_error = sys.render(remote.error());
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -249,16 +295,36 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
     if (!sup)
       return fail({errc::timeout,
                    fmt::format("node '{}' could not reach the supervisor on node '{}' at {}:{} "
-                               "within {} s: {}",
+                               "within {} s: {}{}",
                                name, sup_node->name, sup_node->address, sup_node->port,
-                               opts.join_timeout_s, last_error)});
+                               opts.join_timeout_s, last_error,
+                               tls ? " (over TLS: the supervisor's node refuses a certificate "
+                                     "that is not signed by the cluster's CA, and logs why)"
+                                   : "")});
+  }
+  join_node join{name, idx, manifest_hash(m), model.name, agent, host_clock_id(), {}, {}};
+  if (!secret.empty()) {
+    // Prove knowledge of the cluster secret: HMAC over the supervisor's fresh challenge and
+    // this join's claims (actors/supervisor/join_policy.hpp).
+    std::string failed;
+    self->request(sup, std::chrono::seconds(10), join_challenge_atom::value)
+        .receive([&](const std::string& c) { join.challenge = c; },
+                 [&](caf::error& e) { failed = sys.render(e); });
+    if (join.challenge.empty())
+      return fail(
+          {errc::invalid_request, fmt::format("node '{}': no join challenge from the supervisor{}",
+                                              name, failed.empty() ? "" : ": " + failed)});
+    join.proof = join_proof(
+        secret, join.challenge,
+        join_statement{m.cluster, name, idx, join.manifest_hash, join.model, join.host_id});
   }
   std::string refused = "no answer from the supervisor";
-  self->request(sup, std::chrono::seconds(10),
-                join_node{name, idx, manifest_hash(m), model.name, agent, host_clock_id()})
+  self->request(sup, std::chrono::seconds(10), join)
       .receive([&](const std::string& r) { refused = r; },
                [&](caf::error& e) { refused = "join failed: " + sys.render(e); });
-  if (!refused.empty()) return fail({errc::invalid_request, refused});
+  if (!refused.empty())
+    return fail({errc::invalid_request,
+                 fmt::format("node '{}': the supervisor refused the join: {}", name, refused)});
   im->actors.push_back(sys.spawn(supervisor_watch, sup, im->lost));
 
   // The actors of this node. One KV transport per node process, shared by its workers:

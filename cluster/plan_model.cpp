@@ -534,6 +534,12 @@ std::string render_manifest(const engine_profile& p, const cluster_plan& plan,
   y += fmt::format("frontend: {{node: head, rpc_port: {}, http_port: {}}}\n", where.rpc_port,
                    where.http_port);
   y += fmt::format("router: {{local_prefill_threshold: {}}}\n", plan.local_prefill_threshold);
+  // Hosts other than this one: the manifest must authenticate and encrypt between nodes
+  // (launch creates the certificates of tls: auto).
+  if (std::any_of(where.hosts.begin(), where.hosts.end(), [](const std::string& h) {
+        return h != "localhost" && h != "::1" && h.rfind("127.", 0) != 0;
+      }))
+    y += "security: {tls: auto}\n";
   y += "nodes:\n";
   uint32_t index = 0;
   auto node = [&](const std::string& name, const std::string& address, const std::string& actors) {

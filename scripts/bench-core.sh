@@ -5,9 +5,10 @@
 #   - client-side ITL p50/p99 divided by the configured step (runtime overhead; 1.00 = none)
 #   - TTFT minus the modelled prefill time (the runtime's own share of TTFT)
 # Results (one JSON per concurrency plus a summary) go to $OUT_DIR (default bench-results/core).
-#   ./scripts/bench-core.sh [--three-nodes] [CONCURRENCY...]      default: 1 4 16
+#   ./scripts/bench-core.sh [--three-nodes [--tls]] [CONCURRENCY...]      default: 1 4 16
 # --three-nodes runs the same cluster as three processes (head: router, supervisor,
-# kv-store; prefill node; decode node) started by `tokenmill launch` on loopback.
+# kv-store; prefill node; decode node) started by `tokenmill launch` on loopback; with --tls
+# too, the nodes talk mutual TLS (security: {tls: auto}, certificates made by launch).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,10 +17,12 @@ bin="${TOKENMILL_BIN:-$repo/build/apps/tokenmill}"
 out="${OUT_DIR:-$repo/bench-results/core}"
 mkdir -p "$out"
 three=0
+tls=0
 levels=()
 for a in "$@"; do
   case "$a" in
     --three-nodes) three=1 ;;
+    --tls) tls=1 ;;
     *) levels+=("$a") ;;
   esac
 done
@@ -41,6 +44,7 @@ cluster: bench-3node
 model:
   sim: {decode_step_ms: $step_ms, prefill_us_per_token: $prefill_us}
 frontend: {node: head, rpc_port: $p0, http_port: $p1}
+$([[ $tls == 1 ]] && echo "security: {tls: auto}")
 nodes:
   - {name: head, address: 127.0.0.1, port: $p2, actors: [router, supervisor, kv_store]}
   - {name: p0, address: 127.0.0.1, port: $p3, actors: [prefill]}
@@ -57,7 +61,7 @@ for _ in $(seq 1 300); do grep -q "ready" "$log" && grep -q "rpc=" "$log" && bre
 endpoint="$(sed -n 's/.*ready.*rpc=\([^ ]*\).*/\1/p' "$log" | head -1)"
 [[ -n "$endpoint" ]] || { echo "bench-core: server did not start" >&2; cat "$log" >&2; exit 1; }
 
-echo "mode: $([[ $three == 1 ]] && echo 'three processes (tokenmill launch)' || echo 'one process (tokenmill serve)')"
+echo "mode: $([[ $three == 1 ]] && echo "three processes (tokenmill launch$([[ $tls == 1 ]] && echo ', mutual TLS between nodes'))" || echo 'one process (tokenmill serve)')"
 echo "machine: $(nproc) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-12s %12s %12s %14s %14s %12s\n' concurrency itl_p50/step itl_p99/step ttft_p50_ms runtime_ms tokens/s
 for c in "${levels[@]}"; do

@@ -296,6 +296,15 @@ for n in "${nodes[@]}"; do
   say "  $ns: eth0 ${node_addr[$n]}/24 <-> tm-br v-$n (br0), lo up"
 done
 
+# The example's nodes are on three "hosts": mutual TLS and the cluster secret (security:
+# {tls: auto, secret_file: certs/secret}). The manifest is copied beside a fresh CA and node
+# certificates in the log folder; every node reads them from there.
+cp "$manifest" "$log_dir/netns-3host.yaml" || die "cannot copy $manifest to $log_dir"
+manifest=$log_dir/netns-3host.yaml
+err=$("$TM_BIN" certs init "$log_dir/certs" --manifest "$manifest" 2>&1 9>&-) ||
+  die "tokenmill certs init failed: $err"
+say "TLS between nodes: CA and node certificates in $log_dir/certs"
+
 # UCX would use shared memory between the namespaces (one machine): force tcp over the veth.
 say "starting the nodes: ip netns exec NS env UCX_TLS=tcp UCX_NET_DEVICES=eth0 $TM_BIN node --manifest $manifest --name N"
 for n in "${nodes[@]}"; do

@@ -1,6 +1,7 @@
 // The supervisor: registration, monitoring, readiness, cluster status, role changes and
 // drains, and the planner's periodic decision (planner_policy.hpp decides; this carries out).
 #include <algorithm>
+#include <array>
 #include <map>
 #include <memory>
 #include <optional>
@@ -11,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/actors.hpp"
+#include "actors/supervisor/join_policy.hpp"
 #include "actors/supervisor/supervisor_policy.hpp"
 #include "common/clock.hpp"
 
@@ -72,9 +74,10 @@ struct supervisor_state {
   std::map<uint64_t, drain_op> drains;
   uint64_t drain_seq = 0;
   planner_memory memory;
-  planner_status planner;  ///< counters and recent events, for status and metrics
-  bool gathering = false;  ///< a planner tick's queries are out
-  std::string last_rule;   ///< the rule of the planner's previous decision (for the log)
+  planner_status planner;      ///< counters and recent events, for status and metrics
+  bool gathering = false;      ///< a planner tick's queries are out
+  std::string last_rule;       ///< the rule of the planner's previous decision (for the log)
+  join_challenges challenges;  ///< outstanding join challenges (with a cluster secret)
   static inline const char* name = "supervisor";
 };
 
@@ -433,6 +436,18 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
   return {
       [self, broadcast](const register_worker& r) -> bool {
         auto& st = self->state;
+        if (st.cfg.members_from_joined_nodes) {
+          // Pool descriptors go to members: only a joined node's own actors become one.
+          auto n = st.nodes.find(r.info.node_index);
+          if (n == st.nodes.end() || !n->second.up || !r.handle ||
+              r.handle.node() != n->second.agent.node()) {
+            spdlog::warn(
+                "supervisor: refusing worker '{}': its node (index {}) has not joined, or the "
+                "worker is not that node's",
+                r.info.name, r.info.node_index);
+            return false;
+          }
+        }
         if (auto it = st.members.find(r.info.id); it != st.members.end() && it->second.up) {
           auto ch = st.changes.find(r.info.id);
           // Once per role change: a second registration of the id is a duplicate again.
@@ -465,15 +480,33 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
         if (r.info.kind == role::router) self->send(r.handle, offsets_of(st));
         return true;
       },
+      [self](join_challenge_atom) -> std::string {
+        std::array<uint8_t, join_nonce_bytes> nonce{};
+        if (!fill_random(nonce)) {
+          spdlog::error("supervisor: no random bytes for a join challenge");
+          return {};
+        }
+        return self->state.challenges.issue(nonce, now_ns());
+      },
       [self](const join_node& j) -> std::string {
         auto& st = self->state;
+        auto refuse = [&](const std::string& why) {
+          spdlog::warn("supervisor: refused the join of node '{}' (index {}) from {}: {}", j.name,
+                       j.index, caf::to_string(j.agent.node()), why);
+          return why;
+        };
+        if (!st.cfg.secret.empty()) {
+          join_statement s{st.cfg.cluster, j.name, j.index, j.manifest_hash, j.model, j.host_id};
+          auto why = st.challenges.verify(st.cfg.secret, j.challenge, j.proof, s, now_ns());
+          if (!why.empty()) return refuse("cluster secret: " + why);
+        }
         std::optional<earlier_join> earlier;
         if (auto it = st.nodes.find(j.index); it != st.nodes.end())
           earlier = earlier_join{it->second.up, it->second.restarts};
         auto v = judge_join(
             join_terms{st.cfg.manifest_hash, st.cfg.model, st.cfg.node_index, st.cfg.host_id},
             join_claim{j.name, j.index, j.manifest_hash, j.model, j.host_id}, earlier);
-        if (!v.accepted()) return v.refusal;
+        if (!v.accepted()) return refuse(v.refusal);
         self->monitor(j.agent);
         // A restarted node's workers register again under their old ids, and membership
         // makes them routable.

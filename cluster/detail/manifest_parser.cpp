@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 
 constexpr std::string_view top_keys[] = {"cluster",  "model",   "defaults", "kv_layout",
                                          "frontend", "router",  "failure",  "ucx",
-                                         "restart",  "planner", "nodes"};
+                                         "restart",  "planner", "security", "nodes"};
 constexpr std::string_view model_keys[] = {"path", "sim"};
 constexpr std::string_view sim_keys[] = {"vocab",
                                          "max_context",
@@ -54,6 +54,8 @@ constexpr std::string_view planner_keys[] = {"ttft_ms",
                                              "band",
                                              "prefill_jobs_per_worker",
                                              "change_timeout_ms"};
+constexpr std::string_view security_keys[] = {"tls", "secret_file", "insecure"};
+constexpr std::string_view tls_keys[] = {"ca", "cert", "key"};
 constexpr std::string_view node_keys[] = {"name", "address", "ssh", "port", "http_port", "actors"};
 constexpr std::string_view prefill_keys[] = {"engine", "threads",  "device",  "kv_blocks",
                                              "chunk",  "max_seqs", "slowdown"};
@@ -92,6 +94,7 @@ struct node_site {
   bool address_ok = false;
   bool port_ok = false;
   std::vector<actor_site> actors;
+  position address_at;
 };
 
 class parser {
@@ -125,6 +128,7 @@ class parser {
     if (auto* e = r.find("ucx")) ucx(*e);
     if (auto* e = r.find("restart")) restart(*e);
     if (auto* e = r.find("planner")) planner(*e);
+    security(r.find("security"));
     if (auto* e = r.find("nodes")) {
       nodes(*e);
     } else {
@@ -138,6 +142,7 @@ class parser {
     if (nodes_ok_) check_roles();
     if (m_.planner) planner_batch();
     engines_vs_model();
+    hosts_vs_security();
     http_ports();
     endpoints();
   }
@@ -333,6 +338,98 @@ class parser {
     m_.planner = c;
   }
 
+  /// A path of the security section, resolved against the manifest's directory.
+  std::string resolve(const std::string& declared) const {
+    fs::path d(declared);
+    return (d.is_absolute() || base_dir_.empty() ? d : fs::path(base_dir_) / d)
+        .lexically_normal()
+        .string();
+  }
+
+  /// `security: {tls: auto | {ca, cert, key}, secret_file, insecure}`.
+  void security(const entry* e) {
+    if (!e) return;
+    map_reader r(p_, e->value, e->at(), "security", security_keys);
+    if (!r.valid()) return;
+    auto& sec = m_.security;
+    constexpr std::string_view tls_text =
+        "auto (certificates from tokenmill certs init in certs/ beside the manifest) or a map "
+        "{ca, cert, key} of PEM files ({node} in cert and key stands for the node's name)";
+    if (auto* x = r.find("tls")) {
+      if (x->value.IsScalar() && x->value.Scalar() == "auto") {
+        manifest_tls t;
+        t.generated = true;
+        sec.certs_dir = resolve("certs");
+        t.ca = sec.certs_dir + "/ca.crt";
+        t.cert = sec.certs_dir + "/{node}.crt";
+        t.key = sec.certs_dir + "/{node}.key";
+        sec.tls = t;
+      } else if (x->value.IsMap()) {
+        map_reader t(p_, x->value, x->at(), "security.tls", tls_keys);
+        manifest_tls out;
+        bool ok = true;
+        for (auto [key, field] :
+             {std::pair{"ca", &manifest_tls::ca}, std::pair{"cert", &manifest_tls::cert},
+              std::pair{"key", &manifest_tls::key}}) {
+          auto* f = t.find(key);
+          if (!f) {
+            t.missing(key, std::string_view(key) == "ca"
+                               ? "the cluster CA's certificate (PEM file)"
+                               : "a PEM file ({node} stands for the node's name)");
+            ok = false;
+            continue;
+          }
+          auto s = read_string(p_, *f, t.field(key), "the path of a PEM file");
+          if (!s) {
+            ok = false;
+            continue;
+          }
+          out.*field = resolve(*s);
+        }
+        if (ok) sec.tls = out;
+      } else {
+        p_.add(x->at(), "security.tls", "got " + shown(x->value), tls_text);
+      }
+    }
+    if (auto* x = r.find("secret_file"))
+      if (auto s = read_string(p_, *x, "security.secret_file",
+                               "the path of a file holding the cluster secret"))
+        sec.secret_file = resolve(*s);
+    if (auto* x = r.find("insecure")) {
+      if (x->value.IsScalar() && (x->value.Scalar() == "true" || x->value.Scalar() == "false")) {
+        sec.insecure = x->value.Scalar() == "true";
+        if (sec.insecure && r.find("tls"))
+          p_.add(x->at(), "security.insecure",
+                 "insecure: true together with tls (the links are encrypted)",
+                 "either tls or insecure: true, not both");
+      } else {
+        p_.add(x->at(), "security.insecure", "got " + shown(x->value),
+               "true (plaintext between hosts, on purpose) or false");
+      }
+    }
+  }
+
+  /// Nodes on more than one host talk over networks: TLS, or `insecure: true` on purpose.
+  void hosts_vs_security() {
+    if (m_.security.tls || m_.security.insecure) return;
+    for (size_t i = 0; i < m_.nodes.size() && i < sites_.size(); ++i) {
+      auto& n = m_.nodes[i];
+      if (!sites_[i].address_ok || (n.local && n.ssh.empty())) continue;
+      p_.add(sites_[i].address_at, sites_[i].path + ".address",
+             n.ssh.empty()
+                 ? fmt::format("'{}' is not loopback, so the cluster spans hosts, and nodes "
+                               "would join and talk in plaintext without authentication",
+                               n.address)
+                 : fmt::format("node '{}' is launched over ssh on another host, and nodes "
+                               "would join and talk in plaintext without authentication",
+                               n.name),
+             "security: {tls: auto} (or tls: {ca, cert, key}; see tokenmill certs init) for a "
+             "cluster across hosts, or security: {insecure: true} to run it in plaintext on "
+             "purpose");
+      return;
+    }
+  }
+
   /// The planner sizes decode batches by the decode workers' max_batch (the first one's).
   void planner_batch() {
     for (const auto& n : m_.nodes)
@@ -358,7 +455,8 @@ class parser {
 
   void node(const YAML::Node& n, size_t index) {
     auto path = fmt::format("nodes[{}]", index);
-    node_site site{pos_of(n), pos_of(n), pos_of(n), pos_of(n), false, path, false, false, {}};
+    node_site site{pos_of(n), pos_of(n), pos_of(n), pos_of(n), false,
+                   path,      false,     false,     {},        pos_of(n)};
     map_reader r(p_, n, pos_of(n), path, node_keys);
     if (!r.valid()) {
       nodes_ok_ = false;
@@ -380,6 +478,7 @@ class parser {
     }
     constexpr std::string_view address_text = "an IP address or a host name";
     if (auto* x = r.find("address")) {
+      site.address_at = x->at();
       if (auto s = read_string(p_, *x, r.field("address"), address_text)) {
         if (is_address(*s)) {
           out.address = *s;

@@ -170,7 +170,10 @@ std::string manifest_yaml(const cluster_spec& spec, const port_plan& ports) {
     << "defaults: {engine: sim, block_tokens: 16, kv_transport: " << spec.kv_transport << "}\n"
     << "failure: {heartbeat_ms: 100, connection_timeout_ms: 500}\n"
     << "restart: " << spec.restart << "\n"
-    << (spec.planner.empty() ? "" : "planner: " + spec.planner + "\n") << "frontend: {node: head, "
+    << (spec.planner.empty() ? "" : "planner: " + spec.planner + "\n")
+    // A p0 on another address makes the cluster span hosts, which needs TLS or this.
+    << (spec.p0_address == "127.0.0.1" ? "" : "security: {insecure: true}\n")
+    << "frontend: {node: head, "
     << (spec.frontend_host.empty() ? "" : "host: " + spec.frontend_host + ", ")
     << "rpc_port: " << ports.rpc << ", http_port: " << ports.http << "}\n"
     << "nodes:\n"

@@ -5,6 +5,7 @@
 
 #include <thread>
 
+#include "actors/supervisor/join_policy.hpp"
 #include "common/clock.hpp"
 
 using namespace tokenmill;
@@ -251,9 +252,9 @@ TEST_CASE("supervisor: nodes join with the cluster's manifest and model, clocks 
                  [&](caf::error& e) { answer = caf::to_string(e); });
     return answer;
   };
-  auto r = join(join_node{"n1", 1, 0xdef, "sim", handle_of(agent), "other-host"});
+  auto r = join(join_node{"n1", 1, 0xdef, "sim", handle_of(agent), "other-host", {}, {}});
   CHECK_THAT(r, Catch::Contains("manifest"));
-  r = join(join_node{"n1", 1, 0xabc, "other-model", handle_of(agent), "other-host"});
+  r = join(join_node{"n1", 1, 0xabc, "other-model", handle_of(agent), "other-host", {}, {}});
   CHECK_THAT(r, Catch::Contains("model"));
   worker_info ri;
   ri.id = 1;
@@ -265,7 +266,7 @@ TEST_CASE("supervisor: nodes join with the cluster's manifest and model, clocks 
   REQUIRE(ok);
   expect<membership>(router, "membership");
   expect<clock_update>(router, "initial offsets");
-  CHECK(join(join_node{"n1", 1, 0xabc, "sim", handle_of(agent), "other-host"}).empty());
+  CHECK(join(join_node{"n1", 1, 0xabc, "sim", handle_of(agent), "other-host", {}, {}}).empty());
   // The agent's clock runs 5 ms ahead: the estimate must say "subtract about 5 ms".
   constexpr int64_t ahead = 5'000'000;
   for (int i = 0; i < 4; ++i) {
@@ -285,8 +286,58 @@ TEST_CASE("supervisor: nodes join with the cluster's manifest and model, clocks 
   CHECK(u.offsets[1] < -ahead + 1'000'000);
   CHECK(u.offsets[1] > -ahead - 1'000'000);
   // The same node cannot join twice while it is up.
-  CHECK_THAT(join(join_node{"n1", 1, 0xabc, "sim", handle_of(agent), "other-host"}),
+  CHECK_THAT(join(join_node{"n1", 1, 0xabc, "sim", handle_of(agent), "other-host", {}, {}}),
              Catch::Contains("already"));
+}
+
+TEST_CASE(
+    "supervisor: with a secret, a node joins only with a fresh proof; workers only from "
+    "joined nodes",
+    "[supervisor_actor]") {
+  test_system ts;
+  actor_reaper reaper;
+  supervisor_config cfg;
+  cfg.cluster = "c";
+  cfg.secret = {'s', 'e', 'c', 'r', 'e', 't', '-', 'o', 'f',
+                '-', 's', 'i', 'x', 't', 'e', 'e', 'n'};
+  cfg.members_from_joined_nodes = true;
+  caf::actor sup = reaper.add(spawn_supervisor(ts.sys, cfg));
+  caf::scoped_actor self{ts.sys};
+  caf::scoped_actor agent{ts.sys};
+  caf::scoped_actor worker{ts.sys};
+  auto ask = [&](const auto& msg) {
+    std::string answer = "no reply";
+    self->request(sup, std::chrono::seconds(5), msg)
+        .receive([&](const std::string& r) { answer = r; },
+                 [&](caf::error& e) { answer = caf::to_string(e); });
+    return answer;
+  };
+  auto reg = [&](uint32_t node_index) {
+    worker_info wi = make_info(7, role::decode, "d0.decode0");
+    wi.node_index = node_index;
+    bool ok = true;
+    self->request(sup, std::chrono::seconds(5), register_worker{wi, handle_of(worker)})
+        .receive([&](bool b) { ok = b; }, [&](caf::error&) {});
+    return ok;
+  };
+  // Before its node joined, a worker is refused: no pool descriptor reaches it.
+  CHECK_FALSE(reg(1));
+  join_node j{"n1", 1, 0, "", handle_of(agent), "this-host", {}, {}};
+  CHECK_THAT(ask(j), Catch::Contains("no proof"));
+  auto proof_for = [&](const std::vector<uint8_t>& key, const std::string& c) {
+    return join_proof(key, c, join_statement{"c", j.name, j.index, 0, "", j.host_id});
+  };
+  j.challenge = ask(join_challenge_atom::value);
+  REQUIRE(j.challenge.size() == 2 * join_nonce_bytes);
+  j.proof = proof_for(secret_bytes("another secret, sixteen+"), j.challenge);
+  CHECK_THAT(ask(j), Catch::Contains("wrong proof"));
+  CHECK_FALSE(reg(1));
+  j.challenge = ask(join_challenge_atom::value);
+  j.proof = proof_for(cfg.secret, j.challenge);
+  CHECK(ask(j).empty());
+  CHECK_THAT(ask(j), Catch::Contains("replayed join"));
+  // Joined: its workers register.
+  CHECK(reg(1));
 }
 
 TEST_CASE("supervisor: a node that joins again after its process died counts a restart",
@@ -308,7 +359,7 @@ TEST_CASE("supervisor: a node that joins again after its process died counts a r
   };
   auto join = [&](const caf::actor& agent) {
     std::string answer = "no reply";
-    self->request(sup, receive_timeout, join_node{"d0", 2, 0, "", agent, "this-host"})
+    self->request(sup, receive_timeout, join_node{"d0", 2, 0, "", agent, "this-host", {}, {}})
         .receive([&](const std::string& r) { answer = r; },
                  [&](caf::error& e) { answer = caf::to_string(e); });
     return answer;
@@ -385,7 +436,7 @@ TEST_CASE("supervisor: node agents hear which nodes are up, on every join and lo
   auto join = [&](uint32_t index, const caf::actor& agent) {
     std::string answer = "no reply";
     self->request(sup, receive_timeout,
-                  join_node{"n" + std::to_string(index), index, 0, "", agent, "this-host"})
+                  join_node{"n" + std::to_string(index), index, 0, "", agent, "this-host", {}, {}})
         .receive([&](const std::string& r) { answer = r; },
                  [&](caf::error& e) { answer = caf::to_string(e); });
     return answer;

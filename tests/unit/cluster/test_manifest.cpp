@@ -87,6 +87,7 @@ const char* const minimal = R"(
 cluster: demo
 model: {sim: {}}
 frontend: {node: head}
+security: {insecure: true}
 nodes:
   - name: head
     address: 127.0.0.1
@@ -204,6 +205,7 @@ router: {local_prefill_threshold: 64, max_inflight: 10, max_queued_prompt_tokens
 failure: {heartbeat_ms: 50, connection_timeout_ms: 400}
 ucx: {op_timeout_ms: 2500, stall_timeout_ms: 300, window_mib: 64}
 restart: {max: 2, backoff_ms: 50}
+security: {insecure: true}
 nodes:
   - name: head
     address: localhost
@@ -396,6 +398,19 @@ struct corpus_case {
 // Generated with the corpus; each file's first line says what is wrong with it.
 const corpus_case corpus_cases[] = {
     {"syntax_error.yaml", 9, "syntax error"},
+    {"security_hosts_no_tls.yaml", 10,
+     "nodes[1].address: '10.0.0.2' is not loopback, so the cluster spans hosts, and nodes would "
+     "join and talk in plaintext without authentication; expected security: {tls: auto}"},
+    {"security_tls_missing_key.yaml", 6, "security.tls.key: missing required field"},
+    {"security_tls_and_insecure.yaml", 6,
+     "security.insecure: insecure: true together with tls (the links are encrypted); expected "
+     "either tls or insecure: true, not both"},
+    {"security_bad_values.yaml", 6,
+     "security.tls: got 'yes please'; expected auto (certificates from tokenmill certs init"},
+    {"security_bad_values.yaml", 7,
+     "security.insecure: got 'maybe'; expected true (plaintext between hosts, on purpose) or "
+     "false"},
+    {"security_bad_values.yaml", 8, "security.secret: unknown key 'secret'"},
     {"top_level_list.yaml", 2, "the top level is a list"},
     {"empty.yaml", 1, "the manifest is empty"},
     {"two_documents.yaml", 16, "2 YAML documents"},
@@ -592,7 +607,7 @@ TEST_CASE("manifest: files that are not manifests", "[manifest]") {
     CHECK(r.error().message ==
           "test.yaml:1:1: (document): the manifest is empty; expected a map with keys cluster, "
           "model, frontend, nodes (and optionally defaults, kv_layout, router, failure, ucx, "
-          "restart, planner)");
+          "restart, planner, security)");
   }
   SECTION("a scalar") {
     auto r = parse("just words");
@@ -689,6 +704,8 @@ defaults: {kv_transport: ucx, block_tokens: 16, engine: sim}
 kv_layout: {layers: 2, kv_heads: 2, head_dim: 64, dtype_bytes: 2}
 model:
   sim: {decode_step_ms: 10, prefill_us_per_token: 200, slowdown: 1.0}
+security:
+  insecure: true
 cluster: demo
 )"));
     CHECK(canonical_form(same) == canonical_form(base));
@@ -802,6 +819,7 @@ TEST_CASE("manifest: describe() shows the resolved cluster", "[manifest]") {
 cluster: demo
 model: {sim: {decode_step_ms: 10}}
 frontend: {node: head}
+security: {tls: auto, secret_file: keys/secret}
 nodes:
   - name: head
     address: 127.0.0.1
@@ -825,7 +843,8 @@ nodes:
         "supervisor (head.supervisor0)", "kv_store (head.kv_store0)",
         "prefill (p0.prefill0): engine sim, threads 3", "chunk 128",
         "decode (d0.decode0): engine sim", "max_batch 32", "kv_blocks 4096",
-        "restart: up to 5 in a row, the first after 500 ms, doubling (at most 30 s)"})
+        "restart: up to 5 in a row, the first after 500 ms, doubling (at most 30 s)",
+        "security: tls auto (certificates in certs), cluster secret keys/secret"})
     CHECK_THAT(text, Catch::Contains(s));
   auto off = describe(ok(parse(std::string(minimal) + "restart: {max: 0}\n")));
   CHECK_THAT(off, Catch::Contains("restart: off"));
