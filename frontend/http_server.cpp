@@ -86,7 +86,8 @@ awaitable<void> http_server::core::tls_session(std::shared_ptr<http_detail::tls_
     tcp_layer.socket().close(ignored);
     co_return;
   }
-  co_await session(std::move(stream));
+  auto owned = std::move(stream);  // a named value into the awaited call (GCC 12, NOTES.md)
+  co_await session(owned);
 }
 
 template <class Stream>
