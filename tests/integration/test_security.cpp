@@ -60,7 +60,7 @@ std::pair<uint64_t, uint64_t> work_done(const server& s, const std::string& key)
 http_response post_completion(const server& s, const http_headers& headers) {
   auto c = http_client::connect("127.0.0.1", s.http_port(), 5);
   REQUIRE(c.ok());
-  json body = {{"model", "x"}, {"prompt", "hello"}, {"max_tokens", 4}};
+  json body = {{"prompt", "hello"}, {"max_tokens", 4}};
   auto r = (*c)->request("POST", "/v1/completions", body.dump(), "application/json", headers, 30);
   INFO((r ? "" : r.error().message));
   REQUIRE(r.ok());
@@ -333,7 +333,7 @@ TEST_CASE("security: TLS on the RPC and HTTP ports refuses plaintext clients and
   const std::string url = "https://localhost:" + std::to_string(s.http_port());
   auto curl = run({"/usr/bin/env", "curl", "-sS", "--max-time", "20", "--cacert", cert, "-H",
                    "Authorization: Bearer t-key", "-H", "Content-Type: application/json", "-d",
-                   R"({"model":"x","prompt":"hi","max_tokens":3})", url + "/v1/completions"},
+                   R"({"prompt":"hi","max_tokens":3})", url + "/v1/completions"},
                   milliseconds(30000));
   INFO(curl.out << curl.err);
   REQUIRE(curl.exit_code == 0);
