@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 #include <capnp/rpc-twoparty.h>
@@ -79,10 +80,26 @@ std::string api_key_or_env(const std::string& flag) {
   return env ? std::string(env) : std::string();
 }
 
+/// kj allows one event loop per thread: every client of a thread shares it (as
+/// EzRpcClient's per-thread context did), and the last one to go destroys it.
+struct thread_loop {
+  kj::AsyncIoContext io = kj::setupAsyncIo();
+};
+std::shared_ptr<thread_loop> this_thread_loop() {
+  thread_local std::weak_ptr<thread_loop> current;
+  auto loop = current.lock();
+  if (!loop) {
+    loop = std::make_shared<thread_loop>();
+    current = loop;
+  }
+  return loop;
+}
+
 struct client::impl {
   std::string where;
-  // Declaration order matters: everything below uses the event loop of `io`.
-  kj::AsyncIoContext io = kj::setupAsyncIo();
+  // Declaration order matters: everything below uses the event loop of `loop`.
+  std::shared_ptr<thread_loop> loop = this_thread_loop();
+  kj::AsyncIoContext& io = loop->io;
   kj::Maybe<kj::Own<kj::TlsCertificate>> ca;
   kj::Maybe<kj::Own<kj::TlsContext>> tls;
   kj::Own<kj::AsyncIoStream> stream;
