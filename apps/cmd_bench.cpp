@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/bench_report.hpp"
+#include "apps/client_options.hpp"
 #include "apps/commands.hpp"
 #include "common/clock.hpp"
 #include "common/stats.hpp"
@@ -41,6 +42,7 @@ using ojson = nlohmann::ordered_json;
 struct bench_opts {
   std::string connect = "127.0.0.1:7700";
   std::string backend = "rpc";
+  client_options security;
   std::string rate;  ///< "R" or "inf"; empty: concurrency mode
   uint32_t concurrency = 0;
   uint32_t max_concurrency = 256;
@@ -216,6 +218,7 @@ command add_bench(CLI::App& app) {
   app.add_option("--connect", o->connect,
                  "Server address HOST:PORT (RPC port, or HTTP port with --backend http)")
       ->capture_default_str();
+  add_client_options(app, o->security);
   app.add_option("--backend", o->backend, "rpc (Cap'n Proto) or http (POST /v1/completions)")
       ->check(CLI::IsMember({"rpc", "http"}))
       ->capture_default_str();
@@ -323,6 +326,9 @@ command add_bench(CLI::App& app) {
     if (seed->count() == 0)
       o->seed = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
     const bool http = o->backend == "http";
+    resolve_client_options(o->security);
+    if (http && !o->security.tls_ca.empty())
+      return fail("--tls-ca is for --backend rpc: the HTTP client speaks no TLS");
     if (http && !o->record.empty())
       return fail("--record needs --backend rpc: the HTTP stream carries text, not token ids");
     const bool seeded = seed_base->count() > 0;
@@ -335,8 +341,8 @@ command add_bench(CLI::App& app) {
     const std::string host = ep->first;
     const uint16_t port = ep->second;
 
-    wl::connection_factory make =
-        wl::connection_factory_for(http, ep->first, ep->second, o->ignore_eos, o->timeout_s);
+    wl::connection_factory make = wl::connection_factory_for(
+        http, ep->first, ep->second, o->ignore_eos, o->timeout_s, o->security);
 
     // ---- the model, and the workload (a probe connection, closed before measuring)
     served_model model;
@@ -348,9 +354,10 @@ command add_bench(CLI::App& app) {
         auto c = http_client::connect(host, port, 10);
         if (!c) return fail(wl::describe(c.error()));
         http_probe = std::move(*c);
+        http_probe->set_api_key(o->security.api_key);
         model = http_model_info(*http_probe);
       } else {
-        auto c = client::connect(host, port, 10);
+        auto c = client::connect(host, port, 10, o->security);
         if (!c) return fail(wl::describe(c.error()));
         rpc_probe = std::move(*c);
         const auto& m = rpc_probe->model();

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "apps/client_options.hpp"
 #include "apps/commands.hpp"
 #include "common/stats.hpp"
 #include "frontend/client.hpp"
@@ -34,6 +35,7 @@ struct generate_opts {
   double timeout_s = 600;
   std::string trace_out;
   std::string prompt;
+  client_options security;
 };
 
 /// Parses space-separated token ids; an error names the bad word and its position.
@@ -53,10 +55,12 @@ result<std::vector<int64_t>> parse_ids(const std::string& s) {
   return out;
 }
 
-result<std::unique_ptr<client>> connect_to(const std::string& endpoint, double timeout_s) {
+result<std::unique_ptr<client>> connect_to(const std::string& endpoint, double timeout_s,
+                                           client_options opts) {
   auto ep = parse_endpoint(endpoint);
   if (!ep) return ep.error();
-  return client::connect(ep->first, ep->second, timeout_s);
+  resolve_client_options(opts);
+  return client::connect(ep->first, ep->second, timeout_s, opts);
 }
 
 int fail(const char* cmd, const error_info& e) {
@@ -70,6 +74,7 @@ int fail(const char* cmd, const error_info& e) {
 command add_generate(CLI::App& app) {
   auto o = std::make_shared<generate_opts>();
   app.add_option("--connect", o->connect, "Gateway address HOST:PORT")->capture_default_str();
+  add_client_options(app, o->security);
   app.add_option("--max-tokens", o->max_tokens, "Tokens to generate (> 0)")->capture_default_str();
   app.add_flag("--json", o->json,
                "End the output with one JSON line: tokens, ttft_ms, itl_ms_p50, "
@@ -124,7 +129,7 @@ command add_generate(CLI::App& app) {
     p.sampling.seed = o->seed;
     p.ignore_eos = o->ignore_eos;
     p.add_bos = !o->no_bos;
-    auto c = connect_to(o->connect, std::min(o->timeout_s, 10.0));
+    auto c = connect_to(o->connect, std::min(o->timeout_s, 10.0), o->security);
     if (!c) return fail("generate", c.error());
     bool first = true;
     auto r = (*c)->generate(
@@ -235,13 +240,15 @@ command add_status(CLI::App& app) {
     std::string connect = "127.0.0.1:7700";
     bool json = false;
     double timeout_s = 10;
+    client_options security;
   };
   auto o = std::make_shared<opts>();
   app.add_option("--connect", o->connect, "Gateway address HOST:PORT")->capture_default_str();
+  add_client_options(app, o->security);
   app.add_flag("--json", o->json, "Print one JSON object");
   app.add_option("--timeout", o->timeout_s)->check(CLI::PositiveNumber)->capture_default_str();
   return [o]() -> int {
-    auto c = connect_to(o->connect, o->timeout_s);
+    auto c = connect_to(o->connect, o->timeout_s, o->security);
     if (!c) return fail("status", c.error());
     auto st = (*c)->status(o->timeout_s);
     if (!st) return fail("status", st.error());

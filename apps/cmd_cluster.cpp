@@ -20,6 +20,8 @@
 
 #include <fmt/format.h>
 
+#include <spdlog/spdlog.h>
+
 #include "apps/commands.hpp"
 #include "apps/signals.hpp"
 #include "cluster/node.hpp"
@@ -27,6 +29,7 @@
 #include "cluster/security.hpp"
 #include "cluster/slurm.hpp"
 #include "common/clock.hpp"
+#include "frontend/api_keys.hpp"
 #include "frontend/client.hpp"
 
 extern char** environ;
@@ -329,6 +332,8 @@ command add_node(CLI::App& app) {
       return 2;
     }
     auto sigs = block_stop_signals();
+    sigaddset(&sigs, SIGHUP);  // reloads the frontend's API keys
+    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
     node_options nopts;
     nopts.join_timeout_s = o->join_timeout_s;
     // A stop signal while we are still looking for the supervisor ends the wait at once.
@@ -349,6 +354,15 @@ command add_node(CLI::App& app) {
     for (;;) {
       timespec tick{0, 100'000'000};
       int sig = sigtimedwait(&sigs, nullptr, &tick);
+      if (sig == SIGHUP) {
+        auto r = (*node)->reload_api_keys();
+        if (r)
+          std::printf("tokenmill node %s: SIGHUP: %s\n", o->name.c_str(), r->c_str());
+        else
+          spdlog::warn("node {}: SIGHUP: {}", o->name, r.error().message);
+        std::fflush(stdout);
+        continue;
+      }
       if (sig == SIGINT || sig == SIGTERM) {
         std::printf("tokenmill node %s: %s received, shutting down\n", o->name.c_str(),
                     sig == SIGINT ? "SIGINT" : "SIGTERM");
@@ -624,8 +638,18 @@ command add_launch(CLI::App& app) {
     if (host == "0.0.0.0") host = "127.0.0.1";
     bool ready = false;
     std::string last;
+    // With API keys on the frontend, launch asks with the first key of its file (or
+    // $TOKENMILL_API_KEY); with TLS it trusts the frontend's own certificate.
+    client_options copts;
+    copts.api_key = api_key_or_env("");
+    if (!m->frontend.api_key_file.empty()) {
+      auto keys = read_api_key_file(m->frontend.api_key_file);
+      if (!keys) return fail_start("frontend.api_key_file: " + keys.error().message);
+      copts.api_key = keys->front();
+    }
+    copts.tls_ca = m->frontend.tls_cert;
     while (!ready && now_ns() < deadline) {
-      auto c = client::connect(host, m->frontend.rpc_port, 2);
+      auto c = client::connect(host, m->frontend.rpc_port, 2, copts);
       if (c) {
         auto st = (*c)->status(2);
         if (st && st->ready) ready = true;

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "apps/client_options.hpp"
 #include "apps/commands.hpp"
 #include "frontend/client.hpp"
 
@@ -33,9 +34,11 @@ command add_drain(CLI::App& app) {
     double timeout_s = 600;
     bool json = false;
     bool resume = false;
+    client_options security;
   };
   auto o = std::make_shared<opts>();
   app.add_option("--connect", o->connect, "Gateway address HOST:PORT")->capture_default_str();
+  add_client_options(app, o->security);
   app.add_option("node", o->node, "The node to drain (its name in the manifest)")->required();
   app.add_option("--timeout", o->timeout_s, "Longest wait for the workers to empty (s)")
       ->check(CLI::PositiveNumber)
@@ -46,7 +49,8 @@ command add_drain(CLI::App& app) {
   return [o]() -> int {
     auto ep = parse_endpoint(o->connect);
     if (!ep) return fail(ep.error());
-    auto c = client::connect(ep->first, ep->second, 10);
+    resolve_client_options(o->security);
+    auto c = client::connect(ep->first, ep->second, 10, o->security);
     if (!c) return fail(c.error());
     // Names and a check of the node against the cluster as it is now.
     auto st = (*c)->status(10);

@@ -13,6 +13,7 @@
 #include "apps/signals.hpp"
 #include "cluster/embedded_cluster.hpp"
 #include "cluster/serving_defaults.hpp"
+#include "frontend/api_keys.hpp"
 
 namespace tokenmill::app {
 
@@ -26,7 +27,38 @@ struct serve_opts {
   uint32_t prefill_kv_blocks = 0, decode_kv_blocks = 0;
   CLI::Option *prefill_workers_opt = nullptr, *prefill_blocks_opt = nullptr,
               *decode_blocks_opt = nullptr, *kv_memory_opt = nullptr, *prefill_chunk_opt = nullptr;
+  std::string api_key;
+  std::string api_key_file;
+  std::string tls_cert;
+  std::string tls_key;
 };
+
+/// The keys `serve` requires: --api-key, --api-key-file or $TOKENMILL_API_KEY; null for
+/// none.
+result<std::shared_ptr<api_keys>> serve_keys(const serve_opts& o) {
+  if (!o.api_key_file.empty()) return api_keys::from_file(o.api_key_file);
+  if (!o.api_key.empty()) return api_keys::from_key(o.api_key, "--api-key");
+  if (const char* env = std::getenv("TOKENMILL_API_KEY"); env && *env)
+    return api_keys::from_key(env, "$TOKENMILL_API_KEY");
+  return std::shared_ptr<api_keys>();
+}
+
+/// SIGHUP: reads the key file again; an error keeps the old keys and says why.
+void reload_keys(api_keys* keys) {
+  if (!keys || keys->path().empty()) {
+    spdlog::warn("SIGHUP: no API key file to reload (serve --api-key-file FILE)");
+    return;
+  }
+  auto r = keys->reload();
+  if (r) {
+    std::printf("tokenmill: SIGHUP: API keys reloaded from %s: %zu key(s)\n", keys->path().c_str(),
+                *r);
+    std::fflush(stdout);
+  } else {
+    spdlog::warn("SIGHUP: API keys NOT reloaded, the previous {} key(s) stay: {}", keys->size(),
+                 r.error().message);
+  }
+}
 
 command add_serve(CLI::App& app) {
   auto cfg = std::make_shared<embedded_config>();
@@ -42,8 +74,6 @@ command add_serve(CLI::App& app) {
                 "HTTP port (0 = any free port; the ready line says which)")
       ->capture_default_str();
   h->add_flag("--no-http", o->no_http, "Serve only the Cap'n Proto RPC API");
-  h->add_option("--api-key", cfg->http.api_key,
-                "Require 'Authorization: Bearer KEY' on /v1/* (default: $TOKENMILL_API_KEY)");
   h->add_option("--chat-template", cfg->chat_template,
                 "Chat prompt format: auto (from the model's template, else chatml), chatml, "
                 "llama3 or mistral")
@@ -53,6 +83,19 @@ command add_serve(CLI::App& app) {
                 "Larger HTTP request bodies are refused with 413")
       ->check(CLI::Range(uint64_t{1024}, uint64_t{1} << 30))
       ->capture_default_str();
+  auto* sec = app.add_option_group("security", "API keys and TLS on the client-facing ports");
+  auto* key = sec->add_option("--api-key", o->api_key,
+                              "Require this key on RPC (login) and HTTP ('Authorization: Bearer "
+                              "KEY' on /v1/*, /tokenize) (default: $TOKENMILL_API_KEY)");
+  sec->add_option("--api-key-file", o->api_key_file,
+                  "Require one of the keys in FILE (one per line, '#' comments); SIGHUP reloads "
+                  "it")
+      ->excludes(key);
+  sec->add_flag("--protect-metrics", cfg->http.protect_metrics,
+                "With keys: /metrics and /debug/* need a key too");
+  sec->add_option("--tls-cert", o->tls_cert,
+                  "PEM certificate chain: the RPC and HTTP ports speak TLS (with --tls-key)");
+  sec->add_option("--tls-key", o->tls_key, "PEM private key of --tls-cert");
   app.add_option("--cluster-name", cfg->cluster_name)->capture_default_str();
   o->prefill_workers_opt =
       app.add_option("--prefill-workers", o->prefill_workers,
@@ -135,11 +178,29 @@ command add_serve(CLI::App& app) {
     cfg->decode.local_prefill_budget = cfg->prefill.token_budget;
     cfg->http.host = cfg->rpc.host;
     cfg->http_enabled = !o->no_http;
-    if (cfg->http.api_key.empty())
-      if (const char* key = std::getenv("TOKENMILL_API_KEY")) cfg->http.api_key = key;
-    // Block the stop signals in every thread (they inherit the mask) and wait for them
-    // here, so shutdown runs on this thread in order.
+    auto keys = serve_keys(*o);
+    if (!keys) {
+      std::fprintf(stderr, "tokenmill serve: %s\n", keys.error().message.c_str());
+      return 2;
+    }
+    if (cfg->http.protect_metrics && !*keys) {
+      std::fprintf(stderr,
+                   "tokenmill serve: --protect-metrics needs --api-key or --api-key-file\n");
+      return 2;
+    }
+    if (o->tls_cert.empty() != o->tls_key.empty()) {
+      std::fprintf(stderr, "tokenmill serve: TLS needs both --tls-cert and --tls-key\n");
+      return 2;
+    }
+    cfg->rpc.keys = *keys;
+    cfg->http.keys = *keys;
+    cfg->rpc.tls_cert = cfg->http.tls_cert = o->tls_cert;
+    cfg->rpc.tls_key = cfg->http.tls_key = o->tls_key;
+    // Block the stop signals (and SIGHUP, the key reload) in every thread (they inherit
+    // the mask) and wait for them here, so shutdown runs on this thread in order.
     sigset_t stop_set = block_stop_signals();
+    sigaddset(&stop_set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &stop_set, nullptr);
     auto cluster = embedded_cluster::start(*cfg);
     if (!cluster) {
       std::fprintf(stderr, "tokenmill serve: %s\n", cluster.error().message.c_str());
@@ -156,7 +217,8 @@ command add_serve(CLI::App& app) {
         (*cluster)->model().name.c_str(), topo.prefill_workers, topo.decode_workers, topo.threads);
     std::fflush(stdout);
     int sig = 0;
-    sigwait(&stop_set, &sig);
+    while (sigwait(&stop_set, &sig) == 0 && sig == SIGHUP)
+      reload_keys(keys->get());
     std::printf("tokenmill: %s received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
     std::fflush(stdout);
     (*cluster)->stop();

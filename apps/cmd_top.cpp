@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "apps/client_options.hpp"
 #include "apps/commands.hpp"
 #include "frontend/client.hpp"
 #include "frontend/http_client.hpp"
@@ -26,6 +27,7 @@ struct top_opts {
   double interval_s = 1;
   double window_s = 30;
   double timeout_s = 5;
+  client_options security;  ///< --api-key only: the HTTP client speaks no TLS
 };
 
 double num(const json& j, const char* key) {
@@ -135,6 +137,7 @@ command add_top(CLI::App& app) {
   auto o = std::make_shared<top_opts>();
   app.add_option("--connect", o->connect, "The frontend's HTTP address HOST:PORT")
       ->capture_default_str();
+  add_client_options(app, o->security, false);
   app.add_flag("--once", o->once, "Print one snapshot and exit");
   app.add_option("--interval", o->interval_s, "Seconds between refreshes")
       ->capture_default_str()
@@ -147,6 +150,7 @@ command add_top(CLI::App& app) {
   return [o]() -> int {
     auto ep = parse_endpoint(o->connect);
     if (!ep) return fail(ep.error().message);
+    resolve_client_options(o->security);
     const bool tty = ::isatty(STDOUT_FILENO) != 0;
     const std::string target = fmt::format("/debug/snapshot?window={:g}", o->window_s);
     std::unique_ptr<http_client> c;
@@ -154,9 +158,10 @@ command add_top(CLI::App& app) {
       std::string text, error;
       if (!c) {
         auto r = http_client::connect(ep->first, ep->second, o->timeout_s);
-        if (r)
+        if (r) {
           c = std::move(*r);
-        else
+          c->set_api_key(o->security.api_key);
+        } else
           error = fmt::format("cannot connect to {}: {}", o->connect, r.error().message);
       }
       if (c) {

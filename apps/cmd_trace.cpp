@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "apps/client_options.hpp"
 #include "apps/commands.hpp"
 #include "frontend/client.hpp"
 #include "frontend/http_client.hpp"
@@ -20,6 +21,7 @@ struct trace_opts {
   std::string out;
   uint32_t limit = 1000;
   double timeout_s = 10;
+  client_options security;  ///< --api-key only: the HTTP client speaks no TLS
 };
 
 int fail(const std::string& msg) {
@@ -33,6 +35,7 @@ command add_trace(CLI::App& app) {
   auto o = std::make_shared<trace_opts>();
   app.add_option("--connect", o->connect, "The frontend's HTTP address HOST:PORT")
       ->capture_default_str();
+  add_client_options(app, o->security, false);
   app.add_option("--out", o->out, "The trace file to write (JSON)")->required();
   app.add_option("--limit", o->limit, "The newest N finished requests")
       ->capture_default_str()
@@ -42,8 +45,10 @@ command add_trace(CLI::App& app) {
   return [o]() -> int {
     auto ep = parse_endpoint(o->connect);
     if (!ep) return fail(ep.error().message);
+    resolve_client_options(o->security);
     auto c = http_client::connect(ep->first, ep->second, o->timeout_s);
     if (!c) return fail(fmt::format("cannot connect to {}: {}", o->connect, c.error().message));
+    (*c)->set_api_key(o->security.api_key);
     const std::string target = fmt::format("/debug/requests?limit={}", o->limit);
     auto r = (*c)->request("GET", target, {}, "", {}, o->timeout_s);
     if (!r) return fail(fmt::format("GET {} from {}: {}", target, o->connect, r.error().message));

@@ -108,6 +108,13 @@ struct manifest_frontend {
   std::string host;  ///< bind address; the node's address when not given
   uint16_t rpc_port = 7700;
   uint16_t http_port = 8000;
+  /// API keys for RPC and HTTP (as `serve --api-key-file`; the frontend's node reads it at
+  /// start and on SIGHUP); empty: $TOKENMILL_API_KEY of the node, else open. Relative paths
+  /// resolve against the manifest's directory, as do tls_cert and tls_key.
+  std::string api_key_file;
+  bool protect_metrics = false;  ///< with keys: /metrics and /debug/* need a key too
+  std::string tls_cert;          ///< both set: the RPC and HTTP ports speak TLS
+  std::string tls_key;
 };
 
 struct manifest_router {

@@ -19,6 +19,7 @@
 #include "cluster/security.hpp"
 #include "common/clock.hpp"
 #include "engine/engine_factory.hpp"
+#include "frontend/api_keys.hpp"
 #include "frontend/http_server.hpp"
 #include "frontend/metrics_server.hpp"
 #include "frontend/rpc_server.hpp"
@@ -145,6 +146,7 @@ struct cluster_node::impl {
   std::unique_ptr<http_server> http;
   std::unique_ptr<metrics_server> metrics;
   std::unique_ptr<control_gate> gate;
+  std::shared_ptr<api_keys> keys;   ///< the frontend's; null: none or not the frontend's node
   std::vector<caf::actor> workers;  ///< actors that answer status_atom with a worker_status
   std::shared_ptr<std::atomic<bool>> lost = std::make_shared<std::atomic<bool>>(false);
   std::string summary;
@@ -160,6 +162,16 @@ const std::string& cluster_node::summary() const {
 }
 bool cluster_node::supervisor_lost() const {
   return impl_->lost->load();
+}
+result<std::string> cluster_node::reload_api_keys() {
+  auto& k = impl_->keys;
+  if (!k || k->path().empty()) return std::string("no API key file to reload on this node");
+  auto n = k->reload();
+  if (!n)
+    return error_info{n.error().code, fmt::format("API keys NOT reloaded, the previous {} key(s) "
+                                                  "stay: {}",
+                                                  k->size(), n.error().message)};
+  return fmt::format("API keys reloaded from {}: {} key(s)", k->path(), *n);
 }
 
 result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
@@ -381,7 +393,24 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
     hc.host = m.frontend.host;
     hc.port = m.frontend.http_port;
     hc.node = idx;
-    if (const char* key = std::getenv("TOKENMILL_API_KEY")) hc.api_key = key;
+    // API keys: the manifest's file, else the node's $TOKENMILL_API_KEY.
+    if (!m.frontend.api_key_file.empty()) {
+      auto k = api_keys::from_file(m.frontend.api_key_file);
+      if (!k) return fail({k.error().code, "frontend.api_key_file: " + k.error().message});
+      im->keys = *k;
+    } else if (const char* key = std::getenv("TOKENMILL_API_KEY"); key && *key) {
+      auto k = api_keys::from_key(key, "$TOKENMILL_API_KEY");
+      if (!k) return fail(k.error());
+      im->keys = *k;
+    }
+    if (m.frontend.protect_metrics && !im->keys)
+      return fail({errc::invalid_request,
+                   "frontend.protect_metrics needs API keys (frontend.api_key_file or "
+                   "$TOKENMILL_API_KEY)"});
+    fp.rpc.keys = hc.keys = im->keys;
+    hc.protect_metrics = m.frontend.protect_metrics;
+    fp.rpc.tls_cert = hc.tls_cert = m.frontend.tls_cert;
+    fp.rpc.tls_key = hc.tls_key = m.frontend.tls_key;
     fp.http = hc;
     fp.model_chat_template = spec0.model ? spec0.model->chat_template : "";
     auto fe = detail::start_frontend(sys, router, sup, tok, model, std::move(fp), transport);

@@ -30,6 +30,9 @@ class cluster_node {
   const std::string& summary() const;
   /// True once the supervisor this node joined went down (the node is then useless).
   bool supervisor_lost() const;
+  /// SIGHUP: reads the frontend's API key file again (frontend.api_key_file). Returns what
+  /// happened, for the log: the new count, or why the old keys stay (an error).
+  result<std::string> reload_api_keys();
   void stop();
 
   struct impl;

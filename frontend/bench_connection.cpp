@@ -207,15 +207,17 @@ class http_connection final : public connection {
 }  // namespace
 
 connection_factory connection_factory_for(bool http, std::string host, uint16_t port,
-                                          bool ignore_eos, double timeout_s) {
+                                          bool ignore_eos, double timeout_s,
+                                          client_options security) {
   return [=]() -> result<std::unique_ptr<connection>> {
     if (http) {
       auto c = http_client::connect(host, port, 10);
       if (!c) return c.error();
+      (*c)->set_api_key(security.api_key);
       return std::unique_ptr<connection>(
           std::make_unique<http_connection>(std::move(*c), ignore_eos, timeout_s));
     }
-    auto c = client::connect(host, port, 10);
+    auto c = client::connect(host, port, 10, security);
     if (!c) return c.error();
     return std::unique_ptr<connection>(
         std::make_unique<rpc_connection>(std::move(*c), ignore_eos, timeout_s));

@@ -10,6 +10,7 @@
 
 #include "common/api_types.hpp"
 #include "common/result.hpp"
+#include "frontend/client.hpp"
 #include "frontend/http_client.hpp"
 #include "frontend/workload.hpp"
 
@@ -45,9 +46,11 @@ class connection {
 using connection_factory = std::function<result<std::unique_ptr<connection>>()>;
 
 /// Connections to `host`:`port` over HTTP (`http`) or RPC, each connect waiting up to 10 s.
-/// `ignore_eos` goes into every request; `timeout_s` bounds each request.
+/// `ignore_eos` goes into every request; `timeout_s` bounds each request. `security`: the
+/// API key both send, and the TLS CA of an RPC port (HTTP: no TLS).
 connection_factory connection_factory_for(bool http, std::string host, uint16_t port,
-                                          bool ignore_eos, double timeout_s);
+                                          bool ignore_eos, double timeout_s,
+                                          client_options security = {});
 
 /// "code: message", as the bench reports a failure.
 std::string describe(const error_info& e);

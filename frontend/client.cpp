@@ -1,12 +1,19 @@
 #include "frontend/client.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <sstream>
 
-#include <capnp/ez-rpc.h>
+#include <capnp/rpc-twoparty.h>
 #include <fmt/format.h>
 #include <kj/async-io.h>
 #include <kj/async.h>
+#include <kj/compat/tls.h>
 #include <kj/timer.h>
 
 #include "common/clock.hpp"
@@ -62,23 +69,60 @@ result<std::pair<std::string, uint16_t>> parse_endpoint(const std::string& s) {
   return std::make_pair(s.substr(0, colon), static_cast<uint16_t>(port));
 }
 
+bool is_unauthenticated(const error_info& e) {
+  return e.code == errc::invalid_request &&
+         e.message.find(unauthenticated_prefix) != std::string::npos;
+}
+
+std::string api_key_or_env(const std::string& flag) {
+  if (!flag.empty()) return flag;
+  const char* env = std::getenv("TOKENMILL_API_KEY");
+  return env ? std::string(env) : std::string();
+}
+
+/// kj allows one event loop per thread: every client of a thread shares it (as
+/// EzRpcClient's per-thread context did), and the last one to go destroys it.
+struct thread_loop {
+  kj::AsyncIoContext io = kj::setupAsyncIo();
+};
+std::shared_ptr<thread_loop> this_thread_loop() {
+  thread_local std::weak_ptr<thread_loop> current;
+  auto loop = current.lock();
+  if (!loop) {
+    loop = std::make_shared<thread_loop>();
+    current = loop;
+  }
+  return loop;
+}
+
 struct client::impl {
   std::string where;
-  capnp::EzRpcClient rpc;
-  rpc::Gateway::Client gw;
-  impl(const std::string& host, uint16_t port)
-      : where(fmt::format("{}:{}", host, port)), rpc(host, port), gw(rpc.getMain<rpc::Gateway>()) {}
+  // Declaration order matters: everything below uses the event loop of `loop`.
+  std::shared_ptr<thread_loop> loop = this_thread_loop();
+  kj::AsyncIoContext& io = loop->io;
+  kj::Maybe<kj::Own<kj::TlsCertificate>> ca;
+  kj::Maybe<kj::Own<kj::TlsContext>> tls;
+  kj::Own<kj::AsyncIoStream> stream;
+  kj::Own<capnp::TwoPartyClient> rpc;
+  rpc::Gateway::Client gw = nullptr;
+
+  explicit impl(std::string w) : where(std::move(w)) {}
+  kj::WaitScope& ws() { return io.waitScope; }
 
   template <class T>
   kj::Promise<T> bounded(kj::Promise<T> p, double timeout_s) {
-    return rpc.getIoProvider().getTimer().timeoutAfter(to_duration(timeout_s), kj::mv(p));
+    return io.provider->getTimer().timeoutAfter(to_duration(timeout_s), kj::mv(p));
   }
   error_info translate(const kj::Exception& e, const char* what) {
     auto type = e.getType();
+    std::string text = e.getDescription().cStr();
+    // A refused API key: the server's words, without kj's "remote exception: " prefix.
+    if (auto at = text.find(unauthenticated_prefix); at != std::string::npos)
+      return {errc::invalid_request, fmt::format("{} {}: {}", what, where, text.substr(at))};
     errc code = type == kj::Exception::Type::DISCONNECTED ? errc::unavailable
                 : type == kj::Exception::Type::OVERLOADED ? errc::timeout
                                                           : errc::internal;
-    return {code, fmt::format("{} {}: {}", what, where, e.getDescription().cStr())};
+    return {code, fmt::format("{} {}: {}", what, where, text)};
   }
 };
 
@@ -86,19 +130,59 @@ client::client(std::unique_ptr<impl> i) : impl_(std::move(i)) {}
 client::~client() = default;
 
 result<std::unique_ptr<client>> client::connect(const std::string& host, uint16_t port,
-                                                double timeout_s) {
-  std::unique_ptr<impl> i;
+                                                double timeout_s, const client_options& opts) {
+  auto i = std::make_unique<impl>(fmt::format("{}:{}", host, port));
+  if (!opts.tls_ca.empty()) {
+    std::ifstream in(opts.tls_ca, std::ios::binary);
+    if (!in)
+      return error_info{errc::invalid_request, fmt::format("--tls-ca {}: cannot read the file: {}",
+                                                           opts.tls_ca, std::strerror(errno))};
+    std::ostringstream pem;
+    pem << in.rdbuf();
+    try {
+      auto ca = kj::heap<kj::TlsCertificate>(kj::StringPtr(pem.str().c_str()));
+      kj::TlsContext::Options o;
+      o.useSystemTrustStore = false;
+      o.trustedCertificates = kj::arrayPtr(ca.get(), 1);
+      i->tls = kj::heap<kj::TlsContext>(kj::mv(o));
+      i->ca = kj::mv(ca);
+    } catch (const kj::Exception& e) {
+      return error_info{errc::invalid_request, fmt::format("--tls-ca {}: not a PEM certificate: {}",
+                                                           opts.tls_ca, e.getDescription().cStr())};
+    }
+  }
   try {
-    i = std::make_unique<impl>(host, port);
+    auto& ws = i->ws();
+    auto addr =
+        i->bounded(i->io.provider->getNetwork().parseAddress(host, port), timeout_s).wait(ws);
+    i->stream = i->bounded(addr->connect(), timeout_s).wait(ws);
+    KJ_IF_MAYBE (t, i->tls) {
+      auto plain = kj::mv(i->stream);
+      i->stream = i->bounded((*t)->wrapClient(kj::mv(plain), host), timeout_s).wait(ws);
+    }
+    i->rpc = kj::heap<capnp::TwoPartyClient>(*i->stream);
+    i->gw = i->rpc->bootstrap().castAs<rpc::Gateway>();
+  } catch (const kj::Exception& e) {
+    return error_info{errc::unavailable, fmt::format("cannot reach tokenmill at {}:{}: {}", host,
+                                                     port, e.getDescription().cStr())};
+  }
+  try {
+    if (!opts.api_key.empty()) {
+      // Pipelined: the model call below goes to the capability login returns.
+      auto login = i->gw.loginRequest();
+      login.setKey(opts.api_key);
+      i->gw = login.send().getGateway();
+    }
     auto req = i->gw.modelRequest();
-    auto resp = i->bounded(req.send(), timeout_s).wait(i->rpc.getWaitScope());
+    auto resp = i->bounded(req.send(), timeout_s).wait(i->ws());
     auto m = codec::decode(resp.getInfo());
     std::unique_ptr<client> c(new client(std::move(i)));
     c->model_ = std::move(m);
     return c;
   } catch (const kj::Exception& e) {
-    return error_info{errc::unavailable, fmt::format("cannot reach tokenmill at {}:{}: {}", host,
-                                                     port, e.getDescription().cStr())};
+    auto err = i->translate(e, "connecting to tokenmill at");
+    if (!is_unauthenticated(err)) err.code = errc::unavailable;
+    return err;
   }
 }
 
@@ -117,7 +201,7 @@ result<client_result> client::generate(generate_params p,
     p.client_sent_ns = out.sent_ns;
     codec::encode(p, req.initRequest());
     req.setSink(sink_cap);
-    auto resp = i.bounded(req.send(), timeout_s).wait(i.rpc.getWaitScope());
+    auto resp = i.bounded(req.send(), timeout_s).wait(i.ws());
     out.done_ns = now_ns();
     out.server = codec::decode(resp.getSummary());
     int64_t prev = 0;
@@ -135,7 +219,7 @@ result<client_result> client::generate(generate_params p,
     // The abandoned call's cancellation (a Finish message) is only queued; turn the event
     // loop once so the server hears it now, not at this client's next call.
     try {
-      i.rpc.getWaitScope().poll();
+      i.ws().poll();
     } catch (const kj::Exception&) {
     }
     return i.translate(e, "generate at");
@@ -162,7 +246,7 @@ result<std::vector<token_id>> client::tokenize(const std::string& text, bool add
     auto req = i.gw.tokenizeRequest();
     req.setText(text);
     req.setAddBos(add_bos);
-    auto resp = i.bounded(req.send(), 30).wait(i.rpc.getWaitScope());
+    auto resp = i.bounded(req.send(), 30).wait(i.ws());
     return codec::decode_ids(resp.getTokenIds());
   } catch (const kj::Exception& e) {
     return i.translate(e, "tokenize at");
@@ -173,7 +257,7 @@ result<cluster_status> client::status(double timeout_s) {
   auto& i = *impl_;
   try {
     auto req = i.gw.statusRequest();
-    auto resp = i.bounded(req.send(), timeout_s).wait(i.rpc.getWaitScope());
+    auto resp = i.bounded(req.send(), timeout_s).wait(i.ws());
     return codec::decode(resp.getStatus());
   } catch (const kj::Exception& e) {
     return i.translate(e, "status at");
@@ -188,7 +272,7 @@ result<drain_summary> client::drain(const std::string& node, double timeout_s, b
     req.setResume(resume);
     req.setTimeoutMs(static_cast<uint32_t>(std::min(timeout_s * 1000, 4e9)));
     // The server answers when its own bound (timeout_s) expires: allow for the round trip.
-    auto resp = i.bounded(req.send(), timeout_s + 10).wait(i.rpc.getWaitScope());
+    auto resp = i.bounded(req.send(), timeout_s + 10).wait(i.ws());
     return codec::decode(resp.getReport());
   } catch (const kj::Exception& e) {
     return i.translate(e, "drain at");

@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/api_types.hpp"
@@ -37,11 +38,35 @@ struct client_result {
   std::vector<double> itl_ms;    ///< gap before each token after the first (0 inside a chunk)
 };
 
+/// How a client reaches a gateway beyond host and port.
+struct client_options {
+  /// Sent with login() when non-empty (a server with API keys needs one; a server without
+  /// takes any).
+  std::string api_key;
+  /// Non-empty: the port speaks TLS; the server's certificate must chain to this PEM CA
+  /// file and name the host connected to.
+  std::string tls_ca;
+};
+
+/// How the server words a refused API key ("unauthenticated: why"), in RPC errors.
+inline constexpr std::string_view unauthenticated_prefix = "unauthenticated: ";
+
+/// True when `e` is the server refusing the API key (or its absence): errc::invalid_request
+/// with the message containing unauthenticated_prefix. (errc has no code of its own for it:
+/// adding one recompiles the whole tree; see the report of issue 18.)
+bool is_unauthenticated(const error_info& e);
+
+/// `flag` when given, else $TOKENMILL_API_KEY, else empty: the key the command-line clients
+/// send.
+std::string api_key_or_env(const std::string& flag);
+
 class client {
  public:
-  /// Connects and checks that a tokenmill gateway answers within `timeout_s`.
+  /// Connects and checks that a tokenmill gateway answers within `timeout_s`. A refused
+  /// key (or none where one is needed) is an error for which is_unauthenticated() holds.
   static result<std::unique_ptr<client>> connect(const std::string& host, uint16_t port,
-                                                 double timeout_s = 10);
+                                                 double timeout_s = 10,
+                                                 const client_options& opts = {});
   ~client();
 
   /// Streams a completion; `on_chunk` runs for each chunk as it arrives. A request the

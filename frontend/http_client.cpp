@@ -113,6 +113,7 @@ struct http_client::impl {
   beast::tcp_stream stream{ioc};
   beast::flat_buffer buf;
   bool open = false;
+  std::string authorization;  ///< "Bearer KEY" on every request when set
 
   /// Starts one asynchronous operation with a handler that records its error, and runs
   /// the io_context until it (and the stream's timer) completed.
@@ -167,6 +168,7 @@ struct http_client::impl {
                                          11};
     req.set(http::field::host, where);
     req.set(http::field::user_agent, "tokenmill");
+    if (!authorization.empty()) req.set(http::field::authorization, authorization);
     if (!body.empty() || verb == http::verb::post || verb == http::verb::put) {
       if (!content_type.empty())
         req.set(http::field::content_type,
@@ -204,6 +206,10 @@ struct http_client::impl {
 http_client::http_client(std::unique_ptr<impl> i) : impl_(std::move(i)) {}
 http_client::~http_client() {
   if (impl_ && impl_->open) impl_->close();
+}
+
+void http_client::set_api_key(const std::string& key) {
+  impl_->authorization = key.empty() ? std::string() : "Bearer " + key;
 }
 
 result<std::unique_ptr<http_client>> http_client::connect(const std::string& host, uint16_t port,

@@ -53,6 +53,9 @@ class http_client {
   static result<std::unique_ptr<http_client>> connect(const std::string& host, uint16_t port,
                                                       double timeout_s = 10);
   ~http_client();
+  /// Sends "Authorization: Bearer KEY" with every request from now on (none when empty);
+  /// headers given to a call replace it.
+  void set_api_key(const std::string& key);
   http_client(const http_client&) = delete;
   http_client& operator=(const http_client&) = delete;
 

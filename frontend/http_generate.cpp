@@ -39,8 +39,8 @@ awaitable<void> watch_disconnect(std::shared_ptr<beast::tcp_stream> stream,
 
 }  // namespace
 
-awaitable<bool> http_server::core::generate(beast::tcp_stream& stream, request_t& req,
-                                            openai::endpoint kind) {
+template <class Stream>
+awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, openai::endpoint kind) {
   auto parsed = openai::parse_request(kind, req.body(), ctx);
   if (auto* e = std::get_if<openai::api_error>(&parsed)) {
     metrics->refused("http", errc::invalid_request);
@@ -71,7 +71,7 @@ awaitable<bool> http_server::core::generate(beast::tcp_stream& stream, request_t
   // The stream is owned by the session; the watcher needs a shared owner to outlive it.
   std::shared_ptr<beast::tcp_stream> shared;
   for (auto& w : streams)
-    if (auto s = w.lock(); s && s.get() == &stream) shared = s;
+    if (auto s = w.lock(); s && s.get() == &beast::get_lowest_layer(stream)) shared = s;
   if (shared) asio::co_spawn(io, watch_disconnect(shared, g), asio::detached);
 
   openai::response_meta meta;
@@ -98,7 +98,7 @@ awaitable<bool> http_server::core::generate(beast::tcp_stream& stream, request_t
   };
   auto write_raw = [&](std::string data) -> awaitable<bool> {
     beast::error_code ec;
-    stream.expires_after(
+    beast::get_lowest_layer(stream).expires_after(
         std::chrono::milliseconds(static_cast<int64_t>(cfg.write_timeout_s * 1e3)));
     if (!headers_sent) {
       http::response<http::empty_body> res{http::status::ok, req.version()};
@@ -157,7 +157,8 @@ awaitable<bool> http_server::core::generate(beast::tcp_stream& stream, request_t
       gens.erase(g->id);
       metrics->finished("http", gs, (now_ns() - arrived) / 1e9);
       beast::error_code ignored;
-      stream.socket().cancel(ignored);  // ends the disconnect watcher
+      // Ends the disconnect watcher.
+      beast::get_lowest_layer(stream).socket().cancel(ignored);
       if (gs.error_code != errc::ok && !headers_sent) {
         // Nothing was sent yet: the error gets its own status (429 overloaded, 503, ...).
         auto err = openai::from_errc(gs.error_code, gs.error);
@@ -194,5 +195,10 @@ awaitable<bool> http_server::core::generate(beast::tcp_stream& stream, request_t
     co_await g->wake.async_wait(asio::redirect_error(use_awaitable, ec));
   }
 }
+
+template awaitable<bool> http_server::core::generate(beast::tcp_stream&, request_t&,
+                                                     openai::endpoint);
+template awaitable<bool> http_server::core::generate(http_detail::tls_stream&, request_t&,
+                                                     openai::endpoint);
 
 }  // namespace tokenmill

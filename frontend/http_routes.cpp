@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "frontend/api_keys.hpp"
 #include "frontend/request_log.hpp"
 
 namespace tokenmill {
@@ -52,13 +53,18 @@ std::optional<double> query_number(std::string_view target, std::string_view nam
 }
 
 std::optional<openai::api_error> check_api_key(std::string_view path,
-                                               std::string_view authorization,
-                                               std::string_view api_key) {
-  if (api_key.empty() || !(path.starts_with("/v1/") || path == "/tokenize")) return std::nullopt;
-  if (authorization == "Bearer " + std::string(api_key)) return std::nullopt;
-  return openai::api_error{401, "authentication_error",
-                           "missing or incorrect API key: send 'Authorization: Bearer <key>'", "",
-                           "invalid_api_key"};
+                                               std::string_view authorization, const api_keys* keys,
+                                               bool protect_metrics) {
+  if (!keys) return std::nullopt;
+  const bool guarded = path.starts_with("/v1/") || path == "/tokenize" ||
+                       (protect_metrics && (path == "/metrics" || path.starts_with("/debug/")));
+  if (!guarded) return std::nullopt;
+  auto key = bearer_token(authorization);
+  if (key && keys->accepts(*key)) return std::nullopt;
+  return openai::api_error{
+      401, "authentication_error",
+      key ? "incorrect API key" : "missing API key: send 'Authorization: Bearer <key>'", "",
+      "invalid_api_key"};
 }
 
 http_plan plan_http_request(std::string_view method, std::string_view target, std::string_view body,

@@ -15,6 +15,7 @@
 
 namespace tokenmill {
 
+class api_keys;
 class request_log;
 
 /// Seconds since the Unix epoch: the OpenAI `created` field.
@@ -32,11 +33,12 @@ std::optional<std::string> query_param(std::string_view target, std::string_view
 std::optional<double> query_number(std::string_view target, std::string_view name, double fallback,
                                    double max);
 
-/// 401 when `api_key` is set, `path` is one it guards (/v1/*, /tokenize) and the
-/// Authorization header is not "Bearer <api_key>"; nullopt when the request may pass.
+/// 401 when `keys` is set, `path` is one they guard (/v1/*, /tokenize; also /metrics and
+/// /debug/* when `protect_metrics`) and the Authorization header is not "Bearer <a key>";
+/// nullopt when the request may pass. /health and /ready stay open for probes.
 std::optional<openai::api_error> check_api_key(std::string_view path,
-                                               std::string_view authorization,
-                                               std::string_view api_key);
+                                               std::string_view authorization, const api_keys* keys,
+                                               bool protect_metrics);
 
 /// A 200 answer: its Content-Type and body.
 struct http_answer {

@@ -16,6 +16,8 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/ssl.hpp>
 #include <nlohmann/json.hpp>
 
 #include "frontend/bottleneck.hpp"
@@ -26,16 +28,18 @@
 
 namespace tokenmill {
 
-awaitable<bool> http_server::core::reply(beast::tcp_stream& stream, const request_t& req,
-                                         http::status status, std::string body,
-                                         std::string_view content_type, bool close) {
+template <class Stream>
+awaitable<bool> http_server::core::reply(Stream& stream, const request_t& req, http::status status,
+                                         std::string body, std::string_view content_type,
+                                         bool close) {
   http::response<http::string_body> res{status, req.version()};
   res.set(http::field::server, "tokenmill");
   res.set(http::field::content_type, beast::string_view(content_type.data(), content_type.size()));
   res.keep_alive(req.keep_alive() && !close);
   res.body() = std::move(body);
   res.prepare_payload();
-  stream.expires_after(std::chrono::milliseconds(static_cast<int64_t>(cfg.write_timeout_s * 1e3)));
+  beast::get_lowest_layer(stream).expires_after(
+      std::chrono::milliseconds(static_cast<int64_t>(cfg.write_timeout_s * 1e3)));
   beast::error_code ec;
   co_await http::async_write(stream, res, asio::redirect_error(use_awaitable, ec));
   co_return !ec && res.keep_alive();
@@ -53,20 +57,47 @@ awaitable<void> http_server::core::accept_loop() {
       continue;
     }
     sock.set_option(tcp::no_delay(true), ec);
-    auto stream = std::make_shared<beast::tcp_stream>(std::move(sock));
     std::erase_if(streams, [](const auto& w) { return w.expired(); });
+    if (tls) {
+      auto stream = std::make_shared<http_detail::tls_stream>(std::move(sock), *tls);
+      // The TCP layer lives inside the TLS stream: share its owner.
+      streams.push_back(std::shared_ptr<beast::tcp_stream>(stream, &stream->next_layer()));
+      asio::co_spawn(io, tls_session(std::move(stream)), asio::detached);
+      continue;
+    }
+    auto stream = std::make_shared<beast::tcp_stream>(std::move(sock));
     streams.push_back(stream);
     asio::co_spawn(io, session(std::move(stream)), asio::detached);
   }
 }
 
-awaitable<void> http_server::core::session(std::shared_ptr<beast::tcp_stream> stream) {
+awaitable<void> http_server::core::tls_session(std::shared_ptr<http_detail::tls_stream> stream) {
+  auto& tcp_layer = stream->next_layer();
+  tcp_layer.expires_after(
+      std::chrono::milliseconds(static_cast<int64_t>(cfg.idle_timeout_s * 1e3)));
+  beast::error_code ec;
+  co_await stream->async_handshake(asio::ssl::stream_base::server,
+                                   asio::redirect_error(use_awaitable, ec));
+  if (ec) {
+    // A plaintext client, an unknown CA on the client's side, a scanner: drop this
+    // connection only.
+    spdlog::info("http: TLS handshake failed, connection dropped: {}", ec.message());
+    beast::error_code ignored;
+    tcp_layer.socket().close(ignored);
+    co_return;
+  }
+  auto owned = std::move(stream);  // a named value into the awaited call (GCC 12, NOTES.md)
+  co_await session(owned);
+}
+
+template <class Stream>
+awaitable<void> http_server::core::session(std::shared_ptr<Stream> stream) {
   beast::flat_buffer buf;
   for (;;) {
     http::request_parser<http::string_body> parser;
     parser.header_limit(cfg.max_header_bytes);
     parser.body_limit(cfg.max_body_bytes);
-    stream->expires_after(
+    beast::get_lowest_layer(*stream).expires_after(
         std::chrono::milliseconds(static_cast<int64_t>(cfg.idle_timeout_s * 1e3)));
     beast::error_code ec;
     co_await http::async_read_header(*stream, buf, parser, asio::redirect_error(use_awaitable, ec));
@@ -119,16 +150,23 @@ awaitable<void> http_server::core::session(std::shared_ptr<beast::tcp_stream> st
     if (!keep || stopping) break;
   }
   beast::error_code ignored;
-  stream->socket().shutdown(tcp::socket::shutdown_send, ignored);
-  stream->socket().close(ignored);
+  auto& sock = beast::get_lowest_layer(*stream).socket();
+  sock.shutdown(tcp::socket::shutdown_send, ignored);
+  sock.close(ignored);
 }
 
-awaitable<bool> http_server::core::route(beast::tcp_stream& stream, request_t& req) {
+template <class Stream>
+awaitable<bool> http_server::core::route(Stream& stream, request_t& req) {
   const std::string_view target(req.target().data(), req.target().size());
   const std::string path(target_path(target));
   auto auth = req[http::field::authorization];
-  if (auto e = check_api_key(path, std::string_view(auth.data(), auth.size()), cfg.api_key))
+  if (auto e = check_api_key(path, std::string_view(auth.data(), auth.size()), cfg.keys.get(),
+                             cfg.protect_metrics)) {
+    if (metrics) metrics->refused("http", errc::invalid_request);
+    const auto m = req.method_string();
+    spdlog::info("http: {} {} refused: {}", std::string_view(m.data(), m.size()), path, e->message);
     co_return co_await reply_error(stream, req, std::move(*e));
+  }
   const auto method = req.method_string();
   auto p = plan_http_request(std::string_view(method.data(), method.size()), target, req.body(),
                              http_route_context{model, *tok, metrics->log()});
@@ -246,6 +284,29 @@ result<uint16_t> http_server::start() {
     return error_info{errc::invalid_request, fmt::format("cannot listen on {}:{} (http): {}",
                                                          c.cfg.host, c.cfg.port, e.what())};
   }
+  if (!c.cfg.tls_cert.empty() || !c.cfg.tls_key.empty()) {
+    if (c.cfg.tls_cert.empty() || c.cfg.tls_key.empty()) {
+      c.acceptor.reset();
+      return error_info{errc::invalid_request, "TLS needs both --tls-cert and --tls-key"};
+    }
+    const char* step = "--tls-cert";
+    const std::string* file = &c.cfg.tls_cert;
+    try {
+      c.tls.emplace(asio::ssl::context::tls_server);
+      c.tls->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                         asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                         asio::ssl::context::no_tlsv1_1);
+      c.tls->use_certificate_chain_file(c.cfg.tls_cert);
+      step = "--tls-key";
+      file = &c.cfg.tls_key;
+      c.tls->use_private_key_file(c.cfg.tls_key, asio::ssl::context::pem);
+    } catch (const std::exception& e) {
+      c.tls.reset();
+      c.acceptor.reset();
+      return error_info{errc::invalid_request,
+                        fmt::format("http TLS: {} {}: {}", step, *file, e.what())};
+    }
+  }
   auto port = c.acceptor->local_endpoint().port();
   // The callbacks hold the core (and its io_context) alive as long as the bridge may post
   // to it; the posted handlers use the raw pointer so that none of them owns the core.
@@ -291,5 +352,12 @@ void http_server::stop() {
   caf::anon_send_exit(c.bridge, caf::exit_reason::user_shutdown);
   c.bridge = nullptr;  // the bridge holds the core; the core must not hold the bridge
 }
+
+template awaitable<bool> http_server::core::reply(beast::tcp_stream&, const request_t&,
+                                                  http::status, std::string, std::string_view,
+                                                  bool);
+template awaitable<bool> http_server::core::reply(http_detail::tls_stream&, const request_t&,
+                                                  http::status, std::string, std::string_view,
+                                                  bool);
 
 }  // namespace tokenmill

@@ -20,13 +20,22 @@
 
 namespace tokenmill {
 
+class api_keys;
+
 struct http_server_config {
   std::string host = "127.0.0.1";
   uint16_t port = 8000;                  ///< 0 = any free port (start() says which)
   uint32_t node = 0;                     ///< node index stamped into traces
   uint64_t max_body_bytes = 4 << 20;     ///< larger request bodies get 413
   uint32_t max_header_bytes = 16 << 10;  ///< larger request headers get 431
-  std::string api_key;                   ///< non-empty: /v1/* and /tokenize need "Bearer KEY"
+  /// Set: /v1/* and /tokenize need "Authorization: Bearer KEY" with one of these keys
+  /// (shared with the RPC server; reloaded in place). Null: open.
+  std::shared_ptr<const api_keys> keys;
+  bool protect_metrics = false;  ///< with `keys`: /metrics and /debug/* need a key too
+  /// Both set: the port speaks TLS (Asio SSL, OpenSSL; TLS 1.2 and later) with this PEM
+  /// certificate chain and private key; a client that fails the handshake is dropped.
+  std::string tls_cert;
+  std::string tls_key;
   openai::chat_format chat_format = openai::chat_format::chatml;
   double idle_timeout_s = 60;   ///< a keep-alive connection idle this long is closed
   double write_timeout_s = 30;  ///< a client that reads nothing this long is dropped

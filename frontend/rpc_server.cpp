@@ -8,9 +8,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <deque>
+#include <fstream>
 #include <future>
 #include <mutex>
+#include <sstream>
 #include <thread>
 #include <unordered_map>
 #include <variant>
@@ -19,6 +23,7 @@
 #include <capnp/rpc.h>
 #include <kj/async-io.h>
 #include <kj/async-unix.h>
+#include <kj/compat/tls.h>
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
 
@@ -26,6 +31,7 @@
 
 #include "actors/protocol.hpp"
 #include "common/clock.hpp"
+#include "frontend/api_keys.hpp"
 #include "frontend/completion_text.hpp"
 #include "frontend/router_bridge.hpp"
 #include "frontend/validate.hpp"
@@ -234,12 +240,29 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
 
 namespace {
 
+/// The Gateway. With API keys, the bootstrap capability (no `session_`) answers only
+/// login(); login() hands out one that carries the digest of its key and checks it against
+/// the current keys on every call (schema/tokenmill.capnp says why a login capability).
 class gateway_impl final : public rpc::Gateway::Server {
  public:
-  explicit gateway_impl(rpc_server::impl& s) : s_(s) {}
+  gateway_impl(rpc_server::impl& s, std::optional<api_key_digest> session)
+      : s_(s), session_(session) {}
 
  protected:
+  kj::Promise<void> login(LoginContext ctx) override {
+    auto key = ctx.getParams().getKey();
+    if (!s_.cfg.keys) {
+      ctx.getResults().setGateway(kj::heap<gateway_impl>(s_, std::nullopt));
+      return kj::READY_NOW;
+    }
+    auto d = digest_api_key(std::string_view(key.cStr(), key.size()));
+    if (!s_.cfg.keys->accepts_digest(d)) return refuse("login", "incorrect API key");
+    ctx.getResults().setGateway(kj::heap<gateway_impl>(s_, d));
+    return kj::READY_NOW;
+  }
+
   kj::Promise<void> generate(GenerateContext ctx) override {
+    if (!allowed()) return refuse_call("generate");
     // Cap'n Proto 0.9 keeps running a call whose caller cancelled or disconnected unless
     // the call allows cancellation; then dropping the call destroys our promise, and the
     // defer below cancels the request and frees its KV blocks.
@@ -299,6 +322,7 @@ class gateway_impl final : public rpc::Gateway::Server {
   }
 
   kj::Promise<void> tokenize(TokenizeContext ctx) override {
+    if (!allowed()) return refuse_call("tokenize");
     auto p = ctx.getParams();
     auto ids =
         s_.tok->encode(std::string_view(p.getText().cStr(), p.getText().size()), p.getAddBos());
@@ -307,6 +331,7 @@ class gateway_impl final : public rpc::Gateway::Server {
   }
 
   kj::Promise<void> status(StatusContext ctx) override {
+    if (!allowed()) return refuse_call("status");
     ctx.allowCancellation();
     auto call = ++s_.next_call;
     auto paf = kj::newPromiseAndFulfiller<std::shared_ptr<cluster_status>>();
@@ -318,6 +343,7 @@ class gateway_impl final : public rpc::Gateway::Server {
   }
 
   kj::Promise<void> drain(DrainContext ctx) override {
+    if (!allowed()) return refuse_call("drain");
     ctx.allowCancellation();
     auto p = ctx.getParams();
     auto call = ++s_.next_call;
@@ -333,6 +359,7 @@ class gateway_impl final : public rpc::Gateway::Server {
   }
 
   kj::Promise<void> model(ModelContext ctx) override {
+    if (!allowed()) return refuse_call("model");
     model_summary m{s_.model.name, s_.model.vocab_size, s_.model.max_context,
                     s_.model.layout.block_tokens};
     codec::encode(m, ctx.getResults().initInfo());
@@ -340,7 +367,27 @@ class gateway_impl final : public rpc::Gateway::Server {
   }
 
  private:
+  bool allowed() const {
+    if (!s_.cfg.keys) return true;
+    return session_ && s_.cfg.keys->accepts_digest(*session_);
+  }
+  kj::Promise<void> refuse_call(const char* method) {
+    return refuse(method, session_ ? "the API key of this connection is no longer accepted "
+                                     "(the server's keys changed)"
+                                   : "this server requires an API key: call login(key) first "
+                                     "(tokenmill clients: --api-key or $TOKENMILL_API_KEY)");
+  }
+  /// Nothing was started: the caller gets "unauthenticated: WHY" (the client library maps
+  /// the prefix: is_unauthenticated in client.hpp).
+  kj::Promise<void> refuse(const char* method, const char* why) {
+    if (s_.metrics) s_.metrics->refused("rpc", errc::invalid_request);
+    spdlog::info("rpc: {} refused: {}", method, why);
+    return kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
+                         kj::str("unauthenticated: ", why));
+  }
+
   rpc_server::impl& s_;
+  std::optional<api_key_digest> session_;
 };
 
 /// One client connection: its own vat network (so we control the message size limit).
@@ -354,6 +401,21 @@ struct connection {
         network(*stream, capnp::rpc::twoparty::Side::SERVER, opts),
         rpc(capnp::makeRpcServer(network, kj::mv(bootstrap))) {}
 };
+
+/// The text of PEM file `path` (given as `option`); an error names both.
+result<std::string> read_pem(const std::string& path, const char* option) {
+  if (path.empty())
+    return error_info{
+        errc::invalid_request,
+        fmt::format("TLS needs both --tls-cert and --tls-key ({} is missing)", option)};
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return error_info{errc::invalid_request, fmt::format("{} {}: cannot read the file: {}", option,
+                                                         path, std::strerror(errno))};
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  return buf.str();
+}
 
 }  // namespace
 
@@ -372,9 +434,36 @@ void rpc_server::impl::run(std::promise<result<uint16_t>>& started) {
         fmt::format("cannot listen on {}:{}: {}", cfg.host, cfg.port, e.getDescription().cStr())});
     return;
   }
+  // TLS (optional): the keypair and context live as long as the listener.
+  kj::Maybe<kj::Own<kj::TlsKeypair>> keypair;
+  kj::Maybe<kj::Own<kj::TlsContext>> tls;
+  if (!cfg.tls_cert.empty() || !cfg.tls_key.empty()) {
+    auto cert = read_pem(cfg.tls_cert, "--tls-cert");
+    auto key = read_pem(cfg.tls_key, "--tls-key");
+    if (!cert || !key) {
+      started.set_value(!cert ? cert.error() : key.error());
+      return;
+    }
+    try {
+      auto kp = kj::heap<kj::TlsKeypair>(
+          kj::TlsKeypair{kj::TlsPrivateKey(kj::StringPtr(key->c_str())),
+                         kj::TlsCertificate(kj::StringPtr(cert->c_str()))});
+      kj::TlsContext::Options o;
+      o.defaultKeypair = *kp;
+      o.timer = io.provider->getTimer();
+      o.acceptTimeout = 10 * kj::SECONDS;  // a client that never finishes its handshake
+      tls = kj::heap<kj::TlsContext>(kj::mv(o));
+      keypair = kj::mv(kp);
+    } catch (const kj::Exception& e) {
+      started.set_value(error_info{errc::invalid_request,
+                                   fmt::format("rpc TLS: cannot use {} and {}: {}", cfg.tls_cert,
+                                               cfg.tls_key, e.getDescription().cStr())});
+      return;
+    }
+  }
   kj::TaskSet task_set(*this);
   tasks = &task_set;
-  capnp::Capability::Client bootstrap = kj::heap<gateway_impl>(*this);
+  capnp::Capability::Client bootstrap = kj::heap<gateway_impl>(*this, std::nullopt);
   capnp::ReaderOptions opts;
   opts.traversalLimitInWords = cfg.max_message_bytes / 8;
   started.set_value(static_cast<uint16_t>(listener->getPort()));
@@ -386,6 +475,24 @@ void rpc_server::impl::run(std::promise<result<uint16_t>>& started) {
           int one = 1;
           sock->setsockopt(IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
           if (window > 0) sock->setsockopt(SOL_SOCKET, SO_SNDBUF, &window, sizeof(window));
+          KJ_IF_MAYBE (t, tls) {
+            // The handshake runs beside the accept loop; one that fails (a plaintext client,
+            // a bad certificate) drops that connection only.
+            task_set.add((*t)->wrapServer(kj::mv(sock))
+                             .then(
+                                 [&, opts](kj::Own<kj::AsyncIoStream>&& secure) {
+                                   auto conn =
+                                       kj::heap<connection>(kj::mv(secure), bootstrap, opts);
+                                   auto done = conn->network.onDisconnect();
+                                   return done.attach(kj::mv(conn));
+                                 },
+                                 [](kj::Exception&& e) -> kj::Promise<void> {
+                                   spdlog::info("rpc: TLS handshake failed, connection dropped: {}",
+                                                e.getDescription().cStr());
+                                   return kj::READY_NOW;
+                                 }));
+            return accept_loop();
+          }
           auto conn = kj::heap<connection>(kj::mv(sock), bootstrap, opts);
           auto done = conn->network.onDisconnect();
           task_set.add(done.attach(kj::mv(conn)));

@@ -15,12 +15,21 @@
 
 namespace tokenmill {
 
+class api_keys;
+
 struct rpc_server_config {
   std::string host = "127.0.0.1";
   uint16_t port = 7700;                  ///< 0 = any free port (start() says which)
   int stream_window_bytes = 16 * 1024;   ///< SO_SNDBUF of client sockets = token stream window
   uint64_t max_message_bytes = 8 << 20;  ///< larger incoming messages drop the connection
   uint32_t node = 0;                     ///< node index stamped into traces
+  /// Set: the bootstrap Gateway answers only login(key) with one of these keys (shared
+  /// with the HTTP server; reloaded in place). Null: every call is open.
+  std::shared_ptr<const api_keys> keys;
+  /// Both set: the port speaks TLS (kj-tls, OpenSSL) with this PEM certificate chain and
+  /// private key; a client that does not complete a TLS handshake is dropped.
+  std::string tls_cert;
+  std::string tls_key;
 };
 
 class rpc_server {

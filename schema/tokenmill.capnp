@@ -182,4 +182,13 @@ interface Gateway {
   # Empties every prefill and decode worker of `node` (they finish what they hold and take
   # nothing new) without failing a request; returns when they are empty or the drain failed.
   # With `resume`, the node's drained workers go back into service under their role.
+  login @5 (key :Text) -> (gateway :Gateway);
+  # API keys (`serve --api-key`): when the server has keys, the bootstrap Gateway answers
+  # only `login`; every other call fails with "unauthenticated: ...". `login` with a valid
+  # key returns the Gateway to use; a wrong key fails the same way. Without keys on the
+  # server every call works and `login` returns a Gateway whatever the key.
+  # Why a login capability rather than a key on every call: the key crosses the wire once
+  # per connection; every method (and any added later) is covered without a key field in
+  # each request; and the returned capability still checks its key against the current
+  # key set on every call, so a key removed by a reload (SIGHUP) stops working at once.
 }

@@ -35,7 +35,10 @@ constexpr std::string_view sim_keys[] = {"vocab",
 constexpr std::string_view defaults_keys[] = {"engine", "block_tokens", "kv_transport",
                                               "kv_memory"};
 constexpr std::string_view layout_keys[] = {"layers", "kv_heads", "head_dim", "dtype_bytes"};
-constexpr std::string_view frontend_keys[] = {"node", "host", "rpc_port", "http_port"};
+constexpr std::string_view bool_words[] = {"true", "false"};
+constexpr std::string_view frontend_keys[] = {"node",      "host",         "rpc_port",
+                                              "http_port", "api_key_file", "protect_metrics",
+                                              "tls_cert",  "tls_key"};
 constexpr std::string_view router_keys[] = {"local_prefill_threshold",  "max_inflight",
                                             "max_queued_prompt_tokens", "migration_limit",
                                             "request_timeout_s",        "stall_timeout_s"};
@@ -659,6 +662,22 @@ class parser {
         }
       }
     }
+    for (auto [key, out] : {std::pair{"api_key_file", &f.api_key_file},
+                            std::pair{"tls_cert", &f.tls_cert}, std::pair{"tls_key", &f.tls_key}})
+      if (auto* x = r.find(key))
+        if (auto s = read_string(p_, *x, r.field(key), "a file path")) {
+          fs::path declared(*s);
+          *out = (declared.is_absolute() || base_dir_.empty() ? declared
+                                                              : fs::path(base_dir_) / declared)
+                     .lexically_normal()
+                     .string();
+        }
+    if (auto* x = r.find("protect_metrics"))
+      if (auto s = read_choice(p_, *x, r.field("protect_metrics"), bool_words))
+        f.protect_metrics = *s == "true";
+    if (f.tls_cert.empty() != f.tls_key.empty())
+      p_.add(r.at(), "frontend", "only one of tls_cert and tls_key is given",
+             "both (TLS on the RPC and HTTP ports) or neither");
     if (!node) {
       r.missing("node", "the name of the node that runs the router");
       return;

@@ -15,10 +15,12 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
 
 #include <caf/all.hpp>
 
@@ -65,6 +67,9 @@ struct status_wait {
 
 using request_t = http::request<http::string_body>;
 
+/// A connection of a TLS port (http_server_config::tls_cert).
+using tls_stream = beast::ssl_stream<beast::tcp_stream>;
+
 }  // namespace http_detail
 
 struct http_server::core {
@@ -83,10 +88,12 @@ struct http_server::core {
   openai::request_context ctx;
   caf::actor bridge;
   std::optional<tcp::acceptor> acceptor;
+  std::optional<asio::ssl::context> tls;  ///< set: every connection is TLS
   std::thread thread;
   std::unordered_map<request_id, std::shared_ptr<http_detail::gen_state>> gens;
   std::unordered_map<uint64_t, std::shared_ptr<http_detail::status_wait>> status_calls;
-  std::vector<std::weak_ptr<beast::tcp_stream>> streams;  ///< for closing them at stop
+  /// Every connection's TCP layer (of a TLS stream too), for closing them at stop.
+  std::vector<std::weak_ptr<beast::tcp_stream>> streams;
   uint64_t next_id = 0;
   uint64_t next_call = 0;
   bool stopping = false;
@@ -157,15 +164,23 @@ struct http_server::core {
   }
 
   awaitable<void> accept_loop();
-  awaitable<void> session(std::shared_ptr<beast::tcp_stream> stream);
-  awaitable<bool> route(beast::tcp_stream& stream, request_t& req);
-  awaitable<bool> generate(beast::tcp_stream& stream, request_t& req, openai::endpoint kind);
-  awaitable<bool> reply(beast::tcp_stream& stream, const request_t& req, http::status status,
-                        std::string body, std::string_view content_type = "application/json",
-                        bool close = false);
+  /// A TLS connection: the handshake (bounded by idle_timeout_s), then session().
+  awaitable<void> tls_session(std::shared_ptr<http_detail::tls_stream> stream);
+  /// Serves requests on `stream` (beast::tcp_stream or http_detail::tls_stream) until the
+  /// client goes or an error ends the connection.
+  template <class Stream>
+  awaitable<void> session(std::shared_ptr<Stream> stream);
+  template <class Stream>
+  awaitable<bool> route(Stream& stream, request_t& req);
+  template <class Stream>
+  awaitable<bool> generate(Stream& stream, request_t& req, openai::endpoint kind);
+  template <class Stream>
+  awaitable<bool> reply(Stream& stream, const request_t& req, http::status status, std::string body,
+                        std::string_view content_type = "application/json", bool close = false);
   // GCC 12 destroys some temporaries of a co_await full-expression twice (GCC bugs
   // 100611, 101367), so every awaited call below takes named values, moved in.
-  awaitable<bool> reply_error(beast::tcp_stream& stream, const request_t& req, openai::api_error e,
+  template <class Stream>
+  awaitable<bool> reply_error(Stream& stream, const request_t& req, openai::api_error e,
                               bool close = false) {
     std::string body = openai::error_body(e);
     auto status = static_cast<http::status>(e.status);

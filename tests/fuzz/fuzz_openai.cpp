@@ -9,6 +9,7 @@
 
 #include "engine/engine.hpp"
 #include "engine/tokenizer.hpp"
+#include "frontend/api_keys.hpp"
 #include "frontend/http_routes.hpp"
 #include "frontend/openai.hpp"
 #include "frontend/request_log.hpp"
@@ -34,7 +35,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)target_path(target);
   (void)query_param(target, "n");
   (void)query_number(target, "seconds", 1.0, 3600.0);
-  (void)check_api_key(target_path(target), body, "secret");
+  static const auto keys = *api_keys::from_key("secret");
+  (void)check_api_key(target_path(target), body, keys.get(), true);
   static const model_info model = [] {
     model_info m;
     m.name = "tiny";

@@ -925,3 +925,41 @@ nodes:
     CHECK_THAT(r.error().message, Catch::Contains("e.g. 512M or 2GiB"));
   }
 }
+
+TEST_CASE("manifest: the frontend's API key file, metrics protection and TLS files", "[manifest]") {
+  auto off = ok(parse(minimal));
+  CHECK(off.frontend.api_key_file.empty());
+  CHECK_FALSE(off.frontend.protect_metrics);
+  CHECK(off.frontend.tls_cert.empty());
+
+  std::string text = minimal;
+  text.replace(text.find("frontend: {node: head}"), 22,
+               "frontend: {node: head, api_key_file: keys/api.txt, protect_metrics: true, "
+               "tls_cert: /etc/tm/cert.pem, tls_key: tls/key.pem}");
+  auto m = ok(parse_manifest(text, "/srv/cluster/m.yaml", "/srv/cluster", {false}));
+  CHECK(m.frontend.api_key_file == "/srv/cluster/keys/api.txt");  // beside the manifest
+  CHECK(m.frontend.protect_metrics);
+  CHECK(m.frontend.tls_cert == "/etc/tm/cert.pem");
+  CHECK(m.frontend.tls_key == "/srv/cluster/tls/key.pem");
+
+  std::string bad_bool = minimal;
+  bad_bool.replace(bad_bool.find("frontend: {node: head}"), 22,
+                   "frontend: {node: head, protect_metrics: yes please}");
+  auto b = parse(bad_bool);
+  REQUIRE_FALSE(b.ok());
+  CHECK_THAT(b.error().message, Catch::Contains("frontend.protect_metrics"));
+
+  std::string half = minimal;
+  half.replace(half.find("frontend: {node: head}"), 22,
+               "frontend: {node: head, tls_cert: cert.pem}");
+  auto h = parse(half);
+  REQUIRE_FALSE(h.ok());
+  CHECK_THAT(h.error().message, Catch::Contains("only one of tls_cert and tls_key"));
+
+  std::string empty_path = minimal;
+  empty_path.replace(empty_path.find("frontend: {node: head}"), 22,
+                     "frontend: {node: head, api_key_file: ''}");
+  auto e = parse(empty_path);
+  REQUIRE_FALSE(e.ok());
+  CHECK_THAT(e.error().message, Catch::Contains("frontend.api_key_file"));
+}

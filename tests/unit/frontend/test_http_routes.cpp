@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/tokenizer.hpp"
+#include "frontend/api_keys.hpp"
 #include "frontend/http_routes.hpp"
 #include "frontend/request_log.hpp"
 
@@ -68,19 +69,39 @@ TEST_CASE("query_number accepts positive numbers up to max only", "[http_routes]
   CHECK(query_number("/x?window=nan", "window", 30, 100) == std::nullopt);
 }
 
-TEST_CASE("check_api_key guards /v1/* and /tokenize when a key is set", "[http_routes]") {
-  CHECK_FALSE(check_api_key("/v1/completions", "", ""));
-  CHECK_FALSE(check_api_key("/v1/completions", "Bearer k", "k"));
-  CHECK_FALSE(check_api_key("/tokenize", "Bearer k", "k"));
-  CHECK_FALSE(check_api_key("/health", "", "k"));
-  CHECK_FALSE(check_api_key("/metrics", "", "k"));
-  CHECK_FALSE(check_api_key("/debug/requests", "", "k"));
-  auto e = check_api_key("/v1/models", "Bearer wrong", "k");
+TEST_CASE("check_api_key guards /v1/* and /tokenize when keys are set", "[http_routes]") {
+  auto made = api_keys::from_key("k");
+  REQUIRE(made.ok());
+  const api_keys* k = made->get();
+  CHECK_FALSE(check_api_key("/v1/completions", "", nullptr, true));
+  CHECK_FALSE(check_api_key("/v1/completions", "Bearer k", k, false));
+  CHECK_FALSE(check_api_key("/tokenize", "bearer k", k, false));
+  CHECK_FALSE(check_api_key("/health", "", k, true));
+  CHECK_FALSE(check_api_key("/ready", "", k, true));
+  CHECK_FALSE(check_api_key("/metrics", "", k, false));
+  CHECK_FALSE(check_api_key("/debug/requests", "", k, false));
+  auto e = check_api_key("/v1/models", "Bearer wrong", k, false);
   REQUIRE(e);
   CHECK(e->status == 401);
   CHECK(e->code == "invalid_api_key");
-  CHECK(check_api_key("/tokenize", "", "k"));
-  CHECK(check_api_key("/v1/chat/completions", "k", "k"));  // the scheme is required
+  CHECK(e->message == "incorrect API key");
+  auto missing = check_api_key("/tokenize", "", k, false);
+  REQUIRE(missing);
+  CHECK(missing->message.find("missing API key") != std::string::npos);
+  CHECK(check_api_key("/v1/chat/completions", "k", k, false));  // the scheme is required
+  CHECK(check_api_key("/v1/completions", "Bearer kk", k, false));
+}
+
+TEST_CASE("check_api_key guards /metrics and /debug/* when asked to", "[http_routes]") {
+  auto made = api_keys::from_key("k");
+  REQUIRE(made.ok());
+  const api_keys* k = made->get();
+  CHECK(check_api_key("/metrics", "", k, true));
+  CHECK(check_api_key("/metrics", "Bearer x", k, true));
+  CHECK_FALSE(check_api_key("/metrics", "Bearer k", k, true));
+  CHECK(check_api_key("/debug/snapshot", "", k, true));
+  CHECK_FALSE(check_api_key("/debug/requests", "Bearer k", k, true));
+  CHECK_FALSE(check_api_key("/health", "", k, true));
 }
 
 TEST_CASE("generation and status routes are left to the server", "[http_routes]") {
