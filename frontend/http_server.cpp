@@ -52,7 +52,20 @@ awaitable<void> http_server::core::accept_loop() {
       co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
       continue;
     }
+    if (connections >= cfg.max_connections) {
+      // Over the limit: closed at once, so that a flood of idle or slow connections costs a
+      // bounded amount and the server's file descriptors stay available.
+      if (connections_refused++ % 1000 == 0)
+        spdlog::warn(
+            "http: {} connections open, the limit (--http-max-connections): closing "
+            "new ones ({} so far)",
+            connections, connections_refused);
+      sock.close(ec);
+      continue;
+    }
     sock.set_option(tcp::no_delay(true), ec);
+    if (cfg.send_buffer_bytes > 0)
+      sock.set_option(asio::socket_base::send_buffer_size(cfg.send_buffer_bytes), ec);
     auto stream = std::make_shared<beast::tcp_stream>(std::move(sock));
     std::erase_if(streams, [](const auto& w) { return w.expired(); });
     streams.push_back(stream);
@@ -61,14 +74,25 @@ awaitable<void> http_server::core::accept_loop() {
 }
 
 awaitable<void> http_server::core::session(std::shared_ptr<beast::tcp_stream> stream) {
+  ++connections;
   beast::flat_buffer buf;
+  auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1e3)); };
   for (;;) {
     http::request_parser<http::string_body> parser;
     parser.header_limit(cfg.max_header_bytes);
     parser.body_limit(cfg.max_body_bytes);
-    stream->expires_after(
-        std::chrono::milliseconds(static_cast<int64_t>(cfg.idle_timeout_s * 1e3)));
     beast::error_code ec;
+    if (buf.size() == 0) {
+      // Between requests: the keep-alive idle timeout, until the next request's first bytes.
+      stream->expires_after(ms(cfg.idle_timeout_s));
+      auto n = co_await stream->async_read_some(buf.prepare(4096),
+                                                asio::redirect_error(use_awaitable, ec));
+      if (ec) break;  // closed, idle too long, or failed
+      buf.commit(n);
+    }
+    // The headers must all arrive within header_timeout_s of the first byte: a client that
+    // trickles them (slowloris) is cut off (Beast closes the socket when the timer expires).
+    stream->expires_after(ms(cfg.header_timeout_s));
     co_await http::async_read_header(*stream, buf, parser, asio::redirect_error(use_awaitable, ec));
     request_t fallback;
     fallback.version(11);
@@ -98,8 +122,10 @@ awaitable<void> http_server::core::session(std::shared_ptr<beast::tcp_stream> st
       co_await http::async_write(*stream, cont, asio::redirect_error(use_awaitable, ec));
       if (ec) break;
     }
-    if (!parser.is_done())
+    if (!parser.is_done()) {
+      stream->expires_after(ms(cfg.body_timeout_s));
       co_await http::async_read(*stream, buf, parser, asio::redirect_error(use_awaitable, ec));
+    }
     if (ec) {
       std::optional<openai::api_error> e;
       if (ec == http::error::body_limit)
@@ -121,6 +147,7 @@ awaitable<void> http_server::core::session(std::shared_ptr<beast::tcp_stream> st
   beast::error_code ignored;
   stream->socket().shutdown(tcp::socket::shutdown_send, ignored);
   stream->socket().close(ignored);
+  --connections;
 }
 
 awaitable<bool> http_server::core::route(beast::tcp_stream& stream, request_t& req) {

@@ -21,6 +21,11 @@ struct rpc_server_config {
   int stream_window_bytes = 16 * 1024;   ///< SO_SNDBUF of client sockets = token stream window
   uint64_t max_message_bytes = 8 << 20;  ///< larger incoming messages drop the connection
   uint32_t node = 0;                     ///< node index stamped into traces
+  /// A client that takes none of its token stream for this long (its sink's write is
+  /// not acknowledged: it stopped reading, or never returns from write) has its request
+  /// cancelled and the call failed: with the window, this bounds what a stalled client
+  /// holds (its request's KV blocks, a decode slot, the undelivered tokens). 0 = no bound.
+  double stream_timeout_s = 30;
 };
 
 class rpc_server {
