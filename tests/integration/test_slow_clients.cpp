@@ -197,3 +197,34 @@ TEST_CASE("an RPC client that stops taking its token stream has its request canc
   if (!r->ok()) CHECK_THAT(r->error().message, Catch::Contains("token stream"));
   CHECK(requests_total(srv.http_port(), "rpc", "cancelled") == 1);
 }
+
+TEST_CASE("connections over --http-max-connections are closed at once; the others still served",
+          "[integration][http][slow]") {
+  server srv{{"--http-max-connections", "4"}};
+  std::vector<int> idle;
+  for (int i = 0; i < 3; ++i)
+    idle.push_back(open_connection(srv.http_port()));
+  // The fourth slot serves a request; a fifth connection (four open) is closed unanswered.
+  auto c = http_client::connect("127.0.0.1", srv.http_port(), 5);
+  REQUIRE(c.ok());
+  auto r = (*c)->request("GET", "/health");
+  REQUIRE(r.ok());
+  CHECK(r->status == 200);
+  int extra = open_connection(srv.http_port());
+  CHECK(eventually([&] { return closed_by_peer(extra); }, milliseconds(5000)));
+  ::close(extra);
+  for (int fd : idle)
+    CHECK_FALSE(closed_by_peer(fd));  // the open ones are untouched
+  // Once some close, new connections are served again.
+  for (int fd : idle)
+    ::close(fd);
+  bool served = eventually(
+      [&] {
+        auto h = http_client::connect("127.0.0.1", srv.http_port(), 5);
+        if (!h) return false;
+        auto g = (*h)->request("GET", "/health", {}, "application/json", {}, 5);
+        return g.ok() && g->status == 200;
+      },
+      milliseconds(5000), milliseconds(200));
+  CHECK(served);
+}
