@@ -14,6 +14,7 @@
 ///   router (see "live migration" below)
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -467,6 +468,30 @@ struct latency_samples {
 
 // ---------------------------------------------------------------- inspectors (CAF 0.17)
 
+/// A byte-vector field of a message, as inspectors see it. CAF 0.17 resizes (and zeroes) a
+/// byte vector to the length on the wire before it reads the bytes, so a peer's message of
+/// a few bytes claiming 4 GiB made a node allocate 4 GiB (found by fuzz_kv_descriptor).
+/// Read from a binary deserializer (the middleman's), the length is checked against the
+/// bytes the message still holds first. The wire format is CAF's own.
+struct wire_bytes {
+  std::vector<uint8_t>& bytes;
+};
+template <class F>
+typename F::result_type inspect(F& f, wire_bytes& x) {
+  if constexpr (std::is_base_of_v<caf::deserializer, F>) {
+    size_t n = 0;
+    if (auto err = f.begin_sequence(n)) return err;
+    if (auto* b = dynamic_cast<caf::binary_deserializer*>(&f); b != nullptr && n > b->remaining())
+      return caf::make_error(caf::sec::end_of_stream);
+    x.bytes.resize(n);
+    if (n > 0)
+      if (auto err = f.apply_raw(n, x.bytes.data())) return err;
+    return f.end_sequence();
+  } else {
+    return f(x.bytes);
+  }
+}
+
 template <class F>
 typename F::result_type inspect(F& f, sampling_params& x) {
   return f(caf::meta::type_name("sampling_params"), x.temperature, x.top_p, x.top_k, x.min_p,
@@ -487,11 +512,11 @@ typename F::result_type inspect(F& f, error_info& x) {
 template <class F>
 typename F::result_type inspect(F& f, pool_descriptor& x) {
   return f(caf::meta::type_name("pool_descriptor"), x.owner, x.block_bytes, x.num_blocks,
-           x.remote_key, x.worker_address, x.host);
+           wire_bytes{x.remote_key}, wire_bytes{x.worker_address}, x.host);
 }
 template <class F>
 typename F::result_type inspect(F& f, kv_payload& x) {
-  return f(caf::meta::type_name("kv_payload"), x.dst_blocks, x.bytes);
+  return f(caf::meta::type_name("kv_payload"), x.dst_blocks, wire_bytes{x.bytes});
 }
 template <class F>
 typename F::result_type inspect(F& f, request_options& x) {

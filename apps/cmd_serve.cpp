@@ -83,6 +83,33 @@ command add_serve(CLI::App& app) {
                 "Larger HTTP request bodies are refused with 413")
       ->check(CLI::Range(uint64_t{1024}, uint64_t{1} << 30))
       ->capture_default_str();
+  // Slow and hostile clients: every wait on a client is bounded (seconds).
+  auto secs = CLI::Range(0.1, 86400.0);
+  h->add_option("--http-idle-timeout", cfg->http.idle_timeout_s,
+                "Seconds a keep-alive connection may wait for its next request")
+      ->check(secs)
+      ->capture_default_str();
+  h->add_option("--http-header-timeout", cfg->http.header_timeout_s,
+                "Seconds from a request's first byte to the end of its headers (slowloris)")
+      ->check(secs)
+      ->capture_default_str();
+  h->add_option("--http-body-timeout", cfg->http.body_timeout_s,
+                "Seconds to receive a request body once its headers are in")
+      ->check(secs)
+      ->capture_default_str();
+  h->add_option("--http-write-timeout", cfg->http.write_timeout_s,
+                "Seconds a client may take nothing of a response or stream before it is dropped "
+                "(its request cancelled)")
+      ->check(secs)
+      ->capture_default_str();
+  h->add_option("--http-max-connections", cfg->http.max_connections,
+                "Open HTTP connections; more are closed as soon as accepted")
+      ->check(CLI::Range(1u, 1u << 20))
+      ->capture_default_str();
+  h->add_option("--http-send-buffer", cfg->http.send_buffer_bytes,
+                "SO_SNDBUF of HTTP client sockets, bytes (0 = the kernel's autotuning)")
+      ->check(CLI::Range(0, 1 << 26))
+      ->capture_default_str();
   auto* sec = app.add_option_group("security", "API keys and TLS on the client-facing ports");
   auto* key = sec->add_option("--api-key", o->api_key,
                               "Require this key on RPC (login) and HTTP ('Authorization: Bearer "
@@ -151,6 +178,11 @@ command add_serve(CLI::App& app) {
   s->add_option("--stream-window", cfg->rpc.stream_window_bytes,
                 "Token stream window per client connection (bytes)")
       ->check(CLI::Range(4096, 1 << 24))
+      ->capture_default_str();
+  s->add_option("--rpc-stream-timeout", cfg->rpc.stream_timeout_s,
+                "Seconds an RPC client may take none of its token stream before its request is "
+                "cancelled (0 = no bound)")
+      ->check(CLI::Range(0.0, 86400.0))
       ->capture_default_str();
 
   return [cfg, o]() -> int {

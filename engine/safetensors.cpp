@@ -145,6 +145,10 @@ result<safetensors_file> safetensors_file::open(const std::string& path) {
         if (t.end > data_size)
           fail(tn + ": data [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
                ") extends past the end of the file (" + std::to_string(data_size) + " data bytes)");
+        // 2^62 F32 elements would be 2^64 bytes, which wraps to 0 and matched empty offsets.
+        if (elements > (uint64_t{1} << 62) / elem_bytes(t.type))
+          fail(tn + ": shape holds " + std::to_string(elements) +
+               " elements, too large for any file");
         uint64_t want = elements * elem_bytes(t.type);
         if (t.end - t.begin != want)
           fail(tn + ": data_offsets span " + std::to_string(t.end - t.begin) +

@@ -56,7 +56,20 @@ awaitable<void> http_server::core::accept_loop() {
       co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
       continue;
     }
+    if (connections >= cfg.max_connections) {
+      // Over the limit: closed at once, so that a flood of idle or slow connections costs a
+      // bounded amount and the server's file descriptors stay available.
+      if (connections_refused++ % 1000 == 0)
+        spdlog::warn(
+            "http: {} connections open, the limit (--http-max-connections): closing "
+            "new ones ({} so far)",
+            connections, connections_refused);
+      sock.close(ec);
+      continue;
+    }
     sock.set_option(tcp::no_delay(true), ec);
+    if (cfg.send_buffer_bytes > 0)
+      sock.set_option(asio::socket_base::send_buffer_size(cfg.send_buffer_bytes), ec);
     std::erase_if(streams, [](const auto& w) { return w.expired(); });
     if (tls) {
       auto stream = std::make_shared<http_detail::tls_stream>(std::move(sock), *tls);
@@ -92,14 +105,25 @@ awaitable<void> http_server::core::tls_session(std::shared_ptr<http_detail::tls_
 
 template <class Stream>
 awaitable<void> http_server::core::session(std::shared_ptr<Stream> stream) {
+  ++connections;
   beast::flat_buffer buf;
+  auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1e3)); };
   for (;;) {
     http::request_parser<http::string_body> parser;
     parser.header_limit(cfg.max_header_bytes);
     parser.body_limit(cfg.max_body_bytes);
-    beast::get_lowest_layer(*stream).expires_after(
-        std::chrono::milliseconds(static_cast<int64_t>(cfg.idle_timeout_s * 1e3)));
     beast::error_code ec;
+    if (buf.size() == 0) {
+      // Between requests: the keep-alive idle timeout, until the next request's first bytes.
+      beast::get_lowest_layer(*stream).expires_after(ms(cfg.idle_timeout_s));
+      auto n = co_await stream->async_read_some(buf.prepare(4096),
+                                                asio::redirect_error(use_awaitable, ec));
+      if (ec) break;  // closed, idle too long, or failed
+      buf.commit(n);
+    }
+    // The headers must all arrive within header_timeout_s of the first byte: a client that
+    // trickles them (slowloris) is cut off (Beast closes the socket when the timer expires).
+    beast::get_lowest_layer(*stream).expires_after(ms(cfg.header_timeout_s));
     co_await http::async_read_header(*stream, buf, parser, asio::redirect_error(use_awaitable, ec));
     request_t fallback;
     fallback.version(11);
@@ -129,8 +153,10 @@ awaitable<void> http_server::core::session(std::shared_ptr<Stream> stream) {
       co_await http::async_write(*stream, cont, asio::redirect_error(use_awaitable, ec));
       if (ec) break;
     }
-    if (!parser.is_done())
+    if (!parser.is_done()) {
+      beast::get_lowest_layer(*stream).expires_after(ms(cfg.body_timeout_s));
       co_await http::async_read(*stream, buf, parser, asio::redirect_error(use_awaitable, ec));
+    }
     if (ec) {
       std::optional<openai::api_error> e;
       if (ec == http::error::body_limit)
@@ -153,6 +179,7 @@ awaitable<void> http_server::core::session(std::shared_ptr<Stream> stream) {
   auto& sock = beast::get_lowest_layer(*stream).socket();
   sock.shutdown(tcp::socket::shutdown_send, ignored);
   sock.close(ignored);
+  --connections;
 }
 
 template <class Stream>

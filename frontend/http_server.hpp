@@ -37,8 +37,19 @@ struct http_server_config {
   std::string tls_cert;
   std::string tls_key;
   openai::chat_format chat_format = openai::chat_format::chatml;
-  double idle_timeout_s = 60;   ///< a keep-alive connection idle this long is closed
-  double write_timeout_s = 30;  ///< a client that reads nothing this long is dropped
+  /// Slow and hostile clients: every wait on a client is bounded, and so is what it can
+  /// make the server hold (at most max_connections × (max_header_bytes + max_body_bytes)
+  /// of request bytes; a response waits in the socket's buffer and for at most
+  /// write_timeout_s, and a stream's undelivered tokens are at most its max_tokens).
+  double idle_timeout_s = 60;       ///< a keep-alive connection idle this long is closed
+  double header_timeout_s = 10;     ///< from a request's first byte to the end of its headers
+  double body_timeout_s = 60;       ///< to read a request body once its headers are in
+  double write_timeout_s = 30;      ///< a client that reads nothing this long is dropped
+  uint32_t max_connections = 1024;  ///< more connections are closed as soon as accepted
+  /// SO_SNDBUF of client sockets (0 = the kernel's autotuning, up to tcp_wmem's maximum):
+  /// what a client that stops reading leaves queued in the kernel, before its writes wait
+  /// and write_timeout_s runs.
+  int send_buffer_bytes = 64 << 10;
   /// Node-level series that are not the workers' (the KV transport's), refreshed into the
   /// registry per /metrics scrape; may be empty.
   std::function<void(metrics::registry&)> collect_node_metrics;

@@ -121,6 +121,7 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
       drain_calls;
   uint64_t next_call = 0;
   kj::TaskSet* tasks = nullptr;
+  kj::Timer* timer = nullptr;
 
   impl(caf::actor_system& s, caf::actor r, caf::actor sup, std::shared_ptr<const tokenizer> t,
        model_info m, rpc_server_config c, std::shared_ptr<frontend_metrics> mx)
@@ -168,7 +169,19 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
     s.sending = true;
     auto req = s.sink.writeRequest();
     codec::encode(c, req.initChunk());
-    tasks->add(req.send().then(
+    kj::Promise<void> sent = req.send();
+    if (cfg.stream_timeout_s > 0) {
+      // The window is full and the client takes nothing: give up on it after the timeout.
+      const auto limit = static_cast<int64_t>(cfg.stream_timeout_s * 1e3) * kj::MILLISECONDS;
+      sent = sent.exclusiveJoin(
+          timer->afterDelay(limit).then([id, secs = cfg.stream_timeout_s]() -> kj::Promise<void> {
+            auto why = fmt::format("the client took none of its token stream for {} s", secs);
+            spdlog::warn("rpc: request {:x} cancelled: {}", id, why);
+            return kj::Exception(kj::Exception::Type::DISCONNECTED, __FILE__, __LINE__,
+                                 kj::heapString(why.c_str()));
+          }));
+    }
+    tasks->add(sent.then(
         [this, id]() {
           if (auto it = streams.find(id); it != streams.end()) {
             it->second->sending = false;
@@ -176,7 +189,8 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
           }
         },
         [this, id](kj::Exception&& e) {
-          // The client is gone or its sink failed: stop the request everywhere.
+          // The client is gone, its sink failed or it stopped taking the stream: stop the
+          // request everywhere.
           if (auto it = streams.find(id); it != streams.end()) {
             cancel(id, *it->second);
             it->second->done->reject(kj::mv(e));
@@ -463,6 +477,7 @@ void rpc_server::impl::run(std::promise<result<uint16_t>>& started) {
   }
   kj::TaskSet task_set(*this);
   tasks = &task_set;
+  timer = &io.provider->getTimer();
   capnp::Capability::Client bootstrap = kj::heap<gateway_impl>(*this, std::nullopt);
   capnp::ReaderOptions opts;
   opts.traversalLimitInWords = cfg.max_message_bytes / 8;
@@ -550,6 +565,7 @@ void rpc_server::impl::run(std::promise<result<uint16_t>>& started) {
     f->reject(KJ_EXCEPTION(DISCONNECTED, "server stopping"));
   drain_calls.clear();
   tasks = nullptr;
+  timer = nullptr;
 }
 
 rpc_server::rpc_server(caf::actor_system& sys, caf::actor router, caf::actor supervisor,

@@ -30,6 +30,11 @@ struct rpc_server_config {
   /// private key; a client that does not complete a TLS handshake is dropped.
   std::string tls_cert;
   std::string tls_key;
+  /// A client that takes none of its token stream for this long (its sink's write is
+  /// not acknowledged: it stopped reading, or never returns from write) has its request
+  /// cancelled and the call failed: with the window, this bounds what a stalled client
+  /// holds (its request's KV blocks, a decode slot, the undelivered tokens). 0 = no bound.
+  double stream_timeout_s = 30;
 };
 
 class rpc_server {

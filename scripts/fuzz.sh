@@ -2,7 +2,9 @@
 # Builds the libFuzzer targets (tests/fuzz, clang, ASan + UBSan) in build-fuzz/ and runs each
 # for SECONDS (default 10) over a copy of its seed corpus, so runs never write into the tree.
 #   scripts/fuzz.sh [SECONDS]
-#   TOKENMILL_FUZZ_TARGETS   targets to run (default: all seven, e.g. "fuzz_manifest fuzz_basp")
+#   TOKENMILL_FUZZ_TARGETS   targets to run (default: every offline target, e.g. "fuzz_manifest fuzz_basp";
+#                            fuzz_control_port needs a running node: scripts/fuzz-control-port.sh)
+#   TOKENMILL_FUZZ_RUNS      stop a target after this many inputs (default: only SECONDS)
 #   TOKENMILL_FUZZ_SEED      libFuzzer's random seed (default: a new one each run); a fixed
 #                            seed makes a run repeat the same inputs (scripts/test.sh uses 1)
 # Prints `fuzz: TARGET execs=N findings=K` per target and `N passed, M failed`. A crash,
@@ -13,7 +15,10 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 seconds="${1:-10}"
 build="$repo/build-fuzz"
-targets="${TOKENMILL_FUZZ_TARGETS:-fuzz_manifest fuzz_gguf fuzz_tokenizer fuzz_tokenizer_json fuzz_openai fuzz_codec fuzz_basp}"
+all_targets="fuzz_manifest fuzz_gguf fuzz_safetensors fuzz_hf_config fuzz_tokenizer
+  fuzz_tokenizer_json fuzz_openai fuzz_http_request fuzz_sse fuzz_chat_template fuzz_codec
+  fuzz_kv_descriptor fuzz_basp"
+targets="$(echo ${TOKENMILL_FUZZ_TARGETS:-$all_targets})"
 
 if [[ ! -f "$build/build.ninja" ]]; then
   CC="${CC:-clang}" CXX="${CXX:-clang++}" cmake -S "$repo" -B "$build" -G Ninja \
@@ -33,6 +38,7 @@ for t in $targets; do
   opts=()
   [[ -f "$repo/tests/fuzz/$t.dict" ]] && opts=("-dict=$repo/tests/fuzz/$t.dict")
   [[ -n "${TOKENMILL_FUZZ_SEED:-}" ]] && opts+=("-seed=$TOKENMILL_FUZZ_SEED")
+  [[ -n "${TOKENMILL_FUZZ_RUNS:-}" ]] && opts+=("-runs=$TOKENMILL_FUZZ_RUNS")
   status=0
   "$build/tests/fuzz/$t" "$work/$t/corpus" "${opts[@]}" -max_total_time="$seconds" -timeout=5 \
     -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$work/$t/artifacts/" \

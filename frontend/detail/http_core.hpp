@@ -96,6 +96,8 @@ struct http_server::core {
   std::vector<std::weak_ptr<beast::tcp_stream>> streams;
   uint64_t next_id = 0;
   uint64_t next_call = 0;
+  uint32_t connections = 0;  ///< open sessions (cfg.max_connections bounds them)
+  uint64_t connections_refused = 0;
   bool stopping = false;
 
   core(caf::actor_system& s, caf::actor r, caf::actor sup, std::shared_ptr<const tokenizer> t,

@@ -75,3 +75,47 @@ TEST_CASE("type ids: the block holds exactly the registered messages", "[type_id
   CHECK(caf::type_id<token_batch>::value < block::end);
   CHECK(std::string(caf::type_name<cluster_status>::value) == "tokenmill::cluster_status");
 }
+
+// Regression (fuzz_kv_descriptor): CAF 0.17 sized a byte vector from the length on the wire
+// before reading it, so a message of a few bytes claiming 4 GiB of KV bytes made the node
+// allocate and zero 4 GiB. Byte vectors longer than the message are refused instead, and
+// the wire format is unchanged.
+TEST_CASE("type ids: a byte vector longer than its message is refused before it is allocated",
+          "[type_ids]") {
+  kv_transfer sent;
+  sent.id = 7;
+  sent.payload.dst_blocks = {4, 5};
+  sent.payload.bytes.assign(64, 9);
+  sent.checksums = {1, 2};
+  pool_descriptor d;
+  d.owner = 3;
+  d.remote_key = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  d.worker_address = {10, 11};
+  d.host = "boot";
+  std::vector<char> buf;
+  caf::binary_serializer sink(nullptr, buf);
+  REQUIRE_FALSE(sink(sent, d));
+
+  SECTION("a well-formed message round-trips") {
+    caf::binary_deserializer src(static_cast<caf::execution_unit*>(nullptr), buf);
+    kv_transfer got;
+    pool_descriptor gd;
+    REQUIRE_FALSE(src(got, gd));
+    CHECK(got.payload.bytes == sent.payload.bytes);
+    CHECK(got.payload.dst_blocks == sent.payload.dst_blocks);
+    CHECK(gd.remote_key == d.remote_key);
+    CHECK(gd.worker_address == d.worker_address);
+    CHECK(gd.host == "boot");
+  }
+  SECTION("a length of 4 GiB - 1 with 64 bytes behind it") {
+    // id (8 bytes), dst_blocks (1 + 2 * 4 bytes), then the bytes' length (varbyte).
+    std::vector<char> bad(buf.begin(), buf.begin() + 8 + 1 + 8);
+    for (char c : {'\xff', '\xff', '\xff', '\xff', '\x0f'})
+      bad.push_back(c);
+    bad.insert(bad.end(), 64, '\x09');
+    caf::binary_deserializer src(static_cast<caf::execution_unit*>(nullptr), bad);
+    kv_transfer got;
+    CHECK(src(got));  // an error
+    CHECK(got.payload.bytes.size() <= 64);
+  }
+}

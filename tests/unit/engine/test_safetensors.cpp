@@ -143,6 +143,16 @@ TEST_CASE("safetensors corrupt headers are errors that say what is wrong", "[saf
           R"({"w": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 8]}})",
           8),
       Catch::Contains("'w'"));
+  // 2^62 F32 elements are 2^64 bytes, which wrapped to 0 and matched empty data_offsets
+  // (found by fuzz_safetensors): a tensor of 2^62 elements over no bytes.
+  CHECK_THAT(
+      message(R"({"w": {"dtype": "F32", "shape": [4611686018427387904], "data_offsets": [0, 0]}})",
+              8),
+      Catch::Contains("'w'") && Catch::Contains("too large"));
+  CHECK_THAT(message(R"({"w": {"dtype": "F32", "shape": [2147483648, 2147483648], )"
+                     R"("data_offsets": [8, 8]}})",
+                     8),
+             Catch::Contains("'w'") && Catch::Contains("too large"));
   CHECK_THAT(message(R"({"w": 5})", 8), Catch::Contains("'w'"));
   CHECK_THAT(message(R"({"__metadata__": {"k": 1}})", 0), Catch::Contains("'k'"));
   CHECK_THAT(message(R"({"__metadata__": []})", 0), Catch::Contains("__metadata__"));
