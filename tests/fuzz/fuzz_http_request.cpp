@@ -17,6 +17,7 @@
 #include "engine/tokenizer.hpp"
 #include "frontend/http_routes.hpp"
 #include "frontend/http_server.hpp"
+#include "frontend/api_keys.hpp"
 #include "frontend/request_log.hpp"
 
 namespace {
@@ -34,7 +35,9 @@ std::string_view sv(beast::string_view s) {
 bool route(const http::request<http::string_body>& req, const http_route_context& ctx) {
   const std::string_view target = sv(req.target());
   const std::string path(target_path(target));
-  if (check_api_key(path, sv(req[http::field::authorization]), "secret")) return req.keep_alive();
+  static const auto keys = *api_keys::from_key("secret");
+  if (check_api_key(path, sv(req[http::field::authorization]), keys.get(), true))
+    return req.keep_alive();
   auto plan = plan_http_request(sv(req.method_string()), target, req.body(), ctx);
   if (plan)
     if (auto* e = std::get_if<openai::api_error>(&*plan))
