@@ -206,6 +206,17 @@ std::string describe(const manifest& m) {
       "stall_timeout {} s",
       m.router.local_prefill_threshold, m.router.max_inflight, m.router.max_queued_prompt_tokens,
       m.router.migration_limit, m.router.request_timeout_s, m.router.stall_timeout_s));
+  line(
+      fmt::format("router cost model: weights prefill {:g}, queue {:g}, transfer {:g}, load {:g}; "
+                  "prefill {:g} tokens/s without profile, KV {:g} GB/s, load {:g} ms per request; "
+                  "profile {}",
+                  m.router.prefill_weight, m.router.queue_weight, m.router.transfer_weight,
+                  m.router.load_weight, m.router.prefill_tokens_per_s, m.router.kv_transfer_gbps,
+                  m.router.load_ms_per_request,
+                  m.router.profile_data
+                      ? fmt::format("{} ({} engine, {} threads)", m.router.profile,
+                                    m.router.profile_data->engine, m.router.profile_data->threads)
+                      : std::string("none")));
   line(fmt::format("failure: heartbeat {} ms, connection timeout {} ms", m.failure.heartbeat_ms,
                    m.failure.connection_timeout_ms));
   if (m.defaults.kv_transport == "ucx")
@@ -264,6 +275,25 @@ router_config to_router_config(const manifest& m) {
   c.migration_limit = m.router.migration_limit;
   c.request_timeout = std::chrono::seconds(m.router.request_timeout_s);
   c.stall_timeout = std::chrono::seconds(m.router.stall_timeout_s);
+  c.cost.weights = {m.router.prefill_weight, m.router.queue_weight, m.router.transfer_weight,
+                    m.router.load_weight};
+  c.cost.kv_bytes_per_s = m.router.kv_transfer_gbps * 1e9;
+  c.cost.load_s_per_request = m.router.load_ms_per_request / 1e3;
+  c.default_speed.tokens_per_s = m.router.prefill_tokens_per_s;
+  c.default_speed.source = "rate";
+  if (const auto& prof = m.router.profile_data) {
+    for (const auto& n : m.nodes)
+      for (const auto& a : n.actors) {
+        const auto* w = a.worker();
+        if (!w) continue;
+        const std::string engine = w->engine.empty() ? m.defaults.engine : w->engine;
+        if (engine != prof->engine) continue;
+        // The chunk the worker prefills with: a prefill worker's chunk, a decode worker's
+        // local prefill budget.
+        const uint32_t chunk = a.prefill() ? a.prefill()->chunk : a.decode()->local_prefill_budget;
+        c.speeds[a.name] = profile_speed(*prof, chunk, m.router.profile);
+      }
+  }
   c.block_tokens = m.defaults.block_tokens;
   return c;
 }
