@@ -149,6 +149,10 @@ TEST_CASE("manifest: a minimal manifest resolves with every default", "[manifest
   CHECK(to_router_config(m).migration_limit == 3);
   CHECK(to_router_config(m).request_timeout == std::chrono::seconds(600));
   CHECK(to_router_config(m).stall_timeout == std::chrono::seconds(120));
+  // The manifest's defaults are the router's.
+  CHECK(router_config{}.request_timeout ==
+        std::chrono::seconds(manifest_router{}.request_timeout_s));
+  CHECK(router_config{}.stall_timeout == std::chrono::seconds(manifest_router{}.stall_timeout_s));
   CHECK(m.failure.heartbeat_ms == 200);
   CHECK(m.failure.connection_timeout_ms == 1000);
   CHECK(m.restart.max == 5);  // restart is on by default, bounded
