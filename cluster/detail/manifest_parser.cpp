@@ -296,7 +296,11 @@ class parser {
     std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
     auto prof = parse_profile(text, x.profile);
     if (!prof) {
-      p_.add(e.at(), "router.profile", prof.error().message, expected);
+      // One problem line per manifest problem: the profile's own lines joined.
+      std::string what = prof.error().message;
+      for (size_t i = what.find('\n'); i != std::string::npos; i = what.find('\n', i))
+        what.replace(i, 1, "; ");
+      p_.add(e.at(), "router.profile", what, expected);
       return;
     }
     x.profile_data = std::move(*prof);
