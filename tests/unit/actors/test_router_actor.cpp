@@ -391,7 +391,7 @@ TEST_CASE("router: with a choice to make it asks the kv-store and follows the ca
              Catch::Contains("1 routed to a cached prefix (2 overlap queries, 0 failed)"));
 }
 
-TEST_CASE("router: the cost model's scores reach the summary; local prefills queue up",
+TEST_CASE("router: the cost model's scores reach the summary, and local prefills queue up",
           "[router_actor][routing_policy]") {
   router_config cfg;
   cfg.local_prefill_threshold = 8;
