@@ -2,6 +2,7 @@
 /// Spawn functions of every actor. The composition root (cluster/) builds their
 /// configuration and dependencies and passes them in; no actor looks anything up.
 #include <chrono>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -82,6 +83,15 @@ struct router_config {
   /// The model's end-of-sequence id, when known: a request whose last delivered token is
   /// EOS is complete rather than migrated.
   std::optional<token_id> eos;
+  /// The cost model's weights and constants (manifest `router: {...}`); its
+  /// kv_bytes_per_block comes from the model's KV layout.
+  cost_model cost;
+  /// Prefill speed of workers without an entry in `speeds`: the configured rate
+  /// (router.prefill_tokens_per_s).
+  prefill_speed default_speed;
+  /// Prefill speed by worker name, from the engine profile (router.profile) of the
+  /// workers whose engine it profiled.
+  std::map<std::string, prefill_speed> speeds;
 };
 
 /// The router: admission, worker choice, token streaming, timelines.

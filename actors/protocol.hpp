@@ -200,6 +200,8 @@ struct request_summary {
   uint32_t migrations = 0;           ///< times the request moved to another worker
   /// Why, one per move (migration_reason names: worker_lost, stalled, …).
   std::vector<std::string> migration_reasons;
+  /// The routing decision of the current attempt: every candidate's cost-model score.
+  std::vector<routing_score> routing;
 };
 
 // ---------------------------------------------------------------- KV index
@@ -584,6 +586,12 @@ typename F::result_type inspect(F& f, step_record& x) {
            x.step_end_ns, x.batch, x.prefill_tokens, x.cause);
 }
 template <class F>
+typename F::result_type inspect(F& f, routing_score& x) {
+  return f(caf::meta::type_name("routing_score"), x.worker, x.prefill, x.chosen, x.eligible,
+           x.local, x.cached_tokens, x.prefill_ms, x.queue_ms, x.transfer_ms, x.load_ms,
+           x.total_ms);
+}
+template <class F>
 typename F::result_type inspect(F& f, request_done& x) {
   return f(caf::meta::type_name("request_done"), x.id, x.reason, x.error, x.prompt_tokens,
            x.completion_tokens, x.tr);
@@ -600,7 +608,7 @@ template <class F>
 typename F::result_type inspect(F& f, request_summary& x) {
   return f(caf::meta::type_name("request_summary"), x.id, x.reason, x.error, x.prompt_tokens,
            x.completion_tokens, x.tr, x.itl_mean_ms, x.itl_p50_ms, x.itl_p99_ms, x.prefill_worker,
-           x.decode_worker, x.itl_spikes, x.steps, x.migrations, x.migration_reasons);
+           x.decode_worker, x.itl_spikes, x.steps, x.migrations, x.migration_reasons, x.routing);
 }
 template <class F>
 typename F::result_type inspect(F& f, kv_event& x) {

@@ -3,10 +3,12 @@
 // and transfer rate, and the worker that is the bottleneck.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -91,6 +93,39 @@ std::string render(const json& s, const std::string& endpoint) {
           role == "decode" ? spikes_text(w) : "-");
     }
   out += "\n";
+  if (s.contains("routing") && s["routing"].is_object()) {
+    // The newest routing decision: the chosen plan first, then the cheapest others.
+    const auto& r = s["routing"];
+    std::vector<json> cands;
+    if (r.contains("candidates") && r["candidates"].is_array())
+      for (const auto& c : r["candidates"])
+        cands.push_back(c);
+    std::stable_sort(cands.begin(), cands.end(), [](const json& a, const json& b) {
+      const bool ca = a.value("chosen", false), cb = b.value("chosen", false);
+      if (ca != cb) return ca;
+      return num(a, "total_ms") < num(b, "total_ms");
+    });
+    out += fmt::format(
+        "routing: {:g} of {:g} requests to a cached prefix; last decision "
+        "(request {:g}), cost in ms:\n",
+        num(s, "routed_cached"), num(s, "requests"), num(r, "request"));
+    constexpr size_t shown = 6;
+    for (size_t i = 0; i < cands.size() && i < shown; ++i) {
+      const auto& c = cands[i];
+      out += fmt::format(
+          "  {} {:<7} {:<18} {:>8.2f} = prefill {:.2f} + queue {:.2f} + transfer {:.2f} + load "
+          "{:.2f}{}  cached {:g}{}\n",
+          c.value("chosen", false) ? "*" : " ", str(c, "role"), str(c, "worker"),
+          num(c, "total_ms"), num(c, "prefill_ms"), num(c, "queue_ms"), num(c, "transfer_ms"),
+          num(c, "load_ms"),
+          str(c, "role") == "decode" && !c.value("local", false) ? " + best prefill" : "",
+          num(c, "cached_tokens"),
+          c.value("eligible", true) ? (c.value("local", false) ? "  local prefill" : "")
+                                    : "  (draining)");
+    }
+    if (cands.size() > shown) out += fmt::format("  ... {} more\n", cands.size() - shown);
+    out += "\n";
+  }
   if (s.contains("planner") && s["planner"].is_object()) {
     const auto& p = s["planner"];
     if (p.value("enabled", false) || (p.contains("events") && !p["events"].empty())) {

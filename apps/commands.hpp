@@ -24,6 +24,9 @@ command add_make_model(CLI::App& app);
 command add_bench_engine(CLI::App& app);
 /// `tokenmill bench-transfer`: UCX KV transport bandwidth/latency between two local processes.
 command add_bench_transfer(CLI::App& app);
+/// `tokenmill bench-router`: the router's decision latency (prefix index + cost model) at
+/// 1k-1M blocks and 8-128 workers.
+command add_bench_router(CLI::App& app);
 /// `tokenmill trace`: the frontend's recent requests as a Chrome/Perfetto trace file.
 command add_trace(CLI::App& app);
 /// `tokenmill top`: a live view of every worker and the bottleneck.

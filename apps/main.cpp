@@ -52,6 +52,10 @@ int main(int argc, char** argv) {
       "Measure the UCX KV transport between two local processes (shm or tcp) against memcpy "
       "or ucx_perftest",
       tokenmill::app::add_bench_transfer);
+  add("bench-router",
+      "Measure the router's decision latency (prefix index + cost model) at 1k/100k/1M "
+      "blocks and 8/32/128 workers, with the index's memory per block",
+      tokenmill::app::add_bench_router);
   add("trace",
       "Write the frontend's recent requests as a Chrome/Perfetto trace (open in "
       "ui.perfetto.dev)",

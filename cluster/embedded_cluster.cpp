@@ -139,6 +139,7 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
   cfg.decode.num_blocks = pools->decode_blocks;
   cfg.router.block_tokens = model.layout.block_tokens;
   cfg.router.eos = model.eos;
+  cfg.router.cost.kv_bytes_per_block = model.layout.block_bytes();
 
   auto im = std::make_unique<impl>();
   register_types(im->caf_cfg);

@@ -369,6 +369,26 @@ double profile_prefill_seconds(const engine_profile& p, uint32_t chunk, uint32_t
   return std::max(s, 0.0);
 }
 
+prefill_speed profile_speed(const engine_profile& p, uint32_t chunk, const std::string& source) {
+  prefill_speed s;
+  s.source = source;
+  uint32_t longest = p.max_context;
+  for (const auto& x : p.prefill)
+    longest = std::max(longest, x.prompt_tokens);
+  double prev = 0;
+  for (uint64_t n = 16; !p.prefill.empty() && n <= std::max<uint32_t>(longest, 16); n *= 2) {
+    double t = std::max(prev, profile_prefill_seconds(p, chunk, static_cast<uint32_t>(n)));
+    if (t <= 0) continue;  // nothing measured this small: the next point covers it
+    s.points.emplace_back(static_cast<uint32_t>(n), t);
+    prev = t;
+  }
+  if (p.peak_prefill_tokens_per_s > 0)
+    s.tokens_per_s = p.peak_prefill_tokens_per_s;
+  else if (!s.points.empty())
+    s.tokens_per_s = s.points.back().first / s.points.back().second;
+  return s;
+}
+
 double profile_decode_seconds(const engine_profile& p, double batch, double context) {
   std::map<double, std::map<double, double>> by_ctx;  // context -> batch -> seconds
   for (const auto& x : p.decode)

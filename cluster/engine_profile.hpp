@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "actors/router/routing_policy.hpp"
 #include "common/result.hpp"
 #include "engine/kv_layout.hpp"
 #include "engine/sim_engine.hpp"
@@ -97,6 +98,12 @@ double profile_prefill_seconds(const engine_profile& p, uint32_t chunk, uint32_t
 /// batch within each measured context, then linear in the context (extrapolated linearly
 /// past the measured range; the cheapest measured step where that falls to 0 or below).
 double profile_decode_seconds(const engine_profile& p, double batch, double context);
+
+/// The profile as the router's cost model reads it (routing_policy.hpp, prefill_speed): the
+/// seconds to prefill prompts of 16, 32, ... tokens up to the model's context (or the
+/// longest measured prompt) in chunks of `chunk`, made non-decreasing, and the peak prefill
+/// throughput for queued work. `source` names the profile in traces.
+prefill_speed profile_speed(const engine_profile& p, uint32_t chunk, const std::string& source);
 
 /// The chunk sizes the profile measured, ascending.
 std::vector<uint32_t> profile_chunks(const engine_profile& p);

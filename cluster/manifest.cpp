@@ -35,10 +35,8 @@ static_assert(manifest_router{}.max_inflight == admission_limits{}.max_inflight)
 static_assert(manifest_router{}.max_queued_prompt_tokens ==
               admission_limits{}.max_queued_prompt_tokens);
 static_assert(manifest_router{}.migration_limit == default_migration_limit);
-static_assert(std::chrono::seconds(manifest_router{}.request_timeout_s) ==
-              router_config{}.request_timeout);
-static_assert(std::chrono::seconds(manifest_router{}.stall_timeout_s) ==
-              router_config{}.stall_timeout);
+// router_config holds maps and strings now (not a literal type): the timeouts' defaults
+// are compared in tests/unit/cluster/test_manifest.cpp instead.
 #endif
 
 namespace {
@@ -234,6 +232,17 @@ std::string describe(const manifest& m) {
     line(fmt::format("security: tls {}, cluster secret {}", tls,
                      sec.secret_file.empty() ? std::string("none") : sec.secret_file));
   }
+  line(
+      fmt::format("router cost model: weights prefill {:g}, queue {:g}, transfer {:g}, load {:g}; "
+                  "prefill {:g} tokens/s without profile, KV {:g} GB/s, load {:g} ms per request; "
+                  "profile {}",
+                  m.router.prefill_weight, m.router.queue_weight, m.router.transfer_weight,
+                  m.router.load_weight, m.router.prefill_tokens_per_s, m.router.kv_transfer_gbps,
+                  m.router.load_ms_per_request,
+                  m.router.profile_data
+                      ? fmt::format("{} ({} engine, {} threads)", m.router.profile,
+                                    m.router.profile_data->engine, m.router.profile_data->threads)
+                      : std::string("none")));
   line(fmt::format("failure: heartbeat {} ms, connection timeout {} ms", m.failure.heartbeat_ms,
                    m.failure.connection_timeout_ms));
   if (m.defaults.kv_transport == "ucx")
@@ -292,6 +301,25 @@ router_config to_router_config(const manifest& m) {
   c.migration_limit = m.router.migration_limit;
   c.request_timeout = std::chrono::seconds(m.router.request_timeout_s);
   c.stall_timeout = std::chrono::seconds(m.router.stall_timeout_s);
+  c.cost.weights = {m.router.prefill_weight, m.router.queue_weight, m.router.transfer_weight,
+                    m.router.load_weight};
+  c.cost.kv_bytes_per_s = m.router.kv_transfer_gbps * 1e9;
+  c.cost.load_s_per_request = m.router.load_ms_per_request / 1e3;
+  c.default_speed.tokens_per_s = m.router.prefill_tokens_per_s;
+  c.default_speed.source = "rate";
+  if (const auto& prof = m.router.profile_data) {
+    for (const auto& n : m.nodes)
+      for (const auto& a : n.actors) {
+        const auto* w = a.worker();
+        if (!w) continue;
+        const std::string engine = w->engine.empty() ? m.defaults.engine : w->engine;
+        if (engine != prof->engine) continue;
+        // The chunk the worker prefills with: a prefill worker's chunk, a decode worker's
+        // local prefill budget.
+        const uint32_t chunk = a.prefill() ? a.prefill()->chunk : a.decode()->local_prefill_budget;
+        c.speeds[a.name] = profile_speed(*prof, chunk, m.router.profile);
+      }
+  }
   c.block_tokens = m.defaults.block_tokens;
   return c;
 }

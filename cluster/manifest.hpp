@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "actors/supervisor/planner_policy.hpp"
+#include "cluster/engine_profile.hpp"
 #include "cluster/restart_policy.hpp"
 #include "common/ids.hpp"
 #include "common/result.hpp"
@@ -124,6 +125,21 @@ struct manifest_router {
   uint32_t migration_limit = 3;      ///< moves per request when its worker fails (0: off)
   uint32_t request_timeout_s = 600;  ///< server-side bound of a request, s (0: none)
   uint32_t stall_timeout_s = 120;    ///< no token from a worker this long: move, s (0: off)
+  /// The cost model's weights (actors/router/routing_policy.hpp, routing_weights): each
+  /// scales one term of a plan's estimated cost in seconds; 0 turns the term off.
+  double prefill_weight = 1.0;   ///< time to compute the uncached tokens
+  double queue_weight = 1.0;     ///< prompt work queued in front of the request
+  double transfer_weight = 1.0;  ///< time to move the prompt's KV to the decode worker
+  double load_weight = 1.0;      ///< active decode requests × load_ms_per_request
+  /// Prefill speed of a worker whose engine `profile` does not describe, tokens/s.
+  double prefill_tokens_per_s = 4000;
+  double kv_transfer_gbps = 5;      ///< KV bandwidth for the transfer term, GB/s (1e9 B/s)
+  double load_ms_per_request = 10;  ///< load term per active decode request, ms
+  /// `tokenmill profile` output (resolved against the manifest's directory; empty: none).
+  /// Workers running the engine it profiled use its prefill curve.
+  std::string profile;
+  std::string profile_declared;                ///< as written (lexically normalised); hashed
+  std::optional<engine_profile> profile_data;  ///< parsed when `profile` is given
 };
 
 struct manifest_failure {
@@ -228,7 +244,10 @@ uint64_t manifest_hash(const manifest& m);
 /// ssh and actors with their options.
 std::string describe(const manifest& m);
 
-/// The router's configuration from the manifest.
+/// The router's configuration from the manifest: limits, timeouts, and the cost model's
+/// weights and speeds (from router.profile for the workers running its engine, sampled at
+/// each worker's chunk size). kv_bytes_per_block is left for the caller, which knows the
+/// model's layout.
 router_config to_router_config(const manifest& m);
 /// A prefill worker's configuration.
 prefill_config to_prefill_config(const prefill_options& o);

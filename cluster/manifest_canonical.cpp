@@ -48,6 +48,14 @@ std::string canonical_form(const manifest& m) {
   num("router.migration_limit", m.router.migration_limit);
   num("router.request_timeout_s", m.router.request_timeout_s);
   num("router.stall_timeout_s", m.router.stall_timeout_s);
+  num("router.prefill_weight", m.router.prefill_weight);
+  num("router.queue_weight", m.router.queue_weight);
+  num("router.transfer_weight", m.router.transfer_weight);
+  num("router.load_weight", m.router.load_weight);
+  num("router.prefill_tokens_per_s", m.router.prefill_tokens_per_s);
+  num("router.kv_transfer_gbps", m.router.kv_transfer_gbps);
+  num("router.load_ms_per_request", m.router.load_ms_per_request);
+  str("router.profile", m.router.profile_declared);
   num("failure.heartbeat_ms", m.failure.heartbeat_ms);
   num("failure.connection_timeout_ms", m.failure.connection_timeout_ms);
   num("ucx.op_timeout_ms", m.ucx.op_timeout_ms);

@@ -371,6 +371,7 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   services.router = to_router_config(m);
   services.router.block_tokens = model.layout.block_tokens;
   services.router.eos = model.eos;
+  services.router.cost.kv_bytes_per_block = model.layout.block_bytes();
   // Longer than any write of a prefill worker can live (ucx.op_timeout_ms).
   services.kv_drain_timeout = std::chrono::milliseconds(m.ucx.op_timeout_ms + 1000);
   auto spawned = detail::spawn_node_actors(sys, m, idx, sup, services, im->actors);

@@ -184,6 +184,20 @@ struct step_record {
   itl_cause cause = itl_cause::none;  ///< of the gap before this token
 };
 
+/// One candidate of a request's routing decision (the router's cost model,
+/// actors/router/routing_policy.hpp): its terms in ms, unweighted, and the weighted total of
+/// the best plan through it.
+struct routing_score {
+  std::string worker;          ///< worker name
+  bool prefill = false;        ///< a prefill worker (else a decode worker)
+  bool chosen = false;         ///< the decision uses it
+  bool eligible = true;        ///< false: draining, not a candidate
+  bool local = false;          ///< decode worker: its plan prefills locally
+  uint32_t cached_tokens = 0;  ///< prompt tokens it would reuse from its prefix cache
+  double prefill_ms = 0, queue_ms = 0, transfer_ms = 0, load_ms = 0;
+  double total_ms = 0;  ///< weighted sum (decode, remote plan: + the best prefill worker)
+};
+
 /// The end of a generate call, as the client sees it.
 struct generation_summary {
   request_id id = 0;
@@ -204,6 +218,8 @@ struct generation_summary {
   uint32_t migrations = 0;         ///< times the request moved to another worker
   /// Why, one per move (names of migration_reason: worker_lost, prefill_lost, …).
   std::vector<std::string> migration_reasons;
+  /// The routing decision of the attempt that served it: every candidate's score.
+  std::vector<routing_score> routing;
 };
 
 /// What a client needs to know about the served model.

@@ -47,6 +47,7 @@ generation_summary make_generation_summary(const request_summary& r, bool stoppe
   g.steps = r.steps;
   g.migrations = r.migrations;
   g.migration_reasons = r.migration_reasons;
+  g.routing = r.routing;
   trace tr = r.tr;
   if (first_sent_ns != 0) tr.stamp_at(stage::first_token_sent, first_sent_ns, node);
   auto b = ttft_breakdown(tr);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include <fmt/format.h>
@@ -59,6 +60,19 @@ ojson to_json(const generation_summary& g) {
                                {"cause", std::string(to_string(s.cause))}});
   j["migrations"] = g.migrations;
   j["migration_reasons"] = g.migration_reasons;
+  j["routing"] = ojson::array();
+  for (const auto& r : g.routing)
+    j["routing"].push_back(ojson{{"worker", r.worker},
+                                 {"role", r.prefill ? "prefill" : "decode"},
+                                 {"chosen", r.chosen},
+                                 {"eligible", r.eligible},
+                                 {"local", r.local},
+                                 {"cached_tokens", r.cached_tokens},
+                                 {"prefill_ms", r.prefill_ms},
+                                 {"queue_ms", r.queue_ms},
+                                 {"transfer_ms", r.transfer_ms},
+                                 {"load_ms", r.load_ms},
+                                 {"total_ms", r.total_ms}});
   return j;
 }
 
@@ -118,6 +132,28 @@ std::optional<generation_summary> summary_from_json(const json& j) {
   if (auto it = j.find("migration_reasons"); it != j.end() && it->is_array())
     for (const auto& e : *it)
       if (e.is_string()) g.migration_reasons.push_back(e.get<std::string>());
+  if (auto it = j.find("routing"); it != j.end() && it->is_array())
+    for (const auto& e : *it) {
+      if (!e.is_object()) continue;
+      routing_score r;
+      get_str(e, "worker", r.worker);
+      std::string role_name;
+      get_str(e, "role", role_name);
+      r.prefill = role_name == "prefill";
+      auto flag = [&](const char* key, bool& out) {
+        if (auto f = e.find(key); f != e.end() && f->is_boolean()) out = f->get<bool>();
+      };
+      flag("chosen", r.chosen);
+      flag("eligible", r.eligible);
+      flag("local", r.local);
+      get_num(e, "cached_tokens", r.cached_tokens);
+      get_num(e, "prefill_ms", r.prefill_ms);
+      get_num(e, "queue_ms", r.queue_ms);
+      get_num(e, "transfer_ms", r.transfer_ms);
+      get_num(e, "load_ms", r.load_ms);
+      get_num(e, "total_ms", r.total_ms);
+      g.routing.push_back(std::move(r));
+    }
   if (auto it = j.find("itl_spikes"); it != j.end() && it->is_object())
     for (const auto& [k, v] : it->items()) {
       auto c = itl_cause_from_string(k);
@@ -239,6 +275,7 @@ cluster_snapshot make_snapshot(const std::vector<request_record>& records, doubl
   std::map<std::string, double> stage_sum;
   std::vector<double> ttfts, all_gaps, all_p50, all_p99;
   const int64_t since = now - static_cast<int64_t>(window_s * 1e9);
+  int64_t routing_end = std::numeric_limits<int64_t>::min();
   for (const auto& r : records) {
     if (r.end_ns < since || r.end_ns > now + int64_t(1e9)) continue;
     const auto& g = r.summary;
@@ -248,6 +285,16 @@ cluster_snapshot make_snapshot(const std::vector<request_record>& records, doubl
     }
     ++s.requests;
     ttfts.push_back(g.ttft_ms);
+    if (!g.routing.empty()) {
+      if (std::any_of(g.routing.begin(), g.routing.end(),
+                      [](const routing_score& c) { return c.chosen && c.cached_tokens > 0; }))
+        ++s.routed_cached;
+      if (r.end_ns >= routing_end) {
+        routing_end = r.end_ns;
+        s.routing_request = g.id;
+        s.routing = g.routing;
+      }
+    }
     for (const auto& st : g.stages) {
       if (!stage_sum.count(st.name)) stage_order.push_back(st.name);
       stage_sum[st.name] += st.ms;
@@ -422,6 +469,25 @@ ojson to_json(const cluster_snapshot& s) {
       o["itl_spikes"] = spikes_json(w.spikes);
     }
     j["workers"].push_back(std::move(o));
+  }
+  j["routed_cached"] = s.routed_cached;
+  if (!s.routing.empty()) {
+    ojson r;
+    r["request"] = s.routing_request;
+    r["candidates"] = ojson::array();
+    for (const auto& c : s.routing)
+      r["candidates"].push_back(ojson{{"worker", c.worker},
+                                      {"role", c.prefill ? "prefill" : "decode"},
+                                      {"chosen", c.chosen},
+                                      {"eligible", c.eligible},
+                                      {"local", c.local},
+                                      {"cached_tokens", c.cached_tokens},
+                                      {"prefill_ms", round3(c.prefill_ms)},
+                                      {"queue_ms", round3(c.queue_ms)},
+                                      {"transfer_ms", round3(c.transfer_ms)},
+                                      {"load_ms", round3(c.load_ms)},
+                                      {"total_ms", round3(c.total_ms)}});
+    j["routing"] = std::move(r);
   }
   return j;
 }

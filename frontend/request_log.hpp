@@ -38,7 +38,9 @@ std::optional<itl_cause> itl_cause_from_string(std::string_view name);
 /// Every field of `g`: id, reason, error_code, error, tokens, ttft_ms, itl stats, stages
 /// (ordered [{name, ms}]), hops [{stage, node, t_ns}], prefill_worker, decode_worker,
 /// itl_spikes {cause: n} (non-zero causes), steps [{index, released_ns, step_start_ns,
-/// step_end_ns, batch, prefill_tokens, cause}], migrations, migration_reasons [reason].
+/// step_end_ns, batch, prefill_tokens, cause}], migrations, migration_reasons [reason],
+/// routing [{worker, role, chosen, eligible, local, cached_tokens, prefill_ms, queue_ms,
+/// transfer_ms, load_ms, total_ms}].
 nlohmann::ordered_json to_json(const generation_summary& g);
 /// The inverse of to_json (unknown or missing fields keep their defaults); nullopt when
 /// `j` is not an object.
@@ -88,6 +90,12 @@ struct cluster_snapshot {
   std::vector<stage_ms> stages;  ///< mean per request, in causal order
   spike_counts spikes{};
   std::vector<worker_snapshot> workers;  ///< status order, then workers only in summaries
+  /// Of `requests`, those whose routing chose a worker holding part of the prompt.
+  uint32_t routed_cached = 0;
+  /// The routing decision of the newest request in the window that has one: every
+  /// candidate's cost-model score (0 / empty: none).
+  request_id routing_request = 0;
+  std::vector<routing_score> routing;
 };
 
 /// The snapshot as /debug/snapshot returns it (without the bottleneck fields).

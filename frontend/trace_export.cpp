@@ -72,6 +72,22 @@ void add_request(const generation_summary& g, int64_t end_ns, std::vector<event>
     e.args = ojson{{"request", id},
                    {"from", std::string(to_string(path[i - 1].where))},
                    {"to", std::string(to_string(path[i].where))}};
+    // The routing decision: every candidate's cost-model score, on the routing slice.
+    if (path[i].where == stage::routed && !g.routing.empty()) {
+      auto& r = e.args["candidates"] = ojson::array();
+      for (const auto& c : g.routing)
+        r.push_back(ojson{{"worker", c.worker},
+                          {"role", c.prefill ? "prefill" : "decode"},
+                          {"chosen", c.chosen},
+                          {"eligible", c.eligible},
+                          {"local", c.local},
+                          {"cached_tokens", c.cached_tokens},
+                          {"prefill_ms", c.prefill_ms},
+                          {"queue_ms", c.queue_ms},
+                          {"transfer_ms", c.transfer_ms},
+                          {"load_ms", c.load_ms},
+                          {"total_ms", c.total_ms}});
+    }
     out.push_back(std::move(e));
   }
   // The decode worker's node: any of its stamps.

@@ -46,8 +46,13 @@ caf::behavior kv_store(caf::stateful_actor<kv_store_state>* self, worker_info in
         ws.name = st.info.name;
         ws.node = st.info.node;
         ws.completed = st.events;
-        ws.detail = fmt::format("{} blocks indexed ({} holder entries), {} events",
-                                st.index.blocks(), st.index.entries(), st.events);
+        const auto blocks = st.index.blocks();
+        ws.detail = fmt::format(
+            "{} blocks indexed ({} holder entries, {} workers), {} events; index {:.1f} MiB, {} "
+            "bytes per block",
+            blocks, st.index.entries(), st.index.workers(), st.events,
+            static_cast<double>(st.index.memory_bytes()) / (1 << 20),
+            blocks ? st.index.memory_bytes() / blocks : 0);
         return ws;
       },
   };

@@ -2,7 +2,7 @@
 /// The router's prefill backlog, free of CAF (STYLE.md §2): prompt tokens sent to prefill
 /// workers and not prefilled yet, per worker and in all. Admission bounds the total
 /// (admission_limits::max_queued_prompt_tokens) and the choice of prefill worker weighs
-/// each worker's share (pick_prefill). One entry per request whose current attempt waits
+/// each worker's share (plan_route). One entry per request whose current attempt waits
 /// on a remote prefill.
 #include <cstdint>
 #include <optional>

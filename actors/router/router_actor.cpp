@@ -39,6 +39,9 @@ struct worker_load {
   std::string name;
   /// Changing role or draining (member.draining): its requests go on, new ones go elsewhere.
   bool draining = false;
+  /// Its engine's prefill speed for the cost model (into router_config's speeds or
+  /// default_speed, which live as long as the router).
+  const prefill_speed* speed = nullptr;
 };
 
 /// Workers of `ws` that take new requests.
@@ -72,6 +75,7 @@ struct request_state {
   std::vector<std::string> migration_reasons;
   uint32_t live_moves = 0;  ///< of `migrations`, moves with the KV (no recompute, no limit)
   uint32_t move_epoch = 0;  ///< the current attempt's latest attempt_moved epoch
+  std::vector<routing_score> routing;  ///< the current attempt's routing decision
 };
 
 struct router_state {
@@ -93,6 +97,10 @@ struct router_state {
   uint64_t routed_to_cache = 0;   ///< requests sent to a worker holding part of the prefix
   /// Prompt tokens at prefill workers, by request (client id) and worker.
   prefill_backlog backlog;
+  /// Uncached prompt tokens of local prefills, by request and decode worker: the queue
+  /// term of a decode worker in the cost model (not counted for admission).
+  prefill_backlog local_backlog;
+  uint64_t routed_local = 0;  ///< requests prefilled on their decode worker
   uint64_t completed = 0;
   uint64_t tokens_out = 0;
   uint64_t rejected = 0;
@@ -130,6 +138,7 @@ request_summary make_summary(const router_state& st, const request_state& rs, re
                                                     std::min(steps.size(), max_recorded_steps)));
   s.migrations = rs.migrations;
   s.migration_reasons = rs.migration_reasons;
+  s.routing = rs.routing;
   return s;
 }
 
@@ -137,6 +146,7 @@ request_summary make_summary(const router_state& st, const request_state& rs, re
 /// find nothing afterwards.
 void detach_attempt(router_state& st, request_state& rs) {
   st.backlog.release(rs.req.id);
+  st.local_backlog.release(rs.req.id);
   if (rs.decode_handle) {
     if (auto d = st.decodes.find(rs.decode); d != st.decodes.end() && d->second.active > 0)
       --d->second.active;
@@ -202,6 +212,12 @@ void release_tokens(router_ptr self, request_id id, request_state& rs) {
   }
 }
 
+/// The prefill speed the cost model uses for the worker named `name`.
+const prefill_speed* speed_of(const router_config& cfg, const std::string& name) {
+  auto it = cfg.speeds.find(name);
+  return it != cfg.speeds.end() ? &it->second : &cfg.default_speed;
+}
+
 /// Blocks of the prompt's prefix that worker `w` holds, per the kv-store's answer.
 uint32_t overlap_of(const std::vector<worker_overlap>& overlap, worker_id w) {
   for (const auto& o : overlap)
@@ -209,8 +225,39 @@ uint32_t overlap_of(const std::vector<worker_overlap>& overlap, worker_id w) {
   return 0;
 }
 
-/// Routes attempt `req` of request `cid` (in `requests`, phase routing): picks the decode
-/// worker (not `avoid` when another is up) and, for a remote prefill, the prefill worker.
+/// The cost model's scores as the trace and `tokenmill top` show them (ms, by name).
+std::vector<routing_score> score_record(const router_state& st, const route_plan& plan,
+                                        std::span<const route_candidate> dc,
+                                        std::span<const route_candidate> pc) {
+  std::vector<routing_score> out;
+  out.reserve(dc.size() + pc.size());
+  auto add = [&](const candidate_score& c, const std::map<worker_id, worker_load>& ws,
+                 bool chosen) {
+    routing_score r;
+    auto it = ws.find(c.id);
+    r.worker = it != ws.end() ? it->second.name : fmt::format("worker {}", c.id);
+    r.prefill = c.prefill_worker;
+    r.chosen = chosen;
+    r.eligible = c.eligible;
+    r.local = c.local;
+    r.cached_tokens = c.cached_tokens;
+    r.prefill_ms = c.prefill_s * 1e3;
+    r.queue_ms = c.queue_s * 1e3;
+    r.transfer_ms = c.transfer_s * 1e3;
+    r.load_ms = c.load_s * 1e3;
+    r.total_ms = c.total * 1e3;
+    out.push_back(std::move(r));
+  };
+  for (size_t i = 0; i < plan.decode_scores.size(); ++i)
+    add(plan.decode_scores[i], st.decodes, plan.decode == i);
+  for (size_t i = 0; i < plan.prefill_scores.size(); ++i)
+    add(plan.prefill_scores[i], st.prefills, plan.prefill == i);
+  return out;
+}
+
+/// Routes attempt `req` of request `cid` (in `requests`, phase routing) by the cost model
+/// (routing_policy.hpp): the decode worker (not `avoid` when another is up) and, for a
+/// remote prefill, the prefill worker.
 void route(router_ptr self, request_id cid, generate_request req,
            const std::vector<worker_overlap>& overlap, std::optional<worker_id> avoid) {
   auto& st = self->state;
@@ -218,12 +265,19 @@ void route(router_ptr self, request_id cid, generate_request req,
   if (rit == st.requests.end()) return;
   auto& rs = rit->second;
   auto prompt_tokens = static_cast<uint32_t>(req.prompt.size());
-  std::vector<decode_candidate> dc;
+  std::vector<route_candidate> dc;
+  dc.reserve(st.decodes.size());
   for (const auto& [wid, w] : st.decodes)
     if (!avoid || wid != *avoid || taking_work(st.decodes) == 1)
-      dc.push_back({wid, w.active, overlap_of(overlap, wid), w.draining});
-  auto d = pick_decode(dc);
-  if (!d) {
+      dc.push_back({wid, overlap_of(overlap, wid), st.local_backlog.queued(wid), w.active,
+                    w.draining, w.speed});
+  std::vector<route_candidate> pc;
+  pc.reserve(st.prefills.size());
+  for (const auto& [wid, w] : st.prefills)
+    pc.push_back({wid, overlap_of(overlap, wid), st.backlog.queued(wid), 0, w.draining, w.speed});
+  auto plan = plan_route(dc, pc, prompt_tokens, st.cfg.block_tokens, st.cfg.local_prefill_threshold,
+                         st.cfg.cost);
+  if (!plan.decode) {
     if (rs.migrations == 0) {
       fail_request(self, cid, errc::no_workers,
                    st.decodes.empty() ? std::string("no decode worker is up")
@@ -240,28 +294,28 @@ void route(router_ptr self, request_id cid, generate_request req,
     }
     return;
   }
-  const uint32_t cached = std::min(prompt_tokens, dc[*d].overlap_blocks * st.cfg.block_tokens);
-  bool local = prefill_locally(prompt_tokens, cached, st.cfg.local_prefill_threshold,
-                               taking_work(st.prefills) > 0);
-  bool to_cache = local && dc[*d].overlap_blocks > 0;
+  const auto& d = dc[*plan.decode];
+  const bool local = !plan.prefill;
+  bool to_cache = d.overlap_blocks > 0;
   caf::actor prefill;
   rs.prefill_name.clear();
-  if (!local) {
-    std::vector<prefill_candidate> pc;
-    for (const auto& [wid, w] : st.prefills)
-      pc.push_back({wid, st.backlog.queued(wid), overlap_of(overlap, wid), w.draining});
-    auto p = pick_prefill(pc, prompt_tokens, st.cfg.block_tokens);
-    to_cache = pc[*p].overlap_blocks > 0 || dc[*d].overlap_blocks > 0;
-    auto pid = pc[*p].id;
-    auto& pw = st.prefills[pid];
+  if (local) {
+    const auto cached = plan.decode_scores[*plan.decode].cached_tokens;
+    st.local_backlog.add(cid, d.id, prompt_tokens - std::min(prompt_tokens, cached));
+    ++st.routed_local;
+  } else {
+    const auto& p = pc[*plan.prefill];
+    to_cache = to_cache || p.overlap_blocks > 0;
+    auto& pw = st.prefills[p.id];
     prefill = pw.handle;
-    st.backlog.add(cid, pid, prompt_tokens);
+    st.backlog.add(cid, p.id, prompt_tokens);
     rs.prefill_name = pw.name;
   }
   if (to_cache) ++st.routed_to_cache;
-  auto& dw = st.decodes[dc[*d].id];
+  rs.routing = score_record(st, plan, dc, pc);
+  auto& dw = st.decodes[d.id];
   ++dw.active;
-  rs.decode = dc[*d].id;
+  rs.decode = d.id;
   rs.decode_handle = dw.handle;
   rs.decode_name = dw.name;
   rs.attempt = req.id;
@@ -474,6 +528,7 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
             if (!on_ttft_path(h.where)) rs->tr.hops.push_back(h);
         }
         st.backlog.release(cid);
+        st.local_backlog.release(cid);
         rs->phase = request_phase::decoding;
         rs->order.accept(0, ft.token);  // delivered twice (or already released): dropped
         release_tokens(self, cid, *rs);
@@ -487,6 +542,7 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           rs->progress_ns = now_ns();
           // Decode tokens mean the prompt's KV arrived: the prefill part is over.
           st.backlog.release(cid);
+          st.local_backlog.release(cid);
           rs->phase = request_phase::decoding;
           // The step's times, moved from the decode node's clock onto the router's.
           const int64_t shift = clock_shift(st.offsets, b.node, st.info.node_index);
@@ -577,18 +633,22 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
             w.handle = mem.handle;
             w.name = mem.info.name;
             w.draining = mem.draining;
+            w.speed = speed_of(st.cfg, w.name);
           } else if (mem.info.kind == role::prefill) {
             auto& w = prefills[mem.info.id];
             w = st.prefills.count(mem.info.id) ? st.prefills[mem.info.id] : worker_load{};
             w.handle = mem.handle;
             w.name = mem.info.name;
             w.draining = mem.draining;
+            w.speed = speed_of(st.cfg, w.name);
           } else if (mem.info.kind == role::kv_store) {
             st.kv_store = mem.handle;
           }
         }
         for (const auto& [wid, w] : st.prefills)
           if (!prefills.count(wid)) st.backlog.forget_worker(wid);
+        for (const auto& [wid, w] : st.decodes)
+          if (!decodes.count(wid)) st.local_backlog.forget_worker(wid);
         st.decodes = std::move(decodes);
         st.prefills = std::move(prefills);
         // Requests on a worker that left (or changed role) move to another one, or end with

@@ -1,6 +1,9 @@
 #include "actors/router/routing_policy.hpp"
 
 #include <algorithm>
+#include <iterator>
+
+#include "actors/prefix_reuse.hpp"
 
 namespace tokenmill {
 
@@ -15,42 +18,117 @@ admission admit(uint32_t inflight, uint64_t queued_prompt_tokens, uint32_t promp
   return admission::accept;
 }
 
-std::optional<size_t> pick_decode(std::span<const decode_candidate> candidates) {
-  std::optional<size_t> best;
-  for (size_t i = 0; i < candidates.size(); ++i) {
-    if (candidates[i].draining) continue;
-    if (!best) {
-      best = i;
-      continue;
-    }
-    const auto& a = candidates[i];
-    const auto& b = candidates[*best];
-    if (a.active != b.active) {
-      if (a.active < b.active) best = i;
-    } else if (a.overlap_blocks != b.overlap_blocks) {
-      if (a.overlap_blocks > b.overlap_blocks) best = i;
-    } else if (a.id < b.id) {
-      best = i;
-    }
-  }
-  return best;
+namespace {
+
+/// Seconds for `n` tokens on a piecewise-linear curve (see prefill_speed::points).
+double curve_seconds(const std::vector<std::pair<uint32_t, double>>& pts, uint32_t n) {
+  if (n == 0) return 0;
+  if (n <= pts.front().first)
+    return pts.front().second * static_cast<double>(n) / static_cast<double>(pts.front().first);
+  auto it = std::lower_bound(pts.begin(), pts.end(), n,
+                             [](const auto& p, uint32_t v) { return p.first < v; });
+  // Past the last point: the last segment's slope (or the average rate of a single point).
+  if (it == pts.end()) it = std::prev(pts.end());
+  const auto hi = *it;
+  const auto lo = it == pts.begin() ? std::pair<uint32_t, double>{0, 0.0} : *std::prev(it);
+  const double slope = (hi.second - lo.second) / static_cast<double>(hi.first - lo.first);
+  return lo.second + slope * (static_cast<double>(n) - static_cast<double>(lo.first));
 }
 
-std::optional<size_t> pick_prefill(std::span<const prefill_candidate> candidates,
-                                   uint32_t prompt_tokens, uint32_t block_tokens) {
-  std::optional<size_t> best;
-  uint64_t best_cost = 0;
-  for (size_t i = 0; i < candidates.size(); ++i) {
-    const auto& c = candidates[i];
-    if (c.draining) continue;
-    uint64_t cached = std::min<uint64_t>(uint64_t{c.overlap_blocks} * block_tokens, prompt_tokens);
-    uint64_t cost = c.queued_tokens + (prompt_tokens - cached);
-    if (!best || cost < best_cost || (cost == best_cost && c.id < candidates[*best].id)) {
-      best = i;
-      best_cost = cost;
-    }
+const prefill_speed& speed_of(const route_candidate& c) {
+  static const prefill_speed fallback{};
+  return c.speed ? *c.speed : fallback;
+}
+
+/// Prompt tokens a worker holding `overlap` leading blocks reuses (never the block of the
+/// prompt's last token: prefix_reuse.hpp).
+uint32_t cached_tokens(uint32_t overlap, uint32_t prompt, uint32_t block_tokens) {
+  return first_computed_token(std::min(overlap, reusable_prefix_blocks(prompt, block_tokens)),
+                              block_tokens);
+}
+
+double queue_seconds(const route_candidate& c) {
+  const auto& s = speed_of(c);
+  return s.tokens_per_s > 0 ? static_cast<double>(c.queued_tokens) / s.tokens_per_s : 0;
+}
+
+/// a beats b: lower total, then larger overlap, then lower id.
+bool better(double a_total, const route_candidate& a, double b_total, const route_candidate& b) {
+  if (a_total != b_total) return a_total < b_total;
+  if (a.overlap_blocks != b.overlap_blocks) return a.overlap_blocks > b.overlap_blocks;
+  return a.id < b.id;
+}
+
+}  // namespace
+
+double uncached_prefill_seconds(const prefill_speed& s, uint32_t prompt, uint32_t cached) {
+  if (cached >= prompt) return 0;
+  if (s.points.empty())
+    return s.tokens_per_s > 0 ? static_cast<double>(prompt - cached) / s.tokens_per_s : 0;
+  return std::max(0.0, curve_seconds(s.points, prompt) - curve_seconds(s.points, cached));
+}
+
+route_plan plan_route(std::span<const route_candidate> decodes,
+                      std::span<const route_candidate> prefills, uint32_t prompt_tokens,
+                      uint32_t block_tokens, uint32_t local_prefill_threshold,
+                      const cost_model& model) {
+  const auto& w = model.weights;
+  route_plan plan;
+  // Prefill workers: their own uncached work and the queue in front of it.
+  plan.prefill_scores.reserve(prefills.size());
+  std::optional<size_t> best_p;
+  for (size_t i = 0; i < prefills.size(); ++i) {
+    const auto& c = prefills[i];
+    candidate_score sc;
+    sc.id = c.id;
+    sc.prefill_worker = true;
+    sc.eligible = !c.draining;
+    sc.cached_tokens = cached_tokens(c.overlap_blocks, prompt_tokens, block_tokens);
+    sc.prefill_s = uncached_prefill_seconds(speed_of(c), prompt_tokens, sc.cached_tokens);
+    sc.queue_s = queue_seconds(c);
+    sc.total = w.prefill * sc.prefill_s + w.queue * sc.queue_s;
+    plan.prefill_scores.push_back(sc);
+    if (sc.eligible &&
+        (!best_p || better(sc.total, c, plan.prefill_scores[*best_p].total, prefills[*best_p])))
+      best_p = i;
   }
-  return best;
+  // Decode workers: load, plus local prefill or the KV moved to it and the best prefill.
+  const uint32_t prompt_blocks =
+      block_tokens == 0 ? 0 : (prompt_tokens + block_tokens - 1) / block_tokens;
+  const double block_s = model.kv_bytes_per_s > 0
+                             ? static_cast<double>(model.kv_bytes_per_block) / model.kv_bytes_per_s
+                             : 0;
+  plan.decode_scores.reserve(decodes.size());
+  for (size_t i = 0; i < decodes.size(); ++i) {
+    const auto& c = decodes[i];
+    candidate_score sc;
+    sc.id = c.id;
+    sc.eligible = !c.draining;
+    sc.cached_tokens = cached_tokens(c.overlap_blocks, prompt_tokens, block_tokens);
+    sc.load_s = static_cast<double>(c.active) * model.load_s_per_request;
+    sc.local = prefill_locally(prompt_tokens, sc.cached_tokens, local_prefill_threshold,
+                               best_p.has_value());
+    if (sc.local) {
+      sc.prefill_s = uncached_prefill_seconds(speed_of(c), prompt_tokens, sc.cached_tokens);
+      sc.queue_s = queue_seconds(c);
+      sc.total = w.prefill * sc.prefill_s + w.queue * sc.queue_s + w.load * sc.load_s;
+    } else {
+      const uint32_t held = block_tokens == 0 ? 0 : sc.cached_tokens / block_tokens;
+      sc.transfer_s = static_cast<double>(prompt_blocks - held) * block_s;
+      sc.total =
+          w.load * sc.load_s + w.transfer * sc.transfer_s + plan.prefill_scores[*best_p].total;
+    }
+    plan.decode_scores.push_back(sc);
+    if (sc.eligible && (!plan.decode || better(sc.total, c, plan.decode_scores[*plan.decode].total,
+                                               decodes[*plan.decode])))
+      plan.decode = i;
+  }
+  if (plan.decode) {
+    const auto& chosen = plan.decode_scores[*plan.decode];
+    plan.cost = chosen.total;
+    if (!chosen.local) plan.prefill = best_p;
+  }
+  return plan;
 }
 
 bool prefill_locally(uint32_t prompt_tokens, uint32_t cached_tokens, uint32_t threshold,

@@ -5,6 +5,9 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "common/ids.hpp"
 
@@ -22,35 +25,90 @@ enum class admission { accept, overloaded };
 admission admit(uint32_t inflight, uint64_t queued_prompt_tokens, uint32_t prompt_tokens,
                 const admission_limits& limits);
 
-/// A decode worker as the router sees it.
-struct decode_candidate {
-  worker_id id = 0;
-  uint32_t active = 0;          ///< requests assigned and not finished
-  uint32_t overlap_blocks = 0;  ///< prefix blocks of this request it already holds
-  /// Changing role or draining (member.draining): it finishes what it holds and gets no
-  /// new request.
-  bool draining = false;
+/// How fast one worker's engine prefills, for the cost model. From its engine profile
+/// (`tokenmill profile`): `points` samples the seconds to prefill a prompt of n tokens
+/// from position 0 (so the cost of attention over a longer context shows), and
+/// `tokens_per_s` is the engine's peak prefill throughput. Without a profile `points` is
+/// empty and `tokens_per_s` is the configured rate (router.prefill_tokens_per_s).
+struct prefill_speed {
+  /// (prompt tokens, seconds), tokens strictly ascending, seconds non-decreasing. The first
+  /// point need not be (0, 0): below it the time is proportional to the first point.
+  std::vector<std::pair<uint32_t, double>> points;
+  double tokens_per_s = 4000;   ///< throughput for queued work (and for all work without points)
+  std::string source = "rate";  ///< where it came from ("rate" or the profile file), for traces
 };
 
-/// Index of the decode worker to use among those not draining: fewest active requests;
-/// ties go to the larger prefix overlap, then the lower id. Nothing when there is no
-/// candidate that is not draining.
-std::optional<size_t> pick_decode(std::span<const decode_candidate> candidates);
+/// Seconds to prefill tokens [cached, prompt) of a prompt on an engine of speed `s`: the
+/// profile's time for `prompt` tokens minus its time for `cached` (linear between points,
+/// extrapolated by the last segment past the last point), or (prompt - cached) /
+/// tokens_per_s without points. 0 when cached >= prompt.
+double uncached_prefill_seconds(const prefill_speed& s, uint32_t prompt, uint32_t cached);
 
-/// A prefill worker as the router sees it.
-struct prefill_candidate {
-  worker_id id = 0;
-  uint64_t queued_tokens = 0;   ///< prompt tokens assigned and not yet prefilled
-  uint32_t overlap_blocks = 0;  ///< prefix blocks of this request it already holds
-  bool draining = false;        ///< changing role or draining: no new prompt
+/// The cost model's weights (manifest `router: {...}`). Every term is an estimate in
+/// seconds of what a plan adds to this request's time to first token (prefill, queue,
+/// transfer) or to the cluster's load; the weights scale them (0 turns a term off).
+struct routing_weights {
+  double prefill = 1.0;   ///< × seconds to compute the uncached tokens
+  double queue = 1.0;     ///< × seconds of prompt work queued in front of the request
+  double transfer = 1.0;  ///< × seconds to move the KV the plan moves to the decode worker
+  double load = 1.0;      ///< × the load term (active decode requests × load_s_per_request)
 };
 
-/// Index of the prefill worker to use among those not draining (nothing when none is):
-/// the lowest cost, where cost is the work queued in
-/// front of the request plus the part of this prompt it would have to compute
-/// (prompt minus cached overlap). Ties go to the lower id.
-std::optional<size_t> pick_prefill(std::span<const prefill_candidate> candidates,
-                                   uint32_t prompt_tokens, uint32_t block_tokens);
+/// Everything the cost model needs besides the candidates.
+struct cost_model {
+  routing_weights weights;
+  /// Bytes of one KV block (all layers); 0: unknown, the transfer term is 0.
+  uint64_t kv_bytes_per_block = 0;
+  double kv_bytes_per_s = 5e9;       ///< KV transfer bandwidth for the transfer term
+  double load_s_per_request = 0.01;  ///< load term per request active on a decode worker, s
+};
+
+/// A worker as the router sees it when routing one request.
+struct route_candidate {
+  worker_id id = 0;
+  uint32_t overlap_blocks = 0;  ///< leading blocks of this prompt it holds (kv-store)
+  /// Prompt tokens queued at it and not yet prefilled (prefill worker: remote jobs;
+  /// decode worker: its local prefills).
+  uint64_t queued_tokens = 0;
+  uint32_t active = 0;    ///< decode worker: requests assigned and not finished
+  bool draining = false;  ///< changing role or draining: gets no new request
+  /// Its engine's speed; nullptr: the default (configured rate).
+  const prefill_speed* speed = nullptr;
+};
+
+/// One candidate's score: the terms (seconds, unweighted) and the weighted total of the
+/// best plan that uses it. For a decode worker that plan is either local prefill or a
+/// remote one with the best prefill worker (whose total is then included).
+struct candidate_score {
+  worker_id id = 0;
+  bool prefill_worker = false;  ///< a prefill worker (else a decode worker)
+  bool eligible = true;         ///< false: draining, not scored
+  bool local = false;           ///< decode worker: its plan prefills locally
+  uint32_t cached_tokens = 0;   ///< prompt tokens it would reuse from its cache
+  double prefill_s = 0, queue_s = 0, transfer_s = 0, load_s = 0;
+  double total = 0;  ///< weighted sum (decode, remote plan: + the chosen prefill worker's)
+};
+
+/// The cost model's decision: the decode worker and, unless it prefills locally, the
+/// prefill worker (indices into the candidate lists), and every candidate's score in the
+/// order given.
+struct route_plan {
+  std::optional<size_t> decode;   ///< none: no decode worker takes new requests
+  std::optional<size_t> prefill;  ///< none with a decode worker: prefill locally
+  double cost = 0;                ///< the chosen plan's total
+  std::vector<candidate_score> decode_scores, prefill_scores;
+};
+
+/// Scores every candidate and picks the cheapest plan. A prefill worker costs its
+/// uncached prefill time plus its queue; a decode worker costs its load, plus either its
+/// own local prefill (uncached time + its queue of local prefills, when prefill_locally
+/// allows it with `local_prefill_threshold`) or the KV moved to it (prompt blocks it does not hold)
+/// plus the cheapest prefill worker. Ties go to the larger overlap, then the lower id. Draining
+/// workers are scored as not eligible and never chosen.
+route_plan plan_route(std::span<const route_candidate> decodes,
+                      std::span<const route_candidate> prefills, uint32_t prompt_tokens,
+                      uint32_t block_tokens, uint32_t local_prefill_threshold,
+                      const cost_model& model);
 
 /// Conditional disaggregation: prefill on the decode worker itself when the uncached part
 /// of the prompt is shorter than `threshold` tokens (0 disables local prefill), or when

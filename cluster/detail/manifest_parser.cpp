@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <utility>
 #include <vector>
 
@@ -39,9 +40,11 @@ constexpr std::string_view bool_words[] = {"true", "false"};
 constexpr std::string_view frontend_keys[] = {"node",      "host",         "rpc_port",
                                               "http_port", "api_key_file", "protect_metrics",
                                               "tls_cert",  "tls_key"};
-constexpr std::string_view router_keys[] = {"local_prefill_threshold",  "max_inflight",
-                                            "max_queued_prompt_tokens", "migration_limit",
-                                            "request_timeout_s",        "stall_timeout_s"};
+constexpr std::string_view router_keys[] = {
+    "local_prefill_threshold", "max_inflight",    "max_queued_prompt_tokens", "migration_limit",
+    "request_timeout_s",       "stall_timeout_s", "prefill_weight",           "queue_weight",
+    "transfer_weight",         "load_weight",     "prefill_tokens_per_s",     "kv_transfer_gbps",
+    "load_ms_per_request",     "profile"};
 constexpr std::string_view failure_keys[] = {"heartbeat_ms", "connection_timeout_ms"};
 constexpr std::string_view ucx_keys[] = {"op_timeout_ms", "stall_timeout_ms", "window_mib"};
 constexpr std::string_view restart_keys[] = {"max", "backoff_ms"};
@@ -275,6 +278,50 @@ class parser {
     opt_uint(p_, r, "migration_limit", x.migration_limit, 0, 100);
     opt_uint(p_, r, "request_timeout_s", x.request_timeout_s, 0, u32_max);
     opt_uint(p_, r, "stall_timeout_s", x.stall_timeout_s, 0, u32_max);
+    opt_number(p_, r, "prefill_weight", x.prefill_weight, 0, false);
+    opt_number(p_, r, "queue_weight", x.queue_weight, 0, false);
+    opt_number(p_, r, "transfer_weight", x.transfer_weight, 0, false);
+    opt_number(p_, r, "load_weight", x.load_weight, 0, false);
+    opt_number(p_, r, "prefill_tokens_per_s", x.prefill_tokens_per_s, 0, true);
+    opt_number(p_, r, "kv_transfer_gbps", x.kv_transfer_gbps, 0, true);
+    opt_number(p_, r, "load_ms_per_request", x.load_ms_per_request, 0, false);
+    if (auto* e = r.find("profile")) profile_file(*e);
+  }
+
+  /// `router.profile`: an engine profile (`tokenmill profile`), read and checked now so
+  /// that a bad file is reported with the manifest's other problems.
+  void profile_file(const entry& e) {
+    auto s = read_string(p_, e, "router.profile", "the path of a `tokenmill profile` JSON file");
+    if (!s) return;
+    fs::path declared(*s);
+    auto& x = m_.router;
+    x.profile_declared = declared.lexically_normal().string();
+    fs::path resolved =
+        declared.is_absolute() || base_dir_.empty() ? declared : fs::path(base_dir_) / declared;
+    x.profile = resolved.lexically_normal().string();
+    const std::string expected =
+        "a readable engine profile written by `tokenmill profile` (relative paths resolve "
+        "against the manifest's directory)";
+    std::ifstream f(resolved, std::ios::binary);
+    std::error_code ec;
+    if (!f || fs::is_directory(resolved, ec)) {
+      p_.add(e.at(), "router.profile",
+             fmt::format("the profile '{}' cannot be read ({})", x.profile,
+                         f ? "a directory" : std::strerror(errno)),
+             expected);
+      return;
+    }
+    std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    auto prof = parse_profile(text, x.profile);
+    if (!prof) {
+      // One problem line per manifest problem: the profile's own lines joined.
+      std::string what = prof.error().message;
+      for (size_t i = what.find('\n'); i != std::string::npos; i = what.find('\n', i))
+        what.replace(i, 1, "; ");
+      p_.add(e.at(), "router.profile", what, expected);
+      return;
+    }
+    x.profile_data = std::move(*prof);
   }
 
   void failure(const entry& e) {

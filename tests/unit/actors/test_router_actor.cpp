@@ -391,6 +391,82 @@ TEST_CASE("router: with a choice to make it asks the kv-store and follows the ca
              Catch::Contains("1 routed to a cached prefix (2 overlap queries, 0 failed)"));
 }
 
+TEST_CASE("router: the cost model's scores reach the summary, and local prefills queue up",
+          "[router_actor][routing_policy]") {
+  router_config cfg;
+  cfg.local_prefill_threshold = 8;
+  cfg.default_speed.tokens_per_s = 1000;  // 1 ms per token
+  cfg.cost.load_s_per_request = 0.001;    // 1 ms per active request
+  router_harness h{cfg};
+  send_kv_membership(h);
+  // Decode worker 11 holds both full blocks of the 10-token prompt: 2 uncached tokens
+  // (2 ms) locally beat 10 tokens at the prefill worker (10 ms).
+  auto req = h.request(1, 10);
+  h.self->send(h.router, req);
+  answer_overlap(h, req.prompt, {{decode2_wid, 2}});
+  auto a = expect<decode_assignment>(h.self, "decode_assignment");
+  CHECK_FALSE(a.prefill);
+  // The same prompt again while the first is still prefilling there: its 2 queued tokens
+  // and its load now count, 2 + 2 + 1 = 5 ms, still below 10.
+  auto req2 = h.request(2, 10);
+  h.self->send(h.router, req2);
+  answer_overlap(h, req2.prompt, {{decode2_wid, 2}});
+  auto b = expect<decode_assignment>(h.self, "decode_assignment");
+  CHECK_FALSE(b.prefill);
+  std::vector<request_summary> sums;
+  for (request_id id : {request_id{1}, request_id{2}}) {
+    h.self->send(h.router, first_token{id, 500, trace{}});
+    h.expect_chunk(id, 0, {500});
+    h.send_done(id, finish_reason::length, 1);
+    sums.push_back(expect<request_summary>(h.self, "request_summary"));
+  }
+  const auto& s1 = sums[0];
+  const auto& s2 = sums[1];
+  REQUIRE(s1.id == 1);
+  REQUIRE(s2.id == 2);
+  REQUIRE(s2.routing.size() == 3);  // two decode workers, then the prefill worker
+  const auto& d10 = s2.routing[0];
+  const auto& d11 = s2.routing[1];
+  const auto& p20 = s2.routing[2];
+  CHECK(d10.worker == "decode-10");
+  CHECK_FALSE(d10.chosen);
+  CHECK_FALSE(d10.local);
+  CHECK(d10.total_ms == Approx(10));
+  CHECK(d11.worker == "decode-11");
+  CHECK(d11.chosen);
+  CHECK(d11.local);
+  CHECK(d11.cached_tokens == 8);
+  CHECK(d11.prefill_ms == Approx(2));
+  CHECK(d11.queue_ms == Approx(2));
+  CHECK(d11.load_ms == Approx(1));
+  CHECK(d11.total_ms == Approx(5));
+  CHECK(p20.worker == "prefill-20");
+  CHECK(p20.prefill);
+  CHECK_FALSE(p20.chosen);
+  CHECK(p20.prefill_ms == Approx(10));
+  // The first request saw an idle cluster.
+  REQUIRE(s1.routing.size() == 3);
+  CHECK(s1.routing[1].chosen);
+  CHECK(s1.routing[1].queue_ms == 0);
+  CHECK(s1.routing[1].load_ms == 0);
+  // Both first tokens arrived: nothing is queued at decode worker 11 any more, so a third
+  // request sees its queue empty again.
+  auto req3 = h.request(3, 10);
+  h.self->send(h.router, req3);
+  answer_overlap(h, req3.prompt, {{decode2_wid, 2}});
+  expect<decode_assignment>(h.self, "decode_assignment");
+  h.self->send(h.router, cancel_request{3});
+  h.self->receive([](const cancel_request&) {}, caf::after(receive_timeout) >> [] {});
+  request_done d;
+  d.id = 3;
+  d.reason = finish_reason::cancelled;
+  h.self->send(h.router, d);
+  auto s3 = expect<request_summary>(h.self, "request_summary 3");
+  REQUIRE(s3.routing.size() == 3);
+  CHECK(s3.routing[1].queue_ms == 0);
+  h.status_and_quiet("after three requests");
+}
+
 TEST_CASE("router: a failed overlap query still routes the request", "[router_actor]") {
   router_harness h;
   send_kv_membership(h);

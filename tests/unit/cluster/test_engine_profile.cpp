@@ -142,3 +142,32 @@ TEST_CASE("profile: prefill and decode times between and beyond the measured poi
   }
   CHECK(profile_decode_seconds(noisy, 4, 2048) >= profile_decode_seconds(noisy, 4, 256));
 }
+
+TEST_CASE("profile: the router's prefill speed samples the curve at the worker's chunk",
+          "[plan][routing_policy]") {
+  auto p = analytic_profile();
+  auto s = profile_speed(p, 256, "p.json");
+  CHECK(s.source == "p.json");
+  CHECK(s.tokens_per_s == Approx(p.peak_prefill_tokens_per_s));
+  REQUIRE(s.points.size() >= 9);  // 16 ... 8192 (the model's context)
+  CHECK(s.points.front().first == 16);
+  CHECK(s.points.back().first == 8192);
+  for (size_t i = 1; i < s.points.size(); ++i) {
+    CHECK(s.points[i].first > s.points[i - 1].first);
+    CHECK(s.points[i].second >= s.points[i - 1].second);
+  }
+  // A measured point comes back exactly, and the cost model reads the same curve.
+  CHECK(uncached_prefill_seconds(s, 2048, 0) == Approx(profile_prefill_seconds(p, 256, 2048)));
+  CHECK(uncached_prefill_seconds(s, 2048, 1024) ==
+        Approx(profile_prefill_seconds(p, 256, 2048) - profile_prefill_seconds(p, 256, 1024)));
+  // A smaller chunk pays more per-call overhead on the same prompt.
+  auto small = profile_speed(p, 64, "p.json");
+  CHECK(uncached_prefill_seconds(small, 2048, 0) > uncached_prefill_seconds(s, 2048, 0));
+  // No prefill points: no curve, the rate stays the configured default.
+  auto empty = p;
+  empty.prefill.clear();
+  empty.peak_prefill_tokens_per_s = 0;
+  auto none = profile_speed(empty, 256, "p.json");
+  CHECK(none.points.empty());
+  CHECK(none.tokens_per_s == prefill_speed{}.tokens_per_s);
+}

@@ -20,6 +20,7 @@
 #include "actors/actors.hpp"
 #include "cluster/manifest.hpp"
 #include "engine/engine_factory.hpp"
+#include "test_profile_fixture.hpp"
 
 using namespace tokenmill;
 namespace fs = std::filesystem;
@@ -149,6 +150,10 @@ TEST_CASE("manifest: a minimal manifest resolves with every default", "[manifest
   CHECK(to_router_config(m).migration_limit == 3);
   CHECK(to_router_config(m).request_timeout == std::chrono::seconds(600));
   CHECK(to_router_config(m).stall_timeout == std::chrono::seconds(120));
+  // The manifest's defaults are the router's.
+  CHECK(router_config{}.request_timeout ==
+        std::chrono::seconds(manifest_router{}.request_timeout_s));
+  CHECK(router_config{}.stall_timeout == std::chrono::seconds(manifest_router{}.stall_timeout_s));
   CHECK(m.failure.heartbeat_ms == 200);
   CHECK(m.failure.connection_timeout_ms == 1000);
   CHECK(m.restart.max == 5);  // restart is on by default, bounded
@@ -962,4 +967,94 @@ TEST_CASE("manifest: the frontend's API key file, metrics protection and TLS fil
   auto e = parse(empty_path);
   REQUIRE_FALSE(e.ok());
   CHECK_THAT(e.error().message, Catch::Contains("frontend.api_key_file"));
+}
+
+TEST_CASE("manifest: the router's cost model: weights, rates and an engine profile",
+          "[manifest][routing_policy]") {
+  // Defaults.
+  auto dflt = ok(parse(minimal));
+  CHECK(dflt.router.prefill_weight == 1);
+  CHECK(dflt.router.load_ms_per_request == 10);
+  CHECK_FALSE(dflt.router.profile_data);
+  auto rc = to_router_config(dflt);
+  CHECK(rc.cost.weights.queue == 1);
+  CHECK(rc.cost.kv_bytes_per_s == Approx(5e9));
+  CHECK(rc.cost.load_s_per_request == Approx(0.01));
+  CHECK(rc.default_speed.tokens_per_s == 4000);
+  CHECK(rc.speeds.empty());
+  CHECK_THAT(describe(dflt), Catch::Contains("router cost model: weights prefill 1, queue 1"));
+
+  // Everything given, with a profile of the sim engine beside the manifest.
+  temp_dir dir;
+  dir.write("prof/sim.json", profile_to_json(tokenmill::testing::analytic_profile()));
+  std::string text = minimal;
+  text.replace(text.find("actors: [prefill]"), 17, "actors: [{prefill: {chunk: 256}}]");
+  text +=
+      "router: {prefill_weight: 2, queue_weight: 0.5, transfer_weight: 0, load_weight: 3,\n"
+      "         prefill_tokens_per_s: 900, kv_transfer_gbps: 12.5, load_ms_per_request: 2,\n"
+      "         profile: prof/sim.json}\n";
+  auto m = ok(parse_manifest(text, "test.yaml", dir.path().string(), {false}));
+  CHECK(m.router.profile == (dir.path() / "prof/sim.json").lexically_normal().string());
+  REQUIRE(m.router.profile_data);
+  rc = to_router_config(m);
+  CHECK(rc.cost.weights.prefill == 2);
+  CHECK(rc.cost.weights.queue == 0.5);
+  CHECK(rc.cost.weights.transfer == 0);
+  CHECK(rc.cost.weights.load == 3);
+  CHECK(rc.cost.kv_bytes_per_s == Approx(12.5e9));
+  CHECK(rc.cost.load_s_per_request == Approx(0.002));
+  CHECK(rc.default_speed.tokens_per_s == 900);
+  // Both workers run the sim engine (the default): both get the profile's curve, each at
+  // its own chunk (the decode worker's local prefill budget, 512).
+  REQUIRE(rc.speeds.count("p0.prefill0") == 1);
+  REQUIRE(rc.speeds.count("d0.decode0") == 1);
+  CHECK(rc.speeds["p0.prefill0"].source == m.router.profile);
+  CHECK_FALSE(rc.speeds["p0.prefill0"].points.empty());
+  CHECK(uncached_prefill_seconds(rc.speeds["p0.prefill0"], 2048, 0) ==
+        Approx(profile_prefill_seconds(*m.router.profile_data, 256, 2048)));
+  CHECK(uncached_prefill_seconds(rc.speeds["d0.decode0"], 2048, 0) ==
+        Approx(profile_prefill_seconds(*m.router.profile_data, 512, 2048)));
+  CHECK_THAT(canonical_form(m), Catch::Contains("router.profile=13:prof/sim.json\n"));
+  CHECK(manifest_hash(m) != manifest_hash(dflt));
+
+  // A profile of another engine than the workers': they keep the configured rate.
+  auto cpu_prof = tokenmill::testing::analytic_profile();
+  cpu_prof.engine = "cpu";
+  cpu_prof.has_sim = false;
+  cpu_prof.model_path = "/models/x.gguf";
+  cpu_prof.model_name = "x";
+  dir.write("prof/cpu.json", profile_to_json(cpu_prof));
+  std::string other = text;
+  other.replace(other.find("prof/sim.json"), 13, "prof/cpu.json");
+  auto mc = ok(parse_manifest(other, "test.yaml", dir.path().string(), {false}));
+  REQUIRE(mc.router.profile_data);
+  CHECK(mc.router.profile_data->engine == "cpu");
+  CHECK(to_router_config(mc).speeds.empty());
+}
+
+TEST_CASE("manifest: bad cost-model settings are refused naming the field",
+          "[manifest][routing_policy]") {
+  temp_dir dir;
+  dir.write("bad.json", "{\"version\": 1}");
+  dir.write("notjson.json", "this is not json");
+  auto refused = [&](const std::string& router, const std::string& phrase) {
+    auto r = parse_manifest(std::string(minimal) + "router: " + router + "\n", "test.yaml",
+                            dir.path().string(), {false});
+    REQUIRE_FALSE(r.ok());
+    INFO(r.error().message);
+    CHECK_THAT(r.error().message, Catch::Contains(phrase));
+    for (const auto& l : lines_of(r.error().message))
+      CHECK(well_formed(l));
+  };
+  refused("{prefill_weight: -1}", "router.prefill_weight");
+  refused("{load_weight: lots}", "router.load_weight");
+  refused("{prefill_tokens_per_s: 0}", "router.prefill_tokens_per_s");
+  refused("{kv_transfer_gbps: -3}", "router.kv_transfer_gbps");
+  refused("{load_ms_per_request: -0.5}", "router.load_ms_per_request");
+  refused("{profile: missing.json}", "router.profile");
+  refused("{profile: missing.json}", "cannot be read");
+  refused("{profile: bad.json}", "router.profile");
+  refused("{profile: notjson.json}", "router.profile");
+  refused("{profile: .}", "router.profile");
+  refused("{cost_weight: 1}", "cost_weight");
 }

@@ -24,7 +24,14 @@ TEST_CASE("a generation summary survives the JSON round trip", "[request_log]") 
   g.steps = {{1, 1000, 900, 950, 4, 128, itl_cause::prefill}, {2, 2000, 1900, 1950, 5, 0, {}}};
   g.migrations = 1;
   g.migration_reasons = {"worker_lost"};
+  routing_score chosen{"d0.decode0", false, true, true, true, 64, 1.5, 0.25, 0, 2, 3.75};
+  routing_score other{"p0.prefill0", true, false, false, false, 0, 9, 1, 0, 0, 10};
+  g.routing = {chosen, other};
   auto j = to_json(g);
+  CHECK(j["routing"][0]["worker"] == "d0.decode0");
+  CHECK(j["routing"][0]["role"] == "decode");
+  CHECK(j["routing"][1]["role"] == "prefill");
+  CHECK(j["routing"][0]["total_ms"] == 3.75);
   CHECK(j["id"] == 7);
   CHECK(j["reason"] == "error");
   CHECK(j["error_code"] == "overloaded");
@@ -56,6 +63,21 @@ TEST_CASE("a generation summary survives the JSON round trip", "[request_log]") 
   CHECK(back->steps[1].batch == 5);
   CHECK(back->migrations == 1);
   CHECK(back->migration_reasons == std::vector<std::string>{"worker_lost"});
+  REQUIRE(back->routing.size() == 2);
+  const auto& r0 = back->routing[0];
+  CHECK(r0.worker == "d0.decode0");
+  CHECK_FALSE(r0.prefill);
+  CHECK(r0.chosen);
+  CHECK(r0.eligible);
+  CHECK(r0.local);
+  CHECK(r0.cached_tokens == 64);
+  CHECK(r0.prefill_ms == 1.5);
+  CHECK(r0.queue_ms == 0.25);
+  CHECK(r0.load_ms == 2);
+  CHECK(r0.total_ms == 3.75);
+  CHECK(back->routing[1].prefill);
+  CHECK_FALSE(back->routing[1].eligible);
+  CHECK(back->routing[1].total_ms == 10);
 
   CHECK_FALSE(summary_from_json(nlohmann::json::array()));
   auto r = record_from_json(nlohmann::json::parse(to_json(rec(g)).dump()));
@@ -142,6 +164,35 @@ TEST_CASE("the snapshot aggregates the window per worker", "[request_log]") {
   CHECK(j["workers"].size() == 4);
   CHECK(j["requests"] == 2);
   CHECK(j["workers"][1]["role"] == "prefill");
+  // No request carried a routing decision.
+  CHECK(s.routing.empty());
+  CHECK_FALSE(j.contains("routing"));
+}
+
+TEST_CASE("the snapshot shows the newest routing decision and cached-prefix routes",
+          "[request_log][routing_policy]") {
+  auto with_route = [](request_id id, bool cached, double total) {
+    auto g = make_summary(id, "p0.prefill0", "d0.decode0", stages(2, 10, 4), 1024);
+    g.routing = {{"d0.decode0", false, true, true, false, cached ? 32u : 0u, 0, 0, 1, 1, total},
+                 {"p0.prefill0", true, true, true, false, 0, 5, 0, 0, 0, 5}};
+    return g;
+  };
+  std::vector<request_record> rs;
+  rs.push_back(rec(with_route(1, true, 7), kNow - 3'000'000'000));
+  rs.push_back(rec(with_route(2, false, 8), kNow - 1'000'000'000));
+  rs.push_back(rec(with_route(3, true, 9), kNow - 2'000'000'000));  // ended before 2
+  rs.push_back(rec(make_summary(4, "p0.prefill0", "d0.decode0", stages(2, 10, 4), 1024)));
+  auto s = make_snapshot(rs, 30, nullptr, kNow);
+  CHECK(s.requests == 4);
+  CHECK(s.routed_cached == 2);
+  CHECK(s.routing_request == 2);  // the newest that has a decision
+  REQUIRE(s.routing.size() == 2);
+  CHECK(s.routing[0].total_ms == 8);
+  auto j = to_json(s);
+  CHECK(j["routed_cached"] == 2);
+  CHECK(j["routing"]["request"] == 2);
+  CHECK(j["routing"]["candidates"][1]["role"] == "prefill");
+  CHECK(j["routing"]["candidates"][0]["chosen"] == true);
 }
 
 TEST_CASE("ITL percentiles come from the decode steps when there are some", "[request_log]") {

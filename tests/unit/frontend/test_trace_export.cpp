@@ -123,6 +123,29 @@ TEST_CASE("a trace has every stage, decode step and name", "[trace_export]") {
     if (e["ph"] != "M") CHECK(thread_names.count({e["pid"].get<int>(), e["tid"].get<int>()}) == 1);
 }
 
+TEST_CASE("the routing slice carries every candidate's score", "[trace_export][routing_policy]") {
+  auto g = request(21, 1'000'000'000);
+  g.routing = {{"d0.decode0", false, true, true, false, 16, 0, 0, 0.5, 3, 20.5},
+               {"p0.prefill0", true, true, true, false, 16, 17, 0.5, 0, 0, 17.5}};
+  auto plain = request(22, 2'000'000'000);
+  auto j = json::parse(chrome_trace(std::vector<generation_summary>{g, plain}).dump());
+  size_t seen = 0;
+  for (const auto& e : j["traceEvents"]) {
+    if (e["ph"] != "X" || e["name"] != "routing") continue;
+    ++seen;
+    if (e["args"]["request"] == "22") {
+      CHECK_FALSE(e["args"].contains("candidates"));
+      continue;
+    }
+    REQUIRE(e["args"]["candidates"].size() == 2);
+    CHECK(e["args"]["candidates"][0]["worker"] == "d0.decode0");
+    CHECK(e["args"]["candidates"][0]["total_ms"] == 20.5);
+    CHECK(e["args"]["candidates"][1]["role"] == "prefill");
+    CHECK(e["args"]["candidates"][1]["prefill_ms"] == 17);
+  }
+  CHECK(seen == 2);
+}
+
 TEST_CASE("events on one lane nest properly", "[trace_export]") {
   std::vector<generation_summary> reqs;
   for (int i = 0; i < 8; ++i)

@@ -43,64 +43,183 @@ TEST_CASE("default admission limits", "[routing_policy]") {
   CHECK(admit(1024, 0, 100, lim) == admission::overloaded);
 }
 
-TEST_CASE("pick_decode prefers the least active worker", "[routing_policy]") {
-  CHECK_FALSE(pick_decode({}).has_value());
-  std::vector<decode_candidate> one{{9, 100, 0}};
-  CHECK(pick_decode(one) == 0u);
-  std::vector<decode_candidate> c{{1, 5, 0}, {2, 2, 0}, {3, 7, 10}, {4, 3, 99}};
-  CHECK(pick_decode(c) == 1u);  // load beats overlap
+namespace {
+
+/// A speed of `tps` tokens per second without profile points.
+prefill_speed rate(double tps) {
+  prefill_speed s;
+  s.tokens_per_s = tps;
+  return s;
 }
 
-TEST_CASE("pick_decode ties: larger overlap, then lower id", "[routing_policy]") {
-  std::vector<decode_candidate> overlap{{1, 2, 1}, {2, 2, 4}, {3, 2, 3}, {0, 5, 50}};
-  CHECK(pick_decode(overlap) == 1u);
-  std::vector<decode_candidate> ids{{7, 1, 2}, {3, 1, 2}, {5, 1, 2}, {2, 1, 1}};
-  CHECK(pick_decode(ids) == 1u);
-  // Independent of the order candidates come in.
-  std::vector<decode_candidate> rev{{5, 1, 2}, {2, 1, 1}, {3, 1, 2}, {7, 1, 2}};
-  CHECK(pick_decode(rev) == 2u);
-  std::vector<decode_candidate> first_best{{1, 0, 0}, {2, 0, 0}};
-  CHECK(pick_decode(first_best) == 0u);
+/// The speed of every candidate unless a test says otherwise.
+const prefill_speed k1000 = rate(1000);
+
+route_candidate decode(worker_id id, uint32_t active, uint32_t overlap = 0, uint64_t queued = 0,
+                       bool draining = false) {
+  return {id, overlap, queued, active, draining, &k1000};
 }
 
-TEST_CASE("pick_prefill weighs queued work against cached overlap", "[routing_policy]") {
-  CHECK_FALSE(pick_prefill({}, 100, 16).has_value());
-  // Prompt 160 tokens = 10 blocks of 16.
-  SECTION("no overlap: the shortest queue wins") {
-    std::vector<prefill_candidate> c{{1, 500, 0}, {2, 100, 0}, {3, 300, 0}};
-    CHECK(pick_prefill(c, 160, 16) == 1u);
+route_candidate prefill(worker_id id, uint64_t queued, uint32_t overlap = 0,
+                        bool draining = false) {
+  return {id, overlap, queued, 0, draining, &k1000};
+}
+
+/// 1 ms of load per active request, no KV transfer term (kv_bytes_per_block 0).
+cost_model model() {
+  cost_model m;
+  m.load_s_per_request = 0.001;
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("prefill time: a configured rate, or the profile's curve", "[routing_policy]") {
+  auto r = rate(1000);
+  CHECK(uncached_prefill_seconds(r, 1000, 0) == Approx(1.0));
+  CHECK(uncached_prefill_seconds(r, 1000, 600) == Approx(0.4));
+  CHECK(uncached_prefill_seconds(r, 100, 100) == 0);
+  CHECK(uncached_prefill_seconds(r, 100, 5000) == 0);  // cache longer than the prompt
+  CHECK(uncached_prefill_seconds(rate(0), 100, 0) == 0);
+  // A profile: attention makes later tokens dearer. 512 tokens 0.1 s, 1024 0.25 s, 2048 0.7 s.
+  prefill_speed p;
+  p.points = {{512, 0.1}, {1024, 0.25}, {2048, 0.7}};
+  CHECK(uncached_prefill_seconds(p, 512, 0) == Approx(0.1));
+  CHECK(uncached_prefill_seconds(p, 256, 0) == Approx(0.05));      // proportional below
+  CHECK(uncached_prefill_seconds(p, 768, 0) == Approx(0.175));     // linear between
+  CHECK(uncached_prefill_seconds(p, 3072, 0) == Approx(1.15));     // last slope past the end
+  CHECK(uncached_prefill_seconds(p, 2048, 1024) == Approx(0.45));  // the tail costs more...
+  CHECK(uncached_prefill_seconds(p, 1024, 0) < uncached_prefill_seconds(p, 2048, 1024));
+  // A single point: its average rate everywhere.
+  prefill_speed one;
+  one.points = {{100, 0.5}};
+  CHECK(uncached_prefill_seconds(one, 300, 100) == Approx(1.0));
+}
+
+TEST_CASE("cost model: the cached worker wins until its queue outweighs the saving",
+          "[routing_policy]") {
+  // 160 tokens = 10 blocks of 16; remote prefill; prefill worker 2 holds 8 blocks.
+  auto m = model();
+  std::vector<route_candidate> d{decode(1, 0)};
+  std::vector<route_candidate> p{prefill(1, 0), prefill(2, 0, 8)};
+  // 1: 160 tokens = 0.16 s; 2: 32 tokens = 0.032 s.
+  auto plan = plan_route(d, p, 160, 16, 0, m);
+  REQUIRE(plan.prefill == 1u);
+  CHECK(plan.prefill_scores[1].cached_tokens == 128);
+  CHECK(plan.prefill_scores[1].prefill_s == Approx(0.032));
+  CHECK(plan.prefill_scores[0].prefill_s == Approx(0.16));
+  // Its queue grows: 127 queued tokens (0.127 s) still leave it cheaper...
+  p[1].queued_tokens = 127;
+  CHECK(plan_route(d, p, 160, 16, 0, m).prefill == 1u);
+  // ...129 do not (0.161 s > 0.16 s).
+  p[1].queued_tokens = 129;
+  plan = plan_route(d, p, 160, 16, 0, m);
+  CHECK(plan.prefill == 0u);
+  CHECK(plan.prefill_scores[1].queue_s == Approx(0.129));
+  // A heavier queue weight tips it earlier.
+  p[1].queued_tokens = 100;
+  CHECK(plan_route(d, p, 160, 16, 0, m).prefill == 1u);
+  m.weights.queue = 2;
+  CHECK(plan_route(d, p, 160, 16, 0, m).prefill == 0u);
+}
+
+TEST_CASE("cost model: a decode worker's prefix and load, local prefill against remote",
+          "[routing_policy]") {
+  auto m = model();  // 1000 tokens/s, 1 ms per active request
+  std::vector<route_candidate> p{prefill(50, 0)};
+  SECTION("without cache, the least loaded decode worker") {
+    std::vector<route_candidate> d{decode(1, 5), decode(2, 2), decode(3, 7)};
+    auto plan = plan_route(d, p, 160, 16, 0, m);
+    CHECK(plan.decode == 1u);
+    CHECK(plan.prefill == 0u);
+    CHECK(plan.decode_scores[1].load_s == Approx(0.002));
+    CHECK(plan.cost == Approx(0.002 + 0.16));
   }
-  SECTION("overlap saves work") {
-    // costs: 1 -> 100 + 160 = 260; 2 -> 150 + (160 - 8*16) = 182
-    std::vector<prefill_candidate> c{{1, 100, 0}, {2, 150, 8}};
-    CHECK(pick_prefill(c, 160, 16) == 1u);
-    // but not when the queue in front is too long: 2 -> 250 + 32 = 282 > 260
-    c[1].queued_tokens = 250;
-    CHECK(pick_prefill(c, 160, 16) == 0u);
+  SECTION("local prefill: the decode worker holding the prefix, until its load outweighs it") {
+    // Threshold 64: decode 2 holds 8 of 10 blocks, so 32 uncached tokens stay local there
+    // (0.032 s); decode 1 has nothing cached and goes remote (0.16 s).
+    std::vector<route_candidate> d{decode(1, 0), decode(2, 0, 8)};
+    auto plan = plan_route(d, p, 160, 16, 64, m);
+    CHECK(plan.decode == 1u);
+    CHECK_FALSE(plan.prefill.has_value());
+    CHECK(plan.decode_scores[1].local);
+    CHECK_FALSE(plan.decode_scores[0].local);
+    // 127 active requests (0.127 s) still leave it cheaper, 129 do not.
+    d[1].active = 127;
+    CHECK(plan_route(d, p, 160, 16, 64, m).decode == 1u);
+    d[1].active = 129;
+    plan = plan_route(d, p, 160, 16, 64, m);
+    CHECK(plan.decode == 0u);
+    CHECK(plan.prefill == 0u);
+    // Its queue of local prefills counts too.
+    d[1].active = 0;
+    d[1].queued_tokens = 200;
+    CHECK(plan_route(d, p, 160, 16, 64, m).decode == 0u);
   }
-  SECTION("overlap is capped at the prompt length") {
-    // 1 -> 10 + 0; 2 -> 0 + 160 - min(1000*16,160) = 0 -> cost 0 beats 10
-    std::vector<prefill_candidate> c{{1, 10, 10}, {2, 0, 1000}};
-    CHECK(pick_prefill(c, 160, 16) == 1u);
-    // a huge overlap never makes the cost negative (wraps): 1 -> 5, 2 -> 6
-    std::vector<prefill_candidate> d{{1, 5, 0xFFFFFFFFu}, {2, 6, 0xFFFFFFFFu}};
-    CHECK(pick_prefill(d, 160, 16) == 0u);
+  SECTION("KV moved: a remote prefill prefers the decode worker that holds part of the prompt") {
+    m.kv_bytes_per_block = 1 << 20;
+    m.kv_bytes_per_s = 1e9;  // ~1 ms per block
+    std::vector<route_candidate> d{decode(1, 0), decode(2, 0, 6)};
+    auto plan = plan_route(d, p, 160, 16, 0, m);
+    CHECK(plan.decode == 1u);
+    CHECK(plan.decode_scores[0].transfer_s == Approx(10 * 1048576 / 1e9));
+    CHECK(plan.decode_scores[1].transfer_s == Approx(4 * 1048576 / 1e9));
+    // Unless its load outweighs the 6 blocks it saves.
+    d[1].active = 7;
+    CHECK(plan_route(d, p, 160, 16, 0, m).decode == 0u);
+    m.weights.transfer = 0;
+    d[1].active = 0;
+    CHECK(plan_route(d, p, 160, 16, 0, m).decode == 1u);  // a tie: the larger overlap
   }
-  SECTION("block size scales the overlap") {
-    // block_tokens 4: 1 -> 0 + 160 - 40 = 120; 2 -> 100 + 160 - 0 = 260
-    std::vector<prefill_candidate> c{{1, 0, 10}, {2, 100, 0}};
-    CHECK(pick_prefill(c, 160, 4) == 0u);
-    // block_tokens 0: overlap is worth nothing
-    std::vector<prefill_candidate> d{{1, 50, 10}, {2, 40, 0}};
-    CHECK(pick_prefill(d, 160, 0) == 1u);
+  SECTION("no prefill worker that takes work: every decode worker prefills locally") {
+    std::vector<route_candidate> none{prefill(50, 0, 0, true)};
+    std::vector<route_candidate> d{decode(1, 3), decode(2, 1)};
+    auto plan = plan_route(d, none, 160, 16, 0, m);
+    CHECK(plan.decode == 1u);
+    CHECK_FALSE(plan.prefill.has_value());
+    CHECK(plan.decode_scores[1].local);
+    CHECK_FALSE(plan.prefill_scores[0].eligible);
+    CHECK(plan_route(d, {}, 160, 16, 0, m).decode == 1u);
   }
-  SECTION("equal costs go to the lower id regardless of order") {
-    // id 9 -> 100 + 160 - 64 = 196; id 4 -> 36 + 160 = 196; id 6 -> 196 + 160 = 356
-    std::vector<prefill_candidate> c{{9, 100, 4}, {4, 36, 0}, {6, 196, 0}};
-    CHECK(pick_prefill(c, 160, 16) == 1u);
-    std::vector<prefill_candidate> d{{4, 36, 0}, {9, 100, 4}};
-    CHECK(pick_prefill(d, 160, 16) == 0u);
-  }
+}
+
+TEST_CASE("cost model: ties go to the larger overlap, then the lower id, in any order",
+          "[routing_policy]") {
+  auto m = model();
+  m.weights.prefill = 0;  // overlap saves nothing: every prefill worker costs its queue
+  std::vector<route_candidate> p{prefill(9, 100, 1), prefill(4, 100, 3), prefill(6, 100, 3)};
+  CHECK(plan_route(std::vector<route_candidate>{decode(1, 0)}, p, 160, 16, 0, m).prefill == 1u);
+  std::vector<route_candidate> q{prefill(6, 100, 3), prefill(9, 100, 1), prefill(4, 100, 3)};
+  CHECK(plan_route(std::vector<route_candidate>{decode(1, 0)}, q, 160, 16, 0, m).prefill == 2u);
+  std::vector<route_candidate> d{decode(7, 1), decode(3, 1), decode(5, 1)};
+  CHECK(plan_route(d, p, 160, 16, 0, m).decode == 1u);
+  std::vector<route_candidate> rev{decode(5, 1), decode(3, 1), decode(7, 1)};
+  CHECK(plan_route(rev, p, 160, 16, 0, m).decode == 1u);
+}
+
+TEST_CASE("cost model: missing profile, overlap past the prompt, zero block size",
+          "[routing_policy]") {
+  auto m = model();
+  // A worker without a speed uses the default (configured) rate.
+  prefill_speed fast = rate(10000);
+  std::vector<route_candidate> p{prefill(1, 0), prefill(2, 0)};
+  p[0].speed = nullptr;
+  p[1].speed = &fast;
+  auto plan = plan_route(std::vector<route_candidate>{decode(1, 0)}, p, 1000, 16, 0, m);
+  CHECK(plan.prefill == 1u);
+  CHECK(plan.prefill_scores[0].prefill_s == Approx(1000.0 / prefill_speed{}.tokens_per_s));
+  CHECK(plan.prefill_scores[1].prefill_s == Approx(0.1));
+  // The block with the prompt's last token is always computed, however large the overlap.
+  std::vector<route_candidate> big{prefill(1, 0, 0xFFFFFFFFu)};
+  plan = plan_route(std::vector<route_candidate>{decode(1, 0)}, big, 160, 16, 0, m);
+  CHECK(plan.prefill_scores[0].cached_tokens == 144);
+  CHECK(plan.prefill_scores[0].prefill_s > 0);
+  // Block size 0: overlap is worth nothing, nothing is moved.
+  plan = plan_route(std::vector<route_candidate>{decode(1, 0, 5)}, big, 160, 0, 0, m);
+  CHECK(plan.prefill_scores[0].cached_tokens == 0);
+  CHECK(plan.decode_scores[0].transfer_s == 0);
+  // Nothing to pick.
+  CHECK_FALSE(plan_route({}, p, 160, 16, 0, m).decode.has_value());
 }
 
 TEST_CASE("prefill_locally: conditional disaggregation", "[routing_policy]") {
@@ -136,24 +255,22 @@ TEST_CASE("the kv-store is asked only when its answer can change the route", "[r
   CHECK_FALSE(overlap_matters(true, 15, 16, 4, 4, 128));
 }
 
-TEST_CASE("pick_decode skips draining workers", "[routing_policy]") {
-  // The idlest worker, with the largest overlap, is draining: the next best one gets it.
-  std::vector<decode_candidate> c{{1, 0, 9, true}, {2, 3, 0, false}, {3, 2, 0, false}};
-  CHECK(pick_decode(c) == 2u);
+TEST_CASE("cost model: draining workers are scored as not eligible and never chosen",
+          "[routing_policy]") {
+  auto m = model();
+  // The idlest decode worker, with the largest overlap, is draining.
+  std::vector<route_candidate> d{decode(1, 0, 9, 0, true), decode(2, 3), decode(3, 2)};
+  // The cheapest prefill worker (empty queue, full overlap) is draining.
+  std::vector<route_candidate> p{prefill(1, 0, 10, true), prefill(2, 400), prefill(3, 300)};
+  auto plan = plan_route(d, p, 160, 16, 0, m);
+  CHECK(plan.decode == 2u);
+  CHECK(plan.prefill == 2u);
+  CHECK_FALSE(plan.decode_scores[0].eligible);
+  CHECK_FALSE(plan.prefill_scores[0].eligible);
   // Draining at the front of the list does not become the default choice.
-  std::vector<decode_candidate> front{{1, 0, 0, true}, {2, 7, 0, false}};
-  CHECK(pick_decode(front) == 1u);
-  // Every worker draining: nothing to pick (the router says no decode worker is up).
-  std::vector<decode_candidate> all{{1, 0, 0, true}, {2, 0, 0, true}};
-  CHECK_FALSE(pick_decode(all).has_value());
-}
-
-TEST_CASE("pick_prefill skips draining workers", "[routing_policy]") {
-  // Worker 1 is the cheapest (empty queue, full overlap) but draining.
-  std::vector<prefill_candidate> c{{1, 0, 10, true}, {2, 400, 0, false}, {3, 300, 0, false}};
-  CHECK(pick_prefill(c, 160, 16) == 2u);
-  std::vector<prefill_candidate> front{{1, 0, 0, true}, {2, 900, 0, false}};
-  CHECK(pick_prefill(front, 160, 16) == 1u);
-  std::vector<prefill_candidate> all{{1, 0, 0, true}};
-  CHECK_FALSE(pick_prefill(all, 160, 16).has_value());
+  std::vector<route_candidate> front{decode(1, 0, 0, 0, true), decode(2, 7)};
+  CHECK(plan_route(front, p, 160, 16, 0, m).decode == 1u);
+  // Every decode worker draining: nothing to pick (the router says no decode worker is up).
+  std::vector<route_candidate> all{decode(1, 0, 0, 0, true), decode(2, 0, 0, 0, true)};
+  CHECK_FALSE(plan_route(all, p, 160, 16, 0, m).decode.has_value());
 }
