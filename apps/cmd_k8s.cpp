@@ -54,6 +54,9 @@ command add_k8s(CLI::App& app) {
                    "Seconds a node keeps trying to reach the supervisor's pod")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  render->add_flag("--insecure", o->k.insecure,
+                   "Plaintext between pods on purpose (the manifest has no security.tls); the "
+                   "in-cluster manifest says security: {insecure: true}");
   return [o]() -> int {
     // Ports are those of pods, not of this machine: no port check.
     auto m = load_manifest(o->manifest, manifest_options{false});

@@ -119,6 +119,7 @@ result<std::string> in_cluster_manifest(const manifest& m, const std::string& te
                    [&](const manifest_node& n) { return n.name == m.frontend.node; }) -
       m.nodes.begin())];
   root["frontend"]["node"] = yaml_str(fe);
+  if (o.insecure && !m.security.tls) root["security"]["insecure"] = true;
   root["frontend"]["host"] = yaml_str("0.0.0.0");
   if (!m.model.sim) {
     auto file = std::filesystem::path(m.model.declared_path).lexically_normal();
@@ -289,6 +290,13 @@ result<k8s_rendering> render_k8s(const manifest& m, const std::string& manifest_
   }
   if (o.model_claim.empty()) o.model_claim = r.prefix + "-models";
   if (m.nodes.empty()) return bad(fmt::format("{}: nodes: none", m.path));
+  if (!m.security.tls && !m.security.insecure && !o.insecure)
+    return bad(fmt::format(
+        "{}: in Kubernetes every node is a pod on its own address, so nodes would join and talk "
+        "in plaintext: give the manifest security: {{tls: {{ca, cert, key}}, secret_file}} "
+        "(the files mounted at those paths in every pod, e.g. from a Secret), or render with "
+        "--insecure to run it in plaintext on purpose",
+        m.path));
 
   // Role groups, in order of first appearance.
   std::map<std::string, size_t> by_signature;

@@ -40,6 +40,10 @@ struct k8s_options {
   /// transports across them); empty leaves UCX to choose (an RDMA cluster).
   std::string ucx_tls = "tcp";
   uint32_t join_timeout_s = 120;  ///< `tokenmill node --join-timeout` in every pod
+  /// The pods are separate hosts: without TLS in the manifest, rendering is refused unless
+  /// this says plaintext between pods is wanted (the in-cluster manifest then says
+  /// `security: {insecure: true}`).
+  bool insecure = false;
 };
 
 /// Nodes with the same actors, run by one StatefulSet.

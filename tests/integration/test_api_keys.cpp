@@ -178,7 +178,7 @@ TEST_CASE(
   CHECK(get_path(s.http_port(), "/health", {}).status == 200);
 }
 
-TEST_CASE("security: SIGHUP reloads the key file; removed keys stop working at once",
+TEST_CASE("security: SIGHUP reloads the key file, removed keys stop working at once",
           "[integration][security]") {
   temp_dir dir;
   const auto keys = dir.file("keys");

@@ -19,8 +19,15 @@ namespace fs = std::filesystem;
 TEST_CASE("k8s render writes the example cluster as valid objects", "[k8s]") {
   temp_dir tmp("tokenmill-k8s");
   auto out = tmp.file("k8s");
-  auto r = run_tokenmill({"k8s", "render", TOKENMILL_SOURCE_DIR "/examples/local-3node.yaml", "-o",
-                          out, "--namespace", "serving", "--image", "tokenmill:test"});
+  // Pods are hosts apart: a manifest without TLS is refused unless plaintext is asked for.
+  auto plain = run_tokenmill({"k8s", "render", TOKENMILL_SOURCE_DIR "/examples/local-3node.yaml",
+                              "-o", out, "--image", "tokenmill:test"});
+  CHECK(plain.exit_code != 0);
+  CHECK_THAT(plain.err, Catch::Contains("--insecure"));
+  CHECK(!fs::exists(out));
+  auto r =
+      run_tokenmill({"k8s", "render", TOKENMILL_SOURCE_DIR "/examples/local-3node.yaml", "-o", out,
+                     "--namespace", "serving", "--image", "tokenmill:test", "--insecure"});
   INFO(r.out << r.err);
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.out, Catch::Contains("StatefulSet local-3node-decode"));

@@ -198,7 +198,7 @@ TEST_CASE("an RPC client that stops taking its token stream has its request canc
   CHECK(requests_total(srv.http_port(), "rpc", "cancelled") == 1);
 }
 
-TEST_CASE("connections over --http-max-connections are closed at once; the others still served",
+TEST_CASE("connections over --http-max-connections are closed at once, the others still served",
           "[integration][http][slow]") {
   server srv{{"--http-max-connections", "4"}};
   std::vector<int> idle;

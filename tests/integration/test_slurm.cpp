@@ -97,6 +97,7 @@ TEST_CASE("slurm: a job serves a 3-node cluster as three srun steps and is cance
       << "cluster: slurm-it\n"
          "model: {sim: {decode_step_ms: 2, prefill_us_per_token: 20}}\n"
          "defaults: {engine: sim, kv_transport: ucx}\n"
+         "security: {insecure: true}\n"
       << "frontend: {rpc_port: " << rpc << ", http_port: " << http
       << "}\nslurm:\n  first_port: " << control << "\n  first_http_port: " << metrics << R"(
   head: [router, supervisor, kv_store]

@@ -291,7 +291,7 @@ TEST_CASE("supervisor: nodes join with the cluster's manifest and model, clocks 
 }
 
 TEST_CASE(
-    "supervisor: with a secret, a node joins only with a fresh proof; workers only from "
+    "supervisor: with a secret, a node joins only with a fresh proof, and workers only from "
     "joined nodes",
     "[supervisor_actor]") {
   test_system ts;

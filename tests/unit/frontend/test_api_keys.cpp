@@ -108,7 +108,7 @@ TEST_CASE("api_keys::from_key accepts exactly that key", "[api_keys]") {
   CHECK(mentions(bad.error(), "$TOKENMILL_API_KEY"));
 }
 
-TEST_CASE("api_keys::from_file: several keys; a missing file is an error", "[api_keys]") {
+TEST_CASE("api_keys::from_file: several keys, and a missing file is an error", "[api_keys]") {
   temp_file f;
   f.write("one\ntwo\n# three\n");
   auto k = api_keys::from_file(f.path);
