@@ -15,9 +15,9 @@
 
 #include "engine/engine.hpp"
 #include "engine/tokenizer.hpp"
+#include "frontend/api_keys.hpp"
 #include "frontend/http_routes.hpp"
 #include "frontend/http_server.hpp"
-#include "frontend/api_keys.hpp"
 #include "frontend/request_log.hpp"
 
 namespace {
