@@ -186,6 +186,13 @@ TEST_CASE("bad tokenizer.json files are rejected naming the file and key", "[tok
   CHECK_THAT(err(R"({"added_tokens": [{"id": "x", "content": "b"}],
                      "model": {"type": "BPE", "vocab": {"a": 0}}})"),
              Catch::Contains("'added_tokens[0].id'"));
+  // Sparse ids (a fuzzing finding): refused before a table of millions of holes is made.
+  CHECK_THAT(err(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 8888845}}})"),
+             Catch::Contains("'model.vocab'") && Catch::Contains("id 8888845") &&
+                 Catch::Contains("dense"));
+  CHECK_THAT(err(R"({"added_tokens": [{"id": 2147483646, "content": "b"}],
+                     "model": {"type": "BPE", "vocab": {"a": 0}}})"),
+             Catch::Contains("'added_tokens[0].id'") && Catch::Contains("dense"));
   CHECK_THAT(err(R"({"model": {"type": "BPE", "vocab": {"a": 0}}})"),
              Catch::Contains("'pre_tokenizer'"));
   CHECK_THAT(err(R"({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
