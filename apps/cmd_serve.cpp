@@ -221,8 +221,7 @@ command add_serve(CLI::App& app) {
     cfg->router.admission.max_queue_ns = int64_t{o->max_queue_ms} * 1'000'000;
     cfg->router.admission.window_ns = int64_t{o->admission_window_ms} * 1'000'000;
     if (auto bad = check(cfg->router.admission)) {
-      std::fprintf(stderr, "tokenmill serve: %s
-", bad->c_str());
+      std::fprintf(stderr, "tokenmill serve: %s\n", bad->c_str());
       return 2;
     }
     cfg->decode.local_prefill_budget = cfg->prefill.token_budget;
