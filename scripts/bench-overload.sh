@@ -69,7 +69,7 @@ ports() { python3 -c 'import socket
 s=[socket.socket() for _ in range('"$1"')]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(*[x.getsockname()[1] for x in s])'; }
-read -r rpc http p2 p3 p4 < <(ports 5)
+read -r rpc http p2 p3 p4 h3 h4 < <(ports 7)
 queue_yaml=""
 [[ -n $max_queue_ms ]] && queue_yaml=", max_queue_ms: $max_queue_ms"
 if [[ $three == 1 ]]; then
@@ -85,8 +85,8 @@ frontend: {node: head, rpc_port: $rpc, http_port: $http}
 router: {request_timeout_s: 600$queue_yaml}
 nodes:
   - {name: head, address: 127.0.0.1, port: $p2, actors: [router, supervisor, kv_store]}
-  - {name: p0, address: 127.0.0.1, port: $p3, actors: [{prefill: {engine: $engine}}]}
-  - {name: d0, address: 127.0.0.1, port: $p4, actors: [{decode: {engine: $engine, max_batch: $max_batch}}]}
+  - {name: p0, address: 127.0.0.1, port: $p3, http_port: $h3, actors: [{prefill: {engine: $engine}}]}
+  - {name: d0, address: 127.0.0.1, port: $p4, http_port: $h4, actors: [{decode: {engine: $engine, max_batch: $max_batch}}]}
 YAML
   "$bin" launch "$work/cluster.yaml" --log-dir "$work/logs" >"$log" 2>&1 &
 else
@@ -188,6 +188,17 @@ def bench(extra, tag, probe_after_s=None):
     j["probe"] = probe
     return j
 
+# KV pools are touched as their blocks are first used: fill them once, so that the RSS
+# figures compare working sizes (growth after this is what the levels cost).
+st = subprocess.run([bin_, "status", "--connect", rpc, "--json", "--timeout", "5"],
+                    capture_output=True, text=True)
+kv_total = 4096
+if st.returncode == 0:
+    kv_total = max([w["kv_total"] for w in json.loads(st.stdout)["workers"]
+                    if w["role"] in ("prefill", "decode")] or [kv_total])
+fill = int(1.5 * kv_total * 16 / (int(input_len) + int(output_len))) + 50
+bench(["--concurrency", str(3 * int(max_batch)), "--requests", str(fill)], "fill")
+print(f"filled the KV pools ({kv_total} blocks): {fill} requests; RSS now {rss_mib()} MiB")
 if capacity:
     cap = float(capacity)
     cap_src = "given"

@@ -39,8 +39,8 @@ mkdir -p "$out"
 work="$(mktemp -d -t tokenmill-soak.XXXXXX)"
 man="$work/cluster.yaml"
 
-read -r rpc http p2 p3 p4 < <(python3 -c 'import socket
-s=[socket.socket() for _ in range(5)]
+read -r rpc http p2 p3 p4 h3 h4 < <(python3 -c 'import socket
+s=[socket.socket() for _ in range(7)]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(*[x.getsockname()[1] for x in s])')
 cat >"$man" <<YAML
@@ -52,8 +52,8 @@ restart: {max: 3, backoff_ms: 200}
 router: {request_timeout_s: 120, stall_timeout_s: 20}
 nodes:
   - {name: head, address: 127.0.0.1, port: $p2, actors: [router, supervisor, kv_store]}
-  - {name: p0, address: 127.0.0.1, port: $p3, actors: [prefill]}
-  - {name: d0, address: 127.0.0.1, port: $p4, actors: [{decode: {max_batch: 16}}]}
+  - {name: p0, address: 127.0.0.1, port: $p3, http_port: $h3, actors: [prefill]}
+  - {name: d0, address: 127.0.0.1, port: $p4, http_port: $h4, actors: [{decode: {max_batch: 16}}]}
 YAML
 "$bin" launch "$man" --log-dir "$out/logs" >"$out/launch.out" 2>&1 &
 launch_pid=$!
@@ -208,7 +208,8 @@ def http_raw(payload, read_bytes=None, close_early=False):
 
 def post(body, extra_headers=b""):
     b = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    return (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\n"
             + extra_headers + b"Content-Length: " + str(len(b)).encode() + b"\r\n\r\n" + b)
 
 def chaos():
@@ -240,7 +241,7 @@ def chaos():
                 count("bad_request")
                 if r and not r.startswith(b"HTTP/1.1 4"):
                     count("bad_request_not_4xx")
-            http_raw(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n")
+            http_raw(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n")
             count("bad_request")
         elif k == 4:  # random bytes to the RPC port
             try:
@@ -286,6 +287,16 @@ def traffic(seconds, restart_at=None):
 
 # ---- the run ---------------------------------------------------------------------------
 say(f"soak: {minutes:g} min, steady {rate:g} req/s rpc + {rate / 4:g} req/s http, warm-up {warm_s:.0f} s")
+# KV pools are touched as their blocks are first used (and freed blocks stay in the prefix
+# cache), so RSS grows until every block has been used once: fill the pools first, with
+# distinct prompts, so that "before" is the working size and growth after it is a leak.
+s0 = status()
+kv_total = max([w["kv_total"] for w in (s0 or {}).get("workers", []) if w["role"] in ("prefill", "decode")] or [4096])
+fill = int(1.5 * kv_total * 16 / (128 + 32)) + 50
+t_fill = time.monotonic()
+run_bench(["--connect", connect, "--concurrency", "32", "--requests", str(fill), "--input-len", "128",
+           "--output-len", "32", "--timeout", "60"], "fill")
+say(f"filled the KV pools ({kv_total} blocks): {fill} requests in {time.monotonic() - t_fill:.0f} s")
 traffic(warm_s)
 ok0, facts0 = settle()
 before = {n: proc_figures(pid_of(n)) for n in names}
