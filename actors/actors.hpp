@@ -11,6 +11,7 @@
 #include <caf/all.hpp>
 
 #include "actors/protocol.hpp"
+#include "actors/router/admission_policy.hpp"
 #include "actors/router/migration.hpp"
 #include "actors/router/routing_policy.hpp"
 #include "actors/supervisor/node_certificates.hpp"
@@ -67,6 +68,9 @@ caf::actor spawn_kv_store(caf::actor_system& sys, worker_info info, caf::actor s
 
 struct router_config {
   admission_limits limits;
+  /// Admission by measured capacity (admission_policy.hpp): refuses a request whose
+  /// estimated queue wait exceeds admission.max_queue_ns, with a retry hint.
+  adaptive_admission_config admission;
   uint32_t local_prefill_threshold = 0;  ///< tokens; 0 = always prefill remotely when possible
   uint32_t block_tokens = 16;
   /// Moves per request when its worker is lost, fails or stalls (0: fail it instead).

@@ -202,6 +202,9 @@ struct request_summary {
   std::vector<std::string> migration_reasons;
   /// The routing decision of the current attempt: every candidate's cost-model score.
   std::vector<routing_score> routing;
+  /// Refused as overloaded: when to retry, ms (the router's estimate of the time its
+  /// queue needs to drain to the admission target); 0 otherwise.
+  uint32_t retry_after_ms = 0;
 };
 
 // ---------------------------------------------------------------- KV index
@@ -608,7 +611,8 @@ template <class F>
 typename F::result_type inspect(F& f, request_summary& x) {
   return f(caf::meta::type_name("request_summary"), x.id, x.reason, x.error, x.prompt_tokens,
            x.completion_tokens, x.tr, x.itl_mean_ms, x.itl_p50_ms, x.itl_p99_ms, x.prefill_worker,
-           x.decode_worker, x.itl_spikes, x.steps, x.migrations, x.migration_reasons, x.routing);
+           x.decode_worker, x.itl_spikes, x.steps, x.migrations, x.migration_reasons, x.routing,
+           x.retry_after_ms);
 }
 template <class F>
 typename F::result_type inspect(F& f, kv_event& x) {

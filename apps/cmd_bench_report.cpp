@@ -103,6 +103,10 @@ void print_table(const nlohmann::ordered_json& j) {
                j["burstiness"].get<double>(), j["max_concurrency"].get<uint32_t>());
   fmt::print("{:<34}{}\n", "Successful requests:", j["completed"].get<size_t>());
   fmt::print("{:<34}{}\n", "Failed requests:", j["failed"].get<size_t>());
+  if (j.contains("rejected") && j["rejected"].get<size_t>() > 0)
+    fmt::print("{:<34}{} ({:.1f}% of requests)\n",
+               "  of them rejected (overloaded):", j["rejected"].get<size_t>(),
+               100 * num("rejected_fraction"));
   fmt::print("{:<34}{:.3f}\n", "Duration (s):", num("duration_s"));
   fmt::print("{:<34}{}\n", "Prompt tokens:", j["prompt_tokens"].get<uint64_t>());
   fmt::print("{:<34}{}\n", "Output tokens:", j["output_tokens"].get<uint64_t>());

@@ -21,8 +21,10 @@ namespace tokenmill::app {
 struct serve_opts {
   engine_options engine;
   bool no_http = false;
-  double request_timeout_s = 600;  ///< router_config::request_timeout
-  double stall_timeout_s = 120;    ///< router_config::stall_timeout
+  double request_timeout_s = 600;       ///< router_config::request_timeout
+  double stall_timeout_s = 120;         ///< router_config::stall_timeout
+  uint32_t max_queue_ms = 2000;         ///< router_config::admission.max_queue_ns
+  uint32_t admission_window_ms = 5000;  ///< router_config::admission.window_ns
   uint32_t prefill_workers = 0;
   std::string kv_memory;
   uint32_t prefill_kv_blocks = 0, decode_kv_blocks = 0;
@@ -164,6 +166,15 @@ command add_serve(CLI::App& app) {
                 "Requests in flight before new ones are rejected as overloaded")
       ->check(CLI::Range(1u, 1u << 20))
       ->capture_default_str();
+  s->add_option("--max-queue-ms", o->max_queue_ms,
+                "Refuse new requests (overloaded, HTTP 429 with Retry-After) while their "
+                "estimated queue wait, from the measured service rate, exceeds this (0 = off)")
+      ->check(CLI::Range(0u, 3'600'000u))
+      ->capture_default_str();
+  s->add_option("--admission-window-ms", o->admission_window_ms,
+                "Time over which the service rate for --max-queue-ms is measured")
+      ->check(CLI::Range(100u, 3'600'000u))
+      ->capture_default_str();
   s->add_option("--migration-limit", cfg->router.migration_limit,
                 "Moves per request when its worker fails or stalls (0 = fail the request)")
       ->check(CLI::Range(0u, 100u))
@@ -208,6 +219,12 @@ command add_serve(CLI::App& app) {
     };
     cfg->router.request_timeout = span(o->request_timeout_s);
     cfg->router.stall_timeout = span(o->stall_timeout_s);
+    cfg->router.admission.max_queue_ns = int64_t{o->max_queue_ms} * 1'000'000;
+    cfg->router.admission.window_ns = int64_t{o->admission_window_ms} * 1'000'000;
+    if (auto bad = check(cfg->router.admission)) {
+      std::fprintf(stderr, "tokenmill serve: %s\n", bad->c_str());
+      return 2;
+    }
     cfg->decode.local_prefill_budget = cfg->prefill.token_budget;
     cfg->http.host = cfg->rpc.host;
     cfg->http_enabled = !o->no_http;

@@ -32,6 +32,11 @@ static_assert(decode_options{}.kv_blocks == decode_config{}.num_blocks);
 static_assert(decode_options{}.max_batch == decode_config{}.max_batch);
 static_assert(decode_options{}.local_prefill_budget == decode_config{}.local_prefill_budget);
 static_assert(manifest_router{}.max_inflight == admission_limits{}.max_inflight);
+static_assert(int64_t{manifest_router{}.max_queue_ms} * 1'000'000 ==
+              adaptive_admission_config{}.max_queue_ns);
+static_assert(int64_t{manifest_router{}.admission_window_ms} * 1'000'000 ==
+              adaptive_admission_config{}.window_ns);
+static_assert(manifest_router{}.admission_min_waiting == adaptive_admission_config{}.min_waiting);
 static_assert(manifest_router{}.max_queued_prompt_tokens ==
               admission_limits{}.max_queued_prompt_tokens);
 static_assert(manifest_router{}.migration_limit == default_migration_limit);
@@ -220,9 +225,10 @@ std::string describe(const manifest& m) {
   line(fmt::format(
       "router: local_prefill_threshold {} tokens, max_inflight {}, "
       "max_queued_prompt_tokens {}, migration_limit {}, request_timeout {} s, "
-      "stall_timeout {} s",
+      "stall_timeout {} s, max_queue {} ms (window {} ms, min_waiting {})",
       m.router.local_prefill_threshold, m.router.max_inflight, m.router.max_queued_prompt_tokens,
-      m.router.migration_limit, m.router.request_timeout_s, m.router.stall_timeout_s));
+      m.router.migration_limit, m.router.request_timeout_s, m.router.stall_timeout_s,
+      m.router.max_queue_ms, m.router.admission_window_ms, m.router.admission_min_waiting));
   {
     auto& sec = m.security;
     std::string tls = !sec.tls ? std::string(sec.insecure ? "off (insecure: true)" : "off")
@@ -301,6 +307,9 @@ router_config to_router_config(const manifest& m) {
   c.migration_limit = m.router.migration_limit;
   c.request_timeout = std::chrono::seconds(m.router.request_timeout_s);
   c.stall_timeout = std::chrono::seconds(m.router.stall_timeout_s);
+  c.admission.max_queue_ns = int64_t{m.router.max_queue_ms} * 1'000'000;
+  c.admission.window_ns = int64_t{m.router.admission_window_ms} * 1'000'000;
+  c.admission.min_waiting = m.router.admission_min_waiting;
   c.cost.weights = {m.router.prefill_weight, m.router.queue_weight, m.router.transfer_weight,
                     m.router.load_weight};
   c.cost.kv_bytes_per_s = m.router.kv_transfer_gbps * 1e9;

@@ -125,6 +125,11 @@ struct manifest_router {
   uint32_t migration_limit = 3;      ///< moves per request when its worker fails (0: off)
   uint32_t request_timeout_s = 600;  ///< server-side bound of a request, s (0: none)
   uint32_t stall_timeout_s = 120;    ///< no token from a worker this long: move, s (0: off)
+  /// Adaptive admission (actors/router/admission_policy.hpp): refuse a request whose
+  /// estimated queue wait exceeds this, ms (0: off, only the fixed limits apply).
+  uint32_t max_queue_ms = 2000;
+  uint32_t admission_window_ms = 5000;  ///< the service rate is measured over this, ms
+  uint32_t admission_min_waiting = 16;  ///< always admit while fewer requests wait
   /// The cost model's weights (actors/router/routing_policy.hpp, routing_weights): each
   /// scales one term of a plan's estimated cost in seconds; 0 turns the term off.
   double prefill_weight = 1.0;   ///< time to compute the uncached tokens

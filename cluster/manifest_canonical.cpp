@@ -48,6 +48,9 @@ std::string canonical_form(const manifest& m) {
   num("router.migration_limit", m.router.migration_limit);
   num("router.request_timeout_s", m.router.request_timeout_s);
   num("router.stall_timeout_s", m.router.stall_timeout_s);
+  num("router.max_queue_ms", m.router.max_queue_ms);
+  num("router.admission_window_ms", m.router.admission_window_ms);
+  num("router.admission_min_waiting", m.router.admission_min_waiting);
   num("router.prefill_weight", m.router.prefill_weight);
   num("router.queue_weight", m.router.queue_weight);
   num("router.transfer_weight", m.router.transfer_weight);

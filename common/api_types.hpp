@@ -220,6 +220,8 @@ struct generation_summary {
   std::vector<std::string> migration_reasons;
   /// The routing decision of the attempt that served it: every candidate's score.
   std::vector<routing_score> routing;
+  /// Refused as overloaded: when to retry, ms (HTTP Retry-After, rounded up to s); 0: none.
+  uint32_t retry_after_ms = 0;
 };
 
 /// What a client needs to know about the served model.

@@ -27,6 +27,16 @@ std::string http_error_text(const http_response& r) {
 
 namespace {
 
+/// The tokenmill error code of a refused HTTP request: the body's error.code, else
+/// "http_STATUS".
+std::string http_error_code(const http_response& r) {
+  auto j = nlohmann::json::parse(r.body, nullptr, false);
+  if (j.is_object() && j.contains("error") && j["error"].is_object() &&
+      j["error"].contains("code") && j["error"]["code"].is_string())
+    return j["error"]["code"].get<std::string>();
+  return fmt::format("http_{}", r.status);
+}
+
 class rpc_connection final : public connection {
  public:
   rpc_connection(std::unique_ptr<client> c, bool ignore_eos, double timeout_s)
@@ -57,6 +67,7 @@ class rpc_connection final : public connection {
     if (rec) rec->end_ns = now_ns();
     if (!res) {
       out.error = describe(res.error());
+      out.error_code = std::string(to_string(res.error().code));
       if (rec) rec->outcome = std::string(to_string(res.error().code));
       broken_ = res.error().code == errc::unavailable || res.error().code == errc::timeout;
       return out;
@@ -111,7 +122,7 @@ class http_connection final : public connection {
     uint32_t text_events = 0;
     bool done = false, usage_seen = false;
     double server_ttft_ms = -1;
-    std::string stream_error;
+    std::string stream_error, stream_error_code;
     std::vector<stage_ms> stages;
     auto on_event = [&](std::string_view data, int64_t t) {
       if (data == "[DONE]") {
@@ -128,6 +139,8 @@ class http_connection final : public connection {
         stream_error = e->is_object() && e->contains("message") && (*e)["message"].is_string()
                            ? (*e)["message"].get<std::string>()
                            : e->dump();
+        if (e->is_object() && e->contains("code") && (*e)["code"].is_string())
+          stream_error_code = (*e)["code"].get<std::string>();
       }
       if (auto c = j.find("choices"); c != j.end() && c->is_array() && !c->empty()) {
         if (!first_choice_ns) first_choice_ns = t;
@@ -162,15 +175,18 @@ class http_connection final : public connection {
     int64_t end = now_ns();
     if (!res) {
       out.error = describe(res.error());
+      out.error_code = std::string(to_string(res.error().code));
       broken_ = true;
       return out;
     }
     if (res->status != 200) {
       out.error = http_error_text(*res);
+      out.error_code = http_error_code(*res);
       return out;
     }
     if (!stream_error.empty()) {
       out.error = "error event: " + stream_error;
+      out.error_code = stream_error_code.empty() ? "stream_error" : stream_error_code;
       return out;
     }
     if (!done) {

@@ -48,6 +48,7 @@ generation_summary make_generation_summary(const request_summary& r, bool stoppe
   g.migrations = r.migrations;
   g.migration_reasons = r.migration_reasons;
   g.routing = r.routing;
+  g.retry_after_ms = r.retry_after_ms;
   trace tr = r.tr;
   if (first_sent_ns != 0) tr.stamp_at(stage::first_token_sent, first_sent_ns, node);
   auto b = ttft_breakdown(tr);

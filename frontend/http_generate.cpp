@@ -3,6 +3,7 @@
 // cancels the request when its client goes away.
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <string>
@@ -162,6 +163,8 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
       if (gs.error_code != errc::ok && !headers_sent) {
         // Nothing was sent yet: the error gets its own status (429 overloaded, 503, ...).
         auto err = openai::from_errc(gs.error_code, gs.error);
+        if (gs.error_code == errc::overloaded)
+          err.retry_after_s = std::max<uint32_t>(1, (gs.retry_after_ms + 999) / 1000);
         co_return co_await reply_error(stream, req, std::move(err));
       }
       if (!sse) {

@@ -31,9 +31,10 @@ namespace tokenmill {
 template <class Stream>
 awaitable<bool> http_server::core::reply(Stream& stream, const request_t& req, http::status status,
                                          std::string body, std::string_view content_type,
-                                         bool close) {
+                                         bool close, uint32_t retry_after_s) {
   http::response<http::string_body> res{status, req.version()};
   res.set(http::field::server, "tokenmill");
+  if (retry_after_s > 0) res.set(http::field::retry_after, std::to_string(retry_after_s));
   res.set(http::field::content_type, beast::string_view(content_type.data(), content_type.size()));
   res.keep_alive(req.keep_alive() && !close);
   res.body() = std::move(body);
@@ -388,10 +389,10 @@ void http_server::stop() {
 }
 
 template awaitable<bool> http_server::core::reply(beast::tcp_stream&, const request_t&,
-                                                  http::status, std::string, std::string_view,
-                                                  bool);
+                                                  http::status, std::string, std::string_view, bool,
+                                                  uint32_t);
 template awaitable<bool> http_server::core::reply(http_detail::tls_stream&, const request_t&,
-                                                  http::status, std::string, std::string_view,
-                                                  bool);
+                                                  http::status, std::string, std::string_view, bool,
+                                                  uint32_t);
 
 }  // namespace tokenmill

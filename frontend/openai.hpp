@@ -27,6 +27,8 @@ struct api_error {
   std::string message;
   std::string param;  ///< the offending field ("messages[1].content"); empty: none
   std::string code;   ///< "model_not_found", "context_length_exceeded", ...; empty: none
+  /// 429: the Retry-After header, whole seconds; 0: no header.
+  uint32_t retry_after_s = 0;
 };
 
 /// The error body: `{"error":{"message":...,"type":...,"param":...|null,"code":...|null}}`.

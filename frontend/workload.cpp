@@ -258,9 +258,11 @@ nlohmann::ordered_json make_report(const std::vector<request_result>& results, d
   uint64_t prompt_tokens = 0, output_tokens = 0;
   size_t completed = 0, good = 0;
   std::string first_error;
+  std::map<std::string, size_t> errors;
   for (const auto& r : results) {
     if (!r.ok) {
       if (first_error.empty()) first_error = r.error;
+      ++errors[r.error_code.empty() ? "other" : r.error_code];
       continue;
     }
     ++completed;
@@ -287,6 +289,12 @@ nlohmann::ordered_json make_report(const std::vector<request_result>& results, d
   j["completed"] = completed;
   j["failed"] = results.size() - completed;
   if (!first_error.empty()) j["first_error"] = first_error;
+  // Refused by admission control (overloaded, HTTP 429): load shed, not a failure to serve.
+  const size_t rejected = errors.count("overloaded") ? errors["overloaded"] : 0;
+  j["rejected"] = rejected;
+  j["rejected_fraction"] =
+      results.empty() ? 0.0 : static_cast<double>(rejected) / static_cast<double>(results.size());
+  j["errors"] = errors;
   j["duration_s"] = duration_s;
   j["prompt_tokens"] = prompt_tokens;
   j["output_tokens"] = output_tokens;

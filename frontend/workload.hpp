@@ -142,7 +142,10 @@ result<std::vector<bench_request>> sharegpt_workload(const sharegpt_spec& s,
 /// One measured request as the client saw it.
 struct request_result {
   bool ok = false;
-  std::string error;             ///< when !ok
+  std::string error;  ///< when !ok
+  /// When !ok: the errc name (overloaded, timeout, …; over HTTP the error body's code, else
+  /// "http_STATUS"), or "client" for a failure on the client's side of the connection.
+  std::string error_code;
   double ttft_ms = 0;            ///< sent -> first token received
   std::vector<double> itl_ms;    ///< gap before each later token (or content event)
   double e2e_ms = 0;             ///< sent -> last byte received
@@ -170,7 +173,9 @@ std::optional<double> request_tpot_ms(const request_result& r);
 bool meets_slo(const request_result& r, const slo_spec& slo);
 
 /// The report over `results` measured during `duration_s` seconds:
-/// - requests (all), completed, failed, first_error (when any failed);
+/// - requests (all), completed, failed, first_error (when any failed); rejected (failed as
+///   overloaded: shed by admission control), rejected_fraction (of all), errors: {code: n}
+///   over the failed ones;
 /// - prompt_tokens, output_tokens (totals over completed requests);
 /// - ttft_ms, itl_ms, tpot_ms, e2e_ms: {p50, p90, p99, mean} over completed requests (ITL
 ///   over every gap of every request; TPOT over requests with 2+ tokens);

@@ -114,6 +114,7 @@ generation_summary decode(rpc::Summary::Reader r) {
   s.migrations = r.getMigrations();
   for (auto m : r.getMigrationReasons())
     s.migration_reasons.push_back(str(m));
+  s.retry_after_ms = r.getRetryAfterMs();
   return s;
 }
 
@@ -166,6 +167,7 @@ void encode(const generation_summary& s, rpc::Summary::Builder b) {
   auto reasons = b.initMigrationReasons(static_cast<unsigned>(s.migration_reasons.size()));
   for (unsigned i = 0; i < s.migration_reasons.size(); ++i)
     reasons.set(i, s.migration_reasons[i]);
+  b.setRetryAfterMs(s.retry_after_ms);
 }
 
 namespace {

@@ -71,6 +71,7 @@ struct Summary {
   steps @15 :List(DecodeStep);   # the decode step behind each token (router clock)
   migrations @16 :UInt32;        # times the request moved to another worker
   migrationReasons @17 :List(Text); # why, one per move: worker_lost | prefill_lost | ...
+  retryAfterMs @18 :UInt32;      # errorCode overloaded: when to retry, ms (0: no hint)
 }
 
 struct ItlSpike {

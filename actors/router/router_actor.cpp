@@ -22,6 +22,7 @@
 
 #include "actors/actors.hpp"
 #include "actors/detail/worker_common.hpp"
+#include "actors/router/admission_policy.hpp"
 #include "actors/router/clock_shift.hpp"
 #include "actors/router/itl_attribution.hpp"
 #include "actors/router/prefill_backlog.hpp"
@@ -76,6 +77,9 @@ struct request_state {
   uint32_t live_moves = 0;  ///< of `migrations`, moves with the KV (no recompute, no limit)
   uint32_t move_epoch = 0;  ///< the current attempt's latest attempt_moved epoch
   std::vector<routing_score> routing;  ///< the current attempt's routing decision
+  /// Its first decode step reached the router (or it ended complete): it no longer waits
+  /// as far as adaptive admission is concerned.
+  bool started = false;
 };
 
 struct router_state {
@@ -104,6 +108,9 @@ struct router_state {
   uint64_t completed = 0;
   uint64_t tokens_out = 0;
   uint64_t rejected = 0;
+  uint64_t rejected_adaptive = 0;  ///< of `rejected`, by the estimated queue wait
+  /// Admission by measured capacity: waiting requests and the service rate.
+  adaptive_admission admission{adaptive_admission_config{}};
   uint64_t migrated = 0;         ///< moves of requests to another worker
   uint64_t lost = 0;             ///< requests failed because a worker failed and no move was left
   uint64_t timed_out = 0;        ///< requests ended by the request timeout
@@ -179,6 +186,13 @@ void end_request(router_ptr self, request_id id, request_summary s) {
   auto it = st.requests.find(id);
   if (it == st.requests.end()) return;
   detach_attempt(st, it->second);
+  if (!it->second.started) {
+    // Complete without a decode step (max_tokens 1, an EOS first token) is a service too.
+    if (s.reason == finish_reason::cancelled || s.reason == finish_reason::error)
+      st.admission.dropped(now_ns());
+    else
+      st.admission.started(now_ns());
+  }
   self->send(it->second.req.client, std::move(s));
   st.requests.erase(it);
 }
@@ -471,6 +485,7 @@ void watchdog(router_ptr self) {
 caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::actor sup) {
   self->state.info = info;
   self->state.cfg = cfg;
+  self->state.admission = adaptive_admission(cfg.admission);
   register_with_supervisor(self, sup, info, "router");
   if (cfg.tick_interval.count() > 0) self->delayed_send(self, cfg.tick_interval, tick_atom::value);
   return {
@@ -478,11 +493,13 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         auto& st = self->state;
         req.tr.stamp(stage::router_received, st.info.node_index);
         auto prompt_tokens = static_cast<uint32_t>(req.prompt.size());
-        auto refuse = [&](errc code, std::string msg) {
+        auto refuse = [&](errc code, std::string msg, int64_t retry_after_ns = 0) {
           request_summary s;
           s.id = req.id;
           s.reason = finish_reason::error;
           s.error = {code, std::move(msg)};
+          s.retry_after_ms = static_cast<uint32_t>(
+              std::min<int64_t>((retry_after_ns + 999'999) / 1'000'000, UINT32_MAX));
           self->send(req.client, std::move(s));
         };
         if (req.prompt.empty() || req.options.max_tokens == 0)
@@ -496,20 +513,36 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           return refuse(errc::invalid_request,
                         fmt::format("request id {} is already in flight", req.id));
         auto inflight = static_cast<uint32_t>(st.requests.size());
+        const auto now = now_ns();
+        auto verdict = st.admission.decide(now);
         if (admit(inflight, st.backlog.total(), prompt_tokens, st.cfg.limits) ==
             admission::overloaded) {
           ++st.rejected;
           return refuse(errc::overloaded,
                         fmt::format("router is at capacity ({} requests in flight, {} prompt "
                                     "tokens queued); retry later",
-                                    st.requests.size(), st.backlog.total()));
+                                    st.requests.size(), st.backlog.total()),
+                        std::max(verdict.retry_after_ns, st.cfg.admission.retry_after_min_ns));
+        }
+        if (!verdict.admit) {
+          ++st.rejected;
+          ++st.rejected_adaptive;
+          return refuse(errc::overloaded,
+                        fmt::format("router is at capacity: a new request would wait about {} ms "
+                                    "(target {} ms; {} waiting, {:.1f} started/s); retry in {} ms",
+                                    verdict.estimated_wait_ns / 1'000'000,
+                                    st.cfg.admission.max_queue_ns / 1'000'000,
+                                    st.admission.waiting(), st.admission.service_rate().value_or(0),
+                                    verdict.retry_after_ns / 1'000'000),
+                        verdict.retry_after_ns);
         }
         auto id = req.id;
         request_state rs;
         rs.req = req;
         rs.tr.id = id;
-        rs.admitted_ns = rs.progress_ns = now_ns();
+        rs.admitted_ns = rs.progress_ns = now;
         st.requests.emplace(id, std::move(rs));
+        st.admission.admitted(now);
         dispatch(self, id, std::move(req));
       },
       [self](first_token& ft) {
@@ -540,6 +573,10 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           auto* rs = find_attempt(st, t.id, &cid);
           if (!rs) continue;  // an ended request, or an attempt it moved away from
           rs->progress_ns = now_ns();
+          if (!rs->started) {
+            rs->started = true;
+            st.admission.started(rs->progress_ns);
+          }
           // Decode tokens mean the prompt's KV arrived: the prefill part is over.
           st.backlog.release(cid);
           st.local_backlog.release(cid);
@@ -694,15 +731,16 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         ws.completed = st.completed;
         ws.tokens_out = st.tokens_out;
         ws.detail = fmt::format(
-            "{} decode, {} prefill workers ({} draining); {} rejected (overloaded); {} routed to a "
-            "cached "
+            "{} decode, {} prefill workers ({} draining); {} rejected (overloaded; {} by "
+            "estimated wait, {} waiting, {:.1f} started/s); {} routed to a cached "
             "prefix ({} overlap queries, {} failed); {} migrated, {} lost, {} timed out; {} "
             "attempts tracked",
             st.decodes.size(), st.prefills.size(),
             st.decodes.size() + st.prefills.size() - taking_work(st.decodes) -
                 taking_work(st.prefills),
-            st.rejected, st.routed_to_cache, st.overlap_queries, st.overlap_failures, st.migrated,
-            st.lost, st.timed_out, st.attempts.size());
+            st.rejected, st.rejected_adaptive, st.admission.waiting(),
+            st.admission.service_rate().value_or(0), st.routed_to_cache, st.overlap_queries,
+            st.overlap_failures, st.migrated, st.lost, st.timed_out, st.attempts.size());
         return ws;
       },
   };

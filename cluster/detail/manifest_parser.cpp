@@ -40,11 +40,23 @@ constexpr std::string_view bool_words[] = {"true", "false"};
 constexpr std::string_view frontend_keys[] = {"node",      "host",         "rpc_port",
                                               "http_port", "api_key_file", "protect_metrics",
                                               "tls_cert",  "tls_key"};
-constexpr std::string_view router_keys[] = {
-    "local_prefill_threshold", "max_inflight",    "max_queued_prompt_tokens", "migration_limit",
-    "request_timeout_s",       "stall_timeout_s", "prefill_weight",           "queue_weight",
-    "transfer_weight",         "load_weight",     "prefill_tokens_per_s",     "kv_transfer_gbps",
-    "load_ms_per_request",     "profile"};
+constexpr std::string_view router_keys[] = {"local_prefill_threshold",
+                                            "max_inflight",
+                                            "max_queued_prompt_tokens",
+                                            "migration_limit",
+                                            "request_timeout_s",
+                                            "stall_timeout_s",
+                                            "prefill_weight",
+                                            "queue_weight",
+                                            "transfer_weight",
+                                            "load_weight",
+                                            "prefill_tokens_per_s",
+                                            "kv_transfer_gbps",
+                                            "load_ms_per_request",
+                                            "profile",
+                                            "max_queue_ms",
+                                            "admission_window_ms",
+                                            "admission_min_waiting"};
 constexpr std::string_view failure_keys[] = {"heartbeat_ms", "connection_timeout_ms"};
 constexpr std::string_view ucx_keys[] = {"op_timeout_ms", "stall_timeout_ms", "window_mib"};
 constexpr std::string_view restart_keys[] = {"max", "backoff_ms"};
@@ -278,6 +290,9 @@ class parser {
     opt_uint(p_, r, "migration_limit", x.migration_limit, 0, 100);
     opt_uint(p_, r, "request_timeout_s", x.request_timeout_s, 0, u32_max);
     opt_uint(p_, r, "stall_timeout_s", x.stall_timeout_s, 0, u32_max);
+    opt_uint(p_, r, "max_queue_ms", x.max_queue_ms, 0, 3'600'000);
+    opt_uint(p_, r, "admission_window_ms", x.admission_window_ms, 100, 3'600'000);
+    opt_uint(p_, r, "admission_min_waiting", x.admission_min_waiting, 0, 1u << 20);
     opt_number(p_, r, "prefill_weight", x.prefill_weight, 0, false);
     opt_number(p_, r, "queue_weight", x.queue_weight, 0, false);
     opt_number(p_, r, "transfer_weight", x.transfer_weight, 0, false);

@@ -180,7 +180,8 @@ struct http_server::core {
   awaitable<bool> generate(Stream& stream, request_t& req, openai::endpoint kind);
   template <class Stream>
   awaitable<bool> reply(Stream& stream, const request_t& req, http::status status, std::string body,
-                        std::string_view content_type = "application/json", bool close = false);
+                        std::string_view content_type = "application/json", bool close = false,
+                        uint32_t retry_after_s = 0);
   // GCC 12 destroys some temporaries of a co_await full-expression twice (GCC bugs
   // 100611, 101367), so every awaited call below takes named values, moved in.
   template <class Stream>
@@ -188,7 +189,7 @@ struct http_server::core {
                               bool close = false) {
     std::string body = openai::error_body(e);
     auto status = static_cast<http::status>(e.status);
-    return reply(stream, req, status, std::move(body), "application/json", close);
+    return reply(stream, req, status, std::move(body), "application/json", close, e.retry_after_s);
   }
 };
 

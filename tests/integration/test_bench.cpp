@@ -266,6 +266,9 @@ TEST_CASE("bench refuses bad command lines and datasets with a clear message",
     if (j["failed"].get<int>() > 0) {
       CHECK(r.exit_code == 0);
       CHECK_THAT(j["first_error"].get<std::string>(), Catch::Contains("overloaded"));
+      // Refusals by admission control are counted as such.
+      CHECK(j["rejected"] == j["failed"]);
+      CHECK(j["errors"]["overloaded"] == j["failed"]);
       CHECK_THAT(r.err, Catch::Contains("requests failed"));
       CHECK(j["goodput"]["fraction"].get<double>() < 1.0);
     }

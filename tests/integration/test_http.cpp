@@ -360,6 +360,8 @@ TEST_CASE("http: API key, overload and a vanished client", "[integration][http]"
     auto r = post(*c, "/v1/completions", {{"prompt", "hi"}, {"max_tokens", 2}});
     check_error(r, 429, "");
     CHECK(json::parse(r.body)["error"]["type"] == "rate_limit_error");
+    // The retry hint, in whole seconds (the minimum, 1 s, for the fixed in-flight bound).
+    CHECK(r.header("Retry-After") == "1");
     busy.kill();
   }
   SECTION("a client that disconnects cancels its request and frees its blocks") {

@@ -2,6 +2,8 @@
 // client. It sends the membership itself, so the router's view of the cluster is exactly
 // what each test says.
 #include <algorithm>
+#include <chrono>
+#include <thread>
 
 #include "engine/block_hash.hpp"
 #include "tests/unit/actors/actor_test_util.hpp"
@@ -1039,4 +1041,35 @@ TEST_CASE("router: latency samples are kept as tokens are released, for the plan
   l = ask();
   CHECK(l.ttft_ms.empty());
   CHECK(l.itl_ms.empty());
+}
+
+TEST_CASE("router: adaptive admission refuses by estimated wait, with a retry hint",
+          "[router_actor]") {
+  router_config cfg;
+  cfg.admission.max_queue_ns = 1'000'000;  // 1 ms: any queue is too long
+  cfg.admission.window_ns = 10'000'000'000;
+  cfg.admission.min_waiting = 1;
+  router_harness h{cfg};
+  h.send_membership();
+  // Four requests wait at least 250 ms before they start: the rate is at most 16 per s.
+  for (request_id id = 1; id <= 4; ++id)
+    h.submit(h.request(id));
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  for (request_id id = 1; id <= 4; ++id) {
+    h.send_tokens(id, {{0, 700}});
+    h.expect_chunk(id, 0, {700});
+  }
+  // Nothing waits: admitted. One waits: a second would wait >= 1/16 s, refused.
+  h.submit(h.request(5));
+  h.self->send(h.router, h.request(6));
+  auto s = h.expect_error(6, errc::overloaded);
+  CHECK_THAT(s.error.message, Catch::Contains("would wait"));
+  CHECK(s.retry_after_ms >= 1000);  // at least the configured minimum
+  CHECK(s.retry_after_ms <= 60'000);
+  // Request 5 starts: the queue is empty again, a new request gets in.
+  h.send_tokens(5, {{0, 701}});
+  h.expect_chunk(5, 0, {701});
+  h.submit(h.request(7));
+  auto ws = h.status_and_quiet("after the refusal");
+  CHECK_THAT(ws.detail, Catch::Contains("1 rejected (overloaded; 1 by estimated wait"));
 }

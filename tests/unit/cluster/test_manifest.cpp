@@ -150,6 +150,10 @@ TEST_CASE("manifest: a minimal manifest resolves with every default", "[manifest
   CHECK(to_router_config(m).migration_limit == 3);
   CHECK(to_router_config(m).request_timeout == std::chrono::seconds(600));
   CHECK(to_router_config(m).stall_timeout == std::chrono::seconds(120));
+  // Adaptive admission is on by default with the policy's own defaults.
+  CHECK(m.router.max_queue_ms == 2000);
+  CHECK(to_router_config(m).admission.max_queue_ns == adaptive_admission_config{}.max_queue_ns);
+  CHECK_FALSE(check(to_router_config(m).admission));
   // The manifest's defaults are the router's.
   CHECK(router_config{}.request_timeout ==
         std::chrono::seconds(manifest_router{}.request_timeout_s));
@@ -206,7 +210,7 @@ defaults: {engine: sim, block_tokens: 32, kv_transport: ucx}
 kv_layout: {layers: 4, kv_heads: 8, head_dim: 128, dtype_bytes: 4}
 frontend: {node: head, host: 0.0.0.0, rpc_port: 9700, http_port: 9000}
 router: {local_prefill_threshold: 64, max_inflight: 10, max_queued_prompt_tokens: 5000,
-         migration_limit: 5, request_timeout_s: 30, stall_timeout_s: 0}
+         migration_limit: 5, request_timeout_s: 30, stall_timeout_s: 0, max_queue_ms: 750, admission_window_ms: 3000, admission_min_waiting: 4}
 failure: {heartbeat_ms: 50, connection_timeout_ms: 400}
 ucx: {op_timeout_ms: 2500, stall_timeout_ms: 300, window_mib: 64}
 restart: {max: 2, backoff_ms: 50}
@@ -292,6 +296,9 @@ nodes:
     CHECK(rc.migration_limit == 5);
     CHECK(rc.request_timeout == std::chrono::seconds(30));
     CHECK(rc.stall_timeout.count() == 0);
+    CHECK(rc.admission.max_queue_ns == 750'000'000);
+    CHECK(rc.admission.window_ns == 3'000'000'000);
+    CHECK(rc.admission.min_waiting == 4);
     CHECK(rc.block_tokens == 32);
     auto pc = to_prefill_config(*p);
     CHECK(pc.num_blocks == 100);
@@ -468,6 +475,9 @@ const corpus_case corpus_cases[] = {
     {"actor_two_keys.yaml", 12, "nodes[1].actors[0]: a map with 2 keys; expected a list of actors"},
     {"bad_migration_limit.yaml", 4,
      "router.migration_limit: got 1000, out of range; expected a whole number from 0 to 100"},
+    {"bad_admission_window.yaml", 4,
+     "router.admission_window_ms: got 10, out of range; expected a whole number from 100 to "
+     "3600000"},
     {"router_options.yaml", 9,
      "nodes[0].actors[0].router: router takes no options, got a map; expected the bare role name "
      "'router'"},

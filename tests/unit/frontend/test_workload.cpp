@@ -343,6 +343,7 @@ TEST_CASE("goodput counts the requests that meet every set SLO", "[workload]") {
   rs.push_back(ok_result(80, 80, 1));                  // a single token: no TPOT
   request_result failed;
   failed.error = "overloaded: too many requests";
+  failed.error_code = "overloaded";
   rs.push_back(failed);
 
   CHECK(request_tpot_ms(rs[0]) == Approx(100));
@@ -355,6 +356,9 @@ TEST_CASE("goodput counts the requests that meet every set SLO", "[workload]") {
     CHECK(j["completed"] == 4);
     CHECK(j["failed"] == 1);
     CHECK(j["first_error"] == "overloaded: too many requests");
+    CHECK(j["rejected"] == 1);
+    CHECK(j["rejected_fraction"].get<double>() == Approx(0.2));
+    CHECK(j["errors"]["overloaded"] == 1);
     CHECK(j["goodput"]["requests_per_s"].get<double>() == Approx(2.0));
     CHECK(j["goodput"]["fraction"].get<double>() == Approx(0.8));
     CHECK(j["goodput"]["slo"]["ttft_ms"].is_null());

@@ -151,6 +151,18 @@ TEST_CASE("summary migrations round-trip, an older server's read as none", "[cod
   CHECK(o.migration_reasons.empty());
 }
 
+TEST_CASE("summary retry hint round-trips, an older server's read as none", "[codec]") {
+  generation_summary s;
+  s.error_code = errc::overloaded;
+  s.retry_after_ms = 2500;
+  capnp::MallocMessageBuilder msg;
+  auto b = msg.initRoot<rpc::Summary>();
+  codec::encode(s, b);
+  CHECK(codec::decode(b.asReader()).retry_after_ms == 2500);
+  capnp::MallocMessageBuilder old;
+  CHECK(codec::decode(old.initRoot<rpc::Summary>().asReader()).retry_after_ms == 0);
+}
+
 TEST_CASE("cluster status and chunks round-trip", "[codec]") {
   cluster_status cs;
   cs.cluster = "c";
