@@ -334,3 +334,34 @@ TEST_CASE("cpu engine: bad blend input is refused and writes nothing", "[cpu][bl
   moved({outside, 0, 20, rp.seq, 10}, "source block 99 (entry 1) is outside the pool");
   moved({rp.a, 0, 20, rp.seq, 1u << 30}, "exceed the context");
 }
+
+TEST_CASE("cpu engine: a prompt whose chunks are partly cached", "[cpu][blend]") {
+  // Doc A comes from the chunk cache, doc B is not cached and is computed like the system
+  // prompt and the question: at ratio 1 still a full prefill bit for bit, and at ratio 0
+  // doc B's KV is a full prefill's on every layer while doc A's stays as moved.
+  cpu_engine e(make_random_model({dtype::f32, rope_style::adjacent, true, {}, 4}),
+               {.threads = 2, .kv_dtype_bytes = 4, .block_tokens = 16});
+  rag_prompt r;
+  const uint32_t n = r.size();
+  const std::vector<blend_segment> segs = {
+      {0, 10, false}, {10, 30, true}, {30, 47, false}, {47, 55, false}};
+  block_pool full(e.info().layout, 16);
+  auto want = value_or_fail(e.prefill_last_logits(full, {r.tokens, 0, n, ids(0, 4), {}}));
+  for (float ratio : {1.0f, 0.0f, 0.4f}) {
+    INFO("ratio " << ratio);
+    rag_pool rp(e, r);
+    require_ok(e.move_chunk_kv(rp.pool, {rp.a, 0, 20, rp.seq, 10}));
+    auto got = value_or_fail(e.prefill_blend(rp.pool, {r.tokens, segs, rp.seq, 0, ratio, 1, 1}));
+    CHECK(got.reused_tokens == 20);
+    CHECK(got.recomputed_reused == recompute_budget(20, ratio));
+    CHECK(got.computed_tokens == 35 + got.recomputed_reused);
+    if (ratio == 1.0f) CHECK(std::memcmp(got.logits.data(), want.data(), want.size() * 4) == 0);
+    if (ratio == 0.0f) {
+      // Doc B's rows attend to doc A's moved KV, so only layer 0 (token and position
+      // alone) equals the full prefill there; it must have been written at all.
+      for (uint32_t pos = 30; pos < 47; ++pos)
+        CHECK(max_abs_diff(kv_vec(rp.pool, rp.seq, pos, 0, 0, 0),
+                           kv_vec(full, ids(0, 4), pos, 0, 0, 0)) < 1e-5f);
+    }
+  }
+}
