@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -99,6 +100,10 @@ double ms_since(int64_t t0) {
 struct ratio_row {
   double ratio = 0;
   std::vector<double> ttft_ms, move_ms, kl, max_err, recomputed_share;
+  /// Token-layers computed / those of the prefix-cache prefill: select_layer layers at
+  /// full width (the selection layer's projections too), the rest over the kept rows only.
+  std::vector<double> work_share;
+  std::vector<double> deviation_share;  ///< blend_outcome::selected_deviation_share
   uint32_t top1_agree = 0, greedy_same = 0;
   std::vector<double> greedy_prefix;  ///< leading greedy tokens equal to the full prefill's
 };
@@ -276,6 +281,7 @@ command add_bench_blend(CLI::App& app) {
       rows[i].ratio = o->ratios[i];
     std::vector<double> full_ms, prefix_ms, move_all_ms;
     uint32_t prefix_top1 = 0;
+    std::vector<double> top1_gap;  ///< full prefill's top-1 minus top-2 logit, per trial
     std::vector<uint32_t> order(o->pool_docs);
     for (uint32_t trial = 0; trial < o->trials; ++trial) {
       std::iota(order.begin(), order.end(), 0u);
@@ -308,6 +314,11 @@ command add_bench_blend(CLI::App& app) {
       prefix_ms.push_back(ms_since(t0));
       if (!pre) return failed(pre.error().message);
       if (argmax(*pre) == argmax(*want)) ++prefix_top1;
+      {
+        std::vector<float> top(want->begin(), want->end());
+        std::nth_element(top.begin(), top.begin() + 1, top.end(), std::greater<float>());
+        top1_gap.push_back(top[0] - top[1]);
+      }
 
       for (auto& row : rows) {
         t0 = now_ns();
@@ -335,6 +346,14 @@ command add_bench_blend(CLI::App& app) {
         for (size_t v = 0; v < want->size(); ++v)
           err = std::max(err, std::fabs((*want)[v] - got->logits[v]));
         row.max_err.push_back(err);
+        {
+          const double L = c.layers, s_l = std::min(o->select_layer, c.layers - 1);
+          const double full_rows = n - cached_prefix;
+          row.work_share.push_back(
+              (s_l * got->select_layer_tokens + (L - s_l) * got->computed_tokens) /
+              (L * full_rows));
+        }
+        row.deviation_share.push_back(got->selected_deviation_share);
         row.recomputed_share.push_back(
             got->reused_tokens ? double(got->recomputed_reused) / got->reused_tokens : 0);
         if (argmax(got->logits) == argmax(*want)) ++row.top1_agree;
@@ -388,6 +407,10 @@ command add_bench_blend(CLI::App& app) {
     j["full_prefill_ttft_ms"] = full_med;
     j["prefix_cache_ttft_ms"] = prefix_med;
     j["prefix_cache_top1_agreement"] = double(prefix_top1) / o->trials;
+    const double gap_min =
+        top1_gap.empty() ? 0.0 : *std::min_element(top1_gap.begin(), top1_gap.end());
+    j["full_top1_gap_median"] = median(top1_gap);
+    j["full_top1_gap_min"] = gap_min;
     j["chunk_cache_fill_ms"] = chunk_cache_ms;
     j["cpu"] = cpu_model_name();
     j["cpu_steal_share"] = steal_share;
@@ -402,6 +425,8 @@ command add_bench_blend(CLI::App& app) {
            {"speedup_vs_full", full_med / median(r.ttft_ms)},
            {"move_ms", median(r.move_ms)},
            {"recomputed_share", mean(r.recomputed_share)},
+           {"work_share", mean(r.work_share)},
+           {"selected_deviation_share", mean(r.deviation_share)},
            {"top1_agreement", double(r.top1_agree) / o->trials},
            {"kl", mean(r.kl)},
            {"kl_max", maxv(r.kl)},
@@ -420,15 +445,19 @@ command add_bench_blend(CLI::App& app) {
         c.name.c_str(), c.layers, c.dim, n, o->system_tokens, cached_prefix, o->docs, o->doc_tokens,
         o->pool_docs, o->question_tokens, o->trials, cfg.threads, o->kv_dtype.c_str(),
         std::min(o->select_layer, c.layers - 1));
-    std::printf("full prefill %.1f ms; prefix cache only %.1f ms (top-1 agreement %.2f)\n",
-                full_med, prefix_med, double(prefix_top1) / o->trials);
-    std::printf("%6s %9s %8s %8s %6s %6s %10s %10s %7s %7s\n", "ratio", "ttft_ms", "move_ms",
-                "speedup", "recomp", "top1", "kl", "max_err", "greedy", "gr_tok");
+    std::printf(
+        "full prefill %.1f ms; prefix cache only %.1f ms (top-1 agreement %.2f); full prefill's "
+        "top-1/top-2 logit gap: median %.3g, min %.3g\n",
+        full_med, prefix_med, double(prefix_top1) / o->trials, median(top1_gap), gap_min);
+    std::printf("%6s %9s %8s %8s %6s %6s %6s %6s %10s %10s %7s %7s\n", "ratio", "ttft_ms",
+                "move_ms", "speedup", "recomp", "work", "devsh", "top1", "kl", "max_err", "greedy",
+                "gr_tok");
     for (const auto& r : rows)
-      std::printf("%6.2f %9.1f %8.2f %7.2fx %6.3f %6.2f %10.3g %10.3g %7.2f %7.1f\n", r.ratio,
-                  median(r.ttft_ms), median(r.move_ms), full_med / median(r.ttft_ms),
-                  mean(r.recomputed_share), double(r.top1_agree) / o->trials, mean(r.kl),
-                  maxv(r.max_err), o->greedy_tokens ? double(r.greedy_same) / o->trials : 0.0,
+      std::printf("%6.2f %9.1f %8.2f %7.2fx %6.3f %6.3f %6.3f %6.2f %10.3g %10.3g %7.2f %7.1f\n",
+                  r.ratio, median(r.ttft_ms), median(r.move_ms), full_med / median(r.ttft_ms),
+                  mean(r.recomputed_share), mean(r.work_share), mean(r.deviation_share),
+                  double(r.top1_agree) / o->trials, mean(r.kl), maxv(r.max_err),
+                  o->greedy_tokens ? double(r.greedy_same) / o->trials : 0.0,
                   mean(r.greedy_prefix));
     std::printf("cpu %s; steal %.1f%% of CPU time during the run; load average %.1f before\n",
                 cpu_model_name().c_str(), 100 * steal_share, load_before);

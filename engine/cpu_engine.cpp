@@ -641,6 +641,14 @@ result<blend_outcome> cpu_engine::prefill_blend(block_pool& pool, const blend_pr
     out.reused_tokens = step.selection.reused_tokens;
     out.recomputed_reused = step.selection.recomputed_reused;
     out.computed_tokens = static_cast<uint32_t>(step.selection.positions.size());
+    if (select) {
+      double all = 0, kept = 0;
+      for (float d : step.deviation)
+        all += d;
+      for (uint32_t p : step.selection.positions)
+        if (step.reused_at[p]) kept += step.deviation[p];
+      out.selected_deviation_share = all > 0 ? kept / all : 1;
+    }
     return out;
   });
 }

@@ -58,6 +58,10 @@ struct blend_outcome {
   uint32_t recomputed_reused = 0;    ///< of those, recomputed in every layer
   uint32_t computed_tokens = 0;      ///< positions computed in every layer
   uint32_t select_layer_tokens = 0;  ///< positions computed up to the selection layer
+  /// Share of the reused tokens' total K/V deviation on the selection layer that the
+  /// recomputed ones carry (1 when no deviation was measured): near the ratio when the
+  /// deviation is spread evenly, near 1 when few tokens carry it (CacheBlend's premise).
+  double selected_deviation_share = 1;
 };
 
 class cpu_engine final : public engine {

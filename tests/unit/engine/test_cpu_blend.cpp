@@ -271,6 +271,9 @@ TEST_CASE("cpu engine: a partial ratio recomputes the selected tokens only", "[c
     CHECK(got.computed_tokens == 18 + got.recomputed_reused);
     if (ratios[i] == 0) continue;
     CHECK(got.select_layer_tokens == n);
+    // The recomputed tokens carry at least their share of the deviation (the highest ones).
+    CHECK(got.selected_deviation_share <= 1.0);
+    CHECK(got.selected_deviation_share >= (got.recomputed_reused - 2) / 37.0);
     // On layers past the selection layer, exactly recomputed_reused reused positions
     // changed, among them the first token of each chunk.
     block_pool prior(e.info().layout, 16);
