@@ -22,6 +22,9 @@ command add_k8s(CLI::App& app);
 command add_make_model(CLI::App& app);
 /// `tokenmill bench-engine`: prefill/decode throughput of the CPU engine on a model.
 command add_bench_engine(CLI::App& app);
+/// `tokenmill bench-blend`: position-independent chunk reuse (re-rotation + selective
+/// recompute) against full prefill and prefix caching: TTFT and fidelity per ratio.
+command add_bench_blend(CLI::App& app);
 /// `tokenmill bench-transfer`: UCX KV transport bandwidth/latency between two local processes.
 command add_bench_transfer(CLI::App& app);
 /// `tokenmill bench-router`: the router's decision latency (prefix index + cost model) at

@@ -48,6 +48,10 @@ int main(int argc, char** argv) {
   add("bench-engine",
       "Measure the CPU engine on a model: prefill and decode throughput, memory bandwidth",
       tokenmill::app::add_bench_engine);
+  add("bench-blend",
+      "Measure chunk KV reuse regardless of position on the CPU engine: TTFT and fidelity of "
+      "blending (re-rotation + selective recompute) per recompute ratio",
+      tokenmill::app::add_bench_blend);
   add("bench-transfer",
       "Measure the UCX KV transport between two local processes (shm or tcp) against memcpy "
       "or ucx_perftest",

@@ -14,4 +14,14 @@ namespace tokenmill {
 std::vector<uint64_t> block_hashes(std::span<const token_id> tokens, uint32_t block_tokens,
                                    uint64_t seed = 0);
 
+/// Hashes of a reusable chunk's blocks (issue 17): the chain of block_hashes over the chunk's
+/// own tokens, so it does not depend on what precedes the chunk in a prompt, started from a
+/// seed of the chunk domain, the chunk's length and `base_position` (the position its keys
+/// are rotated at in the cache), so chunk hashes never equal prefix hashes of the same tokens
+/// and chunks of different lengths never share blocks. Unlike block_hashes, a trailing
+/// partial block has a hash too: a chunk is cached whole. Empty for no tokens or a zero block
+/// size.
+std::vector<uint64_t> chunk_block_hashes(std::span<const token_id> chunk, uint32_t block_tokens,
+                                         uint32_t base_position = 0);
+
 }  // namespace tokenmill

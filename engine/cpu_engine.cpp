@@ -21,8 +21,9 @@ namespace {
 /// One token of the batch: what to embed, where it sits, which block table holds its KV.
 struct batch_row {
   token_id token = 0;
-  uint32_t pos = 0;  ///< position in its sequence; attention covers [0, pos]
-  uint32_t seq = 0;  ///< index into the batch's block tables
+  uint32_t pos = 0;       ///< position in its sequence; attention covers [0, pos]
+  uint32_t seq = 0;       ///< index into the batch's block tables
+  uint32_t rope_pos = 0;  ///< the position RoPE rotates by: pos, unless prefill_at() shifts it
 };
 
 error_info bad_request(std::string what) {
@@ -166,10 +167,76 @@ struct cpu_engine::impl {
     }
   }
 
+  /// A blended prefill's selection (prefill_blend): on `layer`, every row's K/V is compared
+  /// with the reused K/V in the cache, and only the rows select_recompute keeps go on.
+  struct blend_step {
+    const blend_prefill* req = nullptr;
+    uint32_t layer = 0;
+    std::vector<uint8_t> reused_at;  ///< per prompt position
+    std::vector<float> deviation;    ///< per prompt position
+    blend_selection selection;       ///< the outcome
+  };
+
+  /// CacheBlend's deviation of each reused row on layer `l` (Yao et al., EuroSys 2025, §4.3:
+  /// the squared L2 distance between the freshly computed and the reused K and V of the
+  /// token, summed over KV heads), then the selection, then the rows compacted to the kept
+  /// ones (x, q, k, v and the RoPE angles move with them). Returns the new row count.
+  size_t blend_select(block_pool& p, uint32_t l, blend_step& b) {
+    const size_t n = rows.size(), dim = c.dim, hd = c.head_dim, qdim = size_t{c.heads} * hd,
+                 kvdim = size_t{c.kv_heads} * hd;
+    const bool f16_kv = layout.dtype_bytes == 2;
+    b.deviation.assign(b.reused_at.size(), 0.0f);
+    pool.parallel_for(n, 0, [&](size_t lo, size_t hi, uint32_t) {
+      std::vector<float> cached(hd);
+      for (size_t r = lo; r < hi; ++r) {
+        if (!b.reused_at[rows[r].pos]) continue;
+        double d = 0;
+        for (uint32_t h = 0; h < c.kv_heads; ++h)
+          for (uint32_t kv = 0; kv < 2; ++kv) {
+            const std::byte* src = kv_ptr(p, rows[r], l, kv, h);
+            if (f16_kv)
+              cpu::f16_to_f32_row(reinterpret_cast<const uint16_t*>(src), cached.data(), hd);
+            else
+              std::memcpy(cached.data(), src, hd * 4);
+            const float* fresh = (kv == 0 ? k.data() : v.data()) + r * kvdim + h * hd;
+            for (size_t i = 0; i < hd; ++i) {
+              double e = double{fresh[i]} - cached[i];
+              d += e * e;
+            }
+          }
+        b.deviation[rows[r].pos] = static_cast<float>(d);
+      }
+    });
+    const auto& req = *b.req;
+    b.selection = select_recompute(req.segments, req.cached_prefix, b.deviation,
+                                   req.recompute_ratio, req.first_tokens);
+    size_t kept = 0;
+    size_t next = 0;  // index into selection.positions
+    for (size_t r = 0; r < n; ++r) {
+      if (next >= b.selection.positions.size() || b.selection.positions[next] != rows[r].pos)
+        continue;
+      ++next;
+      if (kept != r) {
+        std::memcpy(x.data() + kept * dim, x.data() + r * dim, dim * 4);
+        std::memcpy(q.data() + kept * qdim, q.data() + r * qdim, qdim * 4);
+        std::memcpy(k.data() + kept * kvdim, k.data() + r * kvdim, kvdim * 4);
+        std::memcpy(v.data() + kept * kvdim, v.data() + r * kvdim, kvdim * 4);
+        std::memcpy(rope_cs.data() + kept * hd, rope_cs.data() + r * hd, hd * 4);
+        rows[kept] = rows[r];
+      }
+      ++kept;
+    }
+    rows.resize(kept);
+    out_rows.assign(1, static_cast<uint32_t>(kept - 1));
+    make_tiles();
+    return kept;
+  }
+
   /// Runs `rows` through the model (their KV written into `pool`) and leaves the logits of
-  /// `out_rows` in `logits` [out_rows][vocab].
-  void forward(block_pool& p) {
-    const size_t n = rows.size();
+  /// `out_rows` in `logits` [out_rows][vocab]. With `blend`, the rows shrink to the selected
+  /// ones on blend->layer (out_rows becomes the last row).
+  void forward(block_pool& p, blend_step* blend = nullptr) {
+    size_t n = rows.size();
     const size_t dim = c.dim, hd = c.head_dim, qdim = size_t{c.heads} * hd,
                  kvdim = size_t{c.kv_heads} * hd, pairs = hd / 2;
     grow(x, n * dim);
@@ -190,7 +257,7 @@ struct cpu_engine::impl {
       for (size_t r = b; r < e; ++r) {
         cpu::dequantize_row(w.tok_embd.type, w.tok_embd.row(static_cast<uint64_t>(rows[r].token)),
                             x.data() + r * dim, dim);
-        cpu::rope_angles(rows[r].pos, inv_freq.data(), pairs, rope_cs.data() + r * hd,
+        cpu::rope_angles(rows[r].rope_pos, inv_freq.data(), pairs, rope_cs.data() + r * hd,
                          rope_cs.data() + r * hd + pairs);
       }
     });
@@ -206,7 +273,7 @@ struct cpu_engine::impl {
         cpu::rms_norm(x.data() + r * dim, lv.attn_norm.data(), xn.data() + r * dim, dim, c.rms_eps);
       linears({{&lw.wq, q.data()}, {&lw.wk, k.data()}, {&lw.wv, v.data()}}, xn.data(), n);
 
-      // Biases, RoPE, and the new K/V into the cache.
+      // Biases and RoPE; then (after a blend's selection) the new K/V into the cache.
       pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
         for (size_t r = b; r < e; ++r) {
           float* qr = q.data() + r * qdim;
@@ -223,8 +290,16 @@ struct cpu_engine::impl {
           const float* cs = rope_cs.data() + r * hd;
           for (uint32_t h = 0; h < c.heads; ++h)
             cpu::rope_apply(qr + h * hd, c.head_dim, cs, cs + pairs, c.rope);
-          for (uint32_t h = 0; h < c.kv_heads; ++h) {
+          for (uint32_t h = 0; h < c.kv_heads; ++h)
             cpu::rope_apply(kr + h * hd, c.head_dim, cs, cs + pairs, c.rope);
+        }
+      });
+      if (blend && l == blend->layer) n = blend_select(p, l, *blend);
+      pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
+        for (size_t r = b; r < e; ++r) {
+          const float* kr = k.data() + r * kvdim;
+          const float* vr = v.data() + r * kvdim;
+          for (uint32_t h = 0; h < c.kv_heads; ++h) {
             for (uint32_t kv = 0; kv < 2; ++kv) {
               std::byte* dst = kv_ptr(p, rows[r], l, kv, h);
               const float* src = (kv == 0 ? kr : vr) + h * hd;
@@ -288,7 +363,8 @@ struct cpu_engine::impl {
   }
 
   /// Validates the chunks and collects their rows; an invalid batch is refused whole.
-  result<void> add_prefill(const block_pool& p, std::span<const prefill_chunk> batch) {
+  result<void> add_prefill(const block_pool& p, std::span<const prefill_chunk> batch,
+                           uint32_t base_position = 0) {
     if (auto r = check_pool(p); !r) return r;
     rows.clear();
     tables.clear();
@@ -304,7 +380,7 @@ struct cpu_engine::impl {
         return r;
       tables.push_back(ch.blocks);
       for (uint32_t pos = ch.begin; pos < ch.end; ++pos)
-        rows.push_back({ch.tokens[pos], pos, static_cast<uint32_t>(i)});
+        rows.push_back({ch.tokens[pos], pos, static_cast<uint32_t>(i), base_position + pos});
       out_rows.push_back(static_cast<uint32_t>(rows.size() - 1));
     }
     return {};
@@ -324,7 +400,7 @@ struct cpu_engine::impl {
       if (auto r = check_seq(p, s.tokens, pos, pos + 1, s.blocks, "decode sequence", i); !r)
         return r;
       tables.push_back(s.blocks);
-      rows.push_back({s.tokens[pos], pos, static_cast<uint32_t>(i)});
+      rows.push_back({s.tokens[pos], pos, static_cast<uint32_t>(i), pos});
       out_rows.push_back(static_cast<uint32_t>(i));
     }
     return {};
@@ -414,6 +490,166 @@ result<std::vector<float>> cpu_engine::decode_logits(block_pool& pool,
     impl_->forward(pool);
     return std::vector<float>(impl_->logits.begin(),
                               impl_->logits.begin() + batch.size() * info_.vocab_size);
+  });
+}
+
+result<std::vector<float>> cpu_engine::prefill_last_logits(block_pool& pool,
+                                                           const prefill_chunk& chunk) {
+  return catch_into_result(errc::internal, [&]() -> result<std::vector<float>> {
+    if (auto r = impl_->add_prefill(pool, {&chunk, 1}); !r) return r.error();
+    impl_->forward(pool);
+    auto row = impl_->logits_row(0);
+    return std::vector<float>(row.begin(), row.end());
+  });
+}
+
+result<std::vector<token_id>> cpu_engine::prefill_at(block_pool& pool, const prefill_chunk& chunk,
+                                                     uint32_t base_position) {
+  return catch_into_result(errc::internal, [&]() -> result<std::vector<token_id>> {
+    if (uint64_t{base_position} + chunk.end > info_.max_context)
+      return bad_request(fmt::format(
+          "cpu engine: prefill_at: base position {} + {} tokens exceeds the context ({})",
+          base_position, chunk.end, info_.max_context));
+    if (auto r = impl_->add_prefill(pool, {&chunk, 1}, base_position); !r) return r.error();
+    impl_->forward(pool);
+    return std::vector<token_id>{
+        sample_token(impl_->logits_row(0), chunk.sampling, base_position + chunk.end)};
+  });
+}
+
+result<void> cpu_engine::move_chunk_kv(block_pool& pool, const chunk_move& mv) {
+  return catch_into_result(errc::internal, [&]() -> result<void> {
+    auto& im = *impl_;
+    if (auto r = im.check_pool(pool); !r) return r;
+    const kv_layout& lay = im.layout;
+    if (mv.tokens == 0) return bad_request("cpu engine: move_chunk_kv: no tokens to move");
+    auto check_table = [&](std::span<const block_id> t, uint64_t end,
+                           const char* which) -> result<void> {
+      const uint64_t need = (end + lay.block_tokens - 1) / lay.block_tokens;
+      if (t.size() < need)
+        return bad_request(fmt::format(
+            "cpu engine: move_chunk_kv: the {} block table has {} blocks, {} needed for {} "
+            "tokens",
+            which, t.size(), need, end));
+      for (uint64_t i = 0; i < need; ++i)
+        if (t[i] >= pool.total())
+          return bad_request(
+              fmt::format("cpu engine: move_chunk_kv: {} block {} (entry {}) is outside the pool "
+                          "({} blocks)",
+                          which, t[i], i, pool.total()));
+      return {};
+    };
+    if (uint64_t{mv.dst_begin} + mv.tokens > info_.max_context ||
+        uint64_t{mv.src_position} + mv.tokens > info_.max_context)
+      return bad_request(fmt::format(
+          "cpu engine: move_chunk_kv: {} tokens from position {} to {} exceed the context ({})",
+          mv.tokens, mv.src_position, mv.dst_begin, info_.max_context));
+    if (auto r = check_table(mv.src, mv.tokens, "source"); !r) return r;
+    if (auto r = check_table(mv.dst, uint64_t{mv.dst_begin} + mv.tokens, "destination"); !r)
+      return r;
+    const llama_config& c = model_->config;
+    const size_t hd = c.head_dim, pairs = hd / 2;
+    // One set of angles for the whole move: every key moves by the same distance.
+    std::vector<float> cs(hd);
+    cpu::rope_angles_delta(int64_t{mv.dst_begin} - int64_t{mv.src_position}, im.inv_freq.data(),
+                           pairs, cs.data(), cs.data() + pairs);
+    const bool f16_kv = lay.dtype_bytes == 2;
+    const size_t bt = lay.block_tokens;
+    im.pool.parallel_for(size_t{mv.tokens}, 0, [&](size_t b, size_t e, uint32_t) {
+      std::vector<float> buf(hd);
+      for (size_t i = b; i < e; ++i) {
+        const std::byte* sblk = pool.block(mv.src[i / bt]);
+        const uint32_t ss = static_cast<uint32_t>(i % bt);
+        const size_t d = mv.dst_begin + i;
+        std::byte* dblk = pool.block(mv.dst[d / bt]);
+        const uint32_t ds = static_cast<uint32_t>(d % bt);
+        for (uint32_t l = 0; l < c.layers; ++l)
+          for (uint32_t h = 0; h < c.kv_heads; ++h) {
+            std::memcpy(dblk + lay.offset(l, 1, h, ds), sblk + lay.offset(l, 1, h, ss),
+                        hd * lay.dtype_bytes);
+            const std::byte* sk = sblk + lay.offset(l, 0, h, ss);
+            std::byte* dk = dblk + lay.offset(l, 0, h, ds);
+            if (f16_kv)
+              cpu::f16_to_f32_row(reinterpret_cast<const uint16_t*>(sk), buf.data(), hd);
+            else
+              std::memcpy(buf.data(), sk, hd * 4);
+            cpu::rope_apply(buf.data(), c.head_dim, cs.data(), cs.data() + pairs, c.rope);
+            if (f16_kv)
+              cpu::f32_to_f16_row(buf.data(), reinterpret_cast<uint16_t*>(dk), hd);
+            else
+              std::memcpy(dk, buf.data(), hd * 4);
+          }
+      }
+    });
+    return {};
+  });
+}
+
+result<blend_outcome> cpu_engine::prefill_blend(block_pool& pool, const blend_prefill& req) {
+  return catch_into_result(errc::internal, [&]() -> result<blend_outcome> {
+    auto& im = *impl_;
+    const auto n = static_cast<uint32_t>(req.tokens.size());
+    if (n == 0) return bad_request("cpu engine: prefill_blend: empty prompt");
+    if (auto r = check_blend_segments(req.segments, n); !r)
+      return bad_request("cpu engine: prefill_blend: " + r.error().message);
+    if (auto r = check_recompute_ratio(req.recompute_ratio); !r)
+      return bad_request("cpu engine: prefill_blend: " + r.error().message);
+    if (req.cached_prefix >= n)
+      return bad_request(fmt::format(
+          "cpu engine: prefill_blend: cached prefix of {} tokens leaves nothing to compute in a "
+          "{}-token prompt (the last position is always computed)",
+          req.cached_prefix, n));
+    if (auto r = im.check_pool(pool); !r) return r.error();
+    if (auto r = check_sequence(pool, im.layout, info_.vocab_size, req.tokens, 0, n, req.blocks);
+        !r)
+      return bad_request("cpu engine: prefill_blend: " + r.error().message);
+    // The rows of an ordinary prefill of [cached_prefix, n).
+    prefill_chunk whole{req.tokens, req.cached_prefix, n, req.blocks, {}};
+    if (auto r = im.add_prefill(pool, {&whole, 1}); !r) return r.error();
+
+    impl::blend_step step;
+    step.req = &req;
+    step.layer = std::min(req.select_layer, model_->config.layers - 1);
+    const bool select =
+        selection_needs_deviation(req.segments, req.cached_prefix, req.recompute_ratio);
+    blend_outcome out;
+    if (select) {
+      step.reused_at.assign(n, 0);
+      for (const auto& sg : req.segments)
+        if (sg.reused)
+          std::fill(step.reused_at.begin() + sg.begin, step.reused_at.begin() + sg.end, 1);
+      out.select_layer_tokens = static_cast<uint32_t>(im.rows.size());
+      im.forward(pool, &step);
+    } else {
+      // The selection is known without deviations: keep only its rows from layer 0 on.
+      step.selection = select_recompute(req.segments, req.cached_prefix, {}, req.recompute_ratio,
+                                        req.first_tokens);
+      size_t kept = 0, next = 0;
+      for (size_t r = 0; r < im.rows.size(); ++r)
+        if (next < step.selection.positions.size() &&
+            step.selection.positions[next] == im.rows[r].pos) {
+          im.rows[kept++] = im.rows[r];
+          ++next;
+        }
+      im.rows.resize(kept);
+      im.out_rows.assign(1, static_cast<uint32_t>(kept - 1));
+      out.select_layer_tokens = static_cast<uint32_t>(kept);
+      im.forward(pool);
+    }
+    auto row = im.logits_row(0);
+    out.logits.assign(row.begin(), row.end());
+    out.reused_tokens = step.selection.reused_tokens;
+    out.recomputed_reused = step.selection.recomputed_reused;
+    out.computed_tokens = static_cast<uint32_t>(step.selection.positions.size());
+    if (select) {
+      double all = 0, kept = 0;
+      for (float d : step.deviation)
+        all += d;
+      for (uint32_t p : step.selection.positions)
+        if (step.reused_at[p]) kept += step.deviation[p];
+      out.selected_deviation_share = all > 0 ? kept / all : 1;
+    }
+    return out;
   });
 }
 

@@ -810,6 +810,15 @@ void rope_angles(uint32_t position, const float* inv_freq, size_t pairs, float* 
   }
 }
 
+void rope_angles_delta(int64_t delta, const float* inv_freq, size_t pairs, float* cos_out,
+                       float* sin_out) {
+  for (size_t i = 0; i < pairs; ++i) {
+    double a = static_cast<double>(delta) * inv_freq[i];
+    cos_out[i] = static_cast<float>(std::cos(a));
+    sin_out[i] = static_cast<float>(std::sin(a));
+  }
+}
+
 void rope_apply(float* v, uint32_t head_dim, const float* cos_v, const float* sin_v,
                 rope_style style) {
   const uint32_t pairs = head_dim / 2;

@@ -119,6 +119,12 @@ std::vector<float> rope_inv_freqs(uint32_t head_dim, float theta, const rope_sca
 /// cos and sin [head_dim / 2] of `position` * inv_freq[i].
 void rope_angles(uint32_t position, const float* inv_freq, size_t pairs, float* cos_out,
                  float* sin_out);
+/// cos and sin [head_dim / 2] of `delta` * inv_freq[i] for a signed distance in positions:
+/// rope_apply() with these angles moves a vector rotated at position p to position p +
+/// delta (RoPE's angle is linear in the position, so the rotations compose exactly; only
+/// float rounding differs from rotating at p + delta directly).
+void rope_angles_delta(int64_t delta, const float* inv_freq, size_t pairs, float* cos_out,
+                       float* sin_out);
 /// Rotates one head vector [head_dim] in place: pairs (2i, 2i+1) for `adjacent`, (i,
 /// i + head_dim/2) for `halves`, by the angles of rope_angles().
 void rope_apply(float* v, uint32_t head_dim, const float* cos_v, const float* sin_v,

@@ -141,3 +141,32 @@ TEST_CASE("distinct prompts give distinct hashes", "[block_hash]") {
   }
   CHECK(seen.size() == total);
 }
+
+TEST_CASE("chunk hashes depend on the chunk's own tokens, not on its position", "[block_hash]") {
+  auto doc = iota_tokens(37, 500);  // 2 full blocks of 16 and a partial one
+  auto h = chunk_block_hashes(doc, 16);
+  REQUIRE(h.size() == 3);
+  // The same document after two different prefixes: same chunk hashes.
+  for (size_t before : {0u, 5u, 100u}) {
+    auto prompt = iota_tokens(before, 7);
+    prompt.insert(prompt.end(), doc.begin(), doc.end());
+    std::span<const token_id> chunk(prompt.data() + before, doc.size());
+    CHECK(chunk_block_hashes(chunk, 16) == h);
+  }
+  // Distinct from the prefix chain of the same tokens, from another base position, from a
+  // one-token-shorter chunk, and from a change in the last (partial) block.
+  auto prefix = block_hashes(doc, 16);
+  CHECK(prefix[0] != h[0]);
+  CHECK(chunk_block_hashes(doc, 16, 64)[0] != h[0]);
+  std::vector<token_id> shorter(doc.begin(), doc.end() - 1);
+  CHECK(chunk_block_hashes(shorter, 16)[0] != h[0]);
+  auto changed = doc;
+  changed.back() += 1;
+  auto hc = chunk_block_hashes(changed, 16);
+  CHECK(hc[0] == h[0]);
+  CHECK(hc[1] == h[1]);
+  CHECK(hc[2] != h[2]);
+  CHECK(chunk_block_hashes({}, 16).empty());
+  CHECK(chunk_block_hashes(doc, 0).empty());
+  CHECK(std::set<uint64_t>(h.begin(), h.end()).size() == 3);
+}

@@ -1,7 +1,9 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <vector>
 
+#include "engine/block_hash.hpp"
 #include "engine/kv_cache.hpp"
 
 using namespace tokenmill;
@@ -120,4 +122,50 @@ TEST_CASE("a block stored and evicted between two event takes reports only remov
   auto ev = cache.take_events();
   CHECK(ev.stored.empty());
   CHECK(ev.removed == std::vector<uint64_t>{5});
+}
+
+TEST_CASE("chunk blocks share the pool, reference counts and eviction with prefix blocks",
+          "[kv_cache]") {
+  // Block size 4: a 10-token document is 3 chunk blocks (the last one partial).
+  block_pool pool(small_layout(), 8);
+  kv_cache cache(pool);
+  std::vector<token_id> doc_a = {50, 51, 52, 53, 54, 55, 56, 57, 58, 59};
+  std::vector<token_id> doc_b = {70, 71, 72, 73, 74, 75};
+  const auto ha = chunk_block_hashes(doc_a, 4), hb = chunk_block_hashes(doc_b, 4);
+  REQUIRE(ha.size() == 3);
+  REQUIRE(hb.size() == 2);
+
+  // Request 1 computes doc A alone and commits its blocks under the chunk hashes.
+  auto a = *cache.allocate(3);
+  for (size_t i = 0; i < 3; ++i)
+    cache.commit(a[i], ha[i]);
+  CHECK(cache.take_events().stored == ha);
+
+  // Request 2 has doc A at another offset and doc B: A is a hit, B is not (partly cached).
+  auto hit_a = cache.acquire_prefix(ha, 3);
+  CHECK(hit_a == a);
+  CHECK(cache.refs(a[0]) == 2);
+  CHECK(cache.acquire_prefix(hb, 2).empty());
+  auto b = *cache.allocate(2);
+  for (size_t i = 0; i < 2; ++i)
+    cache.commit(b[i], hb[i]);
+  CHECK(cache.release(a));  // request 1 done: request 2 still pins A
+  CHECK(cache.refs(a[0]) == 1);
+  CHECK(cache.release(hit_a));
+  CHECK(cache.release(b));
+  CHECK(cache.referenced() == 0);
+  CHECK(cache.cached() == 5);
+  CHECK(cache.available() == 8);
+  cache.take_events();
+
+  // Touch B again so A is the least recently used; a large allocation evicts A's blocks
+  // first and reports their chunk hashes removed.
+  CHECK(cache.release(cache.acquire_prefix(hb, 2)));
+  auto big = cache.allocate(6);
+  REQUIRE(big);
+  auto ev = cache.take_events();
+  CHECK(ev.removed.size() == 3);
+  CHECK(std::is_permutation(ev.removed.begin(), ev.removed.end(), ha.begin()));
+  CHECK(cache.cached_prefix(ha) == 0);
+  CHECK(cache.cached_prefix(hb) == 2);
 }
