@@ -15,6 +15,8 @@
 #   --workloads "multi-turn shared-prefix"   (default both)
 #   --configs "cache-only cost tiers"        (default all three, in this order)
 #   --concurrency C        closed-loop streams (default 4)
+#   --warmup N             requests (of other chats / prefixes) before measuring (default 0);
+#                          they count in the status deltas (hit rate, tokens computed)
 #   --conversations N      multi-turn chats (default 24); --turns T turns each (default 4)
 #   --prefixes N           shared-prefix system prompts (default 12), --users U each (default 4)
 #   --system-len L         system prompt tokens (default 512)
@@ -40,7 +42,7 @@ bin="${TOKENMILL_BIN:-$repo/build/apps/tokenmill}"
 py=/usr/bin/python3
 [[ -x $py ]] || py=python3
 
-workloads="multi-turn shared-prefix" configs="cache-only cost tiers" conc=4
+workloads="multi-turn shared-prefix" configs="cache-only cost tiers" conc=4 warmup=0
 convs=24 turns=4 prefixes=12 users=4 system_len=512 input_len=64 output_len=16
 pblocks=128 dblocks=256 hblocks=512 kblocks=1024 us_per_token=200 step_ms=5 out=""
 while (($#)); do
@@ -48,6 +50,7 @@ while (($#)); do
     --workloads) workloads=${2:?}; shift ;;
     --configs) configs=${2:?}; shift ;;
     --concurrency) conc=${2:?}; shift ;;
+    --warmup) warmup=${2:?}; shift ;;
     --conversations) convs=${2:?}; shift ;;
     --turns) turns=${2:?}; shift ;;
     --prefixes) prefixes=${2:?}; shift ;;
@@ -62,7 +65,7 @@ while (($#)); do
     --prefill-us-per-token) us_per_token=${2:?}; shift ;;
     --decode-step-ms) step_ms=${2:?}; shift ;;
     --out) out=${2:?}; shift ;;
-    -h | --help) sed -n '2,37p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,39p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-prefix: unknown option '$1' (--help lists them)" >&2; exit 2 ;;
   esac
   shift
@@ -104,7 +107,7 @@ run_one() {  # workload config
   fi
   "$bin" status --connect "$ep" --json >"$out/$w-$c-status-before.json"
   "$bin" bench --connect "$ep" "${wl_args[@]}" --prefix-len "$system_len" --input-len "$input_len" \
-    --output-len "$output_len" --concurrency "$conc" --json --no-progress \
+    --output-len "$output_len" --concurrency "$conc" --warmup "$warmup" --json --no-progress \
     --output "$out/$w-$c.json" >/dev/null 2>"$out/$w-$c.bench.log" ||
     { echo "bench-prefix: bench failed ($out/$w-$c.bench.log)" >&2; stop; return 1; }
   "$bin" status --connect "$ep" --json >"$out/$w-$c-status-after.json"
