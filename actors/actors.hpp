@@ -17,6 +17,7 @@
 #include "actors/supervisor/node_certificates.hpp"
 #include "actors/supervisor/planner_policy.hpp"
 #include "engine/engine.hpp"
+#include "engine/kv_tier.hpp"
 #include "transport/kv_transport.hpp"
 
 namespace tokenmill {
@@ -111,12 +112,14 @@ struct prefill_config {
   uint32_t num_blocks = 1024;   ///< KV pool size
   uint32_t token_budget = 512;  ///< prompt tokens per engine call (chunk size)
   uint32_t max_seqs = 16;       ///< prompts per engine call
+  kv_tier_config tier;          ///< second KV tier for evicted blocks (off by default)
 };
 
 struct decode_config {
   uint32_t num_blocks = 4096;           ///< KV pool size
   uint32_t max_batch = 64;              ///< sequences per decode step
   uint32_t local_prefill_budget = 512;  ///< prompt tokens per local prefill chunk
+  kv_tier_config tier;                  ///< second KV tier for evicted blocks (off by default)
   /// With a one-sided transport, the blocks of a sequence that ends while its KV is being
   /// written are held until the prefill worker reports its writes drained (kv_drained), or
   /// this long at most: longer than the transport's op timeout, after which no write of it

@@ -210,11 +210,12 @@ struct request_summary {
 // ---------------------------------------------------------------- KV index
 
 /// worker -> kv_store: the worker now holds (stored) or no longer holds (removed) the
-/// blocks with these chain hashes.
+/// blocks with these chain hashes, in its pool or in a level of its second tier.
 struct kv_event {
   worker_id worker = 0;
   bool stored = true;
   std::vector<uint64_t> hashes;
+  uint8_t tier = 0;  ///< kv_tier_level: 0 pool, 1 host, 2 disk
 };
 
 /// router -> kv_store (request): how many leading blocks of this chain each worker holds.
@@ -225,7 +226,9 @@ struct overlap_query {
 /// One worker's prefix overlap.
 struct worker_overlap {
   worker_id worker = 0;
-  uint32_t blocks = 0;
+  uint32_t blocks = 0;       ///< leading blocks it holds, in its pool or its second tier
+  uint32_t host_blocks = 0;  ///< of those, in its host tier (to onboard, not compute)
+  uint32_t disk_blocks = 0;  ///< of those, in its disk tier
 };
 
 /// kv_store -> router (reply to overlap_query).
@@ -616,7 +619,7 @@ typename F::result_type inspect(F& f, request_summary& x) {
 }
 template <class F>
 typename F::result_type inspect(F& f, kv_event& x) {
-  return f(caf::meta::type_name("kv_event"), x.worker, x.stored, x.hashes);
+  return f(caf::meta::type_name("kv_event"), x.worker, x.stored, x.hashes, x.tier);
 }
 template <class F>
 typename F::result_type inspect(F& f, overlap_query& x) {
@@ -624,7 +627,8 @@ typename F::result_type inspect(F& f, overlap_query& x) {
 }
 template <class F>
 typename F::result_type inspect(F& f, worker_overlap& x) {
-  return f(caf::meta::type_name("worker_overlap"), x.worker, x.blocks);
+  return f(caf::meta::type_name("worker_overlap"), x.worker, x.blocks, x.host_blocks,
+           x.disk_blocks);
 }
 template <class F>
 typename F::result_type inspect(F& f, overlap_reply& x) {
@@ -660,10 +664,15 @@ typename F::result_type inspect(F& f, membership& x) {
   return f(caf::meta::type_name("membership"), x.members);
 }
 template <class F>
+typename F::result_type inspect(F& f, kv_tier_status& x) {
+  return f(caf::meta::type_name("kv_tier_status"), x.tier, x.hits, x.bytes_in, x.bytes_out,
+           x.evictions, x.used, x.capacity);
+}
+template <class F>
 typename F::result_type inspect(F& f, worker_status& x) {
   return f(caf::meta::type_name("worker_status"), x.id, x.kind, x.name, x.node, x.up, x.queued,
            x.running, x.kv_used, x.kv_total, x.completed, x.tokens_out, x.detail, x.kv_bytes,
-           x.prefix_hit_blocks, x.prefix_lookup_blocks);
+           x.prefix_hit_blocks, x.prefix_lookup_blocks, x.tiers);
 }
 template <class F>
 typename F::result_type inspect(F& f, node_status& x) {

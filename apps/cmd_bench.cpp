@@ -56,6 +56,9 @@ struct bench_opts {
   uint32_t prefixes = 4;
   uint32_t users = 8;
   uint32_t prefix_len = 512;
+  uint32_t conversations = 8;  ///< multi-turn: chats
+  uint32_t turns = 4;          ///< multi-turn: turns per chat
+  uint32_t answer_len = 0;     ///< multi-turn: tokens of each earlier answer (0: --output-len)
   std::string dataset;
   double slo_ttft_ms = 0, slo_tpot_ms = 0, slo_itl_ms = 0;
   bool ignore_eos = true;
@@ -191,6 +194,9 @@ late_dispatches. --rate inf sends everything at once.
 Workloads: random (synthetic token ids, --input-len/--output-len, --range-ratio),
 shared-prefix (--prefixes N system prompts of --prefix-len tokens, each request one of
 them plus a fresh --input-len suffix; without an explicit --requests, N x --users requests),
+multi-turn (--conversations N chats of --turns T turns: turn t sends the chat's system prompt
+of --prefix-len tokens, its t earlier --input-len user messages and --answer-len synthetic
+answers, then a new user message; chats interleaved; without --requests, N x T requests),
 sharegpt (--dataset FILE; --output-len, when given, replaces the answers' lengths).
 Sampling: --temperature T (default 0, greedy); --seed-base N gives request i the sampling
 seed N + i (warm-up request k: N + requests + k), so a rerun of the same workload (same
@@ -248,8 +254,8 @@ command add_bench(CLI::App& app) {
                  "Lengths uniform in [L(1-r), L(1+r)] instead of exactly L")
       ->check(CLI::Range(0.0, 0.999999))
       ->capture_default_str();
-  app.add_option("--workload", o->workload, "random, shared-prefix or sharegpt")
-      ->check(CLI::IsMember({"random", "shared-prefix", "sharegpt"}))
+  app.add_option("--workload", o->workload, "random, shared-prefix, multi-turn or sharegpt")
+      ->check(CLI::IsMember({"random", "shared-prefix", "multi-turn", "sharegpt"}))
       ->capture_default_str();
   app.add_option("--prefixes", o->prefixes, "shared-prefix: distinct system prompts")
       ->check(CLI::Range(1u, 1u << 20))
@@ -257,9 +263,20 @@ command add_bench(CLI::App& app) {
   app.add_option("--users", o->users, "shared-prefix: requests per system prompt")
       ->check(CLI::Range(1u, 1u << 20))
       ->capture_default_str();
-  app.add_option("--prefix-len", o->prefix_len, "shared-prefix: system prompt tokens")
+  app.add_option("--prefix-len", o->prefix_len,
+                 "shared-prefix, multi-turn: system prompt tokens")
       ->check(CLI::Range(1u, 1u << 20))
       ->capture_default_str();
+  app.add_option("--conversations", o->conversations, "multi-turn: chats")
+      ->check(CLI::Range(1u, 1u << 20))
+      ->capture_default_str();
+  app.add_option("--turns", o->turns, "multi-turn: turns per chat")
+      ->check(CLI::Range(1u, 1u << 16))
+      ->capture_default_str();
+  app.add_option("--answer-len", o->answer_len,
+                 "multi-turn: tokens of each earlier answer in a chat's history (default "
+                 "--output-len)")
+      ->check(CLI::Range(0u, 1u << 20));
   app.add_option("--dataset", o->dataset, "sharegpt: the ShareGPT JSON file");
   auto* slo_ttft = app.add_option("--slo-ttft-ms", o->slo_ttft_ms, "Goodput: TTFT objective (ms)")
                        ->check(CLI::PositiveNumber);
@@ -372,12 +389,23 @@ command add_bench(CLI::App& app) {
       if (o->workload == "random") {
         measured = wl::random_workload({o->requests, in, out, v, o->seed});
         warm = wl::random_workload({o->warmup, in, out, v, warm_seed});
+      } else if (o->workload == "multi-turn") {
+        size_t n = requests->count() ? o->requests : size_t{o->conversations} * o->turns;
+        wl::length_range ans{o->answer_len ? o->answer_len : o->output_len, o->range_ratio};
+        measured = wl::multi_turn_workload(
+            {n, o->conversations, o->turns, o->prefix_len, in, ans, out, v, o->seed});
+        // requests 0 means "conversations x turns" to the workload: no warm-up is none.
+        if (o->warmup > 0)
+          warm = wl::multi_turn_workload(
+              {o->warmup, o->conversations, o->turns, o->prefix_len, in, ans, out, v, warm_seed});
       } else if (o->workload == "shared-prefix") {
         size_t n = requests->count() ? o->requests : size_t{o->prefixes} * o->users;
         measured = wl::shared_prefix_workload(
             {n, o->prefixes, o->users, o->prefix_len, in, out, v, o->seed});
-        warm = wl::shared_prefix_workload(
-            {o->warmup, o->prefixes, o->users, o->prefix_len, in, out, v, warm_seed});
+        // requests 0 means "prefixes x users" to the workload: --warmup 0 must send none.
+        if (o->warmup > 0)
+          warm = wl::shared_prefix_workload(
+              {o->warmup, o->prefixes, o->users, o->prefix_len, in, out, v, warm_seed});
       } else {
         wl::tokenize_fn tok = [&](const std::string& text) -> result<std::vector<token_id>> {
           if (http_probe) return http_tokenize(*http_probe, text);
@@ -474,6 +502,11 @@ command add_bench(CLI::App& app) {
     if (o->workload == "shared-prefix")
       j["shared_prefix"] = {
           {"prefixes", o->prefixes}, {"users", o->users}, {"prefix_len", o->prefix_len}};
+    if (o->workload == "multi-turn")
+      j["multi_turn"] = {{"conversations", o->conversations},
+                         {"turns", o->turns},
+                         {"system_len", o->prefix_len},
+                         {"answer_len", o->answer_len ? o->answer_len : o->output_len}};
     if (o->workload == "sharegpt") j["dataset"] = o->dataset;
     j["model"] = {
         {"name", model.name}, {"vocab_size", model.vocab_size}, {"max_context", model.max_context}};

@@ -261,7 +261,16 @@ command add_status(CLI::App& app) {
                     {"max_context", (*c)->model().max_context},
                     {"block_tokens", (*c)->model().block_tokens}};
       auto ws = nlohmann::ordered_json::array();
-      for (const auto& w : st->workers)
+      for (const auto& w : st->workers) {
+        auto tiers = nlohmann::ordered_json::array();
+        for (const auto& t : w.tiers)
+          tiers.push_back({{"tier", t.tier},
+                           {"hits", t.hits},
+                           {"bytes_in", t.bytes_in},
+                           {"bytes_out", t.bytes_out},
+                           {"evictions", t.evictions},
+                           {"used", t.used},
+                           {"capacity", t.capacity}});
         ws.push_back({{"id", w.id},
                       {"role", std::string(to_string(w.kind))},
                       {"name", w.name},
@@ -273,7 +282,12 @@ command add_status(CLI::App& app) {
                       {"kv_total", w.kv_total},
                       {"completed", w.completed},
                       {"tokens_out", w.tokens_out},
+                      {"kv_bytes", w.kv_bytes},
+                      {"prefix_hit_blocks", w.prefix_hit_blocks},
+                      {"prefix_lookup_blocks", w.prefix_lookup_blocks},
+                      {"tiers", tiers},
                       {"detail", w.detail}});
+      }
       j["workers"] = ws;
       auto ns = nlohmann::ordered_json::array();
       for (const auto& n : st->nodes)

@@ -28,6 +28,7 @@ struct serve_opts {
   uint32_t prefill_workers = 0;
   std::string kv_memory;
   uint32_t prefill_kv_blocks = 0, decode_kv_blocks = 0;
+  kv_tier_config tier;  ///< every worker's second KV tier
   CLI::Option *prefill_workers_opt = nullptr, *prefill_blocks_opt = nullptr,
               *decode_blocks_opt = nullptr, *kv_memory_opt = nullptr, *prefill_chunk_opt = nullptr;
   std::string api_key;
@@ -149,6 +150,18 @@ command add_serve(CLI::App& app) {
                     "Blocks per prefill worker (instead of a share of --kv-memory)")
           ->check(CLI::Range(1u, 1u << 24));
   o->kv_memory_opt->excludes(o->decode_blocks_opt)->excludes(o->prefill_blocks_opt);
+  k->add_option("--kv-host-blocks", o->tier.host_blocks,
+                "Second KV tier: blocks each worker keeps in host memory after its pool evicts "
+                "them, copied back on a prefix hit instead of recomputed (0 = off)")
+      ->check(CLI::Range(0u, 1u << 24))
+      ->capture_default_str();
+  k->add_option("--kv-disk-blocks", o->tier.disk_blocks,
+                "Blocks each worker keeps in a disk file after its host tier evicts them "
+                "(needs --kv-host-blocks)")
+      ->check(CLI::Range(0u, 1u << 26))
+      ->capture_default_str();
+  k->add_option("--kv-disk-dir", o->tier.disk_dir,
+                "Directory of the disk tier's files (default $TMPDIR or /tmp)");
   // Scheduling.
   auto* s = app.add_option_group("scheduling", "Batching, admission and disaggregation");
   s->add_option("--max-batch", cfg->decode.max_batch, "Sequences per decode step")
@@ -161,6 +174,11 @@ command add_serve(CLI::App& app) {
   s->add_option(
        "--local-prefill-threshold", cfg->router.local_prefill_threshold,
        "Prefill on the decode worker when the uncached prompt is shorter than this (0 = never)")
+      ->capture_default_str();
+  s->add_option("--router-prefill-weight", cfg->router.cost.weights.prefill,
+                "Cost model: weight of the time to compute a prompt's uncached tokens (0: a "
+                "cached prefix only breaks ties between equally loaded workers)")
+      ->check(CLI::Range(0.0, 1e6))
       ->capture_default_str();
   s->add_option("--max-inflight", cfg->router.limits.max_inflight,
                 "Requests in flight before new ones are rejected as overloaded")
@@ -203,6 +221,15 @@ command add_serve(CLI::App& app) {
       return 2;
     }
     if (o->prefill_workers_opt->count() > 0) cfg->prefill_workers = o->prefill_workers;
+    if (o->tier.disk_blocks > 0 && o->tier.host_blocks == 0) {
+      std::fprintf(stderr,
+                   "tokenmill serve: --kv-disk-blocks %u needs --kv-host-blocks > 0 (blocks reach "
+                   "the disk tier through the host tier)\n",
+                   o->tier.disk_blocks);
+      return 2;
+    }
+    cfg->prefill.tier = o->tier;
+    cfg->decode.tier = o->tier;
     cfg->prefill_chunk_given = o->prefill_chunk_opt->count() > 0;
     if (o->decode_blocks_opt->count() > 0) cfg->decode_kv_blocks = o->decode_kv_blocks;
     if (o->prefill_blocks_opt->count() > 0) cfg->prefill_kv_blocks = o->prefill_kv_blocks;

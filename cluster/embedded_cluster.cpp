@@ -48,11 +48,17 @@ manifest one_node_manifest(const embedded_config& cfg, const serve_topology& top
   p.kv_blocks = cfg.prefill.num_blocks;
   p.chunk = cfg.prefill.token_budget;
   p.max_seqs = cfg.prefill.max_seqs;
+  p.kv_host_blocks = cfg.prefill.tier.host_blocks;
+  p.kv_disk_blocks = cfg.prefill.tier.disk_blocks;
+  p.kv_disk_dir = cfg.prefill.tier.disk_dir;
   workers(role::prefill, topo.prefill_workers, p);
   decode_options d;
   d.kv_blocks = cfg.decode.num_blocks;
   d.max_batch = cfg.decode.max_batch;
   d.local_prefill_budget = cfg.decode.local_prefill_budget;
+  d.kv_host_blocks = cfg.decode.tier.host_blocks;
+  d.kv_disk_blocks = cfg.decode.tier.disk_blocks;
+  d.kv_disk_dir = cfg.decode.tier.disk_dir;
   workers(role::decode, topo.decode_workers, d);
   m.frontend.node = n.name;
   m.nodes.push_back(std::move(n));

@@ -293,6 +293,10 @@ std::string describe(const manifest& m) {
             "local_prefill_budget {}, slowdown {}",
             d->engine, d->threads, d->device, d->kv_blocks, d->max_batch, d->local_prefill_budget,
             d->slowdown);
+      if (auto* w = a.worker(); w && w->kv_host_blocks > 0)
+        opts += fmt::format(", kv_host_blocks {}, kv_disk_blocks {}{}", w->kv_host_blocks,
+                            w->kv_disk_blocks,
+                            w->kv_disk_dir.empty() ? "" : ", kv_disk_dir " + w->kv_disk_dir);
       line(fmt::format("    {} ({}){}", to_string(a.kind), a.name, opts));
     }
   }
@@ -314,6 +318,8 @@ router_config to_router_config(const manifest& m) {
                     m.router.load_weight};
   c.cost.kv_bytes_per_s = m.router.kv_transfer_gbps * 1e9;
   c.cost.load_s_per_request = m.router.load_ms_per_request / 1e3;
+  c.cost.host_onboard_bytes_per_s = m.router.kv_host_onboard_gbps * 1e9;
+  c.cost.disk_onboard_bytes_per_s = m.router.kv_disk_onboard_gbps * 1e9;
   c.default_speed.tokens_per_s = m.router.prefill_tokens_per_s;
   c.default_speed.source = "rate";
   if (const auto& prof = m.router.profile_data) {
@@ -338,6 +344,7 @@ prefill_config to_prefill_config(const prefill_options& o) {
   c.num_blocks = o.kv_blocks;
   c.token_budget = o.chunk;
   c.max_seqs = o.max_seqs;
+  c.tier = kv_tier_config{o.kv_host_blocks, o.kv_disk_blocks, o.kv_disk_dir};
   return c;
 }
 
@@ -346,6 +353,7 @@ decode_config to_decode_config(const decode_options& o) {
   c.num_blocks = o.kv_blocks;
   c.max_batch = o.max_batch;
   c.local_prefill_budget = o.local_prefill_budget;
+  c.tier = kv_tier_config{o.kv_host_blocks, o.kv_disk_blocks, o.kv_disk_dir};
   return c;
 }
 

@@ -31,6 +31,11 @@ struct worker_options {
   uint32_t threads = 1;   ///< compute threads the engine may use
   uint32_t device = 0;    ///< accelerator ordinal (cuda engine)
   double slowdown = 1.0;  ///< multiplies the sim engine's modelled times (× model.sim.slowdown)
+  /// Second KV tier (engine/kv_tier.hpp): blocks evicted from the pool kept in host memory
+  /// and then in a disk file, onboarded on a later prefix hit. 0: off (the default).
+  uint32_t kv_host_blocks = 0;
+  uint32_t kv_disk_blocks = 0;  ///< needs kv_host_blocks > 0
+  std::string kv_disk_dir;      ///< directory of the disk tier's file; empty: $TMPDIR or /tmp
 };
 
 /// A prefill worker's options (`prefill: {...}`); defaults match prefill_config's.
@@ -140,6 +145,8 @@ struct manifest_router {
   double prefill_tokens_per_s = 4000;
   double kv_transfer_gbps = 5;      ///< KV bandwidth for the transfer term, GB/s (1e9 B/s)
   double load_ms_per_request = 10;  ///< load term per active decode request, ms
+  double kv_host_onboard_gbps = 10;  ///< copy rate from a worker's host tier into its pool, GB/s
+  double kv_disk_onboard_gbps = 2;   ///< copy rate from a worker's disk tier into its pool, GB/s
   /// `tokenmill profile` output (resolved against the manifest's directory; empty: none).
   /// Workers running the engine it profiled use its prefill curve.
   std::string profile;

@@ -58,6 +58,8 @@ std::string canonical_form(const manifest& m) {
   num("router.prefill_tokens_per_s", m.router.prefill_tokens_per_s);
   num("router.kv_transfer_gbps", m.router.kv_transfer_gbps);
   num("router.load_ms_per_request", m.router.load_ms_per_request);
+  num("router.kv_host_onboard_gbps", m.router.kv_host_onboard_gbps);
+  num("router.kv_disk_onboard_gbps", m.router.kv_disk_onboard_gbps);
   str("router.profile", m.router.profile_declared);
   num("failure.heartbeat_ms", m.failure.heartbeat_ms);
   num("failure.connection_timeout_ms", m.failure.connection_timeout_ms);
@@ -106,6 +108,9 @@ std::string canonical_form(const manifest& m) {
         num(ak("threads"), w->threads);
         num(ak("device"), w->device);
         num(ak("slowdown"), w->slowdown);
+        num(ak("kv_host_blocks"), w->kv_host_blocks);
+        num(ak("kv_disk_blocks"), w->kv_disk_blocks);
+        str(ak("kv_disk_dir"), w->kv_disk_dir);
       }
       if (auto* p = a.prefill()) {
         num(ak("kv_blocks"), p->kv_blocks);

@@ -29,6 +29,17 @@ struct request_options {
   bool ignore_eos = false;         ///< keep generating past the model's EOS
 };
 
+/// One level of a worker's second KV tier (engine/kv_tier.hpp), since the worker started.
+struct kv_tier_status {
+  std::string tier;          ///< "host" or "disk"
+  uint64_t hits = 0;         ///< blocks onboarded from it (copied back, not recomputed)
+  uint64_t bytes_in = 0;     ///< bytes written into it
+  uint64_t bytes_out = 0;    ///< bytes copied from it back into the pool
+  uint64_t evictions = 0;    ///< blocks pushed out of it (host: to disk or dropped)
+  uint32_t used = 0;         ///< blocks held now
+  uint32_t capacity = 0;     ///< blocks it holds at most
+};
+
 /// One actor's live state, as `tokenmill status` shows it.
 struct worker_status {
   worker_id id = 0;
@@ -46,6 +57,7 @@ struct worker_status {
   uint64_t prefix_hit_blocks = 0;     ///< prompt blocks found in the prefix cache
   uint64_t prefix_lookup_blocks = 0;  ///< prompt blocks looked up in the prefix cache
   std::string detail;                 ///< one line of free text (engine, transport, errors)
+  std::vector<kv_tier_status> tiers;  ///< the second KV tier's levels; empty without one
 };
 
 /// A node of a multi-node cluster, as the supervisor sees it.

@@ -18,7 +18,19 @@ std::vector<block_id> kv_cache::acquire_prefix(std::span<const uint64_t> chain,
   lookup_blocks_ += std::min<uint64_t>(chain.size(), max_blocks);
   for (size_t i = 0; i < chain.size() && out.size() < max_blocks; ++i) {
     auto it = by_hash_.find(chain[i]);
-    if (it == by_hash_.end()) break;
+    if (it == by_hash_.end()) {
+      if (!tier_ || !tier_->where(chain[i])) break;
+      auto fresh = allocate(1);
+      if (!fresh) break;
+      if (!tier_->onboard(chain[i], pool_, (*fresh)[0])) {
+        release(*fresh);
+        break;
+      }
+      commit((*fresh)[0], chain[i]);
+      ++onboarded_blocks_;
+      out.push_back((*fresh)[0]);
+      continue;
+    }
     auto& c = it->second;
     if (c.in_lru) {
       lru_.erase(c.lru);
@@ -40,6 +52,7 @@ void kv_cache::evict_one() {
   events_.stored.erase(std::remove(events_.stored.begin(), events_.stored.end(), h),
                        events_.stored.end());
   events_.removed.push_back(h);
+  if (tier_) tier_->demote(pool_, b, h);
   block_id one[1] = {b};
   pool_.release(one);
 }
@@ -64,7 +77,8 @@ bool kv_cache::release(std::span<const block_id> blocks) {
     if (b >= refs_.size()) return false;
     if (++want[b] > refs_[b]) return false;
   }
-  for (auto b : blocks) {
+  for (auto bi = blocks.rbegin(); bi != blocks.rend(); ++bi) {
+    const block_id b = *bi;
     if (--refs_[b] != 0) continue;
     --referenced_;
     if (auto it = hash_of_.find(b); it != hash_of_.end()) {
@@ -77,6 +91,12 @@ bool kv_cache::release(std::span<const block_id> blocks) {
     }
   }
   return true;
+}
+
+kv_cache::events kv_cache::take_events() {
+  auto ev = std::exchange(events_, {});
+  if (tier_) ev.tier = tier_->take_events();
+  return ev;
 }
 
 void kv_cache::commit(block_id b, uint64_t hash) {

@@ -119,6 +119,29 @@ void export_worker_metrics(metrics::registry& r, const std::vector<worker_status
                                            : static_cast<double>(w.prefix_hit_blocks) /
                                                  static_cast<double>(w.prefix_lookup_blocks));
     }
+    for (const auto& t : w.tiers) {
+      auto tl = l;
+      tl.emplace_back("tier", t.tier);
+      r.get_counter("tokenmill_kv_tier_hits_total",
+                    "KV blocks onboarded from a second-tier level instead of recomputed", tl)
+          .advance_to(static_cast<double>(t.hits));
+      auto in = tl, out = tl;
+      in.emplace_back("direction", "in");
+      out.emplace_back("direction", "out");
+      const char* bytes_help =
+          "KV bytes moved into a second-tier level (in) or back into the pool (out)";
+      r.get_counter("tokenmill_kv_tier_bytes_total", bytes_help, in)
+          .advance_to(static_cast<double>(t.bytes_in));
+      r.get_counter("tokenmill_kv_tier_bytes_total", bytes_help, out)
+          .advance_to(static_cast<double>(t.bytes_out));
+      r.get_counter("tokenmill_kv_tier_evictions_total",
+                    "KV blocks pushed out of a second-tier level (host: to disk or dropped)", tl)
+          .advance_to(static_cast<double>(t.evictions));
+      r.get_gauge("tokenmill_kv_tier_blocks_used", "KV blocks held in a second-tier level", tl)
+          .set(t.used);
+      r.get_gauge("tokenmill_kv_tier_blocks_capacity", "KV blocks a second-tier level holds", tl)
+          .set(t.capacity);
+    }
   }
 }
 

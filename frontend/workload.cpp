@@ -113,6 +113,41 @@ std::vector<bench_request> shared_prefix_workload(const shared_prefix_spec& s) {
   return out;
 }
 
+std::vector<bench_request> multi_turn_workload(const multi_turn_spec& s) {
+  const uint32_t chats = std::max<uint32_t>(1, s.conversations);
+  const uint32_t turns = std::max<uint32_t>(1, s.turns);
+  // Each chat's history grows turn by turn; request i takes chat i % chats at its next turn
+  // (past `turns`, a chat starts over with a new history from a new seed stream).
+  std::vector<std::vector<token_id>> history(chats);
+  std::vector<uint32_t> turn(chats, 0), round(chats, 0);
+  size_t n = s.requests ? s.requests : static_cast<size_t>(chats) * turns;
+  std::vector<bench_request> out;
+  out.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    const auto c = static_cast<uint32_t>(i % chats);
+    auto& h = history[c];
+    if (turn[c] == 0) {
+      h.clear();
+      auto rng = rng_for(s.seed, 4, (uint64_t{round[c]} << 32) | c);
+      append_random_ids(h, s.system_len, s.vocab, rng);
+    }
+    auto rng = rng_for(s.seed, 5, i);
+    append_random_ids(h, sample_length(s.input, rng), s.vocab, rng);  // the user's message
+    bench_request r;
+    r.group = c;
+    r.prompt_ids = h;
+    r.prompt_len = static_cast<uint32_t>(h.size());
+    r.max_tokens = r.expected_output_len = sample_length(s.output, rng);
+    out.push_back(std::move(r));
+    append_random_ids(h, sample_length(s.answer, rng), s.vocab, rng);  // its answer
+    if (++turn[c] == turns) {
+      turn[c] = 0;
+      ++round[c];
+    }
+  }
+  return out;
+}
+
 result<std::vector<sharegpt_entry>> parse_sharegpt(const std::string& text,
                                                    const std::string& what) {
   auto j = nlohmann::json::parse(text, nullptr, false);

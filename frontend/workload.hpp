@@ -88,6 +88,27 @@ struct shared_prefix_spec {
 };
 std::vector<bench_request> shared_prefix_workload(const shared_prefix_spec& s);
 
+/// `multi-turn`: `conversations` chats of `turns` turns each. Turn t of a chat sends its
+/// system prompt (`system_len` random tokens, one per chat), then every earlier turn's user
+/// message (`input` tokens) and answer (`answer` tokens, synthetic: the workload is built
+/// before any reply, so a chat's history is fixed by the seed, not by what the model said),
+/// then turn t's user message: each turn's prompt extends the previous one, as a chat
+/// client's does. Request i is turn i / conversations of chat i % conversations (chats
+/// interleaved, so a chat's next turn comes back after the others' turns, when its
+/// history may have been evicted). `requests` 0: conversations x turns. group = the chat.
+struct multi_turn_spec {
+  size_t requests = 0;
+  uint32_t conversations = 8;
+  uint32_t turns = 4;
+  uint32_t system_len = 256;
+  length_range input{64, 0};   ///< each user message
+  length_range answer{64, 0};  ///< each earlier answer in the history
+  length_range output{64, 0};  ///< max_tokens of each turn
+  vocab_range vocab;
+  uint64_t seed = 1;
+};
+std::vector<bench_request> multi_turn_workload(const multi_turn_spec& s);
+
 /// Counts a text's tokens (the server's tokenizer: RPC tokenize or HTTP POST /tokenize).
 using tokenize_fn = std::function<result<std::vector<token_id>>(const std::string&)>;
 

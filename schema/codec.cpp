@@ -242,6 +242,9 @@ cluster_status decode(rpc::ClusterStatus::Reader r) {
     ws.kv_bytes = w.getKvBytes();
     ws.prefix_hit_blocks = w.getPrefixHitBlocks();
     ws.prefix_lookup_blocks = w.getPrefixLookupBlocks();
+    for (auto t : w.getTiers())
+      ws.tiers.push_back({str(t.getTier()), t.getHits(), t.getBytesIn(), t.getBytesOut(),
+                          t.getEvictions(), t.getUsed(), t.getCapacity()});
     ws.detail = str(w.getDetail());
     s.workers.push_back(std::move(ws));
   }
@@ -294,6 +297,17 @@ void encode(const cluster_status& s, rpc::ClusterStatus::Builder b) {
     o.setKvBytes(w.kv_bytes);
     o.setPrefixHitBlocks(w.prefix_hit_blocks);
     o.setPrefixLookupBlocks(w.prefix_lookup_blocks);
+    auto tiers = o.initTiers(static_cast<unsigned>(w.tiers.size()));
+    for (unsigned t = 0; t < w.tiers.size(); ++t) {
+      const auto& x = w.tiers[t];
+      tiers[t].setTier(x.tier);
+      tiers[t].setHits(x.hits);
+      tiers[t].setBytesIn(x.bytes_in);
+      tiers[t].setBytesOut(x.bytes_out);
+      tiers[t].setEvictions(x.evictions);
+      tiers[t].setUsed(x.used);
+      tiers[t].setCapacity(x.capacity);
+    }
     o.setDetail(w.detail);
   }
   auto ns = b.initNodes(static_cast<unsigned>(s.nodes.size()));

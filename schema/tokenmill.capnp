@@ -105,6 +105,17 @@ struct WorkerStatus {
   kvBytes @12 :UInt64;            # KV bytes sent (prefill) or received (decode)
   prefixHitBlocks @13 :UInt64;    # prompt blocks found in the prefix cache
   prefixLookupBlocks @14 :UInt64; # prompt blocks looked up there
+  tiers @15 :List(KvTierStatus);  # the second KV tier's levels; empty without one
+}
+
+struct KvTierStatus {
+  tier @0 :Text;        # "host" or "disk"
+  hits @1 :UInt64;      # blocks onboarded from it
+  bytesIn @2 :UInt64;   # bytes written into it
+  bytesOut @3 :UInt64;  # bytes copied back into the pool
+  evictions @4 :UInt64; # blocks pushed out of it
+  used @5 :UInt32;      # blocks held now
+  capacity @6 :UInt32;  # blocks it holds at most
 }
 
 struct NodeStatus {

@@ -1098,7 +1098,7 @@ caf::behavior decode_worker(decode_ptr self, worker_info info, decode_config cfg
   st.flip.decode = cfg;
   st.w.kv_store = std::move(kv_store);
   st.w.start(self, std::move(info), cfg.num_blocks, std::move(eng), std::move(transport), sup,
-             "decode");
+             "decode", cfg.tier);
   return decode_behavior(self);
 }
 

@@ -22,10 +22,18 @@ void register_with_supervisor(caf::event_based_actor* self, const caf::actor& su
 
 void kv_worker::start(caf::event_based_actor* self, worker_info worker, uint32_t num_blocks,
                       std::shared_ptr<engine> engine, std::shared_ptr<kv_transport> kv,
-                      const caf::actor& sup, std::string_view what) {
+                      const caf::actor& sup, std::string_view what,
+                      const kv_tier_config& tier) {
   eng = std::move(engine);
   pool = make_pool(*eng, num_blocks);
   cache = std::make_unique<kv_cache>(*pool);
+  if (tier.enabled()) {
+    auto t = kv_tier::make(*pool, tier, fmt::format("{}-{}", what, worker.id));
+    if (t)
+      cache->attach_tier(std::move(t.value()));
+    else
+      spdlog::error("{} {}: no second KV tier: {}", what, worker.name, t.error().message);
+  }
   transport = std::move(kv);
   runner = std::make_unique<engine_thread>();
   worker.pool = transport->register_pool(worker.id, pool->storage(), pool->block_bytes());
@@ -52,8 +60,18 @@ std::optional<prefix_reservation> kv_worker::reserve(std::span<const uint64_t> c
 void kv_worker::publish_cache_events(caf::event_based_actor* self) {
   auto ev = cache->take_events();
   if (!kv_store) return;
-  if (!ev.removed.empty()) self->send(kv_store, kv_event{info.id, false, ev.removed});
-  if (!ev.stored.empty()) self->send(kv_store, kv_event{info.id, true, ev.stored});
+  // Per level, removed before stored (kv_cache's event rule); the kv-store keeps an index
+  // per level, so the order between levels does not matter.
+  auto send = [&](std::vector<uint64_t>& hashes, bool stored, kv_tier_level t) {
+    if (!hashes.empty())
+      self->send(kv_store, kv_event{info.id, stored, std::move(hashes), static_cast<uint8_t>(t)});
+  };
+  send(ev.removed, false, kv_tier_level::pool);
+  send(ev.stored, true, kv_tier_level::pool);
+  send(ev.tier.host_removed, false, kv_tier_level::host);
+  send(ev.tier.host_stored, true, kv_tier_level::host);
+  send(ev.tier.disk_removed, false, kv_tier_level::disk);
+  send(ev.tier.disk_stored, true, kv_tier_level::disk);
 }
 
 void kv_worker::learn_kv_store(const membership& m) {
@@ -82,6 +100,16 @@ worker_status kv_worker::status(role kind, std::string_view extra) const {
   ws.detail =
       fmt::format("engine {}, transport {}, {}prefix cache {} blocks ({} reused)", eng->info().name,
                   transport->name(), extra, cache->cached(), cache->hits());
+  if (const auto* t = cache->tier()) {
+    for (auto level : {kv_tier_level::host, kv_tier_level::disk}) {
+      auto s = t->stats(level);
+      if (s.capacity == 0) continue;
+      ws.tiers.push_back({std::string(kv_tier_name(level)), s.hits, s.bytes_in, s.bytes_out,
+                          s.evictions, s.used, s.capacity});
+      ws.detail += fmt::format(", {} tier {}/{} blocks ({} onboarded)", kv_tier_name(level),
+                               s.used, s.capacity, s.hits);
+    }
+  }
   return ws;
 }
 

@@ -45,11 +45,13 @@ struct kv_worker {
   caf::actor kv_store;                    ///< given at spawn or learnt from the membership
   std::unique_ptr<engine_thread> runner;  ///< declared after eng/pool: joins before they go
 
-  /// Builds a pool of `num_blocks` blocks with its prefix cache and the engine thread,
-  /// registers the pool with the transport and the worker with the supervisor (as `what`).
+  /// Builds a pool of `num_blocks` blocks with its prefix cache (and a second tier when
+  /// `tier` asks for one) and the engine thread, registers the pool with the transport and
+  /// the worker with the supervisor (as `what`). A tier that cannot be made is logged once
+  /// and the worker serves without it.
   void start(caf::event_based_actor* self, worker_info worker, uint32_t num_blocks,
              std::shared_ptr<engine> engine, std::shared_ptr<kv_transport> kv,
-             const caf::actor& sup, std::string_view what);
+             const caf::actor& sup, std::string_view what, const kv_tier_config& tier = {});
 
   /// Reserves `need` blocks for a `prompt_tokens`-token prompt whose full blocks hash to
   /// `chain`: the cached prefix first (at most reusable_prefix_blocks), fresh blocks after.
@@ -57,8 +59,8 @@ struct kv_worker {
   std::optional<prefix_reservation> reserve(std::span<const uint64_t> chain, uint32_t prompt_tokens,
                                             uint32_t need);
 
-  /// Tells the kv-store (when known) what entered and left the prefix cache since the
-  /// last call.
+  /// Tells the kv-store (when known) what entered and left the prefix cache and each level
+  /// of the second tier since the last call.
   void publish_cache_events(caf::event_based_actor* self);
 
   /// Takes the kv-store's handle from a membership: it may live on another node and join

@@ -94,6 +94,13 @@ void kv_index::rebuild(size_t capacity, size_t words) {
   zero_.bits.resize(words_, 0);
 }
 
+bool kv_index::holds(worker_id worker, uint64_t h) const {
+  auto bit = slot(worker);
+  if (!bit) return false;
+  const uint64_t* bits = find(h);
+  return bits && (bits[*bit / 64] >> (*bit % 64) & 1) != 0;
+}
+
 std::optional<uint32_t> kv_index::slot(worker_id worker) const {
   auto it = slot_of_.find(worker);
   if (it == slot_of_.end()) return std::nullopt;

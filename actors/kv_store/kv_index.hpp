@@ -32,6 +32,8 @@ class kv_index {
   /// For each worker holding the first block of `chain`: how many leading blocks of the
   /// chain it holds without a gap. Sorted by worker id.
   std::vector<std::pair<worker_id, uint32_t>> overlap(std::span<const uint64_t> chain) const;
+  /// Whether `worker` holds the block with hash `h`.
+  bool holds(worker_id worker, uint64_t h) const;
   /// Number of (hash, worker) entries.
   size_t entries() const { return entries_; }
   /// Number of distinct hashes.

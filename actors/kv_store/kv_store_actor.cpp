@@ -1,18 +1,20 @@
-// The kv-store: the cluster's block index, fed by workers' stored/removed events.
+// The kv-store: the cluster's block index, fed by workers' stored/removed events, one
+// index per level (pool, host tier, disk tier).
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "actors/actors.hpp"
 #include "actors/detail/worker_common.hpp"
-#include "actors/kv_store/kv_index.hpp"
+#include "actors/kv_store/tiered_index.hpp"
 
 namespace tokenmill {
 namespace {
 
 struct kv_store_state {
   worker_info info;
-  kv_index index;
+  tiered_index index;
   uint64_t events = 0;
+  uint64_t bad_events = 0;  ///< events naming a level this store does not know
   static inline const char* name = "kv_store";
 };
 
@@ -23,15 +25,16 @@ caf::behavior kv_store(caf::stateful_actor<kv_store_state>* self, worker_info in
   return {
       [self](const kv_event& e) {
         ++self->state.events;
-        if (e.stored)
-          self->state.index.stored(e.worker, e.hashes);
-        else
-          self->state.index.removed(e.worker, e.hashes);
+        if (!self->state.index.apply(e.worker, e.stored, e.hashes, e.tier) &&
+            self->state.bad_events++ == 0)
+          spdlog::warn("kv_store: event of worker {} names KV tier {}, which is not pool (0), "
+                       "host (1) or disk (2); ignored (logged once)",
+                       e.worker, static_cast<unsigned>(e.tier));
       },
       [self](const overlap_query& q) {
         overlap_reply r;
-        for (auto [w, n] : self->state.index.overlap(q.hashes))
-          r.workers.push_back({w, n});
+        for (const auto& o : self->state.index.overlap(q.hashes))
+          r.workers.push_back({o.worker, o.blocks, o.host_blocks, o.disk_blocks});
         return r;
       },
       [self](const membership& m) {
@@ -46,13 +49,19 @@ caf::behavior kv_store(caf::stateful_actor<kv_store_state>* self, worker_info in
         ws.name = st.info.name;
         ws.node = st.info.node;
         ws.completed = st.events;
-        const auto blocks = st.index.blocks();
+        const auto& pool = st.index.level(kv_tier_level::pool);
+        const auto& host = st.index.level(kv_tier_level::host);
+        const auto& disk = st.index.level(kv_tier_level::disk);
+        const auto blocks = pool.blocks();
         ws.detail = fmt::format(
             "{} blocks indexed ({} holder entries, {} workers), {} events; index {:.1f} MiB, {} "
             "bytes per block",
-            blocks, st.index.entries(), st.index.workers(), st.events,
-            static_cast<double>(st.index.memory_bytes()) / (1 << 20),
-            blocks ? st.index.memory_bytes() / blocks : 0);
+            blocks, pool.entries(), pool.workers(), st.events,
+            static_cast<double>(pool.memory_bytes()) / (1 << 20),
+            blocks ? pool.memory_bytes() / blocks : 0);
+        if (host.entries() + disk.entries() > 0)
+          ws.detail += fmt::format("; second tier: {} host, {} disk holder entries",
+                                   host.entries(), disk.entries());
         return ws;
       },
   };

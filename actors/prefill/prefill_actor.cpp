@@ -341,7 +341,7 @@ caf::behavior prefill_worker(prefill_ptr self, worker_info info, prefill_config 
   st.flip.prefill = cfg;
   st.flip.decode = as_decode;
   st.w.start(self, std::move(info), cfg.num_blocks, std::move(eng), std::move(transport), sup,
-             "prefill");
+             "prefill", cfg.tier);
   return prefill_behavior(self);
 }
 

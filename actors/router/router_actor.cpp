@@ -232,11 +232,19 @@ const prefill_speed* speed_of(const router_config& cfg, const std::string& name)
   return it != cfg.speeds.end() ? &it->second : &cfg.default_speed;
 }
 
-/// Blocks of the prompt's prefix that worker `w` holds, per the kv-store's answer.
-uint32_t overlap_of(const std::vector<worker_overlap>& overlap, worker_id w) {
+/// A candidate for worker `w` with the prompt's prefix it holds (in its pool and second
+/// tier), per the kv-store's answer.
+route_candidate candidate(const std::vector<worker_overlap>& overlap, worker_id w,
+                          uint64_t queued, uint32_t active, bool draining,
+                          const prefill_speed* speed) {
+  route_candidate c{w, 0, queued, active, draining, speed};
   for (const auto& o : overlap)
-    if (o.worker == w) return o.blocks;
-  return 0;
+    if (o.worker == w) {
+      c.overlap_blocks = o.blocks;
+      c.host_blocks = o.host_blocks;
+      c.disk_blocks = o.disk_blocks;
+    }
+  return c;
 }
 
 /// The cost model's scores as the trace and `tokenmill top` show them (ms, by name).
@@ -257,7 +265,7 @@ std::vector<routing_score> score_record(const router_state& st, const route_plan
     r.cached_tokens = c.cached_tokens;
     r.prefill_ms = c.prefill_s * 1e3;
     r.queue_ms = c.queue_s * 1e3;
-    r.transfer_ms = c.transfer_s * 1e3;
+    r.transfer_ms = (c.transfer_s + c.onboard_s) * 1e3;
     r.load_ms = c.load_s * 1e3;
     r.total_ms = c.total * 1e3;
     out.push_back(std::move(r));
@@ -283,12 +291,12 @@ void route(router_ptr self, request_id cid, generate_request req,
   dc.reserve(st.decodes.size());
   for (const auto& [wid, w] : st.decodes)
     if (!avoid || wid != *avoid || taking_work(st.decodes) == 1)
-      dc.push_back({wid, overlap_of(overlap, wid), st.local_backlog.queued(wid), w.active,
-                    w.draining, w.speed});
+      dc.push_back(
+          candidate(overlap, wid, st.local_backlog.queued(wid), w.active, w.draining, w.speed));
   std::vector<route_candidate> pc;
   pc.reserve(st.prefills.size());
   for (const auto& [wid, w] : st.prefills)
-    pc.push_back({wid, overlap_of(overlap, wid), st.backlog.queued(wid), 0, w.draining, w.speed});
+    pc.push_back(candidate(overlap, wid, st.backlog.queued(wid), 0, w.draining, w.speed));
   auto plan = plan_route(dc, pc, prompt_tokens, st.cfg.block_tokens, st.cfg.local_prefill_threshold,
                          st.cfg.cost);
   if (!plan.decode) {

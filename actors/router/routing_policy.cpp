@@ -68,6 +68,18 @@ double uncached_prefill_seconds(const prefill_speed& s, uint32_t prompt, uint32_
   return std::max(0.0, curve_seconds(s.points, prompt) - curve_seconds(s.points, cached));
 }
 
+double onboard_seconds(const route_candidate& c, uint32_t reused, const cost_model& model) {
+  const uint32_t host = std::min(c.host_blocks, reused);
+  const uint32_t disk = std::min(c.disk_blocks, reused - host);
+  const auto bytes = static_cast<double>(model.kv_bytes_per_block);
+  double s = 0;
+  if (model.host_onboard_bytes_per_s > 0)
+    s += static_cast<double>(host) * bytes / model.host_onboard_bytes_per_s;
+  if (model.disk_onboard_bytes_per_s > 0)
+    s += static_cast<double>(disk) * bytes / model.disk_onboard_bytes_per_s;
+  return s;
+}
+
 route_plan plan_route(std::span<const route_candidate> decodes,
                       std::span<const route_candidate> prefills, uint32_t prompt_tokens,
                       uint32_t block_tokens, uint32_t local_prefill_threshold,
@@ -86,7 +98,8 @@ route_plan plan_route(std::span<const route_candidate> decodes,
     sc.cached_tokens = cached_tokens(c.overlap_blocks, prompt_tokens, block_tokens);
     sc.prefill_s = uncached_prefill_seconds(speed_of(c), prompt_tokens, sc.cached_tokens);
     sc.queue_s = queue_seconds(c);
-    sc.total = w.prefill * sc.prefill_s + w.queue * sc.queue_s;
+    sc.onboard_s = block_tokens ? onboard_seconds(c, sc.cached_tokens / block_tokens, model) : 0;
+    sc.total = w.prefill * sc.prefill_s + w.queue * sc.queue_s + w.transfer * sc.onboard_s;
     plan.prefill_scores.push_back(sc);
     if (sc.eligible &&
         (!best_p || better(sc.total, c, plan.prefill_scores[*best_p].total, prefills[*best_p])))
@@ -106,17 +119,19 @@ route_plan plan_route(std::span<const route_candidate> decodes,
     sc.eligible = !c.draining;
     sc.cached_tokens = cached_tokens(c.overlap_blocks, prompt_tokens, block_tokens);
     sc.load_s = static_cast<double>(c.active) * model.load_s_per_request;
+    sc.onboard_s = block_tokens ? onboard_seconds(c, sc.cached_tokens / block_tokens, model) : 0;
     sc.local = prefill_locally(prompt_tokens, sc.cached_tokens, local_prefill_threshold,
                                best_p.has_value());
     if (sc.local) {
       sc.prefill_s = uncached_prefill_seconds(speed_of(c), prompt_tokens, sc.cached_tokens);
       sc.queue_s = queue_seconds(c);
-      sc.total = w.prefill * sc.prefill_s + w.queue * sc.queue_s + w.load * sc.load_s;
+      sc.total = w.prefill * sc.prefill_s + w.queue * sc.queue_s + w.load * sc.load_s +
+                 w.transfer * sc.onboard_s;
     } else {
       const uint32_t held = block_tokens == 0 ? 0 : sc.cached_tokens / block_tokens;
       sc.transfer_s = static_cast<double>(prompt_blocks - held) * block_s;
-      sc.total =
-          w.load * sc.load_s + w.transfer * sc.transfer_s + plan.prefill_scores[*best_p].total;
+      sc.total = w.load * sc.load_s + w.transfer * (sc.transfer_s + sc.onboard_s) +
+                 plan.prefill_scores[*best_p].total;
     }
     plan.decode_scores.push_back(sc);
     if (sc.eligible && (!plan.decode || better(sc.total, c, plan.decode_scores[*plan.decode].total,

@@ -48,10 +48,12 @@ double uncached_prefill_seconds(const prefill_speed& s, uint32_t prompt, uint32_
 /// seconds of what a plan adds to this request's time to first token (prefill, queue,
 /// transfer) or to the cluster's load; the weights scale them (0 turns a term off).
 struct routing_weights {
-  double prefill = 1.0;   ///< × seconds to compute the uncached tokens
-  double queue = 1.0;     ///< × seconds of prompt work queued in front of the request
-  double transfer = 1.0;  ///< × seconds to move the KV the plan moves to the decode worker
-  double load = 1.0;      ///< × the load term (active decode requests × load_s_per_request)
+  double prefill = 1.0;  ///< × seconds to compute the uncached tokens
+  double queue = 1.0;    ///< × seconds of prompt work queued in front of the request
+  /// × seconds to move the KV the plan moves to the decode worker, and to onboard the
+  /// blocks a worker holds only in its second tier (copy them back into its pool)
+  double transfer = 1.0;
+  double load = 1.0;  ///< × the load term (active decode requests × load_s_per_request)
 };
 
 /// Everything the cost model needs besides the candidates.
@@ -59,8 +61,10 @@ struct cost_model {
   routing_weights weights;
   /// Bytes of one KV block (all layers); 0: unknown, the transfer term is 0.
   uint64_t kv_bytes_per_block = 0;
-  double kv_bytes_per_s = 5e9;       ///< KV transfer bandwidth for the transfer term
-  double load_s_per_request = 0.01;  ///< load term per request active on a decode worker, s
+  double kv_bytes_per_s = 5e9;             ///< KV transfer bandwidth for the transfer term
+  double load_s_per_request = 0.01;        ///< load term per request active on a decode worker, s
+  double host_onboard_bytes_per_s = 10e9;  ///< copy rate from a host tier into a pool
+  double disk_onboard_bytes_per_s = 2e9;   ///< copy rate from a disk tier into a pool
 };
 
 /// A worker as the router sees it when routing one request.
@@ -74,6 +78,9 @@ struct route_candidate {
   bool draining = false;  ///< changing role or draining: gets no new request
   /// Its engine's speed; nullptr: the default (configured rate).
   const prefill_speed* speed = nullptr;
+  /// Of overlap_blocks, those only in its second tier: reused by onboarding (a copy at
+  /// cost_model's onboard rates), not by pinning.
+  uint32_t host_blocks = 0, disk_blocks = 0;
 };
 
 /// One candidate's score: the terms (seconds, unweighted) and the weighted total of the
@@ -86,7 +93,8 @@ struct candidate_score {
   bool local = false;           ///< decode worker: its plan prefills locally
   uint32_t cached_tokens = 0;   ///< prompt tokens it would reuse from its cache
   double prefill_s = 0, queue_s = 0, transfer_s = 0, load_s = 0;
-  double total = 0;  ///< weighted sum (decode, remote plan: + the chosen prefill worker's)
+  double onboard_s = 0;  ///< copying its reused second-tier blocks back (weight: transfer)
+  double total = 0;      ///< weighted sum (decode, remote plan: + the chosen prefill worker's)
 };
 
 /// The cost model's decision: the decode worker and, unless it prefills locally, the
@@ -99,8 +107,14 @@ struct route_plan {
   std::vector<candidate_score> decode_scores, prefill_scores;
 };
 
+/// Seconds to onboard the reused second-tier blocks of a candidate reusing `reused` leading
+/// blocks: its host blocks first, then disk ones, each at its rate (an estimate: the kv-store
+/// says how many, not where in the run they are). 0 without tiered blocks or block size.
+double onboard_seconds(const route_candidate& c, uint32_t reused, const cost_model& model);
+
 /// Scores every candidate and picks the cheapest plan. A prefill worker costs its
-/// uncached prefill time plus its queue; a decode worker costs its load, plus either its
+/// uncached prefill time, its onboarding, plus its queue; a decode worker costs its load,
+/// its onboarding, plus either its
 /// own local prefill (uncached time + its queue of local prefills, when prefill_locally
 /// allows it with `local_prefill_threshold`) or the KV moved to it (prompt blocks it does not hold)
 /// plus the cheapest prefill worker. Ties go to the larger overlap, then the lower id. Draining

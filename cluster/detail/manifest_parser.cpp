@@ -56,7 +56,9 @@ constexpr std::string_view router_keys[] = {"local_prefill_threshold",
                                             "profile",
                                             "max_queue_ms",
                                             "admission_window_ms",
-                                            "admission_min_waiting"};
+                                            "admission_min_waiting",
+                                            "kv_host_onboard_gbps",
+                                            "kv_disk_onboard_gbps"};
 constexpr std::string_view failure_keys[] = {"heartbeat_ms", "connection_timeout_ms"};
 constexpr std::string_view ucx_keys[] = {"op_timeout_ms", "stall_timeout_ms", "window_mib"};
 constexpr std::string_view restart_keys[] = {"max", "backoff_ms"};
@@ -75,10 +77,13 @@ constexpr std::string_view planner_keys[] = {"ttft_ms",
 constexpr std::string_view security_keys[] = {"tls", "secret_file", "insecure"};
 constexpr std::string_view tls_keys[] = {"ca", "cert", "key"};
 constexpr std::string_view node_keys[] = {"name", "address", "ssh", "port", "http_port", "actors"};
-constexpr std::string_view prefill_keys[] = {"engine", "threads",  "device",  "kv_blocks",
-                                             "chunk",  "max_seqs", "slowdown"};
-constexpr std::string_view decode_keys[] = {
-    "engine", "threads", "device", "kv_blocks", "max_batch", "local_prefill_budget", "slowdown"};
+constexpr std::string_view prefill_keys[] = {
+    "engine",   "threads",  "device",         "kv_blocks",      "chunk",
+    "max_seqs", "slowdown", "kv_host_blocks", "kv_disk_blocks", "kv_disk_dir"};
+constexpr std::string_view decode_keys[] = {"engine",     "threads",        "device",
+                                            "kv_blocks",  "max_batch",      "local_prefill_budget",
+                                            "slowdown",   "kv_host_blocks", "kv_disk_blocks",
+                                            "kv_disk_dir"};
 constexpr std::string_view engines[] = {"sim", "cpu", "cuda"};
 constexpr std::string_view transports[] = {"inline", "ucx"};
 constexpr std::string_view role_names[] = {"router", "supervisor", "kv_store", "prefill", "decode"};
@@ -300,6 +305,8 @@ class parser {
     opt_number(p_, r, "prefill_tokens_per_s", x.prefill_tokens_per_s, 0, true);
     opt_number(p_, r, "kv_transfer_gbps", x.kv_transfer_gbps, 0, true);
     opt_number(p_, r, "load_ms_per_request", x.load_ms_per_request, 0, false);
+    opt_number(p_, r, "kv_host_onboard_gbps", x.kv_host_onboard_gbps, 0, true);
+    opt_number(p_, r, "kv_disk_onboard_gbps", x.kv_disk_onboard_gbps, 0, true);
     if (auto* e = r.find("profile")) profile_file(*e);
   }
 
@@ -696,6 +703,23 @@ class parser {
     opt_uint(p_, m, "threads", o.threads, 1, 4096);
     opt_uint(p_, m, "device", o.device, 0, u32_max);
     opt_number(p_, m, "slowdown", o.slowdown, 0, true);
+    opt_uint(p_, m, "kv_host_blocks", o.kv_host_blocks, 0, u32_max);
+    opt_uint(p_, m, "kv_disk_blocks", o.kv_disk_blocks, 0, u32_max);
+    if (auto* x = m.find("kv_disk_dir"))
+      if (auto s = read_string(p_, *x, m.field("kv_disk_dir"), "a directory path")) {
+        fs::path declared(*s);
+        o.kv_disk_dir =
+            (declared.is_absolute() || base_dir_.empty() ? declared
+                                                         : fs::path(base_dir_) / declared)
+                .lexically_normal()
+                .string();
+      }
+    if (auto* x = m.find("kv_disk_blocks"); x && o.kv_disk_blocks > 0 && o.kv_host_blocks == 0)
+      p_.add(x->at(), m.field("kv_disk_blocks"),
+             fmt::format("got {} with no kv_host_blocks; blocks reach the disk tier through the "
+                         "host tier",
+                         o.kv_disk_blocks),
+             "kv_host_blocks > 0 beside it, or kv_disk_blocks 0");
   }
 
   void frontend(const entry& e) {

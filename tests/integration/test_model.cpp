@@ -118,6 +118,63 @@ TEST_CASE("a repeated prompt reuses cached KV blocks and gives the same tokens",
   }
 }
 
+TEST_CASE("a prefix evicted to the second KV tier is onboarded and gives the same tokens",
+          "[integration][model][kv_tier]") {
+  const auto& m = test_models();
+  for (int prefill_workers : {0, 1}) {
+    INFO("prefill workers: " << prefill_workers);
+    // Pools of 8 blocks of 16 tokens: the second prompt (100 tokens) evicts the first's.
+    auto opts = cpu_server(m.gguf, prefill_workers);
+    opts["--decode-kv-blocks"] = "8";
+    opts["--prefill-kv-blocks"] = "8";
+    opts["--kv-host-blocks"] = "1";
+    opts["--kv-disk-blocks"] = "8";
+    server srv(opts);
+    std::vector<std::string> a{"--max-tokens", "6", "--ignore-eos", "--token-ids",
+                               id_prompt(100, 50)};
+    std::vector<std::string> b{"--max-tokens", "6", "--ignore-eos", "--token-ids",
+                               id_prompt(300, 100)};
+    auto first = generate_json(srv, a);
+    generate_json(srv, b);
+    auto again = generate_json(srv, a);
+    CHECK(ids_of(first) == ids_of(again));
+    auto st = srv.status();
+    REQUIRE(st.is_object());
+    INFO(st.dump());
+    auto w = worker(st, prefill_workers > 0 ? "prefill" : "decode");
+    // The first prompt's last two full blocks were evicted (a sequence's tail goes first) to
+    // the host tier (1 block) and on to disk, then copied back: none was recomputed.
+    uint64_t onboarded = 0;
+    for (const auto& t : w.at("tiers")) {
+      onboarded += t.at("hits").get<uint64_t>();
+      if (t.at("hits").get<uint64_t>() > 0) CHECK(t.at("bytes_out").get<uint64_t>() > 0);
+    }
+    CHECK(onboarded == 2);
+    CHECK_THAT(w["detail"].get<std::string>(), Catch::Contains("(3 reused)"));
+    CHECK(eventually([&] { return workers_idle(srv.status()); }, milliseconds(5000)));
+  }
+}
+
+TEST_CASE("serve refuses a disk tier without a host tier, and a disk dir it cannot use",
+          "[integration][kv_tier]") {
+  auto r = run_tokenmill({"serve", "--engine", "sim", "--rpc-port", "0", "--kv-disk-blocks", "4"},
+                         milliseconds(20000));
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  CHECK_FALSE(r.timed_out);
+  CHECK(r.exit_code == 2);
+  CHECK_THAT(r.err, Catch::Contains("--kv-disk-blocks 4 needs --kv-host-blocks"));
+  // A directory where no file can be made: the workers serve without the tier, and say why.
+  server srv({{"--engine", "sim"},
+              {"--kv-host-blocks", "4"},
+              {"--kv-disk-blocks", "4"},
+              {"--kv-disk-dir", "/nonexistent/tokenmill-tier"}});
+  auto g = srv.generate({"--max-tokens", "2", "--token-ids", id_prompt(300, 20)});
+  CHECK(g.exit_code == 0);
+  auto st = srv.status();
+  INFO(st.dump());
+  CHECK(worker(st, "decode").at("tiers").empty());
+}
+
 TEST_CASE("a stop string ends the completion before it", "[integration][model]") {
   const auto& m = test_models();
   server srv(cpu_server(m.gguf, 0));

@@ -95,3 +95,31 @@ TEST_CASE("kv_store: a worker reported down is forgotten", "[kv_store_actor]") {
   CHECK(h.overlap(h.chain) == overlaps{{10, 4}});
   expect_no_message(h.self, "after the query");
 }
+
+TEST_CASE("kv_store: blocks in a worker's second tier count, and say which level",
+          "[kv_store_actor][kv_tier]") {
+  kv_store_harness h;
+  // Worker 10: blocks 0 and 2 in its pool, 1 in its host tier, 3 on disk.
+  h.self->send(h.kv, kv_event{10, true, {h.chain[0], h.chain[2]}, 0});
+  h.self->send(h.kv, kv_event{10, true, h.part(1, 2), 1});
+  h.self->send(h.kv, kv_event{10, true, h.part(3, 4), 2});
+  // An event for a level the store does not know changes nothing.
+  h.self->send(h.kv, kv_event{11, true, h.chain, 7});
+  std::optional<overlap_reply> got;
+  h.self->request(h.kv, receive_timeout, overlap_query{h.chain})
+      .receive([&](overlap_reply& r) { got = std::move(r); },
+               [&](caf::error& e) { FAIL(caf::to_string(e)); });
+  REQUIRE(got);
+  REQUIRE(got->workers.size() == 1);
+  CHECK(got->workers[0].worker == 10);
+  CHECK(got->workers[0].blocks == 4);
+  CHECK(got->workers[0].host_blocks == 1);
+  CHECK(got->workers[0].disk_blocks == 1);
+  // Onboarded: out of the host tier, into the pool.
+  h.self->send(h.kv, kv_event{10, false, h.part(1, 2), 1});
+  h.self->send(h.kv, kv_event{10, true, h.part(1, 2), 0});
+  CHECK(h.overlap(h.chain) == overlaps{{10, 4}});
+  auto ws = query_status(h.self, h.kv);
+  CHECK_THAT(ws.detail, Catch::Contains("second tier: 0 host, 1 disk holder entries"));
+  expect_no_message(h.self, "after the queries");
+}

@@ -434,7 +434,7 @@ const corpus_case corpus_cases[] = {
      "port, http_port, actors"},
     {"unknown_option_key.yaml", 14,
      "nodes[1].actors[0].prefill.batch: unknown key 'batch'; expected one of engine, threads, "
-     "device, kv_blocks, chunk, max_seqs, slowdown"},
+     "device, kv_blocks, chunk, max_seqs, slowdown, kv_host_blocks, kv_disk_blocks, kv_disk_dir"},
     {"unknown_sim_key.yaml", 5, "model.sim.decode_ms: unknown key 'decode_ms'"},
     {"missing_cluster.yaml", 2, "cluster: missing required field; expected a cluster name"},
     {"missing_nodes.yaml", 2, "nodes: missing required field"},
@@ -1067,4 +1067,62 @@ TEST_CASE("manifest: bad cost-model settings are refused naming the field",
   refused("{profile: notjson.json}", "router.profile");
   refused("{profile: .}", "router.profile");
   refused("{cost_weight: 1}", "cost_weight");
+}
+
+TEST_CASE("manifest: a worker's second KV tier, and its onboarding rates in the router",
+          "[manifest][kv_tier]") {
+  // Off by default.
+  auto dflt = ok(parse(minimal));
+  for (const auto& n : dflt.nodes)
+    for (const auto& a : n.actors)
+      if (auto* w = a.worker()) {
+        CHECK(w->kv_host_blocks == 0);
+        CHECK(w->kv_disk_blocks == 0);
+      }
+  auto rc = to_router_config(dflt);
+  CHECK(rc.cost.host_onboard_bytes_per_s == Approx(10e9));
+  CHECK(rc.cost.disk_onboard_bytes_per_s == Approx(2e9));
+
+  temp_dir dir;
+  std::string text = minimal;
+  text.replace(text.find("actors: [prefill]"), 17,
+               "actors: [{prefill: {kv_host_blocks: 64, kv_disk_blocks: 256, kv_disk_dir: "
+               "spill}}]");
+  text += "router: {kv_host_onboard_gbps: 20, kv_disk_onboard_gbps: 0.5}\n";
+  auto m = ok(parse_manifest(text, "test.yaml", dir.path().string(), {false}));
+  const prefill_options* p = nullptr;
+  for (const auto& n : m.nodes)
+    for (const auto& a : n.actors)
+      if (a.prefill()) p = a.prefill();
+  REQUIRE(p);
+  CHECK(p->kv_host_blocks == 64);
+  CHECK(p->kv_disk_blocks == 256);
+  CHECK(p->kv_disk_dir == (dir.path() / "spill").lexically_normal().string());
+  auto pc = to_prefill_config(*p);
+  CHECK(pc.tier.host_blocks == 64);
+  CHECK(pc.tier.disk_blocks == 256);
+  CHECK(pc.tier.disk_dir == p->kv_disk_dir);
+  rc = to_router_config(m);
+  CHECK(rc.cost.host_onboard_bytes_per_s == Approx(20e9));
+  CHECK(rc.cost.disk_onboard_bytes_per_s == Approx(0.5e9));
+  CHECK_THAT(describe(m), Catch::Contains("kv_host_blocks 64, kv_disk_blocks 256"));
+  CHECK(manifest_hash(m) != manifest_hash(dflt));
+
+  auto refused = [&](const std::string& from, const std::string& to, const std::string& phrase) {
+    std::string bad = minimal;
+    bad.replace(bad.find(from), from.size(), to);
+    auto r = parse_manifest(bad, "test.yaml", dir.path().string(), {false});
+    REQUIRE_FALSE(r.ok());
+    INFO(r.error().message);
+    CHECK_THAT(r.error().message, Catch::Contains(phrase));
+  };
+  refused("actors: [prefill]", "actors: [{prefill: {kv_disk_blocks: 8}}]",
+          "prefill.kv_disk_blocks: got 8 with no kv_host_blocks");
+  refused("actors: [prefill]", "actors: [{prefill: {kv_host_blocks: -1}}]",
+          "prefill.kv_host_blocks");
+  refused("actors: [prefill]", "actors: [{prefill: {kv_disk_dir: [a]}}]", "prefill.kv_disk_dir");
+  std::string bad_rate = std::string(minimal) + "router: {kv_disk_onboard_gbps: 0}\n";
+  auto r = parse_manifest(bad_rate, "test.yaml", dir.path().string(), {false});
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(r.error().message, Catch::Contains("router.kv_disk_onboard_gbps"));
 }

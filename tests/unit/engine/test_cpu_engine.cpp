@@ -3,13 +3,16 @@
 // errc::invalid_request value.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
 
+#include "engine/block_hash.hpp"
 #include "engine/cpu/kernels.hpp"
 #include "engine/cpu_engine.hpp"
+#include "engine/kv_cache.hpp"
 #include "random_model.hpp"
 #include "test_result.hpp"
 
@@ -227,4 +230,78 @@ TEST_CASE("cpu_kv_layout", "[cpu]") {
   CHECK(l.head_dim == 64);
   CHECK(l.block_tokens == 32);
   CHECK(l.dtype_bytes == 4);
+}
+
+namespace {
+
+size_t argmax(std::span<const float> row) {
+  return static_cast<size_t>(std::max_element(row.begin(), row.end()) - row.begin());
+}
+
+}  // namespace
+
+TEST_CASE("cpu engine: a prefix evicted to the second tier and onboarded gives identical logits",
+          "[cpu][kv_tier]") {
+  cpu_engine e(make_random_model({}), {.threads = 2, .kv_dtype_bytes = 2, .block_tokens = 16});
+  const uint32_t V = e.info().vocab_size;
+  const uint32_t n = 70, k = 48;  // 3 full blocks reused, the rest computed
+  auto tokens = random_tokens(n, 11);
+  const auto chain = block_hashes(tokens, 16);
+  REQUIRE(chain.size() == 4);
+  const uint32_t steps = 4;
+
+  // Reference: the prefix computed in place, then the rest, then greedy decode steps.
+  block_pool ref(e.info().layout, 8);
+  const std::vector<block_id> rb{0, 1, 2, 3, 4, 5};
+  test::value_or_fail(e.prefill_logits(ref, prefill_chunk{tokens, 0, k, rb, {}}));
+  auto ref_rest = test::value_or_fail(e.prefill_logits(ref, prefill_chunk{tokens, k, n, rb, {}}));
+  std::vector<token_id> ref_seq = tokens;
+  std::vector<float> ref_decode;
+  for (uint32_t s = 0; s < steps; ++s) {
+    auto last = std::span<const float>(s == 0 ? ref_rest : ref_decode).last(V);
+    ref_seq.push_back(static_cast<token_id>(argmax(last)));
+    decode_seq d{ref_seq, rb, {}};
+    auto row = test::value_or_fail(e.decode_logits(ref, {&d, 1}));
+    ref_decode.insert(ref_decode.end(), row.begin(), row.end());
+  }
+
+  // Tiered: the prefix computed and cached, evicted to the tier (host 2 blocks, disk 4,
+  // so one block goes on to disk), the pool overwritten, then onboarded by a prefix hit.
+  block_pool pool(e.info().layout, 6);
+  kv_cache cache(pool);
+  auto tier = kv_tier::make(pool, kv_tier_config{2, 4, ""}, "cpu-test");
+  REQUIRE(tier);
+  cache.attach_tier(std::move(tier.value()));
+  auto first = *cache.allocate(3);
+  test::value_or_fail(e.prefill_logits(pool, prefill_chunk{tokens, 0, k, first, {}}));
+  for (uint32_t b = 0; b < 3; ++b)
+    cache.commit(first[b], chain[b]);
+  REQUIRE(cache.release(first));
+  auto all = *cache.allocate(6);  // evicts the three cached blocks
+  CHECK(cache.cached() == 0);
+  CHECK(cache.tier()->where(chain[0]) == kv_tier_level::host);
+  CHECK(cache.tier()->where(chain[2]) == kv_tier_level::disk);
+  std::memset(pool.memory().data(), 0x5a, pool.memory().size());
+  REQUIRE(cache.release(all));
+
+  auto blocks = cache.acquire_prefix(chain, 3);
+  REQUIRE(blocks.size() == 3);
+  CHECK(cache.onboarded() == 3);
+  for (uint32_t b = 0; b < 3; ++b)  // the transport's checksum of every onboarded block
+    CHECK(block_checksum(pool, blocks[b]) == block_checksum(ref, rb[b]));
+  auto fresh = *cache.allocate(3);
+  blocks.insert(blocks.end(), fresh.begin(), fresh.end());
+  auto rest = test::value_or_fail(e.prefill_logits(pool, prefill_chunk{tokens, k, n, blocks, {}}));
+  CHECK(rest == ref_rest);  // bit for bit
+  std::vector<token_id> seq = tokens;
+  std::vector<float> dec;
+  for (uint32_t s = 0; s < steps; ++s) {
+    auto last = std::span<const float>(s == 0 ? rest : dec).last(V);
+    seq.push_back(static_cast<token_id>(argmax(last)));
+    decode_seq d{seq, blocks, {}};
+    auto row = test::value_or_fail(e.decode_logits(pool, {&d, 1}));
+    dec.insert(dec.end(), row.begin(), row.end());
+  }
+  CHECK(seq == ref_seq);  // identical tokens
+  CHECK(dec == ref_decode);
 }

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -205,6 +206,45 @@ TEST_CASE("shared-prefix requests share their group's prefix and differ after it
 
   s.requests = 7;
   CHECK(shared_prefix_workload(s).size() == 7);
+}
+
+TEST_CASE("multi-turn: each turn's prompt extends the chat's previous one", "[workload]") {
+  multi_turn_spec s;
+  s.conversations = 3;
+  s.turns = 4;
+  s.system_len = 20;
+  s.input = {8, 0};
+  s.answer = {6, 0};
+  s.output = {5, 0};
+  s.vocab = {259, 10000};
+  auto reqs = multi_turn_workload(s);
+  REQUIRE(reqs.size() == 12);  // conversations x turns when requests is 0
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    INFO("request " << i);
+    const size_t t = i / 3;
+    CHECK(reqs[i].group == i % 3);  // chats interleaved
+    // system + t earlier (user + answer) + this user message
+    CHECK(reqs[i].prompt_len == 20 + t * (8 + 6) + 8);
+    CHECK(reqs[i].prompt_ids.size() == reqs[i].prompt_len);
+    CHECK(reqs[i].max_tokens == 5);
+    if (t > 0) {  // the previous turn's prompt is a prefix of this one
+      const auto& prev = reqs[i - 3].prompt_ids;
+      CHECK(std::equal(prev.begin(), prev.end(), reqs[i].prompt_ids.begin()));
+    }
+  }
+  // Chats differ from their system prompt on.
+  CHECK(reqs[0].prompt_ids != reqs[1].prompt_ids);
+  CHECK(std::vector<token_id>(reqs[0].prompt_ids.begin(), reqs[0].prompt_ids.begin() + 20) !=
+        std::vector<token_id>(reqs[1].prompt_ids.begin(), reqs[1].prompt_ids.begin() + 20));
+  // Same seed, same requests; past `turns` a chat starts over with a new system prompt.
+  CHECK(multi_turn_workload(s)[7].prompt_ids == reqs[7].prompt_ids);
+  s.requests = 15;
+  auto more = multi_turn_workload(s);
+  REQUIRE(more.size() == 15);
+  CHECK(more[12].prompt_len == 28);
+  CHECK(more[12].group == 0);
+  CHECK(std::vector<token_id>(more[12].prompt_ids.begin(), more[12].prompt_ids.begin() + 20) !=
+        std::vector<token_id>(reqs[0].prompt_ids.begin(), reqs[0].prompt_ids.begin() + 20));
 }
 
 TEST_CASE("ShareGPT files: the first human turn and the answer after it", "[workload]") {

@@ -180,6 +180,7 @@ TEST_CASE("cluster status and chunks round-trip", "[codec]") {
   w.completed = 5;
   w.tokens_out = 6;
   w.detail = "d";
+  w.tiers = {kv_tier_status{"host", 1, 2, 3, 4, 5, 6}, kv_tier_status{"disk", 7, 8, 9, 10, 11, 12}};
   cs.workers = {w};
   cs.nodes = {node_status{"head", 0, true, 0, 0}, node_status{"far", 2, false, -1234567, 89000, 3}};
   cs.planner.enabled = true;
@@ -200,6 +201,16 @@ TEST_CASE("cluster status and chunks round-trip", "[codec]") {
   CHECK_FALSE(r.workers[0].up);
   CHECK(r.workers[0].kv_total == 4);
   CHECK(r.workers[0].detail == "d");
+  REQUIRE(r.workers[0].tiers.size() == 2);
+  const auto& t = r.workers[0].tiers[1];
+  CHECK(t.tier == "disk");
+  CHECK(t.hits == 7);
+  CHECK(t.bytes_in == 8);
+  CHECK(t.bytes_out == 9);
+  CHECK(t.evictions == 10);
+  CHECK(t.used == 11);
+  CHECK(t.capacity == 12);
+  CHECK(r.workers[0].tiers[0].tier == "host");
   REQUIRE(r.nodes.size() == 2);
   CHECK(r.nodes[1].name == "far");
   CHECK(r.nodes[1].index == 2);

@@ -274,3 +274,63 @@ TEST_CASE("cost model: draining workers are scored as not eligible and never cho
   std::vector<route_candidate> all{decode(1, 0, 0, 0, true), decode(2, 0, 0, 0, true)};
   CHECK_FALSE(plan_route(all, p, 160, 16, 0, m).decode.has_value());
 }
+
+TEST_CASE("cost model: blocks in a second tier cost their onboarding, far less than compute",
+          "[routing_policy]") {
+  // 160 tokens = 10 blocks of 16, 1 MB per block; remote prefill.
+  auto m = model();
+  m.kv_bytes_per_block = 1'000'000;
+  m.host_onboard_bytes_per_s = 1e9;  // 1 ms per block
+  m.disk_onboard_bytes_per_s = 1e8;  // 10 ms per block
+  std::vector<route_candidate> d{decode(1, 0)};
+  // Worker 1 holds 8 blocks in its pool, worker 2 the same 8 with 6 only on its host tier.
+  std::vector<route_candidate> p{prefill(1, 0, 8), prefill(2, 0, 8)};
+  p[1].host_blocks = 6;
+  auto plan = plan_route(d, p, 160, 16, 0, m);
+  REQUIRE(plan.prefill == 0u);  // same compute, no copy
+  CHECK(plan.prefill_scores[0].onboard_s == 0);
+  CHECK(plan.prefill_scores[1].onboard_s == Approx(0.006));
+  CHECK(plan.prefill_scores[1].total == Approx(0.032 + 0.006));
+  // Against a worker with nothing cached (0.16 s), the tiered one still wins...
+  p[0].overlap_blocks = 0;
+  CHECK(plan_route(d, p, 160, 16, 0, m).prefill == 1u);
+  // ...and on disk at 10 ms per block too: 0.032 + 0.06 s < 0.16 s.
+  p[1].host_blocks = 0;
+  p[1].disk_blocks = 6;
+  plan = plan_route(d, p, 160, 16, 0, m);
+  CHECK(plan.prefill_scores[1].onboard_s == Approx(0.06));
+  CHECK(plan.prefill == 1u);
+  // With all 8 on a disk 10x slower again (100 ms per block), computing is cheaper.
+  p[1].disk_blocks = 8;
+  m.disk_onboard_bytes_per_s = 1e7;
+  plan = plan_route(d, p, 160, 16, 0, m);
+  CHECK(plan.prefill_scores[1].onboard_s == Approx(0.8));
+  CHECK(plan.prefill == 0u);
+  // The transfer weight scales onboarding; 0 ignores it.
+  m.weights.transfer = 0;
+  CHECK(plan_route(d, p, 160, 16, 0, m).prefill == 1u);
+}
+
+TEST_CASE("cost model: onboarding counts only reused blocks, host first", "[routing_policy]") {
+  cost_model m;
+  m.kv_bytes_per_block = 100;
+  m.host_onboard_bytes_per_s = 100;  // 1 s per block
+  m.disk_onboard_bytes_per_s = 10;   // 10 s per block
+  route_candidate c{1, 10, 0, 0, false, nullptr};
+  c.host_blocks = 2;
+  c.disk_blocks = 3;
+  CHECK(onboard_seconds(c, 10, m) == Approx(2 + 30));
+  CHECK(onboard_seconds(c, 4, m) == Approx(2 + 20));  // 4 reused: 2 host, 2 disk
+  CHECK(onboard_seconds(c, 1, m) == Approx(1));
+  CHECK(onboard_seconds(c, 0, m) == 0);
+  m.disk_onboard_bytes_per_s = 0;  // unknown rate: no term
+  CHECK(onboard_seconds(c, 10, m) == Approx(2));
+  // A decode worker prefilling locally pays its onboarding too.
+  std::vector<route_candidate> d{c};
+  d[0].speed = &k1000;
+  m.disk_onboard_bytes_per_s = 10;
+  auto plan = plan_route(d, {}, 176, 16, 0, m);
+  REQUIRE(plan.decode == 0u);
+  CHECK(plan.decode_scores[0].local);
+  CHECK(plan.decode_scores[0].onboard_s == Approx(32));
+}
