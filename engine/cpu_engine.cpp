@@ -648,6 +648,8 @@ result<blend_outcome> cpu_engine::prefill_blend(block_pool& pool, const blend_pr
       for (uint32_t p : step.selection.positions)
         if (step.reused_at[p]) kept += step.deviation[p];
       out.selected_deviation_share = all > 0 ? kept / all : 1;
+    } else {
+      out.selected_deviation_share = out.recomputed_reused > 0 ? 1 : 0;
     }
     return out;
   });

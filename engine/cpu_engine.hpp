@@ -59,7 +59,7 @@ struct blend_outcome {
   uint32_t computed_tokens = 0;      ///< positions computed in every layer
   uint32_t select_layer_tokens = 0;  ///< positions computed up to the selection layer
   /// Share of the reused tokens' total K/V deviation on the selection layer that the
-  /// recomputed ones carry (1 when no deviation was measured): near the ratio when the
+  /// recomputed ones carry (not measured at ratio 0 or 1: then 0 or 1): near the ratio when the
   /// deviation is spread evenly, near 1 when few tokens carry it (CacheBlend's premise).
   double selected_deviation_share = 1;
 };

@@ -237,6 +237,7 @@ TEST_CASE("cpu engine: blended prefill at ratio 0 uses only the reused KV", "[cp
   CHECK(std::memcmp(got.logits.data(), want.data(), want.size() * 4) == 0);
   CHECK(got.recomputed_reused == 0);
   CHECK(got.computed_tokens == 8);
+  CHECK(got.selected_deviation_share == 0);
   CHECK(got.select_layer_tokens == 8);
   // Every reused position keeps its bytes in every layer.
   const auto& lay = e.info().layout;
