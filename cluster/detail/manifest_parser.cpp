@@ -40,11 +40,14 @@ constexpr std::string_view bool_words[] = {"true", "false"};
 constexpr std::string_view frontend_keys[] = {"node",      "host",         "rpc_port",
                                               "http_port", "api_key_file", "protect_metrics",
                                               "tls_cert",  "tls_key"};
-constexpr std::string_view router_keys[] = {
-    "local_prefill_threshold", "max_inflight",    "max_queued_prompt_tokens", "migration_limit",
-    "request_timeout_s",       "stall_timeout_s", "prefill_weight",           "queue_weight",
-    "transfer_weight",         "load_weight",     "prefill_tokens_per_s",     "kv_transfer_gbps",
-    "load_ms_per_request",     "profile",         "kv_host_onboard_gbps",     "kv_disk_onboard_gbps"};
+constexpr std::string_view router_keys[] = {"local_prefill_threshold",  "max_inflight",
+                                            "max_queued_prompt_tokens", "migration_limit",
+                                            "request_timeout_s",        "stall_timeout_s",
+                                            "prefill_weight",           "queue_weight",
+                                            "transfer_weight",          "load_weight",
+                                            "prefill_tokens_per_s",     "kv_transfer_gbps",
+                                            "load_ms_per_request",      "profile",
+                                            "kv_host_onboard_gbps",     "kv_disk_onboard_gbps"};
 constexpr std::string_view failure_keys[] = {"heartbeat_ms", "connection_timeout_ms"};
 constexpr std::string_view ucx_keys[] = {"op_timeout_ms", "stall_timeout_ms", "window_mib"};
 constexpr std::string_view restart_keys[] = {"max", "backoff_ms"};
@@ -66,9 +69,10 @@ constexpr std::string_view node_keys[] = {"name", "address", "ssh", "port", "htt
 constexpr std::string_view prefill_keys[] = {
     "engine",   "threads",  "device",         "kv_blocks",      "chunk",
     "max_seqs", "slowdown", "kv_host_blocks", "kv_disk_blocks", "kv_disk_dir"};
-constexpr std::string_view decode_keys[] = {
-    "engine",         "threads",        "device",     "kv_blocks", "max_batch", "local_prefill_budget",
-    "slowdown",       "kv_host_blocks", "kv_disk_blocks", "kv_disk_dir"};
+constexpr std::string_view decode_keys[] = {"engine",     "threads",        "device",
+                                            "kv_blocks",  "max_batch",      "local_prefill_budget",
+                                            "slowdown",   "kv_host_blocks", "kv_disk_blocks",
+                                            "kv_disk_dir"};
 constexpr std::string_view engines[] = {"sim", "cpu", "cuda"};
 constexpr std::string_view transports[] = {"inline", "ucx"};
 constexpr std::string_view role_names[] = {"router", "supervisor", "kv_store", "prefill", "decode"};
@@ -690,10 +694,11 @@ class parser {
     if (auto* x = m.find("kv_disk_dir"))
       if (auto s = read_string(p_, *x, m.field("kv_disk_dir"), "a directory path")) {
         fs::path declared(*s);
-        o.kv_disk_dir = (declared.is_absolute() || base_dir_.empty() ? declared
-                                                                     : fs::path(base_dir_) / declared)
-                            .lexically_normal()
-                            .string();
+        o.kv_disk_dir =
+            (declared.is_absolute() || base_dir_.empty() ? declared
+                                                         : fs::path(base_dir_) / declared)
+                .lexically_normal()
+                .string();
       }
     if (auto* x = m.find("kv_disk_blocks"); x && o.kv_disk_blocks > 0 && o.kv_host_blocks == 0)
       p_.add(x->at(), m.field("kv_disk_blocks"),
