@@ -263,8 +263,7 @@ command add_bench(CLI::App& app) {
   app.add_option("--users", o->users, "shared-prefix: requests per system prompt")
       ->check(CLI::Range(1u, 1u << 20))
       ->capture_default_str();
-  app.add_option("--prefix-len", o->prefix_len,
-                 "shared-prefix, multi-turn: system prompt tokens")
+  app.add_option("--prefix-len", o->prefix_len, "shared-prefix, multi-turn: system prompt tokens")
       ->check(CLI::Range(1u, 1u << 20))
       ->capture_default_str();
   app.add_option("--conversations", o->conversations, "multi-turn: chats")

@@ -143,8 +143,8 @@ struct manifest_router {
   double load_weight = 1.0;      ///< active decode requests × load_ms_per_request
   /// Prefill speed of a worker whose engine `profile` does not describe, tokens/s.
   double prefill_tokens_per_s = 4000;
-  double kv_transfer_gbps = 5;      ///< KV bandwidth for the transfer term, GB/s (1e9 B/s)
-  double load_ms_per_request = 10;  ///< load term per active decode request, ms
+  double kv_transfer_gbps = 5;       ///< KV bandwidth for the transfer term, GB/s (1e9 B/s)
+  double load_ms_per_request = 10;   ///< load term per active decode request, ms
   double kv_host_onboard_gbps = 10;  ///< copy rate from a worker's host tier into its pool, GB/s
   double kv_disk_onboard_gbps = 2;   ///< copy rate from a worker's disk tier into its pool, GB/s
   /// `tokenmill profile` output (resolved against the manifest's directory; empty: none).

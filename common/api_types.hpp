@@ -31,13 +31,13 @@ struct request_options {
 
 /// One level of a worker's second KV tier (engine/kv_tier.hpp), since the worker started.
 struct kv_tier_status {
-  std::string tier;          ///< "host" or "disk"
-  uint64_t hits = 0;         ///< blocks onboarded from it (copied back, not recomputed)
-  uint64_t bytes_in = 0;     ///< bytes written into it
-  uint64_t bytes_out = 0;    ///< bytes copied from it back into the pool
-  uint64_t evictions = 0;    ///< blocks pushed out of it (host: to disk or dropped)
-  uint32_t used = 0;         ///< blocks held now
-  uint32_t capacity = 0;     ///< blocks it holds at most
+  std::string tier;        ///< "host" or "disk"
+  uint64_t hits = 0;       ///< blocks onboarded from it (copied back, not recomputed)
+  uint64_t bytes_in = 0;   ///< bytes written into it
+  uint64_t bytes_out = 0;  ///< bytes copied from it back into the pool
+  uint64_t evictions = 0;  ///< blocks pushed out of it (host: to disk or dropped)
+  uint32_t used = 0;       ///< blocks held now
+  uint32_t capacity = 0;   ///< blocks it holds at most
 };
 
 /// One actor's live state, as `tokenmill status` shows it.

@@ -22,8 +22,7 @@ void register_with_supervisor(caf::event_based_actor* self, const caf::actor& su
 
 void kv_worker::start(caf::event_based_actor* self, worker_info worker, uint32_t num_blocks,
                       std::shared_ptr<engine> engine, std::shared_ptr<kv_transport> kv,
-                      const caf::actor& sup, std::string_view what,
-                      const kv_tier_config& tier) {
+                      const caf::actor& sup, std::string_view what, const kv_tier_config& tier) {
   eng = std::move(engine);
   pool = make_pool(*eng, num_blocks);
   cache = std::make_unique<kv_cache>(*pool);
@@ -106,8 +105,8 @@ worker_status kv_worker::status(role kind, std::string_view extra) const {
       if (s.capacity == 0) continue;
       ws.tiers.push_back({std::string(kv_tier_name(level)), s.hits, s.bytes_in, s.bytes_out,
                           s.evictions, s.used, s.capacity});
-      ws.detail += fmt::format(", {} tier {}/{} blocks ({} onboarded)", kv_tier_name(level),
-                               s.used, s.capacity, s.hits);
+      ws.detail += fmt::format(", {} tier {}/{} blocks ({} onboarded)", kv_tier_name(level), s.used,
+                               s.capacity, s.hits);
     }
   }
   return ws;

@@ -27,9 +27,10 @@ caf::behavior kv_store(caf::stateful_actor<kv_store_state>* self, worker_info in
         ++self->state.events;
         if (!self->state.index.apply(e.worker, e.stored, e.hashes, e.tier) &&
             self->state.bad_events++ == 0)
-          spdlog::warn("kv_store: event of worker {} names KV tier {}, which is not pool (0), "
-                       "host (1) or disk (2); ignored (logged once)",
-                       e.worker, static_cast<unsigned>(e.tier));
+          spdlog::warn(
+              "kv_store: event of worker {} names KV tier {}, which is not pool (0), "
+              "host (1) or disk (2); ignored (logged once)",
+              e.worker, static_cast<unsigned>(e.tier));
       },
       [self](const overlap_query& q) {
         overlap_reply r;
@@ -60,8 +61,8 @@ caf::behavior kv_store(caf::stateful_actor<kv_store_state>* self, worker_info in
             static_cast<double>(pool.memory_bytes()) / (1 << 20),
             blocks ? pool.memory_bytes() / blocks : 0);
         if (host.entries() + disk.entries() > 0)
-          ws.detail += fmt::format("; second tier: {} host, {} disk holder entries",
-                                   host.entries(), disk.entries());
+          ws.detail += fmt::format("; second tier: {} host, {} disk holder entries", host.entries(),
+                                   disk.entries());
         return ws;
       },
   };

@@ -234,9 +234,8 @@ const prefill_speed* speed_of(const router_config& cfg, const std::string& name)
 
 /// A candidate for worker `w` with the prompt's prefix it holds (in its pool and second
 /// tier), per the kv-store's answer.
-route_candidate candidate(const std::vector<worker_overlap>& overlap, worker_id w,
-                          uint64_t queued, uint32_t active, bool draining,
-                          const prefill_speed* speed) {
+route_candidate candidate(const std::vector<worker_overlap>& overlap, worker_id w, uint64_t queued,
+                          uint32_t active, bool draining, const prefill_speed* speed) {
   route_candidate c{w, 0, queued, active, draining, speed};
   for (const auto& o : overlap)
     if (o.worker == w) {
