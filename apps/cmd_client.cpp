@@ -216,16 +216,22 @@ command add_generate(CLI::App& app) {
       server["itl_spikes"] = spk;
       server["migrations"] = r->server.migrations;
       server["migration_reasons"] = r->server.migration_reasons;
-      // The decode step behind each token: [index, gap before it (ms), step (ms), batch,
-      // prefill tokens in the iteration, cause of the gap].
+      // The decode step behind each token: [index, gap before it at the router (ms), step
+      // (ms), batch, prefill tokens in the iteration, cause of the gap, gap before it at
+      // this client (ms; 0 inside a chunk), time the router held it after its step ended
+      // (ms)]. Where a client gap exceeds the router's, the token was late on its way from
+      // the router to the client; where the router's exceeds the step, between steps.
       auto steps = nlohmann::ordered_json::array();
       const auto& recs = r->server.steps;
       for (size_t i = 0; i < recs.size(); ++i) {
         const auto& rec = recs[i];
         double gap = i == 0 ? 0 : (rec.released_ns - recs[i - 1].released_ns) / 1e6;
         double step = rec.step_start_ns == 0 ? 0 : (rec.step_end_ns - rec.step_start_ns) / 1e6;
+        double client_gap =
+            rec.index >= 1 && rec.index - 1 < r->itl_ms.size() ? r->itl_ms[rec.index - 1] : 0;
+        double held = rec.step_end_ns == 0 ? 0 : (rec.released_ns - rec.step_end_ns) / 1e6;
         steps.push_back({rec.index, gap, step, rec.batch, rec.prefill_tokens,
-                         std::string(to_string(rec.cause))});
+                         std::string(to_string(rec.cause)), client_gap, held});
       }
       server["steps"] = steps;
       j["server"] = server;

@@ -118,6 +118,9 @@ struct router_state {
   /// TTFT and token gaps of the requests that ended since the supervisor's last
   /// latency query (the planner's service-level signal).
   latency_samples recent_latency;
+  /// When the planner last asked for `recent_latency` (0: never). Samples are kept only
+  /// while it asks, so a cluster without a planner holds none.
+  int64_t latency_asked_ns = 0;
   static inline const char* name = "router";
 };
 
@@ -168,9 +171,14 @@ void detach_attempt(router_state& st, request_state& rs) {
 /// Keeps, for the next latency query, the TTFT of a request's first released token or the
 /// gap since its previous one, as the token is released: the planner sees a phase's
 /// latencies while its requests run, not when they end (a long generation ends many
-/// planner intervals after its first tokens). Capped, so that a cluster without a planner
-/// (nobody asks) holds a bounded amount.
-void note_release(latency_samples& l, const request_state& rs, int64_t now) {
+/// planner intervals after its first tokens). Kept only while a planner asks (within a
+/// minute of its last query): without one, the buffers grew to their cap (2 x 512 KiB),
+/// which the soak saw as the head node's RSS growing. Capped, in case the planner's
+/// queries stop coming.
+void note_release(router_state& st, const request_state& rs, int64_t now) {
+  constexpr int64_t keep_ns = 60'000'000'000;
+  if (st.latency_asked_ns == 0 || now - st.latency_asked_ns > keep_ns) return;
+  auto& l = st.recent_latency;
   constexpr size_t cap = 1 << 16;
   if (rs.release_ns.empty()) {
     if (l.ttft_ms.size() < cap)
@@ -216,7 +224,7 @@ void release_tokens(router_ptr self, request_id id, request_state& rs) {
   auto now = now_ns();
   for (const auto& r : rs.order.take_ready()) {
     chunk.tokens.push_back(r.token);
-    note_release(self->state.recent_latency, rs, now);
+    note_release(self->state, rs, now);
     rs.release_ns.push_back(now);
     rs.itl.add(r.index, now, r.step.start_ns, r.step.end_ns, r.step.batch, r.step.prefill_tokens);
   }
@@ -726,7 +734,10 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         if (cfg.tick_interval.count() > 0)
           self->delayed_send(self, cfg.tick_interval, tick_atom::value);
       },
-      [self](latency_atom) { return std::exchange(self->state.recent_latency, {}); },
+      [self](latency_atom) {
+        self->state.latency_asked_ns = now_ns();
+        return std::exchange(self->state.recent_latency, {});
+      },
       [self](status_atom) {
         auto& st = self->state;
         worker_status ws;

@@ -1003,6 +1003,36 @@ TEST_CASE("router: draining members get no new work, their requests go on", "[ro
   CHECK(ws.detail.find("1 decode, 1 prefill workers (2 draining)") != std::string::npos);
 }
 
+TEST_CASE("router: latency samples are not kept until a planner asks for them",
+          "[router_actor][planner]") {
+  router_harness h;
+  h.send_membership();
+  auto req = h.request(1, 10, 8);
+  auto a = h.submit(req);
+  auto ask = [&] {
+    latency_samples l;
+    h.self->request(h.router, caf::infinite, latency_atom::value)
+        .receive([&](latency_samples& x) { l = std::move(x); },
+                 [&](caf::error& e) { FAIL("latency query: " << caf::to_string(e)); });
+    return l;
+  };
+  h.self->send(h.router, first_token{req.id, 500, a.req.tr});
+  h.expect_chunk(req.id, 0, {500});
+  h.send_tokens(req.id, {{1, 501}});
+  h.expect_chunk(req.id, 1, {501});
+  // Nobody asked yet: nothing was kept (a cluster without a planner holds no samples).
+  auto l = ask();
+  CHECK(l.ttft_ms.empty());
+  CHECK(l.itl_ms.empty());
+  // From the first query on, they are.
+  h.send_tokens(req.id, {{2, 502}});
+  h.expect_chunk(req.id, 2, {502});
+  l = ask();
+  CHECK(l.itl_ms.size() == 1);
+  h.send_done(req.id, finish_reason::length, 3);
+  (void)expect<request_summary>(h.self, "request_summary");
+}
+
 TEST_CASE("router: latency samples are kept as tokens are released, for the planner",
           "[router_actor][planner]") {
   router_harness h;
