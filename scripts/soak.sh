@@ -100,6 +100,16 @@ def proc_figures(pid):
     except (OSError, AttributeError):
         return {"pid": pid, "rss_kib": None, "threads": None, "fds": None}
 
+def save_smaps(label):
+    """Each node's memory map, per mapping, for finding what grew (diff the two files)."""
+    for n in names:
+        pid = pid_of(n)
+        try:
+            with open(f"/proc/{pid}/smaps") as src, open(os.path.join(out, f"smaps-{n}-{label}.txt"), "w") as dst:
+                dst.write(src.read())
+        except (OSError, TypeError):
+            pass
+
 def status():
     p = subprocess.run([bin_, "status", "--connect", connect, "--json", "--timeout", "5"],
                        capture_output=True, text=True)
@@ -292,14 +302,22 @@ say(f"soak: {minutes:g} min, steady {rate:g} req/s rpc + {rate / 4:g} req/s http
 # distinct prompts, so that "before" is the working size and growth after it is a leak.
 s0 = status()
 kv_total = max([w["kv_total"] for w in (s0 or {}).get("workers", []) if w["role"] in ("prefill", "decode")] or [4096])
-fill = int(1.5 * kv_total * 16 / (128 + 32)) + 50
+# The head's frontend keeps the last 2048 requests for /debug/requests and `tokenmill trace`
+# (frontend/request_log.hpp), each with its per-token step records (~7 KiB at 64 tokens):
+# a bounded cache that reaches its size only after 2048 requests. Measured from fewer, it
+# showed as 3-4% RSS growth of the head node (found from the smaps diff below).
+request_log_entries = 2048
+# The fill's requests are shaped like the steady RPC load's (48 output tokens on average),
+# so that the log's entries are as big as the ones that replace them later.
+fill = max(int(1.5 * kv_total * 16 / (128 + 48)) + 50, request_log_entries + 100)
 t_fill = time.monotonic()
 run_bench(["--connect", connect, "--concurrency", "32", "--requests", str(fill), "--input-len", "128",
-           "--output-len", "32", "--timeout", "60"], "fill")
+           "--output-len", "48", "--range-ratio", "0.5", "--timeout", "60"], "fill")
 say(f"filled the KV pools ({kv_total} blocks): {fill} requests in {time.monotonic() - t_fill:.0f} s")
 traffic(warm_s)
 ok0, facts0 = settle()
 before = {n: proc_figures(pid_of(n)) for n in names}
+save_smaps("before")
 say(f"warm-up done, idle: {ok0}; before: {json.dumps(before)}")
 counts.clear()
 t0 = time.monotonic()
@@ -307,6 +325,7 @@ restarted = traffic(total_s, restart_at=total_s / 2)
 say(f"traffic done after {time.monotonic() - t0:.0f} s: {json.dumps(counts, sort_keys=True)}")
 ok, facts = settle()
 after = {n: proc_figures(pid_of(n)) for n in names}
+save_smaps("after")
 
 # ---- verdict ---------------------------------------------------------------------------
 fails = []
