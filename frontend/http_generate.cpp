@@ -86,6 +86,14 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
   const bool chunked = req.version() >= 11;
   bool headers_sent = false;
   std::string body_text;
+  // Log-probabilities (when asked for): whole responses collect them all; a stream sends
+  // each token's with the chunk that carries its text, or the next one when its text is
+  // held back (an unfinished character, a possible stop string).
+  const bool want_logprobs = p.params.top_logprobs >= 0;
+  std::vector<openai::logprob_entry> logprobs;
+  uint32_t text_offset = 0;
+  auto piece_of = [this](token_id t) { return tok->piece(t); };
+  auto lp_arg = [&]() { return want_logprobs ? &logprobs : nullptr; };
 
   auto abandon = [&]() {
     // The client is gone: stop the request everywhere and free its KV blocks.
@@ -131,13 +139,22 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
       co_return false;
     }
     std::string events;
-    for (token_id t : std::exchange(g->pending, {})) {
+    auto lps = std::exchange(g->pending_logprobs, {});
+    auto toks = std::exchange(g->pending, {});
+    for (size_t k = 0; k < toks.size(); ++k) {
+      const token_id t = toks[k];
       std::string piece = g->text.push(t);
+      if (want_logprobs && k < lps.size()) {
+        logprobs.push_back(openai::make_logprob_entry(t, lps[k], piece_of, text_offset));
+        text_offset += static_cast<uint32_t>(logprobs.back().token.size());
+      }
       if (g->first_sent_ns == 0 && !sse) g->first_sent_ns = now_ns();
       if (sse) {
-        if (!piece.empty())
-          events +=
-              openai::sse_event(openai::stream_chunk(meta, piece, false, "", p.include_usage));
+        if (!piece.empty()) {
+          events += openai::sse_event(
+              openai::stream_chunk(meta, piece, false, "", p.include_usage, lp_arg()));
+          logprobs.clear();
+        }
       } else {
         body_text += piece;
       }
@@ -148,9 +165,11 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
     }
     if (g->summary) {
       std::string tail = g->text.finish();
-      if (sse && !tail.empty())
-        events += openai::sse_event(openai::stream_chunk(meta, tail, false, "", p.include_usage));
-      else
+      if (sse && (!tail.empty() || !logprobs.empty())) {
+        events += openai::sse_event(
+            openai::stream_chunk(meta, tail, false, "", p.include_usage, lp_arg()));
+        logprobs.clear();
+      } else
         body_text += tail;
       if (sse && !events.empty() && g->first_sent_ns == 0) g->first_sent_ns = now_ns();
       auto gs = make_generation_summary(*g->summary, g->text.stopped(), g->text.tokens(),
@@ -168,7 +187,7 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
         co_return co_await reply_error(stream, req, std::move(err));
       }
       if (!sse) {
-        std::string body = openai::completion_body(meta, body_text, gs);
+        std::string body = openai::completion_body(meta, body_text, gs, lp_arg());
         co_return co_await reply(stream, req, http::status::ok, std::move(body));
       }
       if (gs.error_code != errc::ok) {

@@ -1,6 +1,7 @@
 #include "frontend/openai.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -225,6 +226,77 @@ void parse_sampling(const json& body, sampling_params& s) {
     else
       s.seed = static_cast<uint64_t>(get_int(*v, "seed"));  // negative seeds wrap
   }
+  if (const json* v = field(body, "presence_penalty")) {
+    s.presence_penalty = get_float(*v, "presence_penalty");
+    if (s.presence_penalty < -2 || s.presence_penalty > 2)
+      fail("presence_penalty",
+           fmt::format("'presence_penalty' must be in [-2, 2], got {}", s.presence_penalty));
+  }
+  if (const json* v = field(body, "frequency_penalty")) {
+    s.frequency_penalty = get_float(*v, "frequency_penalty");
+    if (s.frequency_penalty < -2 || s.frequency_penalty > 2)
+      fail("frequency_penalty",
+           fmt::format("'frequency_penalty' must be in [-2, 2], got {}", s.frequency_penalty));
+  }
+  if (const json* v = field(body, "repetition_penalty")) {
+    s.repetition_penalty = get_float(*v, "repetition_penalty");
+    if (s.repetition_penalty <= 0)
+      fail("repetition_penalty",
+           fmt::format("'repetition_penalty' must be > 0, got {}", s.repetition_penalty));
+  }
+}
+
+/// logit_bias: {"<token id>": bias in [-100, 100], ...}. Ids are checked against the
+/// vocabulary by validate().
+void parse_logit_bias(const json& body, generate_params& p) {
+  const json* v = field(body, "logit_bias");
+  if (!v) return;
+  if (!v->is_object())
+    fail("logit_bias", fmt::format("'logit_bias' must be an object mapping token ids to biases, "
+                                   "got {}",
+                                   v->type_name()));
+  for (const auto& [key, value] : v->items()) {
+    const auto name = fmt::format("logit_bias.{}", key);
+    int64_t id = 0;
+    const char* b = key.data();
+    const char* e = b + key.size();
+    auto [end, ec] = std::from_chars(b, e, id);
+    if (key.empty() || ec != std::errc{} || end != e)
+      fail(name,
+           fmt::format("'logit_bias' keys must be token ids (integers as strings), got '{}'", key));
+    const double bias = get_number(value, name);
+    if (!std::isfinite(bias) || bias < -100 || bias > 100)
+      fail(name, fmt::format("'{}' must be in [-100, 100], got {}", name, bias));
+    p.logit_bias.emplace_back(id, bias);
+  }
+}
+
+/// chat: logprobs (bool) and top_logprobs (0..20, only with logprobs); completions:
+/// logprobs (0..5, the number of alternatives; the chosen token's is always reported).
+void parse_logprobs(const json& body, endpoint kind, generate_params& p) {
+  const json* lp = field(body, "logprobs");
+  const json* top = field(body, "top_logprobs");
+  if (kind == endpoint::completions) {
+    if (top)
+      fail("top_logprobs",
+           "'top_logprobs' is a chat option; completions take 'logprobs': N (0 to 5)");
+    if (!lp) return;
+    if (lp->is_boolean())
+      fail("logprobs", "'logprobs' must be an integer from 0 to 5 on /v1/completions, got boolean");
+    const int64_t n = get_int(*lp, "logprobs");
+    if (n < 0 || n > 5) fail("logprobs", fmt::format("'logprobs' must be in [0, 5], got {}", n));
+    p.top_logprobs = n;
+    return;
+  }
+  const bool on = lp && get_bool(*lp, "logprobs");
+  int64_t n = 0;
+  if (top) {
+    n = get_int(*top, "top_logprobs");
+    if (n < 0 || n > 20)
+      fail("top_logprobs", fmt::format("'top_logprobs' must be in [0, 20], got {}", n));
+    if (!on) fail("top_logprobs", "'top_logprobs' requires 'logprobs': true");
+  }
+  if (on) p.top_logprobs = n;
 }
 
 void parse_stops(const json& body, generate_params& p) {
@@ -253,14 +325,6 @@ void reject_unsupported(const json& body, endpoint kind) {
   if (const json* v = field(body, "n")) {
     if (get_int(*v, "n") != 1) fail("n", "only n=1 is supported");
   }
-  if (const json* v = field(body, "logprobs")) {
-    const bool on = kind == endpoint::chat_completions ? get_bool(*v, "logprobs")
-                                                       : get_int(*v, "logprobs") != 0;
-    if (on) fail("logprobs", "logprobs are not supported");
-  }
-  if (const json* v = field(body, "top_logprobs")) {
-    if (get_int(*v, "top_logprobs") != 0) fail("top_logprobs", "logprobs are not supported");
-  }
   // Tool calling and structured output change what the model must produce; ignoring them
   // would hand the client plain text it did not ask for.
   if (const json* v = field(body, "tools")) {
@@ -273,12 +337,6 @@ void reject_unsupported(const json& body, endpoint kind) {
   if (const json* v = field(body, "response_format")) {
     if (!(v->is_object() && v->value("type", "") == "text"))
       fail("response_format", "'response_format' is not supported (only {\"type\": \"text\"})");
-  }
-  for (const char* key : {"presence_penalty", "frequency_penalty"}) {
-    if (const json* v = field(body, key)) {
-      const double x = get_number(*v, key);
-      if (x != 0) fail(key, fmt::format("'{}' is not supported (only 0), got {}", key, x));
-    }
   }
   if (kind == endpoint::completions) {
     if (const json* v = field(body, "echo")) {
@@ -328,6 +386,8 @@ parsed_request parse(endpoint kind, std::string_view text, const request_context
     p.max_tokens_to_context = true;
   }
   parse_sampling(body, p.sampling);
+  parse_logit_bias(body, p);
+  parse_logprobs(body, kind, p);
   parse_stops(body, p);
   if (const json* v = field(body, "ignore_eos")) p.ignore_eos = get_bool(*v, "ignore_eos");
 
@@ -474,8 +534,72 @@ std::string timing_json(const generation_summary& s) {
   return dump(timing_object(s));
 }
 
+namespace {
+
+ojson bytes_of(const std::string& t) {
+  ojson b = ojson::array();
+  for (unsigned char c : t)
+    b.push_back(static_cast<int>(c));
+  return b;
+}
+
+/// OpenAI reports impossible tokens as -9999.0 (JSON has no -inf).
+double reported(float lp) {
+  return std::isfinite(lp) ? static_cast<double>(lp) : -9999.0;
+}
+
+ojson logprobs_object(endpoint kind, const std::vector<logprob_entry>& entries) {
+  ojson j;
+  if (kind == endpoint::chat_completions) {
+    ojson content = ojson::array();
+    for (const auto& e : entries) {
+      ojson c;
+      c["token"] = e.token;
+      c["logprob"] = reported(e.logprob);
+      c["bytes"] = bytes_of(e.token);
+      ojson top = ojson::array();
+      for (const auto& a : e.top) {
+        ojson t;
+        t["token"] = a.token;
+        t["logprob"] = reported(a.logprob);
+        t["bytes"] = bytes_of(a.token);
+        top.push_back(std::move(t));
+      }
+      c["top_logprobs"] = std::move(top);
+      content.push_back(std::move(c));
+    }
+    j["content"] = std::move(content);
+    j["refusal"] = nullptr;
+    return j;
+  }
+  ojson tokens = ojson::array(), values = ojson::array(), tops = ojson::array(),
+        offsets = ojson::array();
+  for (const auto& e : entries) {
+    tokens.push_back(e.token);
+    values.push_back(reported(e.logprob));
+    ojson top = ojson::object();
+    for (const auto& a : e.top)
+      if (!top.contains(a.token)) top[a.token] = reported(a.logprob);
+    if (!top.contains(e.token)) top[e.token] = reported(e.logprob);
+    tops.push_back(std::move(top));
+    offsets.push_back(e.text_offset);
+  }
+  j["tokens"] = std::move(tokens);
+  j["token_logprobs"] = std::move(values);
+  j["top_logprobs"] = std::move(tops);
+  j["text_offset"] = std::move(offsets);
+  return j;
+}
+
+}  // namespace
+
+std::string logprobs_json(endpoint kind, const std::vector<logprob_entry>& entries) {
+  return dump(logprobs_object(kind, entries));
+}
+
 std::string completion_body(const response_meta& m, std::string_view text,
-                            const generation_summary& s) {
+                            const generation_summary& s,
+                            const std::vector<logprob_entry>* logprobs) {
   ojson j = head(m, kind_name(m.kind));
   ojson choice;
   choice["index"] = 0;
@@ -487,7 +611,7 @@ std::string completion_body(const response_meta& m, std::string_view text,
     msg["content"] = std::string(text);
     choice["message"] = std::move(msg);
   }
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] = logprobs ? logprobs_object(m.kind, *logprobs) : ojson(nullptr);
   choice["finish_reason"] = finish_value(finish_reason_name(s.reason));
   j["choices"] = ojson::array({std::move(choice)});
   j["usage"] = usage_object(s);
@@ -496,7 +620,8 @@ std::string completion_body(const response_meta& m, std::string_view text,
 }
 
 std::string stream_chunk(const response_meta& m, std::string_view text, bool first,
-                         std::string_view finish, bool usage_null) {
+                         std::string_view finish, bool usage_null,
+                         const std::vector<logprob_entry>* logprobs) {
   ojson j = head(m, chunk_object(m.kind));
   ojson choice;
   choice["index"] = 0;
@@ -508,7 +633,7 @@ std::string stream_chunk(const response_meta& m, std::string_view text, bool fir
     delta["content"] = std::string(text);
     choice["delta"] = std::move(delta);
   }
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] = logprobs ? logprobs_object(m.kind, *logprobs) : ojson(nullptr);
   choice["finish_reason"] = finish_value(finish);
   j["choices"] = ojson::array({std::move(choice)});
   if (usage_null) j["usage"] = nullptr;

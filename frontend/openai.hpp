@@ -84,11 +84,12 @@ struct parsed_request {
 ///   chat the rest of the context, via params.max_tokens_to_context), temperature, top_p,
 ///   seed, stop (string or array of strings), n (only 1), stream,
 ///   stream_options.include_usage, user (ignored), presence_penalty / frequency_penalty
-///   (only 0), logprobs (only false/null), and tokenmill/vLLM extensions top_k, min_p,
-///   ignore_eos, stop_token_ids;
+///   ([-2, 2]), logit_bias ({"id": bias in [-100, 100]}), and tokenmill/vLLM extensions
+///   top_k, min_p, repetition_penalty (> 0), ignore_eos, stop_token_ids;
 /// - completions: prompt as a string, an array of one string, or an array of token ids;
-///   echo (only false);
-/// - chat: messages (non-empty array of {role, content}).
+///   echo (only false); logprobs (integer 0..5);
+/// - chat: messages (non-empty array of {role, content}); logprobs (boolean) and
+///   top_logprobs (0..20, only with logprobs).
 /// Unknown fields are ignored, as OpenAI does. A wrong type, a value out of range or an
 /// unsupported option is a 400 naming the field; another model than the served one is 404
 /// "model_not_found". Range checks that need the tokenizer (context length) are left to
@@ -104,6 +105,37 @@ struct response_meta {
   std::string model;
 };
 
+/// One alternative at a generated position, as a response shows it.
+struct logprob_alt {
+  std::string token;  ///< the token's bytes as the tokenizer has them (may be partial UTF-8)
+  float logprob = 0;  ///< natural log; -inf is reported as -9999.0, as OpenAI does
+};
+
+/// One generated token's log-probabilities, as a response shows them.
+struct logprob_entry {
+  std::string token;  ///< the chosen token's bytes
+  float logprob = 0;
+  std::vector<logprob_alt> top;  ///< the most likely tokens, best first
+  uint32_t text_offset = 0;      ///< completions: where the token starts in the text (bytes)
+};
+
+/// The entry of token `t` with log-probabilities `lp`; `piece(id)` gives a token's bytes.
+template <class Piece>
+logprob_entry make_logprob_entry(token_id t, const token_logprobs& lp, const Piece& piece,
+                                 uint32_t text_offset) {
+  logprob_entry e{piece(t), lp.logprob, {}, text_offset};
+  e.top.reserve(lp.top.size());
+  for (const auto& a : lp.top)
+    e.top.push_back({piece(a.token), a.logprob});
+  return e;
+}
+
+/// A choice's "logprobs" value. Chat: {"content": [{token, logprob, bytes, top_logprobs:
+/// [{token, logprob, bytes}]}], "refusal": null}. Completions (the legacy shape): {"tokens",
+/// "token_logprobs", "top_logprobs": [{token: logprob}] (the alternatives and, as vLLM does,
+/// the chosen token), "text_offset"}. Returned as one line of JSON.
+std::string logprobs_json(endpoint kind, const std::vector<logprob_entry>& entries);
+
 /// "stop" (stop string, stop id or EOS), "length", or null-worthy reasons: returns "" for
 /// none/cancelled/error.
 std::string_view finish_reason_name(finish_reason r);
@@ -116,14 +148,17 @@ std::string timing_json(const generation_summary& s);
 /// `chat.completion` with choices[0].message {role: assistant, content}; finish_reason,
 /// usage {prompt_tokens, completion_tokens, total_tokens}, and "tokenmill": timing_json.
 std::string completion_body(const response_meta& m, std::string_view text,
-                            const generation_summary& s);
+                            const generation_summary& s,
+                            const std::vector<logprob_entry>* logprobs = nullptr);
 
 /// One streamed chunk body (not yet SSE-framed): `text_completion` with choices[0].text, or
 /// `chat.completion.chunk` with choices[0].delta ({"role":"assistant","content":""} when
 /// `first`, else {"content": text}); finish_reason is null when `finish` is empty. With
 /// `usage_null` the chunk carries "usage": null (OpenAI does this when include_usage is on).
+/// `logprobs`, when given, are the log-probabilities of the tokens behind `text`.
 std::string stream_chunk(const response_meta& m, std::string_view text, bool first,
-                         std::string_view finish, bool usage_null);
+                         std::string_view finish, bool usage_null,
+                         const std::vector<logprob_entry>* logprobs = nullptr);
 
 /// The final usage chunk of a stream with include_usage: empty choices, usage, and the
 /// tokenmill timing extension.

@@ -43,7 +43,8 @@ namespace http_detail {
 /// One generate request between the router and its HTTP connection (Asio thread only).
 struct gen_state {
   request_id id = 0;
-  std::vector<token_id> pending;  ///< tokens received, not yet turned into text
+  std::vector<token_id> pending;                 ///< tokens received, not yet turned into text
+  std::vector<token_logprobs> pending_logprobs;  ///< theirs, when the request asked
   std::optional<request_summary> summary;
   completion_text text;
   asio::steady_timer wake;  ///< cancelled whenever something arrives for the request
@@ -126,6 +127,8 @@ struct http_server::core {
       g.last_token_ns = t;
     }
     g.pending.insert(g.pending.end(), c.tokens.begin(), c.tokens.end());
+    g.pending_logprobs.insert(g.pending_logprobs.end(), std::make_move_iterator(c.logprobs.begin()),
+                              std::make_move_iterator(c.logprobs.end()));
     g.wake.cancel();
   }
   void on_summary(request_summary& s) {

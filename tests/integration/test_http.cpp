@@ -267,6 +267,87 @@ TEST_CASE("http: chat completions, whole and streamed", "[integration][http]") {
   CHECK(f["usage"]["total_tokens"] == 200);
 }
 
+TEST_CASE("http: logprobs, whole and streamed, chat and completions", "[integration][http]") {
+  server srv;
+  auto c = connect_http(srv);
+  const json msgs = {{{"role", "user"}, {"content", "Say hi"}}};
+  // Chat: logprobs + top_logprobs, greedy, so each chosen token heads its own list.
+  json chat{{"messages", msgs}, {"max_tokens", 5}, {"logprobs", true}, {"top_logprobs", 3}};
+  auto whole = post(*c, "/v1/chat/completions", chat);
+  INFO(whole.body);
+  REQUIRE(whole.status == 200);
+  auto j = json::parse(whole.body);
+  const auto& content = j["choices"][0]["logprobs"]["content"];
+  REQUIRE(content.size() == 5);
+  std::string joined;
+  for (const auto& e : content) {
+    CHECK(e["logprob"].get<double>() <= 0);
+    REQUIRE(e["top_logprobs"].size() == 3);
+    CHECK(e["top_logprobs"][0]["token"] == e["token"]);
+    CHECK(e["top_logprobs"][0]["logprob"] == e["logprob"]);
+    CHECK(e["bytes"].is_array());
+    joined += e["token"].get<std::string>();
+  }
+  CHECK(joined == j["choices"][0]["message"]["content"]);
+  chat["stream"] = true;
+  auto st = post_stream(*c, "/v1/chat/completions", chat);
+  json streamed = json::array();
+  for (const auto& e : st.events) {
+    if (e == "[DONE]") continue;
+    auto k = json::parse(e);
+    if (k["choices"].empty() || k["choices"][0]["logprobs"].is_null()) continue;
+    for (const auto& x : k["choices"][0]["logprobs"]["content"])
+      streamed.push_back(x);
+  }
+  CHECK(streamed == content);
+  // Completions: logprobs N, the legacy shape.
+  json cmpl{{"prompt", "hello"}, {"max_tokens", 4}, {"logprobs", 2}};
+  auto w = post(*c, "/v1/completions", cmpl);
+  REQUIRE(w.status == 200);
+  auto cj = json::parse(w.body);
+  const auto& lp = cj["choices"][0]["logprobs"];
+  REQUIRE(lp["tokens"].size() == 4);
+  CHECK(lp["token_logprobs"].size() == 4);
+  CHECK(lp["top_logprobs"].size() == 4);
+  CHECK(lp["text_offset"][0] == 0);
+  CHECK(lp["top_logprobs"][0].size() >= 2);
+  CHECK(lp["top_logprobs"][0].contains(lp["tokens"][0].get<std::string>()));
+  cmpl["stream"] = true;
+  auto cs = post_stream(*c, "/v1/completions", cmpl);
+  json tokens = json::array();
+  for (const auto& e : cs.events) {
+    if (e == "[DONE]") continue;
+    auto k = json::parse(e);
+    if (k["choices"].empty() || k["choices"][0]["logprobs"].is_null()) continue;
+    for (const auto& t : k["choices"][0]["logprobs"]["tokens"])
+      tokens.push_back(t);
+  }
+  CHECK(tokens == lp["tokens"]);
+  // Not asked for: null, as before.
+  auto plain =
+      json::parse(post(*c, "/v1/completions", {{"prompt", "hello"}, {"max_tokens", 2}}).body);
+  CHECK(plain["choices"][0]["logprobs"].is_null());
+  // Penalties and a bias are accepted (their effect has unit and generate tests).
+  auto p = post(*c, "/v1/completions",
+                {{"prompt", "hello"},
+                 {"max_tokens", 1},
+                 {"presence_penalty", 1.0},
+                 {"frequency_penalty", -1.0},
+                 {"repetition_penalty", 1.1},
+                 {"logit_bias", {{"0", 1}}}});
+  CHECK(p.status == 200);
+  // Bad values: a 400 naming the field.
+  check_error(post(*c, "/v1/chat/completions",
+                   {{"messages", msgs}, {"logprobs", true}, {"top_logprobs", 21}}),
+              400, "'top_logprobs' must be in [0, 20]");
+  check_error(post(*c, "/v1/completions", {{"prompt", "x"}, {"logprobs", 6}}), 400,
+              "'logprobs' must be in [0, 5]");
+  check_error(post(*c, "/v1/completions", {{"prompt", "x"}, {"logit_bias", {{"99999999", 1}}}}),
+              400, "logit_bias token id 99999999 is outside the vocabulary");
+  check_error(post(*c, "/v1/completions", {{"prompt", "x"}, {"presence_penalty", "high"}}), 400,
+              "'presence_penalty' must be a number");
+}
+
 TEST_CASE("http: stop strings end the text and the request", "[integration][http]") {
   server srv{{"--sim-decode-step-ms", "2"}};
   auto c = connect_http(srv);
@@ -456,4 +537,16 @@ TEST_CASE("http: the official openai npm client", "[integration][http][npm]") {
   CHECK(j["stream"]["usage_tokens"] == 5);
   CHECK(j["chat_stream"]["text"] == j["chat"]["text"]);
   CHECK(j["error"]["status"] == 404);
+  CHECK(j["chat_logprobs"]["count"] == 4);
+  CHECK(j["chat_logprobs"]["tops"] == json::array({2, 2, 2, 2}));
+  CHECK(j["chat_logprobs"]["all_negative"] == true);
+  CHECK(j["chat_logprobs_stream"]["tokens"] == j["chat_logprobs"]["tokens"]);
+  CHECK(j["completion_logprobs"]["tokens"] == 3);
+  CHECK(j["completion_logprobs"]["token_logprobs"] == 3);
+  for (const auto& n : j["completion_logprobs"]["top_logprobs"])
+    CHECK(n.get<int>() >= 2);
+  CHECK(j["completion_logprobs"]["text_offset"][0] == 0);
+  CHECK(j["penalties"]["completion_tokens"] == 3);
+  CHECK(j["bad_top_logprobs"]["status"] == 400);
+  CHECK(j["bad_top_logprobs"]["param"] == "top_logprobs");
 }

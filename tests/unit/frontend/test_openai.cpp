@@ -1,5 +1,8 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <limits>
+
 #include <nlohmann/json.hpp>
 
 #include "frontend/openai.hpp"
@@ -274,19 +277,54 @@ TEST_CASE("bad requests are rejected naming the field", "[openai]") {
        "'response_format' is not supported"},
       {chat, "{" + msg + R"(, "n": 3})", 400, "n", "only n=1 is supported"},
       {cmpl, R"({"prompt": "x", "n": "1"})", 400, "n", "'n' must be an integer"},
-      {cmpl, R"({"prompt": "x", "logprobs": 5})", 400, "logprobs", "logprobs are not supported"},
+      // logprobs
+      {cmpl, R"({"prompt": "x", "logprobs": 6})", 400, "logprobs",
+       "'logprobs' must be in [0, 5], got 6"},
+      {cmpl, R"({"prompt": "x", "logprobs": -1})", 400, "logprobs", "must be in [0, 5]"},
       {cmpl, R"({"prompt": "x", "logprobs": true})", 400, "logprobs",
-       "'logprobs' must be an integer"},
-      {chat, "{" + msg + R"(, "logprobs": true})", 400, "logprobs", "logprobs are not supported"},
+       "'logprobs' must be an integer from 0 to 5"},
+      {cmpl, R"({"prompt": "x", "logprobs": "2"})", 400, "logprobs",
+       "'logprobs' must be an integer, got string"},
+      {cmpl, R"({"prompt": "x", "top_logprobs": 2})", 400, "top_logprobs",
+       "'top_logprobs' is a chat option"},
       {chat, "{" + msg + R"(, "logprobs": 1})", 400, "logprobs", "'logprobs' must be a boolean"},
       {chat, "{" + msg + R"(, "top_logprobs": 2})", 400, "top_logprobs",
-       "logprobs are not supported"},
-      {cmpl, R"({"prompt": "x", "presence_penalty": 0.5})", 400, "presence_penalty",
-       "'presence_penalty' is not supported (only 0)"},
-      {chat, "{" + msg + R"(, "frequency_penalty": -1})", 400, "frequency_penalty",
-       "'frequency_penalty' is not supported"},
+       "'top_logprobs' requires 'logprobs': true"},
+      {chat, "{" + msg + R"(, "logprobs": false, "top_logprobs": 2})", 400, "top_logprobs",
+       "requires 'logprobs': true"},
+      {chat, "{" + msg + R"(, "logprobs": true, "top_logprobs": 21})", 400, "top_logprobs",
+       "'top_logprobs' must be in [0, 20], got 21"},
+      {chat, "{" + msg + R"(, "logprobs": true, "top_logprobs": -1})", 400, "top_logprobs",
+       "must be in [0, 20]"},
+      {chat, "{" + msg + R"(, "logprobs": true, "top_logprobs": 1.5})", 400, "top_logprobs",
+       "'top_logprobs' must be an integer"},
+      // penalties and logit_bias
+      {cmpl, R"({"prompt": "x", "presence_penalty": 2.5})", 400, "presence_penalty",
+       "'presence_penalty' must be in [-2, 2], got 2.5"},
+      {chat, "{" + msg + R"(, "frequency_penalty": -2.01})", 400, "frequency_penalty",
+       "'frequency_penalty' must be in [-2, 2]"},
       {cmpl, R"({"prompt": "x", "frequency_penalty": "0"})", 400, "frequency_penalty",
        "must be a number, got string"},
+      {cmpl, R"({"prompt": "x", "presence_penalty": [0]})", 400, "presence_penalty",
+       "must be a number, got array"},
+      {cmpl, R"({"prompt": "x", "repetition_penalty": 0})", 400, "repetition_penalty",
+       "'repetition_penalty' must be > 0, got 0"},
+      {cmpl, R"({"prompt": "x", "repetition_penalty": -1})", 400, "repetition_penalty",
+       "must be > 0"},
+      {cmpl, R"({"prompt": "x", "repetition_penalty": true})", 400, "repetition_penalty",
+       "must be a number, got boolean"},
+      {cmpl, R"({"prompt": "x", "logit_bias": [1, 2]})", 400, "logit_bias",
+       "'logit_bias' must be an object mapping token ids to biases, got array"},
+      {cmpl, R"({"prompt": "x", "logit_bias": {"abc": 1}})", 400, "logit_bias.abc",
+       "keys must be token ids (integers as strings), got 'abc'"},
+      {cmpl, R"({"prompt": "x", "logit_bias": {"12x": 1}})", 400, "logit_bias.12x",
+       "keys must be token ids"},
+      {chat, "{" + msg + R"(, "logit_bias": {"5": 101}})", 400, "logit_bias.5",
+       "'logit_bias.5' must be in [-100, 100], got 101"},
+      {chat, "{" + msg + R"(, "logit_bias": {"5": -100.5}})", 400, "logit_bias.5",
+       "must be in [-100, 100]"},
+      {cmpl, R"({"prompt": "x", "logit_bias": {"5": "1"}})", 400, "logit_bias.5",
+       "'logit_bias.5' must be a number, got string"},
       {cmpl, R"({"prompt": "x", "echo": true})", 400, "echo", "'echo' is not supported"},
       {cmpl, R"({"prompt": "x", "echo": "no"})", 400, "echo", "'echo' must be a boolean"},
       {cmpl, R"({"prompt": "x", "best_of": 2})", 400, "best_of",
@@ -343,6 +381,31 @@ TEST_CASE("bad requests are rejected naming the field", "[openai]") {
     CHECK(e.type == "invalid_request_error");
     CHECK(e.code == (c.status == 404 ? "model_not_found" : ""));
   }
+}
+
+TEST_CASE("logprobs, penalties and logit_bias are mapped", "[openai][logprobs]") {
+  const std::string msg = R"("messages": [{"role": "user", "content": "Hi"}])";
+  // Absent: no logprobs, neutral penalties.
+  auto none = ok(cmpl, R"({"prompt": "x"})");
+  CHECK(none.params.top_logprobs == -1);
+  CHECK(none.params.logit_bias.empty());
+  CHECK(none.params.sampling.presence_penalty == 0);
+  CHECK(none.params.sampling.repetition_penalty == 1);
+  CHECK(ok(cmpl, R"({"prompt": "x", "logprobs": null})").params.top_logprobs == -1);
+  CHECK(ok(cmpl, R"({"prompt": "x", "logprobs": 0})").params.top_logprobs == 0);
+  CHECK(ok(cmpl, R"({"prompt": "x", "logprobs": 5})").params.top_logprobs == 5);
+  CHECK(ok(chat, "{" + msg + R"(, "logprobs": false})").params.top_logprobs == -1);
+  CHECK(ok(chat, "{" + msg + R"(, "logprobs": true})").params.top_logprobs == 0);
+  CHECK(ok(chat, "{" + msg + R"(, "logprobs": true, "top_logprobs": 20})").params.top_logprobs ==
+        20);
+  auto r = ok(chat, "{" + msg + R"(, "presence_penalty": -2, "frequency_penalty": 1.5,
+      "repetition_penalty": 1.1, "logit_bias": {"17": -100, "3": 2.5}})");
+  CHECK(r.params.sampling.presence_penalty == -2);
+  CHECK(r.params.sampling.frequency_penalty == 1.5);
+  CHECK(r.params.sampling.repetition_penalty == Approx(1.1));
+  auto bias = r.params.logit_bias;
+  std::sort(bias.begin(), bias.end());
+  CHECK(bias == std::vector<std::pair<int64_t, double>>{{3, 2.5}, {17, -100}});
 }
 
 TEST_CASE("an empty served model accepts any model name", "[openai]") {
@@ -634,4 +697,53 @@ TEST_CASE("SSE framing", "[openai]") {
   const auto ev = sse_event(stream_chunk(m, "line1\nline2", false, "", false));
   CHECK(ev.rfind("data: {", 0) == 0);
   CHECK(ev.find('\n') == ev.size() - 2);
+}
+
+TEST_CASE("logprobs in OpenAI's chat and completions shapes", "[openai][logprobs]") {
+  response_meta cm{endpoint::completions, "cmpl-1", 1700000000, "tiny-model"};
+  response_meta hm{endpoint::chat_completions, "chatcmpl-1", 1700000001, "tiny-model"};
+  auto piece = [](token_id t) { return t == 1 ? std::string("He") : std::string("llo"); };
+  std::vector<logprob_entry> entries{
+      make_logprob_entry(1, token_logprobs{-0.5f, {{1, -0.5f}, {2, -1.5f}}}, piece, 0),
+      make_logprob_entry(2, token_logprobs{-0.25f, {{1, -0.1f}, {2, -0.25f}}}, piece, 2),
+      // -inf cannot be JSON: reported as -9999, as OpenAI does.
+      make_logprob_entry(2, token_logprobs{-std::numeric_limits<float>::infinity(), {}}, piece, 5),
+  };
+  SECTION("chat") {
+    auto j = json::parse(completion_body(hm, "Hellollo", summary(), &entries));
+    const auto& lp = j["choices"][0]["logprobs"];
+    CHECK(lp["refusal"].is_null());
+    REQUIRE(lp["content"].size() == 3);
+    const auto& c0 = lp["content"][0];
+    CHECK(c0["token"] == "He");
+    CHECK(c0["logprob"] == -0.5);
+    CHECK(c0["bytes"] == json{72, 101});
+    REQUIRE(c0["top_logprobs"].size() == 2);
+    CHECK(c0["top_logprobs"][1]["token"] == "llo");
+    CHECK(c0["top_logprobs"][1]["logprob"] == -1.5);
+    CHECK(c0["top_logprobs"][1]["bytes"] == json{108, 108, 111});
+    CHECK(lp["content"][2]["logprob"] == -9999.0);
+    CHECK(lp["content"][2]["top_logprobs"] == json::array());
+    // Streamed: the same object per chunk, for the chunk's tokens.
+    std::vector<logprob_entry> one{entries[1]};
+    auto c = json::parse(stream_chunk(hm, "llo", false, "", false, &one));
+    REQUIRE(c["choices"][0]["logprobs"]["content"].size() == 1);
+    CHECK(c["choices"][0]["logprobs"]["content"][0]["token"] == "llo");
+  }
+  SECTION("completions") {
+    auto j = json::parse(completion_body(cm, "Hellollo", summary(), &entries));
+    const auto& lp = j["choices"][0]["logprobs"];
+    CHECK(lp["tokens"] == json{"He", "llo", "llo"});
+    CHECK(lp["token_logprobs"] == json{-0.5, -0.25, -9999.0});
+    CHECK(lp["text_offset"] == json{0, 2, 5});
+    REQUIRE(lp["top_logprobs"].size() == 3);
+    CHECK(lp["top_logprobs"][0] == json{{"He", -0.5}, {"llo", -1.5}});
+    // The chosen token is always in its position's dict (vLLM's logprobs + 1).
+    CHECK(lp["top_logprobs"][2] == json{{"llo", -9999.0}});
+    auto c = json::parse(stream_chunk(cm, "He", false, "", false, &entries));
+    CHECK(c["choices"][0]["logprobs"]["tokens"].size() == 3);
+    // Not asked for: null, as before.
+    CHECK(
+        json::parse(stream_chunk(cm, "He", false, "", false))["choices"][0]["logprobs"].is_null());
+  }
 }
