@@ -88,40 +88,61 @@ const char* kind_name(endpoint kind) {
   return kind == endpoint::completions ? "text_completion" : "chat.completion";
 }
 
-/// The completion prompt: a string, an array of one string, or an array of token ids.
-void parse_prompt(const json& body, generate_params& p) {
+/// One prompt as token ids: `ids` is an array of integers named `name`.
+void parse_ids(const json& ids, const std::string& name, generate_params& p) {
+  if (ids.empty()) fail(name, fmt::format("'{}' is empty", name));
+  p.has_text = false;
+  p.token_ids.reserve(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const json& id = ids[i];
+    const auto n = fmt::format("{}[{}]", name, i);
+    if (!id.is_number())
+      fail(n, fmt::format("'{}' must be an integer token id, got {}", n, id.type_name()));
+    p.token_ids.push_back(get_int(id, n));
+  }
+}
+
+/// The completion prompts: a string, an array of strings, an array of token ids, or an
+/// array of arrays of token ids. Each comes back as the prompt fields of one
+/// generate_params (has_text, text, token_ids).
+std::vector<generate_params> parse_prompts(const json& body) {
   const json* prompt = field(body, "prompt");
   if (!prompt) fail("prompt", "'prompt' is required");
+  std::vector<generate_params> out(1);
   if (prompt->is_string()) {
-    p.has_text = true;
-    p.text = prompt->get<std::string>();
-    if (p.text.empty()) fail("prompt", "'prompt' is empty");
-    return;
+    out[0].text = prompt->get<std::string>();
+    if (out[0].text.empty()) fail("prompt", "'prompt' is empty");
+    return out;
   }
   if (!prompt->is_array())
-    fail("prompt", fmt::format("'prompt' must be a string or an array of token ids, got {}",
+    fail("prompt", fmt::format("'prompt' must be a string, an array of strings or an array of "
+                               "token ids, got {}",
                                prompt->type_name()));
   if (prompt->empty()) fail("prompt", "'prompt' is empty");
   const json& first = prompt->front();
-  if (first.is_string() || first.is_array()) {
-    if (prompt->size() != 1 || first.is_array())
-      fail("prompt", "batched prompts are not supported; send one prompt per request");
-    p.has_text = true;
-    p.text = first.get<std::string>();
-    if (p.text.empty()) fail("prompt", "'prompt[0]' is empty");
-    return;
+  if (!first.is_string() && !first.is_array()) {
+    parse_ids(*prompt, "prompt", out[0]);
+    return out;
   }
-  p.has_text = false;
-  p.token_ids.reserve(prompt->size());
+  // A list of prompts, all strings or all arrays of ids.
+  if (prompt->size() > max_prompts)
+    fail("prompt", fmt::format("'prompt' lists {} prompts; at most {} are allowed", prompt->size(),
+                               max_prompts));
+  out.assign(prompt->size(), generate_params{});
   for (size_t i = 0; i < prompt->size(); ++i) {
-    const json& id = (*prompt)[i];
-    if (id.is_array() || id.is_string())
-      fail("prompt", "batched prompts are not supported; send one prompt per request");
+    const json& one = (*prompt)[i];
     const auto name = fmt::format("prompt[{}]", i);
-    if (!id.is_number())
-      fail(name, fmt::format("'{}' must be an integer token id, got {}", name, id.type_name()));
-    p.token_ids.push_back(get_int(id, name));
+    if (first.is_string()) {
+      out[i].text = get_string(one, name);
+      if (out[i].text.empty()) fail(name, fmt::format("'{}' is empty", name));
+    } else {
+      if (!one.is_array())
+        fail(name,
+             fmt::format("'{}' must be an array of token ids, got {}", name, one.type_name()));
+      parse_ids(one, name, out[i]);
+    }
   }
+  return out;
 }
 
 /// A message's content: a string or an array of {"type":"text","text"} parts, joined.
@@ -320,11 +341,26 @@ void parse_stops(const json& body, generate_params& p) {
   }
 }
 
+/// n, best_of and echo, and what they may not be combined with.
+void parse_fanout(const json& body, endpoint kind, parsed_request& r) {
+  int64_t n = 1;
+  if (const json* v = field(body, "n")) {
+    n = get_int(*v, "n");
+    if (n < 1 || n > max_n) fail("n", fmt::format("'n' must be in [1, {}], got {}", max_n, n));
+  }
+  r.n = static_cast<uint32_t>(n);
+  r.best_of = r.n;
+  if (kind != endpoint::completions) return;
+  if (const json* v = field(body, "best_of")) {
+    const int64_t b = get_int(*v, "best_of");
+    if (b < n || b > max_n)
+      fail("best_of", fmt::format("'best_of' must be in [n, {}] (n is {}), got {}", max_n, n, b));
+    r.best_of = static_cast<uint32_t>(b);
+  }
+  if (const json* v = field(body, "echo")) r.echo = get_bool(*v, "echo");
+}
 /// Options tokenmill does not implement, accepted only at their neutral value.
 void reject_unsupported(const json& body, endpoint kind) {
-  if (const json* v = field(body, "n")) {
-    if (get_int(*v, "n") != 1) fail("n", "only n=1 is supported");
-  }
   // Tool calling and structured output change what the model must produce; ignoring them
   // would hand the client plain text it did not ask for.
   if (const json* v = field(body, "tools")) {
@@ -337,15 +373,6 @@ void reject_unsupported(const json& body, endpoint kind) {
   if (const json* v = field(body, "response_format")) {
     if (!(v->is_object() && v->value("type", "") == "text"))
       fail("response_format", "'response_format' is not supported (only {\"type\": \"text\"})");
-  }
-  if (kind == endpoint::completions) {
-    if (const json* v = field(body, "echo")) {
-      if (get_bool(*v, "echo")) fail("echo", "'echo' is not supported (only false)");
-    }
-    if (const json* v = field(body, "best_of")) {
-      const int64_t b = get_int(*v, "best_of");
-      if (b != 1) fail("best_of", fmt::format("'best_of' is not supported (only 1), got {}", b));
-    }
   }
 }
 
@@ -372,8 +399,13 @@ parsed_request parse(endpoint kind, std::string_view text, const request_context
   reject_unsupported(body, kind);
 
   auto& p = r.params;
+  parse_fanout(body, kind, r);
+  std::vector<generate_params> prompts;
   if (kind == endpoint::completions) {
-    parse_prompt(body, p);
+    prompts = parse_prompts(body);
+    p.has_text = prompts[0].has_text;
+    p.text = prompts[0].text;
+    p.token_ids = prompts[0].token_ids;
     p.add_bos = true;
   } else {
     p.has_text = true;
@@ -390,6 +422,23 @@ parsed_request parse(endpoint kind, std::string_view text, const request_context
   parse_logprobs(body, kind, p);
   parse_stops(body, p);
   if (const json* v = field(body, "ignore_eos")) p.ignore_eos = get_bool(*v, "ignore_eos");
+  if (r.echo && p.top_logprobs >= 0)
+    fail("echo", "'echo' with 'logprobs' is not supported (it needs the prompt's logprobs)");
+  if (prompts.empty()) {
+    r.prompts = {p};
+  } else {
+    if (prompts.size() * r.best_of > max_sequences)
+      fail("prompt", fmt::format("{} prompts x {} sequences each is more than the {} sequences "
+                                 "one request may ask for",
+                                 prompts.size(), r.best_of, max_sequences));
+    for (auto& one : prompts) {
+      auto full = p;
+      full.has_text = one.has_text;
+      full.text = std::move(one.text);
+      full.token_ids = std::move(one.token_ids);
+      r.prompts.push_back(std::move(full));
+    }
+  }
 
   if (const json* v = field(body, "stream")) r.stream = get_bool(*v, "stream");
   if (const json* v = field(body, "stream_options")) {
@@ -400,6 +449,8 @@ parsed_request parse(endpoint kind, std::string_view text, const request_context
     if (const json* u = field(*v, "include_usage"))
       r.include_usage = get_bool(*u, "stream_options.include_usage");
   }
+  if (r.stream && r.best_of > r.n)
+    fail("best_of", "'best_of' above 'n' cannot be streamed (the best are known at the end)");
   return r;
 }
 
@@ -600,20 +651,31 @@ std::string logprobs_json(endpoint kind, const std::vector<logprob_entry>& entri
 std::string completion_body(const response_meta& m, std::string_view text,
                             const generation_summary& s,
                             const std::vector<logprob_entry>* logprobs) {
+  return completion_body(
+      m, std::vector<choice_body>{{0, std::string(text), finish_reason_name(s.reason), logprobs}},
+      s);
+}
+
+std::string completion_body(const response_meta& m, const std::vector<choice_body>& choices,
+                            const generation_summary& s) {
   ojson j = head(m, kind_name(m.kind));
-  ojson choice;
-  choice["index"] = 0;
-  if (m.kind == endpoint::completions) {
-    choice["text"] = std::string(text);
-  } else {
-    ojson msg;
-    msg["role"] = "assistant";
-    msg["content"] = std::string(text);
-    choice["message"] = std::move(msg);
+  ojson list = ojson::array();
+  for (const auto& c : choices) {
+    ojson choice;
+    choice["index"] = c.index;
+    if (m.kind == endpoint::completions) {
+      choice["text"] = c.text;
+    } else {
+      ojson msg;
+      msg["role"] = "assistant";
+      msg["content"] = c.text;
+      choice["message"] = std::move(msg);
+    }
+    choice["logprobs"] = c.logprobs ? logprobs_object(m.kind, *c.logprobs) : ojson(nullptr);
+    choice["finish_reason"] = finish_value(c.finish);
+    list.push_back(std::move(choice));
   }
-  choice["logprobs"] = logprobs ? logprobs_object(m.kind, *logprobs) : ojson(nullptr);
-  choice["finish_reason"] = finish_value(finish_reason_name(s.reason));
-  j["choices"] = ojson::array({std::move(choice)});
+  j["choices"] = std::move(list);
   j["usage"] = usage_object(s);
   j["tokenmill"] = timing_object(s);
   return dump(j);
@@ -622,9 +684,15 @@ std::string completion_body(const response_meta& m, std::string_view text,
 std::string stream_chunk(const response_meta& m, std::string_view text, bool first,
                          std::string_view finish, bool usage_null,
                          const std::vector<logprob_entry>* logprobs) {
+  return stream_chunk(m, 0, text, first, finish, usage_null, logprobs);
+}
+
+std::string stream_chunk(const response_meta& m, uint32_t index, std::string_view text, bool first,
+                         std::string_view finish, bool usage_null,
+                         const std::vector<logprob_entry>* logprobs) {
   ojson j = head(m, chunk_object(m.kind));
   ojson choice;
-  choice["index"] = 0;
+  choice["index"] = index;
   if (m.kind == endpoint::completions) {
     choice["text"] = std::string(text);
   } else {

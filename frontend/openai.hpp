@@ -70,10 +70,23 @@ struct request_context {
   chat_format format = chat_format::chatml;
 };
 
+/// Most prompts one completions request may list.
+inline constexpr size_t max_prompts = 32;
+/// Most sequences one prompt may fan out to (`n`, `best_of`).
+inline constexpr int64_t max_n = 16;
+/// Most sequences one request may fan out to (prompts x best_of).
+inline constexpr size_t max_sequences = 64;
+
 /// A parsed request, ready for validate().
 struct parsed_request {
   endpoint kind = endpoint::completions;
   generate_params params;  ///< prompt (text or ids), max_tokens, sampling, stop strings
+  /// One per prompt (completions may list several; each is served as its own requests):
+  /// `params` with that prompt. prompts[0] equals `params`.
+  std::vector<generate_params> prompts;
+  uint32_t n = 1;        ///< choices returned per prompt
+  uint32_t best_of = 1;  ///< sequences generated per prompt (>= n; best_of > n ranks them)
+  bool echo = false;     ///< completions: each choice's text starts with its prompt
   bool stream = false;
   bool include_usage = false;  ///< stream_options.include_usage
   std::string model;           ///< as sent (empty when absent)
@@ -82,12 +95,13 @@ struct parsed_request {
 /// Parses a request body. Accepted fields:
 /// - both: model, max_tokens (chat: also max_completion_tokens; absent: completions 16,
 ///   chat the rest of the context, via params.max_tokens_to_context), temperature, top_p,
-///   seed, stop (string or array of strings), n (only 1), stream,
+///   seed, stop (string or array of strings), n (1..16), stream,
 ///   stream_options.include_usage, user (ignored), presence_penalty / frequency_penalty
 ///   ([-2, 2]), logit_bias ({"id": bias in [-100, 100]}), and tokenmill/vLLM extensions
 ///   top_k, min_p, repetition_penalty (> 0), ignore_eos, stop_token_ids;
-/// - completions: prompt as a string, an array of one string, or an array of token ids;
-///   echo (only false); logprobs (integer 0..5);
+/// - completions: prompt as a string, an array of strings, an array of token ids or an
+///   array of arrays of token ids (up to 32 prompts); echo (not with logprobs); best_of
+///   (n..16; not streamed when above n); logprobs (integer 0..5);
 /// - chat: messages (non-empty array of {role, content}); logprobs (boolean) and
 ///   top_logprobs (0..20, only with logprobs).
 /// Unknown fields are ignored, as OpenAI does. A wrong type, a value out of range or an
@@ -151,12 +165,28 @@ std::string completion_body(const response_meta& m, std::string_view text,
                             const generation_summary& s,
                             const std::vector<logprob_entry>* logprobs = nullptr);
 
+/// One choice of a response with several.
+struct choice_body {
+  uint32_t index = 0;
+  std::string text;
+  std::string_view finish;                               ///< "" = null
+  const std::vector<logprob_entry>* logprobs = nullptr;  ///< null: "logprobs": null
+};
+/// A whole response with several choices (a list of prompts, n > 1); usage and timing
+/// from `s`.
+std::string completion_body(const response_meta& m, const std::vector<choice_body>& choices,
+                            const generation_summary& s);
+
 /// One streamed chunk body (not yet SSE-framed): `text_completion` with choices[0].text, or
 /// `chat.completion.chunk` with choices[0].delta ({"role":"assistant","content":""} when
 /// `first`, else {"content": text}); finish_reason is null when `finish` is empty. With
 /// `usage_null` the chunk carries "usage": null (OpenAI does this when include_usage is on).
 /// `logprobs`, when given, are the log-probabilities of the tokens behind `text`.
 std::string stream_chunk(const response_meta& m, std::string_view text, bool first,
+                         std::string_view finish, bool usage_null,
+                         const std::vector<logprob_entry>* logprobs = nullptr);
+/// The same for choice `index` of a response with several.
+std::string stream_chunk(const response_meta& m, uint32_t index, std::string_view text, bool first,
                          std::string_view finish, bool usage_null,
                          const std::vector<logprob_entry>* logprobs = nullptr);
 

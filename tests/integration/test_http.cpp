@@ -11,6 +11,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -348,6 +350,91 @@ TEST_CASE("http: logprobs, whole and streamed, chat and completions", "[integrat
               "'presence_penalty' must be a number");
 }
 
+TEST_CASE("http: a list of prompts, n > 1, best_of and echo", "[integration][http]") {
+  server srv;
+  auto c = connect_http(srv);
+  // Each prompt alone, for reference (greedy).
+  auto alone = [&](const std::string& prompt) {
+    auto r = post(*c, "/v1/completions", {{"prompt", prompt}, {"max_tokens", 4}});
+    REQUIRE(r.status == 200);
+    return json::parse(r.body)["choices"][0]["text"].get<std::string>();
+  };
+  const auto a = alone("first prompt"), b = alone("second prompt");
+  auto list = post(*c, "/v1/completions",
+                   {{"prompt", {"first prompt", "second prompt"}}, {"max_tokens", 4}});
+  INFO(list.body);
+  REQUIRE(list.status == 200);
+  auto lj = json::parse(list.body);
+  REQUIRE(lj["choices"].size() == 2);
+  CHECK(lj["choices"][0]["index"] == 0);
+  CHECK(lj["choices"][0]["text"] == a);
+  CHECK(lj["choices"][1]["index"] == 1);
+  CHECK(lj["choices"][1]["text"] == b);
+  CHECK(lj["usage"]["completion_tokens"] == 8);
+  // Streamed: choices by index.
+  auto st = post_stream(
+      *c, "/v1/completions",
+      {{"prompt", {"first prompt", "second prompt"}}, {"max_tokens", 4}, {"stream", true}});
+  std::map<int, std::string> texts;
+  for (const auto& e : st.events) {
+    if (e == "[DONE]") continue;
+    auto k = json::parse(e);
+    for (const auto& ch : k["choices"])
+      texts[ch["index"].get<int>()] += ch["text"].get<std::string>();
+  }
+  CHECK(texts[0] == a);
+  CHECK(texts[1] == b);
+  // n = 3 with a seed: sequence i samples with seed + i, so choice 0 is the seeded request.
+  json sampled{{"prompt", "first prompt"}, {"max_tokens", 6}, {"temperature", 1.0}, {"seed", 5}};
+  auto single = json::parse(post(*c, "/v1/completions", sampled).body);
+  sampled["n"] = 3;
+  auto three = json::parse(post(*c, "/v1/completions", sampled).body);
+  REQUIRE(three["choices"].size() == 3);
+  CHECK(three["choices"][0]["text"] == single["choices"][0]["text"]);
+  CHECK(three["usage"]["completion_tokens"] == 18);
+  CHECK(three["usage"]["prompt_tokens"] == single["usage"]["prompt_tokens"]);
+  std::set<std::string> distinct;
+  for (const auto& ch : three["choices"])
+    distinct.insert(ch["text"].get<std::string>());
+  CHECK(distinct.size() > 1);
+  // best_of 4, n 1: the returned choice is the most likely of four seeded samples.
+  sampled["n"] = 1;
+  sampled["best_of"] = 4;
+  sampled["logprobs"] = 0;
+  auto best = json::parse(post(*c, "/v1/completions", sampled).body);
+  REQUIRE(best["choices"].size() == 1);
+  sampled.erase("best_of");
+  sampled["n"] = 4;
+  auto four = json::parse(post(*c, "/v1/completions", sampled).body);
+  double top = -1e300;
+  std::string top_text;
+  for (const auto& ch : four["choices"]) {
+    double sum = 0;
+    for (const auto& v : ch["logprobs"]["token_logprobs"])
+      sum += v.get<double>();
+    if (sum > top) {
+      top = sum;
+      top_text = ch["text"];
+    }
+  }
+  CHECK(best["choices"][0]["text"] == top_text);
+  // Chat with n = 2.
+  auto cn =
+      post(*c, "/v1/chat/completions",
+           {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 3}, {"n", 2}});
+  REQUIRE(cn.status == 200);
+  CHECK(json::parse(cn.body)["choices"].size() == 2);
+  // echo: the prompt's text comes first.
+  auto echoed = json::parse(
+      post(*c, "/v1/completions", {{"prompt", "first prompt"}, {"max_tokens", 4}, {"echo", true}})
+          .body);
+  CHECK(echoed["choices"][0]["text"] == "first prompt" + a);
+  // A bad prompt of a list: the request is refused, naming it.
+  check_error(post(*c, "/v1/completions", {{"prompt", {"ok", ""}}, {"max_tokens", 2}}), 400,
+              "'prompt[1]' is empty");
+  CHECK(eventually([&] { return workers_idle(srv.status()); }, std::chrono::milliseconds(3000)));
+}
+
 TEST_CASE("http: stop strings end the text and the request", "[integration][http]") {
   server srv{{"--sim-decode-step-ms", "2"}};
   auto c = connect_http(srv);
@@ -384,8 +471,9 @@ TEST_CASE("http: bad requests get OpenAI errors with the right status", "[integr
   bad(R"({"prompt": "hi", "max_tokens": 100})", 400, "context");
   bad(R"({"prompt": "hi", "temperature": "hot"})", 400, "temperature");
   bad(R"({"prompt": "hi", "top_p": 0})", 400, "top_p");
-  bad(R"({"prompt": "hi", "n": 2})", 400, "n");
-  bad(R"({"prompt": ["a", "b"]})", 400, "batched");
+  bad(R"({"prompt": "hi", "n": 17})", 400, "'n' must be in [1, 16]");
+  bad(R"({"prompt": ["a", ""]})", 400, "'prompt[1]' is empty");
+  bad(R"({"prompt": ["a", "b"], "max_tokens": 100})", 400, "prompt 0: ");
   bad(R"({"prompt": [1, 99999999]})", 400, "vocabulary");
   bad(R"({"prompt": "hi", "model": "gpt-4"})", 404, "gpt-4");
   bad(R"({"prompt": "hi", "stop": 7})", 400, "stop");

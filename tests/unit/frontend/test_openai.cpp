@@ -216,13 +216,23 @@ TEST_CASE("bad requests are rejected naming the field", "[openai]") {
       {cmpl, R"({})", 400, "prompt", "'prompt' is required"},
       {cmpl, R"({"prompt": ""})", 400, "prompt", "'prompt' is empty"},
       {cmpl, R"({"prompt": []})", 400, "prompt", "'prompt' is empty"},
-      {cmpl, R"({"prompt": [""]})", 400, "prompt", "is empty"},
-      {cmpl, R"({"prompt": 5})", 400, "prompt", "'prompt' must be a string or an array"},
+      {cmpl, R"({"prompt": [""]})", 400, "prompt[0]", "is empty"},
+      {cmpl, R"({"prompt": 5})", 400, "prompt", "'prompt' must be a string, an array"},
       {cmpl, R"({"prompt": {"text": "x"}})", 400, "prompt", "got object"},
-      {cmpl, R"({"prompt": ["a", "b"]})", 400, "prompt", "batched prompts are not supported"},
-      {cmpl, R"({"prompt": [[1, 2], [3]]})", 400, "prompt", "batched prompts are not supported"},
-      {cmpl, R"({"prompt": [[1, 2]]})", 400, "prompt", "batched prompts are not supported"},
-      {cmpl, R"({"prompt": [1, "a"]})", 400, "prompt", "batched prompts are not supported"},
+      {cmpl, R"({"prompt": ["a", ""]})", 400, "prompt[1]", "'prompt[1]' is empty"},
+      {cmpl, R"({"prompt": ["a", 3]})", 400, "prompt[1]", "'prompt[1]' must be a string"},
+      {cmpl, R"({"prompt": [[1, 2], 3]})", 400, "prompt[1]",
+       "'prompt[1]' must be an array of token ids, got number"},
+      {cmpl, R"({"prompt": [[1, 2], []]})", 400, "prompt[1]", "'prompt[1]' is empty"},
+      {cmpl, R"({"prompt": [[1, "x"]]})", 400, "prompt[0][1]",
+       "'prompt[0][1]' must be an integer token id, got string"},
+      {cmpl, R"({"prompt": [1, "a"]})", 400, "prompt[1]",
+       "'prompt[1]' must be an integer token id, got string"},
+      {cmpl,
+       R"({"prompt": ["a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a"]})",
+       400, "prompt", "lists 33 prompts; at most 32 are allowed"},
+      {cmpl, R"({"prompt": ["a","b","c","d","e"], "n": 16})", 400, "prompt",
+       "5 prompts x 16 sequences each is more than the 64"},
       {cmpl, R"({"prompt": [1, 2.5]})", 400, "prompt[1]", "'prompt[1]' must be an integer"},
       {cmpl, R"({"prompt": [1, true]})", 400, "prompt[1]", "integer token id, got boolean"},
       // max_tokens
@@ -268,14 +278,15 @@ TEST_CASE("bad requests are rejected naming the field", "[openai]") {
       {cmpl, R"({"prompt": "x", "ignore_eos": 1})", 400, "ignore_eos",
        "'ignore_eos' must be a boolean, got number"},
       // unsupported options
-      {cmpl, R"({"prompt": "x", "n": 2})", 400, "n", "only n=1 is supported"},
+      {cmpl, R"({"prompt": "x", "n": 0})", 400, "n", "'n' must be in [1, 16], got 0"},
+      {cmpl, R"({"prompt": "x", "n": 17})", 400, "n", "'n' must be in [1, 16]"},
       {chat, "{" + msg + R"(, "tools": [{"type": "function", "function": {"name": "f"}}]})", 400,
        "tools", "tool calling ('tools') is not supported"},
       {chat, "{" + msg + R"(, "tool_choice": "auto"})", 400, "tool_choice",
        "tool calling ('tool_choice') is not supported"},
       {chat, "{" + msg + R"(, "response_format": {"type": "json_object"}})", 400, "response_format",
        "'response_format' is not supported"},
-      {chat, "{" + msg + R"(, "n": 3})", 400, "n", "only n=1 is supported"},
+      {chat, "{" + msg + R"(, "n": -3})", 400, "n", "'n' must be in [1, 16]"},
       {cmpl, R"({"prompt": "x", "n": "1"})", 400, "n", "'n' must be an integer"},
       // logprobs
       {cmpl, R"({"prompt": "x", "logprobs": 6})", 400, "logprobs",
@@ -325,10 +336,15 @@ TEST_CASE("bad requests are rejected naming the field", "[openai]") {
        "must be in [-100, 100]"},
       {cmpl, R"({"prompt": "x", "logit_bias": {"5": "1"}})", 400, "logit_bias.5",
        "'logit_bias.5' must be a number, got string"},
-      {cmpl, R"({"prompt": "x", "echo": true})", 400, "echo", "'echo' is not supported"},
+      {cmpl, R"({"prompt": "x", "echo": true, "logprobs": 1})", 400, "echo",
+       "'echo' with 'logprobs' is not supported"},
       {cmpl, R"({"prompt": "x", "echo": "no"})", 400, "echo", "'echo' must be a boolean"},
-      {cmpl, R"({"prompt": "x", "best_of": 2})", 400, "best_of",
-       "'best_of' is not supported (only 1)"},
+      {cmpl, R"({"prompt": "x", "n": 3, "best_of": 2})", 400, "best_of",
+       "'best_of' must be in [n, 16] (n is 3), got 2"},
+      {cmpl, R"({"prompt": "x", "best_of": 17})", 400, "best_of", "'best_of' must be in [n, 16]"},
+      {cmpl, R"({"prompt": "x", "best_of": "2"})", 400, "best_of", "'best_of' must be an integer"},
+      {cmpl, R"({"prompt": "x", "best_of": 2, "stream": true})", 400, "best_of",
+       "'best_of' above 'n' cannot be streamed"},
       // streaming
       {cmpl, R"({"prompt": "x", "stream": "yes"})", 400, "stream",
        "'stream' must be a boolean, got string"},
@@ -406,6 +422,53 @@ TEST_CASE("logprobs, penalties and logit_bias are mapped", "[openai][logprobs]")
   auto bias = r.params.logit_bias;
   std::sort(bias.begin(), bias.end());
   CHECK(bias == std::vector<std::pair<int64_t, double>>{{3, 2.5}, {17, -100}});
+}
+
+TEST_CASE("completions: a list of prompts, n, best_of and echo", "[openai]") {
+  auto one = ok(cmpl, R"({"prompt": "x"})");
+  CHECK(one.prompts.size() == 1);
+  CHECK(one.n == 1);
+  CHECK(one.best_of == 1);
+  CHECK_FALSE(one.echo);
+  auto texts = ok(cmpl, R"({"prompt": ["a", "bb"], "n": 2, "max_tokens": 3, "seed": 9})");
+  REQUIRE(texts.prompts.size() == 2);
+  CHECK(texts.prompts[0].text == "a");
+  CHECK(texts.prompts[1].text == "bb");
+  CHECK(texts.prompts[1].max_tokens == 3);  // every prompt gets the request's options
+  CHECK(texts.prompts[1].sampling.seed == 9);
+  CHECK(texts.params.text == "a");
+  CHECK(texts.n == 2);
+  CHECK(texts.best_of == 2);  // best_of defaults to n
+  auto ids = ok(cmpl, R"({"prompt": [[1, 2], [3]], "best_of": 3, "echo": true})");
+  REQUIRE(ids.prompts.size() == 2);
+  CHECK_FALSE(ids.prompts[0].has_text);
+  CHECK(ids.prompts[0].token_ids == std::vector<int64_t>{1, 2});
+  CHECK(ids.prompts[1].token_ids == std::vector<int64_t>{3});
+  CHECK(ids.best_of == 3);
+  CHECK(ids.n == 1);
+  CHECK(ids.echo);
+  auto chat_n = ok(chat, R"({"messages": [{"role": "user", "content": "Hi"}], "n": 4})");
+  CHECK(chat_n.n == 4);
+  CHECK(chat_n.prompts.size() == 1);
+}
+
+TEST_CASE("responses with several choices", "[openai]") {
+  response_meta cm{endpoint::completions, "cmpl-1", 1700000000, "tiny-model"};
+  std::vector<logprob_entry> lps{{"a", -0.5f, {}, 0}};
+  std::vector<choice_body> choices{{0, "first", "length", nullptr}, {1, "second", "stop", &lps}};
+  generation_summary s;
+  s.prompt_tokens = 4;
+  s.completion_tokens = 6;
+  auto j = json::parse(completion_body(cm, choices, s));
+  REQUIRE(j["choices"].size() == 2);
+  CHECK(j["choices"][1]["index"] == 1);
+  CHECK(j["choices"][1]["text"] == "second");
+  CHECK(j["choices"][1]["finish_reason"] == "stop");
+  CHECK(j["choices"][0]["logprobs"].is_null());
+  CHECK(j["choices"][1]["logprobs"]["tokens"] == json{"a"});
+  CHECK(j["usage"]["total_tokens"] == 10);
+  auto c = json::parse(stream_chunk(cm, 3, "x", false, "", false));
+  CHECK(c["choices"][0]["index"] == 3);
 }
 
 TEST_CASE("an empty served model accepts any model name", "[openai]") {
