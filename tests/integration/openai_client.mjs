@@ -1,7 +1,8 @@
 // Drives `tokenmill serve` with the official `openai` npm package (v4): models,
 // completions, chat, streaming with usage, logprobs (chat and completions, whole and
-// streamed), penalties and logit_bias, and errors. Run from a folder whose
-// node_modules holds the package: `node openai_client.mjs http://127.0.0.1:PORT/v1`.
+// streamed), penalties and logit_bias, several choices (n, a list of prompts), echo, and
+// errors. Run from a folder whose node_modules holds the package:
+// `node openai_client.mjs http://127.0.0.1:PORT/v1`.
 // Prints one JSON object with what it saw; exits non-zero on any unexpected failure.
 import { createRequire } from 'module';
 
@@ -94,6 +95,17 @@ const pen = await client.completions.create({
   logit_bias: { '300': 5 },
 });
 out.penalties = { completion_tokens: pen.usage.completion_tokens };
+// Several choices: a list of prompts, n > 1, echo.
+const multi = await client.completions.create({
+  model, prompt: ['Hello there', 'General Kenobi'], max_tokens: 3, n: 2,
+});
+out.multi = { indices: multi.choices.map((c) => c.index), completion_tokens: multi.usage.completion_tokens };
+const chatN = await client.chat.completions.create({ model, messages, max_tokens: 2, n: 3 });
+out.chat_n = { choices: chatN.choices.length };
+const echoed = await client.completions.create({
+  model, prompt: 'Hello there', max_tokens: 2, echo: true,
+});
+out.echo = { starts: echoed.choices[0].text.startsWith('Hello there') };
 try {
   await client.chat.completions.create({
     model, messages, max_tokens: 1, logprobs: true, top_logprobs: 21,

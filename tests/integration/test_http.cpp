@@ -637,4 +637,8 @@ TEST_CASE("http: the official openai npm client", "[integration][http][npm]") {
   CHECK(j["penalties"]["completion_tokens"] == 3);
   CHECK(j["bad_top_logprobs"]["status"] == 400);
   CHECK(j["bad_top_logprobs"]["param"] == "top_logprobs");
+  CHECK(j["multi"]["indices"] == json::array({0, 1, 2, 3}));
+  CHECK(j["multi"]["completion_tokens"] == 12);
+  CHECK(j["chat_n"]["choices"] == 3);
+  CHECK(j["echo"]["starts"] == true);
 }
