@@ -125,6 +125,10 @@ struct kv_write_done {
 struct engine_step_done {
   std::vector<token_id> prefill_next;
   std::vector<token_id> decode_next;
+  /// Per entry of prefill_next / decode_next: its log-probabilities (empty when the
+  /// sequence did not ask for them, see sampling_params::top_logprobs).
+  std::vector<token_logprobs> prefill_logprobs;
+  std::vector<token_logprobs> decode_logprobs;
   int64_t prefill_ns = 0;  ///< engine time of the prefill part
   int64_t decode_ns = 0;   ///< engine time of the decode part
   /// The engine's failure as it reported it (invalid_request for a batch it refused before
@@ -138,6 +142,7 @@ struct first_token {
   request_id id = 0;
   token_id token = 0;
   trace tr;
+  token_logprobs logprobs;  ///< when the request asked for them
 };
 
 /// One generated token of one request; `index` counts from 0 (the first token).
@@ -145,6 +150,7 @@ struct token_event {
   request_id id = 0;
   uint32_t index = 0;
   token_id token = 0;
+  token_logprobs logprobs;  ///< when the request asked for them
 };
 
 /// decode -> router: the tokens of one decode step (one message per step and router).
@@ -180,6 +186,8 @@ struct token_chunk {
   request_id id = 0;
   uint32_t first_index = 0;
   std::vector<token_id> tokens;
+  /// One per token when the request asked for log-probabilities, else empty.
+  std::vector<token_logprobs> logprobs;
 };
 
 /// router -> frontend: the last message of a request.
@@ -503,7 +511,20 @@ typename F::result_type inspect(F& f, wire_bytes& x) {
 template <class F>
 typename F::result_type inspect(F& f, sampling_params& x) {
   return f(caf::meta::type_name("sampling_params"), x.temperature, x.top_p, x.top_k, x.min_p,
-           x.seed);
+           x.seed, x.presence_penalty, x.frequency_penalty, x.repetition_penalty, x.logit_bias,
+           x.top_logprobs, x.resumed);
+}
+template <class F>
+typename F::result_type inspect(F& f, logit_bias_entry& x) {
+  return f(caf::meta::type_name("logit_bias_entry"), x.token, x.bias);
+}
+template <class F>
+typename F::result_type inspect(F& f, top_logprob& x) {
+  return f(caf::meta::type_name("top_logprob"), x.token, x.logprob);
+}
+template <class F>
+typename F::result_type inspect(F& f, token_logprobs& x) {
+  return f(caf::meta::type_name("token_logprobs"), x.logprob, x.top);
 }
 template <class F>
 typename F::result_type inspect(F& f, hop& x) {
@@ -554,8 +575,8 @@ typename F::result_type inspect(F& f, kv_write_done& x) {
 }
 template <class F>
 typename F::result_type inspect(F& f, engine_step_done& x) {
-  return f(caf::meta::type_name("engine_step_done"), x.prefill_next, x.decode_next, x.prefill_ns,
-           x.decode_ns, x.error);
+  return f(caf::meta::type_name("engine_step_done"), x.prefill_next, x.decode_next,
+           x.prefill_logprobs, x.decode_logprobs, x.prefill_ns, x.decode_ns, x.error);
 }
 template <class F>
 typename F::result_type inspect(F& f, kv_ready& x) {
@@ -575,11 +596,11 @@ typename F::result_type inspect(F& f, prefill_failed& x) {
 }
 template <class F>
 typename F::result_type inspect(F& f, first_token& x) {
-  return f(caf::meta::type_name("first_token"), x.id, x.token, x.tr);
+  return f(caf::meta::type_name("first_token"), x.id, x.token, x.tr, x.logprobs);
 }
 template <class F>
 typename F::result_type inspect(F& f, token_event& x) {
-  return f(caf::meta::type_name("token_event"), x.id, x.index, x.token);
+  return f(caf::meta::type_name("token_event"), x.id, x.index, x.token, x.logprobs);
 }
 template <class F>
 typename F::result_type inspect(F& f, token_batch& x) {
@@ -608,7 +629,7 @@ typename F::result_type inspect(F& f, cancel_request& x) {
 }
 template <class F>
 typename F::result_type inspect(F& f, token_chunk& x) {
-  return f(caf::meta::type_name("token_chunk"), x.id, x.first_index, x.tokens);
+  return f(caf::meta::type_name("token_chunk"), x.id, x.first_index, x.tokens, x.logprobs);
 }
 template <class F>
 typename F::result_type inspect(F& f, request_summary& x) {

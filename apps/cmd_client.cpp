@@ -28,6 +28,11 @@ struct generate_opts {
   uint32_t top_k = 0;
   float min_p = 0;
   uint64_t seed = 0;
+  float presence_penalty = 0;
+  float frequency_penalty = 0;
+  float repetition_penalty = 1;
+  std::vector<std::string> logit_bias;  ///< ID=BIAS
+  int64_t logprobs = -1;
   std::vector<int64_t> stop_ids;
   std::vector<std::string> stops;
   bool ignore_eos = false;
@@ -63,6 +68,35 @@ result<std::unique_ptr<client>> connect_to(const std::string& endpoint, double t
   return client::connect(ep->first, ep->second, timeout_s, opts);
 }
 
+/// Parses --logit-bias ID=BIAS words; an error names the bad one.
+result<std::vector<std::pair<int64_t, double>>> parse_bias(const std::vector<std::string>& words) {
+  std::vector<std::pair<int64_t, double>> out;
+  for (const auto& w : words) {
+    auto eq = w.find('=');
+    int64_t id = 0;
+    double bias = 0;
+    bool ok = eq != std::string::npos;
+    if (ok) {
+      auto [p, ec] = std::from_chars(w.data(), w.data() + eq, id);
+      ok = ec == std::errc() && p == w.data() + eq && eq > 0;
+    }
+    if (ok) {
+      try {
+        size_t used = 0;
+        bias = std::stod(w.substr(eq + 1), &used);
+        ok = used == w.size() - eq - 1;
+      } catch (const std::exception&) {
+        ok = false;
+      }
+    }
+    if (!ok)
+      return error_info{errc::invalid_request,
+                        fmt::format("--logit-bias: '{}' is not TOKEN_ID=BIAS", w)};
+    out.emplace_back(id, bias);
+  }
+  return out;
+}
+
 int fail(const char* cmd, const error_info& e) {
   std::fprintf(stderr, "tokenmill %s: %s: %s\n", cmd, std::string(to_string(e.code)).c_str(),
                e.message.c_str());
@@ -89,6 +123,18 @@ command add_generate(CLI::App& app) {
   app.add_option("--min-p", o->min_p, "Drop tokens below min_p x the top probability")
       ->capture_default_str();
   app.add_option("--seed", o->seed, "Sampling seed (reproducible with temperature > 0)");
+  app.add_option("--presence-penalty", o->presence_penalty,
+                 "Subtract from the logit of every token generated so far, in [-2, 2]");
+  app.add_option("--frequency-penalty", o->frequency_penalty,
+                 "Subtract per time a token was generated so far, in [-2, 2]");
+  app.add_option("--repetition-penalty", o->repetition_penalty,
+                 "Divide positive (multiply negative) logits of prompt and output tokens (> 0)")
+      ->capture_default_str();
+  app.add_option("--logit-bias", o->logit_bias,
+                 "TOKEN_ID=BIAS added to that token's logit, in [-100, 100] (repeatable)");
+  app.add_option("--logprobs", o->logprobs,
+                 "Print each generated token's log-probability and the N most likely tokens "
+                 "(0..20; computed from the raw logits)");
   app.add_option("--stop-id", o->stop_ids, "Stop after generating this token id (repeatable)");
   app.add_option("--stop", o->stops,
                  "Stop when the text contains this string, which is not printed (repeatable)");
@@ -127,6 +173,13 @@ command add_generate(CLI::App& app) {
     p.sampling.top_k = o->top_k;
     p.sampling.min_p = o->min_p;
     p.sampling.seed = o->seed;
+    p.sampling.presence_penalty = o->presence_penalty;
+    p.sampling.frequency_penalty = o->frequency_penalty;
+    p.sampling.repetition_penalty = o->repetition_penalty;
+    auto bias = parse_bias(o->logit_bias);
+    if (!bias) return fail("generate", bias.error());
+    p.logit_bias = std::move(*bias);
+    p.top_logprobs = o->logprobs;
     p.ignore_eos = o->ignore_eos;
     p.add_bos = !o->no_bos;
     auto c = connect_to(o->connect, std::min(o->timeout_s, 10.0), o->security);
@@ -180,6 +233,17 @@ command add_generate(CLI::App& app) {
       std::printf("served by: prefill %s, decode %s; itl spikes: %s\n",
                   sv.prefill_worker.empty() ? "(on the decode worker)" : sv.prefill_worker.c_str(),
                   sv.decode_worker.c_str(), spikes.empty() ? "none" : spikes.c_str());
+      if (!r->logprobs.empty()) {
+        std::printf("logprobs (natural log, raw logits):\n");
+        for (size_t i = 0; i < r->logprobs.size() && i < r->tokens.size(); ++i) {
+          const auto& lp = r->logprobs[i];
+          std::string top;
+          for (const auto& a : lp.top)
+            top += fmt::format(" {}:{:.4f}", a.token, a.logprob);
+          std::printf("  %zu: %d %.4f%s%s\n", i, r->tokens[i], lp.logprob,
+                      top.empty() ? "" : " | top", top.c_str());
+        }
+      }
     }
     if (o->json) {
       nlohmann::ordered_json j;
@@ -235,6 +299,21 @@ command add_generate(CLI::App& app) {
       }
       server["steps"] = steps;
       j["server"] = server;
+      if (!r->logprobs.empty()) {
+        // [{"token": id, "logprob": x, "top": [[id, logprob], ...]}], one per token.
+        auto lps = nlohmann::ordered_json::array();
+        for (size_t i = 0; i < r->logprobs.size() && i < r->tokens.size(); ++i) {
+          nlohmann::ordered_json e;
+          e["token"] = r->tokens[i];
+          e["logprob"] = r->logprobs[i].logprob;
+          auto top = nlohmann::ordered_json::array();
+          for (const auto& a : r->logprobs[i].top)
+            top.push_back({a.token, a.logprob});
+          e["top"] = top;
+          lps.push_back(e);
+        }
+        j["logprobs"] = lps;
+      }
       std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     }
     return 0;

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/errors.hpp"
@@ -12,6 +13,12 @@
 
 namespace tokenmill {
 
+/// A bias added to one token's logit before sampling (OpenAI `logit_bias`).
+struct logit_bias_entry {
+  token_id token = 0;
+  float bias = 0;  ///< added to the raw logit; OpenAI's range is [-100, 100]
+};
+
 /// Sampling options, passed through to the engine.
 struct sampling_params {
   float temperature = 0;  ///< 0 = greedy
@@ -19,6 +26,34 @@ struct sampling_params {
   uint32_t top_k = 0;     ///< keep the k most likely tokens; 0 = all
   float min_p = 0;        ///< drop tokens below min_p x the top probability; 0 = off
   uint64_t seed = 0;      ///< makes sampling with temperature > 0 reproducible
+  /// Subtracted once from the logit of every token the sequence has generated (OpenAI, in
+  /// [-2, 2]; 0 = off).
+  float presence_penalty = 0;
+  /// Subtracted from a token's logit once per time the sequence generated it ([-2, 2]).
+  float frequency_penalty = 0;
+  /// vLLM's multiplicative penalty for tokens of the prompt or the output: a positive logit
+  /// is divided by it, a negative one multiplied (> 0; 1 = off).
+  float repetition_penalty = 1;
+  std::vector<logit_bias_entry> logit_bias;  ///< added to the raw logits; empty = none
+  /// Log-probabilities to report per generated token: -1 none, 0 only the chosen token's,
+  /// N the chosen token's and the N most likely tokens' (computed from the raw logits).
+  int32_t top_logprobs = -1;
+  /// How many of the prompt's last tokens are output of an earlier attempt of the request
+  /// (a migrated request re-prefilled with the tokens it had produced): penalties count
+  /// them as generated, so the resumed request samples what the first attempt would have.
+  uint32_t resumed = 0;
+};
+
+/// One candidate at a generated position: a token and its log-probability (natural log).
+struct top_logprob {
+  token_id token = 0;
+  float logprob = 0;
+};
+
+/// The log-probabilities of one generated token, from the raw logits (see engine/sampler.hpp).
+struct token_logprobs {
+  float logprob = 0;             ///< of the chosen token
+  std::vector<top_logprob> top;  ///< the sampling's top_logprobs most likely tokens, best first
 };
 
 /// What the client asked for, validated by the frontend.
@@ -139,7 +174,11 @@ struct generate_params {
   bool max_tokens_to_context = false;
   std::vector<int64_t> stop_ids;
   std::vector<std::string> stop_strings;  ///< text that ends generation (not returned)
+  /// Everything but logit_bias and top_logprobs, which come wide below.
   sampling_params sampling;
+  /// logit_bias as sent: token ids wide, so that out-of-range ids can be reported exactly.
+  std::vector<std::pair<int64_t, double>> logit_bias;
+  int64_t top_logprobs = -1;  ///< as sent (-1 none, 0 only the chosen token, N <= 20)
   bool ignore_eos = false;
   bool add_bos = true;
   int64_t client_sent_ns = 0;

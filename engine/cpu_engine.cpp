@@ -449,7 +449,10 @@ result<std::vector<token_id>> cpu_engine::prefill(block_pool& pool,
     std::vector<token_id> out;
     out.reserve(batch.size());
     for (size_t i = 0; i < batch.size(); ++i)
-      out.push_back(sample_token(impl_->logits_row(i), batch[i].sampling, batch[i].end));
+      out.push_back(sample_token(impl_->logits_row(i), batch[i].sampling, batch[i].end,
+                                 make_history(batch[i].tokens.subspan(0, batch[i].end),
+                                              batch[i].tokens.size(), batch[i].sampling),
+                                 batch[i].logprobs));
     return out;
   });
 }
@@ -463,7 +466,10 @@ result<std::vector<token_id>> cpu_engine::decode(block_pool& pool,
     std::vector<token_id> out;
     out.reserve(batch.size());
     for (size_t i = 0; i < batch.size(); ++i)
-      out.push_back(sample_token(impl_->logits_row(i), batch[i].sampling, batch[i].tokens.size()));
+      out.push_back(
+          sample_token(impl_->logits_row(i), batch[i].sampling, batch[i].tokens.size(),
+                       make_history(batch[i].tokens, batch[i].prompt_len, batch[i].sampling),
+                       batch[i].logprobs));
     return out;
   });
 }
@@ -512,8 +518,10 @@ result<std::vector<token_id>> cpu_engine::prefill_at(block_pool& pool, const pre
           base_position, chunk.end, info_.max_context));
     if (auto r = impl_->add_prefill(pool, {&chunk, 1}, base_position); !r) return r.error();
     impl_->forward(pool);
-    return std::vector<token_id>{
-        sample_token(impl_->logits_row(0), chunk.sampling, base_position + chunk.end)};
+    return std::vector<token_id>{sample_token(
+        impl_->logits_row(0), chunk.sampling, base_position + chunk.end,
+        make_history(chunk.tokens.subspan(0, chunk.end), chunk.tokens.size(), chunk.sampling),
+        chunk.logprobs)};
   });
 }
 

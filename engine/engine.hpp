@@ -41,6 +41,9 @@ struct prefill_chunk {
   uint32_t end = 0;
   std::span<const block_id> blocks;
   sampling_params sampling;
+  /// Where the engine writes the sampled token's log-probabilities when
+  /// sampling.top_logprobs >= 0 (the caller owns it until the call returns); null: nowhere.
+  token_logprobs* logprobs = nullptr;
 };
 
 /// One decode step of one sequence: `tokens` is the context including the newest token,
@@ -50,6 +53,10 @@ struct decode_seq {
   std::span<const token_id> tokens;
   std::span<const block_id> blocks;
   sampling_params sampling;
+  /// tokens[0, prompt_len) is the prompt, the rest was generated (for the penalties).
+  uint32_t prompt_len = 0;
+  /// As prefill_chunk::logprobs.
+  token_logprobs* logprobs = nullptr;
 };
 
 class engine {

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <unordered_map>
 #include <vector>
 
 namespace tokenmill {
@@ -31,8 +33,105 @@ bool before(const candidate& a, const candidate& b) {
 
 }  // namespace
 
+sample_history make_history(std::span<const token_id> context, size_t prompt_len,
+                            const sampling_params& params) {
+  prompt_len = std::min(prompt_len, context.size());
+  return {context, prompt_len - std::min<size_t>(params.resumed, prompt_len)};
+}
+
+bool adjusts_logits(const sampling_params& p) {
+  return !p.logit_bias.empty() || p.presence_penalty != 0 || p.frequency_penalty != 0 ||
+         p.repetition_penalty != 1;
+}
+
+void adjust_logits(std::span<float> logits, const sampling_params& p,
+                   const sample_history& history) {
+  const size_t vocab = logits.size();
+  for (const auto& b : p.logit_bias)
+    if (b.token >= 0 && static_cast<size_t>(b.token) < vocab) logits[b.token] += b.bias;
+  if (p.repetition_penalty != 1 && p.repetition_penalty > 0) {
+    // Once per distinct token of the prompt or the output.
+    thread_local std::vector<token_id> seen;
+    seen.assign(history.context.begin(), history.context.end());
+    std::sort(seen.begin(), seen.end());
+    seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
+    for (token_id t : seen) {
+      if (t < 0 || static_cast<size_t>(t) >= vocab) continue;
+      float& x = logits[t];
+      x = x > 0 ? x / p.repetition_penalty : x * p.repetition_penalty;
+    }
+  }
+  if (p.presence_penalty != 0 || p.frequency_penalty != 0) {
+    std::unordered_map<token_id, uint32_t> counts;
+    const size_t begin = std::min(history.output_begin, history.context.size());
+    for (size_t i = begin; i < history.context.size(); ++i)
+      ++counts[history.context[i]];
+    for (const auto& [t, n] : counts) {
+      if (t < 0 || static_cast<size_t>(t) >= vocab) continue;
+      logits[t] -= p.frequency_penalty * static_cast<float>(n) + p.presence_penalty;
+    }
+  }
+}
+
+void compute_logprobs(std::span<const float> raw, token_id chosen, int32_t top_n,
+                      token_logprobs& out) {
+  out.top.clear();
+  out.logprob = -std::numeric_limits<float>::infinity();
+  float top = -std::numeric_limits<float>::infinity();
+  for (float x : raw)
+    if (!std::isnan(x) && x > top) top = x;
+  if (!std::isfinite(top)) return;  // no possible token
+  double sum = 0;
+  for (float x : raw)
+    if (!std::isnan(x)) sum += std::exp(static_cast<double>(x) - top);
+  const double lse = top + std::log(sum);
+  auto lp = [&](float x) {
+    return std::isnan(x) ? -std::numeric_limits<float>::infinity()
+                         : static_cast<float>(static_cast<double>(x) - lse);
+  };
+  if (chosen >= 0 && static_cast<size_t>(chosen) < raw.size()) out.logprob = lp(raw[chosen]);
+  if (top_n <= 0) return;
+  thread_local std::vector<candidate> cands;
+  cands.clear();
+  for (size_t i = 0; i < raw.size(); ++i)
+    if (!std::isnan(raw[i])) cands.push_back({raw[i], static_cast<token_id>(i)});
+  const size_t n = std::min(cands.size(), static_cast<size_t>(top_n));
+  std::partial_sort(cands.begin(), cands.begin() + static_cast<ptrdiff_t>(n), cands.end(), before);
+  out.top.reserve(n);
+  for (size_t i = 0; i < n; ++i)
+    out.top.push_back({cands[i].id, lp(cands[i].logit)});
+}
+
+namespace {
+
+token_id sample_adjusted(std::span<const float> logits, const sampling_params& params,
+                         uint64_t position);
+
+}  // namespace
+
 token_id sample_token(std::span<const float> logits, const sampling_params& params,
-                      uint64_t position) {
+                      uint64_t position, const sample_history& history, token_logprobs* logprobs) {
+  token_id chosen = 0;
+  if (adjusts_logits(params)) {
+    thread_local std::vector<float> row;
+    row.assign(logits.begin(), logits.end());
+    adjust_logits(row, params, history);
+    // TODO(grammar): structured output masks `row` here (after bias and penalties, before
+    // the temperature and the filters), so that the mask has the last word.
+    chosen = sample_adjusted(row, params, position);
+  } else {
+    chosen = sample_adjusted(logits, params, position);
+  }
+  if (logprobs && params.top_logprobs >= 0)
+    compute_logprobs(logits, chosen, params.top_logprobs, *logprobs);
+  return chosen;
+}
+
+namespace {
+
+/// Step 4: temperature, the filters and the draw over an already adjusted row.
+token_id sample_adjusted(std::span<const float> logits, const sampling_params& params,
+                         uint64_t position) {
   if (logits.empty()) return 0;
   if (!(params.temperature > 0)) {
     size_t best = 0;
@@ -107,5 +206,7 @@ token_id sample_token(std::span<const float> logits, const sampling_params& para
   }
   return cands[n - 1].id;
 }
+
+}  // namespace
 
 }  // namespace tokenmill

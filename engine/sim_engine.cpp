@@ -16,6 +16,7 @@
 
 #include "common/clock.hpp"
 #include "engine/detail/splitmix.hpp"
+#include "engine/sampler.hpp"
 
 namespace tokenmill {
 namespace {
@@ -93,6 +94,24 @@ token_id sim_engine::next_token(std::span<const token_id> context, const samplin
   return first_word_id + static_cast<token_id>(h % span);
 }
 
+std::vector<float> sim_engine::logits(std::span<const token_id> context) const {
+  const token_id favourite = next_token(context, sampling_params{});
+  uint64_t state = XXH3_64bits_withSeed(context.data(), context.size() * sizeof(token_id),
+                                        cfg_.seed ^ 0x6c6f67697473ULL);
+  std::vector<float> row(cfg_.vocab_size, -30.0f);
+  for (uint32_t i = static_cast<uint32_t>(first_word_id); i < cfg_.vocab_size; ++i)
+    row[i] = static_cast<float>(detail::splitmix64(state) >> 40) * 0x1.0p-24f * 4.0f - 2.0f;
+  row[favourite] += 6.0f;
+  return row;
+}
+
+token_id sim_engine::sample(std::span<const token_id> context, size_t prompt_len,
+                            const sampling_params& s, token_logprobs* lp) const {
+  if (!needs_host_row(s)) return next_token(context, s);
+  auto row = logits(context);
+  return sample_token(row, s, context.size(), make_history(context, prompt_len, s), lp);
+}
+
 namespace {
 
 /// Success when `blocks` holds the block of every position in [begin, end), else
@@ -136,7 +155,7 @@ result<std::vector<token_id>> sim_engine::prefill(block_pool& pool,
       tokens += c.end - c.begin;
       for (uint32_t p = c.begin; p < c.end; ++p)
         write_position(pool, c.blocks, p, c.tokens[p]);
-      out.push_back(next_token(c.tokens.subspan(0, c.end), c.sampling));
+      out.push_back(sample(c.tokens.subspan(0, c.end), c.tokens.size(), c.sampling, c.logprobs));
     }
     sleep_until_ns(start + static_cast<int64_t>(prefill_cost_ns(tokens)));
     return out;
@@ -161,7 +180,7 @@ result<std::vector<token_id>> sim_engine::decode(block_pool& pool,
       auto pos = static_cast<uint32_t>(s.tokens.size() - 1);
       ctx += s.tokens.size();
       write_position(pool, s.blocks, pos, s.tokens[pos]);
-      out.push_back(next_token(s.tokens, s.sampling));
+      out.push_back(sample(s.tokens, s.prompt_len, s.sampling, s.logprobs));
     }
     sleep_until_ns(start + static_cast<int64_t>(decode_cost_ns(batch.size(), ctx)));
     return out;

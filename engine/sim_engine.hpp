@@ -43,6 +43,15 @@ class sim_engine final : public engine {
   uint64_t decode_cost_ns(uint64_t seqs, uint64_t ctx_tokens) const;
   /// The token the model produces after `context` (deterministic).
   token_id next_token(std::span<const token_id> context, const sampling_params& s) const;
+  /// The sim's logits after `context`, for sampling that needs a row (penalties, bias,
+  /// logprobs): deterministic values in [-2, 2] over the words, -30 for specials and bytes,
+  /// and +6 on next_token's greedy choice, so that greedy decoding picks the same token
+  /// with or without a row.
+  std::vector<float> logits(std::span<const token_id> context) const;
+  /// The next token after `context` (prompt: its first `prompt_len` tokens): next_token, or
+  /// when `s` needs a row the real sampler over logits(), writing `lp` (may be null).
+  token_id sample(std::span<const token_id> context, size_t prompt_len, const sampling_params& s,
+                  token_logprobs* lp) const;
   const sim_config& config() const { return cfg_; }
 
   /// First id the sim ever generates; lower ids are specials and bytes.

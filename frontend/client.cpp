@@ -38,7 +38,8 @@ class sink_impl final : public rpc::TokenSink::Server {
     if (closed_)
       return KJ_EXCEPTION(DISCONNECTED, "the generate call this sink belongs to has ended");
     auto c = codec::decode(ctx.getParams().getChunk());
-    client_chunk cc{c.first_index, std::move(c.ids), std::move(c.text), now_ns()};
+    client_chunk cc{c.first_index, std::move(c.ids), std::move(c.text), now_ns(),
+                    std::move(c.logprobs)};
     if (cb_) cb_(cc);
     chunks.push_back(std::move(cc));
     return kj::READY_NOW;
@@ -211,6 +212,7 @@ result<client_result> client::generate(generate_params p,
           out.itl_ms.push_back(k == 0 ? (c.recv_ns - prev) / 1e6 : 0.0);
         out.tokens.push_back(c.ids[k]);
       }
+      out.logprobs.insert(out.logprobs.end(), c.logprobs.begin(), c.logprobs.end());
       if (!c.ids.empty()) prev = c.recv_ns;
       out.text += c.text;
     }

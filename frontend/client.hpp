@@ -22,18 +22,20 @@ struct client_chunk {
   uint32_t first_index = 0;
   std::vector<token_id> ids;
   std::string text;
-  int64_t recv_ns = 0;  ///< client steady clock
+  int64_t recv_ns = 0;                   ///< client steady clock
+  std::vector<token_logprobs> logprobs;  ///< one per id when asked for (top_logprobs >= 0)
 };
 
 /// A finished generate call, measured at the client.
 struct client_result {
-  generation_summary server;     ///< as the server reported it
-  std::vector<token_id> tokens;  ///< the completion's token ids
-  std::string text;              ///< the completion's text
-  int64_t sent_ns = 0;           ///< client clock: call sent
-  int64_t first_token_ns = 0;    ///< client clock: first chunk received (0 if none)
-  int64_t done_ns = 0;           ///< client clock: call returned
-  double ttft_ms = 0;            ///< first_token_ns - sent_ns
+  generation_summary server;             ///< as the server reported it
+  std::vector<token_id> tokens;          ///< the completion's token ids
+  std::vector<token_logprobs> logprobs;  ///< one per token when asked for, else empty
+  std::string text;                      ///< the completion's text
+  int64_t sent_ns = 0;                   ///< client clock: call sent
+  int64_t first_token_ns = 0;            ///< client clock: first chunk received (0 if none)
+  int64_t done_ns = 0;                   ///< client clock: call returned
+  double ttft_ms = 0;                    ///< first_token_ns - sent_ns
   std::vector<stage_ms> stages;  ///< full breakdown, client_to_frontend .. frontend_to_client
   std::vector<double> itl_ms;    ///< gap before each token after the first (0 inside a chunk)
 };

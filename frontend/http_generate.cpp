@@ -1,6 +1,8 @@
 // Generation over HTTP: one /v1/completions or /v1/chat/completions request from the
 // router's token chunks to a JSON body or an SSE stream, and the disconnect watcher that
-// cancels the request when its client goes away.
+// cancels the request when its client goes away. A request may fan out to several
+// sequences (a list of prompts, n > 1, best_of): each is its own router request, and the
+// response has one choice per returned sequence, by index.
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -21,22 +23,41 @@
 namespace tokenmill {
 namespace {
 
-/// Waits until the client closes its end (or sends more bytes); a close marks the request
-/// disconnected and wakes its coroutine.
+/// Waits until the client closes its end (or sends more bytes); a close marks every
+/// sequence of the request disconnected and wakes its coroutine.
 awaitable<void> watch_disconnect(std::shared_ptr<beast::tcp_stream> stream,
-                                 std::shared_ptr<http_detail::gen_state> g) {
+                                 std::vector<std::shared_ptr<http_detail::gen_state>> gs) {
   beast::error_code ec;
   co_await stream->socket().async_wait(tcp::socket::wait_read,
                                        asio::redirect_error(use_awaitable, ec));
-  if (ec || g->summary) co_return;
+  if (ec) co_return;
+  bool all_done = true;
+  for (const auto& g : gs)
+    all_done = all_done && g->summary.has_value();
+  if (all_done) co_return;
   char b = 0;
   auto n = ::recv(stream->socket().native_handle(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
   if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-    g->disconnected = true;
-    g->wake.cancel();
+    for (const auto& g : gs)
+      g->disconnected = true;
+    gs.front()->wake->cancel();
   }
   // n > 0: the client pipelined its next request; nothing more to learn here.
 }
+
+/// One sequence of the request as the response builds it.
+struct choice_state {
+  std::shared_ptr<http_detail::gen_state> g;
+  uint32_t prompt = 0;  ///< index of its prompt
+  uint32_t sample = 0;  ///< index among its prompt's sequences (seed + sample)
+  std::string echo;     ///< the prompt's text, when echo is on
+  std::string text;     ///< whole responses: the text so far
+  std::vector<openai::logprob_entry> logprobs;  ///< whole: all; streamed: not yet sent
+  uint32_t text_offset = 0;
+  double cumulative_logprob = 0;  ///< sum of the chosen tokens' logprobs (best_of)
+  bool finished = false;          ///< its summary was turned into the response
+  generation_summary gs;
+};
 
 }  // namespace
 
@@ -49,53 +70,92 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
     co_return co_await reply_error(stream, req, std::move(err));
   }
   auto& p = std::get<openai::parsed_request>(parsed);
-  auto v = validate(p.params, *tok, model);
-  if (!v) {
-    metrics->refused("http", v.error().code);
-    auto err = openai::from_errc(v.error().code, v.error().message);
-    co_return co_await reply_error(stream, req, std::move(err));
+  const bool want_logprobs = p.params.top_logprobs >= 0;
+  // best_of > n ranks sequences by cumulative logprob, so they need the chosen token's.
+  const bool rank = p.best_of > p.n;
+  std::vector<validated_request> valid;
+  std::vector<choice_state> choices;
+  for (uint32_t i = 0; i < p.prompts.size(); ++i) {
+    auto params = p.prompts[i];
+    if (rank && params.top_logprobs < 0) params.top_logprobs = 0;
+    auto v = validate(params, *tok, model);
+    if (!v) {
+      metrics->refused("http", v.error().code);
+      auto msg = p.prompts.size() > 1 ? fmt::format("prompt {}: {}", i, v.error().message)
+                                      : v.error().message;
+      auto err = openai::from_errc(v.error().code, std::move(msg));
+      co_return co_await reply_error(stream, req, std::move(err));
+    }
+    for (uint32_t j = 0; j < p.best_of; ++j) {
+      choice_state c;
+      c.prompt = i;
+      c.sample = j;
+      if (p.echo) {
+        if (params.has_text) {
+          c.echo = params.text;
+        } else {
+          for (auto t : v->prompt)
+            c.echo += tok->piece(t);
+        }
+      }
+      choices.push_back(std::move(c));
+    }
+    valid.push_back(std::move(*v));
   }
   const int64_t arrived = now_ns();
-  auto g = std::make_shared<http_detail::gen_state>(io, tok, std::move(v->stop_strings));
-  g->id = (uint64_t{cfg.node} << 48) | (uint64_t{1} << 47) | ++next_id;
-  gens.emplace(g->id, g);
-  generate_request gr;
-  gr.id = g->id;
-  gr.prompt = std::move(v->prompt);
-  gr.options = std::move(v->options);
-  gr.tr.id = g->id;
-  gr.tr.stamp(stage::arrived, cfg.node);
-  gr.client = bridge;
-  caf::anon_send(router, std::move(gr));
-  metrics->started("http");
+  // One wake timer for every sequence: a chunk or summary of any of them wakes the loop.
+  auto wake = std::make_shared<asio::steady_timer>(io, asio::steady_timer::time_point::max());
+  std::vector<std::shared_ptr<http_detail::gen_state>> all;
+  for (auto& c : choices) {
+    const auto& v = valid[c.prompt];
+    c.g = std::make_shared<http_detail::gen_state>(wake, tok, v.stop_strings);
+    c.g->id = (uint64_t{cfg.node} << 48) | (uint64_t{1} << 47) | ++next_id;
+    gens.emplace(c.g->id, c.g);
+    all.push_back(c.g);
+    generate_request gr;
+    gr.id = c.g->id;
+    gr.prompt = v.prompt;
+    gr.options = v.options;
+    gr.options.sampling.seed += c.sample;  // sequence j of a prompt samples with seed + j
+    gr.tr.id = c.g->id;
+    gr.tr.stamp(stage::arrived, cfg.node);
+    gr.client = bridge;
+    caf::anon_send(router, std::move(gr));
+    metrics->started("http");
+  }
 
   // The stream is owned by the session; the watcher needs a shared owner to outlive it.
   std::shared_ptr<beast::tcp_stream> shared;
   for (auto& w : streams)
     if (auto s = w.lock(); s && s.get() == &beast::get_lowest_layer(stream)) shared = s;
-  if (shared) asio::co_spawn(io, watch_disconnect(shared, g), asio::detached);
+  if (shared) asio::co_spawn(io, watch_disconnect(shared, all), asio::detached);
 
   openai::response_meta meta;
   meta.kind = kind;
   meta.id = fmt::format("{}-{:x}", kind == openai::endpoint::chat_completions ? "chatcmpl" : "cmpl",
-                        g->id);
+                        choices.front().g->id);
   meta.created = unix_time_s();
   meta.model = model.name;
   const bool chat = kind == openai::endpoint::chat_completions;
   const bool sse = p.stream;
   const bool chunked = req.version() >= 11;
   bool headers_sent = false;
-  std::string body_text;
+  auto index_of = [&](const choice_state& c) { return c.prompt * p.n + c.sample; };
+  auto piece_of = [this](token_id t) { return tok->piece(t); };
+  auto lp_arg = [&](choice_state& c) { return want_logprobs ? &c.logprobs : nullptr; };
 
   auto abandon = [&]() {
-    // The client is gone: stop the request everywhere and free its KV blocks.
-    cancel(*g);
-    generation_summary gs;
-    gs.id = g->id;
-    gs.reason = finish_reason::cancelled;
-    metrics->finished("http", gs, (now_ns() - arrived) / 1e9);
-    gens.erase(g->id);
-    g->wake.cancel();
+    // The client is gone: stop every sequence everywhere and free their KV blocks.
+    for (auto& c : choices) {
+      if (c.finished) continue;
+      cancel(*c.g);
+      generation_summary gs;
+      gs.id = c.g->id;
+      gs.reason = finish_reason::cancelled;
+      metrics->finished("http", gs, (now_ns() - arrived) / 1e9);
+      gens.erase(c.g->id);
+    }
+    wake->cancel();
   };
   auto write_raw = [&](std::string data) -> awaitable<bool> {
     beast::error_code ec;
@@ -112,8 +172,16 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
       co_await http::async_write_header(stream, sr, asio::redirect_error(use_awaitable, ec));
       if (ec) co_return false;
       headers_sent = true;
-      if (chat)
-        data = openai::sse_event(openai::stream_chunk(meta, "", true, "", p.include_usage)) + data;
+      std::string head;
+      for (const auto& c : choices) {
+        if (chat)
+          head += openai::sse_event(
+              openai::stream_chunk(meta, index_of(c), "", true, "", p.include_usage));
+        else if (!c.echo.empty())
+          head += openai::sse_event(
+              openai::stream_chunk(meta, index_of(c), c.echo, false, "", p.include_usage));
+      }
+      data = head + data;
     }
     if (data.empty()) co_return true;
     if (chunked) {
@@ -126,57 +194,136 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
   };
 
   for (;;) {
-    if (g->disconnected || stopping) {
+    if (stopping || std::any_of(choices.begin(), choices.end(),
+                                [](const choice_state& c) { return c.g->disconnected; })) {
       abandon();
       co_return false;
     }
     std::string events;
-    for (token_id t : std::exchange(g->pending, {})) {
-      std::string piece = g->text.push(t);
-      if (g->first_sent_ns == 0 && !sse) g->first_sent_ns = now_ns();
-      if (sse) {
-        if (!piece.empty())
-          events +=
-              openai::sse_event(openai::stream_chunk(meta, piece, false, "", p.include_usage));
-      } else {
-        body_text += piece;
+    bool all_finished = true;
+    errc failed = errc::ok;
+    std::string failure;
+    uint32_t retry_after_ms = 0;
+    for (auto& c : choices) {
+      if (c.finished) continue;
+      auto& g = *c.g;
+      auto lps = std::exchange(g.pending_logprobs, {});
+      auto toks = std::exchange(g.pending, {});
+      for (size_t k = 0; k < toks.size(); ++k) {
+        const token_id t = toks[k];
+        std::string piece = g.text.push(t);
+        if (k < lps.size()) {
+          c.cumulative_logprob += lps[k].logprob;
+          if (want_logprobs) {
+            c.logprobs.push_back(openai::make_logprob_entry(t, lps[k], piece_of, c.text_offset));
+            c.text_offset += static_cast<uint32_t>(c.logprobs.back().token.size());
+          }
+        }
+        if (g.first_sent_ns == 0 && !sse) g.first_sent_ns = now_ns();
+        if (sse) {
+          if (!piece.empty()) {
+            events += openai::sse_event(openai::stream_chunk(meta, index_of(c), piece, false, "",
+                                                             p.include_usage, lp_arg(c)));
+            c.logprobs.clear();
+          }
+        } else {
+          c.text += piece;
+        }
+        if (g.text.stopped()) {
+          cancel(g);  // the text reached a stop string: this token ends the completion
+          break;
+        }
       }
-      if (g->text.stopped()) {
-        cancel(*g);  // the text reached a stop string: this token ends the completion
-        break;
+      if (!g.summary) {
+        all_finished = false;
+        continue;
+      }
+      std::string tail = g.text.finish();
+      if (sse && (!tail.empty() || !c.logprobs.empty())) {
+        events += openai::sse_event(
+            openai::stream_chunk(meta, index_of(c), tail, false, "", p.include_usage, lp_arg(c)));
+        c.logprobs.clear();
+      } else {
+        c.text += tail;
+      }
+      if (sse && !events.empty() && g.first_sent_ns == 0) g.first_sent_ns = now_ns();
+      c.gs = make_generation_summary(*g.summary, g.text.stopped(), g.text.tokens(), g.first_sent_ns,
+                                     cfg.node);
+      c.finished = true;
+      gens.erase(g.id);
+      metrics->finished("http", c.gs, (now_ns() - arrived) / 1e9);
+      if (c.gs.error_code != errc::ok && failed == errc::ok) {
+        failed = c.gs.error_code;
+        failure = c.gs.error;
+        retry_after_ms = c.gs.retry_after_ms;
+      } else if (sse && c.gs.error_code == errc::ok) {
+        events += openai::sse_event(openai::stream_chunk(meta, index_of(c), "", false,
+                                                         openai::finish_reason_name(c.gs.reason),
+                                                         p.include_usage));
       }
     }
-    if (g->summary) {
-      std::string tail = g->text.finish();
-      if (sse && !tail.empty())
-        events += openai::sse_event(openai::stream_chunk(meta, tail, false, "", p.include_usage));
-      else
-        body_text += tail;
-      if (sse && !events.empty() && g->first_sent_ns == 0) g->first_sent_ns = now_ns();
-      auto gs = make_generation_summary(*g->summary, g->text.stopped(), g->text.tokens(),
-                                        g->first_sent_ns, cfg.node);
-      gens.erase(g->id);
-      metrics->finished("http", gs, (now_ns() - arrived) / 1e9);
+    if (failed != errc::ok) {
+      // One sequence failed: the request fails (the others are cancelled).
+      for (auto& c : choices)
+        if (!c.finished) cancel(*c.g);
+    }
+    if (all_finished || failed != errc::ok) {
+      for (auto& c : choices)
+        if (!c.finished) {
+          // Cancelled above because a sibling failed: counted as cancelled.
+          generation_summary gs;
+          gs.id = c.g->id;
+          gs.reason = finish_reason::cancelled;
+          metrics->finished("http", gs, (now_ns() - arrived) / 1e9);
+          gens.erase(c.g->id);
+          c.finished = true;
+        }
       beast::error_code ignored;
       // Ends the disconnect watcher.
       beast::get_lowest_layer(stream).socket().cancel(ignored);
-      if (gs.error_code != errc::ok && !headers_sent) {
+      if (failed != errc::ok && !headers_sent) {
         // Nothing was sent yet: the error gets its own status (429 overloaded, 503, ...).
-        auto err = openai::from_errc(gs.error_code, gs.error);
-        if (gs.error_code == errc::overloaded)
-          err.retry_after_s = std::max<uint32_t>(1, (gs.retry_after_ms + 999) / 1000);
+        auto err = openai::from_errc(failed, failure);
+        if (failed == errc::overloaded)
+          err.retry_after_s = std::max<uint32_t>(1, (retry_after_ms + 999) / 1000);
         co_return co_await reply_error(stream, req, std::move(err));
       }
+      // Usage: each prompt once, every generated sequence's tokens; timing of the first.
+      generation_summary total = choices.front().gs;
+      total.prompt_tokens = 0;
+      total.completion_tokens = 0;
+      for (const auto& c : choices) {
+        if (c.sample == 0) total.prompt_tokens += c.gs.prompt_tokens;
+        total.completion_tokens += c.gs.completion_tokens;
+      }
       if (!sse) {
-        std::string body = openai::completion_body(meta, body_text, gs);
+        // best_of: the n sequences of each prompt with the highest cumulative logprob.
+        std::vector<const choice_state*> picked;
+        for (uint32_t i = 0; i < p.prompts.size(); ++i) {
+          std::vector<const choice_state*> mine;
+          for (const auto& c : choices)
+            if (c.prompt == i) mine.push_back(&c);
+          if (rank)
+            std::stable_sort(mine.begin(), mine.end(), [](auto* a, auto* b) {
+              return a->cumulative_logprob > b->cumulative_logprob;
+            });
+          mine.resize(std::min<size_t>(mine.size(), p.n));
+          picked.insert(picked.end(), mine.begin(), mine.end());
+        }
+        std::vector<openai::choice_body> out;
+        for (size_t k = 0; k < picked.size(); ++k) {
+          const auto* c = picked[k];
+          out.push_back({static_cast<uint32_t>(k), c->echo + c->text,
+                         openai::finish_reason_name(c->gs.reason),
+                         want_logprobs ? &c->logprobs : nullptr});
+        }
+        std::string body = openai::completion_body(meta, out, total);
         co_return co_await reply(stream, req, http::status::ok, std::move(body));
       }
-      if (gs.error_code != errc::ok) {
-        events += openai::sse_event(openai::error_body(openai::from_errc(gs.error_code, gs.error)));
-      } else {
-        events += openai::sse_event(openai::stream_chunk(
-            meta, "", false, openai::finish_reason_name(gs.reason), p.include_usage));
-        if (p.include_usage) events += openai::sse_event(openai::usage_chunk(meta, gs));
+      if (failed != errc::ok) {
+        events += openai::sse_event(openai::error_body(openai::from_errc(failed, failure)));
+      } else if (p.include_usage) {
+        events += openai::sse_event(openai::usage_chunk(meta, total));
       }
       events += openai::sse_done;
       if (!co_await write_raw(std::move(events))) co_return false;
@@ -187,7 +334,8 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
       co_return !ec && req.keep_alive();
     }
     if (!events.empty()) {
-      if (g->first_sent_ns == 0) g->first_sent_ns = now_ns();
+      for (auto& c : choices)
+        if (c.g->first_sent_ns == 0) c.g->first_sent_ns = now_ns();
       if (!co_await write_raw(std::move(events))) {
         abandon();
         co_return false;
@@ -195,7 +343,7 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
       continue;  // more may have arrived while writing
     }
     beast::error_code ec;
-    co_await g->wake.async_wait(asio::redirect_error(use_awaitable, ec));
+    co_await wake->async_wait(asio::redirect_error(use_awaitable, ec));
   }
 }
 

@@ -366,7 +366,7 @@ void http_server::stop() {
     // never be answered; then close every connection.
     for (auto& [id, g] : c.gens) {
       c.cancel(*g);
-      g->wake.cancel();
+      g->wake->cancel();
     }
     for (auto& [call, w] : c.status_calls)
       w->wake.cancel();

@@ -1,6 +1,7 @@
 #include "frontend/openai.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -87,40 +88,61 @@ const char* kind_name(endpoint kind) {
   return kind == endpoint::completions ? "text_completion" : "chat.completion";
 }
 
-/// The completion prompt: a string, an array of one string, or an array of token ids.
-void parse_prompt(const json& body, generate_params& p) {
+/// One prompt as token ids: `ids` is an array of integers named `name`.
+void parse_ids(const json& ids, const std::string& name, generate_params& p) {
+  if (ids.empty()) fail(name, fmt::format("'{}' is empty", name));
+  p.has_text = false;
+  p.token_ids.reserve(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const json& id = ids[i];
+    const auto n = fmt::format("{}[{}]", name, i);
+    if (!id.is_number())
+      fail(n, fmt::format("'{}' must be an integer token id, got {}", n, id.type_name()));
+    p.token_ids.push_back(get_int(id, n));
+  }
+}
+
+/// The completion prompts: a string, an array of strings, an array of token ids, or an
+/// array of arrays of token ids. Each comes back as the prompt fields of one
+/// generate_params (has_text, text, token_ids).
+std::vector<generate_params> parse_prompts(const json& body) {
   const json* prompt = field(body, "prompt");
   if (!prompt) fail("prompt", "'prompt' is required");
+  std::vector<generate_params> out(1);
   if (prompt->is_string()) {
-    p.has_text = true;
-    p.text = prompt->get<std::string>();
-    if (p.text.empty()) fail("prompt", "'prompt' is empty");
-    return;
+    out[0].text = prompt->get<std::string>();
+    if (out[0].text.empty()) fail("prompt", "'prompt' is empty");
+    return out;
   }
   if (!prompt->is_array())
-    fail("prompt", fmt::format("'prompt' must be a string or an array of token ids, got {}",
+    fail("prompt", fmt::format("'prompt' must be a string, an array of strings or an array of "
+                               "token ids, got {}",
                                prompt->type_name()));
   if (prompt->empty()) fail("prompt", "'prompt' is empty");
   const json& first = prompt->front();
-  if (first.is_string() || first.is_array()) {
-    if (prompt->size() != 1 || first.is_array())
-      fail("prompt", "batched prompts are not supported; send one prompt per request");
-    p.has_text = true;
-    p.text = first.get<std::string>();
-    if (p.text.empty()) fail("prompt", "'prompt[0]' is empty");
-    return;
+  if (!first.is_string() && !first.is_array()) {
+    parse_ids(*prompt, "prompt", out[0]);
+    return out;
   }
-  p.has_text = false;
-  p.token_ids.reserve(prompt->size());
+  // A list of prompts, all strings or all arrays of ids.
+  if (prompt->size() > max_prompts)
+    fail("prompt", fmt::format("'prompt' lists {} prompts; at most {} are allowed", prompt->size(),
+                               max_prompts));
+  out.assign(prompt->size(), generate_params{});
   for (size_t i = 0; i < prompt->size(); ++i) {
-    const json& id = (*prompt)[i];
-    if (id.is_array() || id.is_string())
-      fail("prompt", "batched prompts are not supported; send one prompt per request");
+    const json& one = (*prompt)[i];
     const auto name = fmt::format("prompt[{}]", i);
-    if (!id.is_number())
-      fail(name, fmt::format("'{}' must be an integer token id, got {}", name, id.type_name()));
-    p.token_ids.push_back(get_int(id, name));
+    if (first.is_string()) {
+      out[i].text = get_string(one, name);
+      if (out[i].text.empty()) fail(name, fmt::format("'{}' is empty", name));
+    } else {
+      if (!one.is_array())
+        fail(name,
+             fmt::format("'{}' must be an array of token ids, got {}", name, one.type_name()));
+      parse_ids(one, name, out[i]);
+    }
   }
+  return out;
 }
 
 /// A message's content: a string or an array of {"type":"text","text"} parts, joined.
@@ -225,6 +247,77 @@ void parse_sampling(const json& body, sampling_params& s) {
     else
       s.seed = static_cast<uint64_t>(get_int(*v, "seed"));  // negative seeds wrap
   }
+  if (const json* v = field(body, "presence_penalty")) {
+    s.presence_penalty = get_float(*v, "presence_penalty");
+    if (s.presence_penalty < -2 || s.presence_penalty > 2)
+      fail("presence_penalty",
+           fmt::format("'presence_penalty' must be in [-2, 2], got {}", s.presence_penalty));
+  }
+  if (const json* v = field(body, "frequency_penalty")) {
+    s.frequency_penalty = get_float(*v, "frequency_penalty");
+    if (s.frequency_penalty < -2 || s.frequency_penalty > 2)
+      fail("frequency_penalty",
+           fmt::format("'frequency_penalty' must be in [-2, 2], got {}", s.frequency_penalty));
+  }
+  if (const json* v = field(body, "repetition_penalty")) {
+    s.repetition_penalty = get_float(*v, "repetition_penalty");
+    if (s.repetition_penalty <= 0)
+      fail("repetition_penalty",
+           fmt::format("'repetition_penalty' must be > 0, got {}", s.repetition_penalty));
+  }
+}
+
+/// logit_bias: {"<token id>": bias in [-100, 100], ...}. Ids are checked against the
+/// vocabulary by validate().
+void parse_logit_bias(const json& body, generate_params& p) {
+  const json* v = field(body, "logit_bias");
+  if (!v) return;
+  if (!v->is_object())
+    fail("logit_bias", fmt::format("'logit_bias' must be an object mapping token ids to biases, "
+                                   "got {}",
+                                   v->type_name()));
+  for (const auto& [key, value] : v->items()) {
+    const auto name = fmt::format("logit_bias.{}", key);
+    int64_t id = 0;
+    const char* b = key.data();
+    const char* e = b + key.size();
+    auto [end, ec] = std::from_chars(b, e, id);
+    if (key.empty() || ec != std::errc{} || end != e)
+      fail(name,
+           fmt::format("'logit_bias' keys must be token ids (integers as strings), got '{}'", key));
+    const double bias = get_number(value, name);
+    if (!std::isfinite(bias) || bias < -100 || bias > 100)
+      fail(name, fmt::format("'{}' must be in [-100, 100], got {}", name, bias));
+    p.logit_bias.emplace_back(id, bias);
+  }
+}
+
+/// chat: logprobs (bool) and top_logprobs (0..20, only with logprobs); completions:
+/// logprobs (0..5, the number of alternatives; the chosen token's is always reported).
+void parse_logprobs(const json& body, endpoint kind, generate_params& p) {
+  const json* lp = field(body, "logprobs");
+  const json* top = field(body, "top_logprobs");
+  if (kind == endpoint::completions) {
+    if (top)
+      fail("top_logprobs",
+           "'top_logprobs' is a chat option; completions take 'logprobs': N (0 to 5)");
+    if (!lp) return;
+    if (lp->is_boolean())
+      fail("logprobs", "'logprobs' must be an integer from 0 to 5 on /v1/completions, got boolean");
+    const int64_t n = get_int(*lp, "logprobs");
+    if (n < 0 || n > 5) fail("logprobs", fmt::format("'logprobs' must be in [0, 5], got {}", n));
+    p.top_logprobs = n;
+    return;
+  }
+  const bool on = lp && get_bool(*lp, "logprobs");
+  int64_t n = 0;
+  if (top) {
+    n = get_int(*top, "top_logprobs");
+    if (n < 0 || n > 20)
+      fail("top_logprobs", fmt::format("'top_logprobs' must be in [0, 20], got {}", n));
+    if (!on) fail("top_logprobs", "'top_logprobs' requires 'logprobs': true");
+  }
+  if (on) p.top_logprobs = n;
 }
 
 void parse_stops(const json& body, generate_params& p) {
@@ -248,19 +341,26 @@ void parse_stops(const json& body, generate_params& p) {
   }
 }
 
+/// n, best_of and echo, and what they may not be combined with.
+void parse_fanout(const json& body, endpoint kind, parsed_request& r) {
+  int64_t n = 1;
+  if (const json* v = field(body, "n")) {
+    n = get_int(*v, "n");
+    if (n < 1 || n > max_n) fail("n", fmt::format("'n' must be in [1, {}], got {}", max_n, n));
+  }
+  r.n = static_cast<uint32_t>(n);
+  r.best_of = r.n;
+  if (kind != endpoint::completions) return;
+  if (const json* v = field(body, "best_of")) {
+    const int64_t b = get_int(*v, "best_of");
+    if (b < n || b > max_n)
+      fail("best_of", fmt::format("'best_of' must be in [n, {}] (n is {}), got {}", max_n, n, b));
+    r.best_of = static_cast<uint32_t>(b);
+  }
+  if (const json* v = field(body, "echo")) r.echo = get_bool(*v, "echo");
+}
 /// Options tokenmill does not implement, accepted only at their neutral value.
 void reject_unsupported(const json& body, endpoint kind) {
-  if (const json* v = field(body, "n")) {
-    if (get_int(*v, "n") != 1) fail("n", "only n=1 is supported");
-  }
-  if (const json* v = field(body, "logprobs")) {
-    const bool on = kind == endpoint::chat_completions ? get_bool(*v, "logprobs")
-                                                       : get_int(*v, "logprobs") != 0;
-    if (on) fail("logprobs", "logprobs are not supported");
-  }
-  if (const json* v = field(body, "top_logprobs")) {
-    if (get_int(*v, "top_logprobs") != 0) fail("top_logprobs", "logprobs are not supported");
-  }
   // Tool calling and structured output change what the model must produce; ignoring them
   // would hand the client plain text it did not ask for.
   if (const json* v = field(body, "tools")) {
@@ -273,21 +373,6 @@ void reject_unsupported(const json& body, endpoint kind) {
   if (const json* v = field(body, "response_format")) {
     if (!(v->is_object() && v->value("type", "") == "text"))
       fail("response_format", "'response_format' is not supported (only {\"type\": \"text\"})");
-  }
-  for (const char* key : {"presence_penalty", "frequency_penalty"}) {
-    if (const json* v = field(body, key)) {
-      const double x = get_number(*v, key);
-      if (x != 0) fail(key, fmt::format("'{}' is not supported (only 0), got {}", key, x));
-    }
-  }
-  if (kind == endpoint::completions) {
-    if (const json* v = field(body, "echo")) {
-      if (get_bool(*v, "echo")) fail("echo", "'echo' is not supported (only false)");
-    }
-    if (const json* v = field(body, "best_of")) {
-      const int64_t b = get_int(*v, "best_of");
-      if (b != 1) fail("best_of", fmt::format("'best_of' is not supported (only 1), got {}", b));
-    }
   }
 }
 
@@ -314,8 +399,13 @@ parsed_request parse(endpoint kind, std::string_view text, const request_context
   reject_unsupported(body, kind);
 
   auto& p = r.params;
+  parse_fanout(body, kind, r);
+  std::vector<generate_params> prompts;
   if (kind == endpoint::completions) {
-    parse_prompt(body, p);
+    prompts = parse_prompts(body);
+    p.has_text = prompts[0].has_text;
+    p.text = prompts[0].text;
+    p.token_ids = prompts[0].token_ids;
     p.add_bos = true;
   } else {
     p.has_text = true;
@@ -328,8 +418,27 @@ parsed_request parse(endpoint kind, std::string_view text, const request_context
     p.max_tokens_to_context = true;
   }
   parse_sampling(body, p.sampling);
+  parse_logit_bias(body, p);
+  parse_logprobs(body, kind, p);
   parse_stops(body, p);
   if (const json* v = field(body, "ignore_eos")) p.ignore_eos = get_bool(*v, "ignore_eos");
+  if (r.echo && p.top_logprobs >= 0)
+    fail("echo", "'echo' with 'logprobs' is not supported (it needs the prompt's logprobs)");
+  if (prompts.empty()) {
+    r.prompts = {p};
+  } else {
+    if (prompts.size() * r.best_of > max_sequences)
+      fail("prompt", fmt::format("{} prompts x {} sequences each is more than the {} sequences "
+                                 "one request may ask for",
+                                 prompts.size(), r.best_of, max_sequences));
+    for (auto& one : prompts) {
+      auto full = p;
+      full.has_text = one.has_text;
+      full.text = std::move(one.text);
+      full.token_ids = std::move(one.token_ids);
+      r.prompts.push_back(std::move(full));
+    }
+  }
 
   if (const json* v = field(body, "stream")) r.stream = get_bool(*v, "stream");
   if (const json* v = field(body, "stream_options")) {
@@ -340,6 +449,8 @@ parsed_request parse(endpoint kind, std::string_view text, const request_context
     if (const json* u = field(*v, "include_usage"))
       r.include_usage = get_bool(*u, "stream_options.include_usage");
   }
+  if (r.stream && r.best_of > r.n)
+    fail("best_of", "'best_of' above 'n' cannot be streamed (the best are known at the end)");
   return r;
 }
 
@@ -474,32 +585,114 @@ std::string timing_json(const generation_summary& s) {
   return dump(timing_object(s));
 }
 
+namespace {
+
+ojson bytes_of(const std::string& t) {
+  ojson b = ojson::array();
+  for (unsigned char c : t)
+    b.push_back(static_cast<int>(c));
+  return b;
+}
+
+/// OpenAI reports impossible tokens as -9999.0 (JSON has no -inf).
+double reported(float lp) {
+  return std::isfinite(lp) ? static_cast<double>(lp) : -9999.0;
+}
+
+ojson logprobs_object(endpoint kind, const std::vector<logprob_entry>& entries) {
+  ojson j;
+  if (kind == endpoint::chat_completions) {
+    ojson content = ojson::array();
+    for (const auto& e : entries) {
+      ojson c;
+      c["token"] = e.token;
+      c["logprob"] = reported(e.logprob);
+      c["bytes"] = bytes_of(e.token);
+      ojson top = ojson::array();
+      for (const auto& a : e.top) {
+        ojson t;
+        t["token"] = a.token;
+        t["logprob"] = reported(a.logprob);
+        t["bytes"] = bytes_of(a.token);
+        top.push_back(std::move(t));
+      }
+      c["top_logprobs"] = std::move(top);
+      content.push_back(std::move(c));
+    }
+    j["content"] = std::move(content);
+    j["refusal"] = nullptr;
+    return j;
+  }
+  ojson tokens = ojson::array(), values = ojson::array(), tops = ojson::array(),
+        offsets = ojson::array();
+  for (const auto& e : entries) {
+    tokens.push_back(e.token);
+    values.push_back(reported(e.logprob));
+    ojson top = ojson::object();
+    for (const auto& a : e.top)
+      if (!top.contains(a.token)) top[a.token] = reported(a.logprob);
+    if (!top.contains(e.token)) top[e.token] = reported(e.logprob);
+    tops.push_back(std::move(top));
+    offsets.push_back(e.text_offset);
+  }
+  j["tokens"] = std::move(tokens);
+  j["token_logprobs"] = std::move(values);
+  j["top_logprobs"] = std::move(tops);
+  j["text_offset"] = std::move(offsets);
+  return j;
+}
+
+}  // namespace
+
+std::string logprobs_json(endpoint kind, const std::vector<logprob_entry>& entries) {
+  return dump(logprobs_object(kind, entries));
+}
+
 std::string completion_body(const response_meta& m, std::string_view text,
+                            const generation_summary& s,
+                            const std::vector<logprob_entry>* logprobs) {
+  return completion_body(
+      m, std::vector<choice_body>{{0, std::string(text), finish_reason_name(s.reason), logprobs}},
+      s);
+}
+
+std::string completion_body(const response_meta& m, const std::vector<choice_body>& choices,
                             const generation_summary& s) {
   ojson j = head(m, kind_name(m.kind));
-  ojson choice;
-  choice["index"] = 0;
-  if (m.kind == endpoint::completions) {
-    choice["text"] = std::string(text);
-  } else {
-    ojson msg;
-    msg["role"] = "assistant";
-    msg["content"] = std::string(text);
-    choice["message"] = std::move(msg);
+  ojson list = ojson::array();
+  for (const auto& c : choices) {
+    ojson choice;
+    choice["index"] = c.index;
+    if (m.kind == endpoint::completions) {
+      choice["text"] = c.text;
+    } else {
+      ojson msg;
+      msg["role"] = "assistant";
+      msg["content"] = c.text;
+      choice["message"] = std::move(msg);
+    }
+    choice["logprobs"] = c.logprobs ? logprobs_object(m.kind, *c.logprobs) : ojson(nullptr);
+    choice["finish_reason"] = finish_value(c.finish);
+    list.push_back(std::move(choice));
   }
-  choice["logprobs"] = nullptr;
-  choice["finish_reason"] = finish_value(finish_reason_name(s.reason));
-  j["choices"] = ojson::array({std::move(choice)});
+  j["choices"] = std::move(list);
   j["usage"] = usage_object(s);
   j["tokenmill"] = timing_object(s);
   return dump(j);
 }
 
 std::string stream_chunk(const response_meta& m, std::string_view text, bool first,
-                         std::string_view finish, bool usage_null) {
+                         std::string_view finish, bool usage_null,
+                         const std::vector<logprob_entry>* logprobs) {
+  return stream_chunk(m, 0, text, first, finish, usage_null, logprobs);
+}
+
+std::string stream_chunk(const response_meta& m, uint32_t index, std::string_view text, bool first,
+                         std::string_view finish, bool usage_null,
+                         const std::vector<logprob_entry>* logprobs) {
   ojson j = head(m, chunk_object(m.kind));
   ojson choice;
-  choice["index"] = 0;
+  choice["index"] = index;
   if (m.kind == endpoint::completions) {
     choice["text"] = std::string(text);
   } else {
@@ -508,7 +701,7 @@ std::string stream_chunk(const response_meta& m, std::string_view text, bool fir
     delta["content"] = std::string(text);
     choice["delta"] = std::move(delta);
   }
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] = logprobs ? logprobs_object(m.kind, *logprobs) : ojson(nullptr);
   choice["finish_reason"] = finish_value(finish);
   j["choices"] = ojson::array({std::move(choice)});
   if (usage_null) j["usage"] = nullptr;

@@ -70,10 +70,23 @@ struct request_context {
   chat_format format = chat_format::chatml;
 };
 
+/// Most prompts one completions request may list.
+inline constexpr size_t max_prompts = 32;
+/// Most sequences one prompt may fan out to (`n`, `best_of`).
+inline constexpr int64_t max_n = 16;
+/// Most sequences one request may fan out to (prompts x best_of).
+inline constexpr size_t max_sequences = 64;
+
 /// A parsed request, ready for validate().
 struct parsed_request {
   endpoint kind = endpoint::completions;
   generate_params params;  ///< prompt (text or ids), max_tokens, sampling, stop strings
+  /// One per prompt (completions may list several; each is served as its own requests):
+  /// `params` with that prompt. prompts[0] equals `params`.
+  std::vector<generate_params> prompts;
+  uint32_t n = 1;        ///< choices returned per prompt
+  uint32_t best_of = 1;  ///< sequences generated per prompt (>= n; best_of > n ranks them)
+  bool echo = false;     ///< completions: each choice's text starts with its prompt
   bool stream = false;
   bool include_usage = false;  ///< stream_options.include_usage
   std::string model;           ///< as sent (empty when absent)
@@ -82,13 +95,15 @@ struct parsed_request {
 /// Parses a request body. Accepted fields:
 /// - both: model, max_tokens (chat: also max_completion_tokens; absent: completions 16,
 ///   chat the rest of the context, via params.max_tokens_to_context), temperature, top_p,
-///   seed, stop (string or array of strings), n (only 1), stream,
+///   seed, stop (string or array of strings), n (1..16), stream,
 ///   stream_options.include_usage, user (ignored), presence_penalty / frequency_penalty
-///   (only 0), logprobs (only false/null), and tokenmill/vLLM extensions top_k, min_p,
-///   ignore_eos, stop_token_ids;
-/// - completions: prompt as a string, an array of one string, or an array of token ids;
-///   echo (only false);
-/// - chat: messages (non-empty array of {role, content}).
+///   ([-2, 2]), logit_bias ({"id": bias in [-100, 100]}), and tokenmill/vLLM extensions
+///   top_k, min_p, repetition_penalty (> 0), ignore_eos, stop_token_ids;
+/// - completions: prompt as a string, an array of strings, an array of token ids or an
+///   array of arrays of token ids (up to 32 prompts); echo (not with logprobs); best_of
+///   (n..16; not streamed when above n); logprobs (integer 0..5);
+/// - chat: messages (non-empty array of {role, content}); logprobs (boolean) and
+///   top_logprobs (0..20, only with logprobs).
 /// Unknown fields are ignored, as OpenAI does. A wrong type, a value out of range or an
 /// unsupported option is a 400 naming the field; another model than the served one is 404
 /// "model_not_found". Range checks that need the tokenizer (context length) are left to
@@ -104,6 +119,37 @@ struct response_meta {
   std::string model;
 };
 
+/// One alternative at a generated position, as a response shows it.
+struct logprob_alt {
+  std::string token;  ///< the token's bytes as the tokenizer has them (may be partial UTF-8)
+  float logprob = 0;  ///< natural log; -inf is reported as -9999.0, as OpenAI does
+};
+
+/// One generated token's log-probabilities, as a response shows them.
+struct logprob_entry {
+  std::string token;  ///< the chosen token's bytes
+  float logprob = 0;
+  std::vector<logprob_alt> top;  ///< the most likely tokens, best first
+  uint32_t text_offset = 0;      ///< completions: where the token starts in the text (bytes)
+};
+
+/// The entry of token `t` with log-probabilities `lp`; `piece(id)` gives a token's bytes.
+template <class Piece>
+logprob_entry make_logprob_entry(token_id t, const token_logprobs& lp, const Piece& piece,
+                                 uint32_t text_offset) {
+  logprob_entry e{piece(t), lp.logprob, {}, text_offset};
+  e.top.reserve(lp.top.size());
+  for (const auto& a : lp.top)
+    e.top.push_back({piece(a.token), a.logprob});
+  return e;
+}
+
+/// A choice's "logprobs" value. Chat: {"content": [{token, logprob, bytes, top_logprobs:
+/// [{token, logprob, bytes}]}], "refusal": null}. Completions (the legacy shape): {"tokens",
+/// "token_logprobs", "top_logprobs": [{token: logprob}] (the alternatives and, as vLLM does,
+/// the chosen token), "text_offset"}. Returned as one line of JSON.
+std::string logprobs_json(endpoint kind, const std::vector<logprob_entry>& entries);
+
 /// "stop" (stop string, stop id or EOS), "length", or null-worthy reasons: returns "" for
 /// none/cancelled/error.
 std::string_view finish_reason_name(finish_reason r);
@@ -116,14 +162,33 @@ std::string timing_json(const generation_summary& s);
 /// `chat.completion` with choices[0].message {role: assistant, content}; finish_reason,
 /// usage {prompt_tokens, completion_tokens, total_tokens}, and "tokenmill": timing_json.
 std::string completion_body(const response_meta& m, std::string_view text,
+                            const generation_summary& s,
+                            const std::vector<logprob_entry>* logprobs = nullptr);
+
+/// One choice of a response with several.
+struct choice_body {
+  uint32_t index = 0;
+  std::string text;
+  std::string_view finish;                               ///< "" = null
+  const std::vector<logprob_entry>* logprobs = nullptr;  ///< null: "logprobs": null
+};
+/// A whole response with several choices (a list of prompts, n > 1); usage and timing
+/// from `s`.
+std::string completion_body(const response_meta& m, const std::vector<choice_body>& choices,
                             const generation_summary& s);
 
 /// One streamed chunk body (not yet SSE-framed): `text_completion` with choices[0].text, or
 /// `chat.completion.chunk` with choices[0].delta ({"role":"assistant","content":""} when
 /// `first`, else {"content": text}); finish_reason is null when `finish` is empty. With
 /// `usage_null` the chunk carries "usage": null (OpenAI does this when include_usage is on).
+/// `logprobs`, when given, are the log-probabilities of the tokens behind `text`.
 std::string stream_chunk(const response_meta& m, std::string_view text, bool first,
-                         std::string_view finish, bool usage_null);
+                         std::string_view finish, bool usage_null,
+                         const std::vector<logprob_entry>* logprobs = nullptr);
+/// The same for choice `index` of a response with several.
+std::string stream_chunk(const response_meta& m, uint32_t index, std::string_view text, bool first,
+                         std::string_view finish, bool usage_null,
+                         const std::vector<logprob_entry>* logprobs = nullptr);
 
 /// The final usage chunk of a stream with include_usage: empty choices, usage, and the
 /// tokenmill timing extension.

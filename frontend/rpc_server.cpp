@@ -86,8 +86,9 @@ class inbox {
 struct stream_state {
   rpc::TokenSink::Client sink;
   kj::Own<kj::PromiseFulfiller<void>> done;
-  std::vector<token_id> pending;  ///< tokens not yet written to the sink
-  uint32_t written = 0;           ///< tokens written so far
+  std::vector<token_id> pending;                 ///< tokens not yet written to the sink
+  std::vector<token_logprobs> pending_logprobs;  ///< theirs, when the request asked for them
+  uint32_t written = 0;                          ///< tokens written so far
   bool sending = false;
   completion_text text;
   bool flushed = false;  ///< the held-back text tail was sent after the summary arrived
@@ -145,8 +146,12 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
     if (s.sending) return;
     codec::chunk c;
     c.first_index = s.written;
-    for (auto t : std::exchange(s.pending, {})) {
+    auto lps = std::exchange(s.pending_logprobs, {});
+    auto ids = std::exchange(s.pending, {});
+    for (size_t k = 0; k < ids.size(); ++k) {
+      const token_id t = ids[k];
       c.ids.push_back(t);
+      if (k < lps.size()) c.logprobs.push_back(std::move(lps[k]));
       c.text += s.text.push(t);
       if (s.text.stopped()) {
         // The text reached a stop string: this token ends the completion.
@@ -217,6 +222,8 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
       }
     }
     s.pending.insert(s.pending.end(), c.tokens.begin(), c.tokens.end());
+    s.pending_logprobs.insert(s.pending_logprobs.end(), std::make_move_iterator(c.logprobs.begin()),
+                              std::make_move_iterator(c.logprobs.end()));
     pump(c.id);
   }
 

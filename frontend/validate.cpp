@@ -45,6 +45,29 @@ result<validated_request> validate(const generate_params& p, const tokenizer& to
     return bad(fmt::format("top_p must be in (0, 1], got {}", s.top_p));
   if (!std::isfinite(s.min_p) || s.min_p < 0 || s.min_p > 1)
     return bad(fmt::format("min_p must be in [0, 1], got {}", s.min_p));
+  if (!std::isfinite(s.presence_penalty) || s.presence_penalty < -2 || s.presence_penalty > 2)
+    return bad(fmt::format("presence_penalty must be in [-2, 2], got {}", s.presence_penalty));
+  if (!std::isfinite(s.frequency_penalty) || s.frequency_penalty < -2 || s.frequency_penalty > 2)
+    return bad(fmt::format("frequency_penalty must be in [-2, 2], got {}", s.frequency_penalty));
+  if (!std::isfinite(s.repetition_penalty) || s.repetition_penalty <= 0)
+    return bad(fmt::format("repetition_penalty must be a finite number > 0, got {}",
+                           s.repetition_penalty));
+  if (p.top_logprobs < -1 || p.top_logprobs > max_top_logprobs)
+    return bad(fmt::format("top_logprobs must be -1 (none) or in [0, {}], got {}", max_top_logprobs,
+                           p.top_logprobs));
+  if (p.logit_bias.size() > max_logit_bias)
+    return bad(fmt::format("logit_bias has {} entries; at most {} are allowed", p.logit_bias.size(),
+                           max_logit_bias));
+  std::vector<logit_bias_entry> bias;
+  bias.reserve(p.logit_bias.size());
+  for (const auto& [id, b] : p.logit_bias) {
+    if (id < 0 || id >= vocab)
+      return bad(
+          fmt::format("logit_bias token id {} is outside the vocabulary [0, {})", id, vocab));
+    if (!std::isfinite(b) || b < -100 || b > 100)
+      return bad(fmt::format("logit_bias for token {} must be in [-100, 100], got {}", id, b));
+    bias.push_back({static_cast<token_id>(id), static_cast<float>(b)});
+  }
   if (p.stop_strings.size() > max_stop_strings)
     return bad(fmt::format("at most {} stop strings are allowed, got {}", max_stop_strings,
                            p.stop_strings.size()));
@@ -72,6 +95,9 @@ result<validated_request> validate(const generate_params& p, const tokenizer& to
     v.options.max_tokens = static_cast<uint32_t>(p.max_tokens);
   }
   v.options.sampling = s;
+  v.options.sampling.logit_bias = std::move(bias);
+  v.options.sampling.top_logprobs = static_cast<int32_t>(p.top_logprobs);
+  v.options.sampling.resumed = 0;  // the router's to set, never the client's
   v.options.ignore_eos = p.ignore_eos;
   return v;
 }

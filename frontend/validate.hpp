@@ -18,6 +18,10 @@ struct validated_request {
 /// Limits on stop strings (OpenAI allows 4; we allow more, but bounded).
 constexpr size_t max_stop_strings = 16;
 constexpr size_t max_stop_string_bytes = 256;
+/// Most alternatives per token a request may ask for (OpenAI chat's top_logprobs limit).
+constexpr int64_t max_top_logprobs = 20;
+/// Most logit_bias entries per request (bounds the request's size on every hop).
+constexpr size_t max_logit_bias = 1024;
 
 /// Checks `p` against the model and tokenizes text prompts. Errors are invalid_request
 /// with a message that names the field and what was expected.

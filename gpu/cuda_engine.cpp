@@ -172,6 +172,8 @@ struct cuda_engine::impl {
     std::vector<uint32_t> out_rows;         ///< rows sampled, one per chunk / sequence
     std::vector<sampling_params> sampling;  ///< per output
     std::vector<uint64_t> positions;        ///< per output: sample_token's position
+    std::vector<sample_history> histories;  ///< per output: what its penalties look at
+    std::vector<token_logprobs*> logprobs;  ///< per output: where its logprobs go (or null)
     bool multi_row = false;                 ///< a sequence contributes several rows
     uint32_t max_context = 0;               ///< max(pos) + 1
     uint32_t max_blocks = 0;                ///< longest block-table prefix needed
@@ -303,6 +305,8 @@ struct cuda_engine::impl {
     batch.out_rows.clear();
     batch.sampling.clear();
     batch.positions.clear();
+    batch.histories.clear();
+    batch.logprobs.clear();
     batch.multi_row = false;
     batch.max_context = 0;
     batch.max_blocks = 0;
@@ -331,6 +335,9 @@ struct cuda_engine::impl {
           batch.out_rows.push_back(static_cast<uint32_t>(batch.rows.size()));
           batch.sampling.push_back(ch.sampling);
           batch.positions.push_back(ch.end);
+          batch.histories.push_back(
+              make_history(ch.tokens.subspan(0, ch.end), ch.tokens.size(), ch.sampling));
+          batch.logprobs.push_back(pos + 1 == ch.end ? ch.logprobs : nullptr);
         }
         batch.rows.push_back({ch.tokens[pos], static_cast<int32_t>(pos), static_cast<int32_t>(i)});
       }
@@ -363,6 +370,8 @@ struct cuda_engine::impl {
       batch.out_rows.push_back(static_cast<uint32_t>(i));
       batch.sampling.push_back(s.sampling);
       batch.positions.push_back(s.tokens.size());
+      batch.histories.push_back(make_history(s.tokens, s.prompt_len, s.sampling));
+      batch.logprobs.push_back(s.logprobs);
       batch.rows.push_back({s.tokens[pos], static_cast<int32_t>(pos), static_cast<int32_t>(i)});
       batch.max_context = std::max(batch.max_context, pos + 1);
       batch.max_blocks = std::max(batch.max_blocks, layout.blocks_for(pos + 1));
@@ -606,14 +615,20 @@ struct cuda_engine::impl {
 
   // ---- results ----------------------------------------------------------------------
 
+  /// Whether output row `o` is sampled on the host.
+  bool host_sampled(size_t o) const {
+    return batch.sampling[o].temperature > 0 || needs_host_row(batch.sampling[o]);
+  }
+
   /// The next token of each output row. Greedy rows take the device argmax; rows with
-  /// temperature > 0 copy their logits row to the host and go through sample_token with
-  /// the CPU engine's (params, position), so seeded draws match the CPU engine's.
+  /// temperature > 0, penalties, a bias or logprobs copy their logits row to the host and
+  /// go through sample_token with the CPU engine's (params, position, history), so seeded
+  /// draws and logprobs match the CPU engine's.
   std::vector<token_id> sample(const activations& a) {
     const size_t outs = batch.out_rows.size();
     size_t sampled = 0;
-    for (const auto& sp : batch.sampling)
-      sampled += sp.temperature > 0 ? 1 : 0;
+    for (size_t o = 0; o < outs; ++o)
+      sampled += host_sampled(o) ? 1 : 0;
     const size_t ids_bytes = (outs * 4 + 15) / 16 * 16;
     grow(out_host, ids_bytes + sampled * c.vocab * sizeof(float));
     cudaStream_t st = stream.get();
@@ -621,16 +636,16 @@ struct cuda_engine::impl {
     auto* rows = reinterpret_cast<float*>(out_host.as<std::byte>() + ids_bytes);
     TM_CUDA(cudaMemcpyAsync(ids, a.ids.get(), outs * 4, cudaMemcpyDeviceToHost, st));
     for (size_t o = 0, j = 0; o < outs; ++o)
-      if (batch.sampling[o].temperature > 0)
+      if (host_sampled(o))
         TM_CUDA(cudaMemcpyAsync(rows + j++ * c.vocab, a.logits.as<float>() + o * c.vocab,
                                 c.vocab * sizeof(float), cudaMemcpyDeviceToHost, st));
     stream.synchronize();
     std::vector<token_id> out;
     out.reserve(outs);
     for (size_t o = 0, j = 0; o < outs; ++o) {
-      if (batch.sampling[o].temperature > 0)
-        out.push_back(
-            sample_token({rows + j++ * c.vocab, c.vocab}, batch.sampling[o], batch.positions[o]));
+      if (host_sampled(o))
+        out.push_back(sample_token({rows + j++ * c.vocab, c.vocab}, batch.sampling[o],
+                                   batch.positions[o], batch.histories[o], batch.logprobs[o]));
       else
         out.push_back(ids[o]);
     }

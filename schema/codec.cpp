@@ -1,5 +1,7 @@
 #include "schema/codec.hpp"
 
+#include <algorithm>
+#include <climits>
 #include <optional>
 #include <string_view>
 
@@ -30,6 +32,12 @@ generate_params decode(rpc::GenerateRequest::Reader r) {
   p.sampling.seed = s.getSeed();
   p.sampling.top_k = s.getTopK();
   p.sampling.min_p = s.getMinP();
+  p.sampling.presence_penalty = s.getPresencePenalty();
+  p.sampling.frequency_penalty = s.getFrequencyPenalty();
+  p.sampling.repetition_penalty = s.getRepetitionPenalty();
+  for (auto b : s.getLogitBias())
+    p.logit_bias.emplace_back(b.getToken(), b.getBias());
+  p.top_logprobs = s.getTopLogprobs();
   for (auto t : r.getStopStrings())
     p.stop_strings.emplace_back(t.cStr(), t.size());
   p.ignore_eos = r.getIgnoreEos();
@@ -56,6 +64,15 @@ void encode(const generate_params& p, rpc::GenerateRequest::Builder b) {
   s.setSeed(p.sampling.seed);
   s.setTopK(p.sampling.top_k);
   s.setMinP(p.sampling.min_p);
+  s.setPresencePenalty(p.sampling.presence_penalty);
+  s.setFrequencyPenalty(p.sampling.frequency_penalty);
+  s.setRepetitionPenalty(p.sampling.repetition_penalty);
+  auto bias = s.initLogitBias(static_cast<unsigned>(p.logit_bias.size()));
+  for (unsigned i = 0; i < p.logit_bias.size(); ++i) {
+    bias[i].setToken(p.logit_bias[i].first);
+    bias[i].setBias(static_cast<float>(p.logit_bias[i].second));
+  }
+  s.setTopLogprobs(static_cast<int32_t>(std::clamp<int64_t>(p.top_logprobs, INT32_MIN, INT32_MAX)));
   auto strs = b.initStopStrings(static_cast<unsigned>(p.stop_strings.size()));
   for (unsigned i = 0; i < p.stop_strings.size(); ++i)
     strs.set(i, p.stop_strings[i]);
@@ -357,6 +374,13 @@ chunk decode(rpc::TokenChunk::Reader r) {
   c.ids = decode_ids(r.getTokenIds());
   c.text = str(r.getText());
   c.sent_ns = r.getSentNs();
+  for (auto lp : r.getLogprobs()) {
+    token_logprobs t;
+    t.logprob = lp.getLogprob();
+    for (auto top : lp.getTop())
+      t.top.push_back({top.getToken(), top.getLogprob()});
+    c.logprobs.push_back(std::move(t));
+  }
   return c;
 }
 
@@ -365,6 +389,16 @@ void encode(const chunk& c, rpc::TokenChunk::Builder b) {
   encode_ids(c.ids, b.initTokenIds(static_cast<unsigned>(c.ids.size())));
   b.setText(c.text);
   b.setSentNs(c.sent_ns);
+  if (c.logprobs.empty()) return;
+  auto lps = b.initLogprobs(static_cast<unsigned>(c.logprobs.size()));
+  for (unsigned i = 0; i < c.logprobs.size(); ++i) {
+    lps[i].setLogprob(c.logprobs[i].logprob);
+    auto top = lps[i].initTop(static_cast<unsigned>(c.logprobs[i].top.size()));
+    for (unsigned j = 0; j < c.logprobs[i].top.size(); ++j) {
+      top[j].setToken(c.logprobs[i].top[j].token);
+      top[j].setLogprob(c.logprobs[i].top[j].logprob);
+    }
+  }
 }
 
 std::vector<token_id> decode_ids(capnp::List<int32_t>::Reader r) {

@@ -32,6 +32,7 @@ struct chunk {
   std::vector<token_id> ids;
   std::string text;
   int64_t sent_ns = 0;
+  std::vector<token_logprobs> logprobs;  ///< one per id when asked for, else empty
 };
 chunk decode(rpc::TokenChunk::Reader r);
 void encode(const chunk& c, rpc::TokenChunk::Builder b);

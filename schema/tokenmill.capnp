@@ -12,6 +12,29 @@ struct Sampling {
   seed @2 :UInt64 = 0;
   topK @3 :UInt32 = 0;           # 0 = all tokens
   minP @4 :Float32 = 0;          # in [0, 1]; 0 = off
+  presencePenalty @5 :Float32;   # in [-2, 2]; subtracted once per generated token id
+  frequencyPenalty @6 :Float32;  # in [-2, 2]; subtracted per occurrence in the output
+  repetitionPenalty @7 :Float32 = 1; # > 0; vLLM's penalty on prompt and output ids; 1 = off
+  logitBias @8 :List(LogitBias); # added to the raw logits
+  topLogprobs @9 :Int32 = -1;    # -1 none, 0 only the chosen token's, N (<= 20) + top N
+  # @10 and @11 are reserved for structured output.
+}
+
+struct LogitBias {
+  token @0 :Int64;               # wide, so that out-of-range ids can be reported exactly
+  bias @1 :Float32;              # in [-100, 100]
+}
+
+struct TopLogprob {
+  token @0 :Int32;
+  logprob @1 :Float32;           # natural log
+}
+
+struct TokenLogprob {
+  # Log-probabilities of one generated token, from the raw logits (before penalties,
+  # bias and temperature).
+  logprob @0 :Float32;           # of the chosen token
+  top @1 :List(TopLogprob);      # the topLogprobs most likely tokens, best first
 }
 
 struct GenerateRequest {
@@ -33,6 +56,7 @@ struct TokenChunk {
   tokenIds @1 :List(Int32);
   text @2 :Text;                 # complete UTF-8 only; an unfinished character waits
   sentNs @3 :Int64;              # server steady clock when the chunk was written
+  logprobs @4 :List(TokenLogprob); # one per token id when the request asked; else empty
 }
 
 interface TokenSink {

@@ -346,7 +346,7 @@ void launch(decode_ptr self) {
   batch.reserve(st.running.size());
   for (auto id : st.running) {
     auto& s = st.seqs.at(id);
-    batch.push_back({s.tokens, s.blocks, s.req.options.sampling});
+    batch.push_back({s.tokens, s.blocks, s.req.options.sampling, s.prompt_len});
   }
   st.step = step_in_flight{true, std::move(plan), st.running, now_ns()};
   st.w.submit_step(caf::actor_cast<caf::actor>(self), std::move(chunks), std::move(batch));
@@ -381,7 +381,8 @@ void step_done(decode_ptr self, engine_step_done& d) {
     if (s.prefill_done < s.prompt_len) continue;
     s.req.tr.stamp(stage::prefill_done, st.w.info.node_index);
     erase_id(st.local_queue, id);
-    self->send(s.router, first_token{id, d.prefill_next[i], s.req.tr});
+    self->send(s.router,
+               first_token{id, d.prefill_next[i], s.req.tr, std::move(d.prefill_logprobs[i])});
     prompt_complete(self, s, d.prefill_next[i]);
   }
   // Decode results: one token_batch per router.
@@ -398,7 +399,7 @@ void step_done(decode_ptr self, engine_step_done& d) {
     auto tok = d.decode_next[i];
     commit_written(st, s, s.tokens.size());  // the step wrote the KV of the newest token
     s.tokens.push_back(tok);
-    out[s.router].tokens.push_back({id, s.generated, tok});
+    out[s.router].tokens.push_back({id, s.generated, tok, std::move(d.decode_logprobs[i])});
     ++s.generated;
     ++st.tokens_out;
     if (auto r = stop_reason(st, s, tok); r != finish_reason::none) ended.emplace_back(id, r);

@@ -112,8 +112,15 @@ result<void> kv_worker::check_kv(std::span<const token_id> tokens, std::span<con
 void kv_worker::submit_step(caf::actor me, std::vector<prefill_chunk> chunks,
                             std::vector<decode_seq> batch) {
   runner->submit([eng = eng.get(), pool = pool.get(), chunks = std::move(chunks),
-                  batch = std::move(batch), me = std::move(me)] {
+                  batch = std::move(batch), me = std::move(me)]() mutable {
     engine_step_done d;
+    // The engine writes each sequence's logprobs straight into the reply.
+    d.prefill_logprobs.resize(chunks.size());
+    d.decode_logprobs.resize(batch.size());
+    for (size_t i = 0; i < chunks.size(); ++i)
+      chunks[i].logprobs = &d.prefill_logprobs[i];
+    for (size_t i = 0; i < batch.size(); ++i)
+      batch[i].logprobs = &d.decode_logprobs[i];
     auto t0 = now_ns();
     result<std::vector<token_id>> prefilled = std::vector<token_id>{};
     if (!chunks.empty()) prefilled = eng->prefill(*pool, chunks);
@@ -122,6 +129,8 @@ void kv_worker::submit_step(caf::actor me, std::vector<prefill_chunk> chunks,
     if (prefilled && !batch.empty()) decoded = eng->decode(*pool, batch);
     if (!prefilled || !decoded) {
       d.error = (!prefilled ? prefilled : decoded).error();
+      d.prefill_logprobs.clear();
+      d.decode_logprobs.clear();
     } else {
       d.prefill_next = std::move(*prefilled);
       d.decode_next = std::move(*decoded);

@@ -26,15 +26,16 @@ namespace {
 
 struct job_state {
   prefill_job job;
-  std::vector<block_id> blocks;  ///< local blocks holding the computed KV (cached prefix first)
-  std::vector<uint64_t> chain;   ///< chain hashes of the prompt's full blocks
-  uint32_t reused = 0;           ///< leading blocks taken from the prefix cache
-  uint32_t done = 0;             ///< prompt tokens computed (or reused)
-  uint32_t blocks_sent = 0;      ///< leading blocks sent, or skipped (the decode side has them)
-  uint32_t writes_pending = 0;   ///< transport writes not completed yet
-  bool computed = false;         ///< every chunk computed
-  token_id first = 0;            ///< token sampled after the prompt
-  bool dropped = false;          ///< cancelled or failed while on the engine or writing: drop after
+  std::vector<block_id> blocks;   ///< local blocks holding the computed KV (cached prefix first)
+  std::vector<uint64_t> chain;    ///< chain hashes of the prompt's full blocks
+  uint32_t reused = 0;            ///< leading blocks taken from the prefix cache
+  uint32_t done = 0;              ///< prompt tokens computed (or reused)
+  uint32_t blocks_sent = 0;       ///< leading blocks sent, or skipped (the decode side has them)
+  uint32_t writes_pending = 0;    ///< transport writes not completed yet
+  bool computed = false;          ///< every chunk computed
+  token_id first = 0;             ///< token sampled after the prompt
+  token_logprobs first_logprobs;  ///< its log-probabilities, when the request asked
+  bool dropped = false;         ///< cancelled or failed while on the engine or writing: drop after
   bool notify_drained = false;  ///< cancelled or failed: kv_drained to the decode worker at the end
 };
 
@@ -208,6 +209,7 @@ void step_done(prefill_ptr self, engine_step_done& d) {
       js.computed = true;
       js.job.tr.stamp(stage::prefill_done, st.w.info.node_index);
       js.first = d.prefill_next[i];
+      js.first_logprobs = std::move(d.prefill_logprobs[i]);
       // The prompt's full blocks are written: later prompts with this prefix reuse them.
       for (size_t b = js.reused; b < js.chain.size(); ++b)
         st.w.cache->commit(js.blocks[b], js.chain[b]);
@@ -284,7 +286,7 @@ caf::behavior prefill_behavior(prefill_ptr self) {
         self->send(js.job.decode, std::move(d.transfer));
         if (js.computed && js.writes_pending == 0) {
           js.job.tr.stamp(stage::kv_pushed, st.w.info.node_index);
-          self->send(js.job.router, first_token{d.id, js.first, js.job.tr});
+          self->send(js.job.router, first_token{d.id, js.first, js.job.tr, js.first_logprobs});
           self->send(js.job.decode,
                      kv_ready{d.id, js.first, js.blocks_sent - js.job.skip_blocks, js.job.tr});
           ++st.completed;

@@ -222,8 +222,10 @@ void release_tokens(router_ptr self, request_id id, request_state& rs) {
   chunk.id = id;
   chunk.first_index = rs.order.next_index();
   auto now = now_ns();
-  for (const auto& r : rs.order.take_ready()) {
+  const bool logprobs = rs.req.options.sampling.top_logprobs >= 0;
+  for (auto& r : rs.order.take_ready()) {
     chunk.tokens.push_back(r.token);
+    if (logprobs) chunk.logprobs.push_back(std::move(r.logprobs));
     note_release(self->state, rs, now);
     rs.release_ns.push_back(now);
     rs.itl.add(r.index, now, r.step.start_ns, r.step.end_ns, r.step.batch, r.step.prefill_tokens);
@@ -446,6 +448,8 @@ void migrate(router_ptr self, request_id cid, migration_reason why, const std::s
   next.id = mint_attempt_id(st.info.id, ++st.attempt_counter);
   next.prompt = std::move(d.plan.prompt);
   next.options.max_tokens = d.plan.max_tokens;
+  // The prompt now ends with the tokens delivered so far: the penalties count them as output.
+  next.options.sampling.resumed = d.plan.offset;
   const bool avoid_previous = why == migration_reason::stalled ||
                               why == migration_reason::worker_failed ||
                               why == migration_reason::transfer_failed;
@@ -578,7 +582,8 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         st.backlog.release(cid);
         st.local_backlog.release(cid);
         rs->phase = request_phase::decoding;
-        rs->order.accept(0, ft.token);  // delivered twice (or already released): dropped
+        // Delivered twice (or already released): dropped.
+        rs->order.accept(0, ft.token, std::nullopt, std::move(ft.logprobs));
         release_tokens(self, cid, *rs);
       },
       [self](const token_batch& b) {
@@ -602,7 +607,8 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           // would block every later token behind it.
           if (!rs->order.accept(t.index, t.token,
                                 pending_step{b.step_start_ns + shift, b.step_end_ns + shift,
-                                             b.batch_size, b.prefill_tokens}))
+                                             b.batch_size, b.prefill_tokens},
+                                t.logprobs))
             continue;
           release_tokens(self, cid, *rs);
         }

@@ -8,6 +8,7 @@
 #include <optional>
 #include <vector>
 
+#include "common/api_types.hpp"
 #include "common/ids.hpp"
 
 namespace tokenmill {
@@ -25,6 +26,7 @@ struct released_token {
   uint32_t index = 0;  ///< client index
   token_id token = 0;
   pending_step step;
+  token_logprobs logprobs;  ///< as the worker sent them (empty when not asked for)
 };
 
 /// One request's token stream as the client sees it, across attempts. An attempt counts
@@ -34,8 +36,9 @@ class token_order {
   /// Token `index` of the current attempt arrived. False when it is dropped: its client
   /// index was already released (a token delivered twice, or one of an earlier attempt).
   /// A token already waiting for its turn keeps its first value; `step`, when given,
-  /// replaces the step recorded for it.
-  bool accept(uint32_t index, token_id token, std::optional<pending_step> step = std::nullopt);
+  /// replaces the step recorded for it. `logprobs` travel with the token.
+  bool accept(uint32_t index, token_id token, std::optional<pending_step> step = std::nullopt,
+              token_logprobs logprobs = {});
 
   /// Takes every token that is next in line, in client order, and records it delivered.
   std::vector<released_token> take_ready();
@@ -55,6 +58,7 @@ class token_order {
   struct waiting {
     token_id token = 0;
     pending_step step;
+    token_logprobs logprobs;
   };
   uint32_t offset_ = 0;
   uint32_t next_index_ = 0;

@@ -43,17 +43,20 @@ namespace http_detail {
 /// One generate request between the router and its HTTP connection (Asio thread only).
 struct gen_state {
   request_id id = 0;
-  std::vector<token_id> pending;  ///< tokens received, not yet turned into text
+  std::vector<token_id> pending;                 ///< tokens received, not yet turned into text
+  std::vector<token_logprobs> pending_logprobs;  ///< theirs, when the request asked
   std::optional<request_summary> summary;
   completion_text text;
-  asio::steady_timer wake;  ///< cancelled whenever something arrives for the request
+  /// Cancelled whenever something arrives for the request; shared by the sequences of one
+  /// HTTP request (n > 1, a list of prompts), whose coroutine waits on it.
+  std::shared_ptr<asio::steady_timer> wake;
   bool disconnected = false;
   bool cancel_sent = false;
   int64_t first_sent_ns = 0;
   int64_t last_token_ns = 0;
-  gen_state(asio::io_context& io, std::shared_ptr<const tokenizer> tok,
+  gen_state(std::shared_ptr<asio::steady_timer> w, std::shared_ptr<const tokenizer> tok,
             std::vector<std::string> stops)
-      : text(std::move(tok), std::move(stops)), wake(io, asio::steady_timer::time_point::max()) {}
+      : text(std::move(tok), std::move(stops)), wake(std::move(w)) {}
 };
 
 /// A status query waiting for the supervisor's answer (Asio thread only).
@@ -126,13 +129,15 @@ struct http_server::core {
       g.last_token_ns = t;
     }
     g.pending.insert(g.pending.end(), c.tokens.begin(), c.tokens.end());
-    g.wake.cancel();
+    g.pending_logprobs.insert(g.pending_logprobs.end(), std::make_move_iterator(c.logprobs.begin()),
+                              std::make_move_iterator(c.logprobs.end()));
+    g.wake->cancel();
   }
   void on_summary(request_summary& s) {
     auto it = gens.find(s.id);
     if (it == gens.end()) return;
     it->second->summary = std::move(s);
-    it->second->wake.cancel();
+    it->second->wake->cancel();
   }
   void on_status(uint64_t call, result<cluster_status>& st) {
     auto it = status_calls.find(call);

@@ -207,9 +207,85 @@ TEST_CASE("the same prompt gives the same tokens whichever worker prefills it", 
     CHECK(ids_of(a) == ids_of(c));
     CHECK(ids_of(a) == ids_of(d));
   }
+  SECTION("seeded sampling with penalties, a bias and logprobs") {
+    // The penalties read each sequence's history, which travels with it: the prefill
+    // worker's first token and the decode worker's later ones see the same tokens.
+    const std::vector<std::string> args{"--max-tokens",
+                                        "12",
+                                        "--temperature",
+                                        "0.8",
+                                        "--seed",
+                                        "7",
+                                        "--presence-penalty",
+                                        "1.5",
+                                        "--frequency-penalty",
+                                        "0.5",
+                                        "--repetition-penalty",
+                                        "1.3",
+                                        "--logit-bias",
+                                        "300=4",
+                                        "--logprobs",
+                                        "3",
+                                        "penalised prompt"};
+    auto a = generate_json(disagg, args);
+    auto b = generate_json(disagg, args);
+    auto c = generate_json(local, args);
+    auto d = generate_json(conditional, args);
+    CHECK(a["tokens"] == 12);
+    CHECK(ids_of(a) == ids_of(b));
+    CHECK(ids_of(a) == ids_of(c));
+    CHECK(ids_of(a) == ids_of(d));
+    REQUIRE(a["logprobs"].size() == 12);
+    CHECK(a["logprobs"] == c["logprobs"]);
+    CHECK(a["logprobs"] == d["logprobs"]);
+    for (const auto& lp : a["logprobs"]) {
+      CHECK(lp["logprob"].get<double>() <= 0);
+      CHECK(lp["top"].size() == 3);
+    }
+    // Without the penalties and the bias the same seed samples another completion.
+    auto plain = generate_json(
+        disagg, {"--max-tokens", "12", "--temperature", "0.8", "--seed", "7", "penalised prompt"});
+    CHECK(ids_of(plain) != ids_of(a));
+    CHECK_FALSE(plain.contains("logprobs"));
+  }
   for (auto* s : {&disagg, &local, &conditional}) {
     auto st = s->status();
     CHECK(workers_idle(st));
+  }
+}
+
+TEST_CASE("generate --logprobs prints each token's log-probability; bad values are refused",
+          "[integration]") {
+  server srv;
+  auto r = srv.generate({"--max-tokens", "4", "--logprobs", "2", "hello"});
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("logprobs (natural log, raw logits):") != std::string::npos);
+  CHECK(r.out.find("| top") != std::string::npos);
+  // Greedy: the chosen token is the most likely one, so it heads its own top list.
+  auto j = generate_json(srv, {"--max-tokens", "4", "--logprobs", "2", "hello"});
+  REQUIRE(j["logprobs"].size() == 4);
+  for (size_t i = 0; i < 4; ++i) {
+    CHECK(j["logprobs"][i]["token"] == j["token_ids"][i]);
+    CHECK(j["logprobs"][i]["top"][0][0] == j["token_ids"][i]);
+    CHECK(j["logprobs"][i]["top"][0][1] == j["logprobs"][i]["logprob"]);
+  }
+  // Asking for logprobs does not change greedy tokens.
+  auto plain = generate_json(srv, {"--max-tokens", "4", "hello"});
+  CHECK(ids_of(plain) == ids_of(j));
+  for (auto bad : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--logprobs", "21"}, "top_logprobs must be -1 (none) or in [0, 20]"},
+           {{"--presence-penalty", "3"}, "presence_penalty must be in [-2, 2]"},
+           {{"--repetition-penalty", "0"}, "repetition_penalty must be a finite number > 0"},
+           {{"--logit-bias", "99999999=1"}, "logit_bias token id 99999999 is outside"},
+           {{"--logit-bias", "5=200"}, "logit_bias for token 5 must be in [-100, 100]"},
+           {{"--logit-bias", "five=1"}, "--logit-bias: 'five=1' is not TOKEN_ID=BIAS"}}) {
+    auto args = bad.first;
+    args.insert(args.end(), {"--max-tokens", "2", "hello"});
+    auto e = srv.generate(args);
+    INFO(bad.second << "\n" << e.err);
+    CHECK(e.exit_code != 0);
+    CHECK(e.err.find(bad.second) != std::string::npos);
   }
 }
 

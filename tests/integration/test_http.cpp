@@ -11,6 +11,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -267,6 +269,172 @@ TEST_CASE("http: chat completions, whole and streamed", "[integration][http]") {
   CHECK(f["usage"]["total_tokens"] == 200);
 }
 
+TEST_CASE("http: logprobs, whole and streamed, chat and completions", "[integration][http]") {
+  server srv;
+  auto c = connect_http(srv);
+  const json msgs = {{{"role", "user"}, {"content", "Say hi"}}};
+  // Chat: logprobs + top_logprobs, greedy, so each chosen token heads its own list.
+  json chat{{"messages", msgs}, {"max_tokens", 5}, {"logprobs", true}, {"top_logprobs", 3}};
+  auto whole = post(*c, "/v1/chat/completions", chat);
+  INFO(whole.body);
+  REQUIRE(whole.status == 200);
+  auto j = json::parse(whole.body);
+  const auto& content = j["choices"][0]["logprobs"]["content"];
+  REQUIRE(content.size() == 5);
+  std::string joined;
+  for (const auto& e : content) {
+    CHECK(e["logprob"].get<double>() <= 0);
+    REQUIRE(e["top_logprobs"].size() == 3);
+    CHECK(e["top_logprobs"][0]["token"] == e["token"]);
+    CHECK(e["top_logprobs"][0]["logprob"] == e["logprob"]);
+    CHECK(e["bytes"].is_array());
+    joined += e["token"].get<std::string>();
+  }
+  CHECK(joined == j["choices"][0]["message"]["content"]);
+  chat["stream"] = true;
+  auto st = post_stream(*c, "/v1/chat/completions", chat);
+  json streamed = json::array();
+  for (const auto& e : st.events) {
+    if (e == "[DONE]") continue;
+    auto k = json::parse(e);
+    if (k["choices"].empty() || k["choices"][0]["logprobs"].is_null()) continue;
+    for (const auto& x : k["choices"][0]["logprobs"]["content"])
+      streamed.push_back(x);
+  }
+  CHECK(streamed == content);
+  // Completions: logprobs N, the legacy shape.
+  json cmpl{{"prompt", "hello"}, {"max_tokens", 4}, {"logprobs", 2}};
+  auto w = post(*c, "/v1/completions", cmpl);
+  REQUIRE(w.status == 200);
+  auto cj = json::parse(w.body);
+  const auto& lp = cj["choices"][0]["logprobs"];
+  REQUIRE(lp["tokens"].size() == 4);
+  CHECK(lp["token_logprobs"].size() == 4);
+  CHECK(lp["top_logprobs"].size() == 4);
+  CHECK(lp["text_offset"][0] == 0);
+  CHECK(lp["top_logprobs"][0].size() >= 2);
+  CHECK(lp["top_logprobs"][0].contains(lp["tokens"][0].get<std::string>()));
+  cmpl["stream"] = true;
+  auto cs = post_stream(*c, "/v1/completions", cmpl);
+  json tokens = json::array();
+  for (const auto& e : cs.events) {
+    if (e == "[DONE]") continue;
+    auto k = json::parse(e);
+    if (k["choices"].empty() || k["choices"][0]["logprobs"].is_null()) continue;
+    for (const auto& t : k["choices"][0]["logprobs"]["tokens"])
+      tokens.push_back(t);
+  }
+  CHECK(tokens == lp["tokens"]);
+  // Not asked for: null, as before.
+  auto plain =
+      json::parse(post(*c, "/v1/completions", {{"prompt", "hello"}, {"max_tokens", 2}}).body);
+  CHECK(plain["choices"][0]["logprobs"].is_null());
+  // Penalties and a bias are accepted (their effect has unit and generate tests).
+  auto p = post(*c, "/v1/completions",
+                {{"prompt", "hello"},
+                 {"max_tokens", 1},
+                 {"presence_penalty", 1.0},
+                 {"frequency_penalty", -1.0},
+                 {"repetition_penalty", 1.1},
+                 {"logit_bias", {{"0", 1}}}});
+  CHECK(p.status == 200);
+  // Bad values: a 400 naming the field.
+  check_error(post(*c, "/v1/chat/completions",
+                   {{"messages", msgs}, {"logprobs", true}, {"top_logprobs", 21}}),
+              400, "'top_logprobs' must be in [0, 20]");
+  check_error(post(*c, "/v1/completions", {{"prompt", "x"}, {"logprobs", 6}}), 400,
+              "'logprobs' must be in [0, 5]");
+  check_error(post(*c, "/v1/completions", {{"prompt", "x"}, {"logit_bias", {{"99999999", 1}}}}),
+              400, "logit_bias token id 99999999 is outside the vocabulary");
+  check_error(post(*c, "/v1/completions", {{"prompt", "x"}, {"presence_penalty", "high"}}), 400,
+              "'presence_penalty' must be a number");
+}
+
+TEST_CASE("http: a list of prompts, n > 1, best_of and echo", "[integration][http]") {
+  server srv;
+  auto c = connect_http(srv);
+  // Each prompt alone, for reference (greedy).
+  auto alone = [&](const std::string& prompt) {
+    auto r = post(*c, "/v1/completions", {{"prompt", prompt}, {"max_tokens", 4}});
+    REQUIRE(r.status == 200);
+    return json::parse(r.body)["choices"][0]["text"].get<std::string>();
+  };
+  const auto a = alone("first prompt"), b = alone("second prompt");
+  auto list = post(*c, "/v1/completions",
+                   {{"prompt", {"first prompt", "second prompt"}}, {"max_tokens", 4}});
+  INFO(list.body);
+  REQUIRE(list.status == 200);
+  auto lj = json::parse(list.body);
+  REQUIRE(lj["choices"].size() == 2);
+  CHECK(lj["choices"][0]["index"] == 0);
+  CHECK(lj["choices"][0]["text"] == a);
+  CHECK(lj["choices"][1]["index"] == 1);
+  CHECK(lj["choices"][1]["text"] == b);
+  CHECK(lj["usage"]["completion_tokens"] == 8);
+  // Streamed: choices by index.
+  auto st = post_stream(
+      *c, "/v1/completions",
+      {{"prompt", {"first prompt", "second prompt"}}, {"max_tokens", 4}, {"stream", true}});
+  std::map<int, std::string> texts;
+  for (const auto& e : st.events) {
+    if (e == "[DONE]") continue;
+    auto k = json::parse(e);
+    for (const auto& ch : k["choices"])
+      texts[ch["index"].get<int>()] += ch["text"].get<std::string>();
+  }
+  CHECK(texts[0] == a);
+  CHECK(texts[1] == b);
+  // n = 3 with a seed: sequence i samples with seed + i, so choice 0 is the seeded request.
+  json sampled{{"prompt", "first prompt"}, {"max_tokens", 6}, {"temperature", 1.0}, {"seed", 5}};
+  auto single = json::parse(post(*c, "/v1/completions", sampled).body);
+  sampled["n"] = 3;
+  auto three = json::parse(post(*c, "/v1/completions", sampled).body);
+  REQUIRE(three["choices"].size() == 3);
+  CHECK(three["choices"][0]["text"] == single["choices"][0]["text"]);
+  CHECK(three["usage"]["completion_tokens"] == 18);
+  CHECK(three["usage"]["prompt_tokens"] == single["usage"]["prompt_tokens"]);
+  std::set<std::string> distinct;
+  for (const auto& ch : three["choices"])
+    distinct.insert(ch["text"].get<std::string>());
+  CHECK(distinct.size() > 1);
+  // best_of 4, n 1: the returned choice is the most likely of four seeded samples.
+  sampled["n"] = 1;
+  sampled["best_of"] = 4;
+  sampled["logprobs"] = 0;
+  auto best = json::parse(post(*c, "/v1/completions", sampled).body);
+  REQUIRE(best["choices"].size() == 1);
+  sampled.erase("best_of");
+  sampled["n"] = 4;
+  auto four = json::parse(post(*c, "/v1/completions", sampled).body);
+  double top = -1e300;
+  std::string top_text;
+  for (const auto& ch : four["choices"]) {
+    double sum = 0;
+    for (const auto& v : ch["logprobs"]["token_logprobs"])
+      sum += v.get<double>();
+    if (sum > top) {
+      top = sum;
+      top_text = ch["text"];
+    }
+  }
+  CHECK(best["choices"][0]["text"] == top_text);
+  // Chat with n = 2.
+  auto cn =
+      post(*c, "/v1/chat/completions",
+           {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 3}, {"n", 2}});
+  REQUIRE(cn.status == 200);
+  CHECK(json::parse(cn.body)["choices"].size() == 2);
+  // echo: the prompt's text comes first.
+  auto echoed = json::parse(
+      post(*c, "/v1/completions", {{"prompt", "first prompt"}, {"max_tokens", 4}, {"echo", true}})
+          .body);
+  CHECK(echoed["choices"][0]["text"] == "first prompt" + a);
+  // A bad prompt of a list: the request is refused, naming it.
+  check_error(post(*c, "/v1/completions", {{"prompt", {"ok", ""}}, {"max_tokens", 2}}), 400,
+              "'prompt[1]' is empty");
+  CHECK(eventually([&] { return workers_idle(srv.status()); }, std::chrono::milliseconds(3000)));
+}
+
 TEST_CASE("http: stop strings end the text and the request", "[integration][http]") {
   server srv{{"--sim-decode-step-ms", "2"}};
   auto c = connect_http(srv);
@@ -303,8 +471,9 @@ TEST_CASE("http: bad requests get OpenAI errors with the right status", "[integr
   bad(R"({"prompt": "hi", "max_tokens": 100})", 400, "context");
   bad(R"({"prompt": "hi", "temperature": "hot"})", 400, "temperature");
   bad(R"({"prompt": "hi", "top_p": 0})", 400, "top_p");
-  bad(R"({"prompt": "hi", "n": 2})", 400, "n");
-  bad(R"({"prompt": ["a", "b"]})", 400, "batched");
+  bad(R"({"prompt": "hi", "n": 17})", 400, "'n' must be in [1, 16]");
+  bad(R"({"prompt": ["a", ""]})", 400, "'prompt[1]' is empty");
+  bad(R"({"prompt": ["a", "b"], "max_tokens": 100})", 400, "prompt 0: ");
   bad(R"({"prompt": [1, 99999999]})", 400, "vocabulary");
   bad(R"({"prompt": "hi", "model": "gpt-4"})", 404, "gpt-4");
   bad(R"({"prompt": "hi", "stop": 7})", 400, "stop");
@@ -456,4 +625,20 @@ TEST_CASE("http: the official openai npm client", "[integration][http][npm]") {
   CHECK(j["stream"]["usage_tokens"] == 5);
   CHECK(j["chat_stream"]["text"] == j["chat"]["text"]);
   CHECK(j["error"]["status"] == 404);
+  CHECK(j["chat_logprobs"]["count"] == 4);
+  CHECK(j["chat_logprobs"]["tops"] == json::array({2, 2, 2, 2}));
+  CHECK(j["chat_logprobs"]["all_negative"] == true);
+  CHECK(j["chat_logprobs_stream"]["tokens"] == j["chat_logprobs"]["tokens"]);
+  CHECK(j["completion_logprobs"]["tokens"] == 3);
+  CHECK(j["completion_logprobs"]["token_logprobs"] == 3);
+  for (const auto& n : j["completion_logprobs"]["top_logprobs"])
+    CHECK(n.get<int>() >= 2);
+  CHECK(j["completion_logprobs"]["text_offset"][0] == 0);
+  CHECK(j["penalties"]["completion_tokens"] == 3);
+  CHECK(j["bad_top_logprobs"]["status"] == 400);
+  CHECK(j["bad_top_logprobs"]["param"] == "top_logprobs");
+  CHECK(j["multi"]["indices"] == json::array({0, 1, 2, 3}));
+  CHECK(j["multi"]["completion_tokens"] == 12);
+  CHECK(j["chat_n"]["choices"] == 3);
+  CHECK(j["echo"]["starts"] == true);
 }

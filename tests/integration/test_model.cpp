@@ -75,8 +75,14 @@ TEST_CASE("a real model's tokens are the same aggregated, disaggregated and from
   server from_hf(cpu_server(m.hf, 1));
   // 40 prompt tokens: two full blocks and a partial one cross the transfer.
   const auto prompt = id_prompt(1, 40);
-  for (auto sampling : {std::vector<std::string>{"--temperature", "0"},
-                        std::vector<std::string>{"--temperature", "0.9", "--seed", "7"}}) {
+  for (auto sampling :
+       {std::vector<std::string>{"--temperature", "0"},
+        std::vector<std::string>{"--temperature", "0.9", "--seed", "7"},
+        // Penalties read the sequence's history on whichever worker samples; logprobs come
+        // from the real model's raw logits.
+        std::vector<std::string>{"--temperature", "0.9", "--seed", "7", "--presence-penalty", "1",
+                                 "--frequency-penalty", "0.5", "--repetition-penalty", "1.2",
+                                 "--logit-bias", "5=3", "--logprobs", "2"}}) {
     std::vector<std::string> args{"--max-tokens", "24", "--ignore-eos", "--token-ids", prompt};
     args.insert(args.end(), sampling.begin(), sampling.end());
     auto a = generate_json(aggregated, args);
@@ -87,6 +93,17 @@ TEST_CASE("a real model's tokens are the same aggregated, disaggregated and from
     CHECK(ids_of(a) == ids_of(d));
     CHECK(ids_of(a) == ids_of(h));
     CHECK(d["stages"].contains("kv_transfer"));  // it really went through the prefill worker
+    if (a.contains("logprobs")) {
+      REQUIRE(a["logprobs"].size() == 24);
+      REQUIRE(d["logprobs"].size() == 24);
+      for (size_t i = 0; i < 24; ++i) {
+        INFO("token " << i);
+        CHECK(a["logprobs"][i]["logprob"].get<double>() ==
+              Approx(d["logprobs"][i]["logprob"].get<double>()).margin(1e-4));
+        CHECK(a["logprobs"][i]["top"].size() == 2);
+        CHECK(a["logprobs"][i]["top"][0][0] == d["logprobs"][i]["top"][0][0]);
+      }
+    }
   }
   // Text prompts use the model's own tokenizer (the same vocabulary in both formats).
   std::vector<std::string> text{"--max-tokens", "8", "--ignore-eos", "the quick brown fox"};

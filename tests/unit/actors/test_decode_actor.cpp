@@ -299,6 +299,64 @@ TEST_CASE("decode: local prefill gives the same tokens as remote prefill", "[dec
   CHECK(ws.completed == 1);
 }
 
+TEST_CASE("decode: penalties and logprobs follow the sequence's own history",
+          "[decode_actor][logprobs]") {
+  decode_harness h;
+  auto req = h.request(4, 10, 6);
+  auto& s = req.options.sampling;
+  s.temperature = 0.7f;
+  s.seed = 5;
+  s.presence_penalty = 1.5f;
+  s.frequency_penalty = 0.5f;
+  s.repetition_penalty = 1.2f;
+  s.top_logprobs = 2;
+  // The reference: the sim's sampler over the same history, one token at a time.
+  std::vector<token_id> ctx = req.prompt;
+  std::vector<token_id> want;
+  std::vector<token_logprobs> want_lp;
+  for (int i = 0; i < 6; ++i) {
+    token_logprobs lp;
+    want.push_back(h.eng.sample(ctx, req.prompt.size(), s, &lp));
+    want_lp.push_back(lp);
+    ctx.push_back(want.back());
+  }
+  h.assign(req, false);
+  auto ft = expect<first_token>(h.self, "first_token from the local prefill");
+  std::vector<token_id> got{ft.token};
+  std::vector<token_logprobs> got_lp{ft.logprobs};
+  for (;;) {
+    std::optional<request_done> done;
+    h.self->receive(
+        [&](token_batch& b) {
+          for (auto& t : b.tokens) {
+            got.push_back(t.token);
+            got_lp.push_back(t.logprobs);
+          }
+        },
+        [&](request_done& d) { done = d; }, [&](kv_event&) {},
+        caf::after(receive_timeout) >> [&] { FAIL("timed out"); });
+    if (done) break;
+  }
+  CHECK(got == want);
+  REQUIRE(got_lp.size() == want_lp.size());
+  for (size_t i = 0; i < got_lp.size(); ++i) {
+    INFO("token " << i);
+    CHECK(got_lp[i].logprob == want_lp[i].logprob);
+    REQUIRE(got_lp[i].top.size() == 2);
+    CHECK(got_lp[i].top[0].token == want_lp[i].top[0].token);
+  }
+  // The penalties changed something: the plain sampler gives another continuation.
+  auto plain = s;
+  plain.presence_penalty = plain.frequency_penalty = 0;
+  plain.repetition_penalty = 1;
+  std::vector<token_id> ctx2 = req.prompt, other;
+  for (int i = 0; i < 6; ++i) {
+    other.push_back(h.eng.sample(ctx2, req.prompt.size(), plain, nullptr));
+    ctx2.push_back(other.back());
+  }
+  CHECK(other != want);
+}
+
 TEST_CASE("decode: cancel while waiting for KV frees the blocks and cancels the prefill",
           "[decode_actor]") {
   decode_harness h;

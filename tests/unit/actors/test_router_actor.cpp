@@ -144,6 +144,33 @@ TEST_CASE("router: tokens reach the client in index order, then the summary", "[
   CHECK(ws.tokens_out == 4);
 }
 
+TEST_CASE("router: logprobs reach the client with their tokens when asked for",
+          "[router_actor][logprobs]") {
+  router_harness h;
+  h.send_membership();
+  auto req = h.request(1);
+  req.options.sampling.top_logprobs = 1;
+  auto a = h.submit(req);
+  h.self->send(h.router, first_token{req.id, 500, a.req.tr, token_logprobs{-0.5f, {{500, -0.5f}}}});
+  auto c0 = h.expect_chunk(req.id, 0, {500});
+  REQUIRE(c0.logprobs.size() == 1);
+  CHECK(c0.logprobs[0].logprob == -0.5f);
+  token_batch b;
+  b.tokens.push_back({req.id, 2, 502, token_logprobs{-2.0f, {{7, -0.1f}}}});
+  b.tokens.push_back({req.id, 1, 501, token_logprobs{-1.0f, {{501, -1.0f}}}});
+  h.self->send(h.router, b);
+  auto c1 = h.expect_chunk(req.id, 1, {501, 502});  // 2 waited for 1
+  REQUIRE(c1.logprobs.size() == 2);
+  CHECK(c1.logprobs[0].logprob == -1.0f);
+  CHECK(c1.logprobs[1].logprob == -2.0f);
+  CHECK(c1.logprobs[1].top[0].token == 7);
+  // Not asked for: chunks carry none.
+  auto other = h.request(2);
+  auto a2 = h.submit(other);
+  h.self->send(h.router, first_token{other.id, 600, a2.req.tr, token_logprobs{-3.0f, {}}});
+  CHECK(h.expect_chunk(other.id, 0, {600}).logprobs.empty());
+}
+
 TEST_CASE("router: decode tokens that overtake the first token wait for it", "[router_actor]") {
   // first_token comes from the prefill worker and token_batch from the decode worker:
   // different senders, so no order between them.
@@ -624,6 +651,8 @@ TEST_CASE(
   want_prompt.push_back(701);
   CHECK(b.req.prompt == want_prompt);
   CHECK(b.req.options.max_tokens == 3);  // max_tokens counts across the move
+  // The penalties count the two resent tokens as output, as the first attempt did.
+  CHECK(b.req.options.sampling.resumed == 2);
   // A late token and request_done of the dead attempt: dropped.
   h.send_tokens(1, {{2, 999}});
   h.send_done(1, finish_reason::length, 5);

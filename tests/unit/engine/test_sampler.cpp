@@ -110,3 +110,170 @@ TEST_CASE("NaN logits are never sampled", "[sampler]") {
   for (uint64_t pos = 0; pos < 50; ++pos)
     CHECK(sample_token(logits, p, pos) == 1);
 }
+
+TEST_CASE("logprobs are the log-softmax of the raw row, top N best first", "[sampler][logprobs]") {
+  std::vector<float> logits{1.0f, 3.0f, 2.0f, 3.0f, -1.0f};
+  double z = 0;
+  for (float x : logits)
+    z += std::exp(static_cast<double>(x));
+  auto expect = [&](float x) { return static_cast<float>(x - std::log(z)); };
+  token_logprobs lp;
+  compute_logprobs(logits, 2, 3, lp);
+  CHECK(lp.logprob == Approx(expect(2.0f)).margin(1e-6));
+  REQUIRE(lp.top.size() == 3);
+  // Ties: the lower id first.
+  CHECK(lp.top[0].token == 1);
+  CHECK(lp.top[1].token == 3);
+  CHECK(lp.top[2].token == 2);
+  CHECK(lp.top[0].logprob == Approx(expect(3.0f)).margin(1e-6));
+  // The probabilities of a whole row sum to 1.
+  compute_logprobs(logits, 0, 5, lp);
+  double mass = 0;
+  for (const auto& a : lp.top)
+    mass += std::exp(static_cast<double>(a.logprob));
+  CHECK(mass == Approx(1.0).margin(1e-6));
+  // top_n larger than the row: every token; 0: none.
+  compute_logprobs(logits, 0, 20, lp);
+  CHECK(lp.top.size() == 5);
+  compute_logprobs(logits, 0, 0, lp);
+  CHECK(lp.top.empty());
+}
+
+TEST_CASE("logprobs come from the raw logits, whatever the temperature and penalties",
+          "[sampler][logprobs]") {
+  std::vector<float> logits(50);
+  for (size_t i = 0; i < logits.size(); ++i)
+    logits[i] = std::cos(static_cast<float>(i) * 0.7f) * 3;
+  token_logprobs raw;
+  compute_logprobs(logits, 0, 4, raw);
+  const std::vector<token_id> history{1, 2, 3, 0, 0};
+  for (float t : {0.0f, 0.5f, 1.5f}) {
+    auto p = with_temperature(t, 3);
+    p.top_logprobs = 4;
+    p.presence_penalty = 1.5f;
+    p.logit_bias = {{7, 2.0f}};
+    token_logprobs got;
+    const auto tok = sample_token(logits, p, 5, {history, 3}, &got);
+    token_logprobs want;
+    compute_logprobs(logits, tok, 4, want);
+    INFO("temperature " << t);
+    CHECK(got.logprob == want.logprob);
+    REQUIRE(got.top.size() == 4);
+    for (size_t i = 0; i < 4; ++i) {
+      CHECK(got.top[i].token == raw.top[i].token);
+      CHECK(got.top[i].logprob == raw.top[i].logprob);
+    }
+  }
+  // top_logprobs -1: nothing is written; 0: the chosen token only.
+  token_logprobs untouched{1.5f, {{9, 0.0f}}};
+  sample_token(logits, {}, 0, {}, &untouched);
+  CHECK(untouched.logprob == 1.5f);
+  sampling_params zero;
+  zero.top_logprobs = 0;
+  token_logprobs only;
+  auto tok = sample_token(logits, zero, 0, {}, &only);
+  CHECK(only.top.empty());
+  CHECK(only.logprob == Approx(raw.top[0].logprob));  // greedy picked the best
+  CHECK(tok == raw.top[0].token);
+}
+
+TEST_CASE("logit_bias moves a token up or bans it", "[sampler][penalties]") {
+  std::vector<float> logits{0.0f, 1.0f, 5.0f, 2.0f};
+  sampling_params p;
+  CHECK(sample_token(logits, p, 0) == 2);
+  p.logit_bias = {{2, -100.0f}};
+  CHECK(sample_token(logits, p, 0) == 3);
+  p.logit_bias = {{0, 10.0f}};
+  CHECK(sample_token(logits, p, 0) == 0);
+  // Ids outside the row are ignored, not a crash.
+  p.logit_bias = {{99, 10.0f}, {-1, 10.0f}};
+  CHECK(sample_token(logits, p, 0) == 2);
+  // The engine's row is left as it was.
+  CHECK(logits == std::vector<float>{0.0f, 1.0f, 5.0f, 2.0f});
+}
+
+TEST_CASE("presence and frequency penalties count generated tokens only", "[sampler][penalties]") {
+  std::vector<float> logits{0.0f, 3.0f, 2.5f, 0.0f};
+  // Context: prompt {1, 1}, output {2, 2, 3}.
+  const std::vector<token_id> ctx{1, 1, 2, 2, 3};
+  sampling_params p;
+  p.presence_penalty = 1.0f;
+  std::vector<float> row = logits;
+  adjust_logits(row, p, {ctx, 2});
+  CHECK(row == std::vector<float>{0.0f, 3.0f, 1.5f, -1.0f});  // token 1 is prompt only
+  p = {};
+  p.frequency_penalty = 0.5f;
+  row = logits;
+  adjust_logits(row, p, {ctx, 2});
+  CHECK(row == std::vector<float>{0.0f, 3.0f, 1.5f, -0.5f});
+  // Negative penalties encourage repetition.
+  p.frequency_penalty = -1.0f;
+  row = logits;
+  adjust_logits(row, p, {ctx, 2});
+  CHECK(row[2] == 4.5f);
+  // Greedy follows the adjusted row.
+  p = {};
+  p.presence_penalty = 2.0f;
+  const std::vector<token_id> out1{0, 1};  // prompt {0}, output {1}
+  CHECK(sample_token(logits, p, 2, {out1, 1}) == 2);
+  CHECK(sample_token(logits, p, 2, {out1, 2}) == 1);  // no output yet: no penalty
+}
+
+TEST_CASE("the repetition penalty scales prompt and output tokens once each, by sign",
+          "[sampler][penalties]") {
+  std::vector<float> logits{2.0f, -2.0f, 4.0f, 1.0f};
+  const std::vector<token_id> ctx{0, 0, 1, 0};  // 0 three times, 1 once, 2 and 3 never
+  sampling_params p;
+  p.repetition_penalty = 2.0f;
+  auto row = logits;
+  adjust_logits(row, p, {ctx, 3});
+  CHECK(row == std::vector<float>{1.0f, -4.0f, 4.0f, 1.0f});
+  // Below 1 it rewards repetition.
+  p.repetition_penalty = 0.5f;
+  row = logits;
+  adjust_logits(row, p, {ctx, 0});
+  CHECK(row == std::vector<float>{4.0f, -1.0f, 4.0f, 1.0f});
+  // The bias is added before the penalty (vLLM's order): (2 + 2) / 2 = 2.
+  p.repetition_penalty = 2.0f;
+  p.logit_bias = {{0, 2.0f}};
+  row = logits;
+  adjust_logits(row, p, {ctx, 3});
+  CHECK(row[0] == 2.0f);
+}
+
+TEST_CASE("a resumed request counts its resumed prompt tail as output", "[sampler][penalties]") {
+  sampling_params p;
+  const std::vector<token_id> ctx{5, 6, 7, 8, 9};
+  auto h = make_history(ctx, 5, p);
+  CHECK(h.output_begin == 5);
+  p.resumed = 2;
+  h = make_history(ctx, 5, p);
+  CHECK(h.output_begin == 3);
+  // Decode: prompt_len is the re-prefilled prompt (original + resumed tokens).
+  h = make_history(ctx, 4, p);
+  CHECK(h.output_begin == 2);
+  p.resumed = 10;  // more than the prompt: everything is output
+  CHECK(make_history(ctx, 4, p).output_begin == 0);
+  CHECK(make_history(ctx, 99, {}).output_begin == 5);  // clamped to the context
+}
+
+TEST_CASE("seeded sampling with penalties is reproducible and follows the adjusted row",
+          "[sampler][penalties]") {
+  std::vector<float> logits(64, 0.0f);
+  logits[10] = 5.0f;
+  auto p = with_temperature(1.0f, 11);
+  // Without penalties token 10 dominates; a huge negative bias on it removes it entirely.
+  p.logit_bias = {{10, -100.0f}};
+  for (uint64_t pos = 0; pos < 200; ++pos)
+    CHECK(sample_token(logits, p, pos) != 10);
+  // The same (seed, position, history) always gives the same token.
+  p.logit_bias.clear();
+  p.frequency_penalty = 2.0f;
+  const std::vector<token_id> ctx{10, 10, 10, 3};
+  std::vector<token_id> a, b;
+  for (uint64_t pos = 0; pos < 32; ++pos) {
+    a.push_back(sample_token(logits, p, pos, {ctx, 1}));
+    b.push_back(sample_token(logits, p, pos, {ctx, 1}));
+  }
+  CHECK(a == b);
+}

@@ -401,3 +401,57 @@ TEST_CASE("sampling seed matters only when temperature > 0", "[sim_engine]") {
   std::vector<block_id> table{0, 1, 2, 3};
   CHECK(prefill_all(e, pool, ctx, table, s1) == e.next_token(ctx, s1));
 }
+
+TEST_CASE("sim logits put greedy on next_token and feed logprobs and penalties",
+          "[sim_engine][logprobs]") {
+  sim_engine e(fast_config());
+  const auto ctx = prompt_of(12);
+  const auto row = e.logits(ctx);
+  REQUIRE(row.size() == 1000);
+  const auto best = static_cast<token_id>(std::max_element(row.begin(), row.end()) - row.begin());
+  CHECK(best == e.next_token(ctx, {}));
+  // Asking for logprobs does not change a greedy token.
+  sampling_params s;
+  s.top_logprobs = 3;
+  token_logprobs lp;
+  CHECK(e.sample(ctx, ctx.size(), s, &lp) == best);
+  REQUIRE(lp.top.size() == 3);
+  CHECK(lp.top[0].token == best);
+  CHECK(lp.logprob == lp.top[0].logprob);
+  CHECK(lp.logprob < 0);
+  CHECK(lp.top[1].logprob <= lp.top[0].logprob);
+  // A bias against the favourite makes greedy pick the next best.
+  const token_id second = lp.top[1].token;
+  s.logit_bias = {{best, -100.0f}};
+  CHECK(e.sample(ctx, ctx.size(), s, &lp) == second);
+  CHECK(lp.top[0].token == best);  // logprobs stay raw: the bias does not show
+  // Without options the sim keeps its plain path.
+  CHECK(e.sample(ctx, ctx.size(), {}, nullptr) == e.next_token(ctx, {}));
+}
+
+TEST_CASE("sim prefill and decode write each sequence's logprobs", "[sim_engine][logprobs]") {
+  sim_engine e(fast_config());
+  block_pool pool(e.info().layout, 16);
+  const auto prompt = prompt_of(9);
+  std::vector<block_id> blocks{0, 1, 2, 3};
+  sampling_params s;
+  s.top_logprobs = 2;
+  token_logprobs first;
+  prefill_chunk c;
+  c.tokens = prompt;
+  c.end = static_cast<uint32_t>(prompt.size());
+  c.blocks = blocks;
+  c.sampling = s;
+  c.logprobs = &first;
+  auto out = test::value_or_fail(e.prefill(pool, std::span<const prefill_chunk>(&c, 1)));
+  REQUIRE(out.size() == 1);
+  CHECK(first.top.size() == 2);
+  CHECK(first.top[0].token == out[0]);
+  auto ctx = prompt;
+  ctx.push_back(out[0]);
+  token_logprobs next;
+  decode_seq d{ctx, blocks, s, static_cast<uint32_t>(prompt.size()), &next};
+  auto dec = test::value_or_fail(e.decode(pool, std::span<const decode_seq>(&d, 1)));
+  CHECK(next.top.size() == 2);
+  CHECK(next.top[0].token == dec[0]);
+}

@@ -1,5 +1,8 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <limits>
+
 #include <nlohmann/json.hpp>
 
 #include "frontend/openai.hpp"
@@ -213,13 +216,23 @@ TEST_CASE("bad requests are rejected naming the field", "[openai]") {
       {cmpl, R"({})", 400, "prompt", "'prompt' is required"},
       {cmpl, R"({"prompt": ""})", 400, "prompt", "'prompt' is empty"},
       {cmpl, R"({"prompt": []})", 400, "prompt", "'prompt' is empty"},
-      {cmpl, R"({"prompt": [""]})", 400, "prompt", "is empty"},
-      {cmpl, R"({"prompt": 5})", 400, "prompt", "'prompt' must be a string or an array"},
+      {cmpl, R"({"prompt": [""]})", 400, "prompt[0]", "is empty"},
+      {cmpl, R"({"prompt": 5})", 400, "prompt", "'prompt' must be a string, an array"},
       {cmpl, R"({"prompt": {"text": "x"}})", 400, "prompt", "got object"},
-      {cmpl, R"({"prompt": ["a", "b"]})", 400, "prompt", "batched prompts are not supported"},
-      {cmpl, R"({"prompt": [[1, 2], [3]]})", 400, "prompt", "batched prompts are not supported"},
-      {cmpl, R"({"prompt": [[1, 2]]})", 400, "prompt", "batched prompts are not supported"},
-      {cmpl, R"({"prompt": [1, "a"]})", 400, "prompt", "batched prompts are not supported"},
+      {cmpl, R"({"prompt": ["a", ""]})", 400, "prompt[1]", "'prompt[1]' is empty"},
+      {cmpl, R"({"prompt": ["a", 3]})", 400, "prompt[1]", "'prompt[1]' must be a string"},
+      {cmpl, R"({"prompt": [[1, 2], 3]})", 400, "prompt[1]",
+       "'prompt[1]' must be an array of token ids, got number"},
+      {cmpl, R"({"prompt": [[1, 2], []]})", 400, "prompt[1]", "'prompt[1]' is empty"},
+      {cmpl, R"({"prompt": [[1, "x"]]})", 400, "prompt[0][1]",
+       "'prompt[0][1]' must be an integer token id, got string"},
+      {cmpl, R"({"prompt": [1, "a"]})", 400, "prompt[1]",
+       "'prompt[1]' must be an integer token id, got string"},
+      {cmpl,
+       R"({"prompt": ["a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a"]})",
+       400, "prompt", "lists 33 prompts; at most 32 are allowed"},
+      {cmpl, R"({"prompt": ["a","b","c","d","e"], "n": 16})", 400, "prompt",
+       "5 prompts x 16 sequences each is more than the 64"},
       {cmpl, R"({"prompt": [1, 2.5]})", 400, "prompt[1]", "'prompt[1]' must be an integer"},
       {cmpl, R"({"prompt": [1, true]})", 400, "prompt[1]", "integer token id, got boolean"},
       // max_tokens
@@ -265,32 +278,73 @@ TEST_CASE("bad requests are rejected naming the field", "[openai]") {
       {cmpl, R"({"prompt": "x", "ignore_eos": 1})", 400, "ignore_eos",
        "'ignore_eos' must be a boolean, got number"},
       // unsupported options
-      {cmpl, R"({"prompt": "x", "n": 2})", 400, "n", "only n=1 is supported"},
+      {cmpl, R"({"prompt": "x", "n": 0})", 400, "n", "'n' must be in [1, 16], got 0"},
+      {cmpl, R"({"prompt": "x", "n": 17})", 400, "n", "'n' must be in [1, 16]"},
       {chat, "{" + msg + R"(, "tools": [{"type": "function", "function": {"name": "f"}}]})", 400,
        "tools", "tool calling ('tools') is not supported"},
       {chat, "{" + msg + R"(, "tool_choice": "auto"})", 400, "tool_choice",
        "tool calling ('tool_choice') is not supported"},
       {chat, "{" + msg + R"(, "response_format": {"type": "json_object"}})", 400, "response_format",
        "'response_format' is not supported"},
-      {chat, "{" + msg + R"(, "n": 3})", 400, "n", "only n=1 is supported"},
+      {chat, "{" + msg + R"(, "n": -3})", 400, "n", "'n' must be in [1, 16]"},
       {cmpl, R"({"prompt": "x", "n": "1"})", 400, "n", "'n' must be an integer"},
-      {cmpl, R"({"prompt": "x", "logprobs": 5})", 400, "logprobs", "logprobs are not supported"},
+      // logprobs
+      {cmpl, R"({"prompt": "x", "logprobs": 6})", 400, "logprobs",
+       "'logprobs' must be in [0, 5], got 6"},
+      {cmpl, R"({"prompt": "x", "logprobs": -1})", 400, "logprobs", "must be in [0, 5]"},
       {cmpl, R"({"prompt": "x", "logprobs": true})", 400, "logprobs",
-       "'logprobs' must be an integer"},
-      {chat, "{" + msg + R"(, "logprobs": true})", 400, "logprobs", "logprobs are not supported"},
+       "'logprobs' must be an integer from 0 to 5"},
+      {cmpl, R"({"prompt": "x", "logprobs": "2"})", 400, "logprobs",
+       "'logprobs' must be an integer, got string"},
+      {cmpl, R"({"prompt": "x", "top_logprobs": 2})", 400, "top_logprobs",
+       "'top_logprobs' is a chat option"},
       {chat, "{" + msg + R"(, "logprobs": 1})", 400, "logprobs", "'logprobs' must be a boolean"},
       {chat, "{" + msg + R"(, "top_logprobs": 2})", 400, "top_logprobs",
-       "logprobs are not supported"},
-      {cmpl, R"({"prompt": "x", "presence_penalty": 0.5})", 400, "presence_penalty",
-       "'presence_penalty' is not supported (only 0)"},
-      {chat, "{" + msg + R"(, "frequency_penalty": -1})", 400, "frequency_penalty",
-       "'frequency_penalty' is not supported"},
+       "'top_logprobs' requires 'logprobs': true"},
+      {chat, "{" + msg + R"(, "logprobs": false, "top_logprobs": 2})", 400, "top_logprobs",
+       "requires 'logprobs': true"},
+      {chat, "{" + msg + R"(, "logprobs": true, "top_logprobs": 21})", 400, "top_logprobs",
+       "'top_logprobs' must be in [0, 20], got 21"},
+      {chat, "{" + msg + R"(, "logprobs": true, "top_logprobs": -1})", 400, "top_logprobs",
+       "must be in [0, 20]"},
+      {chat, "{" + msg + R"(, "logprobs": true, "top_logprobs": 1.5})", 400, "top_logprobs",
+       "'top_logprobs' must be an integer"},
+      // penalties and logit_bias
+      {cmpl, R"({"prompt": "x", "presence_penalty": 2.5})", 400, "presence_penalty",
+       "'presence_penalty' must be in [-2, 2], got 2.5"},
+      {chat, "{" + msg + R"(, "frequency_penalty": -2.01})", 400, "frequency_penalty",
+       "'frequency_penalty' must be in [-2, 2]"},
       {cmpl, R"({"prompt": "x", "frequency_penalty": "0"})", 400, "frequency_penalty",
        "must be a number, got string"},
-      {cmpl, R"({"prompt": "x", "echo": true})", 400, "echo", "'echo' is not supported"},
+      {cmpl, R"({"prompt": "x", "presence_penalty": [0]})", 400, "presence_penalty",
+       "must be a number, got array"},
+      {cmpl, R"({"prompt": "x", "repetition_penalty": 0})", 400, "repetition_penalty",
+       "'repetition_penalty' must be > 0, got 0"},
+      {cmpl, R"({"prompt": "x", "repetition_penalty": -1})", 400, "repetition_penalty",
+       "must be > 0"},
+      {cmpl, R"({"prompt": "x", "repetition_penalty": true})", 400, "repetition_penalty",
+       "must be a number, got boolean"},
+      {cmpl, R"({"prompt": "x", "logit_bias": [1, 2]})", 400, "logit_bias",
+       "'logit_bias' must be an object mapping token ids to biases, got array"},
+      {cmpl, R"({"prompt": "x", "logit_bias": {"abc": 1}})", 400, "logit_bias.abc",
+       "keys must be token ids (integers as strings), got 'abc'"},
+      {cmpl, R"({"prompt": "x", "logit_bias": {"12x": 1}})", 400, "logit_bias.12x",
+       "keys must be token ids"},
+      {chat, "{" + msg + R"(, "logit_bias": {"5": 101}})", 400, "logit_bias.5",
+       "'logit_bias.5' must be in [-100, 100], got 101"},
+      {chat, "{" + msg + R"(, "logit_bias": {"5": -100.5}})", 400, "logit_bias.5",
+       "must be in [-100, 100]"},
+      {cmpl, R"({"prompt": "x", "logit_bias": {"5": "1"}})", 400, "logit_bias.5",
+       "'logit_bias.5' must be a number, got string"},
+      {cmpl, R"({"prompt": "x", "echo": true, "logprobs": 1})", 400, "echo",
+       "'echo' with 'logprobs' is not supported"},
       {cmpl, R"({"prompt": "x", "echo": "no"})", 400, "echo", "'echo' must be a boolean"},
-      {cmpl, R"({"prompt": "x", "best_of": 2})", 400, "best_of",
-       "'best_of' is not supported (only 1)"},
+      {cmpl, R"({"prompt": "x", "n": 3, "best_of": 2})", 400, "best_of",
+       "'best_of' must be in [n, 16] (n is 3), got 2"},
+      {cmpl, R"({"prompt": "x", "best_of": 17})", 400, "best_of", "'best_of' must be in [n, 16]"},
+      {cmpl, R"({"prompt": "x", "best_of": "2"})", 400, "best_of", "'best_of' must be an integer"},
+      {cmpl, R"({"prompt": "x", "best_of": 2, "stream": true})", 400, "best_of",
+       "'best_of' above 'n' cannot be streamed"},
       // streaming
       {cmpl, R"({"prompt": "x", "stream": "yes"})", 400, "stream",
        "'stream' must be a boolean, got string"},
@@ -343,6 +397,78 @@ TEST_CASE("bad requests are rejected naming the field", "[openai]") {
     CHECK(e.type == "invalid_request_error");
     CHECK(e.code == (c.status == 404 ? "model_not_found" : ""));
   }
+}
+
+TEST_CASE("logprobs, penalties and logit_bias are mapped", "[openai][logprobs]") {
+  const std::string msg = R"("messages": [{"role": "user", "content": "Hi"}])";
+  // Absent: no logprobs, neutral penalties.
+  auto none = ok(cmpl, R"({"prompt": "x"})");
+  CHECK(none.params.top_logprobs == -1);
+  CHECK(none.params.logit_bias.empty());
+  CHECK(none.params.sampling.presence_penalty == 0);
+  CHECK(none.params.sampling.repetition_penalty == 1);
+  CHECK(ok(cmpl, R"({"prompt": "x", "logprobs": null})").params.top_logprobs == -1);
+  CHECK(ok(cmpl, R"({"prompt": "x", "logprobs": 0})").params.top_logprobs == 0);
+  CHECK(ok(cmpl, R"({"prompt": "x", "logprobs": 5})").params.top_logprobs == 5);
+  CHECK(ok(chat, "{" + msg + R"(, "logprobs": false})").params.top_logprobs == -1);
+  CHECK(ok(chat, "{" + msg + R"(, "logprobs": true})").params.top_logprobs == 0);
+  CHECK(ok(chat, "{" + msg + R"(, "logprobs": true, "top_logprobs": 20})").params.top_logprobs ==
+        20);
+  auto r = ok(chat, "{" + msg + R"(, "presence_penalty": -2, "frequency_penalty": 1.5,
+      "repetition_penalty": 1.1, "logit_bias": {"17": -100, "3": 2.5}})");
+  CHECK(r.params.sampling.presence_penalty == -2);
+  CHECK(r.params.sampling.frequency_penalty == 1.5);
+  CHECK(r.params.sampling.repetition_penalty == Approx(1.1));
+  auto bias = r.params.logit_bias;
+  std::sort(bias.begin(), bias.end());
+  CHECK(bias == std::vector<std::pair<int64_t, double>>{{3, 2.5}, {17, -100}});
+}
+
+TEST_CASE("completions: a list of prompts, n, best_of and echo", "[openai]") {
+  auto one = ok(cmpl, R"({"prompt": "x"})");
+  CHECK(one.prompts.size() == 1);
+  CHECK(one.n == 1);
+  CHECK(one.best_of == 1);
+  CHECK_FALSE(one.echo);
+  auto texts = ok(cmpl, R"({"prompt": ["a", "bb"], "n": 2, "max_tokens": 3, "seed": 9})");
+  REQUIRE(texts.prompts.size() == 2);
+  CHECK(texts.prompts[0].text == "a");
+  CHECK(texts.prompts[1].text == "bb");
+  CHECK(texts.prompts[1].max_tokens == 3);  // every prompt gets the request's options
+  CHECK(texts.prompts[1].sampling.seed == 9);
+  CHECK(texts.params.text == "a");
+  CHECK(texts.n == 2);
+  CHECK(texts.best_of == 2);  // best_of defaults to n
+  auto ids = ok(cmpl, R"({"prompt": [[1, 2], [3]], "best_of": 3, "echo": true})");
+  REQUIRE(ids.prompts.size() == 2);
+  CHECK_FALSE(ids.prompts[0].has_text);
+  CHECK(ids.prompts[0].token_ids == std::vector<int64_t>{1, 2});
+  CHECK(ids.prompts[1].token_ids == std::vector<int64_t>{3});
+  CHECK(ids.best_of == 3);
+  CHECK(ids.n == 1);
+  CHECK(ids.echo);
+  auto chat_n = ok(chat, R"({"messages": [{"role": "user", "content": "Hi"}], "n": 4})");
+  CHECK(chat_n.n == 4);
+  CHECK(chat_n.prompts.size() == 1);
+}
+
+TEST_CASE("responses with several choices", "[openai]") {
+  response_meta cm{endpoint::completions, "cmpl-1", 1700000000, "tiny-model"};
+  std::vector<logprob_entry> lps{{"a", -0.5f, {}, 0}};
+  std::vector<choice_body> choices{{0, "first", "length", nullptr}, {1, "second", "stop", &lps}};
+  generation_summary s;
+  s.prompt_tokens = 4;
+  s.completion_tokens = 6;
+  auto j = json::parse(completion_body(cm, choices, s));
+  REQUIRE(j["choices"].size() == 2);
+  CHECK(j["choices"][1]["index"] == 1);
+  CHECK(j["choices"][1]["text"] == "second");
+  CHECK(j["choices"][1]["finish_reason"] == "stop");
+  CHECK(j["choices"][0]["logprobs"].is_null());
+  CHECK(j["choices"][1]["logprobs"]["tokens"] == json{"a"});
+  CHECK(j["usage"]["total_tokens"] == 10);
+  auto c = json::parse(stream_chunk(cm, 3, "x", false, "", false));
+  CHECK(c["choices"][0]["index"] == 3);
 }
 
 TEST_CASE("an empty served model accepts any model name", "[openai]") {
@@ -634,4 +760,53 @@ TEST_CASE("SSE framing", "[openai]") {
   const auto ev = sse_event(stream_chunk(m, "line1\nline2", false, "", false));
   CHECK(ev.rfind("data: {", 0) == 0);
   CHECK(ev.find('\n') == ev.size() - 2);
+}
+
+TEST_CASE("logprobs in OpenAI's chat and completions shapes", "[openai][logprobs]") {
+  response_meta cm{endpoint::completions, "cmpl-1", 1700000000, "tiny-model"};
+  response_meta hm{endpoint::chat_completions, "chatcmpl-1", 1700000001, "tiny-model"};
+  auto piece = [](token_id t) { return t == 1 ? std::string("He") : std::string("llo"); };
+  std::vector<logprob_entry> entries{
+      make_logprob_entry(1, token_logprobs{-0.5f, {{1, -0.5f}, {2, -1.5f}}}, piece, 0),
+      make_logprob_entry(2, token_logprobs{-0.25f, {{1, -0.1f}, {2, -0.25f}}}, piece, 2),
+      // -inf cannot be JSON: reported as -9999, as OpenAI does.
+      make_logprob_entry(2, token_logprobs{-std::numeric_limits<float>::infinity(), {}}, piece, 5),
+  };
+  SECTION("chat") {
+    auto j = json::parse(completion_body(hm, "Hellollo", summary(), &entries));
+    const auto& lp = j["choices"][0]["logprobs"];
+    CHECK(lp["refusal"].is_null());
+    REQUIRE(lp["content"].size() == 3);
+    const auto& c0 = lp["content"][0];
+    CHECK(c0["token"] == "He");
+    CHECK(c0["logprob"] == -0.5);
+    CHECK(c0["bytes"] == json{72, 101});
+    REQUIRE(c0["top_logprobs"].size() == 2);
+    CHECK(c0["top_logprobs"][1]["token"] == "llo");
+    CHECK(c0["top_logprobs"][1]["logprob"] == -1.5);
+    CHECK(c0["top_logprobs"][1]["bytes"] == json{108, 108, 111});
+    CHECK(lp["content"][2]["logprob"] == -9999.0);
+    CHECK(lp["content"][2]["top_logprobs"] == json::array());
+    // Streamed: the same object per chunk, for the chunk's tokens.
+    std::vector<logprob_entry> one{entries[1]};
+    auto c = json::parse(stream_chunk(hm, "llo", false, "", false, &one));
+    REQUIRE(c["choices"][0]["logprobs"]["content"].size() == 1);
+    CHECK(c["choices"][0]["logprobs"]["content"][0]["token"] == "llo");
+  }
+  SECTION("completions") {
+    auto j = json::parse(completion_body(cm, "Hellollo", summary(), &entries));
+    const auto& lp = j["choices"][0]["logprobs"];
+    CHECK(lp["tokens"] == json{"He", "llo", "llo"});
+    CHECK(lp["token_logprobs"] == json{-0.5, -0.25, -9999.0});
+    CHECK(lp["text_offset"] == json{0, 2, 5});
+    REQUIRE(lp["top_logprobs"].size() == 3);
+    CHECK(lp["top_logprobs"][0] == json{{"He", -0.5}, {"llo", -1.5}});
+    // The chosen token is always in its position's dict (vLLM's logprobs + 1).
+    CHECK(lp["top_logprobs"][2] == json{{"llo", -9999.0}});
+    auto c = json::parse(stream_chunk(cm, "He", false, "", false, &entries));
+    CHECK(c["choices"][0]["logprobs"]["tokens"].size() == 3);
+    // Not asked for: null, as before.
+    CHECK(
+        json::parse(stream_chunk(cm, "He", false, "", false))["choices"][0]["logprobs"].is_null());
+  }
 }

@@ -113,4 +113,57 @@ TEST_CASE("invalid requests are rejected with a message naming the field", "[val
   reject(ss, "stop string 0 has");
   ss.stop_strings.assign(max_stop_strings + 1, "x");
   reject(ss, "at most 16 stop strings");
+  // Penalties, bias and logprobs (RPC clients reach here without the OpenAI parser).
+  auto pen = ids({1});
+  pen.sampling.presence_penalty = 2.5f;
+  reject(pen, "presence_penalty must be in [-2, 2]");
+  pen.sampling.presence_penalty = 0;
+  pen.sampling.frequency_penalty = -3;
+  reject(pen, "frequency_penalty must be in [-2, 2]");
+  pen.sampling.frequency_penalty = std::numeric_limits<float>::quiet_NaN();
+  reject(pen, "frequency_penalty");
+  pen.sampling.frequency_penalty = 0;
+  pen.sampling.repetition_penalty = 0;
+  reject(pen, "repetition_penalty must be a finite number > 0");
+  auto lp = ids({1});
+  lp.top_logprobs = 21;
+  reject(lp, "top_logprobs must be -1 (none) or in [0, 20], got 21");
+  lp.top_logprobs = -2;
+  reject(lp, "top_logprobs");
+  auto bias = ids({1});
+  bias.logit_bias = {{3, 1.0}, {1000, 1.0}};
+  reject(bias, "logit_bias token id 1000 is outside the vocabulary [0, 1000)");
+  bias.logit_bias = {{-1, 1.0}};
+  reject(bias, "logit_bias token id -1");
+  bias.logit_bias = {{3, 100.5}};
+  reject(bias, "logit_bias for token 3 must be in [-100, 100]");
+  bias.logit_bias.assign(max_logit_bias + 1, {3, 1.0});
+  reject(bias, "at most 1024 are allowed");
+}
+
+TEST_CASE("penalties, bias and logprobs pass through converted", "[validate]") {
+  byte_word_tokenizer tok(1000);
+  auto m = small_model();
+  auto p = ids({1, 2});
+  p.sampling.presence_penalty = -2;
+  p.sampling.frequency_penalty = 2;
+  p.sampling.repetition_penalty = 1.3f;
+  p.sampling.resumed = 9;  // never the client's to set
+  p.logit_bias = {{5, -100.0}, {999, 100.0}};
+  p.top_logprobs = 20;
+  auto v = validate(p, tok, m);
+  REQUIRE(v.ok());
+  const auto& s = v->options.sampling;
+  CHECK(s.presence_penalty == -2);
+  CHECK(s.frequency_penalty == 2);
+  CHECK(s.repetition_penalty == 1.3f);
+  CHECK(s.resumed == 0);
+  CHECK(s.top_logprobs == 20);
+  REQUIRE(s.logit_bias.size() == 2);
+  CHECK(s.logit_bias[0].token == 5);
+  CHECK(s.logit_bias[0].bias == -100.0f);
+  CHECK(s.logit_bias[1].token == 999);
+  auto none = validate(ids({1}), tok, m);
+  REQUIRE(none.ok());
+  CHECK(none->options.sampling.top_logprobs == -1);
 }

@@ -20,6 +20,11 @@ TEST_CASE("generate request round-trips through the codec", "[codec]") {
     p.sampling.top_k = 40;
     p.sampling.min_p = 0.05f;
     p.sampling.seed = 1234567890123ULL;
+    p.sampling.presence_penalty = -1.5f;
+    p.sampling.frequency_penalty = 0.75f;
+    p.sampling.repetition_penalty = 1.25f;
+    p.logit_bias = {{-4, 100.0}, {1LL << 40, -2.5}};  // bad ids travel for validation
+    p.top_logprobs = 7;
     p.stop_strings = {"\n\n", "END"};
     p.ignore_eos = true;
     p.add_bos = false;
@@ -40,6 +45,11 @@ TEST_CASE("generate request round-trips through the codec", "[codec]") {
     CHECK(q.sampling.seed == p.sampling.seed);
     CHECK(q.sampling.top_k == 40);
     CHECK(q.sampling.min_p == 0.05f);
+    CHECK(q.sampling.presence_penalty == -1.5f);
+    CHECK(q.sampling.frequency_penalty == 0.75f);
+    CHECK(q.sampling.repetition_penalty == 1.25f);
+    CHECK(q.logit_bias == p.logit_bias);
+    CHECK(q.top_logprobs == 7);
     CHECK(q.stop_strings == p.stop_strings);
     CHECK(q.ignore_eos);
     CHECK_FALSE(q.add_bos);
@@ -58,6 +68,12 @@ TEST_CASE("schema defaults are the documented ones", "[codec]") {
   CHECK(p.sampling.top_k == 0);
   CHECK(p.sampling.min_p == 0.0f);
   CHECK(p.stop_strings.empty());
+  // An older client's request: no penalties, no bias, no logprobs.
+  CHECK(p.sampling.presence_penalty == 0.0f);
+  CHECK(p.sampling.frequency_penalty == 0.0f);
+  CHECK(p.sampling.repetition_penalty == 1.0f);
+  CHECK(p.logit_bias.empty());
+  CHECK(p.top_logprobs == -1);
 }
 
 TEST_CASE("summary round-trips, unknown stage names are skipped", "[codec]") {
@@ -308,4 +324,24 @@ TEST_CASE("endpoints parse or say what is wrong", "[client]") {
     INFO(bad);
     CHECK_FALSE(r.ok());
   }
+}
+
+TEST_CASE("token chunk logprobs round-trip; an older server's chunk has none", "[codec]") {
+  codec::chunk c{0, {10, 11}, "ab", 5};
+  c.logprobs = {{-0.5f, {{10, -0.5f}, {12, -1.0f}}}, {-2.0f, {}}};
+  capnp::MallocMessageBuilder msg;
+  auto b = msg.initRoot<rpc::TokenChunk>();
+  codec::encode(c, b);
+  auto d = codec::decode(b.asReader());
+  REQUIRE(d.logprobs.size() == 2);
+  CHECK(d.logprobs[0].logprob == -0.5f);
+  REQUIRE(d.logprobs[0].top.size() == 2);
+  CHECK(d.logprobs[0].top[1].token == 12);
+  CHECK(d.logprobs[0].top[1].logprob == -1.0f);
+  CHECK(d.logprobs[1].logprob == -2.0f);
+  CHECK(d.logprobs[1].top.empty());
+  capnp::MallocMessageBuilder plain;
+  auto pb = plain.initRoot<rpc::TokenChunk>();
+  codec::encode(codec::chunk{0, {1}, "x", 0}, pb);
+  CHECK(codec::decode(pb.asReader()).logprobs.empty());
 }

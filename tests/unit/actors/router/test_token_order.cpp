@@ -99,3 +99,17 @@ TEST_CASE("token order: a new attempt continues at its offset", "[token_order]")
   CHECK(r[0].index == 3);
   CHECK(o.delivered() == std::vector<token_id>{10, 11, 12, 23, 24});
 }
+
+TEST_CASE("token order: logprobs travel with their token, out of order too", "[token_order]") {
+  token_order o;
+  CHECK(o.accept(1, 11, std::nullopt, token_logprobs{-1.0f, {{11, -1.0f}}}));
+  CHECK(o.accept(0, 10, std::nullopt, token_logprobs{-0.5f, {}}));
+  // A second delivery keeps the first value.
+  CHECK(o.accept(1, 11, std::nullopt, token_logprobs{-9.0f, {}}));
+  auto r = o.take_ready();
+  REQUIRE(r.size() == 2);
+  CHECK(r[0].logprobs.logprob == -0.5f);
+  CHECK(r[1].logprobs.logprob == -1.0f);
+  REQUIRE(r[1].logprobs.top.size() == 1);
+  CHECK(r[1].logprobs.top[0].token == 11);
+}
