@@ -12,6 +12,27 @@
 
 namespace tokenmill {
 
+/// What constrains a request's output (grammar/grammar.hpp compiles it).
+enum class grammar_kind : uint8_t {
+  none,         ///< unconstrained
+  regex,        ///< grammar_source is a regular expression the whole output matches
+  json_schema,  ///< grammar_source is a JSON Schema (subset) the output is valid under
+  json_object,  ///< any JSON object; grammar_source is empty
+};
+constexpr std::string_view to_string(grammar_kind k) {
+  switch (k) {
+    case grammar_kind::none:
+      return "none";
+    case grammar_kind::regex:
+      return "regex";
+    case grammar_kind::json_schema:
+      return "json_schema";
+    case grammar_kind::json_object:
+      return "json_object";
+  }
+  return "none";
+}
+
 /// Sampling options, passed through to the engine.
 struct sampling_params {
   float temperature = 0;  ///< 0 = greedy
@@ -19,6 +40,13 @@ struct sampling_params {
   uint32_t top_k = 0;     ///< keep the k most likely tokens; 0 = all
   float min_p = 0;        ///< drop tokens below min_p x the top probability; 0 = off
   uint64_t seed = 0;      ///< makes sampling with temperature > 0 reproducible
+  // Constrained decoding: the output must match this grammar. The decode worker compiles
+  // it (cached by source) and keeps each sequence's automaton state beside the sequence.
+  grammar_kind grammar = grammar_kind::none;
+  std::string grammar_source;  ///< the regex or schema text; empty for none/json_object
+  /// Trailing prompt tokens that are output already (a recompute migration re-submits
+  /// prompt + delivered tokens): the grammar constrains the output from there.
+  uint32_t grammar_replay = 0;
 };
 
 /// What the client asked for, validated by the frontend.
@@ -143,6 +171,11 @@ struct generate_params {
   bool ignore_eos = false;
   bool add_bos = true;
   int64_t client_sent_ns = 0;
+  /// Where sampling.grammar came from ("response_format", "tokenmill.regex", …): validate
+  /// names it when the grammar is refused. Empty: "grammar".
+  std::string grammar_field;
+  /// A grammar kind the client named that is not one (RPC grammarKind): validate refuses it.
+  std::string unknown_grammar_kind;
 };
 
 /// One named interval of a TTFT breakdown, in milliseconds.
