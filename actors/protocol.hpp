@@ -503,7 +503,7 @@ typename F::result_type inspect(F& f, wire_bytes& x) {
 template <class F>
 typename F::result_type inspect(F& f, sampling_params& x) {
   return f(caf::meta::type_name("sampling_params"), x.temperature, x.top_p, x.top_k, x.min_p,
-           x.seed);
+           x.seed, x.grammar, x.grammar_source, x.grammar_replay);
 }
 template <class F>
 typename F::result_type inspect(F& f, hop& x) {

@@ -449,7 +449,8 @@ result<std::vector<token_id>> cpu_engine::prefill(block_pool& pool,
     std::vector<token_id> out;
     out.reserve(batch.size());
     for (size_t i = 0; i < batch.size(); ++i)
-      out.push_back(sample_token(impl_->logits_row(i), batch[i].sampling, batch[i].end));
+      out.push_back(
+          sample_row(impl_->logits_row(i), batch[i].allowed, batch[i].sampling, batch[i].end));
     return out;
   });
 }
@@ -463,7 +464,8 @@ result<std::vector<token_id>> cpu_engine::decode(block_pool& pool,
     std::vector<token_id> out;
     out.reserve(batch.size());
     for (size_t i = 0; i < batch.size(); ++i)
-      out.push_back(sample_token(impl_->logits_row(i), batch[i].sampling, batch[i].tokens.size()));
+      out.push_back(sample_row(impl_->logits_row(i), batch[i].allowed, batch[i].sampling,
+                               batch[i].tokens.size()));
     return out;
   });
 }
@@ -513,7 +515,7 @@ result<std::vector<token_id>> cpu_engine::prefill_at(block_pool& pool, const pre
     if (auto r = impl_->add_prefill(pool, {&chunk, 1}, base_position); !r) return r.error();
     impl_->forward(pool);
     return std::vector<token_id>{
-        sample_token(impl_->logits_row(0), chunk.sampling, base_position + chunk.end)};
+        sample_row(impl_->logits_row(0), chunk.allowed, chunk.sampling, base_position + chunk.end)};
   });
 }
 
@@ -604,7 +606,7 @@ result<blend_outcome> cpu_engine::prefill_blend(block_pool& pool, const blend_pr
         !r)
       return bad_request("cpu engine: prefill_blend: " + r.error().message);
     // The rows of an ordinary prefill of [cached_prefix, n).
-    prefill_chunk whole{req.tokens, req.cached_prefix, n, req.blocks, {}};
+    prefill_chunk whole{req.tokens, req.cached_prefix, n, req.blocks, {}, {}};
     if (auto r = im.add_prefill(pool, {&whole, 1}); !r) return r.error();
 
     impl::blend_step step;

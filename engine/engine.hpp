@@ -41,6 +41,9 @@ struct prefill_chunk {
   uint32_t end = 0;
   std::span<const block_id> blocks;
   sampling_params sampling;
+  /// Constrained decoding: the tokens the sampled one may be (one bit per id, from the
+  /// sequence's grammar state); empty = any token.
+  std::span<const uint64_t> allowed;
 };
 
 /// One decode step of one sequence: `tokens` is the context including the newest token,
@@ -50,6 +53,8 @@ struct decode_seq {
   std::span<const token_id> tokens;
   std::span<const block_id> blocks;
   sampling_params sampling;
+  /// Constrained decoding: the tokens the sampled one may be (one bit per id); empty = any.
+  std::span<const uint64_t> allowed;
 };
 
 class engine {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace tokenmill {
@@ -106,6 +107,29 @@ token_id sample_token(std::span<const float> logits, const sampling_params& para
     if (u < 0) return cands[i].id;
   }
   return cands[n - 1].id;
+}
+
+void apply_token_mask(std::span<float> logits, std::span<const uint64_t> allowed) {
+  if (allowed.empty()) return;
+  const size_t n = std::min(logits.size(), allowed.size() * 64);
+  for (size_t w = 0; w * 64 < n; ++w) {
+    const uint64_t bits = allowed[w];
+    if (bits == ~uint64_t{0}) continue;
+    const size_t end = std::min(n, w * 64 + 64);
+    for (size_t i = w * 64; i < end; ++i)
+      if (!((bits >> (i - w * 64)) & 1)) logits[i] = -std::numeric_limits<float>::infinity();
+  }
+  for (size_t i = n; i < logits.size(); ++i)  // ids past the mask are not allowed either
+    logits[i] = -std::numeric_limits<float>::infinity();
+}
+
+token_id sample_row(std::span<const float> logits, std::span<const uint64_t> allowed,
+                    const sampling_params& params, uint64_t position) {
+  if (allowed.empty()) return sample_token(logits, params, position);
+  thread_local std::vector<float> masked;
+  masked.assign(logits.begin(), logits.end());
+  apply_token_mask(masked, allowed);
+  return sample_token(masked, params, position);
 }
 
 }  // namespace tokenmill

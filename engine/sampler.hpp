@@ -17,4 +17,14 @@ namespace tokenmill {
 token_id sample_token(std::span<const float> logits, const sampling_params& params,
                       uint64_t position);
 
+/// Constrained decoding: sets the logit of every token `allowed` does not allow (one bit
+/// per id; a clear bit = disallowed) to -inf. An empty `allowed` changes nothing.
+void apply_token_mask(std::span<float> logits, std::span<const uint64_t> allowed);
+
+/// What engines call per output row: the row's logits, masked by `allowed` (before
+/// temperature, top-k, top-p and min-p see them), then sample_token. Unconstrained rows
+/// (empty `allowed`) are sampled as they are, without a copy.
+token_id sample_row(std::span<const float> logits, std::span<const uint64_t> allowed,
+                    const sampling_params& params, uint64_t position);
+
 }  // namespace tokenmill

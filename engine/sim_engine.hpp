@@ -42,7 +42,10 @@ class sim_engine final : public engine {
   /// Modelled duration of a decode step with `seqs` sequences and `ctx_tokens` context.
   uint64_t decode_cost_ns(uint64_t seqs, uint64_t ctx_tokens) const;
   /// The token the model produces after `context` (deterministic).
-  token_id next_token(std::span<const token_id> context, const sampling_params& s) const;
+  /// With `allowed` (constrained decoding) the pick moves on, cyclically, to the first
+  /// allowed id at or after it.
+  token_id next_token(std::span<const token_id> context, const sampling_params& s,
+                      std::span<const uint64_t> allowed = {}) const;
   const sim_config& config() const { return cfg_; }
 
   /// First id the sim ever generates; lower ids are specials and bytes.

@@ -85,7 +85,9 @@ struct parsed_request {
 ///   seed, stop (string or array of strings), n (only 1), stream,
 ///   stream_options.include_usage, user (ignored), presence_penalty / frequency_penalty
 ///   (only 0), logprobs (only false/null), and tokenmill/vLLM extensions top_k, min_p,
-///   ignore_eos, stop_token_ids;
+///   ignore_eos, stop_token_ids; structured output: response_format ({"type": "text"},
+///   {"type": "json_object"}, {"type": "json_schema", "json_schema": {"name", "schema",
+///   "strict", "description"}}) and the extension {"tokenmill": {"regex": "..."}};
 /// - completions: prompt as a string, an array of one string, or an array of token ids;
 ///   echo (only false);
 /// - chat: messages (non-empty array of {role, content}).

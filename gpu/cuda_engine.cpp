@@ -169,12 +169,13 @@ struct cuda_engine::impl {
   struct host_batch {
     std::vector<host_row> rows;
     std::vector<std::span<const block_id>> tables;
-    std::vector<uint32_t> out_rows;         ///< rows sampled, one per chunk / sequence
-    std::vector<sampling_params> sampling;  ///< per output
-    std::vector<uint64_t> positions;        ///< per output: sample_token's position
-    bool multi_row = false;                 ///< a sequence contributes several rows
-    uint32_t max_context = 0;               ///< max(pos) + 1
-    uint32_t max_blocks = 0;                ///< longest block-table prefix needed
+    std::vector<uint32_t> out_rows;                  ///< rows sampled, one per chunk / sequence
+    std::vector<sampling_params> sampling;           ///< per output
+    std::vector<uint64_t> positions;                 ///< per output: sample_token's position
+    std::vector<std::span<const uint64_t>> allowed;  ///< per output: grammar mask (or empty)
+    bool multi_row = false;                          ///< a sequence contributes several rows
+    uint32_t max_context = 0;                        ///< max(pos) + 1
+    uint32_t max_blocks = 0;                         ///< longest block-table prefix needed
   };
 
   /// Decode steps over fixed buffers, bucketed by batch size, replayed from CUDA graphs.
@@ -303,6 +304,7 @@ struct cuda_engine::impl {
     batch.out_rows.clear();
     batch.sampling.clear();
     batch.positions.clear();
+    batch.allowed.clear();
     batch.multi_row = false;
     batch.max_context = 0;
     batch.max_blocks = 0;
@@ -331,6 +333,7 @@ struct cuda_engine::impl {
           batch.out_rows.push_back(static_cast<uint32_t>(batch.rows.size()));
           batch.sampling.push_back(ch.sampling);
           batch.positions.push_back(ch.end);
+          batch.allowed.push_back(ch.allowed);
         }
         batch.rows.push_back({ch.tokens[pos], static_cast<int32_t>(pos), static_cast<int32_t>(i)});
       }
@@ -363,6 +366,7 @@ struct cuda_engine::impl {
       batch.out_rows.push_back(static_cast<uint32_t>(i));
       batch.sampling.push_back(s.sampling);
       batch.positions.push_back(s.tokens.size());
+      batch.allowed.push_back(s.allowed);
       batch.rows.push_back({s.tokens[pos], static_cast<int32_t>(pos), static_cast<int32_t>(i)});
       batch.max_context = std::max(batch.max_context, pos + 1);
       batch.max_blocks = std::max(batch.max_blocks, layout.blocks_for(pos + 1));
@@ -612,8 +616,13 @@ struct cuda_engine::impl {
   std::vector<token_id> sample(const activations& a) {
     const size_t outs = batch.out_rows.size();
     size_t sampled = 0;
-    for (const auto& sp : batch.sampling)
-      sampled += sp.temperature > 0 ? 1 : 0;
+    // Constrained rows (a grammar mask) are sampled on the host too: the mask applies
+    // before the argmax.
+    auto on_host = [&](size_t o) {
+      return batch.sampling[o].temperature > 0 || !batch.allowed[o].empty();
+    };
+    for (size_t o = 0; o < outs; ++o)
+      sampled += on_host(o) ? 1 : 0;
     const size_t ids_bytes = (outs * 4 + 15) / 16 * 16;
     grow(out_host, ids_bytes + sampled * c.vocab * sizeof(float));
     cudaStream_t st = stream.get();
@@ -621,16 +630,16 @@ struct cuda_engine::impl {
     auto* rows = reinterpret_cast<float*>(out_host.as<std::byte>() + ids_bytes);
     TM_CUDA(cudaMemcpyAsync(ids, a.ids.get(), outs * 4, cudaMemcpyDeviceToHost, st));
     for (size_t o = 0, j = 0; o < outs; ++o)
-      if (batch.sampling[o].temperature > 0)
+      if (on_host(o))
         TM_CUDA(cudaMemcpyAsync(rows + j++ * c.vocab, a.logits.as<float>() + o * c.vocab,
                                 c.vocab * sizeof(float), cudaMemcpyDeviceToHost, st));
     stream.synchronize();
     std::vector<token_id> out;
     out.reserve(outs);
     for (size_t o = 0, j = 0; o < outs; ++o) {
-      if (batch.sampling[o].temperature > 0)
-        out.push_back(
-            sample_token({rows + j++ * c.vocab, c.vocab}, batch.sampling[o], batch.positions[o]));
+      if (on_host(o))
+        out.push_back(sample_row({rows + j++ * c.vocab, c.vocab}, batch.allowed[o],
+                                 batch.sampling[o], batch.positions[o]));
       else
         out.push_back(ids[o]);
     }

@@ -18,7 +18,7 @@ constexpr std::string_view k_string = R"("(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0
 constexpr std::string_view k_char = R"((?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4}))";
 constexpr std::string_view k_integer = "-?(?:0|[1-9][0-9]{0,15})";
 constexpr std::string_view k_number =
-    "-?(?:0|[1-9][0-9]{0,15})(?:\\.[0-9]{1,15})?(?:[eE][+-]?[0-9]{1,3})?";
+    "-?(?:0|[1-9][0-9]{0,15})(?:\\.[0-9]{1,15})?(?:[eE][+-]?[0-9]{1,2})?";
 
 struct schema_error : std::runtime_error {
   using std::runtime_error::runtime_error;

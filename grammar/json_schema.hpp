@@ -1,7 +1,8 @@
 #pragma once
 /// JSON Schema (a subset) and "any JSON" compiled to regular expressions (grammar/regex.hpp)
-/// whose matches are exactly the JSON texts the schema accepts, written compactly: between
-/// tokens at most one space (`[ ]?`), so a model cannot spend its budget on whitespace.
+/// whose matches are exactly the JSON texts the schema accepts, written compactly: at most
+/// one space (`[ ]?`) on each side of a brace, bracket, colon or comma, so a model cannot
+/// spend its budget on whitespace.
 ///
 /// Supported: `type` (string, number, integer, boolean, null, object, array, or a list of
 /// them), `properties` (emitted in the order given), `required`, `additionalProperties`
@@ -13,8 +14,8 @@
 /// `oneOf`, `allOf`, `not`, `$ref`, `patternProperties`, `uniqueItems`, …) is refused with
 /// an error naming it and its path, because ignoring it would let through output the
 /// schema forbids. Numbers have at most 16 integer digits, 15 fraction digits and a
-/// 3-digit exponent; an object or array without a schema for its members nests at most
-/// `any_depth` levels.
+/// 2-digit exponent (so every number fits a double); an object or array without a schema for its
+/// members nests at most `any_depth` levels.
 #include <cstdint>
 #include <string>
 #include <string_view>

@@ -12,6 +12,17 @@ struct Sampling {
   seed @2 :UInt64 = 0;
   topK @3 :UInt32 = 0;           # 0 = all tokens
   minP @4 :Float32 = 0;          # in [0, 1]; 0 = off
+  # @5..@9: reserved for log-probabilities and penalties (branch h-logprobs); placeholders
+  # so that the ordinals stay consecutive until those fields land.
+  reserved5 @5 :Void;
+  reserved6 @6 :Void;
+  reserved7 @7 :Void;
+  reserved8 @8 :Void;
+  reserved9 @9 :Void;
+  # Constrained decoding: "" (none), "regex", "json_schema" or "json_object"; the server
+  # refuses other names and grammars that do not compile.
+  grammarKind @10 :Text;
+  grammarSource @11 :Text;       # the regex or JSON Schema; empty for json_object
 }
 
 struct GenerateRequest {

@@ -438,6 +438,8 @@ void migrate(router_ptr self, request_id cid, migration_reason why, const std::s
   next.id = mint_attempt_id(st.info.id, ++st.attempt_counter);
   next.prompt = std::move(d.plan.prompt);
   next.options.max_tokens = d.plan.max_tokens;
+  // The delivered tokens are prompt now, but still output to a grammar: workers replay them.
+  next.options.sampling.grammar_replay = rs.req.options.sampling.grammar_replay + d.plan.offset;
   const bool avoid_previous = why == migration_reason::stalled ||
                               why == migration_reason::worker_failed ||
                               why == migration_reason::transfer_failed;

@@ -20,6 +20,8 @@ TEST_CASE("generate request round-trips through the codec", "[codec]") {
     p.sampling.top_k = 40;
     p.sampling.min_p = 0.05f;
     p.sampling.seed = 1234567890123ULL;
+    p.sampling.grammar = grammar_kind::json_schema;
+    p.sampling.grammar_source = R"({"type":"integer"})";
     p.stop_strings = {"\n\n", "END"};
     p.ignore_eos = true;
     p.add_bos = false;
@@ -40,6 +42,9 @@ TEST_CASE("generate request round-trips through the codec", "[codec]") {
     CHECK(q.sampling.seed == p.sampling.seed);
     CHECK(q.sampling.top_k == 40);
     CHECK(q.sampling.min_p == 0.05f);
+    CHECK(q.sampling.grammar == grammar_kind::json_schema);
+    CHECK(q.sampling.grammar_source == p.sampling.grammar_source);
+    CHECK(q.unknown_grammar_kind.empty());
     CHECK(q.stop_strings == p.stop_strings);
     CHECK(q.ignore_eos);
     CHECK_FALSE(q.add_bos);
@@ -58,6 +63,8 @@ TEST_CASE("schema defaults are the documented ones", "[codec]") {
   CHECK(p.sampling.top_k == 0);
   CHECK(p.sampling.min_p == 0.0f);
   CHECK(p.stop_strings.empty());
+  CHECK(p.sampling.grammar == grammar_kind::none);
+  CHECK(p.sampling.grammar_source.empty());
 }
 
 TEST_CASE("summary round-trips, unknown stage names are skipped", "[codec]") {
@@ -308,4 +315,13 @@ TEST_CASE("endpoints parse or say what is wrong", "[client]") {
     INFO(bad);
     CHECK_FALSE(r.ok());
   }
+}
+
+TEST_CASE("an unknown grammar kind is carried for validation to refuse", "[codec]") {
+  capnp::MallocMessageBuilder msg;
+  auto b = msg.initRoot<rpc::GenerateRequest>();
+  b.initSampling().setGrammarKind("ebnf");
+  auto p = codec::decode(b.asReader());
+  CHECK(p.sampling.grammar == grammar_kind::none);
+  CHECK(p.unknown_grammar_kind == "ebnf");
 }
