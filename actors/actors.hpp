@@ -17,6 +17,7 @@
 #include "actors/supervisor/planner_policy.hpp"
 #include "engine/engine.hpp"
 #include "engine/kv_tier.hpp"
+#include "grammar/grammar.hpp"
 #include "transport/kv_transport.hpp"
 
 namespace tokenmill {
@@ -108,6 +109,9 @@ struct prefill_config {
   uint32_t token_budget = 512;  ///< prompt tokens per engine call (chunk size)
   uint32_t max_seqs = 16;       ///< prompts per engine call
   kv_tier_config tier;          ///< second KV tier for evicted blocks (off by default)
+  /// The node's compiled grammars over the model's vocabulary (constrained decoding),
+  /// shared by its workers; null: constrained requests are refused.
+  std::shared_ptr<grammar::grammar_cache> grammars;
 };
 
 struct decode_config {
@@ -124,6 +128,8 @@ struct decode_config {
   /// commit) before it takes the sequence back; the target drops a reservation no commit
   /// followed within twice this.
   std::chrono::milliseconds migration_timeout{5000};
+  /// As prefill_config::grammars.
+  std::shared_ptr<grammar::grammar_cache> grammars;
 };
 
 /// A prefill worker (detached: engine compute runs on its own thread). On change_role it

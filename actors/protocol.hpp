@@ -512,7 +512,7 @@ template <class F>
 typename F::result_type inspect(F& f, sampling_params& x) {
   return f(caf::meta::type_name("sampling_params"), x.temperature, x.top_p, x.top_k, x.min_p,
            x.seed, x.presence_penalty, x.frequency_penalty, x.repetition_penalty, x.logit_bias,
-           x.top_logprobs, x.resumed);
+           x.top_logprobs, x.grammar, x.grammar_source, x.resumed);
 }
 template <class F>
 typename F::result_type inspect(F& f, logit_bias_entry& x) {

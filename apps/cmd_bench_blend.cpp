@@ -240,7 +240,7 @@ command add_bench_blend(CLI::App& app) {
     auto prefix = take(prefix_blocks);
     if (prefix_blocks > 0)
       if (auto r = eng->prefill(
-              *pool, std::vector<prefill_chunk>{{system, 0, prefix_blocks * bt, prefix, {}}});
+              *pool, std::vector<prefill_chunk>{{system, 0, prefix_blocks * bt, prefix, {}, {}}});
           !r)
         return failed(r.error().message);
     std::vector<std::vector<block_id>> doc_kv;
@@ -248,7 +248,7 @@ command add_bench_blend(CLI::App& app) {
     for (const auto& d : docs) {
       doc_kv.push_back(take(doc_blocks));
       int64_t t0 = now_ns();
-      if (auto r = eng->prefill_at(*pool, {d, 0, o->doc_tokens, doc_kv.back(), {}}, 0); !r)
+      if (auto r = eng->prefill_at(*pool, {d, 0, o->doc_tokens, doc_kv.back(), {}, {}}, 0); !r)
         return failed(r.error().message);
       chunk_cache_ms += ms_since(t0);
     }
@@ -267,7 +267,7 @@ command add_bench_blend(CLI::App& app) {
       std::vector<token_id> out = {first};
       ctx.push_back(first);
       while (out.size() < o->greedy_tokens) {
-        decode_seq s{ctx, blocks, {}};
+        decode_seq s{ctx, blocks, {}, {}};
         auto next = eng->decode(*pool, {&s, 1});
         if (!next) return next.error();
         out.push_back((*next)[0]);
@@ -299,7 +299,7 @@ command add_bench_blend(CLI::App& app) {
       prompt.insert(prompt.end(), question.begin(), question.end());
 
       int64_t t0 = now_ns();
-      auto want = eng->prefill_last_logits(*pool, {prompt, 0, n, full_blocks, {}});
+      auto want = eng->prefill_last_logits(*pool, {prompt, 0, n, full_blocks, {}, {}});
       full_ms.push_back(ms_since(t0));
       if (!want) return failed(want.error().message);
       std::vector<token_id> want_greedy;
@@ -310,7 +310,7 @@ command add_bench_blend(CLI::App& app) {
       }
 
       t0 = now_ns();
-      auto pre = eng->prefill_last_logits(*pool, {prompt, cached_prefix, n, prefix_seq, {}});
+      auto pre = eng->prefill_last_logits(*pool, {prompt, cached_prefix, n, prefix_seq, {}, {}});
       prefix_ms.push_back(ms_since(t0));
       if (!pre) return failed(pre.error().message);
       if (argmax(*pre) == argmax(*want)) ++prefix_top1;

@@ -41,6 +41,9 @@ struct generate_opts {
   std::string trace_out;
   std::string prompt;
   client_options security;
+  std::string json_schema_file;  ///< --json-schema: the output is valid under this schema
+  std::string regex;             ///< --regex: the output matches this expression
+  bool json_object = false;      ///< --json-object: the output is a JSON object
 };
 
 /// Parses space-separated token ids; an error names the bad word and its position.
@@ -146,6 +149,16 @@ command add_generate(CLI::App& app) {
   app.add_option("--trace", o->trace_out,
                  "Write this request's timeline as a Chrome/Perfetto trace file "
                  "(ui.perfetto.dev)");
+  auto* schema_opt = app.add_option(
+      "--json-schema", o->json_schema_file,
+      "Constrain the output to JSON valid under the JSON Schema in this file (README: "
+      "structured output lists the keywords supported)");
+  auto* regex_opt =
+      app.add_option("--regex", o->regex, "Constrain the output to match this regular expression");
+  auto* object_opt =
+      app.add_flag("--json-object", o->json_object, "Constrain the output to a JSON object");
+  schema_opt->excludes(regex_opt)->excludes(object_opt);
+  regex_opt->excludes(object_opt);
   app.add_option("PROMPT", o->prompt, "The prompt (text, or ids with --token-ids)")->required();
   return [o]() -> int {
     // The trace file is opened first, so that a bad path costs no request.
@@ -182,6 +195,21 @@ command add_generate(CLI::App& app) {
     p.top_logprobs = o->logprobs;
     p.ignore_eos = o->ignore_eos;
     p.add_bos = !o->no_bos;
+    if (!o->json_schema_file.empty()) {
+      std::ifstream in(o->json_schema_file, std::ios::binary);
+      if (!in)
+        return fail("generate", {errc::invalid_request,
+                                 "--json-schema: cannot read '" + o->json_schema_file + "'"});
+      std::stringstream text;
+      text << in.rdbuf();
+      p.sampling.grammar = grammar_kind::json_schema;
+      p.sampling.grammar_source = text.str();
+    } else if (!o->regex.empty()) {
+      p.sampling.grammar = grammar_kind::regex;
+      p.sampling.grammar_source = o->regex;
+    } else if (o->json_object) {
+      p.sampling.grammar = grammar_kind::json_object;
+    }
     auto c = connect_to(o->connect, std::min(o->timeout_s, 10.0), o->security);
     if (!c) return fail("generate", c.error());
     bool first = true;

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "common/stats.hpp"
+#include "grammar/grammar.hpp"
 
 namespace tokenmill::app {
 
@@ -144,7 +145,8 @@ uint32_t decode_blocks_per_seq(const kv_layout& layout, uint32_t context, uint32
 }
 
 result<engine_timing> time_decode(engine& eng, block_pool& pool, uint32_t batch, uint32_t context,
-                                  uint32_t steps, uint32_t warm_steps, uint32_t threads) {
+                                  uint32_t steps, uint32_t warm_steps, uint32_t threads,
+                                  std::shared_ptr<const grammar::token_automaton> grammar) {
   const auto& info = eng.info();
   const auto& layout = info.layout;
   const uint32_t per_seq = decode_blocks_per_seq(layout, context, steps, warm_steps);
@@ -184,25 +186,49 @@ result<engine_timing> time_decode(engine& eng, block_pool& pool, uint32_t batch,
                              staged.size());
     }
   std::vector<std::vector<token_id>> seqs(batch, ctx_toks);
+  // Constrained: the output starts after the context, so the first token (sampled
+  // unconstrained by the prefill above) is replaced by one the grammar allows.
+  std::vector<grammar::grammar_state> states(grammar ? batch : 0);
+  if (grammar) {
+    auto m = grammar->allowed(grammar->start());
+    for (size_t id = 0; id < m.size() * 64; ++id)
+      if (grammar::mask_allows(m, token_id(id))) {
+        first = token_id(id);
+        break;
+      }
+    for (auto& g : states)
+      g.start(grammar, context);
+  }
   for (auto& s : seqs)
     s.push_back(first);
-  std::vector<double> times;
+  std::vector<double> times, grammar_times;
   std::optional<cpu_share_meter> meter;
   for (uint32_t step = 0; step < warm_steps + steps; ++step) {
     if (step == warm_steps) meter.emplace(cpu_share_meter{threads});
     std::vector<decode_seq> b(batch);
+    int64_t t0 = now_ns();
     for (uint32_t s = 0; s < batch; ++s) {
       b[s].tokens = seqs[s];
       b[s].blocks = tables[s];
+      if (grammar) {
+        if (auto g = states[s].catch_up(seqs[s]); !g) {
+          release();
+          return g.error();
+        }
+        b[s].allowed = states[s].allowed();
+      }
     }
-    int64_t t0 = now_ns();
+    const double grammar_dt = (now_ns() - t0) / 1e9;
     auto next = eng.decode(pool, b);
     double dt = (now_ns() - t0) / 1e9;
     if (!next) {
       release();
       return next.error();
     }
-    if (step >= warm_steps) times.push_back(dt);
+    if (step >= warm_steps) {
+      times.push_back(dt);
+      grammar_times.push_back(grammar_dt);
+    }
     for (uint32_t s = 0; s < batch; ++s)
       seqs[s].push_back((*next)[s]);
   }
@@ -210,6 +236,7 @@ result<engine_timing> time_decode(engine& eng, block_pool& pool, uint32_t batch,
   t.cpu_share = meter ? meter->share() : 0;
   release();
   t.median_s = median(times);
+  t.grammar_s = grammar ? median(grammar_times) : 0;
   t.calls = 1;
   return t;
 }

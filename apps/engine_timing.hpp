@@ -3,6 +3,7 @@
 /// profile` both measure (a prompt's prefill in chunks, a decode step over a batch), and
 /// the facts about the machine both report beside it.
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "common/result.hpp"
 #include "engine/engine.hpp"
 #include "engine/model.hpp"
+#include "grammar/token_automaton.hpp"
 
 namespace tokenmill::app {
 
@@ -51,6 +53,10 @@ struct engine_timing {
   double median_s = 0;
   uint32_t calls = 0;    ///< engine calls of one run
   double cpu_share = 0;  ///< over the timed runs (see cpu_share_meter)
+  /// Constrained decoding (time_decode with a grammar): the median, per step, of the
+  /// worker's grammar work outside the engine (advancing every sequence's state, looking
+  /// up its mask); the masking itself runs inside the engine's step, in median_s.
+  double grammar_s = 0;
 };
 
 /// Prefills a `prompt_tokens`-token prompt from position 0 in chunks of `chunk` tokens, one
@@ -67,7 +73,10 @@ uint32_t decode_blocks_per_seq(const kv_layout& layout, uint32_t context, uint32
 /// `batch` sequences of `context` context each (prefilled once, the KV copied into every
 /// sequence's own blocks so the cache traffic is real), then `warm_steps` untimed and
 /// `steps` timed decode steps over the whole batch: the median step.
+/// With `grammar`, every sequence's output is constrained by it, as a decode worker does
+/// it: the state advanced over each new token, the mask handed to the engine.
 result<engine_timing> time_decode(engine& eng, block_pool& pool, uint32_t batch, uint32_t context,
-                                  uint32_t steps, uint32_t warm_steps, uint32_t threads);
+                                  uint32_t steps, uint32_t warm_steps, uint32_t threads,
+                                  std::shared_ptr<const grammar::token_automaton> grammar = {});
 
 }  // namespace tokenmill::app

@@ -168,6 +168,7 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
   };
   services.router = cfg.router;
   services.kv_drain_timeout = cfg.decode.kv_drain_timeout;
+  services.grammars = detail::make_grammar_cache(*tok, model.vocab_size, model.eos);
   auto spawned = detail::spawn_node_actors(sys, m, 0, sup, services, im->actors);
   if (!spawned) {
     shutdown_actors(im->actors);

@@ -371,6 +371,12 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   services.router = to_router_config(m);
   services.router.block_tokens = model.layout.block_tokens;
   services.router.eos = model.eos;
+  // Constrained decoding needs the vocabulary's bytes on every node with workers.
+  if (auto vt = make_tokenizer(spec0); vt)
+    services.grammars = detail::make_grammar_cache(**vt, model.vocab_size, model.eos);
+  else
+    spdlog::warn("node '{}': no tokenizer ({}): its workers refuse constrained requests", name,
+                 vt.error().message);
   services.router.cost.kv_bytes_per_block = model.layout.block_bytes();
   // Longer than any write of a prefill worker can live (ucx.op_timeout_ms).
   services.kv_drain_timeout = std::chrono::milliseconds(m.ucx.op_timeout_ms + 1000);

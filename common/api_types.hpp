@@ -19,6 +19,27 @@ struct logit_bias_entry {
   float bias = 0;  ///< added to the raw logit; OpenAI's range is [-100, 100]
 };
 
+/// What constrains a request's output (grammar/grammar.hpp compiles it).
+enum class grammar_kind : uint8_t {
+  none,         ///< unconstrained
+  regex,        ///< grammar_source is a regular expression the whole output matches
+  json_schema,  ///< grammar_source is a JSON Schema (subset) the output is valid under
+  json_object,  ///< any JSON object; grammar_source is empty
+};
+constexpr std::string_view to_string(grammar_kind k) {
+  switch (k) {
+    case grammar_kind::none:
+      return "none";
+    case grammar_kind::regex:
+      return "regex";
+    case grammar_kind::json_schema:
+      return "json_schema";
+    case grammar_kind::json_object:
+      return "json_object";
+  }
+  return "none";
+}
+
 /// Sampling options, passed through to the engine.
 struct sampling_params {
   float temperature = 0;  ///< 0 = greedy
@@ -38,9 +59,14 @@ struct sampling_params {
   /// Log-probabilities to report per generated token: -1 none, 0 only the chosen token's,
   /// N the chosen token's and the N most likely tokens' (computed from the raw logits).
   int32_t top_logprobs = -1;
+  // Constrained decoding: the output must match this grammar. The decode worker compiles
+  // it (cached by source) and keeps each sequence's automaton state beside the sequence.
+  grammar_kind grammar = grammar_kind::none;
+  std::string grammar_source;  ///< the regex or schema text; empty for none/json_object
   /// How many of the prompt's last tokens are output of an earlier attempt of the request
   /// (a migrated request re-prefilled with the tokens it had produced): penalties count
-  /// them as generated, so the resumed request samples what the first attempt would have.
+  /// them as generated, so the resumed request samples what the first attempt would have,
+  /// and a grammar constrains the output from before them (workers replay them).
   uint32_t resumed = 0;
 };
 
@@ -182,6 +208,11 @@ struct generate_params {
   bool ignore_eos = false;
   bool add_bos = true;
   int64_t client_sent_ns = 0;
+  /// Where sampling.grammar came from ("response_format", "tokenmill.regex", …): validate
+  /// names it when the grammar is refused. Empty: "grammar".
+  std::string grammar_field;
+  /// A grammar kind the client named that is not one (RPC grammarKind): validate refuses it.
+  std::string unknown_grammar_kind;
 };
 
 /// One named interval of a TTFT breakdown, in milliseconds.

@@ -452,7 +452,7 @@ result<std::vector<token_id>> cpu_engine::prefill(block_pool& pool,
       out.push_back(sample_token(impl_->logits_row(i), batch[i].sampling, batch[i].end,
                                  make_history(batch[i].tokens.subspan(0, batch[i].end),
                                               batch[i].tokens.size(), batch[i].sampling),
-                                 batch[i].logprobs));
+                                 batch[i].logprobs, batch[i].allowed));
     return out;
   });
 }
@@ -469,7 +469,7 @@ result<std::vector<token_id>> cpu_engine::decode(block_pool& pool,
       out.push_back(
           sample_token(impl_->logits_row(i), batch[i].sampling, batch[i].tokens.size(),
                        make_history(batch[i].tokens, batch[i].prompt_len, batch[i].sampling),
-                       batch[i].logprobs));
+                       batch[i].logprobs, batch[i].allowed));
     return out;
   });
 }
@@ -521,7 +521,7 @@ result<std::vector<token_id>> cpu_engine::prefill_at(block_pool& pool, const pre
     return std::vector<token_id>{sample_token(
         impl_->logits_row(0), chunk.sampling, base_position + chunk.end,
         make_history(chunk.tokens.subspan(0, chunk.end), chunk.tokens.size(), chunk.sampling),
-        chunk.logprobs)};
+        chunk.logprobs, chunk.allowed)};
   });
 }
 
@@ -612,7 +612,7 @@ result<blend_outcome> cpu_engine::prefill_blend(block_pool& pool, const blend_pr
         !r)
       return bad_request("cpu engine: prefill_blend: " + r.error().message);
     // The rows of an ordinary prefill of [cached_prefix, n).
-    prefill_chunk whole{req.tokens, req.cached_prefix, n, req.blocks, {}};
+    prefill_chunk whole{req.tokens, req.cached_prefix, n, req.blocks, {}, {}};
     if (auto r = im.add_prefill(pool, {&whole, 1}); !r) return r.error();
 
     impl::blend_step step;

@@ -44,6 +44,9 @@ struct prefill_chunk {
   /// Where the engine writes the sampled token's log-probabilities when
   /// sampling.top_logprobs >= 0 (the caller owns it until the call returns); null: nowhere.
   token_logprobs* logprobs = nullptr;
+  /// Constrained decoding: the tokens the sampled one may be (one bit per id, from the
+  /// sequence's grammar state); empty = any token.
+  std::span<const uint64_t> allowed;
 };
 
 /// One decode step of one sequence: `tokens` is the context including the newest token,
@@ -57,6 +60,8 @@ struct decode_seq {
   uint32_t prompt_len = 0;
   /// As prefill_chunk::logprobs.
   token_logprobs* logprobs = nullptr;
+  /// Constrained decoding: the tokens the sampled one may be (one bit per id); empty = any.
+  std::span<const uint64_t> allowed;
 };
 
 class engine {

@@ -109,15 +109,31 @@ token_id sample_adjusted(std::span<const float> logits, const sampling_params& p
 
 }  // namespace
 
+void apply_token_mask(std::span<float> logits, std::span<const uint64_t> allowed) {
+  if (allowed.empty()) return;
+  const size_t n = std::min(logits.size(), allowed.size() * 64);
+  for (size_t w = 0; w * 64 < n; ++w) {
+    const uint64_t bits = allowed[w];
+    if (bits == ~uint64_t{0}) continue;
+    const size_t end = std::min(n, w * 64 + 64);
+    for (size_t i = w * 64; i < end; ++i)
+      if (!((bits >> (i - w * 64)) & 1)) logits[i] = -std::numeric_limits<float>::infinity();
+  }
+  for (size_t i = n; i < logits.size(); ++i)  // ids past the mask are not allowed either
+    logits[i] = -std::numeric_limits<float>::infinity();
+}
+
 token_id sample_token(std::span<const float> logits, const sampling_params& params,
-                      uint64_t position, const sample_history& history, token_logprobs* logprobs) {
+                      uint64_t position, const sample_history& history, token_logprobs* logprobs,
+                      std::span<const uint64_t> allowed) {
   token_id chosen = 0;
-  if (adjusts_logits(params)) {
+  if (adjusts_logits(params) || !allowed.empty()) {
     thread_local std::vector<float> row;
     row.assign(logits.begin(), logits.end());
     adjust_logits(row, params, history);
-    // TODO(grammar): structured output masks `row` here (after bias and penalties, before
-    // the temperature and the filters), so that the mask has the last word.
+    // The grammar's mask comes after bias and penalties, before the temperature and the
+    // filters, so that it has the last word.
+    apply_token_mask(row, allowed);
     chosen = sample_adjusted(row, params, position);
   } else {
     chosen = sample_adjusted(logits, params, position);

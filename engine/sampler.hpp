@@ -7,8 +7,7 @@
 ///   1. logit_bias is added to the raw logits;
 ///   2. repetition, frequency and presence penalties, from the sequence's history (so a
 ///      migrated or disaggregated sequence, which carries its tokens, samples the same);
-///   3. (reserved: structured output's token mask goes between the penalties and the
-///      temperature, see sample_token in sampler.cpp);
+///   3. structured output's token mask (a grammar's allowed tokens; the rest get -inf);
 ///   4. temperature, then top_k, top_p and min_p, and the draw.
 /// Log-probabilities are computed from the RAW row, before bias, penalties and temperature:
 /// vLLM's default (its "raw_logprobs"), so that they describe the model, not the request's
@@ -60,10 +59,16 @@ void compute_logprobs(std::span<const float> raw, token_id chosen, int32_t top_n
 /// the token being produced in its sequence (prompt length for the first generated token).
 /// temperature 0 is greedy (the lowest id wins ties); otherwise the distribution is
 /// filtered by top_k, then top_p, then min_p, and sampled. `history` feeds the penalties;
-/// when `logprobs` is given and params.top_logprobs >= 0 it receives the chosen token's
-/// log-probabilities from the raw row.
+/// `allowed` (one bit per id, from the sequence's grammar state; empty = any token) masks
+/// the row after them; when `logprobs` is given and params.top_logprobs >= 0 it receives
+/// the chosen token's log-probabilities from the raw row. Rows without adjustment or mask
+/// are sampled as they are, without a copy.
 token_id sample_token(std::span<const float> logits, const sampling_params& params,
                       uint64_t position, const sample_history& history = {},
-                      token_logprobs* logprobs = nullptr);
+                      token_logprobs* logprobs = nullptr, std::span<const uint64_t> allowed = {});
+
+/// Constrained decoding: sets the logit of every token `allowed` does not allow (one bit
+/// per id; a clear bit = disallowed) to -inf. An empty `allowed` changes nothing.
+void apply_token_mask(std::span<float> logits, std::span<const uint64_t> allowed);
 
 }  // namespace tokenmill

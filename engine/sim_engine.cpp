@@ -84,14 +84,24 @@ uint64_t sim_engine::decode_cost_ns(uint64_t seqs, uint64_t ctx_tokens) const {
                                cfg_.slowdown);
 }
 
-token_id sim_engine::next_token(std::span<const token_id> context, const sampling_params& s) const {
+token_id sim_engine::next_token(std::span<const token_id> context, const sampling_params& s,
+                                std::span<const uint64_t> allowed) const {
   size_t window = std::min<size_t>(context.size(), 8);
   uint64_t seed = cfg_.seed ^ (uint64_t{context.size()} * 0x100000001b3ULL);
   if (s.temperature > 0) seed ^= XXH3_64bits(&s.seed, sizeof(s.seed));
   uint64_t h = XXH3_64bits_withSeed(context.data() + (context.size() - window),
                                     window * sizeof(token_id), seed);
   uint32_t span = cfg_.vocab_size - static_cast<uint32_t>(first_word_id);
-  return first_word_id + static_cast<token_id>(h % span);
+  token_id pick = first_word_id + static_cast<token_id>(h % span);
+  if (allowed.empty()) return pick;
+  auto ok = [&](uint32_t id) {
+    return id / 64 < allowed.size() && ((allowed[id / 64] >> (id % 64)) & 1);
+  };
+  for (uint32_t k = 0; k < cfg_.vocab_size; ++k) {
+    uint32_t id = (static_cast<uint32_t>(pick) + k) % cfg_.vocab_size;
+    if (ok(id)) return static_cast<token_id>(id);
+  }
+  return pick;  // nothing allowed: the worker's grammar state reports it
 }
 
 std::vector<float> sim_engine::logits(std::span<const token_id> context) const {
@@ -106,10 +116,11 @@ std::vector<float> sim_engine::logits(std::span<const token_id> context) const {
 }
 
 token_id sim_engine::sample(std::span<const token_id> context, size_t prompt_len,
-                            const sampling_params& s, token_logprobs* lp) const {
-  if (!needs_host_row(s)) return next_token(context, s);
+                            const sampling_params& s, token_logprobs* lp,
+                            std::span<const uint64_t> allowed) const {
+  if (!needs_host_row(s)) return next_token(context, s, allowed);
   auto row = logits(context);
-  return sample_token(row, s, context.size(), make_history(context, prompt_len, s), lp);
+  return sample_token(row, s, context.size(), make_history(context, prompt_len, s), lp, allowed);
 }
 
 namespace {
@@ -155,7 +166,8 @@ result<std::vector<token_id>> sim_engine::prefill(block_pool& pool,
       tokens += c.end - c.begin;
       for (uint32_t p = c.begin; p < c.end; ++p)
         write_position(pool, c.blocks, p, c.tokens[p]);
-      out.push_back(sample(c.tokens.subspan(0, c.end), c.tokens.size(), c.sampling, c.logprobs));
+      out.push_back(
+          sample(c.tokens.subspan(0, c.end), c.tokens.size(), c.sampling, c.logprobs, c.allowed));
     }
     sleep_until_ns(start + static_cast<int64_t>(prefill_cost_ns(tokens)));
     return out;
@@ -180,7 +192,7 @@ result<std::vector<token_id>> sim_engine::decode(block_pool& pool,
       auto pos = static_cast<uint32_t>(s.tokens.size() - 1);
       ctx += s.tokens.size();
       write_position(pool, s.blocks, pos, s.tokens[pos]);
-      out.push_back(sample(s.tokens, s.prompt_len, s.sampling, s.logprobs));
+      out.push_back(sample(s.tokens, s.prompt_len, s.sampling, s.logprobs, s.allowed));
     }
     sleep_until_ns(start + static_cast<int64_t>(decode_cost_ns(batch.size(), ctx)));
     return out;

@@ -42,16 +42,20 @@ class sim_engine final : public engine {
   /// Modelled duration of a decode step with `seqs` sequences and `ctx_tokens` context.
   uint64_t decode_cost_ns(uint64_t seqs, uint64_t ctx_tokens) const;
   /// The token the model produces after `context` (deterministic).
-  token_id next_token(std::span<const token_id> context, const sampling_params& s) const;
+  /// With `allowed` (constrained decoding) the pick moves on, cyclically, to the first
+  /// allowed id at or after it.
+  token_id next_token(std::span<const token_id> context, const sampling_params& s,
+                      std::span<const uint64_t> allowed = {}) const;
   /// The sim's logits after `context`, for sampling that needs a row (penalties, bias,
   /// logprobs): deterministic values in [-2, 2] over the words, -30 for specials and bytes,
   /// and +6 on next_token's greedy choice, so that greedy decoding picks the same token
   /// with or without a row.
   std::vector<float> logits(std::span<const token_id> context) const;
   /// The next token after `context` (prompt: its first `prompt_len` tokens): next_token, or
-  /// when `s` needs a row the real sampler over logits(), writing `lp` (may be null).
+  /// when `s` needs a row the real sampler over logits() (masked by `allowed`), writing
+  /// `lp` (may be null).
   token_id sample(std::span<const token_id> context, size_t prompt_len, const sampling_params& s,
-                  token_logprobs* lp) const;
+                  token_logprobs* lp, std::span<const uint64_t> allowed = {}) const;
   const sim_config& config() const { return cfg_; }
 
   /// First id the sim ever generates; lower ids are specials and bytes.

@@ -320,6 +320,76 @@ void parse_logprobs(const json& body, endpoint kind, generate_params& p) {
   if (on) p.top_logprobs = n;
 }
 
+/// Structured output: `response_format` ({"type": "text" | "json_object" | "json_schema",
+/// "json_schema": {"name", "schema", "strict", "description"}}) and the extension
+/// `tokenmill: {"regex": "..."}`. Only the shape is checked here; validate() compiles the
+/// grammar and names `p.grammar_field` when it is refused. `text` is the body as sent: the
+/// schema is taken from it with its keys in the order written, which is the order the
+/// output's properties follow.
+void parse_response_format(const json& body, std::string_view text, generate_params& p) {
+  if (const json* rf = field(body, "response_format")) {
+    if (!rf->is_object())
+      fail("response_format",
+           fmt::format("'response_format' must be an object, got {}", rf->type_name()));
+    const json* t = field(*rf, "type");
+    if (!t) fail("response_format.type", "'response_format.type' is required");
+    const std::string& type = get_string(*t, "response_format.type");
+    if (type == "json_object") {
+      p.sampling.grammar = grammar_kind::json_object;
+      p.grammar_field = "response_format";
+    } else if (type == "json_schema") {
+      const json* js = field(*rf, "json_schema");
+      if (!js)
+        fail("response_format.json_schema",
+             "'response_format.json_schema' is required when type is \"json_schema\"");
+      if (!js->is_object())
+        fail("response_format.json_schema",
+             fmt::format("'response_format.json_schema' must be an object, got {}",
+                         js->type_name()));
+      if (const json* n = field(*js, "name")) get_string(*n, "response_format.json_schema.name");
+      if (const json* d = field(*js, "description"))
+        get_string(*d, "response_format.json_schema.description");
+      if (const json* s = field(*js, "strict")) get_bool(*s, "response_format.json_schema.strict");
+      const json* schema = field(*js, "schema");
+      if (!schema)
+        fail("response_format.json_schema.schema",
+             "'response_format.json_schema.schema' is required");
+      if (!schema->is_object() && !schema->is_boolean())
+        fail("response_format.json_schema.schema",
+             fmt::format("'response_format.json_schema.schema' must be an object, got {}",
+                         schema->type_name()));
+      // The same body again, keeping key order (nlohmann::json sorts keys).
+      const ojson ordered = ojson::parse(text);
+      p.sampling.grammar = grammar_kind::json_schema;
+      p.sampling.grammar_source = ordered["response_format"]["json_schema"]["schema"].dump();
+      p.grammar_field = "response_format.json_schema.schema";
+    } else if (type != "text") {
+      fail("response_format.type",
+           fmt::format("'response_format.type' must be \"text\", \"json_object\" or "
+                       "\"json_schema\", got \"{}\"",
+                       type));
+    }
+  }
+  if (const json* ext = field(body, "tokenmill")) {
+    if (!ext->is_object())
+      fail("tokenmill", fmt::format("'tokenmill' must be an object, got {}", ext->type_name()));
+    for (const auto& [key, _] : ext->items())
+      if (key != "regex")
+        fail("tokenmill." + key,
+             fmt::format("unknown field 'tokenmill.{}' (the extension has: regex)", key));
+    if (const json* re = field(*ext, "regex")) {
+      const std::string& r = get_string(*re, "tokenmill.regex");
+      if (p.sampling.grammar != grammar_kind::none)
+        fail("tokenmill.regex",
+             "'tokenmill.regex' cannot be combined with a JSON 'response_format'");
+      if (r.empty()) fail("tokenmill.regex", "'tokenmill.regex' is empty");
+      p.sampling.grammar = grammar_kind::regex;
+      p.sampling.grammar_source = r;
+      p.grammar_field = "tokenmill.regex";
+    }
+  }
+}
+
 void parse_stops(const json& body, generate_params& p) {
   if (const json* v = field(body, "stop")) {
     if (v->is_string()) {
@@ -360,19 +430,15 @@ void parse_fanout(const json& body, endpoint kind, parsed_request& r) {
   if (const json* v = field(body, "echo")) r.echo = get_bool(*v, "echo");
 }
 /// Options tokenmill does not implement, accepted only at their neutral value.
-void reject_unsupported(const json& body, endpoint kind) {
-  // Tool calling and structured output change what the model must produce; ignoring them
-  // would hand the client plain text it did not ask for.
+void reject_unsupported(const json& body, endpoint /*kind*/) {
+  // Tool calling changes what the model must produce; ignoring it would hand the client
+  // plain text it did not ask for.
   if (const json* v = field(body, "tools")) {
     if (!v->is_array() || !v->empty()) fail("tools", "tool calling ('tools') is not supported");
   }
   if (const json* v = field(body, "tool_choice")) {
     if (!(v->is_string() && v->get<std::string>() == "none"))
       fail("tool_choice", "tool calling ('tool_choice') is not supported (only \"none\")");
-  }
-  if (const json* v = field(body, "response_format")) {
-    if (!(v->is_object() && v->value("type", "") == "text"))
-      fail("response_format", "'response_format' is not supported (only {\"type\": \"text\"})");
   }
 }
 
@@ -420,6 +486,7 @@ parsed_request parse(endpoint kind, std::string_view text, const request_context
   parse_sampling(body, p.sampling);
   parse_logit_bias(body, p);
   parse_logprobs(body, kind, p);
+  parse_response_format(body, text, p);
   parse_stops(body, p);
   if (const json* v = field(body, "ignore_eos")) p.ignore_eos = get_bool(*v, "ignore_eos");
   if (r.echo && p.top_logprobs >= 0)

@@ -98,7 +98,10 @@ struct parsed_request {
 ///   seed, stop (string or array of strings), n (1..16), stream,
 ///   stream_options.include_usage, user (ignored), presence_penalty / frequency_penalty
 ///   ([-2, 2]), logit_bias ({"id": bias in [-100, 100]}), and tokenmill/vLLM extensions
-///   top_k, min_p, repetition_penalty (> 0), ignore_eos, stop_token_ids;
+///   top_k, min_p, repetition_penalty (> 0), ignore_eos, stop_token_ids; structured output:
+///   response_format ({"type": "text"}, {"type": "json_object"}, {"type": "json_schema",
+///   "json_schema": {"name", "schema", "strict", "description"}}) and the extension
+///   {"tokenmill": {"regex": "..."}};
 /// - completions: prompt as a string, an array of strings, an array of token ids or an
 ///   array of arrays of token ids (up to 32 prompts); echo (not with logprobs); best_of
 ///   (n..16; not streamed when above n); logprobs (integer 0..5);

@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include "grammar/grammar.hpp"
+
 namespace tokenmill {
 namespace {
 error_info bad(std::string msg) {
@@ -98,6 +100,20 @@ result<validated_request> validate(const generate_params& p, const tokenizer& to
   v.options.sampling.logit_bias = std::move(bias);
   v.options.sampling.top_logprobs = static_cast<int32_t>(p.top_logprobs);
   v.options.sampling.resumed = 0;  // the router's to set, never the client's
+  // Constrained decoding: a grammar that does not compile is refused here, before anything
+  // is queued (the decode worker compiles it again, once, into its cache).
+  const std::string field = p.grammar_field.empty() ? "grammar" : p.grammar_field;
+  if (!p.unknown_grammar_kind.empty())
+    return bad(
+        fmt::format("{}: unknown grammar kind '{}' (expected regex, json_schema or "
+                    "json_object)",
+                    field, p.unknown_grammar_kind));
+  if (s.grammar != grammar_kind::none) {
+    if (auto g = grammar::compile_grammar(s.grammar, s.grammar_source); !g)
+      return bad(fmt::format("{}: {}", field, g.error().message));
+  } else if (!s.grammar_source.empty()) {
+    return bad(fmt::format("{}: a grammar source was given without a grammar kind", field));
+  }
   v.options.ignore_eos = p.ignore_eos;
   return v;
 }

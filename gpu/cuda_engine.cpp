@@ -169,14 +169,15 @@ struct cuda_engine::impl {
   struct host_batch {
     std::vector<host_row> rows;
     std::vector<std::span<const block_id>> tables;
-    std::vector<uint32_t> out_rows;         ///< rows sampled, one per chunk / sequence
-    std::vector<sampling_params> sampling;  ///< per output
-    std::vector<uint64_t> positions;        ///< per output: sample_token's position
-    std::vector<sample_history> histories;  ///< per output: what its penalties look at
-    std::vector<token_logprobs*> logprobs;  ///< per output: where its logprobs go (or null)
-    bool multi_row = false;                 ///< a sequence contributes several rows
-    uint32_t max_context = 0;               ///< max(pos) + 1
-    uint32_t max_blocks = 0;                ///< longest block-table prefix needed
+    std::vector<uint32_t> out_rows;                  ///< rows sampled, one per chunk / sequence
+    std::vector<sampling_params> sampling;           ///< per output
+    std::vector<uint64_t> positions;                 ///< per output: sample_token's position
+    std::vector<sample_history> histories;           ///< per output: what its penalties look at
+    std::vector<token_logprobs*> logprobs;           ///< per output: where its logprobs go (or null)
+    std::vector<std::span<const uint64_t>> allowed;  ///< per output: grammar mask (or empty)
+    bool multi_row = false;                          ///< a sequence contributes several rows
+    uint32_t max_context = 0;                        ///< max(pos) + 1
+    uint32_t max_blocks = 0;                         ///< longest block-table prefix needed
   };
 
   /// Decode steps over fixed buffers, bucketed by batch size, replayed from CUDA graphs.
@@ -307,6 +308,7 @@ struct cuda_engine::impl {
     batch.positions.clear();
     batch.histories.clear();
     batch.logprobs.clear();
+    batch.allowed.clear();
     batch.multi_row = false;
     batch.max_context = 0;
     batch.max_blocks = 0;
@@ -338,6 +340,7 @@ struct cuda_engine::impl {
           batch.histories.push_back(
               make_history(ch.tokens.subspan(0, ch.end), ch.tokens.size(), ch.sampling));
           batch.logprobs.push_back(pos + 1 == ch.end ? ch.logprobs : nullptr);
+          batch.allowed.push_back(ch.allowed);
         }
         batch.rows.push_back({ch.tokens[pos], static_cast<int32_t>(pos), static_cast<int32_t>(i)});
       }
@@ -372,6 +375,7 @@ struct cuda_engine::impl {
       batch.positions.push_back(s.tokens.size());
       batch.histories.push_back(make_history(s.tokens, s.prompt_len, s.sampling));
       batch.logprobs.push_back(s.logprobs);
+      batch.allowed.push_back(s.allowed);
       batch.rows.push_back({s.tokens[pos], static_cast<int32_t>(pos), static_cast<int32_t>(i)});
       batch.max_context = std::max(batch.max_context, pos + 1);
       batch.max_blocks = std::max(batch.max_blocks, layout.blocks_for(pos + 1));
@@ -617,7 +621,9 @@ struct cuda_engine::impl {
 
   /// Whether output row `o` is sampled on the host.
   bool host_sampled(size_t o) const {
-    return batch.sampling[o].temperature > 0 || needs_host_row(batch.sampling[o]);
+    // Constrained rows (a grammar mask) too: the mask applies before the argmax.
+    return batch.sampling[o].temperature > 0 || needs_host_row(batch.sampling[o]) ||
+           !batch.allowed[o].empty();
   }
 
   /// The next token of each output row. Greedy rows take the device argmax; rows with
@@ -645,7 +651,8 @@ struct cuda_engine::impl {
     for (size_t o = 0, j = 0; o < outs; ++o) {
       if (host_sampled(o))
         out.push_back(sample_token({rows + j++ * c.vocab, c.vocab}, batch.sampling[o],
-                                   batch.positions[o], batch.histories[o], batch.logprobs[o]));
+                                   batch.positions[o], batch.histories[o], batch.logprobs[o],
+                                   batch.allowed[o]));
       else
         out.push_back(ids[o]);
     }

@@ -38,6 +38,19 @@ generate_params decode(rpc::GenerateRequest::Reader r) {
   for (auto b : s.getLogitBias())
     p.logit_bias.emplace_back(b.getToken(), b.getBias());
   p.top_logprobs = s.getTopLogprobs();
+  const std::string kind = str(s.getGrammarKind());
+  p.sampling.grammar = grammar_kind::none;
+  if (!kind.empty() && kind != "none") {
+    bool known = false;
+    for (auto k : {grammar_kind::regex, grammar_kind::json_schema, grammar_kind::json_object})
+      if (to_string(k) == kind) {
+        p.sampling.grammar = k;
+        known = true;
+      }
+    if (!known) p.unknown_grammar_kind = kind;
+  }
+  p.sampling.grammar_source = str(s.getGrammarSource());
+  p.grammar_field = "sampling.grammarSource";
   for (auto t : r.getStopStrings())
     p.stop_strings.emplace_back(t.cStr(), t.size());
   p.ignore_eos = r.getIgnoreEos();
@@ -73,6 +86,10 @@ void encode(const generate_params& p, rpc::GenerateRequest::Builder b) {
     bias[i].setBias(static_cast<float>(p.logit_bias[i].second));
   }
   s.setTopLogprobs(static_cast<int32_t>(std::clamp<int64_t>(p.top_logprobs, INT32_MIN, INT32_MAX)));
+  if (p.sampling.grammar != grammar_kind::none) {
+    s.setGrammarKind(std::string(to_string(p.sampling.grammar)));
+    s.setGrammarSource(p.sampling.grammar_source);
+  }
   auto strs = b.initStopStrings(static_cast<unsigned>(p.stop_strings.size()));
   for (unsigned i = 0; i < p.stop_strings.size(); ++i)
     strs.set(i, p.stop_strings[i]);

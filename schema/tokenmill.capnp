@@ -17,7 +17,10 @@ struct Sampling {
   repetitionPenalty @7 :Float32 = 1; # > 0; vLLM's penalty on prompt and output ids; 1 = off
   logitBias @8 :List(LogitBias); # added to the raw logits
   topLogprobs @9 :Int32 = -1;    # -1 none, 0 only the chosen token's, N (<= 20) + top N
-  # @10 and @11 are reserved for structured output.
+  # Constrained decoding: "" (none), "regex", "json_schema" or "json_object"; the server
+  # refuses other names and grammars that do not compile.
+  grammarKind @10 :Text;
+  grammarSource @11 :Text;       # the regex or JSON Schema; empty for json_object
 }
 
 struct LogitBias {

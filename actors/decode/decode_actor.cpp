@@ -25,6 +25,7 @@
 #include "engine/block_hash.hpp"
 #include "engine/kv_cache.hpp"
 #include "engine/scheduler.hpp"
+#include "grammar/grammar.hpp"
 
 namespace tokenmill {
 namespace {
@@ -66,6 +67,9 @@ struct sequence {
   /// A drain (change_role) already tried to move it live: a failed move is not retried;
   /// it finishes here.
   bool drain_move_tried = false;
+  /// Constrained decoding: where the output is in its grammar (empty without one). Built
+  /// from the request and the tokens wherever the sequence lands (assignment, migration).
+  grammar::grammar_state grammar;
 };
 
 /// Live migration: a move of one of this worker's sequences to another decode worker.
@@ -237,9 +241,30 @@ void fail(decode_ptr self, request_id id, errc code, std::string msg) {
   finish(self, id, finish_reason::error, {code, std::move(msg)});
 }
 
-/// Why a sequence should stop after producing `tok`, if it should (decode_policy decides).
+/// Why a sequence should stop after producing `tok`, if it should (decode_policy decides);
+/// a complete grammar (nothing may follow) stops it too.
 finish_reason stop_reason(const decode_state& st, const sequence& s, token_id tok) {
-  return stop_reason(s.req.options, s.generated, tok, st.w.eng->info().eos);
+  auto r = stop_reason(s.req.options, s.generated, tok, st.w.eng->info().eos);
+  if (r == finish_reason::none && s.grammar && s.grammar.finished()) r = finish_reason::stop;
+  return r;
+}
+
+/// Sets up the sequence's grammar (compiled once per worker node, cached) and advances it
+/// over the output the sequence already has: none after an assignment, the replayed tail
+/// of the prompt after a recompute migration, every generated token after a live one.
+result<void> start_grammar(const decode_state& st, const generate_request& req, uint32_t prompt_len,
+                           std::span<const token_id> tokens, grammar::grammar_state& g) {
+  const auto& sp = req.options.sampling;
+  if (sp.grammar == grammar_kind::none) return {};
+  if (!st.cfg.grammars)
+    return error_info{errc::invalid_request,
+                      fmt::format("decode worker {} cannot decode constrained output (it has "
+                                  "no vocabulary)",
+                                  st.w.info.name)};
+  auto a = st.cfg.grammars->get(sp.grammar, sp.grammar_source);
+  if (!a) return a.error();
+  g.start(std::move(*a), prompt_len - std::min(sp.resumed, prompt_len));
+  return g.catch_up(tokens);
 }
 
 /// The blocks of the prompt a remote prefill writes: those after the reused prefix.
@@ -257,6 +282,10 @@ void prompt_complete(decode_ptr self, sequence& s, token_id first) {
   s.phase = seq_phase::ready;  // KV complete: nothing left to cancel at a prefill worker
   s.tokens.push_back(first);
   s.generated = 1;
+  if (auto g = s.grammar.catch_up(s.tokens); !g) {
+    fail(self, id, g.error().code, g.error().message);
+    return;
+  }
   if (auto r = stop_reason(st, s, first); r != finish_reason::none) {
     finish(self, id, r);
     return;
@@ -339,14 +368,17 @@ void launch(decode_ptr self) {
     // The first chunk starts after the cached prefix.
     if (c.begin == first_computed_token(s.reused, st.w.pool->layout().block_tokens))
       s.req.tr.stamp(stage::prefill_started, st.w.info.node_index);
-    chunks.push_back({std::span(s.tokens).subspan(0, s.prompt_len), c.begin, c.end, s.blocks,
-                      s.req.options.sampling});
+    chunks.push_back(
+        {std::span(s.tokens).subspan(0, s.prompt_len), c.begin, c.end, s.blocks,
+         s.req.options.sampling, nullptr,
+         s.grammar && c.end == s.prompt_len ? s.grammar.allowed() : std::span<const uint64_t>{}});
   }
   std::vector<decode_seq> batch;
   batch.reserve(st.running.size());
   for (auto id : st.running) {
     auto& s = st.seqs.at(id);
-    batch.push_back({s.tokens, s.blocks, s.req.options.sampling, s.prompt_len});
+    batch.push_back({s.tokens, s.blocks, s.req.options.sampling, s.prompt_len, nullptr,
+                     s.grammar ? s.grammar.allowed() : std::span<const uint64_t>{}});
   }
   st.step = step_in_flight{true, std::move(plan), st.running, now_ns()};
   st.w.submit_step(caf::actor_cast<caf::actor>(self), std::move(chunks), std::move(batch));
@@ -399,6 +431,10 @@ void step_done(decode_ptr self, engine_step_done& d) {
     auto tok = d.decode_next[i];
     commit_written(st, s, s.tokens.size());  // the step wrote the KV of the newest token
     s.tokens.push_back(tok);
+    if (auto g = s.grammar.catch_up(s.tokens); !g) {
+      fail(self, id, g.error().code, g.error().message);
+      continue;
+    }
     out[s.router].tokens.push_back({id, s.generated, tok, std::move(d.decode_logprobs[i])});
     ++s.generated;
     ++st.tokens_out;
@@ -714,6 +750,13 @@ migrate_accept accept_move_in(decode_ptr self, migrate_offer& o) {
     a.error = std::move(*err);
     return a;
   }
+  // The grammar state is rebuilt here from the tokens (a bad fit refuses the move: the
+  // source keeps the sequence).
+  grammar::grammar_state grammar;
+  if (auto g = start_grammar(st, o.req, o.prompt_len, o.tokens, grammar); !g) {
+    a.error = g.error();
+    return a;
+  }
   auto chain = block_hashes(std::span(o.tokens).first(o.kv_tokens), bt);
   // reserve() reuses the full blocks before the one holding position `prompt_tokens - 1`:
   // with kv_tokens + 1 that is every full KV block (migration_reusable_blocks).
@@ -739,6 +782,7 @@ migrate_accept accept_move_in(decode_ptr self, migrate_offer& o) {
   s.blocks = std::move(r->blocks);
   s.reused = s.committed = r->reused;
   s.move_epoch = o.epoch;
+  s.grammar = std::move(grammar);
   a.dst = st.w.info.pool;
   a.skip_blocks = s.reused;
   a.dst_blocks.assign(s.blocks.begin() + s.reused, s.blocks.begin() + kv_blocks);
@@ -834,9 +878,14 @@ caf::behavior decode_behavior(decode_ptr self) {
         s.req = std::move(a.req);
         auto too_big =
             check_capacity(need, prompt_len, s.req.options.max_tokens, st.w.pool->total());
+        auto grammar = start_grammar(st, s.req, s.prompt_len, s.tokens, s.grammar);
         st.seqs.emplace(id, std::move(s));
         if (too_big) {
           fail(self, id, too_big->code, std::move(too_big->message));
+          return;
+        }
+        if (!grammar) {
+          fail(self, id, grammar.error().code, grammar.error().message);
           return;
         }
         st.waiting_blocks.push_back(id);

@@ -20,6 +20,7 @@
 #include "engine/block_hash.hpp"
 #include "engine/kv_cache.hpp"
 #include "engine/scheduler.hpp"
+#include "grammar/grammar.hpp"
 
 namespace tokenmill {
 namespace {
@@ -37,6 +38,9 @@ struct job_state {
   token_logprobs first_logprobs;  ///< its log-probabilities, when the request asked
   bool dropped = false;         ///< cancelled or failed while on the engine or writing: drop after
   bool notify_drained = false;  ///< cancelled or failed: kv_drained to the decode worker at the end
+  /// Constrained decoding: the grammar's state before the first output token (after the
+  /// prompt's replayed tail, when a recompute migration re-submitted output as prompt).
+  grammar::grammar_state grammar;
 };
 
 struct prefill_state {
@@ -181,7 +185,9 @@ void launch(prefill_ptr self) {
       js.job.tr.stamp(stage::prefill_started, st.w.info.node_index);
     // Spans point into state that stays put until the step is done (jobs on the engine
     // are never erased meanwhile).
-    batch.push_back({js.job.prompt, c.begin, c.end, js.blocks, js.job.sampling});
+    batch.push_back({js.job.prompt, c.begin, c.end, js.blocks, js.job.sampling, nullptr,
+                     js.grammar && c.end == js.job.prompt.size() ? js.grammar.allowed()
+                                                                 : std::span<const uint64_t>{}});
   }
   st.on_engine = std::move(plan);
   st.w.submit_step(caf::actor_cast<caf::actor>(self), std::move(batch), {});
@@ -248,9 +254,29 @@ caf::behavior prefill_behavior(prefill_ptr self) {
           self->send(job.decode, kv_drained{id});  // nothing was written
           return;
         }
+        grammar::grammar_state grammar;
+        if (const auto& sp = job.sampling; sp.grammar != grammar_kind::none) {
+          auto g = [&]() -> result<void> {
+            if (!st.cfg.grammars)
+              return error_info{errc::invalid_request,
+                                fmt::format("prefill worker {} cannot decode constrained output "
+                                            "(it has no vocabulary)",
+                                            st.w.info.name)};
+            auto a = st.cfg.grammars->get(sp.grammar, sp.grammar_source);
+            if (!a) return a.error();
+            grammar.start(std::move(*a), len - std::min(sp.resumed, len));
+            return grammar.catch_up(job.prompt);
+          }();
+          if (!g) {
+            self->send(job.decode, prefill_failed{id, g.error()});
+            self->send(job.decode, kv_drained{id});  // nothing was written
+            return;
+          }
+        }
         auto& js = st.jobs[id];
         js.chain = block_hashes(job.prompt, bt);
         js.job = std::move(job);
+        js.grammar = std::move(grammar);
         st.waiting.push_back(id);
       },
       [self](step_atom) { launch(self); },

@@ -448,7 +448,8 @@ void migrate(router_ptr self, request_id cid, migration_reason why, const std::s
   next.id = mint_attempt_id(st.info.id, ++st.attempt_counter);
   next.prompt = std::move(d.plan.prompt);
   next.options.max_tokens = d.plan.max_tokens;
-  // The prompt now ends with the tokens delivered so far: the penalties count them as output.
+  // The prompt now ends with the tokens delivered so far: the penalties count them as
+  // output, and workers replay them through the request's grammar.
   next.options.sampling.resumed = d.plan.offset;
   const bool avoid_previous = why == migration_reason::stalled ||
                               why == migration_reason::worker_failed ||

@@ -1,5 +1,7 @@
 #include "cluster/detail/node_wiring.hpp"
 
+#include <algorithm>
+
 #include <caf/all.hpp>
 
 #include "common/clock.hpp"
@@ -67,6 +69,7 @@ result<node_actors> spawn_node_actors(caf::actor_system& sys, const manifest& m,
     if (it->decode()) as_decode = to_decode_config(*it->decode());
   }
   as_decode.kv_drain_timeout = services.kv_drain_timeout;
+  as_prefill.grammars = as_decode.grammars = services.grammars;
   for (const auto& a : node.actors) {
     out.names.push_back(a.name);
     switch (a.kind) {
@@ -81,6 +84,7 @@ result<node_actors> spawn_node_actors(caf::actor_system& sys, const manifest& m,
         auto eng = services.engine_for(a);
         if (!eng) return eng.error();
         auto pc = to_prefill_config(*a.prefill());
+        pc.grammars = services.grammars;
         if (!a.prefill()->kv_blocks_given && services.prefill_blocks)
           pc.num_blocks = *services.prefill_blocks;
         keep(spawn_prefill(sys, info(a), pc, std::move(*eng), services.transport, supervisor,
@@ -92,6 +96,7 @@ result<node_actors> spawn_node_actors(caf::actor_system& sys, const manifest& m,
         if (!eng) return eng.error();
         auto dc = to_decode_config(*a.decode());
         dc.kv_drain_timeout = services.kv_drain_timeout;
+        dc.grammars = services.grammars;
         if (!a.decode()->kv_blocks_given && services.decode_blocks)
           dc.num_blocks = *services.decode_blocks;
         keep(spawn_decode(sys, info(a), dc, std::move(*eng), services.transport, supervisor,
@@ -101,6 +106,17 @@ result<node_actors> spawn_node_actors(caf::actor_system& sys, const manifest& m,
     }
   }
   return out;
+}
+
+std::shared_ptr<grammar::grammar_cache> make_grammar_cache(const tokenizer& tok,
+                                                           uint32_t model_vocab, token_id eos) {
+  const uint32_t n = std::max(tok.vocab_size(), model_vocab);
+  std::vector<std::string> pieces(n);
+  for (uint32_t i = 0; i < tok.vocab_size(); ++i)
+    pieces[i] = tok.piece(static_cast<token_id>(i));
+  if (eos >= 0 && static_cast<uint32_t>(eos) < n) pieces[size_t(eos)].clear();
+  return std::make_shared<grammar::grammar_cache>(
+      std::make_shared<const grammar::vocabulary>(std::move(pieces), eos));
 }
 
 result<frontend_servers> start_frontend(caf::actor_system& sys, const caf::actor& router,

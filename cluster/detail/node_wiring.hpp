@@ -56,7 +56,15 @@ struct node_services {
   /// Pool sizes (blocks) from the node's KV budget (defaults.kv_memory) for its workers whose
   /// manifest entry gives no kv_blocks; unset: their kv_blocks default.
   std::optional<uint32_t> prefill_blocks, decode_blocks;
+  /// The node's compiled grammars over the model's vocabulary, shared by its workers
+  /// (constrained decoding); null: its workers refuse constrained requests.
+  std::shared_ptr<grammar::grammar_cache> grammars;
 };
+
+/// A grammar cache over `tok`'s vocabulary, padded with unusable ids to the model's
+/// `model_vocab` (the logits' width); `eos` ends constrained output.
+std::shared_ptr<grammar::grammar_cache> make_grammar_cache(const tokenizer& tok,
+                                                           uint32_t model_vocab, token_id eos);
 
 /// The actors spawn_node_actors spawned, supervisor not included.
 struct node_actors {

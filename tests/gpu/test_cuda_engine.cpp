@@ -180,7 +180,7 @@ void compare_logits(cpu_engine& ce, cuda_engine& ge, const std::vector<token_id>
   uint32_t begin = 0;
   for (uint32_t end : chunk_ends) {
     INFO("prefill chunk [" << begin << ", " << end << ")");
-    prefill_chunk ch{tokens, begin, end, blocks, {}};
+    prefill_chunk ch{tokens, begin, end, blocks, {}, {}};
     auto c = test::value_or_fail(ce.prefill_logits(*cpool, ch));
     check(test::value_or_fail(ge.prefill_logits(*gpool, ch)), c);
     last.assign(c.end() - ce.info().vocab_size, c.end());
@@ -190,7 +190,7 @@ void compare_logits(cpu_engine& ce, cuda_engine& ge, const std::vector<token_id>
   for (uint32_t s = 0; s < steps; ++s) {
     INFO("decode step " << s);
     tokens.push_back(argmax(last));
-    decode_seq seq{tokens, blocks, {}};
+    decode_seq seq{tokens, blocks, {}, {}};
     auto c = test::value_or_fail(ce.decode_logits(*cpool, {&seq, 1}));
     check(test::value_or_fail(ge.decode_logits(*gpool, {&seq, 1})), c);
     last = std::move(c);
@@ -202,7 +202,7 @@ std::vector<token_id> generate(engine& e, block_pool& pool, std::vector<token_id
                                std::span<const block_id> blocks, uint32_t n,
                                sampling_params sp = {}) {
   std::vector<token_id> out;
-  prefill_chunk ch{tokens, 0, static_cast<uint32_t>(tokens.size()), blocks, sp};
+  prefill_chunk ch{tokens, 0, static_cast<uint32_t>(tokens.size()), blocks, sp, {}};
   out.push_back(test::value_or_fail(e.prefill(pool, {&ch, 1})).at(0));
   while (out.size() < n) {
     tokens.push_back(out.back());
@@ -425,10 +425,10 @@ TEST_CASE("cuda engine: ragged chunked prefill and batched decode, graphs on and
   auto run = [&](engine& e) {
     auto pool = make_pool(e, 16);
     std::vector<token_id> out;
-    std::vector<prefill_chunk> first{{a, 0, 16, a_blocks, {}}, {b, 0, 20, b_blocks, {}}};
+    std::vector<prefill_chunk> first{{a, 0, 16, a_blocks, {}, {}}, {b, 0, 20, b_blocks, {}, {}}};
     auto r1 = test::value_or_fail(e.prefill(*pool, first));
     REQUIRE(r1.size() == 2);
-    prefill_chunk second{a, 16, 37, a_blocks, {}};
+    prefill_chunk second{a, 16, 37, a_blocks, {}, {}};
     auto r2 = test::value_or_fail(e.prefill(*pool, {&second, 1}));
     REQUIRE(r2.size() == 1);
     std::vector<token_id> ta = a, tb = b;
@@ -436,7 +436,7 @@ TEST_CASE("cuda engine: ragged chunked prefill and batched decode, graphs on and
     tb.push_back(r1[1]);
     out = {r2[0], r1[1]};
     for (int step = 0; step < 8; ++step) {
-      std::vector<decode_seq> batch{{ta, a_blocks, {}}, {tb, b_blocks, {}}};
+      std::vector<decode_seq> batch{{ta, a_blocks, {}, {}}, {tb, b_blocks, {}, {}}};
       auto next = test::value_or_fail(e.decode(*pool, batch));
       REQUIRE(next.size() == 2);
       ta.push_back(next[0]);
@@ -467,7 +467,7 @@ TEST_CASE("cuda engine: a decode batch of 3 pads to bucket 4 without touching ot
   auto ce = make_cpu(m);
   auto cpool = make_pool(ce, 16);
   for (size_t i = 0; i < seqs.size(); ++i) {
-    prefill_chunk ch{seqs[i], 0, static_cast<uint32_t>(seqs[i].size() - 1), tables[i], {}};
+    prefill_chunk ch{seqs[i], 0, static_cast<uint32_t>(seqs[i].size() - 1), tables[i], {}, {}};
     REQUIRE(ce.prefill(*cpool, {&ch, 1}));
   }
   // The CPU's steps: logits and KV after each, the next tokens its argmax.
@@ -479,7 +479,7 @@ TEST_CASE("cuda engine: a decode batch of 3 pads to bucket 4 without touching ot
       contexts.push_back(ctx);
       std::vector<decode_seq> batch;
       for (size_t i = 0; i < ctx.size(); ++i)
-        batch.push_back({ctx[i], tables[i], {}});
+        batch.push_back({ctx[i], tables[i], {}, {}});
       want.push_back(test::value_or_fail(ce.decode_logits(*cpool, batch)));
       for (size_t i = 0; i < ctx.size(); ++i)
         ctx[i].push_back(argmax({want.back().data() + i * vocab, vocab}));
@@ -496,14 +496,14 @@ TEST_CASE("cuda engine: a decode batch of 3 pads to bucket 4 without touching ot
     cuda_engine ge(m, gpu_config("f32", 4, v.graphs, v.max_batch));
     auto gpool = make_pool(ge, 16);
     for (size_t i = 0; i < seqs.size(); ++i) {
-      prefill_chunk ch{seqs[i], 0, static_cast<uint32_t>(seqs[i].size() - 1), tables[i], {}};
+      prefill_chunk ch{seqs[i], 0, static_cast<uint32_t>(seqs[i].size() - 1), tables[i], {}, {}};
       REQUIRE(ge.prefill(*gpool, {&ch, 1}));
     }
     for (size_t step = 0; step < contexts.size(); ++step) {
       INFO("step " << step);
       std::vector<decode_seq> batch;
       for (size_t i = 0; i < seqs.size(); ++i)
-        batch.push_back({contexts[step][i], tables[i], {}});
+        batch.push_back({contexts[step][i], tables[i], {}, {}});
       auto got = test::value_or_fail(ge.decode_logits(*gpool, batch));
       CHECK(nmse(got, want[step]) < nmse_f32);
     }
@@ -544,7 +544,7 @@ TEST_CASE("cuda engine: bad input is refused before anything is written", "[gpu]
   const std::vector<block_id> blocks{0, 1};
 
   block_pool host(ge.info().layout, 4);  // host memory: not the engine's
-  prefill_chunk ok{tokens, 0, 20, blocks, {}};
+  prefill_chunk ok{tokens, 0, 20, blocks, {}, {}};
   // A refused call: errc::invalid_request, its message saying what is wrong.
   auto refused = [](const auto& r, const char* what) {
     test::check_refused(r, errc::invalid_request, "cuda engine: ", what);
@@ -554,17 +554,17 @@ TEST_CASE("cuda engine: bad input is refused before anything is written", "[gpu]
   auto bad_tokens = tokens;
   bad_tokens[7] = static_cast<token_id>(m->config.vocab);
   // The first chunk is fine: nothing of it may be computed either.
-  std::vector<prefill_chunk> batch{ok, {bad_tokens, 0, 20, blocks, {}}};
+  std::vector<prefill_chunk> batch{ok, {bad_tokens, 0, 20, blocks, {}, {}}};
   refused(ge.prefill(*pool, batch), "prefill chunk 1: token id");
   const std::vector<block_id> short_table{0};
-  prefill_chunk too_short{tokens, 0, 20, short_table, {}};
+  prefill_chunk too_short{tokens, 0, 20, short_table, {}, {}};
   refused(ge.prefill(*pool, {&too_short, 1}), "the block table has 1");
   const std::vector<block_id> outside{0, 4};
-  decode_seq out_of_pool{tokens, outside, {}};
+  decode_seq out_of_pool{tokens, outside, {}, {}};
   refused(ge.decode(*pool, {&out_of_pool, 1}), "block id 4 is outside the pool");
   decode_seq empty{{}, blocks, {}};
   refused(ge.decode(*pool, {&empty, 1}), "has no tokens");
-  prefill_chunk backwards{tokens, 5, 5, blocks, {}};
+  prefill_chunk backwards{tokens, 5, 5, blocks, {}, {}};
   refused(ge.prefill_logits(*pool, backwards), "is empty");
 
   for (block_id b = 0; b < 4; ++b) {

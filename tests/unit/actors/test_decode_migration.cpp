@@ -8,6 +8,10 @@
 #include <mutex>
 #include <optional>
 
+#include <regex>
+
+#include "engine/tokenizer.hpp"
+#include "grammar/grammar.hpp"
 #include "tests/unit/actors/actor_test_util.hpp"
 #include "transport/kv_transport.hpp"
 
@@ -91,6 +95,8 @@ struct migration_harness {
   sim_config scfg = fast_sim();
   sim_engine eng{scfg};
   std::vector<worker> workers;
+  /// Given to the workers added after it is set (constrained decoding).
+  std::shared_ptr<grammar::grammar_cache> grammars;
 
   migration_harness() { workers.reserve(8); }  // tests hold references to workers
   ~migration_harness() {
@@ -103,6 +109,7 @@ struct migration_harness {
     c.num_blocks = num_blocks;
     c.max_batch = 8;
     c.migration_timeout = std::chrono::milliseconds(2000);
+    c.grammars = grammars;
     return c;
   }
 
@@ -639,4 +646,57 @@ TEST_CASE(
   CHECK(summary->migrations == 1);
   CHECK(summary->migration_reasons == std::vector<std::string>{"live_migration"});
   h.expect_all_free("after the request moved through the router");
+}
+
+TEST_CASE("live migration: a constrained sequence keeps its grammar across the move",
+          "[decode_actor][live_migration][grammar]") {
+  migration_harness h;
+  byte_word_tokenizer tok(h.scfg.vocab_size);
+  std::vector<std::string> pieces(h.scfg.vocab_size);
+  for (uint32_t i = 0; i < h.scfg.vocab_size; ++i)
+    pieces[i] = tok.piece(static_cast<token_id>(i));
+  h.grammars = std::make_shared<grammar::grammar_cache>(
+      std::make_shared<const grammar::vocabulary>(std::move(pieces), token_id{2}));
+  auto& a = h.add_worker();
+  auto& b = h.add_worker();
+  const std::string pattern = "(?:[a-c]x){12}";
+  auto constrained = [&](request_id id) {
+    auto r = h.request(id, 10, 40);
+    r.options.sampling.grammar = grammar_kind::regex;
+    r.options.sampling.grammar_source = pattern;
+    return r;
+  };
+  auto text_of = [&](const std::vector<token_id>& ids) {
+    std::string t;
+    for (auto id : ids)
+      t += tok.piece(id);
+    return t;
+  };
+  // Undisturbed on A: the reference.
+  stream ref;
+  a.credits->grant(plenty);
+  h.assign(a, constrained(1));
+  h.until_done(ref);
+  REQUIRE(ref.done);
+  CHECK(ref.done->reason == finish_reason::stop);  // the grammar is complete: 24 tokens
+  CHECK(ref.done->completion_tokens == 24);
+  auto expected = h.ordered(ref, 24);
+  CHECK(std::regex_match(text_of(expected), std::regex(pattern)));
+  // The same request moved mid-stream: B rebuilds the grammar state from the tokens (the
+  // unconstrained sim would pick pseudo-words there, which the pattern refuses).
+  stream s;
+  h.assign(b, constrained(2));
+  b.credits->grant(4);
+  h.until_token(s, 4);
+  h.self->send(b.handle, migrate_request{2, a.handle, true, handle_of(h.self)});
+  b.credits->grant(1);
+  h.until_results(s, 1);
+  h.until_done(s);
+  REQUIRE(s.results.at(0).moved);
+  REQUIRE(s.done);
+  CHECK(s.done_by == a.id);
+  CHECK(s.done->reason == finish_reason::stop);
+  CHECK(h.ordered(s, 24) == expected);
+  CHECK(s.tokens.size() == 24);
+  h.expect_all_free("after the constrained requests");
 }

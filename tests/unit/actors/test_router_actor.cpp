@@ -717,6 +717,9 @@ TEST_CASE("router: a request moves twice in a row", "[router_actor][migration]")
   want_prompt.insert(want_prompt.end(), {10, 11});
   CHECK(c.req.prompt == want_prompt);
   CHECK(c.req.options.max_tokens == 2);
+  // The delivered tokens are prompt now but output to a grammar: workers replay them.
+  CHECK(b.req.options.sampling.resumed == 1);
+  CHECK(c.req.options.sampling.resumed == 2);
   h.send_tokens(b.req.id, {{1, 998}});  // the second attempt's late token: dropped
   h.self->send(h.router, first_token{c.req.id, 12, c.req.tr});
   h.send_tokens(c.req.id, {{1, 13}});

@@ -1126,3 +1126,18 @@ TEST_CASE("manifest: a worker's second KV tier, and its onboarding rates in the 
   REQUIRE_FALSE(r.ok());
   CHECK_THAT(r.error().message, Catch::Contains("router.kv_disk_onboard_gbps"));
 }
+
+TEST_CASE("manifest worker options default to the actor configs' defaults", "[manifest]") {
+  // (At run time: the configs hold the node's grammar cache, a shared_ptr, so they are
+  // not literal types that a static_assert could build.)
+  const prefill_config pc;
+  const decode_config dc;
+  CHECK(prefill_options{}.kv_blocks == pc.num_blocks);
+  CHECK(prefill_options{}.chunk == pc.token_budget);
+  CHECK(prefill_options{}.max_seqs == pc.max_seqs);
+  CHECK(decode_options{}.kv_blocks == dc.num_blocks);
+  CHECK(decode_options{}.max_batch == dc.max_batch);
+  CHECK(decode_options{}.local_prefill_budget == dc.local_prefill_budget);
+  CHECK_FALSE(pc.grammars);
+  CHECK_FALSE(dc.grammars);
+}

@@ -70,8 +70,8 @@ struct rag_pool {
   block_pool pool;
   std::vector<block_id> seq = ids(0, 4), a = ids(10, 2), b = ids(12, 2);
   rag_pool(cpu_engine& e, const rag_prompt& r) : pool(e.info().layout, 16) {
-    value_or_fail(e.prefill_at(pool, {r.doc_a, 0, 20, a, {}}, 0));
-    value_or_fail(e.prefill_at(pool, {r.doc_b, 0, 17, b, {}}, 0));
+    value_or_fail(e.prefill_at(pool, {r.doc_a, 0, 20, a, {}, {}}, 0));
+    value_or_fail(e.prefill_at(pool, {r.doc_b, 0, 17, b, {}, {}}, 0));
   }
   void place(cpu_engine& e) {
     require_ok(e.move_chunk_kv(pool, {a, 0, 20, seq, 10}));
@@ -131,11 +131,11 @@ TEST_CASE("cpu engine: a chunk computed alone at p and moved to q equals it comp
         INFO(v.name << " kv_bytes=" << kv_bytes << " p=" << p << " q=" << q);
         block_pool pool(e.info().layout, 16);
         const auto at_p = ids(0, 2), at_q = ids(2, 2), moved = ids(4, 4);
-        value_or_fail(e.prefill_at(pool, {chunk, 0, n, at_p, {}}, p));
-        value_or_fail(e.prefill_at(pool, {chunk, 0, n, at_q, {}}, q));
+        value_or_fail(e.prefill_at(pool, {chunk, 0, n, at_p, {}, {}}, p));
+        value_or_fail(e.prefill_at(pool, {chunk, 0, n, at_q, {}, {}}, q));
         // The f32 computation at q: what an f16 cache approximates.
         block_pool truth(e32.info().layout, 2);
-        value_or_fail(e32.prefill_at(truth, {chunk, 0, n, ids(0, 2), {}}, q));
+        value_or_fail(e32.prefill_at(truth, {chunk, 0, n, ids(0, 2), {}, {}}, q));
         const auto src_before = snapshot(pool);
         require_ok(e.move_chunk_kv(pool, {at_p, p, n, moved, q}));
         // The source is only read.
@@ -188,7 +188,7 @@ TEST_CASE("cpu engine: blended prefill at ratio 1 is a full prefill bit for bit"
 
     block_pool full(e.info().layout, 16);
     const auto seq = ids(0, 4);
-    auto want = value_or_fail(e.prefill_last_logits(full, {r.tokens, 0, n, seq, {}}));
+    auto want = value_or_fail(e.prefill_last_logits(full, {r.tokens, 0, n, seq, {}, {}}));
 
     rag_pool rp(e, r);
     rp.place(e);
@@ -204,10 +204,10 @@ TEST_CASE("cpu engine: blended prefill at ratio 1 is a full prefill bit for bit"
 
     // With the system prompt from a prefix cache: equal to prefix + one chunk of the rest.
     block_pool two(e.info().layout, 16);
-    value_or_fail(e.prefill(two, std::vector<prefill_chunk>{{r.tokens, 0, 10, seq, {}}}));
-    auto want2 = value_or_fail(e.prefill_last_logits(two, {r.tokens, 10, n, seq, {}}));
+    value_or_fail(e.prefill(two, std::vector<prefill_chunk>{{r.tokens, 0, 10, seq, {}, {}}}));
+    auto want2 = value_or_fail(e.prefill_last_logits(two, {r.tokens, 10, n, seq, {}, {}}));
     rag_pool rp2(e, r);
-    value_or_fail(e.prefill(rp2.pool, std::vector<prefill_chunk>{{r.tokens, 0, 10, seq, {}}}));
+    value_or_fail(e.prefill(rp2.pool, std::vector<prefill_chunk>{{r.tokens, 0, 10, seq, {}, {}}}));
     rp2.place(e);
     auto got2 =
         value_or_fail(e.prefill_blend(rp2.pool, {r.tokens, r.segments, rp2.seq, 10, 1.0f, 1, 1}));
@@ -222,14 +222,15 @@ TEST_CASE("cpu engine: blended prefill at ratio 0 uses only the reused KV", "[cp
   rag_prompt r;
   const uint32_t n = r.size();
   rag_pool rp(e, r);
-  value_or_fail(e.prefill(rp.pool, std::vector<prefill_chunk>{{r.tokens, 0, 10, rp.seq, {}}}));
+  value_or_fail(e.prefill(rp.pool, std::vector<prefill_chunk>{{r.tokens, 0, 10, rp.seq, {}, {}}}));
   rp.place(e);
   // The same pool contents, then an ordinary prefill of the question over them.
   rag_pool ref(e, r);
-  value_or_fail(e.prefill(ref.pool, std::vector<prefill_chunk>{{r.tokens, 0, 10, ref.seq, {}}}));
+  value_or_fail(
+      e.prefill(ref.pool, std::vector<prefill_chunk>{{r.tokens, 0, 10, ref.seq, {}, {}}}));
   ref.place(e);
   REQUIRE(snapshot(ref.pool) == snapshot(rp.pool));
-  auto want = value_or_fail(e.prefill_last_logits(ref.pool, {r.tokens, 47, n, ref.seq, {}}));
+  auto want = value_or_fail(e.prefill_last_logits(ref.pool, {r.tokens, 47, n, ref.seq, {}, {}}));
 
   const auto before = snapshot(rp.pool);
   auto got =
@@ -256,7 +257,7 @@ TEST_CASE("cpu engine: a partial ratio recomputes the selected tokens only", "[c
   rag_prompt r;
   const uint32_t n = r.size();
   block_pool full(e.info().layout, 16);
-  auto want = value_or_fail(e.prefill_last_logits(full, {r.tokens, 0, n, ids(0, 4), {}}));
+  auto want = value_or_fail(e.prefill_last_logits(full, {r.tokens, 0, n, ids(0, 4), {}, {}}));
 
   float err_at[3] = {};
   const float ratios[3] = {0.0f, 0.3f, 0.7f};
@@ -350,7 +351,7 @@ TEST_CASE("cpu engine: a prompt whose chunks are partly cached", "[cpu][blend]")
   const std::vector<blend_segment> segs = {
       {0, 10, false}, {10, 30, true}, {30, 47, false}, {47, 55, false}};
   block_pool full(e.info().layout, 16);
-  auto want = value_or_fail(e.prefill_last_logits(full, {r.tokens, 0, n, ids(0, 4), {}}));
+  auto want = value_or_fail(e.prefill_last_logits(full, {r.tokens, 0, n, ids(0, 4), {}, {}}));
   for (float ratio : {1.0f, 0.0f, 0.4f}) {
     INFO("ratio " << ratio);
     rag_pool rp(e, r);

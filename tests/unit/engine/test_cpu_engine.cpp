@@ -25,9 +25,10 @@ namespace {
 /// one decode step per token.
 std::vector<float> decode_all(cpu_engine& e, block_pool& pool, std::span<const token_id> tokens,
                               std::span<const block_id> blocks) {
-  auto out = test::value_or_fail(e.prefill_logits(pool, prefill_chunk{tokens, 0, 1, blocks, {}}));
+  auto out =
+      test::value_or_fail(e.prefill_logits(pool, prefill_chunk{tokens, 0, 1, blocks, {}, {}}));
   for (size_t i = 2; i <= tokens.size(); ++i) {
-    decode_seq s{tokens.first(i), blocks, {}};
+    decode_seq s{tokens.first(i), blocks, {}, {}};
     auto row = test::value_or_fail(e.decode_logits(pool, {&s, 1}));
     out.insert(out.end(), row.begin(), row.end());
   }
@@ -61,14 +62,14 @@ TEST_CASE("cpu engine: one-chunk prefill == chunked prefill == token-by-token de
 
       block_pool p1(e.info().layout, 8);
       auto whole =
-          test::value_or_fail(e.prefill_logits(p1, prefill_chunk{tokens, 0, n, blocks, {}}));
+          test::value_or_fail(e.prefill_logits(p1, prefill_chunk{tokens, 0, n, blocks, {}, {}}));
       REQUIRE(whole.size() == size_t{n} * V);
 
       block_pool p2(e.info().layout, 8);
       std::vector<float> chunked;
       for (auto [b, en] : {std::pair{0u, 13u}, {13u, 29u}, {29u, n}}) {
         auto part =
-            test::value_or_fail(e.prefill_logits(p2, prefill_chunk{tokens, b, en, blocks, {}}));
+            test::value_or_fail(e.prefill_logits(p2, prefill_chunk{tokens, b, en, blocks, {}, {}}));
         chunked.insert(chunked.end(), part.begin(), part.end());
       }
       CHECK(max_abs_diff(whole, chunked) < 1e-4f);
@@ -96,7 +97,7 @@ TEST_CASE("cpu engine: one-chunk prefill == chunked prefill == token-by-token de
       auto t2 = random_tokens(21, 9);
       const std::vector<block_id> b2 = {0, 1}, b3 = {3, 4, 6};
       std::vector<prefill_chunk> batch = {
-          {tokens, 0, 20, b3, {}}, {t2, 0, 21, b2, {}}, {tokens, 20, n, b3, {}}};
+          {tokens, 0, 20, b3, {}, {}}, {t2, 0, 21, b2, {}, {}}, {tokens, 20, n, b3, {}, {}}};
       auto next = test::value_or_fail(e.prefill(p4, batch));
       REQUIRE(next.size() == 3);
       auto argmax = [&](std::span<const float> row) {
@@ -105,7 +106,7 @@ TEST_CASE("cpu engine: one-chunk prefill == chunked prefill == token-by-token de
       CHECK(next[0] == argmax(std::span(whole).subspan(19 * V, V)));
       CHECK(next[2] == argmax(std::span(whole).subspan((n - 1) * V, V)));
       block_pool p5(e.info().layout, 4);
-      auto alone = test::value_or_fail(e.prefill_logits(p5, prefill_chunk{t2, 0, 21, b2, {}}));
+      auto alone = test::value_or_fail(e.prefill_logits(p5, prefill_chunk{t2, 0, 21, b2, {}, {}}));
       CHECK(next[1] == argmax(std::span(alone).subspan(20 * V, V)));
     }
   }
@@ -123,11 +124,11 @@ TEST_CASE("cpu engine: batched decode equals each sequence alone", "[cpu]") {
     toks.push_back(random_tokens(lengths[s] + 1, 100 + uint32_t(s)));
     tables.push_back(*pool.allocate(pool.layout().blocks_for(uint32_t(lengths[s] + 1))));
     REQUIRE(e.prefill(
-        pool, std::vector<prefill_chunk>{{toks[s], 0, uint32_t(lengths[s]), tables[s], {}}}));
+        pool, std::vector<prefill_chunk>{{toks[s], 0, uint32_t(lengths[s]), tables[s], {}, {}}}));
   }
   std::vector<decode_seq> batch;
   for (size_t s = 0; s < lengths.size(); ++s)
-    batch.push_back({toks[s], tables[s], {}});
+    batch.push_back({toks[s], tables[s], {}, {}});
   auto together = test::value_or_fail(e.decode_logits(pool, batch));
   REQUIRE(together.size() == lengths.size() * V);
   auto ids = test::value_or_fail(e.decode(pool, batch));
@@ -147,9 +148,9 @@ TEST_CASE("cpu engine: an f16 KV cache stays close to f32, thread count does not
   auto tokens = random_tokens(50, 8);
   const std::vector<block_id> blocks = {0, 1, 2, 3};
   block_pool p32(e32.info().layout, 4), p16(e16.info().layout, 4), p32t(e32.info().layout, 4);
-  auto a = test::value_or_fail(e32.prefill_logits(p32, {tokens, 0, 50, blocks, {}}));
-  auto b = test::value_or_fail(e16.prefill_logits(p16, {tokens, 0, 50, blocks, {}}));
-  auto c = test::value_or_fail(e32t.prefill_logits(p32t, {tokens, 0, 50, blocks, {}}));
+  auto a = test::value_or_fail(e32.prefill_logits(p32, {tokens, 0, 50, blocks, {}, {}}));
+  auto b = test::value_or_fail(e16.prefill_logits(p16, {tokens, 0, 50, blocks, {}, {}}));
+  auto c = test::value_or_fail(e32t.prefill_logits(p32t, {tokens, 0, 50, blocks, {}, {}}));
   float d16 = max_abs_diff(a, b);
   float max_logit = 0;
   for (float x : a)
@@ -173,7 +174,7 @@ TEST_CASE("cpu engine: bad input is refused as a value and writes nothing", "[cp
   auto before = std::vector<std::byte>(pool.memory().begin(), pool.memory().end());
   auto pf = [&](std::span<const token_id> t, uint32_t b, uint32_t en,
                 std::span<const block_id> bl) {
-    std::vector<prefill_chunk> c = {{ok, 0, 3, b1, {}}, {t, b, en, bl, {}}};
+    std::vector<prefill_chunk> c = {{ok, 0, 3, b1, {}, {}}, {t, b, en, bl, {}, {}}};
     return e.prefill(pool, c);
   };
   // A refused call: errc::invalid_request, its message naming the sequence and the fault.
@@ -188,7 +189,7 @@ TEST_CASE("cpu engine: bad input is refused as a value and writes nothing", "[cp
   refused(pf(ok, 2, 2, b1), "range [2, 2) is empty");
   refused(pf(ok, 0, 4, b1), "beyond the prompt");
   std::vector<token_id> empty;
-  decode_seq d_empty{empty, b1, {}}, d_long{long_seq, b1, {}}, d_ok{ok, b1, {}};
+  decode_seq d_empty{empty, b1, {}, {}}, d_long{long_seq, b1, {}, {}}, d_ok{ok, b1, {}, {}};
   refused(e.decode(pool, {&d_empty, 1}), "decode sequence 0 has no tokens");
   refused(e.decode(pool, {&d_long, 1}), "decode sequence 0: position 16");
   std::vector<decode_seq> mixed = {d_ok, d_long};
@@ -196,7 +197,7 @@ TEST_CASE("cpu engine: bad input is refused as a value and writes nothing", "[cp
   CHECK(std::memcmp(before.data(), pool.memory().data(), before.size()) == 0);
   // The newest token (the one whose KV gets written) out of range.
   std::vector<token_id> last_big = {1, 2, 300};
-  decode_seq d_last{last_big, b1, {}};
+  decode_seq d_last{last_big, b1, {}, {}};
   refused(e.decode(pool, {&d_last, 1}), "token id 300 at position 2");
 
   // A pool built for another layout.
@@ -205,7 +206,7 @@ TEST_CASE("cpu engine: bad input is refused as a value and writes nothing", "[cp
   block_pool wrong(other, 4);
   refused(e.decode(wrong, {&d_ok, 1}), "block pool layout");
   refused(e.decode_logits(wrong, {&d_ok, 1}), "block pool layout");
-  refused(e.prefill_logits(pool, {ok, 0, 3, none, {}}), "the block table has 0");
+  refused(e.prefill_logits(pool, {ok, 0, 3, none, {}, {}}), "the block table has 0");
 
   // Configurations the engine cannot serve.
   CHECK_THROWS_AS(cpu_engine(make_random_model({}), {.threads = 1, .kv_dtype_bytes = 3}),
@@ -253,14 +254,15 @@ TEST_CASE("cpu engine: a prefix evicted to the second tier and onboarded gives i
   // Reference: the prefix computed in place, then the rest, then greedy decode steps.
   block_pool ref(e.info().layout, 8);
   const std::vector<block_id> rb{0, 1, 2, 3, 4, 5};
-  test::value_or_fail(e.prefill_logits(ref, prefill_chunk{tokens, 0, k, rb, {}}));
-  auto ref_rest = test::value_or_fail(e.prefill_logits(ref, prefill_chunk{tokens, k, n, rb, {}}));
+  test::value_or_fail(e.prefill_logits(ref, prefill_chunk{tokens, 0, k, rb, {}, {}}));
+  auto ref_rest =
+      test::value_or_fail(e.prefill_logits(ref, prefill_chunk{tokens, k, n, rb, {}, {}}));
   std::vector<token_id> ref_seq = tokens;
   std::vector<float> ref_decode;
   for (uint32_t s = 0; s < steps; ++s) {
     auto last = std::span<const float>(s == 0 ? ref_rest : ref_decode).last(V);
     ref_seq.push_back(static_cast<token_id>(argmax(last)));
-    decode_seq d{ref_seq, rb, {}};
+    decode_seq d{ref_seq, rb, {}, {}};
     auto row = test::value_or_fail(e.decode_logits(ref, {&d, 1}));
     ref_decode.insert(ref_decode.end(), row.begin(), row.end());
   }
@@ -273,7 +275,7 @@ TEST_CASE("cpu engine: a prefix evicted to the second tier and onboarded gives i
   REQUIRE(tier);
   cache.attach_tier(std::move(tier.value()));
   auto first = *cache.allocate(3);
-  test::value_or_fail(e.prefill_logits(pool, prefill_chunk{tokens, 0, k, first, {}}));
+  test::value_or_fail(e.prefill_logits(pool, prefill_chunk{tokens, 0, k, first, {}, {}}));
   for (uint32_t b = 0; b < 3; ++b)
     cache.commit(first[b], chain[b]);
   REQUIRE(cache.release(first));
@@ -291,14 +293,15 @@ TEST_CASE("cpu engine: a prefix evicted to the second tier and onboarded gives i
     CHECK(block_checksum(pool, blocks[b]) == block_checksum(ref, rb[b]));
   auto fresh = *cache.allocate(3);
   blocks.insert(blocks.end(), fresh.begin(), fresh.end());
-  auto rest = test::value_or_fail(e.prefill_logits(pool, prefill_chunk{tokens, k, n, blocks, {}}));
+  auto rest =
+      test::value_or_fail(e.prefill_logits(pool, prefill_chunk{tokens, k, n, blocks, {}, {}}));
   CHECK(rest == ref_rest);  // bit for bit
   std::vector<token_id> seq = tokens;
   std::vector<float> dec;
   for (uint32_t s = 0; s < steps; ++s) {
     auto last = std::span<const float>(s == 0 ? rest : dec).last(V);
     seq.push_back(static_cast<token_id>(argmax(last)));
-    decode_seq d{seq, blocks, {}};
+    decode_seq d{seq, blocks, {}, {}};
     auto row = test::value_or_fail(e.decode_logits(pool, {&d, 1}));
     dec.insert(dec.end(), row.begin(), row.end());
   }

@@ -36,7 +36,7 @@ TEST_CASE("make_engine builds a working sim engine", "[engine_factory]") {
   block_pool pool(e->info().layout, 4);
   std::vector<token_id> prompt{300, 301, 302, 303, 304};
   std::vector<block_id> table{0, 1};
-  prefill_chunk c{prompt, 0, 5, table, {}};
+  prefill_chunk c{prompt, 0, 5, table, {}, {}};
   auto out = test::value_or_fail(e->prefill(pool, std::span<const prefill_chunk>(&c, 1)));
   REQUIRE(out.size() == 1);
   CHECK(out[0] >= sim_engine::first_word_id);

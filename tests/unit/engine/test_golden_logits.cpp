@@ -101,7 +101,7 @@ float run_case(const golden& g, const std::string& name, uint32_t kv_bytes, floa
 
   float err = 0;
   auto logits =
-      test::value_or_fail(e.prefill_logits(pool, prefill_chunk{prompt, 0, n, blocks, {}}));
+      test::value_or_fail(e.prefill_logits(pool, prefill_chunk{prompt, 0, n, blocks, {}, {}}));
   REQUIRE(logits.size() == size_t{n} * V);
   if (ref.contains("prompt_logits_b64")) {
     auto bytes = base64_decode(ref["prompt_logits_b64"].get<std::string>());
@@ -127,7 +127,7 @@ float run_case(const golden& g, const std::string& name, uint32_t kv_bytes, floa
   for (size_t step = 0; step < greedy.size(); ++step) {
     if (step > 0) {
       ctx.push_back(greedy[step - 1]);
-      decode_seq s{ctx, blocks, {}};
+      decode_seq s{ctx, blocks, {}, {}};
       row = test::value_or_fail(e.decode_logits(pool, {&s, 1}));
     }
     err = std::max(err, top10_err(row, ref["greedy_step_top10"][step]));
@@ -145,11 +145,11 @@ float run_case(const golden& g, const std::string& name, uint32_t kv_bytes, floa
 
   // The engine's own greedy loop (prefill() then decode()) gives the golden ids.
   block_pool pool2(e.info().layout, 8);
-  std::vector<prefill_chunk> chunks = {{prompt, 0, n, blocks, {}}};
+  std::vector<prefill_chunk> chunks = {{prompt, 0, n, blocks, {}, {}}};
   std::vector<token_id> gen = prompt;
   gen.push_back(test::value_or_fail(e.prefill(pool2, chunks))[0]);
   while (gen.size() < prompt.size() + greedy.size()) {
-    decode_seq s{gen, blocks, {}};
+    decode_seq s{gen, blocks, {}, {}};
     gen.push_back(test::value_or_fail(e.decode(pool2, {&s, 1}))[0]);
   }
   std::vector<token_id> tail(gen.begin() + long(prompt.size()), gen.end());
@@ -255,7 +255,7 @@ quant_errors run_quant_case(const quant_golden& g, const std::string& name, floa
   };
 
   auto logits =
-      test::value_or_fail(e.prefill_logits(pool, prefill_chunk{prompt, 0, n, blocks, {}}));
+      test::value_or_fail(e.prefill_logits(pool, prefill_chunk{prompt, 0, n, blocks, {}, {}}));
   REQUIRE(logits.size() == size_t{n} * V);
   for (uint32_t p = 0; p < n; ++p)
     compare(std::span<const float>(logits).subspan(size_t{p} * V, V), ll["prompt_top10"][p],
@@ -278,7 +278,7 @@ quant_errors run_quant_case(const quant_golden& g, const std::string& name, floa
     block_pool fpool(e.info().layout, 8);
     auto fblocks = *fpool.allocate(e.info().layout.blocks_for(rows));
     auto fl =
-        test::value_or_fail(e.prefill_logits(fpool, prefill_chunk{all, 0, rows, fblocks, {}}));
+        test::value_or_fail(e.prefill_logits(fpool, prefill_chunk{all, 0, rows, fblocks, {}, {}}));
     for (uint32_t r = 0; r < rows; ++r)
       err.float_path = std::max(
           err.float_path,
@@ -290,7 +290,7 @@ quant_errors run_quant_case(const quant_golden& g, const std::string& name, floa
   std::vector<token_id> ctx = prompt;
   for (size_t step = 1; step < greedy.size(); ++step) {
     ctx.push_back(greedy[step - 1]);
-    decode_seq s{ctx, blocks, {}};
+    decode_seq s{ctx, blocks, {}, {}};
     auto row = test::value_or_fail(e.decode_logits(pool, {&s, 1}));
     compare(row, ll["greedy_step_top10"][step], ref["row_top10"][n - 1 + step], greedy[step],
             "greedy step", step);

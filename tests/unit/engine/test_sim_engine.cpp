@@ -173,7 +173,7 @@ TEST_CASE("chunked prefill gives the same KV and token as one chunk", "[sim_engi
   // Chunks that do not align with blocks: [0,3) [3,9) [9,13).
   std::vector<token_id> outs;
   for (auto [b, en] : {std::pair<uint32_t, uint32_t>{0, 3}, {3, 9}, {9, 13}}) {
-    prefill_chunk c{prompt, b, en, *chunked, {}};
+    prefill_chunk c{prompt, b, en, *chunked, {}, {}};
     auto o = test::value_or_fail(e.prefill(pool, std::span<const prefill_chunk>(&c, 1)));
     REQUIRE(o.size() == 1);
     outs.push_back(o[0]);
@@ -196,7 +196,7 @@ TEST_CASE("a batch of chunks from several prompts", "[sim_engine]") {
   auto b2 = pool.allocate(3);
   REQUIRE(b1);
   REQUIRE(b2);
-  std::vector<prefill_chunk> batch{{p1, 0, 6, *b1, {}}, {p2, 0, 9, *b2, {}}};
+  std::vector<prefill_chunk> batch{{p1, 0, 6, *b1, {}, {}}, {p2, 0, 9, *b2, {}, {}}};
   auto out = test::value_or_fail(e.prefill(pool, batch));
   REQUIRE(out.size() == 2);
   CHECK(out[0] == e.next_token(p1, {}));
@@ -264,7 +264,7 @@ TEST_CASE("prefill past the block table is refused before anything is written", 
   block_pool pool(e.info().layout, 16);
   auto prompt = prompt_of(9);
   std::vector<block_id> table{0, 1};  // room for 8
-  prefill_chunk c{prompt, 0, 9, table, {}};
+  prefill_chunk c{prompt, 0, 9, table, {}, {}};
   auto out = e.prefill(pool, std::span<const prefill_chunk>(&c, 1));
   REQUIRE_FALSE(out);
   CHECK(out.error().code == errc::invalid_request);
@@ -272,7 +272,7 @@ TEST_CASE("prefill past the block table is refused before anything is written", 
   CHECK(std::all_of(pool.block(0), pool.block(0) + pool.block_bytes(),
                     [](std::byte b) { return b == std::byte{0}; }));
 
-  decode_seq d{prompt, table, {}};
+  decode_seq d{prompt, table, {}, {}};
   auto next = e.decode(pool, std::span<const decode_seq>(&d, 1));
   REQUIRE_FALSE(next);
   CHECK(next.error().code == errc::invalid_request);
@@ -290,7 +290,7 @@ TEST_CASE("decode writes position n-1 and check_kv accepts it", "[sim_engine]") 
   CHECK_FALSE(e.check_kv(pool, ctx, *blocks, 7, 8).ok());
 
   for (int step = 0; step < 4; ++step) {
-    decode_seq s{ctx, *blocks, {}};
+    decode_seq s{ctx, *blocks, {}, {}};
     auto out = test::value_or_fail(e.decode(pool, std::span<const decode_seq>(&s, 1)));
     REQUIRE(out.size() == 1);
     CHECK(out[0] == e.next_token(ctx, {}));
@@ -315,7 +315,7 @@ TEST_CASE("decode batches several sequences", "[sim_engine]") {
   auto a = prompt_of(5, 300);
   auto b = prompt_of(3, 700);
   std::vector<block_id> ta{0, 1}, tb{2};
-  std::vector<decode_seq> batch{{a, ta, {}}, {b, tb, {}}};
+  std::vector<decode_seq> batch{{a, ta, {}, {}}, {b, tb, {}, {}}};
   auto out = test::value_or_fail(e.decode(pool, batch));
   REQUIRE(out.size() == 2);
   CHECK(out[0] == e.next_token(a, {}));

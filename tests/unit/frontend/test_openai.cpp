@@ -284,8 +284,46 @@ TEST_CASE("bad requests are rejected naming the field", "[openai]") {
        "tools", "tool calling ('tools') is not supported"},
       {chat, "{" + msg + R"(, "tool_choice": "auto"})", 400, "tool_choice",
        "tool calling ('tool_choice') is not supported"},
-      {chat, "{" + msg + R"(, "response_format": {"type": "json_object"}})", 400, "response_format",
-       "'response_format' is not supported"},
+      // structured output
+      {chat, "{" + msg + R"(, "response_format": "json"})", 400, "response_format",
+       "'response_format' must be an object, got string"},
+      {chat, "{" + msg + R"(, "response_format": {}})", 400, "response_format.type",
+       "'response_format.type' is required"},
+      {chat, "{" + msg + R"(, "response_format": {"type": 1}})", 400, "response_format.type",
+       "'response_format.type' must be a string, got number"},
+      {cmpl, R"({"prompt": "x", "response_format": {"type": "xml"}})", 400, "response_format.type",
+       "must be \"text\", \"json_object\" or \"json_schema\", got \"xml\""},
+      {chat, "{" + msg + R"(, "response_format": {"type": "json_schema"}})", 400,
+       "response_format.json_schema", "'response_format.json_schema' is required"},
+      {chat, "{" + msg + R"(, "response_format": {"type": "json_schema", "json_schema": []}})", 400,
+       "response_format.json_schema", "must be an object, got array"},
+      {chat,
+       "{" + msg + R"(, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})",
+       400, "response_format.json_schema.schema",
+       "'response_format.json_schema.schema' is required"},
+      {chat,
+       "{" + msg +
+           R"(, "response_format": {"type": "json_schema", "json_schema": {"name": 5, "schema": {}}}})",
+       400, "response_format.json_schema.name", "must be a string, got number"},
+      {chat,
+       "{" + msg +
+           R"(, "response_format": {"type": "json_schema", "json_schema": {"schema": {}, "strict": "yes"}}})",
+       400, "response_format.json_schema.strict", "must be a boolean, got string"},
+      {chat,
+       "{" + msg +
+           R"(, "response_format": {"type": "json_schema", "json_schema": {"schema": "obj"}}})",
+       400, "response_format.json_schema.schema", "must be an object, got string"},
+      {cmpl, R"({"prompt": "x", "tokenmill": "a+"})", 400, "tokenmill",
+       "'tokenmill' must be an object, got string"},
+      {cmpl, R"({"prompt": "x", "tokenmill": {"regex": 5}})", 400, "tokenmill.regex",
+       "'tokenmill.regex' must be a string, got number"},
+      {cmpl, R"({"prompt": "x", "tokenmill": {"regex": ""}})", 400, "tokenmill.regex",
+       "'tokenmill.regex' is empty"},
+      {cmpl, R"({"prompt": "x", "tokenmill": {"grammar": "root ::= x"}})", 400, "tokenmill.grammar",
+       "unknown field 'tokenmill.grammar'"},
+      {cmpl,
+       R"({"prompt": "x", "response_format": {"type": "json_object"}, "tokenmill": {"regex": "a"}})",
+       400, "tokenmill.regex", "cannot be combined"},
       {chat, "{" + msg + R"(, "n": -3})", 400, "n", "'n' must be in [1, 16]"},
       {cmpl, R"({"prompt": "x", "n": "1"})", 400, "n", "'n' must be an integer"},
       // logprobs
@@ -809,4 +847,25 @@ TEST_CASE("logprobs in OpenAI's chat and completions shapes", "[openai][logprobs
     CHECK(
         json::parse(stream_chunk(cm, "He", false, "", false))["choices"][0]["logprobs"].is_null());
   }
+}
+
+TEST_CASE("openai: structured output sets the request's grammar", "[frontend]") {
+  const std::string msg = R"("messages": [{"role": "user", "content": "hi"}])";
+  auto none = ok(chat, "{" + msg + R"(, "response_format": {"type": "text"}})");
+  CHECK(none.params.sampling.grammar == grammar_kind::none);
+  auto obj = ok(cmpl, R"({"prompt": "x", "response_format": {"type": "json_object"}})");
+  CHECK(obj.params.sampling.grammar == grammar_kind::json_object);
+  CHECK(obj.params.grammar_field == "response_format");
+  // The schema keeps its keys in the order written (the output's property order).
+  auto js = ok(chat, "{" + msg + R"(, "response_format": {"type": "json_schema", "json_schema":
+      {"name": "p", "strict": true, "schema": {"type": "object", "properties":
+      {"zeta": {"type": "integer"}, "alpha": {"type": "string"}}}}}})");
+  CHECK(js.params.sampling.grammar == grammar_kind::json_schema);
+  CHECK(js.params.sampling.grammar_source ==
+        R"({"type":"object","properties":{"zeta":{"type":"integer"},"alpha":{"type":"string"}}})");
+  CHECK(js.params.grammar_field == "response_format.json_schema.schema");
+  auto re = ok(cmpl, R"({"prompt": "x", "tokenmill": {"regex": "[0-9]+"}})");
+  CHECK(re.params.sampling.grammar == grammar_kind::regex);
+  CHECK(re.params.sampling.grammar_source == "[0-9]+");
+  CHECK(re.params.grammar_field == "tokenmill.regex");
 }

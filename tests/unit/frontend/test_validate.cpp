@@ -167,3 +167,45 @@ TEST_CASE("penalties, bias and logprobs pass through converted", "[validate]") {
   REQUIRE(none.ok());
   CHECK(none->options.sampling.top_logprobs == -1);
 }
+
+TEST_CASE("grammars are compiled at validation and refused naming their field", "[validate]") {
+  byte_word_tokenizer tok(1000);
+  auto m = small_model();
+  auto with = [](grammar_kind k, std::string src, std::string field = {}) {
+    auto p = ids({1, 2});
+    p.sampling.grammar = k;
+    p.sampling.grammar_source = std::move(src);
+    p.grammar_field = std::move(field);
+    return p;
+  };
+  auto good = validate(with(grammar_kind::json_schema, R"({"type":"integer"})"), tok, m);
+  REQUIRE(good.ok());
+  CHECK(good->options.sampling.grammar == grammar_kind::json_schema);
+  CHECK(validate(with(grammar_kind::json_object, ""), tok, m).ok());
+  auto bad_regex = validate(with(grammar_kind::regex, "(ab", "tokenmill.regex"), tok, m);
+  REQUIRE_FALSE(bad_regex.ok());
+  CHECK(bad_regex.error().message == "tokenmill.regex: regex: unbalanced '(' at offset 3");
+  auto bad_schema = validate(with(grammar_kind::json_schema,
+                                  R"({"type":"object","properties":{"n":{"type":"number",)"
+                                  R"("multipleOf":2}}})",
+                                  "response_format.json_schema.schema"),
+                             tok, m);
+  REQUIRE_FALSE(bad_schema.ok());
+  CHECK(bad_schema.error().message ==
+        "response_format.json_schema.schema: unsupported keyword 'multipleOf' at /properties/n");
+  auto too_big = validate(with(grammar_kind::regex, std::string(100000, 'a')), tok, m);
+  REQUIRE_FALSE(too_big.ok());
+  CHECK(mentions(too_big.error(), "grammar: grammar of 100000 bytes is above the limit"));
+  auto unknown = ids({1});
+  unknown.unknown_grammar_kind = "ebnf";
+  unknown.grammar_field = "sampling.grammarSource";
+  auto u = validate(unknown, tok, m);
+  REQUIRE_FALSE(u.ok());
+  CHECK(mentions(u.error(), "unknown grammar kind 'ebnf'"));
+  auto stray = ids({1});
+  stray.sampling.grammar_source = "a+";
+  CHECK(mentions(validate(stray, tok, m).error(), "without a grammar kind"));
+  auto replayed = with(grammar_kind::regex, "a+");
+  replayed.sampling.resumed = 5;  // only the router sets it
+  CHECK(validate(replayed, tok, m)->options.sampling.resumed == 0);
+}

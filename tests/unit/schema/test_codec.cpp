@@ -25,6 +25,8 @@ TEST_CASE("generate request round-trips through the codec", "[codec]") {
     p.sampling.repetition_penalty = 1.25f;
     p.logit_bias = {{-4, 100.0}, {1LL << 40, -2.5}};  // bad ids travel for validation
     p.top_logprobs = 7;
+    p.sampling.grammar = grammar_kind::json_schema;
+    p.sampling.grammar_source = R"({"type":"integer"})";
     p.stop_strings = {"\n\n", "END"};
     p.ignore_eos = true;
     p.add_bos = false;
@@ -50,6 +52,9 @@ TEST_CASE("generate request round-trips through the codec", "[codec]") {
     CHECK(q.sampling.repetition_penalty == 1.25f);
     CHECK(q.logit_bias == p.logit_bias);
     CHECK(q.top_logprobs == 7);
+    CHECK(q.sampling.grammar == grammar_kind::json_schema);
+    CHECK(q.sampling.grammar_source == p.sampling.grammar_source);
+    CHECK(q.unknown_grammar_kind.empty());
     CHECK(q.stop_strings == p.stop_strings);
     CHECK(q.ignore_eos);
     CHECK_FALSE(q.add_bos);
@@ -74,6 +79,8 @@ TEST_CASE("schema defaults are the documented ones", "[codec]") {
   CHECK(p.sampling.repetition_penalty == 1.0f);
   CHECK(p.logit_bias.empty());
   CHECK(p.top_logprobs == -1);
+  CHECK(p.sampling.grammar == grammar_kind::none);
+  CHECK(p.sampling.grammar_source.empty());
 }
 
 TEST_CASE("summary round-trips, unknown stage names are skipped", "[codec]") {
@@ -344,4 +351,13 @@ TEST_CASE("token chunk logprobs round-trip; an older server's chunk has none", "
   auto pb = plain.initRoot<rpc::TokenChunk>();
   codec::encode(codec::chunk{0, {1}, "x", 0}, pb);
   CHECK(codec::decode(pb.asReader()).logprobs.empty());
+}
+
+TEST_CASE("an unknown grammar kind is carried for validation to refuse", "[codec]") {
+  capnp::MallocMessageBuilder msg;
+  auto b = msg.initRoot<rpc::GenerateRequest>();
+  b.initSampling().setGrammarKind("ebnf");
+  auto p = codec::decode(b.asReader());
+  CHECK(p.sampling.grammar == grammar_kind::none);
+  CHECK(p.unknown_grammar_kind == "ebnf");
 }
