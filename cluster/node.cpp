@@ -348,6 +348,8 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
     uc.op_timeout = std::chrono::milliseconds(m.ucx.op_timeout_ms);
     uc.stall_timeout = std::chrono::milliseconds(m.ucx.stall_timeout_ms);
     uc.max_inflight_bytes = uint64_t{m.ucx.window_mib} << 20;
+    // Endpoints and remote keys only for the pools the supervisor announced (issue 18).
+    uc.announced_only = true;
     auto t = ucx_transport::create(uc);
     if (!t) return fail(t.error());
     transport = std::move(*t);

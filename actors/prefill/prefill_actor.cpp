@@ -256,6 +256,7 @@ caf::behavior prefill_behavior(prefill_ptr self) {
         auto& st = self->state;
         st.flip.last_membership = m;
         st.w.learn_kv_store(m);  // for prefix cache events
+        st.w.announce_pools(m);  // before connecting: the transport takes announced pools only
         for (const auto& mem : m.members) {
           // Connect to every decode worker's pool now rather than at the first transfer.
           if (mem.info.kind != role::decode) continue;
