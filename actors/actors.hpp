@@ -14,6 +14,7 @@
 #include "actors/router/admission_policy.hpp"
 #include "actors/router/migration.hpp"
 #include "actors/router/routing_policy.hpp"
+#include "actors/supervisor/node_certificates.hpp"
 #include "actors/supervisor/planner_policy.hpp"
 #include "engine/engine.hpp"
 #include "engine/kv_tier.hpp"
@@ -45,6 +46,10 @@ struct supervisor_config {
   /// process, so that pool descriptors (remote keys) reach joined members only. Manifest
   /// clusters set it; the embedded cluster has no joins.
   bool members_from_joined_nodes = false;
+  /// With TLS between nodes: the certificates the links to this node presented (written by
+  /// the control gate). A node other than the supervisor's own then joins only when its
+  /// links' certificates name it (node_certificates.hpp). Null: no such check (no TLS).
+  std::shared_ptr<const node_certificates> certificates;
 };
 
 /// Asks every actor in `actors` to exit (user_shutdown) and forgets them. Composition roots

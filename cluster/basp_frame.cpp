@@ -56,6 +56,9 @@ std::string basp_inbound_check::check(const basp_header& h) const {
     case basp_op::server_handshake:
       return "a connecting peer sent a server handshake";
     case basp_op::client_handshake:
+      // One per connection (CAF sends one): a second could claim another node's id after
+      // the first was recorded with this link's certificate (node_certificates.hpp).
+      if (handshaken_) return "a second client handshake on one connection";
       if (h.payload_len == 0 || h.payload_len > limits_.max_handshake_payload)
         return fmt::format("client handshake of {} bytes (expected 1 to {})", h.payload_len,
                            limits_.max_handshake_payload);
@@ -91,7 +94,12 @@ std::string basp_inbound_check::feed(std::span<const uint8_t> bytes, std::vector
     if (pending_.size() - at < frame) break;  // wait for the rest of the payload
     out.insert(out.end(), pending_.begin() + static_cast<std::ptrdiff_t>(at),
                pending_.begin() + static_cast<std::ptrdiff_t>(at + frame));
-    if (static_cast<basp_op>(h.operation) == basp_op::client_handshake) handshaken_ = true;
+    if (static_cast<basp_op>(h.operation) == basp_op::client_handshake) {
+      handshaken_ = true;
+      handshake_payload_.assign(
+          pending_.begin() + static_cast<std::ptrdiff_t>(at + basp_header_size),
+          pending_.begin() + static_cast<std::ptrdiff_t>(at + frame));
+    }
     at += frame;
   }
   pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(at));

@@ -69,6 +69,9 @@ class basp_inbound_check {
 
   /// True once the peer's client handshake went through.
   bool handshaken() const { return handshaken_; }
+  /// The payload of the peer's client handshake (CAF 0.17.6: the peer's node id, as CAF
+  /// serializes it); empty before it.
+  const std::vector<uint8_t>& handshake_payload() const { return handshake_payload_; }
   /// Bytes held back: a frame not yet complete.
   size_t buffered() const { return pending_.size(); }
 
@@ -79,6 +82,7 @@ class basp_inbound_check {
   basp_limits limits_;
   std::vector<uint8_t> pending_;
   bool handshaken_ = false;
+  std::vector<uint8_t> handshake_payload_;
   std::string rejected_;
 };
 

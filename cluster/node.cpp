@@ -257,8 +257,11 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   if (!probe_engine) return fail({errc::invalid_request, probe_engine.error().message});
   model_info model = (*probe_engine)->info();
   probe_engine->reset();
+  // With TLS, the control gate records which certificate each inbound link presented, and
+  // the supervisor (on its node) admits a node only under a name its certificate carries.
+  auto certificates = tls ? std::make_shared<node_certificates>() : nullptr;
   if (sup_node == self_node) {
-    sup = detail::spawn_node_supervisor(sys, m, idx, model.name, secret, true);
+    sup = detail::spawn_node_supervisor(sys, m, idx, model.name, secret, true, certificates);
     im->actors.push_back(sup);
   }
   std::vector<std::pair<std::string, uint16_t>> control;
@@ -278,6 +281,7 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   gc.port = self_node->port;
   gc.upstream_port = *published;
   gc.tls = tls;
+  gc.certificates = certificates;
   im->gate = std::make_unique<control_gate>(gc);
   if (auto gp = im->gate->start(); !gp)
     return fail({errc::invalid_request,

@@ -79,6 +79,8 @@ TEST_CASE("basp: a handshake and messages pass whole, split at any byte", "[basp
     CHECK(out == stream);
     CHECK(check.handshaken());
     CHECK(check.buffered() == 0);
+    // The peer's node id, for binding its certificate to its name at join.
+    CHECK(check.handshake_payload() == std::vector<uint8_t>(40, 0xab));
   }
 }
 
@@ -111,6 +113,8 @@ TEST_CASE("basp: what a connecting peer may not send", "[basp]") {
        "heartbeat with a 1-byte payload"},
       {"a message without payload", cat(handshake(), frame(basp_op::monitor_message, {})),
        "without payload"},
+      {"a second handshake (another node id on a recorded link)", cat(handshake(), handshake()),
+       "a second client handshake"},
   };
   for (const auto& c : cases) {
     INFO(c.name);
