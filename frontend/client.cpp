@@ -70,8 +70,7 @@ result<std::pair<std::string, uint16_t>> parse_endpoint(const std::string& s) {
 }
 
 bool is_unauthenticated(const error_info& e) {
-  return e.code == errc::invalid_request &&
-         e.message.find(unauthenticated_prefix) != std::string::npos;
+  return e.code == errc::unauthenticated;
 }
 
 std::string api_key_or_env(const std::string& flag) {
@@ -118,7 +117,7 @@ struct client::impl {
     std::string text = e.getDescription().cStr();
     // A refused API key: the server's words, without kj's "remote exception: " prefix.
     if (auto at = text.find(unauthenticated_prefix); at != std::string::npos)
-      return {errc::invalid_request, fmt::format("{} {}: {}", what, where, text.substr(at))};
+      return {errc::unauthenticated, fmt::format("{} {}: {}", what, where, text.substr(at))};
     errc code = type == kj::Exception::Type::DISCONNECTED ? errc::unavailable
                 : type == kj::Exception::Type::OVERLOADED ? errc::timeout
                                                           : errc::internal;

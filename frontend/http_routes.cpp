@@ -61,10 +61,11 @@ std::optional<openai::api_error> check_api_key(std::string_view path,
   if (!guarded) return std::nullopt;
   auto key = bearer_token(authorization);
   if (key && keys->accepts(*key)) return std::nullopt;
-  return openai::api_error{
-      401, "authentication_error",
-      key ? "incorrect API key" : "missing API key: send 'Authorization: Bearer <key>'", "",
-      "invalid_api_key"};
+  auto e = openai::from_errc(errc::unauthenticated,
+                             key ? "incorrect API key"
+                                 : "missing API key: send 'Authorization: Bearer <key>'");
+  e.code = "invalid_api_key";  // OpenAI's code for it, which its clients know
+  return e;
 }
 
 http_plan plan_http_request(std::string_view method, std::string_view target, std::string_view body,

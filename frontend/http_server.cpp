@@ -190,7 +190,7 @@ awaitable<bool> http_server::core::route(Stream& stream, request_t& req) {
   auto auth = req[http::field::authorization];
   if (auto e = check_api_key(path, std::string_view(auth.data(), auth.size()), cfg.keys.get(),
                              cfg.protect_metrics)) {
-    if (metrics) metrics->refused("http", errc::invalid_request);
+    if (metrics) metrics->refused("http", errc::unauthenticated);
     const auto m = req.method_string();
     spdlog::info("http: {} {} refused: {}", std::string_view(m.data(), m.size()), path, e->message);
     co_return co_await reply_error(stream, req, std::move(*e));

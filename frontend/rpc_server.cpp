@@ -394,7 +394,7 @@ class gateway_impl final : public rpc::Gateway::Server {
   /// Nothing was started: the caller gets "unauthenticated: WHY" (the client library maps
   /// the prefix: is_unauthenticated in client.hpp).
   kj::Promise<void> refuse(const char* method, const char* why) {
-    if (s_.metrics) s_.metrics->refused("rpc", errc::invalid_request);
+    if (s_.metrics) s_.metrics->refused("rpc", errc::unauthenticated);
     spdlog::info("rpc: {} refused: {}", method, why);
     return kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
                          kj::str("unauthenticated: ", why));
