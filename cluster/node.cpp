@@ -20,6 +20,7 @@
 #include "common/clock.hpp"
 #include "engine/engine_factory.hpp"
 #include "frontend/api_keys.hpp"
+#include "frontend/auth_throttle.hpp"
 #include "frontend/http_server.hpp"
 #include "frontend/metrics_server.hpp"
 #include "frontend/rpc_server.hpp"
@@ -415,6 +416,8 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
                    "frontend.protect_metrics needs API keys (frontend.api_key_file or "
                    "$TOKENMILL_API_KEY)"});
     fp.rpc.keys = hc.keys = im->keys;
+    // One count of failed key attempts per client address, whichever port they came to.
+    if (im->keys) fp.rpc.throttle = hc.throttle = std::make_shared<auth_throttle>();
     hc.protect_metrics = m.frontend.protect_metrics;
     fp.rpc.tls_cert = hc.tls_cert = m.frontend.tls_cert;
     fp.rpc.tls_key = hc.tls_key = m.frontend.tls_key;
