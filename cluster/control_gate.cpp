@@ -77,7 +77,9 @@ struct control_gate::impl : std::enable_shared_from_this<control_gate::impl> {
     std::string who;
     std::string verify_error;             ///< why the peer's certificate was not accepted
     std::vector<std::string> cert_names;  ///< what the peer's certificate is issued for
-    bool recorded = false;  ///< this link is in gate->cfg.certificates (until it closes)
+    /// How many of check.handshake_payloads() are in gate->cfg.certificates (the first
+    /// ones), each with cert_names, until the link closes.
+    size_t recorded = 0;
     std::array<uint8_t, 64 << 10> from_peer{}, from_upstream{};
     std::vector<uint8_t> to_upstream;
     bool tls = false;
@@ -107,10 +109,9 @@ struct control_gate::impl : std::enable_shared_from_this<control_gate::impl> {
         counted_unauthenticated = false;
         --gate->unauthenticated;
       }
-      if (recorded) {
-        recorded = false;
-        gate->cfg.certificates->link_closed(check.handshake_payload(), cert_names);
-      }
+      for (size_t i = 0; i < recorded; ++i)
+        gate->cfg.certificates->link_closed(check.handshake_payloads()[i], cert_names);
+      recorded = 0;
       boost::system::error_code ec;
       deadline.cancel();
       peer.next_layer().close(ec);
@@ -200,14 +201,15 @@ struct control_gate::impl : std::enable_shared_from_this<control_gate::impl> {
           self->counted_unauthenticated = false;
           --self->gate->unauthenticated;
           self->deadline.cancel();
-          // Before CAF sees the handshake: the supervisor looks the node up at its join.
-          if (self->tls && self->gate->cfg.certificates) {
-            if (!self->gate->cfg.certificates->link_opened(self->check.handshake_payload(),
-                                                           self->cert_names))
+        }
+        // Before CAF sees a handshake: the supervisor looks the node up at its join. Every
+        // node id this connection names is bound to the certificate it presented.
+        if (self->tls && self->gate->cfg.certificates) {
+          const auto& ids = self->check.handshake_payloads();
+          for (; self->recorded < ids.size(); ++self->recorded)
+            if (!self->gate->cfg.certificates->link_opened(ids[self->recorded], self->cert_names))
               return self->close("too many TLS links open to record this one's certificate",
                                  &control_gate_stats::refused);
-            self->recorded = true;
-          }
         }
         if (self->to_upstream.empty()) return self->read_peer();
         asio::async_write(self->upstream, asio::buffer(self->to_upstream),
