@@ -113,6 +113,10 @@ struct prefill_config {
   uint32_t token_budget = 512;  ///< prompt tokens per engine call (chunk size)
   uint32_t max_seqs = 16;       ///< prompts per engine call
   kv_tier_config tier;          ///< second KV tier for evicted blocks (off by default)
+  /// How long a job whose decode pool the transport does not accept yet (its membership
+  /// has not reached this worker: kv_transport::accepts_peer) waits for it before failing
+  /// with errc::unauthenticated (the router then retries it elsewhere).
+  std::chrono::milliseconds announce_wait{3000};
 };
 
 struct decode_config {

@@ -98,6 +98,14 @@ class kv_transport {
   /// transports without connections: inline payloads travel inside actor messages between
   /// authenticated nodes.
   virtual void announce_pools(std::span<const pool_descriptor> pools) { (void)pools; }
+  /// Whether a write to `peer` would pass the announcement check now (announce_pools): a
+  /// worker holding a job for a pool announced in a membership it has not received yet
+  /// waits for that membership instead of having the write refused. Always true for
+  /// transports that do not check.
+  virtual bool accepts_peer(const pool_descriptor& peer) const {
+    (void)peer;
+    return true;
+  }
   /// Whether writes put bytes straight into the peer's memory (UCX): a write still in
   /// flight can then land after the receiver gave up on it, so the receiver must not reuse
   /// its blocks until the writer says it is done. Inline payloads only land when delivered.

@@ -183,6 +183,11 @@ void ucx_transport::announce_pools(std::span<const pool_descriptor> pools) {
   impl_->peers_.replace(pools);
 }
 
+bool ucx_transport::accepts_peer(const pool_descriptor& peer) const {
+  std::lock_guard lock{impl_->peers_mutex_};
+  return impl_->peers_.check(peer).empty();
+}
+
 void ucx_transport::connect(const pool_descriptor& peer) {
   if (peer.worker_address.empty()) return;
   if (!impl_->refuse_peer(peer, "connect to").empty()) return;

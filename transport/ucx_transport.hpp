@@ -107,6 +107,7 @@ class ucx_transport final : public kv_transport {
   void connect(const pool_descriptor& peer) override;
   /// With ucx_config::announced_only: from now on, endpoints only to these pools.
   void announce_pools(std::span<const pool_descriptor> pools) override;
+  bool accepts_peer(const pool_descriptor& peer) const override;
 
   struct impl;  ///< UCX state, owned by the progress thread (ucx_transport.cpp)
 
