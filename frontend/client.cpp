@@ -118,6 +118,10 @@ struct client::impl {
     // A refused API key: the server's words, without kj's "remote exception: " prefix.
     if (auto at = text.find(unauthenticated_prefix); at != std::string::npos)
       return {errc::unauthenticated, fmt::format("{} {}: {}", what, where, text.substr(at))};
+    // A throttled login: the server's words, which end in "retry in N s".
+    for (std::string_view lead : {"", "remote exception: "})
+      if (text.starts_with(std::string(lead) + std::string(overloaded_prefix)))
+        return {errc::overloaded, fmt::format("{} {}: {}", what, where, text.substr(lead.size()))};
     errc code = type == kj::Exception::Type::DISCONNECTED ? errc::unavailable
                 : type == kj::Exception::Type::OVERLOADED ? errc::timeout
                                                           : errc::internal;

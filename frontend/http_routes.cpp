@@ -73,6 +73,7 @@ std::optional<openai::api_error> check_api_key(std::string_view path,
         errc::overloaded,
         fmt::format("too many failed API key attempts from {}: retry in {} s", peer, wait_s));
     e.code = "too_many_failed_attempts";
+    e.retry_after_s = wait_s;  // Retry-After
     return e;
   }
   auto e = check_api_key(path, authorization, keys, protect_metrics);

@@ -35,6 +35,9 @@ awaitable<bool> http_server::core::reply(Stream& stream, const request_t& req, h
   http::response<http::string_body> res{status, req.version()};
   res.set(http::field::server, "tokenmill");
   if (retry_after_s > 0) res.set(http::field::retry_after, std::to_string(retry_after_s));
+  // RFC 6750 §3: a refused or missing Bearer key names the scheme to use.
+  if (status == http::status::unauthorized)
+    res.set(http::field::www_authenticate, "Bearer realm=\"tokenmill\"");
   res.set(http::field::content_type, beast::string_view(content_type.data(), content_type.size()));
   res.keep_alive(req.keep_alive() && !close);
   res.body() = std::move(body);

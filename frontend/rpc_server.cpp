@@ -277,9 +277,14 @@ class gateway_impl final : public rpc::Gateway::Server {
     // Guessing keys is slowed per address: one that failed too often is refused unchecked.
     const auto now = auth_throttle::clock::now();
     if (auto wait_s = s_.cfg.throttle->blocked_for(peer_, now)) {
-      auto why =
-          fmt::format("too many failed API key attempts from {}: retry in {} s", peer_, wait_s);
-      return refuse("login", why.c_str());
+      // Not a verdict on the key (it was not looked at): "overloaded: ... retry in N s", as
+      // HTTP answers 429 with Retry-After; the client library maps the prefix to
+      // errc::overloaded (overloaded_prefix in client.hpp).
+      if (s_.metrics) s_.metrics->refused("rpc", errc::overloaded);
+      spdlog::info("rpc: login from {} refused: throttled for {} s", peer_, wait_s);
+      return kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
+                           kj::str("overloaded: too many failed API key attempts from ",
+                                   peer_.c_str(), ": retry in ", wait_s, " s"));
     }
     auto d = digest_api_key(std::string_view(key.cStr(), key.size()));
     if (!s_.cfg.keys->accepts_digest(d)) {

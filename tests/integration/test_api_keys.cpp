@@ -142,8 +142,11 @@ TEST_CASE(
   auto h_none = post_completion(s, {});
   CHECK(h_none.status == 401);
   CHECK(contains(h_none.body, "missing API key"));
+  // RFC 6750: a 401 names the scheme the client must use.
+  CHECK(h_none.header("WWW-Authenticate") == "Bearer realm=\"tokenmill\"");
   auto h_wrong = post_completion(s, {{"Authorization", "Bearer gamma"}});
   CHECK(h_wrong.status == 401);
+  CHECK(h_wrong.header("WWW-Authenticate") == "Bearer realm=\"tokenmill\"");
   CHECK(contains(h_wrong.body, "incorrect API key"));
   auto h_basic = post_completion(s, {{"Authorization", "Basic YWxwaGE6"}});
   CHECK(h_basic.status == 401);
@@ -199,10 +202,13 @@ TEST_CASE("security: repeated wrong keys from one address are refused for a whil
   auto blocked = post_completion(s, {{"Authorization", "Bearer the-key"}});
   CHECK(blocked.status == 429);
   CHECK(contains(blocked.body, "too many failed API key attempts from 127.0.0.1"));
-  // RPC shares the count: its login is refused the same way, as unauthenticated.
+  CHECK_FALSE(blocked.header("Retry-After").empty());  // whole seconds until a token returns
+  CHECK(blocked.header("WWW-Authenticate").empty());   // not a verdict on the key
+  // RPC shares the count: its login is refused the same way, as overloaded (retry later).
   auto rpc_blocked = client::connect("127.0.0.1", s.port(), 10, {"the-key", ""});
   REQUIRE_FALSE(rpc_blocked.ok());
-  CHECK(rpc_blocked.error().code == errc::unauthenticated);
+  CHECK(rpc_blocked.error().code == errc::overloaded);
+  CHECK(contains(rpc_blocked.error().message, "retry in "));
   CHECK(contains(rpc_blocked.error().message, "too many failed API key attempts"));
   // A token comes back every 2 s: then the right key works again, on both ports.
   CHECK(eventually(

@@ -99,6 +99,7 @@ TEST_CASE("check_api_key with a throttle: wrong keys count, a blocked address ge
   CHECK(blocked->status == 429);
   CHECK(blocked->type == "rate_limit_error");
   CHECK(blocked->code == "too_many_failed_attempts");
+  CHECK(blocked->retry_after_s == 2);  // the Retry-After header
   CHECK_THAT(blocked->message, Catch::Contains("from 1.2.3.4") && Catch::Contains("retry in 2 s"));
   // Another address, and this one once the bucket refilled, get in with the right key.
   CHECK_FALSE(check("/v1/models", "Bearer right-key", "5.6.7.8", t0));
