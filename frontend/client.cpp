@@ -184,7 +184,10 @@ result<std::unique_ptr<client>> client::connect(const std::string& host, uint16_
     return c;
   } catch (const kj::Exception& e) {
     auto err = i->translate(e, "connecting to tokenmill at");
-    if (!is_unauthenticated(err)) err.code = errc::unavailable;
+    // The server's own verdicts (a refused key, a throttled login) keep their code;
+    // anything else on the way in means the server is not usable.
+    if (err.code != errc::unauthenticated && err.code != errc::overloaded)
+      err.code = errc::unavailable;
     return err;
   }
 }
