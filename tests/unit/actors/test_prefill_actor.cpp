@@ -450,7 +450,7 @@ TEST_CASE("prefill: a job that overtakes its pool's announcement waits for it", 
   // A UCX descriptor has a worker address; the inline one has none, so give it one.
   h.dst_desc.worker_address = {1, 2, 3};
   SECTION("the membership arrives after the job: the job runs, nothing is refused") {
-    auto j = h.job(60, 20, {0, 1});
+    auto j = h.job(60, 8, {0, 1});
     h.self->send(h.prefill, j);
     // It waits without taking local blocks, and nothing is sent for it.
     CHECK(h.status_and_quiet("before the announcement").kv_used == 0);
@@ -462,7 +462,7 @@ TEST_CASE("prefill: a job that overtakes its pool's announcement waits for it", 
     auto other = h.dst_desc;
     other.remote_key = {9};  // what a forged or stale descriptor looks like
     h.self->send(h.prefill, decode_member(other, handle_of(h.self)));
-    auto j = h.job(61, 20, {0, 1});
+    auto j = h.job(61, 8, {0, 1});
     h.self->send(h.prefill, j);
     auto f = expect<prefill_failed>(h.self, "prefill_failed");
     CHECK(f.id == j.id);
@@ -475,7 +475,7 @@ TEST_CASE("prefill: a job that overtakes its pool's announcement waits for it", 
     CHECK(ws.tokens_out == 0);
   }
   SECTION("a waiting job that is cancelled goes without a trace") {
-    auto j = h.job(62, 20, {0, 1});
+    auto j = h.job(62, 8, {0, 1});
     h.self->send(h.prefill, j);
     h.self->send(h.prefill, cancel_request{j.id});
     CHECK(expect<kv_drained>(h.self, "kv_drained").id == j.id);  // nothing was written
