@@ -14,6 +14,7 @@
 #include "actors/router/admission_policy.hpp"
 #include "actors/router/migration.hpp"
 #include "actors/router/routing_policy.hpp"
+#include "actors/supervisor/node_certificates.hpp"
 #include "actors/supervisor/planner_policy.hpp"
 #include "engine/engine.hpp"
 #include "engine/kv_tier.hpp"
@@ -46,6 +47,10 @@ struct supervisor_config {
   /// process, so that pool descriptors (remote keys) reach joined members only. Manifest
   /// clusters set it; the embedded cluster has no joins.
   bool members_from_joined_nodes = false;
+  /// With TLS between nodes: the certificates the links to this node presented (written by
+  /// the control gate). A node other than the supervisor's own then joins only when its
+  /// links' certificates name it (node_certificates.hpp). Null: no such check (no TLS).
+  std::shared_ptr<const node_certificates> certificates;
 };
 
 /// Asks every actor in `actors` to exit (user_shutdown) and forgets them. Composition roots
@@ -112,6 +117,10 @@ struct prefill_config {
   /// The node's compiled grammars over the model's vocabulary (constrained decoding),
   /// shared by its workers; null: constrained requests are refused.
   std::shared_ptr<grammar::grammar_cache> grammars;
+  /// How long a job whose decode pool the transport does not accept yet (its membership
+  /// has not reached this worker: kv_transport::accepts_peer) waits for it before failing
+  /// with errc::unauthenticated (the router then retries it elsewhere).
+  std::chrono::milliseconds announce_wait{3000};
 };
 
 struct decode_config {

@@ -38,6 +38,9 @@ using ready_atom = caf::atom_constant<caf::atom("ready")>;
 using step_atom = caf::atom_constant<caf::atom("step")>;
 /// The router's self-sent watchdog tick: request timeouts and stalled attempts.
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
+/// A prefill worker's self-sent (announce_atom, request_id): the job's decode pool was not
+/// announced in time (prefill_config::announce_wait); fail it if it is still waiting.
+using announce_atom = caf::atom_constant<caf::atom("announce")>;
 
 // ---------------------------------------------------------------- request payloads
 

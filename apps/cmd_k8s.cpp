@@ -103,6 +103,12 @@ command add_k8s(CLI::App& app) {
     }
     std::printf("  Service %s-frontend: rpc %u, http %u\n", r->prefix.c_str(), m->frontend.rpc_port,
                 m->frontend.http_port);
+    if (!r->security_secret.empty())
+      std::printf(
+          "  Secret %s (not written: it holds private keys), mounted at %s in every pod; "
+          "create it first:\n%s\n",
+          r->security_secret.c_str(), k8s_security_dir,
+          k8s_secret_command(*r, o->k.namespace_name).c_str());
     std::printf("apply with: kubectl apply -f %s\n", o->out.c_str());
     return 0;
   };

@@ -14,6 +14,7 @@
 #include "cluster/embedded_cluster.hpp"
 #include "cluster/serving_defaults.hpp"
 #include "frontend/api_keys.hpp"
+#include "frontend/auth_throttle.hpp"
 
 namespace tokenmill::app {
 
@@ -270,6 +271,8 @@ command add_serve(CLI::App& app) {
     }
     cfg->rpc.keys = *keys;
     cfg->http.keys = *keys;
+    // One count of failed key attempts per client address, whichever port they came to.
+    if (*keys) cfg->rpc.throttle = cfg->http.throttle = std::make_shared<auth_throttle>();
     cfg->rpc.tls_cert = cfg->http.tls_cert = o->tls_cert;
     cfg->rpc.tls_key = cfg->http.tls_key = o->tls_key;
     // Block the stop signals (and SIGHUP, the key reload) in every thread (they inherit

@@ -1,5 +1,7 @@
 #include "cluster/basp_frame.hpp"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 namespace tokenmill {
@@ -56,6 +58,8 @@ std::string basp_inbound_check::check(const basp_header& h) const {
     case basp_op::server_handshake:
       return "a connecting peer sent a server handshake";
     case basp_op::client_handshake:
+      // Not refused when repeated: CAF may send more than one on a connection (and drops
+      // repeats itself). Each distinct payload is recorded with this link's certificate.
       if (h.payload_len == 0 || h.payload_len > limits_.max_handshake_payload)
         return fmt::format("client handshake of {} bytes (expected 1 to {})", h.payload_len,
                            limits_.max_handshake_payload);
@@ -91,7 +95,25 @@ std::string basp_inbound_check::feed(std::span<const uint8_t> bytes, std::vector
     if (pending_.size() - at < frame) break;  // wait for the rest of the payload
     out.insert(out.end(), pending_.begin() + static_cast<std::ptrdiff_t>(at),
                pending_.begin() + static_cast<std::ptrdiff_t>(at + frame));
-    if (static_cast<basp_op>(h.operation) == basp_op::client_handshake) handshaken_ = true;
+    if (static_cast<basp_op>(h.operation) == basp_op::client_handshake) {
+      handshaken_ = true;
+      std::vector<uint8_t> payload(
+          pending_.begin() + static_cast<std::ptrdiff_t>(at + basp_header_size),
+          pending_.begin() + static_cast<std::ptrdiff_t>(at + frame));
+      if (std::find(handshake_payloads_.begin(), handshake_payloads_.end(), payload) ==
+          handshake_payloads_.end()) {
+        // One process is one node: a connection naming many is not a CAF peer.
+        if (handshake_payloads_.size() >= limits_.max_handshake_ids) {
+          rejected_ =
+              fmt::format("client handshakes naming more than {} node ids on one connection",
+                          limits_.max_handshake_ids);
+          pending_.clear();
+          out.resize(out.size() - frame);
+          return rejected_;
+        }
+        handshake_payloads_.push_back(std::move(payload));
+      }
+    }
     at += frame;
   }
   pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(at));

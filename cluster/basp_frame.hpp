@@ -51,6 +51,9 @@ std::vector<uint8_t> serialize_basp_header(const basp_header& h);
 struct basp_limits {
   /// A client handshake carries the peer's node id and nothing else: tens of bytes.
   uint32_t max_handshake_payload = 4096;
+  /// Distinct client handshake payloads (node ids) one connection may carry. CAF repeats its
+  /// own; a connection that names more node ids than this is refused.
+  uint32_t max_handshake_ids = 4;
   /// Any other frame: the largest actor message a node sends (KV blocks inside messages
   /// with the inline transport are the big ones).
   uint32_t max_payload = 512u << 20;
@@ -69,6 +72,13 @@ class basp_inbound_check {
 
   /// True once the peer's client handshake went through.
   bool handshaken() const { return handshaken_; }
+  /// The distinct payloads of the peer's client handshakes, in arrival order (CAF 0.17.6:
+  /// the peer's node id, as CAF serializes it; one, however often CAF repeats it); empty
+  /// before the first. Each is bound to this connection's certificate
+  /// (node_certificates.hpp).
+  const std::vector<std::vector<uint8_t>>& handshake_payloads() const {
+    return handshake_payloads_;
+  }
   /// Bytes held back: a frame not yet complete.
   size_t buffered() const { return pending_.size(); }
 
@@ -79,6 +89,7 @@ class basp_inbound_check {
   basp_limits limits_;
   std::vector<uint8_t> pending_;
   bool handshaken_ = false;
+  std::vector<std::vector<uint8_t>> handshake_payloads_;
   std::string rejected_;
 };
 

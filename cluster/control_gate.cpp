@@ -14,6 +14,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 
+#include "cluster/detail/x509_names.hpp"
+
 namespace tokenmill {
 
 namespace asio = boost::asio;
@@ -73,7 +75,11 @@ struct control_gate::impl : std::enable_shared_from_this<control_gate::impl> {
     asio::steady_timer deadline;
     basp_inbound_check check;
     std::string who;
-    std::string verify_error;  ///< why the peer's certificate was not accepted
+    std::string verify_error;             ///< why the peer's certificate was not accepted
+    std::vector<std::string> cert_names;  ///< what the peer's certificate is issued for
+    /// How many of check.handshake_payloads() are in gate->cfg.certificates (the first
+    /// ones), each with cert_names, until the link closes.
+    size_t recorded = 0;
     std::array<uint8_t, 64 << 10> from_peer{}, from_upstream{};
     std::vector<uint8_t> to_upstream;
     bool tls = false;
@@ -103,6 +109,9 @@ struct control_gate::impl : std::enable_shared_from_this<control_gate::impl> {
         counted_unauthenticated = false;
         --gate->unauthenticated;
       }
+      for (size_t i = 0; i < recorded; ++i)
+        gate->cfg.certificates->link_closed(check.handshake_payloads()[i], cert_names);
+      recorded = 0;
       boost::system::error_code ec;
       deadline.cancel();
       peer.next_layer().close(ec);
@@ -158,6 +167,7 @@ struct control_gate::impl : std::enable_shared_from_this<control_gate::impl> {
         if (X509* cert = SSL_get_peer_certificate(self->peer.native_handle())) {
           char subject[256] = "?";
           X509_NAME_oneline(X509_get_subject_name(cert), subject, sizeof(subject));
+          self->cert_names = detail::x509_names(cert);
           X509_free(cert);
           spdlog::debug("control port: TLS peer {} is {}", self->who, subject);
         }
@@ -191,6 +201,15 @@ struct control_gate::impl : std::enable_shared_from_this<control_gate::impl> {
           self->counted_unauthenticated = false;
           --self->gate->unauthenticated;
           self->deadline.cancel();
+        }
+        // Before CAF sees a handshake: the supervisor looks the node up at its join. Every
+        // node id this connection names is bound to the certificate it presented.
+        if (self->tls && self->gate->cfg.certificates) {
+          const auto& ids = self->check.handshake_payloads();
+          for (; self->recorded < ids.size(); ++self->recorded)
+            if (!self->gate->cfg.certificates->link_opened(ids[self->recorded], self->cert_names))
+              return self->close("too many TLS links open to record this one's certificate",
+                                 &control_gate_stats::refused);
         }
         if (self->to_upstream.empty()) return self->read_peer();
         asio::async_write(self->upstream, asio::buffer(self->to_upstream),

@@ -9,7 +9,9 @@
 /// With TLS (manifest security.tls) the gate is the server end of every inbound TLS link:
 /// it presents the node's certificate, requires the peer's, accepts it only when it chains
 /// to the cluster CA, and logs why a peer was refused (no certificate, another CA, not TLS
-/// at all). Decrypted bytes then pass the same BASP check. Outbound links are TLS through
+/// at all). Decrypted bytes then pass the same BASP check, and the names the peer's
+/// certificate carries are recorded with the peer's node id (control_gate_config::
+/// certificates) for the supervisor's join check. Outbound links are TLS through
 /// CAF's OpenSSL module (cluster/node.cpp), with the same files.
 #include <chrono>
 #include <cstdint>
@@ -17,6 +19,7 @@
 #include <optional>
 #include <string>
 
+#include "actors/supervisor/node_certificates.hpp"
 #include "cluster/basp_frame.hpp"
 #include "cluster/security.hpp"
 #include "common/result.hpp"
@@ -33,6 +36,10 @@ struct control_gate_config {
   /// Mutual TLS on the control port: this node's certificate and key, and the CA that peers'
   /// certificates must chain to. Absent: plain TCP.
   std::optional<tls_files> tls;
+  /// With TLS: where each inbound link's certificate names are recorded with its BASP client
+  /// handshake, before CAF sees the handshake, so that the supervisor can bind a joining
+  /// node's name to its certificate. Null: not recorded.
+  std::shared_ptr<node_certificates> certificates;
 };
 
 struct control_gate_stats {

@@ -120,6 +120,22 @@ result<std::string> in_cluster_manifest(const manifest& m, const std::string& te
       m.nodes.begin())];
   root["frontend"]["node"] = yaml_str(fe);
   if (o.insecure && !m.security.tls) root["security"]["insecure"] = true;
+  // Certificates, keys and the cluster secret come from the Secret mounted in every pod.
+  if (m.security.tls) {
+    auto at = [](const std::string& p) {
+      return yaml_str(std::string(k8s_security_dir) + "/" +
+                      std::filesystem::path(p).filename().string());
+    };
+    YAML::Node tls;
+    tls["ca"] = at(m.security.tls->ca);
+    tls["cert"] = at(m.security.tls->cert);
+    tls["key"] = at(m.security.tls->key);
+    root["security"]["tls"] = tls;
+  }
+  if (!m.security.secret_file.empty())
+    root["security"]["secret_file"] =
+        yaml_str(std::string(k8s_security_dir) + "/" +
+                 std::filesystem::path(m.security.secret_file).filename().string());
   root["frontend"]["host"] = yaml_str("0.0.0.0");
   if (!m.model.sim) {
     auto file = std::filesystem::path(m.model.declared_path).lexically_normal();
@@ -131,6 +147,43 @@ result<std::string> in_cluster_manifest(const manifest& m, const std::string& te
   return yaml_text(docs, fmt::format("# {} rendered for Kubernetes by `tokenmill k8s render`: node "
                                      "names are pod names.\n",
                                      m.path.empty() ? m.cluster : m.path));
+}
+
+/// The Secret's keys and their local files (k8s_rendering::security_files), or why the
+/// manifest's security files cannot be one Secret.
+result<std::vector<std::pair<std::string, std::string>>> security_files(
+    const manifest& m, const std::vector<std::string>& pod_names) {
+  std::vector<std::pair<std::string, std::string>> files;
+  auto add = [&](const std::string& what, const std::string& local) -> result<void> {
+    auto key = std::filesystem::path(local).filename().string();
+    // Kubernetes: a Secret's keys are [-._a-zA-Z0-9]+.
+    static const std::regex valid(R"([-._a-zA-Z0-9]+)");
+    if (key.empty() || !std::regex_match(key, valid))
+      return bad(
+          fmt::format("{}: {}: the file name '{}' cannot be a key of a Kubernetes Secret "
+                      "(letters, digits, '-', '_' and '.' only)",
+                      m.path, what, key));
+    for (const auto& [k, l] : files)
+      if (k == key && l != local)
+        return bad(
+            fmt::format("{}: {}: '{}' has the file name of '{}': the pods find every "
+                        "security file in one folder ({}), so their names must differ",
+                        m.path, what, local, l, k8s_security_dir));
+    if (std::find(files.begin(), files.end(), std::pair{key, local}) == files.end())
+      files.emplace_back(key, local);
+    return {};
+  };
+  if (m.security.tls) {
+    const auto& t = *m.security.tls;
+    if (auto e = add("security.tls.ca", t.ca); !e) return e.error();
+    for (const auto& pod : pod_names) {
+      if (auto e = add("security.tls.cert", t.cert_for(pod)); !e) return e.error();
+      if (auto e = add("security.tls.key", t.key_for(pod)); !e) return e.error();
+    }
+  }
+  if (!m.security.secret_file.empty())
+    if (auto e = add("security.secret_file", m.security.secret_file); !e) return e.error();
+  return files;
 }
 
 YAML::Node statefulset(const manifest& m, const k8s_rendering& r, const k8s_group& g,
@@ -208,6 +261,19 @@ YAML::Node statefulset(const manifest& m, const k8s_rendering& r, const k8s_grou
   vol["name"] = yaml_str("manifest");
   vol["configMap"]["name"] = yaml_str(configmap);
   pod["volumes"].push_back(vol);
+  if (!r.security_secret.empty()) {
+    YAML::Node sm;
+    sm["name"] = yaml_str("security");
+    sm["mountPath"] = yaml_str(k8s_security_dir);
+    sm["readOnly"] = true;
+    c["volumeMounts"].push_back(sm);
+    YAML::Node sv;
+    sv["name"] = yaml_str("security");
+    sv["secret"]["secretName"] = yaml_str(r.security_secret);
+    // Owner-only: a node refuses a key or secret file that others can read.
+    sv["secret"]["defaultMode"] = 0400;
+    pod["volumes"].push_back(sv);
+  }
   if (!m.model.sim) {
     YAML::Node mm;
     mm["name"] = yaml_str("models");
@@ -344,6 +410,13 @@ result<k8s_rendering> render_k8s(const manifest& m, const std::string& manifest_
       return bad(fmt::format("{}: node '{}': port {} is also a frontend port", m.path,
                              m.frontend.node, g.port));
 
+  if (m.security.tls || !m.security.secret_file.empty()) {
+    auto files = security_files(m, r.pod_names);
+    if (!files) return files.error();
+    r.security_files = std::move(*files);
+    r.security_secret = r.prefix + "-security";
+  }
+
   auto text = in_cluster_manifest(m, manifest_text, r, o);
   if (!text) return text.error();
   r.manifest_text = *text;
@@ -396,6 +469,15 @@ result<k8s_rendering> render_k8s(const manifest& m, const std::string& manifest_
     r.files.push_back({"frontend-service.yaml", yaml_text({svc}, header)});
   }
   return r;
+}
+
+std::string k8s_secret_command(const k8s_rendering& r, const std::string& namespace_name) {
+  if (r.security_secret.empty()) return {};
+  std::string cmd = "kubectl create secret generic " + r.security_secret;
+  if (!namespace_name.empty()) cmd += " --namespace " + namespace_name;
+  for (const auto& [key, local] : r.security_files)
+    cmd += fmt::format(" \\\n    --from-file={}={}", key, local);
+  return cmd;
 }
 
 }  // namespace tokenmill

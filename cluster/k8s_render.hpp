@@ -75,10 +75,24 @@ struct k8s_rendering {
   /// configmap.yaml, one file per group (Service, StatefulSet, PodDisruptionBudget),
   /// frontend-service.yaml.
   std::vector<k8s_file> files;
+  /// With security.tls or security.secret_file: the Secret every pod mounts read-only at
+  /// k8s_security_dir (the in-cluster manifest's paths point there); empty otherwise.
+  /// `render` does not write it (it would put private keys into the output folder).
+  std::string security_secret;
+  /// The Secret's keys (file names under k8s_security_dir) and the local files they come
+  /// from (the manifest's paths, {node} = each pod's name), in a stable order: the CA, each
+  /// pod's certificate and key, the cluster secret.
+  std::vector<std::pair<std::string, std::string>> security_files;
 };
+
+/// The `kubectl create secret generic` command that makes `r.security_secret` from the
+/// local files (`namespace_name` as given to render; empty: none); empty without one.
+std::string k8s_secret_command(const k8s_rendering& r, const std::string& namespace_name);
 
 /// Where the pods find the manifest (the ConfigMap's mount).
 inline constexpr const char* k8s_manifest_path = "/etc/tokenmill/cluster.yaml";
+/// Where the pods find the certificates, keys and cluster secret (the Secret's mount).
+inline constexpr const char* k8s_security_dir = "/etc/tokenmill/security";
 
 /// A DNS-1123 label made of `s`: lower case, '_' and '.' become '-', no leading or trailing
 /// '-'. Empty when `s` has any other character outside [A-Za-z0-9-] or nothing is left.

@@ -20,6 +20,7 @@
 #include "common/clock.hpp"
 #include "engine/engine_factory.hpp"
 #include "frontend/api_keys.hpp"
+#include "frontend/auth_throttle.hpp"
 #include "frontend/http_server.hpp"
 #include "frontend/metrics_server.hpp"
 #include "frontend/rpc_server.hpp"
@@ -257,8 +258,11 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   if (!probe_engine) return fail({errc::invalid_request, probe_engine.error().message});
   model_info model = (*probe_engine)->info();
   probe_engine->reset();
+  // With TLS, the control gate records which certificate each inbound link presented, and
+  // the supervisor (on its node) admits a node only under a name its certificate carries.
+  auto certificates = tls ? std::make_shared<node_certificates>() : nullptr;
   if (sup_node == self_node) {
-    sup = detail::spawn_node_supervisor(sys, m, idx, model.name, secret, true);
+    sup = detail::spawn_node_supervisor(sys, m, idx, model.name, secret, true, certificates);
     im->actors.push_back(sup);
   }
   std::vector<std::pair<std::string, uint16_t>> control;
@@ -278,6 +282,7 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
   gc.port = self_node->port;
   gc.upstream_port = *published;
   gc.tls = tls;
+  gc.certificates = certificates;
   im->gate = std::make_unique<control_gate>(gc);
   if (auto gp = im->gate->start(); !gp)
     return fail({errc::invalid_request,
@@ -348,6 +353,8 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
     uc.op_timeout = std::chrono::milliseconds(m.ucx.op_timeout_ms);
     uc.stall_timeout = std::chrono::milliseconds(m.ucx.stall_timeout_ms);
     uc.max_inflight_bytes = uint64_t{m.ucx.window_mib} << 20;
+    // Endpoints and remote keys only for the pools the supervisor announced (issue 18).
+    uc.announced_only = true;
     auto t = ucx_transport::create(uc);
     if (!t) return fail(t.error());
     transport = std::move(*t);
@@ -415,6 +422,8 @@ result<std::unique_ptr<cluster_node>> cluster_node::start(const manifest& m,
                    "frontend.protect_metrics needs API keys (frontend.api_key_file or "
                    "$TOKENMILL_API_KEY)"});
     fp.rpc.keys = hc.keys = im->keys;
+    // One count of failed key attempts per client address, whichever port they came to.
+    if (im->keys) fp.rpc.throttle = hc.throttle = std::make_shared<auth_throttle>();
     hc.protect_metrics = m.frontend.protect_metrics;
     fp.rpc.tls_cert = hc.tls_cert = m.frontend.tls_cert;
     fp.rpc.tls_key = hc.tls_key = m.frontend.tls_key;

@@ -24,6 +24,7 @@
 #include <openssl/x509v3.h>
 
 #include "actors/supervisor/join_policy.hpp"
+#include "cluster/detail/x509_names.hpp"
 
 namespace tokenmill {
 namespace {
@@ -212,6 +213,37 @@ result<std::vector<uint8_t>> read_secret_file(const std::string& path) {
   if (auto why = secret_problem(text))
     return bad(fmt::format("security.secret_file '{}': {}", path, *why));
   return secret_bytes(text);
+}
+
+namespace detail {
+
+std::vector<std::string> x509_names(X509* cert) {
+  std::vector<std::string> names;
+  if (cert == nullptr) return names;
+  if (auto cn = common_name(cert); !cn.empty()) names.push_back(std::move(cn));
+  auto* sans =
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  if (sans == nullptr) return names;
+  for (int i = 0; i < sk_GENERAL_NAME_num(sans); ++i) {
+    const GENERAL_NAME* g = sk_GENERAL_NAME_value(sans, i);
+    if (g->type != GEN_DNS) continue;
+    const auto* data = ASN1_STRING_get0_data(g->d.dNSName);
+    std::string dns(reinterpret_cast<const char*>(data),
+                    static_cast<size_t>(ASN1_STRING_length(g->d.dNSName)));
+    // A name with an embedded NUL is not a name this cluster issued.
+    if (dns.find('\0') != std::string::npos) continue;
+    if (std::find(names.begin(), names.end(), dns) == names.end()) names.push_back(std::move(dns));
+  }
+  GENERAL_NAMES_free(sans);
+  return names;
+}
+
+}  // namespace detail
+
+result<std::vector<std::string>> certificate_names(const std::string& path) {
+  auto cert = load_cert(path, "the certificate");
+  if (!cert) return cert.error();
+  return detail::x509_names(cert->get());
 }
 
 result<std::string> check_tls_files(const tls_files& f) {

@@ -26,6 +26,11 @@ struct tls_files {
 /// certificate chains to the CA. Returns the certificate's subject common name.
 result<std::string> check_tls_files(const tls_files& f);
 
+/// The names the certificate in `path` is issued for: its common name, then its DNS
+/// subjectAltNames. A node joins only under a name its certificate carries
+/// (actors/supervisor/node_certificates.hpp). Errors name the file.
+result<std::vector<std::string>> certificate_names(const std::string& path);
+
 struct cert_options {
   uint32_t days = 825;  ///< validity of the CA and of node certificates
 };

@@ -26,6 +26,8 @@ std::string_view to_string(errc e) {
       return "unavailable";
     case errc::invalid_model:
       return "invalid_model";
+    case errc::unauthenticated:
+      return "unauthenticated";
     case errc::internal:
       return "internal";
   }

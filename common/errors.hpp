@@ -19,7 +19,10 @@ enum class errc : uint8_t {
   timeout,          ///< a bounded wait expired
   unavailable,      ///< the server cannot be reached or the connection was lost
   invalid_model,    ///< a model file is malformed, truncated or unsupported
-  internal,         ///< a bug: an invariant did not hold
+  /// The caller did not prove who it is: no API key or a wrong one (RPC, HTTP 401), or a
+  /// KV peer the supervisor did not announce. Retrying with the same credentials fails again.
+  unauthenticated,
+  internal,  ///< a bug: an invariant did not hold
 };
 
 /// Stable lower-case name, used in logs, RPC errors and JSON.

@@ -71,8 +71,7 @@ result<std::pair<std::string, uint16_t>> parse_endpoint(const std::string& s) {
 }
 
 bool is_unauthenticated(const error_info& e) {
-  return e.code == errc::invalid_request &&
-         e.message.find(unauthenticated_prefix) != std::string::npos;
+  return e.code == errc::unauthenticated;
 }
 
 std::string api_key_or_env(const std::string& flag) {
@@ -119,7 +118,11 @@ struct client::impl {
     std::string text = e.getDescription().cStr();
     // A refused API key: the server's words, without kj's "remote exception: " prefix.
     if (auto at = text.find(unauthenticated_prefix); at != std::string::npos)
-      return {errc::invalid_request, fmt::format("{} {}: {}", what, where, text.substr(at))};
+      return {errc::unauthenticated, fmt::format("{} {}: {}", what, where, text.substr(at))};
+    // A throttled login: the server's words, which end in "retry in N s".
+    for (std::string_view lead : {"", "remote exception: "})
+      if (text.starts_with(std::string(lead) + std::string(overloaded_prefix)))
+        return {errc::overloaded, fmt::format("{} {}: {}", what, where, text.substr(lead.size()))};
     errc code = type == kj::Exception::Type::DISCONNECTED ? errc::unavailable
                 : type == kj::Exception::Type::OVERLOADED ? errc::timeout
                                                           : errc::internal;
@@ -182,7 +185,10 @@ result<std::unique_ptr<client>> client::connect(const std::string& host, uint16_
     return c;
   } catch (const kj::Exception& e) {
     auto err = i->translate(e, "connecting to tokenmill at");
-    if (!is_unauthenticated(err)) err.code = errc::unavailable;
+    // The server's own verdicts (a refused key, a throttled login) keep their code;
+    // anything else on the way in means the server is not usable.
+    if (err.code != errc::unauthenticated && err.code != errc::overloaded)
+      err.code = errc::unavailable;
     return err;
   }
 }

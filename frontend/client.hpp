@@ -52,10 +52,12 @@ struct client_options {
 
 /// How the server words a refused API key ("unauthenticated: why"), in RPC errors.
 inline constexpr std::string_view unauthenticated_prefix = "unauthenticated: ";
+/// How the server words a login refused because its address failed too often ("overloaded:
+/// ... retry in N s"); the client library maps it to errc::overloaded.
+inline constexpr std::string_view overloaded_prefix = "overloaded: ";
 
-/// True when `e` is the server refusing the API key (or its absence): errc::invalid_request
-/// with the message containing unauthenticated_prefix. (errc has no code of its own for it:
-/// adding one recompiles the whole tree; see the report of issue 18.)
+/// True when `e` is the server refusing the API key (or its absence): errc::unauthenticated
+/// (the client maps the server's "unauthenticated: " message to it).
 bool is_unauthenticated(const error_info& e);
 
 /// `flag` when given, else $TOKENMILL_API_KEY, else empty: the key the command-line clients

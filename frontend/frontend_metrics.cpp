@@ -215,6 +215,11 @@ void export_transport_metrics(metrics::registry& r, const std::string& node,
                 "still connected",
                 l)
       .advance_to(static_cast<double>(s.stalls));
+  r.get_counter("tokenmill_kv_transfer_peers_refused_total",
+                "KV writes and connects refused because the supervisor had not announced the "
+                "peer's pool",
+                l)
+      .advance_to(static_cast<double>(s.peers_refused));
   r.get_gauge("tokenmill_kv_transfers_in_flight", "KV writes started and not yet completed", l)
       .set(s.writes_in_flight);
   r.get_gauge("tokenmill_kv_transfers_queued",

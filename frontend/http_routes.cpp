@@ -52,19 +52,46 @@ std::optional<double> query_number(std::string_view target, std::string_view nam
   }
 }
 
+namespace {
+
+/// Whether keys guard `path`.
+bool key_guarded(std::string_view path, bool protect_metrics) {
+  return path.starts_with("/v1/") || path == "/tokenize" ||
+         (protect_metrics && (path == "/metrics" || path.starts_with("/debug/")));
+}
+
+}  // namespace
+
+std::optional<openai::api_error> check_api_key(std::string_view path,
+                                               std::string_view authorization, const api_keys* keys,
+                                               bool protect_metrics, auth_throttle& throttle,
+                                               std::string_view peer,
+                                               auth_throttle::clock::time_point now) {
+  if (!keys || !key_guarded(path, protect_metrics)) return std::nullopt;
+  if (auto wait_s = throttle.blocked_for(peer, now)) {
+    auto e = openai::from_errc(
+        errc::overloaded,
+        fmt::format("too many failed API key attempts from {}: retry in {} s", peer, wait_s));
+    e.code = "too_many_failed_attempts";
+    e.retry_after_s = wait_s;  // Retry-After
+    return e;
+  }
+  auto e = check_api_key(path, authorization, keys, protect_metrics);
+  if (e && bearer_token(authorization)) throttle.failed(peer, now);
+  return e;
+}
+
 std::optional<openai::api_error> check_api_key(std::string_view path,
                                                std::string_view authorization, const api_keys* keys,
                                                bool protect_metrics) {
-  if (!keys) return std::nullopt;
-  const bool guarded = path.starts_with("/v1/") || path == "/tokenize" ||
-                       (protect_metrics && (path == "/metrics" || path.starts_with("/debug/")));
-  if (!guarded) return std::nullopt;
+  if (!keys || !key_guarded(path, protect_metrics)) return std::nullopt;
   auto key = bearer_token(authorization);
   if (key && keys->accepts(*key)) return std::nullopt;
-  return openai::api_error{
-      401, "authentication_error",
-      key ? "incorrect API key" : "missing API key: send 'Authorization: Bearer <key>'", "",
-      "invalid_api_key"};
+  auto e = openai::from_errc(
+      errc::unauthenticated,
+      key ? "incorrect API key" : "missing API key: send 'Authorization: Bearer <key>'");
+  e.code = "invalid_api_key";  // OpenAI's code for it, which its clients know
+  return e;
 }
 
 http_plan plan_http_request(std::string_view method, std::string_view target, std::string_view body,

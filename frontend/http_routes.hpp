@@ -11,6 +11,7 @@
 
 #include "engine/engine.hpp"
 #include "engine/tokenizer.hpp"
+#include "frontend/auth_throttle.hpp"
 #include "frontend/openai.hpp"
 
 namespace tokenmill {
@@ -39,6 +40,15 @@ std::optional<double> query_number(std::string_view target, std::string_view nam
 std::optional<openai::api_error> check_api_key(std::string_view path,
                                                std::string_view authorization, const api_keys* keys,
                                                bool protect_metrics);
+
+/// check_api_key for a request from `peer` (its address) at `now`, slowed by `throttle`: a
+/// peer that failed too often is answered 429 (rate_limit_error, "retry in N s") without
+/// its key being looked at, and a wrong key (not a missing one) counts as a failure.
+std::optional<openai::api_error> check_api_key(std::string_view path,
+                                               std::string_view authorization, const api_keys* keys,
+                                               bool protect_metrics, auth_throttle& throttle,
+                                               std::string_view peer,
+                                               auth_throttle::clock::time_point now);
 
 /// A 200 answer: its Content-Type and body.
 struct http_answer {

@@ -35,6 +35,9 @@ awaitable<bool> http_server::core::reply(Stream& stream, const request_t& req, h
   http::response<http::string_body> res{status, req.version()};
   res.set(http::field::server, "tokenmill");
   if (retry_after_s > 0) res.set(http::field::retry_after, std::to_string(retry_after_s));
+  // RFC 6750 §3: a refused or missing Bearer key names the scheme to use.
+  if (status == http::status::unauthorized)
+    res.set(http::field::www_authenticate, "Bearer realm=\"tokenmill\"");
   res.set(http::field::content_type, beast::string_view(content_type.data(), content_type.size()));
   res.keep_alive(req.keep_alive() && !close);
   res.body() = std::move(body);
@@ -188,12 +191,19 @@ awaitable<bool> http_server::core::route(Stream& stream, request_t& req) {
   const std::string_view target(req.target().data(), req.target().size());
   const std::string path(target_path(target));
   auto auth = req[http::field::authorization];
-  if (auto e = check_api_key(path, std::string_view(auth.data(), auth.size()), cfg.keys.get(),
-                             cfg.protect_metrics)) {
-    if (metrics) metrics->refused("http", errc::invalid_request);
-    const auto m = req.method_string();
-    spdlog::info("http: {} {} refused: {}", std::string_view(m.data(), m.size()), path, e->message);
-    co_return co_await reply_error(stream, req, std::move(*e));
+  if (cfg.keys) {
+    beast::error_code ec;
+    auto ep = beast::get_lowest_layer(stream).socket().remote_endpoint(ec);
+    const std::string peer = ec ? std::string("?") : ep.address().to_string();
+    if (auto e =
+            check_api_key(path, std::string_view(auth.data(), auth.size()), cfg.keys.get(),
+                          cfg.protect_metrics, *cfg.throttle, peer, auth_throttle::clock::now())) {
+      if (metrics) metrics->refused("http", errc::unauthenticated);
+      const auto m = req.method_string();
+      spdlog::info("http: {} {} from {} refused: {}", std::string_view(m.data(), m.size()), path,
+                   peer, e->message);
+      co_return co_await reply_error(stream, req, std::move(*e));
+    }
   }
   const auto method = req.method_string();
   auto p = plan_http_request(std::string_view(method.data(), method.size()), target, req.body(),

@@ -21,6 +21,7 @@
 namespace tokenmill {
 
 class api_keys;
+class auth_throttle;
 
 struct http_server_config {
   std::string host = "127.0.0.1";
@@ -32,6 +33,9 @@ struct http_server_config {
   /// (shared with the RPC server; reloaded in place). Null: open.
   std::shared_ptr<const api_keys> keys;
   bool protect_metrics = false;  ///< with `keys`: /metrics and /debug/* need a key too
+  /// With `keys`: failed key attempts per client address (shared with the RPC server). Null:
+  /// the server keeps its own, with the default limits.
+  std::shared_ptr<auth_throttle> throttle;
   /// Both set: the port speaks TLS (Asio SSL, OpenSSL; TLS 1.2 and later) with this PEM
   /// certificate chain and private key; a client that fails the handshake is dropped.
   std::string tls_cert;

@@ -610,6 +610,10 @@ api_error from_errc(errc code, std::string message) {
       e.status = 504;
       e.type = "server_error";
       break;
+    case errc::unauthenticated:
+      e.status = 401;
+      e.type = "authentication_error";
+      break;
     case errc::cancelled:
       e.status = 499;  // nginx's "client closed request"
       e.type = "invalid_request_error";

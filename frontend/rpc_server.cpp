@@ -1,5 +1,6 @@
 #include "frontend/rpc_server.hpp"
 
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/eventfd.h>
@@ -32,6 +33,7 @@
 #include "actors/protocol.hpp"
 #include "common/clock.hpp"
 #include "frontend/api_keys.hpp"
+#include "frontend/auth_throttle.hpp"
 #include "frontend/completion_text.hpp"
 #include "frontend/router_bridge.hpp"
 #include "frontend/validate.hpp"
@@ -132,7 +134,9 @@ struct rpc_server::impl : public kj::TaskSet::ErrorHandler {
         tok(std::move(t)),
         model(std::move(m)),
         cfg(std::move(c)),
-        metrics(std::move(mx)) {}
+        metrics(std::move(mx)) {
+    if (cfg.keys && !cfg.throttle) cfg.throttle = std::make_shared<auth_throttle>();
+  }
 
   void taskFailed(kj::Exception&& e) override {
     spdlog::debug("rpc: connection task ended: {}", e.getDescription().cStr());
@@ -266,19 +270,35 @@ namespace {
 /// the current keys on every call (schema/tokenmill.capnp says why a login capability).
 class gateway_impl final : public rpc::Gateway::Server {
  public:
-  gateway_impl(rpc_server::impl& s, std::optional<api_key_digest> session)
-      : s_(s), session_(session) {}
+  /// `peer`: the client's address (failed logins are counted against it).
+  gateway_impl(rpc_server::impl& s, std::optional<api_key_digest> session, std::string peer)
+      : s_(s), session_(session), peer_(std::move(peer)) {}
 
  protected:
   kj::Promise<void> login(LoginContext ctx) override {
     auto key = ctx.getParams().getKey();
     if (!s_.cfg.keys) {
-      ctx.getResults().setGateway(kj::heap<gateway_impl>(s_, std::nullopt));
+      ctx.getResults().setGateway(kj::heap<gateway_impl>(s_, std::nullopt, peer_));
       return kj::READY_NOW;
     }
+    // Guessing keys is slowed per address: one that failed too often is refused unchecked.
+    const auto now = auth_throttle::clock::now();
+    if (auto wait_s = s_.cfg.throttle->blocked_for(peer_, now)) {
+      // Not a verdict on the key (it was not looked at): "overloaded: ... retry in N s", as
+      // HTTP answers 429 with Retry-After; the client library maps the prefix to
+      // errc::overloaded (overloaded_prefix in client.hpp).
+      if (s_.metrics) s_.metrics->refused("rpc", errc::overloaded);
+      spdlog::info("rpc: login from {} refused: throttled for {} s", peer_, wait_s);
+      return kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
+                           kj::str("overloaded: too many failed API key attempts from ",
+                                   peer_.c_str(), ": retry in ", wait_s, " s"));
+    }
     auto d = digest_api_key(std::string_view(key.cStr(), key.size()));
-    if (!s_.cfg.keys->accepts_digest(d)) return refuse("login", "incorrect API key");
-    ctx.getResults().setGateway(kj::heap<gateway_impl>(s_, d));
+    if (!s_.cfg.keys->accepts_digest(d)) {
+      s_.cfg.throttle->failed(peer_, now);
+      return refuse("login", "incorrect API key");
+    }
+    ctx.getResults().setGateway(kj::heap<gateway_impl>(s_, d, peer_));
     return kj::READY_NOW;
   }
 
@@ -401,14 +421,15 @@ class gateway_impl final : public rpc::Gateway::Server {
   /// Nothing was started: the caller gets "unauthenticated: WHY" (the client library maps
   /// the prefix: is_unauthenticated in client.hpp).
   kj::Promise<void> refuse(const char* method, const char* why) {
-    if (s_.metrics) s_.metrics->refused("rpc", errc::invalid_request);
-    spdlog::info("rpc: {} refused: {}", method, why);
+    if (s_.metrics) s_.metrics->refused("rpc", errc::unauthenticated);
+    spdlog::info("rpc: {} from {} refused: {}", method, peer_, why);
     return kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
                          kj::str("unauthenticated: ", why));
   }
 
   rpc_server::impl& s_;
   std::optional<api_key_digest> session_;
+  std::string peer_;
 };
 
 /// One client connection: its own vat network (so we control the message size limit).
@@ -422,6 +443,23 @@ struct connection {
         network(*stream, capnp::rpc::twoparty::Side::SERVER, opts),
         rpc(capnp::makeRpcServer(network, kj::mv(bootstrap))) {}
 };
+
+/// The numeric address (no port) of the client at the other end of `sock`; "?" when the
+/// stream cannot say.
+std::string peer_address(kj::AsyncIoStream& sock) {
+  sockaddr_storage addr{};
+  kj::uint len = sizeof(addr);
+  try {
+    sock.getpeername(reinterpret_cast<sockaddr*>(&addr), &len);
+  } catch (const kj::Exception&) {
+    return "?";
+  }
+  char host[NI_MAXHOST] = "?";
+  if (::getnameinfo(reinterpret_cast<const sockaddr*>(&addr), len, host, sizeof(host), nullptr, 0,
+                    NI_NUMERICHOST) != 0)
+    return "?";
+  return host;
+}
 
 /// The text of PEM file `path` (given as `option`); an error names both.
 result<std::string> read_pem(const std::string& path, const char* option) {
@@ -485,7 +523,6 @@ void rpc_server::impl::run(std::promise<result<uint16_t>>& started) {
   kj::TaskSet task_set(*this);
   tasks = &task_set;
   timer = &io.provider->getTimer();
-  capnp::Capability::Client bootstrap = kj::heap<gateway_impl>(*this, std::nullopt);
   capnp::ReaderOptions opts;
   opts.traversalLimitInWords = cfg.max_message_bytes / 8;
   started.set_value(static_cast<uint16_t>(listener->getPort()));
@@ -497,12 +534,15 @@ void rpc_server::impl::run(std::promise<result<uint16_t>>& started) {
           int one = 1;
           sock->setsockopt(IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
           if (window > 0) sock->setsockopt(SOL_SOCKET, SO_SNDBUF, &window, sizeof(window));
+          // One bootstrap Gateway per connection: it knows the client's address.
+          capnp::Capability::Client bootstrap =
+              kj::heap<gateway_impl>(*this, std::nullopt, peer_address(*sock));
           KJ_IF_MAYBE (t, tls) {
             // The handshake runs beside the accept loop; one that fails (a plaintext client,
             // a bad certificate) drops that connection only.
             task_set.add((*t)->wrapServer(kj::mv(sock))
                              .then(
-                                 [&, opts](kj::Own<kj::AsyncIoStream>&& secure) {
+                                 [&, opts, bootstrap](kj::Own<kj::AsyncIoStream>&& secure) mutable {
                                    auto conn =
                                        kj::heap<connection>(kj::mv(secure), bootstrap, opts);
                                    auto done = conn->network.onDisconnect();

@@ -16,6 +16,7 @@
 namespace tokenmill {
 
 class api_keys;
+class auth_throttle;
 
 struct rpc_server_config {
   std::string host = "127.0.0.1";
@@ -26,6 +27,10 @@ struct rpc_server_config {
   /// Set: the bootstrap Gateway answers only login(key) with one of these keys (shared
   /// with the HTTP server; reloaded in place). Null: every call is open.
   std::shared_ptr<const api_keys> keys;
+  /// With `keys`: failed logins per client address (shared with the HTTP server); an
+  /// address that failed too often is refused unchecked for a while. Null: the server keeps
+  /// its own, with the default limits.
+  std::shared_ptr<auth_throttle> throttle;
   /// Both set: the port speaks TLS (kj-tls, OpenSSL) with this PEM certificate chain and
   /// private key; a client that does not complete a TLS handshake is dropped.
   std::string tls_cert;

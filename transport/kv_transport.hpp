@@ -44,6 +44,7 @@ struct kv_transport_stats {
   uint64_t writes_failed = 0;     ///< writes whose `done` reported an error (timeouts included)
   uint64_t timeouts = 0;          ///< writes failed with errc::timeout
   uint64_t stalls = 0;            ///< writes reported stalled (no progress, peer connected)
+  uint64_t peers_refused = 0;     ///< writes and connects refused: pool not announced
   uint32_t writes_in_flight = 0;  ///< started and not yet completed
   uint32_t writes_queued = 0;     ///< waiting for room in the transport's window
   uint64_t bytes_in_flight = 0;   ///< bytes of the writes in flight
@@ -91,6 +92,20 @@ class kv_transport {
   /// connects now), so that the first transfer does not pay for it. Asynchronous; failures
   /// show up in later writes. Nothing to do for transports without connections.
   virtual void connect(const pool_descriptor& peer) { (void)peer; }
+  /// The pools the supervisor announced (every up member's, from one membership): a
+  /// transport that opens endpoints to peers may refuse any other descriptor
+  /// (ucx_config::announced_only). Each call replaces the previous set. Nothing to do for
+  /// transports without connections: inline payloads travel inside actor messages between
+  /// authenticated nodes.
+  virtual void announce_pools(std::span<const pool_descriptor> pools) { (void)pools; }
+  /// Whether a write to `peer` would pass the announcement check now (announce_pools): a
+  /// worker holding a job for a pool announced in a membership it has not received yet
+  /// waits for that membership instead of having the write refused. Always true for
+  /// transports that do not check.
+  virtual bool accepts_peer(const pool_descriptor& peer) const {
+    (void)peer;
+    return true;
+  }
   /// Whether writes put bytes straight into the peer's memory (UCX): a write still in
   /// flight can then land after the receiver gave up on it, so the receiver must not reuse
   /// its blocks until the writer says it is done. Inline payloads only land when delivered.

@@ -86,6 +86,7 @@ kv_transport_stats ucx_transport::impl::stats() const {
   s.writes_failed = writes_failed_.load(std::memory_order_relaxed);
   s.timeouts = timeouts_.load(std::memory_order_relaxed);
   s.stalls = stalls_.load(std::memory_order_relaxed);
+  s.peers_refused = peers_refused_.load(std::memory_order_relaxed);
   s.writes_in_flight = writes_in_flight_.load(std::memory_order_relaxed);
   s.writes_queued = writes_queued_.load(std::memory_order_relaxed);
   s.bytes_in_flight = bytes_in_flight_.load(std::memory_order_relaxed);

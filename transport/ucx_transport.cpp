@@ -47,6 +47,7 @@ ucx_transport::~ucx_transport() = default;
 result<std::shared_ptr<ucx_transport>> ucx_transport::create(ucx_config cfg) {
   auto im = std::make_unique<impl>();
   im->cfg_ = cfg;
+  im->peers_ = announced_pools(cfg.announced_only);
   im->host_ = host_identity();
   ucp_config_t* raw_config = nullptr;
   ucs_status_t st = ucp_config_read(nullptr, nullptr, &raw_config);  // honours UCX_* env
@@ -165,8 +166,31 @@ pool_descriptor ucx_transport::register_pool(worker_id owner, pool_memory& pool,
   return future.get();
 }
 
+std::string ucx_transport::impl::refuse_peer(const pool_descriptor& peer, const char* what) {
+  std::string why;
+  {
+    std::lock_guard lock{peers_mutex_};
+    why = peers_.check(peer);
+  }
+  if (why.empty()) return why;
+  peers_refused_.fetch_add(1, std::memory_order_relaxed);
+  spdlog::warn("ucx: refused to {} worker {}: {}; no endpoint created", what, peer.owner, why);
+  return why;
+}
+
+void ucx_transport::announce_pools(std::span<const pool_descriptor> pools) {
+  std::lock_guard lock{impl_->peers_mutex_};
+  impl_->peers_.replace(pools);
+}
+
+bool ucx_transport::accepts_peer(const pool_descriptor& peer) const {
+  std::lock_guard lock{impl_->peers_mutex_};
+  return impl_->peers_.check(peer).empty();
+}
+
 void ucx_transport::connect(const pool_descriptor& peer) {
   if (peer.worker_address.empty()) return;
+  if (!impl_->refuse_peer(peer, "connect to").empty()) return;
   impl* im = impl_.get();
   const bool same_host = !peer.host.empty() && peer.host == impl_->host_;
   impl_->submit([im, address = peer.worker_address, same_host](bool cancelled) {
@@ -198,6 +222,12 @@ void ucx_transport::write(const pool_memory& pool, size_t block_bytes,
                                  local_blocks, peer.num_blocks));
   const registered_pool* reg = impl_->find_pool(local);
   if (reg == nullptr) return invalid("local memory is not inside a registered pool");
+  // Before any endpoint or rkey exists for it: an unannounced pool gets nothing.
+  if (auto why = impl_->refuse_peer(peer, "write to"); !why.empty()) {
+    error_info err{errc::unauthenticated, "ucx write: " + why};
+    impl_->count(err, 0);
+    return done(std::move(err), {});
+  }
   if (src.empty()) {
     impl_->count({}, 0);
     return done(error_info{}, kv_payload{});

@@ -41,6 +41,12 @@ struct ucx_config {
   /// peers. Writes beyond it wait in FIFO order and start as earlier ones complete; a single
   /// write larger than the window starts alone.
   uint64_t max_inflight_bytes = uint64_t{256} << 20;
+  /// Endpoints (and remote keys) only for pools the supervisor announced (announce_pools();
+  /// transport/peer_policy.hpp): a write or connect to any other descriptor is refused with
+  /// errc::unauthenticated and a warning, before anything is allocated for it. Node
+  /// processes turn it on; off, every descriptor is used (tests and tools without a
+  /// supervisor).
+  bool announced_only = false;
 };
 
 /// A UCP context with one worker and the thread that progresses it. Peers are addressed by
@@ -81,7 +87,8 @@ class ucx_transport final : public kv_transport {
   /// coalescing runs of consecutive ids, and flushes; writes started together on one
   /// endpoint share one flush. `local` must stay alive until `done`. A staged pool's blocks
   /// are copied to its mirror first (only the blocks written). `done` runs exactly once: on
-  /// the caller's thread for invalid input (errc::invalid_request), otherwise on the
+  /// the caller's thread for invalid input (errc::invalid_request) or a peer that was not
+  /// announced (errc::unauthenticated, with announced_only), otherwise on the
   /// progress thread after the flush, on an endpoint error (errc::unavailable), after
   /// op_timeout (errc::timeout) or at destruction (errc::unavailable).
   void write(const pool_memory& local, size_t block_bytes, std::span<const block_id> src,
@@ -98,6 +105,9 @@ class ucx_transport final : public kv_transport {
   /// half-open when a peer dies mid-transfer: UCX 1.13.1 (Debian, assertions on) aborts the
   /// surviving process when a peer fails during wire-up.
   void connect(const pool_descriptor& peer) override;
+  /// With ucx_config::announced_only: from now on, endpoints only to these pools.
+  void announce_pools(std::span<const pool_descriptor> pools) override;
+  bool accepts_peer(const pool_descriptor& peer) const override;
 
   struct impl;  ///< UCX state, owned by the progress thread (ucx_transport.cpp)
 

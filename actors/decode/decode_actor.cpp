@@ -961,6 +961,7 @@ caf::behavior decode_behavior(decode_ptr self) {
       [self](const membership& m) {
         self->state.flip.last_membership = m;
         self->state.w.learn_kv_store(m);
+        self->state.w.announce_pools(m);     // migration targets' pools: announced ones only
         learn_decode_peers(self->state, m);  // live migration: targets for drain
       },
       [self](engine_step_done& d) { step_done(self, d); },

@@ -78,6 +78,14 @@ void kv_worker::learn_kv_store(const membership& m) {
     if (mem.info.kind == role::kv_store) kv_store = mem.up ? mem.handle : caf::actor{};
 }
 
+void kv_worker::announce_pools(const membership& m) {
+  std::vector<pool_descriptor> pools;
+  pools.reserve(m.members.size());
+  for (const auto& mem : m.members)
+    if (mem.up && !mem.info.pool.worker_address.empty()) pools.push_back(mem.info.pool);
+  transport->announce_pools(pools);
+}
+
 worker_status kv_worker::status(role kind, std::string_view extra) const {
   worker_status ws;
   ws.id = info.id;

@@ -67,6 +67,11 @@ struct kv_worker {
   /// after this worker, or leave.
   void learn_kv_store(const membership& m);
 
+  /// Tells the transport which pools the supervisor announced in `m` (every up member's):
+  /// with UCX on a node, it opens endpoints to those only (ucx_config::announced_only).
+  /// Called on every membership, before anything connects to a pool it names.
+  void announce_pools(const membership& m);
+
   /// The status fields every KV-holding worker reports (id, kind, name, node, KV and prefix
   /// cache use); `detail` names engine and transport, then `extra` (ending in ", " when
   /// set), then the prefix cache.

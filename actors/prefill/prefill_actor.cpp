@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "actors/actors.hpp"
@@ -47,8 +48,12 @@ struct prefill_state {
   prefill_config cfg;
   std::unordered_set<worker_id> connected;  ///< decode workers whose pools we connected to
   std::unordered_map<request_id, job_state> jobs;
-  std::deque<request_id> queue;          ///< jobs with blocks, in arrival order
-  std::deque<request_id> waiting;        ///< jobs waiting for local blocks
+  std::deque<request_id> queue;    ///< jobs with blocks, in arrival order
+  std::deque<request_id> waiting;  ///< jobs waiting for local blocks
+  /// Jobs whose decode pool the transport does not accept yet: its membership has not
+  /// reached this worker (a job can overtake the supervisor's announcement). They wait
+  /// for it, at most cfg.announce_wait, before they take local blocks.
+  std::deque<request_id> unannounced;
   std::vector<planned_chunk> on_engine;  ///< the batch the engine is computing
   uint64_t completed = 0;
   uint64_t tokens_computed = 0;
@@ -95,6 +100,8 @@ void drop_job(prefill_ptr self, request_id id) {
   st.jobs.erase(it);
   st.queue.erase(std::remove(st.queue.begin(), st.queue.end(), id), st.queue.end());
   st.waiting.erase(std::remove(st.waiting.begin(), st.waiting.end(), id), st.waiting.end());
+  st.unannounced.erase(std::remove(st.unannounced.begin(), st.unannounced.end(), id),
+                       st.unannounced.end());
 }
 
 void fail_job(prefill_ptr self, request_id id, error_info err) {
@@ -277,13 +284,48 @@ caf::behavior prefill_behavior(prefill_ptr self) {
         js.chain = block_hashes(job.prompt, bt);
         js.job = std::move(job);
         js.grammar = std::move(grammar);
-        st.waiting.push_back(id);
+        if (st.w.transport->accepts_peer(js.job.dst)) {
+          st.waiting.push_back(id);
+          return;
+        }
+        // The announcement of this pool has not reached us (or names it otherwise): wait
+        // for the next membership rather than have the transport refuse the first write.
+        spdlog::info(
+            "prefill {}: request {} waits for the supervisor to announce the pool of "
+            "worker {}",
+            st.w.info.name, id, js.job.dst.owner);
+        st.unannounced.push_back(id);
+        self->delayed_send(self, st.cfg.announce_wait, announce_atom::value, id);
+      },
+      [self](announce_atom, request_id id) {
+        launch_on_exit relaunch{self};
+        auto& st = self->state;
+        if (std::find(st.unannounced.begin(), st.unannounced.end(), id) == st.unannounced.end())
+          return;  // announced meanwhile, or gone
+        auto owner = st.jobs.at(id).job.dst.owner;
+        fail_job(self, id,
+                 {errc::unauthenticated,
+                  fmt::format("the pool of worker {} was not announced by the supervisor within "
+                              "{} ms; no endpoint was opened to it",
+                              owner, st.cfg.announce_wait.count())});
       },
       [self](step_atom) { launch(self); },
       [self](const membership& m) {
         auto& st = self->state;
         st.flip.last_membership = m;
         st.w.learn_kv_store(m);  // for prefix cache events
+        st.w.announce_pools(m);  // before connecting: the transport takes announced pools only
+        // Jobs that overtook this announcement go on (launch after the handler).
+        launch_on_exit relaunch{self};
+        for (auto it = st.unannounced.begin(); it != st.unannounced.end();) {
+          auto job = st.jobs.find(*it);
+          if (job != st.jobs.end() && !st.w.transport->accepts_peer(job->second.job.dst)) {
+            ++it;
+            continue;
+          }
+          if (job != st.jobs.end()) st.waiting.push_back(*it);
+          it = st.unannounced.erase(it);
+        }
         for (const auto& mem : m.members) {
           // Connect to every decode worker's pool now rather than at the first transfer.
           if (mem.info.kind != role::decode) continue;

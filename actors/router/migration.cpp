@@ -40,6 +40,9 @@ std::optional<migration_reason> migration_for_error(errc code) {
     case errc::kv_corrupt:
     case errc::timeout:
     case errc::unavailable:
+    // A KV write the transport refused (its peer was not announced yet, or any more): the
+    // membership moves on, and another worker or a retry can serve the request.
+    case errc::unauthenticated:
       return migration_reason::transfer_failed;
     // An engine threw (decode_actor / prefill_actor report `internal`), or a worker
     // reported a failure of its own.

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <caf/binary_serializer.hpp>
 
 #include "actors/actors.hpp"
 #include "actors/supervisor/join_policy.hpp"
@@ -82,6 +83,15 @@ struct supervisor_state {
 };
 
 using supervisor_ptr = caf::stateful_actor<supervisor_state>*;
+
+/// `node` as CAF serializes it, which is how it starts the payload of that node's BASP
+/// client handshake (node_certificates.hpp). Empty when it cannot be serialized.
+std::vector<uint8_t> node_key(caf::actor_system& sys, const caf::node_id& node) {
+  std::vector<char> buf;
+  caf::binary_serializer sink{sys, buf};
+  if (inspect(sink, node)) return {};
+  return {buf.begin(), buf.end()};
+}
 
 membership snapshot(const supervisor_state& st) {
   membership m;
@@ -492,13 +502,24 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, supervisor
         auto& st = self->state;
         auto refuse = [&](const std::string& why) {
           spdlog::warn("supervisor: refused the join of node '{}' (index {}) from {}: {}", j.name,
-                       j.index, caf::to_string(j.agent.node()), why);
+                       j.index, j.agent ? caf::to_string(j.agent.node()) : std::string("?"), why);
           return why;
         };
+        // The agent named in the join is the joining process's own: a node cannot join in
+        // the name of another process's actor.
+        auto sender = self->current_sender();
+        if (!j.agent || !sender || sender->node() != j.agent.node())
+          return refuse("the join names an agent of another process than the one sending it");
         if (!st.cfg.secret.empty()) {
           join_statement s{st.cfg.cluster, j.name, j.index, j.manifest_hash, j.model, j.host_id};
           auto why = st.challenges.verify(st.cfg.secret, j.challenge, j.proof, s, now_ns());
           if (!why.empty()) return refuse("cluster secret: " + why);
+        }
+        // With TLS, the certificate the node's link presented must be issued for its name.
+        if (st.cfg.certificates && j.agent.node() != self->node()) {
+          auto links = st.cfg.certificates->names_of(node_key(self->system(), j.agent.node()));
+          if (auto why = judge_node_certificate(j.name, links); !why.empty())
+            return refuse("certificate: " + why);
         }
         std::optional<earlier_join> earlier;
         if (auto it = st.nodes.find(j.index); it != st.nodes.end())

@@ -20,7 +20,8 @@ void configure_scheduler(caf::actor_system_config& cfg, size_t threads) {
 
 caf::actor spawn_node_supervisor(caf::actor_system& sys, const manifest& m, uint32_t index,
                                  const std::string& model_name, const std::vector<uint8_t>& secret,
-                                 bool members_from_joined_nodes) {
+                                 bool members_from_joined_nodes,
+                                 std::shared_ptr<const node_certificates> certificates) {
   if (m.nodes.at(index).count(role::supervisor) == 0) return {};
   supervisor_config sc;
   sc.cluster = m.cluster;
@@ -35,6 +36,7 @@ caf::actor spawn_node_supervisor(caf::actor_system& sys, const manifest& m, uint
   if (m.planner) sc.change_timeout = std::chrono::milliseconds(m.planner->change_timeout_ms);
   sc.secret = secret;
   sc.members_from_joined_nodes = members_from_joined_nodes;
+  sc.certificates = std::move(certificates);
   return spawn_supervisor(sys, sc);
 }
 

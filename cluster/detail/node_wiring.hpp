@@ -36,11 +36,13 @@ void configure_scheduler(caf::actor_system_config& cfg, size_t threads);
 /// handle): it expects every other actor of the manifest to register, and joining nodes
 /// to run `m` and serve `model_name`. With a `secret`, joining nodes must prove they know
 /// it; with `members_from_joined_nodes`, workers register only from joined nodes (a
-/// cluster of node processes; the embedded cluster has no joins).
+/// cluster of node processes; the embedded cluster has no joins); with `certificates` (TLS),
+/// a node joins only under a name its certificate carries.
 caf::actor spawn_node_supervisor(caf::actor_system& sys, const manifest& m, uint32_t index,
                                  const std::string& model_name,
                                  const std::vector<uint8_t>& secret = {},
-                                 bool members_from_joined_nodes = false);
+                                 bool members_from_joined_nodes = false,
+                                 std::shared_ptr<const node_certificates> certificates = {});
 
 /// What a composition root built for one node's actors.
 struct node_services {

@@ -26,6 +26,7 @@
 
 #include "actors/protocol.hpp"
 #include "common/clock.hpp"
+#include "frontend/auth_throttle.hpp"
 #include "frontend/completion_text.hpp"
 #include "frontend/http_server.hpp"
 
@@ -114,6 +115,7 @@ struct http_server::core {
         metrics(std::move(mx)) {
     ctx.served_model = model.name;
     ctx.format = cfg.chat_format;
+    if (cfg.keys && !cfg.throttle) cfg.throttle = std::make_shared<auth_throttle>();
     metrics->log().set_block_layout(model.layout.block_tokens, model.layout.block_bytes());
   }
 

@@ -1,8 +1,8 @@
 // API keys and TLS on the client-facing ports of `tokenmill serve`: RPC and HTTP without
 // a key or with a wrong one are refused and nothing is generated; the right key works; a
 // SIGHUP reload takes new keys and drops removed ones (also on connections already logged
-// in); /metrics behind a key; a plaintext client against a TLS port is refused while the
-// server keeps serving.
+// in); repeated wrong keys from one address are refused for a while; /metrics behind a
+// key; a plaintext client against a TLS port is refused while the server keeps serving.
 #include <catch2/catch.hpp>
 
 #include <csignal>
@@ -114,16 +114,17 @@ TEST_CASE(
   auto none = s.generate({"--max-tokens", "4", "hello"});
   INFO(none.out << none.err);
   CHECK(none.exit_code != 0);
-  CHECK(contains(none.err, "unauthenticated"));
+  CHECK(contains(none.err, "tokenmill generate: unauthenticated: "));  // errc, then the words
   CHECK(contains(none.err, "requires an API key"));
   auto wrong = s.generate({"--api-key", "gamma", "--max-tokens", "4", "hello"});
   INFO(wrong.out << wrong.err);
   CHECK(wrong.exit_code != 0);
-  CHECK(contains(wrong.err, "unauthenticated"));
+  CHECK(contains(wrong.err, "tokenmill generate: unauthenticated: "));
   CHECK(contains(wrong.err, "incorrect API key"));
   // The library reports the code; a raw call on the bootstrap capability is refused too.
   auto c = client::connect("127.0.0.1", s.port(), 10);
   REQUIRE_FALSE(c.ok());
+  CHECK(c.error().code == errc::unauthenticated);
   CHECK(is_unauthenticated(c.error()));
   auto c_wrong = client::connect("127.0.0.1", s.port(), 10, {"alphaa", ""});
   REQUIRE_FALSE(c_wrong.ok());
@@ -141,11 +142,15 @@ TEST_CASE(
   auto h_none = post_completion(s, {});
   CHECK(h_none.status == 401);
   CHECK(contains(h_none.body, "missing API key"));
+  // RFC 6750: a 401 names the scheme the client must use.
+  CHECK(h_none.header("WWW-Authenticate") == "Bearer realm=\"tokenmill\"");
   auto h_wrong = post_completion(s, {{"Authorization", "Bearer gamma"}});
   CHECK(h_wrong.status == 401);
+  CHECK(h_wrong.header("WWW-Authenticate") == "Bearer realm=\"tokenmill\"");
   CHECK(contains(h_wrong.body, "incorrect API key"));
   auto h_basic = post_completion(s, {{"Authorization", "Basic YWxwaGE6"}});
   CHECK(h_basic.status == 401);
+  CHECK(contains(h_basic.body, "authentication_error"));
 
   // Nothing of that reached a worker.
   auto [done0, tokens0] = work_done(s, "alpha");
@@ -173,9 +178,48 @@ TEST_CASE(
   auto [done1, tokens1] = work_done(s, "beta");
   CHECK(done1 == 4);
   CHECK(tokens1 >= 4 + 4 + 3 + 4 - 4);  // the first token of each may come from prefill
-  // /metrics and /health stay open without --protect-metrics.
-  CHECK(get_path(s.http_port(), "/metrics", {}).status == 200);
+  // /metrics and /health stay open without --protect-metrics; the refusals above are
+  // counted under their own outcome on both APIs.
+  auto metrics = get_path(s.http_port(), "/metrics", {});
+  CHECK(metrics.status == 200);
+  CHECK(contains(
+      metrics.body,
+      "tokenmill_requests_total{api=\"http\",node=\"local\",outcome=\"unauthenticated\"}"));
+  CHECK(
+      contains(metrics.body,
+               "tokenmill_requests_total{api=\"rpc\",node=\"local\",outcome=\"unauthenticated\"}"));
   CHECK(get_path(s.http_port(), "/health", {}).status == 200);
+}
+
+TEST_CASE("security: repeated wrong keys from one address are refused for a while, on both ports",
+          "[integration][security]") {
+  server s({{"--api-key", "the-key"}});
+  // The burst (10): each wrong Bearer key is answered 401.
+  for (int i = 0; i < 10; ++i)
+    CHECK(post_completion(s, {{"Authorization", "Bearer guess-" + std::to_string(i)}}).status ==
+          401);
+  // Then the address is refused without its key being looked at, the right key included.
+  auto blocked = post_completion(s, {{"Authorization", "Bearer the-key"}});
+  CHECK(blocked.status == 429);
+  CHECK(contains(blocked.body, "too many failed API key attempts from 127.0.0.1"));
+  CHECK_FALSE(blocked.header("Retry-After").empty());  // whole seconds until a token returns
+  CHECK(blocked.header("WWW-Authenticate").empty());   // not a verdict on the key
+  // RPC shares the count: its login is refused the same way, as overloaded (retry later).
+  auto rpc_blocked = client::connect("127.0.0.1", s.port(), 10, {"the-key", ""});
+  REQUIRE_FALSE(rpc_blocked.ok());
+  CHECK(rpc_blocked.error().code == errc::overloaded);
+  CHECK(contains(rpc_blocked.error().message, "retry in "));
+  CHECK(contains(rpc_blocked.error().message, "too many failed API key attempts"));
+  // A token comes back every 2 s: then the right key works again, on both ports.
+  CHECK(eventually(
+      [&] {
+        return post_completion(s, {{"Authorization", "Bearer the-key"}}).status == 200;
+      },
+      milliseconds(6000)));
+  auto rpc_ok = client::connect("127.0.0.1", s.port(), 10, {"the-key", ""});
+  INFO((rpc_ok ? std::string() : rpc_ok.error().message));
+  CHECK(rpc_ok.ok());
+  CHECK(s.proc().running());
 }
 
 TEST_CASE("security: SIGHUP reloads the key file, removed keys stop working at once",

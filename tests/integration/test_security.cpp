@@ -1,7 +1,8 @@
 // Node authentication on loopback with real processes: a cluster with mutual TLS and a
 // cluster secret serves, and a node with another CA's certificate, without TLS, with a
-// wrong secret, TLS clients without or with a foreign certificate, and a replayed join are
-// refused with a clear log line while the cluster keeps serving.
+// wrong secret, another node's certificate, TLS clients without or with a foreign
+// certificate, and a replayed join are refused with a clear log line while the cluster keeps
+// serving.
 #include <catch2/catch.hpp>
 
 #include <arpa/inet.h>
@@ -284,6 +285,19 @@ TEST_CASE("a cluster with mutual TLS and a secret serves and refuses nodes that 
     CHECK(eventually_in([&] { return c.log("head"); },
                         "supervisor: refused the join of node 'd1' (index 3)"));
     CHECK_THAT(c.log("head"), Catch::Contains("wrong proof of the cluster secret"));
+  }
+  SECTION("the cluster CA's certificate of another node") {
+    // d0's own certificate and key are valid for the cluster: TLS lets the intruder in, and
+    // the supervisor refuses it as d1 because the certificate is issued for d0.
+    auto err = c.intruder(
+        "{tls: {ca: certs/ca.crt, cert: certs/d0.crt, key: certs/d0.key}, "
+        "secret_file: certs/secret}",
+        "other-node-cert");
+    CHECK_THAT(err, Catch::Contains("the supervisor refused the join") &&
+                        Catch::Contains("issued for 'd0'"));
+    CHECK(eventually_in([&] { return c.log("head"); },
+                        "supervisor: refused the join of node 'd1' (index 3)"));
+    CHECK_THAT(c.log("head"), Catch::Contains("certificate: its certificate is issued for 'd0'"));
   }
   SECTION("TLS clients without a certificate or with another CA's") {
     CHECK_FALSE(tls_client_accepted(c.port("head"), "", ""));

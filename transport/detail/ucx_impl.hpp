@@ -23,6 +23,7 @@
 #include "common/result.hpp"
 #include "transport/detail/staging_thread.hpp"
 #include "transport/detail/ucx_handles.hpp"
+#include "transport/peer_policy.hpp"
 #include "transport/transfer_window.hpp"
 #include "transport/ucx_transport.hpp"
 
@@ -131,12 +132,16 @@ struct ucx_transport::impl {
   bool stop_ = false;
   std::vector<std::unique_ptr<registered_pool>> pools_;  ///< never removed: stable pointers
 
+  std::mutex peers_mutex_;  ///< guards peers_ (callers' threads)
+  announced_pools peers_;   ///< which descriptors may get an endpoint (cfg_.announced_only)
+
   // Counters and gauges (stats()); written by the progress thread, except writes_failed_.
   std::atomic<uint64_t> bytes_written_{0};
   std::atomic<uint64_t> writes_completed_{0};
   std::atomic<uint64_t> writes_failed_{0};
   std::atomic<uint64_t> timeouts_{0};
   std::atomic<uint64_t> stalls_{0};
+  std::atomic<uint64_t> peers_refused_{0};
   std::atomic<uint32_t> writes_in_flight_{0};
   std::atomic<uint32_t> writes_queued_{0};
   std::atomic<uint64_t> bytes_in_flight_{0};
@@ -171,6 +176,10 @@ struct ucx_transport::impl {
 
   /// Counts a write's outcome (any thread).
   void count(const error_info& err, uint64_t bytes);
+
+  /// "" when `peer` may get an endpoint (peer_policy.hpp); else why not, after logging the
+  /// refusal once per call and counting it (any thread). `what` names the operation.
+  std::string refuse_peer(const pool_descriptor& peer, const char* what);
 
   /// The registered pool that contains `range`, or null.
   const registered_pool* find_pool(std::span<const std::byte> range);

@@ -9,6 +9,7 @@
 
 #include "tests/unit/actors/actor_test_util.hpp"
 #include "transport/kv_transport.hpp"
+#include "transport/peer_policy.hpp"
 
 using namespace tokenmill;
 using namespace tokenmill::test;
@@ -386,4 +387,100 @@ TEST_CASE("prefill: a cancelled job keeps its blocks until its writes complete",
   ws = h.status_and_quiet("after the drain");
   CHECK(ws.kv_used == 0);
   CHECK(ws.completed == 0);
+}
+
+namespace {
+/// A transport that, like UCX with announced_only, writes only to pools the supervisor
+/// announced (transport/peer_policy.hpp decides); bytes go through the inline transport.
+class announcing_transport final : public kv_transport {
+ public:
+  std::string_view name() const override { return "announcing"; }
+  kv_transport_stats stats() const override { return {}; }
+  pool_descriptor register_pool(worker_id owner, pool_memory& memory, size_t block_bytes) override {
+    return inner.register_pool(owner, memory, block_bytes);
+  }
+  void write(const pool_memory& local, size_t block_bytes, std::span<const block_id> src,
+             const pool_descriptor& peer, std::span<const block_id> dst, completion done) override {
+    std::string why;
+    {
+      std::lock_guard lock{mutex};
+      why = peers.check(peer);
+      if (!why.empty()) ++refused;
+    }
+    if (!why.empty()) return done(error_info{errc::unauthenticated, why}, {});
+    inner.write(local, block_bytes, src, peer, dst, std::move(done));
+  }
+  error_info deliver(const kv_payload& payload, pool_memory& local, size_t block_bytes) override {
+    return inner.deliver(payload, local, block_bytes);
+  }
+  void announce_pools(std::span<const pool_descriptor> pools) override {
+    std::lock_guard lock{mutex};
+    peers.replace(pools);
+  }
+  bool accepts_peer(const pool_descriptor& peer) const override {
+    std::lock_guard lock{mutex};
+    return peers.check(peer).empty();
+  }
+  uint64_t refused_writes() {
+    std::lock_guard lock{mutex};
+    return refused;
+  }
+
+  inline_transport inner;
+  mutable std::mutex mutex;
+  announced_pools peers{true};
+  uint64_t refused = 0;
+};
+
+/// The membership a supervisor would send: the decode worker that owns `pool`, up.
+membership decode_member(const pool_descriptor& pool, caf::actor handle) {
+  member m;
+  m.info = make_info(pool.owner, role::decode, "decode-0");
+  m.info.pool = pool;
+  m.handle = std::move(handle);
+  return membership{{m}};
+}
+}  // namespace
+
+TEST_CASE("prefill: a job that overtakes its pool's announcement waits for it", "[prefill_actor]") {
+  auto tp = std::make_shared<announcing_transport>();
+  auto pc = small_prefill();
+  pc.announce_wait = std::chrono::milliseconds(200);
+  prefill_harness h{pc, false, tp};
+  // A UCX descriptor has a worker address; the inline one has none, so give it one.
+  h.dst_desc.worker_address = {1, 2, 3};
+  SECTION("the membership arrives after the job: the job runs, nothing is refused") {
+    auto j = h.job(60, 8, {0, 1});
+    h.self->send(h.prefill, j);
+    // It waits without taking local blocks, and nothing is sent for it.
+    CHECK(h.status_and_quiet("before the announcement").kv_used == 0);
+    h.self->send(h.prefill, decode_member(h.dst_desc, handle_of(h.self)));
+    h.check_job(j, h.collect(j.id));
+    CHECK(tp->refused_writes() == 0);
+  }
+  SECTION("a pool never announced: the job fails as unauthenticated, nothing is written") {
+    auto other = h.dst_desc;
+    other.remote_key = {9};  // what a forged or stale descriptor looks like
+    h.self->send(h.prefill, decode_member(other, handle_of(h.self)));
+    auto j = h.job(61, 8, {0, 1});
+    h.self->send(h.prefill, j);
+    auto f = expect<prefill_failed>(h.self, "prefill_failed");
+    CHECK(f.id == j.id);
+    CHECK(f.error.code == errc::unauthenticated);
+    CHECK_THAT(f.error.message, Catch::Contains("not announced"));
+    CHECK(expect<kv_drained>(h.self, "kv_drained").id == j.id);
+    CHECK(tp->refused_writes() == 0);  // refused before any write was tried
+    auto ws = h.status_and_quiet("after the refusal");
+    CHECK(ws.kv_used == 0);
+    CHECK(ws.tokens_out == 0);
+  }
+  SECTION("a waiting job that is cancelled goes without a trace") {
+    auto j = h.job(62, 8, {0, 1});
+    h.self->send(h.prefill, j);
+    h.self->send(h.prefill, cancel_request{j.id});
+    CHECK(expect<kv_drained>(h.self, "kv_drained").id == j.id);  // nothing was written
+    // The wait's timer fires later and finds nothing to fail.
+    std::this_thread::sleep_for(pc.announce_wait + std::chrono::milliseconds(100));
+    CHECK(h.status_and_quiet("after the cancel").kv_used == 0);
+  }
 }

@@ -312,16 +312,21 @@ TEST_CASE(
                  [&](caf::error& e) { answer = caf::to_string(e); });
     return answer;
   };
-  auto reg = [&](uint32_t node_index) {
-    worker_info wi = make_info(7, role::decode, "d0.decode0");
+  auto reg = [&](uint32_t node_index, caf::scoped_actor& as, worker_id id = 7) {
+    worker_info wi = make_info(id, role::decode, "d0.decode" + std::to_string(id));
     wi.node_index = node_index;
+    wi.pool.owner = id;
+    wi.pool.remote_key = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+    wi.pool.worker_address = {static_cast<uint8_t>(id)};
     bool ok = true;
-    self->request(sup, std::chrono::seconds(5), register_worker{wi, handle_of(worker)})
+    self->request(sup, std::chrono::seconds(5), register_worker{wi, handle_of(as)})
         .receive([&](bool b) { ok = b; }, [&](caf::error&) {});
     return ok;
   };
-  // Before its node joined, a worker is refused: no pool descriptor reaches it.
-  CHECK_FALSE(reg(1));
+  // Before its node joined, a worker is refused: no pool descriptor reaches it (the
+  // supervisor answered, so a membership sent before the answer would be waiting now).
+  CHECK_FALSE(reg(1, worker));
+  expect_no_message(worker, "after a refused registration");
   join_node j{"n1", 1, 0, "", handle_of(agent), "this-host", {}, {}};
   CHECK_THAT(ask(j), Catch::Contains("no proof"));
   auto proof_for = [&](const std::vector<uint8_t>& key, const std::string& c) {
@@ -331,13 +336,23 @@ TEST_CASE(
   REQUIRE(j.challenge.size() == 2 * join_nonce_bytes);
   j.proof = proof_for(secret_bytes("another secret, sixteen+"), j.challenge);
   CHECK_THAT(ask(j), Catch::Contains("wrong proof"));
-  CHECK_FALSE(reg(1));
+  CHECK_FALSE(reg(1, worker));
+  expect_no_message(worker, "after a refused registration (wrong proof)");
   j.challenge = ask(join_challenge_atom::value);
   j.proof = proof_for(cfg.secret, j.challenge);
   CHECK(ask(j).empty());
   CHECK_THAT(ask(j), Catch::Contains("replayed join"));
-  // Joined: its workers register.
-  CHECK(reg(1));
+  // Joined: its workers register, and the membership with their pools goes to them.
+  CHECK(reg(1, worker));
+  auto m = expect<membership>(worker, "membership after the worker registered");
+  REQUIRE(m.members.size() == 1);
+  CHECK(m.members[0].info.pool.remote_key.size() == 9);
+  // A worker claiming node 2, which never joined, is refused and learns no remote key, while
+  // the members hear nothing of it.
+  caf::scoped_actor outsider{ts.sys};
+  CHECK_FALSE(reg(2, outsider, 8));
+  expect_no_message(outsider, "after the outsider was refused");
+  expect_no_message(worker, "after the outsider was refused");
 }
 
 TEST_CASE("supervisor: a node that joins again after its process died counts a restart",

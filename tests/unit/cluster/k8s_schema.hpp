@@ -162,10 +162,17 @@ class k8s_schema {
       if (!is_label(name)) add("volumes[].name", "not a DNS label");
       volumes.insert(name);
       int sources = (v["configMap"] ? 1 : 0) + (v["persistentVolumeClaim"] ? 1 : 0) +
-                    (v["emptyDir"] ? 1 : 0) + (v["hostPath"] ? 1 : 0);
+                    (v["emptyDir"] ? 1 : 0) + (v["hostPath"] ? 1 : 0) + (v["secret"] ? 1 : 0);
       if (sources != 1) add("volumes[" + name + "]", "exactly one source");
       if (v["configMap"] && scalar(v["configMap"]["name"]).empty())
         add("volumes[" + name + "].configMap.name", "missing");
+      if (v["secret"] && scalar(v["secret"]["secretName"]).empty())
+        add("volumes[" + name + "].secret.secretName", "missing");
+      if (v["secret"] && v["secret"]["defaultMode"]) {
+        auto mode = v["secret"]["defaultMode"];
+        if (!mode.IsScalar() || mode.as<int>(-1) < 0 || mode.as<int>(-1) > 0777)
+          add("volumes[" + name + "].secret.defaultMode", "not a file mode in 0..0777");
+      }
       if (v["persistentVolumeClaim"] && scalar(v["persistentVolumeClaim"]["claimName"]).empty())
         add("volumes[" + name + "].persistentVolumeClaim.claimName", "missing");
     }

@@ -79,7 +79,32 @@ TEST_CASE("basp: a handshake and messages pass whole, split at any byte", "[basp
     CHECK(out == stream);
     CHECK(check.handshaken());
     CHECK(check.buffered() == 0);
+    // The peer's node id, for binding its certificate to its name at join.
+    CHECK(check.handshake_payloads() ==
+          std::vector<std::vector<uint8_t>>{std::vector<uint8_t>(40, 0xab)});
   }
+}
+
+TEST_CASE("basp: repeated client handshakes pass, each node id recorded once", "[basp]") {
+  // CAF may send more than one client handshake on a connection; the gate must not cut
+  // the BASP exchange for it. Each distinct node id is bound to the link's certificate.
+  auto other = frame(basp_op::client_handshake, std::vector<uint8_t>(40, 0xcd));
+  auto stream = cat(cat(cat(handshake(), frame(basp_op::direct_message, {1})), handshake()), other);
+  basp_inbound_check check;
+  std::vector<uint8_t> out;
+  REQUIRE(check.feed(stream, out).empty());
+  CHECK(out == stream);
+  CHECK(check.handshake_payloads() ==
+        std::vector<std::vector<uint8_t>>{std::vector<uint8_t>(40, 0xab),
+                                          std::vector<uint8_t>(40, 0xcd)});
+  // A connection naming more node ids than any CAF peer does is refused.
+  basp_limits one;
+  one.max_handshake_ids = 1;
+  basp_inbound_check strict(one);
+  std::vector<uint8_t> out2;
+  CHECK(strict.feed(cat(handshake(), handshake()), out2).empty());
+  CHECK_THAT(strict.feed(other, out2), Catch::Contains("more than 1 node ids"));
+  CHECK(out2 == cat(handshake(), handshake()));  // the refused handshake was not forwarded
 }
 
 TEST_CASE("basp: what a connecting peer may not send", "[basp]") {

@@ -331,3 +331,70 @@ TEST_CASE("k8s render: values that look like numbers stay strings", "[k8s]") {
   CHECK(lbl.as<std::string>() == "2024");
   CHECK(parse(r.manifest_text).cluster == "2024");
 }
+
+TEST_CASE("k8s render: certificates, keys and the cluster secret come from a Secret", "[k8s]") {
+  const std::string text =
+      three_nodes +
+      "security: {tls: {ca: certs/ca.crt, cert: 'certs/{node}.crt', key: 'certs/{node}.key'}, "
+      "secret_file: certs/secret}\n";
+  auto o = opts();
+  o.insecure = false;
+  auto r = render(text, o);
+  require_schema(r);
+  CHECK(r.security_secret == "demo-1-security");
+  // The Secret holds the CA, each pod's certificate and key (pods are the in-cluster
+  // nodes, and a node joins only under its certificate's name) and the cluster secret.
+  std::vector<std::string> keys;
+  for (const auto& [key, local] : r.security_files) {
+    keys.push_back(key);
+    CHECK(fs::path(local).filename() == key);
+  }
+  CHECK(keys == std::vector<std::string>{"ca.crt", "demo-1-head-0.crt", "demo-1-head-0.key",
+                                         "demo-1-prefill-0.crt", "demo-1-prefill-0.key",
+                                         "demo-1-decode-0.crt", "demo-1-decode-0.key", "secret"});
+  auto cmd = k8s_secret_command(r, "serving");
+  CHECK_THAT(cmd, Catch::StartsWith("kubectl create secret generic demo-1-security --namespace "
+                                    "serving") &&
+                      Catch::Contains("--from-file=demo-1-decode-0.key=") &&
+                      Catch::Contains("--from-file=secret="));
+  // Every pod mounts it read-only, owner-only, where the in-cluster manifest points.
+  auto objs = objects(r);
+  for (const auto& g : r.groups) {
+    auto pod = objs.at("StatefulSet/" + g.name)["spec"]["template"]["spec"];
+    bool has_volume = false, has_mount = false;
+    for (const auto& v : pod["volumes"])
+      if (v["secret"]) {
+        has_volume = v["secret"]["secretName"].as<std::string>() == "demo-1-security" &&
+                     v["secret"]["defaultMode"].as<int>() == 0400;
+      }
+    for (const auto& m : pod["containers"][0]["volumeMounts"])
+      if (m["name"].as<std::string>() == "security")
+        has_mount =
+            m["mountPath"].as<std::string>() == k8s_security_dir && m["readOnly"].as<bool>();
+    CHECK(has_volume);
+    CHECK(has_mount);
+  }
+  auto inside = parse(r.manifest_text);
+  REQUIRE(inside.security.tls);
+  CHECK_FALSE(inside.security.insecure);
+  CHECK(inside.security.tls->ca == "/etc/tokenmill/security/ca.crt");
+  CHECK(inside.security.tls->cert_for("demo-1-head-0") ==
+        "/etc/tokenmill/security/demo-1-head-0.crt");
+  CHECK(inside.security.tls->key_for("demo-1-decode-0") ==
+        "/etc/tokenmill/security/demo-1-decode-0.key");
+  CHECK(inside.security.secret_file == "/etc/tokenmill/security/secret");
+
+  // Without TLS or a secret there is no Secret.
+  auto plain = render(three_nodes);
+  CHECK(plain.security_secret.empty());
+  CHECK(k8s_secret_command(plain, "").empty());
+
+  // Files whose names collide cannot share the Secret's one folder.
+  const std::string clash =
+      three_nodes +
+      "security: {tls: {ca: a/node.pem, cert: 'b/{node}.pem', key: 'c/{node}.pem'}}\n";
+  auto bad = render_k8s(parse(clash), clash, o);
+  REQUIRE_FALSE(bad);
+  CHECK_THAT(bad.error().message,
+             Catch::Contains("security.tls.key") && Catch::Contains("has the file name of"));
+}

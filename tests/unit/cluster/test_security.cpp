@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -144,6 +145,20 @@ TEST_CASE("security: certs init makes a CA, node certificates and a secret", "[s
   INFO((cn ? std::string() : cn.error().message));
   REQUIRE(cn);
   CHECK(*cn == "d0");
+  // Each node's certificate is issued for its name (CN and DNS subjectAltName), which the
+  // supervisor checks at join (actors/supervisor/node_certificates.hpp).
+  auto names = certificate_names(dir + "/d0.crt");
+  REQUIRE(names);
+  CHECK(*names == std::vector<std::string>{"d0"});
+  auto head_names = certificate_names(dir + "/head.crt");
+  REQUIRE(head_names);
+  CHECK(*head_names == std::vector<std::string>{"head"});
+  auto ca_names = certificate_names(dir + "/ca.crt");
+  REQUIRE(ca_names);
+  CHECK(std::find(ca_names->begin(), ca_names->end(), "d0") == ca_names->end());
+  auto missing_names = certificate_names(dir + "/nope.crt");
+  REQUIRE_FALSE(missing_names);
+  CHECK_THAT(missing_names.error().message, Catch::Contains(dir + "/nope.crt"));
   auto secret = read_secret_file(dir + "/secret");
   REQUIRE(secret);
   CHECK(secret->size() == 64);

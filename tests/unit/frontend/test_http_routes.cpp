@@ -82,7 +82,8 @@ TEST_CASE("check_api_key guards /v1/* and /tokenize when keys are set", "[http_r
   CHECK_FALSE(check_api_key("/debug/requests", "", k, false));
   auto e = check_api_key("/v1/models", "Bearer wrong", k, false);
   REQUIRE(e);
-  CHECK(e->status == 401);
+  CHECK(e->status == 401);  // errc::unauthenticated (openai::from_errc)
+  CHECK(e->type == "authentication_error");
   CHECK(e->code == "invalid_api_key");
   CHECK(e->message == "incorrect API key");
   auto missing = check_api_key("/tokenize", "", k, false);

@@ -629,6 +629,7 @@ TEST_CASE("error bodies and errc mapping", "[openai]") {
         {errc::timeout, 504, "server_error"},
         {errc::unavailable, 503, "server_error"},
         {errc::invalid_model, 500, "server_error"},
+        {errc::unauthenticated, 401, "authentication_error"},
         {errc::internal, 500, "server_error"},
     };
     for (const auto& r : rows) {

@@ -256,6 +256,59 @@ TEST_CASE("ucx transport rejects bad input", "[transport][ucx]") {
   CHECK(a->register_pool(3, ragged, kBlock).num_blocks == 0);
 }
 
+TEST_CASE("ucx transport opens endpoints only to announced pools", "[transport][ucx]") {
+  auto a = make_transport({.announced_only = true});
+  auto b = make_transport();
+  if (!a || !b) return;
+  auto mem_a = make_buffer(8, 1);
+  auto mem_b = make_buffer(8, 100);
+  const auto orig_b = mem_b;
+  auto da = a->register_pool(1, mem_a, kBlock);
+  auto db = b->register_pool(2, mem_b, kBlock);
+  REQUIRE(db.num_blocks == 8);
+
+  // Refused on the caller's thread, before write() returns: no task reached the progress
+  // thread, so no endpoint was created and no remote key unpacked for it.
+  auto expect_refused = [&](const pool_descriptor& peer, const char* why) {
+    int calls = 0;
+    error_info err;
+    std::vector<block_id> src{0};
+    std::vector<block_id> dst{1};
+    a->write(mem_a, kBlock, src, peer, dst, [&](error_info e, kv_payload) {
+      ++calls;
+      err = std::move(e);
+    });
+    CHECK(calls == 1);
+    CHECK(err.code == errc::unauthenticated);
+    CHECK_THAT(err.message, Catch::Contains(why));
+  };
+  expect_refused(db, "no membership");  // nothing announced yet
+  a->connect(db);                       // refused too (a warning, nothing queued)
+  std::vector<pool_descriptor> only_a{da};
+  a->announce_pools(only_a);
+  expect_refused(db, "not a member");
+  auto forged = db;  // B's pool under the id of an announced worker
+  forged.owner = da.owner;
+  expect_refused(forged, "worker address");
+  std::this_thread::sleep_for(50ms);
+  CHECK(mem_b == orig_b);
+  auto st = a->stats();
+  CHECK(st.peers_refused == 4);
+  CHECK(st.writes_failed == 3);
+  CHECK(st.writes_completed == 0);
+
+  // Announced: the same write goes through.
+  std::vector<pool_descriptor> both{da, db};
+  a->announce_pools(both);
+  std::vector<block_id> src{0};
+  std::vector<block_id> dst{1};
+  auto w = write_and_wait(*a, mem_a, src, db, dst);
+  INFO(w.err.message);
+  REQUIRE(!w.err);
+  CHECK(block_equals(mem_b, 1, mem_a, 0));
+  CHECK(a->stats().peers_refused == 4);
+}
+
 TEST_CASE("ucx transport fails writes to a peer that is gone", "[transport][ucx]") {
   // Peer error handling on, for this peer too: UCX itself reports the gone peer. Without it
   // (the default) a gone peer is noticed by op_timeout, tested with the stall test.

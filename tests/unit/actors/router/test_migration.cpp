@@ -94,6 +94,8 @@ TEST_CASE("migration: only worker and transfer failures migrate", "[migration]")
   CHECK(migration_for_error(errc::kv_corrupt) == migration_reason::transfer_failed);
   CHECK(migration_for_error(errc::timeout) == migration_reason::transfer_failed);
   CHECK(migration_for_error(errc::unavailable) == migration_reason::transfer_failed);
+  // A KV write refused because the peer was not (yet) announced: another try may succeed.
+  CHECK(migration_for_error(errc::unauthenticated) == migration_reason::transfer_failed);
   CHECK(migration_for_error(errc::internal) == migration_reason::worker_failed);
   CHECK(migration_for_error(errc::worker_failed) == migration_reason::worker_failed);
   for (auto e : {errc::ok, errc::invalid_request, errc::overloaded, errc::no_workers,
