@@ -549,6 +549,42 @@ command add_bench(CLI::App& app) {
       j["itl_over_step"] = {{"p50", itl["p50"].get<double>() / o->step_ms},
                             {"p99", itl["p99"].get<double>() / o->step_ms}};
     }
+    // Where the ITL tail goes (RPC: the server's step records beside the client's arrival
+    // times): the mean of each part over the gaps above 1.1x the configured step (or the
+    // p50 gap).
+    {
+      std::vector<wl::itl_part> parts;
+      for (const auto& r : results)
+        parts.insert(parts.end(), r.itl_parts.begin(), r.itl_parts.end());
+      if (!parts.empty()) {
+        std::vector<double> gaps;
+        for (const auto& p : parts)
+          gaps.push_back(p.gap_ms);
+        const double base = o->step_ms > 0 ? o->step_ms : summarize(gaps).p50;
+        const double threshold = 1.1 * base;
+        wl::itl_part sum;
+        size_t n = 0;
+        for (const auto& p : parts)
+          if (p.gap_ms > threshold) {
+            ++n;
+            sum.gap_ms += p.gap_ms;
+            sum.step_ms += p.step_ms;
+            sum.between_ms += p.between_ms;
+            sum.held_ms += p.held_ms;
+            sum.deliver_ms += p.deliver_ms;
+          }
+        auto mean = [n](double x) { return n ? x / static_cast<double>(n) : 0.0; };
+        j["itl_tail"] = {{"threshold_ms", threshold},
+                         {"gaps", parts.size()},
+                         {"tail_gaps", n},
+                         {"mean_ms",
+                          {{"gap", mean(sum.gap_ms)},
+                           {"step", mean(sum.step_ms)},
+                           {"between_steps", mean(sum.between_ms)},
+                           {"router_hold", mean(sum.held_ms)},
+                           {"delivery", mean(sum.deliver_ms)}}}};
+      }
+    }
     if (o->prefill_us_per_token > 0 && completed > 0) {
       double mean_prompt = static_cast<double>(rep["prompt_tokens"].get<uint64_t>()) /
                            static_cast<double>(completed);

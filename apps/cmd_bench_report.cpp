@@ -143,6 +143,17 @@ void print_table(const nlohmann::ordered_json& j) {
     fmt::print("{:<34}p50 {:.4f}  p99 {:.4f}\n",
                "ITL / configured step:", j["itl_over_step"]["p50"].get<double>(),
                j["itl_over_step"]["p99"].get<double>());
+  if (j.contains("itl_tail")) {
+    const auto& t = j["itl_tail"];
+    const auto& m = t["mean_ms"];
+    fmt::print(
+        "{:<34}{} of {} gaps above {:.2f} ms; mean gap {:.3f} = step {:.3f} + between "
+        "steps {:.3f} + router hold {:.3f} + delivery {:.3f}\n",
+        "ITL tail (ms):", t["tail_gaps"].get<size_t>(), t["gaps"].get<size_t>(),
+        t["threshold_ms"].get<double>(), m["gap"].get<double>(), m["step"].get<double>(),
+        m["between_steps"].get<double>(), m["router_hold"].get<double>(),
+        m["delivery"].get<double>());
+  }
   if (j.contains("ttft_runtime_share_ms"))
     fmt::print("{:<34}p50 {:.3f}  mean {:.3f}\n",
                "TTFT minus modelled prefill (ms):", j["ttft_runtime_share_ms"]["p50"].get<double>(),

@@ -88,6 +88,7 @@ class rpc_connection final : public connection {
     out.output_tokens = static_cast<uint32_t>(res->tokens.size());
     out.prompt_tokens = res->server.prompt_tokens ? res->server.prompt_tokens : r.prompt_len;
     out.stages = std::move(res->stages);
+    out.itl_parts = split_itl(res->server.steps, out.itl_ms);
     return out;
   }
   bool broken() const override { return broken_; }

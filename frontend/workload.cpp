@@ -355,4 +355,27 @@ nlohmann::ordered_json make_report(const std::vector<request_result>& results, d
   return j;
 }
 
+std::vector<itl_part> split_itl(std::span<const step_record> steps,
+                                std::span<const double> itl_ms) {
+  std::vector<itl_part> out;
+  for (size_t i = 1; i < steps.size(); ++i) {
+    const auto& a = steps[i - 1];
+    const auto& b = steps[i];
+    if (a.step_start_ns == 0 || b.step_start_ns == 0) continue;  // a prefill's token
+    if (b.index != a.index + 1 || b.index == 0 || b.index - 1 >= itl_ms.size()) continue;
+    const double gap = itl_ms[b.index - 1];
+    if (gap <= 0) continue;  // inside a chunk: its gap is the chunk's first token's
+    itl_part p;
+    p.gap_ms = gap;
+    p.step_ms = static_cast<double>(b.step_end_ns - b.step_start_ns) / 1e6;
+    p.between_ms = static_cast<double>(b.step_start_ns - a.step_end_ns) / 1e6;
+    p.held_ms =
+        static_cast<double>((b.released_ns - b.step_end_ns) - (a.released_ns - a.step_end_ns)) /
+        1e6;
+    p.deliver_ms = gap - static_cast<double>(b.released_ns - a.released_ns) / 1e6;
+    out.push_back(p);
+  }
+  return out;
+}
+
 }  // namespace tokenmill::workload

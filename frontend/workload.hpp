@@ -8,6 +8,7 @@
 #include <functional>
 #include <optional>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -161,6 +162,21 @@ result<std::vector<bench_request>> sharegpt_workload(const sharegpt_spec& s,
 // ---- results and the report ----------------------------------------------------------
 
 /// One measured request as the client saw it.
+/// One client-side token gap between two decode steps, split on one host's steady clock:
+/// gap = step + between + held + deliver.
+struct itl_part {
+  double gap_ms = 0;      ///< the client saw the token this long after the previous one
+  double step_ms = 0;     ///< the decode step that produced it (engine time)
+  double between_ms = 0;  ///< the decode worker between the previous step's end and its start
+  double held_ms = 0;     ///< change in how long the router held the token after its step
+  double deliver_ms = 0;  ///< change in router -> client time (frontend, RPC, client)
+};
+
+/// Splits `r`'s token gaps (see itl_part) from the server's step records and the client's
+/// arrival times; tokens inside a chunk (no gap of their own) and the first decode token
+/// (its predecessor came from a prefill) are skipped.
+std::vector<itl_part> split_itl(std::span<const step_record> steps, std::span<const double> itl_ms);
+
 struct request_result {
   bool ok = false;
   std::string error;  ///< when !ok
@@ -174,6 +190,9 @@ struct request_result {
   uint32_t prompt_tokens = 0;    ///< as the server counted them (or the workload's)
   std::vector<stage_ms> stages;  ///< TTFT breakdown, in causal order (may be empty)
   double dispatch_delay_ms = 0;  ///< rate mode: actual send - scheduled send
+  /// RPC only (the server's per-token step records): where each client-side token gap
+  /// between two decode steps went. Empty over HTTP.
+  std::vector<itl_part> itl_parts;
 };
 
 /// Per-request service level objectives, in ms; unset ones are not checked. A request is

@@ -62,8 +62,10 @@ endpoint="$(sed -n 's/.*ready.*rpc=\([^ ]*\).*/\1/p' "$log" | head -1)"
 [[ -n "$endpoint" ]] || { echo "bench-core: server did not start" >&2; cat "$log" >&2; exit 1; }
 
 echo "mode: $([[ $three == 1 ]] && echo "three processes (tokenmill launch$([[ $tls == 1 ]] && echo ', mutual TLS between nodes'))" || echo 'one process (tokenmill serve)')"
-echo "machine: $(nproc) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-12s %12s %12s %14s %14s %12s\n' concurrency itl_p50/step itl_p99/step ttft_p50_ms runtime_ms tokens/s
+echo "machine: $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1), $(nproc) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+read -r _ u0 n0 s0 i0 w0 q0 sq0 st0 _ < /proc/stat
+printf '%-12s %12s %12s %14s %14s %12s   %s\n' concurrency itl_p50/step itl_p99/step ttft_p50_ms runtime_ms tokens/s \
+  "tail gaps (> 1.1 step): n, mean ms = step + between steps + router hold + delivery"
 for c in "${levels[@]}"; do
   "$bin" bench --connect "$endpoint" --concurrency "$c" --requests $((c * 8)) --warmup "$c" \
     --input-len "$input_len" --output-len "$output_len" --step-ms "$step_ms" \
@@ -72,8 +74,13 @@ for c in "${levels[@]}"; do
 import json, sys
 j = json.load(open(sys.argv[1]))
 print(f"{j['concurrency']:<12} {j['itl_over_step']['p50']:12.4f} {j['itl_over_step']['p99']:12.4f} "
-      f"{j['ttft_ms']['p50']:14.2f} {j['ttft_runtime_share_ms']['p50']:14.3f} {j['output_tokens_per_s']:12.1f}")
+      f"{j['ttft_ms']['p50']:14.2f} {j['ttft_runtime_share_ms']['p50']:14.3f} {j['output_tokens_per_s']:12.1f}   "
+      + (lambda t: f"{t['tail_gaps']}/{t['gaps']}, {t['mean_ms']['gap']:.2f} = {t['mean_ms']['step']:.2f} + "
+         f"{t['mean_ms']['between_steps']:.3f} + {t['mean_ms']['router_hold']:.3f} + {t['mean_ms']['delivery']:.3f}")(j['itl_tail'])
+      if 'itl_tail' in j else "")
 PY
 done
-echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+read -r _ u1 n1 s1 i1 w1 q1 sq1 st1 _ < /proc/stat
+tot=$(( (u1+n1+s1+i1+w1+q1+sq1+st1) - (u0+n0+s0+i0+w0+q0+sq0+st0) ))
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg); CPU steal during the run: $(python3 -c "print(f'{100*$((st1-st0))/max(1,$tot):.2f}%')")"
 echo "JSON: $out"

@@ -498,3 +498,33 @@ TEST_CASE("check_delivery counts indices delivered twice, conflicting or missing
     CHECK(check_delivery({}, 0).missing == 0);
   }
 }
+
+TEST_CASE("token gaps split into step, between steps, router hold and delivery", "[workload]") {
+  // Token 0 from a prefill, tokens 1..3 from decode steps (times in ms, as ns).
+  auto ms = [](double x) { return static_cast<int64_t>(x * 1e6); };
+  std::vector<step_record> steps{
+      {0, ms(5), 0, ms(4.9), 1, 8, itl_cause::none},
+      {1, ms(15.2), ms(5), ms(15), 1, 0, itl_cause::none},
+      {2, ms(25.5), ms(15.1), ms(25.1), 1, 0, itl_cause::none},  // held 0.4 (was 0.2)
+      {3, ms(38.0), ms(25.6), ms(37.9), 1, 0, itl_cause::slow_step},
+  };
+  // Client gaps before tokens 1, 2, 3; token 3 arrived 1 ms later than its release spacing.
+  std::vector<double> itl{10.3, 10.3, 13.5};
+  auto parts = split_itl(steps, itl);
+  REQUIRE(parts.size() == 2);  // token 1's predecessor came from the prefill
+  CHECK(parts[0].gap_ms == Approx(10.3));
+  CHECK(parts[0].step_ms == Approx(10.0));
+  CHECK(parts[0].between_ms == Approx(0.1));
+  CHECK(parts[0].held_ms == Approx(0.2));
+  CHECK(parts[0].deliver_ms == Approx(0.0).margin(1e-9));
+  CHECK(parts[1].step_ms == Approx(12.3));
+  CHECK(parts[1].between_ms == Approx(0.5));
+  CHECK(parts[1].held_ms == Approx(-0.3));
+  CHECK(parts[1].deliver_ms == Approx(1.0));
+  for (const auto& p : parts)  // the parts add up to the gap
+    CHECK(p.step_ms + p.between_ms + p.held_ms + p.deliver_ms == Approx(p.gap_ms));
+  // A token inside a chunk (gap 0) has no part of its own; missing steps are skipped.
+  itl[2] = 0;
+  CHECK(split_itl(steps, itl).size() == 1);
+  CHECK(split_itl(std::span<const step_record>(steps).subspan(0, 2), itl).empty());
+}
