@@ -254,7 +254,7 @@ TEST_CASE("the same prompt gives the same tokens whichever worker prefills it", 
   }
 }
 
-TEST_CASE("generate --logprobs prints each token's log-probability; bad values are refused",
+TEST_CASE("generate --logprobs prints each token's log-probability, bad values are refused",
           "[integration]") {
   server srv;
   auto r = srv.generate({"--max-tokens", "4", "--logprobs", "2", "hello"});

@@ -333,7 +333,7 @@ TEST_CASE("endpoints parse or say what is wrong", "[client]") {
   }
 }
 
-TEST_CASE("token chunk logprobs round-trip; an older server's chunk has none", "[codec]") {
+TEST_CASE("token chunk logprobs round-trip, an older server's chunk has none", "[codec]") {
   codec::chunk c{0, {10, 11}, "ab", 5};
   c.logprobs = {{-0.5f, {{10, -0.5f}, {12, -1.0f}}}, {-2.0f, {}}};
   capnp::MallocMessageBuilder msg;
