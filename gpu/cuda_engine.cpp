@@ -169,11 +169,11 @@ struct cuda_engine::impl {
   struct host_batch {
     std::vector<host_row> rows;
     std::vector<std::span<const block_id>> tables;
-    std::vector<uint32_t> out_rows;                  ///< rows sampled, one per chunk / sequence
-    std::vector<sampling_params> sampling;           ///< per output
-    std::vector<uint64_t> positions;                 ///< per output: sample_token's position
-    std::vector<sample_history> histories;           ///< per output: what its penalties look at
-    std::vector<token_logprobs*> logprobs;           ///< per output: where its logprobs go (or null)
+    std::vector<uint32_t> out_rows;         ///< rows sampled, one per chunk / sequence
+    std::vector<sampling_params> sampling;  ///< per output
+    std::vector<uint64_t> positions;        ///< per output: sample_token's position
+    std::vector<sample_history> histories;  ///< per output: what its penalties look at
+    std::vector<token_logprobs*> logprobs;  ///< per output: where its logprobs go (or null)
     std::vector<std::span<const uint64_t>> allowed;  ///< per output: grammar mask (or empty)
     bool multi_row = false;                          ///< a sequence contributes several rows
     uint32_t max_context = 0;                        ///< max(pos) + 1
