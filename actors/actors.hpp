@@ -12,6 +12,7 @@
 
 #include "actors/protocol.hpp"
 #include "actors/router/admission_policy.hpp"
+#include "actors/router/fetch_policy.hpp"
 #include "actors/router/migration.hpp"
 #include "actors/router/routing_policy.hpp"
 #include "actors/supervisor/node_certificates.hpp"
@@ -97,6 +98,9 @@ struct router_config {
   /// The cost model's weights and constants (manifest `router: {...}`); its
   /// kv_bytes_per_block comes from the model's KV layout.
   cost_model cost;
+  /// Fetch instead of recompute (fetch_policy.hpp): when a request prefills on its decode
+  /// worker, the prefix blocks another worker holds may be pulled from it instead.
+  fetch_settings fetch;
   /// Prefill speed of workers without an entry in `speeds`: the configured rate
   /// (router.prefill_tokens_per_s).
   prefill_speed default_speed;
@@ -137,6 +141,9 @@ struct decode_config {
   /// commit) before it takes the sequence back; the target drops a reservation no commit
   /// followed within twice this.
   std::chrono::milliseconds migration_timeout{5000};
+  /// Fetch instead of recompute: how long the serving worker waits for the source's reply
+  /// before it computes the blocks itself.
+  std::chrono::milliseconds fetch_timeout{2000};
   /// As prefill_config::grammars.
   std::shared_ptr<grammar::grammar_cache> grammars;
 };

@@ -59,6 +59,13 @@ struct decode_assignment {
   generate_request req;
   caf::actor prefill;
   caf::actor router;
+  /// Fetch instead of recompute (actors/router/fetch_policy.hpp), local prefill only: pull
+  /// the prompt's blocks after those the decode worker holds, up to `fetch_end_block`, from
+  /// `fetch_from`'s prefix cache (kv_fetch_request) before computing the rest. Invalid: no
+  /// fetch.
+  caf::actor fetch_from;
+  std::string fetch_source;  ///< its name, for logs and errors
+  uint32_t fetch_end_block = 0;
 };
 
 /// decode -> prefill: compute the prompt and write the KV of its blocks from `skip_blocks`
@@ -111,6 +118,34 @@ struct kv_drained {
 /// decode -> itself: stop waiting for kv_drained of `id` (its prefill worker may be gone).
 struct drain_expired {
   request_id id = 0;
+};
+
+/// serving worker -> source worker (request; reply kv_fetch_reply or an error): write the
+/// KV of the blocks of your prefix cache with these chain hashes (a prompt's consecutive
+/// blocks, in order) into `dst_blocks` of the pool `dst`, one block each. The source pins
+/// the leading run it holds until the write is flushed, then replies.
+struct kv_fetch_request {
+  request_id id = 0;
+  std::vector<uint64_t> hashes;
+  pool_descriptor dst;
+  std::vector<block_id> dst_blocks;
+};
+
+/// source -> serving worker (reply to kv_fetch_request): the blocks written (a leading run
+/// of dst_blocks: the source stops at the first block it does not hold) with the xxh3 of
+/// each as the source wrote it; with a one-sided transport the bytes are in place already.
+/// No write of the fetch is in flight any more when it is sent.
+struct kv_fetch_reply {
+  request_id id = 0;
+  kv_transfer transfer;
+  error_info error;  ///< set: the source wrote nothing usable (a refusal or a failed write)
+};
+
+/// transport -> source worker (its own mailbox): the write of fetch `key` finished.
+struct kv_fetch_written {
+  uint64_t key = 0;
+  error_info error;
+  kv_transfer transfer;
 };
 
 /// transport -> prefill (its own mailbox): a kv write finished; forward the control
@@ -561,7 +596,20 @@ typename F::result_type inspect(F& f, generate_request& x) {
 }
 template <class F>
 typename F::result_type inspect(F& f, decode_assignment& x) {
-  return f(caf::meta::type_name("decode_assignment"), x.req, x.prefill, x.router);
+  return f(caf::meta::type_name("decode_assignment"), x.req, x.prefill, x.router, x.fetch_from,
+           x.fetch_source, x.fetch_end_block);
+}
+template <class F>
+typename F::result_type inspect(F& f, kv_fetch_request& x) {
+  return f(caf::meta::type_name("kv_fetch_request"), x.id, x.hashes, x.dst, x.dst_blocks);
+}
+template <class F>
+typename F::result_type inspect(F& f, kv_fetch_reply& x) {
+  return f(caf::meta::type_name("kv_fetch_reply"), x.id, x.transfer, x.error);
+}
+template <class F>
+typename F::result_type inspect(F& f, kv_fetch_written& x) {
+  return f(caf::meta::type_name("kv_fetch_written"), x.key, x.error, x.transfer);
 }
 template <class F>
 typename F::result_type inspect(F& f, prefill_job& x) {

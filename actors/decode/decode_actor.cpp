@@ -21,6 +21,7 @@
 #include "actors/detail/role_flip.hpp"
 #include "actors/detail/worker_common.hpp"
 #include "actors/prefix_reuse.hpp"
+#include "actors/router/fetch_policy.hpp"
 #include "common/clock.hpp"
 #include "engine/block_hash.hpp"
 #include "engine/kv_cache.hpp"
@@ -33,6 +34,7 @@ namespace {
 enum class seq_phase : uint8_t {
   waiting_blocks,
   waiting_kv,
+  fetching,  ///< pulling cached prefix blocks from a peer (kv_fetch_request), then local prefill
   local_prefill,
   ready,
   running,
@@ -54,6 +56,11 @@ struct sequence {
   uint32_t reused = 0;                    ///< leading blocks taken from the prefix cache
   uint32_t committed = 0;                 ///< leading blocks committed to the prefix cache
   std::unordered_set<block_id> received;  ///< prompt blocks that arrived (remote prefill)
+  // Fetch instead of recompute (decode_assignment::fetch_from).
+  caf::actor fetch_from;
+  std::string fetch_source;
+  uint32_t fetch_end = 0;    ///< the plan: blocks [reused, fetch_end) from fetch_from
+  uint32_t fetch_asked = 0;  ///< blocks asked for (from `reused` on) by the fetch under way
   /// Set when the sequence must end while the engine is using its blocks; applied when
   /// the step returns.
   std::optional<std::pair<finish_reason, error_info>> pending_end;
@@ -102,6 +109,11 @@ struct decode_state {
   uint64_t completed = 0;
   uint64_t tokens_out = 0;
   uint64_t kv_bytes_received = 0;  ///< prompt KV that arrived from prefill workers
+  /// Fetch instead of recompute, as the serving worker: fetches started, blocks and bytes
+  /// that arrived, blocks asked for and not written (evicted at the source), fetches that
+  /// fell back to computing everything (error, timeout, source lost, bad checksum).
+  uint64_t fetches = 0, fetched_blocks = 0, fetched_bytes = 0, fetch_missing = 0;
+  uint64_t fetch_failures = 0;
   /// Blocks of sequences that ended while a one-sided transport was writing their KV: a put
   /// still in flight may land in them, so they are held until the prefill worker reports its
   /// writes drained (kv_drained), or until cfg.kv_drain_timeout.
@@ -160,7 +172,10 @@ void finish(decode_ptr self, request_id id, finish_reason reason, error_info err
   }
   if (s.phase == seq_phase::waiting_kv && s.prefill) self->send(s.prefill, cancel_request{id});
   if (!s.blocks.empty()) {
-    if (hold_until_drained(s.phase == seq_phase::waiting_kv, st.w.transport->one_sided())) {
+    // A fetch under way writes into the blocks like a prefill worker: held the same way (its
+    // reply, or drain_expired, frees them).
+    const bool writes_pending = s.phase == seq_phase::waiting_kv || s.phase == seq_phase::fetching;
+    if (hold_until_drained(writes_pending, st.w.transport->one_sided())) {
       st.draining.emplace(id, std::move(s.blocks));
       self->delayed_send(self, st.cfg.kv_drain_timeout, drain_expired{id});
     } else if (!st.w.cache->release(s.blocks)) {
@@ -294,6 +309,17 @@ void prompt_complete(decode_ptr self, sequence& s, token_id first) {
   st.ready.push_back(id);
 }
 
+/// Queues a sequence whose blocks are reserved (and fetched, if it fetched) for local prefill.
+void queue_local(decode_ptr self, sequence& s) {
+  auto& st = self->state;
+  s.phase = seq_phase::local_prefill;
+  s.req.tr.stamp(stage::prefill_queued, st.w.info.node_index);
+  st.local_queue.push_back(s.req.id);
+}
+
+void start_fetch(decode_ptr self, sequence& s);
+void launch(decode_ptr self);
+
 /// Reserves blocks for assignments in arrival order, while the pool allows.
 void reserve_waiting(decode_ptr self) {
   auto& st = self->state;
@@ -325,12 +351,147 @@ void reserve_waiting(decode_ptr self) {
       job.router = s.router;
       job.tr = s.req.tr;
       self->send(s.prefill, std::move(job));
+    } else if (s.fetch_from && s.fetch_end > s.reused) {
+      start_fetch(self, s);
     } else {
-      s.phase = seq_phase::local_prefill;
-      s.req.tr.stamp(stage::prefill_queued, st.w.info.node_index);
-      st.local_queue.push_back(id);
+      queue_local(self, s);
     }
   }
+}
+
+// ================================================================ fetch instead of recompute
+// The router planned (fetch_policy.hpp) that the prompt's blocks [reused, fetch_end) come
+// from a peer's prefix cache: ask it to write them into the blocks reserved for them, check
+// what arrived, commit it to this worker's prefix cache and prefill only the rest. Whatever
+// goes wrong — the source no longer holds a block, refuses, fails, times out, leaves the
+// membership, or a block fails its checksum — the sequence computes those tokens itself.
+
+/// Gives up (the rest of) a fetch: the sequence prefills from its own cached prefix on.
+/// `may_land`: the source may still be writing (timeout, source lost); with a one-sided
+/// transport its puts could land later, so the asked blocks are held (freed by the late reply
+/// or drain_expired) and fresh blocks take their place.
+void fetch_fallback(decode_ptr self, sequence& s, const std::string& why, bool may_land) {
+  auto& st = self->state;
+  const auto id = s.req.id;
+  ++st.fetch_failures;
+  spdlog::warn("decode {}: fetch of {} blocks of request {} from {} failed, computing them: {}",
+               st.w.info.name, s.fetch_asked, id, s.fetch_source, why);
+  if (may_land && st.w.transport->one_sided() && s.fetch_asked > 0) {
+    auto fresh = st.w.cache->allocate(s.fetch_asked);
+    if (!fresh) {
+      // finish() holds every block of a fetching sequence until the writes drain.
+      fail(self, id, errc::unavailable,
+           fmt::format("the fetch from {} failed ({}) and no free KV blocks can replace the "
+                       "ones it may still write",
+                       s.fetch_source, why));
+      return;
+    }
+    auto at = s.blocks.begin() + s.reused;
+    auto& held = st.draining[id];
+    held.insert(held.end(), at, at + s.fetch_asked);
+    std::copy(fresh->begin(), fresh->end(), at);
+    self->delayed_send(self, st.cfg.kv_drain_timeout, drain_expired{id});
+  }
+  s.fetch_asked = 0;
+  queue_local(self, s);
+}
+
+/// The source's answer: take the leading run it wrote, then prefill the rest.
+void on_fetched(decode_ptr self, request_id id, kv_fetch_reply& rep) {
+  auto& st = self->state;
+  auto it = st.seqs.find(id);
+  if (it == st.seqs.end() || it->second.phase != seq_phase::fetching) {
+    // Ended or gave up meanwhile: no write of the fetch is in flight any more.
+    release_drained(self, id, false);
+    return;
+  }
+  auto& s = it->second;
+  if (rep.error) {
+    fetch_fallback(self, s, fmt::format("{} said: {}", s.fetch_source, rep.error.message), false);
+    return;
+  }
+  const auto asked = std::span(s.blocks).subspan(s.reused, s.fetch_asked);
+  const auto& t = rep.transfer;
+  auto n = fetched_prefix(asked, t.payload.dst_blocks, t.checksums.size(), s.fetch_source);
+  if (!n) {
+    fetch_fallback(self, s, n.error().message, false);
+    return;
+  }
+  if (*n > 0) {
+    if (auto err =
+            st.w.transport->deliver(t.payload, st.w.pool->storage(), st.w.pool->block_bytes())) {
+      fetch_fallback(self, s, err.message, false);
+      return;
+    }
+    for (size_t i = 0; i < *n; ++i) {
+      auto b = t.payload.dst_blocks[i];
+      if (auto err = check_block_checksum(b, block_checksum(*st.w.pool, b), t.checksums[i])) {
+        fetch_fallback(self, s, err->message, false);
+        return;
+      }
+    }
+    const auto bt = st.w.pool->layout().block_tokens;
+    if (auto kv = st.w.check_kv(s.tokens, s.blocks, first_computed_token(s.reused, bt),
+                                first_computed_token(s.reused + *n, bt));
+        !kv) {
+      fetch_fallback(self, s, kv.error().message, false);
+      return;
+    }
+    st.fetched_blocks += *n;
+    st.fetched_bytes += uint64_t{*n} * st.w.pool->block_bytes();
+    // The fetched blocks are this worker's cached prefix now, for this and later requests.
+    commit_written(st, s, first_computed_token(s.reused + *n, bt));
+    st.w.publish_cache_events(self);
+    s.prefill_done = first_computed_token(s.reused + *n, bt);
+  }
+  st.fetch_missing += s.fetch_asked - *n;
+  s.fetch_asked = 0;
+  queue_local(self, s);
+}
+
+void start_fetch(decode_ptr self, sequence& s) {
+  auto& st = self->state;
+  const auto id = s.req.id;
+  const auto bt = st.w.pool->layout().block_tokens;
+  const uint32_t end = std::min({s.fetch_end, reusable_prefix_blocks(s.prompt_len, bt),
+                                 static_cast<uint32_t>(s.chain.size())});
+  if (end <= s.reused) {
+    queue_local(self, s);
+    return;
+  }
+  kv_fetch_request r;
+  r.id = id;
+  r.hashes.assign(s.chain.begin() + s.reused, s.chain.begin() + end);
+  r.dst = st.w.info.pool;
+  r.dst_blocks.assign(s.blocks.begin() + s.reused, s.blocks.begin() + end);
+  s.phase = seq_phase::fetching;
+  s.fetch_asked = end - s.reused;
+  ++st.fetches;
+  self->request(s.fetch_from, st.cfg.fetch_timeout, std::move(r))
+      .then(
+          [self, id](kv_fetch_reply& rep) {
+            on_fetched(self, id, rep);
+            launch(self);
+          },
+          [self, id](caf::error& e) {
+            auto it = self->state.seqs.find(id);
+            if (it == self->state.seqs.end() || it->second.phase != seq_phase::fetching) return;
+            fetch_fallback(self, it->second, "no reply: " + caf::to_string(e), true);
+            launch(self);
+          });
+}
+
+/// A fetch source that left the membership (or is down) will not answer: compute now.
+void fetch_sources_lost(decode_ptr self, const membership& m) {
+  std::vector<request_id> lost;
+  for (auto& [id, s] : self->state.seqs) {
+    if (s.phase != seq_phase::fetching) continue;
+    auto mem = std::find_if(m.members.begin(), m.members.end(),
+                            [&](const member& x) { return x.handle == s.fetch_from; });
+    if (mem == m.members.end() || !mem->up) lost.push_back(id);
+  }
+  for (auto id : lost)
+    fetch_fallback(self, self->state.seqs.at(id), "the source left the membership", true);
 }
 
 /// Plans the next iteration — local prefill chunks (piggy-backed) and one decode step over
@@ -871,6 +1032,11 @@ caf::behavior decode_behavior(decode_ptr self) {
         sequence s;
         s.router = a.router;
         s.prefill = a.prefill;
+        if (!a.prefill && a.fetch_from) {
+          s.fetch_from = std::move(a.fetch_from);
+          s.fetch_source = std::move(a.fetch_source);
+          s.fetch_end = a.fetch_end_block;
+        }
         s.prompt_len = prompt_len;
         s.tokens = a.req.prompt;
         s.tokens.reserve(size_t{prompt_len} + a.req.options.max_tokens);
@@ -963,6 +1129,19 @@ caf::behavior decode_behavior(decode_ptr self) {
         self->state.w.learn_kv_store(m);
         self->state.w.announce_pools(m);     // migration targets' pools: announced ones only
         learn_decode_peers(self->state, m);  // live migration: targets for drain
+        launch_on_exit relaunch{self};
+        fetch_sources_lost(self, m);
+      },
+      // Fetch instead of recompute, as the source: a peer pulls blocks of this cache.
+      [self](kv_fetch_request& r) -> caf::result<kv_fetch_reply> {
+        auto res = self->state.w.serve_fetch(self, r);
+        self->state.w.publish_cache_events(self);  // onboarding may have evicted blocks
+        return res;
+      },
+      [self](kv_fetch_written& w) {
+        launch_on_exit relaunch{self};
+        self->state.w.fetch_written(w);
+        reserve_waiting(self);  // unpinned blocks may be evictable again
       },
       [self](engine_step_done& d) { step_done(self, d); },
       [self](const cancel_request& c) {
@@ -1021,7 +1200,13 @@ caf::behavior decode_behavior(decode_ptr self) {
         size_t waiting_kv = 0;
         for (const auto& [id, s] : st.seqs)
           waiting_kv += s.phase == seq_phase::waiting_kv;
-        auto ws = st.w.status(role::decode, fmt::format("{} awaiting KV, ", waiting_kv));
+        auto extra = fmt::format("{} awaiting KV, ", waiting_kv);
+        if (st.fetches > 0)
+          extra += fmt::format(
+              "fetched {} blocks ({} bytes) in {} fetches, {} missing, {} "
+              "failed, ",
+              st.fetched_blocks, st.fetched_bytes, st.fetches, st.fetch_missing, st.fetch_failures);
+        auto ws = st.w.status(role::decode, extra);
         ws.queued = static_cast<uint32_t>(st.waiting_blocks.size() + st.local_queue.size() +
                                           st.ready.size());
         ws.running = static_cast<uint32_t>(st.running.size());
@@ -1090,6 +1275,7 @@ held_sequence held_stage(const sequence& s) {
     case seq_phase::waiting_blocks:
       return held_sequence::unreserved;
     case seq_phase::waiting_kv:
+    case seq_phase::fetching:
     case seq_phase::local_prefill:
       return held_sequence::prefilling;
     case seq_phase::migrating_in:  // a move here accepted before the drain: let it land

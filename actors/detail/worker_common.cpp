@@ -86,6 +86,68 @@ void kv_worker::announce_pools(const membership& m) {
   transport->announce_pools(pools);
 }
 
+caf::result<kv_fetch_reply> kv_worker::serve_fetch(caf::event_based_actor* self,
+                                                   kv_fetch_request& r) {
+  auto refuse = [&](errc code, std::string msg) {
+    ++fetch_serve_failures;
+    spdlog::warn("{}: refusing a fetch for request {}: {}", info.name, r.id, msg);
+    return kv_fetch_reply{r.id, {}, {code, std::move(msg)}};
+  };
+  if (r.hashes.size() != r.dst_blocks.size())
+    return refuse(errc::invalid_request,
+                  fmt::format("fetch of {} blocks names {} destination blocks", r.hashes.size(),
+                              r.dst_blocks.size()));
+  if (r.dst.block_bytes != pool->block_bytes())
+    return refuse(errc::invalid_request,
+                  fmt::format("the requester's blocks have {} bytes, {}'s have {}",
+                              r.dst.block_bytes, info.name, pool->block_bytes()));
+  if (!transport->accepts_peer(r.dst))
+    return refuse(errc::unavailable, fmt::format("the pool of worker {} is not announced to {} yet",
+                                                 r.dst.owner, info.name));
+  auto pinned = cache->acquire_prefix(r.hashes, static_cast<uint32_t>(r.hashes.size()));
+  if (pinned.empty()) return kv_fetch_reply{r.id, {}, {}};  // evicted meanwhile: nothing to send
+  std::vector<uint64_t> sums;
+  sums.reserve(pinned.size());
+  for (auto b : pinned)
+    sums.push_back(block_checksum(*pool, b));
+  const auto key = ++fetch_seq;
+  auto& h = fetches[key];
+  h.id = r.id;
+  h.pinned = pinned;
+  h.rp = self->make_response_promise<kv_fetch_reply>();
+  auto rp = h.rp;
+  caf::actor me = caf::actor_cast<caf::actor>(self);
+  const auto id = r.id;
+  transport->write(
+      pool->storage(), pool->block_bytes(), pinned, r.dst,
+      std::span(r.dst_blocks).first(pinned.size()),
+      [me, key, id, sums = std::move(sums)](error_info err, kv_payload payload) mutable {
+        caf::anon_send(me, kv_fetch_written{key, std::move(err),
+                                            kv_transfer{id, std::move(payload), std::move(sums)}});
+      });
+  return rp;
+}
+
+void kv_worker::fetch_written(kv_fetch_written& w) {
+  auto it = fetches.find(w.key);
+  if (it == fetches.end()) return;
+  auto h = std::move(it->second);
+  fetches.erase(it);
+  if (!cache->release(h.pinned))
+    spdlog::error("{}: unpinning the blocks of fetch {} (request {}) failed", info.name, w.key,
+                  h.id);
+  if (w.error) {
+    ++fetch_serve_failures;
+    spdlog::warn("{}: the write of fetch {} (request {}) failed: {}", info.name, w.key, h.id,
+                 w.error.message);
+    h.rp.deliver(kv_fetch_reply{h.id, {}, std::move(w.error)});
+    return;
+  }
+  fetch_blocks_served += h.pinned.size();
+  fetch_bytes_served += uint64_t{h.pinned.size()} * pool->block_bytes();
+  h.rp.deliver(kv_fetch_reply{h.id, std::move(w.transfer), {}});
+}
+
 worker_status kv_worker::status(role kind, std::string_view extra) const {
   worker_status ws;
   ws.id = info.id;
@@ -99,6 +161,9 @@ worker_status kv_worker::status(role kind, std::string_view extra) const {
   ws.detail =
       fmt::format("engine {}, transport {}, {}prefix cache {} blocks ({} reused)", eng->info().name,
                   transport->name(), extra, cache->cached(), cache->hits());
+  if (fetch_seq > 0 || fetch_serve_failures > 0)
+    ws.detail += fmt::format(", served {} blocks ({} bytes) to fetches, {} failed",
+                             fetch_blocks_served, fetch_bytes_served, fetch_serve_failures);
   if (const auto* t = cache->tier()) {
     for (auto level : {kv_tier_level::host, kv_tier_level::disk}) {
       auto s = t->stats(level);

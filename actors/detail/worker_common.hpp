@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -42,7 +43,17 @@ struct kv_worker {
   std::unique_ptr<block_pool> pool;
   std::unique_ptr<kv_cache> cache;  ///< over `pool`
   std::shared_ptr<kv_transport> transport;
-  caf::actor kv_store;                    ///< given at spawn or learnt from the membership
+  caf::actor kv_store;  ///< given at spawn or learnt from the membership
+  /// Fetches this worker serves as a source (a peer pulls blocks of its prefix cache), by
+  /// key: the blocks pinned until the write is flushed, and the reply owed.
+  struct fetch_hold {
+    request_id id = 0;
+    std::vector<block_id> pinned;
+    caf::typed_response_promise<kv_fetch_reply> rp;
+  };
+  std::unordered_map<uint64_t, fetch_hold> fetches;
+  uint64_t fetch_seq = 0;
+  uint64_t fetch_blocks_served = 0, fetch_bytes_served = 0, fetch_serve_failures = 0;
   std::unique_ptr<engine_thread> runner;  ///< declared after eng/pool: joins before they go
 
   /// Builds a pool of `num_blocks` blocks with its prefix cache (and a second tier when
@@ -71,6 +82,16 @@ struct kv_worker {
   /// with UCX on a node, it opens endpoints to those only (ucx_config::announced_only).
   /// Called on every membership, before anything connects to a pool it names.
   void announce_pools(const membership& m);
+
+  /// Source side of a fetch (kv_fetch_request): pins the leading run of the requested
+  /// blocks its prefix cache holds (second-tier blocks are onboarded first), writes them
+  /// with their checksums into the requester's blocks over the transport, and replies once
+  /// the write is flushed (fetch_written). A malformed request, or one for a pool the
+  /// transport does not accept, is answered with an error at once; so is a fetch of which
+  /// nothing is cached any more (no error: zero blocks written).
+  caf::result<kv_fetch_reply> serve_fetch(caf::event_based_actor* self, kv_fetch_request& r);
+  /// The write of a served fetch finished: unpin its blocks and reply.
+  void fetch_written(kv_fetch_written& w);
 
   /// The status fields every KV-holding worker reports (id, kind, name, node, KV and prefix
   /// cache use); `detail` names engine and transport, then `extra` (ending in ", " when

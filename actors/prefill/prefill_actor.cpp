@@ -336,6 +336,17 @@ caf::behavior prefill_behavior(prefill_ptr self) {
         }
       },
       [self](engine_step_done& done) { step_done(self, done); },
+      // Fetch instead of recompute, as the source: a decode worker pulls blocks of this
+      // worker's prefix cache.
+      [self](kv_fetch_request& r) -> caf::result<kv_fetch_reply> {
+        auto res = self->state.w.serve_fetch(self, r);
+        self->state.w.publish_cache_events(self);  // onboarding may have evicted blocks
+        return res;
+      },
+      [self](kv_fetch_written& w) {
+        self->state.w.fetch_written(w);
+        launch(self);  // unpinned blocks may be evictable again
+      },
       [self](kv_write_done& d) {
         launch_on_exit relaunch{self};
         auto& st = self->state;

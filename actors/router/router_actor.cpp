@@ -104,7 +104,9 @@ struct router_state {
   /// Uncached prompt tokens of local prefills, by request and decode worker: the queue
   /// term of a decode worker in the cost model (not counted for admission).
   prefill_backlog local_backlog;
-  uint64_t routed_local = 0;  ///< requests prefilled on their decode worker
+  uint64_t routed_local = 0;
+  uint64_t routed_fetch = 0;  ///< local prefills told to fetch a prefix from a peer  ///< requests
+                              ///< prefilled on their decode worker
   uint64_t completed = 0;
   uint64_t tokens_out = 0;
   uint64_t rejected = 0;
@@ -344,17 +346,47 @@ void route(router_ptr self, request_id cid, generate_request req,
   }
   if (to_cache) ++st.routed_to_cache;
   rs.routing = score_record(st, plan, dc, pc);
+  decode_assignment a{std::move(req), prefill, self, {}, {}, 0};
+  if (local) {
+    // Fetch instead of recompute: the prefix another worker (decode or prefill) holds
+    // beyond what this one holds may be cheaper to pull than to prefill.
+    std::vector<route_candidate> sources(dc.begin(), dc.end());
+    sources.insert(sources.end(), pc.begin(), pc.end());
+    auto f = plan_fetch(d, sources, prompt_tokens, st.cfg.block_tokens, st.cfg.cost, st.cfg.fetch);
+    if (f.source) {
+      const bool from_prefill = *f.source >= dc.size();
+      const auto& x = sources[*f.source];
+      const auto& pool = from_prefill ? st.prefills : st.decodes;
+      if (auto it = pool.find(x.id); it != pool.end() && it->second.handle) {
+        a.fetch_from = it->second.handle;
+        a.fetch_source = it->second.name;
+        a.fetch_end_block = f.end_block;
+        ++st.routed_fetch;
+        // In the trace's routing candidates as "fetch:<source>": the tokens it brings, the
+        // estimated fetch time (transfer), the prefill time it saves and the net gain.
+        routing_score r;
+        r.worker = "fetch:" + it->second.name;
+        r.prefill = from_prefill;
+        r.chosen = true;
+        r.cached_tokens = f.blocks() * st.cfg.block_tokens;
+        r.prefill_ms = f.saved_s * 1e3;
+        r.transfer_ms = f.transfer_s * 1e3;
+        r.total_ms = f.gain_s * 1e3;
+        rs.routing.push_back(std::move(r));
+      }
+    }
+  }
   auto& dw = st.decodes[d.id];
   ++dw.active;
   rs.decode = d.id;
   rs.decode_handle = dw.handle;
   rs.decode_name = dw.name;
-  rs.attempt = req.id;
+  rs.attempt = a.req.id;
   rs.phase = local ? request_phase::first_token : request_phase::prefill;
   rs.progress_ns = now_ns();
-  st.attempts[req.id] = cid;
-  req.tr.stamp(stage::routed, st.info.node_index);
-  self->send(dw.handle, decode_assignment{std::move(req), prefill, self});
+  st.attempts[a.req.id] = cid;
+  a.req.tr.stamp(stage::routed, st.info.node_index);
+  self->send(dw.handle, std::move(a));
 }
 
 /// Asks the kv-store for the prompt's overlap, then routes (without it, after a failure or
@@ -758,14 +790,16 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         ws.detail = fmt::format(
             "{} decode, {} prefill workers ({} draining); {} rejected (overloaded; {} by "
             "estimated wait, {} waiting, {:.1f} started/s); {} routed to a cached "
-            "prefix ({} overlap queries, {} failed); {} migrated, {} lost, {} timed out; {} "
+            "prefix ({} overlap queries, {} failed); {} told to fetch a prefix; {} migrated, {} "
+            "lost, {} timed out; {} "
             "attempts tracked",
             st.decodes.size(), st.prefills.size(),
             st.decodes.size() + st.prefills.size() - taking_work(st.decodes) -
                 taking_work(st.prefills),
             st.rejected, st.rejected_adaptive, st.admission.waiting(),
             st.admission.service_rate().value_or(0), st.routed_to_cache, st.overlap_queries,
-            st.overlap_failures, st.migrated, st.lost, st.timed_out, st.attempts.size());
+            st.overlap_failures, st.routed_fetch, st.migrated, st.lost, st.timed_out,
+            st.attempts.size());
         return ws;
       },
   };
