@@ -53,19 +53,22 @@ struct generate_request {
   caf::actor client;
 };
 
+/// Fetch instead of recompute (actors/router/fetch_policy.hpp): pull the prompt's blocks
+/// after those the decode worker holds, up to `end_block`, from `from`'s prefix cache
+/// (kv_fetch_request) before computing the rest. `from` invalid: no fetch.
+struct fetch_hint {
+  caf::actor from;
+  std::string source;  ///< its name, for logs and errors
+  uint32_t end_block = 0;
+};
+
 /// router -> decode: serve this request; prefill it on `prefill`, or locally when
 /// `prefill` is invalid. Tokens and completion go to `router`.
 struct decode_assignment {
   generate_request req;
   caf::actor prefill;
   caf::actor router;
-  /// Fetch instead of recompute (actors/router/fetch_policy.hpp), local prefill only: pull
-  /// the prompt's blocks after those the decode worker holds, up to `fetch_end_block`, from
-  /// `fetch_from`'s prefix cache (kv_fetch_request) before computing the rest. Invalid: no
-  /// fetch.
-  caf::actor fetch_from;
-  std::string fetch_source;  ///< its name, for logs and errors
-  uint32_t fetch_end_block = 0;
+  fetch_hint fetch;  ///< local prefill only: pull a prefix from a peer first
 };
 
 /// decode -> prefill: compute the prompt and write the KV of its blocks from `skip_blocks`
@@ -596,8 +599,11 @@ typename F::result_type inspect(F& f, generate_request& x) {
 }
 template <class F>
 typename F::result_type inspect(F& f, decode_assignment& x) {
-  return f(caf::meta::type_name("decode_assignment"), x.req, x.prefill, x.router, x.fetch_from,
-           x.fetch_source, x.fetch_end_block);
+  return f(caf::meta::type_name("decode_assignment"), x.req, x.prefill, x.router, x.fetch);
+}
+template <class F>
+typename F::result_type inspect(F& f, fetch_hint& x) {
+  return f(caf::meta::type_name("fetch_hint"), x.from, x.source, x.end_block);
 }
 template <class F>
 typename F::result_type inspect(F& f, kv_fetch_request& x) {

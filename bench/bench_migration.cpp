@@ -162,7 +162,7 @@ int main(int argc, char** argv) {
         req.prompt[i] = 300 + static_cast<token_id>((i * 7919 + req.id * 104729) % 20000);
       req.options.max_tokens = max_tokens;
       req.client = caf::actor_cast<caf::actor>(self);
-      self->send(src, decode_assignment{req, caf::actor{}, caf::actor_cast<caf::actor>(self)});
+      self->send(src, decode_assignment{req, caf::actor{}, caf::actor_cast<caf::actor>(self), {}});
       one_move m;
       bool asked = false, answered = false, done = false;
       std::chrono::steady_clock::time_point t0;

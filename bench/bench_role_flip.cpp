@@ -174,7 +174,7 @@ int main(int argc, char** argv) {
     req.prompt.push_back(static_cast<token_id>(300 + i));
   req.options.max_tokens = o.tokens;
   req.client = self;
-  self->send(dec, decode_assignment{req, caf::actor{}, self});
+  self->send(dec, decode_assignment{req, caf::actor{}, self, {}});
   receive_one<first_token>(self, "first token");
   change_role c;
   c.to = role::prefill;

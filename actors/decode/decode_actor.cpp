@@ -1032,10 +1032,10 @@ caf::behavior decode_behavior(decode_ptr self) {
         sequence s;
         s.router = a.router;
         s.prefill = a.prefill;
-        if (!a.prefill && a.fetch_from) {
-          s.fetch_from = std::move(a.fetch_from);
-          s.fetch_source = std::move(a.fetch_source);
-          s.fetch_end = a.fetch_end_block;
+        if (!a.prefill && a.fetch.from) {
+          s.fetch_from = std::move(a.fetch.from);
+          s.fetch_source = std::move(a.fetch.source);
+          s.fetch_end = a.fetch.end_block;
         }
         s.prompt_len = prompt_len;
         s.tokens = a.req.prompt;

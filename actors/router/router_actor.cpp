@@ -346,7 +346,7 @@ void route(router_ptr self, request_id cid, generate_request req,
   }
   if (to_cache) ++st.routed_to_cache;
   rs.routing = score_record(st, plan, dc, pc);
-  decode_assignment a{std::move(req), prefill, self, {}, {}, 0};
+  decode_assignment a{std::move(req), prefill, self, {}};
   if (local) {
     // Fetch instead of recompute: the prefix another worker (decode or prefill) holds
     // beyond what this one holds may be cheaper to pull than to prefill.
@@ -358,9 +358,9 @@ void route(router_ptr self, request_id cid, generate_request req,
       const auto& x = sources[*f.source];
       const auto& pool = from_prefill ? st.prefills : st.decodes;
       if (auto it = pool.find(x.id); it != pool.end() && it->second.handle) {
-        a.fetch_from = it->second.handle;
-        a.fetch_source = it->second.name;
-        a.fetch_end_block = f.end_block;
+        a.fetch.from = it->second.handle;
+        a.fetch.source = it->second.name;
+        a.fetch.end_block = f.end_block;
         ++st.routed_fetch;
         // In the trace's routing candidates as "fetch:<source>": the tokens it brings, the
         // estimated fetch time (transfer), the prefill time it saves and the net gain.

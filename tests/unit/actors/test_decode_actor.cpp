@@ -75,8 +75,9 @@ struct decode_harness {
 
   /// Assigns `req`, with the scoped actor as prefill worker (remote) or none (local).
   void assign(generate_request req, bool remote) {
-    self->send(decode, decode_assignment{std::move(req), remote ? handle_of(self) : caf::actor{},
-                                         handle_of(self)});
+    self->send(decode,
+               decode_assignment{
+                   std::move(req), remote ? handle_of(self) : caf::actor{}, handle_of(self), {}});
   }
 
   /// Receives the prefill job of `req` and checks that it describes the prompt.

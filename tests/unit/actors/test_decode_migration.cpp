@@ -138,7 +138,7 @@ struct migration_harness {
 
   /// Assigns `req` to `w` with local prefill (the scoped actor is its router).
   void assign(const worker& w, generate_request req) {
-    self->send(w.handle, decode_assignment{std::move(req), caf::actor{}, handle_of(self)});
+    self->send(w.handle, decode_assignment{std::move(req), caf::actor{}, handle_of(self), {}});
   }
 
   /// Receives one message of the request's stream into `s`; false once it timed out.
@@ -364,7 +364,7 @@ TEST_CASE("live migration: a target without capacity refuses and the source deco
   // B's pool fits the sequence (13 blocks) but another assignment holds 6 of its 16 blocks
   // (waiting for KV from the scoped actor, which never sends it).
   auto other = h.request(50, 12, 12);
-  h.self->send(b.handle, decode_assignment{other, handle_of(h.self), handle_of(h.self)});
+  h.self->send(b.handle, decode_assignment{other, handle_of(h.self), handle_of(h.self), {}});
   auto job = expect<prefill_job>(h.self, "prefill_job of the blocking request");
   CHECK(job.id == other.id);
   auto req = h.request(4, 10, 40);
@@ -499,7 +499,7 @@ TEST_CASE("live migration: sequences that are not decoding, or unknown, do not m
   // Waiting for its prompt's KV from a prefill worker (the scoped actor, which never
   // sends it).
   auto req = h.request(7, 10, 8);
-  h.self->send(a.handle, decode_assignment{req, handle_of(h.self), handle_of(h.self)});
+  h.self->send(a.handle, decode_assignment{req, handle_of(h.self), handle_of(h.self), {}});
   (void)expect<prefill_job>(h.self, "prefill_job");
   h.self->send(a.handle, migrate_request{req.id, b.handle, true, handle_of(h.self)});
   auto r = expect<migrate_result>(h.self, "migrate_result");

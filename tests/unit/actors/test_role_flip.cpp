@@ -145,7 +145,7 @@ struct flip_harness {
 
   /// Assigns `req` to the worker (as decode), prefilled locally.
   void assign(generate_request req) {
-    self->send(worker, decode_assignment{std::move(req), caf::actor{}, handle_of(self)});
+    self->send(worker, decode_assignment{std::move(req), caf::actor{}, handle_of(self), {}});
   }
 
   /// A prefill job for `prompt` whose KV goes into the test's peer pool.
