@@ -137,6 +137,10 @@ struct cluster_spec {
   std::string restart = "{max: 0}";
   uint32_t prefill_workers = 1;  ///< prefill actors on p0
   std::string planner;           ///< the manifest's `planner:` section (empty: none)
+  /// A model file (`tokenmill make-model`): every worker runs the cpu engine on it. Empty:
+  /// the sim engine.
+  std::string model_path;
+  std::string router;  ///< the manifest's `router:` section (empty: none)
 };
 
 /// Distinct free ports: one per node, plus the frontend's RPC and HTTP ports.
@@ -164,13 +168,19 @@ port_plan plan_ports(const cluster_spec& spec) {
 std::string manifest_yaml(const cluster_spec& spec, const port_plan& ports) {
   std::ostringstream y;
   y << "cluster: " << spec.name << "\n"
-    << "model:\n"
-    << "  sim: {decode_step_ms: " << spec.decode_step_ms
-    << ", prefill_us_per_token: " << spec.prefill_us_per_token << "}\n"
-    << "defaults: {engine: sim, block_tokens: 16, kv_transport: " << spec.kv_transport << "}\n"
+    << "model:\n";
+  const std::string engine = spec.model_path.empty() ? "sim" : "cpu";
+  if (spec.model_path.empty())
+    y << "  sim: {decode_step_ms: " << spec.decode_step_ms
+      << ", prefill_us_per_token: " << spec.prefill_us_per_token << "}\n";
+  else
+    y << "  path: " << spec.model_path << "\n";
+  y << "defaults: {engine: " << engine << ", block_tokens: 16, kv_transport: " << spec.kv_transport
+    << "}\n"
     << "failure: {heartbeat_ms: 100, connection_timeout_ms: 500}\n"
     << "restart: " << spec.restart << "\n"
     << (spec.planner.empty() ? "" : "planner: " + spec.planner + "\n")
+    << (spec.router.empty() ? "" : "router: " + spec.router + "\n")
     // A p0 on another address makes the cluster span hosts, which needs TLS or this.
     << (spec.p0_address == "127.0.0.1" ? "" : "security: {insecure: true}\n")
     << "frontend: {node: head, "
@@ -187,14 +197,14 @@ std::string manifest_yaml(const cluster_spec& spec, const port_plan& ports) {
     << "    http_port: " << ports.node_http.at("p0") << "\n"
     << "    actors: [";
   for (uint32_t i = 0; i < spec.prefill_workers; ++i)
-    y << (i ? ", " : "") << "{prefill: {engine: sim, threads: 1}}";
+    y << (i ? ", " : "") << "{prefill: {engine: " << engine << ", threads: 1}}";
   y << "]\n";
   for (const auto& d : spec.decode_nodes)
     y << "  - name: " << d << "\n"
       << "    address: 127.0.0.1\n"
       << "    port: " << ports.node.at(d) << "\n"
       << "    http_port: " << ports.node_http.at(d) << "\n"
-      << "    actors: [{decode: {engine: sim, threads: 1, max_batch: 32}}]\n";
+      << "    actors: [{decode: {engine: " << engine << ", threads: 1, max_batch: 32}}]\n";
   return y.str();
 }
 
@@ -1383,5 +1393,62 @@ TEST_CASE(
   CHECK(changed);
   auto r = c.generate({"--json", "--token-ids", "--max-tokens", "8", kPrompt});
   CHECK(r.exit_code == 0);
+  stop_cleanly(c);
+}
+
+TEST_CASE("a second request's prefix is fetched from another decode node's cache",
+          "[integration][multinode][kv_fetch]") {
+  // A real model on the cpu engine, so that the fetched KV must give the very tokens that
+  // recomputing gives (greedy).
+  temp_dir models("tokenmill-fetch-model");
+  const auto model = models.file("tiny.gguf");
+  auto mk = run_tokenmill({"make-model", "--preset", "tiny", "--dtype", "f32", "-o", model});
+  REQUIRE(mk.exit_code == 0);
+  cluster_spec spec;
+  spec.name = "fetch";
+  spec.decode_nodes = {"d0", "d1"};
+  spec.model_path = model;
+  // Every prompt is prefilled on its decode worker (the prefill worker on p0 stays idle);
+  // a request active on a worker costs 50 ms, more than its cached prefix saves.
+  spec.router = "{local_prefill_threshold: 1000000, load_ms_per_request: 50}";
+  cluster c(spec);
+  c.launch();
+  auto tokens_of = [&](const std::string& prompt) {
+    auto r = c.generate({"--json", "--token-ids", "--ignore-eos", "--temperature", "0",
+                         "--max-tokens", "12", prompt});
+    INFO("stdout: " << r.out << "\nstderr: " << r.err);
+    REQUIRE(r.exit_code == 0);
+    auto j = last_json_line(r.out);
+    REQUIRE(j.is_object());
+    return j.at("token_ids").get<std::vector<int64_t>>();
+  };
+  auto detail_of = [&](const std::string& node) {
+    auto w = worker_on(c.status(), "decode", node);
+    return w.is_object() ? w.value("detail", std::string()) : std::string();
+  };
+  bool fetched = false;
+  // The second request must land on the worker without the prefix, which takes the first
+  // worker being busy: a long stream keeps it so. Should the stream end before the second
+  // request is routed (a very slow machine), the round is repeated with fresh prompts.
+  for (int round = 0; round < 3 && !fetched; ++round) {
+    const auto prompt = id_prompt(1 + 50 * round, 40);  // 2 reusable 16-token blocks
+    const auto reference = tokens_of(prompt);           // computed; cached on the worker it ran on
+    auto busy = std::make_unique<process>(c.generate_argv(
+        {"--token-ids", "--ignore-eos", "--max-tokens", "900", id_prompt(200 + 10 * round, 8)}));
+    REQUIRE(busy->wait_for_output(40, milliseconds(10000)));
+    const auto again = tokens_of(prompt);
+    CHECK(again == reference);
+    busy->signal(SIGTERM);
+    busy->wait(milliseconds(5000));
+    for (const auto& node : {"d0", "d1"})
+      if (detail_of(node).find("fetched 2 blocks") != std::string::npos) fetched = true;
+  }
+  INFO("d0: " << detail_of("d0") << "\nd1: " << detail_of("d1"));
+  CHECK(fetched);
+  const auto d0 = detail_of("d0"), d1 = detail_of("d1");
+  CHECK((d0.find("served 2 blocks") != std::string::npos ||
+         d1.find("served 2 blocks") != std::string::npos));
+  CHECK(d0.find("0 failed") != std::string::npos);
+  CHECK(d1.find("0 failed") != std::string::npos);
   stop_cleanly(c);
 }
