@@ -1434,7 +1434,7 @@ TEST_CASE("a second request's prefix is fetched from another decode node's cache
     const auto prompt = id_prompt(1 + 50 * round, 40);  // 2 reusable 16-token blocks
     const auto reference = tokens_of(prompt);           // computed; cached on the worker it ran on
     auto busy = std::make_unique<process>(c.generate_argv(
-        {"--token-ids", "--ignore-eos", "--max-tokens", "900", id_prompt(200 + 10 * round, 8)}));
+        {"--token-ids", "--ignore-eos", "--max-tokens", "1900", id_prompt(200 + 10 * round, 8)}));
     REQUIRE(busy->wait_for_output(40, milliseconds(10000)));
     const auto again = tokens_of(prompt);
     CHECK(again == reference);
