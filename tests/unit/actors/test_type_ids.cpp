@@ -63,6 +63,9 @@ TEST_CASE("type ids: every message keeps its wire name", "[type_ids]") {
   CHECK(registered_name<drain_request>(cfg) == "tokenmill::drain_request");
   CHECK(registered_name<drain_report>(cfg) == "tokenmill::drain_report");
   CHECK(registered_name<latency_samples>(cfg) == "tokenmill::latency_samples");
+  CHECK(registered_name<kv_fetch_request>(cfg) == "tokenmill::kv_fetch_request");
+  CHECK(registered_name<kv_fetch_reply>(cfg) == "tokenmill::kv_fetch_reply");
+  CHECK(registered_name<kv_fetch_written>(cfg) == "tokenmill::kv_fetch_written");
   // As add_message_type always did, vectors of a message are registered too.
   CHECK(registered_name<std::vector<token_chunk>>(cfg) == "std::vector<tokenmill::token_chunk>");
 }
@@ -70,7 +73,7 @@ TEST_CASE("type ids: every message keeps its wire name", "[type_ids]") {
 TEST_CASE("type ids: the block holds exactly the registered messages", "[type_ids]") {
   using block = caf::id_block::tokenmill;
   CHECK(block::begin == caf::first_custom_type_id);
-  CHECK(block::end - block::begin == 42);
+  CHECK(block::end - block::begin == 45);
   CHECK(caf::type_id<token_batch>::value >= block::begin);
   CHECK(caf::type_id<token_batch>::value < block::end);
   CHECK(std::string(caf::type_name<cluster_status>::value) == "tokenmill::cluster_status");
