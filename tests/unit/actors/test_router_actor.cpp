@@ -1135,3 +1135,48 @@ TEST_CASE("router: adaptive admission refuses by estimated wait, with a retry hi
   auto ws = h.status_and_quiet("after the refusal");
   CHECK_THAT(ws.detail, Catch::Contains("1 rejected (overloaded; 1 by estimated wait"));
 }
+
+TEST_CASE("router: a local prefill fetches the prefix a busier worker holds",
+          "[router_actor][kv_fetch]") {
+  router_config cfg;
+  cfg.local_prefill_threshold = 1000;     // every prompt prefills on its decode worker
+  cfg.default_speed.tokens_per_s = 1000;  // 1 ms per token
+  cfg.cost.load_s_per_request = 0.02;     // 20 ms per active request
+  cfg.cost.kv_bytes_per_block = 1000;
+  cfg.cost.kv_bytes_per_s = 1e9;  // 1 µs a block
+  router_harness h{cfg};
+  send_kv_membership(h);
+  // Decode worker 11 holds both full blocks of the 10-token prompt and gets it.
+  auto req = h.request(1, 10);
+  h.self->send(h.router, req);
+  answer_overlap(h, req.prompt, {{decode2_wid, 2}});
+  auto a = expect<decode_assignment>(h.self, "decode_assignment 1");
+  CHECK_FALSE(a.prefill);
+  CHECK_FALSE(a.fetch.from);  // nobody holds more than it does
+  // Now it is busy (20 ms of load, 2 queued tokens): worker 10 serves the same prompt and
+  // pulls blocks 0 and 1 from worker 11 (8 ms of prefill saved for 0.5 ms + 2 µs).
+  auto req2 = h.request(2, 10);
+  h.self->send(h.router, req2);
+  answer_overlap(h, req2.prompt, {{decode2_wid, 2}});
+  auto b = expect<decode_assignment>(h.self, "decode_assignment 2");
+  CHECK_FALSE(b.prefill);
+  CHECK(b.fetch.from == handle_of(h.self));
+  CHECK(b.fetch.source == "decode-11");
+  CHECK(b.fetch.end_block == 2);
+  h.self->send(h.router, first_token{2, 500, trace{}});
+  h.expect_chunk(2, 0, {500});
+  h.send_done(2, finish_reason::length, 1);
+  auto s = expect<request_summary>(h.self, "request_summary 2");
+  REQUIRE(s.routing.size() == 4);  // two decode workers, the prefill worker, the fetch
+  CHECK(s.routing[0].worker == "decode-10");
+  CHECK(s.routing[0].chosen);
+  const auto& f = s.routing[3];
+  CHECK(f.worker == "fetch:decode-11");
+  CHECK(f.chosen);
+  CHECK(f.cached_tokens == 8);
+  CHECK(f.prefill_ms == Approx(8));
+  CHECK(f.transfer_ms == Approx(0.502));
+  CHECK(f.total_ms == Approx(8 - 0.502));
+  auto ws = query_status(h.self, h.router);
+  CHECK_THAT(ws.detail, Catch::Contains("1 told to fetch a prefix"));
+}
