@@ -1404,10 +1404,16 @@ TEST_CASE("a second request's prefix is fetched from another decode node's cache
   const auto model = models.file("tiny.gguf");
   auto mk = run_tokenmill({"make-model", "--preset", "tiny", "--dtype", "f32", "-o", model});
   REQUIRE(mk.exit_code == 0);
+  // The bytes move over the inline transport (inside the reply) or over UCX (one-sided
+  // puts into the serving node's pool, flushed before the reply).
+  const std::string transport = GENERATE(as<std::string>{}, "inline", "ucx");
+  INFO("kv_transport " << transport);
+  ::unsetenv("UCX_TLS");
   cluster_spec spec;
   spec.name = "fetch";
   spec.decode_nodes = {"d0", "d1"};
   spec.model_path = model;
+  spec.kv_transport = transport;
   // Every prompt is prefilled on its decode worker (the prefill worker on p0 stays idle);
   // a request active on a worker costs 50 ms, more than its cached prefix saves.
   spec.router = "{local_prefill_threshold: 1000000, load_ms_per_request: 50}";
