@@ -316,6 +316,8 @@ router_config to_router_config(const manifest& m) {
   c.cost.load_s_per_request = m.router.load_ms_per_request / 1e3;
   c.cost.host_onboard_bytes_per_s = m.router.kv_host_onboard_gbps * 1e9;
   c.cost.disk_onboard_bytes_per_s = m.router.kv_disk_onboard_gbps * 1e9;
+  c.fetch.enabled = m.router.fetch;
+  c.fetch.overhead_s = m.router.fetch_overhead_ms / 1e3;
   c.default_speed.tokens_per_s = m.router.prefill_tokens_per_s;
   c.default_speed.source = "rate";
   if (const auto& prof = m.router.profile_data) {

@@ -60,6 +60,10 @@ std::string canonical_form(const manifest& m) {
   num("router.load_ms_per_request", m.router.load_ms_per_request);
   num("router.kv_host_onboard_gbps", m.router.kv_host_onboard_gbps);
   num("router.kv_disk_onboard_gbps", m.router.kv_disk_onboard_gbps);
+  // Absent at their defaults, so that manifests that do not set them keep their hash.
+  if (!m.router.fetch) str("router.fetch", "false");
+  if (m.router.fetch_overhead_ms != 0.5)
+    num("router.fetch_overhead_ms", m.router.fetch_overhead_ms);
   str("router.profile", m.router.profile_declared);
   num("failure.heartbeat_ms", m.failure.heartbeat_ms);
   num("failure.connection_timeout_ms", m.failure.connection_timeout_ms);

@@ -58,7 +58,9 @@ constexpr std::string_view router_keys[] = {"local_prefill_threshold",
                                             "admission_window_ms",
                                             "admission_min_waiting",
                                             "kv_host_onboard_gbps",
-                                            "kv_disk_onboard_gbps"};
+                                            "kv_disk_onboard_gbps",
+                                            "fetch",
+                                            "fetch_overhead_ms"};
 constexpr std::string_view failure_keys[] = {"heartbeat_ms", "connection_timeout_ms"};
 constexpr std::string_view ucx_keys[] = {"op_timeout_ms", "stall_timeout_ms", "window_mib"};
 constexpr std::string_view restart_keys[] = {"max", "backoff_ms"};
@@ -307,6 +309,9 @@ class parser {
     opt_number(p_, r, "load_ms_per_request", x.load_ms_per_request, 0, false);
     opt_number(p_, r, "kv_host_onboard_gbps", x.kv_host_onboard_gbps, 0, true);
     opt_number(p_, r, "kv_disk_onboard_gbps", x.kv_disk_onboard_gbps, 0, true);
+    opt_number(p_, r, "fetch_overhead_ms", x.fetch_overhead_ms, 0, false);
+    if (auto* e = r.find("fetch"))
+      if (auto s = read_choice(p_, *e, r.field("fetch"), bool_words)) x.fetch = *s == "true";
     if (auto* e = r.find("profile")) profile_file(*e);
   }
 

@@ -1141,3 +1141,32 @@ TEST_CASE("manifest worker options default to the actor configs' defaults", "[ma
   CHECK_FALSE(pc.grammars);
   CHECK_FALSE(dc.grammars);
 }
+
+TEST_CASE("manifest: router.fetch and fetch_overhead_ms reach the router's fetch settings",
+          "[manifest]") {
+  auto dflt = ok(parse_manifest(minimal, "test.yaml", "/tmp", {false}));
+  auto rc = to_router_config(dflt);
+  CHECK(rc.fetch.enabled);
+  CHECK(rc.fetch.overhead_s == Approx(0.0005));
+  auto m =
+      ok(parse_manifest(std::string(minimal) + "router: {fetch: false, fetch_overhead_ms: 2}\n",
+                        "test.yaml", "/tmp", {false}));
+  rc = to_router_config(m);
+  CHECK_FALSE(rc.fetch.enabled);
+  CHECK(rc.fetch.overhead_s == Approx(0.002));
+  CHECK(manifest_hash(m) != manifest_hash(dflt));
+  // Written at their defaults, the hash does not change.
+  auto same =
+      ok(parse_manifest(std::string(minimal) + "router: {fetch: true, fetch_overhead_ms: 0.5}\n",
+                        "test.yaml", "/tmp", {false}));
+  CHECK(manifest_hash(same) == manifest_hash(dflt));
+  for (const auto& [bad, phrase] :
+       {std::pair<std::string, std::string>{"router: {fetch: maybe}\n", "router.fetch"},
+        std::pair<std::string, std::string>{"router: {fetch_overhead_ms: -1}\n",
+                                            "router.fetch_overhead_ms"}}) {
+    auto r = parse_manifest(std::string(minimal) + bad, "test.yaml", "/tmp", {false});
+    REQUIRE_FALSE(r.ok());
+    INFO(r.error().message);
+    CHECK_THAT(r.error().message, Catch::Contains(phrase));
+  }
+}
