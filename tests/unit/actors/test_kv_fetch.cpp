@@ -52,6 +52,10 @@ class flaky_transport final : public kv_transport {
   using kv_transport::register_pool;
   using kv_transport::write;
   std::atomic<bool> corrupt{false};
+  /// Claim puts straight into the peer's memory (as UCX does): a receiver must then hold
+  /// blocks a write may still land in.
+  bool claim_one_sided = false;
+  bool one_sided() const override { return claim_one_sided; }
   std::string_view name() const override { return "flaky-inline"; }
   pool_descriptor register_pool(worker_id owner, pool_memory& memory, size_t bytes) override {
     return inner_.register_pool(owner, memory, bytes);
@@ -92,13 +96,15 @@ struct fetch_harness {
   fetch_harness() { workers.reserve(8); }
 
   worker& add_worker(uint32_t num_blocks = 64,
-                     std::chrono::milliseconds fetch_timeout = std::chrono::milliseconds(2000)) {
+                     std::chrono::milliseconds fetch_timeout = std::chrono::milliseconds(2000),
+                     std::chrono::milliseconds drain_timeout = std::chrono::milliseconds(6000)) {
     worker w;
     w.id = static_cast<worker_id>(2 + workers.size());
     w.name = "decode-" + std::to_string(workers.size());
     decode_config c;
     c.num_blocks = num_blocks;
     c.fetch_timeout = fetch_timeout;
+    c.kv_drain_timeout = drain_timeout;
     auto e = std::make_unique<counting_engine>(scfg, w.prefilled);
     w.handle = reaper.add(spawn_decode(ts.sys, make_info(w.id, role::decode, w.name), c,
                                        std::move(e), transport, handle_of(self), caf::actor{}));
@@ -167,6 +173,15 @@ struct fetch_harness {
 
   std::string detail(const worker& w) { return query_status(self, w.handle).detail; }
 };
+
+/// The worker holds no referenced block within a few seconds.
+bool eventually_idle(fetch_harness& h, const worker& w) {
+  for (int i = 0; i < 200; ++i) {
+    if (query_status(h.self, w.handle).kv_used == 0) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
 
 }  // namespace
 
@@ -295,4 +310,29 @@ TEST_CASE("fetch: a source lost mid-fetch or silent leaves the tokens to be comp
     CHECK(*b.prefilled == 20);
   }
   h.expect_idle("after the lost fetch");
+}
+
+TEST_CASE("fetch: with a one-sided transport a silent source's blocks are held, not reused",
+          "[decode_actor][kv_fetch]") {
+  fetch_harness h;
+  h.transport->claim_one_sided = true;
+  auto& b = h.add_worker(16, std::chrono::milliseconds(200), std::chrono::milliseconds(1500));
+  auto got_request = std::make_shared<std::atomic<int>>(0);
+  auto silent = h.reaper.add(h.ts.sys.spawn([got_request](caf::event_based_actor* self) {
+    auto kept = std::make_shared<std::vector<caf::response_promise>>();
+    return caf::behavior{[self, got_request, kept](kv_fetch_request&) {
+      ++*got_request;
+      kept->push_back(self->make_response_promise());
+      return kept->back();
+    }};
+  }));
+  auto req = h.request(1, 20, 3);
+  CHECK(h.serve(b, req, silent, "silent", 4) == sim_continuation(h.eng, req.prompt, 3));
+  CHECK(*got_request == 1);
+  CHECK(*b.prefilled == 20);
+  // The sequence computed into fresh blocks; the 4 it asked the source to fill stay held
+  // until the drain timeout (a late put could still land in them), then are free.
+  auto held = query_status(h.self, b.handle);
+  CHECK(held.kv_used == 4);
+  CHECK(eventually_idle(h, b));
 }
