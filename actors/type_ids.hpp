@@ -53,6 +53,7 @@ CAF_ADD_TYPE_ID(tokenmill, (tokenmill::migrate_expired))
 CAF_ADD_TYPE_ID(tokenmill, (tokenmill::migrate_result))
 CAF_ADD_TYPE_ID(tokenmill, (tokenmill::attempt_moved))
 CAF_ADD_TYPE_ID(tokenmill, (tokenmill::latency_samples))
+CAF_ADD_TYPE_ID(tokenmill, (tokenmill::rebalance_request))
 CAF_END_TYPE_ID_BLOCK(tokenmill)
 
 namespace tokenmill {

@@ -63,6 +63,7 @@ TEST_CASE("type ids: every message keeps its wire name", "[type_ids]") {
   CHECK(registered_name<drain_request>(cfg) == "tokenmill::drain_request");
   CHECK(registered_name<drain_report>(cfg) == "tokenmill::drain_report");
   CHECK(registered_name<latency_samples>(cfg) == "tokenmill::latency_samples");
+  CHECK(registered_name<rebalance_request>(cfg) == "tokenmill::rebalance_request");
   // As add_message_type always did, vectors of a message are registered too.
   CHECK(registered_name<std::vector<token_chunk>>(cfg) == "std::vector<tokenmill::token_chunk>");
 }
