@@ -496,6 +496,16 @@ struct migrate_result {
   error_info error;  ///< why not, when not moved
 };
 
+/// supervisor -> decode worker (request, reply: uint32_t, the moves started): after the
+/// planner flipped `target` to decode, move up to `count` of the sequences this worker
+/// decodes live to it, those with the most tokens still to generate first
+/// (pick_rebalance). A failed move keeps its sequence here. Nothing moves while the
+/// worker drains.
+struct rebalance_request {
+  caf::actor target;
+  uint32_t count = 0;
+};
+
 /// decode B (or A taking a failed move back) -> router: attempt `id` is now served by
 /// `handle` (worker `worker`, named `name`). Move `epoch` n supersedes moves below n.
 struct attempt_moved {
@@ -793,6 +803,11 @@ typename F::result_type inspect(F& f, drain_report& x) {
 template <class F>
 typename F::result_type inspect(F& f, latency_samples& x) {
   return f(caf::meta::type_name("latency_samples"), x.ttft_ms, x.itl_ms);
+}
+
+template <class F>
+typename F::result_type inspect(F& f, rebalance_request& x) {
+  return f(caf::meta::type_name("rebalance_request"), x.target, x.count);
 }
 
 template <class F>

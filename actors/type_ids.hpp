@@ -56,6 +56,7 @@ CAF_ADD_TYPE_ID(tokenmill, (tokenmill::latency_samples))
 CAF_ADD_TYPE_ID(tokenmill, (tokenmill::kv_fetch_request))
 CAF_ADD_TYPE_ID(tokenmill, (tokenmill::kv_fetch_reply))
 CAF_ADD_TYPE_ID(tokenmill, (tokenmill::kv_fetch_written))
+CAF_ADD_TYPE_ID(tokenmill, (tokenmill::rebalance_request))
 CAF_END_TYPE_ID_BLOCK(tokenmill)
 
 namespace tokenmill {

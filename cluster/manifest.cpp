@@ -265,10 +265,10 @@ std::string describe(const manifest& m) {
         "planner: TTFT p{} {}, ITL p{} {}; every {} ms, flip after {} intervals past {:g} and "
         "{:g}x the other role, cooldown {} ms, at least {} prefill and {} decode; "
         "{} prefill jobs or {} decode sequences per worker saturate it; a role change is "
-        "abandoned after {} ms",
+        "abandoned after {} ms; after a flip to decode up to {} sequences move to it",
         p.percentile, slo(p.ttft_ms), p.percentile, slo(p.itl_ms), p.interval_ms, p.intervals,
         p.high, p.band, p.cooldown_ms, p.min_prefill, p.min_decode, p.prefill_jobs_per_worker,
-        p.decode_max_batch, p.change_timeout_ms));
+        p.decode_max_batch, p.change_timeout_ms, p.rebalance_moves));
   }
   line(fmt::format("nodes ({}):", m.nodes.size()));
   for (auto& n : m.nodes) {

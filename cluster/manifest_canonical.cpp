@@ -86,6 +86,9 @@ std::string canonical_form(const manifest& m) {
     num("planner.prefill_jobs_per_worker", p.prefill_jobs_per_worker);
     num("planner.decode_max_batch", p.decode_max_batch);
     num("planner.change_timeout_ms", p.change_timeout_ms);
+    // Only when changed, so that manifests written before it keep their hash.
+    if (p.rebalance_moves != planner_config{}.rebalance_moves)
+      num("planner.rebalance_moves", p.rebalance_moves);
   }
   // Absent when off, so that manifests without a security section keep their hash. Paths
   // are left out: each host may keep its certificates and secret elsewhere.

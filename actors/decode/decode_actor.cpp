@@ -873,6 +873,28 @@ void start_move_out(decode_ptr self, migrate_request m) {
           });
 }
 
+/// rebalance_request: after the planner flipped `r.target` to decode, move up to
+/// `r.count` of the sequences decoding here to it (pick_rebalance). Answers the moves
+/// started; their outcomes count in the migration metrics, and a failed one keeps its
+/// sequence here.
+uint32_t start_rebalance(decode_ptr self, const rebalance_request& r) {
+  auto& st = self->state;
+  if (st.flip.draining() || !r.target || r.target == caf::actor_cast<caf::actor>(self)) return 0;
+  std::vector<rebalance_candidate> cands;
+  for (const auto& [id, s] : st.seqs) {
+    if (s.phase != seq_phase::ready && s.phase != seq_phase::running) continue;
+    if (s.move_pending || s.pending_end || s.silent) continue;
+    const uint32_t max = s.req.options.max_tokens;
+    cands.push_back({id, max > s.generated ? max - s.generated : 0});
+  }
+  auto picked = pick_rebalance(std::move(cands), r.count);
+  for (auto id : picked)
+    start_move_out(self, migrate_request{id, r.target, true, caf::actor{}});
+  spdlog::info("decode '{}': rebalance moves {} of {} asked sequences to a new decode worker",
+               st.w.info.name, picked.size(), r.count);
+  return static_cast<uint32_t>(picked.size());
+}
+
 /// The decode workers of the membership, for moves without a given target.
 void learn_decode_peers(decode_state& st, const membership& m) {
   st.peers.clear();
@@ -1152,6 +1174,10 @@ caf::behavior decode_behavior(decode_ptr self) {
       [self](migrate_request& m) {
         launch_on_exit relaunch{self};
         start_move_out(self, std::move(m));
+      },
+      [self](const rebalance_request& r) -> uint32_t {
+        launch_on_exit relaunch{self};
+        return start_rebalance(self, r);
       },
       [self](migrate_offer& o) -> migrate_accept {
         launch_on_exit relaunch{self};

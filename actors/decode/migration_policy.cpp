@@ -112,4 +112,17 @@ std::optional<size_t> pick_migration_target(std::span<const migration_candidate>
   return best;
 }
 
+std::vector<request_id> pick_rebalance(std::vector<rebalance_candidate> candidates,
+                                       uint32_t count) {
+  std::sort(candidates.begin(), candidates.end(), [](const auto& a, const auto& b) {
+    return a.remaining != b.remaining ? a.remaining > b.remaining : a.id < b.id;
+  });
+  std::vector<request_id> picked;
+  for (const auto& c : candidates) {
+    if (picked.size() >= count || c.remaining == 0) break;
+    picked.push_back(c.id);
+  }
+  return picked;
+}
+
 }  // namespace tokenmill

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <vector>
 
 #include "common/errors.hpp"
 #include "common/ids.hpp"
@@ -87,5 +88,17 @@ struct migration_candidate {
 /// index in `candidates`, or nothing when there is none.
 std::optional<size_t> pick_migration_target(std::span<const migration_candidate> candidates,
                                             worker_id self);
+
+/// A sequence a rebalance could move (it decodes, is not moving and not ending).
+struct rebalance_candidate {
+  request_id id = 0;
+  uint32_t remaining = 0;  ///< tokens it may still generate (max_tokens - generated)
+};
+
+/// The sequences a rebalance_request moves: at most `count`, those with the most tokens
+/// still to generate first (a move pays off over the steps that follow it; ties: the
+/// lowest id, so that choices are stable). A sequence with nothing left to generate never
+/// moves.
+std::vector<request_id> pick_rebalance(std::vector<rebalance_candidate> candidates, uint32_t count);
 
 }  // namespace tokenmill

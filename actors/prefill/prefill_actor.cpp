@@ -114,6 +114,44 @@ void fail_job(prefill_ptr self, request_id id, error_info err) {
   drop_job(self, id);
 }
 
+/// A role change or drain starts: every job with nothing computed or written yet goes back
+/// to its decode worker, which ends the attempt with errc::unavailable so that the router
+/// routes the request again (hand_back_on_drain). The change then waits only for the jobs
+/// under way, not for a queue that could take seconds.
+void hand_back_unstarted(prefill_ptr self) {
+  auto& st = self->state;
+  const auto bt = st.w.pool->layout().block_tokens;
+  std::vector<request_id> back;
+  for (const auto& [id, js] : st.jobs) {
+    if (js.dropped) continue;
+    job_progress p;
+    p.on_engine = on_engine(st, id);
+    p.computed = js.computed;
+    p.done = js.done;
+    p.first_to_compute = first_computed_token(js.reused, bt);
+    p.writes_pending = js.writes_pending;
+    p.blocks_sent = js.blocks_sent;
+    p.skip_blocks = js.job.skip_blocks;
+    if (hand_back_on_drain(p)) back.push_back(id);
+  }
+  std::sort(back.begin(), back.end());  // a stable order, for logs and tests
+  for (auto id : back) {
+    auto& js = st.jobs.at(id);
+    self->send(
+        js.job.decode,
+        prefill_failed{id,
+                       {errc::unavailable, fmt::format("prefill worker '{}' is draining ({}): the "
+                                                       "request is routed again",
+                                                       st.w.info.name, flip_summary(st.flip))}});
+    js.notify_drained = true;
+    drop_job(self, id);
+    ++st.flip.handed_back;
+  }
+  if (!back.empty())
+    spdlog::info("prefill '{}': {} queued jobs handed back for the role change", st.w.info.name,
+                 back.size());
+}
+
 /// Moves waiting jobs into the queue while local blocks allow.
 void admit_waiting(prefill_ptr self) {
   auto& st = self->state;
@@ -397,6 +435,7 @@ caf::behavior prefill_behavior(prefill_ptr self) {
         launch_on_exit relaunch{self};  // completes the change at once when idle
         auto& st = self->state;
         begin_role_change(st.flip, st.w.info, c, now_ns());
+        hand_back_unstarted(self);
       },
       [self](decode_assignment& a) {
         // Sent to this worker's address while it served as decode (a late message): the

@@ -39,4 +39,9 @@ std::optional<block_transfer> next_transfer(uint32_t complete, uint32_t blocks_s
   return block_transfer{blocks_sent, complete, blocks_sent - skip_blocks, complete - skip_blocks};
 }
 
+bool hand_back_on_drain(const job_progress& j) {
+  return !j.on_engine && !j.computed && j.done <= j.first_to_compute && j.writes_pending == 0 &&
+         j.blocks_sent <= j.skip_blocks;
+}
+
 }  // namespace tokenmill

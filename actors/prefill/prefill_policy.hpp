@@ -46,4 +46,21 @@ struct block_transfer {
 std::optional<block_transfer> next_transfer(uint32_t complete, uint32_t blocks_sent,
                                             uint32_t skip_blocks);
 
+/// Where a prefill job stands when its worker starts a role change or a drain.
+struct job_progress {
+  bool on_engine = false;         ///< a chunk of it is being computed
+  bool computed = false;          ///< every chunk computed
+  uint32_t done = 0;              ///< prompt tokens computed or reused
+  uint32_t first_to_compute = 0;  ///< `done` before its first chunk (after the cached prefix)
+  uint32_t writes_pending = 0;    ///< transport writes not completed
+  uint32_t blocks_sent = 0;       ///< leading blocks sent or skipped
+  uint32_t skip_blocks = 0;       ///< leading blocks the decode worker has
+};
+
+/// Whether a job goes back to its decode worker (prefill_failed, errc::unavailable: the
+/// router routes the request again) when the worker starts a role change or a drain:
+/// nothing of it was computed or written, so another worker loses nothing by taking it,
+/// and the change waits only for the jobs under way.
+bool hand_back_on_drain(const job_progress& j);
+
 }  // namespace tokenmill

@@ -166,4 +166,38 @@ planner_decision decide_flip(const planner_config& cfg, const planner_signals& s
   return d;
 }
 
+std::vector<rebalance_move> plan_rebalance(std::span<const planner_worker> workers,
+                                           worker_id target, uint32_t max_moves) {
+  const planner_worker* t = nullptr;
+  uint64_t total = 0, n = 0;
+  for (const auto& w : workers) {
+    if (!available(w, role::decode)) continue;
+    total += w.queued + w.running;
+    ++n;
+    if (w.id == target) t = &w;
+  }
+  std::vector<rebalance_move> moves;
+  if (!t || n < 2 || max_moves == 0) return moves;
+  const uint64_t share = (total + n - 1) / n;
+  const uint64_t held = t->queued + t->running;
+  if (held >= share) return moves;
+  uint64_t want = std::min<uint64_t>(share - held, max_moves);
+  std::vector<const planner_worker*> donors;
+  for (const auto& w : workers)
+    if (available(w, role::decode) && w.id != target && w.queued + w.running > share)
+      donors.push_back(&w);
+  // The busiest first; ties by id, so that plans are stable.
+  std::sort(donors.begin(), donors.end(), [](const auto* a, const auto* b) {
+    auto la = a->queued + a->running, lb = b->queued + b->running;
+    return la != lb ? la > lb : a->id < b->id;
+  });
+  for (const auto* d : donors) {
+    if (want == 0) break;
+    uint64_t give = std::min<uint64_t>(d->queued + d->running - share, want);
+    moves.push_back({d->id, static_cast<uint32_t>(give)});
+    want -= give;
+  }
+  return moves;
+}
+
 }  // namespace tokenmill

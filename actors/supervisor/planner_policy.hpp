@@ -45,6 +45,9 @@ struct planner_config {
   uint32_t prefill_jobs_per_worker = 4;  ///< queued + running jobs that saturate a prefill worker
   uint32_t decode_max_batch = 64;        ///< sequences per decode step (from the manifest)
   uint32_t change_timeout_ms = 60000;    ///< a role change unanswered this long is abandoned
+  /// After a flip to decode, at most this many running sequences move live from the
+  /// busiest decode workers to the new one (plan_rebalance); 0: none move.
+  uint32_t rebalance_moves = 16;
 };
 
 /// One prefill or decode worker as the planner sees it (from its worker_status).
@@ -115,5 +118,21 @@ planner_decision decide_flip(const planner_config& cfg, const planner_signals& s
 /// an available worker of that role.
 double role_pressure(const planner_config& cfg, role r, std::span<const planner_worker> workers,
                      const std::optional<double>& measured_ms);
+
+/// One decode worker's share of a rebalance: move `count` of its sequences to the target.
+struct rebalance_move {
+  worker_id from = 0;
+  uint32_t count = 0;
+};
+
+/// After `target` became a decode worker: which available decode workers hand it how many
+/// sequences (queued + running) so that the loads even out. Each donor gives what it holds
+/// above the fair share (the ceiling of the total over the available decode workers, the
+/// target included), the busiest first, until the target reaches the fair share or
+/// `max_moves` moves are planned. Nothing when the target is not an available decode
+/// worker. A donor is never left below the share, so a rebalance never creates the
+/// imbalance it removes.
+std::vector<rebalance_move> plan_rebalance(std::span<const planner_worker> workers,
+                                           worker_id target, uint32_t max_moves);
 
 }  // namespace tokenmill

@@ -152,6 +152,8 @@ void start_change(supervisor_ptr self, worker_id id, role to, bool drain_only, s
   st.changes[id] = std::move(ch);
 }
 
+void rebalance_after_flip(supervisor_ptr self, worker_id target);
+
 /// A role change ended: `rc` is the worker's answer, or one the supervisor made up for a
 /// worker that failed to answer. Updates the member, the counters and any drain it
 /// belongs to; the caller broadcasts.
@@ -206,6 +208,9 @@ void finish_change(supervisor_ptr self, worker_id id, role_changed rc) {
                          rc.finished, rc.migrated);
     spdlog::info("supervisor: '{}' serves as {} now ({} -> {} in {:.1f} ms; {})", name,
                  to_string(ch.to), to_string(ch.from), to_string(ch.to), ev.took_ns / 1e6, ev.why);
+    // A new decode worker would otherwise take only new requests while the sequences that
+    // made decode the bottleneck stay where they are until they end.
+    if (ch.planned && ch.to == role::decode && st.cfg.planner) rebalance_after_flip(self, id);
   }
   record(st, std::move(ev));
   if (!ch.drain) return;
@@ -274,6 +279,70 @@ void plan(supervisor_ptr self, planner_signals sig, std::vector<double> ttft,
   record(st, std::move(ev));
   start_change(self, d.worker, d.to, false, d.why, true, std::nullopt);
   broadcast(self);
+}
+
+/// After the planner flipped `target` to decode: asks every available decode worker for
+/// its load, plans who hands `target` how many sequences (plan_rebalance) and asks them
+/// (rebalance_request). Each move is a live migration; the outcome shows in the workers'
+/// migration metrics and in the planner's events.
+void rebalance_after_flip(supervisor_ptr self, worker_id target) {
+  auto& st = self->state;
+  const uint32_t max_moves = st.cfg.planner->rebalance_moves;
+  if (max_moves == 0) return;
+  struct acc {
+    std::vector<planner_worker> workers;
+    size_t pending = 0;
+  };
+  auto a = std::make_shared<acc>();
+  std::vector<std::pair<worker_id, caf::actor>> decoders;
+  for (const auto& [id, m] : st.members)
+    if (m.up && !m.draining && m.info.kind == role::decode) decoders.emplace_back(id, m.handle);
+  a->pending = decoders.size();
+  if (a->pending < 2) return;
+  auto done = [self, a, target, max_moves] {
+    if (--a->pending > 0) return;
+    auto& st = self->state;
+    auto t = st.members.find(target);
+    if (t == st.members.end() || !t->second.up || t->second.info.kind != role::decode) return;
+    auto moves = plan_rebalance(a->workers, target, max_moves);
+    for (const auto& mv : moves) {
+      auto m = st.members.find(mv.from);
+      if (m == st.members.end() || !m->second.up) continue;
+      const std::string from = m->second.info.name, to = t->second.info.name;
+      self->request(m->second.handle, st.cfg.planner_query_timeout,
+                    rebalance_request{t->second.handle, mv.count})
+          .then(
+              [self, from, to, want = mv.count](uint32_t started) {
+                auto& st = self->state;
+                planner_event ev;
+                ev.kind = "rebalance";
+                ev.worker = from;
+                ev.from = role::decode;
+                ev.to = role::decode;
+                ev.why = fmt::format("{} of {} sequences move live from '{}' to '{}'", started,
+                                     want, from, to);
+                spdlog::info("planner: {}", ev.why);
+                record(st, std::move(ev));
+              },
+              [from](caf::error& e) {
+                spdlog::warn("planner: rebalance request to '{}' failed: {}", from,
+                             caf::to_string(e));
+              });
+    }
+  };
+  for (const auto& [id, h] : decoders) {
+    self->request(h, st.cfg.planner_query_timeout, status_atom::value)
+        .then(
+            [a, done, id = id](const worker_status& ws) {
+              planner_worker w;
+              w.id = id;
+              w.queued = ws.queued;
+              w.running = ws.running;
+              a->workers.push_back(w);
+              done();
+            },
+            [done](caf::error&) { done(); });
+  }
 }
 
 /// One planner tick: asks every up prefill and decode worker for its status and every

@@ -75,7 +75,8 @@ constexpr std::string_view planner_keys[] = {"ttft_ms",
                                              "high",
                                              "band",
                                              "prefill_jobs_per_worker",
-                                             "change_timeout_ms"};
+                                             "change_timeout_ms",
+                                             "rebalance_moves"};
 constexpr std::string_view security_keys[] = {"tls", "secret_file", "insecure"};
 constexpr std::string_view tls_keys[] = {"ca", "cert", "key"};
 constexpr std::string_view node_keys[] = {"name", "address", "ssh", "port", "http_port", "actors"};
@@ -409,6 +410,7 @@ class parser {
     opt_number(p_, r, "band", c.band, 1, false);
     opt_uint(p_, r, "prefill_jobs_per_worker", c.prefill_jobs_per_worker, 1, 65536);
     opt_uint(p_, r, "change_timeout_ms", c.change_timeout_ms, 100, 3'600'000);
+    opt_uint(p_, r, "rebalance_moves", c.rebalance_moves, 0, 4096);
     if (!r.find("ttft_ms") && !r.find("itl_ms"))
       p_.add(r.at(), "planner", "neither ttft_ms nor itl_ms is given",
              "at least one objective: ttft_ms (TTFT at the percentile, ms) or itl_ms");

@@ -700,3 +700,91 @@ TEST_CASE("live migration: a constrained sequence keeps its grammar across the m
   CHECK(s.tokens.size() == 24);
   h.expect_all_free("after the constrained requests");
 }
+
+TEST_CASE("live migration: a rebalance moves the sequences with the most tokens left",
+          "[decode_actor][live_migration]") {
+  migration_harness h;
+  auto& a = h.add_worker();
+  auto& b = h.add_worker();
+  // Three sequences on A with 20, 40 and 30 tokens to generate.
+  std::map<request_id, uint32_t> max_tokens = {{11, 20}, {12, 40}, {13, 30}};
+  std::map<request_id, std::vector<token_id>> expected;
+  std::map<request_id, stream> streams;
+  for (auto [id, n] : max_tokens) {
+    auto req = h.request(id, 10, n);
+    expected[id] = sim_continuation(h.eng, req.prompt, n);
+    h.assign(a, req);
+  }
+  // Every message of the three streams, by request.
+  std::map<request_id, worker_id> done_by;
+  auto receive_any = [&] {
+    std::string problem;
+    bool got = false;
+    auto from = [&] { return h.id_of(h.self->current_sender()); };
+    h.self->receive(
+        [&](first_token& ft) {
+          got = true;
+          streams[ft.id].tokens.emplace(0, std::make_pair(ft.token, from()));
+        },
+        [&](token_batch& tb) {
+          got = true;
+          for (const auto& t : tb.tokens)
+            if (!streams[t.id].tokens.emplace(t.index, std::make_pair(t.token, from())).second)
+              ++streams[t.id].duplicates;
+        },
+        [&](attempt_moved& m) {
+          got = true;
+          streams[m.id].moves.push_back(std::move(m));
+        },
+        [&](request_done& d) {
+          got = true;
+          done_by[d.id] = from();
+          streams[d.id].done = std::move(d);
+        },
+        caf::others >> [&](caf::message_view& x) -> caf::result<caf::message> {
+          problem = "unexpected message " + describe(x);
+          return caf::sec::unexpected_message;
+        },
+        caf::after(receive_timeout) >> [&] { problem = "timed out"; });
+    if (!got) FAIL("collecting the streams: " << problem);
+  };
+  // Prefilled (first token out), so that every sequence is decoding when asked.
+  a.credits->grant(3);
+  while (streams[11].tokens.empty() || streams[12].tokens.empty() || streams[13].tokens.empty())
+    receive_any();
+  std::optional<uint32_t> started;
+  h.self->request(a.handle, receive_timeout, rebalance_request{b.handle, 2})
+      .receive([&](uint32_t n) { started = n; },
+               [&](caf::error& e) { FAIL("rebalance_request: " << caf::to_string(e)); });
+  REQUIRE(started);
+  CHECK(*started == 2);
+  a.credits->grant(plenty);
+  b.credits->grant(plenty);
+  while (done_by.size() < 3)
+    receive_any();
+  for (auto [id, n] : max_tokens) {
+    INFO("request " << id);
+    auto& s = streams[id];
+    CHECK(h.ordered(s, n) == expected[id]);
+    CHECK(s.tokens.size() == n);
+    CHECK(s.duplicates == 0);
+    CHECK(s.done->reason == finish_reason::length);
+  }
+  // 12 (40 tokens) and 13 (30) moved; 11 (20) stayed.
+  CHECK(streams[11].moves.empty());
+  CHECK(done_by[11] == a.id);
+  for (request_id id : {12, 13}) {
+    INFO("request " << id);
+    REQUIRE(streams[id].moves.size() == 1);
+    CHECK(streams[id].moves[0].worker == b.id);
+    CHECK(done_by[id] == b.id);
+  }
+  // A worker asked to rebalance toward itself, or with nothing decoding, starts nothing.
+  h.self->request(a.handle, receive_timeout, rebalance_request{a.handle, 4})
+      .receive([&](uint32_t n) { CHECK(n == 0); },
+               [&](caf::error& e) { FAIL("rebalance_request: " << caf::to_string(e)); });
+  h.self->request(b.handle, receive_timeout, rebalance_request{a.handle, 4})
+      .receive([&](uint32_t n) { CHECK(n == 0); },
+               [&](caf::error& e) { FAIL("rebalance_request: " << caf::to_string(e)); });
+  h.expect_all_free("after the rebalance");
+}

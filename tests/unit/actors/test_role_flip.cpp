@@ -284,6 +284,38 @@ TEST_CASE("a prefill worker finishes its job, then serves as decode with the sam
   expect_no_message(h.self, "after the decode");
 }
 
+TEST_CASE(
+    "a prefill worker hands queued jobs back at a role change and finishes the one "
+    "on the engine",
+    "[role_flip]") {
+  flip_harness h(role::prefill, gated_engine::gated_call::prefill);
+  auto prompt1 = prompt_of(10, 301);
+  h.self->send(h.worker, h.job(1, prompt1));
+  h.gate->wait_until_entered();  // job 1 is on the engine
+  h.self->send(h.worker, h.job(2, prompt_of(9, 320)));
+  h.self->send(h.worker, h.job(3, prompt_of(11, 340)));
+  h.self->send(h.worker, to_role(role::decode));
+  // Jobs 2 and 3 had nothing computed: they go back (their decode worker ends the attempt
+  // and the router routes them again); nothing was written, so their blocks are free.
+  for (request_id id : {2, 3}) {
+    INFO("job " << id);
+    auto f = expect<prefill_failed>(h.self, "prefill_failed of a queued job");
+    CHECK(f.id == id);
+    CHECK(f.error.code == errc::unavailable);
+    CHECK_THAT(f.error.message, Catch::Contains("is draining (to decode"));
+    CHECK(expect<kv_drained>(h.self, "kv_drained of a job handed back").id == id);
+  }
+  h.gate->open();
+  CHECK(h.collect_prefill(1) == h.expected(prompt1, 1)[0]);
+  h.expect_reregistration(role::decode);
+  auto r = h.expect_report(role::prefill, role::decode, false);
+  CHECK(r.finished == 1);
+  auto ws = query_status(h.self, h.worker);
+  CHECK(ws.kind == role::decode);
+  CHECK(ws.kv_used == 0);
+  expect_no_message(h.self, "after the flip");
+}
+
 TEST_CASE("a decode worker finishes its sequences in place, then serves as prefill",
           "[role_flip]") {
   flip_harness h(role::decode, gated_engine::gated_call::decode);

@@ -480,12 +480,17 @@ caf::behavior observer_stub(caf::event_based_actor* self, worker_status ws, caf:
 }
 
 /// A worker that answers status queries with `ws` and forwards the change_role messages
-/// it receives to `sink`; it never answers them itself (the test does, or nobody).
+/// it receives to `sink`; it never answers them itself (the test does, or nobody). A
+/// rebalance_request goes to `sink` too and is answered as if every move started.
 caf::behavior worker_stub(caf::event_based_actor* self, worker_status ws, caf::actor sink) {
   return {
       [ws](status_atom) { return ws; },
       [](const membership&) {},
       [self, sink](const change_role& c) { self->send(sink, c); },
+      [self, sink](const rebalance_request& r) {
+        self->send(sink, r);
+        return r.count;
+      },
   };
 }
 
@@ -623,7 +628,16 @@ TEST_CASE("supervisor: a planner flip drains, re-registers under the new role an
   CHECK(find_member(m, 21)->info.kind == role::decode);
   CHECK_FALSE(find_member(m, 21)->draining);
 
+  // The new decode worker takes the excess of the busy one: 32 sequences over 2 workers,
+  // 16 each, asked of decode-1 (the sequences move live, worker to worker).
+  auto rb = expect<rebalance_request>(h.changes, "rebalance_request at the busy decode worker");
+  CHECK(rb.target == fresh);
+  CHECK(rb.count == 16);
   auto cs = h.status();
+  for (int i = 0; i < 100 && cs.planner.events.size() < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    cs = h.status();
+  }
   REQUIRE(find_worker(cs, 21));
   CHECK(find_worker(cs, 21)->up);
   CHECK(find_worker(cs, 21)->kind == role::decode);
@@ -632,13 +646,17 @@ TEST_CASE("supervisor: a planner flip drains, re-registers under the new role an
   CHECK(cs.planner.flips_to_decode == 1);
   CHECK(cs.planner.flips_to_prefill == 0);
   CHECK(cs.planner.changes_failed == 0);
-  REQUIRE(cs.planner.events.size() == 2);
+  REQUIRE(cs.planner.events.size() == 3);
   CHECK(cs.planner.events[0].kind == "flip");
   CHECK(cs.planner.events[0].worker == "prefill-1");
   CHECK(cs.planner.events[1].kind == "changed");
   CHECK(cs.planner.events[1].from == role::prefill);
   CHECK(cs.planner.events[1].to == role::decode);
   CHECK(cs.planner.events[1].took_ns == 2'000'000);
+  CHECK(cs.planner.events[2].kind == "rebalance");
+  CHECK(cs.planner.events[2].worker == "decode-1");
+  CHECK_THAT(cs.planner.events[2].why,
+             Catch::Contains("16 of 16 sequences move live from 'decode-1' to 'prefill-1'"));
 
   // Decode is still the bottleneck (32 sequences for 2 x 8), but the cooldown holds.
   h.self->send(h.sup, plan_atom::value);

@@ -66,6 +66,7 @@ TEST_CASE("type ids: every message keeps its wire name", "[type_ids]") {
   CHECK(registered_name<kv_fetch_request>(cfg) == "tokenmill::kv_fetch_request");
   CHECK(registered_name<kv_fetch_reply>(cfg) == "tokenmill::kv_fetch_reply");
   CHECK(registered_name<kv_fetch_written>(cfg) == "tokenmill::kv_fetch_written");
+  CHECK(registered_name<rebalance_request>(cfg) == "tokenmill::rebalance_request");
   // As add_message_type always did, vectors of a message are registered too.
   CHECK(registered_name<std::vector<token_chunk>>(cfg) == "std::vector<tokenmill::token_chunk>");
 }

@@ -793,6 +793,7 @@ TEST_CASE("manifest: the planner section", "[manifest]") {
   band: 2
   prefill_jobs_per_worker: 8
   change_timeout_ms: 9000
+  rebalance_moves: 5
 )"));
   REQUIRE(on.planner);
   const auto& p = *on.planner;
@@ -808,6 +809,7 @@ TEST_CASE("manifest: the planner section", "[manifest]") {
   CHECK(p.band == Approx(2));
   CHECK(p.prefill_jobs_per_worker == 8);
   CHECK(p.change_timeout_ms == 9000);
+  CHECK(p.rebalance_moves == 5);
   CHECK(p.decode_max_batch == 64);  // the decode worker's default max_batch
   CHECK(validate(p).empty());
   auto text = describe(on);
@@ -815,6 +817,8 @@ TEST_CASE("manifest: the planner section", "[manifest]") {
   CHECK_THAT(text, Catch::Contains("planner: TTFT p95 300 ms, ITL p95 30 ms; every 500 ms"));
   CHECK_THAT(text, Catch::Contains("cooldown 4000 ms"));
   CHECK_THAT(canonical_form(on), Catch::Contains("planner.ttft_ms=300\n"));
+  CHECK_THAT(canonical_form(on), Catch::Contains("planner.rebalance_moves=5\n"));
+  CHECK_THAT(text, Catch::Contains("up to 5 sequences move to it"));
   CHECK_THAT(canonical_form(off), !Catch::Contains("planner"));
 
   // Defaults, and the decode batch taken from the manifest's decode worker.
@@ -823,6 +827,9 @@ TEST_CASE("manifest: the planner section", "[manifest]") {
   CHECK(dflt.planner->ttft_ms == 0);
   CHECK(dflt.planner->interval_ms == 2000);
   CHECK(dflt.planner->cooldown_ms == 10000);
+  CHECK(dflt.planner->rebalance_moves == 16);
+  // The default is not in the canonical form: manifests written before it keep their hash.
+  CHECK_THAT(canonical_form(dflt), !Catch::Contains("rebalance_moves"));
   std::string text32 = minimal;
   text32.replace(text32.find("actors: [decode]"), 16, "actors: [{decode: {max_batch: 32}}]");
   CHECK(ok(parse(text32 + "planner: {itl_ms: 25}\n")).planner->decode_max_batch == 32);

@@ -140,3 +140,13 @@ TEST_CASE("live migration: a draining worker's target", "[migration_policy]") {
   CHECK_FALSE(pick_migration_target(std::vector<migration_candidate>{{1, true, false, 0}}, 1));
   CHECK_FALSE(pick_migration_target({}, 1));
 }
+
+TEST_CASE("pick_rebalance: most tokens left first, at most count, never a finished one",
+          "[migration_policy]") {
+  std::vector<rebalance_candidate> c = {{7, 100}, {3, 900}, {5, 0}, {4, 900}, {9, 50}};
+  CHECK(pick_rebalance(c, 2) == std::vector<request_id>{3, 4});  // tie: lowest id first
+  CHECK(pick_rebalance(c, 3) == std::vector<request_id>{3, 4, 7});
+  CHECK(pick_rebalance(c, 10) == std::vector<request_id>{3, 4, 7, 9});  // 5 has none left
+  CHECK(pick_rebalance(c, 0).empty());
+  CHECK(pick_rebalance({}, 4).empty());
+}

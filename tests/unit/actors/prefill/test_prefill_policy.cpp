@@ -111,3 +111,23 @@ TEST_CASE("next transfer: only newly complete blocks, shifted past the skipped o
   CHECK(t->dst_begin == 1);
   CHECK(t->dst_end == 3);
 }
+
+TEST_CASE("hand_back_on_drain: only jobs with nothing computed or written go back",
+          "[prefill_policy]") {
+  job_progress queued;  // waiting for blocks or queued: nothing done
+  CHECK(hand_back_on_drain(queued));
+  job_progress cached = queued;  // its cached prefix reused, no chunk computed yet
+  cached.done = cached.first_to_compute = 16;
+  cached.blocks_sent = cached.skip_blocks = 2;
+  CHECK(hand_back_on_drain(cached));
+  auto with = [&](auto change) {
+    auto j = cached;
+    change(j);
+    return hand_back_on_drain(j);
+  };
+  CHECK_FALSE(with([](job_progress& j) { j.on_engine = true; }));
+  CHECK_FALSE(with([](job_progress& j) { j.computed = true; }));
+  CHECK_FALSE(with([](job_progress& j) { j.done = 20; }));  // a chunk computed
+  CHECK_FALSE(with([](job_progress& j) { j.writes_pending = 1; }));
+  CHECK_FALSE(with([](job_progress& j) { j.blocks_sent = 3; }));  // a block sent
+}

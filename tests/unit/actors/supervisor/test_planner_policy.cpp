@@ -343,3 +343,74 @@ TEST_CASE("planner: sustained phases flip toward each bottleneck, one flip per c
   for (size_t i = 1; i < flips.size(); ++i)
     CHECK(flips[i].to == role::prefill);
 }
+
+namespace {
+
+planner_worker decode_worker(worker_id id, uint32_t running, uint32_t queued = 0) {
+  planner_worker w{id, role::decode};
+  w.running = running;
+  w.queued = queued;
+  return w;
+}
+
+uint32_t moved_from(const std::vector<rebalance_move>& m, worker_id id) {
+  uint32_t n = 0;
+  for (const auto& x : m)
+    if (x.from == id) n += x.count;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("rebalance: a new decode worker takes the excess over the fair share",
+          "[planner_policy]") {
+  // 30 + 20 + 0 (the new one, id 13) = 50 over 3 workers: share 17. Worker 11 gives 13,
+  // worker 12 gives 3; the target ends at 16 (each donor keeps at least the share).
+  std::vector<planner_worker> w = {
+      decode_worker(11, 30), decode_worker(12, 20), decode_worker(13, 0), {1, role::prefill}};
+  w[3].queued = 40;  // prefill load plays no part
+  auto m = plan_rebalance(w, 13, 64);
+  REQUIRE(m.size() == 2);
+  CHECK(m[0].from == 11);  // the busiest first
+  CHECK(m[0].count == 13);
+  CHECK(m[1].from == 12);
+  CHECK(m[1].count == 3);
+}
+
+TEST_CASE("rebalance: queued sequences count, max_moves caps, 0 turns it off", "[planner_policy]") {
+  std::vector<planner_worker> w = {decode_worker(11, 8, 12), decode_worker(12, 0)};
+  auto all = plan_rebalance(w, 12, 64);  // 20 over 2: share 10
+  REQUIRE(all.size() == 1);
+  CHECK(all[0].count == 10);
+  CHECK(moved_from(plan_rebalance(w, 12, 4), 11) == 4);
+  CHECK(plan_rebalance(w, 12, 0).empty());
+}
+
+TEST_CASE("rebalance: nothing moves when loads are even or the target is not available",
+          "[planner_policy]") {
+  SECTION("even") {
+    std::vector<planner_worker> w = {decode_worker(11, 5), decode_worker(12, 5),
+                                     decode_worker(13, 4)};
+    CHECK(plan_rebalance(w, 13, 64).empty());  // share 5: one sequence is not worth a move
+  }
+  SECTION("target draining, down, unknown or not decode") {
+    std::vector<planner_worker> w = {decode_worker(11, 30), decode_worker(12, 0)};
+    w[1].draining = true;
+    CHECK(plan_rebalance(w, 12, 64).empty());
+    w[1].draining = false;
+    w[1].up = false;
+    CHECK(plan_rebalance(w, 12, 64).empty());
+    CHECK(plan_rebalance(w, 99, 64).empty());
+    w[1] = {12, role::prefill};
+    CHECK(plan_rebalance(w, 12, 64).empty());
+  }
+  SECTION("a draining donor is not asked (its drain moves its sequences anyway)") {
+    std::vector<planner_worker> w = {decode_worker(11, 30), decode_worker(12, 30),
+                                     decode_worker(13, 0)};
+    w[0].draining = true;  // share over the available two: 15
+    auto m = plan_rebalance(w, 13, 64);
+    REQUIRE(m.size() == 1);
+    CHECK(m[0].from == 12);
+    CHECK(m[0].count == 15);
+  }
+}
