@@ -480,3 +480,38 @@ TEST_CASE("structured: tool calls through the official openai npm client",
   CHECK_THAT(j["bad_schema"]["message"].get<std::string>(),
              Catch::Contains("unsupported keyword 'minimum' at /properties/n"));
 }
+
+TEST_CASE("structured: tool calls in the llama3 format, and auto leaves plain text as content",
+          "[integration][structured][model][tools]") {
+  auto opts = cpu_server(0);
+  opts["--chat-template"] = "llama3";
+  server srv(opts);
+  nlohmann::ordered_json body = {
+      {"messages", {{{"role", "user"}, {"content", "Weather in Paris?"}}}},
+      {"max_tokens", 200},
+      {"temperature", 1.0},
+      {"seed", 3},
+      {"tools", {weather_tool, time_tool}},
+      {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}};
+  auto c = only_call(post(srv, "/v1/chat/completions", body));
+  CHECK(c["name"] == "get_weather");
+  check_weather_args(c["args"]);
+  // The call goes back with its result (an "ipython" turn) and the model answers.
+  auto first = post(srv, "/v1/chat/completions", body);
+  const auto& call = first["choices"][0]["message"]["tool_calls"][0];
+  body["messages"].push_back(nlohmann::ordered_json::parse(first["choices"][0]["message"].dump()));
+  nlohmann::ordered_json result = {{"role", "tool"},
+                                   {"tool_call_id", call["id"].get<std::string>()},
+                                   {"content", "{\"temp\": 21}"}};
+  body["messages"].push_back(std::move(result));
+  // auto on a random model: its text is not a call (it does not start with '{'), so it
+  // comes back as content and the finish reason is the plain one.
+  body["tool_choice"] = "auto";
+  body["max_tokens"] = 8;
+  auto r = post(srv, "/v1/chat/completions", body);
+  INFO(r.dump());
+  const auto& choice = r["choices"][0];
+  CHECK(choice["message"]["content"].is_string());
+  CHECK_FALSE(choice["message"].contains("tool_calls"));
+  CHECK((choice["finish_reason"] == "length" || choice["finish_reason"] == "stop"));
+}
