@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <optional>
+#include <random>
 #include <string>
 #include <utility>
 
@@ -57,7 +59,18 @@ struct choice_state {
   double cumulative_logprob = 0;  ///< sum of the chosen tokens' logprobs (best_of)
   bool finished = false;          ///< its summary was turned into the response
   generation_summary gs;
+  /// Chat with tools: the parser its text goes through, and the calls found (whole
+  /// responses: all; streamed: how many were sent).
+  std::optional<openai::tool_call_stream> tools;
+  std::vector<openai::tool_call> calls;
+  uint32_t calls_sent = 0;
 };
+
+/// "call_" and 24 random hex digits, as OpenAI's ids look.
+std::string new_call_id() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return fmt::format("call_{:016x}{:08x}", rng(), static_cast<uint32_t>(rng()));
+}
 
 }  // namespace
 
@@ -98,6 +111,7 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
             c.echo += tok->piece(t);
         }
       }
+      if (p.tool_parse) c.tools.emplace(*p.tool_parse, p.max_tool_calls());
       choices.push_back(std::move(c));
     }
     valid.push_back(std::move(*v));
@@ -143,6 +157,44 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
   auto index_of = [&](const choice_state& c) { return c.prompt * p.n + c.sample; };
   auto piece_of = [this](token_id t) { return tok->piece(t); };
   auto lp_arg = [&](choice_state& c) { return want_logprobs ? &c.logprobs : nullptr; };
+
+  // "tool_calls" when the choice's output held calls, as OpenAI reports it.
+  auto finish_of = [](const choice_state& c) -> std::string_view {
+    if (!c.calls.empty() || c.calls_sent > 0) return "tool_calls";
+    return openai::finish_reason_name(c.gs.reason);
+  };
+  // Streamed text of choice `c` (`last`: its end): content deltas for text outside tool
+  // calls, one delta per call once the parser has all of it. Logprobs ride on the next
+  // content delta, or a delta of their own at the end.
+  auto stream_text = [&](choice_state& c, std::string_view text, bool last) -> std::string {
+    std::string out;
+    std::string content(text);
+    std::vector<openai::tool_call> calls;
+    if (c.tools) {
+      auto ev = c.tools->push(text);
+      content = std::move(ev.content);
+      calls = std::move(ev.calls);
+      if (last) {
+        auto tail = c.tools->finish();
+        content += tail.content;
+        for (auto& call : tail.calls)
+          calls.push_back(std::move(call));
+      }
+    }
+    if (!content.empty() || (last && !c.logprobs.empty())) {
+      out += openai::sse_event(
+          openai::stream_chunk(meta, index_of(c), content, false, "", p.include_usage, lp_arg(c)));
+      c.logprobs.clear();
+    }
+    if (!calls.empty()) {
+      for (auto& call : calls)
+        call.id = new_call_id();
+      out += openai::sse_event(
+          openai::tool_calls_chunk(meta, index_of(c), calls, c.calls_sent, p.include_usage));
+      c.calls_sent += static_cast<uint32_t>(calls.size());
+    }
+    return out;
+  };
 
   auto abandon = [&]() {
     // The client is gone: stop every sequence everywhere and free their KV blocks.
@@ -221,11 +273,7 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
         }
         if (g.first_sent_ns == 0 && !sse) g.first_sent_ns = now_ns();
         if (sse) {
-          if (!piece.empty()) {
-            events += openai::sse_event(openai::stream_chunk(meta, index_of(c), piece, false, "",
-                                                             p.include_usage, lp_arg(c)));
-            c.logprobs.clear();
-          }
+          events += stream_text(c, piece, false);
         } else {
           c.text += piece;
         }
@@ -239,12 +287,17 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
         continue;
       }
       std::string tail = g.text.finish();
-      if (sse && (!tail.empty() || !c.logprobs.empty())) {
-        events += openai::sse_event(
-            openai::stream_chunk(meta, index_of(c), tail, false, "", p.include_usage, lp_arg(c)));
-        c.logprobs.clear();
+      if (sse) {
+        events += stream_text(c, tail, true);
       } else {
         c.text += tail;
+        if (c.tools) {
+          auto out = openai::parse_tool_calls(*p.tool_parse, c.text, p.max_tool_calls());
+          c.text = std::move(out.content);
+          c.calls = std::move(out.calls);
+          for (auto& call : c.calls)
+            call.id = new_call_id();
+        }
       }
       if (sse && !events.empty() && g.first_sent_ns == 0) g.first_sent_ns = now_ns();
       c.gs = make_generation_summary(*g.summary, g.text.stopped(), g.text.tokens(), g.first_sent_ns,
@@ -257,9 +310,8 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
         failure = c.gs.error;
         retry_after_ms = c.gs.retry_after_ms;
       } else if (sse && c.gs.error_code == errc::ok) {
-        events += openai::sse_event(openai::stream_chunk(meta, index_of(c), "", false,
-                                                         openai::finish_reason_name(c.gs.reason),
-                                                         p.include_usage));
+        events += openai::sse_event(
+            openai::stream_chunk(meta, index_of(c), "", false, finish_of(c), p.include_usage));
       }
     }
     if (failed != errc::ok) {
@@ -313,9 +365,8 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
         std::vector<openai::choice_body> out;
         for (size_t k = 0; k < picked.size(); ++k) {
           const auto* c = picked[k];
-          out.push_back({static_cast<uint32_t>(k), c->echo + c->text,
-                         openai::finish_reason_name(c->gs.reason),
-                         want_logprobs ? &c->logprobs : nullptr});
+          out.push_back({static_cast<uint32_t>(k), c->echo + c->text, finish_of(*c),
+                         want_logprobs ? &c->logprobs : nullptr, c->tools ? &c->calls : nullptr});
         }
         std::string body = openai::completion_body(meta, out, total);
         co_return co_await reply(stream, req, http::status::ok, std::move(body));

@@ -9,6 +9,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "grammar/json_schema.hpp"
+
 namespace tokenmill::openai {
 namespace {
 
@@ -178,7 +180,41 @@ std::string parse_content(const json& msg, const std::string& name, const std::s
   return text;
 }
 
-std::vector<chat_message> parse_messages(const json& body) {
+/// One call of an assistant message: {id, type: "function", function: {name, arguments}},
+/// arguments a string holding a JSON object (as OpenAI sends them back).
+tool_call parse_message_call(const json& c, const std::string& name) {
+  if (!c.is_object())
+    fail(name, fmt::format("'{}' must be an object, got {}", name, c.type_name()));
+  tool_call out;
+  if (const json* id = field(c, "id")) out.id = get_string(*id, name + ".id");
+  if (const json* t = field(c, "type"); t && get_string(*t, name + ".type") != "function")
+    fail(name + ".type", fmt::format("'{}.type' must be \"function\"", name));
+  const json* fn = field(c, "function");
+  if (!fn) fail(name + ".function", fmt::format("'{}.function' is required", name));
+  if (!fn->is_object())
+    fail(name + ".function",
+         fmt::format("'{}.function' must be an object, got {}", name, fn->type_name()));
+  const json* n = field(*fn, "name");
+  if (!n) fail(name + ".function.name", fmt::format("'{}.function.name' is required", name));
+  out.name = get_string(*n, name + ".function.name");
+  const auto args_name = name + ".function.arguments";
+  const json* a = field(*fn, "arguments");
+  if (!a) {
+    out.arguments = "{}";
+  } else {
+    const std::string& text = get_string(*a, args_name);
+    // Parsed keeping key order: the prompt shows them as the model wrote them.
+    const ojson parsed = ojson::parse(text, nullptr, false);
+    if (!parsed.is_object())
+      fail(args_name, fmt::format("'{}' must be a JSON object in a string, got {}", args_name,
+                                  parsed.is_discarded() ? std::string("text that is not JSON")
+                                                        : std::string(parsed.type_name())));
+    out.arguments = dump(parsed);
+  }
+  return out;
+}
+
+std::vector<chat_message> parse_messages(const json& body, chat_format format) {
   const json* messages = field(body, "messages");
   if (!messages) fail("messages", "'messages' is required");
   if (!messages->is_array())
@@ -199,7 +235,29 @@ std::vector<chat_message> parse_messages(const json& body) {
       fail(role_name,
            fmt::format("'{}' must be one of system, developer, user, assistant, tool; got '{}'",
                        role_name, r));
-    out.push_back({r, parse_content(m, name + ".content", r)});
+    chat_message msg{r, parse_content(m, name + ".content", r), {}, {}};
+    if (const json* calls = field(m, "tool_calls")) {
+      const auto calls_name = name + ".tool_calls";
+      if (r != "assistant")
+        fail(calls_name, fmt::format("'{}' is only allowed on assistant messages", calls_name));
+      if (!calls->is_array())
+        fail(calls_name,
+             fmt::format("'{}' must be an array, got {}", calls_name, calls->type_name()));
+      if (!calls->empty() && !tool_syntax_of(format))
+        fail(calls_name, fmt::format("'{}': the {} chat format has no tool-call syntax; serve "
+                                     "the model with the chatml or llama3 format for tools",
+                                     calls_name, to_string(format)));
+      for (size_t j = 0; j < calls->size(); ++j)
+        msg.tool_calls.push_back(
+            parse_message_call((*calls)[j], fmt::format("{}[{}]", calls_name, j)));
+    }
+    if (r == "tool") {
+      const auto id_name = name + ".tool_call_id";
+      const json* id = field(m, "tool_call_id");
+      if (!id) fail(id_name, fmt::format("'{}' is required on tool messages", id_name));
+      msg.tool_call_id = get_string(*id, id_name);
+    }
+    out.push_back(std::move(msg));
   }
   return out;
 }
@@ -429,17 +487,174 @@ void parse_fanout(const json& body, endpoint kind, parsed_request& r) {
   }
   if (const json* v = field(body, "echo")) r.echo = get_bool(*v, "echo");
 }
-/// Options tokenmill does not implement, accepted only at their neutral value.
-void reject_unsupported(const json& body, endpoint /*kind*/) {
-  // Tool calling changes what the model must produce; ignoring it would hand the client
-  // plain text it did not ask for.
-  if (const json* v = field(body, "tools")) {
-    if (!v->is_array() || !v->empty()) fail("tools", "tool calling ('tools') is not supported");
+/// Most tools one request may declare (OpenAI's limit).
+constexpr size_t k_max_tools = 128;
+
+/// OpenAI's rule for function names: [a-zA-Z0-9_-], 1 to 64 characters.
+bool valid_tool_name(const std::string& n) {
+  if (n.empty() || n.size() > 64) return false;
+  return std::all_of(n.begin(), n.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
+  });
+}
+
+/// One entry of `tools`: {type: "function", function: {name, description, parameters,
+/// strict}}; `schema` is the same entry's parameters with their key order.
+tool_def parse_tool(const json& t, const ojson& ordered, const std::string& name) {
+  if (!t.is_object())
+    fail(name, fmt::format("'{}' must be an object, got {}", name, t.type_name()));
+  if (const json* type = field(t, "type")) {
+    const auto& ts = get_string(*type, name + ".type");
+    if (ts != "function")
+      fail(name + ".type",
+           fmt::format("'{}.type' must be \"function\" (the only kind of tool), got \"{}\"", name,
+                       ts));
   }
-  if (const json* v = field(body, "tool_choice")) {
-    if (!(v->is_string() && v->get<std::string>() == "none"))
-      fail("tool_choice", "tool calling ('tool_choice') is not supported (only \"none\")");
+  const auto fn_name = name + ".function";
+  const json* fn = field(t, "function");
+  if (!fn) fail(fn_name, fmt::format("'{}' is required", fn_name));
+  if (!fn->is_object())
+    fail(fn_name, fmt::format("'{}' must be an object, got {}", fn_name, fn->type_name()));
+  tool_def d;
+  const json* n = field(*fn, "name");
+  if (!n) fail(fn_name + ".name", fmt::format("'{}.name' is required", fn_name));
+  d.name = get_string(*n, fn_name + ".name");
+  if (!valid_tool_name(d.name))
+    fail(fn_name + ".name",
+         fmt::format("'{}.name' must be 1 to 64 of a-z, A-Z, 0-9, '_' and '-', got \"{}\"", fn_name,
+                     d.name));
+  if (const json* v = field(*fn, "description"))
+    d.description = get_string(*v, fn_name + ".description");
+  if (const json* v = field(*fn, "strict")) d.strict = get_bool(*v, fn_name + ".strict");
+  if (const json* v = field(*fn, "parameters")) {
+    if (!v->is_object())
+      fail(fn_name + ".parameters",
+           fmt::format("'{}.parameters' must be a JSON Schema object, got {}", fn_name,
+                       v->type_name()));
+    d.parameters = ordered["function"]["parameters"].dump();
   }
+  return d;
+}
+
+/// tools, tool_choice and parallel_tool_calls. The tools are shown to the model (by
+/// render_chat) unless the choice is none; required and named are enforced later by
+/// constrain_tools, once response_format is known.
+void parse_tools(const json& body, std::string_view text, endpoint kind, chat_format format,
+                 parsed_request& r) {
+  if (const json* v = field(body, "parallel_tool_calls"))
+    r.parallel_tool_calls = get_bool(*v, "parallel_tool_calls");
+  if (const json* tools = field(body, "tools")) {
+    if (!tools->is_array())
+      fail("tools", fmt::format("'tools' must be an array, got {}", tools->type_name()));
+    if (!tools->empty() && kind != endpoint::chat_completions)
+      fail("tools", "'tools' is only supported on /v1/chat/completions");
+    if (tools->size() > k_max_tools)
+      fail("tools", fmt::format("'tools' lists {} tools; at most {} are allowed", tools->size(),
+                                k_max_tools));
+    if (!tools->empty()) {
+      // The same body again, keeping key order (nlohmann::json sorts keys): parameters
+      // are shown to the model and compiled in the order written.
+      const ojson ordered = ojson::parse(text);
+      const ojson& list = ordered["tools"];
+      for (size_t i = 0; i < tools->size(); ++i) {
+        const auto name = fmt::format("tools[{}]", i);
+        auto d = parse_tool((*tools)[i], list[i], name);
+        for (size_t j = 0; j < r.tools.size(); ++j)
+          if (r.tools[j].name == d.name)
+            fail(name + ".function.name",
+                 fmt::format("'{}.function.name' \"{}\" is also the name of tools[{}]; names "
+                             "must be unique",
+                             name, d.name, j));
+        r.tools.push_back(std::move(d));
+      }
+    }
+  }
+  r.tools_choice = r.tools.empty() ? tool_choice::none : tool_choice::automatic;
+  if (const json* c = field(body, "tool_choice")) {
+    if (c->is_string()) {
+      const auto& cs = c->get_ref<const std::string&>();
+      if (cs == "none") {
+        r.tools_choice = tool_choice::none;
+      } else if (cs == "auto") {
+        // auto without tools: nothing to call, plain text (OpenAI says the same thing).
+      } else if (cs == "required") {
+        if (r.tools.empty()) fail("tool_choice", "'tool_choice' \"required\" needs 'tools'");
+        r.tools_choice = tool_choice::required;
+      } else {
+        fail("tool_choice",
+             fmt::format("'tool_choice' must be \"none\", \"auto\", \"required\" or "
+                         "{{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, got \"{}\"",
+                         cs));
+      }
+    } else if (c->is_object()) {
+      if (const json* t = field(*c, "type"); !t || get_string(*t, "tool_choice.type") != "function")
+        fail("tool_choice.type", "'tool_choice.type' must be \"function\"");
+      const json* fn = field(*c, "function");
+      if (!fn || !fn->is_object())
+        fail("tool_choice.function", "'tool_choice.function' must be an object with a name");
+      const json* n = field(*fn, "name");
+      if (!n) fail("tool_choice.function.name", "'tool_choice.function.name' is required");
+      r.tool_choice_name = get_string(*n, "tool_choice.function.name");
+      if (r.tools.empty())
+        fail("tool_choice", "'tool_choice' names a function but 'tools' lists none");
+      std::string names;
+      bool found = false;
+      for (const auto& t : r.tools) {
+        found = found || t.name == r.tool_choice_name;
+        names += (names.empty() ? "" : ", ") + t.name;
+      }
+      if (!found)
+        fail("tool_choice.function.name",
+             fmt::format("'tool_choice.function.name' \"{}\" is not in 'tools' (it has: {})",
+                         r.tool_choice_name, names));
+      r.tools_choice = tool_choice::named;
+    } else {
+      fail("tool_choice",
+           fmt::format("'tool_choice' must be a string or an object, got {}", c->type_name()));
+    }
+  }
+  if (r.tools_choice == tool_choice::none) return;
+  r.tool_parse = tool_syntax_of(format);
+  if (!r.tool_parse)
+    fail("tools", fmt::format("tools are not supported with the {} chat format (its template has "
+                              "no tool-call syntax); serve the model with the chatml or llama3 "
+                              "format, or send tool_choice \"none\"",
+                              to_string(format)));
+}
+
+/// tool_choice required or named: the output is one call, its arguments valid under the
+/// function's parameters (an alternation over the tools for required), through the same
+/// grammar path as response_format.
+void constrain_tools(parsed_request& r) {
+  if (r.tools_choice != tool_choice::required && r.tools_choice != tool_choice::named) return;
+  auto& p = r.params;
+  const char* what = r.tools_choice == tool_choice::required ? "\"required\"" : "a function";
+  if (p.sampling.grammar != grammar_kind::none)
+    fail("tool_choice",
+         fmt::format("'tool_choice' {} constrains the output to a tool call; it cannot be "
+                     "combined with '{}'",
+                     what, p.grammar_field));
+  std::string alternatives;
+  for (size_t i = 0; i < r.tools.size(); ++i) {
+    const auto& t = r.tools[i];
+    if (r.tools_choice == tool_choice::named && t.name != r.tool_choice_name) continue;
+    std::string args = "\\{[ ]?\\}";  // no parameters: an empty object
+    if (!t.parameters.empty()) {
+      auto re = grammar::json_schema_to_regex(t.parameters);
+      if (!re) {
+        const auto name = fmt::format("tools[{}].function.parameters", i);
+        fail(name, fmt::format("'{}' cannot constrain the call (tool_choice is {}): {}", name, what,
+                               re.error().message));
+      }
+      args = std::move(*re);
+    }
+    if (!alternatives.empty()) alternatives += '|';
+    alternatives += "(?:" + tool_call_regex(*r.tool_parse, t.name, args) + ")";
+  }
+  p.sampling.grammar = grammar_kind::regex;
+  p.sampling.grammar_source = std::move(alternatives);
+  p.grammar_field = "tool_choice";
 }
 
 parsed_request parse(endpoint kind, std::string_view text, const request_context& ctx) {
@@ -462,7 +677,7 @@ parsed_request parse(endpoint kind, std::string_view text, const request_context
                        ctx.served_model),
            404, "model_not_found");
   }
-  reject_unsupported(body, kind);
+  parse_tools(body, text, kind, ctx.format, r);
 
   auto& p = r.params;
   parse_fanout(body, kind, r);
@@ -475,7 +690,8 @@ parsed_request parse(endpoint kind, std::string_view text, const request_context
     p.add_bos = true;
   } else {
     p.has_text = true;
-    p.text = render_chat(ctx.format, parse_messages(body));
+    p.text = render_chat(ctx.format, parse_messages(body, ctx.format),
+                         r.tools_choice == tool_choice::none ? std::vector<tool_def>{} : r.tools);
     p.add_bos = ctx.format != chat_format::chatml;  // ChatML models (Qwen) have no BOS
   }
   if (auto n = parse_max_tokens(body, kind)) {
@@ -487,6 +703,7 @@ parsed_request parse(endpoint kind, std::string_view text, const request_context
   parse_logit_bias(body, p);
   parse_logprobs(body, kind, p);
   parse_response_format(body, text, p);
+  constrain_tools(r);
   parse_stops(body, p);
   if (const json* v = field(body, "ignore_eos")) p.ignore_eos = get_bool(*v, "ignore_eos");
   if (r.echo && p.top_logprobs >= 0)
@@ -565,6 +782,23 @@ ojson head(const response_meta& m, const char* object) {
   j["created"] = m.created;
   j["model"] = m.model;
   return j;
+}
+
+/// message.tool_calls (or, with `indexed`, a stream delta's, which numbers them).
+ojson tool_calls_array(const std::vector<tool_call>& calls, uint32_t first_index, bool indexed) {
+  ojson list = ojson::array();
+  for (size_t k = 0; k < calls.size(); ++k) {
+    ojson c;
+    if (indexed) c["index"] = first_index + k;
+    c["id"] = calls[k].id;
+    c["type"] = "function";
+    ojson fn;
+    fn["name"] = calls[k].name;
+    fn["arguments"] = calls[k].arguments;
+    c["function"] = std::move(fn);
+    list.push_back(std::move(c));
+  }
+  return list;
 }
 
 ojson finish_value(std::string_view finish) {
@@ -723,7 +957,9 @@ std::string completion_body(const response_meta& m, std::string_view text,
                             const generation_summary& s,
                             const std::vector<logprob_entry>* logprobs) {
   return completion_body(
-      m, std::vector<choice_body>{{0, std::string(text), finish_reason_name(s.reason), logprobs}},
+      m,
+      std::vector<choice_body>{
+          {0, std::string(text), finish_reason_name(s.reason), logprobs, nullptr}},
       s);
 }
 
@@ -739,7 +975,9 @@ std::string completion_body(const response_meta& m, const std::vector<choice_bod
     } else {
       ojson msg;
       msg["role"] = "assistant";
-      msg["content"] = c.text;
+      const bool calls = c.tool_calls && !c.tool_calls->empty();
+      msg["content"] = calls && c.text.empty() ? ojson(nullptr) : ojson(c.text);
+      if (calls) msg["tool_calls"] = tool_calls_array(*c.tool_calls, 0, false);
       choice["message"] = std::move(msg);
     }
     choice["logprobs"] = c.logprobs ? logprobs_object(m.kind, *c.logprobs) : ojson(nullptr);
@@ -774,6 +1012,22 @@ std::string stream_chunk(const response_meta& m, uint32_t index, std::string_vie
   }
   choice["logprobs"] = logprobs ? logprobs_object(m.kind, *logprobs) : ojson(nullptr);
   choice["finish_reason"] = finish_value(finish);
+  j["choices"] = ojson::array({std::move(choice)});
+  if (usage_null) j["usage"] = nullptr;
+  return dump(j);
+}
+
+std::string tool_calls_chunk(const response_meta& m, uint32_t index,
+                             const std::vector<tool_call>& calls, uint32_t first_index,
+                             bool usage_null) {
+  ojson j = head(m, chunk_object(m.kind));
+  ojson choice;
+  choice["index"] = index;
+  ojson delta;
+  delta["tool_calls"] = tool_calls_array(calls, first_index, true);
+  choice["delta"] = std::move(delta);
+  choice["logprobs"] = nullptr;
+  choice["finish_reason"] = nullptr;
   j["choices"] = ojson::array({std::move(choice)});
   if (usage_null) j["usage"] = nullptr;
   return dump(j);

@@ -4,6 +4,7 @@
 /// chat templates, response and stream-chunk bodies, SSE framing, and the OpenAI error
 /// JSON with its HTTP status. The HTTP server (http_server.cpp) only moves bytes.
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -12,6 +13,7 @@
 
 #include "common/api_types.hpp"
 #include "common/errors.hpp"
+#include "frontend/tool_calls.hpp"
 
 namespace tokenmill::openai {
 
@@ -45,6 +47,25 @@ api_error from_errc(errc code, std::string message);
 struct chat_message {
   std::string role;  ///< "system", "user", "assistant" (also "developer" = system, "tool")
   std::string content;
+  std::vector<tool_call> tool_calls = {};  ///< assistant: its calls (content may be empty)
+  std::string tool_call_id = {};           ///< tool: the call this is the result of
+};
+
+/// One function the model may call (`tools[i].function`).
+struct tool_def {
+  std::string name;  ///< [A-Za-z0-9_-]{1,64}, unique in the request
+  std::string description;
+  /// The arguments' JSON Schema as sent (keys in the order written); empty: no arguments.
+  std::string parameters;
+  bool strict = false;
+};
+
+/// `tool_choice`: whether the model may, must or must not call a tool.
+enum class tool_choice : uint8_t {
+  none,       ///< no calls: tools are not shown to the model, output is not parsed
+  automatic,  ///< "auto": the model decides; its output is parsed for calls
+  required,   ///< one call of any of the tools, enforced by the grammar
+  named,      ///< one call of the named function, enforced by the grammar
 };
 
 /// Chat prompt formats tokenmill renders itself (no Jinja).
@@ -61,8 +82,16 @@ std::optional<chat_format> chat_format_from_name(std::string_view name);
 /// empty or unrecognised template (the server then uses chatml, as llama.cpp does).
 std::optional<chat_format> detect_chat_format(std::string_view jinja_template);
 /// The prompt text for `msgs`, ending with an opened assistant turn. The BOS token is not
-/// written (the tokenizer adds it).
-std::string render_chat(chat_format f, const std::vector<chat_message>& msgs);
+/// written (the tokenizer adds it). `tools` are shown to the model as its family expects:
+/// chatml (Hermes/Qwen 2.5) in the system turn inside <tools></tools>, calls as
+/// <tool_call> blocks, tool results as <tool_response> blocks of one user turn; llama3
+/// (Llama 3.1 JSON tool calling) in the first user turn, calls as {"name", "parameters"},
+/// results as "ipython" turns. mistral has no tool syntax here: parse_request refuses tools
+/// and tool calls for it (tool results are rendered as user turns).
+std::string render_chat(chat_format f, const std::vector<chat_message>& msgs,
+                        const std::vector<tool_def>& tools = {});
+/// The tool-call syntax of a chat format; nullopt for mistral.
+std::optional<tool_syntax> tool_syntax_of(chat_format f);
 
 /// What the server needs to parse a request.
 struct request_context {
@@ -90,6 +119,19 @@ struct parsed_request {
   bool stream = false;
   bool include_usage = false;  ///< stream_options.include_usage
   std::string model;           ///< as sent (empty when absent)
+  /// Chat with tools: the functions, the choice, and how the output is parsed for calls
+  /// (set unless the choice is none; the server parses each choice's text with it).
+  std::vector<tool_def> tools;
+  tool_choice tools_choice = tool_choice::none;
+  std::string tool_choice_name;     ///< named: the function
+  bool parallel_tool_calls = true;  ///< false: at most one call per choice
+  std::optional<tool_syntax> tool_parse;
+  /// Most calls one choice may return (1 without parallel_tool_calls or when constrained).
+  size_t max_tool_calls() const {
+    return parallel_tool_calls && tools_choice == tool_choice::automatic
+               ? std::numeric_limits<size_t>::max()
+               : 1;
+  }
 };
 
 /// Parses a request body. Accepted fields:
@@ -105,8 +147,16 @@ struct parsed_request {
 /// - completions: prompt as a string, an array of strings, an array of token ids or an
 ///   array of arrays of token ids (up to 32 prompts); echo (not with logprobs); best_of
 ///   (n..16; not streamed when above n); logprobs (integer 0..5);
-/// - chat: messages (non-empty array of {role, content}); logprobs (boolean) and
-///   top_logprobs (0..20, only with logprobs).
+/// - chat: messages (non-empty array of {role, content}; assistant messages may carry
+///   tool_calls [{id, type: "function", function: {name, arguments (a JSON object as a
+///   string)}}] and null content; tool messages need tool_call_id); logprobs (boolean) and
+///   top_logprobs (0..20, only with logprobs); tools ([{type: "function", function: {name,
+///   description, parameters (JSON Schema), strict}}], names unique), tool_choice ("none",
+///   "auto" (the default with tools), "required", {type: "function", function: {name}})
+///   and parallel_tool_calls. "required" and a named function constrain the output to one
+///   call whose arguments match the function's parameters (the grammar of response_format,
+///   which they cannot be combined with; a schema the grammar compiler refuses is a 400
+///   naming tools[i].function.parameters). The mistral format refuses tools.
 /// Unknown fields are ignored, as OpenAI does. A wrong type, a value out of range or an
 /// unsupported option is a 400 naming the field; another model than the served one is 404
 /// "model_not_found". Range checks that need the tokenizer (context length) are left to
@@ -174,6 +224,9 @@ struct choice_body {
   std::string text;
   std::string_view finish;                               ///< "" = null
   const std::vector<logprob_entry>* logprobs = nullptr;  ///< null: "logprobs": null
+  /// Chat: the calls parsed out of the text; when there are some, message.tool_calls
+  /// lists them and message.content is null if `text` is empty.
+  const std::vector<tool_call>* tool_calls = nullptr;
 };
 /// A whole response with several choices (a list of prompts, n > 1); usage and timing
 /// from `s`.
@@ -192,6 +245,13 @@ std::string stream_chunk(const response_meta& m, std::string_view text, bool fir
 std::string stream_chunk(const response_meta& m, uint32_t index, std::string_view text, bool first,
                          std::string_view finish, bool usage_null,
                          const std::vector<logprob_entry>* logprobs = nullptr);
+
+/// A chat stream chunk whose delta carries whole tool calls: {"tool_calls": [{"index":
+/// first_index + k, "id", "type": "function", "function": {"name", "arguments"}}]}. Each
+/// call is sent once, complete (no argument fragments), when the parser has all of it.
+std::string tool_calls_chunk(const response_meta& m, uint32_t index,
+                             const std::vector<tool_call>& calls, uint32_t first_index,
+                             bool usage_null);
 
 /// The final usage chunk of a stream with include_usage: empty choices, usage, and the
 /// tokenmill timing extension.

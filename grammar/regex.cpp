@@ -69,12 +69,19 @@ node literal(std::string_view text) {
   return seq(std::move(kids));
 }
 
-/// One UTF-8 character of two to four bytes (lead bytes C2..F4, continuation 80..BF).
+/// One well-formed UTF-8 character of two to four bytes (Unicode's table 3-7): no overlong
+/// forms (E0 80..9F, F0 80..8F), no surrogates (ED A0..BF) and nothing above U+10FFFF
+/// (F4 90..BF), which a JSON parser would refuse or a detokenizer replace with U+FFFD.
 node utf8_multibyte() {
-  return alt({seq({range_node(0xC2, 0xDF), range_node(0x80, 0xBF)}),
-              seq({range_node(0xE0, 0xEF), range_node(0x80, 0xBF), range_node(0x80, 0xBF)}),
-              seq({range_node(0xF0, 0xF4), range_node(0x80, 0xBF), range_node(0x80, 0xBF),
-                   range_node(0x80, 0xBF)})});
+  auto cont = [] { return range_node(0x80, 0xBF); };
+  return alt({seq({range_node(0xC2, 0xDF), cont()}),
+              seq({range_node(0xE0, 0xE0), range_node(0xA0, 0xBF), cont()}),
+              seq({range_node(0xE1, 0xEC), cont(), cont()}),
+              seq({range_node(0xED, 0xED), range_node(0x80, 0x9F), cont()}),
+              seq({range_node(0xEE, 0xEF), cont(), cont()}),
+              seq({range_node(0xF0, 0xF0), range_node(0x90, 0xBF), cont(), cont()}),
+              seq({range_node(0xF1, 0xF3), cont(), cont(), cont()}),
+              seq({range_node(0xF4, 0xF4), range_node(0x80, 0x8F), cont(), cont()})});
 }
 
 /// The ASCII bytes of `ascii` (bits >= 0x80 ignored), plus any non-ASCII character when

@@ -1,9 +1,12 @@
-/// libFuzzer target: the OpenAI request parsing (frontend/openai.hpp) and the HTTP routing
-/// rules (frontend/http_routes.hpp). The first byte picks the endpoint and the method; the
-/// rest, up to the first newline, is the request target, and after it the body. Every
-/// input must give a parsed request or an api_error, and a plan, never a crash.
+/// libFuzzer target: the OpenAI request parsing (frontend/openai.hpp), the tool-call parsers
+/// of model output (frontend/tool_calls.hpp: streamed in two pieces they must give what
+/// the whole text gives) and the HTTP routing rules (frontend/http_routes.hpp). The first byte
+/// picks the endpoint and the method; the rest, up to the first newline, is the request target, and
+/// after it the body. Every input must give a parsed request or an api_error, and a plan, never a
+/// crash.
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <string_view>
 #include <variant>
 
@@ -30,6 +33,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto kind = (sel & 2) ? openai::endpoint::chat_completions : openai::endpoint::completions;
   auto parsed = openai::parse_request(kind, in, rc);
   if (auto* e = std::get_if<openai::api_error>(&parsed)) (void)openai::error_body(*e);
+
+  // Model output: the tool-call parsers, whole and split where the selector says.
+  for (auto syntax : {openai::tool_syntax::hermes, openai::tool_syntax::llama3}) {
+    const size_t max_calls = (sel & 4) ? 1 : SIZE_MAX;
+    auto whole = openai::parse_tool_calls(syntax, in, max_calls);
+    openai::tool_call_stream st(syntax, max_calls);
+    const size_t cut = in.empty() ? 0 : (size_t{sel} * 7) % (in.size() + 1);
+    auto a = st.push(in.substr(0, cut));
+    auto b = st.push(in.substr(cut));
+    auto c = st.finish();
+    if (a.content + b.content + c.content != whole.content ||
+        a.calls.size() + b.calls.size() + c.calls.size() != whole.calls.size())
+      __builtin_trap();
+  }
 
   // Routing: target parsing, query parameters, the API key and the ready-made answers.
   (void)target_path(target);

@@ -5,6 +5,7 @@
 // worker samples the first token under the grammar), and the 400s for bad grammars.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -303,4 +304,214 @@ TEST_CASE("structured: the official openai npm client", "[integration][structure
   CHECK(j["refused"]["status"] == 400);
   CHECK_THAT(j["refused"]["message"].get<std::string>(),
              Catch::Contains("unsupported keyword 'minimum' at /"));
+}
+
+namespace {
+
+// Tool calls: the weather function's arguments are bounded, so a random model ends them.
+const nlohmann::ordered_json weather_tool = nlohmann::ordered_json::parse(R"({
+  "type": "function",
+  "function": {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {
+      "type": "object",
+      "properties": {
+        "city": {"type": "string", "minLength": 1, "maxLength": 6},
+        "days": {"type": "integer"},
+        "unit": {"enum": ["C", "F"]}
+      },
+      "required": ["city", "days", "unit"],
+      "additionalProperties": false
+    }
+  }
+})");
+const nlohmann::ordered_json time_tool = nlohmann::ordered_json::parse(R"({
+  "type": "function",
+  "function": {"name": "get_time", "parameters": {"type": "object",
+    "properties": {"zone": {"type": "string", "maxLength": 3}}, "required": ["zone"],
+    "additionalProperties": false}}
+})");
+
+/// The one call of a tool_calls response; its arguments parsed.
+json only_call(const json& r) {
+  INFO(r.dump());
+  const auto& choice = r["choices"][0];
+  CHECK(choice["finish_reason"] == "tool_calls");
+  const auto& calls = choice["message"]["tool_calls"];
+  REQUIRE(calls.is_array());
+  REQUIRE(calls.size() == 1);
+  const auto& c = calls[0];
+  CHECK(c["type"] == "function");
+  CHECK(c["id"].get<std::string>().rfind("call_", 0) == 0);
+  auto args = json::parse(c["function"]["arguments"].get<std::string>(), nullptr, false);
+  REQUIRE(args.is_object());
+  return {{"name", c["function"]["name"]}, {"args", args}};
+}
+
+void check_weather_args(const json& a) {
+  INFO(a.dump());
+  CHECK(a.size() == 3);
+  REQUIRE(a["city"].is_string());
+  CHECK(!a["city"].get<std::string>().empty());
+  const auto city = a["city"].get<std::string>();
+  CHECK(std::count_if(city.begin(), city.end(), [](char c) { return (c & 0xC0) != 0x80; }) <= 6);
+  CHECK(city.find("\xEF\xBF\xBD") == std::string::npos);  // no U+FFFD: the bytes were UTF-8
+  CHECK(a["days"].is_number_integer());
+  CHECK((a["unit"] == "C" || a["unit"] == "F"));
+}
+
+}  // namespace
+
+TEST_CASE("structured: tool_choice named and required constrain a random model's call",
+          "[integration][structured][model][tools]") {
+  server srv(cpu_server(0));
+  nlohmann::ordered_json body = {
+      {"messages", {{{"role", "user"}, {"content", "Weather in Paris?"}}}},
+      {"max_tokens", 200},
+      {"temperature", 1.0},
+      {"tools", {weather_tool, time_tool}},
+      {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}};
+  std::vector<std::string> args;
+  for (uint64_t seed : {1, 2}) {
+    body["seed"] = seed;
+    auto r = post(srv, "/v1/chat/completions", body);
+    CHECK(r["choices"][0]["message"]["content"].is_null());
+    auto c = only_call(r);
+    CHECK(c["name"] == "get_weather");
+    check_weather_args(c["args"]);
+    args.push_back(c["args"].dump());
+  }
+  // Streamed with the same seed: one delta carries the whole call, then "tool_calls".
+  body["seed"] = 1;
+  body["stream"] = true;
+  auto cl = http_client::connect("127.0.0.1", srv.http_port(), 5);
+  REQUIRE(cl.ok());
+  auto sr = (*cl)->request("POST", "/v1/chat/completions", body.dump(), "application/json", {}, 60);
+  REQUIRE(sr.ok());
+  INFO(sr->body);
+  std::string streamed_args;
+  std::string finish;
+  size_t pos = 0;
+  while ((pos = sr->body.find("data: {", pos)) != std::string::npos) {
+    auto end = sr->body.find("\n\n", pos);
+    auto chunk = json::parse(sr->body.substr(pos + 6, end - pos - 6));
+    pos = end;
+    if (chunk["choices"].empty()) continue;
+    const auto& ch = chunk["choices"][0];
+    if (ch["delta"].contains("tool_calls")) {
+      CHECK(ch["delta"]["tool_calls"][0]["index"] == 0);
+      CHECK(ch["delta"]["tool_calls"][0]["function"]["name"] == "get_weather");
+      streamed_args += ch["delta"]["tool_calls"][0]["function"]["arguments"].get<std::string>();
+    }
+    if (ch["delta"].contains("content")) CHECK(ch["delta"]["content"] == "");
+    if (!ch["finish_reason"].is_null()) finish = ch["finish_reason"];
+  }
+  CHECK(finish == "tool_calls");
+  CHECK(json::parse(streamed_args).dump() == args[0]);
+  // required: one call of either function.
+  body.erase("stream");
+  body["tool_choice"] = "required";
+  auto r = post(srv, "/v1/chat/completions", body);
+  auto c = only_call(r);
+  if (c["name"] == "get_weather") {
+    check_weather_args(c["args"]);
+  } else {
+    CHECK(c["name"] == "get_time");
+    CHECK(c["args"]["zone"].is_string());
+  }
+}
+
+TEST_CASE("structured: tool calls through the official openai npm client",
+          "[integration][structured][npm][tools]") {
+  const std::filesystem::path dir = TOKENMILL_NPM_DIR;
+  const std::string script =
+      std::string(TOKENMILL_SOURCE_DIR) + "/tests/integration/openai_tools.mjs";
+  if (std::system("node --version >/dev/null 2>&1") != 0 ||
+      std::system("npm --version >/dev/null 2>&1") != 0)
+    TM_SKIP("node or npm is not installed");
+  if (!std::filesystem::exists(dir / "node_modules/openai/package.json")) {
+    std::filesystem::create_directories(dir);
+    auto cmd = "cd '" + dir.string() +
+               "' && timeout 180 npm install --no-audit --no-fund --silent openai@4 "
+               ">npm-install.log 2>&1";
+    if (std::system(cmd.c_str()) != 0)
+      TM_SKIP("`npm install openai@4` failed (no registry access?); see "
+              << (dir / "npm-install.log").string());
+  }
+  server srv;  // sim engine: its pick moves to the first token the grammar allows
+  auto out = std::filesystem::temp_directory_path() /
+             ("tokenmill-npm-tools-" + std::to_string(::getpid()) + ".json");
+  auto cmd = "cd '" + dir.string() + "' && timeout 60 node '" + script +
+             "' http://127.0.0.1:" + std::to_string(srv.http_port()) + "/v1 > '" + out.string() +
+             "' 2>&1";
+  int rc = std::system(cmd.c_str());
+  std::ifstream f(out);
+  std::string body((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::filesystem::remove(out);
+  INFO(body);
+  REQUIRE(rc == 0);
+  auto j = json::parse(body.substr(body.find('{')));
+  CHECK(j["named"]["finish_reason"] == "tool_calls");
+  CHECK(j["named"]["content"].is_null());
+  REQUIRE(j["named"]["calls"].size() == 1);
+  const auto& call = j["named"]["calls"][0];
+  CHECK(call["type"] == "function");
+  CHECK(call["name"] == "get_weather");
+  const auto& a = call["args"];
+  CHECK(a["city"].is_string());
+  CHECK(a["days"].is_number_integer());
+  CHECK((a["unit"] == "C" || a["unit"] == "F"));
+  CHECK(j["required"]["finish_reason"] == "tool_calls");
+  REQUIRE(j["required"]["calls"].size() == 1);
+  CHECK((j["required"]["calls"][0]["name"] == "get_weather" ||
+         j["required"]["calls"][0]["name"] == "get_time"));
+  CHECK(j["stream"]["finish_reason"] == "tool_calls");
+  REQUIRE(j["stream"]["calls"].size() == 1);
+  CHECK(j["stream"]["calls"][0]["name"] == "get_weather");
+  CHECK(j["stream"]["calls"][0]["args"] == a);
+  CHECK(j["stream"]["content"] == "");
+  CHECK(j["follow_up"]["content_type"] == "string");
+  CHECK(j["follow_up"]["completion_tokens"].get<int>() >= 1);
+  CHECK(j["unknown_name"]["status"] == 400);
+  CHECK(j["unknown_name"]["param"] == "tool_choice.function.name");
+  CHECK(j["bad_schema"]["status"] == 400);
+  CHECK(j["bad_schema"]["param"] == "tools[0].function.parameters");
+  CHECK_THAT(j["bad_schema"]["message"].get<std::string>(),
+             Catch::Contains("unsupported keyword 'minimum' at /properties/n"));
+}
+
+TEST_CASE("structured: tool calls in the llama3 format, and auto leaves plain text as content",
+          "[integration][structured][model][tools]") {
+  auto opts = cpu_server(0);
+  opts["--chat-template"] = "llama3";
+  server srv(opts);
+  nlohmann::ordered_json body = {
+      {"messages", {{{"role", "user"}, {"content", "Weather in Paris?"}}}},
+      {"max_tokens", 200},
+      {"temperature", 1.0},
+      {"seed", 3},
+      {"tools", {weather_tool, time_tool}},
+      {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}};
+  auto c = only_call(post(srv, "/v1/chat/completions", body));
+  CHECK(c["name"] == "get_weather");
+  check_weather_args(c["args"]);
+  // The call goes back with its result (an "ipython" turn) and the model answers.
+  auto first = post(srv, "/v1/chat/completions", body);
+  const auto& call = first["choices"][0]["message"]["tool_calls"][0];
+  body["messages"].push_back(nlohmann::ordered_json::parse(first["choices"][0]["message"].dump()));
+  nlohmann::ordered_json result = {{"role", "tool"},
+                                   {"tool_call_id", call["id"].get<std::string>()},
+                                   {"content", "{\"temp\": 21}"}};
+  body["messages"].push_back(std::move(result));
+  // auto on a random model: its text is not a call (it does not start with '{'), so it
+  // comes back as content and the finish reason is the plain one.
+  body["tool_choice"] = "auto";
+  body["max_tokens"] = 8;
+  auto r = post(srv, "/v1/chat/completions", body);
+  INFO(r.dump());
+  const auto& choice = r["choices"][0];
+  CHECK(choice["message"]["content"].is_string());
+  CHECK_FALSE(choice["message"].contains("tool_calls"));
+  CHECK((choice["finish_reason"] == "length" || choice["finish_reason"] == "stop"));
 }

@@ -170,10 +170,12 @@ TEST_CASE("chat: messages are rendered and options mapped", "[openai]") {
     auto r = ok(chat, R"({"messages": [{"role": "developer", "content": "Be brief."},
                                        {"role": "user", "content": "Q"},
                                        {"role": "assistant", "content": null},
-                                       {"role": "tool", "content": "42"}]})");
+                                       {"role": "tool", "tool_call_id": "call_1",
+                                        "content": "42"}]})");
     CHECK(r.params.text ==
           "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n"
-          "<|im_start|>assistant\n<|im_end|>\n<|im_start|>tool\n42<|im_end|>\n"
+          "<|im_start|>assistant\n<|im_end|>\n"
+          "<|im_start|>user\n<tool_response>\n42\n</tool_response><|im_end|>\n"
           "<|im_start|>assistant\n");
   }
   SECTION("tokenmill extensions") {
@@ -280,10 +282,10 @@ TEST_CASE("bad requests are rejected naming the field", "[openai]") {
       // unsupported options
       {cmpl, R"({"prompt": "x", "n": 0})", 400, "n", "'n' must be in [1, 16], got 0"},
       {cmpl, R"({"prompt": "x", "n": 17})", 400, "n", "'n' must be in [1, 16]"},
-      {chat, "{" + msg + R"(, "tools": [{"type": "function", "function": {"name": "f"}}]})", 400,
-       "tools", "tool calling ('tools') is not supported"},
-      {chat, "{" + msg + R"(, "tool_choice": "auto"})", 400, "tool_choice",
-       "tool calling ('tool_choice') is not supported"},
+      {cmpl, R"({"prompt": "x", "tools": [{"type": "function", "function": {"name": "f"}}]})", 400,
+       "tools", "'tools' is only supported on /v1/chat/completions"},
+      {chat, "{" + msg + R"(, "tool_choice": "required"})", 400, "tool_choice",
+       "'tool_choice' \"required\" needs 'tools'"},
       // structured output
       {chat, "{" + msg + R"(, "response_format": "json"})", 400, "response_format",
        "'response_format' must be an object, got string"},

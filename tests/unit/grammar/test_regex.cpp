@@ -82,6 +82,23 @@ TEST_CASE("regex: classes and escapes", "[grammar]") {
   CHECK_FALSE(dot.matches("ac"));
 }
 
+TEST_CASE("regex: '.' matches only well-formed UTF-8", "[grammar]") {
+  auto dot = compile_ok(".");
+  for (const char* good : {"\xC2\x80", "\xDF\xBF", "\xE0\xA0\x80", "\xED\x9F\xBF", "\xEE\x80\x80",
+                           "\xF0\x90\x80\x80", "\xF4\x8F\xBF\xBF"}) {
+    INFO(good);
+    CHECK(dot.matches(good));
+  }
+  // Overlong forms, surrogates, above U+10FFFF, bad lead bytes: a JSON parser refuses them.
+  for (const char* bad :
+       {"\xC0\x80", "\xC1\xBF", "\xE0\x80\x80", "\xE0\x9F\xBF", "\xED\xA0\x80", "\xF0\x80\x80\x80",
+        "\xF0\x8F\xBF\xBF", "\xF4\x90\x80\x80", "\xF5\x80\x80\x80"}) {
+    INFO(bad);
+    CHECK_FALSE(dot.matches(bad));
+    CHECK_FALSE(compile_ok("[^a]").matches(bad));
+  }
+}
+
 TEST_CASE("regex: dead states are pruned and final states are known", "[grammar]") {
   auto d = compile_ok("ab|ac");
   int32_t s = d.walk(d.start, "a");
