@@ -198,7 +198,9 @@ awaitable<bool> http_server::core::responses_api(Stream& stream, request_t& req,
       }
       responses::finish(o, gs.reason, gs.error_code, gs.error, gs.prompt_tokens,
                         gs.completion_tokens);
+      // Failed responses are not kept (nothing to continue); --responses-max 0 keeps none.
       if (r.store && o.state != responses::status::failed &&
+          stored_responses.bounds().max_entries > 0 &&
           !stored_responses.put(o.id, responses::stored_entry(r, o, history),
                                 response_store::clock::now()))
         spdlog::warn("http: response {} is larger than the response store ({} bytes); not stored",

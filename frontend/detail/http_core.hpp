@@ -118,7 +118,8 @@ struct http_server::core {
         tok(std::move(t)),
         model(std::move(m)),
         cfg(std::move(c)),
-        metrics(std::move(mx)) {
+        metrics(std::move(mx)),
+        stored_responses(cfg.responses) {
     ctx.served_model = model.name;
     ctx.format = cfg.chat_format;
     if (cfg.keys && !cfg.throttle) cfg.throttle = std::make_shared<auth_throttle>();

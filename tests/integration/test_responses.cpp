@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -214,6 +215,30 @@ TEST_CASE("responses: whole, streamed, followed up, retrieved and deleted over H
     REQUIRE(st.is_object());
     CHECK(workers_idle(st));
   }
+}
+
+TEST_CASE("responses: the store's bounds come from serve's flags", "[integration][responses]") {
+  server srv{{"--responses-max", "2"}, {"--responses-ttl", "1"}};
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    auto r = call(srv, "POST", "/v1/responses", {{"input", "hi"}, {"max_output_tokens", 2}});
+    REQUIRE(r.status == 200);
+    ids.push_back(r.body["id"]);
+  }
+  // Two kept: the oldest went first.
+  auto evicted = call(srv, "GET", "/v1/responses/" + ids[0]);
+  CHECK(evicted.status == 404);
+  CHECK(evicted.body["error"]["message"] ==
+        "response '" + ids[0] + "' not found (responses are kept 1 s)");
+  CHECK(call(srv, "GET", "/v1/responses/" + ids[1]).status == 200);
+  CHECK(call(srv, "GET", "/v1/responses/" + ids[2]).status == 200);
+  // A second later none is left, however recently it was read.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  CHECK(call(srv, "GET", "/v1/responses/" + ids[2]).status == 404);
+  auto late =
+      call(srv, "POST", "/v1/responses", {{"input", "more"}, {"previous_response_id", ids[2]}});
+  CHECK(late.status == 404);
+  CHECK(late.body["error"]["param"] == "previous_response_id");
 }
 
 TEST_CASE("responses: the official openai npm client", "[integration][responses][npm]") {
