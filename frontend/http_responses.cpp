@@ -47,10 +47,11 @@ awaitable<bool> http_server::core::responses_api(Stream& stream, request_t& req,
                                                  std::string_view path) {
   const auto now = response_store::clock::now();
   if (path != "/v1/responses") {
-    // GET or DELETE /v1/responses/{id}: answered from the store, nothing to wait for.
+    // GET or DELETE /v1/responses/{id}, GET .../input_items: answered from the store.
     const auto m = req.method_string();
-    auto a =
-        responses::stored_answer(std::string_view(m.data(), m.size()), path, stored_responses, now);
+    const std::string_view target(req.target().data(), req.target().size());
+    auto a = responses::stored_answer(std::string_view(m.data(), m.size()), target,
+                                      stored_responses, now);
     if (auto* e = std::get_if<openai::api_error>(&a)) {
       openai::api_error err = std::move(*e);
       co_return co_await reply_error(stream, req, std::move(err));

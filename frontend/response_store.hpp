@@ -39,9 +39,9 @@ class response_store {
     /// `instructions` (OpenAI does not carry those over to a follow-up): the previous
     /// response's conversation, this request's input items, the assistant's output.
     std::vector<openai::chat_message> conversation;
-    /// How many of `conversation`'s first messages came from the previous response (the
-    /// rest are this request's input and then the output): GET .../input_items lists
-    /// this request's own input.
+    /// How many of `conversation`'s first messages came from the previous response; the
+    /// rest are this request's input and then the output (GET
+    /// /v1/responses/{id}/input_items lists that input).
     size_t inherited = 0;
   };
 

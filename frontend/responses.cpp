@@ -1,5 +1,7 @@
 #include "frontend/responses.hpp"
 
+#include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -502,32 +504,123 @@ response_store::entry stored_entry(const request& r, const outcome& o,
   e.body = response_body(r, o);
   e.conversation.reserve(history.size() + r.input.size() + 1);
   e.conversation = history;
+  e.inherited = history.size();
   e.conversation.insert(e.conversation.end(), r.input.begin(), r.input.end());
   e.conversation.push_back({"assistant", o.text});
   return e;
 }
 
+namespace {
+
+/// The value of query parameter `name` in `query` (after '?'); nullopt when absent.
+std::optional<std::string_view> query_value(std::string_view query, std::string_view name) {
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    const auto part = query.substr(0, amp);
+    const auto eq = part.find('=');
+    if (part.substr(0, eq) == name)
+      return eq == std::string_view::npos ? std::string_view() : part.substr(eq + 1);
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return std::nullopt;
+}
+
+openai::api_error bad_query(std::string_view param, std::string message) {
+  return openai::api_error{400, "invalid_request_error", std::move(message), std::string(param),
+                           ""};
+}
+
+/// GET /v1/responses/{id}/input_items of the stored `e`.
+std::variant<openai::api_error, std::string> input_items(std::string_view id,
+                                                         const response_store::entry& e,
+                                                         std::string_view query) {
+  bool asc = false;
+  if (auto o = query_value(query, "order")) {
+    if (*o != "asc" && *o != "desc")
+      return bad_query("order", fmt::format("'order' must be asc or desc, got '{}'", *o));
+    asc = *o == "asc";
+  }
+  int64_t limit = 20;
+  if (auto l = query_value(query, "limit")) {
+    int64_t n = 0;
+    auto [end, ec] = std::from_chars(l->data(), l->data() + l->size(), n);
+    if (l->empty() || ec != std::errc{} || end != l->data() + l->size() || n < 1 ||
+        n > max_input_items_page)
+      return bad_query("limit", fmt::format("'limit' must be an integer from 1 to {}, got '{}'",
+                                            max_input_items_page, *l));
+    limit = n;
+  }
+  // This request's own input: after the inherited turns, before the output.
+  const size_t first = std::min(e.inherited, e.conversation.size());
+  const size_t count = e.conversation.size() > first ? e.conversation.size() - first - 1 : 0;
+  const std::string_view rest = id.substr(std::min(id.size(), std::string_view("resp_").size()));
+  auto item_id = [&](size_t i) { return fmt::format("msg_{}_{}", rest, i); };
+  std::vector<size_t> order(count);
+  for (size_t i = 0; i < count; ++i)
+    order[i] = asc ? i : count - 1 - i;
+  size_t start = 0;
+  if (auto a = query_value(query, "after")) {
+    start = count;
+    for (size_t k = 0; k < count; ++k)
+      if (item_id(order[k]) == *a) start = k + 1;
+    if (start == count && (count == 0 || item_id(order[count - 1]) != *a))
+      return bad_query("after",
+                       fmt::format("'after' names no input item of response '{}': '{}'", id, *a));
+  }
+  ojson data = ojson::array();
+  const size_t stop = std::min(count, start + static_cast<size_t>(limit));
+  for (size_t k = start; k < stop; ++k) {
+    const auto& m = e.conversation[first + order[k]];
+    data.push_back(
+        ojson{{"id", item_id(order[k])},
+              {"type", "message"},
+              {"role", m.role},
+              {"content",
+               ojson::array({ojson{{"type", m.role == "assistant" ? "output_text" : "input_text"},
+                                   {"text", m.content}}})},
+              {"status", "completed"}});
+  }
+  ojson j;
+  j["object"] = "list";
+  j["data"] = data;
+  j["first_id"] = data.empty() ? ojson(nullptr) : data.front()["id"];
+  j["last_id"] = data.empty() ? ojson(nullptr) : data.back()["id"];
+  j["has_more"] = stop < count;
+  return dump(j);
+}
+
+}  // namespace
+
 std::variant<openai::api_error, std::string> stored_answer(std::string_view method,
-                                                           std::string_view path,
+                                                           std::string_view target,
                                                            response_store& store,
                                                            response_store::clock::time_point now) {
   constexpr std::string_view prefix = "/v1/responses/";
+  constexpr std::string_view items = "/input_items";
+  const auto q = target.find('?');
+  const std::string_view path = target.substr(0, q);
+  const std::string_view query = q == std::string_view::npos ? "" : target.substr(q + 1);
   std::string_view id = path.substr(std::min(path.size(), prefix.size()));
+  const bool list = id.ends_with(items);
+  if (list) id.remove_suffix(items.size());
   if (!path.starts_with(prefix) || id.empty() || id.find('/') != std::string_view::npos)
     return openai::api_error{404, "invalid_request_error",
                              fmt::format("no such endpoint: {}", path), "", "not_found"};
   if (method == "GET") {
     auto e = store.get(id, now);
     if (!e) return not_found(id, "", store.bounds().ttl);
+    if (list) return input_items(id, *e, query);
     return e->body;
   }
-  if (method == "DELETE") {
+  if (method == "DELETE" && !list) {
     if (!store.erase(id, now)) return not_found(id, "", store.bounds().ttl);
     return dump(ojson{{"id", std::string(id)}, {"object", "response.deleted"}, {"deleted", true}});
   }
-  return openai::api_error{405, "invalid_request_error",
-                           fmt::format("{} {} is not allowed; use GET or DELETE", method, path), "",
-                           "method_not_allowed"};
+  return openai::api_error{
+      405, "invalid_request_error",
+      fmt::format("{} {} is not allowed; use {}", method, path, list ? "GET" : "GET or DELETE"), "",
+      "method_not_allowed"};
 }
 
 }  // namespace tokenmill::responses

@@ -138,11 +138,18 @@ class event_stream {
 response_store::entry stored_entry(const request& r, const outcome& o,
                                    const std::vector<openai::chat_message>& history);
 
-/// The answer about a stored response for `method` on `path` ("/v1/responses/{id}"): GET
-/// → the response object, DELETE → {id, object: "response.deleted", deleted: true};
-/// unknown ids → not_found; other methods → 405.
+/// Most input items one page of GET /v1/responses/{id}/input_items lists (`limit`).
+inline constexpr int64_t max_input_items_page = 100;
+
+/// The answer about a stored response for `method` on `target` (path and query): GET
+/// /v1/responses/{id} → the response object; DELETE → {id, object: "response.deleted",
+/// deleted: true}; GET /v1/responses/{id}/input_items → {object: "list", data: [{id, type:
+/// "message", role, content: [{type: "input_text"|"output_text", text}]}], first_id,
+/// last_id, has_more}: this request's own input (not the earlier turns, not the
+/// instructions), newest first unless `order=asc`, `limit` (1..100, default 20) per page,
+/// after the item `after`. Unknown ids → not_found, a bad query → 400, other methods → 405.
 std::variant<openai::api_error, std::string> stored_answer(std::string_view method,
-                                                           std::string_view path,
+                                                           std::string_view target,
                                                            response_store& store,
                                                            response_store::clock::time_point now);
 

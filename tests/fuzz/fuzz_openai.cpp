@@ -65,7 +65,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)plan_http_request(methods[(sel >> 2) & 3], target, body,
                           http_route_context{model, tok, log});
   static response_store store;
-  (void)responses::stored_answer(methods[(sel >> 2) & 3], target_path(target), store,
+  (void)responses::stored_answer(methods[(sel >> 2) & 3], target, store,
                                  response_store::clock::time_point{});
   return 0;
 }

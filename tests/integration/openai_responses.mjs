@@ -1,8 +1,8 @@
 // Drives the Responses API of `tokenmill serve` with the official `openai` npm package
 // (v4): create (with `response.output_text`), stream (every event, in order, numbered;
 // deltas joined), the SDK's ResponseStream helper, previous_response_id follow-ups,
-// structured output through text.format, retrieve, delete, store: false, and the 400s
-// and 404s. Run from a folder whose node_modules holds the package:
+// structured output through text.format, input items, retrieve, delete, store: false, and
+// the 400s and 404s. Run from a folder whose node_modules holds the package:
 // `node openai_responses.mjs http://127.0.0.1:PORT/v1`.
 // Prints one JSON object with what it saw; exits non-zero on any unexpected failure.
 import { createRequire } from 'module';
@@ -102,6 +102,18 @@ const structured = await client.responses.parse({
 });
 out.structured = { status: structured.status, parsed: structured.output_parsed,
                    format: structured.text.format.type };
+
+// The input items of a response: its own input, not the earlier turns (auto-paginated by
+// the SDK with `after`).
+const items = [];
+for await (const item of client.responses.inputItems.list(first.id, { order: 'asc', limit: 1 })) {
+  items.push({ role: item.role, text: item.content.map((c) => c.text).join('') });
+}
+const followItems = [];
+for await (const item of client.responses.inputItems.list(followUp.id)) {
+  followItems.push(item.content.map((c) => c.text).join(''));
+}
+out.input_items = { first: items, follow_up: followItems };
 
 // Retrieve, delete, and what is left after.
 const got = await client.responses.retrieve(first.id);

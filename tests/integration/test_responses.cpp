@@ -175,6 +175,12 @@ TEST_CASE("responses: whole, streamed, followed up, retrieved and deleted over H
     CHECK(f.body["usage"]["input_tokens"].get<int>() >
           fresh.body["usage"]["input_tokens"].get<int>() + 6);
 
+    auto items = call(
+        srv, "GET", "/v1/responses/" + f.body["id"].get<std::string>() + "/input_items?order=asc");
+    CHECK(items.status == 200);
+    REQUIRE(items.body["data"].size() == 1);  // its own input only, not the first turn
+    CHECK(items.body["data"][0]["content"][0]["text"] == "And then?");
+
     auto got = call(srv, "GET", "/v1/responses/" + id);
     CHECK(got.status == 200);
     CHECK(got.body == r);
@@ -322,6 +328,9 @@ TEST_CASE("responses: the official openai npm client", "[integration][responses]
   CHECK(j["structured"]["parsed"]["city"].is_string());
   CHECK(j["structured"]["parsed"]["rainy"].is_boolean());
   CHECK(j["structured"]["status"] == "completed");
+
+  CHECK(j["input_items"]["first"] == json::array({{{"role", "user"}, {"text", "Hello there"}}}));
+  CHECK(j["input_items"]["follow_up"] == json::array({"And then?"}));
 
   CHECK(j["retrieve"]["id"] == c["id"]);
   CHECK(j["retrieve"]["text"] == c["output_text"]);

@@ -487,3 +487,77 @@ TEST_CASE("responses: ids are a prefix and 32 hex digits", "[responses]") {
         "0000000000abcdef");
   CHECK(make_id("msg_", 1, 2) != make_id("msg_", 1, 3));
 }
+
+TEST_CASE("responses: input_items lists the request's own input, paged", "[responses]") {
+  auto r = ok(R"({"input": [{"role": "developer", "content": "Plain words."},
+                            {"role": "user", "content": "Again"},
+                            {"role": "assistant", "content": "Said."},
+                            {"role": "user", "content": "Once more"}],
+                  "instructions": "Be terse."})");
+  auto o = sample_outcome(status::in_progress, "Sure.");
+  finish(o, finish_reason::eos, errc::ok, "", 5, 2);
+  std::vector<openai::chat_message> history = {{"user", "Hi"}, {"assistant", "Hello."}};
+  auto e = stored_entry(r, o, history);
+  CHECK(e.inherited == 2);
+  response_store store;
+  const auto t0 = response_store::clock::time_point{};
+  REQUIRE(store.put(o.id, e, t0));
+  auto list = [&](const std::string& target) {
+    auto a = stored_answer("GET", target, store, t0);
+    if (auto* err = std::get_if<openai::api_error>(&a)) FAIL(err->message);
+    return json::parse(std::get<std::string>(a));
+  };
+  auto texts = [](const json& j) {
+    std::vector<std::string> out;
+    for (const auto& item : j["data"])
+      out.push_back(item["content"][0]["text"]);
+    return out;
+  };
+
+  auto all = list("/v1/responses/resp_1/input_items");
+  CHECK(all["object"] == "list");
+  // Newest first, only this request's input: no earlier turn, no instructions, no output.
+  CHECK(texts(all) == std::vector<std::string>{"Once more", "Said.", "Again", "Plain words."});
+  CHECK(all["has_more"] == false);
+  CHECK(all["first_id"] == all["data"][0]["id"]);
+  CHECK(all["last_id"] == all["data"][3]["id"]);
+  CHECK(all["data"][1]["role"] == "assistant");
+  CHECK(all["data"][1]["content"][0]["type"] == "output_text");
+  CHECK(all["data"][0]["content"][0]["type"] == "input_text");
+  CHECK(all["data"][0]["type"] == "message");
+  CHECK(all["data"][0]["id"].get<std::string>().starts_with("msg_"));
+
+  auto asc = list("/v1/responses/resp_1/input_items?order=asc&limit=2");
+  CHECK(texts(asc) == std::vector<std::string>{"Plain words.", "Again"});
+  CHECK(asc["has_more"] == true);
+  auto next = list("/v1/responses/resp_1/input_items?order=asc&limit=2&after=" +
+                   asc["last_id"].get<std::string>());
+  CHECK(texts(next) == std::vector<std::string>{"Said.", "Once more"});
+  CHECK(next["has_more"] == false);
+  // The ids are stable: the same item has the same id in either order.
+  CHECK(next["data"][1]["id"] == all["data"][0]["id"]);
+
+  auto bad = [&](const std::string& target, const std::string& param, const std::string& msg) {
+    INFO(target);
+    auto a = stored_answer("GET", target, store, t0);
+    REQUIRE(std::holds_alternative<openai::api_error>(a));
+    const auto& err = std::get<openai::api_error>(a);
+    CHECK(err.status == 400);
+    CHECK(err.param == param);
+    CHECK_THAT(err.message, Catch::Contains(msg));
+  };
+  bad("/v1/responses/resp_1/input_items?order=up", "order", "must be asc or desc");
+  bad("/v1/responses/resp_1/input_items?limit=0", "limit", "from 1 to 100");
+  bad("/v1/responses/resp_1/input_items?limit=101", "limit", "from 1 to 100");
+  bad("/v1/responses/resp_1/input_items?limit=x", "limit", "from 1 to 100");
+  bad("/v1/responses/resp_1/input_items?after=msg_nope", "after", "names no input item");
+  auto del = stored_answer("DELETE", "/v1/responses/resp_1/input_items", store, t0);
+  REQUIRE(std::holds_alternative<openai::api_error>(del));
+  CHECK(std::get<openai::api_error>(del).status == 405);
+  auto missing = stored_answer("GET", "/v1/responses/resp_2/input_items", store, t0);
+  REQUIRE(std::holds_alternative<openai::api_error>(missing));
+  CHECK(std::get<openai::api_error>(missing).status == 404);
+  // A query on the response itself is ignored.
+  CHECK(std::holds_alternative<std::string>(
+      stored_answer("GET", "/v1/responses/resp_1?include=x", store, t0)));
+}
