@@ -35,6 +35,7 @@ struct serve_opts {
   std::string api_key_file;
   std::string tls_cert;
   std::string tls_key;
+  uint32_t responses_ttl_s = 3600;  ///< http_server_config::responses.ttl
 };
 
 /// The keys `serve` requires: --api-key, --api-key-file or $TOKENMILL_API_KEY; null for
@@ -109,6 +110,19 @@ command add_serve(CLI::App& app) {
   h->add_option("--http-max-connections", cfg->http.max_connections,
                 "Open HTTP connections; more are closed as soon as accepted")
       ->check(CLI::Range(1u, 1u << 20))
+      ->capture_default_str();
+  // The Responses API's stored responses (previous_response_id, GET/DELETE /v1/responses/ID).
+  h->add_option("--responses-max", cfg->http.responses.max_entries,
+                "Stored /v1/responses kept at most (least recently used go first; 0 keeps none)")
+      ->check(CLI::Range(size_t{0}, size_t{1} << 24))
+      ->capture_default_str();
+  h->add_option("--responses-max-bytes", cfg->http.responses.max_bytes,
+                "Bytes of stored /v1/responses (conversations and bodies) kept at most")
+      ->check(CLI::Range(size_t{0}, size_t{1} << 40))
+      ->capture_default_str();
+  h->add_option("--responses-ttl", o->responses_ttl_s,
+                "Seconds a stored /v1/responses response is kept after it was made")
+      ->check(CLI::Range(1u, 30u * 86400u))
       ->capture_default_str();
   h->add_option("--http-send-buffer", cfg->http.send_buffer_bytes,
                 "SO_SNDBUF of HTTP client sockets, bytes (0 = the kernel's autotuning)")
@@ -255,6 +269,7 @@ command add_serve(CLI::App& app) {
     cfg->decode.local_prefill_budget = cfg->prefill.token_budget;
     cfg->http.host = cfg->rpc.host;
     cfg->http_enabled = !o->no_http;
+    cfg->http.responses.ttl = std::chrono::seconds(o->responses_ttl_s);
     auto keys = serve_keys(*o);
     if (!keys) {
       std::fprintf(stderr, "tokenmill serve: %s\n", keys.error().message.c_str());

@@ -109,6 +109,13 @@ http_plan plan_http_request(std::string_view method, std::string_view target, st
   };
   if (path == "/v1/completions" || path == "/v1/chat/completions")
     return method == "POST" ? std::nullopt : std::optional<answer>(wrong_method("POST"));
+  // The Responses API: generation, and stored responses (the server holds the store).
+  if (path == "/v1/responses")
+    return method == "POST" ? std::nullopt : std::optional<answer>(wrong_method("POST"));
+  if (path.starts_with("/v1/responses/"))
+    return method == "GET" || method == "DELETE"
+               ? std::nullopt
+               : std::optional<answer>(wrong_method("GET or DELETE"));
   if (path == "/ready" || path == "/metrics" || path == "/debug/snapshot") {
     if (method != "GET") return wrong_method("GET");
     if (path == "/debug/snapshot" && !query_number(target, "window", 30, 86400))

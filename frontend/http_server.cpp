@@ -222,6 +222,8 @@ awaitable<bool> http_server::core::route(Stream& stream, request_t& req) {
                                           : openai::endpoint::chat_completions;
     co_return co_await generate(stream, req, kind);
   }
+  if (path == "/v1/responses" || path.starts_with("/v1/responses/"))
+    co_return co_await responses_api(stream, req, path);
   std::string err;
   auto st = co_await query_status(err);
   if (path == "/ready") {

@@ -1,10 +1,11 @@
 #pragma once
 /// The OpenAI-compatible HTTP frontend (DESIGN.md §6), Boost.Beast on one Asio thread:
-/// POST /v1/completions and /v1/chat/completions (SSE streaming or one JSON body),
-/// GET /v1/models, /health, /ready, /metrics, and POST /tokenize. Like the RPC server it
-/// validates and tokenizes, sends the request to the router, and turns the router's
-/// token chunks into text; a bridge actor posts them onto the Asio thread. The protocol
-/// rules (bodies, errors, SSE) live in openai.hpp.
+/// POST /v1/completions, /v1/chat/completions and /v1/responses (SSE streaming or one
+/// JSON body), GET and DELETE /v1/responses/{id}, GET /v1/models, /health, /ready,
+/// /metrics, and POST /tokenize. Like the RPC server it validates and tokenizes, sends the
+/// request to the router, and turns the router's token chunks into text; a bridge actor
+/// posts them onto the Asio thread. The protocol rules (bodies, errors, SSE) live in
+/// openai.hpp and responses.hpp.
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -17,6 +18,7 @@
 #include "engine/tokenizer.hpp"
 #include "frontend/frontend_metrics.hpp"
 #include "frontend/openai.hpp"
+#include "frontend/response_store.hpp"
 
 namespace tokenmill {
 
@@ -57,6 +59,9 @@ struct http_server_config {
   /// Node-level series that are not the workers' (the KV transport's), refreshed into the
   /// registry per /metrics scrape; may be empty.
   std::function<void(metrics::registry&)> collect_node_metrics;
+  /// Bounds of the stored /v1/responses responses (previous_response_id, GET and DELETE
+  /// /v1/responses/{id}); they live in this server's memory only.
+  response_store::limits responses;
 };
 
 /// The chat format for `option` ("auto", "chatml", "llama3", "mistral"): "auto" recognises

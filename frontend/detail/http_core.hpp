@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -29,6 +30,7 @@
 #include "frontend/auth_throttle.hpp"
 #include "frontend/completion_text.hpp"
 #include "frontend/http_server.hpp"
+#include "frontend/response_store.hpp"
 
 namespace tokenmill {
 
@@ -98,6 +100,10 @@ struct http_server::core {
   std::unordered_map<uint64_t, std::shared_ptr<http_detail::status_wait>> status_calls;
   /// Every connection's TCP layer (of a TLS stream too), for closing them at stop.
   std::vector<std::weak_ptr<beast::tcp_stream>> streams;
+  /// Responses stored for previous_response_id and GET/DELETE /v1/responses/{id}.
+  response_store stored_responses;
+  /// Response and message ids ("resp_…"): random, so that one client cannot guess another's.
+  std::mt19937_64 response_ids{std::random_device{}()};
   uint64_t next_id = 0;
   uint64_t next_call = 0;
   uint32_t connections = 0;  ///< open sessions (cfg.max_connections bounds them)
@@ -112,7 +118,8 @@ struct http_server::core {
         tok(std::move(t)),
         model(std::move(m)),
         cfg(std::move(c)),
-        metrics(std::move(mx)) {
+        metrics(std::move(mx)),
+        stored_responses(cfg.responses) {
     ctx.served_model = model.name;
     ctx.format = cfg.chat_format;
     if (cfg.keys && !cfg.throttle) cfg.throttle = std::make_shared<auth_throttle>();
@@ -183,6 +190,9 @@ struct http_server::core {
   awaitable<bool> route(Stream& stream, request_t& req);
   template <class Stream>
   awaitable<bool> generate(Stream& stream, request_t& req, openai::endpoint kind);
+  /// POST /v1/responses, and GET or DELETE /v1/responses/{id} (http_responses.cpp).
+  template <class Stream>
+  awaitable<bool> responses_api(Stream& stream, request_t& req, std::string_view path);
   template <class Stream>
   awaitable<bool> reply(Stream& stream, const request_t& req, http::status status, std::string body,
                         std::string_view content_type = "application/json", bool close = false,

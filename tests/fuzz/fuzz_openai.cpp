@@ -1,12 +1,14 @@
-/// libFuzzer target: the OpenAI request parsing (frontend/openai.hpp), the tool-call parsers
-/// of model output (frontend/tool_calls.hpp: streamed in two pieces they must give what
-/// the whole text gives) and the HTTP routing rules (frontend/http_routes.hpp). The first byte
-/// picks the endpoint and the method; the rest, up to the first newline, is the request target, and
-/// after it the body. Every input must give a parsed request or an api_error, and a plan, never a
-/// crash.
+/// libFuzzer target: the OpenAI request parsing (frontend/openai.hpp, and the Responses API
+/// of frontend/responses.hpp with its stored-response answers), the tool-call parsers of
+/// model output (frontend/tool_calls.hpp: streamed in two pieces they must give what the
+/// whole text gives) and the HTTP routing rules (frontend/http_routes.hpp). The first byte
+/// picks the endpoint and the method; the rest, up to the first newline, is the request
+/// target, and after it the body. Every input must give a parsed request or an api_error,
+/// and a plan, never a crash.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 #include <string_view>
 #include <variant>
 
@@ -16,6 +18,7 @@
 #include "frontend/http_routes.hpp"
 #include "frontend/openai.hpp"
 #include "frontend/request_log.hpp"
+#include "frontend/responses.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace tokenmill;
@@ -33,6 +36,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto kind = (sel & 2) ? openai::endpoint::chat_completions : openai::endpoint::completions;
   auto parsed = openai::parse_request(kind, in, rc);
   if (auto* e = std::get_if<openai::api_error>(&parsed)) (void)openai::error_body(*e);
+  // The Responses API: the same bytes as its body, its prompt and its bodies.
+  auto resp = responses::parse_request(in, rc);
+  if (auto* r = std::get_if<responses::request>(&resp)) {
+    (void)responses::prompt_params(*r, {{"user", "earlier"}}, rc.format);
+    responses::outcome o;
+    o.text = std::string(body);
+    responses::event_stream ev;
+    (void)ev.start(*r, o);
+    (void)ev.delta(o, body);
+    responses::finish(o, finish_reason::length, errc::ok, "", 1, 1);
+    (void)ev.end(*r, o);
+  }
 
   // Model output: the tool-call parsers, whole and split where the selector says.
   for (auto syntax : {openai::tool_syntax::hermes, openai::tool_syntax::llama3}) {
@@ -66,5 +81,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static constexpr std::string_view methods[] = {"GET", "POST", "PUT", "DELETE"};
   (void)plan_http_request(methods[(sel >> 2) & 3], target, body,
                           http_route_context{model, tok, log});
+  static response_store store;
+  (void)responses::stored_answer(methods[(sel >> 2) & 3], target, store,
+                                 response_store::clock::time_point{});
   return 0;
 }

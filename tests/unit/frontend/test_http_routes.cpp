@@ -112,6 +112,9 @@ TEST_CASE("generation and status routes are left to the server", "[http_routes]"
   CHECK_FALSE(f.plan("GET", "/ready").has_value());
   CHECK_FALSE(f.plan("GET", "/metrics").has_value());
   CHECK_FALSE(f.plan("GET", "/debug/snapshot?window=5").has_value());
+  CHECK_FALSE(f.plan("POST", "/v1/responses").has_value());
+  CHECK_FALSE(f.plan("GET", "/v1/responses/resp_1").has_value());
+  CHECK_FALSE(f.plan("DELETE", "/v1/responses/resp_1").has_value());
 }
 
 TEST_CASE("a wrong method is 405 and names the allowed one", "[http_routes]") {
@@ -124,7 +127,9 @@ TEST_CASE("a wrong method is 405 and names the allowed one", "[http_routes]") {
                                          {"POST", "/v1/models", "GET"},
                                          {"POST", "/v1/models/tiny", "GET"},
                                          {"GET", "/tokenize", "POST"},
-                                         {"POST", "/debug/requests", "GET"}}) {
+                                         {"POST", "/debug/requests", "GET"},
+                                         {"GET", "/v1/responses", "POST"},
+                                         {"POST", "/v1/responses/resp_1", "GET or DELETE"}}) {
     INFO(method << " " << target);
     const auto e = error_of(f.plan(method, target));
     CHECK(e.status == 405);
