@@ -74,7 +74,7 @@ TEST_CASE("type ids: every message keeps its wire name", "[type_ids]") {
 TEST_CASE("type ids: the block holds exactly the registered messages", "[type_ids]") {
   using block = caf::id_block::tokenmill;
   CHECK(block::begin == caf::first_custom_type_id);
-  CHECK(block::end - block::begin == 45);
+  CHECK(block::end - block::begin == 46);
   CHECK(caf::type_id<token_batch>::value >= block::begin);
   CHECK(caf::type_id<token_batch>::value < block::end);
   CHECK(std::string(caf::type_name<cluster_status>::value) == "tokenmill::cluster_status");
