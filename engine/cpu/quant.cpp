@@ -828,17 +828,41 @@ void quantize_activations_k(const float* x, act_block_k* out, size_t cols) {
 }
 
 void quantize_acts(dtype t, const float* x, size_t n, size_t cols, quantized_acts& out) {
+  // The vector quantizers write the scalar ones' bytes (a unit test checks it); the AVX2
+  // ones serve the VNNI kernels too.
+#if defined(__x86_64__)
+  const bool simd = best_quant_isa() != quant_isa::scalar;
+#else
+  const bool simd = false;
+#endif
   if (is_k_dtype(t)) {
     out.stride = cols / 256;
     if (out.b256.size() < n * out.stride) out.b256.resize(n * out.stride);
-    for (size_t i = 0; i < n; ++i)
-      quantize_activations_k(x + i * cols, out.b256.data() + i * out.stride, cols);
+    for (size_t i = 0; i < n; ++i) {
+      act_block_k* o = out.b256.data() + i * out.stride;
+#if defined(__x86_64__)
+      if (simd) {
+        simd_avx2::quantize_activations_k(x + i * cols, o, cols);
+        continue;
+      }
+#endif
+      quantize_activations_k(x + i * cols, o, cols);
+    }
   } else {
     out.stride = cols / 32;
     if (out.b32.size() < n * out.stride) out.b32.resize(n * out.stride);
-    for (size_t i = 0; i < n; ++i)
-      quantize_activations(x + i * cols, out.b32.data() + i * out.stride, cols);
+    for (size_t i = 0; i < n; ++i) {
+      act_block* o = out.b32.data() + i * out.stride;
+#if defined(__x86_64__)
+      if (simd) {
+        simd_avx2::quantize_activations(x + i * cols, o, cols);
+        continue;
+      }
+#endif
+      quantize_activations(x + i * cols, o, cols);
+    }
   }
+  (void)simd;
 }
 
 void dot_acts(quant_isa isa, dtype t, const std::byte* row, size_t cols, const quantized_acts& x,

@@ -281,6 +281,47 @@ TEST_CASE("super-block activation quantization for the K formats", "[quant]") {
     }
 }
 
+TEST_CASE("quantize_acts writes the scalar quantizers' bytes on every path", "[quant]") {
+  // Random values, exact halves after scaling (ties round to even), zeros, a zero block,
+  // negative and positive extremes: the vector quantizers must agree byte for byte.
+  const size_t cols = 512, n = 3;
+  auto x = random_floats(n * cols, 11, -3, 3);
+  for (size_t j = 0; j < 64; ++j)  // a block of 127 / 2 ... ties: amax 127 -> id 1
+    x[j] = j == 0 ? 127.0f : static_cast<float>(static_cast<int>(j) - 32) + 0.5f;
+  for (size_t j = 256; j < 288; ++j)
+    x[j] = 0.0f;         // a whole 32-block of zeros
+  x[cols + 7] = -1e30f;  // one huge value: the rest quantize to 0
+  for (size_t j = 2 * cols; j < 2 * cols + 256; ++j)
+    x[j] = 0.0f;  // a whole K super-block of zeros
+  for (dtype t : {dtype::q4_0, dtype::q4_k}) {
+    quantized_acts got;
+    quantize_acts(t, x.data(), n, cols, got);
+    for (size_t i = 0; i < n; ++i) {
+      if (t == dtype::q4_k) {
+        std::vector<act_block_k> want(cols / 256);
+        quantize_activations_k(x.data() + i * cols, want.data(), cols);
+        for (size_t b = 0; b < want.size(); ++b) {
+          const auto& g = got.b256[i * got.stride + b];
+          INFO("row " << i << " block " << b);
+          CHECK(g.d == want[b].d);
+          CHECK(std::memcmp(g.q, want[b].q, sizeof g.q) == 0);
+          CHECK(std::memcmp(g.bsums, want[b].bsums, sizeof g.bsums) == 0);
+        }
+      } else {
+        std::vector<act_block> want(cols / 32);
+        quantize_activations(x.data() + i * cols, want.data(), cols);
+        for (size_t b = 0; b < want.size(); ++b) {
+          const auto& g = got.b32[i * got.stride + b];
+          INFO("row " << i << " block " << b);
+          CHECK(g.d == want[b].d);
+          CHECK(std::memcmp(g.q, want[b].q, sizeof g.q) == 0);
+          CHECK(std::memcmp(g.sum, want[b].sum, sizeof g.sum) == 0);
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("integer dot products: SIMD == scalar twin, both near the float reference", "[quant]") {
   const size_t cols = 768, rows = 9;
   std::vector<quant_isa> isas = {quant_isa::scalar};
