@@ -288,10 +288,22 @@ TM_ATT_AVX2 __attribute__((always_inline)) inline void scores_w(const float* con
     scores_4x8<NQ>(q, kt, ld, hd, scale, out);
 }
 
+/// 16 V values from row s at column d as f32: V stored f32, or f16 (H) converted as it is
+/// loaded (exact), which saves a conversion pass over the block.
+template <bool H>
+TM_ATT_AVX512 inline __m512 load_v16(const void* v, size_t i) {
+  if constexpr (H)
+    return _mm512_cvtph_ps(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(v) + i)));
+  else
+    return _mm512_loadu_ps(static_cast<const float*>(v) + i);
+}
+
 /// weighted_sum() for NQ queries with AVX-512: 32 dimensions x NQ queries per register
-/// tile, then 16, then the AVX2 tail.
-template <int NQ>
-TM_ATT_AVX512 void weighted_sum_avx512(const float* const* p, const float* v, uint32_t cnt,
+/// tile, then 16. V rows are f32, or f16 when H (then hd % 16 == 0); f32 rows may end in an
+/// AVX2 tail.
+template <int NQ, bool H = false>
+TM_ATT_AVX512 void weighted_sum_avx512(const float* const* p, const void* v, uint32_t cnt,
                                        size_t hd, float* const* out) {
   size_t d = 0;
   for (; d + 32 <= hd; d += 32) {
@@ -302,7 +314,7 @@ TM_ATT_AVX512 void weighted_sum_avx512(const float* const* p, const float* v, ui
       a[i][1] = _mm512_loadu_ps(out[i] + d + 16);
     }
     for (uint32_t s = 0; s < cnt; ++s) {
-      const __m512 v0 = _mm512_loadu_ps(v + s * hd + d), v1 = _mm512_loadu_ps(v + s * hd + d + 16);
+      const __m512 v0 = load_v16<H>(v, s * hd + d), v1 = load_v16<H>(v, s * hd + d + 16);
 #pragma GCC unroll 4
       for (int i = 0; i < NQ; ++i) {
         const __m512 pv = _mm512_set1_ps(p[i][s]);
@@ -322,7 +334,7 @@ TM_ATT_AVX512 void weighted_sum_avx512(const float* const* p, const float* v, ui
     for (int i = 0; i < NQ; ++i)
       a[i] = _mm512_loadu_ps(out[i] + d);
     for (uint32_t s = 0; s < cnt; ++s) {
-      const __m512 v0 = _mm512_loadu_ps(v + s * hd + d);
+      const __m512 v0 = load_v16<H>(v, s * hd + d);
 #pragma GCC unroll 4
       for (int i = 0; i < NQ; ++i)
         a[i] = _mm512_fmadd_ps(_mm512_set1_ps(p[i][s]), v0, a[i]);
@@ -331,9 +343,25 @@ TM_ATT_AVX512 void weighted_sum_avx512(const float* const* p, const float* v, ui
     for (int i = 0; i < NQ; ++i)
       _mm512_storeu_ps(out[i] + d, a[i]);
   }
-  if (d < hd)
-    for (int i = 0; i < NQ; ++i)
-      weighted_sum_tail(p[i], v, cnt, hd, d, out[i]);
+  if constexpr (!H)
+    if (d < hd)
+      for (int i = 0; i < NQ; ++i)
+        weighted_sum_tail(p[i], static_cast<const float*>(v), cnt, hd, d, out[i]);
+}
+
+/// weighted_sum_avx512 over f16 V rows (hd % 16 == 0) for g (1-4) queries.
+TM_ATT_AVX512 void weighted_sum_f16(size_t g, const float* const* p, const uint16_t* v,
+                                    uint32_t cnt, size_t hd, float* const* out) {
+  switch (g) {
+    case 4:
+      return weighted_sum_avx512<4, true>(p, v, cnt, hd, out);
+    case 3:
+      return weighted_sum_avx512<3, true>(p, v, cnt, hd, out);
+    case 2:
+      return weighted_sum_avx512<2, true>(p, v, cnt, hd, out);
+    default:
+      return weighted_sum_avx512<1, true>(p, v, cnt, hd, out);
+  }
 }
 
 /// g (1-4) queries' weighted sums over their first cnt keys.
@@ -420,11 +448,17 @@ TM_ATT_AVX2 __attribute__((always_inline)) inline void attend_body(const kv_head
   for (size_t b = 0; b < nblocks; ++b) {
     const uint32_t p0 = static_cast<uint32_t>(b * bt);
     const uint32_t cnt = static_cast<uint32_t>(std::min<size_t>(bt, max_ctx - p0));
-    const float* v = reinterpret_cast<const float*>(kv.v[b]);
-    if (kv.dtype_bytes == 2) {
-      f16_to_f32_row(reinterpret_cast<const uint16_t*>(kv.v[b]), s.vf.data(), cnt * hd);
-      v = s.vf.data();
-    }
+    // f16 V is converted to f32 once per block, when a path needs f32 rows; the AVX-512
+    // group sums read f16 directly.
+    const float* vf = kv.dtype_bytes == 2 ? nullptr : reinterpret_cast<const float*>(kv.v[b]);
+    auto v = [&] {
+      if (!vf) {
+        f16_to_f32_row(reinterpret_cast<const uint16_t*>(kv.v[b]), s.vf.data(), cnt * hd);
+        vf = s.vf.data();
+      }
+      return vf;
+    };
+    const bool f16_direct = W == 16 && kv.dtype_bytes == 2 && hd % 16 == 0;
     // Queries in groups of up to four over the keys all of them see, then each one's
     // remaining keys (every output element is summed in key order either way).
     for (size_t i = 0; i < nq; i += 4) {
@@ -439,13 +473,16 @@ TM_ATT_AVX2 __attribute__((always_inline)) inline void attend_body(const kv_head
           pp[t] = scores + (i + t) * stride + p0;
           oo[t] = qs[i + t].out;
         }
-        weighted_sum_group<W>(g, pp, v, common, hd, oo);
+        if (f16_direct)
+          weighted_sum_f16(g, pp, reinterpret_cast<const uint16_t*>(kv.v[b]), common, hd, oo);
+        else
+          weighted_sum_group<W>(g, pp, v(), common, hd, oo);
       }
       for (size_t t = i; t < i + g; ++t) {
         if (qs[t].ctx <= p0) continue;
         const uint32_t c = std::min(cnt, qs[t].ctx - p0);
         if (c > common)
-          weighted_sum(scores + t * stride + p0 + common, v + size_t{common} * hd, c - common, hd,
+          weighted_sum(scores + t * stride + p0 + common, v() + size_t{common} * hd, c - common, hd,
                        qs[t].out);
       }
     }
