@@ -755,6 +755,14 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           if (!st.decodes.count(rs.decode)) {
             lost.push_back({id, migration_reason::worker_lost, rs.decode_name});
           } else if (auto p = st.backlog.worker_of(id); p && !st.prefills.count(*p)) {
+            if (st.decodes.count(*p)) {
+              // The prefill worker changed role in place. It finished or handed back every
+              // job before it registered again, so this request's outcome (its first
+              // token, or the hand-back as a failed attempt) comes through its decode
+              // worker: nothing is lost, and re-prefilling it would repeat the work.
+              st.backlog.release(id);
+              continue;
+            }
             // The decode worker holds blocks reserved for the KV that will not come.
             self->send(rs.decode_handle, cancel_request{rs.attempt});
             lost.push_back({id, migration_reason::prefill_lost, rs.prefill_name});

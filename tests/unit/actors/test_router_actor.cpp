@@ -671,6 +671,29 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "router: a prefill worker that changes role in place before the first token arrives "
+    "loses nothing",
+    "[router_actor][migration]") {
+  // The flip finished the job (its KV is on the way to the decode worker) and the worker
+  // registered again as a decode worker; the membership may reach the router before the
+  // first token does. The request must not be cancelled and prefilled again.
+  router_harness h;
+  send_workers(h, {decode_wid}, {prefill_wid});
+  auto req = h.request(1);
+  auto a = h.submit(req);
+  REQUIRE(a.prefill);
+  send_workers(h, {decode_wid, prefill_wid});  // prefill-20 is now a decode worker
+  h.self->send(h.router, first_token{1, 900, a.req.tr});
+  h.send_tokens(1, {{1, 901}});
+  h.send_done(1, finish_reason::length, 2);
+  auto s = expect_stream(h, 1, 0, {900, 901});  // no cancel_request or second assignment
+  CHECK(s.error.code == errc::ok);
+  CHECK(s.migrations == 0);
+  CHECK(s.migration_reasons.empty());
+  expect_clean(h, "after the summary");
+}
+
+TEST_CASE(
     "router: a prefill worker lost during the KV transfer: cancelled on the decode "
     "worker and prefilled on another prefill worker",
     "[router_actor][migration]") {
