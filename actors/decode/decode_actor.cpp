@@ -1301,6 +1301,7 @@ held_sequence held_stage(const sequence& s) {
     case seq_phase::waiting_blocks:
       return held_sequence::unreserved;
     case seq_phase::waiting_kv:
+      return s.prefill ? held_sequence::awaiting_kv : held_sequence::prefilling;
     case seq_phase::fetching:
     case seq_phase::local_prefill:
       return held_sequence::prefilling;

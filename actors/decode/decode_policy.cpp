@@ -61,6 +61,7 @@ bool hold_until_drained(bool waiting_for_kv, bool one_sided_transport) {
 drain_action on_drain(held_sequence s, bool live_migration) {
   switch (s) {
     case held_sequence::unreserved:
+    case held_sequence::awaiting_kv:
       return drain_action::hand_back;
     case held_sequence::prefilling:
       return drain_action::finish_in_place;

@@ -47,9 +47,10 @@ bool hold_until_drained(bool waiting_for_kv, bool one_sided_transport);
 
 /// Where a sequence a decode worker holds stands, as a drain sees it.
 enum class held_sequence : uint8_t {
-  unreserved,  ///< assigned, waiting for KV blocks: nothing computed or reserved yet
-  prefilling,  ///< its prompt's KV is being computed (remote prefill or local)
-  decoding,    ///< its KV is complete: waiting for a batch slot or in the running batch
+  unreserved,   ///< assigned, waiting for KV blocks: nothing computed or reserved yet
+  awaiting_kv,  ///< blocks reserved, its prompt's KV to come from a remote prefill worker
+  prefilling,   ///< its prompt's KV is being computed here (local prefill, fetch, move in)
+  decoding,     ///< its KV is complete: waiting for a batch slot or in the running batch
 };
 
 /// What a draining decode worker (change_role) does with one sequence it holds.
@@ -60,8 +61,12 @@ enum class drain_action : uint8_t {
 };
 
 /// The drain decision for one held sequence. A sequence with nothing computed goes back
-/// to the router (re-routing it costs nothing); one being prefilled completes its prefill
-/// here (its KV is arriving or being computed); one decoding moves live when
+/// to the router (re-routing it costs nothing). So does one awaiting a remote prefill's
+/// KV: its job is cancelled on the prefill worker (at most the chunk under way there is
+/// lost; its blocks are held until that worker's writes drain) and the router routes it
+/// again, where waiting would keep the drain for as long as the prefill backlog, which is
+/// exactly what a flip to prefill is meant to relieve (bench-planner: 2-5 s flips). One
+/// being prefilled here completes its prefill; one decoding moves live when
 /// `live_migration` is available (no recompute, the stream goes on) and finishes in place
 /// otherwise. Asked again when a sequence moves on (a prefill completes).
 drain_action on_drain(held_sequence s, bool live_migration);

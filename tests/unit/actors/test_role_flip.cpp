@@ -356,6 +356,30 @@ TEST_CASE("a decode worker finishes its sequences in place, then serves as prefi
   expect_no_message(h.self, "after the prefill");
 }
 
+TEST_CASE("a decode worker hands back a sequence awaiting a remote prefill's KV at a role change",
+          "[role_flip]") {
+  // Waiting for that KV could hold the flip for the whole prefill backlog; the job is
+  // cancelled on the prefill worker and the router routes the request again.
+  flip_harness h(role::decode, gated_engine::gated_call::decode);
+  auto req = h.request(1, 9, 12);
+  h.self->send(h.worker, decode_assignment{req, handle_of(h.self), handle_of(h.self), {}});
+  auto job = expect<prefill_job>(h.self, "the prefill job, from the decode worker");
+  CHECK(job.id == 1);
+  h.self->send(h.worker, to_role(role::prefill));
+  auto c = expect<cancel_request>(h.self, "the job cancelled on the prefill worker");
+  CHECK(c.id == 1);
+  auto d = expect<request_done>(h.self, "the attempt ended for the router to route again");
+  CHECK(d.id == 1);
+  CHECK(d.reason == finish_reason::error);
+  CHECK(d.error.code == errc::unavailable);
+  CHECK_THAT(d.error.message, Catch::Contains("is draining"));
+  h.expect_reregistration(role::prefill);
+  auto r = h.expect_report(role::decode, role::prefill, false);
+  CHECK(r.finished == 0);
+  CHECK(query_status(h.self, h.worker).kv_used == 0);
+  expect_no_message(h.self, "after the flip");
+}
+
 TEST_CASE("a worker that flipped hands late work of its old role back", "[role_flip]") {
   SECTION("prefill job at a former prefill worker") {
     flip_harness h(role::prefill);

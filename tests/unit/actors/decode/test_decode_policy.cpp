@@ -102,7 +102,9 @@ TEST_CASE("on_drain: what a draining decode worker does with each sequence", "[d
   for (bool live : {false, true}) {
     // Nothing computed yet: back to the router, whatever else is available.
     CHECK(on_drain(held_sequence::unreserved, live) == drain_action::hand_back);
-    // Its KV is arriving or being computed: the prefill completes here first.
+    // Waiting on a remote prefill could hold the drain for the whole prefill backlog.
+    CHECK(on_drain(held_sequence::awaiting_kv, live) == drain_action::hand_back);
+    // Its KV is being computed here (local prefill, fetch, a move in): it completes first.
     CHECK(on_drain(held_sequence::prefilling, live) == drain_action::finish_in_place);
   }
   // Decoding: moves live when it can, else finishes where it is (never recomputed).
