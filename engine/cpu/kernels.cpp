@@ -276,7 +276,9 @@ TM_AVX2 void gemv_q8_avx2(const tensor_view& w, const float* x, size_t n, float*
       __m256 acc[R];
       for (int r = 0; r < R; ++r)
         acc[r] = _mm256_setzero_ps();
+      detail::row_prefetch pf(wr[0], rb, blocks);
       for (size_t b = 0; b < blocks; ++b) {
+        if (i == 0) pf.step();  // later batch rows find the group in cache
         const float* xb = xi + b * q8_block;
         __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
         __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
