@@ -109,6 +109,9 @@ struct kv_ready {
 struct prefill_failed {
   request_id id = 0;
   error_info error;
+  /// A draining (or former) prefill worker gave the job back with nothing computed: the
+  /// router's move of the request is labelled `drained`, not a failure.
+  bool handed_back = false;
 };
 
 /// prefill -> decode: the job of `id` was cancelled or failed and none of its transport
@@ -215,6 +218,10 @@ struct request_done {
   uint32_t prompt_tokens = 0;
   uint32_t completion_tokens = 0;
   trace tr;
+  /// The worker gave the attempt back because it drains or changed role (nothing of it is
+  /// lost but, at most, the prefill chunk under way): the router routes it again and
+  /// labels the move `drained`.
+  bool handed_back = false;
 };
 
 /// frontend -> router -> decode -> prefill: stop working on a request and free its blocks.
@@ -659,7 +666,7 @@ typename F::result_type inspect(F& f, drain_expired& x) {
 }
 template <class F>
 typename F::result_type inspect(F& f, prefill_failed& x) {
-  return f(caf::meta::type_name("prefill_failed"), x.id, x.error);
+  return f(caf::meta::type_name("prefill_failed"), x.id, x.error, x.handed_back);
 }
 template <class F>
 typename F::result_type inspect(F& f, first_token& x) {
@@ -688,7 +695,7 @@ typename F::result_type inspect(F& f, routing_score& x) {
 template <class F>
 typename F::result_type inspect(F& f, request_done& x) {
   return f(caf::meta::type_name("request_done"), x.id, x.reason, x.error, x.prompt_tokens,
-           x.completion_tokens, x.tr);
+           x.completion_tokens, x.tr, x.handed_back);
 }
 template <class F>
 typename F::result_type inspect(F& f, cancel_request& x) {

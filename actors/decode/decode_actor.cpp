@@ -153,7 +153,10 @@ void drain_progress(decode_ptr self);
 void hand_back_assignment(decode_ptr self, const decode_assignment& a);
 
 /// Ends a sequence: frees its blocks, tells the kv-store and the router.
-void finish(decode_ptr self, request_id id, finish_reason reason, error_info err = {}) {
+/// `handed_back`: the attempt goes back to the router because this worker drains (see
+/// request_done::handed_back).
+void finish(decode_ptr self, request_id id, finish_reason reason, error_info err = {},
+            bool handed_back = false) {
   auto& st = self->state;
   auto it = st.seqs.find(id);
   if (it == st.seqs.end()) return;
@@ -202,6 +205,7 @@ void finish(decode_ptr self, request_id id, finish_reason reason, error_info err
     d.error = std::move(err);
     d.prompt_tokens = s.prompt_len;
     d.completion_tokens = s.generated;
+    d.handed_back = handed_back;
     d.tr.id = id;
     for (const auto& h : s.req.tr.hops)
       if (!on_ttft_path(h.where)) d.tr.hops.push_back(h);
@@ -1135,6 +1139,11 @@ caf::behavior decode_behavior(decode_ptr self) {
         auto it = self->state.seqs.find(f.id);
         if (it == self->state.seqs.end()) return;
         it->second.prefill = caf::actor{};  // nothing to cancel there
+        if (f.handed_back) {  // a draining prefill worker: routed again, not a failure
+          finish(self, f.id, finish_reason::error,
+                 {f.error.code, "prefill handed back: " + f.error.message}, true);
+          return;
+        }
         fail(self, f.id, f.error.code, "prefill failed: " + f.error.message);
       },
       [self](const kv_drained& d) {
@@ -1266,7 +1275,8 @@ caf::behavior decode_behavior(decode_ptr self) {
         // nothing was written, so the decode worker may free the blocks and the router
         // routes the request again.
         auto& st = self->state;
-        self->send(j.decode, prefill_failed{j.id, no_longer_serving(st.w.info, role::prefill)});
+        self->send(j.decode,
+                   prefill_failed{j.id, no_longer_serving(st.w.info, role::prefill), true});
         self->send(j.decode, kv_drained{j.id});
       },
   };
@@ -1292,6 +1302,7 @@ void hand_back_assignment(decode_ptr self, const decode_assignment& a) {
              fmt::format("decode worker '{}' is draining ({}); the request is routed again",
                          st.w.info.name, flip_summary(st.flip))};
   d.prompt_tokens = static_cast<uint32_t>(a.req.prompt.size());
+  d.handed_back = true;
   self->send(a.router, std::move(d));
   ++st.flip.handed_back;
 }
@@ -1342,7 +1353,8 @@ void drain_progress(decode_ptr self) {
     finish(self, id, finish_reason::error,
            {errc::unavailable, fmt::format("decode worker '{}' is draining ({}); the request "
                                            "is routed again",
-                                           st.w.info.name, flip_summary(st.flip))});
+                                           st.w.info.name, flip_summary(st.flip))},
+           true);
     ++st.flip.handed_back;
   }
   if (!st.seqs.empty() || !st.draining.empty() || st.step.active) return;

@@ -142,7 +142,8 @@ void hand_back_unstarted(prefill_ptr self) {
         prefill_failed{id,
                        {errc::unavailable, fmt::format("prefill worker '{}' is draining ({}): the "
                                                        "request is routed again",
-                                                       st.w.info.name, flip_summary(st.flip))}});
+                                                       st.w.info.name, flip_summary(st.flip))},
+                       true});
     js.notify_drained = true;
     drop_job(self, id);
     ++st.flip.handed_back;
@@ -445,6 +446,7 @@ caf::behavior prefill_behavior(prefill_ptr self) {
         d.id = a.req.id;
         d.reason = finish_reason::error;
         d.error = no_longer_serving(st.w.info, role::decode);
+        d.handed_back = true;
         self->send(a.router, std::move(d));
       },
   };

@@ -20,6 +20,8 @@ std::string_view to_string(migration_reason r) {
       return "stalled";
     case migration_reason::live_migration:
       return "live_migration";
+    case migration_reason::drained:
+      return "drained";
     case migration_reason::count_:
       break;
   }
@@ -89,7 +91,9 @@ migration_decision plan_migration(std::span<const token_id> prompt, const reques
       return d;
     }
   }
-  if (migrations >= limit) {
+  // A drain's hand-back is no failure (the attempt had not started decoding): it is routed
+  // again even with migration off or at the limit.
+  if (why != migration_reason::drained && migrations >= limit) {
     d.what = migration_decision::kind::lost;
     d.error = limit == 0
                   ? fmt::format("worker {} failed ({}) and request migration is off", worker,

@@ -30,6 +30,7 @@ enum class migration_reason : uint8_t {
   worker_failed,    ///< the decode (or prefill) engine failed while serving it
   stalled,          ///< its worker produced nothing for the router's stall timeout
   live_migration,   ///< moved live with its KV to another decode worker (drain, rebalance)
+  drained,          ///< a draining worker (drain, role change) gave it back before decoding
   count_            ///< number of reasons; not a reason
 };
 
@@ -67,7 +68,8 @@ struct migration_decision {
 /// Decides how a request continues after losing its attempt for `why` on `worker` (a
 /// name, for the error text). `delivered` holds the tokens the client already received;
 /// `migrations` counts the moves made before this one; `limit` is the most moves allowed
-/// (0: migration off). `eos` is the model's end-of-sequence id when the router knows it.
+/// (0: migration off); a `drained` hand-back is routed again whatever the limit. `eos` is
+/// the model's end-of-sequence id when the router knows it.
 migration_decision plan_migration(std::span<const token_id> prompt, const request_options& opts,
                                   std::span<const token_id> delivered, uint32_t migrations,
                                   uint32_t limit, migration_reason why, std::string_view worker,

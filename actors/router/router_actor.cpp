@@ -75,7 +75,10 @@ struct request_state {
   uint32_t migrations = 0;
   std::vector<std::string> migration_reasons;
   uint32_t live_moves = 0;  ///< of `migrations`, moves with the KV (no recompute, no limit)
-  uint32_t move_epoch = 0;  ///< the current attempt's latest attempt_moved epoch
+  /// Of `migrations`, attempts a draining worker gave back (no failure: no limit either;
+  /// drains are finite, so a request cannot bounce for ever).
+  uint32_t drained_moves = 0;
+  uint32_t move_epoch = 0;             ///< the current attempt's latest attempt_moved epoch
   std::vector<routing_score> routing;  ///< the current attempt's routing decision
   /// Its first decode step reached the router (or it ended complete): it no longer waits
   /// as far as adaptive admission is concerned.
@@ -445,8 +448,8 @@ void migrate(router_ptr self, request_id cid, migration_reason why, const std::s
     return;
   }
   auto d = plan_migration(rs.req.prompt, rs.req.options, rs.order.delivered(),
-                          rs.migrations - rs.live_moves, st.cfg.migration_limit, why, worker,
-                          st.cfg.eos);
+                          rs.migrations - rs.live_moves - rs.drained_moves, st.cfg.migration_limit,
+                          why, worker, st.cfg.eos);
   switch (d.what) {
     case migration_decision::kind::complete: {
       auto s = make_summary(st, rs, cid);
@@ -472,6 +475,7 @@ void migrate(router_ptr self, request_id cid, migration_reason why, const std::s
   spdlog::warn("router: request {} moves ({}, {} tokens delivered): {}", cid, to_string(why),
                rs.order.next_index(), detail);
   ++rs.migrations;
+  if (why == migration_reason::drained) ++rs.drained_moves;
   ++st.migrated;
   rs.migration_reasons.emplace_back(to_string(why));
   rs.tr.stamp(stage::migrated, st.info.node_index);
@@ -652,7 +656,9 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         auto* rs = find_attempt(st, d.id, &cid);
         if (!rs) return;
         if (d.reason == finish_reason::error && !rs->cancelling) {
-          if (auto why = migration_for_error(d.error.code)) {
+          auto why = d.handed_back ? std::optional{migration_reason::drained}
+                                   : migration_for_error(d.error.code);
+          if (why) {
             // The worker has already let go of the attempt. Its decode-side stamps stay
             // out of the trace: `finished` and the rest describe the attempt that serves
             // the request to its end.

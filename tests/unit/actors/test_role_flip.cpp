@@ -303,6 +303,7 @@ TEST_CASE(
     CHECK(f.id == id);
     CHECK(f.error.code == errc::unavailable);
     CHECK_THAT(f.error.message, Catch::Contains("is draining (to decode"));
+    CHECK(f.handed_back);  // the router labels the move `drained`, not a failure
     CHECK(expect<kv_drained>(h.self, "kv_drained of a job handed back").id == id);
   }
   h.gate->open();
@@ -341,6 +342,7 @@ TEST_CASE("a decode worker finishes its sequences in place, then serves as prefi
   CHECK(handed_back[0].id == 2);
   CHECK(handed_back[0].reason == finish_reason::error);
   CHECK(handed_back[0].error.code == errc::unavailable);  // the router routes it again
+  CHECK(handed_back[0].handed_back);
   h.expect_reregistration(role::prefill);
   auto r = h.expect_report(role::decode, role::prefill, false);
   CHECK(r.finished == 1);
@@ -373,6 +375,7 @@ TEST_CASE("a decode worker hands back a sequence awaiting a remote prefill's KV 
   CHECK(d.reason == finish_reason::error);
   CHECK(d.error.code == errc::unavailable);
   CHECK_THAT(d.error.message, Catch::Contains("is draining"));
+  CHECK(d.handed_back);
   h.expect_reregistration(role::prefill);
   auto r = h.expect_report(role::decode, role::prefill, false);
   CHECK(r.finished == 0);

@@ -773,6 +773,34 @@ TEST_CASE("router: beyond the migration limit a request ends with a clear error"
   CHECK_THAT(h.status_and_quiet("status").detail, Catch::Contains("1 migrated, 1 lost"));
 }
 
+TEST_CASE(
+    "router: attempts a draining worker hands back move as drained, beyond the migration "
+    "limit",
+    "[router_actor][migration]") {
+  // Even with migration off, a drain's hand-back is no failure: the request goes on.
+  router_config cfg;
+  cfg.migration_limit = 0;
+  router_harness h{cfg};
+  send_workers(h, {decode_wid, decode2_wid});
+  auto a = h.submit(h.request(1));
+  for (int i = 0; i < 2; ++i) {  // handed back twice (two drains)
+    request_done d;
+    d.id = a.req.id;
+    d.reason = finish_reason::error;
+    d.error = {errc::unavailable, "decode worker 'decode-10' is draining"};
+    d.handed_back = true;
+    h.self->send(h.router, d);
+    a = expect<decode_assignment>(h.self, "the request routed again");
+  }
+  h.self->send(h.router, first_token{a.req.id, 700, a.req.tr});
+  h.send_done(a.req.id, finish_reason::length, 1);
+  auto s = expect_stream(h, 1, 0, {700});
+  CHECK(s.error.code == errc::ok);
+  CHECK(s.migrations == 2);
+  CHECK(s.migration_reasons == std::vector<std::string>{"drained", "drained"});
+  expect_clean(h, "after the summary");
+}
+
 TEST_CASE("router: with migration off a lost worker fails its requests",
           "[router_actor][migration]") {
   router_config cfg;

@@ -78,6 +78,12 @@ TEST_CASE("migration: the limit ends the request with an error naming why", "[mi
   auto off = plan_migration(prompt, opts(8), delivered, 0, 0, migration_reason::worker_lost, "d2");
   REQUIRE(off.what == migration_decision::kind::lost);
   CHECK_THAT(off.error, Catch::Contains("migration is off") && Catch::Contains("worker_lost"));
+  // A drain's hand-back is no failure: routed again at the limit and with migration off.
+  for (uint32_t limit : {0u, 3u}) {
+    auto back = plan_migration(prompt, opts(8), {}, 3, limit, migration_reason::drained, "d3");
+    CHECK(back.what == migration_decision::kind::resubmit);
+    CHECK(back.plan.prompt == prompt);
+  }
 }
 
 TEST_CASE("migration: tokens at or below the last delivered index are dropped", "[migration]") {
