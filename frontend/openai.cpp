@@ -564,25 +564,10 @@ void constrain_tools(parsed_request& r) {
 }
 
 parsed_request parse(endpoint kind, std::string_view text, const request_context& ctx) {
-  json body;
-  try {
-    body = json::parse(text);
-  } catch (const json::parse_error& e) {
-    fail("", fmt::format("request body is not valid JSON: {}", e.what()));
-  }
-  if (!body.is_object())
-    fail("", fmt::format("request body must be a JSON object, got {}", body.type_name()));
-
+  auto body = parse_body<json>(text);
   parsed_request r;
   r.kind = kind;
-  if (const json* v = field(body, "model")) {
-    r.model = get_string(*v, "model");
-    if (!ctx.served_model.empty() && r.model != ctx.served_model)
-      fail("model",
-           fmt::format("The model '{}' does not exist; this server serves '{}'", r.model,
-                       ctx.served_model),
-           404, "model_not_found");
-  }
+  r.model = get_model(body, ctx);
   parse_tools(body, text, kind, ctx.format, r);
 
   auto& p = r.params;

@@ -159,23 +159,9 @@ void reject_unsupported(const ojson& body) {
 }
 
 request parse(std::string_view text, const openai::request_context& ctx) {
-  ojson body;
-  try {
-    body = ojson::parse(text);
-  } catch (const ojson::parse_error& e) {
-    fail("", fmt::format("request body is not valid JSON: {}", e.what()));
-  }
-  if (!body.is_object())
-    fail("", fmt::format("request body must be a JSON object, got {}", body.type_name()));
+  auto body = parse_body<ojson>(text);
   request r;
-  if (const ojson* v = field(body, "model")) {
-    r.model = get_string(*v, "model");
-    if (!ctx.served_model.empty() && r.model != ctx.served_model)
-      fail("model",
-           fmt::format("The model '{}' does not exist; this server serves '{}'", r.model,
-                       ctx.served_model),
-           404, "model_not_found");
-  }
+  r.model = get_model(body, ctx);
   reject_unsupported(body);
   r.input = parse_input(body);
   if (const ojson* v = field(body, "instructions")) r.instructions = get_string(*v, "instructions");

@@ -94,6 +94,35 @@ const std::string& get_string(const J& v, const std::string& name) {
   return v.template get_ref<const std::string&>();
 }
 
+/// A request body: a JSON object, or an error saying what it is instead.
+template <class J>
+J parse_body(std::string_view text) {
+  J body;
+  try {
+    body = J::parse(text);
+  } catch (const typename J::parse_error& e) {
+    fail("", fmt::format("request body is not valid JSON: {}", e.what()));
+  }
+  if (!body.is_object())
+    fail("", fmt::format("request body must be a JSON object, got {}", body.type_name()));
+  return body;
+}
+
+/// The body's `model` (empty when absent), which must be the model `ctx` serves: another
+/// is a 404 "model_not_found", as OpenAI answers it.
+template <class J>
+std::string get_model(const J& body, const request_context& ctx) {
+  const J* v = field(body, "model");
+  if (!v) return {};
+  const auto& model = get_string(*v, "model");
+  if (!ctx.served_model.empty() && model != ctx.served_model)
+    fail("model",
+         fmt::format("The model '{}' does not exist; this server serves '{}'", model,
+                     ctx.served_model),
+         404, "model_not_found");
+  return model;
+}
+
 /// A message's content named `name`: a string, or an array of text parts
 /// ({"type": T, "text": "..."} with T one of `types`), joined. A part of another type is
 /// refused with "'NAME[j].type' is 'T'; " and `refusal`.
