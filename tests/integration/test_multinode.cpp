@@ -1348,6 +1348,14 @@ TEST_CASE("tokenmill drain empties a decode node while a stream runs, failing no
 
 namespace {
 
+/// A random-weight model of `preset` (`tokenmill make-model`, f32) in `dir`; its path.
+std::string make_model(const temp_dir& dir, const std::string& preset) {
+  const auto path = dir.file(preset + ".gguf");
+  auto mk = run_tokenmill({"make-model", "--preset", preset, "--dtype", "f32", "-o", path});
+  if (mk.exit_code != 0) throw std::runtime_error("make-model failed: " + mk.err);
+  return path;
+}
+
 /// One choice of a streamed chat completion as the client saw it.
 struct streamed_choice {
   std::string content;
@@ -1451,9 +1459,7 @@ TEST_CASE("a constrained, penalised, seeded n = 2 chat stream moved by a drain i
   // The small preset: a decode step takes milliseconds, so that the stream (about 1300
   // tokens a sequence) still runs when the drain comes.
   temp_dir models("tokenmill-drain-model");
-  const auto model = models.file("small.gguf");
-  auto mk = run_tokenmill({"make-model", "--preset", "small", "--dtype", "f32", "-o", model});
-  REQUIRE(mk.exit_code == 0);
+  const auto model = make_model(models, "small");
   cluster_spec spec;
   spec.name = "drain-structured";
   spec.decode_nodes = {"d0", "d1"};
@@ -1633,9 +1639,7 @@ TEST_CASE("a second request's prefix is fetched from another decode node's cache
   // A real model on the cpu engine, so that the fetched KV must give the very tokens that
   // recomputing gives (greedy).
   temp_dir models("tokenmill-fetch-model");
-  const auto model = models.file("tiny.gguf");
-  auto mk = run_tokenmill({"make-model", "--preset", "tiny", "--dtype", "f32", "-o", model});
-  REQUIRE(mk.exit_code == 0);
+  const auto model = make_model(models, "tiny");
   // The bytes move over the inline transport (inside the reply) or over UCX (one-sided
   // puts into the serving node's pool, flushed before the reply).
   const std::string transport = GENERATE(as<std::string>{}, "inline", "ucx");
