@@ -25,28 +25,6 @@
 namespace tokenmill {
 namespace {
 
-/// Waits until the client closes its end (or sends more bytes); a close marks every
-/// sequence of the request disconnected and wakes its coroutine.
-awaitable<void> watch_disconnect(std::shared_ptr<beast::tcp_stream> stream,
-                                 std::vector<std::shared_ptr<http_detail::gen_state>> gs) {
-  beast::error_code ec;
-  co_await stream->socket().async_wait(tcp::socket::wait_read,
-                                       asio::redirect_error(use_awaitable, ec));
-  if (ec) co_return;
-  bool all_done = true;
-  for (const auto& g : gs)
-    all_done = all_done && g->summary.has_value();
-  if (all_done) co_return;
-  char b = 0;
-  auto n = ::recv(stream->socket().native_handle(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
-  if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-    for (const auto& g : gs)
-      g->disconnected = true;
-    gs.front()->wake->cancel();
-  }
-  // n > 0: the client pipelined its next request; nothing more to learn here.
-}
-
 /// One sequence of the request as the response builds it.
 struct choice_state {
   std::shared_ptr<http_detail::gen_state> g;
@@ -73,6 +51,54 @@ std::string new_call_id() {
 }
 
 }  // namespace
+
+awaitable<void> http_detail::watch_disconnect(std::shared_ptr<beast::tcp_stream> stream,
+                                              std::vector<std::shared_ptr<gen_state>> gs) {
+  beast::error_code ec;
+  co_await stream->socket().async_wait(tcp::socket::wait_read,
+                                       asio::redirect_error(use_awaitable, ec));
+  if (ec) co_return;
+  bool all_done = true;
+  for (const auto& g : gs)
+    all_done = all_done && g->summary.has_value();
+  if (all_done) co_return;
+  char b = 0;
+  auto n = ::recv(stream->socket().native_handle(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+    for (const auto& g : gs)
+      g->disconnected = true;
+    gs.front()->wake->cancel();
+  }
+  // n > 0: the client pipelined its next request; nothing more to learn here.
+}
+
+std::shared_ptr<http_detail::gen_state> http_server::core::submit(
+    const std::shared_ptr<asio::steady_timer>& wake, const validated_request& v,
+    uint64_t seed_offset) {
+  auto g = std::make_shared<http_detail::gen_state>(wake, tok, v.stop_strings);
+  g->id = (uint64_t{cfg.node} << 48) | (uint64_t{1} << 47) | ++next_id;
+  gens.emplace(g->id, g);
+  generate_request gr;
+  gr.id = g->id;
+  gr.prompt = v.prompt;
+  gr.options = v.options;
+  gr.options.sampling.seed += seed_offset;
+  gr.tr.id = g->id;
+  gr.tr.stamp(stage::arrived, cfg.node);
+  gr.client = bridge;
+  caf::anon_send(router, std::move(gr));
+  metrics->started("http");
+  return g;
+}
+
+void http_server::core::drop(http_detail::gen_state& g, int64_t arrived) {
+  cancel(g);
+  generation_summary gs;
+  gs.id = g.id;
+  gs.reason = finish_reason::cancelled;
+  metrics->finished("http", gs, (now_ns() - arrived) / 1e9);
+  gens.erase(g.id);
+}
 
 template <class Stream>
 awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, openai::endpoint kind) {
@@ -121,28 +147,10 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
   auto wake = std::make_shared<asio::steady_timer>(io, asio::steady_timer::time_point::max());
   std::vector<std::shared_ptr<http_detail::gen_state>> all;
   for (auto& c : choices) {
-    const auto& v = valid[c.prompt];
-    c.g = std::make_shared<http_detail::gen_state>(wake, tok, v.stop_strings);
-    c.g->id = (uint64_t{cfg.node} << 48) | (uint64_t{1} << 47) | ++next_id;
-    gens.emplace(c.g->id, c.g);
+    c.g = submit(wake, valid[c.prompt], c.sample);  // sequence j of a prompt: seed + j
     all.push_back(c.g);
-    generate_request gr;
-    gr.id = c.g->id;
-    gr.prompt = v.prompt;
-    gr.options = v.options;
-    gr.options.sampling.seed += c.sample;  // sequence j of a prompt samples with seed + j
-    gr.tr.id = c.g->id;
-    gr.tr.stamp(stage::arrived, cfg.node);
-    gr.client = bridge;
-    caf::anon_send(router, std::move(gr));
-    metrics->started("http");
   }
-
-  // The stream is owned by the session; the watcher needs a shared owner to outlive it.
-  std::shared_ptr<beast::tcp_stream> shared;
-  for (auto& w : streams)
-    if (auto s = w.lock(); s && s.get() == &beast::get_lowest_layer(stream)) shared = s;
-  if (shared) asio::co_spawn(io, watch_disconnect(shared, all), asio::detached);
+  watch_disconnect(stream, std::move(all));
 
   openai::response_meta meta;
   meta.kind = kind;
@@ -152,7 +160,6 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
   meta.model = model.name;
   const bool chat = kind == openai::endpoint::chat_completions;
   const bool sse = p.stream;
-  const bool chunked = req.version() >= 11;
   bool headers_sent = false;
   auto index_of = [&](const choice_state& c) { return c.prompt * p.n + c.sample; };
   auto piece_of = [this](token_id t) { return tok->piece(t); };
@@ -198,32 +205,13 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
 
   auto abandon = [&]() {
     // The client is gone: stop every sequence everywhere and free their KV blocks.
-    for (auto& c : choices) {
-      if (c.finished) continue;
-      cancel(*c.g);
-      generation_summary gs;
-      gs.id = c.g->id;
-      gs.reason = finish_reason::cancelled;
-      metrics->finished("http", gs, (now_ns() - arrived) / 1e9);
-      gens.erase(c.g->id);
-    }
+    for (auto& c : choices)
+      if (!c.finished) drop(*c.g, arrived);
     wake->cancel();
   };
+  // The first write opens every choice: its role (chat) or its echoed prompt.
   auto write_raw = [&](std::string data) -> awaitable<bool> {
-    beast::error_code ec;
-    beast::get_lowest_layer(stream).expires_after(
-        std::chrono::milliseconds(static_cast<int64_t>(cfg.write_timeout_s * 1e3)));
     if (!headers_sent) {
-      http::response<http::empty_body> res{http::status::ok, req.version()};
-      res.set(http::field::server, "tokenmill");
-      res.set(http::field::content_type, "text/event-stream");
-      res.set(http::field::cache_control, "no-cache");
-      res.keep_alive(req.keep_alive() && chunked);
-      if (chunked) res.chunked(true);
-      http::response_serializer<http::empty_body> sr{res};
-      co_await http::async_write_header(stream, sr, asio::redirect_error(use_awaitable, ec));
-      if (ec) co_return false;
-      headers_sent = true;
       std::string head;
       for (const auto& c : choices) {
         if (chat)
@@ -235,14 +223,7 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
       }
       data = head + data;
     }
-    if (data.empty()) co_return true;
-    if (chunked) {
-      auto chunk = http::make_chunk(asio::buffer(data));
-      co_await asio::async_write(stream, chunk, asio::redirect_error(use_awaitable, ec));
-    } else
-      co_await asio::async_write(stream, asio::buffer(data),
-                                 asio::redirect_error(use_awaitable, ec));
-    co_return !ec;
+    co_return co_await write_events(stream, req, headers_sent, std::move(data));
   };
 
   for (;;) {
@@ -322,12 +303,7 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
     if (all_finished || failed != errc::ok) {
       for (auto& c : choices)
         if (!c.finished) {
-          // Cancelled above because a sibling failed: counted as cancelled.
-          generation_summary gs;
-          gs.id = c.g->id;
-          gs.reason = finish_reason::cancelled;
-          metrics->finished("http", gs, (now_ns() - arrived) / 1e9);
-          gens.erase(c.g->id);
+          drop(*c.g, arrived);  // cancelled above because a sibling failed
           c.finished = true;
         }
       beast::error_code ignored;
@@ -335,9 +311,7 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
       beast::get_lowest_layer(stream).socket().cancel(ignored);
       if (failed != errc::ok && !headers_sent) {
         // Nothing was sent yet: the error gets its own status (429 overloaded, 503, ...).
-        auto err = openai::from_errc(failed, failure);
-        if (failed == errc::overloaded)
-          err.retry_after_s = std::max<uint32_t>(1, (retry_after_ms + 999) / 1000);
+        auto err = http_detail::failure_error(failed, std::move(failure), retry_after_ms);
         co_return co_await reply_error(stream, req, std::move(err));
       }
       // Usage: each prompt once, every generated sequence's tokens; timing of the first.
@@ -378,11 +352,7 @@ awaitable<bool> http_server::core::generate(Stream& stream, request_t& req, open
       }
       events += openai::sse_done;
       if (!co_await write_raw(std::move(events))) co_return false;
-      if (!chunked) co_return false;
-      beast::error_code ec;
-      auto last = http::make_chunk_last();
-      co_await asio::async_write(stream, last, asio::redirect_error(use_awaitable, ec));
-      co_return !ec && req.keep_alive();
+      co_return co_await end_events(stream, req);
     }
     if (!events.empty()) {
       for (auto& c : choices)

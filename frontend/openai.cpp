@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "frontend/detail/json_fields.hpp"
 #include "grammar/json_schema.hpp"
 
 namespace tokenmill::openai {
@@ -17,74 +18,7 @@ namespace {
 using json = nlohmann::json;
 using ojson = nlohmann::ordered_json;
 
-/// Thrown inside this file only: parse_request catches it and returns it as a value
-/// (STYLE.md §7), which keeps the many field checks below one line each.
-[[noreturn]] void fail(std::string param, std::string message, int status = 400,
-                       std::string code = {}) {
-  throw api_error{status, "invalid_request_error", std::move(message), std::move(param),
-                  std::move(code)};
-}
-
-/// Bodies carry detokenized text, which may end in the middle of a UTF-8 sequence:
-/// replace invalid bytes with U+FFFD rather than throw.
-template <class J>
-std::string dump(const J& j) {
-  return j.dump(-1, ' ', false, J::error_handler_t::replace);
-}
-
-/// `obj[key]`, or nullptr when the key is absent or null (OpenAI treats null as "default").
-const json* field(const json& obj, const char* key) {
-  auto it = obj.find(key);
-  if (it == obj.end() || it->is_null()) return nullptr;
-  return &*it;
-}
-
-std::string got(const json& v) {
-  if (v.is_number_float()) return fmt::format("{}", v.get<double>());
-  return v.type_name();
-}
-
-double get_number(const json& v, const std::string& name) {
-  if (!v.is_number()) fail(name, fmt::format("'{}' must be a number, got {}", name, v.type_name()));
-  return v.get<double>();
-}
-
-/// A finite number that also fits a float (sampling parameters are floats).
-float get_float(const json& v, const std::string& name) {
-  const double d = get_number(v, name);
-  const auto f = static_cast<float>(d);
-  if (!std::isfinite(d) || !std::isfinite(f))
-    fail(name, fmt::format("'{}' must be a finite number, got {}", name, d));
-  return f;
-}
-
-int64_t get_int(const json& v, const std::string& name) {
-  if (v.is_number_unsigned()) {
-    const auto u = v.get<uint64_t>();
-    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-      fail(name, fmt::format("'{}' is too large: {}", name, u));
-    return static_cast<int64_t>(u);
-  }
-  if (v.is_number_integer()) return v.get<int64_t>();
-  if (v.is_number_float()) {
-    // 16.0 is an integer (some clients serialise every number as a double).
-    const double d = v.get<double>();
-    if (std::isfinite(d) && std::trunc(d) == d && std::fabs(d) < 9.2e18)
-      return static_cast<int64_t>(d);
-  }
-  fail(name, fmt::format("'{}' must be an integer, got {}", name, got(v)));
-}
-
-bool get_bool(const json& v, const std::string& name) {
-  if (!v.is_boolean())
-    fail(name, fmt::format("'{}' must be a boolean, got {}", name, v.type_name()));
-  return v.get<bool>();
-}
-
-const std::string& get_string(const json& v, const std::string& name) {
-  if (!v.is_string()) fail(name, fmt::format("'{}' must be a string, got {}", name, v.type_name()));
-  return v.get_ref<const std::string&>();
-}
+using namespace fields;
 
 const char* kind_name(endpoint kind) {
   return kind == endpoint::completions ? "text_completion" : "chat.completion";
@@ -155,29 +89,7 @@ std::string parse_content(const json& msg, const std::string& name, const std::s
     if (role == "assistant") return {};
     fail(name, fmt::format("'{}' is required", name));
   }
-  if (content->is_string()) return content->get<std::string>();
-  if (!content->is_array())
-    fail(name, fmt::format("'{}' must be a string or an array of content parts, got {}", name,
-                           content->type_name()));
-  std::string text;
-  for (size_t j = 0; j < content->size(); ++j) {
-    const json& part = (*content)[j];
-    const auto part_name = fmt::format("{}[{}]", name, j);
-    if (!part.is_object())
-      fail(part_name, fmt::format("'{}' must be an object, got {}", part_name, part.type_name()));
-    const auto type_name = part_name + ".type";
-    const json* type = field(part, "type");
-    if (!type) fail(type_name, fmt::format("'{}' is required", type_name));
-    const auto& type_str = get_string(*type, type_name);
-    if (type_str != "text")
-      fail(type_name, fmt::format("'{}' is '{}'; only 'text' content parts are supported",
-                                  type_name, type_str));
-    const auto text_name = part_name + ".text";
-    const json* t = field(part, "text");
-    if (!t) fail(text_name, fmt::format("'{}' is required", text_name));
-    text += get_string(*t, text_name);
-  }
-  return text;
+  return text_content(*content, name, {"text"}, "only 'text' content parts are supported");
 }
 
 /// One call of an assistant message: {id, type: "function", function: {name, arguments}},
@@ -227,14 +139,8 @@ std::vector<chat_message> parse_messages(const json& body, chat_format format) {
     const auto name = fmt::format("messages[{}]", i);
     if (!m.is_object())
       fail(name, fmt::format("'{}' must be an object, got {}", name, m.type_name()));
-    const auto role_name = name + ".role";
-    const json* role = field(m, "role");
-    if (!role) fail(role_name, fmt::format("'{}' is required", role_name));
-    const auto& r = get_string(*role, role_name);
-    if (r != "system" && r != "developer" && r != "user" && r != "assistant" && r != "tool")
-      fail(role_name,
-           fmt::format("'{}' must be one of system, developer, user, assistant, tool; got '{}'",
-                       role_name, r));
+    const auto& r = get_role(m, name, {"system", "developer", "user", "assistant", "tool"},
+                             "system, developer, user, assistant, tool");
     chat_message msg{r, parse_content(m, name + ".content", r), {}, {}};
     if (const json* calls = field(m, "tool_calls")) {
       const auto calls_name = name + ".tool_calls";
@@ -658,25 +564,10 @@ void constrain_tools(parsed_request& r) {
 }
 
 parsed_request parse(endpoint kind, std::string_view text, const request_context& ctx) {
-  json body;
-  try {
-    body = json::parse(text);
-  } catch (const json::parse_error& e) {
-    fail("", fmt::format("request body is not valid JSON: {}", e.what()));
-  }
-  if (!body.is_object())
-    fail("", fmt::format("request body must be a JSON object, got {}", body.type_name()));
-
+  auto body = parse_body<json>(text);
   parsed_request r;
   r.kind = kind;
-  if (const json* v = field(body, "model")) {
-    r.model = get_string(*v, "model");
-    if (!ctx.served_model.empty() && r.model != ctx.served_model)
-      fail("model",
-           fmt::format("The model '{}' does not exist; this server serves '{}'", r.model,
-                       ctx.served_model),
-           404, "model_not_found");
-  }
+  r.model = get_model(body, ctx);
   parse_tools(body, text, kind, ctx.format, r);
 
   auto& p = r.params;

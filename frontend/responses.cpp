@@ -9,94 +9,14 @@
 
 #include <fmt/format.h>
 
+#include "frontend/detail/json_fields.hpp"
+
 namespace tokenmill::responses {
 namespace {
 
 using ojson = nlohmann::ordered_json;
 
-/// Thrown inside this file only: parse_request returns it as a value (STYLE.md §7).
-[[noreturn]] void fail(std::string param, std::string message, int status = 400,
-                       std::string code = {}) {
-  throw openai::api_error{status, "invalid_request_error", std::move(message), std::move(param),
-                          std::move(code)};
-}
-
-/// Output text may hold any bytes the model produced: replace invalid UTF-8, never throw.
-std::string dump(const ojson& j) {
-  return j.dump(-1, ' ', false, ojson::error_handler_t::replace);
-}
-
-/// `obj[key]`, or nullptr when absent or null (null means "default", as OpenAI treats it).
-const ojson* field(const ojson& obj, const char* key) {
-  auto it = obj.find(key);
-  if (it == obj.end() || it->is_null()) return nullptr;
-  return &*it;
-}
-
-const std::string& get_string(const ojson& v, const std::string& name) {
-  if (!v.is_string()) fail(name, fmt::format("'{}' must be a string, got {}", name, v.type_name()));
-  return v.get_ref<const std::string&>();
-}
-
-bool get_bool(const ojson& v, const std::string& name) {
-  if (!v.is_boolean())
-    fail(name, fmt::format("'{}' must be a boolean, got {}", name, v.type_name()));
-  return v.get<bool>();
-}
-
-float get_float(const ojson& v, const std::string& name) {
-  if (!v.is_number()) fail(name, fmt::format("'{}' must be a number, got {}", name, v.type_name()));
-  const double d = v.get<double>();
-  if (!std::isfinite(d) || !std::isfinite(static_cast<float>(d)))
-    fail(name, fmt::format("'{}' must be a finite number, got {}", name, d));
-  return static_cast<float>(d);
-}
-
-int64_t get_int(const ojson& v, const std::string& name) {
-  if (v.is_number_unsigned()) {
-    const auto u = v.get<uint64_t>();
-    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-      fail(name, fmt::format("'{}' is too large: {}", name, u));
-    return static_cast<int64_t>(u);
-  }
-  if (v.is_number_integer()) return v.get<int64_t>();
-  if (v.is_number_float()) {
-    const double d = v.get<double>();  // 16.0 is an integer too
-    if (std::isfinite(d) && std::trunc(d) == d && std::fabs(d) < 9.2e18)
-      return static_cast<int64_t>(d);
-  }
-  fail(name, fmt::format("'{}' must be an integer, got {}", name, v.type_name()));
-}
-
-/// A message's content: a string, or an array of input_text / output_text parts (joined).
-std::string parse_content(const ojson& item, const std::string& name) {
-  const ojson* content = field(item, "content");
-  if (!content) fail(name, fmt::format("'{}' is required", name));
-  if (content->is_string()) return content->get<std::string>();
-  if (!content->is_array())
-    fail(name, fmt::format("'{}' must be a string or an array of content parts, got {}", name,
-                           content->type_name()));
-  std::string text;
-  for (size_t j = 0; j < content->size(); ++j) {
-    const ojson& part = (*content)[j];
-    const auto part_name = fmt::format("{}[{}]", name, j);
-    if (!part.is_object())
-      fail(part_name, fmt::format("'{}' must be an object, got {}", part_name, part.type_name()));
-    const auto type_name = part_name + ".type";
-    const ojson* type = field(part, "type");
-    if (!type) fail(type_name, fmt::format("'{}' is required", type_name));
-    const auto& t = get_string(*type, type_name);
-    if (t != "input_text" && t != "output_text")
-      fail(type_name, fmt::format("'{}' is '{}'; only 'input_text' and 'output_text' parts are "
-                                  "supported (text in, text out)",
-                                  type_name, t));
-    const auto text_name = part_name + ".text";
-    const ojson* v = field(part, "text");
-    if (!v) fail(text_name, fmt::format("'{}' is required", text_name));
-    text += get_string(*v, text_name);
-  }
-  return text;
-}
+using namespace openai::fields;
 
 std::vector<openai::chat_message> parse_input(const ojson& body) {
   const ojson* input = field(body, "input");
@@ -120,15 +40,14 @@ std::vector<openai::chat_message> parse_input(const ojson& body) {
                                          "(no tool calls, reasoning or item references)",
                                          name, t));
     }
-    const auto role_name = name + ".role";
-    const ojson* role = field(item, "role");
-    if (!role) fail(role_name, fmt::format("'{}' is required", role_name));
-    const auto& r = get_string(*role, role_name);
-    if (r != "user" && r != "assistant" && r != "system" && r != "developer")
-      fail(role_name,
-           fmt::format("'{}' must be one of user, assistant, system, developer; got '{}'",
-                       role_name, r));
-    out.push_back({r, parse_content(item, name + ".content")});
+    const auto& r = get_role(item, name, {"user", "assistant", "system", "developer"},
+                             "user, assistant, system, developer");
+    const auto content_name = name + ".content";
+    const ojson* content = field(item, "content");
+    if (!content) fail(content_name, fmt::format("'{}' is required", content_name));
+    out.push_back({r, text_content(*content, content_name, {"input_text", "output_text"},
+                                   "only 'input_text' and 'output_text' parts are supported "
+                                   "(text in, text out)")});
   }
   return out;
 }
@@ -240,23 +159,9 @@ void reject_unsupported(const ojson& body) {
 }
 
 request parse(std::string_view text, const openai::request_context& ctx) {
-  ojson body;
-  try {
-    body = ojson::parse(text);
-  } catch (const ojson::parse_error& e) {
-    fail("", fmt::format("request body is not valid JSON: {}", e.what()));
-  }
-  if (!body.is_object())
-    fail("", fmt::format("request body must be a JSON object, got {}", body.type_name()));
+  auto body = parse_body<ojson>(text);
   request r;
-  if (const ojson* v = field(body, "model")) {
-    r.model = get_string(*v, "model");
-    if (!ctx.served_model.empty() && r.model != ctx.served_model)
-      fail("model",
-           fmt::format("The model '{}' does not exist; this server serves '{}'", r.model,
-                       ctx.served_model),
-           404, "model_not_found");
-  }
+  r.model = get_model(body, ctx);
   reject_unsupported(body);
   r.input = parse_input(body);
   if (const ojson* v = field(body, "instructions")) r.instructions = get_string(*v, "instructions");

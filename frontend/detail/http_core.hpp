@@ -1,7 +1,11 @@
 #pragma once
 /// The HTTP server's state shared by the Asio thread and the bridge actor: one
 /// http_server::core per server. Internal to http_server.cpp (connections, routing,
-/// lifecycle) and http_generate.cpp (generation and SSE streaming); nothing else includes it.
+/// lifecycle), http_generate.cpp (generation and SSE streaming) and http_responses.cpp
+/// (/v1/responses, which shares the sequence and event-stream plumbing below); nothing
+/// else includes it.
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -13,12 +17,15 @@
 #include <vector>
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
@@ -31,6 +38,7 @@
 #include "frontend/completion_text.hpp"
 #include "frontend/http_server.hpp"
 #include "frontend/response_store.hpp"
+#include "frontend/validate.hpp"
 
 namespace tokenmill {
 
@@ -72,6 +80,21 @@ struct status_wait {
 };
 
 using request_t = http::request<http::string_body>;
+
+/// Waits until the client closes its end (or sends more bytes); a close marks every
+/// sequence of `gs` (one HTTP request's) disconnected and wakes its coroutine
+/// (http_generate.cpp).
+awaitable<void> watch_disconnect(std::shared_ptr<beast::tcp_stream> stream,
+                                 std::vector<std::shared_ptr<gen_state>> gs);
+
+/// The error reply of a request that failed before anything was sent: its own status, and
+/// for overloaded (429) a Retry-After of `retry_after_ms` in whole seconds, at least 1.
+inline openai::api_error failure_error(errc code, std::string message, uint32_t retry_after_ms) {
+  auto err = openai::from_errc(code, std::move(message));
+  if (code == errc::overloaded)
+    err.retry_after_s = std::max<uint32_t>(1, (retry_after_ms + 999) / 1000);
+  return err;
+}
 
 /// A connection of a TLS port (http_server_config::tls_cert).
 using tls_stream = beast::ssl_stream<beast::tcp_stream>;
@@ -177,6 +200,74 @@ struct http_server::core {
     status_calls.erase(call);
     error = w->done ? w->error : "server stopping";
     co_return std::move(w->status);
+  }
+
+  // ------------------------------------------------ sequences and event streams (Asio thread)
+  /// Sends one sequence of `v` to the router, sampling with seed + `seed_offset`, and
+  /// registers it; its chunks and summary wake `wake` (http_generate.cpp).
+  std::shared_ptr<http_detail::gen_state> submit(const std::shared_ptr<asio::steady_timer>& wake,
+                                                 const validated_request& v,
+                                                 uint64_t seed_offset = 0);
+  /// A sequence that will not finish (its client went, a sibling failed, the server stops):
+  /// cancelled at the router if it still runs, counted cancelled after the time since
+  /// `arrived` (ns), and forgotten (http_generate.cpp).
+  void drop(http_detail::gen_state& g, int64_t arrived);
+
+  /// Watches the connection under `stream` for its client closing it (see
+  /// http_detail::watch_disconnect).
+  template <class Stream>
+  void watch_disconnect(Stream& stream, std::vector<std::shared_ptr<http_detail::gen_state>> gs) {
+    // The stream is owned by the session; the watcher needs a shared owner to outlive it.
+    for (auto& w : streams)
+      if (auto s = w.lock(); s && s.get() == &beast::get_lowest_layer(stream)) {
+        asio::co_spawn(io, http_detail::watch_disconnect(std::move(s), std::move(gs)),
+                       asio::detached);
+        return;
+      }
+  }
+
+  /// Writes `data` to an event-stream response, after its head (text/event-stream, chunked
+  /// on HTTP/1.1) when `headers_sent` is false; each write is bounded by
+  /// cfg.write_timeout_s. False when a write failed.
+  template <class Stream>
+  awaitable<bool> write_events(Stream& stream, const request_t& req, bool& headers_sent,
+                               std::string data) {
+    const bool chunked = req.version() >= 11;
+    beast::error_code ec;
+    beast::get_lowest_layer(stream).expires_after(
+        std::chrono::milliseconds(static_cast<int64_t>(cfg.write_timeout_s * 1e3)));
+    if (!headers_sent) {
+      http::response<http::empty_body> res{http::status::ok, req.version()};
+      res.set(http::field::server, "tokenmill");
+      res.set(http::field::content_type, "text/event-stream");
+      res.set(http::field::cache_control, "no-cache");
+      res.keep_alive(req.keep_alive() && chunked);
+      if (chunked) res.chunked(true);
+      http::response_serializer<http::empty_body> sr{res};
+      co_await http::async_write_header(stream, sr, asio::redirect_error(use_awaitable, ec));
+      if (ec) co_return false;
+      headers_sent = true;
+    }
+    if (data.empty()) co_return true;
+    if (chunked) {
+      auto chunk = http::make_chunk(asio::buffer(data));
+      co_await asio::async_write(stream, chunk, asio::redirect_error(use_awaitable, ec));
+    } else {
+      co_await asio::async_write(stream, asio::buffer(data),
+                                 asio::redirect_error(use_awaitable, ec));
+    }
+    co_return !ec;
+  }
+
+  /// Ends an event-stream response that write_events began; true when the connection may
+  /// serve another request (HTTP/1.1, keep-alive, the last chunk written).
+  template <class Stream>
+  awaitable<bool> end_events(Stream& stream, const request_t& req) {
+    if (req.version() < 11) co_return false;  // not chunked: the close ends the body
+    beast::error_code ec;
+    auto last = http::make_chunk_last();
+    co_await asio::async_write(stream, last, asio::redirect_error(use_awaitable, ec));
+    co_return !ec && req.keep_alive();
   }
 
   awaitable<void> accept_loop();

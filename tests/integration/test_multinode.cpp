@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -1345,6 +1346,243 @@ TEST_CASE("tokenmill drain empties a decode node while a stream runs, failing no
   stop_cleanly(c);
 }
 
+namespace {
+
+/// A random-weight model of `preset` (`tokenmill make-model`, f32) in `dir`; its path.
+std::string make_model(const temp_dir& dir, const std::string& preset) {
+  const auto path = dir.file(preset + ".gguf");
+  auto mk = run_tokenmill({"make-model", "--preset", preset, "--dtype", "f32", "-o", path});
+  if (mk.exit_code != 0) throw std::runtime_error("make-model failed: " + mk.err);
+  return path;
+}
+
+/// One choice of a streamed chat completion as the client saw it.
+struct streamed_choice {
+  std::string content;
+  /// Every token, in order, from the stream's logprobs: its text and log-probability.
+  std::vector<std::pair<std::string, double>> tokens;
+  std::string finish_reason;
+};
+
+/// A streamed chat completion: its choices by index, the usage chunk, and whether [DONE]
+/// ended it.
+struct streamed_chat {
+  std::map<int, streamed_choice> choices;
+  json usage;
+  bool done = false;
+  std::string error;  ///< the HTTP error, an error event, or an unparsable event
+};
+
+/// POSTs `body` (with stream, logprobs and usage turned on) to /v1/chat/completions on
+/// `port` and collects the stream; `events` counts the content chunks as they arrive.
+streamed_chat stream_chat(uint16_t port, nlohmann::ordered_json body,
+                          std::atomic<int>* events = nullptr) {
+  body["stream"] = true;
+  body["stream_options"] = {{"include_usage", true}};
+  body["logprobs"] = true;
+  streamed_chat out;
+  auto c = tokenmill::http_client::connect("127.0.0.1", port, 5);
+  if (!c) {
+    out.error = c.error().message;
+    return out;
+  }
+  auto r = (*c)->post_sse(
+      "/v1/chat/completions", body.dump(),
+      [&](std::string_view data, int64_t) {
+        if (data == "[DONE]") {
+          out.done = true;
+          return;
+        }
+        auto j = json::parse(data, nullptr, false);
+        if (!j.is_object() || j.contains("error")) {
+          out.error += std::string(data) + "\n";
+          return;
+        }
+        if (j["usage"].is_object()) out.usage = j["usage"];
+        for (const auto& ch : j["choices"]) {
+          auto& mine = out.choices[ch["index"].get<int>()];
+          mine.content += ch["delta"].value("content", "");
+          if (ch["finish_reason"].is_string()) mine.finish_reason = ch["finish_reason"];
+          if (ch["logprobs"].is_object())
+            for (const auto& t : ch["logprobs"]["content"])
+              mine.tokens.emplace_back(t["token"].get<std::string>(), t["logprob"].get<double>());
+        }
+        if (events) ++*events;
+      },
+      120);
+  if (!r)
+    out.error += r.error().message;
+  else if (r->status != 200)
+    out.error += "status " + std::to_string(r->status) + ": " + r->body;
+  return out;
+}
+
+/// The sequences the decode worker of the node whose /metrics is on `port` runs, from its
+/// tokenmill_worker_running gauge; -1 when it cannot be read.
+int decode_running(uint16_t port) {
+  auto c = tokenmill::http_client::connect("127.0.0.1", port, 5);
+  if (!c) return -1;
+  auto r = (*c)->request("GET", "/metrics", {}, {}, {}, 5);
+  if (!r || r->status != 200) return -1;
+  std::istringstream in(r->body);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("tokenmill_worker_running{", 0) == 0 &&
+        line.find("role=\"decode\"") != std::string::npos)
+      return static_cast<int>(std::stod(line.substr(line.rfind(' ') + 1)));
+  return -1;
+}
+
+/// True when `text` is the JSON the colours schema below asks for: `words` holds exactly
+/// `count` of the four colours, `note` a string of at most 8 characters, nothing else.
+bool fits_colours(const std::string& text, size_t count) {
+  auto j = json::parse(text, nullptr, false);
+  if (!j.is_object() || j.size() != 2 || !j["words"].is_array() || !j["note"].is_string())
+    return false;
+  if (j["words"].size() != count) return false;
+  for (const auto& w : j["words"])
+    if (w != "red" && w != "green" && w != "blue" && w != "cyan") return false;
+  // maxLength counts characters (code points), not bytes.
+  size_t chars = 0;
+  for (unsigned char b : j["note"].get<std::string>())
+    chars += (b & 0xC0) != 0x80;
+  return chars <= 8;
+}
+
+}  // namespace
+
+// Issue 23, item 6: the state of penalties, a grammar and n sequences moves with a live
+// migration. A random-weight model only makes valid JSON under the grammar mask, and with
+// penalties, a seed and temperature 1 every token depends on the whole history: a grammar
+// state or penalty history rebuilt wrongly at the target changes the output.
+TEST_CASE("a constrained, penalised, seeded n = 2 chat stream moved by a drain is unchanged",
+          "[integration][drain][structured]") {
+  // The small preset: a decode step takes milliseconds, so that the stream (about 1300
+  // tokens a sequence) still runs when the drain comes.
+  temp_dir models("tokenmill-drain-model");
+  const auto model = make_model(models, "small");
+  cluster_spec spec;
+  spec.name = "drain-structured";
+  spec.decode_nodes = {"d0", "d1"};
+  spec.model_path = model;
+  cluster c(spec);
+  c.launch();
+
+  const size_t words = 200;
+  const auto schema = nlohmann::ordered_json::parse(R"({
+    "type": "object",
+    "properties": {
+      "words": {"type": "array", "items": {"enum": ["red", "green", "blue", "cyan"]},
+                "minItems": 200, "maxItems": 200},
+      "note": {"type": "string", "maxLength": 8}
+    },
+    "required": ["words", "note"],
+    "additionalProperties": false
+  })");
+  const nlohmann::ordered_json body = {
+      {"messages", {{{"role", "user"}, {"content", "List colours as JSON."}}}},
+      {"max_tokens", 1900},
+      {"temperature", 1.0},
+      {"seed", 7},
+      {"n", 2},
+      {"frequency_penalty", 0.5},
+      {"presence_penalty", 0.3},
+      {"response_format",
+       {{"type", "json_schema"},
+        {"json_schema", {{"name", "colours"}, {"strict", true}, {"schema", schema}}}}}};
+
+  // The reference: the same request on the cluster undisturbed.
+  const auto ref = stream_chat(c.ports().http, body);
+  INFO("reference error: " << ref.error);
+  REQUIRE(ref.error.empty());
+  REQUIRE(ref.done);
+  REQUIRE(ref.choices.size() == 2);
+  for (const auto& [index, ch] : ref.choices) {
+    INFO("reference choice " << index << ": " << ch.content);
+    CHECK(ch.finish_reason == "stop");
+    CHECK(fits_colours(ch.content, words));
+    CHECK(ch.tokens.size() > words);  // each word is several tokens
+  }
+  CHECK(ref.choices.at(0).content != ref.choices.at(1).content);  // seeds 7 and 8
+
+  // The same request again, its decode node drained while both sequences stream.
+  std::atomic<int> events{0};
+  streamed_chat moved;
+  std::thread client([&] { moved = stream_chat(c.ports().http, body, &events); });
+  struct joiner {
+    std::thread& t;
+    ~joiner() {
+      if (t.joinable()) t.join();
+    }
+  } join_client{client};
+  REQUIRE(eventually([&] { return events.load() >= 20; }, milliseconds(20000)));
+  // Which node decodes is read from the nodes' /metrics (an HTTP call, where `tokenmill
+  // status` would start a process, which can take seconds on a loaded machine).
+  std::string busy;
+  REQUIRE(eventually(
+      [&] {
+        for (const char* node : {"d0", "d1"})
+          if (decode_running(c.ports().node_http.at(node)) > 0) busy = node;
+        return !busy.empty();
+      },
+      milliseconds(10000)));
+  const int seen_at_drain = events.load();
+  auto d = run_tokenmill({"drain", "--connect", c.endpoint(), busy, "--json"}, milliseconds(60000));
+  INFO("drain of " << busy << " after " << seen_at_drain << " chunks; stdout: " << d.out
+                   << "\nstderr: " << d.err << "\nnode logs:\n"
+                   << c.logs_text());
+  REQUIRE(d.exit_code == 0);
+  auto rep = last_json_line(d.out);
+  REQUIRE(rep.is_object());
+  REQUIRE(rep["workers"].size() == 1);
+  CHECK(rep["workers"][0]["error"] == "");
+  CHECK(rep["workers"][0]["migrated"].get<int>() >= 1);
+  client.join();
+
+  // Every token delivered once, the same tokens as undisturbed, valid JSON that fits.
+  INFO("stream error: " << moved.error);
+  REQUIRE(moved.error.empty());
+  CHECK(moved.done);
+  REQUIRE(moved.choices.size() == 2);
+  size_t total = 0;
+  for (const auto& [index, ch] : moved.choices) {
+    INFO("choice " << index << ": " << ch.content);
+    CHECK(ch.finish_reason == "stop");
+    CHECK(fits_colours(ch.content, words));
+    // The same tokens; their logprobs alike within float noise (a batch of two may sum in
+    // another order than a batch of one).
+    const auto& want = ref.choices.at(index).tokens;
+    REQUIRE(ch.tokens.size() == want.size());
+    size_t same_text = 0, same_logprob = 0;
+    for (size_t k = 0; k < want.size(); ++k) {
+      same_text += ch.tokens[k].first == want[k].first;
+      same_logprob += std::fabs(ch.tokens[k].second - want[k].second) < 1e-3;
+    }
+    CHECK(same_text == want.size());
+    CHECK(same_logprob == want.size());
+    CHECK(ch.content == ref.choices.at(index).content);
+    total += ch.tokens.size();
+  }
+  CHECK(moved.usage["completion_tokens"] == total);
+  CHECK(moved.usage == ref.usage);
+
+  // Both decode workers end idle: nothing running, no KV block held.
+  json st;
+  CHECK(eventually(
+      [&] {
+        st = c.status();
+        for (const char* node : {"d0", "d1"}) {
+          auto w = worker_on(st, "decode", node);
+          if (!w.is_object() || w["running"] != 0 || w["kv_used"] != 0) return false;
+        }
+        return true;
+      },
+      milliseconds(10000)));
+  INFO("status: " << st.dump());
+  CHECK(worker_on(st, "decode", busy)["detail"].get<std::string>().find("draining") !=
+        std::string::npos);
+  stop_cleanly(c);
+}
+
 TEST_CASE(
     "the planner flips a prefill worker to decode under decode-heavy load, failing no request",
     "[integration][planner]") {
@@ -1401,9 +1639,7 @@ TEST_CASE("a second request's prefix is fetched from another decode node's cache
   // A real model on the cpu engine, so that the fetched KV must give the very tokens that
   // recomputing gives (greedy).
   temp_dir models("tokenmill-fetch-model");
-  const auto model = models.file("tiny.gguf");
-  auto mk = run_tokenmill({"make-model", "--preset", "tiny", "--dtype", "f32", "-o", model});
-  REQUIRE(mk.exit_code == 0);
+  const auto model = make_model(models, "tiny");
   // The bytes move over the inline transport (inside the reply) or over UCX (one-sided
   // puts into the serving node's pool, flushed before the reply).
   const std::string transport = GENERATE(as<std::string>{}, "inline", "ucx");
