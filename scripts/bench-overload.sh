@@ -79,16 +79,16 @@ ports() { python3 -c 'import socket
 s=[socket.socket() for _ in range('"$1"')]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(*[x.getsockname()[1] for x in s])'; }
-# start_cluster TAG MAX_QUEUE_MS: starts one cluster (its manifest and logs under
-# $work/TAG) and waits until it is ready; MAX_QUEUE_MS '' keeps the server's default.
+# start_cluster TAG MAX_QUEUE_MS TTFT_SLO_MS MIN_WAITING: starts one cluster (its manifest
+# and logs under $work/TAG) and waits until it is ready; '' keeps the server's default.
 # Sets pid, rpc, http and manifest.
 start_cluster() {
-  local tag="$1" mq="$2" p2 p3 p4 h3 h4
+  local tag="$1" mq="$2" slo="$3" mw="$4" p2 p3 p4 h3 h4
   read -r rpc http p2 p3 p4 h3 h4 < <(ports 7)
-  local queue_yaml="" slo_yaml=""
-  [[ -n $mq ]] && queue_yaml=", max_queue_ms: $mq"
-  [[ -n $ttft_slo_ms ]] && slo_yaml=", ttft_slo_ms: $ttft_slo_ms"
-  [[ -n $min_waiting ]] && slo_yaml+=", admission_min_waiting: $min_waiting"
+  local queue_yaml=""
+  [[ -n $mq ]] && queue_yaml+=", max_queue_ms: $mq"
+  [[ -n $slo ]] && queue_yaml+=", ttft_slo_ms: $slo"
+  [[ -n $mw ]] && queue_yaml+=", admission_min_waiting: $mw"
   manifest="$work/$tag.yaml"
   local clog="$work/$tag.log"
   if [[ $three == 1 ]]; then
@@ -102,7 +102,7 @@ start_cluster() {
 cluster: bench-overload
 model: {$model_yaml}
 frontend: {node: head, rpc_port: $rpc, http_port: $http}
-router: {request_timeout_s: 600$queue_yaml$slo_yaml}
+router: {request_timeout_s: 600$queue_yaml}
 nodes:
   - {name: head, address: 127.0.0.1, port: $p2, actors: [router, supervisor, kv_store]}
   - {name: p0, address: 127.0.0.1, port: $p3, http_port: $h3, actors: [{prefill: {engine: $engine}}]}
@@ -118,8 +118,8 @@ YAML
       args+=(--model "$model")
     fi
     [[ -n $mq ]] && args+=(--max-queue-ms "$mq")
-    [[ -n $ttft_slo_ms ]] && args+=(--ttft-slo-ms "$ttft_slo_ms")
-    [[ -n $min_waiting ]] && args+=(--admission-min-waiting "$min_waiting")
+    [[ -n $slo ]] && args+=(--ttft-slo-ms "$slo")
+    [[ -n $mw ]] && args+=(--admission-min-waiting "$mw")
     "$bin" "${args[@]}" >"$clog" 2>&1 &
   fi
   pid=$!
@@ -136,7 +136,7 @@ trap 'stop_cluster; rm -rf "$work"' EXIT
 if [[ -n $capacity ]]; then
   cap_src="given"
 else
-  start_cluster capacity 0
+  start_cluster capacity 0 0 ""
   streams=$((2 * max_batch + 8))
   cap_json="$work/capacity.json"
   conn="127.0.0.1:$rpc"; [[ $backend == http ]] && conn="127.0.0.1:$http"
@@ -150,7 +150,7 @@ j=json.load(open(sys.argv[1])); print(j["requests_per_s"], j["completed"], j.get
   cap_src="measured: closed loop, $streams streams, adaptive admission off, $cap_done requests completed, $cap_refused refused"
   stop_cluster
 fi
-start_cluster levels "$max_queue_ms"
+start_cluster levels "$max_queue_ms" "$ttft_slo_ms" "$min_waiting"
 
 # The node processes whose RSS is reported: the serve process, or launch's node children.
 node_pids() {
