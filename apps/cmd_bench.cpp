@@ -627,6 +627,23 @@ command add_bench(CLI::App& app) {
         j["itl_later_gaps_ms"] = {{"p50", l.p50}, {"p99", l.p99}, {"max", l.max}};
       }
     }
+    // TTFT inside the server: each request's breakdown less the two client legs
+    // (client_to_frontend, frontend_to_client), so that a starved client or a slow
+    // network shows apart from the queue that admission bounds.
+    {
+      std::vector<double> server;
+      for (const auto& r : results) {
+        if (!r.ok || r.stages.empty()) continue;
+        double ms = 0;
+        for (const auto& st : r.stages)
+          if (st.name != "client_to_frontend" && st.name != "frontend_to_client") ms += st.ms;
+        server.push_back(ms);
+      }
+      if (!server.empty()) {
+        auto x = summarize(server);
+        j["ttft_server_ms"] = {{"p50", x.p50}, {"p99", x.p99}, {"max", x.max}};
+      }
+    }
     if (o->prefill_us_per_token > 0 && completed > 0) {
       double mean_prompt = static_cast<double>(rep["prompt_tokens"].get<uint64_t>()) /
                            static_cast<double>(completed);
