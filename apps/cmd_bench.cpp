@@ -583,6 +583,65 @@ command add_bench(CLI::App& app) {
                            {"between_steps", mean(sum.between_ms)},
                            {"router_hold", mean(sum.held_ms)},
                            {"delivery", mean(sum.deliver_ms)}}}};
+        // The same parts over the p99 tail alone (the gaps at or above the p99 gap).
+        const double p99 = summarize(gaps).p99;
+        wl::itl_part top;
+        size_t m = 0;
+        for (const auto& p : parts)
+          if (p.gap_ms >= p99) {
+            ++m;
+            top.gap_ms += p.gap_ms;
+            top.step_ms += p.step_ms;
+            top.between_ms += p.between_ms;
+            top.held_ms += p.held_ms;
+            top.deliver_ms += p.deliver_ms;
+          }
+        auto avg = [m](double x) { return m ? x / static_cast<double>(m) : 0.0; };
+        j["itl_p99_tail"] = {{"threshold_ms", p99},
+                             {"tail_gaps", m},
+                             {"mean_ms",
+                              {{"gap", avg(top.gap_ms)},
+                               {"step", avg(top.step_ms)},
+                               {"between_steps", avg(top.between_ms)},
+                               {"router_hold", avg(top.held_ms)},
+                               {"delivery", avg(top.deliver_ms)}}}};
+      }
+    }
+    // The first gap (first token, from the prefill, to the first decode token: the KV's
+    // move and the wait for a batch slot on the decode worker) apart from the later ones
+    // (decode steps): split_itl leaves the first out, and under load it is a different
+    // queue.
+    {
+      std::vector<double> first, later;
+      for (const auto& r : results) {
+        if (!r.ok || r.itl_ms.empty()) continue;
+        first.push_back(r.itl_ms.front());
+        later.insert(later.end(), r.itl_ms.begin() + 1, r.itl_ms.end());
+      }
+      if (!first.empty()) {
+        auto f = summarize(first);
+        j["itl_first_gap_ms"] = {{"p50", f.p50}, {"p99", f.p99}, {"max", f.max}};
+      }
+      if (!later.empty()) {
+        auto l = summarize(later);
+        j["itl_later_gaps_ms"] = {{"p50", l.p50}, {"p99", l.p99}, {"max", l.max}};
+      }
+    }
+    // TTFT inside the server: each request's breakdown less the two client legs
+    // (client_to_frontend, frontend_to_client), so that a starved client or a slow
+    // network shows apart from the queue that admission bounds.
+    {
+      std::vector<double> server;
+      for (const auto& r : results) {
+        if (!r.ok || r.stages.empty()) continue;
+        double ms = 0;
+        for (const auto& st : r.stages)
+          if (st.name != "client_to_frontend" && st.name != "frontend_to_client") ms += st.ms;
+        server.push_back(ms);
+      }
+      if (!server.empty()) {
+        auto x = summarize(server);
+        j["ttft_server_ms"] = {{"p50", x.p50}, {"p99", x.p99}, {"max", x.max}};
       }
     }
     if (o->prefill_us_per_token > 0 && completed > 0) {

@@ -25,6 +25,7 @@ struct serve_opts {
   double stall_timeout_s = 120;         ///< router_config::stall_timeout
   uint32_t max_queue_ms = 2000;         ///< router_config::admission.max_queue_ns
   uint32_t admission_window_ms = 5000;  ///< router_config::admission.window_ns
+  uint32_t ttft_slo_ms = 0;             ///< router_config::admission.ttft_slo_ns
   uint32_t prefill_workers = 0;
   std::string kv_memory;
   uint32_t prefill_kv_blocks = 0, decode_kv_blocks = 0;
@@ -203,6 +204,15 @@ command add_serve(CLI::App& app) {
                 "estimated queue wait, from the measured service rate, exceeds this (0 = off)")
       ->check(CLI::Range(0u, 3'600'000u))
       ->capture_default_str();
+  s->add_option("--ttft-slo-ms", o->ttft_slo_ms,
+                "Also refuse new requests whose measured unloaded start time plus estimated "
+                "queue wait exceeds this time to first token (0 = off)")
+      ->check(CLI::Range(0u, 3'600'000u))
+      ->capture_default_str();
+  s->add_option("--admission-min-waiting", cfg->router.admission.min_waiting,
+                "Always admit while fewer requests than this wait (adaptive admission's floor)")
+      ->check(CLI::Range(0u, 1u << 20))
+      ->capture_default_str();
   s->add_option("--admission-window-ms", o->admission_window_ms,
                 "Time over which the service rate for --max-queue-ms is measured")
       ->check(CLI::Range(100u, 3'600'000u))
@@ -262,6 +272,7 @@ command add_serve(CLI::App& app) {
     cfg->router.stall_timeout = span(o->stall_timeout_s);
     cfg->router.admission.max_queue_ns = int64_t{o->max_queue_ms} * 1'000'000;
     cfg->router.admission.window_ns = int64_t{o->admission_window_ms} * 1'000'000;
+    cfg->router.admission.ttft_slo_ns = int64_t{o->ttft_slo_ms} * 1'000'000;
     if (auto bad = check(cfg->router.admission)) {
       std::fprintf(stderr, "tokenmill serve: %s\n", bad->c_str());
       return 2;

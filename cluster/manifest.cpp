@@ -30,6 +30,8 @@ namespace tokenmill {
 static_assert(manifest_router{}.max_inflight == admission_limits{}.max_inflight);
 static_assert(int64_t{manifest_router{}.max_queue_ms} * 1'000'000 ==
               adaptive_admission_config{}.max_queue_ns);
+static_assert(int64_t{manifest_router{}.ttft_slo_ms} * 1'000'000 ==
+              adaptive_admission_config{}.ttft_slo_ns);
 static_assert(int64_t{manifest_router{}.admission_window_ms} * 1'000'000 ==
               adaptive_admission_config{}.window_ns);
 static_assert(manifest_router{}.admission_min_waiting == adaptive_admission_config{}.min_waiting);
@@ -218,13 +220,14 @@ std::string describe(const manifest& m) {
                                         : std::string()));
   line(fmt::format("frontend: node {}, rpc {}:{}, http {}:{}", m.frontend.node, m.frontend.host,
                    m.frontend.rpc_port, m.frontend.host, m.frontend.http_port));
-  line(fmt::format(
-      "router: local_prefill_threshold {} tokens, max_inflight {}, "
-      "max_queued_prompt_tokens {}, migration_limit {}, request_timeout {} s, "
-      "stall_timeout {} s, max_queue {} ms (window {} ms, min_waiting {})",
-      m.router.local_prefill_threshold, m.router.max_inflight, m.router.max_queued_prompt_tokens,
-      m.router.migration_limit, m.router.request_timeout_s, m.router.stall_timeout_s,
-      m.router.max_queue_ms, m.router.admission_window_ms, m.router.admission_min_waiting));
+  line(fmt::format("router: local_prefill_threshold {} tokens, max_inflight {}, "
+                   "max_queued_prompt_tokens {}, migration_limit {}, request_timeout {} s, "
+                   "stall_timeout {} s, max_queue {} ms (window {} ms, min_waiting {})",
+                   m.router.local_prefill_threshold, m.router.max_inflight,
+                   m.router.max_queued_prompt_tokens, m.router.migration_limit,
+                   m.router.request_timeout_s, m.router.stall_timeout_s, m.router.max_queue_ms,
+                   m.router.admission_window_ms, m.router.admission_min_waiting) +
+       (m.router.ttft_slo_ms ? fmt::format(", ttft_slo {} ms", m.router.ttft_slo_ms) : ""));
   {
     auto& sec = m.security;
     std::string tls = !sec.tls ? std::string(sec.insecure ? "off (insecure: true)" : "off")
@@ -308,6 +311,7 @@ router_config to_router_config(const manifest& m) {
   c.request_timeout = std::chrono::seconds(m.router.request_timeout_s);
   c.stall_timeout = std::chrono::seconds(m.router.stall_timeout_s);
   c.admission.max_queue_ns = int64_t{m.router.max_queue_ms} * 1'000'000;
+  c.admission.ttft_slo_ns = int64_t{m.router.ttft_slo_ms} * 1'000'000;
   c.admission.window_ns = int64_t{m.router.admission_window_ms} * 1'000'000;
   c.admission.min_waiting = m.router.admission_min_waiting;
   c.cost.weights = {m.router.prefill_weight, m.router.queue_weight, m.router.transfer_weight,

@@ -133,6 +133,9 @@ struct manifest_router {
   /// Adaptive admission (actors/router/admission_policy.hpp): refuse a request whose
   /// estimated queue wait exceeds this, ms (0: off, only the fixed limits apply).
   uint32_t max_queue_ms = 2000;
+  /// Refuse a request whose unloaded start time plus estimated wait exceeds this time to
+  /// first token, ms (0: off).
+  uint32_t ttft_slo_ms = 0;
   uint32_t admission_window_ms = 5000;  ///< the service rate is measured over this, ms
   uint32_t admission_min_waiting = 16;  ///< always admit while fewer requests wait
   /// The cost model's weights (actors/router/routing_policy.hpp, routing_weights): each

@@ -64,6 +64,7 @@ std::string canonical_form(const manifest& m) {
   if (!m.router.fetch) str("router.fetch", "false");
   if (m.router.fetch_overhead_ms != 0.5)
     num("router.fetch_overhead_ms", m.router.fetch_overhead_ms);
+  if (m.router.ttft_slo_ms != 0) num("router.ttft_slo_ms", m.router.ttft_slo_ms);
   str("router.profile", m.router.profile_declared);
   num("failure.heartbeat_ms", m.failure.heartbeat_ms);
   num("failure.connection_timeout_ms", m.failure.connection_timeout_ms);

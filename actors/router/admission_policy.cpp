@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include <fmt/format.h>
 
@@ -20,6 +21,9 @@ std::optional<std::string> check(const adaptive_admission_config& c) {
   if (c.max_queue_ns > hour_ns)
     return fmt::format("max_queue_ms must be at most one hour (3600000), got {} ms",
                        c.max_queue_ns / 1'000'000);
+  if (c.ttft_slo_ns < 0 || c.ttft_slo_ns > hour_ns)
+    return fmt::format("ttft_slo_ms must be between 0 (off) and one hour (3600000), got {} ms",
+                       c.ttft_slo_ns / 1'000'000);
   if (c.window_ns < 100'000'000 || c.window_ns > hour_ns)
     return fmt::format(
         "admission_window_ms must be between 100 and 3600000 (the time the service rate is "
@@ -83,26 +87,42 @@ admission_verdict adaptive_admission::decide(int64_t now) {
   if (rate)
     v.estimated_wait_ns =
         static_cast<int64_t>(std::ceil(static_cast<double>(waiting_) / *rate * 1e9));
-  if (cfg_.max_queue_ns == 0 || waiting_ < cfg_.min_waiting || !rate ||
-      v.estimated_wait_ns <= cfg_.max_queue_ns)
+  if (waiting_ < cfg_.min_waiting || !rate) return v;
+  // How far the estimate is past each target that applies (ns; <= 0: within it).
+  int64_t over = std::numeric_limits<int64_t>::min();
+  if (cfg_.max_queue_ns > 0) over = v.estimated_wait_ns - cfg_.max_queue_ns;
+  if (cfg_.ttft_slo_ns > 0) {
+    const int64_t slo_over = unloaded_start_ns_ + v.estimated_wait_ns - cfg_.ttft_slo_ns;
+    if (slo_over > 0 && slo_over > over) v.by_ttft_slo = true;
+    over = std::max(over, slo_over);
+  }
+  if (over <= 0) {
+    v.by_ttft_slo = false;
     return v;
+  }
   v.admit = false;
   // The excess drains at the measured rate: retry when the wait is back under the target.
-  v.retry_after_ns = std::clamp(v.estimated_wait_ns - cfg_.max_queue_ns, cfg_.retry_after_min_ns,
-                                cfg_.retry_after_max_ns);
+  v.retry_after_ns = std::clamp(over, cfg_.retry_after_min_ns, cfg_.retry_after_max_ns);
   return v;
 }
 
-void adaptive_admission::admitted(int64_t now) {
+uint32_t adaptive_admission::admitted(int64_t now) {
   advance(now);
-  ++waiting_;
+  return waiting_++;
 }
 
-void adaptive_admission::started(int64_t now) {
+void adaptive_admission::started(int64_t now, int64_t admitted_ns, uint32_t ahead) {
   advance(now);
   if (waiting_ == 0) return;
   --waiting_;
   ++slices_.back().starts;
+  if (ahead == 0 && admitted_ns >= 0 && admitted_ns <= now) {
+    // A moving average over about the last 8 samples: one slow start does not move it far.
+    const int64_t x = now - admitted_ns;
+    unloaded_start_ns_ =
+        unloaded_samples_ == 0 ? x : unloaded_start_ns_ + (x - unloaded_start_ns_) / 8;
+    ++unloaded_samples_;
+  }
 }
 
 void adaptive_admission::dropped(int64_t now) {

@@ -83,6 +83,9 @@ struct request_state {
   /// Its first decode step reached the router (or it ended complete): it no longer waits
   /// as far as adaptive admission is concerned.
   bool started = false;
+  /// Requests that waited in front of it when it was admitted (adaptive admission
+  /// measures the unloaded start time on those that found none).
+  uint32_t ahead = 0;
 };
 
 struct router_state {
@@ -204,7 +207,7 @@ void end_request(router_ptr self, request_id id, request_summary s) {
     if (s.reason == finish_reason::cancelled || s.reason == finish_reason::error)
       st.admission.dropped(now_ns());
     else
-      st.admission.started(now_ns());
+      st.admission.started(now_ns(), it->second.admitted_ns, it->second.ahead);
   }
   self->send(it->second.req.client, std::move(s));
   st.requests.erase(it);
@@ -583,11 +586,17 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         if (!verdict.admit) {
           ++st.rejected;
           ++st.rejected_adaptive;
+          const auto& ac = st.cfg.admission;
+          std::string target =
+              verdict.by_ttft_slo
+                  ? fmt::format("TTFT objective {} ms, unloaded start {} ms",
+                                ac.ttft_slo_ns / 1'000'000,
+                                st.admission.unloaded_start_ns().value_or(0) / 1'000'000)
+                  : fmt::format("target {} ms", ac.max_queue_ns / 1'000'000);
           return refuse(errc::overloaded,
                         fmt::format("router is at capacity: a new request would wait about {} ms "
-                                    "(target {} ms; {} waiting, {:.1f} started/s); retry in {} ms",
-                                    verdict.estimated_wait_ns / 1'000'000,
-                                    st.cfg.admission.max_queue_ns / 1'000'000,
+                                    "({}; {} waiting, {:.1f} started/s); retry in {} ms",
+                                    verdict.estimated_wait_ns / 1'000'000, target,
                                     st.admission.waiting(), st.admission.service_rate().value_or(0),
                                     verdict.retry_after_ns / 1'000'000),
                         verdict.retry_after_ns);
@@ -597,8 +606,8 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         rs.req = req;
         rs.tr.id = id;
         rs.admitted_ns = rs.progress_ns = now;
+        rs.ahead = st.admission.admitted(now);
         st.requests.emplace(id, std::move(rs));
-        st.admission.admitted(now);
         dispatch(self, id, std::move(req));
       },
       [self](first_token& ft) {
@@ -632,7 +641,7 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
           rs->progress_ns = now_ns();
           if (!rs->started) {
             rs->started = true;
-            st.admission.started(rs->progress_ns);
+            st.admission.started(rs->progress_ns, rs->admitted_ns, rs->ahead);
           }
           // Decode tokens mean the prompt's KV arrived: the prefill part is over.
           st.backlog.release(cid);
@@ -803,7 +812,8 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
         ws.tokens_out = st.tokens_out;
         ws.detail = fmt::format(
             "{} decode, {} prefill workers ({} draining); {} rejected (overloaded; {} by "
-            "estimated wait, {} waiting, {:.1f} started/s); {} routed to a cached "
+            "estimated wait, {} waiting, {:.1f} started/s, unloaded start {} ms); {} routed to a "
+            "cached "
             "prefix ({} overlap queries, {} failed); {} told to fetch a prefix; {} migrated, {} "
             "lost, {} timed out; {} "
             "attempts tracked",
@@ -811,9 +821,10 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
             st.decodes.size() + st.prefills.size() - taking_work(st.decodes) -
                 taking_work(st.prefills),
             st.rejected, st.rejected_adaptive, st.admission.waiting(),
-            st.admission.service_rate().value_or(0), st.routed_to_cache, st.overlap_queries,
-            st.overlap_failures, st.routed_fetch, st.migrated, st.lost, st.timed_out,
-            st.attempts.size());
+            st.admission.service_rate().value_or(0),
+            st.admission.unloaded_start_ns().value_or(0) / 1'000'000, st.routed_to_cache,
+            st.overlap_queries, st.overlap_failures, st.routed_fetch, st.migrated, st.lost,
+            st.timed_out, st.attempts.size());
         return ws;
       },
   };

@@ -55,6 +55,7 @@ constexpr std::string_view router_keys[] = {"local_prefill_threshold",
                                             "load_ms_per_request",
                                             "profile",
                                             "max_queue_ms",
+                                            "ttft_slo_ms",
                                             "admission_window_ms",
                                             "admission_min_waiting",
                                             "kv_host_onboard_gbps",
@@ -299,6 +300,7 @@ class parser {
     opt_uint(p_, r, "request_timeout_s", x.request_timeout_s, 0, u32_max);
     opt_uint(p_, r, "stall_timeout_s", x.stall_timeout_s, 0, u32_max);
     opt_uint(p_, r, "max_queue_ms", x.max_queue_ms, 0, 3'600'000);
+    opt_uint(p_, r, "ttft_slo_ms", x.ttft_slo_ms, 0, 3'600'000);
     opt_uint(p_, r, "admission_window_ms", x.admission_window_ms, 100, 3'600'000);
     opt_uint(p_, r, "admission_min_waiting", x.admission_min_waiting, 0, 1u << 20);
     opt_number(p_, r, "prefill_weight", x.prefill_weight, 0, false);

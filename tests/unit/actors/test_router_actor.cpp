@@ -1187,6 +1187,37 @@ TEST_CASE("router: adaptive admission refuses by estimated wait, with a retry hi
   CHECK_THAT(ws.detail, Catch::Contains("1 rejected (overloaded; 1 by estimated wait"));
 }
 
+TEST_CASE("router: a TTFT objective refuses by unloaded start plus wait, and says so",
+          "[router_actor]") {
+  router_config cfg;
+  cfg.admission.max_queue_ns = 0;           // the queue target off: only the objective
+  cfg.admission.ttft_slo_ns = 100'000'000;  // 100 ms
+  cfg.admission.window_ns = 10'000'000'000;
+  cfg.admission.min_waiting = 1;
+  router_harness h{cfg};
+  h.send_membership();
+  // Four requests, one at a time, each 60 ms or more from admission to start with nothing
+  // in front: unloaded start >= 60 ms, rate <= 4 per 0.24 s of busy time.
+  for (request_id id = 1; id <= 4; ++id) {
+    h.submit(h.request(id));
+    std::this_thread::sleep_for(std::chrono::milliseconds(60));
+    h.send_tokens(id, {{0, 700}});
+    h.expect_chunk(id, 0, {700});
+  }
+  // Nothing waits: admitted. One waits: a second would start after >= 60 + 60 ms, more
+  // than the objective (the queue alone, 60 ms, would not be refused by max_queue).
+  h.submit(h.request(5));
+  h.self->send(h.router, h.request(6));
+  auto s = h.expect_error(6, errc::overloaded);
+  CHECK_THAT(s.error.message, Catch::Contains("TTFT objective 100 ms"));
+  CHECK(s.retry_after_ms >= 1000);
+  h.send_tokens(5, {{0, 701}});
+  h.expect_chunk(5, 0, {701});
+  auto ws = h.status_and_quiet("after the refusal");
+  CHECK_THAT(ws.detail, Catch::Contains("1 rejected (overloaded; 1 by estimated wait"));
+  CHECK_THAT(ws.detail, Catch::Contains("unloaded start"));
+}
+
 TEST_CASE("router: a local prefill fetches the prefix a busier worker holds",
           "[router_actor][kv_fetch]") {
   router_config cfg;

@@ -1177,3 +1177,24 @@ TEST_CASE("manifest: router.fetch and fetch_overhead_ms reach the router's fetch
     CHECK_THAT(r.error().message, Catch::Contains(phrase));
   }
 }
+
+TEST_CASE("manifest: router.ttft_slo_ms reaches adaptive admission, off by default",
+          "[manifest]") {
+  auto dflt = ok(parse_manifest(minimal, "test.yaml", "/tmp", {false}));
+  CHECK(dflt.router.ttft_slo_ms == 0);
+  CHECK(to_router_config(dflt).admission.ttft_slo_ns == 0);
+  auto m = ok(parse_manifest(std::string(minimal) + "router: {ttft_slo_ms: 300}\n", "test.yaml",
+                             "/tmp", {false}));
+  CHECK(to_router_config(m).admission.ttft_slo_ns == 300'000'000);
+  CHECK_FALSE(check(to_router_config(m).admission));
+  CHECK(manifest_hash(m) != manifest_hash(dflt));
+  CHECK_THAT(describe(m), Catch::Contains("ttft_slo 300 ms"));
+  // Written at its default (off), the hash does not change.
+  auto same = ok(parse_manifest(std::string(minimal) + "router: {ttft_slo_ms: 0}\n", "test.yaml",
+                                "/tmp", {false}));
+  CHECK(manifest_hash(same) == manifest_hash(dflt));
+  auto r = parse_manifest(std::string(minimal) + "router: {ttft_slo_ms: -5}\n", "test.yaml",
+                          "/tmp", {false});
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(r.error().message, Catch::Contains("router.ttft_slo_ms"));
+}
