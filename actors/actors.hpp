@@ -125,6 +125,13 @@ struct prefill_config {
   /// has not reached this worker: kv_transport::accepts_peer) waits for it before failing
   /// with errc::unauthenticated (the router then retries it elsewhere).
   std::chrono::milliseconds announce_wait{3000};
+  /// Fetch instead of recompute (prefill_job::fetch): how long the prefill worker waits for
+  /// the source's reply before it computes the blocks itself.
+  std::chrono::milliseconds fetch_timeout{2000};
+  /// With a one-sided transport, blocks a fetch it gave up on (no reply) may still receive
+  /// a late put: they are held until the source's late reply, or this long at most (as
+  /// decode_config::kv_drain_timeout).
+  std::chrono::milliseconds kv_drain_timeout{6000};
 };
 
 struct decode_config {
