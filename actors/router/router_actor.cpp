@@ -423,9 +423,15 @@ void route_with_overlap(router_ptr self, request_id cid, generate_request req,
 void dispatch(router_ptr self, request_id cid, generate_request req,
               std::optional<worker_id> avoid = std::nullopt) {
   const auto& st = self->state;
-  if (overlap_matters(static_cast<bool>(st.kv_store), static_cast<uint32_t>(req.prompt.size()),
-                      st.cfg.block_tokens, taking_work(st.decodes), taking_work(st.prefills),
-                      st.cfg.local_prefill_threshold))
+  const bool known = static_cast<bool>(st.kv_store);
+  const auto prompt = static_cast<uint32_t>(req.prompt.size());
+  const auto decodes = taking_work(st.decodes), prefills = taking_work(st.prefills);
+  // With fetch on, the overlap matters even without a choice of worker: any other worker
+  // (one decode and one prefill worker are two) may hold a prefix the computing one can pull.
+  if (overlap_matters(known, prompt, st.cfg.block_tokens, decodes, prefills,
+                      st.cfg.local_prefill_threshold) ||
+      (st.cfg.fetch.enabled &&
+       overlap_matters(known, prompt, st.cfg.block_tokens, decodes + prefills, 0, 0)))
     route_with_overlap(self, cid, std::move(req), avoid);
   else
     route(self, cid, std::move(req), {}, avoid);
