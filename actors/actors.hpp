@@ -98,8 +98,9 @@ struct router_config {
   /// The cost model's weights and constants (manifest `router: {...}`); its
   /// kv_bytes_per_block comes from the model's KV layout.
   cost_model cost;
-  /// Fetch instead of recompute (fetch_policy.hpp): when a request prefills on its decode
-  /// worker, the prefix blocks another worker holds may be pulled from it instead.
+  /// Fetch instead of recompute (fetch_policy.hpp): the worker that computes a prompt (its
+  /// decode worker, or its prefill worker) may pull the prefix blocks another worker holds
+  /// instead; the cost model counts such a fetch as reuse when it picks the workers.
   fetch_settings fetch;
   /// Prefill speed of workers without an entry in `speeds`: the configured rate
   /// (router.prefill_tokens_per_s).
