@@ -70,14 +70,17 @@ class fetch_planner {
   fetch_planner(std::span<const route_candidate> decodes, std::span<const route_candidate> prefills,
                 uint32_t prompt_tokens, uint32_t block_tokens, const cost_model& model,
                 const fetch_settings* settings)
-      : prompt_(prompt_tokens), block_tokens_(block_tokens), model_(model), settings_(settings) {
+      : decodes_(decodes),
+        prefills_(prefills),
+        prompt_(prompt_tokens),
+        block_tokens_(block_tokens),
+        model_(model),
+        settings_(settings) {
     if (!active()) return;
-    sources_.reserve(decodes.size() + prefills.size());
-    sources_.insert(sources_.end(), decodes.begin(), decodes.end());
-    sources_.insert(sources_.end(), prefills.begin(), prefills.end());
     reusable_ = reusable_prefix_blocks(prompt_tokens, block_tokens);
-    for (const auto& x : sources_)
-      if (!x.draining) best_end_ = std::max(best_end_, std::min(x.overlap_blocks, reusable_));
+    for (auto list : {decodes, prefills})
+      for (const auto& x : list)
+        if (!x.draining) best_end_ = std::max(best_end_, std::min(x.overlap_blocks, reusable_));
   }
 
   /// The best fetch for candidate `c` (nothing when fetching is off or nothing gains).
@@ -87,6 +90,11 @@ class fetch_planner {
     if (own >= best_end_) return {};  // nobody holds more than it does
     for (const auto& m : memo_)
       if (m.own == own && m.speed == c.speed) return m.plan;
+    if (sources_.empty()) {  // built once, and only when some candidate may fetch
+      sources_.reserve(decodes_.size() + prefills_.size());
+      sources_.insert(sources_.end(), decodes_.begin(), decodes_.end());
+      sources_.insert(sources_.end(), prefills_.begin(), prefills_.end());
+    }
     auto p = plan_fetch(c, sources_, prompt_, block_tokens_, model_, *settings_);
     memo_.push_back({own, c.speed, p});
     return p;
@@ -101,6 +109,7 @@ class fetch_planner {
     const prefill_speed* speed;
     fetch_plan plan;
   };
+  std::span<const route_candidate> decodes_, prefills_;
   uint32_t prompt_, block_tokens_;
   const cost_model& model_;
   const fetch_settings* settings_;
