@@ -98,8 +98,9 @@ struct router_config {
   /// The cost model's weights and constants (manifest `router: {...}`); its
   /// kv_bytes_per_block comes from the model's KV layout.
   cost_model cost;
-  /// Fetch instead of recompute (fetch_policy.hpp): when a request prefills on its decode
-  /// worker, the prefix blocks another worker holds may be pulled from it instead.
+  /// Fetch instead of recompute (fetch_policy.hpp): the worker that computes a prompt (its
+  /// decode worker, or its prefill worker) may pull the prefix blocks another worker holds
+  /// instead; the cost model counts such a fetch as reuse when it picks the workers.
   fetch_settings fetch;
   /// Prefill speed of workers without an entry in `speeds`: the configured rate
   /// (router.prefill_tokens_per_s).
@@ -125,6 +126,13 @@ struct prefill_config {
   /// has not reached this worker: kv_transport::accepts_peer) waits for it before failing
   /// with errc::unauthenticated (the router then retries it elsewhere).
   std::chrono::milliseconds announce_wait{3000};
+  /// Fetch instead of recompute (prefill_job::fetch): how long the prefill worker waits for
+  /// the source's reply before it computes the blocks itself.
+  std::chrono::milliseconds fetch_timeout{2000};
+  /// With a one-sided transport, blocks a fetch it gave up on (no reply) may still receive
+  /// a late put: they are held until the source's late reply, or this long at most (as
+  /// decode_config::kv_drain_timeout).
+  std::chrono::milliseconds kv_drain_timeout{6000};
 };
 
 struct decode_config {

@@ -53,8 +53,9 @@ struct generate_request {
   caf::actor client;
 };
 
-/// Fetch instead of recompute (actors/router/fetch_policy.hpp): pull the prompt's blocks
-/// after those the decode worker holds, up to `end_block`, from `from`'s prefix cache
+/// Fetch instead of recompute (actors/router/fetch_policy.hpp): the worker that computes
+/// the prompt (the decode worker for a local prefill, else the prefill worker) pulls the
+/// prompt's blocks after those it holds, up to `end_block`, from `from`'s prefix cache
 /// (kv_fetch_request) before computing the rest. `from` invalid: no fetch.
 struct fetch_hint {
   caf::actor from;
@@ -68,7 +69,9 @@ struct decode_assignment {
   generate_request req;
   caf::actor prefill;
   caf::actor router;
-  fetch_hint fetch;  ///< local prefill only: pull a prefix from a peer first
+  /// Pull a prefix from a peer first: the decode worker itself (local prefill), or it
+  /// passes the hint on in the prefill_job (remote prefill).
+  fetch_hint fetch;
 };
 
 /// decode -> prefill: compute the prompt and write the KV of its blocks from `skip_blocks`
@@ -84,6 +87,7 @@ struct prefill_job {
   caf::actor decode;
   caf::actor router;
   trace tr;
+  fetch_hint fetch;  ///< pull a prefix from a peer before computing (the router's plan)
 };
 
 /// prefill -> decode: blocks of a prompt's KV (written as each chunk completes). With a
@@ -637,7 +641,7 @@ typename F::result_type inspect(F& f, kv_fetch_written& x) {
 template <class F>
 typename F::result_type inspect(F& f, prefill_job& x) {
   return f(caf::meta::type_name("prefill_job"), x.id, x.prompt, x.sampling, x.dst, x.skip_blocks,
-           x.dst_blocks, x.decode, x.router, x.tr);
+           x.dst_blocks, x.decode, x.router, x.tr, x.fetch);
 }
 template <class F>
 typename F::result_type inspect(F& f, kv_transfer& x) {

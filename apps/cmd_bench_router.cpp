@@ -114,6 +114,7 @@ row run_one(const bench_router_opts& o, uint64_t blocks, uint32_t workers) {
   }
   cost_model model;
   model.kv_bytes_per_block = 2 << 20;
+  const fetch_settings fetch;  // the router's default: a possible fetch counts as reuse
 
   // Query prompts, made before timing.
   std::vector<std::vector<uint64_t>> prompts(o.queries);
@@ -154,7 +155,7 @@ row run_one(const bench_router_opts& o, uint64_t blocks, uint32_t workers) {
         pc[w - n_decode].overlap_blocks = n;
       best = std::max(best, n);
     }
-    auto plan = plan_route(dc, pc, r.prompt_tokens, o.block_tokens, 0, model);
+    auto plan = plan_route(dc, pc, r.prompt_tokens, o.block_tokens, 0, model, &fetch);
     const int64_t c = now_ns();
     sink = sink + (plan.decode ? *plan.decode : 0);
     if (q < warmup) continue;

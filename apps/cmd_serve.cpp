@@ -195,6 +195,9 @@ command add_serve(CLI::App& app) {
                 "cached prefix only breaks ties between equally loaded workers)")
       ->check(CLI::Range(0.0, 1e6))
       ->capture_default_str();
+  s->add_flag("!--no-router-fetch", cfg->router.fetch.enabled,
+              "Never fetch a prefix another worker caches: compute every uncached token "
+              "(manifest router.fetch: false)");
   s->add_option("--max-inflight", cfg->router.limits.max_inflight,
                 "Requests in flight before new ones are rejected as overloaded")
       ->check(CLI::Range(1u, 1u << 20))

@@ -150,8 +150,9 @@ struct manifest_router {
   double load_ms_per_request = 10;   ///< load term per active decode request, ms
   double kv_host_onboard_gbps = 10;  ///< copy rate from a worker's host tier into its pool, GB/s
   double kv_disk_onboard_gbps = 2;   ///< copy rate from a worker's disk tier into its pool, GB/s
-  /// Fetch instead of recompute (actors/router/fetch_policy.hpp): a local prefill may pull
-  /// the prefix another worker holds; `fetch_overhead_ms` is the fixed cost of one fetch.
+  /// Fetch instead of recompute (actors/router/fetch_policy.hpp): the worker that computes a
+  /// prompt (decode or prefill) may pull the prefix another worker holds;
+  /// `fetch_overhead_ms` is the fixed cost of one fetch.
   bool fetch = true;
   double fetch_overhead_ms = 0.5;
   /// `tokenmill profile` output (resolved against the manifest's directory; empty: none).

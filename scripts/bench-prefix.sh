@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Prefix-reuse benchmark (issue 16 item 5): multi-turn chat and shared-system-prompt workloads
 # on a 2-prefill + 2-decode cluster (`tokenmill serve`, one process, sim engine) whose KV pools
-# are small enough that blocks are evicted, in three configurations:
+# are small enough that blocks are evicted, in four configurations, each adding to the last:
 #   cache-only  each worker's own prefix cache, the router's cost model without its prefill
 #               term (--router-prefill-weight 0): a cached prefix only breaks ties, as before
-#               cost routing
-#   cost        cost routing (the default weights)
-#   tiers       cost routing + a second KV tier per worker (host memory, then a disk file)
+#               cost routing; no fetch
+#   cost        cost routing (the default weights), no fetch (--no-router-fetch)
+#   fetch       cost routing + fetch instead of recompute: a prefill worker pulls the prefix
+#               another worker caches (the default)
+#   tiers       cost routing + fetch + a second KV tier per worker (host memory, then a disk
+#               file)
 # Every prompt is prefilled by a prefill worker (--local-prefill-threshold 0), so "tokens
-# computed" is the prompt tokens the prefill workers computed.
+# computed" is the prompt tokens the prefill workers computed; "fetched" counts the blocks
+# the prefill workers pulled from peers.
 #
 #   scripts/bench-prefix.sh [options]
 #
 #   --workloads "multi-turn shared-prefix"   (default both)
-#   --configs "cache-only cost tiers"        (default all three, in this order)
+#   --configs "cache-only cost fetch tiers"  (default all four, in this order)
 #   --concurrency C        closed-loop streams (default 4)
 #   --warmup N             requests (of other chats / prefixes) before measuring (default 0);
 #                          they count in the status deltas (hit rate, tokens computed)
@@ -33,7 +37,8 @@
 #
 # Prints a table and writes DIR/<workload>-<config>.json (bench), DIR/<...>-status-{before,after}.json
 # and DIR/summary.json: per run prefix hit rate (prefill workers: prompt blocks reused / looked up),
-# tokens computed, tier onboards, TTFT p50/p99 (ms), requests/s and output tokens/s.
+# tokens computed, blocks fetched from peers, tier onboards, TTFT p50/p99 (ms), requests/s
+# and output tokens/s.
 set -u -o pipefail
 export LC_ALL=C
 
@@ -42,7 +47,7 @@ bin="${TOKENMILL_BIN:-$repo/build/apps/tokenmill}"
 py=/usr/bin/python3
 [[ -x $py ]] || py=python3
 
-workloads="multi-turn shared-prefix" configs="cache-only cost tiers" conc=4 warmup=0
+workloads="multi-turn shared-prefix" configs="cache-only cost fetch tiers" conc=4 warmup=0
 convs=24 turns=4 prefixes=12 users=4 system_len=512 input_len=64 output_len=16
 pblocks=128 dblocks=256 hblocks=512 kblocks=1024 us_per_token=200 step_ms=5 out=""
 while (($#)); do
@@ -65,7 +70,7 @@ while (($#)); do
     --prefill-us-per-token) us_per_token=${2:?}; shift ;;
     --decode-step-ms) step_ms=${2:?}; shift ;;
     --out) out=${2:?}; shift ;;
-    -h | --help) sed -n '2,39p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,41p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-prefix: unknown option '$1' (--help lists them)" >&2; exit 2 ;;
   esac
   shift
@@ -81,8 +86,9 @@ trap stop EXIT
 run_one() {  # workload config
   local w=$1 c=$2 log="$out/$1-$2.serve.log" extra=()
   case "$c" in
-    cache-only) extra=(--router-prefill-weight 0) ;;
-    cost) ;;
+    cache-only) extra=(--router-prefill-weight 0 --no-router-fetch) ;;
+    cost) extra=(--no-router-fetch) ;;
+    fetch) ;;
     tiers) extra=(--kv-host-blocks "$hblocks" --kv-disk-blocks "$kblocks" --kv-disk-dir "$out") ;;
     *) echo "bench-prefix: unknown config '$c'" >&2; return 1 ;;
   esac
@@ -126,7 +132,7 @@ done
 steal_after="$(vmstat 1 3 | tail -1 | awk '{print $16}')"
 
 "$py" - "$out" "$cpu" "$steal_after" "$workloads" "$configs" <<'EOF'
-import json, sys
+import json, re, sys
 out, cpu, steal, workloads, configs = sys.argv[1:6]
 rows = []
 def workers(path):
@@ -140,6 +146,9 @@ for w in workloads.split():
                        for n, a in after.items() if a["role"] == role)
         hits, looked = delta("prefill", "prefix_hit_blocks"), delta("prefill", "prefix_lookup_blocks")
         onboarded = sum(t["hits"] for a in after.values() for t in a.get("tiers", []))
+        def fetched(ws):  # blocks pulled from peers, from each status detail
+            return sum(int(m.group(1)) for a in ws.values()
+                       for m in [re.search(r"fetched (\d+) blocks", a.get("detail", ""))] if m)
         rows.append({
             "workload": w, "config": c,
             "requests": b["requests"], "failed": b["failed"],
@@ -148,16 +157,17 @@ for w in workloads.split():
             "tokens_computed": delta("prefill", "tokens_out"),
             "prompt_tokens": b["prompt_tokens"],
             "tier_onboarded_blocks": onboarded,
+            "fetched_blocks": fetched(after) - fetched(before),
             "ttft_p50_ms": b["ttft_ms"]["p50"], "ttft_p99_ms": b["ttft_ms"]["p99"],
             "requests_per_s": b["requests_per_s"], "output_tokens_per_s": b["output_tokens_per_s"],
         })
 summary = {"cpu": cpu, "cpu_steal_after_pct": float(steal or 0), "rows": rows}
 json.dump(summary, open(f"{out}/summary.json", "w"), indent=1)
-hdr = f"{'workload':<13} {'config':<10} {'hit rate':>8} {'computed':>9} {'prompt':>8} {'onboard':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'req/s':>7} {'tok/s':>7} {'fail':>4}"
+hdr = f"{'workload':<13} {'config':<10} {'hit rate':>8} {'computed':>9} {'prompt':>8} {'fetched':>7} {'onboard':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'req/s':>7} {'tok/s':>7} {'fail':>4}"
 print(hdr)
 for r in rows:
     print(f"{r['workload']:<13} {r['config']:<10} {r['prefix_hit_rate']:>8.3f} {r['tokens_computed']:>9} "
-          f"{r['prompt_tokens']:>8} {r['tier_onboarded_blocks']:>7} {r['ttft_p50_ms']:>9.1f} "
+          f"{r['prompt_tokens']:>8} {r['fetched_blocks']:>7} {r['tier_onboarded_blocks']:>7} {r['ttft_p50_ms']:>9.1f} "
           f"{r['ttft_p99_ms']:>9.1f} {r['requests_per_s']:>7.2f} {r['output_tokens_per_s']:>7.1f} {r['failed']:>4}")
 print(f"cpu: {cpu}; steal after the runs: {steal}%")
 print(f"json: {out}/summary.json")

@@ -18,10 +18,10 @@
 #include "actors/actors.hpp"
 #include "actors/decode/decode_policy.hpp"
 #include "actors/decode/migration_policy.hpp"
+#include "actors/detail/kv_fetch.hpp"
 #include "actors/detail/role_flip.hpp"
 #include "actors/detail/worker_common.hpp"
 #include "actors/prefix_reuse.hpp"
-#include "actors/router/fetch_policy.hpp"
 #include "common/clock.hpp"
 #include "engine/block_hash.hpp"
 #include "engine/kv_cache.hpp"
@@ -56,11 +56,9 @@ struct sequence {
   uint32_t reused = 0;                    ///< leading blocks taken from the prefix cache
   uint32_t committed = 0;                 ///< leading blocks committed to the prefix cache
   std::unordered_set<block_id> received;  ///< prompt blocks that arrived (remote prefill)
-  // Fetch instead of recompute (decode_assignment::fetch_from).
-  caf::actor fetch_from;
-  std::string fetch_source;
-  uint32_t fetch_end = 0;    ///< the plan: blocks [reused, fetch_end) from fetch_from
-  uint32_t fetch_asked = 0;  ///< blocks asked for (from `reused` on) by the fetch under way
+  /// Fetch instead of recompute (decode_assignment::fetch): the plan, for a local prefill
+  /// or passed on to the prefill worker with its job.
+  prompt_fetch fetch;
   /// Set when the sequence must end while the engine is using its blocks; applied when
   /// the step returns.
   std::optional<std::pair<finish_reason, error_info>> pending_end;
@@ -109,11 +107,7 @@ struct decode_state {
   uint64_t completed = 0;
   uint64_t tokens_out = 0;
   uint64_t kv_bytes_received = 0;  ///< prompt KV that arrived from prefill workers
-  /// Fetch instead of recompute, as the serving worker: fetches started, blocks and bytes
-  /// that arrived, blocks asked for and not written (evicted at the source), fetches that
-  /// fell back to computing everything (error, timeout, source lost, bad checksum).
-  uint64_t fetches = 0, fetched_blocks = 0, fetched_bytes = 0, fetch_missing = 0;
-  uint64_t fetch_failures = 0;
+  fetch_stats fetched;             ///< fetch instead of recompute, as the serving worker
   /// Blocks of sequences that ended while a one-sided transport was writing their KV: a put
   /// still in flight may land in them, so they are held until the prefill worker reports its
   /// writes drained (kv_drained), or until cfg.kv_drain_timeout.
@@ -354,8 +348,9 @@ void reserve_waiting(decode_ptr self) {
       job.decode = self;
       job.router = s.router;
       job.tr = s.req.tr;
+      job.fetch = s.fetch.hint();
       self->send(s.prefill, std::move(job));
-    } else if (s.fetch_from && s.fetch_end > s.reused) {
+    } else if (s.fetch.from && s.fetch.end > s.reused) {
       start_fetch(self, s);
     } else {
       queue_local(self, s);
@@ -364,11 +359,9 @@ void reserve_waiting(decode_ptr self) {
 }
 
 // ================================================================ fetch instead of recompute
-// The router planned (fetch_policy.hpp) that the prompt's blocks [reused, fetch_end) come
-// from a peer's prefix cache: ask it to write them into the blocks reserved for them, check
-// what arrived, commit it to this worker's prefix cache and prefill only the rest. Whatever
-// goes wrong — the source no longer holds a block, refuses, fails, times out, leaves the
-// membership, or a block fails its checksum — the sequence computes those tokens itself.
+// The router planned (fetch_policy.hpp) that the prompt's blocks [reused, fetch.end) come
+// from a peer's prefix cache (actors/detail/kv_fetch.hpp): whatever goes wrong, the
+// sequence computes those tokens itself.
 
 /// Gives up (the rest of) a fetch: the sequence prefills from its own cached prefix on.
 /// `may_land`: the source may still be writing (timeout, source lost); with a one-sided
@@ -377,26 +370,21 @@ void reserve_waiting(decode_ptr self) {
 void fetch_fallback(decode_ptr self, sequence& s, const std::string& why, bool may_land) {
   auto& st = self->state;
   const auto id = s.req.id;
-  ++st.fetch_failures;
-  spdlog::warn("decode {}: fetch of {} blocks of request {} from {} failed, computing them: {}",
-               st.w.info.name, s.fetch_asked, id, s.fetch_source, why);
-  if (may_land && st.w.transport->one_sided() && s.fetch_asked > 0) {
-    auto fresh = st.w.cache->allocate(s.fetch_asked);
-    if (!fresh) {
+  note_fetch_failed(st.w, st.fetched, "decode", id, s.fetch, why);
+  if (may_land) {
+    auto held = swap_fetched_blocks(st.w, s.blocks, s.reused, s.fetch);
+    if (!held) {
       // finish() holds every block of a fetching sequence until the writes drain.
-      fail(self, id, errc::unavailable,
-           fmt::format("the fetch from {} failed ({}) and no free KV blocks can replace the "
-                       "ones it may still write",
-                       s.fetch_source, why));
+      fail(self, id, held.error().code, held.error().message);
       return;
     }
-    auto at = s.blocks.begin() + s.reused;
-    auto& held = st.draining[id];
-    held.insert(held.end(), at, at + s.fetch_asked);
-    std::copy(fresh->begin(), fresh->end(), at);
-    self->delayed_send(self, st.cfg.kv_drain_timeout, drain_expired{id});
+    if (!held->empty()) {
+      auto& h = st.draining[id];
+      h.insert(h.end(), held->begin(), held->end());
+      self->delayed_send(self, st.cfg.kv_drain_timeout, drain_expired{id});
+    }
   }
-  s.fetch_asked = 0;
+  s.fetch.asked = 0;
   queue_local(self, s);
 }
 
@@ -410,68 +398,33 @@ void on_fetched(decode_ptr self, request_id id, kv_fetch_reply& rep) {
     return;
   }
   auto& s = it->second;
-  if (rep.error) {
-    fetch_fallback(self, s, fmt::format("{} said: {}", s.fetch_source, rep.error.message), false);
-    return;
-  }
-  const auto asked = std::span(s.blocks).subspan(s.reused, s.fetch_asked);
-  const auto& t = rep.transfer;
-  auto n = fetched_prefix(asked, t.payload.dst_blocks, t.checksums.size(), s.fetch_source);
+  auto n = take_fetch_reply(st.w, st.fetched, rep, s.tokens, s.blocks, s.reused, s.fetch);
   if (!n) {
     fetch_fallback(self, s, n.error().message, false);
     return;
   }
   if (*n > 0) {
-    if (auto err =
-            st.w.transport->deliver(t.payload, st.w.pool->storage(), st.w.pool->block_bytes())) {
-      fetch_fallback(self, s, err.message, false);
-      return;
-    }
-    for (size_t i = 0; i < *n; ++i) {
-      auto b = t.payload.dst_blocks[i];
-      if (auto err = check_block_checksum(b, block_checksum(*st.w.pool, b), t.checksums[i])) {
-        fetch_fallback(self, s, err->message, false);
-        return;
-      }
-    }
-    const auto bt = st.w.pool->layout().block_tokens;
-    if (auto kv = st.w.check_kv(s.tokens, s.blocks, first_computed_token(s.reused, bt),
-                                first_computed_token(s.reused + *n, bt));
-        !kv) {
-      fetch_fallback(self, s, kv.error().message, false);
-      return;
-    }
-    st.fetched_blocks += *n;
-    st.fetched_bytes += uint64_t{*n} * st.w.pool->block_bytes();
     // The fetched blocks are this worker's cached prefix now, for this and later requests.
+    const auto bt = st.w.pool->layout().block_tokens;
     commit_written(st, s, first_computed_token(s.reused + *n, bt));
     st.w.publish_cache_events(self);
     s.prefill_done = first_computed_token(s.reused + *n, bt);
   }
-  st.fetch_missing += s.fetch_asked - *n;
-  s.fetch_asked = 0;
+  s.fetch.asked = 0;
   queue_local(self, s);
 }
 
 void start_fetch(decode_ptr self, sequence& s) {
   auto& st = self->state;
   const auto id = s.req.id;
-  const auto bt = st.w.pool->layout().block_tokens;
-  const uint32_t end = std::min({s.fetch_end, reusable_prefix_blocks(s.prompt_len, bt),
-                                 static_cast<uint32_t>(s.chain.size())});
-  if (end <= s.reused) {
+  auto r = make_fetch_request(st.w, id, s.chain, s.blocks, s.prompt_len, s.reused, s.fetch);
+  if (!r) {
     queue_local(self, s);
     return;
   }
-  kv_fetch_request r;
-  r.id = id;
-  r.hashes.assign(s.chain.begin() + s.reused, s.chain.begin() + end);
-  r.dst = st.w.info.pool;
-  r.dst_blocks.assign(s.blocks.begin() + s.reused, s.blocks.begin() + end);
   s.phase = seq_phase::fetching;
-  s.fetch_asked = end - s.reused;
-  ++st.fetches;
-  self->request(s.fetch_from, st.cfg.fetch_timeout, std::move(r))
+  ++st.fetched.fetches;
+  self->request(s.fetch.from, st.cfg.fetch_timeout, std::move(*r))
       .then(
           [self, id](kv_fetch_reply& rep) {
             on_fetched(self, id, rep);
@@ -488,12 +441,8 @@ void start_fetch(decode_ptr self, sequence& s) {
 /// A fetch source that left the membership (or is down) will not answer: compute now.
 void fetch_sources_lost(decode_ptr self, const membership& m) {
   std::vector<request_id> lost;
-  for (auto& [id, s] : self->state.seqs) {
-    if (s.phase != seq_phase::fetching) continue;
-    auto mem = std::find_if(m.members.begin(), m.members.end(),
-                            [&](const member& x) { return x.handle == s.fetch_from; });
-    if (mem == m.members.end() || !mem->up) lost.push_back(id);
-  }
+  for (auto& [id, s] : self->state.seqs)
+    if (s.phase == seq_phase::fetching && fetch_source_lost(m, s.fetch.from)) lost.push_back(id);
   for (auto id : lost)
     fetch_fallback(self, self->state.seqs.at(id), "the source left the membership", true);
 }
@@ -1058,11 +1007,7 @@ caf::behavior decode_behavior(decode_ptr self) {
         sequence s;
         s.router = a.router;
         s.prefill = a.prefill;
-        if (!a.prefill && a.fetch.from) {
-          s.fetch_from = std::move(a.fetch.from);
-          s.fetch_source = std::move(a.fetch.source);
-          s.fetch_end = a.fetch.end_block;
-        }
+        if (a.fetch.from) s.fetch = prompt_fetch(std::move(a.fetch));
         s.prompt_len = prompt_len;
         s.tokens = a.req.prompt;
         s.tokens.reserve(size_t{prompt_len} + a.req.options.max_tokens);
@@ -1165,6 +1110,11 @@ caf::behavior decode_behavior(decode_ptr self) {
       },
       // Fetch instead of recompute, as the source: a peer pulls blocks of this cache.
       [self](kv_fetch_request& r) -> caf::result<kv_fetch_reply> {
+        auto& st = self->state;
+        if (st.flip.draining())  // its pool is about to change hands: the requester computes
+          return st.w.refuse_fetch(r, errc::unavailable,
+                                   fmt::format("decode worker '{}' is draining ({})",
+                                               st.w.info.name, flip_summary(st.flip)));
         auto res = self->state.w.serve_fetch(self, r);
         self->state.w.publish_cache_events(self);  // onboarding may have evicted blocks
         return res;
@@ -1236,11 +1186,7 @@ caf::behavior decode_behavior(decode_ptr self) {
         for (const auto& [id, s] : st.seqs)
           waiting_kv += s.phase == seq_phase::waiting_kv;
         auto extra = fmt::format("{} awaiting KV, ", waiting_kv);
-        if (st.fetches > 0)
-          extra += fmt::format(
-              "fetched {} blocks ({} bytes) in {} fetches, {} missing, {} "
-              "failed, ",
-              st.fetched_blocks, st.fetched_bytes, st.fetches, st.fetch_missing, st.fetch_failures);
+        if (st.fetched.fetches > 0) extra += st.fetched.summary() + ", ";
         auto ws = st.w.status(role::decode, extra);
         ws.queued = static_cast<uint32_t>(st.waiting_blocks.size() + st.local_queue.size() +
                                           st.ready.size());
@@ -1357,7 +1303,8 @@ void drain_progress(decode_ptr self) {
            true);
     ++st.flip.handed_back;
   }
-  if (!st.seqs.empty() || !st.draining.empty() || st.step.active) return;
+  // Fetches it serves as a source hold pinned blocks and a reply owed by this actor.
+  if (!st.seqs.empty() || !st.draining.empty() || st.step.active || !st.w.fetches.empty()) return;
   complete_role_change(self, st.flip, st.w, role::decode);
 }
 

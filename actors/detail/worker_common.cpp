@@ -88,11 +88,7 @@ void kv_worker::announce_pools(const membership& m) {
 
 caf::result<kv_fetch_reply> kv_worker::serve_fetch(caf::event_based_actor* self,
                                                    kv_fetch_request& r) {
-  auto refuse = [&](errc code, std::string msg) {
-    ++fetch_serve_failures;
-    spdlog::warn("{}: refusing a fetch for request {}: {}", info.name, r.id, msg);
-    return kv_fetch_reply{r.id, {}, {code, std::move(msg)}};
-  };
+  auto refuse = [&](errc code, std::string msg) { return refuse_fetch(r, code, std::move(msg)); };
   if (r.hashes.size() != r.dst_blocks.size())
     return refuse(errc::invalid_request,
                   fmt::format("fetch of {} blocks names {} destination blocks", r.hashes.size(),
@@ -126,6 +122,12 @@ caf::result<kv_fetch_reply> kv_worker::serve_fetch(caf::event_based_actor* self,
                                             kv_transfer{id, std::move(payload), std::move(sums)}});
       });
   return rp;
+}
+
+kv_fetch_reply kv_worker::refuse_fetch(const kv_fetch_request& r, errc code, std::string why) {
+  ++fetch_serve_failures;
+  spdlog::warn("{}: refusing a fetch for request {}: {}", info.name, r.id, why);
+  return kv_fetch_reply{r.id, {}, {code, std::move(why)}};
 }
 
 void kv_worker::fetch_written(kv_fetch_written& w) {

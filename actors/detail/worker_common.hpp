@@ -90,6 +90,9 @@ struct kv_worker {
   /// transport does not accept, is answered with an error at once; so is a fetch of which
   /// nothing is cached any more (no error: zero blocks written).
   caf::result<kv_fetch_reply> serve_fetch(caf::event_based_actor* self, kv_fetch_request& r);
+  /// Answers a fetch with an error at once (logged, counted as a failed serve): nothing
+  /// pinned, nothing written. E.g. while the worker drains for a role change.
+  kv_fetch_reply refuse_fetch(const kv_fetch_request& r, errc code, std::string why);
   /// The write of a served fetch finished: unpin its blocks and reply.
   void fetch_written(kv_fetch_written& w);
 

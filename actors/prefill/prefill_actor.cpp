@@ -4,6 +4,9 @@
 // cancels, KV completions and status are handled while the engine computes.
 // Its KV pool is a prefix cache (engine/kv_cache): a prompt whose leading full blocks were
 // computed before skips their prefill; blocks the decode worker already holds are not sent.
+// When the router planned it (prefill_job::fetch), the leading blocks another worker holds
+// beyond its own are pulled from that worker's cache before the rest is computed
+// (actors/detail/kv_fetch.hpp).
 #include <algorithm>
 #include <deque>
 #include <unordered_map>
@@ -13,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/actors.hpp"
+#include "actors/detail/kv_fetch.hpp"
 #include "actors/detail/role_flip.hpp"
 #include "actors/detail/worker_common.hpp"
 #include "actors/prefill/prefill_policy.hpp"
@@ -31,6 +35,8 @@ struct job_state {
   std::vector<block_id> blocks;   ///< local blocks holding the computed KV (cached prefix first)
   std::vector<uint64_t> chain;    ///< chain hashes of the prompt's full blocks
   uint32_t reused = 0;            ///< leading blocks taken from the prefix cache
+  uint32_t fetched = 0;           ///< blocks pulled from a peer after the reused ones
+  prompt_fetch fetch;             ///< the router's fetch plan, then the fetch under way
   uint32_t done = 0;              ///< prompt tokens computed (or reused)
   uint32_t blocks_sent = 0;       ///< leading blocks sent, or skipped (the decode side has them)
   uint32_t writes_pending = 0;    ///< transport writes not completed yet
@@ -58,6 +64,10 @@ struct prefill_state {
   uint64_t completed = 0;
   uint64_t tokens_computed = 0;
   uint64_t kv_bytes_sent = 0;  ///< KV handed to the transport for decode workers
+  fetch_stats fetched;         ///< fetch instead of recompute, as the serving worker
+  /// Blocks of fetches given up on while a one-sided transport's put may still land in them
+  /// (no reply from the source): held until its late reply or cfg.kv_drain_timeout.
+  std::unordered_map<request_id, std::vector<block_id>> held;
   /// Role change or drain (change_role): supervisor, address, the other role's settings.
   flip_context flip;
   /// Pool, cache, engine and its thread (kv_store learnt from the membership). Last: the
@@ -88,9 +98,10 @@ void drop_job(prefill_ptr self, request_id id) {
   auto it = st.jobs.find(id);
   if (it == st.jobs.end()) return;
   auto& js = it->second;
-  if (on_engine(st, id) || js.writes_pending > 0) {
+  if (on_engine(st, id) || js.writes_pending > 0 || js.fetch.under_way()) {
     // The engine is writing into this job's blocks, or the transport is reading them (and
-    // may still put into the decode worker's): free them when that is over.
+    // may still put into the decode worker's), or a fetch source is writing into them:
+    // free them when that is over.
     js.dropped = true;
     return;
   }
@@ -128,7 +139,7 @@ void hand_back_unstarted(prefill_ptr self) {
     p.on_engine = on_engine(st, id);
     p.computed = js.computed;
     p.done = js.done;
-    p.first_to_compute = first_computed_token(js.reused, bt);
+    p.first_to_compute = first_computed_token(js.reused + js.fetched, bt);
     p.writes_pending = js.writes_pending;
     p.blocks_sent = js.blocks_sent;
     p.skip_blocks = js.job.skip_blocks;
@@ -153,6 +164,128 @@ void hand_back_unstarted(prefill_ptr self) {
                  back.size());
 }
 
+// ================================================================ fetch instead of recompute
+// The router planned that blocks [reused, fetch.end) of the job's prompt come from a peer's
+// prefix cache (actors/detail/kv_fetch.hpp). The job waits for them outside the queue, then
+// computes the rest; whatever goes wrong, it computes those tokens itself.
+
+/// Frees the blocks of a fetch given up on once no put can land in them any more.
+void release_held(prefill_ptr self, request_id id, bool expired) {
+  auto& st = self->state;
+  auto it = st.held.find(id);
+  if (it == st.held.end()) return;
+  if (expired)
+    spdlog::warn(
+        "prefill {}: no reply from the fetch source of request {} after {} ms; freeing "
+        "its {} blocks",
+        st.w.info.name, id, st.cfg.kv_drain_timeout.count(), it->second.size());
+  if (!st.w.cache->release(it->second))
+    spdlog::error("prefill {}: releasing held blocks of request {} failed", st.w.info.name, id);
+  st.held.erase(it);
+}
+
+/// Holds `blocks` of job `id` until the source's late reply or the drain timeout.
+void hold_blocks(prefill_ptr self, request_id id, std::span<const block_id> blocks) {
+  auto& st = self->state;
+  auto& h = st.held[id];
+  h.insert(h.end(), blocks.begin(), blocks.end());
+  self->delayed_send(self, st.cfg.kv_drain_timeout, drain_expired{id});
+}
+
+/// Gives up the job's fetch: it computes from its own cached prefix on (or, dropped
+/// meanwhile, is freed). `may_land`: the source may still be writing (see
+/// swap_fetched_blocks).
+void fetch_fallback(prefill_ptr self, request_id id, job_state& js, const std::string& why,
+                    bool may_land) {
+  auto& st = self->state;
+  note_fetch_failed(st.w, st.fetched, "prefill", id, js.fetch, why);
+  if (may_land && st.w.transport->one_sided()) {
+    auto swapped = js.dropped ? result<std::vector<block_id>>(error_info{errc::cancelled, ""})
+                              : swap_fetched_blocks(st.w, js.blocks, js.reused, js.fetch);
+    if (swapped) {
+      if (!swapped->empty()) hold_blocks(self, id, *swapped);
+    } else {
+      // Dropped meanwhile, or no blocks to swap in: hold them all, the job has none left.
+      hold_blocks(self, id, js.blocks);
+      js.blocks.clear();
+      js.fetch.asked = 0;
+      if (!js.dropped) {
+        fail_job(self, id, swapped.error());
+        return;
+      }
+      drop_job(self, id);
+      return;
+    }
+  }
+  js.fetch.asked = 0;
+  if (js.dropped) {
+    drop_job(self, id);
+    return;
+  }
+  st.queue.push_back(id);
+}
+
+/// The source's answer: take the leading run it wrote, then compute the rest.
+void on_fetched(prefill_ptr self, request_id id, kv_fetch_reply& rep) {
+  auto& st = self->state;
+  auto it = st.jobs.find(id);
+  if (it == st.jobs.end() || !it->second.fetch.under_way()) {
+    // Gave up meanwhile: no write of the fetch is in flight any more.
+    release_held(self, id, false);
+    return;
+  }
+  auto& js = it->second;
+  if (js.dropped) {  // cancelled or failed while fetching: nothing lands any more
+    js.fetch.asked = 0;
+    drop_job(self, id);
+    return;
+  }
+  auto n = take_fetch_reply(st.w, st.fetched, rep, js.job.prompt, js.blocks, js.reused, js.fetch);
+  if (!n) {
+    fetch_fallback(self, id, js, n.error().message, false);
+    return;
+  }
+  // The fetched blocks are this worker's cached prefix now, for this and later prompts.
+  for (uint32_t b = js.reused; b < js.reused + *n; ++b)
+    st.w.cache->commit(js.blocks[b], js.chain[b]);
+  st.w.publish_cache_events(self);
+  js.fetched = *n;
+  js.done = first_computed_token(js.reused + *n, st.w.pool->layout().block_tokens);
+  js.fetch.asked = 0;
+  st.queue.push_back(id);
+}
+
+/// Starts the job's planned fetch, if any is left to do; false: the job computes now.
+bool start_fetch(prefill_ptr self, request_id id, job_state& js) {
+  auto& st = self->state;
+  auto r = make_fetch_request(st.w, id, js.chain, js.blocks,
+                              static_cast<uint32_t>(js.job.prompt.size()), js.reused, js.fetch);
+  if (!r) return false;
+  ++st.fetched.fetches;
+  self->request(js.fetch.from, st.cfg.fetch_timeout, std::move(*r))
+      .then(
+          [self, id](kv_fetch_reply& rep) {
+            launch_on_exit relaunch{self};
+            on_fetched(self, id, rep);
+          },
+          [self, id](caf::error& e) {
+            launch_on_exit relaunch{self};
+            auto it = self->state.jobs.find(id);
+            if (it == self->state.jobs.end() || !it->second.fetch.under_way()) return;
+            fetch_fallback(self, id, it->second, "no reply: " + caf::to_string(e), true);
+          });
+  return true;
+}
+
+/// Fetch sources that left the membership (or are down) will not answer: compute now.
+void fetch_sources_lost(prefill_ptr self, const membership& m) {
+  std::vector<request_id> lost;
+  for (auto& [id, js] : self->state.jobs)
+    if (js.fetch.under_way() && fetch_source_lost(m, js.fetch.from)) lost.push_back(id);
+  for (auto id : lost)
+    fetch_fallback(self, id, self->state.jobs.at(id), "the source left the membership", true);
+}
+
 /// Moves waiting jobs into the queue while local blocks allow.
 void admit_waiting(prefill_ptr self) {
   auto& st = self->state;
@@ -169,7 +302,7 @@ void admit_waiting(prefill_ptr self) {
     js.blocks = std::move(r->blocks);
     js.blocks_sent = js.job.skip_blocks;
     st.waiting.pop_front();
-    st.queue.push_back(id);
+    if (!start_fetch(self, id, js)) st.queue.push_back(id);
   }
   st.w.publish_cache_events(self);
 }
@@ -219,7 +352,9 @@ void launch(prefill_ptr self) {
   if (plan.empty()) {
     // Nothing to compute. When it also holds nothing, a pending role change completes
     // (the state's kv_worker may be gone afterwards: launch is the last thing a handler does).
-    if (st.flip.draining() && st.jobs.empty())
+    // Fetches it serves hold pinned blocks and a reply owed by this actor; blocks of fetches
+    // it gave up on may still receive a put.
+    if (st.flip.draining() && st.jobs.empty() && st.held.empty() && st.w.fetches.empty())
       complete_role_change(self, st.flip, st.w, role::prefill);
     return;
   }
@@ -227,7 +362,7 @@ void launch(prefill_ptr self) {
   for (const auto& c : plan) {
     auto& js = st.jobs.at(c.key);
     // The first chunk starts after the cached prefix.
-    if (c.begin == first_computed_token(js.reused, st.w.pool->layout().block_tokens))
+    if (c.begin == first_computed_token(js.reused + js.fetched, st.w.pool->layout().block_tokens))
       js.job.tr.stamp(stage::prefill_started, st.w.info.node_index);
     // Spans point into state that stays put until the step is done (jobs on the engine
     // are never erased meanwhile).
@@ -263,7 +398,7 @@ void step_done(prefill_ptr self, engine_step_done& d) {
       js.first = d.prefill_next[i];
       js.first_logprobs = std::move(d.prefill_logprobs[i]);
       // The prompt's full blocks are written: later prompts with this prefix reuse them.
-      for (size_t b = js.reused; b < js.chain.size(); ++b)
+      for (size_t b = js.reused + js.fetched; b < js.chain.size(); ++b)
         st.w.cache->commit(js.blocks[b], js.chain[b]);
       st.w.publish_cache_events(self);
     }
@@ -323,6 +458,7 @@ caf::behavior prefill_behavior(prefill_ptr self) {
         js.chain = block_hashes(job.prompt, bt);
         js.job = std::move(job);
         js.grammar = std::move(grammar);
+        if (js.job.fetch.from) js.fetch = prompt_fetch(js.job.fetch);
         if (st.w.transport->accepts_peer(js.job.dst)) {
           st.waiting.push_back(id);
           return;
@@ -365,6 +501,7 @@ caf::behavior prefill_behavior(prefill_ptr self) {
           if (job != st.jobs.end()) st.waiting.push_back(*it);
           it = st.unannounced.erase(it);
         }
+        fetch_sources_lost(self, m);
         for (const auto& mem : m.members) {
           // Connect to every decode worker's pool now rather than at the first transfer.
           if (mem.info.kind != role::decode) continue;
@@ -378,6 +515,11 @@ caf::behavior prefill_behavior(prefill_ptr self) {
       // Fetch instead of recompute, as the source: a decode worker pulls blocks of this
       // worker's prefix cache.
       [self](kv_fetch_request& r) -> caf::result<kv_fetch_reply> {
+        auto& st = self->state;
+        if (st.flip.draining())  // its pool is about to change hands: the requester computes
+          return st.w.refuse_fetch(r, errc::unavailable,
+                                   fmt::format("prefill worker '{}' is draining ({})",
+                                               st.w.info.name, flip_summary(st.flip)));
         auto res = self->state.w.serve_fetch(self, r);
         self->state.w.publish_cache_events(self);  // onboarding may have evicted blocks
         return res;
@@ -412,6 +554,10 @@ caf::behavior prefill_behavior(prefill_ptr self) {
           drop_job(self, d.id);
         }
       },
+      [self](const drain_expired& d) {
+        launch_on_exit relaunch{self};
+        release_held(self, d.id, true);
+      },
       [self](const cancel_request& c) {
         if (auto it = self->state.jobs.find(c.id); it != self->state.jobs.end())
           it->second.notify_drained = true;
@@ -420,12 +566,16 @@ caf::behavior prefill_behavior(prefill_ptr self) {
       },
       [self](status_atom) {
         auto& st = self->state;
-        auto ws = st.w.status(role::prefill);
+        auto ws = st.w.status(role::prefill,
+                              st.fetched.fetches > 0 ? st.fetched.summary() + ", " : std::string());
         ws.queued = static_cast<uint32_t>(st.waiting.size());
         ws.running = static_cast<uint32_t>(st.queue.size());
         ws.completed = st.completed;
         ws.tokens_out = st.tokens_computed;
         ws.kv_bytes = st.kv_bytes_sent;
+        if (!st.held.empty())
+          ws.detail += fmt::format(", {} given-up fetches' blocks held until their writes drain",
+                                   st.held.size());
         if (st.flip.pending)
           ws.detail += fmt::format(", draining ({}{}): {} finished since", flip_summary(st.flip),
                                    st.flip.reported ? ", drained" : "", st.flip.finished);

@@ -16,17 +16,6 @@
 
 namespace tokenmill {
 
-/// What fetching costs besides the bytes (manifest `router: {...}`).
-struct fetch_settings {
-  bool enabled = true;  ///< false: never fetch (every uncached token is computed)
-  /// Fixed cost of one fetch, seconds: the request to the source, its pinning and the
-  /// reply (a round trip on the control plane), so a fetch of a block or two is not
-  /// planned when the transfer would barely beat computing it.
-  double overhead_s = 0.0005;
-  /// Fewest blocks worth a fetch (at least 1).
-  uint32_t min_blocks = 1;
-};
-
 /// The decision: pull blocks [first_block, end_block) of the prompt from candidate
 /// `source` (an index into the sources given) into the serving worker's reserved blocks,
 /// and compute the rest there. `source` empty: compute everything not cached locally.

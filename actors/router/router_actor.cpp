@@ -111,7 +111,7 @@ struct router_state {
   /// term of a decode worker in the cost model (not counted for admission).
   prefill_backlog local_backlog;
   uint64_t routed_local = 0;
-  uint64_t routed_fetch = 0;  ///< local prefills told to fetch a prefix from a peer  ///< requests
+  uint64_t routed_fetch = 0;  ///< prefills (local or remote) told to fetch a prefix from a peer
                               ///< prefilled on their decode worker
   uint64_t completed = 0;
   uint64_t tokens_out = 0;
@@ -282,7 +282,7 @@ std::vector<routing_score> score_record(const router_state& st, const route_plan
     r.cached_tokens = c.cached_tokens;
     r.prefill_ms = c.prefill_s * 1e3;
     r.queue_ms = c.queue_s * 1e3;
-    r.transfer_ms = (c.transfer_s + c.onboard_s) * 1e3;
+    r.transfer_ms = (c.transfer_s + c.onboard_s + c.fetch_s) * 1e3;
     r.load_ms = c.load_s * 1e3;
     r.total_ms = c.total * 1e3;
     out.push_back(std::move(r));
@@ -315,7 +315,7 @@ void route(router_ptr self, request_id cid, generate_request req,
   for (const auto& [wid, w] : st.prefills)
     pc.push_back(candidate(overlap, wid, st.backlog.queued(wid), 0, w.draining, w.speed));
   auto plan = plan_route(dc, pc, prompt_tokens, st.cfg.block_tokens, st.cfg.local_prefill_threshold,
-                         st.cfg.cost);
+                         st.cfg.cost, &st.cfg.fetch);
   if (!plan.decode) {
     if (rs.migrations == 0) {
       fail_request(self, cid, errc::no_workers,
@@ -353,33 +353,35 @@ void route(router_ptr self, request_id cid, generate_request req,
   if (to_cache) ++st.routed_to_cache;
   rs.routing = score_record(st, plan, dc, pc);
   decode_assignment a{std::move(req), prefill, self, {}};
-  if (local) {
-    // Fetch instead of recompute: the prefix another worker (decode or prefill) holds
-    // beyond what this one holds may be cheaper to pull than to prefill.
-    std::vector<route_candidate> sources(dc.begin(), dc.end());
-    sources.insert(sources.end(), pc.begin(), pc.end());
-    auto f = plan_fetch(d, sources, prompt_tokens, st.cfg.block_tokens, st.cfg.cost, st.cfg.fetch);
-    if (f.source) {
-      const bool from_prefill = *f.source >= dc.size();
-      const auto& x = sources[*f.source];
-      const auto& pool = from_prefill ? st.prefills : st.decodes;
-      if (auto it = pool.find(x.id); it != pool.end() && it->second.handle) {
-        a.fetch.from = it->second.handle;
-        a.fetch.source = it->second.name;
-        a.fetch.end_block = f.end_block;
-        ++st.routed_fetch;
-        // In the trace's routing candidates as "fetch:<source>": the tokens it brings, the
-        // estimated fetch time (transfer), the prefill time it saves and the net gain.
-        routing_score r;
-        r.worker = "fetch:" + it->second.name;
-        r.prefill = from_prefill;
-        r.chosen = true;
-        r.cached_tokens = f.blocks() * st.cfg.block_tokens;
-        r.prefill_ms = f.saved_s * 1e3;
-        r.transfer_ms = f.transfer_s * 1e3;
-        r.total_ms = f.gain_s * 1e3;
-        rs.routing.push_back(std::move(r));
-      }
+  // Fetch instead of recompute: the prefix another worker (decode or prefill) holds beyond
+  // what the computing worker (the decode worker for a local prefill, else the prefill
+  // worker) holds, when the cost model found pulling it cheaper than prefilling it. The
+  // decode worker passes the hint on to its prefill worker with the job.
+  const auto& computing =
+      local ? plan.decode_scores[*plan.decode] : plan.prefill_scores[*plan.prefill];
+  if (computing.fetch_source) {
+    const size_t src = *computing.fetch_source;
+    const bool from_prefill = src >= dc.size();
+    const auto& x = from_prefill ? pc[src - dc.size()] : dc[src];
+    const auto& pool = from_prefill ? st.prefills : st.decodes;
+    if (auto it = pool.find(x.id); it != pool.end() && it->second.handle) {
+      a.fetch.from = it->second.handle;
+      a.fetch.source = it->second.name;
+      a.fetch.end_block = computing.fetch_end;
+      ++st.routed_fetch;
+      // In the trace's routing candidates as "fetch:<source>": the tokens it brings, the
+      // estimated fetch time (transfer), the prefill time it saves and the net gain.
+      routing_score r;
+      r.worker = "fetch:" + it->second.name;
+      r.prefill = from_prefill;
+      r.chosen = true;
+      r.cached_tokens = (computing.fetch_end - computing.fetch_first) * st.cfg.block_tokens;
+      r.prefill_ms = computing.fetch_saved_s * 1e3;
+      r.transfer_ms = computing.fetch_s * 1e3;
+      r.total_ms = (st.cfg.cost.weights.prefill * computing.fetch_saved_s -
+                    st.cfg.cost.weights.transfer * computing.fetch_s) *
+                   1e3;
+      rs.routing.push_back(std::move(r));
     }
   }
   auto& dw = st.decodes[d.id];
@@ -427,9 +429,15 @@ void route_with_overlap(router_ptr self, request_id cid, generate_request req,
 void dispatch(router_ptr self, request_id cid, generate_request req,
               std::optional<worker_id> avoid = std::nullopt) {
   const auto& st = self->state;
-  if (overlap_matters(static_cast<bool>(st.kv_store), static_cast<uint32_t>(req.prompt.size()),
-                      st.cfg.block_tokens, taking_work(st.decodes), taking_work(st.prefills),
-                      st.cfg.local_prefill_threshold))
+  const bool known = static_cast<bool>(st.kv_store);
+  const auto prompt = static_cast<uint32_t>(req.prompt.size());
+  const auto decodes = taking_work(st.decodes), prefills = taking_work(st.prefills);
+  // With fetch on, the overlap matters even without a choice of worker: any other worker
+  // (one decode and one prefill worker are two) may hold a prefix the computing one can pull.
+  if (overlap_matters(known, prompt, st.cfg.block_tokens, decodes, prefills,
+                      st.cfg.local_prefill_threshold) ||
+      (st.cfg.fetch.enabled &&
+       overlap_matters(known, prompt, st.cfg.block_tokens, decodes + prefills, 0, 0)))
     route_with_overlap(self, cid, std::move(req), avoid);
   else
     route(self, cid, std::move(req), {}, avoid);

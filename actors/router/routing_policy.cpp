@@ -4,6 +4,7 @@
 #include <iterator>
 
 #include "actors/prefix_reuse.hpp"
+#include "actors/router/fetch_policy.hpp"
 
 namespace tokenmill {
 
@@ -59,6 +60,77 @@ bool better(double a_total, const route_candidate& a, double b_total, const rout
   return a.id < b.id;
 }
 
+/// The best fetch for each computing candidate (plan_route with fetch settings). The plan
+/// depends on the serving worker only through its reusable overlap and its speed (it is
+/// never its own source: a source must hold more than it does), so plans are shared between
+/// candidates with the same two: with many workers and few that hold the prompt, most
+/// candidates share one scan of the sources.
+class fetch_planner {
+ public:
+  fetch_planner(std::span<const route_candidate> decodes, std::span<const route_candidate> prefills,
+                uint32_t prompt_tokens, uint32_t block_tokens, const cost_model& model,
+                const fetch_settings* settings)
+      : decodes_(decodes),
+        prefills_(prefills),
+        prompt_(prompt_tokens),
+        block_tokens_(block_tokens),
+        model_(model),
+        settings_(settings) {
+    if (!active()) return;
+    reusable_ = reusable_prefix_blocks(prompt_tokens, block_tokens);
+    for (auto list : {decodes, prefills})
+      for (const auto& x : list)
+        if (!x.draining) best_end_ = std::max(best_end_, std::min(x.overlap_blocks, reusable_));
+  }
+
+  /// The best fetch for candidate `c` (nothing when fetching is off or nothing gains).
+  fetch_plan plan(const route_candidate& c) {
+    if (!active() || c.draining) return {};
+    const uint32_t own = std::min(c.overlap_blocks, reusable_);
+    if (own >= best_end_) return {};  // nobody holds more than it does
+    for (const auto& m : memo_)
+      if (m.own == own && m.speed == c.speed) return m.plan;
+    if (sources_.empty()) {  // built once, and only when some candidate may fetch
+      sources_.reserve(decodes_.size() + prefills_.size());
+      sources_.insert(sources_.end(), decodes_.begin(), decodes_.end());
+      sources_.insert(sources_.end(), prefills_.begin(), prefills_.end());
+    }
+    auto p = plan_fetch(c, sources_, prompt_, block_tokens_, model_, *settings_);
+    memo_.push_back({own, c.speed, p});
+    return p;
+  }
+
+ private:
+  bool active() const {
+    return settings_ && settings_->enabled && block_tokens_ > 0 && model_.kv_bytes_per_block > 0;
+  }
+  struct memo {
+    uint32_t own;
+    const prefill_speed* speed;
+    fetch_plan plan;
+  };
+  std::span<const route_candidate> decodes_, prefills_;
+  uint32_t prompt_, block_tokens_;
+  const cost_model& model_;
+  const fetch_settings* settings_;
+  std::vector<route_candidate> sources_;
+  uint32_t reusable_ = 0, best_end_ = 0;
+  std::vector<memo> memo_;
+};
+
+/// Records fetch plan `f` in a computing candidate's score: the fetched blocks count as
+/// reuse (prefill of the rest only), the fetch as a transfer.
+void apply_fetch(candidate_score& sc, const fetch_plan& f, const route_candidate& c,
+                 uint32_t prompt_tokens, uint32_t block_tokens) {
+  sc.fetch_source = f.source;
+  sc.fetch_first = f.first_block;
+  sc.fetch_end = f.end_block;
+  sc.fetch_s = f.transfer_s;
+  sc.fetch_saved_s = f.saved_s;
+  sc.prefill_s = uncached_prefill_seconds(speed_of(c), prompt_tokens,
+                                          first_computed_token(f.end_block, block_tokens));
+}
+
 }  // namespace
 
 double uncached_prefill_seconds(const prefill_speed& s, uint32_t prompt, uint32_t cached) {
@@ -83,9 +155,10 @@ double onboard_seconds(const route_candidate& c, uint32_t reused, const cost_mod
 route_plan plan_route(std::span<const route_candidate> decodes,
                       std::span<const route_candidate> prefills, uint32_t prompt_tokens,
                       uint32_t block_tokens, uint32_t local_prefill_threshold,
-                      const cost_model& model) {
+                      const cost_model& model, const fetch_settings* fetch) {
   const auto& w = model.weights;
   route_plan plan;
+  fetch_planner fetches(decodes, prefills, prompt_tokens, block_tokens, model, fetch);
   // Prefill workers: their own uncached work and the queue in front of it.
   plan.prefill_scores.reserve(prefills.size());
   std::optional<size_t> best_p;
@@ -99,7 +172,9 @@ route_plan plan_route(std::span<const route_candidate> decodes,
     sc.prefill_s = uncached_prefill_seconds(speed_of(c), prompt_tokens, sc.cached_tokens);
     sc.queue_s = queue_seconds(c);
     sc.onboard_s = block_tokens ? onboard_seconds(c, sc.cached_tokens / block_tokens, model) : 0;
-    sc.total = w.prefill * sc.prefill_s + w.queue * sc.queue_s + w.transfer * sc.onboard_s;
+    if (auto f = fetches.plan(c); f.source) apply_fetch(sc, f, c, prompt_tokens, block_tokens);
+    sc.total =
+        w.prefill * sc.prefill_s + w.queue * sc.queue_s + w.transfer * (sc.onboard_s + sc.fetch_s);
     plan.prefill_scores.push_back(sc);
     if (sc.eligible &&
         (!best_p || better(sc.total, c, plan.prefill_scores[*best_p].total, prefills[*best_p])))
@@ -120,13 +195,18 @@ route_plan plan_route(std::span<const route_candidate> decodes,
     sc.cached_tokens = cached_tokens(c.overlap_blocks, prompt_tokens, block_tokens);
     sc.load_s = static_cast<double>(c.active) * model.load_s_per_request;
     sc.onboard_s = block_tokens ? onboard_seconds(c, sc.cached_tokens / block_tokens, model) : 0;
-    sc.local = prefill_locally(prompt_tokens, sc.cached_tokens, local_prefill_threshold,
-                               best_p.has_value());
+    // A local prefill may fetch first: the fetched tokens count as cached for the threshold.
+    const auto f = fetches.plan(c);
+    const uint32_t reusable =
+        f.source ? first_computed_token(f.end_block, block_tokens) : sc.cached_tokens;
+    sc.local =
+        prefill_locally(prompt_tokens, reusable, local_prefill_threshold, best_p.has_value());
     if (sc.local) {
       sc.prefill_s = uncached_prefill_seconds(speed_of(c), prompt_tokens, sc.cached_tokens);
+      if (f.source) apply_fetch(sc, f, c, prompt_tokens, block_tokens);
       sc.queue_s = queue_seconds(c);
       sc.total = w.prefill * sc.prefill_s + w.queue * sc.queue_s + w.load * sc.load_s +
-                 w.transfer * sc.onboard_s;
+                 w.transfer * (sc.onboard_s + sc.fetch_s);
     } else {
       const uint32_t held = block_tokens == 0 ? 0 : sc.cached_tokens / block_tokens;
       sc.transfer_s = static_cast<double>(prompt_blocks - held) * block_s;

@@ -67,6 +67,18 @@ struct cost_model {
   double disk_onboard_bytes_per_s = 2e9;   ///< copy rate from a disk tier into a pool
 };
 
+/// What fetching costs besides the bytes (manifest `router: {...}`; fetch_policy.hpp plans
+/// a fetch, plan_route counts one as reuse).
+struct fetch_settings {
+  bool enabled = true;  ///< false: never fetch (every uncached token is computed)
+  /// Fixed cost of one fetch, seconds: the request to the source, its pinning and the
+  /// reply (a round trip on the control plane), so a fetch of a block or two is not
+  /// planned when the transfer would barely beat computing it.
+  double overhead_s = 0.0005;
+  /// Fewest blocks worth a fetch (at least 1).
+  uint32_t min_blocks = 1;
+};
+
 /// A worker as the router sees it when routing one request.
 struct route_candidate {
   worker_id id = 0;
@@ -95,6 +107,15 @@ struct candidate_score {
   double prefill_s = 0, queue_s = 0, transfer_s = 0, load_s = 0;
   double onboard_s = 0;  ///< copying its reused second-tier blocks back (weight: transfer)
   double total = 0;      ///< weighted sum (decode, remote plan: + the chosen prefill worker's)
+  /// Fetch instead of recompute, counted as reuse (plan_route with fetch settings): the
+  /// worker that computes the prompt (this prefill worker, or this decode worker when
+  /// `local`) pulls blocks [fetch_first, fetch_end) from candidate `fetch_source` (an index
+  /// into the decode candidates followed by the prefill ones); prefill_s is then the time
+  /// of the rest and fetch_s (weight: transfer) the estimated fetch.
+  std::optional<size_t> fetch_source;
+  uint32_t fetch_first = 0, fetch_end = 0;
+  double fetch_s = 0;
+  double fetch_saved_s = 0;  ///< the prefill time the fetched blocks save
 };
 
 /// The cost model's decision: the decode worker and, unless it prefills locally, the
@@ -119,10 +140,15 @@ double onboard_seconds(const route_candidate& c, uint32_t reused, const cost_mod
 /// allows it with `local_prefill_threshold`) or the KV moved to it (prompt blocks it does not hold)
 /// plus the cheapest prefill worker. Ties go to the larger overlap, then the lower id. Draining
 /// workers are scored as not eligible and never chosen.
+/// With `fetch` (enabled), a possible fetch counts as reuse: a worker that would compute the
+/// prompt (every prefill worker; a decode worker for its local plan) gets the best fetch
+/// plan_fetch (fetch_policy.hpp) finds among all other candidates, and its uncached part is
+/// then the fetch's time (weight: transfer) plus the prefill of the rest, whenever that is
+/// cheaper; for local prefill's threshold the fetched tokens count as cached.
 route_plan plan_route(std::span<const route_candidate> decodes,
                       std::span<const route_candidate> prefills, uint32_t prompt_tokens,
                       uint32_t block_tokens, uint32_t local_prefill_threshold,
-                      const cost_model& model);
+                      const cost_model& model, const fetch_settings* fetch = nullptr);
 
 /// Conditional disaggregation: prefill on the decode worker itself when the uncached part
 /// of the prompt is shorter than `threshold` tokens (0 disables local prefill), or when

@@ -70,7 +70,7 @@ result<node_actors> spawn_node_actors(caf::actor_system& sys, const manifest& m,
     if (it->prefill()) as_prefill = to_prefill_config(*it->prefill());
     if (it->decode()) as_decode = to_decode_config(*it->decode());
   }
-  as_decode.kv_drain_timeout = services.kv_drain_timeout;
+  as_decode.kv_drain_timeout = as_prefill.kv_drain_timeout = services.kv_drain_timeout;
   as_prefill.grammars = as_decode.grammars = services.grammars;
   for (const auto& a : node.actors) {
     out.names.push_back(a.name);
@@ -87,6 +87,7 @@ result<node_actors> spawn_node_actors(caf::actor_system& sys, const manifest& m,
         if (!eng) return eng.error();
         auto pc = to_prefill_config(*a.prefill());
         pc.grammars = services.grammars;
+        pc.kv_drain_timeout = services.kv_drain_timeout;
         if (!a.prefill()->kv_blocks_given && services.prefill_blocks)
           pc.num_blocks = *services.prefill_blocks;
         keep(spawn_prefill(sys, info(a), pc, std::move(*eng), services.transport, supervisor,

@@ -53,7 +53,8 @@ struct node_services {
   /// The router's configuration, resolved (the model's block size and EOS included).
   router_config router;
   /// How long a decode worker holds the blocks of a sequence whose KV may still be being
-  /// written (decode_config::kv_drain_timeout), ms.
+  /// written (decode_config::kv_drain_timeout; a prefill worker the blocks of a fetch it
+  /// gave up on, prefill_config::kv_drain_timeout), ms.
   std::chrono::milliseconds kv_drain_timeout{6000};
   /// Pool sizes (blocks) from the node's KV budget (defaults.kv_memory) for its workers whose
   /// manifest entry gives no kv_blocks; unset: their kv_blocks default.

@@ -22,6 +22,7 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -136,8 +137,9 @@ struct cluster_spec {
   /// The manifest's restart policy. Off here, so that the tests of a node's death see the
   /// node stay down; the restart tests turn it on.
   std::string restart = "{max: 0}";
-  uint32_t prefill_workers = 1;  ///< prefill actors on p0
-  std::string planner;           ///< the manifest's `planner:` section (empty: none)
+  uint32_t prefill_workers = 1;    ///< prefill actors on p0
+  uint32_t prefill_kv_blocks = 0;  ///< each prefill actor's KV pool, blocks (0: the default)
+  std::string planner;             ///< the manifest's `planner:` section (empty: none)
   /// A model file (`tokenmill make-model`): every worker runs the cpu engine on it. Empty:
   /// the sim engine.
   std::string model_path;
@@ -198,7 +200,9 @@ std::string manifest_yaml(const cluster_spec& spec, const port_plan& ports) {
     << "    http_port: " << ports.node_http.at("p0") << "\n"
     << "    actors: [";
   for (uint32_t i = 0; i < spec.prefill_workers; ++i)
-    y << (i ? ", " : "") << "{prefill: {engine: " << engine << ", threads: 1}}";
+    y << (i ? ", " : "") << "{prefill: {engine: " << engine << ", threads: 1"
+      << (spec.prefill_kv_blocks ? ", kv_blocks: " + std::to_string(spec.prefill_kv_blocks) : "")
+      << "}}";
   y << "]\n";
   for (const auto& d : spec.decode_nodes)
     y << "  - name: " << d << "\n"
@@ -1692,5 +1696,54 @@ TEST_CASE("a second request's prefix is fetched from another decode node's cache
          d1.find("served 2 blocks") != std::string::npos));
   CHECK(d0.find("0 failed") != std::string::npos);
   CHECK(d1.find("0 failed") != std::string::npos);
+  stop_cleanly(c);
+}
+
+TEST_CASE("a prefill worker fetches a prompt's prefix from a decode node's cache",
+          "[integration][multinode][kv_fetch]") {
+  // A real model on the cpu engine: the fetched KV must give the very tokens computing gave.
+  temp_dir models("tokenmill-fetch-model");
+  const auto model = models.file("tiny.gguf");
+  auto mk = run_tokenmill({"make-model", "--preset", "tiny", "--dtype", "f32", "-o", model});
+  REQUIRE(mk.exit_code == 0);
+  const std::string transport = GENERATE(as<std::string>{}, "inline", "ucx");
+  INFO("kv_transport " << transport);
+  ::unsetenv("UCX_TLS");
+  cluster_spec spec;
+  spec.name = "pfetch";
+  spec.model_path = model;
+  spec.kv_transport = transport;
+  // Every prompt is prefilled on p0, whose pool (8 blocks of 16 tokens) holds one ~100-token
+  // prompt: the next evicts most of it there, while d0's large pool keeps it.
+  spec.prefill_kv_blocks = 8;
+  spec.router = "{local_prefill_threshold: 0}";
+  cluster c(spec);
+  c.launch();
+  auto tokens_of = [&](const std::string& prompt) {
+    auto r = c.generate({"--json", "--token-ids", "--ignore-eos", "--temperature", "0",
+                         "--max-tokens", "12", prompt});
+    INFO("stdout: " << r.out << "\nstderr: " << r.err);
+    REQUIRE(r.exit_code == 0);
+    auto j = last_json_line(r.out);
+    REQUIRE(j.is_object());
+    return j.at("token_ids").get<std::vector<int64_t>>();
+  };
+  auto detail_of = [&](const std::string& kind, const std::string& node) {
+    auto w = worker_on(c.status(), kind, node);
+    return w.is_object() ? w.value("detail", std::string()) : std::string();
+  };
+  const auto prompt = id_prompt(1, 100);
+  const auto reference = tokens_of(prompt);  // computed on p0; d0 and p0 cache its blocks
+  tokens_of(id_prompt(300, 100));            // p0 evicts the first prompt's blocks, d0 not
+  // Again: d0 holds the prefix, p0 (almost) none of it: p0 pulls it from d0 and computes
+  // only the rest.
+  CHECK(tokens_of(prompt) == reference);
+  const auto p0 = detail_of("prefill", "p0"), d0 = detail_of("decode", "d0");
+  INFO("p0: " << p0 << "\nd0: " << d0);
+  std::smatch m;
+  REQUIRE(std::regex_search(p0, m, std::regex(R"(fetched (\d+) blocks)")));
+  CHECK(std::stoi(m[1]) > 0);
+  CHECK(p0.find(", 0 failed") != std::string::npos);
+  CHECK(std::regex_search(d0, std::regex(R"(served [1-9]\d* blocks)")));
   stop_cleanly(c);
 }

@@ -526,7 +526,9 @@ TEST_CASE("router: a request cancelled while its overlap query is out ends cance
 }
 
 TEST_CASE("router: with nothing to choose it does not ask the kv-store", "[router_actor]") {
-  router_harness h;
+  router_config cfg;
+  cfg.fetch.enabled = false;  // with fetch, one decode and one prefill worker are a choice
+  router_harness h{cfg};
   membership m;
   m.members.push_back(h.as_member(router_wid, role::router));
   m.members.push_back(h.as_member(decode_wid, role::decode));
@@ -1261,4 +1263,45 @@ TEST_CASE("router: a local prefill fetches the prefix a busier worker holds",
   CHECK(f.total_ms == Approx(8 - 0.502));
   auto ws = query_status(h.self, h.router);
   CHECK_THAT(ws.detail, Catch::Contains("1 told to fetch a prefix"));
+}
+
+TEST_CASE("router: a remote prefill is told to fetch the prefix its decode worker holds",
+          "[router_actor][kv_fetch]") {
+  router_config cfg;                      // local_prefill_threshold 0: every prompt is remote
+  cfg.default_speed.tokens_per_s = 1000;  // 1 ms per token
+  cfg.cost.kv_bytes_per_block = 1000;
+  cfg.cost.kv_bytes_per_s = 1e9;  // 1 µs a block
+  router_harness h{cfg};
+  // One decode and one prefill worker: no choice of worker, but with fetch on the kv-store
+  // is asked all the same (the prefill worker may pull what the decode worker holds).
+  membership m;
+  m.members.push_back(h.as_member(router_wid, role::router));
+  m.members.push_back(h.as_member(decode_wid, role::decode));
+  m.members.push_back(h.as_member(prefill_wid, role::prefill));
+  m.members.push_back(h.as_member(kv_wid, role::kv_store));
+  h.self->send(h.router, m);
+  auto req = h.request(1, 10);
+  h.self->send(h.router, req);
+  answer_overlap(h, req.prompt, {{decode_wid, 2}});
+  auto a = expect<decode_assignment>(h.self, "decode_assignment");
+  CHECK(a.prefill == handle_of(h.self));  // the prefill worker computes...
+  CHECK(a.fetch.from == handle_of(h.self));
+  CHECK(a.fetch.source == "decode-10");  // ...after pulling blocks 0 and 1 from the decode worker
+  CHECK(a.fetch.end_block == 2);
+  h.self->send(h.router, first_token{1, 500, trace{}, {}});
+  h.expect_chunk(1, 0, {500});
+  h.send_done(1, finish_reason::length, 1);
+  auto s = expect<request_summary>(h.self, "request_summary");
+  REQUIRE(s.routing.size() == 3);  // the decode worker, the prefill worker, the fetch
+  CHECK(s.routing[1].prefill);
+  CHECK(s.routing[1].chosen);
+  CHECK(s.routing[1].prefill_ms == Approx(2));       // 2 tokens left to compute
+  CHECK(s.routing[1].transfer_ms == Approx(0.502));  // the fetch
+  const auto& f = s.routing[2];
+  CHECK(f.worker == "fetch:decode-10");
+  CHECK_FALSE(f.prefill);
+  CHECK(f.cached_tokens == 8);
+  CHECK(f.prefill_ms == Approx(8));
+  CHECK(f.total_ms == Approx(8 - 0.502));
+  CHECK_THAT(query_status(h.self, h.router).detail, Catch::Contains("1 told to fetch a prefix"));
 }

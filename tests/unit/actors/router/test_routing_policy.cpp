@@ -334,3 +334,153 @@ TEST_CASE("cost model: onboarding counts only reused blocks, host first", "[rout
   CHECK(plan.decode_scores[0].local);
   CHECK(plan.decode_scores[0].onboard_s == Approx(32));
 }
+
+namespace {
+
+/// As model(), with 1 MB blocks at 5 GB/s: 0.2 ms to move a block, 0.5 ms per fetch.
+cost_model model_with_kv() {
+  auto m = model();
+  m.kv_bytes_per_block = 1'000'000;
+  m.kv_bytes_per_s = 5e9;
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("cost model: a possible fetch counts as reuse", "[routing_policy][fetch_policy]") {
+  // 160 tokens = 10 blocks of 16 (9 reusable: the 10th holds the last token). Prefill
+  // worker 2 holds 8 blocks behind a queue of 50 tokens (0.05 s).
+  const auto m = model_with_kv();
+  const fetch_settings on;
+  std::vector<route_candidate> d{decode(10, 0)};
+  std::vector<route_candidate> p{prefill(1, 0), prefill(2, 50, 8)};
+  // Without fetch the cached worker wins: 0.032 + 0.05 s against 0.16 s.
+  auto plain = plan_route(d, p, 160, 16, 0, m);
+  REQUIRE(plain.prefill == 1u);
+  CHECK_FALSE(plain.prefill_scores[0].fetch_source);
+  // With it, idle worker 1 pulls the 8 blocks from worker 2 (0.5 ms + 8 × 0.2 ms) and
+  // computes 32 tokens: 0.0341 s, cheaper than waiting for worker 2's queue.
+  auto plan = plan_route(d, p, 160, 16, 0, m, &on);
+  REQUIRE(plan.prefill == 0u);
+  const auto& s = plan.prefill_scores[0];
+  REQUIRE(s.fetch_source == 2u);  // decodes first, then prefills: worker 2
+  CHECK(s.fetch_first == 0);
+  CHECK(s.fetch_end == 8);
+  CHECK(s.fetch_s == Approx(0.0005 + 8 * 0.0002));
+  CHECK(s.fetch_saved_s == Approx(0.128));
+  CHECK(s.prefill_s == Approx(0.032));
+  CHECK(s.cached_tokens == 0);  // its own cache: the fetched part is separate
+  CHECK(s.total == Approx(0.032 + 0.0021));
+  CHECK(plan.cost < plain.cost);
+  // The worker that holds the most fetches nothing; an idle queue keeps it the cheapest.
+  CHECK_FALSE(plan.prefill_scores[1].fetch_source);
+  p[1].queued_tokens = 0;
+  plan = plan_route(d, p, 160, 16, 0, m, &on);
+  CHECK(plan.prefill == 1u);
+  // The transfer weight scales the fetch: heavy enough, computing wins again.
+  p[1].queued_tokens = 50;
+  auto heavy = m;
+  heavy.weights.transfer = 1000;  // 2.1 s for the fetch
+  plan = plan_route(d, p, 160, 16, 0, heavy, &on);
+  CHECK_FALSE(plan.prefill_scores[0].fetch_source);
+  CHECK(plan.prefill == 1u);
+}
+
+TEST_CASE("cost model: a prefill worker fetches from the decode worker that holds the prefix",
+          "[routing_policy][fetch_policy]") {
+  // Every prompt is prefilled remotely (threshold 0); decode worker 10 holds 8 blocks, which
+  // it keeps (they are not sent to it again), and the prefill worker needs them to compute
+  // the rest.
+  const auto m = model_with_kv();
+  const fetch_settings on;
+  std::vector<route_candidate> d{decode(10, 0, 8)};
+  std::vector<route_candidate> p{prefill(1, 0)};
+  auto plan = plan_route(d, p, 160, 16, 0, m, &on);
+  REQUIRE(plan.decode == 0u);
+  REQUIRE(plan.prefill == 0u);
+  REQUIRE(plan.prefill_scores[0].fetch_source == 0u);
+  CHECK(plan.prefill_scores[0].fetch_end == 8);
+  CHECK(plan.prefill_scores[0].prefill_s == Approx(0.032));
+  // The decode score carries the prefill worker's fetch-reduced total.
+  CHECK(plan.decode_scores[0].total ==
+        Approx(2 * 0.0002 + plan.prefill_scores[0].total));  // 2 blocks move to it
+}
+
+TEST_CASE("cost model: a local prefill counts fetched tokens as cached",
+          "[routing_policy][fetch_policy]") {
+  // Decode worker 11 holds 9 blocks but serves 5 requests (5 ms of load); worker 10 is
+  // idle and holds nothing; local prefill below 64 uncached tokens.
+  const auto m = model_with_kv();
+  const fetch_settings on;
+  std::vector<route_candidate> d{decode(10, 0), decode(11, 5, 9)};
+  std::vector<route_candidate> p{prefill(1, 0)};
+  // Without fetch: worker 11 prefills 16 tokens locally (16 + 5 ms); worker 10 would go
+  // remote (160 ms of prefill).
+  auto plain = plan_route(d, p, 160, 16, 64, m);
+  REQUIRE(plain.decode == 1u);
+  CHECK_FALSE(plain.decode_scores[0].local);
+  // With fetch: worker 10 pulls 9 blocks from 11 (2.3 ms), has 16 tokens left (< 64: local)
+  // and wins over the loaded worker.
+  auto plan = plan_route(d, p, 160, 16, 64, m, &on);
+  REQUIRE(plan.decode == 0u);
+  CHECK_FALSE(plan.prefill);
+  const auto& s = plan.decode_scores[0];
+  CHECK(s.local);
+  REQUIRE(s.fetch_source == 1u);
+  CHECK(s.fetch_end == 9);
+  CHECK(s.prefill_s == Approx(0.016));
+  CHECK(s.fetch_s == Approx(0.0005 + 9 * 0.0002));
+  CHECK(s.total == Approx(0.016 + 0.0023));
+}
+
+TEST_CASE("cost model: fetch off, a draining source, unknown block bytes: no fetch",
+          "[routing_policy][fetch_policy]") {
+  auto m = model_with_kv();
+  fetch_settings off;
+  off.enabled = false;
+  std::vector<route_candidate> d{decode(10, 0)};
+  std::vector<route_candidate> p{prefill(1, 0), prefill(2, 50, 8)};
+  auto same = [&](const route_plan& a, const route_plan& b) {
+    REQUIRE(a.prefill_scores.size() == b.prefill_scores.size());
+    for (size_t i = 0; i < a.prefill_scores.size(); ++i) {
+      CHECK_FALSE(a.prefill_scores[i].fetch_source);
+      CHECK(a.prefill_scores[i].total == Approx(b.prefill_scores[i].total));
+    }
+    CHECK(a.prefill == b.prefill);
+    CHECK(a.cost == Approx(b.cost));
+  };
+  const auto plain = plan_route(d, p, 160, 16, 0, m);
+  same(plan_route(d, p, 160, 16, 0, m, &off), plain);
+  const fetch_settings on;
+  p[1].draining = true;  // never a source (and never chosen)
+  auto plan = plan_route(d, p, 160, 16, 0, m, &on);
+  CHECK(plan.prefill == 0u);
+  CHECK_FALSE(plan.prefill_scores[0].fetch_source);
+  p[1].draining = false;
+  m.kv_bytes_per_block = 0;  // the transfer cannot be estimated
+  same(plan_route(d, p, 160, 16, 0, m, &on), plan_route(d, p, 160, 16, 0, m));
+}
+
+TEST_CASE("cost model: workers with the same cache and speed share one fetch plan",
+          "[routing_policy][fetch_policy]") {
+  // 32 idle prefill workers without the prefix, one holding 8 blocks behind a queue: each
+  // of the 32 gets the same plan (from the one source), ties go to the lowest id.
+  const auto m = model_with_kv();
+  const fetch_settings on;
+  const auto slow = rate(500);  // a slower engine saves more by fetching, same source
+  std::vector<route_candidate> d{decode(100, 0)};
+  std::vector<route_candidate> p;
+  for (worker_id i = 1; i <= 32; ++i)
+    p.push_back(prefill(i, 0));
+  p[5].speed = &slow;
+  p.push_back(prefill(40, 500, 8));
+  auto plan = plan_route(d, p, 160, 16, 0, m, &on);
+  REQUIRE(plan.prefill == 0u);
+  for (size_t i = 0; i < 32; ++i) {
+    INFO("prefill worker " << p[i].id);
+    REQUIRE(plan.prefill_scores[i].fetch_source == 1u + 32);
+    CHECK(plan.prefill_scores[i].fetch_end == 8);
+    CHECK(plan.prefill_scores[i].prefill_s == Approx(i == 5 ? 0.064 : 0.032));
+    CHECK(plan.prefill_scores[i].fetch_saved_s == Approx(i == 5 ? 0.256 : 0.128));
+  }
+}
