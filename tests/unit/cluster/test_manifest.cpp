@@ -1178,8 +1178,7 @@ TEST_CASE("manifest: router.fetch and fetch_overhead_ms reach the router's fetch
   }
 }
 
-TEST_CASE("manifest: router.ttft_slo_ms reaches adaptive admission, off by default",
-          "[manifest]") {
+TEST_CASE("manifest: router.ttft_slo_ms reaches adaptive admission, off by default", "[manifest]") {
   auto dflt = ok(parse_manifest(minimal, "test.yaml", "/tmp", {false}));
   CHECK(dflt.router.ttft_slo_ms == 0);
   CHECK(to_router_config(dflt).admission.ttft_slo_ns == 0);
@@ -1193,8 +1192,8 @@ TEST_CASE("manifest: router.ttft_slo_ms reaches adaptive admission, off by defau
   auto same = ok(parse_manifest(std::string(minimal) + "router: {ttft_slo_ms: 0}\n", "test.yaml",
                                 "/tmp", {false}));
   CHECK(manifest_hash(same) == manifest_hash(dflt));
-  auto r = parse_manifest(std::string(minimal) + "router: {ttft_slo_ms: -5}\n", "test.yaml",
-                          "/tmp", {false});
+  auto r = parse_manifest(std::string(minimal) + "router: {ttft_slo_ms: -5}\n", "test.yaml", "/tmp",
+                          {false});
   REQUIRE_FALSE(r.ok());
   CHECK_THAT(r.error().message, Catch::Contains("router.ttft_slo_ms"));
 }
