@@ -568,8 +568,14 @@ caf::behavior prefill_behavior(prefill_ptr self) {
         auto& st = self->state;
         auto ws = st.w.status(role::prefill,
                               st.fetched.fetches > 0 ? st.fetched.summary() + ", " : std::string());
-        ws.queued = static_cast<uint32_t>(st.waiting.size());
-        ws.running = static_cast<uint32_t>(st.queue.size());
+        // Jobs waiting for blocks or for their decode pool's announcement are queued; jobs
+        // whose prefix is being fetched are under way, like those queued for the engine
+        // (the planner's and the router's load signals count them).
+        ws.queued = static_cast<uint32_t>(st.waiting.size() + st.unannounced.size());
+        uint32_t fetching = 0;
+        for (const auto& [id, js] : st.jobs)
+          fetching += js.fetch.under_way() && !js.dropped;
+        ws.running = static_cast<uint32_t>(st.queue.size()) + fetching;
         ws.completed = st.completed;
         ws.tokens_out = st.tokens_computed;
         ws.kv_bytes = st.kv_bytes_sent;

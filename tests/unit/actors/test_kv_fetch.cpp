@@ -533,6 +533,10 @@ TEST_CASE("fetch: a job cancelled while its prefill worker fetches is freed",
   for (int i = 0; i < 200 && *got_request == 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   REQUIRE(*got_request == 1);
+  // A job whose prefix is being fetched counts as running (load signals see it).
+  auto during = query_status(h.self, p.handle);
+  CHECK(during.running == 1);
+  CHECK(during.queued == 0);
   h.self->send(b.handle, cancel_request{req.id});
   bool done = false;
   h.self->receive(
