@@ -269,10 +269,23 @@ def chaos():
             stop.wait(2)
         stop.wait(rnd.uniform(0.5, 3))
 
-def traffic(seconds, restart_at=None):
+rss_samples = []  # (seconds since the measured traffic began, {node: rss_kib}) per minute
+
+def sample_rss(t0):
+    """Every 60 s of the measured traffic: each node's RSS, so a slope shows growth that
+    levels off (allocator, bounded caches) apart from growth that goes on (a leak)."""
+    while not stop.wait(60):
+        row = {n: proc_figures(pid_of(n))["rss_kib"] for n in names}
+        rss_samples.append((round(time.monotonic() - t0), row))
+        say(f"rss at {rss_samples[-1][0]} s: " + ", ".join(f"{n} {v} KiB" for n, v in row.items()))
+
+def traffic(seconds, restart_at=None, sample=False):
     stop.clear()
     ch = threading.Thread(target=chaos)
     ch.start()
+    sampler = threading.Thread(target=sample_rss, args=(time.monotonic(),)) if sample else None
+    if sampler:
+        sampler.start()
     st = threading.Thread(target=steady, args=(seconds,))
     st.start()
     restarted = None
@@ -293,6 +306,8 @@ def traffic(seconds, restart_at=None):
     st.join()
     stop.set()
     ch.join()
+    if sampler:
+        sampler.join()
     return restarted
 
 # ---- the run ---------------------------------------------------------------------------
@@ -321,7 +336,7 @@ save_smaps("before")
 say(f"warm-up done, idle: {ok0}; before: {json.dumps(before)}")
 counts.clear()
 t0 = time.monotonic()
-restarted = traffic(total_s, restart_at=total_s / 2)
+restarted = traffic(total_s, restart_at=total_s / 2, sample=True)
 say(f"traffic done after {time.monotonic() - t0:.0f} s: {json.dumps(counts, sort_keys=True)}")
 ok, facts = settle()
 after = {n: proc_figures(pid_of(n)) for n in names}
@@ -361,7 +376,7 @@ say(f"idle after {facts['settle_s']} s: kv_used {facts.get('kv_used')}, queued {
     f"frontend in flight {facts.get('frontend_in_flight')}")
 say(f"router: {facts.get('router_detail', '?')}")
 json.dump({"minutes": minutes, "rate": rate, "counts": counts, "before": before, "after": after,
-           "idle": ok, "facts": facts, "fails": fails},
+           "idle": ok, "facts": facts, "fails": fails, "rss_samples": rss_samples},
           open(os.path.join(out, "soak.json"), "w"), indent=2)
 for f in fails:
     say(f"FAIL: {f}")
