@@ -133,6 +133,9 @@ struct prefill_config {
   /// a late put: they are held until the source's late reply, or this long at most (as
   /// decode_config::kv_drain_timeout).
   std::chrono::milliseconds kv_drain_timeout{6000};
+  /// Chunk reuse (issue 17): share of a segmented prompt's reused tokens recomputed when the
+  /// request names none (`serve --recompute-ratio`), in [0, 1].
+  float recompute_ratio = 0.15f;
 };
 
 struct decode_config {
@@ -154,6 +157,8 @@ struct decode_config {
   std::chrono::milliseconds fetch_timeout{2000};
   /// As prefill_config::grammars.
   std::shared_ptr<grammar::grammar_cache> grammars;
+  /// As prefill_config::recompute_ratio (resolved here for remote prefills too).
+  float recompute_ratio = 0.15f;
 };
 
 /// A prefill worker (detached: engine compute runs on its own thread). On change_role it

@@ -88,6 +88,12 @@ struct prefill_job {
   caf::actor router;
   trace tr;
   fetch_hint fetch;  ///< pull a prefix from a peer before computing (the router's plan)
+  /// The prompt's segments (request_options::segment_ends): a prefill worker whose engine
+  /// blends reuses their KV from its chunk cache. Empty: not segmented.
+  std::vector<uint32_t> segment_ends;
+  /// Share of reused segment tokens recomputed, resolved by the decode worker (never < 0
+  /// when segment_ends is set; < 0: the prefill worker's default).
+  float recompute_ratio = -1;
 };
 
 /// prefill -> decode: blocks of a prompt's KV (written as each chunk completes). With a
@@ -612,7 +618,7 @@ typename F::result_type inspect(F& f, kv_payload& x) {
 template <class F>
 typename F::result_type inspect(F& f, request_options& x) {
   return f(caf::meta::type_name("request_options"), x.max_tokens, x.stop_ids, x.sampling,
-           x.ignore_eos);
+           x.ignore_eos, x.segment_ends, x.recompute_ratio);
 }
 template <class F>
 typename F::result_type inspect(F& f, generate_request& x) {
@@ -641,7 +647,7 @@ typename F::result_type inspect(F& f, kv_fetch_written& x) {
 template <class F>
 typename F::result_type inspect(F& f, prefill_job& x) {
   return f(caf::meta::type_name("prefill_job"), x.id, x.prompt, x.sampling, x.dst, x.skip_blocks,
-           x.dst_blocks, x.decode, x.router, x.tr, x.fetch);
+           x.dst_blocks, x.decode, x.router, x.tr, x.fetch, x.segment_ends, x.recompute_ratio);
 }
 template <class F>
 typename F::result_type inspect(F& f, kv_transfer& x) {
@@ -771,7 +777,8 @@ template <class F>
 typename F::result_type inspect(F& f, worker_status& x) {
   return f(caf::meta::type_name("worker_status"), x.id, x.kind, x.name, x.node, x.up, x.queued,
            x.running, x.kv_used, x.kv_total, x.completed, x.tokens_out, x.detail, x.kv_bytes,
-           x.prefix_hit_blocks, x.prefix_lookup_blocks, x.tiers);
+           x.prefix_hit_blocks, x.prefix_lookup_blocks, x.tiers, x.chunk_lookup_tokens,
+           x.chunk_hit_tokens, x.chunk_recomputed_tokens);
 }
 template <class F>
 typename F::result_type inspect(F& f, node_status& x) {

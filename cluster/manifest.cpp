@@ -347,6 +347,7 @@ prefill_config to_prefill_config(const prefill_options& o) {
   c.token_budget = o.chunk;
   c.max_seqs = o.max_seqs;
   c.tier = kv_tier_config{o.kv_host_blocks, o.kv_disk_blocks, o.kv_disk_dir};
+  c.recompute_ratio = static_cast<float>(o.recompute_ratio);
   return c;
 }
 
@@ -356,6 +357,7 @@ decode_config to_decode_config(const decode_options& o) {
   c.max_batch = o.max_batch;
   c.local_prefill_budget = o.local_prefill_budget;
   c.tier = kv_tier_config{o.kv_host_blocks, o.kv_disk_blocks, o.kv_disk_dir};
+  c.recompute_ratio = static_cast<float>(o.recompute_ratio);
   return c;
 }
 

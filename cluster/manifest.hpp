@@ -36,6 +36,9 @@ struct worker_options {
   uint32_t kv_host_blocks = 0;
   uint32_t kv_disk_blocks = 0;  ///< needs kv_host_blocks > 0
   std::string kv_disk_dir;      ///< directory of the disk tier's file; empty: $TMPDIR or /tmp
+  /// Chunk reuse (issue 17): share of a segmented prompt's reused tokens recomputed when the
+  /// request names none, in [0, 1] (prefill_config::recompute_ratio).
+  double recompute_ratio = 0.15;
 };
 
 /// A prefill worker's options (`prefill: {...}`); defaults match prefill_config's.

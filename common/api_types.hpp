@@ -2,6 +2,7 @@
 /// Plain data shared by the actors, the RPC codec and the client library. No CAF here:
 /// actors/protocol.hpp adds the inspectors.
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -88,6 +89,15 @@ struct request_options {
   std::vector<token_id> stop_ids;  ///< generation stops after producing one of these
   sampling_params sampling;        ///< passed through to the engine
   bool ignore_eos = false;         ///< keep generating past the model's EOS
+  /// The prompt given as segments (chunk reuse, issue 17): the prompt position where each
+  /// segment ends, ascending, the last one the prompt's length (a recompute migration may
+  /// append output after it: that tail is one more segment). A worker whose engine blends
+  /// reuses each segment's KV from its chunk cache wherever the segment sat before. Empty:
+  /// the prompt is not segmented.
+  std::vector<uint32_t> segment_ends;
+  /// Share of the reused segments' tokens recomputed, in [0, 1]; < 0: the worker's default
+  /// (`serve --recompute-ratio`).
+  float recompute_ratio = -1;
 };
 
 /// One level of a worker's second KV tier (engine/kv_tier.hpp), since the worker started.
@@ -117,6 +127,11 @@ struct worker_status {
   uint64_t kv_bytes = 0;    ///< KV bytes sent (prefill) or received (decode) since start
   uint64_t prefix_hit_blocks = 0;     ///< prompt blocks found in the prefix cache
   uint64_t prefix_lookup_blocks = 0;  ///< prompt blocks looked up in the prefix cache
+  /// Chunk reuse (issue 17): prompt tokens of segments looked up in the chunk cache, found
+  /// there (their KV moved, not computed), and of those recomputed (selective recompute).
+  uint64_t chunk_lookup_tokens = 0;
+  uint64_t chunk_hit_tokens = 0;
+  uint64_t chunk_recomputed_tokens = 0;
   std::string detail;                 ///< one line of free text (engine, transport, errors)
   std::vector<kv_tier_status> tiers;  ///< the second KV tier's levels; empty without one
 };
@@ -188,6 +203,14 @@ struct drain_summary {
   error_info error;
 };
 
+/// One segment of a prompt given as segments (generate_params::segments): text, tokenized
+/// alone (no BOS), or token ids.
+struct prompt_segment {
+  bool has_text = true;
+  std::string text;                ///< when has_text
+  std::vector<int64_t> token_ids;  ///< when !has_text; wide, as generate_params::token_ids
+};
+
 /// A generate call as the client sent it, before validation. Numbers are wide so that
 /// out-of-range values can be reported exactly.
 struct generate_params {
@@ -213,6 +236,16 @@ struct generate_params {
   std::string grammar_field;
   /// A grammar kind the client named that is not one (RPC grammarKind): validate refuses it.
   std::string unknown_grammar_kind;
+  /// The prompt as segments (chunk reuse, issue 17): when non-empty the prompt is BOS (for
+  /// add_bos, as a segment of its own) followed by the segments' tokens, and text/token_ids
+  /// are not used. validate() refuses empty segments, too many, ids outside the vocabulary.
+  std::vector<prompt_segment> segments;
+  /// Share of reused segment tokens to recompute, as sent; validate() wants [0, 1]. Absent:
+  /// the worker's default.
+  std::optional<double> recompute_ratio;
+  /// Where the segments came from ("tokenmill.segments", "segments"): validate() names it.
+  /// Empty: "segments".
+  std::string segments_field;
 };
 
 /// One named interval of a TTFT breakdown, in milliseconds.

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/blend.hpp"
+#include "engine/chunk_blender.hpp"
 #include "engine/engine.hpp"
 #include "engine/model.hpp"
 
@@ -22,49 +23,7 @@ struct cpu_engine_config {
 /// block_tokens, dtype) — what the worker's block pool must be built with.
 kv_layout cpu_kv_layout(const llama_config& model, const cpu_engine_config& cfg);
 
-/// Moves the KV of `tokens` tokens of a cached chunk into a sequence (move_chunk_kv). The
-/// source holds the chunk at slots [0, tokens) of `src` (its block table), its keys rotated
-/// as if slot 0 sat at position `src_position`; the destination is positions [dst_begin,
-/// dst_begin + tokens) of the sequence whose block table is `dst`.
-struct chunk_move {
-  std::span<const block_id> src;
-  uint32_t src_position = 0;
-  uint32_t tokens = 0;
-  std::span<const block_id> dst;
-  uint32_t dst_begin = 0;
-};
-
-/// A prompt prefilled by blending (prefill_blend): reused segments' KV already in `blocks`
-/// (moved there by move_chunk_kv), some of it recomputed (engine/blend.hpp).
-struct blend_prefill {
-  std::span<const token_id> tokens;  ///< the whole prompt
-  std::span<const blend_segment> segments;
-  std::span<const block_id> blocks;  ///< covers the whole prompt
-  /// Positions [0, cached_prefix) hold exact KV (a prefix-cache hit): never computed.
-  uint32_t cached_prefix = 0;
-  float recompute_ratio = 0.15f;  ///< share of reused tokens recomputed, 0 ... 1
-  uint32_t first_tokens = 1;      ///< leading tokens of each reused chunk recomputed first
-  /// The layer on which every token's K/V is computed and compared with the reused K/V
-  /// (CacheBlend selects on an early layer; layer 0's K/V depend on the token and position
-  /// only, so the reused ones equal a full prefill's there and 1 is the earliest useful).
-  /// Layers below it are computed for every token. Clamped to the last layer.
-  uint32_t select_layer = 1;
-};
-
-/// What prefill_blend computed.
-struct blend_outcome {
-  std::vector<float> logits;         ///< of the last position [vocab]
-  uint32_t reused_tokens = 0;        ///< reused positions past the cached prefix
-  uint32_t recomputed_reused = 0;    ///< of those, recomputed in every layer
-  uint32_t computed_tokens = 0;      ///< positions computed in every layer
-  uint32_t select_layer_tokens = 0;  ///< positions computed up to the selection layer
-  /// Share of the reused tokens' total K/V deviation on the selection layer that the
-  /// recomputed ones carry (not measured at ratio 0 or 1: then 0 or 1): near the ratio when the
-  /// deviation is spread evenly, near 1 when few tokens carry it (CacheBlend's premise).
-  double selected_deviation_share = 1;
-};
-
-class cpu_engine final : public engine {
+class cpu_engine final : public engine, public chunk_blender {
  public:
   /// Throws std::invalid_argument when the config cannot serve the model: construction is
   /// inside engine/, and make_engine (engine_factory.hpp) turns that into a value.
@@ -72,6 +31,7 @@ class cpu_engine final : public engine {
   ~cpu_engine() override;
 
   const model_info& info() const override { return info_; }
+  chunk_blender* blender() override { return this; }
   result<std::vector<token_id>> prefill(block_pool& pool,
                                         std::span<const prefill_chunk> batch) override;
   result<std::vector<token_id>> decode(block_pool& pool,
@@ -98,14 +58,14 @@ class cpu_engine final : public engine {
   /// a chunk alone in its blocks (begin 0), this is a chunk cache entry rotated at a known
   /// base position. base_position 0 is prefill(). Errors as prefill()'s.
   result<std::vector<token_id>> prefill_at(block_pool& pool, const prefill_chunk& chunk,
-                                           uint32_t base_position);
+                                           uint32_t base_position) override;
 
   /// Copies a cached chunk's KV into a sequence, rotating every key of every layer and KV
   /// head once by (dst_begin - src_position) positions (both RoPE conventions; the same
   /// frequencies, llama3 scaling included, as the forward pass). Values are copied. The
   /// source blocks are only read. errc::invalid_request (nothing written) when a block
   /// table is too short or names a block outside the pool, or tokens is 0.
-  result<void> move_chunk_kv(block_pool& pool, const chunk_move& move);
+  result<void> move_chunk_kv(block_pool& pool, const chunk_move& move) override;
 
   /// Prefills a prompt whose reused segments' KV is in place, recomputing the positions
   /// engine/blend.hpp selects: every computed segment, the last position, and
@@ -115,7 +75,7 @@ class cpu_engine final : public engine {
   /// result (logits and KV) is a full prefill's bit for bit; at 0 no reused KV is touched.
   /// errc::invalid_request (nothing written) for bad segments, a ratio outside [0, 1], a
   /// cached_prefix not before the last position, or what prefill() refuses.
-  result<blend_outcome> prefill_blend(block_pool& pool, const blend_prefill& req);
+  result<blend_outcome> prefill_blend(block_pool& pool, const blend_prefill& req) override;
 
   const cpu_engine_config& config() const { return cfg_; }
 

@@ -23,6 +23,8 @@
 
 namespace tokenmill {
 
+class chunk_blender;
+
 /// What a worker must know about the model it serves.
 struct model_info {
   std::string name;
@@ -68,6 +70,9 @@ class engine {
  public:
   virtual ~engine() = default;
   virtual const model_info& info() const = 0;
+  /// Position-independent chunk reuse (engine/chunk_blender.hpp, issue 17), or nullptr when
+  /// this backend has none (sim, cuda): workers then prefill segmented prompts in full.
+  virtual chunk_blender* blender() { return nullptr; }
   /// Computes a batch of prompt chunks. Returns, per chunk, the token sampled after the
   /// chunk's last position (meaningful when the chunk ends the prompt).
   virtual result<std::vector<token_id>> prefill(block_pool& pool,

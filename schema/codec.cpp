@@ -56,6 +56,19 @@ generate_params decode(rpc::GenerateRequest::Reader r) {
   p.ignore_eos = r.getIgnoreEos();
   p.add_bos = r.getAddBos();
   p.client_sent_ns = r.getClientSentNs();
+  for (auto seg : r.getSegments()) {
+    prompt_segment ps;
+    if (seg.isText()) {
+      ps.text = str(seg.getText());
+    } else {
+      ps.has_text = false;
+      for (auto id : seg.getTokenIds())
+        ps.token_ids.push_back(id);
+    }
+    p.segments.push_back(std::move(ps));
+  }
+  p.segments_field = "segments";
+  if (r.getRecompute().isRatio()) p.recompute_ratio = r.getRecompute().getRatio();
   return p;
 }
 
@@ -95,6 +108,20 @@ void encode(const generate_params& p, rpc::GenerateRequest::Builder b) {
     strs.set(i, p.stop_strings[i]);
   b.setIgnoreEos(p.ignore_eos);
   b.setAddBos(p.add_bos);
+  if (!p.segments.empty()) {
+    auto segs = b.initSegments(static_cast<unsigned>(p.segments.size()));
+    for (unsigned i = 0; i < p.segments.size(); ++i) {
+      const auto& ps = p.segments[i];
+      if (ps.has_text) {
+        segs[i].setText(ps.text);
+      } else {
+        auto ids = segs[i].initTokenIds(static_cast<unsigned>(ps.token_ids.size()));
+        for (unsigned k = 0; k < ps.token_ids.size(); ++k)
+          ids.set(k, ps.token_ids[k]);
+      }
+    }
+  }
+  if (p.recompute_ratio) b.getRecompute().setRatio(*p.recompute_ratio);
   b.setClientSentNs(p.client_sent_ns);
 }
 
@@ -276,6 +303,9 @@ cluster_status decode(rpc::ClusterStatus::Reader r) {
     ws.kv_bytes = w.getKvBytes();
     ws.prefix_hit_blocks = w.getPrefixHitBlocks();
     ws.prefix_lookup_blocks = w.getPrefixLookupBlocks();
+    ws.chunk_lookup_tokens = w.getChunkLookupTokens();
+    ws.chunk_hit_tokens = w.getChunkHitTokens();
+    ws.chunk_recomputed_tokens = w.getChunkRecomputedTokens();
     for (auto t : w.getTiers())
       ws.tiers.push_back({str(t.getTier()), t.getHits(), t.getBytesIn(), t.getBytesOut(),
                           t.getEvictions(), t.getUsed(), t.getCapacity()});
@@ -331,6 +361,9 @@ void encode(const cluster_status& s, rpc::ClusterStatus::Builder b) {
     o.setKvBytes(w.kv_bytes);
     o.setPrefixHitBlocks(w.prefix_hit_blocks);
     o.setPrefixLookupBlocks(w.prefix_lookup_blocks);
+    o.setChunkLookupTokens(w.chunk_lookup_tokens);
+    o.setChunkHitTokens(w.chunk_hit_tokens);
+    o.setChunkRecomputedTokens(w.chunk_recomputed_tokens);
     auto tiers = o.initTiers(static_cast<unsigned>(w.tiers.size()));
     for (unsigned t = 0; t < w.tiers.size(); ++t) {
       const auto& x = w.tiers[t];

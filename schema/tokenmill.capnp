@@ -52,6 +52,21 @@ struct GenerateRequest {
   addBos @6 :Bool = true;        # for text prompts
   clientSentNs @7 :Int64 = 0;    # client's steady clock when it sent the call (timeline)
   stopStrings @8 :List(Text);    # generation ends when the text contains one (excluded)
+  # The prompt as segments (chunk reuse, issue 17): when non-empty, `prompt` is not used and
+  # the prompt is BOS (addBos, text segments) followed by the segments. A worker whose
+  # engine blends reuses each segment's KV wherever it sat in an earlier prompt.
+  segments @9 :List(PromptSegment);
+  recompute :union {
+    serverDefault @10 :Void;     # the server's --recompute-ratio
+    ratio @11 :Float64;          # share of reused segment tokens recomputed, in [0, 1]
+  }
+}
+
+struct PromptSegment {
+  union {
+    text @0 :Text;               # tokenized alone, without BOS
+    tokenIds @1 :List(Int64);
+  }
 }
 
 struct TokenChunk {
@@ -133,6 +148,9 @@ struct WorkerStatus {
   prefixHitBlocks @13 :UInt64;    # prompt blocks found in the prefix cache
   prefixLookupBlocks @14 :UInt64; # prompt blocks looked up there
   tiers @15 :List(KvTierStatus);  # the second KV tier's levels; empty without one
+  chunkLookupTokens @16 :UInt64;  # segment tokens looked up in the chunk cache (issue 17)
+  chunkHitTokens @17 :UInt64;     # of those, found there (KV moved, not computed)
+  chunkRecomputedTokens @18 :UInt64; # of the hits, recomputed (selective recompute)
 }
 
 struct KvTierStatus {

@@ -75,6 +75,12 @@ struct sequence {
   /// Constrained decoding: where the output is in its grammar (empty without one). Built
   /// from the request and the tokens wherever the sequence lands (assignment, migration).
   grammar::grammar_state grammar;
+  /// Chunk reuse (issue 17): the recompute ratio resolved for this request, the leading
+  /// blocks whose KV is exact (exact_prefix_tokens; later ones never enter the prefix
+  /// cache), and the chunk plan while a local prefill serves it from the chunk cache.
+  float recompute_ratio = 0;
+  uint32_t commit_limit = UINT32_MAX;
+  std::unique_ptr<chunk_prefill> blend;
 };
 
 /// Live migration: a move of one of this worker's sequences to another decode worker.
@@ -234,6 +240,17 @@ void release_drained(decode_ptr self, request_id id, bool expired) {
   reserve_waiting(self);
 }
 
+/// Chunk reuse: sets the sequence's recompute ratio and commit limit from its request.
+void set_chunk_reuse(const decode_state& st, sequence& s) {
+  s.recompute_ratio =
+      resolve_recompute_ratio(s.req.options.recompute_ratio, st.cfg.recompute_ratio);
+  const auto bt = st.w.pool->layout().block_tokens;
+  s.commit_limit =
+      exact_prefix_tokens(s.req.options.segment_ends, s.prompt_len, s.recompute_ratio) / bt;
+  // An unsegmented (or ratio-1) prompt: everything it writes is exact.
+  if (s.commit_limit * bt >= s.prompt_len) s.commit_limit = UINT32_MAX;
+}
+
 /// Commits the sequence's full blocks whose KV is written (the first `written` tokens) to
 /// the prefix cache, extending its hash chain as blocks fill.
 void commit_written(decode_state& st, sequence& s, size_t written) {
@@ -245,7 +262,8 @@ void commit_written(decode_state& st, sequence& s, size_t written) {
                              s.chain.empty() ? 0 : s.chain.back());
     s.chain.push_back(next.front());
   }
-  for (; s.committed < full && s.committed < s.blocks.size(); ++s.committed)
+  for (; s.committed < full && s.committed < s.blocks.size() && s.committed < s.commit_limit;
+       ++s.committed)
     st.w.cache->commit(s.blocks[s.committed], s.chain[s.committed]);
 }
 
@@ -349,6 +367,8 @@ void reserve_waiting(decode_ptr self) {
       job.router = s.router;
       job.tr = s.req.tr;
       job.fetch = s.fetch.hint();
+      job.segment_ends = s.req.options.segment_ends;
+      job.recompute_ratio = s.recompute_ratio;
       self->send(s.prefill, std::move(job));
     } else if (s.fetch.from && s.fetch.end > s.reused) {
       start_fetch(self, s);
@@ -463,13 +483,35 @@ void launch(decode_ptr self) {
     s.req.tr.stamp(stage::decode_admitted, st.w.info.node_index);
     st.running.push_back(id);
   }
+  const auto bt = st.w.pool->layout().block_tokens;
+  // Chunk reuse (issue 17): the first segmented local prefill with nothing computed yet is
+  // served from the chunk cache, whole, beside the chunks of the others.
+  std::optional<blend_step> blend;
+  planned_chunk blend_chunk;
+  for (auto id : st.local_queue) {
+    auto& s = st.seqs.at(id);
+    if (!st.w.blends(s.req.options.segment_ends) ||
+        s.prefill_done != first_computed_token(s.reused, bt))
+      continue;
+    auto prompt = std::span<const token_id>(s.tokens).first(s.prompt_len);
+    s.blend =
+        st.w.plan_chunks(id, prompt, s.req.options.segment_ends, s.prefill_done, s.recompute_ratio);
+    if (!s.blend) continue;
+    st.w.publish_cache_events(self);  // fills may have evicted cached blocks
+    blend = blend_step{s.blend.get(),
+                       {prompt, s.prefill_done, s.prompt_len, s.blocks, s.req.options.sampling,
+                        nullptr, s.grammar ? s.grammar.allowed() : std::span<const uint64_t>{}}};
+    blend_chunk = {id, s.prefill_done, s.prompt_len};
+    break;
+  }
   std::deque<prefill_progress> progress;
   for (auto id : st.local_queue) {
+    if (blend && id == blend_chunk.key) continue;
     auto& s = st.seqs.at(id);
     progress.push_back({id, s.prompt_len, s.prefill_done});
   }
   auto plan = plan_prefill_batch(progress, st.cfg.local_prefill_budget, st.cfg.max_batch);
-  if (plan.empty() && st.running.empty()) {
+  if (plan.empty() && !blend && st.running.empty()) {
     // Idle: a pending role change may complete (launch is the last thing a handler does,
     // so the state's kv_worker may be handed over).
     if (st.flip.draining()) drain_progress(self);
@@ -494,8 +536,12 @@ void launch(decode_ptr self) {
     batch.push_back({s.tokens, s.blocks, s.req.options.sampling, s.prompt_len, nullptr,
                      s.grammar ? s.grammar.allowed() : std::span<const uint64_t>{}});
   }
+  if (blend) {
+    st.seqs.at(blend_chunk.key).req.tr.stamp(stage::prefill_started, st.w.info.node_index);
+    plan.push_back(blend_chunk);  // last, as submit_step returns its token
+  }
   st.step = step_in_flight{true, std::move(plan), st.running, now_ns()};
-  st.w.submit_step(caf::actor_cast<caf::actor>(self), std::move(chunks), std::move(batch));
+  st.w.submit_step(caf::actor_cast<caf::actor>(self), std::move(chunks), std::move(batch), blend);
 }
 
 /// Re-plans when a handler that may have changed the queues returns, on every path.
@@ -517,6 +563,11 @@ void step_done(decode_ptr self, engine_step_done& d) {
   // Local prefill results.
   for (size_t i = 0; i < done.prefill.size(); ++i) {
     auto id = done.prefill[i].key;
+    if (auto& s = st.seqs.at(id); s.blend) {  // its chunk blocks: cached (fills) and unpinned
+      st.w.finish_chunks(*s.blend, !d.error && !s.pending_end);
+      s.blend.reset();
+      st.w.publish_cache_events(self);
+    }
     if (check_pending(id)) continue;
     if (d.error) {
       fail(self, id, d.error.code, "decode engine (local prefill): " + d.error.message);
@@ -919,6 +970,7 @@ migrate_accept accept_move_in(decode_ptr self, migrate_offer& o) {
   s.reused = s.committed = r->reused;
   s.move_epoch = o.epoch;
   s.grammar = std::move(grammar);
+  set_chunk_reuse(st, s);
   a.dst = st.w.info.pool;
   a.skip_blocks = s.reused;
   a.dst_blocks.assign(s.blocks.begin() + s.reused, s.blocks.begin() + kv_blocks);
@@ -1013,6 +1065,7 @@ caf::behavior decode_behavior(decode_ptr self) {
         s.tokens.reserve(size_t{prompt_len} + a.req.options.max_tokens);
         s.chain = block_hashes(s.tokens, st.w.pool->layout().block_tokens);
         s.req = std::move(a.req);
+        set_chunk_reuse(st, s);
         auto too_big =
             check_capacity(need, prompt_len, s.req.options.max_tokens, st.w.pool->total());
         auto grammar = start_grammar(st, s.req, s.prompt_len, s.tokens, s.grammar);

@@ -150,6 +150,31 @@ void kv_worker::fetch_written(kv_fetch_written& w) {
   h.rp.deliver(kv_fetch_reply{h.id, std::move(w.transfer), {}});
 }
 
+bool kv_worker::blends(std::span<const uint32_t> segment_ends) const {
+  return segment_ends.size() >= 2 && eng->blender() != nullptr;
+}
+
+std::unique_ptr<chunk_prefill> kv_worker::plan_chunks(request_id id,
+                                                      std::span<const token_id> prompt,
+                                                      std::span<const uint32_t> segment_ends,
+                                                      uint32_t cached_prefix, float ratio) {
+  auto segs = segments_from_ends(segment_ends, static_cast<uint32_t>(prompt.size()));
+  if (!segs) {
+    spdlog::warn("{}: request {}: its segments do not fit its prompt ({}); prefilled in full",
+                 info.name, id, segs.error().message);
+    return nullptr;
+  }
+  return plan_chunk_prefill(*cache, prompt, std::move(*segs), cached_prefix, ratio);
+}
+
+void kv_worker::finish_chunks(chunk_prefill& cp, bool computed) {
+  finish_chunk_prefill(*cache, cp, computed);
+  if (!computed) return;
+  chunk_lookup_tokens += cp.lookup_tokens;
+  chunk_hit_tokens += cp.hit_tokens;
+  chunk_recomputed_tokens += cp.recomputed_tokens;
+}
+
 worker_status kv_worker::status(role kind, std::string_view extra) const {
   worker_status ws;
   ws.id = info.id;
@@ -160,9 +185,15 @@ worker_status kv_worker::status(role kind, std::string_view extra) const {
   ws.kv_total = pool->total();
   ws.prefix_hit_blocks = cache->hits();
   ws.prefix_lookup_blocks = cache->lookups();
+  ws.chunk_lookup_tokens = chunk_lookup_tokens;
+  ws.chunk_hit_tokens = chunk_hit_tokens;
+  ws.chunk_recomputed_tokens = chunk_recomputed_tokens;
   ws.detail =
       fmt::format("engine {}, transport {}, {}prefix cache {} blocks ({} reused)", eng->info().name,
                   transport->name(), extra, cache->cached(), cache->hits());
+  if (chunk_lookup_tokens > 0)
+    ws.detail += fmt::format(", chunk cache {} of {} segment tokens reused ({} recomputed)",
+                             chunk_hit_tokens, chunk_lookup_tokens, chunk_recomputed_tokens);
   if (fetch_seq > 0 || fetch_serve_failures > 0)
     ws.detail += fmt::format(", served {} blocks ({} bytes) to fetches, {} failed",
                              fetch_blocks_served, fetch_bytes_served, fetch_serve_failures);
@@ -185,12 +216,12 @@ result<void> kv_worker::check_kv(std::span<const token_id> tokens, std::span<con
 }
 
 void kv_worker::submit_step(caf::actor me, std::vector<prefill_chunk> chunks,
-                            std::vector<decode_seq> batch) {
+                            std::vector<decode_seq> batch, std::optional<blend_step> blend) {
   runner->submit([eng = eng.get(), pool = pool.get(), chunks = std::move(chunks),
-                  batch = std::move(batch), me = std::move(me)]() mutable {
+                  batch = std::move(batch), me = std::move(me), blend]() mutable {
     engine_step_done d;
     // The engine writes each sequence's logprobs straight into the reply.
-    d.prefill_logprobs.resize(chunks.size());
+    d.prefill_logprobs.resize(chunks.size() + (blend ? 1 : 0));
     d.decode_logprobs.resize(batch.size());
     for (size_t i = 0; i < chunks.size(); ++i)
       chunks[i].logprobs = &d.prefill_logprobs[i];
@@ -199,6 +230,14 @@ void kv_worker::submit_step(caf::actor me, std::vector<prefill_chunk> chunks,
     auto t0 = now_ns();
     result<std::vector<token_id>> prefilled = std::vector<token_id>{};
     if (!chunks.empty()) prefilled = eng->prefill(*pool, chunks);
+    if (prefilled && blend) {
+      blend->whole.logprobs = &d.prefill_logprobs.back();
+      auto t = run_chunk_prefill(*eng, *eng->blender(), *pool, *blend->plan, blend->whole);
+      if (t)
+        prefilled->push_back(*t);
+      else
+        prefilled = t.error();
+    }
     auto t1 = now_ns();
     result<std::vector<token_id>> decoded = std::vector<token_id>{};
     if (prefilled && !batch.empty()) decoded = eng->decode(*pool, batch);

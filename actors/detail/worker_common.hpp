@@ -17,6 +17,7 @@
 #include "actors/engine_thread.hpp"
 #include "actors/protocol.hpp"
 #include "common/result.hpp"
+#include "engine/chunk_prefill.hpp"
 #include "engine/engine.hpp"
 #include "engine/kv_cache.hpp"
 #include "transport/kv_transport.hpp"
@@ -32,6 +33,14 @@ void register_with_supervisor(caf::event_based_actor* self, const caf::actor& su
 struct prefix_reservation {
   std::vector<block_id> blocks;
   uint32_t reused = 0;  ///< leading blocks taken from the prefix cache
+};
+
+/// One segmented prompt for the engine thread (kv_worker::submit_step): the plan (owned by
+/// the worker's state, which keeps it until the step is done) and the prompt's prefill from
+/// the cached prefix on.
+struct blend_step {
+  chunk_prefill* plan = nullptr;
+  prefill_chunk whole;
 };
 
 /// The parts a KV-holding worker is built from. A worker's state keeps one as its *last*
@@ -54,6 +63,9 @@ struct kv_worker {
   std::unordered_map<uint64_t, fetch_hold> fetches;
   uint64_t fetch_seq = 0;
   uint64_t fetch_blocks_served = 0, fetch_bytes_served = 0, fetch_serve_failures = 0;
+  /// Chunk reuse (issue 17), since start: segment tokens looked up in the chunk cache,
+  /// found there, and of those recomputed.
+  uint64_t chunk_lookup_tokens = 0, chunk_hit_tokens = 0, chunk_recomputed_tokens = 0;
   std::unique_ptr<engine_thread> runner;  ///< declared after eng/pool: joins before they go
 
   /// Builds a pool of `num_blocks` blocks with its prefix cache (and a second tier when
@@ -110,7 +122,23 @@ struct kv_worker {
   /// Runs one iteration on the engine thread — `chunks` prefilled, then `batch` decoded —
   /// and sends the result (or the engine's error) to `me` as engine_step_done. With
   /// check_kv, the only place where a worker calls the engine.
-  void submit_step(caf::actor me, std::vector<prefill_chunk> chunks, std::vector<decode_seq> batch);
+  /// `blend`, when set, is one segmented prompt served from the chunk cache
+  /// (engine/chunk_prefill.hpp; the engine must have a blender): computed after `chunks`,
+  /// its token and logprobs come last in engine_step_done's prefill results.
+  void submit_step(caf::actor me, std::vector<prefill_chunk> chunks, std::vector<decode_seq> batch,
+                   std::optional<blend_step> blend = std::nullopt);
+
+  /// Whether prompts with these segment ends are served from the chunk cache: two
+  /// segments or more, and an engine with a blender.
+  bool blends(std::span<const uint32_t> segment_ends) const;
+  /// Step 1 of chunk reuse for a prompt whose first `cached_prefix` tokens are in place:
+  /// the plan, or nullptr (logged) when the segment ends do not fit the prompt (it is then
+  /// prefilled in full).
+  std::unique_ptr<chunk_prefill> plan_chunks(request_id id, std::span<const token_id> prompt,
+                                             std::span<const uint32_t> segment_ends,
+                                             uint32_t cached_prefix, float ratio);
+  /// Step 3: commits and unpins the plan's chunk blocks and counts its hits.
+  void finish_chunks(chunk_prefill& cp, bool computed);
 };
 
 }  // namespace tokenmill

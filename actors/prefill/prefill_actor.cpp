@@ -48,6 +48,12 @@ struct job_state {
   /// Constrained decoding: the grammar's state before the first output token (after the
   /// prompt's replayed tail, when a recompute migration re-submitted output as prompt).
   grammar::grammar_state grammar;
+  /// Chunk reuse (issue 17): the recompute ratio resolved for this job, the leading tokens
+  /// whose KV is exact (only their full blocks enter the prefix cache), and the chunk plan
+  /// while the engine serves the prompt from the chunk cache.
+  float recompute_ratio = 0;
+  uint32_t exact_tokens = 0;
+  std::unique_ptr<chunk_prefill> blend;
 };
 
 struct prefill_state {
@@ -342,14 +348,35 @@ void launch(prefill_ptr self) {
   auto& st = self->state;
   if (!st.on_engine.empty()) return;
   admit_waiting(self);
+  const auto bt = st.w.pool->layout().block_tokens;
+  // Chunk reuse (issue 17): the first segmented job with nothing computed yet is served
+  // from the chunk cache, whole, beside the chunked batch of the others.
+  std::optional<blend_step> blend;
+  planned_chunk blend_chunk;
+  for (auto id : st.queue) {
+    auto& js = st.jobs.at(id);
+    const auto len = static_cast<uint32_t>(js.job.prompt.size());
+    if (js.computed || js.dropped || !st.w.blends(js.job.segment_ends) ||
+        js.done != first_computed_token(js.reused + js.fetched, bt))
+      continue;
+    js.blend =
+        st.w.plan_chunks(id, js.job.prompt, js.job.segment_ends, js.done, js.recompute_ratio);
+    if (!js.blend) continue;
+    st.w.publish_cache_events(self);  // fills may have evicted cached blocks
+    blend = blend_step{js.blend.get(),
+                       {js.job.prompt, js.done, len, js.blocks, js.job.sampling, nullptr,
+                        js.grammar ? js.grammar.allowed() : std::span<const uint64_t>{}}};
+    blend_chunk = {id, js.done, len};
+    break;
+  }
   std::deque<prefill_progress> progress;
   for (auto id : st.queue) {
     auto& js = st.jobs.at(id);
-    if (!js.computed && !js.dropped)
+    if (!js.computed && !js.dropped && !(blend && id == blend_chunk.key))
       progress.push_back({id, static_cast<uint32_t>(js.job.prompt.size()), js.done});
   }
   auto plan = plan_prefill_batch(progress, st.cfg.token_budget, st.cfg.max_seqs);
-  if (plan.empty()) {
+  if (plan.empty() && !blend) {
     // Nothing to compute. When it also holds nothing, a pending role change completes
     // (the state's kv_worker may be gone afterwards: launch is the last thing a handler does).
     // Fetches it serves hold pinned blocks and a reply owed by this actor; blocks of fetches
@@ -359,7 +386,7 @@ void launch(prefill_ptr self) {
     return;
   }
   std::vector<prefill_chunk> batch;
-  for (const auto& c : plan) {
+  for (const auto& c : plan) {  // (the blended job is not in the plan yet)
     auto& js = st.jobs.at(c.key);
     // The first chunk starts after the cached prefix.
     if (c.begin == first_computed_token(js.reused + js.fetched, st.w.pool->layout().block_tokens))
@@ -370,8 +397,12 @@ void launch(prefill_ptr self) {
                      js.grammar && c.end == js.job.prompt.size() ? js.grammar.allowed()
                                                                  : std::span<const uint64_t>{}});
   }
+  if (blend) {
+    st.jobs.at(blend_chunk.key).job.tr.stamp(stage::prefill_started, st.w.info.node_index);
+    plan.push_back(blend_chunk);  // last, as submit_step returns its token
+  }
   st.on_engine = std::move(plan);
-  st.w.submit_step(caf::actor_cast<caf::actor>(self), std::move(batch), {});
+  st.w.submit_step(caf::actor_cast<caf::actor>(self), std::move(batch), {}, blend);
 }
 
 void step_done(prefill_ptr self, engine_step_done& d) {
@@ -382,6 +413,11 @@ void step_done(prefill_ptr self, engine_step_done& d) {
     auto it = st.jobs.find(id);
     if (it == st.jobs.end()) continue;
     auto& js = it->second;
+    if (js.blend) {  // its chunk blocks: cached (fills) and unpinned
+      st.w.finish_chunks(*js.blend, !d.error && !js.dropped);
+      js.blend.reset();
+      st.w.publish_cache_events(self);
+    }
     if (js.dropped) {
       drop_job(self, id);
       continue;
@@ -397,8 +433,11 @@ void step_done(prefill_ptr self, engine_step_done& d) {
       js.job.tr.stamp(stage::prefill_done, st.w.info.node_index);
       js.first = d.prefill_next[i];
       js.first_logprobs = std::move(d.prefill_logprobs[i]);
-      // The prompt's full blocks are written: later prompts with this prefix reuse them.
-      for (size_t b = js.reused + js.fetched; b < js.chain.size(); ++b)
+      // The prompt's full blocks are written: later prompts with this prefix reuse them
+      // (those with exact KV: not blended ones, chunk_prefill.hpp).
+      const auto bt = st.w.pool->layout().block_tokens;
+      for (size_t b = js.reused + js.fetched;
+           b < js.chain.size() && (b + 1) * bt <= js.exact_tokens; ++b)
         st.w.cache->commit(js.blocks[b], js.chain[b]);
       st.w.publish_cache_events(self);
     }
@@ -458,6 +497,9 @@ caf::behavior prefill_behavior(prefill_ptr self) {
         js.chain = block_hashes(job.prompt, bt);
         js.job = std::move(job);
         js.grammar = std::move(grammar);
+        js.recompute_ratio =
+            resolve_recompute_ratio(js.job.recompute_ratio, st.cfg.recompute_ratio);
+        js.exact_tokens = exact_prefix_tokens(js.job.segment_ends, len, js.recompute_ratio);
         if (js.job.fetch.from) js.fetch = prompt_fetch(js.job.fetch);
         if (st.w.transport->accepts_peer(js.job.dst)) {
           st.waiting.push_back(id);

@@ -434,7 +434,8 @@ const corpus_case corpus_cases[] = {
      "port, http_port, actors"},
     {"unknown_option_key.yaml", 14,
      "nodes[1].actors[0].prefill.batch: unknown key 'batch'; expected one of engine, threads, "
-     "device, kv_blocks, chunk, max_seqs, slowdown, kv_host_blocks, kv_disk_blocks, kv_disk_dir"},
+     "device, kv_blocks, chunk, max_seqs, slowdown, kv_host_blocks, kv_disk_blocks, kv_disk_dir, "
+     "recompute_ratio"},
     {"unknown_sim_key.yaml", 5, "model.sim.decode_ms: unknown key 'decode_ms'"},
     {"missing_cluster.yaml", 2, "cluster: missing required field; expected a cluster name"},
     {"missing_nodes.yaml", 2, "nodes: missing required field"},

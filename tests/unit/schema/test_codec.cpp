@@ -62,6 +62,29 @@ TEST_CASE("generate request round-trips through the codec", "[codec]") {
   }
 }
 
+TEST_CASE("a prompt given as segments round-trips, bad values included", "[codec]") {
+  generate_params p;
+  p.segments = {prompt_segment{true, "doc", {}}, prompt_segment{false, {}, {5, -1, 1LL << 40}}};
+  p.recompute_ratio = 1.5;  // carried as sent: validation refuses it, naming it
+  capnp::MallocMessageBuilder msg;
+  auto b = msg.initRoot<rpc::GenerateRequest>();
+  codec::encode(p, b);
+  auto q = codec::decode(b.asReader());
+  REQUIRE(q.segments.size() == 2);
+  CHECK(q.segments[0].has_text);
+  CHECK(q.segments[0].text == "doc");
+  CHECK_FALSE(q.segments[1].has_text);
+  CHECK(q.segments[1].token_ids == p.segments[1].token_ids);
+  REQUIRE(q.recompute_ratio);
+  CHECK(*q.recompute_ratio == 1.5);
+  CHECK(q.segments_field == "segments");
+  // Without segments or a ratio: none, the server's default.
+  capnp::MallocMessageBuilder plain;
+  auto r = codec::decode(plain.initRoot<rpc::GenerateRequest>().asReader());
+  CHECK(r.segments.empty());
+  CHECK_FALSE(r.recompute_ratio);
+}
+
 TEST_CASE("schema defaults are the documented ones", "[codec]") {
   capnp::MallocMessageBuilder msg;
   auto b = msg.initRoot<rpc::GenerateRequest>();
@@ -203,6 +226,9 @@ TEST_CASE("cluster status and chunks round-trip", "[codec]") {
   w.completed = 5;
   w.tokens_out = 6;
   w.detail = "d";
+  w.chunk_lookup_tokens = 100;
+  w.chunk_hit_tokens = 60;
+  w.chunk_recomputed_tokens = 9;
   w.tiers = {kv_tier_status{"host", 1, 2, 3, 4, 5, 6}, kv_tier_status{"disk", 7, 8, 9, 10, 11, 12}};
   cs.workers = {w};
   cs.nodes = {node_status{"head", 0, true, 0, 0}, node_status{"far", 2, false, -1234567, 89000, 3}};
@@ -224,6 +250,9 @@ TEST_CASE("cluster status and chunks round-trip", "[codec]") {
   CHECK_FALSE(r.workers[0].up);
   CHECK(r.workers[0].kv_total == 4);
   CHECK(r.workers[0].detail == "d");
+  CHECK(r.workers[0].chunk_lookup_tokens == 100);
+  CHECK(r.workers[0].chunk_hit_tokens == 60);
+  CHECK(r.workers[0].chunk_recomputed_tokens == 9);
   REQUIRE(r.workers[0].tiers.size() == 2);
   const auto& t = r.workers[0].tiers[1];
   CHECK(t.tier == "disk");
