@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
@@ -17,6 +18,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -60,6 +62,9 @@ struct bench_opts {
   uint32_t turns = 4;          ///< multi-turn: turns per chat
   uint32_t answer_len = 0;     ///< multi-turn: tokens of each earlier answer (0: --output-len)
   std::string dataset;
+  uint32_t pool = 16;      ///< rag: documents in the pool
+  uint32_t docs = 4;       ///< rag: documents per request
+  uint32_t doc_len = 256;  ///< rag: tokens per document
   double slo_ttft_ms = 0, slo_tpot_ms = 0, slo_itl_ms = 0;
   bool ignore_eos = true;
   uint32_t vocab_size = 0;  ///< 0: the model's
@@ -197,7 +202,11 @@ them plus a fresh --input-len suffix; without an explicit --requests, N x --user
 multi-turn (--conversations N chats of --turns T turns: turn t sends the chat's system prompt
 of --prefix-len tokens, its t earlier --input-len user messages and --answer-len synthetic
 answers, then a new user message; chats interleaved; without --requests, N x T requests),
-sharegpt (--dataset FILE; --output-len, when given, replaces the answers' lengths).
+sharegpt (--dataset FILE; --output-len, when given, replaces the answers' lengths),
+rag (chunk reuse: a system prompt of --prefix-len tokens, --docs documents of --doc-len
+tokens drawn from a pool of --pool and shuffled, and an --input-len question, sent as
+segments; over rpc the report's "chunks" are the servers' chunk cache counters during the
+run: tokens looked up, reused, and of those recomputed).
 Sampling: --temperature T (default 0, greedy); --seed-base N gives request i the sampling
 seed N + i (warm-up request k: N + requests + k), so a rerun of the same workload (same
 --seed) with the same seeds must produce the same tokens, also when T > 0.
@@ -254,8 +263,17 @@ command add_bench(CLI::App& app) {
                  "Lengths uniform in [L(1-r), L(1+r)] instead of exactly L")
       ->check(CLI::Range(0.0, 0.999999))
       ->capture_default_str();
-  app.add_option("--workload", o->workload, "random, shared-prefix, multi-turn or sharegpt")
-      ->check(CLI::IsMember({"random", "shared-prefix", "multi-turn", "sharegpt"}))
+  app.add_option("--workload", o->workload, "random, shared-prefix, multi-turn, sharegpt or rag")
+      ->check(CLI::IsMember({"random", "shared-prefix", "multi-turn", "sharegpt", "rag"}))
+      ->capture_default_str();
+  app.add_option("--pool", o->pool, "rag: documents in the pool")
+      ->check(CLI::Range(1u, 1u << 16))
+      ->capture_default_str();
+  app.add_option("--docs", o->docs, "rag: documents per request (at most --pool)")
+      ->check(CLI::Range(1u, 127u))
+      ->capture_default_str();
+  app.add_option("--doc-len", o->doc_len, "rag: tokens per document")
+      ->check(CLI::Range(1u, 1u << 20))
       ->capture_default_str();
   app.add_option("--prefixes", o->prefixes, "shared-prefix: distinct system prompts")
       ->check(CLI::Range(1u, 1u << 20))
@@ -397,6 +415,22 @@ command add_bench(CLI::App& app) {
         if (o->warmup > 0)
           warm = wl::multi_turn_workload(
               {o->warmup, o->conversations, o->turns, o->prefix_len, in, ans, out, v, warm_seed});
+      } else if (o->workload == "rag") {
+        wl::rag_spec r;
+        r.pool = o->pool;
+        r.docs = o->docs;
+        r.doc_len = o->doc_len;
+        r.system_len = o->prefix_len;
+        r.question = in;
+        r.output = out;
+        r.vocab = v;
+        // Warm-up requests draw from the same pool (another seed would make other documents):
+        // they are the requests after the measured ones.
+        r.requests = size_t{o->requests} + o->warmup;
+        r.seed = o->seed;
+        auto all = wl::rag_workload(r);
+        measured.assign(all.begin(), all.begin() + o->requests);
+        warm.assign(all.begin() + o->requests, all.end());
       } else if (o->workload == "shared-prefix") {
         size_t n = requests->count() ? o->requests : size_t{o->prefixes} * o->users;
         measured = wl::shared_prefix_workload(
@@ -425,6 +459,23 @@ command add_bench(CLI::App& app) {
           warm.push_back(measured[k % measured.size()]);
       }
     }
+
+    // rag over rpc: the servers' chunk cache counters, before and after the run.
+    auto chunk_counters = [&]() -> std::optional<std::array<uint64_t, 3>> {
+      if (http || o->workload != "rag") return std::nullopt;
+      auto c = client::connect(host, port, 10, o->security);
+      if (!c) return std::nullopt;
+      auto st = (*c)->status();
+      if (!st) return std::nullopt;
+      std::array<uint64_t, 3> sum{};
+      for (const auto& w : st->workers) {
+        sum[0] += w.chunk_lookup_tokens;
+        sum[1] += w.chunk_hit_tokens;
+        sum[2] += w.chunk_recomputed_tokens;
+      }
+      return sum;
+    };
+    const auto chunks_before = chunk_counters();
 
     // ---- run
     const size_t n = measured.size();
@@ -507,6 +558,23 @@ command add_bench(CLI::App& app) {
                          {"system_len", o->prefix_len},
                          {"answer_len", o->answer_len ? o->answer_len : o->output_len}};
     if (o->workload == "sharegpt") j["dataset"] = o->dataset;
+    if (o->workload == "rag") {
+      j["rag"] = {{"pool", o->pool},
+                  {"docs", std::min(o->docs, o->pool)},
+                  {"doc_len", o->doc_len},
+                  {"system_len", o->prefix_len}};
+      const auto chunks_after = chunk_counters();
+      if (chunks_before && chunks_after) {
+        const uint64_t lookup = (*chunks_after)[0] - (*chunks_before)[0];
+        const uint64_t hit = (*chunks_after)[1] - (*chunks_before)[1];
+        j["chunks"] = {{"lookup_tokens", lookup},
+                       {"hit_tokens", hit},
+                       {"recomputed_tokens", (*chunks_after)[2] - (*chunks_before)[2]},
+                       {"hit_fraction", lookup ? static_cast<double>(hit) / lookup : 0.0}};
+      } else {
+        j["chunks"] = nullptr;  // over http, or the status could not be read
+      }
+    }
     j["model"] = {
         {"name", model.name}, {"vocab_size", model.vocab_size}, {"max_context", model.max_context}};
     for (auto& [k, v] : rep.items())

@@ -121,6 +121,13 @@ void print_table(const nlohmann::ordered_json& j) {
     fmt::print("{:<34}{:.2f} ({:.1f}% of requests within {})\n",
                "Goodput (req/s):", g["requests_per_s"].get<double>(),
                100 * g["fraction"].get<double>(), g["slo"].dump());
+  if (j.contains("chunks") && j["chunks"].is_object()) {
+    const auto& c = j["chunks"];
+    fmt::print("{:<34}{} of {} ({:.1f}%), {} recomputed\n",
+               "Chunk cache tokens reused:", c["hit_tokens"].get<uint64_t>(),
+               c["lookup_tokens"].get<uint64_t>(), 100 * c["hit_fraction"].get<double>(),
+               c["recomputed_tokens"].get<uint64_t>());
+  }
   if (j["mode"] == "rate")
     fmt::print("{:<34}{}\n", "Late dispatches:", j["late_dispatches"].get<size_t>());
   fmt::print("{:<12}{:>12}{:>12}{:>12}{:>12}\n", "ms", "mean", "p50", "p90", "p99");

@@ -40,6 +40,9 @@ struct generate_opts {
   double timeout_s = 600;
   std::string trace_out;
   std::string prompt;
+  /// --segment: the prompt as segments (chunk reuse); each text, or ids with --token-ids.
+  std::vector<std::string> segments;
+  double recompute_ratio = -1;  ///< --recompute-ratio; < 0: the server's default
   client_options security;
   std::string json_schema_file;  ///< --json-schema: the output is valid under this schema
   std::string regex;             ///< --regex: the output matches this expression
@@ -159,7 +162,14 @@ command add_generate(CLI::App& app) {
       app.add_flag("--json-object", o->json_object, "Constrain the output to a JSON object");
   schema_opt->excludes(regex_opt)->excludes(object_opt);
   regex_opt->excludes(object_opt);
-  app.add_option("PROMPT", o->prompt, "The prompt (text, or ids with --token-ids)")->required();
+  app.add_option("--segment", o->segments,
+                 "Give the prompt as segments instead of PROMPT, one per --segment (text, or ids "
+                 "with --token-ids): the server reuses each segment's KV wherever it sat before "
+                 "(chunk reuse; README)");
+  app.add_option("--recompute-ratio", o->recompute_ratio,
+                 "With --segment: share of reused segment tokens recomputed, 0..1 (default: the "
+                 "server's)");
+  app.add_option("PROMPT", o->prompt, "The prompt (text, or ids with --token-ids)");
   return [o]() -> int {
     // The trace file is opened first, so that a bad path costs no request.
     std::ofstream trace_file;
@@ -170,7 +180,25 @@ command add_generate(CLI::App& app) {
                                  "cannot open '" + o->trace_out + "' to write the trace"});
     }
     generate_params p;
-    if (o->token_ids) {
+    if (o->segments.empty() == o->prompt.empty())
+      return fail("generate", {errc::invalid_request,
+                               "give the prompt as PROMPT or as --segment, one of them"});
+    if (o->recompute_ratio != -1) p.recompute_ratio = o->recompute_ratio;  // bad ones: refused
+    for (const auto& seg : o->segments) {
+      prompt_segment ps;
+      if (o->token_ids) {
+        auto ids = parse_ids(seg);
+        if (!ids) return fail("generate", ids.error());
+        ps.has_text = false;
+        ps.token_ids = std::move(*ids);
+      } else {
+        ps.text = seg;
+      }
+      p.segments.push_back(std::move(ps));
+    }
+    if (!o->segments.empty()) {
+      p.has_text = false;  // (the segments are the prompt)
+    } else if (o->token_ids) {
       auto ids = parse_ids(o->prompt);
       if (!ids) return fail("generate", ids.error());
       p.has_text = false;
@@ -398,6 +426,9 @@ command add_status(CLI::App& app) {
                       {"kv_bytes", w.kv_bytes},
                       {"prefix_hit_blocks", w.prefix_hit_blocks},
                       {"prefix_lookup_blocks", w.prefix_lookup_blocks},
+                      {"chunk_lookup_tokens", w.chunk_lookup_tokens},
+                      {"chunk_hit_tokens", w.chunk_hit_tokens},
+                      {"chunk_recomputed_tokens", w.chunk_recomputed_tokens},
                       {"tiers", tiers},
                       {"detail", w.detail}});
       }

@@ -186,6 +186,11 @@ command add_serve(CLI::App& app) {
                                        "Prompt tokens per prefill engine call (default 512; 128 "
                                        "with --prefill-workers 0)")
                              ->check(CLI::Range(1u, 1u << 20));
+  s->add_option("--recompute-ratio", cfg->prefill.recompute_ratio,
+                "Chunk reuse: share of a segmented prompt's reused tokens recomputed when the "
+                "request names none (tokenmill.recompute_ratio); 1 = exact")
+      ->check(CLI::Range(0.0f, 1.0f))
+      ->capture_default_str();
   s->add_option(
        "--local-prefill-threshold", cfg->router.local_prefill_threshold,
        "Prefill on the decode worker when the uncached prompt is shorter than this (0 = never)")
@@ -281,6 +286,7 @@ command add_serve(CLI::App& app) {
       return 2;
     }
     cfg->decode.local_prefill_budget = cfg->prefill.token_budget;
+    cfg->decode.recompute_ratio = cfg->prefill.recompute_ratio;
     cfg->http.host = cfg->rpc.host;
     cfg->http_enabled = !o->no_http;
     cfg->http.responses.ttl = std::chrono::seconds(o->responses_ttl_s);

@@ -51,6 +51,14 @@ class rpc_connection final : public connection {
       p.text = r.prompt_text;
     else
       p.token_ids.assign(r.prompt_ids.begin(), r.prompt_ids.end());
+    uint32_t begin = 0;
+    for (auto end : r.segment_ends) {  // rag: the prompt as segments
+      prompt_segment seg;
+      seg.has_text = false;
+      seg.token_ids.assign(r.prompt_ids.begin() + begin, r.prompt_ids.begin() + end);
+      p.segments.push_back(std::move(seg));
+      begin = end;
+    }
     p.max_tokens = r.max_tokens;
     p.ignore_eos = ignore_eos_;
     request_result out;
@@ -111,6 +119,17 @@ class http_connection final : public connection {
       body["prompt"] = r.prompt_text;
     else
       body["prompt"] = r.prompt_ids;
+    if (!r.segment_ends.empty()) {  // rag: the prompt as segments
+      auto segs = nlohmann::ordered_json::array();
+      uint32_t begin = 0;
+      for (auto end : r.segment_ends) {
+        segs.push_back(
+            std::vector<token_id>(r.prompt_ids.begin() + begin, r.prompt_ids.begin() + end));
+        begin = end;
+      }
+      body.erase("prompt");
+      body["tokenmill"] = {{"segments", std::move(segs)}};
+    }
     body["max_tokens"] = r.max_tokens;
     body["stream"] = true;
     body["stream_options"] = {{"include_usage", true}};

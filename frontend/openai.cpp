@@ -338,9 +338,11 @@ void parse_response_format(const json& body, std::string_view text, generate_par
     if (!ext->is_object())
       fail("tokenmill", fmt::format("'tokenmill' must be an object, got {}", ext->type_name()));
     for (const auto& [key, _] : ext->items())
-      if (key != "regex")
+      if (key != "regex" && key != "segments" && key != "recompute_ratio")
         fail("tokenmill." + key,
-             fmt::format("unknown field 'tokenmill.{}' (the extension has: regex)", key));
+             fmt::format("unknown field 'tokenmill.{}' (the extension has: regex, segments, "
+                         "recompute_ratio)",
+                         key));
     if (const json* re = field(*ext, "regex")) {
       const std::string& r = get_string(*re, "tokenmill.regex");
       if (p.sampling.grammar != grammar_kind::none)
@@ -352,6 +354,62 @@ void parse_response_format(const json& body, std::string_view text, generate_par
       p.grammar_field = "tokenmill.regex";
     }
   }
+}
+
+/// Chunk reuse (issue 17): `tokenmill: {"segments": [...], "recompute_ratio": r}` on
+/// completions, the prompt given as segments instead of `prompt`: each a string (text) or
+/// an array of token ids. True when the body has segments. Shapes are checked here; counts,
+/// ids and the ratio's range by validate().
+bool parse_segments(const json& body, endpoint kind, generate_params& p) {
+  const json* ext = field(body, "tokenmill");
+  if (!ext || !ext->is_object()) return false;  // (a non-object is refused with the regex)
+  const json* segs = field(*ext, "segments");
+  const json* ratio = field(*ext, "recompute_ratio");
+  if (!segs) {
+    if (ratio)
+      fail("tokenmill.recompute_ratio",
+           "'tokenmill.recompute_ratio' is only allowed with 'tokenmill.segments'");
+    return false;
+  }
+  if (kind != endpoint::completions)
+    fail("tokenmill.segments",
+         "'tokenmill.segments' is only supported on /v1/completions (give the prompt as segments "
+         "there)");
+  if (field(body, "prompt"))
+    fail("tokenmill.segments",
+         "'tokenmill.segments' replaces 'prompt': send one or the other, not both");
+  if (!segs->is_array())
+    fail("tokenmill.segments", fmt::format("'tokenmill.segments' must be an array of strings or of "
+                                           "arrays of token ids, got {}",
+                                           segs->type_name()));
+  if (segs->empty()) fail("tokenmill.segments", "'tokenmill.segments' is empty");
+  p.segments.clear();
+  for (size_t i = 0; i < segs->size(); ++i) {
+    const json& one = (*segs)[i];
+    const auto name = fmt::format("tokenmill.segments[{}]", i);
+    prompt_segment ps;
+    if (one.is_string()) {
+      ps.text = one.get<std::string>();
+    } else if (one.is_array()) {
+      ps.has_text = false;
+      for (size_t k = 0; k < one.size(); ++k) {
+        const auto n = fmt::format("{}[{}]", name, k);
+        if (!one[k].is_number())
+          fail(n, fmt::format("'{}' must be an integer token id, got {}", n, one[k].type_name()));
+        ps.token_ids.push_back(get_int(one[k], n));
+      }
+    } else {
+      fail(name, fmt::format("'{}' must be a string or an array of token ids, got {}", name,
+                             one.type_name()));
+    }
+    p.segments.push_back(std::move(ps));
+  }
+  p.segments_field = "tokenmill.segments";
+  p.has_text = false;
+  p.text.clear();
+  p.token_ids.clear();
+  if (ratio) p.recompute_ratio = get_number(*ratio, "tokenmill.recompute_ratio");
+  return true;
 }
 
 void parse_stops(const json& body, generate_params& p) {
@@ -573,7 +631,9 @@ parsed_request parse(endpoint kind, std::string_view text, const request_context
   auto& p = r.params;
   parse_fanout(body, kind, r);
   std::vector<generate_params> prompts;
-  if (kind == endpoint::completions) {
+  if (parse_segments(body, kind, p)) {
+    p.add_bos = true;
+  } else if (kind == endpoint::completions) {
     prompts = parse_prompts(body);
     p.has_text = prompts[0].has_text;
     p.text = prompts[0].text;
@@ -597,6 +657,8 @@ parsed_request parse(endpoint kind, std::string_view text, const request_context
   constrain_tools(r);
   parse_stops(body, p);
   if (const json* v = field(body, "ignore_eos")) p.ignore_eos = get_bool(*v, "ignore_eos");
+  if (r.echo && !p.segments.empty())
+    fail("echo", "'echo' is not supported with 'tokenmill.segments'");
   if (r.echo && p.top_logprobs >= 0)
     fail("echo", "'echo' with 'logprobs' is not supported (it needs the prompt's logprobs)");
   if (prompts.empty()) {

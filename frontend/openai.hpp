@@ -146,7 +146,9 @@ struct parsed_request {
 ///   {"tokenmill": {"regex": "..."}};
 /// - completions: prompt as a string, an array of strings, an array of token ids or an
 ///   array of arrays of token ids (up to 32 prompts); echo (not with logprobs); best_of
-///   (n..16; not streamed when above n); logprobs (integer 0..5);
+///   (n..16; not streamed when above n); logprobs (integer 0..5); or, instead of prompt,
+///   the prompt as segments for chunk reuse (issue 17): {"tokenmill": {"segments": [a
+///   string or an array of token ids, ...], "recompute_ratio": 0..1}} (not with echo);
 /// - chat: messages (non-empty array of {role, content}; assistant messages may carry
 ///   tool_calls [{id, type: "function", function: {name, arguments (a JSON object as a
 ///   string)}}] and null content; tool messages need tool_call_id); logprobs (boolean) and

@@ -1,9 +1,11 @@
 #include "frontend/validate.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include <fmt/format.h>
 
+#include "engine/blend.hpp"
 #include "grammar/grammar.hpp"
 
 namespace tokenmill {
@@ -13,13 +15,67 @@ error_info bad(std::string msg) {
 }
 }  // namespace
 
+result<void> prompt_from_segments(const generate_params& p, const tokenizer& tok,
+                                  const model_info& model, validated_request& v) {
+  const std::string field = p.segments_field.empty() ? "segments" : p.segments_field;
+  if (p.segments.size() > max_request_segments)
+    return bad(fmt::format("{} lists {} segments; at most {} are allowed", field, p.segments.size(),
+                           max_request_segments));
+  const bool texts = std::any_of(p.segments.begin(), p.segments.end(),
+                                 [](const prompt_segment& s) { return s.has_text; });
+  v.prompt.clear();
+  v.options.segment_ends.clear();
+  // A text prompt's BOS is a segment of its own: each document's chunk then holds the
+  // document's tokens only, whatever comes first.
+  if (texts && p.add_bos) {
+    v.prompt.push_back(model.bos);
+    v.options.segment_ends.push_back(1);
+  }
+  const int64_t vocab = model.vocab_size;
+  for (size_t i = 0; i < p.segments.size(); ++i) {
+    const auto& s = p.segments[i];
+    const size_t before = v.prompt.size();
+    if (s.has_text) {
+      if (s.text.empty()) return bad(fmt::format("{}[{}] is empty", field, i));
+      auto ids = tok.encode(s.text, false);
+      v.prompt.insert(v.prompt.end(), ids.begin(), ids.end());
+    } else {
+      if (s.token_ids.empty()) return bad(fmt::format("{}[{}] is empty (no token ids)", field, i));
+      for (size_t k = 0; k < s.token_ids.size(); ++k) {
+        auto id = s.token_ids[k];
+        if (id < 0 || id >= vocab)
+          return bad(
+              fmt::format("{}[{}]: token id {} at position {} is outside the vocabulary "
+                          "[0, {})",
+                          field, i, id, k, vocab));
+        v.prompt.push_back(static_cast<token_id>(id));
+      }
+    }
+    if (v.prompt.size() == before)
+      return bad(fmt::format("{}[{}] is empty after tokenization", field, i));
+    v.options.segment_ends.push_back(static_cast<uint32_t>(v.prompt.size()));
+  }
+  if (p.recompute_ratio) {
+    const double r = *p.recompute_ratio;
+    if (!std::isfinite(r) || !check_recompute_ratio(static_cast<float>(r)))
+      return bad(fmt::format("recompute_ratio must be in [0, 1], got {}", r));
+    v.options.recompute_ratio = static_cast<float>(r);
+  }
+  return {};
+}
+
 result<validated_request> validate(const generate_params& p, const tokenizer& tok,
                                    const model_info& model) {
   validated_request v;
   const int64_t vocab = model.vocab_size;
   if (!p.max_tokens_to_context && p.max_tokens <= 0)
     return bad(fmt::format("max_tokens must be greater than 0, got {}", p.max_tokens));
-  if (p.has_text) {
+  if (!p.segments.empty()) {
+    if (auto r = prompt_from_segments(p, tok, model, v); !r) return r.error();
+  } else if (p.recompute_ratio) {
+    return bad(fmt::format("recompute_ratio is only allowed with {}",
+                           p.segments_field.empty() ? "segments" : p.segments_field));
+  } else if (p.has_text) {
     if (p.text.empty()) return bad("prompt is empty");
     v.prompt = tok.encode(p.text, p.add_bos);
   } else {

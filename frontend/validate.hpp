@@ -23,6 +23,18 @@ constexpr int64_t max_top_logprobs = 20;
 /// Most logit_bias entries per request (bounds the request's size on every hop).
 constexpr size_t max_logit_bias = 1024;
 
+/// Most segments a prompt given as segments may list (chunk reuse, issue 17; a text
+/// prompt's BOS adds one, within engine/blend.hpp's max_blend_segments).
+constexpr size_t max_request_segments = 128;
+
+/// The prompt of a request given as segments (p.segments non-empty): BOS as a segment of
+/// its own when a segment is text and p.add_bos, then each segment (text tokenized alone,
+/// without BOS), into v.prompt and v.options.segment_ends; p.recompute_ratio into
+/// v.options.recompute_ratio. invalid_request naming p.segments_field and the entry for too
+/// many segments, an empty one, a token id outside the vocabulary, a ratio outside [0, 1].
+result<void> prompt_from_segments(const generate_params& p, const tokenizer& tok,
+                                  const model_info& model, validated_request& v);
+
 /// Checks `p` against the model and tokenizes text prompts. Errors are invalid_request
 /// with a message that names the field and what was expected.
 result<validated_request> validate(const generate_params& p, const tokenizer& tok,

@@ -148,6 +148,48 @@ std::vector<bench_request> multi_turn_workload(const multi_turn_spec& s) {
   return out;
 }
 
+std::vector<bench_request> rag_workload(const rag_spec& s) {
+  const uint32_t pool = std::max<uint32_t>(1, s.pool);
+  const uint32_t k = std::clamp<uint32_t>(s.docs, 1, pool);
+  std::vector<std::vector<token_id>> docs(pool);
+  for (uint32_t d = 0; d < pool; ++d) {
+    auto rng = rng_for(s.seed, 7, d);
+    append_random_ids(docs[d], std::max<uint32_t>(1, s.doc_len), s.vocab, rng);
+  }
+  std::vector<token_id> system;
+  {
+    auto rng = rng_for(s.seed, 6, 0);
+    append_random_ids(system, std::max<uint32_t>(1, s.system_len), s.vocab, rng);
+  }
+  std::vector<uint32_t> order(pool);
+  std::vector<bench_request> out;
+  out.reserve(s.requests);
+  for (size_t i = 0; i < s.requests; ++i) {
+    auto rng = rng_for(s.seed, 8, i);
+    for (uint32_t d = 0; d < pool; ++d)
+      order[d] = d;
+    // The first k of a shuffle: k distinct documents in random order.
+    for (uint32_t d = 0; d < k; ++d)
+      std::swap(order[d], order[d + rng() % (pool - d)]);
+    bench_request r;
+    r.group = order[0];
+    auto add = [&](std::span<const token_id> part) {
+      r.prompt_ids.insert(r.prompt_ids.end(), part.begin(), part.end());
+      r.segment_ends.push_back(static_cast<uint32_t>(r.prompt_ids.size()));
+    };
+    add(system);
+    for (uint32_t d = 0; d < k; ++d)
+      add(docs[order[d]]);
+    std::vector<token_id> question;
+    append_random_ids(question, sample_length(s.question, rng), s.vocab, rng);
+    add(question);
+    r.prompt_len = static_cast<uint32_t>(r.prompt_ids.size());
+    r.max_tokens = r.expected_output_len = sample_length(s.output, rng);
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
 result<std::vector<sharegpt_entry>> parse_sharegpt(const std::string& text,
                                                    const std::string& what) {
   auto j = nlohmann::json::parse(text, nullptr, false);

@@ -54,6 +54,9 @@ struct bench_request {
   uint32_t max_tokens = 0;           ///< sent as max_tokens
   uint32_t expected_output_len = 0;  ///< tokens the workload expects back (ShareGPT: the answer's)
   uint32_t group = 0;                ///< shared-prefix: which prefix (0 otherwise)
+  /// rag: the prompt given as segments (chunk reuse): where each segment of prompt_ids
+  /// ends. Empty: an ordinary prompt.
+  std::vector<uint32_t> segment_ends;
 };
 
 /// Random token ids are drawn uniformly from [vocab_lo, vocab_hi).
@@ -109,6 +112,25 @@ struct multi_turn_spec {
   uint64_t seed = 1;
 };
 std::vector<bench_request> multi_turn_workload(const multi_turn_spec& s);
+
+/// `rag`: retrieval-augmented prompts for chunk reuse (issue 17). A pool of `pool` documents
+/// of `doc_len` random tokens; request i sends a system prompt (`system_len` tokens, the
+/// same for all), `docs` distinct documents drawn from the pool and shuffled, and a fresh
+/// question (`question` tokens), each a segment (bench_request::segment_ends), so the
+/// server can reuse a document's KV wherever it sat before. Request i depends only on
+/// (seed, i). `docs` is clamped to the pool. group = the first document's index.
+struct rag_spec {
+  size_t requests = 0;
+  uint32_t pool = 16;
+  uint32_t docs = 4;
+  uint32_t doc_len = 256;
+  uint32_t system_len = 64;
+  length_range question{32, 0};
+  length_range output{64, 0};
+  vocab_range vocab;
+  uint64_t seed = 1;
+};
+std::vector<bench_request> rag_workload(const rag_spec& s);
 
 /// Counts a text's tokens (the server's tokenizer: RPC tokenize or HTTP POST /tokenize).
 using tokenize_fn = std::function<result<std::vector<token_id>>(const std::string&)>;

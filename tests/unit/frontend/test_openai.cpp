@@ -61,6 +61,28 @@ TEST_CASE("completions: every accepted field is mapped", "[openai]") {
   CHECK(p.ignore_eos);
 }
 
+TEST_CASE("completions: the prompt as segments", "[openai]") {
+  auto r =
+      ok(cmpl, R"({"tokenmill": {"segments": ["sys", [5, 6, 7], "q"], "recompute_ratio": 0.25}})");
+  const auto& p = r.params;
+  REQUIRE(p.segments.size() == 3);
+  CHECK(p.segments[0].has_text);
+  CHECK(p.segments[0].text == "sys");
+  CHECK_FALSE(p.segments[1].has_text);
+  CHECK(p.segments[1].token_ids == std::vector<int64_t>{5, 6, 7});
+  CHECK(p.segments[2].text == "q");
+  REQUIRE(p.recompute_ratio);
+  CHECK(*p.recompute_ratio == 0.25);
+  CHECK(p.segments_field == "tokenmill.segments");
+  CHECK(p.add_bos);
+  REQUIRE(r.prompts.size() == 1);
+  CHECK(r.prompts[0].segments.size() == 3);
+  // Without a ratio the server's default applies; a regex still combines.
+  auto d = ok(cmpl, R"({"tokenmill": {"segments": ["a"], "regex": "b+"}})");
+  CHECK_FALSE(d.params.recompute_ratio);
+  CHECK(d.params.sampling.grammar == grammar_kind::regex);
+}
+
 TEST_CASE("completions: defaults and prompt forms", "[openai]") {
   SECTION("minimal body") {
     auto r = ok(cmpl, R"({"prompt": "x"})");
@@ -328,6 +350,27 @@ TEST_CASE("bad requests are rejected naming the field", "[openai]") {
        400, "tokenmill.regex", "cannot be combined"},
       {chat, "{" + msg + R"(, "n": -3})", 400, "n", "'n' must be in [1, 16]"},
       {cmpl, R"({"prompt": "x", "n": "1"})", 400, "n", "'n' must be an integer"},
+      // the prompt as segments (chunk reuse)
+      {cmpl, R"({"tokenmill": {"segments": "ab"}})", 400, "tokenmill.segments",
+       "'tokenmill.segments' must be an array of strings or of arrays of token ids, got string"},
+      {cmpl, R"({"tokenmill": {"segments": []}})", 400, "tokenmill.segments",
+       "'tokenmill.segments' is empty"},
+      {cmpl, R"({"tokenmill": {"segments": ["a", 5]}})", 400, "tokenmill.segments[1]",
+       "'tokenmill.segments[1]' must be a string or an array of token ids, got number"},
+      {cmpl, R"({"tokenmill": {"segments": [[1, "2"]]}})", 400, "tokenmill.segments[0][1]",
+       "'tokenmill.segments[0][1]' must be an integer token id, got string"},
+      {cmpl, R"({"prompt": "x", "tokenmill": {"segments": ["a"]}})", 400, "tokenmill.segments",
+       "replaces 'prompt'"},
+      {chat, "{" + msg + R"(, "tokenmill": {"segments": ["a"]}})", 400, "tokenmill.segments",
+       "only supported on /v1/completions"},
+      {cmpl, R"({"prompt": "x", "tokenmill": {"recompute_ratio": 0.5}})", 400,
+       "tokenmill.recompute_ratio", "only allowed with 'tokenmill.segments'"},
+      {cmpl, R"({"tokenmill": {"segments": ["a"], "recompute_ratio": "all"}})", 400,
+       "tokenmill.recompute_ratio", "'tokenmill.recompute_ratio' must be a number, got string"},
+      {cmpl, R"({"tokenmill": {"segments": ["a"]}, "echo": true})", 400, "echo",
+       "not supported with 'tokenmill.segments'"},
+      {cmpl, R"({"tokenmill": {"segmentz": ["a"]}})", 400, "tokenmill.segmentz",
+       "unknown field 'tokenmill.segmentz'"},
       // logprobs
       {cmpl, R"({"prompt": "x", "logprobs": 6})", 400, "logprobs",
        "'logprobs' must be in [0, 5], got 6"},

@@ -209,3 +209,59 @@ TEST_CASE("grammars are compiled at validation and refused naming their field", 
   replayed.sampling.resumed = 5;  // only the router sets it
   CHECK(validate(replayed, tok, m)->options.sampling.resumed == 0);
 }
+
+TEST_CASE("a prompt given as segments", "[validate]") {
+  byte_word_tokenizer tok(1000);
+  auto m = small_model();
+  auto segs = [](std::vector<prompt_segment> v) {
+    generate_params p;
+    p.segments = std::move(v);
+    p.segments_field = "tokenmill.segments";
+    p.max_tokens = 2;
+    return p;
+  };
+  auto text = [](std::string t) { return prompt_segment{true, std::move(t), {}}; };
+  auto toks = [](std::vector<int64_t> v) { return prompt_segment{false, {}, std::move(v)}; };
+  SECTION("text segments: BOS is a segment of its own, each segment tokenized alone") {
+    auto v = validate(segs({text("ab"), toks({7, 8, 9}), text("c")}), tok, m);
+    REQUIRE(v.ok());
+    CHECK(v->prompt == std::vector<token_id>{1, 'a' + 3, 'b' + 3, 7, 8, 9, 'c' + 3});
+    CHECK(v->options.segment_ends == std::vector<uint32_t>{1, 3, 6, 7});
+    CHECK(v->options.recompute_ratio < 0);  // the worker's default
+  }
+  SECTION("token segments only: no BOS, and the ratio is taken") {
+    auto p = segs({toks({4, 5}), toks({6})});
+    p.recompute_ratio = 0.5;
+    auto v = validate(p, tok, m);
+    REQUIRE(v.ok());
+    CHECK(v->prompt == std::vector<token_id>{4, 5, 6});
+    CHECK(v->options.segment_ends == std::vector<uint32_t>{2, 3});
+    CHECK(v->options.recompute_ratio == 0.5f);
+  }
+  SECTION("bad segments are refused naming the field and the entry") {
+    auto refused = [&](generate_params p, const std::string& what) {
+      auto v = validate(p, tok, m);
+      REQUIRE_FALSE(v.ok());
+      CHECK(v.error().code == errc::invalid_request);
+      INFO(v.error().message);
+      CHECK(mentions(v.error(), what));
+    };
+    refused(segs({text("a"), text("")}), "tokenmill.segments[1] is empty");
+    refused(segs({toks({})}), "tokenmill.segments[0] is empty (no token ids)");
+    refused(segs({toks({1, 1000})}),
+            "tokenmill.segments[0]: token id 1000 at position 1 is outside the vocabulary");
+    std::vector<prompt_segment> many(max_request_segments + 1, toks({1}));
+    refused(segs(many), "tokenmill.segments lists 129 segments; at most 128 are allowed");
+    for (double r : {-0.1, 1.5, std::nan("")}) {
+      auto p = segs({toks({1})});
+      p.recompute_ratio = r;
+      refused(p, "recompute_ratio must be in [0, 1]");
+    }
+    auto p = ids({1, 2});
+    p.recompute_ratio = 0.5;
+    refused(p, "recompute_ratio is only allowed with segments");
+    // The context still bounds the whole prompt.
+    refused(segs({toks(std::vector<int64_t>(40, 3)), toks(std::vector<int64_t>(30, 4))}),
+            "prompt has 70 tokens");
+  }
+}

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <numeric>
 #include <set>
 
@@ -245,6 +246,57 @@ TEST_CASE("multi-turn: each turn's prompt extends the chat's previous one", "[wo
   CHECK(more[12].group == 0);
   CHECK(std::vector<token_id>(more[12].prompt_ids.begin(), more[12].prompt_ids.begin() + 20) !=
         std::vector<token_id>(reqs[0].prompt_ids.begin(), reqs[0].prompt_ids.begin() + 20));
+}
+
+TEST_CASE("rag: k shuffled documents from a pool, as segments", "[workload]") {
+  rag_spec s;
+  s.requests = 40;
+  s.pool = 6;
+  s.docs = 3;
+  s.doc_len = 10;
+  s.system_len = 4;
+  s.question = {5, 0};
+  s.output = {7, 0};
+  s.vocab = {259, 512};
+  s.seed = 3;
+  auto reqs = rag_workload(s);
+  REQUIRE(reqs.size() == 40);
+  // Document d's tokens, as the pool holds them: find them by their segment in request 0.
+  std::map<std::vector<token_id>, int> seen;  // document tokens -> times sent
+  std::set<std::vector<uint32_t>> orders;
+  for (const auto& r : reqs) {
+    CHECK_FALSE(r.has_text);
+    CHECK(r.prompt_len == 4 + 3 * 10 + 5);
+    CHECK(r.prompt_ids.size() == r.prompt_len);
+    CHECK(r.segment_ends == std::vector<uint32_t>{4, 14, 24, 34, 39});
+    CHECK(r.max_tokens == 7);
+    for (auto t : r.prompt_ids)
+      CHECK((t >= 259 && t < 512));
+    // The same system prompt everywhere; three distinct documents.
+    CHECK(std::vector<token_id>(r.prompt_ids.begin(), r.prompt_ids.begin() + 4) ==
+          std::vector<token_id>(reqs[0].prompt_ids.begin(), reqs[0].prompt_ids.begin() + 4));
+    std::set<std::vector<token_id>> docs;
+    for (int d = 0; d < 3; ++d) {
+      std::vector<token_id> doc(r.prompt_ids.begin() + 4 + 10 * d,
+                                r.prompt_ids.begin() + 14 + 10 * d);
+      docs.insert(doc);
+      ++seen[doc];
+    }
+    CHECK(docs.size() == 3);
+  }
+  // Drawn from a pool of 6: no more than 6 distinct documents, and documents come back in
+  // other positions (the point of chunk reuse).
+  CHECK(seen.size() <= 6);
+  CHECK(seen.size() >= 4);
+  // Seeded: the same spec gives the same requests, another seed others.
+  auto again = rag_workload(s);
+  CHECK(again[7].prompt_ids == reqs[7].prompt_ids);
+  s.seed = 4;
+  CHECK(rag_workload(s)[7].prompt_ids != reqs[7].prompt_ids);
+  // k is clamped to the pool.
+  s.docs = 50;
+  s.requests = 1;
+  CHECK(rag_workload(s)[0].segment_ends.size() == 6 + 2);
 }
 
 TEST_CASE("ShareGPT files: the first human turn and the answer after it", "[workload]") {
