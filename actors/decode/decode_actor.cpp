@@ -81,6 +81,7 @@ struct sequence {
   float recompute_ratio = 0;
   uint32_t commit_limit = UINT32_MAX;
   std::unique_ptr<chunk_prefill> blend;
+  bool blend_refused = false;  ///< its segments did not fit its prompt: prefilled in chunks
 };
 
 /// Live migration: a move of one of this worker's sequences to another decode worker.
@@ -485,18 +486,24 @@ void launch(decode_ptr self) {
   }
   const auto bt = st.w.pool->layout().block_tokens;
   // Chunk reuse (issue 17): the first segmented local prefill with nothing computed yet is
-  // served from the chunk cache, whole, beside the chunks of the others.
+  // served from the chunk cache, whole, beside the chunks of the others; later segmented
+  // ones wait for their turn rather than be prefilled in chunks.
+  auto blends = [&](const sequence& s) {
+    return !s.blend_refused && st.w.blends(s.req.options.segment_ends) &&
+           s.prefill_done == first_computed_token(s.reused, bt);
+  };
   std::optional<blend_step> blend;
   planned_chunk blend_chunk;
   for (auto id : st.local_queue) {
     auto& s = st.seqs.at(id);
-    if (!st.w.blends(s.req.options.segment_ends) ||
-        s.prefill_done != first_computed_token(s.reused, bt))
-      continue;
+    if (!blends(s)) continue;
     auto prompt = std::span<const token_id>(s.tokens).first(s.prompt_len);
     s.blend =
         st.w.plan_chunks(id, prompt, s.req.options.segment_ends, s.prefill_done, s.recompute_ratio);
-    if (!s.blend) continue;
+    if (!s.blend) {
+      s.blend_refused = true;  // its segments do not fit: prefilled in chunks
+      continue;
+    }
     st.w.publish_cache_events(self);  // fills may have evicted cached blocks
     blend = blend_step{s.blend.get(),
                        {prompt, s.prefill_done, s.prompt_len, s.blocks, s.req.options.sampling,
@@ -506,8 +513,8 @@ void launch(decode_ptr self) {
   }
   std::deque<prefill_progress> progress;
   for (auto id : st.local_queue) {
-    if (blend && id == blend_chunk.key) continue;
     auto& s = st.seqs.at(id);
+    if (blends(s) || (blend && id == blend_chunk.key)) continue;
     progress.push_back({id, s.prompt_len, s.prefill_done});
   }
   auto plan = plan_prefill_batch(progress, st.cfg.local_prefill_budget, st.cfg.max_batch);

@@ -54,6 +54,7 @@ struct job_state {
   float recompute_ratio = 0;
   uint32_t exact_tokens = 0;
   std::unique_ptr<chunk_prefill> blend;
+  bool blend_refused = false;  ///< its segments did not fit its prompt: prefilled in chunks
 };
 
 struct prefill_state {
@@ -350,18 +351,24 @@ void launch(prefill_ptr self) {
   admit_waiting(self);
   const auto bt = st.w.pool->layout().block_tokens;
   // Chunk reuse (issue 17): the first segmented job with nothing computed yet is served
-  // from the chunk cache, whole, beside the chunked batch of the others.
+  // from the chunk cache, whole, beside the chunked batch of the others; later segmented
+  // jobs wait for their turn rather than be prefilled in chunks.
+  auto blends = [&](const job_state& js) {
+    return !js.computed && !js.dropped && !js.blend_refused && st.w.blends(js.job.segment_ends) &&
+           js.done == first_computed_token(js.reused + js.fetched, bt);
+  };
   std::optional<blend_step> blend;
   planned_chunk blend_chunk;
   for (auto id : st.queue) {
     auto& js = st.jobs.at(id);
     const auto len = static_cast<uint32_t>(js.job.prompt.size());
-    if (js.computed || js.dropped || !st.w.blends(js.job.segment_ends) ||
-        js.done != first_computed_token(js.reused + js.fetched, bt))
-      continue;
+    if (!blends(js)) continue;
     js.blend =
         st.w.plan_chunks(id, js.job.prompt, js.job.segment_ends, js.done, js.recompute_ratio);
-    if (!js.blend) continue;
+    if (!js.blend) {
+      js.blend_refused = true;  // its segments do not fit: prefilled in chunks
+      continue;
+    }
     st.w.publish_cache_events(self);  // fills may have evicted cached blocks
     blend = blend_step{js.blend.get(),
                        {js.job.prompt, js.done, len, js.blocks, js.job.sampling, nullptr,
@@ -372,7 +379,7 @@ void launch(prefill_ptr self) {
   std::deque<prefill_progress> progress;
   for (auto id : st.queue) {
     auto& js = st.jobs.at(id);
-    if (!js.computed && !js.dropped && !(blend && id == blend_chunk.key))
+    if (!js.computed && !js.dropped && !blends(js) && !(blend && id == blend_chunk.key))
       progress.push_back({id, static_cast<uint32_t>(js.job.prompt.size()), js.done});
   }
   auto plan = plan_prefill_batch(progress, st.cfg.token_budget, st.cfg.max_seqs);

@@ -89,7 +89,7 @@ struct rag {
       joined += (joined.empty() ? "" : " ") + s;
   }
   std::vector<std::string> args(std::vector<std::string> extra = {}) const {
-    std::vector<std::string> a = {"--max-tokens", "8", "--token-ids"};
+    std::vector<std::string> a = {"--max-tokens", "8", "--ignore-eos", "--token-ids"};
     for (const auto& s : segments) {
       a.push_back("--segment");
       a.push_back(s);
@@ -114,7 +114,8 @@ TEST_CASE("chunk reuse: documents in another order are chunk hits, ratio 1 is ex
     CHECK(before.hit == 0);
     // Nothing was cached: that was a full prefill (and it put no blended KV in the prefix
     // cache for this one to reuse).
-    auto plain = generate_json(srv, {"--max-tokens", "8", "--token-ids", first.joined});
+    auto plain =
+        generate_json(srv, {"--max-tokens", "8", "--ignore-eos", "--token-ids", first.joined});
     CHECK(ids_of(a) == ids_of(plain));
 
     rag second({2, 0, 1});
@@ -126,7 +127,8 @@ TEST_CASE("chunk reuse: documents in another order are chunk hits, ratio 1 is ex
 
     rag third({1, 2, 0});
     auto exact = generate_json(srv, third.args({"--recompute-ratio", "1"}));
-    auto unsegmented = generate_json(srv, {"--max-tokens", "8", "--token-ids", third.joined});
+    auto unsegmented =
+        generate_json(srv, {"--max-tokens", "8", "--ignore-eos", "--token-ids", third.joined});
     CHECK(ids_of(exact) == ids_of(unsegmented));
     CHECK(chunk_status(srv).hit > after.hit);
   }
@@ -176,6 +178,7 @@ TEST_CASE("chunk reuse: bad segment input is refused naming the field", "[integr
     refused({{"prompt", "x"}, {"tokenmill", {{"segments", {"a"}}}}}, "replaces 'prompt'");
     // A good one: the prompt is the segments'.
     auto ok = post({{"max_tokens", 4},
+                    {"ignore_eos", true},
                     {"tokenmill",
                      {{"segments", {json::array({5, 6, 7}), json::array({8, 9})}},
                       {"recompute_ratio", 0.5}}}});
