@@ -93,7 +93,8 @@ struct worker {
   token_id full_prefill(const std::vector<token_id>& prompt) {
     const auto n = static_cast<uint32_t>(prompt.size());
     block_pool fresh(eng.info().layout, 8);
-    prefill_chunk c{prompt, 0, n, std::vector<block_id>{0, 1, 2, 3, 4, 5, 6, 7}, {}, nullptr, {}};
+    const std::vector<block_id> blocks = {0, 1, 2, 3, 4, 5, 6, 7};
+    prefill_chunk c{prompt, 0, n, blocks, {}, nullptr, {}};
     return value_or_fail(eng.prefill(fresh, {&c, 1})).at(0);
   }
 };
