@@ -65,6 +65,7 @@ struct bench_opts {
   uint32_t pool = 16;      ///< rag: documents in the pool
   uint32_t docs = 4;       ///< rag: documents per request
   uint32_t doc_len = 256;  ///< rag: tokens per document
+  bool rag_plain = false;  ///< rag: send the same prompts unsegmented (a baseline)
   double slo_ttft_ms = 0, slo_tpot_ms = 0, slo_itl_ms = 0;
   bool ignore_eos = true;
   uint32_t vocab_size = 0;  ///< 0: the model's
@@ -275,6 +276,8 @@ command add_bench(CLI::App& app) {
   app.add_option("--doc-len", o->doc_len, "rag: tokens per document")
       ->check(CLI::Range(1u, 1u << 20))
       ->capture_default_str();
+  app.add_flag("--rag-plain", o->rag_plain,
+               "rag: send the same prompts unsegmented (the prefix cache alone: a baseline)");
   app.add_option("--prefixes", o->prefixes, "shared-prefix: distinct system prompts")
       ->check(CLI::Range(1u, 1u << 20))
       ->capture_default_str();
@@ -429,6 +432,9 @@ command add_bench(CLI::App& app) {
         r.requests = size_t{o->requests} + o->warmup;
         r.seed = o->seed;
         auto all = wl::rag_workload(r);
+        if (o->rag_plain)
+          for (auto& q : all)
+            q.segment_ends.clear();
         measured.assign(all.begin(), all.begin() + o->requests);
         warm.assign(all.begin() + o->requests, all.end());
       } else if (o->workload == "shared-prefix") {
@@ -562,7 +568,8 @@ command add_bench(CLI::App& app) {
       j["rag"] = {{"pool", o->pool},
                   {"docs", std::min(o->docs, o->pool)},
                   {"doc_len", o->doc_len},
-                  {"system_len", o->prefix_len}};
+                  {"system_len", o->prefix_len},
+                  {"segmented", !o->rag_plain}};
       const auto chunks_after = chunk_counters();
       if (chunks_before && chunks_after) {
         const uint64_t lookup = (*chunks_after)[0] - (*chunks_before)[0];
