@@ -21,7 +21,14 @@
 #   --concurrency C        closed-loop streams (default 4)
 #   --warmup N             requests (of other chats / prefixes) before measuring (default 0);
 #                          they count in the status deltas (hit rate, tokens computed)
-#   --conversations N      multi-turn chats (default 24); --turns T turns each (default 4)
+#   --conversations N      multi-turn chats (default 7); --turns T turns each (default 6).
+#                          Chats are interleaved: a chat's next turn comes after every other
+#                          chat's, so its history must survive the other N - 1 prompts
+#                          (~50 blocks each) in some pool. 7 overflows each prefill pool (128)
+#                          but not the cluster's; with 24 the ~1000 blocks between two turns
+#                          of a chat exceed every pool and the cluster (768), so nothing can
+#                          hit without the tiers. Odd, so that cache-only's alternation
+#                          between the two prefill workers does not pin every chat to one.
 #   --prefixes N           shared-prefix system prompts (default 12), --users U each (default 4)
 #   --system-len L         system prompt tokens (default 512)
 #   --input-len L          user message tokens (default 64)
@@ -50,7 +57,7 @@ py=/usr/bin/python3
 [[ -x $py ]] || py=python3
 
 workloads="multi-turn shared-prefix" configs="cache-only cost fetch tiers" conc=4 warmup=0
-convs=24 turns=4 prefixes=12 users=4 system_len=512 input_len=64 output_len=16
+convs=7 turns=6 prefixes=12 users=4 system_len=512 input_len=64 output_len=16
 pblocks=128 dblocks=256 hblocks=512 kblocks=1024 us_per_token=200 step_ms=5 out=""
 while (($#)); do
   case "$1" in
@@ -72,7 +79,7 @@ while (($#)); do
     --prefill-us-per-token) us_per_token=${2:?}; shift ;;
     --decode-step-ms) step_ms=${2:?}; shift ;;
     --out) out=${2:?}; shift ;;
-    -h | --help) sed -n '2,43p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,50p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-prefix: unknown option '$1' (--help lists them)" >&2; exit 2 ;;
   esac
   shift
