@@ -774,11 +774,17 @@ typename F::result_type inspect(F& f, kv_tier_status& x) {
            x.evictions, x.used, x.capacity);
 }
 template <class F>
+typename F::result_type inspect(F& f, kv_fetch_status& x) {
+  return f(caf::meta::type_name("kv_fetch_status"), x.started, x.completed, x.failed, x.blocks,
+           x.bytes, x.missing, x.time_ns, x.served, x.served_blocks, x.served_bytes,
+           x.serve_failures);
+}
+template <class F>
 typename F::result_type inspect(F& f, worker_status& x) {
   return f(caf::meta::type_name("worker_status"), x.id, x.kind, x.name, x.node, x.up, x.queued,
            x.running, x.kv_used, x.kv_total, x.completed, x.tokens_out, x.detail, x.kv_bytes,
            x.prefix_hit_blocks, x.prefix_lookup_blocks, x.tiers, x.chunk_lookup_tokens,
-           x.chunk_hit_tokens, x.chunk_recomputed_tokens);
+           x.chunk_hit_tokens, x.chunk_recomputed_tokens, x.fetch);
 }
 template <class F>
 typename F::result_type inspect(F& f, node_status& x) {

@@ -430,6 +430,18 @@ command add_status(CLI::App& app) {
                       {"chunk_hit_tokens", w.chunk_hit_tokens},
                       {"chunk_recomputed_tokens", w.chunk_recomputed_tokens},
                       {"tiers", tiers},
+                      {"fetch",
+                       {{"started", w.fetch.started},
+                        {"completed", w.fetch.completed},
+                        {"failed", w.fetch.failed},
+                        {"blocks", w.fetch.blocks},
+                        {"bytes", w.fetch.bytes},
+                        {"missing", w.fetch.missing},
+                        {"time_ms", static_cast<double>(w.fetch.time_ns) / 1e6},
+                        {"served", w.fetch.served},
+                        {"served_blocks", w.fetch.served_blocks},
+                        {"served_bytes", w.fetch.served_bytes},
+                        {"serve_failures", w.fetch.serve_failures}}},
                       {"detail", w.detail}});
       }
       j["workers"] = ws;

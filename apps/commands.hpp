@@ -27,6 +27,9 @@ command add_bench_engine(CLI::App& app);
 command add_bench_blend(CLI::App& app);
 /// `tokenmill bench-transfer`: UCX KV transport bandwidth/latency between two local processes.
 command add_bench_transfer(CLI::App& app);
+/// `tokenmill bench-fetch`: fetch throughput between two in-process decode workers
+/// (inline or UCX transport), for the block sizes bench-transfer measures.
+command add_bench_fetch(CLI::App& app);
 /// `tokenmill bench-router`: the router's decision latency (prefix index + cost model) at
 /// 1k-1M blocks and 8-128 workers.
 command add_bench_router(CLI::App& app);

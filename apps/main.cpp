@@ -56,6 +56,10 @@ int main(int argc, char** argv) {
       "Measure the UCX KV transport between two local processes (shm or tcp) against memcpy "
       "or ucx_perftest",
       tokenmill::app::add_bench_transfer);
+  add("bench-fetch",
+      "Measure fetch instead of recompute (a prefix pulled from a peer worker's cache) between "
+      "two local decode workers, for bench-transfer's block sizes",
+      tokenmill::app::add_bench_fetch);
   add("bench-router",
       "Measure the router's decision latency (prefix index + cost model) at 1k/100k/1M "
       "blocks and 8/32/128 workers, with the index's memory per block",

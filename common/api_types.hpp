@@ -111,6 +111,23 @@ struct kv_tier_status {
   uint32_t capacity = 0;   ///< blocks it holds at most
 };
 
+/// A worker's fetches of KV blocks from peers (fetch instead of recompute,
+/// actors/detail/kv_fetch.hpp) since it started: as the worker that pulls a prompt's prefix
+/// from a peer's prefix cache, and as the source a peer pulls from.
+struct kv_fetch_status {
+  uint64_t started = 0;    ///< fetches asked of a source
+  uint64_t completed = 0;  ///< answered and taken (the blocks written, possibly none)
+  uint64_t failed = 0;     ///< given up (error, no reply, source lost): it computed the tokens
+  uint64_t blocks = 0;     ///< blocks that arrived, checked and reused
+  uint64_t bytes = 0;      ///< bytes of those blocks
+  uint64_t missing = 0;    ///< blocks asked for and not written (evicted at the source)
+  uint64_t time_ns = 0;    ///< from asking to the answer or giving up, over every fetch that ended
+  uint64_t served = 0;     ///< fetches this worker served as the source (written and answered)
+  uint64_t served_blocks = 0;   ///< blocks it wrote into peers' pools for them
+  uint64_t served_bytes = 0;    ///< bytes of those blocks
+  uint64_t serve_failures = 0;  ///< fetches it refused or whose write failed
+};
+
 /// One actor's live state, as `tokenmill status` shows it.
 struct worker_status {
   worker_id id = 0;
@@ -134,6 +151,7 @@ struct worker_status {
   uint64_t chunk_recomputed_tokens = 0;
   std::string detail;                 ///< one line of free text (engine, transport, errors)
   std::vector<kv_tier_status> tiers;  ///< the second KV tier's levels; empty without one
+  kv_fetch_status fetch;              ///< KV fetched from and served to peers (KV workers)
 };
 
 /// A node of a multi-node cluster, as the supervisor sees it.

@@ -87,6 +87,41 @@ void frontend_metrics::token_gap(double seconds) {
   itl_->observe(seconds);
 }
 
+namespace {
+/// A KV worker's fetch series (fetch instead of recompute): as the worker that pulls a
+/// prompt's prefix from a peer, and as the source a peer pulls from.
+void export_fetch_metrics(metrics::registry& r, const metrics::label_set& l,
+                          const kv_fetch_status& f) {
+  auto counter = [&](const char* name, const char* help, double v, const char* outcome = nullptr) {
+    auto x = l;
+    if (outcome) x.emplace_back("outcome", outcome);
+    r.get_counter(name, help, x).advance_to(v);
+  };
+  const char* fetches_help =
+      "KV fetches from peers' prefix caches: started, completed (answer taken) and failed "
+      "(given up: the worker computed the tokens)";
+  counter("tokenmill_kv_fetches_total", fetches_help, f.started, "started");
+  counter("tokenmill_kv_fetches_total", fetches_help, f.completed, "completed");
+  counter("tokenmill_kv_fetches_total", fetches_help, f.failed, "failed");
+  counter("tokenmill_kv_fetch_blocks_total",
+          "KV blocks fetched from peers and reused instead of computed", f.blocks);
+  counter("tokenmill_kv_fetch_bytes_total", "Bytes of the KV blocks fetched from peers", f.bytes);
+  counter("tokenmill_kv_fetch_missing_blocks_total",
+          "KV blocks asked of a peer that it no longer held (evicted meanwhile)", f.missing);
+  counter("tokenmill_kv_fetch_seconds_total",
+          "Time from asking a peer for KV blocks to taking its answer or giving the fetch up, "
+          "summed over completed and failed fetches",
+          static_cast<double>(f.time_ns) / 1e9);
+  const char* served_help = "KV fetches this worker served to peers as the source, by outcome";
+  counter("tokenmill_kv_fetch_served_total", served_help, f.served, "ok");
+  counter("tokenmill_kv_fetch_served_total", served_help, f.serve_failures, "failed");
+  counter("tokenmill_kv_fetch_served_blocks_total",
+          "KV blocks this worker wrote into peers' pools for their fetches", f.served_blocks);
+  counter("tokenmill_kv_fetch_served_bytes_total",
+          "Bytes of the KV blocks this worker wrote for peers' fetches", f.served_bytes);
+}
+}  // namespace
+
 void export_worker_metrics(metrics::registry& r, const std::vector<worker_status>& workers) {
   for (const auto& w : workers) {
     metrics::label_set l{
@@ -118,6 +153,7 @@ void export_worker_metrics(metrics::registry& r, const std::vector<worker_status
           .set(w.prefix_lookup_blocks == 0 ? 0
                                            : static_cast<double>(w.prefix_hit_blocks) /
                                                  static_cast<double>(w.prefix_lookup_blocks));
+      export_fetch_metrics(r, l, w.fetch);
     }
     for (const auto& t : w.tiers) {
       auto tl = l;

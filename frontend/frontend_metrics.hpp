@@ -15,8 +15,10 @@ namespace tokenmill {
 
 /// Sets every worker's series in `r` from its status: up, queue depth, running batch, KV
 /// blocks used/total, and (prefill, decode) tokens, requests, KV bytes moved and prefix
-/// hit rate, and each second-tier level's hits, bytes moved, evictions and occupancy
-/// (label `tier`), labelled by node, worker and role.
+/// hit rate, KV fetched from peers (fetches by outcome, blocks, bytes, missing blocks, time)
+/// and served to them (fetches by outcome, blocks, bytes), and each second-tier level's
+/// hits, bytes moved, evictions and occupancy (label `tier`), labelled by node, worker and
+/// role.
 void export_worker_metrics(metrics::registry& r, const std::vector<worker_status>& workers);
 
 /// Sets the planner's series from the supervisor's counts (once a planner or a drain ran),

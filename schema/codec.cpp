@@ -309,6 +309,21 @@ cluster_status decode(rpc::ClusterStatus::Reader r) {
     for (auto t : w.getTiers())
       ws.tiers.push_back({str(t.getTier()), t.getHits(), t.getBytesIn(), t.getBytesOut(),
                           t.getEvictions(), t.getUsed(), t.getCapacity()});
+    if (w.hasFetch()) {
+      auto f = w.getFetch();
+      auto& o = ws.fetch;
+      o.started = f.getStarted();
+      o.completed = f.getCompleted();
+      o.failed = f.getFailed();
+      o.blocks = f.getBlocks();
+      o.bytes = f.getBytes();
+      o.missing = f.getMissing();
+      o.time_ns = f.getTimeNs();
+      o.served = f.getServed();
+      o.served_blocks = f.getServedBlocks();
+      o.served_bytes = f.getServedBytes();
+      o.serve_failures = f.getServeFailures();
+    }
     ws.detail = str(w.getDetail());
     s.workers.push_back(std::move(ws));
   }
@@ -375,6 +390,18 @@ void encode(const cluster_status& s, rpc::ClusterStatus::Builder b) {
       tiers[t].setUsed(x.used);
       tiers[t].setCapacity(x.capacity);
     }
+    auto f = o.initFetch();
+    f.setStarted(w.fetch.started);
+    f.setCompleted(w.fetch.completed);
+    f.setFailed(w.fetch.failed);
+    f.setBlocks(w.fetch.blocks);
+    f.setBytes(w.fetch.bytes);
+    f.setMissing(w.fetch.missing);
+    f.setTimeNs(w.fetch.time_ns);
+    f.setServed(w.fetch.served);
+    f.setServedBlocks(w.fetch.served_blocks);
+    f.setServedBytes(w.fetch.served_bytes);
+    f.setServeFailures(w.fetch.serve_failures);
     o.setDetail(w.detail);
   }
   auto ns = b.initNodes(static_cast<unsigned>(s.nodes.size()));

@@ -151,6 +151,21 @@ struct WorkerStatus {
   chunkLookupTokens @16 :UInt64;  # segment tokens looked up in the chunk cache (issue 17)
   chunkHitTokens @17 :UInt64;     # of those, found there (KV moved, not computed)
   chunkRecomputedTokens @18 :UInt64; # of the hits, recomputed (selective recompute)
+  fetch @19 :KvFetchStatus;       # KV fetched from and served to peers (KV workers)
+}
+
+struct KvFetchStatus {
+  started @0 :UInt64;        # fetches asked of a source
+  completed @1 :UInt64;      # answered and taken
+  failed @2 :UInt64;         # given up: the worker computed the tokens
+  blocks @3 :UInt64;         # blocks that arrived and were reused
+  bytes @4 :UInt64;          # bytes of those blocks
+  missing @5 :UInt64;        # blocks asked for and not written (evicted at the source)
+  timeNs @6 :UInt64;         # from asking to the answer or giving up, summed
+  served @7 :UInt64;         # fetches served as the source
+  servedBlocks @8 :UInt64;   # blocks written into peers' pools for them
+  servedBytes @9 :UInt64;    # bytes of those blocks
+  serveFailures @10 :UInt64; # fetches refused or whose write failed
 }
 
 struct KvTierStatus {

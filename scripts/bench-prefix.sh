@@ -21,7 +21,14 @@
 #   --concurrency C        closed-loop streams (default 4)
 #   --warmup N             requests (of other chats / prefixes) before measuring (default 0);
 #                          they count in the status deltas (hit rate, tokens computed)
-#   --conversations N      multi-turn chats (default 24); --turns T turns each (default 4)
+#   --conversations N      multi-turn chats (default 7); --turns T turns each (default 6).
+#                          Chats are interleaved: a chat's next turn comes after every other
+#                          chat's, so its history must survive the other N - 1 prompts
+#                          (~50 blocks each) in some pool. 7 overflows each prefill pool (128)
+#                          but not the cluster's; with 24 the ~1000 blocks between two turns
+#                          of a chat exceed every pool and the cluster (768), so nothing can
+#                          hit without the tiers. Odd, so that cache-only's alternation
+#                          between the two prefill workers does not pin every chat to one.
 #   --prefixes N           shared-prefix system prompts (default 12), --users U each (default 4)
 #   --system-len L         system prompt tokens (default 512)
 #   --input-len L          user message tokens (default 64)
@@ -35,6 +42,8 @@
 #   --out DIR              results (default bench-results/prefix-<YYYYmmdd-HHMMSS>)
 #   TOKENMILL_BIN=path     tokenmill binary (default build/apps/tokenmill)
 #
+# Checks that every prompt got the same tokens in every configuration (bench --record files,
+# DIR/<workload>-<config>.records.jsonl): reuse, fetch and onboarding must not change them.
 # Prints a table and writes DIR/<workload>-<config>.json (bench), DIR/<...>-status-{before,after}.json
 # and DIR/summary.json: per run prefix hit rate (prefill workers: prompt blocks reused / looked up),
 # tokens computed, blocks fetched from peers, tier onboards, TTFT p50/p99 (ms), requests/s
@@ -48,7 +57,7 @@ py=/usr/bin/python3
 [[ -x $py ]] || py=python3
 
 workloads="multi-turn shared-prefix" configs="cache-only cost fetch tiers" conc=4 warmup=0
-convs=24 turns=4 prefixes=12 users=4 system_len=512 input_len=64 output_len=16
+convs=7 turns=6 prefixes=12 users=4 system_len=512 input_len=64 output_len=16
 pblocks=128 dblocks=256 hblocks=512 kblocks=1024 us_per_token=200 step_ms=5 out=""
 while (($#)); do
   case "$1" in
@@ -70,7 +79,7 @@ while (($#)); do
     --prefill-us-per-token) us_per_token=${2:?}; shift ;;
     --decode-step-ms) step_ms=${2:?}; shift ;;
     --out) out=${2:?}; shift ;;
-    -h | --help) sed -n '2,41p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,50p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-prefix: unknown option '$1' (--help lists them)" >&2; exit 2 ;;
   esac
   shift
@@ -114,7 +123,7 @@ run_one() {  # workload config
   "$bin" status --connect "$ep" --json >"$out/$w-$c-status-before.json"
   "$bin" bench --connect "$ep" "${wl_args[@]}" --prefix-len "$system_len" --input-len "$input_len" \
     --output-len "$output_len" --concurrency "$conc" --warmup "$warmup" --json --no-progress \
-    --output "$out/$w-$c.json" >/dev/null 2>"$out/$w-$c.bench.log" ||
+    --output "$out/$w-$c.json" --record "$out/$w-$c.records.jsonl" >/dev/null 2>"$out/$w-$c.bench.log" ||
     { echo "bench-prefix: bench failed ($out/$w-$c.bench.log)" >&2; stop; return 1; }
   "$bin" status --connect "$ep" --json >"$out/$w-$c-status-after.json"
   stop
@@ -146,9 +155,14 @@ for w in workloads.split():
                        for n, a in after.items() if a["role"] == role)
         hits, looked = delta("prefill", "prefix_hit_blocks"), delta("prefill", "prefix_lookup_blocks")
         onboarded = sum(t["hits"] for a in after.values() for t in a.get("tiers", []))
-        def fetched(ws):  # blocks pulled from peers, from each status detail
-            return sum(int(m.group(1)) for a in ws.values()
-                       for m in [re.search(r"fetched (\d+) blocks", a.get("detail", ""))] if m)
+        def fetched(ws):  # blocks pulled from peers (status `fetch`; older builds: the detail)
+            n = 0
+            for a in ws.values():
+                if "fetch" in a:
+                    n += a["fetch"]["blocks"]
+                elif m := re.search(r"fetched (\d+) blocks", a.get("detail", "")):
+                    n += int(m.group(1))
+            return n
         rows.append({
             "workload": w, "config": c,
             "requests": b["requests"], "failed": b["failed"],
@@ -161,6 +175,31 @@ for w in workloads.split():
             "ttft_p50_ms": b["ttft_ms"]["p50"], "ttft_p99_ms": b["ttft_ms"]["p99"],
             "requests_per_s": b["requests_per_s"], "output_tokens_per_s": b["output_tokens_per_s"],
         })
+# Every hit's tokens identical to recomputing: each prompt (by prompt_hash) must get the same
+# tokens in every configuration of its workload, whichever reused, fetched, onboarded or
+# computed its prefix (greedy sampling, so a request's tokens depend on its prompt only).
+def tokens_by_prompt(path):
+    out = {}
+    for line in open(path):
+        r = json.loads(line)
+        if r.get("outcome") in ("length", "stop", "eos"):
+            out[r["prompt_hash"]] = [t[1] for t in sorted(r["tokens"], key=lambda t: t[0])]
+    return out
+mismatches = {}
+for w in workloads.split():
+    runs = {c: tokens_by_prompt(f"{out}/{w}-{c}.records.jsonl") for c in configs.split()}
+    ref_c = configs.split()[0]
+    bad = 0
+    for c, run in runs.items():
+        for h, toks in run.items():
+            ref = runs[ref_c].get(h)
+            if ref is not None and ref != toks:
+                bad += 1
+    mismatches[w] = bad
+    for r in rows:
+        if r["workload"] == w:
+            r["token_mismatches"] = sum(1 for h, t in runs[r["config"]].items()
+                                        if runs[ref_c].get(h) not in (None, t))
 summary = {"cpu": cpu, "cpu_steal_after_pct": float(steal or 0), "rows": rows}
 json.dump(summary, open(f"{out}/summary.json", "w"), indent=1)
 hdr = f"{'workload':<13} {'config':<10} {'hit rate':>8} {'computed':>9} {'prompt':>8} {'fetched':>7} {'onboard':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'req/s':>7} {'tok/s':>7} {'fail':>4}"
@@ -169,6 +208,9 @@ for r in rows:
     print(f"{r['workload']:<13} {r['config']:<10} {r['prefix_hit_rate']:>8.3f} {r['tokens_computed']:>9} "
           f"{r['prompt_tokens']:>8} {r['fetched_blocks']:>7} {r['tier_onboarded_blocks']:>7} {r['ttft_p50_ms']:>9.1f} "
           f"{r['ttft_p99_ms']:>9.1f} {r['requests_per_s']:>7.2f} {r['output_tokens_per_s']:>7.1f} {r['failed']:>4}")
+for w, bad in mismatches.items():
+    print(f"{w}: {bad} completed requests whose tokens differ from the same prompt's in "
+          f"{configs.split()[0]} (must be 0)")
 print(f"cpu: {cpu}; steal after the runs: {steal}%")
 print(f"json: {out}/summary.json")
 EOF

@@ -444,7 +444,7 @@ void start_fetch(decode_ptr self, sequence& s) {
     return;
   }
   s.phase = seq_phase::fetching;
-  ++st.fetched.fetches;
+  fetch_started(st.fetched, s.fetch);
   self->request(s.fetch.from, st.cfg.fetch_timeout, std::move(*r))
       .then(
           [self, id](kv_fetch_reply& rep) {
@@ -1248,6 +1248,7 @@ caf::behavior decode_behavior(decode_ptr self) {
         auto extra = fmt::format("{} awaiting KV, ", waiting_kv);
         if (st.fetched.fetches > 0) extra += st.fetched.summary() + ", ";
         auto ws = st.w.status(role::decode, extra);
+        st.fetched.report(ws.fetch);
         ws.queued = static_cast<uint32_t>(st.waiting_blocks.size() + st.local_queue.size() +
                                           st.ready.size());
         ws.running = static_cast<uint32_t>(st.running.size());

@@ -8,12 +8,37 @@
 #include "actors/decode/decode_policy.hpp"
 #include "actors/prefix_reuse.hpp"
 #include "actors/router/fetch_policy.hpp"
+#include "common/clock.hpp"
 
 namespace tokenmill {
 
 std::string fetch_stats::summary() const {
   return fmt::format("fetched {} blocks ({} bytes) in {} fetches, {} missing, {} failed", blocks,
                      bytes, fetches, missing, failures);
+}
+
+void fetch_stats::report(kv_fetch_status& out) const {
+  out.started = fetches;
+  out.completed = completed;
+  out.failed = failures;
+  out.blocks = blocks;
+  out.bytes = bytes;
+  out.missing = missing;
+  out.time_ns = time_ns;
+}
+
+namespace {
+/// Adds the time of the fetch `f` describes, from fetch_started to now (0 when it was never
+/// stamped), to `stats`.
+void add_fetch_time(fetch_stats& stats, const prompt_fetch& f) {
+  if (f.started_ns <= 0) return;
+  stats.time_ns += static_cast<uint64_t>(std::max<int64_t>(0, now_ns() - f.started_ns));
+}
+}  // namespace
+
+void fetch_started(fetch_stats& stats, prompt_fetch& f) {
+  ++stats.fetches;
+  f.started_ns = now_ns();
 }
 
 std::optional<kv_fetch_request> make_fetch_request(const kv_worker& w, request_id id,
@@ -61,6 +86,8 @@ result<uint32_t> take_fetch_reply(kv_worker& w, fetch_stats& stats, const kv_fet
         !kv)
       return kv.error();
   }
+  ++stats.completed;
+  add_fetch_time(stats, f);
   stats.blocks += *n;
   stats.bytes += uint64_t{*n} * w.pool->block_bytes();
   stats.missing += f.asked - *n;
@@ -70,6 +97,7 @@ result<uint32_t> take_fetch_reply(kv_worker& w, fetch_stats& stats, const kv_fet
 void note_fetch_failed(const kv_worker& w, fetch_stats& stats, std::string_view what, request_id id,
                        const prompt_fetch& f, const std::string& why) {
   ++stats.failures;
+  add_fetch_time(stats, f);
   spdlog::warn("{} {}: fetch of {} blocks of request {} from {} failed, computing them: {}", what,
                w.info.name, f.asked, id, f.source, why);
 }

@@ -22,21 +22,28 @@
 
 namespace tokenmill {
 
-/// A serving worker's counters (status detail): fetches started, blocks and bytes that
-/// arrived, blocks asked for and not written (evicted at the source), fetches that fell
-/// back to computing everything they asked for (error, timeout, source lost, bad checksum).
+/// A serving worker's counters (status detail and worker_status::fetch): fetches started,
+/// fetches whose answer was taken, blocks and bytes that arrived, blocks asked for and not
+/// written (evicted at the source), fetches that fell back to computing everything they
+/// asked for (error, timeout, source lost, bad checksum), and the time from asking to the
+/// answer taken or the fetch given up. A fetch whose job ended meanwhile (cancelled) is
+/// started and neither completed nor failed.
 struct fetch_stats {
-  uint64_t fetches = 0, blocks = 0, bytes = 0, missing = 0, failures = 0;
+  uint64_t fetches = 0, completed = 0, blocks = 0, bytes = 0, missing = 0, failures = 0;
+  uint64_t time_ns = 0;
   /// "fetched B blocks (N bytes) in F fetches, M missing, X failed"
   std::string summary() const;
+  /// The requester's fields of a status (started ... time_ns); the served ones are left.
+  void report(kv_fetch_status& out) const;
 };
 
 /// One prompt's fetch: the router's plan (fetch_hint), then the fetch under way.
 struct prompt_fetch {
-  caf::actor from;     ///< the source; invalid: no fetch planned
-  std::string source;  ///< its name, for logs and errors
-  uint32_t end = 0;    ///< the plan: the prompt's blocks [reused, end) from `from`
-  uint32_t asked = 0;  ///< blocks asked for (from `reused` on) by the fetch under way; 0: none
+  caf::actor from;         ///< the source; invalid: no fetch planned
+  std::string source;      ///< its name, for logs and errors
+  uint32_t end = 0;        ///< the plan: the prompt's blocks [reused, end) from `from`
+  uint32_t asked = 0;      ///< blocks asked for (from `reused` on) by the fetch under way; 0: none
+  int64_t started_ns = 0;  ///< when the fetch under way was asked (fetch_started); 0: none
 
   prompt_fetch() = default;
   explicit prompt_fetch(fetch_hint h)
@@ -58,18 +65,23 @@ std::optional<kv_fetch_request> make_fetch_request(const kv_worker& w, request_i
                                                    uint32_t prompt_len, uint32_t reused,
                                                    prompt_fetch& f);
 
+/// Counts the fetch `f` describes (make_fetch_request gave its request) as started, now.
+void fetch_started(fetch_stats& stats, prompt_fetch& f);
+
 /// Takes the source's answer to the fetch f describes: the leading run of blocks
 /// [reused, reused + f.asked) it wrote, delivered into the pool (two-sided transports),
 /// each block's xxh3 checked against the source's and the engine's check over their tokens
 /// (`tokens`: the prompt, at least). Returns how many blocks are usable, or why none is
-/// (the source's error, a malformed reply, a damaged block). Counts blocks, bytes and
-/// missing blocks in `stats` on success; commits nothing.
+/// (the source's error, a malformed reply, a damaged block). On success counts the fetch
+/// as completed, with its time, blocks, bytes and missing blocks, in `stats`; commits
+/// nothing.
 result<uint32_t> take_fetch_reply(kv_worker& w, fetch_stats& stats, const kv_fetch_reply& rep,
                                   std::span<const token_id> tokens,
                                   std::span<const block_id> blocks, uint32_t reused,
                                   const prompt_fetch& f);
 
-/// Logs a fetch given up (worker `what`, request `id`) and counts it as failed.
+/// Logs a fetch given up (worker `what`, request `id`) and counts it as failed, with its
+/// time.
 void note_fetch_failed(const kv_worker& w, fetch_stats& stats, std::string_view what, request_id id,
                        const prompt_fetch& f, const std::string& why);
 

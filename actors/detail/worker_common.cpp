@@ -145,6 +145,7 @@ void kv_worker::fetch_written(kv_fetch_written& w) {
     h.rp.deliver(kv_fetch_reply{h.id, {}, std::move(w.error)});
     return;
   }
+  ++fetches_served;
   fetch_blocks_served += h.pinned.size();
   fetch_bytes_served += uint64_t{h.pinned.size()} * pool->block_bytes();
   h.rp.deliver(kv_fetch_reply{h.id, std::move(w.transfer), {}});
@@ -194,6 +195,10 @@ worker_status kv_worker::status(role kind, std::string_view extra) const {
   if (chunk_lookup_tokens > 0)
     ws.detail += fmt::format(", chunk cache {} of {} segment tokens reused ({} recomputed)",
                              chunk_hit_tokens, chunk_lookup_tokens, chunk_recomputed_tokens);
+  ws.fetch.served = fetches_served;
+  ws.fetch.served_blocks = fetch_blocks_served;
+  ws.fetch.served_bytes = fetch_bytes_served;
+  ws.fetch.serve_failures = fetch_serve_failures;
   if (fetch_seq > 0 || fetch_serve_failures > 0)
     ws.detail += fmt::format(", served {} blocks ({} bytes) to fetches, {} failed",
                              fetch_blocks_served, fetch_bytes_served, fetch_serve_failures);

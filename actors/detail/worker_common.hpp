@@ -62,10 +62,11 @@ struct kv_worker {
   };
   std::unordered_map<uint64_t, fetch_hold> fetches;
   uint64_t fetch_seq = 0;
-  uint64_t fetch_blocks_served = 0, fetch_bytes_served = 0, fetch_serve_failures = 0;
   /// Chunk reuse (issue 17), since start: segment tokens looked up in the chunk cache,
   /// found there, and of those recomputed.
   uint64_t chunk_lookup_tokens = 0, chunk_hit_tokens = 0, chunk_recomputed_tokens = 0;
+  uint64_t fetches_served = 0, fetch_blocks_served = 0, fetch_bytes_served = 0;
+  uint64_t fetch_serve_failures = 0;
   std::unique_ptr<engine_thread> runner;  ///< declared after eng/pool: joins before they go
 
   /// Builds a pool of `num_blocks` blocks with its prefix cache (and a second tier when
@@ -109,8 +110,8 @@ struct kv_worker {
   void fetch_written(kv_fetch_written& w);
 
   /// The status fields every KV-holding worker reports (id, kind, name, node, KV and prefix
-  /// cache use); `detail` names engine and transport, then `extra` (ending in ", " when
-  /// set), then the prefix cache.
+  /// cache use, the fetches it served as a source); `detail` names engine and transport, then
+  /// `extra` (ending in ", " when set), then the prefix cache.
   worker_status status(role kind, std::string_view extra = {}) const;
 
   /// The engine's check that positions [begin, end) of `tokens` hold the KV it would have

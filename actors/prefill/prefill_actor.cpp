@@ -268,7 +268,7 @@ bool start_fetch(prefill_ptr self, request_id id, job_state& js) {
   auto r = make_fetch_request(st.w, id, js.chain, js.blocks,
                               static_cast<uint32_t>(js.job.prompt.size()), js.reused, js.fetch);
   if (!r) return false;
-  ++st.fetched.fetches;
+  fetch_started(st.fetched, js.fetch);
   self->request(js.fetch.from, st.cfg.fetch_timeout, std::move(*r))
       .then(
           [self, id](kv_fetch_reply& rep) {
@@ -617,6 +617,7 @@ caf::behavior prefill_behavior(prefill_ptr self) {
         auto& st = self->state;
         auto ws = st.w.status(role::prefill,
                               st.fetched.fetches > 0 ? st.fetched.summary() + ", " : std::string());
+        st.fetched.report(ws.fetch);
         // Jobs waiting for blocks or for their decode pool's announcement are queued; jobs
         // whose prefix is being fetched are under way, like those queued for the engine
         // (the planner's and the router's load signals count them).

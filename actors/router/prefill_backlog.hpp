@@ -1,6 +1,8 @@
 #pragma once
 /// The router's prefill backlog, free of CAF (STYLE.md §2): prompt tokens sent to prefill
-/// workers and not prefilled yet, per worker and in all. Admission bounds the total
+/// workers and not prefilled yet, per worker and in all: the tokens each will compute, not
+/// the prefix it reuses from its cache or fetches from a peer (computed_tokens in
+/// routing_policy.hpp). Admission bounds the total
 /// (admission_limits::max_queued_prompt_tokens) and the choice of prefill worker weighs
 /// each worker's share (plan_route). One entry per request whose current attempt waits
 /// on a remote prefill.
@@ -14,8 +16,8 @@ namespace tokenmill {
 
 class prefill_backlog {
  public:
-  /// Request `id` (the client's id) now waits on prefill worker `worker` with a prompt of
-  /// `tokens` tokens. A previous entry of `id` is released first.
+  /// Request `id` (the client's id) now waits on prefill worker `worker`, which computes
+  /// `tokens` tokens of its prompt. A previous entry of `id` is released first.
   void add(request_id id, worker_id worker, uint32_t tokens);
 
   /// Takes request `id`'s prompt out of the backlog: its first token arrived, it ended or

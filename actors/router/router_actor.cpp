@@ -338,16 +338,18 @@ void route(router_ptr self, request_id cid, generate_request req,
   bool to_cache = d.overlap_blocks > 0;
   caf::actor prefill;
   rs.prefill_name.clear();
+  // The backlog counts only what the computing worker will prefill: not the prefix it
+  // reuses from its cache or fetches from a peer.
+  const auto computed = computed_tokens(plan, prompt_tokens, st.cfg.block_tokens);
   if (local) {
-    const auto cached = plan.decode_scores[*plan.decode].cached_tokens;
-    st.local_backlog.add(cid, d.id, prompt_tokens - std::min(prompt_tokens, cached));
+    st.local_backlog.add(cid, d.id, computed);
     ++st.routed_local;
   } else {
     const auto& p = pc[*plan.prefill];
     to_cache = to_cache || p.overlap_blocks > 0;
     auto& pw = st.prefills[p.id];
     prefill = pw.handle;
-    st.backlog.add(cid, p.id, prompt_tokens);
+    st.backlog.add(cid, p.id, computed);
     rs.prefill_name = pw.name;
   }
   if (to_cache) ++st.routed_to_cache;

@@ -226,6 +226,15 @@ route_plan plan_route(std::span<const route_candidate> decodes,
   return plan;
 }
 
+uint32_t computed_tokens(const route_plan& plan, uint32_t prompt_tokens, uint32_t block_tokens) {
+  if (!plan.decode) return 0;
+  const auto& sc =
+      plan.prefill ? plan.prefill_scores[*plan.prefill] : plan.decode_scores[*plan.decode];
+  uint32_t reused = sc.cached_tokens;
+  if (sc.fetch_source) reused = std::max(reused, first_computed_token(sc.fetch_end, block_tokens));
+  return prompt_tokens - std::min(prompt_tokens, reused);
+}
+
 bool prefill_locally(uint32_t prompt_tokens, uint32_t cached_tokens, uint32_t threshold,
                      bool any_prefill_worker) {
   if (!any_prefill_worker) return true;

@@ -150,6 +150,14 @@ route_plan plan_route(std::span<const route_candidate> decodes,
                       uint32_t block_tokens, uint32_t local_prefill_threshold,
                       const cost_model& model, const fetch_settings* fetch = nullptr);
 
+/// Prompt tokens the worker that computes the prompt under `plan` will prefill: the chosen
+/// prefill worker, or the decode worker for a local prefill. The prompt less what that
+/// worker reuses from its own cache (cached_tokens) or fetches from a peer (up to
+/// fetch_end): what the router's backlog (prefill_backlog.hpp) counts as queued at it, so
+/// that a worker serving cached or fetched prefixes does not look busier than it is.
+/// 0 when the plan has no decode worker.
+uint32_t computed_tokens(const route_plan& plan, uint32_t prompt_tokens, uint32_t block_tokens);
+
 /// Conditional disaggregation: prefill on the decode worker itself when the uncached part
 /// of the prompt is shorter than `threshold` tokens (0 disables local prefill), or when
 /// there is no prefill worker at all (`any_prefill_worker`: one that is not draining).

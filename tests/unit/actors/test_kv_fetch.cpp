@@ -237,6 +237,7 @@ struct fetch_harness {
   }
 
   std::string detail(const worker& w) { return query_status(self, w.handle).detail; }
+  kv_fetch_status fetch_status(const worker& w) { return query_status(self, w.handle).fetch; }
 };
 
 /// A source that takes fetch requests and never answers (it keeps the promises); counts them.
@@ -281,6 +282,22 @@ TEST_CASE("fetch: a prompt's prefix comes from a peer's cache, only the rest is 
   CHECK_THAT(h.detail(b), Catch::Contains("fetched 4 blocks (4096 bytes) in 1 fetches, 0 "
                                           "missing, 0 failed"));
   CHECK_THAT(h.detail(a), Catch::Contains("served 4 blocks (4096 bytes) to fetches, 0 failed"));
+  // The same counts in the status fields the metrics (tokenmill_kv_fetch_*) are made of.
+  const auto fb = h.fetch_status(b);
+  CHECK(fb.started == 1);
+  CHECK(fb.completed == 1);
+  CHECK(fb.failed == 0);
+  CHECK(fb.blocks == 4);
+  CHECK(fb.bytes == 4096);
+  CHECK(fb.missing == 0);
+  CHECK(fb.time_ns > 0);
+  CHECK(fb.served == 0);
+  const auto fa = h.fetch_status(a);
+  CHECK(fa.started == 0);
+  CHECK(fa.served == 1);
+  CHECK(fa.served_blocks == 4);
+  CHECK(fa.served_bytes == 4096);
+  CHECK(fa.serve_failures == 0);
   // The fetched blocks are B's own cached prefix now: a third request reuses them locally.
   auto third = req;
   third.id = 3;
@@ -336,6 +353,12 @@ TEST_CASE("fetch: a block damaged on the way fails its checksum and is computed"
   CHECK(*b.prefilled == 20);
   CHECK_THAT(h.detail(b), Catch::Contains("fetched 0 blocks (0 bytes) in 1 fetches, 0 "
                                           "missing, 1 failed"));
+  const auto fb = h.fetch_status(b);
+  CHECK(fb.started == 1);
+  CHECK(fb.completed == 0);
+  CHECK(fb.failed == 1);
+  CHECK(fb.blocks == 0);
+  CHECK(fb.time_ns > 0);
   h.expect_idle("after the damaged fetch");
 }
 
@@ -436,6 +459,12 @@ TEST_CASE("fetch: a prefill worker pulls the prefix from a decode worker's cache
   CHECK_THAT(h.detail(p), Catch::Contains("fetched 4 blocks (4096 bytes) in 1 fetches, 0 "
                                           "missing, 0 failed"));
   CHECK_THAT(h.detail(a), Catch::Contains("served 4 blocks (4096 bytes) to fetches, 0 failed"));
+  const auto fp = h.fetch_status(p);
+  CHECK(fp.started == 1);
+  CHECK(fp.completed == 1);
+  CHECK(fp.blocks == 4);
+  CHECK(fp.bytes == 4096);
+  CHECK(h.fetch_status(a).served_blocks == 4);
   // The fetched blocks are P's own cached prefix now: a later job reuses them locally.
   auto& c = h.add_worker();
   auto third = req;

@@ -230,6 +230,7 @@ TEST_CASE("cluster status and chunks round-trip", "[codec]") {
   w.chunk_hit_tokens = 60;
   w.chunk_recomputed_tokens = 9;
   w.tiers = {kv_tier_status{"host", 1, 2, 3, 4, 5, 6}, kv_tier_status{"disk", 7, 8, 9, 10, 11, 12}};
+  w.fetch = kv_fetch_status{21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
   cs.workers = {w};
   cs.nodes = {node_status{"head", 0, true, 0, 0}, node_status{"far", 2, false, -1234567, 89000, 3}};
   cs.planner.enabled = true;
@@ -263,6 +264,18 @@ TEST_CASE("cluster status and chunks round-trip", "[codec]") {
   CHECK(t.used == 11);
   CHECK(t.capacity == 12);
   CHECK(r.workers[0].tiers[0].tier == "host");
+  const auto& f = r.workers[0].fetch;
+  CHECK(f.started == 21);
+  CHECK(f.completed == 22);
+  CHECK(f.failed == 23);
+  CHECK(f.blocks == 24);
+  CHECK(f.bytes == 25);
+  CHECK(f.missing == 26);
+  CHECK(f.time_ns == 27);
+  CHECK(f.served == 28);
+  CHECK(f.served_blocks == 29);
+  CHECK(f.served_bytes == 30);
+  CHECK(f.serve_failures == 31);
   REQUIRE(r.nodes.size() == 2);
   CHECK(r.nodes[1].name == "far");
   CHECK(r.nodes[1].index == 2);

@@ -484,3 +484,68 @@ TEST_CASE("cost model: workers with the same cache and speed share one fetch pla
     CHECK(plan.prefill_scores[i].fetch_saved_s == Approx(i == 5 ? 0.256 : 0.128));
   }
 }
+
+TEST_CASE("computed tokens: the prompt less what the computing worker reuses or fetches",
+          "[routing_policy][fetch_policy]") {
+  const auto m = model_with_kv();
+  const fetch_settings on;
+  // Remote prefill on a worker holding 5 blocks of a 160-token prompt: 80 tokens to compute.
+  {
+    std::vector<route_candidate> d{decode(10, 0)};
+    std::vector<route_candidate> p{prefill(1, 0, 5)};
+    auto plan = plan_route(d, p, 160, 16, 0, m);
+    REQUIRE(plan.prefill == 0u);
+    CHECK(computed_tokens(plan, 160, 16) == 80);
+  }
+  // Remote prefill that fetches 8 blocks from the decode worker: 32 tokens to compute.
+  {
+    std::vector<route_candidate> d{decode(10, 0, 8)};
+    std::vector<route_candidate> p{prefill(1, 0)};
+    auto plan = plan_route(d, p, 160, 16, 0, m, &on);
+    REQUIRE(plan.prefill == 0u);
+    REQUIRE(plan.prefill_scores[0].fetch_source);
+    CHECK(computed_tokens(plan, 160, 16) == 32);
+  }
+  // Local prefill that fetches 9 blocks: the block of the last token, 16 tokens.
+  {
+    std::vector<route_candidate> d{decode(10, 0), decode(11, 5, 9)};
+    std::vector<route_candidate> p{prefill(1, 0)};
+    auto plan = plan_route(d, p, 160, 16, 64, m, &on);
+    REQUIRE(plan.decode == 0u);
+    REQUIRE_FALSE(plan.prefill);
+    CHECK(computed_tokens(plan, 160, 16) == 16);
+  }
+  // Nothing cached anywhere: the whole prompt; no decode worker: nothing.
+  {
+    std::vector<route_candidate> d{decode(10, 0)};
+    std::vector<route_candidate> p{prefill(1, 0)};
+    CHECK(computed_tokens(plan_route(d, p, 160, 16, 0, m, &on), 160, 16) == 160);
+    std::vector<route_candidate> none;
+    CHECK(computed_tokens(plan_route(none, p, 160, 16, 0, m, &on), 160, 16) == 0);
+  }
+}
+
+TEST_CASE("cost model: a prefill worker serving cached prefixes keeps them while it is busy",
+          "[routing_policy]") {
+  // Multi-turn chat: prefill worker 1 holds the 9-block histories of two chats, worker 2
+  // neither. Chat A's turn goes to worker 1 (16 tokens to compute); while it is queued
+  // there, chat B's turn must go to worker 1 too: its queue is the 16 tokens it computes
+  // (16 ms) plus B's own 16 ms, against 160 ms on worker 2. Counting A's whole prompt (160
+  // tokens, as the router did) made worker 1 look 160 ms busy and sent B to worker 2,
+  // which recomputed B's whole history and split the chat's prefix between the workers.
+  const auto m = model();
+  std::vector<route_candidate> d{decode(10, 0)};
+  std::vector<route_candidate> p{prefill(1, 0, 9), prefill(2, 0)};
+  auto a = plan_route(d, p, 160, 16, 0, m);
+  REQUIRE(a.prefill == 0u);
+  const auto queued = computed_tokens(a, 160, 16);
+  CHECK(queued == 16);
+  p[0].queued_tokens = queued;
+  auto b = plan_route(d, p, 160, 16, 0, m);
+  REQUIRE(b.prefill == 0u);
+  CHECK(b.prefill_scores[0].total == Approx(0.032));
+  CHECK(b.prefill_scores[1].total == Approx(0.160));
+  // The whole prompt as the queue would have sent B away.
+  p[0].queued_tokens = 160;
+  CHECK(plan_route(d, p, 160, 16, 0, m).prefill == 1u);
+}
