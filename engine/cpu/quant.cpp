@@ -650,11 +650,17 @@ namespace tokenmill::cpu::simd_avx2 {
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
+// GCC 12's AVX-512 intrinsics (broadcasts, conversions) seed their results with `__Y = __Y`
+// and warn about it wherever they are inlined; nothing of ours is uninitialized.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 namespace tokenmill::cpu::simd_vnni {
 #define TM_QUANT_VNNI 1
 #include "engine/cpu/quant_simd.inc"
 #undef TM_QUANT_VNNI
 }  // namespace tokenmill::cpu::simd_vnni
+#pragma GCC diagnostic pop
 #pragma GCC pop_options
 #endif
 

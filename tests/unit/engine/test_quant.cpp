@@ -389,3 +389,61 @@ TEST_CASE("integer dot products: SIMD == scalar twin, both near the float refere
           1e-2f * (1 + std::fabs(ref[0])));
   }
 }
+
+TEST_CASE("K-format dot products on arbitrary block bytes: every path agrees, rows batch-invariant",
+          "[quant]") {
+  // Random bytes for every quant, high-bit and scale field (all 6-bit K scales and mins,
+  // every q5_k/q6_k high-bit pattern, negative q6_k scales) with sane half scales, against
+  // activations at the 8-bit extremes: the SIMD unpacking (the 512-bit kernels' broadcasts,
+  // shifts and masks) must give the scalar twin's sums, and a row's result must not depend
+  // on the batch it came in (the float accumulation is per row whatever the batch).
+  const size_t cols = 1024, rows = 6;
+  std::mt19937 rng(5);
+  std::vector<quant_isa> isas = {quant_isa::scalar};
+  if (best_quant_isa() >= quant_isa::avx2) isas.push_back(quant_isa::avx2);
+  if (best_quant_isa() >= quant_isa::avx512_vnni) isas.push_back(quant_isa::avx512_vnni);
+  for (dtype t : {dtype::q4_k, dtype::q5_k, dtype::q6_k}) {
+    const size_t rb = row_bytes(t, cols), bb = block_bytes(t);
+    std::vector<std::byte> wq(rows * rb);
+    for (auto& b : wq)
+      b = static_cast<std::byte>(rng() & 255);
+    std::uniform_real_distribution<float> scale(0.001f, 0.02f);
+    for (size_t at = 0; at < wq.size(); at += bb) {  // finite half scales
+      uint16_t d = f32_to_f16(scale(rng)), dmin = f32_to_f16(scale(rng));
+      if (t == dtype::q6_k) {
+        std::memcpy(&wq[at + 208], &d, 2);
+      } else {
+        std::memcpy(&wq[at], &d, 2);
+        std::memcpy(&wq[at + 2], &dmin, 2);
+      }
+    }
+    tensor_view w{"w", t, rows, cols, wq.data()};
+    const size_t n = 7;
+    auto x = gaussian(n * cols, 6, 1.0f);
+    for (size_t j = 0; j < cols; j += 3)  // rows that quantize to +-127 in many places
+      x[j] = (j & 4) ? 50.0f : -50.0f;
+    std::vector<float> twin(n * rows);
+    linear_int(quant_isa::scalar, w, x.data(), n, twin.data(), rows, 0, rows);
+    std::vector<float> mag(n * rows, 0.0f);  // sum of |w * x| per output: the error scale
+    std::vector<float> wf(cols);
+    for (size_t j = 0; j < rows; ++j) {
+      dequantize_block_row(t, wq.data() + j * rb, wf.data(), cols);
+      for (size_t i = 0; i < n; ++i)
+        for (size_t k = 0; k < cols; ++k)
+          mag[i * rows + j] += std::fabs(wf[k] * x[i * cols + k]);
+    }
+    for (quant_isa isa : isas) {
+      INFO(dtype_name(t) << " " << quant_isa_name(isa));
+      std::vector<float> got(n * rows);
+      linear_int(isa, w, x.data(), n, got.data(), rows, 0, rows);
+      for (size_t i = 0; i < got.size(); ++i)
+        CHECK(std::fabs(got[i] - twin[i]) <= 1e-5f * mag[i]);
+      std::vector<float> one(rows);
+      for (size_t i = 0; i < n; ++i) {
+        linear_int(isa, w, x.data() + i * cols, 1, one.data(), rows, 0, rows);
+        for (size_t j = 0; j < rows; ++j)
+          CHECK(one[j] == got[i * rows + j]);
+      }
+    }
+  }
+}
