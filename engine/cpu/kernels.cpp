@@ -781,15 +781,9 @@ void linear_int(quant_isa isa, const tensor_view& w, const float* x, size_t n, f
                 size_t y_stride, size_t row_begin, size_t row_end) {
   const size_t cols = w.cols;
   thread_local quantized_acts xq;
-  thread_local std::vector<float> out;
-  if (out.size() < n) out.resize(n);
   quantize_acts(w.type, x, n, cols, xq);
-  const size_t rb = row_bytes(w.type, cols);
-  for (size_t j = row_begin; j < row_end; ++j) {
-    dot_acts(isa, w.type, w.data + j * rb, cols, xq, n, out.data());
-    for (size_t i = 0; i < n; ++i)
-      y[i * y_stride + j] = out[i];
-  }
+  dot_acts_rows(isa, w.type, w.data + row_begin * row_bytes(w.type, cols), row_end - row_begin,
+                cols, xq, n, y + row_begin, y_stride);
 }
 
 float_isa best_float_isa() {

@@ -390,8 +390,10 @@ TEST_CASE("integer dot products: SIMD == scalar twin, both near the float refere
   }
 }
 
-TEST_CASE("K-format dot products on arbitrary block bytes: every path agrees, rows batch-invariant",
-          "[quant]") {
+TEST_CASE(
+    "quant: K-format dot products on arbitrary block bytes: every path agrees, rows "
+    "batch-invariant",
+    "[quant]") {
   // Random bytes for every quant, high-bit and scale field (all 6-bit K scales and mins,
   // every q5_k/q6_k high-bit pattern, negative q6_k scales) with sane half scales, against
   // activations at the 8-bit extremes: the SIMD unpacking (the 512-bit kernels' broadcasts,
@@ -443,6 +445,36 @@ TEST_CASE("K-format dot products on arbitrary block bytes: every path agrees, ro
         linear_int(isa, w, x.data() + i * cols, 1, one.data(), rows, 0, rows);
         for (size_t j = 0; j < rows; ++j)
           CHECK(one[j] == got[i * rows + j]);
+      }
+    }
+  }
+}
+
+TEST_CASE("quant: dot_acts_rows gives each row what dot_acts gives it, bit for bit", "[quant]") {
+  // linear_int's row loop runs inside the SIMD kernels (one call per row range): every
+  // format, path and batch size must give the per-row kernel's values at out[i * stride + j].
+  const size_t cols = 512, rows = 7, stride = 9;
+  std::vector<quant_isa> isas = {quant_isa::scalar};
+  if (best_quant_isa() >= quant_isa::avx2) isas.push_back(quant_isa::avx2);
+  if (best_quant_isa() >= quant_isa::avx512_vnni) isas.push_back(quant_isa::avx512_vnni);
+  for (dtype t : int_types) {
+    auto wq = quantize(t, gaussian(rows * cols, 21, 0.05f), cols);
+    const size_t rb = row_bytes(t, cols);
+    for (size_t n : {size_t{1}, size_t{2}, size_t{5}}) {
+      quantized_acts xq;
+      quantize_acts(t, gaussian(n * cols, 22, 1.0f).data(), n, cols, xq);
+      for (quant_isa isa : isas) {
+        INFO(dtype_name(t) << " n=" << n << " " << quant_isa_name(isa));
+        std::vector<float> got(n * stride, -7.0f), one(n);
+        dot_acts_rows(isa, t, wq.data() + rb, rows - 1, cols, xq, n, got.data(), stride);
+        for (size_t j = 0; j + 1 < rows; ++j) {
+          dot_acts(isa, t, wq.data() + (j + 1) * rb, cols, xq, n, one.data());
+          for (size_t i = 0; i < n; ++i)
+            CHECK(got[i * stride + j] == one[i]);
+        }
+        for (size_t i = 0; i < n; ++i)
+          for (size_t j = rows - 1; j < stride; ++j)
+            CHECK(got[i * stride + j] == -7.0f);  // untouched
       }
     }
   }
