@@ -10,6 +10,8 @@
 #include <cmath>
 #include <cstring>
 #include <numbers>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #if defined(__x86_64__)
@@ -777,13 +779,26 @@ void linear_scalar(const tensor_view& w, const float* x, size_t n, float* y, siz
       y[i * y_stride + j] = dot_row_scalar(w.type, w.data + j * rb, x + i * w.cols, w.cols);
 }
 
+namespace {
+
+void linear_int_acts(quant_isa isa, const tensor_view& w, const quantized_acts& xq, size_t n,
+                     float* y, size_t y_stride, size_t row_begin, size_t row_end) {
+  dot_acts_rows(isa, w.type, w.data + row_begin * row_bytes(w.type, w.cols), row_end - row_begin,
+                w.cols, xq, n, y + row_begin, y_stride);
+}
+
+/// Whether linear_on(isa, w, ...) over a batch of n rows runs linear_int.
+bool takes_int_path(float_isa isa, dtype t, size_t n) {
+  return is_int_dot_dtype(t) && (n < gemm_packed_min_rows || isa == float_isa::scalar);
+}
+
+}  // namespace
+
 void linear_int(quant_isa isa, const tensor_view& w, const float* x, size_t n, float* y,
                 size_t y_stride, size_t row_begin, size_t row_end) {
-  const size_t cols = w.cols;
   thread_local quantized_acts xq;
-  quantize_acts(w.type, x, n, cols, xq);
-  dot_acts_rows(isa, w.type, w.data + row_begin * row_bytes(w.type, cols), row_end - row_begin,
-                cols, xq, n, y + row_begin, y_stride);
+  quantize_acts(w.type, x, n, w.cols, xq);
+  linear_int_acts(isa, w, xq, n, y, y_stride, row_begin, row_end);
 }
 
 float_isa best_float_isa() {
@@ -808,7 +823,7 @@ std::string_view float_isa_name(float_isa isa) {
 void linear_on(float_isa isa, const tensor_view& w, const float* x, size_t n, float* y,
                size_t y_stride, size_t row_begin, size_t row_end) {
   if (row_begin >= row_end || n == 0) return;
-  if (is_int_dot_dtype(w.type) && (n < gemm_packed_min_rows || isa == float_isa::scalar))
+  if (takes_int_path(isa, w.type, n))
     return linear_int(best_quant_isa(), w, x, n, y, y_stride, row_begin, row_end);
 #if TM_X86
   const bool elem = w.type == dtype::f32 || w.type == dtype::f16 || w.type == dtype::bf16;
@@ -830,6 +845,36 @@ void linear_on(float_isa isa, const tensor_view& w, const float* x, size_t n, fl
 void linear(const tensor_view& w, const float* x, size_t n, float* y, size_t y_stride,
             size_t row_begin, size_t row_end, std::vector<float>& /*scratch*/) {
   linear_on(best_float_isa(), w, x, n, y, y_stride, row_begin, row_end);
+}
+
+void prepare_linear_input(std::span<const tensor_view* const> ws, const float* x, size_t n,
+                          linear_input& in) {
+  in.x = x;
+  in.n = n;
+  in.cols = ws.empty() ? 0 : ws.front()->cols;
+  in.has_q32 = in.has_q256 = false;
+  const float_isa isa = best_float_isa();
+  for (const tensor_view* w : ws) {
+    if (w->cols != in.cols)
+      throw std::invalid_argument("prepare_linear_input: weight '" + std::string(w->name) +
+                                  "' has " + std::to_string(w->cols) + " columns, the input " +
+                                  std::to_string(in.cols));
+    if (n == 0 || !takes_int_path(isa, w->type, n)) continue;
+    bool& done = is_k_dtype(w->type) ? in.has_q256 : in.has_q32;
+    if (done) continue;
+    quantize_acts(w->type, x, n, in.cols, is_k_dtype(w->type) ? in.q256 : in.q32);
+    done = true;
+  }
+}
+
+void linear(const tensor_view& w, const linear_input& in, float* y, size_t y_stride,
+            size_t row_begin, size_t row_end, std::vector<float>& scratch) {
+  const bool k = is_k_dtype(w.type);
+  if (row_begin < row_end && in.n > 0 && w.cols == in.cols && (k ? in.has_q256 : in.has_q32) &&
+      takes_int_path(best_float_isa(), w.type, in.n))
+    return linear_int_acts(best_quant_isa(), w, k ? in.q256 : in.q32, in.n, y, y_stride, row_begin,
+                           row_end);
+  linear(w, in.x, in.n, y, y_stride, row_begin, row_end, scratch);
 }
 
 // ---- RoPE ---------------------------------------------------------------------------------

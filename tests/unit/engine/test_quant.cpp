@@ -479,3 +479,52 @@ TEST_CASE("quant: dot_acts_rows gives each row what dot_acts gives it, bit for b
     }
   }
 }
+
+TEST_CASE("quant: linear over a prepared input gives plain linear()'s values, bit for bit",
+          "[quant]") {
+  // The engine quantizes a layer input once per linears() call and every row range reads
+  // it: mixed weight types sharing one input (32-value and K formats, float ones), row
+  // ranges cut anywhere, decode and prefill batch sizes.
+  const size_t cols = 512, rows = 11;
+  const dtype types[] = {dtype::q4_0, dtype::q4_k, dtype::q6_k,
+                         dtype::q5_1, dtype::q8_0, dtype::f16};
+  std::vector<std::vector<std::byte>> bytes;
+  std::vector<tensor_view> ws;
+  for (size_t i = 0; i < std::size(types); ++i)
+    bytes.push_back(
+        quantize(types[i], gaussian(rows * cols, 31 + static_cast<uint32_t>(i), 0.05f), cols));
+  for (size_t i = 0; i < std::size(types); ++i)
+    ws.push_back(tensor_view{"w", types[i], rows, cols, bytes[i].data()});
+  std::vector<const tensor_view*> ptrs;
+  for (const auto& w : ws)
+    ptrs.push_back(&w);
+  linear_input in;
+  std::vector<float> scratch;
+  for (size_t n : {size_t{1}, size_t{3}, gemm_packed_min_rows + 1}) {
+    auto x = gaussian(n * cols, 40 + static_cast<uint32_t>(n), 1.0f);
+    prepare_linear_input(ptrs, x.data(), n, in);
+    CHECK(in.has_q32 == (n < gemm_packed_min_rows || best_float_isa() == float_isa::scalar));
+    CHECK(in.has_q256 == in.has_q32);
+    for (const auto& w : ws) {
+      INFO(dtype_name(w.type) << " n=" << n);
+      std::vector<float> want(n * rows), got(n * rows, -7.0f);
+      linear(w, x.data(), n, want.data(), rows, 0, rows, scratch);
+      for (size_t b = 0; b < rows; b += 4)  // ranges of 4, 4, 3 rows
+        linear(w, in, got.data(), rows, b, std::min(rows, b + 4), scratch);
+      CHECK(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0);
+    }
+  }
+  // A weight the input was not prepared for runs plain linear(); a column mismatch is an
+  // error naming the weight.
+  auto x = gaussian(cols, 50, 1.0f);
+  prepare_linear_input({ptrs.data() + 4, 2}, x.data(), 1, in);  // q8_0 and f16 only
+  CHECK_FALSE(in.has_q32);
+  std::vector<float> want(rows), got(rows);
+  linear(ws[1], x.data(), 1, want.data(), rows, 0, rows, scratch);
+  linear(ws[1], in, got.data(), rows, 0, rows, scratch);
+  CHECK(std::memcmp(got.data(), want.data(), rows * sizeof(float)) == 0);
+  tensor_view narrow{"blk.0.ffn_down.weight", dtype::q4_0, rows, cols / 2, bytes[0].data()};
+  const tensor_view* mixed[] = {&ws[0], &narrow};
+  CHECK_THROWS_WITH(prepare_linear_input(mixed, x.data(), 1, in),
+                    Catch::Contains("blk.0.ffn_down.weight"));
+}
