@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -85,6 +86,7 @@ struct cpu_engine::impl {
   // Scratch, grown to the largest batch seen and reused (no allocation per token).
   std::vector<float> x, xn, q, k, v, att, gate, up, rope_cs, out_x, logits;
   std::vector<std::vector<float>> tile_scratch;  ///< per thread: converted weight tiles
+  cpu::linear_input lin_in;                      ///< the current linears() call's input
   /// Per thread: one attention task's block pointers, query list and working memory.
   struct attn_thread {
     std::vector<const std::byte*> k, v;
@@ -120,15 +122,21 @@ struct cpu_engine::impl {
   }
 
   /// y[n][w.rows] = x[n][w.cols] . w^T for several weights sharing x, split by output rows
-  /// over the pool in one parallel_for.
+  /// over the pool in one parallel_for. x is prepared (quantized for the int-dot formats)
+  /// once here, and every row range reads that copy.
   struct linear_job {
     const tensor_view* w;
     float* y;
   };
   void linears(std::initializer_list<linear_job> jobs, const float* xin, size_t n) {
     size_t total = 0;
-    for (const auto& j : jobs)
+    std::array<const tensor_view*, 4> ws{};
+    size_t nw = 0;
+    for (const auto& j : jobs) {
       total += j.w->rows;
+      ws.at(nw++) = j.w;
+    }
+    cpu::prepare_linear_input({ws.data(), nw}, xin, n, lin_in);
     // ~4 chunks per thread for balance on a shared machine; multiples of 16 rows keep the
     // 4-row GEMV and the sgemm tiles whole.
     size_t grain = (total + 4 * pool.size() - 1) / (4 * pool.size());
@@ -138,7 +146,7 @@ struct cpu_engine::impl {
       for (const auto& j : jobs) {
         size_t rows = j.w->rows;
         size_t lo = std::max(b, base), hi = std::min(e, base + rows);
-        if (lo < hi) cpu::linear(*j.w, xin, n, j.y, rows, lo - base, hi - base, tile_scratch[t]);
+        if (lo < hi) cpu::linear(*j.w, lin_in, j.y, rows, lo - base, hi - base, tile_scratch[t]);
         base += rows;
       }
     });

@@ -7,6 +7,7 @@
 /// and that runs where AVX2 is absent.
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string_view>
 #include <vector>
 
@@ -85,6 +86,28 @@ inline constexpr size_t gemm_packed_min_rows = 64;
 /// x is [n][w.cols] dense; y has row stride `y_stride` floats. `scratch` holds converted
 /// weight tiles; it grows on first use and is reused (one per thread).
 void linear(const tensor_view& w, const float* x, size_t n, float* y, size_t y_stride,
+            size_t row_begin, size_t row_end, std::vector<float>& scratch);
+/// The input x [n][cols] of linear() prepared once for the weights that share it, so that
+/// the threads splitting those layers by output rows read one copy: for each weight that
+/// takes the int path (an int-dot format at a decode batch, see linear_int), x quantized to
+/// 8 bits once per activation block kind (32 values, or 256 for the K formats) instead of
+/// once per row range.
+struct linear_input {
+  const float* x = nullptr;
+  size_t n = 0;
+  size_t cols = 0;
+  quantized_acts q32, q256;  ///< valid when has_q32 / has_q256
+  bool has_q32 = false, has_q256 = false;
+};
+/// Fills `in` for x [n][cols] and the weights `ws` (all with `cols` columns, else
+/// std::invalid_argument naming the weight). `x` must outlive the linear() calls on `in`;
+/// `in`'s buffers are reused from call to call.
+void prepare_linear_input(std::span<const tensor_view* const> ws, const float* x, size_t n,
+                          linear_input& in);
+/// linear() over a prepared input: the values linear(w, in.x, in.n, ...) gives, bit for bit
+/// (the same quantizer on the same rows). A weight `in` was not prepared for runs plain
+/// linear() on in.x.
+void linear(const tensor_view& w, const linear_input& in, float* y, size_t y_stride,
             size_t row_begin, size_t row_end, std::vector<float>& scratch);
 /// linear() over an int-dot block format the decode way: each x row quantized to 8 bits
 /// (quantize_acts: per 32 values, per 256 for the K formats), integer dot products on `isa`

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "engine/cpu/kernels.hpp"
 
@@ -650,11 +651,17 @@ namespace tokenmill::cpu::simd_avx2 {
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
+// GCC 12's AVX-512 intrinsics (broadcasts, conversions) seed their results with `__Y = __Y`
+// and warn about it wherever they are inlined; nothing of ours is uninitialized.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 namespace tokenmill::cpu::simd_vnni {
 #define TM_QUANT_VNNI 1
 #include "engine/cpu/quant_simd.inc"
 #undef TM_QUANT_VNNI
 }  // namespace tokenmill::cpu::simd_vnni
+#pragma GCC diagnostic pop
 #pragma GCC pop_options
 #endif
 
@@ -899,6 +906,72 @@ void dot_int_rows_k(quant_isa isa, dtype t, const std::byte* row, size_t cols, c
     default:
       for (size_t i = 0; i < n; ++i)
         out[i] = 0;
+      return;
+  }
+}
+
+namespace {
+
+/// The weight rows of dot_acts_rows on `isa`: the SIMD paths loop over rows inside their
+/// kernels; the scalar twin runs one row at a time.
+template <class F>
+void rows_of(quant_isa isa, const u8* w, size_t rb, size_t nrows, size_t nblocks,
+             const quantized_acts& x, size_t n, float* out, size_t os) {
+  constexpr bool k = F::C == 8;
+#if defined(__x86_64__)
+  if constexpr (k) {
+    if (isa == quant_isa::avx512_vnni)
+      return simd_vnni::dot_rows_k_range<F>(w, rb, nrows, nblocks, x.b256.data(), x.stride, n, out,
+                                            os);
+    if (isa == quant_isa::avx2)
+      return simd_avx2::dot_rows_k_range<F>(w, rb, nrows, nblocks, x.b256.data(), x.stride, n, out,
+                                            os);
+  } else {
+    if (isa == quant_isa::avx512_vnni)
+      return simd_vnni::dot_rows_range<F>(w, rb, nrows, nblocks, x.b32.data(), x.stride, n, out,
+                                          os);
+    if (isa == quant_isa::avx2)
+      return simd_avx2::dot_rows_range<F>(w, rb, nrows, nblocks, x.b32.data(), x.stride, n, out,
+                                          os);
+  }
+#endif
+  thread_local std::vector<float> tmp;
+  if (tmp.size() < n) tmp.resize(n);
+  for (size_t j = 0; j < nrows; ++j) {
+    if constexpr (k)
+      dot_rows_k_scalar<F>(w + j * rb, nblocks, x.b256.data(), x.stride, n, tmp.data());
+    else
+      dot_rows_scalar<F>(w + j * rb, nblocks, x.b32.data(), x.stride, n, tmp.data());
+    for (size_t i = 0; i < n; ++i)
+      out[i * os + j] = tmp[i];
+  }
+}
+
+}  // namespace
+
+void dot_acts_rows(quant_isa isa, dtype t, const std::byte* rows, size_t nrows, size_t cols,
+                   const quantized_acts& x, size_t n, float* out, size_t out_stride) {
+  const auto* w = reinterpret_cast<const u8*>(rows);
+  const size_t rb = row_bytes(t, cols), nb = cols / block_elems(t);
+  switch (t) {
+    case dtype::q4_0:
+      return rows_of<f_q4_0>(isa, w, rb, nrows, nb, x, n, out, out_stride);
+    case dtype::q4_1:
+      return rows_of<f_q4_1>(isa, w, rb, nrows, nb, x, n, out, out_stride);
+    case dtype::q5_0:
+      return rows_of<f_q5_0>(isa, w, rb, nrows, nb, x, n, out, out_stride);
+    case dtype::q5_1:
+      return rows_of<f_q5_1>(isa, w, rb, nrows, nb, x, n, out, out_stride);
+    case dtype::q4_k:
+      return rows_of<f_q4_k>(isa, w, rb, nrows, nb, x, n, out, out_stride);
+    case dtype::q5_k:
+      return rows_of<f_q5_k>(isa, w, rb, nrows, nb, x, n, out, out_stride);
+    case dtype::q6_k:
+      return rows_of<f_q6_k>(isa, w, rb, nrows, nb, x, n, out, out_stride);
+    default:
+      for (size_t i = 0; i < n; ++i)
+        for (size_t j = 0; j < nrows; ++j)
+          out[i * out_stride + j] = 0;
       return;
   }
 }

@@ -90,6 +90,11 @@ void quantize_acts(dtype t, const float* x, size_t n, size_t cols, quantized_act
 void dot_acts(quant_isa isa, dtype t, const std::byte* row, size_t cols, const quantized_acts& x,
               size_t n, float* out);
 
+/// dot_acts over `nrows` consecutive weight rows of `t`: out[i * out_stride + j] = dot of
+/// weight row j with activation row i (j < nrows, i < n), each value what dot_acts gives.
+void dot_acts_rows(quant_isa isa, dtype t, const std::byte* rows, size_t nrows, size_t cols,
+                   const quantized_acts& x, size_t n, float* out, size_t out_stride);
+
 /// The best one this CPU has (decided once): avx512_vnni needs AVX-512 F/BW/VL/VNNI,
 /// avx2 AVX2+FMA+F16C.
 quant_isa best_quant_isa();

@@ -153,9 +153,9 @@ TEST_CASE(
     "[cpu]") {
   for (float_isa isa : available_isas())
     for (dtype t : {dtype::f32, dtype::f16, dtype::bf16, dtype::q8_0}) {
-      for (size_t n :
-           {size_t{1}, size_t{2}, size_t{3}, gemm_packed_min_rows - 1, gemm_packed_min_rows,
-            size_t{19}, gemm_min_rows - 1, gemm_min_rows, gemm_min_rows + 3}) {
+      for (size_t n : {size_t{1}, size_t{2}, size_t{3}, size_t{4}, size_t{8},
+                       gemm_packed_min_rows - 1, gemm_packed_min_rows, size_t{19},
+                       gemm_min_rows - 1, gemm_min_rows, gemm_min_rows + 3}) {
         size_t cols = t == dtype::q8_0 ? 96 : 45, rows = 37;
         INFO(dtype_name(t) << " n=" << n << " isa " << float_isa_name(isa));
         auto w = make_weight(t, rows, cols, 21);

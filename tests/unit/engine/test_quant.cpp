@@ -389,3 +389,142 @@ TEST_CASE("integer dot products: SIMD == scalar twin, both near the float refere
           1e-2f * (1 + std::fabs(ref[0])));
   }
 }
+
+TEST_CASE(
+    "quant: K-format dot products on arbitrary block bytes: every path agrees, rows "
+    "batch-invariant",
+    "[quant]") {
+  // Random bytes for every quant, high-bit and scale field (all 6-bit K scales and mins,
+  // every q5_k/q6_k high-bit pattern, negative q6_k scales) with sane half scales, against
+  // activations at the 8-bit extremes: the SIMD unpacking (the 512-bit kernels' broadcasts,
+  // shifts and masks) must give the scalar twin's sums, and a row's result must not depend
+  // on the batch it came in (the float accumulation is per row whatever the batch).
+  const size_t cols = 1024, rows = 6;
+  std::mt19937 rng(5);
+  std::vector<quant_isa> isas = {quant_isa::scalar};
+  if (best_quant_isa() >= quant_isa::avx2) isas.push_back(quant_isa::avx2);
+  if (best_quant_isa() >= quant_isa::avx512_vnni) isas.push_back(quant_isa::avx512_vnni);
+  for (dtype t : {dtype::q4_k, dtype::q5_k, dtype::q6_k}) {
+    const size_t rb = row_bytes(t, cols), bb = block_bytes(t);
+    std::vector<std::byte> wq(rows * rb);
+    for (auto& b : wq)
+      b = static_cast<std::byte>(rng() & 255);
+    std::uniform_real_distribution<float> scale(0.001f, 0.02f);
+    for (size_t at = 0; at < wq.size(); at += bb) {  // finite half scales
+      uint16_t d = f32_to_f16(scale(rng)), dmin = f32_to_f16(scale(rng));
+      if (t == dtype::q6_k) {
+        std::memcpy(&wq[at + 208], &d, 2);
+      } else {
+        std::memcpy(&wq[at], &d, 2);
+        std::memcpy(&wq[at + 2], &dmin, 2);
+      }
+    }
+    tensor_view w{"w", t, rows, cols, wq.data()};
+    const size_t n = 7;
+    auto x = gaussian(n * cols, 6, 1.0f);
+    for (size_t j = 0; j < cols; j += 3)  // rows that quantize to +-127 in many places
+      x[j] = (j & 4) ? 50.0f : -50.0f;
+    std::vector<float> twin(n * rows);
+    linear_int(quant_isa::scalar, w, x.data(), n, twin.data(), rows, 0, rows);
+    std::vector<float> mag(n * rows, 0.0f);  // sum of |w * x| per output: the error scale
+    std::vector<float> wf(cols);
+    for (size_t j = 0; j < rows; ++j) {
+      dequantize_block_row(t, wq.data() + j * rb, wf.data(), cols);
+      for (size_t i = 0; i < n; ++i)
+        for (size_t k = 0; k < cols; ++k)
+          mag[i * rows + j] += std::fabs(wf[k] * x[i * cols + k]);
+    }
+    for (quant_isa isa : isas) {
+      INFO(dtype_name(t) << " " << quant_isa_name(isa));
+      std::vector<float> got(n * rows);
+      linear_int(isa, w, x.data(), n, got.data(), rows, 0, rows);
+      for (size_t i = 0; i < got.size(); ++i)
+        CHECK(std::fabs(got[i] - twin[i]) <= 1e-5f * mag[i]);
+      std::vector<float> one(rows);
+      for (size_t i = 0; i < n; ++i) {
+        linear_int(isa, w, x.data() + i * cols, 1, one.data(), rows, 0, rows);
+        for (size_t j = 0; j < rows; ++j)
+          CHECK(one[j] == got[i * rows + j]);
+      }
+    }
+  }
+}
+
+TEST_CASE("quant: dot_acts_rows gives each row what dot_acts gives it, bit for bit", "[quant]") {
+  // linear_int's row loop runs inside the SIMD kernels (one call per row range): every
+  // format, path and batch size must give the per-row kernel's values at out[i * stride + j].
+  const size_t cols = 512, rows = 7, stride = 9;
+  std::vector<quant_isa> isas = {quant_isa::scalar};
+  if (best_quant_isa() >= quant_isa::avx2) isas.push_back(quant_isa::avx2);
+  if (best_quant_isa() >= quant_isa::avx512_vnni) isas.push_back(quant_isa::avx512_vnni);
+  for (dtype t : int_types) {
+    auto wq = quantize(t, gaussian(rows * cols, 21, 0.05f), cols);
+    const size_t rb = row_bytes(t, cols);
+    for (size_t n : {size_t{1}, size_t{2}, size_t{5}}) {
+      quantized_acts xq;
+      quantize_acts(t, gaussian(n * cols, 22, 1.0f).data(), n, cols, xq);
+      for (quant_isa isa : isas) {
+        INFO(dtype_name(t) << " n=" << n << " " << quant_isa_name(isa));
+        std::vector<float> got(n * stride, -7.0f), one(n);
+        dot_acts_rows(isa, t, wq.data() + rb, rows - 1, cols, xq, n, got.data(), stride);
+        for (size_t j = 0; j + 1 < rows; ++j) {
+          dot_acts(isa, t, wq.data() + (j + 1) * rb, cols, xq, n, one.data());
+          for (size_t i = 0; i < n; ++i)
+            CHECK(got[i * stride + j] == one[i]);
+        }
+        for (size_t i = 0; i < n; ++i)
+          for (size_t j = rows - 1; j < stride; ++j)
+            CHECK(got[i * stride + j] == -7.0f);  // untouched
+      }
+    }
+  }
+}
+
+TEST_CASE("quant: linear over a prepared input gives plain linear()'s values, bit for bit",
+          "[quant]") {
+  // The engine quantizes a layer input once per linears() call and every row range reads
+  // it: mixed weight types sharing one input (32-value and K formats, float ones), row
+  // ranges cut anywhere, decode and prefill batch sizes.
+  const size_t cols = 512, rows = 11;
+  const dtype types[] = {dtype::q4_0, dtype::q4_k, dtype::q6_k,
+                         dtype::q5_1, dtype::q8_0, dtype::f16};
+  std::vector<std::vector<std::byte>> bytes;
+  std::vector<tensor_view> ws;
+  for (size_t i = 0; i < std::size(types); ++i)
+    bytes.push_back(
+        quantize(types[i], gaussian(rows * cols, 31 + static_cast<uint32_t>(i), 0.05f), cols));
+  for (size_t i = 0; i < std::size(types); ++i)
+    ws.push_back(tensor_view{"w", types[i], rows, cols, bytes[i].data()});
+  std::vector<const tensor_view*> ptrs;
+  for (const auto& w : ws)
+    ptrs.push_back(&w);
+  linear_input in;
+  std::vector<float> scratch;
+  for (size_t n : {size_t{1}, size_t{3}, gemm_packed_min_rows + 1}) {
+    auto x = gaussian(n * cols, 40 + static_cast<uint32_t>(n), 1.0f);
+    prepare_linear_input(ptrs, x.data(), n, in);
+    CHECK(in.has_q32 == (n < gemm_packed_min_rows || best_float_isa() == float_isa::scalar));
+    CHECK(in.has_q256 == in.has_q32);
+    for (const auto& w : ws) {
+      INFO(dtype_name(w.type) << " n=" << n);
+      std::vector<float> want(n * rows), got(n * rows, -7.0f);
+      linear(w, x.data(), n, want.data(), rows, 0, rows, scratch);
+      for (size_t b = 0; b < rows; b += 4)  // ranges of 4, 4, 3 rows
+        linear(w, in, got.data(), rows, b, std::min(rows, b + 4), scratch);
+      CHECK(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0);
+    }
+  }
+  // A weight the input was not prepared for runs plain linear(); a column mismatch is an
+  // error naming the weight.
+  auto x = gaussian(cols, 50, 1.0f);
+  prepare_linear_input({ptrs.data() + 4, 2}, x.data(), 1, in);  // q8_0 and f16 only
+  CHECK_FALSE(in.has_q32);
+  std::vector<float> want(rows), got(rows);
+  linear(ws[1], x.data(), 1, want.data(), rows, 0, rows, scratch);
+  linear(ws[1], in, got.data(), rows, 0, rows, scratch);
+  CHECK(std::memcmp(got.data(), want.data(), rows * sizeof(float)) == 0);
+  tensor_view narrow{"blk.0.ffn_down.weight", dtype::q4_0, rows, cols / 2, bytes[0].data()};
+  const tensor_view* mixed[] = {&ws[0], &narrow};
+  CHECK_THROWS_WITH(prepare_linear_input(mixed, x.data(), 1, in),
+                    Catch::Contains("blk.0.ffn_down.weight"));
+}
