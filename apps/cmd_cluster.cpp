@@ -29,6 +29,7 @@
 #include "cluster/security.hpp"
 #include "cluster/slurm.hpp"
 #include "common/clock.hpp"
+#include "common/heap_release.hpp"
 #include "frontend/api_keys.hpp"
 #include "frontend/client.hpp"
 
@@ -351,9 +352,18 @@ command add_node(CLI::App& app) {
     std::printf("tokenmill node ready: %s\n", (*node)->summary().c_str());
     std::fflush(stdout);
     int code = 0;
+    // Free heap memory goes back to the OS every few seconds (common/heap_release.hpp):
+    // without it glibc's arenas keep what traffic freed and RSS creeps up.
+    heap_release_schedule release(static_cast<int64_t>(heap_release_interval_s * 1e9));
     for (;;) {
       timespec tick{0, 100'000'000};
       int sig = sigtimedwait(&sigs, nullptr, &tick);
+      if (release.due(now_ns())) {
+        auto r = release_free_heap();
+        spdlog::debug("node {}: released free heap: RSS {:.1f} -> {:.1f} MiB in {} us", o->name,
+                      static_cast<double>(r.rss_before_bytes) / (1 << 20),
+                      static_cast<double>(r.rss_after_bytes) / (1 << 20), r.took_ns / 1000);
+      }
       if (sig == SIGHUP) {
         auto r = (*node)->reload_api_keys();
         if (r)

@@ -13,6 +13,8 @@
 #include "apps/signals.hpp"
 #include "cluster/embedded_cluster.hpp"
 #include "cluster/serving_defaults.hpp"
+#include "common/clock.hpp"
+#include "common/heap_release.hpp"
 #include "frontend/api_keys.hpp"
 #include "frontend/auth_throttle.hpp"
 
@@ -330,9 +332,16 @@ command add_serve(CLI::App& app) {
         cfg->rpc.host.c_str(), (*cluster)->rpc_port(), http.c_str(), cfg->engine.kind.c_str(),
         (*cluster)->model().name.c_str(), topo.prefill_workers, topo.decode_workers, topo.threads);
     std::fflush(stdout);
+    // Free heap memory goes back to the OS every few seconds (common/heap_release.hpp).
+    heap_release_schedule release(static_cast<int64_t>(heap_release_interval_s * 1e9));
     int sig = 0;
-    while (sigwait(&stop_set, &sig) == 0 && sig == SIGHUP)
-      reload_keys(keys->get());
+    for (;;) {
+      timespec tick{1, 0};
+      sig = sigtimedwait(&stop_set, nullptr, &tick);
+      if (release.due(now_ns())) release_free_heap();
+      if (sig == SIGHUP) reload_keys(keys->get());
+      if (sig == SIGINT || sig == SIGTERM) break;
+    }
     std::printf("tokenmill: %s received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
     std::fflush(stdout);
     (*cluster)->stop();
