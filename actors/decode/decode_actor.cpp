@@ -245,11 +245,10 @@ void release_drained(decode_ptr self, request_id id, bool expired) {
 void set_chunk_reuse(const decode_state& st, sequence& s) {
   s.recompute_ratio =
       resolve_recompute_ratio(s.req.options.recompute_ratio, st.cfg.recompute_ratio);
-  const auto bt = st.w.pool->layout().block_tokens;
-  s.commit_limit =
-      exact_prefix_tokens(s.req.options.segment_ends, s.prompt_len, s.recompute_ratio) / bt;
-  // An unsegmented (or ratio-1) prompt: everything it writes is exact.
-  if (s.commit_limit * bt >= s.prompt_len) s.commit_limit = UINT32_MAX;
+  const auto exact =
+      exact_prefix_tokens(s.req.options.segment_ends, s.prompt_len, s.recompute_ratio);
+  // An unsegmented (or ratio-1) prompt: everything it writes, output included, is exact.
+  s.commit_limit = exact >= s.prompt_len ? UINT32_MAX : exact / st.w.pool->layout().block_tokens;
 }
 
 /// Commits the sequence's full blocks whose KV is written (the first `written` tokens) to
