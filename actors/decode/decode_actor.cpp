@@ -483,13 +483,13 @@ void launch(decode_ptr self) {
     s.req.tr.stamp(stage::decode_admitted, st.w.info.node_index);
     st.running.push_back(id);
   }
-  const auto bt = st.w.pool->layout().block_tokens;
   // Chunk reuse (issue 17): the first segmented local prefill with nothing computed yet is
   // served from the chunk cache, whole, beside the chunks of the others; later segmented
   // ones wait for their turn rather than be prefilled in chunks.
+  // (The pool is only touched for queued sequences: after a role change's handover it is gone.)
   auto blends = [&](const sequence& s) {
     return !s.blend_refused && st.w.blends(s.req.options.segment_ends) &&
-           s.prefill_done == first_computed_token(s.reused, bt);
+           s.prefill_done == first_computed_token(s.reused, st.w.pool->layout().block_tokens);
   };
   std::optional<blend_step> blend;
   planned_chunk blend_chunk;
