@@ -245,11 +245,10 @@ void release_drained(decode_ptr self, request_id id, bool expired) {
 void set_chunk_reuse(const decode_state& st, sequence& s) {
   s.recompute_ratio =
       resolve_recompute_ratio(s.req.options.recompute_ratio, st.cfg.recompute_ratio);
-  const auto bt = st.w.pool->layout().block_tokens;
-  s.commit_limit =
-      exact_prefix_tokens(s.req.options.segment_ends, s.prompt_len, s.recompute_ratio) / bt;
-  // An unsegmented (or ratio-1) prompt: everything it writes is exact.
-  if (s.commit_limit * bt >= s.prompt_len) s.commit_limit = UINT32_MAX;
+  const auto exact =
+      exact_prefix_tokens(s.req.options.segment_ends, s.prompt_len, s.recompute_ratio);
+  // An unsegmented (or ratio-1) prompt: everything it writes, output included, is exact.
+  s.commit_limit = exact >= s.prompt_len ? UINT32_MAX : exact / st.w.pool->layout().block_tokens;
 }
 
 /// Commits the sequence's full blocks whose KV is written (the first `written` tokens) to
@@ -484,13 +483,13 @@ void launch(decode_ptr self) {
     s.req.tr.stamp(stage::decode_admitted, st.w.info.node_index);
     st.running.push_back(id);
   }
-  const auto bt = st.w.pool->layout().block_tokens;
   // Chunk reuse (issue 17): the first segmented local prefill with nothing computed yet is
   // served from the chunk cache, whole, beside the chunks of the others; later segmented
   // ones wait for their turn rather than be prefilled in chunks.
+  // (The pool is only touched for queued sequences: after a role change's handover it is gone.)
   auto blends = [&](const sequence& s) {
     return !s.blend_refused && st.w.blends(s.req.options.segment_ends) &&
-           s.prefill_done == first_computed_token(s.reused, bt);
+           s.prefill_done == first_computed_token(s.reused, st.w.pool->layout().block_tokens);
   };
   std::optional<blend_step> blend;
   planned_chunk blend_chunk;

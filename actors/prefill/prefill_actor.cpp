@@ -349,13 +349,14 @@ void launch(prefill_ptr self) {
   auto& st = self->state;
   if (!st.on_engine.empty()) return;
   admit_waiting(self);
-  const auto bt = st.w.pool->layout().block_tokens;
   // Chunk reuse (issue 17): the first segmented job with nothing computed yet is served
   // from the chunk cache, whole, beside the chunked batch of the others; later segmented
   // jobs wait for their turn rather than be prefilled in chunks.
+  // (The pool is only touched for queued jobs: after a role change's handover it is gone.)
   auto blends = [&](const job_state& js) {
     return !js.computed && !js.dropped && !js.blend_refused && st.w.blends(js.job.segment_ends) &&
-           js.done == first_computed_token(js.reused + js.fetched, bt);
+           js.done ==
+               first_computed_token(js.reused + js.fetched, st.w.pool->layout().block_tokens);
   };
   std::optional<blend_step> blend;
   planned_chunk blend_chunk;

@@ -369,7 +369,7 @@ TEST_CASE("bad requests are rejected naming the field", "[openai]") {
        "tokenmill.recompute_ratio", "'tokenmill.recompute_ratio' must be a number, got string"},
       {cmpl, R"({"tokenmill": {"segments": ["a"]}, "echo": true})", 400, "echo",
        "not supported with 'tokenmill.segments'"},
-      {cmpl, R"({"tokenmill": {"segmentz": ["a"]}})", 400, "tokenmill.segmentz",
+      {cmpl, R"({"prompt": "x", "tokenmill": {"segmentz": ["a"]}})", 400, "tokenmill.segmentz",
        "unknown field 'tokenmill.segmentz'"},
       // logprobs
       {cmpl, R"({"prompt": "x", "logprobs": 6})", 400, "logprobs",
