@@ -148,7 +148,8 @@ struct cpu_engine::impl {
     };
     // Multiples of 16 rows keep the 4-row GEMV and the sgemm tiles whole. Prefill-sized
     // batches take shrinking chunks, so that no thread waits long on another's last
-    // (2 threads, 125m, prefill 128: 3-14% more tokens/s in 5 of 5 interleaved A/B rows);
+    // (2 threads, 125m, prefill 128: 3-14% more tokens/s in 5 of 5 interleaved A/B rows
+    // with a run queue of 12-13 on 2 cores, 0.98-1.03 with one of 5);
     // decode batches keep ~4 even chunks per thread, where shrinking ones measured no
     // better (0.91-1.09, within this shared machine's noise).
     if (n >= cpu::gemm_packed_min_rows) return pool.parallel_for_guided(total, 16, run);
