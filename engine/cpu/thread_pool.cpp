@@ -54,25 +54,40 @@ thread_pool::~thread_pool() {
     w.join();
 }
 
+bool thread_pool::claim(size_t& begin, size_t& end) {
+  if (!guided_) {
+    begin = next_.fetch_add(grain_, std::memory_order_relaxed);
+    end = std::min(count_, begin + grain_);
+    return begin < count_;
+  }
+  const size_t split = 2 * size();
+  begin = next_.load(std::memory_order_relaxed);
+  do {
+    if (begin >= count_) return false;
+    const size_t take = std::max(grain_, (count_ - begin) / split / grain_ * grain_);
+    end = std::min(count_, begin + take);
+  } while (!next_.compare_exchange_weak(begin, end, std::memory_order_relaxed));
+  return true;
+}
+
 void thread_pool::work(uint32_t thread) {
   bool outer = in_task;
   in_task = true;
-  for (;;) {
-    size_t begin = next_.fetch_add(grain_, std::memory_order_relaxed);
-    if (begin >= count_) break;
-    call_(ctx_, begin, std::min(count_, begin + grain_), thread);
-  }
+  size_t begin, end;
+  while (claim(begin, end))
+    call_(ctx_, begin, end, thread);
   in_task = outer;
 }
 
 constexpr uint64_t closed_bit = uint64_t{1} << 31;
 constexpr uint64_t count_mask = closed_bit - 1;
 
-void thread_pool::run(size_t count, size_t grain, void* ctx, call_fn call) {
+void thread_pool::run(size_t count, size_t grain, bool guided, void* ctx, call_fn call) {
   if (count == 0) return;
   size_t parts = size();
   if (grain == 0) grain = (count + parts - 1) / parts;
   if (in_task || workers_.empty() || grain >= count) {
+    if (guided) return call(ctx, 0, count, 0);
     for (size_t b = 0; b < count; b += grain)
       call(ctx, b, std::min(count, b + grain), 0);
     return;
@@ -82,6 +97,7 @@ void thread_pool::run(size_t count, size_t grain, void* ctx, call_fn call) {
   call_ = call;
   count_ = count;
   grain_ = grain;
+  guided_ = guided;
   next_.store(0, std::memory_order_relaxed);
   exited_.store(0, std::memory_order_relaxed);
   {

@@ -35,14 +35,29 @@ class thread_pool {
   /// serialized. `fn` must not throw.
   template <class Fn>
   void parallel_for(size_t count, size_t grain, Fn&& fn) {
-    run(count, grain, &fn, [](void* ctx, size_t b, size_t e, uint32_t t) {
-      (*static_cast<std::remove_reference_t<Fn>*>(ctx))(b, e, t);
-    });
+    run(count, grain, false, &fn, thunk<Fn>);
+  }
+
+  /// parallel_for with chunks that shrink as the range runs out (guided scheduling): each
+  /// claim takes 1 / (2 * size()) of what is left, rounded down to a multiple of `unit`
+  /// (at least `unit`; only the range's last chunk may be shorter). Chunks start at
+  /// multiples of `unit`. Large first chunks keep the claims few; small last ones keep the
+  /// participants from waiting long on one another's final chunk. Where parallel_for would
+  /// run inline (no workers, a call from a task, count <= unit), the range is one chunk.
+  template <class Fn>
+  void parallel_for_guided(size_t count, size_t unit, Fn&& fn) {
+    run(count, unit == 0 ? 1 : unit, true, &fn, thunk<Fn>);
   }
 
  private:
   using call_fn = void (*)(void*, size_t, size_t, uint32_t);
-  void run(size_t count, size_t grain, void* ctx, call_fn call);
+  template <class Fn>
+  static void thunk(void* ctx, size_t b, size_t e, uint32_t t) {
+    (*static_cast<std::remove_reference_t<Fn>*>(ctx))(b, e, t);
+  }
+  void run(size_t count, size_t grain, bool guided, void* ctx, call_fn call);
+  /// Claims the next chunk of the current job; false when none is left.
+  bool claim(size_t& begin, size_t& end);
   void work(uint32_t thread);
   void worker_loop(uint32_t thread);
 
@@ -64,6 +79,7 @@ class thread_pool {
   call_fn call_ = nullptr;
   size_t count_ = 0;
   size_t grain_ = 1;
+  bool guided_ = false;
 };
 
 }  // namespace tokenmill::cpu

@@ -369,3 +369,30 @@ TEST_CASE("thread_pool runs every index exactly once", "[cpu]") {
   thread_pool hw(0);
   CHECK(hw.size() >= 1);
 }
+
+TEST_CASE("thread_pool guided chunks: every index once, whole units, shrinking", "[cpu]") {
+  for (uint32_t threads : {1u, 2u, 3u}) {
+    thread_pool pool(threads);
+    for (size_t unit : {size_t{1}, size_t{16}}) {
+      for (size_t count : {size_t{5}, size_t{16}, size_t{517}, size_t{2304}}) {
+        for (int rep = 0; rep < 30; ++rep) {
+          std::vector<std::atomic<int>> hits(count);
+          std::atomic<int> bad{0};
+          pool.parallel_for_guided(count, unit, [&](size_t b, size_t e, uint32_t t) {
+            if (t >= threads || b >= e || b % unit != 0) bad |= 1;
+            if (e != count && (e - b) % unit != 0) bad |= 2;  // only the last may be short
+            // A chunk is at most half a participant's share of what was left (a pool without
+            // workers runs the range inline as one chunk).
+            if (threads > 1 && e - b > std::max(unit, (count - b) / (2 * threads))) bad |= 4;
+            for (size_t i = b; i < e; ++i)
+              hits[i].fetch_add(1);
+          });
+          for (auto& h : hits)
+            REQUIRE(h.load() == 1);
+          INFO("threads " << threads << " unit " << unit << " count " << count);
+          REQUIRE(bad.load() == 0);
+        }
+      }
+    }
+  }
+}
