@@ -141,9 +141,12 @@ command add_generate(CLI::App& app) {
   app.add_option("--logprobs", o->logprobs,
                  "Print each generated token's log-probability and the N most likely tokens "
                  "(0..20; computed from the raw logits)");
-  app.add_option("--stop-id", o->stop_ids, "Stop after generating this token id (repeatable)");
+  // One value per occurrence: a repeatable option must not swallow the PROMPT after it.
+  app.add_option("--stop-id", o->stop_ids, "Stop after generating this token id (repeatable)")
+      ->allow_extra_args(false);
   app.add_option("--stop", o->stops,
-                 "Stop when the text contains this string, which is not printed (repeatable)");
+                 "Stop when the text contains this string, which is not printed (repeatable)")
+      ->allow_extra_args(false);
   app.add_flag("--ignore-eos", o->ignore_eos, "Keep generating past the model's EOS");
   app.add_flag("--no-bos", o->no_bos, "Do not prepend BOS to a text prompt");
   app.add_option("--timeout", o->timeout_s, "Seconds before giving up on the request")
@@ -165,12 +168,14 @@ command add_generate(CLI::App& app) {
   app.add_option("--segment", o->segments,
                  "Give the prompt as segments instead of PROMPT, one per --segment (text, or ids "
                  "with --token-ids): the server reuses each segment's KV wherever it sat before "
-                 "(chunk reuse; README)");
+                 "(chunk reuse; README)")
+      ->allow_extra_args(false);
   app.add_option("--recompute-ratio", o->recompute_ratio,
                  "With --segment: share of reused segment tokens recomputed, 0..1 (default: the "
                  "server's)");
-  app.add_option("PROMPT", o->prompt, "The prompt (text, or ids with --token-ids)");
-  return [o]() -> int {
+  auto* prompt_opt =
+      app.add_option("PROMPT", o->prompt, "The prompt (text, or ids with --token-ids)");
+  return [o, prompt_opt]() -> int {
     // The trace file is opened first, so that a bad path costs no request.
     std::ofstream trace_file;
     if (!o->trace_out.empty()) {
@@ -180,7 +185,7 @@ command add_generate(CLI::App& app) {
                                  "cannot open '" + o->trace_out + "' to write the trace"});
     }
     generate_params p;
-    if (o->segments.empty() == o->prompt.empty())
+    if (o->segments.empty() == (prompt_opt->count() == 0))
       return fail("generate", {errc::invalid_request,
                                "give the prompt as PROMPT or as --segment, one of them"});
     if (o->recompute_ratio != -1) p.recompute_ratio = o->recompute_ratio;  // bad ones: refused
