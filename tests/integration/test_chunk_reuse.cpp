@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli_json.hpp"
 #include "frontend/http_client.hpp"
 #include "harness.hpp"
 
@@ -21,42 +22,6 @@ using json = nlohmann::json;
 namespace fs = std::filesystem;
 
 namespace {
-
-/// A tiny random model (`tokenmill make-model`, f32), written once per test process.
-const std::string& tiny_model() {
-  static const std::string path = [] {
-    auto dir = fs::temp_directory_path() / ("tokenmill-chunks-" + std::to_string(::getpid()));
-    fs::create_directories(dir);
-    auto out = (dir / "tiny.gguf").string();
-    auto r = run_tokenmill({"make-model", "--preset", "tiny", "--dtype", "f32", "-o", out});
-    if (r.exit_code != 0) throw std::runtime_error("make-model failed: " + r.err);
-    return out;
-  }();
-  return path;
-}
-
-server::options cpu_server(int prefill_workers) {
-  return {{"--engine", "cpu"},
-          {"--model", tiny_model()},
-          {"--threads", "1"},
-          {"--prefill-workers", std::to_string(prefill_workers)},
-          {"--local-prefill-threshold", prefill_workers > 0 ? "0" : "1000000"}};
-}
-
-json generate_json(const server& srv, std::vector<std::string> args) {
-  args.insert(args.begin(), "--json");
-  auto r = srv.generate(args);
-  INFO("stdout: " << r.out << "\nstderr: " << r.err);
-  REQUIRE_FALSE(r.timed_out);
-  REQUIRE(r.exit_code == 0);
-  auto j = last_json_line(r.out);
-  REQUIRE(j.is_object());
-  return j;
-}
-
-std::vector<int64_t> ids_of(const json& j) {
-  return j.at("token_ids").get<std::vector<int64_t>>();
-}
 
 /// Chunk counters summed over the workers of `tokenmill status --json`.
 struct chunk_counts {
@@ -105,7 +70,7 @@ TEST_CASE("chunk reuse: documents in another order are chunk hits, ratio 1 is ex
           "[integration][chunks]") {
   for (int prefill_workers : {1, 0}) {
     INFO((prefill_workers ? "disaggregated" : "decode-local prefill"));
-    server srv(cpu_server(prefill_workers));
+    server srv(cpu_server(tiny_random_model(), prefill_workers));
     rag first({0, 1, 2});
     auto a = generate_json(srv, first.args());
     CHECK(a["prompt_tokens"] == 88);
@@ -135,7 +100,7 @@ TEST_CASE("chunk reuse: documents in another order are chunk hits, ratio 1 is ex
 }
 
 TEST_CASE("chunk reuse: bad segment input is refused naming the field", "[integration][chunks]") {
-  server srv(cpu_server(0));
+  server srv(cpu_server(tiny_random_model(), 0));
   SECTION("RPC") {
     auto bad = [&](std::vector<std::string> args, const std::string& mention) {
       auto r = srv.generate(args);

@@ -6,28 +6,13 @@
 #include <sstream>
 #include <thread>
 
+#include "cli_json.hpp"
 #include "harness.hpp"
 
 using namespace tokenmill::testing;
 using nlohmann::json;
 
 namespace {
-
-/// Runs generate with --json and returns the summary line; REQUIREs success.
-json generate_json(const server& srv, std::vector<std::string> args) {
-  args.insert(args.begin(), "--json");
-  auto r = srv.generate(args);
-  INFO("stdout: " << r.out << "\nstderr: " << r.err);
-  REQUIRE_FALSE(r.timed_out);
-  REQUIRE(r.exit_code == 0);
-  auto j = last_json_line(r.out);
-  REQUIRE(j.is_object());
-  return j;
-}
-
-std::vector<int64_t> ids_of(const json& j) {
-  return j.at("token_ids").get<std::vector<int64_t>>();
-}
 
 double sum_of(const json& stages) {
   double s = 0;

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "cli_json.hpp"
 #include "harness.hpp"
 
 using namespace tokenmill::testing;
@@ -39,30 +40,6 @@ struct models {
 const models& test_models() {
   static models m;
   return m;
-}
-
-server::options cpu_server(const std::string& model, int prefill_workers) {
-  return {{"--engine", "cpu"},
-          {"--model", model},
-          {"--threads", "1"},
-          {"--prefill-workers", std::to_string(prefill_workers)},
-          // Disaggregated means every prompt goes to the prefill worker.
-          {"--local-prefill-threshold", prefill_workers > 0 ? "0" : "1000000"}};
-}
-
-json generate_json(const server& srv, std::vector<std::string> args) {
-  args.insert(args.begin(), "--json");
-  auto r = srv.generate(args);
-  INFO("stdout: " << r.out << "\nstderr: " << r.err);
-  REQUIRE_FALSE(r.timed_out);
-  REQUIRE(r.exit_code == 0);
-  auto j = last_json_line(r.out);
-  REQUIRE(j.is_object());
-  return j;
-}
-
-std::vector<int64_t> ids_of(const json& j) {
-  return j.at("token_ids").get<std::vector<int64_t>>();
 }
 
 }  // namespace

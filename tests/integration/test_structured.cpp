@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli_json.hpp"
 #include "frontend/http_client.hpp"
 #include "harness.hpp"
 #include "tests/skip.hpp"
@@ -23,27 +24,6 @@ using json = nlohmann::json;
 namespace fs = std::filesystem;
 
 namespace {
-
-/// The tiny random-weight model, written once per test process.
-const std::string& tiny_model() {
-  static const std::string path = [] {
-    auto dir = fs::temp_directory_path() / ("tokenmill-structured-" + std::to_string(::getpid()));
-    fs::create_directories(dir);
-    auto out = (dir / "tiny.gguf").string();
-    auto r = run_tokenmill({"make-model", "--preset", "tiny", "--dtype", "f32", "-o", out});
-    if (r.exit_code != 0) throw std::runtime_error("make-model failed: " + r.err);
-    return out;
-  }();
-  return path;
-}
-
-server::options cpu_server(int prefill_workers) {
-  return {{"--engine", "cpu"},
-          {"--model", tiny_model()},
-          {"--threads", "1"},
-          {"--prefill-workers", std::to_string(prefill_workers)},
-          {"--local-prefill-threshold", prefill_workers > 0 ? "0" : "1000000"}};
-}
 
 /// Bodies are ordered_json where the schema's key order matters (nlohmann::json sorts).
 template <class J>
@@ -112,7 +92,7 @@ json chat_with_schema(const server& s, uint64_t seed) {
 
 TEST_CASE("structured: json_schema output of a random model parses and fits the schema",
           "[integration][structured][model]") {
-  server agg(cpu_server(0));
+  server agg(cpu_server(tiny_random_model(), 0));
   std::vector<std::string> texts;
   for (uint64_t seed : {1, 2, 3}) {
     auto r = chat_with_schema(agg, seed);
@@ -124,7 +104,7 @@ TEST_CASE("structured: json_schema output of a random model parses and fits the 
   }
   // The same seeds disaggregated: the prefill worker samples the first token under the
   // grammar, the decode worker rebuilds the state from it; the output is the same.
-  server disagg(cpu_server(1));
+  server disagg(cpu_server(tiny_random_model(), 1));
   for (size_t i = 0; i < texts.size(); ++i) {
     auto r = chat_with_schema(disagg, i + 1);
     CHECK(r["choices"][0]["message"]["content"] == texts[i]);
@@ -133,7 +113,7 @@ TEST_CASE("structured: json_schema output of a random model parses and fits the 
 
 TEST_CASE("structured: json_object, the regex extension and streaming",
           "[integration][structured][model]") {
-  server srv(cpu_server(0));
+  server srv(cpu_server(tiny_random_model(), 0));
   // A regular expression on a completion: the whole text matches it.
   json body = {{"prompt", "The code is"},
                {"max_tokens", 40},
@@ -177,7 +157,7 @@ TEST_CASE("structured: json_object, the regex extension and streaming",
 
 TEST_CASE("structured: generate --json-schema, --regex and --json-object",
           "[integration][structured][model]") {
-  server srv(cpu_server(0));
+  server srv(cpu_server(tiny_random_model(), 0));
   temp_dir dir;
   {
     std::ofstream f(dir.file("person.json"));
@@ -365,7 +345,7 @@ void check_weather_args(const json& a) {
 
 TEST_CASE("structured: tool_choice named and required constrain a random model's call",
           "[integration][structured][model][tools]") {
-  server srv(cpu_server(0));
+  server srv(cpu_server(tiny_random_model(), 0));
   nlohmann::ordered_json body = {
       {"messages", {{{"role", "user"}, {"content", "Weather in Paris?"}}}},
       {"max_tokens", 200},
@@ -483,7 +463,7 @@ TEST_CASE("structured: tool calls through the official openai npm client",
 
 TEST_CASE("structured: tool calls in the llama3 format, and auto leaves plain text as content",
           "[integration][structured][model][tools]") {
-  auto opts = cpu_server(0);
+  auto opts = cpu_server(tiny_random_model(), 0);
   opts["--chat-template"] = "llama3";
   server srv(opts);
   nlohmann::ordered_json body = {
