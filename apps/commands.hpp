@@ -33,6 +33,8 @@ command add_bench_fetch(CLI::App& app);
 /// `tokenmill bench-router`: the router's decision latency (prefix index + cost model) at
 /// 1k-1M blocks and 8-128 workers.
 command add_bench_router(CLI::App& app);
+/// `tokenmill bench-wake`: how late this machine wakes a sleeping thread (the ITL floor).
+command add_bench_wake(CLI::App& app);
 /// `tokenmill trace`: the frontend's recent requests as a Chrome/Perfetto trace file.
 command add_trace(CLI::App& app);
 /// `tokenmill top`: a live view of every worker and the bottleneck.

@@ -64,6 +64,10 @@ int main(int argc, char** argv) {
       "Measure the router's decision latency (prefix index + cost model) at 1k/100k/1M "
       "blocks and 8/32/128 workers, with the index's memory per block",
       tokenmill::app::add_bench_router);
+  add("bench-wake",
+      "Measure how late this machine wakes a sleeping thread: the floor under every ITL "
+      "figure (a sleep, the sim engine's step wait, a thread woken by another)",
+      tokenmill::app::add_bench_wake);
   add("trace",
       "Write the frontend's recent requests as a Chrome/Perfetto trace (open in "
       "ui.perfetto.dev)",

@@ -1,6 +1,5 @@
 #include "engine/sim_engine.hpp"
 
-#include <sys/prctl.h>
 #include <xxhash.h>
 
 #include <algorithm>
@@ -15,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "common/clock.hpp"
+#include "common/wake_latency.hpp"
 #include "engine/detail/splitmix.hpp"
 #include "engine/sampler.hpp"
 
@@ -33,25 +33,6 @@ void fill_vector(std::byte* dst, size_t bytes, uint64_t state) {
   for (size_t i = 0; i < bytes; i += 8) {
     uint64_t v = detail::splitmix64(state);
     std::memcpy(dst + i, &v, std::min<size_t>(8, bytes - i));
-  }
-}
-
-/// Waits until `deadline` (steady clock ns): the modelled time, no more. A sleep alone
-/// overshoots by the wake-up latency (~50-60 µs on a VM even with timer slack lowered),
-/// which would make the engine slower than its model; so sleep until shortly before the
-/// deadline and spin the rest.
-void sleep_until_ns(int64_t deadline) {
-  thread_local bool slack_set = false;
-  if (!slack_set) {
-    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
-    slack_set = true;
-  }
-  constexpr int64_t spin_ns = 100'000;
-  if (deadline - now_ns() > spin_ns) {
-    auto tp = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline - spin_ns));
-    std::this_thread::sleep_until(tp);
-  }
-  while (now_ns() < deadline) {
   }
 }
 
@@ -169,7 +150,7 @@ result<std::vector<token_id>> sim_engine::prefill(block_pool& pool,
       out.push_back(
           sample(c.tokens.subspan(0, c.end), c.tokens.size(), c.sampling, c.logprobs, c.allowed));
     }
-    sleep_until_ns(start + static_cast<int64_t>(prefill_cost_ns(tokens)));
+    wait_until_ns(start + static_cast<int64_t>(prefill_cost_ns(tokens)));
     return out;
   });
 }
@@ -194,7 +175,7 @@ result<std::vector<token_id>> sim_engine::decode(block_pool& pool,
       write_position(pool, s.blocks, pos, s.tokens[pos]);
       out.push_back(sample(s.tokens, s.prompt_len, s.sampling, s.logprobs, s.allowed));
     }
-    sleep_until_ns(start + static_cast<int64_t>(decode_cost_ns(batch.size(), ctx)));
+    wait_until_ns(start + static_cast<int64_t>(decode_cost_ns(batch.size(), ctx)));
     return out;
   });
 }

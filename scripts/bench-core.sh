@@ -4,7 +4,9 @@
 # runs N concurrent streams for each N, and prints:
 #   - client-side ITL p50/p99 divided by the configured step (runtime overhead; 1.00 = none)
 #   - TTFT minus the modelled prefill time (the runtime's own share of TTFT)
-# Results (one JSON per concurrency plus a summary) go to $OUT_DIR (default bench-results/core).
+# Then the machine's wake-up floor at the same step (tokenmill bench-wake): the ITL p99 an
+# idle thread alone would show here, to judge the tail against.
+# Results (one JSON per concurrency, wake.json) go to $OUT_DIR (default bench-results/core).
 #   ./scripts/bench-core.sh [--three-nodes [--tls]] [CONCURRENCY...]      default: 1 4 16
 # --three-nodes runs the same cluster as three processes (head: router, supervisor,
 # kv-store; prefill node; decode node) started by `tokenmill launch` on loopback; with --tls
@@ -80,6 +82,19 @@ print(f"{j['concurrency']:<12} {j['itl_over_step']['p50']:12.4f} {j['itl_over_st
       if 'itl_tail' in j else "")
 PY
 done
+# The machine's own floor under these figures: how late a thread that only sleeps wakes
+# (tokenmill bench-wake, at the same step). A runtime adding nothing would show an ITL p99
+# of about the "floor" ratio; each hop of a token (engine thread, router, frontend, client)
+# can add up to one handoff p99.
+"$bin" bench-wake --period-ms "$step_ms" --count 300 --json >"$out/wake.json"
+python3 - "$out/wake.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+s, h = j['rows']['spin_late'], j['rows']['handoff']
+print(f"machine wake-up floor (tokenmill bench-wake): a {j['period_ms']:g} ms step wait wakes "
+      f"p99 {s['p99_us']:.0f} µs late (ITL p99 floor {j['itl_p99_floor_ratio']:.3f}x the step "
+      f"before any hop); a thread woken by another: p50 {h['p50_us']:.0f} µs, p99 {h['p99_us']:.0f} µs")
+PY
 read -r _ u1 n1 s1 i1 w1 q1 sq1 st1 _ < /proc/stat
 tot=$(( (u1+n1+s1+i1+w1+q1+sq1+st1) - (u0+n0+s0+i0+w0+q0+sq0+st0) ))
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg); CPU steal during the run: $(python3 -c "print(f'{100*$((st1-st0))/max(1,$tot):.2f}%')")"

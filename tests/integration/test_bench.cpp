@@ -313,3 +313,34 @@ TEST_CASE("bench over the HTTP API", "[integration][bench][http]") {
     CHECK_THAT(r.err, Catch::Contains("HTTP 400"));
   }
 }
+
+TEST_CASE("bench-wake reports the machine's wake-up floor and refuses bad options",
+          "[integration][bench]") {
+  auto r = run_tokenmill({"bench-wake", "--period-ms", "1", "--count", "10", "--json"});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.exit_code == 0);
+  auto j = last_json_line(r.out);
+  REQUIRE(j.is_object());
+  for (const char* row : {"sleep_late", "spin_late", "handoff"}) {
+    INFO(row);
+    CHECK(j["rows"][row]["samples"] == 10);
+    CHECK(j["rows"][row]["p99_us"].get<double>() <= j["rows"][row]["max_us"].get<double>());
+  }
+  CHECK(j["itl_p99_floor_ratio"].get<double>() >= 1.0);
+  CHECK(j["machine"]["cpu"].is_string());
+
+  for (auto [args, what] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--count", "3"}, "count must be 10 to 1000000, got 3"},
+           {{"--period-ms", "0.01"}, "period must be 0.1 to 1000 ms"},
+           {{"--period-ms", "1", "--spin-us", "1000"}, "spin margin"},
+           {{"--spin-us", "-1"}, "--spin-us must be"},
+       }) {
+    std::vector<std::string> argv{"bench-wake"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto bad = run_tokenmill(argv);
+    INFO("stderr: " << bad.err);
+    CHECK(bad.exit_code == 2);
+    CHECK_THAT(bad.err, Catch::Contains(what));
+    CHECK(bad.out.empty());
+  }
+}
