@@ -236,9 +236,10 @@ def post(body, extra_headers=b""):
             b"Content-Type: application/json\r\n"
             + extra_headers + b"Content-Length: " + str(len(b)).encode() + b"\r\n\r\n" + b)
 
-def chaos():
-    """Cancellations, disconnects, bad requests and bursts, until stopped."""
-    rnd = random.Random(7)
+def chaos(seed):
+    """Cancellations, disconnects, bad requests and bursts, until stopped; the order and
+    spacing of events follow `seed`."""
+    rnd = random.Random(seed)
     bad = [
         b"{not json", {"prompt": "x", "max_tokens": 0}, {"prompt": [-5, 3], "max_tokens": 4},
         {"prompt": [10**12], "max_tokens": 4}, {"max_tokens": 4},
@@ -293,9 +294,9 @@ def sample_rss(t0):
         rss_samples.append((round(time.monotonic() - t0), row))
         say(f"rss at {rss_samples[-1][0]} s: " + ", ".join(f"{n} {v} KiB" for n, v in row.items()))
 
-def traffic(seconds, restart_at=None, sample=False):
+def traffic(seconds, seed, restart_at=None, sample=False):
     stop.clear()
-    ch = threading.Thread(target=chaos)
+    ch = threading.Thread(target=chaos, args=(seed,))
     ch.start()
     sampler = threading.Thread(target=sample_rss, args=(time.monotonic(),)) if sample else None
     if sampler:
@@ -343,7 +344,7 @@ t_fill = time.monotonic()
 run_bench(["--connect", connect, "--concurrency", "32", "--requests", str(fill), "--input-len", "128",
            "--output-len", "48", "--range-ratio", "0.5", "--timeout", "60"], "fill")
 say(f"filled the KV pools ({kv_total} blocks): {fill} requests in {time.monotonic() - t_fill:.0f} s")
-traffic(warm_s)
+traffic(warm_s, seed=7)
 ok0, facts0 = settle()
 before = {n: proc_figures(pid_of(n)) for n in names}
 save_smaps("before")
@@ -351,7 +352,7 @@ say(f"warm-up traffic: {json.dumps(counts, sort_keys=True)}")
 say(f"warm-up done, idle: {ok0}; before: {json.dumps(before)}")
 counts.clear()
 t0 = time.monotonic()
-restarted = traffic(total_s, restart_at=total_s / 2, sample=True)
+restarted = traffic(total_s, seed=8, restart_at=total_s / 2, sample=True)  # not a replay of the warm-up
 say(f"traffic done after {time.monotonic() - t0:.0f} s: {json.dumps(counts, sort_keys=True)}")
 ok, facts = settle()
 after = {n: proc_figures(pid_of(n)) for n in names}
