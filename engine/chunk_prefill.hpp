@@ -79,11 +79,11 @@ std::unique_ptr<chunk_prefill> plan_chunk_prefill(kv_cache& cache, std::span<con
 
 /// Step 2, on the engine thread: `whole` is the prompt's prefill from the cached prefix to
 /// its end (tokens, begin = cp.cached_prefix, end = prompt length, the sequence's blocks,
-/// sampling, logprobs, allowed). Computes each fill alone into its blocks, then with a hit
-/// moves the hits' KV into the sequence's blocks and prefills by blending at cp.ratio,
-/// sampling the first token from the last position's logits exactly as engine::prefill
-/// does; without a hit, prefills `whole` with engine::prefill. The sampled token, or the
-/// engine's error.
+/// sampling, logprobs, allowed). Computes each fill alone into its blocks (one
+/// engine::prefill batch for all of them), then with a hit moves the hits' KV into the
+/// sequence's blocks and prefills by blending at cp.ratio, sampling the first token from the
+/// last position's logits exactly as engine::prefill does; without a hit, prefills `whole`
+/// with engine::prefill, in the fills' batch. The sampled token, or the engine's error.
 result<token_id> run_chunk_prefill(engine& eng, chunk_blender& blender, block_pool& pool,
                                    chunk_prefill& cp, const prefill_chunk& whole);
 
