@@ -131,6 +131,7 @@ result<token_id> run_chunk_prefill(engine& eng, chunk_blender& blender, block_po
   req.blocks = whole.blocks;
   req.cached_prefix = cp.cached_prefix;
   req.recompute_ratio = cp.ratio;
+  req.policy = cp.policy;
   auto out = blender.prefill_blend(pool, req);
   if (!out) return out.error();
   cp.recomputed_tokens = out->recomputed_reused;

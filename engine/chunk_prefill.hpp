@@ -61,8 +61,10 @@ struct chunk_prefill {
   std::vector<chunk> chunks;            ///< hits and fills, in prompt order
   uint32_t cached_prefix = 0;           ///< tokens: the prefix cache's exact KV
   float ratio = 0;                      ///< recompute ratio, in [0, 1]
-  uint32_t lookup_tokens = 0;           ///< tokens of the segments looked up
-  uint32_t hit_tokens = 0;              ///< of those, in hits
+  /// How the recomputed tokens are chosen (blend_prefill::policy); set after planning.
+  blend_policy policy = blend_policy::deviation;
+  uint32_t lookup_tokens = 0;  ///< tokens of the segments looked up
+  uint32_t hit_tokens = 0;     ///< of those, in hits
   /// Filled by run_chunk_prefill: reused tokens recomputed (0 without a hit).
   uint32_t recomputed_tokens = 0;
   uint32_t hits() const;
