@@ -3,9 +3,11 @@
 // question) is prefilled three ways: in full, with the system prompt from a prefix cache,
 // and by blending: every document's KV computed once alone (the chunk cache), moved to its
 // offset with one rotation per key, and recompute_ratio of its tokens recomputed
-// (engine/blend.hpp). Prints TTFT of each and the blend's fidelity to the full prefill:
-// first-token top-1 agreement, KL divergence and max logit error, and whether a greedy
-// continuation is token for token the same.
+// (engine/blend.hpp), chosen by each selection policy (CacheBlend's deviation, EPIC's
+// leading tokens). Prints TTFT of each, where a blend's TTFT went (prefill_blend's phases,
+// the moves, sampling), and the blend's fidelity to the full prefill: first-token top-1
+// agreement, KL divergence and max logit error, and whether a greedy continuation is token
+// for token the same.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
