@@ -3,9 +3,11 @@
 // question) is prefilled three ways: in full, with the system prompt from a prefix cache,
 // and by blending: every document's KV computed once alone (the chunk cache), moved to its
 // offset with one rotation per key, and recompute_ratio of its tokens recomputed
-// (engine/blend.hpp). Prints TTFT of each and the blend's fidelity to the full prefill:
-// first-token top-1 agreement, KL divergence and max logit error, and whether a greedy
-// continuation is token for token the same.
+// (engine/blend.hpp), chosen by each selection policy (CacheBlend's deviation, EPIC's
+// leading tokens). Prints TTFT of each, where a blend's TTFT went (prefill_blend's phases,
+// the moves, sampling), and the blend's fidelity to the full prefill: first-token top-1
+// agreement, KL divergence and max logit error, and whether a greedy continuation is token
+// for token the same.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -33,6 +35,7 @@
 #include "engine/cpu_engine.hpp"
 #include "engine/make_model.hpp"
 #include "engine/model.hpp"
+#include "engine/sampler.hpp"
 #include "engine/tensor.hpp"
 
 namespace tokenmill::app {
@@ -54,6 +57,7 @@ struct bench_blend_opts {
   uint32_t greedy_tokens = 32;
   uint32_t first_tokens = 1;
   uint32_t select_layer = 1;
+  std::vector<std::string> policies = {"deviation", "leading"};
   uint64_t seed = 1;
   bool json = false;
 };
@@ -96,9 +100,14 @@ double ms_since(int64_t t0) {
   return (now_ns() - t0) / 1e6;
 }
 
-/// One blend ratio's results over all trials.
+/// One blend policy and ratio's results over all trials.
 struct ratio_row {
+  blend_policy policy = blend_policy::deviation;
   double ratio = 0;
+  /// Where the TTFT went, per trial: moving the KV (move_chunk_kv), prefill_blend's phases
+  /// (blend_phases), sampling the first token, and what is left (validation, bookkeeping).
+  std::vector<double> full_width_ms, select_ms, selected_ms, attention_ms, logits_ms, sample_ms,
+      other_ms;
   std::vector<double> ttft_ms, move_ms, kl, max_err, recomputed_share;
   /// Token-layers computed / those of the prefix-cache prefill: select_layer layers at
   /// full width (the selection layer's projections too), the rest over the kept rows only.
@@ -155,6 +164,11 @@ command add_bench_blend(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--select-layer", o->select_layer,
                  "Layer whose K/V deviation selects the recomputed tokens")
+      ->capture_default_str();
+  app.add_option("--policies", o->policies,
+                 "Selection policies, rows for each ratio: deviation (CacheBlend: K/V deviation "
+                 "on --select-layer) and/or leading (EPIC: each chunk's leading tokens)")
+      ->check(CLI::IsMember({"deviation", "leading"}))
       ->capture_default_str();
   app.add_option("--seed", o->seed, "Seed of the documents, draws and questions")
       ->capture_default_str();
@@ -276,9 +290,13 @@ command add_bench_blend(CLI::App& app) {
       return out;
     };
 
-    std::vector<ratio_row> rows(o->ratios.size());
-    for (size_t i = 0; i < rows.size(); ++i)
-      rows[i].ratio = o->ratios[i];
+    std::vector<ratio_row> rows;
+    for (const auto& name : o->policies)
+      for (double ratio : o->ratios) {
+        rows.emplace_back();
+        rows.back().policy = *parse_blend_policy(name);  // checked by CLI::IsMember
+        rows.back().ratio = ratio;
+      }
     std::vector<double> full_ms, prefix_ms, move_all_ms;
     uint32_t prefix_top1 = 0;
     std::vector<double> top1_gap;  ///< full prefill's top-1 minus top-2 logit, per trial
@@ -334,10 +352,24 @@ command add_bench_blend(CLI::App& app) {
                           cached_prefix,
                           static_cast<float>(row.ratio),
                           o->first_tokens,
-                          o->select_layer};
+                          o->select_layer,
+                          row.policy};
         auto got = eng->prefill_blend(*pool, req);
-        double ttft = ms_since(t0);
         if (!got) return failed(got.error().message);
+        const int64_t t_sample = now_ns();
+        const token_id first = sample_token(got->logits, {}, n);
+        const double sampled = ms_since(t_sample);
+        double ttft = ms_since(t0);
+        if (first != argmax(got->logits)) return failed("greedy sampling is not the argmax");
+        const auto& ph = got->phases;
+        row.full_width_ms.push_back(ph.full_width_ms);
+        row.select_ms.push_back(ph.select_ms);
+        row.selected_ms.push_back(ph.selected_ms);
+        row.attention_ms.push_back(ph.attention_ms);
+        row.logits_ms.push_back(ph.logits_ms);
+        row.sample_ms.push_back(sampled);
+        row.other_ms.push_back(ttft - moved - ph.full_width_ms - ph.select_ms - ph.selected_ms -
+                               ph.logits_ms - sampled);
         row.ttft_ms.push_back(ttft);
         row.move_ms.push_back(moved);
         move_all_ms.push_back(moved);
@@ -418,7 +450,8 @@ command add_bench_blend(CLI::App& app) {
     nlohmann::ordered_json jrows = nlohmann::ordered_json::array();
     for (const auto& r : rows) {
       jrows.push_back(
-          {{"ratio", r.ratio},
+          {{"policy", blend_policy_name(r.policy)},
+           {"ratio", r.ratio},
            {"ttft_ms", median(r.ttft_ms)},
            {"full_prefill_ttft_ms", full_med},
            {"prefix_cache_ttft_ms", prefix_med},
@@ -432,7 +465,16 @@ command add_bench_blend(CLI::App& app) {
            {"kl_max", maxv(r.kl)},
            {"max_logit_error", maxv(r.max_err)},
            {"greedy_identical", o->greedy_tokens ? double(r.greedy_same) / o->trials : 0.0},
-           {"greedy_matching_tokens", mean(r.greedy_prefix)}});
+           {"greedy_matching_tokens", mean(r.greedy_prefix)},
+           {"phases_ms",
+            {{"move", median(r.move_ms)},
+             {"full_width", median(r.full_width_ms)},
+             {"select", median(r.select_ms)},
+             {"selected", median(r.selected_ms)},
+             {"attention", median(r.attention_ms)},
+             {"logits", median(r.logits_ms)},
+             {"sample", median(r.sample_ms)},
+             {"other", median(r.other_ms)}}}});
     }
     j["rows"] = jrows;
     if (o->json) {
@@ -449,16 +491,30 @@ command add_bench_blend(CLI::App& app) {
         "full prefill %.1f ms; prefix cache only %.1f ms (top-1 agreement %.2f); full prefill's "
         "top-1/top-2 logit gap: median %.3g, min %.3g\n",
         full_med, prefix_med, double(prefix_top1) / o->trials, median(top1_gap), gap_min);
-    std::printf("%6s %9s %8s %8s %6s %6s %6s %6s %10s %10s %7s %7s\n", "ratio", "ttft_ms",
-                "move_ms", "speedup", "recomp", "work", "devsh", "top1", "kl", "max_err", "greedy",
-                "gr_tok");
+    std::printf("%9s %6s %9s %8s %8s %6s %6s %6s %6s %10s %10s %7s %7s\n", "policy", "ratio",
+                "ttft_ms", "move_ms", "speedup", "recomp", "work", "devsh", "top1", "kl", "max_err",
+                "greedy", "gr_tok");
     for (const auto& r : rows)
-      std::printf("%6.2f %9.1f %8.2f %7.2fx %6.3f %6.3f %6.3f %6.2f %10.3g %10.3g %7.2f %7.1f\n",
-                  r.ratio, median(r.ttft_ms), median(r.move_ms), full_med / median(r.ttft_ms),
-                  mean(r.recomputed_share), mean(r.work_share), mean(r.deviation_share),
-                  double(r.top1_agree) / o->trials, mean(r.kl), maxv(r.max_err),
-                  o->greedy_tokens ? double(r.greedy_same) / o->trials : 0.0,
-                  mean(r.greedy_prefix));
+      std::printf(
+          "%9s %6.2f %9.1f %8.2f %7.2fx %6.3f %6.3f %6.3f %6.2f %10.3g %10.3g %7.2f %7.1f\n",
+          std::string(blend_policy_name(r.policy)).c_str(), r.ratio, median(r.ttft_ms),
+          median(r.move_ms), full_med / median(r.ttft_ms), mean(r.recomputed_share),
+          mean(r.work_share), mean(r.deviation_share), double(r.top1_agree) / o->trials, mean(r.kl),
+          maxv(r.max_err), o->greedy_tokens ? double(r.greedy_same) / o->trials : 0.0,
+          mean(r.greedy_prefix));
+    std::printf(
+        "where the TTFT goes (median ms): move = moving the reused KV; full = layers over every "
+        "position up to the selection layer's Q/K/V; select = deviations and selection; kept = "
+        "the other layers over the kept positions (attn: of full + kept, the attention; not split "
+        "when every position is computed); logits; sample; other\n");
+    std::printf("%9s %6s %8s %8s %8s %8s %8s %8s %8s %8s\n", "policy", "ratio", "move", "full",
+                "select", "kept", "attn", "logits", "sample", "other");
+    for (const auto& r : rows)
+      std::printf("%9s %6.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.3f %8.2f\n",
+                  std::string(blend_policy_name(r.policy)).c_str(), r.ratio, median(r.move_ms),
+                  median(r.full_width_ms), median(r.select_ms), median(r.selected_ms),
+                  median(r.attention_ms), median(r.logits_ms), median(r.sample_ms),
+                  median(r.other_ms));
     std::printf("cpu %s; steal %.1f%% of CPU time during the run; load average %.1f before\n",
                 cpu_model_name().c_str(), 100 * steal_share, load_before);
     return 0;

@@ -13,6 +13,19 @@ error_info bad(std::string what) {
   return {errc::invalid_request, std::move(what)};
 }
 
+/// The shared tail of the selections: the last position (its logits give the first token;
+/// not counted against the budget) and the kept positions in order.
+void finish_selection(std::span<const blend_segment> segments, uint32_t cached_prefix,
+                      std::vector<uint8_t>& keep, blend_selection& sel) {
+  const uint32_t n = segments.back().end;
+  if (n > cached_prefix && !keep[n - 1]) {
+    keep[n - 1] = 1;
+    if (segments.back().reused) ++sel.recomputed_reused;
+  }
+  for (uint32_t p = cached_prefix; p < n; ++p)
+    if (keep[p]) sel.positions.push_back(p);
+}
+
 uint32_t reused_past(std::span<const blend_segment> segments, uint32_t cached_prefix) {
   uint32_t n = 0;
   for (const auto& s : segments)
@@ -119,12 +132,58 @@ blend_selection select_recompute(std::span<const blend_segment> segments, uint32
       sel.recomputed_reused += budget;
     }
   }
-  if (n > cached_prefix && !keep[n - 1]) {
-    keep[n - 1] = 1;  // its logits give the first token; not counted against the budget
-    if (segments.back().reused) ++sel.recomputed_reused;
+  finish_selection(segments, cached_prefix, keep, sel);
+  return sel;
+}
+
+std::string_view blend_policy_name(blend_policy p) {
+  return p == blend_policy::leading ? "leading" : "deviation";
+}
+
+result<blend_policy> parse_blend_policy(std::string_view name) {
+  if (name == "deviation") return blend_policy::deviation;
+  if (name == "leading") return blend_policy::leading;
+  return bad(fmt::format("blend: unknown policy '{}' (deviation or leading)", name));
+}
+
+blend_selection select_leading(std::span<const blend_segment> segments, uint32_t cached_prefix,
+                               float ratio) {
+  blend_selection sel;
+  if (segments.empty()) return sel;
+  std::vector<uint8_t> keep(segments.back().end, 0);
+  sel.reused_tokens = reused_past(segments, cached_prefix);
+  const uint32_t budget = recompute_budget(sel.reused_tokens, ratio);
+  struct share {
+    uint32_t begin, quota;
+    uint64_t remainder;
+  };
+  std::vector<share> shares;  // reused segments past the prefix, in prompt order
+  uint32_t given = 0;
+  for (const auto& s : segments) {
+    const uint32_t b = std::max(s.begin, cached_prefix);
+    if (b >= s.end) continue;
+    if (!s.reused) {
+      std::fill(keep.begin() + b, keep.begin() + s.end, 1);
+      continue;
+    }
+    const uint64_t exact = uint64_t{budget} * (s.end - b);  // / reused_tokens
+    shares.push_back(
+        {b, static_cast<uint32_t>(exact / sel.reused_tokens), exact % sel.reused_tokens});
+    given += shares.back().quota;
   }
-  for (uint32_t p = cached_prefix; p < n; ++p)
-    if (keep[p]) sel.positions.push_back(p);
+  // The quotas' floors sum to at most budget, short by fewer than shares.size().
+  std::vector<size_t> by_remainder(shares.size());
+  for (size_t i = 0; i < shares.size(); ++i)
+    by_remainder[i] = i;
+  std::stable_sort(by_remainder.begin(), by_remainder.end(),
+                   [&](size_t a, size_t b) { return shares[a].remainder > shares[b].remainder; });
+  for (size_t i = 0; given < budget && i < by_remainder.size(); ++i, ++given)
+    ++shares[by_remainder[i]].quota;
+  for (const auto& sh : shares) {
+    std::fill(keep.begin() + sh.begin, keep.begin() + sh.begin + sh.quota, 1);
+    sel.recomputed_reused += sh.quota;
+  }
+  finish_selection(segments, cached_prefix, keep, sel);
   return sel;
 }
 

@@ -13,6 +13,7 @@
 /// remaining layers.
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "common/result.hpp"
@@ -26,6 +27,26 @@ struct blend_segment {
   uint32_t end = 0;
   bool reused = false;
 };
+
+/// How the reused positions to recompute are chosen.
+enum class blend_policy : uint8_t {
+  /// CacheBlend (select_recompute): the first tokens of each reused chunk, then the highest
+  /// K/V deviation on the selection layer. Every position is computed up to that layer to
+  /// measure the deviations, a cost the ratio does not lower.
+  deviation,
+  /// EPIC's static rule (Hu et al., "EPIC: Efficient Position-Independent Context Caching
+  /// for Serving Large Language Models", 2024, arXiv:2410.15332, the "LegoLink" algorithm:
+  /// recompute the leading tokens of each chunk, which act as attention sinks when the chunk
+  /// was computed alone):
+  /// select_leading. The selection is known before anything is computed, so only the
+  /// selected positions are, in every layer.
+  leading,
+};
+
+/// "deviation" / "leading".
+std::string_view blend_policy_name(blend_policy p);
+/// The policy named `name`, else errc::invalid_request listing the names.
+result<blend_policy> parse_blend_policy(std::string_view name);
 
 /// Most segments one prompt may have (a guard against requests made of 1-token segments:
 /// every segment costs a cache lookup and a KV move).
@@ -69,5 +90,14 @@ bool selection_needs_deviation(std::span<const blend_segment> segments, uint32_t
 blend_selection select_recompute(std::span<const blend_segment> segments, uint32_t cached_prefix,
                                  std::span<const float> deviation, float ratio,
                                  uint32_t first_tokens);
+
+/// The blend_policy::leading selection. Always: every position of a computed segment and the
+/// last position of the prompt. Among the reused positions past `cached_prefix`,
+/// recompute_budget(reused, ratio) of them, shared among the reused segments in proportion
+/// to their length past the prefix (largest remainders first, ties to the earlier segment),
+/// each segment's share its leading positions (from the prefix's end when the prefix cut
+/// it). Segments must have passed check_blend_segments.
+blend_selection select_leading(std::span<const blend_segment> segments, uint32_t cached_prefix,
+                               float ratio);
 
 }  // namespace tokenmill

@@ -43,6 +43,29 @@ struct blend_prefill {
   /// only, so the reused ones equal a full prefill's there and 1 is the earliest useful).
   /// Layers below it are computed for every token. Clamped to the last layer.
   uint32_t select_layer = 1;
+  /// How the recomputed positions are chosen (engine/blend.hpp). With `leading` no position
+  /// is computed to choose them and select_layer is unused.
+  blend_policy policy = blend_policy::deviation;
+};
+
+/// Where a blended prefill's time went (milliseconds, wall clock), for bench-blend's "what
+/// fraction of TTFT remains and where it goes". Moving the KV and sampling happen outside
+/// prefill_blend; their callers time them.
+struct blend_phases {
+  /// The layers below the selection layer and its Q/K/V projections, over every position
+  /// (blend_policy::deviation with a partial ratio only).
+  double full_width_ms = 0;
+  /// Deviations, select_recompute and compacting the rows to the kept ones.
+  double select_ms = 0;
+  /// The rest of the layers, over the kept rows (every layer when the selection is known up
+  /// front).
+  double selected_ms = 0;
+  /// Of full_width_ms + selected_ms: attention (queries of the computed rows over every key
+  /// before them). Not measured (0) when every position is computed: that is the ordinary
+  /// forward pass, which is not split.
+  double attention_ms = 0;
+  /// The last position's final norm and output projection (0 when not split, as above).
+  double logits_ms = 0;
 };
 
 /// What prefill_blend computed.
@@ -56,6 +79,7 @@ struct blend_outcome {
   /// recomputed ones carry (not measured at ratio 0 or 1: then 0 or 1): near the ratio when the
   /// deviation is spread evenly, near 1 when few tokens carry it (CacheBlend's premise).
   double selected_deviation_share = 1;
+  blend_phases phases;
 };
 
 class chunk_blender {

@@ -93,26 +93,31 @@ std::unique_ptr<chunk_prefill> plan_chunk_prefill(kv_cache& cache, std::span<con
 result<token_id> run_chunk_prefill(engine& eng, chunk_blender& blender, block_pool& pool,
                                    chunk_prefill& cp, const prefill_chunk& whole) {
   const auto n = static_cast<uint32_t>(whole.tokens.size());
-  // Fills: each segment alone, at position 0, into its own blocks (greedy: the token
-  // sampled after it is not used).
+  // Fills: each segment alone, at position 0, into its own blocks (greedy: the tokens
+  // sampled after them are not used), all in one batch: one pass over the weights for all
+  // of them instead of one per segment.
+  std::vector<prefill_chunk> fills;
   for (const auto& c : cp.chunks) {
     if (c.hit) continue;
     const auto& s = cp.segments[c.segment];
-    prefill_chunk alone{whole.tokens.subspan(s.begin, s.end - s.begin),
-                        0,
-                        s.end - s.begin,
-                        c.blocks,
-                        {},
-                        nullptr,
-                        {}};
-    if (auto r = eng.prefill(pool, {&alone, 1}); !r) return r.error();
+    fills.push_back({whole.tokens.subspan(s.begin, s.end - s.begin),
+                     0,
+                     s.end - s.begin,
+                     c.blocks,
+                     {},
+                     nullptr,
+                     {}});
   }
   cp.recomputed_tokens = 0;
   if (cp.hits() == 0) {
-    auto r = eng.prefill(pool, {&whole, 1});
+    // Nothing to blend: the prompt is a full prefill, in the fills' batch.
+    fills.push_back(whole);
+    auto r = eng.prefill(pool, fills);
     if (!r) return r.error();
-    return r->at(0);
+    return r->back();
   }
+  if (!fills.empty())
+    if (auto r = eng.prefill(pool, fills); !r) return r.error();
   for (const auto& c : cp.chunks) {
     if (!c.hit) continue;
     const auto& s = cp.segments[c.segment];
@@ -126,6 +131,7 @@ result<token_id> run_chunk_prefill(engine& eng, chunk_blender& blender, block_po
   req.blocks = whole.blocks;
   req.cached_prefix = cp.cached_prefix;
   req.recompute_ratio = cp.ratio;
+  req.policy = cp.policy;
   auto out = blender.prefill_blend(pool, req);
   if (!out) return out.error();
   cp.recomputed_tokens = out->recomputed_reused;

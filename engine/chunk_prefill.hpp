@@ -61,8 +61,10 @@ struct chunk_prefill {
   std::vector<chunk> chunks;            ///< hits and fills, in prompt order
   uint32_t cached_prefix = 0;           ///< tokens: the prefix cache's exact KV
   float ratio = 0;                      ///< recompute ratio, in [0, 1]
-  uint32_t lookup_tokens = 0;           ///< tokens of the segments looked up
-  uint32_t hit_tokens = 0;              ///< of those, in hits
+  /// How the recomputed tokens are chosen (blend_prefill::policy); set after planning.
+  blend_policy policy = blend_policy::deviation;
+  uint32_t lookup_tokens = 0;  ///< tokens of the segments looked up
+  uint32_t hit_tokens = 0;     ///< of those, in hits
   /// Filled by run_chunk_prefill: reused tokens recomputed (0 without a hit).
   uint32_t recomputed_tokens = 0;
   uint32_t hits() const;
@@ -79,11 +81,11 @@ std::unique_ptr<chunk_prefill> plan_chunk_prefill(kv_cache& cache, std::span<con
 
 /// Step 2, on the engine thread: `whole` is the prompt's prefill from the cached prefix to
 /// its end (tokens, begin = cp.cached_prefix, end = prompt length, the sequence's blocks,
-/// sampling, logprobs, allowed). Computes each fill alone into its blocks, then with a hit
-/// moves the hits' KV into the sequence's blocks and prefills by blending at cp.ratio,
-/// sampling the first token from the last position's logits exactly as engine::prefill
-/// does; without a hit, prefills `whole` with engine::prefill. The sampled token, or the
-/// engine's error.
+/// sampling, logprobs, allowed). Computes each fill alone into its blocks (one
+/// engine::prefill batch for all of them), then with a hit moves the hits' KV into the
+/// sequence's blocks and prefills by blending at cp.ratio, sampling the first token from the
+/// last position's logits exactly as engine::prefill does; without a hit, prefills `whole`
+/// with engine::prefill, in the fills' batch. The sampled token, or the engine's error.
 result<token_id> run_chunk_prefill(engine& eng, chunk_blender& blender, block_pool& pool,
                                    chunk_prefill& cp, const prefill_chunk& whole);
 

@@ -10,6 +10,7 @@
 #include <string>
 #include <utility>
 
+#include "common/clock.hpp"
 #include "engine/cpu/attention.hpp"
 #include "engine/cpu/kernels.hpp"
 #include "engine/cpu/thread_pool.hpp"
@@ -241,14 +242,173 @@ struct cpu_engine::impl {
     }
     rows.resize(kept);
     out_rows.assign(1, static_cast<uint32_t>(kept - 1));
-    make_tiles();
+    make_sparse_tiles();
     return kept;
   }
 
+  /// make_tiles() for a blended prefill's kept rows, which skip positions: runs of rows of
+  /// one sequence in ascending position, gaps allowed, up to the same ~32 query vectors.
+  /// cpu::attend() gives each query its own context, so a tile of scattered rows reads each
+  /// K/V block once for all of them instead of once per row (with consecutive rows these are
+  /// make_tiles()'s tiles).
+  void make_sparse_tiles() {
+    const uint32_t group = c.heads / c.kv_heads;
+    const uint32_t per_tile = std::max<uint32_t>(1, 32 / group);
+    tiles.clear();
+    for (uint32_t r = 0; r < rows.size();) {
+      uint32_t e = r + 1;
+      while (e < rows.size() && e - r < per_tile && rows[e].seq == rows[r].seq &&
+             rows[e].pos > rows[e - 1].pos)
+        ++e;
+      tiles.push_back({r, e});
+      r = e;
+    }
+  }
+
+  /// forward() for a blended prefill (prefill_blend), which computes some positions only:
+  /// the same computation over the rows, but with `select`, the rows shrink to the selected
+  /// ones on select->layer after its Q/K/V (out_rows becomes the last row); the attention
+  /// tiles allow gaps (make_sparse_tiles); and the phases are timed into `ph`. A separate
+  /// function so that forward(), the serving hot path, carries none of this.
+  void forward_blend(block_pool& p, blend_step* select, blend_phases& ph) {
+    int64_t t_phase = now_ns();
+    double* phase = select ? &ph.full_width_ms : &ph.selected_ms;
+    auto lap = [&](double* next) {
+      const int64_t t = now_ns();
+      *phase += (t - t_phase) / 1e6;
+      t_phase = t;
+      phase = next;
+    };
+    size_t n = rows.size();
+    const size_t dim = c.dim, hd = c.head_dim, qdim = size_t{c.heads} * hd,
+                 kvdim = size_t{c.kv_heads} * hd, pairs = hd / 2;
+    grow(x, n * dim);
+    grow(xn, n * dim);
+    grow(q, n * qdim);
+    grow(k, n * kvdim);
+    grow(v, n * kvdim);
+    grow(att, n * qdim);
+    grow(gate, n * c.ffn);
+    grow(up, n * c.ffn);
+    grow(rope_cs, n * hd);
+    grow(out_x, out_rows.size() * dim);
+    grow(logits, out_rows.size() * c.vocab);
+    make_sparse_tiles();
+
+    const auto& w = m.weights;
+    pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
+      for (size_t r = b; r < e; ++r) {
+        cpu::dequantize_row(w.tok_embd.type, w.tok_embd.row(static_cast<uint64_t>(rows[r].token)),
+                            x.data() + r * dim, dim);
+        cpu::rope_angles(rows[r].rope_pos, inv_freq.data(), pairs, rope_cs.data() + r * hd,
+                         rope_cs.data() + r * hd + pairs);
+      }
+    });
+
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    const uint32_t group = c.heads / c.kv_heads;
+    const uint32_t bt = layout.block_tokens;
+    const bool f16_kv = layout.dtype_bytes == 2;
+    for (uint32_t l = 0; l < c.layers; ++l) {
+      const auto& lw = w.layers[l];
+      const auto& lv = layers[l];
+      for (size_t r = 0; r < n; ++r)
+        cpu::rms_norm(x.data() + r * dim, lv.attn_norm.data(), xn.data() + r * dim, dim, c.rms_eps);
+      linears({{&lw.wq, q.data()}, {&lw.wk, k.data()}, {&lw.wv, v.data()}}, xn.data(), n);
+      pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
+        for (size_t r = b; r < e; ++r) {
+          float* qr = q.data() + r * qdim;
+          float* kr = k.data() + r * kvdim;
+          float* vr = v.data() + r * kvdim;
+          if (c.qkv_bias) {
+            for (size_t i = 0; i < qdim; ++i)
+              qr[i] += lv.bq[i];
+            for (size_t i = 0; i < kvdim; ++i)
+              kr[i] += lv.bk[i];
+            for (size_t i = 0; i < kvdim; ++i)
+              vr[i] += lv.bv[i];
+          }
+          const float* cs = rope_cs.data() + r * hd;
+          for (uint32_t h = 0; h < c.heads; ++h)
+            cpu::rope_apply(qr + h * hd, c.head_dim, cs, cs + pairs, c.rope);
+          for (uint32_t h = 0; h < c.kv_heads; ++h)
+            cpu::rope_apply(kr + h * hd, c.head_dim, cs, cs + pairs, c.rope);
+        }
+      });
+      if (select && l == select->layer) {
+        lap(&ph.select_ms);
+        n = blend_select(p, l, *select);
+        lap(&ph.selected_ms);
+      }
+      pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
+        for (size_t r = b; r < e; ++r) {
+          const float* kr = k.data() + r * kvdim;
+          const float* vr = v.data() + r * kvdim;
+          for (uint32_t h = 0; h < c.kv_heads; ++h) {
+            for (uint32_t kv = 0; kv < 2; ++kv) {
+              std::byte* dst = kv_ptr(p, rows[r], l, kv, h);
+              const float* src = (kv == 0 ? kr : vr) + h * hd;
+              if (f16_kv)
+                cpu::f32_to_f16_row(src, reinterpret_cast<uint16_t*>(dst), hd);
+              else
+                std::memcpy(dst, src, hd * 4);
+            }
+          }
+        }
+      });
+
+      const int64_t t_attn = now_ns();
+      pool.parallel_for(tiles.size() * c.kv_heads, 1, [&](size_t b, size_t e, uint32_t t) {
+        auto& ts = attn[t];
+        for (size_t task = b; task < e; ++task) {
+          const row_tile& tile = tiles[task / c.kv_heads];
+          const uint32_t kvh = static_cast<uint32_t>(task % c.kv_heads);
+          const auto& blocks = tables[rows[tile.begin].seq];
+          const uint32_t ctx = rows[tile.end - 1].pos + 1;
+          const uint32_t nb = (ctx + bt - 1) / bt;
+          ts.k.resize(nb);
+          ts.v.resize(nb);
+          for (uint32_t i = 0; i < nb; ++i) {
+            std::byte* blk = p.block(blocks[i]);
+            ts.k[i] = blk + layout.offset(l, 0, kvh, 0);
+            ts.v[i] = blk + layout.offset(l, 1, kvh, 0);
+          }
+          ts.queries.clear();
+          for (uint32_t r = tile.begin; r < tile.end; ++r)
+            for (uint32_t h = kvh * group; h < (kvh + 1) * group; ++h)
+              ts.queries.push_back({q.data() + size_t{r} * qdim + h * hd,
+                                    att.data() + size_t{r} * qdim + h * hd, rows[r].pos + 1});
+          cpu::attend({ts.k, ts.v, bt, c.head_dim, layout.dtype_bytes}, ts.queries, scale,
+                      ts.scratch);
+        }
+      });
+      ph.attention_ms += (now_ns() - t_attn) / 1e6;
+
+      linears({{&lw.wo, xn.data()}}, att.data(), n);
+      for (size_t i = 0; i < n * dim; ++i)
+        x[i] += xn[i];
+      for (size_t r = 0; r < n; ++r)
+        cpu::rms_norm(x.data() + r * dim, lv.ffn_norm.data(), xn.data() + r * dim, dim, c.rms_eps);
+      linears({{&lw.w_gate, gate.data()}, {&lw.w_up, up.data()}}, xn.data(), n);
+      pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
+        cpu::silu_mul(gate.data() + b * c.ffn, up.data() + b * c.ffn, (e - b) * c.ffn);
+      });
+      linears({{&lw.w_down, xn.data()}}, gate.data(), n);
+      for (size_t i = 0; i < n * dim; ++i)
+        x[i] += xn[i];
+    }
+    lap(&ph.logits_ms);
+
+    for (size_t o = 0; o < out_rows.size(); ++o)
+      cpu::rms_norm(x.data() + out_rows[o] * dim, out_norm.data(), out_x.data() + o * dim, dim,
+                    c.rms_eps);
+    linears({{&w.output, logits.data()}}, out_x.data(), out_rows.size());
+    lap(nullptr);
+  }
+
   /// Runs `rows` through the model (their KV written into `pool`) and leaves the logits of
-  /// `out_rows` in `logits` [out_rows][vocab]. With `blend`, the rows shrink to the selected
-  /// ones on blend->layer (out_rows becomes the last row).
-  void forward(block_pool& p, blend_step* blend = nullptr) {
+  /// `out_rows` in `logits` [out_rows][vocab].
+  void forward(block_pool& p) {
     size_t n = rows.size();
     const size_t dim = c.dim, hd = c.head_dim, qdim = size_t{c.heads} * hd,
                  kvdim = size_t{c.kv_heads} * hd, pairs = hd / 2;
@@ -307,7 +467,6 @@ struct cpu_engine::impl {
             cpu::rope_apply(kr + h * hd, c.head_dim, cs, cs + pairs, c.rope);
         }
       });
-      if (blend && l == blend->layer) n = blend_select(p, l, *blend);
       pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
         for (size_t r = b; r < e; ++r) {
           const float* kr = k.data() + r * kvdim;
@@ -632,6 +791,7 @@ result<blend_outcome> cpu_engine::prefill_blend(block_pool& pool, const blend_pr
     step.req = &req;
     step.layer = std::min(req.select_layer, model_->config.layers - 1);
     const bool select =
+        req.policy == blend_policy::deviation &&
         selection_needs_deviation(req.segments, req.cached_prefix, req.recompute_ratio);
     blend_outcome out;
     if (select) {
@@ -640,22 +800,31 @@ result<blend_outcome> cpu_engine::prefill_blend(block_pool& pool, const blend_pr
         if (sg.reused)
           std::fill(step.reused_at.begin() + sg.begin, step.reused_at.begin() + sg.end, 1);
       out.select_layer_tokens = static_cast<uint32_t>(im.rows.size());
-      im.forward(pool, &step);
+      im.forward_blend(pool, &step, out.phases);
     } else {
       // The selection is known without deviations: keep only its rows from layer 0 on.
-      step.selection = select_recompute(req.segments, req.cached_prefix, {}, req.recompute_ratio,
-                                        req.first_tokens);
-      size_t kept = 0, next = 0;
-      for (size_t r = 0; r < im.rows.size(); ++r)
-        if (next < step.selection.positions.size() &&
-            step.selection.positions[next] == im.rows[r].pos) {
-          im.rows[kept++] = im.rows[r];
-          ++next;
-        }
-      im.rows.resize(kept);
-      im.out_rows.assign(1, static_cast<uint32_t>(kept - 1));
-      out.select_layer_tokens = static_cast<uint32_t>(kept);
-      im.forward(pool);
+      step.selection = req.policy == blend_policy::leading
+                           ? select_leading(req.segments, req.cached_prefix, req.recompute_ratio)
+                           : select_recompute(req.segments, req.cached_prefix, {},
+                                              req.recompute_ratio, req.first_tokens);
+      if (step.selection.positions.size() == im.rows.size()) {
+        // Every position: the ordinary forward pass (ratio 1 is a full prefill bit for bit).
+        const int64_t t0 = now_ns();
+        im.forward(pool);
+        out.phases.selected_ms = (now_ns() - t0) / 1e6;
+      } else {
+        size_t kept = 0, next = 0;
+        for (size_t r = 0; r < im.rows.size(); ++r)
+          if (next < step.selection.positions.size() &&
+              step.selection.positions[next] == im.rows[r].pos) {
+            im.rows[kept++] = im.rows[r];
+            ++next;
+          }
+        im.rows.resize(kept);
+        im.out_rows.assign(1, static_cast<uint32_t>(kept - 1));
+        im.forward_blend(pool, nullptr, out.phases);
+      }
+      out.select_layer_tokens = static_cast<uint32_t>(step.selection.positions.size());
     }
     auto row = im.logits_row(0);
     out.logits.assign(row.begin(), row.end());

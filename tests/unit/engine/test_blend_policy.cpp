@@ -130,3 +130,46 @@ TEST_CASE("blend: the last position is always computed, a cached prefix never", 
   auto ph = select_recompute(rag, 6, dev, 0.2f, 1);  // budget 2: doc B's first token, then 9
   CHECK(ph.positions == std::vector<uint32_t>{9, 10, 16, 17, 18, 19});
 }
+
+TEST_CASE("blend: the leading policy shares the budget by chunk length, from each start",
+          "[blend]") {
+  // Equal chunks: 6 of 12 reused positions, 3 from the start of each.
+  auto half = select_leading(rag, 0, 0.5f);
+  std::vector<uint32_t> want = {0, 1, 2, 3, 4, 5, 6, 10, 11, 12, 16, 17, 18, 19};
+  CHECK(half.positions == want);
+  CHECK(half.reused_tokens == 12);
+  CHECK(half.recomputed_reused == 6);
+  CHECK(select_leading(rag, 0, 0.0f).positions ==
+        std::vector<uint32_t>{0, 1, 2, 3, 16, 17, 18, 19});
+  CHECK(select_leading(rag, 0, 1.0f).positions == range(0, 20));
+
+  // Chunks of 10 and 5: budget 3 splits 2 + 1; budget 5 is 3.33 + 1.67, whose floors 3 + 1
+  // leave one position, to the larger remainder (the second chunk).
+  const std::vector<blend_segment> uneven = {
+      {0, 2, false}, {2, 12, true}, {12, 17, true}, {17, 18, false}};
+  CHECK(select_leading(uneven, 0, 0.2f).positions == std::vector<uint32_t>{0, 1, 2, 3, 12, 17});
+  auto five = select_leading(uneven, 0, 0.3f);
+  CHECK(five.positions == std::vector<uint32_t>{0, 1, 2, 3, 4, 12, 13, 17});
+  CHECK(five.recomputed_reused == 5);
+
+  // A cached prefix cutting chunk A: its rest [6, 10) is 4 of 10 reused positions, and its
+  // share starts where the prefix ends.
+  auto cut = select_leading(rag, 6, 0.5f);
+  CHECK(cut.reused_tokens == 10);
+  CHECK(cut.positions == std::vector<uint32_t>{6, 7, 10, 11, 12, 16, 17, 18, 19});
+
+  // A reused last segment: its last position is computed beyond the budget and counted.
+  const std::vector<blend_segment> tail = {{0, 3, false}, {3, 10, true}};
+  auto none = select_leading(tail, 0, 0.0f);
+  CHECK(none.positions == std::vector<uint32_t>{0, 1, 2, 9});
+  CHECK(none.recomputed_reused == 1);
+}
+
+TEST_CASE("blend: policies by name", "[blend]") {
+  for (auto p : {blend_policy::deviation, blend_policy::leading})
+    CHECK(test::value_or_fail(parse_blend_policy(blend_policy_name(p))) == p);
+  auto bad = parse_blend_policy("sparse");
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().code == errc::invalid_request);
+  CHECK_THAT(bad.error().message, Catch::Contains("'sparse'"));
+}

@@ -70,13 +70,14 @@ struct worker {
     uint32_t lookup = 0, hit = 0, recomputed = 0, hits = 0;
   };
 
-  served serve(const std::vector<token_id>& prompt, const std::vector<uint32_t>& ends,
-               float ratio) {
+  served serve(const std::vector<token_id>& prompt, const std::vector<uint32_t>& ends, float ratio,
+               blend_policy policy = blend_policy::deviation) {
     const auto n = static_cast<uint32_t>(prompt.size());
     auto seq = cache.allocate(pool.layout().blocks_for(n));
     REQUIRE(seq);
     auto segs = value_or_fail(segments_from_ends(ends, n));
     auto cp = plan_chunk_prefill(cache, prompt, segs, 0, ratio);
+    cp->policy = policy;
     prefill_chunk whole{prompt, 0, n, *seq, {}, nullptr, {}};
     served out;
     out.token = value_or_fail(run_chunk_prefill(eng, eng, pool, *cp, whole));
@@ -148,6 +149,17 @@ TEST_CASE("chunk prefill: documents cached once are reused in another order", "[
     CHECK(b.hits == 5);
     CHECK(b.recomputed > 0);
     CHECK(b.recomputed < b.hit);
+  }
+  SECTION("the leading policy recomputes what select_leading picks") {
+    auto b = w.serve(second.tokens, second.ends, 0.2f, blend_policy::leading);
+    CHECK(b.hits == 5);
+    auto segs =
+        value_or_fail(segments_from_ends(second.ends, static_cast<uint32_t>(second.tokens.size())));
+    for (auto& s : segs)
+      s.reused = true;
+    // 15 of the 75 reused tokens by length, and the question's last one beyond them.
+    CHECK(b.recomputed == select_leading(segs, 0, 0.2f).recomputed_reused);
+    CHECK(b.recomputed == 16);
   }
   SECTION("a new document is a fill beside the hits") {
     auto fresh = random_tokens(30, 26);

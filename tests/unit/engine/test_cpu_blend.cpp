@@ -370,3 +370,71 @@ TEST_CASE("cpu engine: a prompt whose chunks are partly cached", "[cpu][blend]")
     }
   }
 }
+
+TEST_CASE(
+    "cpu engine: the leading policy is a full prefill at ratio 1, and below it computes "
+    "its positions as decoding them one by one would",
+    "[cpu][blend]") {
+  cpu_engine e(make_random_model({dtype::f32, rope_style::halves, true, {}, 4}),
+               {.threads = 2, .kv_dtype_bytes = 4, .block_tokens = 16});
+  rag_prompt r;
+  const uint32_t n = r.size();
+  auto leading = [&](block_pool& pool, std::span<const block_id> seq, float ratio) {
+    return value_or_fail(
+        e.prefill_blend(pool, {r.tokens, r.segments, seq, 0, ratio, 1, 1, blend_policy::leading}));
+  };
+
+  block_pool full(e.info().layout, 16);
+  auto want = value_or_fail(e.prefill_last_logits(full, {r.tokens, 0, n, ids(0, 4), {}, {}}));
+  {
+    rag_pool rp(e, r);
+    rp.place(e);
+    auto got = leading(rp.pool, rp.seq, 1.0f);
+    CHECK(std::memcmp(got.logits.data(), want.data(), want.size() * 4) == 0);
+    CHECK(got.computed_tokens == n);
+    for (block_id b : rp.seq)
+      CHECK(std::memcmp(rp.pool.block(b), full.block(b), full.block_bytes()) == 0);
+  }
+
+  // 11 of 37 reused positions: 6 leading ones of doc A [10, 30), 5 of doc B [30, 47), so
+  // the computed rows skip positions (attention tiles with gaps).
+  const auto sel = select_leading(r.segments, 0, 0.3f);
+  REQUIRE(sel.recomputed_reused == 11);
+  rag_pool rp(e, r);
+  rp.place(e);
+  const auto before = snapshot(rp.pool);
+  auto got = leading(rp.pool, rp.seq, 0.3f);
+  CHECK(got.computed_tokens == sel.positions.size());
+  CHECK(got.select_layer_tokens == sel.positions.size());
+  CHECK(got.phases.full_width_ms == 0);
+  CHECK(got.phases.selected_ms > 0);
+
+  // The reference: the same positions decoded one at a time over the placed KV, each in
+  // every layer over the cache as the earlier ones left it.
+  rag_pool ref(e, r);
+  ref.place(e);
+  std::vector<float> last;
+  for (uint32_t p : sel.positions) {
+    decode_seq s{std::span<const token_id>(r.tokens).subspan(0, p + 1), ref.seq, {}, p + 1};
+    last = value_or_fail(e.decode_logits(ref.pool, {&s, 1}));
+  }
+  INFO("max logit difference " << max_abs_diff(got.logits, last));
+  CHECK(max_abs_diff(got.logits, last) < 1e-3f);
+  CHECK(max_abs_diff(got.logits, want) > 1e-3f);  // and it is not the full prefill
+  // Positions outside the selection keep their reused KV in every layer.
+  block_pool prior(e.info().layout, 16);
+  std::memcpy(prior.memory().data(), before.data(), before.size());
+  const auto& lay = e.info().layout;
+  std::vector<uint8_t> selected(n, 0);
+  for (uint32_t p : sel.positions)
+    selected[p] = 1;
+  for (uint32_t pos = 0; pos < n; ++pos)
+    for (uint32_t l = 0; l < lay.layers; ++l) {
+      INFO("position " << pos << " layer " << l);
+      if (selected[pos])
+        CHECK(max_abs_diff(kv_vec(rp.pool, rp.seq, pos, l, 0, 0),
+                           kv_vec(ref.pool, ref.seq, pos, l, 0, 0)) < 1e-3f);
+      else if (pos >= 10 && pos < 47)
+        CHECK(kv_vec(rp.pool, rp.seq, pos, l, 0, 0) == kv_vec(prior, rp.seq, pos, l, 0, 0));
+    }
+}
