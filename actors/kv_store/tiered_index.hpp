@@ -21,7 +21,7 @@ struct tiered_overlap {
   uint32_t disk_blocks = 0;  ///< of those, in the disk tier only
   /// Indices of the chunks asked about (overlap's `chunks`) it holds whole in its pool,
   /// ascending.
-  std::vector<uint32_t> chunks;
+  std::vector<uint32_t> chunks{};
 };
 
 class tiered_index {

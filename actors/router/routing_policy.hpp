@@ -102,7 +102,7 @@ struct route_candidate {
   /// Chunk reuse (issue 17): the segments of a segmented prompt whose chunk KV it holds
   /// whole in its pool (the kv-store's chunk lookup), in prompt order. Only a worker whose
   /// engine blends caches chunks, so for every other worker this stays empty.
-  std::vector<token_range> chunk_hits;
+  std::vector<token_range> chunk_hits{};
 };
 
 /// One candidate's score: the terms (seconds, unweighted) and the weighted total of the
