@@ -102,6 +102,10 @@ struct router_config {
   /// decode worker, or its prefill worker) may pull the prefix blocks another worker holds
   /// instead; the cost model counts such a fetch as reuse when it picks the workers.
   fetch_settings fetch;
+  /// Chunk reuse (issue 17): the share of a segmented prompt's reused chunk tokens the
+  /// workers recompute when a request names none (their `serve --recompute-ratio`), so the
+  /// cost model discounts a chunk hit by the recompute it still costs.
+  float recompute_ratio = 0.15f;
   /// Prefill speed of workers without an entry in `speeds`: the configured rate
   /// (router.prefill_tokens_per_s).
   prefill_speed default_speed;

@@ -284,9 +284,13 @@ struct kv_event {
   uint8_t tier = 0;  ///< kv_tier_level: 0 pool, 1 host, 2 disk
 };
 
-/// router -> kv_store (request): how many leading blocks of this chain each worker holds.
+/// router -> kv_store (request): how many leading blocks of this chain each worker holds,
+/// and which of a segmented prompt's chunks it holds (issue 17).
 struct overlap_query {
   std::vector<uint64_t> hashes;
+  /// The chunk_block_hashes of each segment the router asks about (engine/block_hash.hpp),
+  /// in prompt order; empty: the prompt is not segmented.
+  std::vector<std::vector<uint64_t>> chunks;
 };
 
 /// One worker's prefix overlap.
@@ -295,6 +299,9 @@ struct worker_overlap {
   uint32_t blocks = 0;       ///< leading blocks it holds, in its pool or its second tier
   uint32_t host_blocks = 0;  ///< of those, in its host tier (to onboard, not compute)
   uint32_t disk_blocks = 0;  ///< of those, in its disk tier
+  /// Indices into overlap_query::chunks of the chunks it holds whole in its pool,
+  /// ascending. A worker holding chunks but no leading block has blocks = 0.
+  std::vector<uint32_t> chunks;
 };
 
 /// kv_store -> router (reply to overlap_query).
@@ -728,12 +735,12 @@ typename F::result_type inspect(F& f, kv_event& x) {
 }
 template <class F>
 typename F::result_type inspect(F& f, overlap_query& x) {
-  return f(caf::meta::type_name("overlap_query"), x.hashes);
+  return f(caf::meta::type_name("overlap_query"), x.hashes, x.chunks);
 }
 template <class F>
 typename F::result_type inspect(F& f, worker_overlap& x) {
-  return f(caf::meta::type_name("worker_overlap"), x.worker, x.blocks, x.host_blocks,
-           x.disk_blocks);
+  return f(caf::meta::type_name("worker_overlap"), x.worker, x.blocks, x.host_blocks, x.disk_blocks,
+           x.chunks);
 }
 template <class F>
 typename F::result_type inspect(F& f, overlap_reply& x) {

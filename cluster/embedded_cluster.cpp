@@ -148,6 +148,9 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
   cfg.router.block_tokens = model.layout.block_tokens;
   cfg.router.eos = model.eos;
   cfg.router.cost.kv_bytes_per_block = model.layout.block_bytes();
+  // The decode worker resolves each request's recompute ratio: the cost model discounts
+  // chunk hits by the same one.
+  cfg.router.recompute_ratio = cfg.decode.recompute_ratio;
 
   auto im = std::make_unique<impl>();
   register_types(im->caf_cfg);

@@ -324,6 +324,17 @@ router_config to_router_config(const manifest& m) {
   c.fetch.overhead_s = m.router.fetch_overhead_ms / 1e3;
   c.default_speed.tokens_per_s = m.router.prefill_tokens_per_s;
   c.default_speed.source = "rate";
+  // The decode worker resolves a request's recompute ratio (for its remote prefill too):
+  // with several, the largest, so the cost model never credits a chunk hit more than a
+  // worker will save.
+  bool any_decode = false;
+  for (const auto& n : m.nodes)
+    for (const auto& a : n.actors)
+      if (const auto* d = a.decode()) {
+        const auto r = static_cast<float>(d->recompute_ratio);
+        c.recompute_ratio = any_decode ? std::max(c.recompute_ratio, r) : r;
+        any_decode = true;
+      }
   if (const auto& prof = m.router.profile_data) {
     for (const auto& n : m.nodes)
       for (const auto& a : n.actors) {

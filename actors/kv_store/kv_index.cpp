@@ -258,6 +258,29 @@ std::vector<std::pair<worker_id, uint32_t>> kv_index::overlap(
   return out;
 }
 
+std::vector<worker_id> kv_index::holding_all(std::span<const uint64_t> hashes) const {
+  std::vector<worker_id> out;
+  if (hashes.empty()) return out;
+  const uint64_t* first = find(hashes[0]);
+  if (!first) return out;
+  std::vector<uint64_t> alive(first, first + words_);
+  for (size_t i = 1; i < hashes.size(); ++i) {
+    const uint64_t* b = find(hashes[i]);
+    if (!b) return out;
+    bool any = false;
+    for (size_t w = 0; w < words_; ++w) {
+      alive[w] &= b[w];
+      any = any || alive[w] != 0;
+    }
+    if (!any) return out;
+  }
+  for (size_t w = 0; w < words_; ++w)
+    for (uint64_t bits = alive[w]; bits; bits &= bits - 1)
+      out.push_back(worker_of_[w * 64 + static_cast<size_t>(std::countr_zero(bits))]);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 size_t kv_index::memory_bytes() const {
   return table_.capacity() * sizeof(uint64_t) + zero_.bits.capacity() * sizeof(uint64_t) +
          worker_of_.capacity() * sizeof(worker_id) + held_.capacity() * sizeof(uint64_t) +

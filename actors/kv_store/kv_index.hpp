@@ -32,6 +32,9 @@ class kv_index {
   /// For each worker holding the first block of `chain`: how many leading blocks of the
   /// chain it holds without a gap. Sorted by worker id.
   std::vector<std::pair<worker_id, uint32_t>> overlap(std::span<const uint64_t> chain) const;
+  /// The workers holding every block of `hashes` (a cached chunk: issue 17), sorted by
+  /// worker id. Empty for no hashes. Stops at the first block no remaining worker holds.
+  std::vector<worker_id> holding_all(std::span<const uint64_t> hashes) const;
   /// Whether `worker` holds the block with hash `h`.
   bool holds(worker_id worker, uint64_t h) const;
   /// Number of (hash, worker) entries.

@@ -34,8 +34,9 @@ caf::behavior kv_store(caf::stateful_actor<kv_store_state>* self, worker_info in
       },
       [self](const overlap_query& q) {
         overlap_reply r;
-        for (const auto& o : self->state.index.overlap(q.hashes))
-          r.workers.push_back({o.worker, o.blocks, o.host_blocks, o.disk_blocks});
+        for (auto& o : self->state.index.overlap(q.hashes, q.chunks))
+          r.workers.push_back(
+              {o.worker, o.blocks, o.host_blocks, o.disk_blocks, std::move(o.chunks)});
         return r;
       },
       [self](const membership& m) {

@@ -28,7 +28,7 @@ std::vector<tiered_overlap> tiered_index::overlap(std::span<const uint64_t> chai
   auto pool_runs = pool.overlap(chain);
   if (host.entries() == 0 && disk.entries() == 0) {
     for (auto [w, n] : pool_runs)
-      out.push_back({w, n, 0, 0});
+      out.push_back({w, n, 0, 0, {}});
     return out;
   }
   // Candidates: every worker holding the first block somewhere. Each continues its pool
@@ -40,7 +40,7 @@ std::vector<tiered_overlap> tiered_index::overlap(std::span<const uint64_t> chai
   std::sort(cands.begin(), cands.end());
   cands.erase(std::unique(cands.begin(), cands.end()), cands.end());
   for (auto w : cands) {
-    tiered_overlap o{w, 0, 0, 0};
+    tiered_overlap o{w, 0, 0, 0, {}};
     auto it = std::lower_bound(pool_runs.begin(), pool_runs.end(), w,
                                [](const auto& p, worker_id v) { return p.first < v; });
     if (it != pool_runs.end() && it->first == w) o.blocks = it->second;
@@ -58,6 +58,19 @@ std::vector<tiered_overlap> tiered_index::overlap(std::span<const uint64_t> chai
     }
     out.push_back(o);
   }
+  return out;
+}
+
+std::vector<tiered_overlap> tiered_index::overlap(
+    std::span<const uint64_t> chain, std::span<const std::vector<uint64_t>> chunks) const {
+  auto out = overlap(chain);
+  for (uint32_t c = 0; c < chunks.size(); ++c)
+    for (auto w : levels_[0].holding_all(chunks[c])) {
+      auto it = std::lower_bound(out.begin(), out.end(), w,
+                                 [](const tiered_overlap& o, worker_id v) { return o.worker < v; });
+      if (it == out.end() || it->worker != w) it = out.insert(it, tiered_overlap{w, 0, 0, 0, {}});
+      it->chunks.push_back(c);
+    }
   return out;
 }
 

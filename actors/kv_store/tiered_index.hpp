@@ -19,6 +19,9 @@ struct tiered_overlap {
   uint32_t blocks = 0;       ///< leading blocks held, in any level, without a gap
   uint32_t host_blocks = 0;  ///< of those, in the host tier only
   uint32_t disk_blocks = 0;  ///< of those, in the disk tier only
+  /// Indices of the chunks asked about (overlap's `chunks`) it holds whole in its pool,
+  /// ascending.
+  std::vector<uint32_t> chunks{};
 };
 
 class tiered_index {
@@ -32,6 +35,14 @@ class tiered_index {
   /// holds across levels (a block in the pool counts there even if a tier has a copy).
   /// Sorted by worker id. Without tiered blocks this is the pool index's own overlap.
   std::vector<tiered_overlap> overlap(std::span<const uint64_t> chain) const;
+  /// As overlap(chain), and which of a segmented prompt's `chunks` (each a chunk's
+  /// chunk_block_hashes, engine/block_hash.hpp) every worker holds whole: the router scores
+  /// chunk hits beside prefix hits (issue 17). A worker holding a chunk but no leading block
+  /// appears with blocks = 0. Chunks count in the pool only: a worker looks a chunk up in its
+  /// cache, and a chunk partly in the second tier is not credited (the router does not price
+  /// its onboarding).
+  std::vector<tiered_overlap> overlap(std::span<const uint64_t> chain,
+                                      std::span<const std::vector<uint64_t>> chunks) const;
   const kv_index& level(kv_tier_level t) const { return levels_[static_cast<size_t>(t)]; }
 
  private:

@@ -30,6 +30,7 @@
 #include "common/clock.hpp"
 #include "common/stats.hpp"
 #include "engine/block_hash.hpp"
+#include "engine/chunk_prefill.hpp"
 
 namespace tokenmill {
 namespace {
@@ -105,6 +106,9 @@ struct router_state {
   uint64_t overlap_queries = 0;
   uint64_t overlap_failures = 0;  ///< queries that failed or timed out (routed without)
   uint64_t routed_to_cache = 0;   ///< requests sent to a worker holding part of the prefix
+  /// Requests whose computing worker (prefill, or decode for a local prefill) holds some of
+  /// their segments' chunks (issue 17).
+  uint64_t routed_to_chunks = 0;
   /// Prompt tokens at prefill workers, by request (client id) and worker.
   prefill_backlog backlog;
   /// Uncached prompt tokens of local prefills, by request and decode worker: the queue
@@ -251,8 +255,10 @@ const prefill_speed* speed_of(const router_config& cfg, const std::string& name)
 }
 
 /// A candidate for worker `w` with the prompt's prefix it holds (in its pool and second
-/// tier), per the kv-store's answer.
-route_candidate candidate(const std::vector<worker_overlap>& overlap, worker_id w, uint64_t queued,
+/// tier) and the segments whose chunks it holds (`segments`: the ranges the query's chunks
+/// were of), per the kv-store's answer.
+route_candidate candidate(const std::vector<worker_overlap>& overlap,
+                          std::span<const token_range> segments, worker_id w, uint64_t queued,
                           uint32_t active, bool draining, const prefill_speed* speed) {
   route_candidate c{w, 0, queued, active, draining, speed};
   for (const auto& o : overlap)
@@ -260,8 +266,28 @@ route_candidate candidate(const std::vector<worker_overlap>& overlap, worker_id 
       c.overlap_blocks = o.blocks;
       c.host_blocks = o.host_blocks;
       c.disk_blocks = o.disk_blocks;
+      for (auto i : o.chunks)
+        if (i < segments.size()) c.chunk_hits.push_back(segments[i]);
     }
   return c;
+}
+
+/// The segments of a segmented request whose chunks are worth asking the kv-store about:
+/// those a worker whose engine blends looks up in its chunk cache (kv_worker::blends: at
+/// least two segment ends), unless the recompute ratio that will apply is 1 (a blend at 1
+/// recomputes every token: a chunk hit saves nothing). Empty otherwise, or when the ends do
+/// not fit the prompt (the workers then prefill it in full).
+std::vector<token_range> chunk_segments(const generate_request& req, float default_ratio) {
+  std::vector<token_range> out;
+  const auto& ends = req.options.segment_ends;
+  if (ends.size() < 2) return out;
+  if (resolve_recompute_ratio(req.options.recompute_ratio, default_ratio) >= 1.0f) return out;
+  auto segs = segments_from_ends(ends, static_cast<uint32_t>(req.prompt.size()));
+  if (!segs) return out;
+  out.reserve(segs->size());
+  for (const auto& sg : *segs)
+    out.push_back({sg.begin, sg.end});
+  return out;
 }
 
 /// The cost model's scores as the trace and `tokenmill top` show them (ms, by name).
@@ -298,7 +324,8 @@ std::vector<routing_score> score_record(const router_state& st, const route_plan
 /// (routing_policy.hpp): the decode worker (not `avoid` when another is up) and, for a
 /// remote prefill, the prefill worker.
 void route(router_ptr self, request_id cid, generate_request req,
-           const std::vector<worker_overlap>& overlap, std::optional<worker_id> avoid) {
+           const std::vector<worker_overlap>& overlap, std::span<const token_range> segments,
+           std::optional<worker_id> avoid) {
   auto& st = self->state;
   auto rit = st.requests.find(cid);
   if (rit == st.requests.end()) return;
@@ -308,14 +335,16 @@ void route(router_ptr self, request_id cid, generate_request req,
   dc.reserve(st.decodes.size());
   for (const auto& [wid, w] : st.decodes)
     if (!avoid || wid != *avoid || taking_work(st.decodes) == 1)
-      dc.push_back(
-          candidate(overlap, wid, st.local_backlog.queued(wid), w.active, w.draining, w.speed));
+      dc.push_back(candidate(overlap, segments, wid, st.local_backlog.queued(wid), w.active,
+                             w.draining, w.speed));
   std::vector<route_candidate> pc;
   pc.reserve(st.prefills.size());
   for (const auto& [wid, w] : st.prefills)
-    pc.push_back(candidate(overlap, wid, st.backlog.queued(wid), 0, w.draining, w.speed));
+    pc.push_back(candidate(overlap, segments, wid, st.backlog.queued(wid), 0, w.draining, w.speed));
+  // The ratio the computing worker will blend at: the request's, else the workers' default.
+  const float ratio = resolve_recompute_ratio(req.options.recompute_ratio, st.cfg.recompute_ratio);
   auto plan = plan_route(dc, pc, prompt_tokens, st.cfg.block_tokens, st.cfg.local_prefill_threshold,
-                         st.cfg.cost, &st.cfg.fetch);
+                         st.cfg.cost, &st.cfg.fetch, ratio);
   if (!plan.decode) {
     if (rs.migrations == 0) {
       fail_request(self, cid, errc::no_workers,
@@ -336,6 +365,9 @@ void route(router_ptr self, request_id cid, generate_request req,
   const auto& d = dc[*plan.decode];
   const bool local = !plan.prefill;
   bool to_cache = d.overlap_blocks > 0;
+  const auto& computing =
+      local ? plan.decode_scores[*plan.decode] : plan.prefill_scores[*plan.prefill];
+  if (computing.chunk_tokens > 0) ++st.routed_to_chunks;
   caf::actor prefill;
   rs.prefill_name.clear();
   // The backlog counts only what the computing worker will prefill: not the prefix it
@@ -359,8 +391,6 @@ void route(router_ptr self, request_id cid, generate_request req,
   // what the computing worker (the decode worker for a local prefill, else the prefill
   // worker) holds, when the cost model found pulling it cheaper than prefilling it. The
   // decode worker passes the hint on to its prefill worker with the job.
-  const auto& computing =
-      local ? plan.decode_scores[*plan.decode] : plan.prefill_scores[*plan.prefill];
   if (computing.fetch_source) {
     const size_t src = *computing.fetch_source;
     const bool from_prefill = src >= dc.size();
@@ -406,16 +436,24 @@ void route_with_overlap(router_ptr self, request_id cid, generate_request req,
                         std::optional<worker_id> avoid) {
   auto& st = self->state;
   ++st.overlap_queries;
-  overlap_query q{block_hashes(req.prompt, st.cfg.block_tokens)};
+  overlap_query q{block_hashes(req.prompt, st.cfg.block_tokens), {}};
+  // Chunk reuse (issue 17): each segment's chunk hashes, as the workers cache them
+  // (chunk_prefill.hpp), asked in the same round trip.
+  auto segments =
+      std::make_shared<std::vector<token_range>>(chunk_segments(req, st.cfg.recompute_ratio));
+  const std::span<const token_id> prompt(req.prompt);
+  for (const auto& sg : *segments)
+    q.chunks.push_back(
+        chunk_block_hashes(prompt.subspan(sg.begin, sg.end - sg.begin), st.cfg.block_tokens));
   auto shared = std::make_shared<generate_request>(std::move(req));
   auto gen = st.requests.at(cid).migrations;
-  auto resume = [self, shared, cid, gen, avoid](std::vector<worker_overlap> overlap) {
+  auto resume = [self, shared, segments, cid, gen, avoid](std::vector<worker_overlap> overlap) {
     auto& st = self->state;
     auto it = st.requests.find(cid);
     if (it == st.requests.end() || it->second.phase != request_phase::routing ||
         it->second.migrations != gen)
       return;
-    route(self, cid, std::move(*shared), overlap, avoid);
+    route(self, cid, std::move(*shared), overlap, *segments, avoid);
   };
   self->request(st.kv_store, st.cfg.overlap_timeout, std::move(q))
       .then([resume](overlap_reply& r) { resume(std::move(r.workers)); },
@@ -442,7 +480,7 @@ void dispatch(router_ptr self, request_id cid, generate_request req,
        overlap_matters(known, prompt, st.cfg.block_tokens, decodes + prefills, 0, 0)))
     route_with_overlap(self, cid, std::move(req), avoid);
   else
-    route(self, cid, std::move(req), {}, avoid);
+    route(self, cid, std::move(req), {}, {}, avoid);
 }
 
 /// The current attempt of request `cid` is gone for `why` (the caller has cancelled it on
@@ -824,7 +862,8 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
             "{} decode, {} prefill workers ({} draining); {} rejected (overloaded; {} by "
             "estimated wait, {} waiting, {:.1f} started/s, unloaded start {} ms); {} routed to a "
             "cached "
-            "prefix ({} overlap queries, {} failed); {} told to fetch a prefix; {} migrated, {} "
+            "prefix ({} overlap queries, {} failed); {} to cached chunks; {} told to fetch a "
+            "prefix; {} migrated, {} "
             "lost, {} timed out; {} "
             "attempts tracked",
             st.decodes.size(), st.prefills.size(),
@@ -833,8 +872,8 @@ caf::behavior router(router_ptr self, worker_info info, router_config cfg, caf::
             st.rejected, st.rejected_adaptive, st.admission.waiting(),
             st.admission.service_rate().value_or(0),
             st.admission.unloaded_start_ns().value_or(0) / 1'000'000, st.routed_to_cache,
-            st.overlap_queries, st.overlap_failures, st.routed_fetch, st.migrated, st.lost,
-            st.timed_out, st.attempts.size());
+            st.overlap_queries, st.overlap_failures, st.routed_to_chunks, st.routed_fetch,
+            st.migrated, st.lost, st.timed_out, st.attempts.size());
         return ws;
       },
   };

@@ -1,6 +1,7 @@
 #include "actors/router/routing_policy.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <iterator>
 
 #include "actors/prefix_reuse.hpp"
@@ -118,20 +119,73 @@ class fetch_planner {
   std::vector<memo> memo_;
 };
 
-/// Records fetch plan `f` in a computing candidate's score: the fetched blocks count as
-/// reuse (prefill of the rest only), the fetch as a transfer.
-void apply_fetch(candidate_score& sc, const fetch_plan& f, const route_candidate& c,
-                 uint32_t prompt_tokens, uint32_t block_tokens) {
+/// How a worker that computes the prompt would do it: from the exact prefix it reuses
+/// (its own, or fetched), plus its chunk hits past that prefix.
+struct compute_plan {
+  bool fetch = false;    ///< the fetch plan is used
+  uint32_t prefix = 0;   ///< exact prefix tokens (cached or fetched)
+  uint32_t chunk = 0;    ///< chunk-hit tokens past the prefix
+  uint32_t saved = 0;    ///< of those, not recomputed
+  double prefill_s = 0;  ///< time to compute the rest
+  uint32_t reused() const { return prefix + saved; }
+};
+
+/// The cheaper of computing after its own cached prefix and after fetch plan `f` (when it
+/// has a source), each with the chunk hits past that prefix. Without chunk hits the fetch
+/// wins exactly when plan_fetch found a gain.
+compute_plan plan_compute(const route_candidate& c, const fetch_plan& f, uint32_t own_prefix,
+                          uint32_t prompt_tokens, uint32_t block_tokens, float ratio,
+                          const routing_weights& w) {
+  auto at = [&](uint32_t prefix) {
+    compute_plan p;
+    p.prefix = prefix;
+    p.chunk = chunk_hit_tokens(c.chunk_hits, prefix);
+    // The prompt's last position is always computed (its logits give the first token).
+    const uint32_t rest = prompt_tokens > prefix ? prompt_tokens - prefix : 0;
+    p.saved = std::min(chunk_credit_tokens(p.chunk, ratio), rest > 0 ? rest - 1 : 0);
+    p.prefill_s = uncached_prefill_seconds(speed_of(c), prompt_tokens, p.reused());
+    return p;
+  };
+  auto own = at(own_prefix);
+  if (!f.source) return own;
+  auto fetched = at(first_computed_token(f.end_block, block_tokens));
+  fetched.fetch = true;
+  return w.prefill * fetched.prefill_s + w.transfer * f.transfer_s < w.prefill * own.prefill_s
+             ? fetched
+             : own;
+}
+
+/// Records compute plan `p` (with fetch plan `f` when it uses it) in a computing
+/// candidate's score: the fetched blocks and the chunk hits not recomputed count as reuse
+/// (prefill of the rest only), the fetch as a transfer.
+void apply_compute(candidate_score& sc, const compute_plan& p, const fetch_plan& f) {
+  sc.prefill_s = p.prefill_s;
+  sc.chunk_tokens = p.chunk;
+  sc.chunk_saved_tokens = p.saved;
+  if (!p.fetch) return;
   sc.fetch_source = f.source;
   sc.fetch_first = f.first_block;
   sc.fetch_end = f.end_block;
   sc.fetch_s = f.transfer_s;
   sc.fetch_saved_s = f.saved_s;
-  sc.prefill_s = uncached_prefill_seconds(speed_of(c), prompt_tokens,
-                                          first_computed_token(f.end_block, block_tokens));
 }
 
 }  // namespace
+
+uint32_t chunk_hit_tokens(std::span<const token_range> hits, uint32_t prefix) {
+  uint32_t n = 0;
+  for (const auto& h : hits)
+    if (h.begin >= prefix && h.end > h.begin) n += h.end - h.begin;
+  return n;
+}
+
+uint32_t chunk_credit_tokens(uint32_t hit_tokens, float recompute_ratio) {
+  if (!(recompute_ratio < 1.0f)) return 0;  // 1 (or more, or NaN): everything is recomputed
+  const double r = std::max(0.0, double{recompute_ratio});
+  // As recompute_budget rounds the recomputed share.
+  const auto recomputed = static_cast<uint32_t>(std::llround(r * static_cast<double>(hit_tokens)));
+  return hit_tokens - std::min(hit_tokens, recomputed);
+}
 
 double uncached_prefill_seconds(const prefill_speed& s, uint32_t prompt, uint32_t cached) {
   if (cached >= prompt) return 0;
@@ -155,7 +209,7 @@ double onboard_seconds(const route_candidate& c, uint32_t reused, const cost_mod
 route_plan plan_route(std::span<const route_candidate> decodes,
                       std::span<const route_candidate> prefills, uint32_t prompt_tokens,
                       uint32_t block_tokens, uint32_t local_prefill_threshold,
-                      const cost_model& model, const fetch_settings* fetch) {
+                      const cost_model& model, const fetch_settings* fetch, float recompute_ratio) {
   const auto& w = model.weights;
   route_plan plan;
   fetch_planner fetches(decodes, prefills, prompt_tokens, block_tokens, model, fetch);
@@ -169,10 +223,12 @@ route_plan plan_route(std::span<const route_candidate> decodes,
     sc.prefill_worker = true;
     sc.eligible = !c.draining;
     sc.cached_tokens = cached_tokens(c.overlap_blocks, prompt_tokens, block_tokens);
-    sc.prefill_s = uncached_prefill_seconds(speed_of(c), prompt_tokens, sc.cached_tokens);
     sc.queue_s = queue_seconds(c);
     sc.onboard_s = block_tokens ? onboard_seconds(c, sc.cached_tokens / block_tokens, model) : 0;
-    if (auto f = fetches.plan(c); f.source) apply_fetch(sc, f, c, prompt_tokens, block_tokens);
+    const auto f = fetches.plan(c);
+    apply_compute(
+        sc, plan_compute(c, f, sc.cached_tokens, prompt_tokens, block_tokens, recompute_ratio, w),
+        f);
     sc.total =
         w.prefill * sc.prefill_s + w.queue * sc.queue_s + w.transfer * (sc.onboard_s + sc.fetch_s);
     plan.prefill_scores.push_back(sc);
@@ -195,15 +251,15 @@ route_plan plan_route(std::span<const route_candidate> decodes,
     sc.cached_tokens = cached_tokens(c.overlap_blocks, prompt_tokens, block_tokens);
     sc.load_s = static_cast<double>(c.active) * model.load_s_per_request;
     sc.onboard_s = block_tokens ? onboard_seconds(c, sc.cached_tokens / block_tokens, model) : 0;
-    // A local prefill may fetch first: the fetched tokens count as cached for the threshold.
+    // A local prefill may fetch first and reuse chunks: the fetched tokens and the chunk
+    // tokens not recomputed count as cached for the threshold.
     const auto f = fetches.plan(c);
-    const uint32_t reusable =
-        f.source ? first_computed_token(f.end_block, block_tokens) : sc.cached_tokens;
+    const auto p =
+        plan_compute(c, f, sc.cached_tokens, prompt_tokens, block_tokens, recompute_ratio, w);
     sc.local =
-        prefill_locally(prompt_tokens, reusable, local_prefill_threshold, best_p.has_value());
+        prefill_locally(prompt_tokens, p.reused(), local_prefill_threshold, best_p.has_value());
     if (sc.local) {
-      sc.prefill_s = uncached_prefill_seconds(speed_of(c), prompt_tokens, sc.cached_tokens);
-      if (f.source) apply_fetch(sc, f, c, prompt_tokens, block_tokens);
+      apply_compute(sc, p, f);
       sc.queue_s = queue_seconds(c);
       sc.total = w.prefill * sc.prefill_s + w.queue * sc.queue_s + w.load * sc.load_s +
                  w.transfer * (sc.onboard_s + sc.fetch_s);
@@ -232,6 +288,7 @@ uint32_t computed_tokens(const route_plan& plan, uint32_t prompt_tokens, uint32_
       plan.prefill ? plan.prefill_scores[*plan.prefill] : plan.decode_scores[*plan.decode];
   uint32_t reused = sc.cached_tokens;
   if (sc.fetch_source) reused = std::max(reused, first_computed_token(sc.fetch_end, block_tokens));
+  reused += sc.chunk_saved_tokens;
   return prompt_tokens - std::min(prompt_tokens, reused);
 }
 

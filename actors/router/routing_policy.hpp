@@ -79,6 +79,12 @@ struct fetch_settings {
   uint32_t min_blocks = 1;
 };
 
+/// A run of prompt positions [begin, end): one segment of a prompt given as segments.
+struct token_range {
+  uint32_t begin = 0, end = 0;
+  friend bool operator==(const token_range&, const token_range&) = default;
+};
+
 /// A worker as the router sees it when routing one request.
 struct route_candidate {
   worker_id id = 0;
@@ -93,6 +99,10 @@ struct route_candidate {
   /// Of overlap_blocks, those only in its second tier: reused by onboarding (a copy at
   /// cost_model's onboard rates), not by pinning.
   uint32_t host_blocks = 0, disk_blocks = 0;
+  /// Chunk reuse (issue 17): the segments of a segmented prompt whose chunk KV it holds
+  /// whole in its pool (the kv-store's chunk lookup), in prompt order. Only a worker whose
+  /// engine blends caches chunks, so for every other worker this stays empty.
+  std::vector<token_range> chunk_hits{};
 };
 
 /// One candidate's score: the terms (seconds, unweighted) and the weighted total of the
@@ -104,6 +114,10 @@ struct candidate_score {
   bool eligible = true;         ///< false: draining, not scored
   bool local = false;           ///< decode worker: its plan prefills locally
   uint32_t cached_tokens = 0;   ///< prompt tokens it would reuse from its cache
+  /// Chunk reuse (issue 17), when it computes the prompt: tokens of the segments it would
+  /// take from its chunk cache (those past the prefix it reuses or fetches), and of those
+  /// the ones not computed again (chunk_credit_tokens: the rest is recomputed).
+  uint32_t chunk_tokens = 0, chunk_saved_tokens = 0;
   double prefill_s = 0, queue_s = 0, transfer_s = 0, load_s = 0;
   double onboard_s = 0;  ///< copying its reused second-tier blocks back (weight: transfer)
   double total = 0;      ///< weighted sum (decode, remote plan: + the chosen prefill worker's)
@@ -133,6 +147,23 @@ struct route_plan {
 /// says how many, not where in the run they are). 0 without tiered blocks or block size.
 double onboard_seconds(const route_candidate& c, uint32_t reused, const cost_model& model);
 
+/// Prompt tokens a worker whose exact prefix (prefix cache, or fetched) covers
+/// [0, `prefix`) takes from its chunk cache: the whole of every held segment that starts at
+/// or past `prefix`. A segment the prefix cuts is computed, not looked up
+/// (plan_chunk_prefill in engine/chunk_prefill.hpp), so no token counts as both a prefix and
+/// a chunk hit.
+uint32_t chunk_hit_tokens(std::span<const token_range> hits, uint32_t prefix);
+
+/// Of `hit_tokens` chunk-hit tokens blended at `recompute_ratio` (clamped to [0, 1]), the
+/// ones not computed: hit_tokens − round(ratio × hit_tokens), i.e. hit_tokens × (1 − ratio).
+/// A blend recomputes recompute_budget (engine/blend.hpp) = round(ratio × the reused
+/// tokens) in every layer, so that share costs as much as computing it. What the blend spends
+/// besides (the KV moves, and in (0, 1) the one full-width selection layer out of the model's L,
+/// about 1/L of a prefill of the reused tokens) is left out: the router knows no layer count, the
+/// move is a copy, and a chunk hit must not look worse than it is next to a partial prefix hit.
+/// Ratio 1 recomputes everything: no credit.
+uint32_t chunk_credit_tokens(uint32_t hit_tokens, float recompute_ratio);
+
 /// Scores every candidate and picks the cheapest plan. A prefill worker costs its
 /// uncached prefill time, its onboarding, plus its queue; a decode worker costs its load,
 /// its onboarding, plus either its
@@ -145,16 +176,23 @@ double onboard_seconds(const route_candidate& c, uint32_t reused, const cost_mod
 /// plan_fetch (fetch_policy.hpp) finds among all other candidates, and its uncached part is
 /// then the fetch's time (weight: transfer) plus the prefill of the rest, whenever that is
 /// cheaper; for local prefill's threshold the fetched tokens count as cached.
+/// Chunk reuse (issue 17): a worker that would compute the prompt also reuses its
+/// `chunk_hits` past the prefix it reuses (or fetches): chunk_credit_tokens of them at
+/// `recompute_ratio` (the one that will apply) count as cached in its prefill time, in local
+/// prefill's threshold and in computed_tokens; a fetch is then kept only when it still beats
+/// computing. Ratio 1 (the default) gives chunk hits no credit.
 route_plan plan_route(std::span<const route_candidate> decodes,
                       std::span<const route_candidate> prefills, uint32_t prompt_tokens,
                       uint32_t block_tokens, uint32_t local_prefill_threshold,
-                      const cost_model& model, const fetch_settings* fetch = nullptr);
+                      const cost_model& model, const fetch_settings* fetch = nullptr,
+                      float recompute_ratio = 1.0f);
 
 /// Prompt tokens the worker that computes the prompt under `plan` will prefill: the chosen
 /// prefill worker, or the decode worker for a local prefill. The prompt less what that
 /// worker reuses from its own cache (cached_tokens) or fetches from a peer (up to
-/// fetch_end): what the router's backlog (prefill_backlog.hpp) counts as queued at it, so
-/// that a worker serving cached or fetched prefixes does not look busier than it is.
+/// fetch_end), less the chunk-hit tokens it does not recompute (chunk_saved_tokens): what
+/// the router's backlog (prefill_backlog.hpp) counts as queued at it, so that a worker
+/// serving cached or fetched prefixes or cached chunks does not look busier than it is.
 /// 0 when the plan has no decode worker.
 uint32_t computed_tokens(const route_plan& plan, uint32_t prompt_tokens, uint32_t block_tokens);
 

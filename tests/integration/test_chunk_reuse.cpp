@@ -99,6 +99,34 @@ TEST_CASE("chunk reuse: documents in another order are chunk hits, ratio 1 is ex
   }
 }
 
+TEST_CASE("chunk reuse: the router sends documents cached as chunks to the worker holding them",
+          "[integration][chunks]") {
+  // Two prefill workers: the kv-store indexes the chunks the first request cached on one of
+  // them, and the router, asking for the reordered request's chunks in its overlap query,
+  // scores them as reuse there.
+  server srv(cpu_server(tiny_random_model(), 2));
+  rag first({0, 1, 2});
+  auto a = generate_json(srv, first.args());
+  const auto holder = a["server"]["prefill_worker"].get<std::string>();
+  REQUIRE_FALSE(holder.empty());
+  rag second({2, 0, 1});
+  auto b = generate_json(srv, second.args({"--recompute-ratio", "0.2"}));
+  CHECK(b["server"]["prefill_worker"] == holder);
+  auto st = srv.status();
+  REQUIRE(st.is_object());
+  INFO(st.dump());
+  uint64_t holder_hits = 0, other_hits = 0;
+  for (const auto& w : st.at("workers"))
+    if (w.value("role", "") == "prefill")
+      (w.value("name", "") == holder ? holder_hits : other_hits) +=
+          w.value("chunk_hit_tokens", uint64_t{0});
+  CHECK(holder_hits >= 23 + 31 + 19);  // every document was a hit there
+  CHECK(other_hits == 0);
+  // The router saw the chunks through the kv-store (not by a tie going its way).
+  CHECK_THAT(worker(st, "router")["detail"].get<std::string>(),
+             Catch::Contains("1 to cached chunks"));
+}
+
 TEST_CASE("chunk reuse: bad segment input is refused naming the field", "[integration][chunks]") {
   server srv(cpu_server(tiny_random_model(), 0));
   SECTION("RPC") {

@@ -123,3 +123,31 @@ TEST_CASE("kv_store: blocks in a worker's second tier count, and say which level
   CHECK_THAT(ws.detail, Catch::Contains("second tier: 0 host, 1 disk holder entries"));
   expect_no_message(h.self, "after the queries");
 }
+
+TEST_CASE("kv_store: one query answers prefix overlap and the chunks each worker holds",
+          "[kv_store_actor][chunks]") {
+  kv_store_harness h;
+  // Two 6-token documents as chunks (blocks of 4: a full block and a partial one each).
+  const auto doc_a = chunk_block_hashes(prompt_of(6), 4);
+  auto tokens_b = prompt_of(6);
+  tokens_b[0] = 999;
+  const auto doc_b = chunk_block_hashes(tokens_b, 4);
+  REQUIRE(doc_a.size() == 2);
+  h.self->send(h.kv, kv_event{10, true, h.part(0, 2)});
+  h.self->send(h.kv, kv_event{10, true, doc_b});
+  h.self->send(h.kv, kv_event{11, true, doc_a});
+  h.self->send(h.kv, kv_event{11, true, doc_b});
+  h.self->send(h.kv, kv_event{12, true, {doc_a[0]}});  // half a chunk: no hit
+  std::optional<overlap_reply> got;
+  h.self->request(h.kv, receive_timeout, overlap_query{h.chain, {doc_a, doc_b}})
+      .receive([&](overlap_reply& r) { got = std::move(r); }, [](caf::error&) {});
+  REQUIRE(got);
+  REQUIRE(got->workers.size() == 2);
+  CHECK(got->workers[0].worker == 10);
+  CHECK(got->workers[0].blocks == 2);
+  CHECK(got->workers[0].chunks == std::vector<uint32_t>{1});
+  CHECK(got->workers[1].worker == 11);
+  CHECK(got->workers[1].blocks == 0);  // no leading block, yet a candidate for its chunks
+  CHECK(got->workers[1].chunks == std::vector<uint32_t>{0, 1});
+  expect_no_message(h.self, "after the query");
+}

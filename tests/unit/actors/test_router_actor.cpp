@@ -1305,3 +1305,55 @@ TEST_CASE("router: a remote prefill is told to fetch the prefix its decode worke
   CHECK(f.total_ms == Approx(8 - 0.502));
   CHECK_THAT(query_status(h.self, h.router).detail, Catch::Contains("1 told to fetch a prefix"));
 }
+
+TEST_CASE("router: a segmented prompt asks for its chunks in the same query and follows them",
+          "[router_actor][chunks]") {
+  router_config cfg;
+  cfg.local_prefill_threshold = 8;
+  cfg.recompute_ratio = 0;  // a chunk hit is all reuse
+  router_harness h{cfg};
+  send_kv_membership(h);
+  // 12 tokens as three segments of 4 (blocks of 4). Decode worker 11 holds the chunks of
+  // segments 1 and 2: 4 tokens left to compute, below the threshold, so it prefills locally.
+  auto req = h.request(1, 12);
+  req.options.segment_ends = {4, 8, 12};
+  h.self->send(h.router, req);
+  bool asked = false;
+  h.self->receive(
+      [&](const overlap_query& q) -> overlap_reply {
+        asked = true;
+        CHECK(q.hashes == block_hashes(req.prompt, 4));
+        const std::span<const token_id> p(req.prompt);
+        REQUIRE(q.chunks.size() == 3);
+        for (size_t i = 0; i < 3; ++i)
+          CHECK(q.chunks[i] == chunk_block_hashes(p.subspan(4 * i, 4), 4));
+        overlap_reply r;
+        r.workers.push_back({decode2_wid, 0, 0, 0, {1, 2}});
+        return r;
+      },
+      caf::after(receive_timeout) >> [] {});
+  REQUIRE(asked);
+  auto a = expect<decode_assignment>(h.self, "decode_assignment");
+  CHECK(a.req.id == 1);
+  CHECK_FALSE(a.prefill);
+  // Ratio 1 (the request's): chunks save nothing, so none are asked about, and the 12
+  // tokens go to the prefill worker.
+  auto req2 = h.request(2, 12);
+  req2.prompt[0] = 999;
+  req2.options.segment_ends = {4, 8, 12};
+  req2.options.recompute_ratio = 1;
+  h.self->send(h.router, req2);
+  asked = false;
+  h.self->receive(
+      [&](const overlap_query& q) -> overlap_reply {
+        asked = true;
+        CHECK(q.chunks.empty());
+        return {};
+      },
+      caf::after(receive_timeout) >> [] {});
+  REQUIRE(asked);
+  auto b = expect<decode_assignment>(h.self, "decode_assignment");
+  CHECK(b.prefill == handle_of(h.self));
+  auto ws = h.status_and_quiet("after two requests");
+  CHECK_THAT(ws.detail, Catch::Contains("1 to cached chunks"));
+}

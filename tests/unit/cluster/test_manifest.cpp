@@ -158,6 +158,8 @@ TEST_CASE("manifest: a minimal manifest resolves with every default", "[manifest
   CHECK(router_config{}.request_timeout ==
         std::chrono::seconds(manifest_router{}.request_timeout_s));
   CHECK(router_config{}.stall_timeout == std::chrono::seconds(manifest_router{}.stall_timeout_s));
+  // The router discounts chunk hits by the decode workers' default recompute ratio.
+  CHECK(to_router_config(m).recompute_ratio == Approx(0.15));
   CHECK(m.failure.heartbeat_ms == 200);
   CHECK(m.failure.connection_timeout_ms == 1000);
   CHECK(m.restart.max == 5);  // restart is on by default, bounded
@@ -1197,4 +1199,17 @@ TEST_CASE("manifest: router.ttft_slo_ms reaches adaptive admission, off by defau
                           {false});
   REQUIRE_FALSE(r.ok());
   CHECK_THAT(r.error().message, Catch::Contains("router.ttft_slo_ms"));
+}
+
+TEST_CASE("manifest: the router takes the largest recompute ratio of the decode workers",
+          "[manifest][chunks]") {
+  // The decode worker resolves a request's ratio (for its remote prefill too), so the
+  // prefill worker's does not count; with two decode workers the cost model credits chunk
+  // hits by the larger one (never more than a worker saves).
+  std::string text = minimal;
+  text.replace(text.find("actors: [decode]"), 16,
+               "actors: [{decode: {recompute_ratio: 0.3}}, {decode: {recompute_ratio: 0.6}}]");
+  text.replace(text.find("actors: [prefill]"), 17, "actors: [{prefill: {recompute_ratio: 0.9}}]");
+  auto m = ok(parse(text));
+  CHECK(to_router_config(m).recompute_ratio == Approx(0.6));
 }

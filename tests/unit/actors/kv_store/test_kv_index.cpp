@@ -312,3 +312,37 @@ TEST_CASE("1M blocks across 128 workers: overlap, removal and worker loss at sca
   std::sort(want.begin(), want.end());
   CHECK(idx.overlap(diverged) == want);
 }
+
+TEST_CASE("holding_all: the workers holding every block of a chunk", "[kv_index][chunks]") {
+  kv_index idx;
+  const std::vector<uint64_t> chunk{101, 102, 103};
+  idx.stored(5, chunk);
+  idx.stored(2, chunk);
+  idx.stored(9, std::vector<uint64_t>{101, 103});  // a gap: not the whole chunk
+  idx.stored(7, std::vector<uint64_t>{102, 103});  // the first block missing
+  CHECK(idx.holding_all(chunk) == std::vector<worker_id>{2, 5});
+  CHECK(idx.holding_all(std::vector<uint64_t>{103}) == std::vector<worker_id>{2, 5, 7, 9});
+  CHECK(idx.holding_all({}).empty());
+  CHECK(idx.holding_all(std::vector<uint64_t>{101, 999}).empty());  // a block nobody holds
+  // Order does not matter (a chunk's blocks are not a chain from the prompt's start).
+  CHECK(idx.holding_all(std::vector<uint64_t>{103, 101}) == std::vector<worker_id>{2, 5, 9});
+  // Eviction of one block loses the chunk; a lost worker loses all.
+  idx.removed(5, std::vector<uint64_t>{102});
+  CHECK(idx.holding_all(chunk) == std::vector<worker_id>{2});
+  idx.drop_worker(2);
+  CHECK(idx.holding_all(chunk).empty());
+}
+
+TEST_CASE("holding_all across more than 64 workers", "[kv_index][chunks]") {
+  kv_index idx;
+  const std::vector<uint64_t> chunk{7, 8};
+  std::vector<worker_id> want;
+  for (worker_id w = 1; w <= 150; ++w) {
+    idx.stored(w, std::vector<uint64_t>{7});
+    if (w % 3 == 0) {
+      idx.stored(w, std::vector<uint64_t>{8});
+      want.push_back(w);
+    }
+  }
+  CHECK(idx.holding_all(chunk) == want);
+}

@@ -74,3 +74,30 @@ TEST_CASE("tiered_index refuses an event for an unknown level and changes nothin
   CHECK(idx.overlap(std::vector<uint64_t>{1}).empty());
   CHECK(idx.overlap(std::vector<uint64_t>{}).empty());
 }
+
+TEST_CASE("tiered_index answers prefix overlap and chunk holders in one query",
+          "[kv_store][chunks]") {
+  tiered_index idx;
+  const std::vector<uint64_t> chain{1, 2, 3};
+  const std::vector<std::vector<uint64_t>> chunks{{50, 51}, {60}, {70, 71}};
+  REQUIRE(idx.apply(4, true, std::vector<uint64_t>{1, 2}, pool));
+  REQUIRE(idx.apply(4, true, std::vector<uint64_t>{60}, pool));
+  // Worker 8 holds no prefix block but chunks 0 and 2; chunk 1 only in its host tier.
+  REQUIRE(idx.apply(8, true, std::vector<uint64_t>{50, 51, 70, 71}, pool));
+  REQUIRE(idx.apply(8, true, std::vector<uint64_t>{60}, host));
+  // Worker 6 holds half of chunk 2: not a hit.
+  REQUIRE(idx.apply(6, true, std::vector<uint64_t>{71}, pool));
+  auto o = idx.overlap(chain, chunks);
+  REQUIRE(o.size() == 2);
+  CHECK(o[0].worker == 4);
+  CHECK(o[0].blocks == 2);
+  CHECK(o[0].chunks == std::vector<uint32_t>{1});
+  CHECK(o[1].worker == 8);
+  CHECK(o[1].blocks == 0);
+  CHECK(o[1].chunks == std::vector<uint32_t>{0, 2});
+  // Without chunks: the prefix overlap alone.
+  auto plain = idx.overlap(chain, {});
+  REQUIRE(plain.size() == 1);
+  CHECK(plain[0].worker == 4);
+  CHECK(plain[0].chunks.empty());
+}

@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <limits>
 #include <vector>
 
 #include "actors/router/routing_policy.hpp"
@@ -548,4 +549,159 @@ TEST_CASE("cost model: a prefill worker serving cached prefixes keeps them while
   // The whole prompt as the queue would have sent B away.
   p[0].queued_tokens = 160;
   CHECK(plan_route(d, p, 160, 16, 0, m).prefill == 1u);
+}
+
+namespace {
+
+/// A RAG-shaped 160-token prompt in blocks of 16: system [0, 16), document A [16, 80),
+/// document B [80, 144), question [144, 160).
+constexpr token_range seg_a{16, 80}, seg_b{80, 144};
+
+}  // namespace
+
+TEST_CASE("chunk hits: tokens past the prefix, discounted by the recompute ratio",
+          "[routing_policy][chunks]") {
+  const std::vector<token_range> hits{{0, 16}, seg_a, seg_b};
+  CHECK(chunk_hit_tokens(hits, 0) == 144);
+  CHECK(chunk_hit_tokens(hits, 16) == 128);  // the system segment is a prefix hit
+  CHECK(chunk_hit_tokens(hits, 80) == 64);
+  CHECK(chunk_hit_tokens(hits, 96) == 0);  // B is cut by the prefix: computed, not looked up
+  CHECK(chunk_hit_tokens({}, 0) == 0);
+  // hits × (1 − ratio), rounding the recomputed share as recompute_budget does.
+  CHECK(chunk_credit_tokens(100, 0.0f) == 100);
+  CHECK(chunk_credit_tokens(100, 0.15f) == 85);
+  CHECK(chunk_credit_tokens(10, 0.15f) == 8);  // 1.5 rounds to 2 recomputed
+  CHECK(chunk_credit_tokens(100, 1.0f) == 0);
+  CHECK(chunk_credit_tokens(100, 1.5f) == 0);
+  CHECK(chunk_credit_tokens(100, -1.0f) == 100);  // below 0: as 0
+  CHECK(chunk_credit_tokens(100, std::numeric_limits<float>::quiet_NaN()) == 0);
+  CHECK(chunk_credit_tokens(0, 0.5f) == 0);
+}
+
+TEST_CASE("cost model: chunk hits attract a segmented prompt", "[routing_policy][chunks]") {
+  // Prefill worker 2 holds documents A and B as chunks (128 tokens); at ratio 0.25 it
+  // recomputes 32 of them: 64 tokens to compute (0.064 s) against 160 on worker 1.
+  const auto m = model();
+  std::vector<route_candidate> d{decode(10, 0)};
+  std::vector<route_candidate> p{prefill(1, 0), prefill(2, 0)};
+  p[1].chunk_hits = {seg_a, seg_b};
+  auto plan = plan_route(d, p, 160, 16, 0, m, nullptr, 0.25f);
+  REQUIRE(plan.prefill == 1u);
+  const auto& s = plan.prefill_scores[1];
+  CHECK(s.cached_tokens == 0);
+  CHECK(s.chunk_tokens == 128);
+  CHECK(s.chunk_saved_tokens == 96);
+  CHECK(s.prefill_s == Approx(0.064));
+  CHECK(plan.prefill_scores[0].chunk_tokens == 0);
+  CHECK(plan.prefill_scores[0].prefill_s == Approx(0.16));
+  // The backlog counts only what it computes.
+  CHECK(computed_tokens(plan, 160, 16) == 64);
+  // A lower ratio saves more; a queue longer than the saving sends the prompt elsewhere.
+  CHECK(plan_route(d, p, 160, 16, 0, m, nullptr, 0.0f).prefill_scores[1].prefill_s ==
+        Approx(0.032));
+  p[1].queued_tokens = 95;  // 0.095 + 0.064 < 0.16
+  CHECK(plan_route(d, p, 160, 16, 0, m, nullptr, 0.25f).prefill == 1u);
+  p[1].queued_tokens = 97;  // 0.097 + 0.064 > 0.16
+  CHECK(plan_route(d, p, 160, 16, 0, m, nullptr, 0.25f).prefill == 0u);
+}
+
+TEST_CASE("cost model: a token that is a prefix hit and a chunk hit counts once",
+          "[routing_policy][chunks]") {
+  // Worker 2 served system + A + B in this order before: its prefix cache holds the first
+  // 5 blocks (system + A, 80 tokens) and its chunk cache A and B. A lies in the prefix
+  // (exact, reused once); only B (64 tokens) comes from the chunk cache.
+  const auto m = model();
+  std::vector<route_candidate> d{decode(10, 0)};
+  std::vector<route_candidate> p{prefill(1, 0), prefill(2, 0, 5)};
+  p[1].chunk_hits = {seg_a, seg_b};
+  auto plan = plan_route(d, p, 160, 16, 0, m, nullptr, 0.0f);
+  REQUIRE(plan.prefill == 1u);
+  const auto& s = plan.prefill_scores[1];
+  CHECK(s.cached_tokens == 80);
+  CHECK(s.chunk_tokens == 64);
+  CHECK(s.chunk_saved_tokens == 64);
+  CHECK(s.prefill_s == Approx(0.016));  // the question only
+  CHECK(computed_tokens(plan, 160, 16) == 16);
+  // A prefix of 6 blocks (96 tokens) cuts B: B is computed after it, not taken as a chunk.
+  p[1].overlap_blocks = 6;
+  plan = plan_route(d, p, 160, 16, 0, m, nullptr, 0.0f);
+  CHECK(plan.prefill_scores[1].cached_tokens == 96);
+  CHECK(plan.prefill_scores[1].chunk_tokens == 0);
+  CHECK(plan.prefill_scores[1].prefill_s == Approx(0.064));
+  CHECK(computed_tokens(plan, 160, 16) == 64);
+}
+
+TEST_CASE("cost model: ratio 1 gives chunk hits no credit", "[routing_policy][chunks]") {
+  const auto m = model();
+  std::vector<route_candidate> d{decode(10, 0)};
+  std::vector<route_candidate> p{prefill(1, 0), prefill(2, 0)};
+  p[1].chunk_hits = {seg_a, seg_b};
+  for (auto plan :
+       {plan_route(d, p, 160, 16, 0, m, nullptr, 1.0f), plan_route(d, p, 160, 16, 0, m)}) {
+    REQUIRE(plan.prefill == 0u);  // a tie: the lower id
+    CHECK(plan.prefill_scores[1].chunk_tokens == 128);
+    CHECK(plan.prefill_scores[1].chunk_saved_tokens == 0);
+    CHECK(plan.prefill_scores[1].prefill_s == Approx(0.16));
+    CHECK(plan.prefill_scores[1].total == Approx(plan.prefill_scores[0].total));
+    CHECK(computed_tokens(plan, 160, 16) == 160);
+  }
+}
+
+TEST_CASE("cost model: a decode worker's chunks count for its local prefill only",
+          "[routing_policy][chunks]") {
+  const auto m = model();
+  std::vector<route_candidate> d{decode(10, 0), decode(11, 0)};
+  d[1].chunk_hits = {seg_a, seg_b};
+  std::vector<route_candidate> p{prefill(1, 0)};
+  // Local prefill below 100 uncached tokens: worker 11 computes 160 − 96 = 64 (ratio 0.25).
+  auto plan = plan_route(d, p, 160, 16, 100, m, nullptr, 0.25f);
+  REQUIRE(plan.decode == 1u);
+  CHECK_FALSE(plan.prefill);
+  CHECK(plan.decode_scores[1].local);
+  CHECK(plan.decode_scores[1].prefill_s == Approx(0.064));
+  CHECK_FALSE(plan.decode_scores[0].local);
+  CHECK(computed_tokens(plan, 160, 16) == 64);
+  // Always remote: the prefill worker computes, so the decode worker's chunks save nothing.
+  plan = plan_route(d, p, 160, 16, 0, m, nullptr, 0.25f);
+  CHECK(plan.decode_scores[1].chunk_tokens == 0);
+  CHECK(plan.decode_scores[1].total == Approx(plan.decode_scores[0].total));
+  CHECK(computed_tokens(plan, 160, 16) == 160);
+}
+
+TEST_CASE("cost model: the prompt's last token is computed even when every chunk hit",
+          "[routing_policy][chunks]") {
+  const auto m = model();
+  std::vector<route_candidate> d{decode(10, 0)};
+  std::vector<route_candidate> p{prefill(1, 0)};
+  p[0].chunk_hits = {{0, 80}, {80, 160}};
+  auto plan = plan_route(d, p, 160, 16, 0, m, nullptr, 0.0f);
+  CHECK(plan.prefill_scores[0].chunk_tokens == 160);
+  CHECK(plan.prefill_scores[0].chunk_saved_tokens == 159);
+  CHECK(plan.prefill_scores[0].prefill_s == Approx(0.001));
+  CHECK(computed_tokens(plan, 160, 16) == 1);
+}
+
+TEST_CASE("cost model: no fetch when the worker's own chunks save more",
+          "[routing_policy][chunks][fetch_policy]") {
+  // Decode worker 10 holds the first 8 blocks (128 tokens) as a prefix; prefill worker 1
+  // holds A and B as chunks. Fetching the prefix (2.1 ms) would leave 32 tokens (0.032 s);
+  // its chunks at ratio 0 leave 32 tokens as well, without the transfer: no fetch.
+  const auto m = model_with_kv();
+  const fetch_settings on;
+  std::vector<route_candidate> d{decode(10, 0, 8)};
+  std::vector<route_candidate> p{prefill(1, 0)};
+  p[0].chunk_hits = {seg_a, seg_b};
+  auto plan = plan_route(d, p, 160, 16, 0, m, &on, 0.0f);
+  REQUIRE(plan.prefill == 0u);
+  CHECK_FALSE(plan.prefill_scores[0].fetch_source);
+  CHECK(plan.prefill_scores[0].chunk_saved_tokens == 128);
+  CHECK(plan.prefill_scores[0].prefill_s == Approx(0.032));
+  // At ratio 0.5 the chunks leave 96 tokens: the fetch (then B past the fetched prefix is
+  // cut, A inside it) wins.
+  plan = plan_route(d, p, 160, 16, 0, m, &on, 0.5f);
+  REQUIRE(plan.prefill_scores[0].fetch_source == 0u);
+  CHECK(plan.prefill_scores[0].fetch_end == 8);
+  CHECK(plan.prefill_scores[0].chunk_tokens == 0);
+  CHECK(plan.prefill_scores[0].prefill_s == Approx(0.032));
+  CHECK(computed_tokens(plan, 160, 16) == 32);
 }
