@@ -17,6 +17,7 @@
 #include "actors/router/routing_policy.hpp"
 #include "actors/supervisor/node_certificates.hpp"
 #include "actors/supervisor/planner_policy.hpp"
+#include "engine/blend.hpp"
 #include "engine/engine.hpp"
 #include "engine/kv_tier.hpp"
 #include "grammar/grammar.hpp"
@@ -140,6 +141,8 @@ struct prefill_config {
   /// Chunk reuse (issue 17): share of a segmented prompt's reused tokens recomputed when the
   /// request names none (`serve --recompute-ratio`), in [0, 1].
   float recompute_ratio = 0.15f;
+  /// How those tokens are chosen (`serve --blend-policy`, engine/blend.hpp).
+  blend_policy blend = blend_policy::deviation;
 };
 
 struct decode_config {
@@ -163,6 +166,8 @@ struct decode_config {
   std::shared_ptr<grammar::grammar_cache> grammars;
   /// As prefill_config::recompute_ratio (resolved here for remote prefills too).
   float recompute_ratio = 0.15f;
+  /// As prefill_config::blend (for this worker's local prefills).
+  blend_policy blend = blend_policy::deviation;
 };
 
 /// A prefill worker (detached: engine compute runs on its own thread). On change_role it

@@ -23,11 +23,12 @@ namespace tokenmill::app {
 struct serve_opts {
   engine_options engine;
   bool no_http = false;
-  double request_timeout_s = 600;       ///< router_config::request_timeout
-  double stall_timeout_s = 120;         ///< router_config::stall_timeout
-  uint32_t max_queue_ms = 2000;         ///< router_config::admission.max_queue_ns
-  uint32_t admission_window_ms = 5000;  ///< router_config::admission.window_ns
-  uint32_t ttft_slo_ms = 0;             ///< router_config::admission.ttft_slo_ns
+  double request_timeout_s = 600;          ///< router_config::request_timeout
+  double stall_timeout_s = 120;            ///< router_config::stall_timeout
+  uint32_t max_queue_ms = 2000;            ///< router_config::admission.max_queue_ns
+  std::string blend_policy = "deviation";  ///< prefill_config::blend
+  uint32_t admission_window_ms = 5000;     ///< router_config::admission.window_ns
+  uint32_t ttft_slo_ms = 0;                ///< router_config::admission.ttft_slo_ns
   uint32_t prefill_workers = 0;
   std::string kv_memory;
   uint32_t prefill_kv_blocks = 0, decode_kv_blocks = 0;
@@ -193,6 +194,12 @@ command add_serve(CLI::App& app) {
                 "request names none (tokenmill.recompute_ratio); 1 = exact")
       ->check(CLI::Range(0.0f, 1.0f))
       ->capture_default_str();
+  s->add_option("--blend-policy", o->blend_policy,
+                "Chunk reuse: how the recomputed tokens are chosen: deviation (CacheBlend: "
+                "the highest K/V deviation, measured on every token up to its layer) or "
+                "leading (EPIC: each chunk's first tokens, so only those are computed)")
+      ->check(CLI::IsMember({"deviation", "leading"}))
+      ->capture_default_str();
   s->add_option(
        "--local-prefill-threshold", cfg->router.local_prefill_threshold,
        "Prefill on the decode worker when the uncached prompt is shorter than this (0 = never)")
@@ -289,6 +296,7 @@ command add_serve(CLI::App& app) {
     }
     cfg->decode.local_prefill_budget = cfg->prefill.token_budget;
     cfg->decode.recompute_ratio = cfg->prefill.recompute_ratio;
+    if (auto b = parse_blend_policy(o->blend_policy)) cfg->prefill.blend = cfg->decode.blend = *b;
     cfg->http.host = cfg->rpc.host;
     cfg->http_enabled = !o->no_http;
     cfg->http.responses.ttl = std::chrono::seconds(o->responses_ttl_s);

@@ -52,6 +52,7 @@ manifest one_node_manifest(const embedded_config& cfg, const serve_topology& top
   p.kv_disk_blocks = cfg.prefill.tier.disk_blocks;
   p.kv_disk_dir = cfg.prefill.tier.disk_dir;
   p.recompute_ratio = cfg.prefill.recompute_ratio;
+  p.blend_policy = blend_policy_name(cfg.prefill.blend);
   workers(role::prefill, topo.prefill_workers, p);
   decode_options d;
   d.kv_blocks = cfg.decode.num_blocks;
@@ -61,6 +62,7 @@ manifest one_node_manifest(const embedded_config& cfg, const serve_topology& top
   d.kv_disk_blocks = cfg.decode.tier.disk_blocks;
   d.kv_disk_dir = cfg.decode.tier.disk_dir;
   d.recompute_ratio = cfg.decode.recompute_ratio;
+  d.blend_policy = blend_policy_name(cfg.decode.blend);
   workers(role::decode, topo.decode_workers, d);
   m.frontend.node = n.name;
   m.nodes.push_back(std::move(n));

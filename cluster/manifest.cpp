@@ -359,6 +359,7 @@ prefill_config to_prefill_config(const prefill_options& o) {
   c.max_seqs = o.max_seqs;
   c.tier = kv_tier_config{o.kv_host_blocks, o.kv_disk_blocks, o.kv_disk_dir};
   c.recompute_ratio = static_cast<float>(o.recompute_ratio);
+  if (auto b = parse_blend_policy(o.blend_policy)) c.blend = *b;  // the parser checked it
   return c;
 }
 
@@ -369,6 +370,7 @@ decode_config to_decode_config(const decode_options& o) {
   c.local_prefill_budget = o.local_prefill_budget;
   c.tier = kv_tier_config{o.kv_host_blocks, o.kv_disk_blocks, o.kv_disk_dir};
   c.recompute_ratio = static_cast<float>(o.recompute_ratio);
+  if (auto b = parse_blend_policy(o.blend_policy)) c.blend = *b;  // the parser checked it
   return c;
 }
 

@@ -39,6 +39,9 @@ struct worker_options {
   /// Chunk reuse (issue 17): share of a segmented prompt's reused tokens recomputed when the
   /// request names none, in [0, 1] (prefill_config::recompute_ratio).
   double recompute_ratio = 0.15;
+  /// How a blend chooses the tokens it recomputes: "deviation" (CacheBlend) or "leading"
+  /// (EPIC) (prefill_config::blend).
+  std::string blend_policy = "deviation";
 };
 
 /// A prefill worker's options (`prefill: {...}`); defaults match prefill_config's.

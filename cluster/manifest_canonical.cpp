@@ -120,6 +120,7 @@ std::string canonical_form(const manifest& m) {
         num(ak("kv_disk_blocks"), w->kv_disk_blocks);
         str(ak("kv_disk_dir"), w->kv_disk_dir);
         num(ak("recompute_ratio"), w->recompute_ratio);
+        str(ak("blend_policy"), w->blend_policy);
       }
       if (auto* p = a.prefill()) {
         num(ak("kv_blocks"), p->kv_blocks);

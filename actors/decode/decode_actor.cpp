@@ -497,8 +497,8 @@ void launch(decode_ptr self) {
     auto& s = st.seqs.at(id);
     if (!blends(s)) continue;
     auto prompt = std::span<const token_id>(s.tokens).first(s.prompt_len);
-    s.blend =
-        st.w.plan_chunks(id, prompt, s.req.options.segment_ends, s.prefill_done, s.recompute_ratio);
+    s.blend = st.w.plan_chunks(id, prompt, s.req.options.segment_ends, s.prefill_done,
+                               s.recompute_ratio, st.cfg.blend);
     if (!s.blend) {
       s.blend_refused = true;  // its segments do not fit: prefilled in chunks
       continue;

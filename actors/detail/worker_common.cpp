@@ -158,14 +158,17 @@ bool kv_worker::blends(std::span<const uint32_t> segment_ends) const {
 std::unique_ptr<chunk_prefill> kv_worker::plan_chunks(request_id id,
                                                       std::span<const token_id> prompt,
                                                       std::span<const uint32_t> segment_ends,
-                                                      uint32_t cached_prefix, float ratio) {
+                                                      uint32_t cached_prefix, float ratio,
+                                                      blend_policy policy) {
   auto segs = segments_from_ends(segment_ends, static_cast<uint32_t>(prompt.size()));
   if (!segs) {
     spdlog::warn("{}: request {}: its segments do not fit its prompt ({}); prefilled in full",
                  info.name, id, segs.error().message);
     return nullptr;
   }
-  return plan_chunk_prefill(*cache, prompt, std::move(*segs), cached_prefix, ratio);
+  auto cp = plan_chunk_prefill(*cache, prompt, std::move(*segs), cached_prefix, ratio);
+  if (cp) cp->policy = policy;
+  return cp;
 }
 
 void kv_worker::finish_chunks(chunk_prefill& cp, bool computed) {
@@ -174,6 +177,7 @@ void kv_worker::finish_chunks(chunk_prefill& cp, bool computed) {
   chunk_lookup_tokens += cp.lookup_tokens;
   chunk_hit_tokens += cp.hit_tokens;
   chunk_recomputed_tokens += cp.recomputed_tokens;
+  if (cp.hit_tokens > 0) last_blend_policy = cp.policy;
 }
 
 worker_status kv_worker::status(role kind, std::string_view extra) const {
@@ -193,8 +197,11 @@ worker_status kv_worker::status(role kind, std::string_view extra) const {
       fmt::format("engine {}, transport {}, {}prefix cache {} blocks ({} reused)", eng->info().name,
                   transport->name(), extra, cache->cached(), cache->hits());
   if (chunk_lookup_tokens > 0)
-    ws.detail += fmt::format(", chunk cache {} of {} segment tokens reused ({} recomputed)",
-                             chunk_hit_tokens, chunk_lookup_tokens, chunk_recomputed_tokens);
+    ws.detail += fmt::format(
+        ", chunk cache {} of {} segment tokens reused ({} recomputed{})", chunk_hit_tokens,
+        chunk_lookup_tokens, chunk_recomputed_tokens,
+        last_blend_policy ? fmt::format(", last by {}", blend_policy_name(*last_blend_policy))
+                          : "");
   ws.fetch.served = fetches_served;
   ws.fetch.served_blocks = fetch_blocks_served;
   ws.fetch.served_bytes = fetch_bytes_served;

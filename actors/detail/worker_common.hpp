@@ -65,6 +65,8 @@ struct kv_worker {
   /// Chunk reuse (issue 17), since start: segment tokens looked up in the chunk cache,
   /// found there, and of those recomputed.
   uint64_t chunk_lookup_tokens = 0, chunk_hit_tokens = 0, chunk_recomputed_tokens = 0;
+  /// The blend policy of the last segmented prompt with a hit (shown in status detail).
+  std::optional<blend_policy> last_blend_policy;
   uint64_t fetches_served = 0, fetch_blocks_served = 0, fetch_bytes_served = 0;
   uint64_t fetch_serve_failures = 0;
   std::unique_ptr<engine_thread> runner;  ///< declared after eng/pool: joins before they go
@@ -137,7 +139,8 @@ struct kv_worker {
   /// prefilled in full).
   std::unique_ptr<chunk_prefill> plan_chunks(request_id id, std::span<const token_id> prompt,
                                              std::span<const uint32_t> segment_ends,
-                                             uint32_t cached_prefix, float ratio);
+                                             uint32_t cached_prefix, float ratio,
+                                             blend_policy policy);
   /// Step 3: commits and unpins the plan's chunk blocks and counts its hits.
   void finish_chunks(chunk_prefill& cp, bool computed);
 };

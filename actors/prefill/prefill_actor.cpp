@@ -364,8 +364,8 @@ void launch(prefill_ptr self) {
     auto& js = st.jobs.at(id);
     const auto len = static_cast<uint32_t>(js.job.prompt.size());
     if (!blends(js)) continue;
-    js.blend =
-        st.w.plan_chunks(id, js.job.prompt, js.job.segment_ends, js.done, js.recompute_ratio);
+    js.blend = st.w.plan_chunks(id, js.job.prompt, js.job.segment_ends, js.done, js.recompute_ratio,
+                                st.cfg.blend);
     if (!js.blend) {
       js.blend_refused = true;  // its segments do not fit: prefilled in chunks
       continue;

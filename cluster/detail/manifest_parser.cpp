@@ -81,14 +81,17 @@ constexpr std::string_view planner_keys[] = {"ttft_ms",
 constexpr std::string_view security_keys[] = {"tls", "secret_file", "insecure"};
 constexpr std::string_view tls_keys[] = {"ca", "cert", "key"};
 constexpr std::string_view node_keys[] = {"name", "address", "ssh", "port", "http_port", "actors"};
-constexpr std::string_view prefill_keys[] = {
-    "engine",   "threads",        "device",         "kv_blocks",   "chunk",          "max_seqs",
-    "slowdown", "kv_host_blocks", "kv_disk_blocks", "kv_disk_dir", "recompute_ratio"};
-constexpr std::string_view decode_keys[] = {"engine",      "threads",        "device",
-                                            "kv_blocks",   "max_batch",      "local_prefill_budget",
-                                            "slowdown",    "kv_host_blocks", "kv_disk_blocks",
-                                            "kv_disk_dir", "recompute_ratio"};
+constexpr std::string_view prefill_keys[] = {"engine",      "threads",         "device",
+                                             "kv_blocks",   "chunk",           "max_seqs",
+                                             "slowdown",    "kv_host_blocks",  "kv_disk_blocks",
+                                             "kv_disk_dir", "recompute_ratio", "blend_policy"};
+constexpr std::string_view decode_keys[] = {
+    "engine",      "threads",         "device",
+    "kv_blocks",   "max_batch",       "local_prefill_budget",
+    "slowdown",    "kv_host_blocks",  "kv_disk_blocks",
+    "kv_disk_dir", "recompute_ratio", "blend_policy"};
 constexpr std::string_view engines[] = {"sim", "cpu", "cuda"};
+constexpr std::string_view blend_policies[] = {"deviation", "leading"};
 constexpr std::string_view transports[] = {"inline", "ucx"};
 constexpr std::string_view role_names[] = {"router", "supervisor", "kv_store", "prefill", "decode"};
 
@@ -717,6 +720,9 @@ class parser {
       p_.add(x->at(), m.field("recompute_ratio"),
              fmt::format("recompute_ratio must be in [0, 1], got {}", o.recompute_ratio),
              "a number in [0, 1]");
+    if (auto* x = m.find("blend_policy"))
+      if (auto s = read_choice(p_, *x, m.field("blend_policy"), blend_policies))
+        o.blend_policy = *s;
     opt_uint(p_, m, "kv_host_blocks", o.kv_host_blocks, 0, u32_max);
     opt_uint(p_, m, "kv_disk_blocks", o.kv_disk_blocks, 0, u32_max);
     if (auto* x = m.find("kv_disk_dir"))

@@ -99,6 +99,42 @@ TEST_CASE("chunk reuse: documents in another order are chunk hits, ratio 1 is ex
   }
 }
 
+TEST_CASE("chunk reuse: serve --blend-policy leading serves reordered documents from the cache",
+          "[integration][chunks]") {
+  auto opts = cpu_server(tiny_random_model(), 1);
+  opts["--blend-policy"] = "leading";
+  server srv(opts);
+  rag first({0, 1, 2});
+  generate_json(srv, first.args());
+  auto before = chunk_status(srv);
+  rag second({1, 2, 0});
+  auto b = generate_json(srv, second.args({"--recompute-ratio", "0.25"}));
+  CHECK(b["tokens"] == 8);
+  auto after = chunk_status(srv);
+  const uint64_t hits = after.hit - before.hit;
+  // The leading policy spends exactly the budget, round(ratio x reused tokens), on leading
+  // tokens, plus the prompt's last token (always computed: its logits are the answer).
+  // Every segment here is a hit, the system prompt and the question too.
+  CHECK(hits == 9 + 23 + 31 + 19 + 6);
+  CHECK(after.recomputed - before.recomputed == (hits + 2) / 4 + 1);
+  // ... and it was the leading policy that chose them.
+  CHECK_THAT(worker(srv.status(), "prefill")["detail"].get<std::string>(),
+             Catch::Contains("recomputed, last by leading)"));
+  // At ratio 1 it is the unsegmented prompt, as with the default policy.
+  rag third({2, 1, 0});
+  auto exact = generate_json(srv, third.args({"--recompute-ratio", "1"}));
+  auto unsegmented =
+      generate_json(srv, {"--max-tokens", "8", "--ignore-eos", "--token-ids", third.joined});
+  CHECK(ids_of(exact) == ids_of(unsegmented));
+
+  auto r = run_tokenmill(
+      {"serve", "--engine", "sim", "--rpc-port", "0", "--no-http", "--blend-policy", "cacheblend"},
+      std::chrono::milliseconds(20000));
+  INFO("stderr: " << r.err);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.err, Catch::Contains("--blend-policy") && Catch::Contains("cacheblend"));
+}
+
 TEST_CASE("chunk reuse: the router sends documents cached as chunks to the worker holding them",
           "[integration][chunks]") {
   // Two prefill workers: the kv-store indexes the chunks the first request cached on one of

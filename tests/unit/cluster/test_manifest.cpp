@@ -437,7 +437,7 @@ const corpus_case corpus_cases[] = {
     {"unknown_option_key.yaml", 14,
      "nodes[1].actors[0].prefill.batch: unknown key 'batch'; expected one of engine, threads, "
      "device, kv_blocks, chunk, max_seqs, slowdown, kv_host_blocks, kv_disk_blocks, kv_disk_dir, "
-     "recompute_ratio"},
+     "recompute_ratio, blend_policy"},
     {"unknown_sim_key.yaml", 5, "model.sim.decode_ms: unknown key 'decode_ms'"},
     {"missing_cluster.yaml", 2, "cluster: missing required field; expected a cluster name"},
     {"missing_nodes.yaml", 2, "nodes: missing required field"},
@@ -1212,4 +1212,34 @@ TEST_CASE("manifest: the router takes the largest recompute ratio of the decode 
   text.replace(text.find("actors: [prefill]"), 17, "actors: [{prefill: {recompute_ratio: 0.9}}]");
   auto m = ok(parse(text));
   CHECK(to_router_config(m).recompute_ratio == Approx(0.6));
+}
+
+TEST_CASE("manifest: a worker's blend policy is read, checked and part of the hash",
+          "[manifest][chunks]") {
+  auto dflt = ok(parse(minimal));
+  for (const auto& n : dflt.nodes)
+    for (const auto& a : n.actors)
+      if (const auto* w = a.worker()) CHECK(w->blend_policy == "deviation");
+
+  std::string text = minimal;
+  text.replace(text.find("actors: [decode]"), 16, "actors: [{decode: {blend_policy: leading}}]");
+  auto m = ok(parse(text));
+  bool seen = false;
+  for (const auto& n : m.nodes)
+    for (const auto& a : n.actors)
+      if (const auto* d = a.decode()) {
+        CHECK(to_decode_config(*d).blend == blend_policy::leading);
+        seen = true;
+      } else if (const auto* p = a.prefill()) {
+        CHECK(to_prefill_config(*p).blend == blend_policy::deviation);
+      }
+  CHECK(seen);
+  CHECK(manifest_hash(m) != manifest_hash(dflt));
+
+  std::string bad = minimal;
+  bad.replace(bad.find("actors: [decode]"), 16, "actors: [{decode: {blend_policy: cacheblend}}]");
+  auto r = parse(bad);
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(r.error().message, Catch::Contains("blend_policy") && Catch::Contains("cacheblend") &&
+                                    Catch::Contains("deviation") && Catch::Contains("leading"));
 }
