@@ -53,7 +53,10 @@ struct cpu_engine::impl {
   };
 
   impl(const loaded_model& model, const cpu_engine_config& cfg)
-      : m(model), c(model.config), layout(cpu_kv_layout(model.config, cfg)), pool(cfg.threads) {
+      : m(model),
+        c(model.config),
+        layout(cpu_kv_layout(model.config, cfg)),
+        pool(cfg.pool ? cfg.pool : std::make_shared<cpu::thread_pool>(cfg.threads)) {
     const auto& w = m.weights;
     for (const auto& lw : w.layers) {
       layer_vectors v;
@@ -78,7 +81,9 @@ struct cpu_engine::impl {
   const loaded_model& m;
   const llama_config& c;
   kv_layout layout;
-  cpu::thread_pool pool;
+  /// The compute pool, the engine's own or shared (cpu_engine_config::pool); decode steps
+  /// run at high priority, prefill and KV moves at normal (add_decode, add_prefill).
+  cpu::pool_lane pool;
   std::vector<layer_vectors> layers;
   std::vector<float> out_norm;
   std::vector<float> inv_freq;  ///< [head_dim / 2]
@@ -379,6 +384,7 @@ struct cpu_engine::impl {
   result<void> add_prefill(const block_pool& p, std::span<const prefill_chunk> batch,
                            uint32_t base_position = 0) {
     if (auto r = check_pool(p); !r) return r;
+    pool.set_priority(cpu::job_priority::normal);
     rows.clear();
     tables.clear();
     out_rows.clear();
@@ -402,6 +408,7 @@ struct cpu_engine::impl {
   /// Validates the sequences and collects their newest rows; an invalid batch is refused.
   result<void> add_decode(const block_pool& p, std::span<const decode_seq> batch) {
     if (auto r = check_pool(p); !r) return r;
+    pool.set_priority(cpu::job_priority::high);
     rows.clear();
     tables.clear();
     out_rows.clear();
@@ -542,6 +549,7 @@ result<void> cpu_engine::move_chunk_kv(block_pool& pool, const chunk_move& mv) {
   return catch_into_result(errc::internal, [&]() -> result<void> {
     auto& im = *impl_;
     if (auto r = im.check_pool(pool); !r) return r;
+    im.pool.set_priority(cpu::job_priority::normal);
     const kv_layout& lay = im.layout;
     if (mv.tokens == 0) return bad_request("cpu engine: move_chunk_kv: no tokens to move");
     auto check_table = [&](std::span<const block_id> t, uint64_t end,

@@ -1,0 +1,174 @@
+// thread_pool shared by several callers (issue 21 item 4): every index once per caller,
+// distinct thread indices among running chunks, decode-priority jobs served first, a caller
+// never waiting for another caller's job. Orderings and counters, no timing.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "engine/cpu/thread_pool.hpp"
+
+using namespace tokenmill::cpu;
+
+namespace {
+
+/// Spins (yielding the core) until `flag` is set.
+void wait_for(const std::atomic<bool>& flag) {
+  while (!flag.load())
+    std::this_thread::yield();
+}
+
+/// Runs parallel_for over `count` indices `reps` times and checks each index ran once,
+/// every thread index below size() and not in use by another running chunk.
+void hammer(thread_pool& pool, std::vector<std::atomic<bool>>& in_use, size_t count, int reps,
+            job_priority priority, std::atomic<int>& bad) {
+  for (int rep = 0; rep < reps; ++rep) {
+    std::vector<std::atomic<int>> hits(count);
+    auto body = [&](size_t b, size_t e, uint32_t t) {
+      if (t >= pool.size() || in_use[t].exchange(true)) {
+        bad |= 1;
+        return;
+      }
+      for (size_t i = b; i < e; ++i)
+        hits[i].fetch_add(1);
+      in_use[t].store(false);
+    };
+    if (rep % 2 == 0)
+      pool.parallel_for(count, 3, body, priority);
+    else
+      pool.parallel_for_guided(count, 4, body, priority);
+    for (auto& h : hits)
+      if (h.load() != 1) bad |= 2;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("thread_pool: callers running at once each get every index once", "[cpu]") {
+  for (uint32_t callers : {2u, 3u}) {
+    thread_pool pool(3, callers);
+    REQUIRE(pool.size() == callers + 2);
+    REQUIRE(pool.threads() == 3);
+    std::vector<std::atomic<bool>> in_use(pool.size());
+    std::atomic<int> bad{0};
+    // One more calling thread than slots: the last waits for a free slot.
+    std::vector<std::thread> threads;
+    for (uint32_t c = 0; c < callers + 1; ++c)
+      threads.emplace_back([&, c] {
+        hammer(pool, in_use, 517, 200, c % 2 ? job_priority::high : job_priority::normal, bad);
+      });
+    for (auto& t : threads)
+      t.join();
+    INFO("callers " << callers);
+    CHECK(bad.load() == 0);
+  }
+}
+
+TEST_CASE("thread_pool: a caller does not wait for another caller's job", "[cpu]") {
+  thread_pool pool(2, 2);
+  std::atomic<bool> low_running{false}, other_done{false};
+  std::atomic<int> low_hits{0};
+  // The low job's every chunk blocks until the other caller's job is done; were callers
+  // serialized, the other job could not start and this test would hang.
+  std::thread low([&] {
+    pool.parallel_for(4, 1, [&](size_t, size_t, uint32_t) {
+      low_running = true;
+      wait_for(other_done);
+      low_hits.fetch_add(1);
+    });
+  });
+  wait_for(low_running);
+  std::atomic<int> hits{0};
+  pool.parallel_for(
+      64, 1, [&](size_t b, size_t e, uint32_t) { hits.fetch_add(int(e - b)); }, job_priority::high);
+  CHECK(hits.load() == 64);
+  CHECK(low_hits.load() == 0);
+  other_done = true;
+  low.join();
+  CHECK(low_hits.load() == 4);
+}
+
+TEST_CASE("thread_pool: a worker moves to a high-priority job at its next chunk boundary",
+          "[cpu]") {
+  // Two callers and one worker (thread index 2). The low caller's own chunk holds it until
+  // the high job is done, so the low job's other chunks are the worker's; the worker's first
+  // low chunk holds it until the high job has started. It must then leave the low job
+  // after that one chunk: the high job's caller waits in its first chunk for the worker to
+  // run one of its chunks.
+  thread_pool pool(2, 2);
+  REQUIRE(pool.size() == 3);
+  const uint32_t worker = 2;
+  constexpr size_t low_count = 1000;
+  std::atomic<bool> worker_in_low{false}, high_started{false}, worker_in_high{false},
+      high_done{false};
+  std::atomic<int> low_by_worker{0}, low_by_worker_before_high{-1};
+  std::vector<std::atomic<int>> low_hits(low_count);
+  std::thread low([&] {
+    pool.parallel_for(low_count, 1, [&](size_t b, size_t e, uint32_t t) {
+      for (size_t i = b; i < e; ++i)
+        low_hits[i].fetch_add(1);
+      if (t != worker) {
+        wait_for(high_done);
+        return;
+      }
+      if (low_by_worker.fetch_add(1) == 0) {
+        worker_in_low = true;
+        wait_for(high_started);
+      }
+    });
+  });
+  wait_for(worker_in_low);
+  std::atomic<int> high_hits{0};
+  pool.parallel_for(
+      8, 1,
+      [&](size_t b, size_t e, uint32_t t) {
+        high_hits.fetch_add(int(e - b));
+        if (t == worker) {
+          if (!worker_in_high.exchange(true)) low_by_worker_before_high = low_by_worker.load();
+          return;
+        }
+        if (!high_started.exchange(true)) wait_for(worker_in_high);
+      },
+      job_priority::high);
+  high_done = true;
+  low.join();
+  CHECK(high_hits.load() == 8);
+  CHECK(low_by_worker_before_high.load() == 1);
+  for (auto& h : low_hits)
+    REQUIRE(h.load() == 1);
+}
+
+TEST_CASE("thread_pool: nested calls run inline under the task's thread index", "[cpu]") {
+  thread_pool pool(3, 2);
+  std::atomic<int> total{0}, bad{0};
+  std::thread other([&] {
+    pool.parallel_for(16, 1, [&](size_t, size_t, uint32_t outer) {
+      pool.parallel_for(10, 3, [&](size_t b, size_t e, uint32_t inner) {
+        if (inner != outer) bad |= 1;
+        total += int(e - b);
+      });
+    });
+  });
+  pool.parallel_for_guided(64, 1, [&](size_t b, size_t e, uint32_t outer) {
+    pool.parallel_for_guided(e - b, 1, [&](size_t ib, size_t ie, uint32_t inner) {
+      if (inner != outer || ib != 0 || ie != e - b) bad |= 2;  // inline: one chunk
+      total += int(ie - ib);
+    });
+  });
+  other.join();
+  CHECK(total.load() == 160 + 64);
+  CHECK(bad.load() == 0);
+}
+
+TEST_CASE("thread_pool: destroyed with idle workers", "[cpu]") {
+  { thread_pool never_used(4, 2); }
+  auto pool = std::make_unique<thread_pool>(4, 3);
+  std::atomic<int> hits{0};
+  pool->parallel_for(100, 1, [&](size_t b, size_t e, uint32_t) { hits += int(e - b); });
+  pool.reset();  // the workers may be spinning or asleep: both must end
+  CHECK(hits.load() == 100);
+  CHECK_THROWS_AS(thread_pool(2, 0), std::invalid_argument);
+  CHECK_THROWS_AS(thread_pool(2, 65), std::invalid_argument);
+}
