@@ -103,14 +103,26 @@ bool thread_pool::claim(job& j, size_t& begin, size_t& end) const {
   return true;
 }
 
-void thread_pool::work(job& j, uint32_t thread, bool yield_to_higher) {
+bool thread_pool::work(job& j, uint32_t thread, bool worker) {
   task_scope scope(this, thread);
   const uint8_t p = j.priority.load(std::memory_order_relaxed);
   size_t begin, end;
   while (claim(j, begin, end)) {
     j.call(j.ctx, begin, end, thread);
-    if (yield_to_higher && higher_open(p)) return;
+    if (!worker) continue;
+    // More threads computing than the pool has (a caller posted since this worker joined):
+    // the worker steps back, so that the pool's threads never outnumber its cores.
+    for (uint32_t a = active_.load(); a > threads();)
+      if (active_.compare_exchange_weak(a, a - 1)) return true;
+    if (higher_open(p)) return false;  // moves, keeping its compute slot
   }
+  return false;
+}
+
+bool thread_pool::reserve() {
+  for (uint32_t a = active_.load(); a < threads();)
+    if (active_.compare_exchange_weak(a, a + 1)) return true;
+  return false;
 }
 
 int thread_pool::best_open(uint64_t skip) const {
@@ -188,6 +200,7 @@ void thread_pool::run(size_t count, size_t grain, bool guided, job_priority prio
     epoch_.fetch_add(1);
   }
   wake_.notify_all();
+  active_.fetch_add(1);
   work(j, slot, false);
   open_.fetch_and(~bit(slot));
   const uint64_t joined = j.state.fetch_or(closed_bit, std::memory_order_acq_rel) & count_mask;
@@ -196,12 +209,14 @@ void thread_pool::run(size_t count, size_t grain, bool guided, job_priority prio
     std::unique_lock lock(mutex_);
     done_.wait(lock, all_out);
   }
+  active_.fetch_sub(1);
   release_slot(slot);
 }
 
 void thread_pool::worker_loop(uint32_t thread) {
   uint64_t seen = epoch_.load();  // the last epoch this worker looked at
   uint64_t skip = 0;              // slots whose current job ran out of chunks for us
+  bool holding = false;           // holds a compute slot (counted in active_)
   for (;;) {
     if (stop_.load()) return;
     if (uint64_t e = epoch_.load(); e != seen) {
@@ -209,9 +224,18 @@ void thread_pool::worker_loop(uint32_t thread) {
       skip = 0;  // a job was posted since: a skipped slot may hold a new one
     }
     const int s = best_open(skip);
-    if (s < 0) {
-      // Nothing to join (or only jobs this worker already ran out of): wait for a post.
-      auto ready = [&] { return epoch_.load() != seen || stop_.load(); };
+    if (s >= 0 && !holding) holding = reserve();
+    if (s < 0 || !holding) {
+      if (holding) {
+        active_.fetch_sub(1);
+        holding = false;
+      }
+      // Nothing to join (or only jobs this worker already ran out of), or as many threads
+      // computing as the pool has: wait for a post or a free compute slot.
+      auto ready = [&] {
+        return epoch_.load() != seen || stop_.load() ||
+               ((open_.load() & ~skip) != 0 && active_.load() < threads());
+      };
       if (!spin_until(ready)) {
         std::unique_lock lock(mutex_);
         wake_.wait(lock, ready);
@@ -231,7 +255,7 @@ void thread_pool::worker_loop(uint32_t thread) {
       skip |= bit(static_cast<uint32_t>(s));
       continue;
     }
-    work(j, thread, true);
+    if (work(j, thread, true)) holding = false;  // stepped back
     // Out of chunks unless it left for a job of higher priority; either way the next pick
     // should not be this job again until something is posted.
     if (j.next.load(std::memory_order_relaxed) >= j.count) skip |= bit(static_cast<uint32_t>(s));

@@ -7,9 +7,11 @@
 /// boundaries, move to a job of higher priority when one opens (issue 21 item 4: compute
 /// threads move to whichever worker has work, decode steps first). A caller waits only for
 /// the workers that joined its own job, each finishing its current chunk, never for
-/// another caller's job. Idle workers spin briefly (the next parallel_for of a forward
-/// pass usually follows within microseconds), then sleep on a condition variable so an
-/// idle pool costs no CPU.
+/// another caller's job. Workers join only while fewer than threads() threads compute
+/// (callers with a job included), and step back at a chunk boundary when more do, so that
+/// callers busy at once never oversubscribe the cores. Idle workers spin briefly (the next
+/// parallel_for of a forward pass usually follows within microseconds), then sleep on a condition
+/// variable so an idle pool costs no CPU.
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
@@ -99,9 +101,12 @@ class thread_pool {
   void run(size_t count, size_t grain, bool guided, job_priority priority, void* ctx, call_fn call);
   /// Claims the next chunk of `j`; false when none is left.
   bool claim(job& j, size_t& begin, size_t& end) const;
-  /// Runs chunks of `j` as thread `thread` until none is left or, when `yield_to_higher`,
-  /// a job of higher priority is open.
-  void work(job& j, uint32_t thread, bool yield_to_higher);
+  /// Runs chunks of `j` as thread `thread` until none is left or, for a `worker`, the pool
+  /// has more threads computing than threads() or a job of higher priority is open. True
+  /// when the worker stepped back for the former (its compute slot released).
+  bool work(job& j, uint32_t thread, bool worker);
+  /// Takes a compute slot for a worker; false when threads() are computing already.
+  bool reserve();
   /// The open job with the highest priority (the lowest slot among equals), or -1; slots
   /// in `skip` are left out.
   int best_open(uint64_t skip) const;
@@ -114,9 +119,14 @@ class thread_pool {
   uint32_t callers_ = 1;
   std::unique_ptr<job[]> jobs_;  ///< one per caller slot
   std::vector<std::thread> workers_;
-  std::atomic<uint64_t> slots_{0};         ///< caller slots in use, a bit each
-  std::atomic<uint64_t> open_{0};          ///< slots whose job is open to workers, a bit each
-  std::atomic<uint64_t> epoch_{0};         ///< bumped (under mutex_) whenever a job is posted
+  std::atomic<uint64_t> slots_{0};  ///< caller slots in use, a bit each
+  std::atomic<uint64_t> open_{0};   ///< slots whose job is open to workers, a bit each
+  std::atomic<uint64_t> epoch_{0};
+  /// Threads computing: callers with a job posted, and joined workers. Workers join only
+  /// while it is below threads(), so with several callers busy the pool does not run more
+  /// threads than it has (a 2-core machine with a prefill and a decode step at once runs
+  /// one thread each, as split pools would, instead of three on two cores).
+  std::atomic<uint32_t> active_{0};        ///< bumped (under mutex_) whenever a job is posted
   std::atomic<uint32_t> slot_waiters_{0};  ///< callers waiting for a caller slot
   std::atomic<bool> stop_{false};
   std::mutex mutex_;                   ///< guards sleeping and waking

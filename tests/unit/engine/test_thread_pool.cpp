@@ -92,41 +92,44 @@ TEST_CASE("thread_pool: a caller does not wait for another caller's job", "[cpu]
 
 TEST_CASE("thread_pool: a worker moves to a high-priority job at its next chunk boundary",
           "[cpu]") {
-  // Two callers and one worker (thread index 2). The low caller's own chunk holds it until
-  // the high job is done, so the low job's other chunks are the worker's; the worker's first
-  // low chunk holds it until the high job has started. It must then leave the low job
-  // after that one chunk: the high job's caller waits in its first chunk for the worker to
-  // run one of its chunks.
-  thread_pool pool(2, 2);
-  REQUIRE(pool.size() == 3);
-  const uint32_t worker = 2;
+  // Three threads per job, two callers: workers have thread indices 2 and 3. The low
+  // caller's own chunk holds it until the high job is done, and each worker's first low
+  // chunk holds that worker until the high job has started. When the high job is posted,
+  // four threads compute on three: one worker steps back, the other must leave the low job
+  // after that one chunk, as the high job's caller waits in its first chunk for a worker to
+  // run one of its chunks. Without the move the worker would run the low job's ~1000
+  // remaining chunks first.
+  thread_pool pool(3, 2);
+  REQUIRE(pool.size() == 4);
   constexpr size_t low_count = 1000;
-  std::atomic<bool> worker_in_low{false}, high_started{false}, worker_in_high{false},
-      high_done{false};
-  std::atomic<int> low_by_worker{0}, low_by_worker_before_high{-1};
+  auto is_worker = [](uint32_t t) { return t >= 2; };
+  std::atomic<bool> high_started{false}, worker_in_high{false}, high_done{false};
+  std::atomic<int> workers_in_low{0}, low_before_high{-1};
+  std::vector<std::atomic<int>> low_by(pool.size());
   std::vector<std::atomic<int>> low_hits(low_count);
   std::thread low([&] {
     pool.parallel_for(low_count, 1, [&](size_t b, size_t e, uint32_t t) {
       for (size_t i = b; i < e; ++i)
         low_hits[i].fetch_add(1);
-      if (t != worker) {
+      if (!is_worker(t)) {
         wait_for(high_done);
         return;
       }
-      if (low_by_worker.fetch_add(1) == 0) {
-        worker_in_low = true;
+      if (low_by[t].fetch_add(1) == 0) {
+        workers_in_low.fetch_add(1);
         wait_for(high_started);
       }
     });
   });
-  wait_for(worker_in_low);
+  while (workers_in_low.load() < 2)
+    std::this_thread::yield();
   std::atomic<int> high_hits{0};
   pool.parallel_for(
       8, 1,
       [&](size_t b, size_t e, uint32_t t) {
         high_hits.fetch_add(int(e - b));
-        if (t == worker) {
-          if (!worker_in_high.exchange(true)) low_by_worker_before_high = low_by_worker.load();
+        if (is_worker(t)) {
+          if (!worker_in_high.exchange(true)) low_before_high = low_by[t].load();
           return;
         }
         if (!high_started.exchange(true)) wait_for(worker_in_high);
@@ -135,9 +138,46 @@ TEST_CASE("thread_pool: a worker moves to a high-priority job at its next chunk 
   high_done = true;
   low.join();
   CHECK(high_hits.load() == 8);
-  CHECK(low_by_worker_before_high.load() == 1);
+  CHECK(low_before_high.load() == 1);
   for (auto& h : low_hits)
     REQUIRE(h.load() == 1);
+}
+
+TEST_CASE("thread_pool: workers step back while the callers fill the pool", "[cpu]") {
+  // Two threads, two callers, one worker (index 2). With both callers computing, the worker
+  // must not add a third thread: after its first low chunk it steps back instead of
+  // joining the high job, and it runs no high chunk while both callers compute.
+  thread_pool pool(2, 2);
+  const uint32_t worker = 2;
+  std::atomic<bool> worker_in_low{false}, high_started{false}, worker_back{false}, high_done{false};
+  std::atomic<int> high_by_worker{0};
+  std::thread low([&] {
+    pool.parallel_for(100, 1, [&](size_t, size_t, uint32_t t) {
+      if (t != worker) {
+        wait_for(high_done);
+        return;
+      }
+      if (!worker_in_low.exchange(true)) {
+        wait_for(high_started);
+        worker_back = true;
+      }
+    });
+  });
+  wait_for(worker_in_low);
+  pool.parallel_for(
+      64, 1,
+      [&](size_t, size_t, uint32_t t) {
+        if (t == worker) high_by_worker.fetch_add(1);
+        if (!high_started.exchange(true)) {
+          wait_for(worker_back);
+          for (int i = 0; i < 1000; ++i)  // room for the worker to (wrongly) join
+            std::this_thread::yield();
+        }
+      },
+      job_priority::high);
+  CHECK(high_by_worker.load() == 0);
+  high_done = true;
+  low.join();
 }
 
 TEST_CASE("thread_pool: nested calls run inline under the task's thread index", "[cpu]") {
