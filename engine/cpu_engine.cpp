@@ -250,6 +250,13 @@ struct cpu_engine::impl {
     return kept;
   }
 
+  /// forward() with the pool counting this engine as computing for the whole pass: the
+  /// serial work between its parallel_for calls takes a core too (thread_pool::busy_scope).
+  void run_forward(block_pool& p, blend_step* blend = nullptr) {
+    auto busy = pool.busy();
+    forward(p, blend);
+  }
+
   /// Runs `rows` through the model (their KV written into `pool`) and leaves the logits of
   /// `out_rows` in `logits` [out_rows][vocab]. With `blend`, the rows shrink to the selected
   /// ones on blend->layer (out_rows becomes the last row).
@@ -465,7 +472,7 @@ result<std::vector<token_id>> cpu_engine::prefill(block_pool& pool,
   return catch_into_result(errc::internal, [&]() -> result<std::vector<token_id>> {
     if (batch.empty()) return std::vector<token_id>{};
     if (auto r = impl_->add_prefill(pool, batch); !r) return r.error();
-    impl_->forward(pool);
+    impl_->run_forward(pool);
     std::vector<token_id> out;
     out.reserve(batch.size());
     for (size_t i = 0; i < batch.size(); ++i)
@@ -482,7 +489,7 @@ result<std::vector<token_id>> cpu_engine::decode(block_pool& pool,
   return catch_into_result(errc::internal, [&]() -> result<std::vector<token_id>> {
     if (batch.empty()) return std::vector<token_id>{};
     if (auto r = impl_->add_decode(pool, batch); !r) return r.error();
-    impl_->forward(pool);
+    impl_->run_forward(pool);
     std::vector<token_id> out;
     out.reserve(batch.size());
     for (size_t i = 0; i < batch.size(); ++i)
@@ -501,7 +508,7 @@ result<std::vector<float>> cpu_engine::prefill_logits(block_pool& pool,
     impl_->out_rows.clear();
     for (uint32_t r = 0; r < impl_->rows.size(); ++r)
       impl_->out_rows.push_back(r);
-    impl_->forward(pool);
+    impl_->run_forward(pool);
     return std::vector<float>(
         impl_->logits.begin(),
         impl_->logits.begin() + size_t{chunk.end - chunk.begin} * info_.vocab_size);
@@ -513,7 +520,7 @@ result<std::vector<float>> cpu_engine::decode_logits(block_pool& pool,
   return catch_into_result(errc::internal, [&]() -> result<std::vector<float>> {
     if (batch.empty()) return std::vector<float>{};
     if (auto r = impl_->add_decode(pool, batch); !r) return r.error();
-    impl_->forward(pool);
+    impl_->run_forward(pool);
     return std::vector<float>(impl_->logits.begin(),
                               impl_->logits.begin() + batch.size() * info_.vocab_size);
   });
@@ -523,7 +530,7 @@ result<std::vector<float>> cpu_engine::prefill_last_logits(block_pool& pool,
                                                            const prefill_chunk& chunk) {
   return catch_into_result(errc::internal, [&]() -> result<std::vector<float>> {
     if (auto r = impl_->add_prefill(pool, {&chunk, 1}); !r) return r.error();
-    impl_->forward(pool);
+    impl_->run_forward(pool);
     auto row = impl_->logits_row(0);
     return std::vector<float>(row.begin(), row.end());
   });
@@ -537,7 +544,7 @@ result<std::vector<token_id>> cpu_engine::prefill_at(block_pool& pool, const pre
           "cpu engine: prefill_at: base position {} + {} tokens exceeds the context ({})",
           base_position, chunk.end, info_.max_context));
     if (auto r = impl_->add_prefill(pool, {&chunk, 1}, base_position); !r) return r.error();
-    impl_->forward(pool);
+    impl_->run_forward(pool);
     return std::vector<token_id>{sample_token(
         impl_->logits_row(0), chunk.sampling, base_position + chunk.end,
         make_history(chunk.tokens.subspan(0, chunk.end), chunk.tokens.size(), chunk.sampling),
@@ -648,7 +655,7 @@ result<blend_outcome> cpu_engine::prefill_blend(block_pool& pool, const blend_pr
         if (sg.reused)
           std::fill(step.reused_at.begin() + sg.begin, step.reused_at.begin() + sg.end, 1);
       out.select_layer_tokens = static_cast<uint32_t>(im.rows.size());
-      im.forward(pool, &step);
+      im.run_forward(pool, &step);
     } else {
       // The selection is known without deviations: keep only its rows from layer 0 on.
       step.selection = select_recompute(req.segments, req.cached_prefix, {}, req.recompute_ratio,
@@ -663,7 +670,7 @@ result<blend_outcome> cpu_engine::prefill_blend(block_pool& pool, const blend_pr
       im.rows.resize(kept);
       im.out_rows.assign(1, static_cast<uint32_t>(kept - 1));
       out.select_layer_tokens = static_cast<uint32_t>(kept);
-      im.forward(pool);
+      im.run_forward(pool);
     }
     auto row = im.logits_row(0);
     out.logits.assign(row.begin(), row.end());

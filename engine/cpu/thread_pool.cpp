@@ -16,6 +16,8 @@ namespace {
 /// a nested parallel_for runs inline under the same index.
 thread_local const thread_pool* task_pool = nullptr;
 thread_local uint32_t task_thread = 0;
+/// The pool this thread is counted busy in (thread_pool::busy_scope), if any.
+thread_local const thread_pool* busy_pool = nullptr;
 
 /// Sets the task context for a scope and restores the outer one.
 class task_scope {
@@ -75,6 +77,19 @@ thread_pool::thread_pool(uint32_t threads, uint32_t callers) : callers_(callers)
   workers_.reserve(threads - 1);
   for (uint32_t t = 0; t + 1 < threads; ++t)
     workers_.emplace_back([this, t] { worker_loop(callers_ + t); });
+}
+
+thread_pool::busy_scope::busy_scope(thread_pool& pool) : outer_(busy_pool) {
+  if (busy_pool == &pool) return;
+  pool_ = &pool;
+  busy_pool = &pool;
+  pool.active_.fetch_add(1);
+}
+
+thread_pool::busy_scope::~busy_scope() {
+  if (pool_ == nullptr) return;
+  pool_->active_.fetch_sub(1);
+  busy_pool = outer_;
 }
 
 thread_pool::~thread_pool() {
@@ -200,7 +215,8 @@ void thread_pool::run(size_t count, size_t grain, bool guided, job_priority prio
     epoch_.fetch_add(1);
   }
   wake_.notify_all();
-  active_.fetch_add(1);
+  const bool counted = busy_pool != this;  // else counted by a busy_scope already
+  if (counted) active_.fetch_add(1);
   work(j, slot, false);
   open_.fetch_and(~bit(slot));
   const uint64_t joined = j.state.fetch_or(closed_bit, std::memory_order_acq_rel) & count_mask;
@@ -209,7 +225,7 @@ void thread_pool::run(size_t count, size_t grain, bool guided, job_priority prio
     std::unique_lock lock(mutex_);
     done_.wait(lock, all_out);
   }
-  active_.fetch_sub(1);
+  if (counted) active_.fetch_sub(1);
   release_slot(slot);
 }
 

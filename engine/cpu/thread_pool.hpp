@@ -51,6 +51,24 @@ class thread_pool {
   /// Callers that can run jobs at once.
   uint32_t callers() const { return callers_; }
 
+  /// Counts the calling thread as computing, for the workers' budget (threads()), from
+  /// construction to destruction: an engine call whose serial work between parallel_for
+  /// calls takes a core too. Without it a caller counts only inside parallel_for, and a
+  /// worker would join another caller's job in each short gap and step back at the next
+  /// post, thrashing. parallel_for calls inside count no second time; nested scopes are
+  /// no-ops. Not movable; use on one thread.
+  class busy_scope {
+   public:
+    explicit busy_scope(thread_pool& pool);
+    ~busy_scope();
+    busy_scope(const busy_scope&) = delete;
+    busy_scope& operator=(const busy_scope&) = delete;
+
+   private:
+    thread_pool* pool_ = nullptr;  ///< null: nested, nothing to undo
+    const thread_pool* outer_ = nullptr;
+  };
+
   /// Calls fn(begin, end, thread) over disjoint chunks [begin, end) of [0, count), each at
   /// most `grain` long (grain 0 = split evenly across threads()), and blocks until all have
   /// run. `thread` identifies the participant (see size()). A call from inside a task, or
@@ -147,6 +165,8 @@ class pool_lane {
   uint32_t threads() const { return pool_->threads(); }
   /// The priority of this lane's jobs from now on.
   void set_priority(job_priority p) { priority_ = p; }
+  /// thread_pool::busy_scope for this lane's pool.
+  [[nodiscard]] thread_pool::busy_scope busy() { return thread_pool::busy_scope(*pool_); }
 
   template <class Fn>
   void parallel_for(size_t count, size_t grain, Fn&& fn) {

@@ -212,3 +212,41 @@ TEST_CASE("thread_pool: destroyed with idle workers", "[cpu]") {
   CHECK_THROWS_AS(thread_pool(2, 0), std::invalid_argument);
   CHECK_THROWS_AS(thread_pool(2, 65), std::invalid_argument);
 }
+
+TEST_CASE("thread_pool: a busy_scope holds a core between parallel_for calls", "[cpu]") {
+  // Two threads, two callers, one worker (index 2). While one caller is inside a busy scope
+  // (an engine call between its parallel_for calls), the other caller's job gets no worker:
+  // the two callers already compute on the pool's two threads. Once the scope ends, the
+  // worker joins again.
+  thread_pool pool(2, 2);
+  const uint32_t worker = 2;
+  std::atomic<bool> busy{false}, release{false};
+  std::thread engine([&] {
+    thread_pool::busy_scope scope(pool);
+    thread_pool::busy_scope nested(pool);  // no second count
+    pool.parallel_for(4, 1, [](size_t, size_t, uint32_t) {});
+    busy = true;
+    wait_for(release);
+  });
+  wait_for(busy);
+  std::atomic<int> by_worker{0};
+  auto job = [&](size_t, size_t, uint32_t t) {
+    if (t == worker) by_worker.fetch_add(1);
+    for (int i = 0; i < 100; ++i)  // room for the worker to (wrongly) join
+      std::this_thread::yield();
+  };
+  pool.parallel_for(64, 1, job, job_priority::high);
+  CHECK(by_worker.load() == 0);
+  release = true;
+  engine.join();
+  // Both scopes ended: the worker joins again (a leaked count would keep it out of every
+  // job from here on, and this would hang). The caller's chunk waits for the worker's.
+  std::atomic<bool> worker_ran{false};
+  pool.parallel_for(2, 1, [&](size_t, size_t, uint32_t t) {
+    if (t == worker)
+      worker_ran = true;
+    else
+      wait_for(worker_ran);
+  });
+  CHECK(worker_ran.load());
+}
