@@ -74,7 +74,7 @@ command add_serve(CLI::App& app) {
   auto o = std::make_shared<serve_opts>();
   add_engine_options(app, cfg->engine, o->engine,
                      "Compute threads per worker, or of the shared pool with --compute-pool "
-                     "shared (0 = this machine's cores, shared by the workers)");
+                     "shared (0 = this machine's cores, split between the workers or shared)");
   app.add_option("--host", cfg->rpc.host, "Address the RPC frontend binds")->capture_default_str();
   app.add_option("--rpc-port", cfg->rpc.port,
                  "RPC port (0 = any free port; the ready line says which)")
@@ -154,8 +154,8 @@ command add_serve(CLI::App& app) {
   app.add_option("--compute-pool", o->compute_pool,
                  "cpu engine: shared = the workers share one pool of compute threads (all "
                  "cores, or --threads), idle threads joining whichever worker has work, decode "
-                 "steps first; own = each worker its own threads; auto = shared unless "
-                 "--threads is given")
+                 "steps first; own = each worker its own threads; auto = own (shared won at "
+                 "concurrency 1 and lost ITL at 4 on a 2-core VM)")
       ->check(CLI::IsMember({"auto", "shared", "own"}))
       ->capture_default_str();
   app.add_option("--decode-workers", cfg->decode_workers)

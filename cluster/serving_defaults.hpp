@@ -52,10 +52,14 @@ struct serve_topology {
 /// shared 2-core VM it lost at concurrency 4 in output tok/s and p99 ITL and was not
 /// measurably better at 1; it needs a measurement on an idle machine first.)
 /// Shared pool: with the cpu engine (`host_compute`) and more than one worker, when
-/// `shared_pool` says so or, unset, when the user gave no thread count; then `threads` is
-/// the pool's size (the user's count, else every core), so a lone stream decodes on every
-/// core while prefill and decode still run in their own workers. Else threads per worker:
-/// the user's count, or the cores split evenly between the workers, at least 1.
+/// `shared_pool` says so; then `threads` is the pool's size (the user's count, else every
+/// core), so a lone prompt prefills and a lone stream decodes on every core while prefill
+/// and decode still run in their own workers. Unset means not shared: on the shared 2-core
+/// VM (125m f16, input 256, output 64, interleaved A/B) it won at concurrency 1 (output
+/// tok/s +13-40%, TTFT p50 -28-45%, ITL p50 equal or -15%) but lost at 4 (ITL p50
+/// +16-75%, p99 +10-80%, output tok/s up to -30%; TTFT p99 better), where split pools
+/// keep each step on one undisturbed core. Else threads per worker: the user's count, or
+/// the cores split evenly between the workers, at least 1.
 /// Local prefill chunk: aggregated_prefill_chunk when there is no prefill worker, the
 /// engine computes on these cores and the user gave no chunk (`chunk_given`), else 0.
 serve_topology choose_topology(uint32_t cores, bool host_compute,
