@@ -55,11 +55,11 @@ struct serve_topology {
 /// `shared_pool` says so; then `threads` is the pool's size (the user's count, else every
 /// core), so a lone prompt prefills and a lone stream decodes on every core while prefill
 /// and decode still run in their own workers. Unset means not shared: on the shared 2-core
-/// VM (125m f16, input 256, output 64, interleaved A/B) it won at concurrency 1 (output
-/// tok/s +13-40%, TTFT p50 -28-45%, ITL p50 equal or -15%) but lost at 4 (ITL p50
-/// +16-75%, p99 +10-80%, output tok/s up to -30%; TTFT p99 better), where split pools
-/// keep each step on one undisturbed core. Else threads per worker: the user's count, or
-/// the cores split evenly between the workers, at least 1.
+/// VM (125m f16, input 256, output 64, interleaved A/B, load 3.5-7) it won at concurrency 1
+/// (TTFT p50 up to -60%, ITL p50 equal to -50%) but not clearly at 4: ITL p50 +10% and
+/// -10% in the last two pairs (+16-75% before thread_pool::busy_scope), TTFT p99 -20-40%.
+/// It needs a measurement on an idle machine. Else threads per worker: the user's count,
+/// or the cores split evenly between the workers, at least 1.
 /// Local prefill chunk: aggregated_prefill_chunk when there is no prefill worker, the
 /// engine computes on these cores and the user gave no chunk (`chunk_given`), else 0.
 serve_topology choose_topology(uint32_t cores, bool host_compute,
