@@ -30,6 +30,7 @@ struct serve_opts {
   uint32_t admission_window_ms = 5000;     ///< router_config::admission.window_ns
   uint32_t ttft_slo_ms = 0;                ///< router_config::admission.ttft_slo_ns
   uint32_t prefill_workers = 0;
+  std::string compute_pool = "auto";  ///< embedded_config::shared_pool: auto, shared, own
   std::string kv_memory;
   uint32_t prefill_kv_blocks = 0, decode_kv_blocks = 0;
   kv_tier_config tier;  ///< every worker's second KV tier
@@ -73,7 +74,8 @@ command add_serve(CLI::App& app) {
   auto cfg = std::make_shared<embedded_config>();
   auto o = std::make_shared<serve_opts>();
   add_engine_options(app, cfg->engine, o->engine,
-                     "Compute threads per worker (0 = this machine's cores / workers)");
+                     "Compute threads per worker, or of the shared pool with --compute-pool "
+                     "shared (0 = this machine's cores, split between the workers or shared)");
   app.add_option("--host", cfg->rpc.host, "Address the RPC frontend binds")->capture_default_str();
   app.add_option("--rpc-port", cfg->rpc.port,
                  "RPC port (0 = any free port; the ready line says which)")
@@ -150,6 +152,13 @@ command add_serve(CLI::App& app) {
       app.add_option("--prefill-workers", o->prefill_workers,
                      "Prefill workers (0 = prefill on the decode workers, in 128-token chunks "
                      "unless --prefill-chunk is given; default 1)");
+  app.add_option("--compute-pool", o->compute_pool,
+                 "cpu engine: shared = the workers share one pool of compute threads (all "
+                 "cores, or --threads), idle threads joining whichever worker has work, decode "
+                 "steps first; own = each worker its own threads; auto = own (shared won at "
+                 "concurrency 1 and lost ITL at 4 on a 2-core VM)")
+      ->check(CLI::IsMember({"auto", "shared", "own"}))
+      ->capture_default_str();
   app.add_option("--decode-workers", cfg->decode_workers)
       ->check(CLI::Range(1u, 64u))
       ->capture_default_str();
@@ -262,6 +271,7 @@ command add_serve(CLI::App& app) {
       return 2;
     }
     if (o->prefill_workers_opt->count() > 0) cfg->prefill_workers = o->prefill_workers;
+    if (o->compute_pool != "auto") cfg->shared_pool = o->compute_pool == "shared";
     if (o->tier.disk_blocks > 0 && o->tier.host_blocks == 0) {
       std::fprintf(stderr,
                    "tokenmill serve: --kv-disk-blocks %u needs --kv-host-blocks > 0 (blocks reach "
@@ -336,9 +346,10 @@ command add_serve(CLI::App& app) {
     std::printf("tokenmill serve: %s\n", (*cluster)->kv_pools().summary.c_str());
     std::printf(
         "tokenmill ready: rpc=%s:%u http=%s engine=%s model=%s prefill_workers=%u "
-        "decode_workers=%u threads=%u\n",
+        "decode_workers=%u threads=%u%s\n",
         cfg->rpc.host.c_str(), (*cluster)->rpc_port(), http.c_str(), cfg->engine.kind.c_str(),
-        (*cluster)->model().name.c_str(), topo.prefill_workers, topo.decode_workers, topo.threads);
+        (*cluster)->model().name.c_str(), topo.prefill_workers, topo.decode_workers, topo.threads,
+        topo.shared_pool ? " (shared)" : "");
     std::fflush(stdout);
     // Free heap memory goes back to the OS every few seconds (common/heap_release.hpp).
     heap_release_schedule release(static_cast<int64_t>(heap_release_interval_s * 1e9));

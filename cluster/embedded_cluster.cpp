@@ -11,6 +11,7 @@
 #include "actors/type_ids.hpp"
 #include "cluster/detail/node_wiring.hpp"
 #include "common/clock.hpp"
+#include "engine/cpu/thread_pool.hpp"
 
 namespace tokenmill {
 namespace {
@@ -114,10 +115,14 @@ result<std::unique_ptr<embedded_cluster>> embedded_cluster::start(embedded_confi
   if (cfg.engine.cpu.threads > 0) threads = cfg.engine.cpu.threads;
   serve_topology topo =
       choose_topology(std::thread::hardware_concurrency(), host_compute, cfg.prefill_workers,
-                      cfg.decode_workers, threads, cfg.prefill_chunk_given);
+                      cfg.decode_workers, threads, cfg.prefill_chunk_given, cfg.shared_pool);
   cfg.prefill_workers = topo.prefill_workers;
   if (topo.local_prefill_chunk > 0) cfg.decode.local_prefill_budget = topo.local_prefill_chunk;
   if (host_compute) cfg.engine.cpu.threads = topo.threads;
+  if (topo.shared_pool)
+    // A caller slot per worker (beyond 64, workers wait for a free one).
+    cfg.engine.cpu.pool = std::make_shared<cpu::thread_pool>(
+        topo.threads, std::min(64u, topo.prefill_workers + topo.decode_workers));
   auto made_tok = make_tokenizer(cfg.engine);
   if (!made_tok) return error_info{errc::invalid_request, made_tok.error().message};
   auto tok = *made_tok;

@@ -31,6 +31,9 @@ struct embedded_config {
   /// from the core count (cpu engine; 1 for the others).
   std::optional<uint32_t> prefill_workers;
   uint32_t decode_workers = 1;
+  /// The cpu workers share one compute pool (serve_topology::shared_pool); unset:
+  /// choose_topology decides.
+  std::optional<bool> shared_pool;
   /// KV budget of all pools together, bytes; unset: default_kv_memory (serving_defaults.hpp).
   std::optional<uint64_t> kv_memory;
   /// The user set the prefill chunk (prefill.token_budget); else a decode worker that

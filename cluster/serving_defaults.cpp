@@ -83,13 +83,19 @@ std::string format_memory_size(uint64_t bytes) {
 serve_topology choose_topology(uint32_t cores, bool host_compute,
                                std::optional<uint32_t> prefill_workers,
                                std::optional<uint32_t> decode_workers,
-                               std::optional<uint32_t> threads, bool chunk_given) {
+                               std::optional<uint32_t> threads, bool chunk_given,
+                               std::optional<bool> shared_pool) {
   cores = std::max(1u, cores);
   serve_topology t;
   t.decode_workers = decode_workers.value_or(1);
   t.prefill_workers = prefill_workers.value_or(1);
   const uint32_t workers = std::max(1u, t.prefill_workers + t.decode_workers);
-  t.threads = threads && *threads > 0 ? *threads : std::max(1u, cores / workers);
+  const bool threads_given = threads && *threads > 0;
+  t.shared_pool = host_compute && workers > 1 && shared_pool.value_or(false);
+  if (t.shared_pool)
+    t.threads = threads_given ? *threads : cores;
+  else
+    t.threads = threads_given ? *threads : std::max(1u, cores / workers);
   if (host_compute && t.prefill_workers == 0 && !chunk_given)
     t.local_prefill_chunk = aggregated_prefill_chunk;
   return t;

@@ -39,7 +39,10 @@ inline constexpr uint32_t aggregated_prefill_chunk = 128;
 struct serve_topology {
   uint32_t prefill_workers = 0;
   uint32_t decode_workers = 1;
-  uint32_t threads = 1;              ///< compute threads per worker
+  uint32_t threads = 1;  ///< compute threads per worker, or of the shared pool
+  /// The cpu workers share one pool of `threads` (cpu::thread_pool with a caller per
+  /// worker): idle threads join whichever worker has work, decode steps first.
+  bool shared_pool = false;
   uint32_t local_prefill_chunk = 0;  ///< decode workers' prefill chunk; 0: the configured one
 };
 
@@ -47,14 +50,23 @@ struct serve_topology {
 /// the user gave is kept, the rest chosen. Prefill workers: 1. (Running none below some
 /// core count, so that a lone stream decodes on every core, was tried for issue 21: on the
 /// shared 2-core VM it lost at concurrency 4 in output tok/s and p99 ITL and was not
-/// measurably better at 1; it needs a measurement on an idle machine first.) Threads: the
-/// cores split evenly between the workers, at least 1. Local prefill chunk:
-/// aggregated_prefill_chunk when there is no prefill worker, the engine computes on these
-/// cores (`host_compute`: the cpu engine) and the user gave no chunk (`chunk_given`), else 0.
+/// measurably better at 1; it needs a measurement on an idle machine first.)
+/// Shared pool: with the cpu engine (`host_compute`) and more than one worker, when
+/// `shared_pool` says so; then `threads` is the pool's size (the user's count, else every
+/// core), so a lone prompt prefills and a lone stream decodes on every core while prefill
+/// and decode still run in their own workers. Unset means not shared: on the shared 2-core
+/// VM (125m f16, input 256, output 64, interleaved A/B, load 3.5-7) it won at concurrency 1
+/// (TTFT p50 up to -60%, ITL p50 equal to -50%) but not clearly at 4: ITL p50 +10% and
+/// -10% in the last two pairs (+16-75% before thread_pool::busy_scope), TTFT p99 -20-40%.
+/// It needs a measurement on an idle machine. Else threads per worker: the user's count,
+/// or the cores split evenly between the workers, at least 1.
+/// Local prefill chunk: aggregated_prefill_chunk when there is no prefill worker, the
+/// engine computes on these cores and the user gave no chunk (`chunk_given`), else 0.
 serve_topology choose_topology(uint32_t cores, bool host_compute,
                                std::optional<uint32_t> prefill_workers,
                                std::optional<uint32_t> decode_workers,
-                               std::optional<uint32_t> threads, bool chunk_given = false);
+                               std::optional<uint32_t> threads, bool chunk_given = false,
+                               std::optional<bool> shared_pool = {});
 
 /// What the KV pools of one process must serve, in the engine's KV layout.
 struct kv_demand {

@@ -54,7 +54,10 @@ struct cpu_engine::impl {
   };
 
   impl(const loaded_model& model, const cpu_engine_config& cfg)
-      : m(model), c(model.config), layout(cpu_kv_layout(model.config, cfg)), pool(cfg.threads) {
+      : m(model),
+        c(model.config),
+        layout(cpu_kv_layout(model.config, cfg)),
+        pool(cfg.pool ? cfg.pool : std::make_shared<cpu::thread_pool>(cfg.threads)) {
     const auto& w = m.weights;
     for (const auto& lw : w.layers) {
       layer_vectors v;
@@ -79,7 +82,9 @@ struct cpu_engine::impl {
   const loaded_model& m;
   const llama_config& c;
   kv_layout layout;
-  cpu::thread_pool pool;
+  /// The compute pool, the engine's own or shared (cpu_engine_config::pool); decode steps
+  /// run at high priority, prefill and KV moves at normal (add_decode, add_prefill).
+  cpu::pool_lane pool;
   std::vector<layer_vectors> layers;
   std::vector<float> out_norm;
   std::vector<float> inv_freq;  ///< [head_dim / 2]
@@ -271,6 +276,7 @@ struct cpu_engine::impl {
   /// tiles allow gaps (make_sparse_tiles); and the phases are timed into `ph`. A separate
   /// function so that forward(), the serving hot path, carries none of this.
   void forward_blend(block_pool& p, blend_step* select, blend_phases& ph) {
+    auto busy = pool.busy();  // as run_forward()
     int64_t t_phase = now_ns();
     double* phase = select ? &ph.full_width_ms : &ph.selected_ms;
     auto lap = [&](double* next) {
@@ -406,6 +412,13 @@ struct cpu_engine::impl {
     lap(nullptr);
   }
 
+  /// forward() with the pool counting this engine as computing for the whole pass: the
+  /// serial work between its parallel_for calls takes a core too (thread_pool::busy_scope).
+  void run_forward(block_pool& p) {
+    auto busy = pool.busy();
+    forward(p);
+  }
+
   /// Runs `rows` through the model (their KV written into `pool`) and leaves the logits of
   /// `out_rows` in `logits` [out_rows][vocab].
   void forward(block_pool& p) {
@@ -538,6 +551,7 @@ struct cpu_engine::impl {
   result<void> add_prefill(const block_pool& p, std::span<const prefill_chunk> batch,
                            uint32_t base_position = 0) {
     if (auto r = check_pool(p); !r) return r;
+    pool.set_priority(cpu::job_priority::normal);
     rows.clear();
     tables.clear();
     out_rows.clear();
@@ -561,6 +575,7 @@ struct cpu_engine::impl {
   /// Validates the sequences and collects their newest rows; an invalid batch is refused.
   result<void> add_decode(const block_pool& p, std::span<const decode_seq> batch) {
     if (auto r = check_pool(p); !r) return r;
+    pool.set_priority(cpu::job_priority::high);
     rows.clear();
     tables.clear();
     out_rows.clear();
@@ -617,7 +632,7 @@ result<std::vector<token_id>> cpu_engine::prefill(block_pool& pool,
   return catch_into_result(errc::internal, [&]() -> result<std::vector<token_id>> {
     if (batch.empty()) return std::vector<token_id>{};
     if (auto r = impl_->add_prefill(pool, batch); !r) return r.error();
-    impl_->forward(pool);
+    impl_->run_forward(pool);
     std::vector<token_id> out;
     out.reserve(batch.size());
     for (size_t i = 0; i < batch.size(); ++i)
@@ -634,7 +649,7 @@ result<std::vector<token_id>> cpu_engine::decode(block_pool& pool,
   return catch_into_result(errc::internal, [&]() -> result<std::vector<token_id>> {
     if (batch.empty()) return std::vector<token_id>{};
     if (auto r = impl_->add_decode(pool, batch); !r) return r.error();
-    impl_->forward(pool);
+    impl_->run_forward(pool);
     std::vector<token_id> out;
     out.reserve(batch.size());
     for (size_t i = 0; i < batch.size(); ++i)
@@ -653,7 +668,7 @@ result<std::vector<float>> cpu_engine::prefill_logits(block_pool& pool,
     impl_->out_rows.clear();
     for (uint32_t r = 0; r < impl_->rows.size(); ++r)
       impl_->out_rows.push_back(r);
-    impl_->forward(pool);
+    impl_->run_forward(pool);
     return std::vector<float>(
         impl_->logits.begin(),
         impl_->logits.begin() + size_t{chunk.end - chunk.begin} * info_.vocab_size);
@@ -665,7 +680,7 @@ result<std::vector<float>> cpu_engine::decode_logits(block_pool& pool,
   return catch_into_result(errc::internal, [&]() -> result<std::vector<float>> {
     if (batch.empty()) return std::vector<float>{};
     if (auto r = impl_->add_decode(pool, batch); !r) return r.error();
-    impl_->forward(pool);
+    impl_->run_forward(pool);
     return std::vector<float>(impl_->logits.begin(),
                               impl_->logits.begin() + batch.size() * info_.vocab_size);
   });
@@ -675,7 +690,7 @@ result<std::vector<float>> cpu_engine::prefill_last_logits(block_pool& pool,
                                                            const prefill_chunk& chunk) {
   return catch_into_result(errc::internal, [&]() -> result<std::vector<float>> {
     if (auto r = impl_->add_prefill(pool, {&chunk, 1}); !r) return r.error();
-    impl_->forward(pool);
+    impl_->run_forward(pool);
     auto row = impl_->logits_row(0);
     return std::vector<float>(row.begin(), row.end());
   });
@@ -689,7 +704,7 @@ result<std::vector<token_id>> cpu_engine::prefill_at(block_pool& pool, const pre
           "cpu engine: prefill_at: base position {} + {} tokens exceeds the context ({})",
           base_position, chunk.end, info_.max_context));
     if (auto r = impl_->add_prefill(pool, {&chunk, 1}, base_position); !r) return r.error();
-    impl_->forward(pool);
+    impl_->run_forward(pool);
     return std::vector<token_id>{sample_token(
         impl_->logits_row(0), chunk.sampling, base_position + chunk.end,
         make_history(chunk.tokens.subspan(0, chunk.end), chunk.tokens.size(), chunk.sampling),
@@ -701,6 +716,7 @@ result<void> cpu_engine::move_chunk_kv(block_pool& pool, const chunk_move& mv) {
   return catch_into_result(errc::internal, [&]() -> result<void> {
     auto& im = *impl_;
     if (auto r = im.check_pool(pool); !r) return r;
+    im.pool.set_priority(cpu::job_priority::normal);
     const kv_layout& lay = im.layout;
     if (mv.tokens == 0) return bad_request("cpu engine: move_chunk_kv: no tokens to move");
     auto check_table = [&](std::span<const block_id> t, uint64_t end,
@@ -810,7 +826,7 @@ result<blend_outcome> cpu_engine::prefill_blend(block_pool& pool, const blend_pr
       if (step.selection.positions.size() == im.rows.size()) {
         // Every position: the ordinary forward pass (ratio 1 is a full prefill bit for bit).
         const int64_t t0 = now_ns();
-        im.forward(pool);
+        im.run_forward(pool);
         out.phases.selected_ms = (now_ns() - t0) / 1e6;
       } else {
         size_t kept = 0, next = 0;

@@ -13,8 +13,16 @@
 
 namespace tokenmill {
 
+namespace cpu {
+class thread_pool;
+}
+
 struct cpu_engine_config {
-  uint32_t threads = 0;         ///< compute threads; 0 = the machine's hardware threads
+  uint32_t threads = 0;  ///< compute threads of the engine's own pool; 0 = the machine's
+  /// A compute pool shared with the process's other cpu engines (made with one caller
+  /// slot per engine): idle threads join whichever engine has work, decode steps first.
+  /// Null: the engine makes its own pool of `threads`.
+  std::shared_ptr<cpu::thread_pool> pool;
   uint32_t kv_dtype_bytes = 2;  ///< 4: f32 KV cache, 2: f16 KV cache
   uint32_t block_tokens = 16;   ///< tokens per KV block
 };

@@ -1,7 +1,9 @@
 #include "engine/cpu/thread_pool.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
+#include <stdexcept>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -10,8 +12,31 @@
 namespace tokenmill::cpu {
 namespace {
 
-/// True while this thread runs a task of some pool: nested parallel_for runs inline.
-thread_local bool in_task = false;
+/// The pool whose task this thread runs (null outside tasks) and the task's thread index:
+/// a nested parallel_for runs inline under the same index.
+thread_local const thread_pool* task_pool = nullptr;
+thread_local uint32_t task_thread = 0;
+/// The pool this thread is counted busy in (thread_pool::busy_scope), if any.
+thread_local const thread_pool* busy_pool = nullptr;
+
+/// Sets the task context for a scope and restores the outer one.
+class task_scope {
+ public:
+  task_scope(const thread_pool* pool, uint32_t thread) : pool_(task_pool), thread_(task_thread) {
+    task_pool = pool;
+    task_thread = thread;
+  }
+  ~task_scope() {
+    task_pool = pool_;
+    task_thread = thread_;
+  }
+  task_scope(const task_scope&) = delete;
+  task_scope& operator=(const task_scope&) = delete;
+
+ private:
+  const thread_pool* pool_;
+  uint32_t thread_;
+};
 
 /// How long an idle participant spins before sleeping. A forward pass issues a
 /// parallel_for every few microseconds to milliseconds; 200 us covers the gaps between
@@ -35,13 +60,36 @@ bool spin_until(Pred pred) {
   }
 }
 
+constexpr uint64_t closed_bit = uint64_t{1} << 31;
+constexpr uint64_t count_mask = closed_bit - 1;
+
+uint64_t bit(uint32_t slot) {
+  return uint64_t{1} << slot;
+}
+
 }  // namespace
 
-thread_pool::thread_pool(uint32_t threads) {
+thread_pool::thread_pool(uint32_t threads, uint32_t callers) : callers_(callers) {
+  if (callers == 0 || callers > 64)
+    throw std::invalid_argument("thread_pool: callers must be in [1, 64]");
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  jobs_ = std::make_unique<job[]>(callers);
   workers_.reserve(threads - 1);
-  for (uint32_t t = 1; t < threads; ++t)
-    workers_.emplace_back([this, t] { worker_loop(t); });
+  for (uint32_t t = 0; t + 1 < threads; ++t)
+    workers_.emplace_back([this, t] { worker_loop(callers_ + t); });
+}
+
+thread_pool::busy_scope::busy_scope(thread_pool& pool) : outer_(busy_pool) {
+  if (busy_pool == &pool) return;
+  pool_ = &pool;
+  busy_pool = &pool;
+  pool.active_.fetch_add(1);
+}
+
+thread_pool::busy_scope::~busy_scope() {
+  if (pool_ == nullptr) return;
+  pool_->active_.fetch_sub(1);
+  busy_pool = outer_;
 }
 
 thread_pool::~thread_pool() {
@@ -54,92 +102,182 @@ thread_pool::~thread_pool() {
     w.join();
 }
 
-bool thread_pool::claim(size_t& begin, size_t& end) {
-  if (!guided_) {
-    begin = next_.fetch_add(grain_, std::memory_order_relaxed);
-    end = std::min(count_, begin + grain_);
-    return begin < count_;
+bool thread_pool::claim(job& j, size_t& begin, size_t& end) const {
+  if (!j.guided) {
+    begin = j.next.fetch_add(j.grain, std::memory_order_relaxed);
+    end = std::min(j.count, begin + j.grain);
+    return begin < j.count;
   }
-  const size_t split = 2 * size();
-  begin = next_.load(std::memory_order_relaxed);
+  const size_t split = 2 * size_t{threads()};
+  begin = j.next.load(std::memory_order_relaxed);
   do {
-    if (begin >= count_) return false;
-    const size_t take = std::max(grain_, (count_ - begin) / split / grain_ * grain_);
-    end = std::min(count_, begin + take);
-  } while (!next_.compare_exchange_weak(begin, end, std::memory_order_relaxed));
+    if (begin >= j.count) return false;
+    const size_t take = std::max(j.grain, (j.count - begin) / split / j.grain * j.grain);
+    end = std::min(j.count, begin + take);
+  } while (!j.next.compare_exchange_weak(begin, end, std::memory_order_relaxed));
   return true;
 }
 
-void thread_pool::work(uint32_t thread) {
-  bool outer = in_task;
-  in_task = true;
+bool thread_pool::work(job& j, uint32_t thread, bool worker) {
+  task_scope scope(this, thread);
+  const uint8_t p = j.priority.load(std::memory_order_relaxed);
   size_t begin, end;
-  while (claim(begin, end))
-    call_(ctx_, begin, end, thread);
-  in_task = outer;
+  while (claim(j, begin, end)) {
+    j.call(j.ctx, begin, end, thread);
+    if (!worker) continue;
+    // More threads computing than the pool has (a caller posted since this worker joined):
+    // the worker steps back, so that the pool's threads never outnumber its cores.
+    for (uint32_t a = active_.load(); a > threads();)
+      if (active_.compare_exchange_weak(a, a - 1)) return true;
+    if (higher_open(p)) return false;  // moves, keeping its compute slot
+  }
+  return false;
 }
 
-constexpr uint64_t closed_bit = uint64_t{1} << 31;
-constexpr uint64_t count_mask = closed_bit - 1;
+bool thread_pool::reserve() {
+  for (uint32_t a = active_.load(); a < threads();)
+    if (active_.compare_exchange_weak(a, a + 1)) return true;
+  return false;
+}
 
-void thread_pool::run(size_t count, size_t grain, bool guided, void* ctx, call_fn call) {
-  if (count == 0) return;
-  size_t parts = size();
-  if (grain == 0) grain = (count + parts - 1) / parts;
-  if (in_task || workers_.empty() || grain >= count) {
-    if (guided) return call(ctx, 0, count, 0);
-    for (size_t b = 0; b < count; b += grain)
-      call(ctx, b, std::min(count, b + grain), 0);
-    return;
+int thread_pool::best_open(uint64_t skip) const {
+  int best = -1;
+  int best_p = -1;
+  for (uint64_t m = open_.load() & ~skip; m != 0; m &= m - 1) {
+    const int s = std::countr_zero(m);
+    const int p = jobs_[s].priority.load(std::memory_order_relaxed);
+    if (p > best_p) {
+      best = s;
+      best_p = p;
+    }
   }
-  std::lock_guard submit(submit_);
-  ctx_ = ctx;
-  call_ = call;
-  count_ = count;
-  grain_ = grain;
-  guided_ = guided;
-  next_.store(0, std::memory_order_relaxed);
-  exited_.store(0, std::memory_order_relaxed);
+  return best;
+}
+
+bool thread_pool::higher_open(uint8_t p) const {
+  for (uint64_t m = open_.load(std::memory_order_acquire); m != 0; m &= m - 1)
+    if (jobs_[std::countr_zero(m)].priority.load(std::memory_order_relaxed) > p) return true;
+  return false;
+}
+
+uint32_t thread_pool::acquire_slot() {
+  const uint64_t all = callers_ == 64 ? ~uint64_t{0} : bit(callers_) - 1;
+  for (;;) {
+    uint64_t used = slots_.load();
+    while ((used & all) != all) {
+      const auto s = static_cast<uint32_t>(std::countr_zero(~used));
+      if (slots_.compare_exchange_weak(used, used | bit(s))) return s;
+    }
+    std::unique_lock lock(mutex_);
+    slot_waiters_.fetch_add(1);
+    slot_free_.wait(lock, [&] { return (slots_.load() & all) != all; });
+    slot_waiters_.fetch_sub(1);
+  }
+}
+
+void thread_pool::release_slot(uint32_t slot) {
+  slots_.fetch_and(~bit(slot));
+  if (slot_waiters_.load() > 0) {
+    { std::lock_guard lock(mutex_); }
+    slot_free_.notify_one();
+  }
+}
+
+void thread_pool::run(size_t count, size_t grain, bool guided, job_priority priority, void* ctx,
+                      call_fn call) {
+  if (count == 0) return;
+  if (grain == 0) grain = (count + threads() - 1) / threads();
+  auto inline_run = [&](uint32_t thread) {
+    task_scope scope(this, thread);
+    if (guided) return call(ctx, 0, count, thread);
+    for (size_t b = 0; b < count; b += grain)
+      call(ctx, b, std::min(count, b + grain), thread);
+  };
+  if (task_pool == this) return inline_run(task_thread);
+  const uint32_t slot = acquire_slot();
+  if (task_pool != nullptr || workers_.empty() || grain >= count) {
+    inline_run(slot);
+    return release_slot(slot);
+  }
+  job& j = jobs_[slot];
+  j.ctx = ctx;
+  j.call = call;
+  j.count = count;
+  j.grain = grain;
+  j.guided = guided;
+  j.next.store(0, std::memory_order_relaxed);
+  j.exited.store(0, std::memory_order_relaxed);
+  j.priority.store(static_cast<uint8_t>(priority), std::memory_order_relaxed);
+  j.state.store(++j.generation << 32, std::memory_order_release);
+  open_.fetch_or(bit(slot));
   {
     std::lock_guard lock(mutex_);
-    state_.store(++generation_ << 32, std::memory_order_release);
+    epoch_.fetch_add(1);
   }
   wake_.notify_all();
-  work(0);
-  const uint64_t joined = state_.fetch_or(closed_bit, std::memory_order_acq_rel) & count_mask;
-  auto all_out = [&] { return exited_.load(std::memory_order_acquire) == joined; };
+  const bool counted = busy_pool != this;  // else counted by a busy_scope already
+  if (counted) active_.fetch_add(1);
+  work(j, slot, false);
+  open_.fetch_and(~bit(slot));
+  const uint64_t joined = j.state.fetch_or(closed_bit, std::memory_order_acq_rel) & count_mask;
+  auto all_out = [&] { return j.exited.load(std::memory_order_acquire) == joined; };
   if (!spin_until(all_out)) {
     std::unique_lock lock(mutex_);
     done_.wait(lock, all_out);
   }
+  if (counted) active_.fetch_sub(1);
+  release_slot(slot);
 }
 
 void thread_pool::worker_loop(uint32_t thread) {
-  uint64_t seen = 0;  // generation of the last job this worker looked at
+  uint64_t seen = epoch_.load();  // the last epoch this worker looked at
+  uint64_t skip = 0;              // slots whose current job ran out of chunks for us
+  bool holding = false;           // holds a compute slot (counted in active_)
   for (;;) {
-    auto ready = [&] {
-      return (state_.load(std::memory_order_acquire) >> 32) != seen ||
-             stop_.load(std::memory_order_relaxed);
-    };
-    if (!spin_until(ready)) {
-      std::unique_lock lock(mutex_);
-      wake_.wait(lock, ready);
-    }
     if (stop_.load()) return;
-    uint64_t s = state_.load(std::memory_order_acquire);
-    seen = s >> 32;
+    if (uint64_t e = epoch_.load(); e != seen) {
+      seen = e;
+      skip = 0;  // a job was posted since: a skipped slot may hold a new one
+    }
+    const int s = best_open(skip);
+    if (s >= 0 && !holding) holding = reserve();
+    if (s < 0 || !holding) {
+      if (holding) {
+        active_.fetch_sub(1);
+        holding = false;
+      }
+      // Nothing to join (or only jobs this worker already ran out of), or as many threads
+      // computing as the pool has: wait for a post or a free compute slot.
+      auto ready = [&] {
+        return epoch_.load() != seen || stop_.load() ||
+               ((open_.load() & ~skip) != 0 && active_.load() < threads());
+      };
+      if (!spin_until(ready)) {
+        std::unique_lock lock(mutex_);
+        wake_.wait(lock, ready);
+      }
+      continue;
+    }
+    job& j = jobs_[s];
+    uint64_t st = j.state.load(std::memory_order_acquire);
     bool joined = false;
-    while (!(s & closed_bit) && (s >> 32) == seen) {
-      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) {
+    while (!(st & closed_bit)) {
+      if (j.state.compare_exchange_weak(st, st + 1, std::memory_order_acq_rel)) {
         joined = true;
         break;
       }
     }
-    if (!joined) continue;  // closed already: the caller did the work
-    work(thread);
-    exited_.fetch_add(1, std::memory_order_acq_rel);
+    if (!joined) {  // closed already: the caller did the work
+      skip |= bit(static_cast<uint32_t>(s));
+      continue;
+    }
+    if (work(j, thread, true)) holding = false;  // stepped back
+    // Out of chunks unless it left for a job of higher priority; either way the next pick
+    // should not be this job again until something is posted.
+    if (j.next.load(std::memory_order_relaxed) >= j.count) skip |= bit(static_cast<uint32_t>(s));
+    j.exited.fetch_add(1, std::memory_order_acq_rel);
     std::lock_guard lock(mutex_);
-    done_.notify_one();
+    done_.notify_all();
   }
 }
 

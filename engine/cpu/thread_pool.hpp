@@ -1,52 +1,94 @@
 #pragma once
-/// A fixed pool of compute threads for the CPU engine: parallel_for splits an index range
-/// into chunks that the workers and the calling thread take from a shared counter, and
-/// returns when all are done. Idle workers spin briefly (the next parallel_for of a forward
-/// pass usually follows within microseconds), then sleep on a condition variable so an
-/// idle engine costs no CPU. Workers that wake late find the job closed and skip it.
+/// A fixed pool of compute threads for the CPU engine, which several callers (the engines of
+/// one process: a prefill worker's and a decode worker's) can use at once. parallel_for
+/// posts a job: its index range is split into chunks that the caller and the workers that
+/// join take from the job's counter, and it returns when all are done. Each caller works
+/// on its own job; idle workers join the open job of the highest priority and, at chunk
+/// boundaries, move to a job of higher priority when one opens (issue 21 item 4: compute
+/// threads move to whichever worker has work, decode steps first). A caller waits only for
+/// the workers that joined its own job, each finishing its current chunk, never for
+/// another caller's job. Workers join only while fewer than threads() threads compute
+/// (callers with a job included), and step back at a chunk boundary when more do, so that
+/// callers busy at once never oversubscribe the cores. Idle workers spin briefly (the next
+/// parallel_for of a forward pass usually follows within microseconds), then sleep on a condition
+/// variable so an idle pool costs no CPU.
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace tokenmill::cpu {
 
+/// How eagerly idle workers join a job: the highest open priority first.
+enum class job_priority : uint8_t {
+  normal = 0,  ///< prefill chunks, KV moves: throughput work
+  high = 1,    ///< decode steps: every running stream waits for them
+};
+
 class thread_pool {
  public:
-  /// `threads` participants including the caller of parallel_for (so threads - 1 workers
-  /// are started); 0 = std::thread::hardware_concurrency().
-  explicit thread_pool(uint32_t threads);
+  /// `threads` participants per job including its caller (threads - 1 workers are
+  /// started; 0 = std::thread::hardware_concurrency()), and `callers` that may run jobs at
+  /// once (at least 1; more wait for a free caller slot). A pool shared by N engines
+  /// takes N callers.
+  explicit thread_pool(uint32_t threads, uint32_t callers = 1);
   ~thread_pool();
   thread_pool(const thread_pool&) = delete;
   thread_pool& operator=(const thread_pool&) = delete;
 
-  /// Participants, including the calling thread; thread indices passed to tasks are
-  /// in [0, size()).
-  uint32_t size() const { return static_cast<uint32_t>(workers_.size()) + 1; }
+  /// Distinct thread indices: callers plus workers. Tasks get a thread index in
+  /// [0, size()) that no other thread uses while the task runs (for per-thread scratch):
+  /// callers take [0, callers) for the duration of their call, workers have the rest.
+  uint32_t size() const { return callers_ + workers(); }
+  /// Threads that can work on one job: the workers and its caller.
+  uint32_t threads() const { return workers() + 1; }
+  /// Callers that can run jobs at once.
+  uint32_t callers() const { return callers_; }
+
+  /// Counts the calling thread as computing, for the workers' budget (threads()), from
+  /// construction to destruction: an engine call whose serial work between parallel_for
+  /// calls takes a core too. Without it a caller counts only inside parallel_for, and a
+  /// worker would join another caller's job in each short gap and step back at the next
+  /// post, thrashing. parallel_for calls inside count no second time; nested scopes are
+  /// no-ops. Not movable; use on one thread.
+  class busy_scope {
+   public:
+    explicit busy_scope(thread_pool& pool);
+    ~busy_scope();
+    busy_scope(const busy_scope&) = delete;
+    busy_scope& operator=(const busy_scope&) = delete;
+
+   private:
+    thread_pool* pool_ = nullptr;  ///< null: nested, nothing to undo
+    const thread_pool* outer_ = nullptr;
+  };
 
   /// Calls fn(begin, end, thread) over disjoint chunks [begin, end) of [0, count), each at
-  /// most `grain` long (grain 0 = split evenly across threads), and blocks until all have
-  /// run. `thread` identifies the participant (for per-thread scratch). A call from inside
-  /// a task, or a range of one chunk, runs inline on the caller. Concurrent callers are
-  /// serialized. `fn` must not throw.
+  /// most `grain` long (grain 0 = split evenly across threads()), and blocks until all have
+  /// run. `thread` identifies the participant (see size()). A call from inside a task, or
+  /// a range of one chunk, runs inline on the caller. `fn` must not throw.
   template <class Fn>
-  void parallel_for(size_t count, size_t grain, Fn&& fn) {
-    run(count, grain, false, &fn, thunk<Fn>);
+  void parallel_for(size_t count, size_t grain, Fn&& fn,
+                    job_priority priority = job_priority::normal) {
+    run(count, grain, false, priority, &fn, thunk<Fn>);
   }
 
   /// parallel_for with chunks that shrink as the range runs out (guided scheduling): each
-  /// claim takes 1 / (2 * size()) of what is left, rounded down to a multiple of `unit`
+  /// claim takes 1 / (2 * threads()) of what is left, rounded down to a multiple of `unit`
   /// (at least `unit`; only the range's last chunk may be shorter). Chunks start at
   /// multiples of `unit`. Large first chunks keep the claims few; small last ones keep the
   /// participants from waiting long on one another's final chunk. Where parallel_for would
   /// run inline (no workers, a call from a task, count <= unit), the range is one chunk.
   template <class Fn>
-  void parallel_for_guided(size_t count, size_t unit, Fn&& fn) {
-    run(count, unit == 0 ? 1 : unit, true, &fn, thunk<Fn>);
+  void parallel_for_guided(size_t count, size_t unit, Fn&& fn,
+                           job_priority priority = job_priority::normal) {
+    run(count, unit == 0 ? 1 : unit, true, priority, &fn, thunk<Fn>);
   }
 
  private:
@@ -55,31 +97,89 @@ class thread_pool {
   static void thunk(void* ctx, size_t b, size_t e, uint32_t t) {
     (*static_cast<std::remove_reference_t<Fn>*>(ctx))(b, e, t);
   }
-  void run(size_t count, size_t grain, bool guided, void* ctx, call_fn call);
-  /// Claims the next chunk of the current job; false when none is left.
-  bool claim(size_t& begin, size_t& end);
-  void work(uint32_t thread);
+
+  /// One caller slot's job. The caller writes the fields, then publishes `state`.
+  struct alignas(64) job {
+    /// [63:32] generation, bit 31 closed, [30:0] workers that joined. The caller closes
+    /// the job when it runs out of chunks and then waits only for workers that joined, so
+    /// a worker the OS has not scheduled yet never delays a parallel_for.
+    std::atomic<uint64_t> state{0};
+    std::atomic<uint32_t> exited{0};   ///< joined workers that have left the job
+    std::atomic<size_t> next{0};       ///< first unclaimed index
+    std::atomic<uint8_t> priority{0};  ///< job_priority, read by workers choosing a job
+    uint64_t generation = 0;           ///< caller side
+    void* ctx = nullptr;
+    call_fn call = nullptr;
+    size_t count = 0;
+    size_t grain = 1;
+    bool guided = false;
+  };
+
+  uint32_t workers() const { return static_cast<uint32_t>(workers_.size()); }
+  void run(size_t count, size_t grain, bool guided, job_priority priority, void* ctx, call_fn call);
+  /// Claims the next chunk of `j`; false when none is left.
+  bool claim(job& j, size_t& begin, size_t& end) const;
+  /// Runs chunks of `j` as thread `thread` until none is left or, for a `worker`, the pool
+  /// has more threads computing than threads() or a job of higher priority is open. True
+  /// when the worker stepped back for the former (its compute slot released).
+  bool work(job& j, uint32_t thread, bool worker);
+  /// Takes a compute slot for a worker; false when threads() are computing already.
+  bool reserve();
+  /// The open job with the highest priority (the lowest slot among equals), or -1; slots
+  /// in `skip` are left out.
+  int best_open(uint64_t skip) const;
+  /// True when an open job has a priority above `p`.
+  bool higher_open(uint8_t p) const;
+  uint32_t acquire_slot();
+  void release_slot(uint32_t slot);
   void worker_loop(uint32_t thread);
 
+  uint32_t callers_ = 1;
+  std::unique_ptr<job[]> jobs_;  ///< one per caller slot
   std::vector<std::thread> workers_;
-  std::mutex submit_;  ///< one parallel_for at a time
-  std::mutex mutex_;   ///< guards sleeping and waking
-  std::condition_variable wake_;
-  std::condition_variable done_;
-  /// [63:32] job generation, bit 31 closed, [30:0] workers that joined the job. The caller
-  /// closes the job when it runs out of chunks and then waits only for workers that
-  /// joined, so a worker the OS has not scheduled yet never delays a parallel_for.
-  std::atomic<uint64_t> state_{0};
-  std::atomic<uint32_t> exited_{0};  ///< joined workers that have finished the job
-  std::atomic<size_t> next_{0};      ///< first unclaimed index of the current job
+  std::atomic<uint64_t> slots_{0};  ///< caller slots in use, a bit each
+  std::atomic<uint64_t> open_{0};   ///< slots whose job is open to workers, a bit each
+  std::atomic<uint64_t> epoch_{0};
+  /// Threads computing: callers with a job posted, and joined workers. Workers join only
+  /// while it is below threads(), so with several callers busy the pool does not run more
+  /// threads than it has (a 2-core machine with a prefill and a decode step at once runs
+  /// one thread each, as split pools would, instead of three on two cores).
+  std::atomic<uint32_t> active_{0};        ///< bumped (under mutex_) whenever a job is posted
+  std::atomic<uint32_t> slot_waiters_{0};  ///< callers waiting for a caller slot
   std::atomic<bool> stop_{false};
-  uint64_t generation_ = 0;  ///< caller side, under submit_
-  // The current job; written by the caller before state_ is published.
-  void* ctx_ = nullptr;
-  call_fn call_ = nullptr;
-  size_t count_ = 0;
-  size_t grain_ = 1;
-  bool guided_ = false;
+  std::mutex mutex_;                   ///< guards sleeping and waking
+  std::condition_variable wake_;       ///< workers: a job was posted, or stop
+  std::condition_variable done_;       ///< callers: a worker left a job
+  std::condition_variable slot_free_;  ///< callers waiting for a caller slot
+};
+
+/// One engine's use of a pool, its own or one shared by the engines of a process: the
+/// engine sets the priority of what it computes (a decode step, a prefill chunk) and its
+/// parallel_for calls carry it.
+class pool_lane {
+ public:
+  explicit pool_lane(std::shared_ptr<thread_pool> pool) : pool_(std::move(pool)) {}
+
+  /// As thread_pool's.
+  uint32_t size() const { return pool_->size(); }
+  uint32_t threads() const { return pool_->threads(); }
+  /// The priority of this lane's jobs from now on.
+  void set_priority(job_priority p) { priority_ = p; }
+  /// thread_pool::busy_scope for this lane's pool.
+  [[nodiscard]] thread_pool::busy_scope busy() { return thread_pool::busy_scope(*pool_); }
+
+  template <class Fn>
+  void parallel_for(size_t count, size_t grain, Fn&& fn) {
+    pool_->parallel_for(count, grain, std::forward<Fn>(fn), priority_);
+  }
+  template <class Fn>
+  void parallel_for_guided(size_t count, size_t unit, Fn&& fn) {
+    pool_->parallel_for_guided(count, unit, std::forward<Fn>(fn), priority_);
+  }
+
+ private:
+  std::shared_ptr<thread_pool> pool_;
+  job_priority priority_ = job_priority::normal;
 };
 
 }  // namespace tokenmill::cpu

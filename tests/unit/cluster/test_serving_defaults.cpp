@@ -68,6 +68,7 @@ TEST_CASE("the topology splits the cores between the workers", "[serving]") {
       auto t = choose_topology(2, host, {}, {}, {});
       CHECK(t.prefill_workers == 1);
       CHECK(t.decode_workers == 1);
+      CHECK(!t.shared_pool);
       CHECK(t.threads == 1);
     }
     CHECK(choose_topology(64, true, {}, {}, {}).threads == 32);
@@ -77,6 +78,7 @@ TEST_CASE("the topology splits the cores between the workers", "[serving]") {
     auto t = choose_topology(2, true, 0u, {}, {});
     CHECK(t.prefill_workers == 0);
     CHECK(t.threads == 2);
+    CHECK(!choose_topology(2, true, 0u, {}, {}, false, true).shared_pool);  // one worker
     t = choose_topology(16, true, 0u, 2u, {});
     CHECK(t.prefill_workers == 0);
     CHECK(t.decode_workers == 2);
@@ -85,6 +87,18 @@ TEST_CASE("the topology splits the cores between the workers", "[serving]") {
     CHECK(t.threads == 3);
     t = choose_topology(2, true, 3u, 3u, {});
     CHECK(t.threads == 1);  // more workers than cores: one each, never 0
+  }
+  SECTION("the shared pool as asked: every core, or the user's count") {
+    auto t = choose_topology(2, true, {}, {}, {}, false, true);
+    CHECK(t.shared_pool);
+    CHECK(t.threads == 2);
+    t = choose_topology(2, true, {}, {}, 3u, false, true);
+    CHECK(t.shared_pool);
+    CHECK(t.threads == 3);  // the pool's size
+    t = choose_topology(8, true, 3u, 3u, {}, false, true);
+    CHECK(t.shared_pool);
+    CHECK(t.threads == 8);
+    CHECK(!choose_topology(2, false, {}, {}, {}, false, true).shared_pool);  // sim, cuda
   }
   SECTION("a decode worker that prefills between its steps gets small chunks") {
     CHECK(choose_topology(2, true, 0u, {}, {}).local_prefill_chunk == aggregated_prefill_chunk);

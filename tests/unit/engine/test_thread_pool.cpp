@@ -1,0 +1,252 @@
+// thread_pool shared by several callers (issue 21 item 4): every index once per caller,
+// distinct thread indices among running chunks, decode-priority jobs served first, a caller
+// never waiting for another caller's job. Orderings and counters, no timing.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "engine/cpu/thread_pool.hpp"
+
+using namespace tokenmill::cpu;
+
+namespace {
+
+/// Spins (yielding the core) until `flag` is set.
+void wait_for(const std::atomic<bool>& flag) {
+  while (!flag.load())
+    std::this_thread::yield();
+}
+
+/// Runs parallel_for over `count` indices `reps` times and checks each index ran once,
+/// every thread index below size() and not in use by another running chunk.
+void hammer(thread_pool& pool, std::vector<std::atomic<bool>>& in_use, size_t count, int reps,
+            job_priority priority, std::atomic<int>& bad) {
+  for (int rep = 0; rep < reps; ++rep) {
+    std::vector<std::atomic<int>> hits(count);
+    auto body = [&](size_t b, size_t e, uint32_t t) {
+      if (t >= pool.size() || in_use[t].exchange(true)) {
+        bad |= 1;
+        return;
+      }
+      for (size_t i = b; i < e; ++i)
+        hits[i].fetch_add(1);
+      in_use[t].store(false);
+    };
+    if (rep % 2 == 0)
+      pool.parallel_for(count, 3, body, priority);
+    else
+      pool.parallel_for_guided(count, 4, body, priority);
+    for (auto& h : hits)
+      if (h.load() != 1) bad |= 2;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("thread_pool: callers running at once each get every index once", "[cpu]") {
+  for (uint32_t callers : {2u, 3u}) {
+    thread_pool pool(3, callers);
+    REQUIRE(pool.size() == callers + 2);
+    REQUIRE(pool.threads() == 3);
+    std::vector<std::atomic<bool>> in_use(pool.size());
+    std::atomic<int> bad{0};
+    // One more calling thread than slots: the last waits for a free slot.
+    std::vector<std::thread> threads;
+    for (uint32_t c = 0; c < callers + 1; ++c)
+      threads.emplace_back([&, c] {
+        hammer(pool, in_use, 517, 200, c % 2 ? job_priority::high : job_priority::normal, bad);
+      });
+    for (auto& t : threads)
+      t.join();
+    INFO("callers " << callers);
+    CHECK(bad.load() == 0);
+  }
+}
+
+TEST_CASE("thread_pool: a caller does not wait for another caller's job", "[cpu]") {
+  thread_pool pool(2, 2);
+  std::atomic<bool> low_running{false}, other_done{false};
+  std::atomic<int> low_hits{0};
+  // The low job's every chunk blocks until the other caller's job is done; were callers
+  // serialized, the other job could not start and this test would hang.
+  std::thread low([&] {
+    pool.parallel_for(4, 1, [&](size_t, size_t, uint32_t) {
+      low_running = true;
+      wait_for(other_done);
+      low_hits.fetch_add(1);
+    });
+  });
+  wait_for(low_running);
+  std::atomic<int> hits{0};
+  pool.parallel_for(
+      64, 1, [&](size_t b, size_t e, uint32_t) { hits.fetch_add(int(e - b)); }, job_priority::high);
+  CHECK(hits.load() == 64);
+  CHECK(low_hits.load() == 0);
+  other_done = true;
+  low.join();
+  CHECK(low_hits.load() == 4);
+}
+
+TEST_CASE("thread_pool: a worker moves to a high-priority job at its next chunk boundary",
+          "[cpu]") {
+  // Three threads per job, two callers: workers have thread indices 2 and 3. The low
+  // caller's own chunk holds it until the high job is done, and each worker's first low
+  // chunk holds that worker until the high job has started. When the high job is posted,
+  // four threads compute on three: one worker steps back, the other must leave the low job
+  // after that one chunk, as the high job's caller waits in its first chunk for a worker to
+  // run one of its chunks. Without the move the worker would run the low job's ~1000
+  // remaining chunks first.
+  thread_pool pool(3, 2);
+  REQUIRE(pool.size() == 4);
+  constexpr size_t low_count = 1000;
+  auto is_worker = [](uint32_t t) { return t >= 2; };
+  std::atomic<bool> high_started{false}, worker_in_high{false}, high_done{false};
+  std::atomic<int> workers_in_low{0}, low_before_high{-1};
+  std::vector<std::atomic<int>> low_by(pool.size());
+  std::vector<std::atomic<int>> low_hits(low_count);
+  std::thread low([&] {
+    pool.parallel_for(low_count, 1, [&](size_t b, size_t e, uint32_t t) {
+      for (size_t i = b; i < e; ++i)
+        low_hits[i].fetch_add(1);
+      if (!is_worker(t)) {
+        wait_for(high_done);
+        return;
+      }
+      if (low_by[t].fetch_add(1) == 0) {
+        workers_in_low.fetch_add(1);
+        wait_for(high_started);
+      }
+    });
+  });
+  while (workers_in_low.load() < 2)
+    std::this_thread::yield();
+  std::atomic<int> high_hits{0};
+  pool.parallel_for(
+      8, 1,
+      [&](size_t b, size_t e, uint32_t t) {
+        high_hits.fetch_add(int(e - b));
+        if (is_worker(t)) {
+          if (!worker_in_high.exchange(true)) low_before_high = low_by[t].load();
+          return;
+        }
+        if (!high_started.exchange(true)) wait_for(worker_in_high);
+      },
+      job_priority::high);
+  high_done = true;
+  low.join();
+  CHECK(high_hits.load() == 8);
+  CHECK(low_before_high.load() == 1);
+  for (auto& h : low_hits)
+    REQUIRE(h.load() == 1);
+}
+
+TEST_CASE("thread_pool: workers step back while the callers fill the pool", "[cpu]") {
+  // Two threads, two callers, one worker (index 2). With both callers computing, the worker
+  // must not add a third thread: after its first low chunk it steps back instead of
+  // joining the high job, and it runs no high chunk while both callers compute.
+  thread_pool pool(2, 2);
+  const uint32_t worker = 2;
+  std::atomic<bool> worker_in_low{false}, high_started{false}, worker_back{false}, high_done{false};
+  std::atomic<int> high_by_worker{0};
+  std::thread low([&] {
+    pool.parallel_for(100, 1, [&](size_t, size_t, uint32_t t) {
+      if (t != worker) {
+        wait_for(high_done);
+        return;
+      }
+      if (!worker_in_low.exchange(true)) {
+        wait_for(high_started);
+        worker_back = true;
+      }
+    });
+  });
+  wait_for(worker_in_low);
+  pool.parallel_for(
+      64, 1,
+      [&](size_t, size_t, uint32_t t) {
+        if (t == worker) high_by_worker.fetch_add(1);
+        if (!high_started.exchange(true)) {
+          wait_for(worker_back);
+          for (int i = 0; i < 1000; ++i)  // room for the worker to (wrongly) join
+            std::this_thread::yield();
+        }
+      },
+      job_priority::high);
+  CHECK(high_by_worker.load() == 0);
+  high_done = true;
+  low.join();
+}
+
+TEST_CASE("thread_pool: nested calls run inline under the task's thread index", "[cpu]") {
+  thread_pool pool(3, 2);
+  std::atomic<int> total{0}, bad{0};
+  std::thread other([&] {
+    pool.parallel_for(16, 1, [&](size_t, size_t, uint32_t outer) {
+      pool.parallel_for(10, 3, [&](size_t b, size_t e, uint32_t inner) {
+        if (inner != outer) bad |= 1;
+        total += int(e - b);
+      });
+    });
+  });
+  pool.parallel_for_guided(64, 1, [&](size_t b, size_t e, uint32_t outer) {
+    pool.parallel_for_guided(e - b, 1, [&](size_t ib, size_t ie, uint32_t inner) {
+      if (inner != outer || ib != 0 || ie != e - b) bad |= 2;  // inline: one chunk
+      total += int(ie - ib);
+    });
+  });
+  other.join();
+  CHECK(total.load() == 160 + 64);
+  CHECK(bad.load() == 0);
+}
+
+TEST_CASE("thread_pool: destroyed with idle workers", "[cpu]") {
+  { thread_pool never_used(4, 2); }
+  auto pool = std::make_unique<thread_pool>(4, 3);
+  std::atomic<int> hits{0};
+  pool->parallel_for(100, 1, [&](size_t b, size_t e, uint32_t) { hits += int(e - b); });
+  pool.reset();  // the workers may be spinning or asleep: both must end
+  CHECK(hits.load() == 100);
+  CHECK_THROWS_AS(thread_pool(2, 0), std::invalid_argument);
+  CHECK_THROWS_AS(thread_pool(2, 65), std::invalid_argument);
+}
+
+TEST_CASE("thread_pool: a busy_scope holds a core between parallel_for calls", "[cpu]") {
+  // Two threads, two callers, one worker (index 2). While one caller is inside a busy scope
+  // (an engine call between its parallel_for calls), the other caller's job gets no worker:
+  // the two callers already compute on the pool's two threads. Once the scope ends, the
+  // worker joins again.
+  thread_pool pool(2, 2);
+  const uint32_t worker = 2;
+  std::atomic<bool> busy{false}, release{false};
+  std::thread engine([&] {
+    thread_pool::busy_scope scope(pool);
+    thread_pool::busy_scope nested(pool);  // no second count
+    pool.parallel_for(4, 1, [](size_t, size_t, uint32_t) {});
+    busy = true;
+    wait_for(release);
+  });
+  wait_for(busy);
+  std::atomic<int> by_worker{0};
+  auto job = [&](size_t, size_t, uint32_t t) {
+    if (t == worker) by_worker.fetch_add(1);
+    for (int i = 0; i < 100; ++i)  // room for the worker to (wrongly) join
+      std::this_thread::yield();
+  };
+  pool.parallel_for(64, 1, job, job_priority::high);
+  CHECK(by_worker.load() == 0);
+  release = true;
+  engine.join();
+  // Both scopes ended: the worker joins again (a leaked count would keep it out of every
+  // job from here on, and this would hang). The caller's chunk waits for the worker's.
+  std::atomic<bool> worker_ran{false};
+  pool.parallel_for(2, 1, [&](size_t, size_t, uint32_t t) {
+    if (t == worker)
+      worker_ran = true;
+    else
+      wait_for(worker_ran);
+  });
+  CHECK(worker_ran.load());
+}
