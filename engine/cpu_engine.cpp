@@ -270,16 +270,18 @@ struct cpu_engine::impl {
     }
   }
 
-  /// forward() for a blended prefill (prefill_blend), which computes some positions only:
-  /// the same computation over the rows, but with `select`, the rows shrink to the selected
-  /// ones on select->layer after its Q/K/V (out_rows becomes the last row); the attention
-  /// tiles allow gaps (make_sparse_tiles); and the phases are timed into `ph`. A separate
-  /// function so that forward(), the serving hot path, carries none of this.
-  void forward_blend(block_pool& p, blend_step* select, blend_phases& ph) {
-    auto busy = pool.busy();  // as run_forward()
-    int64_t t_phase = now_ns();
-    double* phase = select ? &ph.full_width_ms : &ph.selected_ms;
+  /// Runs `rows` through the model (their KV written into `pool`) and leaves the logits of
+  /// `out_rows` in `logits` [out_rows][vocab]. For a blended prefill (prefill_blend), which
+  /// computes some positions only: with `select`, the rows shrink to the selected ones on
+  /// select->layer after its Q/K/V (out_rows becomes the last row); `sparse_tiles` lets the
+  /// attention tiles skip positions (make_sparse_tiles); and `ph`, when given, receives the
+  /// phases' times.
+  void forward_impl(block_pool& p, blend_step* select, blend_phases* ph, bool sparse_tiles) {
+    // Phase timing (blends only): `lap` closes the running phase and opens `next`.
+    int64_t t_phase = ph ? now_ns() : 0;
+    double* phase = !ph ? nullptr : select ? &ph->full_width_ms : &ph->selected_ms;
     auto lap = [&](double* next) {
+      if (!ph) return;
       const int64_t t = now_ns();
       *phase += (t - t_phase) / 1e6;
       t_phase = t;
@@ -299,7 +301,10 @@ struct cpu_engine::impl {
     grow(rope_cs, n * hd);
     grow(out_x, out_rows.size() * dim);
     grow(logits, out_rows.size() * c.vocab);
-    make_sparse_tiles();
+    if (sparse_tiles)
+      make_sparse_tiles();
+    else
+      make_tiles();
 
     const auto& w = m.weights;
     pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
@@ -321,144 +326,6 @@ struct cpu_engine::impl {
       for (size_t r = 0; r < n; ++r)
         cpu::rms_norm(x.data() + r * dim, lv.attn_norm.data(), xn.data() + r * dim, dim, c.rms_eps);
       linears({{&lw.wq, q.data()}, {&lw.wk, k.data()}, {&lw.wv, v.data()}}, xn.data(), n);
-      pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
-        for (size_t r = b; r < e; ++r) {
-          float* qr = q.data() + r * qdim;
-          float* kr = k.data() + r * kvdim;
-          float* vr = v.data() + r * kvdim;
-          if (c.qkv_bias) {
-            for (size_t i = 0; i < qdim; ++i)
-              qr[i] += lv.bq[i];
-            for (size_t i = 0; i < kvdim; ++i)
-              kr[i] += lv.bk[i];
-            for (size_t i = 0; i < kvdim; ++i)
-              vr[i] += lv.bv[i];
-          }
-          const float* cs = rope_cs.data() + r * hd;
-          for (uint32_t h = 0; h < c.heads; ++h)
-            cpu::rope_apply(qr + h * hd, c.head_dim, cs, cs + pairs, c.rope);
-          for (uint32_t h = 0; h < c.kv_heads; ++h)
-            cpu::rope_apply(kr + h * hd, c.head_dim, cs, cs + pairs, c.rope);
-        }
-      });
-      if (select && l == select->layer) {
-        lap(&ph.select_ms);
-        n = blend_select(p, l, *select);
-        lap(&ph.selected_ms);
-      }
-      pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
-        for (size_t r = b; r < e; ++r) {
-          const float* kr = k.data() + r * kvdim;
-          const float* vr = v.data() + r * kvdim;
-          for (uint32_t h = 0; h < c.kv_heads; ++h) {
-            for (uint32_t kv = 0; kv < 2; ++kv) {
-              std::byte* dst = kv_ptr(p, rows[r], l, kv, h);
-              const float* src = (kv == 0 ? kr : vr) + h * hd;
-              if (f16_kv)
-                cpu::f32_to_f16_row(src, reinterpret_cast<uint16_t*>(dst), hd);
-              else
-                std::memcpy(dst, src, hd * 4);
-            }
-          }
-        }
-      });
-
-      const int64_t t_attn = now_ns();
-      pool.parallel_for(tiles.size() * c.kv_heads, 1, [&](size_t b, size_t e, uint32_t t) {
-        auto& ts = attn[t];
-        for (size_t task = b; task < e; ++task) {
-          const row_tile& tile = tiles[task / c.kv_heads];
-          const uint32_t kvh = static_cast<uint32_t>(task % c.kv_heads);
-          const auto& blocks = tables[rows[tile.begin].seq];
-          const uint32_t ctx = rows[tile.end - 1].pos + 1;
-          const uint32_t nb = (ctx + bt - 1) / bt;
-          ts.k.resize(nb);
-          ts.v.resize(nb);
-          for (uint32_t i = 0; i < nb; ++i) {
-            std::byte* blk = p.block(blocks[i]);
-            ts.k[i] = blk + layout.offset(l, 0, kvh, 0);
-            ts.v[i] = blk + layout.offset(l, 1, kvh, 0);
-          }
-          ts.queries.clear();
-          for (uint32_t r = tile.begin; r < tile.end; ++r)
-            for (uint32_t h = kvh * group; h < (kvh + 1) * group; ++h)
-              ts.queries.push_back({q.data() + size_t{r} * qdim + h * hd,
-                                    att.data() + size_t{r} * qdim + h * hd, rows[r].pos + 1});
-          cpu::attend({ts.k, ts.v, bt, c.head_dim, layout.dtype_bytes}, ts.queries, scale,
-                      ts.scratch);
-        }
-      });
-      ph.attention_ms += (now_ns() - t_attn) / 1e6;
-
-      linears({{&lw.wo, xn.data()}}, att.data(), n);
-      for (size_t i = 0; i < n * dim; ++i)
-        x[i] += xn[i];
-      for (size_t r = 0; r < n; ++r)
-        cpu::rms_norm(x.data() + r * dim, lv.ffn_norm.data(), xn.data() + r * dim, dim, c.rms_eps);
-      linears({{&lw.w_gate, gate.data()}, {&lw.w_up, up.data()}}, xn.data(), n);
-      pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
-        cpu::silu_mul(gate.data() + b * c.ffn, up.data() + b * c.ffn, (e - b) * c.ffn);
-      });
-      linears({{&lw.w_down, xn.data()}}, gate.data(), n);
-      for (size_t i = 0; i < n * dim; ++i)
-        x[i] += xn[i];
-    }
-    lap(&ph.logits_ms);
-
-    for (size_t o = 0; o < out_rows.size(); ++o)
-      cpu::rms_norm(x.data() + out_rows[o] * dim, out_norm.data(), out_x.data() + o * dim, dim,
-                    c.rms_eps);
-    linears({{&w.output, logits.data()}}, out_x.data(), out_rows.size());
-    lap(nullptr);
-  }
-
-  /// forward() with the pool counting this engine as computing for the whole pass: the
-  /// serial work between its parallel_for calls takes a core too (thread_pool::busy_scope).
-  void run_forward(block_pool& p) {
-    auto busy = pool.busy();
-    forward(p);
-  }
-
-  /// Runs `rows` through the model (their KV written into `pool`) and leaves the logits of
-  /// `out_rows` in `logits` [out_rows][vocab].
-  void forward(block_pool& p) {
-    size_t n = rows.size();
-    const size_t dim = c.dim, hd = c.head_dim, qdim = size_t{c.heads} * hd,
-                 kvdim = size_t{c.kv_heads} * hd, pairs = hd / 2;
-    grow(x, n * dim);
-    grow(xn, n * dim);
-    grow(q, n * qdim);
-    grow(k, n * kvdim);
-    grow(v, n * kvdim);
-    grow(att, n * qdim);
-    grow(gate, n * c.ffn);
-    grow(up, n * c.ffn);
-    grow(rope_cs, n * hd);
-    grow(out_x, out_rows.size() * dim);
-    grow(logits, out_rows.size() * c.vocab);
-    make_tiles();
-
-    const auto& w = m.weights;
-    pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
-      for (size_t r = b; r < e; ++r) {
-        cpu::dequantize_row(w.tok_embd.type, w.tok_embd.row(static_cast<uint64_t>(rows[r].token)),
-                            x.data() + r * dim, dim);
-        cpu::rope_angles(rows[r].rope_pos, inv_freq.data(), pairs, rope_cs.data() + r * hd,
-                         rope_cs.data() + r * hd + pairs);
-      }
-    });
-
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    const uint32_t group = c.heads / c.kv_heads;
-    const uint32_t bt = layout.block_tokens;
-    const bool f16_kv = layout.dtype_bytes == 2;
-    for (uint32_t l = 0; l < c.layers; ++l) {
-      const auto& lw = w.layers[l];
-      const auto& lv = layers[l];
-      for (size_t r = 0; r < n; ++r)
-        cpu::rms_norm(x.data() + r * dim, lv.attn_norm.data(), xn.data() + r * dim, dim, c.rms_eps);
-      linears({{&lw.wq, q.data()}, {&lw.wk, k.data()}, {&lw.wv, v.data()}}, xn.data(), n);
-
       // Biases and RoPE; then (after a blend's selection) the new K/V into the cache.
       pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
         for (size_t r = b; r < e; ++r) {
@@ -480,6 +347,11 @@ struct cpu_engine::impl {
             cpu::rope_apply(kr + h * hd, c.head_dim, cs, cs + pairs, c.rope);
         }
       });
+      if (select && l == select->layer) {
+        lap(ph ? &ph->select_ms : nullptr);
+        n = blend_select(p, l, *select);
+        lap(ph ? &ph->selected_ms : nullptr);
+      }
       pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
         for (size_t r = b; r < e; ++r) {
           const float* kr = k.data() + r * kvdim;
@@ -497,9 +369,10 @@ struct cpu_engine::impl {
         }
       });
 
-      // Causal attention over the paged cache, one task per (tile of consecutive rows of one
-      // sequence, KV head): the tile's query heads of the KV head's group share each K/V
-      // block read (cpu::attend).
+      // Causal attention over the paged cache, one task per (tile of rows of one sequence,
+      // KV head): the tile's query heads of the KV head's group share each K/V block read
+      // (cpu::attend).
+      const int64_t t_attn = ph ? now_ns() : 0;
       pool.parallel_for(tiles.size() * c.kv_heads, 1, [&](size_t b, size_t e, uint32_t t) {
         auto& ts = attn[t];
         for (size_t task = b; task < e; ++task) {
@@ -524,12 +397,12 @@ struct cpu_engine::impl {
                       ts.scratch);
         }
       });
+      if (ph) ph->attention_ms += (now_ns() - t_attn) / 1e6;
 
       // Output projection into xn (free now), then the residual.
       linears({{&lw.wo, xn.data()}}, att.data(), n);
       for (size_t i = 0; i < n * dim; ++i)
         x[i] += xn[i];
-
       for (size_t r = 0; r < n; ++r)
         cpu::rms_norm(x.data() + r * dim, lv.ffn_norm.data(), xn.data() + r * dim, dim, c.rms_eps);
       linears({{&lw.w_gate, gate.data()}, {&lw.w_up, up.data()}}, xn.data(), n);
@@ -540,11 +413,29 @@ struct cpu_engine::impl {
       for (size_t i = 0; i < n * dim; ++i)
         x[i] += xn[i];
     }
+    lap(ph ? &ph->logits_ms : nullptr);
 
     for (size_t o = 0; o < out_rows.size(); ++o)
       cpu::rms_norm(x.data() + out_rows[o] * dim, out_norm.data(), out_x.data() + o * dim, dim,
                     c.rms_eps);
     linears({{&w.output, logits.data()}}, out_x.data(), out_rows.size());
+    lap(nullptr);
+  }
+
+  /// The ordinary forward pass (forward_impl without a selection).
+  void forward(block_pool& p) { forward_impl(p, nullptr, nullptr, false); }
+
+  /// forward() with the pool counting this engine as computing for the whole pass: the
+  /// serial work between its parallel_for calls takes a core too (thread_pool::busy_scope).
+  void run_forward(block_pool& p) {
+    auto busy = pool.busy();
+    forward(p);
+  }
+
+  /// A blended prefill's pass (forward_impl with tiles that skip positions), timed into `ph`.
+  void forward_blend(block_pool& p, blend_step* select, blend_phases& ph) {
+    auto busy = pool.busy();  // as run_forward()
+    forward_impl(p, select, &ph, true);
   }
 
   /// Validates the chunks and collects their rows; an invalid batch is refused whole.
