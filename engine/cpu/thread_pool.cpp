@@ -208,6 +208,10 @@ void thread_pool::run(size_t count, size_t grain, bool guided, job_priority prio
   j.next.store(0, std::memory_order_relaxed);
   j.exited.store(0, std::memory_order_relaxed);
   j.priority.store(static_cast<uint8_t>(priority), std::memory_order_relaxed);
+  // The caller counts as computing before its job is open: else a worker could take the
+  // pool's last compute slot in between and run a chunk with one thread too many.
+  const bool counted = busy_pool != this;  // else counted by a busy_scope already
+  if (counted) active_.fetch_add(1);
   j.state.store(++j.generation << 32, std::memory_order_release);
   open_.fetch_or(bit(slot));
   {
@@ -215,8 +219,6 @@ void thread_pool::run(size_t count, size_t grain, bool guided, job_priority prio
     epoch_.fetch_add(1);
   }
   wake_.notify_all();
-  const bool counted = busy_pool != this;  // else counted by a busy_scope already
-  if (counted) active_.fetch_add(1);
   work(j, slot, false);
   open_.fetch_and(~bit(slot));
   const uint64_t joined = j.state.fetch_or(closed_bit, std::memory_order_acq_rel) & count_mask;
