@@ -171,15 +171,18 @@ struct cpu_engine::impl {
   }
 
   /// Splits the batch into attention tiles: runs of consecutive positions of one sequence,
-  /// cut so that a tile holds at most ~32 query vectors (its scores stay in L2).
-  void make_tiles() {
+  /// cut so that a tile holds at most ~32 query vectors (its scores stay in L2). With
+  /// `gaps`, for a blended prefill's kept rows, which skip positions: runs in ascending
+  /// position with gaps allowed. cpu::attend() gives each query its own context, so a tile
+  /// of scattered rows reads each K/V block once for all of them instead of once per row.
+  void make_tiles(bool gaps = false) {
     const uint32_t group = c.heads / c.kv_heads;
     const uint32_t per_tile = std::max<uint32_t>(1, 32 / group);
     tiles.clear();
     for (uint32_t r = 0; r < rows.size();) {
       uint32_t e = r + 1;
       while (e < rows.size() && e - r < per_tile && rows[e].seq == rows[r].seq &&
-             rows[e].pos == rows[e - 1].pos + 1)
+             (gaps ? rows[e].pos > rows[e - 1].pos : rows[e].pos == rows[e - 1].pos + 1))
         ++e;
       tiles.push_back({r, e});
       r = e;
@@ -247,34 +250,15 @@ struct cpu_engine::impl {
     }
     rows.resize(kept);
     out_rows.assign(1, static_cast<uint32_t>(kept - 1));
-    make_sparse_tiles();
+    make_tiles(true);
     return kept;
-  }
-
-  /// make_tiles() for a blended prefill's kept rows, which skip positions: runs of rows of
-  /// one sequence in ascending position, gaps allowed, up to the same ~32 query vectors.
-  /// cpu::attend() gives each query its own context, so a tile of scattered rows reads each
-  /// K/V block once for all of them instead of once per row (with consecutive rows these are
-  /// make_tiles()'s tiles).
-  void make_sparse_tiles() {
-    const uint32_t group = c.heads / c.kv_heads;
-    const uint32_t per_tile = std::max<uint32_t>(1, 32 / group);
-    tiles.clear();
-    for (uint32_t r = 0; r < rows.size();) {
-      uint32_t e = r + 1;
-      while (e < rows.size() && e - r < per_tile && rows[e].seq == rows[r].seq &&
-             rows[e].pos > rows[e - 1].pos)
-        ++e;
-      tiles.push_back({r, e});
-      r = e;
-    }
   }
 
   /// Runs `rows` through the model (their KV written into `pool`) and leaves the logits of
   /// `out_rows` in `logits` [out_rows][vocab]. For a blended prefill (prefill_blend), which
   /// computes some positions only: with `select`, the rows shrink to the selected ones on
   /// select->layer after its Q/K/V (out_rows becomes the last row); `sparse_tiles` lets the
-  /// attention tiles skip positions (make_sparse_tiles); and `ph`, when given, receives the
+  /// attention tiles skip positions (make_tiles with gaps); and `ph`, when given, receives the
   /// phases' times.
   void forward_impl(block_pool& p, blend_step* select, blend_phases* ph, bool sparse_tiles) {
     // Phase timing (blends only): `lap` closes the running phase and opens `next`.
@@ -301,10 +285,7 @@ struct cpu_engine::impl {
     grow(rope_cs, n * hd);
     grow(out_x, out_rows.size() * dim);
     grow(logits, out_rows.size() * c.vocab);
-    if (sparse_tiles)
-      make_sparse_tiles();
-    else
-      make_tiles();
+    make_tiles(sparse_tiles);
 
     const auto& w = m.weights;
     pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
