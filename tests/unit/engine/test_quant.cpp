@@ -480,11 +480,11 @@ TEST_CASE("quant: dot_acts_rows gives each row what dot_acts gives it, bit for b
   }
 }
 
-TEST_CASE("quant: batch-1 row groups give each row the one-row kernel's bits", "[quant]") {
-  // At batch 1 the SIMD kernels run several weight rows per pass (rows_per_group in
-  // quant_simd.inc): row counts that leave every remainder, odd block counts, and a range
-  // that starts mid-matrix must give each row exactly the bits of the one-row kernel
-  // (dot_acts: one weight row, one activation row).
+TEST_CASE("quant: batch-1 row ranges give each row the one-row kernel's bits", "[quant]") {
+  // At batch 1 the SIMD kernels loop over a range of weight rows inside one call (and a
+  // kernel may take several rows per pass): row counts of 1-13, odd block counts, and a
+  // range that starts mid-matrix must give each row exactly the bits of the one-row kernel
+  // (dot_acts: one weight row, one activation row), and write nothing past the range.
   std::vector<quant_isa> isas = {quant_isa::scalar};
   if (best_quant_isa() >= quant_isa::avx2) isas.push_back(quant_isa::avx2);
   if (best_quant_isa() >= quant_isa::avx512_vnni) isas.push_back(quant_isa::avx512_vnni);
