@@ -480,6 +480,45 @@ TEST_CASE("quant: dot_acts_rows gives each row what dot_acts gives it, bit for b
   }
 }
 
+TEST_CASE("quant: batch-1 row ranges give each row the one-row kernel's bits", "[quant]") {
+  // At batch 1 the SIMD kernels loop over a range of weight rows inside one call (and a
+  // kernel may take several rows per pass): row counts of 1-13, odd block counts, and a
+  // range that starts mid-matrix must give each row exactly the bits of the one-row kernel
+  // (dot_acts: one weight row, one activation row), and write nothing past the range.
+  std::vector<quant_isa> isas = {quant_isa::scalar};
+  if (best_quant_isa() >= quant_isa::avx2) isas.push_back(quant_isa::avx2);
+  if (best_quant_isa() >= quant_isa::avx512_vnni) isas.push_back(quant_isa::avx512_vnni);
+  const size_t total_rows = 15;
+  for (dtype t : int_types) {
+    for (size_t blocks : {size_t{3}, size_t{5}}) {
+      // 32-value formats: 7 and 25 blocks; K formats: 3 and 5 super-blocks.
+      const size_t cols = is_k_dtype(t) ? 256 * blocks : 32 * (blocks * blocks);
+      const size_t rb = row_bytes(t, cols);
+      auto wq =
+          quantize(t, gaussian(total_rows * cols, 61 + static_cast<uint32_t>(blocks), 0.05f), cols);
+      quantized_acts xq;
+      quantize_acts(t, gaussian(cols, 62, 1.0f).data(), 1, cols, xq);
+      for (size_t nrows : {size_t{1}, size_t{3}, size_t{5}, size_t{7}, size_t{13}}) {
+        const size_t first = 1;  // a range that does not start at the matrix's first row
+        for (quant_isa isa : isas) {
+          INFO(dtype_name(t) << " cols=" << cols << " rows=" << nrows << " "
+                             << quant_isa_name(isa));
+          std::vector<float> got(nrows + 1, -7.0f);
+          dot_acts_rows(isa, t, wq.data() + first * rb, nrows, cols, xq, 1, got.data(), nrows);
+          size_t differ = 0;
+          for (size_t j = 0; j < nrows; ++j) {
+            float one = 0;
+            dot_acts(isa, t, wq.data() + (first + j) * rb, cols, xq, 1, &one);
+            differ += std::memcmp(&one, &got[j], sizeof(float)) != 0;
+          }
+          CHECK(differ == 0);
+          CHECK(got[nrows] == -7.0f);  // nothing written past the range
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("quant: linear over a prepared input gives plain linear()'s values, bit for bit",
           "[quant]") {
   // The engine quantizes a layer input once per linears() call and every row range reads
