@@ -199,10 +199,13 @@ struct parsed_request {
 ///   top_logprobs (0..20, only with logprobs); tools ([{type: "function", function: {name,
 ///   description, parameters (JSON Schema), strict}}], names unique), tool_choice ("none",
 ///   "auto" (the default with tools), "required", {type: "function", function: {name}})
-///   and parallel_tool_calls. "required" and a named function constrain the output to one
-///   call whose arguments match the function's parameters (the grammar of response_format,
-///   which they cannot be combined with; a schema the grammar compiler refuses is a 400
-///   naming tools[i].function.parameters). The mistral format refuses tools.
+///   and parallel_tool_calls; chunk reuse (issue 17): {"tokenmill": {"chunks": "messages" |
+///   "parts", "recompute_ratio": 0..1}}, the rendered prompt cut by cut_chat into text
+///   segments (segments_field "tokenmill.chunks"; at most max_request_segments).
+///   "required" and a named function constrain the output to one call whose arguments
+///   match the function's parameters (the grammar of response_format, which they cannot be
+///   combined with; a schema the grammar compiler refuses is a 400 naming
+///   tools[i].function.parameters). The mistral format refuses tools.
 /// Unknown fields are ignored, as OpenAI does. A wrong type, a value out of range or an
 /// unsupported option is a 400 naming the field; another model than the served one is 404
 /// "model_not_found". Range checks that need the tokenizer (context length) are left to
