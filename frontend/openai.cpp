@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "frontend/detail/json_fields.hpp"
+#include "frontend/validate.hpp"
 #include "grammar/json_schema.hpp"
 
 namespace tokenmill::openai {
@@ -81,15 +82,18 @@ std::vector<generate_params> parse_prompts(const json& body) {
   return out;
 }
 
-/// A message's content: a string or an array of {"type":"text","text"} parts, joined.
-std::string parse_content(const json& msg, const std::string& name, const std::string& role) {
+/// A message's content: a string or an array of {"type":"text","text"} parts, joined
+/// (`part_ends`: where each part ends, for chunking by parts).
+std::string parse_content(const json& msg, const std::string& name, const std::string& role,
+                          std::vector<size_t>& part_ends) {
   const json* content = field(msg, "content");
   if (!content) {
     // An assistant turn that only called tools has null content.
     if (role == "assistant") return {};
     fail(name, fmt::format("'{}' is required", name));
   }
-  return text_content(*content, name, {"text"}, "only 'text' content parts are supported");
+  return text_content(*content, name, {"text"}, "only 'text' content parts are supported",
+                      &part_ends);
 }
 
 /// One call of an assistant message: {id, type: "function", function: {name, arguments}},
@@ -141,7 +145,8 @@ std::vector<chat_message> parse_messages(const json& body, chat_format format) {
       fail(name, fmt::format("'{}' must be an object, got {}", name, m.type_name()));
     const auto& r = get_role(m, name, {"system", "developer", "user", "assistant", "tool"},
                              "system, developer, user, assistant, tool");
-    chat_message msg{r, parse_content(m, name + ".content", r), {}, {}};
+    chat_message msg{r, {}, {}, {}};
+    msg.content = parse_content(m, name + ".content", r, msg.part_ends);
     if (const json* calls = field(m, "tool_calls")) {
       const auto calls_name = name + ".tool_calls";
       if (r != "assistant")
@@ -338,10 +343,10 @@ void parse_response_format(const json& body, std::string_view text, generate_par
     if (!ext->is_object())
       fail("tokenmill", fmt::format("'tokenmill' must be an object, got {}", ext->type_name()));
     for (const auto& [key, _] : ext->items())
-      if (key != "regex" && key != "segments" && key != "recompute_ratio")
+      if (key != "regex" && key != "segments" && key != "chunks" && key != "recompute_ratio")
         fail("tokenmill." + key,
              fmt::format("unknown field 'tokenmill.{}' (the extension has: regex, segments, "
-                         "recompute_ratio)",
+                         "chunks, recompute_ratio)",
                          key));
     if (const json* re = field(*ext, "regex")) {
       const std::string& r = get_string(*re, "tokenmill.regex");
@@ -366,9 +371,10 @@ bool parse_segments(const json& body, endpoint kind, generate_params& p) {
   const json* segs = field(*ext, "segments");
   const json* ratio = field(*ext, "recompute_ratio");
   if (!segs) {
-    if (ratio)
+    if (ratio && !field(*ext, "chunks"))
       fail("tokenmill.recompute_ratio",
-           "'tokenmill.recompute_ratio' is only allowed with 'tokenmill.segments'");
+           "'tokenmill.recompute_ratio' is only allowed with 'tokenmill.segments' (completions) "
+           "or 'tokenmill.chunks' (chat)");
     return false;
   }
   if (kind != endpoint::completions)
@@ -410,6 +416,34 @@ bool parse_segments(const json& body, endpoint kind, generate_params& p) {
   p.token_ids.clear();
   if (ratio) p.recompute_ratio = get_number(*ratio, "tokenmill.recompute_ratio");
   return true;
+}
+
+/// Chunk reuse on chat (issue 17): `tokenmill: {"chunks": "messages" | "parts",
+/// "recompute_ratio": r}`: the rendered conversation is cut into segments (cut_chat). none
+/// when the body does not ask; the ratio goes to `p` (its range is validate()'s).
+chat_chunking parse_chunks(const json& body, endpoint kind, generate_params& p) {
+  const json* ext = field(body, "tokenmill");
+  if (!ext || !ext->is_object()) return chat_chunking::none;
+  const json* chunks = field(*ext, "chunks");
+  if (!chunks) return chat_chunking::none;
+  if (kind != endpoint::chat_completions)
+    fail("tokenmill.chunks",
+         "'tokenmill.chunks' is only supported on /v1/chat/completions (on /v1/completions give "
+         "the prompt as 'tokenmill.segments')");
+  if (!chunks->is_string())
+    fail("tokenmill.chunks",
+         fmt::format("'tokenmill.chunks' must be \"messages\" or \"parts\", got {}",
+                     chunks->type_name()));
+  const auto& name = chunks->get_ref<const std::string&>();
+  const auto mode = chat_chunking_from_name(name);
+  if (!mode)
+    fail("tokenmill.chunks",
+         fmt::format("'tokenmill.chunks' must be \"messages\" (a segment per message) or "
+                     "\"parts\" (also one per text content part), got \"{}\"",
+                     name));
+  if (const json* ratio = field(*ext, "recompute_ratio"))
+    p.recompute_ratio = get_number(*ratio, "tokenmill.recompute_ratio");
+  return *mode;
 }
 
 void parse_stops(const json& body, generate_params& p) {
@@ -621,6 +655,24 @@ void constrain_tools(parsed_request& r) {
   p.grammar_field = "tool_choice";
 }
 
+/// The chat prompt as the text segments `pieces` (cut_chat's), named tokenmill.chunks.
+void chat_segments(std::vector<std::string> pieces, chat_chunking mode, generate_params& p) {
+  if (pieces.size() > max_request_segments)
+    fail("tokenmill.chunks",
+         fmt::format("'tokenmill.chunks' \"{}\" cuts this conversation into {} segments; at most "
+                     "{} are allowed (send fewer messages or content parts{})",
+                     mode == chat_chunking::parts ? "parts" : "messages", pieces.size(),
+                     max_request_segments,
+                     mode == chat_chunking::parts ? ", or chunk by \"messages\"" : ""));
+  p.segments.clear();
+  for (auto& text : pieces)
+    p.segments.push_back({true, std::move(text), {}});
+  p.segments_field = "tokenmill.chunks";
+  p.has_text = false;
+  p.text.clear();
+  p.token_ids.clear();
+}
+
 parsed_request parse(endpoint kind, std::string_view text, const request_context& ctx) {
   auto body = parse_body<json>(text);
   parsed_request r;
@@ -631,6 +683,7 @@ parsed_request parse(endpoint kind, std::string_view text, const request_context
   auto& p = r.params;
   parse_fanout(body, kind, r);
   std::vector<generate_params> prompts;
+  const chat_chunking chunking = parse_chunks(body, kind, p);
   if (parse_segments(body, kind, p)) {
     p.add_bos = true;
   } else if (kind == endpoint::completions) {
@@ -640,10 +693,17 @@ parsed_request parse(endpoint kind, std::string_view text, const request_context
     p.token_ids = prompts[0].token_ids;
     p.add_bos = true;
   } else {
-    p.has_text = true;
-    p.text = render_chat(ctx.format, parse_messages(body, ctx.format),
-                         r.tools_choice == tool_choice::none ? std::vector<tool_def>{} : r.tools);
+    chat_layout layout;
+    auto text = render_chat(ctx.format, parse_messages(body, ctx.format),
+                            r.tools_choice == tool_choice::none ? std::vector<tool_def>{} : r.tools,
+                            layout);
     p.add_bos = ctx.format != chat_format::chatml;  // ChatML models (Qwen) have no BOS
+    if (chunking == chat_chunking::none) {
+      p.has_text = true;
+      p.text = std::move(text);
+    } else {
+      chat_segments(cut_chat(text, layout, chunking), chunking, p);
+    }
   }
   if (auto n = parse_max_tokens(body, kind)) {
     p.max_tokens = *n;

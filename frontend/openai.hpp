@@ -49,6 +49,9 @@ struct chat_message {
   std::string content;
   std::vector<tool_call> tool_calls = {};  ///< assistant: its calls (content may be empty)
   std::string tool_call_id = {};           ///< tool: the call this is the result of
+  /// Content sent as an array of parts: where each part ends in `content` (bytes), in
+  /// order; empty when it was a string. Chunking by parts cuts the prompt there.
+  std::vector<size_t> part_ends = {};
 };
 
 /// One function the model may call (`tools[i].function`).
@@ -90,6 +93,47 @@ std::optional<chat_format> detect_chat_format(std::string_view jinja_template);
 /// and tool calls for it (tool results are rendered as user turns).
 std::string render_chat(chat_format f, const std::vector<chat_message>& msgs,
                         const std::vector<tool_def>& tools = {});
+/// How a chat prompt is cut into segments for chunk reuse (issue 17; the request's
+/// `"tokenmill": {"chunks": ...}`). The prompt text is render_chat's either way; only where
+/// it is cut (and so how it is tokenized) changes.
+enum class chat_chunking : uint8_t {
+  none,      ///< one prompt, tokenized whole (no chunk reuse)
+  messages,  ///< a segment per message's turn (its header, content and end marker), and one
+             ///< for the generation prompt: a message is one chunk wherever it sits
+  parts,     ///< as messages, and each text part of a content array is a segment of its own
+             ///< (its text alone: the same document has the same chunk under any role,
+             ///< message or offset); the template text between parts is cut off into
+             ///< segments of its own, adjacent ones merged
+};
+/// "messages" or "parts" (nullopt for anything else, "none" included: leave the field out).
+std::optional<chat_chunking> chat_chunking_from_name(std::string_view name);
+
+/// Where render_chat's text may be cut, as byte offsets into it.
+struct chat_layout {
+  /// Where each turn starts (a message's, a turn the renderer adds, the generation prompt),
+  /// ascending. A message rendered inside another's turn (mistral's system text, which
+  /// goes into the next user turn) has none of its own.
+  std::vector<size_t> turns;
+  /// One rendered content, [begin, end).
+  struct span {
+    size_t begin = 0;
+    size_t end = 0;
+    bool part = false;  ///< a part of a content array (else a string content, whole)
+  };
+  /// Every non-empty content as placed in the text, in order.
+  std::vector<span> contents;
+};
+
+/// render_chat, also reporting in `layout` where turns and contents lie in the text (the
+/// text is render_chat's, byte for byte).
+std::string render_chat(chat_format f, const std::vector<chat_message>& msgs,
+                        const std::vector<tool_def>& tools, chat_layout& layout);
+
+/// `text` (render_chat's, with `layout`) cut as `mode` says: non-empty pieces whose
+/// concatenation is `text`. none: `text` whole.
+std::vector<std::string> cut_chat(std::string_view text, const chat_layout& layout,
+                                  chat_chunking mode);
+
 /// The tool-call syntax of a chat format; nullopt for mistral.
 std::optional<tool_syntax> tool_syntax_of(chat_format f);
 
@@ -155,10 +199,13 @@ struct parsed_request {
 ///   top_logprobs (0..20, only with logprobs); tools ([{type: "function", function: {name,
 ///   description, parameters (JSON Schema), strict}}], names unique), tool_choice ("none",
 ///   "auto" (the default with tools), "required", {type: "function", function: {name}})
-///   and parallel_tool_calls. "required" and a named function constrain the output to one
-///   call whose arguments match the function's parameters (the grammar of response_format,
-///   which they cannot be combined with; a schema the grammar compiler refuses is a 400
-///   naming tools[i].function.parameters). The mistral format refuses tools.
+///   and parallel_tool_calls; chunk reuse (issue 17): {"tokenmill": {"chunks": "messages" |
+///   "parts", "recompute_ratio": 0..1}}, the rendered prompt cut by cut_chat into text
+///   segments (segments_field "tokenmill.chunks"; at most max_request_segments).
+///   "required" and a named function constrain the output to one call whose arguments
+///   match the function's parameters (the grammar of response_format, which they cannot be
+///   combined with; a schema the grammar compiler refuses is a 400 naming
+///   tools[i].function.parameters). The mistral format refuses tools.
 /// Unknown fields are ignored, as OpenAI does. A wrong type, a value out of range or an
 /// unsupported option is a 400 naming the field; another model than the served one is 404
 /// "model_not_found". Range checks that need the tokenizer (context length) are left to

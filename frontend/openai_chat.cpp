@@ -1,7 +1,9 @@
 // The chat templates of the OpenAI chat endpoint: which one a model's Jinja template is,
 // and the prompt text a conversation becomes under each (openai.hpp).
+#include <algorithm>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -97,46 +99,88 @@ std::string hermes_tools_block(const std::vector<tool_def>& tools) {
   return out;
 }
 
-std::string render_chatml(const std::vector<chat_message>& msgs,
-                          const std::vector<tool_def>& tools) {
-  std::string out;
+/// The prompt text being rendered, and (when asked) where its turns and contents lie.
+class chat_writer {
+ public:
+  explicit chat_writer(chat_layout* layout) : layout_(layout) {}
+  /// A turn starts here (a cut point for chunking by messages).
+  void turn() {
+    if (layout_) layout_->turns.push_back(out_.size());
+  }
+  void text(std::string_view s) { out_ += s; }
+  /// A message's content, whole or part by part.
+  void content(const chat_message& m) {
+    const size_t base = out_.size();
+    out_ += m.content;
+    if (!layout_) return;
+    if (m.part_ends.empty()) {
+      if (!m.content.empty()) layout_->contents.push_back({base, out_.size(), false});
+      return;
+    }
+    size_t begin = 0;
+    for (size_t end : m.part_ends) {
+      end = std::min(end, m.content.size());
+      if (end > begin) layout_->contents.push_back({base + begin, base + end, true});
+      begin = std::max(begin, end);
+    }
+  }
+  std::string take() { return std::move(out_); }
+
+ private:
+  chat_layout* layout_;
+  std::string out_;
+};
+
+void render_chatml(const std::vector<chat_message>& msgs, const std::vector<tool_def>& tools,
+                   chat_writer& w) {
   size_t first = 0;
   if (!tools.empty()) {
-    std::string system;
+    w.turn();
+    w.text("<|im_start|>system\n");
     if (!msgs.empty() && template_role(msgs[0].role) == "system") {
-      system = msgs[0].content + "\n\n";
+      w.content(msgs[0]);
+      w.text("\n\n");
       first = 1;
     }
-    out += fmt::format("<|im_start|>system\n{}{}<|im_end|>\n", system, hermes_tools_block(tools));
+    w.text(hermes_tools_block(tools));
+    w.text("<|im_end|>\n");
   }
   for (size_t i = first; i < msgs.size(); ++i) {
     const auto& m = msgs[i];
+    w.turn();
     if (m.role == "tool") {
       // Consecutive results share one user turn, as Qwen's template renders them.
-      if (i == 0 || msgs[i - 1].role != "tool") out += "<|im_start|>user";
-      out += fmt::format("\n<tool_response>\n{}\n</tool_response>", m.content);
-      if (i + 1 == msgs.size() || msgs[i + 1].role != "tool") out += "<|im_end|>\n";
+      if (i == 0 || msgs[i - 1].role != "tool") w.text("<|im_start|>user");
+      w.text("\n<tool_response>\n");
+      w.content(m);
+      w.text("\n</tool_response>");
+      if (i + 1 == msgs.size() || msgs[i + 1].role != "tool") w.text("<|im_end|>\n");
       continue;
     }
     if (m.role == "assistant" && !m.tool_calls.empty()) {
-      out += "<|im_start|>assistant";
-      if (!m.content.empty()) out += "\n" + m.content;
+      w.text("<|im_start|>assistant");
+      if (!m.content.empty()) {
+        w.text("\n");
+        w.content(m);
+      }
       for (const auto& c : m.tool_calls)
-        out += fmt::format("\n<tool_call>\n{{\"name\": {}, \"arguments\": {}}}\n</tool_call>",
-                           quote(c.name), python_json(c.arguments));
-      out += "<|im_end|>\n";
+        w.text(fmt::format("\n<tool_call>\n{{\"name\": {}, \"arguments\": {}}}\n</tool_call>",
+                           quote(c.name), python_json(c.arguments)));
+      w.text("<|im_end|>\n");
       continue;
     }
-    out += fmt::format("<|im_start|>{}\n{}<|im_end|>\n", template_role(m.role), m.content);
+    w.text(fmt::format("<|im_start|>{}\n", template_role(m.role)));
+    w.content(m);
+    w.text("<|im_end|>\n");
   }
-  out += "<|im_start|>assistant\n";
-  return out;
+  w.turn();
+  w.text("<|im_start|>assistant\n");
 }
 
 /// Llama 3.1's JSON tool calling: the tools go in front of the first user message (the
 /// template's default, tools_in_user_message), a call is the whole assistant message.
-std::string render_llama3(const std::vector<chat_message>& msgs,
-                          const std::vector<tool_def>& tools) {
+void render_llama3(const std::vector<chat_message>& msgs, const std::vector<tool_def>& tools,
+                   chat_writer& w) {
   std::string preamble;
   if (!tools.empty()) {
     preamble =
@@ -148,14 +192,16 @@ std::string render_llama3(const std::vector<chat_message>& msgs,
       preamble += tool_object(t).dump(4, ' ', false, ojson::error_handler_t::replace) + "\n\n";
   }
   bool placed = tools.empty();
-  std::string out;
-  auto turn = [&](std::string_view role, std::string_view content) {
-    out += fmt::format("<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>", role, content);
+  auto header = [&](std::string_view role) {
+    w.turn();
+    w.text(fmt::format("<|start_header_id|>{}<|end_header_id|>\n\n", role));
   };
   for (const auto& m : msgs) {
     const auto role = template_role(m.role);
     if (role == "user" && !placed) {
-      turn(role, preamble + m.content);
+      header(role);
+      w.text(preamble);
+      w.content(m);
       placed = true;
     } else if (role == "assistant" && !m.tool_calls.empty()) {
       std::string calls;
@@ -164,16 +210,85 @@ std::string render_llama3(const std::vector<chat_message>& msgs,
         calls += fmt::format("{{\"name\": {}, \"parameters\": {}}}", quote(c.name),
                              python_json(c.arguments));
       }
-      turn(role, calls);
-    } else if (role == "tool") {
-      turn("ipython", m.content);
+      header(role);
+      w.text(calls);
     } else {
-      turn(role, m.content);
+      header(role == "tool" ? std::string_view("ipython") : role);
+      w.content(m);
     }
+    w.text("<|eot_id|>");
   }
-  if (!placed) turn("user", preamble);  // no user turn: the tools still reach the model
-  out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
-  return out;
+  if (!placed) {  // no user turn: the tools still reach the model
+    header("user");
+    w.text(preamble);
+    w.text("<|eot_id|>");
+  }
+  w.turn();
+  w.text("<|start_header_id|>assistant<|end_header_id|>\n\n");
+}
+
+/// Mistral v1: no system role; system text goes in front of the next user turn. Tool
+/// results are rendered as user turns. The generation prompt is the [/INST]. Tools and
+/// tool calls are refused by parse_request (v1 has no syntax for them).
+void render_mistral(const std::vector<chat_message>& msgs, chat_writer& w) {
+  std::vector<const chat_message*> pending;  // system messages not yet placed
+  // Writes the pending system text, joined by blank lines (one goes before a message only
+  // when the text so far is not empty); true when that text is not empty.
+  auto put_pending = [&] {
+    bool any = false;
+    for (const auto* p : pending) {
+      if (any) w.text("\n\n");
+      w.content(*p);
+      any = any || !p->content.empty();
+    }
+    pending.clear();
+    return any;
+  };
+  auto pending_empty = [&] {
+    return std::all_of(pending.begin(), pending.end(),
+                       [](const chat_message* p) { return p->content.empty(); });
+  };
+  for (const auto& m : msgs) {
+    const auto role = template_role(m.role);
+    if (role == "system") {
+      pending.push_back(&m);
+      continue;
+    }
+    w.turn();
+    if (role == "assistant") {
+      w.content(m);
+      w.text("</s>");
+      continue;
+    }
+    w.text("[INST] ");
+    if (put_pending()) w.text("\n\n");
+    w.content(m);
+    w.text(" [/INST]");
+  }
+  if (!pending_empty()) {
+    w.turn();
+    w.text("[INST] ");
+    put_pending();
+    w.text(" [/INST]");
+  }
+  w.turn();  // the generation prompt (empty: the [/INST] opens the answer)
+}
+
+std::string render(chat_format f, const std::vector<chat_message>& msgs,
+                   const std::vector<tool_def>& tools, chat_layout* layout) {
+  chat_writer w(layout);
+  switch (f) {
+    case chat_format::chatml:
+      render_chatml(msgs, tools, w);
+      break;
+    case chat_format::llama3:
+      render_llama3(msgs, tools, w);
+      break;
+    case chat_format::mistral:
+      render_mistral(msgs, w);
+      break;
+  }
+  return w.take();
 }
 
 }  // namespace
@@ -182,36 +297,61 @@ std::string render_llama3(const std::vector<chat_message>& msgs,
 // opened after it (no "continue the last message" mode).
 std::string render_chat(chat_format f, const std::vector<chat_message>& msgs,
                         const std::vector<tool_def>& tools) {
-  std::string out;
-  switch (f) {
-    case chat_format::chatml:
-      return render_chatml(msgs, tools);
-    case chat_format::llama3:
-      return render_llama3(msgs, tools);
-    case chat_format::mistral: {
-      // Mistral v1: no system role; system text goes in front of the next user turn.
-      // Tool results are rendered as user turns. The generation prompt is the [/INST].
-      // Tools and tool calls are refused by parse_request (v1 has no syntax for them).
-      std::string pending_system;
-      for (const auto& m : msgs) {
-        const auto role = template_role(m.role);
-        if (role == "system") {
-          if (!pending_system.empty()) pending_system += "\n\n";
-          pending_system += m.content;
-        } else if (role == "assistant") {
-          out += m.content;
-          out += "</s>";
-        } else {
-          std::string user =
-              pending_system.empty() ? m.content : pending_system + "\n\n" + m.content;
-          pending_system.clear();
-          out += fmt::format("[INST] {} [/INST]", user);
-        }
+  return render(f, msgs, tools, nullptr);
+}
+
+std::string render_chat(chat_format f, const std::vector<chat_message>& msgs,
+                        const std::vector<tool_def>& tools, chat_layout& layout) {
+  layout = {};
+  return render(f, msgs, tools, &layout);
+}
+
+std::optional<chat_chunking> chat_chunking_from_name(std::string_view name) {
+  if (name == "messages") return chat_chunking::messages;
+  if (name == "parts") return chat_chunking::parts;
+  return std::nullopt;
+}
+
+std::vector<std::string> cut_chat(std::string_view text, const chat_layout& layout,
+                                  chat_chunking mode) {
+  if (text.empty()) return {};
+  if (mode == chat_chunking::none) return {std::string(text)};
+  std::vector<size_t> cuts = layout.turns;
+  if (mode == chat_chunking::parts)
+    for (const auto& c : layout.contents)
+      if (c.part) {
+        cuts.push_back(c.begin);
+        cuts.push_back(c.end);
       }
-      if (!pending_system.empty()) out += fmt::format("[INST] {} [/INST]", pending_system);
-      break;
-    }
+  cuts.push_back(0);
+  cuts.push_back(text.size());
+  for (auto& c : cuts)
+    c = std::min(c, text.size());
+  std::sort(cuts.begin(), cuts.end());
+  cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+  // By parts, a piece holding no content is template text only: merged with its template
+  // neighbours (an end marker and the next header, say), so that they cost one segment.
+  auto template_only = [&](size_t b, size_t e) {
+    return std::none_of(layout.contents.begin(), layout.contents.end(),
+                        [&](const chat_layout::span& c) { return c.begin < e && b < c.end; });
+  };
+  struct piece {
+    size_t begin, end;
+    bool template_only;
+  };
+  std::vector<piece> pieces;
+  for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+    const size_t b = cuts[i], e = cuts[i + 1];
+    const bool t = mode == chat_chunking::parts && template_only(b, e);
+    if (t && !pieces.empty() && pieces.back().template_only)
+      pieces.back().end = e;
+    else
+      pieces.push_back({b, e, t});
   }
+  std::vector<std::string> out;
+  out.reserve(pieces.size());
+  for (const auto& p : pieces)
+    out.emplace_back(text.substr(p.begin, p.end - p.begin));
   return out;
 }
 

@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -125,10 +126,13 @@ std::string get_model(const J& body, const request_context& ctx) {
 
 /// A message's content named `name`: a string, or an array of text parts
 /// ({"type": T, "text": "..."} with T one of `types`), joined. A part of another type is
-/// refused with "'NAME[j].type' is 'T'; " and `refusal`.
+/// refused with "'NAME[j].type' is 'T'; " and `refusal`. `part_ends`, when given, receives
+/// where each part ends in the joined text (bytes), or nothing for a string.
 template <class J>
 std::string text_content(const J& content, const std::string& name,
-                         std::initializer_list<std::string_view> types, std::string_view refusal) {
+                         std::initializer_list<std::string_view> types, std::string_view refusal,
+                         std::vector<size_t>* part_ends = nullptr) {
+  if (part_ends) part_ends->clear();
   if (content.is_string()) return content.template get<std::string>();
   if (!content.is_array())
     fail(name, fmt::format("'{}' must be a string or an array of content parts, got {}", name,
@@ -151,6 +155,7 @@ std::string text_content(const J& content, const std::string& name,
     const J* v = field(part, "text");
     if (!v) fail(text_name, fmt::format("'{}' is required", text_name));
     text += get_string(*v, text_name);
+    if (part_ends) part_ends->push_back(text.size());
   }
   return text;
 }

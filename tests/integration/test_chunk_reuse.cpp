@@ -3,7 +3,8 @@
 // The worker that prefills (the prefill worker, or the decode worker prefilling locally)
 // caches each segment's KV under its chunk hash; the same documents in another order are
 // chunk hits (worker status counts them), and at recompute ratio 1 the tokens equal the
-// unsegmented prompt's. Bad segment input is refused naming the field.
+// unsegmented prompt's. Over chat, `tokenmill.chunks` cuts the conversation into segments
+// (a document per content part). Bad segment input is refused naming the field.
 #include <catch2/catch.hpp>
 
 #include <filesystem>
@@ -163,6 +164,84 @@ TEST_CASE("chunk reuse: the router sends documents cached as chunks to the worke
              Catch::Contains("1 to cached chunks"));
 }
 
+TEST_CASE("chunk reuse: chat documents sent as content parts are reused in another order",
+          "[integration][chunks]") {
+  // tokenmill.chunks "parts" on /v1/chat/completions: each content part is a segment of its
+  // own, so the documents of a second request, in another order, are chunk hits.
+  server srv(cpu_server(tiny_random_model(), 1));
+  auto c = http_client::connect("127.0.0.1", srv.http_port(), 5);
+  REQUIRE(c.ok());
+  auto post = [&](const std::string& path, const json& body) {
+    auto r = (*c)->request("POST", path, body.dump(), "application/json", {}, 60);
+    REQUIRE(r.ok());
+    INFO(path << " " << body.dump() << " -> " << r->status << " " << r->body);
+    REQUIRE(r->status == 200);
+    return json::parse(r->body);
+  };
+  // A piece's tokens, tokenized alone (as each segment is).
+  auto tokens = [&](const std::string& text) {
+    return post("/tokenize", {{"prompt", text}, {"add_special_tokens", false}})["tokens"]
+        .get<std::vector<int64_t>>();
+  };
+  const std::vector<std::string> docs = {
+      "Tokenmill serves language models on a cluster of workers.",
+      "Chunk reuse moves cached keys to a new offset by one rotation per key.",
+      "A prefix cache only helps when the same tokens start the prompt."};
+  const std::string system = "Answer from the documents.", question = "What moves keys?";
+  auto chat = [&](std::vector<int> order, double ratio) {
+    json parts = json::array();
+    for (int d : order)
+      parts.push_back({{"type", "text"}, {"text", docs[d]}});
+    parts.push_back({{"type", "text"}, {"text", question}});
+    return json{
+        {"messages",
+         {{{"role", "system"}, {"content", system}}, {{"role", "user"}, {"content", parts}}}},
+        {"max_tokens", 8},
+        {"ignore_eos", true},
+        {"tokenmill", {{"chunks", "parts"}, {"recompute_ratio", ratio}}}};
+  };
+  // The prompt the server builds (the model has no chat template: chatml), segment by
+  // segment: the system turn, the user turn's header, each part, the end of the turn with
+  // the generation prompt.
+  auto segments_of = [&](std::vector<int> order) {
+    std::vector<std::string> segs = {"<|im_start|>system\n" + system + "<|im_end|>\n",
+                                     "<|im_start|>user\n"};
+    for (int d : order)
+      segs.push_back(docs[d]);
+    segs.push_back(question);
+    segs.push_back("<|im_end|>\n<|im_start|>assistant\n");
+    std::vector<int64_t> ids;
+    for (const auto& s : segs)
+      for (auto id : tokens(s))
+        ids.push_back(id);
+    return ids;
+  };
+  uint64_t doc_tokens = 0;
+  for (const auto& d : docs)
+    doc_tokens += tokens(d).size();
+  const auto ids_a = segments_of({0, 1, 2});
+
+  auto a = post("/v1/chat/completions", chat({0, 1, 2}, 0.2));
+  CHECK(a["usage"]["prompt_tokens"] == ids_a.size());  // each segment tokenized alone
+  auto before = chunk_status(srv);
+  CHECK(before.lookup == ids_a.size());  // nothing cached yet: every segment looked up
+  CHECK(before.hit == 0);
+
+  auto b = post("/v1/chat/completions", chat({2, 0, 1}, 0.2));
+  CHECK(b["usage"]["completion_tokens"] == 8);
+  auto after = chunk_status(srv);
+  CHECK(after.hit - before.hit >= doc_tokens);  // every document was a hit
+  CHECK(after.recomputed > before.recomputed);
+
+  // At ratio 1 the answer is the one of the same tokens sent as one unsegmented prompt.
+  auto exact = post("/v1/chat/completions", chat({1, 2, 0}, 1.0));
+  CHECK(chunk_status(srv).hit > after.hit);
+  auto unsegmented =
+      post("/v1/completions",
+           {{"prompt", segments_of({1, 2, 0})}, {"max_tokens", 8}, {"ignore_eos", true}});
+  CHECK(exact["choices"][0]["message"]["content"] == unsegmented["choices"][0]["text"]);
+}
+
 TEST_CASE("chunk reuse: bad segment input is refused naming the field", "[integration][chunks]") {
   server srv(cpu_server(tiny_random_model(), 0));
   SECTION("RPC") {
@@ -205,6 +284,25 @@ TEST_CASE("chunk reuse: bad segment input is refused naming the field", "[integr
     refused({{"tokenmill", {{"segments", {json::array({1, 2}), json::array()}}}}},
             "tokenmill.segments[1] is empty");
     refused({{"prompt", "x"}, {"tokenmill", {{"segments", {"a"}}}}}, "replaces 'prompt'");
+    // On chat, the conversation cut into chunks; refusals change nothing.
+    const json msgs = {{{"role", "user"}, {"content", "hi"}}};
+    auto chat_refused = [&](const json& ext, const std::string& mention) {
+      auto r = (*c)->request("POST", "/v1/chat/completions",
+                             json{{"messages", msgs}, {"tokenmill", ext}}.dump(),
+                             "application/json", {}, 30);
+      REQUIRE(r.ok());
+      INFO("status " << r->status << " body " << r->body);
+      CHECK(r->status == 400);
+      CHECK(r->body.find(mention) != std::string::npos);
+    };
+    const auto quiet = chunk_status(srv);
+    chat_refused({{"chunks", "sentences"}}, "'tokenmill.chunks' must be ");
+    chat_refused({{"chunks", "parts"}, {"recompute_ratio", 2}},
+                 "recompute_ratio must be in [0, 1]");
+    chat_refused({{"segments", {"a"}}}, "only supported on /v1/completions");
+    refused({{"prompt", "x"}, {"tokenmill", {{"chunks", "parts"}}}},
+            "only supported on /v1/chat/completions");
+    CHECK(chunk_status(srv).lookup == quiet.lookup);
     // A good one: the prompt is the segments'.
     auto ok = post({{"max_tokens", 4},
                     {"ignore_eos", true},

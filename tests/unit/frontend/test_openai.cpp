@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "frontend/openai.hpp"
+#include "frontend/validate.hpp"
 
 using namespace tokenmill;
 using namespace tokenmill::openai;
@@ -371,6 +372,24 @@ TEST_CASE("bad requests are rejected naming the field", "[openai]") {
        "not supported with 'tokenmill.segments'"},
       {cmpl, R"({"prompt": "x", "tokenmill": {"segmentz": ["a"]}})", 400, "tokenmill.segmentz",
        "unknown field 'tokenmill.segmentz'"},
+      // chat chunks (the prompt as segments cut out of the rendered conversation)
+      {chat, "{" + msg + R"(, "tokenmill": {"chunks": "sentences"}})", 400, "tokenmill.chunks",
+       "'tokenmill.chunks' must be \"messages\" (a segment per message) or \"parts\" (also one "
+       "per text content part), got \"sentences\""},
+      {chat, "{" + msg + R"(, "tokenmill": {"chunks": true}})", 400, "tokenmill.chunks",
+       "'tokenmill.chunks' must be \"messages\" or \"parts\", got boolean"},
+      {cmpl, R"({"prompt": "x", "tokenmill": {"chunks": "parts"}})", 400, "tokenmill.chunks",
+       "only supported on /v1/chat/completions"},
+      {chat, "{" + msg + R"(, "tokenmill": {"chunks": "parts", "segments": ["a"]}})", 400,
+       "tokenmill.segments", "only supported on /v1/completions"},
+      {chat, "{" + msg + R"(, "tokenmill": {"chunks": "parts", "recompute_ratio": "x"}})", 400,
+       "tokenmill.recompute_ratio", "'tokenmill.recompute_ratio' must be a number, got string"},
+      {chat, "{" + msg + R"(, "tokenmill": {"recompute_ratio": 0.5}})", 400,
+       "tokenmill.recompute_ratio", "or 'tokenmill.chunks' (chat)"},
+      {chat,
+       R"({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+           "tokenmill": {"chunks": "parts"}})",
+       400, "messages[0].content[0].type", "only 'text' content parts are supported"},
       // logprobs
       {cmpl, R"({"prompt": "x", "logprobs": 6})", 400, "logprobs",
        "'logprobs' must be in [0, 5], got 6"},
@@ -600,6 +619,208 @@ TEST_CASE("chat rendering edge cases", "[openai]") {
           "<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n"
           "<|im_start|>assistant\n");
   }
+}
+
+namespace {
+/// A message whose content was sent as text parts.
+chat_message parts_message(std::string role, std::vector<std::string> parts) {
+  chat_message m{std::move(role), {}};
+  for (auto& t : parts) {
+    m.content += t;
+    m.part_ends.push_back(m.content.size());
+  }
+  return m;
+}
+/// cut_chat's pieces of `msgs`, checking on the way that the layout changes nothing in the
+/// text (it is render_chat's byte for byte) and that the pieces are that text, none empty.
+std::vector<std::string> pieces(chat_format f, const std::vector<chat_message>& msgs,
+                                chat_chunking mode, const std::vector<tool_def>& tools = {}) {
+  chat_layout layout;
+  const auto text = render_chat(f, msgs, tools, layout);
+  CHECK(text == render_chat(f, msgs, tools));
+  auto out = cut_chat(text, layout, mode);
+  std::string joined;
+  for (const auto& p : out) {
+    CHECK_FALSE(p.empty());
+    joined += p;
+  }
+  CHECK(joined == text);
+  return out;
+}
+using strings = std::vector<std::string>;
+}  // namespace
+
+TEST_CASE("chat chunking by parts: each text part is a segment of its own", "[openai]") {
+  const std::vector<chat_message> conv = {
+      {"system", "S"},
+      parts_message("user", {"D0", "D1", "Q"}),
+  };
+  CHECK(pieces(chat_format::chatml, conv, chat_chunking::parts) ==
+        strings{"<|im_start|>system\nS<|im_end|>\n", "<|im_start|>user\n", "D0", "D1", "Q",
+                "<|im_end|>\n<|im_start|>assistant\n"});
+  CHECK(pieces(chat_format::llama3, conv, chat_chunking::parts) ==
+        strings{"<|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>",
+                "<|start_header_id|>user<|end_header_id|>\n\n", "D0", "D1", "Q",
+                "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"});
+  // mistral puts the system text into the first user turn: a string system message stays
+  // with the turn's opening, the parts are cut out of it.
+  CHECK(pieces(chat_format::mistral, conv, chat_chunking::parts) ==
+        strings{"[INST] S\n\n", "D0", "D1", "Q", " [/INST]"});
+  CHECK(pieces(chat_format::mistral, {parts_message("system", {"S"}), conv[1]},
+               chat_chunking::parts) ==
+        strings{"[INST] ", "S", "\n\n", "D0", "D1", "Q", " [/INST]"});
+  SECTION("the same document is the same piece whatever its place, role or message") {
+    const strings docs = {"first document", "second document", "third document"};
+    auto conv_in = [&](std::vector<int> order, bool own_messages) {
+      std::vector<chat_message> c = {{"system", "S"}};
+      if (own_messages) {
+        for (int d : order)
+          c.push_back(parts_message(d == 1 ? "system" : "user", {docs[d]}));
+        c.push_back(parts_message("user", {"question?"}));
+      } else {
+        strings ps;
+        for (int d : order)
+          ps.push_back(docs[d]);
+        ps.push_back("question?");
+        c.push_back(parts_message("user", ps));
+      }
+      return c;
+    };
+    for (auto f : {chat_format::chatml, chat_format::llama3, chat_format::mistral})
+      for (bool own : {false, true}) {
+        INFO(to_string(f) << (own ? ", a message per document" : ", one message"));
+        auto a = pieces(f, conv_in({0, 1, 2}, own), chat_chunking::parts);
+        auto b = pieces(f, conv_in({2, 0, 1}, own), chat_chunking::parts);
+        for (const auto& d : docs) {
+          CHECK(std::count(a.begin(), a.end(), d) == 1);
+          CHECK(std::count(b.begin(), b.end(), d) == 1);
+        }
+        // Everything else (template text, system prompt) is the same set of pieces too:
+        // a reordered request is made of the first one's chunks.
+        std::sort(a.begin(), a.end());
+        std::sort(b.begin(), b.end());
+        CHECK(a == b);
+      }
+  }
+  SECTION("empty parts cut nothing; string contents stay whole with their turn") {
+    CHECK(pieces(chat_format::chatml,
+                 {parts_message("user", {"", "D", ""}), {"assistant", "A"}, {"user", "U"}},
+                 chat_chunking::parts) ==
+          strings{"<|im_start|>user\n", "D", "<|im_end|>\n", "<|im_start|>assistant\nA<|im_end|>\n",
+                  "<|im_start|>user\nU<|im_end|>\n", "<|im_start|>assistant\n"});
+  }
+  SECTION("tools, tool calls and tool results") {
+    const std::vector<tool_def> tools = {{"get_weather", "Weather", "", false}};
+    chat_message call{"assistant", ""};
+    call.tool_calls.push_back({"call_1", "get_weather", R"({"city": "Oslo"})"});
+    chat_message result = parts_message("tool", {"sunny"});
+    result.tool_call_id = "call_1";
+    const std::vector<chat_message> c = {
+        {"system", "S"}, parts_message("user", {"D0", "Q"}), call, result};
+    auto chatml = pieces(chat_format::chatml, c, chat_chunking::parts, tools);
+    CHECK(std::count(chatml.begin(), chatml.end(), "D0") == 1);
+    CHECK(std::count(chatml.begin(), chatml.end(), "sunny") == 1);
+    // The system prompt shares its turn with the tools block: that turn is one piece.
+    CHECK(chatml[0].starts_with("<|im_start|>system\nS\n\n# Tools"));
+    CHECK(chatml[0].ends_with("<|im_end|>\n"));
+    auto llama3 = pieces(chat_format::llama3, c, chat_chunking::parts, tools);
+    CHECK(std::count(llama3.begin(), llama3.end(), "D0") == 1);
+    // The tools preamble goes with the user turn's header, before the first part.
+    CHECK(llama3[1].starts_with("<|start_header_id|>user<|end_header_id|>\n\nGiven the"));
+    CHECK(llama3[2] == "D0");
+  }
+}
+
+TEST_CASE("chat chunking by messages: a segment per turn and one for the generation prompt",
+          "[openai]") {
+  const std::vector<chat_message> conv = {
+      {"system", "S"},    {"user", "D0"}, parts_message("user", {"D1", "Q"}),
+      {"assistant", "A"}, {"user", "U"},
+  };
+  CHECK(pieces(chat_format::chatml, conv, chat_chunking::messages) ==
+        strings{"<|im_start|>system\nS<|im_end|>\n", "<|im_start|>user\nD0<|im_end|>\n",
+                "<|im_start|>user\nD1Q<|im_end|>\n", "<|im_start|>assistant\nA<|im_end|>\n",
+                "<|im_start|>user\nU<|im_end|>\n", "<|im_start|>assistant\n"});
+  CHECK(pieces(chat_format::mistral, conv, chat_chunking::messages) ==
+        strings{"[INST] S\n\nD0 [/INST]", "[INST] D1Q [/INST]", "A</s>", "[INST] U [/INST]"});
+  CHECK(pieces(chat_format::llama3, conv, chat_chunking::messages).size() == 6);
+  // Consecutive tool results share a chatml turn: each result is cut at its start.
+  chat_message r1{"tool", "R1"}, r2{"tool", "R2"};
+  r1.tool_call_id = "a";
+  r2.tool_call_id = "b";
+  CHECK(pieces(chat_format::chatml, {{"user", "U"}, r1, r2}, chat_chunking::messages) ==
+        strings{"<|im_start|>user\nU<|im_end|>\n",
+                "<|im_start|>user\n<tool_response>\nR1\n</tool_response>",
+                "\n<tool_response>\nR2\n</tool_response><|im_end|>\n", "<|im_start|>assistant\n"});
+  // none: the text whole.
+  CHECK(pieces(chat_format::chatml, conv, chat_chunking::none) ==
+        strings{render_chat(chat_format::chatml, conv)});
+  CHECK(chat_chunking_from_name("parts") == chat_chunking::parts);
+  CHECK(chat_chunking_from_name("messages") == chat_chunking::messages);
+  CHECK_FALSE(chat_chunking_from_name("none").has_value());
+  CHECK_FALSE(chat_chunking_from_name("Parts").has_value());
+}
+
+TEST_CASE("chat: tokenmill.chunks gives the prompt as segments", "[openai]") {
+  const std::string msgs = R"("messages": [{"role": "system", "content": "S"},
+      {"role": "user", "content": [{"type": "text", "text": "D0"}, {"type": "text", "text": "Q"}]}])";
+  auto plain = ok(chat, "{" + msgs + "}");
+  CHECK(plain.params.has_text);
+  CHECK(plain.params.segments.empty());
+  // The text is the same as when content is a string: parts are joined.
+  CHECK(plain.params.text == ok(chat, R"({"messages": [{"role": "system", "content": "S"},
+                                  {"role": "user", "content": "D0Q"}]})")
+                                 .params.text);
+  auto r = ok(chat, "{" + msgs + R"(, "tokenmill": {"chunks": "parts", "recompute_ratio": 0.3}})");
+  const auto& p = r.params;
+  CHECK_FALSE(p.has_text);
+  CHECK(p.text.empty());
+  CHECK(p.segments_field == "tokenmill.chunks");
+  REQUIRE(p.recompute_ratio);
+  CHECK(*p.recompute_ratio == 0.3);
+  CHECK_FALSE(p.add_bos);  // chatml
+  std::string joined;
+  strings texts;
+  for (const auto& s : p.segments) {
+    CHECK(s.has_text);
+    texts.push_back(s.text);
+    joined += s.text;
+  }
+  CHECK(texts == strings{"<|im_start|>system\nS<|im_end|>\n", "<|im_start|>user\n", "D0", "Q",
+                         "<|im_end|>\n<|im_start|>assistant\n"});
+  CHECK(joined == plain.params.text);
+  REQUIRE(r.prompts.size() == 1);
+  CHECK(r.prompts[0].segments.size() == 5);
+  // By messages, without a ratio (the server's default); llama3 keeps its BOS.
+  auto m =
+      ok(chat, "{" + msgs + R"(, "tokenmill": {"chunks": "messages"}})", ctx(chat_format::llama3));
+  CHECK(m.params.segments.size() == 3);
+  CHECK(m.params.add_bos);
+  CHECK_FALSE(m.params.recompute_ratio);
+}
+
+TEST_CASE("chat: tokenmill.chunks refuses more segments than a request may have", "[openai]") {
+  json body;
+  for (size_t i = 0; i < max_request_segments; ++i)
+    body["messages"].push_back({{"role", "user"}, {"content", "m" + std::to_string(i)}});
+  body["tokenmill"] = {{"chunks", "messages"}};
+  // 128 messages and the generation prompt.
+  auto e = err(chat, body.dump());
+  CHECK(e.status == 400);
+  CHECK(e.param == "tokenmill.chunks");
+  CHECK(contains(e.message, "cuts this conversation into 129 segments; at most 128"));
+  body["messages"].erase(body["messages"].size() - 1);
+  CHECK(ok(chat, body.dump()).params.segments.size() == 128);
+  // By parts the message count is not the limit: each part counts.
+  json one;
+  for (int i = 0; i < 130; ++i)
+    one["content"].push_back({{"type", "text"}, {"text", "p"}});
+  one["role"] = "user";
+  auto e2 = err(chat, json{{"messages", {one}}, {"tokenmill", {{"chunks", "parts"}}}}.dump());
+  CHECK(e2.param == "tokenmill.chunks");
+  CHECK(contains(e2.message, "or chunk by \"messages\""));
+  CHECK(ok(chat, json{{"messages", {one}}, {"tokenmill", {{"chunks", "messages"}}}}.dump())
+            .params.segments.size() == 2);
 }
 
 TEST_CASE("chat format names and detection", "[openai]") {
@@ -914,4 +1135,43 @@ TEST_CASE("openai: structured output sets the request's grammar", "[frontend]") 
   CHECK(re.params.sampling.grammar == grammar_kind::regex);
   CHECK(re.params.sampling.grammar_source == "[0-9]+");
   CHECK(re.params.grammar_field == "tokenmill.regex");
+}
+
+TEST_CASE("chat chunks through validate: a document's tokens are its own wherever it sits",
+          "[openai][validate]") {
+  byte_word_tokenizer tok(1000);
+  model_info m;
+  m.vocab_size = 1000;
+  m.max_context = 4096;
+  auto prompt_of = [&](const std::string& first, const std::string& second) {
+    json body{{"messages",
+               {{{"role", "system"}, {"content", "S"}},
+                {{"role", "user"},
+                 {"content",
+                  {{{"type", "text"}, {"text", first}},
+                   {{"type", "text"}, {"text", second}},
+                   {{"type", "text"}, {"text", "Q?"}}}}}}},
+              {"max_tokens", 4},
+              {"tokenmill", {{"chunks", "parts"}, {"recompute_ratio", 0.5}}}};
+    auto v = validate(ok(chat, body.dump(), ctx(chat_format::mistral)).params, tok, m);
+    REQUIRE(v.ok());
+    return *v;
+  };
+  const std::string d0 = "alpha document", d1 = "beta doc";
+  auto a = prompt_of(d0, d1);
+  auto b = prompt_of(d1, d0);
+  CHECK(a.options.recompute_ratio == 0.5f);
+  // mistral: BOS, "[INST] S\n\n", the two documents, "Q?", " [/INST]".
+  REQUIRE(a.options.segment_ends.size() == 6);
+  REQUIRE(b.options.segment_ends.size() == 6);
+  auto segment = [](const validated_request& v, size_t i) {
+    const uint32_t begin = i == 0 ? 0 : v.options.segment_ends[i - 1];
+    return std::vector<token_id>(v.prompt.begin() + begin,
+                                 v.prompt.begin() + v.options.segment_ends[i]);
+  };
+  CHECK(segment(a, 0) == std::vector<token_id>{m.bos});
+  CHECK(segment(a, 2) == tok.encode(d0, false));
+  CHECK(segment(b, 3) == tok.encode(d0, false));
+  CHECK(segment(a, 3) == segment(b, 2));
+  CHECK(a.prompt.size() == b.prompt.size());
 }
