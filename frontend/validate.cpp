@@ -26,10 +26,14 @@ result<void> prompt_from_segments(const generate_params& p, const tokenizer& tok
   v.prompt.clear();
   v.options.segment_ends.clear();
   // A text prompt's BOS is a segment of its own: each document's chunk then holds the
-  // document's tokens only, whatever comes first.
+  // document's tokens only, whatever comes first. The tokenizer says whether there is one
+  // (a model without a BOS token, such as Qwen's, has none to add).
   if (texts && p.add_bos) {
-    v.prompt.push_back(model.bos);
-    v.options.segment_ends.push_back(1);
+    const auto with_bos = tok.encode("", true);
+    if (with_bos.size() > tok.encode("", false).size()) {
+      v.prompt.push_back(with_bos.front());
+      v.options.segment_ends.push_back(1);
+    }
   }
   const int64_t vocab = model.vocab_size;
   for (size_t i = 0; i < p.segments.size(); ++i) {

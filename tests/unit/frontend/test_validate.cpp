@@ -229,6 +229,22 @@ TEST_CASE("a prompt given as segments", "[validate]") {
     CHECK(v->options.segment_ends == std::vector<uint32_t>{1, 3, 6, 7});
     CHECK(v->options.recompute_ratio < 0);  // the worker's default
   }
+  SECTION("a tokenizer without BOS: no BOS segment, never an id outside the vocabulary") {
+    struct no_bos final : tokenizer {
+      byte_word_tokenizer inner{1000};
+      std::vector<token_id> encode(std::string_view t, bool) const override {
+        return inner.encode(t, false);
+      }
+      std::string piece(token_id id) const override { return inner.piece(id); }
+      uint32_t vocab_size() const override { return 1000; }
+    } plain;
+    auto qwen_like = m;
+    qwen_like.bos = -1;
+    auto v = validate(segs({text("ab"), text("c")}), plain, qwen_like);
+    REQUIRE(v.ok());
+    CHECK(v->prompt == std::vector<token_id>{'a' + 3, 'b' + 3, 'c' + 3});
+    CHECK(v->options.segment_ends == std::vector<uint32_t>{2, 3});
+  }
   SECTION("token segments only: no BOS, and the ratio is taken") {
     auto p = segs({toks({4, 5}), toks({6})});
     p.recompute_ratio = 0.5;
