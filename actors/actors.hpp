@@ -10,6 +10,7 @@
 
 #include <caf/all.hpp>
 
+#include "actors/decode/decode_policy.hpp"
 #include "actors/protocol.hpp"
 #include "actors/router/admission_policy.hpp"
 #include "actors/router/fetch_policy.hpp"
@@ -168,6 +169,9 @@ struct decode_config {
   float recompute_ratio = 0.15f;
   /// As prefill_config::blend (for this worker's local prefills).
   blend_policy blend = blend_policy::deviation;
+  /// Who streams a remotely prefilled sequence's first token (decode_policy.hpp): the
+  /// prefill worker (lowest TTFT) or this worker, as the sequence joins its first step.
+  first_token_release first_token = first_token_release::prefill;
 };
 
 /// A prefill worker (detached: engine compute runs on its own thread). On change_role it

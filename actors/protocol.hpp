@@ -7,6 +7,7 @@
 ///   frontend --generate_request--> router --decode_assignment--> decode
 ///   decode --prefill_job--> prefill (remote) | its own engine (local prefill)
 ///   prefill --kv_transfer*--> decode, then --kv_ready--> decode and --first_token--> router
+///     (first-token release `decode`: decode --first_token--> router as the sequence joins a step)
 ///   decode --token_batch (one per step)--> router --token_chunk--> frontend
 ///   decode --request_done--> router --request_summary--> frontend
 ///   frontend --cancel_request--> router --> decode --> prefill
@@ -94,6 +95,10 @@ struct prefill_job {
   /// Share of reused segment tokens recomputed, resolved by the decode worker (never < 0
   /// when segment_ends is set; < 0: the prefill worker's default).
   float recompute_ratio = -1;
+  /// First-token release `decode` (decode_policy.hpp): send the first token only to the
+  /// decode worker (kv_ready), which releases it to the router when the sequence joins its
+  /// first decode step. False: it goes to the router too, as soon as the KV is pushed.
+  bool hold_first_token = false;
 };
 
 /// prefill -> decode: blocks of a prompt's KV (written as each chunk completes). With a
@@ -112,6 +117,9 @@ struct kv_ready {
   token_id first_token = 0;
   uint32_t blocks = 0;
   trace tr;
+  /// The first token's log-probabilities, when the request asked for them (the decode
+  /// worker sends them on with a held first token, prefill_job::hold_first_token).
+  token_logprobs first_logprobs;
 };
 
 /// prefill -> decode: the job failed; the decode worker frees the reservation and fails
@@ -654,7 +662,8 @@ typename F::result_type inspect(F& f, kv_fetch_written& x) {
 template <class F>
 typename F::result_type inspect(F& f, prefill_job& x) {
   return f(caf::meta::type_name("prefill_job"), x.id, x.prompt, x.sampling, x.dst, x.skip_blocks,
-           x.dst_blocks, x.decode, x.router, x.tr, x.fetch, x.segment_ends, x.recompute_ratio);
+           x.dst_blocks, x.decode, x.router, x.tr, x.fetch, x.segment_ends, x.recompute_ratio,
+           x.hold_first_token);
 }
 template <class F>
 typename F::result_type inspect(F& f, kv_transfer& x) {
@@ -671,7 +680,7 @@ typename F::result_type inspect(F& f, engine_step_done& x) {
 }
 template <class F>
 typename F::result_type inspect(F& f, kv_ready& x) {
-  return f(caf::meta::type_name("kv_ready"), x.id, x.first_token, x.blocks, x.tr);
+  return f(caf::meta::type_name("kv_ready"), x.id, x.first_token, x.blocks, x.tr, x.first_logprobs);
 }
 template <class F>
 typename F::result_type inspect(F& f, kv_drained& x) {

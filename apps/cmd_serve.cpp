@@ -27,6 +27,7 @@ struct serve_opts {
   double stall_timeout_s = 120;            ///< router_config::stall_timeout
   uint32_t max_queue_ms = 2000;            ///< router_config::admission.max_queue_ns
   std::string blend_policy = "deviation";  ///< prefill_config::blend
+  std::string first_token = "prefill";     ///< decode_config::first_token
   uint32_t admission_window_ms = 5000;     ///< router_config::admission.window_ns
   uint32_t ttft_slo_ms = 0;                ///< router_config::admission.ttft_slo_ns
   uint32_t prefill_workers = 0;
@@ -209,6 +210,12 @@ command add_serve(CLI::App& app) {
                 "leading (EPIC: each chunk's first tokens, so only those are computed)")
       ->check(CLI::IsMember({"deviation", "leading"}))
       ->capture_default_str();
+  s->add_option("--first-token", o->first_token,
+                "Who streams a prefill worker's first token: prefill (as soon as the KV is "
+                "pushed: lowest TTFT) or decode (the decode worker, just before the sequence's "
+                "first decode step: about half a step more TTFT, every gap one step)")
+      ->check(CLI::IsMember({"prefill", "decode"}))
+      ->capture_default_str();
   s->add_option(
        "--local-prefill-threshold", cfg->router.local_prefill_threshold,
        "Prefill on the decode worker when the uncached prompt is shorter than this (0 = never)")
@@ -307,6 +314,7 @@ command add_serve(CLI::App& app) {
     cfg->decode.local_prefill_budget = cfg->prefill.token_budget;
     cfg->decode.recompute_ratio = cfg->prefill.recompute_ratio;
     if (auto b = parse_blend_policy(o->blend_policy)) cfg->prefill.blend = cfg->decode.blend = *b;
+    if (auto f = parse_first_token_release(o->first_token)) cfg->decode.first_token = *f;
     cfg->http.host = cfg->rpc.host;
     cfg->http_enabled = !o->no_http;
     cfg->http.responses.ttl = std::chrono::seconds(o->responses_ttl_s);

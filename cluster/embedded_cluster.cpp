@@ -64,6 +64,7 @@ manifest one_node_manifest(const embedded_config& cfg, const serve_topology& top
   d.kv_disk_dir = cfg.decode.tier.disk_dir;
   d.recompute_ratio = cfg.decode.recompute_ratio;
   d.blend_policy = blend_policy_name(cfg.decode.blend);
+  d.first_token = first_token_release_name(cfg.decode.first_token);
   workers(role::decode, topo.decode_workers, d);
   m.frontend.node = n.name;
   m.nodes.push_back(std::move(n));

@@ -371,6 +371,7 @@ decode_config to_decode_config(const decode_options& o) {
   c.tier = kv_tier_config{o.kv_host_blocks, o.kv_disk_blocks, o.kv_disk_dir};
   c.recompute_ratio = static_cast<float>(o.recompute_ratio);
   if (auto b = parse_blend_policy(o.blend_policy)) c.blend = *b;  // the parser checked it
+  if (auto f = parse_first_token_release(o.first_token)) c.first_token = *f;  // checked too
   return c;
 }
 

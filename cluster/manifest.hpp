@@ -58,6 +58,10 @@ struct decode_options : worker_options {
   bool kv_blocks_given = false;  ///< kv_blocks was written (else defaults.kv_memory may size it)
   uint32_t max_batch = 64;       ///< sequences per decode step
   uint32_t local_prefill_budget = 512;  ///< prompt tokens per local prefill chunk
+  /// Who streams a remotely prefilled sequence's first token: "prefill" (the prefill
+  /// worker, lowest TTFT) or "decode" (this worker, as the sequence joins its first decode
+  /// step: a uniform first gap) (decode_config::first_token).
+  std::string first_token = "prefill";
 };
 
 /// One actor a node runs. Router, supervisor and kv_store take no options.

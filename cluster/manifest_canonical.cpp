@@ -131,6 +131,8 @@ std::string canonical_form(const manifest& m) {
         num(ak("kv_blocks"), d->kv_blocks);
         num(ak("max_batch"), d->max_batch);
         num(ak("local_prefill_budget"), d->local_prefill_budget);
+        // Written only when not the default, so that manifests from before it keep their hash.
+        if (d->first_token != "prefill") str(ak("first_token"), d->first_token);
       }
     }
   }

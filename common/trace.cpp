@@ -26,6 +26,8 @@ std::string_view to_string(stage s) {
       return "prefill_done";
     case stage::kv_pushed:
       return "kv_pushed";
+    case stage::first_token_released:
+      return "first_token_released";
     case stage::first_token_router:
       return "first_token_router";
     case stage::first_token_sent:
@@ -72,6 +74,8 @@ std::string_view interval_name(stage s) {
       return "prefill_compute";
     case stage::kv_pushed:
       return "kv_transfer";
+    case stage::first_token_released:
+      return "decode_join";
     case stage::first_token_router:
       return "to_router";
     case stage::first_token_sent:

@@ -20,15 +20,18 @@ namespace tokenmill {
 /// the time lost on the failed attempt falls in the `routing` interval (router_received ->
 /// routed); `migrated` marks each move.
 enum class stage : uint8_t {
-  client_sent,         ///< client library sent the generate call (client clock)
-  arrived,             ///< frontend received and validated the call
-  router_received,     ///< router took the request from its mailbox
-  routed,              ///< router picked workers and sent the assignment
-  decode_reserved,     ///< decode worker reserved the request's KV blocks
-  prefill_queued,      ///< the prefill job entered a prefill queue (remote or local)
-  prefill_started,     ///< the first prompt chunk started computing
-  prefill_done,        ///< the last prompt chunk finished computing
-  kv_pushed,           ///< every KV block was written to the decode worker (flushed)
+  client_sent,      ///< client library sent the generate call (client clock)
+  arrived,          ///< frontend received and validated the call
+  router_received,  ///< router took the request from its mailbox
+  routed,           ///< router picked workers and sent the assignment
+  decode_reserved,  ///< decode worker reserved the request's KV blocks
+  prefill_queued,   ///< the prefill job entered a prefill queue (remote or local)
+  prefill_started,  ///< the first prompt chunk started computing
+  prefill_done,     ///< the last prompt chunk finished computing
+  kv_pushed,        ///< every KV block was written to the decode worker (flushed)
+  /// The decode worker released the prefill worker's first token, held until the sequence
+  /// joined its first decode step (first-token release `decode`; absent otherwise).
+  first_token_released,
   first_token_router,  ///< router received the first token
   first_token_sent,    ///< frontend handed the first token to the client stream
   first_token_client,  ///< client library received the first token (client clock)

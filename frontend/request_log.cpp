@@ -216,7 +216,7 @@ bool is_prefill_stage(std::string_view n) {
   return n == "prefill_queue" || n == "prefill_compute" || n == "kv_transfer";
 }
 bool is_decode_stage(std::string_view n) {
-  return n == "decode_reserve" || n == "to_router";
+  return n == "decode_reserve" || n == "decode_join" || n == "to_router";
 }
 bool is_router_stage(std::string_view n) {
   return n == "frontend_to_router" || n == "routing" || n == "to_prefill";

@@ -55,7 +55,10 @@ using inbox_item =
     std::variant<token_chunk, request_summary, status_result, drain_result, stop_event>;
 
 /// Hands items from CAF threads to the kj thread: a locked queue plus an eventfd the kj
-/// loop waits on.
+/// loop waits on. Only the push that finds the queue empty signals: the kj loop reads the
+/// eventfd before it drains, so every later push until that drain is taken with it. A decode
+/// step's tokens arrive as one chunk per stream; signalling each woke the kj thread several
+/// times per step and cost a write(2) per token.
 class inbox {
  public:
   inbox() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
@@ -63,10 +66,13 @@ class inbox {
   }
   ~inbox() { ::close(fd_); }
   void push(inbox_item item) {
+    bool was_empty = false;
     {
       std::lock_guard<std::mutex> lock(mtx_);
+      was_empty = q_.empty();
       q_.push_back(std::move(item));
     }
+    if (!was_empty) return;
     uint64_t one = 1;
     [[maybe_unused]] auto n = ::write(fd_, &one, sizeof(one));
   }

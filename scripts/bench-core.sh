@@ -12,7 +12,10 @@
 # Then the machine's wake-up floor at the same step (tokenmill bench-wake): the ITL p99 an
 # idle thread alone would show here, to judge the tail against.
 # Results (one JSON per concurrency, wake.json) go to $OUT_DIR (default bench-results/core).
-#   ./scripts/bench-core.sh [--three-nodes [--tls]] [CONCURRENCY...]      default: 1 4 16
+#   ./scripts/bench-core.sh [--three-nodes [--tls]] [--first-token prefill|decode] [CONCURRENCY...]
+#                                                                       default: 1 4 16
+# --first-token decode: the decode worker streams each prompt's first token as the sequence
+# joins its first decode step (serve --first-token), so the first gap is one step too.
 # --three-nodes runs the same cluster as three processes (head: router, supervisor,
 # kv-store; prefill node; decode node) started by `tokenmill launch` on loopback; with --tls
 # too, the nodes talk mutual TLS (security: {tls: auto}, certificates made by launch).
@@ -25,15 +28,26 @@ out="${OUT_DIR:-$repo/bench-results/core}"
 mkdir -p "$out"
 three=0
 tls=0
+first_token=prefill
 levels=()
-for a in "$@"; do
-  case "$a" in
+while [[ $# -gt 0 ]]; do
+  case "$1" in
     --three-nodes) three=1 ;;
     --tls) tls=1 ;;
-    *) levels+=("$a") ;;
+    --first-token)
+      first_token="${2:-}"
+      shift
+      [[ "$first_token" == prefill || "$first_token" == decode ]] ||
+        { echo "bench-core: --first-token takes prefill or decode, got '$first_token'" >&2; exit 2; }
+      ;;
+    *) levels+=("$1") ;;
   esac
+  shift
 done
 [[ ${#levels[@]} -gt 0 ]] || levels=(1 4 16)
+# The default is not passed on, so that the script still runs a binary without the option.
+first_token_args=()
+[[ "$first_token" == prefill ]] || first_token_args=(--first-token "$first_token")
 step_ms=10
 prefill_us=200
 input_len=128
@@ -55,12 +69,13 @@ $([[ $tls == 1 ]] && echo "security: {tls: auto}")
 nodes:
   - {name: head, address: 127.0.0.1, port: $p2, actors: [router, supervisor, kv_store]}
   - {name: p0, address: 127.0.0.1, port: $p3, actors: [prefill]}
-  - {name: d0, address: 127.0.0.1, port: $p4, actors: [decode]}
+  - {name: d0, address: 127.0.0.1, port: $p4, actors: [$([[ $first_token == prefill ]] && echo decode || echo "{decode: {first_token: $first_token}}")]}
 YAML
   "$bin" launch "$work/cluster.yaml" --log-dir "$work/logs" >"$log" 2>&1 &
 else
   "$bin" serve --engine sim --rpc-port 0 --sim-decode-step-ms "$step_ms" \
-    --sim-prefill-us-per-token "$prefill_us" --prefill-workers 1 --decode-workers 1 >"$log" 2>&1 &
+    --sim-prefill-us-per-token "$prefill_us" --prefill-workers 1 --decode-workers 1 \
+    ${first_token_args[@]+"${first_token_args[@]}"} >"$log" 2>&1 &
 fi
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$log" "$work"' EXIT
@@ -68,7 +83,7 @@ for _ in $(seq 1 300); do grep -q "ready" "$log" && grep -q "rpc=" "$log" && bre
 endpoint="$(sed -n 's/.*ready.*rpc=\([^ ]*\).*/\1/p' "$log" | head -1)"
 [[ -n "$endpoint" ]] || { echo "bench-core: server did not start" >&2; cat "$log" >&2; exit 1; }
 
-echo "mode: $([[ $three == 1 ]] && echo "three processes (tokenmill launch$([[ $tls == 1 ]] && echo ', mutual TLS between nodes'))" || echo 'one process (tokenmill serve)')"
+echo "mode: $([[ $three == 1 ]] && echo "three processes (tokenmill launch$([[ $tls == 1 ]] && echo ', mutual TLS between nodes'))" || echo 'one process (tokenmill serve)'), first token from the $first_token worker"
 echo "machine: $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1), $(nproc) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 read -r _ u0 n0 s0 i0 w0 q0 sq0 st0 _ < /proc/stat
 printf '%-12s %12s %12s %14s %14s %14s %12s   %s\n' concurrency itl_p50/step itl_p99/step first_gap/step later_p99/step ttft_p50_ms runtime_ms tokens/s \

@@ -82,6 +82,10 @@ struct sequence {
   uint32_t commit_limit = UINT32_MAX;
   std::unique_ptr<chunk_prefill> blend;
   bool blend_refused = false;  ///< its segments did not fit its prompt: prefilled in chunks
+  /// First-token release `decode`: its prefill job asked the prefill worker to send the first
+  /// token here only; it stays held (true) until release_first sends it to the router.
+  bool first_held = false;
+  token_logprobs first_logprobs;  ///< the held first token's, when the request asked
 };
 
 /// Live migration: a move of one of this worker's sequences to another decode worker.
@@ -150,6 +154,17 @@ void erase_id(C& c, request_id id) {
 
 void reserve_waiting(decode_ptr self);
 void start_move_out(decode_ptr self, migrate_request m);
+
+/// First-token release `decode`: sends the held first token (the prefill worker's) to the
+/// router now, stamped first_token_released (its TTFT interval is `decode_join`).
+void release_first(decode_ptr self, sequence& s) {
+  auto& st = self->state;
+  s.first_held = false;
+  s.req.tr.stamp(stage::first_token_released, st.w.info.node_index);
+  self->send(s.router, first_token{s.req.id, s.tokens.at(s.prompt_len), s.req.tr,
+                                   std::move(s.first_logprobs)});
+  s.first_logprobs = {};
+}
 void drain_progress(decode_ptr self);
 void hand_back_assignment(decode_ptr self, const decode_assignment& a);
 
@@ -199,6 +214,8 @@ void finish(decode_ptr self, request_id id, finish_reason reason, error_info err
   // A reservation for an incoming move, or a sequence another worker serves now, ends
   // without a word to the router: the request goes on elsewhere.
   const bool ours = s.phase != seq_phase::migrating_in && !s.silent;
+  if (ours && s.first_held && release_held_token(held_token_moment::ends, reason, handed_back))
+    release_first(self, s);
   if (ours) {
     request_done d;
     d.id = id;
@@ -369,6 +386,7 @@ void reserve_waiting(decode_ptr self) {
       job.fetch = s.fetch.hint();
       job.segment_ends = s.req.options.segment_ends;
       job.recompute_ratio = s.recompute_ratio;
+      job.hold_first_token = s.first_held = hold_first_token(st.cfg.first_token, true);
       self->send(s.prefill, std::move(job));
     } else if (s.fetch.from && s.fetch.end > s.reused) {
       start_fetch(self, s);
@@ -482,6 +500,10 @@ void launch(decode_ptr self) {
     s.phase = seq_phase::running;
     s.req.tr.stamp(stage::decode_admitted, st.w.info.node_index);
     st.running.push_back(id);
+    // A held first token goes out just before the step that computes the second starts.
+    if (s.first_held &&
+        release_held_token(held_token_moment::joins_step, finish_reason::none, false))
+      release_first(self, s);
   }
   // Chunk reuse (issue 17): the first segmented local prefill with nothing computed yet is
   // served from the chunk cache, whole, beside the chunks of the others; later segmented
@@ -848,6 +870,8 @@ void start_move_out(decode_ptr self, migrate_request m) {
     s.move_pending = std::move(m);
     return;
   }
+  if (s.first_held && release_held_token(held_token_moment::moves_out, finish_reason::none, false))
+    release_first(self, s);
   erase_id(st.ready, id);
   erase_id(st.running, id);
   s.phase = seq_phase::migrating_out;
@@ -1136,6 +1160,7 @@ caf::behavior decode_behavior(decode_ptr self) {
           return;
         }
         st.kv_bytes_received += uint64_t{expected} * st.w.pool->block_bytes();
+        if (s.first_held) s.first_logprobs = std::move(r.first_logprobs);
         prompt_complete(self, s, r.first_token);
       },
       [self](const prefill_failed& f) {

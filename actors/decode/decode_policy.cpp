@@ -71,4 +71,27 @@ drain_action on_drain(held_sequence s, bool live_migration) {
   return drain_action::finish_in_place;
 }
 
+std::string_view first_token_release_name(first_token_release r) {
+  return r == first_token_release::decode ? "decode" : "prefill";
+}
+
+result<first_token_release> parse_first_token_release(std::string_view name) {
+  if (name == "prefill") return first_token_release::prefill;
+  if (name == "decode") return first_token_release::decode;
+  return error_info{
+      errc::invalid_request,
+      fmt::format("first-token release: unknown value '{}' (prefill or decode)", name)};
+}
+
+bool hold_first_token(first_token_release r, bool remote_prefill) {
+  return r == first_token_release::decode && remote_prefill;
+}
+
+bool release_held_token(held_token_moment m, finish_reason reason, bool handed_back) {
+  if (m != held_token_moment::ends) return true;
+  if (handed_back) return false;
+  return reason == finish_reason::stop || reason == finish_reason::eos ||
+         reason == finish_reason::length;
+}
+
 }  // namespace tokenmill

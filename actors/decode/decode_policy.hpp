@@ -1,15 +1,18 @@
 #pragma once
 /// The decode worker's decisions, free of CAF (STYLE.md §2): when a sequence stops, whether
-/// an assignment fits the pool, whether arriving KV is what was reserved for it, and when
-/// the blocks of an ended sequence must be held back. decode_actor.cpp wires them.
+/// an assignment fits the pool, whether arriving KV is what was reserved for it, when
+/// the blocks of an ended sequence must be held back, and when a remotely prefilled
+/// sequence's first token goes to the router. decode_actor.cpp wires them.
 #include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string_view>
 
 #include "common/api_types.hpp"
 #include "common/errors.hpp"
 #include "common/ids.hpp"
+#include "common/result.hpp"
 
 namespace tokenmill {
 
@@ -70,5 +73,46 @@ enum class drain_action : uint8_t {
 /// `live_migration` is available (no recompute, the stream goes on) and finishes in place
 /// otherwise. Asked again when a sequence moves on (a prefill completes).
 drain_action on_drain(held_sequence s, bool live_migration);
+
+/// Who streams a remotely prefilled sequence's first token to the router (`serve
+/// --first-token`, decode worker option `first_token`).
+enum class first_token_release : uint8_t {
+  /// The prefill worker, as soon as the prompt's KV is pushed: the lowest TTFT. The second
+  /// token waits for the decode batch's running step to end and then one step, so the
+  /// first gap is 1-2 steps.
+  prefill,
+  /// The decode worker, just before the sequence's first decode step starts (as vLLM /
+  /// Dynamo disaggregated deployments stream from the decode side): TTFT grows by the wait
+  /// for that step (about half a step on average) and every gap, the first included, is
+  /// one step.
+  decode,
+};
+
+/// "prefill" or "decode".
+std::string_view first_token_release_name(first_token_release r);
+
+/// The release named `name`; errc::invalid_request naming it and the choices otherwise.
+result<first_token_release> parse_first_token_release(std::string_view name);
+
+/// Whether a sequence's prefill job asks the prefill worker to hold its first token (send
+/// it to this decode worker only): release `decode` with a remote prefill. A local
+/// prefill's first token comes from this worker's own step already, when it is computed.
+bool hold_first_token(first_token_release r, bool remote_prefill);
+
+/// Where a sequence whose first token is held stands when the decode worker decides.
+enum class held_token_moment : uint8_t {
+  joins_step,  ///< it joins the decode batch; the step it is in is about to start
+  moves_out,   ///< it moves live to another decode worker before any step here
+  ends,        ///< it ends before any decode step (the reason says how)
+};
+
+/// Whether a held first token goes to the router now. When the sequence joins its first
+/// decode step: yes, before the step starts, so token 1 -> token 2 is that one step. When
+/// it moves live to another worker first: yes (that worker does not know it is held). When
+/// it ends before any step: only if it ends normally (`reason` stop, eos or length: the
+/// first token was its last and the client must have it); a cancelled or failed attempt,
+/// or one handed back to the router (`handed_back`, routed again, which computes the token
+/// anew), drops it, as the client never saw it.
+bool release_held_token(held_token_moment m, finish_reason reason, bool handed_back);
 
 }  // namespace tokenmill

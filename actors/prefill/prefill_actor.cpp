@@ -596,9 +596,14 @@ caf::behavior prefill_behavior(prefill_ptr self) {
         self->send(js.job.decode, std::move(d.transfer));
         if (js.computed && js.writes_pending == 0) {
           js.job.tr.stamp(stage::kv_pushed, st.w.info.node_index);
-          self->send(js.job.router, first_token{d.id, js.first, js.job.tr, js.first_logprobs});
-          self->send(js.job.decode,
-                     kv_ready{d.id, js.first, js.blocks_sent - js.job.skip_blocks, js.job.tr});
+          // First-token release `decode`: the decode worker sends it when the sequence joins
+          // its first step (it gets the log-probabilities too).
+          if (!js.job.hold_first_token)
+            self->send(js.job.router, first_token{d.id, js.first, js.job.tr, js.first_logprobs});
+          self->send(
+              js.job.decode,
+              kv_ready{d.id, js.first, js.blocks_sent - js.job.skip_blocks, js.job.tr,
+                       js.job.hold_first_token ? std::move(js.first_logprobs) : token_logprobs{}});
           ++st.completed;
           if (st.flip.draining()) ++st.flip.finished;
           drop_job(self, d.id);

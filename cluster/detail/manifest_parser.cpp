@@ -89,9 +89,11 @@ constexpr std::string_view decode_keys[] = {
     "engine",      "threads",         "device",
     "kv_blocks",   "max_batch",       "local_prefill_budget",
     "slowdown",    "kv_host_blocks",  "kv_disk_blocks",
-    "kv_disk_dir", "recompute_ratio", "blend_policy"};
+    "kv_disk_dir", "recompute_ratio", "blend_policy",
+    "first_token"};
 constexpr std::string_view engines[] = {"sim", "cpu", "cuda"};
 constexpr std::string_view blend_policies[] = {"deviation", "leading"};
+constexpr std::string_view first_token_releases[] = {"prefill", "decode"};
 constexpr std::string_view transports[] = {"inline", "ucx"};
 constexpr std::string_view role_names[] = {"router", "supervisor", "kv_store", "prefill", "decode"};
 
@@ -693,6 +695,9 @@ class parser {
         o.kv_blocks_given = m.find("kv_blocks") != nullptr;
         opt_uint(p_, m, "max_batch", o.max_batch, 1, u32_max);
         opt_uint(p_, m, "local_prefill_budget", o.local_prefill_budget, 1, u32_max);
+        if (auto* x = m.find("first_token"))
+          if (auto s = read_choice(p_, *x, m.field("first_token"), first_token_releases))
+            o.first_token = *s;
         out.options = o;
       } else if (!options.IsNull() && !(options.IsMap() && options.size() == 0)) {
         p_.add(options_at, opath,

@@ -239,6 +239,50 @@ TEST_CASE("the same prompt gives the same tokens whichever worker prefills it", 
   }
 }
 
+TEST_CASE("first-token release decode: the same stream, its hold a TTFT stage of its own",
+          "[integration]") {
+  // --first-token decode: the prefill worker's first token goes out from the decode worker
+  // as the sequence joins its first step. The client must see exactly the stream of the
+  // default mode (token ids, count, log-probabilities), the hold as `decode_join` in a
+  // breakdown that still adds up, and every pool idle afterwards.
+  server plain;
+  server held{{"--first-token", "decode"}};
+  server held_local{{"--first-token", "decode"}, {"--prefill-workers", "0"}};
+  const std::vector<std::string> args{"--max-tokens", "16", "--temperature", "0.8", "--seed", "11",
+                                      "--logprobs",   "2",  "held prompt"};
+  auto a = generate_json(plain, args);
+  auto b = generate_json(held, args);
+  auto c = generate_json(held_local, args);
+  INFO("prefill: " << a["stages"].dump() << "\ndecode: " << b["stages"].dump());
+  CHECK(b["tokens"] == 16);
+  CHECK(b["finish_reason"] == "length");
+  CHECK(ids_of(a) == ids_of(b));
+  CHECK(ids_of(a) == ids_of(c));
+  CHECK(a["logprobs"] == b["logprobs"]);
+  CHECK_FALSE(has_stage(a["stages"], "decode_join"));
+  CHECK(has_stage(b["stages"], "decode_join"));
+  CHECK(has_stage(b["server"]["stages"], "decode_join"));
+  CHECK(has_stage(b["stages"], "kv_transfer"));
+  // A local prefill's first token comes from the decode worker's own step: nothing held.
+  CHECK_FALSE(has_stage(c["stages"], "decode_join"));
+  const double ttft = b["ttft_ms"].get<double>();
+  CHECK(std::abs(sum_of(b["stages"]) - ttft) <= 0.01 * ttft);
+  // The first token is the last (max_tokens 1, or a stop id): it is released as the
+  // sequence ends, never lost.
+  auto one = generate_json(held, {"--max-tokens", "1", "held prompt"});
+  CHECK(one["tokens"] == 1);
+  CHECK(one["finish_reason"] == "length");
+  auto first = ids_of(generate_json(plain, {"--max-tokens", "1", "held prompt"}));
+  CHECK(ids_of(one) == first);
+  REQUIRE(first.size() == 1);
+  auto stopped = generate_json(
+      held, {"--max-tokens", "8", "--stop-id", std::to_string(first[0]), "held prompt"});
+  CHECK(stopped["finish_reason"] == "stop");
+  CHECK(ids_of(stopped) == first);
+  for (auto* s : {&plain, &held, &held_local})
+    CHECK(workers_idle(s->status()));
+}
+
 TEST_CASE("generate --logprobs prints each token's log-probability, bad values are refused",
           "[integration]") {
   server srv;

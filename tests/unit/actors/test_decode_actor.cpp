@@ -421,6 +421,100 @@ TEST_CASE("decode: a first token that is a stop id ends the request before any s
   CHECK(h.status_and_quiet("after stop on the first token").kv_used == 0);
 }
 
+namespace {
+
+decode_config held_first_token() {
+  auto c = small_decode();
+  c.first_token = first_token_release::decode;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("decode: first-token release decode sends the held first token before its first step",
+          "[decode_actor]") {
+  decode_harness h{held_first_token()};
+  auto req = h.request(21, 10, 4);
+  auto expected = sim_continuation(h.eng, req.prompt, 4);
+  h.assign(req, true);
+  auto job = h.expect_job(req);
+  CHECK(job.hold_first_token);  // the prefill worker must not stream it
+  auto [all, first] = h.compute(job);
+  std::vector<block_id> src(all.begin() + job.skip_blocks, all.end());
+  h.self->send(h.decode, h.transfer(job, src, job.dst_blocks));
+  h.self->send(h.decode, kv_ready{job.id, first, static_cast<uint32_t>(src.size()), job.tr,
+                                  token_logprobs{-0.25f, {{first, -0.25f}}}});
+  // The first token comes from the decode worker, before any token of the first step.
+  auto ft = expect<first_token>(h.self, "the held first token");
+  CHECK(ft.id == req.id);
+  CHECK(ft.token == expected[0]);
+  CHECK(ft.logprobs.logprob == -0.25f);  // passed on with it
+  const auto released = ft.tr.time_of(stage::first_token_released);
+  REQUIRE(released);
+  REQUIRE(ft.tr.time_of(stage::kv_ready));
+  CHECK(*released >= *ft.tr.time_of(stage::kv_ready));
+  request_done done;
+  auto rest = h.collect(req.id, 1, done);
+  rest.insert(rest.begin(), ft.token);
+  CHECK(rest == expected);
+  CHECK(done.reason == finish_reason::length);
+  CHECK(done.completion_tokens == 4);
+  CHECK(h.status_and_quiet("after request_done").kv_used == 0);
+}
+
+TEST_CASE("decode: a held first token that ends the request still reaches the router",
+          "[decode_actor]") {
+  decode_harness h{held_first_token()};
+  auto req = h.request(22, 9, 10);
+  auto expected = sim_continuation(h.eng, req.prompt, 1);
+  req.options.stop_ids = {expected[0]};
+  h.assign(req, true);
+  auto job = h.expect_job(req);
+  h.serve_prefill(job);
+  auto ft = expect<first_token>(h.self, "the held first token, released as the request ends");
+  CHECK(ft.token == expected[0]);
+  CHECK(ft.tr.time_of(stage::first_token_released));
+  auto done = expect<request_done>(h.self, "request_done after it");
+  CHECK(done.reason == finish_reason::stop);
+  CHECK(done.completion_tokens == 1);
+  CHECK(h.status_and_quiet("after stop on the held first token").kv_used == 0);
+}
+
+TEST_CASE("decode: a cancelled request drops its held first token and frees its blocks",
+          "[decode_actor]") {
+  // Cancelled while its KV is on the way: nothing is ever sent to the router but
+  // request_done, and the late kv_ready is ignored.
+  decode_harness h{held_first_token()};
+  auto req = h.request(23, 10, 8);
+  h.assign(req, true);
+  auto job = h.expect_job(req);
+  h.self->send(h.decode, cancel_request{req.id});
+  auto c = expect<cancel_request>(h.self, "cancel_request to the prefill worker");
+  CHECK(c.id == req.id);
+  auto done = expect<request_done>(h.self, "request_done, no first_token");
+  CHECK(done.reason == finish_reason::cancelled);
+  h.serve_prefill(job);
+  auto ws = h.status_and_quiet("after late KV of a cancelled request");
+  CHECK(ws.kv_used == 0);
+  CHECK(ws.running == 0);
+}
+
+TEST_CASE("decode: first-token release decode leaves a local prefill's first token as it was",
+          "[decode_actor]") {
+  decode_harness h{held_first_token()};
+  auto req = h.request(24, 10, 3);
+  auto expected = sim_continuation(h.eng, req.prompt, 3);
+  h.assign(req, false);
+  auto ft = expect<first_token>(h.self, "first_token from the local prefill");
+  CHECK(ft.token == expected[0]);
+  CHECK_FALSE(ft.tr.time_of(stage::first_token_released));  // nothing was held
+  request_done done;
+  auto rest = h.collect(req.id, 1, done);
+  rest.insert(rest.begin(), ft.token);
+  CHECK(rest == expected);
+  CHECK(h.status_and_quiet("after request_done").kv_used == 0);
+}
+
 TEST_CASE("decode: a request larger than the pool fails with out_of_blocks", "[decode_actor]") {
   decode_harness h{small_decode(16)};
   auto req = h.request(9, 10, 1000);

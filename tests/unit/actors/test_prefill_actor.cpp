@@ -182,6 +182,38 @@ TEST_CASE("prefill: chunks are written as they complete, control never overtakes
   CHECK(ws.running == 0);
 }
 
+TEST_CASE("prefill: a job that holds its first token sends it to the decode worker only",
+          "[prefill_actor]") {
+  // First-token release `decode`: no first_token to the router; kv_ready carries the token
+  // and its log-probabilities, for the decode worker to release.
+  prefill_harness h;
+  auto j = h.job(3, 13, {7, 3, 12, 0});
+  j.hold_first_token = true;
+  j.sampling.top_logprobs = 2;
+  h.self->send(h.prefill, j);
+  std::vector<kv_transfer> transfers;
+  std::optional<kv_ready> ready;
+  while (!ready) {
+    std::string problem;
+    h.self->receive([&](kv_transfer& t) { transfers.push_back(std::move(t)); },
+                    [&](kv_ready& r) { ready = std::move(r); },
+                    caf::others >> [&](caf::message_view& x) -> caf::result<caf::message> {
+                      problem = "unexpected message " + describe(x);
+                      return caf::sec::unexpected_message;
+                    },
+                    caf::after(receive_timeout) >> [&] { problem = "timed out"; });
+    if (!problem.empty()) FAIL("waiting for kv_transfer or kv_ready: " << problem);
+  }
+  job_output out{std::move(transfers), std::nullopt, std::move(ready)};
+  auto blocks = h.deliver(out);
+  CHECK(blocks == j.dst_blocks);
+  CHECK(out.ready->first_token == h.eng.next_token(j.prompt, j.sampling));
+  CHECK(out.ready->first_logprobs.top.size() == 2);
+  CHECK(out.ready->first_logprobs.top[0].token == out.ready->first_token);
+  CHECK(out.ready->tr.time_of(stage::kv_pushed));
+  CHECK(h.status_and_quiet("after kv_ready").kv_used == 0);
+}
+
 TEST_CASE("prefill: malformed jobs fail with invalid_request", "[prefill_actor]") {
   prefill_harness h;
   SECTION("wrong number of destination blocks") {

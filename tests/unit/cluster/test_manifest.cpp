@@ -1243,3 +1243,43 @@ TEST_CASE("manifest: a worker's blend policy is read, checked and part of the ha
   CHECK_THAT(r.error().message, Catch::Contains("blend_policy") && Catch::Contains("cacheblend") &&
                                     Catch::Contains("deviation") && Catch::Contains("leading"));
 }
+
+TEST_CASE("manifest: a decode worker's first-token release is read, checked and in the hash",
+          "[manifest]") {
+  auto dflt = ok(parse(minimal));
+  for (const auto& n : dflt.nodes)
+    for (const auto& a : n.actors)
+      if (const auto* d = a.decode()) {
+        CHECK(d->first_token == "prefill");
+        CHECK(to_decode_config(*d).first_token == first_token_release::prefill);
+      }
+  std::string text = minimal;
+  text.replace(text.find("actors: [decode]"), 16, "actors: [{decode: {first_token: decode}}]");
+  auto m = ok(parse(text));
+  bool seen = false;
+  for (const auto& n : m.nodes)
+    for (const auto& a : n.actors)
+      if (const auto* d = a.decode()) {
+        CHECK(to_decode_config(*d).first_token == first_token_release::decode);
+        seen = true;
+      }
+  CHECK(seen);
+  CHECK(manifest_hash(m) != manifest_hash(dflt));
+  // Written out at its default, it is the manifest it was (and hashes the same).
+  std::string same = minimal;
+  same.replace(same.find("actors: [decode]"), 16, "actors: [{decode: {first_token: prefill}}]");
+  CHECK(manifest_hash(ok(parse(same))) == manifest_hash(dflt));
+
+  std::string bad = minimal;
+  bad.replace(bad.find("actors: [decode]"), 16, "actors: [{decode: {first_token: router}}]");
+  auto r = parse(bad);
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(r.error().message, Catch::Contains("first_token") && Catch::Contains("router") &&
+                                    Catch::Contains("prefill") && Catch::Contains("decode"));
+  // A prefill worker has no such option.
+  std::string wrong = minimal;
+  wrong.replace(wrong.find("actors: [prefill]"), 17, "actors: [{prefill: {first_token: decode}}]");
+  auto w = parse(wrong);
+  REQUIRE_FALSE(w.ok());
+  CHECK_THAT(w.error().message, Catch::Contains("unknown key 'first_token'"));
+}

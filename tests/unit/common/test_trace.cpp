@@ -85,6 +85,28 @@ TEST_CASE("skipped stages fold into the next present stage's interval", "[trace]
   CHECK(total_ns(b) == 900);
 }
 
+TEST_CASE("a first token held by the decode worker is its own interval, decode_join", "[trace]") {
+  // First-token release `decode`: kv_pushed -> first_token_released is the wait for the
+  // sequence's first decode step; the decode worker -> router leg stays `to_router`.
+  trace t;
+  t.stamp_at(stage::prefill_done, 1000);
+  t.stamp_at(stage::kv_pushed, 1200);
+  t.stamp_at(stage::kv_ready, 1300);         // not on the TTFT path
+  t.stamp_at(stage::decode_admitted, 6000);  // nor this
+  t.stamp_at(stage::first_token_released, 6010);
+  t.stamp_at(stage::first_token_router, 6050);
+  CHECK(on_ttft_path(stage::first_token_released));
+  CHECK(to_string(stage::first_token_released) == "first_token_released");
+  auto b = ttft_breakdown(t);
+  REQUIRE(b.size() == 3);
+  CHECK(b[0].name() == "kv_transfer");
+  CHECK(b[1].name() == "decode_join");
+  CHECK(b[1].duration_ns == 4810);
+  CHECK(b[2].name() == "to_router");
+  CHECK(b[2].duration_ns == 40);
+  CHECK(total_ns(b) == 5050);
+}
+
 TEST_CASE("breakdown follows causal order, not insertion order", "[trace]") {
   trace t;
   t.stamp_at(stage::prefill_done, 900);

@@ -111,3 +111,39 @@ TEST_CASE("on_drain: what a draining decode worker does with each sequence", "[d
   CHECK(on_drain(held_sequence::decoding, true) == drain_action::migrate);
   CHECK(on_drain(held_sequence::decoding, false) == drain_action::finish_in_place);
 }
+
+TEST_CASE("first-token release: names, and which sequences hold their first token",
+          "[decode_policy]") {
+  for (auto r : {first_token_release::prefill, first_token_release::decode}) {
+    auto parsed = parse_first_token_release(first_token_release_name(r));
+    REQUIRE(parsed);
+    CHECK(*parsed == r);
+  }
+  auto bad = parse_first_token_release("router");
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().code == errc::invalid_request);
+  CHECK(bad.error().message == "first-token release: unknown value 'router' (prefill or decode)");
+  // Only a remote prefill's first token is held, and only in `decode` release: a local
+  // prefill's comes from the decode worker's own step already.
+  CHECK(hold_first_token(first_token_release::decode, true));
+  CHECK_FALSE(hold_first_token(first_token_release::decode, false));
+  CHECK_FALSE(hold_first_token(first_token_release::prefill, true));
+  CHECK_FALSE(hold_first_token(first_token_release::prefill, false));
+}
+
+TEST_CASE("a held first token goes out as its sequence joins a step, moves or ends normally",
+          "[decode_policy]") {
+  // Joining the first decode step, or moving to another worker first: always released.
+  for (auto m : {held_token_moment::joins_step, held_token_moment::moves_out}) {
+    CHECK(release_held_token(m, finish_reason::none, false));
+  }
+  // Ending before any step: the first token was the last one, the client must get it.
+  for (auto r : {finish_reason::length, finish_reason::stop, finish_reason::eos})
+    CHECK(release_held_token(held_token_moment::ends, r, false));
+  // A cancelled or failed attempt drops it; so does one handed back to the router, which
+  // routes the request again and computes the token anew (never delivered twice).
+  CHECK_FALSE(release_held_token(held_token_moment::ends, finish_reason::cancelled, false));
+  CHECK_FALSE(release_held_token(held_token_moment::ends, finish_reason::error, false));
+  CHECK_FALSE(release_held_token(held_token_moment::ends, finish_reason::error, true));
+  CHECK_FALSE(release_held_token(held_token_moment::ends, finish_reason::length, true));
+}
