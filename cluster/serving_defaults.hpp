@@ -54,12 +54,12 @@ struct serve_topology {
 /// Shared pool: with the cpu engine (`host_compute`) and more than one worker, when
 /// `shared_pool` says so; then `threads` is the pool's size (the user's count, else every
 /// core), so a lone prompt prefills and a lone stream decodes on every core while prefill
-/// and decode still run in their own workers. Unset means not shared: on the shared 2-core
-/// VM (125m f16, input 256, output 64, interleaved A/B, load 3.5-7) it won at concurrency 1
-/// (TTFT p50 up to -60%, ITL p50 equal to -50%) but not clearly at 4: ITL p50 +10% and
-/// -10% in the last two pairs (+16-75% before thread_pool::busy_scope), TTFT p99 -20-40%.
-/// It needs a measurement on an idle machine. Else threads per worker: the user's count,
-/// or the cores split evenly between the workers, at least 1.
+/// and decode still run in their own workers. Unset means not shared: on the 2-core VM
+/// (125m f16, input 256, output 64, 8 interleaved rounds, load 4-9, steal <= 0.3%) it gave
+/// 1.4-1.9x the output tok/s at concurrency 1 with about half the TTFT and ITL p50, and
+/// level tok/s and TTFT at 4 (0.98-1.12x, TTFT p50 median 0.98x), but ITL p50 median 1.16x
+/// and p99 median 1.12x there (up to 1.39x). Else threads per worker: the user's count, or
+/// the cores split evenly between the workers, at least 1.
 /// Local prefill chunk: aggregated_prefill_chunk when there is no prefill worker, the
 /// engine computes on these cores and the user gave no chunk (`chunk_given`), else 0.
 serve_topology choose_topology(uint32_t cores, bool host_compute,

@@ -1,5 +1,7 @@
 #include "engine/cpu/thread_pool.hpp"
 
+#include "engine/cpu/pool_policy.hpp"
+
 #include <algorithm>
 #include <bit>
 #include <chrono>
@@ -67,6 +69,12 @@ uint64_t bit(uint32_t slot) {
   return uint64_t{1} << slot;
 }
 
+uint64_t now_ns() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+
 }  // namespace
 
 thread_pool::thread_pool(uint32_t threads, uint32_t callers) : callers_(callers) {
@@ -88,7 +96,7 @@ thread_pool::busy_scope::busy_scope(thread_pool& pool) : outer_(busy_pool) {
 
 thread_pool::busy_scope::~busy_scope() {
   if (pool_ == nullptr) return;
-  pool_->active_.fetch_sub(1);
+  pool_->release_compute();
   busy_pool = outer_;
 }
 
@@ -102,17 +110,17 @@ thread_pool::~thread_pool() {
     w.join();
 }
 
-bool thread_pool::claim(job& j, size_t& begin, size_t& end) const {
+bool thread_pool::claim(job& j, size_t& begin, size_t& end, size_t cap) const {
   if (!j.guided) {
     begin = j.next.fetch_add(j.grain, std::memory_order_relaxed);
     end = std::min(j.count, begin + j.grain);
     return begin < j.count;
   }
-  const size_t split = 2 * size_t{threads()};
   begin = j.next.load(std::memory_order_relaxed);
   do {
     if (begin >= j.count) return false;
-    const size_t take = std::max(j.grain, (j.count - begin) / split / j.grain * j.grain);
+    const size_t take =
+        std::min(cap, pool_policy::guided_take(j.count - begin, j.grain, threads()));
     end = std::min(j.count, begin + take);
   } while (!j.next.compare_exchange_weak(begin, end, std::memory_order_relaxed));
   return true;
@@ -121,9 +129,15 @@ bool thread_pool::claim(job& j, size_t& begin, size_t& end) const {
 bool thread_pool::work(job& j, uint32_t thread, bool worker) {
   task_scope scope(this, thread);
   const uint8_t p = j.priority.load(std::memory_order_relaxed);
+  // A worker in a guided job of a pool with other callers takes chunks paced to a target
+  // time, so that it steps back soon when another caller starts (pool_policy).
+  const bool paced = worker && j.guided && callers_ > 1;
+  size_t cap = paced ? pool_policy::worker_chunk_cap(0, 0, j.grain) : SIZE_MAX;
   size_t begin, end;
-  while (claim(j, begin, end)) {
+  while (claim(j, begin, end, cap)) {
+    const uint64_t start = paced ? now_ns() : 0;
     j.call(j.ctx, begin, end, thread);
+    if (paced) cap = pool_policy::worker_chunk_cap(end - begin, now_ns() - start, j.grain);
     if (!worker) continue;
     // More threads computing than the pool has (a caller posted since this worker joined):
     // the worker steps back, so that the pool's threads never outnumber its cores.
@@ -214,11 +228,10 @@ void thread_pool::run(size_t count, size_t grain, bool guided, job_priority prio
   if (counted) active_.fetch_add(1);
   j.state.store(++j.generation << 32, std::memory_order_release);
   open_.fetch_or(bit(slot));
-  {
-    std::lock_guard lock(mutex_);
-    epoch_.fetch_add(1);
-  }
-  wake_.notify_all();
+  epoch_.fetch_add(1);
+  // Sleeping workers are woken only when one can join: with the pool's threads all
+  // computing, a wake-up would cost a context switch on a busy core for nothing.
+  if (pool_policy::should_wake(active_.load(), threads(), sleepers_.load(), true)) wake_workers();
   work(j, slot, false);
   open_.fetch_and(~bit(slot));
   const uint64_t joined = j.state.fetch_or(closed_bit, std::memory_order_acq_rel) & count_mask;
@@ -227,8 +240,18 @@ void thread_pool::run(size_t count, size_t grain, bool guided, job_priority prio
     std::unique_lock lock(mutex_);
     done_.wait(lock, all_out);
   }
-  if (counted) active_.fetch_sub(1);
+  if (counted) release_compute();
   release_slot(slot);
+}
+
+void thread_pool::wake_workers() {
+  { std::lock_guard lock(mutex_); }
+  wake_.notify_all();
+}
+
+void thread_pool::release_compute() {
+  const uint32_t a = active_.fetch_sub(1) - 1;
+  if (pool_policy::should_wake(a, threads(), sleepers_.load(), open_.load() != 0)) wake_workers();
 }
 
 void thread_pool::worker_loop(uint32_t thread) {
@@ -245,18 +268,25 @@ void thread_pool::worker_loop(uint32_t thread) {
     if (s >= 0 && !holding) holding = reserve();
     if (s < 0 || !holding) {
       if (holding) {
-        active_.fetch_sub(1);
+        release_compute();
         holding = false;
       }
       // Nothing to join (or only jobs this worker already ran out of), or as many threads
-      // computing as the pool has: wait for a post or a free compute slot.
+      // computing as the pool has: wait for a post or a free compute slot. Spinning pays
+      // only while this worker could join; with the pool's threads all computing it sleeps
+      // at once, and posts leave it asleep until a compute slot frees with a job open
+      // (release_compute): spinning then would take a core from the callers.
       auto ready = [&] {
-        return epoch_.load() != seen || stop_.load() ||
-               ((open_.load() & ~skip) != 0 && active_.load() < threads());
+        if (stop_.load()) return true;
+        if (!pool_policy::can_join(active_.load(), threads())) return false;
+        return epoch_.load() != seen || (open_.load() & ~skip) != 0;
       };
-      if (!spin_until(ready)) {
+      if (!pool_policy::can_join(active_.load(), threads()) || !spin_until(ready)) {
         std::unique_lock lock(mutex_);
+        sleepers_.fetch_add(1);
         wake_.wait(lock, ready);
+        sleepers_.fetch_sub(1);
+        wakeups_.fetch_add(1, std::memory_order_relaxed);
       }
       continue;
     }

@@ -9,9 +9,11 @@
 /// the workers that joined its own job, each finishing its current chunk, never for
 /// another caller's job. Workers join only while fewer than threads() threads compute
 /// (callers with a job included), and step back at a chunk boundary when more do, so that
-/// callers busy at once never oversubscribe the cores. Idle workers spin briefly (the next
-/// parallel_for of a forward pass usually follows within microseconds), then sleep on a condition
-/// variable so an idle pool costs no CPU.
+/// callers busy at once never oversubscribe the cores; in another caller's guided job a worker
+/// takes chunks paced to ~250 us, so that it steps back soon (pool_policy). Idle workers that
+/// could join spin briefly (the next parallel_for of a forward pass usually follows within
+/// microseconds), then sleep on a condition variable so an idle pool costs no CPU; while
+/// the pool's threads all compute they sleep at once and posts do not wake them.
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
@@ -50,6 +52,13 @@ class thread_pool {
   uint32_t threads() const { return workers() + 1; }
   /// Callers that can run jobs at once.
   uint32_t callers() const { return callers_; }
+
+  /// Workers asleep now (waiting for a post or a free compute slot). For tests and figures.
+  uint32_t sleeping_workers() const { return sleepers_.load(); }
+  /// Times a sleeping worker was woken to look for a job, since construction. For tests and
+  /// figures: a wake-up while the pool's threads all compute would be a context switch on a
+  /// busy core for nothing (pool_policy::should_wake).
+  uint64_t worker_wakeups() const { return wakeups_.load(std::memory_order_relaxed); }
 
   /// Counts the calling thread as computing, for the workers' budget (threads()), from
   /// construction to destruction: an engine call whose serial work between parallel_for
@@ -117,8 +126,8 @@ class thread_pool {
 
   uint32_t workers() const { return static_cast<uint32_t>(workers_.size()); }
   void run(size_t count, size_t grain, bool guided, job_priority priority, void* ctx, call_fn call);
-  /// Claims the next chunk of `j`; false when none is left.
-  bool claim(job& j, size_t& begin, size_t& end) const;
+  /// Claims the next chunk of `j`, of a guided job at most `cap` long; false when none is left.
+  bool claim(job& j, size_t& begin, size_t& end, size_t cap = SIZE_MAX) const;
   /// Runs chunks of `j` as thread `thread` until none is left or, for a `worker`, the pool
   /// has more threads computing than threads() or a job of higher priority is open. True
   /// when the worker stepped back for the former (its compute slot released).
@@ -133,6 +142,10 @@ class thread_pool {
   uint32_t acquire_slot();
   void release_slot(uint32_t slot);
   void worker_loop(uint32_t thread);
+  /// Wakes the sleeping workers (they recheck under mutex_).
+  void wake_workers();
+  /// Uncounts a computing caller and wakes a sleeping worker when it can now join an open job.
+  void release_compute();
 
   uint32_t callers_ = 1;
   std::unique_ptr<job[]> jobs_;  ///< one per caller slot
@@ -146,6 +159,8 @@ class thread_pool {
   /// one thread each, as split pools would, instead of three on two cores).
   std::atomic<uint32_t> active_{0};        ///< bumped (under mutex_) whenever a job is posted
   std::atomic<uint32_t> slot_waiters_{0};  ///< callers waiting for a caller slot
+  std::atomic<uint32_t> sleepers_{0};      ///< workers asleep on wake_
+  std::atomic<uint64_t> wakeups_{0};       ///< worker_wakeups()
   std::atomic<bool> stop_{false};
   std::mutex mutex_;                   ///< guards sleeping and waking
   std::condition_variable wake_;       ///< workers: a job was posted, or stop

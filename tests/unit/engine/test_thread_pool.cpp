@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/cpu/pool_policy.hpp"
 #include "engine/cpu/thread_pool.hpp"
 
 using namespace tokenmill::cpu;
@@ -249,4 +250,118 @@ TEST_CASE("thread_pool: a busy_scope holds a core between parallel_for calls", "
       wait_for(worker_ran);
   });
   CHECK(worker_ran.load());
+}
+
+TEST_CASE("pool_policy: workers join, and are woken, only while a core is free", "[cpu]") {
+  using namespace tokenmill::cpu::pool_policy;
+  CHECK(can_join(1, 2));
+  CHECK_FALSE(can_join(2, 2));
+  CHECK_FALSE(can_join(3, 2));
+  CHECK(should_wake(1, 2, 1, true));
+  CHECK_FALSE(should_wake(2, 2, 1, true));   // both callers compute: no wake-up for nothing
+  CHECK_FALSE(should_wake(1, 2, 0, true));   // nobody asleep
+  CHECK_FALSE(should_wake(1, 2, 1, false));  // nothing to join
+}
+
+TEST_CASE("pool_policy: guided takes and a worker's paced chunks", "[cpu]") {
+  using namespace tokenmill::cpu::pool_policy;
+  CHECK(guided_take(4096, 16, 2) == 1024);
+  CHECK(guided_take(100, 16, 2) == 16);    // at least a unit
+  CHECK(guided_take(1000, 16, 2) == 240);  // whole units
+  // A worker's first chunk is one unit; then what the target allows at the last pace.
+  CHECK(worker_chunk_cap(0, 0, 16) == 16);
+  CHECK(worker_chunk_cap(16, 50'000, 16, 250'000) == 32);       // at most twice the last
+  CHECK(worker_chunk_cap(64, 250'000, 16, 250'000) == 64);      // on target: unchanged
+  CHECK(worker_chunk_cap(64, 1'000'000, 16, 250'000) == 16);    // 4x too slow: a quarter
+  CHECK(worker_chunk_cap(64, 100'000'000, 16, 250'000) == 16);  // never below a unit
+  CHECK(worker_chunk_cap(48, 300'000, 16, 250'000) == 32);      // rounded down to units
+  CHECK(worker_chunk_cap(24, 0, 16) == 48);                     // too fast to time: doubled
+  CHECK(worker_chunk_cap(8, 0, 16) == 16);                      // a short last chunk: whole units
+}
+
+TEST_CASE("thread_pool: posts wake no worker while the callers fill the pool", "[cpu]") {
+  // Two threads, two callers, one worker. One caller is inside a busy_scope, the other posts
+  // 200 jobs: the worker can join none of them (both cores compute), so it sleeps and no post
+  // may wake it. Once the first scope ends with a job open, the worker is woken and joins.
+  thread_pool pool(2, 2);
+  const uint32_t worker = 2;
+  std::atomic<bool> busy{false}, release{false};
+  std::thread engine([&] {
+    thread_pool::busy_scope scope(pool);
+    busy = true;
+    wait_for(release);
+  });
+  wait_for(busy);
+  while (pool.sleeping_workers() != 1)  // it finds the pool full and sleeps
+    std::this_thread::yield();
+  const uint64_t woken = pool.worker_wakeups();
+  std::atomic<int> by_worker{0}, hits{0};
+  {
+    thread_pool::busy_scope scope(pool);
+    for (int i = 0; i < 200; ++i)
+      pool.parallel_for(
+          8, 1,
+          [&](size_t b, size_t e, uint32_t t) {
+            if (t == worker) by_worker.fetch_add(1);
+            hits.fetch_add(int(e - b));
+          },
+          i % 2 ? job_priority::high : job_priority::normal);
+  }
+  CHECK(hits.load() == 1600);
+  CHECK(by_worker.load() == 0);
+  CHECK(pool.worker_wakeups() == woken);
+  // A freed compute slot with a job open wakes the worker: this job's caller waits in its
+  // first chunk for a chunk run by the worker, so without that wake-up it would hang.
+  std::atomic<bool> worker_ran{false}, caller_in{false};
+  std::thread caller([&] {
+    pool.parallel_for(4, 1, [&](size_t, size_t, uint32_t t) {
+      if (t == worker) {
+        worker_ran = true;
+        return;
+      }
+      if (!caller_in.exchange(true)) wait_for(worker_ran);
+    });
+  });
+  wait_for(caller_in);
+  release = true;  // the busy_scope ends: a core is free
+  engine.join();
+  caller.join();
+  CHECK(worker_ran.load());
+  CHECK(pool.worker_wakeups() > woken);
+}
+
+TEST_CASE("thread_pool: a worker's first chunk of a shared pool's guided job is one unit",
+          "[cpu]") {
+  // With other callers sharing the pool, a worker joining a guided job starts with one unit
+  // (pool_policy::worker_chunk_cap), so that it can step back soon for another caller; a
+  // pool of one caller keeps the guided 1 / (2 * threads) share.
+  for (uint32_t callers : {1u, 2u}) {
+    thread_pool pool(2, callers);
+    const uint32_t worker = callers;
+    std::atomic<bool> worker_ran{false};
+    std::atomic<size_t> first_worker_chunk{0};
+    constexpr size_t count = 4096, unit = 16;
+    std::vector<std::atomic<int>> hits(count);
+    std::atomic<bool> caller_first{true};
+    pool.parallel_for_guided(count, unit, [&](size_t b, size_t e, uint32_t t) {
+      for (size_t i = b; i < e; ++i)
+        hits[i].fetch_add(1);
+      if (t == worker) {
+        size_t none = 0;
+        first_worker_chunk.compare_exchange_strong(none, e - b);
+        worker_ran = true;
+      } else if (caller_first.exchange(false)) {
+        wait_for(worker_ran);  // the caller's first chunk waits for the worker's
+      }
+    });
+    INFO("callers " << callers);
+    // One caller: a guided share, 1024 or 768 as the worker claims before or after the
+    // caller's first 4096 / 4.
+    if (callers == 1)
+      CHECK(first_worker_chunk.load() >= 768);
+    else
+      CHECK(first_worker_chunk.load() == unit);
+    for (auto& h : hits)
+      REQUIRE(h.load() == 1);
+  }
 }
