@@ -91,7 +91,7 @@ serve_topology choose_topology(uint32_t cores, bool host_compute,
   t.prefill_workers = prefill_workers.value_or(1);
   const uint32_t workers = std::max(1u, t.prefill_workers + t.decode_workers);
   const bool threads_given = threads && *threads > 0;
-  t.shared_pool = host_compute && workers > 1 && shared_pool.value_or(false);
+  t.shared_pool = host_compute && workers > 1 && shared_pool.value_or(true);
   if (t.shared_pool)
     t.threads = threads_given ? *threads : cores;
   else

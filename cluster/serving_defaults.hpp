@@ -54,12 +54,13 @@ struct serve_topology {
 /// Shared pool: with the cpu engine (`host_compute`) and more than one worker, when
 /// `shared_pool` says so; then `threads` is the pool's size (the user's count, else every
 /// core), so a lone prompt prefills and a lone stream decodes on every core while prefill
-/// and decode still run in their own workers. Unset means not shared: on the 2-core VM
-/// (125m f16, input 256, output 64, 8 interleaved rounds, load 4-9, steal <= 0.3%) it gave
-/// 1.4-1.9x the output tok/s at concurrency 1 with about half the TTFT and ITL p50, and
-/// level tok/s and TTFT at 4 (0.98-1.12x, TTFT p50 median 0.98x), but ITL p50 median 1.16x
-/// and p99 median 1.12x there (up to 1.39x). Else threads per worker: the user's count, or
-/// the cores split evenly between the workers, at least 1.
+/// and decode still run in their own workers. Unset means shared: on the idle 2-core VM
+/// (125m f16, input 256, output 64, 4 interleaved rounds against own pools, steal < 0.1%)
+/// it gave 1.3-2.1x the output tok/s at concurrency 1 with half the TTFT and two thirds of
+/// the ITL p50, and at concurrency 4 1.03-1.16x the tok/s with TTFT p50 level or lower; ITL
+/// p50 was within 7% either way and p99 mixed (0.88-1.37x). Loaded rounds (load 4-9) gave
+/// 1.4-1.9x at 1 and 0.98-1.12x tok/s at 4 with ITL p99 median 1.12x. Not shared: threads
+/// per worker, the user's count or the cores split evenly between the workers, at least 1.
 /// Local prefill chunk: aggregated_prefill_chunk when there is no prefill worker, the
 /// engine computes on these cores and the user gave no chunk (`chunk_given`), else 0.
 serve_topology choose_topology(uint32_t cores, bool host_compute,

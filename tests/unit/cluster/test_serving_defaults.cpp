@@ -63,29 +63,36 @@ TEST_CASE("memory sizes format for messages", "[serving]") {
 }
 
 TEST_CASE("the topology splits the cores between the workers", "[serving]") {
-  SECTION("by default one prefill and one decode worker, half the cores each") {
-    for (bool host : {true, false}) {
-      auto t = choose_topology(2, host, {}, {}, {});
-      CHECK(t.prefill_workers == 1);
-      CHECK(t.decode_workers == 1);
-      CHECK(!t.shared_pool);
-      CHECK(t.threads == 1);
-    }
-    CHECK(choose_topology(64, true, {}, {}, {}).threads == 32);
+  SECTION("by default one prefill and one decode worker sharing every core (cpu engine)") {
+    auto t = choose_topology(2, true, {}, {}, {});
+    CHECK(t.prefill_workers == 1);
+    CHECK(t.decode_workers == 1);
+    CHECK(t.shared_pool);
+    CHECK(t.threads == 2);
+    CHECK(choose_topology(64, true, {}, {}, {}).threads == 64);
     CHECK(choose_topology(0, true, {}, {}, {}).threads == 1);  // unknown core count
+  }
+  SECTION("own pools, or an engine that does not compute on the cores: half the cores each") {
+    auto t = choose_topology(2, false, {}, {}, {});
+    CHECK(!t.shared_pool);
+    CHECK(t.threads == 1);
+    t = choose_topology(2, true, {}, {}, {}, false, false);
+    CHECK(!t.shared_pool);
+    CHECK(t.threads == 1);
+    CHECK(choose_topology(64, true, {}, {}, {}, false, false).threads == 32);
   }
   SECTION("what the user gives is kept and the cores split across it") {
     auto t = choose_topology(2, true, 0u, {}, {});
     CHECK(t.prefill_workers == 0);
     CHECK(t.threads == 2);
     CHECK(!choose_topology(2, true, 0u, {}, {}, false, true).shared_pool);  // one worker
-    t = choose_topology(16, true, 0u, 2u, {});
+    t = choose_topology(16, true, 0u, 2u, {}, false, false);
     CHECK(t.prefill_workers == 0);
     CHECK(t.decode_workers == 2);
     CHECK(t.threads == 8);
     t = choose_topology(2, true, {}, {}, 3u);
     CHECK(t.threads == 3);
-    t = choose_topology(2, true, 3u, 3u, {});
+    t = choose_topology(2, true, 3u, 3u, {}, false, false);
     CHECK(t.threads == 1);  // more workers than cores: one each, never 0
   }
   SECTION("the shared pool as asked: every core, or the user's count") {
