@@ -428,22 +428,12 @@ chat_chunking parse_chunks(const json& body, endpoint kind, generate_params& p) 
   if (!chunks) return chat_chunking::none;
   if (kind != endpoint::chat_completions)
     fail("tokenmill.chunks",
-         "'tokenmill.chunks' is only supported on /v1/chat/completions (on /v1/completions give "
-         "the prompt as 'tokenmill.segments')");
-  if (!chunks->is_string())
-    fail("tokenmill.chunks",
-         fmt::format("'tokenmill.chunks' must be \"messages\" or \"parts\", got {}",
-                     chunks->type_name()));
-  const auto& name = chunks->get_ref<const std::string&>();
-  const auto mode = chat_chunking_from_name(name);
-  if (!mode)
-    fail("tokenmill.chunks",
-         fmt::format("'tokenmill.chunks' must be \"messages\" (a segment per message) or "
-                     "\"parts\" (also one per text content part), got \"{}\"",
-                     name));
+         "'tokenmill.chunks' is only supported on /v1/chat/completions and /v1/responses (on "
+         "/v1/completions give the prompt as 'tokenmill.segments')");
+  const chat_chunking mode = get_chat_chunking(*chunks);
   if (const json* ratio = field(*ext, "recompute_ratio"))
     p.recompute_ratio = get_number(*ratio, "tokenmill.recompute_ratio");
-  return *mode;
+  return mode;
 }
 
 void parse_stops(const json& body, generate_params& p) {
@@ -655,22 +645,18 @@ void constrain_tools(parsed_request& r) {
   p.grammar_field = "tool_choice";
 }
 
-/// The chat prompt as the text segments `pieces` (cut_chat's), named tokenmill.chunks.
-void chat_segments(std::vector<std::string> pieces, chat_chunking mode, generate_params& p) {
-  if (pieces.size() > max_request_segments)
+/// The chat prompt set by set_chat_prompt, refused here when it has more segments than a
+/// request may (validate() would too; this message says how to send fewer).
+void chat_prompt(std::string text, const chat_layout& layout, chat_chunking mode,
+                 generate_params& p) {
+  set_chat_prompt(std::move(text), layout, mode, p);
+  if (p.segments.size() > max_request_segments)
     fail("tokenmill.chunks",
          fmt::format("'tokenmill.chunks' \"{}\" cuts this conversation into {} segments; at most "
                      "{} are allowed (send fewer messages or content parts{})",
-                     mode == chat_chunking::parts ? "parts" : "messages", pieces.size(),
+                     mode == chat_chunking::parts ? "parts" : "messages", p.segments.size(),
                      max_request_segments,
                      mode == chat_chunking::parts ? ", or chunk by \"messages\"" : ""));
-  p.segments.clear();
-  for (auto& text : pieces)
-    p.segments.push_back({true, std::move(text), {}});
-  p.segments_field = "tokenmill.chunks";
-  p.has_text = false;
-  p.text.clear();
-  p.token_ids.clear();
 }
 
 parsed_request parse(endpoint kind, std::string_view text, const request_context& ctx) {
@@ -698,12 +684,7 @@ parsed_request parse(endpoint kind, std::string_view text, const request_context
                             r.tools_choice == tool_choice::none ? std::vector<tool_def>{} : r.tools,
                             layout);
     p.add_bos = ctx.format != chat_format::chatml;  // ChatML models (Qwen) have no BOS
-    if (chunking == chat_chunking::none) {
-      p.has_text = true;
-      p.text = std::move(text);
-    } else {
-      chat_segments(cut_chat(text, layout, chunking), chunking, p);
-    }
+    chat_prompt(std::move(text), layout, chunking, p);
   }
   if (auto n = parse_max_tokens(body, kind)) {
     p.max_tokens = *n;

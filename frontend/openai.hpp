@@ -134,6 +134,13 @@ std::string render_chat(chat_format f, const std::vector<chat_message>& msgs,
 std::vector<std::string> cut_chat(std::string_view text, const chat_layout& layout,
                                   chat_chunking mode);
 
+/// `p`'s prompt from render_chat's `text` (with `layout`): the text whole when `mode` is
+/// none, else cut_chat's pieces as text segments named "tokenmill.chunks" (validate()
+/// tokenizes each alone and bounds their number). Shared by /v1/chat/completions and
+/// /v1/responses, so both cut a conversation alike.
+void set_chat_prompt(std::string text, const chat_layout& layout, chat_chunking mode,
+                     generate_params& p);
+
 /// The tool-call syntax of a chat format; nullopt for mistral.
 std::optional<tool_syntax> tool_syntax_of(chat_format f);
 

@@ -355,4 +355,20 @@ std::vector<std::string> cut_chat(std::string_view text, const chat_layout& layo
   return out;
 }
 
+void set_chat_prompt(std::string text, const chat_layout& layout, chat_chunking mode,
+                     generate_params& p) {
+  p.segments.clear();
+  p.token_ids.clear();
+  if (mode == chat_chunking::none) {
+    p.has_text = true;
+    p.text = std::move(text);
+    return;
+  }
+  for (auto& piece : cut_chat(text, layout, mode))
+    p.segments.push_back({true, std::move(piece), {}});
+  p.segments_field = "tokenmill.chunks";
+  p.has_text = false;
+  p.text.clear();
+}
+
 }  // namespace tokenmill::openai

@@ -19,7 +19,7 @@ response_store::response_store(limits l) : limits_(l) {}
 size_t response_store::entry_bytes(std::string_view id, const entry& e) {
   size_t n = entry_overhead + id.size() + e.body.size();
   for (const auto& m : e.conversation)
-    n += message_overhead + m.role.size() + m.content.size();
+    n += message_overhead + m.role.size() + m.content.size() + m.part_ends.size() * sizeof(size_t);
   return n;
 }
 

@@ -45,9 +45,13 @@ std::vector<openai::chat_message> parse_input(const ojson& body) {
     const auto content_name = name + ".content";
     const ojson* content = field(item, "content");
     if (!content) fail(content_name, fmt::format("'{}' is required", content_name));
-    out.push_back({r, text_content(*content, content_name, {"input_text", "output_text"},
-                                   "only 'input_text' and 'output_text' parts are supported "
-                                   "(text in, text out)")});
+    openai::chat_message m{r, {}};
+    // Where each part ends: chunking by parts (tokenmill.chunks) cuts the prompt there.
+    m.content = text_content(*content, content_name, {"input_text", "output_text"},
+                             "only 'input_text' and 'output_text' parts are supported "
+                             "(text in, text out)",
+                             &m.part_ends);
+    out.push_back(std::move(m));
   }
   return out;
 }
@@ -120,6 +124,36 @@ void parse_metadata(const ojson& body, request& r) {
                              max_metadata_value));
   }
   r.metadata = *m;
+}
+
+/// Chunk reuse (issue 17), as on /v1/chat/completions: `tokenmill: {"chunks": "messages" |
+/// "parts", "recompute_ratio": r}`. The ratio's range is validate()'s, as there.
+void parse_extension(const ojson& body, request& r) {
+  const ojson* ext = field(body, "tokenmill");
+  if (!ext) return;
+  if (!ext->is_object())
+    fail("tokenmill", fmt::format("'tokenmill' must be an object, got {}", ext->type_name()));
+  for (const auto& [key, _] : ext->items()) {
+    if (key == "segments")
+      fail("tokenmill.segments",
+           "'tokenmill.segments' is only supported on /v1/completions (on /v1/responses cut the "
+           "input into chunks with 'tokenmill.chunks')");
+    if (key != "chunks" && key != "recompute_ratio")
+      fail("tokenmill." + key,
+           fmt::format("unknown field 'tokenmill.{}' (on /v1/responses the extension has: "
+                       "chunks, recompute_ratio)",
+                       key));
+  }
+  const ojson* chunks = field(*ext, "chunks");
+  const ojson* ratio = field(*ext, "recompute_ratio");
+  if (!chunks) {
+    if (ratio)
+      fail("tokenmill.recompute_ratio",
+           "'tokenmill.recompute_ratio' is only allowed with 'tokenmill.chunks'");
+    return;
+  }
+  r.chunks = get_chat_chunking(*chunks);
+  if (ratio) r.params.recompute_ratio = get_number(*ratio, "tokenmill.recompute_ratio");
 }
 
 /// What the Responses API can ask for and tokenmill does not do: accepted only at the
@@ -198,6 +232,7 @@ request parse(std::string_view text, const openai::request_context& ctx) {
   }
   parse_text_format(body, r);
   parse_metadata(body, r);
+  parse_extension(body, r);
   return r;
 }
 
@@ -265,8 +300,9 @@ std::vector<openai::chat_message> model_messages(const request& r,
 generate_params prompt_params(const request& r, const std::vector<openai::chat_message>& history,
                               openai::chat_format f) {
   generate_params p = r.params;
-  p.has_text = true;
-  p.text = openai::render_chat(f, model_messages(r, history));
+  openai::chat_layout layout;
+  auto text = openai::render_chat(f, model_messages(r, history), {}, layout);
+  openai::set_chat_prompt(std::move(text), layout, r.chunks, p);
   p.add_bos = f != openai::chat_format::chatml;  // ChatML models (Qwen) have no BOS
   return p;
 }

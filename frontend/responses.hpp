@@ -42,9 +42,13 @@ struct request {
   /// `text.format` as the response object echoes it: {"type": "text"} by default.
   nlohmann::ordered_json text_format;
   nlohmann::ordered_json metadata;  ///< an object of strings, {} by default
-  /// Sampling, max_tokens and the grammar of `text.format`; the prompt is filled in by
-  /// prompt_params() once the previous response's conversation is known.
+  /// Sampling, max_tokens, the grammar of `text.format` and tokenmill.recompute_ratio; the
+  /// prompt is filled in by prompt_params() once the previous response's conversation is
+  /// known.
   generate_params params;
+  /// `tokenmill.chunks`: how prompt_params() cuts the conversation into segments for chunk
+  /// reuse (issue 17); none: one prompt.
+  openai::chat_chunking chunks = openai::chat_chunking::none;
 };
 
 /// Parses a request body. Accepted: model, input (a string, or a non-empty array of
@@ -55,7 +59,10 @@ struct request {
 /// {type: "json_schema", name, schema, strict, description}: the grammar of structured
 /// output), metadata (at most 16 string pairs), and, at their neutral values only, tools
 /// ([]), tool_choice ("auto", "none"), reasoning (null or empty), background (false),
-/// include ([]), truncation ("disabled"). Other unknown fields are ignored, as OpenAI does.
+/// include ([]), truncation ("disabled"); chunk reuse (issue 17), as on chat completions:
+/// {"tokenmill": {"chunks": "messages" | "parts", "recompute_ratio": 0..1}} (a segment per
+/// message's turn, and by parts one per input_text/output_text part). Other unknown fields
+/// are ignored, as OpenAI does (unknown `tokenmill` fields are refused).
 /// A wrong type, a value out of range or an unsupported option is a 400 naming the field
 /// (`input[1].content[0].type`); another model than the served one is 404.
 std::variant<request, openai::api_error> parse_request(std::string_view body,
@@ -67,7 +74,10 @@ std::vector<openai::chat_message> model_messages(const request& r,
                                                  const std::vector<openai::chat_message>& history);
 
 /// `r.params` with the prompt: model_messages() rendered in chat format `f`, ending with
-/// an opened assistant turn (BOS left to the tokenizer, except for ChatML).
+/// an opened assistant turn (BOS left to the tokenizer, except for ChatML); with
+/// `r.chunks`, that text cut into segments as chat completions cut it
+/// (openai::set_chat_prompt; validate() refuses more than max_request_segments, naming
+/// tokenmill.chunks).
 generate_params prompt_params(const request& r, const std::vector<openai::chat_message>& history,
                               openai::chat_format f);
 

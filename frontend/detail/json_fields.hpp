@@ -124,6 +124,23 @@ std::string get_model(const J& body, const request_context& ctx) {
   return model;
 }
 
+/// `tokenmill.chunks` (chat and responses, issue 17): "messages" or "parts".
+template <class J>
+chat_chunking get_chat_chunking(const J& v) {
+  if (!v.is_string())
+    fail(
+        "tokenmill.chunks",
+        fmt::format("'tokenmill.chunks' must be \"messages\" or \"parts\", got {}", v.type_name()));
+  const auto& name = v.template get_ref<const std::string&>();
+  const auto mode = chat_chunking_from_name(name);
+  if (!mode)
+    fail("tokenmill.chunks",
+         fmt::format("'tokenmill.chunks' must be \"messages\" (a segment per message) or "
+                     "\"parts\" (also one per text content part), got \"{}\"",
+                     name));
+  return *mode;
+}
+
 /// A message's content named `name`: a string, or an array of text parts
 /// ({"type": T, "text": "..."} with T one of `types`), joined. A part of another type is
 /// refused with "'NAME[j].type' is 'T'; " and `refusal`. `part_ends`, when given, receives

@@ -204,6 +204,24 @@ TEST_CASE("responses: bad bodies are a 400 naming the field", "[responses]") {
       {R"({"input": "x", "metadata": {"k": 1}})", "metadata.k", "must be a string"},
       {R"({"input": "x", "metadata": {"k": "vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv"}})",
        "metadata.k", "at most 512 are allowed"},
+      // chunk reuse (issue 17): the same refusals as on /v1/chat/completions
+      {R"({"input": "x", "tokenmill": 3})", "tokenmill", "'tokenmill' must be an object"},
+      {R"({"input": "x", "tokenmill": {"chunks": "sentences"}})", "tokenmill.chunks",
+       "'tokenmill.chunks' must be \"messages\" (a segment per message) or \"parts\" (also one "
+       "per text content part), got \"sentences\""},
+      {R"({"input": "x", "tokenmill": {"chunks": true}})", "tokenmill.chunks",
+       "'tokenmill.chunks' must be \"messages\" or \"parts\", got boolean"},
+      {R"({"input": "x", "tokenmill": {"chunks": "parts", "recompute_ratio": "x"}})",
+       "tokenmill.recompute_ratio", "'tokenmill.recompute_ratio' must be a number, got string"},
+      {R"({"input": "x", "tokenmill": {"recompute_ratio": 0.5}})", "tokenmill.recompute_ratio",
+       "only allowed with 'tokenmill.chunks'"},
+      {R"({"input": "x", "tokenmill": {"chunks": "parts", "segments": ["a"]}})",
+       "tokenmill.segments", "only supported on /v1/completions"},
+      {R"({"input": "x", "tokenmill": {"regex": "a+"}})", "tokenmill.regex",
+       "unknown field 'tokenmill.regex'"},
+      {R"({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}],
+         "tokenmill": {"chunks": "parts"}})",
+       "input[0].content[0].type", "only 'input_text' and 'output_text'"},
   };
   for (const auto& c : cases) {
     INFO(c.body);
@@ -247,6 +265,143 @@ TEST_CASE("responses: the prompt is instructions, history, then input", "[respon
   CHECK(l.add_bos);
   CHECK(l.text.find("Hello.") == std::string::npos);
   CHECK(l.text.find("<|start_header_id|>system<|end_header_id|>\n\nBe terse.") == 0);
+}
+
+TEST_CASE("responses: tokenmill.chunks cuts the conversation as chat completions do",
+          "[responses][chunks]") {
+  const json parts = {{{"type", "input_text"}, {"text", "D0"}},
+                      {{"type", "input_text"}, {"text", "D1"}},
+                      {{"type", "input_text"}, {"text", "Q"}}};
+  auto body = [&](const std::string& mode) {
+    json b = {{"instructions", "S"}, {"input", {{{"role", "user"}, {"content", parts}}}}};
+    if (!mode.empty()) b["tokenmill"] = {{"chunks", mode}, {"recompute_ratio", 0.25}};
+    return b.dump();
+  };
+  // The same conversation on /v1/chat/completions: a system message and the parts.
+  auto chat_prompt = [&](const std::string& mode, openai::chat_format f) {
+    json chat_parts = json::array();
+    for (const auto& p : parts)
+      chat_parts.push_back({{"type", "text"}, {"text", p["text"]}});
+    json b = {
+        {"messages",
+         {{{"role", "system"}, {"content", "S"}}, {{"role", "user"}, {"content", chat_parts}}}}};
+    if (!mode.empty()) b["tokenmill"] = {{"chunks", mode}, {"recompute_ratio", 0.25}};
+    auto r = openai::parse_request(openai::endpoint::chat_completions, b.dump(), ctx(f));
+    REQUIRE(std::holds_alternative<openai::parsed_request>(r));
+    return std::get<openai::parsed_request>(r).params;
+  };
+  auto texts = [](const generate_params& p) {
+    std::vector<std::string> out;
+    for (const auto& s : p.segments) {
+      CHECK(s.has_text);
+      out.push_back(s.text);
+    }
+    return out;
+  };
+  const auto plain = prompt_params(ok(body("")), {}, openai::chat_format::chatml);
+  CHECK(plain.has_text);
+  CHECK(plain.segments.empty());
+  CHECK_FALSE(plain.recompute_ratio);
+
+  auto r = ok(body("parts"));
+  CHECK(r.chunks == openai::chat_chunking::parts);
+  const auto p = prompt_params(r, {}, openai::chat_format::chatml);
+  CHECK_FALSE(p.has_text);
+  CHECK(p.text.empty());
+  CHECK(p.segments_field == "tokenmill.chunks");
+  REQUIRE(p.recompute_ratio);
+  CHECK(*p.recompute_ratio == 0.25);
+  CHECK(texts(p) == std::vector<std::string>{"<|im_start|>system\nS<|im_end|>\n",
+                                             "<|im_start|>user\n", "D0", "D1", "Q",
+                                             "<|im_end|>\n<|im_start|>assistant\n"});
+  std::string joined;
+  for (const auto& t : texts(p))
+    joined += t;
+  CHECK(joined == plain.text);  // only where the text is cut changes
+  for (auto f :
+       {openai::chat_format::chatml, openai::chat_format::llama3, openai::chat_format::mistral})
+    for (const std::string mode : {"parts", "messages"}) {
+      INFO(to_string(f) << " " << mode);
+      const auto mine = prompt_params(ok(body(mode)), {}, f);
+      const auto chat = chat_prompt(mode, f);
+      CHECK(texts(mine) == texts(chat));
+      CHECK(mine.add_bos == chat.add_bos);
+      CHECK(mine.recompute_ratio == chat.recompute_ratio);
+    }
+  CHECK(prompt_params(ok(body("messages")), {}, openai::chat_format::chatml).segments.size() == 3);
+
+  SECTION("a continued conversation keeps the earlier input's parts") {
+    outcome o = sample_outcome(status::completed, "A");
+    auto first = ok(body(""));
+    const auto history = stored_entry(first, o, {}).conversation;
+    auto next = ok(R"({"input": [{"role": "user", "content": [{"type": "input_text", "text": "D2"},
+        {"type": "input_text", "text": "Q2"}]}], "tokenmill": {"chunks": "parts"}})");
+    const auto t = texts(prompt_params(next, history, openai::chat_format::chatml));
+    // The earlier documents are chunks of their own here too (no instructions this turn).
+    CHECK(t == std::vector<std::string>{"<|im_start|>user\n", "D0", "D1", "Q", "<|im_end|>\n",
+                                        "<|im_start|>assistant\nA<|im_end|>\n",
+                                        "<|im_start|>user\n", "D2", "Q2",
+                                        "<|im_end|>\n<|im_start|>assistant\n"});
+  }
+}
+
+TEST_CASE("responses: chunks through validate, and what validate refuses", "[responses][chunks]") {
+  byte_word_tokenizer tok(1000);
+  model_info m;
+  m.name = "tiny-model";
+  m.vocab_size = 1000;
+  m.max_context = 4096;
+  auto prompt_of = [&](const std::string& first, const std::string& second) {
+    json b = {{"input",
+               {{{"role", "user"},
+                 {"content",
+                  {{{"type", "input_text"}, {"text", first}},
+                   {{"type", "input_text"}, {"text", second}},
+                   {{"type", "input_text"}, {"text", "Q?"}}}}}}},
+              {"max_output_tokens", 4},
+              {"tokenmill", {{"chunks", "parts"}, {"recompute_ratio", 0.5}}}};
+    auto v = validate(prompt_params(ok(b.dump()), {}, openai::chat_format::llama3), tok, m);
+    REQUIRE(v.ok());
+    return *v;
+  };
+  const std::string d0 = "alpha document", d1 = "beta doc";
+  auto a = prompt_of(d0, d1);
+  auto b = prompt_of(d1, d0);
+  CHECK(a.options.recompute_ratio == 0.5f);
+  // llama3: BOS, the user turn's header, the two documents, "Q?", the end and the
+  // generation prompt.
+  REQUIRE(a.options.segment_ends.size() == 6);
+  auto segment = [](const validated_request& v, size_t i) {
+    const uint32_t begin = i == 0 ? 0 : v.options.segment_ends[i - 1];
+    return std::vector<token_id>(v.prompt.begin() + begin,
+                                 v.prompt.begin() + v.options.segment_ends[i]);
+  };
+  CHECK(segment(a, 2) == tok.encode(d0, false));
+  CHECK(segment(b, 3) == tok.encode(d0, false));
+  CHECK(segment(a, 3) == segment(b, 2));
+
+  auto refused = [&](const json& b, const std::string& mention) {
+    auto e = validate(prompt_params(ok(b.dump()), {}, openai::chat_format::chatml), tok, m);
+    REQUIRE_FALSE(e.ok());
+    CHECK(e.error().code == errc::invalid_request);
+    CHECK_THAT(e.error().message, Catch::Contains(mention));
+  };
+  refused({{"input", "x"}, {"tokenmill", {{"chunks", "parts"}, {"recompute_ratio", 2}}}},
+          "recompute_ratio must be in [0, 1], got 2");
+  json many = json::array();
+  for (size_t i = 0; i < max_request_segments; ++i)
+    many.push_back({{"type", "input_text"}, {"text", "p"}});
+  // 128 parts, the user turn's header and its end: too many, named.
+  refused(
+      {{"input", {{{"role", "user"}, {"content", many}}}}, {"tokenmill", {{"chunks", "parts"}}}},
+      "tokenmill.chunks lists 130 segments; at most 128 are allowed");
+  // By messages the same input is two segments.
+  CHECK(validate(prompt_params(ok(json{{"input", {{{"role", "user"}, {"content", many}}}},
+                                       {"tokenmill", {{"chunks", "messages"}}}}
+                                      .dump()),
+                               {}, openai::chat_format::chatml),
+                 tok, m)
+            ->options.segment_ends.size() == 2);
 }
 
 TEST_CASE("responses: validate() compiles text.format and names it when refused", "[responses]") {
