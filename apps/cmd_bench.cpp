@@ -62,10 +62,11 @@ struct bench_opts {
   uint32_t turns = 4;          ///< multi-turn: turns per chat
   uint32_t answer_len = 0;     ///< multi-turn: tokens of each earlier answer (0: --output-len)
   std::string dataset;
-  uint32_t pool = 16;      ///< rag: documents in the pool
-  uint32_t docs = 4;       ///< rag: documents per request
-  uint32_t doc_len = 256;  ///< rag: tokens per document
-  bool rag_plain = false;  ///< rag: send the same prompts unsegmented (a baseline)
+  uint32_t pool = 16;                   ///< rag: documents in the pool
+  uint32_t docs = 4;                    ///< rag: documents per request
+  uint32_t doc_len = 256;               ///< rag: tokens per document
+  bool rag_plain = false;               ///< rag: send the same prompts unsegmented (a baseline)
+  std::string rag_api = "completions";  ///< rag over http: completions or chat
   double slo_ttft_ms = 0, slo_tpot_ms = 0, slo_itl_ms = 0;
   bool ignore_eos = true;
   uint32_t vocab_size = 0;  ///< 0: the model's
@@ -206,8 +207,12 @@ answers, then a new user message; chats interleaved; without --requests, N x T r
 sharegpt (--dataset FILE; --output-len, when given, replaces the answers' lengths),
 rag (chunk reuse: a system prompt of --prefix-len tokens, --docs documents of --doc-len
 tokens drawn from a pool of --pool and shuffled, and an --input-len question, sent as
-segments; over rpc the report's "chunks" are the servers' chunk cache counters during the
-run: tokens looked up, reused, and of those recomputed).
+segments; --rag-api chat (http) sends them to /v1/chat/completions instead, the system
+prompt as a system message and the documents and the question as text content parts of
+one user message with "tokenmill": {"chunks": "parts"}, one word per token id; the
+report's "chunks" are the servers' chunk cache counters during the run: tokens looked up,
+reused, and of those recomputed, from the workers' status over rpc and from GET /metrics
+over http, which counts that node's workers).
 Sampling: --temperature T (default 0, greedy); --seed-base N gives request i the sampling
 seed N + i (warm-up request k: N + requests + k), so a rerun of the same workload (same
 --seed) with the same seeds must produce the same tokens, also when T > 0.
@@ -235,7 +240,9 @@ command add_bench(CLI::App& app) {
                  "Server address HOST:PORT (RPC port, or HTTP port with --backend http)")
       ->capture_default_str();
   add_client_options(app, o->security);
-  app.add_option("--backend", o->backend, "rpc (Cap'n Proto) or http (POST /v1/completions)")
+  app.add_option("--backend", o->backend,
+                 "rpc (Cap'n Proto) or http (POST /v1/completions; /v1/chat/completions for "
+                 "--rag-api chat)")
       ->check(CLI::IsMember({"rpc", "http"}))
       ->capture_default_str();
   auto* rate = app.add_option("--rate", o->rate, "Open loop: mean arrival rate in req/s, or inf");
@@ -278,6 +285,11 @@ command add_bench(CLI::App& app) {
       ->capture_default_str();
   app.add_flag("--rag-plain", o->rag_plain,
                "rag: send the same prompts unsegmented (the prefix cache alone: a baseline)");
+  auto* rag_api = app.add_option("--rag-api", o->rag_api,
+                                 "rag over http: completions (token-id segments) or chat "
+                                 "(documents as content parts, tokenmill.chunks \"parts\")")
+                      ->check(CLI::IsMember({"completions", "chat"}))
+                      ->capture_default_str();
   app.add_option("--prefixes", o->prefixes, "shared-prefix: distinct system prompts")
       ->check(CLI::Range(1u, 1u << 20))
       ->capture_default_str();
@@ -363,6 +375,10 @@ command add_bench(CLI::App& app) {
     if (seed->count() == 0)
       o->seed = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
     const bool http = o->backend == "http";
+    if (rag_api->count() > 0 && o->workload != "rag")
+      return fail("--rag-api is for --workload rag");
+    if (o->rag_api == "chat" && !http)
+      return fail("--rag-api chat needs --backend http (the RPC API has no chat messages)");
     resolve_client_options(o->security);
     if (http && !o->security.tls_ca.empty())
       return fail("--tls-ca is for --backend rpc: the HTTP client speaks no TLS");
@@ -431,6 +447,7 @@ command add_bench(CLI::App& app) {
         // they are the requests after the measured ones.
         r.requests = size_t{o->requests} + o->warmup;
         r.seed = o->seed;
+        r.chat = o->rag_api == "chat";
         auto all = wl::rag_workload(r);
         if (o->rag_plain)
           for (auto& q : all)
@@ -466,9 +483,27 @@ command add_bench(CLI::App& app) {
       }
     }
 
-    // rag over rpc: the servers' chunk cache counters, before and after the run.
+    // rag: the servers' chunk cache counters, before and after the run (rpc: the workers'
+    // status; http: GET /metrics, this node's workers).
     auto chunk_counters = [&]() -> std::optional<std::array<uint64_t, 3>> {
-      if (http || o->workload != "rag") return std::nullopt;
+      if (o->workload != "rag") return std::nullopt;
+      if (http) {
+        auto c = http_client::connect(host, port, 10);
+        if (!c) return std::nullopt;
+        (*c)->set_api_key(o->security.api_key);
+        auto r = (*c)->request("GET", "/metrics", {}, {}, {}, 10);
+        if (!r || r->status != 200) return std::nullopt;
+        std::array<uint64_t, 3> sum{};
+        const char* names[] = {"tokenmill_chunk_lookup_tokens_total",
+                               "tokenmill_chunk_hit_tokens_total",
+                               "tokenmill_chunk_recomputed_tokens_total"};
+        for (size_t k = 0; k < sum.size(); ++k) {
+          auto v = wl::metric_sum(r->body, names[k]);
+          if (!v) return std::nullopt;  // a server that does not export them
+          sum[k] = static_cast<uint64_t>(std::llround(*v));
+        }
+        return sum;
+      }
       auto c = client::connect(host, port, 10, o->security);
       if (!c) return std::nullopt;
       auto st = (*c)->status();
@@ -569,7 +604,8 @@ command add_bench(CLI::App& app) {
                   {"docs", std::min(o->docs, o->pool)},
                   {"doc_len", o->doc_len},
                   {"system_len", o->prefix_len},
-                  {"segmented", !o->rag_plain}};
+                  {"segmented", !o->rag_plain},
+                  {"api", http ? o->rag_api : std::string("rpc")}};
       const auto chunks_after = chunk_counters();
       if (chunks_before && chunks_after) {
         const uint64_t lookup = (*chunks_after)[0] - (*chunks_before)[0];
@@ -579,7 +615,7 @@ command add_bench(CLI::App& app) {
                        {"recomputed_tokens", (*chunks_after)[2] - (*chunks_before)[2]},
                        {"hit_fraction", lookup ? static_cast<double>(hit) / lookup : 0.0}};
       } else {
-        j["chunks"] = nullptr;  // over http, or the status could not be read
+        j["chunks"] = nullptr;  // the status or the metrics could not be read
       }
     }
     j["model"] = {

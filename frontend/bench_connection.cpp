@@ -119,7 +119,17 @@ class http_connection final : public connection {
       body["prompt"] = r.prompt_text;
     else
       body["prompt"] = r.prompt_ids;
-    if (!r.segment_ends.empty()) {  // rag: the prompt as segments
+    const bool chat = !r.chat_parts.empty();
+    if (chat) {  // rag over chat: the documents and the question as content parts
+      auto parts = nlohmann::ordered_json::array();
+      for (size_t k = 1; k < r.chat_parts.size(); ++k)
+        parts.push_back({{"type", "text"}, {"text", r.chat_parts[k]}});
+      body.erase("prompt");
+      body["messages"] =
+          nlohmann::ordered_json::array({{{"role", "system"}, {"content", r.chat_parts[0]}},
+                                         {{"role", "user"}, {"content", std::move(parts)}}});
+      if (!r.segment_ends.empty()) body["tokenmill"] = {{"chunks", "parts"}};
+    } else if (!r.segment_ends.empty()) {  // rag: the prompt as segments
       auto segs = nlohmann::ordered_json::array();
       uint32_t begin = 0;
       for (auto end : r.segment_ends) {
@@ -168,6 +178,9 @@ class http_connection final : public connection {
         std::string text;
         if (auto tx = ch.find("text"); tx != ch.end() && tx->is_string())
           text = tx->get<std::string>();
+        if (auto d = ch.find("delta"); d != ch.end() && d->is_object())
+          if (auto tx = d->find("content"); tx != d->end() && tx->is_string())
+            text = tx->get<std::string>();
         if (!text.empty()) {
           if (first_text_ns)
             out.itl_ms.push_back(static_cast<double>(t - last_text_ns) / 1e6);
@@ -191,7 +204,8 @@ class http_connection final : public connection {
       }
     };
     int64_t sent = now_ns();
-    auto res = c_->post_sse("/v1/completions", body.dump(), on_event, timeout_s_);
+    auto res = c_->post_sse(chat ? "/v1/chat/completions" : "/v1/completions", body.dump(),
+                            on_event, timeout_s_);
     int64_t end = now_ns();
     if (!res) {
       out.error = describe(res.error());

@@ -153,6 +153,17 @@ void export_worker_metrics(metrics::registry& r, const std::vector<worker_status
           .set(w.prefix_lookup_blocks == 0 ? 0
                                            : static_cast<double>(w.prefix_hit_blocks) /
                                                  static_cast<double>(w.prefix_lookup_blocks));
+      // Chunk reuse (issue 17): the tokens of prompts given as segments, looked up in the
+      // worker's chunk cache, found there, and of those recomputed.
+      r.get_counter("tokenmill_chunk_lookup_tokens_total",
+                    "Prompt tokens of segmented prompts looked up in the worker's chunk cache", l)
+          .advance_to(static_cast<double>(w.chunk_lookup_tokens));
+      r.get_counter("tokenmill_chunk_hit_tokens_total",
+                    "Prompt tokens whose KV the worker reused from a cached chunk", l)
+          .advance_to(static_cast<double>(w.chunk_hit_tokens));
+      r.get_counter("tokenmill_chunk_recomputed_tokens_total",
+                    "Reused chunk tokens the worker recomputed (selective recompute)", l)
+          .advance_to(static_cast<double>(w.chunk_recomputed_tokens));
       export_fetch_metrics(r, l, w.fetch);
     }
     for (const auto& t : w.tiers) {

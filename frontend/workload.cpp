@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -185,9 +186,67 @@ std::vector<bench_request> rag_workload(const rag_spec& s) {
     add(question);
     r.prompt_len = static_cast<uint32_t>(r.prompt_ids.size());
     r.max_tokens = r.expected_output_len = sample_length(s.output, rng);
+    if (s.chat) {
+      uint32_t begin = 0;
+      for (auto end : r.segment_ends) {
+        r.chat_parts.push_back(
+            ids_as_words(std::span<const token_id>(r.prompt_ids.data() + begin, end - begin)));
+        begin = end;
+      }
+    }
     out.push_back(std::move(r));
   }
   return out;
+}
+
+std::string ids_as_words(std::span<const token_id> ids) {
+  static constexpr std::string_view words[] = {
+      "able", "acid", "aged", "also", "area", "army", "away", "baby", "back", "ball", "band",
+      "bank", "base", "bath", "bear", "beat", "been", "beer", "bell", "belt", "best", "bill",
+      "bird", "blow", "blue", "boat", "body", "bomb", "bond", "bone", "book", "boom", "born",
+      "boss", "both", "bowl", "bulk", "burn", "bush", "busy", "call", "calm", "came", "camp",
+      "card", "care", "case", "cash", "cast", "cell", "chat", "chip", "city", "club", "coal",
+      "coat", "code", "cold", "come", "cook", "cool", "cope", "copy", "core"};
+  std::string out;
+  for (size_t k = 0; k < ids.size(); ++k) {
+    if (k) out += ' ';
+    out += words[static_cast<uint32_t>(ids[k]) % std::size(words)];
+  }
+  return out;
+}
+
+std::optional<double> metric_sum(std::string_view exposition, std::string_view name) {
+  std::optional<double> sum;
+  while (!exposition.empty()) {
+    const size_t nl = exposition.find('\n');
+    std::string_view line = exposition.substr(0, nl);
+    exposition = nl == std::string_view::npos ? std::string_view() : exposition.substr(nl + 1);
+    if (line.empty() || line.front() == '#') continue;
+    // name, then {labels} or a space; a label value may hold '}' or spaces when quoted.
+    size_t k = line.find_first_of("{ ");
+    if (k == std::string_view::npos || line.substr(0, k) != name) continue;
+    if (line[k] == '{') {
+      bool quoted = false;
+      for (++k; k < line.size(); ++k) {
+        const char c = line[k];
+        if (quoted && c == '\\') {
+          ++k;
+        } else if (c == '"') {
+          quoted = !quoted;
+        } else if (!quoted && c == '}') {
+          break;
+        }
+      }
+      if (k >= line.size()) continue;  // unterminated labels: not a sample
+      ++k;
+    }
+    const std::string value(line.substr(k));
+    char* end = nullptr;
+    const double v = std::strtod(value.c_str(), &end);
+    if (end == value.c_str()) continue;
+    sum = sum.value_or(0) + v;
+  }
+  return sum;
 }
 
 result<std::vector<sharegpt_entry>> parse_sharegpt(const std::string& text,

@@ -10,6 +10,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -57,6 +58,11 @@ struct bench_request {
   /// rag: the prompt given as segments (chunk reuse): where each segment of prompt_ids
   /// ends. Empty: an ordinary prompt.
   std::vector<uint32_t> segment_ends;
+  /// rag as chat (rag_spec::chat): the same segments as text, one word per token id: the
+  /// system message, then the user message's content parts (the documents, then the
+  /// question). Sent to /v1/chat/completions, with `"tokenmill": {"chunks": "parts"}` when
+  /// segment_ends is set. Empty: not a chat request.
+  std::vector<std::string> chat_parts;
 };
 
 /// Random token ids are drawn uniformly from [vocab_lo, vocab_hi).
@@ -118,7 +124,9 @@ std::vector<bench_request> multi_turn_workload(const multi_turn_spec& s);
 /// same for all), `docs` distinct documents drawn from the pool and shuffled, and a fresh
 /// question (`question` tokens), each a segment (bench_request::segment_ends), so the
 /// server can reuse a document's KV wherever it sat before. Request i depends only on
-/// (seed, i). `docs` is clamped to the pool. group = the first document's index.
+/// (seed, i). `docs` is clamped to the pool. group = the first document's index. With
+/// `chat`, each request also carries its segments as text (bench_request::chat_parts), for
+/// the chat API: the same document is the same text wherever it sits.
 struct rag_spec {
   size_t requests = 0;
   uint32_t pool = 16;
@@ -129,8 +137,18 @@ struct rag_spec {
   length_range output{64, 0};
   vocab_range vocab;
   uint64_t seed = 1;
+  bool chat = false;
 };
 std::vector<bench_request> rag_workload(const rag_spec& s);
+
+/// Token ids as text for the chat API: one word per id (a fixed list of English words,
+/// indexed by id modulo its size), separated by spaces. The same ids give the same text.
+std::string ids_as_words(std::span<const token_id> ids);
+
+/// The sum of every sample of metric `name` in a Prometheus text exposition (`GET
+/// /metrics`): a per-worker counter summed over the workers. nullopt when no sample has
+/// that name (an older server, or a metric it does not export).
+std::optional<double> metric_sum(std::string_view exposition, std::string_view name);
 
 /// Counts a text's tokens (the server's tokenizer: RPC tokenize or HTTP POST /tokenize).
 using tokenize_fn = std::function<result<std::vector<token_id>>(const std::string&)>;

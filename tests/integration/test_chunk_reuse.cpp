@@ -3,8 +3,8 @@
 // The worker that prefills (the prefill worker, or the decode worker prefilling locally)
 // caches each segment's KV under its chunk hash; the same documents in another order are
 // chunk hits (worker status counts them), and at recompute ratio 1 the tokens equal the
-// unsegmented prompt's. Over chat, `tokenmill.chunks` cuts the conversation into segments
-// (a document per content part). Bad segment input is refused naming the field.
+// unsegmented prompt's. Over chat and responses, `tokenmill.chunks` cuts the conversation
+// into segments (a document per content part). Bad segment input is refused naming the field.
 #include <catch2/catch.hpp>
 
 #include <filesystem>
@@ -242,6 +242,153 @@ TEST_CASE("chunk reuse: chat documents sent as content parts are reused in anoth
   CHECK(exact["choices"][0]["message"]["content"] == unsegmented["choices"][0]["text"]);
 }
 
+TEST_CASE("chunk reuse: responses input documents as content parts are reused in another order",
+          "[integration][chunks][responses]") {
+  // tokenmill.chunks "parts" on /v1/responses, cut as on chat: the documents of a second
+  // request, in another order, are chunk hits; ratio 1 answers as the unsegmented prompt.
+  server srv(cpu_server(tiny_random_model(), 1));
+  auto c = http_client::connect("127.0.0.1", srv.http_port(), 5);
+  REQUIRE(c.ok());
+  auto post = [&](const std::string& path, const json& body) {
+    auto r = (*c)->request("POST", path, body.dump(), "application/json", {}, 60);
+    REQUIRE(r.ok());
+    INFO(path << " " << body.dump() << " -> " << r->status << " " << r->body);
+    REQUIRE(r->status == 200);
+    return json::parse(r->body);
+  };
+  auto tokens = [&](const std::string& text) {
+    return post("/tokenize", {{"prompt", text}, {"add_special_tokens", false}})["tokens"]
+        .get<std::vector<int64_t>>();
+  };
+  const std::vector<std::string> docs = {
+      "Responses carry documents as input_text parts of one user message.",
+      "Each part is a segment of its own, cached under the hash of its tokens.",
+      "Moving a cached key to a new offset is one rotation per key."};
+  const std::string instructions = "Answer from the documents.", question = "What is a part?";
+  auto ask = [&](std::vector<int> order, double ratio) {
+    json parts = json::array();
+    for (int d : order)
+      parts.push_back({{"type", "input_text"}, {"text", docs[d]}});
+    parts.push_back({{"type", "input_text"}, {"text", question}});
+    return json{{"instructions", instructions},
+                {"input", {{{"role", "user"}, {"content", parts}}}},
+                {"max_output_tokens", 8},
+                {"store", false},
+                {"tokenmill", {{"chunks", "parts"}, {"recompute_ratio", ratio}}}};
+  };
+  // The prompt the server builds (chatml, the model has no template), segment by segment.
+  auto segments_of = [&](std::vector<int> order) {
+    std::vector<std::string> segs = {"<|im_start|>system\n" + instructions + "<|im_end|>\n",
+                                     "<|im_start|>user\n"};
+    for (int d : order)
+      segs.push_back(docs[d]);
+    segs.push_back(question);
+    segs.push_back("<|im_end|>\n<|im_start|>assistant\n");
+    std::vector<int64_t> ids;
+    for (const auto& s : segs)
+      for (auto id : tokens(s))
+        ids.push_back(id);
+    return ids;
+  };
+  auto text_of = [](const json& r) {
+    REQUIRE(r["output"].size() == 1);
+    return r["output"][0]["content"][0]["text"].get<std::string>();
+  };
+  uint64_t doc_tokens = 0;
+  for (const auto& d : docs)
+    doc_tokens += tokens(d).size();
+  const auto ids_a = segments_of({0, 1, 2});
+
+  auto a = post("/v1/responses", ask({0, 1, 2}, 0.2));
+  CHECK(a["usage"]["input_tokens"] == ids_a.size());  // each segment tokenized alone
+  auto before = chunk_status(srv);
+  CHECK(before.lookup == ids_a.size());
+  CHECK(before.hit == 0);
+
+  auto b = post("/v1/responses", ask({2, 0, 1}, 0.2));
+  CHECK(b["usage"]["input_tokens"] == ids_a.size());
+  auto after = chunk_status(srv);
+  CHECK(after.hit - before.hit >= doc_tokens);  // every document was a hit
+  CHECK(after.recomputed > before.recomputed);
+
+  // At ratio 1 the answer is the one of the same tokens sent as one unsegmented prompt
+  // (neither ignores EOS: both stop where greedy decoding does).
+  auto exact = post("/v1/responses", ask({1, 2, 0}, 1.0));
+  CHECK(chunk_status(srv).hit > after.hit);
+  auto unsegmented =
+      post("/v1/completions", {{"prompt", segments_of({1, 2, 0})}, {"max_tokens", 8}});
+  CHECK(text_of(exact) == unsegmented["choices"][0]["text"]);
+  CHECK(exact["usage"]["output_tokens"] == unsegmented["usage"]["completion_tokens"]);
+}
+
+TEST_CASE("chunk reuse: bench rag over chat reports the server's chunk hits",
+          "[integration][chunks][bench]") {
+  // `bench --workload rag --rag-api chat`: the documents go to /v1/chat/completions as
+  // content parts with tokenmill.chunks "parts"; a pool of 3 and 2 per request makes later
+  // requests repeat documents, which the server counts as chunk hits (GET /metrics).
+  server srv(cpu_server(tiny_random_model(), 1));
+  const std::string http = "127.0.0.1:" + std::to_string(srv.http_port());
+  const auto before = chunk_status(srv);
+  auto r = run_tokenmill({"bench",
+                          "--connect",
+                          http,
+                          "--backend",
+                          "http",
+                          "--workload",
+                          "rag",
+                          "--rag-api",
+                          "chat",
+                          "--pool",
+                          "3",
+                          "--docs",
+                          "2",
+                          "--doc-len",
+                          "12",
+                          "--prefix-len",
+                          "6",
+                          "--input-len",
+                          "4",
+                          "--output-len",
+                          "2",
+                          "--requests",
+                          "6",
+                          "--concurrency",
+                          "1",
+                          "--seed",
+                          "5",
+                          "--json",
+                          "--no-progress"});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE_FALSE(r.timed_out);
+  REQUIRE(r.exit_code == 0);
+  auto j = last_json_line(r.out);
+  REQUIRE(j.is_object());
+  CHECK(j["failed"] == 0);
+  CHECK(j["requests"] == 6);
+  CHECK(j["rag"]["api"] == "chat");
+  CHECK(j["rag"]["segmented"] == true);
+  REQUIRE(j["chunks"].is_object());
+  const auto hit = j["chunks"]["hit_tokens"].get<uint64_t>();
+  const auto lookup = j["chunks"]["lookup_tokens"].get<uint64_t>();
+  CHECK(hit > 0);
+  CHECK(lookup >= hit);
+  // The same counters as the workers' status reports over RPC.
+  const auto after = chunk_status(srv);
+  CHECK(after.hit - before.hit == hit);
+  CHECK(after.lookup - before.lookup == lookup);
+
+  // Chat needs the HTTP API, and the option belongs to the rag workload.
+  const std::string rpc = "127.0.0.1:" + std::to_string(srv.port());
+  auto no_rpc = run_tokenmill({"bench", "--connect", rpc, "--workload", "rag", "--rag-api", "chat",
+                               "--requests", "1", "--concurrency", "1", "--no-progress"});
+  CHECK(no_rpc.exit_code != 0);
+  CHECK_THAT(no_rpc.err, Catch::Contains("--rag-api chat needs --backend http"));
+  auto no_rag = run_tokenmill({"bench", "--connect", http, "--backend", "http", "--rag-api", "chat",
+                               "--requests", "1", "--concurrency", "1", "--no-progress"});
+  CHECK(no_rag.exit_code != 0);
+  CHECK_THAT(no_rag.err, Catch::Contains("--rag-api is for --workload rag"));
+}
+
 TEST_CASE("chunk reuse: bad segment input is refused naming the field", "[integration][chunks]") {
   server srv(cpu_server(tiny_random_model(), 0));
   SECTION("RPC") {
@@ -302,6 +449,22 @@ TEST_CASE("chunk reuse: bad segment input is refused naming the field", "[integr
     chat_refused({{"segments", {"a"}}}, "only supported on /v1/completions");
     refused({{"prompt", "x"}, {"tokenmill", {{"chunks", "parts"}}}},
             "only supported on /v1/chat/completions");
+    // On responses, the same refusals.
+    auto resp_refused = [&](const json& ext, const std::string& param, const std::string& mention) {
+      auto r =
+          (*c)->request("POST", "/v1/responses", json{{"input", "hi"}, {"tokenmill", ext}}.dump(),
+                        "application/json", {}, 30);
+      REQUIRE(r.ok());
+      INFO("status " << r->status << " body " << r->body);
+      CHECK(r->status == 400);
+      CHECK(r->body.find(mention) != std::string::npos);
+      if (!param.empty()) CHECK(json::parse(r->body)["error"]["param"] == param);
+    };
+    resp_refused({{"chunks", "sentences"}}, "tokenmill.chunks", "'tokenmill.chunks' must be ");
+    resp_refused({{"recompute_ratio", 0.5}}, "tokenmill.recompute_ratio",
+                 "only allowed with 'tokenmill.chunks'");
+    resp_refused({{"chunks", "parts"}, {"recompute_ratio", 2}}, "",
+                 "recompute_ratio must be in [0, 1]");
     CHECK(chunk_status(srv).lookup == quiet.lookup);
     // A good one: the prompt is the segments'.
     auto ok = post({{"max_tokens", 4},

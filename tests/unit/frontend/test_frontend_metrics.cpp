@@ -1,11 +1,12 @@
-// Worker series from the supervisor's status: the second KV tier's per-level series and the
-// fetch series.
+// Worker series from the supervisor's status: the second KV tier's per-level series, the
+// fetch series and the chunk cache counters.
 #include <catch2/catch.hpp>
 
 #include <string>
 #include <vector>
 
 #include "frontend/frontend_metrics.hpp"
+#include "frontend/workload.hpp"
 
 using namespace tokenmill;
 
@@ -92,4 +93,32 @@ TEST_CASE("worker metrics: KV fetched from and served to peers", "[metrics][kv_f
   text = r.expose();
   CHECK_THAT(text, Catch::Contains("tokenmill_kv_fetches_total{" + pl + "started" + pw + " 7"));
   CHECK_THAT(text, Catch::Contains("tokenmill_kv_fetch_seconds_total" + l + " 2"));
+}
+
+TEST_CASE("worker metrics: chunk cache tokens, summed by bench over http", "[metrics][chunks]") {
+  worker_status p;
+  p.kind = role::prefill;
+  p.name = "prefill0";
+  p.node = "n0";
+  p.chunk_lookup_tokens = 120;
+  p.chunk_hit_tokens = 90;
+  p.chunk_recomputed_tokens = 14;
+  worker_status d = p;
+  d.kind = role::decode;
+  d.name = "decode0";
+  d.chunk_lookup_tokens = 30;
+  d.chunk_hit_tokens = 10;
+  d.chunk_recomputed_tokens = 2;
+  metrics::registry r;
+  export_worker_metrics(r, {p, d});
+  const auto text = r.expose();
+  INFO(text);
+  const std::string l = "{node=\"n0\",role=\"prefill\",worker=\"prefill0\"}";
+  CHECK_THAT(text, Catch::Contains("tokenmill_chunk_lookup_tokens_total" + l + " 120"));
+  CHECK_THAT(text, Catch::Contains("tokenmill_chunk_hit_tokens_total" + l + " 90"));
+  CHECK_THAT(text, Catch::Contains("tokenmill_chunk_recomputed_tokens_total" + l + " 14"));
+  // What `tokenmill bench --backend http --workload rag` reads: the sum over the workers.
+  CHECK(workload::metric_sum(text, "tokenmill_chunk_lookup_tokens_total") == 150);
+  CHECK(workload::metric_sum(text, "tokenmill_chunk_hit_tokens_total") == 100);
+  CHECK(workload::metric_sum(text, "tokenmill_chunk_recomputed_tokens_total") == 16);
 }

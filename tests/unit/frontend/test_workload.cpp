@@ -299,6 +299,66 @@ TEST_CASE("rag: k shuffled documents from a pool, as segments", "[workload]") {
   CHECK(rag_workload(s)[0].segment_ends.size() == 6 + 2);
 }
 
+TEST_CASE("rag as chat: the segments as text, a document the same text wherever it sits",
+          "[workload]") {
+  rag_spec s;
+  s.requests = 12;
+  s.pool = 4;
+  s.docs = 2;
+  s.doc_len = 6;
+  s.system_len = 3;
+  s.question = {4, 0};
+  s.seed = 9;
+  const auto ids = rag_workload(s);
+  for (const auto& r : ids)
+    CHECK(r.chat_parts.empty());
+  s.chat = true;
+  const auto reqs = rag_workload(s);
+  REQUIRE(reqs.size() == ids.size());
+  std::map<std::vector<token_id>, std::string> doc_text;  // a document's ids -> its text
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const auto& r = reqs[i];
+    CHECK(r.prompt_ids == ids[i].prompt_ids);  // the same workload, also as text
+    CHECK(r.segment_ends == ids[i].segment_ends);
+    // system, two documents, question; one word per token id.
+    REQUIRE(r.chat_parts.size() == 4);
+    uint32_t begin = 0;
+    for (size_t k = 0; k < r.chat_parts.size(); ++k) {
+      const uint32_t end = r.segment_ends[k];
+      const std::vector<token_id> seg(r.prompt_ids.begin() + begin, r.prompt_ids.begin() + end);
+      CHECK(r.chat_parts[k] == ids_as_words(seg));
+      CHECK(static_cast<size_t>(std::count(r.chat_parts[k].begin(), r.chat_parts[k].end(), ' ')) ==
+            end - begin - 1);
+      if (k == 1 || k == 2) {
+        auto [it, fresh] = doc_text.emplace(seg, r.chat_parts[k]);
+        CHECK(it->second == r.chat_parts[k]);
+      }
+      begin = end;
+    }
+    CHECK(r.chat_parts[0] == reqs[0].chat_parts[0]);  // one system prompt
+  }
+  CHECK(doc_text.size() <= 4);
+  CHECK(ids_as_words(std::vector<token_id>{0, 1, 64}) == "able acid able");
+  CHECK(ids_as_words(std::vector<token_id>{}).empty());
+}
+
+TEST_CASE("metric_sum adds a metric's samples out of a Prometheus exposition", "[workload]") {
+  const std::string text =
+      "# HELP tokenmill_x_total Things.\n"
+      "# TYPE tokenmill_x_total counter\n"
+      "tokenmill_x_total{worker=\"a\"} 3\n"
+      "tokenmill_x_total{worker=\"b } c\",role=\"q\\\"x\"} 4.5\n"
+      "tokenmill_x_total_more{worker=\"a\"} 100\n"
+      "tokenmill_y 7\n"
+      "tokenmill_x_total 1";
+  CHECK(metric_sum(text, "tokenmill_x_total") == 8.5);
+  CHECK(metric_sum(text, "tokenmill_y") == 7);
+  CHECK_FALSE(metric_sum(text, "tokenmill_z").has_value());
+  CHECK_FALSE(metric_sum(text, "tokenmill_x").has_value());  // a prefix is not the name
+  CHECK_FALSE(metric_sum("", "tokenmill_x_total").has_value());
+  CHECK_FALSE(metric_sum("tokenmill_x_total{worker=\"a\" 3\n", "tokenmill_x_total").has_value());
+}
+
 TEST_CASE("ShareGPT files: the first human turn and the answer after it", "[workload]") {
   SECTION("a good file") {
     std::string text = "[" + conversation(words(10), words(20)) + "," +
