@@ -1,10 +1,10 @@
 /// libFuzzer target: the OpenAI request parsing (frontend/openai.hpp, and the Responses API
-/// of frontend/responses.hpp with its stored-response answers), the tool-call parsers of
-/// model output (frontend/tool_calls.hpp: streamed in two pieces they must give what the
-/// whole text gives) and the HTTP routing rules (frontend/http_routes.hpp). The first byte
-/// picks the endpoint and the method; the rest, up to the first newline, is the request
-/// target, and after it the body. Every input must give a parsed request or an api_error,
-/// and a plan, never a crash.
+/// of frontend/responses.hpp with its prompt, cut into segments by tokenmill.chunks, and its
+/// stored-response answers), the tool-call parsers of model output (frontend/tool_calls.hpp:
+/// streamed in two pieces they must give what the whole text gives) and the HTTP routing
+/// rules (frontend/http_routes.hpp). The first byte picks the endpoint and the method; the
+/// rest, up to the first newline, is the request target, and after it the body. Every input
+/// must give a parsed request or an api_error, and a plan, never a crash.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -19,6 +19,7 @@
 #include "frontend/openai.hpp"
 #include "frontend/request_log.hpp"
 #include "frontend/responses.hpp"
+#include "frontend/validate.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace tokenmill;
@@ -36,10 +37,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto kind = (sel & 2) ? openai::endpoint::chat_completions : openai::endpoint::completions;
   auto parsed = openai::parse_request(kind, in, rc);
   if (auto* e = std::get_if<openai::api_error>(&parsed)) (void)openai::error_body(*e);
-  // The Responses API: the same bytes as its body, its prompt and its bodies.
+  static const model_info model = [] {
+    model_info m;
+    m.name = "tiny";
+    m.vocab_size = 1000;
+    m.max_context = 64;
+    return m;
+  }();
+  static const byte_word_tokenizer tok{1000};
+  // The Responses API: the same bytes as its body, its prompt (cut into segments with
+  // tokenmill.chunks, each tokenized alone) and its bodies.
   auto resp = responses::parse_request(in, rc);
   if (auto* r = std::get_if<responses::request>(&resp)) {
-    (void)responses::prompt_params(*r, {{"user", "earlier"}}, rc.format);
+    const auto p = responses::prompt_params(*r, {{"user", "earlier"}}, rc.format);
+    // Only the segments' part of validate(): its grammar compilation is not this target's.
+    validated_request v;
+    if (!p.segments.empty()) (void)prompt_from_segments(p, tok, model, v);
     responses::outcome o;
     o.text = std::string(body);
     responses::event_stream ev;
@@ -69,14 +82,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)query_number(target, "seconds", 1.0, 3600.0);
   static const auto keys = *api_keys::from_key("secret");
   (void)check_api_key(target_path(target), body, keys.get(), true);
-  static const model_info model = [] {
-    model_info m;
-    m.name = "tiny";
-    m.vocab_size = 1000;
-    m.max_context = 64;
-    return m;
-  }();
-  static const byte_word_tokenizer tok{1000};
   static const request_log log{8};
   static constexpr std::string_view methods[] = {"GET", "POST", "PUT", "DELETE"};
   (void)plan_http_request(methods[(sel >> 2) & 3], target, body,
