@@ -53,6 +53,10 @@ struct bench_blend_opts {
   uint32_t doc_tokens = 96;     ///< tokens per document
   uint32_t system_tokens = 32;  ///< BOS + system prompt (a prefix-cache hit when whole blocks)
   uint32_t question_tokens = 16;
+  /// "random": fresh random tokens; "quote": a span copied from one of the prompt's
+  /// documents, so a model trained for retrieval (scripts/train-blend-model.py) has a
+  /// meaningful answer: the tokens that followed the span.
+  std::string question = "random";
   uint32_t trials = 4;  ///< prompts (different draws, orders and questions)
   uint32_t greedy_tokens = 32;
   uint32_t first_tokens = 1;
@@ -153,6 +157,13 @@ command add_bench_blend(CLI::App& app) {
   app.add_option("--question-tokens", o->question_tokens, "Tokens of the question")
       ->check(CLI::Range(1u, 65536u))
       ->capture_default_str();
+  app.add_option("--question", o->question,
+                 "Question shape: random (fresh random tokens; figures comparable with earlier "
+                 "runs) or quote (a span of --question-tokens copied from one of the prompt's "
+                 "documents at a random place, leaving at least one of its tokens after it: the "
+                 "answer a retrieval-trained model continues with)")
+      ->check(CLI::IsMember({"random", "quote"}))
+      ->capture_default_str();
   app.add_option("--trials", o->trials, "Prompts measured (each a new draw, order and question)")
       ->check(CLI::Range(1u, 1000u))
       ->capture_default_str();
@@ -180,6 +191,12 @@ command add_bench_blend(CLI::App& app) {
     };
     if (o->pool_docs < o->docs)
       return failed(fmt::format("--pool-docs {} is below --docs {}", o->pool_docs, o->docs));
+    const bool quote = o->question == "quote";
+    if (quote && o->question_tokens >= o->doc_tokens)
+      return failed(fmt::format(
+          "--question quote needs --question-tokens ({}) below --doc-tokens ({}): the quote is "
+          "a span of one document with a token left after it",
+          o->question_tokens, o->doc_tokens));
     const auto steal_before = cpu_steal_jiffies();
     const double load_before = loadavg_1min();
 
@@ -312,7 +329,15 @@ command add_bench_blend(CLI::App& app) {
         prompt.insert(prompt.end(), d.begin(), d.end());
         segs.push_back({b, b + o->doc_tokens, true});
       }
-      auto question = random_ids(rng, o->question_tokens, c.vocab);
+      std::vector<token_id> question;
+      if (quote) {
+        // A span of one drawn document, ending before the document's last token.
+        const auto& d = docs[order[rng() % o->docs]];
+        const size_t at = rng() % (o->doc_tokens - o->question_tokens);
+        question.assign(d.begin() + at, d.begin() + at + o->question_tokens);
+      } else {
+        question = random_ids(rng, o->question_tokens, c.vocab);
+      }
       segs.push_back({static_cast<uint32_t>(prompt.size()), n, false});
       prompt.insert(prompt.end(), question.begin(), question.end());
 
@@ -430,7 +455,8 @@ command add_bench_blend(CLI::App& app) {
                    {"docs", o->docs},
                    {"pool_docs", o->pool_docs},
                    {"doc_tokens", o->doc_tokens},
-                   {"question_tokens", o->question_tokens}};
+                   {"question_tokens", o->question_tokens},
+                   {"question", o->question}};
     j["trials"] = o->trials;
     j["threads"] = cfg.threads;
     j["kv_dtype"] = o->kv_dtype;
@@ -483,10 +509,11 @@ command add_bench_blend(CLI::App& app) {
     }
     std::printf(
         "model %s (%u layers, dim %u); prompt %u tokens = system %u (%u from the prefix cache) + "
-        "%u docs x %u (pool %u) + question %u; %u trials, %u threads, KV %s, select layer %u\n",
+        "%u docs x %u (pool %u) + question %u (%s); %u trials, %u threads, KV %s, select layer "
+        "%u\n",
         c.name.c_str(), c.layers, c.dim, n, o->system_tokens, cached_prefix, o->docs, o->doc_tokens,
-        o->pool_docs, o->question_tokens, o->trials, cfg.threads, o->kv_dtype.c_str(),
-        std::min(o->select_layer, c.layers - 1));
+        o->pool_docs, o->question_tokens, o->question.c_str(), o->trials, cfg.threads,
+        o->kv_dtype.c_str(), std::min(o->select_layer, c.layers - 1));
     std::printf(
         "full prefill %.1f ms; prefix cache only %.1f ms (top-1 agreement %.2f); full prefill's "
         "top-1/top-2 logit gap: median %.3g, min %.3g\n",

@@ -68,6 +68,17 @@ std::vector<model_preset> build_presets() {
     c.rms_eps = 1e-6f;
     p.push_back({"qwen2-tiny", "tiny with Qwen2's Q/K/V biases and half-split RoPE", c});
   }
+  {
+    // Two layers are the fewest an induction circuit needs (a previous-token head, then a
+    // head matching on it); head_dim 64 and a Llama 3 RoPE base leave enough slowly
+    // rotating pairs to match content over a few hundred positions.
+    auto c = base_config("tokenmill-rag-tiny", 128, 2, 2, 1, 384, 2048, 2048);
+    c.rope_theta = 500000;
+    p.push_back({"rag-tiny",
+                 "dim 128, 2 layers, GQA 2/1 (head_dim 64), vocab 2048, RoPE base 500000: the "
+                 "shape scripts/train-blend-model.py trains for bench-blend",
+                 c});
+  }
   p.push_back({"small", "dim 256, 4 layers, GQA 8/4",
                base_config("tokenmill-small", 256, 4, 8, 4, 768, 4096, 2048)});
   p.push_back({"125m", "benchmark preset: dim 768, 12 layers, GQA 12/4, vocab 32000",

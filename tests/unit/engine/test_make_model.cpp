@@ -125,6 +125,11 @@ TEST_CASE("every preset validates, names are unique, smallest first", "[make-mod
   uint64_t n1b = model_parameter_count(find_model_preset("1b")->config);
   CHECK(n1b > 900'000'000);
   CHECK(n1b < 1'300'000'000);
+  // The trained bench-blend model's template (scripts/train-blend-model.py).
+  const auto& rag = find_model_preset("rag-tiny")->config;
+  CHECK(rag.head_dim == 64);
+  CHECK(rag.heads / rag.kv_heads == 2);
+  CHECK(rag.vocab == 2048);
   const auto& l32 = find_model_preset("llama3.2-1b")->config;
   CHECK(model_parameter_count(l32) == 1'498'482'688);
   CHECK(l32.head_dim == 64);
