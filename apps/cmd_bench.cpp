@@ -716,6 +716,18 @@ command add_bench(CLI::App& app) {
                                {"between_steps", avg(top.between_ms)},
                                {"router_hold", avg(top.held_ms)},
                                {"delivery", avg(top.deliver_ms)}}}};
+        // The same gaps as the router released them (gap minus delivery), and the steps
+        // under them: a client-side p99 well above the router's is the frontend, the RPC or
+        // the client itself (its threads share the machine with the server).
+        std::vector<double> at_router, steps;
+        for (const auto& p : parts) {
+          at_router.push_back(p.gap_ms - p.deliver_ms);
+          steps.push_back(p.step_ms);
+        }
+        const auto r = summarize(std::move(at_router));
+        const auto s = summarize(std::move(steps));
+        j["itl_at_router_ms"] = {{"p50", r.p50}, {"p99", r.p99}};
+        j["itl_step_ms"] = {{"p50", s.p50}, {"p99", s.p99}};
       }
     }
     // The first gap (first token, from the prefill, to the first decode token: the KV's
