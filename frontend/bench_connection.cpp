@@ -302,21 +302,32 @@ result<size_t> run_rpc_one_loop(const one_loop_spec& spec, std::span<const bench
     clients.push_back(c->get());
     owned.push_back(std::move(*c));
   }
+  // A stream whose connection broke (unavailable, timeout) takes no more requests: the
+  // others run the rest; what no stream is left to run fails as not run.
   size_t next_index = 0;
+  std::vector<bool> broken(clients.size(), false);
   client::generate_concurrently(
       clients,
-      [&](size_t) -> std::optional<client::call> {
-        if (next_index == reqs.size()) return std::nullopt;
+      [&](size_t k) -> std::optional<client::call> {
+        if (next_index == reqs.size() || broken[k]) return std::nullopt;
         const size_t i = next_index++;
         client_record* rec = records.empty() ? nullptr : &records[i];
         if (rec) rec->sent_ns = now_ns();
         return client::call{rpc_params(reqs[i], spec.sampling_of(i), spec.ignore_eos),
-                            chunk_recorder(rec), [&, i, rec](result<client_result> res) {
+                            chunk_recorder(rec), [&, i, k, rec](result<client_result> res) {
+                              if (!res)
+                                broken[k] = res.error().code == errc::unavailable ||
+                                            res.error().code == errc::timeout;
                               results[i] = rpc_outcome(res, reqs[i], rec);
                               if (spec.on_done) spec.on_done();
                             }};
       },
       spec.timeout_s);
+  for (size_t i = next_index; i < reqs.size(); ++i) {
+    results[i].error = "unavailable: not run, every connection of the one-loop client broke";
+    results[i].error_code = "unavailable";
+    if (!records.empty()) records[i].outcome = "unavailable";
+  }
   return clients.size();
 }
 
