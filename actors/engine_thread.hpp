@@ -29,7 +29,6 @@ class engine_thread {
   std::condition_variable cv_;
   std::deque<std::function<void()>> jobs_;
   bool stop_ = false;
-  std::chrono::microseconds spin_{200};  ///< how long to poll for the next job before sleeping
   std::thread thread_;
 };
 

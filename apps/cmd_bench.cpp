@@ -44,6 +44,7 @@ using ojson = nlohmann::ordered_json;
 struct bench_opts {
   std::string connect = "127.0.0.1:7700";
   std::string backend = "rpc";
+  std::string client_loop = "thread";  ///< thread: a thread per stream; one: one event loop
   client_options security;
   std::string rate;  ///< "R" or "inf"; empty: concurrency mode
   uint32_t concurrency = 0;
@@ -240,6 +241,11 @@ command add_bench(CLI::App& app) {
                  "Server address HOST:PORT (RPC port, or HTTP port with --backend http)")
       ->capture_default_str();
   add_client_options(app, o->security);
+  app.add_option("--client-loop", o->client_loop,
+                 "thread: a thread and connection per stream (default); one: every stream on "
+                 "one event-loop thread (rpc, --concurrency), each chunk stamped as the loop "
+                 "reads it")
+      ->check(CLI::IsMember({"thread", "one"}));
   app.add_option("--backend", o->backend,
                  "rpc (Cap'n Proto) or http (POST /v1/completions; /v1/chat/completions for "
                  "--rag-api chat)")
@@ -384,6 +390,11 @@ command add_bench(CLI::App& app) {
       return fail("--tls-ca is for --backend rpc: the HTTP client speaks no TLS");
     if (http && !o->record.empty())
       return fail("--record needs --backend rpc: the HTTP stream carries text, not token ids");
+    const bool one_loop = o->client_loop == "one";
+    if (one_loop && (http || rate_mode))
+      return fail(fmt::format("--client-loop one needs --backend rpc and --concurrency, got {}{}",
+                              http ? "--backend http" : "",
+                              rate_mode ? (http ? " and --rate" : "--rate") : ""));
     const bool seeded = seed_base->count() > 0;
     // Opened before anything runs, so that a bad path fails fast.
     std::ofstream record_file;
@@ -532,41 +543,62 @@ command add_bench(CLI::App& app) {
       return sp;
     };
     wl::connection_pool pool(make, cap);
-    size_t initial = cap;
-    if (rate_mode && !std::isinf(rate_v))
-      initial = std::clamp<size_t>(static_cast<size_t>(std::ceil(rate_v * 0.25)) + 1, 2, cap);
-    initial = std::min({initial, std::max<size_t>(n, warm.size()), cap});
-    pool.spawn_and_connect(initial);
-
-    if (!warm.empty()) {
-      progress bar(show, pool, 0, warm.size(), "warm-up");
-      for (size_t i = 0; i < warm.size(); ++i)
-        pool.submit({&warm[i], &warm_results[i], 0, sampling_of(n + i), nullptr}, false);
-      pool.drain();
-    }
     size_t late = 0;
-    std::vector<double> schedule;
-    if (rate_mode) schedule = wl::arrival_schedule(n, rate_v, o->burstiness, o->seed);
-    int64_t t0 = now_ns();
-    {
-      progress bar(show, pool, warm.size(), n, "bench");
-      for (size_t i = 0; i < n; ++i) {
-        int64_t due = 0;
-        if (rate_mode) {
-          due = t0 + static_cast<int64_t>(schedule[i] * 1e9);
-          int64_t wait = due - now_ns();
-          if (wait > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(wait));
-        }
-        wl::client_record* rec = records.empty() ? nullptr : &records[i];
-        if (pool.submit({&measured[i], &results[i], due, sampling_of(i), rec}, rate_mode) &&
-            rate_mode)
-          ++late;
+    int64_t t0 = 0;
+    double secs = 0;
+    size_t workers_used = 0;
+    if (one_loop) {
+      // Every stream on this thread's event loop: warm-up, then the measured requests, each
+      // on connections of their own.
+      wl::one_loop_spec spec{host,         port, o->security, o->ignore_eos,
+                             o->timeout_s, cap,  nullptr,     nullptr};
+      if (!warm.empty()) {
+        spec.sampling_of = [&](size_t k) { return sampling_of(n + k); };
+        if (auto r = wl::run_rpc_one_loop(spec, warm, warm_results, {}); !r)
+          return fail(wl::describe(r.error()));
       }
-      pool.drain();
+      spec.sampling_of = sampling_of;
+      t0 = now_ns();
+      auto r = wl::run_rpc_one_loop(spec, measured, results, records);
+      if (!r) return fail(wl::describe(r.error()));
+      secs = static_cast<double>(now_ns() - t0) / 1e9;
+      workers_used = *r;
+    } else {
+      size_t initial = cap;
+      if (rate_mode && !std::isinf(rate_v))
+        initial = std::clamp<size_t>(static_cast<size_t>(std::ceil(rate_v * 0.25)) + 1, 2, cap);
+      initial = std::min({initial, std::max<size_t>(n, warm.size()), cap});
+      pool.spawn_and_connect(initial);
+
+      if (!warm.empty()) {
+        progress bar(show, pool, 0, warm.size(), "warm-up");
+        for (size_t i = 0; i < warm.size(); ++i)
+          pool.submit({&warm[i], &warm_results[i], 0, sampling_of(n + i), nullptr}, false);
+        pool.drain();
+      }
+      std::vector<double> schedule;
+      if (rate_mode) schedule = wl::arrival_schedule(n, rate_v, o->burstiness, o->seed);
+      t0 = now_ns();
+      {
+        progress bar(show, pool, warm.size(), n, "bench");
+        for (size_t i = 0; i < n; ++i) {
+          int64_t due = 0;
+          if (rate_mode) {
+            due = t0 + static_cast<int64_t>(schedule[i] * 1e9);
+            int64_t wait = due - now_ns();
+            if (wait > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(wait));
+          }
+          wl::client_record* rec = records.empty() ? nullptr : &records[i];
+          if (pool.submit({&measured[i], &results[i], due, sampling_of(i), rec}, rate_mode) &&
+              rate_mode)
+            ++late;
+        }
+        pool.drain();
+      }
+      secs = static_cast<double>(now_ns() - t0) / 1e9;
+      workers_used = pool.size();
+      pool.stop();
     }
-    double secs = static_cast<double>(now_ns() - t0) / 1e9;
-    size_t workers_used = pool.size();
-    pool.stop();
 
     // ---- report
     wl::slo_spec slo;
@@ -583,6 +615,7 @@ command add_bench(CLI::App& app) {
     j["concurrency"] = rate_mode ? ojson(nullptr) : ojson(o->concurrency);
     j["max_concurrency"] = cap;
     j["workers"] = workers_used;
+    j["client_loop"] = o->client_loop;
     j["warmup"] = warm.size();
     j["input_len"] = o->input_len;
     j["output_len"] = o->output_len;
@@ -716,6 +749,18 @@ command add_bench(CLI::App& app) {
                                {"between_steps", avg(top.between_ms)},
                                {"router_hold", avg(top.held_ms)},
                                {"delivery", avg(top.deliver_ms)}}}};
+        // The same gaps as the router released them (gap minus delivery), and the steps
+        // under them: a client-side p99 well above the router's is the frontend, the RPC or
+        // the client itself (its threads share the machine with the server).
+        std::vector<double> at_router, steps;
+        for (const auto& p : parts) {
+          at_router.push_back(p.gap_ms - p.deliver_ms);
+          steps.push_back(p.step_ms);
+        }
+        const auto r = summarize(std::move(at_router));
+        const auto s = summarize(std::move(steps));
+        j["itl_at_router_ms"] = {{"p50", r.p50}, {"p99", r.p99}};
+        j["itl_step_ms"] = {{"p50", s.p50}, {"p99", s.p99}};
       }
     }
     // The first gap (first token, from the prefill, to the first decode token: the KV's

@@ -37,6 +37,69 @@ std::string http_error_code(const http_response& r) {
   return fmt::format("http_{}", r.status);
 }
 
+/// The generate call of bench request `r` with sampling `s`.
+generate_params rpc_params(const bench_request& r, const sampling_params& s, bool ignore_eos) {
+  generate_params p;
+  p.sampling = s;
+  p.has_text = r.has_text;
+  if (r.has_text)
+    p.text = r.prompt_text;
+  else
+    p.token_ids.assign(r.prompt_ids.begin(), r.prompt_ids.end());
+  uint32_t begin = 0;
+  for (auto end : r.segment_ends) {  // rag: the prompt as segments
+    prompt_segment seg;
+    seg.has_text = false;
+    seg.token_ids.assign(r.prompt_ids.begin() + begin, r.prompt_ids.begin() + end);
+    p.segments.push_back(std::move(seg));
+    begin = end;
+  }
+  p.max_tokens = r.max_tokens;
+  p.ignore_eos = ignore_eos;
+  return p;
+}
+
+/// Keeps every token's index and arrival in `rec` (none without one).
+std::function<void(const client_chunk&)> chunk_recorder(client_record* rec) {
+  if (!rec) return {};
+  return [rec](const client_chunk& c) {
+    for (size_t k = 0; k < c.ids.size(); ++k) {
+      rec->tokens.push_back({c.first_index + static_cast<uint32_t>(k), c.ids[k]});
+      rec->recv_ns.push_back(c.recv_ns);
+    }
+  };
+}
+
+/// What the bench keeps of a generate call's outcome `res` (request `r`), into `rec` too.
+request_result rpc_outcome(result<client_result>& res, const bench_request& r, client_record* rec) {
+  request_result out;
+  if (rec) rec->end_ns = now_ns();
+  if (!res) {
+    out.error = describe(res.error());
+    out.error_code = std::string(to_string(res.error().code));
+    if (rec) rec->outcome = std::string(to_string(res.error().code));
+    return out;
+  }
+  if (rec) {
+    rec->sent_ns = res->sent_ns;
+    rec->outcome = std::string(to_string(res->server.reason));
+    rec->completion_tokens = res->server.completion_tokens;
+    rec->prefill_worker = res->server.prefill_worker;
+    rec->decode_worker = res->server.decode_worker;
+    rec->migrations = res->server.migrations;
+    rec->migration_reasons = res->server.migration_reasons;
+  }
+  out.ok = true;
+  out.ttft_ms = res->ttft_ms;
+  out.itl_ms = std::move(res->itl_ms);
+  out.e2e_ms = static_cast<double>(res->done_ns - res->sent_ns) / 1e6;
+  out.output_tokens = static_cast<uint32_t>(res->tokens.size());
+  out.prompt_tokens = res->server.prompt_tokens ? res->server.prompt_tokens : r.prompt_len;
+  out.stages = std::move(res->stages);
+  out.itl_parts = split_itl(res->server.steps, out.itl_ms);
+  return out;
+}
+
 class rpc_connection final : public connection {
  public:
   rpc_connection(std::unique_ptr<client> c, bool ignore_eos, double timeout_s)
@@ -44,60 +107,10 @@ class rpc_connection final : public connection {
 
   request_result run(const bench_request& r, const sampling_params& s,
                      client_record* rec) override {
-    generate_params p;
-    p.sampling = s;
-    p.has_text = r.has_text;
-    if (r.has_text)
-      p.text = r.prompt_text;
-    else
-      p.token_ids.assign(r.prompt_ids.begin(), r.prompt_ids.end());
-    uint32_t begin = 0;
-    for (auto end : r.segment_ends) {  // rag: the prompt as segments
-      prompt_segment seg;
-      seg.has_text = false;
-      seg.token_ids.assign(r.prompt_ids.begin() + begin, r.prompt_ids.begin() + end);
-      p.segments.push_back(std::move(seg));
-      begin = end;
-    }
-    p.max_tokens = r.max_tokens;
-    p.ignore_eos = ignore_eos_;
-    request_result out;
-    std::function<void(const client_chunk&)> on_chunk;
-    if (rec)
-      on_chunk = [rec](const client_chunk& c) {
-        for (size_t k = 0; k < c.ids.size(); ++k) {
-          rec->tokens.push_back({c.first_index + static_cast<uint32_t>(k), c.ids[k]});
-          rec->recv_ns.push_back(c.recv_ns);
-        }
-      };
     if (rec) rec->sent_ns = now_ns();
-    auto res = c_->generate(p, on_chunk, timeout_s_);
-    if (rec) rec->end_ns = now_ns();
-    if (!res) {
-      out.error = describe(res.error());
-      out.error_code = std::string(to_string(res.error().code));
-      if (rec) rec->outcome = std::string(to_string(res.error().code));
-      broken_ = res.error().code == errc::unavailable || res.error().code == errc::timeout;
-      return out;
-    }
-    if (rec) {
-      rec->sent_ns = res->sent_ns;
-      rec->outcome = std::string(to_string(res->server.reason));
-      rec->completion_tokens = res->server.completion_tokens;
-      rec->prefill_worker = res->server.prefill_worker;
-      rec->decode_worker = res->server.decode_worker;
-      rec->migrations = res->server.migrations;
-      rec->migration_reasons = res->server.migration_reasons;
-    }
-    out.ok = true;
-    out.ttft_ms = res->ttft_ms;
-    out.itl_ms = std::move(res->itl_ms);
-    out.e2e_ms = static_cast<double>(res->done_ns - res->sent_ns) / 1e6;
-    out.output_tokens = static_cast<uint32_t>(res->tokens.size());
-    out.prompt_tokens = res->server.prompt_tokens ? res->server.prompt_tokens : r.prompt_len;
-    out.stages = std::move(res->stages);
-    out.itl_parts = split_itl(res->server.steps, out.itl_ms);
-    return out;
+    auto res = c_->generate(rpc_params(r, s, ignore_eos_), chunk_recorder(rec), timeout_s_);
+    if (!res) broken_ = res.error().code == errc::unavailable || res.error().code == errc::timeout;
+    return rpc_outcome(res, r, rec);
   }
   bool broken() const override { return broken_; }
 
@@ -272,6 +285,50 @@ connection_factory connection_factory_for(bool http, std::string host, uint16_t 
     return std::unique_ptr<connection>(
         std::make_unique<rpc_connection>(std::move(*c), ignore_eos, timeout_s));
   };
+}
+
+result<size_t> run_rpc_one_loop(const one_loop_spec& spec, std::span<const bench_request> reqs,
+                                std::span<request_result> results,
+                                std::span<client_record> records) {
+  if (results.size() != reqs.size() || (!records.empty() && records.size() != reqs.size()))
+    return error_info{errc::invalid_request,
+                      fmt::format("one-loop bench: {} requests but {} results and {} records",
+                                  reqs.size(), results.size(), records.size())};
+  std::vector<std::unique_ptr<client>> owned;
+  std::vector<client*> clients;
+  for (size_t k = 0; k < std::min(spec.streams, reqs.size()); ++k) {
+    auto c = client::connect(spec.host, spec.port, 10, spec.security);
+    if (!c) return c.error();
+    clients.push_back(c->get());
+    owned.push_back(std::move(*c));
+  }
+  // A stream whose connection broke (unavailable, timeout) takes no more requests: the
+  // others run the rest; what no stream is left to run fails as not run.
+  size_t next_index = 0;
+  std::vector<bool> broken(clients.size(), false);
+  client::generate_concurrently(
+      clients,
+      [&](size_t k) -> std::optional<client::call> {
+        if (next_index == reqs.size() || broken[k]) return std::nullopt;
+        const size_t i = next_index++;
+        client_record* rec = records.empty() ? nullptr : &records[i];
+        if (rec) rec->sent_ns = now_ns();
+        return client::call{rpc_params(reqs[i], spec.sampling_of(i), spec.ignore_eos),
+                            chunk_recorder(rec), [&, i, k, rec](result<client_result> res) {
+                              if (!res)
+                                broken[k] = res.error().code == errc::unavailable ||
+                                            res.error().code == errc::timeout;
+                              results[i] = rpc_outcome(res, reqs[i], rec);
+                              if (spec.on_done) spec.on_done();
+                            }};
+      },
+      spec.timeout_s);
+  for (size_t i = next_index; i < reqs.size(); ++i) {
+    results[i].error = "unavailable: not run, every connection of the one-loop client broke";
+    results[i].error_code = "unavailable";
+    if (!records.empty()) records[i].outcome = "unavailable";
+  }
+  return clients.size();
 }
 
 }  // namespace tokenmill::workload

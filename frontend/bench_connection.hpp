@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,29 @@ using connection_factory = std::function<result<std::unique_ptr<connection>>()>;
 connection_factory connection_factory_for(bool http, std::string host, uint16_t port,
                                           bool ignore_eos, double timeout_s,
                                           client_options security = {});
+
+/// run_rpc_one_loop's connections.
+struct one_loop_spec {
+  std::string host;
+  uint16_t port = 0;
+  client_options security;
+  bool ignore_eos = false;
+  double timeout_s = 600;
+  size_t streams = 1;                                  ///< concurrent streams (connections)
+  std::function<sampling_params(size_t)> sampling_of;  ///< request index -> its sampling
+  std::function<void()> on_done;                       ///< after each request (may be empty)
+};
+
+/// Closed loop on the calling thread alone: spec.streams RPC connections on the thread's
+/// one event loop, each running the next request of `reqs` (in index order) as its last
+/// ends, until every request ran. One thread reads every stream, so a chunk's arrival is
+/// stamped as the loop takes it from its socket, not when a thread of its own gets a core
+/// (with a thread per stream on a few cores the client's own wake-ups land in the ITL).
+/// Fills results[i] and, when `records` is not empty, records[i] as connection::run does.
+/// Returns the streams it ran, or the first connect error.
+result<size_t> run_rpc_one_loop(const one_loop_spec& spec, std::span<const bench_request> reqs,
+                                std::span<request_result> results,
+                                std::span<client_record> records);
 
 /// "code: message", as the bench reports a failure.
 std::string describe(const error_info& e);

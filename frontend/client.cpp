@@ -193,45 +193,23 @@ result<std::unique_ptr<client>> client::connect(const std::string& host, uint16_
   }
 }
 
-result<client_result> client::generate(generate_params p,
-                                       const std::function<void(const client_chunk&)>& on_chunk,
-                                       double timeout_s) {
-  auto& i = *impl_;
-  client_result out;
-  try {
-    auto sink_own = kj::heap<sink_impl>(on_chunk);
-    auto& sink = *sink_own;
-    KJ_DEFER(sink.close());
-    rpc::TokenSink::Client sink_cap = kj::mv(sink_own);
-    auto req = i.gw.generateRequest();
-    out.sent_ns = now_ns();
-    p.client_sent_ns = out.sent_ns;
-    codec::encode(p, req.initRequest());
-    req.setSink(sink_cap);
-    auto resp = i.bounded(req.send(), timeout_s).wait(i.ws());
-    out.done_ns = now_ns();
-    out.server = codec::decode(resp.getSummary());
-    int64_t prev = 0;
-    for (const auto& c : sink.chunks) {
-      for (size_t k = 0; k < c.ids.size(); ++k) {
-        if (!out.tokens.empty() || k > 0)
-          out.itl_ms.push_back(k == 0 ? (c.recv_ns - prev) / 1e6 : 0.0);
-        out.tokens.push_back(c.ids[k]);
-      }
-      out.logprobs.insert(out.logprobs.end(), c.logprobs.begin(), c.logprobs.end());
-      if (!c.ids.empty()) prev = c.recv_ns;
-      out.text += c.text;
+namespace {
+
+/// The rest of a generate call once its response came: the server's summary, the tokens in
+/// arrival order with their gaps, and the full TTFT breakdown on the client's clock.
+result<client_result> finish_generate(client_result out, const sink_impl& sink) {
+  int64_t prev = 0;
+  for (const auto& c : sink.chunks) {
+    for (size_t k = 0; k < c.ids.size(); ++k) {
+      if (!out.tokens.empty() || k > 0)
+        out.itl_ms.push_back(k == 0 ? (c.recv_ns - prev) / 1e6 : 0.0);
+      out.tokens.push_back(c.ids[k]);
     }
-    if (!sink.chunks.empty()) out.first_token_ns = sink.chunks.front().recv_ns;
-  } catch (const kj::Exception& e) {
-    // The abandoned call's cancellation (a Finish message) is only queued; turn the event
-    // loop once so the server hears it now, not at this client's next call.
-    try {
-      i.ws().poll();
-    } catch (const kj::Exception&) {
-    }
-    return i.translate(e, "generate at");
+    out.logprobs.insert(out.logprobs.end(), c.logprobs.begin(), c.logprobs.end());
+    if (!c.ids.empty()) prev = c.recv_ns;
+    out.text += c.text;
   }
+  if (!sink.chunks.empty()) out.first_token_ns = sink.chunks.front().recv_ns;
   if (out.server.error_code != errc::ok) return error_info{out.server.error_code, out.server.error};
   // The full TTFT breakdown: the server's stamps plus the client's own, on one clock
   // (same host; across hosts the supervisor's clock offsets apply).
@@ -246,6 +224,85 @@ result<client_result> client::generate(generate_params p,
   for (const auto& iv : ttft_breakdown(tr))
     out.stages.push_back({std::string(iv.name()), iv.duration_ns / 1e6});
   return out;
+}
+
+/// Closes the sink when the call it belongs to ends, however it ends (holding a reference,
+/// so the sink outlives the close whatever the server still holds).
+struct sink_closer {
+  sink_closer(rpc::TokenSink::Client c, sink_impl* s) : cap(kj::mv(c)), sink(s) {}
+  sink_closer(const sink_closer&) = delete;
+  sink_closer& operator=(const sink_closer&) = delete;
+  ~sink_closer() { sink->close(); }
+  rpc::TokenSink::Client cap;
+  sink_impl* sink;
+};
+
+}  // namespace
+
+kj::Promise<result<client_result>> client::start_generate(
+    generate_params p, std::function<void(const client_chunk&)> on_chunk, double timeout_s) {
+  auto& i = *impl_;
+  auto sink_own = kj::heap<sink_impl>(std::move(on_chunk));
+  auto* sink = sink_own.get();
+  auto closer = kj::heap<sink_closer>(kj::mv(sink_own), sink);
+  auto* cap = &closer->cap;
+  auto out = kj::heap<client_result>();
+  auto* o = out.get();
+  return kj::evalNow([&]() {
+           auto req = i.gw.generateRequest();
+           o->sent_ns = now_ns();
+           p.client_sent_ns = o->sent_ns;
+           codec::encode(p, req.initRequest());
+           req.setSink(*cap);
+           return i.bounded(req.send(), timeout_s)
+               .then([o, sink](capnp::Response<rpc::Gateway::GenerateResults>&& resp) {
+                 o->done_ns = now_ns();
+                 o->server = codec::decode(resp.getSummary());
+                 return finish_generate(std::move(*o), *sink);
+               });
+         })
+      .catch_([this](kj::Exception&& e) -> result<client_result> {
+        return impl_->translate(e, "generate at");
+      })
+      .attach(kj::mv(out), kj::mv(closer));
+}
+
+result<client_result> client::generate(generate_params p,
+                                       const std::function<void(const client_chunk&)>& on_chunk,
+                                       double timeout_s) {
+  auto& i = *impl_;
+  auto r = start_generate(std::move(p), on_chunk, timeout_s).wait(i.ws());
+  if (!r) {
+    // The abandoned call's cancellation (a Finish message) is only queued; turn the event
+    // loop once so the server hears it now, not at this client's next call.
+    try {
+      i.ws().poll();
+    } catch (const kj::Exception&) {
+    }
+  }
+  return r;
+}
+
+void client::generate_concurrently(const std::vector<client*>& clients,
+                                   const std::function<std::optional<call>(size_t)>& next,
+                                   double timeout_s) {
+  if (clients.empty()) return;
+  // Each client's chain: its next call, then (whatever came of it) the one after.
+  std::function<kj::Promise<void>(size_t)> run = [&](size_t k) -> kj::Promise<void> {
+    auto c = next(k);
+    if (!c) return kj::READY_NOW;
+    auto done = std::move(c->done);
+    return clients[k]
+        ->start_generate(std::move(c->params), std::move(c->on_chunk), timeout_s)
+        .then([&run, k, done = std::move(done)](result<client_result>&& r) mutable {
+          done(std::move(r));
+          return run(k);
+        });
+  };
+  kj::Vector<kj::Promise<void>> chains;
+  for (size_t k = 0; k < clients.size(); ++k)
+    chains.add(run(k));
+  kj::joinPromises(chains.releaseAsArray()).wait(clients.front()->impl_->ws());
 }
 
 result<std::vector<token_id>> client::tokenize(const std::string& text, bool add_bos) {

@@ -5,12 +5,18 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "common/api_types.hpp"
 #include "common/result.hpp"
+
+namespace kj {
+template <typename T>
+class Promise;
+}  // namespace kj
 
 namespace tokenmill {
 
@@ -78,6 +84,21 @@ class client {
   result<client_result> generate(generate_params p,
                                  const std::function<void(const client_chunk&)>& on_chunk,
                                  double timeout_s = 600);
+  /// One call for generate_concurrently: its parameters, the chunk callback, and what
+  /// runs with its outcome.
+  struct call {
+    generate_params params;
+    std::function<void(const client_chunk&)> on_chunk;
+    std::function<void(result<client_result>)> done;
+  };
+  /// Streams on every client of `clients` at once, all connected on this thread, on the
+  /// thread's one event loop: client k runs the calls next(k) hands it one after another
+  /// until it returns none. One thread takes every stream's chunks as the loop reads them,
+  /// so each chunk's recv_ns is stamped without waiting for a thread of its own to wake.
+  /// Returns when every client has run out of calls; failures go to each call's `done`.
+  static void generate_concurrently(const std::vector<client*>& clients,
+                                    const std::function<std::optional<call>(size_t)>& next,
+                                    double timeout_s = 600);
   result<std::vector<token_id>> tokenize(const std::string& text, bool add_bos = true);
   result<cluster_status> status(double timeout_s = 10);
   /// Drains node `node` (tokenmill drain): waits up to `timeout_s` for the supervisor's
@@ -90,6 +111,9 @@ class client {
  private:
   struct impl;
   explicit client(std::unique_ptr<impl> i);
+  /// generate() as a promise on this thread's event loop; its failures are error values.
+  kj::Promise<result<client_result>> start_generate(
+      generate_params p, std::function<void(const client_chunk&)> on_chunk, double timeout_s);
   std::unique_ptr<impl> impl_;
   model_summary model_;
 };

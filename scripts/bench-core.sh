@@ -8,14 +8,21 @@
 #     more than one stream a new sequence joins the decode batch at a step boundary, so its
 #     first gap is up to two steps, and with 63 gaps per request the first gaps alone are
 #     1.6 % of all gaps, above the p99
+#   - the p99 of the same later gaps as the router released them (router_p99: what the
+#     frontend, the RPC and the client add is itl_p99 minus it) and of the decode steps
+#     under them (step_p99: from the decode worker's submit to its result, both engine
+#     thread handoffs included)
 #   - TTFT minus the modelled prefill time (the runtime's own share of TTFT)
 # Then the machine's wake-up floor at the same step (tokenmill bench-wake): the ITL p99 an
 # idle thread alone would show here, to judge the tail against.
 # Results (one JSON per concurrency, wake.json) go to $OUT_DIR (default bench-results/core).
-#   ./scripts/bench-core.sh [--three-nodes [--tls]] [--first-token prefill|decode] [CONCURRENCY...]
+#   ./scripts/bench-core.sh [--three-nodes [--tls]] [--first-token prefill|decode]
+#                           [--client-loop thread|one] [CONCURRENCY...]
 #                                                                       default: 1 4 16
 # --first-token decode: the decode worker streams each prompt's first token as the sequence
 # joins its first decode step (serve --first-token), so the first gap is one step too.
+# --client-loop one: the bench client reads every stream on one event-loop thread (tokenmill
+# bench --client-loop) instead of a thread per stream; the default is thread.
 # --three-nodes runs the same cluster as three processes (head: router, supervisor,
 # kv-store; prefill node; decode node) started by `tokenmill launch` on loopback; with --tls
 # too, the nodes talk mutual TLS (security: {tls: auto}, certificates made by launch).
@@ -29,6 +36,7 @@ mkdir -p "$out"
 three=0
 tls=0
 first_token=prefill
+client_loop=thread
 levels=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -40,6 +48,12 @@ while [[ $# -gt 0 ]]; do
       [[ "$first_token" == prefill || "$first_token" == decode ]] ||
         { echo "bench-core: --first-token takes prefill or decode, got '$first_token'" >&2; exit 2; }
       ;;
+    --client-loop)
+      client_loop="${2:-}"
+      shift
+      [[ "$client_loop" == thread || "$client_loop" == one ]] ||
+        { echo "bench-core: --client-loop takes thread or one, got '$client_loop'" >&2; exit 2; }
+      ;;
     *) levels+=("$1") ;;
   esac
   shift
@@ -48,6 +62,8 @@ done
 # The default is not passed on, so that the script still runs a binary without the option.
 first_token_args=()
 [[ "$first_token" == prefill ]] || first_token_args=(--first-token "$first_token")
+client_loop_args=()
+[[ "$client_loop" == thread ]] || client_loop_args=(--client-loop "$client_loop")
 step_ms=10
 prefill_us=200
 input_len=128
@@ -83,22 +99,25 @@ for _ in $(seq 1 300); do grep -q "ready" "$log" && grep -q "rpc=" "$log" && bre
 endpoint="$(sed -n 's/.*ready.*rpc=\([^ ]*\).*/\1/p' "$log" | head -1)"
 [[ -n "$endpoint" ]] || { echo "bench-core: server did not start" >&2; cat "$log" >&2; exit 1; }
 
-echo "mode: $([[ $three == 1 ]] && echo "three processes (tokenmill launch$([[ $tls == 1 ]] && echo ', mutual TLS between nodes'))" || echo 'one process (tokenmill serve)'), first token from the $first_token worker"
+echo "mode: $([[ $three == 1 ]] && echo "three processes (tokenmill launch$([[ $tls == 1 ]] && echo ', mutual TLS between nodes'))" || echo 'one process (tokenmill serve)'), first token from the $first_token worker, bench client: $([[ $client_loop == one ]] && echo 'one event loop' || echo 'a thread per stream')"
 echo "machine: $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1), $(nproc) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 read -r _ u0 n0 s0 i0 w0 q0 sq0 st0 _ < /proc/stat
-printf '%-12s %12s %12s %14s %14s %14s %12s   %s\n' concurrency itl_p50/step itl_p99/step first_gap/step later_p99/step ttft_p50_ms runtime_ms tokens/s \
+printf '%-12s %12s %12s %14s %14s %15s %14s %14s %12s   %s\n' concurrency itl_p50/step itl_p99/step first_gap/step later_p99/step router_p99/step step_p99/step ttft_p50_ms runtime_ms tokens/s \
   "tail gaps (> 1.1 step): n, mean ms = step + between steps + router hold + delivery"
 for c in "${levels[@]}"; do
   "$bin" bench --connect "$endpoint" --concurrency "$c" --requests $((c * 8)) --warmup "$c" \
     --input-len "$input_len" --output-len "$output_len" --step-ms "$step_ms" \
-    --prefill-us-per-token "$prefill_us" --json >"$out/c$c.json"
+    --prefill-us-per-token "$prefill_us" ${client_loop_args[@]+"${client_loop_args[@]}"} \
+    --json >"$out/c$c.json"
   python3 - "$out/c$c.json" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))
 step = j['itl_ms']['p50'] / j['itl_over_step']['p50']  # the configured step, ms
 print(f"{j['concurrency']:<12} {j['itl_over_step']['p50']:12.4f} {j['itl_over_step']['p99']:12.4f} "
       f"{j['itl_first_gap_ms']['p50'] / step:14.4f} {j['itl_later_gaps_ms']['p99'] / step:14.4f} "
-      f"{j['ttft_ms']['p50']:14.2f} {j['ttft_runtime_share_ms']['p50']:14.3f} {j['output_tokens_per_s']:12.1f}   "
+      + (f"{j['itl_at_router_ms']['p99'] / step:15.4f} {j['itl_step_ms']['p99'] / step:14.4f} "
+         if 'itl_at_router_ms' in j else f"{'-':>15} {'-':>14} ")
+      + f"{j['ttft_ms']['p50']:14.2f} {j['ttft_runtime_share_ms']['p50']:14.3f} {j['output_tokens_per_s']:12.1f}   "
       + (lambda t: f"{t['tail_gaps']}/{t['gaps']}, {t['mean_ms']['gap']:.2f} = {t['mean_ms']['step']:.2f} + "
          f"{t['mean_ms']['between_steps']:.3f} + {t['mean_ms']['router_hold']:.3f} + {t['mean_ms']['delivery']:.3f}")(j['itl_tail'])
       if 'itl_tail' in j else "")

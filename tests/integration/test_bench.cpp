@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <regex>
 
 #include "harness.hpp"
@@ -225,12 +226,61 @@ TEST_CASE("bench sharegpt takes prompts and answer lengths from the dataset",
   }
 }
 
+TEST_CASE("bench --client-loop one: every stream on one thread, the same tokens, each once",
+          "[integration][bench]") {
+  server srv{{"--sim-decode-step-ms", "5"}};
+  // The same workload (seed) through a thread per stream and through one event loop: the sim
+  // decodes greedily from the prompt, so every request must get the same tokens both ways.
+  auto tokens_of = [](const std::string& path) {
+    std::map<int, std::vector<int>> out;
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);) {
+      auto r = json::parse(line);
+      std::vector<int> ids;
+      for (const auto& t : r["tokens"])
+        ids.push_back(t[1].get<int>());
+      out[r["i"].get<int>()] = ids;
+    }
+    return out;
+  };
+  std::map<std::string, std::map<int, std::vector<int>>> seen;
+  for (std::string loop : {"thread", "one"}) {
+    temp_file rec("");
+    auto j =
+        bench_json(srv.endpoint(), {"--concurrency", "4", "--requests", "12", "--warmup", "2",
+                                    "--output-len", "12", "--input-len", "16", "--seed", "7",
+                                    "--step-ms", "5", "--client-loop", loop, "--record", rec.path});
+    INFO(loop << ": " << j.dump(2));
+    CHECK(j["client_loop"] == loop);
+    CHECK(j["workers"] == 4);
+    CHECK(j["completed"] == 12);
+    CHECK(j["failed"] == 0);
+    CHECK(j["duplicated"] == 0);
+    CHECK(j["missing"] == 0);
+    CHECK(j["output_tokens"] == 12 * 12);
+    // The ITL split needs the server's step records beside the client's arrivals.
+    REQUIRE(j.contains("itl_at_router_ms"));
+    CHECK(j["itl_at_router_ms"]["p50"].get<double>() > 0);
+    CHECK(j["itl_step_ms"]["p50"].get<double>() >= 5.0);
+    seen[loop] = tokens_of(rec.path);
+    CHECK(seen[loop].size() == 12);
+  }
+  CHECK(seen["thread"] == seen["one"]);
+}
+
 TEST_CASE("bench refuses bad command lines and datasets with a clear message",
           "[integration][bench]") {
   SECTION("no server needed") {
     CHECK_THAT(bench_fails({"--rate", "5", "--concurrency", "2"}), Catch::Contains("not both"));
     CHECK_THAT(bench_fails({"--requests", "2"}), Catch::Contains("--concurrency"));
     CHECK_THAT(bench_fails({"--rate", "fast"}), Catch::Contains("--rate 'fast'"));
+    CHECK_THAT(
+        bench_fails({"--rate", "5", "--client-loop", "one"}),
+        Catch::Contains("--client-loop one needs --backend rpc and --concurrency, got --rate"));
+    CHECK_THAT(bench_fails({"--concurrency", "1", "--backend", "http", "--client-loop", "one"}),
+               Catch::Contains("got --backend http"));
+    CHECK_THAT(bench_fails({"--concurrency", "1", "--client-loop", "two"}),
+               Catch::Contains("--client-loop"));
     CHECK_THAT(bench_fails({"--concurrency", "1", "--workload", "sharegpt"}),
                Catch::Contains("--dataset"));
     CHECK_THAT(bench_fails({"--concurrency", "1", "--workload", "sharegpt", "--dataset",
