@@ -101,6 +101,9 @@ result<void> check_weights(const loaded_model& m);
 /// Loads a GGUF v3 file or a Hugging Face directory (config.json, *.safetensors,
 /// tokenizer.json). Errors (errc::invalid_model) name the file and the tensor or key at
 /// fault: "model.gguf: tensor 'blk.3.attn_q.weight': shape [256, 255], expected [256, 256]".
-result<std::shared_ptr<const loaded_model>> load_model(const std::string& path);
+/// `weights_huge_copy`: read the files into huge-page memory instead of mapping them
+/// (mapped_file::open; the engines decide with weights_memory.hpp).
+result<std::shared_ptr<const loaded_model>> load_model(const std::string& path,
+                                                       bool weights_huge_copy = false);
 
 }  // namespace tokenmill

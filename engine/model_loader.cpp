@@ -312,8 +312,8 @@ vocab_spec gguf_vocab(const gguf_file& f) {
   return spec;
 }
 
-void load_gguf(const std::string& path, loaded_model& m) {
-  gguf_file f = unwrap(gguf_file::open(path));
+void load_gguf(const std::string& path, loaded_model& m, bool huge_copy) {
+  gguf_file f = unwrap(gguf_file::open(path, huge_copy));
   m.format = "gguf";
   m.storage.push_back(f.mapping());
   llama_config& c = m.config;
@@ -545,7 +545,7 @@ void read_hf_config(const std::string& dir, llama_config& c) {
   }
 }
 
-void load_hf(const std::string& dir, loaded_model& m) {
+void load_hf(const std::string& dir, loaded_model& m, bool huge_copy) {
   m.format = "hf";
   llama_config& c = m.config;
   read_hf_config(dir, c);
@@ -563,7 +563,7 @@ void load_hf(const std::string& dir, loaded_model& m) {
   st->reserve(files.size());
   std::map<std::string, std::pair<size_t, const safetensors_tensor*>, std::less<>> index;
   for (const auto& file : files) {
-    st->push_back(unwrap(safetensors_file::open(file)));
+    st->push_back(unwrap(safetensors_file::open(file, huge_copy)));
     const safetensors_file& sf = st->back();
     m.storage.push_back(sf.mapping());
     for (const auto& t : sf.tensors()) {
@@ -671,15 +671,16 @@ result<void> check_weights(const loaded_model& m) {
   return {};
 }
 
-result<std::shared_ptr<const loaded_model>> load_model(const std::string& path) {
+result<std::shared_ptr<const loaded_model>> load_model(const std::string& path,
+                                                       bool weights_huge_copy) {
   try {
     auto m = std::make_shared<loaded_model>();
     m->path = path;
     std::error_code ec;
     if (fs::is_directory(path, ec))
-      load_hf(path, *m);
+      load_hf(path, *m, weights_huge_copy);
     else if (fs::exists(path, ec))
-      load_gguf(path, *m);
+      load_gguf(path, *m, weights_huge_copy);
     else
       return model_error(path, "no such file or directory");
     return std::shared_ptr<const loaded_model>(std::move(m));

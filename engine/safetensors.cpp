@@ -68,9 +68,9 @@ tensor_view safetensors_tensor::view() const {
   return v;
 }
 
-result<safetensors_file> safetensors_file::open(const std::string& path) {
+result<safetensors_file> safetensors_file::open(const std::string& path, bool huge_copy) {
   try {
-    auto map = mapped_file::open(path);
+    auto map = mapped_file::open(path, huge_copy);
     if (!map) return map.error();
     safetensors_file f;
     f.path_ = path;
