@@ -432,9 +432,9 @@ class gguf_parser {
 // ---------------------------------------------------------------------------------------
 // gguf_file
 
-result<gguf_file> gguf_file::open(const std::string& path, bool huge_copy) {
+result<gguf_file> gguf_file::open(const std::string& path) {
   try {
-    auto map = mapped_file::open(path, huge_copy);
+    auto map = mapped_file::open(path);
     if (!map) return map.error();
     gguf_file f;
     f.path_ = path;

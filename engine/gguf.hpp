@@ -88,10 +88,9 @@ struct gguf_tensor_info {
 /// A parsed GGUF file. Tensor data stays in the mapping; `mapping()` keeps it alive.
 class gguf_file {
  public:
-  /// Maps and parses `path` (with `huge_copy`, a huge-page copy of it: mapped_file::open).
-  /// Every error (errc::invalid_model) reads "<path>: <what>", naming the metadata key or
-  /// tensor at fault. Never throws.
-  static result<gguf_file> open(const std::string& path, bool huge_copy = false);
+  /// Maps and parses `path`. Every error (errc::invalid_model) reads "<path>: <what>",
+  /// naming the metadata key or tensor at fault. Never throws.
+  static result<gguf_file> open(const std::string& path);
 
   /// The path the file was opened with (used in error messages).
   const std::string& path() const { return path_; }

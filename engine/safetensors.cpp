@@ -68,9 +68,9 @@ tensor_view safetensors_tensor::view() const {
   return v;
 }
 
-result<safetensors_file> safetensors_file::open(const std::string& path, bool huge_copy) {
+result<safetensors_file> safetensors_file::open(const std::string& path) {
   try {
-    auto map = mapped_file::open(path, huge_copy);
+    auto map = mapped_file::open(path);
     if (!map) return map.error();
     safetensors_file f;
     f.path_ = path;

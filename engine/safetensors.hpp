@@ -36,11 +36,10 @@ struct safetensors_tensor {
 /// A parsed safetensors file. Tensor data stays in the mapping; `mapping()` keeps it alive.
 class safetensors_file {
  public:
-  /// Maps and parses `path` (with `huge_copy`, a huge-page copy of it: mapped_file::open).
-  /// Supported dtypes: F32, F16, BF16; anything else is an error
+  /// Maps and parses `path`. Supported dtypes: F32, F16, BF16; anything else is an error
   /// naming the tensor and the dtype. Errors (errc::invalid_model) read "<path>: <what>".
   /// Never throws.
-  static result<safetensors_file> open(const std::string& path, bool huge_copy = false);
+  static result<safetensors_file> open(const std::string& path);
 
   /// The path the file was opened with (used in error messages).
   const std::string& path() const { return path_; }

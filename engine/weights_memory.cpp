@@ -1,9 +1,79 @@
 #include "engine/weights_memory.hpp"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
 namespace tokenmill {
+
+namespace {
+
+constexpr size_t huge_page_bytes = size_t{2} << 20;
+
+/// Reads `size` bytes of `path` into dst; false on any failure (the caller copies instead).
+bool read_file(const std::string& path, std::byte* dst, size_t size) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = ::pread(fd, dst + done, size - done, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  return done == size;
+}
+
+}  // namespace
+
+result<std::shared_ptr<const huge_copy>> huge_copy::start(const std::string& path,
+                                                          const std::byte* src, size_t size,
+                                                          std::shared_ptr<const void> keep) {
+  const size_t region = (size + huge_page_bytes - 1) & ~(huge_page_bytes - 1);
+  std::byte* data = nullptr;
+  if (region > 0) {
+    // Over-allocate by 2 MiB, keep the aligned part, unmap the rest.
+    const size_t over = region + huge_page_bytes;
+    void* p = ::mmap(nullptr, over, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+      return error_info{errc::invalid_model,
+                        path + ": cannot allocate " + std::to_string(region) +
+                            " bytes for a huge-page copy: " + std::strerror(errno)};
+    const auto base = reinterpret_cast<uintptr_t>(p);
+    const auto aligned = (base + huge_page_bytes - 1) & ~(huge_page_bytes - 1);
+    if (aligned > base) ::munmap(p, aligned - base);
+    if (base + over > aligned + region)
+      ::munmap(reinterpret_cast<void*>(aligned + region), base + over - (aligned + region));
+    // Failing advice (THP compiled out) leaves 4 KiB pages: still a correct copy.
+    ::madvise(reinterpret_cast<void*>(aligned), region, MADV_HUGEPAGE);
+    data = reinterpret_cast<std::byte*>(aligned);
+  }
+  std::shared_ptr<huge_copy> c(new huge_copy(data, size, region));
+  std::promise<void> done;
+  c->filled_ = done.get_future().share();
+  c->filler_ = std::thread(
+      [path, src, size, data, region, keep = std::move(keep), done = std::move(done)]() mutable {
+        if (size > 0) {
+          // pread, not a copy from the mapping: the mapping's pages would become resident too.
+          if (!read_file(path, data, size)) std::memcpy(data, src, size);
+          ::mprotect(data, region, PROT_READ);
+        }
+        keep.reset();
+        done.set_value();
+      });
+  return std::shared_ptr<const huge_copy>(std::move(c));
+}
+
+huge_copy::~huge_copy() {
+  if (filler_.joinable()) filler_.join();
+  if (data_) ::munmap(data_, region_);
+}
 
 result<weights_hugepages> parse_weights_hugepages(std::string_view text, std::string_view what) {
   if (text == "on") return weights_hugepages::on;

@@ -103,7 +103,7 @@ TEST_CASE("weights_hugepages: auto follows the kernel's THP mode", "[weights-mem
   CHECK_FALSE(use_weights_hugepages(weights_hugepages::auto_, "always madvise never"));
 }
 
-TEST_CASE("mapped_file: the huge-page copy holds the file's bytes", "[weights-memory]") {
+TEST_CASE("huge_copy: holds the file's bytes once filled", "[weights-memory]") {
   temp_dir dir;
   // Sizes around the 2 MiB rounding of the copy and the 4 KiB pages of the mapping.
   for (size_t n : {size_t{1}, size_t{4095}, size_t{2} << 20, (size_t{5} << 20) + 123}) {
@@ -111,27 +111,26 @@ TEST_CASE("mapped_file: the huge-page copy holds the file's bytes", "[weights-me
     const auto path = dir / fmt::format("f{}", n);
     const std::string want = write_bytes(path, n, static_cast<uint32_t>(n));
     auto mapped = test::value_or_fail(mapped_file::open(path));
-    auto copy = test::value_or_fail(mapped_file::open(path, true));
-    CHECK_FALSE(mapped->huge_copy());
-    CHECK(copy->huge_copy());
+    auto copy = test::value_or_fail(huge_copy::start(path, mapped->data(), n, mapped));
+    copy->wait();
     REQUIRE(copy->size() == n);
-    REQUIRE(mapped->size() == n);
     CHECK(reinterpret_cast<uintptr_t>(copy->data()) % (size_t{2} << 20) == 0);
     CHECK(std::memcmp(copy->data(), want.data(), n) == 0);
-    CHECK(std::memcmp(mapped->data(), want.data(), n) == 0);
   }
-  const auto empty = dir / "empty";
-  std::ofstream(empty).close();
-  auto e = test::value_or_fail(mapped_file::open(empty, true));
-  CHECK(e->size() == 0);
-  CHECK(e->data() == nullptr);
-  CHECK_FALSE(e->huge_copy());
-  auto missing = mapped_file::open(dir / "missing", true);
-  REQUIRE_FALSE(missing);
-  CHECK(missing.error().message.find(dir / "missing") != std::string::npos);
-  auto directory = mapped_file::open(dir.path.string(), true);
-  REQUIRE_FALSE(directory);
-  CHECK(directory.error().message.find("not a regular file") != std::string::npos);
+  // A file that cannot be read again (removed after mapping): the copy comes from the mapping.
+  const auto gone = dir / "gone";
+  const std::string want = write_bytes(gone, 70000, 3);
+  auto mapped = test::value_or_fail(mapped_file::open(gone));
+  fs::remove(gone);
+  auto copy = test::value_or_fail(huge_copy::start(gone, mapped->data(), mapped->size(), mapped));
+  mapped.reset();  // the copy keeps the mapping until it is filled
+  copy->wait();
+  CHECK(std::memcmp(copy->data(), want.data(), want.size()) == 0);
+  // Nothing to copy: no memory, no wait.
+  auto empty = test::value_or_fail(huge_copy::start(dir / "none", nullptr, 0, nullptr));
+  empty->wait();
+  CHECK(empty->size() == 0);
+  CHECK(empty->data() == nullptr);
 }
 
 TEST_CASE("weights in huge pages give the mapped weights' logits bit for bit", "[weights-memory]") {
@@ -152,11 +151,21 @@ TEST_CASE("weights in huge pages give the mapped weights' logits bit for bit", "
     for (uint32_t i = 0; i < 24; ++i)
       ids.push_back(static_cast<token_id>(3 + (i * 131 + 7) % (vocab - 3)));
     ids[0] = 1;
-    // The views point into different memory holding the same bytes.
+    // The matrices' views point into the copy (2 MiB aligned), the norms' into the mapping.
     const auto& a = mapped->weights.layers[0].wq;
     const auto& b = copied->weights.layers[0].wq;
     REQUIRE(a.type == type);
     CHECK(a.data != b.data);
+    REQUIRE(copied->weight_copies.size() == 1);
+    CHECK(mapped->weight_copies.empty());
+    const std::byte* base = copied->weight_copies[0]->data();
+    CHECK(b.data >= base);
+    CHECK(b.data < base + copied->weight_copies[0]->size());
+    const std::byte* norm = copied->weights.layers[0].attn_norm.data;
+    const bool norm_in_copy = norm >= base && norm < base + copied->weight_copies[0]->size();
+    CHECK_FALSE(norm_in_copy);
+    copied->wait_for_weights();
+    CHECK(std::memcmp(a.data, b.data, row_bytes(a.type, a.cols) * a.rows) == 0);
     const auto want = logits_of(mapped, ids);
     const auto got = logits_of(copied, ids);
     REQUIRE(want.size() == got.size());
