@@ -4,6 +4,7 @@
 // or the device's copy bandwidth and cuBLAS GEMM throughput (cuda engine).
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -48,6 +49,7 @@ struct bench_engine_opts {
   std::vector<uint32_t> contexts;  ///< context tokens before decoding; default 128 2048
   uint64_t bw_mib = 1024;          ///< buffer of the bandwidth measurement (MiB)
   bool constrained = false;        ///< also time decode steps under a json_object grammar
+  std::string hugepages = "auto";  ///< --weights-hugepages (weights_memory.hpp)
 };
 
 /// Sum of n words read with 128-bit vector adds, four independent accumulators (the scalar
@@ -165,6 +167,10 @@ command add_bench_engine(CLI::App& app) {
   app.add_option("--bw-mib", o->bw_mib, "Buffer of the memory bandwidth measurement (MiB)")
       ->check(CLI::Range(uint64_t{16}, uint64_t{1} << 20))
       ->capture_default_str();
+  app.add_option("--weights-hugepages", o->hugepages,
+                 "cpu: copy the weights into transparent huge pages (on), map the file (off), "
+                 "or on when the kernel's THP mode is always/madvise (auto)")
+      ->capture_default_str();
   return [o]() -> int {
     double load_before = loadavg_1min();
     const auto steal_before = cpu_steal_jiffies();
@@ -172,8 +178,19 @@ command add_bench_engine(CLI::App& app) {
       std::fprintf(stderr, "tokenmill bench-engine: %s\n", e.message.c_str());
       return 1;
     };
-    auto loaded = load_model(o->model);
+    auto huge_mode = parse_weights_hugepages(o->hugepages, "--weights-hugepages");
+    if (!huge_mode) return failed(huge_mode.error());
+    const bool huge_copy =
+        o->engine == "cpu" && use_weights_hugepages(*huge_mode, read_thp_enabled());
+    const auto load_start = std::chrono::steady_clock::now();
+    auto loaded = load_model(o->model, huge_copy);
     if (!loaded) return failed(loaded.error());
+    const double load_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+    (*loaded)->wait_for_weights();  // the huge-page copy fills in the background
+    const double filled_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+    const uint64_t huge_bytes = anon_huge_bytes();
     auto model = *loaded;
     const auto& c = model->config;
     const bool cuda = o->engine == "cuda";
@@ -248,6 +265,14 @@ command add_bench_engine(CLI::App& app) {
                   {"vocab", c.vocab},
                   {"step_weight_bytes", step_bytes}};
     j["engine"] = o->engine;
+    // What the weights live in: the copy's huge pages (anon_huge_bytes once it is filled)
+    // or the file mapping, and what loading cost (load_s: until load_model returned;
+    // filled_s: until the background copy was done).
+    j["weights_memory"] = {{"hugepages", o->hugepages},
+                           {"huge_copy", huge_copy},
+                           {"anon_huge_bytes", huge_bytes},
+                           {"load_s", load_s},
+                           {"filled_s", filled_s}};
     j["threads"] = threads;
     j["kv_dtype"] = o->kv_dtype;
     if (cuda) j["cuda_graphs"] = !o->no_graphs;
@@ -438,8 +463,13 @@ command add_bench_engine(CLI::App& app) {
     const std::string kernels = quant ? fmt::format(", {} integer dot products (decode)",
                                                     cpu::quant_isa_name(cpu::best_quant_isa()))
                                       : "";
-    std::printf("engine  %u threads, KV %s%s; CPU steal during the run %.1f%%\n\n", threads,
+    std::printf("engine  %u threads, KV %s%s; CPU steal during the run %.1f%%\n", threads,
                 o->kv_dtype.c_str(), kernels.c_str(), 100 * steal_share);
+    std::printf(
+        "weights %s (--weights-hugepages %s; %.1f MB in anonymous huge pages), loaded "
+        "in %.3f s, the copy filled after %.3f s\n\n",
+        huge_copy ? "copied into huge-page memory" : "mapped from the file", o->hugepages.c_str(),
+        huge_bytes / 1e6, load_s, filled_s);
     std::printf("%-28s %12s %12s %14s %10s\n", "phase", "median", "tokens/s", "weights GB/s",
                 "cpu share");
     for (const auto& p : prefill)

@@ -17,6 +17,11 @@ void add_engine_options(CLI::App& app, engine_spec& spec, engine_options& o,
   c->add_option("--kv-dtype", o.kv_dtype, "KV cache element type")
       ->check(CLI::IsMember({"f16", "f32"}))
       ->capture_default_str();
+  c->add_option("--weights-hugepages", o.weights_hugepages,
+                "Copy the weights into transparent huge pages (on: faster batch-1 decode, the "
+                "whole file resident), map the file (off), or on when the kernel's THP mode is "
+                "always/madvise (auto)")
+      ->capture_default_str();
   auto* gpu = app.add_option_group("cuda engine", "The CUDA engine (--engine cuda --model PATH)");
   gpu->add_option("--device", spec.cuda.device, "CUDA device ordinal")->capture_default_str();
   gpu->add_option("--dtype", spec.cuda.dtype,
@@ -81,6 +86,9 @@ result<void> resolve_engine_spec(engine_spec& spec, const engine_options& o) {
   if (spec.kind != "sim" && spec.model_path.empty())
     return error_info{errc::invalid_request,
                       fmt::format("--engine {} needs --model PATH", spec.kind)};
+  auto huge = parse_weights_hugepages(o.weights_hugepages, "--weights-hugepages");
+  if (!huge) return huge.error();
+  spec.hugepages = *huge;
   spec.cpu.kv_dtype_bytes = o.kv_dtype == "f32" ? 4 : 2;
   spec.cpu.block_tokens = spec.sim.layout.block_tokens;
   spec.cuda.kv_dtype_bytes = spec.cpu.kv_dtype_bytes;

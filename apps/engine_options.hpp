@@ -19,6 +19,7 @@ struct engine_options {
   double decode_step_ms = 10;
   double decode_per_seq_us = 0;
   double decode_per_ctx_ns = 0;
+  std::string weights_hugepages = "auto";  ///< --weights-hugepages: on, off, auto
   CLI::Option* engine_opt = nullptr;
   CLI::Option* model_opt = nullptr;
   /// The "kv cache" group (block layout): callers add their pool sizes to it.

@@ -261,6 +261,7 @@ struct cpu_engine::impl {
   /// attention tiles skip positions (make_tiles with gaps); and `ph`, when given, receives the
   /// phases' times.
   void forward_impl(block_pool& p, blend_step* select, blend_phases* ph, bool sparse_tiles) {
+    m.wait_for_weights();  // a huge-page copy may still be filling (load_model)
     // Phase timing (blends only): `lap` closes the running phase and opens `next`.
     int64_t t_phase = ph ? now_ns() : 0;
     double* phase = !ph ? nullptr : select ? &ph->full_width_ms : &ph->selected_ms;

@@ -22,7 +22,9 @@ result<void> load_engine_model(engine_spec& spec) {
   if (spec.model_path.empty())
     return error_info{errc::invalid_model,
                       "the " + spec.kind + " engine needs a model file (--model PATH)"};
-  auto m = load_model(spec.model_path);
+  // Only the cpu engine streams the weights from host memory; cuda copies them to the device.
+  const bool huge = spec.kind == "cpu" && use_weights_hugepages(spec.hugepages, read_thp_enabled());
+  auto m = load_model(spec.model_path, huge);
   if (!m) return m.error();
   spec.model = std::move(*m);
   return {};

@@ -9,6 +9,7 @@
 #include "engine/model.hpp"
 #include "engine/sim_engine.hpp"
 #include "engine/tokenizer.hpp"
+#include "engine/weights_memory.hpp"
 #include "gpu/cuda_backend.hpp"
 
 namespace tokenmill {
@@ -19,7 +20,10 @@ struct engine_spec {
   sim_config sim;            ///< sim: the timing model
   std::string model_path;    ///< cpu, cuda: a GGUF file or a Hugging Face directory
   cpu_engine_config cpu;     ///< cpu: threads, KV dtype, block tokens
-  cuda_engine_config cuda;   ///< cuda: device, dtype, KV dtype, block tokens, graphs
+  /// cpu: where load_engine_model puts the weights (weights_memory.hpp); auto copies them
+  /// into huge pages when the kernel's THP mode allows it (batch-1 decode reads them faster).
+  weights_hugepages hugepages = weights_hugepages::auto_;
+  cuda_engine_config cuda;  ///< cuda: device, dtype, KV dtype, block tokens, graphs
   /// cpu, cuda: the loaded model, shared by every engine of a process (load_engine_model).
   std::shared_ptr<const loaded_model> model;
 };

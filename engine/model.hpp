@@ -12,6 +12,7 @@
 #include "common/result.hpp"
 #include "engine/tensor.hpp"
 #include "engine/tokenizer.hpp"
+#include "engine/weights_memory.hpp"
 
 namespace tokenmill {
 
@@ -88,6 +89,14 @@ struct loaded_model {
   std::string chat_template;  ///< the model's Jinja chat template; empty when none
   /// Keeps file mappings (and any converted tensors) alive as long as the views are used.
   std::vector<std::shared_ptr<const void>> storage;
+  /// Huge-page copies the big matrices' views point into (load_model's weights_huge_copy),
+  /// filled in the background.
+  std::vector<std::shared_ptr<const huge_copy>> weight_copies;
+  /// Blocks until every weight copy is filled: what reads the big matrices calls it first.
+  void wait_for_weights() const {
+    for (const auto& c : weight_copies)
+      c->wait();
+  }
 };
 
 /// Success when `m`'s weights have the shapes its config implies — every tensor the forward
@@ -101,6 +110,10 @@ result<void> check_weights(const loaded_model& m);
 /// Loads a GGUF v3 file or a Hugging Face directory (config.json, *.safetensors,
 /// tokenizer.json). Errors (errc::invalid_model) name the file and the tensor or key at
 /// fault: "model.gguf: tensor 'blk.3.attn_q.weight': shape [256, 255], expected [256, 256]".
-result<std::shared_ptr<const loaded_model>> load_model(const std::string& path);
+/// `weights_huge_copy`: the big matrices move to huge-page copies of the files, filled in
+/// the background (huge_copy; loaded_model::wait_for_weights; the engines decide with
+/// weights_memory.hpp).
+result<std::shared_ptr<const loaded_model>> load_model(const std::string& path,
+                                                       bool weights_huge_copy = false);
 
 }  // namespace tokenmill

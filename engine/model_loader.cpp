@@ -312,7 +312,28 @@ vocab_spec gguf_vocab(const gguf_file& f) {
   return spec;
 }
 
-void load_gguf(const std::string& path, loaded_model& m) {
+/// Points the matrices the forward pass streams (embedding, output head, every linear
+/// layer) that lie in `map` at a huge-page copy of it instead, filled in the background
+/// (engines wait for it: loaded_model::wait_for_weights). Norms, biases and RoPE divisors
+/// stay in the mapping: engines read them while they are built.
+void use_huge_copy(loaded_model& m, const std::shared_ptr<const mapped_file>& map,
+                   const std::string& path) {
+  auto copy = unwrap(huge_copy::start(path, map->data(), map->size(), map));
+  const std::byte* begin = map->data();
+  const std::byte* end = begin + map->size();
+  auto move = [&](tensor_view& v) {
+    if (v.data >= begin && v.data < end) v.data = copy->data() + (v.data - begin);
+  };
+  auto& w = m.weights;
+  for (auto* v : {&w.tok_embd, &w.output})
+    move(*v);
+  for (auto& l : w.layers)
+    for (auto* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down})
+      move(*v);
+  m.weight_copies.push_back(std::move(copy));
+}
+
+void load_gguf(const std::string& path, loaded_model& m, bool huge_copy) {
   gguf_file f = unwrap(gguf_file::open(path));
   m.format = "gguf";
   m.storage.push_back(f.mapping());
@@ -399,6 +420,7 @@ void load_gguf(const std::string& path, loaded_model& m) {
 
   m.chat_template = spec.chat_template;
   m.tok = unwrap(make_text_tokenizer(spec));
+  if (huge_copy) use_huge_copy(m, f.mapping(), path);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -545,7 +567,7 @@ void read_hf_config(const std::string& dir, llama_config& c) {
   }
 }
 
-void load_hf(const std::string& dir, loaded_model& m) {
+void load_hf(const std::string& dir, loaded_model& m, bool huge_copy) {
   m.format = "hf";
   llama_config& c = m.config;
   read_hf_config(dir, c);
@@ -626,6 +648,9 @@ void load_hf(const std::string& dir, loaded_model& m) {
 
   m.chat_template = spec.chat_template;
   m.tok = unwrap(make_text_tokenizer(spec));
+  if (huge_copy)
+    for (const auto& sf : *st)
+      use_huge_copy(m, sf.mapping(), sf.path());
 }
 
 }  // namespace
@@ -671,15 +696,16 @@ result<void> check_weights(const loaded_model& m) {
   return {};
 }
 
-result<std::shared_ptr<const loaded_model>> load_model(const std::string& path) {
+result<std::shared_ptr<const loaded_model>> load_model(const std::string& path,
+                                                       bool weights_huge_copy) {
   try {
     auto m = std::make_shared<loaded_model>();
     m->path = path;
     std::error_code ec;
     if (fs::is_directory(path, ec))
-      load_hf(path, *m);
+      load_hf(path, *m, weights_huge_copy);
     else if (fs::exists(path, ec))
-      load_gguf(path, *m);
+      load_gguf(path, *m, weights_huge_copy);
     else
       return model_error(path, "no such file or directory");
     return std::shared_ptr<const loaded_model>(std::move(m));

@@ -144,6 +144,19 @@ TEST_CASE("bad command lines fail with a message naming the problem", "[integrat
   check_still_serving(srv);
 }
 
+TEST_CASE("the weights-hugepages option takes on, off or auto and names a bad value",
+          "[integration]") {
+  // Checked before the model is opened: the path need not exist.
+  for (const char* cmd : {"serve", "bench-engine"}) {
+    auto r = run_tokenmill({cmd, "--model", "/nonexistent/m.gguf", "--weights-hugepages", "yes"});
+    INFO(cmd << "\nstderr: " << r.err);
+    CHECK_FALSE(r.timed_out);
+    CHECK(r.exit_code != 0);
+    CHECK(r.err.find("--weights-hugepages: 'yes' is not one of on, off, auto") !=
+          std::string::npos);
+  }
+}
+
 TEST_CASE("serve sizes KV pools from --kv-memory and refuses budgets it cannot use",
           "[integration]") {
   auto serve_fails = [](std::vector<std::string> extra, const std::string& expect) {
