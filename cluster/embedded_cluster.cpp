@@ -24,6 +24,7 @@ manifest one_node_manifest(const embedded_config& cfg, const serve_topology& top
   manifest m;
   m.cluster = cfg.cluster_name;
   m.defaults.engine = cfg.engine.kind;
+  m.defaults.weights_hugepages = std::string(to_string(cfg.engine.hugepages));
   m.defaults.kv_transport = "inline";
   manifest_node n;
   n.name = "local";

@@ -383,6 +383,8 @@ engine_spec to_engine_spec(const manifest& m, const worker_options& o) {
   s.sim.slowdown *= o.slowdown;
   s.model_path = m.model.path;
   s.cpu.threads = o.threads;
+  if (auto h = parse_weights_hugepages(m.defaults.weights_hugepages, "weights_hugepages"))
+    s.hugepages = *h;  // the parser checked it
   s.cpu.block_tokens = m.defaults.block_tokens;
   s.cuda.device = static_cast<int>(o.device);
   s.cuda.block_tokens = m.defaults.block_tokens;

@@ -116,6 +116,10 @@ struct manifest_defaults {
   /// Each node's KV budget, bytes: the node's workers without kv_blocks share it
   /// (plan_kv_pools, cluster/serving_defaults.hpp). Unset: every pool is its kv_blocks.
   std::optional<uint64_t> kv_memory;
+  /// Where each node's cpu engine keeps the model's weights (loaded once per node, shared
+  /// by its workers): "on" copies them into transparent huge pages, "off" maps the file,
+  /// "auto" is on when the kernel's THP mode is madvise or always (engine/weights_memory.hpp).
+  std::string weights_hugepages = "auto";
 };
 
 /// Where clients connect: the RPC and HTTP servers beside the router.

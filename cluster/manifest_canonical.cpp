@@ -38,6 +38,9 @@ std::string canonical_form(const manifest& m) {
   num("defaults.block_tokens", m.defaults.block_tokens);
   str("defaults.kv_transport", m.defaults.kv_transport);
   if (m.defaults.kv_memory) num("defaults.kv_memory", *m.defaults.kv_memory);
+  // Written only when not the default, so that manifests from before it keep their hash.
+  if (m.defaults.weights_hugepages != "auto")
+    str("defaults.weights_hugepages", m.defaults.weights_hugepages);
   str("frontend.node", m.frontend.node);
   str("frontend.host", m.frontend.host);
   num("frontend.rpc_port", m.frontend.rpc_port);

@@ -33,8 +33,8 @@ constexpr std::string_view sim_keys[] = {"vocab",
                                          "decode_per_ctx_ns",
                                          "slowdown",
                                          "seed"};
-constexpr std::string_view defaults_keys[] = {"engine", "block_tokens", "kv_transport",
-                                              "kv_memory"};
+constexpr std::string_view defaults_keys[] = {"engine", "block_tokens", "kv_transport", "kv_memory",
+                                              "weights_hugepages"};
 constexpr std::string_view layout_keys[] = {"layers", "kv_heads", "head_dim", "dtype_bytes"};
 constexpr std::string_view bool_words[] = {"true", "false"};
 constexpr std::string_view frontend_keys[] = {"node",      "host",         "rpc_port",
@@ -95,6 +95,7 @@ constexpr std::string_view engines[] = {"sim", "cpu", "cuda"};
 constexpr std::string_view blend_policies[] = {"deviation", "leading"};
 constexpr std::string_view first_token_releases[] = {"prefill", "decode"};
 constexpr std::string_view transports[] = {"inline", "ucx"};
+constexpr std::string_view hugepage_modes[] = {"on", "off", "auto"};
 constexpr std::string_view role_names[] = {"router", "supervisor", "kv_store", "prefill", "decode"};
 
 constexpr uint16_t first_control_port = 7800;
@@ -265,6 +266,9 @@ class parser {
     opt_uint(p_, r, "block_tokens", d.block_tokens, 1, 65536);
     if (auto* x = r.find("kv_transport"))
       if (auto s = read_choice(p_, *x, "defaults.kv_transport", transports)) d.kv_transport = *s;
+    if (auto* x = r.find("weights_hugepages"))
+      if (auto s = read_choice(p_, *x, "defaults.weights_hugepages", hugepage_modes))
+        d.weights_hugepages = *s;
     if (auto* x = r.find("kv_memory")) {
       if (auto s = read_string(p_, *x, "defaults.kv_memory", memory_size_expected)) {
         if (auto bytes = parse_memory_size(*s))

@@ -1244,6 +1244,45 @@ TEST_CASE("manifest: a worker's blend policy is read, checked and part of the ha
                                     Catch::Contains("deviation") && Catch::Contains("leading"));
 }
 
+TEST_CASE("manifest: defaults.weights_hugepages is read, checked, in the hash and the engine spec",
+          "[manifest]") {
+  auto with = [](const std::string& defaults) {
+    return R"(
+cluster: demo
+model: {sim: {}}
+frontend: {node: head}
+defaults: )" +
+           defaults + R"(
+nodes:
+  - name: head
+    address: 127.0.0.1
+    actors: [router, supervisor, kv_store, prefill, decode]
+)";
+  };
+  auto dflt = ok(parse(with("{engine: sim}")));
+  CHECK(dflt.defaults.weights_hugepages == "auto");
+  CHECK(to_engine_spec(dflt, worker_options{}).hugepages == weights_hugepages::auto_);
+  auto off = ok(parse(with("{weights_hugepages: off}")));
+  CHECK(to_engine_spec(off, worker_options{}).hugepages == weights_hugepages::off);
+  CHECK(to_engine_spec(ok(parse(with("{weights_hugepages: on}"))), worker_options{}).hugepages ==
+        weights_hugepages::on);
+  CHECK(manifest_hash(off) != manifest_hash(dflt));
+  // Written out at its default, it is the manifest it was (and hashes the same).
+  CHECK(manifest_hash(ok(parse(with("{weights_hugepages: auto}")))) == manifest_hash(dflt));
+  for (const char* bad : {"yes", "true", "[on]"}) {
+    auto r = parse(with(std::string("{weights_hugepages: ") + bad + "}"));
+    REQUIRE_FALSE(r.ok());
+    CHECK_THAT(r.error().message, Catch::Contains("defaults.weights_hugepages") &&
+                                      Catch::Contains("on") && Catch::Contains("auto"));
+  }
+  // A worker has no such option: the model is loaded once per node.
+  std::string wrong = minimal;
+  wrong.replace(wrong.find("actors: [decode]"), 16, "actors: [{decode: {weights_hugepages: on}}]");
+  auto w = parse(wrong);
+  REQUIRE_FALSE(w.ok());
+  CHECK_THAT(w.error().message, Catch::Contains("unknown key 'weights_hugepages'"));
+}
+
 TEST_CASE("manifest: a decode worker's first-token release is read, checked and in the hash",
           "[manifest]") {
   auto dflt = ok(parse(minimal));
