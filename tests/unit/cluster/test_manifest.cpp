@@ -84,6 +84,23 @@ manifest ok(const result<manifest>& r) {
   return r.value();
 }
 
+/// A one-node sim manifest with `defaults: DEFAULTS` and `decode` as its last actor.
+std::string one_node_with_defaults(const std::string& defaults,
+                                   const std::string& decode = "decode") {
+  return R"(
+cluster: demo
+model: {sim: {}}
+frontend: {node: head}
+defaults: )" +
+         defaults + R"(
+nodes:
+  - name: head
+    address: 127.0.0.1
+    actors: [router, supervisor, kv_store, prefill, )" +
+         decode + R"(]
+)";
+}
+
 const char* const minimal = R"(
 cluster: demo
 model: {sim: {}}
@@ -915,18 +932,7 @@ nodes:
 
 TEST_CASE("manifest: defaults.kv_memory is a node's KV budget", "[manifest]") {
   auto with = [](const std::string& defaults, const std::string& decode) {
-    return R"(
-cluster: demo
-model: {sim: {}}
-frontend: {node: head}
-defaults: )" +
-           defaults + R"(
-nodes:
-  - name: head
-    address: 127.0.0.1
-    actors: [router, supervisor, kv_store, prefill, )" +
-           decode + R"(]
-)";
+    return one_node_with_defaults(defaults, decode);
   };
   auto m = ok(parse(with("{kv_memory: 1.5GiB}", "{decode: {kv_blocks: 100}}")));
   REQUIRE(m.defaults.kv_memory);
@@ -1246,19 +1252,7 @@ TEST_CASE("manifest: a worker's blend policy is read, checked and part of the ha
 
 TEST_CASE("manifest: defaults.weights_hugepages is read, checked, in the hash and the engine spec",
           "[manifest]") {
-  auto with = [](const std::string& defaults) {
-    return R"(
-cluster: demo
-model: {sim: {}}
-frontend: {node: head}
-defaults: )" +
-           defaults + R"(
-nodes:
-  - name: head
-    address: 127.0.0.1
-    actors: [router, supervisor, kv_store, prefill, decode]
-)";
-  };
+  auto with = [](const std::string& defaults) { return one_node_with_defaults(defaults); };
   auto dflt = ok(parse(with("{engine: sim}")));
   CHECK(dflt.defaults.weights_hugepages == "auto");
   CHECK(to_engine_spec(dflt, worker_options{}).hugepages == weights_hugepages::auto_);
