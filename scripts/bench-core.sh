@@ -12,6 +12,8 @@
 #     frontend, the RPC and the client add is itl_p99 minus it) and of the decode steps
 #     under them (step_p99: from the decode worker's submit to its result, both engine
 #     thread handoffs included)
+#   - the p99 of what router -> client delivery adds to each of those gaps (delivery_p99_ms:
+#     the frontend, the RPC and the client, apart from the steps; itl_delivery_ms in the JSON)
 #   - TTFT minus the modelled prefill time (the runtime's own share of TTFT)
 # Then the machine's wake-up floor at the same step (tokenmill bench-wake): the ITL p99 an
 # idle thread alone would show here, to judge the tail against.
@@ -102,7 +104,7 @@ endpoint="$(sed -n 's/.*ready.*rpc=\([^ ]*\).*/\1/p' "$log" | head -1)"
 echo "mode: $([[ $three == 1 ]] && echo "three processes (tokenmill launch$([[ $tls == 1 ]] && echo ', mutual TLS between nodes'))" || echo 'one process (tokenmill serve)'), first token from the $first_token worker, bench client: $([[ $client_loop == one ]] && echo 'one event loop' || echo 'a thread per stream')"
 echo "machine: $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1), $(nproc) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 read -r _ u0 n0 s0 i0 w0 q0 sq0 st0 _ < /proc/stat
-printf '%-12s %12s %12s %14s %14s %15s %14s %14s %12s   %s\n' concurrency itl_p50/step itl_p99/step first_gap/step later_p99/step router_p99/step step_p99/step ttft_p50_ms runtime_ms tokens/s \
+printf '%-12s %12s %12s %14s %14s %15s %14s %16s %14s %12s   %s\n' concurrency itl_p50/step itl_p99/step first_gap/step later_p99/step router_p99/step step_p99/step delivery_p99_ms ttft_p50_ms runtime_ms tokens/s \
   "tail gaps (> 1.1 step): n, mean ms = step + between steps + router hold + delivery"
 for c in "${levels[@]}"; do
   "$bin" bench --connect "$endpoint" --concurrency "$c" --requests $((c * 8)) --warmup "$c" \
@@ -117,6 +119,7 @@ print(f"{j['concurrency']:<12} {j['itl_over_step']['p50']:12.4f} {j['itl_over_st
       f"{j['itl_first_gap_ms']['p50'] / step:14.4f} {j['itl_later_gaps_ms']['p99'] / step:14.4f} "
       + (f"{j['itl_at_router_ms']['p99'] / step:15.4f} {j['itl_step_ms']['p99'] / step:14.4f} "
          if 'itl_at_router_ms' in j else f"{'-':>15} {'-':>14} ")
+      + (f"{j['itl_delivery_ms']['p99']:16.3f} " if 'itl_delivery_ms' in j else f"{'-':>16} ")
       + f"{j['ttft_ms']['p50']:14.2f} {j['ttft_runtime_share_ms']['p50']:14.3f} {j['output_tokens_per_s']:12.1f}   "
       + (lambda t: f"{t['tail_gaps']}/{t['gaps']}, {t['mean_ms']['gap']:.2f} = {t['mean_ms']['step']:.2f} + "
          f"{t['mean_ms']['between_steps']:.3f} + {t['mean_ms']['router_hold']:.3f} + {t['mean_ms']['delivery']:.3f}")(j['itl_tail'])

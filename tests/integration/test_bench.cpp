@@ -262,6 +262,8 @@ TEST_CASE("bench --client-loop one: every stream on one thread, the same tokens,
     REQUIRE(j.contains("itl_at_router_ms"));
     CHECK(j["itl_at_router_ms"]["p50"].get<double>() > 0);
     CHECK(j["itl_step_ms"]["p50"].get<double>() >= 5.0);
+    REQUIRE(j.contains("itl_delivery_ms"));
+    CHECK(j["itl_delivery_ms"]["p99"].get<double>() >= j["itl_delivery_ms"]["p50"].get<double>());
     seen[loop] = tokens_of(rec.path);
     CHECK(seen[loop].size() == 12);
   }
