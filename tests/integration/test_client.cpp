@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstring>
@@ -135,6 +136,90 @@ TEST_CASE("eight client threads with three requests each all get their tokens", 
   auto st = srv.status();
   CHECK(workers_idle(st));
   CHECK(worker(st, "router")["completed"].get<int>() == threads * per_thread);
+}
+
+// A decode step's tokens for sixteen streams reach the RPC server's kj thread together
+// (one chunk per stream, through one inbox) and leave on sixteen connections. Four streams
+// give up midway (their calls time out, so their requests are cancelled while the others'
+// tokens of the same steps are in flight): every other stream still gets each of its
+// tokens once, in order, and the same tokens as when its prompt ran alone.
+TEST_CASE(
+    "sixteen streams sharing each decode step get their tokens once and in order, "
+    "with four cancelled midway",
+    "[integration]") {
+  server srv{{"--sim-decode-step-ms", "5"}, {"--decode-workers", "1"}};
+  constexpr int streams = 16, tokens = 48;
+  auto prompt = [](int t) { return "stream prompt " + std::to_string(t % 4); };
+  std::vector<std::vector<token_id>> alone(4);
+  {
+    auto c = client::connect("127.0.0.1", srv.port());
+    REQUIRE(c.ok());
+    for (int k = 0; k < 4; ++k) {
+      auto r = (*c)->generate(text_params(prompt(k), tokens), nullptr, 60);
+      REQUIRE(r.ok());
+      alone[k] = r->tokens;
+    }
+  }
+  struct outcome {
+    bool ok = false;
+    std::string error;
+    std::vector<token_id> streamed;  ///< the ids of every chunk, in arrival order
+    bool in_order = true;            ///< every chunk's first_index was the next index
+    std::vector<token_id> tokens;
+  };
+  std::vector<outcome> out(streams);
+  std::vector<std::thread> pool;
+  for (int t = 0; t < streams; ++t)
+    pool.emplace_back([&, t] {
+      auto& o = out[t];
+      auto c = client::connect("127.0.0.1", srv.port());
+      if (!c) {
+        o.error = c.error().message;
+        return;
+      }
+      // Streams 3, 7, 11, 15 give up after 0.1 s: about 20 of their 48 steps (a bounded
+      // wait, not a timing assertion: any point midway does).
+      const double timeout_s = t % 4 == 3 ? 0.1 : 60;
+      auto r = (*c)->generate(
+          text_params(prompt(t), tokens),
+          [&](const client_chunk& ch) {
+            if (ch.first_index != o.streamed.size()) o.in_order = false;
+            o.streamed.insert(o.streamed.end(), ch.ids.begin(), ch.ids.end());
+          },
+          timeout_s);
+      if (!r) {
+        o.error = r.error().message;
+        return;
+      }
+      o.ok = true;
+      o.tokens = r->tokens;
+    });
+  for (auto& th : pool)
+    th.join();
+  for (int t = 0; t < streams; ++t) {
+    const auto& o = out[t];
+    INFO("stream " << t << ": " << o.error);
+    CHECK(o.in_order);  // no index twice, none skipped
+    if (t % 4 == 3) {
+      // Cancelled: what arrived is a prefix of its stream.
+      CHECK(o.streamed.size() <= alone[t % 4].size());
+      CHECK(std::equal(o.streamed.begin(), o.streamed.end(), alone[t % 4].begin()));
+      continue;
+    }
+    REQUIRE(o.ok);
+    CHECK(o.streamed == alone[t % 4]);
+    CHECK(o.tokens == alone[t % 4]);
+  }
+  nlohmann::json last;
+  bool idle = eventually(
+      [&] {
+        last = srv.status();
+        return workers_idle(last);
+      },
+      milliseconds(5000));
+  INFO(last.dump());
+  CHECK(idle);
+  check_serving(srv);
 }
 
 TEST_CASE("an abandoned client call frees its KV blocks", "[integration]") {
