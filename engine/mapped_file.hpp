@@ -9,12 +9,12 @@
 
 namespace tokenmill {
 
-/// A read-only memory mapping of a whole file, unmapped when the last owner lets go.
-/// Shared by the GGUF and safetensors readers; loaded models keep it in `storage`.
 /// Reads `size` bytes of `path` at `offset` into `dst` (pread: through the page cache, never
 /// mapped into this process); false on any failure or a short file.
 bool read_file_bytes(const std::string& path, uint64_t offset, std::byte* dst, size_t size);
 
+/// A read-only memory mapping of a whole file, unmapped when the last owner lets go.
+/// Shared by the GGUF and safetensors readers; loaded models keep it in `storage`.
 class mapped_file {
  public:
   /// Maps `path`. Errors (errc::invalid_model) name the file and the system error.

@@ -193,8 +193,7 @@ class weight_binder {
         (*copy)[i] = t.type == dtype::f16 ? half_to_float(h) : bf16_to_float(h);
       }
     }
-    tensor_view v{name, dtype::f32, 1, n, nullptr};
-    v.data = reinterpret_cast<const std::byte*>(copy->data());
+    tensor_view v{name, dtype::f32, 1, n, reinterpret_cast<const std::byte*>(copy->data())};
     m_.storage.push_back(copy);
     return v;
   }
