@@ -11,6 +11,20 @@
 
 namespace tokenmill {
 
+bool read_file_bytes(const std::string& path, uint64_t offset, std::byte* dst, size_t size) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = ::pread(fd, dst + done, size - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  return done == size;
+}
+
 result<std::shared_ptr<const mapped_file>> mapped_file::open(const std::string& path) {
   auto fail = [&](std::string_view what, int err) {
     return error_info{errc::invalid_model,
@@ -46,6 +60,11 @@ result<std::shared_ptr<const mapped_file>> mapped_file::open(const std::string& 
     if (data) ::munmap(const_cast<std::byte*>(data), size);
     return error_info{errc::invalid_model, path + ": out of memory"};
   }
+}
+
+void mapped_file::release_pages() const {
+  // Advice only: failing leaves the pages mapped, still correct.
+  if (data_) ::madvise(const_cast<std::byte*>(data_), size_, MADV_DONTNEED);
 }
 
 mapped_file::~mapped_file() {

@@ -128,7 +128,8 @@ struct found_tensor {
   std::string file;             ///< for error messages
   std::vector<uint64_t> shape;  ///< in the file's order
   dtype type = dtype::f32;
-  const std::byte* data = nullptr;
+  const std::byte* data = nullptr;  ///< in the file's mapping
+  uint64_t offset = 0;              ///< of `data` in `file`
 };
 
 /// Finds tensors by name in one format and checks them against the config.
@@ -175,19 +176,24 @@ class weight_binder {
     if (is_block_dtype(t.type))
       fail(t.file, "tensor '" + name + "': type " + std::string(dtype_name(t.type)) +
                        ", expected f32, f16 or bf16");
-    tensor_view v{name, dtype::f32, 1, n, t.data};
-    if (t.type == dtype::f32 && reinterpret_cast<uintptr_t>(t.data) % 4 == 0) return v;
+    // Always a copy, read with pread rather than through the mapping: reading a few KiB of
+    // the mapping maps the page-cache folio around them (2-4 MiB on recent kernels), which
+    // would keep ~30 MB of a 125M model's file resident for its norms alone.
+    const size_t elem = t.type == dtype::f32 ? 4 : 2;
+    std::vector<std::byte> raw(n * elem);
+    if (!read_file_bytes(t.file, t.offset, raw.data(), raw.size()))
+      std::memcpy(raw.data(), t.data, raw.size());
     auto copy = std::make_shared<std::vector<float>>(n);
     for (uint64_t i = 0; i < n; ++i) {
       if (t.type == dtype::f32) {
-        std::memcpy(&(*copy)[i], t.data + 4 * i, 4);
+        std::memcpy(&(*copy)[i], raw.data() + 4 * i, 4);
       } else {
         uint16_t h;
-        std::memcpy(&h, t.data + 2 * i, 2);
+        std::memcpy(&h, raw.data() + 2 * i, 2);
         (*copy)[i] = t.type == dtype::f16 ? half_to_float(h) : bf16_to_float(h);
       }
     }
-    v.data = reinterpret_cast<const std::byte*>(copy->data());
+    tensor_view v{name, dtype::f32, 1, n, reinterpret_cast<const std::byte*>(copy->data())};
     m_.storage.push_back(copy);
     return v;
   }
@@ -315,10 +321,11 @@ vocab_spec gguf_vocab(const gguf_file& f) {
 /// Points the matrices the forward pass streams (embedding, output head, every linear
 /// layer) that lie in `map` at a huge-page copy of it instead, filled in the background
 /// (engines wait for it: loaded_model::wait_for_weights). Norms, biases and RoPE divisors
-/// stay in the mapping: engines read them while they are built.
+/// are owned f32 copies already (weight_binder::vector_f32): engines read them while they
+/// are built, before the copy is filled.
 void use_huge_copy(loaded_model& m, const std::shared_ptr<const mapped_file>& map,
                    const std::string& path) {
-  auto copy = unwrap(huge_copy::start(path, map->data(), map->size(), map));
+  auto copy = unwrap(huge_copy::start(path, map));
   const std::byte* begin = map->data();
   const std::byte* end = begin + map->size();
   auto move = [&](tensor_view& v) {
@@ -392,7 +399,8 @@ void load_gguf(const std::string& path, loaded_model& m, bool huge_copy) {
       [&f](const std::string& name) -> std::optional<found_tensor> {
         const gguf_tensor_info* t = f.find_tensor(name);
         if (!t) return std::nullopt;
-        return found_tensor{f.path(), t->ne, t->type, t->data};
+        return found_tensor{f.path(), t->ne, t->type, t->data,
+                            static_cast<uint64_t>(t->data - f.mapping()->data())};
       },
       m);
   tensor_names names;
@@ -420,6 +428,9 @@ void load_gguf(const std::string& path, loaded_model& m, bool huge_copy) {
 
   m.chat_template = spec.chat_template;
   m.tok = unwrap(make_text_tokenizer(spec));
+  // Nothing the process keeps points into the header it parsed: no page of the file stays
+  // resident until a forward pass reads a matrix (none at all with the huge-page copy).
+  f.mapping()->release_pages();
   if (huge_copy) use_huge_copy(m, f.mapping(), path);
 }
 
@@ -601,7 +612,9 @@ void load_hf(const std::string& dir, loaded_model& m, bool huge_copy) {
     auto it = index.find(name);
     if (it == index.end()) return std::nullopt;
     const safetensors_tensor* t = it->second.second;
-    return found_tensor{(*st)[it->second.first].path(), t->shape, t->type, t->data};
+    const auto& file = (*st)[it->second.first];
+    return found_tensor{file.path(), t->shape, t->type, t->data,
+                        static_cast<uint64_t>(t->data - file.mapping()->data())};
   };
 
   if (!c.tied_output && !lookup("lm_head.weight")) c.tied_output = true;
@@ -648,9 +661,10 @@ void load_hf(const std::string& dir, loaded_model& m, bool huge_copy) {
 
   m.chat_template = spec.chat_template;
   m.tok = unwrap(make_text_tokenizer(spec));
-  if (huge_copy)
-    for (const auto& sf : *st)
-      use_huge_copy(m, sf.mapping(), sf.path());
+  for (const auto& sf : *st) {
+    sf.mapping()->release_pages();  // the headers parsed (as for GGUF)
+    if (huge_copy) use_huge_copy(m, sf.mapping(), sf.path());
+  }
 }
 
 }  // namespace

@@ -1,6 +1,5 @@
 #include "engine/weights_memory.hpp"
 
-#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -15,26 +14,11 @@ namespace {
 
 constexpr size_t huge_page_bytes = size_t{2} << 20;
 
-/// Reads `size` bytes of `path` into dst; false on any failure (the caller copies instead).
-bool read_file(const std::string& path, std::byte* dst, size_t size) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  size_t done = 0;
-  while (done < size) {
-    ssize_t n = ::pread(fd, dst + done, size - done, static_cast<off_t>(done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    done += static_cast<size_t>(n);
-  }
-  ::close(fd);
-  return done == size;
-}
-
 }  // namespace
 
 result<std::shared_ptr<const huge_copy>> huge_copy::start(const std::string& path,
-                                                          const std::byte* src, size_t size,
-                                                          std::shared_ptr<const void> keep) {
+                                                          std::shared_ptr<const mapped_file> map) {
+  const size_t size = map ? map->size() : 0;
   const size_t region = (size + huge_page_bytes - 1) & ~(huge_page_bytes - 1);
   std::byte* data = nullptr;
   if (region > 0) {
@@ -58,13 +42,15 @@ result<std::shared_ptr<const huge_copy>> huge_copy::start(const std::string& pat
   std::promise<void> done;
   c->filled_ = done.get_future().share();
   c->filler_ = std::thread(
-      [path, src, size, data, region, keep = std::move(keep), done = std::move(done)]() mutable {
+      [path, size, data, region, map = std::move(map), done = std::move(done)]() mutable {
         if (size > 0) {
-          // pread, not a copy from the mapping: the mapping's pages would become resident too.
-          if (!read_file(path, data, size)) std::memcpy(data, src, size);
+          // pread, not a copy from the mapping, which would map every page of the file.
+          if (!read_file_bytes(path, 0, data, size)) std::memcpy(data, map->data(), size);
           ::mprotect(data, region, PROT_READ);
+          // The copy from the mapping maps the whole file; the copy holds its bytes now.
+          map->release_pages();
         }
-        keep.reset();
+        map.reset();
         done.set_value();
       });
   return std::shared_ptr<const huge_copy>(std::move(c));

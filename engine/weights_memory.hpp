@@ -11,23 +11,25 @@
 #include <thread>
 
 #include "common/result.hpp"
+#include "engine/mapped_file.hpp"
 
 namespace tokenmill {
 
 /// A private copy of a file's bytes in anonymous memory aligned to 2 MiB and advised
 /// MADV_HUGEPAGE (so that every 2 MiB can be one huge page), read-only once filled. A
-/// thread of its own fills it (pread of the file; a copy from `src` if reading fails), so
+/// thread of its own fills it (pread of the file; a copy from the mapping if reading fails), so
 /// that loading, and `serve`'s ready time, do not wait for it: readers call wait() first.
 /// (Fresh memory is slow to touch on some VMs: 0.5-1.7 s for 250 MB here, against 0.08 s
 /// for memory used before.)
 class huge_copy {
  public:
-  /// Starts copying the `size` bytes of file `path`, which `src` maps (and `keep` keeps
-  /// mapped until the copy is done). Errors (errc::invalid_model) name the file and the
-  /// system error of the allocation.
+  /// Starts copying file `path`, which `map` maps (and keeps mapped until the copy is
+  /// done; null for an empty file). Once filled, the mapping holds no pages of this
+  /// process (mapped_file::release_pages), even where reading failed and the copy came
+  /// from the mapping: the copy is what the process keeps resident.
+  /// Errors (errc::invalid_model) name the file and the system error of the allocation.
   static result<std::shared_ptr<const huge_copy>> start(const std::string& path,
-                                                        const std::byte* src, size_t size,
-                                                        std::shared_ptr<const void> keep);
+                                                        std::shared_ptr<const mapped_file> map);
   huge_copy(const huge_copy&) = delete;
   huge_copy& operator=(const huge_copy&) = delete;
   /// Waits for the fill, then unmaps.

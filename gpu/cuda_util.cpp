@@ -2,7 +2,11 @@
 // become exceptions (STYLE.md §5, §7).
 #include "gpu/cuda_util.hpp"
 
+#include <dlfcn.h>
+
 #include <cstring>
+#include <string>
+#include <type_traits>
 
 namespace tokenmill::gpu {
 
@@ -16,6 +20,59 @@ std::string where(const char* expr, const char* file, int line) {
 /// Hopper is 32 MiB, and more than the 4 MiB it asks for on older GPUs.
 constexpr size_t blas_workspace_bytes = size_t{32} << 20;
 
+/// cuBLAS, opened with dlopen when the first handle is made instead of linked: linking it
+/// loads libcublasLt into every tokenmill process, whose loading maps ~60 MB of its code
+/// and touches ~80 MB of its zero-initialised data, 140 MB resident in a process that only
+/// serves the cpu or sim engine. The seven functions gpu/ calls.
+struct cublas_api {
+  decltype(&cublasCreate_v2) create = nullptr;
+  decltype(&cublasDestroy_v2) destroy = nullptr;
+  decltype(&cublasSetStream_v2) set_stream = nullptr;
+  decltype(&cublasSetWorkspace_v2) set_workspace = nullptr;
+  // The C function; C++ sees an inline overload too (a cudaDataType compute type).
+  cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                            const void*, const void*, cudaDataType, int, const void*, cudaDataType,
+                            int, const void*, void*, cudaDataType, int, cublasComputeType_t,
+                            cublasGemmAlgo_t) = nullptr;
+  decltype(&cublasGetStatusName) status_name = nullptr;
+  decltype(&cublasGetStatusString) status_string = nullptr;
+};
+
+cublas_api open_cublas() {
+  // The library's soname (found as the linker would: LD_LIBRARY_PATH, ld.so.cache, the
+  // executable's RUNPATH), else where the toolkit it was built with keeps it.
+  std::string why;
+  void* lib = nullptr;
+  for (const char* name :
+       {TOKENMILL_CUBLAS_SONAME, TOKENMILL_CUBLAS_DIR "/" TOKENMILL_CUBLAS_SONAME}) {
+    lib = ::dlopen(name, RTLD_NOW | RTLD_LOCAL);
+    if (lib) break;
+    const char* err = ::dlerror();
+    why += std::string(why.empty() ? "" : "; ") + (err ? err : name);
+  }
+  if (!lib) throw cuda_error("cannot load cuBLAS: " + why);
+  cublas_api api;  // the library stays loaded for the rest of the process
+  auto get = [&](auto& fn, const char* symbol) {
+    fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(::dlsym(lib, symbol));
+    if (!fn) throw cuda_error(std::string("cuBLAS (" TOKENMILL_CUBLAS_SONAME ") has no ") + symbol);
+  };
+  get(api.create, "cublasCreate_v2");
+  get(api.destroy, "cublasDestroy_v2");
+  get(api.set_stream, "cublasSetStream_v2");
+  get(api.set_workspace, "cublasSetWorkspace_v2");
+  get(api.gemm_ex, "cublasGemmEx");
+  get(api.status_name, "cublasGetStatusName");
+  get(api.status_string, "cublasGetStatusString");
+  return api;
+}
+
+/// The loaded functions; throws cuda_error saying why cuBLAS cannot be loaded (tried again
+/// on the next call).
+const cublas_api& cublas() {
+  static const cublas_api api = open_cublas();
+  return api;
+}
+
 }  // namespace
 
 void check_cuda(cudaError_t status, const char* expr, const char* file, int line) {
@@ -26,8 +83,9 @@ void check_cuda(cudaError_t status, const char* expr, const char* file, int line
 
 void check_cublas(cublasStatus_t status, const char* expr, const char* file, int line) {
   if (status == CUBLAS_STATUS_SUCCESS) return;
-  throw cuda_error(where(expr, file, line) + cublasGetStatusName(status) + ": " +
-                   cublasGetStatusString(status));
+  // A status other than success came from cuBLAS, so it is loaded.
+  throw cuda_error(where(expr, file, line) + cublas().status_name(status) + ": " +
+                   cublas().status_string(status));
 }
 
 int device_count(std::string& why) {
@@ -185,21 +243,22 @@ void graph_exec::launch(cudaStream_t s) const {
 
 blas::blas(cudaStream_t s, bool exact_f32)
     : workspace_(blas_workspace_bytes), exact_f32_(exact_f32) {
-  TM_CUBLAS(cublasCreate(&h_));
+  const cublas_api& api = cublas();
+  TM_CUBLAS(api.create(&h_));
   try {
     // The stream first: cublasSetStream resets the workspace to cuBLAS's own pool.
-    TM_CUBLAS(cublasSetStream(h_, s));
+    TM_CUBLAS(api.set_stream(h_, s));
     // A preallocated workspace is what cuBLAS recommends for graph capture (its pool
     // would otherwise allocate on first use of a stream, which capture forbids).
-    TM_CUBLAS(cublasSetWorkspace(h_, workspace_.get(), workspace_.size()));
+    TM_CUBLAS(api.set_workspace(h_, workspace_.get(), workspace_.size()));
   } catch (...) {
-    (void)cublasDestroy(h_);
+    (void)api.destroy(h_);
     throw;
   }
 }
 
 blas::~blas() {
-  if (h_) (void)cublasDestroy(h_);
+  if (h_) (void)cublas().destroy(h_);
 }
 
 void blas::linear(const void* w, const void* x, elem t, uint32_t n, uint32_t out, uint32_t in,
@@ -216,9 +275,10 @@ void blas::linear(const void* w, const void* x, elem t, uint32_t n, uint32_t out
   // matrix x^T; so C = W · x^T is out x n column-major with ldc = ldy: row-major y[n][ldy].
   // k = 0 leaves y = beta * y; leading dimensions must still be >= 1.
   const int ld_in = in > 0 ? static_cast<int>(in) : 1;
-  TM_CUBLAS(cublasGemmEx(h_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(n),
-                         static_cast<int>(in), &alpha, w, type, ld_in, x, type, ld_in, &beta, y,
-                         CUDA_R_32F, static_cast<int>(ldy), compute, CUBLAS_GEMM_DEFAULT));
+  TM_CUBLAS(cublas().gemm_ex(h_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out),
+                             static_cast<int>(n), static_cast<int>(in), &alpha, w, type, ld_in, x,
+                             type, ld_in, &beta, y, CUDA_R_32F, static_cast<int>(ldy), compute,
+                             CUBLAS_GEMM_DEFAULT));
 }
 
 }  // namespace tokenmill::gpu

@@ -8,7 +8,8 @@
 #     BINARY   default build/apps/tokenmill
 #     OUT_DIR  default build/oci: OUT_DIR/layout/ and OUT_DIR/tokenmill-oci.tar
 #     TAG      default tokenmill:<version from BINARY --version>
-# A binary built with CUDA brings its CUDA runtime and cuBLAS (about 600 MB); the driver
+# A binary built with CUDA brings its CUDA runtime and cuBLAS (about 600 MB; cuBLAS is not
+# in ldd's list, the cuda engine opens it with dlopen); the driver
 # (libcuda, libnvidia-*) is left out: a GPU node's container runtime (the NVIDIA container
 # toolkit) mounts the host's. Reproducible: fixed mtimes, owners and file order, so the
 # same inputs give the same digests.
@@ -50,6 +51,13 @@ copy_with_deps() {
   done < <(ldd "$f" 2>/dev/null | awk '/=> \// {print $3} /^\s*\/[^ ]+ \(/ {print $1}')
 }
 copy_with_deps "$bin"
+# cuBLAS (with cuBLASLt) is opened with dlopen when a cuda engine starts, so ldd does not
+# list it: the one of the runtime's major version, from the runtime's folder.
+cudart="$(ldd "$bin" | awk '/libcudart\.so/ {print $3}')"
+if [[ -n "$cudart" ]]; then
+  major="${cudart##*.so.}"
+  copy_with_deps "$(dirname "$cudart")/libcublas.so.${major%%.*}"
+fi
 # ldd names the loader by the path the binary asks for (/lib64/ld-linux-x86-64.so.2).
 interp="$(readelf -l "$bin" | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')"
 [[ -n "$interp" ]] && copy_with_deps "$interp"

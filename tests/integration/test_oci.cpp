@@ -89,6 +89,16 @@ TEST_CASE("oci: the image layout is consistent and its root file system serves a
   CHECK(fs::exists(root / "usr/bin/tokenmill"));
   CHECK(!fs::exists(root / "usr/bin/sh"));                   // nothing but what tokenmill needs
   CHECK(fs::exists(root / "usr/lib/x86_64-linux-gnu/ucx"));  // UCX's dlopen'd transports
+  // A CUDA build: the cuda engine opens cuBLAS with dlopen (not in ldd's list); it and
+  // cuBLASLt must be next to the runtime.
+  for (const auto& f : fs::recursive_directory_iterator(root)) {
+    const std::string name = f.path().filename().string();
+    if (name.rfind("libcudart.so.", 0) != 0) continue;
+    const std::string major = name.substr(13, name.find('.', 13) - 13);
+    INFO(f.path());
+    CHECK(fs::exists(f.path().parent_path() / ("libcublas.so." + major)));
+    CHECK(fs::exists(f.path().parent_path() / ("libcublasLt.so." + major)));
+  }
 
   if (geteuid() != 0) TM_SKIP("not root: cannot chroot into the image's file system");
   // What a container runtime gives at least: its own mount and process namespaces, /proc,

@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,23 @@ engine_spec sim_spec() {
 TEST_CASE("the default spec asks for the sim engine", "[engine_factory]") {
   engine_spec spec;
   CHECK(spec.kind == "sim");
+}
+
+TEST_CASE("the engines' factory loads no cuBLAS into the process until a cuda engine needs it",
+          "[engine_factory]") {
+  // Linked, libcublas brings libcublasLt, whose load alone keeps ~140 MB resident: this
+  // executable links the factory, and with it the CUDA backend where the build has one.
+  auto e = test::value_or_fail(make_engine(sim_spec()));
+  std::ifstream maps("/proc/self/maps");
+  REQUIRE(maps);
+  std::string line;
+  size_t lines = 0;
+  while (std::getline(maps, line)) {
+    ++lines;
+    INFO(line);
+    CHECK(line.find("libcublas") == std::string::npos);
+  }
+  CHECK(lines > 0);
 }
 
 TEST_CASE("make_engine builds a working sim engine", "[engine_factory]") {

@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -69,6 +70,27 @@ std::vector<float> logits_of(std::shared_ptr<const loaded_model> m,
   return test::value_or_fail(eng.prefill_logits(pool, chunk));
 }
 
+/// Bytes of `path`'s mappings in this process that are mapped in (Rss of its /proc/self/smaps
+/// entries), -1 when the file is not mapped. Not mincore(): for a file mapping that reports
+/// the page cache, which holds the file after any read, whether or not this process maps it.
+int64_t mapped_in_bytes(const std::string& path) {
+  std::ifstream in("/proc/self/smaps");
+  std::string line;
+  bool ours = false;
+  int64_t total = -1;
+  while (std::getline(in, line)) {
+    if (!line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) &&
+        line.find('-') < line.find(' ')) {  // "start-end perms offset dev inode path"
+      ours = line.size() >= path.size() &&
+             line.compare(line.size() - path.size(), path.size(), path) == 0;
+      if (ours && total < 0) total = 0;
+    } else if (ours && line.rfind("Rss:", 0) == 0) {
+      total += std::stoll(line.substr(4)) * 1024;
+    }
+  }
+  return total;
+}
+
 }  // namespace
 
 TEST_CASE("weights_hugepages: parsing and bad values", "[weights-memory]") {
@@ -111,7 +133,7 @@ TEST_CASE("huge_copy: holds the file's bytes once filled", "[weights-memory]") {
     const auto path = dir / fmt::format("f{}", n);
     const std::string want = write_bytes(path, n, static_cast<uint32_t>(n));
     auto mapped = test::value_or_fail(mapped_file::open(path));
-    auto copy = test::value_or_fail(huge_copy::start(path, mapped->data(), n, mapped));
+    auto copy = test::value_or_fail(huge_copy::start(path, mapped));
     copy->wait();
     REQUIRE(copy->size() == n);
     CHECK(reinterpret_cast<uintptr_t>(copy->data()) % (size_t{2} << 20) == 0);
@@ -122,12 +144,12 @@ TEST_CASE("huge_copy: holds the file's bytes once filled", "[weights-memory]") {
   const std::string want = write_bytes(gone, 70000, 3);
   auto mapped = test::value_or_fail(mapped_file::open(gone));
   fs::remove(gone);
-  auto copy = test::value_or_fail(huge_copy::start(gone, mapped->data(), mapped->size(), mapped));
+  auto copy = test::value_or_fail(huge_copy::start(gone, mapped));
   mapped.reset();  // the copy keeps the mapping until it is filled
   copy->wait();
   CHECK(std::memcmp(copy->data(), want.data(), want.size()) == 0);
   // Nothing to copy: no memory, no wait.
-  auto empty = test::value_or_fail(huge_copy::start(dir / "none", nullptr, 0, nullptr));
+  auto empty = test::value_or_fail(huge_copy::start(dir / "none", nullptr));
   empty->wait();
   CHECK(empty->size() == 0);
   CHECK(empty->data() == nullptr);
@@ -171,4 +193,50 @@ TEST_CASE("weights in huge pages give the mapped weights' logits bit for bit", "
     REQUIRE(want.size() == got.size());
     CHECK(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0);
   }
+}
+
+TEST_CASE(
+    "model files: no page of the mapping stays mapped in after loading, nor after the "
+    "huge-page copy is filled and used",
+    "[weights-memory]") {
+  temp_dir dir;
+  for (dtype type : {dtype::f16, dtype::q4_k}) {
+    INFO(dtype_name(type));
+    make_model_options o;
+    o.preset = "small";
+    o.type = type;
+    o.seed = 12;
+    o.output = dir / (std::string(dtype_name(type)) + ".gguf");
+    REQUIRE(test::error_text(make_model(o)).empty());
+    const int64_t file_bytes = static_cast<int64_t>(fs::file_size(o.output));
+    std::vector<token_id> ids = {1, 5, 9, 14, 20, 27, 33, 40};
+    {
+      // Mapped weights: nothing mapped in until a forward pass reads the matrices (the
+      // header and norms were read, then released; the norms are copies).
+      auto mapped = test::value_or_fail(load_model(o.output));
+      CHECK(mapped_in_bytes(o.output) == 0);
+      CHECK(logits_of(mapped, ids).size() == ids.size() * mapped->config.vocab);
+      CHECK(mapped_in_bytes(o.output) > file_bytes / 2);  // the pass maps the matrices in
+    }
+    CHECK(mapped_in_bytes(o.output) == -1);  // unmapped with the model
+    {
+      // The huge-page copy: the copied ranges are never mapped in, before or after the fill,
+      // nor by a forward pass, which reads the copy and the norms' copies only.
+      auto copied = test::value_or_fail(load_model(o.output, true));
+      CHECK(mapped_in_bytes(o.output) == 0);
+      copied->wait_for_weights();
+      CHECK(mapped_in_bytes(o.output) == 0);
+      CHECK(logits_of(copied, ids).size() == ids.size() * copied->config.vocab);
+      CHECK(mapped_in_bytes(o.output) == 0);
+    }
+  }
+  // A copy that had to come from the mapping (the file removed after mapping) releases the
+  // pages it mapped in once filled.
+  const auto gone = dir / "gone";
+  write_bytes(gone, size_t{3} << 20, 4);
+  auto map = test::value_or_fail(mapped_file::open(gone));
+  fs::remove(gone);
+  auto copy = test::value_or_fail(huge_copy::start(gone, map));
+  copy->wait();
+  CHECK(mapped_in_bytes(gone + " (deleted)") == 0);
 }
