@@ -109,6 +109,31 @@ token_id sample_adjusted(std::span<const float> logits, const sampling_params& p
 
 }  // namespace
 
+token_id greedy_token(std::span<const float> logits) {
+  const size_t n = logits.size();
+  if (n == 0) return 0;
+  const float* x = logits.data();
+  // Pass 1: the largest non-NaN logit (NaN compares false and never replaces a lane's
+  // maximum). `x > m ? x : m` is maxps's rule, so the compiler may vectorize it exactly.
+  constexpr size_t lanes = 16;
+  float m[lanes];
+  std::fill(m, m + lanes, -std::numeric_limits<float>::infinity());
+  size_t i = 0;
+  for (; i + lanes <= n; i += lanes)
+    for (size_t l = 0; l < lanes; ++l)
+      m[l] = x[i + l] > m[l] ? x[i + l] : m[l];
+  for (; i < n; ++i)
+    m[0] = x[i] > m[0] ? x[i] : m[0];
+  float best = m[0];
+  for (size_t l = 1; l < lanes; ++l)
+    best = m[l] > best ? m[l] : best;
+  // Pass 2: its lowest id (-0 equals +0 here as in the scan's comparison; -inf is found when
+  // every non-NaN logit is -inf). Nothing equals it only when every logit is NaN.
+  for (i = 0; i < n; ++i)
+    if (x[i] == best) return static_cast<token_id>(i);
+  return static_cast<token_id>(n - 1);
+}
+
 void apply_token_mask(std::span<float> logits, std::span<const uint64_t> allowed) {
   if (allowed.empty()) return;
   const size_t n = std::min(logits.size(), allowed.size() * 64);
@@ -149,12 +174,7 @@ namespace {
 token_id sample_adjusted(std::span<const float> logits, const sampling_params& params,
                          uint64_t position) {
   if (logits.empty()) return 0;
-  if (!(params.temperature > 0)) {
-    size_t best = 0;
-    for (size_t i = 1; i < logits.size(); ++i)
-      if (logits[i] > logits[best] || std::isnan(logits[best])) best = i;
-    return static_cast<token_id>(best);
-  }
+  if (!(params.temperature > 0)) return greedy_token(logits);
   thread_local std::vector<candidate> cands;
   cands.clear();
   cands.reserve(logits.size());

@@ -67,6 +67,13 @@ token_id sample_token(std::span<const float> logits, const sampling_params& para
                       uint64_t position, const sample_history& history = {},
                       token_logprobs* logprobs = nullptr, std::span<const uint64_t> allowed = {});
 
+/// The greedy choice over a row: the lowest id of the largest logit, NaN logits skipped (the
+/// last id when every logit is NaN, as a scan that keeps the best so far gives). Two passes
+/// with no loop-carried dependency on the best id: the maximum in independent lanes, then
+/// its first id. A one-pass scan comparing each logit with logits[best] was ~117 us of a
+/// 2.5 ms decode step on a 32000-token vocabulary (a load and compare chained per logit).
+token_id greedy_token(std::span<const float> logits);
+
 /// Constrained decoding: sets the logit of every token `allowed` does not allow (one bit
 /// per id; a clear bit = disallowed) to -inf. An empty `allowed` changes nothing.
 void apply_token_mask(std::span<float> logits, std::span<const uint64_t> allowed);

@@ -73,6 +73,24 @@ TM_ATT_AVX2 inline void transpose8(__m256 r[8]) {
   r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
+/// Blocks ahead of the one being read whose K (pass 1) lines are prefetched.
+constexpr size_t kv_prefetch_blocks = 4;
+
+/// Prefetches block `b` of `blocks` (`bytes` long; nothing past the list) into L2. A decode
+/// step's K/V comes from DRAM (the step's weights evict it) in blocks of a few KiB, too short
+/// for the hardware prefetcher to ramp up: left to it, a KV head's task waited on one miss
+/// after another. Decode tasks (3 query heads of one KV head, f16 KV in scattered blocks,
+/// caches flushed between steps, 48 tasks per step as in 125m): 13.3-16.1 -> 9.4-12.3 us
+/// per task at a 160-token context, 66-85 -> 44-60 us at 1024 (medians of 30, 4 interleaved
+/// runs each, 2-core EPYC under a load of 4); 8 blocks ahead, or V as far ahead as K,
+/// measured alike.
+inline void prefetch_kv_block(std::span<const std::byte* const> blocks, size_t b, size_t bytes) {
+  if (b >= blocks.size()) return;
+  const char* p = reinterpret_cast<const char*>(blocks[b]);
+  for (size_t o = 0; o < bytes; o += 64)
+    __builtin_prefetch(p + o, 0, 2);
+}
+
 /// K block [cnt][hd] -> kt [hd][ld] f32, keys [cnt, ld) zero (ld % 8 == 0).
 TM_ATT_AVX2 void transpose_block(const kv_head_blocks& kv, const std::byte* blk, uint32_t cnt,
                                  float* kt, size_t ld) {
@@ -406,12 +424,20 @@ TM_ATT_AVX2 __attribute__((always_inline)) inline void attend_body(const kv_head
   if (kv.dtype_bytes == 2 && s.vf.size() < bt * hd) s.vf.resize(bt * hd);
   float* scores = s.scores.data();
 
-  // Pass 1: scores, block by block, for every query that sees the block.
+  // Pass 1: scores, block by block, for every query that sees the block. K is prefetched
+  // kv_prefetch_blocks ahead, and V block by block for pass 2 (in L2 by then).
   const float* qp[4];
   float* op[4];
+  const size_t block_bytes = bt * hd * kv.dtype_bytes;
+  const auto k_blocks = kv.k.first(std::min(nblocks, kv.k.size()));
+  const auto v_blocks = kv.v.first(std::min(nblocks, kv.v.size()));
+  for (size_t b = 0; b < kv_prefetch_blocks; ++b)
+    prefetch_kv_block(k_blocks, b, block_bytes);
   for (size_t b = 0; b < nblocks; ++b) {
     const uint32_t p0 = static_cast<uint32_t>(b * bt);
     const uint32_t cnt = static_cast<uint32_t>(std::min<size_t>(bt, max_ctx - p0));
+    prefetch_kv_block(k_blocks, b + kv_prefetch_blocks, block_bytes);
+    prefetch_kv_block(v_blocks, b, block_bytes);
     transpose_block(kv, kv.k[b], cnt, s.kt.data(), ld);
     for (size_t c = 0; c < ld; c += W) {
       int m = 0;

@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 #include <map>
 #include <set>
 #include <vector>
@@ -23,6 +24,50 @@ TEST_CASE("greedy picks the highest logit, the lowest id on ties", "[sampler]") 
   CHECK(sample_token(logits, {}, 0) == 1);
   logits[3] = 2.5f;
   CHECK(sample_token(logits, {}, 0) == 3);
+}
+
+namespace {
+/// The one-pass scan greedy_token replaces: the reference it must match id for id.
+token_id greedy_scan(const std::vector<float>& x) {
+  size_t best = 0;
+  for (size_t i = 1; i < x.size(); ++i)
+    if (x[i] > x[best] || std::isnan(x[best])) best = i;
+  return static_cast<token_id>(best);
+}
+}  // namespace
+
+TEST_CASE("greedy_token matches the one-pass scan, NaN, infinities and ties included",
+          "[sampler]") {
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<std::vector<float>> rows = {
+      {1.0f},
+      {NAN},
+      {NAN, NAN, NAN},
+      {NAN, -inf, 3.0f, NAN},
+      {-inf, -inf, NAN},
+      {NAN, -inf, -inf},
+      {-0.0f, 0.0f, -1.0f},
+      {0.0f, -0.0f},
+      {2.0f, NAN, 2.0f, inf, 1.0f, inf},
+  };
+  // Rows longer than the lanes, with the maximum at every offset and repeated after it.
+  for (size_t n : {15u, 16u, 17u, 33u, 100u, 32000u}) {
+    for (size_t at : {size_t{0}, n / 3, n - 1}) {
+      std::vector<float> r(n);
+      for (size_t i = 0; i < n; ++i)
+        r[i] = std::sin(static_cast<float>(i) * 0.37f);
+      r[at] = 5.0f;
+      if (at + 7 < n) r[at + 7] = 5.0f;  // a tie after the first maximum
+      if (n > 2) r[n / 2 == at ? 1 : n / 2] = NAN;
+      rows.push_back(r);
+    }
+  }
+  for (const auto& r : rows) {
+    CAPTURE(r.size(), r.front());
+    CHECK(greedy_token(r) == greedy_scan(r));
+    CHECK(sample_token(r, {}, 0) == greedy_scan(r));
+  }
+  CHECK(greedy_token({}) == 0);
 }
 
 TEST_CASE("sampling depends only on seed and position", "[sampler]") {
