@@ -482,58 +482,62 @@ TEST_CASE("quant: dot_acts_rows gives each row what dot_acts gives it, bit for b
 }
 
 TEST_CASE("quant: prefill rows give the batch-decode kernel's values, bit for bit", "[quant]") {
-  // Prefill-sized batches of the K formats run the prefill tiles on AVX-512 VNNI (weight
-  // rows unpacked once per block of activation rows, 8 rows per tile): every output must be
-  // the float the decode kernel gives the same row in a batch of 4 (so prefill and decode
-  // agree), over tile remainders (77 rows: 8-row tiles and blocks of 24 or 8 rows leave
-  // 5-row tails), 3 and 12 super-blocks, a row range starting mid-matrix, and linear()
-  // (which picks the path) on the same rows.
+  // Batches of int_tile_min_rows rows or more (prefill, and decode batches of 8+) of the K
+  // formats run the prefill tiles on AVX-512 VNNI (weight rows unpacked once per block of
+  // activation rows, 8 rows per tile): every output must be the float the decode kernel
+  // gives the same row in a batch of 4 (so prefill and decode agree), over tile remainders
+  // (13 rows: one tile and a 5-row tail; 77 rows: blocks of 24 or 8 rows, 5-row tails), 3
+  // and 12 super-blocks, a row range starting mid-matrix, and linear() (which picks the
+  // path: at 77 rows int_prefill against the f32 tiles) on the same rows.
   std::vector<quant_isa> isas = {quant_isa::scalar};
   if (best_quant_isa() >= quant_isa::avx2) isas.push_back(quant_isa::avx2);
   if (best_quant_isa() >= quant_isa::avx512_vnni) isas.push_back(quant_isa::avx512_vnni);
-  const size_t rows = 6, n = 77, first = 1;
-  static_assert(n >= int_tile_min_rows && n >= gemm_packed_min_rows);
-  for (dtype t : {dtype::q4_k, dtype::q5_k, dtype::q6_k}) {
-    for (size_t cols : {size_t{768}, size_t{3072}}) {
-      const size_t rb = row_bytes(t, cols);
-      auto wq = quantize(t, gaussian(rows * cols, 71, 0.05f), cols);
-      auto x = gaussian(n * cols, 72, 1.0f);
-      for (size_t k = 0; k < x.size(); k += 5)  // quants at +-127 in many places
-        x[k] = (k & 8) ? 40.0f : -40.0f;
-      quantized_acts xq;
-      quantize_acts(t, x.data(), n, cols, xq);
-      for (quant_isa isa : isas) {
-        INFO(dtype_name(t) << " cols=" << cols << " " << quant_isa_name(isa));
-        std::vector<float> got(n * rows, -7.0f);
-        dot_acts_rows(isa, t, wq.data() + first * rb, rows - first, cols, xq, n, got.data(), rows);
-        size_t differ = 0;
-        for (size_t i0 = 0; i0 < n; i0 += 4) {  // decode batches of 4 rows (3 at the end)
-          const size_t m = std::min<size_t>(4, n - i0);
-          quantized_acts dq;
-          quantize_acts(t, x.data() + i0 * cols, m, cols, dq);
-          std::vector<float> dec(m * rows);
-          dot_acts_rows(isa, t, wq.data() + first * rb, rows - first, cols, dq, m, dec.data(),
+  const size_t rows = 6, first = 1;
+  static_assert(77 >= gemm_packed_min_rows && 13 >= int_tile_min_rows && 4 < int_tile_min_rows);
+  for (size_t n : {size_t{13}, size_t{77}}) {
+    for (dtype t : {dtype::q4_k, dtype::q5_k, dtype::q6_k}) {
+      for (size_t cols : {size_t{768}, size_t{3072}}) {
+        const size_t rb = row_bytes(t, cols);
+        auto wq = quantize(t, gaussian(rows * cols, 71, 0.05f), cols);
+        auto x = gaussian(n * cols, 72, 1.0f);
+        for (size_t k = 0; k < x.size(); k += 5)  // quants at +-127 in many places
+          x[k] = (k & 8) ? 40.0f : -40.0f;
+        quantized_acts xq;
+        quantize_acts(t, x.data(), n, cols, xq);
+        for (quant_isa isa : isas) {
+          INFO(dtype_name(t) << " n=" << n << " cols=" << cols << " " << quant_isa_name(isa));
+          std::vector<float> got(n * rows, -7.0f);
+          dot_acts_rows(isa, t, wq.data() + first * rb, rows - first, cols, xq, n, got.data(),
                         rows);
-          for (size_t i = 0; i < m; ++i)
-            for (size_t j = 0; j + first < rows; ++j)
-              differ += std::memcmp(&dec[i * rows + j], &got[(i0 + i) * rows + j], 4) != 0;
+          size_t differ = 0;
+          for (size_t i0 = 0; i0 < n; i0 += 4) {  // decode batches of 4 rows (3 at the end)
+            const size_t m = std::min<size_t>(4, n - i0);
+            quantized_acts dq;
+            quantize_acts(t, x.data() + i0 * cols, m, cols, dq);
+            std::vector<float> dec(m * rows);
+            dot_acts_rows(isa, t, wq.data() + first * rb, rows - first, cols, dq, m, dec.data(),
+                          rows);
+            for (size_t i = 0; i < m; ++i)
+              for (size_t j = 0; j + first < rows; ++j)
+                differ += std::memcmp(&dec[i * rows + j], &got[(i0 + i) * rows + j], 4) != 0;
+          }
+          CHECK(differ == 0);
+          for (size_t i = 0; i < n; ++i)
+            CHECK(got[i * rows + rows - first] == -7.0f);  // nothing past the range
+        }
+        // linear(): where int_prefill() holds, the same bits as one-row decode.
+        if (!int_prefill(best_quant_isa(), t)) continue;
+        tensor_view w{"w", t, rows, cols, wq.data()};
+        std::vector<float> lin(n * rows), dec(rows), scratch;
+        linear(w, x.data(), n, lin.data(), rows, 0, rows, scratch);
+        size_t differ = 0;
+        for (size_t i = 0; i < n; ++i) {
+          linear(w, x.data() + i * cols, 1, dec.data(), rows, 0, rows, scratch);
+          for (size_t j = 0; j < rows; ++j)
+            differ += std::memcmp(&dec[j], &lin[i * rows + j], 4) != 0;
         }
         CHECK(differ == 0);
-        for (size_t i = 0; i < n; ++i)
-          CHECK(got[i * rows + rows - first] == -7.0f);  // nothing past the range
       }
-      // linear() at prefill size: where int_prefill() holds, the same bits as decode rows.
-      if (!int_prefill(best_quant_isa(), t)) continue;
-      tensor_view w{"w", t, rows, cols, wq.data()};
-      std::vector<float> lin(n * rows), dec(rows), scratch;
-      linear(w, x.data(), n, lin.data(), rows, 0, rows, scratch);
-      size_t differ = 0;
-      for (size_t i = 0; i < n; ++i) {
-        linear(w, x.data() + i * cols, 1, dec.data(), rows, 0, rows, scratch);
-        for (size_t j = 0; j < rows; ++j)
-          differ += std::memcmp(&dec[j], &lin[i * rows + j], 4) != 0;
-      }
-      CHECK(differ == 0);
     }
   }
 }
