@@ -486,7 +486,7 @@ TEST_CASE("quant: prefill rows give the batch-decode kernel's values, bit for bi
   // formats run the prefill tiles on AVX-512 VNNI (weight rows unpacked once per block of
   // activation rows, 8 rows per tile): every output must be the float the decode kernel
   // gives the same row in a batch of 4 (so prefill and decode agree), over tile remainders
-  // (13 rows: one tile and a 5-row tail; 77 rows: blocks of 24 or 8 rows, 5-row tails), 3
+  // (13 rows: one tile and a 5-row tail; 77 rows: blocks of 24 or 16 rows, 5-row tails), 3
   // and 12 super-blocks, a row range starting mid-matrix, and linear() (which picks the
   // path: at 77 rows int_prefill against the f32 tiles) on the same rows.
   std::vector<quant_isa> isas = {quant_isa::scalar};
