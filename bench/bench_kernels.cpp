@@ -18,7 +18,9 @@
 
 #include "common/stats.hpp"
 #include "engine/cpu/attention.hpp"
+#include "engine/cpu/detail/float_avx512.hpp"
 #include "engine/cpu/kernels.hpp"
+#include "engine/cpu/quant.hpp"
 #include "engine/tensor.hpp"
 
 using namespace tokenmill;
@@ -115,6 +117,48 @@ int main(int argc, char** argv) {
                        {"gflops", gflops}});
       else
         std::printf("\n");
+    }
+  }
+
+  // Integer-dot formats: the f32 tiles (weights unpacked to f32, the float GEMM) against the
+  // integer dot products with 8-bit activations (linear_int: the decode kernel below
+  // int_tile_min_rows rows, the prefill tiles from there); int_prefill() picks per format.
+  if (cpu::best_float_isa() == cpu::float_isa::avx512) {
+    const size_t qcols = std::max<size_t>(256, cols / 256 * 256);
+    if (!json)
+      std::printf("weight %zux%zu, GFLOP/s: %10s %10s  (int tiles from %zu rows)\n", rows, qcols,
+                  "f32 tiles", "int", cpu::int_tile_min_rows);
+    for (dtype t : {dtype::q4_0, dtype::q4_k, dtype::q6_k}) {
+      std::vector<float> wf(rows * qcols);
+      for (size_t i = 0; i < wf.size(); ++i)
+        wf[i] = static_cast<float>((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+      std::vector<std::byte> wd(rows * row_bytes(t, qcols));
+      for (size_t r = 0; r < rows; ++r)
+        cpu::quantize_row(t, wf.data() + r * qcols, wd.data() + r * row_bytes(t, qcols), qcols);
+      tensor_view w{"w", t, rows, qcols, wd.data()};
+      for (size_t n : {size_t{8}, size_t{32}, size_t{64}, size_t{128}, size_t{512}}) {
+        std::vector<float> x(n * qcols), y(n * rows);
+        for (size_t i = 0; i < x.size(); ++i)
+          x[i] = static_cast<float>((i * 40503u) % 1000) / 1000.0f - 0.5f;
+        const double flop = 2.0 * double(n) * double(rows) * double(qcols);
+        const int reps = n >= 128 ? 5 : 9;
+        const double f32s = median_s(reps, [&] {
+          cpu::detail::gemm_packed_avx512(w, x.data(), n, y.data(), rows, 0, rows);
+        });
+        const double ints = median_s(reps, [&] {
+          cpu::linear_int(cpu::best_quant_isa(), w, x.data(), n, y.data(), rows, 0, rows);
+        });
+        if (json)
+          out.push_back(
+              {{"dtype", std::string(dtype_name(t))},
+               {"batch", n},
+               {"rows", rows},
+               {"cols", qcols},
+               {"gflops", {{"f32_tiles", flop / f32s / 1e9}, {"int", flop / ints / 1e9}}}});
+        else
+          std::printf("%-6s %6zu %10.1f %10.1f\n", std::string(dtype_name(t)).c_str(), n,
+                      flop / f32s / 1e9, flop / ints / 1e9);
+      }
     }
   }
 

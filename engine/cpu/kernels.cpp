@@ -787,9 +787,11 @@ void linear_int_acts(quant_isa isa, const tensor_view& w, const quantized_acts& 
                 w.cols, xq, n, y + row_begin, y_stride);
 }
 
-/// Whether linear_on(isa, w, ...) over a batch of n rows runs linear_int.
+/// Whether linear_on(isa, w, ...) over a batch of n rows runs linear_int: decode batches,
+/// prefill where int_prefill() picks the integer tiles, and every batch without AVX2.
 bool takes_int_path(float_isa isa, dtype t, size_t n) {
-  return is_int_dot_dtype(t) && (n < gemm_packed_min_rows || isa == float_isa::scalar);
+  return is_int_dot_dtype(t) &&
+         (n < gemm_packed_min_rows || isa == float_isa::scalar || int_prefill(best_quant_isa(), t));
 }
 
 }  // namespace

@@ -112,8 +112,9 @@ void linear(const tensor_view& w, const linear_input& in, float* y, size_t y_str
 /// linear() over an int-dot block format the decode way: each x row quantized to 8 bits
 /// (quantize_acts: per 32 values, per 256 for the K formats), integer dot products on `isa`
 /// (quant_isa::scalar is the portable twin). linear() runs this for batches below
-/// gemm_packed_min_rows (and for every batch where AVX2 is absent); larger batches (prefill) unpack
-/// weight rows to f32 tiles instead.
+/// gemm_packed_min_rows, for larger ones (prefill) where int_prefill() says so (the K formats
+/// on AVX-512 VNNI), and for every batch where AVX2 is absent; other prefills unpack weight
+/// rows to f32 tiles instead.
 void linear_int(quant_isa isa, const tensor_view& w, const float* x, size_t n, float* y,
                 size_t y_stride, size_t row_begin, size_t row_end);
 /// The instruction sets of the float kernels: avx2 is AVX2+FMA+F16C; avx512 adds

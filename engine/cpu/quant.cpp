@@ -809,6 +809,10 @@ void dequantize_int_row(quant_isa isa, dtype t, const std::byte* row, float* dst
   }
 }
 
+bool int_prefill(quant_isa isa, dtype t) {
+  return isa == quant_isa::avx512_vnni && is_k_dtype(t);
+}
+
 bool is_k_dtype(dtype t) {
   return t == dtype::q4_k || t == dtype::q5_k || t == dtype::q6_k;
 }
@@ -920,9 +924,13 @@ void rows_of(quant_isa isa, const u8* w, size_t rb, size_t nrows, size_t nblocks
   constexpr bool k = F::C == 8;
 #if defined(__x86_64__)
   if constexpr (k) {
-    if (isa == quant_isa::avx512_vnni)
+    if (isa == quant_isa::avx512_vnni) {
+      if (n >= int_tile_min_rows)
+        return simd_vnni::dot_rows_k_tiled<F>(w, rb, nrows, nblocks, x.b256.data(), x.stride, n,
+                                              out, os);
       return simd_vnni::dot_rows_k_range<F>(w, rb, nrows, nblocks, x.b256.data(), x.stride, n, out,
                                             os);
+    }
     if (isa == quant_isa::avx2)
       return simd_avx2::dot_rows_k_range<F>(w, rb, nrows, nblocks, x.b256.data(), x.stride, n, out,
                                             os);

@@ -95,6 +95,23 @@ void dot_acts(quant_isa isa, dtype t, const std::byte* row, size_t cols, const q
 void dot_acts_rows(quant_isa isa, dtype t, const std::byte* rows, size_t nrows, size_t cols,
                    const quantized_acts& x, size_t n, float* out, size_t out_stride);
 
+/// From this many activation rows dot_acts_rows runs the K formats on AVX-512 VNNI with
+/// the prefill tiles (each weight row unpacked once per block of activation rows, run
+/// against 8 rows at a time) instead of the decode kernel (unpacked once per 4 rows). Every
+/// output is the same float either way. One thread, 2048x768 (bench/bench_kernels): at 8
+/// rows the tiles ran 118-120 GFLOP/s against 95-110 for the decode kernel, at 32 rows
+/// 136-140 against 108; so decode batches of 8 or more take them too.
+inline constexpr size_t int_tile_min_rows = 8;
+
+/// Whether prefill-sized batches of a linear layer over `t` multiply on integers with 8-bit
+/// activations on `isa` (the K formats on avx512_vnni: the prefill tiles) rather than unpack
+/// weight rows to f32 tiles for the float GEMM. Measured on one thread, 2048x768, 64-512
+/// rows (AMD EPYC, AVX-512 VNNI; bench/bench_kernels, two runs under different loads): q4_k
+/// tiles 109-144 GFLOP/s against 71-93 for the f32 tiles, q6_k 109-144 against 70-94. Not
+/// chosen: q4_0/q4_1/q5_0/q5_1, whose int kernel (one 32-value block per step, a scalar
+/// offset per row) ran 24-44 against 80-96; and AVX2 without VNNI, which has no tiles.
+bool int_prefill(quant_isa isa, dtype t);
+
 /// The best one this CPU has (decided once): avx512_vnni needs AVX-512 F/BW/VL/VNNI,
 /// avx2 AVX2+FMA+F16C.
 quant_isa best_quant_isa();

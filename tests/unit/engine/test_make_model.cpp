@@ -354,7 +354,8 @@ std::shared_ptr<const loaded_model> dequantized(const std::shared_ptr<const load
 TEST_CASE("quantized make-model files load and match the F32 pass on their dequantized weights",
           "[make-model]") {
   // The engine runs decode-sized batches (< 64 tokens) on 8-bit activations and integer dot
-  // products, prefill-sized ones on f32 tiles; the F32 model of the same dequantized weights
+  // products, prefill-sized ones on f32 tiles (or on integers too where cpu::int_prefill
+  // says so: the K formats on AVX-512 VNNI); the F32 model of the same dequantized weights
   // is the reference for both. Tolerance: 2% of the logits' spread for the int path (8-bit
   // activations; measured 0.5-0.9%), 1e-4 absolute for the f32-tile path.
   temp_dir dir;
@@ -385,7 +386,13 @@ TEST_CASE("quantized make-model files load and match the F32 pass on their dequa
     CHECK(err <= 0.02f * spread);
     auto want_long = logits_of(f, ids);
     auto got_long = logits_of(m, ids);
-    // The first 64 rows run as one prefill batch on f32 tiles.
-    CHECK(max_abs_diff(got_long, want_long) <= 1e-4f);
+    // The first 64 rows run as one prefill batch: on f32 tiles, or on integers.
+    const float err_long = max_abs_diff(got_long, want_long);
+    if (cpu::int_prefill(cpu::best_quant_isa(), type)) {
+      WARN(dtype_name(type) << ": int prefill max abs logit error " << err_long);
+      CHECK(err_long <= 0.02f * spread);
+    } else {
+      CHECK(err_long <= 1e-4f);
+    }
   }
 }
