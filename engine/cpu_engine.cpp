@@ -696,7 +696,7 @@ result<blend_outcome> cpu_engine::prefill_blend(block_pool& pool, const blend_pr
         !r)
       return bad_request("cpu engine: prefill_blend: " + r.error().message);
     // The rows of an ordinary prefill of [cached_prefix, n).
-    prefill_chunk whole{req.tokens, req.cached_prefix, n, req.blocks, {}, {}};
+    prefill_chunk whole{req.tokens, req.cached_prefix, n, req.blocks, {}, {}, {}};
     if (auto r = im.add_prefill(pool, {&whole, 1}); !r) return r.error();
 
     impl::blend_step step;
