@@ -128,7 +128,7 @@ int main(int argc, char** argv) {
     if (!json)
       std::printf("weight %zux%zu, GFLOP/s: %10s %10s  (int tiles from %zu rows)\n", rows, qcols,
                   "f32 tiles", "int", cpu::int_tile_min_rows);
-    for (dtype t : {dtype::q4_0, dtype::q4_k, dtype::q6_k}) {
+    for (dtype t : {dtype::q4_0, dtype::q4_k, dtype::q5_k, dtype::q6_k}) {
       std::vector<float> wf(rows * qcols);
       for (size_t i = 0; i < wf.size(); ++i)
         wf[i] = static_cast<float>((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
@@ -136,12 +136,12 @@ int main(int argc, char** argv) {
       for (size_t r = 0; r < rows; ++r)
         cpu::quantize_row(t, wf.data() + r * qcols, wd.data() + r * row_bytes(t, qcols), qcols);
       tensor_view w{"w", t, rows, qcols, wd.data()};
-      for (size_t n : {size_t{8}, size_t{32}, size_t{64}, size_t{128}, size_t{512}}) {
+      for (size_t n : {size_t{1}, size_t{8}, size_t{32}, size_t{64}, size_t{128}, size_t{512}}) {
         std::vector<float> x(n * qcols), y(n * rows);
         for (size_t i = 0; i < x.size(); ++i)
           x[i] = static_cast<float>((i * 40503u) % 1000) / 1000.0f - 0.5f;
         const double flop = 2.0 * double(n) * double(rows) * double(qcols);
-        const int reps = n >= 128 ? 5 : 9;
+        const int reps = n >= 128 ? 5 : n == 1 ? 41 : 9;  // batch 1: ~50 us a run, noisier
         const double f32s = median_s(reps, [&] {
           cpu::detail::gemm_packed_avx512(w, x.data(), n, y.data(), rows, 0, rows);
         });
