@@ -5,6 +5,7 @@
 #include "engine/cpu/quant.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -640,6 +641,13 @@ void dot_rows_k_scalar(const u8* row, size_t nblocks, const act_block_k* x, size
 #if defined(__x86_64__)
 #include <immintrin.h>
 
+namespace tokenmill::cpu {
+namespace {
+/// set_quant_gfni(): whether the kernels may take their GFNI paths where the CPU has GFNI.
+std::atomic<bool> gfni_allowed{true};
+}  // namespace
+}  // namespace tokenmill::cpu
+
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 namespace tokenmill::cpu::simd_avx2 {
@@ -726,6 +734,23 @@ void quantize_activations(const float* x, act_block* out, size_t cols) {
       o.sum[h] = static_cast<int16_t>(s);
     }
   }
+}
+
+bool set_quant_gfni(bool allow) {
+#if defined(__x86_64__)
+  return gfni_allowed.exchange(allow);
+#else
+  (void)allow;
+  return false;
+#endif
+}
+
+bool quant_gfni_available() {
+#if defined(__x86_64__)
+  return best_quant_isa() == quant_isa::avx512_vnni && __builtin_cpu_supports("gfni");
+#else
+  return false;
+#endif
 }
 
 quant_isa best_quant_isa() {

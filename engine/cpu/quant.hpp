@@ -117,6 +117,12 @@ bool int_prefill(quant_isa isa, dtype t);
 quant_isa best_quant_isa();
 std::string_view quant_isa_name(quant_isa isa);
 
+/// Whether avx512_vnni's q4_k batch-1 kernel can unpack nibbles with GFNI (vgf2p8affineqb)
+/// here; it does where it can, unless set_quant_gfni(false) (for the tests and benchmarks:
+/// the pair-form twin without GFNI gives the same bits). Returns the previous setting.
+bool quant_gfni_available();
+bool set_quant_gfni(bool allow);
+
 /// dequantize_block_row() for the int-dot formats through the same unpacking as the dot
 /// products (a * u + b per value, fused: the reference's values exactly, up to the sign of
 /// zeros), on `isa`: what prefill uses to unpack weight tiles.

@@ -11,6 +11,7 @@
 
 #include "engine/cpu/kernels.hpp"
 #include "engine/cpu/quant.hpp"
+#include "tests/skip.hpp"
 
 using namespace tokenmill;
 using namespace tokenmill::cpu;
@@ -591,6 +592,29 @@ TEST_CASE("quant: batch-1 row ranges give each row the one-row kernel's bits", "
       }
     }
   }
+}
+
+TEST_CASE("quant: q4_k batch-1 rows give the same bits with and without GFNI", "[quant]") {
+  // On AVX-512 VNNI, q4_k's batch-1 kernel unpacks nibbles with GFNI where the CPU has it;
+  // its twin without GFNI (what VNNI CPUs without GFNI run) must give the same bits, and
+  // both the bits of the batch kernel's one-row group.
+  if (!quant_gfni_available()) TM_SKIP("this CPU has no AVX-512 VNNI with GFNI");
+  const size_t cols = 256 * 5, rows = 13;
+  auto wq = quantize(dtype::q4_k, gaussian(rows * cols, 71, 0.05f), cols);
+  quantized_acts xq;
+  quantize_acts(dtype::q4_k, gaussian(2 * cols, 72, 1.0f).data(), 2, cols, xq);
+  std::vector<float> with(rows), without(rows), batch(rows * 2);
+  dot_acts_rows(quant_isa::avx512_vnni, dtype::q4_k, wq.data(), rows, cols, xq, 1, with.data(),
+                rows);
+  const bool before = set_quant_gfni(false);
+  dot_acts_rows(quant_isa::avx512_vnni, dtype::q4_k, wq.data(), rows, cols, xq, 1, without.data(),
+                rows);
+  set_quant_gfni(before);
+  // Two activation rows: the batch kernel, whose first column is activation row 0.
+  dot_acts_rows(quant_isa::avx512_vnni, dtype::q4_k, wq.data(), rows, cols, xq, 2, batch.data(),
+                rows);
+  CHECK(std::memcmp(with.data(), without.data(), rows * sizeof(float)) == 0);
+  CHECK(std::memcmp(with.data(), batch.data(), rows * sizeof(float)) == 0);
 }
 
 TEST_CASE("quant: linear over a prepared input gives plain linear()'s values, bit for bit",
