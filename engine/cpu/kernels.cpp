@@ -45,7 +45,8 @@
 // once per block of batch rows and runs 4x3 register tiles: 55-69 GFLOP/s on one thread
 // against 35-39 for the on-the-fly kernel (f16 2048x768; the bench is in the issue note).
 // Where the CPU has AVX-512 (F/BW/VL), detail/float_avx512.cpp runs both instead: 16-lane
-// tiles of 4 weight rows x 6 batch rows for prefill, 4 x 2 for decode, masked column tails.
+// outer-product tiles over 64-row weight panels for prefill, 4 x 2 dot-product tiles for
+// decode, masked column tails.
 
 namespace tokenmill::cpu {
 namespace {

@@ -110,6 +110,10 @@ inline constexpr size_t int_tile_min_rows = 8;
 /// tiles 109-144 GFLOP/s against 71-93 for the f32 tiles, q6_k 109-144 against 70-94. Not
 /// chosen: q4_0/q4_1/q5_0/q5_1, whose int kernel (one 32-value block per step, a scalar
 /// offset per row) ran 24-44 against 80-96; and AVX2 without VNNI, which has no tiles.
+/// Since the f32 GEMM became outer-product panels (float_avx512.hpp) the f32 tiles run
+/// q4_k 160-191 GFLOP/s against 188-196 for the int tiles and q6_k 167-209 against
+/// 198-204 (64-512 rows): the int tiles stay, as fast or faster and bit for bit the
+/// decode kernel's values; q4_0 ran 185 on f32 tiles against 40 int.
 bool int_prefill(quant_isa isa, dtype t);
 
 /// The best one this CPU has (decided once): avx512_vnni needs AVX-512 F/BW/VL/VNNI,

@@ -3,6 +3,8 @@
 // baseline code and nothing AVX-512 leaks into paths that run on other CPUs.
 #include "engine/cpu/detail/float_avx512.hpp"
 
+#include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -163,78 +165,139 @@ TM_AVX512 void gemv_t(T tag, const tensor_view& w, const float* x, size_t n, flo
   }
 }
 
-/// One 16-column step of tile(): full steps use plain loads (m constant 0xffff after
-/// inlining), the tail masked ones.
-template <int NW, int NX>
-TM_AVX512 __attribute__((always_inline)) inline void tile_step(const float* p, const float* xr,
-                                                               size_t cols, size_t k, __mmask16 m,
-                                                               __m512 (&acc)[NX][NW]) {
-  __m512 wv[NW];
+/// Transposes a 16 x 16 block: row r of the input is src + r * ld (16 floats); column t
+/// goes to dst + t * dst_ld (16 floats, one per input row).
+TM_AVX512 inline void transpose16(const float* src, size_t ld, float* dst, size_t dst_ld) {
+  __m512 r[16], t[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i)
+    r[i] = _mm512_loadu_ps(src + i * ld);
+    // Pairs of rows, then quads: u[4g + c] holds rows 4g..4g+3 of columns c, c+4, c+8, c+12
+    // (one column per 128-bit lane).
 #pragma GCC unroll 8
-  for (int r = 0; r < NW; ++r)
-    wv[r] = m == 0xffff ? _mm512_loadu_ps(p + r * cols + k)
-                        : _mm512_maskz_loadu_ps(m, p + r * cols + k);
-#pragma GCC unroll 8
-  for (int b = 0; b < NX; ++b) {
-    const __m512 xv = m == 0xffff ? _mm512_loadu_ps(xr + b * cols + k)
-                                  : _mm512_maskz_loadu_ps(m, xr + b * cols + k);
-#pragma GCC unroll 8
-    for (int r = 0; r < NW; ++r)
-      acc[b][r] = _mm512_fmadd_ps(wv[r], xv, acc[b][r]);
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+#pragma GCC unroll 4
+  for (int g = 0; g < 4; ++g) {
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]),
+                  c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+    r[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  // Gather lane L of u[c], u[4 + c], u[8 + c], u[12 + c]: column c + 4L.
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44);
+    const __m512 v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xee);
+    const __m512 w0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44);
+    const __m512 w1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xee);
+    _mm512_storeu_ps(dst + (c + 0) * dst_ld, _mm512_shuffle_f32x4(v0, w0, 0x88));
+    _mm512_storeu_ps(dst + (c + 4) * dst_ld, _mm512_shuffle_f32x4(v0, w0, 0xdd));
+    _mm512_storeu_ps(dst + (c + 8) * dst_ld, _mm512_shuffle_f32x4(v1, w1, 0x88));
+    _mm512_storeu_ps(dst + (c + 12) * dst_ld, _mm512_shuffle_f32x4(v1, w1, 0xdd));
   }
 }
 
-/// NW packed weight rows (p, p + cols, ...) x NX batch rows (xr, xr + cols, ...) ->
-/// y[b * ys + r]. The fully unrolled loops keep the NW * NX accumulators in registers.
-template <int NW, int NX>
-TM_AVX512 void tile(const float* p, const float* xr, size_t cols, float* y, size_t ys) {
-  __m512 acc[NX][NW];
+/// Weight rows per packed panel: four 16-lane vectors.
+constexpr size_t panel_rows = 64;
+
+/// MR batch rows (x, x + xs, ...) times the first 16 * NV weight rows of a packed panel
+/// (p[k * panel_rows + r] = weight row r, column k) -> y[b * ys + r], r < 16 * NV, lanes
+/// of the last vector limited to `last`. Outer products: each step broadcasts one
+/// activation per batch row against NV weight vectors, MR * NV accumulators in registers.
+template <int MR, int NV>
+TM_AVX512 void micro(const float* p, const float* x, size_t xs, size_t cols, float* y, size_t ys,
+                     __mmask16 last) {
+  __m512 acc[MR][NV];
 #pragma GCC unroll 8
-  for (int b = 0; b < NX; ++b)
+  for (int b = 0; b < MR; ++b)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v)
+      acc[b][v] = _mm512_setzero_ps();
+  const float* xr[MR];
 #pragma GCC unroll 8
-    for (int r = 0; r < NW; ++r)
-      acc[b][r] = _mm512_setzero_ps();
-  size_t k = 0;
-  for (; k + 16 <= cols; k += 16)
-    tile_step<NW, NX>(p, xr, cols, k, 0xffff, acc);
-  if (k < cols) tile_step<NW, NX>(p, xr, cols, k, lanes(k, cols), acc);
+  for (int b = 0; b < MR; ++b)
+    xr[b] = x + b * xs;
+  for (size_t k = 0; k < cols; ++k, p += panel_rows) {
+    __m512 wv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v)
+      wv[v] = _mm512_load_ps(p + 16 * v);
 #pragma GCC unroll 8
-  for (int b = 0; b < NX; ++b)
+    for (int b = 0; b < MR; ++b) {
+      const __m512 xb = _mm512_set1_ps(xr[b][k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v)
+        acc[b][v] = _mm512_fmadd_ps(wv[v], xb, acc[b][v]);
+    }
+  }
 #pragma GCC unroll 8
-    for (int r = 0; r < NW; ++r)
-      y[b * ys + r] = hsum16(acc[b][r]);
+  for (int b = 0; b < MR; ++b) {
+#pragma GCC unroll 4
+    for (int v = 0; v + 1 < NV; ++v)
+      _mm512_storeu_ps(y + b * ys + 16 * v, acc[b][v]);
+    _mm512_mask_storeu_ps(y + b * ys + 16 * (NV - 1), last, acc[b][NV - 1]);
+  }
 }
 
-using tile_fn = void (*)(const float*, const float*, size_t, float*, size_t);
+constexpr int micro_rows = 6;  ///< batch rows per micro tile (MR)
 
-template <int NW>
-constexpr tile_fn tiles_of(int nx) {
-  switch (nx) {
+using micro_fn = void (*)(const float*, const float*, size_t, size_t, float*, size_t, __mmask16);
+
+template <int NV>
+constexpr micro_fn micro_of(int mr) {
+  switch (mr) {
     case 1:
-      return tile<NW, 1>;
+      return micro<1, NV>;
     case 2:
-      return tile<NW, 2>;
+      return micro<2, NV>;
     case 3:
-      return tile<NW, 3>;
+      return micro<3, NV>;
     case 4:
-      return tile<NW, 4>;
+      return micro<4, NV>;
     case 5:
-      return tile<NW, 5>;
+      return micro<5, NV>;
     default:
-      return tile<NW, 6>;
+      return micro<6, NV>;
   }
 }
 
-tile_fn tile_for(size_t nw, size_t nx) {
-  switch (nw) {
+micro_fn micro_for(size_t nv, size_t mr) {
+  switch (nv) {
     case 1:
-      return tiles_of<1>(static_cast<int>(nx));
+      return micro_of<1>(static_cast<int>(mr));
     case 2:
-      return tiles_of<2>(static_cast<int>(nx));
+      return micro_of<2>(static_cast<int>(mr));
     case 3:
-      return tiles_of<3>(static_cast<int>(nx));
+      return micro_of<3>(static_cast<int>(mr));
     default:
-      return tiles_of<4>(static_cast<int>(nx));
+      return micro_of<4>(static_cast<int>(mr));
+  }
+}
+
+/// Packs weight rows [j, j + nr) (nr <= panel_rows) of w into p[k * panel_rows + r] as
+/// f32, rows nr and up zero. `rowbuf` holds 16 unpacked rows.
+TM_AVX512 void pack_panel(const tensor_view& w, size_t j, size_t nr, float* p, float* rowbuf) {
+  const size_t cols = w.cols;
+  const size_t rb = row_bytes(w.type, cols);
+  const size_t full = cols / 16 * 16;
+  for (size_t g = 0; g * 16 < nr; ++g) {
+    for (size_t r = 0; r < 16; ++r) {
+      float* dst = rowbuf + r * cols;
+      if (g * 16 + r < nr)
+        dequantize_row(w.type, w.data + (j + g * 16 + r) * rb, dst, cols);
+      else
+        std::fill(dst, dst + cols, 0.0f);
+    }
+    for (size_t k = 0; k < full; k += 16)
+      transpose16(rowbuf + k, cols, p + k * panel_rows + g * 16, panel_rows);
+    for (size_t k = full; k < cols; ++k)
+      for (size_t r = 0; r < 16; ++r)
+        p[k * panel_rows + g * 16 + r] = rowbuf[r * cols + k];
   }
 }
 
@@ -263,23 +326,22 @@ void gemv_elem_avx512(const tensor_view& w, const float* x, size_t n, float* y, 
 void gemm_packed_avx512(const tensor_view& w, const float* x, size_t n, float* y, size_t ys,
                         size_t r0, size_t r1) {
   const size_t cols = w.cols;
-  const size_t rb = row_bytes(w.type, cols);
-  // ~192 KiB of activations per block of batch rows: in L2 beside the packed weights.
-  size_t block_rows = (size_t{192} << 10) / (4 * cols) / 6 * 6;
-  if (block_rows < 6) block_rows = 6;
-  thread_local std::vector<float> pack;
-  if (pack.size() < 4 * cols) pack.resize(4 * cols);
-  float* pk = pack.data();
-  for (size_t i0 = 0; i0 < n; i0 += block_rows) {
-    const size_t i1 = i0 + block_rows < n ? i0 + block_rows : n;
-    for (size_t j = r0; j < r1; j += 4) {
-      const size_t nw = r1 - j < 4 ? r1 - j : 4;
-      for (size_t r = 0; r < nw; ++r)
-        dequantize_row(w.type, w.data + (j + r) * rb, pk + r * cols, cols);
-      for (size_t i = i0; i < i1; i += 6) {
-        const size_t nx = i1 - i < 6 ? i1 - i : 6;
-        tile_for(nw, nx)(pk, x + i * cols, cols, y + i * ys + j, ys);
-      }
+  // One panel of weight rows (f32, column-major in the panel: ~192 KiB at 768 columns, in
+  // L2) is unpacked once and multiplied with every batch row, which stream through.
+  thread_local std::vector<float> panel_mem, rowbuf;
+  if (panel_mem.size() < panel_rows * cols + 16) panel_mem.resize(panel_rows * cols + 16);
+  if (rowbuf.size() < 16 * cols) rowbuf.resize(16 * cols);
+  // 64-byte aligned: every weight vector of the micro tiles is one cache line.
+  float* panel =
+      panel_mem.data() + (16 - (reinterpret_cast<std::uintptr_t>(panel_mem.data()) / 4) % 16) % 16;
+  for (size_t j = r0; j < r1; j += panel_rows) {
+    const size_t nr = std::min(panel_rows, r1 - j);
+    pack_panel(w, j, nr, panel, rowbuf.data());
+    const size_t nv = (nr + 15) / 16;
+    const __mmask16 last = static_cast<__mmask16>((1u << (nr - 16 * (nv - 1))) - 1);
+    for (size_t i = 0; i < n; i += micro_rows) {
+      const size_t mr = std::min<size_t>(micro_rows, n - i);
+      micro_for(nv, mr)(panel, x + i * cols, cols, cols, y + i * ys + j, ys, last);
     }
   }
 }

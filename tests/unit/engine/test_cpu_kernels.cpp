@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "engine/cpu/kernels.hpp"
@@ -198,19 +199,23 @@ TEST_CASE(
 TEST_CASE("cpu kernels: linear over wide rows splits the batch into several cache blocks",
           "[cpu]") {
   // 4100 columns: a few batch rows per cache block, a column tail, and 9 output rows (a
-  // remainder after the 4-row tiles).
+  // remainder after the 4-row tiles). 150 rows of 100 columns: several 64-row panels of the
+  // AVX-512 GEMM, split into ranges that start and end inside a panel's 16-row vectors.
   for (float_isa isa : available_isas())
-    for (dtype t : {dtype::f32, dtype::f16, dtype::bf16}) {
-      const size_t cols = 4100, rows = 9, n = gemm_packed_min_rows + 5;
-      INFO(dtype_name(t) << " isa " << float_isa_name(isa));
-      auto w = make_weight(t, rows, cols, 31);
-      auto x = random_floats(n * cols, 32);
-      std::vector<float> y(n * rows), ref(n * rows);
-      linear_on(isa, w.view, x.data(), n, y.data(), rows, 0, rows);
-      linear_scalar(w.view, x.data(), n, ref.data(), rows, 0, rows);
-      for (size_t i = 0; i < y.size(); ++i)
-        REQUIRE(y[i] == Approx(ref[i]).margin(1e-4));
-    }
+    for (dtype t : {dtype::f32, dtype::f16, dtype::bf16})
+      for (auto [cols, rows] : {std::pair<size_t, size_t>{4100, 9}, {100, 150}}) {
+        const size_t n = gemm_packed_min_rows + 5;
+        INFO(dtype_name(t) << " isa " << float_isa_name(isa) << " " << rows << "x" << cols);
+        auto w = make_weight(t, rows, cols, 31);
+        auto x = random_floats(n * cols, 32);
+        std::vector<float> y(n * rows), ref(n * rows);
+        const size_t cut = rows > 64 ? 71 : rows;
+        linear_on(isa, w.view, x.data(), n, y.data(), rows, 0, cut);
+        linear_on(isa, w.view, x.data(), n, y.data(), rows, cut, rows);
+        linear_scalar(w.view, x.data(), n, ref.data(), rows, 0, rows);
+        for (size_t i = 0; i < y.size(); ++i)
+          REQUIRE(y[i] == Approx(ref[i]).margin(1e-4));
+      }
 }
 
 TEST_CASE("vector kernels: dot, axpy, rms_norm, silu_mul, softmax", "[cpu]") {
