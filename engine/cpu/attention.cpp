@@ -294,6 +294,92 @@ TM_ATT_AVX512 void scores_4x16(const float* const* q, const float* kt, size_t ld
     _mm512_storeu_ps(out[i], _mm512_mul_ps(sv, _mm512_add_ps(a[i], b[i])));
 }
 
+/// Transposes 16 x 16 floats in registers: afterwards r[d] holds element d of every input
+/// row (lane s: row s).
+TM_ATT_AVX512 inline void transpose16(__m512 (&r)[16]) {
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // r[4g + c]: rows 4g..4g+3 of columns c, c + 4, c + 8, c + 12 (one per 128-bit lane).
+#pragma GCC unroll 4
+  for (int g = 0; g < 4; ++g) {
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]),
+                  c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+    r[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44);
+    const __m512 v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xee);
+    const __m512 w0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44);
+    const __m512 w1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xee);
+    t[c] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+    t[c + 4] = _mm512_shuffle_f32x4(v0, w0, 0xdd);
+    t[c + 8] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+    t[c + 12] = _mm512_shuffle_f32x4(v1, w1, 0xdd);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i)
+    r[i] = t[i];
+}
+
+/// scores_4x16 on 16 f16 keys read in place: each 16 x 16 piece of the block (16 keys, 16
+/// dimensions) is converted and transposed in registers instead of through a transposed
+/// copy, and then the same FMAs run in the same order, so the scores are scores_4x16's
+/// bit for bit. Keys from `valid` on are zero (not read). hd % 16 == 0. For a decode
+/// step's few queries per KV head the copy cost more than the scores themselves.
+template <int NQ>
+TM_ATT_AVX512 void scores_direct(const float* const* q, const uint16_t* k, size_t hd,
+                                 uint32_t valid, float scale, float* const* out) {
+  __m512 a[NQ], b[NQ];
+#pragma GCC unroll 4
+  for (int i = 0; i < NQ; ++i)
+    a[i] = b[i] = _mm512_setzero_ps();
+  for (size_t d0 = 0; d0 < hd; d0 += 16) {
+    __m512 r[16];
+#pragma GCC unroll 16
+    for (uint32_t s = 0; s < 16; ++s)
+      r[s] = s < valid ? _mm512_cvtph_ps(
+                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + s * hd + d0)))
+                       : _mm512_setzero_ps();
+    transpose16(r);
+#pragma GCC unroll 8
+    for (int d = 0; d < 16; d += 2) {
+#pragma GCC unroll 4
+      for (int i = 0; i < NQ; ++i) {
+        a[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][d0 + d]), r[d], a[i]);
+        b[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][d0 + d + 1]), r[d + 1], b[i]);
+      }
+    }
+  }
+  const __m512 sv = _mm512_set1_ps(scale);
+#pragma GCC unroll 4
+  for (int i = 0; i < NQ; ++i)
+    _mm512_storeu_ps(out[i], _mm512_mul_ps(sv, _mm512_add_ps(a[i], b[i])));
+}
+
+TM_ATT_AVX512 void scores_direct_n(int nq, const float* const* q, const uint16_t* k, size_t hd,
+                                   uint32_t valid, float scale, float* const* out) {
+  switch (nq) {
+    case 4:
+      return scores_direct<4>(q, k, hd, valid, scale, out);
+    case 3:
+      return scores_direct<3>(q, k, hd, valid, scale, out);
+    case 2:
+      return scores_direct<2>(q, k, hd, valid, scale, out);
+    case 1:
+      return scores_direct<1>(q, k, hd, valid, scale, out);
+    default:
+      return;
+  }
+}
+
 /// Up to 4 queries' scores against W keys (8: AVX2, 16: AVX-512).
 template <int W, int NQ>
 TM_ATT_AVX2 __attribute__((always_inline)) inline void scores_w(const float* const* q,
@@ -429,6 +515,9 @@ TM_ATT_AVX2 __attribute__((always_inline)) inline void attend_body(const kv_head
   const float* qp[4];
   float* op[4];
   const size_t block_bytes = bt * hd * kv.dtype_bytes;
+  // Few queries (a decode step's GQA group) read f16 K in place; more share a transposed
+  // copy of each block. Both give the same scores bit for bit.
+  const bool direct = W == 16 && nq <= 4 && kv.dtype_bytes == 2 && hd % 16 == 0;
   const auto k_blocks = kv.k.first(std::min(nblocks, kv.k.size()));
   const auto v_blocks = kv.v.first(std::min(nblocks, kv.v.size()));
   for (size_t b = 0; b < kv_prefetch_blocks; ++b)
@@ -438,6 +527,23 @@ TM_ATT_AVX2 __attribute__((always_inline)) inline void attend_body(const kv_head
     const uint32_t cnt = static_cast<uint32_t>(std::min<size_t>(bt, max_ctx - p0));
     prefetch_kv_block(k_blocks, b + kv_prefetch_blocks, block_bytes);
     prefetch_kv_block(v_blocks, b, block_bytes);
+    if constexpr (W == 16) {
+      if (direct) {
+        const auto* kb = reinterpret_cast<const uint16_t*>(kv.k[b]);
+        for (uint32_t c = 0; c < cnt; c += 16) {
+          int m = 0;
+          for (size_t i = 0; i < nq; ++i) {
+            if (qs[i].ctx <= p0 + c) continue;
+            qp[m] = qs[i].q;
+            op[m] = scores + i * stride + p0 + c;
+            ++m;
+          }
+          scores_direct_n(m, qp, kb + size_t{c} * hd, hd, std::min<uint32_t>(16, cnt - c), scale,
+                          op);
+        }
+        continue;
+      }
+    }
     transpose_block(kv, kv.k[b], cnt, s.kt.data(), ld);
     for (size_t c = 0; c < ld; c += W) {
       int m = 0;
