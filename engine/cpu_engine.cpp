@@ -165,7 +165,8 @@ struct cpu_engine::impl {
   /// the pool as linears() does.
   template <class Fn>
   void split_rows(size_t total, size_t n, Fn&& run) {
-    if (n >= cpu::gemm_packed_min_rows) return pool.parallel_for_guided(total, 16, run);
+    if (n >= cpu::gemm_packed_min_rows)
+      return pool.parallel_for_guided(total, cpu::prefill_row_unit, run);
     size_t grain = (total + 4 * pool.size() - 1) / (4 * pool.size());
     pool.parallel_for(total, std::max<size_t>(16, (grain + 15) / 16 * 16), run);
   }
