@@ -2,6 +2,8 @@
 
 #include "engine/cpu/pool_policy.hpp"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <bit>
 #include <chrono>
@@ -51,14 +53,22 @@ inline void cpu_relax() {
 #endif
 }
 
-/// Spins until pred() holds or spin_for has passed; returns pred().
+/// Spins until pred() holds or spin_for has passed; returns pred(). Every few microseconds
+/// it yields the core: when the scheduler has put the thread it waits for on the same core
+/// (the kernel often wakes a worker on its waker's core, and a new process's threads start
+/// on one), a spin that never yields keeps that thread off the core until the load
+/// balancer moves one of them, milliseconds later. 125m q4_k decode at batch 1 on 2 vCPUs,
+/// first 32 steps of fresh processes: 1.5-5.5 ms per step without the yield.
 template <class Pred>
 bool spin_until(Pred pred) {
   auto start = std::chrono::steady_clock::now();
   for (uint32_t i = 1;; ++i) {
     if (pred()) return true;
     cpu_relax();
-    if (i % 64 == 0 && std::chrono::steady_clock::now() - start > spin_for) return pred();
+    if (i % 64 == 0) {
+      if (std::chrono::steady_clock::now() - start > spin_for) return pred();
+      if (i % 256 == 0) sched_yield();
+    }
   }
 }
 
