@@ -240,6 +240,15 @@ command add_bench_engine(CLI::App& app) {
       return 1;
     }
     block_pool& pool = *pool_owner;
+    // Untimed warm-up: a fresh process's threads often share one core until the load
+    // balancer spreads them (0.1-0.5 s here), which made a run's first figures up to 3x
+    // slower than its later ones. Short decodes run for a quarter second first.
+    for (const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(250);
+         std::chrono::steady_clock::now() < until;)
+      if (auto w =
+              time_decode(*eng, pool, 1, std::min<uint32_t>(32, max_ctx), 16, warm_steps, threads);
+          !w)
+        return failed(w.error());
     if (!o->json)
       std::fprintf(
           stderr,
