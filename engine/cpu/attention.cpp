@@ -264,6 +264,44 @@ TM_ATT_AVX2 void softmax_avx2(float* x, size_t n) {
     x[k] *= invs;
 }
 
+/// softmax_avx2 on 16 lanes: the same exp values bit for bit (exp16_avx512); the sum has
+/// 16 partial lanes instead of 8.
+TM_ATT_AVX512 void softmax_avx512(float* x, size_t n) {
+  size_t k = 0;
+  __m512 mv = _mm512_set1_ps(-__builtin_inff());
+  for (; k + 16 <= n; k += 16)
+    mv = _mm512_max_ps(mv, _mm512_loadu_ps(x + k));
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, mv);
+  float mx = *std::max_element(lanes, lanes + 16);
+  for (; k < n; ++k)
+    mx = std::max(mx, x[k]);
+  const __m512 m = _mm512_set1_ps(mx);
+  __m512 acc = _mm512_setzero_ps();
+  k = 0;
+  for (; k + 16 <= n; k += 16) {
+    const __m512 e = detail::exp16_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + k), m));
+    _mm512_storeu_ps(x + k, e);
+    acc = _mm512_add_ps(acc, e);
+  }
+  alignas(64) float part[16];
+  _mm512_store_ps(part, acc);
+  double sum = 0;
+  for (float p : part)
+    sum += p;
+  for (; k < n; ++k) {
+    x[k] = std::exp(x[k] - mx);
+    sum += x[k];
+  }
+  const __m512 inv = _mm512_set1_ps(static_cast<float>(1.0 / sum));
+  k = 0;
+  for (; k + 16 <= n; k += 16)
+    _mm512_storeu_ps(x + k, _mm512_mul_ps(inv, _mm512_loadu_ps(x + k)));
+  const float invs = static_cast<float>(1.0 / sum);
+  for (; k < n; ++k)
+    x[k] *= invs;
+}
+
 /// Scores of up to 4 queries against 16 keys with AVX-512: scores_4x8 on one 16-lane
 /// vector per transposed K row (half the loads and FMAs per score).
 template <int NQ>
@@ -378,6 +416,25 @@ TM_ATT_AVX512 void scores_direct_n(int nq, const float* const* q, const uint16_t
     default:
       return;
   }
+}
+
+/// transpose_block for f16 K with hd % 16 == 0 on AVX-512: 16 keys x 16 dimensions per
+/// register transpose (ld % 16 == 0; keys [cnt, ld) zero).
+TM_ATT_AVX512 void transpose_block16(const uint16_t* k, uint32_t cnt, size_t hd, float* kt,
+                                     size_t ld) {
+  for (size_t s0 = 0; s0 < ld; s0 += 16)
+    for (size_t d0 = 0; d0 < hd; d0 += 16) {
+      __m512 r[16];
+#pragma GCC unroll 16
+      for (size_t s = 0; s < 16; ++s)
+        r[s] = s0 + s < cnt ? _mm512_cvtph_ps(_mm256_loadu_si256(
+                                  reinterpret_cast<const __m256i*>(k + (s0 + s) * hd + d0)))
+                            : _mm512_setzero_ps();
+      transpose16(r);
+#pragma GCC unroll 16
+      for (size_t d = 0; d < 16; ++d)
+        _mm512_storeu_ps(kt + (d0 + d) * ld + s0, r[d]);
+    }
 }
 
 /// Up to 4 queries' scores against W keys (8: AVX2, 16: AVX-512).
@@ -544,7 +601,13 @@ TM_ATT_AVX2 __attribute__((always_inline)) inline void attend_body(const kv_head
         continue;
       }
     }
-    transpose_block(kv, kv.k[b], cnt, s.kt.data(), ld);
+    bool transposed = false;
+    if constexpr (W == 16)
+      if (kv.dtype_bytes == 2 && hd % 16 == 0) {
+        transpose_block16(reinterpret_cast<const uint16_t*>(kv.k[b]), cnt, hd, s.kt.data(), ld);
+        transposed = true;
+      }
+    if (!transposed) transpose_block(kv, kv.k[b], cnt, s.kt.data(), ld);
     for (size_t c = 0; c < ld; c += W) {
       int m = 0;
       for (size_t i = 0; i < nq; ++i) {
@@ -572,7 +635,10 @@ TM_ATT_AVX2 __attribute__((always_inline)) inline void attend_body(const kv_head
     }
   }
   for (size_t i = 0; i < nq; ++i) {
-    softmax_avx2(scores + i * stride, qs[i].ctx);
+    if constexpr (W == 16)
+      softmax_avx512(scores + i * stride, qs[i].ctx);
+    else
+      softmax_avx2(scores + i * stride, qs[i].ctx);
     std::fill(qs[i].out, qs[i].out + hd, 0.0f);
   }
 

@@ -9,6 +9,11 @@
 
 #include "engine/cpu/attention.hpp"
 #include "engine/cpu/kernels.hpp"
+#include "tests/skip.hpp"
+
+#if defined(__x86_64__)
+#include "engine/cpu/detail/exp_avx2.hpp"
+#endif
 
 using namespace tokenmill;
 using namespace tokenmill::cpu;
@@ -151,3 +156,43 @@ TEST_CASE("cpu attention: softmax_fast matches softmax over the range attention 
   CHECK(big[0] == Approx(1 / (1 + std::exp(1.0))));
   CHECK(big[2] == Approx(0).margin(1e-30));
 }
+
+#if defined(__x86_64__)
+namespace {
+__attribute__((target("avx2,fma"))) void exp8_of(const float* x, float* y) {
+  _mm256_storeu_ps(y, detail::exp8_avx2(_mm256_loadu_ps(x)));
+}
+__attribute__((target("avx512f"))) void exp16_of(const float* x, float* y) {
+  _mm512_storeu_ps(y, detail::exp16_avx512(_mm512_loadu_ps(x)));
+}
+}  // namespace
+
+TEST_CASE("cpu attention: exp16_avx512 gives exp8_avx2's values bit for bit", "[cpu]") {
+  // Attention's AVX-512 softmax takes exp16_avx512; the AVX2 one and SwiGLU exp8_avx2.
+  if (best_float_isa() < float_isa::avx512) TM_SKIP("this CPU has no AVX-512");
+  std::vector<float> x = random_floats(4096, 5, 100.0f);
+  const float special[] = {0.0f,
+                           -0.0f,
+                           -87.2f,
+                           -87.4f,
+                           88.3f,
+                           88.4f,
+                           -1e30f,
+                           1e30f,
+                           1e-30f,
+                           std::numeric_limits<float>::quiet_NaN(),
+                           -std::numeric_limits<float>::infinity(),
+                           std::numeric_limits<float>::infinity()};
+  x.insert(x.end(), std::begin(special), std::end(special));
+  x.resize((x.size() + 15) / 16 * 16, 1.0f);
+  size_t differ = 0;
+  for (size_t i = 0; i < x.size(); i += 16) {
+    float a[16], b[16];
+    exp8_of(x.data() + i, a);
+    exp8_of(x.data() + i + 8, a + 8);
+    exp16_of(x.data() + i, b);
+    differ += std::memcmp(a, b, sizeof a) != 0;
+  }
+  CHECK(differ == 0);
+}
+#endif
