@@ -156,8 +156,13 @@ struct cpu_engine::impl {
     // batches take shrinking chunks, so that no thread waits long on another's last
     // (2 threads, 125m, prefill 128: 3-14% more tokens/s in 5 of 5 interleaved A/B rows
     // with a run queue of 12-13 on 2 cores, 0.98-1.03 with one of 5);
-    // decode batches keep ~4 even chunks per thread, where shrinking ones measured no
-    // better (0.91-1.09, within this shared machine's noise).
+    // decode batches take one even chunk per thread of a job (threads(), not size(): a
+    // pool shared by two engines has 3 thread indices but 2 threads): every chunk starts
+    // its weight stream cold (the kernels' prefetch only reaches ahead inside a chunk), and
+    // fewer chunks ran faster (125m, 2 threads, quiet, 4 alternating runs, b1 ms per step:
+    // q4_k 12 chunks 1.60-1.67, 8 1.29-1.54, 4 1.28-1.40, 2 1.23-1.28; f16 8 -> 2
+    // 3.55-4.04 -> 3.20-3.58). A worker that joins late finds the chunks taken, and the
+    // caller does them all.
     split_rows(total, n, run);
   }
 
@@ -167,7 +172,7 @@ struct cpu_engine::impl {
   void split_rows(size_t total, size_t n, Fn&& run) {
     if (n >= cpu::gemm_packed_min_rows)
       return pool.parallel_for_guided(total, cpu::prefill_row_unit, run);
-    size_t grain = (total + 4 * pool.size() - 1) / (4 * pool.size());
+    size_t grain = (total + pool.threads() - 1) / pool.threads();
     pool.parallel_for(total, std::max<size_t>(16, (grain + 15) / 16 * 16), run);
   }
 
