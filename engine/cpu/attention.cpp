@@ -16,6 +16,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #define TM_ATT_X86 1
+#include "engine/cpu/detail/transpose_avx512.hpp"
 #define TM_ATT_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define TM_ATT_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
 #else
@@ -332,41 +333,6 @@ TM_ATT_AVX512 void scores_4x16(const float* const* q, const float* kt, size_t ld
     _mm512_storeu_ps(out[i], _mm512_mul_ps(sv, _mm512_add_ps(a[i], b[i])));
 }
 
-/// Transposes 16 x 16 floats in registers: afterwards r[d] holds element d of every input
-/// row (lane s: row s).
-TM_ATT_AVX512 inline void transpose16(__m512 (&r)[16]) {
-  __m512 t[16];
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  // r[4g + c]: rows 4g..4g+3 of columns c, c + 4, c + 8, c + 12 (one per 128-bit lane).
-#pragma GCC unroll 4
-  for (int g = 0; g < 4; ++g) {
-    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]),
-                  c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
-    r[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-    r[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-    r[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-    r[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-  }
-#pragma GCC unroll 4
-  for (int c = 0; c < 4; ++c) {
-    const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44);
-    const __m512 v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xee);
-    const __m512 w0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44);
-    const __m512 w1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xee);
-    t[c] = _mm512_shuffle_f32x4(v0, w0, 0x88);
-    t[c + 4] = _mm512_shuffle_f32x4(v0, w0, 0xdd);
-    t[c + 8] = _mm512_shuffle_f32x4(v1, w1, 0x88);
-    t[c + 12] = _mm512_shuffle_f32x4(v1, w1, 0xdd);
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < 16; ++i)
-    r[i] = t[i];
-}
-
 /// scores_4x16 on 16 f16 keys read in place: each 16 x 16 piece of the block (16 keys, 16
 /// dimensions) is converted and transposed in registers instead of through a transposed
 /// copy, and then the same FMAs run in the same order, so the scores are scores_4x16's
@@ -386,7 +352,7 @@ TM_ATT_AVX512 void scores_direct(const float* const* q, const uint16_t* k, size_
       r[s] = s < valid ? _mm512_cvtph_ps(
                              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + s * hd + d0)))
                        : _mm512_setzero_ps();
-    transpose16(r);
+    detail::transpose16_avx512(r);
 #pragma GCC unroll 8
     for (int d = 0; d < 16; d += 2) {
 #pragma GCC unroll 4
@@ -430,7 +396,7 @@ TM_ATT_AVX512 void transpose_block16(const uint16_t* k, uint32_t cnt, size_t hd,
         r[s] = s0 + s < cnt ? _mm512_cvtph_ps(_mm256_loadu_si256(
                                   reinterpret_cast<const __m256i*>(k + (s0 + s) * hd + d0)))
                             : _mm512_setzero_ps();
-      transpose16(r);
+      detail::transpose16_avx512(r);
 #pragma GCC unroll 16
       for (size_t d = 0; d < 16; ++d)
         _mm512_storeu_ps(kt + (d0 + d) * ld + s0, r[d]);

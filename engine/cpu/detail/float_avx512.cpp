@@ -17,6 +17,7 @@
 // `__Y = __Y` and warn about it wherever they are inlined; nothing of ours is uninitialized.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include "engine/cpu/detail/transpose_avx512.hpp"
 #define TM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 
 namespace tokenmill::cpu::detail {
@@ -168,38 +169,14 @@ TM_AVX512 void gemv_t(T tag, const tensor_view& w, const float* x, size_t n, flo
 /// Transposes a 16 x 16 block: row r of the input is src + r * ld (16 floats); column t
 /// goes to dst + t * dst_ld (16 floats, one per input row).
 TM_AVX512 inline void transpose16(const float* src, size_t ld, float* dst, size_t dst_ld) {
-  __m512 r[16], t[16];
+  __m512 r[16];
 #pragma GCC unroll 16
   for (int i = 0; i < 16; ++i)
     r[i] = _mm512_loadu_ps(src + i * ld);
-    // Pairs of rows, then quads: u[4g + c] holds rows 4g..4g+3 of columns c, c+4, c+8, c+12
-    // (one column per 128-bit lane).
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-#pragma GCC unroll 4
-  for (int g = 0; g < 4; ++g) {
-    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]),
-                  c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
-    r[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-    r[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-    r[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-    r[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-  }
-  // Gather lane L of u[c], u[4 + c], u[8 + c], u[12 + c]: column c + 4L.
-#pragma GCC unroll 4
-  for (int c = 0; c < 4; ++c) {
-    const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44);
-    const __m512 v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xee);
-    const __m512 w0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44);
-    const __m512 w1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xee);
-    _mm512_storeu_ps(dst + (c + 0) * dst_ld, _mm512_shuffle_f32x4(v0, w0, 0x88));
-    _mm512_storeu_ps(dst + (c + 4) * dst_ld, _mm512_shuffle_f32x4(v0, w0, 0xdd));
-    _mm512_storeu_ps(dst + (c + 8) * dst_ld, _mm512_shuffle_f32x4(v1, w1, 0x88));
-    _mm512_storeu_ps(dst + (c + 12) * dst_ld, _mm512_shuffle_f32x4(v1, w1, 0xdd));
-  }
+  transpose16_avx512(r);
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i)
+    _mm512_storeu_ps(dst + i * dst_ld, r[i]);
 }
 
 /// Weight rows per packed panel: four 16-lane vectors.
