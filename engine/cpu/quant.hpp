@@ -113,8 +113,8 @@ inline constexpr size_t int_tile_min_rows = 8;
 /// Since the f32 GEMM became outer-product panels (float_avx512.hpp) the f32 tiles run
 /// q4_k 160-191 GFLOP/s against 188-196 for the int tiles and q6_k 167-209 against
 /// 198-204 (64-512 rows): the int tiles stay, as fast or faster and bit for bit the
-/// decode kernel's values. q4_0 ran 185 on f32 tiles against 40 int (45-80 since its
-/// kernel keeps two accumulators per row).
+/// decode kernel's values. q4_0 ran 185 on f32 tiles against 40 int (at 8-32 rows 105-117
+/// since its AVX-512 kernel takes two blocks per vector: the f32 tiles stay for prefill).
 bool int_prefill(quant_isa isa, dtype t);
 
 /// The best one this CPU has (decided once): avx512_vnni needs AVX-512 F/BW/VL/VNNI,
