@@ -333,6 +333,17 @@ TM_ATT_AVX512 void scores_4x16(const float* const* q, const float* kt, size_t ld
     _mm512_storeu_ps(out[i], _mm512_mul_ps(sv, _mm512_add_ps(a[i], b[i])));
 }
 
+/// 16 dimensions of 16 f16 keys (key s at k + s * hd), keys from `valid` on zero (not
+/// read), converted and transposed: r[d] holds dimension d of every key (lane s: key s).
+TM_ATT_AVX512 inline void load_k16(const uint16_t* k, size_t hd, size_t valid, __m512 (&r)[16]) {
+#pragma GCC unroll 16
+  for (size_t s = 0; s < 16; ++s)
+    r[s] = s < valid
+               ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + s * hd)))
+               : _mm512_setzero_ps();
+  detail::transpose16_avx512(r);
+}
+
 /// scores_4x16 on 16 f16 keys read in place: each 16 x 16 piece of the block (16 keys, 16
 /// dimensions) is converted and transposed in registers instead of through a transposed
 /// copy, and then the same FMAs run in the same order, so the scores are scores_4x16's
@@ -347,12 +358,7 @@ TM_ATT_AVX512 void scores_direct(const float* const* q, const uint16_t* k, size_
     a[i] = b[i] = _mm512_setzero_ps();
   for (size_t d0 = 0; d0 < hd; d0 += 16) {
     __m512 r[16];
-#pragma GCC unroll 16
-    for (uint32_t s = 0; s < 16; ++s)
-      r[s] = s < valid ? _mm512_cvtph_ps(
-                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + s * hd + d0)))
-                       : _mm512_setzero_ps();
-    detail::transpose16_avx512(r);
+    load_k16(k + d0, hd, valid, r);
 #pragma GCC unroll 8
     for (int d = 0; d < 16; d += 2) {
 #pragma GCC unroll 4
@@ -391,12 +397,7 @@ TM_ATT_AVX512 void transpose_block16(const uint16_t* k, uint32_t cnt, size_t hd,
   for (size_t s0 = 0; s0 < ld; s0 += 16)
     for (size_t d0 = 0; d0 < hd; d0 += 16) {
       __m512 r[16];
-#pragma GCC unroll 16
-      for (size_t s = 0; s < 16; ++s)
-        r[s] = s0 + s < cnt ? _mm512_cvtph_ps(_mm256_loadu_si256(
-                                  reinterpret_cast<const __m256i*>(k + (s0 + s) * hd + d0)))
-                            : _mm512_setzero_ps();
-      detail::transpose16_avx512(r);
+      load_k16(k + s0 * hd + d0, hd, cnt > s0 ? cnt - s0 : 0, r);
 #pragma GCC unroll 16
       for (size_t d = 0; d < 16; ++d)
         _mm512_storeu_ps(kt + (d0 + d) * ld + s0, r[d]);
@@ -540,7 +541,8 @@ TM_ATT_AVX2 __attribute__((always_inline)) inline void attend_body(const kv_head
   const size_t block_bytes = bt * hd * kv.dtype_bytes;
   // Few queries (a decode step's GQA group) read f16 K in place; more share a transposed
   // copy of each block. Both give the same scores bit for bit.
-  const bool direct = W == 16 && nq <= 4 && kv.dtype_bytes == 2 && hd % 16 == 0;
+  const bool k16 = W == 16 && kv.dtype_bytes == 2 && hd % 16 == 0;  // f16 K, AVX-512
+  const bool direct = k16 && nq <= 4;
   const auto k_blocks = kv.k.first(std::min(nblocks, kv.k.size()));
   const auto v_blocks = kv.v.first(std::min(nblocks, kv.v.size()));
   for (size_t b = 0; b < kv_prefetch_blocks; ++b)
@@ -566,14 +568,13 @@ TM_ATT_AVX2 __attribute__((always_inline)) inline void attend_body(const kv_head
         }
         continue;
       }
-    }
-    bool transposed = false;
-    if constexpr (W == 16)
-      if (kv.dtype_bytes == 2 && hd % 16 == 0) {
+      if (k16)
         transpose_block16(reinterpret_cast<const uint16_t*>(kv.k[b]), cnt, hd, s.kt.data(), ld);
-        transposed = true;
-      }
-    if (!transposed) transpose_block(kv, kv.k[b], cnt, s.kt.data(), ld);
+      else
+        transpose_block(kv, kv.k[b], cnt, s.kt.data(), ld);
+    } else {
+      transpose_block(kv, kv.k[b], cnt, s.kt.data(), ld);
+    }
     for (size_t c = 0; c < ld; c += W) {
       int m = 0;
       for (size_t i = 0; i < nq; ++i) {
