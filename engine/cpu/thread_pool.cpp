@@ -229,7 +229,10 @@ void thread_pool::run(size_t count, size_t grain, bool guided, job_priority prio
   j.count = count;
   j.grain = grain;
   j.guided = guided;
-  j.next.store(0, std::memory_order_relaxed);
+  // A plain job's first chunk is the caller's before the job opens: it starts at once,
+  // without a read-modify-write on `next` racing the workers' first claims.
+  const size_t first = guided ? 0 : grain;
+  j.next.store(first, std::memory_order_relaxed);
   j.exited.store(0, std::memory_order_relaxed);
   j.priority.store(static_cast<uint8_t>(priority), std::memory_order_relaxed);
   // The caller counts as computing before its job is open: else a worker could take the
@@ -241,7 +244,15 @@ void thread_pool::run(size_t count, size_t grain, bool guided, job_priority prio
   epoch_.fetch_add(1);
   // Sleeping workers are woken only when one can join: with the pool's threads all
   // computing, a wake-up would cost a context switch on a busy core for nothing.
-  if (pool_policy::should_wake(active_.load(), threads(), sleepers_.load(), true)) wake_workers();
+  // sleepers_ first: it rarely changes, so the usual post (nobody asleep) reads no line that
+  // a worker has just written.
+  if (const uint32_t asleep = sleepers_.load();
+      asleep > 0 && pool_policy::should_wake(active_.load(), threads(), asleep, true))
+    wake_workers();
+  if (first > 0) {
+    task_scope scope(this, slot);
+    call(ctx, 0, first, slot);
+  }
   work(j, slot, false);
   open_.fetch_and(~bit(slot));
   const uint64_t joined = j.state.fetch_or(closed_bit, std::memory_order_acq_rel) & count_mask;
