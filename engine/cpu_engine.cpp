@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -132,25 +133,42 @@ struct cpu_engine::impl {
   /// once here, and every row range reads that copy.
   struct linear_job {
     const tensor_view* w;
-    float* y;
+    float* y;          ///< [n][w->rows]
+    size_t row0 = 0;   ///< the first of w's rows this job computes
+    size_t count = 0;  ///< rows from row0 (0: to the end)
+    size_t rows() const { return count ? count : w->rows - row0; }
   };
+  std::vector<linear_job> qkv_by_head;  ///< forward_impl's fused decode Q/K/V job
   void linears(std::initializer_list<linear_job> jobs, const float* xin, size_t n) {
+    linears(std::span<const linear_job>(jobs.begin(), jobs.size()), xin, n, 16,
+            [](size_t, size_t, uint32_t) {});
+  }
+
+  /// linears() with chunk bounds at multiples of `unit` (besides the range's end) and
+  /// `after(b, e, thread)` called by the thread that computed a chunk's rows [b, e) of the
+  /// jobs' concatenated outputs, right after them (while they are in its cache).
+  template <class After>
+  void linears(std::span<const linear_job> jobs, const float* xin, size_t n, size_t unit,
+               After&& after) {
     size_t total = 0;
     std::array<const tensor_view*, 4> ws{};
     size_t nw = 0;
     for (const auto& j : jobs) {
-      total += j.w->rows;
-      ws.at(nw++) = j.w;
+      total += j.rows();
+      if (std::find(ws.begin(), ws.begin() + nw, j.w) == ws.begin() + nw) ws.at(nw++) = j.w;
     }
     cpu::prepare_linear_input({ws.data(), nw}, xin, n, lin_in);
     auto run = [&](size_t b, size_t e, uint32_t t) {
       size_t base = 0;
       for (const auto& j : jobs) {
-        size_t rows = j.w->rows;
-        size_t lo = std::max(b, base), hi = std::min(e, base + rows);
-        if (lo < hi) cpu::linear(*j.w, lin_in, j.y, rows, lo - base, hi - base, tile_scratch[t]);
+        const size_t rows = j.rows();
+        const size_t lo = std::max(b, base), hi = std::min(e, base + rows);
+        if (lo < hi)
+          cpu::linear(*j.w, lin_in, j.y, j.w->rows, j.row0 + lo - base, j.row0 + hi - base,
+                      tile_scratch[t]);
         base += rows;
       }
+      after(b, e, t);
     };
     // Multiples of 16 rows keep the 4-row GEMV and the sgemm tiles whole. Prefill-sized
     // batches take shrinking chunks, so that no thread waits long on another's last
@@ -163,17 +181,18 @@ struct cpu_engine::impl {
     // q4_k 12 chunks 1.60-1.67, 8 1.29-1.54, 4 1.28-1.40, 2 1.23-1.28; f16 8 -> 2
     // 3.55-4.04 -> 3.20-3.58). A worker that joins late finds the chunks taken, and the
     // caller does them all.
-    split_rows(total, n, run);
+    split_rows(total, n, run, unit);
   }
 
   /// Runs `run` over output rows [0, total) of a linear layer with an n-row input, split over
-  /// the pool as linears() does.
+  /// the pool as linears() does, with chunk bounds at multiples of 16 and of `unit`.
   template <class Fn>
-  void split_rows(size_t total, size_t n, Fn&& run) {
+  void split_rows(size_t total, size_t n, Fn&& run, size_t unit = 16) {
     if (n >= cpu::gemm_packed_min_rows)
-      return pool.parallel_for_guided(total, cpu::prefill_row_unit, run);
+      return pool.parallel_for_guided(total, std::lcm(cpu::prefill_row_unit, unit), run);
+    const size_t step = std::lcm(size_t{16}, unit);
     size_t grain = (total + pool.threads() - 1) / pool.threads();
-    pool.parallel_for(total, std::max<size_t>(16, (grain + 15) / 16 * 16), run);
+    pool.parallel_for(total, std::max(step, (grain + step - 1) / step * step), run);
   }
 
   /// The FFN's input half in one parallel_for: gate = silu(x . w_gate^T) * (x . w_up^T), split
@@ -286,6 +305,69 @@ struct cpu_engine::impl {
     return kept;
   }
 
+  /// Attention of tile `ti`'s rows on layer `l` for KV head `kvh`'s query heads, as
+  /// thread `t`: the heads share each K/V block read (cpu::attend).
+  void attend_task(block_pool& p, uint32_t l, size_t ti, uint32_t kvh, uint32_t t) {
+    const uint32_t group = c.heads / c.kv_heads, bt = layout.block_tokens;
+    const size_t hd = c.head_dim, qdim = size_t{c.heads} * hd;
+    auto& ts = attn[t];
+    const row_tile& tile = tiles[ti];
+    const auto& blocks = tables[rows[tile.begin].seq];
+    const uint32_t ctx = rows[tile.end - 1].pos + 1;
+    const uint32_t nb = (ctx + bt - 1) / bt;
+    ts.k.resize(nb);
+    ts.v.resize(nb);
+    for (uint32_t i = 0; i < nb; ++i) {
+      std::byte* blk = p.block(blocks[i]);
+      ts.k[i] = blk + layout.offset(l, 0, kvh, 0);
+      ts.v[i] = blk + layout.offset(l, 1, kvh, 0);
+    }
+    ts.queries.clear();
+    for (uint32_t r = tile.begin; r < tile.end; ++r)
+      for (uint32_t h = kvh * group; h < (kvh + 1) * group; ++h)
+        ts.queries.push_back({q.data() + size_t{r} * qdim + h * hd,
+                              att.data() + size_t{r} * qdim + h * hd, rows[r].pos + 1});
+    cpu::attend({ts.k, ts.v, bt, c.head_dim, layout.dtype_bytes}, ts.queries,
+                1.0f / std::sqrt(static_cast<float>(hd)), ts.scratch);
+  }
+
+  /// Heads [h0, h1) of a layer's Q/K/V output for the first n rows, counted over the query
+  /// heads, then the KV heads' K, then their V: the biases and RoPE (unless `cache_only`),
+  /// and with `cache` the K and V heads into the cache at the rows' positions.
+  void qkv_heads(block_pool& p, uint32_t l, size_t n, size_t h0, size_t h1, bool cache,
+                 bool cache_only = false) {
+    const size_t hd = c.head_dim, pairs = hd / 2, qdim = size_t{c.heads} * hd,
+                 kvdim = size_t{c.kv_heads} * hd;
+    const auto& lv = layers[l];
+    const bool f16_kv = layout.dtype_bytes == 2;
+    for (size_t h = h0; h < h1; ++h) {
+      const bool is_q = h < c.heads;
+      const uint32_t kv = is_q ? 0 : static_cast<uint32_t>((h - c.heads) / c.kv_heads);
+      const uint32_t head = static_cast<uint32_t>(is_q ? h : (h - c.heads) % c.kv_heads);
+      float* base = is_q ? q.data() : kv == 0 ? k.data() : v.data();
+      const size_t stride = is_q ? qdim : kvdim;
+      const float* bias = is_q ? lv.bq.data() : kv == 0 ? lv.bk.data() : lv.bv.data();
+      for (size_t r = 0; r < n; ++r) {
+        float* x = base + r * stride + head * hd;
+        if (!cache_only) {
+          if (c.qkv_bias)
+            for (size_t i = 0; i < hd; ++i)
+              x[i] += bias[head * hd + i];
+          if (is_q || kv == 0) {
+            const float* cs = rope_cs.data() + r * hd;
+            cpu::rope_apply(x, c.head_dim, cs, cs + pairs, c.rope);
+          }
+        }
+        if (!cache || is_q) continue;
+        std::byte* dst = kv_ptr(p, rows[r], l, kv, head);
+        if (f16_kv)
+          cpu::f32_to_f16_row(x, reinterpret_cast<uint16_t*>(dst), hd);
+        else
+          std::memcpy(dst, x, hd * 4);
+      }
+    }
+  }
+
   /// Runs `rows` through the model (their KV written into `pool`) and leaves the logits of
   /// `out_rows` in `logits` [out_rows][vocab]. For a blended prefill (prefill_blend), which
   /// computes some positions only: with `select`, the rows shrink to the selected ones on
@@ -330,88 +412,68 @@ struct cpu_engine::impl {
       }
     });
 
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     const uint32_t group = c.heads / c.kv_heads;
-    const uint32_t bt = layout.block_tokens;
-    const bool f16_kv = layout.dtype_bytes == 2;
+    // Decode-sized batches fuse each KV head's attention into the Q/K/V job when the heads
+    // split evenly over the threads (else one thread would do most of the attention).
+    const bool fused_attention =
+        !ph && !select && n < cpu::gemm_packed_min_rows && c.kv_heads % pool.threads() == 0;
+    qkv_by_head.resize(3 * size_t{c.kv_heads});
     for (uint32_t l = 0; l < c.layers; ++l) {
       const auto& lw = w.layers[l];
       const auto& lv = layers[l];
       for (size_t r = 0; r < n; ++r)
         cpu::rms_norm(x.data() + r * dim, lv.attn_norm.data(), xn.data() + r * dim, dim, c.rms_eps);
-      linears({{&lw.wq, q.data()}, {&lw.wk, k.data()}, {&lw.wv, v.data()}}, xn.data(), n);
-      // Biases and RoPE; then (after a blend's selection) the new K/V into the cache.
-      pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
-        for (size_t r = b; r < e; ++r) {
-          float* qr = q.data() + r * qdim;
-          float* kr = k.data() + r * kvdim;
-          float* vr = v.data() + r * kvdim;
-          if (c.qkv_bias) {
-            for (size_t i = 0; i < qdim; ++i)
-              qr[i] += lv.bq[i];
-            for (size_t i = 0; i < kvdim; ++i)
-              kr[i] += lv.bk[i];
-            for (size_t i = 0; i < kvdim; ++i)
-              vr[i] += lv.bv[i];
-          }
-          const float* cs = rope_cs.data() + r * hd;
-          for (uint32_t h = 0; h < c.heads; ++h)
-            cpu::rope_apply(qr + h * hd, c.head_dim, cs, cs + pairs, c.rope);
-          for (uint32_t h = 0; h < c.kv_heads; ++h)
-            cpu::rope_apply(kr + h * hd, c.head_dim, cs, cs + pairs, c.rope);
+      const std::array<linear_job, 3> qkv{
+          {{&lw.wq, q.data()}, {&lw.wk, k.data()}, {&lw.wv, v.data()}}};
+      if (fused_attention) {
+        // Decode: a chunk is whole KV heads, each its group's query rows, then its K and V
+        // rows; the thread that computed them applies the biases and RoPE, writes the K/V
+        // into the cache and runs the head's attention for every tile, with no barrier
+        // before the attention and no Q/K/V crossing cores.
+        const size_t per_head = (group + 2) * hd;
+        for (uint32_t g = 0; g < c.kv_heads; ++g) {
+          qkv_by_head[3 * g] = {&lw.wq, q.data(), g * group * hd, group * hd};
+          qkv_by_head[3 * g + 1] = {&lw.wk, k.data(), g * hd, hd};
+          qkv_by_head[3 * g + 2] = {&lw.wv, v.data(), g * hd, hd};
         }
-      });
-      if (select && l == select->layer) {
-        lap(ph ? &ph->select_ms : nullptr);
-        n = blend_select(p, l, *select);
-        lap(ph ? &ph->selected_ms : nullptr);
-      }
-      pool.parallel_for(n, 0, [&](size_t b, size_t e, uint32_t) {
-        for (size_t r = b; r < e; ++r) {
-          const float* kr = k.data() + r * kvdim;
-          const float* vr = v.data() + r * kvdim;
-          for (uint32_t h = 0; h < c.kv_heads; ++h) {
-            for (uint32_t kv = 0; kv < 2; ++kv) {
-              std::byte* dst = kv_ptr(p, rows[r], l, kv, h);
-              const float* src = (kv == 0 ? kr : vr) + h * hd;
-              if (f16_kv)
-                cpu::f32_to_f16_row(src, reinterpret_cast<uint16_t*>(dst), hd);
-              else
-                std::memcpy(dst, src, hd * 4);
-            }
+        linears(qkv_by_head, xn.data(), n, per_head, [&](size_t b, size_t e, uint32_t t) {
+          for (size_t g = b / per_head; g < e / per_head; ++g) {
+            qkv_heads(p, l, n, g * group, (g + 1) * group, false);
+            qkv_heads(p, l, n, c.heads + g, c.heads + g + 1, true);
+            qkv_heads(p, l, n, c.heads + c.kv_heads + g, c.heads + c.kv_heads + g + 1, true);
+            for (size_t tile = 0; tile < tiles.size(); ++tile)
+              attend_task(p, l, tile, static_cast<uint32_t>(g), t);
           }
+        });
+      } else {
+        if (!select || l != select->layer) {
+          // Bias, RoPE and the cache write of each head right after its rows, by the thread
+          // that computed them: chunks end at head bounds.
+          linears(qkv, xn.data(), n, hd,
+                  [&](size_t b, size_t e, uint32_t) { qkv_heads(p, l, n, b / hd, e / hd, true); });
+        } else {
+          // A blend's selection layer: the cache takes the selected rows only.
+          linears(qkv, xn.data(), n, 16, [](size_t, size_t, uint32_t) {});
+          pool.parallel_for(c.heads + 2 * c.kv_heads, 0,
+                            [&](size_t b, size_t e, uint32_t) { qkv_heads(p, l, n, b, e, false); });
+          lap(ph ? &ph->select_ms : nullptr);
+          n = blend_select(p, l, *select);
+          lap(ph ? &ph->selected_ms : nullptr);
+          pool.parallel_for(2 * c.kv_heads, 0, [&](size_t b, size_t e, uint32_t) {
+            qkv_heads(p, l, n, c.heads + b, c.heads + e, true, true);
+          });
         }
-      });
 
-      // Causal attention over the paged cache, one task per (tile of rows of one sequence,
-      // KV head): the tile's query heads of the KV head's group share each K/V block read
-      // (cpu::attend).
-      const int64_t t_attn = ph ? now_ns() : 0;
-      pool.parallel_for(tiles.size() * c.kv_heads, 1, [&](size_t b, size_t e, uint32_t t) {
-        auto& ts = attn[t];
-        for (size_t task = b; task < e; ++task) {
-          const row_tile& tile = tiles[task / c.kv_heads];
-          const uint32_t kvh = static_cast<uint32_t>(task % c.kv_heads);
-          const auto& blocks = tables[rows[tile.begin].seq];
-          const uint32_t ctx = rows[tile.end - 1].pos + 1;
-          const uint32_t nb = (ctx + bt - 1) / bt;
-          ts.k.resize(nb);
-          ts.v.resize(nb);
-          for (uint32_t i = 0; i < nb; ++i) {
-            std::byte* blk = p.block(blocks[i]);
-            ts.k[i] = blk + layout.offset(l, 0, kvh, 0);
-            ts.v[i] = blk + layout.offset(l, 1, kvh, 0);
-          }
-          ts.queries.clear();
-          for (uint32_t r = tile.begin; r < tile.end; ++r)
-            for (uint32_t h = kvh * group; h < (kvh + 1) * group; ++h)
-              ts.queries.push_back({q.data() + size_t{r} * qdim + h * hd,
-                                    att.data() + size_t{r} * qdim + h * hd, rows[r].pos + 1});
-          cpu::attend({ts.k, ts.v, bt, c.head_dim, layout.dtype_bytes}, ts.queries, scale,
-                      ts.scratch);
-        }
-      });
-      if (ph) ph->attention_ms += (now_ns() - t_attn) / 1e6;
+        // Causal attention over the paged cache, one task per (tile of rows of one sequence,
+        // KV head): the tile's query heads of the KV head's group share each K/V block read
+        // (cpu::attend).
+        const int64_t t_attn = ph ? now_ns() : 0;
+        pool.parallel_for(tiles.size() * c.kv_heads, 1, [&](size_t b, size_t e, uint32_t t) {
+          for (size_t task = b; task < e; ++task)
+            attend_task(p, l, task / c.kv_heads, static_cast<uint32_t>(task % c.kv_heads), t);
+        });
+        if (ph) ph->attention_ms += (now_ns() - t_attn) / 1e6;
+      }
 
       // Output projection into xn (free now), then the residual.
       linears({{&lw.wo, xn.data()}}, att.data(), n);
