@@ -174,13 +174,13 @@ struct cpu_engine::impl {
     // batches take shrinking chunks, so that no thread waits long on another's last
     // (2 threads, 125m, prefill 128: 3-14% more tokens/s in 5 of 5 interleaved A/B rows
     // with a run queue of 12-13 on 2 cores, 0.98-1.03 with one of 5);
-    // decode batches take one even chunk per thread of a job (threads(), not size(): a
-    // pool shared by two engines has 3 thread indices but 2 threads): every chunk starts
-    // its weight stream cold (the kernels' prefetch only reaches ahead inside a chunk), and
-    // fewer chunks ran faster (125m, 2 threads, quiet, 4 alternating runs, b1 ms per step:
-    // q4_k 12 chunks 1.60-1.67, 8 1.29-1.54, 4 1.28-1.40, 2 1.23-1.28; f16 8 -> 2
-    // 3.55-4.04 -> 3.20-3.58). A worker that joins late finds the chunks taken, and the
-    // caller does them all.
+    // decode batches take one chunk per thread of a job (parallel_for_split, sized from
+    // the threads' measured pace): every chunk starts its weight stream cold (the
+    // kernels' prefetch only reaches ahead inside a chunk), and fewer chunks ran faster
+    // (125m, 2 threads, quiet, 4 alternating runs, b1 ms per step: q4_k 12 chunks
+    // 1.60-1.67, 8 1.29-1.54, 4 1.28-1.40, 2 1.23-1.28; f16 8 -> 2 3.55-4.04 ->
+    // 3.20-3.58). A worker that joins late finds the chunks taken, and the caller does
+    // them all.
     split_rows(total, n, run, unit);
   }
 
@@ -190,9 +190,7 @@ struct cpu_engine::impl {
   void split_rows(size_t total, size_t n, Fn&& run, size_t unit = 16) {
     if (n >= cpu::gemm_packed_min_rows)
       return pool.parallel_for_guided(total, std::lcm(cpu::prefill_row_unit, unit), run);
-    const size_t step = std::lcm(size_t{16}, unit);
-    size_t grain = (total + pool.threads() - 1) / pool.threads();
-    pool.parallel_for(total, std::max(step, (grain + step - 1) / step * step), run);
+    pool.parallel_for_split(total, std::lcm(size_t{16}, unit), run);
   }
 
   /// The FFN's input half in one parallel_for: gate = silu(x . w_gate^T) * (x . w_up^T), split

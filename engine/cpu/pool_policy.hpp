@@ -55,4 +55,44 @@ constexpr size_t worker_chunk_cap(size_t last_take, uint64_t last_ns, size_t uni
   return std::clamp(fit / unit * unit, unit, std::max(unit, 2 * last_take / unit * unit));
 }
 
+/// A split job (thread_pool::parallel_for_split) gives its caller one chunk and its workers
+/// the rest in equal chunks, one each. The caller's share follows the measured pace of the
+/// two sides: `ratio` is the caller's rows per second over the workers' together, each timed
+/// from the post to the end of its last chunk (so a worker's late start counts against it).
+/// Equal threads that start at once have ratio 1 / (threads - 1) and split evenly. On the
+/// 2-vCPU VM one vCPU ran its chunks 10-20 % slower than the other for minutes at a time,
+/// either one, and the faster waited for it at each of a decode step's ~50 barriers.
+inline constexpr double split_ratio_min = 0.2;  ///< measured ratios are clamped to this
+inline constexpr double split_ratio_max = 5.0;  ///< and this (a preempted thread's outlier)
+inline constexpr double split_alpha = 0.25;     ///< weight of the newest measurement
+
+/// The ratio of equal threads: what a caller's estimate starts from.
+constexpr double even_split_ratio(uint32_t threads) {
+  return threads > 1 ? 1.0 / (threads - 1) : 1.0;
+}
+
+/// The estimate after a split job in which the caller computed `caller_rows` in `caller_ns`
+/// and the workers `worker_rows` by `worker_ns` (both from the post). Unchanged when either
+/// side did nothing or was not timed.
+constexpr double update_split_ratio(double ratio, uint64_t caller_rows, uint64_t caller_ns,
+                                    uint64_t worker_rows, uint64_t worker_ns) {
+  if (caller_rows == 0 || worker_rows == 0 || caller_ns == 0 || worker_ns == 0) return ratio;
+  const double measured = (static_cast<double>(caller_rows) / static_cast<double>(caller_ns)) /
+                          (static_cast<double>(worker_rows) / static_cast<double>(worker_ns));
+  return (1 - split_alpha) * ratio +
+         split_alpha * std::clamp(measured, split_ratio_min, split_ratio_max);
+}
+
+/// The caller's chunk of a split job of `count` indices over `threads` threads: its share
+/// ratio / (ratio + 1) of the range, in whole `unit`s, kept between a half and one and a half
+/// of an even split's chunk (and below the whole range, so that workers have a chunk).
+constexpr size_t split_caller_rows(size_t count, size_t unit, uint32_t threads, double ratio) {
+  if (threads <= 1 || count <= unit) return count;
+  const double even = static_cast<double>(count) / threads;
+  const double want =
+      std::clamp(static_cast<double>(count) * ratio / (ratio + 1), 0.5 * even, 1.5 * even);
+  const size_t rows = (static_cast<size_t>(want) + unit / 2) / unit * unit;
+  return std::clamp(rows, unit, (count - 1) / unit * unit);
+}
+
 }  // namespace tokenmill::cpu::pool_policy

@@ -92,6 +92,8 @@ thread_pool::thread_pool(uint32_t threads, uint32_t callers) : callers_(callers)
     throw std::invalid_argument("thread_pool: callers must be in [1, 64]");
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
   jobs_ = std::make_unique<job[]>(callers);
+  for (uint32_t s = 0; s < callers; ++s)
+    jobs_[s].split_ratio = pool_policy::even_split_ratio(threads);
   workers_.reserve(threads - 1);
   for (uint32_t t = 0; t + 1 < threads; ++t)
     workers_.emplace_back([this, t] { worker_loop(callers_ + t); });
@@ -149,6 +151,13 @@ bool thread_pool::work(job& j, uint32_t thread, bool worker) {
     j.call(j.ctx, begin, end, thread);
     if (paced) cap = pool_policy::worker_chunk_cap(end - begin, now_ns() - start, j.grain);
     if (!worker) continue;
+    if (j.split) {
+      j.worker_rows.fetch_add(end - begin, std::memory_order_relaxed);
+      const uint64_t t = now_ns();
+      for (uint64_t e = j.worker_end_ns.load(std::memory_order_relaxed);
+           e < t && !j.worker_end_ns.compare_exchange_weak(e, t, std::memory_order_relaxed);) {
+      }
+    }
     // More threads computing than the pool has (a caller posted since this worker joined):
     // the worker steps back, so that the pool's threads never outnumber its cores.
     for (uint32_t a = active_.load(); a > threads();)
@@ -207,13 +216,14 @@ void thread_pool::release_slot(uint32_t slot) {
   }
 }
 
-void thread_pool::run(size_t count, size_t grain, bool guided, job_priority priority, void* ctx,
+void thread_pool::run(size_t count, size_t grain, mode how, job_priority priority, void* ctx,
                       call_fn call) {
   if (count == 0) return;
   if (grain == 0) grain = (count + threads() - 1) / threads();
+  const bool guided = how == mode::guided, split = how == mode::split;
   auto inline_run = [&](uint32_t thread) {
     task_scope scope(this, thread);
-    if (guided) return call(ctx, 0, count, thread);
+    if (guided || split) return call(ctx, 0, count, thread);
     for (size_t b = 0; b < count; b += grain)
       call(ctx, b, std::min(count, b + grain), thread);
   };
@@ -224,14 +234,23 @@ void thread_pool::run(size_t count, size_t grain, bool guided, job_priority prio
     return release_slot(slot);
   }
   job& j = jobs_[slot];
+  // A plain or split job's first chunk is the caller's before the job opens: it starts at
+  // once, without a read-modify-write on `next` racing the workers' first claims.
+  size_t first = guided ? 0 : grain;
+  if (split) {
+    first = pool_policy::split_caller_rows(count, grain, threads(), j.split_ratio);
+    const size_t per_worker = (count - first + workers() - 1) / workers();
+    grain = std::max(grain, (per_worker + grain - 1) / grain * grain);
+  }
+  const uint64_t posted = split ? now_ns() : 0;
   j.ctx = ctx;
   j.call = call;
   j.count = count;
   j.grain = grain;
   j.guided = guided;
-  // A plain job's first chunk is the caller's before the job opens: it starts at once,
-  // without a read-modify-write on `next` racing the workers' first claims.
-  const size_t first = guided ? 0 : grain;
+  j.split = split;
+  j.worker_rows.store(0, std::memory_order_relaxed);
+  j.worker_end_ns.store(0, std::memory_order_relaxed);
   j.next.store(first, std::memory_order_relaxed);
   j.exited.store(0, std::memory_order_relaxed);
   j.priority.store(static_cast<uint8_t>(priority), std::memory_order_relaxed);
@@ -254,12 +273,20 @@ void thread_pool::run(size_t count, size_t grain, bool guided, job_priority prio
     call(ctx, 0, first, slot);
   }
   work(j, slot, false);
+  const uint64_t caller_end = split ? now_ns() : 0;
   open_.fetch_and(~bit(slot));
   const uint64_t joined = j.state.fetch_or(closed_bit, std::memory_order_acq_rel) & count_mask;
   auto all_out = [&] { return j.exited.load(std::memory_order_acquire) == joined; };
   if (!spin_until(all_out)) {
     std::unique_lock lock(mutex_);
     done_.wait(lock, all_out);
+  }
+  if (split) {
+    const uint64_t w_rows = j.worker_rows.load(std::memory_order_relaxed);
+    const uint64_t w_end = j.worker_end_ns.load(std::memory_order_relaxed);
+    j.split_ratio =
+        pool_policy::update_split_ratio(j.split_ratio, count - w_rows, caller_end - posted, w_rows,
+                                        w_end > posted ? w_end - posted : 0);
   }
   if (counted) release_compute();
   release_slot(slot);

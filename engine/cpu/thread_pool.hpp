@@ -85,7 +85,7 @@ class thread_pool {
   template <class Fn>
   void parallel_for(size_t count, size_t grain, Fn&& fn,
                     job_priority priority = job_priority::normal) {
-    run(count, grain, false, priority, &fn, thunk<Fn>);
+    run(count, grain, mode::plain, priority, &fn, thunk<Fn>);
   }
 
   /// parallel_for with chunks that shrink as the range runs out (guided scheduling): each
@@ -97,11 +97,23 @@ class thread_pool {
   template <class Fn>
   void parallel_for_guided(size_t count, size_t unit, Fn&& fn,
                            job_priority priority = job_priority::normal) {
-    run(count, unit == 0 ? 1 : unit, true, priority, &fn, thunk<Fn>);
+    run(count, unit == 0 ? 1 : unit, mode::guided, priority, &fn, thunk<Fn>);
+  }
+
+  /// parallel_for with one chunk per thread, bounds at multiples of `unit` (besides the
+  /// range's end): the caller's chunk sized from the pace of the caller and the workers
+  /// measured on the earlier split jobs of its caller slot (pool_policy::split_caller_rows),
+  /// the workers' chunks equal. For a decode step's GEMVs, whose threads wait for each
+  /// other at every job. Where parallel_for would run inline, the range is one chunk.
+  template <class Fn>
+  void parallel_for_split(size_t count, size_t unit, Fn&& fn,
+                          job_priority priority = job_priority::normal) {
+    run(count, unit == 0 ? 1 : unit, mode::split, priority, &fn, thunk<Fn>);
   }
 
  private:
   using call_fn = void (*)(void*, size_t, size_t, uint32_t);
+  enum class mode : uint8_t { plain, guided, split };
   template <class Fn>
   static void thunk(void* ctx, size_t b, size_t e, uint32_t t) {
     (*static_cast<std::remove_reference_t<Fn>*>(ctx))(b, e, t);
@@ -122,10 +134,16 @@ class thread_pool {
     size_t count = 0;
     size_t grain = 1;
     bool guided = false;
+    bool split = false;
+    /// A split job's workers: rows computed and when the last chunk ended (now_ns), for the
+    /// caller's estimate of their pace.
+    std::atomic<uint64_t> worker_rows{0};
+    std::atomic<uint64_t> worker_end_ns{0};
+    double split_ratio = 1;  ///< caller side: pool_policy::update_split_ratio's estimate
   };
 
   uint32_t workers() const { return static_cast<uint32_t>(workers_.size()); }
-  void run(size_t count, size_t grain, bool guided, job_priority priority, void* ctx, call_fn call);
+  void run(size_t count, size_t grain, mode how, job_priority priority, void* ctx, call_fn call);
   /// Claims the next chunk of `j`, of a guided job at most `cap` long; false when none is left.
   bool claim(job& j, size_t& begin, size_t& end, size_t cap = SIZE_MAX) const;
   /// Runs chunks of `j` as thread `thread` until none is left or, for a `worker`, the pool
@@ -195,6 +213,10 @@ class pool_lane {
   template <class Fn>
   void parallel_for_guided(size_t count, size_t unit, Fn&& fn) {
     pool_->parallel_for_guided(count, unit, std::forward<Fn>(fn), priority_);
+  }
+  template <class Fn>
+  void parallel_for_split(size_t count, size_t unit, Fn&& fn) {
+    pool_->parallel_for_split(count, unit, std::forward<Fn>(fn), priority_);
   }
 
  private:

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -36,10 +37,12 @@ void hammer(thread_pool& pool, std::vector<std::atomic<bool>>& in_use, size_t co
         hits[i].fetch_add(1);
       in_use[t].store(false);
     };
-    if (rep % 2 == 0)
+    if (rep % 3 == 0)
       pool.parallel_for(count, 3, body, priority);
-    else
+    else if (rep % 3 == 1)
       pool.parallel_for_guided(count, 4, body, priority);
+    else
+      pool.parallel_for_split(count, 5, body, priority);
     for (auto& h : hits)
       if (h.load() != 1) bad |= 2;
   }
@@ -363,5 +366,69 @@ TEST_CASE("thread_pool: a worker's first chunk of a shared pool's guided job is 
       CHECK(first_worker_chunk.load() == unit);
     for (auto& h : hits)
       REQUIRE(h.load() == 1);
+  }
+}
+
+TEST_CASE("pool_policy: a split job's caller share follows the measured pace", "[cpu]") {
+  using namespace tokenmill::cpu::pool_policy;
+  CHECK(even_split_ratio(2) == 1.0);
+  CHECK(even_split_ratio(4) == Approx(1.0 / 3));
+  // Equal pace: even chunks, in whole units.
+  CHECK(split_caller_rows(1280, 16, 2, 1.0) == 640);
+  CHECK(split_caller_rows(768, 16, 4, even_split_ratio(4)) == 192);
+  // A caller 20 % faster takes 6/11 of the rows; 3x faster is held to 1.5x an even chunk,
+  // 3x slower to half of one.
+  CHECK(split_caller_rows(1280, 16, 2, 1.2) == 704);
+  CHECK(split_caller_rows(1280, 16, 2, 3.0) == 960);
+  CHECK(split_caller_rows(1280, 16, 2, 1.0 / 3) == 320);
+  // Coarse units round to the nearest; the workers keep at least a part-unit.
+  CHECK(split_caller_rows(1280, 320, 2, 1.2) == 640);
+  CHECK(split_caller_rows(20, 16, 2, 5.0) == 16);
+  CHECK(split_caller_rows(16, 16, 2, 1.0) == 16);  // one unit: the caller's alone
+  CHECK(split_caller_rows(100, 16, 1, 1.0) == 100);
+  // The estimate moves a quarter of the way to each clamped measurement; a side that did
+  // nothing, or was not timed, leaves it alone.
+  CHECK(update_split_ratio(1.0, 600, 1000, 400, 1000) == Approx(0.75 + 0.25 * 1.5));
+  CHECK(update_split_ratio(1.0, 100, 1000, 100, 1'000'000) == Approx(0.75 + 0.25 * 5.0));
+  CHECK(update_split_ratio(1.0, 100, 1'000'000, 100, 1000) == Approx(0.75 + 0.25 * 0.2));
+  CHECK(update_split_ratio(1.3, 0, 1000, 400, 1000) == 1.3);
+  CHECK(update_split_ratio(1.3, 600, 1000, 0, 0) == 1.3);
+}
+
+TEST_CASE("thread_pool: a split job gives the slower side fewer rows", "[cpu]") {
+  // One caller, one worker (thread index 1). Every index runs once, chunks start at
+  // multiples of the unit, and the caller's chunk starts at 0. The side whose chunks are
+  // slow ends up with half an even chunk, the other with 1.5.
+  for (const bool worker_slow : {true, false}) {
+    INFO("worker slow: " << worker_slow);
+    thread_pool pool(2);
+    const size_t count = 1024, unit = 16;
+    size_t caller_rows = 0;
+    for (int rep = 0; rep < 400; ++rep) {
+      std::vector<std::atomic<int>> hits(count);
+      std::atomic<size_t> by_caller{0};
+      std::atomic<bool> misplaced{false};
+      pool.parallel_for_split(count, unit, [&](size_t b, size_t e, uint32_t t) {
+        if (b % unit != 0) misplaced = true;
+        for (size_t i = b; i < e; ++i)
+          hits[i].fetch_add(1);
+        if (t == 0) {
+          if (b != 0 && by_caller.load() == 0) misplaced = true;
+          by_caller += e - b;
+        }
+        // The fast side's chunks take 50 us, so that the worker has started before the
+        // caller could take its chunk too; the slow side's 400 us.
+        const auto until = std::chrono::steady_clock::now() +
+                           std::chrono::microseconds((t != 0) == worker_slow ? 400 : 50);
+        while (std::chrono::steady_clock::now() < until)
+          std::this_thread::yield();
+      });
+      REQUIRE_FALSE(misplaced.load());
+      for (auto& h : hits)
+        REQUIRE(h.load() == 1);
+      caller_rows = by_caller.load();
+      if (caller_rows == (worker_slow ? 768u : 256u)) break;
+    }
+    CHECK(caller_rows == (worker_slow ? 768u : 256u));
   }
 }
