@@ -138,7 +138,7 @@ bool thread_pool::claim(job& j, size_t& begin, size_t& end, size_t cap) const {
   return true;
 }
 
-bool thread_pool::work(job& j, uint32_t thread, bool worker) {
+thread_pool::left thread_pool::work(job& j, uint32_t thread, bool worker) {
   task_scope scope(this, thread);
   const uint8_t p = j.priority.load(std::memory_order_relaxed);
   // A worker in a guided job of a pool with other callers takes chunks paced to a target
@@ -150,21 +150,24 @@ bool thread_pool::work(job& j, uint32_t thread, bool worker) {
     const uint64_t start = paced ? now_ns() : 0;
     j.call(j.ctx, begin, end, thread);
     if (paced) cap = pool_policy::worker_chunk_cap(end - begin, now_ns() - start, j.grain);
-    if (!worker) continue;
-    if (j.split) {
+    if (worker && j.split) {
       j.worker_rows.fetch_add(end - begin, std::memory_order_relaxed);
       const uint64_t t = now_ns();
       for (uint64_t e = j.worker_end_ns.load(std::memory_order_relaxed);
            e < t && !j.worker_end_ns.compare_exchange_weak(e, t, std::memory_order_relaxed);) {
       }
     }
+    // The range's last chunk: nothing is left to claim, and a claim would only pull `next`'s
+    // line from the other thread before this one can close the job or report its exit.
+    if (end >= j.count) return left::done;
+    if (!worker) continue;
     // More threads computing than the pool has (a caller posted since this worker joined):
     // the worker steps back, so that the pool's threads never outnumber its cores.
     for (uint32_t a = active_.load(); a > threads();)
-      if (active_.compare_exchange_weak(a, a - 1)) return true;
-    if (higher_open(p)) return false;  // moves, keeping its compute slot
+      if (active_.compare_exchange_weak(a, a - 1)) return left::stepped_back;
+    if (higher_open(p)) return left::moved;  // keeps its compute slot
   }
-  return false;
+  return left::done;
 }
 
 bool thread_pool::reserve() {
@@ -351,10 +354,10 @@ void thread_pool::worker_loop(uint32_t thread) {
       skip |= bit(static_cast<uint32_t>(s));
       continue;
     }
-    if (work(j, thread, true)) holding = false;  // stepped back
-    // Out of chunks unless it left for a job of higher priority; either way the next pick
-    // should not be this job again until something is posted.
-    if (j.next.load(std::memory_order_relaxed) >= j.count) skip |= bit(static_cast<uint32_t>(s));
+    const left why = work(j, thread, true);
+    if (why == left::stepped_back) holding = false;
+    // Out of chunks: the next pick should not be this job again until something is posted.
+    if (why == left::done) skip |= bit(static_cast<uint32_t>(s));
     j.exited.fetch_add(1, std::memory_order_acq_rel);
     std::lock_guard lock(mutex_);
     done_.notify_all();

@@ -125,7 +125,6 @@ class thread_pool {
     /// the job when it runs out of chunks and then waits only for workers that joined, so
     /// a worker the OS has not scheduled yet never delays a parallel_for.
     std::atomic<uint64_t> state{0};
-    std::atomic<uint32_t> exited{0};   ///< joined workers that have left the job
     std::atomic<size_t> next{0};       ///< first unclaimed index
     std::atomic<uint8_t> priority{0};  ///< job_priority, read by workers choosing a job
     uint64_t generation = 0;           ///< caller side
@@ -135,21 +134,29 @@ class thread_pool {
     size_t grain = 1;
     bool guided = false;
     bool split = false;
-    /// A split job's workers: rows computed and when the last chunk ended (now_ns), for the
-    /// caller's estimate of their pace.
-    std::atomic<uint64_t> worker_rows{0};
-    std::atomic<uint64_t> worker_end_ns{0};
     double split_ratio = 1;  ///< caller side: pool_policy::update_split_ratio's estimate
+    /// A split job's workers: rows computed and when the last chunk ended (now_ns), for the
+    /// caller's estimate of their pace. A line of their own, as `exited` has: the caller
+    /// spins on `exited`, and a worker's writes to a line the caller keeps reading cost a
+    /// cross-core transfer each.
+    alignas(64) std::atomic<uint64_t> worker_rows{0};
+    std::atomic<uint64_t> worker_end_ns{0};
+    alignas(64) std::atomic<uint32_t> exited{0};  ///< joined workers that have left the job
   };
 
   uint32_t workers() const { return static_cast<uint32_t>(workers_.size()); }
   void run(size_t count, size_t grain, mode how, job_priority priority, void* ctx, call_fn call);
   /// Claims the next chunk of `j`, of a guided job at most `cap` long; false when none is left.
   bool claim(job& j, size_t& begin, size_t& end, size_t cap = SIZE_MAX) const;
+  /// Why work() returned.
+  enum class left : uint8_t {
+    done,          ///< no chunk left
+    stepped_back,  ///< more threads computing than threads(): its compute slot released
+    moved,         ///< a job of higher priority is open
+  };
   /// Runs chunks of `j` as thread `thread` until none is left or, for a `worker`, the pool
-  /// has more threads computing than threads() or a job of higher priority is open. True
-  /// when the worker stepped back for the former (its compute slot released).
-  bool work(job& j, uint32_t thread, bool worker);
+  /// has more threads computing than threads() or a job of higher priority is open.
+  left work(job& j, uint32_t thread, bool worker);
   /// Takes a compute slot for a worker; false when threads() are computing already.
   bool reserve();
   /// The open job with the highest priority (the lowest slot among equals), or -1; slots
