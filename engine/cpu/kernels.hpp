@@ -63,6 +63,8 @@ float dot_row_scalar(dtype t, const std::byte* row, const float* x, size_t cols)
 
 /// y = x / sqrt(mean(x^2) + eps) * w over n elements (y may alias x).
 void rms_norm(const float* x, const float* w, float* y, size_t n, float eps);
+/// rms_norm without SIMD: the same bits.
+void rms_norm_scalar(const float* x, const float* w, float* y, size_t n, float eps);
 /// gate[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)).
 void silu_mul(float* gate, const float* up, size_t n);
 /// silu_mul with std::exp (silu_mul uses a vectorized exp within 2 ulp of it).

@@ -243,6 +243,22 @@ TEST_CASE("vector kernels: dot, axpy, rms_norm, silu_mul, softmax", "[cpu]") {
   rms_norm(x, w, out, 2, 0.0f);
   CHECK(out[0] == Approx(3 / std::sqrt(12.5f)));
   CHECK(out[1] == Approx(8 / std::sqrt(12.5f)));
+  // Every length around the 16 partial sums and the 8-wide scaling: the SIMD and scalar
+  // twins give the same bits, within 1e-6 of a sum in long double.
+  for (size_t n : {1, 7, 15, 16, 17, 33, 768, 2051}) {
+    INFO("n = " << n);
+    auto xs = random_floats(n, 3), ws = random_floats(n, 4);
+    std::vector<float> simd(n), scalar(n);
+    rms_norm(xs.data(), ws.data(), simd.data(), n, 1e-5f);
+    rms_norm_scalar(xs.data(), ws.data(), scalar.data(), n, 1e-5f);
+    CHECK(std::memcmp(simd.data(), scalar.data(), n * 4) == 0);
+    long double ss = 0;
+    for (float v : xs)
+      ss += static_cast<long double>(v) * v;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(ss / n) + 1e-5);
+    for (size_t k = 0; k < n; ++k)
+      CHECK(simd[k] == Approx(xs[k] * scale * ws[k]).epsilon(1e-6));
+  }
 
   float g[3] = {0, 1, -2}, u[3] = {5, 2, 3};
   silu_mul(g, u, 3);
