@@ -10,7 +10,13 @@ namespace tokenmill::detail {
 
 void configure_scheduler(caf::actor_system_config& cfg, size_t threads) {
   cfg.set("scheduler.max-threads", threads);
-  cfg.set("work-stealing.moderate-poll-attempts", size_t{10});
+  // No moderate phase: after its aggressive polls an idle worker waits on its condition
+  // variable (woken by an enqueue from outside) instead of napping 50 us at a time. Those
+  // naps woke each worker ~10 times per message, and every wake-up took a core from the
+  // engine's compute threads in the middle of a step (perf: clock_nanosleep, timer
+  // interrupts and schedule() inside the GEMV kernels): 125m q4_k `serve`, concurrency 1,
+  // ITL p50 1.70-1.73 ms with 10 attempts, 1.39-1.62 ms without, the engine's step 1.16.
+  cfg.set("work-stealing.moderate-poll-attempts", size_t{0});
   // An idle worker wakes 20 times a second to steal (CAF's default: 100). A wake-up is
   // ~0.005% of a core per worker, and a job queued behind a busy worker waits at most
   // this long for an idle one to take it (1 s measured 0.03% idle CPU against 0.10% here,
