@@ -455,31 +455,36 @@ TEST_CASE(
 TEST_CASE("quant: dot_acts_rows gives each row what dot_acts gives it, bit for bit", "[quant]") {
   // linear_int's row loop runs inside the SIMD kernels (one call per row range): every
   // format, path and batch size must give the per-row kernel's values at out[i * stride + j].
-  const size_t cols = 512, rows = 7, stride = 9;
+  // 544 columns: an odd block count for the 32-value formats (the last pair of the
+  // two-block kernels is half zeros).
+  const size_t rows = 7, stride = 9;
   std::vector<quant_isa> isas = {quant_isa::scalar};
   if (best_quant_isa() >= quant_isa::avx2) isas.push_back(quant_isa::avx2);
   if (best_quant_isa() >= quant_isa::avx512_vnni) isas.push_back(quant_isa::avx512_vnni);
-  for (dtype t : int_types) {
-    auto wq = quantize(t, gaussian(rows * cols, 21, 0.05f), cols);
-    const size_t rb = row_bytes(t, cols);
-    for (size_t n : {size_t{1}, size_t{2}, size_t{5}}) {
-      quantized_acts xq;
-      quantize_acts(t, gaussian(n * cols, 22, 1.0f).data(), n, cols, xq);
-      for (quant_isa isa : isas) {
-        INFO(dtype_name(t) << " n=" << n << " " << quant_isa_name(isa));
-        std::vector<float> got(n * stride, -7.0f), one(n);
-        dot_acts_rows(isa, t, wq.data() + rb, rows - 1, cols, xq, n, got.data(), stride);
-        for (size_t j = 0; j + 1 < rows; ++j) {
-          dot_acts(isa, t, wq.data() + (j + 1) * rb, cols, xq, n, one.data());
+  for (dtype t : int_types)
+    for (size_t cols : {size_t{512}, size_t{544}}) {
+      if (is_k_dtype(t) && cols % 256 != 0) continue;
+      auto wq = quantize(t, gaussian(rows * cols, 21, 0.05f), cols);
+      const size_t rb = row_bytes(t, cols);
+      // n = 40: past the prepared-activation kernel's L1 budget (the per-row kernel again).
+      for (size_t n : {size_t{1}, size_t{2}, size_t{5}, size_t{9}, size_t{40}}) {
+        quantized_acts xq;
+        quantize_acts(t, gaussian(n * cols, 22, 1.0f).data(), n, cols, xq);
+        for (quant_isa isa : isas) {
+          INFO(dtype_name(t) << " cols=" << cols << " n=" << n << " " << quant_isa_name(isa));
+          std::vector<float> got(n * stride, -7.0f), one(n);
+          dot_acts_rows(isa, t, wq.data() + rb, rows - 1, cols, xq, n, got.data(), stride);
+          for (size_t j = 0; j + 1 < rows; ++j) {
+            dot_acts(isa, t, wq.data() + (j + 1) * rb, cols, xq, n, one.data());
+            for (size_t i = 0; i < n; ++i)
+              CHECK(got[i * stride + j] == one[i]);
+          }
           for (size_t i = 0; i < n; ++i)
-            CHECK(got[i * stride + j] == one[i]);
+            for (size_t j = rows - 1; j < stride; ++j)
+              CHECK(got[i * stride + j] == -7.0f);  // untouched
         }
-        for (size_t i = 0; i < n; ++i)
-          for (size_t j = rows - 1; j < stride; ++j)
-            CHECK(got[i * stride + j] == -7.0f);  // untouched
       }
     }
-  }
 }
 
 TEST_CASE("quant: prefill rows give the batch-decode kernel's values, bit for bit", "[quant]") {
